@@ -1,0 +1,1 @@
+"""The cert factory: CAs, subject profiles, device certificates and the fleet store."""

@@ -1,0 +1,179 @@
+"""Certificate authorities: the fleet CA a user registers with AWS IoT, and the
+verification certificate AWS asks for to prove the CA's key is held."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import NameOID
+
+from loadgen.certs import der
+from loadgen.certs.files import write, write_atomic
+from loadgen.certs.keys import KeyType, PrivateKey, Signer, generate_key, key_pem, spki_der
+from loadgen.errors import CAError, UserError
+
+CERT_FILE = "ca.pem"
+KEY_FILE = "ca.key"
+DEFAULT_SUBJECT = "CN=jitp-loadgen fleet CA,O=jitp-loadgen"
+
+
+@dataclass(frozen=True)
+class CA:
+    """A loaded CA: its certificate, key, and what device certificates need of it."""
+
+    directory: Path
+    cert: x509.Certificate
+    key: PrivateKey
+
+    @property
+    def cert_pem(self) -> bytes:
+        return self.cert.public_bytes(serialization.Encoding.PEM)
+
+    @property
+    def fingerprint(self) -> str:
+        """Hex SHA-256 of the certificate's DER (the id AWS IoT gives a CA)."""
+        return hashlib.sha256(self.cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+
+    @property
+    def key_id(self) -> bytes:
+        return der.key_identifier(spki_der(self.key))
+
+    def signer(self) -> Signer:
+        return Signer(self.key)
+
+    @property
+    def name_der(self) -> bytes:
+        return self.cert.subject.public_bytes()
+
+
+def parse_subject(text: str) -> x509.Name:
+    try:
+        subject = x509.Name.from_rfc4514_string(text)
+    except ValueError as exc:
+        raise UserError(f"--subject {text!r}: {exc}") from None
+    if not subject.get_attributes_for_oid(NameOID.COMMON_NAME):
+        raise UserError(f"--subject {text!r}: a CA subject needs a CN")
+    return subject
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(microsecond=0)
+
+
+def _build_ca(key: PrivateKey, subject: x509.Name, days: int) -> x509.Certificate:
+    now = _now()
+    public = key.public_key()
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(public)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(hours=1))
+        .not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
+        .sign(key, Signer(key).hash)
+    )
+
+
+def init_ca(
+    directory: Path,
+    *,
+    key_type: KeyType = KeyType.EC_P256,
+    subject: str = DEFAULT_SUBJECT,
+    days: int = 3650,
+    force: bool = False,
+) -> CA:
+    """Create a self-signed CA in ``directory`` (``ca.pem``, ``ca.key`` 0600)."""
+    if days <= 0:
+        raise UserError(f"--days must be positive, got {days}")
+    name = parse_subject(subject)
+    cert_path, key_path = directory / CERT_FILE, directory / KEY_FILE
+    if not force and (cert_path.exists() or key_path.exists()):
+        raise CAError(f"{directory}: a CA already exists there (use --force to replace it)")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CAError(f"{directory}: cannot create the CA directory: {exc.strerror}") from None
+    key = generate_key(key_type)
+    cert = _build_ca(key, name, days)
+    try:
+        write_atomic(key_path, key_pem(key), private=True)
+        write_atomic(cert_path, cert.public_bytes(serialization.Encoding.PEM))
+    except OSError as exc:
+        raise CAError(f"{directory}: cannot write the CA: {exc.strerror}") from None
+    return CA(directory, cert, key)
+
+
+def load_ca(directory: Path) -> CA:
+    """Load and check a CA directory: both files readable, the key matching the cert."""
+    cert_path, key_path = directory / CERT_FILE, directory / KEY_FILE
+    try:
+        cert_bytes = cert_path.read_bytes()
+        key_bytes = key_path.read_bytes()
+    except FileNotFoundError as exc:
+        raise CAError(
+            f"{exc.filename}: no CA here (create one with `loadgen ca init --out {directory}`)"
+        ) from None
+    except OSError as exc:
+        raise CAError(f"{exc.filename}: cannot read: {exc.strerror}") from None
+    try:
+        cert = x509.load_pem_x509_certificate(cert_bytes)
+    except ValueError:
+        raise CAError(f"{cert_path}: not a PEM certificate") from None
+    try:
+        key = serialization.load_pem_private_key(key_bytes, password=None)
+    except (ValueError, TypeError):
+        raise CAError(f"{key_path}: not an unencrypted PEM private key") from None
+    if not isinstance(key, PrivateKey):
+        raise CAError(f"{key_path}: unsupported key type {type(key).__name__}")
+    if spki_der(key) != cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    ):
+        raise CAError(f"{key_path}: the key does not match the certificate {cert_path}")
+    return CA(directory, cert, key)
+
+
+def verification_cert(ca: CA, registration_code: str, out: Path) -> x509.Certificate:
+    """The certificate ``aws iot register-ca-certificate --verification-cert`` wants:
+    CN is the account's registration code, signed by the CA being registered."""
+    code = registration_code.strip()
+    if not code or len(code) > 64:
+        raise UserError("--registration-code must be 1 to 64 characters")
+    key = generate_key(KeyType.EC_P256)
+    now = _now()
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, code)]))
+        .issuer_name(ca.cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(hours=1))
+        .not_valid_after(now + dt.timedelta(days=30))
+        .sign(ca.key, ca.signer().hash)
+    )
+    try:
+        write(out, cert.public_bytes(serialization.Encoding.PEM))
+    except OSError as exc:
+        raise UserError(f"{out}: cannot write: {exc.strerror}") from None
+    return cert

@@ -1,0 +1,103 @@
+"""Key types the factory mints, and what each one implies for signing."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+
+from loadgen.certs import der
+
+PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+
+
+class KeyType(StrEnum):
+    EC_P256 = "ec-p256"
+    EC_P384 = "ec-p384"
+    RSA_2048 = "rsa-2048"
+
+
+_CURVES: dict[KeyType, ec.EllipticCurve] = {
+    KeyType.EC_P256: ec.SECP256R1(),
+    KeyType.EC_P384: ec.SECP384R1(),
+}
+
+
+def generate_key(key_type: KeyType) -> PrivateKey:
+    curve = _CURVES.get(key_type)
+    if curve is not None:
+        return ec.generate_private_key(curve)
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def key_type_of(key: PrivateKey) -> KeyType | None:
+    if isinstance(key, rsa.RSAPrivateKey):
+        return KeyType.RSA_2048 if key.key_size == 2048 else None
+    for key_type, curve in _CURVES.items():
+        if key.curve.name == curve.name:
+            return key_type
+    return None
+
+
+def key_pem(key: PrivateKey) -> bytes:
+    """PKCS#8 PEM, unencrypted: what device SDKs and ``ssl`` load."""
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+# SubjectPublicKeyInfo up to the EC point, and the point's length (uncompressed).
+_EC_SPKI_PREFIX: dict[str, tuple[bytes, int]] = {
+    "secp256r1": (bytes.fromhex("3059301306072a8648ce3d020106082a8648ce3d030107034200"), 65),
+    "secp384r1": (bytes.fromhex("3076301006072a8648ce3d020106052b81040022036200"), 97),
+}
+_NO_ENCRYPTION = serialization.NoEncryption()
+
+
+def key_material(key: PrivateKey) -> tuple[bytes, bytes]:
+    """(PKCS#8 PEM, SubjectPublicKeyInfo DER) of a new device key.
+
+    OpenSSL's PKCS#8 encoding of an EC key ends with the public point, so one
+    serialisation yields both: 7 µs less per device than asking for each."""
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        prefix, size = _EC_SPKI_PREFIX[key.curve.name]
+        pkcs8 = key.private_bytes(
+            serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, _NO_ENCRYPTION
+        )
+        if pkcs8[-size - 3 : -size] == prefix[-3:]:
+            return der.pem(pkcs8, "PRIVATE KEY"), prefix + pkcs8[-size:]
+    return key_pem(key), spki_der(key)
+
+
+def spki_der(key: PrivateKey) -> bytes:
+    return key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+class Signer:
+    """Signs TBS bytes with a CA key, and names the algorithm in DER."""
+
+    def __init__(self, key: PrivateKey) -> None:
+        self.key = key
+        if isinstance(key, rsa.RSAPrivateKey):
+            self.hash: hashes.HashAlgorithm = hashes.SHA256()
+            # sha256WithRSAEncryption, parameters NULL
+            self.algorithm_der = bytes.fromhex("300d06092a864886f70d01010b0500")
+            self._padding = padding.PKCS1v15()
+        else:
+            big = key.curve.key_size > 256
+            self.hash = hashes.SHA384() if big else hashes.SHA256()
+            # ecdsa-with-SHA384 / ecdsa-with-SHA256, parameters absent
+            self.algorithm_der = bytes.fromhex(
+                "300a06082a8648ce3d040303" if big else "300a06082a8648ce3d040302"
+            )
+            self._ecdsa = ec.ECDSA(self.hash)
+
+    def sign(self, data: bytes) -> bytes:
+        if isinstance(self.key, rsa.RSAPrivateKey):
+            return self.key.sign(data, self._padding, self.hash)
+        return self.key.sign(data, self._ecdsa)

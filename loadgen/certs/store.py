@@ -1,0 +1,170 @@
+"""The fleet store on disk.
+
+    FLEET/fleet.json        what the fleet was minted from (profile, seed, CA, key pool)
+    FLEET/manifest.jsonl    one JSON object per device, in index order
+    FLEET/devices/NNNN/     1,000 devices per folder: NNNNNNN.pem (chain), NNNNNNN.key (0600)
+    FLEET/keys/             shared keys, when minted with a key pool
+    FLEET/unknown-ca/       the CA that signs ``unknown_ca`` devices
+
+A device exists once its manifest line does: files are written first and the
+line appended after, a whole chunk at a time, so a killed mint leaves at worst a
+partial last line (cut off on the next run) and files for devices it never
+recorded (overwritten on the next run). See docs/fleet-store.md.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from loadgen.certs.files import write_atomic
+from loadgen.errors import FleetError
+
+FORMAT = 1
+META_FILE = "fleet.json"
+MANIFEST_FILE = "manifest.jsonl"
+DEVICES_DIR = "devices"
+KEYS_DIR = "keys"
+UNKNOWN_CA_DIR = "unknown-ca"
+LOCK_FILE = ".lock"
+SHARD_SIZE = 1000
+
+
+def shard_of(index: int) -> str:
+    return f"{DEVICES_DIR}/{index // SHARD_SIZE:04d}"
+
+
+def device_paths(index: int) -> tuple[str, str]:
+    """(chain, key) relative to the fleet folder."""
+    stem = f"{shard_of(index)}/{index:07d}"
+    return f"{stem}.pem", f"{stem}.key"
+
+
+@dataclass(frozen=True)
+class FleetMeta:
+    seed: int
+    profile: dict[str, Any]
+    ca_fingerprint: str
+    ca_subject: str
+    key_pool: int | None
+    format: int = FORMAT
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), indent=2, sort_keys=True).encode() + b"\n"
+
+
+@dataclass(frozen=True, slots=True)
+class Device:
+    """One manifest line."""
+
+    index: int
+    client_id: str
+    certificate_id: str
+    subject: dict[str, str]
+    key_type: str
+    fault: str | None
+    cert: str
+    key: str
+    not_before: str
+    not_after: str
+
+
+class FleetStore:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.path / MANIFEST_FILE
+
+    def exists(self) -> bool:
+        return (self.path / META_FILE).exists()
+
+    def read_meta(self) -> FleetMeta:
+        meta_path = self.path / META_FILE
+        try:
+            raw = json.loads(meta_path.read_bytes())
+        except FileNotFoundError:
+            raise FleetError(f"{self.path}: not a fleet (no {META_FILE})") from None
+        except (OSError, ValueError) as exc:
+            raise FleetError(f"{meta_path}: unreadable fleet metadata: {exc}") from None
+        if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+            raise FleetError(f"{meta_path}: unknown fleet format {raw.get('format')!r}")
+        try:
+            return FleetMeta(**raw)
+        except TypeError as exc:
+            raise FleetError(f"{meta_path}: malformed fleet metadata: {exc}") from None
+
+    def create(self, meta: FleetMeta) -> None:
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            write_atomic(self.path / META_FILE, meta.to_json())
+        except OSError as exc:
+            raise FleetError(f"{self.path}: cannot create the fleet: {exc.strerror}") from None
+
+    def lock(self) -> int:
+        """An exclusive lock for the life of the returned fd: two mints never share a fleet."""
+        fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise FleetError(f"{self.path}: another mint is writing this fleet") from None
+        return fd
+
+    def recover(self) -> int:
+        """Count the devices recorded, cutting off a partial last line that a killed
+        mint left. Raises when the manifest is damaged beyond that."""
+        path = self.manifest_path
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return 0
+        try:
+            size = os.fstat(fd).st_size
+            data = os.pread(fd, size, 0) if size else b""
+            end = data.rfind(b"\n") + 1
+            if end != size:
+                os.ftruncate(fd, end)
+        finally:
+            os.close(fd)
+        count = data.count(b"\n", 0, end)
+        if count:
+            first = self._parse(data[: data.index(b"\n") + 1], 1)
+            last_start = data.rfind(b"\n", 0, end - 1) + 1
+            last = self._parse(data[last_start:end], count)
+            if first.index != 0 or last.index != count - 1:
+                raise FleetError(
+                    f"{path}: devices out of order (line 1 is index {first.index}, "
+                    f"line {count} is index {last.index}); the manifest was edited or damaged"
+                )
+        return count
+
+    def _parse(self, line: bytes, number: int) -> Device:
+        try:
+            return Device(**json.loads(line))
+        except (ValueError, TypeError) as exc:
+            raise FleetError(f"{self.manifest_path}:{number}: malformed manifest line: {exc}") from None
+
+    def append(self, lines: bytes) -> None:
+        fd = os.open(self.manifest_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            view = memoryview(lines)
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
+
+    def devices(self) -> Iterator[Device]:
+        try:
+            with self.manifest_path.open("rb") as f:
+                for number, line in enumerate(f, 1):
+                    if line.endswith(b"\n"):
+                        yield self._parse(line, number)
+        except FileNotFoundError:
+            return

@@ -1,0 +1,102 @@
+"""The certificate subject fields JITP can read, under one set of names.
+
+A profile names them (``common_name``), X.509 encodes them by OID, RFC 4514 strings
+abbreviate them (``CN``), and a provisioning template reads them as
+``AWS::IoT::Certificate::CommonName``. This table is the one place that ties those
+names together.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from cryptography.x509.oid import NameOID
+
+from loadgen.certs import der
+
+_PRINTABLE = re.compile(r"[A-Za-z0-9 '()+,\-./:=?]*\Z")
+
+
+class SubjectValueError(ValueError):
+    """A generated or given value cannot be encoded in its field."""
+
+
+@dataclass(frozen=True)
+class SubjectField:
+    name: str  # the profile's and the manifest's name
+    short: str  # RFC 4514 abbreviation
+    oid: str
+    jitp_parameter: str  # AWS::IoT::Certificate::<this>
+    printable: bool  # X.520 makes these PrintableString; the rest are UTF8String
+    max_length: int
+
+    @property
+    def oid_der(self) -> bytes:
+        return der.oid(self.oid)
+
+    @property
+    def tag(self) -> int:
+        return der.TAG_PRINTABLE if self.printable else der.TAG_UTF8
+
+    def check(self, value: str) -> None:
+        if not 1 <= len(value) <= self.max_length:
+            raise SubjectValueError(
+                f"{self.name} must be 1 to {self.max_length} characters, got {len(value)}"
+            )
+        if self.printable and not _PRINTABLE.match(value):
+            raise SubjectValueError(
+                f"{self.name} {value!r} has characters a PrintableString cannot hold"
+            )
+        if self.name == "country" and not (value.isascii() and value.isalpha()):
+            raise SubjectValueError(f"country {value!r} must be a two-letter code")
+
+
+# In the order they appear in a certificate's subject.
+FIELDS: tuple[SubjectField, ...] = (
+    SubjectField("country", "C", NameOID.COUNTRY_NAME.dotted_string, "Country", True, 2),
+    SubjectField("state", "ST", NameOID.STATE_OR_PROVINCE_NAME.dotted_string, "StateName", False, 128),
+    SubjectField("organization", "O", NameOID.ORGANIZATION_NAME.dotted_string, "Organization", False, 64),
+    SubjectField(
+        "organizational_unit", "OU", NameOID.ORGANIZATIONAL_UNIT_NAME.dotted_string,
+        "OrganizationalUnit", False, 64,
+    ),
+    SubjectField("common_name", "CN", NameOID.COMMON_NAME.dotted_string, "CommonName", False, 64),
+    SubjectField("serial_number", "serialNumber", NameOID.SERIAL_NUMBER.dotted_string, "SerialNumber", True, 64),
+    SubjectField(
+        "dn_qualifier", "dnQualifier", NameOID.DN_QUALIFIER.dotted_string,
+        "DistinguishedNameQualifier", True, 64,
+    ),
+)
+BY_NAME: dict[str, SubjectField] = {f.name: f for f in FIELDS}
+BY_OID: dict[str, SubjectField] = {f.oid: f for f in FIELDS}
+
+
+class SubjectEncoder:
+    """DER Names for subjects, fields in ``FIELDS`` order. Each field's encoded RDN is
+    remembered for values seen before: most fields repeat (a constant, a choice)."""
+
+    _CACHE_LIMIT = 4096
+
+    def __init__(self) -> None:
+        self._fields = [(f.name, f.oid_der, f.tag, {}) for f in FIELDS]
+
+    def encode(self, subject: dict[str, str]) -> bytes:
+        rdns = []
+        for name, oid_der, tag, cache in self._fields:
+            value = subject.get(name)
+            if value is None:
+                continue
+            rdn = cache.get(value)
+            if rdn is None:
+                rdn = der.tlv(der.TAG_SET, der.sequence(oid_der, der.tlv(tag, value.encode())))
+                if len(cache) < self._CACHE_LIMIT:
+                    cache[value] = rdn
+            rdns.append(rdn)
+        body = b"".join(rdns)
+        return der.header(der.TAG_SEQUENCE, len(body)) + body
+
+
+def encode(subject: dict[str, str]) -> bytes:
+    """DER Name for ``subject`` (field name to value)."""
+    return SubjectEncoder().encode(subject)

@@ -1,0 +1,210 @@
+"""The ``loadgen`` command."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from loadgen import __version__
+from loadgen.certs import ca as ca_mod
+from loadgen.certs.inspect import FleetSummary, summarize
+from loadgen.certs.keys import KeyType
+from loadgen.certs.mint import MintRequest, mint
+from loadgen.certs.profile import load_profile
+from loadgen.errors import UserError
+
+_KEY_TYPES = click.Choice([k.value for k in KeyType])
+
+
+def _console() -> Console:
+    return Console(stderr=True, highlight=False)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="loadgen")
+def cli() -> None:
+    """Load tester for AWS IoT Just-in-Time Provisioning and any MQTT endpoint that
+    authenticates devices by X.509 client certificates."""
+
+
+@cli.group()
+def ca() -> None:
+    """Certificate authorities for device fleets."""
+
+
+@ca.command("init")
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="CA folder.")
+@click.option("--key-type", type=_KEY_TYPES, default=KeyType.EC_P256.value, show_default=True)
+@click.option("--subject", default=ca_mod.DEFAULT_SUBJECT, show_default=True, help="RFC 4514.")
+@click.option("--days", type=int, default=3650, show_default=True, help="Validity in days.")
+@click.option("--force", is_flag=True, help="Replace an existing CA.")
+def ca_init(out: Path, key_type: str, subject: str, days: int, force: bool) -> None:
+    """Create a CA: OUT/ca.pem and OUT/ca.key (0600)."""
+    created = ca_mod.init_ca(
+        out, key_type=KeyType(key_type), subject=subject, days=days, force=force
+    )
+    click.echo(f"CA {created.cert.subject.rfc4514_string()} written to {out}")
+    click.echo(f"  certificate  {out / ca_mod.CERT_FILE}")
+    click.echo(f"  key (0600)   {out / ca_mod.KEY_FILE}")
+    click.echo(f"  sha256       {created.fingerprint}")
+
+
+@ca.command("verification-cert")
+@click.option("--ca", "ca_dir", required=True, type=click.Path(path_type=Path), help="CA folder.")
+@click.option("--registration-code", required=True, help="From `aws iot get-registration-code`.")
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path))
+def ca_verification_cert(ca_dir: Path, registration_code: str, out: Path) -> None:
+    """The verification certificate `aws iot register-ca-certificate` asks for."""
+    authority = ca_mod.load_ca(ca_dir)
+    ca_mod.verification_cert(authority, registration_code, out)
+    click.echo(f"verification certificate written to {out}")
+    click.echo(
+        "  aws iot register-ca-certificate "
+        f"--ca-certificate file://{ca_dir / ca_mod.CERT_FILE} --verification-cert file://{out} "
+        "--set-as-active --allow-auto-registration "
+        "--registration-config file://registration-config.json"
+    )
+
+
+@cli.group()
+def certs() -> None:
+    """Device certificate fleets."""
+
+
+@certs.command("mint")
+@click.option("--ca", "ca_dir", required=True, type=click.Path(path_type=Path), help="CA folder.")
+@click.option("--count", required=True, type=int, help="Devices the fleet should hold.")
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Fleet folder.")
+@click.option(
+    "--profile",
+    type=click.Path(path_type=Path),
+    help="Subject profile YAML (default: the fleet's own, or the built-in default).",
+)
+@click.option("--seed", type=int, help="Subject seed (default: the fleet's own, or 0).")
+@click.option("--workers", type=int, default=os.cpu_count() or 1, show_default="cores")
+@click.option(
+    "--key-pool",
+    type=int,
+    help="Reuse N keys per key type across devices instead of one key each (RSA speed-up).",
+)
+@click.option("--init-ca", is_flag=True, help="Create the CA first when it does not exist.")
+def certs_mint(
+    ca_dir: Path,
+    count: int,
+    out: Path,
+    profile: Path | None,
+    seed: int | None,
+    workers: int,
+    key_pool: int | None,
+    init_ca: bool,
+) -> None:
+    """Mint a fleet of device certificates, or grow or complete an existing one."""
+    loaded = load_profile(profile) if profile is not None else None
+    if init_ca and not (ca_dir / ca_mod.CERT_FILE).exists():
+        ca_mod.init_ca(ca_dir)
+    request = MintRequest(
+        fleet=out,
+        ca_dir=ca_dir,
+        count=count,
+        profile=loaded,
+        seed=seed,
+        workers=workers,
+        key_pool=key_pool,
+    )
+    console = _console()
+    with Progress(
+        TextColumn("minting"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TaskProgressColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
+        task = progress.add_task("mint", total=count, rate="")
+        start: dict[str, Any] = {}
+
+        def on_progress(done: int, total: int) -> None:
+            elapsed = progress.tasks[task].elapsed or 0.0
+            first = start.setdefault("done", done)
+            rate = f"{(done - first) / elapsed:,.0f} certs/s" if elapsed > 0 else ""
+            progress.update(task, completed=done, total=total, rate=rate)
+
+        result = mint(request, on_progress)
+    if result.minted == 0:
+        click.echo(f"{out}: already holds {result.total} devices; nothing to mint")
+    else:
+        elapsed = progress.tasks[task].elapsed or 0.0
+        rate = f" ({result.minted / elapsed:,.0f} certs/s)" if elapsed > 0 else ""
+        kept = f", kept {result.existing}" if result.existing else ""
+        click.echo(f"{out}: minted {result.minted}{kept}, {result.total} devices{rate}")
+
+
+@certs.command("inspect")
+@click.argument("fleet", type=click.Path(path_type=Path))
+@click.option("--verify", is_flag=True, help="Check every certificate file against the manifest.")
+def certs_inspect(fleet: Path, verify: bool) -> None:
+    """Summarize a fleet: key types, faults, subject variety, validity window."""
+    _print_summary(summarize(fleet, verify=verify))
+
+
+def _print_summary(summary: FleetSummary) -> None:
+    console = Console(highlight=False)
+    meta = summary.meta
+    console.print(f"[bold]{summary.path}[/]: {summary.devices} devices")
+    console.print(f"  CA       {meta.ca_subject} (sha256 {meta.ca_fingerprint[:16]}…)")
+    console.print(f"  seed     {meta.seed}" + (f", key pool {meta.key_pool}" if meta.key_pool else ""))
+    console.print(
+        f"  validity {summary.not_before_min} … {summary.not_after_max}; "
+        f"{summary.valid_now} valid now"
+    )
+    if summary.verified is not None:
+        console.print(f"  verified {summary.verified} certificate files against the manifest")
+    for title, counts in (("key type", summary.key_types), ("fault", summary.faults)):
+        table = Table(title=None, box=None, pad_edge=False)
+        table.add_column(title)
+        table.add_column("devices", justify="right")
+        table.add_column("share", justify="right")
+        for name, n in counts.items():
+            table.add_row(name, str(n), f"{n / max(summary.devices, 1):.2%}")
+        console.print(table)
+    table = Table(box=None, pad_edge=False)
+    for column in ("subject field", "present", "distinct", "examples"):
+        table.add_column(column, justify="right" if column in ("present", "distinct") else "left")
+    for name, info in summary.subject_fields.items():
+        table.add_row(name, str(info.present), str(info.distinct), ", ".join(info.examples))
+    console.print(table)
+
+
+def main() -> None:
+    try:
+        cli.main(standalone_mode=False)
+    except UserError as exc:
+        click.echo(f"loadgen: error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("loadgen: interrupted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("loadgen: interrupted; what was finished is kept", err=True)
+        sys.exit(130)

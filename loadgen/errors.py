@@ -1,0 +1,26 @@
+"""Typed errors. Everything a user can cause is a ``UserError``: the CLI prints its
+message on one line and exits 2, never a traceback."""
+
+from __future__ import annotations
+
+
+class LoadgenError(Exception):
+    """Base class of the errors this package raises on purpose."""
+
+
+class UserError(LoadgenError):
+    """Bad input: configuration, arguments, files. Exit code 2."""
+
+    exit_code = 2
+
+
+class ConfigError(UserError):
+    """A configuration file (profile, scenario) is malformed or invalid."""
+
+
+class CAError(UserError):
+    """A CA directory is missing, unreadable or inconsistent."""
+
+
+class FleetError(UserError):
+    """A fleet store is inconsistent with what was asked of it."""
