@@ -170,7 +170,9 @@ def _print_summary(summary: FleetSummary) -> None:
     meta = summary.meta
     console.print(f"[bold]{summary.path}[/]: {summary.devices} devices")
     console.print(f"  CA       {meta.ca_subject} (sha256 {meta.ca_fingerprint[:16]}…)")
-    console.print(f"  seed     {meta.seed}" + (f", key pool {meta.key_pool}" if meta.key_pool else ""))
+    console.print(
+        f"  seed     {meta.seed}" + (f", key pool {meta.key_pool}" if meta.key_pool else "")
+    )
     console.print(
         f"  validity {summary.not_before_min} … {summary.not_after_max}; "
         f"{summary.valid_now} valid now"

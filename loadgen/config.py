@@ -7,6 +7,7 @@ into nodes first and every mapping key and value remembers its line.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -114,33 +115,48 @@ def validate(
 def _describe(exc: ValidationError, path: Path, doc: _Document | None) -> str:
     found = [_locate(err, doc) for err in exc.errors(include_url=False)]
     # A union reports one error per member; the member that got furthest into the
-    # user's document is the one the user meant. Errors at a prefix of another
-    # error's path are the same problem seen from further out.
-    locs = {loc for loc, _, _ in found}
-    real = [f for f in found if not any(o != f[0] and o[: len(f[0])] == f[0] for o in locs)]
-    loc, line, msg = min(real, key=lambda f: (-len(f[0]), f[1] or 0))
-    where = f"{path}:{line}" if line is not None else f"{path}"
-    others = len({f[0] for f in real}) - 1
-    more = f" (and {others} more)" if others > 0 else ""
-    return f"{where}: {_field_name(loc)}: {msg}{more}"
+    # user's document is the one the user meant, and a key the user wrote beats a
+    # key the user left out. Errors at a prefix of another's path are the same
+    # problem seen from further out.
+    locs = {f.loc for f in found}
+    real = [f for f in found if not any(o != f.loc and o[: len(f.loc)] == f.loc for o in locs)]
+    best = min(real, key=lambda f: (not f.in_document, -len(f.loc), f.line or 0))
+    where = f"{path}:{best.line}" if best.line is not None else f"{path}"
+    # Other problems elsewhere, not other members of the same union.
+    others = {f.loc for f in real if f.loc[: len(best.loc) - 1] != best.loc[:-1]}
+    more = f" (and {len(others)} more)" if others else ""
+    return f"{where}: {_field_name(best.loc)}: {best.message}{more}"
 
 
-def _locate(err: Any, doc: _Document | None) -> tuple[Loc, int | None, str]:
+@dataclass(frozen=True)
+class _Found:
+    loc: Loc
+    line: int | None
+    message: str
+    in_document: bool
+
+
+def _locate(err: Any, doc: _Document | None) -> _Found:
     """Translate pydantic's error location into a path of the user's document.
 
     Pydantic inserts union member and validator names into ``loc``; only the parts
     that are keys in the document, or the name of a missing field, are kept."""
     raw: tuple[str | int, ...] = err["loc"]
     loc: Loc = ()
+    in_document = True
     for i, part in enumerate(raw):
-        last = i == len(raw) - 1
-        if doc is None or (*loc, part) in doc.lines or (last and err["type"] == "missing"):
+        if doc is None or (*loc, part) in doc.lines:
             loc = (*loc, part)
+        elif i == len(raw) - 1 and err["type"] == "missing":
+            loc = (*loc, part)
+            in_document = False
     msg: str = err["msg"]
     if err["type"] == "extra_forbidden":
         msg = "unknown field"
     elif err["type"] == "missing":
         msg = "required field is missing"
+    elif isinstance(err.get("input"), bool):
+        msg += " (YAML reads yes/no/on/off as true/false: quote the value)"
     msg = msg.removeprefix("Value error, ").removeprefix("Assertion failed, ")
     line = doc.line_of(loc) if doc is not None else None
-    return loc, line, msg
+    return _Found(loc, line, msg, in_document)

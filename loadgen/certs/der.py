@@ -122,8 +122,15 @@ def pem(der: bytes, label: str = "CERTIFICATE") -> bytes:
     encoded = binascii.b2a_base64(der, newline=False)
     lines = [encoded[i : i + _PEM_LINE] for i in range(0, len(encoded), _PEM_LINE)]
     return b"".join(
-        (b"-----BEGIN ", label.encode(), b"-----\n", b"\n".join(lines), b"\n-----END ",
-         label.encode(), b"-----\n")
+        (
+            b"-----BEGIN ",
+            label.encode(),
+            b"-----\n",
+            b"\n".join(lines),
+            b"\n-----END ",
+            label.encode(),
+            b"-----\n",
+        )
     )
 
 

@@ -84,7 +84,7 @@ class Signer:
     def __init__(self, key: PrivateKey) -> None:
         self.key = key
         if isinstance(key, rsa.RSAPrivateKey):
-            self.hash: hashes.HashAlgorithm = hashes.SHA256()
+            self.hash: hashes.SHA256 | hashes.SHA384 = hashes.SHA256()
             # sha256WithRSAEncryption, parameters NULL
             self.algorithm_der = bytes.fromhex("300d06092a864886f70d01010b0500")
             self._padding = padding.PKCS1v15()

@@ -76,7 +76,9 @@ class Minter:
         self.fleet = spec.fleet
         self.issuer = _Issuer(load_ca(spec.ca_dir))
         self.unknown = (
-            _Issuer(load_ca(spec.fleet / UNKNOWN_CA_DIR)) if "unknown_ca" in profile.faults else None
+            _Issuer(load_ca(spec.fleet / UNKNOWN_CA_DIR))
+            if "unknown_ca" in profile.faults
+            else None
         )
         windows = validity_windows(spec.now, profile.validity_days)
         self.validity = {fault: der.validity(*w) for fault, w in windows.items()}
@@ -117,9 +119,10 @@ class Minter:
                 pem, spki = key_material(generate_key(plan.key_type))
                 keys.append((f"{fleet}/{key_rel}", pem))
             # Positive and minimally encoded: top bit clear, next bit set.
-            serial = bytes(((serials[n * _SERIAL_BYTES] & 0x3F) | 0x40,)) + serials[
-                n * _SERIAL_BYTES + 1 : (n + 1) * _SERIAL_BYTES
-            ]
+            serial = (
+                bytes(((serials[n * _SERIAL_BYTES] & 0x3F) | 0x40,))
+                + serials[n * _SERIAL_BYTES + 1 : (n + 1) * _SERIAL_BYTES]
+            )
             tbs = issuer.template.tbs(
                 serial,
                 self.validity.get(fault, self.validity[None]),

@@ -8,8 +8,8 @@ deterministic for a given profile and seed.
 from __future__ import annotations
 
 import bisect
-import itertools
 import hashlib
+import itertools
 import string
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -339,7 +339,7 @@ class DevicePlanner:
         client_parts = _compile_template(
             profile.client_id_template, references=tuple(profile.subject.set_fields())
         )
-        self._client_id = lambda i, r, f: "".join(p(i, r, f) for p in client_parts)
+        self._client_id: _Part = lambda i, r, f: "".join(p(i, r, f) for p in client_parts)
         types = profile.key_types
         weights = (
             [1.0] if isinstance(profile.key_type, KeyType) else list(profile.key_type.values())

@@ -149,10 +149,14 @@ class FleetStore:
         try:
             return Device(**json.loads(line))
         except (ValueError, TypeError) as exc:
-            raise FleetError(f"{self.manifest_path}:{number}: malformed manifest line: {exc}") from None
+            raise FleetError(
+                f"{self.manifest_path}:{number}: malformed manifest line: {exc}"
+            ) from None
 
     def append(self, lines: bytes) -> None:
-        fd = os.open(self.manifest_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = os.open(
+            self.manifest_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644
+        )
         try:
             view = memoryview(lines)
             while view:

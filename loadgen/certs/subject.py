@@ -40,6 +40,8 @@ class SubjectField:
         return der.TAG_PRINTABLE if self.printable else der.TAG_UTF8
 
     def check(self, value: str) -> None:
+        if self.name == "country" and not (len(value) == 2 and value.isascii() and value.isalpha()):
+            raise SubjectValueError(f"country {value!r} must be a two-letter code")
         if not 1 <= len(value) <= self.max_length:
             raise SubjectValueError(
                 f"{self.name} must be 1 to {self.max_length} characters, got {len(value)}"
@@ -48,24 +50,41 @@ class SubjectField:
             raise SubjectValueError(
                 f"{self.name} {value!r} has characters a PrintableString cannot hold"
             )
-        if self.name == "country" and not (value.isascii() and value.isalpha()):
-            raise SubjectValueError(f"country {value!r} must be a two-letter code")
 
 
 # In the order they appear in a certificate's subject.
 FIELDS: tuple[SubjectField, ...] = (
     SubjectField("country", "C", NameOID.COUNTRY_NAME.dotted_string, "Country", True, 2),
-    SubjectField("state", "ST", NameOID.STATE_OR_PROVINCE_NAME.dotted_string, "StateName", False, 128),
-    SubjectField("organization", "O", NameOID.ORGANIZATION_NAME.dotted_string, "Organization", False, 64),
     SubjectField(
-        "organizational_unit", "OU", NameOID.ORGANIZATIONAL_UNIT_NAME.dotted_string,
-        "OrganizationalUnit", False, 64,
+        "state", "ST", NameOID.STATE_OR_PROVINCE_NAME.dotted_string, "StateName", False, 128
+    ),
+    SubjectField(
+        "organization", "O", NameOID.ORGANIZATION_NAME.dotted_string, "Organization", False, 64
+    ),
+    SubjectField(
+        "organizational_unit",
+        "OU",
+        NameOID.ORGANIZATIONAL_UNIT_NAME.dotted_string,
+        "OrganizationalUnit",
+        False,
+        64,
     ),
     SubjectField("common_name", "CN", NameOID.COMMON_NAME.dotted_string, "CommonName", False, 64),
-    SubjectField("serial_number", "serialNumber", NameOID.SERIAL_NUMBER.dotted_string, "SerialNumber", True, 64),
     SubjectField(
-        "dn_qualifier", "dnQualifier", NameOID.DN_QUALIFIER.dotted_string,
-        "DistinguishedNameQualifier", True, 64,
+        "serial_number",
+        "serialNumber",
+        NameOID.SERIAL_NUMBER.dotted_string,
+        "SerialNumber",
+        True,
+        64,
+    ),
+    SubjectField(
+        "dn_qualifier",
+        "dnQualifier",
+        NameOID.DN_QUALIFIER.dotted_string,
+        "DistinguishedNameQualifier",
+        True,
+        64,
     ),
 )
 BY_NAME: dict[str, SubjectField] = {f.name: f for f in FIELDS}
@@ -79,7 +98,9 @@ class SubjectEncoder:
     _CACHE_LIMIT = 4096
 
     def __init__(self) -> None:
-        self._fields = [(f.name, f.oid_der, f.tag, {}) for f in FIELDS]
+        self._fields: list[tuple[str, bytes, int, dict[str, bytes]]] = [
+            (f.name, f.oid_der, f.tag, {}) for f in FIELDS
+        ]
 
     def encode(self, subject: dict[str, str]) -> bytes:
         rdns = []

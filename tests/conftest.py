@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from loadgen.certs.ca import CA, init_ca
+
+ROOT = Path(__file__).resolve().parent.parent
+LIGHTBULB_PROFILE = ROOT / "scenarios" / "profiles" / "lightbulb.yaml"
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+
+def run_loadgen(*args: str | Path, cwd: Path | None = None) -> Result:
+    """Run the real command line, as a user would, in a fresh process."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "loadgen", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=300,
+    )
+    return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+def assert_user_error(result: Result, *fragments: str) -> None:
+    """Exit 2, one line on stderr naming what is wrong, no traceback."""
+    assert result.code == 2, (result.code, result.out, result.err)
+    assert "Traceback" not in result.err
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1, result.err
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+
+
+@pytest.fixture(scope="session")
+def session_ca(tmp_path_factory: pytest.TempPathFactory) -> CA:
+    return init_ca(tmp_path_factory.mktemp("ca") / "ca")
+
+
+@pytest.fixture
+def ca(tmp_path: Path) -> CA:
+    return init_ca(tmp_path / "ca")

@@ -1,0 +1,113 @@
+"""`loadgen ca`: the fleet CA and the verification certificate for AWS."""
+
+from __future__ import annotations
+
+import stat
+
+import pytest
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+
+from loadgen.certs.ca import load_ca
+from tests import openssl
+from tests.conftest import assert_user_error, run_loadgen
+
+
+def test_ca_init_writes_the_certificate_and_a_0600_key(tmp_path):
+    result = run_loadgen("ca", "init", "--out", tmp_path / "ca")
+    assert result.code == 0, result.err
+    assert stat.S_IMODE((tmp_path / "ca" / "ca.key").stat().st_mode) == 0o600
+    assert "PRIVATE KEY" not in result.out + result.err
+    text = openssl.text(tmp_path / "ca" / "ca.pem")
+    assert "CA:TRUE" in text
+    assert "Certificate Sign" in text
+
+
+@pytest.mark.parametrize(
+    ("key_type", "marker"),
+    [
+        ("ec-p256", "NIST CURVE: P-256"),
+        ("ec-p384", "NIST CURVE: P-384"),
+        ("rsa-2048", "(2048 bit)"),
+    ],
+)
+def test_ca_init_makes_the_key_type_asked_for(tmp_path, key_type, marker):
+    result = run_loadgen("ca", "init", "--out", tmp_path / "ca", "--key-type", key_type)
+    assert result.code == 0, result.err
+    assert marker in openssl.text(tmp_path / "ca" / "ca.pem")
+
+
+def test_ca_init_uses_the_subject_and_days_given(tmp_path):
+    result = run_loadgen(
+        "ca",
+        "init",
+        "--out",
+        tmp_path / "ca",
+        "--subject",
+        "CN=Acme Root,O=Acme,C=DE",
+        "--days",
+        "30",
+    )
+    assert result.code == 0, result.err
+    cert = load_ca(tmp_path / "ca").cert
+    assert cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)[0].value == "Acme"
+    lifetime = cert.not_valid_after_utc - cert.not_valid_before_utc
+    assert 30 <= lifetime.days <= 31
+
+
+def test_ca_init_refuses_to_overwrite_an_existing_ca(tmp_path):
+    assert run_loadgen("ca", "init", "--out", tmp_path / "ca").code == 0
+    before = (tmp_path / "ca" / "ca.pem").read_bytes()
+    assert_user_error(run_loadgen("ca", "init", "--out", tmp_path / "ca"), "--force")
+    assert (tmp_path / "ca" / "ca.pem").read_bytes() == before
+
+
+def test_ca_init_with_force_replaces_the_ca(tmp_path):
+    assert run_loadgen("ca", "init", "--out", tmp_path / "ca").code == 0
+    before = (tmp_path / "ca" / "ca.pem").read_bytes()
+    assert run_loadgen("ca", "init", "--out", tmp_path / "ca", "--force").code == 0
+    assert (tmp_path / "ca" / "ca.pem").read_bytes() != before
+
+
+def test_a_malformed_subject_is_a_one_line_error(tmp_path):
+    assert_user_error(
+        run_loadgen("ca", "init", "--out", tmp_path / "ca", "--subject", "no equals sign"),
+        "--subject",
+    )
+    assert not (tmp_path / "ca").exists()
+
+
+def test_verification_cert_carries_the_registration_code_and_chains_to_the_ca(tmp_path, ca):
+    out = tmp_path / "verification.pem"
+    result = run_loadgen(
+        "ca",
+        "verification-cert",
+        "--ca",
+        ca.directory,
+        "--registration-code",
+        "a1b2c3d4e5f6",
+        "--out",
+        out,
+    )
+    assert result.code == 0, result.err
+    cert = x509.load_pem_x509_certificate(out.read_bytes())
+    assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "a1b2c3d4e5f6"
+    assert openssl.verify_error(ca.directory / "ca.pem", out) == ""
+
+
+def test_a_ca_key_that_does_not_match_its_certificate_is_refused(tmp_path, ca):
+    other = tmp_path / "other"
+    assert run_loadgen("ca", "init", "--out", other).code == 0
+    (ca.directory / "ca.key").write_bytes((other / "ca.key").read_bytes())
+    result = run_loadgen(
+        "certs", "mint", "--ca", ca.directory, "--count", "5", "--out", tmp_path / "fleet"
+    )
+    assert_user_error(result, "ca.key", "does not match")
+    assert not (tmp_path / "fleet").exists()
+
+
+def test_a_missing_ca_names_the_command_that_makes_one(tmp_path):
+    result = run_loadgen(
+        "certs", "mint", "--ca", tmp_path / "nowhere", "--count", "5", "--out", tmp_path / "fleet"
+    )
+    assert_user_error(result, "loadgen ca init")

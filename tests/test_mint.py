@@ -1,0 +1,474 @@
+"""`loadgen certs mint`: fleets of CA-signed device certificates, checked by OpenSSL."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from loadgen.certs.ca import CA, init_ca
+from loadgen.certs.subject import BY_OID
+from tests import openssl
+from tests.conftest import LIGHTBULB_PROFILE, assert_user_error, run_loadgen
+
+FAULTY_PROFILE = """\
+key_type: {ec-p256: 0.8, ec-p384: 0.1, rsa-2048: 0.1}
+subject:
+  common_name: "sensor-{index:05d}"
+  serial_number: "{digits:12}"
+  country: {choice: [US, DE]}
+  organization: Acme
+faults:
+  missing_country: 0.04
+  expired: 0.04
+  not_yet_valid: 0.04
+  unknown_ca: 0.04
+"""
+FLEET_SIZE = 1200
+
+
+class Fleet:
+    def __init__(self, path: Path, ca: CA) -> None:
+        self.path = path
+        self.ca = ca
+        lines = (path / "manifest.jsonl").read_text().splitlines()
+        self.devices = [json.loads(line) for line in lines]
+
+    def cert(self, device: dict) -> Path:
+        return self.path / device["cert"]
+
+    def key(self, device: dict) -> Path:
+        return self.path / device["key"]
+
+    def with_fault(self, fault: str | None) -> list[dict]:
+        return [d for d in self.devices if d["fault"] == fault]
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory) -> Fleet:
+    root = tmp_path_factory.mktemp("mint")
+    ca = init_ca(root / "ca")
+    profile = root / "profile.yaml"
+    profile.write_text(FAULTY_PROFILE)
+    result = run_loadgen(
+        "certs",
+        "mint",
+        "--ca",
+        ca.directory,
+        "--count",
+        FLEET_SIZE,
+        "--out",
+        root / "fleet",
+        "--profile",
+        profile,
+        "--workers",
+        "2",
+        "--seed",
+        "11",
+    )
+    assert result.code == 0, result.err
+    return Fleet(root / "fleet", ca)
+
+
+def test_the_manifest_lists_every_device_in_index_order(fleet):
+    assert [d["index"] for d in fleet.devices] == list(range(FLEET_SIZE))
+    for device in fleet.devices[:5]:
+        assert set(device) >= {
+            "index",
+            "client_id",
+            "certificate_id",
+            "subject",
+            "key_type",
+            "fault",
+            "cert",
+            "key",
+        }
+
+
+def test_every_healthy_certificate_verifies_against_the_ca_with_openssl(fleet):
+    healthy = [fleet.cert(d) for d in fleet.with_fault(None) + fleet.with_fault("missing_country")]
+    assert len(healthy) > FLEET_SIZE * 0.8
+    assert openssl.verify_ok(fleet.ca.directory / "ca.pem", healthy) == set(healthy)
+
+
+@pytest.mark.parametrize(
+    ("fault", "reason"),
+    [
+        ("expired", "certificate has expired"),
+        ("not_yet_valid", "certificate is not yet valid"),
+        ("unknown_ca", "unable to get local issuer certificate"),
+    ],
+)
+def test_faulty_certificates_fail_openssl_for_the_right_reason(fleet, fault, reason):
+    devices = fleet.with_fault(fault)
+    assert devices
+    for device in devices:
+        assert reason in openssl.verify_error(fleet.ca.directory / "ca.pem", fleet.cert(device))
+
+
+def test_unknown_ca_certificates_verify_against_their_own_ca(fleet):
+    certs = [fleet.cert(d) for d in fleet.with_fault("unknown_ca")]
+    unknown_ca = fleet.path / "unknown-ca" / "ca.pem"
+    assert openssl.verify_ok(unknown_ca, certs) == set(certs)
+
+
+def test_certificate_subjects_match_the_manifest(fleet):
+    for device in fleet.devices:
+        cert = x509.load_pem_x509_certificate(fleet.cert(device).read_bytes())
+        fields = {BY_OID[a.oid.dotted_string].name: a.value for a in cert.subject}
+        assert fields == device["subject"]
+
+
+def test_subjects_follow_the_profile(fleet):
+    for device in fleet.devices:
+        subject = device["subject"]
+        assert subject["common_name"] == f"sensor-{device['index']:05d}"
+        assert subject["serial_number"].isdigit() and len(subject["serial_number"]) == 12
+        assert subject["organization"] == "Acme"
+        assert ("country" in subject) == (device["fault"] != "missing_country")
+        assert subject.get("country", "US") in {"US", "DE"}
+
+
+def test_fault_fractions_land_within_tolerance(fleet):
+    counts = Counter(d["fault"] for d in fleet.devices)
+    for fault in ("missing_country", "expired", "not_yet_valid", "unknown_ca"):
+        assert abs(counts[fault] / FLEET_SIZE - 0.04) < 0.005, (fault, counts[fault])
+
+
+def test_key_types_follow_the_mix(fleet):
+    counts = Counter(d["key_type"] for d in fleet.devices)
+    assert abs(counts["ec-p256"] / FLEET_SIZE - 0.8) < 0.05
+    assert counts["ec-p384"] and counts["rsa-2048"]
+
+
+def test_certificate_id_is_the_sha256_of_the_certificate_der(fleet):
+    for device in fleet.devices:
+        cert = x509.load_pem_x509_certificate(fleet.cert(device).read_bytes())
+        der = cert.public_bytes(serialization.Encoding.DER)
+        assert device["certificate_id"] == hashlib.sha256(der).hexdigest()
+
+
+def test_the_cert_file_holds_the_device_certificate_then_its_ca(fleet):
+    ca_pem = (fleet.ca.directory / "ca.pem").read_bytes()
+    for device in fleet.with_fault(None)[:50]:
+        chain = x509.load_pem_x509_certificates(fleet.cert(device).read_bytes())
+        assert len(chain) == 2
+        assert chain[1].public_bytes(serialization.Encoding.PEM) == ca_pem
+        chain[0].verify_directly_issued_by(chain[1])
+
+
+def test_keys_are_0600_and_belong_to_their_certificates(fleet):
+    for device in fleet.devices[::7]:
+        key_path = fleet.key(device)
+        assert stat.S_IMODE(key_path.stat().st_mode) == 0o600
+        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+        cert = x509.load_pem_x509_certificate(fleet.cert(device).read_bytes())
+        assert key.public_key() == cert.public_key()
+
+
+def test_no_folder_holds_more_than_a_thousand_devices(fleet):
+    for folder in (fleet.path / "devices").iterdir():
+        assert len(list(folder.iterdir())) <= 2 * 1000
+
+
+def test_inspect_summarizes_the_fleet(fleet):
+    result = run_loadgen("certs", "inspect", fleet.path, "--verify")
+    assert result.code == 0, result.err
+    counts = Counter(d["fault"] for d in fleet.devices)
+    assert f"{FLEET_SIZE} devices" in result.out
+    assert f"verified {FLEET_SIZE}" in result.out
+    for fault in ("expired", "unknown_ca"):
+        assert any(
+            line.split()[:2] == [fault, str(counts[fault])] for line in result.out.splitlines()
+        )
+    valid_now = FLEET_SIZE - counts["expired"] - counts["not_yet_valid"]
+    assert f"{valid_now} valid now" in result.out
+
+
+# Growing and resuming
+
+
+def _snapshot(path: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(path)): p.read_bytes()
+        for p in sorted(path.rglob("*"))
+        if p.is_file() and p.name != "manifest.jsonl" and not p.name.startswith(".")
+    }
+
+
+def test_minting_more_keeps_existing_devices_byte_for_byte(tmp_path, session_ca):
+    out = tmp_path / "fleet"
+    args = (
+        "certs",
+        "mint",
+        "--ca",
+        session_ca.directory,
+        "--out",
+        out,
+        "--profile",
+        LIGHTBULB_PROFILE,
+    )
+    assert run_loadgen(*args, "--count", "300").code == 0
+    before = _snapshot(out)
+    manifest = (out / "manifest.jsonl").read_bytes()
+    result = run_loadgen(*args, "--count", "700")
+    assert result.code == 0, result.err
+    assert "minted 400, kept 300" in result.out
+    after = _snapshot(out)
+    assert {k: after[k] for k in before} == before
+    assert (out / "manifest.jsonl").read_bytes().startswith(manifest)
+    assert len((out / "manifest.jsonl").read_text().splitlines()) == 700
+
+
+def test_minting_a_count_the_fleet_already_has_changes_nothing(tmp_path, session_ca):
+    out = tmp_path / "fleet"
+    args = ("certs", "mint", "--ca", session_ca.directory, "--out", out)
+    assert run_loadgen(*args, "--count", "50").code == 0
+    before = _snapshot(out)
+    result = run_loadgen(*args, "--count", "20")
+    assert result.code == 0
+    assert "nothing to mint" in result.out
+    assert _snapshot(out) == before
+
+
+def test_growing_without_a_profile_keeps_the_fleets_own(tmp_path, session_ca):
+    out = tmp_path / "fleet"
+    base = ("certs", "mint", "--ca", session_ca.directory, "--out", out)
+    assert (
+        run_loadgen(*base, "--count", "20", "--profile", LIGHTBULB_PROFILE, "--seed", "5").code == 0
+    )
+    assert run_loadgen(*base, "--count", "40").code == 0
+    lines = (out / "manifest.jsonl").read_text().splitlines()
+    assert json.loads(lines[-1])["subject"]["common_name"] == "lightbulb-000039"
+
+
+def test_a_killed_mint_is_completed_on_the_next_run(tmp_path, session_ca):
+    out = tmp_path / "fleet"
+    args = [
+        "certs",
+        "mint",
+        "--ca",
+        str(session_ca.directory),
+        "--out",
+        str(out),
+        "--count",
+        "20000",
+        "--workers",
+        "2",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "loadgen", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    manifest = out / "manifest.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if manifest.exists() and manifest.stat().st_size > 0:
+            break
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    lines_before = manifest.read_bytes().count(b"\n")
+    assert 0 < lines_before < 20000
+    args[args.index("20000")] = "2500"
+    result = run_loadgen(*args)
+    assert result.code == 0, result.err
+    _assert_complete(out, max(2500, lines_before), session_ca)
+
+
+def test_a_partial_last_manifest_line_is_cut_and_that_device_minted_again(tmp_path, session_ca):
+    out = tmp_path / "fleet"
+    args = ("certs", "mint", "--ca", session_ca.directory, "--out", out)
+    assert run_loadgen(*args, "--count", "100").code == 0
+    manifest = out / "manifest.jsonl"
+    data = manifest.read_bytes()
+    cut = data.rstrip(b"\n").rfind(b"\n") + 1
+    manifest.write_bytes(data[: cut + 40])  # device 99's line, torn
+    (out / "devices" / "0000" / "0000099.pem").write_bytes(b"half a cert")
+    result = run_loadgen(*args, "--count", "100")
+    assert result.code == 0, result.err
+    _assert_complete(out, 100, session_ca)
+
+
+def _assert_complete(out: Path, count: int, ca: CA) -> None:
+    devices = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert [d["index"] for d in devices] == list(range(count))
+    for device in devices:
+        cert = x509.load_pem_x509_certificate((out / device["cert"]).read_bytes())
+        der = cert.public_bytes(serialization.Encoding.DER)
+        assert hashlib.sha256(der).hexdigest() == device["certificate_id"]
+    sample = [out / d["cert"] for d in devices[:: max(1, count // 200)]]
+    assert openssl.verify_ok(ca.directory / "ca.pem", sample) == set(sample)
+
+
+def test_a_second_mint_on_the_same_fleet_at_once_is_refused(tmp_path, session_ca):
+    out = tmp_path / "fleet"
+    args = ("certs", "mint", "--ca", session_ca.directory, "--out", out, "--count")
+    assert run_loadgen(*args, "10").code == 0
+    import fcntl
+
+    with open(out / ".lock", "w") as holder:
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        assert_user_error(run_loadgen(*args, "20"), "another mint")
+
+
+# Key pools
+
+
+def test_a_key_pool_shares_keys_across_devices(tmp_path, session_ca):
+    out = tmp_path / "fleet"
+    profile = tmp_path / "rsa.yaml"
+    profile.write_text("key_type: rsa-2048\n")
+    result = run_loadgen(
+        "certs",
+        "mint",
+        "--ca",
+        session_ca.directory,
+        "--out",
+        out,
+        "--count",
+        "40",
+        "--profile",
+        profile,
+        "--key-pool",
+        "4",
+    )
+    assert result.code == 0, result.err
+    devices = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert len({d["key"] for d in devices}) == 4
+    assert len({d["certificate_id"] for d in devices}) == 40
+    for device in devices:
+        key = serialization.load_pem_private_key((out / device["key"]).read_bytes(), None)
+        cert = x509.load_pem_x509_certificate((out / device["cert"]).read_bytes())
+        assert key.public_key() == cert.public_key()
+        assert stat.S_IMODE((out / device["key"]).stat().st_mode) == 0o600
+    certs = [out / d["cert"] for d in devices]
+    assert openssl.verify_ok(session_ca.directory / "ca.pem", certs) == set(certs)
+
+
+# Bad input: one line, exit 2, nothing written
+
+
+@pytest.mark.parametrize("count", ["0", "-5"])
+def test_count_must_be_positive(tmp_path, session_ca, count):
+    result = run_loadgen(
+        "certs", "mint", "--ca", session_ca.directory, "--count", count, "--out", tmp_path / "fleet"
+    )
+    assert_user_error(result, "--count")
+    assert not (tmp_path / "fleet").exists()
+
+
+def test_fault_fractions_above_one_are_refused_before_anything_is_written(tmp_path, session_ca):
+    profile = tmp_path / "p.yaml"
+    profile.write_text("faults:\n  expired: 0.6\n  unknown_ca: 0.5\n")
+    result = run_loadgen(
+        "certs",
+        "mint",
+        "--ca",
+        session_ca.directory,
+        "--count",
+        "10",
+        "--out",
+        tmp_path / "fleet",
+        "--profile",
+        profile,
+    )
+    assert_user_error(result, f"{profile}:1: faults: fault fractions sum to 1.1")
+    assert not (tmp_path / "fleet").exists()
+
+
+def test_an_unknown_profile_field_names_file_line_and_field(tmp_path, session_ca):
+    profile = tmp_path / "p.yaml"
+    profile.write_text("validity_days: 30\nsubjet:\n  common_name: x\n")
+    result = run_loadgen(
+        "certs",
+        "mint",
+        "--ca",
+        session_ca.directory,
+        "--count",
+        "10",
+        "--out",
+        tmp_path / "fleet",
+        "--profile",
+        profile,
+    )
+    assert_user_error(result, f"{profile}:2: subjet: unknown field")
+
+
+def test_an_unwritable_output_folder_is_a_one_line_error(tmp_path, session_ca):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    result = run_loadgen(
+        "certs", "mint", "--ca", session_ca.directory, "--count", "10", "--out", blocker / "fleet"
+    )
+    assert_user_error(result, str(blocker / "fleet"))
+
+
+def test_a_fleet_minted_with_another_profile_is_refused(tmp_path, session_ca):
+    out = tmp_path / "fleet"
+    base = ("certs", "mint", "--ca", session_ca.directory, "--out", out)
+    assert run_loadgen(*base, "--count", "10").code == 0
+    before = _snapshot(out)
+    result = run_loadgen(*base, "--count", "20", "--profile", LIGHTBULB_PROFILE)
+    assert_user_error(result, "different profile")
+    assert _snapshot(out) == before
+
+
+def test_a_fleet_minted_with_another_ca_is_refused(tmp_path, session_ca):
+    out = tmp_path / "fleet"
+    assert (
+        run_loadgen(
+            "certs", "mint", "--ca", session_ca.directory, "--out", out, "--count", "10"
+        ).code
+        == 0
+    )
+    other = init_ca(tmp_path / "other")
+    result = run_loadgen("certs", "mint", "--ca", other.directory, "--out", out, "--count", "20")
+    assert_user_error(result, "another CA")
+
+
+def test_a_fleet_minted_with_another_seed_is_refused(tmp_path, session_ca):
+    out = tmp_path / "fleet"
+    base = ("certs", "mint", "--ca", session_ca.directory, "--out", out)
+    assert run_loadgen(*base, "--count", "10", "--seed", "1").code == 0
+    assert_user_error(run_loadgen(*base, "--count", "20", "--seed", "2"), "seed 1")
+
+
+def test_a_folder_that_is_not_a_fleet_is_left_alone(tmp_path, session_ca):
+    out = tmp_path / "fleet"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    result = run_loadgen(
+        "certs", "mint", "--ca", session_ca.directory, "--out", out, "--count", "10"
+    )
+    assert_user_error(result, "not a fleet")
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+
+
+def test_init_ca_creates_the_ca_when_missing(tmp_path):
+    result = run_loadgen(
+        "certs",
+        "mint",
+        "--init-ca",
+        "--ca",
+        tmp_path / "ca",
+        "--count",
+        "5",
+        "--out",
+        tmp_path / "fleet",
+    )
+    assert result.code == 0, result.err
+    assert (tmp_path / "ca" / "ca.pem").exists()

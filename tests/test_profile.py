@@ -1,0 +1,154 @@
+"""Subject profiles: what the YAML says is what the devices get."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from loadgen.certs.keys import KeyType
+from loadgen.certs.profile import DEFAULT_PROFILE, DevicePlanner, load_profile
+from loadgen.errors import ConfigError
+from tests.conftest import LIGHTBULB_PROFILE
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "profile.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_the_documented_example_profile_loads_as_written():
+    profile = load_profile(LIGHTBULB_PROFILE)
+    assert profile.key_type is KeyType.EC_P256
+    assert set(profile.subject.set_fields()) == {
+        "common_name",
+        "serial_number",
+        "country",
+        "organization",
+        "organizational_unit",
+        "state",
+        "dn_qualifier",
+    }
+    assert profile.faults == {
+        "missing_country": 0.01,
+        "expired": 0.005,
+        "not_yet_valid": 0.005,
+        "unknown_ca": 0.01,
+    }
+
+
+def test_subjects_follow_the_profile():
+    planner = DevicePlanner(load_profile(LIGHTBULB_PROFILE), seed=7)
+    for index in range(300):
+        plan = planner.plan(index)
+        s = plan.subject
+        assert s["common_name"] == f"lightbulb-{index:06d}"
+        assert uuid.UUID(s["serial_number"]).version == 4
+        assert s["organization"] == "Acme Lighting"
+        assert s["organizational_unit"] in {"factory-a", "factory-b"}
+        assert s["state"] in {"WA", "CA", "NY"}
+        assert re.fullmatch(r"[0-9a-f]{8}", s["dn_qualifier"])
+        if plan.fault == "missing_country":
+            assert "country" not in s
+        else:
+            assert s["country"] in {"US", "DE", "JP", "BR"}
+        assert plan.client_id == s["common_name"]
+
+
+def test_subjects_are_deterministic_for_profile_seed_and_index():
+    profile = load_profile(LIGHTBULB_PROFILE)
+    a, b = DevicePlanner(profile, seed=3), DevicePlanner(profile, seed=3)
+    assert [a.plan(i) for i in range(50)] == [b.plan(i) for i in range(50)]
+    assert a.plan(10) == DevicePlanner(profile, seed=3).plan(10)  # no dependence on order
+
+
+def test_another_seed_gives_other_subjects():
+    profile = load_profile(LIGHTBULB_PROFILE)
+    a, b = DevicePlanner(profile, seed=1), DevicePlanner(profile, seed=2)
+    assert a.plan(0).subject["serial_number"] != b.plan(0).subject["serial_number"]
+
+
+def test_fault_fractions_land_within_tolerance():
+    planner = DevicePlanner(load_profile(LIGHTBULB_PROFILE), seed=0)
+    n = 20_000
+    counts = Counter(planner.fault_of(i) for i in range(n))
+    for name, fraction in planner.profile.faults.items():
+        assert abs(counts[name] / n - fraction) < 0.001, (name, counts[name])
+
+
+def test_weighted_choices_follow_their_weights(tmp_path):
+    path = _write(
+        tmp_path,
+        "subject:\n  common_name: 'd{index}'\n  country: {choice: {US: 3, DE: 1}}\n",
+    )
+    planner = DevicePlanner(load_profile(path), seed=0)
+    counts = Counter(planner.plan(i).subject["country"] for i in range(8000))
+    assert abs(counts["US"] / 8000 - 0.75) < 0.03
+
+
+def test_a_key_type_mix_follows_its_weights(tmp_path):
+    path = _write(tmp_path, "key_type: {ec-p256: 0.9, ec-p384: 0.1}\n")
+    planner = DevicePlanner(load_profile(path), seed=0)
+    counts = Counter(planner.plan(i).key_type for i in range(5000))
+    assert abs(counts[KeyType.EC_P384] / 5000 - 0.1) < 0.02
+
+
+def test_cycle_takes_values_in_turn(tmp_path):
+    path = _write(tmp_path, "subject:\n  common_name: 'd{index}'\n  state: {cycle: [WA, CA]}\n")
+    planner = DevicePlanner(load_profile(path), seed=0)
+    assert [planner.plan(i).subject["state"] for i in range(4)] == ["WA", "CA", "WA", "CA"]
+
+
+def test_client_id_can_use_subject_fields(tmp_path):
+    path = _write(
+        tmp_path,
+        "subject:\n  common_name: 'd{index}'\n  organization: Acme\n"
+        "client_id: '{organization}-{common_name}-{digits:4}'\n",
+    )
+    plan = DevicePlanner(load_profile(path), seed=0).plan(5)
+    assert re.fullmatch(r"Acme-d5-[0-9]{4}", plan.client_id)
+
+
+def test_without_a_profile_the_default_gives_unique_names():
+    planner = DevicePlanner(DEFAULT_PROFILE, seed=0)
+    names = {planner.plan(i).subject["common_name"] for i in range(100)}
+    assert len(names) == 100
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("subject:\n  common_name: x\n  colour: red\n", ":3: subject.colour: unknown field"),
+        ("key_type: ec-p521\n", ":1: key_type:"),
+        ("validity_days: soon\n", ":1: validity_days:"),
+        ("subject:\n  country: {choice: [US, DEU]}\n", ":2: subject.country:"),
+        (
+            "subject:\n  common_name: 'x-{nonsense}'\n",
+            ":2: subject.common_name: unknown placeholder",
+        ),
+        ("faults:\n  expired: 0.7\n  unknown_ca: 0.6\n", ":1: faults: fault fractions sum to 1.3"),
+        ("faults:\n  lightning: 0.1\n", ":2: faults.lightning: unknown fault 'lightning'"),
+        ("subject:\n  common_name: x\nfaults:\n  missing_state: 0.1\n", ":3: faults:"),
+        ("subject:\n  common_name: [unclosed\n", ": YAML syntax error"),
+        ("- just\n- a list\n", ":1: the profile must be a mapping"),
+    ],
+)
+def test_a_bad_profile_names_file_line_and_field(tmp_path, text, expected):
+    path = _write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_profile(path)
+    message = str(info.value)
+    assert message.startswith(str(path))
+    assert expected in message
+    assert "\n" not in message
+
+
+def test_a_template_that_overflows_its_field_names_the_device(tmp_path):
+    path = _write(tmp_path, "subject:\n  common_name: '{uuid}{uuid}'\n")
+    planner = DevicePlanner(load_profile(path), seed=0)
+    with pytest.raises(ConfigError, match=r"device 0: subject.common_name: .*1 to 64"):
+        planner.plan(0)
