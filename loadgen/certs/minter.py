@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import json
 import os
 from dataclasses import dataclass
+from json.encoder import encode_basestring_ascii as _json_str  # the C one
 from pathlib import Path
 from typing import Any
 
@@ -95,19 +95,23 @@ class Minter:
                 ]
 
     def mint(self, start: int, stop: int) -> bytes:
-        """Mint devices ``start`` to ``stop - 1`` and return their manifest lines."""
+        """Mint devices ``start`` to ``stop - 1`` and return their manifest lines.
+
+        The loop is written for speed (locals bound once, no per-device objects
+        beyond the plan): it is most of the cost of a fleet that is not crypto."""
         lines: list[str] = []
         keys: list[tuple[str, bytes]] = []
         chains: list[tuple[str, bytes]] = []
         serials = os.urandom(_SERIAL_BYTES * (stop - start))
-        shard = None
         fleet = str(self.fleet)
-        dumps = json.JSONEncoder(separators=(",", ":")).encode
+        plan_of = self.planner.plan
+        encode_subject = self.subjects.encode
+        validity, window_text = self.validity, self.window_text
+        pem, sha256 = der.pem, hashlib.sha256
         for n, index in enumerate(range(start, stop)):
-            if shard is None or index % SHARD_SIZE == 0:
-                shard = shard_of(index)
-                os.makedirs(f"{fleet}/{shard}", exist_ok=True)
-            plan = self.planner.plan(index)
+            if n == 0 or index % SHARD_SIZE == 0:
+                os.makedirs(f"{fleet}/{shard_of(index)}", exist_ok=True)
+            plan = plan_of(index)
             fault = plan.fault
             issuer = self.unknown if fault == "unknown_ca" else self.issuer
             assert issuer is not None
@@ -116,38 +120,29 @@ class Minter:
             if pool:
                 spki, key_rel = pool[index % len(pool)]
             else:
-                pem, spki = key_material(generate_key(plan.key_type))
-                keys.append((f"{fleet}/{key_rel}", pem))
+                key_pem, spki = key_material(generate_key(plan.key_type))
+                keys.append((f"{fleet}/{key_rel}", key_pem))
             # Positive and minimally encoded: top bit clear, next bit set.
-            serial = (
-                bytes(((serials[n * _SERIAL_BYTES] & 0x3F) | 0x40,))
-                + serials[n * _SERIAL_BYTES + 1 : (n + 1) * _SERIAL_BYTES]
-            )
+            at = n * _SERIAL_BYTES
+            serial = bytes(((serials[at] & 0x3F) | 0x40,)) + serials[at + 1 : at + _SERIAL_BYTES]
             tbs = issuer.template.tbs(
                 serial,
-                self.validity.get(fault, self.validity[None]),
-                self.subjects.encode(plan.subject),
+                validity.get(fault) or validity[None],
+                encode_subject(plan.subject),
                 spki,
                 der.KEY_USAGE_RSA if plan.key_type is KeyType.RSA_2048 else der.KEY_USAGE_EC,
             )
             cert = issuer.template.certificate(tbs, issuer.signer.sign(tbs))
-            chains.append((f"{fleet}/{cert_rel}", der.pem(cert) + issuer.ca_pem))
-            not_before, not_after = self.window_text.get(fault, self.window_text[None])
+            chains.append((f"{fleet}/{cert_rel}", pem(cert) + issuer.ca_pem))
+            not_before, not_after = window_text.get(fault) or window_text[None]
+            subject_json = ",".join([f'"{k}":{_json_str(v)}' for k, v in plan.subject.items()])
+            fault_json = _json_str(fault) if fault else "null"
             lines.append(
-                dumps(
-                    {
-                        "index": index,
-                        "client_id": plan.client_id,
-                        "certificate_id": hashlib.sha256(cert).hexdigest(),
-                        "subject": plan.subject,
-                        "key_type": plan.key_type.value,
-                        "fault": fault,
-                        "cert": cert_rel,
-                        "key": key_rel,
-                        "not_before": not_before,
-                        "not_after": not_after,
-                    }
-                )
+                f'{{"index":{index},"client_id":{_json_str(plan.client_id)},'
+                f'"certificate_id":"{sha256(cert).hexdigest()}","subject":{{{subject_json}}},'
+                f'"key_type":"{plan.key_type.value}","fault":{fault_json},'
+                f'"cert":"{cert_rel}","key":"{key_rel}",'
+                f'"not_before":"{not_before}","not_after":"{not_after}"}}'
             )
         # Writing files in one burst after the crypto, rather than interleaved with
         # it, measured 20 µs less per device: the kernel's file paths and OpenSSL's
@@ -161,6 +156,9 @@ class Minter:
 
 
 def _load_key(path: Path) -> PrivateKey:
-    key = load_pem_private_key(path.read_bytes(), password=None)
+    # Our own pool keys: RSA's consistency check costs milliseconds per key per worker.
+    key = load_pem_private_key(
+        path.read_bytes(), password=None, unsafe_skip_rsa_key_validation=True
+    )
     assert isinstance(key, PrivateKey)
     return key

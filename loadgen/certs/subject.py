@@ -110,7 +110,8 @@ class SubjectEncoder:
                 continue
             rdn = cache.get(value)
             if rdn is None:
-                rdn = der.tlv(der.TAG_SET, der.sequence(oid_der, der.tlv(tag, value.encode())))
+                atv = der.sequence(oid_der, der.tlv(tag, value.encode()))
+                rdn = der.header(der.TAG_SET, len(atv)) + atv
                 if len(cache) < self._CACHE_LIMIT:
                     cache[value] = rdn
             rdns.append(rdn)
