@@ -14,6 +14,7 @@ side, and each figure is the median of --repeats runs.
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import re
 import shutil
@@ -72,6 +73,32 @@ def file_create_rate(root: Path, count: int) -> float:
     return rate
 
 
+def _crypto_only(count: int) -> float:
+    """Seconds for ``count`` bare key generations plus signatures: no Python glue, no
+    files. What one process can do at most, with this library, on this machine."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    algorithm = ec.ECDSA(hashes.SHA256())
+    start = time.perf_counter()
+    for _ in range(count):
+        ca_key.sign(b"x" * 400, algorithm)
+        ec.generate_private_key(ec.SECP256R1())
+    return time.perf_counter() - start
+
+
+def crypto_scaling(count: int, processes: int) -> tuple[float, float]:
+    """(rate in one process, rate in ``processes`` at once): how far this machine
+    lets CPU-bound crypto scale across its cores right now."""
+    one = count / _crypto_only(count)
+    with multiprocessing.get_context("fork").Pool(processes) as pool:
+        start = time.perf_counter()
+        pool.map(_crypto_only, [count] * processes)
+        many = processes * count / (time.perf_counter() - start)
+    return one, many
+
+
 def median_of(repeats: int, run: Callable[[], float]) -> tuple[float, list[float]]:
     samples = [run() for _ in range(repeats)]
     return statistics.median(samples), samples
@@ -103,7 +130,9 @@ def main() -> None:
         one: list[float] = []
         all_: list[float] = []
         files: list[float] = []
+        crypto: list[tuple[float, float]] = []
         for _ in range(args.repeats):
+            crypto.append(crypto_scaling(args.count // 2, cores))
             # Interleaved, so a noisy neighbour hurts both sides alike.
             one.append(timed_mint(root, ca.directory, args.count, 1))
             all_.append(timed_mint(root, ca.directory, args.count, cores))
@@ -132,6 +161,8 @@ def main() -> None:
     floor_core = sign / 2
     floor_all = floor_core * cores
     one_m, all_m, files_m = (statistics.median(x) for x in (one, all_, files))
+    crypto_one = statistics.median(c[0] for c in crypto)
+    crypto_all = statistics.median(c[1] for c in crypto)
     print(f"machine: {cores} cores; fleets written under {base or tempfile.gettempdir()}")
     print(f"openssl speed ecdsap256: {sign:,.0f} sign/s per core; ecdhp256: {ecdh:,.0f} op/s")
     print(f"floor (keygen + sign): {floor_core:,.0f} certs/s per core, {floor_all:,.0f} on {cores}")
@@ -146,6 +177,11 @@ def main() -> None:
         f"**{all_m / floor_all:.0%}** of {cores} cores |"
     )
     print(f"| {cores} workers / 1 worker | **{all_m / one_m:.2f}x** | | |")
+    print(f"| keygen + sign only, 1 process (no glue, no files) | {crypto_one:,.0f} | | |")
+    print(f"| keygen + sign only, {cores} processes | {crypto_all:,.0f} | | |")
+    print(
+        f"| the machine's own scaling: {cores} processes / 1 | {crypto_all / crypto_one:.2f}x | | |"
+    )
     print(f"| bare file writes only (2 files per device) | {files_m:,.0f} | {_runs(files)} | |")
     print(
         f"| RSA-2048, key pool {args.key_pool}, {cores} workers (pool made once in "

@@ -201,12 +201,9 @@ def main() -> None:
     except UserError as exc:
         click.echo(f"loadgen: error: {exc}", err=True)
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
-        click.echo("loadgen: interrupted", err=True)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        click.echo("loadgen: interrupted; what was finished is kept", err=True)
         sys.exit(130)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        click.echo("loadgen: interrupted; what was finished is kept", err=True)
-        sys.exit(130)

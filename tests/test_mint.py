@@ -472,3 +472,40 @@ def test_init_ca_creates_the_ca_when_missing(tmp_path):
     )
     assert result.code == 0, result.err
     assert (tmp_path / "ca" / "ca.pem").exists()
+
+
+def test_ctrl_c_stops_the_mint_quietly_and_keeps_what_was_finished(tmp_path, session_ca):
+    out = tmp_path / "fleet"
+    args = [
+        "certs",
+        "mint",
+        "--ca",
+        str(session_ca.directory),
+        "--out",
+        str(out),
+        "--count",
+        "40000",
+        "--workers",
+        "2",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "loadgen", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    manifest = out / "manifest.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if manifest.exists() and manifest.stat().st_size > 0:
+            break
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the whole group
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert "Traceback" not in err
+    assert err.strip().splitlines() == ["loadgen: interrupted; what was finished is kept"]
+    kept = manifest.read_bytes().count(b"\n")
+    assert 0 < kept < 40000
+    _assert_complete(out, kept, session_ca)

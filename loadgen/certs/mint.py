@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import multiprocessing
 import os
+import signal
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,6 +115,9 @@ _worker: Minter | None = None
 
 def _init_worker(spec: MintSpec) -> None:
     global _worker
+    # Ctrl-C reaches the whole process group; the parent alone handles it (it ends
+    # the pool), so workers print no tracebacks of their own.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _worker = Minter(spec)
 
 
