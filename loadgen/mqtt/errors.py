@@ -1,0 +1,30 @@
+"""Errors of the MQTT layer: everything a peer can send wrong is a ``ProtocolError``."""
+
+from __future__ import annotations
+
+from loadgen.errors import LoadgenError
+
+
+class ProtocolError(LoadgenError):
+    """The peer broke the protocol. ``reason_code`` is what an MQTT 5 DISCONNECT
+    should carry when answering it."""
+
+    reason_code = 0x82  # Protocol Error
+
+
+class MalformedPacket(ProtocolError):
+    """Bytes that do not parse as the packet they claim to be."""
+
+    reason_code = 0x81
+
+
+class PacketTooLarge(ProtocolError):
+    """A packet over the maximum size this side accepts."""
+
+    reason_code = 0x95
+
+
+class UnsupportedProtocolVersion(ProtocolError):
+    """A CONNECT with a protocol level other than 4 (3.1.1) or 5."""
+
+    reason_code = 0x84

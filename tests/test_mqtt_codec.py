@@ -1,0 +1,115 @@
+"""The sans-I/O MQTT codec: every packet of both versions survives the wire, in
+chunks of any size, and bad bytes raise ProtocolError and nothing else."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from loadgen import mqtt
+from loadgen.mqtt import wire
+from tests.mqtt_strategies import connects, packets
+
+VERSIONS = [mqtt.MQTT_3_1_1, mqtt.MQTT_5]
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@given(data=st.data())
+def test_every_packet_decodes_to_what_was_encoded(version, data):
+    packet = data.draw(packets(version))
+    assert mqtt.Decoder(version).feed(mqtt.encode(packet, version)) == [packet]
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@given(data=st.data())
+def test_connect_round_trips_and_tells_a_server_the_version(version, data):
+    connect = data.draw(connects(version))
+    decoder = mqtt.Decoder()
+    assert decoder.feed(mqtt.encode(connect, version)) == [connect]
+    assert decoder.version == version
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@given(data=st.data())
+def test_a_stream_cut_anywhere_yields_the_same_packets(version, data):
+    sent = data.draw(st.lists(packets(version), min_size=1, max_size=6))
+    stream = b"".join(mqtt.encode(p, version) for p in sent)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=8)))
+    decoder = mqtt.Decoder(version)
+    received = []
+    for start, end in zip([0, *cuts], [*cuts, len(stream)], strict=True):
+        received += decoder.feed(stream[start:end])
+    assert received == sent
+    assert decoder.buffered == 0
+
+
+@pytest.mark.parametrize("version", [None, *VERSIONS])
+@settings(max_examples=300)
+@given(garbage=st.binary(max_size=64))
+def test_arbitrary_bytes_raise_only_protocol_errors(version, garbage):
+    with contextlib.suppress(mqtt.ProtocolError):
+        mqtt.Decoder(version, max_packet_size=1024).feed(garbage)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@settings(max_examples=300)
+@given(data=st.data())
+def test_a_corrupted_packet_raises_only_protocol_errors(version, data):
+    encoded = bytearray(mqtt.encode(data.draw(packets(version)), version))
+    position = data.draw(st.integers(0, len(encoded) - 1))
+    encoded[position] = data.draw(st.integers(0, 255))
+    with contextlib.suppress(mqtt.ProtocolError):
+        mqtt.Decoder(version).feed(bytes(encoded))
+
+
+def test_a_packet_over_the_maximum_size_is_refused_before_it_is_buffered():
+    decoder = mqtt.Decoder(mqtt.MQTT_5, max_packet_size=100)
+    header = mqtt.encode(mqtt.Publish("t", b"x" * 200), mqtt.MQTT_5)[:3]
+    with pytest.raises(mqtt.PacketTooLarge):
+        decoder.feed(header)
+
+
+def test_a_remaining_length_of_five_bytes_is_malformed():
+    with pytest.raises(mqtt.MalformedPacket):
+        mqtt.Decoder(mqtt.MQTT_5).feed(b"\x30\xff\xff\xff\xff\x01")
+
+
+def test_a_server_wants_connect_first():
+    with pytest.raises(mqtt.ProtocolError, match="before CONNECT"):
+        mqtt.Decoder().feed(mqtt.encode(mqtt.PingReq(), mqtt.MQTT_5))
+
+
+def test_mqtt_3_1_is_an_unsupported_version():
+    # CONNECT for MQTT 3.1: protocol name MQIsdp, level 3
+    body = wire.string("MQIsdp") + bytes((3, 2)) + (60).to_bytes(2, "big") + wire.string("c")
+    with pytest.raises(mqtt.UnsupportedProtocolVersion):
+        mqtt.Decoder().feed(bytes((0x10, len(body))) + body)
+
+
+def test_a_publish_topic_with_a_wildcard_is_refused():
+    with pytest.raises(mqtt.ProtocolError, match="wildcard"):
+        mqtt.Decoder(mqtt.MQTT_5).feed(mqtt.encode(mqtt.Publish("a/+/b"), mqtt.MQTT_5))
+
+
+def test_a_property_not_allowed_in_its_packet_is_a_protocol_error():
+    # CONNACK is not allowed to carry a Topic Alias (0x23).
+    body = b"\x00\x00" + b"\x03\x23\x00\x01"
+    with pytest.raises(mqtt.ProtocolError, match="topic_alias"):
+        mqtt.Decoder(mqtt.MQTT_5).feed(bytes((0x20, len(body))) + body)
+
+
+def test_connack_carries_v5_reason_codes_and_properties():
+    ack = mqtt.ConnAck(
+        mqtt.ReasonCode.QUOTA_EXCEEDED,
+        properties=mqtt.Properties(reason_string="slow down", server_keep_alive=30),
+    )
+    assert mqtt.Decoder(mqtt.MQTT_5).feed(mqtt.encode(ack, mqtt.MQTT_5)) == [ack]
+
+
+def test_known_bytes_of_a_3_1_1_connect():
+    # From the MQTT 3.1.1 specification's CONNECT layout: clean session, keepalive 10.
+    packet = mqtt.Connect("c", protocol_version=mqtt.MQTT_3_1_1, keepalive=10)
+    assert mqtt.encode(packet, mqtt.MQTT_3_1_1) == bytes.fromhex("100d00044d5154540402000a000163")

@@ -1,0 +1,77 @@
+"""Connection state: what each end may send and receive, and when."""
+
+from __future__ import annotations
+
+import pytest
+
+from loadgen import mqtt
+from loadgen.mqtt import Connection, Role, State
+
+
+def _pair(version: int = mqtt.MQTT_5) -> tuple[Connection, Connection]:
+    client, server = Connection(Role.CLIENT), Connection(Role.SERVER)
+    server.receive(client.send(mqtt.Connect("dev", protocol_version=version)))
+    return client, server
+
+
+def test_a_successful_handshake_connects_both_ends():
+    client, server = _pair()
+    assert server.state is State.CONNECTING and server.version == mqtt.MQTT_5
+    assert client.receive(server.send(mqtt.ConnAck())) == [mqtt.ConnAck()]
+    assert client.state is server.state is State.CONNECTED
+
+
+@pytest.mark.parametrize(
+    ("version", "code"),
+    [(mqtt.MQTT_5, mqtt.ReasonCode.NOT_AUTHORIZED), (mqtt.MQTT_3_1_1, 5)],
+)
+def test_a_refused_connack_closes_both_ends(version, code):
+    client, server = _pair(version)
+    (ack,) = client.receive(server.send(mqtt.ConnAck(code)))
+    assert ack.reason_code == code
+    assert client.state is server.state is State.CLOSED
+
+
+def test_a_client_cannot_publish_before_connack():
+    client, _ = _pair()
+    with pytest.raises(mqtt.ProtocolError, match="before CONNACK"):
+        client.send(mqtt.Publish("t"))
+
+
+def test_a_client_sends_connect_first():
+    with pytest.raises(mqtt.ProtocolError, match="CONNECT first"):
+        Connection(Role.CLIENT).send(mqtt.PingReq())
+
+
+def test_a_second_connect_is_a_protocol_error_and_closes_the_server_end():
+    _client, server = _pair()
+    server.send(mqtt.ConnAck())
+    again = mqtt.encode(mqtt.Connect("dev"), mqtt.MQTT_5)
+    with pytest.raises(mqtt.ProtocolError, match="twice"):
+        server.receive(again)
+    assert server.state is State.CLOSED
+
+
+def test_packet_ids_skip_unacknowledged_publishes_and_puback_frees_them():
+    client, server = _pair()
+    client.receive(server.send(mqtt.ConnAck()))
+    first = client.next_packet_id()
+    server.receive(client.send(mqtt.Publish("t", b"x", qos=1, packet_id=first)))
+    assert client.unacknowledged == {first}
+    client.receive(server.send(mqtt.PubAck(first)))
+    assert client.unacknowledged == set()
+    assert client.next_packet_id() == first + 1
+
+
+def test_disconnect_closes_the_connection():
+    client, server = _pair()
+    client.receive(server.send(mqtt.ConnAck()))
+    server.receive(client.send(mqtt.Disconnect()))
+    assert client.state is server.state is State.CLOSED
+
+
+def test_a_server_refuses_a_publish_before_it_accepted_the_connection():
+    _client, server = _pair()
+    raw = mqtt.encode(mqtt.Publish("t"), mqtt.MQTT_5)
+    with pytest.raises(mqtt.ProtocolError, match="before the connection was accepted"):
+        server.receive(raw)
