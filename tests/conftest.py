@@ -50,3 +50,18 @@ def session_ca(tmp_path_factory: pytest.TempPathFactory) -> CA:
 @pytest.fixture
 def ca(tmp_path: Path) -> CA:
     return init_ca(tmp_path / "ca")
+
+
+@pytest.fixture(scope="session")
+def device_ca(tmp_path_factory: pytest.TempPathFactory) -> CA:
+    """The CA that signs test devices; mosquitto trusts it."""
+    return init_ca(tmp_path_factory.mktemp("device-ca") / "ca")
+
+
+@pytest.fixture(scope="session")
+def mosquitto(tmp_path_factory: pytest.TempPathFactory, device_ca: CA):
+    from tests.brokers import start_mosquitto
+
+    broker = start_mosquitto(tmp_path_factory.mktemp("mosquitto"), device_ca.directory / "ca.pem")
+    yield broker
+    broker.stop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -152,6 +153,34 @@ def load_ca(directory: Path) -> CA:
     ):
         raise CAError(f"{key_path}: the key does not match the certificate {cert_path}")
     return CA(directory, cert, key)
+
+
+def server_cert(ca: CA, names: list[str], *, days: int = 825) -> tuple[bytes, bytes]:
+    """(certificate PEM, key PEM) for a TLS server known by ``names`` (DNS names
+    or IP addresses), signed by ``ca``: what the emulator and test brokers serve."""
+    key = generate_key(KeyType.EC_P256)
+    alt_names: list[x509.GeneralName] = []
+    for name in names:
+        try:
+            alt_names.append(x509.IPAddress(ipaddress.ip_address(name)))
+        except ValueError:
+            alt_names.append(x509.DNSName(name))
+    now = _now()
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
+        .issuer_name(ca.cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(hours=1))
+        .not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
+        .add_extension(
+            x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
+        )
+        .sign(ca.key, ca.signer().hash)
+    )
+    return cert.public_bytes(serialization.Encoding.PEM), key_pem(key)
 
 
 def verification_cert(ca: CA, registration_code: str, out: Path) -> x509.Certificate:

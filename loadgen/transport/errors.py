@@ -1,0 +1,46 @@
+"""How a connection attempt can fail, one type per cause the device layer tells
+apart. Each keeps the low-level reason as its message."""
+
+from __future__ import annotations
+
+from loadgen.errors import LoadgenError
+
+
+class TransportError(LoadgenError):
+    """A connection attempt or an open connection failed. ``phase`` is where:
+    tcp, tls, connack, publish, subscribe, hold or disconnect."""
+
+    def __init__(self, reason: str, phase: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.phase = phase
+
+
+class Refused(TransportError):
+    """TCP connection refused: nothing listens there."""
+
+
+class Unreachable(TransportError):
+    """No route, DNS failure, or another OS error before TCP connected."""
+
+
+class TlsRejected(TransportError):
+    """The TLS handshake failed, or the server rejected the client certificate
+    (with TLS 1.3 that alert arrives after the client's handshake completed)."""
+
+
+class Closed(TransportError):
+    """The server closed the connection (or reset it) without a TLS alert."""
+
+
+class ConnackRefused(TransportError):
+    """CONNACK with a failure code."""
+
+    def __init__(self, reason: str, phase: str, code: int, version: int) -> None:
+        super().__init__(reason, phase)
+        self.code = code
+        self.version = version
+
+
+class PeerProtocolError(TransportError):
+    """The server sent bytes that break MQTT."""

@@ -1,0 +1,93 @@
+"""Real MQTT brokers for the tests: mosquitto on free loopback ports."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from loadgen.certs.ca import CA, init_ca, server_cert
+from loadgen.certs.files import write
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float = 10.0, process: subprocess.Popen | None = None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"process exited with {process.returncode} before listening")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
+
+
+@dataclass
+class Mosquitto:
+    tls_port: int
+    plain_port: int
+    server_ca: CA  # signs the broker's certificate: the devices' trust
+    log: Path
+    process: subprocess.Popen
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def start_mosquitto(root: Path, device_ca_pem: Path, *, password_file: Path | None = None):
+    """mosquitto with a mutual-TLS listener (``require_certificate true``, the
+    device CA as ``cafile``) and a plain listener, both on loopback."""
+    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    root.mkdir(parents=True, exist_ok=True)
+    server_ca = init_ca(root / "server-ca", subject="CN=test server CA", force=True)
+    cert, key = server_cert(server_ca, ["localhost", "127.0.0.1"])
+    write(root / "server.pem", cert)
+    write(root / "server.key", key, private=True)
+    tls_port, plain_port = free_port(), free_port()
+    auth = (
+        f"allow_anonymous false\npassword_file {password_file}\n"
+        if password_file
+        else "allow_anonymous true\n"
+    )
+    config = root / "mosquitto.conf"
+    config.write_text(
+        "user root\n"
+        "per_listener_settings true\n"
+        "persistence false\n"
+        f"log_dest file {root / 'mosquitto.log'}\n"
+        "log_type error\nlog_type warning\nlog_type notice\n"
+        "max_keepalive 65535\n"
+        f"listener {tls_port} 127.0.0.1\n"
+        f"cafile {device_ca_pem}\n"
+        f"certfile {root / 'server.pem'}\n"
+        f"keyfile {root / 'server.key'}\n"
+        "require_certificate true\n"
+        "use_identity_as_username true\n"
+        "allow_anonymous true\n"
+        f"listener {plain_port} 127.0.0.1\n" + auth
+    )
+    process = subprocess.Popen(
+        [binary, "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        wait_for_port(tls_port, process=process)
+        wait_for_port(plain_port, process=process)
+    except Exception:
+        process.kill()
+        raise
+    return Mosquitto(tls_port, plain_port, server_ca, root / "mosquitto.log", process)

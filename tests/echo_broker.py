@@ -1,0 +1,77 @@
+"""A tiny MQTT broker built on our server end, so that clients nobody here wrote
+(paho through aiomqtt, mosquitto_pub) can check the codec from the other side."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from loadgen import mqtt
+
+
+def _matches(topic_filter: str, topic: str) -> bool:
+    if topic_filter.endswith("#"):
+        return topic.startswith(topic_filter[:-1])
+    return topic_filter == topic
+
+
+@dataclass
+class EchoBroker:
+    """Accepts everyone; delivers each PUBLISH to matching subscriptions."""
+
+    received: list[mqtt.Packet] = field(default_factory=list)
+    subscribers: list[tuple[str, mqtt.Connection, asyncio.Transport]] = field(default_factory=list)
+    errors: list[Exception] = field(default_factory=list)
+
+    def protocol(self) -> asyncio.Protocol:
+        return _ServerProtocol(self)
+
+
+class _ServerProtocol(asyncio.Protocol):
+    def __init__(self, broker: EchoBroker) -> None:
+        self.broker = broker
+        self.conn = mqtt.Connection(mqtt.Role.SERVER)
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        assert self.transport is not None
+        try:
+            packets = self.conn.receive(data)
+        except mqtt.ProtocolError as exc:
+            self.broker.errors.append(exc)
+            self.transport.close()
+            return
+        for packet in packets:
+            self.broker.received.append(packet)
+            self._answer(packet)
+
+    def _answer(self, packet: mqtt.Packet) -> None:
+        assert self.transport is not None
+        send = self.transport.write
+        if isinstance(packet, mqtt.Connect):
+            send(self.conn.send(mqtt.ConnAck()))
+        elif isinstance(packet, mqtt.Subscribe):
+            for s in packet.subscriptions:
+                self.broker.subscribers.append((s.topic_filter, self.conn, self.transport))
+            codes = tuple(min(s.qos, 1) for s in packet.subscriptions)
+            send(self.conn.send(mqtt.SubAck(packet.packet_id, codes)))
+        elif isinstance(packet, mqtt.Publish):
+            if packet.qos == 1 and packet.packet_id is not None:
+                send(self.conn.send(mqtt.PubAck(packet.packet_id)))
+            for topic_filter, conn, transport in self.broker.subscribers:
+                if _matches(topic_filter, packet.topic) and not transport.is_closing():
+                    transport.write(conn.send(mqtt.Publish(packet.topic, packet.payload)))
+        elif isinstance(packet, mqtt.PingReq):
+            send(self.conn.send(mqtt.PingResp()))
+        elif isinstance(packet, mqtt.Unsubscribe):
+            codes = (0,) * len(packet.topic_filters)
+            send(self.conn.send(mqtt.UnsubAck(packet.packet_id, codes)))
+        elif isinstance(packet, mqtt.Disconnect):
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.broker.subscribers = [s for s in self.broker.subscribers if s[1] is not self.conn]
