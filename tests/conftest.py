@@ -65,3 +65,18 @@ def mosquitto(tmp_path_factory: pytest.TempPathFactory, device_ca: CA):
     broker = start_mosquitto(tmp_path_factory.mktemp("mosquitto"), device_ca.directory / "ca.pem")
     yield broker
     broker.stop()
+
+
+@pytest.fixture(scope="session")
+def small_fleet(tmp_path_factory: pytest.TempPathFactory, device_ca: CA):
+    """40 devices of the device CA, a fifth of them signed by an unknown CA."""
+    from loadgen.certs.mint import MintRequest, mint
+    from loadgen.certs.profile import Profile
+    from loadgen.certs.store import FleetStore
+
+    path = tmp_path_factory.mktemp("fleet") / "small"
+    profile = Profile.model_validate(
+        {"subject": {"common_name": "dev-{index:03d}"}, "faults": {"unknown_ca": 0.2}}
+    )
+    mint(MintRequest(path, device_ca.directory, 40, profile, seed=1))
+    return FleetStore(path)

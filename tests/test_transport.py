@@ -1,0 +1,246 @@
+"""The timed TLS transport: phases in order, the chain presented, SNI, ALPN, the
+source address, and each way a connection can fail."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+
+import pytest
+
+from loadgen import mqtt
+from loadgen.certs.ca import server_cert
+from loadgen.certs.files import write
+from loadgen.transport.client import Target, connect
+from loadgen.transport.errors import (
+    Closed,
+    PeerProtocolError,
+    Refused,
+    TlsRejected,
+)
+from loadgen.transport.timing import AttemptTimes
+from loadgen.transport.tls import ALPN_AWS_MQTT, device_context
+from tests.echo_broker import EchoBroker
+
+
+def _device(fleet, fault=None):
+    device = next(d for d in fleet.devices() if d.fault == fault)
+    return device, device_context(
+        fleet.path / device.cert, fleet.path / device.key, ca_file=None, verify_server=False
+    )
+
+
+def _context_for(fleet, mosquitto, fault=None):
+    device = next(d for d in fleet.devices() if d.fault == fault)
+    context = device_context(
+        fleet.path / device.cert,
+        fleet.path / device.key,
+        ca_file=mosquitto.server_ca.directory / "ca.pem",
+    )
+    return device, context
+
+
+async def test_phases_are_timed_in_order_over_mutual_tls(small_fleet, mosquitto):
+    device, context = _context_for(small_fleet, mosquitto)
+    times = AttemptTimes(time.monotonic())
+    target = Target("127.0.0.1", mosquitto.tls_port, server_name="localhost")
+    async with asyncio.timeout(10):
+        client = await connect(target, context, mqtt.Connect(device.client_id), times)
+        await client.publish(f"dt/{device.client_id}", b"x" * 64, qos=1)
+        client.disconnect()
+    assert times.started <= times.tcp_connected <= times.tls_done
+    assert times.tls_done <= times.connect_sent <= times.connack <= times.pubacks[0]
+    assert set(times.durations()) == {"tcp_connect", "tls_handshake", "connack"}
+
+
+async def test_a_certificate_from_an_unknown_ca_is_rejected_by_tls(small_fleet, mosquitto):
+    device, context = _context_for(small_fleet, mosquitto, fault="unknown_ca")
+    target = Target("127.0.0.1", mosquitto.tls_port, server_name="localhost")
+    with pytest.raises(TlsRejected):
+        async with asyncio.timeout(10):
+            await connect(target, context, mqtt.Connect(device.client_id), AttemptTimes(0.0))
+
+
+async def test_a_wrong_server_name_fails_the_hostname_check(small_fleet, mosquitto):
+    device, context = _context_for(small_fleet, mosquitto)
+    target = Target("127.0.0.1", mosquitto.tls_port, server_name="not-the-broker.example")
+    with pytest.raises(TlsRejected, match="CERTIFICATE_VERIFY_FAILED"):
+        async with asyncio.timeout(10):
+            await connect(target, context, mqtt.Connect(device.client_id), AttemptTimes(0.0))
+
+
+def _client_certificates(stream: bytes) -> int:
+    """How many certificates the client's TLS 1.2 Certificate message carries."""
+    records = bytearray()
+    pos = 0
+    while pos + 5 <= len(stream):
+        kind, length = stream[pos], int.from_bytes(stream[pos + 3 : pos + 5], "big")
+        if kind == 0x16:  # handshake
+            records += stream[pos + 5 : pos + 5 + length]
+        pos += 5 + length
+    pos = 0
+    while pos + 4 <= len(records):
+        kind, length = records[pos], int.from_bytes(records[pos + 1 : pos + 4], "big")
+        if kind == 11:  # Certificate
+            body, count, at = records[pos + 4 : pos + 4 + length], 0, 3
+            while at < len(body):
+                at += 3 + int.from_bytes(body[at : at + 3], "big")
+                count += 1
+            return count
+        pos += 4 + length
+    return 0
+
+
+async def test_sni_alpn_and_the_certificate_chain_reach_the_server(
+    tmp_path, small_fleet, device_ca
+):
+    cert, key = server_cert(device_ca, ["localhost"])
+    write(tmp_path / "s.pem", cert)
+    write(tmp_path / "s.key", key, private=True)
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(tmp_path / "s.pem", tmp_path / "s.key")
+    server_ctx.set_alpn_protocols([ALPN_AWS_MQTT])
+    server_ctx.verify_mode = ssl.CERT_REQUIRED
+    server_ctx.load_verify_locations(device_ca.directory / "ca.pem")
+    # TLS 1.2 sends the client's certificates in the clear: a proxy can count them.
+    server_ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    seen = {}
+
+    def on_sni(_sock, name, _ctx):
+        seen["sni"] = name
+
+    server_ctx.sni_callback = on_sni
+    broker = EchoBroker()
+
+    class Recording(asyncio.Protocol):
+        def __init__(self):
+            self.inner = broker.protocol()
+
+        def connection_made(self, transport):
+            seen["alpn"] = transport.get_extra_info("ssl_object").selected_alpn_protocol()
+            self.inner.connection_made(transport)
+
+        def data_received(self, data):
+            self.inner.data_received(data)
+
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(Recording, "127.0.0.1", 0, ssl=server_ctx)
+    upstream_port = server.sockets[0].getsockname()[1]
+    from_client = bytearray()
+
+    async def pipe(reader, writer, record=None):
+        while data := await reader.read(65536):
+            if record is not None:
+                record += data
+            writer.write(data)
+        writer.close()
+
+    async def proxy(client_reader, client_writer):
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", upstream_port)
+        await asyncio.gather(
+            pipe(client_reader, up_writer, from_client), pipe(up_reader, client_writer)
+        )
+
+    proxy_server = await asyncio.start_server(proxy, "127.0.0.1", 0)
+    device = next(d for d in small_fleet.devices() if d.fault is None)
+    context = device_context(
+        small_fleet.path / device.cert,
+        small_fleet.path / device.key,
+        ca_file=device_ca.directory / "ca.pem",
+        alpn=[ALPN_AWS_MQTT],
+    )
+    target = Target("127.0.0.1", proxy_server.sockets[0].getsockname()[1], server_name="localhost")
+    async with asyncio.timeout(10):
+        client = await connect(target, context, mqtt.Connect(device.client_id), AttemptTimes(0.0))
+        client.disconnect()
+    server.close()
+    proxy_server.close()
+    assert seen == {"sni": "localhost", "alpn": ALPN_AWS_MQTT}
+    assert _client_certificates(bytes(from_client)) == 2  # device certificate, then its CA
+
+
+async def test_the_connection_comes_from_the_chosen_source_address():
+    broker = EchoBroker()
+    peers = []
+
+    class Recording(asyncio.Protocol):
+        def __init__(self):
+            self.inner = broker.protocol()
+
+        def connection_made(self, transport):
+            peers.append(transport.get_extra_info("peername")[0])
+            self.inner.connection_made(transport)
+
+        def data_received(self, data):
+            self.inner.data_received(data)
+
+    server = await asyncio.get_running_loop().create_server(Recording, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    target = Target("127.0.0.1", port, source_address="127.0.0.7")
+    async with asyncio.timeout(10):
+        client = await connect(target, None, mqtt.Connect("src"), AttemptTimes(0.0))
+        client.disconnect()
+    server.close()
+    assert peers == ["127.0.0.7"]
+
+
+async def test_a_closed_port_is_refused():
+    from tests.brokers import free_port
+
+    target = Target("127.0.0.1", free_port())
+    with pytest.raises(Refused):
+        await connect(target, None, mqtt.Connect("x"), AttemptTimes(0.0))
+
+
+async def _one_shot_server(handler):
+    async def on_client(reader, writer):
+        try:
+            await handler(reader, writer)
+        finally:
+            writer.close()
+
+    return await asyncio.start_server(on_client, "127.0.0.1", 0)
+
+
+async def test_garbage_instead_of_a_connack_is_a_protocol_error():
+    async def garbage(reader, writer):
+        await reader.read(100)
+        writer.write(b"\x00\xff\xff\xff\xff\xff")
+        await writer.drain()
+        await asyncio.sleep(1)
+
+    server = await _one_shot_server(garbage)
+    target = Target("127.0.0.1", server.sockets[0].getsockname()[1])
+    with pytest.raises(PeerProtocolError):
+        async with asyncio.timeout(10):
+            await connect(target, None, mqtt.Connect("x"), AttemptTimes(0.0))
+    server.close()
+
+
+async def test_a_server_that_closes_mid_handshake_is_reported(small_fleet, device_ca):
+    async def hang_up(reader, writer):
+        await reader.read(10)  # the start of the ClientHello
+
+    server = await _one_shot_server(hang_up)
+    _, context = _device(small_fleet)
+    target = Target("127.0.0.1", server.sockets[0].getsockname()[1], server_name="localhost")
+    with pytest.raises((TlsRejected, Closed)) as info:  # reset or alert, by timing
+        async with asyncio.timeout(10):
+            await connect(target, context, mqtt.Connect("x"), AttemptTimes(0.0))
+    assert info.value.phase == "tls"
+    server.close()
+
+
+async def test_a_silent_server_leaves_the_timeout_to_the_caller():
+    async def silent(reader, writer):
+        await asyncio.sleep(5)
+
+    server = await _one_shot_server(silent)
+    target = Target("127.0.0.1", server.sockets[0].getsockname()[1])
+    times = AttemptTimes(0.0)
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.3):
+            await connect(target, None, mqtt.Connect("x"), times)
+    assert times.connect_sent is not None and times.connack is None
+    server.close()
