@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from loadgen import mqtt
@@ -15,10 +16,18 @@ def _matches(topic_filter: str, topic: str) -> bool:
     return topic_filter == topic
 
 
+# How a broker answers a CONNECT, given how many CONNECTs that client id sent
+# before: None accepts; an int refuses with that CONNACK code; "close" hangs up.
+Decide = Callable[[mqtt.Connect, int], "int | str | None"]
+
+
 @dataclass
 class EchoBroker:
-    """Accepts everyone; delivers each PUBLISH to matching subscriptions."""
+    """Accepts everyone (or as ``decide`` says); delivers each PUBLISH to
+    matching subscriptions."""
 
+    decide: Decide = lambda _connect, _seen: None
+    connects: dict[str, int] = field(default_factory=dict)
     received: list[mqtt.Packet] = field(default_factory=list)
     subscribers: list[tuple[str, mqtt.Connection, asyncio.Transport]] = field(default_factory=list)
     errors: list[Exception] = field(default_factory=list)
@@ -53,7 +62,13 @@ class _ServerProtocol(asyncio.Protocol):
         assert self.transport is not None
         send = self.transport.write
         if isinstance(packet, mqtt.Connect):
-            send(self.conn.send(mqtt.ConnAck()))
+            seen = self.broker.connects.get(packet.client_id, 0)
+            self.broker.connects[packet.client_id] = seen + 1
+            answer = self.broker.decide(packet, seen)
+            if answer == "close":
+                self.transport.close()
+            else:
+                send(self.conn.send(mqtt.ConnAck(int(answer or 0))))
         elif isinstance(packet, mqtt.Subscribe):
             for s in packet.subscriptions:
                 self.broker.subscribers.append((s.topic_filter, self.conn, self.transport))

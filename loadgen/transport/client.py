@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from loadgen import mqtt
 from loadgen.mqtt.reason import reason_name
 from loadgen.transport.errors import (
+    AckRefused,
     Closed,
-    ConnackRefused,
     PeerProtocolError,
     Refused,
     TlsRejected,
@@ -60,12 +60,14 @@ class _Protocol(asyncio.Protocol):
         self.error: TransportError | None = None
         self.phase = "tcp"
         self.publishes_received = 0
+        self.bytes_received = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
         self.times.tcp_connected = self.clock()
 
     def data_received(self, data: bytes) -> None:
+        self.bytes_received += len(data)
         try:
             packets = self.conn.receive(data)
         except mqtt.ProtocolError as exc:
@@ -106,6 +108,20 @@ class _Protocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if isinstance(exc, ssl.SSLError):
             error: TransportError = TlsRejected(_describe(exc), self.phase)
+        elif (
+            isinstance(exc, ConnectionResetError)
+            and self.times.tls_done is not None
+            and self.phase == "connack"
+            and not self.bytes_received
+        ):
+            # With TLS 1.3 the server judges the client certificate after the
+            # client's handshake is done; its alert races our CONNECT, and the
+            # reset that CONNECT provokes often destroys the unread alert.
+            error = TlsRejected(
+                "TLS: reset right after the handshake, before any MQTT answer "
+                "(the server rejected the client certificate)",
+                self.phase,
+            )
         else:
             error = Closed(_describe(exc), self.phase)
         self._fail(error)
@@ -148,6 +164,11 @@ class MqttClient:
         return self._p.conn.version
 
     @property
+    def phase(self) -> str:
+        """What the connection was doing last: connack, publish, subscribe, hold."""
+        return self._p.phase
+
+    @property
     def publishes_received(self) -> int:
         return self._p.publishes_received
 
@@ -167,7 +188,7 @@ class MqttClient:
         ack = await waiter
         assert isinstance(ack, mqtt.PubAck)
         if ack.reason_code >= 0x80:
-            raise ConnackRefused(
+            raise AckRefused(
                 f"PUBACK {reason_name(ack.reason_code, self.version)}",
                 "publish",
                 ack.reason_code,
@@ -175,7 +196,8 @@ class MqttClient:
             )
 
     async def subscribe(self, topic_filter: str, qos: int = 0) -> int:
-        """SUBSCRIBE and wait for SUBACK; returns the granted code."""
+        """SUBSCRIBE and wait for SUBACK; returns the granted QoS. A failure code
+        raises ``AckRefused`` (0x80 in both versions; MQTT 5 has finer ones)."""
         p = self._p
         p.phase = "subscribe"
         packet_id = p.conn.next_packet_id()
@@ -183,7 +205,10 @@ class MqttClient:
         p.write(mqtt.Subscribe(packet_id, (mqtt.Subscription(topic_filter, qos),)))
         ack = await waiter
         assert isinstance(ack, mqtt.SubAck)
-        return ack.reason_codes[0] if ack.reason_codes else 0x80
+        code = ack.reason_codes[0] if ack.reason_codes else 0x80
+        if code >= 0x80:
+            raise AckRefused(f"SUBACK 0x{code:02x} for {topic_filter}", "subscribe", code, 5)
+        return code
 
     async def ping(self) -> None:
         p = self._p
@@ -283,7 +308,7 @@ async def connect(
     if ack.reason_code:
         version = connect_packet.protocol_version
         client.abort()
-        raise ConnackRefused(
+        raise AckRefused(
             f"CONNACK {reason_name(ack.reason_code, version)}", "connack", ack.reason_code, version
         )
     return client

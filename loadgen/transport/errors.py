@@ -33,8 +33,8 @@ class Closed(TransportError):
     """The server closed the connection (or reset it) without a TLS alert."""
 
 
-class ConnackRefused(TransportError):
-    """CONNACK with a failure code."""
+class AckRefused(TransportError):
+    """CONNACK, PUBACK or SUBACK with a failure code."""
 
     def __init__(self, reason: str, phase: str, code: int, version: int) -> None:
         super().__init__(reason, phase)

@@ -1,0 +1,202 @@
+"""One device's life as an explicit state machine.
+
+    PENDING -> CONNECTING -> (rejected) BACKING_OFF -> CONNECTING -> ...
+            -> CONNECTED -> ACTING -> DONE
+
+Every device ends DONE with exactly one ``Outcome``. Latency counts from the
+device's *scheduled* start, so a generator that falls behind shows it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from loadgen import mqtt
+from loadgen.device.outcome import PROVISIONING_TRIGGERS, Outcome, classify
+from loadgen.device.retry import RetryPolicy
+from loadgen.transport.client import MqttClient, Target, connect
+from loadgen.transport.errors import TransportError
+from loadgen.transport.timing import AttemptTimes
+
+
+class Phase(StrEnum):
+    PENDING = "pending"
+    CONNECTING = "connecting"
+    BACKING_OFF = "backing_off"
+    CONNECTED = "connected"
+    ACTING = "acting"
+    DONE = "done"
+
+
+@dataclass(frozen=True)
+class PublishStep:
+    topic: str  # already formatted for the device
+    qos: int = 0
+    count: int = 1
+    payload_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class SubscribeStep:
+    topic_filter: str
+    qos: int = 0
+
+
+@dataclass(frozen=True)
+class HoldStep:
+    seconds: float
+    keepalive: float = 60.0
+
+
+Step = PublishStep | SubscribeStep | HoldStep
+
+
+@dataclass(frozen=True)
+class DeviceConfig:
+    """What all devices of a run share."""
+
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    expect_first_connect_rejected: bool = False
+    connect_timeout: float = 10.0
+    step_timeout: float = 10.0
+    keepalive: int = 60
+    steps: tuple[Step, ...] = ()
+
+
+@dataclass
+class DeviceSpec:
+    """One device, ready to go: everything built off the timed path."""
+
+    index: int
+    client_id: str
+    target: Target
+    ssl_context: ssl.SSLContext | None
+    version: int
+    scheduled: float  # monotonic time of its scheduled start
+    steps: tuple[Step, ...] = ()
+
+
+@dataclass(slots=True)
+class DeviceResult:
+    index: int
+    outcome: Outcome = Outcome.ERROR
+    reason: str | None = None
+    phase: str | None = None  # where the deciding failure happened
+    attempts: int = 0
+    provisioning_triggered: bool = False  # a first rejection was taken as JITP's
+    lag: float = 0.0  # actual start minus scheduled start
+    provision: float | None = None  # scheduled start to accepted CONNACK
+    # Per attempt, each phase reached: (phase name, seconds).
+    phases: list[tuple[str, float]] = field(default_factory=list)
+    publish_acks: list[float] = field(default_factory=list)  # QoS 1 round trips
+    publishes: int = 0
+
+
+Clock = Callable[[], float]
+
+
+class Device:
+    def __init__(
+        self, spec: DeviceSpec, config: DeviceConfig, clock: Clock, rng: random.Random
+    ) -> None:
+        self.spec = spec
+        self.config = config
+        self.clock = clock
+        self.rng = rng
+        self.phase = Phase.PENDING
+        self.result = DeviceResult(spec.index)
+
+    async def run(self) -> DeviceResult:
+        result = self.result
+        result.lag = max(0.0, self.clock() - self.spec.scheduled)
+        client = await self._connect()
+        if client is not None:
+            self.phase = Phase.ACTING
+            try:
+                await self._act(client)
+                result.outcome = Outcome.CONNECTED
+            except TransportError as exc:
+                self._fail(classify(exc), exc.reason, exc.phase)
+            except TimeoutError:
+                self._fail(Outcome.TIMEOUT, "no answer in time", client.phase)
+            finally:
+                client.disconnect()
+        self.phase = Phase.DONE
+        return result
+
+    async def _connect(self) -> MqttClient | None:
+        spec, config, result = self.spec, self.config, self.result
+        expecting_trigger = config.expect_first_connect_rejected
+        failed = 0
+        packet = mqtt.Connect(
+            spec.client_id, protocol_version=spec.version, keepalive=config.keepalive
+        )
+        while True:
+            self.phase = Phase.CONNECTING
+            result.attempts += 1
+            times = AttemptTimes(self.clock())
+            client = None
+            try:
+                async with asyncio.timeout(config.connect_timeout):
+                    client = await connect(spec.target, spec.ssl_context, packet, times)
+            except TimeoutError:
+                outcome, reason, where = Outcome.TIMEOUT, "no answer in time", _reached(times)
+            except TransportError as exc:
+                outcome, reason, where = classify(exc), exc.reason, exc.phase
+            self._record_phases(times)
+            if client is not None:
+                result.provision = (times.connack or self.clock()) - spec.scheduled
+                self.phase = Phase.CONNECTED
+                return client
+            if expecting_trigger and outcome in PROVISIONING_TRIGGERS:
+                # JITP's first answer to an unknown certificate: not a failure.
+                expecting_trigger = False
+                result.provisioning_triggered = True
+            else:
+                failed += 1
+                self._fail(outcome, reason, where)
+                if result.attempts >= config.retry.max_attempts:
+                    return None
+            self.phase = Phase.BACKING_OFF
+            await asyncio.sleep(config.retry.delay(max(failed, 1), self.rng))
+
+    def _record_phases(self, times: AttemptTimes) -> None:
+        self.result.phases.extend(times.durations().items())
+
+    async def _act(self, client: MqttClient) -> None:
+        timeout = self.config.step_timeout
+        for step in self.spec.steps:
+            if isinstance(step, PublishStep):
+                payload = bytes(step.payload_bytes)
+                for _ in range(step.count):
+                    sent = self.clock()
+                    async with asyncio.timeout(timeout):
+                        await client.publish(step.topic, payload, step.qos)
+                    self.result.publishes += 1
+                    if step.qos == 1:
+                        self.result.publish_acks.append(self.clock() - sent)
+            elif isinstance(step, SubscribeStep):
+                async with asyncio.timeout(timeout):
+                    await client.subscribe(step.topic_filter, step.qos)
+            else:
+                async with asyncio.timeout(step.seconds + timeout):
+                    await client.hold(step.seconds, step.keepalive)
+
+    def _fail(self, outcome: Outcome, reason: str, phase: str | None) -> None:
+        self.result.outcome = outcome
+        self.result.reason = reason
+        self.result.phase = phase
+
+
+def _reached(times: AttemptTimes) -> str:
+    """The phase an attempt was in when it stopped."""
+    if times.tcp_connected is None:
+        return "tcp"
+    if times.connect_sent is None:
+        return "tls"
+    return "connack"

@@ -1,0 +1,202 @@
+"""A device's life: the JITP trigger, back-off, retries, and the one outcome each
+device ends in, against mosquitto and against brokers that misbehave on purpose."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+
+import pytest
+
+from loadgen import mqtt
+from loadgen.device.lifecycle import (
+    Device,
+    DeviceConfig,
+    DeviceSpec,
+    HoldStep,
+    PublishStep,
+    SubscribeStep,
+)
+from loadgen.device.outcome import Outcome
+from loadgen.device.retry import Jitter, RetryPolicy
+from loadgen.transport.client import Target
+from loadgen.transport.tls import device_context
+from tests.brokers import free_port
+from tests.echo_broker import EchoBroker
+
+FAST_RETRY = RetryPolicy(initial=0.01, max=0.05, multiplier=2, max_attempts=3)
+
+
+async def _run(target, config, *, context=None, version=mqtt.MQTT_5, steps=(), client_id="dev"):
+    spec = DeviceSpec(0, client_id, target, context, version, time.monotonic(), steps)
+    async with asyncio.timeout(30):
+        return await Device(spec, config, time.monotonic, random.Random(0)).run()
+
+
+async def _broker(decide=lambda _c, _n: None):
+    broker = EchoBroker(decide=decide)
+    server = await asyncio.get_running_loop().create_server(broker.protocol, "127.0.0.1", 0)
+    return broker, server, Target("127.0.0.1", server.sockets[0].getsockname()[1])
+
+
+def _tls(fleet, mosquitto, fault=None):
+    device = next(d for d in fleet.devices() if d.fault == fault)
+    context = device_context(
+        fleet.path / device.cert,
+        fleet.path / device.key,
+        ca_file=mosquitto.server_ca.directory / "ca.pem",
+    )
+    return device, context
+
+
+async def test_a_device_connects_acts_and_ends_connected(small_fleet, mosquitto):
+    device, context = _tls(small_fleet, mosquitto)
+    steps = (
+        SubscribeStep(f"cmd/{device.client_id}", qos=1),
+        PublishStep(f"dt/{device.client_id}", qos=1, count=3, payload_bytes=64),
+        HoldStep(0.2, keepalive=0.05),
+    )
+    target = Target("127.0.0.1", mosquitto.tls_port, server_name="localhost")
+    result = await _run(
+        target, DeviceConfig(), context=context, steps=steps, client_id=device.client_id
+    )
+    assert result.outcome is Outcome.CONNECTED, result.reason
+    assert result.attempts == 1 and result.publishes == 3 and len(result.publish_acks) == 3
+    assert {name for name, _ in result.phases} == {"tcp_connect", "tls_handshake", "connack"}
+    assert result.provision is not None and result.provision > 0
+
+
+async def test_an_unknown_ca_device_ends_tls_rejected_after_its_attempts(small_fleet, mosquitto):
+    device, context = _tls(small_fleet, mosquitto, fault="unknown_ca")
+    target = Target("127.0.0.1", mosquitto.tls_port, server_name="localhost")
+    result = await _run(
+        target, DeviceConfig(retry=FAST_RETRY), context=context, client_id=device.client_id
+    )
+    assert result.outcome is Outcome.TLS_REJECTED
+    assert result.attempts == 3 and result.reason
+
+
+async def test_the_first_rejection_is_the_jitp_trigger_and_the_retry_connects():
+    broker, server, target = await _broker(lambda _c, seen: "close" if seen == 0 else None)
+    config = DeviceConfig(retry=FAST_RETRY, expect_first_connect_rejected=True)
+    result = await _run(target, config)
+    server.close()
+    assert result.outcome is Outcome.CONNECTED
+    assert result.provisioning_triggered and result.attempts == 2
+    assert result.reason is None
+    assert broker.connects == {"dev": 2}
+
+
+async def test_without_jitp_a_closed_first_connect_is_a_failure_that_is_retried():
+    broker, server, target = await _broker(lambda _c, seen: "close" if seen == 0 else None)
+    result = await _run(target, DeviceConfig(retry=FAST_RETRY))
+    server.close()
+    assert result.outcome is Outcome.CONNECTED and result.attempts == 2
+    assert not result.provisioning_triggered
+    assert broker.connects == {"dev": 2}
+
+
+async def test_a_device_always_closed_ends_closed_when_its_attempts_run_out():
+    broker, server, target = await _broker(lambda _c, _n: "close")
+    config = DeviceConfig(retry=FAST_RETRY, expect_first_connect_rejected=True)
+    result = await _run(target, config)
+    server.close()
+    assert result.outcome is Outcome.CLOSED
+    assert result.attempts == 3  # max_attempts counts the trigger too
+    assert broker.connects == {"dev": 3}
+
+
+@pytest.mark.parametrize(
+    ("version", "code", "outcome"),
+    [
+        (mqtt.MQTT_5, 0x97, Outcome.THROTTLED),
+        (mqtt.MQTT_5, 0x9F, Outcome.THROTTLED),
+        (mqtt.MQTT_5, 0x89, Outcome.THROTTLED),
+        (mqtt.MQTT_3_1_1, 3, Outcome.THROTTLED),
+        (mqtt.MQTT_5, 0x86, Outcome.NOT_AUTHORIZED),
+        (mqtt.MQTT_5, 0x87, Outcome.NOT_AUTHORIZED),
+        (mqtt.MQTT_3_1_1, 4, Outcome.NOT_AUTHORIZED),
+        (mqtt.MQTT_3_1_1, 5, Outcome.NOT_AUTHORIZED),
+        (mqtt.MQTT_5, 0x85, Outcome.ERROR),
+    ],
+)
+async def test_connack_codes_map_to_outcomes(version, code, outcome):
+    _, server, target = await _broker(lambda _c, _n: code)
+    result = await _run(target, DeviceConfig(retry=FAST_RETRY), version=version)
+    server.close()
+    assert result.outcome is outcome
+    assert f"0x{code:02x}" in result.reason
+
+
+async def test_a_throttled_device_that_gets_through_on_retry_is_connected():
+    _, server, target = await _broker(lambda _c, seen: 0x97 if seen < 2 else None)
+    result = await _run(target, DeviceConfig(retry=FAST_RETRY))
+    server.close()
+    assert result.outcome is Outcome.CONNECTED and result.attempts == 3
+
+
+async def test_a_closed_port_ends_refused():
+    result = await _run(Target("127.0.0.1", free_port()), DeviceConfig(retry=FAST_RETRY))
+    assert result.outcome is Outcome.REFUSED and result.phase == "tcp"
+
+
+async def test_a_name_that_does_not_resolve_ends_error_with_the_reason():
+    target = Target("no-such-host.invalid", 8883)
+    result = await _run(target, DeviceConfig(retry=FAST_RETRY))
+    assert result.outcome is Outcome.ERROR
+    assert result.reason.startswith("DNS")
+
+
+async def test_a_silent_server_ends_timeout_in_the_connack_phase():
+    async def silent(reader, writer):
+        await asyncio.sleep(5)
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    target = Target("127.0.0.1", server.sockets[0].getsockname()[1])
+    config = DeviceConfig(retry=RetryPolicy(initial=0.01, max_attempts=1), connect_timeout=0.2)
+    result = await _run(target, config)
+    server.close()
+    assert result.outcome is Outcome.TIMEOUT and result.phase == "connack"
+
+
+async def test_garbage_instead_of_a_connack_ends_error_with_the_reason():
+    async def garbage(reader, writer):
+        await reader.read(100)
+        writer.write(b"\x20\x02\x07\x00")  # CONNACK with reserved flags set
+        await writer.drain()
+        await asyncio.sleep(1)
+        writer.close()
+
+    server = await asyncio.start_server(garbage, "127.0.0.1", 0)
+    target = Target("127.0.0.1", server.sockets[0].getsockname()[1])
+    result = await _run(target, DeviceConfig(retry=RetryPolicy(max_attempts=1)))
+    server.close()
+    assert result.outcome is Outcome.ERROR
+    assert "MQTT" in result.reason and "CONNACK" in result.reason
+
+
+async def test_latency_counts_from_the_scheduled_start():
+    _, server, target = await _broker()
+    spec = DeviceSpec(0, "late", target, None, mqtt.MQTT_5, time.monotonic() - 1.0)
+    result = await Device(spec, DeviceConfig(), time.monotonic, random.Random(0)).run()
+    server.close()
+    assert result.lag >= 1.0
+    assert result.provision >= 1.0
+
+
+def test_full_jitter_stays_within_the_capped_exponential():
+    policy = RetryPolicy(initial=0.1, max=1.0, multiplier=2, jitter=Jitter.FULL)
+    rng = random.Random(1)
+    for failed, cap in [(1, 0.1), (2, 0.2), (3, 0.4), (4, 0.8), (5, 1.0), (9, 1.0)]:
+        delays = [policy.delay(failed, rng) for _ in range(200)]
+        assert min(delays) >= 0 and max(delays) <= cap
+        assert max(delays) > cap * 0.8
+
+
+def test_no_jitter_is_the_capped_exponential_itself():
+    policy = RetryPolicy(initial=0.1, max=1.0, multiplier=3, jitter=Jitter.NONE)
+    rng = random.Random(1)
+    assert [policy.delay(n, rng) for n in (1, 2, 3)] == pytest.approx([0.1, 0.3, 0.9])
+    assert policy.delay(4, rng) == 1.0
