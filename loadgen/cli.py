@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -24,9 +25,13 @@ from loadgen import __version__
 from loadgen.certs import ca as ca_mod
 from loadgen.certs.inspect import FleetSummary, summarize
 from loadgen.certs.keys import KeyType
-from loadgen.certs.mint import MintRequest, mint
+from loadgen.certs.mint import MintRequest, MintResult, mint
 from loadgen.certs.profile import load_profile
-from loadgen.errors import UserError
+from loadgen.errors import LoadgenError, UserError
+from loadgen.report.build import write_report
+from loadgen.report.show import LiveRun, print_report
+from loadgen.run import RunOptions, default_workers, ensure_fleet, execute, make_plan, report_path
+from loadgen.scenario.schema import Scenario, load_scenario
 
 _KEY_TYPES = click.Choice([k.value for k in KeyType])
 
@@ -165,6 +170,68 @@ def certs_inspect(fleet: Path, verify: bool) -> None:
     _print_summary(summarize(fleet, verify=verify))
 
 
+@cli.command("run")
+@click.argument("scenario_path", metavar="SCENARIO", type=click.Path(path_type=Path))
+@click.option("--endpoint", help="HOST:PORT instead of the scenario's endpoint.")
+@click.option("--count", type=int, help="Devices to run (default: the scenario's fleet.count).")
+@click.option("--rate", help="A constant arrival rate instead of the scenario's, e.g. 200/s.")
+@click.option("--workers", type=int, default=default_workers, show_default="cores")
+@click.option("--report", "report_file", type=click.Path(path_type=Path), help="JSON report.")
+def run_command(
+    scenario_path: Path,
+    endpoint: str | None,
+    count: int | None,
+    rate: str | None,
+    workers: int,
+    report_file: Path | None,
+) -> None:
+    """Run a scenario: mint its fleet if needed, then connect every device."""
+    scenario = load_scenario(scenario_path)
+    plan = make_plan(scenario, RunOptions(endpoint, count, rate, workers))
+    report_file = report_path(report_file)
+    console = _console()
+    minted = _mint_with_progress(console, scenario, plan.count, workers)
+    if minted is not None:
+        click.echo(f"fleet {plan.fleet}: minted {minted.minted}, {minted.total} devices", err=True)
+    live = LiveRun(console, plan)
+    with live:
+        _, _, report = execute(plan, live.update)
+    print_report(Console(highlight=False), report)
+    if report_file is not None:
+        write_report(report_file, report)
+        click.echo(f"report written to {report_file}")
+
+
+def _mint_with_progress(
+    console: Console, scenario: Scenario, count: int, workers: int
+) -> MintResult | None:
+    with Progress(
+        TextColumn("minting fleet"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
+        task = progress.add_task("mint", total=count)
+        return ensure_fleet(
+            scenario,
+            count,
+            workers,
+            lambda done, total: progress.update(task, completed=done, total=total),
+        )
+
+
+@cli.group()
+def scenario() -> None:
+    """Scenario files."""
+
+
+@scenario.command("schema")
+def scenario_schema() -> None:
+    """Print the scenario JSON Schema (for editors)."""
+    click.echo(json.dumps(Scenario.model_json_schema(), indent=2))
+
+
 def _print_summary(summary: FleetSummary) -> None:
     console = Console(highlight=False)
     meta = summary.meta
@@ -201,6 +268,9 @@ def main() -> None:
     except UserError as exc:
         click.echo(f"loadgen: error: {exc}", err=True)
         sys.exit(exc.exit_code)
+    except LoadgenError as exc:
+        click.echo(f"loadgen: failed: {exc}", err=True)
+        sys.exit(1)
     except (click.exceptions.Abort, KeyboardInterrupt):
         click.echo("loadgen: interrupted; what was finished is kept", err=True)
         sys.exit(130)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from loadgen.certs.ca import CA, init_ca, server_cert
-from loadgen.certs.files import write
+from loadgen.files import write
 
 
 def free_port() -> int:

@@ -11,7 +11,7 @@ import pytest
 
 from loadgen import mqtt
 from loadgen.certs.ca import server_cert
-from loadgen.certs.files import write
+from loadgen.files import write
 from loadgen.transport.client import Target, connect
 from loadgen.transport.errors import (
     Closed,

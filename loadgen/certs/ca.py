@@ -14,9 +14,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
 from loadgen.certs import der
-from loadgen.certs.files import write, write_atomic
 from loadgen.certs.keys import KeyType, PrivateKey, Signer, generate_key, key_pem, spki_der
 from loadgen.errors import CAError, UserError
+from loadgen.files import write, write_atomic
 
 CERT_FILE = "ca.pem"
 KEY_FILE = "ca.key"

@@ -12,12 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from loadgen.certs.ca import CA, init_ca, load_ca
-from loadgen.certs.files import write
 from loadgen.certs.keys import KeyType, generate_key, key_pem
 from loadgen.certs.minter import Minter, MintSpec, pool_key_path
 from loadgen.certs.profile import DEFAULT_PROFILE, DevicePlanner, Profile
 from loadgen.certs.store import KEYS_DIR, SHARD_SIZE, UNKNOWN_CA_DIR, FleetMeta, FleetStore
 from loadgen.errors import FleetError, UserError
+from loadgen.files import write
 
 # Plans checked before anything is written: enough to catch a template that
 # overflows a field or a value a field cannot hold.

@@ -19,10 +19,10 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from loadgen.certs import der, subject
 from loadgen.certs.ca import CA, load_ca
-from loadgen.certs.files import write
 from loadgen.certs.keys import KeyType, PrivateKey, generate_key, key_material, spki_der
 from loadgen.certs.profile import DevicePlanner, Profile
 from loadgen.certs.store import KEYS_DIR, SHARD_SIZE, UNKNOWN_CA_DIR, device_paths, shard_of
+from loadgen.files import write
 
 # Devices are valid from an hour before minting: clocks on test rigs drift.
 _BACKDATE = dt.timedelta(hours=1)

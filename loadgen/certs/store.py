@@ -22,8 +22,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from loadgen.certs.files import write_atomic
 from loadgen.errors import FleetError
+from loadgen.files import write_atomic
 
 FORMAT = 1
 META_FILE = "fleet.json"

@@ -1,0 +1,1 @@
+"""The arrival schedule (open model) and the worker processes that keep it."""

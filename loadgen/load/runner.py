@@ -1,0 +1,186 @@
+"""One worker's share of a run, on its own uvloop event loop.
+
+A worker owns the devices whose index ≡ worker (mod workers): the union of the
+workers' schedules is the run's schedule. It prepares devices (SSL contexts are
+the costly part) a bounded window ahead, starts each at its scheduled time while
+fewer than ``max_in_flight`` are running, and reports progress and, at the end,
+everything it measured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from loadgen.certs.store import Device as FleetDevice
+from loadgen.certs.store import FleetStore
+from loadgen.device.lifecycle import Device, DeviceSpec
+from loadgen.load.plan import RunPlan, device_client_id, device_steps
+from loadgen.load.schedule import offsets
+from loadgen.metrics.histogram import LatencyHistogram
+from loadgen.metrics.stats import RunStats
+from loadgen.transport.client import Target
+from loadgen.transport.tls import device_context
+
+# Devices prepared ahead of their start, per device allowed in flight: enough to
+# keep up with a burst, bounded so a million-device fleet never sits in memory.
+_WINDOW_PER_IN_FLIGHT = 2
+_MIN_WINDOW = 64
+PROGRESS_INTERVAL = 0.5
+
+
+@dataclass
+class Progress:
+    """A worker's cumulative counts, sent while it runs."""
+
+    started: int
+    finished: int
+    in_flight: int
+    outcomes: dict[str, int]
+    provision: str  # encoded histogram
+
+
+def my_devices(plan: RunPlan, worker: int) -> Iterator[tuple[FleetDevice, float]]:
+    """This worker's devices with their schedule offsets, in schedule order."""
+    schedule = offsets(plan.executor, plan.count)
+    devices = FleetStore(plan.fleet).devices()
+    for device, offset in zip(devices, schedule, strict=False):
+        if device.index % plan.workers == worker:
+            yield device, offset
+
+
+def share(total: int, workers: int, worker: int) -> int:
+    """This worker's part of ``total`` (in-flight slots), at least one."""
+    return max(1, total // workers + (1 if worker < total % workers else 0))
+
+
+class Worker:
+    def __init__(
+        self,
+        plan: RunPlan,
+        worker: int,
+        send: Callable[[tuple[str, Any]], None],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.plan = plan
+        self.worker = worker
+        self.send = send
+        self.clock = clock
+        self.stats = RunStats()
+        self.in_flight = 0
+        self.started = 0
+        self.rng = random.Random(worker)
+        limit = share(plan.max_in_flight, plan.workers, worker)
+        self.slots = asyncio.Semaphore(limit)
+        self.window = max(_MIN_WINDOW, limit * _WINDOW_PER_IN_FLIGHT)
+        self.sources = itertools.cycle(plan.source_addresses or (None,))
+
+    def prepare(self, device: FleetDevice, offset: float, t0: float) -> DeviceSpec:
+        plan = self.plan
+        fleet = plan.fleet
+        context = device_context(
+            fleet / device.cert,
+            fleet / device.key,
+            ca_file=plan.tls.ca_file,
+            alpn=list(plan.tls.alpn) if plan.tls.alpn else None,
+            verify_server=plan.tls.verify_server,
+        )
+        client_id = device_client_id(plan.client_id, device)
+        return DeviceSpec(
+            index=device.index,
+            client_id=client_id,
+            target=Target(plan.host, plan.port, plan.tls.server_name, next(self.sources)),
+            ssl_context=context,
+            version=plan.version,
+            scheduled=t0 + offset,
+            steps=device_steps(plan.steps, device, client_id),
+        )
+
+    async def run(self, start_at: Callable[[], float]) -> RunStats:
+        """``start_at()`` returns the schedule's start (monotonic) once known;
+        devices of the first window are prepared before asking for it."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[DeviceSpec | None] = asyncio.Queue(maxsize=self.window)
+        items = my_devices(self.plan, self.worker)
+        first = list(itertools.islice(items, self.window))
+        t0 = start_at()
+        for device, offset in first:
+            queue.put_nowait(self.prepare(device, offset, t0))
+        producer = loop.create_task(self._produce(items, queue, t0))
+        reporter = loop.create_task(self._report())
+        tasks: set[asyncio.Task[None]] = set()
+        try:
+            while (spec := await queue.get()) is not None:
+                delay = spec.scheduled - self.clock()
+                if delay > 0.0005:
+                    await asyncio.sleep(delay)
+                await self.slots.acquire()
+                self.started += 1
+                self.in_flight += 1
+                self.stats.started(self.clock() - t0)
+                task = loop.create_task(self._one(spec, t0))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            if tasks:
+                await asyncio.gather(*tasks)
+        finally:
+            producer.cancel()
+            reporter.cancel()
+        return self.stats
+
+    async def _produce(
+        self,
+        items: Iterator[tuple[FleetDevice, float]],
+        queue: asyncio.Queue[DeviceSpec | None],
+        t0: float,
+    ) -> None:
+        for device, offset in items:
+            # Waiting here for queue room keeps the window bounded; preparing a
+            # context blocks the loop ~1 ms, which only ever delays devices
+            # whose time has not come.
+            await queue.put(self.prepare(device, offset, t0))
+        await queue.put(None)
+
+    async def _one(self, spec: DeviceSpec, t0: float) -> None:
+        try:
+            result = await Device(spec, self.plan.device, self.clock, self.rng).run()
+            self.stats.add(result, self.clock() - t0)
+        finally:
+            self.in_flight -= 1
+            self.slots.release()
+
+    async def _report(self) -> None:
+        while True:
+            await asyncio.sleep(PROGRESS_INTERVAL)
+            self.send(("progress", self.progress()))
+
+    def progress(self) -> Progress:
+        return Progress(
+            started=self.started,
+            finished=self.stats.devices,
+            in_flight=self.in_flight,
+            outcomes=dict(self.stats.outcomes),
+            provision=self.stats.phases["provision"].encode(),
+        )
+
+
+def merge_progress(parts: list[Progress]) -> tuple[Progress, LatencyHistogram]:
+    provision = LatencyHistogram()
+    outcomes: dict[str, int] = {}
+    for part in parts:
+        provision.merge(LatencyHistogram.decode(part.provision))
+        for name, n in part.outcomes.items():
+            outcomes[name] = outcomes.get(name, 0) + n
+    total = Progress(
+        started=sum(p.started for p in parts),
+        finished=sum(p.finished for p in parts),
+        in_flight=sum(p.in_flight for p in parts),
+        outcomes=outcomes,
+        provision="",
+    )
+    return total, provision

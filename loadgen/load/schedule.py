@@ -1,0 +1,99 @@
+"""Open-model arrival schedules, like k6's executors: devices arrive at planned
+times whatever the endpoint does, so a slow endpoint shows up as latency and
+devices in flight, never as a lower arrival rate in disguise."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ConstantArrival:
+    rate: float  # devices per second
+
+
+@dataclass(frozen=True)
+class Stage:
+    rate: float  # the rate reached at the end of the stage
+    duration: float  # seconds
+
+
+@dataclass(frozen=True)
+class RampingArrival:
+    """The rate moves linearly from ``start_rate`` through each stage's target.
+    Devices left when the stages end arrive at the last stage's rate."""
+
+    stages: tuple[Stage, ...]
+    start_rate: float = 0.0
+
+
+@dataclass(frozen=True)
+class Burst:
+    """Every device at once (``max_in_flight`` still bounds the concurrency)."""
+
+
+Executor = ConstantArrival | RampingArrival | Burst
+
+
+def offsets(executor: Executor, count: int) -> Iterator[float]:
+    """Seconds from the schedule's start at which devices 0 .. count-1 arrive."""
+    if isinstance(executor, Burst):
+        yield from (0.0 for _ in range(count))
+    elif isinstance(executor, ConstantArrival):
+        yield from (i / executor.rate for i in range(count))
+    else:
+        yield from _ramping(executor, count)
+
+
+def _ramping(executor: RampingArrival, count: int) -> Iterator[float]:
+    """Device i arrives when the integral of the rate reaches i."""
+    produced = 0
+    start, rate0, arrived = 0.0, executor.start_rate, 0.0
+    last_rate = executor.start_rate
+    for stage in executor.stages:
+        rate1, span = stage.rate, stage.duration
+        slope = (rate1 - rate0) / span if span > 0 else 0.0
+        area = (rate0 + rate1) / 2 * span
+        while produced < count and produced <= arrived + area - 1e-9:
+            need = produced - arrived
+            yield start + _time_for(need, rate0, slope, span)
+            produced += 1
+        start += span
+        arrived += area
+        rate0 = rate1
+        last_rate = rate1 if rate1 > 0 else last_rate
+    if produced < count:
+        if last_rate <= 0:
+            raise ValueError("the stages end at rate 0 with devices left to start")
+        for i in range(count - produced):
+            yield start + (produced + i - arrived) / last_rate
+
+
+def _time_for(need: float, rate0: float, slope: float, span: float) -> float:
+    """t in [0, span] where rate0*t + slope*t^2/2 == need."""
+    if need <= 0:
+        return 0.0
+    if abs(slope) < 1e-12:
+        return need / rate0 if rate0 > 0 else span
+    disc = rate0 * rate0 + 2 * slope * need
+    t = (-rate0 + math.sqrt(max(disc, 0.0))) / slope
+    return min(max(t, 0.0), span)
+
+
+def target_rate(executor: Executor, at: float) -> float | None:
+    """The planned arrival rate ``at`` seconds in; None for a burst."""
+    if isinstance(executor, Burst):
+        return None
+    if isinstance(executor, ConstantArrival):
+        return executor.rate
+    start, rate0 = 0.0, executor.start_rate
+    for stage in executor.stages:
+        if at <= start + stage.duration:
+            if stage.duration <= 0:
+                return stage.rate
+            return rate0 + (stage.rate - rate0) * (at - start) / stage.duration
+        start += stage.duration
+        rate0 = stage.rate
+    return rate0 if rate0 > 0 else None

@@ -1,0 +1,139 @@
+"""Worker processes: each runs ``runner.Worker`` on its own uvloop loop; the
+parent starts them together, follows their progress and merges their results."""
+
+from __future__ import annotations
+
+import multiprocessing
+import multiprocessing.connection
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from loadgen.errors import LoadgenError
+from loadgen.load.plan import RunPlan
+from loadgen.load.runner import Progress, Worker
+from loadgen.metrics.stats import RunStats
+
+# A worker must have its first window prepared within this: building an SSL
+# context costs ~1.3 ms, so even 10,000 devices take ~13 s.
+_READY_TIMEOUT = 300.0
+# Workers start together a moment after the last is ready, on the wall clock
+# (each process turns it into its own monotonic time).
+_START_MARGIN = 0.25
+
+
+class WorkerFailed(LoadgenError):
+    pass
+
+
+@dataclass
+class RunTiming:
+    started_at: float  # wall clock, seconds since the epoch: the schedule's start
+    ended_at: float
+
+
+def _worker_main(plan: RunPlan, worker: int, conn: multiprocessing.connection.Connection) -> None:
+    # The parent handles Ctrl-C and tells workers to stop; they must not die first.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    import uvloop
+
+    def send(message: tuple[str, Any]) -> None:
+        conn.send(message)
+
+    def start_at() -> float:
+        conn.send(("ready", None))
+        kind, wall = conn.recv()
+        assert kind == "start"
+        return float(time.monotonic() + (wall - time.time()))
+
+    async def main() -> RunStats:
+        return await Worker(plan, worker, send).run(start_at)
+
+    try:
+        stats = uvloop.run(main())
+    except BaseException as exc:
+        conn.send(("failed", f"{type(exc).__name__}: {exc}"))
+        raise
+    conn.send(("done", stats.to_wire()))
+
+
+def run_workers(
+    plan: RunPlan, on_progress: Callable[[list[Progress], float], None] | None = None
+) -> tuple[RunStats, RunTiming]:
+    """Run ``plan`` in ``plan.workers`` processes; return the merged stats."""
+    context = multiprocessing.get_context("spawn")
+    pipes, processes = [], []
+    for worker in range(plan.workers):
+        parent_end, child_end = context.Pipe()
+        process = context.Process(
+            target=_worker_main, args=(plan, worker, child_end), name=f"loadgen-worker-{worker}"
+        )
+        process.start()
+        child_end.close()
+        pipes.append(parent_end)
+        processes.append(process)
+    try:
+        return _supervise(plan, pipes, processes, on_progress)
+    finally:
+        for process in processes:
+            process.join(timeout=5)
+            if process.is_alive():
+                process.kill()
+                process.join()
+
+
+def _supervise(
+    plan: RunPlan,
+    pipes: list[multiprocessing.connection.Connection],
+    processes: list[Any],
+    on_progress: Callable[[list[Progress], float], None] | None,
+) -> tuple[RunStats, RunTiming]:
+    ready: set[int] = set()
+    deadline = time.monotonic() + _READY_TIMEOUT
+    while len(ready) < len(pipes):
+        if time.monotonic() > deadline:
+            raise WorkerFailed(f"workers not ready after {_READY_TIMEOUT:.0f} s")
+        for worker, message in _receive(dict(enumerate(pipes)), processes, 0.5):
+            kind, _ = message
+            if kind == "ready":
+                ready.add(worker)
+    started_at = time.time() + _START_MARGIN
+    for pipe in pipes:
+        pipe.send(("start", started_at))
+    progress: dict[int, Progress] = {}
+    results: dict[int, RunStats] = {}
+    while len(results) < len(pipes):
+        waiting = {w: p for w, p in enumerate(pipes) if w not in results}
+        for worker, (kind, payload) in _receive(waiting, processes, 0.5):
+            if kind == "progress":
+                progress[worker] = payload
+            elif kind == "done":
+                results[worker] = RunStats.from_wire(payload)
+        if on_progress is not None and progress:
+            on_progress(list(progress.values()), time.time() - started_at)
+    stats = RunStats()
+    for part in results.values():
+        stats.merge(part)
+    return stats, RunTiming(started_at, time.time())
+
+
+def _receive(
+    pipes: dict[int, multiprocessing.connection.Connection], processes: list[Any], timeout: float
+) -> list[tuple[int, tuple[str, Any]]]:
+    out = []
+    by_pipe = {id(pipe): worker for worker, pipe in pipes.items()}
+    for pipe in multiprocessing.connection.wait(list(pipes.values()), timeout=timeout):
+        assert isinstance(pipe, multiprocessing.connection.Connection)
+        worker = by_pipe[id(pipe)]
+        try:
+            message = pipe.recv()
+        except EOFError:
+            processes[worker].join(timeout=5)
+            code = processes[worker].exitcode
+            raise WorkerFailed(f"worker {worker} exited (code {code})") from None
+        if message[0] == "failed":
+            raise WorkerFailed(f"worker {worker} failed: {message[1]}")
+        out.append((worker, message))
+    return out

@@ -1,0 +1,54 @@
+"""HDR latency histograms: exact percentiles (3 significant digits) from 1 µs to
+one hour, encoded compactly so workers, shards and machines can be merged."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hdrh.histogram import HdrHistogram
+
+_LOWEST_US = 1
+_HIGHEST_US = 3_600_000_000
+_DIGITS = 3
+PERCENTILES = {"p50": 50.0, "p90": 90.0, "p99": 99.0, "p99_9": 99.9}
+
+
+class LatencyHistogram:
+    """Seconds in, milliseconds out; microsecond resolution inside."""
+
+    def __init__(self) -> None:
+        self._h = HdrHistogram(_LOWEST_US, _HIGHEST_US, _DIGITS)
+
+    def record(self, seconds: float) -> None:
+        micros = int(seconds * 1_000_000)
+        self._h.record_value(min(max(micros, _LOWEST_US), _HIGHEST_US))
+
+    @property
+    def count(self) -> int:
+        return int(self._h.get_total_count())
+
+    def merge(self, other: LatencyHistogram) -> None:
+        self._h.add(other._h)
+
+    def percentile_ms(self, percentile: float) -> float:
+        return float(self._h.get_value_at_percentile(percentile)) / 1000.0
+
+    def summary_ms(self) -> dict[str, Any]:
+        """count, p50, p90, p99, p99_9 and max in milliseconds (None when empty)."""
+        if not self.count:
+            return {"count": 0, **dict.fromkeys(PERCENTILES), "max": None}
+        out: dict[str, Any] = {"count": self.count}
+        for name, p in PERCENTILES.items():
+            out[name] = round(self.percentile_ms(p), 3)
+        out["max"] = round(float(self._h.get_max_value()) / 1000.0, 3)
+        return out
+
+    def encode(self) -> str:
+        return self._h.encode().decode("ascii")  # type: ignore[no-any-return]
+
+    @classmethod
+    def decode(cls, encoded: str) -> LatencyHistogram:
+        histogram = cls()
+        if encoded:
+            histogram._h.add(HdrHistogram.decode(encoded.encode("ascii")))
+        return histogram

@@ -1,0 +1,124 @@
+"""Everything one worker (or a whole run, once merged) measured."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from loadgen.device.lifecycle import DeviceResult
+from loadgen.device.outcome import OUTCOMES
+from loadgen.metrics.histogram import LatencyHistogram
+
+# Phases a device's time is split into, in the order they happen.
+PHASES = ("provision", "tcp_connect", "tls_handshake", "connack", "publish_ack")
+# Distinct failure reasons kept per outcome: enough to see what went wrong,
+# bounded so a run where every device fails differently stays small.
+_REASONS_KEPT = 20
+
+
+@dataclass
+class RunStats:
+    devices: int = 0
+    attempts: int = 0
+    provisioning_triggered: int = 0
+    outcomes: Counter[str] = field(default_factory=Counter)
+    reasons: dict[str, Counter[str]] = field(default_factory=dict)
+    attempts_per_device: Counter[int] = field(default_factory=Counter)
+    phases: dict[str, LatencyHistogram] = field(
+        default_factory=lambda: {p: LatencyHistogram() for p in PHASES}
+    )
+    lag: LatencyHistogram = field(default_factory=LatencyHistogram)
+    # Per second since the schedule's start: devices started, and outcomes.
+    started_per_second: Counter[int] = field(default_factory=Counter)
+    outcomes_per_second: dict[str, Counter[int]] = field(default_factory=dict)
+    first_start: float | None = None  # seconds since the schedule's start
+    last_start: float | None = None
+
+    def started(self, offset: float) -> None:
+        """A device began (``offset`` seconds after the schedule's start)."""
+        self.started_per_second[int(offset)] += 1
+        if self.first_start is None or offset < self.first_start:
+            self.first_start = offset
+        if self.last_start is None or offset > self.last_start:
+            self.last_start = offset
+
+    def add(self, result: DeviceResult, finished_offset: float) -> None:
+        self.devices += 1
+        self.attempts += result.attempts
+        self.attempts_per_device[result.attempts] += 1
+        self.provisioning_triggered += result.provisioning_triggered
+        outcome = result.outcome.value
+        self.outcomes[outcome] += 1
+        self.outcomes_per_second.setdefault(outcome, Counter())[int(finished_offset)] += 1
+        if result.reason is not None:
+            reasons = self.reasons.setdefault(outcome, Counter())
+            key = f"{result.phase}: {result.reason}" if result.phase else result.reason
+            if key in reasons or len(reasons) < _REASONS_KEPT:
+                reasons[key] += 1
+        self.lag.record(result.lag)
+        if result.provision is not None:
+            self.phases["provision"].record(result.provision)
+        for phase, seconds in result.phases:
+            self.phases[phase].record(seconds)
+        for seconds in result.publish_acks:
+            self.phases["publish_ack"].record(seconds)
+
+    def merge(self, other: RunStats) -> None:
+        self.devices += other.devices
+        self.attempts += other.attempts
+        self.provisioning_triggered += other.provisioning_triggered
+        self.outcomes.update(other.outcomes)
+        for outcome, reasons in other.reasons.items():
+            self.reasons.setdefault(outcome, Counter()).update(reasons)
+        self.attempts_per_device.update(other.attempts_per_device)
+        for phase, histogram in other.phases.items():
+            self.phases[phase].merge(histogram)
+        self.lag.merge(other.lag)
+        self.started_per_second.update(other.started_per_second)
+        for outcome, series in other.outcomes_per_second.items():
+            self.outcomes_per_second.setdefault(outcome, Counter()).update(series)
+        for value in (other.first_start, other.last_start):
+            if value is not None:
+                self.first_start = (
+                    value if self.first_start is None else min(self.first_start, value)
+                )
+                self.last_start = value if self.last_start is None else max(self.last_start, value)
+
+    def to_wire(self) -> dict[str, Any]:
+        """Plain data, for a pipe between processes."""
+        return {
+            "devices": self.devices,
+            "attempts": self.attempts,
+            "provisioning_triggered": self.provisioning_triggered,
+            "outcomes": dict(self.outcomes),
+            "reasons": {k: dict(v) for k, v in self.reasons.items()},
+            "attempts_per_device": dict(self.attempts_per_device),
+            "phases": {k: v.encode() for k, v in self.phases.items()},
+            "lag": self.lag.encode(),
+            "started_per_second": dict(self.started_per_second),
+            "outcomes_per_second": {k: dict(v) for k, v in self.outcomes_per_second.items()},
+            "first_start": self.first_start,
+            "last_start": self.last_start,
+        }
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> RunStats:
+        return cls(
+            devices=data["devices"],
+            attempts=data["attempts"],
+            provisioning_triggered=data["provisioning_triggered"],
+            outcomes=Counter(data["outcomes"]),
+            reasons={k: Counter(v) for k, v in data["reasons"].items()},
+            attempts_per_device=Counter(data["attempts_per_device"]),
+            phases={k: LatencyHistogram.decode(v) for k, v in data["phases"].items()},
+            lag=LatencyHistogram.decode(data["lag"]),
+            started_per_second=Counter(data["started_per_second"]),
+            outcomes_per_second={k: Counter(v) for k, v in data["outcomes_per_second"].items()},
+            first_start=data["first_start"],
+            last_start=data["last_start"],
+        )
+
+    def outcome_counts(self) -> dict[str, int]:
+        """Every outcome name, zero included, in the documented order."""
+        return {o.value: self.outcomes.get(o.value, 0) for o in OUTCOMES}

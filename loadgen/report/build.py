@@ -1,0 +1,106 @@
+"""The run report: a versioned JSON document (docs/report-format.md)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+from loadgen import __version__
+from loadgen.files import write_atomic
+from loadgen.load.plan import RunPlan
+from loadgen.load.schedule import Burst, ConstantArrival, offsets
+from loadgen.load.workers import RunTiming
+from loadgen.metrics.stats import PHASES, RunStats
+
+FORMAT = "loadgen-report/1"
+
+
+def _iso(wall: float) -> str:
+    return dt.datetime.fromtimestamp(wall, dt.UTC).isoformat(timespec="milliseconds")
+
+
+def planned_span(plan: RunPlan) -> float:
+    """Seconds from the first planned arrival to the last."""
+    if isinstance(plan.executor, Burst) or plan.count < 2:
+        return 0.0
+    if isinstance(plan.executor, ConstantArrival):
+        return (plan.count - 1) / plan.executor.rate
+    last = 0.0
+    for last in offsets(plan.executor, plan.count):  # noqa: B007
+        pass
+    return last
+
+
+def rates(plan: RunPlan, stats: RunStats) -> dict[str, float | None]:
+    """Arrivals per second, planned and achieved, over the arrivals' span."""
+    span = planned_span(plan)
+    target = (plan.count - 1) / span if span > 0 else None
+    achieved = None
+    if stats.first_start is not None and stats.last_start is not None:
+        actual = stats.last_start - stats.first_start
+        started = sum(stats.started_per_second.values())
+        if actual > 0 and started > 1:
+            achieved = (started - 1) / actual
+    return {
+        "target_per_s": round(target, 3) if target is not None else None,
+        "achieved_per_s": round(achieved, 3) if achieved is not None else None,
+    }
+
+
+def build(plan: RunPlan, stats: RunStats, timing: RunTiming) -> dict[str, Any]:
+    return {
+        "format": FORMAT,
+        "scenario": plan.scenario,
+        "endpoint": plan.endpoint,
+        "started_at": _iso(timing.started_at),
+        "ended_at": _iso(timing.ended_at),
+        "duration_s": round(timing.ended_at - timing.started_at, 3),
+        "devices": stats.devices,
+        "outcomes": stats.outcome_counts(),
+        "attempts": {
+            "total": stats.attempts,
+            "per_device": {str(k): v for k, v in sorted(stats.attempts_per_device.items())},
+            "provisioning_triggered": stats.provisioning_triggered,
+        },
+        "latency_ms": {phase: stats.phases[phase].summary_ms() for phase in PHASES},
+        "rate": rates(plan, stats),
+        "schedule_lag_ms": stats.lag.summary_ms(),
+        "reasons": {k: dict(v.most_common()) for k, v in sorted(stats.reasons.items())},
+        "series": {
+            "started_per_s": _series(stats.started_per_second),
+            "outcomes_per_s": {k: _series(v) for k, v in sorted(stats.outcomes_per_second.items())},
+        },
+        "histograms": {phase: stats.phases[phase].encode() for phase in PHASES}
+        | {"schedule_lag": stats.lag.encode()},
+        "load": {
+            "executor": type(plan.executor).__name__,
+            "count": plan.count,
+            "max_in_flight": plan.max_in_flight,
+            "workers": plan.workers,
+            "mqtt_version": "5" if plan.version == 5 else "3.1.1",
+        },
+        "environment": {
+            "loadgen": __version__,
+            "python": platform.python_version(),
+            "cores": os.cpu_count(),
+            "machine": platform.machine(),
+        },
+    }
+
+
+def _series(counts: Any) -> list[int]:
+    """Per-second counts as a dense list from second 0."""
+    if not counts:
+        return []
+    out = [0] * (max(counts) + 1)
+    for second, n in counts.items():
+        out[second] = n
+    return out
+
+
+def write_report(path: Path, report: dict[str, Any]) -> None:
+    write_atomic(path, json.dumps(report, indent=2).encode() + b"\n")

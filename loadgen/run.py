@@ -1,0 +1,114 @@
+"""`loadgen run`: scenario in, fleet ready, workers started, report out."""
+
+from __future__ import annotations
+
+import os
+import resource
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from loadgen.certs.ca import CERT_FILE, init_ca
+from loadgen.certs.mint import MintRequest, MintResult, mint
+from loadgen.certs.profile import load_profile
+from loadgen.certs.store import FleetStore
+from loadgen.device.lifecycle import PublishStep, SubscribeStep
+from loadgen.errors import ConfigError, UserError
+from loadgen.load.plan import RunPlan, build_plan, check_template, endpoint_of
+from loadgen.load.workers import RunTiming, run_workers
+from loadgen.metrics.stats import RunStats
+from loadgen.report.build import build
+from loadgen.scenario.schema import EMBEDDED, Scenario
+from loadgen.scenario.units import parse_rate
+
+# Descriptors a worker needs besides one per device in flight (pipes, files, the
+# fleet's chain and key files while a context is built).
+_FD_MARGIN = 64
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    endpoint: str | None = None
+    count: int | None = None
+    rate: str | None = None
+    workers: int = 1
+
+
+def make_plan(scenario: Scenario, options: RunOptions) -> RunPlan:
+    if scenario.endpoint == EMBEDDED and options.endpoint is None:
+        raise ConfigError(
+            "endpoint: the embedded JITP emulator is not available yet; "
+            "give --endpoint HOST:PORT or set endpoint: host:port"
+        )
+    if options.count is not None and options.count <= 0:
+        raise UserError(f"--count must be positive, got {options.count}")
+    if options.workers <= 0:
+        raise UserError(f"--workers must be positive, got {options.workers}")
+    try:
+        rate = parse_rate(options.rate) if options.rate is not None else None
+    except ValueError as exc:
+        raise UserError(f"--rate: {exc}") from None
+    plan = build_plan(
+        scenario,
+        endpoint=endpoint_of(scenario, options.endpoint),
+        count=options.count,
+        rate=rate,
+        workers=options.workers,
+    )
+    check_template(plan.client_id, "mqtt.client_id")
+    for i, step in enumerate(plan.steps):
+        if isinstance(step, PublishStep):
+            check_template(step.topic, f"after_connect[{i}].publish.topic")
+        elif isinstance(step, SubscribeStep):
+            check_template(step.topic_filter, f"after_connect[{i}].subscribe.topic")
+    if plan.tls.ca_file is not None and not plan.tls.ca_file.is_file():
+        raise ConfigError(f"tls.ca_file: {plan.tls.ca_file} not found")
+    return plan
+
+
+def ensure_fleet(
+    scenario: Scenario, count: int, workers: int, on_progress: Any = None
+) -> MintResult | None:
+    """Mint the scenario's fleet when it is missing or holds fewer than ``count``
+    devices (creating the fleet CA first if needed)."""
+    fleet = scenario.fleet
+    store = FleetStore(fleet.store)
+    if store.exists() and store.recover() >= count:
+        return None
+    if not (fleet.ca / CERT_FILE).exists():
+        init_ca(fleet.ca)
+    profile = load_profile(fleet.profile) if fleet.profile is not None else None
+    request = MintRequest(fleet.store, fleet.ca, count, profile, fleet.seed, workers)
+    return mint(request, on_progress)
+
+
+def raise_fd_limit(plan: RunPlan) -> None:
+    """Each device in flight holds a socket: raise the soft limit as far as the
+    hard one allows, and refuse a run that cannot fit."""
+    needed = -(-plan.max_in_flight // plan.workers) + _FD_MARGIN
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= needed:
+        return
+    ceiling = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    if ceiling < needed:
+        raise UserError(
+            f"load.max_in_flight {plan.max_in_flight} needs {needed} open files per worker, "
+            f"but the hard limit is {hard}: raise it (ulimit -Hn) or lower max_in_flight"
+        )
+    resource.setrlimit(resource.RLIMIT_NOFILE, (ceiling, hard))
+
+
+def execute(plan: RunPlan, on_progress: Any = None) -> tuple[RunStats, RunTiming, dict[str, Any]]:
+    raise_fd_limit(plan)
+    stats, timing = run_workers(plan, on_progress)
+    return stats, timing, build(plan, stats, timing)
+
+
+def default_workers() -> int:
+    return os.cpu_count() or 1
+
+
+def report_path(value: Path | None) -> Path | None:
+    if value is not None and value.parent and not value.parent.exists():
+        raise UserError(f"--report: folder {value.parent} does not exist")
+    return value

@@ -1,0 +1,1 @@
+"""Scenario files: what to run, against what, with which fleet and load."""

@@ -1,0 +1,130 @@
+"""`loadgen run` end to end: a scenario, a fleet, worker processes, mosquitto as
+the endpoint, and the JSON report."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from tests.conftest import assert_user_error, run_loadgen
+
+
+def _scenario(tmp_path, mosquitto, device_ca, **overrides):
+    (tmp_path / "profile.yaml").write_text(
+        "subject:\n  common_name: 'bulb-{index:05d}'\n  organization: Acme\n"
+        "faults:\n  unknown_ca: 0.02\n"
+    )
+    scenario = {
+        "name": "mosquitto-test",
+        "endpoint": f"127.0.0.1:{mosquitto.tls_port}",
+        "tls": {
+            "ca_file": str(mosquitto.server_ca.directory / "ca.pem"),
+            "server_name": "localhost",
+        },
+        "mqtt": {"version": 5, "client_id": "{common_name}"},
+        "fleet": {
+            "ca": str(device_ca.directory),
+            "store": "fleet",
+            "count": 1000,
+            "profile": "profile.yaml",
+        },
+        "retry": {"initial": "10ms", "max": "50ms", "max_attempts": 2},
+        "load": {"executor": "constant-arrival-rate", "rate": "400/s", "max_in_flight": 300},
+        "after_connect": [
+            {"publish": {"topic": "dt/{client_id}/telemetry", "qos": 1, "payload_bytes": 64}}
+        ],
+        "timeouts": {"connect": "10s"},
+    }
+    for key, value in overrides.items():
+        scenario[key] = value
+    path = tmp_path / "scenario.yaml"
+    path.write_text(yaml.safe_dump(scenario))
+    return path
+
+
+@pytest.fixture(scope="module")
+def thousand(tmp_path_factory, mosquitto, device_ca):
+    """One run of 1,000 devices against mosquitto, on two workers."""
+    root = tmp_path_factory.mktemp("run")
+    path = _scenario(root, mosquitto, device_ca)
+    result = run_loadgen("run", path, "--report", root / "report.json", "--workers", "2")
+    assert result.code == 0, result.err
+    manifest = [json.loads(line) for line in (root / "fleet" / "manifest.jsonl").open()]
+    return json.loads((root / "report.json").read_text()), manifest, result
+
+
+def test_a_thousand_devices_all_connect_but_the_unknown_ca_ones(thousand):
+    report, manifest, _ = thousand
+    unknown = sum(1 for d in manifest if d["fault"] == "unknown_ca")
+    assert unknown > 0
+    assert report["devices"] == 1000
+    assert report["outcomes"]["connected"] == 1000 - unknown
+    assert report["outcomes"]["tls_rejected"] == unknown
+    assert sum(report["outcomes"].values()) == 1000
+
+
+def test_the_report_has_every_phase_and_the_rates(thousand):
+    report, _, _ = thousand
+    for phase in ("provision", "tcp_connect", "tls_handshake", "connack", "publish_ack"):
+        summary = report["latency_ms"][phase]
+        assert summary["count"] > 0
+        assert 0 < summary["p50"] <= summary["p90"] <= summary["p99"] <= summary["max"]
+    assert report["latency_ms"]["publish_ack"]["count"] == report["outcomes"]["connected"]
+    assert report["rate"]["target_per_s"] == 400
+    assert report["rate"]["achieved_per_s"] > 0
+    assert report["attempts"]["total"] >= 1000
+    assert report["schedule_lag_ms"]["count"] == 1000
+
+
+def test_the_summary_table_shows_outcomes_and_phases(thousand):
+    _, _, result = thousand
+    assert "connected" in result.out and "tls_rejected" in result.out
+    assert "provision" in result.out and "p99" in result.out
+
+
+def test_a_run_mints_the_fleet_when_missing(thousand):
+    _, manifest, result = thousand
+    assert len(manifest) == 1000
+    assert "minted 1000" in result.err
+
+
+def test_three_one_one_works_too(tmp_path, mosquitto, device_ca):
+    path = _scenario(tmp_path, mosquitto, device_ca, mqtt={"version": "3.1.1"})
+    result = run_loadgen(
+        "run", path, "--count", "50", "--workers", "1", "--report", tmp_path / "r.json"
+    )
+    assert result.code == 0, result.err
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["load"]["mqtt_version"] == "3.1.1"
+    assert report["outcomes"]["connected"] + report["outcomes"]["tls_rejected"] == 50
+
+
+def test_a_scenario_error_names_file_line_and_field(tmp_path, mosquitto, device_ca):
+    path = _scenario(tmp_path, mosquitto, device_ca)
+    text = path.read_text().replace("executor: constant-arrival-rate", "executor: warp-speed")
+    path.write_text(text)
+    line = next(i for i, t in enumerate(text.splitlines(), 1) if "warp-speed" in t)
+    assert_user_error(run_loadgen("run", path), f"{path}:{line}: load.executor:")
+
+
+def test_a_bad_rate_is_a_configuration_error(tmp_path, mosquitto, device_ca):
+    path = _scenario(tmp_path, mosquitto, device_ca)
+    assert_user_error(run_loadgen("run", path, "--rate", "fast"), "--rate")
+
+
+def test_an_unknown_topic_placeholder_is_refused_before_the_run(tmp_path, mosquitto, device_ca):
+    path = _scenario(
+        tmp_path, mosquitto, device_ca, after_connect=[{"publish": {"topic": "x/{colour}"}}]
+    )
+    assert_user_error(run_loadgen("run", path), "after_connect[0].publish.topic", "{colour}")
+    assert not (tmp_path / "fleet").exists()
+
+
+def test_the_scenario_schema_is_printed_for_editors():
+    result = run_loadgen("scenario", "schema")
+    assert result.code == 0
+    schema = json.loads(result.out)
+    assert schema["title"] == "Scenario"
+    assert {"endpoint", "fleet", "load"} <= set(schema["properties"])
