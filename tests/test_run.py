@@ -12,6 +12,7 @@ from tests.conftest import assert_user_error, run_loadgen
 
 
 def _scenario(tmp_path, mosquitto, device_ca, **overrides):
+    tmp_path.mkdir(parents=True, exist_ok=True)
     (tmp_path / "profile.yaml").write_text(
         "subject:\n  common_name: 'bulb-{index:05d}'\n  organization: Acme\n"
         "faults:\n  unknown_ca: 0.02\n"
@@ -128,3 +129,54 @@ def test_the_scenario_schema_is_printed_for_editors():
     schema = json.loads(result.out)
     assert schema["title"] == "Scenario"
     assert {"endpoint", "fleet", "load"} <= set(schema["properties"])
+
+
+def test_the_aiomqtt_driver_reaches_the_same_outcomes_as_the_native_one(
+    tmp_path, mosquitto, device_ca
+):
+    outcomes = {}
+    for driver in ("native", "aiomqtt"):
+        path = _scenario(
+            tmp_path / driver,
+            mosquitto,
+            device_ca,
+            mqtt={"version": 5, "client_id": "{common_name}", "driver": driver},
+            fleet={"ca": str(device_ca.directory), "store": str(tmp_path / "fleet"), "count": 150},
+            after_connect=[
+                {"subscribe": {"topic": "cmd/{client_id}", "qos": 1}},
+                {"publish": {"topic": "dt/{client_id}", "qos": 1, "count": 2}},
+            ],
+        )
+        result = run_loadgen("run", path, "--workers", "1", "--report", tmp_path / f"{driver}.json")
+        assert result.code == 0, result.err
+        report = json.loads((tmp_path / f"{driver}.json").read_text())
+        outcomes[driver] = report["outcomes"]
+        assert report["latency_ms"]["publish_ack"]["count"] == 300
+    assert outcomes["native"] == outcomes["aiomqtt"]
+    assert outcomes["native"]["connected"] == 150
+
+
+def test_aiomqtt_cannot_tell_a_rejected_certificate_from_a_silent_server(
+    tmp_path, mosquitto, device_ca
+):
+    # paho sees the TLS alert, but aiomqtt ignores a disconnect before CONNACK and
+    # waits out its timeout: one more reason the native transport does connects.
+    (tmp_path / "unknown.yaml").write_text("faults: {unknown_ca: 1.0}\n")
+    path = _scenario(
+        tmp_path,
+        mosquitto,
+        device_ca,
+        mqtt={"version": 5, "driver": "aiomqtt"},
+        fleet={
+            "ca": str(device_ca.directory),
+            "store": "unknown",
+            "count": 2,
+            "profile": "unknown.yaml",
+        },
+        retry={"max_attempts": 1},
+        timeouts={"connect": "1s"},
+    )
+    result = run_loadgen("run", path, "--workers", "1", "--report", tmp_path / "r.json")
+    assert result.code == 0, result.err
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["outcomes"]["timeout"] == 2

@@ -40,6 +40,7 @@ class RunPlan:
     steps: tuple[Step, ...]  # templates: topics still hold {placeholders}
     source_addresses: tuple[str, ...] = ()
     workers: int = 1
+    driver: str = "native"
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -110,6 +111,7 @@ def build_plan(
         steps=tuple(steps),
         source_addresses=tuple(scenario.load.source_addresses or ()),
         workers=workers,
+        driver=scenario.mqtt.driver,
     )
 
 

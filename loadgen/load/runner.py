@@ -19,6 +19,7 @@ from typing import Any
 
 from loadgen.certs.store import Device as FleetDevice
 from loadgen.certs.store import FleetStore
+from loadgen.device.aiomqtt_driver import AiomqttDevice
 from loadgen.device.lifecycle import Device, DeviceSpec
 from loadgen.load.plan import RunPlan, device_client_id, device_steps
 from loadgen.load.schedule import offsets
@@ -148,7 +149,8 @@ class Worker:
 
     async def _one(self, spec: DeviceSpec, t0: float) -> None:
         try:
-            result = await Device(spec, self.plan.device, self.clock, self.rng).run()
+            driver = AiomqttDevice if self.plan.driver == "aiomqtt" else Device
+            result = await driver(spec, self.plan.device, self.clock, self.rng).run()
             self.stats.add(result, self.clock() - t0)
         finally:
             self.in_flight -= 1

@@ -40,6 +40,11 @@ class Mqtt(_Strict):
         "subject fields such as {common_name}",
     )
     keepalive: int = Field(default=60, ge=0, le=65535)
+    driver: Literal["native", "aiomqtt"] = Field(
+        default="native",
+        description="native: our timed transport; aiomqtt: paho through aiomqtt (a cross-check; "
+        "its connect runs in a thread pool and only the provision phase is timed)",
+    )
 
     @property
     def protocol_version(self) -> int:

@@ -1,0 +1,138 @@
+"""The same device life through aiomqtt (paho), as a cross-check of the native
+path and for steady-state work where its connect path does not matter.
+
+aiomqtt runs paho's blocking connect (TCP, TLS and CONNECT) in the event loop's
+thread pool: over a real round trip its connect rate is capped by threads divided
+by handshake time, and time spent waiting for a thread lands in the measured
+latency. Only ``provision`` (scheduled start to connected) is measured here; the
+per-phase split needs the native transport.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import ssl
+
+import aiomqtt
+
+from loadgen import mqtt
+from loadgen.device.lifecycle import (
+    Clock,
+    DeviceConfig,
+    DeviceResult,
+    DeviceSpec,
+    HoldStep,
+    PublishStep,
+    SubscribeStep,
+)
+from loadgen.device.outcome import PROVISIONING_TRIGGERS, Outcome, classify
+from loadgen.transport.errors import AckRefused, Closed, Refused, TlsRejected, TransportError
+
+
+def _translate(exc: BaseException, version: int, phase: str) -> TransportError:
+    """aiomqtt flattens errors to text and codes; recover the cause from them."""
+    if isinstance(exc, aiomqtt.MqttCodeError) and exc.rc is not None:
+        code = int(exc.rc.value) if hasattr(exc.rc, "value") else int(exc.rc)
+        if phase == "connack" and code:
+            return AckRefused(f"CONNACK 0x{code:02x} ({exc})", phase, code, version)
+    text = str(exc)
+    upper = text.upper()
+    if isinstance(exc, ssl.SSLError) or "SSL" in upper or "CERTIFICATE" in upper or "TLS" in upper:
+        return TlsRejected(f"TLS: {text}", phase)
+    if "REFUSED" in upper and "ERRNO" in upper:
+        return Refused(text, phase)
+    return Closed(text or type(exc).__name__, phase)
+
+
+class AiomqttDevice:
+    def __init__(
+        self, spec: DeviceSpec, config: DeviceConfig, clock: Clock, rng: random.Random
+    ) -> None:
+        self.spec = spec
+        self.config = config
+        self.clock = clock
+        self.rng = rng
+        self.result = DeviceResult(spec.index)
+
+    def _client(self) -> aiomqtt.Client:
+        spec = self.spec
+        v5 = spec.version == mqtt.MQTT_5
+        return aiomqtt.Client(
+            spec.target.host,
+            spec.target.port,
+            identifier=spec.client_id,
+            protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
+            tls_context=spec.ssl_context,
+            keepalive=self.config.keepalive,
+            timeout=self.config.connect_timeout,
+            bind_address=spec.target.source_address or "",
+        )
+
+    async def run(self) -> DeviceResult:
+        result, config = self.result, self.config
+        result.lag = max(0.0, self.clock() - self.spec.scheduled)
+        expecting_trigger = config.expect_first_connect_rejected
+        failed = 0
+        while True:
+            result.attempts += 1
+            client = self._client()
+            phase = "connack"
+            try:
+                async with asyncio.timeout(config.connect_timeout):
+                    await client.__aenter__()
+            except TimeoutError:
+                outcome, reason = Outcome.TIMEOUT, "no answer in time"
+            except (aiomqtt.MqttError, OSError) as exc:
+                error = _translate(exc, self.spec.version, phase)
+                outcome, reason = classify(error), error.reason
+            else:
+                result.provision = self.clock() - self.spec.scheduled
+                await self._act(client)
+                return result
+            if expecting_trigger and outcome in PROVISIONING_TRIGGERS:
+                expecting_trigger = False
+                result.provisioning_triggered = True
+            else:
+                failed += 1
+                result.outcome, result.reason, result.phase = outcome, reason, phase
+                if result.attempts >= config.retry.max_attempts:
+                    return result
+            await asyncio.sleep(config.retry.delay(max(failed, 1), self.rng))
+
+    async def _act(self, client: aiomqtt.Client) -> None:
+        result, timeout = self.result, self.config.step_timeout
+        phase = "publish"
+        try:
+            for step in self.spec.steps:
+                if isinstance(step, PublishStep):
+                    phase = "publish"
+                    payload = bytes(step.payload_bytes)
+                    for _ in range(step.count):
+                        sent = self.clock()
+                        async with asyncio.timeout(timeout):
+                            await client.publish(step.topic, payload, qos=step.qos)
+                        result.publishes += 1
+                        if step.qos == 1:
+                            result.publish_acks.append(self.clock() - sent)
+                elif isinstance(step, SubscribeStep):
+                    phase = "subscribe"
+                    async with asyncio.timeout(timeout):
+                        await client.subscribe(step.topic_filter, qos=step.qos)
+                elif isinstance(step, HoldStep):
+                    phase = "hold"
+                    await asyncio.sleep(step.seconds)
+            result.outcome, result.reason, result.phase = Outcome.CONNECTED, None, None
+        except TimeoutError:
+            result.outcome, result.reason, result.phase = (
+                Outcome.TIMEOUT,
+                "no answer in time",
+                phase,
+            )
+        except aiomqtt.MqttError as exc:
+            error = _translate(exc, self.spec.version, phase)
+            result.outcome, result.reason, result.phase = classify(error), error.reason, phase
+        finally:
+            with contextlib.suppress(aiomqtt.MqttError):
+                await client.__aexit__(None, None, None)
