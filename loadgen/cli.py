@@ -28,6 +28,7 @@ from loadgen.certs.keys import KeyType
 from loadgen.certs.mint import MintRequest, MintResult, mint
 from loadgen.certs.profile import load_profile
 from loadgen.errors import LoadgenError, UserError
+from loadgen.files import write
 from loadgen.report.build import write_report
 from loadgen.report.show import LiveRun, print_report
 from loadgen.run import RunOptions, default_workers, ensure_fleet, execute, make_plan, report_path
@@ -84,6 +85,23 @@ def ca_verification_cert(ca_dir: Path, registration_code: str, out: Path) -> Non
         "--set-as-active --allow-auto-registration "
         "--registration-config file://registration-config.json"
     )
+
+
+@ca.command("server-cert")
+@click.option("--ca", "ca_dir", required=True, type=click.Path(path_type=Path), help="CA folder.")
+@click.option("--name", "names", required=True, multiple=True, help="DNS name or IP; repeatable.")
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="OUT.pem/.key")
+def ca_server_cert(ca_dir: Path, names: tuple[str, ...], out: Path) -> None:
+    """A TLS server certificate signed by the CA (for a broker or the emulator)."""
+    authority = ca_mod.load_ca(ca_dir)
+    cert, key = ca_mod.server_cert(authority, list(names))
+    cert_path, key_path = out.with_name(out.name + ".pem"), out.with_name(out.name + ".key")
+    try:
+        write(cert_path, cert)
+        write(key_path, key, private=True)
+    except OSError as exc:
+        raise UserError(f"{out}: cannot write: {exc.strerror}") from None
+    click.echo(f"server certificate for {', '.join(names)}: {cert_path}, key (0600) {key_path}")
 
 
 @cli.group()

@@ -69,6 +69,7 @@ def start_mosquitto(root: Path, device_ca_pem: Path, *, password_file: Path | No
         "user root\n"
         "per_listener_settings true\n"
         "persistence false\n"
+        "set_tcp_nodelay true\n"
         f"log_dest file {root / 'mosquitto.log'}\n"
         "log_type error\nlog_type warning\nlog_type notice\n"
         "max_keepalive 65535\n"

@@ -180,3 +180,40 @@ def test_aiomqtt_cannot_tell_a_rejected_certificate_from_a_silent_server(
     assert result.code == 0, result.err
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["outcomes"]["timeout"] == 2
+
+
+def test_the_shipped_mosquitto_scenario_runs_as_written(tmp_path):
+    import shutil
+
+    from tests.brokers import start_mosquitto
+    from tests.conftest import ROOT
+
+    shutil.copy(ROOT / "scenarios" / "mosquitto-mtls.yaml", tmp_path)
+    shutil.copytree(ROOT / "scenarios" / "profiles", tmp_path / "profiles")
+    assert run_loadgen("ca", "init", "--out", tmp_path / "fleet-ca").code == 0
+    broker = start_mosquitto(tmp_path / "broker", tmp_path / "fleet-ca" / "ca.pem")
+    try:
+        shutil.copy(broker.server_ca.directory / "ca.pem", tmp_path / "server-ca.pem")
+        result = run_loadgen(
+            "run",
+            tmp_path / "mosquitto-mtls.yaml",
+            "--endpoint",
+            f"127.0.0.1:{broker.tls_port}",
+            "--count",
+            "200",
+            "--rate",
+            "400/s",
+            "--report",
+            tmp_path / "r.json",
+        )
+    finally:
+        broker.stop()
+    assert result.code == 0, result.err
+    report = json.loads((tmp_path / "r.json").read_text())
+    manifest = [
+        json.loads(line)
+        for line in (tmp_path / ".loadgen" / "fleets" / "mosquitto" / "manifest.jsonl").open()
+    ]
+    rejected = sum(1 for d in manifest if d["fault"] in ("unknown_ca", "expired", "not_yet_valid"))
+    assert report["outcomes"]["tls_rejected"] == rejected
+    assert report["outcomes"]["connected"] == 200 - rejected

@@ -1,0 +1,66 @@
+"""Open-model arrival schedules."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from loadgen.load.runner import share
+from loadgen.load.schedule import (
+    Burst,
+    ConstantArrival,
+    RampingArrival,
+    Stage,
+    offsets,
+    target_rate,
+)
+
+
+def test_constant_arrival_spaces_devices_evenly():
+    assert list(offsets(ConstantArrival(4), 5)) == [0.0, 0.25, 0.5, 0.75, 1.0]
+
+
+def test_a_burst_starts_everyone_at_once():
+    assert list(offsets(Burst(), 3)) == [0.0, 0.0, 0.0]
+    assert target_rate(Burst(), 0) is None
+
+
+def test_a_ramp_from_zero_follows_the_integral_of_the_rate():
+    # 0 -> 10/s over 2 s: N(t) = 2.5 t^2, so device k arrives at sqrt(k / 2.5).
+    times = list(offsets(RampingArrival((Stage(10, 2),)), 11))
+    assert times == pytest.approx([(k / 2.5) ** 0.5 for k in range(11)])
+
+
+def test_after_the_stages_devices_keep_the_last_rate():
+    times = list(offsets(RampingArrival((Stage(10, 1),), start_rate=10), 15))
+    assert times[10:] == pytest.approx([1.0, 1.1, 1.2, 1.3, 1.4])
+
+
+def test_the_target_rate_moves_linearly_through_stages():
+    ramp = RampingArrival((Stage(100, 10), Stage(100, 5), Stage(0, 5)), start_rate=20)
+    assert target_rate(ramp, 0) == 20
+    assert target_rate(ramp, 5) == pytest.approx(60)
+    assert target_rate(ramp, 12) == 100
+    assert target_rate(ramp, 17.5) == pytest.approx(50)
+
+
+@given(
+    stages=st.lists(st.tuples(st.floats(0.5, 500), st.floats(0.1, 20)), min_size=1, max_size=4),
+    start=st.floats(0, 100),
+    count=st.integers(1, 300),
+)
+def test_ramping_offsets_never_go_back_in_time(stages, start, count):
+    ramp = RampingArrival(tuple(Stage(r, d) for r, d in stages), start_rate=start)
+    times = list(offsets(ramp, count))
+    assert len(times) == count
+    assert all(b >= a - 1e-9 for a, b in itertools.pairwise(times))
+
+
+@pytest.mark.parametrize(("total", "workers"), [(500, 2), (7, 3), (1, 4), (1000, 1)])
+def test_in_flight_slots_are_shared_out_whole(total, workers):
+    parts = [share(total, workers, w) for w in range(workers)]
+    assert all(p >= 1 for p in parts)
+    assert sum(parts) == max(total, workers)

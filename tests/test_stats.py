@@ -1,0 +1,56 @@
+"""What workers measure merges exactly into what one process would have measured."""
+
+from __future__ import annotations
+
+import random
+
+from loadgen.device.lifecycle import DeviceResult
+from loadgen.device.outcome import Outcome
+from loadgen.metrics.stats import RunStats
+
+
+def _results(n: int, seed: int) -> list[DeviceResult]:
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        outcome = rng.choice([Outcome.CONNECTED, Outcome.CONNECTED, Outcome.THROTTLED])
+        result = DeviceResult(i, outcome=outcome, attempts=rng.randint(1, 4))
+        result.lag = rng.random() / 100
+        result.phases = [("tcp_connect", rng.random() / 1000), ("tls_handshake", rng.random())]
+        if outcome is Outcome.CONNECTED:
+            result.provision = rng.random() * 3
+            result.phases.append(("connack", rng.random() / 10))
+            result.publish_acks = [rng.random() / 50]
+        else:
+            result.reason = f"CONNACK quota_exceeded (0x97) #{rng.randint(1, 3)}"
+            result.phase = "connack"
+        out.append(result)
+    return out
+
+
+def _stats(results: list[DeviceResult]) -> RunStats:
+    stats = RunStats()
+    for i, r in enumerate(results):
+        stats.started(i * 0.01)
+        stats.add(r, i * 0.01 + 0.5)
+    return stats
+
+
+def test_merging_worker_stats_equals_one_run_over_all_devices():
+    results = _results(3000, 1)
+    whole = _stats(results)
+    merged = RunStats()
+    for worker in range(3):
+        part = RunStats()
+        for i, r in enumerate(results):
+            if i % 3 == worker:
+                part.started(i * 0.01)
+                part.add(r, i * 0.01 + 0.5)
+        merged.merge(RunStats.from_wire(part.to_wire()))
+    assert merged.to_wire() == whole.to_wire()
+
+
+def test_every_outcome_is_counted_zero_included():
+    counts = _stats(_results(100, 2)).outcome_counts()
+    assert list(counts) == [o.value for o in Outcome]
+    assert sum(counts.values()) == 100
