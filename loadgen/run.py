@@ -63,6 +63,7 @@ def make_plan(scenario: Scenario, options: RunOptions) -> RunPlan:
             check_template(step.topic_filter, f"after_connect[{i}].subscribe.topic")
     if plan.tls.ca_file is not None and not plan.tls.ca_file.is_file():
         raise ConfigError(f"tls.ca_file: {plan.tls.ca_file} not found")
+    raise_fd_limit(plan)
     return plan
 
 
@@ -89,17 +90,20 @@ def raise_fd_limit(plan: RunPlan) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft >= needed:
         return
-    ceiling = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
-    if ceiling < needed:
-        raise UserError(
-            f"load.max_in_flight {plan.max_in_flight} needs {needed} open files per worker, "
-            f"but the hard limit is {hard}: raise it (ulimit -Hn) or lower max_in_flight"
-        )
-    resource.setrlimit(resource.RLIMIT_NOFILE, (ceiling, hard))
+    too_many = UserError(
+        f"load.max_in_flight {plan.max_in_flight} needs {needed} open files per worker, "
+        f"but the limit is {soft} and cannot be raised that far (hard limit {hard}): "
+        "raise it (ulimit -Hn) or lower max_in_flight"
+    )
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        raise too_many
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+    except (ValueError, OSError):
+        raise too_many from None
 
 
 def execute(plan: RunPlan, on_progress: Any = None) -> tuple[RunStats, RunTiming, dict[str, Any]]:
-    raise_fd_limit(plan)
     stats, timing = run_workers(plan, on_progress)
     return stats, timing, build(plan, stats, timing)
 

@@ -217,3 +217,46 @@ def test_the_shipped_mosquitto_scenario_runs_as_written(tmp_path):
     rejected = sum(1 for d in manifest if d["fault"] in ("unknown_ca", "expired", "not_yet_valid"))
     assert report["outcomes"]["tls_rejected"] == rejected
     assert report["outcomes"]["connected"] == 200 - rejected
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "outcome", "reason"),
+    [
+        ("127.0.0.1:1", "refused", "ConnectionRefusedError"),
+        ("no-such-host.invalid:8883", "error", "DNS"),
+    ],
+)
+def test_an_endpoint_nobody_answers_ends_every_device_in_its_outcome(
+    tmp_path, mosquitto, device_ca, endpoint, outcome, reason
+):
+    path = _scenario(tmp_path, mosquitto, device_ca, retry={"initial": "1ms", "max_attempts": 2})
+    result = run_loadgen(
+        "run",
+        path,
+        "--endpoint",
+        endpoint,
+        "--count",
+        "20",
+        "--workers",
+        "1",
+        "--report",
+        tmp_path / "r.json",
+    )
+    assert result.code == 0, result.err
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["outcomes"][outcome] == 20
+    assert report["attempts"]["total"] == 40
+    assert any(reason in text for text in report["reasons"][outcome])
+
+
+def test_a_concurrency_the_fd_limit_cannot_hold_is_refused_before_the_run(
+    tmp_path, mosquitto, device_ca
+):
+    path = _scenario(
+        tmp_path,
+        mosquitto,
+        device_ca,
+        load={"executor": "burst", "max_in_flight": 100_000_000},
+    )
+    result = run_loadgen("run", path, "--count", "5", "--workers", "1")
+    assert_user_error(result, "max_in_flight", "ulimit")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
+import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -55,6 +56,17 @@ def my_devices(plan: RunPlan, worker: int) -> Iterator[tuple[FleetDevice, float]
             yield device, offset
 
 
+def resolve(host: str, port: int) -> list[str]:
+    """Every address ``host`` resolves to (devices take them in turn), or
+    ``[host]`` when it does not resolve."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError:
+        return [host]
+    addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+    return addresses or [host]
+
+
 def share(total: int, workers: int, worker: int) -> int:
     """This worker's part of ``total`` (in-flight slots), at least one."""
     return max(1, total // workers + (1 if worker < total % workers else 0))
@@ -80,6 +92,10 @@ class Worker:
         self.slots = asyncio.Semaphore(limit)
         self.window = max(_MIN_WINDOW, limit * _WINDOW_PER_IN_FLIGHT)
         self.sources = itertools.cycle(plan.source_addresses or (None,))
+        # Resolved once, here: a resolver on the timed path would add its latency
+        # (and a thread pool's queue) to every device's connect. A name that does
+        # not resolve stays a name, and each device reports the DNS failure.
+        self.addresses = itertools.cycle(resolve(plan.host, plan.port))
 
     def prepare(self, device: FleetDevice, offset: float, t0: float) -> DeviceSpec:
         plan = self.plan
@@ -95,7 +111,9 @@ class Worker:
         return DeviceSpec(
             index=device.index,
             client_id=client_id,
-            target=Target(plan.host, plan.port, plan.tls.server_name, next(self.sources)),
+            target=Target(
+                next(self.addresses), plan.port, plan.tls.server_name, next(self.sources)
+            ),
             ssl_context=context,
             version=plan.version,
             scheduled=t0 + offset,
