@@ -97,7 +97,9 @@ class Worker:
         # not resolve stays a name, and each device reports the DNS failure.
         self.addresses = itertools.cycle(resolve(plan.host, plan.port))
 
-    def prepare(self, device: FleetDevice, offset: float, t0: float) -> DeviceSpec:
+    def prepare(self, device: FleetDevice, offset: float) -> tuple[DeviceSpec, float]:
+        """The device ready to go, and its offset in the schedule (its ``scheduled``
+        time is set when the schedule's start is known)."""
         plan = self.plan
         fleet = plan.fleet
         context = device_context(
@@ -108,7 +110,7 @@ class Worker:
             verify_server=plan.tls.verify_server,
         )
         client_id = device_client_id(plan.client_id, device)
-        return DeviceSpec(
+        spec = DeviceSpec(
             index=device.index,
             client_id=client_id,
             target=Target(
@@ -116,25 +118,27 @@ class Worker:
             ),
             ssl_context=context,
             version=plan.version,
-            scheduled=t0 + offset,
+            scheduled=0.0,
             steps=device_steps(plan.steps, device, client_id),
         )
+        return spec, offset
 
     async def run(self, start_at: Callable[[], float]) -> RunStats:
-        """``start_at()`` returns the schedule's start (monotonic) once known;
-        devices of the first window are prepared before asking for it."""
+        """Prepare the first window, then ask ``start_at()`` for the schedule's
+        start (monotonic) and keep the schedule."""
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[DeviceSpec | None] = asyncio.Queue(maxsize=self.window)
+        queue: asyncio.Queue[tuple[DeviceSpec, float] | None] = asyncio.Queue(maxsize=self.window)
         items = my_devices(self.plan, self.worker)
-        first = list(itertools.islice(items, self.window))
+        for device, offset in itertools.islice(items, self.window):
+            queue.put_nowait(self.prepare(device, offset))
         t0 = start_at()
-        for device, offset in first:
-            queue.put_nowait(self.prepare(device, offset, t0))
-        producer = loop.create_task(self._produce(items, queue, t0))
+        producer = loop.create_task(self._produce(items, queue))
         reporter = loop.create_task(self._report())
         tasks: set[asyncio.Task[None]] = set()
         try:
-            while (spec := await queue.get()) is not None:
+            while (item := await queue.get()) is not None:
+                spec, offset = item
+                spec.scheduled = t0 + offset
                 delay = spec.scheduled - self.clock()
                 if delay > 0.0005:
                     await asyncio.sleep(delay)
@@ -155,14 +159,12 @@ class Worker:
     async def _produce(
         self,
         items: Iterator[tuple[FleetDevice, float]],
-        queue: asyncio.Queue[DeviceSpec | None],
-        t0: float,
+        queue: asyncio.Queue[tuple[DeviceSpec, float] | None],
     ) -> None:
         for device, offset in items:
             # Waiting here for queue room keeps the window bounded; preparing a
-            # context blocks the loop ~1 ms, which only ever delays devices
-            # whose time has not come.
-            await queue.put(self.prepare(device, offset, t0))
+            # context blocks the loop ~1.5 ms, and only while the queue has room.
+            await queue.put(self.prepare(device, offset))
         await queue.put(None)
 
     async def _one(self, spec: DeviceSpec, t0: float) -> None:
