@@ -80,3 +80,16 @@ def small_fleet(tmp_path_factory: pytest.TempPathFactory, device_ca: CA):
     )
     mint(MintRequest(path, device_ca.directory, 40, profile, seed=1))
     return FleetStore(path)
+
+
+def device_tls(fleet, mosquitto, fault=None):
+    """A device of ``fleet`` with ``fault``, and a client context trusting mosquitto."""
+    from loadgen.transport.tls import device_context
+
+    device = next(d for d in fleet.devices() if d.fault == fault)
+    context = device_context(
+        fleet.path / device.cert,
+        fleet.path / device.key,
+        ca_file=mosquitto.server_ca.directory / "ca.pem",
+    )
+    return device, context

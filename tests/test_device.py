@@ -21,8 +21,8 @@ from loadgen.device.lifecycle import (
 from loadgen.device.outcome import Outcome
 from loadgen.device.retry import Jitter, RetryPolicy
 from loadgen.transport.client import Target
-from loadgen.transport.tls import device_context
 from tests.brokers import free_port
+from tests.conftest import device_tls
 from tests.echo_broker import EchoBroker
 
 FAST_RETRY = RetryPolicy(initial=0.01, max=0.05, multiplier=2, max_attempts=3)
@@ -40,18 +40,8 @@ async def _broker(decide=lambda _c, _n: None):
     return broker, server, Target("127.0.0.1", server.sockets[0].getsockname()[1])
 
 
-def _tls(fleet, mosquitto, fault=None):
-    device = next(d for d in fleet.devices() if d.fault == fault)
-    context = device_context(
-        fleet.path / device.cert,
-        fleet.path / device.key,
-        ca_file=mosquitto.server_ca.directory / "ca.pem",
-    )
-    return device, context
-
-
 async def test_a_device_connects_acts_and_ends_connected(small_fleet, mosquitto):
-    device, context = _tls(small_fleet, mosquitto)
+    device, context = device_tls(small_fleet, mosquitto)
     steps = (
         SubscribeStep(f"cmd/{device.client_id}", qos=1),
         PublishStep(f"dt/{device.client_id}", qos=1, count=3, payload_bytes=64),
@@ -68,7 +58,7 @@ async def test_a_device_connects_acts_and_ends_connected(small_fleet, mosquitto)
 
 
 async def test_an_unknown_ca_device_ends_tls_rejected_after_its_attempts(small_fleet, mosquitto):
-    device, context = _tls(small_fleet, mosquitto, fault="unknown_ca")
+    device, context = device_tls(small_fleet, mosquitto, fault="unknown_ca")
     target = Target("127.0.0.1", mosquitto.tls_port, server_name="localhost")
     result = await _run(
         target, DeviceConfig(retry=FAST_RETRY), context=context, client_id=device.client_id

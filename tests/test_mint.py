@@ -253,25 +253,13 @@ def test_growing_without_a_profile_keeps_the_fleets_own(tmp_path, session_ca):
     assert json.loads(lines[-1])["subject"]["common_name"] == "lightbulb-000039"
 
 
-def test_a_killed_mint_is_completed_on_the_next_run(tmp_path, session_ca):
-    out = tmp_path / "fleet"
-    args = [
-        "certs",
-        "mint",
-        "--ca",
-        str(session_ca.directory),
-        "--out",
-        str(out),
-        "--count",
-        "20000",
-        "--workers",
-        "2",
-    ]
+def _mint_until_the_first_chunk_lands(ca_dir: Path, out: Path, count: int, **popen):
+    """A mint of ``count`` devices in the background, once its first chunk is in."""
+    args = ["certs", "mint", "--ca", str(ca_dir), "--out", str(out), "--count", str(count)]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "loadgen", *args],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        [sys.executable, "-m", "loadgen", *args, "--workers", "2"],
         start_new_session=True,
+        **popen,
     )
     manifest = out / "manifest.jsonl"
     deadline = time.monotonic() + 120
@@ -279,12 +267,21 @@ def test_a_killed_mint_is_completed_on_the_next_run(tmp_path, session_ca):
         if manifest.exists() and manifest.stat().st_size > 0:
             break
         time.sleep(0.05)
+    return proc, manifest
+
+
+def test_a_killed_mint_is_completed_on_the_next_run(tmp_path, session_ca):
+    out = tmp_path / "fleet"
+    proc, manifest = _mint_until_the_first_chunk_lands(
+        session_ca.directory, out, 20000, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     lines_before = manifest.read_bytes().count(b"\n")
     assert 0 < lines_before < 20000
-    args[args.index("20000")] = "2500"
-    result = run_loadgen(*args)
+    result = run_loadgen(
+        "certs", "mint", "--ca", session_ca.directory, "--out", out, "--count", "2500"
+    )
     assert result.code == 0, result.err
     _assert_complete(out, max(2500, lines_before), session_ca)
 
@@ -476,31 +473,9 @@ def test_init_ca_creates_the_ca_when_missing(tmp_path):
 
 def test_ctrl_c_stops_the_mint_quietly_and_keeps_what_was_finished(tmp_path, session_ca):
     out = tmp_path / "fleet"
-    args = [
-        "certs",
-        "mint",
-        "--ca",
-        str(session_ca.directory),
-        "--out",
-        str(out),
-        "--count",
-        "40000",
-        "--workers",
-        "2",
-    ]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "loadgen", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
+    proc, manifest = _mint_until_the_first_chunk_lands(
+        session_ca.directory, out, 40000, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
-    manifest = out / "manifest.jsonl"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        if manifest.exists() and manifest.stat().st_size > 0:
-            break
-        time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the whole group
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130

@@ -21,6 +21,7 @@ from loadgen.transport.errors import (
 )
 from loadgen.transport.timing import AttemptTimes
 from loadgen.transport.tls import ALPN_AWS_MQTT, device_context
+from tests.conftest import device_tls
 from tests.echo_broker import EchoBroker
 
 
@@ -31,18 +32,8 @@ def _device(fleet, fault=None):
     )
 
 
-def _context_for(fleet, mosquitto, fault=None):
-    device = next(d for d in fleet.devices() if d.fault == fault)
-    context = device_context(
-        fleet.path / device.cert,
-        fleet.path / device.key,
-        ca_file=mosquitto.server_ca.directory / "ca.pem",
-    )
-    return device, context
-
-
 async def test_phases_are_timed_in_order_over_mutual_tls(small_fleet, mosquitto):
-    device, context = _context_for(small_fleet, mosquitto)
+    device, context = device_tls(small_fleet, mosquitto)
     times = AttemptTimes(time.monotonic())
     target = Target("127.0.0.1", mosquitto.tls_port, server_name="localhost")
     async with asyncio.timeout(10):
@@ -55,7 +46,7 @@ async def test_phases_are_timed_in_order_over_mutual_tls(small_fleet, mosquitto)
 
 
 async def test_a_certificate_from_an_unknown_ca_is_rejected_by_tls(small_fleet, mosquitto):
-    device, context = _context_for(small_fleet, mosquitto, fault="unknown_ca")
+    device, context = device_tls(small_fleet, mosquitto, fault="unknown_ca")
     target = Target("127.0.0.1", mosquitto.tls_port, server_name="localhost")
     with pytest.raises(TlsRejected):
         async with asyncio.timeout(10):
@@ -63,7 +54,7 @@ async def test_a_certificate_from_an_unknown_ca_is_rejected_by_tls(small_fleet, 
 
 
 async def test_a_wrong_server_name_fails_the_hostname_check(small_fleet, mosquitto):
-    device, context = _context_for(small_fleet, mosquitto)
+    device, context = device_tls(small_fleet, mosquitto)
     target = Target("127.0.0.1", mosquitto.tls_port, server_name="not-the-broker.example")
     with pytest.raises(TlsRejected, match="CERTIFICATE_VERIFY_FAILED"):
         async with asyncio.timeout(10):

@@ -25,9 +25,10 @@ from loadgen.device.lifecycle import (
     DeviceSpec,
     HoldStep,
     PublishStep,
+    RetryState,
     SubscribeStep,
 )
-from loadgen.device.outcome import PROVISIONING_TRIGGERS, Outcome, classify
+from loadgen.device.outcome import Outcome, classify
 from loadgen.transport.errors import AckRefused, Closed, Refused, TlsRejected, TransportError
 
 
@@ -73,33 +74,26 @@ class AiomqttDevice:
     async def run(self) -> DeviceResult:
         result, config = self.result, self.config
         result.lag = max(0.0, self.clock() - self.spec.scheduled)
-        expecting_trigger = config.expect_first_connect_rejected
-        failed = 0
+        retry = RetryState(config, result, self.rng)
         while True:
             result.attempts += 1
             client = self._client()
-            phase = "connack"
             try:
                 async with asyncio.timeout(config.connect_timeout):
                     await client.__aenter__()
             except TimeoutError:
                 outcome, reason = Outcome.TIMEOUT, "no answer in time"
             except (aiomqtt.MqttError, OSError) as exc:
-                error = _translate(exc, self.spec.version, phase)
+                error = _translate(exc, self.spec.version, "connack")
                 outcome, reason = classify(error), error.reason
             else:
                 result.provision = self.clock() - self.spec.scheduled
                 await self._act(client)
                 return result
-            if expecting_trigger and outcome in PROVISIONING_TRIGGERS:
-                expecting_trigger = False
-                result.provisioning_triggered = True
-            else:
-                failed += 1
-                result.outcome, result.reason, result.phase = outcome, reason, phase
-                if result.attempts >= config.retry.max_attempts:
-                    return result
-            await asyncio.sleep(config.retry.delay(max(failed, 1), self.rng))
+            delay = retry.failed(outcome, reason, "connack")
+            if delay is None:
+                return result
+            await asyncio.sleep(delay)
 
     async def _act(self, client: aiomqtt.Client) -> None:
         result, timeout = self.result, self.config.step_timeout

@@ -100,6 +100,31 @@ class DeviceResult:
 Clock = Callable[[], float]
 
 
+class RetryState:
+    """What a failed attempt means: JITP's provisioning trigger (expected, not a
+    failure), a failure to retry after a back-off, or the last attempt."""
+
+    def __init__(self, config: DeviceConfig, result: DeviceResult, rng: random.Random) -> None:
+        self.config = config
+        self.result = result
+        self.rng = rng
+        self.expecting_trigger = config.expect_first_connect_rejected
+        self.failures = 0
+
+    def failed(self, outcome: Outcome, reason: str, phase: str | None) -> float | None:
+        """Seconds to back off before the next attempt; None when none is left."""
+        result = self.result
+        if self.expecting_trigger and outcome in PROVISIONING_TRIGGERS:
+            self.expecting_trigger = False
+            result.provisioning_triggered = True
+        else:
+            self.failures += 1
+            result.outcome, result.reason, result.phase = outcome, reason, phase
+            if result.attempts >= self.config.retry.max_attempts:
+                return None
+        return self.config.retry.delay(max(self.failures, 1), self.rng)
+
+
 class Device:
     def __init__(
         self, spec: DeviceSpec, config: DeviceConfig, clock: Clock, rng: random.Random
@@ -131,8 +156,7 @@ class Device:
 
     async def _connect(self) -> MqttClient | None:
         spec, config, result = self.spec, self.config, self.result
-        expecting_trigger = config.expect_first_connect_rejected
-        failed = 0
+        retry = RetryState(config, result, self.rng)
         packet = mqtt.Connect(
             spec.client_id, protocol_version=spec.version, keepalive=config.keepalive
         )
@@ -153,17 +177,11 @@ class Device:
                 result.provision = (times.connack or self.clock()) - spec.scheduled
                 self.phase = Phase.CONNECTED
                 return client
-            if expecting_trigger and outcome in PROVISIONING_TRIGGERS:
-                # JITP's first answer to an unknown certificate: not a failure.
-                expecting_trigger = False
-                result.provisioning_triggered = True
-            else:
-                failed += 1
-                self._fail(outcome, reason, where)
-                if result.attempts >= config.retry.max_attempts:
-                    return None
+            delay = retry.failed(outcome, reason, where)
+            if delay is None:
+                return None
             self.phase = Phase.BACKING_OFF
-            await asyncio.sleep(config.retry.delay(max(failed, 1), self.rng))
+            await asyncio.sleep(delay)
 
     def _record_phases(self, times: AttemptTimes) -> None:
         self.result.phases.extend(times.durations().items())
