@@ -32,29 +32,36 @@ from loadgen.certs.mint import MintRequest, mint
 from loadgen.certs.store import Device, FleetStore
 from loadgen.transport.client import Target, connect
 from loadgen.transport.timing import AttemptTimes
-from loadgen.transport.tls import device_context
+from loadgen.transport.tls import ClientTls, TlsSession, device_context
 from tests.brokers import Mosquitto, free_port, start_mosquitto, wait_for_port
 
 RTT_DELAY = 0.025  # each way: 50 ms round trip
 
 
 def _contexts(fleet: FleetStore, devices: list[Device], ca: Path) -> list[ssl.SSLContext]:
+    """A context per device: what aiomqtt needs."""
     return [device_context(fleet.path / d.cert, fleet.path / d.key, ca_file=ca) for d in devices]
 
 
-async def _native(port: int, devices: list[Device], contexts: list[ssl.SSLContext], c: int):
+def _sessions(fleet: FleetStore, devices: list[Device], ca: Path) -> list[TlsSession]:
+    """What the native path prepares ahead: one shared context, a session each."""
+    shared = ClientTls(ca_file=ca)
+    return [shared.session(fleet.path / d.cert, fleet.path / d.key, "localhost") for d in devices]
+
+
+async def _native(port: int, devices: list[Device], sessions: list[TlsSession], c: int):
     """(connects/s, CPU seconds per connect) for connect + CONNACK + DISCONNECT."""
     target = Target("127.0.0.1", port, "localhost")
     slots = asyncio.Semaphore(c)
 
-    async def one(device: Device, context: ssl.SSLContext) -> None:
+    async def one(device: Device, session: TlsSession) -> None:
         async with slots, asyncio.timeout(30):
             packet = mqtt.Connect(device.client_id, keepalive=60)
-            client = await connect(target, context, packet, AttemptTimes(time.monotonic()))
+            client = await connect(target, session, packet, AttemptTimes(time.monotonic()))
             client.disconnect()
 
     cpu, wall = time.process_time(), time.perf_counter()
-    await asyncio.gather(*(one(d, x) for d, x in zip(devices, contexts, strict=True)))
+    await asyncio.gather(*(one(d, x) for d, x in zip(devices, sessions, strict=True)))
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     return len(devices) / wall, cpu / len(devices)
 
@@ -117,22 +124,23 @@ def _rss() -> int:
 
 
 async def _memory(port: int, devices: list[Device], fleet: FleetStore, ca: Path):
-    """(KiB per device for its SSL context, KiB per idle TLS+MQTT connection)."""
+    """(KiB per device for its prepared TLS session, KiB per idle TLS+MQTT
+    connection)."""
     gc.collect()
     base = _rss()
-    contexts = _contexts(fleet, devices, ca)
+    sessions = _sessions(fleet, devices, ca)
     gc.collect()
     with_contexts = _rss()
     target = Target("127.0.0.1", port, "localhost")
     slots = asyncio.Semaphore(200)
     clients = []
 
-    async def one(device: Device, context: ssl.SSLContext) -> None:
+    async def one(device: Device, session: TlsSession) -> None:
         async with slots, asyncio.timeout(30):
             packet = mqtt.Connect(device.client_id, keepalive=600)
-            clients.append(await connect(target, context, packet, AttemptTimes(0.0)))
+            clients.append(await connect(target, session, packet, AttemptTimes(0.0)))
 
-    await asyncio.gather(*(one(d, x) for d, x in zip(devices, contexts, strict=True)))
+    await asyncio.gather(*(one(d, x) for d, x in zip(devices, sessions, strict=True)))
     await asyncio.sleep(1)
     gc.collect()
     connected = _rss()
@@ -217,11 +225,11 @@ def _run_all(args, broker, fleet, devices, server_ca, plain_port, slow_port) -> 
 
     few = devices[: args.aiomqtt_devices]
     for _ in range(args.repeats):
-        contexts = _contexts(fleet, devices, server_ca)
+        sessions = _sessions(fleet, devices, server_ca)
         # CPU per connect, next to s_time (serial): a modest concurrency, so that
         # both measure the handshake rather than cache contention.
         add("s_time_cpu", s_time(broker, fleet, devices[0], args.s_time_seconds))
-        _, cpu = uvloop.run(_native(broker.tls_port, devices, contexts, args.cpu_concurrency))
+        _, cpu = uvloop.run(_native(broker.tls_port, devices, sessions, args.cpu_concurrency))
         add("native_cpu", cpu)
         add("cpu_ratio", cpu / runs["s_time_cpu"][-1])
         for name, port in (
@@ -229,17 +237,18 @@ def _run_all(args, broker, fleet, devices, server_ca, plain_port, slow_port) -> 
             ("proxy0", plain_port),
             ("rtt50", slow_port),
         ):
-            rate, cpu = uvloop.run(_native(port, devices, contexts, args.concurrency))
+            sessions = _sessions(fleet, devices, server_ca)
+            rate, cpu = uvloop.run(_native(port, devices, sessions, args.concurrency))
             add(f"native_{name}_rate", rate)
             add(f"native_{name}_cpu", cpu)
         add("rtt_ratio", runs["native_rtt50_rate"][-1] / runs["native_proxy0_rate"][-1])
         add("rtt_cpu_ratio", runs["native_rtt50_cpu"][-1] / runs["native_proxy0_cpu"][-1])
-        few_contexts = contexts[: len(few)]
+        few_contexts = _contexts(fleet, few, server_ca)
         for name, port in (("proxy0", plain_port), ("rtt50", slow_port)):
             rate, cpu = asyncio.run(_aiomqtt(port, few, few_contexts, args.concurrency))
             add(f"aiomqtt_{name}_rate", rate)
         add("aiomqtt_ratio", runs["aiomqtt_rtt50_rate"][-1] / runs["aiomqtt_proxy0_rate"][-1])
-        del contexts, few_contexts
+        del sessions, few_contexts
     # A fresh process: this one's allocator already holds what earlier runs freed.
     with multiprocessing.get_context("spawn").Pool(1) as pool:
         context_kib, connection_kib = pool.apply(
@@ -319,7 +328,7 @@ def _print(results: dict[str, object], args: argparse.Namespace) -> None:
     total = context + connection  # type: ignore[operator]
     print(
         f"| memory per idle connected device | {total:.1f} KiB | "
-        f"SSL context {context:.1f} + TLS/MQTT connection {connection:.1f} | |"
+        f"prepared TLS session {context:.1f} + TLS/MQTT connection {connection:.1f} | |"
     )
 
 

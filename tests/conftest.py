@@ -82,14 +82,10 @@ def small_fleet(tmp_path_factory: pytest.TempPathFactory, device_ca: CA):
     return FleetStore(path)
 
 
-def device_tls(fleet, mosquitto, fault=None):
-    """A device of ``fleet`` with ``fault``, and a client context trusting mosquitto."""
-    from loadgen.transport.tls import device_context
+def device_tls(fleet, mosquitto, fault=None, server_name="localhost"):
+    """A device of ``fleet`` with ``fault``, and its TLS (trusting mosquitto)."""
+    from loadgen.transport.tls import ClientTls, DeviceTls
 
     device = next(d for d in fleet.devices() if d.fault == fault)
-    context = device_context(
-        fleet.path / device.cert,
-        fleet.path / device.key,
-        ca_file=mosquitto.server_ca.directory / "ca.pem",
-    )
-    return device, context
+    shared = ClientTls(ca_file=mosquitto.server_ca.directory / "ca.pem")
+    return device, DeviceTls(shared, fleet.path / device.cert, fleet.path / device.key, server_name)

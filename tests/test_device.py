@@ -28,8 +28,8 @@ from tests.echo_broker import EchoBroker
 FAST_RETRY = RetryPolicy(initial=0.01, max=0.05, multiplier=2, max_attempts=3)
 
 
-async def _run(target, config, *, context=None, version=mqtt.MQTT_5, steps=(), client_id="dev"):
-    spec = DeviceSpec(0, client_id, target, context, version, time.monotonic(), steps)
+async def _run(target, config, *, tls=None, version=mqtt.MQTT_5, steps=(), client_id="dev"):
+    spec = DeviceSpec(0, client_id, target, tls, version, time.monotonic(), steps)
     async with asyncio.timeout(30):
         return await Device(spec, config, time.monotonic, random.Random(0)).run()
 
@@ -41,16 +41,14 @@ async def _broker(decide=lambda _c, _n: None):
 
 
 async def test_a_device_connects_acts_and_ends_connected(small_fleet, mosquitto):
-    device, context = device_tls(small_fleet, mosquitto)
+    device, tls = device_tls(small_fleet, mosquitto)
     steps = (
         SubscribeStep(f"cmd/{device.client_id}", qos=1),
         PublishStep(f"dt/{device.client_id}", qos=1, count=3, payload_bytes=64),
         HoldStep(0.2, keepalive=0.05),
     )
     target = Target("127.0.0.1", mosquitto.tls_port, server_name="localhost")
-    result = await _run(
-        target, DeviceConfig(), context=context, steps=steps, client_id=device.client_id
-    )
+    result = await _run(target, DeviceConfig(), tls=tls, steps=steps, client_id=device.client_id)
     assert result.outcome is Outcome.CONNECTED, result.reason
     assert result.attempts == 1 and result.publishes == 3 and len(result.publish_acks) == 3
     assert {name for name, _ in result.phases} == {"tcp_connect", "tls_handshake", "connack"}
@@ -58,11 +56,9 @@ async def test_a_device_connects_acts_and_ends_connected(small_fleet, mosquitto)
 
 
 async def test_an_unknown_ca_device_ends_tls_rejected_after_its_attempts(small_fleet, mosquitto):
-    device, context = device_tls(small_fleet, mosquitto, fault="unknown_ca")
+    device, tls = device_tls(small_fleet, mosquitto, fault="unknown_ca")
     target = Target("127.0.0.1", mosquitto.tls_port, server_name="localhost")
-    result = await _run(
-        target, DeviceConfig(retry=FAST_RETRY), context=context, client_id=device.client_id
-    )
+    result = await _run(target, DeviceConfig(retry=FAST_RETRY), tls=tls, client_id=device.client_id)
     assert result.outcome is Outcome.TLS_REJECTED
     assert result.attempts == 3 and result.reason
 

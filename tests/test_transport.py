@@ -33,11 +33,11 @@ def _device(fleet, fault=None):
 
 
 async def test_phases_are_timed_in_order_over_mutual_tls(small_fleet, mosquitto):
-    device, context = device_tls(small_fleet, mosquitto)
+    device, tls = device_tls(small_fleet, mosquitto)
     times = AttemptTimes(time.monotonic())
     target = Target("127.0.0.1", mosquitto.tls_port, server_name="localhost")
     async with asyncio.timeout(10):
-        client = await connect(target, context, mqtt.Connect(device.client_id), times)
+        client = await connect(target, tls.session(), mqtt.Connect(device.client_id), times)
         await client.publish(f"dt/{device.client_id}", b"x" * 64, qos=1)
         client.disconnect()
     assert times.started <= times.tcp_connected <= times.tls_done
@@ -46,19 +46,19 @@ async def test_phases_are_timed_in_order_over_mutual_tls(small_fleet, mosquitto)
 
 
 async def test_a_certificate_from_an_unknown_ca_is_rejected_by_tls(small_fleet, mosquitto):
-    device, context = device_tls(small_fleet, mosquitto, fault="unknown_ca")
+    device, tls = device_tls(small_fleet, mosquitto, fault="unknown_ca")
     target = Target("127.0.0.1", mosquitto.tls_port, server_name="localhost")
     with pytest.raises(TlsRejected):
         async with asyncio.timeout(10):
-            await connect(target, context, mqtt.Connect(device.client_id), AttemptTimes(0.0))
+            await connect(target, tls.session(), mqtt.Connect(device.client_id), AttemptTimes(0.0))
 
 
 async def test_a_wrong_server_name_fails_the_hostname_check(small_fleet, mosquitto):
-    device, context = device_tls(small_fleet, mosquitto)
-    target = Target("127.0.0.1", mosquitto.tls_port, server_name="not-the-broker.example")
+    device, tls = device_tls(small_fleet, mosquitto, server_name="not-the-broker.example")
+    target = Target("127.0.0.1", mosquitto.tls_port)
     with pytest.raises(TlsRejected, match="CERTIFICATE_VERIFY_FAILED"):
         async with asyncio.timeout(10):
-            await connect(target, context, mqtt.Connect(device.client_id), AttemptTimes(0.0))
+            await connect(target, tls.session(), mqtt.Connect(device.client_id), AttemptTimes(0.0))
 
 
 def _client_certificates(stream: bytes) -> int:

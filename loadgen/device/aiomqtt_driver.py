@@ -65,7 +65,7 @@ class AiomqttDevice:
             spec.target.port,
             identifier=spec.client_id,
             protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
-            tls_context=spec.ssl_context,
+            tls_context=spec.tls.context() if spec.tls is not None else None,
             keepalive=self.config.keepalive,
             timeout=self.config.connect_timeout,
             bind_address=spec.target.source_address or "",

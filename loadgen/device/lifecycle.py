@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -22,6 +21,7 @@ from loadgen.device.retry import RetryPolicy
 from loadgen.transport.client import MqttClient, Target, connect
 from loadgen.transport.errors import TransportError
 from loadgen.transport.timing import AttemptTimes
+from loadgen.transport.tls import DeviceTls
 
 
 class Phase(StrEnum):
@@ -75,7 +75,7 @@ class DeviceSpec:
     index: int
     client_id: str
     target: Target
-    ssl_context: ssl.SSLContext | None
+    tls: DeviceTls | None
     version: int
     scheduled: float  # monotonic time of its scheduled start
     steps: tuple[Step, ...] = ()
@@ -167,7 +167,8 @@ class Device:
             client = None
             try:
                 async with asyncio.timeout(config.connect_timeout):
-                    client = await connect(spec.target, spec.ssl_context, packet, times)
+                    session = spec.tls.session() if spec.tls is not None else None
+                    client = await connect(spec.target, session, packet, times)
             except TimeoutError:
                 outcome, reason, where = Outcome.TIMEOUT, "no answer in time", _reached(times)
             except TransportError as exc:

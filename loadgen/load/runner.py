@@ -27,7 +27,7 @@ from loadgen.load.schedule import offsets
 from loadgen.metrics.histogram import LatencyHistogram
 from loadgen.metrics.stats import RunStats
 from loadgen.transport.client import Target
-from loadgen.transport.tls import device_context
+from loadgen.transport.tls import ClientTls, DeviceTls
 
 # Devices prepared ahead of their start, per device allowed in flight: enough to
 # keep up with a burst, bounded so a million-device fleet never sits in memory.
@@ -92,6 +92,11 @@ class Worker:
         self.slots = asyncio.Semaphore(limit)
         self.window = max(_MIN_WINDOW, limit * _WINDOW_PER_IN_FLIGHT)
         self.sources = itertools.cycle(plan.source_addresses or (None,))
+        self.tls = ClientTls(
+            ca_file=plan.tls.ca_file,
+            alpn=list(plan.tls.alpn) if plan.tls.alpn else None,
+            verify_server=plan.tls.verify_server,
+        )
         # Resolved once, here: a resolver on the timed path would add its latency
         # (and a thread pool's queue) to every device's connect. A name that does
         # not resolve stays a name, and each device reports the DNS failure.
@@ -101,13 +106,13 @@ class Worker:
         """The device ready to go, and its offset in the schedule (its ``scheduled``
         time is set when the schedule's start is known)."""
         plan = self.plan
-        fleet = plan.fleet
-        context = device_context(
-            fleet / device.cert,
-            fleet / device.key,
-            ca_file=plan.tls.ca_file,
-            alpn=list(plan.tls.alpn) if plan.tls.alpn else None,
-            verify_server=plan.tls.verify_server,
+        tls = DeviceTls(
+            self.tls,
+            plan.fleet / device.cert,
+            plan.fleet / device.key,
+            plan.tls.server_name,
+            # aiomqtt takes a context of the device's own, made when it connects.
+            ahead=plan.driver != "aiomqtt",
         )
         client_id = device_client_id(plan.client_id, device)
         spec = DeviceSpec(
@@ -116,7 +121,7 @@ class Worker:
             target=Target(
                 next(self.addresses), plan.port, plan.tls.server_name, next(self.sources)
             ),
-            ssl_context=context,
+            tls=tls,
             version=plan.version,
             scheduled=0.0,
             steps=device_steps(plan.steps, device, client_id),

@@ -1,10 +1,11 @@
 """An MQTT client connection over TCP and TLS on asyncio, phase by phase.
 
-OpenSSL works on the socket itself (a non-blocking ``SSLSocket`` driven by the
-loop's readiness callbacks), as ``openssl s_time`` does, rather than through
-asyncio's TLS layer, which copies every byte through memory BIOs: that layer cost
-about 0.3 ms of CPU per connect and 12 KiB per connection more. TCP connect and
-TLS handshake are separate steps, each with its own timestamp. The MQTT state
+TLS is an ``ssl.SSLObject`` over memory BIOs that this module feeds from a
+non-blocking socket, not asyncio's TLS transport (whose buffers cost 12 KiB more
+per connection). An SSLObject takes its certificate from its context when it is
+made, so one shared context per worker serves every device: see
+``loadgen.transport.tls.ClientTls``. TCP connect and TLS handshake are separate
+steps, each with its own timestamp. The MQTT state
 lives in ``loadgen.mqtt.Connection``; this module only moves bytes and wakes
 whoever waits for an answer.
 """
@@ -33,6 +34,7 @@ from loadgen.transport.errors import (
     Unreachable,
 )
 from loadgen.transport.timing import AttemptTimes
+from loadgen.transport.tls import TlsSession
 
 Clock = Callable[[], float]
 
@@ -60,13 +62,15 @@ _READ_SIZE = 65536
 
 
 class _Channel:
-    """One socket (TLS or plain), its MQTT state, and who waits for what."""
+    """One socket, TLS or not, its MQTT state, and who waits for what."""
 
-    def __init__(self, sock: socket.socket, times: AttemptTimes, clock: Clock) -> None:
+    def __init__(
+        self, sock: socket.socket, tls: TlsSession | None, times: AttemptTimes, clock: Clock
+    ) -> None:
         self.loop = asyncio.get_running_loop()
         self.sock = sock
         self.fd = sock.fileno()
-        self.tls = isinstance(sock, ssl.SSLSocket)
+        self.tls = tls
         self.conn = mqtt.Connection(mqtt.Role.CLIENT)
         self.times = times
         self.clock = clock
@@ -83,24 +87,39 @@ class _Channel:
         self.loop.add_reader(self.fd, self._readable)
 
     def _readable(self) -> None:
+        try:
+            data = self.sock.recv(_READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._lost(exc)
+            return
+        if self.tls is None:
+            if not data:
+                self._lost(None)
+            else:
+                self.bytes_received += len(data)
+                self._received(data)
+            return
+        tls = self.tls
+        if data:
+            tls.incoming.write(data)
+        else:
+            tls.incoming.write_eof()
         while not self.closed:
             try:
-                data = self.sock.recv(_READ_SIZE)
-            except (ssl.SSLWantReadError, BlockingIOError):
+                plain = tls.sslobj.read(_READ_SIZE)
+            except ssl.SSLWantReadError:
+                self._send_tls_output()  # e.g. a key update's answer
                 return
-            except ssl.SSLWantWriteError:
-                return  # renegotiation; TLS 1.3 and MQTT brokers do not do it
             except ssl.SSLError as exc:
                 self._lost(exc)
                 return
-            except OSError as exc:
-                self._lost(exc)
-                return
-            if not data:
+            if not plain:
                 self._lost(None)
                 return
-            self.bytes_received += len(data)
-            self._received(data)
+            self.bytes_received += len(plain)
+            self._received(plain)
 
     def _received(self, data: bytes) -> None:
         try:
@@ -140,11 +159,11 @@ class _Channel:
             waiter.set_result(packet)
 
     def _lost(self, exc: BaseException | None) -> None:
-        if isinstance(exc, ssl.SSLError):
+        if isinstance(exc, ssl.SSLError) and not isinstance(exc, ssl.SSLEOFError):
             error: TransportError = TlsRejected(_describe(exc), self.phase)
         elif (
             isinstance(exc, ConnectionResetError)
-            and self.tls
+            and self.tls is not None
             and self.phase == "connack"
             and not self.bytes_received
         ):
@@ -172,18 +191,29 @@ class _Channel:
     def write(self, packet: mqtt.Packet) -> None:
         if self.closed:
             raise self.error or Closed("connection closed", self.phase)
-        self._out += self.conn.send(packet)
+        data = self.conn.send(packet)
+        if self.tls is None:
+            self._out += data
+        else:
+            self.tls.sslobj.write(data)
+            self._out += self.tls.outgoing.read()
         if not self._writing:
             self._flush()
+
+    def _send_tls_output(self) -> None:
+        assert self.tls is not None
+        pending = self.tls.outgoing.read()
+        if pending:
+            self._out += pending
+            if not self._writing:
+                self._flush()
 
     def _flush(self) -> None:
         while self._out and not self.closed:
             try:
                 sent = self.sock.send(self._out)
-            except (ssl.SSLWantWriteError, BlockingIOError):
+            except (BlockingIOError, InterruptedError):
                 sent = 0
-            except ssl.SSLWantReadError:
-                sent = 0  # the peer must speak first; its bytes make us readable
             except OSError as exc:
                 self._lost(exc)
                 return
@@ -350,19 +380,23 @@ async def _address(loop: asyncio.AbstractEventLoop, target: Target) -> tuple[Any
 
 async def connect(
     target: Target,
-    ssl_context: ssl.SSLContext | None,
+    tls: TlsSession | ssl.SSLContext | None,
     connect_packet: mqtt.Connect,
     times: AttemptTimes,
     *,
     clock: Clock = time.monotonic,
 ) -> MqttClient:
-    """TCP, then TLS (unless ``ssl_context`` is None), then CONNECT and CONNACK.
+    """TCP, then TLS (unless ``tls`` is None), then CONNECT and CONNACK.
 
-    Returns a connected client, or raises the ``TransportError`` subclass for the
-    phase that failed. The caller bounds the whole in ``asyncio.timeout``; the
-    socket is closed whatever way this fails.
+    ``tls`` is a session prepared ahead (``ClientTls.session``), or a device's
+    own context (a session is made from it here). Returns a connected client, or
+    raises the ``TransportError`` subclass for the phase that failed. The caller
+    bounds the whole in ``asyncio.timeout``; the socket is closed whatever way
+    this fails.
     """
     loop = asyncio.get_running_loop()
+    if isinstance(tls, ssl.SSLContext):
+        tls = TlsSession.of(tls, target.server_name)
     address = await _address(loop, target)
     sock = socket.socket(socket.AF_INET6 if ":" in address[0] else socket.AF_INET)
     sock.setblocking(False)
@@ -378,10 +412,10 @@ async def connect(
         except OSError as exc:
             raise Unreachable(_describe(exc), "tcp") from None
         times.tcp_connected = clock()
-        if ssl_context is not None:
-            sock = await _handshake(loop, sock, ssl_context, target.server_name)
+        if tls is not None:
+            await _handshake(loop, sock, tls)
             times.tls_done = clock()
-        channel = _Channel(sock, times, clock)
+        channel = _Channel(sock, tls, times, clock)
         channel.phase = "connack"
         channel.start_reading()
         waiter = channel.expect("connack")
@@ -405,31 +439,32 @@ async def connect(
     return client
 
 
-async def _handshake(
-    loop: asyncio.AbstractEventLoop,
-    sock: socket.socket,
-    context: ssl.SSLContext,
-    server_name: str | None,
-) -> ssl.SSLSocket:
-    try:
-        tls = context.wrap_socket(sock, server_hostname=server_name, do_handshake_on_connect=False)
-    except (ssl.SSLError, ValueError) as exc:
-        raise TlsRejected(_describe(exc), "tls") from None
-    try:
-        while True:
-            try:
-                tls.do_handshake()
-                return tls
-            except ssl.SSLWantReadError:
-                await _ready(loop, tls.fileno(), writable=False)
-            except ssl.SSLWantWriteError:
-                await _ready(loop, tls.fileno(), writable=True)
-    except ssl.SSLError as exc:
-        tls.close()
-        raise TlsRejected(_describe(exc), "tls") from None
-    except OSError as exc:
-        tls.close()
-        raise Closed(_describe(exc), "tls") from None
-    except BaseException:
-        tls.close()
-        raise
+async def _handshake(loop: asyncio.AbstractEventLoop, sock: socket.socket, tls: TlsSession) -> None:
+    fd = sock.fileno()
+    while True:
+        try:
+            tls.sslobj.do_handshake()
+            done = True
+        except ssl.SSLWantReadError:
+            done = False
+        except ssl.SSLError as exc:
+            await _send_all(loop, sock, tls.outgoing.read())  # the alert, for the server's log
+            raise TlsRejected(_describe(exc), "tls") from None
+        try:
+            await _send_all(loop, sock, tls.outgoing.read())
+            if done:
+                return
+            await _ready(loop, fd, writable=False)
+            data = sock.recv(_READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            continue
+        except OSError as exc:
+            raise Closed(_describe(exc), "tls") from None
+        if not data:
+            raise Closed("closed by the server during the TLS handshake", "tls")
+        tls.incoming.write(data)
+
+
+async def _send_all(loop: asyncio.AbstractEventLoop, sock: socket.socket, data: bytes) -> None:
+    if data:
+        await loop.sock_sendall(sock, data)

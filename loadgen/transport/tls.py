@@ -1,10 +1,17 @@
-"""TLS client contexts for devices. Building one costs about 1.3 ms (loading the
-chain and key is most of it): they are built ahead of the schedule, never inside
-the timed connect."""
+"""TLS for devices, prepared ahead of the schedule, never inside the timed
+connect: loading a certificate chain and key costs about 1 ms, more than the
+handshake's own CPU.
+
+Python's ``ssl`` keeps the certificate in the context, and a context per device
+costs 30 KiB. But an ``SSLObject`` copies the context's certificate and key when
+it is made, so ``ClientTls`` keeps one context per worker, loads each device's
+chain into it and makes that device's ``SSLObject`` at once: 25 KiB per prepared
+device, all in, and half the CPU of a context of its own."""
 
 from __future__ import annotations
 
 import ssl
+from dataclasses import dataclass
 from pathlib import Path
 
 # AWS IoT on port 443 picks MQTT by this ALPN protocol name.
@@ -35,3 +42,73 @@ def device_context(
     if alpn:
         context.set_alpn_protocols(alpn)
     return context
+
+
+@dataclass(slots=True)
+class TlsSession:
+    """One connection attempt's TLS state, not yet connected."""
+
+    sslobj: ssl.SSLObject
+    incoming: ssl.MemoryBIO
+    outgoing: ssl.MemoryBIO
+
+    @classmethod
+    def of(cls, context: ssl.SSLContext, server_name: str | None) -> TlsSession:
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        return cls(
+            context.wrap_bio(incoming, outgoing, server_hostname=server_name), incoming, outgoing
+        )
+
+
+class ClientTls:
+    """One worker's TLS: a single context, a session per device attempt."""
+
+    def __init__(
+        self, *, ca_file: Path | None, alpn: list[str] | None = None, verify_server: bool = True
+    ) -> None:
+        self.ca_file = ca_file
+        self.alpn = alpn
+        self.verify_server = verify_server
+        self.context = device_context(
+            None, None, ca_file=ca_file, alpn=alpn, verify_server=verify_server
+        )
+
+    def session(self, cert_chain: Path, key: Path, server_name: str | None) -> TlsSession:
+        # The event loop is one thread: nothing runs between loading the chain and
+        # making the SSLObject that copies it.
+        self.context.load_cert_chain(str(cert_chain), str(key))
+        return TlsSession.of(self.context, server_name)
+
+    def own_context(self, cert_chain: Path, key: Path) -> ssl.SSLContext:
+        """A context of the device's own, with this worker's settings (for drivers
+        that take a context, such as aiomqtt)."""
+        return device_context(
+            cert_chain, key, ca_file=self.ca_file, alpn=self.alpn, verify_server=self.verify_server
+        )
+
+
+class DeviceTls:
+    """A device's TLS: its first session made ahead of its start, a fresh one for
+    each later attempt (a retry after JITP's rejection, say)."""
+
+    def __init__(
+        self,
+        shared: ClientTls,
+        cert_chain: Path,
+        key: Path,
+        server_name: str | None,
+        *,
+        ahead: bool = True,
+    ) -> None:
+        self.shared = shared
+        self.cert_chain = cert_chain
+        self.key = key
+        self.server_name = server_name
+        self._first = shared.session(cert_chain, key, server_name) if ahead else None
+
+    def session(self) -> TlsSession:
+        first, self._first = self._first, None
+        return first or self.shared.session(self.cert_chain, self.key, self.server_name)
+
+    def context(self) -> ssl.SSLContext:
+        return self.shared.own_context(self.cert_chain, self.key)
