@@ -82,8 +82,10 @@ class _Channel:
         self.closed = False
         self._out = bytearray()
         self._writing = False
-
-    def start_reading(self) -> None:
+        # While the TLS handshake runs, arriving bytes wake it instead.
+        self._handshake_waiter: asyncio.Future[bytes] | None = None
+        # One reader registration for the connection's life: every add or remove
+        # is a system call.
         self.loop.add_reader(self.fd, self._readable)
 
     def _readable(self) -> None:
@@ -92,7 +94,15 @@ class _Channel:
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
+            if self._handshake_waiter is not None:
+                if not self._handshake_waiter.done():
+                    self._handshake_waiter.set_exception(exc)
+                return
             self._lost(exc)
+            return
+        if self._handshake_waiter is not None:
+            if not self._handshake_waiter.done():
+                self._handshake_waiter.set_result(data)
             return
         if self.tls is None:
             if not data:
@@ -227,6 +237,41 @@ class _Channel:
             self._writing = False
             self.loop.remove_writer(self.fd)
 
+    async def handshake(self) -> None:
+        """Drive the TLS handshake over this socket."""
+        tls = self.tls
+        assert tls is not None
+        while True:
+            try:
+                tls.sslobj.do_handshake()
+                done = True
+            except ssl.SSLWantReadError:
+                done = False
+            except ssl.SSLError as exc:
+                self._send_raw(tls.outgoing.read())  # the alert, for the server's log
+                raise TlsRejected(_describe(exc), "tls") from None
+            self._send_raw(tls.outgoing.read())
+            if done:
+                return
+            self._handshake_waiter = self.loop.create_future()
+            try:
+                data = await self._handshake_waiter
+            except OSError as exc:
+                raise Closed(_describe(exc), "tls") from None
+            finally:
+                self._handshake_waiter = None
+            if not data:
+                raise Closed("closed by the server during the TLS handshake", "tls")
+            tls.incoming.write(data)
+
+    def _send_raw(self, data: bytes) -> None:
+        if data:
+            self._out += data
+            if not self._writing:
+                self._flush()
+        if self.error is not None:
+            raise self.error
+
     def expect(self, key: object) -> asyncio.Future[mqtt.Packet]:
         if self.error is not None:
             raise self.error
@@ -349,21 +394,6 @@ class MqttClient:
         self._p.close()
 
 
-async def _ready(loop: asyncio.AbstractEventLoop, fd: int, writable: bool) -> None:
-    """Wait until ``fd`` is readable (or writable)."""
-    waiter: asyncio.Future[None] = loop.create_future()
-
-    def wake() -> None:
-        if not waiter.done():
-            waiter.set_result(None)
-
-    (loop.add_writer if writable else loop.add_reader)(fd, wake)
-    try:
-        await waiter
-    finally:
-        (loop.remove_writer if writable else loop.remove_reader)(fd)
-
-
 async def _address(loop: asyncio.AbstractEventLoop, target: Target) -> tuple[Any, ...]:
     try:
         ipaddress.ip_address(target.host)
@@ -412,12 +442,12 @@ async def connect(
         except OSError as exc:
             raise Unreachable(_describe(exc), "tcp") from None
         times.tcp_connected = clock()
-        if tls is not None:
-            await _handshake(loop, sock, tls)
-            times.tls_done = clock()
         channel = _Channel(sock, tls, times, clock)
+        if tls is not None:
+            channel.phase = "tls"
+            await channel.handshake()
+            times.tls_done = clock()
         channel.phase = "connack"
-        channel.start_reading()
         waiter = channel.expect("connack")
         channel.write(connect_packet)
         times.connect_sent = clock()
@@ -437,34 +467,3 @@ async def connect(
             f"CONNACK {reason_name(ack.reason_code, version)}", "connack", ack.reason_code, version
         )
     return client
-
-
-async def _handshake(loop: asyncio.AbstractEventLoop, sock: socket.socket, tls: TlsSession) -> None:
-    fd = sock.fileno()
-    while True:
-        try:
-            tls.sslobj.do_handshake()
-            done = True
-        except ssl.SSLWantReadError:
-            done = False
-        except ssl.SSLError as exc:
-            await _send_all(loop, sock, tls.outgoing.read())  # the alert, for the server's log
-            raise TlsRejected(_describe(exc), "tls") from None
-        try:
-            await _send_all(loop, sock, tls.outgoing.read())
-            if done:
-                return
-            await _ready(loop, fd, writable=False)
-            data = sock.recv(_READ_SIZE)
-        except (BlockingIOError, InterruptedError):
-            continue
-        except OSError as exc:
-            raise Closed(_describe(exc), "tls") from None
-        if not data:
-            raise Closed("closed by the server during the TLS handshake", "tls")
-        tls.incoming.write(data)
-
-
-async def _send_all(loop: asyncio.AbstractEventLoop, sock: socket.socket, data: bytes) -> None:
-    if data:
-        await loop.sock_sendall(sock, data)
