@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import uvloop
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -27,11 +28,23 @@ from loadgen.certs.inspect import FleetSummary, summarize
 from loadgen.certs.keys import KeyType
 from loadgen.certs.mint import MintRequest, MintResult, mint
 from loadgen.certs.profile import load_profile
+from loadgen.emulator import serve as emu_serve
+from loadgen.emulator.defaults import REGISTRATION_CONFIG
+from loadgen.emulator.server import Emulator
 from loadgen.errors import LoadgenError, UserError
 from loadgen.files import write
 from loadgen.report.build import write_report
 from loadgen.report.show import LiveRun, print_report
-from loadgen.run import RunOptions, default_workers, ensure_fleet, execute, make_plan, report_path
+from loadgen.run import (
+    RunOptions,
+    check_plan,
+    default_workers,
+    ensure_fleet,
+    execute,
+    make_plan,
+    report_path,
+)
+from loadgen.run import endpoint as run_endpoint
 from loadgen.scenario.schema import Scenario, load_scenario
 
 _KEY_TYPES = click.Choice([k.value for k in KeyType])
@@ -205,15 +218,19 @@ def run_command(
 ) -> None:
     """Run a scenario: mint its fleet if needed, then connect every device."""
     scenario = load_scenario(scenario_path)
-    plan = make_plan(scenario, RunOptions(endpoint, count, rate, workers))
+    options = RunOptions(endpoint, count, rate, workers)
+    checked = check_plan(scenario, options)
     report_file = report_path(report_file)
     console = _console()
-    minted = _mint_with_progress(console, scenario, plan.count, workers)
+    minted = _mint_with_progress(console, scenario, checked.count, workers)
     if minted is not None:
-        click.echo(f"fleet {plan.fleet}: minted {minted.minted}, {minted.total} devices", err=True)
-    live = LiveRun(console, plan)
-    with live:
-        _, _, report = execute(plan, live.update)
+        click.echo(
+            f"fleet {checked.fleet}: minted {minted.minted}, {minted.total} devices", err=True
+        )
+    with run_endpoint(scenario, options) as (scenario, options):
+        plan = make_plan(scenario, options)
+        with LiveRun(console, plan) as live:
+            _, _, report = execute(plan, live.update)
     print_report(Console(highlight=False), report)
     if report_file is not None:
         write_report(report_file, report)
@@ -248,6 +265,79 @@ def scenario() -> None:
 def scenario_schema() -> None:
     """Print the scenario JSON Schema (for editors)."""
     click.echo(json.dumps(Scenario.model_json_schema(), indent=2))
+
+
+@cli.group()
+def emulator() -> None:
+    """The local AWS IoT JITP endpoint."""
+
+
+@emulator.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8883, show_default=True, help="0: any free port.")
+@click.option(
+    "--server-cert", type=click.Path(path_type=Path), help="Default: made under --state-dir."
+)
+@click.option("--server-key", type=click.Path(path_type=Path))
+@click.option(
+    "--ca",
+    "cas",
+    multiple=True,
+    required=True,
+    type=click.Path(path_type=Path),
+    help="A CA certificate to register (with auto-registration); repeatable.",
+)
+@click.option(
+    "--registration-config",
+    "configs",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="templateBody and roleArn JSON for the --ca at the same position "
+    "(default: a built-in template).",
+)
+@click.option(
+    "--state-dir",
+    type=click.Path(path_type=Path),
+    default=Path(".loadgen/emulator"),
+    show_default=True,
+    help="Where the emulator's own server CA and certificate live.",
+)
+@click.option(
+    "--strict-resources",
+    is_flag=True,
+    help="A thing type or group the template names must exist already.",
+)
+def emulator_serve(
+    host: str,
+    port: int,
+    server_cert: Path | None,
+    server_key: Path | None,
+    cas: tuple[Path, ...],
+    configs: tuple[Path, ...],
+    state_dir: Path,
+    strict_resources: bool,
+) -> None:
+    """Serve mutual-TLS MQTT with AWS IoT's JITP flow; prints one line when ready."""
+    if len(configs) > len(cas):
+        raise UserError("more --registration-config than --ca")
+    if (server_cert is None) != (server_key is None):
+        raise UserError("--server-cert and --server-key go together")
+    registrations = [
+        emu_serve.CaRegistration(
+            ca,
+            emu_serve.load_registration_config(configs[i])
+            if i < len(configs)
+            else REGISTRATION_CONFIG,
+        )
+        for i, ca in enumerate(cas)
+    ]
+    registry = emu_serve.build_registry(registrations, strict_resources=strict_resources)
+    if server_cert is None or server_key is None:
+        server_cert, server_key, server_ca = emu_serve.server_identity(state_dir)
+    else:
+        server_ca = server_cert
+    emulator_ = Emulator(registry, str(server_cert), str(server_key))
+    uvloop.run(emu_serve.serve_forever(emulator_, host, port, server_ca))
 
 
 def _print_summary(summary: FleetSummary) -> None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import resource
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,7 @@ from loadgen.certs.mint import MintRequest, MintResult, mint
 from loadgen.certs.profile import load_profile
 from loadgen.certs.store import FleetStore
 from loadgen.device.lifecycle import PublishStep, SubscribeStep
+from loadgen.emulator.serve import start_embedded
 from loadgen.errors import ConfigError, UserError
 from loadgen.load.plan import RunPlan, build_plan, check_template, endpoint_of
 from loadgen.load.workers import RunTiming, run_workers
@@ -34,12 +37,49 @@ class RunOptions:
     workers: int = 1
 
 
-def make_plan(scenario: Scenario, options: RunOptions) -> RunPlan:
-    if scenario.endpoint == EMBEDDED and options.endpoint is None:
-        raise ConfigError(
-            "endpoint: the embedded JITP emulator is not available yet; "
-            "give --endpoint HOST:PORT or set endpoint: host:port"
+# Where a plan for the embedded endpoint is checked before the emulator exists.
+_PLACEHOLDER = "127.0.0.1:8883"
+
+
+def is_embedded(scenario: Scenario, options: RunOptions) -> bool:
+    return scenario.endpoint == EMBEDDED and options.endpoint is None
+
+
+def check_plan(scenario: Scenario, options: RunOptions) -> RunPlan:
+    """Everything about the run that can be wrong, checked before minting."""
+    if is_embedded(scenario, options):
+        options = replace(options, endpoint=_PLACEHOLDER)
+    return make_plan(scenario, options)
+
+
+@contextmanager
+def endpoint(scenario: Scenario, options: RunOptions) -> Iterator[tuple[Scenario, RunOptions]]:
+    """The scenario and options to run with: for ``endpoint: embedded``, an
+    emulator subprocess that trusts the fleet CA, for the length of the run."""
+    if not is_embedded(scenario, options):
+        yield scenario, options
+        return
+    emulator = start_embedded(
+        scenario.fleet.ca,
+        scenario.emulator.registration_config,
+        scenario.fleet.store.parent / "emulator",
+        strict=scenario.emulator.strict_resources,
+    )
+    try:
+        tls = scenario.tls.model_copy(
+            update={"ca_file": emulator.server_ca, "server_name": "localhost"}
         )
+        yield (
+            scenario.model_copy(update={"tls": tls}),
+            replace(options, endpoint=f"{emulator.host}:{emulator.port}"),
+        )
+    finally:
+        emulator.stop()
+
+
+def make_plan(scenario: Scenario, options: RunOptions) -> RunPlan:
+    if is_embedded(scenario, options):
+        raise ConfigError("endpoint: embedded needs the emulator started (see run.endpoint)")
     if options.count is not None and options.count <= 0:
         raise UserError(f"--count must be positive, got {options.count}")
     if options.workers <= 0:

@@ -136,6 +136,16 @@ class Timeouts(_Strict):
     step: Duration = 10.0
 
 
+class EmulatorSpec(_Strict):
+    """For ``endpoint: embedded``: how the local JITP emulator is set up."""
+
+    registration_config: Path | None = Field(
+        default=None,
+        description="templateBody + roleArn JSON for the fleet CA (default: a built-in template)",
+    )
+    strict_resources: bool = False
+
+
 class Scenario(_Strict):
     name: str
     endpoint: str = Field(description='"host:port", or "embedded" for the local JITP emulator')
@@ -147,6 +157,7 @@ class Scenario(_Strict):
     load: Load
     after_connect: list[Publish | Subscribe | Hold] = Field(default_factory=list)
     timeouts: Timeouts = Field(default_factory=Timeouts)
+    emulator: EmulatorSpec = Field(default_factory=EmulatorSpec)
 
     @field_validator("endpoint")
     @classmethod
@@ -169,7 +180,10 @@ class Scenario(_Strict):
             }
         )
         tls = self.tls.model_copy(update={"ca_file": rel(self.tls.ca_file)})
-        return self.model_copy(update={"fleet": fleet, "tls": tls})
+        emulator = self.emulator.model_copy(
+            update={"registration_config": rel(self.emulator.registration_config)}
+        )
+        return self.model_copy(update={"fleet": fleet, "tls": tls, "emulator": emulator})
 
 
 def parse_endpoint(value: str) -> tuple[str, int]:

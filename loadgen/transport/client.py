@@ -172,16 +172,22 @@ class _Channel:
         if isinstance(exc, ssl.SSLError) and not isinstance(exc, ssl.SSLEOFError):
             error: TransportError = TlsRejected(_describe(exc), self.phase)
         elif (
-            isinstance(exc, ConnectionResetError)
+            isinstance(exc, ConnectionResetError | ssl.SSLEOFError)
             and self.tls is not None
             and self.phase == "connack"
             and not self.bytes_received
         ):
             # With TLS 1.3 the server judges the client certificate after the
-            # client's handshake is done; its alert races our CONNECT, and the
-            # reset that CONNECT provokes often destroys the unread alert.
+            # client's handshake is done. Its alert races our CONNECT, and the
+            # reset that CONNECT provokes often destroys the unread alert; some
+            # servers drop the connection without any alert or close_notify.
+            # (A server that merely closes, as JITP's first connect does, sends
+            # close_notify: that reads as a clean end, "closed".)
+            how = (
+                "reset" if isinstance(exc, ConnectionResetError) else "dropped without close_notify"
+            )
             error = TlsRejected(
-                "TLS: reset right after the handshake, before any MQTT answer "
+                f"TLS: {how} right after the handshake, before any MQTT answer "
                 "(the server rejected the client certificate)",
                 self.phase,
             )

@@ -1,0 +1,1 @@
+"""A local AWS IoT JITP endpoint: registry, template engine, mutual-TLS MQTT server."""

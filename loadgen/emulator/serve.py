@@ -1,0 +1,153 @@
+"""Starting the emulator: from `loadgen emulator serve`, or for a scenario whose
+endpoint is ``embedded``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import select
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+
+from loadgen.certs.ca import CERT_FILE, init_ca, load_ca, server_cert
+from loadgen.emulator.errors import ProvisioningError
+from loadgen.emulator.registry import Registry
+from loadgen.emulator.server import Emulator
+from loadgen.errors import ConfigError, LoadgenError
+from loadgen.files import write
+
+READY = "loadgen emulator: ready on"
+_READY_LINE = re.compile(r"ready on (\S+):(\d+) \(server CA: (.+)\)")
+
+
+@dataclass(frozen=True)
+class CaRegistration:
+    ca_pem: Path
+    registration_config: dict[str, Any]
+
+
+def load_registration_config(path: Path) -> dict[str, Any]:
+    try:
+        # strict=False: the reference document's readable example has raw line
+        # breaks inside its strings.
+        data = json.loads(path.read_text(), strict=False)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: registration config not found") from None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: not a JSON registration config: {exc}") from None
+    if not isinstance(data, dict) or "templateBody" not in data:
+        raise ConfigError(f"{path}: a registration config needs templateBody (and roleArn)")
+    return data
+
+
+def server_identity(state: Path) -> tuple[Path, Path, Path]:
+    """(certificate, key, CA) for the emulator's TLS, made once under ``state``."""
+    ca_dir = state / "server-ca"
+    cert, key = state / "server.pem", state / "server.key"
+    if not (ca_dir / CERT_FILE).exists():
+        init_ca(ca_dir, subject="CN=jitp-loadgen emulator server CA", force=True)
+    if not cert.exists() or not key.exists():
+        cert_pem, key_pem = server_cert(load_ca(ca_dir), ["localhost", "127.0.0.1"])
+        write(cert, cert_pem)
+        write(key, key_pem, private=True)
+    return cert, key, ca_dir / CERT_FILE
+
+
+def build_registry(cas: list[CaRegistration], *, strict_resources: bool) -> Registry:
+    registry = Registry(strict_resources=strict_resources)
+    for item in cas:
+        try:
+            cert = x509.load_pem_x509_certificate(item.ca_pem.read_bytes())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"{item.ca_pem}: not a PEM CA certificate ({exc})") from None
+        try:
+            registry.register_ca(cert, item.registration_config)
+        except ProvisioningError as exc:
+            raise ConfigError(f"{item.ca_pem}: registration config: {exc}") from None
+    return registry
+
+
+async def serve_forever(emulator: Emulator, host: str, port: int, server_ca: Path) -> None:
+    server = await emulator.serve(host, port)
+    bound = server.sockets[0].getsockname()
+    print(f"{READY} {bound[0]}:{bound[1]} (server CA: {server_ca})", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with server:
+        await stop.wait()
+
+
+@dataclass
+class EmbeddedEmulator:
+    """An emulator subprocess for one run."""
+
+    process: subprocess.Popen[str]
+    host: str
+    port: int
+    server_ca: Path
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def start_embedded(
+    fleet_ca: Path, registration_config: Path | None, state: Path, *, strict: bool = False
+) -> EmbeddedEmulator:
+    args = [
+        sys.executable,
+        "-m",
+        "loadgen",
+        "emulator",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--ca",
+        str(fleet_ca / CERT_FILE),
+        "--state-dir",
+        str(state),
+    ]
+    if registration_config is not None:
+        args += ["--registration-config", str(registration_config)]
+    if strict:
+        args.append("--strict-resources")
+    state.mkdir(parents=True, exist_ok=True)
+    log = state / "emulator.log"
+    # Its stderr goes to a file: a pipe nobody reads would fill and stall it.
+    with log.open("ab") as log_file:
+        process = subprocess.Popen(
+            args, stdout=subprocess.PIPE, stderr=log_file, text=True, start_new_session=True
+        )
+    assert process.stdout is not None
+    deadline = time.monotonic() + 60
+    line = ""
+    while (left := deadline - time.monotonic()) > 0:
+        ready, _, _ = select.select([process.stdout], [], [], left)
+        if not ready:
+            break
+        line = process.stdout.readline()
+        if not line:
+            break
+        match = _READY_LINE.search(line)
+        if match:
+            return EmbeddedEmulator(process, match[1], int(match[2]), Path(match[3]))
+    process.kill()
+    process.wait()
+    tail = log.read_text(errors="replace").strip().splitlines()[-1:] or [line.strip()]
+    raise LoadgenError(f"the embedded emulator did not start ({log}): {tail[0][:300]}")

@@ -1,0 +1,130 @@
+"""The emulator's mutual-TLS MQTT endpoint, on the same ``loadgen.mqtt`` code as
+the devices (the server end of ``Connection``).
+
+What a device meets, as on AWS IoT:
+- a certificate from a CA that is not registered (or INACTIVE), expired or not yet
+  valid: the TLS handshake fails;
+- an unknown certificate from a registered CA with auto-registration: JITP runs
+  and the connection that triggered it is closed; the next connect is accepted;
+- a certificate that is INACTIVE, REVOKED or still PENDING_ACTIVATION: closed;
+- an ACTIVE certificate: CONNACK, then PUBLISH, SUBSCRIBE, PINGREQ as usual.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import cast
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from loadgen import mqtt
+from loadgen.emulator.errors import ProvisioningError
+from loadgen.emulator.registry import CertStatus, Registry, certificate_id
+
+
+@dataclass
+class EmulatorStats:
+    """Counters, named as AWS names them where AWS has a name."""
+
+    provision: Counter[str] = field(default_factory=Counter)  # Success, ClientError, ...
+    connects: Counter[str] = field(default_factory=Counter)  # accepted, or why refused
+    provision_reasons: Counter[str] = field(default_factory=Counter)
+
+
+class Emulator:
+    def __init__(self, registry: Registry, server_cert: str, server_key: str) -> None:
+        self.registry = registry
+        self.server_cert = server_cert
+        self.server_key = server_key
+        self.stats = EmulatorStats()
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """Trust exactly the registered, active CAs."""
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(self.server_cert, self.server_key)
+        context.verify_mode = ssl.CERT_REQUIRED
+        trusted = [
+            ca.cert.public_bytes(Encoding.PEM).decode()
+            for ca in self.registry.cas.values()
+            if ca.active
+        ]
+        if trusted:
+            context.load_verify_locations(cadata="".join(trusted))
+        return context
+
+    async def serve(self, host: str, port: int) -> asyncio.Server:
+        loop = asyncio.get_running_loop()
+        return await loop.create_server(
+            lambda: _Session(self), host, port, ssl=self.ssl_context(), backlog=4096
+        )
+
+    def admit(self, cert: x509.Certificate) -> str | None:
+        """None to accept the device's MQTT session, else why it is closed."""
+        registry = self.registry
+        record = registry.certificates.get(certificate_id(cert))
+        if record is not None:
+            if record.status is CertStatus.ACTIVE:
+                return None
+            return f"certificate {record.status.value}"
+        ca = registry.issuer_of(cert)
+        if ca is None or not ca.active:
+            return "unknown CA"
+        if not ca.auto_registration:
+            return "unknown certificate (auto-registration off)"
+        try:
+            registry.provision(cert, ca)
+        except ProvisioningError as exc:
+            self.stats.provision[exc.metric] += 1
+            self.stats.provision_reasons[str(exc)] += 1
+            return f"provisioning failed: {exc}"
+        self.stats.provision["Success"] += 1
+        return "provisioned (JITP closes the first connection)"
+
+
+class _Session(asyncio.Protocol):
+    def __init__(self, emulator: Emulator) -> None:
+        self.emulator = emulator
+        self.conn = mqtt.Connection(mqtt.Role.SERVER)
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's TLS transport is no asyncio.Transport subclass, but is one.
+        self.transport = cast(asyncio.Transport, transport)
+        der = transport.get_extra_info("ssl_object").getpeercert(binary_form=True)
+        refusal = self.emulator.admit(x509.load_der_x509_certificate(der))
+        if refusal is not None:
+            self.emulator.stats.connects[refusal.split(":")[0]] += 1
+            self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        assert self.transport is not None
+        try:
+            packets = self.conn.receive(data)
+        except mqtt.ProtocolError:
+            self.transport.close()
+            return
+        for packet in packets:
+            self._answer(packet)
+
+    def _answer(self, packet: mqtt.Packet) -> None:
+        assert self.transport is not None
+        send = self.transport.write
+        if isinstance(packet, mqtt.Connect):
+            self.emulator.stats.connects["accepted"] += 1
+            send(self.conn.send(mqtt.ConnAck()))
+        elif isinstance(packet, mqtt.Publish):
+            if packet.qos == 1 and packet.packet_id is not None:
+                send(self.conn.send(mqtt.PubAck(packet.packet_id)))
+        elif isinstance(packet, mqtt.Subscribe):
+            codes = tuple(min(s.qos, 1) for s in packet.subscriptions)
+            send(self.conn.send(mqtt.SubAck(packet.packet_id, codes)))
+        elif isinstance(packet, mqtt.Unsubscribe):
+            send(self.conn.send(mqtt.UnsubAck(packet.packet_id, (0,) * len(packet.topic_filters))))
+        elif isinstance(packet, mqtt.PingReq):
+            send(self.conn.send(mqtt.PingResp()))
+        elif isinstance(packet, mqtt.Disconnect):
+            self.transport.close()

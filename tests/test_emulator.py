@@ -1,0 +1,104 @@
+"""The emulator's registry and JITP flow, and `loadgen run` against the embedded
+endpoint."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from cryptography import x509
+
+from loadgen.certs.store import FleetStore
+from loadgen.emulator.errors import ClientError
+from loadgen.emulator.registry import CertStatus, Registry, certificate_id
+from loadgen.emulator.serve import load_registration_config
+from tests.conftest import LIGHTBULB_PROFILE, run_loadgen
+
+DATA = Path(__file__).parent / "data"
+
+
+def _cert(fleet: FleetStore, fault=None) -> x509.Certificate:
+    device = next(d for d in fleet.devices() if d.fault == fault)
+    return x509.load_pem_x509_certificate((fleet.path / device.cert).read_bytes())
+
+
+@pytest.fixture(scope="module")
+def lightbulbs(tmp_path_factory, device_ca):
+    from loadgen.certs.mint import MintRequest, mint
+    from loadgen.certs.profile import load_profile
+
+    path = tmp_path_factory.mktemp("emu") / "fleet"
+    mint(MintRequest(path, device_ca.directory, 400, load_profile(LIGHTBULB_PROFILE), seed=3))
+    return FleetStore(path)
+
+
+def _registry(device_ca, **kw) -> Registry:
+    registry = Registry(**kw)
+    registry.register_ca(device_ca.cert, load_registration_config(DATA / "reference-template.json"))
+    return registry
+
+
+def test_jitp_registers_the_certificate_creates_the_thing_and_attaches_the_policy(
+    lightbulbs, device_ca
+):
+    registry = _registry(device_ca)
+    cert = _cert(lightbulbs)
+    record = registry.provision(cert, registry.issuer_of(cert))
+    assert record.status is CertStatus.ACTIVE and record.id == certificate_id(cert)
+    (thing_name,) = record.things
+    thing = registry.things[thing_name]
+    assert thing.type_name == "lightBulb-versionA"
+    assert "v1-lightbulbs" in thing.groups and thing.attributes["version"] == "v1"
+    (policy,) = record.policies
+    assert "iot:Publish" in registry.policies[policy]
+
+
+def test_failed_provisioning_leaves_nothing_behind(lightbulbs, device_ca):
+    registry = _registry(device_ca)
+    cert = _cert(lightbulbs, fault="missing_country")
+    with pytest.raises(ClientError, match="Country"):
+        registry.provision(cert, registry.issuer_of(cert))
+    assert registry.certificates == {} and registry.things == {} and registry.policies == {}
+
+
+def test_strict_resources_fail_on_a_thing_group_that_does_not_exist(lightbulbs, device_ca):
+    registry = _registry(device_ca, strict_resources=True)
+    cert = _cert(lightbulbs)
+    with pytest.raises(ClientError, match="does not exist"):
+        registry.provision(cert, registry.issuer_of(cert))  # the country's group
+    assert registry.certificates == {}
+
+
+def test_a_certificate_from_another_ca_has_no_issuer(lightbulbs, device_ca):
+    registry = _registry(device_ca)
+    assert registry.issuer_of(_cert(lightbulbs, fault="unknown_ca")) is None
+
+
+def test_a_run_against_the_embedded_endpoint_lives_through_jitp(tmp_path, lightbulbs, device_ca):
+    scenario = {
+        "name": "embedded-test",
+        "endpoint": "embedded",
+        "mqtt": {"client_id": "{common_name}"},
+        "fleet": {"ca": str(device_ca.directory), "store": str(lightbulbs.path), "count": 400},
+        "jitp": {"expect_first_connect_rejected": True},
+        "retry": {"initial": "20ms", "max": "100ms", "max_attempts": 4},
+        "load": {"executor": "constant-arrival-rate", "rate": "400/s", "max_in_flight": 200},
+        "after_connect": [{"publish": {"topic": "dt/{client_id}/x", "qos": 1}}],
+        "emulator": {"registration_config": str(DATA / "reference-template.json")},
+    }
+    path = tmp_path / "scenario.yaml"
+    path.write_text(yaml.safe_dump(scenario))
+    result = run_loadgen("run", path, "--workers", "2", "--report", tmp_path / "r.json")
+    assert result.code == 0, result.err
+    report = json.loads((tmp_path / "r.json").read_text())
+    faults = [d.fault for d in lightbulbs.devices()]
+    bad_tls = sum(f in ("unknown_ca", "expired", "not_yet_valid") for f in faults)
+    no_country = faults.count("missing_country")  # the reference template reads Country
+    healthy = 400 - bad_tls - no_country
+    assert report["outcomes"]["connected"] == healthy
+    assert report["outcomes"]["tls_rejected"] == bad_tls
+    assert report["outcomes"]["closed"] == no_country
+    assert report["attempts"]["per_device"]["2"] == healthy  # the trigger, then success
+    assert report["attempts"]["provisioning_triggered"] == 400
