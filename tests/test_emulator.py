@@ -102,3 +102,58 @@ def test_a_run_against_the_embedded_endpoint_lives_through_jitp(tmp_path, lightb
     assert report["outcomes"]["closed"] == no_country
     assert report["attempts"]["per_device"]["2"] == healthy  # the trigger, then success
     assert report["attempts"]["provisioning_triggered"] == 400
+
+
+def test_emulator_serve_says_when_it_is_ready_and_stops_on_sigterm(tmp_path, device_ca):
+    import signal
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "loadgen",
+            "emulator",
+            "serve",
+            "--port",
+            "0",
+            "--ca",
+            str(device_ca.directory / "ca.pem"),
+            "--state-dir",
+            str(tmp_path),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("loadgen emulator: ready on 127.0.0.1:")
+        assert f"server CA: {tmp_path / 'server-ca' / 'ca.pem'}" in line
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=10)
+    assert proc.returncode == 0
+
+
+def test_a_bad_registration_config_is_a_one_line_error(tmp_path, device_ca):
+    from tests.conftest import assert_user_error
+
+    config = tmp_path / "config.json"
+    config.write_text(
+        json.dumps({"templateBody": json.dumps({"Resources": {"x": {"Type": "AWS::S3::Bucket"}}})})
+    )
+    result = run_loadgen(
+        "emulator",
+        "serve",
+        "--port",
+        "0",
+        "--ca",
+        device_ca.directory / "ca.pem",
+        "--registration-config",
+        config,
+        "--state-dir",
+        tmp_path,
+    )
+    assert_user_error(result, "unsupported type")
