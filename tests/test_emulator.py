@@ -76,7 +76,7 @@ def test_a_certificate_from_another_ca_has_no_issuer(lightbulbs, device_ca):
     assert registry.issuer_of(_cert(lightbulbs, fault="unknown_ca")) is None
 
 
-def test_a_run_against_the_embedded_endpoint_lives_through_jitp(tmp_path, lightbulbs, device_ca):
+def _embedded_run(tmp_path, lightbulbs, device_ca, registration_config=None):
     scenario = {
         "name": "embedded-test",
         "endpoint": "embedded",
@@ -86,22 +86,40 @@ def test_a_run_against_the_embedded_endpoint_lives_through_jitp(tmp_path, lightb
         "retry": {"initial": "20ms", "max": "100ms", "max_attempts": 4},
         "load": {"executor": "constant-arrival-rate", "rate": "400/s", "max_in_flight": 200},
         "after_connect": [{"publish": {"topic": "dt/{client_id}/x", "qos": 1}}],
-        "emulator": {"registration_config": str(DATA / "reference-template.json")},
     }
+    if registration_config is not None:
+        scenario["emulator"] = {"registration_config": str(registration_config)}
     path = tmp_path / "scenario.yaml"
     path.write_text(yaml.safe_dump(scenario))
     result = run_loadgen("run", path, "--workers", "2", "--report", tmp_path / "r.json")
     assert result.code == 0, result.err
-    report = json.loads((tmp_path / "r.json").read_text())
     faults = [d.fault for d in lightbulbs.devices()]
+    return json.loads((tmp_path / "r.json").read_text()), faults
+
+
+def test_a_run_against_the_embedded_endpoint_lives_through_jitp(tmp_path, lightbulbs, device_ca):
+    report, faults = _embedded_run(tmp_path, lightbulbs, device_ca)
     bad_tls = sum(f in ("unknown_ca", "expired", "not_yet_valid") for f in faults)
-    no_country = faults.count("missing_country")  # the reference template reads Country
-    healthy = 400 - bad_tls - no_country
+    healthy = 400 - bad_tls  # the built-in template does not read Country
     assert report["outcomes"]["connected"] == healthy
     assert report["outcomes"]["tls_rejected"] == bad_tls
-    assert report["outcomes"]["closed"] == no_country
     assert report["attempts"]["per_device"]["2"] == healthy  # the trigger, then success
     assert report["attempts"]["provisioning_triggered"] == 400
+
+
+def test_devices_provisioned_with_the_reference_template_cannot_connect(
+    tmp_path, lightbulbs, device_ca
+):
+    # Its policy grants iot:Publish only: provisioning works, iot:Connect is denied.
+    report, faults = _embedded_run(
+        tmp_path, lightbulbs, device_ca, DATA / "reference-template.json"
+    )
+    bad_tls = sum(f in ("unknown_ca", "expired", "not_yet_valid") for f in faults)
+    no_country = faults.count("missing_country")  # the reference template reads Country
+    assert report["outcomes"]["not_authorized"] == 400 - bad_tls - no_country
+    assert report["outcomes"]["closed"] == no_country
+    assert report["outcomes"]["connected"] == 0
+    assert any("0x87" in reason for reason in report["reasons"]["not_authorized"])
 
 
 def test_emulator_serve_says_when_it_is_ready_and_stops_on_sigterm(tmp_path, device_ca):

@@ -22,8 +22,16 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from loadgen import mqtt
+from loadgen.emulator import policy
 from loadgen.emulator.errors import ProvisioningError
-from loadgen.emulator.registry import CertStatus, Registry, certificate_id
+from loadgen.emulator.registry import (
+    CertRecord,
+    CertStatus,
+    Registry,
+    certificate_id,
+    jitp_parameters,
+)
+from loadgen.emulator.template import PARAMETER_PREFIX
 
 
 @dataclass
@@ -41,6 +49,18 @@ class Emulator:
         self.server_cert = server_cert
         self.server_key = server_key
         self.stats = EmulatorStats()
+        self._parsed: dict[str, list[policy.Statement]] = {}
+
+    def policies_of(self, record: CertRecord) -> list[list[policy.Statement]]:
+        out = []
+        for name in sorted(record.policies):
+            if name not in self._parsed:
+                try:
+                    self._parsed[name] = policy.parse(self.registry.policies[name])
+                except policy.PolicyError:
+                    self._parsed[name] = []  # a policy that does not parse grants nothing
+            out.append(self._parsed[name])
+        return out
 
     def ssl_context(self) -> ssl.SSLContext:
         """Trust exactly the registered, active CAs."""
@@ -62,13 +82,14 @@ class Emulator:
             lambda: _Session(self), host, port, ssl=self.ssl_context(), backlog=4096
         )
 
-    def admit(self, cert: x509.Certificate) -> str | None:
-        """None to accept the device's MQTT session, else why it is closed."""
+    def admit(self, cert: x509.Certificate) -> CertRecord | str:
+        """The certificate's record when its MQTT session may go on, else why the
+        connection is closed."""
         registry = self.registry
         record = registry.certificates.get(certificate_id(cert))
         if record is not None:
             if record.status is CertStatus.ACTIVE:
-                return None
+                return record
             return f"certificate {record.status.value}"
         ca = registry.issuer_of(cert)
         if ca is None or not ca.active:
@@ -90,15 +111,54 @@ class _Session(asyncio.Protocol):
         self.emulator = emulator
         self.conn = mqtt.Connection(mqtt.Role.SERVER)
         self.transport: asyncio.Transport | None = None
+        self.cert: x509.Certificate | None = None
+        self.record: CertRecord | None = None
+        self.variables: dict[str, str] = {}
+        self.policies: list[list[policy.Statement]] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's TLS transport is no asyncio.Transport subclass, but is one.
         self.transport = cast(asyncio.Transport, transport)
         der = transport.get_extra_info("ssl_object").getpeercert(binary_form=True)
-        refusal = self.emulator.admit(x509.load_der_x509_certificate(der))
-        if refusal is not None:
-            self.emulator.stats.connects[refusal.split(":")[0]] += 1
+        self.cert = x509.load_der_x509_certificate(der)
+        admitted = self.emulator.admit(self.cert)
+        if isinstance(admitted, str):
+            self.emulator.stats.connects[admitted.split(":")[0]] += 1
             self.transport.close()
+            return
+        self.record = admitted
+
+    def _allowed(self, action: str, resource: str) -> bool:
+        return policy.allowed(self.policies, action, resource, self.variables)
+
+    def _on_connect(self, packet: mqtt.Connect) -> None:
+        assert self.transport is not None and self.record is not None and self.cert is not None
+        record, registry = self.record, self.emulator.registry
+        client_id = packet.client_id
+        variables = {"iot:ClientId": client_id, "iot:Certificate.Id": record.id}
+        for name, value in jitp_parameters(self.cert).items():
+            short = name.removeprefix(PARAMETER_PREFIX)
+            variables[f"iot:Certificate.Subject.{'State' if short == 'StateName' else short}"] = (
+                value
+            )
+        # AWS knows the thing when the client id is the name of a thing the
+        # certificate is attached to.
+        thing = registry.things.get(client_id) if client_id in record.things else None
+        variables["iot:Connection.Thing.IsAttached"] = "true" if thing else "false"
+        if thing is not None:
+            variables["iot:Connection.Thing.ThingName"] = thing.name
+            if thing.type_name:
+                variables["iot:Connection.Thing.ThingTypeName"] = thing.type_name
+        self.variables = variables
+        self.policies = self.emulator.policies_of(record)
+        if not self._allowed("iot:Connect", policy.arn("client", client_id)):
+            self.emulator.stats.connects["not authorized"] += 1
+            v5 = packet.protocol_version == mqtt.MQTT_5
+            self.transport.write(self.conn.send(mqtt.ConnAck(0x87 if v5 else 5)))
+            self.transport.close()
+            return
+        self.emulator.stats.connects["accepted"] += 1
+        self.transport.write(self.conn.send(mqtt.ConnAck()))
 
     def data_received(self, data: bytes) -> None:
         assert self.transport is not None
@@ -114,13 +174,23 @@ class _Session(asyncio.Protocol):
         assert self.transport is not None
         send = self.transport.write
         if isinstance(packet, mqtt.Connect):
-            self.emulator.stats.connects["accepted"] += 1
-            send(self.conn.send(mqtt.ConnAck()))
+            self._on_connect(packet)
         elif isinstance(packet, mqtt.Publish):
+            if not self._allowed("iot:Publish", policy.arn("topic", packet.topic)):
+                # As AWS does: a publish the policy denies ends the connection.
+                self.emulator.stats.connects["publish denied"] += 1
+                self.transport.close()
+                return
             if packet.qos == 1 and packet.packet_id is not None:
                 send(self.conn.send(mqtt.PubAck(packet.packet_id)))
         elif isinstance(packet, mqtt.Subscribe):
-            codes = tuple(min(s.qos, 1) for s in packet.subscriptions)
+            refused = 0x87 if self.conn.version == mqtt.MQTT_5 else 0x80
+            codes = tuple(
+                min(s.qos, 1)
+                if self._allowed("iot:Subscribe", policy.arn("topicfilter", s.topic_filter))
+                else refused
+                for s in packet.subscriptions
+            )
             send(self.conn.send(mqtt.SubAck(packet.packet_id, codes)))
         elif isinstance(packet, mqtt.Unsubscribe):
             send(self.conn.send(mqtt.UnsubAck(packet.packet_id, (0,) * len(packet.topic_filters))))

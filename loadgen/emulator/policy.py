@@ -1,0 +1,126 @@
+"""AWS IoT policy evaluation: Allow and Deny statements over actions and resource
+ARNs, with wildcards and policy variables.
+
+An explicit Deny wins, then any Allow; otherwise the request is denied. A
+statement whose resource uses a policy variable that has no value for the
+connection does not match (as on AWS, where it cannot grant anything).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+REGION = "us-east-1"
+ACCOUNT = "123456789012"
+_VARIABLE = re.compile(r"\$\{([^}]+)\}")
+
+
+class PolicyError(ValueError):
+    """A policy document that does not parse."""
+
+
+@dataclass(frozen=True)
+class Statement:
+    allow: bool
+    actions: tuple[str, ...]
+    resources: tuple[str, ...]
+
+
+def parse(document: str) -> list[Statement]:
+    try:
+        data = json.loads(document)
+    except json.JSONDecodeError as exc:
+        raise PolicyError(f"policy document is not JSON: {exc}") from None
+    raw = data.get("Statement") if isinstance(data, dict) else None
+    if isinstance(raw, dict):
+        raw = [raw]
+    if not isinstance(raw, list):
+        raise PolicyError("policy document has no Statement")
+    statements = []
+    for item in raw:
+        effect = item.get("Effect")
+        if effect not in ("Allow", "Deny"):
+            raise PolicyError(f"statement Effect {effect!r}")
+        statements.append(
+            Statement(
+                effect == "Allow", _strings(item.get("Action")), _strings(item.get("Resource"))
+            )
+        )
+    return statements
+
+
+def _strings(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, list):
+        return tuple(str(v) for v in value)
+    return ()
+
+
+# Subject fields as AWS names them in iot:Certificate.Subject.* variables.
+SUBJECT_VARIABLES = {
+    "common_name": "CommonName",
+    "serial_number": "SerialNumber",
+    "country": "Country",
+    "organization": "Organization",
+    "organizational_unit": "OrganizationalUnit",
+    "state": "State",
+    "dn_qualifier": "DistinguishedNameQualifier",
+}
+
+
+def arn(kind: str, name: str) -> str:
+    """client/ID, topic/NAME or topicfilter/FILTER in the emulated account."""
+    return f"arn:aws:iot:{REGION}:{ACCOUNT}:{kind}/{name}"
+
+
+def _expand(pattern: str, variables: dict[str, str]) -> str | None:
+    missing = False
+
+    def sub(match: re.Match[str]) -> str:
+        nonlocal missing
+        value = variables.get(match[1])
+        if value is None:
+            missing = True
+            return ""
+        return value
+
+    expanded = _VARIABLE.sub(sub, pattern)
+    return None if missing else expanded
+
+
+def _matches(
+    patterns: tuple[str, ...], value: str, *, fold: bool, variables: dict[str, str]
+) -> bool:
+    for pattern in patterns:
+        expanded = _expand(pattern, variables) if "${" in pattern else pattern
+        if expanded is None:
+            continue
+        # AWS wildcards are * and ?; a bracket is a plain character there.
+        expanded = expanded.replace("[", "[[]")
+        if fold:
+            if fnmatch.fnmatch(value.lower(), expanded.lower()):
+                return True
+        elif fnmatch.fnmatchcase(value, expanded):
+            return True
+    return False
+
+
+def allowed(
+    policies: list[list[Statement]], action: str, resource: str, variables: dict[str, str]
+) -> bool:
+    verdict = False
+    for statements in policies:
+        for s in statements:
+            if not _matches(s.actions, action, fold=True, variables=variables):
+                continue
+            if not _matches(s.resources, resource, fold=False, variables=variables):
+                continue
+            if not s.allow:
+                return False
+            verdict = True
+    return verdict

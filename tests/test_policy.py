@@ -1,0 +1,62 @@
+"""Policy evaluation: what a provisioned device may do."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from loadgen.emulator import policy
+
+
+def _policy(*statements):
+    return [policy.parse(json.dumps({"Version": "2012-10-17", "Statement": list(statements)}))]
+
+
+def _allow(action, resource):
+    return {"Effect": "Allow", "Action": action, "Resource": resource}
+
+
+CLIENT = policy.arn("client", "bulb-1")
+VARS = {"iot:ClientId": "bulb-1", "iot:Connection.Thing.ThingName": "bulb-1"}
+
+
+def test_nothing_is_allowed_without_an_allow():
+    assert not policy.allowed(_policy(_allow("iot:Publish", "*")), "iot:Connect", CLIENT, VARS)
+
+
+def test_an_explicit_deny_wins_over_any_allow():
+    policies = _policy(
+        _allow("iot:*", "*"), {"Effect": "Deny", "Action": "iot:Connect", "Resource": CLIENT}
+    )
+    assert not policy.allowed(policies, "iot:Connect", CLIENT, VARS)
+    assert policy.allowed(policies, "iot:Publish", policy.arn("topic", "a"), VARS)
+
+
+@pytest.mark.parametrize(
+    ("action", "resource", "expected"),
+    [
+        ("iot:Connect", "arn:aws:iot:*:*:client/${iot:ClientId}", True),
+        ("iot:Connect", "arn:aws:iot:*:*:client/${iot:Connection.Thing.ThingName}", True),
+        ("iot:Connect", "arn:aws:iot:us-east-1:123456789012:client/bulb-?", True),
+        ("iot:Connect", "arn:aws:iot:*:*:client/other", False),
+        ("IOT:CONNECT", "arn:aws:iot:*:*:client/*", True),
+        ("iot:Conn*", "arn:aws:iot:*:*:client/*", True),
+        ("iot:Connect", "arn:aws:iot:*:*:client/${iot:Certificate.Subject.Country}", False),
+    ],
+)
+def test_wildcards_and_policy_variables(action, resource, expected):
+    assert (
+        policy.allowed(_policy(_allow(action, resource)), "iot:Connect", CLIENT, VARS) is expected
+    )
+
+
+def test_topics_are_matched_case_sensitively():
+    policies = _policy(_allow("iot:Publish", "arn:aws:iot:*:*:topic/dt/${iot:ClientId}/*"))
+    assert policy.allowed(policies, "iot:Publish", policy.arn("topic", "dt/bulb-1/t"), VARS)
+    assert not policy.allowed(policies, "iot:Publish", policy.arn("topic", "DT/bulb-1/t"), VARS)
+
+
+def test_a_document_without_statements_is_refused():
+    with pytest.raises(policy.PolicyError):
+        policy.parse('{"Version": "2012-10-17"}')
