@@ -28,8 +28,10 @@ from loadgen.certs.inspect import FleetSummary, summarize
 from loadgen.certs.keys import KeyType
 from loadgen.certs.mint import MintRequest, MintResult, mint
 from loadgen.certs.profile import load_profile
+from loadgen.emulator import metrics as emu_metrics
 from loadgen.emulator import serve as emu_serve
 from loadgen.emulator.defaults import REGISTRATION_CONFIG
+from loadgen.emulator.quota import Quotas
 from loadgen.emulator.server import Emulator
 from loadgen.errors import LoadgenError, UserError
 from loadgen.files import write
@@ -307,6 +309,15 @@ def emulator() -> None:
     is_flag=True,
     help="A thing type or group the template names must exist already.",
 )
+@click.option(
+    "--quota",
+    "quotas",
+    multiple=True,
+    metavar="NAME=RATE",
+    help="connect (500/s), connect-per-client (1/s), provision (20/s): a rate like 100/s, "
+    "or off. Repeatable.",
+)
+@click.option("--metrics-port", type=int, help="Serve Prometheus metrics on this port.")
 def emulator_serve(
     host: str,
     port: int,
@@ -316,8 +327,11 @@ def emulator_serve(
     configs: tuple[Path, ...],
     state_dir: Path,
     strict_resources: bool,
+    quotas: tuple[str, ...],
+    metrics_port: int | None,
 ) -> None:
     """Serve mutual-TLS MQTT with AWS IoT's JITP flow; prints one line when ready."""
+    limits = Quotas.parse(quotas)
     if len(configs) > len(cas):
         raise UserError("more --registration-config than --ca")
     if (server_cert is None) != (server_key is None):
@@ -336,7 +350,9 @@ def emulator_serve(
         server_cert, server_key, server_ca = emu_serve.server_identity(state_dir)
     else:
         server_ca = server_cert
-    emulator_ = Emulator(registry, str(server_cert), str(server_key))
+    emulator_ = Emulator(registry, str(server_cert), str(server_key), limits)
+    if metrics_port is not None:
+        emu_metrics.serve(emulator_, host, metrics_port)
     uvloop.run(emu_serve.serve_forever(emulator_, host, port, server_ca))
 
 

@@ -64,6 +64,8 @@ def endpoint(scenario: Scenario, options: RunOptions) -> Iterator[tuple[Scenario
         scenario.emulator.registration_config,
         scenario.fleet.store.parent / "emulator",
         strict=scenario.emulator.strict_resources,
+        quotas={str(k): v for k, v in scenario.emulator.quotas.items()},
+        metrics_port=scenario.emulator.metrics_port,
     )
     try:
         tls = scenario.tls.model_copy(

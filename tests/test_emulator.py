@@ -87,8 +87,10 @@ def _embedded_run(tmp_path, lightbulbs, device_ca, registration_config=None):
         "load": {"executor": "constant-arrival-rate", "rate": "400/s", "max_in_flight": 200},
         "after_connect": [{"publish": {"topic": "dt/{client_id}/x", "qos": 1}}],
     }
+    # Quotas off: these runs are about JITP and policies (quotas have their own test).
+    scenario["emulator"] = {"quotas": {"provision": "off", "connect-per-client": "off"}}
     if registration_config is not None:
-        scenario["emulator"] = {"registration_config": str(registration_config)}
+        scenario["emulator"]["registration_config"] = str(registration_config)
     path = tmp_path / "scenario.yaml"
     path.write_text(yaml.safe_dump(scenario))
     result = run_loadgen("run", path, "--workers", "2", "--report", tmp_path / "r.json")
@@ -175,3 +177,79 @@ def test_a_bad_registration_config_is_a_one_line_error(tmp_path, device_ca):
         tmp_path,
     )
     assert_user_error(result, "unsupported type")
+
+
+def test_a_provisioning_quota_throttles_jitp_and_the_retries_get_through(
+    tmp_path, lightbulbs, device_ca
+):
+    from tests.brokers import free_port
+
+    metrics_port = free_port()
+    scenario = {
+        "name": "quota-test",
+        "endpoint": "embedded",
+        "mqtt": {"client_id": "{common_name}"},
+        "fleet": {"ca": str(device_ca.directory), "store": str(lightbulbs.path), "count": 100},
+        "jitp": {"expect_first_connect_rejected": True},
+        "retry": {"initial": "200ms", "max": "1s", "max_attempts": 10},
+        "load": {"executor": "burst", "max_in_flight": 100},
+        "emulator": {"quotas": {"provision": "50/s"}, "metrics_port": metrics_port},
+    }
+    path = tmp_path / "scenario.yaml"
+    path.write_text(yaml.safe_dump(scenario))
+    result = run_loadgen("run", path, "--workers", "1", "--report", tmp_path / "r.json")
+    assert result.code == 0, result.err
+    report = json.loads((tmp_path / "r.json").read_text())
+    faults = [d.fault for d in lightbulbs.devices()][:100]
+    bad_tls = sum(f in ("unknown_ca", "expired", "not_yet_valid") for f in faults)
+    assert report["outcomes"]["connected"] == 100 - bad_tls
+    assert report["attempts"]["total"] > 2 * (100 - bad_tls)  # throttled ones came back
+
+
+def test_the_emulator_serves_its_metrics(tmp_path, device_ca):
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from tests.brokers import free_port
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "loadgen",
+            "emulator",
+            "serve",
+            "--port",
+            "0",
+            "--ca",
+            str(device_ca.directory / "ca.pem"),
+            "--state-dir",
+            str(tmp_path),
+            "--metrics-port",
+            str(port),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        proc.stdout.readline()
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    text = body.decode()
+    assert 'loadgen_emulator_provision_thing_total{result="Success"} 0.0' in text
+    assert 'loadgen_emulator_registry_size{kind="ca"} 1.0' in text
+    assert 'loadgen_emulator_throttles_total{quota="provision"} 0.0' in text

@@ -106,7 +106,13 @@ class EmbeddedEmulator:
 
 
 def start_embedded(
-    fleet_ca: Path, registration_config: Path | None, state: Path, *, strict: bool = False
+    fleet_ca: Path,
+    registration_config: Path | None,
+    state: Path,
+    *,
+    strict: bool = False,
+    quotas: dict[str, str] | None = None,
+    metrics_port: int | None = None,
 ) -> EmbeddedEmulator:
     args = [
         sys.executable,
@@ -127,6 +133,10 @@ def start_embedded(
         args += ["--registration-config", str(registration_config)]
     if strict:
         args.append("--strict-resources")
+    for name, rate in (quotas or {}).items():
+        args += ["--quota", f"{name}={rate}"]
+    if metrics_port is not None:
+        args += ["--metrics-port", str(metrics_port)]
     state.mkdir(parents=True, exist_ok=True)
     log = state / "emulator.log"
     # Its stderr goes to a file: a pipe nobody reads would fill and stall it.

@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from loadgen import mqtt
 from loadgen.emulator import policy
 from loadgen.emulator.errors import ProvisioningError
+from loadgen.emulator.quota import Limiter, Quotas
 from loadgen.emulator.registry import (
     CertRecord,
     CertStatus,
@@ -41,11 +42,15 @@ class EmulatorStats:
     provision: Counter[str] = field(default_factory=Counter)  # Success, ClientError, ...
     connects: Counter[str] = field(default_factory=Counter)  # accepted, or why refused
     provision_reasons: Counter[str] = field(default_factory=Counter)
+    throttles: Counter[str] = field(default_factory=Counter)  # by quota
 
 
 class Emulator:
-    def __init__(self, registry: Registry, server_cert: str, server_key: str) -> None:
+    def __init__(
+        self, registry: Registry, server_cert: str, server_key: str, quotas: Quotas | None = None
+    ) -> None:
         self.registry = registry
+        self.limiter = Limiter(quotas or Quotas())
         self.server_cert = server_cert
         self.server_key = server_key
         self.stats = EmulatorStats()
@@ -96,6 +101,11 @@ class Emulator:
             return "unknown CA"
         if not ca.auto_registration:
             return "unknown certificate (auto-registration off)"
+        if not self.limiter.allow_provision():
+            # A throttled provisioning registers nothing: the retry provisions.
+            self.stats.throttles["provision"] += 1
+            self.stats.provision["Throttled"] += 1
+            return "provisioning throttled"
         try:
             registry.provision(cert, ca)
         except ProvisioningError as exc:
@@ -151,9 +161,17 @@ class _Session(asyncio.Protocol):
                 variables["iot:Connection.Thing.ThingTypeName"] = thing.type_name
         self.variables = variables
         self.policies = self.emulator.policies_of(record)
+        v5 = packet.protocol_version == mqtt.MQTT_5
+        exceeded = self.emulator.limiter.allow_connect(client_id)
+        if exceeded is not None:
+            self.emulator.stats.throttles[exceeded] += 1
+            self.emulator.stats.connects["throttled"] += 1
+            if v5:  # MQTT 3.1.1 has no code for it: AWS closes the connection.
+                self.transport.write(self.conn.send(mqtt.ConnAck(0x9F)))
+            self.transport.close()
+            return
         if not self._allowed("iot:Connect", policy.arn("client", client_id)):
             self.emulator.stats.connects["not authorized"] += 1
-            v5 = packet.protocol_version == mqtt.MQTT_5
             self.transport.write(self.conn.send(mqtt.ConnAck(0x87 if v5 else 5)))
             self.transport.close()
             return

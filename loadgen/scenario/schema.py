@@ -144,6 +144,10 @@ class EmulatorSpec(_Strict):
         description="templateBody + roleArn JSON for the fleet CA (default: a built-in template)",
     )
     strict_resources: bool = False
+    quotas: dict[Literal["connect", "connect-per-client", "provision"], str] = Field(
+        default_factory=dict, description='e.g. {provision: 50/s, connect: "off"}'
+    )
+    metrics_port: int | None = Field(default=None, description="Serve its Prometheus metrics")
 
 
 class Scenario(_Strict):

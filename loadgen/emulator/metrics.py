@@ -1,0 +1,63 @@
+"""The emulator's Prometheus metrics: provisioning outcomes as AWS names them
+(ProvisionThing.Success, .ClientError, .ServerError), connects accepted and
+refused by reason, throttles by quota, registry sizes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from loadgen.emulator.server import Emulator
+
+PREFIX = "loadgen_emulator"
+
+
+class EmulatorCollector(Collector):
+    """Reads the emulator's counters at scrape time (no second set of counts)."""
+
+    def __init__(self, emulator: Emulator) -> None:
+        self.emulator = emulator
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        stats, registry = self.emulator.stats, self.emulator.registry
+        provision = CounterMetricFamily(
+            f"{PREFIX}_provision_thing",
+            "JITP provisionings by result (AWS: ProvisionThing.Success/ClientError/ServerError)",
+            labels=["result"],
+        )
+        for result in ("Success", "ClientError", "ServerError", "Throttled"):
+            provision.add_metric([result], stats.provision.get(result, 0))
+        yield provision
+        connects = CounterMetricFamily(
+            f"{PREFIX}_connects", "Connections accepted, or why refused", labels=["result"]
+        )
+        for result, n in sorted(dict(stats.connects).items()):  # a copy: the loop writes it
+            connects.add_metric([result], n)
+        yield connects
+        throttles = CounterMetricFamily(
+            f"{PREFIX}_throttles", "Requests refused by a quota", labels=["quota"]
+        )
+        for quota in ("connect", "connect-per-client", "provision"):
+            throttles.add_metric([quota], stats.throttles.get(quota, 0))
+        yield throttles
+        sizes = GaugeMetricFamily(
+            f"{PREFIX}_registry_size", "Registry entries by kind", labels=["kind"]
+        )
+        for kind, n in (
+            ("ca", len(registry.cas)),
+            ("certificate", len(registry.certificates)),
+            ("thing", len(registry.things)),
+            ("policy", len(registry.policies)),
+        ):
+            sizes.add_metric([kind], n)
+        yield sizes
+
+
+def serve(emulator: Emulator, host: str, port: int) -> None:
+    """Serve /metrics from a background thread (prometheus-client's server)."""
+    registry = CollectorRegistry()
+    registry.register(EmulatorCollector(emulator))
+    start_http_server(port, addr=host, registry=registry)
