@@ -29,6 +29,7 @@ from loadgen.certs.keys import KeyType
 from loadgen.certs.mint import MintRequest, MintResult, mint
 from loadgen.certs.profile import load_profile
 from loadgen.emulator import metrics as emu_metrics
+from loadgen.emulator import render as emu_render
 from loadgen.emulator import serve as emu_serve
 from loadgen.emulator.defaults import REGISTRATION_CONFIG
 from loadgen.emulator.quota import Quotas
@@ -43,6 +44,7 @@ from loadgen.run import (
     default_workers,
     ensure_fleet,
     execute,
+    jitp_section,
     make_plan,
     report_path,
 )
@@ -229,10 +231,11 @@ def run_command(
         click.echo(
             f"fleet {checked.fleet}: minted {minted.minted}, {minted.total} devices", err=True
         )
-    with run_endpoint(scenario, options) as (scenario, options):
-        plan = make_plan(scenario, options)
+    with run_endpoint(scenario, options) as session:
+        plan = make_plan(session.scenario, session.options)
         with LiveRun(console, plan) as live:
             _, _, report = execute(plan, live.update)
+    report["jitp"] = jitp_section(report, session.emulator_stats)
     print_report(Console(highlight=False), report)
     if report_file is not None:
         write_report(report_file, report)
@@ -354,6 +357,20 @@ def emulator_serve(
     if metrics_port is not None:
         emu_metrics.serve(emulator_, host, metrics_port)
     uvloop.run(emu_serve.serve_forever(emulator_, host, port, server_ca))
+
+
+@cli.group()
+def template() -> None:
+    """Provisioning templates for JITP."""
+
+
+@template.command("render")
+@click.argument("path", metavar="TEMPLATE", type=click.Path(path_type=Path))
+@click.option("--role-arn", required=True, help="A role with AWSIoTThingsRegistration.")
+def template_render(path: Path, role_arn: str) -> None:
+    """A readable template (.yaml or .json) in, the --registration-config JSON out."""
+    config = emu_render.registration_config(emu_render.load_template(path), role_arn)
+    click.echo(json.dumps(config, indent=2))
 
 
 def _print_summary(summary: FleetSummary) -> None:

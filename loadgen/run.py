@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 from collections.abc import Iterator
@@ -15,8 +16,10 @@ from loadgen.certs.mint import MintRequest, MintResult, mint
 from loadgen.certs.profile import load_profile
 from loadgen.certs.store import FleetStore
 from loadgen.device.lifecycle import PublishStep, SubscribeStep
+from loadgen.emulator.render import load_template, registration_config
 from loadgen.emulator.serve import start_embedded
 from loadgen.errors import ConfigError, UserError
+from loadgen.files import write
 from loadgen.load.plan import RunPlan, build_plan, check_template, endpoint_of
 from loadgen.load.workers import RunTiming, run_workers
 from loadgen.metrics.stats import RunStats
@@ -52,31 +55,67 @@ def check_plan(scenario: Scenario, options: RunOptions) -> RunPlan:
     return make_plan(scenario, options)
 
 
+@dataclass
+class EndpointSession:
+    """What the run talks to; for the embedded emulator, its counts once stopped."""
+
+    scenario: Scenario
+    options: RunOptions
+    emulator_stats: dict[str, Any] | None = None
+
+
 @contextmanager
-def endpoint(scenario: Scenario, options: RunOptions) -> Iterator[tuple[Scenario, RunOptions]]:
+def endpoint(scenario: Scenario, options: RunOptions) -> Iterator[EndpointSession]:
     """The scenario and options to run with: for ``endpoint: embedded``, an
     emulator subprocess that trusts the fleet CA, for the length of the run."""
     if not is_embedded(scenario, options):
-        yield scenario, options
+        yield EndpointSession(scenario, options)
         return
+    spec = scenario.emulator
+    state = scenario.fleet.store.parent / "emulator"
+    config = spec.registration_config
+    if spec.template is not None:
+        config = state / "registration-config.json"
+        state.mkdir(parents=True, exist_ok=True)
+        rendered = registration_config(load_template(spec.template), spec.role_arn)
+        write(config, json.dumps(rendered).encode())
     emulator = start_embedded(
         scenario.fleet.ca,
-        scenario.emulator.registration_config,
-        scenario.fleet.store.parent / "emulator",
-        strict=scenario.emulator.strict_resources,
-        quotas={str(k): v for k, v in scenario.emulator.quotas.items()},
-        metrics_port=scenario.emulator.metrics_port,
+        config,
+        state,
+        strict=spec.strict_resources,
+        quotas={str(k): v for k, v in spec.quotas.items()},
+        metrics_port=spec.metrics_port,
+    )
+    tls = scenario.tls.model_copy(
+        update={"ca_file": emulator.server_ca, "server_name": "localhost"}
+    )
+    session = EndpointSession(
+        scenario.model_copy(update={"tls": tls}),
+        replace(options, endpoint=f"{emulator.host}:{emulator.port}"),
     )
     try:
-        tls = scenario.tls.model_copy(
-            update={"ca_file": emulator.server_ca, "server_name": "localhost"}
-        )
-        yield (
-            scenario.model_copy(update={"tls": tls}),
-            replace(options, endpoint=f"{emulator.host}:{emulator.port}"),
-        )
+        yield session
     finally:
-        emulator.stop()
+        session.emulator_stats = emulator.stop()
+
+
+def jitp_section(report: dict[str, Any], emulator_stats: dict[str, Any] | None) -> dict[str, Any]:
+    """The report's ``jitp`` section: what devices saw, and (for the embedded
+    emulator) what provisioning did and why it failed."""
+    section: dict[str, Any] = {
+        "first_connect_rejected": report["attempts"]["provisioning_triggered"],
+        "attempts_per_device": report["attempts"]["per_device"],
+        "provisioning": None,
+        "provisioning_failures": None,
+    }
+    if emulator_stats is not None:
+        section["provisioning"] = {
+            result: emulator_stats.get("provision", {}).get(result, 0)
+            for result in ("Success", "ClientError", "ServerError", "Throttled")
+        }
+        section["provisioning_failures"] = emulator_stats.get("provision_failures", {})
+    return section
 
 
 def make_plan(scenario: Scenario, options: RunOptions) -> RunPlan:

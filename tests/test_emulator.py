@@ -253,3 +253,55 @@ def test_the_emulator_serves_its_metrics(tmp_path, device_ca):
     assert 'loadgen_emulator_provision_thing_total{result="Success"} 0.0' in text
     assert 'loadgen_emulator_registry_size{kind="ca"} 1.0' in text
     assert 'loadgen_emulator_throttles_total{quota="provision"} 0.0' in text
+
+
+def test_the_quickstart_shows_the_whole_jitp_flow(tmp_path):
+    import shutil
+
+    from tests.conftest import ROOT
+
+    scenarios = tmp_path / "scenarios"
+    shutil.copytree(ROOT / "scenarios", scenarios, ignore=shutil.ignore_patterns(".loadgen"))
+    result = run_loadgen(
+        "run",
+        scenarios / "quickstart.yaml",
+        "--count",
+        "120",
+        "--rate",
+        "200/s",
+        "--report",
+        tmp_path / "r.json",
+    )
+    assert result.code == 0, result.err
+    report = json.loads((tmp_path / "r.json").read_text())
+    manifest = [
+        json.loads(line)
+        for line in (tmp_path / ".loadgen" / "fleets" / "quickstart" / "manifest.jsonl").open()
+    ][:120]
+    bad_tls = sum(d["fault"] in ("unknown_ca", "expired", "not_yet_valid") for d in manifest)
+    no_country = sum(d["fault"] == "missing_country" for d in manifest)
+    jitp = report["jitp"]
+    assert jitp["first_connect_rejected"] == 120
+    assert report["outcomes"]["connected"] == 120 - bad_tls - no_country
+    assert jitp["provisioning"]["Success"] == 120 - bad_tls - no_country
+    if no_country:
+        assert any("Country" in reason for reason in jitp["provisioning_failures"])
+    assert "JITP: 120 first connects rejected" in result.out
+
+
+def test_template_render_makes_the_registration_config_aws_takes(tmp_path):
+    from tests.conftest import ROOT
+
+    result = run_loadgen(
+        "template",
+        "render",
+        ROOT / "scenarios" / "templates" / "lightbulb.yaml",
+        "--role-arn",
+        "arn:aws:iam::123456789012:role/JITPRole",
+    )
+    assert result.code == 0, result.err
+    config = json.loads(result.out)
+    assert config["roleArn"] == "arn:aws:iam::123456789012:role/JITPRole"
+    body = json.loads(config["templateBody"])  # an escaped JSON string, as AWS expects
+    assert set(body["Resources"]) == {"thing", "certificate", "policy"}
+    assert "iot:Connect" in body["Resources"]["policy"]["Properties"]["PolicyDocument"]

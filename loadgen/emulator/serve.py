@@ -25,6 +25,7 @@ from loadgen.errors import ConfigError, LoadgenError
 from loadgen.files import write
 
 READY = "loadgen emulator: ready on"
+STATS = "loadgen emulator: stats "
 _READY_LINE = re.compile(r"ready on (\S+):(\d+) \(server CA: (.+)\)")
 
 
@@ -85,6 +86,15 @@ async def serve_forever(emulator: Emulator, host: str, port: int, server_ca: Pat
         loop.add_signal_handler(sig, stop.set)
     async with server:
         await stop.wait()
+    # For whoever started it (a run with endpoint: embedded): what happened here.
+    stats = emulator.stats
+    summary = {
+        "provision": dict(stats.provision),
+        "provision_failures": dict(stats.provision_reasons),
+        "connects": dict(stats.connects),
+        "throttles": dict(stats.throttles),
+    }
+    print(STATS + json.dumps(summary), flush=True)
 
 
 @dataclass
@@ -96,13 +106,22 @@ class EmbeddedEmulator:
     port: int
     server_ca: Path
 
-    def stop(self) -> None:
+    def stop(self) -> dict[str, Any] | None:
+        """Stop it; return the counts it printed on the way out (None if none)."""
         self.process.terminate()
         try:
-            self.process.wait(timeout=10)
+            out, _ = self.process.communicate(timeout=10)
         except subprocess.TimeoutExpired:
             self.process.kill()
-            self.process.wait()
+            out, _ = self.process.communicate()
+        for line in (out or "").splitlines():
+            if line.startswith(STATS):
+                try:
+                    stats: dict[str, Any] = json.loads(line.removeprefix(STATS))
+                except ValueError:
+                    return None
+                return stats
+        return None
 
 
 def start_embedded(

@@ -91,6 +91,15 @@ def print_report(console: Console, report: dict[str, Any]) -> None:
             *(_ms(s[k]) for k in ("p50", "p90", "p99", "p99_9", "max")),
         )
     console.print(latency)
+    jitp = report.get("jitp")
+    if jitp and jitp["first_connect_rejected"]:
+        line = f"  JITP: {jitp['first_connect_rejected']} first connects rejected (the trigger)"
+        if jitp["provisioning"] is not None:
+            done = ", ".join(f"{k} {v}" for k, v in jitp["provisioning"].items() if v)
+            line += f"; emulator provisioning: {done or 'none'}"
+        console.print(line)
+        for reason, n in list((jitp["provisioning_failures"] or {}).items())[:3]:
+            console.print(f"  {n} provisionings failed: {reason}")
     for outcome, reasons in report["reasons"].items():
         for reason, n in list(reasons.items())[:3]:
             console.print(f"  {outcome}: {n} devices: {reason}")

@@ -143,6 +143,10 @@ class EmulatorSpec(_Strict):
         default=None,
         description="templateBody + roleArn JSON for the fleet CA (default: a built-in template)",
     )
+    template: Path | None = Field(
+        default=None, description="A readable template (.yaml/.json) instead of registration_config"
+    )
+    role_arn: str = "arn:aws:iam::123456789012:role/JITPRole"
     strict_resources: bool = False
     quotas: dict[Literal["connect", "connect-per-client", "provision"], str] = Field(
         default_factory=dict, description='e.g. {provision: 50/s, connect: "off"}'
@@ -185,7 +189,10 @@ class Scenario(_Strict):
         )
         tls = self.tls.model_copy(update={"ca_file": rel(self.tls.ca_file)})
         emulator = self.emulator.model_copy(
-            update={"registration_config": rel(self.emulator.registration_config)}
+            update={
+                "registration_config": rel(self.emulator.registration_config),
+                "template": rel(self.emulator.template),
+            }
         )
         return self.model_copy(update={"fleet": fleet, "tls": tls, "emulator": emulator})
 
