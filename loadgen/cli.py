@@ -28,6 +28,7 @@ from loadgen.certs.inspect import FleetSummary, summarize
 from loadgen.certs.keys import KeyType
 from loadgen.certs.mint import MintRequest, MintResult, mint
 from loadgen.certs.profile import load_profile
+from loadgen.emulator import check as emu_check
 from loadgen.emulator import metrics as emu_metrics
 from loadgen.emulator import render as emu_render
 from loadgen.emulator import serve as emu_serve
@@ -371,6 +372,27 @@ def template_render(path: Path, role_arn: str) -> None:
     """A readable template (.yaml or .json) in, the --registration-config JSON out."""
     config = emu_render.registration_config(emu_render.load_template(path), role_arn)
     click.echo(json.dumps(config, indent=2))
+
+
+@template.command("check")
+@click.argument("path", metavar="CONFIG", type=click.Path(path_type=Path))
+@click.option(
+    "--scenario",
+    "scenario_path",
+    type=click.Path(path_type=Path),
+    help="Check against this scenario's fleet profile, client ids and topics.",
+)
+def template_check(path: Path, scenario_path: Path | None) -> None:
+    """Lint a registration config (or readable template); exit 1 on errors."""
+    body, raw = emu_check.load_config(path)
+    scenario_ = load_scenario(scenario_path) if scenario_path is not None else None
+    findings = emu_check.check(body, raw, scenario_)
+    for finding in findings:
+        click.echo(str(finding))
+    errors = sum(f.error for f in findings)
+    click.echo(f"{path}: {errors} errors, {len(findings) - errors} warnings")
+    if errors:
+        sys.exit(1)
 
 
 def _print_summary(summary: FleetSummary) -> None:

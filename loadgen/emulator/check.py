@@ -1,0 +1,229 @@
+"""`loadgen template check`: what will go wrong with a template before a cloud run
+finds out. Each finding names the resource and the fix."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from loadgen.certs.profile import DEFAULT_PROFILE, DevicePlanner, Profile, load_profile
+from loadgen.certs.subject import BY_NAME, FIELDS
+from loadgen.emulator import policy
+from loadgen.emulator import template as tpl
+from loadgen.emulator.errors import ClientError, TemplateError
+from loadgen.errors import ConfigError
+from loadgen.load.plan import device_client_id, render
+from loadgen.scenario.schema import Publish, Scenario
+
+# AWS's limit on a provisioning template's body.
+MAX_TEMPLATE_BODY = 10_240
+_SAMPLES = 50
+_BY_PARAMETER = {tpl.PARAMETER_PREFIX + f.jitp_parameter: f.name for f in FIELDS}
+
+
+@dataclass(frozen=True)
+class Finding:
+    error: bool
+    where: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{'error' if self.error else 'warning'}: {self.where}: {self.message}"
+
+
+def load_config(path: Path) -> tuple[str, dict[str, Any]]:
+    """(templateBody text, parsed JSON) from a registration config or a readable
+    template (.yaml/.json)."""
+    from loadgen.emulator.render import load_template
+    from loadgen.emulator.serve import load_registration_config
+
+    if path.suffix in (".yaml", ".yml"):
+        template = load_template(path)
+        return json.dumps(template), template
+    config = load_registration_config(path)
+    body = config["templateBody"]
+    text = body if isinstance(body, str) else json.dumps(body)
+    try:
+        return text, json.loads(text, strict=False)
+    except ValueError as exc:
+        raise ConfigError(f"{path}: templateBody is not JSON: {exc}") from None
+
+
+def check(body: str, raw: dict[str, Any], scenario: Scenario | None) -> list[Finding]:
+    findings: list[Finding] = []
+    if len(body) > MAX_TEMPLATE_BODY:
+        findings.append(
+            Finding(
+                True,
+                "templateBody",
+                (
+                    f"{len(body):,} characters, over AWS's {MAX_TEMPLATE_BODY:,}: "
+                    "move the policy to a named policy (PolicyName) or shorten it"
+                ),
+            )
+        )
+    for name in (raw.get("Parameters") or {}) if isinstance(raw, dict) else {}:
+        if name not in tpl.PARAMETERS:
+            findings.append(
+                Finding(
+                    True,
+                    f"Parameters.{name}",
+                    (
+                        "JITP provides only AWS::IoT::Certificate:: Country, Organization, "
+                        "OrganizationalUnit, DistinguishedNameQualifier, StateName, CommonName, "
+                        "SerialNumber and Id: remove it or derive it from those"
+                    ),
+                )
+            )
+    try:
+        template = tpl.parse(raw)
+    except TemplateError as exc:
+        findings.append(Finding(True, "template", str(exc)))
+        return findings
+    profile, seed = _fleet_profile(scenario)
+    findings += _parameters(template, profile)
+    findings += _policies(template, scenario, profile, seed)
+    return findings
+
+
+def _fleet_profile(scenario: Scenario | None) -> tuple[Profile | None, int]:
+    if scenario is None:
+        return None, 0
+    fleet = scenario.fleet
+    profile = load_profile(fleet.profile) if fleet.profile is not None else DEFAULT_PROFILE
+    return profile, fleet.seed or 0
+
+
+def _parameters(template: dict[str, Any], profile: Profile | None) -> list[Finding]:
+    findings: list[Finding] = []
+    if profile is None:
+        return findings
+    subject = profile.subject.set_fields()
+    for parameter in sorted(tpl.referenced_parameters(template)):
+        field = _BY_PARAMETER.get(parameter)
+        if field is None:
+            continue
+        if field not in subject:
+            findings.append(
+                Finding(
+                    True,
+                    parameter,
+                    (
+                        f"the fleet's profile sets no {field}: every device will fail to "
+                        f"provision; add subject.{field} to the profile or stop referencing it"
+                    ),
+                )
+            )
+        elif (fraction := profile.faults.get(f"missing_{field}", 0)) > 0:
+            findings.append(
+                Finding(
+                    False,
+                    parameter,
+                    (
+                        f"the profile's missing_{field} fault leaves it out of {fraction:.1%} of "
+                        "certificates: those devices will fail to provision (ClientError)"
+                    ),
+                )
+            )
+    return findings
+
+
+def _policies(
+    template: dict[str, Any], scenario: Scenario | None, profile: Profile | None, seed: int
+) -> list[Finding]:
+    findings: list[Finding] = []
+    inline = {
+        logical_id: spec.get("Properties", {}).get("PolicyDocument")
+        for logical_id, spec in template["Resources"].items()
+        if spec.get("Type") == "AWS::IoT::Policy"
+    }
+    if not inline:
+        return findings
+    statements: dict[str, list[policy.Statement]] = {}
+    for logical_id, document in inline.items():
+        if not isinstance(document, str):
+            continue  # a named policy (PolicyName) lives in the account, not here
+        try:
+            statements[logical_id] = policy.parse(document)
+        except policy.PolicyError as exc:
+            findings.append(Finding(True, f"Resources.{logical_id}", f"{exc}"))
+    if not statements:
+        return findings
+    policies = list(statements.values())
+    where = f"Resources.{', '.join(statements)}"
+    for device, variables in _sample_devices(template, scenario, profile, seed):
+        client = device["client_id"]
+        if not policy.allowed(policies, "iot:Connect", policy.arn("client", client), variables):
+            findings.append(
+                Finding(
+                    True,
+                    where,
+                    (
+                        f"no statement allows iot:Connect for client id {client!r}: devices will "
+                        "provision, then be refused at CONNECT; add an Allow for iot:Connect on "
+                        "arn:aws:iot:*:*:client/${iot:Connection.Thing.ThingName} (when the "
+                        "client id is the thing name) or client/${iot:ClientId}"
+                    ),
+                )
+            )
+            return findings
+        for topic in device["topics"]:
+            if not policy.allowed(policies, "iot:Publish", policy.arn("topic", topic), variables):
+                findings.append(
+                    Finding(
+                        True,
+                        where,
+                        (
+                            f"the scenario publishes to {topic!r}, which the policy denies: AWS "
+                            "closes the connection; allow iot:Publish on that topic"
+                        ),
+                    )
+                )
+                return findings
+    return findings
+
+
+def _sample_devices(
+    template: dict[str, Any], scenario: Scenario | None, profile: Profile | None, seed: int
+) -> list[tuple[dict[str, Any], dict[str, str]]]:
+    """A few of the scenario's devices as the policy will see them; without a
+    scenario, one device named like the default profile's."""
+    from loadgen.certs.store import Device
+
+    planner = DevicePlanner(profile or DEFAULT_PROFILE, seed)
+    out = []
+    for index in range(_SAMPLES if scenario is not None else 1):
+        plan = planner.plan(index)
+        if plan.fault is not None:
+            continue
+        manifest = Device(
+            index, plan.client_id, "0" * 64, plan.subject, plan.key_type.value, None, "", "", "", ""
+        )
+        template_client = scenario.mqtt.client_id if scenario is not None else "{client_id}"
+        client_id = device_client_id(template_client, manifest)
+        parameters = {tpl.PARAMETER_PREFIX + "Id": "0" * 64}
+        for name, value in plan.subject.items():
+            parameters[tpl.PARAMETER_PREFIX + BY_NAME[name].jitp_parameter] = value
+        try:
+            resources = tpl.evaluate(template, parameters)
+        except ClientError:
+            continue  # reported by the parameter checks
+        things = [r.properties.get("ThingName") for r in resources if r.type == "AWS::IoT::Thing"]
+        variables = {"iot:ClientId": client_id, "iot:Certificate.Id": "0" * 64}
+        for parameter, value in parameters.items():
+            short = parameter.removeprefix(tpl.PARAMETER_PREFIX)
+            variables[f"iot:Certificate.Subject.{'State' if short == 'StateName' else short}"] = (
+                value
+            )
+        if client_id in things:
+            variables["iot:Connection.Thing.ThingName"] = client_id
+            variables["iot:Connection.Thing.IsAttached"] = "true"
+        topics = []
+        if scenario is not None:
+            for step in scenario.after_connect:
+                if isinstance(step, Publish):
+                    topics.append(render(step.publish.topic, manifest, client_id))
+        out.append(({"client_id": client_id, "topics": topics}, variables))
+    return out
