@@ -322,6 +322,12 @@ def emulator() -> None:
     "or off. Repeatable.",
 )
 @click.option("--metrics-port", type=int, help="Serve Prometheus metrics on this port.")
+@click.option(
+    "--state",
+    "state_db",
+    type=click.Path(path_type=Path),
+    help="Keep the registry in this SQLite file: a restart keeps what was provisioned.",
+)
 def emulator_serve(
     host: str,
     port: int,
@@ -333,6 +339,7 @@ def emulator_serve(
     strict_resources: bool,
     quotas: tuple[str, ...],
     metrics_port: int | None,
+    state_db: Path | None,
 ) -> None:
     """Serve mutual-TLS MQTT with AWS IoT's JITP flow; prints one line when ready."""
     limits = Quotas.parse(quotas)
@@ -349,7 +356,9 @@ def emulator_serve(
         )
         for i, ca in enumerate(cas)
     ]
-    registry = emu_serve.build_registry(registrations, strict_resources=strict_resources)
+    registry = emu_serve.build_registry(
+        registrations, strict_resources=strict_resources, state=state_db
+    )
     if server_cert is None or server_key is None:
         server_cert, server_key, server_ca = emu_serve.server_identity(state_dir)
     else:

@@ -200,3 +200,76 @@ def test_a_certificate_of_an_unregistered_ca_fails_the_handshake(emulator, bulbs
     assert "SSL routines" in _s_client_tls12(port, server_ca, bulbs, device)
     healthy = next(d for d in bulbs.devices() if d.fault is None)
     assert "SSL routines" not in _s_client_tls12(port, server_ca, bulbs, healthy)
+
+
+def _start(device_ca, state_dir, db):
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "loadgen",
+            "emulator",
+            "serve",
+            "--port",
+            "0",
+            "--ca",
+            str(device_ca.directory / "ca.pem"),
+            "--state-dir",
+            str(state_dir),
+            "--state",
+            str(db),
+            "--quota",
+            "connect-per-client=off",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    line = proc.stdout.readline()
+    return proc, int(line.split("ready on 127.0.0.1:")[1].split()[0])
+
+
+async def test_a_provisioned_fleet_reconnects_after_the_emulator_is_killed(
+    tmp_path, device_ca, bulbs
+):
+    import time
+
+    from loadgen import mqtt
+    from loadgen.transport.client import Target, connect
+    from loadgen.transport.errors import Closed
+    from loadgen.transport.timing import AttemptTimes
+    from loadgen.transport.tls import ClientTls
+
+    db = tmp_path / "registry.db"
+    devices = [d for d in bulbs.devices() if d.fault is None][:3]
+    server_ca = tmp_path / "server-ca" / "ca.pem"
+
+    async def attempt(port, device):
+        tls = ClientTls(ca_file=server_ca).session(
+            bulbs.path / device.cert, bulbs.path / device.key, "localhost"
+        )
+        async with asyncio.timeout(10):
+            client = await connect(
+                Target("127.0.0.1", port),
+                tls,
+                mqtt.Connect(device.client_id),
+                AttemptTimes(time.monotonic()),
+            )
+        client.disconnect()
+
+    proc, port = _start(device_ca, tmp_path, db)
+    try:
+        for device in devices:
+            with pytest.raises(Closed):
+                await attempt(port, device)  # JITP's trigger
+            await attempt(port, device)
+    finally:
+        proc.kill()  # no clean shutdown: what was committed must survive
+        proc.wait()
+    proc, port = _start(device_ca, tmp_path, db)
+    try:
+        for device in devices:
+            await attempt(port, device)  # accepted at once: no JITP again
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

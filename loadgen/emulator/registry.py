@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from loadgen.certs.subject import BY_OID
 from loadgen.emulator import template as tpl
 from loadgen.emulator.errors import ClientError
+from loadgen.emulator.state import RegistryStore
 
 
 class CertStatus(StrEnum):
@@ -81,14 +82,19 @@ def _literal_names(template: dict[str, Any]) -> tuple[set[str], set[str]]:
 
 
 class Registry:
-    def __init__(self, *, strict_resources: bool = False) -> None:
+    def __init__(
+        self, *, strict_resources: bool = False, store: RegistryStore | None = None
+    ) -> None:
         self.strict_resources = strict_resources
+        self.store = store
         self.cas: dict[str, CaRecord] = {}
         self.certificates: dict[str, CertRecord] = {}
         self.things: dict[str, Thing] = {}
         self.policies: dict[str, str] = {}  # name -> document
         self.thing_types: set[str] = set()
         self.thing_groups: set[str] = set()
+        if store is not None:
+            store.load_into(self)
 
     def register_ca(
         self, cert: x509.Certificate, registration_config: dict[str, Any] | None, **kw: Any
@@ -131,6 +137,8 @@ class Registry:
         for change in changes:
             change(record)
         self.certificates[cert_id] = record
+        if self.store is not None:
+            self.store.save_provisioning(self, record)
         return record
 
     def _plan(self, resources: list[tpl.Resource], cert_id: str) -> list[Any]:

@@ -21,6 +21,7 @@ from loadgen.certs.ca import CERT_FILE, init_ca, load_ca, server_cert
 from loadgen.emulator.errors import ProvisioningError
 from loadgen.emulator.registry import Registry
 from loadgen.emulator.server import Emulator
+from loadgen.emulator.state import RegistryStore
 from loadgen.errors import ConfigError, LoadgenError
 from loadgen.files import write
 
@@ -62,8 +63,11 @@ def server_identity(state: Path) -> tuple[Path, Path, Path]:
     return cert, key, ca_dir / CERT_FILE
 
 
-def build_registry(cas: list[CaRegistration], *, strict_resources: bool) -> Registry:
-    registry = Registry(strict_resources=strict_resources)
+def build_registry(
+    cas: list[CaRegistration], *, strict_resources: bool, state: Path | None = None
+) -> Registry:
+    store = RegistryStore(state) if state is not None else None
+    registry = Registry(strict_resources=strict_resources, store=store)
     for item in cas:
         try:
             cert = x509.load_pem_x509_certificate(item.ca_pem.read_bytes())
