@@ -1,0 +1,156 @@
+"""The emulator's server CPU per JITP connect (the trigger, provisioning, the
+reconnect) and per plain reconnect, next to mosquitto's CPU per plain mutual-TLS
+connect, measured in the same run.
+
+    .venv/bin/python -m bench.emulator [--devices 1000] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import uvloop
+
+from loadgen import mqtt
+from loadgen.certs.ca import init_ca
+from loadgen.certs.mint import MintRequest, mint
+from loadgen.certs.store import Device, FleetStore
+from loadgen.transport.client import Target, connect
+from loadgen.transport.errors import TransportError
+from loadgen.transport.timing import AttemptTimes
+from loadgen.transport.tls import ClientTls
+from tests.brokers import start_mosquitto
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+async def _connect_all(port: int, server_ca: Path, fleet: FleetStore, devices: list[Device]) -> int:
+    """Connect every device once (CONNECT, CONNACK, DISCONNECT); how many connected."""
+    tls = ClientTls(ca_file=server_ca)
+    slots = asyncio.Semaphore(50)
+    connected = 0
+
+    async def one(device: Device) -> None:
+        nonlocal connected
+        session = tls.session(fleet.path / device.cert, fleet.path / device.key, "localhost")
+        async with slots:
+            try:
+                async with asyncio.timeout(10):
+                    client = await connect(
+                        Target("127.0.0.1", port),
+                        session,
+                        mqtt.Connect(device.client_id),
+                        AttemptTimes(time.monotonic()),
+                    )
+            except (TransportError, TimeoutError):
+                return
+            connected += 1
+            client.disconnect()
+
+    await asyncio.gather(*(one(d) for d in devices))
+    return connected
+
+
+def _measure(pid: int, port: int, server_ca: Path, fleet: FleetStore, devices: list[Device]):
+    before = cpu_seconds(pid)
+    connected = uvloop.run(_connect_all(port, server_ca, fleet, devices))
+    time.sleep(0.2)  # let the server finish closing
+    return (cpu_seconds(pid) - before) / len(devices), connected
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--devices", type=int, default=1000)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    rows: dict[str, list[float]] = {"jitp": [], "reconnect": [], "mosquitto": []}
+    with tempfile.TemporaryDirectory(prefix="loadgen-bench-", dir="/dev/shm") as tmp:
+        root = Path(tmp)
+        ca = init_ca(root / "ca")
+        for repeat in range(args.repeats):
+            fleet_path = root / f"fleet-{repeat}"
+            mint(MintRequest(fleet_path, ca.directory, args.devices, workers=2, seed=repeat))
+            fleet = FleetStore(fleet_path)
+            devices = list(fleet.devices())
+            state = root / f"emulator-{repeat}"
+            emulator = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "loadgen",
+                    "emulator",
+                    "serve",
+                    "--port",
+                    "0",
+                    "--ca",
+                    str(ca.directory / "ca.pem"),
+                    "--state-dir",
+                    str(state),
+                    "--quota",
+                    "connect=off",
+                    "--quota",
+                    "connect-per-client=off",
+                    "--quota",
+                    "provision=off",
+                ],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            assert emulator.stdout is not None
+            port = int(emulator.stdout.readline().split("127.0.0.1:")[1].split()[0])
+            server_ca = state / "server-ca" / "ca.pem"
+            broker = start_mosquitto(root / f"broker-{repeat}", ca.directory / "ca.pem")
+            try:
+                # The JITP connect: the trigger (provisioning, closed), then the reconnect.
+                trigger, _ = _measure(emulator.pid, port, server_ca, fleet, devices)
+                first, connected = _measure(emulator.pid, port, server_ca, fleet, devices)
+                assert connected == len(devices), connected
+                again, connected = _measure(emulator.pid, port, server_ca, fleet, devices)
+                rows["jitp"].append(trigger + first)
+                rows["reconnect"].append(again)
+                mosq, connected = _measure(
+                    broker.process.pid,
+                    broker.tls_port,
+                    broker.server_ca.directory / "ca.pem",
+                    fleet,
+                    devices,
+                )
+                assert connected == len(devices), connected
+                rows["mosquitto"].append(mosq)
+            finally:
+                emulator.terminate()
+                emulator.wait()
+                broker.stop()
+    m = {k: statistics.median(v) for k, v in rows.items()}
+    print(
+        f"{args.devices} devices, {args.repeats} runs, EC P-256, TLS 1.3, loopback; "
+        "server CPU (user + system) per device"
+    )
+    print()
+    print("| server, per device | CPU (median) | runs | vs mosquitto |")
+    print("| --- | ---: | --- | ---: |")
+    for key, label in (
+        ("mosquitto", "mosquitto 2.0.11: plain mutual-TLS connect"),
+        ("reconnect", "emulator: reconnect of a provisioned device"),
+        ("jitp", "emulator: JITP connect (trigger + provisioning + reconnect)"),
+    ):
+        runs = ", ".join(f"{v * 1e3:.2f}" for v in rows[key])
+        print(f"| {label} | {m[key] * 1e3:.2f} ms | {runs} | {m[key] / m['mosquitto']:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
