@@ -289,7 +289,6 @@ def emulator() -> None:
     "--ca",
     "cas",
     multiple=True,
-    required=True,
     type=click.Path(path_type=Path),
     help="A CA certificate to register (with auto-registration); repeatable.",
 )
@@ -323,6 +322,20 @@ def emulator() -> None:
 )
 @click.option("--metrics-port", type=int, help="Serve Prometheus metrics on this port.")
 @click.option(
+    "--ca-inactive",
+    "inactive_cas",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="A CA registered INACTIVE: its devices fail the TLS handshake.",
+)
+@click.option(
+    "--ca-no-auto-registration",
+    "manual_cas",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="A CA registered ACTIVE without auto-registration: unknown devices are closed.",
+)
+@click.option(
     "--state",
     "state_db",
     type=click.Path(path_type=Path),
@@ -339,10 +352,14 @@ def emulator_serve(
     strict_resources: bool,
     quotas: tuple[str, ...],
     metrics_port: int | None,
+    inactive_cas: tuple[Path, ...],
+    manual_cas: tuple[Path, ...],
     state_db: Path | None,
 ) -> None:
     """Serve mutual-TLS MQTT with AWS IoT's JITP flow; prints one line when ready."""
     limits = Quotas.parse(quotas)
+    if not (cas or inactive_cas or manual_cas):
+        raise UserError("register at least one CA (--ca CA_PEM)")
     if len(configs) > len(cas):
         raise UserError("more --registration-config than --ca")
     if (server_cert is None) != (server_key is None):
@@ -355,6 +372,10 @@ def emulator_serve(
             else REGISTRATION_CONFIG,
         )
         for i, ca in enumerate(cas)
+    ]
+    registrations += [emu_serve.CaRegistration(ca, None, active=False) for ca in inactive_cas]
+    registrations += [
+        emu_serve.CaRegistration(ca, None, auto_registration=False) for ca in manual_cas
     ]
     registry = emu_serve.build_registry(
         registrations, strict_resources=strict_resources, state=state_db

@@ -305,3 +305,40 @@ def test_template_render_makes_the_registration_config_aws_takes(tmp_path):
     body = json.loads(config["templateBody"])  # an escaped JSON string, as AWS expects
     assert set(body["Resources"]) == {"thing", "certificate", "policy"}
     assert "iot:Connect" in body["Resources"]["policy"]["Properties"]["PolicyDocument"]
+
+
+def _emulator(device_ca, **ca_flags):
+    from loadgen.emulator.defaults import REGISTRATION_CONFIG
+    from loadgen.emulator.server import Emulator
+
+    registry = Registry()
+    registry.register_ca(device_ca.cert, REGISTRATION_CONFIG, **ca_flags)
+    return Emulator(registry, "unused.pem", "unused.key")
+
+
+def test_an_active_ca_with_auto_registration_provisions_then_accepts(lightbulbs, device_ca):
+    emulator = _emulator(device_ca)
+    cert = _cert(lightbulbs)
+    assert "provisioned" in emulator.admit(cert)
+    assert emulator.admit(cert).status is CertStatus.ACTIVE
+    assert emulator.stats.provision["Success"] == 1
+
+
+def test_a_ca_without_auto_registration_closes_unknown_devices(lightbulbs, device_ca):
+    emulator = _emulator(device_ca, auto_registration=False)
+    assert "auto-registration off" in emulator.admit(_cert(lightbulbs))
+    assert emulator.registry.certificates == {}
+
+
+def test_an_inactive_ca_is_not_trusted_and_its_devices_are_refused(lightbulbs, device_ca):
+    emulator = _emulator(device_ca, active=False)
+    assert emulator.admit(_cert(lightbulbs)) == "unknown CA"
+
+
+@pytest.mark.parametrize("status", [CertStatus.INACTIVE, CertStatus.REVOKED])
+def test_an_inactive_or_revoked_certificate_is_refused(lightbulbs, device_ca, status):
+    emulator = _emulator(device_ca)
+    cert = _cert(lightbulbs)
+    emulator.admit(cert)
+    emulator.registry.certificates[certificate_id(cert)].status = status
+    assert emulator.admit(cert) == f"certificate {status.value}"

@@ -33,7 +33,9 @@ _READY_LINE = re.compile(r"ready on (\S+):(\d+) \(server CA: (.+)\)")
 @dataclass(frozen=True)
 class CaRegistration:
     ca_pem: Path
-    registration_config: dict[str, Any]
+    registration_config: dict[str, Any] | None
+    active: bool = True
+    auto_registration: bool = True
 
 
 def load_registration_config(path: Path) -> dict[str, Any]:
@@ -74,7 +76,12 @@ def build_registry(
         except (OSError, ValueError) as exc:
             raise ConfigError(f"{item.ca_pem}: not a PEM CA certificate ({exc})") from None
         try:
-            registry.register_ca(cert, item.registration_config)
+            registry.register_ca(
+                cert,
+                item.registration_config,
+                active=item.active,
+                auto_registration=item.auto_registration,
+            )
         except ProvisioningError as exc:
             raise ConfigError(f"{item.ca_pem}: registration config: {exc}") from None
     return registry
