@@ -11,8 +11,6 @@ import argparse
 import asyncio
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,6 +21,7 @@ from loadgen import mqtt
 from loadgen.certs.ca import init_ca
 from loadgen.certs.mint import MintRequest, mint
 from loadgen.certs.store import Device, FleetStore
+from loadgen.emulator.serve import start_embedded
 from loadgen.transport.client import Target, connect
 from loadgen.transport.errors import TransportError
 from loadgen.transport.timing import AttemptTimes
@@ -87,39 +86,17 @@ def main() -> None:
             fleet = FleetStore(fleet_path)
             devices = list(fleet.devices())
             state = root / f"emulator-{repeat}"
-            emulator = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "loadgen",
-                    "emulator",
-                    "serve",
-                    "--port",
-                    "0",
-                    "--ca",
-                    str(ca.directory / "ca.pem"),
-                    "--state-dir",
-                    str(state),
-                    "--quota",
-                    "connect=off",
-                    "--quota",
-                    "connect-per-client=off",
-                    "--quota",
-                    "provision=off",
-                ],
-                stdout=subprocess.PIPE,
-                text=True,
-            )
-            assert emulator.stdout is not None
-            port = int(emulator.stdout.readline().split("127.0.0.1:")[1].split()[0])
-            server_ca = state / "server-ca" / "ca.pem"
+            off = {"connect": "off", "connect-per-client": "off", "provision": "off"}
+            emulator = start_embedded(ca.directory, None, state, quotas=off)
+            port, server_ca = emulator.port, emulator.server_ca
             broker = start_mosquitto(root / f"broker-{repeat}", ca.directory / "ca.pem")
             try:
                 # The JITP connect: the trigger (provisioning, closed), then the reconnect.
-                trigger, _ = _measure(emulator.pid, port, server_ca, fleet, devices)
-                first, connected = _measure(emulator.pid, port, server_ca, fleet, devices)
+                pid = emulator.process.pid
+                trigger, _ = _measure(pid, port, server_ca, fleet, devices)
+                first, connected = _measure(pid, port, server_ca, fleet, devices)
                 assert connected == len(devices), connected
-                again, connected = _measure(emulator.pid, port, server_ca, fleet, devices)
+                again, connected = _measure(pid, port, server_ca, fleet, devices)
                 rows["jitp"].append(trigger + first)
                 rows["reconnect"].append(again)
                 mosq, connected = _measure(
@@ -132,8 +109,7 @@ def main() -> None:
                 assert connected == len(devices), connected
                 rows["mosquitto"].append(mosq)
             finally:
-                emulator.terminate()
-                emulator.wait()
+                emulator.stop()
                 broker.stop()
     m = {k: statistics.median(v) for k, v in rows.items()}
     print(

@@ -207,36 +207,15 @@ def test_a_provisioning_quota_throttles_jitp_and_the_retries_get_through(
 
 
 def test_the_emulator_serves_its_metrics(tmp_path, device_ca):
-    import subprocess
-    import sys
     import time
     import urllib.request
 
+    from loadgen.emulator.serve import start_embedded
     from tests.brokers import free_port
 
     port = free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "loadgen",
-            "emulator",
-            "serve",
-            "--port",
-            "0",
-            "--ca",
-            str(device_ca.directory / "ca.pem"),
-            "--state-dir",
-            str(tmp_path),
-            "--metrics-port",
-            str(port),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    emulator = start_embedded(device_ca.directory, None, tmp_path, metrics_port=port)
     try:
-        proc.stdout.readline()
         deadline = time.monotonic() + 10
         while True:
             try:
@@ -247,8 +226,7 @@ def test_the_emulator_serves_its_metrics(tmp_path, device_ca):
                     raise
                 time.sleep(0.1)
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        emulator.stop()
     text = body.decode()
     assert 'loadgen_emulator_provision_thing_total{result="Success"} 0.0' in text
     assert 'loadgen_emulator_registry_size{kind="ca"} 1.0' in text

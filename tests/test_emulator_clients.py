@@ -12,6 +12,7 @@ import aiomqtt
 import pytest
 
 from loadgen.certs.store import FleetStore
+from loadgen.emulator.serve import start_embedded
 
 
 @pytest.fixture(scope="module")
@@ -36,33 +37,11 @@ def emulator(tmp_path_factory, device_ca):
         check=True,
     ).stdout
     (state / "config.json").write_text(rendered)
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "loadgen",
-            "emulator",
-            "serve",
-            "--port",
-            "0",
-            "--ca",
-            str(device_ca.directory / "ca.pem"),
-            "--registration-config",
-            str(state / "config.json"),
-            "--state-dir",
-            str(state),
-            "--quota",
-            "connect-per-client=off",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    emulator = start_embedded(
+        device_ca.directory, state / "config.json", state, quotas={"connect-per-client": "off"}
     )
-    line = proc.stdout.readline()
-    port = int(line.split("ready on 127.0.0.1:")[1].split()[0])
-    yield port, state / "server-ca" / "ca.pem"
-    proc.terminate()
-    proc.wait(timeout=10)
+    yield emulator.port, emulator.server_ca
+    emulator.stop()
 
 
 @pytest.fixture(scope="module")
@@ -202,33 +181,6 @@ def test_a_certificate_of_an_unregistered_ca_fails_the_handshake(emulator, bulbs
     assert "SSL routines" not in _s_client_tls12(port, server_ca, bulbs, healthy)
 
 
-def _start(device_ca, state_dir, db):
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "loadgen",
-            "emulator",
-            "serve",
-            "--port",
-            "0",
-            "--ca",
-            str(device_ca.directory / "ca.pem"),
-            "--state-dir",
-            str(state_dir),
-            "--state",
-            str(db),
-            "--quota",
-            "connect-per-client=off",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    line = proc.stdout.readline()
-    return proc, int(line.split("ready on 127.0.0.1:")[1].split()[0])
-
-
 async def test_a_provisioned_fleet_reconnects_after_the_emulator_is_killed(
     tmp_path, device_ca, bulbs
 ):
@@ -257,19 +209,23 @@ async def test_a_provisioned_fleet_reconnects_after_the_emulator_is_killed(
             )
         client.disconnect()
 
-    proc, port = _start(device_ca, tmp_path, db)
+    def start():
+        return start_embedded(
+            device_ca.directory, None, tmp_path, quotas={"connect-per-client": "off"}, state_db=db
+        )
+
+    emulator = start()
     try:
         for device in devices:
             with pytest.raises(Closed):
-                await attempt(port, device)  # JITP's trigger
-            await attempt(port, device)
+                await attempt(emulator.port, device)  # JITP's trigger
+            await attempt(emulator.port, device)
     finally:
-        proc.kill()  # no clean shutdown: what was committed must survive
-        proc.wait()
-    proc, port = _start(device_ca, tmp_path, db)
+        emulator.process.kill()  # no clean shutdown: what was committed must survive
+        emulator.process.wait()
+    emulator = start()
     try:
         for device in devices:
-            await attempt(port, device)  # accepted at once: no JITP again
+            await attempt(emulator.port, device)  # accepted at once: no JITP again
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        emulator.stop()

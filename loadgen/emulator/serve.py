@@ -143,7 +143,10 @@ def start_embedded(
     strict: bool = False,
     quotas: dict[str, str] | None = None,
     metrics_port: int | None = None,
+    state_db: Path | None = None,
 ) -> EmbeddedEmulator:
+    """`loadgen emulator serve` in a subprocess on a free loopback port, trusting
+    the CA in ``fleet_ca``; returns once it is ready."""
     args = [
         sys.executable,
         "-m",
@@ -167,6 +170,8 @@ def start_embedded(
         args += ["--quota", f"{name}={rate}"]
     if metrics_port is not None:
         args += ["--metrics-port", str(metrics_port)]
+    if state_db is not None:
+        args += ["--state", str(state_db)]
     state.mkdir(parents=True, exist_ok=True)
     log = state / "emulator.log"
     # Its stderr goes to a file: a pipe nobody reads would fill and stall it.
