@@ -8,13 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from loadgen import mqtt
-
-
-def _matches(topic_filter: str, topic: str) -> bool:
-    if topic_filter.endswith("#"):
-        return topic.startswith(topic_filter[:-1])
-    return topic_filter == topic
-
+from loadgen.mqtt import topics
 
 # How a broker answers a CONNECT, given how many CONNECTs that client id sent
 # before: None accepts; an int refuses with that CONNACK code; "close" hangs up.
@@ -78,7 +72,7 @@ class _ServerProtocol(asyncio.Protocol):
             if packet.qos == 1 and packet.packet_id is not None:
                 send(self.conn.send(mqtt.PubAck(packet.packet_id)))
             for topic_filter, conn, transport in self.broker.subscribers:
-                if _matches(topic_filter, packet.topic) and not transport.is_closing():
+                if topics.matches(topic_filter, packet.topic) and not transport.is_closing():
                     transport.write(conn.send(mqtt.Publish(packet.topic, packet.payload)))
         elif isinstance(packet, mqtt.PingReq):
             send(self.conn.send(mqtt.PingResp()))

@@ -229,3 +229,44 @@ async def test_a_provisioned_fleet_reconnects_after_the_emulator_is_killed(
             await attempt(emulator.port, device)  # accepted at once: no JITP again
     finally:
         emulator.stop()
+
+
+async def test_publishes_reach_subscribers_the_policy_lets_receive(tmp_path, device_ca, bulbs):
+    import time
+
+    from loadgen import mqtt
+    from loadgen.transport.client import Target, connect
+    from loadgen.transport.errors import AckRefused, Closed
+    from loadgen.transport.timing import AttemptTimes
+    from loadgen.transport.tls import ClientTls
+
+    # The built-in template: each device may use topics with its thing name.
+    emulator = start_embedded(
+        device_ca.directory, None, tmp_path, quotas={"connect-per-client": "off"}
+    )
+    device = [d for d in bulbs.devices() if d.fault is None][3]
+    tls = ClientTls(ca_file=emulator.server_ca)
+
+    async def connected():
+        session = tls.session(bulbs.path / device.cert, bulbs.path / device.key, "localhost")
+        return await connect(
+            Target("127.0.0.1", emulator.port),
+            session,
+            mqtt.Connect(device.client_id),
+            AttemptTimes(time.monotonic()),
+        )
+
+    try:
+        async with asyncio.timeout(15):
+            with pytest.raises(Closed):
+                await connected()  # JITP's trigger
+            client = await connected()
+            assert await client.subscribe(f"cmd/{device.client_id}/#", qos=1) == 1
+            with pytest.raises(AckRefused):  # not its own topics: iot:Subscribe denied
+                await client.subscribe("cmd/+/all")
+            await client.publish(f"cmd/{device.client_id}/light", b"on", qos=1)
+            while client.publishes_received < 1:
+                await asyncio.sleep(0.01)
+            client.disconnect()
+    finally:
+        emulator.stop()

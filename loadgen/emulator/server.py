@@ -33,6 +33,7 @@ from loadgen.emulator.registry import (
     jitp_parameters,
 )
 from loadgen.emulator.template import PARAMETER_PREFIX
+from loadgen.mqtt import topics
 
 
 @dataclass
@@ -55,6 +56,8 @@ class Emulator:
         self.server_key = server_key
         self.stats = EmulatorStats()
         self._parsed: dict[str, list[policy.Statement]] = {}
+        # Sessions with subscriptions, for routing PUBLISHes between devices.
+        self.subscribers: set[_Session] = set()
 
     def policies_of(self, record: CertRecord) -> list[list[policy.Statement]]:
         out = []
@@ -80,6 +83,10 @@ class Emulator:
         if trusted:
             context.load_verify_locations(cadata="".join(trusted))
         return context
+
+    def route(self, packet: mqtt.Publish) -> None:
+        for session in list(self.subscribers):
+            session.deliver(packet)
 
     async def serve(self, host: str, port: int) -> asyncio.Server:
         loop = asyncio.get_running_loop()
@@ -125,6 +132,7 @@ class _Session(asyncio.Protocol):
         self.record: CertRecord | None = None
         self.variables: dict[str, str] = {}
         self.policies: list[list[policy.Statement]] = []
+        self.filters: list[str] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's TLS transport is no asyncio.Transport subclass, but is one.
@@ -201,18 +209,36 @@ class _Session(asyncio.Protocol):
                 return
             if packet.qos == 1 and packet.packet_id is not None:
                 send(self.conn.send(mqtt.PubAck(packet.packet_id)))
+            self.emulator.route(packet)
         elif isinstance(packet, mqtt.Subscribe):
             refused = 0x87 if self.conn.version == mqtt.MQTT_5 else 0x80
-            codes = tuple(
-                min(s.qos, 1)
-                if self._allowed("iot:Subscribe", policy.arn("topicfilter", s.topic_filter))
-                else refused
-                for s in packet.subscriptions
-            )
-            send(self.conn.send(mqtt.SubAck(packet.packet_id, codes)))
+            codes = []
+            for s in packet.subscriptions:
+                if self._allowed("iot:Subscribe", policy.arn("topicfilter", s.topic_filter)):
+                    self.filters.append(s.topic_filter)
+                    codes.append(min(s.qos, 1))
+                else:
+                    codes.append(refused)
+            if self.filters:
+                self.emulator.subscribers.add(self)
+            send(self.conn.send(mqtt.SubAck(packet.packet_id, tuple(codes))))
         elif isinstance(packet, mqtt.Unsubscribe):
             send(self.conn.send(mqtt.UnsubAck(packet.packet_id, (0,) * len(packet.topic_filters))))
         elif isinstance(packet, mqtt.PingReq):
             send(self.conn.send(mqtt.PingResp()))
         elif isinstance(packet, mqtt.Disconnect):
             self.transport.close()
+
+    def deliver(self, packet: mqtt.Publish) -> None:
+        """A PUBLISH from another device, if a filter matches and the policy
+        allows iot:Receive; delivered at QoS 0."""
+        if self.transport is None or self.transport.is_closing():
+            return
+        if not any(topics.matches(f, packet.topic) for f in self.filters):
+            return
+        if not self._allowed("iot:Receive", policy.arn("topic", packet.topic)):
+            return
+        self.transport.write(self.conn.send(mqtt.Publish(packet.topic, packet.payload)))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.emulator.subscribers.discard(self)
