@@ -67,7 +67,9 @@ async def test_slow_senders_abrupt_disconnects_and_garbage_leave_it_serving(
         writer.write(connect + mqtt.encode(subscribe, mqtt.MQTT_5))
         decoder, answers = mqtt.Decoder(mqtt.MQTT_5), []
         while len(answers) < 2:
-            answers += decoder.feed(await reader.read(1024))
+            data = await reader.read(1024)
+            assert data, f"closed after {answers}: {emulator.stats}"
+            answers += decoder.feed(data)
         assert [type(a) for a in answers] == [mqtt.ConnAck, mqtt.SubAck]
         assert len(emulator.subscribers) == 1
         writer.transport.abort()

@@ -70,8 +70,13 @@ def test_disconnect_closes_the_connection():
     assert client.state is server.state is State.CLOSED
 
 
-def test_a_server_refuses_a_publish_before_it_accepted_the_connection():
-    _client, server = _pair()
-    raw = mqtt.encode(mqtt.Publish("t"), mqtt.MQTT_5)
-    with pytest.raises(mqtt.ProtocolError, match="before the connection was accepted"):
-        server.receive(raw)
+def test_a_client_may_send_packets_right_after_connect():
+    server = Connection(Role.SERVER)
+    pipelined = mqtt.encode(mqtt.Connect("dev"), mqtt.MQTT_5) + mqtt.encode(
+        mqtt.Subscribe(1, (mqtt.Subscription("a/#"),)), mqtt.MQTT_5
+    )
+    connect, subscribe = server.receive(pipelined)
+    assert isinstance(connect, mqtt.Connect) and isinstance(subscribe, mqtt.Subscribe)
+    server.send(mqtt.ConnAck())
+    server.send(mqtt.SubAck(1, (0,)))
+    assert server.state is State.CONNECTED

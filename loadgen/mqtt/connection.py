@@ -122,13 +122,14 @@ class Connection:
             self.state = State.CLOSED
             return
         if self.role is Role.SERVER:
+            # Clients may send packets right after CONNECT, before its CONNACK
+            # (MQTT 3.1.1 section 3.1.4, 5.0 section 3.1.4): the application
+            # answers them in order, once it has answered the CONNECT.
             if isinstance(packet, Connect):
                 if self.state is not State.NEW:
                     raise ProtocolError("CONNECT received twice")
                 self.version = packet.protocol_version
                 self.state = State.CONNECTING
-            elif self.state is not State.CONNECTED:
-                raise ProtocolError(f"{type(packet).__name__} before the connection was accepted")
             return
         if self.state is State.CONNECTING:
             if not isinstance(packet, ConnAck):
