@@ -54,3 +54,12 @@ def test_every_outcome_is_counted_zero_included():
     counts = _stats(_results(100, 2)).outcome_counts()
     assert list(counts) == [o.value for o in Outcome]
     assert sum(counts.values()) == 100
+
+
+def test_workers_share_the_fleet_disjointly_and_completely(small_fleet):
+    from loadgen.certs.store import FleetStore
+
+    store = FleetStore(small_fleet.path)
+    shares = [[d.index for d in store.devices(every=3, start=w)] for w in range(3)]
+    assert sorted(i for share in shares for i in share) == [d.index for d in store.devices()]
+    assert all(i % 3 == w for w, share in enumerate(shares) for i in share)

@@ -50,10 +50,14 @@ class Progress:
 def my_devices(plan: RunPlan, worker: int) -> Iterator[tuple[FleetDevice, float]]:
     """This worker's devices with their schedule offsets, in schedule order."""
     schedule = offsets(plan.executor, plan.count)
-    devices = FleetStore(plan.fleet).devices()
-    for device, offset in zip(devices, schedule, strict=False):
-        if device.index % plan.workers == worker:
-            yield device, offset
+    mine = FleetStore(plan.fleet).devices(every=plan.workers, start=worker)
+    for index, offset in enumerate(schedule):
+        if index % plan.workers != worker:
+            continue
+        device = next(mine, None)
+        if device is None:
+            return
+        yield device, offset
 
 
 def resolve(host: str, port: int) -> list[str]:
