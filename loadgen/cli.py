@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,8 @@ from loadgen.emulator.quota import Quotas
 from loadgen.emulator.server import Emulator
 from loadgen.errors import LoadgenError, UserError
 from loadgen.files import write
+from loadgen.load.runner import RunSnapshot, merge_progress
+from loadgen.metrics import prometheus as prom
 from loadgen.report.build import write_report
 from loadgen.report.show import LiveRun, print_report
 from loadgen.run import (
@@ -213,6 +216,8 @@ def certs_inspect(fleet: Path, verify: bool) -> None:
 @click.option("--rate", help="A constant arrival rate instead of the scenario's, e.g. 200/s.")
 @click.option("--workers", type=int, default=default_workers, show_default="cores")
 @click.option("--report", "report_file", type=click.Path(path_type=Path), help="JSON report.")
+@click.option("--metrics-port", type=int, help="Serve Prometheus metrics on 127.0.0.1:PORT.")
+@click.option("--linger", type=float, default=0.0, help="Seconds to keep serving metrics after.")
 def run_command(
     scenario_path: Path,
     endpoint: str | None,
@@ -220,6 +225,8 @@ def run_command(
     rate: str | None,
     workers: int,
     report_file: Path | None,
+    metrics_port: int | None,
+    linger: float,
 ) -> None:
     """Run a scenario: mint its fleet if needed, then connect every device."""
     scenario = load_scenario(scenario_path)
@@ -234,13 +241,31 @@ def run_command(
         )
     with run_endpoint(scenario, options) as session:
         plan = make_plan(session.scenario, session.options)
+        metrics = prom.LiveRun(plan) if metrics_port is not None else None
+        if metrics is not None and metrics_port is not None:
+            try:
+                prom.serve(metrics, metrics_port)
+            except OSError as exc:
+                raise UserError(f"--metrics-port {metrics_port}: {exc.strerror}") from None
         with LiveRun(console, plan) as live:
-            _, _, report = execute(plan, live.update)
+
+            def on_progress(parts: list[Any], elapsed: float) -> None:
+                live.update(parts, elapsed)
+                if metrics is not None:
+                    metrics.started_at = time.time() - elapsed
+                    metrics.snapshot = merge_progress(parts)
+
+            stats, _, report = execute(plan, on_progress)
+        if metrics is not None:
+            metrics.snapshot = RunSnapshot(stats.devices, 0, stats)
+            metrics.finished = True
     report["jitp"] = jitp_section(report, session.emulator_stats)
     print_report(Console(highlight=False), report)
     if report_file is not None:
         write_report(report_file, report)
         click.echo(f"report written to {report_file}")
+    if metrics_port is not None and linger > 0:
+        time.sleep(linger)  # the last scrape sees the final values
 
 
 def _mint_with_progress(

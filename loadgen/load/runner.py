@@ -24,7 +24,6 @@ from loadgen.device.aiomqtt_driver import AiomqttDevice
 from loadgen.device.lifecycle import Device, DeviceSpec
 from loadgen.load.plan import RunPlan, device_client_id, device_steps
 from loadgen.load.schedule import offsets
-from loadgen.metrics.histogram import LatencyHistogram
 from loadgen.metrics.stats import RunStats
 from loadgen.transport.client import Target
 from loadgen.transport.tls import ClientTls, DeviceTls
@@ -38,13 +37,11 @@ PROGRESS_INTERVAL = 0.5
 
 @dataclass
 class Progress:
-    """A worker's cumulative counts, sent while it runs."""
+    """A worker's cumulative measurements, sent while it runs."""
 
     started: int
-    finished: int
     in_flight: int
-    outcomes: dict[str, int]
-    provision: str  # encoded histogram
+    stats: dict[str, Any]  # RunStats.to_wire(): exact, so snapshots merge exactly
 
 
 def my_devices(plan: RunPlan, worker: int) -> Iterator[tuple[FleetDevice, float]]:
@@ -191,27 +188,20 @@ class Worker:
             self.send(("progress", self.progress()))
 
     def progress(self) -> Progress:
-        return Progress(
-            started=self.started,
-            finished=self.stats.devices,
-            in_flight=self.in_flight,
-            outcomes=dict(self.stats.outcomes),
-            provision=self.stats.phases["provision"].encode(),
-        )
+        return Progress(self.started, self.in_flight, self.stats.to_wire())
 
 
-def merge_progress(parts: list[Progress]) -> tuple[Progress, LatencyHistogram]:
-    provision = LatencyHistogram()
-    outcomes: dict[str, int] = {}
+@dataclass
+class RunSnapshot:
+    """All workers' latest progress, merged."""
+
+    started: int
+    in_flight: int
+    stats: RunStats
+
+
+def merge_progress(parts: list[Progress]) -> RunSnapshot:
+    stats = RunStats()
     for part in parts:
-        provision.merge(LatencyHistogram.decode(part.provision))
-        for name, n in part.outcomes.items():
-            outcomes[name] = outcomes.get(name, 0) + n
-    total = Progress(
-        started=sum(p.started for p in parts),
-        finished=sum(p.finished for p in parts),
-        in_flight=sum(p.in_flight for p in parts),
-        outcomes=outcomes,
-        provision="",
-    )
-    return total, provision
+        stats.merge(RunStats.from_wire(part.stats))
+    return RunSnapshot(sum(p.started for p in parts), sum(p.in_flight for p in parts), stats)

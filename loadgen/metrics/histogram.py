@@ -43,6 +43,22 @@ class LatencyHistogram:
         out["max"] = round(float(self._h.get_max_value()) / 1000.0, 3)
         return out
 
+    def cumulative(self, bounds: tuple[float, ...]) -> list[int]:
+        """How many values are at most each bound (seconds): Prometheus buckets,
+        at the histogram's precision (3 significant digits)."""
+        limits = [int(b * 1_000_000) for b in bounds]
+        counts = [0] * len(limits)
+        for item in self._h.get_recorded_iterator():
+            for i, limit in enumerate(limits):
+                if item.value_iterated_to <= limit:
+                    counts[i] += item.count_at_value_iterated_to
+        return counts
+
+    @property
+    def sum_seconds(self) -> float:
+        """The total of the values (mean times count, at the histogram's precision)."""
+        return float(self._h.get_mean_value()) * self.count / 1_000_000
+
     def encode(self) -> str:
         return self._h.encode().decode("ascii")  # type: ignore[no-any-return]
 

@@ -34,7 +34,8 @@ class LiveRun:
         self.live.__exit__(*exc)
 
     def update(self, parts: list[Progress], elapsed: float) -> None:
-        total, provision = merge_progress(parts)
+        total = merge_progress(parts)
+        provision = total.stats.phases["provision"]
         now = time.monotonic()
         self.samples.append((now, total.started))
         self.samples = [s for s in self.samples if now - s[0] <= _RATE_WINDOW]
@@ -43,10 +44,10 @@ class LiveRun:
         target = target_rate(self.plan.executor, elapsed)
         head = Text(
             f"{elapsed:6.1f}s  started {total.started}/{self.plan.count}  "
-            f"finished {total.finished}  in flight {total.in_flight}  "
+            f"finished {total.stats.devices}  in flight {total.in_flight}  "
             f"rate {achieved:,.0f}/s" + (f" (target {target:,.0f}/s)" if target else "")
         )
-        outcomes = "  ".join(f"{k} {v}" for k, v in sorted(total.outcomes.items()))
+        outcomes = "  ".join(f"{k} {v}" for k, v in sorted(total.stats.outcomes.items()))
         latency = (
             f"provision p50 {provision.percentile_ms(50):,.1f} ms  "
             f"p99 {provision.percentile_ms(99):,.1f} ms"

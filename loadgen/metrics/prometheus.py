@@ -1,0 +1,138 @@
+"""The run's metrics for Prometheus, from the workers' merged measurements.
+
+Read at scrape time from the latest snapshot of every worker (each snapshot is
+cumulative, and the last one is what the report is built from), so /metrics shows
+the whole run exactly once: nothing counted twice, nothing missing. Names follow
+Prometheus conventions (docs/metrics.md); labels stay bounded (scenario, outcome,
+phase, never a device).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
+from prometheus_client.registry import Collector
+
+from loadgen.load.plan import RunPlan
+from loadgen.load.runner import RunSnapshot
+from loadgen.load.schedule import target_rate
+from loadgen.metrics.histogram import LatencyHistogram
+from loadgen.metrics.stats import PHASES
+
+PREFIX = "loadgen"
+# From 1 ms to 60 s: what provisioning latency spans, from loopback to throttled.
+BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class LiveRun:
+    """What the collector reads: replaced, never mutated, so a scrape from the
+    server's thread always sees one consistent snapshot."""
+
+    def __init__(self, plan: RunPlan) -> None:
+        self.plan = plan
+        self.snapshot: RunSnapshot | None = None
+        self.started_at: float | None = None  # wall clock
+        self.finished = False
+
+
+def _histogram(name: str, doc: str, labels: list[str]) -> HistogramMetricFamily:
+    return HistogramMetricFamily(name, doc, labels=labels)
+
+
+def _add(family: HistogramMetricFamily, values: list[str], h: LatencyHistogram) -> None:
+    cumulative = h.cumulative(BUCKETS)
+    buckets = [(f"{b:g}", c) for b, c in zip(BUCKETS, cumulative, strict=True)]
+    buckets.append(("+Inf", h.count))
+    family.add_metric(values, buckets, h.sum_seconds)
+
+
+class RunCollector(Collector):
+    def __init__(self, live: LiveRun) -> None:
+        self.live = live
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
+        live, snap = self.live, self.live.snapshot
+        scenario = live.plan.scenario
+        if snap is None:
+            return
+        stats = snap.stats
+        yield (
+            CounterMetricFamily(
+                f"{PREFIX}_devices_started",
+                "Devices that started their life",
+                labels=["scenario"],
+                value=None,
+            )
+            if False
+            else self._counter("devices_started", "Devices started", scenario, snap.started)
+        )
+        yield self._counter(
+            "devices_finished", "Devices that ended in an outcome", scenario, stats.devices
+        )
+        yield self._counter(
+            "connect_attempts", "Connection attempts, retries included", scenario, stats.attempts
+        )
+        outcomes = CounterMetricFamily(
+            f"{PREFIX}_device_outcomes", "Devices by outcome", labels=["scenario", "outcome"]
+        )
+        for outcome, n in stats.outcome_counts().items():
+            outcomes.add_metric([scenario, outcome], n)
+        yield outcomes
+        phases = _histogram(
+            f"{PREFIX}_phase_duration_seconds",
+            "Duration of each phase (provision: from the scheduled start)",
+            ["scenario", "phase"],
+        )
+        for phase in PHASES:
+            _add(phases, [scenario, phase], stats.phases[phase])
+        yield phases
+        lag = _histogram(
+            f"{PREFIX}_schedule_lag_seconds",
+            "How late devices started against the schedule",
+            ["scenario"],
+        )
+        _add(lag, [scenario], stats.lag)
+        yield lag
+        yield self._gauge(
+            "devices_in_flight",
+            "Devices connecting or connected now",
+            scenario,
+            0 if live.finished else snap.in_flight,
+        )
+        elapsed = time.time() - live.started_at if live.started_at is not None else 0.0
+        target = None if live.finished else target_rate(live.plan.executor, elapsed)
+        yield self._gauge(
+            "arrival_rate_target", "Planned device arrivals per second", scenario, target or 0.0
+        )
+        second = int(elapsed) - 1  # the last whole second
+        achieved = 0 if live.finished or second < 0 else stats.started_per_second.get(second, 0)
+        yield self._gauge(
+            "arrival_rate_achieved", "Device arrivals in the last whole second", scenario, achieved
+        )
+
+    @staticmethod
+    def _counter(name: str, doc: str, scenario: str, value: float) -> CounterMetricFamily:
+        family = CounterMetricFamily(f"{PREFIX}_{name}", doc, labels=["scenario"])
+        family.add_metric([scenario], value)
+        return family
+
+    @staticmethod
+    def _gauge(name: str, doc: str, scenario: str, value: float) -> GaugeMetricFamily:
+        family = GaugeMetricFamily(f"{PREFIX}_{name}", doc, labels=["scenario"])
+        family.add_metric([scenario], value)
+        return family
+
+
+def serve(live: LiveRun, port: int, host: str = "127.0.0.1") -> threading.Thread:
+    registry = CollectorRegistry()
+    registry.register(RunCollector(live))
+    _, thread = start_http_server(port, addr=host, registry=registry)
+    return thread

@@ -1,0 +1,89 @@
+"""`loadgen run --metrics-port`: Prometheus sees the whole run exactly once, with
+several worker processes: /metrics after the run equals the report."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.brokers import free_port
+
+
+def test_metrics_after_a_two_worker_run_equal_the_report(tmp_path, mosquitto, device_ca):
+    scenario = {
+        "name": "metrics-test",
+        "endpoint": f"127.0.0.1:{mosquitto.tls_port}",
+        "tls": {
+            "ca_file": str(mosquitto.server_ca.directory / "ca.pem"),
+            "server_name": "localhost",
+        },
+        "fleet": {
+            "ca": str(device_ca.directory),
+            "store": "fleet",
+            "count": 300,
+            "profile": "p.yaml",
+        },
+        "retry": {"initial": "5ms", "max_attempts": 2},
+        "load": {"executor": "constant-arrival-rate", "rate": "300/s", "max_in_flight": 100},
+        "after_connect": [{"publish": {"topic": "dt/{client_id}", "qos": 1}}],
+    }
+    (tmp_path / "p.yaml").write_text("faults: {unknown_ca: 0.05}\n")
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(scenario))
+    port = free_port()
+    report_path = tmp_path / "r.json"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "loadgen",
+            "run",
+            str(tmp_path / "s.yaml"),
+            "--workers",
+            "2",
+            "--report",
+            str(report_path),
+            "--metrics-port",
+            str(port),
+            "--linger",
+            "20",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not report_path.exists():
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    report = json.loads(report_path.read_text())
+    samples = {}
+    for family in text_string_to_metric_families(body.decode()):
+        for s in family.samples:
+            samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
+
+    def value(name, **labels):
+        return samples[(name, tuple(sorted({"scenario": "metrics-test", **labels}.items())))]
+
+    assert value("loadgen_devices_finished_total") == report["devices"] == 300
+    assert value("loadgen_connect_attempts_total") == report["attempts"]["total"]
+    for outcome, n in report["outcomes"].items():
+        assert value("loadgen_device_outcomes_total", outcome=outcome) == n
+    for phase, summary in report["latency_ms"].items():
+        assert value("loadgen_phase_duration_seconds_count", phase=phase) == summary["count"]
+        assert (
+            value("loadgen_phase_duration_seconds_bucket", phase=phase, le="+Inf")
+            == summary["count"]
+        )
+    assert value("loadgen_devices_in_flight") == 0
