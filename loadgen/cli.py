@@ -40,6 +40,7 @@ from loadgen.errors import LoadgenError, UserError
 from loadgen.files import write
 from loadgen.load.runner import RunSnapshot, merge_progress
 from loadgen.metrics import prometheus as prom
+from loadgen.report import merge as report_merge
 from loadgen.report.build import write_report
 from loadgen.report.show import LiveRun, print_report
 from loadgen.run import (
@@ -285,6 +286,30 @@ def _mint_with_progress(
             workers,
             lambda done, total: progress.update(task, completed=done, total=total),
         )
+
+
+@cli.group()
+def report() -> None:
+    """Run reports."""
+
+
+@report.command("show")
+@click.argument("path", metavar="REPORT", type=click.Path(path_type=Path))
+def report_show(path: Path) -> None:
+    """Print a report as tables."""
+    print_report(Console(highlight=False), report_merge.load_report(path))
+
+
+@report.command("merge")
+@click.argument(
+    "paths", metavar="REPORT...", nargs=-1, required=True, type=click.Path(path_type=Path)
+)
+@click.option("-o", "--out", "out", required=True, type=click.Path(path_type=Path))
+def report_merge_command(paths: tuple[Path, ...], out: Path) -> None:
+    """Merge reports of shards that ran side by side (exact percentiles)."""
+    merged = report_merge.merge([report_merge.load_report(p) for p in paths])
+    write_report(out, merged)
+    click.echo(f"{len(paths)} reports merged into {out}: {merged['devices']} devices")
 
 
 @cli.group()

@@ -1,0 +1,126 @@
+"""Merging reports of shards that ran side by side (worker groups, machines):
+counts add up, and percentiles come from the merged HDR histograms, so the merge
+of N reports equals one run over the union of their devices."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from loadgen.errors import UserError
+from loadgen.metrics.histogram import LatencyHistogram
+from loadgen.metrics.stats import PHASES
+from loadgen.report.build import FORMAT
+
+
+def load_report(path: Path) -> dict[str, Any]:
+    try:
+        report = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such report") from None
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path}: not a JSON report: {exc}") from None
+    if not isinstance(report, dict) or report.get("format") != FORMAT:
+        found = report.get("format") if isinstance(report, dict) else None
+        raise UserError(f"{path}: not a {FORMAT} report (format {found!r})")
+    return report
+
+
+def _counts(reports: list[dict[str, Any]], *keys: str) -> dict[str, int]:
+    total: Counter[str] = Counter()
+    for report in reports:
+        node: Any = report
+        for key in keys:
+            node = node.get(key) or {}
+        total.update(node)
+    return dict(total)
+
+
+def _shifted_sum(series: list[tuple[int, list[int]]]) -> list[int]:
+    """Per-second series added up after shifting each by its start second."""
+    length = max((shift + len(values) for shift, values in series), default=0)
+    out = [0] * length
+    for shift, values in series:
+        for i, v in enumerate(values):
+            out[shift + i] += v
+    return out
+
+
+def merge(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    starts = [dt.datetime.fromisoformat(r["started_at"]) for r in reports]
+    ends = [dt.datetime.fromisoformat(r["ended_at"]) for r in reports]
+    t0 = min(starts)
+    shifts = [int((s - t0).total_seconds()) for s in starts]
+    histograms = {}
+    for name in (*PHASES, "schedule_lag"):
+        merged = LatencyHistogram()
+        for report in reports:
+            merged.merge(LatencyHistogram.decode(report["histograms"][name]))
+        histograms[name] = merged
+    outcome_names = sorted({k for r in reports for k in r["series"]["outcomes_per_s"]})
+    targets = [r["rate"]["target_per_s"] for r in reports]
+    achieved = [r["rate"]["achieved_per_s"] for r in reports]
+    merged_report: dict[str, Any] = {
+        "format": FORMAT,
+        "scenario": " + ".join(dict.fromkeys(r["scenario"] for r in reports)),
+        "endpoint": " + ".join(dict.fromkeys(r["endpoint"] for r in reports)),
+        "started_at": t0.isoformat(timespec="milliseconds"),
+        "ended_at": max(ends).isoformat(timespec="milliseconds"),
+        "duration_s": round((max(ends) - t0).total_seconds(), 3),
+        "devices": sum(r["devices"] for r in reports),
+        "outcomes": _counts(reports, "outcomes"),
+        "attempts": {
+            "total": sum(r["attempts"]["total"] for r in reports),
+            "per_device": dict(
+                sorted(
+                    _counts(reports, "attempts", "per_device").items(), key=lambda kv: int(kv[0])
+                )
+            ),
+            "provisioning_triggered": sum(r["attempts"]["provisioning_triggered"] for r in reports),
+        },
+        "latency_ms": {phase: histograms[phase].summary_ms() for phase in PHASES},
+        # Shards run side by side: their rates add up.
+        "rate": {
+            "target_per_s": round(sum(targets), 3) if None not in targets else None,
+            "achieved_per_s": round(sum(achieved), 3) if None not in achieved else None,
+        },
+        "schedule_lag_ms": histograms["schedule_lag"].summary_ms(),
+        "reasons": {
+            outcome: _merge_reasons(reports, outcome)
+            for outcome in sorted({k for r in reports for k in r["reasons"]})
+        },
+        "series": {
+            "started_per_s": _shifted_sum(
+                [(s, r["series"]["started_per_s"]) for s, r in zip(shifts, reports, strict=True)]
+            ),
+            "outcomes_per_s": {
+                name: _shifted_sum(
+                    [
+                        (s, r["series"]["outcomes_per_s"].get(name, []))
+                        for s, r in zip(shifts, reports, strict=True)
+                    ]
+                )
+                for name in outcome_names
+            },
+        },
+        "histograms": {name: h.encode() for name, h in histograms.items()},
+        "load": {
+            "executor": " + ".join(dict.fromkeys(r["load"]["executor"] for r in reports)),
+            "count": sum(r["load"]["count"] for r in reports),
+            "max_in_flight": sum(r["load"]["max_in_flight"] for r in reports),
+            "workers": sum(r["load"]["workers"] for r in reports),
+            "mqtt_version": " + ".join(dict.fromkeys(r["load"]["mqtt_version"] for r in reports)),
+        },
+        "environment": {**reports[0]["environment"], "merged_from": len(reports)},
+    }
+    return merged_report
+
+
+def _merge_reasons(reports: list[dict[str, Any]], outcome: str) -> dict[str, int]:
+    total: Counter[str] = Counter()
+    for report in reports:
+        total.update(report["reasons"].get(outcome, {}))
+    return dict(total.most_common())

@@ -1,0 +1,77 @@
+"""`loadgen report merge`: shards that ran side by side merge into what one run
+over all their devices would have reported."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from loadgen.device.lifecycle import DeviceConfig
+from loadgen.load.plan import RunPlan, TlsPlan
+from loadgen.load.schedule import ConstantArrival
+from loadgen.load.workers import RunTiming
+from loadgen.metrics.stats import RunStats
+from loadgen.report.build import build
+from loadgen.report.merge import merge
+from tests.conftest import run_loadgen
+from tests.test_stats import _results
+
+
+def _plan(count: int) -> RunPlan:
+    return RunPlan(
+        scenario="shards",
+        host="127.0.0.1",
+        port=8883,
+        tls=TlsPlan(None, "localhost", None, True),
+        version=5,
+        client_id="{client_id}",
+        fleet=__import__("pathlib").Path("fleet"),
+        count=count,
+        executor=ConstantArrival(100.0),
+        max_in_flight=100,
+        device=DeviceConfig(),
+        steps=(),
+    )
+
+
+def _report(results, keep) -> dict:
+    stats = RunStats()
+    for i, r in enumerate(results):
+        if keep(i):
+            stats.started(i * 0.01)
+            stats.add(r, i * 0.01 + 0.3)
+    return build(
+        _plan(sum(1 for i in range(len(results)) if keep(i))),
+        stats,
+        RunTiming(1_800_000_000.0, 1_800_000_030.0),
+    )
+
+
+def test_merging_shards_equals_one_run_over_the_union():
+    results = _results(2000, 7)
+    union = _report(results, lambda i: True)
+    merged = merge([_report(results, lambda i: i % 2 == 0), _report(results, lambda i: i % 2)])
+    for key in ("devices", "outcomes", "attempts", "latency_ms", "schedule_lag_ms", "histograms"):
+        assert merged[key] == union[key], key
+    assert merged["series"]["started_per_s"] == union["series"]["started_per_s"]
+
+
+def test_report_merge_and_show_on_the_command_line(tmp_path):
+    results = _results(400, 8)
+    paths = []
+    for shard in range(2):
+        path = tmp_path / f"shard-{shard}.json"
+        path.write_text(json.dumps(_report(results, lambda i, s=shard: i % 2 == s)))
+        paths.append(path)
+    result = run_loadgen("report", "merge", *paths, "-o", tmp_path / "all.json")
+    assert result.code == 0, result.err
+    assert json.loads((tmp_path / "all.json").read_text())["devices"] == 400
+    shown = run_loadgen("report", "show", tmp_path / "all.json")
+    assert shown.code == 0 and "provision" in shown.out and "400 devices" in shown.out
+
+
+def test_a_file_that_is_not_a_report_is_a_one_line_error(tmp_path):
+    from tests.conftest import assert_user_error
+
+    (tmp_path / "x.json").write_text("{}")
+    assert_user_error(run_loadgen("report", "show", tmp_path / "x.json"), "not a loadgen-report/1")
