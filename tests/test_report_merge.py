@@ -25,7 +25,7 @@ def _plan(count: int) -> RunPlan:
         tls=TlsPlan(None, "localhost", None, True),
         version=5,
         client_id="{client_id}",
-        fleet=__import__("pathlib").Path("fleet"),
+        fleet=Path("fleet"),
         count=count,
         executor=ConstantArrival(100.0),
         max_in_flight=100,
