@@ -40,6 +40,7 @@ from loadgen.errors import LoadgenError, UserError
 from loadgen.files import write
 from loadgen.load.runner import RunSnapshot, merge_progress
 from loadgen.metrics import prometheus as prom
+from loadgen.report import gates as gates_mod
 from loadgen.report import merge as report_merge
 from loadgen.report.build import write_report
 from loadgen.report.show import LiveRun, print_report
@@ -219,6 +220,12 @@ def certs_inspect(fleet: Path, verify: bool) -> None:
 @click.option("--report", "report_file", type=click.Path(path_type=Path), help="JSON report.")
 @click.option("--metrics-port", type=int, help="Serve Prometheus metrics on 127.0.0.1:PORT.")
 @click.option("--linger", type=float, default=0.0, help="Seconds to keep serving metrics after.")
+@click.option(
+    "--gate",
+    "gate_texts",
+    multiple=True,
+    help='A pass/fail condition, e.g. "p99(provision) < 2s"; repeatable.',
+)
 def run_command(
     scenario_path: Path,
     endpoint: str | None,
@@ -228,9 +235,15 @@ def run_command(
     report_file: Path | None,
     metrics_port: int | None,
     linger: float,
+    gate_texts: tuple[str, ...],
 ) -> None:
-    """Run a scenario: mint its fleet if needed, then connect every device."""
+    """Run a scenario: mint its fleet if needed, then connect every device.
+    Exit 1 when a gate fails."""
     scenario = load_scenario(scenario_path)
+    gates = [
+        *(gates_mod.parse(t, f"{scenario_path}: gates[{i}]") for i, t in enumerate(scenario.gates)),
+        *(gates_mod.parse(t, "--gate") for t in gate_texts),
+    ]
     options = RunOptions(endpoint, count, rate, workers)
     checked = check_plan(scenario, options)
     report_file = report_path(report_file)
@@ -261,12 +274,21 @@ def run_command(
             metrics.snapshot = RunSnapshot(stats.devices, 0, stats)
             metrics.finished = True
     report["jitp"] = jitp_section(report, session.emulator_stats)
+    results = gates_mod.evaluate(gates, report)
+    report["gates"] = [
+        {"gate": r.gate, "passed": r.passed, "measured": r.measured, "threshold": r.threshold}
+        for r in results
+    ]
     print_report(Console(highlight=False), report)
+    for result in results:
+        click.echo(result.describe())
     if report_file is not None:
         write_report(report_file, report)
         click.echo(f"report written to {report_file}")
     if metrics_port is not None and linger > 0:
         time.sleep(linger)  # the last scrape sees the final values
+    if any(not r.passed for r in results):
+        sys.exit(1)
 
 
 def _mint_with_progress(

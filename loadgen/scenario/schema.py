@@ -166,6 +166,9 @@ class Scenario(_Strict):
     after_connect: list[Publish | Subscribe | Hold] = Field(default_factory=list)
     timeouts: Timeouts = Field(default_factory=Timeouts)
     emulator: EmulatorSpec = Field(default_factory=EmulatorSpec)
+    gates: list[str] = Field(
+        default_factory=list, description='e.g. "p99(provision) < 2s", "ratio(failed) < 0.5%"'
+    )
 
     @field_validator("endpoint")
     @classmethod

@@ -1,0 +1,94 @@
+"""Gates: conditions on a report that a CI pipeline acts on."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from loadgen.errors import ConfigError
+from loadgen.report import gates
+
+REPORT = {
+    "devices": 1000,
+    "outcomes": {"connected": 990, "throttled": 0, "timeout": 4, "closed": 6},
+    "latency_ms": {
+        "provision": {"p50": 120.0, "p90": 300.0, "p99": 1800.0, "p99_9": 2500.0, "max": 3000.0},
+        "tls_handshake": {"p50": 140.0, "p90": 1.0, "p99": 1.0, "p99_9": 1, "max": 1},
+    },
+    "rate": {"target_per_s": 100.0, "achieved_per_s": 99.5},
+}
+
+
+@pytest.mark.parametrize(
+    ("text", "passed", "measured"),
+    [
+        ("p99(provision) < 2s", True, 1800.0),
+        ("p99.9(provision) < 2s", False, 2500.0),
+        ("p50(tls_handshake) <= 150ms", True, 140.0),
+        ("ratio(timeout) < 0.1%", False, 0.004),
+        ("ratio(failed) < 1.5%", True, 0.01),
+        ("count(throttled) == 0", True, 0.0),
+        ("count(failed) == 0", False, 10.0),
+        ("achieved_rate >= 0.99 * target_rate", True, 99.5),
+        ("achieved_rate >= 0.999 * target_rate", False, 99.5),
+    ],
+)
+def test_gates_measure_the_report(text, passed, measured):
+    result = gates.parse(text).evaluate(REPORT)
+    assert (result.passed, result.measured) == (passed, pytest.approx(measured))
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("p99(provision) 2s", "not 'left OP right'"),
+        ("p99(startup) < 2s", "unknown phase 'startup'"),
+        ("ratio(sad) < 1%", "unknown outcome 'sad'"),
+        ("p42(provision) < 1s", "cannot read"),
+    ],
+)
+def test_a_malformed_gate_is_a_configuration_error(text, message):
+    with pytest.raises(ConfigError, match=message):
+        gates.parse(text)
+
+
+def test_nothing_measured_fails_the_gate():
+    report = {**REPORT, "latency_ms": {**REPORT["latency_ms"], "provision": {"p99": None}}}
+    result = gates.parse("p99(provision) < 2s").evaluate(report)
+    assert not result.passed and result.note == "nothing was measured"
+
+
+def test_a_failing_gate_fails_the_run_with_exit_1(tmp_path, mosquitto, device_ca):
+    from tests.conftest import run_loadgen
+    from tests.test_run import _scenario
+
+    path = _scenario(tmp_path, mosquitto, device_ca)
+    result = run_loadgen(
+        "run",
+        path,
+        "--count",
+        "40",
+        "--workers",
+        "1",
+        "--report",
+        tmp_path / "r.json",
+        "--gate",
+        "count(connected) == 0",
+        "--gate",
+        "ratio(connected) > 50%",
+    )
+    assert result.code == 1, result.err
+    assert "FAIL: count(connected) == 0" in result.out
+    assert "pass: ratio(connected) > 50%" in result.out
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert [g["passed"] for g in report["gates"]] == [False, True]
+
+
+def test_a_malformed_gate_stops_the_run_before_it_starts(tmp_path, mosquitto, device_ca):
+    from tests.conftest import assert_user_error, run_loadgen
+    from tests.test_run import _scenario
+
+    path = _scenario(tmp_path, mosquitto, device_ca)
+    assert_user_error(run_loadgen("run", path, "--gate", "p99(provision) soon"), "--gate")
+    assert not (tmp_path / "fleet").exists()
