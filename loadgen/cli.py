@@ -40,6 +40,8 @@ from loadgen.errors import LoadgenError, UserError
 from loadgen.files import write
 from loadgen.load.runner import RunSnapshot, merge_progress
 from loadgen.metrics import prometheus as prom
+from loadgen.report import ci as ci_files
+from loadgen.report import compare as report_compare_mod
 from loadgen.report import gates as gates_mod
 from loadgen.report import merge as report_merge
 from loadgen.report.build import write_report
@@ -221,6 +223,18 @@ def certs_inspect(fleet: Path, verify: bool) -> None:
 @click.option("--metrics-port", type=int, help="Serve Prometheus metrics on 127.0.0.1:PORT.")
 @click.option("--linger", type=float, default=0.0, help="Seconds to keep serving metrics after.")
 @click.option(
+    "--junit",
+    "junit_path",
+    type=click.Path(path_type=Path),
+    help="JUnit XML, one test case per gate.",
+)
+@click.option(
+    "--summary-md",
+    "summary_path",
+    type=click.Path(path_type=Path),
+    help="A markdown summary for a CI job's summary page.",
+)
+@click.option(
     "--gate",
     "gate_texts",
     multiple=True,
@@ -235,6 +249,8 @@ def run_command(
     report_file: Path | None,
     metrics_port: int | None,
     linger: float,
+    junit_path: Path | None,
+    summary_path: Path | None,
     gate_texts: tuple[str, ...],
 ) -> None:
     """Run a scenario: mint its fleet if needed, then connect every device.
@@ -285,6 +301,7 @@ def run_command(
     if report_file is not None:
         write_report(report_file, report)
         click.echo(f"report written to {report_file}")
+    ci_files.write_ci_files(report, results, junit_path, summary_path)
     if metrics_port is not None and linger > 0:
         time.sleep(linger)  # the last scrape sees the final values
     if any(not r.passed for r in results):
@@ -332,6 +349,35 @@ def report_merge_command(paths: tuple[Path, ...], out: Path) -> None:
     merged = report_merge.merge([report_merge.load_report(p) for p in paths])
     write_report(out, merged)
     click.echo(f"{len(paths)} reports merged into {out}: {merged['devices']} devices")
+
+
+@report.command("compare")
+@click.argument("baseline_path", metavar="BASELINE", type=click.Path(path_type=Path))
+@click.argument("current_path", metavar="CURRENT", type=click.Path(path_type=Path))
+@click.option(
+    "--max-regression",
+    default="10%",
+    show_default=True,
+    help="How much slower a percentile may get, e.g. 10%.",
+)
+def report_compare(baseline_path: Path, current_path: Path, max_regression: str) -> None:
+    """Fail (exit 1) when a phase percentile regressed beyond --max-regression."""
+    text = max_regression.strip().removesuffix("%")
+    try:
+        limit = float(text) / 100
+    except ValueError:
+        raise UserError(f"--max-regression {max_regression!r}: a percentage like 10%") from None
+    baseline = report_merge.load_report(baseline_path)
+    current = report_merge.load_report(current_path)
+    rows = report_compare_mod.compare(baseline, current, limit)
+    for row in rows:
+        verdict = "FAIL" if row.regressed else "pass"
+        click.echo(
+            f"{verdict}: {row.percentile}({row.phase}) {row.baseline:,.1f} ms -> "
+            f"{row.current:,.1f} ms ({row.change:+.1%}, limit +{limit:.0%})"
+        )
+    if any(row.regressed for row in rows):
+        sys.exit(1)
 
 
 @cli.group()

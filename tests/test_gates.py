@@ -92,3 +92,55 @@ def test_a_malformed_gate_stops_the_run_before_it_starts(tmp_path, mosquitto, de
     path = _scenario(tmp_path, mosquitto, device_ca)
     assert_user_error(run_loadgen("run", path, "--gate", "p99(provision) soon"), "--gate")
     assert not (tmp_path / "fleet").exists()
+
+
+def test_junit_and_markdown_summary_for_ci(tmp_path, mosquitto, device_ca):
+    from xml.etree import ElementTree as ET
+
+    from tests.conftest import run_loadgen
+    from tests.test_run import _scenario
+
+    path = _scenario(tmp_path, mosquitto, device_ca)
+    result = run_loadgen(
+        "run",
+        path,
+        "--count",
+        "30",
+        "--workers",
+        "1",
+        "--gate",
+        "count(connected) == 0",
+        "--gate",
+        "ratio(connected) > 50%",
+        "--junit",
+        tmp_path / "gates.xml",
+        "--summary-md",
+        tmp_path / "summary.md",
+    )
+    assert result.code == 1
+    suite = ET.parse(tmp_path / "gates.xml").getroot()
+    assert (suite.tag, suite.get("tests"), suite.get("failures")) == ("testsuite", "2", "1")
+    names = [case.get("name") for case in suite.iter("testcase")]
+    assert names == ["count(connected) == 0", "ratio(connected) > 50%"]
+    assert suite.find("testcase/failure") is not None
+    summary = (tmp_path / "summary.md").read_text()
+    assert "gates failed" in summary and "| `count(connected) == 0` |" in summary
+
+
+def test_report_compare_fails_on_a_regression_beyond_the_limit(tmp_path):
+    from tests.conftest import run_loadgen
+    from tests.test_report_merge import _report
+    from tests.test_stats import _results
+
+    baseline = _report(_results(500, 1), lambda i: True)
+    slower = json.loads(json.dumps(baseline))
+    slower["latency_ms"]["provision"]["p99"] = baseline["latency_ms"]["provision"]["p99"] * 1.5
+    (tmp_path / "a.json").write_text(json.dumps(baseline))
+    (tmp_path / "b.json").write_text(json.dumps(slower))
+    same = run_loadgen("report", "compare", tmp_path / "a.json", tmp_path / "a.json")
+    assert same.code == 0 and "FAIL" not in same.out
+    worse = run_loadgen(
+        "report", "compare", tmp_path / "a.json", tmp_path / "b.json", "--max-regression", "10%"
+    )
+    assert worse.code == 1
+    assert "FAIL: p99(provision)" in worse.out and "+50.0%" in worse.out

@@ -1,0 +1,69 @@
+"""What CI systems read: JUnit XML (one test case per gate) and a markdown
+summary for a job's summary page."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+from xml.etree import ElementTree as ET
+
+from loadgen.files import write_atomic
+from loadgen.metrics.stats import PHASES
+from loadgen.report.gates import GateResult
+
+
+def junit(report: dict[str, Any], results: list[GateResult]) -> bytes:
+    suite = ET.Element(
+        "testsuite",
+        name=f"loadgen {report['scenario']}",
+        tests=str(len(results)),
+        failures=str(sum(not r.passed for r in results)),
+        time=f"{report['duration_s']:.3f}",
+        timestamp=report["started_at"],
+    )
+    for result in results:
+        case = ET.SubElement(suite, "testcase", classname="loadgen.gates", name=result.gate)
+        if not result.passed:
+            failure = ET.SubElement(case, "failure", message=result.describe())
+            failure.text = result.describe()
+    data: bytes = ET.tostring(suite, encoding="utf-8", xml_declaration=True)
+    return data
+
+
+def summary_markdown(report: dict[str, Any], results: list[GateResult]) -> str:
+    failed = [r for r in results if not r.passed]
+    verdict = "❌ gates failed" if failed else ("✅ gates passed" if results else "no gates")
+    lines = [
+        f"## loadgen: {report['scenario']} — {verdict}",
+        "",
+        f"{report['devices']} devices against `{report['endpoint']}` in "
+        f"{report['duration_s']:.1f} s; arrival rate {report['rate']['achieved_per_s']}/s "
+        f"(target {report['rate']['target_per_s']}/s).",
+        "",
+    ]
+    if results:
+        lines += ["| gate | measured | verdict |", "| --- | ---: | --- |"]
+        for r in results:
+            measured = "-" if r.measured is None else f"{r.measured:g}"
+            lines.append(f"| `{r.gate}` | {measured} | {'pass' if r.passed else '**FAIL**'} |")
+        lines.append("")
+    lines += ["| outcome | devices |", "| --- | ---: |"]
+    lines += [f"| {k} | {v} |" for k, v in report["outcomes"].items() if v]
+    lines += ["", "| phase (ms) | p50 | p90 | p99 | max |", "| --- | ---: | ---: | ---: | ---: |"]
+    for phase in PHASES:
+        s = report["latency_ms"][phase]
+        cells = ["-" if s[k] is None else f"{s[k]:,.1f}" for k in ("p50", "p90", "p99", "max")]
+        lines.append(f"| {phase} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_ci_files(
+    report: dict[str, Any],
+    results: list[GateResult],
+    junit_path: Path | None,
+    summary_path: Path | None,
+) -> None:
+    if junit_path is not None:
+        write_atomic(junit_path, junit(report, results))
+    if summary_path is not None:
+        write_atomic(summary_path, summary_markdown(report, results).encode())
