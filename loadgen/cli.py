@@ -285,7 +285,7 @@ def run_command(
                     metrics.started_at = time.time() - elapsed
                     metrics.snapshot = merge_progress(parts)
 
-            stats, _, report = execute(plan, on_progress)
+            stats, timing, report = execute(plan, on_progress)
         if metrics is not None:
             metrics.snapshot = RunSnapshot(stats.devices, 0, stats)
             metrics.finished = True
@@ -304,6 +304,9 @@ def run_command(
     ci_files.write_ci_files(report, results, junit_path, summary_path)
     if metrics_port is not None and linger > 0:
         time.sleep(linger)  # the last scrape sees the final values
+    if timing.partial:
+        click.echo("loadgen: interrupted; the report holds what ran (partial)", err=True)
+        sys.exit(130)
     if any(not r.passed for r in results):
         sys.exit(1)
 

@@ -22,6 +22,7 @@ from loadgen.certs.store import Device as FleetDevice
 from loadgen.certs.store import FleetStore
 from loadgen.device.aiomqtt_driver import AiomqttDevice
 from loadgen.device.lifecycle import Device, DeviceSpec
+from loadgen.device.outcome import Outcome
 from loadgen.load.plan import RunPlan, device_client_id, device_steps
 from loadgen.load.schedule import offsets
 from loadgen.metrics.stats import RunStats
@@ -93,6 +94,8 @@ class Worker:
         self.slots = asyncio.Semaphore(limit)
         self.window = max(_MIN_WINDOW, limit * _WINDOW_PER_IN_FLIGHT)
         self.sources = itertools.cycle(plan.source_addresses or (None,))
+        # Resolved with the grace period (seconds) when the run is to stop early.
+        self.stop: asyncio.Future[float] = asyncio.get_running_loop().create_future()
         self.tls = ClientTls(
             ca_file=plan.tls.ca_file,
             alpn=list(plan.tls.alpn) if plan.tls.alpn else None,
@@ -142,25 +145,65 @@ class Worker:
         reporter = loop.create_task(self._report())
         tasks: set[asyncio.Task[None]] = set()
         try:
-            while (item := await queue.get()) is not None:
+            while not self.stop.done() and (item := await self._next(queue)) is not None:
                 spec, offset = item
                 spec.scheduled = t0 + offset
                 delay = spec.scheduled - self.clock()
-                if delay > 0.0005:
-                    await asyncio.sleep(delay)
-                await self.slots.acquire()
+                if delay > 0.0005 and not await self._wait(asyncio.sleep(delay)):
+                    break
+                if not await self._wait(self.slots.acquire()):
+                    break
                 self.started += 1
                 self.in_flight += 1
                 self.stats.started(self.clock() - t0)
-                task = loop.create_task(self._one(spec, t0))
+                task = loop.create_task(self._one(spec, t0), name=f"device-{spec.index}")
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
-            if tasks:
-                await asyncio.gather(*tasks)
+            while tasks:
+                if self.stop.done():
+                    _, pending = await asyncio.wait(set(tasks), timeout=self.stop.result())
+                    for task in pending:
+                        task.cancel()
+                    if pending:
+                        await asyncio.wait(pending)
+                    break
+                waiters: set[asyncio.Future[Any]] = {*tasks, self.stop}
+                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         finally:
             producer.cancel()
             reporter.cancel()
         return self.stats
+
+    def request_stop(self, grace: float) -> None:
+        """Stop starting devices; give those in flight ``grace`` seconds."""
+        if not self.stop.done():
+            self.stop.set_result(grace)
+        elif grace < self.stop.result():
+            # A second request (a second Ctrl-C) shortens the grace period.
+            self.stop = asyncio.get_running_loop().create_future()
+            self.stop.set_result(grace)
+            for task in list(self._in_flight_tasks()):
+                task.cancel()
+
+    def _in_flight_tasks(self) -> set[asyncio.Task[None]]:
+        return {t for t in asyncio.all_tasks() if t.get_name().startswith("device-")}
+
+    async def _next(
+        self, queue: asyncio.Queue[tuple[DeviceSpec, float] | None]
+    ) -> tuple[DeviceSpec, float] | None:
+        getter = asyncio.ensure_future(queue.get())
+        if not await self._wait(getter):
+            return None
+        return getter.result()
+
+    async def _wait(self, awaitable: Any) -> bool:
+        """Wait for ``awaitable`` unless a stop comes first (then False)."""
+        task = asyncio.ensure_future(awaitable)
+        await asyncio.wait({task, self.stop}, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            return True
+        task.cancel()
+        return False
 
     async def _produce(
         self,
@@ -174,10 +217,17 @@ class Worker:
         await queue.put(None)
 
     async def _one(self, spec: DeviceSpec, t0: float) -> None:
+        driver_cls = AiomqttDevice if self.plan.driver == "aiomqtt" else Device
+        driver = driver_cls(spec, self.plan.device, self.clock, self.rng)
         try:
-            driver = AiomqttDevice if self.plan.driver == "aiomqtt" else Device
-            result = await driver(spec, self.plan.device, self.clock, self.rng).run()
+            result = await driver.run()
             self.stats.add(result, self.clock() - t0)
+        except asyncio.CancelledError:
+            # Interrupted past the grace period: what was measured still counts.
+            result = driver.result
+            result.outcome, result.reason = Outcome.ERROR, "interrupted before it finished"
+            self.stats.add(result, self.clock() - t0)
+            raise
         finally:
             self.in_flight -= 1
             self.slots.release()

@@ -3,6 +3,8 @@ parent starts them together, follows their progress and merges their results."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import multiprocessing
 import multiprocessing.connection
 import signal
@@ -32,6 +34,7 @@ class WorkerFailed(LoadgenError):
 class RunTiming:
     started_at: float  # wall clock, seconds since the epoch: the schedule's start
     ended_at: float
+    partial: bool = False  # stopped early (Ctrl-C, SIGTERM): not every device ran
 
 
 def _worker_main(plan: RunPlan, worker: int, conn: multiprocessing.connection.Connection) -> None:
@@ -42,14 +45,38 @@ def _worker_main(plan: RunPlan, worker: int, conn: multiprocessing.connection.Co
     def send(message: tuple[str, Any]) -> None:
         conn.send(message)
 
+    early_stop: list[float] = []
+
     def start_at() -> float:
         conn.send(("ready", None))
-        kind, wall = conn.recv()
-        assert kind == "start"
-        return float(time.monotonic() + (wall - time.time()))
+        while True:
+            kind, value = conn.recv()
+            if kind == "start":
+                return float(time.monotonic() + (value - time.time()))
+            early_stop.append(float(value))  # a stop before the start: applied at once
 
     async def main() -> RunStats:
-        return await Worker(plan, worker, send).run(start_at)
+        runner = Worker(plan, worker, send)
+
+        def on_message() -> None:
+            kind, grace = conn.recv()
+            if kind == "stop":
+                runner.request_stop(float(grace))
+
+        def listen() -> None:
+            # After the start, the parent only ever sends "stop".
+            asyncio.get_running_loop().add_reader(conn.fileno(), on_message)
+            for grace in early_stop:
+                runner.request_stop(grace)
+
+        stats_ = None
+        try:
+            # Runs at the run's first pause, after start_at() has read "start".
+            asyncio.get_running_loop().call_soon(listen)
+            stats_ = await runner.run(start_at)
+        finally:
+            asyncio.get_running_loop().remove_reader(conn.fileno())
+        return stats_
 
     try:
         stats = uvloop.run(main())
@@ -59,8 +86,38 @@ def _worker_main(plan: RunPlan, worker: int, conn: multiprocessing.connection.Co
     conn.send(("done", stats.to_wire()))
 
 
+class _StopOnSignal:
+    """SIGINT or SIGTERM: tell workers to stop starting devices and give those in
+    flight ``grace`` seconds; a second one: no grace. Workers then send what they
+    measured, as at a normal end."""
+
+    def __init__(self, pipes: list[multiprocessing.connection.Connection], grace: float) -> None:
+        self.pipes = pipes
+        self.grace = grace
+        self.requested = False
+        self._saved: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        grace = 0.0 if self.requested else self.grace
+        self.requested = True
+        for pipe in self.pipes:
+            with contextlib.suppress(BrokenPipeError, OSError):
+                pipe.send(("stop", grace))
+
+    def __enter__(self) -> _StopOnSignal:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._saved[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._saved.items():
+            signal.signal(sig, handler)
+
+
 def run_workers(
-    plan: RunPlan, on_progress: Callable[[list[Progress], float], None] | None = None
+    plan: RunPlan,
+    on_progress: Callable[[list[Progress], float], None] | None = None,
+    grace: float = 10.0,
 ) -> tuple[RunStats, RunTiming]:
     """Run ``plan`` in ``plan.workers`` processes; return the merged stats."""
     context = multiprocessing.get_context("spawn")
@@ -74,8 +131,12 @@ def run_workers(
         child_end.close()
         pipes.append(parent_end)
         processes.append(process)
+    stop = _StopOnSignal(pipes, grace)
     try:
-        return _supervise(plan, pipes, processes, on_progress)
+        with stop:
+            stats, timing = _supervise(plan, pipes, processes, on_progress)
+        timing.partial = stop.requested
+        return stats, timing
     finally:
         for process in processes:
             process.join(timeout=5)

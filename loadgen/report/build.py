@@ -59,6 +59,8 @@ def build(plan: RunPlan, stats: RunStats, timing: RunTiming) -> dict[str, Any]:
         "started_at": _iso(timing.started_at),
         "ended_at": _iso(timing.ended_at),
         "duration_s": round(timing.ended_at - timing.started_at, 3),
+        # Stopped early (Ctrl-C, SIGTERM): what ran is all here, but not all ran.
+        "partial": timing.partial,
         "devices": stats.devices,
         "outcomes": stats.outcome_counts(),
         "attempts": {

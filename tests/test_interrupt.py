@@ -1,0 +1,53 @@
+"""Nothing measured is lost: Ctrl-C or SIGTERM stops the schedule, lets devices in
+flight finish, and still writes the report, marked partial."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.test_run import _scenario
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_stopped_run_still_writes_its_report_marked_partial(tmp_path, mosquitto, device_ca, sig):
+    path = _scenario(
+        tmp_path,
+        mosquitto,
+        device_ca,
+        load={"executor": "constant-arrival-rate", "rate": "40/s", "max_in_flight": 50},
+    )
+    report_path = tmp_path / "r.json"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "loadgen",
+            "run",
+            str(path),
+            "--count",
+            "400",
+            "--workers",
+            "2",
+            "--report",
+            str(report_path),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(4)  # minted, started, some devices done
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    report = json.loads(report_path.read_text())
+    assert report["partial"] is True
+    assert 0 < report["devices"] < 400
+    assert sum(report["outcomes"].values()) == report["devices"]
+    assert report["devices"] == sum(report["series"]["started_per_s"])  # every start ended
