@@ -88,13 +88,14 @@ def build_registry(
 
 
 async def serve_forever(emulator: Emulator, host: str, port: int, server_ca: Path) -> None:
-    server = await emulator.serve(host, port)
-    bound = server.sockets[0].getsockname()
-    print(f"{READY} {bound[0]}:{bound[1]} (server CA: {server_ca})", flush=True)
+    # Handlers first: whoever reads the ready line may stop it at once.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    server = await emulator.serve(host, port)
+    bound = server.sockets[0].getsockname()
+    print(f"{READY} {bound[0]}:{bound[1]} (server CA: {server_ca})", flush=True)
     async with server:
         await stop.wait()
     # For whoever started it (a run with endpoint: embedded): what happened here.
