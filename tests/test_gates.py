@@ -144,3 +144,23 @@ def test_report_compare_fails_on_a_regression_beyond_the_limit(tmp_path):
     )
     assert worse.code == 1
     assert "FAIL: p99(provision)" in worse.out and "+50.0%" in worse.out
+
+
+def test_the_shipped_ci_gate_scenario_passes_its_gates(tmp_path):
+    import shutil
+
+    from tests.conftest import ROOT, run_loadgen
+
+    shutil.copytree(
+        ROOT / "scenarios", tmp_path / "scenarios", ignore=shutil.ignore_patterns(".loadgen")
+    )
+    result = run_loadgen(
+        "run",
+        tmp_path / "scenarios" / "ci-gate.yaml",
+        "--count",
+        "100",
+        "--junit",
+        tmp_path / "gates.xml",
+    )
+    assert result.code == 0, result.out + result.err
+    assert result.out.count("pass: ") == 4
