@@ -223,6 +223,10 @@ def certs_inspect(fleet: Path, verify: bool) -> None:
 @click.option("--metrics-port", type=int, help="Serve Prometheus metrics on 127.0.0.1:PORT.")
 @click.option("--linger", type=float, default=0.0, help="Seconds to keep serving metrics after.")
 @click.option(
+    "--pushgateway", help="Push metrics to this Pushgateway URL (periodically, at the end)."
+)
+@click.option("--job", default="loadgen", show_default=True, help="The Pushgateway job name.")
+@click.option(
     "--junit",
     "junit_path",
     type=click.Path(path_type=Path),
@@ -249,6 +253,8 @@ def run_command(
     report_file: Path | None,
     metrics_port: int | None,
     linger: float,
+    pushgateway: str | None,
+    job: str,
     junit_path: Path | None,
     summary_path: Path | None,
     gate_texts: tuple[str, ...],
@@ -271,7 +277,13 @@ def run_command(
         )
     with run_endpoint(scenario, options) as session:
         plan = make_plan(session.scenario, session.options)
-        metrics = prom.LiveRun(plan) if metrics_port is not None else None
+        wants_metrics = metrics_port is not None or pushgateway is not None
+        metrics = prom.LiveRun(plan) if wants_metrics else None
+        pusher = (
+            prom.Pusher(metrics, pushgateway, job)
+            if metrics is not None and pushgateway is not None
+            else None
+        )
         if metrics is not None and metrics_port is not None:
             try:
                 prom.serve(metrics, metrics_port)
@@ -284,11 +296,17 @@ def run_command(
                 if metrics is not None:
                     metrics.started_at = time.time() - elapsed
                     metrics.snapshot = merge_progress(parts)
+                if pusher is not None:
+                    pusher.push()
 
             stats, timing, report = execute(plan, on_progress)
         if metrics is not None:
             metrics.snapshot = RunSnapshot(stats.devices, 0, stats)
             metrics.finished = True
+        if pusher is not None:
+            pusher.push(force=True)
+            if pusher.error:
+                click.echo(f"loadgen: {pusher.error}", err=True)
     report["jitp"] = jitp_section(report, session.emulator_stats)
     results = gates_mod.evaluate(gates, report)
     report["gates"] = [

@@ -87,3 +87,56 @@ def test_metrics_after_a_two_worker_run_equal_the_report(tmp_path, mosquitto, de
             == summary["count"]
         )
     assert value("loadgen_devices_in_flight") == 0
+
+
+def test_a_short_run_pushes_its_final_metrics_to_a_pushgateway(tmp_path, mosquitto, device_ca):
+    import shutil
+
+    from tests.brokers import wait_for_port
+    from tests.test_run import _scenario
+
+    binary = shutil.which("prometheus-pushgateway") or "/usr/bin/prometheus-pushgateway"
+    port = free_port()
+    gateway = subprocess.Popen(
+        [binary, f"--web.listen-address=127.0.0.1:{port}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(port, process=gateway)
+        path = _scenario(tmp_path, mosquitto, device_ca)
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "loadgen",
+                "run",
+                str(path),
+                "--count",
+                "60",
+                "--workers",
+                "2",
+                "--report",
+                str(tmp_path / "r.json"),
+                "--pushgateway",
+                f"http://127.0.0.1:{port}",
+                "--job",
+                "ci-run",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 0, result.stderr
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+    finally:
+        gateway.terminate()
+        gateway.wait(timeout=10)
+    report = json.loads((tmp_path / "r.json").read_text())
+    finished = [
+        s
+        for f in text_string_to_metric_families(body.decode())
+        for s in f.samples
+        if s.name == "loadgen_devices_finished_total" and s.labels.get("job") == "ci-run"
+    ]
+    assert [s.value for s in finished] == [report["devices"]] == [60]

@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry, push_to_gateway, start_http_server
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -131,8 +131,35 @@ class RunCollector(Collector):
         return family
 
 
-def serve(live: LiveRun, port: int, host: str = "127.0.0.1") -> threading.Thread:
+def registry_for(live: LiveRun) -> CollectorRegistry:
     registry = CollectorRegistry()
     registry.register(RunCollector(live))
-    _, thread = start_http_server(port, addr=host, registry=registry)
+    return registry
+
+
+def serve(live: LiveRun, port: int, host: str = "127.0.0.1") -> threading.Thread:
+    _, thread = start_http_server(port, addr=host, registry=registry_for(live))
     return thread
+
+
+class Pusher:
+    """Pushes the run's metrics to a Pushgateway every ``interval`` seconds and at
+    the end, for runs too short for Prometheus to scrape. A push that fails is
+    reported once and retried at the next interval: the run goes on."""
+
+    def __init__(self, live: LiveRun, url: str, job: str, interval: float = 5.0) -> None:
+        self.registry = registry_for(live)
+        self.url, self.job, self.interval = url, job, interval
+        self.last = 0.0
+        self.error: str | None = None
+
+    def push(self, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self.last < self.interval:
+            return
+        self.last = now
+        try:
+            push_to_gateway(self.url, job=self.job, registry=self.registry, timeout=5)
+            self.error = None
+        except OSError as exc:
+            self.error = f"pushgateway {self.url}: {exc}"
