@@ -12,17 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import ssl
 
 import aiomqtt
 
 from loadgen import mqtt
 from loadgen.device.lifecycle import (
-    Clock,
-    DeviceConfig,
+    DeviceDriver,
     DeviceResult,
-    DeviceSpec,
     HoldStep,
     PublishStep,
     RetryState,
@@ -47,16 +44,7 @@ def _translate(exc: BaseException, version: int, phase: str) -> TransportError:
     return Closed(text or type(exc).__name__, phase)
 
 
-class AiomqttDevice:
-    def __init__(
-        self, spec: DeviceSpec, config: DeviceConfig, clock: Clock, rng: random.Random
-    ) -> None:
-        self.spec = spec
-        self.config = config
-        self.clock = clock
-        self.rng = rng
-        self.result = DeviceResult(spec.index)
-
+class AiomqttDevice(DeviceDriver):
     def _client(self) -> aiomqtt.Client:
         spec = self.spec
         v5 = spec.version == mqtt.MQTT_5

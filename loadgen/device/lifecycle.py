@@ -125,7 +125,10 @@ class RetryState:
         return self.config.retry.delay(max(self.failures, 1), self.rng)
 
 
-class Device:
+class DeviceDriver:
+    """What every driver of a device's life holds: its spec, the run's config,
+    the clock, the back-off's random numbers, and the result it fills in."""
+
     def __init__(
         self, spec: DeviceSpec, config: DeviceConfig, clock: Clock, rng: random.Random
     ) -> None:
@@ -133,8 +136,13 @@ class Device:
         self.config = config
         self.clock = clock
         self.rng = rng
-        self.phase = Phase.PENDING
         self.result = DeviceResult(spec.index)
+
+
+class Device(DeviceDriver):
+    """The native driver: this project's timed transport."""
+
+    phase = Phase.PENDING
 
     async def run(self) -> DeviceResult:
         result = self.result

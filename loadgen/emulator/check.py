@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import Any
 
 from loadgen.certs.profile import DEFAULT_PROFILE, DevicePlanner, Profile, load_profile
-from loadgen.certs.subject import BY_NAME, FIELDS
+from loadgen.certs.subject import FIELDS
 from loadgen.emulator import policy
 from loadgen.emulator import template as tpl
 from loadgen.emulator.errors import ClientError, TemplateError
+from loadgen.emulator.registry import subject_parameters
 from loadgen.errors import ConfigError
 from loadgen.load.plan import device_client_id, render
 from loadgen.scenario.schema import Publish, Scenario
@@ -203,23 +204,14 @@ def _sample_devices(
         )
         template_client = scenario.mqtt.client_id if scenario is not None else "{client_id}"
         client_id = device_client_id(template_client, manifest)
-        parameters = {tpl.PARAMETER_PREFIX + "Id": "0" * 64}
-        for name, value in plan.subject.items():
-            parameters[tpl.PARAMETER_PREFIX + BY_NAME[name].jitp_parameter] = value
+        parameters = subject_parameters(plan.subject, "0" * 64)
         try:
             resources = tpl.evaluate(template, parameters)
         except ClientError:
             continue  # reported by the parameter checks
         things = [r.properties.get("ThingName") for r in resources if r.type == "AWS::IoT::Thing"]
-        variables = {"iot:ClientId": client_id, "iot:Certificate.Id": "0" * 64}
-        for parameter, value in parameters.items():
-            short = parameter.removeprefix(tpl.PARAMETER_PREFIX)
-            variables[f"iot:Certificate.Subject.{'State' if short == 'StateName' else short}"] = (
-                value
-            )
-        if client_id in things:
-            variables["iot:Connection.Thing.ThingName"] = client_id
-            variables["iot:Connection.Thing.IsAttached"] = "true"
+        thing = client_id if client_id in things else None
+        variables = policy.connection_variables(client_id, "0" * 64, parameters, thing)
         topics = []
         if scenario is not None:
             for step in scenario.after_connect:

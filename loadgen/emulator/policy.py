@@ -14,6 +14,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from loadgen.emulator.template import PARAMETER_PREFIX
+
 REGION = "us-east-1"
 ACCOUNT = "123456789012"
 _VARIABLE = re.compile(r"\$\{([^}]+)\}")
@@ -61,16 +63,25 @@ def _strings(value: Any) -> tuple[str, ...]:
     return ()
 
 
-# Subject fields as AWS names them in iot:Certificate.Subject.* variables.
-SUBJECT_VARIABLES = {
-    "common_name": "CommonName",
-    "serial_number": "SerialNumber",
-    "country": "Country",
-    "organization": "Organization",
-    "organizational_unit": "OrganizationalUnit",
-    "state": "State",
-    "dn_qualifier": "DistinguishedNameQualifier",
-}
+def connection_variables(
+    client_id: str,
+    certificate_id: str,
+    parameters: dict[str, str],
+    thing_name: str | None,
+    thing_type: str | None = None,
+) -> dict[str, str]:
+    """The policy variables of a connection: its client id, its certificate (the
+    JITP parameters, by AWS's variable names) and its thing, when known."""
+    variables = {"iot:ClientId": client_id, "iot:Certificate.Id": certificate_id}
+    for name, value in parameters.items():
+        short = name.removeprefix(PARAMETER_PREFIX)
+        variables[f"iot:Certificate.Subject.{'State' if short == 'StateName' else short}"] = value
+    variables["iot:Connection.Thing.IsAttached"] = "true" if thing_name else "false"
+    if thing_name:
+        variables["iot:Connection.Thing.ThingName"] = thing_name
+        if thing_type:
+            variables["iot:Connection.Thing.ThingTypeName"] = thing_type
+    return variables
 
 
 def arn(kind: str, name: str) -> str:

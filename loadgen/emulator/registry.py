@@ -12,7 +12,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from loadgen.certs.subject import BY_OID
+from loadgen.certs.subject import BY_NAME, BY_OID
 from loadgen.emulator import template as tpl
 from loadgen.emulator.errors import ClientError
 from loadgen.emulator.state import RegistryStore
@@ -59,11 +59,19 @@ class Thing:
 
 def jitp_parameters(cert: x509.Certificate) -> dict[str, str]:
     """The eight values JITP reads: the subject fields present, and the id."""
-    params = {tpl.PARAMETER_PREFIX + "Id": certificate_id(cert)}
+    subject = {}
     for attribute in cert.subject:
         field_ = BY_OID.get(attribute.oid.dotted_string)
         if field_ is not None:
-            params[tpl.PARAMETER_PREFIX + field_.jitp_parameter] = str(attribute.value)
+            subject[field_.name] = str(attribute.value)
+    return subject_parameters(subject, certificate_id(cert))
+
+
+def subject_parameters(subject: dict[str, str], cert_id: str) -> dict[str, str]:
+    """JITP parameters from subject fields by profile name, and the certificate id."""
+    params = {tpl.PARAMETER_PREFIX + "Id": cert_id}
+    for name, value in subject.items():
+        params[tpl.PARAMETER_PREFIX + BY_NAME[name].jitp_parameter] = value
     return params
 
 

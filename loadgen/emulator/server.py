@@ -32,7 +32,6 @@ from loadgen.emulator.registry import (
     certificate_id,
     jitp_parameters,
 )
-from loadgen.emulator.template import PARAMETER_PREFIX
 from loadgen.mqtt import topics
 
 
@@ -153,21 +152,16 @@ class _Session(asyncio.Protocol):
         assert self.transport is not None and self.record is not None and self.cert is not None
         record, registry = self.record, self.emulator.registry
         client_id = packet.client_id
-        variables = {"iot:ClientId": client_id, "iot:Certificate.Id": record.id}
-        for name, value in jitp_parameters(self.cert).items():
-            short = name.removeprefix(PARAMETER_PREFIX)
-            variables[f"iot:Certificate.Subject.{'State' if short == 'StateName' else short}"] = (
-                value
-            )
         # AWS knows the thing when the client id is the name of a thing the
         # certificate is attached to.
         thing = registry.things.get(client_id) if client_id in record.things else None
-        variables["iot:Connection.Thing.IsAttached"] = "true" if thing else "false"
-        if thing is not None:
-            variables["iot:Connection.Thing.ThingName"] = thing.name
-            if thing.type_name:
-                variables["iot:Connection.Thing.ThingTypeName"] = thing.type_name
-        self.variables = variables
+        self.variables = policy.connection_variables(
+            client_id,
+            record.id,
+            jitp_parameters(self.cert),
+            thing.name if thing else None,
+            thing.type_name if thing else None,
+        )
         self.policies = self.emulator.policies_of(record)
         v5 = packet.protocol_version == mqtt.MQTT_5
         exceeded = self.emulator.limiter.allow_connect(client_id)

@@ -96,6 +96,7 @@ class Worker:
         self.sources = itertools.cycle(plan.source_addresses or (None,))
         # Resolved with the grace period (seconds) when the run is to stop early.
         self.stop: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        self.tasks: set[asyncio.Task[None]] = set()  # devices in flight
         self.tls = ClientTls(
             ca_file=plan.tls.ca_file,
             alpn=list(plan.tls.alpn) if plan.tls.alpn else None,
@@ -143,7 +144,7 @@ class Worker:
         t0 = start_at()
         producer = loop.create_task(self._produce(items, queue))
         reporter = loop.create_task(self._report())
-        tasks: set[asyncio.Task[None]] = set()
+        tasks = self.tasks
         try:
             while not self.stop.done() and (item := await self._next(queue)) is not None:
                 spec, offset = item
@@ -182,11 +183,8 @@ class Worker:
             # A second request (a second Ctrl-C) shortens the grace period.
             self.stop = asyncio.get_running_loop().create_future()
             self.stop.set_result(grace)
-            for task in list(self._in_flight_tasks()):
+            for task in list(self.tasks):
                 task.cancel()
-
-    def _in_flight_tasks(self) -> set[asyncio.Task[None]]:
-        return {t for t in asyncio.all_tasks() if t.get_name().startswith("device-")}
 
     async def _next(
         self, queue: asyncio.Queue[tuple[DeviceSpec, float] | None]
