@@ -301,7 +301,7 @@ def run_command(
 
             stats, timing, report = execute(plan, on_progress)
         if metrics is not None:
-            metrics.snapshot = RunSnapshot(stats.devices, 0, stats)
+            metrics.snapshot = RunSnapshot(stats.devices, 0, 0, stats)
             metrics.finished = True
         if pusher is not None:
             pusher.push(force=True)

@@ -39,7 +39,7 @@ def _report(results, keep) -> dict:
     for i, r in enumerate(results):
         if keep(i):
             stats.started(i * 0.01)
-            stats.add(r, i * 0.01 + 0.3)
+            stats.add(r, i * 0.01, i * 0.01 + 0.3)
     return build(
         _plan(sum(1 for i in range(len(results)) if keep(i))),
         stats,
@@ -54,6 +54,30 @@ def test_merging_shards_equals_one_run_over_the_union():
     for key in ("devices", "outcomes", "attempts", "latency_ms", "schedule_lag_ms", "histograms"):
         assert merged[key] == union[key], key
     assert merged["series"]["started_per_s"] == union["series"]["started_per_s"]
+
+
+def test_merged_latency_over_time_equals_one_run_over_the_union():
+    results = _results(2000, 9)
+    union = _report(results, lambda i: True)
+    merged = merge([_report(results, lambda i: i % 2 == 0), _report(results, lambda i: i % 2)])
+    assert merged["series"]["latency_ms"] == union["series"]["latency_ms"]
+
+
+def test_shards_side_by_side_add_up_their_planned_arrivals():
+    results = _results(400, 11)
+    shards = [_report(results, lambda i: i % 2 == 0), _report(results, lambda i: i % 2)]
+    merged = merge(shards)
+    assert merged["series"]["target_per_s"] == [200, 200]
+    assert [s["series"]["target_per_s"] for s in shards] == [[100, 100], [100, 100]]
+
+
+def test_merged_provision_breakdown_is_weighted_by_devices():
+    results = _results(2000, 10)
+    union = _report(results, lambda i: True)
+    merged = merge([_report(results, lambda i: i < 300), _report(results, lambda i: i >= 300)])
+    assert merged["provision_breakdown_ms"]["devices"] == union["provision_breakdown_ms"]["devices"]
+    for part, mean in union["provision_breakdown_ms"].items():
+        assert abs(merged["provision_breakdown_ms"][part] - mean) <= 0.002, part
 
 
 def test_report_merge_and_show_on_the_command_line(tmp_path):

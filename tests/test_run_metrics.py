@@ -140,3 +140,46 @@ def test_a_short_run_pushes_its_final_metrics_to_a_pushgateway(tmp_path, mosquit
         if s.name == "loadgen_devices_finished_total" and s.labels.get("job") == "ci-run"
     ]
     assert [s.value for s in finished] == [report["devices"]] == [60]
+
+
+def test_devices_holding_their_connection_show_as_connected(tmp_path, mosquitto, device_ca):
+    from tests.test_run import _scenario
+
+    path = _scenario(
+        tmp_path,
+        mosquitto,
+        device_ca,
+        after_connect=[{"hold": {"duration": "6s"}}],
+        load={"executor": "burst", "max_in_flight": 50},
+    )
+    (tmp_path / "profile.yaml").write_text("subject:\n  common_name: 'held-{index:03d}'\n")
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "loadgen", "run", str(path), "--count", "30"]
+        + ["--workers", "2", "--metrics-port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    seen = []
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read()
+            except OSError:
+                time.sleep(0.2)
+                continue
+            seen = [
+                s.value
+                for f in text_string_to_metric_families(body.decode())
+                for s in f.samples
+                if s.name == "loadgen_devices_connected"
+            ]
+            if seen and seen[0] == 30:
+                break
+            time.sleep(0.2)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+    assert seen == [30], proc.stderr.read() if proc.stderr else ""

@@ -32,7 +32,7 @@ def _stats(results: list[DeviceResult]) -> RunStats:
     stats = RunStats()
     for i, r in enumerate(results):
         stats.started(i * 0.01)
-        stats.add(r, i * 0.01 + 0.5)
+        stats.add(r, i * 0.01, i * 0.01 + 0.5)
     return stats
 
 
@@ -45,7 +45,7 @@ def test_merging_worker_stats_equals_one_run_over_all_devices():
         for i, r in enumerate(results):
             if i % 3 == worker:
                 part.started(i * 0.01)
-                part.add(r, i * 0.01 + 0.5)
+                part.add(r, i * 0.01, i * 0.01 + 0.5)
         merged.merge(RunStats.from_wire(part.to_wire()))
     assert merged.to_wire() == whole.to_wire()
 
@@ -63,3 +63,30 @@ def test_workers_share_the_fleet_disjointly_and_completely(small_fleet):
     shares = [[d.index for d in store.devices(every=3, start=w)] for w in range(3)]
     assert sorted(i for share in shares for i in share) == [d.index for d in store.devices()]
     assert all(i % 3 == w for w, share in enumerate(shares) for i in share)
+
+
+def test_latency_over_time_is_kept_by_the_second_devices_started():
+    stats = RunStats()
+    for second, seconds in ((0, 0.010), (0, 0.030), (2, 1.5)):
+        result = DeviceResult(0, outcome=Outcome.CONNECTED, attempts=1, provision=seconds)
+        stats.add(result, second + 0.5, second + 9.0)
+    by_second = stats.phases_per_second["provision"]
+    assert sorted(by_second) == [0, 2]
+    assert by_second[0].count == 2 and by_second[2].count == 1
+    assert abs(by_second[2].percentile_ms(50) - 1500) <= 1500 * 0.005
+
+
+def test_a_provisioned_devices_time_breaks_down_into_parts_that_add_up():
+    result = DeviceResult(0, outcome=Outcome.CONNECTED, attempts=2, lag=0.002, provision=2.5)
+    result.phases = [("tcp_connect", 0.001), ("tls_handshake", 0.02), ("tcp_connect", 0.001)]
+    result.phases += [("tls_handshake", 0.02), ("connack", 0.005)]
+    stats = RunStats()
+    stats.add(result, 0.0, 3.0)
+    assert stats.provisioned == 1
+    assert stats.breakdown == {
+        "schedule_lag": 2000,
+        "tcp_connect": 2000,
+        "tls_handshake": 40000,
+        "connack": 5000,
+        "back_off": 2_451_000,
+    }

@@ -21,7 +21,7 @@ from typing import Any
 from loadgen.certs.store import Device as FleetDevice
 from loadgen.certs.store import FleetStore
 from loadgen.device.aiomqtt_driver import AiomqttDevice
-from loadgen.device.lifecycle import Device, DeviceSpec
+from loadgen.device.lifecycle import Device, DeviceDriver, DeviceSpec
 from loadgen.device.outcome import Outcome
 from loadgen.load.plan import RunPlan, device_client_id, device_steps
 from loadgen.load.schedule import offsets
@@ -42,6 +42,7 @@ class Progress:
 
     started: int
     in_flight: int
+    connected: int
     stats: dict[str, Any]  # RunStats.to_wire(): exact, so snapshots merge exactly
 
 
@@ -97,6 +98,7 @@ class Worker:
         # Resolved with the grace period (seconds) when the run is to stop early.
         self.stop: asyncio.Future[float] = asyncio.get_running_loop().create_future()
         self.tasks: set[asyncio.Task[None]] = set()  # devices in flight
+        self.drivers: set[DeviceDriver] = set()
         self.tls = ClientTls(
             ca_file=plan.tls.ca_file,
             alpn=list(plan.tls.alpn) if plan.tls.alpn else None,
@@ -156,8 +158,9 @@ class Worker:
                     break
                 self.started += 1
                 self.in_flight += 1
-                self.stats.started(self.clock() - t0)
-                task = loop.create_task(self._one(spec, t0), name=f"device-{spec.index}")
+                started = self.clock() - t0
+                self.stats.started(started)
+                task = loop.create_task(self._one(spec, t0, started), name=f"device-{spec.index}")
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
             while tasks:
@@ -214,19 +217,21 @@ class Worker:
             await queue.put(self.prepare(device, offset))
         await queue.put(None)
 
-    async def _one(self, spec: DeviceSpec, t0: float) -> None:
+    async def _one(self, spec: DeviceSpec, t0: float, started: float) -> None:
         driver_cls = AiomqttDevice if self.plan.driver == "aiomqtt" else Device
         driver = driver_cls(spec, self.plan.device, self.clock, self.rng)
+        self.drivers.add(driver)
         try:
             result = await driver.run()
-            self.stats.add(result, self.clock() - t0)
+            self.stats.add(result, started, self.clock() - t0)
         except asyncio.CancelledError:
             # Interrupted past the grace period: what was measured still counts.
             result = driver.result
             result.outcome, result.reason = Outcome.ERROR, "interrupted before it finished"
-            self.stats.add(result, self.clock() - t0)
+            self.stats.add(result, started, self.clock() - t0)
             raise
         finally:
+            self.drivers.discard(driver)
             self.in_flight -= 1
             self.slots.release()
 
@@ -236,7 +241,11 @@ class Worker:
             self.send(("progress", self.progress()))
 
     def progress(self) -> Progress:
-        return Progress(self.started, self.in_flight, self.stats.to_wire())
+        # Connected: past an accepted CONNACK, not yet finished.
+        connected = sum(1 for d in self.drivers if d.result.provision is not None)
+        return Progress(
+            self.started, self.in_flight, connected, self.stats.to_wire(per_second=False)
+        )
 
 
 @dataclass
@@ -245,6 +254,7 @@ class RunSnapshot:
 
     started: int
     in_flight: int
+    connected: int
     stats: RunStats
 
 
@@ -252,4 +262,9 @@ def merge_progress(parts: list[Progress]) -> RunSnapshot:
     stats = RunStats()
     for part in parts:
         stats.merge(RunStats.from_wire(part.stats))
-    return RunSnapshot(sum(p.started for p in parts), sum(p.in_flight for p in parts), stats)
+    return RunSnapshot(
+        sum(p.started for p in parts),
+        sum(p.in_flight for p in parts),
+        sum(p.connected for p in parts),
+        stats,
+    )

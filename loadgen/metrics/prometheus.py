@@ -64,16 +64,7 @@ class RunCollector(Collector):
         if snap is None:
             return
         stats = snap.stats
-        yield (
-            CounterMetricFamily(
-                f"{PREFIX}_devices_started",
-                "Devices that started their life",
-                labels=["scenario"],
-                value=None,
-            )
-            if False
-            else self._counter("devices_started", "Devices started", scenario, snap.started)
-        )
+        yield self._counter("devices_started", "Devices started", scenario, snap.started)
         yield self._counter(
             "devices_finished", "Devices that ended in an outcome", scenario, stats.devices
         )
@@ -106,6 +97,12 @@ class RunCollector(Collector):
             "Devices connecting or connected now",
             scenario,
             0 if live.finished else snap.in_flight,
+        )
+        yield self._gauge(
+            "devices_connected",
+            "Devices connected now (past an accepted CONNACK)",
+            scenario,
+            0 if live.finished else snap.connected,
         )
         elapsed = time.time() - live.started_at if live.started_at is not None else 0.0
         target = None if live.finished else target_rate(live.plan.executor, elapsed)

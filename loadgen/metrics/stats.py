@@ -9,12 +9,17 @@ from typing import Any
 from loadgen.device.lifecycle import DeviceResult
 from loadgen.device.outcome import OUTCOMES
 from loadgen.metrics.histogram import LatencyHistogram
+from loadgen.metrics.intervals import LogBuckets
 
 # Phases a device's time is split into, in the order they happen.
 PHASES = ("provision", "tcp_connect", "tls_handshake", "connack", "publish_ack")
 # Distinct failure reasons kept per outcome: enough to see what went wrong,
 # bounded so a run where every device fails differently stays small.
 _REASONS_KEPT = 20
+# Where a provisioned device's time went, from its scheduled start to its
+# accepted CONNACK: ``back_off`` is what the phases do not cover (waits between
+# attempts, JITP's provisioning among them).
+BREAKDOWN = ("schedule_lag", "tcp_connect", "tls_handshake", "connack", "back_off")
 
 
 @dataclass
@@ -34,6 +39,11 @@ class RunStats:
     outcomes_per_second: dict[str, Counter[int]] = field(default_factory=dict)
     first_start: float | None = None  # seconds since the schedule's start
     last_start: float | None = None
+    # Per phase, per second of the run in which devices started: their latency.
+    phases_per_second: dict[str, dict[int, LogBuckets]] = field(default_factory=dict)
+    provisioned: int = 0
+    # Microseconds (integers, so merging in any order gives the same sums).
+    breakdown: dict[str, int] = field(default_factory=lambda: dict.fromkeys(BREAKDOWN, 0))
 
     def started(self, offset: float) -> None:
         """A device began (``offset`` seconds after the schedule's start)."""
@@ -43,7 +53,9 @@ class RunStats:
         if self.last_start is None or offset > self.last_start:
             self.last_start = offset
 
-    def add(self, result: DeviceResult, finished_offset: float) -> None:
+    def add(self, result: DeviceResult, started_offset: float, finished_offset: float) -> None:
+        """A device's result; it started and finished ``*_offset`` seconds after
+        the schedule's start."""
         self.devices += 1
         self.attempts += result.attempts
         self.attempts_per_device[result.attempts] += 1
@@ -57,12 +69,30 @@ class RunStats:
             if key in reasons or len(reasons) < _REASONS_KEPT:
                 reasons[key] += 1
         self.lag.record(result.lag)
+        second = int(started_offset)
         if result.provision is not None:
-            self.phases["provision"].record(result.provision)
+            self._record("provision", second, result.provision)
+            self._break_down(result, result.provision)
         for phase, seconds in result.phases:
-            self.phases[phase].record(seconds)
+            self._record(phase, second, seconds)
         for seconds in result.publish_acks:
-            self.phases["publish_ack"].record(seconds)
+            self._record("publish_ack", second, seconds)
+
+    def _record(self, phase: str, second: int, seconds: float) -> None:
+        self.phases[phase].record(seconds)
+        per_second = self.phases_per_second.setdefault(phase, {})
+        if second not in per_second:
+            per_second[second] = LogBuckets()
+        per_second[second].record(seconds)
+
+    def _break_down(self, result: DeviceResult, provision: float) -> None:
+        self.provisioned += 1
+        spent = {"schedule_lag": result.lag}
+        for phase, seconds in result.phases:
+            spent[phase] = spent.get(phase, 0.0) + seconds
+        spent["back_off"] = max(0.0, provision - sum(spent.values()))
+        for part, seconds in spent.items():
+            self.breakdown[part] += round(seconds * 1_000_000)
 
     def merge(self, other: RunStats) -> None:
         self.devices += other.devices
@@ -78,6 +108,13 @@ class RunStats:
         self.started_per_second.update(other.started_per_second)
         for outcome, series in other.outcomes_per_second.items():
             self.outcomes_per_second.setdefault(outcome, Counter()).update(series)
+        for phase, seconds in other.phases_per_second.items():
+            mine = self.phases_per_second.setdefault(phase, {})
+            for second, buckets in seconds.items():
+                mine.setdefault(second, LogBuckets()).merge(buckets)
+        self.provisioned += other.provisioned
+        for part, total in other.breakdown.items():
+            self.breakdown[part] += total
         for value in (other.first_start, other.last_start):
             if value is not None:
                 self.first_start = (
@@ -85,8 +122,10 @@ class RunStats:
                 )
                 self.last_start = value if self.last_start is None else max(self.last_start, value)
 
-    def to_wire(self) -> dict[str, Any]:
-        """Plain data, for a pipe between processes."""
+    def to_wire(self, *, per_second: bool = True) -> dict[str, Any]:
+        """Plain data, for a pipe between processes. Progress messages leave out
+        the per-second latency (only the final one needs it, and it grows with
+        the run)."""
         return {
             "devices": self.devices,
             "attempts": self.attempts,
@@ -100,6 +139,14 @@ class RunStats:
             "outcomes_per_second": {k: dict(v) for k, v in self.outcomes_per_second.items()},
             "first_start": self.first_start,
             "last_start": self.last_start,
+            "phases_per_second": {
+                phase: {second: b.to_wire() for second, b in seconds.items()}
+                for phase, seconds in self.phases_per_second.items()
+            }
+            if per_second
+            else {},
+            "provisioned": self.provisioned,
+            "breakdown": dict(self.breakdown),
         }
 
     @classmethod
@@ -117,6 +164,12 @@ class RunStats:
             outcomes_per_second={k: Counter(v) for k, v in data["outcomes_per_second"].items()},
             first_start=data["first_start"],
             last_start=data["last_start"],
+            phases_per_second={
+                phase: {int(second): LogBuckets.from_wire(b) for second, b in seconds.items()}
+                for phase, seconds in data["phases_per_second"].items()
+            },
+            provisioned=data["provisioned"],
+            breakdown=dict(data["breakdown"]),
         )
 
     def outcome_counts(self) -> dict[str, int]:

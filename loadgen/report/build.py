@@ -14,7 +14,8 @@ from loadgen.files import write_atomic
 from loadgen.load.plan import RunPlan
 from loadgen.load.schedule import Burst, ConstantArrival, offsets
 from loadgen.load.workers import RunTiming
-from loadgen.metrics.stats import PHASES, RunStats
+from loadgen.metrics.intervals import LogBuckets
+from loadgen.metrics.stats import BREAKDOWN, PHASES, RunStats
 
 FORMAT = "loadgen-report/1"
 
@@ -72,9 +73,13 @@ def build(plan: RunPlan, stats: RunStats, timing: RunTiming) -> dict[str, Any]:
         "rate": rates(plan, stats),
         "schedule_lag_ms": stats.lag.summary_ms(),
         "reasons": {k: dict(v.most_common()) for k, v in sorted(stats.reasons.items())},
+        "provision_breakdown_ms": breakdown_ms(stats.provisioned, stats.breakdown),
         "series": {
+            "interval_s": 1,
+            "target_per_s": target_series(plan),
             "started_per_s": _series(stats.started_per_second),
             "outcomes_per_s": {k: _series(v) for k, v in sorted(stats.outcomes_per_second.items())},
+            **latency_series(stats.phases_per_second),
         },
         "histograms": {phase: stats.phases[phase].encode() for phase in PHASES}
         | {"schedule_lag": stats.lag.encode()},
@@ -92,6 +97,38 @@ def build(plan: RunPlan, stats: RunStats, timing: RunTiming) -> dict[str, Any]:
             "machine": platform.machine(),
         },
     }
+
+
+def target_series(plan: RunPlan) -> list[int]:
+    """Planned arrivals in each second of the schedule."""
+    counts: dict[int, int] = {}
+    for offset in offsets(plan.executor, plan.count):
+        second = int(offset)
+        counts[second] = counts.get(second, 0) + 1
+    return _series(counts)
+
+
+def latency_series(per_second: dict[str, dict[int, LogBuckets]]) -> dict[str, Any]:
+    """Per phase and second (by when devices started): the percentiles, and the
+    buckets they come from, so merged reports recompute them exactly."""
+    latency: dict[str, list[dict[str, Any]]] = {}
+    buckets: dict[str, list[dict[str, int]]] = {}
+    for phase in PHASES:
+        seconds = per_second.get(phase, {})
+        length = max(seconds, default=-1) + 1
+        empty = LogBuckets()
+        latency[phase] = [seconds.get(s, empty).summary_ms() for s in range(length)]
+        buckets[phase] = [seconds.get(s, empty).to_wire() for s in range(length)]
+    return {"latency_ms": latency, "latency_buckets": buckets}
+
+
+def breakdown_ms(devices: int, micros: dict[str, int]) -> dict[str, Any] | None:
+    """Mean milliseconds per part of a provisioned device's time (None when no
+    device provisioned); the parts add up to the mean ``provision``."""
+    if not devices:
+        return None
+    means = {part: round(micros.get(part, 0) / devices / 1000, 3) for part in BREAKDOWN}
+    return {"devices": devices, **means}
 
 
 def _series(counts: Any) -> list[int]:

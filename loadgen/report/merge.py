@@ -12,8 +12,9 @@ from typing import Any
 
 from loadgen.errors import UserError
 from loadgen.metrics.histogram import LatencyHistogram
-from loadgen.metrics.stats import PHASES
-from loadgen.report.build import FORMAT
+from loadgen.metrics.intervals import LogBuckets
+from loadgen.metrics.stats import BREAKDOWN, PHASES
+from loadgen.report.build import FORMAT, breakdown_ms, latency_series
 
 
 def load_report(path: Path) -> dict[str, Any]:
@@ -92,7 +93,15 @@ def merge(reports: list[dict[str, Any]]) -> dict[str, Any]:
             outcome: _merge_reasons(reports, outcome)
             for outcome in sorted({k for r in reports for k in r["reasons"]})
         },
+        "provision_breakdown_ms": _merge_breakdown(reports),
         "series": {
+            "interval_s": 1,
+            "target_per_s": _shifted_sum(
+                [
+                    (s, r["series"].get("target_per_s", []))
+                    for s, r in zip(shifts, reports, strict=True)
+                ]
+            ),
             "started_per_s": _shifted_sum(
                 [(s, r["series"]["started_per_s"]) for s, r in zip(shifts, reports, strict=True)]
             ),
@@ -105,6 +114,7 @@ def merge(reports: list[dict[str, Any]]) -> dict[str, Any]:
                 )
                 for name in outcome_names
             },
+            **latency_series(_merge_latency_buckets(reports, shifts)),
         },
         "histograms": {name: h.encode() for name, h in histograms.items()},
         "load": {
@@ -117,6 +127,33 @@ def merge(reports: list[dict[str, Any]]) -> dict[str, Any]:
         "environment": {**reports[0]["environment"], "merged_from": len(reports)},
     }
     return merged_report
+
+
+def _merge_latency_buckets(
+    reports: list[dict[str, Any]], shifts: list[int]
+) -> dict[str, dict[int, LogBuckets]]:
+    merged: dict[str, dict[int, LogBuckets]] = {}
+    for shift, report in zip(shifts, reports, strict=True):
+        for phase, seconds in report["series"].get("latency_buckets", {}).items():
+            mine = merged.setdefault(phase, {})
+            for i, data in enumerate(seconds):
+                if data:
+                    mine.setdefault(shift + i, LogBuckets()).merge(LogBuckets.from_wire(data))
+    return merged
+
+
+def _merge_breakdown(reports: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Means weighted by each report's provisioned devices."""
+    devices = 0
+    totals = dict.fromkeys(BREAKDOWN, 0)
+    for report in reports:
+        part = report.get("provision_breakdown_ms")
+        if not part:
+            continue
+        devices += part["devices"]
+        for name in BREAKDOWN:
+            totals[name] += round(part[name] * part["devices"] * 1000)
+    return breakdown_ms(devices, totals)
 
 
 def _merge_reasons(reports: list[dict[str, Any]], outcome: str) -> dict[str, int]:
