@@ -1,0 +1,781 @@
+"""The run report as one self-contained HTML page (docs/html-report.md).
+
+Everything is inline (CSS, SVG plots drawn by loadgen.report.svg) so the page
+opens from a CI artifact or an e-mail with no network. Every string taken from
+the report is escaped: scenario names and failure reasons are user data.
+Reports from before a field existed still render; what they lack is said, not
+drawn empty.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from html import escape
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from loadgen.files import write_atomic
+from loadgen.report import svg
+
+OUTCOME_COLORS: Mapping[str, str] = MappingProxyType(
+    {
+        "connected": "#2f9e44",
+        "throttled": "#f08c00",
+        "not_authorized": "#c92a2a",
+        "tls_rejected": "#e64980",
+        "refused": "#495057",
+        "closed": "#adb5bd",
+        "timeout": "#862e2e",
+        "error": "#212529",
+    }
+)
+PERCENTILE_COLORS: Mapping[str, str] = MappingProxyType(
+    {"p50": "#1c7ed6", "p90": "#7048e8", "p99": "#e8590c", "max": "#868e96"}
+)
+PART_COLORS: Mapping[str, str] = MappingProxyType(
+    {
+        "schedule_lag": "#ced4da",
+        "tcp_connect": "#74c0fc",
+        "tls_handshake": "#9775fa",
+        "connack": "#63e6be",
+        "back_off": "#ffd43b",
+    }
+)
+FALLBACK_COLORS = ("#a5d8ff", "#d0bfff", "#b2f2bb", "#ffec99", "#ffc9c9", "#dee2e6")
+PHASE_MEANING: Mapping[str, str] = MappingProxyType(
+    {
+        "provision": "from the device's scheduled start to the accepted CONNACK, "
+        "across all attempts and back-offs",
+        "tcp_connect": "from an attempt's start to TCP connected, every attempt",
+        "tls_handshake": "from TCP connected to the TLS handshake done, "
+        "every attempt that got there",
+        "connack": "from CONNECT sent to CONNACK received",
+        "publish_ack": "from a QoS 1 PUBLISH sent to its PUBACK",
+    }
+)
+# An en dash: what a table shows for nothing measured, and between a span's ends.
+DASH = "\u2013"
+ACHIEVED = "#748ffc"
+TARGET = "#343a40"
+# More columns than this would be thinner than a pixel; longer runs are binned.
+MAX_COLUMNS = 300
+
+
+def render(report: dict[str, Any]) -> str:
+    """The whole page."""
+    timeline = Timeline.of(report)
+    sections = [
+        _header(report),
+        _gates(report),
+        _capacity(report),
+        _section(
+            "Arrivals and outcomes",
+            _arrival_plot(report, timeline),
+            _outcomes_over_time(report, timeline),
+            _outcomes_total(report),
+        ),
+        _latency(report, timeline),
+        _section("Provisioning", _breakdown(report), _attempts_plot(report)),
+        _jitp(report),
+        _reasons(report),
+        _footer(report),
+    ]
+    title = f"loadgen: {report.get('scenario', '?')}"
+    return _page(title, "\n".join(s for s in sections if s))
+
+
+def write_html(path: Path, report: dict[str, Any]) -> None:
+    write_atomic(path, render(report).encode())
+
+
+# -- page furniture ----------------------------------------------------------
+
+_CSS = """
+:root { color-scheme: light; --ink: #212529; --muted: #6c757d; --line: #e9ecef; }
+* { box-sizing: border-box; }
+body { margin: 0; background: #f8f9fa; color: var(--ink);
+  font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial,
+  sans-serif; }
+main { max-width: 1180px; margin: 0 auto; padding: 24px 20px 48px; }
+h1 { font-size: 24px; margin: 0 0 2px; overflow-wrap: anywhere; }
+h2 { font-size: 18px; margin: 32px 0 12px; padding-bottom: 4px;
+  border-bottom: 1px solid var(--line); }
+h3 { font-size: 15px; margin: 0 0 2px; }
+.sub, .caption, footer { color: var(--muted); }
+.caption { margin: 0 0 8px; font-size: 13px; }
+.banner { margin: 14px 0; padding: 10px 14px; border-radius: 6px; font-weight: 600;
+  background: #fff4e6; border: 1px solid #ffa94d; color: #a64b00; }
+.cards { display: grid; grid-template-columns: repeat(auto-fit, minmax(160px, 1fr)); gap: 12px;
+  margin: 16px 0; }
+.card { background: #fff; border: 1px solid var(--line); border-radius: 8px; padding: 10px 14px; }
+.card b { display: block; font-size: 22px; font-variant-numeric: tabular-nums; }
+.card span { color: var(--muted); font-size: 12px; }
+dl.facts { display: grid; grid-template-columns: max-content 1fr; gap: 2px 16px; margin: 8px 0; }
+dl.facts dt { color: var(--muted); }
+dl.facts dd { margin: 0; overflow-wrap: anywhere; }
+.grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(500px, 1fr)); gap: 16px; }
+figure.plot, .plot-empty, .panel { margin: 0; background: #fff; border: 1px solid var(--line);
+  border-radius: 8px; padding: 12px 14px; }
+.panel { margin-bottom: 16px; }
+.pair { display: grid; grid-template-columns: repeat(auto-fit, minmax(420px, 1fr)); gap: 16px; }
+figure.plot svg { display: block; width: 100%; height: auto; margin-top: 6px; }
+figure.plot svg text { font-family: inherit; }
+figure.plot svg .hover:hover { fill-opacity: 0.06; }
+.panel h3 { margin-top: 16px; }
+.panel h3:first-child { margin-top: 0; }
+.nothing { color: var(--muted); font-style: italic; margin: 6px 0 0; }
+table { border-collapse: collapse; background: #fff; font-variant-numeric: tabular-nums; }
+th, td { padding: 4px 10px; border-bottom: 1px solid var(--line); text-align: left;
+  vertical-align: top; }
+th { font-weight: 600; color: var(--muted); font-size: 12px; }
+td.num, th.num { text-align: right; }
+td.reason { overflow-wrap: anywhere; max-width: 760px; }
+.pass { color: #2b8a3e; font-weight: 600; }
+.fail { color: #c92a2a; font-weight: 600; }
+.dot { display: inline-block; width: 10px; height: 10px; border-radius: 2px; margin-right: 6px; }
+footer { margin-top: 40px; font-size: 12px; }
+"""
+
+
+def _page(title: str, body: str) -> str:
+    return (
+        "<!DOCTYPE html>\n"
+        '<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{escape(title)}</title><style>{_CSS}</style></head>"
+        f"<body><main>\n{body}\n</main></body></html>\n"
+    )
+
+
+def _section(title: str, *parts: str, grid: bool = True) -> str:
+    inner = "".join(p for p in parts if p)
+    if not inner:
+        return ""
+    wrapped = f'<div class="grid">{inner}</div>' if grid else inner
+    return f"<section><h2>{escape(title)}</h2>{wrapped}</section>"
+
+
+def _figure(name: str, title: str, chart: str, caption: str = "") -> str:
+    return (
+        f'<figure class="plot" data-plot="{escape(name)}"><h3>{escape(title)}</h3>'
+        f"{_caption(caption)}{chart}</figure>"
+    )
+
+
+def _nothing(name: str, title: str, why: str) -> str:
+    """Instead of an empty chart: the title and why there is nothing to draw."""
+    return (
+        f'<div class="plot-empty" data-plot-empty="{escape(name)}"><h3>{escape(title)}</h3>'
+        f'<p class="nothing">{escape(why)}</p></div>'
+    )
+
+
+def _caption(text: str) -> str:
+    return f'<p class="caption">{escape(text)}</p>' if text else ""
+
+
+def _table(head: Sequence[str], rows: Sequence[Sequence[str]], numeric: Sequence[bool]) -> str:
+    """Cells arrive already escaped (some carry markup)."""
+
+    def cls(i: int) -> str:
+        return ' class="num"' if i < len(numeric) and numeric[i] else ""
+
+    ths = "".join(f"<th{cls(i)}>{escape(h)}</th>" for i, h in enumerate(head))
+    trs = "".join(
+        "<tr>" + "".join(f"<td{cls(i)}>{c}</td>" for i, c in enumerate(row)) + "</tr>"
+        for row in rows
+    )
+    return f"<table><thead><tr>{ths}</tr></thead><tbody>{trs}</tbody></table>"
+
+
+def _e(value: Any) -> str:
+    return escape(str(value))
+
+
+def _ms(value: float | None) -> str:
+    return DASH if value is None else f"{value:,.1f}"
+
+
+def _num(value: float | None) -> str:
+    return DASH if value is None else f"{value:,g}"
+
+
+def _pct(part: float, whole: float) -> str:
+    return f"{100 * part / whole:.1f}%" if whole else DASH
+
+
+def _when(iso: Any) -> str:
+    try:
+        moment = dt.datetime.fromisoformat(str(iso))
+    except ValueError:
+        return str(iso)
+    return moment.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def _dot(color: str) -> str:
+    return f'<span class="dot" style="background:{color}"></span>'
+
+
+def _color(name: str, palette: Mapping[str, str], index: int) -> str:
+    return palette.get(name, FALLBACK_COLORS[index % len(FALLBACK_COLORS)])
+
+
+# -- header, gates, footer ---------------------------------------------------
+
+
+def _header(report: dict[str, Any]) -> str:
+    banner = (
+        '<div class="banner" role="alert">PARTIAL — stopped early: devices in flight got a '
+        "grace period and everything measured is here, but not every planned device ran.</div>"
+        if report.get("partial")
+        else ""
+    )
+    load = report.get("load") or {}
+    rate = report.get("rate") or {}
+    facts = [
+        ("endpoint", _e(report.get("endpoint", "?"))),
+        ("started", _e(_when(report.get("started_at")))),
+        ("ended", _e(_when(report.get("ended_at")))),
+        ("duration", f"{_num(report.get('duration_s'))} s"),
+        ("devices", f"{_num(report.get('devices'))} of {_num(load.get('count'))} planned"),
+        (
+            "load",
+            _e(
+                f"{load.get('executor', '?')}, max {load.get('max_in_flight', '?')} in flight, "
+                f"{load.get('workers', '?')} workers, MQTT {load.get('mqtt_version', '?')}"
+            ),
+        ),
+    ]
+    dl = "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in facts)
+    cards = _cards(report, rate)
+    return (
+        f"<header><h1>{_e(report.get('scenario', '?'))}</h1>"
+        f'<p class="sub">loadgen run report · {_e(report.get("format", ""))}</p>'
+        f'{banner}<dl class="facts">{dl}</dl>{cards}</header>'
+    )
+
+
+def _cards(report: dict[str, Any], rate: dict[str, Any]) -> str:
+    outcomes = report.get("outcomes") or {}
+    devices = report.get("devices") or 0
+    provision = (report.get("latency_ms") or {}).get("provision") or {}
+    target = rate.get("target_per_s")
+    cards = [
+        (_num(devices), "devices"),
+        (_pct(outcomes.get("connected", 0), devices), "connected"),
+        (_ms(provision.get("p50")) + " ms", "provision p50"),
+        (_ms(provision.get("p99")) + " ms", "provision p99"),
+        (
+            f"{_num(rate.get('achieved_per_s'))}/s",
+            "achieved rate" + (f" (target {_num(target)}/s)" if target is not None else ""),
+        ),
+    ]
+    inner = "".join(f'<div class="card"><b>{v}</b><span>{_e(k)}</span></div>' for v, k in cards)
+    return f'<div class="cards">{inner}</div>'
+
+
+def _gates(report: dict[str, Any]) -> str:
+    gates = report.get("gates")
+    if not gates:
+        return ""
+    failed = sum(not g.get("passed") for g in gates)
+    verdict = (
+        f'<p class="fail">{failed} of {len(gates)} gates failed</p>'
+        if failed
+        else f'<p class="pass">all {len(gates)} gates passed</p>'
+    )
+    rows = [
+        [
+            f"<code>{_e(g.get('gate'))}</code>",
+            _num(g.get("measured")),
+            _num(g.get("threshold")),
+            '<span class="pass">pass</span>'
+            if g.get("passed")
+            else '<span class="fail">FAIL</span>',
+        ]
+        for g in gates
+    ]
+    table = _table(["gate", "measured", "threshold", "verdict"], rows, [False, True, True])
+    return _section("Gates", verdict + table, grid=False)
+
+
+def _footer(report: dict[str, Any]) -> str:
+    env = report.get("environment") or {}
+    parts = [f"{k} {v}" for k, v in env.items()]
+    return f"<footer>{_e(' · '.join(parts))}</footer>"
+
+
+# -- time series ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Timeline:
+    """The run's time axis: ``intervals`` of ``interval_s`` seconds, and how many
+    of them one column holds (long runs are binned to keep columns visible)."""
+
+    interval_s: float
+    intervals: int
+
+    @classmethod
+    def of(cls, report: dict[str, Any]) -> Timeline:
+        series = report.get("series") or {}
+        lengths = [len(series.get("started_per_s") or []), len(series.get("target_per_s") or [])]
+        lengths += [len(v) for v in (series.get("outcomes_per_s") or {}).values()]
+        lengths += [len(v) for v in (series.get("latency_ms") or {}).values()]
+        return cls(float(series.get("interval_s") or 1), max(lengths, default=0))
+
+    @property
+    def per_column(self) -> int:
+        return max(1, math.ceil(self.intervals / MAX_COLUMNS))
+
+    @property
+    def columns(self) -> int:
+        return math.ceil(self.intervals / self.per_column)
+
+    def rate(self, counts: Sequence[float]) -> list[float]:
+        """Counts per interval as a mean rate per second in each column."""
+        k = self.per_column
+        out = []
+        for c in range(self.columns):
+            chunk = counts[c * k : (c + 1) * k]
+            seconds = min(k, self.intervals - c * k) * self.interval_s
+            out.append(sum(chunk) / seconds)
+        return out
+
+    def span(self, column: int, k: int | None = None) -> str:
+        k = self.per_column if k is None else k
+        start = column * k * self.interval_s
+        end = min((column + 1) * k, self.intervals) * self.interval_s
+        return f"{start:g}{DASH}{end:g} s"
+
+    def binned_note(self) -> str:
+        k = self.per_column
+        return f" Each column is {k * self.interval_s:g} s (mean per second)." if k > 1 else ""
+
+
+def _arrival_plot(report: dict[str, Any], timeline: Timeline) -> str:
+    name, title = "arrival-rate", "Target and achieved arrival rate"
+    series = report.get("series") or {}
+    started = series.get("started_per_s") or []
+    if not any(started):
+        return _nothing(name, title, "No device started.")
+    achieved = timeline.rate(started)
+    lines = []
+    target = _target_counts(report, len(started))
+    if target is not None:
+        planned = timeline.rate(target)
+        lines.append(svg.Line("target (planned)", TARGET, planned, dashed=True, step=True))
+    hover = [
+        f"{timeline.span(i)}: started {svg.fmt(a)}/s"
+        + (f", planned {svg.fmt(planned[i])}/s" if target is not None else "")
+        for i, a in enumerate(achieved)
+    ]
+    chart = svg.time_chart(
+        intervals=timeline.columns,
+        interval_s=timeline.per_column * timeline.interval_s,
+        y_label="arrivals (devices/s)",
+        layers=[svg.Layer("achieved (devices started)", ACHIEVED, achieved)],
+        lines=lines,
+        hover=hover,
+    )
+    caption = (
+        "Devices started in each second against the schedule's plan. Columns below the "
+        "dashed line mean the generator fell behind." + timeline.binned_note()
+    )
+    if target is None:
+        caption += " No target rate: a burst has none."
+    return _figure(name, title, chart, caption)
+
+
+def _target_counts(report: dict[str, Any], length: int) -> list[float] | None:
+    """Planned arrivals per interval; older reports only have the mean target rate,
+    drawn flat over the seconds devices started in."""
+    series = report.get("series") or {}
+    if series.get("target_per_s") is not None:
+        return [float(v) for v in series["target_per_s"]]
+    mean = (report.get("rate") or {}).get("target_per_s")
+    if mean is None:
+        return None
+    interval = float(series.get("interval_s") or 1)
+    return [mean * interval] * length
+
+
+def _outcomes_over_time(report: dict[str, Any], timeline: Timeline) -> str:
+    name, title = "outcomes-over-time", "Outcomes over time"
+    per_s = (report.get("series") or {}).get("outcomes_per_s") or {}
+    order = [*(report.get("outcomes") or {}), *sorted(per_s)]
+    names = [o for o in dict.fromkeys(order) if any(per_s.get(o) or [])]
+    if not names:
+        return _nothing(name, title, "No device reached an outcome.")
+    layers = [
+        svg.Layer(o, _color(o, OUTCOME_COLORS, i), timeline.rate(per_s[o]))
+        for i, o in enumerate(names)
+    ]
+    hover = [
+        f"{timeline.span(c)}: "
+        + ", ".join(f"{la.name} {svg.fmt(la.values[c])}" for la in layers if la.values[c])
+        for c in range(timeline.columns)
+    ]
+    chart = svg.time_chart(
+        intervals=timeline.columns,
+        interval_s=timeline.per_column * timeline.interval_s,
+        y_label="devices ending (per s)",
+        layers=layers,
+        hover=hover,
+    )
+    caption = (
+        "Devices reaching their final outcome in each second, stacked by outcome."
+        + timeline.binned_note()
+    )
+    return _figure(name, title, chart, caption)
+
+
+def _outcomes_total(report: dict[str, Any]) -> str:
+    name, title = "outcomes-total", "Outcomes in total"
+    outcomes = report.get("outcomes") or {}
+    total = sum(outcomes.values())
+    bars = [
+        svg.Bar(o, n, _color(o, OUTCOME_COLORS, i), f"({_pct(n, total)})")
+        for i, (o, n) in enumerate(outcomes.items())
+        if n
+    ]
+    if not bars:
+        return _nothing(name, title, "No device ran.")
+    none = [o for o, n in outcomes.items() if not n]
+    caption = f"Each device's final outcome, {total:,} devices." + (
+        f" None were {', '.join(none)}." if none else ""
+    )
+    return _figure(name, title, svg.hbars(bars=bars, x_label="devices"), caption)
+
+
+# -- latency -------------------------------------------------------------------
+
+
+def _latency(report: dict[str, Any], timeline: Timeline) -> str:
+    table = _latency_table(report)
+    per_s = (report.get("series") or {}).get("latency_ms")
+    if per_s is None:
+        note = _caption(
+            "Latency over time is not in this report (it predates series.latency_ms); "
+            "the table has the whole run's percentiles."
+        )
+        return _section("Latency", table + note, grid=False)
+    plots = "".join(
+        _latency_plot(phase, seconds or [], timeline) for phase, seconds in per_s.items()
+    )
+    return _section("Latency", table, f'<div class="grid">{plots}</div>', grid=False)
+
+
+def _latency_table(report: dict[str, Any]) -> str:
+    keys = ("p50", "p90", "p99", "p99_9", "max")
+    rows = []
+    for phase, s in (report.get("latency_ms") or {}).items():
+        s = s or {}
+        rows.append(
+            [f"<code>{_e(phase)}</code>", _num(s.get("count")), *(_ms(s.get(k)) for k in keys)]
+        )
+    lag = report.get("schedule_lag_ms")
+    if lag:
+        rows.append(["schedule lag", _num(lag.get("count")), *(_ms(lag.get(k)) for k in keys)])
+    head = ["phase (ms)", "count", "p50", "p90", "p99", "p99.9", "max"]
+    return '<div class="panel">' + _table(head, rows, [False] + [True] * 6) + "</div>"
+
+
+def _latency_plot(phase: str, seconds: Sequence[dict[str, Any]], timeline: Timeline) -> str:
+    name, title = f"latency-{phase}", f"{phase} latency over time"
+    if not any((s or {}).get("count") for s in seconds):
+        return _nothing(name, title, f"Nothing measured for {phase}.")
+    # The run's whole time axis, as the other time plots have, for comparison.
+    seconds = [*seconds, *[{}] * (timeline.intervals - len(seconds))]
+    keys = [k for k in PERCENTILE_COLORS if any((s or {}).get(k) is not None for s in seconds)]
+    lines = [
+        svg.Line(k, PERCENTILE_COLORS[k], [(s or {}).get(k) for s in seconds], dashed=k == "max")
+        for k in keys
+    ]
+    values = [v for line in lines for v in line.ys if v is not None]
+    log = svg.wants_log(values)
+    hover = [_latency_note(timeline, i, s or {}) for i, s in enumerate(seconds)]
+    chart = svg.time_chart(
+        intervals=len(seconds),
+        interval_s=timeline.interval_s,
+        y_label="latency (ms" + (", log scale)" if log else ")"),
+        lines=lines,
+        hover=hover,
+        log_y=log,
+    )
+    caption = (
+        f"{_sentence(PHASE_MEANING.get(phase, phase))}; percentiles of the devices that "
+        "started in each second." + (" Log scale: the values span over two decades." if log else "")
+    )
+    return _figure(name, title, chart, caption)
+
+
+def _latency_note(timeline: Timeline, second: int, s: dict[str, Any]) -> str:
+    if not s.get("count"):
+        return f"{timeline.span(second, 1)}: nothing measured"
+    values = ", ".join(f"{k} {_ms(s.get(k))} ms" for k in PERCENTILE_COLORS if s.get(k) is not None)
+    return f"{timeline.span(second, 1)}: {s['count']:,} measured; {values}"
+
+
+# -- phase breakdown, attempts -------------------------------------------------
+
+
+def _breakdown(report: dict[str, Any]) -> str:
+    name, title = "phase-breakdown", "Phase breakdown of a provisioning"
+    if "provision_breakdown_ms" not in report:
+        return _breakdown_medians(report)
+    breakdown = report["provision_breakdown_ms"]
+    if not breakdown:
+        return _nothing(name, title, "No device provisioned.")
+    parts = [(k, float(v)) for k, v in breakdown.items() if k != "devices" and v is not None]
+    total = sum(v for _, v in parts)
+    bars = [
+        svg.Bar(k, v, _color(k, PART_COLORS, i), f"ms ({_pct(v, total)})")
+        for i, (k, v) in enumerate(parts)
+    ]
+    chart = svg.stacked_hbar(parts=bars, x_label="mean time per provisioned device (ms)")
+    rows = [[_dot(b.color) + _e(b.label), _ms(b.value), _pct(b.value, total)] for b in bars]
+    rows.append(["<b>provision (sum)</b>", f"<b>{_ms(total)}</b>", "100%"])
+    table = _table(["part", "mean (ms)", "share"], rows, [False, True, True])
+    caption = (
+        f"Where the mean provision time goes, over {breakdown.get('devices', 0):,} provisioned "
+        f"devices: the parts add up to the mean provision time, {_ms(total)} ms."
+    )
+    return _figure(name, title, chart + table, caption)
+
+
+def _breakdown_medians(report: dict[str, Any]) -> str:
+    """Older reports have no breakdown: the phases' medians are the best stand-in."""
+    name, title = "phase-breakdown", "Phase breakdown of a provisioning (medians)"
+    latency = report.get("latency_ms") or {}
+    wanted = ("provision", "tcp_connect", "tls_handshake", "connack")
+    bars = [
+        svg.Bar(p, latency[p]["p50"], _color(p, PART_COLORS, i), "ms")
+        for i, p in enumerate(wanted)
+        if (latency.get(p) or {}).get("p50") is not None
+    ]
+    if not bars:
+        return _nothing(name, title, "Nothing measured.")
+    caption = (
+        "This report predates provision_breakdown_ms, so these are the medians of each phase "
+        "from latency_ms. Connection phases count every attempt, so with JITP's extra attempt "
+        "and the back-offs they do not add up to provision."
+    )
+    return _figure(name, title, svg.hbars(bars=bars, x_label="median (ms)"), caption)
+
+
+def _attempts_plot(report: dict[str, Any]) -> str:
+    name, title = "attempts-per-device", "Attempts per device"
+    per_device = {
+        int(k): int(v) for k, v in ((report.get("attempts") or {}).get("per_device") or {}).items()
+    }
+    if not any(per_device.values()):
+        return _nothing(name, title, "No device made an attempt.")
+    total = sum(per_device.values())
+    # Every count up to the highest, zeros included, so gaps read as gaps.
+    counts = range(1, max(per_device) + 1) if max(per_device) <= 40 else sorted(per_device)
+    bars = [
+        svg.Bar(
+            str(n), per_device.get(n, 0), ACHIEVED, f"devices ({_pct(per_device.get(n, 0), total)})"
+        )
+        for n in counts
+    ]
+    chart = svg.columns(
+        bars=bars,
+        series="devices per attempt count",
+        x_label="connection attempts per device",
+        y_label="devices",
+    )
+    triggered = (report.get("attempts") or {}).get("provisioning_triggered")
+    total_attempts = (report.get("attempts") or {}).get("total")
+    caption = f"How many connection attempts each device made; {_num(total_attempts)} in all."
+    if triggered:
+        caption += (
+            f" {triggered:,} devices' first rejection was JITP's trigger, so 2 is the norm there."
+        )
+    return _figure(name, title, chart, caption)
+
+
+# -- JITP, reasons -------------------------------------------------------------
+
+
+def _jitp(report: dict[str, Any]) -> str:
+    jitp = report.get("jitp")
+    if not jitp:
+        return ""
+    parts = [
+        f"<p>{_num(jitp.get('first_connect_rejected'))} devices had their first connect "
+        "rejected, taken as JITP's trigger.</p>"
+    ]
+    provisioning = jitp.get("provisioning")
+    if provisioning:
+        rows = [[_e(k), _num(v)] for k, v in provisioning.items()]
+        parts.append("<h3>Provisionings by result (emulator)</h3>")
+        parts.append(_table(["result", "count"], rows, [False, True]))
+    failures = jitp.get("provisioning_failures")
+    if failures:
+        rows = [[_e(k), _num(v)] for k, v in failures.items()]
+        parts.append("<h3>Failed provisionings by reason</h3>")
+        parts.append(_table(["reason", "count"], rows, [False, True]))
+    if provisioning is None:
+        parts.append(
+            _caption("The endpoint's provisionings are only counted with endpoint: embedded.")
+        )
+    return _section("JITP", '<div class="panel">' + "".join(parts) + "</div>", grid=False)
+
+
+def _reasons(report: dict[str, Any]) -> str:
+    reasons = report.get("reasons") or {}
+    blocks = []
+    for i, (outcome, counts) in enumerate(reasons.items()):
+        if not counts:
+            continue
+        rows = [[f'<span class="reason">{_e(r)}</span>', _num(n)] for r, n in counts.items()]
+        color = _color(outcome, OUTCOME_COLORS, i)
+        blocks.append(
+            f"<h3>{_dot(color)}{_e(outcome)}</h3>"
+            + _table(["reason", "devices"], rows, [False, True])
+        )
+    if not blocks:
+        return ""
+    return _section(
+        "Failure reasons", '<div class="panel">' + "".join(blocks) + "</div>", grid=False
+    )
+
+
+# -- capacity ------------------------------------------------------------------
+
+
+def _capacity(report: dict[str, Any]) -> str:
+    capacity = report.get("capacity")
+    if not capacity:
+        return ""
+    facts = [
+        ("verdict", _e(capacity.get("verdict", ""))),
+        ("highest sustainable", _rate(capacity.get("highest_sustainable_per_s"))),
+        ("first broken", _rate(capacity.get("first_broken_per_s"))),
+        ("limit", _e(capacity.get("limit") or "none found")),
+        ("SLOs", ", ".join(f"<code>{_e(s)}</code>" for s in capacity.get("slos") or []) or DASH),
+    ]
+    dl = '<dl class="facts">' + "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in facts) + "</dl>"
+    steps = capacity.get("steps") or []
+    return _section(
+        "Capacity search",
+        '<div class="panel">' + dl + _steps_table(steps) + "</div>",
+        _capacity_plot(capacity, steps),
+        grid=False,
+    )
+
+
+def _rate(value: float | None) -> str:
+    return DASH if value is None else f"{value:,g}/s"
+
+
+def _step_latency(step: dict[str, Any], key: str) -> float | None:
+    value = ((step.get("latency_ms") or {}).get("provision") or {}).get(key)
+    return None if value is None else float(value)
+
+
+def _steps_table(steps: Sequence[dict[str, Any]]) -> str:
+    rows = [
+        [
+            _num(s.get("step")),
+            _rate(s.get("rate_per_s")),
+            _rate(s.get("achieved_per_s")),
+            _num(s.get("devices")),
+            _ms(_step_latency(s, "p50")),
+            _ms(_step_latency(s, "p99")),
+            f"{100 * float(s.get('failed_ratio') or 0):.2f}%",
+            _num(s.get("throttled")),
+            '<span class="pass">pass</span>'
+            if s.get("passed")
+            else '<span class="fail">broken</span> '
+            + ", ".join(f"<code>{_e(b)}</code>" for b in s.get("broken") or []),
+        ]
+        for s in steps
+    ]
+    head = [
+        "step",
+        "rate",
+        "achieved",
+        "devices",
+        "p50 (ms)",
+        "p99 (ms)",
+        "failed",
+        "throttled",
+        "verdict",
+    ]
+    return _table(head, rows, [True] * 8 + [False])
+
+
+def _capacity_plot(capacity: dict[str, Any], steps: Sequence[dict[str, Any]]) -> str:
+    name, title = "capacity-steps", "Latency and failures against the step rate"
+    if not steps:
+        return _nothing(name, title, "No step ran.")
+    xs = [float(s.get("rate_per_s") or 0) for s in steps]
+    notes = [_step_note(s) for s in steps]
+    marks = [
+        svg.Mark(float(capacity[key]), f"{label} {capacity[key]:g}/s", color)
+        for key, label, color in (
+            ("highest_sustainable_per_s", "highest sustainable", "#2f9e44"),
+            ("first_broken_per_s", "first broken", "#c92a2a"),
+        )
+        if capacity.get(key) is not None
+    ]
+    p99 = [_step_latency(s, "p99") for s in steps]
+    failed = [100 * float(s.get("failed_ratio") or 0) for s in steps]
+    x_label = "step arrival rate (devices/s)"
+    charts = [
+        svg.xy_chart(
+            xs=xs,
+            lines=_step_lines("p99 provision", "#e8590c", p99, steps, notes),
+            x_label=x_label,
+            y_label="p99 provision (ms)",
+            marks=marks,
+        ),
+        svg.xy_chart(
+            xs=xs,
+            lines=_step_lines("failed devices", "#862e2e", failed, steps, notes),
+            x_label=x_label,
+            y_label="failed (%)",
+            marks=marks,
+        ),
+    ]
+    caption = (
+        "Each step's p99 provision latency and failed share; "
+        "green points met every SLO, red broke one."
+    )
+    return _figure(name, title, f'<div class="pair">{"".join(charts)}</div>', caption)
+
+
+def _step_lines(
+    name: str,
+    color: str,
+    ys: Sequence[float | None],
+    steps: Sequence[dict[str, Any]],
+    notes: Sequence[str],
+) -> list[svg.Line]:
+    passed = [y if s.get("passed") else None for y, s in zip(ys, steps, strict=True)]
+    broken = [None if s.get("passed") else y for y, s in zip(ys, steps, strict=True)]
+    return [
+        svg.Line(name, color, ys),
+        svg.Line("step passed", "#2f9e44", passed, markers=True, connect=False, marker_notes=notes),
+        svg.Line("step broken", "#c92a2a", broken, markers=True, connect=False, marker_notes=notes),
+    ]
+
+
+def _step_note(step: dict[str, Any]) -> str:
+    verdict = "passed" if step.get("passed") else "broken: " + ", ".join(step.get("broken") or [])
+    return (
+        f"step {step.get('step')}: {_rate(step.get('rate_per_s'))}, p99 provision "
+        f"{_ms(_step_latency(step, 'p99'))} ms, "
+        f"failed {100 * float(step.get('failed_ratio') or 0):.2f}%, {verdict}"
+    )
