@@ -24,6 +24,7 @@ from rich.progress import (
 from rich.table import Table
 
 from loadgen import __version__
+from loadgen.capacity.command import capacity_command
 from loadgen.certs import ca as ca_mod
 from loadgen.certs.inspect import FleetSummary, summarize
 from loadgen.certs.keys import KeyType
@@ -38,7 +39,7 @@ from loadgen.emulator.quota import Quotas
 from loadgen.emulator.server import Emulator
 from loadgen.errors import LoadgenError, UserError
 from loadgen.files import write
-from loadgen.load.runner import RunSnapshot, merge_progress
+from loadgen.load.runner import merge_progress
 from loadgen.metrics import prometheus as prom
 from loadgen.report import ci as ci_files
 from loadgen.report import compare as report_compare_mod
@@ -278,35 +279,17 @@ def run_command(
     with run_endpoint(scenario, options) as session:
         plan = make_plan(session.scenario, session.options)
         wants_metrics = metrics_port is not None or pushgateway is not None
-        metrics = prom.LiveRun(plan) if wants_metrics else None
-        pusher = (
-            prom.Pusher(metrics, pushgateway, job)
-            if metrics is not None and pushgateway is not None
-            else None
-        )
-        if metrics is not None and metrics_port is not None:
-            try:
-                prom.serve(metrics, metrics_port)
-            except OSError as exc:
-                raise UserError(f"--metrics-port {metrics_port}: {exc.strerror}") from None
+        exporter = prom.Exporter(plan, metrics_port, pushgateway, job) if wants_metrics else None
         with LiveRun(console, plan) as live:
 
             def on_progress(parts: list[Any], elapsed: float) -> None:
                 live.update(parts, elapsed)
-                if metrics is not None:
-                    metrics.started_at = time.time() - elapsed
-                    metrics.snapshot = merge_progress(parts)
-                if pusher is not None:
-                    pusher.push()
+                if exporter is not None:
+                    exporter.progress(merge_progress(parts), elapsed)
 
             stats, timing, report = execute(plan, on_progress)
-        if metrics is not None:
-            metrics.snapshot = RunSnapshot(stats.devices, 0, 0, stats)
-            metrics.finished = True
-        if pusher is not None:
-            pusher.push(force=True)
-            if pusher.error:
-                click.echo(f"loadgen: {pusher.error}", err=True)
+        if exporter is not None and (error := exporter.finish(stats)):
+            click.echo(f"loadgen: {error}", err=True)
     report["jitp"] = jitp_section(report, session.emulator_stats)
     results = gates_mod.evaluate(gates, report)
     report["gates"] = [
@@ -592,6 +575,9 @@ def _print_summary(summary: FleetSummary) -> None:
     for name, info in summary.subject_fields.items():
         table.add_row(name, str(info.present), str(info.distinct), ", ".join(info.examples))
     console.print(table)
+
+
+cli.add_command(capacity_command)
 
 
 def main() -> None:

@@ -17,7 +17,7 @@ from loadgen.certs.profile import load_profile
 from loadgen.certs.store import FleetStore
 from loadgen.device.lifecycle import PublishStep, SubscribeStep
 from loadgen.emulator.render import load_template, registration_config
-from loadgen.emulator.serve import start_embedded
+from loadgen.emulator.serve import EmbeddedEmulator, start_embedded
 from loadgen.errors import ConfigError, UserError
 from loadgen.files import write
 from loadgen.load.plan import RunPlan, build_plan, check_template, endpoint_of
@@ -61,6 +61,7 @@ class EndpointSession:
 
     scenario: Scenario
     options: RunOptions
+    emulator: EmbeddedEmulator | None = None
     emulator_stats: dict[str, Any] | None = None
 
 
@@ -93,6 +94,7 @@ def endpoint(scenario: Scenario, options: RunOptions) -> Iterator[EndpointSessio
     session = EndpointSession(
         scenario.model_copy(update={"tls": tls}),
         replace(options, endpoint=f"{emulator.host}:{emulator.port}"),
+        emulator,
     )
     try:
         yield session

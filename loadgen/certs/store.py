@@ -164,14 +164,17 @@ class FleetStore:
         finally:
             os.close(fd)
 
-    def devices(self, *, every: int = 1, start: int = 0) -> Iterator[Device]:
-        """The recorded devices, in index order; with ``every``/``start``, only
-        indices ``start``, ``start + every``, ... (the others are not parsed: a
-        worker's share of a million-device fleet costs its share of the parsing)."""
+    def devices(self, *, every: int = 1, start: int = 0, skip: int = 0) -> Iterator[Device]:
+        """The recorded devices, in index order, from the ``skip``-th on; with
+        ``every``/``start``, only the ``start``-th, ``start + every``-th, ... of
+        those (the others are not parsed: a worker's share of a million-device
+        fleet costs its share of the parsing)."""
         try:
             with self.manifest_path.open("rb") as f:
                 for index, line in enumerate(f):
-                    if index % every == start and line.endswith(b"\n"):
+                    if index < skip:
+                        continue
+                    if (index - skip) % every == start and line.endswith(b"\n"):
                         yield self._parse(line, index + 1)
         except FileNotFoundError:
             return

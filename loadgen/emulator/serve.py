@@ -93,12 +93,18 @@ async def serve_forever(emulator: Emulator, host: str, port: int, server_ca: Pat
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    # SIGUSR1: the counts so far, for a parent that measures in steps (capacity).
+    loop.add_signal_handler(signal.SIGUSR1, lambda: _print_stats(emulator))
     server = await emulator.serve(host, port)
     bound = server.sockets[0].getsockname()
     print(f"{READY} {bound[0]}:{bound[1]} (server CA: {server_ca})", flush=True)
     async with server:
         await stop.wait()
     # For whoever started it (a run with endpoint: embedded): what happened here.
+    _print_stats(emulator)
+
+
+def _print_stats(emulator: Emulator) -> None:
     stats = emulator.stats
     summary = {
         "provision": dict(stats.provision),
@@ -118,6 +124,22 @@ class EmbeddedEmulator:
     port: int
     server_ca: Path
 
+    def stats(self, timeout: float = 10.0) -> dict[str, Any] | None:
+        """Its counts so far (None if it does not answer in time)."""
+        assert self.process.stdout is not None
+        self.process.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            ready, _, _ = select.select([self.process.stdout], [], [], left)
+            if not ready:
+                return None
+            line = self.process.stdout.readline()
+            if not line:
+                return None
+            if line.startswith(STATS):
+                return _parse_stats(line)
+        return None
+
     def stop(self) -> dict[str, Any] | None:
         """Stop it; return the counts it printed on the way out (None if none)."""
         self.process.terminate()
@@ -126,14 +148,19 @@ class EmbeddedEmulator:
         except subprocess.TimeoutExpired:
             self.process.kill()
             out, _ = self.process.communicate()
+        last = None
         for line in (out or "").splitlines():
             if line.startswith(STATS):
-                try:
-                    stats: dict[str, Any] = json.loads(line.removeprefix(STATS))
-                except ValueError:
-                    return None
-                return stats
+                last = _parse_stats(line)
+        return last
+
+
+def _parse_stats(line: str) -> dict[str, Any] | None:
+    try:
+        stats: dict[str, Any] = json.loads(line.removeprefix(STATS))
+    except ValueError:
         return None
+    return stats
 
 
 def start_embedded(

@@ -41,6 +41,9 @@ class RunPlan:
     source_addresses: tuple[str, ...] = ()
     workers: int = 1
     driver: str = "native"
+    # Fleet devices before this one are left alone (a capacity search gives
+    # every step devices that never connected, so each provisions afresh).
+    first_device: int = 0
     extra: dict[str, str] = field(default_factory=dict)
 
     @property

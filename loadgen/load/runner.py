@@ -49,7 +49,7 @@ class Progress:
 def my_devices(plan: RunPlan, worker: int) -> Iterator[tuple[FleetDevice, float]]:
     """This worker's devices with their schedule offsets, in schedule order."""
     schedule = offsets(plan.executor, plan.count)
-    mine = FleetStore(plan.fleet).devices(every=plan.workers, start=worker)
+    mine = FleetStore(plan.fleet).devices(every=plan.workers, start=worker, skip=plan.first_device)
     for index, offset in enumerate(schedule):
         if index % plan.workers != worker:
             continue
@@ -144,6 +144,7 @@ class Worker:
         for device, offset in itertools.islice(items, self.window):
             queue.put_nowait(self.prepare(device, offset))
         t0 = start_at()
+        cpu0 = time.process_time()
         producer = loop.create_task(self._produce(items, queue))
         reporter = loop.create_task(self._report())
         tasks = self.tasks
@@ -154,6 +155,8 @@ class Worker:
                 delay = spec.scheduled - self.clock()
                 if delay > 0.0005 and not await self._wait(asyncio.sleep(delay)):
                     break
+                if self.slots.locked():
+                    self.stats.slot_waits += 1
                 if not await self._wait(self.slots.acquire()):
                     break
                 self.started += 1
@@ -176,6 +179,7 @@ class Worker:
         finally:
             producer.cancel()
             reporter.cancel()
+            self.stats.cpu_us = round((time.process_time() - cpu0) * 1_000_000)
         return self.stats
 
     def request_stop(self, grace: float) -> None:

@@ -21,11 +21,12 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from loadgen.errors import UserError
 from loadgen.load.plan import RunPlan
 from loadgen.load.runner import RunSnapshot
 from loadgen.load.schedule import target_rate
 from loadgen.metrics.histogram import LatencyHistogram
-from loadgen.metrics.stats import PHASES
+from loadgen.metrics.stats import PHASES, RunStats
 
 PREFIX = "loadgen"
 # From 1 ms to 60 s: what provisioning latency spans, from loopback to throttled.
@@ -41,6 +42,21 @@ class LiveRun:
         self.snapshot: RunSnapshot | None = None
         self.started_at: float | None = None  # wall clock
         self.finished = False
+        # A capacity search: the finished steps (counters go on from them, so
+        # they never reset between steps), and the current (step, rate).
+        self.before: RunStats | None = None
+        self.step: tuple[int, float] | None = None
+
+    def totals(self) -> RunStats | None:
+        """Everything measured so far: finished steps and the current snapshot."""
+        if self.snapshot is None:
+            return self.before
+        if self.before is None:
+            return self.snapshot.stats
+        total = RunStats()
+        total.merge(self.before)
+        total.merge(self.snapshot.stats)
+        return total
 
 
 def _histogram(name: str, doc: str, labels: list[str]) -> HistogramMetricFamily:
@@ -59,12 +75,12 @@ class RunCollector(Collector):
         self.live = live
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
-        live, snap = self.live, self.live.snapshot
+        live, snap, stats = self.live, self.live.snapshot, self.live.totals()
         scenario = live.plan.scenario
-        if snap is None:
+        if snap is None or stats is None:
             return
-        stats = snap.stats
-        yield self._counter("devices_started", "Devices started", scenario, snap.started)
+        before = live.before.devices if live.before is not None else 0
+        yield self._counter("devices_started", "Devices started", scenario, before + snap.started)
         yield self._counter(
             "devices_finished", "Devices that ended in an outcome", scenario, stats.devices
         )
@@ -110,10 +126,22 @@ class RunCollector(Collector):
             "arrival_rate_target", "Planned device arrivals per second", scenario, target or 0.0
         )
         second = int(elapsed) - 1  # the last whole second
-        achieved = 0 if live.finished or second < 0 else stats.started_per_second.get(second, 0)
+        current = snap.stats.started_per_second
+        achieved = 0 if live.finished or second < 0 else current.get(second, 0)
         yield self._gauge(
             "arrival_rate_achieved", "Device arrivals in the last whole second", scenario, achieved
         )
+        if live.step is not None:
+            step, rate = live.step
+            yield self._gauge(
+                "capacity_step", "The capacity search's current step (from 1)", scenario, step
+            )
+            yield self._gauge(
+                "capacity_step_rate",
+                "The capacity search's current step: its arrivals per second",
+                scenario,
+                rate,
+            )
 
     @staticmethod
     def _counter(name: str, doc: str, scenario: str, value: float) -> CounterMetricFamily:
@@ -160,3 +188,45 @@ class Pusher:
             self.error = None
         except OSError as exc:
             self.error = f"pushgateway {self.url}: {exc}"
+
+
+class Exporter:
+    """What ``--metrics-port`` and ``--pushgateway`` ask of a run (or a capacity
+    search): a live view of it for Prometheus, served, pushed, or both."""
+
+    def __init__(self, plan: RunPlan, port: int | None, pushgateway: str | None, job: str) -> None:
+        self.live = LiveRun(plan)
+        self.pusher = Pusher(self.live, pushgateway, job) if pushgateway is not None else None
+        if port is not None:
+            try:
+                serve(self.live, port)
+            except OSError as exc:
+                raise UserError(f"--metrics-port {port}: {exc.strerror}") from None
+
+    def progress(self, snapshot: RunSnapshot, elapsed: float) -> None:
+        self.live.started_at = time.time() - elapsed
+        self.live.snapshot = snapshot
+        if self.pusher is not None:
+            self.pusher.push()
+
+    def step_begins(self, plan: RunPlan, number: int, rate: float) -> None:
+        """A capacity search's next step: its plan, number and rate."""
+        self.live.plan = plan
+        self.live.step = (number, rate)
+
+    def step_done(self, stats: RunStats) -> None:
+        """A step's final measurements join the finished steps' (counters go on)."""
+        before = self.live.before or RunStats()
+        before.merge(stats)
+        self.live.before = before
+        self.live.snapshot = RunSnapshot(0, 0, 0, RunStats())
+
+    def finish(self, stats: RunStats) -> str | None:
+        """The final values (served and pushed); a push's error, if any."""
+        self.live.before = None
+        self.live.snapshot = RunSnapshot(stats.devices, 0, 0, stats)
+        self.live.finished = True
+        if self.pusher is None:
+            return None
+        self.pusher.push(force=True)
+        return self.pusher.error

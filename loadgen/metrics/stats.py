@@ -42,6 +42,10 @@ class RunStats:
     # Per phase, per second of the run in which devices started: their latency.
     phases_per_second: dict[str, dict[int, LogBuckets]] = field(default_factory=dict)
     provisioned: int = 0
+    # How hard the generator itself worked: CPU time of the workers, and devices
+    # that waited for a free in-flight slot (max_in_flight reached).
+    cpu_us: int = 0
+    slot_waits: int = 0
     # Microseconds (integers, so merging in any order gives the same sums).
     breakdown: dict[str, int] = field(default_factory=lambda: dict.fromkeys(BREAKDOWN, 0))
 
@@ -113,6 +117,8 @@ class RunStats:
             for second, buckets in seconds.items():
                 mine.setdefault(second, LogBuckets()).merge(buckets)
         self.provisioned += other.provisioned
+        self.cpu_us += other.cpu_us
+        self.slot_waits += other.slot_waits
         for part, total in other.breakdown.items():
             self.breakdown[part] += total
         for value in (other.first_start, other.last_start):
@@ -146,6 +152,8 @@ class RunStats:
             if per_second
             else {},
             "provisioned": self.provisioned,
+            "cpu_us": self.cpu_us,
+            "slot_waits": self.slot_waits,
             "breakdown": dict(self.breakdown),
         }
 
@@ -169,6 +177,8 @@ class RunStats:
                 for phase, seconds in data["phases_per_second"].items()
             },
             provisioned=data["provisioned"],
+            cpu_us=data["cpu_us"],
+            slot_waits=data["slot_waits"],
             breakdown=dict(data["breakdown"]),
         )
 

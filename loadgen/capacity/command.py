@@ -1,0 +1,283 @@
+"""`loadgen capacity`: run the search's steps against one endpoint session and
+write what they found, like `loadgen run` writes a run."""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from loadgen.capacity.search import Search, Step, section, throttles, verdict
+from loadgen.errors import UserError
+from loadgen.load.runner import merge_progress
+from loadgen.load.schedule import ConstantArrival
+from loadgen.metrics import prometheus as prom
+from loadgen.metrics.stats import RunStats
+from loadgen.report import gates as gates_mod
+from loadgen.report.build import write_report
+from loadgen.report.merge import merge
+from loadgen.report.show import LiveRun
+from loadgen.run import (
+    RunOptions,
+    check_plan,
+    default_workers,
+    ensure_fleet,
+    execute,
+    jitp_section,
+    make_plan,
+    report_path,
+)
+from loadgen.run import endpoint as run_endpoint
+from loadgen.scenario.schema import load_scenario
+from loadgen.scenario.units import parse_duration, parse_rate
+
+
+def _rate(option: str, text: str) -> float:
+    try:
+        return parse_rate(text)
+    except ValueError as exc:
+        raise UserError(f"{option} {text!r}: {exc}") from None
+
+
+def _search(
+    scenario_gates: list[str],
+    where: Path,
+    slo_texts: tuple[str, ...],
+    start: str,
+    step: str,
+    step_duration: str,
+    max_rate: str | None,
+    max_steps: int,
+) -> Search:
+    slos = [gates_mod.parse(t, "--slo") for t in slo_texts] or [
+        gates_mod.parse(t, f"{where}: gates[{i}]") for i, t in enumerate(scenario_gates)
+    ]
+    if not slos:
+        raise UserError(
+            "capacity needs an SLO: --slo 'p99(provision) < 2s' (or gates: in the scenario)"
+        )
+    try:
+        duration = parse_duration(step_duration)
+    except ValueError as exc:
+        raise UserError(f"--step-duration {step_duration!r}: {exc}") from None
+    if duration <= 0:
+        raise UserError(f"--step-duration {step_duration!r}: must be above zero")
+    if max_steps <= 0:
+        raise UserError(f"--max-steps must be positive, got {max_steps}")
+    return Search(
+        tuple(slos),
+        _rate("--start", start),
+        _rate("--step", step),
+        duration,
+        _rate("--max-rate", max_rate) if max_rate is not None else None,
+        max_steps,
+    )
+
+
+@click.command("capacity")
+@click.argument("scenario_path", metavar="SCENARIO", type=click.Path(path_type=Path))
+@click.option(
+    "--slo",
+    "slo_texts",
+    multiple=True,
+    help="A gate every step must pass, e.g. 'p99(provision) < 2s'; repeatable "
+    "(default: the scenario's gates).",
+)
+@click.option("--start", default="10/s", show_default=True, help="The first step's rate.")
+@click.option("--step", "step", default="10/s", show_default=True, help="Added at each step.")
+@click.option("--step-duration", default="60s", show_default=True, help="How long a step runs.")
+@click.option("--max-rate", help="The highest rate to try (default: no limit but --max-steps).")
+@click.option("--max-steps", type=int, default=50, show_default=True)
+@click.option(
+    "--first-device",
+    type=int,
+    default=0,
+    show_default=True,
+    help="The fleet index to start from: devices before it are left alone "
+    "(e.g. already provisioned by an earlier search against the same endpoint).",
+)
+@click.option("--endpoint", help="HOST:PORT instead of the scenario's endpoint.")
+@click.option("--workers", type=int, default=default_workers, show_default="cores")
+@click.option("--report", "report_file", type=click.Path(path_type=Path), help="JSON report.")
+@click.option("--metrics-port", type=int, help="Serve Prometheus metrics on 127.0.0.1:PORT.")
+@click.option("--linger", type=float, default=0.0, help="Seconds to keep serving metrics after.")
+@click.option("--pushgateway", help="Push metrics to this Pushgateway URL.")
+@click.option("--job", default="loadgen", show_default=True, help="The Pushgateway job name.")
+def capacity_command(
+    scenario_path: Path,
+    slo_texts: tuple[str, ...],
+    start: str,
+    step: str,
+    step_duration: str,
+    max_rate: str | None,
+    max_steps: int,
+    first_device: int,
+    endpoint: str | None,
+    workers: int,
+    report_file: Path | None,
+    metrics_port: int | None,
+    linger: float,
+    pushgateway: str | None,
+    job: str,
+) -> None:
+    """Raise the arrival rate step by step until an SLO breaks; report the
+    highest sustainable rate and what limited it."""
+    scenario = load_scenario(scenario_path)
+    search = _search(
+        scenario.gates, scenario_path, slo_texts, start, step, step_duration, max_rate, max_steps
+    )
+    if first_device < 0:
+        raise UserError(f"--first-device must be zero or more, got {first_device}")
+    options = RunOptions(endpoint, None, None, workers)
+    check_plan(scenario, options)
+    report_file = report_path(report_file)
+    console = Console(stderr=True)
+    click.echo(
+        f"capacity search: from {search.start:g}/s by {search.step:g}/s, "
+        f"{search.step_duration:g} s a step; SLOs: " + ", ".join(g.text for g in search.slos)
+    )
+    # The first step's devices (and the fleet CA, which the emulator trusts).
+    ensure_fleet(scenario, first_device + search.devices(search.start), workers)
+    steps: list[Step] = []
+    interrupted = False
+    with run_endpoint(scenario, options) as session:
+        base = make_plan(session.scenario, session.options)
+        wants_metrics = metrics_port is not None or pushgateway is not None
+        exporter = prom.Exporter(base, metrics_port, pushgateway, job) if wants_metrics else None
+        began = time.time()
+        offset = first_device
+        total = RunStats()
+        try:
+            for number, rate in enumerate(search.rates(), 1):
+                count = search.devices(rate)
+                ensure_fleet(scenario, offset + count, workers)
+                plan = replace(
+                    base, count=count, executor=ConstantArrival(rate), first_device=offset
+                )
+                emulator = session.emulator
+                before = emulator.stats() if emulator is not None else None
+                if exporter is not None:
+                    exporter.step_begins(plan, number, rate)
+                with LiveRun(console, plan) as live:
+
+                    def on_progress(parts: list[Any], elapsed: float) -> None:
+                        live.update(parts, elapsed)
+                        if exporter is not None:
+                            exporter.progress(merge_progress(parts), elapsed)
+
+                    stats, timing, report = execute(plan, on_progress)
+                after = emulator.stats() if emulator is not None else None
+                result = Step(
+                    number,
+                    rate,
+                    timing.started_at - began,
+                    timing.ended_at - timing.started_at,
+                    plan.workers,
+                    report,
+                    stats,
+                    gates_mod.evaluate(list(search.slos), report),
+                    throttles(stats, before, after),
+                )
+                steps.append(result)
+                total.merge(stats)
+                if exporter is not None:
+                    exporter.step_done(stats)
+                click.echo(_step_line(result))
+                offset += count
+                if timing.partial:
+                    interrupted = True
+                    break
+                if not result.passed:
+                    break
+        except KeyboardInterrupt:
+            interrupted = True
+        if exporter is not None and (error := exporter.finish(total)):
+            click.echo(f"loadgen: {error}", err=True)
+    found = verdict(search, steps, interrupted)
+    _print_steps(Console(highlight=False), steps)
+    click.echo(found.text())
+    if steps:
+        report = capacity_report(steps, base.max_in_flight, interrupted)
+        report["jitp"] = jitp_section(report, session.emulator_stats)
+        report["capacity"] = section(search, steps, found, interrupted)
+        if report_file is not None:
+            write_report(report_file, report)
+            click.echo(f"report written to {report_file}")
+    if metrics_port is not None and linger > 0:
+        time.sleep(linger)
+    if interrupted:
+        click.echo("loadgen: interrupted; the report holds the steps that ran", err=True)
+        sys.exit(130)
+
+
+def capacity_report(steps: list[Step], max_in_flight: int, partial: bool) -> dict[str, Any]:
+    """The steps' reports as one: they ran one after another, so their series
+    line up in time; rates and load describe the search, not a sum of shards."""
+    report = merge([s.report for s in steps])
+    last = steps[-1].report
+    report["partial"] = partial
+    report["rate"] = dict(last["rate"])
+    report["load"] = {
+        **last["load"],
+        "executor": "CapacitySearch",
+        "count": sum(s.report["load"]["count"] for s in steps),
+        "max_in_flight": max_in_flight,
+    }
+    report["environment"] = dict(last["environment"])
+    return report
+
+
+def _step_line(step: Step) -> str:
+    row = step.row()
+    p99 = row["latency_ms"]["provision"]["p99"]
+    parts = [
+        f"achieved {_num(row['achieved_per_s'])}/s",
+        f"p99(provision) {_num(p99)} ms",
+        "failed " + ("-" if row["failed_ratio"] is None else f"{row['failed_ratio']:.2%}"),
+        f"throttled {row['throttled']}",
+        f"generator CPU {row['generator_cpu']:.0%}",
+    ]
+    verdict_text = "ok" if step.passed else f"stop ({step.limit})"
+    return (
+        f"step {step.number}: {step.rate:g}/s for {row['duration_s']:g} s, "
+        f"{row['devices']} devices: " + ", ".join(parts) + f": {verdict_text}"
+    )
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.1f}"
+
+
+def _print_steps(console: Console, steps: list[Step]) -> None:
+    table = Table(title="capacity search")
+    for name in (
+        "step",
+        "rate/s",
+        "achieved/s",
+        "p50 ms",
+        "p99 ms",
+        "failed",
+        "throttled",
+        "verdict",
+    ):
+        table.add_column(name, justify="right")
+    for step in steps:
+        row = step.row()
+        provision = row["latency_ms"]["provision"]
+        table.add_row(
+            str(step.number),
+            f"{step.rate:g}",
+            f"{row['achieved_per_s'] or 0:,.1f}",
+            f"{provision['p50'] or 0:,.1f}",
+            f"{provision['p99'] or 0:,.1f}",
+            f"{row['failed_ratio'] or 0:.2%}",
+            str(row["throttled"]),
+            "ok" if step.passed else str(step.limit),
+        )
+    console.print(table)

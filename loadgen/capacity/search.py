@@ -1,0 +1,215 @@
+"""The capacity search: raise the arrival rate step by step until an SLO breaks,
+or until the generator itself cannot keep up (then the number would be ours, not
+the endpoint's, and the search says so instead).
+
+Each step runs fresh devices (never connected before), so every step provisions
+as the first day of a fleet would. What a step measured is judged here; running
+it is the caller's (see loadgen.capacity.command).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from loadgen.metrics.stats import RunStats
+from loadgen.report.gates import Gate, GateResult
+
+# The generator is the bottleneck when its workers were this busy...
+CPU_BUSY = 0.90
+# ...or when devices started this late against the schedule, with in-flight
+# slots to spare (so the lateness was its own, not the endpoint's), and no
+# failure SLO broke (lateness alone does not make devices fail).
+LAG_LIMIT_MS = 250.0
+LIMITS = ("throttling", "latency", "failures", "generator")
+_OUTCOME_GATE = re.compile(r"\b(ratio|count)\(")
+
+
+@dataclass(frozen=True)
+class Search:
+    slos: tuple[Gate, ...]
+    start: float  # arrivals per second
+    step: float
+    step_duration: float  # seconds
+    max_rate: float | None = None
+    max_steps: int = 50
+
+    def rates(self) -> Iterator[float]:
+        """The rates to try, in order: bounded by max_rate and max_steps."""
+        for n in range(self.max_steps):
+            rate = self.start + n * self.step
+            if self.max_rate is not None and rate > self.max_rate + 1e-9:
+                return
+            yield rate
+
+    def devices(self, rate: float) -> int:
+        return max(1, round(rate * self.step_duration))
+
+
+@dataclass
+class Step:
+    number: int
+    rate: float
+    started_at_s: float  # since the search began
+    duration_s: float
+    workers: int
+    report: dict[str, Any]  # the step's own run report
+    stats: RunStats
+    results: list[GateResult]
+    # Throttles during the step: device outcomes plus, with the embedded
+    # emulator, the quotas it enforced (JITP's throttled provisioning closes the
+    # connection, so devices alone cannot tell it from a refusal).
+    throttles: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def broken(self) -> list[str]:
+        return [r.gate for r in self.results if not r.passed]
+
+    @property
+    def cpu_busy(self) -> float:
+        """The workers' CPU time over their wall time (1.0: every worker busy)."""
+        wall = self.duration_s * self.workers
+        return self.stats.cpu_us / 1_000_000 / wall if wall > 0 else 0.0
+
+    @property
+    def generator_limit(self) -> str | None:
+        """Why this step measured the generator rather than the endpoint."""
+        if self.cpu_busy >= CPU_BUSY:
+            return f"the load generator's workers were {self.cpu_busy:.0%} busy"
+        lag_p99 = self.report["schedule_lag_ms"]["p99"] or 0.0
+        late = lag_p99 >= LAG_LIMIT_MS and not self.stats.slot_waits
+        # Latency counts from the scheduled start, so lateness of our own can
+        # break a latency SLO; it cannot make devices fail.
+        if late and not any(_OUTCOME_GATE.search(g) for g in self.broken):
+            return f"the load generator fell behind its schedule (lag p99 {lag_p99:,.0f} ms)"
+        if self.stats.slot_waits and not self.broken:
+            return (
+                f"{self.stats.slot_waits} devices waited for a free slot: "
+                f"load.max_in_flight ({self.report['load']['max_in_flight']}) was reached"
+            )
+        return None
+
+    @property
+    def passed(self) -> bool:
+        return not self.broken and self.generator_limit is None
+
+    @property
+    def limit(self) -> str | None:
+        """What stopped the search at this step (None: it passed)."""
+        if self.generator_limit is not None:
+            return "generator"
+        if not self.broken:
+            return None
+        if sum(self.throttles.values()):
+            return "throttling"
+        failures = [g for g in self.broken if _OUTCOME_GATE.search(g)]
+        return "failures" if failures else "latency"
+
+    def row(self) -> dict[str, Any]:
+        report = self.report
+        devices = report["devices"]
+        failed = sum(n for outcome, n in report["outcomes"].items() if outcome != "connected")
+        return {
+            "step": self.number,
+            "rate_per_s": self.rate,
+            "started_at_s": round(self.started_at_s, 3),
+            "duration_s": round(self.duration_s, 3),
+            "devices": devices,
+            "achieved_per_s": report["rate"]["achieved_per_s"],
+            "latency_ms": {
+                "provision": {k: report["latency_ms"]["provision"][k] for k in ("p50", "p99")}
+            },
+            "schedule_lag_p99_ms": report["schedule_lag_ms"]["p99"],
+            "failed_ratio": round(failed / devices, 6) if devices else None,
+            "throttled": sum(self.throttles.values()),
+            "throttles": dict(self.throttles),
+            "generator_cpu": round(self.cpu_busy, 3),
+            "slot_waits": self.stats.slot_waits,
+            "slos": [
+                {"slo": r.gate, "passed": r.passed, "measured": r.measured} for r in self.results
+            ],
+            "passed": self.passed,
+            "broken": self.broken,
+            "limit": self.limit,
+        }
+
+
+@dataclass(frozen=True)
+class Verdict:
+    highest_sustainable: float | None
+    first_broken: float | None
+    limit: str | None
+    why: str
+
+    def text(self) -> str:
+        highest = (
+            f"{self.highest_sustainable:g}/s"
+            if self.highest_sustainable is not None
+            else "none (the first step broke)"
+        )
+        return f"highest sustainable rate: {highest}; {self.why}"
+
+
+def verdict(search: Search, steps: list[Step], interrupted: bool = False) -> Verdict:
+    passed = [s for s in steps if s.passed]
+    highest = passed[-1].rate if passed else None
+    stopped = next((s for s in steps if not s.passed), None)
+    if stopped is None:
+        if interrupted:
+            why = "interrupted before any step broke"
+        elif not steps:
+            why = "no step ran"
+        else:
+            why = f"no SLO broke up to {steps[-1].rate:g}/s (the search's last step)"
+        return Verdict(highest, None, None, why)
+    limit = stopped.limit
+    if limit == "generator":
+        why = (
+            f"at {stopped.rate:g}/s the generator, not the endpoint, was the limit: "
+            f"{stopped.generator_limit} (run more workers or machines, or raise the limit)"
+        )
+        return Verdict(highest, None, limit, why)
+    throttled = ", ".join(f"{k} {n}" for k, n in sorted(stopped.throttles.items()))
+    detail = f" (throttled: {throttled})" if limit == "throttling" else ""
+    why = f"first broken at {stopped.rate:g}/s by {limit}{detail}: " + "; ".join(
+        r.describe() for r in stopped.results if not r.passed
+    )
+    return Verdict(highest, stopped.rate, limit, why)
+
+
+def section(
+    search: Search, steps: list[Step], found: Verdict, interrupted: bool = False
+) -> dict[str, Any]:
+    """The report's ``capacity`` section."""
+    return {
+        "slos": [g.text for g in search.slos],
+        "start_per_s": search.start,
+        "step_per_s": search.step,
+        "step_duration_s": search.step_duration,
+        "max_rate_per_s": search.max_rate,
+        "steps": [s.row() for s in steps],
+        "highest_sustainable_per_s": found.highest_sustainable,
+        "first_broken_per_s": found.first_broken,
+        "limit": found.limit,
+        "verdict": found.text(),
+        "interrupted": interrupted,
+    }
+
+
+def throttles(
+    stats: RunStats, emulator_before: dict[str, Any] | None, emulator_after: dict[str, Any] | None
+) -> Counter[str]:
+    """Throttling seen in a step: devices refused as throttled, and the
+    emulator's enforced quotas (their growth during the step)."""
+    seen: Counter[str] = Counter()
+    if stats.outcomes.get("throttled"):
+        seen["devices throttled"] = stats.outcomes["throttled"]
+    if emulator_after is not None:
+        before = Counter((emulator_before or {}).get("throttles", {}))
+        for quota, n in emulator_after.get("throttles", {}).items():
+            if n - before.get(quota, 0) > 0:
+                seen[f"emulator {quota} quota"] = n - before.get(quota, 0)
+    return seen

@@ -1,0 +1,188 @@
+"""`loadgen capacity`: step the arrival rate up until an SLO breaks, and say
+which limit broke first: throttling, latency, failures, or the generator."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from loadgen.capacity.search import Search, Step, verdict
+from loadgen.metrics.stats import RunStats
+from loadgen.report import gates
+from tests.brokers import free_port
+from tests.conftest import ROOT, assert_user_error, run_loadgen
+
+QUOTA = 40  # the emulator's provisioning quota, per second
+
+
+def _scenario(root: Path) -> Path:
+    (root / "profile.yaml").write_text(
+        "subject:\n  common_name: 'bulb-{index:05d}'\n  serial_number: '{uuid}'\n"
+        "  country: {choice: [US, DE]}\n"
+    )
+    scenario = {
+        "name": "capacity-test",
+        "endpoint": "embedded",
+        "mqtt": {"version": 5, "client_id": "{common_name}"},
+        "fleet": {"ca": "ca", "store": "fleet", "count": 10, "profile": "profile.yaml"},
+        "jitp": {"expect_first_connect_rejected": True},
+        "retry": {"initial": "200ms", "max": "2s", "max_attempts": 5},
+        "load": {"executor": "constant-arrival-rate", "rate": "10/s", "max_in_flight": 300},
+        "after_connect": [{"publish": {"topic": "dt/{client_id}/telemetry", "qos": 1}}],
+        "emulator": {
+            "template": str(ROOT / "scenarios" / "templates" / "lightbulb.yaml"),
+            "quotas": {"provision": f"{QUOTA}/s"},
+        },
+    }
+    path = root / "scenario.yaml"
+    path.write_text(yaml.safe_dump(scenario))
+    return path
+
+
+@pytest.fixture(scope="module")
+def search(tmp_path_factory):
+    """A search from 20/s by 20/s against an emulator that provisions 40/s, with
+    its metrics served and scraped once it is over."""
+    root = tmp_path_factory.mktemp("capacity")
+    port = free_port()
+    report = root / "report.json"
+    proc = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "loadgen", "capacity", str(_scenario(root))),
+            *("--slo", "p99(provision) < 1s", "--slo", "ratio(failed) < 1%"),
+            *("--start", "20/s", "--step", "20/s", "--step-duration", "4s"),
+            *("--max-rate", "200/s", "--workers", "1", "--report", str(report)),
+            *("--metrics-port", str(port), "--linger", "30"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while not report.exists():
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the search did not end in time"
+            time.sleep(0.2)
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=15)
+    samples = {
+        (s.name, s.labels.get("outcome")): s.value
+        for family in text_string_to_metric_families(body.decode())
+        for s in family.samples
+    }
+    return json.loads(report.read_text()), samples, out
+
+
+def test_the_search_finds_the_provisioning_quota_within_one_step(search):
+    capacity = search[0]["capacity"]
+    assert capacity["highest_sustainable_per_s"] <= QUOTA < capacity["first_broken_per_s"]
+    assert capacity["first_broken_per_s"] - capacity["highest_sustainable_per_s"] == 20
+
+
+def test_the_search_names_throttling_as_the_limit_that_broke(search):
+    capacity = search[0]["capacity"]
+    assert capacity["limit"] == "throttling"
+    last = capacity["steps"][-1]
+    assert last["throttles"]["emulator provision quota"] > 0 and last["broken"]
+    assert all(step["passed"] and step["throttled"] == 0 for step in capacity["steps"][:-1])
+
+
+def test_the_search_prints_every_step_and_its_verdict(search):
+    report, _, out = search
+    for step in report["capacity"]["steps"]:
+        assert f"step {step['step']}: {step['rate_per_s']:g}/s" in out
+    assert "highest sustainable rate: 40/s" in out and "by throttling" in out
+
+
+def test_every_step_provisions_fresh_devices(search):
+    report = search[0]
+    devices = sum(step["devices"] for step in report["capacity"]["steps"])
+    assert report["devices"] == devices
+    assert report["jitp"]["first_connect_rejected"] == devices
+
+
+def test_metrics_count_the_whole_search_and_show_its_last_step(search):
+    report, samples, _ = search
+    steps = report["capacity"]["steps"]
+    assert samples[("loadgen_devices_finished_total", None)] == report["devices"]
+    assert samples[("loadgen_capacity_step", None)] == len(steps)
+    assert samples[("loadgen_capacity_step_rate", None)] == steps[-1]["rate_per_s"]
+
+
+def test_the_report_holds_the_steps_one_after_another(search):
+    report = search[0]
+    steps = report["capacity"]["steps"]
+    assert [s["rate_per_s"] for s in steps] == [20.0 * (i + 1) for i in range(len(steps))]
+    assert all(a["started_at_s"] < b["started_at_s"] for a, b in itertools.pairwise(steps))
+    assert sum(report["series"]["started_per_s"]) == report["devices"]
+
+
+def _step(
+    *, cpu: float = 0.1, lag_ms: float = 2.0, slot_waits: int = 0, results=(), throttles=()
+) -> Step:
+    stats = RunStats(cpu_us=round(cpu * 10 * 1_000_000), slot_waits=slot_waits)
+    report = {
+        "devices": 100,
+        "outcomes": {"connected": 100},
+        "rate": {"achieved_per_s": 10.0},
+        "latency_ms": {"provision": {"p50": 10.0, "p99": 20.0}},
+        "schedule_lag_ms": {"p99": lag_ms},
+        "load": {"max_in_flight": 50},
+    }
+    checked = [gates.parse(g).evaluate(report) for g in results]
+    return Step(1, 10.0, 0.0, 10.0, 1, report, stats, checked, Counter(dict(throttles)))
+
+
+def test_a_step_whose_workers_were_busy_measured_the_generator_not_the_endpoint():
+    step = _step(cpu=0.95)
+    assert not step.passed and step.limit == "generator"
+    assert "95% busy" in (step.generator_limit or "")
+
+
+def test_a_step_that_fell_behind_schedule_with_free_slots_is_the_generators_limit():
+    assert _step(lag_ms=800.0).limit == "generator"
+
+
+def test_failures_that_break_an_slo_are_the_endpoints_even_when_the_generator_was_late():
+    step = _step(lag_ms=800.0, results=["ratio(failed) < 0%"])
+    assert step.limit == "failures"
+
+
+def test_devices_waiting_for_a_slot_are_the_generators_limit_when_no_slo_broke():
+    step = _step(slot_waits=12)
+    assert step.limit == "generator" and "max_in_flight (50)" in (step.generator_limit or "")
+
+
+def test_an_slo_broken_with_no_throttling_is_named_latency_or_failures():
+    assert _step(results=["p99(provision) < 10ms"]).limit == "latency"
+
+
+def test_a_search_where_nothing_breaks_stops_at_its_max_rate():
+    search = Search((gates.parse("p99(provision) < 2s"),), 10.0, 10.0, 1.0, max_rate=30.0)
+    assert list(search.rates()) == [10.0, 20.0, 30.0]
+    found = verdict(search, [_step(), _step()])
+    assert found.first_broken is None and "no SLO broke" in found.why
+
+
+def test_a_search_without_an_slo_is_a_one_line_error(tmp_path):
+    assert_user_error(run_loadgen("capacity", _scenario(tmp_path)), "capacity needs an SLO")
+
+
+def test_a_malformed_step_is_a_one_line_error(tmp_path):
+    result = run_loadgen(
+        "capacity", _scenario(tmp_path), "--slo", "p99(provision) < 2s", "--step", "fast"
+    )
+    assert_user_error(result, "--step 'fast'")
