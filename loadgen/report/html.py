@@ -271,15 +271,19 @@ def _cards(report: dict[str, Any], rate: dict[str, Any]) -> str:
     cards = [
         (_num(devices), "devices"),
         (_pct(outcomes.get("connected", 0), devices), "connected"),
-        (_ms(provision.get("p50")) + " ms", "provision p50"),
-        (_ms(provision.get("p99")) + " ms", "provision p99"),
+        (_with_unit(_ms(provision.get("p50")), " ms"), "provision p50"),
+        (_with_unit(_ms(provision.get("p99")), " ms"), "provision p99"),
         (
-            f"{_num(rate.get('achieved_per_s'))}/s",
+            _with_unit(_num(rate.get("achieved_per_s")), "/s"),
             "achieved rate" + (f" (target {_num(target)}/s)" if target is not None else ""),
         ),
     ]
     inner = "".join(f'<div class="card"><b>{v}</b><span>{_e(k)}</span></div>' for v, k in cards)
     return f'<div class="cards">{inner}</div>'
+
+
+def _with_unit(value: str, unit: str) -> str:
+    return value if value == DASH else value + unit
 
 
 def _gates(report: dict[str, Any]) -> str:
@@ -494,35 +498,51 @@ def _latency_plot(phase: str, seconds: Sequence[dict[str, Any]], timeline: Timel
     if not any((s or {}).get("count") for s in seconds):
         return _nothing(name, title, f"Nothing measured for {phase}.")
     # The run's whole time axis, as the other time plots have, for comparison.
-    seconds = [*seconds, *[{}] * (timeline.intervals - len(seconds))]
-    keys = [k for k in PERCENTILE_COLORS if any((s or {}).get(k) is not None for s in seconds)]
+    padded = [*(s or {} for s in seconds), *[{}] * (timeline.intervals - len(seconds))]
+    k = timeline.per_column
+    points = [_envelope(padded[c * k : (c + 1) * k]) for c in range(timeline.columns)]
+    keys = [key for key in PERCENTILE_COLORS if any(p.get(key) is not None for p in points)]
     lines = [
-        svg.Line(k, PERCENTILE_COLORS[k], [(s or {}).get(k) for s in seconds], dashed=k == "max")
-        for k in keys
+        svg.Line(key, PERCENTILE_COLORS[key], [p.get(key) for p in points], dashed=key == "max")
+        for key in keys
     ]
-    values = [v for line in lines for v in line.ys if v is not None]
-    log = svg.wants_log(values)
-    hover = [_latency_note(timeline, i, s or {}) for i, s in enumerate(seconds)]
+    log = svg.wants_log([v for line in lines for v in line.ys if v is not None])
     chart = svg.time_chart(
-        intervals=len(seconds),
-        interval_s=timeline.interval_s,
+        intervals=timeline.columns,
+        interval_s=k * timeline.interval_s,
         y_label="latency (ms" + (", log scale)" if log else ")"),
         lines=lines,
-        hover=hover,
+        hover=[_latency_note(timeline.span(c), p) for c, p in enumerate(points)],
         log_y=log,
     )
-    caption = (
-        f"{_sentence(PHASE_MEANING.get(phase, phase))}; percentiles of the devices that "
-        "started in each second." + (" Log scale: the values span over two decades." if log else "")
-    )
+    caption = f"{_sentence(PHASE_MEANING.get(phase, phase))}; percentiles of the devices that "
+    caption += "started in each second."
+    if k > 1:
+        caption += (
+            f" Each point is the highest per-second value in its {k * timeline.interval_s:g} s."
+        )
+    if log:
+        caption += " Log scale: the values span over two decades."
     return _figure(name, title, chart, caption)
 
 
-def _latency_note(timeline: Timeline, second: int, s: dict[str, Any]) -> str:
-    if not s.get("count"):
-        return f"{timeline.span(second, 1)}: nothing measured"
-    values = ", ".join(f"{k} {_ms(s.get(k))} ms" for k in PERCENTILE_COLORS if s.get(k) is not None)
-    return f"{timeline.span(second, 1)}: {s['count']:,} measured; {values}"
+def _envelope(seconds: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Several seconds as one point: their count, and the highest of each
+    percentile (percentiles do not merge; spikes are what a reader looks for)."""
+    out: dict[str, Any] = {"count": sum(s.get("count") or 0 for s in seconds)}
+    for key in PERCENTILE_COLORS:
+        values = [s[key] for s in seconds if s.get(key) is not None]
+        out[key] = max(values) if values else None
+    return out
+
+
+def _latency_note(span: str, point: dict[str, Any]) -> str:
+    if not point.get("count"):
+        return f"{span}: nothing measured"
+    values = ", ".join(
+        f"{k} {_ms(point.get(k))} ms" for k in PERCENTILE_COLORS if point.get(k) is not None
+    )
+    return f"{span}: {point['count']:,} measured; {values}"
 
 
 # -- phase breakdown, attempts -------------------------------------------------

@@ -314,14 +314,16 @@ class Layout:
 
 
 def _polyline(points: Sequence[tuple[float, float]], line: Line) -> str:
-    dash = ' stroke-dasharray="5 4"' if line.dashed else ""
+    # Dashed lines are the secondary ones (a plan, a max): thinner, so the rest reads.
+    dash = ' stroke-dasharray="5 4" stroke-opacity="0.75"' if line.dashed else ""
+    width = 1.3 if line.dashed else 1.8
     if len(points) == 1:
         x, y = points[0]
         return f'<circle class="mark" cx="{_n(x)}" cy="{_n(y)}" r="2.5" fill="{line.color}"/>'
     coords = " ".join(f"{_n(x)},{_n(y)}" for x, y in points)
     return (
         f'<polyline class="mark" points="{coords}" fill="none" stroke="{line.color}" '
-        f'stroke-width="1.8" stroke-linejoin="round"{dash}/>'
+        f'stroke-width="{width}" stroke-linejoin="round"{dash}/>'
     )
 
 
@@ -431,7 +433,7 @@ def _columns(layers: Sequence[Layer], spans: Sequence[tuple[float, float]], y_sc
             out.append(
                 f'<rect class="mark" x="{_n(x0 + inset)}" y="{_n(top)}" '
                 f'width="{_n(max(x1 - x0 - 2 * inset, 0.6))}" height="{_n(bottom - top)}" '
-                f'fill="{layer.color}"/>'
+                f'fill="{layer.color}" shape-rendering="crispEdges"/>'
             )
             base += value
     return "".join(out)
