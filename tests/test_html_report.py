@@ -58,6 +58,7 @@ CAPACITY = {
             "throttled": 0 if rate < 80 else 150,
             "passed": rate < 80,
             "broken": [] if rate < 80 else ["p99(provision) < 2s"],
+            "limit": None if rate < 80 else "throttling",
         }
         for i, rate in enumerate([10.0, 20.0, 40.0, 80.0])
     ],

@@ -704,6 +704,23 @@ def _step_latency(step: dict[str, Any], key: str) -> float | None:
     return None if value is None else float(value)
 
 
+def _failed_pct(step: dict[str, Any]) -> float | None:
+    ratio = step.get("failed_ratio")
+    return None if ratio is None else 100 * float(ratio)
+
+
+def _share(pct: float | None) -> str:
+    return DASH if pct is None else f"{pct:.2f}%"
+
+
+def _step_verdict(step: dict[str, Any]) -> str:
+    if step.get("passed"):
+        return '<span class="pass">pass</span>'
+    limit = f" ({_e(step['limit'])})" if step.get("limit") else ""
+    broken = ", ".join(f"<code>{_e(b)}</code>" for b in step.get("broken") or [])
+    return f'<span class="fail">broken{limit}</span> {broken}'
+
+
 def _steps_table(steps: Sequence[dict[str, Any]]) -> str:
     rows = [
         [
@@ -713,12 +730,9 @@ def _steps_table(steps: Sequence[dict[str, Any]]) -> str:
             _num(s.get("devices")),
             _ms(_step_latency(s, "p50")),
             _ms(_step_latency(s, "p99")),
-            f"{100 * float(s.get('failed_ratio') or 0):.2f}%",
+            _share(_failed_pct(s)),
             _num(s.get("throttled")),
-            '<span class="pass">pass</span>'
-            if s.get("passed")
-            else '<span class="fail">broken</span> '
-            + ", ".join(f"<code>{_e(b)}</code>" for b in s.get("broken") or []),
+            _step_verdict(s),
         ]
         for s in steps
     ]
@@ -751,7 +765,7 @@ def _capacity_plot(capacity: dict[str, Any], steps: Sequence[dict[str, Any]]) ->
         if capacity.get(key) is not None
     ]
     p99 = [_step_latency(s, "p99") for s in steps]
-    failed = [100 * float(s.get("failed_ratio") or 0) for s in steps]
+    failed = [_failed_pct(s) for s in steps]
     x_label = "step arrival rate (devices/s)"
     charts = [
         svg.xy_chart(
@@ -793,9 +807,10 @@ def _step_lines(
 
 
 def _step_note(step: dict[str, Any]) -> str:
-    verdict = "passed" if step.get("passed") else "broken: " + ", ".join(step.get("broken") or [])
+    broken = ", ".join(step.get("broken") or [])
+    verdict = "passed" if step.get("passed") else f"broken ({step.get('limit') or '?'}): {broken}"
     return (
         f"step {step.get('step')}: {_rate(step.get('rate_per_s'))}, p99 provision "
         f"{_ms(_step_latency(step, 'p99'))} ms, "
-        f"failed {100 * float(step.get('failed_ratio') or 0):.2f}%, {verdict}"
+        f"failed {_share(_failed_pct(step))}, {verdict}"
     )

@@ -456,7 +456,8 @@ def xy_chart(
     left = max(72.0, _left_margin(value_scale(y_values, 1.0, 0.0, log=False)))
     frame = Frame(left, layout.top, WIDTH - left - 24, layout.plot_px)
     y_scale = value_scale(y_values, frame.bottom, frame.top, log=False)
-    top_x = max([*xs, *(m.x for m in marks)], default=1.0)
+    # Headroom, so a point at the highest x is not cut by the frame.
+    top_x = 1.05 * max([*xs, *(m.x for m in marks)], default=1.0)
     x_scale = linear(0.0, top_x, frame.left, frame.right, extend=True)
     points = [(x_scale(x), x_scale(x)) for x in xs]
     body = [
