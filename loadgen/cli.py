@@ -45,7 +45,7 @@ from loadgen.report import ci as ci_files
 from loadgen.report import compare as report_compare_mod
 from loadgen.report import gates as gates_mod
 from loadgen.report import merge as report_merge
-from loadgen.report.build import write_report
+from loadgen.report.build import write_outputs, write_report
 from loadgen.report.show import LiveRun, print_report
 from loadgen.run import (
     RunOptions,
@@ -221,6 +221,9 @@ def certs_inspect(fleet: Path, verify: bool) -> None:
 @click.option("--rate", help="A constant arrival rate instead of the scenario's, e.g. 200/s.")
 @click.option("--workers", type=int, default=default_workers, show_default="cores")
 @click.option("--report", "report_file", type=click.Path(path_type=Path), help="JSON report.")
+@click.option(
+    "--html", "html_file", type=click.Path(path_type=Path), help="Self-contained HTML report."
+)
 @click.option("--metrics-port", type=int, help="Serve Prometheus metrics on 127.0.0.1:PORT.")
 @click.option("--linger", type=float, default=0.0, help="Seconds to keep serving metrics after.")
 @click.option(
@@ -252,6 +255,7 @@ def run_command(
     rate: str | None,
     workers: int,
     report_file: Path | None,
+    html_file: Path | None,
     metrics_port: int | None,
     linger: float,
     pushgateway: str | None,
@@ -270,6 +274,7 @@ def run_command(
     options = RunOptions(endpoint, count, rate, workers)
     checked = check_plan(scenario, options)
     report_file = report_path(report_file)
+    html_file = report_path(html_file, "--html")
     console = _console()
     minted = _mint_with_progress(console, scenario, checked.count, workers)
     if minted is not None:
@@ -299,9 +304,8 @@ def run_command(
     print_report(Console(highlight=False), report)
     for result in results:
         click.echo(result.describe())
-    if report_file is not None:
-        write_report(report_file, report)
-        click.echo(f"report written to {report_file}")
+    for line in write_outputs(report, report_file, html_file):
+        click.echo(line)
     ci_files.write_ci_files(report, results, junit_path, summary_path)
     if metrics_port is not None and linger > 0:
         time.sleep(linger)  # the last scrape sees the final values
@@ -341,6 +345,15 @@ def report() -> None:
 def report_show(path: Path) -> None:
     """Print a report as tables."""
     print_report(Console(highlight=False), report_merge.load_report(path))
+
+
+@report.command("html")
+@click.argument("path", metavar="REPORT", type=click.Path(path_type=Path))
+@click.option("-o", "--out", "out", required=True, type=click.Path(path_type=Path))
+def report_html(path: Path, out: Path) -> None:
+    """Write a report (of a run, a merge or a capacity search) as HTML."""
+    for line in write_outputs(report_merge.load_report(path), None, report_path(out, "--out")):
+        click.echo(line)
 
 
 @report.command("merge")

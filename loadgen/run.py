@@ -195,7 +195,7 @@ def default_workers() -> int:
     return os.cpu_count() or 1
 
 
-def report_path(value: Path | None) -> Path | None:
+def report_path(value: Path | None, option: str = "--report") -> Path | None:
     if value is not None and value.parent and not value.parent.exists():
-        raise UserError(f"--report: folder {value.parent} does not exist")
+        raise UserError(f"{option}: folder {value.parent} does not exist")
     return value

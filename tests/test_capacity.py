@@ -11,6 +11,7 @@ import time
 import urllib.request
 from collections import Counter
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import pytest
 import yaml
@@ -49,6 +50,13 @@ def _scenario(root: Path) -> Path:
     return path
 
 
+class Searched(NamedTuple):
+    report: dict[str, Any]
+    samples: dict[tuple[str, str | None], float]
+    out: str
+    html: Path
+
+
 @pytest.fixture(scope="module")
 def search(tmp_path_factory):
     """A search from 20/s by 20/s against an emulator that provisions 40/s, with
@@ -62,7 +70,7 @@ def search(tmp_path_factory):
             *("--slo", "p99(provision) < 1s", "--slo", "ratio(failed) < 1%"),
             *("--start", "20/s", "--step", "20/s", "--step-duration", "4s"),
             *("--max-rate", "200/s", "--workers", "1", "--report", str(report)),
-            *("--metrics-port", str(port), "--linger", "30"),
+            *("--metrics-port", str(port), "--linger", "30", "--html", str(root / "r.html")),
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -83,17 +91,17 @@ def search(tmp_path_factory):
         for family in text_string_to_metric_families(body.decode())
         for s in family.samples
     }
-    return json.loads(report.read_text()), samples, out
+    return Searched(json.loads(report.read_text()), samples, out, root / "r.html")
 
 
 def test_the_search_finds_the_provisioning_quota_within_one_step(search):
-    capacity = search[0]["capacity"]
+    capacity = search.report["capacity"]
     assert capacity["highest_sustainable_per_s"] <= QUOTA < capacity["first_broken_per_s"]
     assert capacity["first_broken_per_s"] - capacity["highest_sustainable_per_s"] == 20
 
 
 def test_the_search_names_throttling_as_the_limit_that_broke(search):
-    capacity = search[0]["capacity"]
+    capacity = search.report["capacity"]
     assert capacity["limit"] == "throttling"
     last = capacity["steps"][-1]
     assert last["throttles"]["emulator provision quota"] > 0 and last["broken"]
@@ -101,21 +109,21 @@ def test_the_search_names_throttling_as_the_limit_that_broke(search):
 
 
 def test_the_search_prints_every_step_and_its_verdict(search):
-    report, _, out = search
+    report, out = search.report, search.out
     for step in report["capacity"]["steps"]:
         assert f"step {step['step']}: {step['rate_per_s']:g}/s" in out
     assert "highest sustainable rate: 40/s" in out and "by throttling" in out
 
 
 def test_every_step_provisions_fresh_devices(search):
-    report = search[0]
+    report = search.report
     devices = sum(step["devices"] for step in report["capacity"]["steps"])
     assert report["devices"] == devices
     assert report["jitp"]["first_connect_rejected"] == devices
 
 
 def test_metrics_count_the_whole_search_and_show_its_last_step(search):
-    report, samples, _ = search
+    report, samples = search.report, search.samples
     steps = report["capacity"]["steps"]
     assert samples[("loadgen_devices_finished_total", None)] == report["devices"]
     assert samples[("loadgen_capacity_step", None)] == len(steps)
@@ -123,11 +131,16 @@ def test_metrics_count_the_whole_search_and_show_its_last_step(search):
 
 
 def test_the_report_holds_the_steps_one_after_another(search):
-    report = search[0]
+    report = search.report
     steps = report["capacity"]["steps"]
     assert [s["rate_per_s"] for s in steps] == [20.0 * (i + 1) for i in range(len(steps))]
     assert all(a["started_at_s"] < b["started_at_s"] for a, b in itertools.pairwise(steps))
     assert sum(report["series"]["started_per_s"]) == report["devices"]
+
+
+def test_the_html_report_plots_the_steps(search):
+    page = search.html.read_text()
+    assert 'data-plot="capacity-steps"' in page and "highest sustainable rate: 40/s" in page
 
 
 def _step(

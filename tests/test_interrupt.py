@@ -36,6 +36,8 @@ def test_a_stopped_run_still_writes_its_report_marked_partial(tmp_path, mosquitt
             "2",
             "--report",
             str(report_path),
+            "--html",
+            str(tmp_path / "r.html"),
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -51,3 +53,4 @@ def test_a_stopped_run_still_writes_its_report_marked_partial(tmp_path, mosquitt
     assert 0 < report["devices"] < 400
     assert sum(report["outcomes"].values()) == report["devices"]
     assert report["devices"] == sum(report["series"]["started_per_s"])  # every start ended
+    assert "stopped early" in (tmp_path / "r.html").read_text().lower()

@@ -94,6 +94,16 @@ def test_report_merge_and_show_on_the_command_line(tmp_path):
     assert shown.code == 0 and "provision" in shown.out and "400 devices" in shown.out
 
 
+def test_report_html_renders_a_merged_report(tmp_path):
+    results = _results(200, 12)
+    shards = [_report(results, lambda i, s=s: i % 2 == s) for s in range(2)]
+    (tmp_path / "all.json").write_text(json.dumps(merge(shards)))
+    result = run_loadgen("report", "html", tmp_path / "all.json", "-o", tmp_path / "all.html")
+    assert result.code == 0, result.err
+    page = (tmp_path / "all.html").read_text()
+    assert 'data-plot="latency-provision"' in page and "200" in page
+
+
 def test_a_file_that_is_not_a_report_is_a_one_line_error(tmp_path):
     from tests.conftest import assert_user_error
 

@@ -20,7 +20,7 @@ from loadgen.load.schedule import ConstantArrival
 from loadgen.metrics import prometheus as prom
 from loadgen.metrics.stats import RunStats
 from loadgen.report import gates as gates_mod
-from loadgen.report.build import write_report
+from loadgen.report.build import write_outputs
 from loadgen.report.merge import merge
 from loadgen.report.show import LiveRun
 from loadgen.run import (
@@ -105,6 +105,9 @@ def _search(
 @click.option("--endpoint", help="HOST:PORT instead of the scenario's endpoint.")
 @click.option("--workers", type=int, default=default_workers, show_default="cores")
 @click.option("--report", "report_file", type=click.Path(path_type=Path), help="JSON report.")
+@click.option(
+    "--html", "html_file", type=click.Path(path_type=Path), help="Self-contained HTML report."
+)
 @click.option("--metrics-port", type=int, help="Serve Prometheus metrics on 127.0.0.1:PORT.")
 @click.option("--linger", type=float, default=0.0, help="Seconds to keep serving metrics after.")
 @click.option("--pushgateway", help="Push metrics to this Pushgateway URL.")
@@ -121,6 +124,7 @@ def capacity_command(
     endpoint: str | None,
     workers: int,
     report_file: Path | None,
+    html_file: Path | None,
     metrics_port: int | None,
     linger: float,
     pushgateway: str | None,
@@ -137,6 +141,7 @@ def capacity_command(
     options = RunOptions(endpoint, None, None, workers)
     check_plan(scenario, options)
     report_file = report_path(report_file)
+    html_file = report_path(html_file, "--html")
     console = Console(stderr=True)
     click.echo(
         f"capacity search: from {search.start:g}/s by {search.step:g}/s, "
@@ -206,9 +211,8 @@ def capacity_command(
         report = capacity_report(steps, base.max_in_flight, interrupted)
         report["jitp"] = jitp_section(report, session.emulator_stats)
         report["capacity"] = section(search, steps, found, interrupted)
-        if report_file is not None:
-            write_report(report_file, report)
-            click.echo(f"report written to {report_file}")
+        for line in write_outputs(report, report_file, html_file):
+            click.echo(line)
     if metrics_port is not None and linger > 0:
         time.sleep(linger)
     if interrupted:

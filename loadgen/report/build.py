@@ -16,6 +16,7 @@ from loadgen.load.schedule import Burst, ConstantArrival, offsets
 from loadgen.load.workers import RunTiming
 from loadgen.metrics.intervals import LogBuckets
 from loadgen.metrics.stats import BREAKDOWN, PHASES, RunStats
+from loadgen.report.html import write_html
 
 FORMAT = "loadgen-report/1"
 
@@ -143,3 +144,18 @@ def _series(counts: Any) -> list[int]:
 
 def write_report(path: Path, report: dict[str, Any]) -> None:
     write_atomic(path, json.dumps(report, indent=2).encode() + b"\n")
+
+
+def write_outputs(
+    report: dict[str, Any], json_path: Path | None, html_path: Path | None
+) -> list[str]:
+    """The report as JSON and as HTML, where asked, each written atomically;
+    returns what was written, for the user."""
+    written = []
+    if json_path is not None:
+        write_report(json_path, report)
+        written.append(f"report written to {json_path}")
+    if html_path is not None:
+        write_html(html_path, report)
+        written.append(f"HTML report written to {html_path}")
+    return written
