@@ -81,7 +81,7 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browser]:
 
 @pytest.fixture(scope="module")
 def run_report(tmp_path_factory: pytest.TempPathFactory, device_ca: Any) -> dict[str, Any]:
-    """The report of a real run: 150 lightbulbs at 100/s through JITP against the
+    """The report of a real run: 150 lightbulbs at 60/s through JITP against the
     embedded emulator, whose provisioning quota throttles some of them."""
     from loadgen.certs.mint import MintRequest, mint
     from loadgen.certs.profile import load_profile
@@ -99,9 +99,9 @@ def run_report(tmp_path_factory: pytest.TempPathFactory, device_ca: Any) -> dict
         "fleet": {"ca": str(device_ca.directory), "store": str(root / "fleet"), "count": 150},
         "jitp": {"expect_first_connect_rejected": True},
         "retry": {"initial": "20ms", "max": "200ms", "max_attempts": 4},
-        "load": {"executor": "constant-arrival-rate", "rate": "100/s", "max_in_flight": 150},
+        "load": {"executor": "constant-arrival-rate", "rate": "60/s", "max_in_flight": 150},
         "after_connect": [{"publish": {"topic": "dt/{client_id}/x", "qos": 1}}],
-        "emulator": {"quotas": {"provision": "60/s", "connect-per-client": "off"}},
+        "emulator": {"quotas": {"provision": "30/s", "connect-per-client": "off"}},
     }
     (root / "scenario.yaml").write_text(yaml.safe_dump(scenario))
     result = run_loadgen(
