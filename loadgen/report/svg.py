@@ -208,7 +208,8 @@ class LegendItem:
 @dataclass(frozen=True)
 class Legend:
     items: Sequence[LegendItem]
-    width: float = WIDTH - 16
+    # Legends start at the plot's left edge, up to ~100 px in: wrap before the right one.
+    width: float = WIDTH - 116
     row_px: float = 18
 
     def rows(self) -> list[list[tuple[float, LegendItem]]]:
