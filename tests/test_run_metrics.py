@@ -155,8 +155,10 @@ def test_devices_holding_their_connection_show_as_connected(tmp_path, mosquitto,
     (tmp_path / "profile.yaml").write_text("subject:\n  common_name: 'held-{index:03d}'\n")
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "loadgen", "run", str(path), "--count", "30"]
-        + ["--workers", "2", "--metrics-port", str(port)],
+        [
+            *(sys.executable, "-m", "loadgen", "run", str(path), "--count", "30"),
+            *("--workers", "2", "--metrics-port", str(port)),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
