@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import shutil
+import signal
 import subprocess
 import time
 import urllib.error
@@ -104,6 +106,7 @@ def interpolate(
 def rewritten_config(
     *,
     scrape_interval: float,
+    evaluation_interval: float,
     targets: dict[str, int],
     rule_files: list[Path],
 ) -> dict[str, Any]:
@@ -111,7 +114,7 @@ def rewritten_config(
     loopback port, fast scrapes and rule evaluations, the rules by absolute path."""
     config: dict[str, Any] = yaml.safe_load(PROMETHEUS_YML.read_text())
     config["global"]["scrape_interval"] = f"{scrape_interval:g}s"
-    config["global"]["evaluation_interval"] = f"{scrape_interval:g}s"
+    config["global"]["evaluation_interval"] = f"{evaluation_interval:g}s"
     config["rule_files"] = [str(path) for path in rule_files]
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
     assert set(jobs) == set(targets), (sorted(jobs), sorted(targets))
@@ -157,6 +160,15 @@ class Prometheus:
         log = self.log.read_text()[-2000:]
         raise TimeoutError(f"prometheus not ready after {timeout} s: {log}")
 
+    def wait_scraping(self, jobs: int, timeout: float = 20.0) -> None:
+        """Until every job was scraped once (Prometheus starts scraping a few
+        seconds after it is ready: target discovery batches its first update)."""
+        deadline = time.monotonic() + timeout
+        while len(self.api("query", query="up")["result"]) < jobs:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"prometheus scraped fewer than {jobs} jobs in {timeout} s")
+            time.sleep(0.2)
+
     def api(self, path: str, **params: str | float) -> Any:
         """GET /api/v1/<path>; the response's data (raises with Prometheus's error)."""
         query = urllib.parse.urlencode({k: str(v) for k, v in params.items()})
@@ -180,6 +192,25 @@ class Prometheus:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+
+
+def run_bounded(args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """Run a command in its own process group; past ``timeout``, end the group
+    (its worker and emulator processes with it) and raise TimeoutExpired."""
+    proc = subprocess.Popen(
+        args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+        raise
+    return subprocess.CompletedProcess(args, proc.returncode, out, err)
 
 
 def finite_values(result: list[Any]) -> list[float]:

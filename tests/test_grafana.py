@@ -258,4 +258,4 @@ def test_the_capacity_dashboard_marks_the_steps_of_a_search_with_annotations() -
     (path,) = (p for p in DASHBOARDS if p.stem == "loadgen-capacity-planning")
     annotations = [q for q in queries(path) if q.where.startswith("annotation")]
     assert [q.capacity_only for q in annotations] == [True]
-    assert "changes(loadgen_capacity_step" in annotations[0].expr
+    assert "loadgen_capacity_step" in annotations[0].expr
