@@ -295,20 +295,22 @@ def run_command(
             stats, timing, report = execute(plan, on_progress)
         if exporter is not None and (error := exporter.finish(stats)):
             click.echo(f"loadgen: {error}", err=True)
-    report["jitp"] = jitp_section(report, session.emulator_stats)
-    results = gates_mod.evaluate(gates, report)
-    report["gates"] = [
-        {"gate": r.gate, "passed": r.passed, "measured": r.measured, "threshold": r.threshold}
-        for r in results
-    ]
-    print_report(Console(highlight=False), report)
-    for result in results:
-        click.echo(result.describe())
-    for line in write_outputs(report, report_file, html_file):
-        click.echo(line)
-    ci_files.write_ci_files(report, results, junit_path, summary_path)
-    if metrics_port is not None and linger > 0:
-        time.sleep(linger)  # the last scrape sees the final values
+        report["jitp"] = jitp_section(report, session.final_emulator_stats())
+        results = gates_mod.evaluate(gates, report)
+        report["gates"] = [
+            {"gate": r.gate, "passed": r.passed, "measured": r.measured, "threshold": r.threshold}
+            for r in results
+        ]
+        print_report(Console(highlight=False), report)
+        for result in results:
+            click.echo(result.describe())
+        for line in write_outputs(report, report_file, html_file):
+            click.echo(line)
+        ci_files.write_ci_files(report, results, junit_path, summary_path)
+        if metrics_port is not None and linger > 0:
+            # The last scrape sees the final values (the emulator's too: it
+            # serves until the run's session ends).
+            time.sleep(linger)
     if timing.partial:
         click.echo("loadgen: interrupted; the report holds what ran (partial)", err=True)
         sys.exit(130)

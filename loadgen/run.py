@@ -64,6 +64,13 @@ class EndpointSession:
     emulator: EmbeddedEmulator | None = None
     emulator_stats: dict[str, Any] | None = None
 
+    def final_emulator_stats(self) -> dict[str, Any] | None:
+        """The embedded emulator's counts once the devices are done (it keeps
+        serving, e.g. its metrics while --linger waits for a last scrape)."""
+        if self.emulator is None:
+            return self.emulator_stats
+        return self.emulator.stats()
+
 
 @contextmanager
 def endpoint(scenario: Scenario, options: RunOptions) -> Iterator[EndpointSession]:

@@ -204,17 +204,17 @@ def capacity_command(
             interrupted = True
         if exporter is not None and (error := exporter.finish(total)):
             click.echo(f"loadgen: {error}", err=True)
-    found = verdict(search, steps, interrupted)
-    _print_steps(Console(highlight=False), steps)
-    click.echo(found.text())
-    if steps:
-        report = capacity_report(steps, base.max_in_flight, interrupted)
-        report["jitp"] = jitp_section(report, session.emulator_stats)
-        report["capacity"] = section(search, steps, found, interrupted)
-        for line in write_outputs(report, report_file, html_file):
-            click.echo(line)
-    if metrics_port is not None and linger > 0:
-        time.sleep(linger)
+        found = verdict(search, steps, interrupted)
+        _print_steps(Console(highlight=False), steps)
+        click.echo(found.text())
+        if steps:
+            report = capacity_report(steps, base.max_in_flight, interrupted)
+            report["jitp"] = jitp_section(report, session.final_emulator_stats())
+            report["capacity"] = section(search, steps, found, interrupted)
+            for line in write_outputs(report, report_file, html_file):
+                click.echo(line)
+        if metrics_port is not None and linger > 0:
+            time.sleep(linger)  # a last scrape, of the emulator too
     if interrupted:
         click.echo("loadgen: interrupted; the report holds the steps that ran", err=True)
         sys.exit(130)
@@ -260,16 +260,7 @@ def _num(value: float | None) -> str:
 
 def _print_steps(console: Console, steps: list[Step]) -> None:
     table = Table(title="capacity search")
-    for name in (
-        "step",
-        "rate/s",
-        "achieved/s",
-        "p50 ms",
-        "p99 ms",
-        "failed",
-        "throttled",
-        "verdict",
-    ):
+    for name in ("step", "rate/s", "achieved/s", "p50 ms", "p99 ms", "failed", "throttled", "stop"):
         table.add_column(name, justify="right")
     for step in steps:
         row = step.row()

@@ -97,3 +97,15 @@ def target_rate(executor: Executor, at: float) -> float | None:
         start += stage.duration
         rate0 = stage.rate
     return rate0 if rate0 > 0 else None
+
+
+def span(executor: Executor, count: int) -> float:
+    """Seconds from the first planned arrival to the last."""
+    if isinstance(executor, Burst) or count < 2:
+        return 0.0
+    if isinstance(executor, ConstantArrival):
+        return (count - 1) / executor.rate
+    last = 0.0
+    for last in offsets(executor, count):  # noqa: B007
+        pass
+    return last

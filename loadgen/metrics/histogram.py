@@ -45,19 +45,34 @@ class LatencyHistogram:
 
     def cumulative(self, bounds: tuple[float, ...]) -> list[int]:
         """How many values are at most each bound (seconds): Prometheus buckets,
-        at the histogram's precision (3 significant digits)."""
-        limits = [int(b * 1_000_000) for b in bounds]
-        counts = [0] * len(limits)
-        for item in self._h.get_recorded_iterator():
-            for i, limit in enumerate(limits):
-                if item.value_iterated_to <= limit:
-                    counts[i] += item.count_at_value_iterated_to
-        return counts
+        at the histogram's precision (3 significant digits): a value counts below
+        a bound when its whole equivalence range does.
+
+        Sums slices of the counts array (its index grows with the value): walking
+        the recorded values in Python took a scrape 0.4 s."""
+        counts = list(self._h.counts)
+        out, below, start = [], 0, 0
+        for bound in bounds:
+            limit = min(max(int(bound * 1_000_000), _LOWEST_US), _HIGHEST_US)
+            end = self._h.get_counts_array_index(limit)
+            if self._h.get_highest_equivalent_value(limit) <= limit:
+                end += 1  # the bound closes its range: that range counts too
+            if end > start:
+                below += sum(counts[start:end])
+                start = end
+            out.append(below)
+        return out
 
     @property
     def sum_seconds(self) -> float:
         """The total of the values (mean times count, at the histogram's precision)."""
-        return float(self._h.get_mean_value()) * self.count / 1_000_000
+        # As hdrh's mean does (each value at the middle of its range), but over
+        # the non-zero counts only: its iterator made every scrape slow.
+        h, total = self._h, 0
+        for index, n in enumerate(h.counts):
+            if n:
+                total += n * h._hdr_median_equiv_value(h.get_value_from_index(index))
+        return total / 1_000_000
 
     def encode(self) -> str:
         return self._h.encode().decode("ascii")  # type: ignore[no-any-return]

@@ -24,7 +24,7 @@ from prometheus_client.registry import Collector
 from loadgen.errors import UserError
 from loadgen.load.plan import RunPlan
 from loadgen.load.runner import RunSnapshot
-from loadgen.load.schedule import target_rate
+from loadgen.load.schedule import span, target_rate
 from loadgen.metrics.histogram import LatencyHistogram
 from loadgen.metrics.stats import PHASES, RunStats
 
@@ -39,6 +39,9 @@ class LiveRun:
 
     def __init__(self, plan: RunPlan) -> None:
         self.plan = plan
+        # When the last arrival is planned (seconds in): computed once, a
+        # ramping schedule of a million devices takes a while to walk.
+        self.arrivals_end = span(plan.executor, plan.count)
         self.snapshot: RunSnapshot | None = None
         self.started_at: float | None = None  # wall clock
         self.finished = False
@@ -121,7 +124,10 @@ class RunCollector(Collector):
             0 if live.finished else snap.connected,
         )
         elapsed = time.time() - live.started_at if live.started_at is not None else 0.0
-        target = None if live.finished else target_rate(live.plan.executor, elapsed)
+        # After the last planned arrival nothing more is planned (devices may
+        # still be holding or draining): the target drops to 0.
+        arriving = elapsed <= live.arrivals_end + 1.0
+        target = None if live.finished or not arriving else target_rate(live.plan.executor, elapsed)
         yield self._gauge(
             "arrival_rate_target", "Planned device arrivals per second", scenario, target or 0.0
         )
@@ -212,6 +218,7 @@ class Exporter:
     def step_begins(self, plan: RunPlan, number: int, rate: float) -> None:
         """A capacity search's next step: its plan, number and rate."""
         self.live.plan = plan
+        self.live.arrivals_end = span(plan.executor, plan.count)
         self.live.step = (number, rate)
 
     def step_done(self, stats: RunStats) -> None:

@@ -12,7 +12,8 @@ from typing import Any
 from loadgen import __version__
 from loadgen.files import write_atomic
 from loadgen.load.plan import RunPlan
-from loadgen.load.schedule import Burst, ConstantArrival, offsets
+from loadgen.load.schedule import offsets
+from loadgen.load.schedule import span as schedule_span
 from loadgen.load.workers import RunTiming
 from loadgen.metrics.intervals import LogBuckets
 from loadgen.metrics.stats import BREAKDOWN, PHASES, RunStats
@@ -25,21 +26,9 @@ def _iso(wall: float) -> str:
     return dt.datetime.fromtimestamp(wall, dt.UTC).isoformat(timespec="milliseconds")
 
 
-def planned_span(plan: RunPlan) -> float:
-    """Seconds from the first planned arrival to the last."""
-    if isinstance(plan.executor, Burst) or plan.count < 2:
-        return 0.0
-    if isinstance(plan.executor, ConstantArrival):
-        return (plan.count - 1) / plan.executor.rate
-    last = 0.0
-    for last in offsets(plan.executor, plan.count):  # noqa: B007
-        pass
-    return last
-
-
 def rates(plan: RunPlan, stats: RunStats) -> dict[str, float | None]:
     """Arrivals per second, planned and achieved, over the arrivals' span."""
-    span = planned_span(plan)
+    span = schedule_span(plan.executor, plan.count)
     target = (plan.count - 1) / span if span > 0 else None
     achieved = None
     if stats.first_start is not None and stats.last_start is not None:

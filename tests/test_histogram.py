@@ -1,0 +1,43 @@
+"""HDR histograms as Prometheus sees them: buckets and sums computed from the
+counts array agree with walking every recorded value."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from loadgen.metrics.histogram import LatencyHistogram
+from loadgen.metrics.prometheus import BUCKETS
+
+latencies = st.lists(
+    st.one_of(st.floats(min_value=0.0, max_value=120.0), st.sampled_from(BUCKETS)), max_size=400
+)
+
+
+def _filled(values: list[float]) -> LatencyHistogram:
+    histogram = LatencyHistogram()
+    for v in values:
+        histogram.record(v)
+    return histogram
+
+
+@settings(deadline=None, max_examples=40)  # the oracle walks every value: slow
+@given(latencies)
+def test_a_bucket_counts_the_values_whose_whole_range_is_within_its_bound(values):
+    histogram = _filled(values)
+    recorded = [
+        (item.value_iterated_to, item.count_at_value_iterated_to)
+        for item in histogram._h.get_recorded_iterator()
+    ]
+    expected = [
+        sum(n for value, n in recorded if value <= int(bound * 1_000_000)) for bound in BUCKETS
+    ]
+    assert histogram.cumulative(BUCKETS) == expected
+
+
+@settings(deadline=None, max_examples=40)
+@given(latencies)
+def test_the_sum_is_the_mean_times_the_count(values):
+    histogram = _filled(values)
+    expected = histogram._h.get_mean_value() * histogram.count / 1_000_000
+    assert abs(histogram.sum_seconds - expected) <= 1e-9 * max(1.0, expected)
