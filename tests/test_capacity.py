@@ -143,6 +143,23 @@ def test_the_html_report_plots_the_steps(search):
     assert 'data-plot="capacity-steps"' in page and "highest sustainable rate: 40/s" in page
 
 
+def test_a_search_held_back_by_max_in_flight_says_the_generator_was_the_limit(tmp_path):
+    path = _scenario(tmp_path)
+    scenario = yaml.safe_load(path.read_text())
+    scenario["load"]["max_in_flight"] = 2
+    scenario["after_connect"] = [{"hold": {"duration": "1s"}}]
+    path.write_text(yaml.safe_dump(scenario))
+    result = run_loadgen(
+        *("capacity", path, "--slo", "ratio(failed) < 1%", "--start", "10/s"),
+        *("--step-duration", "2s", "--workers", "1", "--report", tmp_path / "r.json"),
+    )
+    assert result.code == 0, result.err
+    capacity = json.loads((tmp_path / "r.json").read_text())["capacity"]
+    assert capacity["limit"] == "generator" and capacity["first_broken_per_s"] is None
+    assert "the generator, not the endpoint, was the limit" in result.out
+    assert "load.max_in_flight (2) was reached" in result.out
+
+
 def _step(
     *, cpu: float = 0.1, lag_ms: float = 2.0, slot_waits: int = 0, results=(), throttles=()
 ) -> Step:
@@ -174,8 +191,8 @@ def test_failures_that_break_an_slo_are_the_endpoints_even_when_the_generator_wa
     assert step.limit == "failures"
 
 
-def test_devices_waiting_for_a_slot_are_the_generators_limit_when_no_slo_broke():
-    step = _step(slot_waits=12)
+def test_devices_waiting_for_a_slot_are_the_generators_limit_even_if_latency_broke():
+    step = _step(slot_waits=12, results=["p99(provision) < 10ms"])
     assert step.limit == "generator" and "max_in_flight (50)" in (step.generator_limit or "")
 
 
