@@ -54,3 +54,37 @@ def test_a_stopped_run_still_writes_its_report_marked_partial(tmp_path, mosquitt
     assert sum(report["outcomes"].values()) == report["devices"]
     assert report["devices"] == sum(report["series"]["started_per_s"])  # every start ended
     assert "stopped early" in (tmp_path / "r.html").read_text().lower()
+
+
+def test_a_second_sigint_stops_at_once_and_still_writes_what_was_measured(
+    tmp_path, mosquitto, device_ca
+):
+    path = _scenario(
+        tmp_path,
+        mosquitto,
+        device_ca,
+        load={"executor": "constant-arrival-rate", "rate": "40/s", "max_in_flight": 200},
+        after_connect=[{"hold": {"duration": "60s"}}],
+    )
+    report_path = tmp_path / "r.json"
+    proc = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "loadgen", "run", str(path), "--count", "400"),
+            *("--workers", "2", "--report", str(report_path), "--html", str(tmp_path / "r.html")),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(4)  # devices connected and holding
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    # Well inside the 10 s grace a single signal gives devices in flight.
+    _, err = proc.communicate(timeout=8)
+    assert proc.returncode == 130, err
+    report = json.loads(report_path.read_text())
+    assert report["partial"] is True
+    interrupted = report["reasons"]["error"]["interrupted before it finished"]
+    assert 0 < interrupted == report["outcomes"]["error"]
+    assert (tmp_path / "r.html").exists()
