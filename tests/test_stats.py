@@ -90,3 +90,11 @@ def test_a_provisioned_devices_time_breaks_down_into_parts_that_add_up():
         "connack": 5000,
         "back_off": 2_451_000,
     }
+
+
+def test_a_device_that_recovered_from_a_failure_adds_no_failure_reason():
+    result = DeviceResult(0, outcome=Outcome.CONNECTED, attempts=3, provision=1.0)
+    result.reason, result.phase = "closed by the server", "connack"
+    stats = RunStats()
+    stats.add(result, 0.0, 1.0)
+    assert stats.reasons == {}

@@ -67,7 +67,9 @@ class RunStats:
         outcome = result.outcome.value
         self.outcomes[outcome] += 1
         self.outcomes_per_second.setdefault(outcome, Counter())[int(finished_offset)] += 1
-        if result.reason is not None:
+        # A connected device may carry the reason of a failure it recovered
+        # from: reasons are kept for the failed outcomes only.
+        if result.reason is not None and outcome != "connected":
             reasons = self.reasons.setdefault(outcome, Counter())
             key = f"{result.phase}: {result.reason}" if result.phase else result.reason
             if key in reasons or len(reasons) < _REASONS_KEPT:
