@@ -30,6 +30,7 @@ from loadgen.certs.inspect import FleetSummary, summarize
 from loadgen.certs.keys import KeyType
 from loadgen.certs.mint import MintRequest, MintResult, mint
 from loadgen.certs.profile import load_profile
+from loadgen.cli_options import output_options, target_options
 from loadgen.emulator import check as emu_check
 from loadgen.emulator import metrics as emu_metrics
 from loadgen.emulator import render as emu_render
@@ -50,7 +51,6 @@ from loadgen.report.show import LiveRun, print_report
 from loadgen.run import (
     RunOptions,
     check_plan,
-    default_workers,
     ensure_fleet,
     execute,
     jitp_section,
@@ -216,20 +216,8 @@ def certs_inspect(fleet: Path, verify: bool) -> None:
 
 @cli.command("run")
 @click.argument("scenario_path", metavar="SCENARIO", type=click.Path(path_type=Path))
-@click.option("--endpoint", help="HOST:PORT instead of the scenario's endpoint.")
 @click.option("--count", type=int, help="Devices to run (default: the scenario's fleet.count).")
 @click.option("--rate", help="A constant arrival rate instead of the scenario's, e.g. 200/s.")
-@click.option("--workers", type=int, default=default_workers, show_default="cores")
-@click.option("--report", "report_file", type=click.Path(path_type=Path), help="JSON report.")
-@click.option(
-    "--html", "html_file", type=click.Path(path_type=Path), help="Self-contained HTML report."
-)
-@click.option("--metrics-port", type=int, help="Serve Prometheus metrics on 127.0.0.1:PORT.")
-@click.option("--linger", type=float, default=0.0, help="Seconds to keep serving metrics after.")
-@click.option(
-    "--pushgateway", help="Push metrics to this Pushgateway URL (periodically, at the end)."
-)
-@click.option("--job", default="loadgen", show_default=True, help="The Pushgateway job name.")
 @click.option(
     "--junit",
     "junit_path",
@@ -248,6 +236,8 @@ def certs_inspect(fleet: Path, verify: bool) -> None:
     multiple=True,
     help='A pass/fail condition, e.g. "p99(provision) < 2s"; repeatable.',
 )
+@target_options
+@output_options
 def run_command(
     scenario_path: Path,
     endpoint: str | None,

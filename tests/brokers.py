@@ -32,6 +32,16 @@ def wait_for_port(port: int, timeout: float = 10.0, process: subprocess.Popen | 
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
 
 
+def stop_process(process: subprocess.Popen) -> None:
+    """Ask it to stop; kill it if it has not within 10 s."""
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 @dataclass
 class Mosquitto:
     tls_port: int
@@ -41,12 +51,7 @@ class Mosquitto:
     process: subprocess.Popen
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process)
 
 
 def start_mosquitto(root: Path, device_ca_pem: Path, *, password_file: Path | None = None):

@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from tests.brokers import stop_process
 from tests.conftest import ROOT
 
 GRAFANA = ROOT / "grafana"
@@ -186,12 +187,7 @@ class Prometheus:
         return data["result"]  # type: ignore[no-any-return]
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process)
 
 
 def run_bounded(args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:

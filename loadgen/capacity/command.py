@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from loadgen.capacity.search import Search, Step, section, throttles, verdict
+from loadgen.cli_options import output_options, target_options
 from loadgen.errors import UserError
 from loadgen.load.runner import merge_progress
 from loadgen.load.schedule import ConstantArrival
@@ -26,7 +27,6 @@ from loadgen.report.show import LiveRun
 from loadgen.run import (
     RunOptions,
     check_plan,
-    default_workers,
     ensure_fleet,
     execute,
     jitp_section,
@@ -102,16 +102,8 @@ def _search(
     help="The fleet index to start from: devices before it are left alone "
     "(e.g. already provisioned by an earlier search against the same endpoint).",
 )
-@click.option("--endpoint", help="HOST:PORT instead of the scenario's endpoint.")
-@click.option("--workers", type=int, default=default_workers, show_default="cores")
-@click.option("--report", "report_file", type=click.Path(path_type=Path), help="JSON report.")
-@click.option(
-    "--html", "html_file", type=click.Path(path_type=Path), help="Self-contained HTML report."
-)
-@click.option("--metrics-port", type=int, help="Serve Prometheus metrics on 127.0.0.1:PORT.")
-@click.option("--linger", type=float, default=0.0, help="Seconds to keep serving metrics after.")
-@click.option("--pushgateway", help="Push metrics to this Pushgateway URL.")
-@click.option("--job", default="loadgen", show_default=True, help="The Pushgateway job name.")
+@target_options
+@output_options
 def capacity_command(
     scenario_path: Path,
     slo_texts: tuple[str, ...],
