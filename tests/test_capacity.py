@@ -138,6 +138,12 @@ def test_the_report_holds_the_steps_one_after_another(search):
     assert sum(report["series"]["started_per_s"]) == report["devices"]
 
 
+def test_report_show_prints_the_steps_and_the_verdict(search):
+    shown = run_loadgen("report", "show", search.html.parent / "report.json")
+    assert shown.code == 0, shown.err
+    assert "capacity search" in shown.out and search.report["capacity"]["verdict"] in shown.out
+
+
 def test_the_html_report_plots_the_steps(search):
     page = search.html.read_text()
     assert 'data-plot="capacity-steps"' in page and "highest sustainable rate: 40/s" in page

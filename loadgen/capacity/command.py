@@ -11,7 +11,6 @@ from typing import Any
 
 import click
 from rich.console import Console
-from rich.table import Table
 
 from loadgen.capacity.search import Search, Step, section, throttles, verdict
 from loadgen.cli_options import output_options, target_options
@@ -23,7 +22,7 @@ from loadgen.metrics.stats import RunStats
 from loadgen.report import gates as gates_mod
 from loadgen.report.build import write_outputs
 from loadgen.report.merge import merge
-from loadgen.report.show import LiveRun
+from loadgen.report.show import LiveRun, print_capacity
 from loadgen.run import (
     RunOptions,
     check_plan,
@@ -197,12 +196,13 @@ def capacity_command(
         if exporter is not None and (error := exporter.finish(total)):
             click.echo(f"loadgen: {error}", err=True)
         found = verdict(search, steps, interrupted)
-        _print_steps(Console(highlight=False), steps)
-        click.echo(found.text())
-        if steps:
+        if not steps:
+            click.echo(found.text())
+        else:
             report = capacity_report(steps, base.max_in_flight, interrupted)
             report["jitp"] = jitp_section(report, session.final_emulator_stats())
             report["capacity"] = section(search, steps, found, interrupted)
+            print_capacity(Console(highlight=False), report["capacity"])
             for line in write_outputs(report, report_file, html_file):
                 click.echo(line)
         if metrics_port is not None and linger > 0:
@@ -248,23 +248,3 @@ def _step_line(step: Step) -> str:
 
 def _num(value: float | None) -> str:
     return "-" if value is None else f"{value:,.1f}"
-
-
-def _print_steps(console: Console, steps: list[Step]) -> None:
-    table = Table(title="capacity search")
-    for name in ("step", "rate/s", "achieved/s", "p50 ms", "p99 ms", "failed", "throttled", "stop"):
-        table.add_column(name, justify="right")
-    for step in steps:
-        row = step.row()
-        provision = row["latency_ms"]["provision"]
-        table.add_row(
-            str(step.number),
-            f"{step.rate:g}",
-            f"{row['achieved_per_s'] or 0:,.1f}",
-            f"{provision['p50'] or 0:,.1f}",
-            f"{provision['p99'] or 0:,.1f}",
-            f"{row['failed_ratio'] or 0:.2%}",
-            str(row["throttled"]),
-            "ok" if step.passed else str(step.limit),
-        )
-    console.print(table)

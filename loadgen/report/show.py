@@ -104,3 +104,27 @@ def print_report(console: Console, report: dict[str, Any]) -> None:
     for outcome, reasons in report["reasons"].items():
         for reason, n in list(reasons.items())[:3]:
             console.print(f"  {outcome}: {n} devices: {reason}")
+    if report.get("capacity"):
+        print_capacity(console, report["capacity"])
+
+
+def print_capacity(console: Console, capacity: dict[str, Any]) -> None:
+    """A capacity search's steps, and its verdict."""
+    table = Table(title="capacity search", box=None, pad_edge=False)
+    for name in ("step", "rate/s", "achieved/s", "p50 ms", "p99 ms", "failed", "throttled", "stop"):
+        table.add_column(name, justify="right")
+    for row in capacity["steps"]:
+        provision = row["latency_ms"]["provision"]
+        failed = row["failed_ratio"]
+        table.add_row(
+            str(row["step"]),
+            f"{row['rate_per_s']:g}",
+            _ms(row["achieved_per_s"]),
+            _ms(provision["p50"]),
+            _ms(provision["p99"]),
+            "-" if failed is None else f"{failed:.2%}",
+            str(row["throttled"]),
+            "ok" if row["passed"] else str(row["limit"]),
+        )
+    console.print(table)
+    console.print(capacity["verdict"], soft_wrap=True, markup=False, highlight=False)
