@@ -20,7 +20,7 @@ from loadgen.transport.errors import (
     TlsRejected,
 )
 from loadgen.transport.timing import AttemptTimes
-from loadgen.transport.tls import ALPN_AWS_MQTT, device_context
+from loadgen.transport.tls import ALPN_AWS_MQTT, ClientTls, device_context
 from tests.conftest import device_tls
 from tests.echo_broker import EchoBroker
 
@@ -83,10 +83,23 @@ def _client_certificates(stream: bytes) -> int:
     return 0
 
 
-async def test_sni_alpn_and_the_certificate_chain_reach_the_server(
-    tmp_path, small_fleet, device_ca
-):
-    cert, key = server_cert(device_ca, ["localhost"])
+class _Recorder:
+    """A TLS 1.2 server behind a proxy that records what the client sent (in
+    TLS 1.2 the client's certificates cross in the clear, so they can be
+    counted), and the SNI and ALPN the server saw."""
+
+    def __init__(self, target, seen, from_client, servers):
+        self.target, self.seen, self.from_client, self.servers = target, seen, from_client, servers
+
+    def close(self):
+        for server in self.servers:
+            server.close()
+
+
+async def _recorder(tmp_path, device_ca, server_ca) -> _Recorder:
+    # Signed by a CA of its own: a client trusting the device CA could otherwise
+    # complete its chain from its trust store, hiding what it was given to send.
+    cert, key = server_cert(server_ca, ["localhost"])
     write(tmp_path / "s.pem", cert)
     write(tmp_path / "s.key", key, private=True)
     server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -134,21 +147,48 @@ async def test_sni_alpn_and_the_certificate_chain_reach_the_server(
         )
 
     proxy_server = await asyncio.start_server(proxy, "127.0.0.1", 0)
+    target = Target("127.0.0.1", proxy_server.sockets[0].getsockname()[1], server_name="localhost")
+    return _Recorder(target, seen, from_client, [server, proxy_server])
+
+
+async def test_sni_alpn_and_the_certificate_chain_reach_the_server(
+    tmp_path, small_fleet, device_ca, session_ca
+):
+    recorder = await _recorder(tmp_path, device_ca, session_ca)
     device = next(d for d in small_fleet.devices() if d.fault is None)
     context = device_context(
         small_fleet.path / device.cert,
         small_fleet.path / device.key,
-        ca_file=device_ca.directory / "ca.pem",
+        ca_file=session_ca.directory / "ca.pem",
         alpn=[ALPN_AWS_MQTT],
     )
-    target = Target("127.0.0.1", proxy_server.sockets[0].getsockname()[1], server_name="localhost")
     async with asyncio.timeout(10):
-        client = await connect(target, context, mqtt.Connect(device.client_id), AttemptTimes(0.0))
+        packet = mqtt.Connect(device.client_id)
+        client = await connect(recorder.target, context, packet, AttemptTimes(0.0))
         client.disconnect()
-    server.close()
-    proxy_server.close()
-    assert seen == {"sni": "localhost", "alpn": ALPN_AWS_MQTT}
-    assert _client_certificates(bytes(from_client)) == 2  # device certificate, then its CA
+    recorder.close()
+    assert recorder.seen == {"sni": "localhost", "alpn": ALPN_AWS_MQTT}
+    assert _client_certificates(bytes(recorder.from_client)) == 2  # device certificate, its CA
+
+
+async def test_devices_sharing_one_parsed_ca_still_present_the_whole_chain(
+    tmp_path, small_fleet, device_ca, session_ca
+):
+    recorder = await _recorder(tmp_path, device_ca, session_ca)
+    shared = ClientTls(ca_file=session_ca.directory / "ca.pem", alpn=[ALPN_AWS_MQTT])
+    assert shared.chains.active  # on CPython with OpenSSL reachable, as here
+    first, second = [d for d in small_fleet.devices() if d.fault is None][:2]
+    shared.session(small_fleet.path / first.cert, small_fleet.path / first.key, "localhost")
+    # The second device's session takes the CA parsed for the first.
+    session = shared.session(
+        small_fleet.path / second.cert, small_fleet.path / second.key, "localhost"
+    )
+    async with asyncio.timeout(10):
+        packet = mqtt.Connect(second.client_id)
+        client = await connect(recorder.target, session, packet, AttemptTimes(0.0))
+        client.disconnect()
+    recorder.close()
+    assert _client_certificates(bytes(recorder.from_client)) == 2  # device certificate, its CA
 
 
 async def test_the_connection_comes_from_the_chosen_source_address():

@@ -1,0 +1,115 @@
+"""One parsed copy of a fleet's CA chain for every device's TLS session.
+
+``load_cert_chain`` parses the whole chain file (device certificate, then its
+CA), so every prepared device kept a parsed CA certificate of its own: about
+5 KiB each, for a certificate all devices send alike. Right after loading a
+device's chain, its context's chain is swapped for one shared, parsed copy,
+through OpenSSL's own API on the context's ``SSL_CTX`` (ctypes: Python's ``ssl``
+does not expose it). The SSLObject made next takes references to that copy; the
+certificates on the wire are the same.
+
+Where OpenSSL cannot be reached safely (not CPython, a debug build, symbols
+missing, a context that does not answer as expected) nothing is shared and
+nothing else changes.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ssl
+import sys
+
+# ssl.h: SSL_CTX_set0_chain, SSL_CTX_add1_chain_cert, SSL_CTX_get0_chain_certs.
+_CTRL_CHAIN = 88
+_CTRL_CHAIN_CERT = 89
+_CTRL_GET_CHAIN_CERTS = 115
+# Distinct chains kept (parsed copies live as long as the worker): a fleet has
+# one CA, a few at most; beyond this, devices parse their own as before.
+_MAX_CHAINS = 16
+_END = b"-----END CERTIFICATE-----"
+
+
+class _OpenSsl:
+    def __init__(self, lib: ctypes.CDLL) -> None:
+        self.ctrl = lib.SSL_CTX_ctrl
+        self.ctrl.restype = ctypes.c_long
+        self.ctrl.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_void_p]
+        self.options = lib.SSL_CTX_get_options
+        self.options.restype = ctypes.c_uint64
+        self.options.argtypes = [ctypes.c_void_p]
+        self.sk_num = lib.OPENSSL_sk_num
+        self.sk_num.restype = ctypes.c_int
+        self.sk_num.argtypes = [ctypes.c_void_p]
+        self.sk_value = lib.OPENSSL_sk_value
+        self.sk_value.restype = ctypes.c_void_p
+        self.sk_value.argtypes = [ctypes.c_void_p, ctypes.c_int]
+        self.up_ref = lib.X509_up_ref
+        self.up_ref.restype = ctypes.c_int
+        self.up_ref.argtypes = [ctypes.c_void_p]
+
+
+def _openssl() -> _OpenSsl | None:
+    # The layout read below (PyObject_HEAD, then SSL_CTX *) is CPython's, in
+    # release builds; elsewhere, do without.
+    if sys.implementation.name != "cpython" or hasattr(sys, "gettotalrefcount"):
+        return None
+    try:
+        import _ssl
+
+        return _OpenSsl(ctypes.CDLL(_ssl.__file__))
+    except (ImportError, OSError, AttributeError):
+        return None
+
+
+def _ctx_pointer(lib: _OpenSsl, context: ssl.SSLContext) -> int | None:
+    pointer = ctypes.c_void_p.from_address(id(context) + 2 * ctypes.sizeof(ctypes.c_void_p))
+    address = pointer.value
+    # The context must answer with its own options: then this is its SSL_CTX.
+    if not address or lib.options(address) != context.options:
+        return None
+    return address
+
+
+class SharedChains:
+    """Swaps each loaded chain for a shared parsed copy, in one context."""
+
+    def __init__(self, context: ssl.SSLContext) -> None:
+        self._lib = _openssl()
+        self._ctx = _ctx_pointer(self._lib, context) if self._lib is not None else None
+        self._chains: dict[bytes, tuple[int, ...]] = {}
+
+    @property
+    def active(self) -> bool:
+        return self._lib is not None and self._ctx is not None
+
+    def share(self, chain_pem: bytes) -> None:
+        """Call right after ``load_cert_chain`` of the file holding ``chain_pem``."""
+        lib, ctx = self._lib, self._ctx
+        if lib is None or ctx is None:
+            return
+        _, _, rest = chain_pem.partition(_END)
+        key = rest.strip()
+        if not key:
+            return  # the device certificate alone: no chain to share
+        shared = self._chains.get(key)
+        if shared is None:
+            if len(self._chains) < _MAX_CHAINS and (kept := self._keep(lib, ctx)):
+                self._chains[key] = kept
+            return
+        lib.ctrl(ctx, _CTRL_CHAIN, 0, None)
+        for x509 in shared:
+            lib.ctrl(ctx, _CTRL_CHAIN_CERT, 1, x509)
+
+    @staticmethod
+    def _keep(lib: _OpenSsl, ctx: int) -> tuple[int, ...]:
+        """The chain just loaded, referenced for good: the shared copy."""
+        stack = ctypes.c_void_p()
+        lib.ctrl(ctx, _CTRL_GET_CHAIN_CERTS, 0, ctypes.addressof(stack))
+        if not stack.value:
+            return ()
+        kept = []
+        for i in range(lib.sk_num(stack.value)):
+            x509 = lib.sk_value(stack.value, i)
+            lib.up_ref(x509)
+            kept.append(x509)
+        return tuple(kept)
