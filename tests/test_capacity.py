@@ -149,6 +149,24 @@ def test_the_html_report_plots_the_steps(search):
     assert 'data-plot="capacity-steps"' in page and "highest sustainable rate: 40/s" in page
 
 
+def test_a_search_that_never_breaks_stops_at_max_rate_against_any_endpoint(
+    tmp_path, mosquitto, device_ca
+):
+    from tests.test_run import _scenario as mosquitto_scenario
+
+    path = mosquitto_scenario(tmp_path, mosquitto, device_ca)
+    result = run_loadgen(
+        *("capacity", path, "--slo", "p99(provision) < 10s", "--start", "50/s"),
+        *("--step", "50/s", "--step-duration", "1s", "--max-rate", "100/s"),
+        *("--workers", "1", "--report", tmp_path / "r.json"),
+    )
+    assert result.code == 0, result.err
+    capacity = json.loads((tmp_path / "r.json").read_text())["capacity"]
+    assert [s["rate_per_s"] for s in capacity["steps"]] == [50.0, 100.0]
+    assert capacity["highest_sustainable_per_s"] == 100.0 and capacity["limit"] is None
+    assert "no SLO broke up to 100/s" in result.out
+
+
 def test_a_search_held_back_by_max_in_flight_says_the_generator_was_the_limit(tmp_path):
     path = _scenario(tmp_path)
     scenario = yaml.safe_load(path.read_text())
