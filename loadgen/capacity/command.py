@@ -15,8 +15,10 @@ from rich.console import Console
 from loadgen.capacity.search import Search, Step, section, throttles, verdict
 from loadgen.cli_options import output_options, target_options
 from loadgen.errors import UserError
+from loadgen.load.plan import RunPlan
 from loadgen.load.runner import merge_progress
 from loadgen.load.schedule import ConstantArrival
+from loadgen.load.workers import RunTiming
 from loadgen.metrics import prometheus as prom
 from loadgen.metrics.stats import RunStats
 from loadgen.report import gates as gates_mod
@@ -24,6 +26,7 @@ from loadgen.report.build import write_outputs
 from loadgen.report.merge import merge
 from loadgen.report.show import LiveRun, print_capacity
 from loadgen.run import (
+    EndpointSession,
     RunOptions,
     check_plan,
     ensure_fleet,
@@ -133,7 +136,6 @@ def capacity_command(
     check_plan(scenario, options)
     report_file = report_path(report_file)
     html_file = report_path(html_file, "--html")
-    console = Console(stderr=True)
     click.echo(
         f"capacity search: from {search.start:g}/s by {search.step:g}/s, "
         f"{search.step_duration:g} s a step; SLOs: " + ", ".join(g.text for g in search.slos)
@@ -156,34 +158,11 @@ def capacity_command(
                 plan = replace(
                     base, count=count, executor=ConstantArrival(rate), first_device=offset
                 )
-                emulator = session.emulator
-                before = emulator.stats() if emulator is not None else None
-                if exporter is not None:
-                    exporter.step_begins(plan, number, rate)
-                with LiveRun(console, plan) as live:
-
-                    def on_progress(parts: list[Any], elapsed: float) -> None:
-                        live.update(parts, elapsed)
-                        if exporter is not None:
-                            exporter.progress(merge_progress(parts), elapsed)
-
-                    stats, timing, report = execute(plan, on_progress)
-                after = emulator.stats() if emulator is not None else None
-                result = Step(
-                    number,
-                    rate,
-                    timing.started_at - began,
-                    timing.ended_at - timing.started_at,
-                    plan.workers,
-                    report,
-                    stats,
-                    gates_mod.evaluate(list(search.slos), report),
-                    throttles(stats, before, after),
-                )
+                result, timing = _run_step(session, plan, rate, search, number, began, exporter)
                 steps.append(result)
-                total.merge(stats)
+                total.merge(result.stats)
                 if exporter is not None:
-                    exporter.step_done(stats)
+                    exporter.step_done(result.stats)
                 click.echo(_step_line(result))
                 offset += count
                 if timing.partial:
@@ -210,6 +189,44 @@ def capacity_command(
     if interrupted:
         click.echo("loadgen: interrupted; the report holds the steps that ran", err=True)
         sys.exit(130)
+
+
+def _run_step(
+    session: EndpointSession,
+    plan: RunPlan,
+    rate: float,
+    search: Search,
+    number: int,
+    began: float,
+    exporter: prom.Exporter | None,
+) -> tuple[Step, RunTiming]:
+    """One step: its run, judged against the SLOs, with the throttling the
+    embedded emulator enforced meanwhile."""
+    emulator = session.emulator
+    before = emulator.stats() if emulator is not None else None
+    if exporter is not None:
+        exporter.step_begins(plan, number, rate)
+    with LiveRun(Console(stderr=True), plan) as live:
+
+        def on_progress(parts: list[Any], elapsed: float) -> None:
+            live.update(parts, elapsed)
+            if exporter is not None:
+                exporter.progress(merge_progress(parts), elapsed)
+
+        stats, timing, report = execute(plan, on_progress)
+    after = emulator.stats() if emulator is not None else None
+    step = Step(
+        number,
+        rate,
+        timing.started_at - began,
+        timing.ended_at - timing.started_at,
+        plan.workers,
+        report,
+        stats,
+        gates_mod.evaluate(list(search.slos), report),
+        throttles(stats, before, after),
+    )
+    return step, timing
 
 
 def capacity_report(steps: list[Step], max_in_flight: int, partial: bool) -> dict[str, Any]:
