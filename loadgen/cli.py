@@ -250,6 +250,7 @@ def run_command(
     linger: float,
     pushgateway: str | None,
     job: str,
+    shard: str | None,
     junit_path: Path | None,
     summary_path: Path | None,
     gate_texts: tuple[str, ...],
@@ -274,7 +275,9 @@ def run_command(
     with run_endpoint(scenario, options) as session:
         plan = make_plan(session.scenario, session.options)
         wants_metrics = metrics_port is not None or pushgateway is not None
-        exporter = prom.Exporter(plan, metrics_port, pushgateway, job) if wants_metrics else None
+        exporter = (
+            prom.Exporter(plan, metrics_port, pushgateway, job, shard) if wants_metrics else None
+        )
         with LiveRun(console, plan) as live:
 
             def on_progress(parts: list[Any], elapsed: float) -> None:

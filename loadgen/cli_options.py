@@ -30,6 +30,11 @@ _OUTPUTS = (
         "--pushgateway", help="Push metrics to this Pushgateway URL (periodically, at the end)."
     ),
     click.option("--job", default="loadgen", show_default=True, help="The Pushgateway job name."),
+    click.option(
+        "--shard",
+        help="A name for this generator among several running side by side: "
+        "a label on its metrics, and its own Pushgateway group.",
+    ),
 )
 
 
@@ -45,5 +50,5 @@ def target_options(command: F) -> F:
 
 
 def output_options(command: F) -> F:
-    """--report, --html, --metrics-port, --linger, --pushgateway and --job."""
+    """--report, --html, --metrics-port, --linger, --pushgateway, --job and --shard."""
     return _apply(_OUTPUTS, command)

@@ -185,3 +185,43 @@ def test_devices_holding_their_connection_show_as_connected(tmp_path, mosquitto,
         proc.terminate()
         proc.wait(timeout=15)
     assert seen == [30], proc.stderr.read() if proc.stderr else ""
+
+
+def test_shards_pushing_under_one_job_keep_a_group_each(tmp_path, mosquitto, device_ca):
+    import shutil
+
+    from tests.brokers import stop_process, wait_for_port
+    from tests.test_run import _scenario
+
+    binary = shutil.which("prometheus-pushgateway") or "/usr/bin/prometheus-pushgateway"
+    port = free_port()
+    gateway = subprocess.Popen(
+        [binary, f"--web.listen-address=127.0.0.1:{port}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(port, process=gateway)
+        path = _scenario(tmp_path, mosquitto, device_ca)
+        for shard, count in (("a", "20"), ("b", "30")):
+            result = subprocess.run(
+                [
+                    *(sys.executable, "-m", "loadgen", "run", str(path), "--count", count),
+                    *("--workers", "1", "--pushgateway", f"http://127.0.0.1:{port}"),
+                    *("--job", "fleet", "--shard", shard),
+                ],
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            assert result.returncode == 0, result.stderr
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+    finally:
+        stop_process(gateway)
+    finished = {
+        s.labels["shard"]: s.value
+        for f in text_string_to_metric_families(body.decode())
+        for s in f.samples
+        if s.name == "loadgen_devices_finished_total" and s.labels.get("job") == "fleet"
+    }
+    assert finished == {"a": 20, "b": 30}

@@ -123,6 +123,7 @@ def capacity_command(
     linger: float,
     pushgateway: str | None,
     job: str,
+    shard: str | None,
 ) -> None:
     """Raise the arrival rate step by step until an SLO breaks; report the
     highest sustainable rate and what limited it."""
@@ -147,7 +148,9 @@ def capacity_command(
     with run_endpoint(scenario, options) as session:
         base = make_plan(session.scenario, session.options)
         wants_metrics = metrics_port is not None or pushgateway is not None
-        exporter = prom.Exporter(base, metrics_port, pushgateway, job) if wants_metrics else None
+        exporter = (
+            prom.Exporter(base, metrics_port, pushgateway, job, shard) if wants_metrics else None
+        )
         began = time.time()
         offset = first_device
         total = RunStats()

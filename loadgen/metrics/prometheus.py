@@ -49,6 +49,8 @@ class LiveRun:
         # they never reset between steps), and the current (step, rate).
         self.before: RunStats | None = None
         self.step: tuple[int, float] | None = None
+        # Which of several generators running side by side (a label, when set).
+        self.shard: str | None = None
 
     def totals(self) -> RunStats | None:
         """Everything measured so far: finished steps and the current snapshot."""
@@ -79,48 +81,55 @@ class RunCollector(Collector):
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
         live, snap, stats = self.live, self.live.snapshot, self.live.totals()
-        scenario = live.plan.scenario
         if snap is None or stats is None:
             return
+        names, values = ["scenario"], [live.plan.scenario]
+        if live.shard is not None:
+            names, values = [*names, "shard"], [*values, live.shard]
+
+        def counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+            family = CounterMetricFamily(f"{PREFIX}_{name}", doc, labels=names)
+            family.add_metric(values, value)
+            return family
+
+        def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+            family = GaugeMetricFamily(f"{PREFIX}_{name}", doc, labels=names)
+            family.add_metric(values, value)
+            return family
+
         before = live.before.devices if live.before is not None else 0
-        yield self._counter("devices_started", "Devices started", scenario, before + snap.started)
-        yield self._counter(
-            "devices_finished", "Devices that ended in an outcome", scenario, stats.devices
-        )
-        yield self._counter(
-            "connect_attempts", "Connection attempts, retries included", scenario, stats.attempts
-        )
+        yield counter("devices_started", "Devices started", before + snap.started)
+        yield counter("devices_finished", "Devices that ended in an outcome", stats.devices)
+        yield counter("connect_attempts", "Connection attempts, retries included", stats.attempts)
         outcomes = CounterMetricFamily(
-            f"{PREFIX}_device_outcomes", "Devices by outcome", labels=["scenario", "outcome"]
+            f"{PREFIX}_device_outcomes", "Devices by outcome", labels=[*names, "outcome"]
         )
         for outcome, n in stats.outcome_counts().items():
-            outcomes.add_metric([scenario, outcome], n)
+            outcomes.add_metric([*values, outcome], n)
         yield outcomes
         phases = _histogram(
             f"{PREFIX}_phase_duration_seconds",
             "Duration of each phase (provision: from the scheduled start)",
-            ["scenario", "phase"],
+            [*names, "phase"],
         )
         for phase in PHASES:
-            _add(phases, [scenario, phase], stats.phases[phase])
+            _add(phases, [*values, phase], stats.phases[phase])
         yield phases
         lag = _histogram(
             f"{PREFIX}_schedule_lag_seconds",
             "How late devices started against the schedule",
-            ["scenario"],
+            names,
         )
-        _add(lag, [scenario], stats.lag)
+        _add(lag, values, stats.lag)
         yield lag
-        yield self._gauge(
+        yield gauge(
             "devices_in_flight",
             "Devices connecting or connected now",
-            scenario,
             0 if live.finished else snap.in_flight,
         )
-        yield self._gauge(
+        yield gauge(
             "devices_connected",
             "Devices connected now (past an accepted CONNACK)",
-            scenario,
             0 if live.finished else snap.connected,
         )
         elapsed = time.time() - live.started_at if live.started_at is not None else 0.0
@@ -128,38 +137,19 @@ class RunCollector(Collector):
         # still be holding or draining): the target drops to 0.
         arriving = elapsed <= live.arrivals_end + 1.0
         target = None if live.finished or not arriving else target_rate(live.plan.executor, elapsed)
-        yield self._gauge(
-            "arrival_rate_target", "Planned device arrivals per second", scenario, target or 0.0
-        )
+        yield gauge("arrival_rate_target", "Planned device arrivals per second", target or 0.0)
         second = int(elapsed) - 1  # the last whole second
         current = snap.stats.started_per_second
         achieved = 0 if live.finished or second < 0 else current.get(second, 0)
-        yield self._gauge(
-            "arrival_rate_achieved", "Device arrivals in the last whole second", scenario, achieved
-        )
+        yield gauge("arrival_rate_achieved", "Device arrivals in the last whole second", achieved)
         if live.step is not None:
             step, rate = live.step
-            yield self._gauge(
-                "capacity_step", "The capacity search's current step (from 1)", scenario, step
-            )
-            yield self._gauge(
+            yield gauge("capacity_step", "The capacity search's current step (from 1)", step)
+            yield gauge(
                 "capacity_step_rate",
                 "The capacity search's current step: its arrivals per second",
-                scenario,
                 rate,
             )
-
-    @staticmethod
-    def _counter(name: str, doc: str, scenario: str, value: float) -> CounterMetricFamily:
-        family = CounterMetricFamily(f"{PREFIX}_{name}", doc, labels=["scenario"])
-        family.add_metric([scenario], value)
-        return family
-
-    @staticmethod
-    def _gauge(name: str, doc: str, scenario: str, value: float) -> GaugeMetricFamily:
-        family = GaugeMetricFamily(f"{PREFIX}_{name}", doc, labels=["scenario"])
-        family.add_metric([scenario], value)
-        return family
 
 
 def registry_for(live: LiveRun) -> CollectorRegistry:
@@ -181,6 +171,9 @@ class Pusher:
     def __init__(self, live: LiveRun, url: str, job: str, interval: float = 5.0) -> None:
         self.registry = registry_for(live)
         self.url, self.job, self.interval = url, job, interval
+        # Shards pushing under one job keep a group each instead of replacing
+        # each other's.
+        self.grouping = {"shard": live.shard} if live.shard is not None else None
         self.last = 0.0
         self.error: str | None = None
 
@@ -190,7 +183,13 @@ class Pusher:
             return
         self.last = now
         try:
-            push_to_gateway(self.url, job=self.job, registry=self.registry, timeout=5)
+            push_to_gateway(
+                self.url,
+                job=self.job,
+                registry=self.registry,
+                grouping_key=self.grouping,
+                timeout=5,
+            )
             self.error = None
         except OSError as exc:
             self.error = f"pushgateway {self.url}: {exc}"
@@ -200,8 +199,16 @@ class Exporter:
     """What ``--metrics-port`` and ``--pushgateway`` ask of a run (or a capacity
     search): a live view of it for Prometheus, served, pushed, or both."""
 
-    def __init__(self, plan: RunPlan, port: int | None, pushgateway: str | None, job: str) -> None:
+    def __init__(
+        self,
+        plan: RunPlan,
+        port: int | None,
+        pushgateway: str | None,
+        job: str,
+        shard: str | None = None,
+    ) -> None:
         self.live = LiveRun(plan)
+        self.live.shard = shard
         self.pusher = Pusher(self.live, pushgateway, job) if pushgateway is not None else None
         if port is not None:
             try:
