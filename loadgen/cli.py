@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,7 @@ from loadgen.certs.inspect import FleetSummary, summarize
 from loadgen.certs.keys import KeyType
 from loadgen.certs.mint import MintRequest, MintResult, mint
 from loadgen.certs.profile import load_profile
-from loadgen.cli_options import output_options, target_options
+from loadgen.cli_options import Outputs, output_options, target_options
 from loadgen.emulator import check as emu_check
 from loadgen.emulator import metrics as emu_metrics
 from loadgen.emulator import render as emu_render
@@ -41,7 +40,6 @@ from loadgen.emulator.server import Emulator
 from loadgen.errors import LoadgenError, UserError
 from loadgen.files import write
 from loadgen.load.runner import merge_progress
-from loadgen.metrics import prometheus as prom
 from loadgen.report import ci as ci_files
 from loadgen.report import compare as report_compare_mod
 from loadgen.report import gates as gates_mod
@@ -244,13 +242,7 @@ def run_command(
     count: int | None,
     rate: str | None,
     workers: int,
-    report_file: Path | None,
-    html_file: Path | None,
-    metrics_port: int | None,
-    linger: float,
-    pushgateway: str | None,
-    job: str,
-    shard: str | None,
+    outputs: Outputs,
     junit_path: Path | None,
     summary_path: Path | None,
     gate_texts: tuple[str, ...],
@@ -264,8 +256,7 @@ def run_command(
     ]
     options = RunOptions(endpoint, count, rate, workers)
     checked = check_plan(scenario, options)
-    report_file = report_path(report_file)
-    html_file = report_path(html_file, "--html")
+    outputs.check()
     console = _console()
     minted = _mint_with_progress(console, scenario, checked.count, workers)
     if minted is not None:
@@ -274,10 +265,7 @@ def run_command(
         )
     with run_endpoint(scenario, options) as session:
         plan = make_plan(session.scenario, session.options)
-        wants_metrics = metrics_port is not None or pushgateway is not None
-        exporter = (
-            prom.Exporter(plan, metrics_port, pushgateway, job, shard) if wants_metrics else None
-        )
+        exporter = outputs.exporter(plan)
         with LiveRun(console, plan) as live:
 
             def on_progress(parts: list[Any], elapsed: float) -> None:
@@ -297,13 +285,9 @@ def run_command(
         print_report(Console(highlight=False), report)
         for result in results:
             click.echo(result.describe())
-        for line in write_outputs(report, report_file, html_file):
-            click.echo(line)
+        outputs.write(report)
         ci_files.write_ci_files(report, results, junit_path, summary_path)
-        if metrics_port is not None and linger > 0:
-            # The last scrape sees the final values (the emulator's too: it
-            # serves until the run's session ends).
-            time.sleep(linger)
+        outputs.linger_for_last_scrape()
     if timing.partial:
         click.echo("loadgen: interrupted; the report holds what ran (partial)", err=True)
         sys.exit(130)

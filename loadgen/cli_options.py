@@ -3,13 +3,19 @@ so the two commands spell and document them the same way."""
 
 from __future__ import annotations
 
+import functools
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
-from loadgen.run import default_workers
+from loadgen.load.plan import RunPlan
+from loadgen.metrics import prometheus as prom
+from loadgen.report.build import write_outputs
+from loadgen.run import default_workers, report_path
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -49,6 +55,57 @@ def target_options(command: F) -> F:
     return _apply(_TARGET, command)
 
 
-def output_options(command: F) -> F:
-    """--report, --html, --metrics-port, --linger, --pushgateway, --job and --shard."""
-    return _apply(_OUTPUTS, command)
+@dataclass(frozen=True)
+class Outputs:
+    """Where a run's (or a capacity search's) results go: report files, and
+    Prometheus while it goes."""
+
+    report: Path | None
+    html: Path | None
+    metrics_port: int | None
+    linger: float
+    pushgateway: str | None
+    job: str
+    shard: str | None
+
+    def check(self) -> None:
+        """Refuse, before anything runs, files that could not be written."""
+        report_path(self.report)
+        report_path(self.html, "--html")
+
+    def exporter(self, plan: RunPlan) -> prom.Exporter | None:
+        if self.metrics_port is None and self.pushgateway is None:
+            return None
+        return prom.Exporter(plan, self.metrics_port, self.pushgateway, self.job, self.shard)
+
+    def write(self, report: dict[str, Any]) -> None:
+        for line in write_outputs(report, self.report, self.html):
+            click.echo(line)
+
+    def linger_for_last_scrape(self) -> None:
+        # The last scrape sees the final values (the embedded emulator's too: it
+        # serves until the endpoint's session ends).
+        if self.metrics_port is not None and self.linger > 0:
+            time.sleep(self.linger)
+
+
+def output_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """--report, --html, --metrics-port, --linger, --pushgateway, --job and
+    --shard, handed to the command as one ``outputs: Outputs``."""
+
+    @functools.wraps(command)
+    def with_outputs(
+        *args: Any,
+        report_file: Path | None,
+        html_file: Path | None,
+        metrics_port: int | None,
+        linger: float,
+        pushgateway: str | None,
+        job: str,
+        shard: str | None,
+        **kwargs: Any,
+    ) -> Any:
+        outputs = Outputs(report_file, html_file, metrics_port, linger, pushgateway, job, shard)
+        return command(*args, outputs=outputs, **kwargs)
+
+    return _apply(_OUTPUTS, with_outputs)

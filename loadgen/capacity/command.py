@@ -13,7 +13,7 @@ import click
 from rich.console import Console
 
 from loadgen.capacity.search import Search, Step, section, throttles, verdict
-from loadgen.cli_options import output_options, target_options
+from loadgen.cli_options import Outputs, output_options, target_options
 from loadgen.errors import UserError
 from loadgen.load.plan import RunPlan
 from loadgen.load.runner import merge_progress
@@ -22,7 +22,6 @@ from loadgen.load.workers import RunTiming
 from loadgen.metrics import prometheus as prom
 from loadgen.metrics.stats import RunStats
 from loadgen.report import gates as gates_mod
-from loadgen.report.build import write_outputs
 from loadgen.report.merge import merge
 from loadgen.report.show import LiveRun, print_capacity
 from loadgen.run import (
@@ -33,7 +32,6 @@ from loadgen.run import (
     execute,
     jitp_section,
     make_plan,
-    report_path,
 )
 from loadgen.run import endpoint as run_endpoint
 from loadgen.scenario.schema import load_scenario
@@ -117,13 +115,7 @@ def capacity_command(
     first_device: int,
     endpoint: str | None,
     workers: int,
-    report_file: Path | None,
-    html_file: Path | None,
-    metrics_port: int | None,
-    linger: float,
-    pushgateway: str | None,
-    job: str,
-    shard: str | None,
+    outputs: Outputs,
 ) -> None:
     """Raise the arrival rate step by step until an SLO breaks; report the
     highest sustainable rate and what limited it."""
@@ -135,8 +127,7 @@ def capacity_command(
         raise UserError(f"--first-device must be zero or more, got {first_device}")
     options = RunOptions(endpoint, None, None, workers)
     check_plan(scenario, options)
-    report_file = report_path(report_file)
-    html_file = report_path(html_file, "--html")
+    outputs.check()
     click.echo(
         f"capacity search: from {search.start:g}/s by {search.step:g}/s, "
         f"{search.step_duration:g} s a step; SLOs: " + ", ".join(g.text for g in search.slos)
@@ -147,10 +138,7 @@ def capacity_command(
     interrupted = False
     with run_endpoint(scenario, options) as session:
         base = make_plan(session.scenario, session.options)
-        wants_metrics = metrics_port is not None or pushgateway is not None
-        exporter = (
-            prom.Exporter(base, metrics_port, pushgateway, job, shard) if wants_metrics else None
-        )
+        exporter = outputs.exporter(base)
         began = time.time()
         offset = first_device
         total = RunStats()
@@ -185,10 +173,8 @@ def capacity_command(
             report["jitp"] = jitp_section(report, session.final_emulator_stats())
             report["capacity"] = section(search, steps, found, interrupted)
             print_capacity(Console(highlight=False), report["capacity"])
-            for line in write_outputs(report, report_file, html_file):
-                click.echo(line)
-        if metrics_port is not None and linger > 0:
-            time.sleep(linger)  # a last scrape, of the emulator too
+            outputs.write(report)
+        outputs.linger_for_last_scrape()
     if interrupted:
         click.echo("loadgen: interrupted; the report holds the steps that ran", err=True)
         sys.exit(130)
