@@ -6,6 +6,7 @@ import shutil
 import socket
 import subprocess
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,19 @@ def wait_for_port(port: int, timeout: float = 10.0, process: subprocess.Popen | 
         except OSError:
             time.sleep(0.05)
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
+
+
+def scrape_once_written(
+    process: subprocess.Popen, report: Path, port: int, timeout: float
+) -> bytes:
+    """/metrics of a lingering ``loadgen`` once its report is written (it must
+    not exit first, nor take longer than ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    while not report.exists():
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, f"{report} not written in {timeout:.0f} s"
+        time.sleep(0.1)
+    return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
 
 
 def stop_process(process: subprocess.Popen) -> None:

@@ -7,8 +7,6 @@ import itertools
 import json
 import subprocess
 import sys
-import time
-import urllib.request
 from collections import Counter
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -20,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from loadgen.capacity.search import Search, Step, verdict
 from loadgen.metrics.stats import RunStats
 from loadgen.report import gates
-from tests.brokers import free_port
+from tests.brokers import free_port, scrape_once_written
 from tests.conftest import ROOT, assert_user_error, run_loadgen
 
 QUOTA = 40  # the emulator's provisioning quota, per second
@@ -77,12 +75,7 @@ def search(tmp_path_factory):
         text=True,
     )
     try:
-        deadline = time.monotonic() + 180
-        while not report.exists():
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "the search did not end in time"
-            time.sleep(0.2)
-        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+        body = scrape_once_written(proc, report, port, timeout=180)
     finally:
         proc.terminate()
         out, _ = proc.communicate(timeout=15)

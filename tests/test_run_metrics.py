@@ -4,15 +4,18 @@ several worker processes: /metrics after the run equals the report."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import time
 import urllib.request
 
+import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.brokers import free_port
+from tests.brokers import free_port, scrape_once_written, stop_process, wait_for_port
+from tests.test_run import _scenario
 
 
 def test_metrics_after_a_two_worker_run_equal_the_report(tmp_path, mosquitto, device_ca):
@@ -58,12 +61,7 @@ def test_metrics_after_a_two_worker_run_equal_the_report(tmp_path, mosquitto, de
         text=True,
     )
     try:
-        deadline = time.monotonic() + 120
-        while not report_path.exists():
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
-        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+        body = scrape_once_written(proc, report_path, port, timeout=120)
     finally:
         proc.terminate()
         proc.wait(timeout=10)
@@ -89,12 +87,9 @@ def test_metrics_after_a_two_worker_run_equal_the_report(tmp_path, mosquitto, de
     assert value("loadgen_devices_in_flight") == 0
 
 
-def test_a_short_run_pushes_its_final_metrics_to_a_pushgateway(tmp_path, mosquitto, device_ca):
-    import shutil
-
-    from tests.brokers import wait_for_port
-    from tests.test_run import _scenario
-
+@pytest.fixture
+def pushgateway():
+    """A real Prometheus Pushgateway on a free loopback port (its port)."""
     binary = shutil.which("prometheus-pushgateway") or "/usr/bin/prometheus-pushgateway"
     port = free_port()
     gateway = subprocess.Popen(
@@ -104,34 +99,27 @@ def test_a_short_run_pushes_its_final_metrics_to_a_pushgateway(tmp_path, mosquit
     )
     try:
         wait_for_port(port, process=gateway)
-        path = _scenario(tmp_path, mosquitto, device_ca)
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "loadgen",
-                "run",
-                str(path),
-                "--count",
-                "60",
-                "--workers",
-                "2",
-                "--report",
-                str(tmp_path / "r.json"),
-                "--pushgateway",
-                f"http://127.0.0.1:{port}",
-                "--job",
-                "ci-run",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert result.returncode == 0, result.stderr
-        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+        yield port
     finally:
-        gateway.terminate()
-        gateway.wait(timeout=10)
+        stop_process(gateway)
+
+
+def test_a_short_run_pushes_its_final_metrics_to_a_pushgateway(
+    tmp_path, mosquitto, device_ca, pushgateway
+):
+    path = _scenario(tmp_path, mosquitto, device_ca)
+    result = subprocess.run(
+        [
+            *(sys.executable, "-m", "loadgen", "run", str(path), "--count", "60"),
+            *("--workers", "2", "--report", str(tmp_path / "r.json")),
+            *("--pushgateway", f"http://127.0.0.1:{pushgateway}", "--job", "ci-run"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    body = urllib.request.urlopen(f"http://127.0.0.1:{pushgateway}/metrics", timeout=5).read()
     report = json.loads((tmp_path / "r.json").read_text())
     finished = [
         s
@@ -143,8 +131,6 @@ def test_a_short_run_pushes_its_final_metrics_to_a_pushgateway(tmp_path, mosquit
 
 
 def test_devices_holding_their_connection_show_as_connected(tmp_path, mosquitto, device_ca):
-    from tests.test_run import _scenario
-
     path = _scenario(
         tmp_path,
         mosquitto,
@@ -187,37 +173,23 @@ def test_devices_holding_their_connection_show_as_connected(tmp_path, mosquitto,
     assert seen == [30], proc.stderr.read() if proc.stderr else ""
 
 
-def test_shards_pushing_under_one_job_keep_a_group_each(tmp_path, mosquitto, device_ca):
-    import shutil
-
-    from tests.brokers import stop_process, wait_for_port
-    from tests.test_run import _scenario
-
-    binary = shutil.which("prometheus-pushgateway") or "/usr/bin/prometheus-pushgateway"
-    port = free_port()
-    gateway = subprocess.Popen(
-        [binary, f"--web.listen-address=127.0.0.1:{port}"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_for_port(port, process=gateway)
-        path = _scenario(tmp_path, mosquitto, device_ca)
-        for shard, count in (("a", "20"), ("b", "30")):
-            result = subprocess.run(
-                [
-                    *(sys.executable, "-m", "loadgen", "run", str(path), "--count", count),
-                    *("--workers", "1", "--pushgateway", f"http://127.0.0.1:{port}"),
-                    *("--job", "fleet", "--shard", shard),
-                ],
-                capture_output=True,
-                text=True,
-                timeout=120,
-            )
-            assert result.returncode == 0, result.stderr
-        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
-    finally:
-        stop_process(gateway)
+def test_shards_pushing_under_one_job_keep_a_group_each(
+    tmp_path, mosquitto, device_ca, pushgateway
+):
+    path = _scenario(tmp_path, mosquitto, device_ca)
+    for shard, count in (("a", "20"), ("b", "30")):
+        result = subprocess.run(
+            [
+                *(sys.executable, "-m", "loadgen", "run", str(path), "--count", count),
+                *("--workers", "1", "--pushgateway", f"http://127.0.0.1:{pushgateway}"),
+                *("--job", "fleet", "--shard", shard),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 0, result.stderr
+    body = urllib.request.urlopen(f"http://127.0.0.1:{pushgateway}/metrics", timeout=5).read()
     finished = {
         s.labels["shard"]: s.value
         for f in text_string_to_metric_families(body.decode())
