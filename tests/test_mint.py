@@ -177,6 +177,16 @@ def test_keys_are_0600_and_belong_to_their_certificates(fleet):
         assert key.public_key() == cert.public_key()
 
 
+def test_every_device_has_a_key_of_its_own_across_workers(fleet):
+    public_keys = {
+        x509.load_pem_x509_certificate(fleet.cert(d).read_bytes())
+        .public_key()
+        .public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        for d in fleet.devices
+    }
+    assert len(public_keys) == len(fleet.devices)
+
+
 def test_no_folder_holds_more_than_a_thousand_devices(fleet):
     for folder in (fleet.path / "devices").iterdir():
         assert len(list(folder.iterdir())) <= 2 * 1000

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from loadgen.certs import der, subject
 from loadgen.certs.ca import CA, load_ca
-from loadgen.certs.keys import KeyType, PrivateKey, generate_key, key_material, spki_der
+from loadgen.certs.keys import KeyMaker, KeyType, PrivateKey, spki_der
 from loadgen.certs.profile import DevicePlanner, Profile
 from loadgen.certs.store import KEYS_DIR, SHARD_SIZE, UNKNOWN_CA_DIR, device_paths, shard_of
 from loadgen.files import write
@@ -86,6 +86,7 @@ class Minter:
             fault: (nb.isoformat(), na.isoformat()) for fault, (nb, na) in windows.items()
         }
         self.subjects = subject.SubjectEncoder()
+        self.keys = KeyMaker(profile.key_types)
         self.pool: dict[KeyType, list[tuple[bytes, str]]] = {}
         if spec.key_pool:
             for key_type in profile.key_types:
@@ -107,7 +108,7 @@ class Minter:
         plan_of = self.planner.plan
         encode_subject = self.subjects.encode
         validity, window_text = self.validity, self.window_text
-        pem, sha256 = der.pem, hashlib.sha256
+        pem, sha256, new_key = der.pem, hashlib.sha256, self.keys.new
         for n, index in enumerate(range(start, stop)):
             if n == 0 or index % SHARD_SIZE == 0:
                 os.makedirs(f"{fleet}/{shard_of(index)}", exist_ok=True)
@@ -120,7 +121,7 @@ class Minter:
             if pool:
                 spki, key_rel = pool[index % len(pool)]
             else:
-                key_pem, spki = key_material(generate_key(plan.key_type))
+                key_pem, spki = new_key(plan.key_type)
                 keys.append((f"{fleet}/{key_rel}", key_pem))
             # Positive and minimally encoded: top bit clear, next bit set.
             at = n * _SERIAL_BYTES

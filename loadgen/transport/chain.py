@@ -19,6 +19,8 @@ import ctypes
 import ssl
 import sys
 
+from loadgen import openssl
+
 # ssl.h: SSL_CTX_set0_chain, SSL_CTX_add1_chain_cert, SSL_CTX_get0_chain_certs.
 _CTRL_CHAIN = 88
 _CTRL_CHAIN_CERT = 89
@@ -53,11 +55,10 @@ def _openssl() -> _OpenSsl | None:
     # release builds; elsewhere, do without.
     if sys.implementation.name != "cpython" or hasattr(sys, "gettotalrefcount"):
         return None
+    lib = openssl.load()
     try:
-        import _ssl
-
-        return _OpenSsl(ctypes.CDLL(_ssl.__file__))
-    except (ImportError, OSError, AttributeError):
+        return _OpenSsl(lib) if lib is not None else None
+    except AttributeError:
         return None
 
 

@@ -1,0 +1,65 @@
+"""Device keys and CA signatures made straight through libcrypto are the same
+encodings cryptography makes, and the factory falls back to cryptography where
+libcrypto cannot be reached."""
+
+from __future__ import annotations
+
+import pytest
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from loadgen import openssl
+from loadgen.certs import native
+from loadgen.certs.keys import KeyMaker, KeyType, Signer, spki_der
+
+CURVES = [(ec.SECP256R1(), hashes.SHA256()), (ec.SECP384R1(), hashes.SHA384())]
+
+
+def test_this_machine_mints_ec_keys_through_libcrypto():
+    assert native.ec_keys(ec.SECP256R1()) is not None
+
+
+@pytest.mark.parametrize(("curve", "_hash"), CURVES, ids=lambda c: getattr(c, "name", ""))
+def test_native_keys_are_encoded_exactly_as_cryptography_encodes_them(curve, _hash):
+    maker = native.ec_keys(curve)
+    assert maker is not None
+    for _ in range(20):
+        pem, spki = maker.new()
+        key = serialization.load_pem_private_key(pem, password=None)
+        assert isinstance(key, ec.EllipticCurvePrivateKey)
+        assert key.curve.name == curve.name
+        assert pem == key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        assert spki == spki_der(key)
+
+
+def test_every_native_key_is_a_new_one():
+    maker = native.ec_keys(ec.SECP256R1())
+    assert maker is not None
+    spkis = {maker.new()[1] for _ in range(500)}
+    assert len(spkis) == 500
+
+
+@pytest.mark.parametrize(("curve", "algorithm"), CURVES, ids=lambda c: getattr(c, "name", ""))
+def test_native_signatures_verify_with_the_signers_public_key(curve, algorithm):
+    key = ec.generate_private_key(curve)
+    signer = native.ec_signer(key, algorithm)
+    assert signer is not None
+    for n in range(20):
+        data = bytes([n]) * (300 + n)
+        key.public_key().verify(signer.sign(data), data, ec.ECDSA(algorithm))
+
+
+def test_without_libcrypto_keys_and_signatures_come_from_cryptography(monkeypatch):
+    monkeypatch.setattr(openssl, "load", lambda: None)
+    assert native.ec_keys(ec.SECP256R1()) is None
+    key = ec.generate_private_key(ec.SECP256R1())
+    assert native.ec_signer(key, hashes.SHA256()) is None
+
+    pem, spki = KeyMaker([KeyType.EC_P256]).new(KeyType.EC_P256)
+    assert spki == spki_der(serialization.load_pem_private_key(pem, password=None))
+    signature = Signer(key).sign(b"tbs")
+    key.public_key().verify(signature, b"tbs", ec.ECDSA(hashes.SHA256()))
