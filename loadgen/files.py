@@ -8,11 +8,14 @@ import os
 from pathlib import Path
 
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+_CREATE_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
 
 
-def write(path: str | Path, data: bytes, *, private: bool = False) -> None:
+def write(
+    path: str | Path, data: bytes, *, private: bool = False, dir_fd: int | None = None
+) -> None:
     mode = 0o600 if private else 0o644
-    fd = os.open(path, _CREATE, mode)
+    fd = os.open(path, _CREATE, mode, dir_fd=dir_fd)
     try:
         if private:
             # O_TRUNC keeps the mode of a file that already existed.
@@ -26,3 +29,49 @@ def write_atomic(path: Path, data: bytes, *, private: bool = False) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     write(tmp, data, private=private)
     os.replace(tmp, path)
+
+
+class FolderWriter:
+    """Many small files under one folder, for the cert factory's hot loop.
+
+    Names are opened relative to the folder's descriptor, so the kernel walks a
+    component or two instead of the whole path; and a private file created new
+    (O_EXCL) needs no ``fchmod`` when the umask spares the owner's bits. Together
+    about 3 µs less per device on tmpfs (docs/benchmarks.md)."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self._fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self._exact = _umask_spares(0o600)
+
+    def __enter__(self) -> FolderWriter:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        os.close(self._fd)
+
+    def write(self, name: str, data: bytes, *, private: bool = False) -> None:
+        if private and self._exact:
+            try:
+                fd = os.open(name, _CREATE_NEW, 0o600, dir_fd=self._fd)
+            except FileExistsError:
+                pass  # left by a killed run: overwrite it the careful way
+            else:
+                try:
+                    os.write(fd, data)
+                finally:
+                    os.close(fd)
+                return
+        write(name, data, private=private, dir_fd=self._fd)
+
+
+def _umask_spares(mode: int) -> bool:
+    """Whether new files keep every bit of ``mode``. Linux shows the umask in /proc
+    without it being changed; where it cannot be read, assume it may not."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8) & mode == 0
+    except (OSError, ValueError, IndexError):
+        pass
+    return False

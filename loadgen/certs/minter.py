@@ -22,7 +22,7 @@ from loadgen.certs.ca import CA, load_ca
 from loadgen.certs.keys import KeyMaker, KeyType, PrivateKey, spki_der
 from loadgen.certs.profile import DevicePlanner, Profile
 from loadgen.certs.store import KEYS_DIR, SHARD_SIZE, UNKNOWN_CA_DIR, device_paths, shard_of
-from loadgen.files import write
+from loadgen.files import FolderWriter
 
 # Devices are valid from an hour before minting: clocks on test rigs drift.
 _BACKDATE = dt.timedelta(hours=1)
@@ -122,7 +122,7 @@ class Minter:
                 spki, key_rel = pool[index % len(pool)]
             else:
                 key_pem, spki = new_key(plan.key_type)
-                keys.append((f"{fleet}/{key_rel}", key_pem))
+                keys.append((key_rel, key_pem))
             # Positive and minimally encoded: top bit clear, next bit set.
             at = n * _SERIAL_BYTES
             serial = bytes(((serials[at] & 0x3F) | 0x40,)) + serials[at + 1 : at + _SERIAL_BYTES]
@@ -134,7 +134,7 @@ class Minter:
                 der.KEY_USAGE_RSA if plan.key_type is KeyType.RSA_2048 else der.KEY_USAGE_EC,
             )
             cert = issuer.template.certificate(tbs, issuer.signer.sign(tbs))
-            chains.append((f"{fleet}/{cert_rel}", pem(cert) + issuer.ca_pem))
+            chains.append((cert_rel, pem(cert) + issuer.ca_pem))
             not_before, not_after = window_text.get(fault) or window_text[None]
             subject_json = ",".join([f'"{k}":{_json_str(v)}' for k, v in plan.subject.items()])
             fault_json = _json_str(fault) if fault else "null"
@@ -148,10 +148,11 @@ class Minter:
         # Writing files in one burst after the crypto, rather than interleaved with
         # it, measured 20 µs less per device: the kernel's file paths and OpenSSL's
         # big-number code stop evicting each other from the caches.
-        for path, data in keys:
-            write(path, data, private=True)
-        for path, data in chains:
-            write(path, data)
+        with FolderWriter(self.fleet) as files:
+            for path, data in keys:
+                files.write(path, data, private=True)
+            for path, data in chains:
+                files.write(path, data)
         lines.append("")
         return "\n".join(lines).encode()
 
