@@ -187,6 +187,10 @@ def test_every_device_has_a_key_of_its_own_across_workers(fleet):
     assert len(public_keys) == len(fleet.devices)
 
 
+def test_a_finished_fleet_keeps_no_chunk_parts(fleet):
+    assert not (fleet.path / ".parts").exists()
+
+
 def test_no_folder_holds_more_than_a_thousand_devices(fleet):
     for folder in (fleet.path / "devices").iterdir():
         assert len(list(folder.iterdir())) <= 2 * 1000
@@ -294,6 +298,7 @@ def test_a_killed_mint_is_completed_on_the_next_run(tmp_path, session_ca):
     )
     assert result.code == 0, result.err
     _assert_complete(out, max(2500, lines_before), session_ca)
+    assert not (out / ".parts").exists()
 
 
 def test_a_partial_last_manifest_line_is_cut_and_that_device_minted_again(tmp_path, session_ca):

@@ -121,9 +121,11 @@ def _init_worker(spec: MintSpec) -> None:
     _worker = Minter(spec)
 
 
-def _mint_chunk(bounds: tuple[int, int]) -> tuple[int, bytes]:
+def _mint_chunk(bounds: tuple[int, int]) -> tuple[int, int]:
     assert _worker is not None
-    return bounds[1] - bounds[0], _worker.mint(*bounds)
+    start, stop = bounds
+    write(FleetStore(_worker.fleet).part_path(start), _worker.mint(start, stop))
+    return start, stop - start
 
 
 def _make_pool_key(args: tuple[Path, KeyType, int]) -> None:
@@ -159,8 +161,7 @@ def mint(request: MintRequest, on_progress: Callable[[int, int], None] | None = 
         done = existing
         if on_progress:
             on_progress(done, request.count)
-        for n, lines in _run(spec, existing, request.count, request.workers):
-            plan.store.append(lines)
+        for n in _run(spec, plan.store, existing, request.count, request.workers):
             done += n
             if on_progress:
                 on_progress(done, request.count)
@@ -192,15 +193,23 @@ def _prepare_shared(fleet: Path, plan: _Plan, workers: int) -> None:
                 _make_pool_key(job)
 
 
-def _run(spec: MintSpec, start: int, stop: int, workers: int) -> Iterator[tuple[int, bytes]]:
+def _run(spec: MintSpec, store: FleetStore, start: int, stop: int, workers: int) -> Iterator[int]:
+    """Mint ``start`` to ``stop - 1``, recording each chunk in the manifest in
+    order; yields the devices each chunk added."""
     chunks = list(_chunks(start, stop, workers))
     if workers == 1 or len(chunks) == 1:
         minter = Minter(spec)
         for lo, hi in chunks:
-            yield hi - lo, minter.mint(lo, hi)
+            store.append(minter.mint(lo, hi))
+            yield hi - lo
         return
+    parts = store.part_path(start).parent
+    parts.mkdir(exist_ok=True)
     # fork: workers start in milliseconds and share the parent's imports; spawn
     # would cost a second of start-up per worker, visible on small fleets.
     context = multiprocessing.get_context("fork")
     with context.Pool(min(workers, len(chunks)), _init_worker, (spec,)) as pool:
-        yield from pool.imap(_mint_chunk, chunks)
+        for lo, n in pool.imap(_mint_chunk, chunks):
+            store.append_part(lo)
+            yield n
+    parts.rmdir()
