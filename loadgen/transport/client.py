@@ -81,6 +81,28 @@ _READ_SIZE = 65536
 class _Channel:
     """One socket, TLS or not, its MQTT state, and who waits for what."""
 
+    # Slots: a connected device keeps one of these for as long as it holds on.
+    __slots__ = (
+        "_connect_bytes",
+        "_connecting",
+        "_out",
+        "_reading",
+        "_writing",
+        "bytes_received",
+        "clock",
+        "closed",
+        "conn",
+        "error",
+        "fd",
+        "loop",
+        "phase",
+        "publishes_received",
+        "sock",
+        "times",
+        "tls",
+        "waiters",
+    )
+
     def __init__(
         self, sock: socket.socket, tls: TlsSession | None, times: AttemptTimes, clock: Clock
     ) -> None:
@@ -363,6 +385,8 @@ class _Channel:
 class MqttClient:
     """A connected device. Every method raises a ``TransportError`` subclass when
     the connection fails; timeouts are the caller's (``asyncio.timeout``)."""
+
+    __slots__ = ("_p",)
 
     def __init__(self, channel: _Channel) -> None:
         self._p = channel
