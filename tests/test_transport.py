@@ -275,3 +275,19 @@ async def test_a_silent_server_leaves_the_timeout_to_the_caller():
             await connect(target, None, mqtt.Connect("x"), times)
     assert times.connect_sent is not None and times.connack is None
     server.close()
+
+
+async def test_a_connect_packet_the_codec_refuses_fails_before_any_connection():
+    accepted = []
+
+    async def count(reader, writer):
+        accepted.append(writer)
+
+    server = await _one_shot_server(count)
+    target = Target("127.0.0.1", server.sockets[0].getsockname()[1])
+    with pytest.raises(ValueError, match="65,535"):
+        async with asyncio.timeout(10):
+            await connect(target, None, mqtt.Connect("x" * 70_000), AttemptTimes(0.0))
+    await asyncio.sleep(0.2)
+    assert accepted == []
+    server.close()
