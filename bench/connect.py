@@ -93,8 +93,15 @@ async def _aiomqtt(port: int, devices: list[Device], contexts: list[ssl.SSLConte
     return len(devices) / wall, cpu / len(devices)
 
 
-def s_time(broker: Mosquitto, fleet: FleetStore, device: Device, seconds: int) -> float:
-    """CPU seconds (user + system) per full handshake of `openssl s_time -new`."""
+def s_time(
+    broker: Mosquitto, fleet: FleetStore, device: Device, seconds: int, *, www: bool = False
+) -> float:
+    """CPU seconds (user + system) per full handshake of `openssl s_time -new`.
+
+    With ``www``, `s_time` also writes a request after each handshake and reads
+    until the server closes (mosquitto closes on a request that is not MQTT): it
+    then reads the server's two TLS 1.3 session tickets, as an MQTT client must
+    before its CONNACK, and which plain `s_time` never reads."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run(
         [
@@ -111,6 +118,7 @@ def s_time(broker: Mosquitto, fleet: FleetStore, device: Device, seconds: int) -
             str(broker.server_ca.directory / "ca.pem"),
             "-time",
             str(seconds),
+            *(["-www", "/"] if www else []),
         ],
         capture_output=True,
         text=True,
@@ -244,6 +252,8 @@ def _run_all(args, broker, fleet, devices, server_ca, plain_port, slow_port) -> 
         _, cpu = uvloop.run(_native(broker.tls_port, devices, sessions, args.cpu_concurrency))
         add("native_disconnect_cpu", cpu)
         add("disconnect_cpu_ratio", cpu / runs["s_time_cpu"][-1])
+        add("s_time_www_cpu", s_time(broker, fleet, devices[0], args.s_time_seconds, www=True))
+        add("www_cpu_ratio", runs["native_cpu"][-1] / runs["s_time_www_cpu"][-1])
         for name, port in (
             ("direct", broker.tls_port),
             ("proxy0", plain_port),
@@ -303,6 +313,18 @@ def _print(results: dict[str, object], args: argparse.Namespace) -> None:
             f"{m['native_disconnect_cpu'] * 1e3:.3f} ms",
             each("native_disconnect_cpu", 1e3, ms),
             f"{m['disconnect_cpu_ratio']:.2f}x s_time",
+        ),
+        (
+            "`openssl s_time -new -www /`: the same, reading the session tickets and an answer",
+            f"{m['s_time_www_cpu'] * 1e3:.3f} ms",
+            each("s_time_www_cpu", 1e3, ms),
+            "",
+        ),
+        (
+            "native (connect + CONNACK, then close) against `s_time -new -www /`",
+            "",
+            each("www_cpu_ratio", 1, "{:.2f}"),
+            f"{m['www_cpu_ratio']:.2f}x",
         ),
         (
             f"native: connects/s direct ({args.concurrency} in flight)",
