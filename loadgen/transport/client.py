@@ -11,9 +11,9 @@ whoever waits for an answer.
 
 Connecting is driven by the event loop's callbacks alone (socket writable: TCP is
 up; each readable: the next handshake flight, then CONNECT), and the caller waits
-on one future, for the CONNACK: awaiting each step instead cost a future and a
-task step apiece, about a fifth of the client's CPU per connect against the
-handshake's own (docs/benchmarks.md).
+on one future, for the CONNACK. Awaiting each step instead cost a future and a
+task step apiece: the client's CPU per connect was 1.21 to 1.29x that of
+`openssl s_time`'s handshake then, 1.13 to 1.20x now (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -137,8 +137,8 @@ class _Channel:
         self._connect_bytes = self.conn.send(connect_packet)
         # Reader and writer registered together share one poll handle for the
         # connection's life: registered one after the other, each costs the
-        # event loop a handle and three epoll_ctl calls (measured: 12 per connect,
-        # now 5). The reader ignores the socket until TCP is up.
+        # event loop a handle and more epoll_ctl calls (measured with strace: 12
+        # per connect, now 8). The reader ignores the socket until TCP is up.
         self._reading = True
         self.loop.add_reader(self.fd, self._readable)
         code = self.sock.connect_ex(address)
