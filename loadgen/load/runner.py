@@ -98,6 +98,7 @@ class Worker:
         # Resolved with the grace period (seconds) when the run is to stop early.
         self.stop: asyncio.Future[float] = asyncio.get_running_loop().create_future()
         self.tasks: set[asyncio.Task[None]] = set()  # devices in flight
+        self.dispatcher: asyncio.Task[None] | None = None  # starts the devices
         self.drivers: set[DeviceDriver] = set()
         self.tls = ClientTls(
             ca_file=plan.tls.ca_file,
@@ -147,25 +148,13 @@ class Worker:
         cpu0 = time.process_time()
         producer = loop.create_task(self._produce(items, queue))
         reporter = loop.create_task(self._report())
+        self.dispatcher = loop.create_task(self._dispatch(queue, t0))
         tasks = self.tasks
         try:
-            while not self.stop.done() and (item := await self._next(queue)) is not None:
-                spec, offset = item
-                spec.scheduled = t0 + offset
-                delay = spec.scheduled - self.clock()
-                if delay > 0.0005 and not await self._wait(asyncio.sleep(delay)):
-                    break
-                if self.slots.locked():
-                    self.stats.slot_waits += 1
-                if not await self._wait(self.slots.acquire()):
-                    break
-                self.started += 1
-                self.in_flight += 1
-                started = self.clock() - t0
-                self.stats.started(started)
-                task = loop.create_task(self._one(spec, t0, started), name=f"device-{spec.index}")
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
+            # A stop cancels the dispatcher; waiting does not raise its cancellation.
+            await asyncio.wait({self.dispatcher})
+            if not self.dispatcher.cancelled():
+                self.dispatcher.result()  # what went wrong in it, if anything did
             while tasks:
                 if self.stop.done():
                     _, pending = await asyncio.wait(set(tasks), timeout=self.stop.result())
@@ -177,13 +166,42 @@ class Worker:
                 waiters: set[asyncio.Future[Any]] = {*tasks, self.stop}
                 await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            self.dispatcher.cancel()
             producer.cancel()
             reporter.cancel()
             self.stats.cpu_us = round((time.process_time() - cpu0) * 1_000_000)
         return self.stats
 
+    async def _dispatch(
+        self, queue: asyncio.Queue[tuple[DeviceSpec, float] | None], t0: float
+    ) -> None:
+        """Start each device at its time, within the in-flight bound. A stop
+        cancels this task wherever it waits: racing every wait against the stop
+        instead cost a task and an ``asyncio.wait`` apiece: about 25 µs of CPU per
+        device here, against 3 µs now."""
+        loop = asyncio.get_running_loop()
+        tasks = self.tasks
+        while not self.stop.done() and (item := await queue.get()) is not None:
+            spec, offset = item
+            spec.scheduled = t0 + offset
+            delay = spec.scheduled - self.clock()
+            if delay > 0.0005:
+                await asyncio.sleep(delay)
+            if self.slots.locked():
+                self.stats.slot_waits += 1
+            await self.slots.acquire()
+            self.started += 1
+            self.in_flight += 1
+            started = self.clock() - t0
+            self.stats.started(started)
+            task = loop.create_task(self._one(spec, t0, started), name=f"device-{spec.index}")
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
     def request_stop(self, grace: float) -> None:
         """Stop starting devices; give those in flight ``grace`` seconds."""
+        if self.dispatcher is not None:
+            self.dispatcher.cancel()
         if not self.stop.done():
             self.stop.set_result(grace)
         elif grace < self.stop.result():
@@ -192,23 +210,6 @@ class Worker:
             self.stop.set_result(grace)
             for task in list(self.tasks):
                 task.cancel()
-
-    async def _next(
-        self, queue: asyncio.Queue[tuple[DeviceSpec, float] | None]
-    ) -> tuple[DeviceSpec, float] | None:
-        getter = asyncio.ensure_future(queue.get())
-        if not await self._wait(getter):
-            return None
-        return getter.result()
-
-    async def _wait(self, awaitable: Any) -> bool:
-        """Wait for ``awaitable`` unless a stop comes first (then False)."""
-        task = asyncio.ensure_future(awaitable)
-        await asyncio.wait({task, self.stop}, return_when=asyncio.FIRST_COMPLETED)
-        if task.done():
-            return True
-        task.cancel()
-        return False
 
     async def _produce(
         self,
