@@ -75,6 +75,7 @@ def main() -> None:
     ratios = [r["rate"]["achieved_per_s"] / r["rate"]["target_per_s"] for r in rows]
     lags = [r["schedule_lag_ms"]["p99"] for r in rows]
     connected = [r["outcomes"]["connected"] for r in rows]
+    cpu = [r["generator"]["cpu_ms_per_device"] for r in rows]
     print(
         f"{args.devices} devices at {args.rate:g}/s, {args.workers} workers, "
         f"{args.repeats} runs, mosquitto on loopback"
@@ -91,6 +92,10 @@ def main() -> None:
         f"| schedule lag p99 | {statistics.median(lags):.1f} ms | "
         + ", ".join(f"{x:.1f}" for x in lags)
         + " |"
+    )
+    print(
+        f"| generator CPU per device (preparing, connecting, publishing, recording) | "
+        f"{statistics.median(cpu):.2f} ms | " + ", ".join(f"{x:.2f}" for x in cpu) + " |"
     )
     print(
         f"| devices connected | {statistics.median(connected):.0f} | "

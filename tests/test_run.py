@@ -79,6 +79,18 @@ def test_the_report_has_every_phase_and_the_rates(thousand):
     assert report["schedule_lag_ms"]["count"] == 1000
 
 
+def test_the_report_says_what_the_generator_spent_per_device(thousand):
+    report, _, _ = thousand
+    generator = report["generator"]
+    # At least the client's half of 1000 mutual-TLS handshakes, and not the whole run's
+    # wall time on every core.
+    assert 0.1 < generator["cpu_s"] < report["duration_s"] * report["environment"]["cores"]
+    assert generator["cpu_ms_per_device"] == round(generator["cpu_s"] * 1000 / 1000, 3)
+    assert f"generator: {generator['cpu_ms_per_device']:,.2f} ms of CPU per device" in (
+        thousand[2].out
+    )
+
+
 def test_the_summary_table_shows_outcomes_and_phases(thousand):
     _, _, result = thousand
     assert "connected" in result.out and "tls_rejected" in result.out

@@ -14,7 +14,7 @@ from loadgen.errors import UserError
 from loadgen.metrics.histogram import LatencyHistogram
 from loadgen.metrics.intervals import LogBuckets
 from loadgen.metrics.stats import BREAKDOWN, PHASES
-from loadgen.report.build import FORMAT, breakdown_ms, latency_series
+from loadgen.report.build import FORMAT, breakdown_ms, generator_cpu, latency_series
 
 
 def load_report(path: Path) -> dict[str, Any]:
@@ -117,6 +117,10 @@ def merge(reports: list[dict[str, Any]]) -> dict[str, Any]:
             **latency_series(_merge_latency_buckets(reports, shifts)),
         },
         "histograms": {name: h.encode() for name, h in histograms.items()},
+        "generator": generator_cpu(
+            sum((r.get("generator") or {}).get("cpu_s", 0.0) for r in reports),
+            sum(r["devices"] for r in reports),
+        ),
         "load": {
             "executor": " + ".join(dict.fromkeys(r["load"]["executor"] for r in reports)),
             "count": sum(r["load"]["count"] for r in reports),

@@ -74,6 +74,9 @@ def print_report(console: Console, report: dict[str, Any]) -> None:
         f"  arrival rate: target {_ms(target)}/s, achieved {_ms(achieved)}/s; "
         f"schedule lag p99 {_ms(report['schedule_lag_ms']['p99'])} ms"
     )
+    per_device = (report.get("generator") or {}).get("cpu_ms_per_device")
+    if per_device is not None:
+        console.print(f"  generator: {per_device:,.2f} ms of CPU per device")
     outcomes = Table(box=None, pad_edge=False)
     outcomes.add_column("outcome")
     outcomes.add_column("devices", justify="right")
