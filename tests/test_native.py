@@ -63,3 +63,30 @@ def test_without_libcrypto_keys_and_signatures_come_from_cryptography(monkeypatc
     assert spki == spki_der(serialization.load_pem_private_key(pem, password=None))
     signature = Signer(key).sign(b"tbs")
     key.public_key().verify(signature, b"tbs", ec.ECDSA(hashes.SHA256()))
+
+
+@pytest.mark.parametrize(("curve", "_hash"), CURVES, ids=lambda c: getattr(c, "name", ""))
+def test_the_key_reader_builds_keys_from_pkcs8_in_openssls_layout(curve, _hash):
+    reader = native.ec_key_reader()
+    assert reader is not None
+    key = ec.generate_private_key(curve)
+    pkcs8 = key.private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    pkey = reader.pkey(pkcs8)
+    assert pkey is not None
+    reader.free(pkey)
+
+
+def test_the_key_reader_leaves_other_encodings_to_openssl():
+    reader = native.ec_key_reader()
+    assert reader is not None
+    key = ec.generate_private_key(ec.SECP256R1())
+    sec1 = key.private_bytes(
+        serialization.Encoding.DER,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
+    )
+    assert reader.pkey(sec1) is None
+    assert reader.pkey(b"") is None
+    assert reader.pkey(b"\x30" * 138) is None

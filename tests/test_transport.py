@@ -8,6 +8,7 @@ import ssl
 import time
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 
 from loadgen import mqtt
 from loadgen.certs.ca import server_cert
@@ -183,12 +184,58 @@ async def test_devices_sharing_one_parsed_ca_still_present_the_whole_chain(
     session = shared.session(
         small_fleet.path / second.cert, small_fleet.path / second.key, "localhost"
     )
+    assert shared.chains.fast_loads == 1  # the second device took the short way
     async with asyncio.timeout(10):
         packet = mqtt.Connect(second.client_id)
         client = await connect(recorder.target, session, packet, AttemptTimes(0.0))
         client.disconnect()
     recorder.close()
     assert _client_certificates(bytes(recorder.from_client)) == 2  # device certificate, its CA
+
+
+def _healthy(fleet, n):
+    return [d for d in fleet.devices() if d.fault is None and d.key_type == "ec-p256"][:n]
+
+
+async def test_a_key_in_another_encoding_is_loaded_the_long_way(tmp_path, small_fleet, mosquitto):
+    first, second = _healthy(small_fleet, 2)
+    key = serialization.load_pem_private_key((small_fleet.path / second.key).read_bytes(), None)
+    sec1 = tmp_path / "sec1.key"
+    write(
+        sec1,
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        ),
+        private=True,
+    )
+    shared = ClientTls(ca_file=mosquitto.server_ca.directory / "ca.pem")
+    shared.session(small_fleet.path / first.cert, small_fleet.path / first.key, "localhost")
+    session = shared.session(small_fleet.path / second.cert, sec1, "localhost")
+    assert shared.chains.fast_loads == 0
+    target = Target("127.0.0.1", mosquitto.tls_port, server_name="localhost")
+    async with asyncio.timeout(10):
+        client = await connect(target, session, mqtt.Connect(second.client_id), AttemptTimes(0.0))
+        client.disconnect()
+
+
+async def test_a_key_that_is_not_the_certificates_fails_as_load_cert_chain_fails(
+    small_fleet, mosquitto
+):
+    first, second, third = _healthy(small_fleet, 3)
+    shared = ClientTls(ca_file=mosquitto.server_ca.directory / "ca.pem")
+    shared.session(small_fleet.path / first.cert, small_fleet.path / first.key, "localhost")
+    with pytest.raises(ssl.SSLError, match="KEY_VALUES_MISMATCH"):
+        shared.session(small_fleet.path / second.cert, small_fleet.path / first.key, "localhost")
+    # Nothing of that failure lingers for the next device.
+    session = shared.session(
+        small_fleet.path / third.cert, small_fleet.path / third.key, "localhost"
+    )
+    target = Target("127.0.0.1", mosquitto.tls_port, server_name="localhost")
+    async with asyncio.timeout(10):
+        client = await connect(target, session, mqtt.Connect(third.client_id), AttemptTimes(0.0))
+        client.disconnect()
 
 
 async def test_the_connection_comes_from_the_chosen_source_address():

@@ -8,11 +8,16 @@ against 21 µs for ``ECDSA_sign`` (measured on this machine kind, see
 docs/benchmarks.md). Both come from the process's own OpenSSL (``loadgen.openssl``),
 whose RNG reseeds itself in forked workers.
 
-Nothing here is trusted blindly: ``EcKeys`` learns its PKCS#8 and
-SubjectPublicKeyInfo layouts from ``cryptography``'s encoding of its first key,
-and ``EcSigner`` signs once and has ``cryptography`` verify it, before either is
-used. Where any of that fails, or OpenSSL cannot be reached, the factory keeps to
-``cryptography`` (``ec_keys`` and ``ec_signer`` return None).
+The same layout serves the other way: ``EcKeyReader`` turns a device's PKCS#8
+key back into an OpenSSL key for its TLS session without OpenSSL 3.0's slow key
+decoders (``loadgen.transport.chain``).
+
+Nothing here is trusted blindly: the PKCS#8 and SubjectPublicKeyInfo layouts are
+learned from ``cryptography``'s encoding of a key (``EcKeys`` also checks its
+first key's public point against ``cryptography``'s), and ``EcSigner`` signs once
+and has ``cryptography`` verify it, before use. Where any of that fails, or
+OpenSSL cannot be reached, the callers keep to ``cryptography`` and OpenSSL's own
+readers (``ec_keys``, ``ec_signer`` and ``ec_key_reader`` return None).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import weakref
+from dataclasses import dataclass
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
@@ -32,6 +38,7 @@ from loadgen.certs import der
 # obj_mac.h
 _NIDS = {"secp256r1": 415, "secp384r1": 715}
 _UNCOMPRESSED = 4  # point_conversion_form_t
+_EVP_PKEY_EC = 408  # NID_X9_62_id_ecPublicKey
 _HASHES = {"sha256": hashlib.sha256, "sha384": hashlib.sha384}
 _PROBE = b"loadgen native signer self-check"
 
@@ -53,6 +60,9 @@ class _Lib:
         self.oct2key = _bind(lib.EC_KEY_oct2key, i, [p, ctypes.c_char_p, size, p])
         self.point2oct = _bind(lib.EC_POINT_point2oct, size, [p, p, i, ctypes.c_char_p, size, p])
         self.ecdsa_size = _bind(lib.ECDSA_size, i, [p])
+        self.pkey_new = _bind(lib.EVP_PKEY_new, p, [])
+        self.pkey_assign = _bind(lib.EVP_PKEY_assign, i, [p, i, p])
+        self.pkey_free = _bind(lib.EVP_PKEY_free, None, [p])
         self.ecdsa_sign = _bind(
             lib.ECDSA_sign,
             i,
@@ -88,6 +98,98 @@ class _EcKey:
         weakref.finalize(self, lib.free, pointer)
 
 
+@dataclass(frozen=True)
+class Pkcs8Layout:
+    """How OpenSSL encodes an EC key on one curve: its PKCS#8 is prefix + scalar +
+    middle + point, and its SubjectPublicKeyInfo is spki_prefix + point."""
+
+    prefix: bytes
+    middle: bytes
+    spki_prefix: bytes
+    scalar_size: int
+    point_size: int
+
+    @classmethod
+    def of(cls, key: ec.EllipticCurvePrivateKey) -> Pkcs8Layout:
+        """The layout, learned from cryptography's encoding of ``key``."""
+        size = (key.curve.key_size + 7) // 8
+        scalar = key.private_numbers().private_value.to_bytes(size, "big")
+        point = key.public_key().public_bytes(
+            serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+        )
+        pkcs8 = key.private_bytes(
+            serialization.Encoding.DER,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        spki = key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        at = pkcs8.find(scalar)
+        if at < 0 or not pkcs8.endswith(point) or not spki.endswith(point):
+            raise NativeError(f"unexpected PKCS#8 layout for {key.curve.name}")
+        return cls(
+            pkcs8[:at], pkcs8[at + size : -len(point)], spki[: -len(point)], size, len(point)
+        )
+
+    def join(self, scalar: bytes, point: bytes) -> bytes:
+        return self.prefix + scalar + self.middle + point
+
+    def split(self, pkcs8: bytes) -> tuple[bytes, bytes] | None:
+        """(scalar, point) of a key in this layout; None for anything else."""
+        head = len(self.prefix)
+        tail = head + self.scalar_size
+        if (
+            len(pkcs8) != tail + len(self.middle) + self.point_size
+            or not pkcs8.startswith(self.prefix)
+            or pkcs8[tail : tail + len(self.middle)] != self.middle
+        ):
+            return None
+        return pkcs8[head:tail], pkcs8[tail + len(self.middle) :]
+
+
+class EcKeyReader:
+    """OpenSSL keys (``EVP_PKEY``) from PKCS#8 EC keys in OpenSSL's own layout,
+    built from their scalar and point. OpenSSL 3.0 reads a key file through its
+    decoder framework at about 400 µs a key; this takes about 20 µs (measured on
+    this machine kind, docs/benchmarks.md). Keys in any other encoding: None."""
+
+    def __init__(self, lib: _Lib) -> None:
+        self._lib = lib
+        self._layouts = [
+            (Pkcs8Layout.of(ec.generate_private_key(curve)), _NIDS[curve.name])
+            for curve in (ec.SECP256R1(), ec.SECP384R1())
+        ]
+
+    def free(self, pkey: int) -> None:
+        self._lib.pkey_free(pkey)
+
+    def pkey(self, pkcs8: bytes) -> int | None:
+        """A new ``EVP_PKEY`` holding the key (the caller frees it), or None."""
+        lib = self._lib
+        for layout, nid in self._layouts:
+            parts = layout.split(pkcs8)
+            if parts is None:
+                continue
+            scalar, point = parts
+            key = lib.new_by_curve_name(nid)
+            if not key:
+                return None
+            if not (
+                lib.oct2priv(key, scalar, len(scalar)) and lib.oct2key(key, point, len(point), None)
+            ):
+                lib.free(key)
+                return None
+            pkey = lib.pkey_new()
+            if not pkey or not lib.pkey_assign(pkey, _EVP_PKEY_EC, key):
+                lib.free(key)
+                if pkey:
+                    lib.pkey_free(pkey)
+                return None
+            return int(pkey)
+        return None
+
+
 class EcKeys:
     """Fresh keys on one curve, each as (PKCS#8 PEM, SubjectPublicKeyInfo DER)."""
 
@@ -102,23 +204,13 @@ class EcKeys:
         self._priv = ctypes.create_string_buffer(size)
         self._pub = ctypes.create_string_buffer(1 + 2 * size)
         priv, pub = self._raw()
-        # The layouts, from cryptography's encoding of this very key: PKCS#8 is
-        # prefix + scalar + middle + point, and the SPKI is prefix + point.
         reference = ec.derive_private_key(int.from_bytes(priv, "big"), curve)
-        pkcs8 = reference.private_bytes(
-            serialization.Encoding.DER,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
+        self._layout = Pkcs8Layout.of(reference)
+        point = reference.public_key().public_bytes(
+            serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
         )
-        spki = reference.public_key().public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-        at = pkcs8.find(priv)
-        if at < 0 or not pkcs8.endswith(pub) or not spki.endswith(pub):
-            raise NativeError(f"unexpected PKCS#8 layout for {curve.name}")
-        self._pkcs8_prefix = pkcs8[:at]
-        self._pkcs8_middle = pkcs8[at + size : -len(pub)]
-        self._spki_prefix = spki[: -len(pub)]
+        if point != pub:
+            raise NativeError(f"libcrypto's public point on {curve.name} is not cryptography's")
 
     def _raw(self) -> tuple[bytes, bytes]:
         key = self._key.pointer
@@ -134,8 +226,8 @@ class EcKeys:
 
     def new(self) -> tuple[bytes, bytes]:
         priv, pub = self._raw()
-        pkcs8 = self._pkcs8_prefix + priv + self._pkcs8_middle + pub
-        return der.pem(pkcs8, "PRIVATE KEY"), self._spki_prefix + pub
+        layout = self._layout
+        return der.pem(layout.join(priv, pub), "PRIVATE KEY"), layout.spki_prefix + pub
 
 
 class EcSigner:
@@ -183,6 +275,16 @@ def ec_keys(curve: ec.EllipticCurve) -> EcKeys | None:
         return None
     try:
         return EcKeys(lib, curve)
+    except NativeError:
+        return None
+
+
+def ec_key_reader() -> EcKeyReader | None:
+    lib = _lib()
+    if lib is None:
+        return None
+    try:
+        return EcKeyReader(lib)
     except NativeError:
         return None
 

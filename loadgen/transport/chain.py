@@ -8,18 +8,27 @@ through OpenSSL's own API on the context's ``SSL_CTX`` (ctypes: Python's ``ssl``
 does not expose it). The SSLObject made next takes references to that copy; the
 certificates on the wire are the same.
 
+Once a chain is known, later devices of that chain skip ``load_cert_chain``
+altogether (``SharedChains.load``): OpenSSL reads only their own certificate, and
+their key is built from its parts instead of going through OpenSSL 3.0's key
+decoders, which made preparing a device cost 700 µs, now about 250 µs.
+
 Where OpenSSL cannot be reached safely (not CPython, a debug build, symbols
-missing, a context that does not answer as expected) nothing is shared and
-nothing else changes.
+missing, a context that does not answer as expected) nothing is shared, every
+device goes through ``load_cert_chain``, and nothing else changes.
 """
 
 from __future__ import annotations
 
+import binascii
 import ctypes
+import os
 import ssl
 import sys
+from pathlib import Path
 
 from loadgen import openssl
+from loadgen.certs import native
 
 # ssl.h: SSL_CTX_set0_chain, SSL_CTX_add1_chain_cert, SSL_CTX_get0_chain_certs.
 _CTRL_CHAIN = 88
@@ -29,6 +38,24 @@ _CTRL_GET_CHAIN_CERTS = 115
 # one CA, a few at most; beyond this, devices parse their own as before.
 _MAX_CHAINS = 16
 _END = b"-----END CERTIFICATE-----"
+_FILETYPE_PEM = 1  # SSL_FILETYPE_PEM
+
+
+def _chain_key(chain_pem: bytes) -> bytes:
+    """What follows the device certificate in its chain file: the CA chain."""
+    return chain_pem.partition(_END)[2].strip()
+
+
+def _pem_body(pem: bytes, label: bytes) -> bytes:
+    """The DER inside a PEM block (empty when there is no such block)."""
+    _, begin, rest = pem.partition(b"-----BEGIN " + label + b"-----")
+    body, end, _ = rest.partition(b"-----END " + label + b"-----")
+    if not begin or not end:
+        return b""
+    try:
+        return binascii.a2b_base64(body)
+    except binascii.Error:
+        return b""
 
 
 class _OpenSsl:
@@ -48,6 +75,15 @@ class _OpenSsl:
         self.up_ref = lib.X509_up_ref
         self.up_ref.restype = ctypes.c_int
         self.up_ref.argtypes = [ctypes.c_void_p]
+        self.use_certificate_file = lib.SSL_CTX_use_certificate_file
+        self.use_certificate_file.restype = ctypes.c_int
+        self.use_certificate_file.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int]
+        self.use_private_key = lib.SSL_CTX_use_PrivateKey
+        self.use_private_key.restype = ctypes.c_int
+        self.use_private_key.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+        self.clear_errors = lib.ERR_clear_error
+        self.clear_errors.restype = None
+        self.clear_errors.argtypes = []
 
 
 def _openssl() -> _OpenSsl | None:
@@ -78,18 +114,48 @@ class SharedChains:
         self._lib = _openssl()
         self._ctx = _ctx_pointer(self._lib, context) if self._lib is not None else None
         self._chains: dict[bytes, tuple[int, ...]] = {}
+        self._keys = native.ec_key_reader() if self._ctx is not None else None
+        self.fast_loads = 0  # devices loaded by ``load``
 
     @property
     def active(self) -> bool:
         return self._lib is not None and self._ctx is not None
+
+    def load(self, cert_chain: Path, key: Path) -> bool:
+        """Load a device's certificate and key into the context the short way: its
+        own certificate only (OpenSSL reads the file's first), the CA from the
+        shared copy, and the key built from its parts (``EcKeyReader``) rather
+        than through OpenSSL 3.0's key decoders. About 250 µs against 700 µs
+        for ``load_cert_chain``. False when this cannot be done: a chain not seen
+        yet, a key in another encoding; then ``load_cert_chain`` and ``share``."""
+        lib, ctx, keys = self._lib, self._ctx, self._keys
+        if lib is None or ctx is None or keys is None:
+            return False
+        shared = self._chains.get(_chain_key(cert_chain.read_bytes()))
+        if shared is None:
+            return False
+        pkey = keys.pkey(_pem_body(key.read_bytes(), b"PRIVATE KEY"))
+        if pkey is None:
+            return False
+        try:
+            if (
+                lib.use_certificate_file(ctx, os.fsencode(cert_chain), _FILETYPE_PEM) != 1
+                or lib.use_private_key(ctx, pkey) != 1
+            ):
+                lib.clear_errors()  # what OpenSSL queued must not surface in ssl later
+                return False
+        finally:
+            keys.free(pkey)
+        self._set_chain(lib, ctx, shared)
+        self.fast_loads += 1
+        return True
 
     def share(self, chain_pem: bytes) -> None:
         """Call right after ``load_cert_chain`` of the file holding ``chain_pem``."""
         lib, ctx = self._lib, self._ctx
         if lib is None or ctx is None:
             return
-        _, _, rest = chain_pem.partition(_END)
-        key = rest.strip()
+        key = _chain_key(chain_pem)
         if not key:
             return  # the device certificate alone: no chain to share
         shared = self._chains.get(key)
@@ -97,6 +163,10 @@ class SharedChains:
             if len(self._chains) < _MAX_CHAINS and (kept := self._keep(lib, ctx)):
                 self._chains[key] = kept
             return
+        self._set_chain(lib, ctx, shared)
+
+    @staticmethod
+    def _set_chain(lib: _OpenSsl, ctx: int, shared: tuple[int, ...]) -> None:
         lib.ctrl(ctx, _CTRL_CHAIN, 0, None)
         for x509 in shared:
             lib.ctrl(ctx, _CTRL_CHAIN_CERT, 1, x509)

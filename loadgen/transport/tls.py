@@ -80,9 +80,10 @@ class ClientTls:
     def session(self, cert_chain: Path, key: Path, server_name: str | None) -> TlsSession:
         # The event loop is one thread: nothing runs between loading the chain and
         # making the SSLObject that copies it.
-        self.context.load_cert_chain(str(cert_chain), str(key))
-        if self.chains.active:
-            self.chains.share(cert_chain.read_bytes())
+        if not self.chains.load(cert_chain, key):
+            self.context.load_cert_chain(str(cert_chain), str(key))
+            if self.chains.active:
+                self.chains.share(cert_chain.read_bytes())
         return TlsSession.of(self.context, server_name)
 
     def own_context(self, cert_chain: Path, key: Path) -> ssl.SSLContext:
