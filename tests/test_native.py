@@ -90,3 +90,9 @@ def test_the_key_reader_leaves_other_encodings_to_openssl():
     assert reader.pkey(sec1) is None
     assert reader.pkey(b"") is None
     assert reader.pkey(b"\x30" * 138) is None
+
+
+@pytest.mark.parametrize(("curve", "_hash"), CURVES, ids=lambda c: getattr(c, "name", ""))
+def test_the_known_pkcs8_layouts_are_what_cryptography_writes(curve, _hash):
+    learned = native.Pkcs8Layout.of(ec.generate_private_key(curve))
+    assert native.KNOWN_LAYOUTS[curve.name] == learned

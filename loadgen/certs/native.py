@@ -172,6 +172,26 @@ class Pkcs8Layout:
         return pkcs8[head:tail], pkcs8[tail + len(self.middle) :]
 
 
+# OpenSSL's PKCS#8 for P-256 and P-384 keys (tests/test_native.py holds these
+# to what cryptography writes).
+KNOWN_LAYOUTS = {
+    "secp256r1": Pkcs8Layout(
+        bytes.fromhex("308187020100301306072a8648ce3d020106082a8648ce3d030107046d306b0201010420"),
+        bytes.fromhex("a144034200"),
+        bytes.fromhex("3059301306072a8648ce3d020106082a8648ce3d030107034200"),
+        32,
+        65,
+    ),
+    "secp384r1": Pkcs8Layout(
+        bytes.fromhex("3081b6020100301006072a8648ce3d020106052b8104002204819e30819b0201010430"),
+        bytes.fromhex("a164036200"),
+        bytes.fromhex("3076301006072a8648ce3d020106052b81040022036200"),
+        48,
+        97,
+    ),
+}
+
+
 class EcKeyReader:
     """OpenSSL keys (``EVP_PKEY``) from PKCS#8 EC keys in OpenSSL's own layout,
     imported from their scalar and point with ``EVP_PKEY_fromdata``. OpenSSL 3.0
@@ -182,10 +202,11 @@ class EcKeyReader:
 
     def __init__(self, lib: _Lib) -> None:
         self._lib = lib
-        self._layouts = [
-            (Pkcs8Layout.of(ec.generate_private_key(curve)), _GROUPS[curve.name])
-            for curve in (ec.SECP256R1(), ec.SECP384R1())
-        ]
+        # Known layouts, not learned: learning takes cryptography's EC code, about
+        # 2 MB per worker that nothing else there needs. A key that matches no
+        # layout goes to OpenSSL's reader; one that matches is checked against its
+        # certificate by SSL_CTX_use_PrivateKey.
+        self._layouts = [(layout, _GROUPS[name]) for name, layout in KNOWN_LAYOUTS.items()]
         self._ctx = lib.pkey_ctx_new(None, b"EC", None)
         if not self._ctx:
             raise NativeError("no EVP_PKEY_CTX for EC")
