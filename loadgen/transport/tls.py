@@ -1,6 +1,7 @@
 """TLS for devices, prepared ahead of the schedule, never inside the timed
-connect: loading a certificate chain and key costs about 1 ms, more than the
-handshake's own CPU.
+connect: loading a certificate chain and key through ``load_cert_chain`` costs
+about 0.7 ms, most of a handshake's own CPU (devices of a chain already seen take
+a shorter way, about 0.3 ms: ``chain.py``).
 
 Python's ``ssl`` keeps the certificate in the context, and a context per device
 costs 30 KiB. But an ``SSLObject`` copies the context's certificate and key when
