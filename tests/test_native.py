@@ -94,5 +94,18 @@ def test_the_key_reader_leaves_other_encodings_to_openssl():
 
 @pytest.mark.parametrize(("curve", "_hash"), CURVES, ids=lambda c: getattr(c, "name", ""))
 def test_the_known_pkcs8_layouts_are_what_cryptography_writes(curve, _hash):
-    learned = native.Pkcs8Layout.of(ec.generate_private_key(curve))
-    assert native.KNOWN_LAYOUTS[curve.name] == learned
+    layout = native.KNOWN_LAYOUTS[curve.name]
+    for _ in range(20):
+        key = ec.generate_private_key(curve)
+        scalar = key.private_numbers().private_value.to_bytes(layout.scalar_size, "big")
+        point = key.public_key().public_bytes(
+            serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+        )
+        pkcs8 = key.private_bytes(
+            serialization.Encoding.DER,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        assert pkcs8 == layout.join(scalar, point)
+        assert layout.split(pkcs8) == (scalar, point)
+        assert layout.spki_prefix + point == spki_der(key)

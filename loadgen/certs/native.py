@@ -12,10 +12,10 @@ The same layout serves the other way: ``EcKeyReader`` turns a device's PKCS#8
 key back into an OpenSSL key for its TLS session without OpenSSL 3.0's slow key
 decoders (``loadgen.transport.chain``).
 
-Nothing here is trusted blindly: the PKCS#8 and SubjectPublicKeyInfo layouts are
-learned from ``cryptography``'s encoding of a key (``EcKeys`` also checks its
-first key's public point against ``cryptography``'s), and ``EcSigner`` signs once
-and has ``cryptography`` verify it, before use. Where any of that fails, or
+Nothing here is trusted blindly: ``EcKeys`` encodes its first key with the known
+PKCS#8 and SubjectPublicKeyInfo layouts and compares the bytes with
+``cryptography``'s encoding of the same scalar, and ``EcSigner`` signs once and
+has ``cryptography`` verify it, before use. Where any of that fails, or
 OpenSSL cannot be reached, the callers keep to ``cryptography`` and OpenSSL's own
 readers (``ec_keys``, ``ec_signer`` and ``ec_key_reader`` return None).
 """
@@ -133,29 +133,6 @@ class Pkcs8Layout:
     scalar_size: int
     point_size: int
 
-    @classmethod
-    def of(cls, key: ec.EllipticCurvePrivateKey) -> Pkcs8Layout:
-        """The layout, learned from cryptography's encoding of ``key``."""
-        size = (key.curve.key_size + 7) // 8
-        scalar = key.private_numbers().private_value.to_bytes(size, "big")
-        point = key.public_key().public_bytes(
-            serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
-        )
-        pkcs8 = key.private_bytes(
-            serialization.Encoding.DER,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-        spki = key.public_key().public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-        at = pkcs8.find(scalar)
-        if at < 0 or not pkcs8.endswith(point) or not spki.endswith(point):
-            raise NativeError(f"unexpected PKCS#8 layout for {key.curve.name}")
-        return cls(
-            pkcs8[:at], pkcs8[at + size : -len(point)], spki[: -len(point)], size, len(point)
-        )
-
     def join(self, scalar: bytes, point: bytes) -> bytes:
         return self.prefix + scalar + self.middle + point
 
@@ -172,8 +149,8 @@ class Pkcs8Layout:
         return pkcs8[head:tail], pkcs8[tail + len(self.middle) :]
 
 
-# OpenSSL's PKCS#8 for P-256 and P-384 keys (tests/test_native.py holds these
-# to what cryptography writes).
+# OpenSSL's PKCS#8 and SPKI for P-256 and P-384 keys (tests/test_native.py holds
+# these to what cryptography writes; EcKeys checks its first key against them).
 KNOWN_LAYOUTS = {
     "secp256r1": Pkcs8Layout(
         bytes.fromhex("308187020100301306072a8648ce3d020106082a8648ce3d030107046d306b0201010420"),
@@ -259,14 +236,27 @@ class EcKeys:
         size = (curve.key_size + 7) // 8
         self._priv = ctypes.create_string_buffer(size)
         self._pub = ctypes.create_string_buffer(1 + 2 * size)
+        layout = KNOWN_LAYOUTS.get(curve.name)
+        if layout is None:
+            raise NativeError(f"no PKCS#8 layout for {curve.name}")
+        self._layout = layout
+        # The first key, encoded here, must be byte for byte what cryptography
+        # makes of the same scalar: the point libcrypto computed and the layout.
         priv, pub = self._raw()
         reference = ec.derive_private_key(int.from_bytes(priv, "big"), curve)
-        self._layout = Pkcs8Layout.of(reference)
-        point = reference.public_key().public_bytes(
-            serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
-        )
-        if point != pub:
-            raise NativeError(f"libcrypto's public point on {curve.name} is not cryptography's")
+        if (
+            reference.private_bytes(
+                serialization.Encoding.DER,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+            != layout.join(priv, pub)
+            or reference.public_key().public_bytes(
+                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+            != layout.spki_prefix + pub
+        ):
+            raise NativeError(f"libcrypto's {curve.name} key is not what cryptography encodes")
 
     def _raw(self) -> tuple[bytes, bytes]:
         key = self._key.pointer
