@@ -81,10 +81,10 @@ class ClientTls:
     def session(self, cert_chain: Path, key: Path, server_name: str | None) -> TlsSession:
         # The event loop is one thread: nothing runs between loading the chain and
         # making the SSLObject that copies it.
-        if not self.chains.load(cert_chain, key):
+        chain_pem = cert_chain.read_bytes() if self.chains.active else b""
+        if not self.chains.load(chain_pem, key):
             self.context.load_cert_chain(str(cert_chain), str(key))
-            if self.chains.active:
-                self.chains.share(cert_chain.read_bytes())
+            self.chains.share(chain_pem)
         return TlsSession.of(self.context, server_name)
 
     def own_context(self, cert_chain: Path, key: Path) -> ssl.SSLContext:
