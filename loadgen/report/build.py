@@ -73,7 +73,7 @@ def build(plan: RunPlan, stats: RunStats, timing: RunTiming) -> dict[str, Any]:
         },
         "histograms": {phase: stats.phases[phase].encode() for phase in PHASES}
         | {"schedule_lag": stats.lag.encode()},
-        "generator": generator(stats),
+        "generator": generator_cpu(stats.cpu_us / 1_000_000, stats.devices),
         "load": {
             "executor": type(plan.executor).__name__,
             "count": plan.count,
@@ -90,13 +90,9 @@ def build(plan: RunPlan, stats: RunStats, timing: RunTiming) -> dict[str, Any]:
     }
 
 
-def generator(stats: RunStats) -> dict[str, float | None]:
+def generator_cpu(cpu_s: float, devices: int) -> dict[str, float | None]:
     """What the workers spent, all of it: preparing devices on the way, connecting,
     acting, recording. Per device, it says how many devices a core can drive."""
-    return generator_cpu(stats.cpu_us / 1_000_000, stats.devices)
-
-
-def generator_cpu(cpu_s: float, devices: int) -> dict[str, float | None]:
     return {
         "cpu_s": round(cpu_s, 3),
         "cpu_ms_per_device": round(cpu_s * 1000 / devices, 3) if devices else None,
