@@ -9,7 +9,7 @@ does not expose it). The SSLObject made next takes references to that copy; the
 certificates on the wire are the same.
 
 Once a chain is known, later devices of that chain skip ``load_cert_chain``
-altogether (``SharedChains.load``): OpenSSL reads only their own certificate, and
+altogether (``SharedChains.load``): OpenSSL parses only their own certificate, and
 their key is built from its parts instead of going through OpenSSL 3.0's key
 decoders, which made preparing a device cost 700 µs, now about 250 µs.
 
