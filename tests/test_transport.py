@@ -338,3 +338,37 @@ async def test_a_connect_packet_the_codec_refuses_fails_before_any_connection():
     await asyncio.sleep(0.2)
     assert accepted == []
     server.close()
+
+
+async def test_a_connection_still_coming_up_waits_until_tcp_is_up():
+    # A listener whose accept queue is full drops the SYN: TCP is not up when
+    # connect returns, and comes up only with the SYN's retransmission (1 s).
+    import socket
+
+    listener = socket.create_server(("127.0.0.1", 0), backlog=0)
+    listener.setblocking(False)
+    filler = socket.create_connection(listener.getsockname())
+    loop = asyncio.get_running_loop()
+
+    async def serve() -> None:
+        await asyncio.sleep(0.3)
+        (await loop.sock_accept(listener))[0].close()  # room for the retransmission
+        sock, _ = await loop.sock_accept(listener)
+        with sock:
+            await loop.sock_recv(sock, 100)
+            await loop.sock_sendall(sock, b"\x20\x02\x00\x00")  # CONNACK, 3.1.1
+            await asyncio.sleep(0.5)
+
+    server = asyncio.create_task(serve())
+    times = AttemptTimes(time.monotonic())
+    target = Target("127.0.0.1", listener.getsockname()[1])
+    try:
+        async with asyncio.timeout(10):
+            client = await connect(target, None, mqtt.Connect("x", protocol_version=4), times)
+        client.disconnect()
+        await server
+    finally:
+        filler.close()
+        listener.close()
+    assert times.tcp_connected is not None and times.connack is not None
+    assert times.tcp_connected - times.started > 0.3  # waited for the retransmitted SYN

@@ -48,6 +48,9 @@ MAX_PACKET_SIZE = 1 + 4 + wire.MAX_VARINT
 _PROTOCOL_NAME = wire.string("MQTT")
 _VERSIONS = (MQTT_3_1_1, MQTT_5)
 _WILDCARDS = ("+", "#")
+# Indexed by packet type: an IntEnum lookup per packet costs more than decoding
+# a whole CONNACK.
+_NAMES = ("", *(t.name for t in PacketType))
 
 
 # Encoding
@@ -253,7 +256,7 @@ class Decoder:
         kind = first >> 4
         if kind == 0:
             raise MalformedPacket("packet type 0 is reserved")
-        name = PacketType(kind).name
+        name = _NAMES[kind]
         flags = first & 0x0F
         expected_flags = 0x02 if kind in (6, 8, 10) else 0
         if kind != PacketType.PUBLISH and flags != expected_flags:

@@ -74,6 +74,10 @@ class Reader:
         return int.from_bytes(self._take(4), "big")
 
     def varint(self) -> int:
+        pos = self.pos
+        if pos < self.end and self.data[pos] < 0x80:  # one byte: nearly every property id
+            self.pos = pos + 1
+            return self.data[pos]
         value = 0
         for shift in range(0, 28, 7):
             digit = self.byte()
