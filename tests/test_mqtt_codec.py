@@ -109,6 +109,21 @@ def test_connack_carries_v5_reason_codes_and_properties():
     assert mqtt.Decoder(mqtt.MQTT_5).feed(mqtt.encode(ack, mqtt.MQTT_5)) == [ack]
 
 
+def test_a_servers_repeated_connack_properties_are_decoded_once_and_shared():
+    # mosquitto's CONNACK: Topic Alias Maximum 10, Receive Maximum 20.
+    connack = b' \t\x00\x00\x06"\x00\n!\x00\x14'
+    first, second = (mqtt.Decoder(mqtt.MQTT_5).feed(connack)[0] for _ in range(2))
+    assert first.properties == mqtt.Properties(topic_alias_maximum=10, receive_maximum=20)
+    assert first.properties is second.properties
+
+
+def test_a_bad_property_block_is_refused_each_time_it_arrives():
+    body = b"\x00\x00" + b"\x03\x23\x00\x01"  # a Topic Alias in a CONNACK
+    for _ in range(2):
+        with pytest.raises(mqtt.ProtocolError, match="topic_alias"):
+            mqtt.Decoder(mqtt.MQTT_5).feed(bytes((0x20, len(body))) + body)
+
+
 def test_known_bytes_of_a_3_1_1_connect():
     # From the MQTT 3.1.1 specification's CONNECT layout: clean session, keepalive 10.
     packet = mqtt.Connect("c", protocol_version=mqtt.MQTT_3_1_1, keepalive=10)

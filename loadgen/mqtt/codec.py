@@ -212,22 +212,28 @@ class Decoder:
         return len(self._buffer)
 
     def feed(self, data: bytes) -> list[Packet]:
-        self._buffer += data
-        packets: list[Packet] = []
         buffer = self._buffer
+        if buffer:
+            buffer += data
+        # Nothing held back (the usual case): packets are read from ``data`` as it
+        # came, and only a trailing partial packet is copied.
+        chunk: bytes | bytearray = buffer or data
+        packets: list[Packet] = []
         pos = 0
         while True:
-            frame = self._frame(buffer, pos)
+            frame = self._frame(chunk, pos)
             if frame is None:
                 break
             first, start, end = frame
-            packets.append(self._decode(first, memoryview(buffer)[start:end]))
+            packets.append(self._decode(first, chunk[start:end]))
             pos = end
-        if pos:
+        if buffer:
             del buffer[:pos]
+        elif pos < len(data):
+            buffer += data[pos:]
         return packets
 
-    def _frame(self, buffer: bytearray, pos: int) -> tuple[int, int, int] | None:
+    def _frame(self, buffer: bytes | bytearray, pos: int) -> tuple[int, int, int] | None:
         """(first byte, body start, body end) of the next whole packet, or None."""
         available = len(buffer) - pos
         if available < 2:
@@ -252,7 +258,7 @@ class Decoder:
             return None
         return buffer[pos], start, start + length
 
-    def _decode(self, first: int, body: memoryview) -> Packet:
+    def _decode(self, first: int, body: bytes | bytearray) -> Packet:
         kind = first >> 4
         if kind == 0:
             raise MalformedPacket("packet type 0 is reserved")

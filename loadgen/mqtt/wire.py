@@ -43,7 +43,7 @@ class Reader:
 
     __slots__ = ("data", "end", "packet", "pos")
 
-    def __init__(self, data: bytes | memoryview, packet: str) -> None:
+    def __init__(self, data: bytes | bytearray | memoryview, packet: str) -> None:
         self.data = bytes(data)
         self.pos = 0
         self.end = len(self.data)

@@ -254,7 +254,8 @@ class _Channel:
             try:
                 plain = sslobj.read(_READ_SIZE)
             except ssl.SSLWantReadError:
-                self._send_tls_output()  # e.g. a key update's answer
+                if tls.outgoing.pending:
+                    self._send_tls_output()  # e.g. a key update's answer
                 return
             except ssl.SSLError as exc:
                 self._lost(exc)

@@ -1,0 +1,220 @@
+"""How far the transport's connect path is from the least Python a connect can
+cost on uvloop: `openssl s_time -new`, the native transport, and a bare callback
+state machine (no MQTT codec, no timestamps, no error handling; CONNECT encoded
+ahead, CONNACK recognised by its first byte), with and without a task per device.
+
+    .venv/bin/python -m bench.connect_floor [--devices 1500] [--rounds 8]
+
+Each round measures `s_time`, then every variant in a rotating order; ratios are
+medians of per-round ratios. The bare machine is a yardstick, not a client: it
+tells what any pure-Python connect path on this event loop would cost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import resource
+import socket
+import ssl
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import uvloop
+
+from bench.connect import _native, _sessions, s_time
+from loadgen import mqtt
+from loadgen.certs.ca import init_ca
+from loadgen.certs.mint import MintRequest, mint
+from loadgen.certs.store import Device, FleetStore
+from loadgen.transport.tls import TlsSession
+from tests.brokers import start_mosquitto
+
+_CONCURRENCY = 16
+
+
+class _Bare:
+    """TCP, TLS, CONNECT and CONNACK on the loop's callbacks, and nothing else."""
+
+    __slots__ = ("connect_bytes", "done", "fd", "handshaken", "loop", "sock", "tls")
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        tls: TlsSession,
+        connect_bytes: bytes,
+        done: Callable[[], None],
+    ) -> None:
+        self.loop, self.tls, self.connect_bytes, self.done = loop, tls, connect_bytes, done
+        self.handshaken = False
+
+    def start(self, address: tuple[str, int]) -> None:
+        sock = self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.fd = sock.fileno()
+        self.loop.add_reader(self.fd, self._readable)
+        sock.connect_ex(address)
+        try:
+            sock.getpeername()
+        except OSError:
+            self.loop.add_writer(self.fd, self._writable)
+            return
+        self._hello()
+
+    def _writable(self) -> None:
+        self.loop.remove_writer(self.fd)
+        self._hello()
+
+    def _hello(self) -> None:
+        try:
+            self.tls.sslobj.do_handshake()
+        except ssl.SSLWantReadError:  # always: the ClientHello is out, the answer awaited
+            self.sock.send(self.tls.outgoing.read())
+
+    def _readable(self) -> None:
+        tls = self.tls
+        tls.incoming.write(self.sock.recv(65536))
+        if not self.handshaken:
+            try:
+                tls.sslobj.do_handshake()
+            except ssl.SSLWantReadError:
+                return
+            self.handshaken = True
+            tls.sslobj.write(self.connect_bytes)
+            self.sock.send(tls.outgoing.read())
+            return
+        try:
+            plain = tls.sslobj.read(65536)
+        except ssl.SSLWantReadError:
+            return
+        if plain[:1] == b"\x20":
+            self.loop.remove_reader(self.fd)
+            self.sock.close()
+            self.done()
+
+
+def _connect_bytes(devices: list[Device]) -> list[bytes]:
+    return [
+        mqtt.Connection(mqtt.Role.CLIENT).send(mqtt.Connect(d.client_id, keepalive=60))
+        for d in devices
+    ]
+
+
+async def _bare_callbacks(port: int, packets: list[bytes], sessions: list[TlsSession]) -> float:
+    """CPU seconds per connect, _CONCURRENCY chains of callbacks, no task at all."""
+    loop = asyncio.get_running_loop()
+    pending = iter(zip(packets, sessions, strict=True))
+    left = len(packets)
+    finished = loop.create_future()
+
+    def start_next() -> None:
+        for packet, session in pending:
+            _Bare(loop, session, packet, on_done).start(("127.0.0.1", port))
+            return
+
+    def on_done() -> None:
+        nonlocal left
+        left -= 1
+        if left == 0:
+            finished.set_result(None)
+        else:
+            start_next()
+
+    cpu = time.process_time()
+    for _ in range(_CONCURRENCY):
+        start_next()
+    await asyncio.wait_for(finished, 300)  # bounded: a lost connection must not hang the run
+    return (time.process_time() - cpu) / len(packets)
+
+
+async def _bare_tasks(port: int, packets: list[bytes], sessions: list[TlsSession]) -> float:
+    """CPU seconds per connect, a task with a timeout per device behind a
+    semaphore, as `bench.connect` drives the transport."""
+    loop = asyncio.get_running_loop()
+    slots = asyncio.Semaphore(_CONCURRENCY)
+
+    async def one(packet: bytes, session: TlsSession) -> None:
+        async with slots, asyncio.timeout(30):
+            done: asyncio.Future[None] = loop.create_future()
+            _Bare(loop, session, packet, lambda: done.set_result(None)).start(("127.0.0.1", port))
+            await done
+
+    cpu = time.process_time()
+    await asyncio.gather(*(one(p, s) for p, s in zip(packets, sessions, strict=True)))
+    return (time.process_time() - cpu) / len(packets)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--devices", type=int, default=1500)
+    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--s-time-seconds", type=int, default=3)
+    args = parser.parse_args()
+    resource.setrlimit(
+        resource.RLIMIT_NOFILE, (20000, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
+    )
+    with tempfile.TemporaryDirectory(prefix="loadgen-bench-", dir="/dev/shm") as tmp:
+        root = Path(tmp)
+        ca = init_ca(root / "ca")
+        mint(MintRequest(root / "fleet", ca.directory, args.devices, workers=2))
+        fleet = FleetStore(root / "fleet")
+        devices = list(fleet.devices())
+        packets = _connect_bytes(devices)
+        broker = start_mosquitto(root / "broker", ca.directory / "ca.pem")
+        server_ca = broker.server_ca.directory / "ca.pem"
+        port = broker.tls_port
+        variants: dict[str, Callable[[], float]] = {
+            "transport (bench.connect's harness)": lambda: uvloop.run(
+                _native(port, devices, _sessions(fleet, devices, server_ca), _CONCURRENCY, False)
+            )[1],
+            "bare machine, a task per device": lambda: uvloop.run(
+                _bare_tasks(port, packets, _sessions(fleet, devices, server_ca))
+            ),
+            "bare machine, callbacks only": lambda: uvloop.run(
+                _bare_callbacks(port, packets, _sessions(fleet, devices, server_ca))
+            ),
+        }
+        names = list(variants)
+        runs: dict[str, list[float]] = {name: [] for name in ["s_time", *names]}
+        try:
+            for i in range(args.rounds):
+                runs["s_time"].append(s_time(broker, fleet, devices[0], args.s_time_seconds))
+                for name in names[i % len(names) :] + names[: i % len(names)]:
+                    runs[name].append(variants[name]())
+        finally:
+            broker.stop()
+    _print(runs, args)
+
+
+def _print(runs: dict[str, list[float]], args: argparse.Namespace) -> None:
+    base = runs["s_time"]
+    print(
+        f"{args.devices} devices, mosquitto on loopback, TLS 1.3, EC P-256, "
+        f"{_CONCURRENCY} in flight; {args.rounds} rounds; ratios are medians of per-round ratios"
+    )
+    print()
+    print("| client | CPU per connect (median) | ratio to `s_time -new` per round | ratio |")
+    print("| --- | ---: | --- | ---: |")
+    for name, values in runs.items():
+        ratios = [v / b for v, b in zip(values, base, strict=True)]
+        each = ", ".join(f"{r:.2f}" for r in ratios)
+        label = "`openssl s_time -new` (serial)" if name == "s_time" else name
+        print(
+            f"| {label} | {statistics.median(values) * 1e3:.3f} ms | {each} "
+            f"| {statistics.median(ratios):.2f}x |"
+        )
+    transport, *bare = [name for name in runs if name != "s_time"]
+    print()
+    print("| the transport against | per round | ratio |")
+    print("| --- | --- | ---: |")
+    for name in bare:
+        ratios = [t / b for t, b in zip(runs[transport], runs[name], strict=True)]
+        each = ", ".join(f"{r:.2f}" for r in ratios)
+        print(f"| {name} | {each} | {statistics.median(ratios):.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
