@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import multiprocessing
 import re
@@ -21,6 +22,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiomqtt
@@ -198,6 +201,33 @@ def _median(runs: list[float]) -> float:
     return statistics.median(runs)
 
 
+@dataclass
+class Bed:
+    """A fleet minted to tmpfs and mosquitto trusting its CA, for one benchmark."""
+
+    fleet: FleetStore
+    devices: list[Device]
+    broker: Mosquitto
+    server_ca: Path  # what the devices trust for mosquitto's certificate
+
+
+@contextlib.contextmanager
+def mosquitto_bed(count: int) -> Iterator[Bed]:
+    resource.setrlimit(
+        resource.RLIMIT_NOFILE, (20000, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
+    )
+    with tempfile.TemporaryDirectory(prefix="loadgen-bench-", dir="/dev/shm") as tmp:
+        root = Path(tmp)
+        ca = init_ca(root / "ca")
+        mint(MintRequest(root / "fleet", ca.directory, count, workers=2))
+        fleet = FleetStore(root / "fleet")
+        broker = start_mosquitto(root / "broker", ca.directory / "ca.pem")
+        try:
+            yield Bed(fleet, list(fleet.devices()), broker, broker.server_ca.directory / "ca.pem")
+        finally:
+            broker.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--devices", type=int, default=1500)
@@ -207,27 +237,17 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--s-time-seconds", type=int, default=5)
     args = parser.parse_args()
-    resource.setrlimit(
-        resource.RLIMIT_NOFILE, (20000, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
-    )
-
-    with tempfile.TemporaryDirectory(prefix="loadgen-bench-", dir="/dev/shm") as tmp:
-        root = Path(tmp)
-        ca = init_ca(root / "ca")
-        mint(MintRequest(root / "fleet", ca.directory, args.devices, workers=2))
-        fleet = FleetStore(root / "fleet")
-        devices = list(fleet.devices())
-        broker = start_mosquitto(root / "broker", ca.directory / "ca.pem")
-        server_ca = broker.server_ca.directory / "ca.pem"
-        plain_proxy, plain_port = _proxy(broker.tls_port, 0.0)
-        slow_proxy, slow_port = _proxy(broker.tls_port, RTT_DELAY)
+    with mosquitto_bed(args.devices) as bed:
+        plain_proxy, plain_port = _proxy(bed.broker.tls_port, 0.0)
+        slow_proxy, slow_port = _proxy(bed.broker.tls_port, RTT_DELAY)
         try:
-            results = _run_all(args, broker, fleet, devices, server_ca, plain_port, slow_port)
+            results = _run_all(
+                args, bed.broker, bed.fleet, bed.devices, bed.server_ca, plain_port, slow_port
+            )
         finally:
             for process in (plain_proxy, slow_proxy):
                 process.terminate()
                 process.wait()
-            broker.stop()
     _print(results, args)
 
 

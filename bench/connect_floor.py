@@ -14,24 +14,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import resource
 import socket
 import ssl
 import statistics
-import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import uvloop
 
-from bench.connect import _native, _sessions, s_time
+from bench.connect import _native, _sessions, mosquitto_bed, s_time
 from loadgen import mqtt
-from loadgen.certs.ca import init_ca
-from loadgen.certs.mint import MintRequest, mint
-from loadgen.certs.store import Device, FleetStore
+from loadgen.certs.store import Device
 from loadgen.transport.tls import TlsSession
-from tests.brokers import start_mosquitto
 
 _CONCURRENCY = 16
 
@@ -153,19 +147,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--s-time-seconds", type=int, default=3)
     args = parser.parse_args()
-    resource.setrlimit(
-        resource.RLIMIT_NOFILE, (20000, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
-    )
-    with tempfile.TemporaryDirectory(prefix="loadgen-bench-", dir="/dev/shm") as tmp:
-        root = Path(tmp)
-        ca = init_ca(root / "ca")
-        mint(MintRequest(root / "fleet", ca.directory, args.devices, workers=2))
-        fleet = FleetStore(root / "fleet")
-        devices = list(fleet.devices())
+    with mosquitto_bed(args.devices) as bed:
+        fleet, devices, server_ca, port = bed.fleet, bed.devices, bed.server_ca, bed.broker.tls_port
         packets = _connect_bytes(devices)
-        broker = start_mosquitto(root / "broker", ca.directory / "ca.pem")
-        server_ca = broker.server_ca.directory / "ca.pem"
-        port = broker.tls_port
         variants: dict[str, Callable[[], float]] = {
             "transport (bench.connect's harness)": lambda: uvloop.run(
                 _native(port, devices, _sessions(fleet, devices, server_ca), _CONCURRENCY, False)
@@ -179,13 +163,10 @@ def main() -> None:
         }
         names = list(variants)
         runs: dict[str, list[float]] = {name: [] for name in ["s_time", *names]}
-        try:
-            for i in range(args.rounds):
-                runs["s_time"].append(s_time(broker, fleet, devices[0], args.s_time_seconds))
-                for name in names[i % len(names) :] + names[: i % len(names)]:
-                    runs[name].append(variants[name]())
-        finally:
-            broker.stop()
+        for i in range(args.rounds):
+            runs["s_time"].append(s_time(bed.broker, fleet, devices[0], args.s_time_seconds))
+            for name in names[i % len(names) :] + names[: i % len(names)]:
+                runs[name].append(variants[name]())
     _print(runs, args)
 
 

@@ -13,7 +13,8 @@ Connecting is driven by the event loop's callbacks alone (socket writable: TCP i
 up; each readable: the next handshake flight, then CONNECT), and the caller waits
 on one future, for the CONNACK. Awaiting each step instead cost a future and a
 task step apiece: the client's CPU per connect was 1.21 to 1.29x that of
-`openssl s_time`'s handshake then, 1.13 to 1.20x now (docs/benchmarks.md).
+`openssl s_time`'s handshake then, 1.14 to 1.16x now, about 1.08x a bare callback
+state machine's (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -154,8 +155,8 @@ class _Channel:
         """Whether TCP came up during ``connect_ex`` itself, as it often does on
         loopback. Then the handshake starts at once: waiting for the socket to
         turn writable costs a wake-up of the event loop and a writer registered
-        and removed again, about a tenth of the client's CPU per connect beyond
-        the TLS work itself (docs/benchmarks.md)."""
+        and removed again, about 1% of the client's CPU per connect
+        (docs/benchmarks.md)."""
         try:
             self.sock.getpeername()
         except OSError:
