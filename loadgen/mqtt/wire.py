@@ -53,7 +53,7 @@ class Reader:
     def remaining(self) -> int:
         return self.end - self.pos
 
-    def _take(self, n: int) -> bytes:
+    def take(self, n: int) -> bytes:
         if self.pos + n > self.end:
             raise MalformedPacket(f"{self.packet}: truncated (needs {n} more bytes)")
         chunk = self.data[self.pos : self.pos + n]
@@ -68,10 +68,10 @@ class Reader:
         return value
 
     def uint16(self) -> int:
-        return int.from_bytes(self._take(2), "big")
+        return int.from_bytes(self.take(2), "big")
 
     def uint32(self) -> int:
-        return int.from_bytes(self._take(4), "big")
+        return int.from_bytes(self.take(4), "big")
 
     def varint(self) -> int:
         pos = self.pos
@@ -87,7 +87,7 @@ class Reader:
         raise MalformedPacket(f"{self.packet}: variable byte integer longer than 4 bytes")
 
     def binary(self) -> bytes:
-        return self._take(self.uint16())
+        return self.take(self.uint16())
 
     def string(self) -> str:
         raw = self.binary()
@@ -100,4 +100,4 @@ class Reader:
         return text
 
     def rest(self) -> bytes:
-        return self._take(self.remaining)
+        return self.take(self.remaining)
