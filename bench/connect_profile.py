@@ -3,6 +3,11 @@ time around each step of ``loadgen.transport.client`` and each call into Python'
 ``ssl``, during connects against mosquitto as `bench.connect` makes them.
 
     .venv/bin/python -m bench.connect_profile [--devices 1500] [--repeats 3]
+    .venv/bin/python -m bench.connect_profile --bytecodes [--devices 300]
+
+``--bytecodes`` counts instead the Python bytecodes and calls each connect runs,
+for the transport and for `bench.connect_floor`'s bare machine: a figure this
+machine's noise cannot move, to check a change to the connect path by.
 
 In place matters: between handshakes OpenSSL pushes the interpreter's code and
 data out of the CPU's caches, so a step costs several times what a loop of it
@@ -16,15 +21,20 @@ from __future__ import annotations
 import argparse
 import collections
 import ssl
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import uvloop
 
 from bench.connect import _native, _sessions, mosquitto_bed
+from bench.connect_floor import _bare_tasks, _connect_bytes
 from loadgen import mqtt
 from loadgen.transport import client
+from loadgen.transport.tls import TlsSession
 
 _STEPS: list[tuple[Any, str, str]] = [
     (client._Channel, "start", "start: encode CONNECT, register, TCP, ClientHello"),
@@ -59,7 +69,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--devices", type=int, default=1500)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--bytecodes", action="store_true", help="count bytecodes instead")
     args = parser.parse_args()
+    if args.bytecodes:
+        _count_bytecodes(args.devices)
+        return
     spent: collections.Counter[str] = collections.Counter()
     for owner, name, label in _STEPS:
         setattr(owner, name, _timed(spent, label, getattr(owner, name)))
@@ -78,6 +92,45 @@ def main() -> None:
     print("| whole connect (process CPU) | " + " | ".join(f"{c * 1e6:.0f}" for c, _ in runs) + " |")
     for _, _, label in _STEPS:
         print(f"| {label} | " + " | ".join(f"{steps[label]:.1f}" for _, steps in runs) + " |")
+
+
+def _count_bytecodes(count: int) -> None:
+    ops: collections.Counter[str] = collections.Counter()
+    calls: collections.Counter[str] = collections.Counter()
+
+    def trace(frame: FrameType, event: str, _arg: object) -> Any:
+        where = f"{Path(frame.f_code.co_filename).name}:{frame.f_code.co_name}"
+        if event == "call":
+            frame.f_trace_opcodes = True
+            calls[where] += 1
+        elif event == "opcode":
+            ops[where] += 1
+        return trace
+
+    with mosquitto_bed(count) as bed:
+        port = bed.broker.tls_port
+        packets = _connect_bytes(bed.devices)
+        clients: dict[str, Callable[[list[TlsSession]], object]] = {
+            "transport (bench.connect's harness)": lambda s: uvloop.run(
+                _native(port, bed.devices, s, 16, False)
+            ),
+            "bare machine, a task per device": lambda s: uvloop.run(_bare_tasks(port, packets, s)),
+        }
+        for name, run in clients.items():
+            sessions = _sessions(bed.fleet, bed.devices, bed.server_ca)
+            ops.clear()
+            calls.clear()
+            sys.settrace(trace)
+            try:
+                run(sessions)
+            finally:
+                sys.settrace(None)
+            print(
+                f"{name}: {sum(ops.values()) / count:,.0f} bytecodes and "
+                f"{sum(calls.values()) / count:.0f} Python calls per connect"
+            )
+            for where, n in ops.most_common(12):
+                print(f"    {n / count:7.1f}  {calls[where] / count:5.2f} calls  {where}")
 
 
 if __name__ == "__main__":
