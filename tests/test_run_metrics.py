@@ -87,6 +87,22 @@ def test_metrics_after_a_two_worker_run_equal_the_report(tmp_path, mosquitto, de
     assert value("loadgen_devices_in_flight") == 0
 
 
+def _samples(body: bytes, name: str) -> list:
+    """The samples of metric ``name`` in an exposition."""
+    families = text_string_to_metric_families(body.decode())
+    return [s for f in families for s in f.samples if s.name == name]
+
+
+def _run_to_pushgateway(path, *args: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "loadgen", "run", str(path), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+
+
 @pytest.fixture
 def pushgateway():
     """A real Prometheus Pushgateway on a free loopback port (its port)."""
@@ -108,24 +124,17 @@ def test_a_short_run_pushes_its_final_metrics_to_a_pushgateway(
     tmp_path, mosquitto, device_ca, pushgateway
 ):
     path = _scenario(tmp_path, mosquitto, device_ca)
-    result = subprocess.run(
-        [
-            *(sys.executable, "-m", "loadgen", "run", str(path), "--count", "60"),
-            *("--workers", "2", "--report", str(tmp_path / "r.json")),
-            *("--pushgateway", f"http://127.0.0.1:{pushgateway}", "--job", "ci-run"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
+    _run_to_pushgateway(
+        path,
+        *("--count", "60", "--workers", "2", "--report", str(tmp_path / "r.json")),
+        *("--pushgateway", f"http://127.0.0.1:{pushgateway}", "--job", "ci-run"),
     )
-    assert result.returncode == 0, result.stderr
     body = urllib.request.urlopen(f"http://127.0.0.1:{pushgateway}/metrics", timeout=5).read()
     report = json.loads((tmp_path / "r.json").read_text())
     finished = [
         s
-        for f in text_string_to_metric_families(body.decode())
-        for s in f.samples
-        if s.name == "loadgen_devices_finished_total" and s.labels.get("job") == "ci-run"
+        for s in _samples(body, "loadgen_devices_finished_total")
+        if s.labels.get("job") == "ci-run"
     ]
     assert [s.value for s in finished] == [report["devices"]] == [60]
 
@@ -158,12 +167,7 @@ def test_devices_holding_their_connection_show_as_connected(tmp_path, mosquitto,
             except OSError:
                 time.sleep(0.2)
                 continue
-            seen = [
-                s.value
-                for f in text_string_to_metric_families(body.decode())
-                for s in f.samples
-                if s.name == "loadgen_devices_connected"
-            ]
+            seen = [s.value for s in _samples(body, "loadgen_devices_connected")]
             if seen and seen[0] == 30:
                 break
             time.sleep(0.2)
@@ -178,22 +182,16 @@ def test_shards_pushing_under_one_job_keep_a_group_each(
 ):
     path = _scenario(tmp_path, mosquitto, device_ca)
     for shard, count in (("a", "20"), ("b", "30")):
-        result = subprocess.run(
-            [
-                *(sys.executable, "-m", "loadgen", "run", str(path), "--count", count),
-                *("--workers", "1", "--pushgateway", f"http://127.0.0.1:{pushgateway}"),
-                *("--job", "fleet", "--shard", shard),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
+        _run_to_pushgateway(
+            path,
+            *("--count", count, "--workers", "1"),
+            *("--pushgateway", f"http://127.0.0.1:{pushgateway}"),
+            *("--job", "fleet", "--shard", shard),
         )
-        assert result.returncode == 0, result.stderr
     body = urllib.request.urlopen(f"http://127.0.0.1:{pushgateway}/metrics", timeout=5).read()
     finished = {
         s.labels["shard"]: s.value
-        for f in text_string_to_metric_families(body.decode())
-        for s in f.samples
-        if s.name == "loadgen_devices_finished_total" and s.labels.get("job") == "fleet"
+        for s in _samples(body, "loadgen_devices_finished_total")
+        if s.labels.get("job") == "fleet"
     }
     assert finished == {"a": 20, "b": 30}
