@@ -167,10 +167,15 @@ async def _memory(port: int, devices: list[Device], fleet: FleetStore, ca: Path)
     return (with_contexts - base) / n / 1024, (connected - with_contexts) / n / 1024
 
 
-def _memory_in_child(port: int, fleet_path: Path, ca: Path, count: int) -> tuple[float, float]:
+def _raise_fd_limit() -> None:
+    """Room for every device of a benchmark's fleet connected at once."""
     resource.setrlimit(
         resource.RLIMIT_NOFILE, (20000, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
     )
+
+
+def _memory_in_child(port: int, fleet_path: Path, ca: Path, count: int) -> tuple[float, float]:
+    _raise_fd_limit()
     fleet = FleetStore(fleet_path)
     devices = list(fleet.devices())[:count]
     return uvloop.run(_memory(port, devices, fleet, ca))
@@ -213,9 +218,7 @@ class Bed:
 
 @contextlib.contextmanager
 def mosquitto_bed(count: int) -> Iterator[Bed]:
-    resource.setrlimit(
-        resource.RLIMIT_NOFILE, (20000, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
-    )
+    _raise_fd_limit()
     with tempfile.TemporaryDirectory(prefix="loadgen-bench-", dir="/dev/shm") as tmp:
         root = Path(tmp)
         ca = init_ca(root / "ca")
