@@ -109,11 +109,35 @@ def test_connack_carries_v5_reason_codes_and_properties():
     assert mqtt.Decoder(mqtt.MQTT_5).feed(mqtt.encode(ack, mqtt.MQTT_5)) == [ack]
 
 
-def test_a_servers_repeated_connack_properties_are_decoded_once_and_shared():
+def test_a_servers_repeated_connack_is_decoded_once_and_shared():
     # mosquitto's CONNACK: Topic Alias Maximum 10, Receive Maximum 20.
     connack = b' \t\x00\x00\x06"\x00\n!\x00\x14'
     first, second = (mqtt.Decoder(mqtt.MQTT_5).feed(connack)[0] for _ in range(2))
-    assert first.properties == mqtt.Properties(topic_alias_maximum=10, receive_maximum=20)
+    assert first == mqtt.ConnAck(
+        properties=mqtt.Properties(topic_alias_maximum=10, receive_maximum=20)
+    )
+    assert first is second
+
+
+def test_a_connack_decodes_by_the_connections_own_version():
+    body = b"\x00\x00"  # success, no property block: complete in 3.1.1 only
+    assert mqtt.Decoder(mqtt.MQTT_3_1_1).feed(b"\x20\x02" + body) == [mqtt.ConnAck()]
+    with pytest.raises(mqtt.ProtocolError):
+        mqtt.Decoder(mqtt.MQTT_5).feed(b"\x20\x02" + body)
+
+
+def test_a_malformed_connack_is_refused_each_time_it_arrives():
+    for _ in range(2):
+        with pytest.raises(mqtt.MalformedPacket, match="bytes after the packet"):
+            mqtt.Decoder(mqtt.MQTT_3_1_1).feed(b"\x20\x03\x00\x00\x00")
+
+
+def test_repeated_property_blocks_are_decoded_once_and_shared():
+    ack = mqtt.PubAck(7, 0x10, mqtt.Properties(reason_string="no subscribers"))
+    first, second = (
+        mqtt.Decoder(mqtt.MQTT_5).feed(mqtt.encode(ack, mqtt.MQTT_5))[0] for _ in range(2)
+    )
+    assert first == ack
     assert first.properties is second.properties
 
 
