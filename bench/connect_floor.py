@@ -1,13 +1,19 @@
 """How far the transport's connect path is from the least Python a connect can
 cost on uvloop: `openssl s_time -new`, the native transport, and a bare callback
 state machine (no MQTT codec, no timestamps, no error handling; CONNECT encoded
-ahead, CONNACK recognised by its first byte), with and without a task per device.
+ahead, CONNACK recognised by its first byte), with and without a task per device,
+at each of several counts of connects in flight.
 
     .venv/bin/python -m bench.connect_floor [--devices 1500] [--rounds 8]
+        [--in-flight 1,16,64,256]
 
 Each round measures `s_time`, then every variant in a rotating order; ratios are
 medians of per-round ratios. The bare machine is a yardstick, not a client: it
 tells what any pure-Python connect path on this event loop would cost.
+
+The count in flight matters: `s_time` is serial, and a client that has one
+connect at a time wakes up for each step of it alone, with the interpreter cold
+in the CPU's caches; with more in flight one wake-up serves several connects.
 """
 
 from __future__ import annotations
@@ -26,8 +32,6 @@ from bench.connect import _native, _sessions, mosquitto_bed, s_time
 from loadgen import mqtt
 from loadgen.certs.store import Device
 from loadgen.transport.tls import TlsSession
-
-_CONCURRENCY = 16
 
 
 class _Bare:
@@ -97,8 +101,10 @@ def _connect_bytes(devices: list[Device]) -> list[bytes]:
     ]
 
 
-async def _bare_callbacks(port: int, packets: list[bytes], sessions: list[TlsSession]) -> float:
-    """CPU seconds per connect, _CONCURRENCY chains of callbacks, no task at all."""
+async def _bare_callbacks(
+    port: int, packets: list[bytes], sessions: list[TlsSession], in_flight: int
+) -> float:
+    """CPU seconds per connect, ``in_flight`` chains of callbacks, no task at all."""
     loop = asyncio.get_running_loop()
     pending = iter(zip(packets, sessions, strict=True))
     left = len(packets)
@@ -118,17 +124,19 @@ async def _bare_callbacks(port: int, packets: list[bytes], sessions: list[TlsSes
             start_next()
 
     cpu = time.process_time()
-    for _ in range(_CONCURRENCY):
+    for _ in range(in_flight):
         start_next()
     await asyncio.wait_for(finished, 300)  # bounded: a lost connection must not hang the run
     return (time.process_time() - cpu) / len(packets)
 
 
-async def _bare_tasks(port: int, packets: list[bytes], sessions: list[TlsSession]) -> float:
+async def _bare_tasks(
+    port: int, packets: list[bytes], sessions: list[TlsSession], in_flight: int
+) -> float:
     """CPU seconds per connect, a task with a timeout per device behind a
     semaphore, as `bench.connect` drives the transport."""
     loop = asyncio.get_running_loop()
-    slots = asyncio.Semaphore(_CONCURRENCY)
+    slots = asyncio.Semaphore(in_flight)
 
     async def one(packet: bytes, session: TlsSession) -> None:
         async with slots, asyncio.timeout(30):
@@ -141,60 +149,85 @@ async def _bare_tasks(port: int, packets: list[bytes], sessions: list[TlsSession
     return (time.process_time() - cpu) / len(packets)
 
 
+_KINDS = (
+    "transport (bench.connect's harness)",
+    "bare machine, a task per device",
+    "bare machine, callbacks only",
+)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--devices", type=int, default=1500)
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--s-time-seconds", type=int, default=3)
+    parser.add_argument(
+        "--in-flight",
+        type=lambda text: [int(n) for n in text.split(",")],
+        default=[1, 16, 64, 256],
+        help="connects in flight, comma-separated (default 1,16,64,256)",
+    )
     args = parser.parse_args()
     with mosquitto_bed(args.devices) as bed:
         fleet, devices, server_ca, port = bed.fleet, bed.devices, bed.server_ca, bed.broker.tls_port
         packets = _connect_bytes(devices)
-        variants: dict[str, Callable[[], float]] = {
-            "transport (bench.connect's harness)": lambda: uvloop.run(
-                _native(port, devices, _sessions(fleet, devices, server_ca), _CONCURRENCY, False)
-            )[1],
-            "bare machine, a task per device": lambda: uvloop.run(
-                _bare_tasks(port, packets, _sessions(fleet, devices, server_ca))
-            ),
-            "bare machine, callbacks only": lambda: uvloop.run(
-                _bare_callbacks(port, packets, _sessions(fleet, devices, server_ca))
-            ),
-        }
-        names = list(variants)
-        runs: dict[str, list[float]] = {name: [] for name in ["s_time", *names]}
+
+        def sessions() -> list[TlsSession]:
+            return _sessions(fleet, devices, server_ca)
+
+        def variant(kind: str, c: int) -> Callable[[], float]:
+            if kind == _KINDS[0]:
+                return lambda: uvloop.run(_native(port, devices, sessions(), c, False))[1]
+            bare = _bare_tasks if kind == _KINDS[1] else _bare_callbacks
+            return lambda: uvloop.run(bare(port, packets, sessions(), c))
+
+        variants = {(kind, c): variant(kind, c) for c in args.in_flight for kind in _KINDS}
+        keys = list(variants)
+        runs: dict[tuple[str, int], list[float]] = {key: [] for key in keys}
+        base: list[float] = []
         for i in range(args.rounds):
-            runs["s_time"].append(s_time(bed.broker, fleet, devices[0], args.s_time_seconds))
-            for name in names[i % len(names) :] + names[: i % len(names)]:
-                runs[name].append(variants[name]())
-    _print(runs, args)
+            base.append(s_time(bed.broker, fleet, devices[0], args.s_time_seconds))
+            for key in keys[i % len(keys) :] + keys[: i % len(keys)]:
+                runs[key].append(variants[key]())
+    _print(base, runs, args)
 
 
-def _print(runs: dict[str, list[float]], args: argparse.Namespace) -> None:
-    base = runs["s_time"]
+def _print(
+    base: list[float], runs: dict[tuple[str, int], list[float]], args: argparse.Namespace
+) -> None:
+    def ratios(values: list[float], against: list[float]) -> list[float]:
+        return [v / b for v, b in zip(values, against, strict=True)]
+
     print(
-        f"{args.devices} devices, mosquitto on loopback, TLS 1.3, EC P-256, "
-        f"{_CONCURRENCY} in flight; {args.rounds} rounds; ratios are medians of per-round ratios"
+        f"{args.devices} devices, mosquitto on loopback, TLS 1.3, EC P-256; "
+        f"{args.rounds} rounds; ratios are medians of per-round ratios"
     )
     print()
-    print("| client | CPU per connect (median) | ratio to `s_time -new` per round | ratio |")
-    print("| --- | ---: | --- | ---: |")
-    for name, values in runs.items():
-        ratios = [v / b for v, b in zip(values, base, strict=True)]
-        each = ", ".join(f"{r:.2f}" for r in ratios)
-        label = "`openssl s_time -new` (serial)" if name == "s_time" else name
+    print(
+        "| client | in flight | CPU per connect (median) "
+        "| ratio to `s_time -new` per round | ratio |"
+    )
+    print("| --- | ---: | ---: | --- | ---: |")
+    print(
+        f"| `openssl s_time -new` | 1 (serial) | {statistics.median(base) * 1e3:.3f} ms | | 1.00x |"
+    )
+    for (kind, c), values in runs.items():
+        each = ratios(values, base)
         print(
-            f"| {label} | {statistics.median(values) * 1e3:.3f} ms | {each} "
-            f"| {statistics.median(ratios):.2f}x |"
+            f"| {kind} | {c} | {statistics.median(values) * 1e3:.3f} ms "
+            f"| {', '.join(f'{r:.2f}' for r in each)} | {statistics.median(each):.2f}x |"
         )
-    transport, *bare = [name for name in runs if name != "s_time"]
     print()
-    print("| the transport against | per round | ratio |")
-    print("| --- | --- | ---: |")
-    for name in bare:
-        ratios = [t / b for t, b in zip(runs[transport], runs[name], strict=True)]
-        each = ", ".join(f"{r:.2f}" for r in ratios)
-        print(f"| {name} | {each} | {statistics.median(ratios):.2f}x |")
+    print("| the transport against | in flight | per round | ratio |")
+    print("| --- | ---: | --- | ---: |")
+    for c in args.in_flight:
+        transport = runs[(_KINDS[0], c)]
+        for kind in _KINDS[1:]:
+            each = ratios(transport, runs[(kind, c)])
+            print(
+                f"| {kind} | {c} | {', '.join(f'{r:.2f}' for r in each)} "
+                f"| {statistics.median(each):.2f}x |"
+            )
 
 
 if __name__ == "__main__":

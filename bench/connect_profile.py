@@ -114,7 +114,9 @@ def _count_bytecodes(count: int) -> None:
             "transport (bench.connect's harness)": lambda s: uvloop.run(
                 _native(port, bed.devices, s, 16, False)
             ),
-            "bare machine, a task per device": lambda s: uvloop.run(_bare_tasks(port, packets, s)),
+            "bare machine, a task per device": lambda s: uvloop.run(
+                _bare_tasks(port, packets, s, 16)
+            ),
         }
         for name, run in clients.items():
             sessions = _sessions(bed.fleet, bed.devices, bed.server_ca)
