@@ -46,6 +46,21 @@ async def test_phases_are_timed_in_order_over_mutual_tls(small_fleet, mosquitto)
     assert set(times.durations()) == {"tcp_connect", "tls_handshake", "connack"}
 
 
+async def test_a_publish_larger_than_the_socket_takes_at_once_arrives_whole(small_fleet, mosquitto):
+    # 8 MiB: more than a loopback socket's send buffer, so the rest waits for the
+    # socket to turn writable. mosquitto's PUBACK says the packet arrived intact:
+    # a byte lost or out of order would break the TLS record or the MQTT frame.
+    device, tls = device_tls(small_fleet, mosquitto)
+    times = AttemptTimes(time.monotonic())
+    target = Target("127.0.0.1", mosquitto.tls_port, server_name="localhost")
+    async with asyncio.timeout(30):
+        client = await connect(target, tls.session(), mqtt.Connect(device.client_id), times)
+        await client.publish(f"dt/{device.client_id}", b"x" * (8 << 20), qos=1)
+        await client.publish(f"dt/{device.client_id}", b"after", qos=1)
+        client.disconnect()
+    assert len(times.pubacks) == 2
+
+
 async def test_a_certificate_from_an_unknown_ca_is_rejected_by_tls(small_fleet, mosquitto):
     device, tls = device_tls(small_fleet, mosquitto, fault="unknown_ca")
     target = Target("127.0.0.1", mosquitto.tls_port, server_name="localhost")

@@ -202,10 +202,9 @@ class _Channel:
             self.close()
             return
         self.times.tls_done = self.clock()
-        # The client's Finished stays queued: the CONNECT that follows goes out in
-        # the same segment, one system call fewer (TLS 1.3 lets application data
-        # follow the Finished at once).
-        self._out += tls.outgoing.read()
+        # The client's Finished stays in the outgoing BIO: the CONNECT's record
+        # joins it there and both go out in one segment, one system call fewer
+        # (TLS 1.3 lets application data follow the Finished at once).
         self._send_connect()
         if tls.incoming.pending and not self.closed:
             self._read_tls()  # records that came with the server's last flight
@@ -352,38 +351,52 @@ class _Channel:
         self._send(self.conn.send(packet))
 
     def _send(self, data: bytes) -> None:
-        if self.tls is None:
-            self._out += data
-        else:
-            self.tls.sslobj.write(data)
-            self._out += self.tls.outgoing.read()
-        if not self._writing:
-            self._flush()
+        tls = self.tls
+        if tls is not None:
+            tls.sslobj.write(data)
+            data = tls.outgoing.read()
+        self._transmit(data)
 
     def _send_tls_output(self) -> None:
         assert self.tls is not None
         pending = self.tls.outgoing.read()
         if pending:
-            self._out += pending
-            if not self._writing:
-                self._flush()
+            self._transmit(pending)
+
+    def _transmit(self, data: bytes) -> None:
+        """Send what the socket takes now; keep the rest, in order, until it
+        turns writable."""
+        if self.closed:
+            return
+        if self._writing:
+            self._out += data
+            return
+        try:
+            sent = self.sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError as exc:
+            self._lost(exc)
+            return
+        if sent < len(data):
+            self._out += data[sent:]
+            self._writing = True
+            self.loop.add_writer(self.fd, self._flush)
 
     def _flush(self) -> None:
+        """The socket turned writable: send what was kept."""
         while self._out and not self.closed:
             try:
                 sent = self.sock.send(self._out)
             except (BlockingIOError, InterruptedError):
-                sent = 0
+                return
             except OSError as exc:
                 self._lost(exc)
                 return
             if not sent:
-                if not self._writing:
-                    self._writing = True
-                    self.loop.add_writer(self.fd, self._flush)
                 return
             del self._out[:sent]
-        if self._writing:
+        if self._writing and not self.closed:
             self._writing = False
             self.loop.remove_writer(self.fd)
 
