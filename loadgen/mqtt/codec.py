@@ -224,6 +224,16 @@ class Decoder:
 
     def feed(self, data: bytes) -> list[Packet]:
         buffer = self._buffer
+        size = len(data)
+        # One whole packet of under 128 bytes, nothing held back: a CONNACK, an
+        # acknowledgement. The connect path's usual case, read without framing.
+        if (
+            not buffer
+            and 2 <= size <= 129  # so the length is one byte, without a continuation
+            and data[1] + 2 == size
+            and size <= self.max_packet_size
+        ):
+            return [self._decode(data[0], data[2:])]
         if buffer:
             buffer += data
         # Nothing held back (the usual case): packets are read from ``data`` as it
