@@ -236,7 +236,12 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=1500)
     parser.add_argument("--aiomqtt-devices", type=int, default=300)
     parser.add_argument("--concurrency", type=int, default=200, help="for the rate runs")
-    parser.add_argument("--cpu-concurrency", type=int, default=16, help="for the CPU runs")
+    parser.add_argument(
+        "--cpu-concurrency",
+        type=lambda text: [int(n) for n in text.split(",")],
+        default=[16, 64, 256],
+        help="connects in flight for the CPU runs, comma-separated (default 16,64,256)",
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--s-time-seconds", type=int, default=5)
     args = parser.parse_args()
@@ -263,23 +268,29 @@ def _run_all(args, broker, fleet, devices, server_ca, plain_port, slow_port) -> 
     few = devices[: args.aiomqtt_devices]
     for _ in range(args.repeats):
         sessions = _sessions(fleet, devices, server_ca)
-        # CPU per connect, next to s_time (serial): a modest concurrency, so that
-        # both measure the handshake rather than cache contention.
+        # CPU per connect, next to s_time (serial), at a few counts in flight: the
+        # fewer in flight, the fewer connects share each wake-up of the event loop
+        # (bench.connect_floor measures 1 in flight too).
         # s_time before and after the native runs, averaged: this machine's speed
         # drifts by several percent within a minute.
+        first, *more = args.cpu_concurrency
         before = s_time(broker, fleet, devices[0], args.s_time_seconds)
-        _, cpu = uvloop.run(
-            _native(broker.tls_port, devices, sessions, args.cpu_concurrency, disconnect=False)
-        )
+        _, cpu = uvloop.run(_native(broker.tls_port, devices, sessions, first, disconnect=False))
         add("native_cpu", cpu)
         sessions = _sessions(fleet, devices, server_ca)
-        _, cpu = uvloop.run(_native(broker.tls_port, devices, sessions, args.cpu_concurrency))
+        _, cpu = uvloop.run(_native(broker.tls_port, devices, sessions, first))
         add("native_disconnect_cpu", cpu)
+        for c in more:
+            sessions = _sessions(fleet, devices, server_ca)
+            _, more_cpu = uvloop.run(_native(broker.tls_port, devices, sessions, c, False))
+            add(f"native_cpu_{c}", more_cpu)
         after = s_time(broker, fleet, devices[0], args.s_time_seconds)
         add("s_time_cpu", (before + after) / 2)
         add("s_time_drift", after / before)
         add("cpu_ratio", runs["native_cpu"][-1] / runs["s_time_cpu"][-1])
         add("disconnect_cpu_ratio", cpu / runs["s_time_cpu"][-1])
+        for c in more:
+            add(f"cpu_ratio_{c}", runs[f"native_cpu_{c}"][-1] / runs["s_time_cpu"][-1])
         add("s_time_www_cpu", s_time(broker, fleet, devices[0], args.s_time_seconds, www=True))
         add("www_cpu_ratio", runs["native_cpu"][-1] / runs["s_time_www_cpu"][-1])
         for name, port in (
@@ -338,13 +349,22 @@ def _print(results: dict[str, object], args: argparse.Namespace) -> None:
         ),
         (
             f"native: CPU per connect + CONNACK, then close as `s_time` closes "
-            f"({args.cpu_concurrency} in flight)",
+            f"({args.cpu_concurrency[0]} in flight)",
             f"{m['native_cpu'] * 1e3:.3f} ms",
             each("native_cpu", 1e3, ms),
             f"**{m['cpu_ratio']:.2f}x** s_time",
         ),
+        *(
+            (
+                f"native: the same, {c} in flight",
+                f"{m[f'native_cpu_{c}'] * 1e3:.3f} ms",
+                each(f"native_cpu_{c}", 1e3, ms),
+                f"**{m[f'cpu_ratio_{c}']:.2f}x** s_time",
+            )
+            for c in args.cpu_concurrency[1:]
+        ),
         (
-            "native: the same with a DISCONNECT before the close",
+            f"native: CPU per connect + CONNACK + DISCONNECT ({args.cpu_concurrency[0]} in flight)",
             f"{m['native_disconnect_cpu'] * 1e3:.3f} ms",
             each("native_disconnect_cpu", 1e3, ms),
             f"{m['disconnect_cpu_ratio']:.2f}x s_time",
