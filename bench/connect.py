@@ -267,32 +267,28 @@ def _run_all(args, broker, fleet, devices, server_ca, plain_port, slow_port) -> 
 
     few = devices[: args.aiomqtt_devices]
     for repeat in range(args.repeats):
-        sessions = _sessions(fleet, devices, server_ca)
         # CPU per connect, next to s_time (serial), at a few counts in flight: the
         # fewer in flight, the fewer connects share each wake-up of the event loop
         # (bench.connect_floor measures 1 in flight too).
         # s_time before and after the native runs, averaged: this machine's speed
         # drifts by several percent within a minute.
-        first, *more = args.cpu_concurrency
+        first = args.cpu_concurrency[0]
         before = s_time(broker, fleet, devices[0], args.s_time_seconds)
-        _, cpu = uvloop.run(_native(broker.tls_port, devices, sessions, first, disconnect=False))
-        add("native_cpu", cpu)
+        for c in args.cpu_concurrency:
+            sessions = _sessions(fleet, devices, server_ca)
+            _, cpu = uvloop.run(_native(broker.tls_port, devices, sessions, c, disconnect=False))
+            add(f"native_cpu_{c}", cpu)
         sessions = _sessions(fleet, devices, server_ca)
         _, cpu = uvloop.run(_native(broker.tls_port, devices, sessions, first))
         add("native_disconnect_cpu", cpu)
-        for c in more:
-            sessions = _sessions(fleet, devices, server_ca)
-            _, more_cpu = uvloop.run(_native(broker.tls_port, devices, sessions, c, False))
-            add(f"native_cpu_{c}", more_cpu)
         after = s_time(broker, fleet, devices[0], args.s_time_seconds)
         add("s_time_cpu", (before + after) / 2)
         add("s_time_drift", after / before)
-        add("cpu_ratio", runs["native_cpu"][-1] / runs["s_time_cpu"][-1])
-        add("disconnect_cpu_ratio", cpu / runs["s_time_cpu"][-1])
-        for c in more:
+        for c in args.cpu_concurrency:
             add(f"cpu_ratio_{c}", runs[f"native_cpu_{c}"][-1] / runs["s_time_cpu"][-1])
+        add("disconnect_cpu_ratio", cpu / runs["s_time_cpu"][-1])
         add("s_time_www_cpu", s_time(broker, fleet, devices[0], args.s_time_seconds, www=True))
-        add("www_cpu_ratio", runs["native_cpu"][-1] / runs["s_time_www_cpu"][-1])
+        add("www_cpu_ratio", runs[f"native_cpu_{first}"][-1] / runs["s_time_www_cpu"][-1])
         # The two proxies take turns going first: the machine drifts within a run.
         proxies = [("proxy0", plain_port), ("rtt50", slow_port)][:: 1 if repeat % 2 else -1]
         for name, port in (("direct", broker.tls_port), *proxies):
@@ -345,21 +341,14 @@ def _print(results: dict[str, object], args: argparse.Namespace) -> None:
             each("s_time_drift", 1, "{:.2f}"),
             "",
         ),
-        (
-            f"native: CPU per connect + CONNACK, then close as `s_time` closes "
-            f"({args.cpu_concurrency[0]} in flight)",
-            f"{m['native_cpu'] * 1e3:.3f} ms",
-            each("native_cpu", 1e3, ms),
-            f"**{m['cpu_ratio']:.2f}x** s_time",
-        ),
         *(
             (
-                f"native: the same, {c} in flight",
+                f"native: CPU per connect + CONNACK, then close as `s_time` closes ({c} in flight)",
                 f"{m[f'native_cpu_{c}'] * 1e3:.3f} ms",
                 each(f"native_cpu_{c}", 1e3, ms),
                 f"**{m[f'cpu_ratio_{c}']:.2f}x** s_time",
             )
-            for c in args.cpu_concurrency[1:]
+            for c in args.cpu_concurrency
         ),
         (
             f"native: CPU per connect + CONNACK + DISCONNECT ({args.cpu_concurrency[0]} in flight)",

@@ -152,10 +152,12 @@ def decode(reader: wire.Reader, packet: str) -> Properties:
     return _decode_block(block, packet)
 
 
-# A server gives every client the same CONNACK properties. Decoding them again for
-# each connect took about 15 µs of the connect's 0.9 ms of CPU: between handshakes
-# the codec is out of the CPU's caches (docs/benchmarks.md). Properties are
-# immutable, so one decoded record serves every packet carrying the same block.
+# Peers repeat property blocks: a server gives every client the same CONNACK
+# properties (now cached whole, with the CONNACK: codec._decode_connack), a fleet
+# of like devices sends the emulator the same CONNECT properties. Decoding them
+# again cost about 15 µs of a connect's 0.9 ms of CPU in place, between
+# handshakes (docs/benchmarks.md). Properties are immutable, so one decoded
+# record serves every packet carrying the same block.
 @functools.lru_cache(maxsize=256)
 def _decode_block(block: bytes, packet: str) -> Properties:
     reader = wire.Reader(block, packet)

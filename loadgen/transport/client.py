@@ -396,7 +396,7 @@ class _Channel:
             if not sent:
                 return
             del self._out[:sent]
-        if self._writing and not self.closed:
+        if not self.closed:  # closing removed the writer already
             self._writing = False
             self.loop.remove_writer(self.fd)
 
