@@ -26,6 +26,20 @@ from pathlib import Path
 from typing import Any
 
 CHROMIUM = Path("/usr/bin/chromium")
+# Deadlines sized for a 2-core machine that other jobs keep busy: a renderer can
+# take tens of seconds to start there. They bound a wait on a condition (a reply,
+# a loaded document), so an idle machine still goes as fast as the browser does.
+START_TIMEOUT = 60.0
+CALL_TIMEOUT = 30.0
+LOAD_TIMEOUT = 60.0
+SCREENSHOT_TIMEOUT = 60.0
+# A navigation that never completes is tried again once, in case the browser lost
+# it while starting the tab's renderer; a second failure is the page's fault.
+NAVIGATIONS = 2
+# Loaded: the tab left about:blank and its document (and every subresource) is
+# complete. Asked of the page itself, so no load event can be missed or be the
+# blank page's.
+LOADED = 'location.href !== "about:blank" && document.readyState === "complete"'
 FLAGS = (
     "--headless",
     "--no-sandbox",
@@ -93,7 +107,7 @@ class Browser:
         os.close(child_r)
         os.close(child_w)
         browser = cls(proc, commands_w, replies_r, log)
-        browser.call("Browser.getVersion", timeout=20)
+        browser.call("Browser.getVersion", timeout=START_TIMEOUT)
         return browser
 
     def stop(self) -> None:
@@ -112,7 +126,7 @@ class Browser:
         method: str,
         params: dict[str, Any] | None = None,
         session: str | None = None,
-        timeout: float = 10,
+        timeout: float = CALL_TIMEOUT,
     ) -> dict[str, Any]:
         """Send a command and wait for its reply, keeping events that arrive meanwhile."""
         self._next_id += 1
@@ -129,14 +143,6 @@ class Browser:
                     result: dict[str, Any] = reply.get("result", {})
                     return result
                 self.events.append(reply)
-
-    def wait_for(self, method: str, session: str, timeout: float = 10) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            for event in self.events:
-                if event.get("method") == method and event.get("sessionId") == session:
-                    return event
-            self.events += self._receive(deadline, method)
 
     def _receive(self, deadline: float, waiting_for: str) -> list[dict[str, Any]]:
         remaining = deadline - time.monotonic()
@@ -167,8 +173,7 @@ class Browser:
                 {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False},
                 session=session,
             )
-            self.call("Page.navigate", {"url": url}, session=session)
-            self.wait_for("Page.loadEventFired", session, timeout=20)
+            self._load(url, session)
             value = self.call(
                 "Runtime.evaluate",
                 {"expression": script, "returnByValue": True, "awaitPromise": True},
@@ -178,7 +183,7 @@ class Browser:
                 "Page.captureScreenshot",
                 {"format": "png", "captureBeyondViewport": True, "fromSurface": True},
                 session=session,
-                timeout=30,
+                timeout=SCREENSHOT_TIMEOUT,
             )
             # A last round trip so events sent before it (late console output) are in.
             self.call("Runtime.evaluate", {"expression": "1"}, session=session)
@@ -197,6 +202,38 @@ class Browser:
         finally:
             self.call("Target.closeTarget", {"targetId": target})
             self.events = [e for e in self.events if e.get("sessionId") != session]
+
+    def _load(self, url: str, session: str) -> None:
+        for _ in range(NAVIGATIONS):
+            navigated = self.call("Page.navigate", {"url": url}, session=session)
+            if "errorText" in navigated:
+                raise ChromiumError(f"cannot open {url}: {navigated['errorText']}")
+            if self._loaded(session, time.monotonic() + LOAD_TIMEOUT):
+                return
+        raise ChromiumError(
+            f"{url} did not load in {NAVIGATIONS} tries of {LOAD_TIMEOUT:.0f} s; see {self.log}"
+        )
+
+    def _loaded(self, session: str, deadline: float) -> bool:
+        """Whether the tab's document completes before ``deadline``."""
+        while (remaining := deadline - time.monotonic()) > 0:
+            try:
+                reply = self.call(
+                    "Runtime.evaluate",
+                    {"expression": LOADED, "returnByValue": True},
+                    session=session,
+                    timeout=remaining,
+                )
+            except ChromiumError:
+                if self.proc.poll() is not None:
+                    raise
+                # The old document's context went away mid-navigation, or the
+                # renderer was too busy to answer in time: ask again while time is left.
+                continue
+            if reply.get("result", {}).get("value") is True:
+                return True
+            time.sleep(0.05)
+        return False
 
 
 def _value(reply: dict[str, Any]) -> Any:
