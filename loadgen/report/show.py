@@ -1,60 +1,177 @@
-"""Reports for people: the live view while a run goes, the table at its end."""
+"""Reports for people: the live view while a run goes, the table at its end.
+
+Prose is said in phrases (``started 120/200``, ``in flight 30``) that lines
+break between, never inside, so the view and the summary read whole at the
+console's width (80 columns when output goes to a file or a pipe).
+"""
 
 from __future__ import annotations
 
-import time
+import re
+import textwrap
+from collections.abc import Sequence
 from typing import Any
 
+from rich.cells import cell_len
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
 from loadgen.load.plan import RunPlan
-from loadgen.load.runner import Progress, merge_progress
+from loadgen.load.runner import Progress, RunSnapshot, merge_progress
 from loadgen.load.schedule import target_rate
 from loadgen.metrics.stats import PHASES
+from loadgen.words import counted
 
 _RATE_WINDOW = 2.0
+# A rate measured over less than this is mostly the noise of when progress
+# messages happened to arrive (the first frame has a single sample): none is shown.
+_MIN_RATE_SPAN = 1.0
+# Without a terminal (CI logs, `| tee`) rich's live view prints nothing at all,
+# so a plain line says how the run goes this often (seconds of the run).
+PLAIN_INTERVAL = 5.0
+# Continuation lines of a statement are indented this much further.
+_HANG = 2
+
+
+def fit(phrases: Sequence[str], width: int, indent: int = 0, sep: str = " ") -> list[str]:
+    """``phrases`` joined by ``sep`` into lines of at most ``width`` cells,
+    broken only between phrases; a phrase too long for any line (free text such
+    as a failure's reason) is broken between its words."""
+    lines: list[str] = []
+    line = ""
+    hang = " " * (indent + _HANG)
+    for phrase in filter(str.strip, phrases):
+        joined = f"{line}{sep}{phrase}" if line else " " * indent + phrase
+        if cell_len(joined) <= width:
+            line = joined
+        elif cell_len(hang + phrase) <= width:
+            lines.append(line)
+            line = hang + phrase
+        else:
+            start = f"{line}{sep}" if line else " " * indent
+            if line and cell_len(start + phrase.split()[0]) > width:
+                lines.append(line)
+                start = hang
+            *full, line = textwrap.wrap(phrase, width, initial_indent=start, subsequent_indent=hang)
+            lines += full
+    if line:
+        lines.append(line)
+    return lines
+
+
+def say(console: Console, *phrases: str, indent: int = 2, bold: str | None = None) -> None:
+    """One statement, fitted to the console's width (``bold``: a phrase to stress)."""
+    for line in fit(phrases, console.width, indent):
+        text = Text(line, no_wrap=True)
+        if bold:
+            text.highlight_words([bold], "bold")
+        console.print(text, soft_wrap=True, highlight=False)
+
+
+def status_phrases(
+    total: RunSnapshot, planned: int, elapsed: float, rate: float | None, target: float | None
+) -> list[str]:
+    """Where a run stands: the phrases of the live view's first line and of the
+    plain progress line. Connected counts every device past an accepted CONNACK
+    (still holding or done); failed, those done in any other outcome."""
+    done_connected = total.stats.outcomes.get("connected", 0)
+    phrases = [
+        f"{max(elapsed, 0.0):6.1f} s",
+        f"started {total.started}/{planned}",
+        f"in flight {total.in_flight}",
+        f"connected {done_connected + total.connected}",
+        f"failed {total.stats.devices - done_connected}",
+    ]
+    if rate is not None:
+        phrases.append(f"rate {rate:,.0f}/s")
+    if target:
+        phrases.append(f"(target {target:,.0f}/s)")
+    return phrases
 
 
 class LiveRun:
-    """Target and achieved rate, in flight, outcomes so far, p50/p99 so far."""
+    """Target and achieved rate, in flight, outcomes so far, p50/p99 so far: a
+    live view on a terminal, a plain line every ``PLAIN_INTERVAL`` seconds
+    otherwise."""
 
     def __init__(self, console: Console, plan: RunPlan) -> None:
+        self.console = console
         self.plan = plan
-        self.live = Live(console=console, transient=True, refresh_per_second=4)
+        self.live = (
+            Live(console=console, transient=True, refresh_per_second=4)
+            if console.is_terminal
+            else None
+        )
+        # (seconds into the run, devices started): the achieved rate's window.
         self.samples: list[tuple[float, int]] = []
+        self.next_line = PLAIN_INTERVAL
 
     def __enter__(self) -> LiveRun:
-        self.live.__enter__()
+        if self.live is not None:
+            self.live.__enter__()
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self.live.__exit__(*exc)
+        if self.live is not None:
+            self.live.__exit__(*exc)
 
     def update(self, parts: list[Progress], elapsed: float) -> None:
         total = merge_progress(parts)
-        provision = total.stats.phases["provision"]
-        now = time.monotonic()
-        self.samples.append((now, total.started))
-        self.samples = [s for s in self.samples if now - s[0] <= _RATE_WINDOW]
+        rate = self._rate(elapsed, total.started)
+        if self.live is not None:
+            lines = self.frame(total, elapsed, rate)
+            self.live.update(Group(*(Text(line, no_wrap=True) for line in lines)))
+        elif elapsed >= self.next_line:
+            self.next_line = (elapsed // PLAIN_INTERVAL + 1) * PLAIN_INTERVAL
+            line = self.line(total, elapsed, rate)
+            self.console.print(line, soft_wrap=True, markup=False, highlight=False)
+
+    def frame(self, total: RunSnapshot, elapsed: float, rate: float | None) -> list[str]:
+        """The live view's lines at the console's width."""
+        outcomes = [f"{k} {v}" for k, v in sorted(total.stats.outcomes.items())]
+        width = self.console.width
+        return [
+            *fit(self._status(total, elapsed, rate), width, sep="  "),
+            *fit(outcomes or ["no outcome yet"], width, sep="  "),
+            *fit(_latency(total) or ["provision: no device connected yet"], width, sep="  "),
+        ]
+
+    def line(self, total: RunSnapshot, elapsed: float, rate: float | None) -> str:
+        """The plain progress line: one line, however long, for a log."""
+        return "  ".join(self._status(total, elapsed, rate) + _latency(total))
+
+    def _status(self, total: RunSnapshot, elapsed: float, rate: float | None) -> list[str]:
+        target = target_rate(self.plan.executor, elapsed) if elapsed >= 0 else None
+        return status_phrases(total, self.plan.count, elapsed, rate, target)
+
+    def _rate(self, elapsed: float, started: int) -> float | None:
+        """Devices started per second over the last ``_RATE_WINDOW`` seconds;
+        None until the window spans ``_MIN_RATE_SPAN``."""
+        if elapsed < 0:
+            return None
+        self.samples.append((elapsed, started))
+        self.samples = [s for s in self.samples if elapsed - s[0] <= _RATE_WINDOW]
         first_t, first_n = self.samples[0]
-        achieved = (total.started - first_n) / (now - first_t) if now > first_t else 0.0
-        target = target_rate(self.plan.executor, elapsed)
-        head = Text(
-            f"{elapsed:6.1f}s  started {total.started}/{self.plan.count}  "
-            f"finished {total.stats.devices}  in flight {total.in_flight}  "
-            f"rate {achieved:,.0f}/s" + (f" (target {target:,.0f}/s)" if target else "")
-        )
-        outcomes = "  ".join(f"{k} {v}" for k, v in sorted(total.stats.outcomes.items()))
-        latency = (
-            f"provision p50 {provision.percentile_ms(50):,.1f} ms  "
-            f"p99 {provision.percentile_ms(99):,.1f} ms"
-            if provision.count
-            else "provision: no device connected yet"
-        )
-        self.live.update(Group(head, Text(outcomes or "no outcome yet"), Text(latency)))
+        if elapsed - first_t < _MIN_RATE_SPAN:
+            return None
+        return (started - first_n) / (elapsed - first_t)
+
+
+def _latency(total: RunSnapshot) -> list[str]:
+    provision = total.stats.phases["provision"]
+    if not provision.count:
+        return []
+    return [
+        f"provision p50 {provision.percentile_ms(50):,.1f} ms",
+        f"p99 {provision.percentile_ms(99):,.1f} ms",
+    ]
+
+
+def _listed(items: list[str]) -> list[str]:
+    """Items as the phrases of a list: commas between them."""
+    return [f"{item}," for item in items[:-1]] + items[-1:]
 
 
 def _ms(value: float | None) -> str:
@@ -62,21 +179,27 @@ def _ms(value: float | None) -> str:
 
 
 def print_report(console: Console, report: dict[str, Any]) -> None:
-    rate = report["rate"]
-    console.print(
-        f"[bold]{report['scenario']}[/] against {report['endpoint']}: "
-        f"{report['devices']} devices in {report['duration_s']:.1f} s, "
-        f"{report['attempts']['total']} attempts"
+    """The summary of a run: statements (``say``) and tables, each fitted to the
+    console's width."""
+    say(
+        console,
+        f"{report['scenario']} against {report['endpoint']}:",
+        f"{counted(report['devices'], 'device')} in {report['duration_s']:.1f} s,",
+        counted(report["attempts"]["total"], "attempt"),
+        indent=0,
+        bold=report["scenario"],
     )
-    target = rate["target_per_s"]
-    achieved = rate["achieved_per_s"]
-    console.print(
-        f"  arrival rate: target {_ms(target)}/s, achieved {_ms(achieved)}/s; "
-        f"schedule lag p99 {_ms(report['schedule_lag_ms']['p99'])} ms"
+    rate = report["rate"]
+    say(
+        console,
+        "arrival rate:",
+        f"target {_ms(rate['target_per_s'])}/s,",
+        f"achieved {_ms(rate['achieved_per_s'])}/s;",
+        f"schedule lag p99 {_ms(report['schedule_lag_ms']['p99'])} ms",
     )
     per_device = (report.get("generator") or {}).get("cpu_ms_per_device")
     if per_device is not None:
-        console.print(f"  generator: {per_device:,.2f} ms of CPU per device")
+        say(console, "generator:", f"{per_device:,.2f} ms of CPU per device")
     outcomes = Table(box=None, pad_edge=False)
     outcomes.add_column("outcome")
     outcomes.add_column("devices", justify="right")
@@ -86,7 +209,9 @@ def print_report(console: Console, report: dict[str, Any]) -> None:
     console.print(outcomes)
     latency = Table(box=None, pad_edge=False)
     for column in ("phase (ms)", "count", "p50", "p90", "p99", "p99.9", "max"):
-        latency.add_column(column, justify="left" if column.startswith("phase") else "right")
+        latency.add_column(
+            column, justify="left" if column.startswith("phase") else "right", no_wrap=True
+        )
     for phase in PHASES:
         s = report["latency_ms"][phase]
         latency.add_row(
@@ -97,16 +222,23 @@ def print_report(console: Console, report: dict[str, Any]) -> None:
     console.print(latency)
     jitp = report.get("jitp")
     if jitp and jitp["first_connect_rejected"]:
-        line = f"  JITP: {jitp['first_connect_rejected']} first connects rejected (the trigger)"
-        if jitp["provisioning"] is not None:
-            done = ", ".join(f"{k} {v}" for k, v in jitp["provisioning"].items() if v)
-            line += f"; emulator provisioning: {done or 'none'}"
-        console.print(line)
+        trigger = f"JITP: {counted(jitp['first_connect_rejected'], 'first connect')} rejected"
+        if jitp["provisioning"] is None:
+            say(console, trigger, "(the trigger)")
+        else:
+            done = [f"{k} {v}" for k, v in jitp["provisioning"].items() if v]
+            say(
+                console,
+                trigger,
+                "(the trigger);",
+                "emulator provisioning:",
+                *(_listed(done) or ["none"]),
+            )
         for reason, n in list((jitp["provisioning_failures"] or {}).items())[:3]:
-            console.print(f"  {n} provisionings failed: {reason}")
+            say(console, f"{counted(n, 'provisioning')} failed:", reason)
     for outcome, reasons in report["reasons"].items():
         for reason, n in list(reasons.items())[:3]:
-            console.print(f"  {outcome}: {n} devices: {reason}")
+            say(console, f"{outcome}: {counted(n, 'device')}:", reason)
     if report.get("capacity"):
         print_capacity(console, report["capacity"])
 
@@ -115,7 +247,7 @@ def print_capacity(console: Console, capacity: dict[str, Any]) -> None:
     """A capacity search's steps, and its verdict."""
     table = Table(title="capacity search", box=None, pad_edge=False)
     for name in ("step", "rate/s", "achieved/s", "p50 ms", "p99 ms", "failed", "throttled", "stop"):
-        table.add_column(name, justify="right")
+        table.add_column(name, justify="right", no_wrap=True)
     for row in capacity["steps"]:
         provision = row["latency_ms"]["provision"]
         failed = row["failed_ratio"]
@@ -130,4 +262,10 @@ def print_capacity(console: Console, capacity: dict[str, Any]) -> None:
             "ok" if row["passed"] else str(row["limit"]),
         )
     console.print(table)
-    console.print(capacity["verdict"], soft_wrap=True, markup=False, highlight=False)
+    say(console, *clauses(capacity["verdict"]), indent=0)
+
+
+def clauses(sentence: str) -> list[str]:
+    """A sentence's clauses (each ending at a ``,``, ``;`` or ``:``), the
+    phrases a long verdict breaks between."""
+    return re.split(r"(?<=[,;:]) ", sentence)

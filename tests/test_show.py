@@ -1,0 +1,279 @@
+"""What a person sees while a run goes and at its end (`loadgen.report.show`):
+a live view on a terminal, plain progress lines in a log, and a summary that
+reads whole at 80 columns."""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import os
+import pty
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from rich.console import Console
+
+from loadgen.load.runner import Progress, merge_progress
+from loadgen.load.workers import RunTiming
+from loadgen.metrics.stats import RunStats
+from loadgen.report.build import build
+from loadgen.report.show import LiveRun, fit, print_capacity, print_report
+from tests.conftest import run_loadgen
+from tests.test_html_report import CAPACITY
+from tests.test_report_merge import _plan
+from tests.test_stats import _results
+
+WIDTH = 80
+
+
+def _progress(started: int, in_flight: int, connected: int, finished: int = 0) -> Progress:
+    stats = RunStats()
+    for i, result in enumerate(_results(finished, 5)):
+        stats.started(i * 0.01)
+        stats.add(result, i * 0.01, i * 0.01 + 0.5)
+    return Progress(started, in_flight, connected, stats.to_wire(per_second=False))
+
+
+def _report(devices: int, scale: float = 1.0) -> dict[str, Any]:
+    results = _results(devices, 3)
+    for result in results:
+        if result.provision is not None:
+            result.provision *= scale
+        result.phases = [(phase, value * scale) for phase, value in result.phases]
+    stats = RunStats()
+    for i, result in enumerate(results):
+        stats.started(i * 0.01)
+        stats.add(result, i * 0.01, i * 0.01 + 0.5)
+    return build(_plan(devices), stats, RunTiming(0.0, 212.3))
+
+
+def _lines(console: Console) -> list[str]:
+    return console.export_text().splitlines()
+
+
+def _assert_fits(lines: list[str], *phrases: str) -> None:
+    """Every line fits the width, and each phrase is whole on one line."""
+    assert all(len(line) <= WIDTH for line in lines), [line for line in lines if len(line) > WIDTH]
+    for phrase in phrases:
+        assert any(phrase in line for line in lines), (phrase, lines)
+
+
+def _terminal() -> Console:
+    return Console(width=WIDTH, force_terminal=True, file=io.StringIO())
+
+
+def test_without_a_terminal_a_run_prints_a_plain_progress_line_every_five_seconds() -> None:
+    out = io.StringIO()
+    live = LiveRun(Console(file=out, width=WIDTH), _plan(200))
+    with live:
+        for tick in range(25):  # 12 s of progress, every half second
+            elapsed = tick * 0.5
+            live.update([_progress(int(elapsed * 10), 5, 2)], elapsed)
+    lines = out.getvalue().splitlines()
+    assert [line.split(" s ")[0].strip() for line in lines] == ["5.0", "10.0"]
+    assert "started 50/200" in lines[0] and "in flight 5" in lines[0]
+    assert "connected 2" in lines[0] and "failed 0" in lines[0]
+    assert "rate 10/s" in lines[0] and "(target 100/s)" in lines[0]
+    assert "\x1b" not in out.getvalue()  # plain text: no cursor moves, no colours
+
+
+def test_the_first_frame_shows_no_rate_until_a_second_has_been_measured() -> None:
+    live = LiveRun(_terminal(), _plan(200))
+    first = [_progress(7, 7, 0)]
+    frame = " ".join(live.frame(merge_progress(first), 0.3, live._rate(0.3, 7)))
+    assert "rate" not in frame and "(target 100/s)" in frame
+    later = live._rate(1.3, 107)
+    assert later == pytest.approx(100.0)
+
+
+def test_before_the_schedule_starts_the_view_shows_zero_seconds_and_no_target() -> None:
+    live = LiveRun(_terminal(), _plan(200))
+    frame = live.frame(merge_progress([_progress(0, 0, 0)]), -0.2, live._rate(-0.2, 0))
+    assert frame[0].split()[:2] == ["0.0", "s"]
+    assert "target" not in frame[0] and "rate" not in frame[0]
+
+
+def test_the_live_view_fits_80_columns_breaking_only_between_phrases() -> None:
+    console = _terminal()
+    plan = _plan(1_000_000)
+    live = LiveRun(console, plan)
+    live._rate(1000.0, 0)
+    total = merge_progress([_progress(987_654, 25_600, 12_345, finished=3000)])
+    frame = live.frame(total, 2345.6, live._rate(1002.0, 987_654))
+    _assert_fits(
+        frame,
+        "2345.6 s",
+        "started 987654/1000000",
+        "in flight 25600",
+        "failed ",
+        "rate 493,827/s",
+        "(target 100/s)",
+    )
+    assert any(re.search(r"provision p50 [\d,.]+ ms", line) for line in frame)
+
+
+def test_the_summary_fits_80_columns_breaking_only_between_phrases() -> None:
+    report = _report(20_000, scale=100.0)
+    report["scenario"] = "a-fairly-long-scenario-name-for-the-factory-floor"
+    report["jitp"] = {
+        "first_connect_rejected": 19_999,
+        "provisioning": {"provisioned": 19_000, "throttled": 999, "failed": 0},
+        "provisioning_failures": {},
+    }
+    console = Console(width=WIDTH, record=True, file=io.StringIO())
+    print_report(console, report)
+    _assert_fits(
+        _lines(console),
+        "20000 devices in 212.3 s,",
+        "schedule lag p99",
+        "JITP: 19999 first connects rejected",
+        "emulator provisioning:",
+        "phase (ms)",
+        "tls_handshake",
+    )
+
+
+def test_a_long_reason_wraps_between_words_under_its_outcome() -> None:
+    report = _report(30)
+    reason = "connack: " + "the server said something long about why " * 4
+    report["reasons"] = {"error": {reason: 2}}
+    console = Console(width=WIDTH, record=True, file=io.StringIO())
+    print_report(console, report)
+    lines = _lines(console)
+    _assert_fits(lines, "  error: 2 devices: connack:")
+    assert " ".join(" ".join(lines).split()).count(" ".join(reason.split())) == 1
+
+
+def test_the_capacity_table_and_verdict_fit_80_columns() -> None:
+    capacity = copy.deepcopy(CAPACITY)
+    capacity["verdict"] = (
+        "highest sustainable rate: 40/s; at 80/s the generator, not the endpoint, was the "
+        "limit: 120 devices waited for a free slot: load.max_in_flight (256) was reached "
+        "(run more workers or machines, or raise the limit)"
+    )
+    console = Console(width=WIDTH, record=True, file=io.StringIO())
+    print_capacity(console, capacity)
+    _assert_fits(
+        _lines(console), "highest sustainable rate: 40/s;", "load.max_in_flight (256) was reached"
+    )
+
+
+def test_one_device_is_one_device_not_one_devices() -> None:
+    report = _report(1)
+    report["reasons"] = {"throttled": {"connack: quota": 1}}
+    report["jitp"] = {
+        "first_connect_rejected": 1,
+        "provisioning": None,
+        "provisioning_failures": {"no CommonName": 1},
+    }
+    console = Console(width=WIDTH, record=True, file=io.StringIO())
+    print_report(console, report)
+    text = console.export_text()
+    assert "1 device in" in text and "1 devices" not in text
+    assert "1 first connect rejected" in text and "1 provisioning failed" in text
+    assert "throttled: 1 device: connack: quota" in text
+
+
+def test_a_phrase_longer_than_the_line_is_broken_between_its_words() -> None:
+    lines = fit(["short:", "word " * 30], 40, indent=2)
+    assert all(len(line) <= 40 for line in lines) and lines[0].startswith("  short:")
+    assert " ".join(" ".join(lines).split()) == "short: " + " ".join(["word"] * 30)
+
+
+def test_a_run_whose_output_is_not_a_terminal_logs_its_progress(
+    tmp_path: Path, mosquitto: Any, device_ca: Any
+) -> None:
+    """End to end: `loadgen run | tee` in a CI job sees how the run goes."""
+    from tests.test_run import _scenario
+
+    path = _scenario(
+        tmp_path,
+        mosquitto,
+        device_ca,
+        fleet={"ca": str(device_ca.directory), "store": "fleet", "count": 35},
+        load={"executor": "constant-arrival-rate", "rate": "5/s", "max_in_flight": 10},
+    )
+    result = run_loadgen("run", path, "--workers", "1", "--report", tmp_path / "r.json")
+    assert result.code == 0, result.err
+    progress = [line for line in result.err.splitlines() if "started " in line]
+    assert progress and "/35" in progress[0] and "\x1b" not in result.err
+    assert json.loads((tmp_path / "r.json").read_text())["devices"] == 35
+
+
+def _on_a_terminal(*args: str | Path, timeout: float = 120) -> str:
+    """Run the real command with a pseudo-terminal as its stdout and stderr
+    (what a person at a shell has); return everything it wrote."""
+    primary, secondary = pty.openpty()
+    env = {**os.environ, "COLUMNS": str(WIDTH), "TERM": "xterm"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "loadgen", *map(str, args)],
+        stdin=subprocess.DEVNULL,
+        stdout=secondary,
+        stderr=secondary,
+        env=env,
+    )
+    os.close(secondary)
+    chunks = []
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            try:
+                chunk = os.read(primary, 65536)
+            except OSError:  # the pty closes when the process and its children are gone
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        assert proc.wait(timeout=max(deadline - time.monotonic(), 1)) == 0
+    finally:
+        os.close(primary)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return b"".join(chunks).decode(errors="replace")
+
+
+def test_a_mint_with_nothing_to_mint_shows_no_progress_bar(tmp_path: Path, ca: Any) -> None:
+    args = ("certs", "mint", "--ca", ca.directory, "--count", "30", "--out", tmp_path / "fleet")
+    first = _on_a_terminal(*args, "--workers", "1")
+    assert "minting" in first  # the bar shows while there is something to mint
+    again = _on_a_terminal(*args, "--workers", "1")
+    assert "minting" not in again and "already holds 30 devices; nothing to mint" in again
+
+
+def test_a_run_whose_fleet_is_minted_already_shows_no_minting_bar(
+    tmp_path: Path, mosquitto: Any, device_ca: Any
+) -> None:
+    from tests.test_run import _scenario
+
+    path = _scenario(
+        tmp_path,
+        mosquitto,
+        device_ca,
+        fleet={"ca": str(device_ca.directory), "store": "fleet", "count": 20},
+        load={"executor": "constant-arrival-rate", "rate": "100/s", "max_in_flight": 20},
+    )
+    assert "minting fleet" in _on_a_terminal("run", path, "--workers", "1")
+    assert "minting fleet" not in _on_a_terminal("run", path, "--workers", "1")
+
+
+def test_the_plain_progress_line_says_failed_for_devices_done_in_other_outcomes() -> None:
+    out = io.StringIO()
+    live = LiveRun(Console(file=out, width=WIDTH), _plan(300))
+    finished = _progress(300, 0, 0, finished=300)
+    outcomes = RunStats.from_wire(finished.stats).outcomes
+    with live:
+        live.update([finished], 5.0)
+    failed = sum(n for name, n in outcomes.items() if name != "connected")
+    assert f"connected {outcomes['connected']}" in out.getvalue()
+    assert f"failed {failed}" in out.getvalue()
+
+
+def test_empty_phrases_add_no_blank_lines() -> None:
+    assert fit(["", "a", "  ", "b"], 10) == ["a b"]
