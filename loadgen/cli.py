@@ -15,6 +15,8 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    ProgressColumn,
+    TaskID,
     TaskProgressColumn,
     TextColumn,
     TimeElapsedColumn,
@@ -57,6 +59,7 @@ from loadgen.run import (
 )
 from loadgen.run import endpoint as run_endpoint
 from loadgen.scenario.schema import Scenario, load_scenario
+from loadgen.words import counted
 
 _KEY_TYPES = click.Choice([k.value for k in KeyType])
 
@@ -173,8 +176,8 @@ def certs_mint(
         workers=workers,
         key_pool=key_pool,
     )
-    console = _console()
-    with Progress(
+    with _MintBar(
+        _console(),
         TextColumn("minting"),
         BarColumn(),
         MofNCompleteColumn(),
@@ -182,26 +185,14 @@ def certs_mint(
         TextColumn("{task.fields[rate]}"),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
-        console=console,
-        transient=True,
-    ) as progress:
-        task = progress.add_task("mint", total=count, rate="")
-        start: dict[str, Any] = {}
-
-        def on_progress(done: int, total: int) -> None:
-            elapsed = progress.tasks[task].elapsed or 0.0
-            first = start.setdefault("done", done)
-            rate = f"{(done - first) / elapsed:,.0f} certs/s" if elapsed > 0 else ""
-            progress.update(task, completed=done, total=total, rate=rate)
-
-        result = mint(request, on_progress)
+    ) as bar:
+        result = mint(request, bar.update)
     if result.minted == 0:
-        click.echo(f"{out}: already holds {result.total} devices; nothing to mint")
+        click.echo(f"{out}: already holds {counted(result.total, 'device')}; nothing to mint")
     else:
-        elapsed = progress.tasks[task].elapsed or 0.0
-        rate = f" ({result.minted / elapsed:,.0f} certs/s)" if elapsed > 0 else ""
+        rate = f" ({result.minted / bar.elapsed:,.0f} certs/s)" if bar.elapsed > 0 else ""
         kept = f", kept {result.existing}" if result.existing else ""
-        click.echo(f"{out}: minted {result.minted}{kept}, {result.total} devices{rate}")
+        click.echo(f"{out}: minted {result.minted}{kept}, {counted(result.total, 'device')}{rate}")
 
 
 @certs.command("inspect")
@@ -261,7 +252,8 @@ def run_command(
     minted = _mint_with_progress(console, scenario, checked.count, workers)
     if minted is not None:
         click.echo(
-            f"fleet {checked.fleet}: minted {minted.minted}, {minted.total} devices", err=True
+            f"fleet {checked.fleet}: minted {minted.minted}, {counted(minted.total, 'device')}",
+            err=True,
         )
     with run_endpoint(scenario, options) as session:
         plan = make_plan(session.scenario, session.options)
@@ -298,20 +290,39 @@ def run_command(
 def _mint_with_progress(
     console: Console, scenario: Scenario, count: int, workers: int
 ) -> MintResult | None:
-    with Progress(
-        TextColumn("minting fleet"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        console=console,
-        transient=True,
-    ) as progress:
-        task = progress.add_task("mint", total=count)
-        return ensure_fleet(
-            scenario,
-            count,
-            workers,
-            lambda done, total: progress.update(task, completed=done, total=total),
-        )
+    with _MintBar(console, TextColumn("minting fleet"), BarColumn(), MofNCompleteColumn()) as bar:
+        return ensure_fleet(scenario, count, workers, bar.update)
+
+
+class _MintBar:
+    """A minting progress bar that appears with the first progress, which mint()
+    reports only when there is something to mint: no "0/200" bar otherwise."""
+
+    def __init__(self, console: Console, *columns: ProgressColumn) -> None:
+        self.progress = Progress(*columns, console=console, transient=True)
+        self.task: TaskID | None = None
+        self.first = 0
+
+    def __enter__(self) -> _MintBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.task is not None:
+            self.progress.stop()
+
+    @property
+    def elapsed(self) -> float:
+        return 0.0 if self.task is None else self.progress.tasks[self.task].elapsed or 0.0
+
+    def update(self, done: int, total: int) -> None:
+        if self.task is None:
+            self.progress.start()
+            self.task = self.progress.add_task("mint", total=total, rate="")
+            self.first = done
+        # A rate over less than a second is noise.
+        elapsed = self.elapsed
+        rate = f"{(done - self.first) / elapsed:,.0f} certs/s" if elapsed >= 1 else ""
+        self.progress.update(self.task, completed=done, total=total, rate=rate)
 
 
 @cli.group()
@@ -344,7 +355,8 @@ def report_merge_command(paths: tuple[Path, ...], out: Path) -> None:
     """Merge reports of shards that ran side by side (exact percentiles)."""
     merged = report_merge.merge([report_merge.load_report(p) for p in paths])
     write_report(out, merged)
-    click.echo(f"{len(paths)} reports merged into {out}: {merged['devices']} devices")
+    devices = counted(merged["devices"], "device")
+    click.echo(f"{counted(len(paths), 'report')} merged into {out}: {devices}")
 
 
 @report.command("compare")
@@ -534,7 +546,7 @@ def template_check(path: Path, scenario_path: Path | None) -> None:
     for finding in findings:
         click.echo(str(finding))
     errors = sum(f.error for f in findings)
-    click.echo(f"{path}: {errors} errors, {len(findings) - errors} warnings")
+    click.echo(f"{path}: {counted(errors, 'error')}, {counted(len(findings) - errors, 'warning')}")
     if errors:
         sys.exit(1)
 
@@ -542,7 +554,7 @@ def template_check(path: Path, scenario_path: Path | None) -> None:
 def _print_summary(summary: FleetSummary) -> None:
     console = Console(highlight=False)
     meta = summary.meta
-    console.print(f"[bold]{summary.path}[/]: {summary.devices} devices")
+    console.print(f"[bold]{summary.path}[/]: {counted(summary.devices, 'device')}")
     console.print(f"  CA       {meta.ca_subject} (sha256 {meta.ca_fingerprint[:16]}…)")
     console.print(
         f"  seed     {meta.seed}" + (f", key pool {meta.key_pool}" if meta.key_pool else "")
@@ -552,7 +564,8 @@ def _print_summary(summary: FleetSummary) -> None:
         f"{summary.valid_now} valid now"
     )
     if summary.verified is not None:
-        console.print(f"  verified {summary.verified} certificate files against the manifest")
+        verified = counted(summary.verified, "certificate file")
+        console.print(f"  verified {verified} against the manifest")
     for title, counts in (("key type", summary.key_types), ("fault", summary.faults)):
         table = Table(title=None, box=None, pad_edge=False)
         table.add_column(title)

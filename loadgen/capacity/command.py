@@ -36,6 +36,7 @@ from loadgen.run import (
 from loadgen.run import endpoint as run_endpoint
 from loadgen.scenario.schema import load_scenario
 from loadgen.scenario.units import parse_duration, parse_rate
+from loadgen.words import counted
 
 
 def _rate(option: str, text: str) -> float:
@@ -248,7 +249,7 @@ def _step_line(step: Step) -> str:
     verdict_text = "ok" if step.passed else f"stop ({step.limit})"
     return (
         f"step {step.number}: {step.rate:g}/s for {row['duration_s']:g} s, "
-        f"{row['devices']} devices: " + ", ".join(parts) + f": {verdict_text}"
+        f"{counted(row['devices'], 'device')}: " + ", ".join(parts) + f": {verdict_text}"
     )
 
 

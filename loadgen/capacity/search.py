@@ -17,6 +17,7 @@ from typing import Any
 
 from loadgen.metrics.stats import RunStats
 from loadgen.report.gates import Gate, GateResult
+from loadgen.words import counted
 
 # The generator is the bottleneck when its workers were this busy...
 CPU_BUSY = 0.90
@@ -85,7 +86,7 @@ class Step:
             return None
         if self.stats.slot_waits:
             return (
-                f"{self.stats.slot_waits} devices waited for a free slot: "
+                f"{counted(self.stats.slot_waits, 'device')} waited for a free slot: "
                 f"load.max_in_flight ({self.report['load']['max_in_flight']}) was reached"
             )
         lag_p99 = self.report["schedule_lag_ms"]["p99"] or 0.0

@@ -10,6 +10,7 @@ from xml.etree import ElementTree as ET
 from loadgen.files import write_atomic
 from loadgen.metrics.stats import PHASES
 from loadgen.report.gates import GateResult
+from loadgen.words import counted
 
 
 def junit(report: dict[str, Any], results: list[GateResult]) -> bytes:
@@ -36,7 +37,7 @@ def summary_markdown(report: dict[str, Any], results: list[GateResult]) -> str:
     lines = [
         f"## loadgen: {report['scenario']} — {verdict}",
         "",
-        f"{report['devices']} devices against `{report['endpoint']}` in "
+        f"{counted(report['devices'], 'device')} against `{report['endpoint']}` in "
         f"{report['duration_s']:.1f} s; arrival rate {report['rate']['achieved_per_s']}/s "
         f"(target {report['rate']['target_per_s']}/s).",
         "",
