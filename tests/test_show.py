@@ -23,7 +23,7 @@ from loadgen.load.runner import Progress, merge_progress
 from loadgen.load.workers import RunTiming
 from loadgen.metrics.stats import RunStats
 from loadgen.report.build import build
-from loadgen.report.show import LiveRun, fit, print_capacity, print_report
+from loadgen.report.show import LiveRun, fit, print_capacity, print_report, say
 from tests.conftest import run_loadgen
 from tests.test_html_report import CAPACITY
 from tests.test_report_merge import _plan
@@ -87,7 +87,7 @@ def test_the_first_frame_shows_no_rate_until_a_second_has_been_measured() -> Non
     live = LiveRun(_terminal(), _plan(200))
     first = [_progress(7, 7, 0)]
     frame = " ".join(live.frame(merge_progress(first), 0.3, live._rate(0.3, 7)))
-    assert "rate" not in frame and "(target 100/s)" in frame
+    assert "rate" not in frame and "target 100/s" in frame
     later = live._rate(1.3, 107)
     assert later == pytest.approx(100.0)
 
@@ -96,7 +96,7 @@ def test_before_the_schedule_starts_the_view_shows_zero_seconds_and_no_target() 
     live = LiveRun(_terminal(), _plan(200))
     frame = live.frame(merge_progress([_progress(0, 0, 0)]), -0.2, live._rate(-0.2, 0))
     assert frame[0].split()[:2] == ["0.0", "s"]
-    assert "target" not in frame[0] and "rate" not in frame[0]
+    assert "target" not in " ".join(frame) and "rate" not in " ".join(frame)
 
 
 def test_the_live_view_fits_80_columns_breaking_only_between_phrases() -> None:
@@ -112,8 +112,8 @@ def test_the_live_view_fits_80_columns_breaking_only_between_phrases() -> None:
         "started 987654/1000000",
         "in flight 25600",
         "failed ",
-        "rate 493,827/s",
-        "(target 100/s)",
+        "rate 493,827/s (target 100/s)",
+        "done: connected",
     )
     assert any(re.search(r"provision p50 [\d,.]+ ms", line) for line in frame)
 
@@ -186,19 +186,26 @@ def test_a_phrase_longer_than_the_line_is_broken_between_its_words() -> None:
     assert " ".join(" ".join(lines).split()) == "short: " + " ".join(["word"] * 30)
 
 
+def _mosquitto_scenario(
+    tmp_path: Path, mosquitto: Any, device_ca: Any, count: int, rate: str
+) -> Path:
+    """A run of ``count`` devices against mosquitto at ``rate``."""
+    from tests.test_run import _scenario
+
+    return _scenario(
+        tmp_path,
+        mosquitto,
+        device_ca,
+        fleet={"ca": str(device_ca.directory), "store": "fleet", "count": count},
+        load={"executor": "constant-arrival-rate", "rate": rate, "max_in_flight": count},
+    )
+
+
 def test_a_run_whose_output_is_not_a_terminal_logs_its_progress(
     tmp_path: Path, mosquitto: Any, device_ca: Any
 ) -> None:
     """End to end: `loadgen run | tee` in a CI job sees how the run goes."""
-    from tests.test_run import _scenario
-
-    path = _scenario(
-        tmp_path,
-        mosquitto,
-        device_ca,
-        fleet={"ca": str(device_ca.directory), "store": "fleet", "count": 35},
-        load={"executor": "constant-arrival-rate", "rate": "5/s", "max_in_flight": 10},
-    )
+    path = _mosquitto_scenario(tmp_path, mosquitto, device_ca, 35, "5/s")
     result = run_loadgen("run", path, "--workers", "1", "--report", tmp_path / "r.json")
     assert result.code == 0, result.err
     progress = [line for line in result.err.splitlines() if "started " in line]
@@ -250,15 +257,7 @@ def test_a_mint_with_nothing_to_mint_shows_no_progress_bar(tmp_path: Path, ca: A
 def test_a_run_whose_fleet_is_minted_already_shows_no_minting_bar(
     tmp_path: Path, mosquitto: Any, device_ca: Any
 ) -> None:
-    from tests.test_run import _scenario
-
-    path = _scenario(
-        tmp_path,
-        mosquitto,
-        device_ca,
-        fleet={"ca": str(device_ca.directory), "store": "fleet", "count": 20},
-        load={"executor": "constant-arrival-rate", "rate": "100/s", "max_in_flight": 20},
-    )
+    path = _mosquitto_scenario(tmp_path, mosquitto, device_ca, 20, "100/s")
     assert "minting fleet" in _on_a_terminal("run", path, "--workers", "1")
     assert "minting fleet" not in _on_a_terminal("run", path, "--workers", "1")
 
@@ -277,3 +276,23 @@ def test_the_plain_progress_line_says_failed_for_devices_done_in_other_outcomes(
 
 def test_empty_phrases_add_no_blank_lines() -> None:
     assert fit(["", "a", "  ", "b"], 10) == ["a b"]
+
+
+def test_once_every_device_has_started_no_arrival_rate_is_shown() -> None:
+    live = LiveRun(_terminal(), _plan(200))
+    live._rate(10.0, 200)
+    frame = " ".join(
+        live.frame(merge_progress([_progress(200, 50, 20)]), 12.0, live._rate(12.0, 200))
+    )
+    assert "started 200/200" in frame and "rate" not in frame and "target" not in frame
+
+
+def test_a_capacity_step_line_fits_80_columns() -> None:
+    from loadgen.capacity.command import _step_phrases
+    from tests.test_capacity import _step
+
+    console = Console(width=WIDTH, record=True, file=io.StringIO())
+    say(console, *_step_phrases(_step(slot_waits=3)), indent=0)
+    lines = _lines(console)
+    _assert_fits(lines, "step 1:", "generator CPU")
+    assert len(lines) > 1  # the whole line is longer than 80: it was broken, not cut

@@ -23,7 +23,7 @@ from loadgen.metrics import prometheus as prom
 from loadgen.metrics.stats import RunStats
 from loadgen.report import gates as gates_mod
 from loadgen.report.merge import merge
-from loadgen.report.show import LiveRun, print_capacity
+from loadgen.report.show import LiveRun, listed, print_capacity, say
 from loadgen.run import (
     EndpointSession,
     RunOptions,
@@ -129,9 +129,13 @@ def capacity_command(
     options = RunOptions(endpoint, None, None, workers)
     check_plan(scenario, options)
     outputs.check()
-    click.echo(
-        f"capacity search: from {search.start:g}/s by {search.step:g}/s, "
-        f"{search.step_duration:g} s a step; SLOs: " + ", ".join(g.text for g in search.slos)
+    say(
+        Console(highlight=False),
+        f"capacity search: from {search.start:g}/s by {search.step:g}/s,",
+        f"{search.step_duration:g} s a step;",
+        "SLOs:",
+        *listed([g.text for g in search.slos]),
+        indent=0,
     )
     # The first step's devices (and the fleet CA, which the emulator trusts).
     ensure_fleet(scenario, first_device + search.devices(search.start), workers)
@@ -155,7 +159,7 @@ def capacity_command(
                 total.merge(result.stats)
                 if exporter is not None:
                     exporter.step_done(result.stats)
-                click.echo(_step_line(result))
+                say(Console(highlight=False), *_step_phrases(result), indent=0)
                 offset += count
                 if timing.partial:
                     interrupted = True
@@ -236,21 +240,21 @@ def capacity_report(steps: list[Step], max_in_flight: int, partial: bool) -> dic
     return report
 
 
-def _step_line(step: Step) -> str:
+def _step_phrases(step: Step) -> list[str]:
+    """A step's line, in phrases (``say`` fits them to the console's width)."""
     row = step.row()
     p99 = row["latency_ms"]["provision"]["p99"]
-    parts = [
-        f"achieved {_num(row['achieved_per_s'])}/s",
-        f"p99(provision) {_num(p99)} ms",
-        "failed " + ("-" if row["failed_ratio"] is None else f"{row['failed_ratio']:.2%}"),
-        f"throttled {row['throttled']}",
-        f"generator CPU {row['generator_cpu']:.0%}",
+    failed = "-" if row["failed_ratio"] is None else f"{row['failed_ratio']:.2%}"
+    return [
+        f"step {step.number}: {step.rate:g}/s for {row['duration_s']:g} s,",
+        f"{counted(row['devices'], 'device')}:",
+        f"achieved {_num(row['achieved_per_s'])}/s,",
+        f"p99(provision) {_num(p99)} ms,",
+        f"failed {failed},",
+        f"throttled {row['throttled']},",
+        f"generator CPU {row['generator_cpu']:.0%}:",
+        "ok" if step.passed else f"stop ({step.limit})",
     ]
-    verdict_text = "ok" if step.passed else f"stop ({step.limit})"
-    return (
-        f"step {step.number}: {step.rate:g}/s for {row['duration_s']:g} s, "
-        f"{counted(row['devices'], 'device')}: " + ", ".join(parts) + f": {verdict_text}"
-    )
 
 
 def _num(value: float | None) -> str:

@@ -70,25 +70,26 @@ def say(console: Console, *phrases: str, indent: int = 2, bold: str | None = Non
         console.print(text, soft_wrap=True, highlight=False)
 
 
-def status_phrases(
-    total: RunSnapshot, planned: int, elapsed: float, rate: float | None, target: float | None
-) -> list[str]:
-    """Where a run stands: the phrases of the live view's first line and of the
-    plain progress line. Connected counts every device past an accepted CONNACK
-    (still holding or done); failed, those done in any other outcome."""
+def status_phrases(total: RunSnapshot, planned: int, elapsed: float) -> list[str]:
+    """Where a run stands. Connected counts every device past an accepted
+    CONNACK (still holding or done); failed, those done in any other outcome."""
     done_connected = total.stats.outcomes.get("connected", 0)
-    phrases = [
-        f"{max(elapsed, 0.0):6.1f} s",
+    return [
+        f"{max(elapsed, 0.0):.1f} s",
         f"started {total.started}/{planned}",
         f"in flight {total.in_flight}",
         f"connected {done_connected + total.connected}",
         f"failed {total.stats.devices - done_connected}",
     ]
-    if rate is not None:
-        phrases.append(f"rate {rate:,.0f}/s")
-    if target:
-        phrases.append(f"(target {target:,.0f}/s)")
-    return phrases
+
+
+def rate_phrases(rate: float | None, target: float | None) -> list[str]:
+    """The achieved arrival rate (None: not measured long enough) and the plan's."""
+    achieved = None if rate is None else f"rate {rate:,.0f}/s"
+    planned = None if not target else f"target {target:,.0f}/s"
+    if achieved and planned:
+        return [f"{achieved} ({planned})"]
+    return [p for p in (achieved, planned) if p]
 
 
 class LiveRun:
@@ -129,22 +130,30 @@ class LiveRun:
             self.console.print(line, soft_wrap=True, markup=False, highlight=False)
 
     def frame(self, total: RunSnapshot, elapsed: float, rate: float | None) -> list[str]:
-        """The live view's lines at the console's width."""
-        outcomes = [f"{k} {v}" for k, v in sorted(total.stats.outcomes.items())]
+        """The live view's lines at the console's width: where the run stands;
+        rates and latency; the outcomes of the devices done."""
         width = self.console.width
+        measured = self._rates(total, elapsed, rate) + (
+            _latency(total) or ["provision: no device connected yet"]
+        )
+        outcomes = [f"{k} {v}" for k, v in sorted(total.stats.outcomes.items())]
         return [
-            *fit(self._status(total, elapsed, rate), width, sep="  "),
-            *fit(outcomes or ["no outcome yet"], width, sep="  "),
-            *fit(_latency(total) or ["provision: no device connected yet"], width, sep="  "),
+            *fit(status_phrases(total, self.plan.count, elapsed), width, sep="  "),
+            *fit(measured, width, sep="  "),
+            *fit(_done(outcomes) or ["no device done yet"], width, sep="  "),
         ]
 
     def line(self, total: RunSnapshot, elapsed: float, rate: float | None) -> str:
         """The plain progress line: one line, however long, for a log."""
-        return "  ".join(self._status(total, elapsed, rate) + _latency(total))
+        phrases = status_phrases(total, self.plan.count, elapsed)
+        return "  ".join(phrases + self._rates(total, elapsed, rate) + _latency(total))
 
-    def _status(self, total: RunSnapshot, elapsed: float, rate: float | None) -> list[str]:
-        target = target_rate(self.plan.executor, elapsed) if elapsed >= 0 else None
-        return status_phrases(total, self.plan.count, elapsed, rate, target)
+    def _rates(self, total: RunSnapshot, elapsed: float, rate: float | None) -> list[str]:
+        # Once every device has started, the arrival rate has nothing left to say
+        # (it falls to 0/s while the target stays): none is shown.
+        if total.started >= self.plan.count or elapsed < 0:
+            return []
+        return rate_phrases(rate, target_rate(self.plan.executor, elapsed))
 
     def _rate(self, elapsed: float, started: int) -> float | None:
         """Devices started per second over the last ``_RATE_WINDOW`` seconds;
@@ -169,7 +178,11 @@ def _latency(total: RunSnapshot) -> list[str]:
     ]
 
 
-def _listed(items: list[str]) -> list[str]:
+def _done(outcomes: list[str]) -> list[str]:
+    return [f"done: {outcomes[0]}", *outcomes[1:]] if outcomes else []
+
+
+def listed(items: list[str]) -> list[str]:
     """Items as the phrases of a list: commas between them."""
     return [f"{item}," for item in items[:-1]] + items[-1:]
 
@@ -232,7 +245,7 @@ def print_report(console: Console, report: dict[str, Any]) -> None:
                 trigger,
                 "(the trigger);",
                 "emulator provisioning:",
-                *(_listed(done) or ["none"]),
+                *(listed(done) or ["none"]),
             )
         for reason, n in list((jitp["provisioning_failures"] or {}).items())[:3]:
             say(console, f"{counted(n, 'provisioning')} failed:", reason)
