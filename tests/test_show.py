@@ -83,6 +83,15 @@ def test_without_a_terminal_a_run_prints_a_plain_progress_line_every_five_second
     assert "\x1b" not in out.getvalue()  # plain text: no cursor moves, no colours
 
 
+def test_on_a_dumb_terminal_the_run_prints_plain_progress_lines_too() -> None:
+    out = io.StringIO()
+    console = Console(file=out, width=WIDTH, force_terminal=True, _environ={"TERM": "dumb"})
+    with LiveRun(console, _plan(200)) as live:
+        for tick in range(12):
+            live.update([_progress(tick * 5, 5, 2)], tick * 0.5)
+    assert "started 50/200" in out.getvalue()
+
+
 def test_the_first_frame_shows_no_rate_until_a_second_has_been_measured() -> None:
     live = LiveRun(_terminal(), _plan(200))
     first = [_progress(7, 7, 0)]

@@ -28,8 +28,8 @@ _RATE_WINDOW = 2.0
 # A rate measured over less than this is mostly the noise of when progress
 # messages happened to arrive (the first frame has a single sample): none is shown.
 _MIN_RATE_SPAN = 1.0
-# Without a terminal (CI logs, `| tee`) rich's live view prints nothing at all,
-# so a plain line says how the run goes this often (seconds of the run).
+# Without a terminal (CI logs, `| tee`), or on a dumb one, rich's live view
+# prints nothing at all, so a plain line says how the run goes this often (seconds of the run).
 PLAIN_INTERVAL = 5.0
 # Continuation lines of a statement are indented this much further.
 _HANG = 2
@@ -102,7 +102,7 @@ class LiveRun:
         self.plan = plan
         self.live = (
             Live(console=console, transient=True, refresh_per_second=4)
-            if console.is_terminal
+            if console.is_terminal and not console.is_dumb_terminal
             else None
         )
         # (seconds into the run, devices started): the achieved rate's window.
