@@ -29,7 +29,8 @@ _RATE_WINDOW = 2.0
 # messages happened to arrive (the first frame has a single sample): none is shown.
 _MIN_RATE_SPAN = 1.0
 # Without a terminal (CI logs, `| tee`), or on a dumb one, rich's live view
-# prints nothing at all, so a plain line says how the run goes this often (seconds of the run).
+# prints nothing at all: a plain line says how the run goes, every this many
+# seconds of the run.
 PLAIN_INTERVAL = 5.0
 # Continuation lines of a statement are indented this much further.
 _HANG = 2
