@@ -305,3 +305,12 @@ def test_a_capacity_step_line_fits_80_columns() -> None:
     lines = _lines(console)
     _assert_fits(lines, "step 1:", "generator CPU")
     assert len(lines) > 1  # the whole line is longer than 80: it was broken, not cut
+
+
+def test_a_fleet_of_one_is_one_device_when_minted_and_inspected(tmp_path: Path, ca: Any) -> None:
+    fleet = tmp_path / "fleet"
+    minted = run_loadgen("certs", "mint", "--ca", ca.directory, "--count", "1", "--out", fleet)
+    assert minted.code == 0, minted.err
+    assert "minted 1, 1 device" in minted.out and "devices" not in minted.out
+    inspected = run_loadgen("certs", "inspect", fleet, "--verify")
+    assert ": 1 device\n" in inspected.out and "verified 1 certificate file " in inspected.out
