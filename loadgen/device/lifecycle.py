@@ -18,7 +18,7 @@ from enum import StrEnum
 from loadgen import mqtt
 from loadgen.device.outcome import PROVISIONING_TRIGGERS, Outcome, classify
 from loadgen.device.retry import RetryPolicy
-from loadgen.transport.client import MqttClient, Target, connect
+from loadgen.transport.client import MqttClient, Target, connect, describe_error
 from loadgen.transport.errors import TransportError
 from loadgen.transport.timing import AttemptTimes
 from loadgen.transport.tls import DeviceTls
@@ -79,6 +79,10 @@ class DeviceSpec:
     version: int
     scheduled: float  # monotonic time of its scheduled start
     steps: tuple[Step, ...] = ()
+    fault: str | None = None  # what its profile injected on purpose (manifest)
+    # Why it could not be made ready (a corrupt key, say): it then ends as
+    # ``error`` in phase ``preparing`` when its time comes, without connecting.
+    failure: str | None = None
 
 
 @dataclass(slots=True)
@@ -95,6 +99,8 @@ class DeviceResult:
     phases: list[tuple[str, float]] = field(default_factory=list)
     publish_acks: list[float] = field(default_factory=list)  # QoS 1 round trips
     publishes: int = 0
+    fault: str | None = None
+    note: str | None = None  # about a connect cut short, e.g. interrupted in hold
 
 
 Clock = Callable[[], float]
@@ -136,31 +142,72 @@ class DeviceDriver:
         self.config = config
         self.clock = clock
         self.rng = rng
-        self.result = DeviceResult(spec.index)
+        self.result = DeviceResult(spec.index, fault=spec.fault)
+        self.step: str | None = None  # the step under way once connected
+
+    def where(self) -> str:
+        """The phase of the device's life it is in now, for a failure nothing
+        more specific explains."""
+        if self.step is not None:
+            return self.step
+        return "acting" if self.result.provision is not None else "connecting"
+
+    def fail_unexpectedly(self, exc: BaseException) -> DeviceResult:
+        """End the device as ``error`` for an exception its life did not expect:
+        whatever a device raises ends that device, never its worker."""
+        self._fail(Outcome.ERROR, describe_error(exc), self.where())
+        return self.result
+
+    def interrupted(self) -> DeviceResult:
+        """End the device cut short by a stop past the grace period. One that
+        connected and was holding its connection did all it was asked to before
+        the hold, and counts as connected."""
+        result = self.result
+        if result.provision is not None and self.step == "hold":
+            result.outcome, result.note = Outcome.CONNECTED, "interrupted during hold"
+            result.reason = result.phase = None
+        else:
+            self._fail(Outcome.ERROR, "interrupted before it finished", self.where())
+        return result
+
+    def _fail(self, outcome: Outcome, reason: str, phase: str | None) -> None:
+        self.result.outcome = outcome
+        self.result.reason = reason
+        self.result.phase = phase
 
 
 class Device(DeviceDriver):
     """The native driver: this project's timed transport."""
 
     phase = Phase.PENDING
+    times = AttemptTimes(0.0)  # the attempt under way
+    _open = staticmethod(connect)  # TCP, TLS, CONNECT and CONNACK: one attempt
 
     async def run(self) -> DeviceResult:
         result = self.result
         result.lag = max(0.0, self.clock() - self.spec.scheduled)
-        client = await self._connect()
-        if client is not None:
-            self.phase = Phase.ACTING
-            try:
-                await self._act(client)
-                result.outcome = Outcome.CONNECTED
-            except TransportError as exc:
-                self._fail(classify(exc), exc.reason, exc.phase)
-            except TimeoutError:
-                self._fail(Outcome.TIMEOUT, "no answer in time", client.phase)
-            finally:
-                client.disconnect()
+        try:
+            client = await self._connect()
+            if client is not None:
+                self.phase = Phase.ACTING
+                try:
+                    await self._act(client)
+                    result.outcome = Outcome.CONNECTED
+                except TransportError as exc:
+                    self._fail(classify(exc), exc.reason, exc.phase)
+                except TimeoutError:
+                    self._fail(Outcome.TIMEOUT, "no answer in time", client.phase)
+                finally:
+                    client.disconnect()
+        except Exception as exc:  # a bug or a resource out: this device's end only
+            self.fail_unexpectedly(exc)
         self.phase = Phase.DONE
         return result
+
+    def where(self) -> str:
+        if self.phase is Phase.CONNECTING:
+            return _reached(self.times)
+        return super().where()
 
     async def _connect(self) -> MqttClient | None:
         spec, config, result = self.spec, self.config, self.result
@@ -171,12 +218,12 @@ class Device(DeviceDriver):
         while True:
             self.phase = Phase.CONNECTING
             result.attempts += 1
-            times = AttemptTimes(self.clock())
+            times = self.times = AttemptTimes(self.clock())
             client = None
             try:
                 async with asyncio.timeout(config.connect_timeout):
                     session = spec.tls.session() if spec.tls is not None else None
-                    client = await connect(spec.target, session, packet, times)
+                    client = await self._open(spec.target, session, packet, times)
             except TimeoutError:
                 outcome, reason, where = Outcome.TIMEOUT, "no answer in time", _reached(times)
             except TransportError as exc:
@@ -199,6 +246,7 @@ class Device(DeviceDriver):
         timeout = self.config.step_timeout
         for step in self.spec.steps:
             if isinstance(step, PublishStep):
+                self.step = "publish"
                 payload = bytes(step.payload_bytes)
                 for _ in range(step.count):
                     sent = self.clock()
@@ -208,16 +256,13 @@ class Device(DeviceDriver):
                     if step.qos == 1:
                         self.result.publish_acks.append(self.clock() - sent)
             elif isinstance(step, SubscribeStep):
+                self.step = "subscribe"
                 async with asyncio.timeout(timeout):
                     await client.subscribe(step.topic_filter, step.qos)
             else:
+                self.step = "hold"
                 async with asyncio.timeout(step.seconds + timeout):
                     await client.hold(step.seconds, step.keepalive)
-
-    def _fail(self, outcome: Outcome, reason: str, phase: str | None) -> None:
-        self.result.outcome = outcome
-        self.result.reason = reason
-        self.result.phase = phase
 
 
 def _reached(times: AttemptTimes) -> str:

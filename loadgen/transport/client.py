@@ -68,7 +68,7 @@ class Target:
         object.__setattr__(self, "address", (self.host, self.port))
 
 
-def _describe(exc: BaseException | None) -> str:
+def describe_error(exc: BaseException | None) -> str:
     if exc is None:
         return "closed by the server"
     if isinstance(exc, ssl.SSLError):
@@ -175,9 +175,9 @@ class _Channel:
     def _tcp_failed(self, code: int) -> None:
         exc = OSError(code, os.strerror(code))  # the OSError subclass for the code
         if isinstance(exc, ConnectionRefusedError):
-            self._fail(Refused(_describe(exc), "tcp"))
+            self._fail(Refused(describe_error(exc), "tcp"))
         else:
-            self._fail(Unreachable(_describe(exc), "tcp"))
+            self._fail(Unreachable(describe_error(exc), "tcp"))
         self.close()
 
     def _tcp_up(self) -> None:
@@ -197,7 +197,7 @@ class _Channel:
             self._send_tls_output()
             return
         except ssl.SSLError as exc:
-            self._fail(TlsRejected(_describe(exc), "tls"))
+            self._fail(TlsRejected(describe_error(exc), "tls"))
             self._send_tls_output()  # the alert, for the server's log
             self.close()
             return
@@ -311,7 +311,7 @@ class _Channel:
 
     def _lost(self, exc: BaseException | None) -> None:
         if isinstance(exc, ssl.SSLError) and not isinstance(exc, ssl.SSLEOFError):
-            error: TransportError = TlsRejected(_describe(exc), self.phase)
+            error: TransportError = TlsRejected(describe_error(exc), self.phase)
         elif (
             isinstance(exc, ConnectionResetError | ssl.SSLEOFError)
             and self.tls is not None
@@ -333,7 +333,7 @@ class _Channel:
                 self.phase,
             )
         else:
-            error = Closed(_describe(exc), self.phase)
+            error = Closed(describe_error(exc), self.phase)
         self._fail(error)
         self.close()
 
