@@ -186,3 +186,22 @@ def test_no_jitter_is_the_capped_exponential_itself():
     rng = random.Random(1)
     assert [policy.delay(n, rng) for n in (1, 2, 3)] == pytest.approx([0.1, 0.3, 0.9])
     assert policy.delay(4, rng) == 1.0
+
+
+async def test_a_source_address_that_is_not_local_ends_the_device_as_error_in_tcp():
+    _, server, target = await _broker()
+    # 192.0.2.1 (TEST-NET-1) is no address of this machine: bind() refuses it.
+    unbindable = Target("127.0.0.1", target.port, source_address="192.0.2.1")
+    result = await _run(unbindable, DeviceConfig(retry=FAST_RETRY))
+    server.close()
+    assert result.outcome is Outcome.ERROR and result.phase == "tcp"
+    assert "assign requested address" in result.reason
+
+
+async def test_a_payload_too_large_to_encode_ends_the_device_as_error_in_publish():
+    _, server, target = await _broker()
+    too_large = PublishStep("dt/dev", payload_bytes=mqtt.MAX_PACKET_SIZE)
+    result = await _run(target, DeviceConfig(retry=FAST_RETRY), steps=(too_large,))
+    server.close()
+    assert result.outcome is Outcome.ERROR and result.phase == "publish"
+    assert result.attempts == 1

@@ -30,6 +30,9 @@ class RunTiming:
     started_at: float  # wall clock, seconds since the epoch: the schedule's start
     ended_at: float
     partial: bool = False  # stopped early (Ctrl-C, SIGTERM): not every device ran
+    # Workers that ended without their results, and why: their devices count as
+    # error, and the run has failed whatever the gates say.
+    lost: dict[int, str] = field(default_factory=dict)
 
 
 def _worker_main(plan: RunPlan, worker: int, conn: multiprocessing.connection.Connection) -> None:
@@ -183,7 +186,8 @@ class _Tally:
         return stats
 
     def timing(self, stopped: bool) -> RunTiming:
-        return RunTiming(self.started_at, self.ended_at or time.time(), partial=stopped)
+        ended = self.ended_at or time.time()
+        return RunTiming(self.started_at, ended, partial=stopped, lost=dict(self.lost))
 
 
 def _supervise(
