@@ -205,3 +205,39 @@ async def test_a_payload_too_large_to_encode_ends_the_device_as_error_in_publish
     server.close()
     assert result.outcome is Outcome.ERROR and result.phase == "publish"
     assert result.attempts == 1
+
+
+def _jitp_config():
+    return DeviceConfig(retry=FAST_RETRY, expect_first_connect_rejected=True, connect_timeout=5)
+
+
+async def test_an_http_server_is_tls_rejected_as_not_tls_and_never_the_jitp_trigger(
+    small_fleet, mosquitto
+):
+    import http.server
+    import threading
+
+    device, tls = device_tls(small_fleet, mosquitto)
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        target = Target("127.0.0.1", httpd.server_address[1], server_name="localhost")
+        result = await _run(target, _jitp_config(), tls=tls, client_id=device.client_id)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert result.outcome is Outcome.TLS_REJECTED and result.phase == "tls"
+    assert "the server does not speak TLS here" in result.reason
+    assert not result.provisioning_triggered
+
+
+async def test_a_plain_port_that_closes_at_once_is_closed_before_tls_and_never_the_trigger(
+    small_fleet, mosquitto
+):
+    device, tls = device_tls(small_fleet, mosquitto)
+    # mosquitto's plain MQTT listener takes the ClientHello for a bad packet.
+    target = Target("127.0.0.1", mosquitto.plain_port, server_name="localhost")
+    result = await _run(target, _jitp_config(), tls=tls, client_id=device.client_id)
+    assert result.outcome is Outcome.CLOSED and result.phase == "tls"
+    assert "before the server sent any TLS" in result.reason
+    assert not result.provisioning_triggered

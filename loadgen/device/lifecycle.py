@@ -117,10 +117,12 @@ class RetryState:
         self.expecting_trigger = config.expect_first_connect_rejected
         self.failures = 0
 
-    def failed(self, outcome: Outcome, reason: str, phase: str | None) -> float | None:
+    def failed(
+        self, outcome: Outcome, reason: str, phase: str | None, may_be_trigger: bool = True
+    ) -> float | None:
         """Seconds to back off before the next attempt; None when none is left."""
         result = self.result
-        if self.expecting_trigger and outcome in PROVISIONING_TRIGGERS:
+        if self.expecting_trigger and may_be_trigger and outcome in PROVISIONING_TRIGGERS:
             self.expecting_trigger = False
             result.provisioning_triggered = True
         else:
@@ -220,6 +222,7 @@ class Device(DeviceDriver):
             result.attempts += 1
             times = self.times = AttemptTimes(self.clock())
             client = None
+            trigger = True
             try:
                 async with asyncio.timeout(config.connect_timeout):
                     session = spec.tls.session() if spec.tls is not None else None
@@ -228,12 +231,13 @@ class Device(DeviceDriver):
                 outcome, reason, where = Outcome.TIMEOUT, "no answer in time", _reached(times)
             except TransportError as exc:
                 outcome, reason, where = classify(exc), exc.reason, exc.phase
+                trigger = exc.may_be_jitp_trigger
             self._record_phases(times)
             if client is not None:
                 result.provision = (times.connack or self.clock()) - spec.scheduled
                 self.phase = Phase.CONNECTED
                 return client
-            delay = retry.failed(outcome, reason, where)
+            delay = retry.failed(outcome, reason, where, trigger)
             if delay is None:
                 return None
             self.phase = Phase.BACKING_OFF
