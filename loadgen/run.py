@@ -19,8 +19,10 @@ from loadgen.device.lifecycle import PublishStep, SubscribeStep
 from loadgen.emulator.render import load_template, registration_config
 from loadgen.emulator.serve import EmbeddedEmulator, start_embedded
 from loadgen.errors import ConfigError, UserError
-from loadgen.files import write
+from loadgen.files import check_writable, write
+from loadgen.listen import check_listen
 from loadgen.load.plan import RunPlan, build_plan, check_template, endpoint_of
+from loadgen.load.schedule import span
 from loadgen.load.workers import RunTiming, run_workers
 from loadgen.metrics.stats import RunStats
 from loadgen.report.build import build
@@ -51,6 +53,8 @@ def is_embedded(scenario: Scenario, options: RunOptions) -> bool:
 def check_plan(scenario: Scenario, options: RunOptions) -> RunPlan:
     """Everything about the run that can be wrong, checked before minting."""
     if is_embedded(scenario, options):
+        if scenario.emulator.metrics_port is not None:
+            check_listen("127.0.0.1", scenario.emulator.metrics_port, "emulator.metrics_port")
         options = replace(options, endpoint=_PLACEHOLDER)
     return make_plan(scenario, options)
 
@@ -153,6 +157,10 @@ def make_plan(scenario: Scenario, options: RunOptions) -> RunPlan:
             check_template(step.topic_filter, f"after_connect[{i}].subscribe.topic")
     if plan.tls.ca_file is not None and not plan.tls.ca_file.is_file():
         raise ConfigError(f"tls.ca_file: {plan.tls.ca_file} not found")
+    try:
+        span(plan.executor, plan.count)
+    except ValueError as exc:
+        raise ConfigError(f"load.stages: {exc} ({plan.count} devices planned)") from None
     raise_fd_limit(plan)
     return plan
 
@@ -203,6 +211,8 @@ def default_workers() -> int:
 
 
 def report_path(value: Path | None, option: str = "--report") -> Path | None:
-    if value is not None and value.parent and not value.parent.exists():
-        raise UserError(f"{option}: folder {value.parent} does not exist")
+    """``value``, once it is sure a file can be written there (before the run, so a
+    run's results are never lost to a typo)."""
+    if value is not None:
+        check_writable(value, option)
     return value
