@@ -22,7 +22,6 @@ from loadgen.errors import ConfigError, UserError
 from loadgen.files import check_writable, write
 from loadgen.listen import check_listen
 from loadgen.load.plan import RunPlan, build_plan, check_template, endpoint_of
-from loadgen.load.schedule import span
 from loadgen.load.workers import RunTiming, run_workers
 from loadgen.metrics.stats import RunStats
 from loadgen.report.build import build
@@ -157,10 +156,6 @@ def make_plan(scenario: Scenario, options: RunOptions) -> RunPlan:
             check_template(step.topic_filter, f"after_connect[{i}].subscribe.topic")
     if plan.tls.ca_file is not None and not plan.tls.ca_file.is_file():
         raise ConfigError(f"tls.ca_file: {plan.tls.ca_file} not found")
-    try:
-        span(plan.executor, plan.count)
-    except ValueError as exc:
-        raise ConfigError(f"load.stages: {exc} ({plan.count} devices planned)") from None
     raise_fd_limit(plan)
     return plan
 

@@ -149,7 +149,7 @@ class Load(_Strict):
                 raise field_error(
                     (name,), f"executor {self.executor} takes {uses}: {name} would be ignored"
                 )
-        if self.stages and all(stage.rate == 0 for stage in self.stages):
+        if self.stages and not self.start_rate and all(s.rate == 0 for s in self.stages):
             raise field_error(("stages",), "every stage has rate 0: no device would start")
         return self
 
