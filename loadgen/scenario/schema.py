@@ -89,7 +89,10 @@ class Retry(_Strict):
     @model_validator(mode="after")
     def _max_not_below_initial(self) -> Retry:
         if self.max < self.initial:
-            raise field_error(("max",), f"max ({self.max:g}s) is below initial ({self.initial:g}s)")
+            default = "" if "max" in self.model_fields_set else ", the default"
+            raise field_error(
+                ("max",), f"max ({self.max:g}s{default}) is below initial ({self.initial:g}s)"
+            )
         return self
 
 
