@@ -144,7 +144,9 @@ def _compose(text: str, path: Path) -> yaml.Node | None:
 
 
 def _field_name(loc: Loc) -> str:
-    return ".".join(str(part) for part in loc) or "(document)"
+    """``after_connect[0].publish.topic``: as the docs and the other messages spell it."""
+    name = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc)
+    return name.removeprefix(".") or "(document)"
 
 
 @dataclass(frozen=True)

@@ -61,20 +61,32 @@ SCENARIO_MISTAKES = {
     "a + wildcard in a publish topic": (
         LOAD,
         "after_connect:\n  - publish: {topic: 'dt/+/telemetry'}\n",
-        ":8: after_connect.0.publish.topic:",
+        ":8: after_connect[0].publish.topic:",
         "wildcards",
     ),
     "a # wildcard in a publish topic": (
         LOAD,
         "after_connect:\n  - publish:\n      topic: dt/#\n",
-        ":9: after_connect.0.publish.topic:",
+        ":9: after_connect[0].publish.topic:",
         "wildcards",
     ),
     "a # inside a subscribe filter level": (
         LOAD,
         "after_connect:\n  - subscribe: {topic: 'cmd/a#'}\n",
-        ":8: after_connect.0.subscribe.topic:",
+        ":8: after_connect[0].subscribe.topic:",
         "# must be a whole level",
+    ),
+    "an unknown placeholder in the client id": (
+        LOAD,
+        "mqtt: {client_id: 'dev-{colour}'}\n",
+        ":7: mqtt.client_id:",
+        "unknown placeholder {colour}",
+    ),
+    "a wildcard beside a placeholder in a subscribe filter": (
+        LOAD,
+        "after_connect:\n  - subscribe: {topic: 'cmd/{client_id}+'}\n",
+        ":8: after_connect[0].subscribe.topic:",
+        "+ must be a whole level",
     ),
     "a zero connect timeout": (
         LOAD,
@@ -115,13 +127,13 @@ SCENARIO_MISTAKES = {
     "a payload above the MQTT maximum": (
         LOAD,
         "after_connect:\n  - publish: {topic: t, qos: 1, payload_bytes: 268435455}\n",
-        ":8: after_connect.0.publish.payload_bytes:",
+        ":8: after_connect[0].publish.payload_bytes:",
         "do not fit in an MQTT packet",
     ),
     "a source address of another machine": (
         LOAD + "  source_addresses: [127.0.0.2, 192.0.2.1]\n",
         "",
-        ":7: load.source_addresses.1:",
+        ":7: load.source_addresses[1]:",
         "192.0.2.1 is not a local address of this machine",
     ),
     "a key given twice": (
@@ -233,7 +245,7 @@ def test_a_payload_above_aws_iots_limit_is_a_warning_and_the_run_goes_on(
     assert result.code == 0, result.err
     warnings = [line for line in result.err.splitlines() if "warning" in line]
     assert warnings == [
-        f"loadgen: warning: {path}:7: after_connect.0.publish.payload_bytes: 200,000 bytes "
+        f"loadgen: warning: {path}:7: after_connect[0].publish.payload_bytes: 200,000 bytes "
         "is above AWS IoT's 128 KiB payload limit (AWS IoT would refuse it)"
     ]
     assert json.loads((tmp_path / "r.json").read_text())["outcomes"]["connected"] == 3
@@ -337,3 +349,10 @@ def test_emulator_serve_refuses_a_server_key_of_another_certificate(tmp_path, de
     )  # fmt: skip
     assert_user_error(result, f"--server-key {tmp_path / 'b.key'}: does not match")
     assert not (tmp_path / "state").exists()
+
+
+def test_placeholders_and_wildcards_make_a_valid_subscribe_filter(tmp_path):
+    path = _write_scenario(
+        tmp_path, 1883, "after_connect:\n  - subscribe: {topic: 'cmd/{client_id}/+/#'}\n"
+    )
+    assert load_scenario(path).after_connect[0].subscribe.topic == "cmd/{client_id}/+/#"

@@ -19,6 +19,7 @@ from pydantic import (
     model_validator,
 )
 
+from loadgen.certs.subject import FIELDS
 from loadgen.config import Loc, field_error, read_model
 from loadgen.device.retry import Jitter
 from loadgen.mqtt.wire import MAX_VARINT
@@ -48,7 +49,7 @@ class Tls(_Strict):
 
 class Mqtt(_Strict):
     version: Literal[5, "5", "3.1.1"] = 5
-    client_id: str = Field(
+    client_id: Annotated[str, AfterValidator(_client_id)] = Field(
         default="{client_id}",
         description="Template over the manifest: {client_id}, {index}, {certificate_id} and "
         "subject fields such as {common_name}",
@@ -157,28 +158,54 @@ class Load(_Strict):
         return self
 
 
+_FORMATTER = string.Formatter()
+TEMPLATE_FIELDS = ("index", "client_id", "certificate_id", *(f.name for f in FIELDS))
+
+
+def template_text(template: str, placeholder: str = "") -> str:
+    """A template over a device's manifest line, checked: its literal text, with
+    ``placeholder`` for each field. ValueError for a field no device has."""
+    try:
+        parsed = list(_FORMATTER.parse(template))
+    except ValueError as exc:
+        raise ValueError(f"bad template {template!r}: {exc}") from None
+    for _, name, _, _ in parsed:
+        if name is not None and name not in TEMPLATE_FIELDS:
+            known = ", ".join(TEMPLATE_FIELDS)
+            raise ValueError(f"unknown placeholder {{{name}}} (known: {known})")
+    return "".join(text + ("" if name is None else placeholder) for text, name, _, _ in parsed)
+
+
+def _client_id(template: str) -> str:
+    template_text(template)
+    return template
+
+
 def _topic_name(topic: str) -> str:
-    """A topic to publish to (MQTT 4.7.3: no wildcards, not empty)."""
-    if not topic:
+    """A topic to publish to (MQTT 4.7.3): not empty, no wildcards. What a
+    placeholder renders cannot be known here; the literal text can."""
+    text = template_text(topic, "x")
+    if not text:
         raise ValueError("a topic cannot be empty")
-    if "+" in topic or "#" in topic:
+    if "+" in text or "#" in text:
         raise ValueError(f"{topic!r}: a publish topic cannot hold the wildcards + or #")
-    if "\0" in topic:
+    if "\0" in text:
         raise ValueError(f"{topic!r}: a topic cannot hold the character U+0000")
     return topic
 
 
 def _topic_filter(topic: str) -> str:
     """A topic filter (MQTT 4.7.1): + a whole level, # a whole last level."""
-    if not topic:
+    text = template_text(topic, "x")
+    if not text:
         raise ValueError("a topic filter cannot be empty")
-    levels = topic.split("/")
+    levels = text.split("/")
     for i, level in enumerate(levels):
         if "#" in level and (level != "#" or i != len(levels) - 1):
             raise ValueError(f"{topic!r}: # must be a whole level, and the last")
         if "+" in level and level != "+":
             raise ValueError(f"{topic!r}: + must be a whole level")
-    if "\0" in topic:
+    if "\0" in text:
         raise ValueError(f"{topic!r}: a topic cannot hold the character U+0000")
     return topic
 
@@ -311,7 +338,7 @@ def max_payload(spec: PublishSpec, version: int) -> int:
     length is at most 268,435,455 bytes, less the topic (at least its literal text;
     placeholders may render empty), the packet id (QoS 1) and MQTT 5's property
     length."""
-    literal = "".join(text for text, _, _, _ in string.Formatter().parse(spec.topic))
+    literal = template_text(spec.topic)
     header = 2 + len(literal.encode()) + (2 if spec.qos else 0) + (1 if version == 5 else 0)
     return MAX_VARINT - header
 
