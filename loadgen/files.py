@@ -23,9 +23,16 @@ def write(
         if private:
             # O_TRUNC keeps the mode of a file that already existed.
             os.fchmod(fd, mode)
-        os.write(fd, data)
+        write_all(fd, data)
     finally:
         os.close(fd)
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """``os.write`` until all of ``data`` is written (one call may write less)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def write_atomic(path: Path, data: bytes, *, private: bool = False) -> None:
@@ -36,9 +43,7 @@ def write_atomic(path: Path, data: bytes, *, private: bool = False) -> None:
     try:
         fd = os.open(tmp, _CREATE_NEW, 0o600 if private else 0o644)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
+            write_all(fd, data)
         finally:
             os.close(fd)
         os.replace(tmp, path)
