@@ -169,9 +169,10 @@ def ensure_fleet(
     store = FleetStore(fleet.store)
     if store.exists() and store.recover() >= count:
         return None
+    # The profile first: a mistake in it must leave nothing behind, not even the CA.
+    profile = load_profile(fleet.profile) if fleet.profile is not None else None
     if not (fleet.ca / CERT_FILE).exists():
         init_ca(fleet.ca)
-    profile = load_profile(fleet.profile) if fleet.profile is not None else None
     request = MintRequest(fleet.store, fleet.ca, count, profile, fleet.seed, workers)
     return mint(request, on_progress)
 

@@ -356,3 +356,30 @@ def test_placeholders_and_wildcards_make_a_valid_subscribe_filter(tmp_path):
         tmp_path, 1883, "after_connect:\n  - subscribe: {topic: 'cmd/{client_id}/+/#'}\n"
     )
     assert load_scenario(path).after_connect[0].subscribe.topic == "cmd/{client_id}/+/#"
+
+
+def test_a_profile_mistake_leaves_no_fleet_and_no_ca_behind(tmp_path, listener):
+    path = _write_scenario(tmp_path, listener.getsockname()[1])
+    path.write_text(path.read_text().replace("count: 5}", "count: 5, profile: profile.yaml}"))
+    (tmp_path / "profile.yaml").write_text("subject:\n  country: SE\n  country: NO\n")
+    result = run_loadgen("run", path, cwd=tmp_path)
+    assert_user_error(result, f"{tmp_path / 'profile.yaml'}:3: subject.country: duplicate key")
+    assert sorted(os.listdir(tmp_path)) == ["profile.yaml", "scenario.yaml"]
+    assert not _connected(listener)
+
+
+def test_report_merge_refuses_an_output_in_a_missing_folder_before_reading(tmp_path):
+    result = run_loadgen("report", "merge", "a.json", "-o", tmp_path / "no" / "m.json")
+    assert_user_error(result, "--out", "does not exist")
+
+
+def test_an_endpoint_option_port_out_of_range_is_refused(tmp_path, listener):
+    path = _write_scenario(tmp_path, listener.getsockname()[1])
+    result = run_loadgen("run", path, "--endpoint", "127.0.0.1:99999", cwd=tmp_path)
+    _assert_refused_untouched(result, tmp_path, listener, "--endpoint: '127.0.0.1:99999'")
+
+
+def test_a_scenario_endpoint_port_out_of_range_names_its_line(tmp_path, listener):
+    path = _write_scenario(tmp_path, 99999)
+    result = run_loadgen("run", path, cwd=tmp_path)
+    _assert_refused_untouched(result, tmp_path, listener, f"{path}:2: endpoint:", "host:port")

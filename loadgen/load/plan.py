@@ -123,7 +123,7 @@ def endpoint_of(scenario: Scenario, override: str | None) -> tuple[str, int]:
     try:
         return parse_endpoint(value)
     except ValueError as exc:
-        raise ConfigError(f"endpoint: {exc}") from None
+        raise ConfigError(f"{'--endpoint' if override else 'endpoint'}: {exc}") from None
 
 
 _FORMATTER = string.Formatter()
