@@ -39,6 +39,7 @@ from loadgen.emulator.quota import Quotas
 from loadgen.emulator.server import Emulator
 from loadgen.errors import LoadgenError, UserError
 from loadgen.files import write
+from loadgen.listen import PORT, PORT_OR_ANY, check_listen, check_server_identity
 from loadgen.load.runner import merge_progress
 from loadgen.report import ci as ci_files
 from loadgen.report import compare as report_compare_mod
@@ -63,6 +64,10 @@ _KEY_TYPES = click.Choice([k.value for k in KeyType])
 
 def _console() -> Console:
     return Console(stderr=True, highlight=False)
+
+
+def _warn(message: str) -> None:
+    click.echo(f"loadgen: warning: {message}", err=True)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -249,7 +254,7 @@ def run_command(
 ) -> None:
     """Run a scenario: mint its fleet if needed, then connect every device.
     Exit 1 when a gate fails."""
-    scenario = load_scenario(scenario_path)
+    scenario = load_scenario(scenario_path, warn=_warn)
     gates = [
         *(gates_mod.parse(t, f"{scenario_path}: gates[{i}]") for i, t in enumerate(scenario.gates)),
         *(gates_mod.parse(t, "--gate") for t in gate_texts),
@@ -257,6 +262,8 @@ def run_command(
     options = RunOptions(endpoint, count, rate, workers)
     checked = check_plan(scenario, options)
     outputs.check()
+    report_path(junit_path, "--junit")
+    report_path(summary_path, "--summary-md")
     console = _console()
     minted = _mint_with_progress(console, scenario, checked.count, workers)
     if minted is not None:
@@ -346,6 +353,7 @@ def report_html(path: Path, out: Path) -> None:
 @click.option("-o", "--out", "out", required=True, type=click.Path(path_type=Path))
 def report_merge_command(paths: tuple[Path, ...], out: Path) -> None:
     """Merge reports of shards that ran side by side (exact percentiles)."""
+    report_path(out, "--out")
     merged = report_merge.merge([report_merge.load_report(p) for p in paths])
     write_report(out, merged)
     click.echo(f"{len(paths)} reports merged into {out}: {merged['devices']} devices")
@@ -398,7 +406,7 @@ def emulator() -> None:
 
 @emulator.command("serve")
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", type=int, default=8883, show_default=True, help="0: any free port.")
+@click.option("--port", type=PORT_OR_ANY, default=8883, show_default=True, help="0: any free port.")
 @click.option(
     "--server-cert", type=click.Path(path_type=Path), help="Default: made under --state-dir."
 )
@@ -438,7 +446,7 @@ def emulator() -> None:
     help="connect (500/s), connect-per-client (1/s), provision (20/s): a rate like 100/s, "
     "or off. Repeatable.",
 )
-@click.option("--metrics-port", type=int, help="Serve Prometheus metrics on this port.")
+@click.option("--metrics-port", type=PORT, help="Serve Prometheus metrics on this port.")
 @click.option(
     "--ca-inactive",
     "inactive_cas",
@@ -482,6 +490,13 @@ def emulator_serve(
         raise UserError("more --registration-config than --ca")
     if (server_cert is None) != (server_key is None):
         raise UserError("--server-cert and --server-key go together")
+    if server_cert is not None and server_key is not None:
+        check_server_identity(server_cert, server_key)
+    if metrics_port is not None and metrics_port == port:
+        raise UserError(f"--metrics-port {metrics_port}: the same port as --port")
+    check_listen(host, port, "--port")
+    if metrics_port is not None:
+        check_listen(host, metrics_port, "--metrics-port")
     registrations = [
         emu_serve.CaRegistration(
             ca,

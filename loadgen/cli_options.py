@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 import click
 
+from loadgen.listen import PORT, check_listen
 from loadgen.load.plan import RunPlan
 from loadgen.metrics import prometheus as prom
 from loadgen.report.build import write_outputs
@@ -28,7 +29,7 @@ _OUTPUTS = (
     click.option(
         "--html", "html_file", type=click.Path(path_type=Path), help="Self-contained HTML report."
     ),
-    click.option("--metrics-port", type=int, help="Serve Prometheus metrics on 127.0.0.1:PORT."),
+    click.option("--metrics-port", type=PORT, help="Serve Prometheus metrics on 127.0.0.1:PORT."),
     click.option(
         "--linger", type=float, default=0.0, help="Seconds to keep serving metrics after."
     ),
@@ -72,6 +73,8 @@ class Outputs:
         """Refuse, before anything runs, files that could not be written."""
         report_path(self.report)
         report_path(self.html, "--html")
+        if self.metrics_port is not None:
+            check_listen("127.0.0.1", self.metrics_port, "--metrics-port")
 
     def exporter(self, plan: RunPlan) -> prom.Exporter | None:
         if self.metrics_port is None and self.pushgateway is None:

@@ -22,7 +22,7 @@ from loadgen.emulator.errors import ProvisioningError
 from loadgen.emulator.registry import Registry
 from loadgen.emulator.server import Emulator
 from loadgen.emulator.state import RegistryStore
-from loadgen.errors import ConfigError, LoadgenError
+from loadgen.errors import ConfigError, LoadgenError, UserError
 from loadgen.files import write
 
 READY = "loadgen emulator: ready on"
@@ -95,7 +95,10 @@ async def serve_forever(emulator: Emulator, host: str, port: int, server_ca: Pat
         loop.add_signal_handler(sig, stop.set)
     # SIGUSR1: the counts so far, for a parent that measures in steps (capacity).
     loop.add_signal_handler(signal.SIGUSR1, lambda: _print_stats(emulator))
-    server = await emulator.serve(host, port)
+    try:
+        server = await emulator.serve(host, port)
+    except OSError as exc:  # taken since the check before the start
+        raise UserError(f"--port {port}: cannot listen on {host} ({exc.strerror})") from None
     bound = server.sockets[0].getsockname()
     print(f"{READY} {bound[0]}:{bound[1]} (server CA: {server_ca})", flush=True)
     async with server:
