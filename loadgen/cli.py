@@ -528,9 +528,9 @@ def template_render(path: Path, role_arn: str) -> None:
 )
 def template_check(path: Path, scenario_path: Path | None) -> None:
     """Lint a registration config (or readable template); exit 1 on errors."""
-    body, raw = emu_check.load_config(path)
+    loaded = emu_check.load_config(path)
     scenario_ = load_scenario(scenario_path) if scenario_path is not None else None
-    findings = emu_check.check(body, raw, scenario_)
+    findings = emu_check.check(loaded, scenario_)
     for finding in findings:
         click.echo(str(finding))
     errors = sum(f.error for f in findings)

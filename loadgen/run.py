@@ -17,7 +17,7 @@ from loadgen.certs.profile import load_profile
 from loadgen.certs.store import FleetStore
 from loadgen.device.lifecycle import PublishStep, SubscribeStep
 from loadgen.emulator.render import load_template, registration_config
-from loadgen.emulator.serve import EmbeddedEmulator, start_embedded
+from loadgen.emulator.serve import EmbeddedEmulator, load_registration_config, start_embedded
 from loadgen.errors import ConfigError, UserError
 from loadgen.files import write
 from loadgen.load.plan import RunPlan, build_plan, check_template, endpoint_of
@@ -52,6 +52,12 @@ def check_plan(scenario: Scenario, options: RunOptions) -> RunPlan:
     """Everything about the run that can be wrong, checked before minting."""
     if is_embedded(scenario, options):
         options = replace(options, endpoint=_PLACEHOLDER)
+        # The emulator would refuse these at its start, after the fleet is minted.
+        spec = scenario.emulator
+        if spec.template is not None:
+            load_template(spec.template)
+        elif spec.registration_config is not None:
+            load_registration_config(spec.registration_config)
     return make_plan(scenario, options)
 
 

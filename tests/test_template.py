@@ -47,6 +47,7 @@ def test_a_certificate_without_a_referenced_field_fails_provisioning():
 
 def _run(resources_properties, *, conditions=None, mappings=None, parameters=LIGHTBULB):
     template = {
+        "Parameters": {name: {"Type": "String"} for name in LIGHTBULB},
         "Resources": {"thing": {"Type": "AWS::IoT::Thing", "Properties": resources_properties}},
         "Conditions": conditions or {},
         "Mappings": mappings or {},

@@ -45,9 +45,9 @@ def test_a_parameter_jitp_does_not_provide_is_an_error(tmp_path):
 
 def test_a_parameter_the_profile_never_sets_is_an_error(tmp_path):
     template = yaml.safe_load(LIGHTBULB.read_text())
-    template["Resources"]["thing"]["Properties"]["AttributePayload"]["site"] = {
-        "Ref": "AWS::IoT::Certificate::OrganizationalUnit"
-    }
+    unit = "AWS::IoT::Certificate::OrganizationalUnit"
+    template["Parameters"][unit] = {"Type": "String"}
+    template["Resources"]["thing"]["Properties"]["AttributePayload"]["site"] = {"Ref": unit}
     scenario = yaml.safe_load(QUICKSTART.read_text())
     (tmp_path / "profiles").mkdir()
     (tmp_path / "profiles" / "p.yaml").write_text(

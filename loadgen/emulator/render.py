@@ -9,12 +9,12 @@ from typing import Any
 
 import yaml
 
-from loadgen.emulator import template as tpl
-from loadgen.emulator.errors import TemplateError
+from loadgen.emulator.structure import template_problems
 from loadgen.errors import ConfigError
 
 
-def load_template(path: Path) -> dict[str, Any]:
+def read_template(path: Path) -> Any:
+    """A readable template file's data, not yet checked."""
     try:
         text = path.read_text()
     except OSError as exc:
@@ -25,10 +25,18 @@ def load_template(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not a template: {str(exc).splitlines()[0]}") from None
     if isinstance(data, dict) and "templateBody" in data:
         raise ConfigError(f"{path}: already a registration config (it has templateBody)")
-    try:
-        return tpl.parse(data)
-    except TemplateError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+    return data
+
+
+def load_template(path: Path) -> dict[str, Any]:
+    """A readable template AWS would accept, or a ``ConfigError`` naming the file
+    and the location of its first problem."""
+    data = read_template(path)
+    problems = template_problems(data)
+    if problems:
+        raise ConfigError(f"{path}: {problems[0]}")
+    assert isinstance(data, dict)
+    return data
 
 
 def registration_config(template: dict[str, Any], role_arn: str) -> dict[str, Any]:
