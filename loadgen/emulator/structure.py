@@ -83,7 +83,7 @@ def config_problems(config: Any) -> tuple[Any, list[Problem]]:
         problems.append(
             Problem(
                 "templateBody",
-                f"must be the template as an escaped JSON string, not a JSON {_kind(body)} "
+                f"must be the template as an escaped JSON string, not {_kind(body)} "
                 "(AWS refuses it; `loadgen template render` makes one)",
             )
         )
@@ -108,21 +108,22 @@ def config_problems(config: Any) -> tuple[Any, list[Problem]]:
 def template_problems(template: Any) -> list[Problem]:
     """Everything AWS would refuse in a provisioning template."""
     if not isinstance(template, dict):
-        return [Problem("template", f"must be a JSON object, not a {_kind(template)}")]
+        return [Problem("template", f"must be a JSON object, not {_kind(template)}")]
     return _Checker(template).run()
 
 
 def _kind(value: Any) -> str:
+    """What a JSON value is, with its article: "an object", "a list"."""
     if isinstance(value, bool):
-        return "boolean"
+        return "a boolean"
     if isinstance(value, dict):
-        return "object"
+        return "an object"
     if isinstance(value, list):
-        return "list"
+        return "a list"
     if isinstance(value, str):
-        return "string"
+        return "a string"
     if isinstance(value, (int, float)):
-        return "number"
+        return "a number"
     return "null"
 
 
@@ -160,7 +161,7 @@ class _Checker:
             for name, condition in conditions.items():
                 self.condition(condition, f"Conditions.{name}")
         elif conditions is not None:
-            self.add("Conditions", f"must be an object, not a {_kind(conditions)}")
+            self.add("Conditions", f"must be an object, not {_kind(conditions)}")
         return self.problems
 
     def check_parameters(self) -> None:
@@ -168,7 +169,7 @@ class _Checker:
         if parameters is None:
             return
         if not isinstance(parameters, dict):
-            self.add("Parameters", f"must be an object, not a {_kind(parameters)}")
+            self.add("Parameters", f"must be an object, not {_kind(parameters)}")
             return
         for name, spec in parameters.items():
             where = f"Parameters.{name}"
@@ -189,7 +190,7 @@ class _Checker:
         if mappings is None:
             return
         if not isinstance(mappings, dict):
-            self.add("Mappings", f"must be an object, not a {_kind(mappings)}")
+            self.add("Mappings", f"must be an object, not {_kind(mappings)}")
             return
         for name, top in mappings.items():
             if not isinstance(top, dict):
@@ -202,7 +203,7 @@ class _Checker:
     def check_resources(self) -> None:
         resources = self.template.get("Resources")
         if not isinstance(resources, dict):
-            what = "missing" if resources is None else f"a {_kind(resources)}"
+            what = "missing" if resources is None else _kind(resources)
             self.add("Resources", f"{what}: a template needs a Resources object")
             return
         for logical_id, resource in resources.items():
@@ -231,7 +232,7 @@ class _Checker:
             if properties is None:
                 continue
             if not isinstance(properties, dict):
-                self.add(f"{where}.Properties", f"must be an object, not a {_kind(properties)}")
+                self.add(f"{where}.Properties", f"must be an object, not {_kind(properties)}")
                 continue
             self.value(properties, f"{where}.Properties")
             document = properties.get("PolicyDocument")
@@ -304,9 +305,9 @@ class _Checker:
             self.add(at, f"unknown intrinsic function {name}: JITP templates support {_SUPPORTED}")
 
     def ref(self, arg: Any, where: str) -> None:
-        at = where  # a Ref is one name: the node itself is the location
+        at = where  # a Ref is one name: its object is the location
         if not isinstance(arg, str):
-            self.add(at, f"Ref takes the name of a parameter or resource, not a {_kind(arg)}")
+            self.add(at, f"Ref takes the name of a parameter or resource, not {_kind(arg)}")
         elif arg == NO_VALUE or arg in self.parameters:
             return
         elif arg in self.resources:
@@ -330,14 +331,14 @@ class _Checker:
 
     def condition_name(self, arg: Any, where: str) -> None:
         if not isinstance(arg, str):
-            self.add(where, f"must name a condition, not be a {_kind(arg)}")
+            self.add(where, f"must name a condition, not be {_kind(arg)}")
         elif arg not in self.conditions:
             self.add(where, f"condition {arg} is not defined under Conditions")
 
     def arguments(self, name: str, arg: Any, where: str, shape: str, count: int) -> bool:
         if isinstance(arg, list) and len(arg) == count:
             return True
-        got = f"a list of {len(arg)}" if isinstance(arg, list) else f"a {_kind(arg)}"
+        got = f"a list of {len(arg)}" if isinstance(arg, list) else _kind(arg)
         self.add(where, f"{name} takes {shape}, got {got}")
         return False
 
@@ -360,7 +361,7 @@ class _Checker:
             if isinstance(node, (list, dict)):
                 self.operand(node, where, in_conditions)
         else:
-            given = name if name is not None else f"a {_kind(node)}"
+            given = name if name is not None else _kind(node)
             self.add(where, f"must be {what}, not {given}")
 
     def fn_join(self, arg: Any, at: str, in_conditions: bool) -> None:
@@ -368,7 +369,7 @@ class _Checker:
             return
         delimiter, values = arg
         if not isinstance(delimiter, str):
-            self.add(f"{at}[0]", f"the delimiter must be a string, not a {_kind(delimiter)}")
+            self.add(f"{at}[0]", f"the delimiter must be a string, not {_kind(delimiter)}")
         self.argument(
             values,
             f"{at}[1]",
@@ -379,13 +380,13 @@ class _Checker:
         )
         if isinstance(values, list):
             for i, item in enumerate(values):
-                self.string(item, f"{at}[1][{i}]", in_conditions)
+                self.string(item, f"{at}[1][{i}]")
 
-    def string(self, node: Any, where: str, in_conditions: bool) -> None:
-        """Checks a node that must give a string (its own problems are reported
-        by ``operand``)."""
+    def string(self, node: Any, where: str) -> None:
+        """A node that must give a string: not a literal list or object (what is
+        wrong inside a function is reported by ``operand``)."""
         if isinstance(node, (list, dict)) and _is_function(node) is None:
-            self.add(where, f"must be a string (or a function giving one), not a {_kind(node)}")
+            self.add(where, f"must be a string (or a function giving one), not {_kind(node)}")
 
     def fn_select(self, arg: Any, at: str, in_conditions: bool) -> None:
         if not self.arguments("Fn::Select", arg, at, "[index, [values]]", 2):
@@ -441,7 +442,7 @@ class _Checker:
             text, given = arg
             where = f"{at}[0]"
             if not isinstance(given, dict):
-                self.add(f"{at}[1]", f"the variables must be an object, not a {_kind(given)}")
+                self.add(f"{at}[1]", f"the variables must be an object, not {_kind(given)}")
             else:
                 variables = given
                 for key, value in given.items():
@@ -449,7 +450,7 @@ class _Checker:
         else:
             text, where = arg, at
         if not isinstance(text, str):
-            self.add(where, f"Fn::Sub takes a literal string, not a {_kind(text)}")
+            self.add(where, f"Fn::Sub takes a literal string, not {_kind(text)}")
             return
         for name in SUB_VARIABLE.findall(text):
             if name in variables or name in self.parameters or name in self.resources:
@@ -508,7 +509,7 @@ class _Checker:
                 self.condition(arg[0], f"{at}[0]")
             return
         if not isinstance(arg, list) or not _MIN_CONDITIONS <= len(arg) <= _MAX_CONDITIONS:
-            got = f"a list of {len(arg)}" if isinstance(arg, list) else f"a {_kind(arg)}"
+            got = f"a list of {len(arg)}" if isinstance(arg, list) else _kind(arg)
             self.add(
                 at,
                 f"{name} takes a list of {_MIN_CONDITIONS} to {_MAX_CONDITIONS} conditions, "
