@@ -218,7 +218,7 @@ def test_a_ref_to_a_policy_without_a_name_is_refused():
             "policy": {"Type": "AWS::IoT::Policy", "Properties": {"PolicyDocument": "{}"}},
         },
     )
-    assert problem == f"{THING}.ThingName: Ref policy: that policy has no PolicyName to refer to"
+    assert problem == f"{THING}.ThingName: Ref policy: that resource has no PolicyName to refer to"
 
 
 def test_fn_if_on_an_undefined_condition_is_refused():
@@ -382,3 +382,11 @@ def test_the_default_registration_config_has_no_problems():
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
 def test_a_shipped_template_has_no_problems(path):
     assert template_problems(load_template(path)) == []
+
+
+def test_the_registry_refuses_a_template_body_that_is_an_object(session_ca):
+    from loadgen.emulator.registry import Registry
+
+    config = {"templateBody": json.loads(REGISTRATION_CONFIG["templateBody"]), "roleArn": "arn:x"}
+    with pytest.raises(TemplateError, match="^templateBody: must be the template as an escaped"):
+        Registry().register_ca(session_ca.cert, config)

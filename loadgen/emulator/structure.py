@@ -156,22 +156,21 @@ class _Checker:
         self.check_parameters()
         self.check_mappings()
         self.check_resources()
-        conditions = self.template.get("Conditions")
-        if isinstance(conditions, dict):
-            for name, condition in conditions.items():
-                self.condition(condition, f"Conditions.{name}")
-        elif conditions is not None:
-            self.add("Conditions", f"must be an object, not {_kind(conditions)}")
+        for name, condition in self.section("Conditions").items():
+            self.condition(condition, f"Conditions.{name}")
         return self.problems
 
+    def section(self, name: str) -> dict[str, Any]:
+        """An optional top-level section ({} when absent or not an object)."""
+        value = self.template.get(name)
+        if isinstance(value, dict):
+            return value
+        if value is not None:
+            self.add(name, f"must be an object, not {_kind(value)}")
+        return {}
+
     def check_parameters(self) -> None:
-        parameters = self.template.get("Parameters")
-        if parameters is None:
-            return
-        if not isinstance(parameters, dict):
-            self.add("Parameters", f"must be an object, not {_kind(parameters)}")
-            return
-        for name, spec in parameters.items():
+        for name, spec in self.section("Parameters").items():
             where = f"Parameters.{name}"
             if name not in PARAMETERS:
                 self.add(
@@ -186,13 +185,7 @@ class _Checker:
                 self.add(f"{where}.Default", "must be a string")
 
     def check_mappings(self) -> None:
-        mappings = self.template.get("Mappings")
-        if mappings is None:
-            return
-        if not isinstance(mappings, dict):
-            self.add("Mappings", f"must be an object, not {_kind(mappings)}")
-            return
-        for name, top in mappings.items():
+        for name, top in self.section("Mappings").items():
             if not isinstance(top, dict):
                 self.add(f"Mappings.{name}", "must map top-level keys to objects")
                 continue
@@ -311,15 +304,7 @@ class _Checker:
         elif arg == NO_VALUE or arg in self.parameters:
             return
         elif arg in self.resources:
-            resource = self.resources[arg]
-            kind = resource.get("Type") if isinstance(resource, dict) else None
-            props = resource.get("Properties") if isinstance(resource, dict) else None
-            prop = NAME_PROPERTY.get(str(kind))
-            has = isinstance(props, dict) and prop in props
-            if kind == "AWS::IoT::Policy" and not has:
-                self.add(at, f"Ref {arg}: that policy has no PolicyName to refer to")
-            elif kind == "AWS::IoT::Thing" and not has:
-                self.add(at, f"Ref {arg}: that thing has no ThingName to refer to")
+            self.resource_name(arg, at, f"Ref {arg}")
         elif arg in PARAMETERS:
             self.add(at, f"Ref {arg}: not declared; declare it under Parameters")
         else:
@@ -328,6 +313,16 @@ class _Checker:
                 f"Ref {arg}: no parameter or resource of that name is declared "
                 "(JITP parameters are AWS::IoT::Certificate::*)",
             )
+
+    def resource_name(self, logical_id: str, where: str, label: str) -> None:
+        """A reference to a resource gives its name: it must have one."""
+        resource = self.resources[logical_id]
+        if not isinstance(resource, dict) or resource.get("Type") == "AWS::IoT::Certificate":
+            return  # a certificate's name is its id, always known
+        prop = NAME_PROPERTY.get(str(resource.get("Type")))
+        properties = resource.get("Properties")
+        if prop is not None and not (isinstance(properties, dict) and prop in properties):
+            self.add(where, f"{label}: that resource has no {prop} to refer to")
 
     def condition_name(self, arg: Any, where: str) -> None:
         if not isinstance(arg, str):
@@ -364,20 +359,23 @@ class _Checker:
             given = name if name is not None else _kind(node)
             self.add(where, f"must be {what}, not {given}")
 
+    def list_argument(self, node: Any, where: str, in_conditions: bool) -> None:
+        self.argument(
+            node,
+            where,
+            in_conditions,
+            literal=(list,),
+            functions=_LIST_FUNCTIONS,
+            what="a list of values (or a function giving one)",
+        )
+
     def fn_join(self, arg: Any, at: str, in_conditions: bool) -> None:
         if not self.arguments("Fn::Join", arg, at, "[delimiter, [values]]", 2):
             return
         delimiter, values = arg
         if not isinstance(delimiter, str):
             self.add(f"{at}[0]", f"the delimiter must be a string, not {_kind(delimiter)}")
-        self.argument(
-            values,
-            f"{at}[1]",
-            in_conditions,
-            literal=(list,),
-            functions=_LIST_FUNCTIONS,
-            what="a list of values (or a function giving one)",
-        )
+        self.list_argument(values, f"{at}[1]", in_conditions)
         if isinstance(values, list):
             for i, item in enumerate(values):
                 self.string(item, f"{at}[1][{i}]")
@@ -407,14 +405,7 @@ class _Checker:
         elif not isinstance(index, int) or isinstance(index, bool) or index < 0:
             self.add(f"{at}[0]", f"the index must be a number from 0, not {index!r}")
             index = None
-        self.argument(
-            values,
-            f"{at}[1]",
-            in_conditions,
-            literal=(list,),
-            functions=_LIST_FUNCTIONS,
-            what="a list of values (or a function giving one)",
-        )
+        self.list_argument(values, f"{at}[1]", in_conditions)
         length = _static_length(values)
         if index is not None and length is not None and index >= length:
             self.add(f"{at}[0]", f"index {index} is out of range: the list has {length} items")
@@ -453,9 +444,11 @@ class _Checker:
             self.add(where, f"Fn::Sub takes a literal string, not {_kind(text)}")
             return
         for name in SUB_VARIABLE.findall(text):
-            if name in variables or name in self.parameters or name in self.resources:
+            if name in variables or name in self.parameters:
                 continue
-            if name in PARAMETERS:
+            if name in self.resources:
+                self.resource_name(name, where, f"${{{name}}}")
+            elif name in PARAMETERS:
                 self.add(where, f"${{{name}}}: not declared; declare it under Parameters")
             else:
                 self.add(
