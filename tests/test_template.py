@@ -388,5 +388,5 @@ def test_the_registry_refuses_a_template_body_that_is_an_object(session_ca):
     from loadgen.emulator.registry import Registry
 
     config = {"templateBody": json.loads(REGISTRATION_CONFIG["templateBody"]), "roleArn": "arn:x"}
-    with pytest.raises(TemplateError, match="^templateBody: must be the template as an escaped"):
+    with pytest.raises(TemplateError, match=r"^templateBody: must be the template as an escaped"):
         Registry().register_ca(session_ca.cert, config)
