@@ -210,3 +210,11 @@ def test_a_run_refuses_a_readable_template_with_the_same_location(tmp_path):
     result = run_loadgen("run", tmp_path / "s.yaml")
     assert_user_error(result, f"{template}: {BROKEN_JOIN}: Ref AWS::IoT::Certificate::StateName")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.yaml", "template.yaml"]
+
+
+def test_render_refuses_a_template_with_a_structural_problem_naming_its_location(tmp_path):
+    template = tmp_path / "template.yaml"
+    template.write_text(yaml.safe_dump(_broken_template()))
+    result = run_loadgen("template", "render", template, "--role-arn", "arn:x")
+    assert_user_error(result, f"{template}: {BROKEN_JOIN}: Ref AWS::IoT::Certificate::StateName")
+    assert result.out == ""
