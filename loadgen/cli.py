@@ -514,7 +514,7 @@ def template() -> None:
 @click.option("--role-arn", required=True, help="A role with AWSIoTThingsRegistration.")
 def template_render(path: Path, role_arn: str) -> None:
     """A readable template (.yaml or .json) in, the --registration-config JSON out."""
-    config = emu_render.registration_config(emu_render.load_template(path), role_arn)
+    config = emu_render.render_registration(path, role_arn, "--role-arn")
     click.echo(json.dumps(config, indent=2))
 
 

@@ -16,6 +16,7 @@ from loadgen.emulator.serve import load_registration_config
 from loadgen.emulator.structure import config_problems, template_problems
 from loadgen.errors import ConfigError
 
+ROLE = "arn:aws:iam::123456789012:role/JITPRole"
 DATA = Path(__file__).parent / "data"
 SHIPPED = sorted((Path(__file__).parent.parent / "scenarios" / "templates").glob("*.yaml"))
 P = tpl.PARAMETER_PREFIX
@@ -363,7 +364,7 @@ def test_every_problem_is_listed_not_only_the_first():
 
 def test_a_template_body_that_is_an_object_is_refused(tmp_path):
     path = tmp_path / "config.json"
-    path.write_text(json.dumps({"templateBody": {"Resources": {}}, "roleArn": "arn:x"}))
+    path.write_text(json.dumps({"templateBody": {"Resources": {}}, "roleArn": ROLE}))
     with pytest.raises(ConfigError, match=r"config.json: templateBody: must be the template as an"):
         load_registration_config(path)
 
@@ -387,6 +388,22 @@ def test_a_shipped_template_has_no_problems(path):
 def test_the_registry_refuses_a_template_body_that_is_an_object(session_ca):
     from loadgen.emulator.registry import Registry
 
-    config = {"templateBody": json.loads(REGISTRATION_CONFIG["templateBody"]), "roleArn": "arn:x"}
+    config = {"templateBody": json.loads(REGISTRATION_CONFIG["templateBody"]), "roleArn": ROLE}
     with pytest.raises(TemplateError, match=r"^templateBody: must be the template as an escaped"):
         Registry().register_ca(session_ca.cert, config)
+
+
+def test_a_role_arn_that_is_not_an_iam_roles_arn_is_refused():
+    config = dict(REGISTRATION_CONFIG, roleArn="arn:aws:iam::123:user/me")
+    (problem,) = [str(p) for p in config_problems(config)[1]]
+    assert problem.startswith("roleArn: 'arn:aws:iam::123:user/me' is not an IAM role's ARN")
+
+
+def test_a_template_body_over_aws_limit_is_refused_when_loaded(tmp_path):
+    template = json.loads(REGISTRATION_CONFIG["templateBody"])
+    template["Resources"]["thing"]["Properties"]["AttributePayload"] = {"pad": "x" * 11_000}
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(dict(REGISTRATION_CONFIG, templateBody=json.dumps(template))))
+    over = r"config.json: templateBody: \d\d,\d{3} characters, over AWS.s 10,240"
+    with pytest.raises(ConfigError, match=over):
+        load_registration_config(path)

@@ -9,6 +9,7 @@ import yaml
 from loadgen.emulator.defaults import REGISTRATION_CONFIG
 from tests.conftest import ROOT, assert_user_error, run_loadgen
 
+ROLE = "arn:aws:iam::123456789012:role/JITPRole"
 DATA = ROOT / "tests" / "data"
 QUICKSTART = ROOT / "scenarios" / "quickstart.yaml"
 LIGHTBULB = ROOT / "scenarios" / "templates" / "lightbulb.yaml"
@@ -16,7 +17,7 @@ LIGHTBULB = ROOT / "scenarios" / "templates" / "lightbulb.yaml"
 
 def _config(tmp_path, template):
     path = tmp_path / "config.json"
-    path.write_text(json.dumps({"templateBody": json.dumps(template), "roleArn": "arn:x"}))
+    path.write_text(json.dumps({"templateBody": json.dumps(template), "roleArn": ROLE}))
     return path
 
 
@@ -127,7 +128,7 @@ def test_check_lists_every_structural_problem(tmp_path):
 def test_check_of_a_template_body_that_is_an_object_is_an_error(tmp_path):
     path = tmp_path / "config.json"
     path.write_text(
-        json.dumps({"templateBody": yaml.safe_load(LIGHTBULB.read_text()), "roleArn": "a"})
+        json.dumps({"templateBody": yaml.safe_load(LIGHTBULB.read_text()), "roleArn": ROLE})
     )
     result = run_loadgen("template", "check", path)
     assert result.code == 1
@@ -215,6 +216,21 @@ def test_a_run_refuses_a_readable_template_with_the_same_location(tmp_path):
 def test_render_refuses_a_template_with_a_structural_problem_naming_its_location(tmp_path):
     template = tmp_path / "template.yaml"
     template.write_text(yaml.safe_dump(_broken_template()))
-    result = run_loadgen("template", "render", template, "--role-arn", "arn:x")
+    result = run_loadgen("template", "render", template, "--role-arn", ROLE)
     assert_user_error(result, f"{template}: {BROKEN_JOIN}: Ref AWS::IoT::Certificate::StateName")
     assert result.out == ""
+
+
+def test_render_refuses_a_role_arn_that_is_not_an_iam_roles_arn():
+    result = run_loadgen("template", "render", LIGHTBULB, "--role-arn", "JITPRole")
+    assert_user_error(result, "--role-arn: 'JITPRole' is not an IAM role's ARN")
+
+
+def test_a_run_refuses_an_emulator_role_arn_that_is_not_an_iam_roles_arn(tmp_path):
+    scenario = yaml.safe_load(QUICKSTART.read_text())
+    scenario["fleet"] = {"ca": "ca", "store": "fleet", "count": 5}
+    scenario["emulator"] = {"template": str(LIGHTBULB), "role_arn": "JITPRole"}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(scenario))
+    result = run_loadgen("run", tmp_path / "s.yaml")
+    assert_user_error(result, "emulator.role_arn: 'JITPRole' is not an IAM role's ARN")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.yaml"]

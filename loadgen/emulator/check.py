@@ -5,7 +5,6 @@ with; the rest (fleet profile, policy) needs the scenario."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,14 +15,17 @@ from loadgen.emulator import policy
 from loadgen.emulator import template as tpl
 from loadgen.emulator.errors import ClientError
 from loadgen.emulator.registry import subject_parameters
-from loadgen.emulator.render import read_template
+from loadgen.emulator.render import read_template, registration_config
 from loadgen.emulator.serve import read_registration_config
-from loadgen.emulator.structure import Problem, config_problems, template_problems
+from loadgen.emulator.structure import (
+    Problem,
+    body_problems,
+    config_problems,
+    template_problems,
+)
 from loadgen.load.plan import device_client_id, render
 from loadgen.scenario.schema import Publish, Scenario
 
-# AWS's limit on a provisioning template's body.
-MAX_TEMPLATE_BODY = 10_240
 _SAMPLES = 50
 _BY_PARAMETER = {tpl.PARAMETER_PREFIX + f.jitp_parameter: f.name for f in FIELDS}
 
@@ -40,10 +42,9 @@ class Finding:
 
 @dataclass(frozen=True)
 class Loaded:
-    """A config or readable template as read: the templateBody text AWS would get
-    (None when there is none), the template, and what the structural check found."""
+    """A config or readable template as read: the template (None when its body is
+    not one) and what the structural check found."""
 
-    body: str | None
     template: Any
     problems: list[Problem]
 
@@ -53,30 +54,24 @@ def load_config(path: Path) -> Loaded:
     Resources and no templateBody), read and checked as the emulator checks it.
     A file that cannot be read or parsed is a ``ConfigError`` (exit 2)."""
     if path.suffix in (".yaml", ".yml"):
-        data = read_template(path)
-        return Loaded(json.dumps(data), data, template_problems(data))
+        return _readable(read_template(path))
     data = read_registration_config(path)
     if isinstance(data, dict) and "Resources" in data and "templateBody" not in data:
-        return Loaded(json.dumps(data), data, template_problems(data))
+        return _readable(data)
     template, problems = config_problems(data)
-    body = data.get("templateBody") if isinstance(data, dict) else None
-    return Loaded(body if isinstance(body, str) else None, template, problems)
+    return Loaded(template, problems)
+
+
+def _readable(template: Any) -> Loaded:
+    """A readable template, with the size of the body `template render` makes of it."""
+    problems = template_problems(template)
+    if isinstance(template, dict):
+        problems += body_problems(registration_config(template, "")["templateBody"])
+    return Loaded(template, problems)
 
 
 def check(loaded: Loaded, scenario: Scenario | None) -> list[Finding]:
     findings = [Finding(True, p.where, p.message) for p in loaded.problems]
-    body = loaded.body
-    if body is not None and len(body) > MAX_TEMPLATE_BODY:
-        findings.append(
-            Finding(
-                True,
-                "templateBody",
-                (
-                    f"{len(body):,} characters, over AWS's {MAX_TEMPLATE_BODY:,}: "
-                    "move the policy to a named policy (PolicyName) or shorten it"
-                ),
-            )
-        )
     if loaded.problems or not isinstance(loaded.template, dict):
         return findings  # the checks below evaluate the template: it must be sound
     template = loaded.template

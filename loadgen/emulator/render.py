@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from loadgen.emulator.structure import template_problems
+from loadgen.emulator.structure import config_problems, template_problems
 from loadgen.errors import ConfigError
 
 
@@ -41,3 +41,16 @@ def load_template(path: Path) -> dict[str, Any]:
 
 def registration_config(template: dict[str, Any], role_arn: str) -> dict[str, Any]:
     return {"templateBody": json.dumps(template, indent=2), "roleArn": role_arn}
+
+
+def render_registration(path: Path, role_arn: str, role_option: str) -> dict[str, Any]:
+    """The registration config for the readable template at ``path``, checked as
+    the emulator checks a config; a bad role ARN is named by the option or field
+    ``role_option`` that gave it."""
+    config = registration_config(load_template(path), role_arn)
+    _, problems = config_problems(config)
+    if problems:
+        first = problems[0]
+        where = role_option if first.where == "roleArn" else f"{path}: {first.where}"
+        raise ConfigError(f"{where}: {first.message}")
+    return config

@@ -41,6 +41,11 @@ NAME_PROPERTY = {
     "AWS::IoT::Policy": "PolicyName",
 }
 SUB_VARIABLE = re.compile(r"\$\{([^}!][^}]*)\}")
+# AWS's RegistrationConfig limits: templateBody up to 10,240 characters, roleArn
+# 20 to 2,048 and an IAM role's ARN.
+MAX_TEMPLATE_BODY = 10_240
+ROLE_ARN = re.compile(r"arn:(aws[a-zA-Z-]*)?:iam::\d{12}:role/?[a-zA-Z_0-9+=,.@\-_/]+")
+MAX_ROLE_ARN = 2048
 
 VALUE_FUNCTIONS = (
     "Fn::Join",
@@ -78,7 +83,11 @@ def config_problems(config: Any) -> tuple[Any, list[Problem]]:
     template = None
     body = config.get("templateBody")
     if body is None:
-        problems.append(Problem("templateBody", "missing: the template, as an escaped JSON string"))
+        # Newer accounts may attach a template by name; the emulator has none by name.
+        by_name = " (the emulator has no templates by name)" if "templateName" in config else ""
+        problems.append(
+            Problem("templateBody", f"missing: the template, as an escaped JSON string{by_name}")
+        )
     elif not isinstance(body, str):
         problems.append(
             Problem(
@@ -88,6 +97,7 @@ def config_problems(config: Any) -> tuple[Any, list[Problem]]:
             )
         )
     else:
+        problems += body_problems(body)
         try:
             # strict=False: the reference document's readable example has raw
             # line breaks inside strings, and AWS accepts it.
@@ -97,12 +107,30 @@ def config_problems(config: Any) -> tuple[Any, list[Problem]]:
         else:
             problems += template_problems(template)
     role = config.get("roleArn")
-    if not isinstance(role, str) or not role.strip():
-        what = "missing" if role is None else f"must be a role ARN, got {role!r}"
+    if role is None:
+        problems.append(Problem("roleArn", "missing: the IAM role JITP provisions with"))
+    elif not isinstance(role, str) or len(role) > MAX_ROLE_ARN or not ROLE_ARN.fullmatch(role):
         problems.append(
-            Problem("roleArn", f"{what}: the IAM role JITP provisions with (AWS requires it)")
+            Problem(
+                "roleArn",
+                f"{role!r} is not an IAM role's ARN (arn:aws:iam::ACCOUNT:role/NAME): "
+                "the role JITP provisions with",
+            )
         )
     return template, problems
+
+
+def body_problems(body: str) -> list[Problem]:
+    """What AWS refuses in a templateBody's text, whatever the template says."""
+    if len(body) <= MAX_TEMPLATE_BODY:
+        return []
+    return [
+        Problem(
+            "templateBody",
+            f"{len(body):,} characters, over AWS's {MAX_TEMPLATE_BODY:,}: "
+            "move the policy to a named policy (PolicyName) or shorten it",
+        )
+    ]
 
 
 def template_problems(template: Any) -> list[Problem]:
