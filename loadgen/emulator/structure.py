@@ -207,10 +207,8 @@ class _Checker:
                     "OrganizationalUnit, DistinguishedNameQualifier, StateName, CommonName, "
                     "SerialNumber and Id: remove it or derive it from those",
                 )
-            elif not isinstance(spec, dict) or spec.get("Type") != "String":
-                self.add(where, 'must be an object with "Type": "String"')
-            elif "Default" in spec and not isinstance(spec["Default"], str):
-                self.add(f"{where}.Default", "must be a string")
+            elif not isinstance(spec, dict) or not isinstance(spec.get("Type"), str):
+                self.add(where, 'must be an object with a Type ({"Type": "String"})')
 
     def check_mappings(self) -> None:
         for name, top in self.section("Mappings").items():
