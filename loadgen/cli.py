@@ -533,7 +533,7 @@ def template() -> None:
 @click.option("--role-arn", required=True, help="A role with AWSIoTThingsRegistration.")
 def template_render(path: Path, role_arn: str) -> None:
     """A readable template (.yaml or .json) in, the --registration-config JSON out."""
-    config = emu_render.registration_config(emu_render.load_template(path), role_arn)
+    config = emu_render.render_registration(path, role_arn, "--role-arn")
     click.echo(json.dumps(config, indent=2))
 
 
@@ -547,9 +547,9 @@ def template_render(path: Path, role_arn: str) -> None:
 )
 def template_check(path: Path, scenario_path: Path | None) -> None:
     """Lint a registration config (or readable template); exit 1 on errors."""
-    body, raw = emu_check.load_config(path)
+    loaded = emu_check.load_config(path)
     scenario_ = load_scenario(scenario_path) if scenario_path is not None else None
-    findings = emu_check.check(body, raw, scenario_)
+    findings = emu_check.check(loaded, scenario_)
     for finding in findings:
         click.echo(str(finding))
     errors = sum(f.error for f in findings)

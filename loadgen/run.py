@@ -16,8 +16,8 @@ from loadgen.certs.mint import MintRequest, MintResult, mint
 from loadgen.certs.profile import load_profile
 from loadgen.certs.store import FleetStore
 from loadgen.device.lifecycle import PublishStep, SubscribeStep
-from loadgen.emulator.render import load_template, registration_config
-from loadgen.emulator.serve import EmbeddedEmulator, start_embedded
+from loadgen.emulator.render import render_registration
+from loadgen.emulator.serve import EmbeddedEmulator, load_registration_config, start_embedded
 from loadgen.errors import ConfigError, UserError
 from loadgen.files import check_writable, write
 from loadgen.listen import check_listen
@@ -55,6 +55,12 @@ def check_plan(scenario: Scenario, options: RunOptions) -> RunPlan:
         if scenario.emulator.metrics_port is not None:
             check_listen("127.0.0.1", scenario.emulator.metrics_port, "emulator.metrics_port")
         options = replace(options, endpoint=_PLACEHOLDER)
+        # The emulator would refuse these at its start, after the fleet is minted.
+        spec = scenario.emulator
+        if spec.template is not None:
+            render_registration(spec.template, spec.role_arn, "emulator.role_arn")
+        elif spec.registration_config is not None:
+            load_registration_config(spec.registration_config)
     return make_plan(scenario, options)
 
 
@@ -88,7 +94,7 @@ def endpoint(scenario: Scenario, options: RunOptions) -> Iterator[EndpointSessio
     if spec.template is not None:
         config = state / "registration-config.json"
         state.mkdir(parents=True, exist_ok=True)
-        rendered = registration_config(load_template(spec.template), spec.role_arn)
+        rendered = render_registration(spec.template, spec.role_arn, "emulator.role_arn")
         write(config, json.dumps(rendered).encode())
     emulator = start_embedded(
         scenario.fleet.ca,

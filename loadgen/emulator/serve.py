@@ -22,6 +22,7 @@ from loadgen.emulator.errors import ProvisioningError
 from loadgen.emulator.registry import Registry
 from loadgen.emulator.server import Emulator
 from loadgen.emulator.state import RegistryStore
+from loadgen.emulator.structure import config_problems
 from loadgen.errors import ConfigError, LoadgenError, UserError
 from loadgen.files import write
 
@@ -38,17 +39,26 @@ class CaRegistration:
     auto_registration: bool = True
 
 
-def load_registration_config(path: Path) -> dict[str, Any]:
+def read_registration_config(path: Path) -> Any:
+    """A registration config file's JSON, not yet checked."""
     try:
         # strict=False: the reference document's readable example has raw line
         # breaks inside its strings.
-        data = json.loads(path.read_text(), strict=False)
+        return json.loads(path.read_text(), strict=False)
     except FileNotFoundError:
         raise ConfigError(f"{path}: registration config not found") from None
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{path}: not a JSON registration config: {exc}") from None
-    if not isinstance(data, dict) or "templateBody" not in data:
-        raise ConfigError(f"{path}: a registration config needs templateBody (and roleArn)")
+
+
+def load_registration_config(path: Path) -> dict[str, Any]:
+    """A registration config AWS would accept, or a ``ConfigError`` naming the
+    file and the location of its first problem (as `template check` lists them)."""
+    data = read_registration_config(path)
+    _, problems = config_problems(data)
+    if problems:
+        raise ConfigError(f"{path}: {problems[0]}")
+    assert isinstance(data, dict)
     return data
 
 
