@@ -1,0 +1,310 @@
+"""No process outlives the run: however `loadgen run` or `certs mint` ends
+(SIGKILL, SIGTERM, SIGHUP, during the run or its --linger), its workers, mint
+workers and embedded emulator are gone within moments, and a stopped run still
+writes its partial report."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.brokers import free_port
+from tests.test_run import _scenario
+
+# How long children may take to notice their parent is gone: "moments", with
+# room for a loaded machine.
+GONE_WITHIN = 10.0
+# How long a run may take to be under way (mint, start workers, first devices).
+UNDER_WAY_WITHIN = 120.0
+
+
+def _stat(pid: int) -> tuple[str, int, int] | None:
+    """(state, parent pid, start time) of a live process, None once it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text[text.rindex(")") + 2 :].split()  # the name may hold spaces
+    if fields[0] in ("Z", "X"):  # exited, waiting to be reaped: gone
+        return None
+    return fields[0], int(fields[1]), int(fields[19])
+
+
+def descendants(root: int) -> dict[int, int]:
+    """Every live process below ``root``: pid to start time (a reused pid is
+    another process)."""
+    children: dict[int, list[int]] = {}
+    starts: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (stat := _stat(int(entry.name))) is not None:
+            children.setdefault(stat[1], []).append(int(entry.name))
+            starts[int(entry.name)] = stat[2]
+    found: dict[int, int] = {}
+    todo = list(children.get(root, []))
+    while todo:
+        pid = todo.pop()
+        if pid in starts and pid not in found:
+            found[pid] = starts[pid]
+            todo.extend(children.get(pid, []))
+    return found
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def still_running(processes: dict[int, int]) -> dict[int, str]:
+    return {
+        pid: _cmdline(pid)
+        for pid, start in processes.items()
+        if (stat := _stat(pid)) is not None and stat[2] == start
+    }
+
+
+def assert_all_gone(processes: dict[int, int], within: float = GONE_WITHIN) -> None:
+    deadline = time.monotonic() + within
+    while (left := still_running(processes)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not left, f"still running {within:.0f} s later: {left}"
+
+
+def wait_for(condition, what: str, process: subprocess.Popen, within: float = UNDER_WAY_WITHIN):
+    deadline = time.monotonic() + within
+    while not (value := condition()):
+        if process.poll() is not None:
+            _, err = process.communicate()
+            pytest.fail(f"exited ({process.returncode}) before {what}: {err[-2000:]}")
+        assert time.monotonic() < deadline, f"not {what} after {within:.0f} s"
+        time.sleep(0.2)
+    return value
+
+
+def devices_finished(metrics_port: int) -> float:
+    """What the run's own Prometheus endpoint counts as finished (0 before it serves)."""
+    try:
+        url = f"http://127.0.0.1:{metrics_port}/metrics"
+        text = urllib.request.urlopen(url, timeout=2).read().decode()
+    except OSError:
+        return 0.0
+    match = re.search(r"^loadgen_devices_finished\S*\{[^}]*\} (\S+)$", text, re.MULTILINE)
+    return float(match[1]) if match else 0.0
+
+
+def workers_of(processes: dict[int, int]) -> list[int]:
+    return [pid for pid in processes if "spawn_main" in _cmdline(pid)]
+
+
+def emulators_of(processes: dict[int, int]) -> list[int]:
+    return [pid for pid in processes if "emulator serve" in _cmdline(pid)]
+
+
+@pytest.fixture
+def reaped():
+    """Started processes, killed and waited for at the end whatever the test did."""
+    started: list[subprocess.Popen] = []
+    yield started
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+
+
+def _loadgen(reaped, *args: str | Path) -> subprocess.Popen:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "loadgen", *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    reaped.append(process)
+    return process
+
+
+def _embedded_scenario(root: Path, rate: str = "5/s") -> Path:
+    """The embedded emulator as endpoint; devices arrive slowly and hold a while,
+    so a run of a few hundred is surely under way when signalled."""
+    root.mkdir(parents=True, exist_ok=True)
+    scenario = {
+        "name": "lifetime-test",
+        "endpoint": "embedded",
+        "mqtt": {"version": 5, "client_id": "{common_name}"},
+        "fleet": {"ca": "ca", "store": "fleet", "count": 300},
+        "retry": {"initial": "50ms", "max": "200ms", "max_attempts": 4},
+        "load": {"executor": "constant-arrival-rate", "rate": rate, "max_in_flight": 100},
+        "after_connect": [{"hold": {"duration": "2s"}}],
+        "emulator": {"quotas": {"provision": "off", "connect-per-client": "off"}},
+    }
+    path = root / "scenario.yaml"
+    path.write_text(yaml.safe_dump(scenario))
+    return path
+
+
+def _under_way(reaped, scenario: Path, *extra: str | Path, workers: int = 2):
+    """`loadgen run` started and some devices finished; its processes then."""
+    port = free_port()
+    process = _loadgen(
+        reaped, "run", scenario, "--workers", str(workers), "--metrics-port", str(port), *extra
+    )
+    wait_for(lambda: devices_finished(port) >= 1, "under way", process)
+    return process, descendants(process.pid)
+
+
+def _mid_run(reaped, scenario: Path, *extra: str | Path, workers: int = 2):
+    """`_under_way`, with all its workers still running."""
+    process, children = _under_way(reaped, scenario, *extra, workers=workers)
+    assert len(workers_of(children)) == workers, {p: _cmdline(p) for p in children}
+    return process, children
+
+
+def test_sigkill_of_a_run_takes_its_workers_and_embedded_emulator_with_it(tmp_path, reaped):
+    process, children = _mid_run(reaped, _embedded_scenario(tmp_path))
+    assert len(emulators_of(children)) == 1
+    process.kill()
+    process.wait()
+    assert_all_gone(children)
+
+
+def test_sigkill_of_a_run_against_mosquitto_leaves_no_worker_and_no_flood_of_errors(
+    tmp_path, reaped, mosquitto, device_ca
+):
+    # Workers share the parent's stderr: it reaches end-of-file once they are
+    # all gone, and holds whatever they wrote after their parent's death.
+    path = _scenario(
+        tmp_path,
+        mosquitto,
+        device_ca,
+        load={"executor": "constant-arrival-rate", "rate": "10/s", "max_in_flight": 50},
+    )
+    process, children = _mid_run(reaped, path, "--count", "2000")
+    process.kill()
+    process.wait()
+    assert_all_gone(children)
+    assert process.stderr is not None
+    err = process.stderr.read()
+    assert "EOFError" not in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_or_sighup_mid_run_writes_the_partial_report_and_leaves_no_process(
+    tmp_path, reaped, sig
+):
+    report = tmp_path / "r.json"
+    process, children = _mid_run(reaped, _embedded_scenario(tmp_path), "--report", report)
+    process.send_signal(sig)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert "Traceback" not in err
+    written = json.loads(report.read_text())
+    assert written["partial"] is True
+    assert 0 < written["devices"] < 300
+    assert not list(tmp_path.glob(".*.tmp"))  # written atomically
+    assert_all_gone(children)
+
+
+def test_sigterm_during_linger_ends_it_and_stops_the_embedded_emulator(tmp_path, reaped):
+    report = tmp_path / "r.json"
+    scenario = _embedded_scenario(tmp_path, rate="100/s")
+    process, children = _under_way(
+        reaped, scenario, "--count", "20", "--report", report, "--linger", "600"
+    )
+    emulator = emulators_of(children)
+    assert len(emulator) == 1
+    port = _listening_port(tmp_path / "emulator" / "emulator.log", emulator[0])
+    wait_for(report.exists, "the report written", process)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err  # the run's own status: it had finished
+    assert "linger" in err and "Traceback" not in err
+    assert json.loads(report.read_text())["partial"] is False
+    assert_all_gone(children)
+    with socket.socket() as s:  # its port is free for the next run
+        s.bind(("127.0.0.1", port))
+
+
+def _listening_port(log: Path, pid: int) -> int:
+    """The TCP port the emulator process listens on, from /proc."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        target = str(fd.readlink()) if fd.is_symlink() else ""
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+            return int(fields[1].split(":")[1], 16)
+    pytest.fail(f"emulator {pid} listens on no TCP port ({log})")
+
+
+def test_sigkill_of_certs_mint_takes_its_workers_with_it(tmp_path, reaped):
+    from loadgen.certs.ca import init_ca
+
+    init_ca(tmp_path / "ca")
+    fleet = tmp_path / "fleet"
+    process = _loadgen(
+        reaped,
+        *("certs", "mint", "--ca", tmp_path / "ca", "--out", fleet),
+        *("--count", "500000", "--workers", "2"),
+    )
+
+    def minting() -> dict[int, int] | None:
+        # The chunks' folder exists while the pool of workers mints.
+        children = descendants(process.pid)
+        return children if len(children) >= 2 and (fleet / ".parts").is_dir() else None
+
+    children = wait_for(minting, "minting in workers", process)
+    process.kill()
+    process.wait()
+    assert_all_gone(children)
+
+
+def test_a_worker_whose_parent_pipe_closes_stops_with_one_line(
+    tmp_path, mosquitto, device_ca, capfd
+):
+    from loadgen.load.workers import _worker_main
+    from loadgen.run import RunOptions, ensure_fleet, make_plan
+    from loadgen.scenario.schema import load_scenario
+
+    path = _scenario(
+        tmp_path,
+        mosquitto,
+        device_ca,
+        load={"executor": "constant-arrival-rate", "rate": "10/s", "max_in_flight": 50},
+    )
+    scenario = load_scenario(path)
+    ensure_fleet(scenario, 200, 1)
+    plan = make_plan(scenario, RunOptions(count=200))
+    context = multiprocessing.get_context("spawn")
+    parent_end, child_end = context.Pipe()
+    worker = context.Process(target=_worker_main, args=(plan, 0, child_end))
+    worker.start()
+    child_end.close()
+    try:
+        assert parent_end.poll(UNDER_WAY_WITHIN), "the worker never got ready"
+        assert parent_end.recv()[0] == "ready"
+        parent_end.send(("start", time.time()))
+        while parent_end.poll(UNDER_WAY_WITHIN) and parent_end.recv()[0] != "progress":
+            pass  # under way once it reports progress
+        parent_end.close()
+        worker.join(GONE_WITHIN)
+        assert worker.exitcode is not None, "still running with its parent pipe closed"
+    finally:
+        if worker.is_alive():
+            worker.kill()
+        worker.join()
+    err = capfd.readouterr().err
+    assert err.count("lost its parent process") == 1, err
+    assert "Traceback" not in err and "EOFError" not in err
