@@ -20,66 +20,11 @@ import pytest
 import yaml
 
 from tests.brokers import free_port
+from tests.processes import GONE_WITHIN, assert_all_gone, cmdline, descendants
 from tests.test_run import _scenario
 
-# How long children may take to notice their parent is gone: "moments", with
-# room for a loaded machine.
-GONE_WITHIN = 10.0
 # How long a run may take to be under way (mint, start workers, first devices).
 UNDER_WAY_WITHIN = 120.0
-
-
-def _stat(pid: int) -> tuple[str, int, int] | None:
-    """(state, parent pid, start time) of a live process, None once it is gone."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = text[text.rindex(")") + 2 :].split()  # the name may hold spaces
-    if fields[0] in ("Z", "X"):  # exited, waiting to be reaped: gone
-        return None
-    return fields[0], int(fields[1]), int(fields[19])
-
-
-def descendants(root: int) -> dict[int, int]:
-    """Every live process below ``root``: pid to start time (a reused pid is
-    another process)."""
-    children: dict[int, list[int]] = {}
-    starts: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and (stat := _stat(int(entry.name))) is not None:
-            children.setdefault(stat[1], []).append(int(entry.name))
-            starts[int(entry.name)] = stat[2]
-    found: dict[int, int] = {}
-    todo = list(children.get(root, []))
-    while todo:
-        pid = todo.pop()
-        if pid in starts and pid not in found:
-            found[pid] = starts[pid]
-            todo.extend(children.get(pid, []))
-    return found
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
-
-
-def still_running(processes: dict[int, int]) -> dict[int, str]:
-    return {
-        pid: _cmdline(pid)
-        for pid, start in processes.items()
-        if (stat := _stat(pid)) is not None and stat[2] == start
-    }
-
-
-def assert_all_gone(processes: dict[int, int], within: float = GONE_WITHIN) -> None:
-    deadline = time.monotonic() + within
-    while (left := still_running(processes)) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not left, f"still running {within:.0f} s later: {left}"
 
 
 def wait_for(condition, what: str, process: subprocess.Popen, within: float = UNDER_WAY_WITHIN):
@@ -105,11 +50,11 @@ def devices_finished(metrics_port: int) -> float:
 
 
 def workers_of(processes: dict[int, int]) -> list[int]:
-    return [pid for pid in processes if "spawn_main" in _cmdline(pid)]
+    return [pid for pid in processes if "spawn_main" in cmdline(pid)]
 
 
 def emulators_of(processes: dict[int, int]) -> list[int]:
-    return [pid for pid in processes if "emulator serve" in _cmdline(pid)]
+    return [pid for pid in processes if "emulator serve" in cmdline(pid)]
 
 
 @pytest.fixture
@@ -166,7 +111,7 @@ def _under_way(reaped, scenario: Path, *extra: str | Path, workers: int = 2):
 def _mid_run(reaped, scenario: Path, *extra: str | Path, workers: int = 2):
     """`_under_way`, with all its workers still running."""
     process, children = _under_way(reaped, scenario, *extra, workers=workers)
-    assert len(workers_of(children)) == workers, {p: _cmdline(p) for p in children}
+    assert len(workers_of(children)) == workers, {p: cmdline(p) for p in children}
     return process, children
 
 
@@ -253,11 +198,14 @@ def test_sigkill_of_certs_mint_takes_its_workers_with_it(tmp_path, reaped):
     from loadgen.certs.ca import init_ca
 
     init_ca(tmp_path / "ca")
+    # RSA keys: a worker's chunk of a thousand devices takes a minute, far longer
+    # than a worker may outlive its parent.
+    (tmp_path / "profile.yaml").write_text("key_type: rsa-2048\n")
     fleet = tmp_path / "fleet"
     process = _loadgen(
         reaped,
         *("certs", "mint", "--ca", tmp_path / "ca", "--out", fleet),
-        *("--count", "500000", "--workers", "2"),
+        *("--count", "20000", "--workers", "2", "--profile", tmp_path / "profile.yaml"),
     )
 
     def minting() -> dict[int, int] | None:
@@ -308,3 +256,37 @@ def test_a_worker_whose_parent_pipe_closes_stops_with_one_line(
     err = capfd.readouterr().err
     assert err.count("lost its parent process") == 1, err
     assert "Traceback" not in err and "EOFError" not in err
+
+
+def test_a_child_whose_parent_died_before_it_asked_to_die_with_it_dies_at_once():
+    # The PDEATHSIG race: a parent already gone never signals; getppid() tells.
+    not_my_parent = 1
+    child = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import time; from loadgen.lifeline import die_with_parent; "
+            f"die_with_parent({not_my_parent}, 15); time.sleep(60)",
+        ],
+        timeout=30,
+    )
+    assert child.returncode == -signal.SIGTERM
+
+
+def test_the_embedded_emulator_stops_with_one_line_when_its_stdin_closes(tmp_path, device_ca):
+    from loadgen.emulator.serve import start_embedded
+
+    emulator = start_embedded(device_ca.directory, None, tmp_path)
+    try:
+        assert emulator.process.stdin is not None
+        emulator.process.stdin.close()  # as when the run that started it is gone
+        emulator.process.wait(timeout=GONE_WITHIN)
+    finally:
+        if emulator.process.poll() is None:
+            emulator.process.kill()
+        emulator.process.wait()
+        assert emulator.process.stdout is not None
+        emulator.process.stdout.close()
+    log = (tmp_path / "emulator.log").read_text()
+    assert log.count("lost its parent process") == 1, log
+    assert "Traceback" not in log
