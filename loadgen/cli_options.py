@@ -4,6 +4,7 @@ so the two commands spell and document them the same way."""
 from __future__ import annotations
 
 import functools
+import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,8 +89,9 @@ class Outputs:
         # now: a stop signal ends the wait, and the run's exit status stands.
         if self.metrics_port is not None and self.linger > 0:
             with StopSignals() as stop:
-                if stop.wait(self.linger):
-                    click.echo("loadgen: --linger cut short by a signal", err=True)
+                if stop.wait(self.linger) and stop.received is not None:
+                    name = signal.Signals(stop.received).name
+                    click.echo(f"loadgen: {name}: --linger ended early", err=True)
 
 
 def output_options(command: Callable[..., Any]) -> Callable[..., Any]:

@@ -290,3 +290,25 @@ def test_the_embedded_emulator_stops_with_one_line_when_its_stdin_closes(tmp_pat
     log = (tmp_path / "emulator.log").read_text()
     assert log.count("lost its parent process") == 1, log
     assert "Traceback" not in log
+
+
+def test_sighup_mid_step_ends_a_capacity_search_with_its_partial_report(tmp_path, reaped):
+    report = tmp_path / "r.json"
+    port = free_port()
+    process = _loadgen(
+        reaped,
+        *("capacity", _embedded_scenario(tmp_path), "--slo", "ratio(failed) < 50%"),
+        *("--start", "5/s", "--step", "5/s", "--step-duration", "60s", "--workers", "1"),
+        *("--report", report, "--metrics-port", str(port)),
+    )
+    wait_for(lambda: devices_finished(port) >= 1, "under way", process)
+    children = descendants(process.pid)
+    assert workers_of(children) and emulators_of(children)
+    process.send_signal(signal.SIGHUP)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert "Traceback" not in err
+    written = json.loads(report.read_text())
+    assert written["partial"] is True
+    assert written["capacity"]["interrupted"] is True
+    assert_all_gone(children)
