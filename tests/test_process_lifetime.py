@@ -98,6 +98,12 @@ def _embedded_scenario(root: Path, rate: str = "5/s") -> Path:
     return path
 
 
+def _mosquitto_scenario(tmp_path: Path, mosquitto, device_ca) -> Path:
+    """mosquitto as endpoint; devices arrive slowly enough to be mid-run for minutes."""
+    load = {"executor": "constant-arrival-rate", "rate": "10/s", "max_in_flight": 50}
+    return _scenario(tmp_path, mosquitto, device_ca, load=load)
+
+
 def _under_way(reaped, scenario: Path, *extra: str | Path, workers: int = 2):
     """`loadgen run` started and some devices finished; its processes then."""
     port = free_port()
@@ -128,12 +134,7 @@ def test_sigkill_of_a_run_against_mosquitto_leaves_no_worker_and_no_flood_of_err
 ):
     # Workers share the parent's stderr: it reaches end-of-file once they are
     # all gone, and holds whatever they wrote after their parent's death.
-    path = _scenario(
-        tmp_path,
-        mosquitto,
-        device_ca,
-        load={"executor": "constant-arrival-rate", "rate": "10/s", "max_in_flight": 50},
-    )
+    path = _mosquitto_scenario(tmp_path, mosquitto, device_ca)
     process, children = _mid_run(reaped, path, "--count", "2000")
     process.kill()
     process.wait()
@@ -226,13 +227,7 @@ def test_a_worker_whose_parent_pipe_closes_stops_with_one_line(
     from loadgen.run import RunOptions, ensure_fleet, make_plan
     from loadgen.scenario.schema import load_scenario
 
-    path = _scenario(
-        tmp_path,
-        mosquitto,
-        device_ca,
-        load={"executor": "constant-arrival-rate", "rate": "10/s", "max_in_flight": 50},
-    )
-    scenario = load_scenario(path)
+    scenario = load_scenario(_mosquitto_scenario(tmp_path, mosquitto, device_ca))
     ensure_fleet(scenario, 200, 1)
     plan = make_plan(scenario, RunOptions(count=200))
     context = multiprocessing.get_context("spawn")
