@@ -127,6 +127,8 @@ def test_sigkill_of_a_run_takes_its_workers_and_embedded_emulator_with_it(tmp_pa
     process.kill()
     process.wait()
     assert_all_gone(children)
+    # It stopped the way it stops at the end of a run, not in a crash.
+    assert "Traceback" not in (tmp_path / "emulator" / "emulator.log").read_text()
 
 
 def test_sigkill_of_a_run_against_mosquitto_leaves_no_worker_and_no_flood_of_errors(
