@@ -197,7 +197,8 @@ def _listening_port(log: Path, pid: int) -> int:
     pytest.fail(f"emulator {pid} listens on no TCP port ({log})")
 
 
-def test_sigkill_of_certs_mint_takes_its_workers_with_it(tmp_path, reaped):
+def _minting(reaped, tmp_path: Path):
+    """`certs mint` of a large RSA fleet, its pool of workers minting."""
     from loadgen.certs.ca import init_ca
 
     init_ca(tmp_path / "ca")
@@ -216,9 +217,22 @@ def test_sigkill_of_certs_mint_takes_its_workers_with_it(tmp_path, reaped):
         children = descendants(process.pid)
         return children if len(children) >= 2 and (fleet / ".parts").is_dir() else None
 
-    children = wait_for(minting, "minting in workers", process)
+    return process, wait_for(minting, "minting in workers", process)
+
+
+def test_sigkill_of_certs_mint_takes_its_workers_with_it(tmp_path, reaped):
+    process, children = _minting(reaped, tmp_path)
     process.kill()
     process.wait()
+    assert_all_gone(children)
+
+
+def test_sigterm_of_certs_mint_stops_it_like_ctrl_c(tmp_path, reaped):
+    process, children = _minting(reaped, tmp_path)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert err.strip().splitlines() == ["loadgen: interrupted; what was finished is kept"], err
     assert_all_gone(children)
 
 
