@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from rich.progress import (
 from rich.table import Table
 
 from loadgen import __version__
+from loadgen import lifeline as lifeline_mod
 from loadgen.capacity.command import capacity_command
 from loadgen.certs import ca as ca_mod
 from loadgen.certs.inspect import FleetSummary, summarize
@@ -467,6 +469,12 @@ def emulator() -> None:
     type=click.Path(path_type=Path),
     help="Keep the registry in this SQLite file: a restart keeps what was provisioned.",
 )
+@click.option(
+    "--lifeline",
+    type=int,
+    hidden=True,
+    help="For the process that starts it (pid): stop when that process ends or stdin closes.",
+)
 def emulator_serve(
     host: str,
     port: int,
@@ -481,8 +489,12 @@ def emulator_serve(
     inactive_cas: tuple[Path, ...],
     manual_cas: tuple[Path, ...],
     state_db: Path | None,
+    lifeline: int | None,
 ) -> None:
     """Serve mutual-TLS MQTT with AWS IoT's JITP flow; prints one line when ready."""
+    if lifeline is not None:
+        # SIGTERM: the emulator stops the way its parent would have stopped it.
+        lifeline_mod.die_with_parent(lifeline, signal.SIGTERM)
     limits = Quotas.parse(quotas)
     if not (cas or inactive_cas or manual_cas):
         raise UserError("register at least one CA (--ca CA_PEM)")
@@ -520,7 +532,11 @@ def emulator_serve(
     emulator_ = Emulator(registry, str(server_cert), str(server_key), limits)
     if metrics_port is not None:
         emu_metrics.serve(emulator_, host, metrics_port)
-    uvloop.run(emu_serve.serve_forever(emulator_, host, port, server_ca))
+    uvloop.run(
+        emu_serve.serve_forever(
+            emulator_, host, port, server_ca, stdin_lifeline=lifeline is not None
+        )
+    )
 
 
 @cli.group()
@@ -592,6 +608,9 @@ cli.add_command(capacity_command)
 
 
 def main() -> None:
+    # A closed terminal or a `kill` stops a command the way Ctrl-C does: a run
+    # still writes what it measured, no child is left behind.
+    lifeline_mod.stop_signals_as_interrupt()
     try:
         cli.main(standalone_mode=False)
     except UserError as exc:

@@ -4,7 +4,7 @@ so the two commands spell and document them the same way."""
 from __future__ import annotations
 
 import functools
-import time
+import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 import click
 
+from loadgen.lifeline import StopSignals
 from loadgen.listen import PORT, check_listen
 from loadgen.load.plan import RunPlan
 from loadgen.metrics import prometheus as prom
@@ -87,9 +88,13 @@ class Outputs:
 
     def linger_for_last_scrape(self) -> None:
         # The last scrape sees the final values (the embedded emulator's too: it
-        # serves until the endpoint's session ends).
+        # serves until the endpoint's session ends). The results are written by
+        # now: a stop signal ends the wait, and the run's exit status stands.
         if self.metrics_port is not None and self.linger > 0:
-            time.sleep(self.linger)
+            with StopSignals() as stop:
+                if stop.wait(self.linger) and stop.received is not None:
+                    name = signal.Signals(stop.received).name
+                    click.echo(f"loadgen: {name}: --linger ended early", err=True)
 
 
 def output_options(command: Callable[..., Any]) -> Callable[..., Any]:

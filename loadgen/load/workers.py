@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from loadgen import lifeline
 from loadgen.load.plan import RunPlan
 from loadgen.load.runner import Progress, Worker
 from loadgen.metrics.stats import RunStats
@@ -36,19 +37,33 @@ class RunTiming:
 
 
 def _worker_main(plan: RunPlan, worker: int, conn: multiprocessing.connection.Connection) -> None:
-    # The parent handles Ctrl-C and tells workers to stop; they must not die first.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # The parent handles Ctrl-C, SIGTERM and SIGHUP and tells workers to stop;
+    # they must not die first. When the parent itself dies, they go with it.
+    lifeline.ignore_stop_signals()
+    lifeline.die_with_multiprocessing_parent(signal.SIGKILL)
     import uvloop
 
+    who = f"loadgen worker {worker}"
+
     def send(message: tuple[str, Any]) -> None:
-        conn.send(message)
+        try:
+            conn.send(message)
+        except OSError:
+            lifeline.parent_lost(who)
+
+    def recv() -> tuple[str, Any]:
+        try:
+            message: tuple[str, Any] = conn.recv()
+        except (EOFError, OSError):
+            lifeline.parent_lost(who)
+        return message
 
     early_stop: list[float] = []
 
     def start_at() -> float:
-        conn.send(("ready", None))
+        send(("ready", None))
         while True:
-            kind, value = conn.recv()
+            kind, value = recv()
             if kind == "start":
                 return float(time.monotonic() + (value - time.time()))
             early_stop.append(float(value))  # a stop before the start: applied at once
@@ -60,7 +75,7 @@ def _worker_main(plan: RunPlan, worker: int, conn: multiprocessing.connection.Co
         runners.append(runner)
 
         def on_message() -> None:
-            kind, grace = conn.recv()
+            kind, grace = recv()
             if kind == "stop":
                 runner.request_stop(float(grace))
 
@@ -88,11 +103,11 @@ def _worker_main(plan: RunPlan, worker: int, conn: multiprocessing.connection.Co
         with contextlib.suppress(OSError):
             conn.send(("failed", (f"{type(exc).__name__}: {exc}", measured)))
         return
-    conn.send(("done", stats.to_wire()))
+    send(("done", stats.to_wire()))
 
 
 class _StopOnSignal:
-    """SIGINT or SIGTERM: tell workers to stop starting devices and give those in
+    """SIGINT, SIGTERM or SIGHUP: tell workers to stop starting devices and give those in
     flight ``grace`` seconds; a second one: no grace. Workers then send what they
     measured, as at a normal end."""
 
@@ -110,7 +125,7 @@ class _StopOnSignal:
                 pipe.send(("stop", grace))
 
     def __enter__(self) -> _StopOnSignal:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in lifeline.STOP_SIGNALS:
             self._saved[sig] = signal.signal(sig, self._handle)
         return self
 
@@ -126,27 +141,43 @@ def run_workers(
 ) -> tuple[RunStats, RunTiming]:
     """Run ``plan`` in ``plan.workers`` processes; return the merged stats."""
     context = multiprocessing.get_context("spawn")
-    pipes, processes = [], []
-    for worker in range(plan.workers):
-        parent_end, child_end = context.Pipe()
-        process = context.Process(
-            target=_worker_main, args=(plan, worker, child_end), name=f"loadgen-worker-{worker}"
-        )
-        process.start()
-        child_end.close()
-        pipes.append(parent_end)
-        processes.append(process)
+    pipes: list[multiprocessing.connection.Connection] = []
+    processes: list[Any] = []
     stop = _StopOnSignal(pipes, grace)
+    finished = False
     try:
+        # Started from this thread, which joins them below: PDEATHSIG, tied to
+        # the starting thread, cannot fire early.
+        for worker in range(plan.workers):
+            parent_end, child_end = context.Pipe()
+            process = context.Process(
+                target=_worker_main, args=(plan, worker, child_end), name=f"loadgen-worker-{worker}"
+            )
+            process.start()
+            child_end.close()
+            pipes.append(parent_end)
+            processes.append(process)
         with stop:
             tally = _supervise(plan, pipes, processes, on_progress)
+        finished = True
         return tally.stats(plan, stopped=stop.requested), tally.timing(stop.requested)
     finally:
-        for process in processes:
+        _end_workers(processes, pipes, finished)
+
+
+def _end_workers(
+    processes: list[Any], pipes: list[multiprocessing.connection.Connection], finished: bool
+) -> None:
+    """Workers that sent their results exit by themselves; after a failure, the
+    rest are killed: left alone they would run the whole schedule for nobody."""
+    for process in processes:
+        if finished:
             process.join(timeout=5)
-            if process.is_alive():
-                process.kill()
-                process.join()
+        if process.is_alive():
+            process.kill()
+        process.join()
+    for pipe in pipes:
+        pipe.close()
 
 
 @dataclass
