@@ -314,3 +314,30 @@ def test_a_fleet_of_one_is_one_device_when_minted_and_inspected(tmp_path: Path, 
     assert "minted 1, 1 device" in minted.out and "devices" not in minted.out
     inspected = run_loadgen("certs", "inspect", fleet, "--verify")
     assert ": 1 device\n" in inspected.out and "verified 1 certificate file " in inspected.out
+
+
+def test_the_summary_says_where_the_planned_devices_went_and_what_was_expected() -> None:
+    report = _report(100)
+    report["accounting"] = {
+        "planned": 120,
+        "started": 100,
+        "not_started": 20,
+        "expected": {"tls_rejected": 3},
+        "unexpected": 2,
+        "notes": {"interrupted during hold": 1},
+        "workers_lost": {},
+    }
+    report["outcomes"] = {"connected": 95, "tls_rejected": 3, "error": 2}
+    console = Console(width=WIDTH, record=True, file=io.StringIO())
+    print_report(console, report)
+    lines = _lines(console)
+    _assert_fits(
+        lines,
+        "planned 120,",
+        "not started 20;",
+        "unexpected outcomes 2;",
+        "1 device interrupted during hold",
+    )
+    rows = {line.split()[0]: line.split()[1:] for line in lines if line.split()}
+    assert rows["connected"] == ["95", "-"]
+    assert rows["tls_rejected"] == ["3", "3"] and rows["error"] == ["2", "0"]

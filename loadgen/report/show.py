@@ -214,12 +214,20 @@ def print_report(console: Console, report: dict[str, Any]) -> None:
     per_device = (report.get("generator") or {}).get("cpu_ms_per_device")
     if per_device is not None:
         say(console, "generator:", f"{per_device:,.2f} ms of CPU per device")
+    accounting = report.get("accounting")
+    if accounting is not None:
+        say(console, *accounting_phrases(accounting))
+    expected = (accounting or {}).get("expected") or {}
     outcomes = Table(box=None, pad_edge=False)
     outcomes.add_column("outcome")
     outcomes.add_column("devices", justify="right")
+    if expected:
+        outcomes.add_column("expected", justify="right")
     for name, n in report["outcomes"].items():
         if n:
-            outcomes.add_row(name, str(n))
+            # Only failures are ever expected: a connect is what every device is for.
+            mark = "-" if name == "connected" else str(expected.get(name, 0))
+            outcomes.add_row(name, str(n), *([mark] if expected else []))
     console.print(outcomes)
     latency = Table(box=None, pad_edge=False)
     for column in ("phase (ms)", "count", "p50", "p90", "p99", "p99.9", "max"):
@@ -255,6 +263,27 @@ def print_report(console: Console, report: dict[str, Any]) -> None:
             say(console, f"{outcome}: {counted(n, 'device')}:", reason)
     if report.get("capacity"):
         print_capacity(console, report["capacity"])
+
+
+def accounting_phrases(accounting: dict[str, Any]) -> list[str]:
+    """Where the planned devices went, and how many outcomes were surprises
+    (``expected``: failed as the fault injected on purpose predicts)."""
+    phrases = [f"planned {accounting['planned']:,},", f"started {accounting['started']:,}"]
+    if accounting.get("not_started"):
+        phrases[-1] += ","
+        phrases.append(f"not started {accounting['not_started']:,}")
+    unexpected = accounting.get("unexpected")
+    if unexpected is not None:
+        phrases[-1] += ";"
+        phrases.append(f"unexpected outcomes {unexpected:,}")
+    for note, n in (accounting.get("notes") or {}).items():
+        phrases[-1] += ";"
+        phrases.append(f"{counted(n, 'device')} {note}")
+    lost = accounting.get("workers_lost") or {}
+    for worker, why in lost.items():
+        phrases[-1] += ";"
+        phrases.append(f"worker {worker} {why}")
+    return phrases
 
 
 def print_capacity(console: Console, capacity: dict[str, Any]) -> None:
