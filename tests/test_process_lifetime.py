@@ -322,4 +322,10 @@ def test_sighup_mid_step_ends_a_capacity_search_with_its_partial_report(tmp_path
     written = json.loads(report.read_text())
     assert written["partial"] is True
     assert written["capacity"]["interrupted"] is True
+    # The step cut short proves nothing: never passed, and left out of the verdict.
+    [step] = written["capacity"]["steps"]
+    assert step["interrupted"] is True and step["passed"] is False
+    assert step["limit"] == "interrupted"
+    assert written["capacity"]["highest_sustainable_per_s"] is None
+    assert written["capacity"]["first_broken_per_s"] is None
     assert_all_gone(children)
