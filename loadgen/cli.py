@@ -27,7 +27,8 @@ from loadgen.capacity.command import capacity_command
 from loadgen.certs import ca as ca_mod
 from loadgen.certs.inspect import FleetSummary, summarize
 from loadgen.certs.keys import KeyType
-from loadgen.certs.mint import MintRequest, MintResult, mint
+from loadgen.certs.mint import InputNames, MintRequest, MintResult, mint
+from loadgen.certs.mint import check as check_mint
 from loadgen.certs.profile import load_profile
 from loadgen.cli_options import Outputs, output_options, target_options
 from loadgen.emulator import check as emu_check
@@ -162,8 +163,6 @@ def certs_mint(
 ) -> None:
     """Mint a fleet of device certificates, or grow or complete an existing one."""
     loaded = load_profile(profile) if profile is not None else None
-    if init_ca and not (ca_dir / ca_mod.CERT_FILE).exists():
-        ca_mod.init_ca(ca_dir)
     request = MintRequest(
         fleet=out,
         ca_dir=ca_dir,
@@ -172,7 +171,10 @@ def certs_mint(
         seed=seed,
         workers=workers,
         key_pool=key_pool,
+        init_ca=init_ca,
+        names=InputNames(profile=f"--profile {profile}"),
     )
+    check_mint(request)  # before the progress bar: a refusal is one line
     console = _console()
     with Progress(
         TextColumn("minting"),

@@ -20,14 +20,13 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from loadgen.certs import der, subject
 from loadgen.certs.ca import CA, load_ca
 from loadgen.certs.keys import KeyMaker, KeyType, PrivateKey, spki_der
-from loadgen.certs.profile import DevicePlanner, Profile
+from loadgen.certs.profile import NOT_YET_VALID_IN, DevicePlanner, Profile
 from loadgen.certs.store import KEYS_DIR, SHARD_SIZE, UNKNOWN_CA_DIR, device_paths, shard_of
 from loadgen.files import FolderWriter
 
 # Devices are valid from an hour before minting: clocks on test rigs drift.
 _BACKDATE = dt.timedelta(hours=1)
 _EXPIRED_AGO = dt.timedelta(days=1)
-_NOT_YET_VALID_IN = dt.timedelta(days=30)
 _SERIAL_BYTES = 16
 
 
@@ -49,7 +48,7 @@ def validity_windows(
     """(not before, not after) for a normal device and for each validity fault."""
     lifetime = dt.timedelta(days=days)
     expired_at = now - _EXPIRED_AGO
-    starts = now + _NOT_YET_VALID_IN
+    starts = now + NOT_YET_VALID_IN
     return {
         None: (now - _BACKDATE, now + lifetime),
         "expired": (expired_at - lifetime, expired_at),
