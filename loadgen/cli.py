@@ -43,6 +43,7 @@ from loadgen.files import write
 from loadgen.load.runner import merge_progress
 from loadgen.report import ci as ci_files
 from loadgen.report import compare as report_compare_mod
+from loadgen.report import fields as report_fields
 from loadgen.report import gates as gates_mod
 from loadgen.report import merge as report_merge
 from loadgen.report.build import write_outputs, write_report
@@ -281,7 +282,13 @@ def run_command(
         report["jitp"] = jitp_section(report, session.final_emulator_stats())
         results = gates_mod.evaluate(gates, report)
         report["gates"] = [
-            {"gate": r.gate, "passed": r.passed, "measured": r.measured, "threshold": r.threshold}
+            {
+                "gate": r.gate,
+                "passed": r.passed,
+                "measured": r.measured,
+                "threshold": r.threshold,
+                "note": r.note,
+            }
             for r in results
         ]
         print_report(Console(highlight=False), report)
@@ -325,7 +332,7 @@ def report() -> None:
 @click.argument("path", metavar="REPORT", type=click.Path(path_type=Path))
 def report_show(path: Path) -> None:
     """Print a report as tables."""
-    print_report(Console(highlight=False), report_merge.load_report(path))
+    print_report(Console(highlight=False), report_merge.load_report(path, report_fields.SHOW))
 
 
 @report.command("html")
@@ -333,7 +340,8 @@ def report_show(path: Path) -> None:
 @click.option("-o", "--out", "out", required=True, type=click.Path(path_type=Path))
 def report_html(path: Path, out: Path) -> None:
     """Write a report (of a run, a merge or a capacity search) as HTML."""
-    for line in write_outputs(report_merge.load_report(path), None, report_path(out, "--out")):
+    loaded = report_merge.load_report(path, report_fields.HTML)
+    for line in write_outputs(loaded, None, report_path(out, "--out")):
         click.echo(line)
 
 
@@ -344,7 +352,7 @@ def report_html(path: Path, out: Path) -> None:
 @click.option("-o", "--out", "out", required=True, type=click.Path(path_type=Path))
 def report_merge_command(paths: tuple[Path, ...], out: Path) -> None:
     """Merge reports of shards that ran side by side (exact percentiles)."""
-    merged = report_merge.merge([report_merge.load_report(p) for p in paths])
+    merged = report_merge.merge_files(list(paths))
     write_report(out, merged)
     click.echo(f"{len(paths)} reports merged into {out}: {merged['devices']} devices")
 
@@ -356,25 +364,27 @@ def report_merge_command(paths: tuple[Path, ...], out: Path) -> None:
     "--max-regression",
     default="10%",
     show_default=True,
-    help="How much slower a percentile may get, e.g. 10%.",
+    help="How much slower a percentile may get: a percentage, e.g. 10%.",
 )
 def report_compare(baseline_path: Path, current_path: Path, max_regression: str) -> None:
-    """Fail (exit 1) when a phase percentile regressed beyond --max-regression."""
-    text = max_regression.strip().removesuffix("%")
-    try:
-        limit = float(text) / 100
-    except ValueError:
-        raise UserError(f"--max-regression {max_regression!r}: a percentage like 10%") from None
-    baseline = report_merge.load_report(baseline_path)
-    current = report_merge.load_report(current_path)
+    """Fail (exit 1) when a phase percentile regressed beyond --max-regression, or
+    when the current run measured nothing."""
+    limit = report_compare_mod.parse_limit(max_regression)
+    baseline = report_merge.load_report(baseline_path, report_fields.COMPARE)
+    current = report_merge.load_report(current_path, report_fields.COMPARE)
+    report_compare_mod.check_baseline(baseline, str(baseline_path))
     rows = report_compare_mod.compare(baseline, current, limit)
+    if (why := gates_mod.nothing_measured(current)) is not None:
+        click.echo(f"FAIL: {current_path} measured nothing: {why}")
     for row in rows:
         verdict = "FAIL" if row.regressed else "pass"
+        after = "nothing measured" if row.current is None else f"{row.current:,.1f} ms"
+        change = "" if row.change is None else f"{row.change:+.1%}, "
         click.echo(
             f"{verdict}: {row.percentile}({row.phase}) {row.baseline:,.1f} ms -> "
-            f"{row.current:,.1f} ms ({row.change:+.1%}, limit +{limit:.0%})"
+            f"{after} ({change}limit +{limit * 100:g}%)"
         )
-    if any(row.regressed for row in rows):
+    if why is not None or any(row.regressed for row in rows):
         sys.exit(1)
 
 
