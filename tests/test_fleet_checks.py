@@ -3,6 +3,8 @@ it writes anything: one line naming what differs, exit 2, no connection made."""
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +13,7 @@ import pytest
 import yaml
 
 from loadgen.certs.ca import init_ca
+from loadgen.certs.profile import max_validity_days
 from tests.conftest import assert_user_error, run_loadgen
 
 
@@ -148,6 +151,23 @@ def test_a_validity_x509_cannot_encode_is_refused_and_nothing_is_left(tmp_path):
     )
     assert_user_error(result, f"{profile}:1: validity_days: ", "9999-12-31", "at most")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["long.yaml"]
+
+
+def test_the_longest_validity_x509_can_hold_mints_every_fault_included(tmp_path):
+    most = max_validity_days(dt.datetime.now(dt.UTC)) - 1  # a day's margin for the clock
+    profile = tmp_path / "p.yaml"
+    profile.write_text(f"validity_days: {most}\nfaults: {{expired: 0.25, not_yet_valid: 0.25}}\n")
+    result = run_loadgen(
+        "certs", "mint", "--init-ca", "--ca", tmp_path / "ca", "--count", "8",
+        "--out", tmp_path / "fleet", "--profile", profile,
+    )  # fmt: skip
+    assert result.code == 0, result.err
+    devices = [json.loads(line) for line in (tmp_path / "fleet" / "manifest.jsonl").open()]
+    by_fault = {d["fault"]: d for d in devices}
+    assert by_fault[None]["not_after"].startswith("9999-")
+    assert by_fault["not_yet_valid"]["not_after"].startswith("9999-")
+    # An expired device's lifetime would start before year 1: it starts in 1950.
+    assert by_fault["expired"]["not_before"].startswith("1950-01-01")
 
 
 def test_a_refused_mint_leaves_no_fleet_so_the_corrected_profile_mints(tmp_path):

@@ -3,9 +3,11 @@ in worker processes, resuming where an earlier run stopped."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import multiprocessing
 import os
+import shutil
 import signal
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -208,6 +210,17 @@ def mint(request: MintRequest, on_progress: Callable[[int, int], None] | None = 
     """Mint until the fleet holds ``request.count`` devices. ``on_progress(done,
     total)`` is called as chunks land, ``done`` counting devices already there."""
     plan = check(request)
+    undo = _Undo(request, plan)
+    try:
+        return _mint(request, plan, on_progress)
+    except Exception:
+        undo.if_nothing_recorded()
+        raise
+
+
+def _mint(
+    request: MintRequest, plan: MintPlan, on_progress: Callable[[int, int], None] | None
+) -> MintResult:
     ca = plan.ca if plan.ca is not None else init_ca(request.ca_dir)
     meta = plan.meta
     if meta is None:
@@ -243,6 +256,38 @@ def mint(request: MintRequest, on_progress: Callable[[int, int], None] | None = 
         return MintResult(request.fleet, existing, done - existing, done)
     finally:
         os.close(lock)
+
+
+class _Undo:
+    """What a mint that fails before its first device leaves behind: a new fleet
+    (and the CA made for it) is removed, so that the corrected command starts
+    afresh; ``check`` should have refused first, this is for what it cannot know."""
+
+    def __init__(self, request: MintRequest, plan: MintPlan) -> None:
+        self.fleet = request.fleet if plan.meta is None else None
+        self.fleet_existed = request.fleet.exists()
+        self.ca = request.ca_dir if plan.ca is None else None
+        self.ca_existed = request.ca_dir.exists()
+
+    def if_nothing_recorded(self) -> None:
+        if self.fleet is None or FleetStore(self.fleet).manifest_path.exists():
+            return
+        if not self.fleet_existed:
+            shutil.rmtree(self.fleet, ignore_errors=True)
+        elif self.fleet.is_dir():
+            # ``check`` found it empty: what is in it now is this mint's.
+            for child in self.fleet.iterdir():
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child, ignore_errors=True)
+                else:
+                    child.unlink(missing_ok=True)
+        if self.ca is not None:
+            # The folder may hold files of the user's: only the CA's own go.
+            for name in (CA_CERT_FILE, CA_KEY_FILE):
+                (self.ca / name).unlink(missing_ok=True)
+            if not self.ca_existed:
+                with contextlib.suppress(OSError):
+                    self.ca.rmdir()
 
 
 def _prepare_shared(fleet: Path, profile: Profile, meta: FleetMeta, workers: int) -> None:
