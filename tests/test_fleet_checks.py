@@ -211,3 +211,19 @@ def test_ca_init_refuses_an_empty_subject(tmp_path, subject):
     result = run_loadgen("ca", "init", "--out", tmp_path / "ca", "--subject", subject)
     assert_user_error(result, "--subject")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_new_fleet_whose_mint_fails_before_its_first_device_is_removed(tmp_path, monkeypatch):
+    from loadgen.certs.mint import MintRequest, mint
+    from loadgen.certs.minter import Minter
+
+    def disk_full(*_args: object) -> bytes:
+        raise OSError(28, "No space left on device")
+
+    request = MintRequest(tmp_path / "fleet", tmp_path / "ca", 5, init_ca=True)
+    with monkeypatch.context() as patch:
+        patch.setattr(Minter, "mint", disk_full)
+        with pytest.raises(OSError):
+            mint(request)
+    assert list(tmp_path.iterdir()) == []
+    assert mint(request).total == 5

@@ -212,14 +212,17 @@ def mint(request: MintRequest, on_progress: Callable[[int, int], None] | None = 
     plan = check(request)
     undo = _Undo(request, plan)
     try:
-        return _mint(request, plan, on_progress)
+        return _mint(request, plan, undo, on_progress)
     except Exception:
         undo.if_nothing_recorded()
         raise
 
 
 def _mint(
-    request: MintRequest, plan: MintPlan, on_progress: Callable[[int, int], None] | None
+    request: MintRequest,
+    plan: MintPlan,
+    undo: _Undo,
+    on_progress: Callable[[int, int], None] | None,
 ) -> MintResult:
     ca = plan.ca if plan.ca is not None else init_ca(request.ca_dir)
     meta = plan.meta
@@ -233,6 +236,7 @@ def _mint(
         )
         plan.store.create(meta)
     lock = plan.store.lock()
+    undo.armed = True  # not before: a fleet another mint holds is not this one's to remove
     try:
         existing = plan.store.recover()
         if existing >= request.count:
@@ -268,9 +272,12 @@ class _Undo:
         self.fleet_existed = request.fleet.exists()
         self.ca = request.ca_dir if plan.ca is None else None
         self.ca_existed = request.ca_dir.exists()
+        self.armed = False  # set once this mint holds the fleet's lock
 
     def if_nothing_recorded(self) -> None:
-        if self.fleet is None or FleetStore(self.fleet).manifest_path.exists():
+        if not self.armed or self.fleet is None:
+            return
+        if FleetStore(self.fleet).manifest_path.exists():
             return
         if not self.fleet_existed:
             shutil.rmtree(self.fleet, ignore_errors=True)
