@@ -157,3 +157,12 @@ def test_an_unchanged_run_passes_compare(tmp_path, baseline):
     result = run_loadgen("report", "compare", base, current, "--max-regression", "2.5%")
     assert result.code == 0, result.out + result.err
     assert "FAIL" not in result.out and "limit +2.5%" in result.out
+
+
+def test_the_html_page_says_why_a_gate_failed_on_nothing_measured(baseline):
+    from loadgen.report.html import render
+
+    result = gates.parse("count(throttled) == 0").evaluate(_dead(baseline))
+    gate = {"gate": result.gate, "passed": result.passed, "measured": result.measured}
+    page = render({**_dead(baseline), "gates": [{**gate, "note": result.note}]})
+    assert "FAIL</span> (nothing was measured: no device connected (of 300))" in page
