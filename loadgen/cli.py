@@ -300,6 +300,10 @@ def run_command(
     if timing.partial:
         click.echo("loadgen: interrupted; the report holds what ran (partial)", err=True)
         sys.exit(130)
+    for worker, why in sorted(timing.lost.items()):
+        click.echo(f"loadgen: worker {worker} {why}; its unfinished devices are errors", err=True)
+    if timing.lost:
+        sys.exit(1)
     if any(not r.passed for r in results):
         sys.exit(1)
 

@@ -214,6 +214,7 @@ def _run_step(
         stats,
         gates_mod.evaluate(list(search.slos), report),
         throttles(stats, before, after),
+        interrupted=timing.partial,
     )
     return step, timing
 

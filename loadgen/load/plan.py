@@ -12,6 +12,7 @@ from loadgen.certs.subject import FIELDS
 from loadgen.device.lifecycle import DeviceConfig, HoldStep, PublishStep, Step, SubscribeStep
 from loadgen.device.retry import RetryPolicy
 from loadgen.errors import ConfigError
+from loadgen.load.chaos import Chaos
 from loadgen.load.schedule import Burst, ConstantArrival, Executor, RampingArrival, Stage
 from loadgen.scenario.schema import Hold, Publish, Scenario, parse_endpoint
 
@@ -45,6 +46,7 @@ class RunPlan:
     # every step devices that never connected, so each provisions afresh).
     first_device: int = 0
     extra: dict[str, str] = field(default_factory=dict)
+    chaos: Chaos | None = None  # faults injected on purpose, by tests
 
     @property
     def endpoint(self) -> str:

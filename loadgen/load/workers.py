@@ -10,10 +10,9 @@ import multiprocessing.connection
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from loadgen.errors import LoadgenError
 from loadgen.load.plan import RunPlan
 from loadgen.load.runner import Progress, Worker
 from loadgen.metrics.stats import RunStats
@@ -26,15 +25,14 @@ _READY_TIMEOUT = 300.0
 _START_MARGIN = 0.25
 
 
-class WorkerFailed(LoadgenError):
-    pass
-
-
 @dataclass
 class RunTiming:
     started_at: float  # wall clock, seconds since the epoch: the schedule's start
     ended_at: float
     partial: bool = False  # stopped early (Ctrl-C, SIGTERM): not every device ran
+    # Workers that ended without their results, and why: their devices count as
+    # error, and the run has failed whatever the gates say.
+    lost: dict[int, str] = field(default_factory=dict)
 
 
 def _worker_main(plan: RunPlan, worker: int, conn: multiprocessing.connection.Connection) -> None:
@@ -55,8 +53,11 @@ def _worker_main(plan: RunPlan, worker: int, conn: multiprocessing.connection.Co
                 return float(time.monotonic() + (value - time.time()))
             early_stop.append(float(value))  # a stop before the start: applied at once
 
+    runners: list[Worker] = []
+
     async def main() -> RunStats:
         runner = Worker(plan, worker, send)
+        runners.append(runner)
 
         def on_message() -> None:
             kind, grace = conn.recv()
@@ -81,8 +82,12 @@ def _worker_main(plan: RunPlan, worker: int, conn: multiprocessing.connection.Co
     try:
         stats = uvloop.run(main())
     except BaseException as exc:
-        conn.send(("failed", f"{type(exc).__name__}: {exc}"))
-        raise
+        # What it measured before it failed still counts; the parent accounts
+        # for the devices it could not run.
+        measured = runners[0].stats.to_wire() if runners else None
+        with contextlib.suppress(OSError):
+            conn.send(("failed", (f"{type(exc).__name__}: {exc}", measured)))
+        return
     conn.send(("done", stats.to_wire()))
 
 
@@ -134,9 +139,8 @@ def run_workers(
     stop = _StopOnSignal(pipes, grace)
     try:
         with stop:
-            stats, timing = _supervise(plan, pipes, processes, on_progress)
-        timing.partial = stop.requested
-        return stats, timing
+            tally = _supervise(plan, pipes, processes, on_progress)
+        return tally.stats(plan, stopped=stop.requested), tally.timing(stop.requested)
     finally:
         for process in processes:
             process.join(timeout=5)
@@ -145,56 +149,111 @@ def run_workers(
                 process.join()
 
 
+@dataclass
+class _Tally:
+    """What the workers sent: each one's results, or why it has none of its own."""
+
+    started_at: float = 0.0
+    ended_at: float = 0.0
+    results: dict[int, RunStats] = field(default_factory=dict)
+    progress: dict[int, Progress] = field(default_factory=dict)
+    lost: dict[int, str] = field(default_factory=dict)  # worker -> why
+
+    def finished(self, worker: int) -> bool:
+        return worker in self.results or worker in self.lost
+
+    def lose(self, worker: int, why: str, measured: dict[str, Any] | None = None) -> None:
+        """The worker ended without its results: keep what it last said it
+        measured, and account for the rest of its devices at the end."""
+        self.lost[worker] = why
+        if measured is not None:
+            self.results[worker] = RunStats.from_wire(measured)
+        elif worker in self.progress:
+            self.results[worker] = RunStats.from_wire(self.progress[worker].stats)
+
+    def stats(self, plan: RunPlan, *, stopped: bool) -> RunStats:
+        """All workers' results merged; a lost worker's devices that have no
+        result end as ``error`` (``worker: ... died``). In a run stopped early,
+        those it had not started yet are left not started, like everyone's."""
+        stats = RunStats()
+        for part in self.results.values():
+            stats.merge(part)
+        for worker, why in sorted(self.lost.items()):
+            mine = self.results.get(worker, RunStats())
+            assigned = len(range(worker, plan.count, plan.workers))
+            started = sum(mine.started_per_second.values()) if stopped else assigned
+            stats.lose(started - mine.devices, f"worker {worker} {why}", "worker")
+        return stats
+
+    def timing(self, stopped: bool) -> RunTiming:
+        ended = self.ended_at or time.time()
+        return RunTiming(self.started_at, ended, partial=stopped, lost=dict(self.lost))
+
+
 def _supervise(
     plan: RunPlan,
     pipes: list[multiprocessing.connection.Connection],
     processes: list[Any],
     on_progress: Callable[[list[Progress], float], None] | None,
-) -> tuple[RunStats, RunTiming]:
+) -> _Tally:
+    tally = _Tally()
     ready: set[int] = set()
     deadline = time.monotonic() + _READY_TIMEOUT
-    while len(ready) < len(pipes):
+    while len(ready) + len(tally.lost) < len(pipes):
         if time.monotonic() > deadline:
-            raise WorkerFailed(f"workers not ready after {_READY_TIMEOUT:.0f} s")
-        for worker, message in _receive(dict(enumerate(pipes)), processes, 0.5):
-            kind, _ = message
+            for worker in range(len(pipes)):
+                if worker not in ready and worker not in tally.lost:
+                    tally.lose(worker, f"not ready after {_READY_TIMEOUT:.0f} s")
+                    processes[worker].kill()
+            break
+        waiting = {w: p for w, p in enumerate(pipes) if w not in ready and w not in tally.lost}
+        for worker, (kind, payload) in _receive(waiting, processes, 0.5):
             if kind == "ready":
                 ready.add(worker)
-    started_at = time.time() + _START_MARGIN
-    for pipe in pipes:
-        pipe.send(("start", started_at))
-    progress: dict[int, Progress] = {}
-    results: dict[int, RunStats] = {}
-    while len(results) < len(pipes):
-        waiting = {w: p for w, p in enumerate(pipes) if w not in results}
+            else:
+                _ended(tally, worker, kind, payload)
+    tally.started_at = time.time() + _START_MARGIN
+    for worker in ready:
+        with contextlib.suppress(OSError):
+            pipes[worker].send(("start", tally.started_at))
+    while not all(tally.finished(w) for w in range(len(pipes))):
+        waiting = {w: p for w, p in enumerate(pipes) if not tally.finished(w)}
         for worker, (kind, payload) in _receive(waiting, processes, 0.5):
             if kind == "progress":
-                progress[worker] = payload
-            elif kind == "done":
-                results[worker] = RunStats.from_wire(payload)
-        if on_progress is not None and progress:
-            on_progress(list(progress.values()), time.time() - started_at)
-    stats = RunStats()
-    for part in results.values():
-        stats.merge(part)
-    return stats, RunTiming(started_at, time.time())
+                tally.progress[worker] = payload
+            else:
+                _ended(tally, worker, kind, payload)
+        if on_progress is not None and tally.progress:
+            on_progress(list(tally.progress.values()), time.time() - tally.started_at)
+    tally.ended_at = time.time()
+    return tally
+
+
+def _ended(tally: _Tally, worker: int, kind: str, payload: Any) -> None:
+    """A worker's last message: its results, or why it has none."""
+    if kind == "done":
+        tally.results[worker] = RunStats.from_wire(payload)
+    elif kind == "failed":
+        why, measured = payload
+        tally.lose(worker, f"failed: {why}", measured)
+    elif kind == "died":
+        tally.lose(worker, f"died (exit code {payload})")
 
 
 def _receive(
     pipes: dict[int, multiprocessing.connection.Connection], processes: list[Any], timeout: float
 ) -> list[tuple[int, tuple[str, Any]]]:
-    out = []
+    """The messages that arrived within ``timeout``; a worker whose pipe closed
+    without a last word says ("died", its exit code)."""
+    out: list[tuple[int, tuple[str, Any]]] = []
     by_pipe = {id(pipe): worker for worker, pipe in pipes.items()}
     for pipe in multiprocessing.connection.wait(list(pipes.values()), timeout=timeout):
         assert isinstance(pipe, multiprocessing.connection.Connection)
         worker = by_pipe[id(pipe)]
         try:
             message = pipe.recv()
-        except EOFError:
+        except (EOFError, OSError):
             processes[worker].join(timeout=5)
-            code = processes[worker].exitcode
-            raise WorkerFailed(f"worker {worker} exited (code {code})") from None
-        if message[0] == "failed":
-            raise WorkerFailed(f"worker {worker} failed: {message[1]}")
+            message = ("died", processes[worker].exitcode)
         out.append((worker, message))
     return out

@@ -49,14 +49,28 @@ class Kind(Enum):
     RATE = "a rate"
 
 
-def _outcome_count(outcome: str) -> Callable[[Report], int]:
+def _outcome_count(outcome: str) -> Callable[[Report], int | None]:
     return lambda r: int(r["outcomes"].get(outcome, 0))
 
 
-# The outcomes a ratio or count reads: each outcome, and groups of them.
-OUTCOME_COUNTS: dict[str, Callable[[Report], int]] = {
+def _expected(r: Report) -> int | None:
+    return sum(int(n) for n in ((r.get("accounting") or {}).get("expected") or {}).values())
+
+
+def _unexpected(r: Report) -> int | None:
+    unexpected = (r.get("accounting") or {}).get("unexpected")
+    return None if unexpected is None else int(unexpected)
+
+
+# The outcomes a ratio or count reads: each outcome, and groups of them. None:
+# the report cannot tell (a merge with a report from before accounting).
+OUTCOME_COUNTS: dict[str, Callable[[Report], int | None]] = {
     **{o.value: _outcome_count(o.value) for o in OUTCOMES},
-    "failed": lambda r: sum(n for name, n in r["outcomes"].items() if name != "connected"),
+    "failed": lambda r: sum(int(n) for name, n in r["outcomes"].items() if name != "connected"),
+    # Devices whose outcome the fleet's injected faults did not predict, and
+    # those that failed as their fault predicts.
+    "unexpected": _unexpected,
+    "expected": _expected,
 }
 
 
@@ -65,11 +79,13 @@ def _latency(key: str) -> Callable[[Report, str], float | None]:
 
 
 def _count(r: Report, outcome: str) -> float | None:
-    return float(OUTCOME_COUNTS[outcome](r))
+    n = OUTCOME_COUNTS[outcome](r)
+    return None if n is None else float(n)
 
 
 def _ratio(r: Report, outcome: str) -> float | None:
-    return OUTCOME_COUNTS[outcome](r) / r["devices"] if r["devices"] else None
+    n = OUTCOME_COUNTS[outcome](r)
+    return None if n is None or not r["devices"] else n / r["devices"]
 
 
 @dataclass(frozen=True)
