@@ -60,6 +60,7 @@ def _dead(report: dict) -> dict:
     """What a run against an endpoint nobody answers reports: every device timed out."""
     dead = copy.deepcopy(report)
     dead["outcomes"] = {name: 0 for name in dead["outcomes"]} | {"timeout": dead["devices"]}
+    dead["accounting"] = {"expected": {}, "unexpected": dead["devices"]}
     for phase in dead["latency_ms"]:
         dead["latency_ms"][phase] = {k: None for k in dead["latency_ms"][phase]} | {"count": 0}
     return dead
@@ -70,6 +71,13 @@ def test_a_gate_that_would_hold_fails_when_no_device_connected(text):
     result = gates.parse(text).evaluate(_dead(REPORT))
     assert not result.passed
     assert "nothing was measured: no device connected (of 1000)" in result.describe()
+
+
+def test_a_fleet_of_faulty_devices_failing_as_predicted_measured_something():
+    report = _dead(REPORT)
+    report["outcomes"] = {"tls_rejected": 1000}
+    report["accounting"] = {"expected": {"tls_rejected": 1000}, "unexpected": 0}
+    assert gates.parse("count(unexpected) == 0").evaluate(report).passed
 
 
 def test_a_run_against_a_dead_endpoint_fails_its_gates(tmp_path):

@@ -123,11 +123,14 @@ TERMS: dict[str, Term] = {
 
 def nothing_measured(report: Report) -> str | None:
     """Why a report measured nothing a gate may pass on, or None when it did: a
-    run against a dead endpoint (no device connected) must fail its gates."""
+    run against a dead endpoint (no device connected) must fail its gates. A
+    device that failed as its injected fault predicts was answered by the
+    endpoint, so a fleet of faulty devices alone still measures something."""
     devices = report.get("devices") or 0
     if not devices:
         return "no device ran"
-    if not (report.get("outcomes") or {}).get("connected"):
+    connected = (report.get("outcomes") or {}).get("connected")
+    if not connected and not _expected(report):
         return f"no device connected (of {devices})"
     return None
 
