@@ -356,6 +356,7 @@ def report_html(path: Path, out: Path) -> None:
 @click.option("-o", "--out", "out", required=True, type=click.Path(path_type=Path))
 def report_merge_command(paths: tuple[Path, ...], out: Path) -> None:
     """Merge reports of shards that ran side by side (exact percentiles)."""
+    report_path(out, "--out")  # its folder exists, before any work
     merged = report_merge.merge_files(list(paths))
     write_report(out, merged)
     click.echo(f"{len(paths)} reports merged into {out}: {merged['devices']} devices")

@@ -161,3 +161,9 @@ def test_reports_from_before_run_ids_merge_but_not_twice(tmp_path):
     copy = _write(tmp_path / "copy.json", first)
     result = run_loadgen("report", "merge", a, copy, "-o", tmp_path / "twice.json")
     assert_user_error(result, f"{copy}: run sha256:", f"is already in {a}")
+
+
+def test_merge_into_a_folder_that_does_not_exist_is_one_line(tmp_path):
+    path = _write(tmp_path / "a.json", _shards(1)[0])
+    result = run_loadgen("report", "merge", path, "-o", tmp_path / "nope" / "all.json")
+    assert_user_error(result, "--out: folder", "does not exist")
