@@ -31,7 +31,8 @@ from loadgen.capacity.command import capacity_command
 from loadgen.certs import ca as ca_mod
 from loadgen.certs.inspect import FleetSummary, summarize
 from loadgen.certs.keys import KeyType
-from loadgen.certs.mint import MintRequest, MintResult, mint
+from loadgen.certs.mint import InputNames, MintRequest, MintResult, mint
+from loadgen.certs.mint import check as check_mint
 from loadgen.certs.profile import load_profile
 from loadgen.cli_options import Outputs, output_options, target_options
 from loadgen.emulator import check as emu_check
@@ -47,6 +48,7 @@ from loadgen.listen import PORT, PORT_OR_ANY, check_listen, check_server_identit
 from loadgen.load.runner import merge_progress
 from loadgen.report import ci as ci_files
 from loadgen.report import compare as report_compare_mod
+from loadgen.report import fields as report_fields
 from loadgen.report import gates as gates_mod
 from loadgen.report import merge as report_merge
 from loadgen.report.build import write_outputs, write_report
@@ -172,8 +174,6 @@ def certs_mint(
 ) -> None:
     """Mint a fleet of device certificates, or grow or complete an existing one."""
     loaded = load_profile(profile) if profile is not None else None
-    if init_ca and not (ca_dir / ca_mod.CERT_FILE).exists():
-        ca_mod.init_ca(ca_dir)
     request = MintRequest(
         fleet=out,
         ca_dir=ca_dir,
@@ -182,7 +182,10 @@ def certs_mint(
         seed=seed,
         workers=workers,
         key_pool=key_pool,
+        init_ca=init_ca,
+        names=InputNames(profile=f"--profile {profile}"),
     )
+    check_mint(request)  # before the progress bar: a refusal is one line
     with _MintBar(
         _console(),
         TextColumn("minting"),
@@ -280,7 +283,13 @@ def run_command(
         report["jitp"] = jitp_section(report, session.final_emulator_stats())
         results = gates_mod.evaluate(gates, report)
         report["gates"] = [
-            {"gate": r.gate, "passed": r.passed, "measured": r.measured, "threshold": r.threshold}
+            {
+                "gate": r.gate,
+                "passed": r.passed,
+                "measured": r.measured,
+                "threshold": r.threshold,
+                "note": r.note,
+            }
             for r in results
         ]
         print_report(Console(highlight=False), report)
@@ -347,7 +356,7 @@ def report() -> None:
 @click.argument("path", metavar="REPORT", type=click.Path(path_type=Path))
 def report_show(path: Path) -> None:
     """Print a report as tables."""
-    print_report(Console(highlight=False), report_merge.load_report(path))
+    print_report(Console(highlight=False), report_merge.load_report(path, report_fields.SHOW))
 
 
 @report.command("html")
@@ -355,7 +364,8 @@ def report_show(path: Path) -> None:
 @click.option("-o", "--out", "out", required=True, type=click.Path(path_type=Path))
 def report_html(path: Path, out: Path) -> None:
     """Write a report (of a run, a merge or a capacity search) as HTML."""
-    for line in write_outputs(report_merge.load_report(path), None, report_path(out, "--out")):
+    loaded = report_merge.load_report(path, report_fields.HTML)
+    for line in write_outputs(loaded, None, report_path(out, "--out")):
         click.echo(line)
 
 
@@ -366,8 +376,8 @@ def report_html(path: Path, out: Path) -> None:
 @click.option("-o", "--out", "out", required=True, type=click.Path(path_type=Path))
 def report_merge_command(paths: tuple[Path, ...], out: Path) -> None:
     """Merge reports of shards that ran side by side (exact percentiles)."""
-    report_path(out, "--out")
-    merged = report_merge.merge([report_merge.load_report(p) for p in paths])
+    report_path(out, "--out")  # its folder exists, before any work
+    merged = report_merge.merge_files(list(paths))
     write_report(out, merged)
     devices = counted(merged["devices"], "device")
     click.echo(f"{counted(len(paths), 'report')} merged into {out}: {devices}")
@@ -380,25 +390,27 @@ def report_merge_command(paths: tuple[Path, ...], out: Path) -> None:
     "--max-regression",
     default="10%",
     show_default=True,
-    help="How much slower a percentile may get, e.g. 10%.",
+    help="How much slower a percentile may get: a percentage, e.g. 10%.",
 )
 def report_compare(baseline_path: Path, current_path: Path, max_regression: str) -> None:
-    """Fail (exit 1) when a phase percentile regressed beyond --max-regression."""
-    text = max_regression.strip().removesuffix("%")
-    try:
-        limit = float(text) / 100
-    except ValueError:
-        raise UserError(f"--max-regression {max_regression!r}: a percentage like 10%") from None
-    baseline = report_merge.load_report(baseline_path)
-    current = report_merge.load_report(current_path)
+    """Fail (exit 1) when a phase percentile regressed beyond --max-regression, or
+    when the current run measured nothing."""
+    limit = report_compare_mod.parse_limit(max_regression)
+    baseline = report_merge.load_report(baseline_path, report_fields.COMPARE)
+    current = report_merge.load_report(current_path, report_fields.COMPARE)
+    report_compare_mod.check_baseline(baseline, str(baseline_path))
     rows = report_compare_mod.compare(baseline, current, limit)
+    if (why := gates_mod.nothing_measured(current)) is not None:
+        click.echo(f"FAIL: {current_path} measured nothing: {why}")
     for row in rows:
         verdict = "FAIL" if row.regressed else "pass"
+        after = "nothing measured" if row.current is None else f"{row.current:,.1f} ms"
+        change = "" if row.change is None else f"{row.change:+.1%}, "
         click.echo(
             f"{verdict}: {row.percentile}({row.phase}) {row.baseline:,.1f} ms -> "
-            f"{row.current:,.1f} ms ({row.change:+.1%}, limit +{limit:.0%})"
+            f"{after} ({change}limit +{limit * 100:g}%)"
         )
-    if any(row.regressed for row in rows):
+    if why is not None or any(row.regressed for row in rows):
         sys.exit(1)
 
 

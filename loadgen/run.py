@@ -11,8 +11,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from loadgen.certs.ca import CERT_FILE, init_ca
-from loadgen.certs.mint import MintRequest, MintResult, mint
+from loadgen.certs.mint import InputNames, MintRequest, MintResult, mint
+from loadgen.certs.mint import check as check_fleet
 from loadgen.certs.profile import load_profile
 from loadgen.certs.store import FleetStore
 from loadgen.device.lifecycle import PublishStep, SubscribeStep
@@ -61,7 +61,9 @@ def check_plan(scenario: Scenario, options: RunOptions) -> RunPlan:
             render_registration(spec.template, spec.role_arn, "emulator.role_arn")
         elif spec.registration_config is not None:
             load_registration_config(spec.registration_config)
-    return make_plan(scenario, options)
+    plan = make_plan(scenario, options)
+    check_fleet(fleet_request(scenario, plan.count, plan.workers))
+    return plan
 
 
 @dataclass
@@ -166,21 +168,38 @@ def make_plan(scenario: Scenario, options: RunOptions) -> RunPlan:
     return plan
 
 
+# The scenario fields a fleet is checked against, for its errors.
+_FLEET_FIELDS = InputNames(ca="fleet.ca", profile="fleet.profile", seed="fleet.seed")
+
+
 def ensure_fleet(
     scenario: Scenario, count: int, workers: int, on_progress: Any = None
 ) -> MintResult | None:
-    """Mint the scenario's fleet when it is missing or holds fewer than ``count``
-    devices (creating the fleet CA first if needed)."""
-    fleet = scenario.fleet
-    store = FleetStore(fleet.store)
+    """Check the scenario's fleet (its CA, and the profile and seed it was minted
+    with against the scenario's), then mint it when it is missing or holds fewer
+    than ``count`` devices (creating the fleet CA first if needed)."""
+    request = fleet_request(scenario, count, workers)
+    check_fleet(request)
+    store = FleetStore(scenario.fleet.store)
     if store.exists() and store.recover() >= count:
         return None
-    # The profile first: a mistake in it must leave nothing behind, not even the CA.
-    profile = load_profile(fleet.profile) if fleet.profile is not None else None
-    if not (fleet.ca / CERT_FILE).exists():
-        init_ca(fleet.ca)
-    request = MintRequest(fleet.store, fleet.ca, count, profile, fleet.seed, workers)
     return mint(request, on_progress)
+
+
+def fleet_request(scenario: Scenario, count: int, workers: int) -> MintRequest:
+    """The mint a scenario's fleet stands for: checked on every run, so that a
+    fleet minted from another profile, seed or CA is never run as this one."""
+    fleet = scenario.fleet
+    profile = None
+    if fleet.profile is not None:
+        try:
+            profile = load_profile(fleet.profile)
+        except ConfigError as exc:
+            raise ConfigError(f"fleet.profile: {exc}") from None
+    names = replace(_FLEET_FIELDS, profile=f"fleet.profile {fleet.profile}")
+    return MintRequest(
+        fleet.store, fleet.ca, count, profile, fleet.seed, workers, init_ca=True, names=names
+    )
 
 
 def raise_fd_limit(plan: RunPlan) -> None:

@@ -53,6 +53,8 @@ class CA:
 
 
 def parse_subject(text: str) -> x509.Name:
+    if not text.strip():
+        raise UserError(f"--subject {text!r} is empty: a name like {DEFAULT_SUBJECT!r}")
     try:
         subject = x509.Name.from_rfc4514_string(text)
     except ValueError as exc:
@@ -108,6 +110,12 @@ def init_ca(
     """Create a self-signed CA in ``directory`` (``ca.pem``, ``ca.key`` 0600)."""
     if days <= 0:
         raise UserError(f"--days must be positive, got {days}")
+    most = (der.LATEST - _now()).days
+    if days > most:
+        raise UserError(
+            f"--days {days} ends after {der.LATEST:%Y-%m-%d}, the last date an X.509 "
+            f"certificate can hold: at most {most}"
+        )
     name = parse_subject(subject)
     cert_path, key_path = directory / CERT_FILE, directory / KEY_FILE
     if not force and (cert_path.exists() or key_path.exists()):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import binascii
 import hashlib
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 
 TAG_BOOLEAN = 0x01
 TAG_INTEGER = 0x02
@@ -67,6 +67,11 @@ def positive_integer(value: bytes) -> bytes:
     if value[0] & 0x80:
         value = b"\x00" + value
     return tlv(TAG_INTEGER, value)
+
+
+# The last moment an X.509 time can hold: GeneralizedTime has four year digits
+# (RFC 5280 4.1.2.5 gives 99991231235959Z as "no well-defined expiration").
+LATEST = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
 
 
 def time(moment: datetime) -> bytes:

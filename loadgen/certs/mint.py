@@ -3,21 +3,34 @@ in worker processes, resuming where an earlier run stopped."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import multiprocessing
 import os
+import shutil
 import signal
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from loadgen import lifeline
 from loadgen.certs.ca import CA, init_ca, load_ca
+from loadgen.certs.ca import CERT_FILE as CA_CERT_FILE
+from loadgen.certs.ca import KEY_FILE as CA_KEY_FILE
 from loadgen.certs.keys import KeyType, generate_key, key_pem
 from loadgen.certs.minter import Minter, MintSpec, pool_key_path
-from loadgen.certs.profile import DEFAULT_PROFILE, DevicePlanner, Profile
-from loadgen.certs.store import KEYS_DIR, SHARD_SIZE, UNKNOWN_CA_DIR, FleetMeta, FleetStore
-from loadgen.errors import FleetError, UserError
+from loadgen.certs.profile import DEFAULT_PROFILE, DevicePlanner, Profile, difference
+from loadgen.certs.store import (
+    KEYS_DIR,
+    META_FILE,
+    SHARD_SIZE,
+    UNKNOWN_CA_DIR,
+    FleetMeta,
+    FleetStore,
+)
+from loadgen.errors import CAError, FleetError, UserError
 from loadgen.files import write
 
 # Plans checked before anything is written: enough to catch a template that
@@ -31,6 +44,16 @@ _MIN_CHUNK = 50
 
 
 @dataclass(frozen=True)
+class InputNames:
+    """How the user named the CA, profile and seed a mint checks, for its errors:
+    the options of ``certs mint``, or the fields of a scenario."""
+
+    ca: str = "--ca"
+    profile: str = "--profile"
+    seed: str = "--seed"
+
+
+@dataclass(frozen=True)
 class MintRequest:
     fleet: Path
     ca_dir: Path
@@ -39,6 +62,8 @@ class MintRequest:
     seed: int | None = None
     workers: int = 1
     key_pool: int | None = None
+    init_ca: bool = False  # create the CA when the folder holds none
+    names: InputNames = InputNames()
 
 
 @dataclass(frozen=True)
@@ -50,53 +75,99 @@ class MintResult:
 
 
 @dataclass(frozen=True)
-class _Plan:
+class MintPlan:
+    """A request checked: what the fleet will be minted with. ``ca`` is None when
+    it is still to be created (``init_ca``), ``meta`` None for a new fleet."""
+
     store: FleetStore
-    meta: FleetMeta
     profile: Profile
-    ca: CA
-    is_new: bool
+    ca: CA | None
+    meta: FleetMeta | None
 
 
-def _check(request: MintRequest) -> _Plan:
+def check(request: MintRequest) -> MintPlan:
+    """Everything a mint can refuse, checked before any file is written: the
+    options, the CA, an existing fleet against what was asked, and the profile
+    planned for the devices it will mint."""
     if request.count <= 0:
         raise UserError(f"--count must be positive, got {request.count}")
     if request.workers <= 0:
         raise UserError(f"--workers must be positive, got {request.workers}")
     if request.key_pool is not None and request.key_pool <= 0:
         raise UserError(f"--key-pool must be positive, got {request.key_pool}")
-    ca = load_ca(request.ca_dir)
+    names = request.names
+    ca = _existing_ca(request)
     store = FleetStore(request.fleet)
     if store.exists():
         meta = store.read_meta()
-        if meta.ca_fingerprint != ca.fingerprint:
-            raise FleetError(
-                f"{request.fleet}: minted with another CA ({meta.ca_subject}, "
-                f"sha256 {meta.ca_fingerprint[:16]}…), not {request.ca_dir}"
+        if ca is None:
+            raise CAError(
+                f"{names.ca}: no CA in {request.ca_dir}, but {request.fleet} was minted with "
+                f"{meta.ca_subject} (sha256 {meta.ca_fingerprint[:16]}…): point it at that CA"
             )
-        profile = Profile.model_validate(meta.profile)
-        if request.profile is not None and request.profile.canonical() != meta.profile:
-            raise FleetError(f"{request.fleet}: minted with a different profile than the one given")
-        if request.seed is not None and request.seed != meta.seed:
-            raise FleetError(f"{request.fleet}: minted with seed {meta.seed}, not {request.seed}")
-        if request.key_pool is not None and request.key_pool != meta.key_pool:
-            raise FleetError(
-                f"{request.fleet}: minted with key pool {meta.key_pool}, not {request.key_pool}"
-            )
-        return _Plan(store, meta, profile, ca, is_new=False)
-    if request.fleet.exists() and not request.fleet.is_dir():
-        raise FleetError(f"{request.fleet}: exists and is not a folder")
-    if request.fleet.is_dir() and any(request.fleet.iterdir()):
-        raise FleetError(f"{request.fleet}: a non-empty folder that is not a fleet")
-    profile = request.profile or DEFAULT_PROFILE
-    meta = FleetMeta(
-        seed=request.seed if request.seed is not None else 0,
-        profile=profile.canonical(),
-        ca_fingerprint=ca.fingerprint,
-        ca_subject=ca.cert.subject.rfc4514_string(),
-        key_pool=request.key_pool,
-    )
-    return _Plan(store, meta, profile, ca, is_new=True)
+        _check_matches(request, meta, ca)
+        try:
+            profile = Profile.model_validate(meta.profile)
+        except ValidationError as exc:
+            problem = exc.errors()[0]["msg"]
+            raise FleetError(f"{store.path / META_FILE}: profile: {problem}") from None
+        plan = MintPlan(store, profile, ca, meta)
+    else:
+        if request.fleet.exists() and not request.fleet.is_dir():
+            raise FleetError(f"{request.fleet}: exists and is not a folder")
+        if request.fleet.is_dir() and any(request.fleet.iterdir()):
+            raise FleetError(f"{request.fleet}: a non-empty folder that is not a fleet")
+        plan = MintPlan(store, request.profile or DEFAULT_PROFILE, ca, None)
+    _plan_ahead(plan, request)
+    return plan
+
+
+def _existing_ca(request: MintRequest) -> CA | None:
+    ca_dir = request.ca_dir
+    missing = not (ca_dir / CA_CERT_FILE).exists() and not (ca_dir / CA_KEY_FILE).exists()
+    if request.init_ca and missing:
+        if ca_dir.exists() and not ca_dir.is_dir():
+            raise CAError(f"{request.names.ca}: {ca_dir} exists and is not a folder")
+        return None
+    try:
+        return load_ca(ca_dir)
+    except CAError as exc:
+        raise CAError(f"{request.names.ca}: {exc}") from None
+
+
+def _check_matches(request: MintRequest, meta: FleetMeta, ca: CA) -> None:
+    """An existing fleet grows only with the CA, profile, seed and key pool it was
+    minted with; a mismatch names what differs."""
+    names, fleet = request.names, request.fleet
+    if meta.ca_fingerprint != ca.fingerprint:
+        raise FleetError(
+            f"{fleet}: minted with another CA ({meta.ca_subject}, sha256 "
+            f"{meta.ca_fingerprint[:16]}…), not {names.ca} {request.ca_dir} "
+            f"({ca.cert.subject.rfc4514_string()}, sha256 {ca.fingerprint[:16]}…)"
+        )
+    if request.profile is not None:
+        differs = difference(meta.profile, request.profile.canonical(), names.profile)
+        if differs is not None:
+            raise FleetError(f"{fleet}: minted with a different profile: {differs}")
+    if request.seed is not None and request.seed != meta.seed:
+        raise FleetError(f"{fleet}: minted with seed {meta.seed}, not {names.seed} {request.seed}")
+    if request.key_pool is not None and request.key_pool != meta.key_pool:
+        raise FleetError(f"{fleet}: minted with key pool {meta.key_pool}, not {request.key_pool}")
+
+
+def _plan_ahead(plan: MintPlan, request: MintRequest) -> None:
+    """Plan the first devices and the last: enough to catch a template that
+    overflows a field or a value a field cannot hold before anything is written
+    (only ``{index}`` grows with the index, and it is longest at the end)."""
+    planner = DevicePlanner(plan.profile, _seed(plan, request))
+    for index in (*range(min(request.count, _PRECHECK)), request.count - 1):
+        planner.plan(index)
+
+
+def _seed(plan: MintPlan, request: MintRequest) -> int:
+    if plan.meta is not None:
+        return plan.meta.seed
+    return request.seed if request.seed is not None else 0
 
 
 def _chunks(start: int, stop: int, workers: int) -> Iterator[tuple[int, int]]:
@@ -151,25 +222,46 @@ def _make_pool_key(args: tuple[Path, KeyType, int]) -> None:
 def mint(request: MintRequest, on_progress: Callable[[int, int], None] | None = None) -> MintResult:
     """Mint until the fleet holds ``request.count`` devices. ``on_progress(done,
     total)`` is called as chunks land, ``done`` counting devices already there."""
-    plan = _check(request)
-    planner = DevicePlanner(plan.profile, plan.meta.seed)
-    for index in range(min(request.count, _PRECHECK)):
-        planner.plan(index)
-    if plan.is_new:
-        plan.store.create(plan.meta)
+    plan = check(request)
+    undo = _Undo(request, plan)
+    try:
+        return _mint(request, plan, undo, on_progress)
+    except Exception:
+        undo.if_nothing_recorded()
+        raise
+
+
+def _mint(
+    request: MintRequest,
+    plan: MintPlan,
+    undo: _Undo,
+    on_progress: Callable[[int, int], None] | None,
+) -> MintResult:
+    ca = plan.ca if plan.ca is not None else init_ca(request.ca_dir)
+    meta = plan.meta
+    if meta is None:
+        meta = FleetMeta(
+            seed=_seed(plan, request),
+            profile=plan.profile.canonical(),
+            ca_fingerprint=ca.fingerprint,
+            ca_subject=ca.cert.subject.rfc4514_string(),
+            key_pool=request.key_pool,
+        )
+        plan.store.create(meta)
     lock = plan.store.lock()
+    undo.armed = True  # not before: a fleet another mint holds is not this one's to remove
     try:
         existing = plan.store.recover()
         if existing >= request.count:
             return MintResult(request.fleet, existing, 0, existing)
-        _prepare_shared(request.fleet, plan, request.workers)
+        _prepare_shared(request.fleet, plan.profile, meta, request.workers)
         spec = MintSpec(
             fleet=request.fleet,
             ca_dir=request.ca_dir,
-            profile=plan.meta.profile,
-            seed=plan.meta.seed,
+            profile=meta.profile,
+            seed=meta.seed,
             now=dt.datetime.now(dt.UTC).replace(microsecond=0),
-            key_pool=plan.meta.key_pool,
+            key_pool=meta.key_pool,
         )
         done = existing
         if on_progress:
@@ -183,20 +275,55 @@ def mint(request: MintRequest, on_progress: Callable[[int, int], None] | None = 
         os.close(lock)
 
 
-def _prepare_shared(fleet: Path, plan: _Plan, workers: int) -> None:
+class _Undo:
+    """What a mint that fails before its first device leaves behind: a new fleet
+    (and the CA made for it) is removed, so that the corrected command starts
+    afresh; ``check`` should have refused first, this is for what it cannot know."""
+
+    def __init__(self, request: MintRequest, plan: MintPlan) -> None:
+        self.fleet = request.fleet if plan.meta is None else None
+        self.fleet_existed = request.fleet.exists()
+        self.ca = request.ca_dir if plan.ca is None else None
+        self.ca_existed = request.ca_dir.exists()
+        self.armed = False  # set once this mint holds the fleet's lock
+
+    def if_nothing_recorded(self) -> None:
+        if not self.armed or self.fleet is None:
+            return
+        if FleetStore(self.fleet).manifest_path.exists():
+            return
+        if not self.fleet_existed:
+            shutil.rmtree(self.fleet, ignore_errors=True)
+        elif self.fleet.is_dir():
+            # ``check`` found it empty: what is in it now is this mint's.
+            for child in self.fleet.iterdir():
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child, ignore_errors=True)
+                else:
+                    child.unlink(missing_ok=True)
+        if self.ca is not None:
+            # The folder may hold files of the user's: only the CA's own go.
+            for name in (CA_CERT_FILE, CA_KEY_FILE):
+                (self.ca / name).unlink(missing_ok=True)
+            if not self.ca_existed:
+                with contextlib.suppress(OSError):
+                    self.ca.rmdir()
+
+
+def _prepare_shared(fleet: Path, profile: Profile, meta: FleetMeta, workers: int) -> None:
     """The unknown CA and pool keys: made once per fleet, before any device."""
-    if "unknown_ca" in plan.profile.faults and not (fleet / UNKNOWN_CA_DIR / "ca.pem").exists():
+    if "unknown_ca" in profile.faults and not (fleet / UNKNOWN_CA_DIR / "ca.pem").exists():
         init_ca(
             fleet / UNKNOWN_CA_DIR,
             subject="CN=jitp-loadgen unknown CA,O=jitp-loadgen",
             force=True,
         )
-    if plan.meta.key_pool:
+    if meta.key_pool:
         (fleet / KEYS_DIR).mkdir(exist_ok=True)
         jobs = [
             (fleet, key_type, slot)
-            for key_type in plan.profile.key_types
-            for slot in range(plan.meta.key_pool)
+            for key_type in profile.key_types
+            for slot in range(meta.key_pool)
         ]
         if workers > 1 and len(jobs) > 1:
             context = multiprocessing.get_context("fork")

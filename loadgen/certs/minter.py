@@ -20,14 +20,14 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from loadgen.certs import der, subject
 from loadgen.certs.ca import CA, load_ca
 from loadgen.certs.keys import KeyMaker, KeyType, PrivateKey, spki_der
-from loadgen.certs.profile import DevicePlanner, Profile
+from loadgen.certs.profile import NOT_YET_VALID_IN, DevicePlanner, Profile
 from loadgen.certs.store import KEYS_DIR, SHARD_SIZE, UNKNOWN_CA_DIR, device_paths, shard_of
 from loadgen.files import FolderWriter
 
 # Devices are valid from an hour before minting: clocks on test rigs drift.
 _BACKDATE = dt.timedelta(hours=1)
 _EXPIRED_AGO = dt.timedelta(days=1)
-_NOT_YET_VALID_IN = dt.timedelta(days=30)
+_EARLIEST = dt.datetime(1950, 1, 1, tzinfo=dt.UTC)
 _SERIAL_BYTES = 16
 
 
@@ -49,10 +49,13 @@ def validity_windows(
     """(not before, not after) for a normal device and for each validity fault."""
     lifetime = dt.timedelta(days=days)
     expired_at = now - _EXPIRED_AGO
-    starts = now + _NOT_YET_VALID_IN
+    # A long lifetime would start an expired device before year 1: it starts at
+    # the earliest UTCTime instead, still expired, still valid for a long time.
+    expired_from = expired_at - min(lifetime, expired_at - _EARLIEST)
+    starts = now + NOT_YET_VALID_IN
     return {
         None: (now - _BACKDATE, now + lifetime),
-        "expired": (expired_at - lifetime, expired_at),
+        "expired": (expired_from, expired_at),
         "not_yet_valid": (starts, starts + lifetime),
     }
 

@@ -8,6 +8,7 @@ deterministic for a given profile and seed.
 from __future__ import annotations
 
 import bisect
+import datetime as dt
 import hashlib
 import itertools
 import string
@@ -26,12 +27,15 @@ from pydantic import (
     field_validator,
 )
 
+from loadgen.certs.der import LATEST
 from loadgen.certs.keys import KeyType
 from loadgen.certs.subject import BY_NAME, FIELDS, SubjectValueError
 from loadgen.config import load_model
 from loadgen.errors import ConfigError
 
 FAULTS_FIXED = ("expired", "not_yet_valid", "unknown_ca")
+# A ``not_yet_valid`` device becomes valid this long after minting.
+NOT_YET_VALID_IN = dt.timedelta(days=30)
 MISSING_PREFIX = "missing_"
 # Low-discrepancy sequence step: the golden ratio's fractional part. Faults are
 # assigned by where index * step falls in [0, 1), so any run of N devices carries
@@ -238,6 +242,17 @@ class Profile(_Strict):
     )
     faults: dict[FaultName, Annotated[float, Field(ge=0, le=1)]] = Field(default_factory=dict)
 
+    @field_validator("validity_days")
+    @classmethod
+    def _encodable(cls, v: int) -> int:
+        most = max_validity_days(dt.datetime.now(dt.UTC))
+        if v > most:
+            raise ValueError(
+                f"{v} days from now ends after {LATEST:%Y-%m-%d}, the last date an X.509 "
+                f"certificate can hold: at most {most}"
+            )
+        return v
+
     @field_validator("key_type")
     @classmethod
     def _mix_not_empty(cls, v: Any) -> Any:
@@ -282,6 +297,39 @@ class Profile(_Strict):
 
 
 DEFAULT_PROFILE = Profile()
+
+
+def max_validity_days(now: dt.datetime) -> int:
+    """The longest validity a device minted ``now`` can have, a ``not_yet_valid``
+    one (whose window starts later) included."""
+    return (LATEST - now - NOT_YET_VALID_IN).days
+
+
+def difference(fleet: dict[str, Any], given: dict[str, Any], label: str) -> str | None:
+    """The first field where two canonical profiles differ, as the user would name
+    it (``subject.country is 'US' in the fleet, 'SE' in LABEL``); None when equal."""
+    found = _first_difference(fleet, given, "")
+    if found is None:
+        return None
+    name, mine, theirs = found
+    return f"{name} is {_shown(mine)} in the fleet, {_shown(theirs)} in {label}"
+
+
+def _first_difference(
+    a: dict[str, Any], b: dict[str, Any], where: str
+) -> tuple[str, Any, Any] | None:
+    for key in sorted(a.keys() | b.keys()):
+        mine, theirs = a.get(key), b.get(key)
+        if isinstance(mine, dict) and isinstance(theirs, dict):
+            if (found := _first_difference(mine, theirs, f"{where}{key}.")) is not None:
+                return found
+        elif mine != theirs:
+            return f"{where}{key}", mine, theirs
+    return None
+
+
+def _shown(value: Any) -> str:
+    return "not set" if value is None else repr(value)
 
 
 def load_profile(path: Path) -> Profile:

@@ -6,6 +6,7 @@ import datetime as dt
 import json
 import os
 import platform
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,8 @@ def rates(plan: RunPlan, stats: RunStats) -> dict[str, float | None]:
 def build(plan: RunPlan, stats: RunStats, timing: RunTiming) -> dict[str, Any]:
     return {
         "format": FORMAT,
+        # Tells runs apart: a merge refuses a run it holds already.
+        "run_id": uuid.uuid4().hex,
         "scenario": plan.scenario,
         "endpoint": plan.endpoint,
         "started_at": _iso(timing.started_at),

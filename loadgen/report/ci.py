@@ -46,7 +46,9 @@ def summary_markdown(report: dict[str, Any], results: list[GateResult]) -> str:
         lines += ["| gate | measured | verdict |", "| --- | ---: | --- |"]
         for r in results:
             measured = "-" if r.measured is None else f"{r.measured:g}"
-            lines.append(f"| `{r.gate}` | {measured} | {'pass' if r.passed else '**FAIL**'} |")
+            verdict = "pass" if r.passed else "**FAIL**"
+            note = f" ({r.note})" if r.note else ""
+            lines.append(f"| `{r.gate}` | {measured} | {verdict}{note} |")
         lines.append("")
     lines += ["| outcome | devices |", "| --- | ---: |"]
     lines += [f"| {k} | {v} |" for k, v in report["outcomes"].items() if v]

@@ -2,28 +2,29 @@
 
     gate    := side OP side                 OP: < <= > >= == !=
     side    := [NUMBER "*"] term | NUMBER [UNIT]
-    term    := PCT "(" PHASE ")"            PCT: p50 p90 p99 p99.9 max
-             | ratio "(" OUTCOME ")"        a fraction of all devices
-             | count "(" OUTCOME ")"        OUTCOME also failed, unexpected, expected
-             | achieved_rate | target_rate  arrivals per second
-    UNIT    := ms | s | %
+    term    := FUNCTION "(" ARG ")" | TERM  the metrics below
+    UNIT    := ms | s | % | /s
 
-``failed`` counts every outcome but ``connected``. Latencies compare in
-milliseconds (``2s`` is 2000), ratios as fractions (``0.1%`` is 0.001).
-See docs/gates.md.
+Every metric has a kind, and a number compared with it carries the kind's unit:
+a latency ``2s`` or ``2000ms`` (a bare ``2`` is refused), a ratio ``0.1%`` or a
+plain fraction up to 1, a count or a rate a plain number. A run that measured
+nothing (no device connected) passes no gate. See docs/gates.md.
 """
 
 from __future__ import annotations
 
 import operator
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 from loadgen.device.outcome import OUTCOMES
 from loadgen.errors import ConfigError
 from loadgen.metrics.stats import PHASES
+
+Report = dict[str, Any]
 
 _OPS: dict[str, Callable[[float, float], bool]] = {
     "<=": operator.le,
@@ -33,25 +34,129 @@ _OPS: dict[str, Callable[[float, float], bool]] = {
     "<": operator.lt,
     ">": operator.gt,
 }
-_PERCENTILES = {"p50": "p50", "p90": "p90", "p99": "p99", "p99.9": "p99_9", "max": "max"}
-# ``unexpected``: devices whose outcome the fleet's injected faults did not
-# predict; ``expected``: those that failed as their fault predicts.
-_OUTCOME_NAMES = {o.value for o in OUTCOMES} | {"failed", "unexpected", "expected"}
 _SPLIT = re.compile(r"\s*(<=|>=|==|!=|<|>)\s*")
-_FUNC = re.compile(r"^(p50|p90|p99|p99\.9|max|ratio|count)\(\s*([a-z_]+)\s*\)$")
-_NUMBER = re.compile(r"^(\d+(?:\.\d+)?)\s*(ms|s|%)?$")
+_FUNC = re.compile(r"^([a-z][a-z0-9_.]*)\(\s*([a-z_]+)\s*\)$")
+_NUMBER = re.compile(r"^(\d+(?:\.\d+)?)\s*(ms|s|%|/s)?$")
 _SCALED = re.compile(r"^(\d+(?:\.\d+)?)\s*\*\s*(.+)$")
+
+
+class Kind(Enum):
+    """What a metric measures, which decides the unit of a number beside it."""
+
+    LATENCY = "a latency"
+    RATIO = "a ratio"
+    COUNT = "a count"
+    RATE = "a rate"
+
+
+def _outcome_count(outcome: str) -> Callable[[Report], int | None]:
+    return lambda r: int(r["outcomes"].get(outcome, 0))
+
+
+def _expected(r: Report) -> int | None:
+    return sum(int(n) for n in ((r.get("accounting") or {}).get("expected") or {}).values())
+
+
+def _unexpected(r: Report) -> int | None:
+    unexpected = (r.get("accounting") or {}).get("unexpected")
+    return None if unexpected is None else int(unexpected)
+
+
+# The outcomes a ratio or count reads: each outcome, and groups of them. None:
+# the report cannot tell (a merge with a report from before accounting).
+OUTCOME_COUNTS: dict[str, Callable[[Report], int | None]] = {
+    **{o.value: _outcome_count(o.value) for o in OUTCOMES},
+    "failed": lambda r: sum(int(n) for name, n in r["outcomes"].items() if name != "connected"),
+    # Devices whose outcome the fleet's injected faults did not predict, and
+    # those that failed as their fault predicts.
+    "unexpected": _unexpected,
+    "expected": _expected,
+}
+
+
+def _latency(key: str) -> Callable[[Report, str], float | None]:
+    return lambda r, phase: r["latency_ms"][phase][key]
+
+
+def _count(r: Report, outcome: str) -> float | None:
+    n = OUTCOME_COUNTS[outcome](r)
+    return None if n is None else float(n)
+
+
+def _ratio(r: Report, outcome: str) -> float | None:
+    n = OUTCOME_COUNTS[outcome](r)
+    return None if n is None or not r["devices"] else n / r["devices"]
+
+
+@dataclass(frozen=True)
+class Function:
+    """A metric with an argument: ``p99(provision)``, ``ratio(failed)``."""
+
+    kind: Kind
+    args: Collection[str]
+    what: str  # the argument's name, for errors
+    read: Callable[[Report, str], float | None]
+
+
+@dataclass(frozen=True)
+class Term:
+    """A metric without one: ``achieved_rate``."""
+
+    kind: Kind
+    read: Callable[[Report], float | None]
+
+
+_PERCENTILES = {"p50": "p50", "p90": "p90", "p99": "p99", "p99.9": "p99_9", "max": "max"}
+FUNCTIONS: dict[str, Function] = {
+    **{
+        name: Function(Kind.LATENCY, PHASES, "phase", _latency(key))
+        for name, key in _PERCENTILES.items()
+    },
+    "ratio": Function(Kind.RATIO, OUTCOME_COUNTS.keys(), "outcome", _ratio),
+    "count": Function(Kind.COUNT, OUTCOME_COUNTS.keys(), "outcome", _count),
+}
+TERMS: dict[str, Term] = {
+    "achieved_rate": Term(Kind.RATE, lambda r: r["rate"]["achieved_per_s"]),
+    "target_rate": Term(Kind.RATE, lambda r: r["rate"]["target_per_s"]),
+}
+
+
+def nothing_measured(report: Report) -> str | None:
+    """Why a report measured nothing a gate may pass on, or None when it did: a
+    run against a dead endpoint (no device connected) must fail its gates. A
+    device that failed as its injected fault predicts was answered by the
+    endpoint, so a fleet of faulty devices alone still measures something."""
+    devices = report.get("devices") or 0
+    if not devices:
+        return "no device ran"
+    connected = (report.get("outcomes") or {}).get("connected")
+    if not connected and not _expected(report):
+        return f"no device connected (of {devices})"
+    return None
+
+
+@dataclass(frozen=True)
+class _Side:
+    """One side of a gate: a metric (``kind``, ``read``) or a number with its unit."""
+
+    text: str
+    kind: Kind | None = None
+    read: Callable[[Report], float | None] | None = None
+    number: float = 0.0
+    unit: str | None = None
 
 
 @dataclass(frozen=True)
 class Gate:
     text: str
-    left: Callable[[dict[str, Any]], float | None]
+    left: Callable[[Report], float | None]
     op: str
-    right: Callable[[dict[str, Any]], float | None]
+    right: Callable[[Report], float | None]
 
-    def evaluate(self, report: dict[str, Any]) -> GateResult:
+    def evaluate(self, report: Report) -> GateResult:
         left, right = self.left(report), self.right(report)
+        if (why := nothing_measured(report)) is not None:
+            return GateResult(self.text, False, left, right, f"nothing was measured: {why}")
         if left is None or right is None:
             return GateResult(self.text, False, left, right, "nothing was measured")
         return GateResult(self.text, _OPS[self.op](left, right), left, right, None)
@@ -72,60 +177,75 @@ class GateResult:
         return f"{verdict}: {self.gate}  (measured {measured}){extra}"
 
 
-def _outcome_count(report: dict[str, Any], outcome: str) -> int | None:
-    if outcome in ("unexpected", "expected"):
-        accounting = report.get("accounting") or {}
-        if outcome == "expected":
-            return sum(int(n) for n in (accounting.get("expected") or {}).values())
-        unexpected = accounting.get("unexpected")
-        return None if unexpected is None else int(unexpected)
-    outcomes = report["outcomes"]
-    if outcome == "failed":
-        return sum(int(n) for name, n in outcomes.items() if name != "connected")
-    return int(outcomes.get(outcome, 0))
-
-
-def _side(text: str, where: str) -> Callable[[dict[str, Any]], float | None]:
+def _side(text: str, where: str) -> _Side:
     text = text.strip()
     if match := _SCALED.match(text):
         factor, inner = float(match[1]), _side(match[2], where)
-        return lambda r: None if (v := inner(r)) is None else factor * v
+        if inner.read is None:
+            return _Side(text, number=factor * inner.number, unit=inner.unit)
+        read = inner.read
+        return _Side(text, inner.kind, lambda r: None if (v := read(r)) is None else factor * v)
     if match := _NUMBER.match(text):
-        value, unit = float(match[1]), match[2]
-        value = value * 1000 if unit == "s" else value / 100 if unit == "%" else value
-        return lambda _r: value
-    if text in ("achieved_rate", "target_rate"):
-        key = "achieved_per_s" if text == "achieved_rate" else "target_per_s"
-        return lambda r: r["rate"][key]
-    if match := _FUNC.match(text):
-        func, arg = match[1], match[2]
-        if func in ("ratio", "count"):
-            if arg not in _OUTCOME_NAMES:
-                raise ConfigError(f"{where}: unknown outcome {arg!r} in {text!r}")
-            if func == "count":
-                return lambda r: None if (n := _outcome_count(r, arg)) is None else float(n)
-            return lambda r: (
-                None
-                if (n := _outcome_count(r, arg)) is None or not r["devices"]
-                else n / r["devices"]
+        return _Side(text, number=float(match[1]), unit=match[2])
+    if text in TERMS:
+        term = TERMS[text]
+        return _Side(text, term.kind, term.read)
+    if (match := _FUNC.match(text)) and match[1] in FUNCTIONS:
+        function, arg = FUNCTIONS[match[1]], match[2]
+        if arg not in function.args:
+            raise ConfigError(
+                f"{where}: unknown {function.what} {arg!r} in {text!r} ({', '.join(function.args)})"
             )
-        if arg not in PHASES:
-            raise ConfigError(f"{where}: unknown phase {arg!r} in {text!r} ({', '.join(PHASES)})")
-        key = _PERCENTILES[func]
-        return lambda r: r["latency_ms"][arg][key]
+        read_arg = function.read
+        return _Side(text, function.kind, lambda r: read_arg(r, arg))
     raise ConfigError(
         f"{where}: cannot read {text!r} (p99(provision), ratio(failed), count(throttled), "
         "achieved_rate, a number with ms, s or %)"
     )
 
 
+def _threshold(number: _Side, kind: Kind, gate: str, where: str) -> float:
+    """A number in the unit of the metric it is compared with."""
+    n, unit = number.number, number.unit
+    bad = f"{where}: {gate!r}: {number.text!r} is not {kind.value}"
+    if kind is Kind.LATENCY:
+        if unit == "s":
+            return n * 1000
+        if unit == "ms":
+            return n
+        raise ConfigError(f"{bad}: a latency needs a unit, {n:g}s or {n * 1000:g}ms")
+    if kind is Kind.RATIO:
+        if unit == "%":
+            return n / 100
+        if unit is None and n <= 1:
+            return n
+        raise ConfigError(f"{bad}: a ratio is a percentage ({n:g}%) or a fraction from 0 to 1")
+    if unit is None or (kind is Kind.RATE and unit == "/s"):
+        return n
+    per = " or per second (/s)" if kind is Kind.RATE else ""
+    raise ConfigError(f"{bad}: {kind.value} is a plain number{per}")
+
+
 def parse(text: str, where: str = "gate") -> Gate:
     parts = _SPLIT.split(text.strip())
     if len(parts) != 3:
         raise ConfigError(f"{where}: {text!r} is not 'left OP right' (OP: < <= > >= == !=)")
-    left, op, right = parts
-    return Gate(text.strip(), _side(left, where), op, _side(right, where))
+    gate = text.strip()
+    left, op, right = _side(parts[0], where), parts[1], _side(parts[2], where)
+    if left.kind is None and right.kind is None:
+        raise ConfigError(f"{where}: {gate!r} compares two numbers: one side must be a metric")
+    if left.kind is not None and right.kind is not None and left.kind is not right.kind:
+        raise ConfigError(f"{where}: {gate!r} compares {left.kind.value} with {right.kind.value}")
+    return Gate(gate, _reader(left, right, gate, where), op, _reader(right, left, gate, where))
 
 
-def evaluate(gates: list[Gate], report: dict[str, Any]) -> list[GateResult]:
+def _reader(side: _Side, other: _Side, gate: str, where: str) -> Callable[[Report], float | None]:
+    if side.read is not None:
+        return side.read
+    assert other.kind is not None
+    value = _threshold(side, other.kind, gate, where)
+    return lambda _r: value
+
+
+def evaluate(gates: list[Gate], report: Report) -> list[GateResult]:
     return [gate.evaluate(report) for gate in gates]

@@ -303,7 +303,8 @@ def _gates(report: dict[str, Any]) -> str:
             _num(g.get("threshold")),
             '<span class="pass">pass</span>'
             if g.get("passed")
-            else '<span class="fail">FAIL</span>',
+            else '<span class="fail">FAIL</span>'
+            + (f" ({_e(g['note'])})" if g.get("note") else ""),
         ]
         for g in gates
     ]

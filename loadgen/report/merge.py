@@ -5,6 +5,7 @@ of N reports equals one run over the union of their devices."""
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 from collections import Counter
 from pathlib import Path
@@ -14,20 +15,66 @@ from loadgen.errors import UserError
 from loadgen.metrics.histogram import LatencyHistogram
 from loadgen.metrics.intervals import LogBuckets
 from loadgen.metrics.stats import BREAKDOWN, PHASES
+from loadgen.report import fields
 from loadgen.report.build import FORMAT, breakdown_ms, generator_cpu, latency_series
+from loadgen.report.fields import Needs
 
 
-def load_report(path: Path) -> dict[str, Any]:
+def load_report(path: Path, needs: Needs | None = None) -> dict[str, Any]:
+    """A report file, with the fields ``needs`` names checked: anything else is a
+    one-line ``UserError`` naming the file (and the field)."""
     try:
-        report = json.loads(path.read_text())
+        report = json.loads(path.read_bytes())
     except FileNotFoundError:
         raise UserError(f"{path}: no such report") from None
-    except (OSError, ValueError) as exc:
+    except IsADirectoryError:
+        raise UserError(f"{path}: a folder, not a report") from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read: {exc.strerror}") from None
+    except ValueError as exc:
         raise UserError(f"{path}: not a JSON report: {exc}") from None
-    if not isinstance(report, dict) or report.get("format") != FORMAT:
-        found = report.get("format") if isinstance(report, dict) else None
-        raise UserError(f"{path}: not a {FORMAT} report (format {found!r})")
+    if not isinstance(report, dict):
+        raise UserError(f"{path}: not a {FORMAT} report (JSON, but not an object)")
+    if "format" not in report:
+        raise UserError(f"{path}: not a {FORMAT} report (JSON without a format field)")
+    if report["format"] != FORMAT:
+        raise UserError(f"{path}: not a {FORMAT} report (format {report['format']!r})")
+    if needs is not None:
+        fields.check(report, path, needs)
     return report
+
+
+def run_ids(report: dict[str, Any]) -> list[str]:
+    """The runs a report holds: a merge's ``run_ids``, a run's ``run_id``; for a
+    report written before run ids existed, a digest of what it measured."""
+    if "run_ids" in report:
+        return list(report["run_ids"])
+    if "run_id" in report:
+        return [report["run_id"]]
+    measured = json.dumps(
+        [report.get("started_at"), report.get("ended_at"), report.get("histograms")],
+        sort_keys=True,
+    )
+    return ["sha256:" + hashlib.sha256(measured.encode()).hexdigest()[:32]]
+
+
+def merge_files(paths: list[Path]) -> dict[str, Any]:
+    """``report merge``: the files read and checked, and no run merged twice (the
+    same file, a copy, or a merge that holds it already)."""
+    reports = [load_report(path, fields.MERGE) for path in paths]
+    seen: dict[str, Path] = {}
+    for path, report in zip(paths, reports, strict=True):
+        for run_id in run_ids(report):
+            if run_id in seen:
+                first = seen[run_id]
+                if first == path:
+                    raise UserError(f"{path}: given twice: a run is merged only once")
+                raise UserError(
+                    f"{path}: run {run_id} is already in {first}: a run is merged only once"
+                )
+        for run_id in run_ids(report):
+            seen[run_id] = path
+    return merge(reports)
 
 
 def _counts(reports: list[dict[str, Any]], *keys: str) -> dict[str, int]:
@@ -66,6 +113,7 @@ def merge(reports: list[dict[str, Any]]) -> dict[str, Any]:
     achieved = [r["rate"]["achieved_per_s"] for r in reports]
     merged_report: dict[str, Any] = {
         "format": FORMAT,
+        "run_ids": [run_id for r in reports for run_id in run_ids(r)],
         "scenario": " + ".join(dict.fromkeys(r["scenario"] for r in reports)),
         "endpoint": " + ".join(dict.fromkeys(r["endpoint"] for r in reports)),
         "started_at": t0.isoformat(timespec="milliseconds"),

@@ -1,0 +1,219 @@
+"""What each ``report`` command reads of a report file, checked as the file is
+read: a file that lacks a field a command needs, or holds it in another shape, is
+one line naming the file and the field, before anything is printed or written.
+
+A field is a dotted path. ``*`` stands for every key of an object, ``[]`` for
+every item of a list, and a part ending in ``?`` may be absent or null (the rest
+of the path is then not looked for): ``jitp?.provisioning`` is needed only when
+the report has a ``jitp`` section.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from loadgen.errors import UserError
+from loadgen.metrics.stats import BREAKDOWN, PHASES
+
+
+class Kind(Enum):
+    OBJECT = "an object"
+    LIST = "a list"
+    STRING = "a string"
+    NUMBER = "a number"
+    NUMBER_OR_NULL = "a number or null"
+    TIME = "an ISO 8601 time"
+
+    def holds(self, value: Any) -> bool:
+        if self is Kind.OBJECT:
+            return isinstance(value, dict)
+        if self is Kind.LIST:
+            return isinstance(value, list)
+        if self is Kind.STRING:
+            return isinstance(value, str)
+        if self is Kind.NUMBER_OR_NULL and value is None:
+            return True
+        if self in (Kind.NUMBER, Kind.NUMBER_OR_NULL):
+            return isinstance(value, int | float) and not isinstance(value, bool)
+        if not isinstance(value, str):
+            return False
+        try:
+            dt.datetime.fromisoformat(value)
+        except ValueError:
+            return False
+        return True
+
+
+@dataclass(frozen=True)
+class Needs:
+    """The fields one command reads."""
+
+    command: str
+    fields: tuple[tuple[str, Kind], ...]
+
+
+def check(report: dict[str, Any], path: Path, needs: Needs) -> None:
+    for field, kind in needs.fields:
+        _walk(report, field.split("."), "", kind, path, needs.command)
+
+
+def _walk(node: Any, parts: list[str], where: str, kind: Kind, path: Path, command: str) -> None:
+    if not parts:
+        if not kind.holds(node):
+            raise UserError(f"{path}: field {where} is {_shape(node)}, not {kind.value}")
+        return
+    part, rest = parts[0], parts[1:]
+    if part in ("*", "[]"):
+        expected = Kind.OBJECT if part == "*" else Kind.LIST
+        if not expected.holds(node):
+            raise UserError(f"{path}: field {where} is {_shape(node)}, not {expected.value}")
+        items = node.items() if isinstance(node, dict) else enumerate(node)
+        for key, value in items:
+            inner = f"{where}.{key}" if part == "*" else f"{where}[{key}]"
+            _walk(value, rest, inner, kind, path, command)
+        return
+    optional = part.endswith("?")
+    key = part.removesuffix("?")
+    name = f"{where}.{key}" if where else key
+    if not isinstance(node, dict):
+        raise UserError(f"{path}: field {where} is {_shape(node)}, not {Kind.OBJECT.value}")
+    if key not in node or (optional and node[key] is None):
+        if optional:
+            return
+        raise UserError(f"{path}: field {name} is missing (report {command} needs it)")
+    _walk(node[key], rest, name, kind, path, command)
+
+
+def _shape(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    for kind in (Kind.OBJECT, Kind.LIST, Kind.STRING, Kind.NUMBER):
+        if kind.holds(value):
+            return str(kind.value)
+    return type(value).__name__
+
+
+_SUMMARY = ("count", "p50", "p90", "p99", "p99_9", "max")
+OBJ, LIST, STR, NUM, NUM_OR_NULL, TIME = (
+    Kind.OBJECT,
+    Kind.LIST,
+    Kind.STRING,
+    Kind.NUMBER,
+    Kind.NUMBER_OR_NULL,
+    Kind.TIME,
+)
+
+# The run's counts, which every command but html reads.
+_COUNTS = (
+    ("devices", NUM),
+    ("outcomes", OBJ),
+    ("outcomes.*", NUM),
+)
+
+SHOW = Needs(
+    "show",
+    (
+        ("scenario", STR),
+        ("endpoint", STR),
+        ("duration_s", NUM),
+        *_COUNTS,
+        ("attempts.total", NUM),
+        ("rate.target_per_s", NUM_OR_NULL),
+        ("rate.achieved_per_s", NUM_OR_NULL),
+        ("schedule_lag_ms.p99", NUM_OR_NULL),
+        *((f"latency_ms.{p}.{k}", NUM_OR_NULL) for p in PHASES for k in _SUMMARY),
+        ("reasons.*.*", NUM),
+        ("generator?", OBJ),
+        ("jitp?.first_connect_rejected", NUM),
+        ("jitp?.provisioning?.*", NUM),
+        ("jitp?.provisioning_failures?.*", NUM),
+        ("capacity?.verdict", STR),
+        *(
+            (f"capacity?.steps.[].{field}", kind)
+            for field, kind in (
+                ("step", NUM),
+                ("rate_per_s", NUM),
+                ("achieved_per_s", NUM_OR_NULL),
+                ("latency_ms.provision.p50", NUM_OR_NULL),
+                ("latency_ms.provision.p99", NUM_OR_NULL),
+                ("failed_ratio", NUM_OR_NULL),
+                ("throttled", NUM),
+            )
+        ),
+    ),
+)
+
+MERGE = Needs(
+    "merge",
+    (
+        ("run_id?", STR),
+        ("run_ids?.[]", STR),
+        ("scenario", STR),
+        ("endpoint", STR),
+        ("started_at", TIME),
+        ("ended_at", TIME),
+        *_COUNTS,
+        ("accounting?.planned", NUM),
+        ("accounting?.started", NUM),
+        ("accounting?.expected?.*", NUM),
+        ("accounting?.unexpected?", NUM),
+        ("accounting?.notes?.*", NUM),
+        ("accounting?.workers_lost?.*", STR),
+        ("attempts.total", NUM),
+        ("attempts.per_device.*", NUM),
+        ("attempts.provisioning_triggered", NUM),
+        ("rate.target_per_s", NUM_OR_NULL),
+        ("rate.achieved_per_s", NUM_OR_NULL),
+        ("reasons.*.*", NUM),
+        ("provision_breakdown_ms?.devices", NUM),
+        *((f"provision_breakdown_ms?.{part}", NUM) for part in BREAKDOWN),
+        *((f"histograms.{name}", STR) for name in (*PHASES, "schedule_lag")),
+        ("series.started_per_s", LIST),
+        ("series.target_per_s?", LIST),
+        ("series.outcomes_per_s.*", LIST),
+        ("series.latency_buckets?.*.[]", OBJ),
+        ("generator?.cpu_s", NUM),
+        ("load.executor", STR),
+        ("load.count", NUM),
+        ("load.max_in_flight", NUM),
+        ("load.workers", NUM),
+        ("load.mqtt_version", STR),
+        ("environment", OBJ),
+    ),
+)
+
+COMPARE = Needs(
+    "compare",
+    (
+        *_COUNTS,
+        *((f"latency_ms.{p}.{k}", NUM_OR_NULL) for p in PHASES for k in ("p50", "p90", "p99")),
+    ),
+)
+
+# The HTML page reads every field it can and draws what it finds; the sections
+# must have their shape.
+HTML = Needs(
+    "html",
+    tuple(
+        (f"{section}?", kind)
+        for section, kind in (
+            ("outcomes", OBJ),
+            ("attempts", OBJ),
+            ("latency_ms", OBJ),
+            ("rate", OBJ),
+            ("reasons", OBJ),
+            ("series", OBJ),
+            ("load", OBJ),
+            ("environment", OBJ),
+            ("jitp", OBJ),
+            ("capacity", OBJ),
+            ("gates", LIST),
+        )
+    ),
+)

@@ -1,0 +1,169 @@
+"""`loadgen report show|html|merge|compare` on files that are not reports, or lack
+a field the command reads: one line naming the file and the field, exit 2,
+nothing written. And a merge adds each run once, by its run id."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from loadgen.report.merge import merge
+from tests.conftest import assert_user_error, run_loadgen
+from tests.test_report_merge import _report
+from tests.test_stats import _results
+
+
+def _shards(n: int = 2, devices: int = 200) -> list[dict]:
+    results = _results(devices, 4)
+    return [_report(results, lambda i, s=s: i % n == s) for s in range(n)]
+
+
+def _write(path: Path, report: object) -> Path:
+    path.write_text(json.dumps(report))
+    return path
+
+
+def _commands(report: Path, out: Path) -> dict[str, tuple]:
+    return {
+        "show": ("report", "show", report),
+        "html": ("report", "html", report, "-o", out),
+        "merge": ("report", "merge", report, "-o", out),
+        "compare": ("report", "compare", report, report),
+    }
+
+
+@pytest.mark.parametrize("command", ["show", "html", "merge", "compare"])
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("devices: 3\n", "not a JSON report"),
+        ("[1, 2]", "not a loadgen-report/1 report (JSON, but not an object)"),
+        ('{"devices": 3}', "not a loadgen-report/1 report (JSON without a format field)"),
+        ('{"format": "k6-summary"}', "not a loadgen-report/1 report (format 'k6-summary')"),
+    ],
+)
+def test_a_file_that_is_not_a_report_is_one_line_naming_it(tmp_path, command, content, message):
+    path = tmp_path / "r.json"
+    path.write_text(content)
+    out = tmp_path / "out"
+    assert_user_error(run_loadgen(*_commands(path, out)[command]), f"{path}: {message}")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("command", "field"),
+    [
+        ("show", "latency_ms.provision.p99"),
+        ("show", "attempts"),
+        ("merge", "histograms.provision"),
+        ("merge", "started_at"),
+        ("compare", "outcomes"),
+        ("compare", "latency_ms.connack"),
+    ],
+)
+def test_a_report_missing_a_field_the_command_needs_names_it(tmp_path, command, field):
+    report = _shards(1)[0]
+    *parents, last = field.split(".")
+    node = report
+    for part in parents:
+        node = node[part]
+    del node[last]
+    path = _write(tmp_path / "r.json", report)
+    out = tmp_path / "out"
+    result = run_loadgen(*_commands(path, out)[command])
+    assert_user_error(result, f"{path}: field {field} is missing (report {command} needs it)")
+    assert not out.exists()
+
+
+def test_a_field_of_the_wrong_shape_is_named_with_what_it_should_be(tmp_path):
+    report = {**_shards(1)[0], "devices": "many"}
+    path = _write(tmp_path / "r.json", report)
+    assert_user_error(
+        run_loadgen("report", "show", path), f"{path}: field devices is a string, not a number"
+    )
+
+
+def test_html_of_a_report_with_a_broken_section_writes_nothing(tmp_path):
+    path = _write(tmp_path / "r.json", {**_shards(1)[0], "series": 3})
+    out = tmp_path / "r.html"
+    result = run_loadgen("report", "html", path, "-o", out)
+    assert_user_error(result, f"{path}: field series is a number, not an object")
+    assert not out.exists()
+
+
+def test_a_merge_time_that_is_not_iso_8601_is_named(tmp_path):
+    path = _write(tmp_path / "r.json", {**_shards(1)[0], "started_at": "yesterday"})
+    result = run_loadgen("report", "merge", path, "-o", tmp_path / "all.json")
+    assert_user_error(result, f"{path}: field started_at is a string, not an ISO 8601 time")
+
+
+# Run ids: one per run, and a merge adds each run once
+
+
+def test_every_run_report_has_a_run_id_of_its_own():
+    first, second = _shards(2)
+    assert len(first["run_id"]) == 32 and int(first["run_id"], 16) >= 0
+    assert first["run_id"] != second["run_id"]
+
+
+def test_a_merged_report_carries_the_run_ids_it_merged():
+    shards = _shards(3)
+    merged = merge(shards)
+    assert merged["run_ids"] == [s["run_id"] for s in shards]
+    assert merge([merge(shards[:2]), shards[2]])["run_ids"] == merged["run_ids"]
+
+
+def test_merging_merges_stays_exact(tmp_path):
+    shards = _shards(4)
+    paths = [_write(tmp_path / f"s{i}.json", s) for i, s in enumerate(shards)]
+    for name, parts in (("ab", paths[:2]), ("cd", paths[2:])):
+        assert run_loadgen("report", "merge", *parts, "-o", tmp_path / f"{name}.json").code == 0
+    result = run_loadgen(
+        "report", "merge", tmp_path / "ab.json", tmp_path / "cd.json", "-o", tmp_path / "all.json"
+    )
+    assert result.code == 0, result.err
+    nested = json.loads((tmp_path / "all.json").read_text())
+    flat = merge(shards)
+    for key in ("devices", "outcomes", "latency_ms", "histograms", "run_ids"):
+        assert nested[key] == flat[key], key
+
+
+def test_merge_refuses_the_same_report_twice(tmp_path):
+    path = _write(tmp_path / "a.json", _shards(1)[0])
+    result = run_loadgen("report", "merge", path, path, "-o", tmp_path / "all.json")
+    assert_user_error(result, f"{path}: given twice")
+    assert not (tmp_path / "all.json").exists()
+
+
+def test_merge_refuses_a_copy_of_a_run_it_holds(tmp_path):
+    report = _shards(1)[0]
+    a, b = _write(tmp_path / "a.json", report), _write(tmp_path / "copy.json", report)
+    result = run_loadgen("report", "merge", a, b, "-o", tmp_path / "all.json")
+    assert_user_error(result, f"{b}: run {report['run_id']} is already in {a}")
+
+
+def test_merge_refuses_a_run_that_a_merged_report_holds_already(tmp_path):
+    first, second = _shards(2)
+    merged = _write(tmp_path / "merged.json", merge([first, second]))
+    again = _write(tmp_path / "second.json", second)
+    result = run_loadgen("report", "merge", merged, again, "-o", tmp_path / "all.json")
+    assert_user_error(result, f"{again}: run {second['run_id']} is already in {merged}")
+
+
+def test_reports_from_before_run_ids_merge_but_not_twice(tmp_path):
+    first, second = _shards(2)
+    for report in (first, second):
+        del report["run_id"]
+    a, b = _write(tmp_path / "a.json", first), _write(tmp_path / "b.json", second)
+    assert run_loadgen("report", "merge", a, b, "-o", tmp_path / "ab.json").code == 0
+    copy = _write(tmp_path / "copy.json", first)
+    result = run_loadgen("report", "merge", a, copy, "-o", tmp_path / "twice.json")
+    assert_user_error(result, f"{copy}: run sha256:", f"is already in {a}")
+
+
+def test_merge_into_a_folder_that_does_not_exist_is_one_line(tmp_path):
+    path = _write(tmp_path / "a.json", _shards(1)[0])
+    result = run_loadgen("report", "merge", path, "-o", tmp_path / "nope" / "all.json")
+    assert_user_error(result, "--out: folder", "does not exist")
