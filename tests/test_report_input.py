@@ -166,4 +166,4 @@ def test_reports_from_before_run_ids_merge_but_not_twice(tmp_path):
 def test_merge_into_a_folder_that_does_not_exist_is_one_line(tmp_path):
     path = _write(tmp_path / "a.json", _shards(1)[0])
     result = run_loadgen("report", "merge", path, "-o", tmp_path / "nope" / "all.json")
-    assert_user_error(result, "--out: folder", "does not exist")
+    assert_user_error(result, "--out", "all.json: folder", "does not exist")
