@@ -10,6 +10,7 @@ from xml.etree import ElementTree as ET
 from loadgen.files import write_atomic
 from loadgen.metrics.stats import PHASES
 from loadgen.report.gates import GateResult
+from loadgen.report.show import accounting_phrases
 from loadgen.words import counted
 
 
@@ -50,8 +51,16 @@ def summary_markdown(report: dict[str, Any], results: list[GateResult]) -> str:
             note = f" ({r.note})" if r.note else ""
             lines.append(f"| `{r.gate}` | {measured} | {verdict}{note} |")
         lines.append("")
-    lines += ["| outcome | devices |", "| --- | ---: |"]
-    lines += [f"| {k} | {v} |" for k, v in report["outcomes"].items() if v]
+    accounting = report.get("accounting")
+    if accounting is not None:
+        lines += [" ".join(accounting_phrases(accounting)) + ".", ""]
+    expected = (accounting or {}).get("expected") or {}
+    lines += ["| outcome | devices | expected |", "| --- | ---: | ---: |"]
+    lines += [
+        f"| {k} | {v} | {'-' if k == 'connected' else expected.get(k, 0)} |"
+        for k, v in report["outcomes"].items()
+        if v
+    ]
     lines += ["", "| phase (ms) | p50 | p90 | p99 | max |", "| --- | ---: | ---: | ---: | ---: |"]
     for phase in PHASES:
         s = report["latency_ms"][phase]
