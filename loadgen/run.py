@@ -94,6 +94,7 @@ def endpoint(scenario: Scenario, options: RunOptions) -> Iterator[EndpointSessio
         strict=spec.strict_resources,
         quotas={str(k): v for k, v in spec.quotas.items()},
         metrics_port=spec.metrics_port,
+        limits=spec.limits.to_limits(),
     )
     tls = scenario.tls.model_copy(
         update={"ca_file": emulator.server_ca, "server_name": "localhost"}

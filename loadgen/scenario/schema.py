@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from loadgen.config import load_model
 from loadgen.device.retry import Jitter
+from loadgen.emulator import limits
 from loadgen.scenario.units import Duration, Rate
 
 EMBEDDED = "embedded"
@@ -136,6 +137,33 @@ class Timeouts(_Strict):
     step: Duration = 10.0
 
 
+class EmulatorLimits(_Strict):
+    """What one client may cost the embedded emulator (docs/emulator.md, Limits)."""
+
+    max_packet_size: int = Field(
+        default=limits.MAX_PACKET_SIZE, ge=64, description="Bytes, a whole MQTT packet"
+    )
+    connect_timeout: Duration = Field(
+        default=limits.CONNECT_TIMEOUT, gt=0, description="From the TLS handshake to CONNECT"
+    )
+    write_buffer: int = Field(
+        default=limits.WRITE_BUFFER, ge=1024, description="Bytes queued to a subscriber"
+    )
+    slow_consumer_timeout: Duration = Field(
+        default=limits.SLOW_CONSUMER_TIMEOUT,
+        gt=0,
+        description="How long a subscriber may stay over write_buffer",
+    )
+
+    def to_limits(self) -> limits.Limits:
+        return limits.Limits(
+            self.max_packet_size,
+            self.connect_timeout,
+            self.write_buffer,
+            self.slow_consumer_timeout,
+        )
+
+
 class EmulatorSpec(_Strict):
     """For ``endpoint: embedded``: how the local JITP emulator is set up."""
 
@@ -152,6 +180,7 @@ class EmulatorSpec(_Strict):
         default_factory=dict, description='e.g. {provision: 50/s, connect: "off"}'
     )
     metrics_port: int | None = Field(default=None, description="Serve its Prometheus metrics")
+    limits: EmulatorLimits = Field(default_factory=EmulatorLimits)
 
 
 class Scenario(_Strict):
