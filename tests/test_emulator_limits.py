@@ -1,0 +1,256 @@
+"""The emulator's limits against hostile clients (docs/emulator.md, "Limits"): raw
+TLS clients with fleet certificates declare huge packets, send nothing, go
+silent or stop reading; each is cut off, the emulator's memory (the RSS of its
+process) stays bounded, and a healthy paho device is served meanwhile."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import ssl
+from pathlib import Path
+
+import aiomqtt
+import pytest
+
+from loadgen import mqtt
+from loadgen.certs.store import FleetStore
+from loadgen.emulator.defaults import TEMPLATE
+from loadgen.emulator.limits import Limits
+from loadgen.emulator.serve import EmbeddedEmulator, start_embedded
+from loadgen.mqtt import wire
+
+# Generous: the emulator's own growth for a few connections is a few MB; what the
+# limits prevent is tens to hundreds of MB.
+RSS_BOUND_KB = 30 * 1024
+LIMITS = Limits(connect_timeout=1.0, slow_consumer_timeout=1.0)
+_ANYTHING = {
+    "Version": "2012-10-17",
+    "Statement": [{"Effect": "Allow", "Action": "iot:*", "Resource": "*"}],
+}
+
+
+@pytest.fixture
+def emulator(tmp_path, device_ca):
+    """An emulator process of its own (its peak RSS is this test's), with short
+    deadlines and a policy that allows every device everything."""
+    template = json.loads(json.dumps(TEMPLATE))
+    template["Resources"]["policy"]["Properties"]["PolicyDocument"] = json.dumps(_ANYTHING)
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"templateBody": json.dumps(template), "roleArn": "arn:x"}))
+    emulator = start_embedded(
+        device_ca.directory,
+        config,
+        tmp_path / "emulator",
+        quotas={"connect-per-client": "off"},
+        limits=LIMITS,
+    )
+    yield emulator
+    emulator.stop()
+
+
+@pytest.fixture
+def devices(small_fleet):
+    return [d for d in small_fleet.devices() if d.fault is None]
+
+
+def _memory_kb(emulator: EmbeddedEmulator) -> dict[str, int]:
+    """VmRSS (now) and VmHWM (the peak so far) of the emulator's process, in kB."""
+    status = Path(f"/proc/{emulator.process.pid}/status").read_text()
+    fields = dict(line.split(":", 1) for line in status.splitlines())
+    return {name: int(fields[name].split()[0]) for name in ("VmRSS", "VmHWM")}
+
+
+def _context(fleet: FleetStore, device, server_ca: Path) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(server_ca))
+    context.load_cert_chain(fleet.path / device.cert, fleet.path / device.key)
+    return context
+
+
+async def _open(emulator, fleet, device):
+    return await asyncio.open_connection(
+        "127.0.0.1",
+        emulator.port,
+        ssl=_context(fleet, device, emulator.server_ca),
+        server_hostname="localhost",
+    )
+
+
+async def _until_closed(reader: asyncio.StreamReader) -> bytes:
+    """Everything the emulator sends until it closes the connection."""
+    received = b""
+    with contextlib.suppress(ConnectionError, ssl.SSLError):
+        while data := await reader.read(65536):
+            received += data
+    return received
+
+
+async def _provision(emulator, fleet, devices) -> None:
+    """JITP runs on each device's first connection, which it then closes."""
+    for device in devices:
+        reader, writer = await _open(emulator, fleet, device)
+        await _until_closed(reader)
+        writer.close()
+
+
+async def _connect(emulator, fleet, device, version=mqtt.MQTT_5, keepalive=60):
+    reader, writer = await _open(emulator, fleet, device)
+    connect = mqtt.Connect(device.client_id, protocol_version=version, keepalive=keepalive)
+    writer.write(mqtt.encode(connect, version))
+    decoder = mqtt.Decoder(version)
+    packets: list[mqtt.Packet] = []
+    while not packets:
+        data = await reader.read(1024)
+        assert data, "closed before CONNACK"
+        packets += decoder.feed(data)
+    assert isinstance(packets[0], mqtt.ConnAck) and packets[0].reason_code == 0, packets
+    return reader, writer, decoder
+
+
+async def _healthy_paho_device(emulator, fleet, device) -> None:
+    """A paho device that connects, subscribes, publishes at QoS 1 and receives
+    its own message: what everyone else keeps getting."""
+    topic = f"dt/{device.client_id}/healthy"
+    async with aiomqtt.Client(
+        "127.0.0.1",
+        emulator.port,
+        identifier=device.client_id,
+        tls_context=_context(fleet, device, emulator.server_ca),
+        protocol=aiomqtt.ProtocolVersion.V5,
+        timeout=10,
+    ) as client:
+        await client.subscribe(topic)
+        await client.publish(topic, b"still served", qos=1)
+        async for message in client.messages:
+            assert message.payload == b"still served"
+            return
+
+
+async def _closes(emulator, reason: str, at_least: int = 1) -> dict:
+    """The emulator's counts once it has closed ``at_least`` sessions for
+    ``reason`` (asked until then, within the caller's deadline)."""
+    while True:
+        stats = await asyncio.to_thread(emulator.stats)
+        assert stats is not None, "the emulator did not answer for its stats"
+        if stats["closes"].get(reason, 0) >= at_least:
+            return stats
+        await asyncio.sleep(0.1)
+
+
+async def test_clients_declaring_200_mb_connects_are_cut_off_with_memory_bounded(
+    emulator, small_fleet, devices
+):
+    hostile, healthy = devices[:3], devices[3]
+    async with asyncio.timeout(120):
+        await _provision(emulator, small_fleet, [*hostile, healthy])
+        before = _memory_kb(emulator)
+
+        async def stream_a_huge_connect(device) -> int:
+            """The header of a 200 MB CONNECT, then up to 40 MB of it."""
+            reader, writer = await _open(emulator, small_fleet, device)
+            sent = 0
+            with contextlib.suppress(ConnectionError, ssl.SSLError):
+                writer.write(b"\x10" + wire.varint(200 * 1024 * 1024))
+                chunk = b"\x00" * 65536
+                while sent < 40 * 1024 * 1024 and not reader.at_eof():
+                    writer.write(chunk)
+                    await writer.drain()
+                    sent += len(chunk)
+            writer.close()
+            return sent
+
+        sent = await asyncio.gather(
+            *(stream_a_huge_connect(d) for d in hostile),
+            _healthy_paho_device(emulator, small_fleet, healthy),
+        )
+        stats = await _closes(emulator, "packet too large", at_least=3)
+    after = _memory_kb(emulator)
+    assert stats["connects"]["accepted"] == 1  # the paho device; no hostile CONNECT was taken
+    assert after["VmHWM"] - before["VmRSS"] < RSS_BOUND_KB, (before, after, sent)
+
+
+@pytest.mark.parametrize("version", [mqtt.MQTT_5, mqtt.MQTT_3_1_1])
+async def test_a_connected_client_sending_a_packet_over_the_maximum_is_disconnected(
+    emulator, small_fleet, devices, version
+):
+    device = devices[0]
+    async with asyncio.timeout(60):
+        await _provision(emulator, small_fleet, [device])
+        reader, writer, decoder = await _connect(emulator, small_fleet, device, version)
+        too_large = mqtt.encode(mqtt.Publish("dt/x", b"x" * LIMITS.max_packet_size), version)
+        writer.write(too_large[:16])
+        answer = decoder.feed(await _until_closed(reader))
+        writer.close()
+        await _closes(emulator, "packet too large")
+    # MQTT 5 names the reason (0x95 Packet too large); 3.1.1 has no way to.
+    expected = [mqtt.Disconnect(0x95)] if version == mqtt.MQTT_5 else []
+    assert answer == expected
+
+
+@pytest.mark.parametrize("sent", ["nothing", "half a CONNECT"])
+async def test_a_client_without_a_whole_connect_is_closed_after_the_deadline(
+    emulator, small_fleet, devices, sent
+):
+    device = devices[0]
+    connect = mqtt.encode(mqtt.Connect(device.client_id), mqtt.MQTT_5)
+    async with asyncio.timeout(60):
+        await _provision(emulator, small_fleet, [device])
+        reader, writer = await _open(emulator, small_fleet, device)
+        if sent != "nothing":
+            writer.write(connect[: len(connect) // 2])
+        assert await _until_closed(reader) == b""
+        writer.close()
+        stats = await _closes(emulator, "connect timeout")
+    assert stats["closes"]["connect timeout"] == 1
+
+
+async def test_a_client_that_stops_pinging_is_closed_after_one_and_a_half_keepalives(
+    emulator, small_fleet, devices
+):
+    device = devices[0]
+    async with asyncio.timeout(60):
+        await _provision(emulator, small_fleet, [device])
+        reader, writer, decoder = await _connect(emulator, small_fleet, device, keepalive=1)
+        # Pinging every half keepalive for three keepalives, it is kept.
+        for _ in range(6):
+            writer.write(mqtt.encode(mqtt.PingReq(), mqtt.MQTT_5))
+            assert decoder.feed(await reader.read(1024)) == [mqtt.PingResp()]
+            await asyncio.sleep(0.5)
+        # Silent, it is closed, hearing why (MQTT 5: 0x8D Keep Alive timeout).
+        assert decoder.feed(await _until_closed(reader)) == [mqtt.Disconnect(0x8D)]
+        writer.close()
+        stats = await _closes(emulator, "keepalive timeout")
+    assert stats["closes"]["keepalive timeout"] == 1
+
+
+async def test_a_subscriber_that_does_not_read_is_disconnected_with_memory_bounded(
+    emulator, small_fleet, devices
+):
+    subscriber, publisher, healthy = devices[:3]
+    payload = b"m" * (100 * 1024)
+    messages = 600  # 60 MB for the subscriber: without backpressure the emulator keeps it
+    async with asyncio.timeout(120):
+        await _provision(emulator, small_fleet, [subscriber, publisher, healthy])
+        reader, writer, decoder = await _connect(emulator, small_fleet, subscriber)
+        subscribe = mqtt.Subscribe(1, (mqtt.Subscription("flood/#"),))
+        writer.write(mqtt.encode(subscribe, mqtt.MQTT_5))
+        assert isinstance(decoder.feed(await reader.read(1024))[0], mqtt.SubAck)
+        before = _memory_kb(emulator)
+        # From here on the subscriber reads nothing.
+        p_reader, p_writer, p_decoder = await _connect(emulator, small_fleet, publisher)
+        for _ in range(messages):
+            p_writer.write(mqtt.encode(mqtt.Publish("flood/data", payload), mqtt.MQTT_5))
+            await p_writer.drain()
+        # Its PUBACK says the emulator has routed every message before it.
+        p_writer.write(mqtt.encode(mqtt.Publish("flood/end", b"", qos=1, packet_id=1), mqtt.MQTT_5))
+        assert p_decoder.feed(await p_reader.read(1024)) == [mqtt.PubAck(1)]
+        await _healthy_paho_device(emulator, small_fleet, healthy)
+        stats = await _closes(emulator, "slow consumer")
+        after = _memory_kb(emulator)
+        received = await _until_closed(reader)  # what it had been sent, then the end
+        writer.close()
+        p_writer.close()
+    assert stats["dropped"]["slow consumer"] > 0
+    assert len(received) < messages * len(payload)
+    assert after["VmHWM"] - before["VmRSS"] < RSS_BOUND_KB, (before, after)
