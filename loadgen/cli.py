@@ -484,6 +484,14 @@ def emulator() -> None:
     show_default=True,
     help="Seconds a client may stay above --write-buffer before it is disconnected.",
 )
+@click.option(
+    "--min-keepalive",
+    type=click.IntRange(min=0, max=65535),
+    default=emu_limits.MIN_KEEPALIVE,
+    show_default=True,
+    help="Seconds; a shorter keepalive is raised to it (as AWS IoT does). A client "
+    "silent for 1.5 keepalives is closed.",
+)
 def emulator_serve(
     host: str,
     port: int,
@@ -502,6 +510,7 @@ def emulator_serve(
     connect_timeout: float,
     write_buffer: int,
     slow_consumer_timeout: float,
+    min_keepalive: int,
 ) -> None:
     """Serve mutual-TLS MQTT with AWS IoT's JITP flow; prints one line when ready."""
     limits = Quotas.parse(quotas)
@@ -532,7 +541,7 @@ def emulator_serve(
     else:
         server_ca = server_cert
     bounds = emu_limits.Limits(
-        max_packet_size, connect_timeout, write_buffer, slow_consumer_timeout
+        max_packet_size, connect_timeout, write_buffer, slow_consumer_timeout, min_keepalive
     )
     emulator_ = Emulator(registry, str(server_cert), str(server_key), limits, bounds)
     if metrics_port is not None:

@@ -16,15 +16,19 @@ import pytest
 
 from loadgen import mqtt
 from loadgen.certs.store import FleetStore
-from loadgen.emulator.defaults import TEMPLATE
+from loadgen.emulator.defaults import REGISTRATION_CONFIG, TEMPLATE
 from loadgen.emulator.limits import Limits
-from loadgen.emulator.serve import EmbeddedEmulator, start_embedded
+from loadgen.emulator.quota import Quotas
+from loadgen.emulator.registry import Registry
+from loadgen.emulator.serve import EmbeddedEmulator, server_identity, start_embedded
+from loadgen.emulator.server import Emulator
 from loadgen.mqtt import wire
 
 # Generous: the emulator's own growth for a few connections is a few MB; what the
 # limits prevent is tens to hundreds of MB.
 RSS_BOUND_KB = 30 * 1024
-LIMITS = Limits(connect_timeout=1.0, slow_consumer_timeout=1.0)
+# Short deadlines, and keepalives taken as asked (AWS raises them to 30 s).
+LIMITS = Limits(connect_timeout=1.0, slow_consumer_timeout=1.0, min_keepalive=0)
 _ANYTHING = {
     "Version": "2012-10-17",
     "Statement": [{"Effect": "Allow", "Action": "iot:*", "Resource": "*"}],
@@ -254,3 +258,30 @@ async def test_a_subscriber_that_does_not_read_is_disconnected_with_memory_bound
     assert stats["dropped"]["slow consumer"] > 0
     assert len(received) < messages * len(payload)
     assert after["VmHWM"] - before["VmRSS"] < RSS_BOUND_KB, (before, after)
+
+
+@pytest.mark.parametrize(("asked", "held_to"), [(10, 30), (0, 1200), (60, None)])
+async def test_an_mqtt_5_connack_tells_the_client_the_limits_it_is_held_to(
+    tmp_path, device_ca, small_fleet, devices, asked, held_to
+):
+    """Maximum Packet Size always; Server Keep Alive when AWS's rule changed the
+    client's keepalive (under 30 s: 30 s; 0: 1200 s)."""
+    cert, key, server_ca = server_identity(tmp_path)
+    registry = Registry()
+    registry.register_ca(device_ca.cert, REGISTRATION_CONFIG)
+    emulator = Emulator(registry, str(cert), str(key), Quotas(None, None, None), Limits())
+    server = await emulator.serve("127.0.0.1", 0)
+    port, device = server.sockets[0].getsockname()[1], devices[0]
+    context = _context(small_fleet, device, server_ca)
+    async with asyncio.timeout(30), server:
+        for _attempt in range(2):  # the first connection is JITP's: closed at once
+            reader, writer = await asyncio.open_connection(
+                "127.0.0.1", port, ssl=context, server_hostname="localhost"
+            )
+            connect = mqtt.Connect(device.client_id, keepalive=asked)
+            writer.write(mqtt.encode(connect, mqtt.MQTT_5))
+            data = await reader.read(1024)
+            writer.close()
+    (connack,) = mqtt.Decoder(mqtt.MQTT_5).feed(data)
+    assert connack.properties.maximum_packet_size == Limits().max_packet_size
+    assert connack.properties.server_keep_alive == held_to

@@ -18,10 +18,11 @@ CONNECT_TIMEOUT = 5.0
 # already met before there was a limit.
 WRITE_BUFFER = 512 * 1024
 SLOW_CONSUMER_TIMEOUT = 10.0
-# MQTT: a server closes a client it has heard nothing from for 1.5 keepalives.
+# MQTT and AWS IoT: a server closes a client it has heard nothing from for 1.5
+# keepalives. AWS IoT takes a keepalive under 30 s as 30 s, and 0 (off, in MQTT)
+# as its longest, 1200 s: no silent client is held forever.
 KEEPALIVE_FACTOR = 1.5
-# A keepalive of 0 turns the mechanism off (MQTT); the emulator then uses the
-# longest keepalive AWS IoT accepts, so that no silent client is held forever.
+MIN_KEEPALIVE = 30
 KEEPALIVE_WHEN_OFF = 1200
 # How long a connection closed after a DISCONNECT may take to flush it and end
 # TLS before it is cut: a peer that neither reads nor closes would otherwise
@@ -38,7 +39,12 @@ class Limits:
     connect_timeout: float = CONNECT_TIMEOUT  # seconds from the TLS handshake to CONNECT
     write_buffer: int = WRITE_BUFFER  # bytes queued to a client before it is a slow consumer
     slow_consumer_timeout: float = SLOW_CONSUMER_TIMEOUT  # seconds over write_buffer
+    min_keepalive: int = MIN_KEEPALIVE  # seconds: a shorter keepalive is raised to it
 
-    def keepalive_timeout(self, keepalive: int) -> float:
-        """Seconds of silence after which a client with ``keepalive`` is closed."""
-        return KEEPALIVE_FACTOR * (keepalive or KEEPALIVE_WHEN_OFF)
+    def keepalive(self, requested: int) -> int:
+        """The keepalive the emulator holds a client to that asked for ``requested``."""
+        return max(requested or KEEPALIVE_WHEN_OFF, self.min_keepalive)
+
+    def keepalive_timeout(self, requested: int) -> float:
+        """Seconds of silence after which a client that asked for ``requested`` is closed."""
+        return KEEPALIVE_FACTOR * self.keepalive(requested)

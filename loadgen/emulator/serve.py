@@ -169,6 +169,8 @@ def limit_options(limits: Limits) -> list[str]:
         str(limits.write_buffer),
         "--slow-consumer-timeout",
         str(limits.slow_consumer_timeout),
+        "--min-keepalive",
+        str(limits.min_keepalive),
     ]
 
 

@@ -18,7 +18,7 @@ import asyncio
 import ssl
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import cast
 
 from cryptography import x509
@@ -74,7 +74,6 @@ class Emulator:
         self.registry = registry
         self.limiter = Limiter(quotas or Quotas())
         self.limits = limits or Limits()
-        # MQTT 5 clients are told the maximum in CONNACK (Maximum Packet Size).
         self.connack_properties = mqtt.Properties(maximum_packet_size=self.limits.max_packet_size)
         self.server_cert = server_cert
         self.server_key = server_key
@@ -216,7 +215,12 @@ class _Session(asyncio.Protocol):
             self.transport.close()
             return
         self.emulator.stats.connects["accepted"] += 1
-        properties = self.emulator.connack_properties if v5 else mqtt.EMPTY
+        keepalive = self.limits.keepalive(packet.keepalive)
+        properties = mqtt.EMPTY
+        if v5:  # the limits it is held to: Maximum Packet Size, and Server Keep Alive
+            properties = self.emulator.connack_properties
+            if keepalive != packet.keepalive:
+                properties = replace(properties, server_keep_alive=keepalive)
         self.transport.write(self.conn.send(mqtt.ConnAck(properties=properties)))
         self.connected = True
         self.idle_limit = self.limits.keepalive_timeout(packet.keepalive)

@@ -154,6 +154,12 @@ class EmulatorLimits(_Strict):
         gt=0,
         description="How long a subscriber may stay over write_buffer",
     )
+    min_keepalive: int = Field(
+        default=limits.MIN_KEEPALIVE,
+        ge=0,
+        le=65535,
+        description="Seconds; a shorter keepalive is raised to it, as AWS IoT does",
+    )
 
     def to_limits(self) -> limits.Limits:
         return limits.Limits(
@@ -161,6 +167,7 @@ class EmulatorLimits(_Strict):
             self.connect_timeout,
             self.write_buffer,
             self.slow_consumer_timeout,
+            self.min_keepalive,
         )
 
 
