@@ -118,6 +118,7 @@ def jitp_section(report: dict[str, Any], emulator_stats: dict[str, Any] | None) 
         "attempts_per_device": report["attempts"]["per_device"],
         "provisioning": None,
         "provisioning_failures": None,
+        "emulator_closes": None,
     }
     if emulator_stats is not None:
         section["provisioning"] = {
@@ -125,6 +126,8 @@ def jitp_section(report: dict[str, Any], emulator_stats: dict[str, Any] | None) 
             for result in ("Success", "ClientError", "ServerError", "Throttled")
         }
         section["provisioning_failures"] = emulator_stats.get("provision_failures", {})
+        # Devices the emulator cut off for breaking a limit (docs/emulator.md, Limits).
+        section["emulator_closes"] = emulator_stats.get("closes", {})
     return section
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import aiomqtt
 import pytest
+import yaml
 
 from loadgen import mqtt
 from loadgen.certs.store import FleetStore
@@ -23,6 +24,7 @@ from loadgen.emulator.registry import Registry
 from loadgen.emulator.serve import EmbeddedEmulator, server_identity, start_embedded
 from loadgen.emulator.server import Emulator
 from loadgen.mqtt import wire
+from tests.conftest import assert_user_error, run_loadgen
 
 # Generous: the emulator's own growth for a few connections is a few MB; what the
 # limits prevent is tens to hundreds of MB.
@@ -285,3 +287,47 @@ async def test_an_mqtt_5_connack_tells_the_client_the_limits_it_is_held_to(
     (connack,) = mqtt.Decoder(mqtt.MQTT_5).feed(data)
     assert connack.properties.maximum_packet_size == Limits().max_packet_size
     assert connack.properties.server_keep_alive == held_to
+
+
+def _embedded_scenario(tmp_path, fleet, device_ca, **fields):
+    scenario = {
+        "name": "limits",
+        "endpoint": "embedded",
+        "mqtt": {"client_id": "{common_name}", "keepalive": 1},
+        "fleet": {"ca": str(device_ca.directory), "store": str(fleet.path), "count": 10},
+        "jitp": {"expect_first_connect_rejected": True},
+        "retry": {"initial": "20ms", "max": "100ms", "max_attempts": 4},
+        "load": {"executor": "burst"},
+        "emulator": {"quotas": {"connect-per-client": "off"}},
+        **fields,
+    }
+    path = tmp_path / "scenario.yaml"
+    path.write_text(yaml.safe_dump(scenario))
+    return path
+
+
+def test_an_embedded_run_takes_the_scenarios_limits_and_reports_who_they_closed(
+    tmp_path, device_ca, small_fleet
+):
+    # Devices that hold without pinging, against keepalives taken as asked (1 s).
+    path = _embedded_scenario(
+        tmp_path,
+        small_fleet,
+        device_ca,
+        after_connect=[{"hold": {"duration": "4s", "keepalive": 0}}],
+        emulator={"quotas": {"connect-per-client": "off"}, "limits": {"min_keepalive": 0}},
+    )
+    result = run_loadgen("run", path, "--workers", "1", "--report", tmp_path / "r.json")
+    assert result.code == 0, result.err
+    report = json.loads((tmp_path / "r.json").read_text())
+    healthy = sum(d.fault is None for d in list(small_fleet.devices())[:10])
+    assert report["jitp"]["emulator_closes"] == {"keepalive timeout": healthy}
+
+
+def test_a_limit_out_of_range_in_the_scenario_is_a_user_error(tmp_path, device_ca, small_fleet):
+    path = _embedded_scenario(
+        tmp_path, small_fleet, device_ca, emulator={"limits": {"connect_timeout": "0s"}}
+    )
+    result = run_loadgen("run", path, "--report", tmp_path / "r.json")
+    assert_user_error(result, "emulator.limits.connect_timeout")
+    assert not (tmp_path / "r.json").exists()
