@@ -331,3 +331,22 @@ def test_a_limit_out_of_range_in_the_scenario_is_a_user_error(tmp_path, device_c
     result = run_loadgen("run", path, "--report", tmp_path / "r.json")
     assert_user_error(result, "emulator.limits.connect_timeout")
     assert not (tmp_path / "r.json").exists()
+
+
+def test_the_closes_and_drops_are_prometheus_metrics_with_every_reason_from_the_start(
+    tmp_path, device_ca
+):
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from loadgen.emulator.metrics import EmulatorCollector
+
+    cert, key, _ = server_identity(tmp_path)
+    emulator = Emulator(Registry(), str(cert), str(key))
+    emulator.stats.closes["slow consumer"] += 2
+    emulator.stats.dropped["slow consumer"] += 7
+    registry = CollectorRegistry()
+    registry.register(EmulatorCollector(emulator))
+    text = generate_latest(registry).decode()
+    assert 'loadgen_emulator_closes_total{reason="slow consumer"} 2.0' in text
+    assert 'loadgen_emulator_closes_total{reason="keepalive timeout"} 0.0' in text
+    assert 'loadgen_emulator_dropped_messages_total{reason="slow consumer"} 7.0' in text
