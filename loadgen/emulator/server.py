@@ -277,6 +277,7 @@ class _Session(asyncio.Protocol):
             self.slow = None
         if not self.transport.is_closing():
             self.transport.resume_reading()
+            self.heard = self.loop.time()  # its silence while it was not read proves nothing
 
     def _slow_consumer(self) -> None:
         self._close("slow consumer")
