@@ -327,6 +327,7 @@ def test_an_embedded_run_takes_the_scenarios_limits_and_reports_who_they_closed(
     report = json.loads((tmp_path / "r.json").read_text())
     healthy = sum(d.fault is None for d in list(small_fleet.devices())[:10])
     assert report["jitp"]["emulator_closes"] == {"keepalive timeout": healthy}
+    assert f"the emulator closed {healthy} sessions: keepalive timeout" in result.out
 
 
 def test_a_limit_out_of_range_in_the_scenario_is_a_user_error(tmp_path, device_ca, small_fleet):

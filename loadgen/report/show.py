@@ -104,6 +104,9 @@ def print_report(console: Console, report: dict[str, Any]) -> None:
         console.print(line)
         for reason, n in list((jitp["provisioning_failures"] or {}).items())[:3]:
             console.print(f"  {n} provisionings failed: {reason}")
+        # Reports from before the emulator had limits have no emulator_closes.
+        for reason, n in sorted((jitp.get("emulator_closes") or {}).items()):
+            console.print(f"  the emulator closed {n} session{'s' * (n != 1)}: {reason}")
     for outcome, reasons in report["reasons"].items():
         for reason, n in list(reasons.items())[:3]:
             console.print(f"  {outcome}: {n} devices: {reason}")
