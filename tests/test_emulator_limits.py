@@ -195,6 +195,20 @@ async def test_a_connected_client_sending_a_packet_over_the_maximum_is_disconnec
     assert answer == expected
 
 
+async def test_a_connected_mqtt_5_client_breaking_the_protocol_hears_why(
+    emulator, small_fleet, devices
+):
+    device = devices[0]
+    async with asyncio.timeout(60):
+        await _provision(emulator, small_fleet, [device])
+        reader, writer, decoder = await _connect(emulator, small_fleet, device)
+        writer.write(mqtt.encode(mqtt.Connect(device.client_id), mqtt.MQTT_5))  # twice
+        answer = decoder.feed(await _until_closed(reader))
+        writer.close()
+        await _closes(emulator, "protocol error")
+    assert answer == [mqtt.Disconnect(mqtt.ReasonCode.PROTOCOL_ERROR)]
+
+
 @pytest.mark.parametrize("sent", ["nothing", "half a CONNECT"])
 async def test_a_client_without_a_whole_connect_is_closed_after_the_deadline(
     emulator, small_fleet, devices, sent
