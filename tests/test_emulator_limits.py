@@ -16,7 +16,6 @@ import pytest
 import yaml
 
 from loadgen import mqtt
-from loadgen.certs.store import FleetStore
 from loadgen.emulator.defaults import REGISTRATION_CONFIG, TEMPLATE
 from loadgen.emulator.limits import Limits
 from loadgen.emulator.quota import Quotas
@@ -25,6 +24,7 @@ from loadgen.emulator.serve import EmbeddedEmulator, server_identity, start_embe
 from loadgen.emulator.server import Emulator
 from loadgen.mqtt import wire
 from tests.conftest import assert_user_error, run_loadgen
+from tests.test_emulator_clients import _context
 
 # Generous: the emulator's own growth for a few connections is a few MB; what the
 # limits prevent is tens to hundreds of MB.
@@ -66,12 +66,6 @@ def _memory_kb(emulator: EmbeddedEmulator) -> dict[str, int]:
     status = Path(f"/proc/{emulator.process.pid}/status").read_text()
     fields = dict(line.split(":", 1) for line in status.splitlines())
     return {name: int(fields[name].split()[0]) for name in ("VmRSS", "VmHWM")}
-
-
-def _context(fleet: FleetStore, device, server_ca: Path) -> ssl.SSLContext:
-    context = ssl.create_default_context(cafile=str(server_ca))
-    context.load_cert_chain(fleet.path / device.cert, fleet.path / device.key)
-    return context
 
 
 async def _open(emulator, fleet, device):
