@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from rich.progress import (
 from rich.table import Table
 
 from loadgen import __version__
+from loadgen import lifeline as lifeline_mod
 from loadgen.capacity.command import capacity_command
 from loadgen.certs import ca as ca_mod
 from loadgen.certs.inspect import FleetSummary, summarize
@@ -40,6 +42,7 @@ from loadgen.emulator.quota import Quotas
 from loadgen.emulator.server import Emulator
 from loadgen.errors import LoadgenError, UserError
 from loadgen.files import write
+from loadgen.listen import PORT, PORT_OR_ANY, check_listen, check_server_identity
 from loadgen.load.runner import merge_progress
 from loadgen.report import ci as ci_files
 from loadgen.report import compare as report_compare_mod
@@ -64,6 +67,10 @@ _KEY_TYPES = click.Choice([k.value for k in KeyType])
 
 def _console() -> Console:
     return Console(stderr=True, highlight=False)
+
+
+def _warn(message: str) -> None:
+    click.echo(f"loadgen: warning: {message}", err=True)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -250,7 +257,7 @@ def run_command(
 ) -> None:
     """Run a scenario: mint its fleet if needed, then connect every device.
     Exit 1 when a gate fails."""
-    scenario = load_scenario(scenario_path)
+    scenario = load_scenario(scenario_path, warn=_warn)
     gates = [
         *(gates_mod.parse(t, f"{scenario_path}: gates[{i}]") for i, t in enumerate(scenario.gates)),
         *(gates_mod.parse(t, "--gate") for t in gate_texts),
@@ -258,6 +265,8 @@ def run_command(
     options = RunOptions(endpoint, count, rate, workers)
     checked = check_plan(scenario, options)
     outputs.check()
+    report_path(junit_path, "--junit")
+    report_path(summary_path, "--summary-md")
     console = _console()
     minted = _mint_with_progress(console, scenario, checked.count, workers)
     if minted is not None:
@@ -292,6 +301,10 @@ def run_command(
     if timing.partial:
         click.echo("loadgen: interrupted; the report holds what ran (partial)", err=True)
         sys.exit(130)
+    for worker, why in sorted(timing.lost.items()):
+        click.echo(f"loadgen: worker {worker} {why}; its unfinished devices are errors", err=True)
+    if timing.lost:
+        sys.exit(1)
     if any(not r.passed for r in results):
         sys.exit(1)
 
@@ -343,6 +356,7 @@ def report_html(path: Path, out: Path) -> None:
 @click.option("-o", "--out", "out", required=True, type=click.Path(path_type=Path))
 def report_merge_command(paths: tuple[Path, ...], out: Path) -> None:
     """Merge reports of shards that ran side by side (exact percentiles)."""
+    report_path(out, "--out")
     merged = report_merge.merge([report_merge.load_report(p) for p in paths])
     write_report(out, merged)
     click.echo(f"{len(paths)} reports merged into {out}: {merged['devices']} devices")
@@ -395,7 +409,7 @@ def emulator() -> None:
 
 @emulator.command("serve")
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", type=int, default=8883, show_default=True, help="0: any free port.")
+@click.option("--port", type=PORT_OR_ANY, default=8883, show_default=True, help="0: any free port.")
 @click.option(
     "--server-cert", type=click.Path(path_type=Path), help="Default: made under --state-dir."
 )
@@ -435,7 +449,7 @@ def emulator() -> None:
     help="connect (500/s), connect-per-client (1/s), provision (20/s): a rate like 100/s, "
     "or off. Repeatable.",
 )
-@click.option("--metrics-port", type=int, help="Serve Prometheus metrics on this port.")
+@click.option("--metrics-port", type=PORT, help="Serve Prometheus metrics on this port.")
 @click.option(
     "--ca-inactive",
     "inactive_cas",
@@ -492,6 +506,12 @@ def emulator() -> None:
     help="Seconds; a shorter keepalive is raised to it (as AWS IoT does). A client "
     "silent for 1.5 keepalives is closed.",
 )
+@click.option(
+    "--lifeline",
+    type=int,
+    hidden=True,
+    help="For the process that starts it (pid): stop when that process ends or stdin closes.",
+)
 def emulator_serve(
     host: str,
     port: int,
@@ -511,8 +531,12 @@ def emulator_serve(
     write_buffer: int,
     slow_consumer_timeout: float,
     min_keepalive: int,
+    lifeline: int | None,
 ) -> None:
     """Serve mutual-TLS MQTT with AWS IoT's JITP flow; prints one line when ready."""
+    if lifeline is not None:
+        # SIGTERM: the emulator stops the way its parent would have stopped it.
+        lifeline_mod.die_with_parent(lifeline, signal.SIGTERM)
     limits = Quotas.parse(quotas)
     if not (cas or inactive_cas or manual_cas):
         raise UserError("register at least one CA (--ca CA_PEM)")
@@ -520,6 +544,13 @@ def emulator_serve(
         raise UserError("more --registration-config than --ca")
     if (server_cert is None) != (server_key is None):
         raise UserError("--server-cert and --server-key go together")
+    if server_cert is not None and server_key is not None:
+        check_server_identity(server_cert, server_key)
+    if metrics_port is not None and metrics_port == port:
+        raise UserError(f"--metrics-port {metrics_port}: the same port as --port")
+    check_listen(host, port, "--port")
+    if metrics_port is not None:
+        check_listen(host, metrics_port, "--metrics-port")
     registrations = [
         emu_serve.CaRegistration(
             ca,
@@ -546,7 +577,11 @@ def emulator_serve(
     emulator_ = Emulator(registry, str(server_cert), str(server_key), limits, bounds)
     if metrics_port is not None:
         emu_metrics.serve(emulator_, host, metrics_port)
-    uvloop.run(emu_serve.serve_forever(emulator_, host, port, server_ca))
+    uvloop.run(
+        emu_serve.serve_forever(
+            emulator_, host, port, server_ca, stdin_lifeline=lifeline is not None
+        )
+    )
 
 
 @cli.group()
@@ -559,7 +594,7 @@ def template() -> None:
 @click.option("--role-arn", required=True, help="A role with AWSIoTThingsRegistration.")
 def template_render(path: Path, role_arn: str) -> None:
     """A readable template (.yaml or .json) in, the --registration-config JSON out."""
-    config = emu_render.registration_config(emu_render.load_template(path), role_arn)
+    config = emu_render.render_registration(path, role_arn, "--role-arn")
     click.echo(json.dumps(config, indent=2))
 
 
@@ -573,9 +608,9 @@ def template_render(path: Path, role_arn: str) -> None:
 )
 def template_check(path: Path, scenario_path: Path | None) -> None:
     """Lint a registration config (or readable template); exit 1 on errors."""
-    body, raw = emu_check.load_config(path)
+    loaded = emu_check.load_config(path)
     scenario_ = load_scenario(scenario_path) if scenario_path is not None else None
-    findings = emu_check.check(body, raw, scenario_)
+    findings = emu_check.check(loaded, scenario_)
     for finding in findings:
         click.echo(str(finding))
     errors = sum(f.error for f in findings)
@@ -618,6 +653,9 @@ cli.add_command(capacity_command)
 
 
 def main() -> None:
+    # A closed terminal or a `kill` stops a command the way Ctrl-C does: a run
+    # still writes what it measured, no child is left behind.
+    lifeline_mod.stop_signals_as_interrupt()
     try:
         cli.main(standalone_mode=False)
     except UserError as exc:

@@ -4,7 +4,7 @@ so the two commands spell and document them the same way."""
 from __future__ import annotations
 
 import functools
-import time
+import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +12,8 @@ from typing import Any, TypeVar
 
 import click
 
+from loadgen.lifeline import StopSignals
+from loadgen.listen import PORT, check_listen
 from loadgen.load.plan import RunPlan
 from loadgen.metrics import prometheus as prom
 from loadgen.report.build import write_outputs
@@ -28,7 +30,7 @@ _OUTPUTS = (
     click.option(
         "--html", "html_file", type=click.Path(path_type=Path), help="Self-contained HTML report."
     ),
-    click.option("--metrics-port", type=int, help="Serve Prometheus metrics on 127.0.0.1:PORT."),
+    click.option("--metrics-port", type=PORT, help="Serve Prometheus metrics on 127.0.0.1:PORT."),
     click.option(
         "--linger", type=float, default=0.0, help="Seconds to keep serving metrics after."
     ),
@@ -72,6 +74,8 @@ class Outputs:
         """Refuse, before anything runs, files that could not be written."""
         report_path(self.report)
         report_path(self.html, "--html")
+        if self.metrics_port is not None:
+            check_listen("127.0.0.1", self.metrics_port, "--metrics-port")
 
     def exporter(self, plan: RunPlan) -> prom.Exporter | None:
         if self.metrics_port is None and self.pushgateway is None:
@@ -84,9 +88,13 @@ class Outputs:
 
     def linger_for_last_scrape(self) -> None:
         # The last scrape sees the final values (the embedded emulator's too: it
-        # serves until the endpoint's session ends).
+        # serves until the endpoint's session ends). The results are written by
+        # now: a stop signal ends the wait, and the run's exit status stands.
         if self.metrics_port is not None and self.linger > 0:
-            time.sleep(self.linger)
+            with StopSignals() as stop:
+                if stop.wait(self.linger) and stop.received is not None:
+                    name = signal.Signals(stop.received).name
+                    click.echo(f"loadgen: {name}: --linger ended early", err=True)
 
 
 def output_options(command: Callable[..., Any]) -> Callable[..., Any]:

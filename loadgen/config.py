@@ -3,21 +3,68 @@ the line and the field.
 
 PyYAML's plain loader forgets where a value came from, so the document is composed
 into nodes first and every mapping key and value remembers its line.
+
+Scalars are read by the YAML 1.2 core schema, not PyYAML's YAML 1.1 one: only
+true/false are booleans (``NO`` is Norway, ``on`` is a word), no sexagesimal
+``1:30`` numbers, no ``0777`` octal, no dates. A key given twice is an error,
+not the last one silently winning.
 """
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import yaml
 from pydantic import BaseModel, ValidationError
+from pydantic_core import PydanticCustomError
 
 from loadgen.errors import ConfigError
 
 Loc = tuple[str | int, ...]
 M = TypeVar("M", bound=BaseModel)
+
+_AT_FIELD = "at_field"
+
+
+def field_error(at: Loc, message: str) -> PydanticCustomError:
+    """Raise from a model validator to point at a field inside the model (``at``,
+    relative to it) rather than at the model: the error then names that field's
+    line. ``message`` is shown as written."""
+    return PydanticCustomError(_AT_FIELD, "{message}", {"at": at, "message": message})
+
+
+_TAG = "tag:yaml.org,2002:"
+# The YAML 1.2 core schema (yaml.org/spec/1.2.2, 10.3.2), as (tag, pattern, the
+# first characters a match can start with).
+_CORE = (
+    ("null", r"~|null|Null|NULL|", "~nN"),
+    ("bool", r"true|True|TRUE|false|False|FALSE", "tTfF"),
+    ("int", r"[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+", "-+0123456789"),
+    (
+        "float",
+        r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?"
+        r"|[-+]?\.(inf|Inf|INF)|\.(nan|NaN|NAN)",
+        "-+.0123456789",
+    ),
+)
+
+
+class _Yaml12Loader(yaml.SafeLoader):
+    """Composes nodes tagged by the YAML 1.2 core schema."""
+
+    yaml_implicit_resolvers: dict[Any, Any] = {}  # noqa: RUF012 (PyYAML reads it per class)
+
+
+for _name, _pattern, _first in _CORE:
+    _Yaml12Loader.add_implicit_resolver(
+        _TAG + _name,
+        re.compile(f"^(?:{_pattern})$"),
+        list(_first) + ([""] if _name == "null" else []),
+    )
 
 
 class _Document:
@@ -32,6 +79,12 @@ class _Document:
             out: dict[Any, Any] = {}
             for key_node, value_node in node.value:
                 key = self._scalar(key_node)
+                if key in out:
+                    first = self.lines[(*loc, key)]
+                    raise ConfigError(
+                        f"{key_node.start_mark.line + 1}: {_field_name((*loc, key))}: "
+                        f"duplicate key (first given on line {first})"
+                    )
                 out[key] = self.build(value_node, (*loc, key))
                 # The line of a key is where a user looks for an unknown or bad field.
                 self.lines[(*loc, key)] = key_node.start_mark.line + 1
@@ -55,16 +108,32 @@ class _Document:
 
 
 def _construct(node: yaml.ScalarNode) -> Any:
-    loader = yaml.SafeLoader("")
+    value: str = node.value
+    tag = node.tag.removeprefix(_TAG)
     try:
-        return loader.construct_object(node, deep=True)
-    finally:
-        loader.dispose()
+        if tag == "str":
+            return value
+        if tag == "null":
+            return None
+        if tag == "bool":
+            return {"true": True, "false": False}[value.lower()]
+        if tag == "int":
+            if value.startswith("0o"):
+                return int(value[2:], 8)
+            return int(value, 16) if value.startswith("0x") else int(value)
+        if tag == "float":
+            lowered = value.lower()
+            if lowered.endswith(".inf"):
+                return -math.inf if lowered.startswith("-") else math.inf
+            return math.nan if lowered == ".nan" else float(value)
+    except (KeyError, ValueError):
+        raise ConfigError(f"{node.start_mark.line + 1}: {value!r} is not a {tag}") from None
+    raise ConfigError(f"{node.start_mark.line + 1}: the tag {node.tag} is not supported here")
 
 
 def _compose(text: str, path: Path) -> yaml.Node | None:
     try:
-        return yaml.compose(text, Loader=yaml.SafeLoader)
+        return yaml.compose(text, Loader=_Yaml12Loader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = f":{mark.line + 1}" if mark is not None else ""
@@ -75,12 +144,34 @@ def _compose(text: str, path: Path) -> yaml.Node | None:
 
 
 def _field_name(loc: Loc) -> str:
-    return ".".join(str(part) for part in loc) or "(document)"
+    """``after_connect[0].publish.topic``: as the docs and the other messages spell it."""
+    name = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc)
+    return name.removeprefix(".") or "(document)"
+
+
+@dataclass(frozen=True)
+class Loaded(Generic[M]):
+    """A validated file, and where each of its fields was written."""
+
+    model: M
+    path: Path
+    doc: _Document
+
+    def where(self, loc: Loc) -> str:
+        """``FILE:LINE: field`` for a message about the field at ``loc``."""
+        line = self.doc.line_of(loc)
+        at = f"{self.path}:{line}" if line is not None else f"{self.path}"
+        return f"{at}: {_field_name(loc)}"
 
 
 def load_model(path: Path, model: type[M], *, what: str) -> M:
     """Read ``path`` as YAML and validate it as ``model``; any problem is a one-line
     ``ConfigError`` naming the file, the line and the field."""
+    return read_model(path, model, what=what).model
+
+
+def read_model(path: Path, model: type[M], *, what: str) -> Loaded[M]:
+    """``load_model``, keeping the lines for later messages about the fields."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -99,7 +190,7 @@ def load_model(path: Path, model: type[M], *, what: str) -> M:
         raise ConfigError(f"{path}: YAML error: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}:{doc.line_of(())}: the {what} must be a mapping of fields")
-    return validate(data, model, path=path, doc=doc)
+    return Loaded(validate(data, model, path=path, doc=doc), path, doc)
 
 
 def validate(
@@ -142,6 +233,8 @@ def _locate(err: Any, doc: _Document | None) -> _Found:
     Pydantic inserts union member and validator names into ``loc``; only the parts
     that are keys in the document, or the name of a missing field, are kept."""
     raw: tuple[str | int, ...] = err["loc"]
+    if err["type"] == _AT_FIELD:
+        raw = (*raw, *err["ctx"]["at"])
     loc: Loc = ()
     in_document = True
     for i, part in enumerate(raw):
@@ -155,8 +248,8 @@ def _locate(err: Any, doc: _Document | None) -> _Found:
         msg = "unknown field"
     elif err["type"] == "missing":
         msg = "required field is missing"
-    elif isinstance(err.get("input"), bool):
-        msg += " (YAML reads yes/no/on/off as true/false: quote the value)"
+    elif err["type"] == "bool_type":
+        msg = "a boolean: true or false (YAML 1.2 reads yes, no, on and off as text)"
     msg = msg.removeprefix("Value error, ").removeprefix("Assertion failed, ")
     line = doc.line_of(loc) if doc is not None else None
     return _Found(loc, line, msg, in_document)

@@ -5,7 +5,10 @@ must never see half a file."""
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
+
+from loadgen.errors import UserError
 
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
 _CREATE_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
@@ -20,15 +23,54 @@ def write(
         if private:
             # O_TRUNC keeps the mode of a file that already existed.
             os.fchmod(fd, mode)
-        os.write(fd, data)
+        write_all(fd, data)
     finally:
         os.close(fd)
 
 
+def write_all(fd: int, data: bytes) -> None:
+    """``os.write`` until all of ``data`` is written (one call may write less)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 def write_atomic(path: Path, data: bytes, *, private: bool = False) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp, data, private=private)
-    os.replace(tmp, path)
+    """Readers see the old file or the new one, never half of one. The temporary
+    name is this process's own (two writers never share one), and it is removed
+    when the write fails."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        fd = os.open(tmp, _CREATE_NEW, 0o600 if private else 0o644)
+        try:
+            write_all(fd, data)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def check_writable(path: Path, option: str) -> None:
+    """Refuse (``UserError`` naming ``option``) a path a file cannot be written to:
+    a folder, a missing folder, a file where a folder should be, a folder this
+    process may not write in. The folder is tried with a file of this process's
+    own, removed at once: permission bits do not tell everything (root, read-only
+    mounts)."""
+    if path.is_dir():
+        raise UserError(f"{option} {path}: is a folder; give a file name")
+    folder = path.parent
+    if not folder.exists():
+        raise UserError(f"{option} {path}: folder {folder} does not exist")
+    if not folder.is_dir():
+        raise UserError(f"{option} {path}: {folder} is not a folder")
+    probe = folder / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.probe"
+    try:
+        os.close(os.open(probe, _CREATE_NEW, 0o600))
+    except OSError as exc:
+        raise UserError(f"{option} {path}: cannot write in {folder} ({exc.strerror})") from None
+    probe.unlink(missing_ok=True)
 
 
 class FolderWriter:

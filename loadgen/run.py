@@ -16,10 +16,11 @@ from loadgen.certs.mint import MintRequest, MintResult, mint
 from loadgen.certs.profile import load_profile
 from loadgen.certs.store import FleetStore
 from loadgen.device.lifecycle import PublishStep, SubscribeStep
-from loadgen.emulator.render import load_template, registration_config
-from loadgen.emulator.serve import EmbeddedEmulator, start_embedded
+from loadgen.emulator.render import render_registration
+from loadgen.emulator.serve import EmbeddedEmulator, load_registration_config, start_embedded
 from loadgen.errors import ConfigError, UserError
-from loadgen.files import write
+from loadgen.files import check_writable, write
+from loadgen.listen import check_listen
 from loadgen.load.plan import RunPlan, build_plan, check_template, endpoint_of
 from loadgen.load.workers import RunTiming, run_workers
 from loadgen.metrics.stats import RunStats
@@ -51,7 +52,15 @@ def is_embedded(scenario: Scenario, options: RunOptions) -> bool:
 def check_plan(scenario: Scenario, options: RunOptions) -> RunPlan:
     """Everything about the run that can be wrong, checked before minting."""
     if is_embedded(scenario, options):
+        if scenario.emulator.metrics_port is not None:
+            check_listen("127.0.0.1", scenario.emulator.metrics_port, "emulator.metrics_port")
         options = replace(options, endpoint=_PLACEHOLDER)
+        # The emulator would refuse these at its start, after the fleet is minted.
+        spec = scenario.emulator
+        if spec.template is not None:
+            render_registration(spec.template, spec.role_arn, "emulator.role_arn")
+        elif spec.registration_config is not None:
+            load_registration_config(spec.registration_config)
     return make_plan(scenario, options)
 
 
@@ -85,7 +94,7 @@ def endpoint(scenario: Scenario, options: RunOptions) -> Iterator[EndpointSessio
     if spec.template is not None:
         config = state / "registration-config.json"
         state.mkdir(parents=True, exist_ok=True)
-        rendered = registration_config(load_template(spec.template), spec.role_arn)
+        rendered = render_registration(spec.template, spec.role_arn, "emulator.role_arn")
         write(config, json.dumps(rendered).encode())
     emulator = start_embedded(
         scenario.fleet.ca,
@@ -170,9 +179,10 @@ def ensure_fleet(
     store = FleetStore(fleet.store)
     if store.exists() and store.recover() >= count:
         return None
+    # The profile first: a mistake in it must leave nothing behind, not even the CA.
+    profile = load_profile(fleet.profile) if fleet.profile is not None else None
     if not (fleet.ca / CERT_FILE).exists():
         init_ca(fleet.ca)
-    profile = load_profile(fleet.profile) if fleet.profile is not None else None
     request = MintRequest(fleet.store, fleet.ca, count, profile, fleet.seed, workers)
     return mint(request, on_progress)
 
@@ -207,6 +217,8 @@ def default_workers() -> int:
 
 
 def report_path(value: Path | None, option: str = "--report") -> Path | None:
-    if value is not None and value.parent and not value.parent.exists():
-        raise UserError(f"{option}: folder {value.parent} does not exist")
+    """``value``, once it is sure a file can be written there (before the run, so a
+    run's results are never lost to a typo)."""
+    if value is not None:
+        check_writable(value, option)
     return value

@@ -111,3 +111,47 @@ def start_mosquitto(root: Path, device_ca_pem: Path, *, password_file: Path | No
         process.kill()
         raise
     return Mosquitto(tls_port, plain_port, server_ca, root / "mosquitto.log", process)
+
+
+class Listener:
+    """A paho subscriber on mosquitto's plain listener: what devices published,
+    so a test can wait on devices having really done their steps."""
+
+    def __init__(self, broker: Mosquitto, topic_filter: str) -> None:
+        import threading
+
+        import paho.mqtt.client as paho
+
+        self.count = 0
+        self._changed = threading.Condition()
+        self._client = paho.Client(paho.CallbackAPIVersion.VERSION2)
+        subscribed = threading.Event()
+        self._client.on_connect = lambda c, *_: c.subscribe(topic_filter, qos=1)
+        self._client.on_subscribe = lambda *_: subscribed.set()
+        self._client.on_message = self._received
+        self._client.connect("127.0.0.1", broker.plain_port)
+        self._client.loop_start()
+        if not subscribed.wait(10):
+            self.close()
+            raise TimeoutError(f"not subscribed to {topic_filter} after 10 s")
+
+    def _received(self, *_: object) -> None:
+        with self._changed:
+            self.count += 1
+            self._changed.notify_all()
+
+    def wait_for(self, count: int, timeout: float, process: subprocess.Popen | None = None) -> None:
+        """Until ``count`` messages arrived (``process`` must not end first)."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while self.count < count:
+                if process is not None and process.poll() is not None:
+                    raise RuntimeError(f"process exited with {process.returncode} first")
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"{self.count} of {count} messages after {timeout} s")
+                self._changed.wait(min(left, 0.2))
+
+    def close(self) -> None:
+        self._client.loop_stop()
+        self._client.disconnect()

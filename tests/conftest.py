@@ -42,6 +42,22 @@ def assert_user_error(result: Result, *fragments: str) -> None:
         assert fragment in lines[0], (fragment, lines[0])
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_process_left_behind():
+    """A safety net, not a fix: a process a test left running (even an orphan,
+    which comes back to the suite as its subreaper) is killed when the session
+    ends, and named, so a leak shows. Torn down last: the session's own servers
+    (mosquitto) are stopped by then."""
+    from tests.processes import become_subreaper, kill_descendants
+
+    become_subreaper()
+    yield
+    left = kill_descendants()
+    if left:
+        lines = "".join(f"\n  {pid}: {cmd[:200]}" for pid, cmd in left.items())
+        sys.stderr.write(f"\ntests left {len(left)} processes running (killed):{lines}\n")
+
+
 @pytest.fixture(scope="session")
 def session_ca(tmp_path_factory: pytest.TempPathFactory) -> CA:
     return init_ca(tmp_path_factory.mktemp("ca") / "ca")

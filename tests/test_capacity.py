@@ -178,7 +178,15 @@ def test_a_search_held_back_by_max_in_flight_says_the_generator_was_the_limit(tm
 
 
 def _step(
-    *, cpu: float = 0.1, lag_ms: float = 2.0, slot_waits: int = 0, results=(), throttles=()
+    *,
+    cpu: float = 0.1,
+    lag_ms: float = 2.0,
+    slot_waits: int = 0,
+    results=(),
+    throttles=(),
+    rate: float = 10.0,
+    interrupted: bool = False,
+    workers_lost=None,
 ) -> Step:
     stats = RunStats(cpu_us=round(cpu * 10 * 1_000_000), slot_waits=slot_waits)
     report = {
@@ -188,9 +196,31 @@ def _step(
         "latency_ms": {"provision": {"p50": 10.0, "p99": 20.0}},
         "schedule_lag_ms": {"p99": lag_ms},
         "load": {"max_in_flight": 50},
+        "accounting": {"workers_lost": workers_lost or {}},
     }
     checked = [gates.parse(g).evaluate(report) for g in results]
-    return Step(1, 10.0, 0.0, 10.0, 1, report, stats, checked, Counter(dict(throttles)))
+    return Step(
+        1, rate, 0.0, 10.0, 1, report, stats, checked, Counter(dict(throttles)), interrupted
+    )
+
+
+def test_a_step_cut_short_is_interrupted_never_passed():
+    step = _step(interrupted=True)
+    assert not step.passed and step.limit == "interrupted"
+    assert step.row()["interrupted"] is True
+
+
+def test_the_verdict_ignores_a_step_cut_short():
+    search = Search((gates.parse("p99(provision) < 2s"),), 10.0, 10.0, 1.0)
+    found = verdict(search, [_step(rate=10.0), _step(rate=20.0, interrupted=True)], True)
+    assert found.highest_sustainable == 10.0 and found.first_broken is None
+    assert "interrupted" in found.why
+
+
+def test_a_step_that_lost_a_worker_measured_the_generator_not_the_endpoint():
+    step = _step(workers_lost={"1": "died (exit code -9)"})
+    assert not step.passed and step.limit == "generator"
+    assert "worker 1 died" in (step.generator_limit or "")
 
 
 def test_a_step_whose_workers_were_busy_measured_the_generator_not_the_endpoint():

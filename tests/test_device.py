@@ -186,3 +186,116 @@ def test_no_jitter_is_the_capped_exponential_itself():
     rng = random.Random(1)
     assert [policy.delay(n, rng) for n in (1, 2, 3)] == pytest.approx([0.1, 0.3, 0.9])
     assert policy.delay(4, rng) == 1.0
+
+
+async def test_a_source_address_that_is_not_local_ends_the_device_as_error_in_tcp():
+    _, server, target = await _broker()
+    # 192.0.2.1 (TEST-NET-1) is no address of this machine: bind() refuses it.
+    unbindable = Target("127.0.0.1", target.port, source_address="192.0.2.1")
+    result = await _run(unbindable, DeviceConfig(retry=FAST_RETRY))
+    server.close()
+    assert result.outcome is Outcome.ERROR and result.phase == "tcp"
+    assert "assign requested address" in result.reason
+
+
+async def test_a_payload_too_large_to_encode_ends_the_device_as_error_in_publish():
+    _, server, target = await _broker()
+    too_large = PublishStep("dt/dev", payload_bytes=mqtt.MAX_PACKET_SIZE)
+    result = await _run(target, DeviceConfig(retry=FAST_RETRY), steps=(too_large,))
+    server.close()
+    assert result.outcome is Outcome.ERROR and result.phase == "publish"
+    assert result.attempts == 1
+
+
+def _jitp_config():
+    return DeviceConfig(retry=FAST_RETRY, expect_first_connect_rejected=True, connect_timeout=5)
+
+
+async def test_an_http_server_is_tls_rejected_as_not_tls_and_never_the_jitp_trigger(
+    small_fleet, mosquitto
+):
+    import http.server
+    import threading
+
+    device, tls = device_tls(small_fleet, mosquitto)
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        target = Target("127.0.0.1", httpd.server_address[1], server_name="localhost")
+        result = await _run(target, _jitp_config(), tls=tls, client_id=device.client_id)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert result.outcome is Outcome.TLS_REJECTED and result.phase == "tls"
+    assert "the server does not speak TLS here" in result.reason
+    assert not result.provisioning_triggered
+
+
+async def test_a_plain_port_that_closes_at_once_is_closed_before_tls_and_never_the_trigger(
+    small_fleet, mosquitto
+):
+    device, tls = device_tls(small_fleet, mosquitto)
+    # mosquitto's plain MQTT listener takes the ClientHello for a bad packet.
+    target = Target("127.0.0.1", mosquitto.plain_port, server_name="localhost")
+    result = await _run(target, _jitp_config(), tls=tls, client_id=device.client_id)
+    assert result.outcome is Outcome.CLOSED and result.phase == "tls"
+    assert "before the server sent any TLS" in result.reason
+    assert not result.provisioning_triggered
+
+
+_EXHAUSTION = """
+import asyncio, json, random, time
+from loadgen import mqtt
+from loadgen.device.lifecycle import Device, DeviceConfig, DeviceSpec, HoldStep
+from loadgen.device.retry import RetryPolicy
+from loadgen.transport.client import Target
+from tests.echo_broker import EchoBroker
+
+async def main():
+    broker = EchoBroker()
+    server = await asyncio.get_running_loop().create_server(broker.protocol, "127.0.0.1", 0)
+    target = Target("127.0.0.1", server.sockets[0].getsockname()[1])
+    config = DeviceConfig(retry=RetryPolicy(initial=0.01, max_attempts=2))
+    devices = [
+        Device(DeviceSpec(i, f"d{i}", target, None, mqtt.MQTT_5, time.monotonic(),
+               (HoldStep(1.0, keepalive=5),)), config, time.monotonic, random.Random(i))
+        for i in range(4)
+    ]
+    results = await asyncio.wait_for(asyncio.gather(*(d.run() for d in devices)), 30)
+    print(json.dumps([[r.outcome.value, r.phase, r.reason] for r in results]))
+
+asyncio.run(main())
+"""
+
+
+def test_ephemeral_ports_running_out_end_the_devices_left_over_as_error_in_tcp():
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    if shutil.which("unshare") is None or shutil.which("ip") is None:
+        pytest.skip("needs unshare and ip (util-linux, iproute2) for a network namespace")
+    # A network namespace of the test's own, whose loopback has two ephemeral
+    # ports: four devices holding connections to one address need four. Every
+    # device that got no port must end alone, as error in tcp.
+    script = (
+        "ip link set lo up && sysctl -qw net.ipv4.ip_local_port_range='40000 40001' && "
+        f'exec {sys.executable} -c "$0"'
+    )
+    proc = subprocess.run(
+        ["unshare", "-n", "sh", "-c", script, _EXHAUSTION],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads(proc.stdout)
+    # (The kernel may hand out one port of the two.)
+    assert {outcome for outcome, _, _ in results} == {"connected", "error"}
+    for outcome, phase, reason in results:
+        if outcome == "error":
+            assert phase == "tcp" and "Cannot assign requested address" in reason

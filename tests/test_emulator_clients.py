@@ -30,7 +30,7 @@ def emulator(tmp_path_factory, device_ca):
             "render",
             str(ROOT / "scenarios" / "templates" / "lightbulb.yaml"),
             "--role-arn",
-            "arn:x",
+            "arn:aws:iam::123456789012:role/JITPRole",
         ],
         capture_output=True,
         text=True,

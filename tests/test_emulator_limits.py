@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
 import ssl
 from pathlib import Path
 
@@ -44,7 +45,8 @@ def emulator(tmp_path, device_ca):
     template = json.loads(json.dumps(TEMPLATE))
     template["Resources"]["policy"]["Properties"]["PolicyDocument"] = json.dumps(_ANYTHING)
     config = tmp_path / "config.json"
-    config.write_text(json.dumps({"templateBody": json.dumps(template), "roleArn": "arn:x"}))
+    role = REGISTRATION_CONFIG["roleArn"]
+    config.write_text(json.dumps({"templateBody": json.dumps(template), "roleArn": role}))
     emulator = start_embedded(
         device_ca.directory,
         config,
@@ -68,12 +70,17 @@ def _memory_kb(emulator: EmbeddedEmulator) -> dict[str, int]:
     return {name: int(fields[name].split()[0]) for name in ("VmRSS", "VmHWM")}
 
 
-async def _open(emulator, fleet, device):
+async def _open(emulator, fleet, device, receive_buffer: int | None = None):
+    """A TLS connection as the device; ``receive_buffer`` fixes the socket's
+    (Linux otherwise grows it to tens of MB on loopback, absorbing what a
+    reader that does not read was sent)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if receive_buffer is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", emulator.port))
     return await asyncio.open_connection(
-        "127.0.0.1",
-        emulator.port,
-        ssl=_context(fleet, device, emulator.server_ca),
-        server_hostname="localhost",
+        sock=sock, ssl=_context(fleet, device, emulator.server_ca), server_hostname="localhost"
     )
 
 
@@ -94,8 +101,8 @@ async def _provision(emulator, fleet, devices) -> None:
         writer.close()
 
 
-async def _connect(emulator, fleet, device, version=mqtt.MQTT_5, keepalive=60):
-    reader, writer = await _open(emulator, fleet, device)
+async def _connect(emulator, fleet, device, version=mqtt.MQTT_5, keepalive=60, receive_buffer=None):
+    reader, writer = await _open(emulator, fleet, device, receive_buffer)
     connect = mqtt.Connect(device.client_id, protocol_version=version, keepalive=keepalive)
     writer.write(mqtt.encode(connect, version))
     decoder = mqtt.Decoder(version)
@@ -243,11 +250,12 @@ async def test_a_subscriber_that_does_not_read_is_disconnected_with_memory_bound
     emulator, small_fleet, devices
 ):
     subscriber, publisher, healthy = devices[:3]
-    payload = b"m" * (100 * 1024)
-    messages = 600  # 60 MB for the subscriber: without backpressure the emulator keeps it
+    data = mqtt.encode(mqtt.Publish("flood/data", b"m" * (100 * 1024)), mqtt.MQTT_5)
     async with asyncio.timeout(120):
         await _provision(emulator, small_fleet, [subscriber, publisher, healthy])
-        reader, writer, decoder = await _connect(emulator, small_fleet, subscriber)
+        reader, writer, decoder = await _connect(
+            emulator, small_fleet, subscriber, receive_buffer=16384
+        )
         subscribe = mqtt.Subscribe(1, (mqtt.Subscription("flood/#"),))
         writer.write(mqtt.encode(subscribe, mqtt.MQTT_5))
         assert isinstance(decoder.feed(await reader.read(1024))[0], mqtt.SubAck)
@@ -255,24 +263,39 @@ async def test_a_subscriber_that_does_not_read_is_disconnected_with_memory_bound
         # From here on the subscriber reads nothing.
         p_reader, p_writer, p_decoder = await _connect(emulator, small_fleet, publisher)
 
-        async def flood() -> None:
-            for _ in range(messages):
-                p_writer.write(mqtt.encode(mqtt.Publish("flood/data", payload), mqtt.MQTT_5))
-                await p_writer.drain()
-            # Its PUBACK says the emulator has routed every message before it.
-            end = mqtt.Publish("flood/end", b"", qos=1, packet_id=1)
-            p_writer.write(mqtt.encode(end, mqtt.MQTT_5))
-            assert p_decoder.feed(await p_reader.read(1024)) == [mqtt.PubAck(1)]
+        async def flood_until_the_subscriber_is_cut_off() -> tuple[int, dict]:
+            """60 MB at once (without backpressure the emulator would keep it
+            all), then a message every 0.1 s until the emulator has closed the
+            subscriber, which stays over its write buffer all along."""
+            sent = 0
+            for batch in range(1, 601):
+                for _ in range(600 if batch == 1 else 1):
+                    p_writer.write(data)
+                    await p_writer.drain()
+                    sent += 1
+                # Its PUBACK says the emulator has routed every message before it.
+                end = mqtt.Publish("flood/end", b"", qos=1, packet_id=batch)
+                p_writer.write(mqtt.encode(end, mqtt.MQTT_5))
+                assert p_decoder.feed(await p_reader.read(1024)) == [mqtt.PubAck(batch)]
+                stats = await asyncio.to_thread(emulator.stats)
+                assert stats is not None
+                if stats["closes"].get("slow consumer"):
+                    return sent, stats
+                await asyncio.sleep(0.1)
+            raise AssertionError(f"the subscriber that does not read was kept: {stats}")
 
-        await asyncio.gather(flood(), _healthy_paho_device(emulator, small_fleet, healthy))
-        stats = await _closes(emulator, "slow consumer")
+        (sent, stats), _ = await asyncio.gather(
+            flood_until_the_subscriber_is_cut_off(),
+            _healthy_paho_device(emulator, small_fleet, healthy),
+        )
         after = _memory_kb(emulator)
         received = await _until_closed(reader)  # what it had been sent, then the end
         writer.close()
         p_writer.close()
+    assert stats["closes"]["slow consumer"] == 1
     assert stats["dropped"]["slow consumer"] > 0
-    assert len(received) < messages * len(payload)
-    assert after["VmHWM"] - before["VmRSS"] < RSS_BOUND_KB, (before, after)
+    assert len(received) < sent * len(data)
+    assert after["VmHWM"] - before["VmRSS"] < RSS_BOUND_KB, (before, after, sent)
 
 
 @pytest.mark.parametrize(("asked", "held_to"), [(10, 30), (0, 1200), (60, None)])

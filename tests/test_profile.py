@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from collections import Counter
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.x509.oid import NameOID
 
 from loadgen.certs.keys import KeyType
 from loadgen.certs.profile import DEFAULT_PROFILE, DevicePlanner, load_profile
 from loadgen.errors import ConfigError
-from tests.conftest import LIGHTBULB_PROFILE
+from tests.conftest import LIGHTBULB_PROFILE, run_loadgen
 
 
 def _write(tmp_path: Path, text: str) -> Path:
@@ -135,6 +138,11 @@ def test_without_a_profile_the_default_gives_unique_names():
         ("subject:\n  common_name: x\nfaults:\n  missing_state: 0.1\n", ":3: faults:"),
         ("subject:\n  common_name: [unclosed\n", ": YAML syntax error"),
         ("- just\n- a list\n", ":1: the profile must be a mapping"),
+        (
+            "subject:\n  country: SE\n  organization: Acme\n  country: NO\n",
+            ":4: subject.country: duplicate key (first given on line 2)",
+        ),
+        ("validity_days: 365\nvalidity_days: 30\n", ":2: validity_days: duplicate key"),
     ],
 )
 def test_a_bad_profile_names_file_line_and_field(tmp_path, text, expected):
@@ -152,3 +160,34 @@ def test_a_template_that_overflows_its_field_names_the_device(tmp_path):
     planner = DevicePlanner(load_profile(path), seed=0)
     with pytest.raises(ConfigError, match=r"device 0: subject.common_name: .*1 to 64"):
         planner.plan(0)
+
+
+def test_words_yaml_1_1_took_for_booleans_are_subject_text(tmp_path):
+    path = _write(
+        tmp_path,
+        "subject:\n  common_name: d\n  organization: yes\n  organizational_unit: Off\n"
+        "  state: on\n  dn_qualifier: n\n",
+    )
+    subject = DevicePlanner(load_profile(path), seed=0).plan(0).subject
+    assert subject == {
+        "common_name": "d",
+        "organization": "yes",
+        "organizational_unit": "Off",
+        "state": "on",
+        "dn_qualifier": "n",
+    }
+
+
+def test_a_profile_choosing_no_and_se_mints_norwegian_and_swedish_devices(tmp_path, session_ca):
+    path = _write(tmp_path, "subject:\n  common_name: 'd-{index}'\n  country: {choice: [NO, SE]}\n")
+    fleet = tmp_path / "fleet"
+    result = run_loadgen(
+        "certs", "mint", "--ca", session_ca.directory, "--count", "40", "--out", fleet,
+        "--profile", path, "--workers", "1",
+    )  # fmt: skip
+    assert result.code == 0, result.err
+    manifest = [json.loads(line) for line in (fleet / "manifest.jsonl").open()]
+    assert {d["subject"]["country"] for d in manifest} == {"NO", "SE"}
+    norwegian = next(d for d in manifest if d["subject"]["country"] == "NO")
+    cert = x509.load_pem_x509_certificate((fleet / norwegian["cert"]).read_bytes())
+    assert cert.subject.get_attributes_for_oid(NameOID.COUNTRY_NAME)[0].value == "NO"

@@ -51,9 +51,23 @@ def test_merging_shards_equals_one_run_over_the_union():
     results = _results(2000, 7)
     union = _report(results, lambda i: True)
     merged = merge([_report(results, lambda i: i % 2 == 0), _report(results, lambda i: i % 2)])
-    for key in ("devices", "outcomes", "attempts", "latency_ms", "schedule_lag_ms", "histograms"):
+    for key in ("devices", "accounting", "outcomes", "attempts", "latency_ms", "schedule_lag_ms"):
         assert merged[key] == union[key], key
+    assert merged["histograms"] == union["histograms"]
     assert merged["series"]["started_per_s"] == union["series"]["started_per_s"]
+
+
+def test_a_merge_with_a_report_from_before_accounting_leaves_unexpected_unknown():
+    results = _results(100, 3)
+    old, new = _report(results, lambda i: i < 50), _report(results, lambda i: i >= 50)
+    del old["accounting"]
+    accounting = merge([old, new])["accounting"]
+    assert (accounting["planned"], accounting["started"], accounting["not_started"]) == (
+        100,
+        100,
+        0,
+    )
+    assert accounting["unexpected"] is None
 
 
 def test_merged_generator_cpu_adds_up_and_is_shared_by_all_devices():

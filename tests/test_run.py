@@ -66,6 +66,21 @@ def test_a_thousand_devices_all_connect_but_the_unknown_ca_ones(thousand):
     assert sum(report["outcomes"].values()) == 1000
 
 
+def test_devices_that_fail_as_their_injected_fault_predicts_are_expected(thousand):
+    report, manifest, _ = thousand
+    unknown = sum(1 for d in manifest if d["fault"] == "unknown_ca")
+    accounting = report["accounting"]
+    assert accounting == {
+        "planned": 1000,
+        "started": 1000,
+        "not_started": 0,
+        "expected": {"tls_rejected": unknown},
+        "unexpected": 0,
+        "notes": {},
+        "workers_lost": {},
+    }
+
+
 def test_the_report_has_every_phase_and_the_rates(thousand):
     report, _, _ = thousand
     for phase in ("provision", "tcp_connect", "tls_handshake", "connack", "publish_ack"):

@@ -6,8 +6,10 @@ import json
 
 import yaml
 
-from tests.conftest import ROOT, run_loadgen
+from loadgen.emulator.defaults import REGISTRATION_CONFIG
+from tests.conftest import ROOT, assert_user_error, run_loadgen
 
+ROLE = "arn:aws:iam::123456789012:role/JITPRole"
 DATA = ROOT / "tests" / "data"
 QUICKSTART = ROOT / "scenarios" / "quickstart.yaml"
 LIGHTBULB = ROOT / "scenarios" / "templates" / "lightbulb.yaml"
@@ -15,7 +17,7 @@ LIGHTBULB = ROOT / "scenarios" / "templates" / "lightbulb.yaml"
 
 def _config(tmp_path, template):
     path = tmp_path / "config.json"
-    path.write_text(json.dumps({"templateBody": json.dumps(template), "roleArn": "arn:x"}))
+    path.write_text(json.dumps({"templateBody": json.dumps(template), "roleArn": ROLE}))
     return path
 
 
@@ -45,9 +47,9 @@ def test_a_parameter_jitp_does_not_provide_is_an_error(tmp_path):
 
 def test_a_parameter_the_profile_never_sets_is_an_error(tmp_path):
     template = yaml.safe_load(LIGHTBULB.read_text())
-    template["Resources"]["thing"]["Properties"]["AttributePayload"]["site"] = {
-        "Ref": "AWS::IoT::Certificate::OrganizationalUnit"
-    }
+    unit = "AWS::IoT::Certificate::OrganizationalUnit"
+    template["Parameters"][unit] = {"Type": "String"}
+    template["Resources"]["thing"]["Properties"]["AttributePayload"]["site"] = {"Ref": unit}
     scenario = yaml.safe_load(QUICKSTART.read_text())
     (tmp_path / "profiles").mkdir()
     (tmp_path / "profiles" / "p.yaml").write_text(
@@ -81,3 +83,154 @@ def test_a_template_body_over_10240_characters_is_an_error(tmp_path):
     result = run_loadgen("template", "check", _config(tmp_path, template))
     assert result.code == 1
     assert "over AWS's 10,240" in result.out
+
+
+# What AWS would refuse: `template check` lists it (exit 1); `emulator serve`
+# and a run against the embedded emulator refuse the config with the same
+# message, before anything is written.
+
+BROKEN_JOIN = "Resources.thing.Properties.ThingName.Fn::Join[1][1]"
+
+
+def _broken_template():
+    """The lightbulb template, with a thing name that Refs an undeclared parameter."""
+    template = yaml.safe_load(LIGHTBULB.read_text())
+    template["Resources"]["thing"]["Properties"]["ThingName"] = {
+        "Fn::Join": ["-", ["bulb", {"Ref": "AWS::IoT::Certificate::StateName"}]]
+    }
+    return template
+
+
+def _check_line(result):
+    (line,) = [x for x in result.out.splitlines() if x.startswith("error: ")]
+    return line.removeprefix("error: ")
+
+
+def test_check_names_a_structural_problem_with_its_location_and_exits_1(tmp_path):
+    result = run_loadgen("template", "check", _config(tmp_path, _broken_template()))
+    assert result.code == 1, result.err
+    assert _check_line(result) == (
+        f"{BROKEN_JOIN}: Ref AWS::IoT::Certificate::StateName: not declared; "
+        "declare it under Parameters"
+    )
+
+
+def test_check_lists_every_structural_problem(tmp_path):
+    template = _broken_template()
+    template["Resources"]["thing"]["Properties"]["ThingTypeName"] = {"Fn::Select": [4, ["a"]]}
+    result = run_loadgen("template", "check", _config(tmp_path, template))
+    assert result.code == 1
+    assert f"error: {BROKEN_JOIN}: Ref" in result.out
+    assert "error: Resources.thing.Properties.ThingTypeName.Fn::Select[0]: index 4" in result.out
+    assert result.out.strip().endswith("2 errors, 0 warnings")
+
+
+def test_check_of_a_template_body_that_is_an_object_is_an_error(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text(
+        json.dumps({"templateBody": yaml.safe_load(LIGHTBULB.read_text()), "roleArn": ROLE})
+    )
+    result = run_loadgen("template", "check", path)
+    assert result.code == 1
+    assert "error: templateBody: must be the template as an escaped JSON string" in result.out
+
+
+def test_check_of_a_config_without_a_role_arn_is_an_error(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"templateBody": json.dumps(yaml.safe_load(LIGHTBULB.read_text()))}))
+    result = run_loadgen("template", "check", path)
+    assert result.code == 1
+    assert "error: roleArn: missing" in result.out
+
+
+def test_check_of_a_readable_json_template_checks_it_as_a_template(tmp_path):
+    path = tmp_path / "template.json"
+    path.write_text(json.dumps(_broken_template()))
+    result = run_loadgen("template", "check", path)
+    assert result.code == 1
+    assert f"error: {BROKEN_JOIN}: Ref" in result.out
+
+
+def test_check_of_a_missing_file_is_a_one_line_error(tmp_path):
+    result = run_loadgen("template", "check", tmp_path / "absent.json")
+    assert_user_error(result, "absent.json", "not found")
+
+
+def test_check_of_a_file_that_is_not_json_is_a_one_line_error(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text("templateBody: not json\n")
+    assert_user_error(run_loadgen("template", "check", path), "config.json", "not a JSON")
+
+
+def test_check_of_a_yaml_file_that_is_not_yaml_is_a_one_line_error(tmp_path):
+    path = tmp_path / "template.yaml"
+    path.write_text("Resources: [unclosed\n")
+    assert_user_error(run_loadgen("template", "check", path), "template.yaml", "not a template")
+
+
+def test_the_default_registration_config_passes_check(tmp_path):
+    path = tmp_path / "default.json"
+    path.write_text(json.dumps(REGISTRATION_CONFIG))
+    result = run_loadgen("template", "check", path)
+    assert result.code == 0, result.out
+    assert result.out.strip().endswith("0 errors, 0 warnings")
+
+
+def test_emulator_serve_refuses_the_config_with_checks_message_and_writes_nothing(tmp_path, ca):
+    config = _config(tmp_path, _broken_template())
+    state = tmp_path / "state"
+    result = run_loadgen(
+        "emulator", "serve", "--port", "0", "--ca", ca.directory / "ca.pem",
+        "--registration-config", config, "--state-dir", state, "--state", tmp_path / "r.db",
+    )  # fmt: skip
+    checked = run_loadgen("template", "check", config)
+    assert_user_error(result, f"loadgen: error: {config}: {_check_line(checked)}")
+    assert not state.exists()
+    assert not (tmp_path / "r.db").exists()
+
+
+def test_a_run_against_the_embedded_emulator_refuses_the_config_before_minting(tmp_path):
+    config = _config(tmp_path, _broken_template())
+    scenario = yaml.safe_load(QUICKSTART.read_text())
+    scenario["fleet"] = {"ca": "ca", "store": "fleet", "count": 5}
+    scenario["emulator"] = {"registration_config": str(config)}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(scenario))
+    result = run_loadgen("run", tmp_path / "s.yaml", "--report", tmp_path / "r.json")
+    checked = run_loadgen("template", "check", config)
+    assert_user_error(result, f"loadgen: error: {config}: {_check_line(checked)}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "s.yaml"]
+
+
+def test_a_run_refuses_a_readable_template_with_the_same_location(tmp_path):
+    template = tmp_path / "template.yaml"
+    template.write_text(yaml.safe_dump(_broken_template()))
+    scenario = yaml.safe_load(QUICKSTART.read_text())
+    scenario["fleet"] = {"ca": "ca", "store": "fleet", "count": 5}
+    scenario["emulator"] = {"template": str(template)}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(scenario))
+    result = run_loadgen("run", tmp_path / "s.yaml")
+    assert_user_error(result, f"{template}: {BROKEN_JOIN}: Ref AWS::IoT::Certificate::StateName")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.yaml", "template.yaml"]
+
+
+def test_render_refuses_a_template_with_a_structural_problem_naming_its_location(tmp_path):
+    template = tmp_path / "template.yaml"
+    template.write_text(yaml.safe_dump(_broken_template()))
+    result = run_loadgen("template", "render", template, "--role-arn", ROLE)
+    assert_user_error(result, f"{template}: {BROKEN_JOIN}: Ref AWS::IoT::Certificate::StateName")
+    assert result.out == ""
+
+
+def test_render_refuses_a_role_arn_that_is_not_an_iam_roles_arn():
+    result = run_loadgen("template", "render", LIGHTBULB, "--role-arn", "JITPRole")
+    assert_user_error(result, "--role-arn: 'JITPRole' is not an IAM role's ARN")
+
+
+def test_a_run_refuses_an_emulator_role_arn_that_is_not_an_iam_roles_arn(tmp_path):
+    scenario = yaml.safe_load(QUICKSTART.read_text())
+    scenario["fleet"] = {"ca": "ca", "store": "fleet", "count": 5}
+    scenario["emulator"] = {"template": str(LIGHTBULB), "role_arn": "JITPRole"}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(scenario))
+    result = run_loadgen("run", tmp_path / "s.yaml")
+    assert_user_error(result, "emulator.role_arn: 'JITPRole' is not an IAM role's ARN")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.yaml"]

@@ -119,7 +119,9 @@ def capacity_command(
 ) -> None:
     """Raise the arrival rate step by step until an SLO breaks; report the
     highest sustainable rate and what limited it."""
-    scenario = load_scenario(scenario_path)
+    scenario = load_scenario(
+        scenario_path, warn=lambda line: click.echo(f"loadgen: warning: {line}", err=True)
+    )
     search = _search(
         scenario.gates, scenario_path, slo_texts, start, step, step_duration, max_rate, max_steps
     )
@@ -214,6 +216,7 @@ def _run_step(
         stats,
         gates_mod.evaluate(list(search.slos), report),
         throttles(stats, before, after),
+        interrupted=timing.partial,
     )
     return step, timing
 

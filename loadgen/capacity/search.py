@@ -62,6 +62,9 @@ class Step:
     # emulator, the quotas it enforced (JITP's throttled provisioning closes the
     # connection, so devices alone cannot tell it from a refusal).
     throttles: Counter[str] = field(default_factory=Counter)
+    # Cut short (Ctrl-C, SIGTERM): not every device ran, so the step proves
+    # nothing either way; it never passes, and the verdict leaves it out.
+    interrupted: bool = False
 
     @property
     def broken(self) -> list[str]:
@@ -76,6 +79,11 @@ class Step:
     @property
     def generator_limit(self) -> str | None:
         """Why this step measured the generator rather than the endpoint."""
+        lost = self.report.get("accounting", {}).get("workers_lost")
+        if lost:
+            return "a worker of the load generator was lost: " + "; ".join(
+                f"worker {worker} {why}" for worker, why in lost.items()
+            )
         if self.cpu_busy >= CPU_BUSY:
             return f"the load generator's workers were {self.cpu_busy:.0%} busy"
         # Latency counts from the scheduled start, so starting late (for want of
@@ -95,11 +103,13 @@ class Step:
 
     @property
     def passed(self) -> bool:
-        return not self.broken and self.generator_limit is None
+        return not self.interrupted and not self.broken and self.generator_limit is None
 
     @property
     def limit(self) -> str | None:
         """What stopped the search at this step (None: it passed)."""
+        if self.interrupted:
+            return "interrupted"
         if self.generator_limit is not None:
             return "generator"
         if not self.broken:
@@ -133,6 +143,7 @@ class Step:
                 {"slo": r.gate, "passed": r.passed, "measured": r.measured} for r in self.results
             ],
             "passed": self.passed,
+            "interrupted": self.interrupted,
             "broken": self.broken,
             "limit": self.limit,
         }
@@ -155,6 +166,7 @@ class Verdict:
 
 
 def verdict(search: Search, steps: list[Step], interrupted: bool = False) -> Verdict:
+    steps = [s for s in steps if not s.interrupted]  # they measured nothing whole
     passed = [s for s in steps if s.passed]
     highest = passed[-1].rate if passed else None
     stopped = next((s for s in steps if not s.passed), None)

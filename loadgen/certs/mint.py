@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from loadgen import lifeline
 from loadgen.certs.ca import CA, init_ca, load_ca
 from loadgen.certs.keys import KeyType, generate_key, key_pem
 from loadgen.certs.minter import Minter, MintSpec, pool_key_path
@@ -115,10 +116,22 @@ _worker: Minter | None = None
 
 def _init_worker(spec: MintSpec) -> None:
     global _worker
-    # Ctrl-C reaches the whole process group; the parent alone handles it (it ends
-    # the pool), so workers print no tracebacks of their own.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _bind_to_parent()
     _worker = Minter(spec)
+
+
+def _bind_to_parent() -> None:
+    """A pool worker ends with the parent, however it ends. Ctrl-C reaches the
+    whole process group; the parent alone handles it (it ends the pool), so
+    workers print no tracebacks of their own. The pool ends them with SIGTERM:
+    forked, they would otherwise keep the parent's handler turning it into
+    KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+    lifeline.die_with_multiprocessing_parent(signal.SIGKILL)
+    # A chunk runs for a while without reading from the parent: watch it apart.
+    lifeline.exit_when_multiprocessing_parent_exits("loadgen mint worker")
 
 
 def _mint_chunk(bounds: tuple[int, int]) -> tuple[int, int]:
@@ -186,7 +199,8 @@ def _prepare_shared(fleet: Path, plan: _Plan, workers: int) -> None:
             for slot in range(plan.meta.key_pool)
         ]
         if workers > 1 and len(jobs) > 1:
-            with multiprocessing.get_context("fork").Pool(min(workers, len(jobs))) as pool:
+            context = multiprocessing.get_context("fork")
+            with context.Pool(min(workers, len(jobs)), _bind_to_parent) as pool:
                 pool.map(_make_pool_key, jobs)
         else:
             for job in jobs:

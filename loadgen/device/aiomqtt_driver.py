@@ -89,7 +89,7 @@ class AiomqttDevice(DeviceDriver):
         try:
             for step in self.spec.steps:
                 if isinstance(step, PublishStep):
-                    phase = "publish"
+                    phase = self.step = "publish"
                     payload = bytes(step.payload_bytes)
                     for _ in range(step.count):
                         sent = self.clock()
@@ -99,11 +99,11 @@ class AiomqttDevice(DeviceDriver):
                         if step.qos == 1:
                             result.publish_acks.append(self.clock() - sent)
                 elif isinstance(step, SubscribeStep):
-                    phase = "subscribe"
+                    phase = self.step = "subscribe"
                     async with asyncio.timeout(timeout):
                         await client.subscribe(step.topic_filter, qos=step.qos)
                 elif isinstance(step, HoldStep):
-                    phase = "hold"
+                    phase = self.step = "hold"
                     await asyncio.sleep(step.seconds)
             result.outcome, result.reason, result.phase = Outcome.CONNECTED, None, None
         except TimeoutError:

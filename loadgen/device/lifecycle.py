@@ -18,7 +18,7 @@ from enum import StrEnum
 from loadgen import mqtt
 from loadgen.device.outcome import PROVISIONING_TRIGGERS, Outcome, classify
 from loadgen.device.retry import RetryPolicy
-from loadgen.transport.client import MqttClient, Target, connect
+from loadgen.transport.client import MqttClient, Target, connect, describe_error
 from loadgen.transport.errors import TransportError
 from loadgen.transport.timing import AttemptTimes
 from loadgen.transport.tls import DeviceTls
@@ -79,6 +79,10 @@ class DeviceSpec:
     version: int
     scheduled: float  # monotonic time of its scheduled start
     steps: tuple[Step, ...] = ()
+    fault: str | None = None  # what its profile injected on purpose (manifest)
+    # Why it could not be made ready (a corrupt key, say): it then ends as
+    # ``error`` in phase ``preparing`` when its time comes, without connecting.
+    failure: str | None = None
 
 
 @dataclass(slots=True)
@@ -95,6 +99,8 @@ class DeviceResult:
     phases: list[tuple[str, float]] = field(default_factory=list)
     publish_acks: list[float] = field(default_factory=list)  # QoS 1 round trips
     publishes: int = 0
+    fault: str | None = None
+    note: str | None = None  # about a connect cut short, e.g. interrupted in hold
 
 
 Clock = Callable[[], float]
@@ -111,10 +117,12 @@ class RetryState:
         self.expecting_trigger = config.expect_first_connect_rejected
         self.failures = 0
 
-    def failed(self, outcome: Outcome, reason: str, phase: str | None) -> float | None:
+    def failed(
+        self, outcome: Outcome, reason: str, phase: str | None, may_be_trigger: bool = True
+    ) -> float | None:
         """Seconds to back off before the next attempt; None when none is left."""
         result = self.result
-        if self.expecting_trigger and outcome in PROVISIONING_TRIGGERS:
+        if self.expecting_trigger and may_be_trigger and outcome in PROVISIONING_TRIGGERS:
             self.expecting_trigger = False
             result.provisioning_triggered = True
         else:
@@ -136,31 +144,72 @@ class DeviceDriver:
         self.config = config
         self.clock = clock
         self.rng = rng
-        self.result = DeviceResult(spec.index)
+        self.result = DeviceResult(spec.index, fault=spec.fault)
+        self.step: str | None = None  # the step under way once connected
+
+    def where(self) -> str:
+        """The phase of the device's life it is in now, for a failure nothing
+        more specific explains."""
+        if self.step is not None:
+            return self.step
+        return "acting" if self.result.provision is not None else "connecting"
+
+    def fail_unexpectedly(self, exc: BaseException) -> DeviceResult:
+        """End the device as ``error`` for an exception its life did not expect:
+        whatever a device raises ends that device, never its worker."""
+        self._fail(Outcome.ERROR, describe_error(exc), self.where())
+        return self.result
+
+    def interrupted(self) -> DeviceResult:
+        """End the device cut short by a stop past the grace period. One that
+        connected and was holding its connection did all it was asked to before
+        the hold, and counts as connected."""
+        result = self.result
+        if result.provision is not None and self.step == "hold":
+            result.outcome, result.note = Outcome.CONNECTED, "interrupted during hold"
+            result.reason = result.phase = None
+        else:
+            self._fail(Outcome.ERROR, "interrupted before it finished", self.where())
+        return result
+
+    def _fail(self, outcome: Outcome, reason: str, phase: str | None) -> None:
+        self.result.outcome = outcome
+        self.result.reason = reason
+        self.result.phase = phase
 
 
 class Device(DeviceDriver):
     """The native driver: this project's timed transport."""
 
     phase = Phase.PENDING
+    times = AttemptTimes(0.0)  # the attempt under way
+    _open = staticmethod(connect)  # TCP, TLS, CONNECT and CONNACK: one attempt
 
     async def run(self) -> DeviceResult:
         result = self.result
         result.lag = max(0.0, self.clock() - self.spec.scheduled)
-        client = await self._connect()
-        if client is not None:
-            self.phase = Phase.ACTING
-            try:
-                await self._act(client)
-                result.outcome = Outcome.CONNECTED
-            except TransportError as exc:
-                self._fail(classify(exc), exc.reason, exc.phase)
-            except TimeoutError:
-                self._fail(Outcome.TIMEOUT, "no answer in time", client.phase)
-            finally:
-                client.disconnect()
+        try:
+            client = await self._connect()
+            if client is not None:
+                self.phase = Phase.ACTING
+                try:
+                    await self._act(client)
+                    result.outcome = Outcome.CONNECTED
+                except TransportError as exc:
+                    self._fail(classify(exc), exc.reason, exc.phase)
+                except TimeoutError:
+                    self._fail(Outcome.TIMEOUT, "no answer in time", client.phase)
+                finally:
+                    client.disconnect()
+        except Exception as exc:  # a bug or a resource out: this device's end only
+            self.fail_unexpectedly(exc)
         self.phase = Phase.DONE
         return result
+
+    def where(self) -> str:
+        if self.phase is Phase.CONNECTING:
+            return _reached(self.times)
+        return super().where()
 
     async def _connect(self) -> MqttClient | None:
         spec, config, result = self.spec, self.config, self.result
@@ -171,22 +220,24 @@ class Device(DeviceDriver):
         while True:
             self.phase = Phase.CONNECTING
             result.attempts += 1
-            times = AttemptTimes(self.clock())
+            times = self.times = AttemptTimes(self.clock())
             client = None
+            trigger = True
             try:
                 async with asyncio.timeout(config.connect_timeout):
                     session = spec.tls.session() if spec.tls is not None else None
-                    client = await connect(spec.target, session, packet, times)
+                    client = await self._open(spec.target, session, packet, times)
             except TimeoutError:
                 outcome, reason, where = Outcome.TIMEOUT, "no answer in time", _reached(times)
             except TransportError as exc:
                 outcome, reason, where = classify(exc), exc.reason, exc.phase
+                trigger = exc.may_be_jitp_trigger
             self._record_phases(times)
             if client is not None:
                 result.provision = (times.connack or self.clock()) - spec.scheduled
                 self.phase = Phase.CONNECTED
                 return client
-            delay = retry.failed(outcome, reason, where)
+            delay = retry.failed(outcome, reason, where, trigger)
             if delay is None:
                 return None
             self.phase = Phase.BACKING_OFF
@@ -199,6 +250,7 @@ class Device(DeviceDriver):
         timeout = self.config.step_timeout
         for step in self.spec.steps:
             if isinstance(step, PublishStep):
+                self.step = "publish"
                 payload = bytes(step.payload_bytes)
                 for _ in range(step.count):
                     sent = self.clock()
@@ -208,16 +260,13 @@ class Device(DeviceDriver):
                     if step.qos == 1:
                         self.result.publish_acks.append(self.clock() - sent)
             elif isinstance(step, SubscribeStep):
+                self.step = "subscribe"
                 async with asyncio.timeout(timeout):
                     await client.subscribe(step.topic_filter, step.qos)
             else:
+                self.step = "hold"
                 async with asyncio.timeout(step.seconds + timeout):
                     await client.hold(step.seconds, step.keepalive)
-
-    def _fail(self, outcome: Outcome, reason: str, phase: str | None) -> None:
-        self.result.outcome = outcome
-        self.result.reason = reason
-        self.result.phase = phase
 
 
 def _reached(times: AttemptTimes) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+from loadgen.certs.profile import MISSING_PREFIX
 from loadgen.mqtt import MQTT_5
 from loadgen.transport.errors import (
     AckRefused,
@@ -52,3 +53,37 @@ def classify(error: TransportError) -> Outcome:
 # What a JITP endpoint does to the first connect of a new certificate: it closes
 # the connection (AWS), fails TLS, or refuses the CONNACK.
 PROVISIONING_TRIGGERS = {Outcome.CLOSED, Outcome.TLS_REJECTED, Outcome.NOT_AUTHORIZED}
+
+
+# What a fault the profile injected on purpose predicts. A certificate outside
+# its validity, or from a CA the endpoint does not know, must fail the TLS
+# handshake: a connect is a finding. A certificate missing a subject field fails
+# JITP only when the template references that field, so it may also connect.
+_INVALID_CERT = frozenset({Outcome.TLS_REJECTED})
+_PROVISIONING_REFUSED = frozenset({Outcome.CLOSED, Outcome.NOT_AUTHORIZED})
+_FAULT_OUTCOMES = {
+    "expired": _INVALID_CERT,
+    "not_yet_valid": _INVALID_CERT,
+    "unknown_ca": _INVALID_CERT,
+}
+
+
+def predicted(fault: str | None) -> frozenset[Outcome]:
+    """The failed outcomes a device's injected fault predicts (none without one)."""
+    if fault is None:
+        return frozenset()
+    if fault.startswith(MISSING_PREFIX):
+        return _PROVISIONING_REFUSED
+    return _FAULT_OUTCOMES.get(fault, frozenset())
+
+
+def expectation(fault: str | None, outcome: Outcome) -> bool | None:
+    """Whether ``outcome`` is what the fleet predicted for this device: True for a
+    failure its fault predicts, False for a surprise (a failure nothing predicted,
+    or a connect its certificate should have been refused), None for an ordinary
+    connect."""
+    if outcome is Outcome.CONNECTED:
+        if fault is None or fault.startswith(MISSING_PREFIX):
+            return None
+        return False
+    return outcome in predicted(fault)

@@ -1,9 +1,10 @@
 """`loadgen template check`: what will go wrong with a template before a cloud run
-finds out. Each finding names the resource and the fix."""
+finds out. Each finding names the location and the fix. What AWS would refuse
+outright comes from ``structure``, the same check the emulator refuses a config
+with; the rest (fleet profile, policy) needs the scenario."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,14 +13,19 @@ from loadgen.certs.profile import DEFAULT_PROFILE, DevicePlanner, Profile, load_
 from loadgen.certs.subject import FIELDS
 from loadgen.emulator import policy
 from loadgen.emulator import template as tpl
-from loadgen.emulator.errors import ClientError, TemplateError
+from loadgen.emulator.errors import ClientError
 from loadgen.emulator.registry import subject_parameters
-from loadgen.errors import ConfigError
+from loadgen.emulator.render import read_template, registration_config
+from loadgen.emulator.serve import read_registration_config
+from loadgen.emulator.structure import (
+    Problem,
+    body_problems,
+    config_problems,
+    template_problems,
+)
 from loadgen.load.plan import device_client_id, render
 from loadgen.scenario.schema import Publish, Scenario
 
-# AWS's limit on a provisioning template's body.
-MAX_TEMPLATE_BODY = 10_240
 _SAMPLES = 50
 _BY_PARAMETER = {tpl.PARAMETER_PREFIX + f.jitp_parameter: f.name for f in FIELDS}
 
@@ -34,55 +40,41 @@ class Finding:
         return f"{'error' if self.error else 'warning'}: {self.where}: {self.message}"
 
 
-def load_config(path: Path) -> tuple[str, dict[str, Any]]:
-    """(templateBody text, parsed JSON) from a registration config or a readable
-    template (.yaml/.json)."""
-    from loadgen.emulator.render import load_template
-    from loadgen.emulator.serve import load_registration_config
+@dataclass(frozen=True)
+class Loaded:
+    """A config or readable template as read: the template (None when its body is
+    not one) and what the structural check found."""
 
+    template: Any
+    problems: list[Problem]
+
+
+def load_config(path: Path) -> Loaded:
+    """A registration config or a readable template (.yaml/.yml, or JSON with
+    Resources and no templateBody), read and checked as the emulator checks it.
+    A file that cannot be read or parsed is a ``ConfigError`` (exit 2)."""
     if path.suffix in (".yaml", ".yml"):
-        template = load_template(path)
-        return json.dumps(template), template
-    config = load_registration_config(path)
-    body = config["templateBody"]
-    text = body if isinstance(body, str) else json.dumps(body)
-    try:
-        return text, json.loads(text, strict=False)
-    except ValueError as exc:
-        raise ConfigError(f"{path}: templateBody is not JSON: {exc}") from None
+        return _readable(read_template(path))
+    data = read_registration_config(path)
+    if isinstance(data, dict) and "Resources" in data and "templateBody" not in data:
+        return _readable(data)
+    template, problems = config_problems(data)
+    return Loaded(template, problems)
 
 
-def check(body: str, raw: dict[str, Any], scenario: Scenario | None) -> list[Finding]:
-    findings: list[Finding] = []
-    if len(body) > MAX_TEMPLATE_BODY:
-        findings.append(
-            Finding(
-                True,
-                "templateBody",
-                (
-                    f"{len(body):,} characters, over AWS's {MAX_TEMPLATE_BODY:,}: "
-                    "move the policy to a named policy (PolicyName) or shorten it"
-                ),
-            )
-        )
-    for name in (raw.get("Parameters") or {}) if isinstance(raw, dict) else {}:
-        if name not in tpl.PARAMETERS:
-            findings.append(
-                Finding(
-                    True,
-                    f"Parameters.{name}",
-                    (
-                        "JITP provides only AWS::IoT::Certificate:: Country, Organization, "
-                        "OrganizationalUnit, DistinguishedNameQualifier, StateName, CommonName, "
-                        "SerialNumber and Id: remove it or derive it from those"
-                    ),
-                )
-            )
-    try:
-        template = tpl.parse(raw)
-    except TemplateError as exc:
-        findings.append(Finding(True, "template", str(exc)))
-        return findings
+def _readable(template: Any) -> Loaded:
+    """A readable template, with the size of the body `template render` makes of it."""
+    problems = template_problems(template)
+    if isinstance(template, dict):
+        problems += body_problems(registration_config(template, "")["templateBody"])
+    return Loaded(template, problems)
+
+
+def check(loaded: Loaded, scenario: Scenario | None) -> list[Finding]:
+    findings = [Finding(True, p.where, p.message) for p in loaded.problems]
+    if loaded.problems or not isinstance(loaded.template, dict):
+        return findings  # the checks below evaluate the template: it must be sound
+    template = loaded.template
     profile, seed = _fleet_profile(scenario)
     findings += _parameters(template, profile)
     findings += _policies(template, scenario, profile, seed)

@@ -14,8 +14,9 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from loadgen.certs.subject import BY_NAME, BY_OID
 from loadgen.emulator import template as tpl
-from loadgen.emulator.errors import ClientError
+from loadgen.emulator.errors import ClientError, TemplateError
 from loadgen.emulator.state import RegistryStore
+from loadgen.emulator.structure import config_problems
 
 
 class CertStatus(StrEnum):
@@ -110,10 +111,9 @@ class Registry:
         template = None
         role_arn = None
         if registration_config is not None:
-            body = registration_config.get("templateBody")
-            if body is None:
-                raise ClientError("registration config has no templateBody")
-            template = tpl.parse(body)
+            template, problems = config_problems(registration_config)
+            if problems:
+                raise TemplateError(str(problems[0]))
             role_arn = registration_config.get("roleArn")
             types, groups = _literal_names(template)
             # An account prepared for its template has these already.

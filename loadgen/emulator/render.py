@@ -9,12 +9,12 @@ from typing import Any
 
 import yaml
 
-from loadgen.emulator import template as tpl
-from loadgen.emulator.errors import TemplateError
+from loadgen.emulator.structure import config_problems, template_problems
 from loadgen.errors import ConfigError
 
 
-def load_template(path: Path) -> dict[str, Any]:
+def read_template(path: Path) -> Any:
+    """A readable template file's data, not yet checked."""
     try:
         text = path.read_text()
     except OSError as exc:
@@ -25,11 +25,32 @@ def load_template(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not a template: {str(exc).splitlines()[0]}") from None
     if isinstance(data, dict) and "templateBody" in data:
         raise ConfigError(f"{path}: already a registration config (it has templateBody)")
-    try:
-        return tpl.parse(data)
-    except TemplateError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+    return data
+
+
+def load_template(path: Path) -> dict[str, Any]:
+    """A readable template AWS would accept, or a ``ConfigError`` naming the file
+    and the location of its first problem."""
+    data = read_template(path)
+    problems = template_problems(data)
+    if problems:
+        raise ConfigError(f"{path}: {problems[0]}")
+    assert isinstance(data, dict)
+    return data
 
 
 def registration_config(template: dict[str, Any], role_arn: str) -> dict[str, Any]:
     return {"templateBody": json.dumps(template, indent=2), "roleArn": role_arn}
+
+
+def render_registration(path: Path, role_arn: str, role_option: str) -> dict[str, Any]:
+    """The registration config for the readable template at ``path``, checked as
+    the emulator checks a config; a bad role ARN is named by the option or field
+    ``role_option`` that gave it."""
+    config = registration_config(load_template(path), role_arn)
+    _, problems = config_problems(config)
+    if problems:
+        first = problems[0]
+        where = role_option if first.where == "roleArn" else f"{path}: {first.where}"
+        raise ConfigError(f"{where}: {first.message}")
+    return config

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import select
 import signal
@@ -17,13 +18,15 @@ from typing import Any
 
 from cryptography import x509
 
+from loadgen import lifeline
 from loadgen.certs.ca import CERT_FILE, init_ca, load_ca, server_cert
 from loadgen.emulator.errors import ProvisioningError
 from loadgen.emulator.limits import Limits
 from loadgen.emulator.registry import Registry
 from loadgen.emulator.server import Emulator
 from loadgen.emulator.state import RegistryStore
-from loadgen.errors import ConfigError, LoadgenError
+from loadgen.emulator.structure import config_problems
+from loadgen.errors import ConfigError, LoadgenError, UserError
 from loadgen.files import write
 
 READY = "loadgen emulator: ready on"
@@ -39,17 +42,26 @@ class CaRegistration:
     auto_registration: bool = True
 
 
-def load_registration_config(path: Path) -> dict[str, Any]:
+def read_registration_config(path: Path) -> Any:
+    """A registration config file's JSON, not yet checked."""
     try:
         # strict=False: the reference document's readable example has raw line
         # breaks inside its strings.
-        data = json.loads(path.read_text(), strict=False)
+        return json.loads(path.read_text(), strict=False)
     except FileNotFoundError:
         raise ConfigError(f"{path}: registration config not found") from None
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{path}: not a JSON registration config: {exc}") from None
-    if not isinstance(data, dict) or "templateBody" not in data:
-        raise ConfigError(f"{path}: a registration config needs templateBody (and roleArn)")
+
+
+def load_registration_config(path: Path) -> dict[str, Any]:
+    """A registration config AWS would accept, or a ``ConfigError`` naming the
+    file and the location of its first problem (as `template check` lists them)."""
+    data = read_registration_config(path)
+    _, problems = config_problems(data)
+    if problems:
+        raise ConfigError(f"{path}: {problems[0]}")
+    assert isinstance(data, dict)
     return data
 
 
@@ -88,21 +100,56 @@ def build_registry(
     return registry
 
 
-async def serve_forever(emulator: Emulator, host: str, port: int, server_ca: Path) -> None:
+async def serve_forever(
+    emulator: Emulator, host: str, port: int, server_ca: Path, *, stdin_lifeline: bool = False
+) -> None:
+    """Serve until a stop signal, or (``stdin_lifeline``, for a parent that
+    started it) until stdin reaches end-of-file: the parent is gone."""
     # Handlers first: whoever reads the ready line may stop it at once.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in lifeline.STOP_SIGNALS:
         loop.add_signal_handler(sig, stop.set)
+    if stdin_lifeline:
+        _stop_at_eof(loop, sys.stdin.fileno(), stop)
     # SIGUSR1: the counts so far, for a parent that measures in steps (capacity).
     loop.add_signal_handler(signal.SIGUSR1, lambda: _print_stats(emulator))
-    server = await emulator.serve(host, port)
+    try:
+        server = await emulator.serve(host, port)
+    except OSError as exc:  # taken since the check before the start
+        raise UserError(f"--port {port}: cannot listen on {host} ({exc.strerror})") from None
     bound = server.sockets[0].getsockname()
     print(f"{READY} {bound[0]}:{bound[1]} (server CA: {server_ca})", flush=True)
     async with server:
         await stop.wait()
     # For whoever started it (a run with endpoint: embedded): what happened here.
-    _print_stats(emulator)
+    try:
+        _print_stats(emulator)
+    except BrokenPipeError:
+        # Nobody reads any more; the exit's own flush must not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def _stop_at_eof(loop: asyncio.AbstractEventLoop, fd: int, stop: asyncio.Event) -> None:
+    def on_readable() -> None:
+        try:
+            data = os.read(fd, 4096)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            loop.remove_reader(fd)
+            if not stop.is_set():  # a parent stopping it closes stdin too
+                print(
+                    "loadgen emulator: lost its parent process (stdin closed); stopping",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                stop.set()
+
+    os.set_blocking(fd, False)
+    loop.add_reader(fd, on_readable)
 
 
 def _print_stats(emulator: Emulator) -> None:
@@ -194,7 +241,9 @@ def start_embedded(
     limits: Limits | None = None,
 ) -> EmbeddedEmulator:
     """`loadgen emulator serve` in a subprocess on a free loopback port, trusting
-    the CA in ``fleet_ca``; returns once it is ready."""
+    the CA in ``fleet_ca``; returns once it is ready. It stops when this process
+    ends, however it ends; call this from a thread that outlives it (the main
+    thread): Linux ties the parent-death signal to the starting thread."""
     args = [
         sys.executable,
         "-m",
@@ -209,6 +258,8 @@ def start_embedded(
         str(fleet_ca / CERT_FILE),
         "--state-dir",
         str(state),
+        "--lifeline",
+        str(os.getpid()),
     ]
     if registration_config is not None:
         args += ["--registration-config", str(registration_config)]
@@ -225,9 +276,17 @@ def start_embedded(
     state.mkdir(parents=True, exist_ok=True)
     log = state / "emulator.log"
     # Its stderr goes to a file: a pipe nobody reads would fill and stall it.
+    # Its stdin is a pipe never written: it reaches end-of-file when this process
+    # is gone. A session of its own: Ctrl-C in a terminal is for this process,
+    # which stops it once the run's counts are in.
     with log.open("ab") as log_file:
         process = subprocess.Popen(
-            args, stdout=subprocess.PIPE, stderr=log_file, text=True, start_new_session=True
+            args,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=log_file,
+            text=True,
+            start_new_session=True,
         )
     assert process.stdout is not None
     deadline = time.monotonic() + 60

@@ -8,30 +8,33 @@ resources to create, or raises ``ClientError`` without touching anything.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from loadgen.emulator.errors import ClientError, TemplateError
-
-PARAMETER_PREFIX = "AWS::IoT::Certificate::"
-PARAMETERS = tuple(
-    PARAMETER_PREFIX + name
-    for name in (
-        "Country",
-        "Organization",
-        "OrganizationalUnit",
-        "DistinguishedNameQualifier",
-        "StateName",
-        "CommonName",
-        "SerialNumber",
-        "Id",
-    )
+from loadgen.emulator.structure import (
+    NAME_PROPERTY,
+    NO_VALUE,
+    OVERRIDES,
+    PARAMETER_PREFIX,
+    PARAMETERS,
+    RESOURCE_TYPES,
+    SUB_VARIABLE,
+    template_problems,
 )
-RESOURCE_TYPES = ("AWS::IoT::Thing", "AWS::IoT::Certificate", "AWS::IoT::Policy")
-OVERRIDES = ("MERGE", "REPLACE", "DO_NOTHING", "FAIL")
+
+__all__ = [
+    "OVERRIDES",
+    "PARAMETERS",
+    "PARAMETER_PREFIX",
+    "RESOURCE_TYPES",
+    "Resource",
+    "evaluate",
+    "parse",
+    "referenced_parameters",
+]
+
 _NO_VALUE = object()  # Ref AWS::NoValue: the property is left out
-_SUB = re.compile(r"\$\{([^}!][^}]*)\}")
 
 
 @dataclass(frozen=True)
@@ -43,7 +46,9 @@ class Resource:
 
 
 def parse(template_body: str | dict[str, Any]) -> dict[str, Any]:
-    """A template from its JSON text (the escaped ``templateBody``) or a dict."""
+    """A template from its JSON text (the escaped ``templateBody``) or a dict,
+    refused (``TemplateError``, naming the first problem's location) unless AWS
+    would accept it."""
     if isinstance(template_body, dict):
         template = template_body
     else:
@@ -53,18 +58,9 @@ def parse(template_body: str | dict[str, Any]) -> dict[str, Any]:
             template = json.loads(template_body, strict=False)
         except json.JSONDecodeError as exc:
             raise TemplateError(f"templateBody is not JSON: {exc}") from None
-    if not isinstance(template, dict) or not isinstance(template.get("Resources"), dict):
-        raise TemplateError("a template needs a Resources object")
-    for logical_id, resource in template["Resources"].items():
-        if not isinstance(resource, dict) or resource.get("Type") not in RESOURCE_TYPES:
-            kind = resource.get("Type") if isinstance(resource, dict) else resource
-            raise TemplateError(f"resource {logical_id}: unsupported type {kind!r}")
-        for key, value in (resource.get("OverrideSettings") or {}).items():
-            if value not in OVERRIDES:
-                raise TemplateError(f"resource {logical_id}: OverrideSettings.{key} {value!r}")
-    for name in template.get("Parameters") or {}:
-        if name not in PARAMETERS:
-            raise TemplateError(f"parameter {name}: JITP provides only {', '.join(PARAMETERS)}")
+    problems = template_problems(template)
+    if problems:
+        raise TemplateError(str(problems[0]))
     return template
 
 
@@ -79,7 +75,7 @@ def referenced_parameters(template: dict[str, Any]) -> set[str]:
             elif set(node) == {"Fn::Sub"}:
                 text = node["Fn::Sub"][0] if isinstance(node["Fn::Sub"], list) else node["Fn::Sub"]
                 if isinstance(text, str):
-                    found.update(_SUB.findall(text))
+                    found.update(SUB_VARIABLE.findall(text))
             for value in node.values():
                 walk(value)
         elif isinstance(node, list):
@@ -101,10 +97,16 @@ class _Evaluator:
         self.mappings = template.get("Mappings") or {}
         self.conditions = template.get("Conditions") or {}
         self._condition_values: dict[str, bool] = {}
+        # {"Condition": name} names a condition only inside a condition's body;
+        # elsewhere it is a plain object (a thing attribute, say).
+        self._in_condition = 0
+        self._naming: set[str] = set()
 
     def ref(self, name: str) -> Any:
-        if name == "AWS::NoValue":
+        if name == NO_VALUE:
             return _NO_VALUE
+        if name in self.template["Resources"] and name not in self.parameters:
+            return self.resource_name(name)
         if name not in self.parameters:
             raise ClientError(f"parameter {name} has no value (the certificate lacks it)")
         return self.parameters[name]
@@ -113,8 +115,29 @@ class _Evaluator:
         if name not in self._condition_values:
             if name not in self.conditions:
                 raise TemplateError(f"condition {name} is not defined")
-            self._condition_values[name] = bool(self.value(self.conditions[name]))
+            self._in_condition += 1
+            try:
+                self._condition_values[name] = bool(self.value(self.conditions[name]))
+            finally:
+                self._in_condition -= 1
         return self._condition_values[name]
+
+    def resource_name(self, logical_id: str) -> Any:
+        """What a Ref to a resource gives: its thing name, certificate id or policy name."""
+        spec = self.template["Resources"][logical_id]
+        prop = NAME_PROPERTY[spec["Type"]]
+        properties = spec.get("Properties") or {}
+        if prop not in properties:
+            if spec["Type"] == "AWS::IoT::Certificate":
+                return self.ref(PARAMETER_PREFIX + "Id")
+            raise TemplateError(f"Ref {logical_id}: it has no {prop}")
+        if logical_id in self._naming:
+            raise TemplateError(f"Ref {logical_id}: its {prop} refers to itself")
+        self._naming.add(logical_id)
+        try:
+            return self.value(properties[prop])
+        finally:
+            self._naming.discard(logical_id)
 
     def value(self, node: Any) -> Any:
         if isinstance(node, list):
@@ -125,7 +148,7 @@ class _Evaluator:
             ((key, arg),) = node.items()
             if key == "Ref":
                 return self.ref(arg)
-            if key == "Condition":
+            if key == "Condition" and self._in_condition:
                 return self.condition(arg)
             if key.startswith("Fn::"):
                 return self.function(key, arg)
@@ -165,7 +188,7 @@ def _split(ev: _Evaluator, arg: Any) -> list[str]:
 def _sub(ev: _Evaluator, arg: Any) -> str:
     text, variables = (arg[0], arg[1]) if isinstance(arg, list) else (arg, {})
     local = {k: ev.value(v) for k, v in variables.items()}
-    return _SUB.sub(lambda m: str(local[m[1]] if m[1] in local else ev.ref(m[1])), text)
+    return SUB_VARIABLE.sub(lambda m: str(local[m[1]] if m[1] in local else ev.ref(m[1])), text)
 
 
 def _find_in_map(ev: _Evaluator, arg: Any) -> Any:

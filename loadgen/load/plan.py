@@ -12,8 +12,9 @@ from loadgen.certs.subject import FIELDS
 from loadgen.device.lifecycle import DeviceConfig, HoldStep, PublishStep, Step, SubscribeStep
 from loadgen.device.retry import RetryPolicy
 from loadgen.errors import ConfigError
+from loadgen.load.chaos import Chaos
 from loadgen.load.schedule import Burst, ConstantArrival, Executor, RampingArrival, Stage
-from loadgen.scenario.schema import Hold, Publish, Scenario, parse_endpoint
+from loadgen.scenario.schema import Hold, Publish, Scenario, parse_endpoint, template_text
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,7 @@ class RunPlan:
     # every step devices that never connected, so each provisions afresh).
     first_device: int = 0
     extra: dict[str, str] = field(default_factory=dict)
+    chaos: Chaos | None = None  # faults injected on purpose, by tests
 
     @property
     def endpoint(self) -> str:
@@ -123,24 +125,21 @@ def endpoint_of(scenario: Scenario, override: str | None) -> tuple[str, int]:
     try:
         return parse_endpoint(value)
     except ValueError as exc:
-        raise ConfigError(f"endpoint: {exc}") from None
+        raise ConfigError(f"{'--endpoint' if override else 'endpoint'}: {exc}") from None
 
 
 _FORMATTER = string.Formatter()
 _NO_SUBJECT = {f.name: "" for f in FIELDS}
-TEMPLATE_FIELDS = ("index", "client_id", "certificate_id", *(f.name for f in FIELDS))
 
 
 def check_template(template: str, where: str) -> None:
-    """Refuse, before the run, a template naming something no device has."""
+    """Refuse, before the run, a template naming something no device has (a
+    scenario's were checked as it loaded, with their lines; this guards plans
+    made from elsewhere)."""
     try:
-        names = [field for _, field, _, _ in _FORMATTER.parse(template) if field is not None]
+        template_text(template)
     except ValueError as exc:
-        raise ConfigError(f"{where}: bad template {template!r}: {exc}") from None
-    for name in names:
-        if name not in TEMPLATE_FIELDS:
-            known = ", ".join(TEMPLATE_FIELDS)
-            raise ConfigError(f"{where}: unknown placeholder {{{name}}} (known: {known})")
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 def render(template: str, device: FleetDevice, client_id: str | None = None) -> str:

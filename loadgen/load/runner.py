@@ -23,10 +23,11 @@ from loadgen.certs.store import FleetStore
 from loadgen.device.aiomqtt_driver import AiomqttDevice
 from loadgen.device.lifecycle import Device, DeviceDriver, DeviceSpec
 from loadgen.device.outcome import Outcome
+from loadgen.load.chaos import device_class
 from loadgen.load.plan import RunPlan, device_client_id, device_steps
 from loadgen.load.schedule import offsets
 from loadgen.metrics.stats import RunStats
-from loadgen.transport.client import Target
+from loadgen.transport.client import Target, describe_error
 from loadgen.transport.tls import ClientTls, DeviceTls
 
 # Devices prepared ahead of their start, per device allowed in flight: enough to
@@ -100,6 +101,10 @@ class Worker:
         self.tasks: set[asyncio.Task[None]] = set()  # devices in flight
         self.dispatcher: asyncio.Task[None] | None = None  # starts the devices
         self.drivers: set[DeviceDriver] = set()
+        native = Device if plan.chaos is None else device_class(plan.chaos)
+        self.driver: type[Device | AiomqttDevice] = (
+            AiomqttDevice if plan.driver == "aiomqtt" else native
+        )
         self.tls = ClientTls(
             ca_file=plan.tls.ca_file,
             alpn=list(plan.tls.alpn) if plan.tls.alpn else None,
@@ -114,25 +119,33 @@ class Worker:
         """The device ready to go, and its offset in the schedule (its ``scheduled``
         time is set when the schedule's start is known)."""
         plan = self.plan
-        tls = DeviceTls(
-            self.tls,
-            plan.fleet / device.cert,
-            plan.fleet / device.key,
-            plan.tls.server_name,
-            # aiomqtt takes a context of the device's own, made when it connects.
-            ahead=plan.driver != "aiomqtt",
-        )
-        client_id = device_client_id(plan.client_id, device)
+        target = Target(next(self.addresses), plan.port, plan.tls.server_name, next(self.sources))
+        try:
+            if plan.chaos is not None:
+                plan.chaos.strike("preparing", device.index)
+            tls = DeviceTls(
+                self.tls,
+                plan.fleet / device.cert,
+                plan.fleet / device.key,
+                plan.tls.server_name,
+                # aiomqtt takes a context of the device's own, made when it connects.
+                ahead=plan.driver != "aiomqtt",
+            )
+            client_id = device_client_id(plan.client_id, device)
+            steps = device_steps(plan.steps, device, client_id)
+        except Exception as exc:  # its files, not the run: this device fails alone
+            failed = DeviceSpec(device.index, device.client_id, target, None, plan.version, 0.0)
+            failed.fault, failed.failure = device.fault, describe_error(exc)
+            return failed, offset
         spec = DeviceSpec(
             index=device.index,
             client_id=client_id,
-            target=Target(
-                next(self.addresses), plan.port, plan.tls.server_name, next(self.sources)
-            ),
+            target=target,
             tls=tls,
             version=plan.version,
             scheduled=0.0,
-            steps=device_steps(plan.steps, device, client_id),
+            steps=steps,
+            fault=device.fault,
         )
         return spec, offset
 
@@ -165,6 +178,8 @@ class Worker:
                     break
                 waiters: set[asyncio.Future[Any]] = {*tasks, self.stop}
                 await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            if producer.done() and not producer.cancelled() and producer.exception():
+                raise producer.exception()  # type: ignore[misc]
         finally:
             self.dispatcher.cancel()
             producer.cancel()
@@ -216,29 +231,43 @@ class Worker:
         items: Iterator[tuple[FleetDevice, float]],
         queue: asyncio.Queue[tuple[DeviceSpec, float] | None],
     ) -> None:
-        for device, offset in items:
-            # Waiting here for queue room keeps the window bounded; preparing a
-            # context blocks the loop ~1.5 ms, and only while the queue has room.
-            await queue.put(self.prepare(device, offset))
-        await queue.put(None)
+        try:
+            for device, offset in items:
+                # Waiting here for queue room keeps the window bounded; preparing a
+                # context blocks the loop ~1.5 ms, and only while the queue has room.
+                await queue.put(self.prepare(device, offset))
+        finally:
+            # Also when the fleet could not be read on: the devices queued still
+            # run, and run() then says why the rest did not.
+            await queue.put(None)
 
     async def _one(self, spec: DeviceSpec, t0: float, started: float) -> None:
-        driver_cls = AiomqttDevice if self.plan.driver == "aiomqtt" else Device
-        driver = driver_cls(spec, self.plan.device, self.clock, self.rng)
+        """One device's life, ending in exactly one result whatever happens in it."""
+        if self.plan.chaos is not None:
+            self.plan.chaos.strike("worker", spec.index)
+        driver = self.driver(spec, self.plan.device, self.clock, self.rng)
         self.drivers.add(driver)
         try:
-            result = await driver.run()
-            self.stats.add(result, started, self.clock() - t0)
+            if spec.failure is not None:
+                result = driver.result
+                result.outcome, result.reason, result.phase = (
+                    Outcome.ERROR,
+                    spec.failure,
+                    "preparing",
+                )
+            else:
+                result = await driver.run()
         except asyncio.CancelledError:
             # Interrupted past the grace period: what was measured still counts.
-            result = driver.result
-            result.outcome, result.reason = Outcome.ERROR, "interrupted before it finished"
-            self.stats.add(result, started, self.clock() - t0)
+            self.stats.add(driver.interrupted(), started, self.clock() - t0)
             raise
+        except Exception as exc:
+            result = driver.fail_unexpectedly(exc)
         finally:
             self.drivers.discard(driver)
             self.in_flight -= 1
             self.slots.release()
+        self.stats.add(result, started, self.clock() - t0)
 
     async def _report(self) -> None:
         while True:

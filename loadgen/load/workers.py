@@ -10,10 +10,10 @@ import multiprocessing.connection
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from loadgen.errors import LoadgenError
+from loadgen import lifeline
 from loadgen.load.plan import RunPlan
 from loadgen.load.runner import Progress, Worker
 from loadgen.metrics.stats import RunStats
@@ -26,40 +26,56 @@ _READY_TIMEOUT = 300.0
 _START_MARGIN = 0.25
 
 
-class WorkerFailed(LoadgenError):
-    pass
-
-
 @dataclass
 class RunTiming:
     started_at: float  # wall clock, seconds since the epoch: the schedule's start
     ended_at: float
     partial: bool = False  # stopped early (Ctrl-C, SIGTERM): not every device ran
+    # Workers that ended without their results, and why: their devices count as
+    # error, and the run has failed whatever the gates say.
+    lost: dict[int, str] = field(default_factory=dict)
 
 
 def _worker_main(plan: RunPlan, worker: int, conn: multiprocessing.connection.Connection) -> None:
-    # The parent handles Ctrl-C and tells workers to stop; they must not die first.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # The parent handles Ctrl-C, SIGTERM and SIGHUP and tells workers to stop;
+    # they must not die first. When the parent itself dies, they go with it.
+    lifeline.ignore_stop_signals()
+    lifeline.die_with_multiprocessing_parent(signal.SIGKILL)
     import uvloop
 
+    who = f"loadgen worker {worker}"
+
     def send(message: tuple[str, Any]) -> None:
-        conn.send(message)
+        try:
+            conn.send(message)
+        except OSError:
+            lifeline.parent_lost(who)
+
+    def recv() -> tuple[str, Any]:
+        try:
+            message: tuple[str, Any] = conn.recv()
+        except (EOFError, OSError):
+            lifeline.parent_lost(who)
+        return message
 
     early_stop: list[float] = []
 
     def start_at() -> float:
-        conn.send(("ready", None))
+        send(("ready", None))
         while True:
-            kind, value = conn.recv()
+            kind, value = recv()
             if kind == "start":
                 return float(time.monotonic() + (value - time.time()))
             early_stop.append(float(value))  # a stop before the start: applied at once
 
+    runners: list[Worker] = []
+
     async def main() -> RunStats:
         runner = Worker(plan, worker, send)
+        runners.append(runner)
 
         def on_message() -> None:
-            kind, grace = conn.recv()
+            kind, grace = recv()
             if kind == "stop":
                 runner.request_stop(float(grace))
 
@@ -81,13 +97,17 @@ def _worker_main(plan: RunPlan, worker: int, conn: multiprocessing.connection.Co
     try:
         stats = uvloop.run(main())
     except BaseException as exc:
-        conn.send(("failed", f"{type(exc).__name__}: {exc}"))
-        raise
-    conn.send(("done", stats.to_wire()))
+        # What it measured before it failed still counts; the parent accounts
+        # for the devices it could not run.
+        measured = runners[0].stats.to_wire() if runners else None
+        with contextlib.suppress(OSError):
+            conn.send(("failed", (f"{type(exc).__name__}: {exc}", measured)))
+        return
+    send(("done", stats.to_wire()))
 
 
 class _StopOnSignal:
-    """SIGINT or SIGTERM: tell workers to stop starting devices and give those in
+    """SIGINT, SIGTERM or SIGHUP: tell workers to stop starting devices and give those in
     flight ``grace`` seconds; a second one: no grace. Workers then send what they
     measured, as at a normal end."""
 
@@ -105,7 +125,7 @@ class _StopOnSignal:
                 pipe.send(("stop", grace))
 
     def __enter__(self) -> _StopOnSignal:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in lifeline.STOP_SIGNALS:
             self._saved[sig] = signal.signal(sig, self._handle)
         return self
 
@@ -121,28 +141,84 @@ def run_workers(
 ) -> tuple[RunStats, RunTiming]:
     """Run ``plan`` in ``plan.workers`` processes; return the merged stats."""
     context = multiprocessing.get_context("spawn")
-    pipes, processes = [], []
-    for worker in range(plan.workers):
-        parent_end, child_end = context.Pipe()
-        process = context.Process(
-            target=_worker_main, args=(plan, worker, child_end), name=f"loadgen-worker-{worker}"
-        )
-        process.start()
-        child_end.close()
-        pipes.append(parent_end)
-        processes.append(process)
+    pipes: list[multiprocessing.connection.Connection] = []
+    processes: list[Any] = []
     stop = _StopOnSignal(pipes, grace)
+    finished = False
     try:
+        # Started from this thread, which joins them below: PDEATHSIG, tied to
+        # the starting thread, cannot fire early.
+        for worker in range(plan.workers):
+            parent_end, child_end = context.Pipe()
+            process = context.Process(
+                target=_worker_main, args=(plan, worker, child_end), name=f"loadgen-worker-{worker}"
+            )
+            process.start()
+            child_end.close()
+            pipes.append(parent_end)
+            processes.append(process)
         with stop:
-            stats, timing = _supervise(plan, pipes, processes, on_progress)
-        timing.partial = stop.requested
-        return stats, timing
+            tally = _supervise(plan, pipes, processes, on_progress)
+        finished = True
+        return tally.stats(plan, stopped=stop.requested), tally.timing(stop.requested)
     finally:
-        for process in processes:
+        _end_workers(processes, pipes, finished)
+
+
+def _end_workers(
+    processes: list[Any], pipes: list[multiprocessing.connection.Connection], finished: bool
+) -> None:
+    """Workers that sent their results exit by themselves; after a failure, the
+    rest are killed: left alone they would run the whole schedule for nobody."""
+    for process in processes:
+        if finished:
             process.join(timeout=5)
-            if process.is_alive():
-                process.kill()
-                process.join()
+        if process.is_alive():
+            process.kill()
+        process.join()
+    for pipe in pipes:
+        pipe.close()
+
+
+@dataclass
+class _Tally:
+    """What the workers sent: each one's results, or why it has none of its own."""
+
+    started_at: float = 0.0
+    ended_at: float = 0.0
+    results: dict[int, RunStats] = field(default_factory=dict)
+    progress: dict[int, Progress] = field(default_factory=dict)
+    lost: dict[int, str] = field(default_factory=dict)  # worker -> why
+
+    def finished(self, worker: int) -> bool:
+        return worker in self.results or worker in self.lost
+
+    def lose(self, worker: int, why: str, measured: dict[str, Any] | None = None) -> None:
+        """The worker ended without its results: keep what it last said it
+        measured, and account for the rest of its devices at the end."""
+        self.lost[worker] = why
+        if measured is not None:
+            self.results[worker] = RunStats.from_wire(measured)
+        elif worker in self.progress:
+            self.results[worker] = RunStats.from_wire(self.progress[worker].stats)
+
+    def stats(self, plan: RunPlan, *, stopped: bool) -> RunStats:
+        """All workers' results merged; a lost worker's devices that have no
+        result end as ``error`` (``worker: ... died``). In a run stopped early,
+        those it had not started yet are left not started, like everyone's."""
+        stats = RunStats()
+        for part in self.results.values():
+            stats.merge(part)
+        for worker, why in sorted(self.lost.items()):
+            mine = self.results.get(worker, RunStats())
+            assigned = len(range(worker, plan.count, plan.workers))
+            started = sum(mine.started_per_second.values()) if stopped else assigned
+            stats.lose(started - mine.devices, f"worker {worker} {why}", "worker")
+        return stats
+
+    def timing(self, stopped: bool) -> RunTiming:
+        ended = self.ended_at or time.time()
+        return RunTiming(self.started_at, ended, partial=stopped, lost=dict(self.lost))
 
 
 def _supervise(
@@ -150,51 +226,65 @@ def _supervise(
     pipes: list[multiprocessing.connection.Connection],
     processes: list[Any],
     on_progress: Callable[[list[Progress], float], None] | None,
-) -> tuple[RunStats, RunTiming]:
+) -> _Tally:
+    tally = _Tally()
     ready: set[int] = set()
     deadline = time.monotonic() + _READY_TIMEOUT
-    while len(ready) < len(pipes):
+    while len(ready) + len(tally.lost) < len(pipes):
         if time.monotonic() > deadline:
-            raise WorkerFailed(f"workers not ready after {_READY_TIMEOUT:.0f} s")
-        for worker, message in _receive(dict(enumerate(pipes)), processes, 0.5):
-            kind, _ = message
+            for worker in range(len(pipes)):
+                if worker not in ready and worker not in tally.lost:
+                    tally.lose(worker, f"not ready after {_READY_TIMEOUT:.0f} s")
+                    processes[worker].kill()
+            break
+        waiting = {w: p for w, p in enumerate(pipes) if w not in ready and w not in tally.lost}
+        for worker, (kind, payload) in _receive(waiting, processes, 0.5):
             if kind == "ready":
                 ready.add(worker)
-    started_at = time.time() + _START_MARGIN
-    for pipe in pipes:
-        pipe.send(("start", started_at))
-    progress: dict[int, Progress] = {}
-    results: dict[int, RunStats] = {}
-    while len(results) < len(pipes):
-        waiting = {w: p for w, p in enumerate(pipes) if w not in results}
+            else:
+                _ended(tally, worker, kind, payload)
+    tally.started_at = time.time() + _START_MARGIN
+    for worker in ready:
+        with contextlib.suppress(OSError):
+            pipes[worker].send(("start", tally.started_at))
+    while not all(tally.finished(w) for w in range(len(pipes))):
+        waiting = {w: p for w, p in enumerate(pipes) if not tally.finished(w)}
         for worker, (kind, payload) in _receive(waiting, processes, 0.5):
             if kind == "progress":
-                progress[worker] = payload
-            elif kind == "done":
-                results[worker] = RunStats.from_wire(payload)
-        if on_progress is not None and progress:
-            on_progress(list(progress.values()), time.time() - started_at)
-    stats = RunStats()
-    for part in results.values():
-        stats.merge(part)
-    return stats, RunTiming(started_at, time.time())
+                tally.progress[worker] = payload
+            else:
+                _ended(tally, worker, kind, payload)
+        if on_progress is not None and tally.progress:
+            on_progress(list(tally.progress.values()), time.time() - tally.started_at)
+    tally.ended_at = time.time()
+    return tally
+
+
+def _ended(tally: _Tally, worker: int, kind: str, payload: Any) -> None:
+    """A worker's last message: its results, or why it has none."""
+    if kind == "done":
+        tally.results[worker] = RunStats.from_wire(payload)
+    elif kind == "failed":
+        why, measured = payload
+        tally.lose(worker, f"failed: {why}", measured)
+    elif kind == "died":
+        tally.lose(worker, f"died (exit code {payload})")
 
 
 def _receive(
     pipes: dict[int, multiprocessing.connection.Connection], processes: list[Any], timeout: float
 ) -> list[tuple[int, tuple[str, Any]]]:
-    out = []
+    """The messages that arrived within ``timeout``; a worker whose pipe closed
+    without a last word says ("died", its exit code)."""
+    out: list[tuple[int, tuple[str, Any]]] = []
     by_pipe = {id(pipe): worker for worker, pipe in pipes.items()}
     for pipe in multiprocessing.connection.wait(list(pipes.values()), timeout=timeout):
         assert isinstance(pipe, multiprocessing.connection.Connection)
         worker = by_pipe[id(pipe)]
         try:
             message = pipe.recv()
-        except EOFError:
+        except (EOFError, OSError):
             processes[worker].join(timeout=5)
-            code = processes[worker].exitcode
-            raise WorkerFailed(f"worker {worker} exited (code {code})") from None
-        if message[0] == "failed":
-            raise WorkerFailed(f"worker {worker} failed: {message[1]}")
+            message = ("died", processes[worker].exitcode)
         out.append((worker, message))
     return out

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from loadgen.device.lifecycle import DeviceResult
-from loadgen.device.outcome import OUTCOMES
+from loadgen.device.outcome import OUTCOMES, Outcome, expectation
 from loadgen.metrics.histogram import LatencyHistogram
 from loadgen.metrics.intervals import LogBuckets
 
@@ -48,6 +48,11 @@ class RunStats:
     slot_waits: int = 0
     # Microseconds (integers, so merging in any order gives the same sums).
     breakdown: dict[str, int] = field(default_factory=lambda: dict.fromkeys(BREAKDOWN, 0))
+    # Per failed outcome, the devices that failed the way their injected fault
+    # predicts; and the devices whose outcome nothing predicted.
+    expected: Counter[str] = field(default_factory=Counter)
+    unexpected: int = 0
+    notes: Counter[str] = field(default_factory=Counter)  # e.g. interrupted during hold
 
     def started(self, offset: float) -> None:
         """A device began (``offset`` seconds after the schedule's start)."""
@@ -66,14 +71,19 @@ class RunStats:
         self.provisioning_triggered += result.provisioning_triggered
         outcome = result.outcome.value
         self.outcomes[outcome] += 1
+        predicted = expectation(result.fault, result.outcome)
+        if predicted:
+            self.expected[outcome] += 1
+        elif predicted is not None:
+            self.unexpected += 1
+        if result.note is not None:
+            self.notes[result.note] += 1
         self.outcomes_per_second.setdefault(outcome, Counter())[int(finished_offset)] += 1
         # A connected device may carry the reason of a failure it recovered
         # from: reasons are kept for the failed outcomes only.
         if result.reason is not None and outcome != "connected":
-            reasons = self.reasons.setdefault(outcome, Counter())
             key = f"{result.phase}: {result.reason}" if result.phase else result.reason
-            if key in reasons or len(reasons) < _REASONS_KEPT:
-                reasons[key] += 1
+            self._reason(outcome, key, 1)
         self.lag.record(result.lag)
         second = int(started_offset)
         if result.provision is not None:
@@ -83,6 +93,22 @@ class RunStats:
             self._record(phase, second, seconds)
         for seconds in result.publish_acks:
             self._record("publish_ack", second, seconds)
+
+    def lose(self, devices: int, reason: str, phase: str) -> None:
+        """Devices that ended with no result of their own (their worker died):
+        each is an ``error`` nothing predicted."""
+        if devices <= 0:
+            return
+        error = Outcome.ERROR.value
+        self.devices += devices
+        self.outcomes[error] += devices
+        self.unexpected += devices
+        self._reason(error, f"{phase}: {reason}", devices)
+
+    def _reason(self, outcome: str, key: str, devices: int) -> None:
+        reasons = self.reasons.setdefault(outcome, Counter())
+        if key in reasons or len(reasons) < _REASONS_KEPT:
+            reasons[key] += devices
 
     def _record(self, phase: str, second: int, seconds: float) -> None:
         self.phases[phase].record(seconds)
@@ -123,6 +149,9 @@ class RunStats:
         self.slot_waits += other.slot_waits
         for part, total in other.breakdown.items():
             self.breakdown[part] += total
+        self.expected.update(other.expected)
+        self.unexpected += other.unexpected
+        self.notes.update(other.notes)
         for value in (other.first_start, other.last_start):
             if value is not None:
                 self.first_start = (
@@ -157,6 +186,9 @@ class RunStats:
             "cpu_us": self.cpu_us,
             "slot_waits": self.slot_waits,
             "breakdown": dict(self.breakdown),
+            "expected": dict(self.expected),
+            "unexpected": self.unexpected,
+            "notes": dict(self.notes),
         }
 
     @classmethod
@@ -182,6 +214,9 @@ class RunStats:
             cpu_us=data["cpu_us"],
             slot_waits=data["slot_waits"],
             breakdown=dict(data["breakdown"]),
+            expected=Counter(data["expected"]),
+            unexpected=data["unexpected"],
+            notes=Counter(data["notes"]),
         )
 
     def outcome_counts(self) -> dict[str, int]:

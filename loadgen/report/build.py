@@ -53,6 +53,7 @@ def build(plan: RunPlan, stats: RunStats, timing: RunTiming) -> dict[str, Any]:
         # Stopped early (Ctrl-C, SIGTERM): what ran is all here, but not all ran.
         "partial": timing.partial,
         "devices": stats.devices,
+        "accounting": accounting(plan.count, stats, timing.lost),
         "outcomes": stats.outcome_counts(),
         "attempts": {
             "total": stats.attempts,
@@ -87,6 +88,23 @@ def build(plan: RunPlan, stats: RunStats, timing: RunTiming) -> dict[str, Any]:
             "cores": os.cpu_count(),
             "machine": platform.machine(),
         },
+    }
+
+
+def accounting(planned: int, stats: RunStats, lost: dict[int, str]) -> dict[str, Any]:
+    """Where every planned device went: ``started`` devices each have one
+    outcome (``outcomes`` adds up to it), the rest did not start (the run was
+    stopped first); of the started, which failed as their injected fault
+    predicts (``expected``, per outcome) and how many nothing predicted; and the
+    workers that ended without their results."""
+    return {
+        "planned": planned,
+        "started": stats.devices,
+        "not_started": planned - stats.devices,
+        "expected": {o: stats.expected[o] for o in stats.outcome_counts() if stats.expected[o]},
+        "unexpected": stats.unexpected,
+        "notes": dict(stats.notes.most_common()),
+        "workers_lost": {str(worker): why for worker, why in sorted(lost.items())},
     }
 
 

@@ -4,7 +4,7 @@
     side    := [NUMBER "*"] term | NUMBER [UNIT]
     term    := PCT "(" PHASE ")"            PCT: p50 p90 p99 p99.9 max
              | ratio "(" OUTCOME ")"        a fraction of all devices
-             | count "(" OUTCOME ")"
+             | count "(" OUTCOME ")"        OUTCOME also failed, unexpected, expected
              | achieved_rate | target_rate  arrivals per second
     UNIT    := ms | s | %
 
@@ -34,7 +34,9 @@ _OPS: dict[str, Callable[[float, float], bool]] = {
     ">": operator.gt,
 }
 _PERCENTILES = {"p50": "p50", "p90": "p90", "p99": "p99", "p99.9": "p99_9", "max": "max"}
-_OUTCOME_NAMES = {o.value for o in OUTCOMES} | {"failed"}
+# ``unexpected``: devices whose outcome the fleet's injected faults did not
+# predict; ``expected``: those that failed as their fault predicts.
+_OUTCOME_NAMES = {o.value for o in OUTCOMES} | {"failed", "unexpected", "expected"}
 _SPLIT = re.compile(r"\s*(<=|>=|==|!=|<|>)\s*")
 _FUNC = re.compile(r"^(p50|p90|p99|p99\.9|max|ratio|count)\(\s*([a-z_]+)\s*\)$")
 _NUMBER = re.compile(r"^(\d+(?:\.\d+)?)\s*(ms|s|%)?$")
@@ -70,10 +72,16 @@ class GateResult:
         return f"{verdict}: {self.gate}  (measured {measured}){extra}"
 
 
-def _outcome_count(report: dict[str, Any], outcome: str) -> int:
+def _outcome_count(report: dict[str, Any], outcome: str) -> int | None:
+    if outcome in ("unexpected", "expected"):
+        accounting = report.get("accounting") or {}
+        if outcome == "expected":
+            return sum(int(n) for n in (accounting.get("expected") or {}).values())
+        unexpected = accounting.get("unexpected")
+        return None if unexpected is None else int(unexpected)
     outcomes = report["outcomes"]
     if outcome == "failed":
-        return sum(n for name, n in outcomes.items() if name != "connected")
+        return sum(int(n) for name, n in outcomes.items() if name != "connected")
     return int(outcomes.get(outcome, 0))
 
 
@@ -95,8 +103,12 @@ def _side(text: str, where: str) -> Callable[[dict[str, Any]], float | None]:
             if arg not in _OUTCOME_NAMES:
                 raise ConfigError(f"{where}: unknown outcome {arg!r} in {text!r}")
             if func == "count":
-                return lambda r: float(_outcome_count(r, arg))
-            return lambda r: _outcome_count(r, arg) / r["devices"] if r["devices"] else None
+                return lambda r: None if (n := _outcome_count(r, arg)) is None else float(n)
+            return lambda r: (
+                None
+                if (n := _outcome_count(r, arg)) is None or not r["devices"]
+                else n / r["devices"]
+            )
         if arg not in PHASES:
             raise ConfigError(f"{where}: unknown phase {arg!r} in {text!r} ({', '.join(PHASES)})")
         key = _PERCENTILES[func]

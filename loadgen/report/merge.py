@@ -72,6 +72,7 @@ def merge(reports: list[dict[str, Any]]) -> dict[str, Any]:
         "ended_at": max(ends).isoformat(timespec="milliseconds"),
         "duration_s": round((max(ends) - t0).total_seconds(), 3),
         "devices": sum(r["devices"] for r in reports),
+        "accounting": _merge_accounting(reports),
         "outcomes": _counts(reports, "outcomes"),
         "attempts": {
             "total": sum(r["attempts"]["total"] for r in reports),
@@ -131,6 +132,32 @@ def merge(reports: list[dict[str, Any]]) -> dict[str, Any]:
         "environment": {**reports[0]["environment"], "merged_from": len(reports)},
     }
     return merged_report
+
+
+def _merge_accounting(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """The shards' accounting added up. A report from before accounting existed
+    counts its devices as started, and leaves ``unexpected`` unknown (null)."""
+    parts = [
+        r.get("accounting")
+        or {"planned": r["load"]["count"], "started": r["devices"], "unexpected": None}
+        for r in reports
+    ]
+    unexpected = [p.get("unexpected") for p in parts]
+    planned = sum(p["planned"] for p in parts)
+    started = sum(p["started"] for p in parts)
+    return {
+        "planned": planned,
+        "started": started,
+        "not_started": planned - started,
+        "expected": _counts(parts, "expected"),
+        "unexpected": None if None in unexpected else sum(u or 0 for u in unexpected),
+        "notes": _counts(parts, "notes"),
+        "workers_lost": {
+            f"{shard}.{worker}": why
+            for shard, part in enumerate(parts)
+            for worker, why in (part.get("workers_lost") or {}).items()
+        },
+    }
 
 
 def _merge_latency_buckets(

@@ -3,17 +3,32 @@ editors; docs/scenarios.md describes every field."""
 
 from __future__ import annotations
 
+import socket
+import string
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    field_validator,
+    model_validator,
+)
 
-from loadgen.config import load_model
+from loadgen.certs.subject import FIELDS
+from loadgen.config import Loc, field_error, read_model
 from loadgen.device.retry import Jitter
 from loadgen.emulator import limits
-from loadgen.scenario.units import Duration, Rate
+from loadgen.mqtt.wire import MAX_VARINT
+from loadgen.scenario.units import Duration, PositiveDuration, Rate, RateOrZero
 
 EMBEDDED = "embedded"
+# AWS IoT refuses a publish payload above 128 KiB (its message broker limits).
+AWS_IOT_MAX_PAYLOAD = limits.AWS_MAX_PAYLOAD
 
 
 class _Strict(BaseModel):
@@ -30,12 +45,12 @@ class Tls(_Strict):
     alpn: list[str] | None = Field(
         default=None, description='e.g. ["x-amzn-mqtt-ca"] for AWS IoT on port 443'
     )
-    verify_server: bool = True
+    verify_server: StrictBool = True
 
 
 class Mqtt(_Strict):
     version: Literal[5, "5", "3.1.1"] = 5
-    client_id: str = Field(
+    client_id: Annotated[str, AfterValidator(_client_id)] = Field(
         default="{client_id}",
         description="Template over the manifest: {client_id}, {index}, {certificate_id} and "
         "subject fields such as {common_name}",
@@ -61,7 +76,7 @@ class Fleet(_Strict):
 
 
 class Jitp(_Strict):
-    expect_first_connect_rejected: bool = Field(
+    expect_first_connect_rejected: StrictBool = Field(
         default=False, description="Take the first rejection as the provisioning trigger"
     )
 
@@ -73,24 +88,57 @@ class Retry(_Strict):
     jitter: Jitter = Jitter.FULL
     max_attempts: int = Field(default=6, ge=1, description="Attempts in all, the first included")
 
+    @model_validator(mode="after")
+    def _max_not_below_initial(self) -> Retry:
+        if self.max < self.initial:
+            default = "" if "max" in self.model_fields_set else ", the default"
+            raise field_error(
+                ("max",), f"max ({self.max:g}s{default}) is below initial ({self.initial:g}s)"
+            )
+        return self
+
 
 class StageSpec(_Strict):
-    rate: Annotated[float, Field(ge=0)] | Rate
+    rate: RateOrZero
     duration: Duration
 
-    @field_validator("rate", mode="before")
-    @classmethod
-    def _zero_allowed(cls, v: Any) -> Any:
-        return 0.0 if v in (0, "0", "0/s") else v
+
+def _local_address(address: str) -> str:
+    """An address connections can be made from: binding it is the only sure test
+    (an address of another machine fails every device's connect instead)."""
+    try:
+        family, kind, proto, _, sockaddr = socket.getaddrinfo(
+            address, 0, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICSERV
+        )[0]
+    except (OSError, UnicodeError) as exc:
+        raise ValueError(f"{address!r} is not an address ({exc})") from None
+    with socket.socket(family, kind, proto) as probe:
+        try:
+            probe.bind(sockaddr)
+        except OSError as exc:
+            raise ValueError(
+                f"{address} is not a local address of this machine ({exc.strerror})"
+            ) from None
+    return address
+
+
+# What each executor reads; a field another executor reads would be ignored.
+_EXECUTOR_FIELDS = {
+    "constant-arrival-rate": {"rate"},
+    "ramping-arrival-rate": {"stages", "start_rate"},
+    "burst": set(),
+}
 
 
 class Load(_Strict):
     executor: Literal["constant-arrival-rate", "ramping-arrival-rate", "burst"]
     rate: Rate | None = None
-    start_rate: Rate | None = None
+    start_rate: RateOrZero | None = Field(
+        default=None, description="Where a ramp starts (default 0/s)"
+    )
     stages: list[StageSpec] | None = None
     max_in_flight: int = Field(default=1000, gt=0)
-    source_addresses: list[str] | None = Field(
+    source_addresses: list[Annotated[str, AfterValidator(_local_address)]] | None = Field(
         default=None, description="Local addresses to connect from (e.g. 127.0.0.2 ...)"
     )
 
@@ -100,18 +148,78 @@ class Load(_Strict):
             raise ValueError("constant-arrival-rate needs a rate")
         if self.executor == "ramping-arrival-rate" and not self.stages:
             raise ValueError("ramping-arrival-rate needs stages")
+        for name in ("rate", "start_rate", "stages"):
+            if name in self.model_fields_set and name not in _EXECUTOR_FIELDS[self.executor]:
+                uses = " and ".join(sorted(_EXECUTOR_FIELDS[self.executor])) or "no rate"
+                raise field_error(
+                    (name,), f"executor {self.executor} takes {uses}: {name} would be ignored"
+                )
+        if self.stages and not self.start_rate and all(s.rate == 0 for s in self.stages):
+            raise field_error(("stages",), "every stage has rate 0: no device would start")
         return self
 
 
+_FORMATTER = string.Formatter()
+TEMPLATE_FIELDS = ("index", "client_id", "certificate_id", *(f.name for f in FIELDS))
+
+
+def template_text(template: str, placeholder: str = "") -> str:
+    """A template over a device's manifest line, checked: its literal text, with
+    ``placeholder`` for each field. ValueError for a field no device has."""
+    try:
+        parsed = list(_FORMATTER.parse(template))
+    except ValueError as exc:
+        raise ValueError(f"bad template {template!r}: {exc}") from None
+    for _, name, _, _ in parsed:
+        if name is not None and name not in TEMPLATE_FIELDS:
+            known = ", ".join(TEMPLATE_FIELDS)
+            raise ValueError(f"unknown placeholder {{{name}}} (known: {known})")
+    return "".join(text + ("" if name is None else placeholder) for text, name, _, _ in parsed)
+
+
+def _client_id(template: str) -> str:
+    template_text(template)
+    return template
+
+
+def _topic_name(topic: str) -> str:
+    """A topic to publish to (MQTT 4.7.3): not empty, no wildcards. What a
+    placeholder renders cannot be known here; the literal text can."""
+    text = template_text(topic, "x")
+    if not text:
+        raise ValueError("a topic cannot be empty")
+    if "+" in text or "#" in text:
+        raise ValueError(f"{topic!r}: a publish topic cannot hold the wildcards + or #")
+    if "\0" in text:
+        raise ValueError(f"{topic!r}: a topic cannot hold the character U+0000")
+    return topic
+
+
+def _topic_filter(topic: str) -> str:
+    """A topic filter (MQTT 4.7.1): + a whole level, # a whole last level."""
+    text = template_text(topic, "x")
+    if not text:
+        raise ValueError("a topic filter cannot be empty")
+    levels = text.split("/")
+    for i, level in enumerate(levels):
+        if "#" in level and (level != "#" or i != len(levels) - 1):
+            raise ValueError(f"{topic!r}: # must be a whole level, and the last")
+        if "+" in level and level != "+":
+            raise ValueError(f"{topic!r}: + must be a whole level")
+    if "\0" in text:
+        raise ValueError(f"{topic!r}: a topic cannot hold the character U+0000")
+    return topic
+
+
 class PublishSpec(_Strict):
-    topic: str
+    topic: Annotated[str, AfterValidator(_topic_name)]
     qos: Literal[0, 1] = 0
     count: int = Field(default=1, ge=0)
     payload_bytes: int = Field(default=0, ge=0)
 
 
 class SubscribeSpec(_Strict):
-    topic: str
+    topic: Annotated[str, AfterValidator(_topic_filter)]
     qos: Literal[0, 1] = 0
 
 
@@ -133,8 +241,8 @@ class Hold(_Strict):
 
 
 class Timeouts(_Strict):
-    connect: Duration = 10.0
-    step: Duration = 10.0
+    connect: PositiveDuration = 10.0
+    step: PositiveDuration = 10.0
 
 
 class EmulatorLimits(_Strict):
@@ -182,11 +290,13 @@ class EmulatorSpec(_Strict):
         default=None, description="A readable template (.yaml/.json) instead of registration_config"
     )
     role_arn: str = "arn:aws:iam::123456789012:role/JITPRole"
-    strict_resources: bool = False
+    strict_resources: StrictBool = False
     quotas: dict[Literal["connect", "connect-per-client", "provision"], str] = Field(
         default_factory=dict, description='e.g. {provision: 50/s, connect: "off"}'
     )
-    metrics_port: int | None = Field(default=None, description="Serve its Prometheus metrics")
+    metrics_port: int | None = Field(
+        default=None, ge=1, le=65535, description="Serve its Prometheus metrics"
+    )
     limits: EmulatorLimits = Field(default_factory=EmulatorLimits)
 
 
@@ -212,6 +322,22 @@ class Scenario(_Strict):
         if v != EMBEDDED:
             parse_endpoint(v)
         return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Scenario:
+        if self.endpoint == EMBEDDED and "tls" in self.model_fields_set:
+            # The embedded emulator's own server CA and name are what the run trusts.
+            raise field_error(("tls",), "endpoint: embedded sets TLS itself: remove the tls block")
+        for i, item in enumerate(self.after_connect):
+            if isinstance(item, Publish):
+                limit = max_payload(item.publish, self.mqtt.protocol_version)
+                if item.publish.payload_bytes > limit:
+                    raise field_error(
+                        ("after_connect", i, "publish", "payload_bytes"),
+                        f"{item.publish.payload_bytes:,} bytes do not fit in an MQTT packet "
+                        f"(at most {limit:,} with this topic)",
+                    )
+        return self
 
     def resolve_paths(self, base: Path) -> Scenario:
         """Paths in a scenario are relative to the scenario file's folder."""
@@ -243,6 +369,36 @@ def parse_endpoint(value: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def load_scenario(path: Path) -> Scenario:
-    scenario = load_model(path, Scenario, what="scenario")
-    return scenario.resolve_paths(path.resolve().parent)
+def max_payload(spec: PublishSpec, version: int) -> int:
+    """The largest payload a PUBLISH of ``spec`` can carry: the packet's remaining
+    length is at most 268,435,455 bytes, less the topic (at least its literal text;
+    placeholders may render empty), the packet id (QoS 1) and MQTT 5's property
+    length."""
+    literal = template_text(spec.topic)
+    header = 2 + len(literal.encode()) + (2 if spec.qos else 0) + (1 if version == 5 else 0)
+    return MAX_VARINT - header
+
+
+def warnings(scenario: Scenario) -> list[tuple[Loc, str]]:
+    """What a scenario may do but a user likely did not mean."""
+    found: list[tuple[Loc, str]] = []
+    for i, item in enumerate(scenario.after_connect):
+        if isinstance(item, Publish) and item.publish.payload_bytes > AWS_IOT_MAX_PAYLOAD:
+            found.append(
+                (
+                    ("after_connect", i, "publish", "payload_bytes"),
+                    f"{item.publish.payload_bytes:,} bytes is above AWS IoT's 128 KiB "
+                    "payload limit (AWS IoT would refuse it)",
+                )
+            )
+    return found
+
+
+def load_scenario(path: Path, warn: Callable[[str], None] | None = None) -> Scenario:
+    """The scenario in ``path``, validated; ``warn`` gets each warning as one line
+    naming the file, the line and the field."""
+    loaded = read_model(path, Scenario, what="scenario")
+    if warn is not None:
+        for loc, message in warnings(loaded.model):
+            warn(f"{loaded.where(loc)}: {message}")
+    return loaded.model.resolve_paths(path.resolve().parent)

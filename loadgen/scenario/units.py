@@ -3,10 +3,11 @@ people write them in scenarios."""
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated
 
-from pydantic import BeforeValidator, PlainSerializer
+from pydantic import AfterValidator, BeforeValidator, PlainSerializer
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
@@ -18,11 +19,21 @@ def parse_duration(value: object) -> float:
     if isinstance(value, bool):
         raise ValueError("a duration like 100ms, 5s, 2m or 1h")
     if isinstance(value, int | float):
-        return float(value)
+        seconds = float(value)
+        if not math.isfinite(seconds) or seconds < 0:
+            raise ValueError(f"{value!r} is not a duration: it must be zero or more")
+        return seconds
     match = _DURATION.match(str(value))
     if not match:
         raise ValueError(f"{value!r} is not a duration like 100ms, 5s, 2m or 1h")
     return float(match.group(1)) * _SECONDS[match.group(2)]
+
+
+def positive(seconds: float) -> float:
+    """For a duration that must be above zero (a timeout of 0 fails every device)."""
+    if seconds <= 0:
+        raise ValueError("must be above zero, like 100ms or 10s")
+    return seconds
 
 
 def parse_rate(value: object) -> float:
@@ -36,9 +47,19 @@ def parse_rate(value: object) -> float:
         if not match:
             raise ValueError(f"{value!r} is not a rate like 200/s or 3000/m")
         rate = float(match.group(1)) / _PER[match.group(2)]
-    if rate <= 0:
+    if not math.isfinite(rate) or rate <= 0:
         raise ValueError("a rate must be above zero")
     return rate
+
+
+def parse_rate_or_zero(value: object) -> float:
+    """A rate that may be zero: where a ramp starts (the usual case) or pauses."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and value == 0:
+        return 0.0
+    match = _RATE.match(value) if isinstance(value, str) else None
+    if value == "0" or (match is not None and float(match.group(1)) == 0):
+        return 0.0
+    return parse_rate(value)
 
 
 Duration = Annotated[
@@ -46,4 +67,10 @@ Duration = Annotated[
 ]
 Rate = Annotated[
     float, BeforeValidator(parse_rate), PlainSerializer(lambda r: f"{r:g}/s", return_type=str)
+]
+PositiveDuration = Annotated[Duration, AfterValidator(positive)]
+RateOrZero = Annotated[
+    float,
+    BeforeValidator(parse_rate_or_zero),
+    PlainSerializer(lambda r: f"{r:g}/s", return_type=str),
 ]

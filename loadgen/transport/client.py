@@ -36,6 +36,8 @@ from loadgen.mqtt.reason import reason_name
 from loadgen.transport.errors import (
     AckRefused,
     Closed,
+    ClosedBeforeTls,
+    NotTls,
     PeerProtocolError,
     Refused,
     TlsRejected,
@@ -68,7 +70,7 @@ class Target:
         object.__setattr__(self, "address", (self.host, self.port))
 
 
-def _describe(exc: BaseException | None) -> str:
+def describe_error(exc: BaseException | None) -> str:
     if exc is None:
         return "closed by the server"
     if isinstance(exc, ssl.SSLError):
@@ -77,6 +79,18 @@ def _describe(exc: BaseException | None) -> str:
 
 
 _READ_SIZE = 65536
+# OpenSSL's reasons for a first answer that is no TLS record: an HTTP, MQTT or
+# other plain-text server on the port.
+_NOT_TLS = frozenset(
+    {
+        "WRONG_VERSION_NUMBER",
+        "RECORD_LAYER_FAILURE",
+        "PACKET_LENGTH_TOO_LONG",
+        "UNKNOWN_PROTOCOL",
+        "HTTP_REQUEST",
+        "HTTPS_PROXY_REQUEST",
+    }
+)
 
 
 class _Channel:
@@ -86,6 +100,7 @@ class _Channel:
     __slots__ = (
         "_connect_bytes",
         "_connecting",
+        "_heard",
         "_out",
         "_reading",
         "_writing",
@@ -128,6 +143,7 @@ class _Channel:
         self._out = bytearray()
         self._writing = False
         self._connecting = False  # a writer waits for TCP to come up
+        self._heard = False  # the server sent something during the TLS handshake
         self._reading = False
         self._connect_bytes = b""
 
@@ -175,9 +191,9 @@ class _Channel:
     def _tcp_failed(self, code: int) -> None:
         exc = OSError(code, os.strerror(code))  # the OSError subclass for the code
         if isinstance(exc, ConnectionRefusedError):
-            self._fail(Refused(_describe(exc), "tcp"))
+            self._fail(Refused(describe_error(exc), "tcp"))
         else:
-            self._fail(Unreachable(_describe(exc), "tcp"))
+            self._fail(Unreachable(describe_error(exc), "tcp"))
         self.close()
 
     def _tcp_up(self) -> None:
@@ -197,7 +213,13 @@ class _Channel:
             self._send_tls_output()
             return
         except ssl.SSLError as exc:
-            self._fail(TlsRejected(_describe(exc), "tls"))
+            if exc.reason in _NOT_TLS:
+                error: TransportError = NotTls(
+                    f"{describe_error(exc)} (the server does not speak TLS here)", "tls"
+                )
+            else:
+                error = TlsRejected(describe_error(exc), "tls")
+            self._fail(error)
             self._send_tls_output()  # the alert, for the server's log
             self.close()
             return
@@ -227,9 +249,9 @@ class _Channel:
         if self.phase == "tls":
             assert self.tls is not None
             if not data:
-                self._fail(Closed("closed by the server during the TLS handshake", "tls"))
-                self.close()
+                self._lost(None)
                 return
+            self._heard = True
             self.tls.incoming.write(data)
             self._handshake()
             return
@@ -310,8 +332,17 @@ class _Channel:
             waiter.set_result(packet)
 
     def _lost(self, exc: BaseException | None) -> None:
-        if isinstance(exc, ssl.SSLError) and not isinstance(exc, ssl.SSLEOFError):
-            error: TransportError = TlsRejected(_describe(exc), self.phase)
+        if self.phase == "tls" and not self._heard:
+            how = "closed" if exc is None else describe_error(exc)
+            error: TransportError = ClosedBeforeTls(
+                f"{how} before the server sent any TLS (it does not speak TLS on this "
+                "port, or turned the connection away at once)",
+                "tls",
+            )
+        elif self.phase == "tls" and exc is None:
+            error = Closed("closed by the server during the TLS handshake", "tls")
+        elif isinstance(exc, ssl.SSLError) and not isinstance(exc, ssl.SSLEOFError):
+            error = TlsRejected(describe_error(exc), self.phase)
         elif (
             isinstance(exc, ConnectionResetError | ssl.SSLEOFError)
             and self.tls is not None
@@ -333,7 +364,7 @@ class _Channel:
                 self.phase,
             )
         else:
-            error = Closed(_describe(exc), self.phase)
+            error = Closed(describe_error(exc), self.phase)
         self._fail(error)
         self.close()
 

@@ -3,12 +3,18 @@ apart. Each keeps the low-level reason as its message."""
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from loadgen.errors import LoadgenError
 
 
 class TransportError(LoadgenError):
     """A connection attempt or an open connection failed. ``phase`` is where:
     tcp, tls, connack, publish, subscribe, hold or disconnect."""
+
+    # Whether JITP's rejection of a first connect can look like this. It always
+    # completes TLS first, so a server that never spoke TLS cannot be provisioning.
+    may_be_jitp_trigger: ClassVar[bool] = True
 
     def __init__(self, reason: str, phase: str) -> None:
         super().__init__(reason)
@@ -29,8 +35,23 @@ class TlsRejected(TransportError):
     (with TLS 1.3 that alert arrives after the client's handshake completed)."""
 
 
+class NotTls(TlsRejected):
+    """The server answered the TLS ClientHello with bytes that are not TLS: a
+    plain TCP, MQTT or HTTP port."""
+
+    may_be_jitp_trigger = False
+
+
 class Closed(TransportError):
     """The server closed the connection (or reset it) without a TLS alert."""
+
+
+class ClosedBeforeTls(Closed):
+    """The server closed (or reset) the connection before it sent a byte of
+    TLS: it does not speak TLS on this port, or it turned the connection away at
+    once (a connection limit, say)."""
+
+    may_be_jitp_trigger = False
 
 
 class AckRefused(TransportError):

@@ -1,0 +1,174 @@
+"""Every device a run plans is in the report exactly once, with one outcome,
+whatever goes wrong: exceptions anywhere in a device's life, a device that cannot
+be made ready, a worker process that dies."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections import Counter
+from dataclasses import replace
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from loadgen.load.chaos import POINTS, WORKER_EXIT, Chaos
+from loadgen.load.plan import build_plan
+from loadgen.load.workers import run_workers
+from loadgen.report.build import build
+from loadgen.run import ensure_fleet
+from loadgen.scenario.schema import load_scenario
+from tests.brokers import Listener
+from tests.test_run import _scenario
+
+DEVICES = 24
+WORKERS = 2
+_LOADGEN_RUN = (sys.executable, "-m", "loadgen", "run")
+
+
+def _clean_scenario(root, mosquitto, device_ca, **overrides):
+    """Devices with no injected faults: left alone, every one connects."""
+    settings = {
+        "fleet": {"ca": str(device_ca.directory), "store": "fleet", "count": DEVICES},
+        "load": {"executor": "constant-arrival-rate", "rate": "200/s", "max_in_flight": 50},
+    }
+    path = _scenario(root, mosquitto, device_ca, **(settings | overrides))
+    scenario = load_scenario(path)
+    ensure_fleet(scenario, DEVICES, WORKERS)
+    return path, scenario
+
+
+@pytest.fixture(scope="module")
+def clean_plan(tmp_path_factory, mosquitto, device_ca):
+    _, scenario = _clean_scenario(tmp_path_factory.mktemp("chaos"), mosquitto, device_ca)
+    return build_plan(scenario, endpoint=("127.0.0.1", mosquitto.tls_port), workers=WORKERS)
+
+
+def _reason_count(report, reason):
+    return report["reasons"].get("error", {}).get(reason, 0)
+
+
+# Where an injected exception leaves its device: the phase the report names.
+_PHASE_OF = {"preparing": "preparing", "tcp": "tcp", "connack": "connack", "acting": "acting"}
+
+odds = st.lists(
+    st.tuples(st.sampled_from(POINTS), st.floats(0.02, 0.25)), min_size=1, max_size=4
+).map(lambda pairs: tuple(dict(pairs).items()))
+
+
+@settings(
+    max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(seed=st.integers(0, 10_000), odds=odds)
+def test_exceptions_anywhere_in_devices_lives_leave_every_device_counted_once(
+    clean_plan, seed, odds
+):
+    chaos = Chaos(seed, odds)
+    stats, timing = run_workers(replace(clean_plan, chaos=chaos))
+    report = build(clean_plan, stats, timing)
+    accounting = report["accounting"]
+    assert accounting["planned"] == DEVICES
+    assert accounting["started"] + accounting["not_started"] == DEVICES
+    assert accounting["not_started"] == 0  # nobody stopped this run
+    assert sum(report["outcomes"].values()) == accounting["started"] == report["devices"]
+    assert sum(report["reasons"].get("error", {}).values()) == report["outcomes"]["error"]
+    assert accounting["unexpected"] == report["outcomes"]["error"]  # no fault predicted any
+
+    points = {i: chaos.point(i) for i in range(DEVICES)}
+    dead = {i % WORKERS for i, point in points.items() if point == "worker"}
+    assert {int(w) for w in accounting["workers_lost"]} == dead
+    for worker in dead:
+        assert _reason_count(report, f"worker: worker {worker} died (exit code {WORKER_EXIT})") > 0
+    # A dead worker's devices are its injected ones, connected ones or lost ones;
+    # a surviving worker's each end exactly as their injected point says.
+    alive = Counter(points[i] for i in points if i % WORKERS not in dead)
+    with_dead = Counter(points.values())
+    for point, phase in _PHASE_OF.items():
+        counted = _reason_count(report, f"{phase}: InjectedFault: injected at {point}")
+        assert alive[point] <= counted <= with_dead[point], point
+    assert alive[None] <= report["outcomes"]["connected"] <= with_dead[None]
+    if not dead:
+        assert report["outcomes"]["connected"] == alive[None]
+
+
+def test_a_device_with_a_corrupt_key_fails_alone_in_preparing(
+    tmp_path, mosquitto, device_ca, listener
+):
+    path, scenario = _clean_scenario(tmp_path, mosquitto, device_ca)
+    first = next(iter(scenario.fleet.store.joinpath("manifest.jsonl").open()))
+    key = scenario.fleet.store / json.loads(first)["key"]
+    key.write_bytes(b"-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n")
+    report_path = tmp_path / "r.json"
+    result = subprocess.run(
+        [*_LOADGEN_RUN, str(path), "--workers", "2", "--report", str(report_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(report_path.read_text())
+    assert report["outcomes"]["connected"] == DEVICES - 1
+    assert report["outcomes"]["error"] == 1
+    [reason] = report["reasons"]["error"]
+    assert reason.startswith("preparing: ")
+    assert report["accounting"]["unexpected"] == 1
+
+
+@pytest.fixture
+def listener(mosquitto):
+    watching = Listener(mosquitto, "dt/+/telemetry")
+    yield watching
+    watching.close()
+
+
+def _workers(pid):
+    """The worker processes of the ``loadgen`` process ``pid``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    parent = int(stat.read().rsplit(")", 1)[1].split()[1])
+                with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
+                    spawned = b"spawn_main" in cmdline.read()
+            except OSError:
+                continue
+            if parent == pid and spawned:
+                found.append(int(entry))
+    return found
+
+
+def test_a_killed_worker_has_its_devices_counted_as_errors_and_the_run_fails(
+    tmp_path, mosquitto, device_ca, listener
+):
+    path, _ = _clean_scenario(
+        tmp_path,
+        mosquitto,
+        device_ca,
+        load={"executor": "constant-arrival-rate", "rate": "4/s", "max_in_flight": 50},
+    )
+    report_path = tmp_path / "r.json"
+    proc = subprocess.Popen(
+        [*_LOADGEN_RUN, str(path), "--workers", "2", "--report", str(report_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    listener.wait_for(4, timeout=120, process=proc)  # both workers are running devices
+    victim, _ = _workers(proc.pid)
+    os.kill(victim, signal.SIGKILL)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, err
+    assert "Traceback" not in err
+    assert "died (exit code -9)" in err
+    report = json.loads(report_path.read_text())
+    accounting = report["accounting"]
+    assert accounting["started"] == DEVICES and accounting["not_started"] == 0
+    assert sum(report["outcomes"].values()) == DEVICES
+    assert list(accounting["workers_lost"].values()) == ["died (exit code -9)"]
+    [lost] = [r for r in report["reasons"]["error"] if "died" in r]
+    assert report["reasons"]["error"][lost] == report["outcomes"]["error"] > 0

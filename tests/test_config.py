@@ -1,0 +1,55 @@
+"""The loader every scenario and profile goes through: YAML 1.2's core schema,
+duplicate keys refused, and errors that name the file, the line and the field."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+
+from loadgen.config import load_model
+from loadgen.errors import ConfigError
+
+
+class _Any(BaseModel):
+    value: Any
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("NO", "NO"),
+        ("yes", "yes"),
+        ("on", "on"),
+        ("Off", "Off"),
+        ("y", "y"),
+        ("true", True),
+        ("True", True),
+        ("FALSE", False),
+        ("~", None),
+        ("null", None),
+        ("", None),
+        ("017", 17),  # not octal
+        ("0o17", 15),
+        ("0x1F", 31),
+        ("1:30", "1:30"),  # not sexagesimal 90
+        ("2026-12-01", "2026-12-01"),  # not a date
+        ("1_000", "1_000"),
+        ("1e3", 1000.0),
+        ("-.inf", -math.inf),
+        ("'true'", "true"),
+    ],
+)
+def test_scalars_are_read_by_the_yaml_1_2_core_schema(tmp_path, text, expected):
+    path = tmp_path / "f.yaml"
+    path.write_text(f"value: {text}\n")
+    assert load_model(path, _Any, what="file").value == expected
+
+
+def test_a_tag_outside_the_core_schema_is_refused_with_its_line(tmp_path):
+    path = tmp_path / "f.yaml"
+    path.write_text("\nvalue: !!timestamp 2026-12-01\n")
+    with pytest.raises(ConfigError, match=r"f\.yaml:2: the tag .*timestamp is not supported"):
+        load_model(path, _Any, what="file")

@@ -1,0 +1,385 @@
+"""Everything the input can tell is checked before any load: a mistake in a
+scenario, an option or an output path is one line naming the file, the line and
+the field (or the option), exit 2, nothing written and no connection made."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+from loadgen.load.schedule import offsets
+from loadgen.run import RunOptions, check_plan
+from loadgen.scenario.schema import load_scenario
+from tests.conftest import assert_user_error, run_loadgen
+
+LOAD = "load:\n  executor: constant-arrival-rate\n  rate: 10/s\n"
+
+
+@pytest.fixture
+def listener():
+    """An endpoint that records whether anyone connected to it."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        server.setblocking(False)
+        yield server
+
+
+def _connected(server: socket.socket) -> bool:
+    try:
+        conn, _ = server.accept()
+    except BlockingIOError:
+        return False
+    conn.close()
+    return True
+
+
+def _write_scenario(
+    folder: Path, port: int, extra: str = "", load: str = LOAD, endpoint: str | None = None
+) -> Path:
+    """Lines 1-3: name, endpoint, fleet; 4-6: the load (by default); then ``extra``."""
+    path = folder / "scenario.yaml"
+    path.write_text(
+        "name: validation\n"
+        f"endpoint: {endpoint or f'127.0.0.1:{port}'}\n"
+        "fleet: {ca: ca, store: fleet, count: 5}\n" + load + extra
+    )
+    return path
+
+
+def _assert_refused_untouched(result, folder: Path, server: socket.socket, *fragments: str):
+    assert_user_error(result, *fragments)
+    assert sorted(os.listdir(folder)) == ["scenario.yaml"]
+    assert not _connected(server)
+
+
+RAMP = "load:\n  executor: ramping-arrival-rate\n  stages: [{rate: 10/s, duration: 1s}]\n"
+
+SCENARIO_MISTAKES = {
+    "a + wildcard in a publish topic": (
+        LOAD,
+        "after_connect:\n  - publish: {topic: 'dt/+/telemetry'}\n",
+        ":8: after_connect[0].publish.topic:",
+        "wildcards",
+    ),
+    "a # wildcard in a publish topic": (
+        LOAD,
+        "after_connect:\n  - publish:\n      topic: dt/#\n",
+        ":9: after_connect[0].publish.topic:",
+        "wildcards",
+    ),
+    "a # inside a subscribe filter level": (
+        LOAD,
+        "after_connect:\n  - subscribe: {topic: 'cmd/a#'}\n",
+        ":8: after_connect[0].subscribe.topic:",
+        "# must be a whole level",
+    ),
+    "an unknown placeholder in the client id": (
+        LOAD,
+        "mqtt: {client_id: 'dev-{colour}'}\n",
+        ":7: mqtt.client_id:",
+        "unknown placeholder {colour}",
+    ),
+    "a wildcard beside a placeholder in a subscribe filter": (
+        LOAD,
+        "after_connect:\n  - subscribe: {topic: 'cmd/{client_id}+'}\n",
+        ":8: after_connect[0].subscribe.topic:",
+        "+ must be a whole level",
+    ),
+    "a zero connect timeout": (
+        LOAD,
+        "timeouts:\n  connect: 0s\n",
+        ":8: timeouts.connect:",
+        "above zero",
+    ),
+    "a negative step timeout": (
+        LOAD,
+        "timeouts: {step: -5}\n",
+        ":7: timeouts.step:",
+        "zero or more",
+    ),
+    "retry.max below retry.initial": (
+        LOAD,
+        "retry:\n  initial: 2s\n  max: 1s\n",
+        ":9: retry.max:",
+        "max (1s) is below initial (2s)",
+    ),
+    "a rate with burst": (
+        "load:\n  executor: burst\n  rate: 10/s\n",
+        "",
+        ":6: load.rate:",
+        "executor burst takes no rate",
+    ),
+    "a start_rate with a constant rate": (
+        LOAD + "  start_rate: 5/s\n",
+        "",
+        ":7: load.start_rate:",
+        "would be ignored",
+    ),
+    "a ramp whose every rate is zero": (
+        "load:\n  executor: ramping-arrival-rate\n  stages: [{rate: 0/s, duration: 1s}]\n",
+        "",
+        ":6: load.stages:",
+        "no device would start",
+    ),
+    "a payload above the MQTT maximum": (
+        LOAD,
+        "after_connect:\n  - publish: {topic: t, qos: 1, payload_bytes: 268435455}\n",
+        ":8: after_connect[0].publish.payload_bytes:",
+        "do not fit in an MQTT packet",
+    ),
+    "a source address of another machine": (
+        LOAD + "  source_addresses: [127.0.0.2, 192.0.2.1]\n",
+        "",
+        ":7: load.source_addresses[1]:",
+        "192.0.2.1 is not a local address of this machine",
+    ),
+    "a key given twice": (
+        LOAD,
+        "timeouts: {connect: 5s}\ntimeouts: {connect: 6s}\n",
+        ":8: timeouts: duplicate key (first given on line 7)",
+    ),
+    "yes for a boolean (YAML 1.2 reads it as text)": (
+        LOAD,
+        "jitp: {expect_first_connect_rejected: yes}\n",
+        ":7: jitp.expect_first_connect_rejected:",
+        "true or false",
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    ("load", "extra", "fragments"),
+    [(load, extra, fragments) for load, extra, *fragments in SCENARIO_MISTAKES.values()],
+    ids=list(SCENARIO_MISTAKES),
+)
+def test_a_scenario_mistake_is_refused_before_any_load(tmp_path, listener, load, extra, fragments):
+    path = _write_scenario(tmp_path, listener.getsockname()[1], extra, load)
+    result = run_loadgen("run", path, "--report", tmp_path / "report.json", cwd=tmp_path)
+    where, *rest = fragments
+    _assert_refused_untouched(result, tmp_path, listener, f"{path}{where}", *rest)
+
+
+EMBEDDED_MISTAKES = {
+    "a tls block with endpoint: embedded": (
+        "tls: {verify_server: false}\n",
+        ":7: tls:",
+        "endpoint: embedded sets TLS itself",
+    ),
+    "an emulator metrics port out of range": (
+        "emulator: {metrics_port: 99999}\n",
+        ":7: emulator.metrics_port:",
+        "65535",
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    ("extra", "fragments"),
+    [(extra, fragments) for extra, *fragments in EMBEDDED_MISTAKES.values()],
+    ids=list(EMBEDDED_MISTAKES),
+)
+def test_an_embedded_scenario_mistake_is_refused_before_the_emulator_starts(
+    tmp_path, listener, extra, fragments
+):
+    path = _write_scenario(tmp_path, 0, extra, endpoint="embedded")
+    result = run_loadgen("run", path, cwd=tmp_path)
+    where, *rest = fragments
+    _assert_refused_untouched(result, tmp_path, listener, f"{path}{where}", *rest)
+
+
+def test_an_emulator_metrics_port_in_use_is_refused_before_the_emulator_starts(tmp_path, listener):
+    taken = listener.getsockname()[1]
+    path = _write_scenario(
+        tmp_path, 0, f"emulator: {{metrics_port: {taken}}}\n", endpoint="embedded"
+    )
+    result = run_loadgen("run", path, cwd=tmp_path)
+    _assert_refused_untouched(
+        result, tmp_path, listener, f"emulator.metrics_port {taken}: already in use"
+    )
+
+
+def test_a_ramp_may_start_from_zero(tmp_path):
+    path = _write_scenario(
+        tmp_path,
+        1883,
+        load="load:\n  executor: ramping-arrival-rate\n  start_rate: 0/s\n"
+        "  stages: [{rate: 10/s, duration: 1s}, {rate: 10/s, duration: 10s}]\n",
+    )
+    plan = check_plan(load_scenario(path), RunOptions(workers=1))
+    assert plan.executor.start_rate == 0
+    times = list(offsets(plan.executor, 5))
+    # From 0/s to 10/s over a second: device i arrives when 5 t^2 reaches i.
+    assert times == pytest.approx([0.0, 0.2**0.5, 0.4**0.5, 0.6**0.5, 0.8**0.5])
+
+
+def test_local_source_addresses_are_accepted(tmp_path):
+    path = _write_scenario(
+        tmp_path, 1883, load=LOAD + "  source_addresses: [127.0.0.2, 127.0.0.3]\n"
+    )
+    assert load_scenario(path).load.source_addresses == ["127.0.0.2", "127.0.0.3"]
+
+
+def test_words_yaml_1_1_took_for_booleans_are_text(tmp_path):
+    path = _write_scenario(tmp_path, 1883)
+    path.write_text(path.read_text().replace("name: validation", "name: off"))
+    assert load_scenario(path).name == "off"
+
+
+def test_a_payload_above_aws_iots_limit_is_a_warning_and_the_run_goes_on(
+    tmp_path, mosquitto, device_ca
+):
+    path = tmp_path / "scenario.yaml"
+    path.write_text(
+        "name: big-payload\n"
+        f"endpoint: 127.0.0.1:{mosquitto.tls_port}\n"
+        f"tls: {{ca_file: {mosquitto.server_ca.directory / 'ca.pem'}, server_name: localhost}}\n"
+        f"fleet: {{ca: {device_ca.directory}, store: fleet, count: 3}}\n"
+        "load: {executor: burst}\n"
+        "after_connect:\n"
+        "  - publish: {topic: dt/big, qos: 1, payload_bytes: 200000}\n"
+    )
+    result = run_loadgen("run", path, "--workers", "1", "--report", tmp_path / "r.json")
+    assert result.code == 0, result.err
+    warnings = [line for line in result.err.splitlines() if "warning" in line]
+    assert warnings == [
+        f"loadgen: warning: {path}:7: after_connect[0].publish.payload_bytes: 200,000 bytes "
+        "is above AWS IoT's 128 KiB payload limit (AWS IoT would refuse it)"
+    ]
+    assert json.loads((tmp_path / "r.json").read_text())["outcomes"]["connected"] == 3
+
+
+OUTPUT_MISTAKES = {
+    "a report in a folder that does not exist": (
+        "--report",
+        "missing/report.json",
+        "folder missing does not exist",
+    ),
+    "an HTML report under a file": ("--html", "scenario.yaml/report.html", "is not a folder"),
+    "a JUnit file that is a folder": ("--junit", ".", "is a folder"),
+    "a summary in a folder nobody may write in": (
+        "--summary-md",
+        "/sys/summary.md",
+        "cannot write in /sys",
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "expected"), list(OUTPUT_MISTAKES.values()), ids=list(OUTPUT_MISTAKES)
+)
+def test_an_output_path_that_cannot_be_written_is_refused_before_the_run(
+    tmp_path, listener, option, value, expected
+):
+    path = _write_scenario(tmp_path, listener.getsockname()[1])
+    result = run_loadgen("run", path, option, value, cwd=tmp_path)
+    _assert_refused_untouched(result, tmp_path, listener, option, expected)
+
+
+PORT_MISTAKES = {
+    "run --metrics-port above 65535": (("run", "x.yaml", "--metrics-port", "99999"), "99999"),
+    "run --metrics-port 0": (("run", "x.yaml", "--metrics-port", "0"), "from 1 to 65535"),
+    "capacity --metrics-port negative": (
+        ("capacity", "x.yaml", "--metrics-port", "-1"),
+        "from 1 to 65535",
+    ),
+    "emulator serve --port above 65535": (
+        ("emulator", "serve", "--port", "99999", "--ca", "ca.pem"),
+        "--port 99999: a port from 0 to 65535",
+    ),
+    "emulator serve --metrics-port above 65535": (
+        ("emulator", "serve", "--metrics-port", "99999", "--ca", "ca.pem"),
+        "--metrics-port 99999: a port from 1 to 65535",
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"), list(PORT_MISTAKES.values()), ids=list(PORT_MISTAKES)
+)
+def test_a_port_option_out_of_range_is_one_line(tmp_path, args, expected):
+    assert_user_error(run_loadgen(*args, cwd=tmp_path), expected)
+    assert os.listdir(tmp_path) == []
+
+
+def test_run_refuses_a_metrics_port_in_use_before_the_fleet_is_minted(tmp_path, listener):
+    taken = listener.getsockname()[1]
+    path = _write_scenario(tmp_path, taken)
+    result = run_loadgen("run", path, "--metrics-port", taken, cwd=tmp_path)
+    _assert_refused_untouched(result, tmp_path, listener, f"--metrics-port {taken}: already in use")
+
+
+def _serve(tmp_path: Path, device_ca, *args: str | Path):
+    return run_loadgen(
+        "emulator",
+        "serve",
+        "--ca",
+        device_ca.directory / "ca.pem",
+        "--state-dir",
+        tmp_path / "state",
+        *args,
+    )
+
+
+def test_emulator_serve_refuses_a_port_in_use(tmp_path, listener, device_ca):
+    taken = listener.getsockname()[1]
+    result = _serve(tmp_path, device_ca, "--port", str(taken))
+    assert_user_error(result, f"--port {taken}: already in use on 127.0.0.1")
+    assert not (tmp_path / "state").exists()
+
+
+def test_emulator_serve_refuses_a_host_that_is_not_local(tmp_path, device_ca):
+    result = _serve(tmp_path, device_ca, "--host", "192.0.2.1", "--port", "0")
+    assert_user_error(result, "--host 192.0.2.1: not a local address of this machine")
+    assert not (tmp_path / "state").exists()
+
+
+def test_emulator_serve_refuses_a_server_key_of_another_certificate(tmp_path, device_ca):
+    for name in ("a", "b"):
+        result = run_loadgen(
+            "ca", "server-cert", "--ca", device_ca.directory, "--name", "localhost",
+            "--out", tmp_path / name,
+        )  # fmt: skip
+        assert result.code == 0, result.err
+    result = _serve(
+        tmp_path, device_ca, "--port", "0",
+        "--server-cert", tmp_path / "a.pem", "--server-key", tmp_path / "b.key",
+    )  # fmt: skip
+    assert_user_error(result, f"--server-key {tmp_path / 'b.key'}: does not match")
+    assert not (tmp_path / "state").exists()
+
+
+def test_placeholders_and_wildcards_make_a_valid_subscribe_filter(tmp_path):
+    path = _write_scenario(
+        tmp_path, 1883, "after_connect:\n  - subscribe: {topic: 'cmd/{client_id}/+/#'}\n"
+    )
+    assert load_scenario(path).after_connect[0].subscribe.topic == "cmd/{client_id}/+/#"
+
+
+def test_a_profile_mistake_leaves_no_fleet_and_no_ca_behind(tmp_path, listener):
+    path = _write_scenario(tmp_path, listener.getsockname()[1])
+    path.write_text(path.read_text().replace("count: 5}", "count: 5, profile: profile.yaml}"))
+    (tmp_path / "profile.yaml").write_text("subject:\n  country: SE\n  country: NO\n")
+    result = run_loadgen("run", path, cwd=tmp_path)
+    assert_user_error(result, f"{tmp_path / 'profile.yaml'}:3: subject.country: duplicate key")
+    assert sorted(os.listdir(tmp_path)) == ["profile.yaml", "scenario.yaml"]
+    assert not _connected(listener)
+
+
+def test_report_merge_refuses_an_output_in_a_missing_folder_before_reading(tmp_path):
+    result = run_loadgen("report", "merge", "a.json", "-o", tmp_path / "no" / "m.json")
+    assert_user_error(result, "--out", "does not exist")
+
+
+def test_an_endpoint_option_port_out_of_range_is_refused(tmp_path, listener):
+    path = _write_scenario(tmp_path, listener.getsockname()[1])
+    result = run_loadgen("run", path, "--endpoint", "127.0.0.1:99999", cwd=tmp_path)
+    _assert_refused_untouched(result, tmp_path, listener, "--endpoint: '127.0.0.1:99999'")
+
+
+def test_a_scenario_endpoint_port_out_of_range_names_its_line(tmp_path, listener):
+    path = _write_scenario(tmp_path, 99999)
+    result = run_loadgen("run", path, cwd=tmp_path)
+    _assert_refused_untouched(result, tmp_path, listener, f"{path}:2: endpoint:", "host:port")
