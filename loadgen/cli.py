@@ -36,6 +36,7 @@ from loadgen.certs.mint import check as check_mint
 from loadgen.certs.profile import load_profile
 from loadgen.cli_options import Outputs, output_options, target_options
 from loadgen.emulator import check as emu_check
+from loadgen.emulator import limits as emu_limits
 from loadgen.emulator import metrics as emu_metrics
 from loadgen.emulator import render as emu_render
 from loadgen.emulator import serve as emu_serve
@@ -494,6 +495,42 @@ def emulator() -> None:
     help="Keep the registry in this SQLite file: a restart keeps what was provisioned.",
 )
 @click.option(
+    "--max-packet-size",
+    type=click.IntRange(min=64),
+    default=emu_limits.MAX_PACKET_SIZE,
+    show_default=True,
+    help="Bytes; a larger packet closes its connection (MQTT 5: DISCONNECT 0x95).",
+)
+@click.option(
+    "--connect-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=emu_limits.CONNECT_TIMEOUT,
+    show_default=True,
+    help="Seconds from the TLS handshake to a whole CONNECT.",
+)
+@click.option(
+    "--write-buffer",
+    type=click.IntRange(min=1024),
+    default=emu_limits.WRITE_BUFFER,
+    show_default=True,
+    help="Bytes queued to a client; above it its QoS 0 messages are dropped.",
+)
+@click.option(
+    "--slow-consumer-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=emu_limits.SLOW_CONSUMER_TIMEOUT,
+    show_default=True,
+    help="Seconds a client may stay above --write-buffer before it is disconnected.",
+)
+@click.option(
+    "--min-keepalive",
+    type=click.IntRange(min=0, max=65535),
+    default=emu_limits.MIN_KEEPALIVE,
+    show_default=True,
+    help="Seconds; a shorter keepalive is raised to it (as AWS IoT does). A client "
+    "silent for 1.5 keepalives is closed.",
+)
+@click.option(
     "--lifeline",
     type=int,
     hidden=True,
@@ -513,6 +550,11 @@ def emulator_serve(
     inactive_cas: tuple[Path, ...],
     manual_cas: tuple[Path, ...],
     state_db: Path | None,
+    max_packet_size: int,
+    connect_timeout: float,
+    write_buffer: int,
+    slow_consumer_timeout: float,
+    min_keepalive: int,
     lifeline: int | None,
 ) -> None:
     """Serve mutual-TLS MQTT with AWS IoT's JITP flow; prints one line when ready."""
@@ -553,7 +595,10 @@ def emulator_serve(
         server_cert, server_key, server_ca = emu_serve.server_identity(state_dir)
     else:
         server_ca = server_cert
-    emulator_ = Emulator(registry, str(server_cert), str(server_key), limits)
+    bounds = emu_limits.Limits(
+        max_packet_size, connect_timeout, write_buffer, slow_consumer_timeout, min_keepalive
+    )
+    emulator_ = Emulator(registry, str(server_cert), str(server_key), limits, bounds)
     if metrics_port is not None:
         emu_metrics.serve(emulator_, host, metrics_port)
     uvloop.run(

@@ -105,6 +105,7 @@ def endpoint(scenario: Scenario, options: RunOptions) -> Iterator[EndpointSessio
         strict=spec.strict_resources,
         quotas={str(k): v for k, v in spec.quotas.items()},
         metrics_port=spec.metrics_port,
+        limits=spec.limits.to_limits(),
     )
     tls = scenario.tls.model_copy(
         update={"ca_file": emulator.server_ca, "server_name": "localhost"}
@@ -128,6 +129,7 @@ def jitp_section(report: dict[str, Any], emulator_stats: dict[str, Any] | None) 
         "attempts_per_device": report["attempts"]["per_device"],
         "provisioning": None,
         "provisioning_failures": None,
+        "emulator_closes": None,
     }
     if emulator_stats is not None:
         section["provisioning"] = {
@@ -135,6 +137,8 @@ def jitp_section(report: dict[str, Any], emulator_stats: dict[str, Any] | None) 
             for result in ("Success", "ClientError", "ServerError", "Throttled")
         }
         section["provisioning_failures"] = emulator_stats.get("provision_failures", {})
+        # Devices the emulator cut off for breaking a limit (docs/emulator.md, Limits).
+        section["emulator_closes"] = emulator_stats.get("closes", {})
     return section
 
 

@@ -72,6 +72,30 @@ def test_a_packet_over_the_maximum_size_is_refused_before_it_is_buffered():
         decoder.feed(header)
 
 
+def test_a_declared_length_arriving_a_byte_at_a_time_is_refused_once_it_is_whole():
+    decoder = mqtt.Decoder(max_packet_size=1024)
+    header = b"\x10" + wire.varint(200 * 1024 * 1024)  # a 200 MB CONNECT
+    for byte in header[:-1]:
+        assert decoder.feed(bytes((byte,))) == []
+    assert decoder.buffered == len(header) - 1
+    with pytest.raises(mqtt.PacketTooLarge, match="over the maximum of 1024"):
+        decoder.feed(header[-1:])
+
+
+@pytest.mark.parametrize("payload", [10, 300], ids=["one-byte length", "longer length"])
+def test_a_packet_of_exactly_the_maximum_size_is_accepted_and_one_byte_more_is_not(payload):
+    packet = mqtt.Publish("t", b"x" * payload)
+    encoded = mqtt.encode(packet, mqtt.MQTT_5)
+    assert mqtt.Decoder(mqtt.MQTT_5, max_packet_size=len(encoded)).feed(encoded) == [packet]
+    with pytest.raises(mqtt.PacketTooLarge):
+        mqtt.Decoder(mqtt.MQTT_5, max_packet_size=len(encoded) - 1).feed(encoded)
+
+
+def test_by_default_a_decoder_takes_packets_up_to_mqtts_own_maximum():
+    packet = mqtt.Publish("t", b"x" * (1024 * 1024))  # far over AWS's 128 KiB
+    assert mqtt.Decoder(mqtt.MQTT_5).feed(mqtt.encode(packet, mqtt.MQTT_5)) == [packet]
+
+
 def test_a_remaining_length_of_five_bytes_is_malformed():
     with pytest.raises(mqtt.MalformedPacket):
         mqtt.Decoder(mqtt.MQTT_5).feed(b"\x30\xff\xff\xff\xff\x01")

@@ -80,3 +80,23 @@ def test_a_client_may_send_packets_right_after_connect():
     server.send(mqtt.ConnAck())
     server.send(mqtt.SubAck(1, (0,)))
     assert server.state is State.CONNECTED
+
+
+def test_a_connect_over_the_servers_maximum_closes_it_before_a_session_exists():
+    server = Connection(Role.SERVER, max_packet_size=64)
+    connect = mqtt.encode(mqtt.Connect("d" * 100), mqtt.MQTT_5)
+    with pytest.raises(mqtt.PacketTooLarge) as raised:
+        server.receive(connect[:3])
+    assert raised.value.reason_code == mqtt.ReasonCode.PACKET_TOO_LARGE
+    # No CONNECT was taken: there is no session to send a DISCONNECT to.
+    assert server.state is State.CLOSED and server.version is None
+
+
+def test_a_packet_over_the_servers_maximum_after_connect_keeps_the_sessions_version():
+    client, server = Connection(Role.CLIENT), Connection(Role.SERVER, max_packet_size=64)
+    server.receive(client.send(mqtt.Connect("dev")))
+    client.receive(server.send(mqtt.ConnAck()))
+    with pytest.raises(mqtt.PacketTooLarge):
+        server.receive(client.send(mqtt.Publish("t", b"x" * 100)))
+    # The version says how to answer: MQTT 5 DISCONNECT 0x95 Packet too large.
+    assert server.state is State.CLOSED and server.version == mqtt.MQTT_5

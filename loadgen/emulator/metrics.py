@@ -1,6 +1,7 @@
 """The emulator's Prometheus metrics: provisioning outcomes as AWS names them
 (ProvisionThing.Success, .ClientError, .ServerError), connects accepted and
-refused by reason, throttles by quota, registry sizes."""
+refused by reason, throttles by quota, sessions closed for a broken limit,
+messages dropped for slow consumers, registry sizes."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from loadgen.emulator.server import Emulator
+from loadgen.emulator.server import CLOSE_REASONS, Emulator
 
 PREFIX = "loadgen_emulator"
 
@@ -43,6 +44,25 @@ class EmulatorCollector(Collector):
         for quota in ("connect", "connect-per-client", "provision"):
             throttles.add_metric([quota], stats.throttles.get(quota, 0))
         yield throttles
+        # Every reason is exported from the start, so a panel can show a zero.
+        closes = CounterMetricFamily(
+            f"{PREFIX}_closes",
+            "Sessions ended by the emulator: a limit or the protocol broken",
+            labels=["reason"],
+        )
+        for reason in CLOSE_REASONS:
+            closes.add_metric([reason], stats.closes.get(reason, 0))
+        yield closes
+        dropped = CounterMetricFamily(
+            f"{PREFIX}_dropped_messages",
+            "Messages not delivered to a subscriber: over its write buffer, or its maximum",
+            labels=["reason"],
+        )
+        dropped.add_metric(["slow consumer"], stats.dropped.get("slow consumer", 0))
+        for reason, n in sorted(dict(stats.dropped).items()):
+            if reason != "slow consumer":
+                dropped.add_metric([reason], n)
+        yield dropped
         sizes = GaugeMetricFamily(
             f"{PREFIX}_registry_size", "Registry entries by kind", labels=["kind"]
         )

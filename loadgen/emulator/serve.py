@@ -21,6 +21,7 @@ from cryptography import x509
 from loadgen import lifeline
 from loadgen.certs.ca import CERT_FILE, init_ca, load_ca, server_cert
 from loadgen.emulator.errors import ProvisioningError
+from loadgen.emulator.limits import Limits
 from loadgen.emulator.registry import Registry
 from loadgen.emulator.server import Emulator
 from loadgen.emulator.state import RegistryStore
@@ -158,6 +159,8 @@ def _print_stats(emulator: Emulator) -> None:
         "provision_failures": dict(stats.provision_reasons),
         "connects": dict(stats.connects),
         "throttles": dict(stats.throttles),
+        "closes": dict(stats.closes),
+        "dropped": dict(stats.dropped),
     }
     print(STATS + json.dumps(summary), flush=True)
 
@@ -202,6 +205,22 @@ class EmbeddedEmulator:
         return last
 
 
+def limit_options(limits: Limits) -> list[str]:
+    """`loadgen emulator serve` options for ``limits``."""
+    return [
+        "--max-packet-size",
+        str(limits.max_packet_size),
+        "--connect-timeout",
+        str(limits.connect_timeout),
+        "--write-buffer",
+        str(limits.write_buffer),
+        "--slow-consumer-timeout",
+        str(limits.slow_consumer_timeout),
+        "--min-keepalive",
+        str(limits.min_keepalive),
+    ]
+
+
 def _parse_stats(line: str) -> dict[str, Any] | None:
     try:
         stats: dict[str, Any] = json.loads(line.removeprefix(STATS))
@@ -219,6 +238,7 @@ def start_embedded(
     quotas: dict[str, str] | None = None,
     metrics_port: int | None = None,
     state_db: Path | None = None,
+    limits: Limits | None = None,
 ) -> EmbeddedEmulator:
     """`loadgen emulator serve` in a subprocess on a free loopback port, trusting
     the CA in ``fleet_ca``; returns once it is ready. It stops when this process
@@ -251,6 +271,8 @@ def start_embedded(
         args += ["--metrics-port", str(metrics_port)]
     if state_db is not None:
         args += ["--state", str(state_db)]
+    if limits is not None:
+        args += limit_options(limits)
     state.mkdir(parents=True, exist_ok=True)
     log = state / "emulator.log"
     # Its stderr goes to a file: a pipe nobody reads would fill and stall it.

@@ -7,7 +7,9 @@ What a device meets, as on AWS IoT:
 - an unknown certificate from a registered CA with auto-registration: JITP runs
   and the connection that triggered it is closed; the next connect is accepted;
 - a certificate that is INACTIVE, REVOKED or still PENDING_ACTIVATION: closed;
-- an ACTIVE certificate: CONNACK, then PUBLISH, SUBSCRIBE, PINGREQ as usual.
+- an ACTIVE certificate: CONNACK, then PUBLISH, SUBSCRIBE, PINGREQ as usual;
+- within ``Limits``: a packet over the maximum size, no CONNECT in time, silence
+  past 1.5 keepalives, or a subscriber that stops reading: closed.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import Counter
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from typing import cast
 
 from cryptography import x509
@@ -24,6 +27,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from loadgen import mqtt
 from loadgen.emulator import policy
 from loadgen.emulator.errors import ProvisioningError
+from loadgen.emulator.limits import CLOSE_LINGER, Limits
 from loadgen.emulator.quota import Limiter, Quotas
 from loadgen.emulator.registry import (
     CertRecord,
@@ -34,6 +38,15 @@ from loadgen.emulator.registry import (
 )
 from loadgen.mqtt import topics
 
+# Why the emulator ends a session itself (EmulatorStats.closes).
+CLOSE_REASONS = (
+    "packet too large",
+    "connect timeout",
+    "keepalive timeout",
+    "slow consumer",
+    "protocol error",
+)
+
 
 @dataclass
 class EmulatorStats:
@@ -43,14 +56,25 @@ class EmulatorStats:
     connects: Counter[str] = field(default_factory=Counter)  # accepted, or why refused
     provision_reasons: Counter[str] = field(default_factory=Counter)
     throttles: Counter[str] = field(default_factory=Counter)  # by quota
+    # Sessions the emulator ended because a client broke a limit or the protocol.
+    closes: Counter[str] = field(default_factory=Counter)
+    # Messages not delivered to a subscriber, by why.
+    dropped: Counter[str] = field(default_factory=Counter)
 
 
 class Emulator:
     def __init__(
-        self, registry: Registry, server_cert: str, server_key: str, quotas: Quotas | None = None
+        self,
+        registry: Registry,
+        server_cert: str,
+        server_key: str,
+        quotas: Quotas | None = None,
+        limits: Limits | None = None,
     ) -> None:
         self.registry = registry
         self.limiter = Limiter(quotas or Quotas())
+        self.limits = limits or Limits()
+        self.connack_properties = mqtt.Properties(maximum_packet_size=self.limits.max_packet_size)
         self.server_cert = server_cert
         self.server_key = server_key
         self.stats = EmulatorStats()
@@ -125,8 +149,17 @@ class Emulator:
 class _Session(asyncio.Protocol):
     def __init__(self, emulator: Emulator) -> None:
         self.emulator = emulator
-        self.conn = mqtt.Connection(mqtt.Role.SERVER)
+        self.limits = emulator.limits
+        self.conn = mqtt.Connection(mqtt.Role.SERVER, self.limits.max_packet_size)
         self.transport: asyncio.Transport | None = None
+        self.loop = asyncio.get_running_loop()
+        # The CONNECT deadline, then the keepalive check, then the linger of a close.
+        self.timer: asyncio.TimerHandle | None = None
+        self.slow: asyncio.TimerHandle | None = None  # set while over the write buffer
+        self.connected = False  # CONNACK success sent: an MQTT session exists
+        self.heard = 0.0  # loop time of the last whole packet from the client
+        self.idle_limit = 0.0
+        self.client_max = mqtt.MAX_PACKET_SIZE  # what the client accepts (MQTT 5 CONNECT)
         self.cert: x509.Certificate | None = None
         self.record: CertRecord | None = None
         self.variables: dict[str, str] = {}
@@ -144,6 +177,10 @@ class _Session(asyncio.Protocol):
             self.transport.close()
             return
         self.record = admitted
+        # Above it, pause_writing(): QoS 0 messages to it are dropped and the
+        # slow-consumer deadline starts. Below a quarter of it, resume_writing().
+        self.transport.set_write_buffer_limits(high=self.limits.write_buffer)
+        self.timer = self.loop.call_later(self.limits.connect_timeout, self._connect_deadline)
 
     def _allowed(self, action: str, resource: str) -> bool:
         return policy.allowed(self.policies, action, resource, self.variables)
@@ -178,17 +215,87 @@ class _Session(asyncio.Protocol):
             self.transport.close()
             return
         self.emulator.stats.connects["accepted"] += 1
-        self.transport.write(self.conn.send(mqtt.ConnAck()))
+        keepalive = self.limits.keepalive(packet.keepalive)
+        properties = mqtt.EMPTY
+        if v5:  # the limits it is held to: Maximum Packet Size, and Server Keep Alive
+            properties = self.emulator.connack_properties
+            if keepalive != packet.keepalive:
+                properties = replace(properties, server_keep_alive=keepalive)
+        self.transport.write(self.conn.send(mqtt.ConnAck(properties=properties)))
+        self.connected = True
+        self.idle_limit = self.limits.keepalive_timeout(packet.keepalive)
+        if packet.properties.maximum_packet_size is not None:
+            self.client_max = packet.properties.maximum_packet_size
+        self._restart_timer(self.idle_limit, self._check_idle)
 
     def data_received(self, data: bytes) -> None:
         assert self.transport is not None
         try:
             packets = self.conn.receive(data)
-        except mqtt.ProtocolError:
-            self.transport.close()
+        except mqtt.PacketTooLarge as exc:
+            self._close("packet too large", exc.reason_code)
             return
+        except mqtt.ProtocolError as exc:
+            self._close("protocol error", exc.reason_code)
+            return
+        if packets:  # a whole packet, as MQTT counts: a trickle of bytes keeps nothing alive
+            self.heard = self.loop.time()
         for packet in packets:
             self._answer(packet)
+
+    # Limits
+
+    def _restart_timer(self, delay: float, callback: Callable[[], None]) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer = self.loop.call_later(delay, callback)
+
+    def _connect_deadline(self) -> None:
+        if self.conn.version is None:  # no whole CONNECT yet
+            self._close("connect timeout")
+
+    def _check_idle(self) -> None:
+        silent = self.loop.time() - self.heard
+        if silent < self.idle_limit or self.slow is not None:
+            # Heard from in time; or not read from (the slow-consumer deadline
+            # decides that one), so its silence proves nothing.
+            self._restart_timer(max(self.idle_limit - silent, 0.1), self._check_idle)
+            return
+        self._close("keepalive timeout", 0x8D)  # MQTT 5: Keep Alive timeout
+
+    def pause_writing(self) -> None:
+        # Over the write buffer: stop reading its requests too, so that nothing it
+        # sends adds to what it does not read.
+        assert self.transport is not None
+        self.transport.pause_reading()
+        self.slow = self.loop.call_later(self.limits.slow_consumer_timeout, self._slow_consumer)
+
+    def resume_writing(self) -> None:
+        assert self.transport is not None
+        if self.slow is not None:
+            self.slow.cancel()
+            self.slow = None
+        if not self.transport.is_closing():
+            self.transport.resume_reading()
+            self.heard = self.loop.time()  # its silence while it was not read proves nothing
+
+    def _slow_consumer(self) -> None:
+        self._close("slow consumer")
+
+    def _close(self, reason: str, disconnect: int | None = None) -> None:
+        """End the session for ``reason``: an MQTT 5 session hears it in a
+        DISCONNECT with reason code ``disconnect``, then the connection has
+        CLOSE_LINGER to end; anything else is cut at once."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        self.emulator.stats.closes[reason] += 1
+        if disconnect is not None and self.connected and self.conn.version == mqtt.MQTT_5:
+            transport.write(mqtt.encode(mqtt.Disconnect(disconnect), mqtt.MQTT_5))
+            transport.close()
+            self._restart_timer(CLOSE_LINGER, transport.abort)
+        else:
+            transport.abort()
 
     def _answer(self, packet: mqtt.Packet) -> None:
         assert self.transport is not None
@@ -232,7 +339,17 @@ class _Session(asyncio.Protocol):
             return
         if not self._allowed("iot:Receive", policy.arn("topic", packet.topic)):
             return
-        self.transport.write(self.conn.send(mqtt.Publish(packet.topic, packet.payload)))
+        if self.slow is not None:  # over its write buffer: QoS 0 may be dropped
+            self.emulator.stats.dropped["slow consumer"] += 1
+            return
+        data = self.conn.send(mqtt.Publish(packet.topic, packet.payload))
+        if len(data) > self.client_max:  # MQTT 5: discarded, as if it had been sent
+            self.emulator.stats.dropped["over the client's maximum packet size"] += 1
+            return
+        self.transport.write(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.emulator.subscribers.discard(self)
+        for handle in (self.timer, self.slow):
+            if handle is not None:
+                handle.cancel()

@@ -258,6 +258,9 @@ def print_report(console: Console, report: dict[str, Any]) -> None:
             )
         for reason, n in list((jitp["provisioning_failures"] or {}).items())[:3]:
             say(console, f"{counted(n, 'provisioning')} failed:", reason)
+        # Reports from before the emulator had limits have no emulator_closes.
+        for reason, n in sorted((jitp.get("emulator_closes") or {}).items()):
+            say(console, f"the emulator closed {counted(n, 'session')}:", reason)
     for outcome, reasons in report["reasons"].items():
         for reason, n in list(reasons.items())[:3]:
             say(console, f"{outcome}: {counted(n, 'device')}:", reason)

@@ -22,12 +22,13 @@ from pydantic import (
 from loadgen.certs.subject import FIELDS
 from loadgen.config import Loc, field_error, read_model
 from loadgen.device.retry import Jitter
+from loadgen.emulator import limits
 from loadgen.mqtt.wire import MAX_VARINT
 from loadgen.scenario.units import Duration, PositiveDuration, Rate, RateOrZero
 
 EMBEDDED = "embedded"
 # AWS IoT refuses a publish payload above 128 KiB (its message broker limits).
-AWS_IOT_MAX_PAYLOAD = 128 * 1024
+AWS_IOT_MAX_PAYLOAD = limits.AWS_MAX_PAYLOAD
 
 
 class _Strict(BaseModel):
@@ -244,6 +245,40 @@ class Timeouts(_Strict):
     step: PositiveDuration = 10.0
 
 
+class EmulatorLimits(_Strict):
+    """What one client may cost the embedded emulator (docs/emulator.md, Limits)."""
+
+    max_packet_size: int = Field(
+        default=limits.MAX_PACKET_SIZE, ge=64, description="Bytes, a whole MQTT packet"
+    )
+    connect_timeout: Duration = Field(
+        default=limits.CONNECT_TIMEOUT, gt=0, description="From the TLS handshake to CONNECT"
+    )
+    write_buffer: int = Field(
+        default=limits.WRITE_BUFFER, ge=1024, description="Bytes queued to a subscriber"
+    )
+    slow_consumer_timeout: Duration = Field(
+        default=limits.SLOW_CONSUMER_TIMEOUT,
+        gt=0,
+        description="How long a subscriber may stay over write_buffer",
+    )
+    min_keepalive: int = Field(
+        default=limits.MIN_KEEPALIVE,
+        ge=0,
+        le=65535,
+        description="Seconds; a shorter keepalive is raised to it, as AWS IoT does",
+    )
+
+    def to_limits(self) -> limits.Limits:
+        return limits.Limits(
+            self.max_packet_size,
+            self.connect_timeout,
+            self.write_buffer,
+            self.slow_consumer_timeout,
+            self.min_keepalive,
+        )
+
+
 class EmulatorSpec(_Strict):
     """For ``endpoint: embedded``: how the local JITP emulator is set up."""
 
@@ -262,6 +297,7 @@ class EmulatorSpec(_Strict):
     metrics_port: int | None = Field(
         default=None, ge=1, le=65535, description="Serve its Prometheus metrics"
     )
+    limits: EmulatorLimits = Field(default_factory=EmulatorLimits)
 
 
 class Scenario(_Strict):
