@@ -30,15 +30,15 @@ WORKERS = 2
 _LOADGEN_RUN = (sys.executable, "-m", "loadgen", "run")
 
 
-def _clean_scenario(root, mosquitto, device_ca, **overrides):
+def _clean_scenario(root, mosquitto, device_ca, count=DEVICES, **overrides):
     """Devices with no injected faults: left alone, every one connects."""
     settings = {
-        "fleet": {"ca": str(device_ca.directory), "store": "fleet", "count": DEVICES},
+        "fleet": {"ca": str(device_ca.directory), "store": "fleet", "count": count},
         "load": {"executor": "constant-arrival-rate", "rate": "200/s", "max_in_flight": 50},
     }
     path = _scenario(root, mosquitto, device_ca, **(settings | overrides))
     scenario = load_scenario(path)
-    ensure_fleet(scenario, DEVICES, WORKERS)
+    ensure_fleet(scenario, count, WORKERS)
     return path, scenario
 
 
@@ -172,3 +172,25 @@ def test_a_killed_worker_has_its_devices_counted_as_errors_and_the_run_fails(
     assert list(accounting["workers_lost"].values()) == ["died (exit code -9)"]
     [lost] = [r for r in report["reasons"]["error"] if "died" in r]
     assert report["reasons"]["error"][lost] == report["outcomes"]["error"] > 0
+
+
+def test_a_manifest_that_breaks_mid_run_fails_its_worker_and_still_counts_every_device(
+    tmp_path, mosquitto, device_ca
+):
+    devices = 100
+    _, scenario = _clean_scenario(tmp_path, mosquitto, device_ca, count=devices)
+    plan = build_plan(scenario, endpoint=("127.0.0.1", mosquitto.tls_port), workers=1)
+    manifest = scenario.fleet.store / "manifest.jsonl"
+    lines = manifest.read_bytes().splitlines(keepends=True)
+    # Past the first window a worker prepares before it starts (64 devices with
+    # up to 32 in flight), the fleet stops being readable.
+    broken = 80
+    manifest.write_bytes(b"".join(lines[:broken]) + b"{not json\n" + b"".join(lines[broken + 1 :]))
+    stats, timing = run_workers(replace(plan, max_in_flight=8))
+    report = build(plan, stats, timing)
+    accounting = report["accounting"]
+    assert accounting["started"] == devices and accounting["not_started"] == 0
+    [why] = accounting["workers_lost"].values()
+    assert why.startswith("failed: FleetError") and f"manifest.jsonl:{broken + 1}" in why
+    assert report["outcomes"]["connected"] == broken, report["reasons"]
+    assert report["outcomes"]["error"] == devices - broken

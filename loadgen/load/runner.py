@@ -134,8 +134,16 @@ class Worker:
             client_id = device_client_id(plan.client_id, device)
             steps = device_steps(plan.steps, device, client_id)
         except Exception as exc:  # its files, not the run: this device fails alone
-            failed = DeviceSpec(device.index, device.client_id, target, None, plan.version, 0.0)
-            failed.fault, failed.failure = device.fault, describe_error(exc)
+            failed = DeviceSpec(
+                index=device.index,
+                client_id=device.client_id,
+                target=target,
+                tls=None,
+                version=plan.version,
+                scheduled=0.0,
+                fault=device.fault,
+                failure=describe_error(exc),
+            )
             return failed, offset
         spec = DeviceSpec(
             index=device.index,
@@ -178,8 +186,8 @@ class Worker:
                     break
                 waiters: set[asyncio.Future[Any]] = {*tasks, self.stop}
                 await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-            if producer.done() and not producer.cancelled() and producer.exception():
-                raise producer.exception()  # type: ignore[misc]
+            if producer.done() and not producer.cancelled():
+                producer.result()  # the fleet could not be read on: the worker fails
         finally:
             self.dispatcher.cancel()
             producer.cancel()
