@@ -692,6 +692,15 @@ def main() -> None:
     except (click.exceptions.Abort, KeyboardInterrupt):
         click.echo("loadgen: interrupted; what was finished is kept", err=True)
         sys.exit(130)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        exc.show()  # a group called bare: its help, as asked
+        sys.exit(exc.exit_code)
+    except click.UsageError as exc:
+        # One line, like every other input mistake; the usage is one --help away.
+        command = exc.ctx.command_path if exc.ctx is not None else "loadgen"
+        message = " ".join(exc.format_message().split())
+        click.echo(f"loadgen: error: {message} (see {command} --help)", err=True)
+        sys.exit(exc.exit_code)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)

@@ -383,3 +383,15 @@ def test_a_scenario_endpoint_port_out_of_range_names_its_line(tmp_path, listener
     path = _write_scenario(tmp_path, 99999)
     result = run_loadgen("run", path, cwd=tmp_path)
     _assert_refused_untouched(result, tmp_path, listener, f"{path}:2: endpoint:", "host:port")
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (("emulator", "serve", "--max-packet-size", "10"), ("'--max-packet-size'", "x>=64")),
+        (("run", "--bogus", "x"), ("No such option '--bogus'", "loadgen run --help")),
+        (("certs", "mint", "--count", "many"), ("'--count'", "not a valid integer")),
+    ],
+)
+def test_an_option_the_command_line_refuses_is_one_line_naming_it(args, fragments):
+    assert_user_error(run_loadgen(*args), *fragments)
