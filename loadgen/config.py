@@ -172,6 +172,15 @@ def load_model(path: Path, model: type[M], *, what: str) -> M:
 
 def read_model(path: Path, model: type[M], *, what: str) -> Loaded[M]:
     """``load_model``, keeping the lines for later messages about the fields."""
+    data, doc = read_yaml(path, what=what)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}:{doc.line_of(())}: the {what} must be a mapping of fields")
+    return Loaded(validate(data, model, path=path, doc=doc), path, doc)
+
+
+def read_yaml(path: Path, *, what: str) -> tuple[Any, _Document]:
+    """A YAML file's plain data, read the strict way every file here is read
+    (YAML 1.2 core schema, no duplicate keys), and the line of each path in it."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -188,9 +197,7 @@ def read_model(path: Path, model: type[M], *, what: str) -> Loaded[M]:
         raise ConfigError(f"{path}:{exc}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: YAML error: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}:{doc.line_of(())}: the {what} must be a mapping of fields")
-    return Loaded(validate(data, model, path=path, doc=doc), path, doc)
+    return data, doc
 
 
 def validate(

@@ -165,7 +165,21 @@ def test_check_of_a_file_that_is_not_json_is_a_one_line_error(tmp_path):
 def test_check_of_a_yaml_file_that_is_not_yaml_is_a_one_line_error(tmp_path):
     path = tmp_path / "template.yaml"
     path.write_text("Resources: [unclosed\n")
-    assert_user_error(run_loadgen("template", "check", path), "template.yaml", "not a template")
+    assert_user_error(
+        run_loadgen("template", "check", path), "template.yaml:2:", "YAML syntax error"
+    )
+
+
+def test_a_readable_template_with_a_key_given_twice_is_a_one_line_error(tmp_path):
+    path = tmp_path / "template.yaml"
+    path.write_text(
+        "Resources:\n  thing:\n    Type: AWS::IoT::Thing\n  thing:\n    Type: AWS::IoT::Policy\n"
+    )
+    assert_user_error(
+        run_loadgen("template", "check", path),
+        "template.yaml:4:",
+        "duplicate key (first given on line 2)",
+    )
 
 
 def test_the_default_registration_config_passes_check(tmp_path):

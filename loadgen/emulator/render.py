@@ -7,22 +7,26 @@ import json
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from loadgen.config import read_yaml
 from loadgen.emulator.structure import config_problems, template_problems
 from loadgen.errors import ConfigError
 
 
 def read_template(path: Path) -> Any:
     """A readable template file's data, not yet checked."""
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    try:
-        data = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
-    except (yaml.YAMLError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{path}: not a template: {str(exc).splitlines()[0]}") from None
+    if path.suffix in (".yaml", ".yml"):
+        # Read as scenarios and profiles are: YAML 1.2 (a country NO stays "NO"),
+        # and a key given twice is an error, not the last one silently winning.
+        data, _ = read_yaml(path, what="template")
+    else:
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{path}: not a template: {str(exc).splitlines()[0]}") from None
     if isinstance(data, dict) and "templateBody" in data:
         raise ConfigError(f"{path}: already a registration config (it has templateBody)")
     return data
