@@ -70,6 +70,12 @@ SCENARIO_MISTAKES = {
         ":9: after_connect[0].publish.topic:",
         "wildcards",
     ),
+    "a hold that pings less often than the CONNECT's keepalive promises": (
+        LOAD,
+        "mqtt: {keepalive: 30}\nafter_connect:\n  - hold: {duration: 5m, keepalive: 60s}\n",
+        ":9: after_connect[0].hold.keepalive:",
+        "the server would close the connection",
+    ),
     "a # inside a subscribe filter level": (
         LOAD,
         "after_connect:\n  - subscribe: {topic: 'cmd/a#'}\n",

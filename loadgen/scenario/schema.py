@@ -329,6 +329,16 @@ class Scenario(_Strict):
             # The embedded emulator's own server CA and name are what the run trusts.
             raise field_error(("tls",), "endpoint: embedded sets TLS itself: remove the tls block")
         for i, item in enumerate(self.after_connect):
+            promised = self.mqtt.keepalive
+            if isinstance(item, Hold) and promised and item.hold.keepalive > promised:
+                # A server closes a client silent for 1.5 keepalives (MQTT 3.1.2.10,
+                # AWS IoT too): every device would end closed mid-hold.
+                raise field_error(
+                    ("after_connect", i, "hold", "keepalive"),
+                    f"pings every {item.hold.keepalive:g} s, but the CONNECT promises one "
+                    f"every {promised} s (mqtt.keepalive): the server would close the "
+                    "connection; ping at most every mqtt.keepalive seconds",
+                )
             if isinstance(item, Publish):
                 limit = max_payload(item.publish, self.mqtt.protocol_version)
                 if item.publish.payload_bytes > limit:
