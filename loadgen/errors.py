@@ -24,3 +24,8 @@ class CAError(UserError):
 
 class FleetError(UserError):
     """A fleet store is inconsistent with what was asked of it."""
+
+
+class OutputError(LoadgenError):
+    """A result file (report, HTML, JUnit, summary) could not be written at the
+    end of a run: the disk filled, say. Exit code 1, one line."""

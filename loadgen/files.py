@@ -8,7 +8,7 @@ import os
 import secrets
 from pathlib import Path
 
-from loadgen.errors import UserError
+from loadgen.errors import OutputError, UserError
 
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
 _CREATE_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
@@ -50,6 +50,15 @@ def write_atomic(path: Path, data: bytes, *, private: bool = False) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def write_output(path: Path, data: bytes) -> None:
+    """A result file for the user (report, HTML, JUnit, summary), written
+    atomically; a write that fails (a full disk, say) is one line naming it."""
+    try:
+        write_atomic(path, data)
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot write: {exc.strerror or exc}") from None
 
 
 def check_writable(path: Path, option: str) -> None:

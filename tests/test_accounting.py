@@ -194,3 +194,32 @@ def test_a_manifest_that_breaks_mid_run_fails_its_worker_and_still_counts_every_
     assert why.startswith("failed: FleetError") and f"manifest.jsonl:{broken + 1}" in why
     assert report["outcomes"]["connected"] == broken, report["reasons"]
     assert report["outcomes"]["error"] == devices - broken
+
+
+def test_a_report_that_cannot_be_written_at_the_end_is_one_line_and_exit_1(
+    tmp_path, mosquitto, device_ca
+):
+    import resource
+
+    path, _ = _clean_scenario(tmp_path, mosquitto, device_ca)  # minted before the limit
+    report_path = tmp_path / "r.json"
+
+    def small_files_only():
+        # As a full disk would: any file past 4 KiB fails with EFBIG (the report
+        # with its histograms is larger; the fleet was minted before).
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+
+    result = subprocess.run(
+        [*_LOADGEN_RUN, str(path), "--workers", "1", "--report", str(report_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=small_files_only,
+    )
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    [line] = [x for x in result.stderr.splitlines() if "cannot write" in x]
+    assert line.startswith(f"loadgen: failed: {report_path}: cannot write: File too large")
+    assert not report_path.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from loadgen import __version__
-from loadgen.files import write_atomic
+from loadgen.files import write_output
 from loadgen.load.plan import RunPlan
 from loadgen.load.schedule import offsets
 from loadgen.load.schedule import span as schedule_span
@@ -163,7 +163,7 @@ def _series(counts: Any) -> list[int]:
 
 
 def write_report(path: Path, report: dict[str, Any]) -> None:
-    write_atomic(path, json.dumps(report, indent=2).encode() + b"\n")
+    write_output(path, json.dumps(report, indent=2).encode() + b"\n")
 
 
 def write_outputs(

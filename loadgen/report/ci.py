@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree as ET
 
-from loadgen.files import write_atomic
+from loadgen.files import write_output
 from loadgen.metrics.stats import PHASES
 from loadgen.report.gates import GateResult
 from loadgen.report.show import accounting_phrases
@@ -76,6 +76,6 @@ def write_ci_files(
     summary_path: Path | None,
 ) -> None:
     if junit_path is not None:
-        write_atomic(junit_path, junit(report, results))
+        write_output(junit_path, junit(report, results))
     if summary_path is not None:
-        write_atomic(summary_path, summary_markdown(report, results).encode())
+        write_output(summary_path, summary_markdown(report, results).encode())

@@ -18,7 +18,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from loadgen.files import write_atomic
+from loadgen.files import write_output
 from loadgen.report import svg
 
 OUTCOME_COLORS: Mapping[str, str] = MappingProxyType(
@@ -89,7 +89,7 @@ def render(report: dict[str, Any]) -> str:
 
 
 def write_html(path: Path, report: dict[str, Any]) -> None:
-    write_atomic(path, render(report).encode())
+    write_output(path, render(report).encode())
 
 
 # -- page furniture ----------------------------------------------------------
