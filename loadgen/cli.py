@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -321,10 +322,17 @@ class _MintBar:
     """A minting progress bar that appears with the first progress, which mint()
     reports only when there is something to mint: no "0/200" bar otherwise."""
 
-    def __init__(self, console: Console, *columns: ProgressColumn) -> None:
-        self.progress = Progress(*columns, console=console, transient=True)
+    # Without a terminal rich draws nothing: a plain line this often instead.
+    PLAIN_EVERY = 5.0
+
+    def __init__(
+        self, console: Console, *columns: ProgressColumn, clock: Callable[[], float] | None = None
+    ) -> None:
+        self.console = console
+        self.progress = Progress(*columns, console=console, transient=True, get_time=clock)
         self.task: TaskID | None = None
         self.first = 0
+        self.said = 0.0  # elapsed seconds at the last plain line
 
     def __enter__(self) -> _MintBar:
         return self
@@ -346,6 +354,9 @@ class _MintBar:
         elapsed = self.elapsed
         rate = f"{(done - self.first) / elapsed:,.0f} certs/s" if elapsed >= 1 else ""
         self.progress.update(self.task, completed=done, total=total, rate=rate)
+        if not self.console.is_terminal and elapsed >= self.said + self.PLAIN_EVERY:
+            self.said = elapsed
+            self.console.print(f"{elapsed:.1f} s minting: {done:,}/{total:,} {rate}".rstrip())
 
 
 @cli.group()
