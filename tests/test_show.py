@@ -341,3 +341,19 @@ def test_the_summary_says_where_the_planned_devices_went_and_what_was_expected()
     rows = {line.split()[0]: line.split()[1:] for line in lines if line.split()}
     assert rows["connected"] == ["95", "-"]
     assert rows["tls_rejected"] == ["3", "3"] and rows["error"] == ["2", "0"]
+
+
+def test_without_a_terminal_minting_prints_a_plain_progress_line_every_five_seconds() -> None:
+    from loadgen.cli import _MintBar
+
+    now = [0.0]
+    out = io.StringIO()
+    with _MintBar(Console(file=out, width=WIDTH), clock=lambda: now[0]) as bar:
+        for second, done in ((0.0, 0), (2.0, 10_000), (5.5, 27_500), (8.0, 40_000), (11.0, 55_000)):
+            now[0] = second
+            bar.update(done, 60_000)
+    lines = out.getvalue().splitlines()
+    assert [line for line in lines if line.strip()] == [
+        "5.5 s minting: 27,500/60,000 5,000 certs/s",
+        "11.0 s minting: 55,000/60,000 5,000 certs/s",
+    ]
