@@ -78,6 +78,10 @@ def test_metrics_after_a_two_worker_run_equal_the_report(tmp_path, mosquitto, de
     assert value("loadgen_connect_attempts_total") == report["attempts"]["total"]
     for outcome, n in report["outcomes"].items():
         assert value("loadgen_device_outcomes_total", outcome=outcome) == n
+        if outcome != "connected":
+            expected = report["accounting"]["expected"].get(outcome, 0)
+            assert value("loadgen_device_outcomes_expected_total", outcome=outcome) == expected
+    assert value("loadgen_devices_unexpected_total") == report["accounting"]["unexpected"]
     for phase, summary in report["latency_ms"].items():
         assert value("loadgen_phase_duration_seconds_count", phase=phase) == summary["count"]
         assert (

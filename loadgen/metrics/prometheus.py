@@ -107,6 +107,20 @@ class RunCollector(Collector):
         for outcome, n in stats.outcome_counts().items():
             outcomes.add_metric([*values, outcome], n)
         yield outcomes
+        expected = CounterMetricFamily(
+            f"{PREFIX}_device_outcomes_expected",
+            "Devices that failed as the fault injected on purpose predicts, by outcome",
+            labels=[*names, "outcome"],
+        )
+        for outcome in stats.outcome_counts():
+            if outcome != "connected":
+                expected.add_metric([*values, outcome], stats.expected[outcome])
+        yield expected
+        yield counter(
+            "devices_unexpected",
+            "Devices whose outcome no injected fault predicted (the CI gate's surprises)",
+            stats.unexpected,
+        )
         phases = _histogram(
             f"{PREFIX}_phase_duration_seconds",
             "Duration of each phase (provision: from the scheduled start)",
