@@ -1,3 +1,3 @@
-from loadgen.cli import main
+from loadgen.cli.app import main
 
 main()

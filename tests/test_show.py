@@ -344,11 +344,11 @@ def test_the_summary_says_where_the_planned_devices_went_and_what_was_expected()
 
 
 def test_without_a_terminal_minting_prints_a_plain_progress_line_every_five_seconds() -> None:
-    from loadgen.cli import _MintBar
+    from loadgen.cli.certs import MintBar
 
     now = [0.0]
     out = io.StringIO()
-    with _MintBar(Console(file=out, width=WIDTH), clock=lambda: now[0]) as bar:
+    with MintBar(Console(file=out, width=WIDTH), clock=lambda: now[0]) as bar:
         for second, done in ((0.0, 0), (2.0, 10_000), (5.5, 27_500), (8.0, 40_000), (11.0, 55_000)):
             now[0] = second
             bar.update(done, 60_000)

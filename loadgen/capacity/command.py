@@ -13,7 +13,7 @@ import click
 from rich.console import Console
 
 from loadgen.capacity.search import Search, Step, section, throttles, verdict
-from loadgen.cli_options import Outputs, output_options, target_options
+from loadgen.cli.options import Outputs, output_options, target_options
 from loadgen.errors import UserError
 from loadgen.load.plan import RunPlan
 from loadgen.load.runner import merge_progress

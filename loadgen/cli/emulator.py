@@ -1,0 +1,201 @@
+"""`loadgen emulator`: the local AWS IoT JITP endpoint."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import click
+import uvloop
+
+from loadgen import lifeline as lifeline_mod
+from loadgen.emulator import limits as emu_limits
+from loadgen.emulator import metrics as emu_metrics
+from loadgen.emulator import serve as emu_serve
+from loadgen.emulator.defaults import REGISTRATION_CONFIG
+from loadgen.emulator.quota import Quotas
+from loadgen.emulator.server import Emulator
+from loadgen.errors import UserError
+from loadgen.listen import PORT, PORT_OR_ANY, check_listen, check_server_identity
+
+
+@click.group()
+def emulator() -> None:
+    """The local AWS IoT JITP endpoint."""
+
+
+@emulator.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=PORT_OR_ANY, default=8883, show_default=True, help="0: any free port.")
+@click.option(
+    "--server-cert", type=click.Path(path_type=Path), help="Default: made under --state-dir."
+)
+@click.option("--server-key", type=click.Path(path_type=Path))
+@click.option(
+    "--ca",
+    "cas",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="A CA certificate to register (with auto-registration); repeatable.",
+)
+@click.option(
+    "--registration-config",
+    "configs",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="templateBody and roleArn JSON for the --ca at the same position "
+    "(default: a built-in template).",
+)
+@click.option(
+    "--state-dir",
+    type=click.Path(path_type=Path),
+    default=Path(".loadgen/emulator"),
+    show_default=True,
+    help="Where the emulator's own server CA and certificate live.",
+)
+@click.option(
+    "--strict-resources",
+    is_flag=True,
+    help="A thing type or group the template names must exist already.",
+)
+@click.option(
+    "--quota",
+    "quotas",
+    multiple=True,
+    metavar="NAME=RATE",
+    help="connect (500/s), connect-per-client (1/s), provision (20/s): a rate like 100/s, "
+    "or off. Repeatable.",
+)
+@click.option("--metrics-port", type=PORT, help="Serve Prometheus metrics on this port.")
+@click.option(
+    "--ca-inactive",
+    "inactive_cas",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="A CA registered INACTIVE: its devices fail the TLS handshake.",
+)
+@click.option(
+    "--ca-no-auto-registration",
+    "manual_cas",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="A CA registered ACTIVE without auto-registration: unknown devices are closed.",
+)
+@click.option(
+    "--state",
+    "state_db",
+    type=click.Path(path_type=Path),
+    help="Keep the registry in this SQLite file: a restart keeps what was provisioned.",
+)
+@click.option(
+    "--max-packet-size",
+    type=click.IntRange(min=64),
+    default=emu_limits.MAX_PACKET_SIZE,
+    show_default=True,
+    help="Bytes; a larger packet closes its connection (MQTT 5: DISCONNECT 0x95).",
+)
+@click.option(
+    "--connect-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=emu_limits.CONNECT_TIMEOUT,
+    show_default=True,
+    help="Seconds from the TLS handshake to a whole CONNECT.",
+)
+@click.option(
+    "--write-buffer",
+    type=click.IntRange(min=1024),
+    default=emu_limits.WRITE_BUFFER,
+    show_default=True,
+    help="Bytes queued to a client; above it its QoS 0 messages are dropped.",
+)
+@click.option(
+    "--slow-consumer-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=emu_limits.SLOW_CONSUMER_TIMEOUT,
+    show_default=True,
+    help="Seconds a client may stay above --write-buffer before it is disconnected.",
+)
+@click.option(
+    "--min-keepalive",
+    type=click.IntRange(min=0, max=65535),
+    default=emu_limits.MIN_KEEPALIVE,
+    show_default=True,
+    help="Seconds; a shorter keepalive is raised to it (as AWS IoT does). A client "
+    "silent for 1.5 keepalives is closed.",
+)
+@click.option(
+    "--lifeline",
+    type=int,
+    hidden=True,
+    help="For the process that starts it (pid): stop when that process ends or stdin closes.",
+)
+def emulator_serve(
+    host: str,
+    port: int,
+    server_cert: Path | None,
+    server_key: Path | None,
+    cas: tuple[Path, ...],
+    configs: tuple[Path, ...],
+    state_dir: Path,
+    strict_resources: bool,
+    quotas: tuple[str, ...],
+    metrics_port: int | None,
+    inactive_cas: tuple[Path, ...],
+    manual_cas: tuple[Path, ...],
+    state_db: Path | None,
+    max_packet_size: int,
+    connect_timeout: float,
+    write_buffer: int,
+    slow_consumer_timeout: float,
+    min_keepalive: int,
+    lifeline: int | None,
+) -> None:
+    """Serve mutual-TLS MQTT with AWS IoT's JITP flow; prints one line when ready."""
+    if lifeline is not None:
+        # SIGTERM: the emulator stops the way its parent would have stopped it.
+        lifeline_mod.die_with_parent(lifeline, signal.SIGTERM)
+    limits = Quotas.parse(quotas)
+    if not (cas or inactive_cas or manual_cas):
+        raise UserError("register at least one CA (--ca CA_PEM)")
+    if len(configs) > len(cas):
+        raise UserError("more --registration-config than --ca")
+    if (server_cert is None) != (server_key is None):
+        raise UserError("--server-cert and --server-key go together")
+    if server_cert is not None and server_key is not None:
+        check_server_identity(server_cert, server_key)
+    if metrics_port is not None and metrics_port == port:
+        raise UserError(f"--metrics-port {metrics_port}: the same port as --port")
+    check_listen(host, port, "--port")
+    if metrics_port is not None:
+        check_listen(host, metrics_port, "--metrics-port")
+    registrations = [
+        emu_serve.CaRegistration(
+            ca,
+            emu_serve.load_registration_config(configs[i])
+            if i < len(configs)
+            else REGISTRATION_CONFIG,
+        )
+        for i, ca in enumerate(cas)
+    ]
+    registrations += [emu_serve.CaRegistration(ca, None, active=False) for ca in inactive_cas]
+    registrations += [
+        emu_serve.CaRegistration(ca, None, auto_registration=False) for ca in manual_cas
+    ]
+    registry = emu_serve.build_registry(
+        registrations, strict_resources=strict_resources, state=state_db
+    )
+    if server_cert is None or server_key is None:
+        server_cert, server_key, server_ca = emu_serve.server_identity(state_dir)
+    else:
+        server_ca = server_cert
+    bounds = emu_limits.Limits(
+        max_packet_size, connect_timeout, write_buffer, slow_consumer_timeout, min_keepalive
+    )
+    emulator_ = Emulator(registry, str(server_cert), str(server_key), limits, bounds)
+    if metrics_port is not None:
+        emu_metrics.serve(emulator_, host, metrics_port)
+    uvloop.run(
+        emu_serve.serve_forever(
+            emulator_, host, port, server_ca, stdin_lifeline=lifeline is not None
+        )
+    )
