@@ -27,8 +27,14 @@ def cli() -> None:
     authenticates devices by X.509 client certificates."""
 
 
-for command in (ca, certs, run_command, report, scenario, emulator, template, capacity_command):
-    cli.add_command(command)
+cli.add_command(ca)
+cli.add_command(certs)
+cli.add_command(run_command)
+cli.add_command(capacity_command)
+cli.add_command(report)
+cli.add_command(scenario)
+cli.add_command(emulator)
+cli.add_command(template)
 
 
 def main() -> None:
