@@ -10,6 +10,7 @@ import click
 from loadgen import __version__
 from loadgen import lifeline as lifeline_mod
 from loadgen.capacity.command import capacity_command
+from loadgen.cli.aws import aws
 from loadgen.cli.ca import ca
 from loadgen.cli.certs import certs
 from loadgen.cli.emulator import emulator
@@ -27,6 +28,7 @@ def cli() -> None:
     authenticates devices by X.509 client certificates."""
 
 
+cli.add_command(aws)
 cli.add_command(ca)
 cli.add_command(certs)
 cli.add_command(run_command)

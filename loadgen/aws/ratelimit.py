@@ -1,0 +1,71 @@
+"""Calls per second per API, kept under the account's control-plane quotas so
+that a teardown of 20,000 certificates is slowed by us, not refused by AWS."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+# AWS's published defaults (per account, adjustable), for the calls teardown
+# makes; any other call gets DEFAULT_RATE.
+AWS_RATES: dict[str, float] = {
+    "DescribeCACertificate": 10,
+    "UpdateCACertificate": 10,
+    "DeleteCACertificate": 10,
+    "ListCACertificates": 10,
+    "ListCertificatesByCA": 10,
+    "DescribeCertificate": 10,
+    "UpdateCertificate": 10,
+    "DeleteCertificate": 10,
+    "ListAttachedPolicies": 10,
+    "DetachPolicy": 15,
+    "ListPrincipalThings": 10,
+    "DetachThingPrincipal": 15,
+    "ListThingPrincipals": 10,
+    "DeleteThing": 15,
+    "ListTargetsForPolicy": 10,
+    "ListPolicyVersions": 10,
+    "DeletePolicyVersion": 10,
+    "DeletePolicy": 10,
+}
+DEFAULT_RATE = 10.0
+
+
+class RateLimits:
+    """A token bucket per API (burst of one second's worth), shared by threads.
+    ``cap`` (calls per second) lowers every API's rate to at most it."""
+
+    def __init__(
+        self,
+        cap: float | None = None,
+        rates: dict[str, float] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._rates = dict(AWS_RATES if rates is None else rates)
+        self._cap = cap
+        self._clock = clock
+        self._sleep = sleep
+        self._lock = threading.Lock()
+        self._buckets: dict[str, tuple[float, float]] = {}  # api -> (tokens, at)
+
+    def rate(self, api: str) -> float:
+        rate = self._rates.get(api, DEFAULT_RATE)
+        return min(rate, self._cap) if self._cap is not None else rate
+
+    def acquire(self, api: str) -> None:
+        """Wait for a token of ``api``'s bucket."""
+        rate = self.rate(api)
+        while True:
+            with self._lock:
+                now = self._clock()
+                tokens, at = self._buckets.get(api, (rate, now))
+                tokens = min(rate, tokens + (now - at) * rate)
+                # (A hair under one is one: float sums of waits may fall short.)
+                if tokens >= 1 - 1e-9:
+                    self._buckets[api] = (max(0.0, tokens - 1), now)
+                    return
+                self._buckets[api] = (tokens, now)
+                wait = (1 - tokens) / rate
+            self._sleep(wait)

@@ -1,0 +1,358 @@
+"""Removing what JITP created for one CA's devices, and nothing else.
+
+For every certificate the CA signed in the account: detach its policies, detach
+it from its things, set it INACTIVE, delete it. Then delete the things left with
+no principal and the policies left with no target (a policy or thing still
+attached to anything else stays), then the CA itself unless asked to keep it.
+
+Every step is idempotent (what is already gone counts as such), and what a
+certificate was attached to is journaled in the CA folder before it is
+detached: a teardown killed halfway and run again finds the things and policies
+of certificates it had already deleted, and finishes the job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from loadgen.aws.account import error_code
+from loadgen.aws.ratelimit import RateLimits
+from loadgen.certs.ca import CERT_FILE
+from loadgen.errors import CAError, UserError
+
+_GONE = "ResourceNotFoundException"
+# Detaching is eventually consistent on AWS (seconds for a thing's principal,
+# up to minutes for a policy): a delete refused as still attached is tried again.
+_CONFLICTS = {"DeleteConflictException", "InvalidRequestException"}
+_RETRY_DELAYS = (0.5, 1, 2, 4, 8, 15, 30)
+_THREADS = 4  # enough to fill the control plane's rates, which are the limit
+_PAGE = 250
+
+
+def ca_certificate_id(ca_dir: Path) -> str:
+    """The CA's id as AWS computes certificate ids: the hex SHA-256 of its DER."""
+    try:
+        cert = x509.load_pem_x509_certificate((ca_dir / CERT_FILE).read_bytes())
+    except FileNotFoundError:
+        raise CAError(f"{ca_dir}: no CA certificate ({CERT_FILE})") from None
+    except (OSError, ValueError) as exc:
+        raise CAError(f"{ca_dir / CERT_FILE}: not a PEM certificate: {exc}") from None
+    return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+
+
+@dataclass
+class Tally:
+    """What happened to one kind of resource."""
+
+    deleted: int = 0
+    already_gone: int = 0
+    kept: Counter[str] = field(default_factory=Counter)  # why, e.g. still attached
+    refused: Counter[str] = field(default_factory=Counter)  # the account's reason
+
+    def line(self, kind: str) -> str:
+        parts = [f"{self.deleted} deleted", f"{self.already_gone} already gone"]
+        parts += [f"{n} kept ({why})" for why, n in self.kept.items()]
+        parts += [f"{n} refused ({why})" for why, n in self.refused.items()]
+        return f"{kind}: " + ", ".join(parts)
+
+
+@dataclass
+class Found:
+    """What the CA's devices left, as found (a dry run stops here)."""
+
+    ca_id: str
+    certificates: list[dict[str, Any]]
+    things: set[str]
+    policies: set[str]
+
+
+@dataclass
+class Summary:
+    found: Found
+    certificates: Tally = field(default_factory=Tally)
+    things: Tally = field(default_factory=Tally)
+    policies: Tally = field(default_factory=Tally)
+    ca: Tally = field(default_factory=Tally)
+
+    @property
+    def complete(self) -> bool:
+        """Everything teardown owns is gone (kept shared resources do not count)."""
+        tallies = (self.certificates, self.things, self.policies, self.ca)
+        return not any(t.refused for t in tallies)
+
+    def lines(self) -> list[str]:
+        return [
+            self.certificates.line("certificates"),
+            self.things.line("things"),
+            self.policies.line("policies"),
+            self.ca.line("CA"),
+        ]
+
+
+class Teardown:
+    def __init__(
+        self,
+        iot: Any,
+        ca_dir: Path,
+        limits: RateLimits,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+        on_progress: Callable[[int, int], None] | None = None,
+    ) -> None:
+        self.iot = iot
+        self.ca_dir = ca_dir
+        self.limits = limits
+        self.sleep = sleep
+        self.on_progress = on_progress
+        self.ca_id = ca_certificate_id(ca_dir)
+        self.journal = ca_dir / f"aws-teardown-{self.ca_id[:16]}.jsonl"
+
+    # -- finding ----------------------------------------------------------
+
+    def find(self) -> Found:
+        """The CA's certificates in the account and what they are attached to
+        (plus what an interrupted teardown had journaled). Changes nothing."""
+        self._check_registered()
+        certificates = list(
+            self._pages(
+                "ListCertificatesByCA",
+                "certificates",
+                "marker",
+                "nextMarker",
+                caCertificateId=self.ca_id,
+                pageSize=_PAGE,
+            )
+        )
+        things, policies = self._journaled()
+        with ThreadPoolExecutor(_THREADS) as pool:
+            for cert_things, cert_policies in pool.map(self._attachments, certificates):
+                things |= cert_things
+                policies |= cert_policies
+        return Found(self.ca_id, certificates, things, policies)
+
+    def _check_registered(self) -> None:
+        try:
+            self._call("DescribeCACertificate", certificateId=self.ca_id)
+            return
+        except Exception as exc:
+            if error_code(exc) != _GONE:
+                raise
+        if self.ca_id not in set(self._listed_ca_ids()):
+            raise UserError(
+                f"{self.ca_dir}: its CA (id {self.ca_id[:16]}…) is not registered in this "
+                "account and region"
+            )
+
+    def _listed_ca_ids(self) -> Iterator[str]:
+        """The account's CA ids by listing, for an account where describing by the
+        computed id failed; an API without the listing gives none."""
+        try:
+            for ca in self._pages("ListCACertificates", "certificates", "marker", "nextMarker"):
+                yield str(ca["certificateId"])
+        except Exception as exc:
+            if error_code(exc) is None:
+                raise  # not the account's answer: the network, say
+            # The account answered, and not with a list (moto has none): the
+            # describe by id has already said what can be said.
+
+    def _attachments(self, cert: dict[str, Any]) -> tuple[set[str], set[str]]:
+        arn = cert["certificateArn"]
+        policies = {
+            p["policyName"]
+            for p in self._pages(
+                "ListAttachedPolicies", "policies", "marker", "nextMarker", target=arn
+            )
+        }
+        things = set(
+            self._pages("ListPrincipalThings", "things", "nextToken", "nextToken", principal=arn)
+        )
+        return things, policies
+
+    # -- removing ---------------------------------------------------------
+
+    def run(self, found: Found, *, keep_ca: bool = False) -> Summary:
+        summary = Summary(found)
+        self._journal(found.things, found.policies)
+        done = 0
+        with ThreadPoolExecutor(_THREADS) as pool:
+            for outcome in pool.map(self._remove_certificate, found.certificates):
+                _count(summary.certificates, outcome)
+                done += 1
+                if self.on_progress is not None:
+                    self.on_progress(done, len(found.certificates))
+        arns = {c["certificateArn"] for c in found.certificates}
+        with ThreadPoolExecutor(_THREADS) as pool:
+            for outcome in pool.map(lambda t: self._remove_thing(t, arns), sorted(found.things)):
+                _count(summary.things, outcome)
+            for outcome in pool.map(self._remove_policy, sorted(found.policies)):
+                _count(summary.policies, outcome)
+        if not keep_ca:
+            _count(summary.ca, self._remove_ca())
+        if summary.complete:
+            self.journal.unlink(missing_ok=True)
+        return summary
+
+    def _remove_certificate(self, cert: dict[str, Any]) -> tuple[str, str]:
+        arn, cert_id = cert["certificateArn"], cert["certificateId"]
+        try:
+            things, policies = self._attachments(cert)
+            for policy in sorted(policies):
+                self._gone_is_fine("DetachPolicy", policyName=policy, target=arn)
+            for thing in sorted(things):
+                self._gone_is_fine("DetachThingPrincipal", thingName=thing, principal=arn)
+            if cert.get("status") in ("ACTIVE", "PENDING_ACTIVATION", None):
+                self._call("UpdateCertificate", certificateId=cert_id, newStatus="INACTIVE")
+            self._retrying("DeleteCertificate", certificateId=cert_id)
+        except Exception as exc:
+            return _refused(exc)
+        return ("deleted", "")
+
+    def _remove_thing(self, name: str, ours: set[str]) -> tuple[str, str]:
+        try:
+            principals = set(
+                self._pages(
+                    "ListThingPrincipals", "principals", "nextToken", "nextToken", thingName=name
+                )
+            )
+            if principals - ours:
+                return ("kept", "attached to another principal")
+            self._retrying("DeleteThing", thingName=name)
+        except Exception as exc:
+            return _refused(exc)
+        return ("deleted", "")
+
+    def _remove_policy(self, name: str) -> tuple[str, str]:
+        try:
+            targets = list(
+                self._pages(
+                    "ListTargetsForPolicy", "targets", "marker", "nextMarker", policyName=name
+                )
+            )
+            if targets:
+                return ("kept", "still attached to another target")
+            versions = self._call("ListPolicyVersions", policyName=name)["policyVersions"]
+            for version in versions:
+                if not version.get("isDefaultVersion"):
+                    self._gone_is_fine(
+                        "DeletePolicyVersion", policyName=name, policyVersionId=version["versionId"]
+                    )
+            self._retrying("DeletePolicy", policyName=name)
+        except Exception as exc:
+            return _refused(exc)
+        return ("deleted", "")
+
+    def _remove_ca(self) -> tuple[str, str]:
+        try:
+            self._call("UpdateCACertificate", certificateId=self.ca_id, newStatus="INACTIVE")
+            self._retrying("DeleteCACertificate", certificateId=self.ca_id)
+        except Exception as exc:
+            return _refused(exc)
+        return ("deleted", "")
+
+    # -- calls ------------------------------------------------------------
+
+    def _call(self, api: str, **kwargs: Any) -> dict[str, Any]:
+        self.limits.acquire(api)
+        method = getattr(self.iot, _snake(api))
+        result: dict[str, Any] = method(**kwargs)
+        return result
+
+    def _gone_is_fine(self, api: str, **kwargs: Any) -> None:
+        try:
+            self._call(api, **kwargs)
+        except Exception as exc:
+            if error_code(exc) != _GONE:
+                raise
+
+    def _retrying(self, api: str, **kwargs: Any) -> None:
+        """A delete, tried again while the account still sees an attachment that
+        was just removed; one already gone raises ``_Gone``."""
+        for delay in (*_RETRY_DELAYS, None):
+            try:
+                self._call(api, **kwargs)
+                return
+            except Exception as exc:
+                code = error_code(exc)
+                if code == _GONE:
+                    raise _Gone from None
+                if code not in _CONFLICTS or delay is None:
+                    raise
+            self.sleep(delay)
+
+    def _pages(
+        self, api: str, items: str, token_in: str, token_out: str, **kwargs: Any
+    ) -> Iterator[Any]:
+        token: str | None = None
+        while True:
+            page = self._call(api, **kwargs, **({token_in: token} if token else {}))
+            yield from page.get(items, [])
+            token = page.get(token_out)
+            if not token:
+                return
+
+    # -- the journal --------------------------------------------------------
+
+    def _journal(self, things: set[str], policies: set[str]) -> None:
+        line = json.dumps({"things": sorted(things), "policies": sorted(policies)}) + "\n"
+        fd = os.open(self.journal, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        try:
+            os.write(fd, line.encode())
+        finally:
+            os.close(fd)
+
+    def _journaled(self) -> tuple[set[str], set[str]]:
+        things: set[str] = set()
+        policies: set[str] = set()
+        try:
+            lines = self.journal.read_text().splitlines()
+        except FileNotFoundError:
+            return things, policies
+        for line in lines:
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue  # a line cut short by a kill: the rerun finds the rest again
+            things.update(entry.get("things", ()))
+            policies.update(entry.get("policies", ()))
+        return things, policies
+
+
+class _Gone(Exception):
+    """The resource was already gone."""
+
+
+def _refused(exc: BaseException) -> tuple[str, str]:
+    code = error_code(exc)
+    if isinstance(exc, _Gone) or code == _GONE:
+        return ("already_gone", "")
+    return ("refused", code or type(exc).__name__)
+
+
+def _count(tally: Tally, outcome: tuple[str, str]) -> None:
+    kind, why = outcome
+    if kind == "deleted":
+        tally.deleted += 1
+    elif kind == "already_gone":
+        tally.already_gone += 1
+    elif kind == "kept":
+        tally.kept[why] += 1
+    else:
+        tally.refused[why] += 1
+
+
+def _snake(api: str) -> str:
+    """``ListCertificatesByCA`` -> ``list_certificates_by_ca``, as boto3 names it."""
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", api).lower()

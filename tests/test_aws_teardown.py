@@ -1,0 +1,275 @@
+"""`loadgen aws teardown` against moto, an independent model of AWS IoT's control
+plane and its deletion rules: what JITP left for one CA's devices goes, and
+nothing else does."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from loadgen.aws.ratelimit import RateLimits
+from loadgen.aws.teardown import Teardown, ca_certificate_id
+from loadgen.certs.ca import CA, init_ca
+from loadgen.certs.mint import MintRequest, mint
+from loadgen.certs.store import FleetStore
+from tests.conftest import assert_user_error
+
+REGION = "us-east-1"
+_TEARDOWN = (sys.executable, "-m", "loadgen", "aws", "teardown", "--ca")
+POLICY = json.dumps(
+    {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "iot:Connect"}]}
+)
+
+
+@pytest.fixture(scope="module")
+def moto_url():
+    """moto's server on loopback, computing certificate ids from the DER as AWS does."""
+    from moto.core.config import default_user_config
+    from moto.server import ThreadedMotoServer
+
+    default_user_config["iot"] = {"use_valid_cert": True}
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+def _iot(url):
+    import boto3
+
+    return boto3.client(
+        "iot",
+        endpoint_url=url,
+        region_name=REGION,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+
+
+@dataclass
+class Account:
+    """The state JITP leaves for CA A's devices, beside another CA's devices, a
+    loose thing and a policy A's devices share with B's."""
+
+    a: CA
+    b: CA
+    a_things: list[str]
+    b_things: list[str]
+
+
+def _provision(iot, ca: CA, fleet: Path, count: int, prefix: str, shared: str) -> list[str]:
+    """What JITP does for each device: register the certificate, create its
+    thing and its own policy, attach them, and attach the shared policy."""
+    mint(MintRequest(fleet, ca.directory, count, None, seed=1))
+    ca_pem = (ca.directory / "ca.pem").read_text()
+    things = []
+    for device in FleetStore(fleet).devices():
+        chain = (fleet / device.cert).read_text()
+        pem = chain.split("-----END CERTIFICATE-----")[0] + "-----END CERTIFICATE-----\n"
+        cert = iot.register_certificate(
+            certificatePem=pem, caCertificatePem=ca_pem, setAsActive=True
+        )
+        thing = f"{prefix}-{device.index}"
+        iot.create_thing(thingName=thing)
+        iot.attach_thing_principal(thingName=thing, principal=cert["certificateArn"])
+        iot.create_policy(policyName=f"{thing}-policy", policyDocument=POLICY)
+        iot.attach_policy(policyName=f"{thing}-policy", target=cert["certificateArn"])
+        iot.attach_policy(policyName=shared, target=cert["certificateArn"])
+        things.append(thing)
+    return things
+
+
+@pytest.fixture
+def account(tmp_path, moto_url):
+    iot = _iot(moto_url)
+    a, b = init_ca(tmp_path / "ca-a"), init_ca(tmp_path / "ca-b", subject="CN=other CA")
+    for ca in (a, b):
+        iot.register_ca_certificate(
+            caCertificate=(ca.directory / "ca.pem").read_text(),
+            setAsActive=True,
+            allowAutoRegistration=True,
+        )
+    iot.create_policy(policyName="shared", policyDocument=POLICY)
+    iot.create_thing(thingName="loose")
+    state = Account(
+        a,
+        b,
+        _provision(iot, a, tmp_path / "fleet-a", 6, "a", "shared"),
+        _provision(iot, b, tmp_path / "fleet-b", 2, "b", "shared"),
+    )
+    yield state
+    _forget_everything(iot)
+
+
+def _forget_everything(iot):
+    """moto keeps its state across tests: leave it empty for the next."""
+    for page in iot.list_certificates()["certificates"]:
+        arn, cert_id = page["certificateArn"], page["certificateId"]
+        for policy in iot.list_attached_policies(target=arn)["policies"]:
+            iot.detach_policy(policyName=policy["policyName"], target=arn)
+        for thing in iot.list_principal_things(principal=arn)["things"]:
+            iot.detach_thing_principal(thingName=thing, principal=arn)
+        iot.update_certificate(certificateId=cert_id, newStatus="INACTIVE")
+        iot.delete_certificate(certificateId=cert_id)
+    for thing in iot.list_things()["things"]:
+        iot.delete_thing(thingName=thing["thingName"])
+    for policy in iot.list_policies()["policies"]:
+        iot.delete_policy(policyName=policy["policyName"])
+
+
+def _teardown(url, ca_dir, *args):
+    env = {
+        **os.environ,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+    proc = subprocess.run(
+        [*_TEARDOWN, str(ca_dir), "--endpoint-url", url, "--region", REGION, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        stdin=subprocess.DEVNULL,
+    )
+    return proc
+
+
+def _names(iot):
+    certificates = iot.list_certificates()["certificates"]
+    return (
+        {t["thingName"] for t in iot.list_things()["things"]},
+        {p["policyName"] for p in iot.list_policies()["policies"]},
+        len(certificates),
+    )
+
+
+def _ca_registered(iot, ca: CA) -> bool:
+    try:
+        iot.describe_ca_certificate(certificateId=ca_certificate_id(ca.directory))
+    except iot.exceptions.ResourceNotFoundException:
+        return False
+    return True
+
+
+def test_teardown_removes_what_jitp_made_for_the_ca_and_nothing_else(moto_url, account):
+    proc = _teardown(moto_url, account.a.directory, "--yes")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    iot = _iot(moto_url)
+    things, policies, certificates = _names(iot)
+    assert things == {*account.b_things, "loose"}
+    # The shared policy is still attached to B's devices; A's own ones are gone.
+    assert policies == {"shared", *(f"{t}-policy" for t in account.b_things)}
+    assert certificates == len(account.b_things)
+    assert not _ca_registered(iot, account.a) and _ca_registered(iot, account.b)
+    assert "certificates: 6 deleted" in proc.stdout
+    assert "policies: 6 deleted, 0 already gone, 1 kept (still attached to another target)" in (
+        proc.stdout
+    )
+
+
+def test_a_dry_run_counts_and_changes_nothing(moto_url, account):
+    iot = _iot(moto_url)
+    before = _names(iot)
+    proc = _teardown(moto_url, account.a.directory, "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    assert "6 certificates, 6 things and 7 policies" in proc.stdout
+    assert "nothing was changed" in proc.stdout
+    assert _names(iot) == before and _ca_registered(iot, account.a)
+
+
+def test_keep_ca_leaves_the_ca_registered(moto_url, account):
+    proc = _teardown(moto_url, account.a.directory, "--yes", "--keep-ca")
+    assert proc.returncode == 0, proc.stderr
+    assert _ca_registered(_iot(moto_url), account.a)
+
+
+def test_without_yes_and_no_terminal_it_asks_for_yes_and_changes_nothing(moto_url, account):
+    iot = _iot(moto_url)
+    before = _names(iot)
+    result = _teardown(moto_url, account.a.directory)
+    assert result.returncode == 2 and "--yes" in result.stderr and "Traceback" not in result.stderr
+    assert _names(iot) == before
+
+
+def test_a_teardown_cut_short_and_run_again_finishes_the_job(moto_url, account):
+    """The first run deletes two certificates and stops there (as if killed):
+    their things and policies are only findable through its journal."""
+    iot = _iot(moto_url)
+    first = Teardown(iot, account.a.directory, RateLimits())
+    found = first.find()
+    found.certificates = found.certificates[:2]
+    first._journal(found.things, found.policies)  # what run() journals first
+    for cert in found.certificates:
+        first._remove_certificate(cert)
+    assert first.journal.exists()
+    proc = _teardown(moto_url, account.a.directory, "--yes")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    things, policies, _ = _names(iot)
+    assert things == {*account.b_things, "loose"}
+    assert policies == {"shared", *(f"{t}-policy" for t in account.b_things)}
+    assert not first.journal.exists()
+
+
+def test_a_ca_that_is_not_registered_is_one_line_and_exit_2(moto_url, account, tmp_path):
+    stranger = init_ca(tmp_path / "stranger")
+    assert_user_error(
+        _as_result(_teardown(moto_url, stranger.directory, "--yes")),
+        "is not registered in this account and region",
+    )
+
+
+def test_no_credentials_is_one_line_and_exit_2(tmp_path):
+    env = {key: value for key, value in os.environ.items() if not key.startswith("AWS_")} | {
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "AWS_CONFIG_FILE": str(tmp_path / "none"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
+    }
+    ca = init_ca(tmp_path / "ca")
+    proc = subprocess.run(
+        [*_TEARDOWN, str(ca.directory), "--region", REGION, "--dry-run"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert_user_error(_as_result(proc), "no AWS credentials found")
+
+
+def _as_result(proc):
+    from tests.conftest import Result
+
+    return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+def test_the_rate_limit_spaces_calls_of_one_api_at_its_rate():
+    now = [0.0]
+    slept = []
+
+    def sleep(seconds):
+        slept.append(seconds)
+        now[0] += seconds
+
+    limits = RateLimits(cap=5, clock=lambda: now[0], sleep=sleep)
+    for _ in range(15):
+        limits.acquire("DeleteCertificate")
+    # A burst of one second's worth, then one call every 1/5 s.
+    assert now[0] == pytest.approx(2.0)
+    assert limits.rate("DescribeThing") == 5
+
+
+def test_the_journal_survives_a_line_cut_short(tmp_path):
+    ca = init_ca(tmp_path / "ca")
+    teardown = Teardown(None, ca.directory, RateLimits())
+    teardown._journal({"t1"}, {"p1"})
+    with teardown.journal.open("a") as f:
+        f.write('{"things": ["t2"')  # killed mid-write
+    assert teardown._journaled() == ({"t1"}, {"p1"})
+    assert json.loads(teardown.journal.read_text().splitlines()[0])["things"] == ["t1"]
