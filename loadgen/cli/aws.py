@@ -26,7 +26,7 @@ def _account_options(command: Callable[..., Any]) -> Callable[..., Any]:
             click.option("--profile", help="A profile of ~/.aws/config (as the aws CLI)."),
             click.option("--region", help="Default: the profile's or AWS_REGION."),
             click.option(
-                "--endpoint-url", help="Another endpoint: `loadgen emulator`'s API, or moto's."
+                "--endpoint-url", help="Another endpoint than AWS's (a moto server, say)."
             ),
         )
     ):
