@@ -208,7 +208,7 @@ def test_a_teardown_cut_short_and_run_again_finishes_the_job(moto_url, account):
     found.certificates = found.certificates[:2]
     first._journal(found.things, found.policies)  # what run() journals first
     for cert in found.certificates:
-        first._remove_certificate(cert)
+        first._remove_certificate(cert, *found.attached[cert["certificateId"]])
     assert first.journal.exists()
     proc = _teardown(moto_url, account.a.directory, "--yes")
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -77,6 +77,9 @@ class Found:
     certificates: list[dict[str, Any]]
     things: set[str]
     policies: set[str]
+    # Per certificate id, the things and policies it was attached to: listed once,
+    # here (at 10 calls a second per API, listing again would double the time).
+    attached: dict[str, tuple[set[str], set[str]]] = field(default_factory=dict)
 
 
 @dataclass
@@ -137,11 +140,15 @@ class Teardown:
             )
         )
         things, policies = self._journaled()
+        attached = {}
         with ThreadPoolExecutor(_THREADS) as pool:
-            for cert_things, cert_policies in pool.map(self._attachments, certificates):
+            for cert, (cert_things, cert_policies) in zip(
+                certificates, pool.map(self._attachments, certificates), strict=True
+            ):
+                attached[cert["certificateId"]] = (cert_things, cert_policies)
                 things |= cert_things
                 policies |= cert_policies
-        return Found(self.ca_id, certificates, things, policies)
+        return Found(self.ca_id, certificates, things, policies, attached)
 
     def _check_registered(self) -> None:
         try:
@@ -188,7 +195,11 @@ class Teardown:
         self._journal(found.things, found.policies)
         done = 0
         with ThreadPoolExecutor(_THREADS) as pool:
-            for outcome in pool.map(self._remove_certificate, found.certificates):
+            removals = (
+                (cert, *found.attached.get(cert["certificateId"], (set(), set())))
+                for cert in found.certificates
+            )
+            for outcome in pool.map(lambda r: self._remove_certificate(*r), removals):
                 _count(summary.certificates, outcome)
                 done += 1
                 if self.on_progress is not None:
@@ -205,10 +216,11 @@ class Teardown:
             self.journal.unlink(missing_ok=True)
         return summary
 
-    def _remove_certificate(self, cert: dict[str, Any]) -> tuple[str, str]:
+    def _remove_certificate(
+        self, cert: dict[str, Any], things: set[str], policies: set[str]
+    ) -> tuple[str, str]:
         arn, cert_id = cert["certificateArn"], cert["certificateId"]
         try:
-            things, policies = self._attachments(cert)
             for policy in sorted(policies):
                 self._gone_is_fine("DetachPolicy", policyName=policy, target=arn)
             for thing in sorted(things):
