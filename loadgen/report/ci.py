@@ -10,7 +10,7 @@ from xml.etree import ElementTree as ET
 from loadgen.files import write_output
 from loadgen.metrics.stats import PHASES
 from loadgen.report.gates import GateResult
-from loadgen.report.show import accounting_phrases
+from loadgen.report.show import accounting_phrases, expected_cell
 from loadgen.words import counted
 
 
@@ -57,9 +57,7 @@ def summary_markdown(report: dict[str, Any], results: list[GateResult]) -> str:
     expected = (accounting or {}).get("expected") or {}
     lines += ["| outcome | devices | expected |", "| --- | ---: | ---: |"]
     lines += [
-        f"| {k} | {v} | {'-' if k == 'connected' else expected.get(k, 0)} |"
-        for k, v in report["outcomes"].items()
-        if v
+        f"| {k} | {v} | {expected_cell(expected, k)} |" for k, v in report["outcomes"].items() if v
     ]
     lines += ["", "| phase (ms) | p50 | p90 | p99 | max |", "| --- | ---: | ---: | ---: | ---: |"]
     for phase in PHASES:

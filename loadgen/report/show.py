@@ -225,9 +225,7 @@ def print_report(console: Console, report: dict[str, Any]) -> None:
         outcomes.add_column("expected", justify="right")
     for name, n in report["outcomes"].items():
         if n:
-            # Only failures are ever expected: a connect is what every device is for.
-            mark = "-" if name == "connected" else str(expected.get(name, 0))
-            outcomes.add_row(name, str(n), *([mark] if expected else []))
+            outcomes.add_row(name, str(n), *([expected_cell(expected, name)] if expected else []))
     console.print(outcomes)
     latency = Table(box=None, pad_edge=False)
     for column in ("phase (ms)", "count", "p50", "p90", "p99", "p99.9", "max"):
@@ -266,6 +264,12 @@ def print_report(console: Console, report: dict[str, Any]) -> None:
             say(console, f"{outcome}: {counted(n, 'device')}:", reason)
     if report.get("capacity"):
         print_capacity(console, report["capacity"])
+
+
+def expected_cell(expected: dict[str, int], outcome: str) -> str:
+    """How many of ``outcome`` were expected, for a table: only failures ever
+    are (a connect is what every device is for), so ``connected`` shows "-"."""
+    return "-" if outcome == "connected" else str(expected.get(outcome, 0))
 
 
 def accounting_phrases(accounting: dict[str, Any]) -> list[str]:
