@@ -7,27 +7,42 @@ import threading
 import time
 from collections.abc import Callable
 
-# AWS's published defaults (per account, adjustable), for the calls teardown
-# makes; any other call gets DEFAULT_RATE.
+# AWS's published defaults (per account, adjustable) for the calls `loadgen aws`
+# makes, which the emulator's control plane also enforces; any other call gets
+# DEFAULT_RATE.
 AWS_RATES: dict[str, float] = {
+    "GetRegistrationCode": 10,
+    "RegisterCACertificate": 10,
     "DescribeCACertificate": 10,
     "UpdateCACertificate": 10,
     "DeleteCACertificate": 10,
     "ListCACertificates": 10,
+    "ListCertificates": 10,
     "ListCertificatesByCA": 10,
     "DescribeCertificate": 10,
     "UpdateCertificate": 10,
     "DeleteCertificate": 10,
     "ListAttachedPolicies": 10,
+    "AttachPolicy": 15,
     "DetachPolicy": 15,
+    "ListThings": 10,
+    "DescribeThing": 350,
+    "DeleteThing": 15,
+    "CreateThing": 100,
     "ListPrincipalThings": 10,
+    "AttachThingPrincipal": 15,
     "DetachThingPrincipal": 15,
     "ListThingPrincipals": 10,
-    "DeleteThing": 15,
     "ListTargetsForPolicy": 10,
+    "ListPolicies": 10,
+    "GetPolicy": 15,
     "ListPolicyVersions": 10,
     "DeletePolicyVersion": 10,
     "DeletePolicy": 10,
+    "CreateThingType": 15,
+    "CreateThingGroup": 25,
+    "ListThingGroups": 10,
+    "DescribeEndpoint": 10,
 }
 DEFAULT_RATE = 10.0
 
