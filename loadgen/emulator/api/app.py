@@ -1,0 +1,135 @@
+"""The control plane on the wire: which service a request is for (the SigV4
+credential scope names it), throttling per operation, the call, and the answer
+in that service's protocol. Signatures are not checked: any credentials do."""
+
+from __future__ import annotations
+
+import re
+import sys
+import traceback
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import botocore.session
+
+from loadgen.emulator.api.errors import ApiError
+from loadgen.emulator.api.http import Request, Response
+from loadgen.emulator.api.iam import Iam, Sts
+from loadgen.emulator.api.query import QueryService
+from loadgen.emulator.api.rest import RestJsonService
+from loadgen.emulator.api.throttle import ApiThrottle
+
+# One control-plane call: ControlPlane.call (botocore's operation name, input
+# members by name) -> output members by name; raises ApiError.
+Call = Callable[[str, dict[str, Any]], dict[str, Any]]
+
+_SCOPE = re.compile(r"Credential=[^/,\s]+/\d{8}/([^/,\s]+)/([^/,\s]+)/aws4_request")
+ACCOUNT_ID = "123456789012"
+
+
+@dataclass
+class ApiStats:
+    calls: Counter[str] = field(default_factory=Counter)  # by operation, answered
+    errors: Counter[str] = field(default_factory=Counter)  # by error code
+    throttled: Counter[str] = field(default_factory=Counter)  # by operation
+
+
+def _models() -> botocore.session.Session:
+    return botocore.session.get_session()
+
+
+class ControlPlaneApi:
+    def __init__(
+        self, call: Call, throttle: ApiThrottle | None = None, account_id: str = ACCOUNT_ID
+    ) -> None:
+        session = _models()
+        self.call = call
+        self.throttle = throttle or ApiThrottle()
+        self.stats = ApiStats()
+        self.iot = RestJsonService(session.get_service_model("iot"))
+        self.iam = QueryService(session.get_service_model("iam"), Iam(account_id).handlers())
+        self.sts = QueryService(session.get_service_model("sts"), Sts(account_id).handlers())
+
+    def __call__(self, request: Request) -> Response:
+        request_id = str(uuid.uuid4())
+        service = _service(request)
+        if service in ("iam", "sts"):
+            return self._query(self.iam if service == "iam" else self.sts, request, request_id)
+        if service != "iot":
+            return self._rest_error(
+                ApiError("UnknownOperationException", f"service {service} is not emulated", 404),
+                request_id,
+            )
+        try:
+            operation, params = self.iot.parse(
+                request.method, request.target, request.headers, request.body
+            )
+            self._admit(operation)
+            result = self.call(operation, params)
+            status, headers, body = self.iot.render(operation, result or {})
+        except ApiError as error:
+            return self._rest_error(error, request_id)
+        except Exception as exc:
+            return self._rest_error(_internal(exc), request_id)
+        self.stats.calls[operation] += 1
+        headers |= {"content-type": "application/json", "x-amzn-RequestId": request_id}
+        return Response(status, headers, body)
+
+    def _admit(self, operation: str) -> None:
+        if not self.throttle.allow(operation):
+            self.stats.throttled[operation] += 1
+            raise ApiError("ThrottlingException", "Rate exceeded", 400)
+
+    def _rest_error(self, error: ApiError, request_id: str) -> Response:
+        self.stats.errors[error.code] += 1
+        status, headers, body = self.iot.render_error(error)
+        headers |= {"content-type": "application/json", "x-amzn-RequestId": request_id}
+        return Response(status, headers, body)
+
+    def _query(self, service: QueryService, request: Request, request_id: str) -> Response:
+        headers = {"content-type": "text/xml", "x-amzn-RequestId": request_id}
+        try:
+            action, params = service.parse(request.target, request.body)
+            self._admit(action)
+            body = service.render(action, service.call(action, params), request_id)
+        except ApiError as error:
+            self.stats.errors[error.code] += 1
+            status, body = service.render_error(error, request_id)
+            return Response(status, headers, body)
+        except Exception as exc:
+            status, body = service.render_error(_internal(exc), request_id)
+            return Response(status, headers, body)
+        self.stats.calls[action] += 1
+        return Response(200, headers, body)
+
+    def operations(self) -> list[str]:
+        """Every operation name ``--api-rate`` may name."""
+        return [*self.iot.model.operation_names, *self.iam.operations, *self.sts.operations]
+
+
+def operation_names() -> list[str]:
+    """What ``--api-rate`` may name, without building a whole API."""
+    session = _models()
+    iam = Iam(ACCOUNT_ID).handlers()
+    sts = Sts(ACCOUNT_ID).handlers()
+    return [*session.get_service_model("iot").operation_names, *iam, *sts]
+
+
+def _service(request: Request) -> str:
+    """The signing scope's service; unsigned, a form with Action=... is IAM's
+    (STS's for GetCallerIdentity), anything else IoT's."""
+    match = _SCOPE.search(request.headers.get("authorization", ""))
+    if match:
+        return match[2]
+    if request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
+        return "sts" if b"Action=GetCallerIdentity" in request.body else "iam"
+    return "iot"
+
+
+def _internal(exc: Exception) -> ApiError:
+    # A bug of the emulator's, not the client's: say so where the operator looks.
+    traceback.print_exception(exc, file=sys.stderr)
+    return ApiError("InternalFailureException", f"the emulator failed: {exc}", 500)
