@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from loadgen.emulator.api import cas, certificates
+from loadgen.emulator.api import cas, certificates, groups, policies, things
 from loadgen.emulator.api.base import Account, Params, Result, invalid
 from loadgen.emulator.api.errors import ApiError
 from loadgen.emulator.registry import Registry
@@ -33,7 +33,7 @@ def describe_endpoint(account: Account, params: Params) -> Result:
 
 def _operations() -> dict[str, Operation]:
     table: dict[str, Operation] = {"DescribeEndpoint": describe_endpoint}
-    for module in (cas, certificates):
+    for module in (cas, certificates, things, groups, policies):
         table.update(module.OPERATIONS)
     return table
 
