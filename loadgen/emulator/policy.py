@@ -44,6 +44,8 @@ def parse(document: str) -> list[Statement]:
         raise PolicyError("policy document has no Statement")
     statements = []
     for item in raw:
+        if not isinstance(item, dict):
+            raise PolicyError("a statement is not a JSON object")
         effect = item.get("Effect")
         if effect not in ("Allow", "Deny"):
             raise PolicyError(f"statement Effect {effect!r}")

@@ -4,6 +4,7 @@ to what. In memory; provisioning either applies whole or changes nothing."""
 from __future__ import annotations
 
 import hashlib
+import time
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -39,6 +40,10 @@ class CaRecord:
     auto_registration: bool = True
     template: dict[str, Any] | None = None
     role_arn: str | None = None
+    # The registration config as registered (templateBody, roleArn, ...).
+    config: dict[str, Any] | None = None
+    created: float = field(default_factory=time.time)
+    modified: float = 0.0
 
 
 @dataclass
@@ -48,6 +53,9 @@ class CertRecord:
     status: CertStatus
     things: set[str] = field(default_factory=set)
     policies: set[str] = field(default_factory=set)
+    der: bytes | None = None  # None: provisioned by a version that did not keep it
+    created: float = 0.0
+    modified: float = 0.0
 
 
 @dataclass
@@ -56,6 +64,43 @@ class Thing:
     type_name: str | None = None
     attributes: dict[str, str] = field(default_factory=dict)
     groups: set[str] = field(default_factory=set)
+    version: int = 1
+
+
+@dataclass
+class PolicyVersion:
+    document: str
+    created: float
+
+
+@dataclass
+class PolicyInfo:
+    """A policy's versions; ``Registry.policies`` holds its default document,
+    which is what the MQTT side reads."""
+
+    versions: dict[str, PolicyVersion]
+    default: str
+    created: float
+    modified: float
+    next_version: int
+
+
+@dataclass
+class ThingTypeInfo:
+    created: float
+    description: str | None = None
+    searchable: list[str] = field(default_factory=list)
+    deprecated: bool = False
+    deprecation_date: float | None = None
+
+
+@dataclass
+class ThingGroupInfo:
+    created: float
+    parent: str | None = None
+    description: str | None = None
+    attributes: dict[str, str] = field(default_factory=dict)
+    version: int = 1
 
 
 def jitp_parameters(cert: x509.Certificate) -> dict[str, str]:
@@ -96,18 +141,45 @@ class Registry:
     ) -> None:
         self.strict_resources = strict_resources
         self.store = store
+        self.started = time.time()
         self.cas: dict[str, CaRecord] = {}
         self.certificates: dict[str, CertRecord] = {}
         self.things: dict[str, Thing] = {}
-        self.policies: dict[str, str] = {}  # name -> document
+        self.policies: dict[str, str] = {}  # name -> default version's document
         self.thing_types: set[str] = set()
         self.thing_groups: set[str] = set()
+        # What attaches to what, seen from the other end (cert ids), kept with
+        # CertRecord.things/.policies so that a listing is not a scan of them all.
+        self.thing_principals: dict[str, set[str]] = {}
+        self.policy_targets: dict[str, set[str]] = {}
+        # Made on first use for what provisioning created (provisioning stays lean).
+        self.policy_infos: dict[str, PolicyInfo] = {}
+        self.thing_type_infos: dict[str, ThingTypeInfo] = {}
+        self.thing_group_infos: dict[str, ThingGroupInfo] = {}
         if store is not None:
             store.load_into(self)
+        for record in self.certificates.values():
+            self._index(record)
+
+    def _index(self, record: CertRecord) -> None:
+        for name in record.things:
+            self.thing_principals.setdefault(name, set()).add(record.id)
+        for name in record.policies:
+            self.policy_targets.setdefault(name, set()).add(record.id)
 
     def register_ca(
-        self, cert: x509.Certificate, registration_config: dict[str, Any] | None, **kw: Any
+        self,
+        cert: x509.Certificate,
+        registration_config: dict[str, Any] | None,
+        *,
+        active: bool = True,
+        auto_registration: bool = True,
+        prepare: bool = True,
     ) -> CaRecord:
+        """Register (or register again) a CA. ``prepare``: the thing types and
+        groups its template names literally exist from now on, as in an account
+        prepared for it (the command line's CAs; one registered through the API
+        gets what the account really has)."""
         template = None
         role_arn = None
         if registration_config is not None:
@@ -115,13 +187,164 @@ class Registry:
             if problems:
                 raise TemplateError(str(problems[0]))
             role_arn = registration_config.get("roleArn")
-            types, groups = _literal_names(template)
-            # An account prepared for its template has these already.
-            self.thing_types |= types
-            self.thing_groups |= groups
-        record = CaRecord(certificate_id(cert), cert, template=template, role_arn=role_arn, **kw)
+            if prepare:
+                types, groups = _literal_names(template)
+                for name in types - self.thing_types:
+                    self.add_thing_type(name, ThingTypeInfo(time.time()))
+                for name in groups - self.thing_groups:
+                    self.add_thing_group(name, ThingGroupInfo(time.time()))
+        ca_id = certificate_id(cert)
+        previous = self.cas.get(ca_id)
+        now = time.time()
+        record = CaRecord(
+            ca_id,
+            cert,
+            active=active,
+            auto_registration=auto_registration,
+            template=template,
+            role_arn=role_arn,
+            config=registration_config,
+            created=previous.created if previous is not None else now,
+            modified=now,
+        )
         self.cas[record.id] = record
+        if self.store is not None:
+            self.store.save_ca(record)
         return record
+
+    def set_registration_config(self, ca: CaRecord, config: dict[str, Any] | None) -> None:
+        """Replace a CA's registration config (None: remove it)."""
+        template = None
+        if config is not None:
+            template, problems = config_problems(config)
+            if problems:
+                raise TemplateError(str(problems[0]))
+        ca.template, ca.config = template, config
+        ca.role_arn = config.get("roleArn") if config is not None else None
+
+    def save_ca(self, ca: CaRecord) -> None:
+        ca.modified = time.time()
+        if self.store is not None:
+            self.store.save_ca(ca)
+
+    def delete_ca(self, ca_id: str) -> None:
+        del self.cas[ca_id]
+        if self.store is not None:
+            self.store.delete_ca(ca_id)
+
+    # Certificates, things and policies as the control plane changes them (each
+    # change also in the store).
+
+    def set_certificate_status(self, record: CertRecord, status: CertStatus) -> None:
+        record.status = status
+        record.modified = time.time()
+        if self.store is not None:
+            self.store.save_certificate(record)
+
+    def delete_certificate(self, cert_id: str) -> None:
+        record = self.certificates.pop(cert_id)
+        for name in record.things:
+            self.thing_principals.get(name, set()).discard(cert_id)
+        for name in record.policies:
+            self.policy_targets.get(name, set()).discard(cert_id)
+        if self.store is not None:
+            self.store.delete_certificate(cert_id)
+
+    def attach_thing(self, record: CertRecord, name: str) -> None:
+        record.things.add(name)
+        self.thing_principals.setdefault(name, set()).add(record.id)
+        if self.store is not None:
+            self.store.attach_thing(record.id, name)
+
+    def detach_thing(self, record: CertRecord, name: str) -> None:
+        record.things.discard(name)
+        self.thing_principals.get(name, set()).discard(record.id)
+        if self.store is not None:
+            self.store.detach_thing(record.id, name)
+
+    def attach_policy(self, record: CertRecord, name: str) -> None:
+        record.policies.add(name)
+        self.policy_targets.setdefault(name, set()).add(record.id)
+        if self.store is not None:
+            self.store.attach_policy(record.id, name)
+
+    def detach_policy(self, record: CertRecord, name: str) -> None:
+        record.policies.discard(name)
+        self.policy_targets.get(name, set()).discard(record.id)
+        if self.store is not None:
+            self.store.detach_policy(record.id, name)
+
+    def save_thing(self, thing: Thing) -> None:
+        self.things[thing.name] = thing
+        if self.store is not None:
+            self.store.save_thing(thing)
+
+    def delete_thing(self, name: str) -> None:
+        del self.things[name]
+        for cert_id in self.thing_principals.pop(name, set()):
+            self.certificates[cert_id].things.discard(name)
+        if self.store is not None:
+            self.store.delete_thing(name)
+
+    def policy_info(self, name: str) -> PolicyInfo:
+        """The versions of policy ``name`` (which exists)."""
+        info = self.policy_infos.get(name)
+        if info is None:
+            # Made by provisioning (or by a version that kept no versions): one.
+            version = PolicyVersion(self.policies[name], self.started)
+            info = PolicyInfo({"1": version}, "1", self.started, self.started, 2)
+            self.policy_infos[name] = info
+        return info
+
+    def save_policy(self, name: str, info: PolicyInfo) -> None:
+        """Create or change a policy; its default version is what devices get."""
+        info.modified = time.time()
+        self.policy_infos[name] = info
+        self.policies[name] = info.versions[info.default].document
+        if self.store is not None:
+            self.store.save_policy(name, info)
+
+    def delete_policy(self, name: str) -> None:
+        del self.policies[name]
+        self.policy_infos.pop(name, None)
+        self.policy_targets.pop(name, None)
+        if self.store is not None:
+            self.store.delete_policy(name)
+
+    def thing_type_info(self, name: str) -> ThingTypeInfo:
+        return self.thing_type_infos.setdefault(name, ThingTypeInfo(self.started))
+
+    def add_thing_type(self, name: str, info: ThingTypeInfo) -> None:
+        self.thing_types.add(name)
+        self.thing_type_infos[name] = info
+        if self.store is not None:
+            self.store.save_thing_type(name, info)
+
+    def delete_thing_type(self, name: str) -> None:
+        self.thing_types.discard(name)
+        self.thing_type_infos.pop(name, None)
+        if self.store is not None:
+            self.store.delete_thing_type(name)
+
+    def thing_group_info(self, name: str) -> ThingGroupInfo:
+        return self.thing_group_infos.setdefault(name, ThingGroupInfo(self.started))
+
+    def add_thing_group(self, name: str, info: ThingGroupInfo) -> None:
+        self.thing_groups.add(name)
+        self.thing_group_infos[name] = info
+        if self.store is not None:
+            self.store.save_thing_group(name, info)
+
+    def delete_thing_group(self, name: str) -> None:
+        self.thing_groups.discard(name)
+        self.thing_group_infos.pop(name, None)
+        for thing in self.things.values():
+            if name in thing.groups:
+                thing.groups.discard(name)
+                if self.store is not None:
+                    self.store.save_thing(thing)
+        if self.store is not None:
+            self.store.delete_thing_group(name)
 
     def issuer_of(self, cert: x509.Certificate) -> CaRecord | None:
         for ca in self.cas.values():
@@ -138,10 +361,13 @@ class Registry:
         Raises ``ProvisioningError`` having changed nothing."""
         if ca.template is None:
             raise ClientError(f"CA {ca.id[:12]} has no provisioning template")
-        cert_id = certificate_id(cert)
+        der = cert.public_bytes(Encoding.DER)
+        cert_id = hashlib.sha256(der).hexdigest()
         resources = tpl.evaluate(ca.template, jitp_parameters(cert))
         changes = self._plan(resources, cert_id)
-        record = CertRecord(cert_id, ca.id, CertStatus.PENDING_ACTIVATION)
+        now = time.time()
+        record = CertRecord(cert_id, ca.id, CertStatus.PENDING_ACTIVATION, der=der, created=now)
+        record.modified = now
         for change in changes:
             change(record)
         self.certificates[cert_id] = record
@@ -195,6 +421,7 @@ class Registry:
         def attach(record: CertRecord) -> None:
             self.policies.setdefault(name, document)
             record.policies.add(name)
+            self.policy_targets.setdefault(name, set()).add(record.id)
 
         return attach
 
@@ -226,6 +453,7 @@ class Registry:
             else:
                 _override(thing, overrides, type_name, attributes, groups)
             record.things.add(name)
+            self.thing_principals.setdefault(name, set()).add(record.id)
 
         return apply
 

@@ -1,0 +1,154 @@
+"""What every control-plane operation shares: the account it acts on, its
+parameters, AWS's errors, and paging."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from loadgen.emulator.api.errors import ApiError
+from loadgen.emulator.registry import CertRecord, Registry
+
+Params = dict[str, Any]
+Result = dict[str, Any]
+T = TypeVar("T")
+
+# Members' limits in botocore's model for iot (PageSize, RegistryMaxResults).
+MAX_PAGE = 250
+# AWS documents no default page size; this one makes paging show at small scale.
+DEFAULT_PAGE = 25
+NAME = re.compile(r"[a-zA-Z0-9:_-]{1,128}")  # ThingName, ThingTypeName, ThingGroupName
+POLICY_NAME = re.compile(r"[\w+=,.@-]{1,128}")
+CERTIFICATE_ID = re.compile(r"(0x)?[a-fA-F0-9]{64}")
+
+
+def not_found(message: str) -> ApiError:
+    return ApiError("ResourceNotFoundException", message, 404)
+
+
+def invalid(message: str) -> ApiError:
+    return ApiError("InvalidRequestException", message, 400)
+
+
+def conflict(message: str) -> ApiError:
+    return ApiError("DeleteConflictException", message, 409)
+
+
+def already_exists(message: str) -> ApiError:
+    return ApiError("ResourceAlreadyExistsException", message, 409)
+
+
+def state_error(message: str) -> ApiError:
+    return ApiError("CertificateStateException", message, 406)
+
+
+@dataclass(frozen=True)
+class Account:
+    """The account and region the control plane answers for."""
+
+    registry: Registry
+    region: str
+    account_id: str
+    mqtt_address: str
+
+    def arn(self, kind: str, name: str) -> str:
+        return f"arn:aws:iot:{self.region}:{self.account_id}:{kind}/{name}"
+
+    def certificate_of(self, principal: str) -> CertRecord:
+        """The certificate a principal ARN names; certificates are the only
+        principals here (AWS also has Cognito identities)."""
+        prefix = self.arn("cert", "")
+        if not principal.startswith(prefix):
+            if ":cert/" in principal:
+                raise not_found(f"{principal}: not a certificate of this account and region")
+            raise invalid(f"{principal}: not a certificate ARN ({prefix}ID)")
+        record = self.registry.certificates.get(principal.removeprefix(prefix))
+        if record is None:
+            raise not_found(f"certificate {principal} does not exist")
+        return record
+
+
+def string(params: Params, name: str) -> str:
+    """A required string member."""
+    value = params.get(name)
+    if not isinstance(value, str) or not value:
+        raise invalid(f"{name} is required")
+    return value
+
+
+def optional_string(params: Params, name: str) -> str | None:
+    value = params.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise invalid(f"{name} must be a string")
+    return value
+
+
+def flag(params: Params, name: str, default: bool = False) -> bool:
+    value = params.get(name, default)
+    if not isinstance(value, bool):
+        raise invalid(f"{name} must be a boolean")
+    return value
+
+
+def name(params: Params, member: str, pattern: re.Pattern[str] = NAME) -> str:
+    value = string(params, member)
+    if not pattern.fullmatch(value):
+        raise invalid(f"{member} {value!r} does not match {pattern.pattern}")
+    return value
+
+
+def certificate_id(params: Params, member: str = "certificateId") -> str:
+    value = string(params, member)
+    if not CERTIFICATE_ID.fullmatch(value):
+        raise invalid(f"{member} {value!r} is not a certificate id (64 hex digits)")
+    return value.removeprefix("0x").lower()
+
+
+def page(
+    params: Params,
+    items: Iterable[T],
+    key: Callable[[T], tuple[Any, ...]],
+    *,
+    size: str,
+    token: str,
+    ascending: bool = True,
+) -> tuple[list[T], str | None]:
+    """One page of ``items`` in ``key`` order, from where the ``token`` member's
+    value says, of the ``size`` member's length; and the token for the next page
+    (None on the last). A token holds the last key returned, so that what is
+    deleted between pages (a teardown deletes as it goes) skips nothing."""
+    count = params.get(size, DEFAULT_PAGE)
+    if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= MAX_PAGE:
+        raise invalid(f"{size} must be from 1 to {MAX_PAGE}")
+    ordered = sorted(items, key=key, reverse=not ascending)
+    given = params.get(token)
+    if given:
+        after = _decode(token, given)
+        try:
+            if ascending:
+                ordered = [i for i in ordered if list(key(i)) > after]
+            else:
+                ordered = [i for i in ordered if list(key(i)) < after]
+        except TypeError:  # a token of another listing
+            raise invalid(f"{token}: not a token this API gave") from None
+    chosen = ordered[:count]
+    if len(ordered) <= count:
+        return chosen, None
+    return chosen, base64.b64encode(json.dumps(key(chosen[-1])).encode()).decode()
+
+
+def _decode(member: str, value: Any) -> list[Any]:
+    try:
+        decoded = json.loads(base64.b64decode(str(value), validate=True))
+    except (ValueError, binascii.Error):
+        decoded = None
+    if not isinstance(decoded, list):
+        raise invalid(f"{member}: not a token this API gave")
+    return decoded

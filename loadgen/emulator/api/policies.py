@@ -1,0 +1,225 @@
+"""Policies, their versions, and the certificates (targets) they attach to."""
+
+from __future__ import annotations
+
+import time
+
+from loadgen.emulator import policy
+from loadgen.emulator.api import base
+from loadgen.emulator.api.base import Account, Params, Result, not_found
+from loadgen.emulator.api.cas import generation_id
+from loadgen.emulator.api.errors import ApiError
+from loadgen.emulator.registry import PolicyInfo, PolicyVersion
+
+# AWS's limits: versions per policy, policies per target.
+MAX_VERSIONS = 5
+MAX_POLICIES_PER_TARGET = 10
+
+
+def _name(account: Account, params: Params) -> str:
+    name = base.string(params, "policyName")
+    if name not in account.registry.policies:
+        raise not_found(f"policy {name} does not exist")
+    return name
+
+
+def _document(params: Params) -> str:
+    document = base.string(params, "policyDocument")
+    try:
+        policy.parse(document)
+    except policy.PolicyError as exc:
+        raise ApiError("MalformedPolicyException", f"policyDocument: {exc}") from None
+    return document
+
+
+def create_policy(account: Account, params: Params) -> Result:
+    registry = account.registry
+    name = base.name(params, "policyName", base.POLICY_NAME)
+    document = _document(params)
+    if name in registry.policies:
+        raise base.already_exists(f"policy {name} exists")
+    now = time.time()
+    registry.save_policy(name, PolicyInfo({"1": PolicyVersion(document, now)}, "1", now, now, 2))
+    return {
+        "policyName": name,
+        "policyArn": account.arn("policy", name),
+        "policyDocument": document,
+        "policyVersionId": "1",
+    }
+
+
+def get_policy(account: Account, params: Params) -> Result:
+    name = _name(account, params)
+    info = account.registry.policy_info(name)
+    return {
+        "policyName": name,
+        "policyArn": account.arn("policy", name),
+        "policyDocument": info.versions[info.default].document,
+        "defaultVersionId": info.default,
+        "creationDate": info.created,
+        "lastModifiedDate": info.modified,
+        "generationId": generation_id(name, info.modified),
+    }
+
+
+def list_policies(account: Account, params: Params) -> Result:
+    chosen, marker = base.page(
+        params,
+        account.registry.policies,
+        lambda n: (n,),
+        size="pageSize",
+        token="marker",
+        ascending=base.flag(params, "ascendingOrder", True),
+    )
+    result: Result = {
+        "policies": [{"policyName": n, "policyArn": account.arn("policy", n)} for n in chosen]
+    }
+    if marker is not None:
+        result["nextMarker"] = marker
+    return result
+
+
+def delete_policy(account: Account, params: Params) -> Result:
+    registry = account.registry
+    name = _name(account, params)
+    targets = registry.policy_targets.get(name)
+    if targets:
+        raise base.conflict(
+            f"policy {name} is attached to {len(targets)} target(s): DetachPolicy first"
+        )
+    info = registry.policy_info(name)
+    if len(info.versions) > 1:
+        raise base.conflict(
+            f"policy {name} has {len(info.versions) - 1} version(s) besides the default: "
+            "DeletePolicyVersion first"
+        )
+    registry.delete_policy(name)
+    return {}
+
+
+def list_policy_versions(account: Account, params: Params) -> Result:
+    info = account.registry.policy_info(_name(account, params))
+    return {
+        "policyVersions": [
+            {"versionId": v, "isDefaultVersion": v == info.default, "createDate": version.created}
+            for v, version in sorted(info.versions.items(), key=lambda i: -int(i[0]))
+        ]
+    }
+
+
+def create_policy_version(account: Account, params: Params) -> Result:
+    registry = account.registry
+    name = _name(account, params)
+    document = _document(params)
+    info = registry.policy_info(name)
+    if len(info.versions) >= MAX_VERSIONS:
+        raise ApiError(
+            "VersionsLimitExceededException",
+            f"policy {name} has {MAX_VERSIONS} versions, AWS's limit: delete one first",
+            409,
+        )
+    version = str(info.next_version)
+    info.versions[version] = PolicyVersion(document, time.time())
+    info.next_version += 1
+    default = base.flag(params, "setAsDefault")
+    if default:
+        info.default = version
+    registry.save_policy(name, info)
+    return {
+        "policyArn": account.arn("policy", name),
+        "policyDocument": document,
+        "policyVersionId": version,
+        "isDefaultVersion": default,
+    }
+
+
+def _version(account: Account, params: Params) -> tuple[str, PolicyInfo, str]:
+    name = _name(account, params)
+    info = account.registry.policy_info(name)
+    version = base.string(params, "policyVersionId")
+    if version not in info.versions:
+        raise not_found(f"policy {name} has no version {version}")
+    return name, info, version
+
+
+def set_default_policy_version(account: Account, params: Params) -> Result:
+    name, info, version = _version(account, params)
+    info.default = version
+    account.registry.save_policy(name, info)
+    return {}
+
+
+def delete_policy_version(account: Account, params: Params) -> Result:
+    name, info, version = _version(account, params)
+    if version == info.default:
+        raise base.conflict(
+            f"version {version} is policy {name}'s default: delete the policy (DeletePolicy)"
+        )
+    del info.versions[version]
+    account.registry.save_policy(name, info)
+    return {}
+
+
+def attach_policy(account: Account, params: Params) -> Result:
+    name = _name(account, params)
+    record = account.certificate_of(base.string(params, "target"))
+    if name not in record.policies and len(record.policies) >= MAX_POLICIES_PER_TARGET:
+        raise ApiError(
+            "LimitExceededException",
+            f"certificate {record.id} has {MAX_POLICIES_PER_TARGET} policies, AWS's limit",
+            410,
+        )
+    account.registry.attach_policy(record, name)
+    return {}
+
+
+def detach_policy(account: Account, params: Params) -> Result:
+    name = _name(account, params)
+    record = account.certificate_of(base.string(params, "target"))
+    if name in record.policies:
+        account.registry.detach_policy(record, name)
+    return {}
+
+
+def list_attached_policies(account: Account, params: Params) -> Result:
+    record = account.certificate_of(base.string(params, "target"))
+    chosen, marker = base.page(
+        params, record.policies, lambda n: (n,), size="pageSize", token="marker"
+    )
+    result: Result = {
+        "policies": [{"policyName": n, "policyArn": account.arn("policy", n)} for n in chosen]
+    }
+    if marker is not None:
+        result["nextMarker"] = marker
+    return result
+
+
+def list_targets_for_policy(account: Account, params: Params) -> Result:
+    name = _name(account, params)
+    chosen, marker = base.page(
+        params,
+        account.registry.policy_targets.get(name, set()),
+        lambda cert_id: (cert_id,),
+        size="pageSize",
+        token="marker",
+    )
+    result: Result = {"targets": [account.arn("cert", cert_id) for cert_id in chosen]}
+    if marker is not None:
+        result["nextMarker"] = marker
+    return result
+
+
+OPERATIONS = {
+    "CreatePolicy": create_policy,
+    "GetPolicy": get_policy,
+    "ListPolicies": list_policies,
+    "DeletePolicy": delete_policy,
+    "ListPolicyVersions": list_policy_versions,
+    "CreatePolicyVersion": create_policy_version,
+    "SetDefaultPolicyVersion": set_default_policy_version,
+    "DeletePolicyVersion": delete_policy_version,
+    "AttachPolicy": attach_policy,
+    "DetachPolicy": detach_policy,
+    "ListAttachedPolicies": list_attached_policies,
+    "ListTargetsForPolicy": list_targets_for_policy,
+}
