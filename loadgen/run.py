@@ -54,6 +54,8 @@ def check_plan(scenario: Scenario, options: RunOptions) -> RunPlan:
     if is_embedded(scenario, options):
         if scenario.emulator.metrics_port is not None:
             check_listen("127.0.0.1", scenario.emulator.metrics_port, "emulator.metrics_port")
+        if scenario.emulator.api_port is not None:
+            check_listen("127.0.0.1", scenario.emulator.api_port, "emulator.api_port")
         options = replace(options, endpoint=_PLACEHOLDER)
         # The emulator would refuse these at its start, after the fleet is minted.
         spec = scenario.emulator
@@ -106,6 +108,8 @@ def endpoint(scenario: Scenario, options: RunOptions) -> Iterator[EndpointSessio
         quotas={str(k): v for k, v in spec.quotas.items()},
         metrics_port=spec.metrics_port,
         limits=spec.limits.to_limits(),
+        api_port=spec.api_port,
+        api_rates=spec.api_rates,
     )
     tls = scenario.tls.model_copy(
         update={"ca_file": emulator.server_ca, "server_name": "localhost"}

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import boto3
+import uvloop
 from botocore.config import Config
 
 from loadgen.emulator.api.app import Call, ControlPlaneApi
@@ -39,7 +40,7 @@ class RunningApi:
 def running_api(
     call: Call, *, rates: dict[str, float | None] | None = None, limits: HttpLimits | None = None
 ) -> Iterator[RunningApi]:
-    loop = asyncio.new_event_loop()
+    loop = uvloop.new_event_loop()  # the emulator's loop
     api = ControlPlaneApi(call, ApiThrottle({"all": None} if rates is None else rates))
     http = HttpServer(api, limits)
     server = loop.run_until_complete(http.start("127.0.0.1", 0))
@@ -71,5 +72,5 @@ def client(service: str, url: str, *, retries: int = 1, **config: Any) -> Any:
         region_name="us-east-1",
         aws_access_key_id="AKIDEMULATOR",
         aws_secret_access_key="emulator-secret",
-        config=Config(retries={"mode": "standard", "max_attempts": retries}, **config),
+        config=Config(retries={"mode": "standard", "total_max_attempts": retries}, **config),
     )

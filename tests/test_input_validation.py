@@ -179,6 +179,26 @@ EMBEDDED_MISTAKES = {
         ":7: emulator.metrics_port:",
         "65535",
     ),
+    "an emulator API port out of range": (
+        "emulator: {api_port: 0}\n",
+        ":7: emulator.api_port:",
+        "greater than or equal to 1",
+    ),
+    "an API rate for an operation AWS IoT does not have": (
+        "emulator:\n  api_port: 18443\n  api_rates: {DeleteCertificates: 10/s}\n",
+        ":9: emulator.api_rates.DeleteCertificates:",
+        "DeleteCertificates is not an operation",
+    ),
+    "an API rate that is not a rate": (
+        "emulator:\n  api_port: 18443\n  api_rates: {all: fast}\n",
+        ":9: emulator.api_rates.all:",
+        "'fast' is not a rate",
+    ),
+    "API rates without an API": (
+        "emulator:\n  api_rates: {all: 'off'}\n",
+        ":8: emulator.api_rates:",
+        "set emulator.api_port too",
+    ),
 }
 
 
@@ -204,6 +224,15 @@ def test_an_emulator_metrics_port_in_use_is_refused_before_the_emulator_starts(t
     result = run_loadgen("run", path, cwd=tmp_path)
     _assert_refused_untouched(
         result, tmp_path, listener, f"emulator.metrics_port {taken}: already in use"
+    )
+
+
+def test_an_emulator_api_port_in_use_is_refused_before_the_emulator_starts(tmp_path, listener):
+    taken = listener.getsockname()[1]
+    path = _write_scenario(tmp_path, 0, f"emulator: {{api_port: {taken}}}\n", endpoint="embedded")
+    result = run_loadgen("run", path, cwd=tmp_path)
+    _assert_refused_untouched(
+        result, tmp_path, listener, f"emulator.api_port {taken}: already in use"
     )
 
 
@@ -298,6 +327,10 @@ PORT_MISTAKES = {
     "emulator serve --metrics-port above 65535": (
         ("emulator", "serve", "--metrics-port", "99999", "--ca", "ca.pem"),
         "--metrics-port 99999: a port from 1 to 65535",
+    ),
+    "emulator serve --api-port above 65535": (
+        ("emulator", "serve", "--api-port", "99999"),
+        "--api-port 99999: a port from 0 to 65535",
     ),
 }
 

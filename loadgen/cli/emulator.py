@@ -19,6 +19,14 @@ from loadgen.errors import UserError
 from loadgen.listen import PORT, PORT_OR_ANY, check_listen, check_server_identity
 
 
+def emu_api_rates(items: tuple[str, ...]) -> dict[str, float | None]:
+    # Here: botocore's models load only for a served API.
+    from loadgen.emulator.api.app import operation_names
+    from loadgen.emulator.api.throttle import parse_api_rates
+
+    return parse_api_rates(items, operation_names())
+
+
 @click.group()
 def emulator() -> None:
     """The local AWS IoT JITP endpoint."""
@@ -67,6 +75,20 @@ def emulator() -> None:
     "or off. Repeatable.",
 )
 @click.option("--metrics-port", type=PORT, help="Serve Prometheus metrics on this port.")
+@click.option(
+    "--api-port",
+    type=PORT_OR_ANY,
+    help="Serve the AWS IoT control-plane API (and a little IAM and STS) on this port, "
+    "HTTP on --host: boto3 and the aws CLI with --endpoint-url. 0: any free port.",
+)
+@click.option(
+    "--api-rate",
+    "api_rates",
+    multiple=True,
+    metavar="NAME=RATE",
+    help="The control plane's throttling of one operation (e.g. DeleteCertificate=10/s), "
+    "or of all, or off (all=off); AWS's default rates otherwise. Repeatable.",
+)
 @click.option(
     "--ca-inactive",
     "inactive_cas",
@@ -140,6 +162,8 @@ def emulator_serve(
     strict_resources: bool,
     quotas: tuple[str, ...],
     metrics_port: int | None,
+    api_port: int | None,
+    api_rates: tuple[str, ...],
     inactive_cas: tuple[Path, ...],
     manual_cas: tuple[Path, ...],
     state_db: Path | None,
@@ -155,8 +179,11 @@ def emulator_serve(
         # SIGTERM: the emulator stops the way its parent would have stopped it.
         lifeline_mod.die_with_parent(lifeline, signal.SIGTERM)
     limits = Quotas.parse(quotas)
-    if not (cas or inactive_cas or manual_cas):
-        raise UserError("register at least one CA (--ca CA_PEM)")
+    if not (cas or inactive_cas or manual_cas or api_port is not None):
+        # With the API, a CA can be registered through it.
+        raise UserError("register at least one CA (--ca CA_PEM), or serve the API (--api-port)")
+    if api_rates and api_port is None:
+        raise UserError("--api-rate throttles the API: give --api-port too")
     if len(configs) > len(cas):
         raise UserError("more --registration-config than --ca")
     if (server_cert is None) != (server_key is None):
@@ -165,9 +192,15 @@ def emulator_serve(
         check_server_identity(server_cert, server_key)
     if metrics_port is not None and metrics_port == port:
         raise UserError(f"--metrics-port {metrics_port}: the same port as --port")
+    if api_port is not None and api_port != 0 and api_port in (port, metrics_port):
+        same = "--port" if api_port == port else "--metrics-port"
+        raise UserError(f"--api-port {api_port}: the same port as {same}")
+    rates = emu_api_rates(api_rates) if api_port is not None else {}
     check_listen(host, port, "--port")
     if metrics_port is not None:
         check_listen(host, metrics_port, "--metrics-port")
+    if api_port is not None:
+        check_listen(host, api_port, "--api-port")
     registrations = [
         emu_serve.CaRegistration(
             ca,
@@ -196,6 +229,11 @@ def emulator_serve(
         emu_metrics.serve(emulator_, host, metrics_port)
     uvloop.run(
         emu_serve.serve_forever(
-            emulator_, host, port, server_ca, stdin_lifeline=lifeline is not None
+            emulator_,
+            host,
+            port,
+            server_ca,
+            stdin_lifeline=lifeline is not None,
+            api=None if api_port is None else emu_serve.ApiSetup(api_port, rates),
         )
     )

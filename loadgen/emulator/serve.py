@@ -14,7 +14,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 
@@ -29,9 +29,16 @@ from loadgen.emulator.structure import config_problems
 from loadgen.errors import ConfigError, LoadgenError, UserError
 from loadgen.files import write
 
+if TYPE_CHECKING:
+    from loadgen.emulator.api.app import ApiStats
+
 READY = "loadgen emulator: ready on"
 STATS = "loadgen emulator: stats "
+# Printed before the ready line when the control plane is served: once the ready
+# line is out, both listen.
+API_READY = "loadgen emulator: control plane on"
 _READY_LINE = re.compile(r"ready on (\S+):(\d+) \(server CA: (.+)\)")
+_API_LINE = re.compile(r"control plane on (http://\S+:\d+)")
 
 
 @dataclass(frozen=True)
@@ -100,8 +107,22 @@ def build_registry(
     return registry
 
 
+@dataclass(frozen=True)
+class ApiSetup:
+    """The control plane's HTTP API, for ``--api-port``."""
+
+    port: int
+    rates: dict[str, float | None]
+
+
 async def serve_forever(
-    emulator: Emulator, host: str, port: int, server_ca: Path, *, stdin_lifeline: bool = False
+    emulator: Emulator,
+    host: str,
+    port: int,
+    server_ca: Path,
+    *,
+    stdin_lifeline: bool = False,
+    api: ApiSetup | None = None,
 ) -> None:
     """Serve until a stop signal, or (``stdin_lifeline``, for a parent that
     started it) until stdin reaches end-of-file: the parent is gone."""
@@ -113,18 +134,39 @@ async def serve_forever(
     if stdin_lifeline:
         _stop_at_eof(loop, sys.stdin.fileno(), stop)
     # SIGUSR1: the counts so far, for a parent that measures in steps (capacity).
-    loop.add_signal_handler(signal.SIGUSR1, lambda: _print_stats(emulator))
     try:
         server = await emulator.serve(host, port)
     except OSError as exc:  # taken since the check before the start
         raise UserError(f"--port {port}: cannot listen on {host} ({exc.strerror})") from None
     bound = server.sockets[0].getsockname()
+    api_stats: ApiStats | None = None
+    api_server: asyncio.Server | None = None
+    if api is not None:
+        # Here, not at the top: botocore's models load only for a served API.
+        from loadgen.emulator.api.http import HttpServer
+        from loadgen.emulator.api.serve import api_control_plane
+
+        # DescribeEndpoint answers with where devices connect: the port bound.
+        control = api_control_plane(emulator.registry, f"{bound[0]}:{bound[1]}", api.rates)
+        api_stats = control.stats
+        try:
+            api_server = await HttpServer(control).start(host, api.port)
+        except OSError as exc:
+            server.close()
+            raise UserError(
+                f"--api-port {api.port}: cannot listen on {host} ({exc.strerror})"
+            ) from None
+        api_bound = api_server.sockets[0].getsockname()
+        print(f"{API_READY} http://{api_bound[0]}:{api_bound[1]}", flush=True)
+    loop.add_signal_handler(signal.SIGUSR1, lambda: _print_stats(emulator, api_stats))
     print(f"{READY} {bound[0]}:{bound[1]} (server CA: {server_ca})", flush=True)
     async with server:
         await stop.wait()
+    if api_server is not None:
+        api_server.close()
     # For whoever started it (a run with endpoint: embedded): what happened here.
     try:
-        _print_stats(emulator)
+        _print_stats(emulator, api_stats)
     except BrokenPipeError:
         # Nobody reads any more; the exit's own flush must not fail again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -152,9 +194,9 @@ def _stop_at_eof(loop: asyncio.AbstractEventLoop, fd: int, stop: asyncio.Event) 
     loop.add_reader(fd, on_readable)
 
 
-def _print_stats(emulator: Emulator) -> None:
+def _print_stats(emulator: Emulator, api: ApiStats | None = None) -> None:
     stats = emulator.stats
-    summary = {
+    summary: dict[str, Any] = {
         "provision": dict(stats.provision),
         "provision_failures": dict(stats.provision_reasons),
         "connects": dict(stats.connects),
@@ -162,6 +204,12 @@ def _print_stats(emulator: Emulator) -> None:
         "closes": dict(stats.closes),
         "dropped": dict(stats.dropped),
     }
+    if api is not None:
+        summary["api"] = {
+            "calls": dict(api.calls),
+            "errors": dict(api.errors),
+            "throttled": dict(api.throttled),
+        }
     print(STATS + json.dumps(summary), flush=True)
 
 
@@ -173,6 +221,7 @@ class EmbeddedEmulator:
     host: str
     port: int
     server_ca: Path
+    api_url: str | None = None  # the control plane's, when it has one
 
     def stats(self, timeout: float = 10.0) -> dict[str, Any] | None:
         """Its counts so far (None if it does not answer in time)."""
@@ -239,6 +288,8 @@ def start_embedded(
     metrics_port: int | None = None,
     state_db: Path | None = None,
     limits: Limits | None = None,
+    api_port: int | None = None,
+    api_rates: dict[str, str] | None = None,
 ) -> EmbeddedEmulator:
     """`loadgen emulator serve` in a subprocess on a free loopback port, trusting
     the CA in ``fleet_ca``; returns once it is ready. It stops when this process
@@ -273,6 +324,10 @@ def start_embedded(
         args += ["--state", str(state_db)]
     if limits is not None:
         args += limit_options(limits)
+    if api_port is not None:
+        args += ["--api-port", str(api_port)]
+    for name, rate in (api_rates or {}).items():
+        args += ["--api-rate", f"{name}={rate}"]
     state.mkdir(parents=True, exist_ok=True)
     log = state / "emulator.log"
     # Its stderr goes to a file: a pipe nobody reads would fill and stall it.
@@ -291,16 +346,24 @@ def start_embedded(
     assert process.stdout is not None
     deadline = time.monotonic() + 60
     line = ""
+    api_url = None
     while (left := deadline - time.monotonic()) > 0:
-        ready, _, _ = select.select([process.stdout], [], [], left)
-        if not ready:
-            break
+        # The ready line follows the API's at once, and may be read into the
+        # pipe's buffer with it, where select() does not see it.
+        if api_url is None:
+            ready, _, _ = select.select([process.stdout], [], [], left)
+            if not ready:
+                break
         line = process.stdout.readline()
         if not line:
             break
+        api_match = _API_LINE.search(line)
+        if api_match:
+            api_url = api_match[1]
+            continue
         match = _READY_LINE.search(line)
         if match:
-            return EmbeddedEmulator(process, match[1], int(match[2]), Path(match[3]))
+            return EmbeddedEmulator(process, match[1], int(match[2]), Path(match[3]), api_url)
     process.kill()
     process.wait()
     tail = log.read_text(errors="replace").strip().splitlines()[-1:] or [line.strip()]

@@ -79,6 +79,7 @@ class Emulator:
         self.server_key = server_key
         self.stats = EmulatorStats()
         self._parsed: dict[str, list[policy.Statement]] = {}
+        self._contexts: dict[tuple[str, ...], ssl.SSLContext] = {}
         # Sessions with subscriptions, for routing PUBLISHes between devices.
         self.subscribers: set[_Session] = set()
 
@@ -94,18 +95,42 @@ class Emulator:
         return out
 
     def ssl_context(self) -> ssl.SSLContext:
-        """Trust exactly the registered, active CAs."""
+        """The listening context. The CAs registered through the control plane
+        (or set INACTIVE, or deleted) count from the next handshake: each one is
+        handed a context that trusts exactly the registry's active CAs then."""
+        context = self._trusting(self._active_cas())
+        context.sni_callback = self._at_handshake
+        return context
+
+    def _active_cas(self) -> tuple[str, ...]:
+        return tuple(sorted(ca.id for ca in self.registry.cas.values() if ca.active))
+
+    def _trusting(self, cas: tuple[str, ...]) -> ssl.SSLContext:
+        """A context trusting ``cas``; the latest one is kept, for the next
+        handshakes: the set changes seldom, handshakes come by the thousand."""
+        cached = self._contexts.get(cas)
+        if cached is not None:
+            return cached
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(self.server_cert, self.server_key)
         context.verify_mode = ssl.CERT_REQUIRED
         trusted = [
-            ca.cert.public_bytes(Encoding.PEM).decode()
-            for ca in self.registry.cas.values()
-            if ca.active
+            self.registry.cas[ca_id].cert.public_bytes(Encoding.PEM).decode() for ca_id in cas
         ]
         if trusted:
             context.load_verify_locations(cadata="".join(trusted))
+        self._contexts = {cas: context}
         return context
+
+    def _at_handshake(
+        self, ssl_object: ssl.SSLObject | ssl.SSLSocket, server_name: str | None, _: ssl.SSLContext
+    ) -> None:
+        # OpenSSL calls this at every ClientHello, with or without SNI, before
+        # the client's certificate is asked for: the chain is verified against
+        # the context set here.
+        context = self._trusting(self._active_cas())
+        if context is not ssl_object.context:
+            ssl_object.context = context
 
     def route(self, packet: mqtt.Publish) -> None:
         for session in list(self.subscribers):

@@ -298,6 +298,34 @@ class EmulatorSpec(_Strict):
         default=None, ge=1, le=65535, description="Serve its Prometheus metrics"
     )
     limits: EmulatorLimits = Field(default_factory=EmulatorLimits)
+    api_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="Serve the AWS IoT control-plane API here (http://127.0.0.1:PORT)",
+    )
+    api_rates: dict[str, str] = Field(
+        default_factory=dict,
+        description='Throttling per operation (or all): {DeleteCertificate: 10/s, all: "off"}',
+    )
+
+    @model_validator(mode="after")
+    def _api(self) -> EmulatorSpec:
+        if self.api_rates and self.api_port is None:
+            raise field_error(("api_rates",), "throttles the API: set emulator.api_port too")
+        if self.api_rates:
+            # Here: botocore's models load only for a scenario that asks.
+            from loadgen.emulator.api.app import operation_names
+            from loadgen.emulator.api.throttle import parse_api_rates
+            from loadgen.errors import UserError
+
+            for name, rate in self.api_rates.items():
+                try:
+                    parse_api_rates([f"{name}={rate}"], operation_names())
+                except UserError as exc:
+                    message = str(exc).split(": ", 1)[1]
+                    raise field_error(("api_rates", name), message) from None
+        return self
 
 
 class Scenario(_Strict):
