@@ -332,3 +332,38 @@ def test_a_bad_api_option_is_a_one_line_error(tmp_path, args, fragment):
     result = run_loadgen("emulator", "serve", "--state-dir", tmp_path, *args)
     assert_user_error(result, fragment)
     assert not (tmp_path / "server-ca").exists()
+
+
+def test_aws_teardown_through_the_api_at_aws_rates_leaves_the_devices_refused(fleet, tmp_path):
+    ca, store = fleet
+    emulator = serve(tmp_path / "emulator")  # AWS's default rates: teardown paces itself
+    try:
+        iot = client("iot", emulator.api_url)
+        register(iot, ca, tmp_path)
+        for device in store.devices():
+            assert connect(emulator, store, device) == "closed"  # JITP
+        env = {
+            **os.environ,
+            "AWS_ACCESS_KEY_ID": "AKIDEMULATOR",
+            "AWS_SECRET_ACCESS_KEY": "emulator-secret",
+            "AWS_CONFIG_FILE": str(tmp_path / "no-config"),
+            "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no-credentials"),
+        }
+        teardown = subprocess.run(
+            [
+                *(sys.executable, "-m", "loadgen", "aws", "teardown", "--ca", str(ca.directory)),
+                *("--endpoint-url", emulator.api_url, "--region", "us-east-1", "--yes"),
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+        )
+        assert teardown.returncode == 0, teardown.stdout + teardown.stderr
+        assert iot.list_ca_certificates()["certificates"] == []
+        assert iot.list_certificates()["certificates"] == []
+        assert iot.list_things()["things"] == []
+        assert iot.list_policies()["policies"] == []
+        assert connect(emulator, store, next(store.devices())) == "tls refused"
+    finally:
+        emulator.stop()
