@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -412,3 +413,42 @@ def test_connections_past_the_limit_are_closed_and_the_first_ones_served():
             for sock in held:
                 sock.close()
         assert api.http.refused >= 1
+
+
+def test_curl_gets_its_100_continue_before_sending_a_large_body():
+    # A client that asks (Expect: 100-continue; curl does before large bodies)
+    # would otherwise wait a second for the answer before sending it anyway.
+    recorder = Recorder(CreatePolicy={"policyName": "p"})
+    document = json.dumps({"Version": "2012-10-17", "Statement": [], "pad": "x" * 4000})
+    with running_api(recorder) as api:
+        proc = subprocess.run(
+            [
+                "curl",
+                "-sS",
+                "-v",
+                "-X",
+                "POST",
+                f"{api.url}/policies/p",
+                "-H",
+                "Content-Type: application/json",
+                "-H",
+                "Expect: 100-continue",
+                "--data-binary",
+                json.dumps({"policyDocument": document}),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert proc.returncode == 0, proc.stderr
+    assert "< HTTP/1.1 100" in proc.stderr
+    assert json.loads(proc.stdout) == {"policyName": "p"}
+    assert recorder.calls == [("CreatePolicy", {"policyName": "p", "policyDocument": document})]
+
+
+def test_a_head_request_gets_the_status_and_no_body():
+    # (No IoT operation is a HEAD: it is the 404 a GET of nothing would be.)
+    with running_api(Recorder()) as api:
+        answer = _raw(api.port, b"HEAD /things HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 404 ")
+    assert answer.endswith(b"\r\n\r\n")

@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import json
+import sys
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import cast
@@ -155,6 +157,12 @@ class _HttpConnection(asyncio.Protocol):
                     return
                 self.request = event
                 self.body.clear()
+                if self.conn.they_are_waiting_for_100_continue:
+                    # (curl asks before a body over 1 KiB; botocore does not.)
+                    self.transport.write(
+                        self.conn.send(h11.InformationalResponse(status_code=100, headers=[]))
+                        or b""
+                    )
             elif isinstance(event, h11.Data):
                 self.body += event.data
                 if len(self.body) > self.limits.max_body:
@@ -181,7 +189,14 @@ class _HttpConnection(asyncio.Protocol):
         )
         self.request = None
         self.body.clear()
-        self._send(self.server.handler(request))
+        try:
+            response = self.server.handler(request)
+        except Exception as exc:  # a bug: this request fails, the server goes on
+            traceback.print_exception(exc, file=sys.stderr)
+            response = error_response(500, "InternalFailureException", "the emulator failed")
+        if request.method == "HEAD":
+            response = Response(response.status, response.headers)
+        self._send(response)
         if self.conn.our_state is h11.MUST_CLOSE:
             self.transport.close()
             return
