@@ -713,3 +713,98 @@ def test_attachments_made_and_removed_through_the_api_survive_a_restart(device_c
     restarted = ControlPlane(Registry(store=RegistryStore(db)))
     assert restarted.call("ListThingPrincipals", {"thingName": thing})["principals"] == []
     assert restarted.call("ListTargetsForPolicy", {"policyName": "p"})["targets"] == [target]
+
+
+# -- teardown on these rules ---------------------------------------------------------
+
+
+class _Client:
+    """boto3's iot client methods by their names, straight onto ControlPlane.call,
+    failing as botocore fails (the HTTP between them is the API server's, tested
+    with boto3 itself in test_emulator_api.py)."""
+
+    def __init__(self, plane: ControlPlane) -> None:
+        import botocore.session
+        from botocore import xform_name
+
+        model = botocore.session.get_session().get_service_model("iot")
+        self._plane = plane
+        self._names = {xform_name(op): op for op in model.operation_names}
+
+    def __getattr__(self, method: str):
+        from botocore.exceptions import ClientError
+
+        operation = self._names[method]
+
+        def call(**params):
+            try:
+                return self._plane.call(operation, params)
+            except ApiError as exc:
+                error = {"Error": {"Code": exc.code, "Message": exc.message}}
+                raise ClientError(error, operation) from None
+
+        return call
+
+
+def test_teardown_removes_what_jitp_made_for_a_ca_registered_through_the_api_and_nothing_else(
+    plane, fleet, other_ca, tmp_path
+):
+    from loadgen.aws.ratelimit import AWS_RATES, RateLimits
+    from loadgen.aws.teardown import Teardown
+
+    ca = init_ca(tmp_path / "ca-a")
+    mint(MintRequest(tmp_path / "fleet-a", ca.directory, 4, None, seed=2))
+    store = FleetStore(tmp_path / "fleet-a")
+    devices = [
+        x509.load_pem_x509_certificate((store.path / d.cert).read_bytes()) for d in store.devices()
+    ]
+    _register(plane, ca, tmp_path)
+    _register(plane, other_ca, tmp_path)
+    mint(MintRequest(tmp_path / "fleet-b", other_ca.directory, 2, None, seed=3))
+    b_store = FleetStore(tmp_path / "fleet-b")
+    b_devices = [
+        x509.load_pem_x509_certificate((b_store.path / d.cert).read_bytes())
+        for d in b_store.devices()
+    ]
+    a_ids = _provision(plane, devices)
+    b_ids = _provision(plane, b_devices)
+    plane.call("CreateThing", {"thingName": "loose"})
+    plane.call("CreatePolicy", {"policyName": "shared", "policyDocument": POLICY})
+    for cert_id in (a_ids[0], b_ids[0]):
+        plane.call("AttachPolicy", {"policyName": "shared", "target": _arn("cert", cert_id)})
+    jitp_policies = set(plane.registry.policies) - {"shared"}
+    b_things = {t for i in b_ids for t in plane.registry.certificates[i].things}
+
+    teardown = Teardown(_Client(plane), ca.directory, RateLimits(rates={k: 1e6 for k in AWS_RATES}))
+    summary = teardown.run(teardown.find())
+
+    assert summary.complete and summary.certificates.deleted == len(a_ids)
+    assert set(plane.registry.certificates) == set(b_ids)
+    assert set(plane.registry.things) == b_things | {"loose"}
+    # JITP's policy and the shared one are still attached to B's devices.
+    assert set(plane.registry.policies) == jitp_policies | {"shared"}
+    assert set(plane.registry.cas) == {other_ca.fingerprint}
+    emulator = Emulator(plane.registry, "unused.pem", "unused.key")
+    assert emulator.admit(devices[0]) == "unknown CA"
+
+
+def test_a_state_file_of_an_earlier_version_opens_and_its_certificates_describe(tmp_path):
+    import sqlite3
+
+    db = tmp_path / "old.sqlite"
+    old = sqlite3.connect(db)
+    old.executescript(
+        """
+        CREATE TABLE certificates (id TEXT PRIMARY KEY, ca_id TEXT, status TEXT);
+        CREATE TABLE things (name TEXT PRIMARY KEY, type_name TEXT, attributes TEXT, groups_ TEXT);
+        INSERT INTO certificates VALUES ('{cert}', '{ca}', 'ACTIVE');
+        INSERT INTO things VALUES ('t1', NULL, '{{}}', '[]');
+        """.format(cert="d" * 64, ca="e" * 64)
+    )
+    old.commit()
+    old.close()
+    plane = ControlPlane(Registry(store=RegistryStore(db)))
+    description = plane.call("DescribeCertificate", {"certificateId": "d" * 64})
+    assert description["certificateDescription"]["status"] == "ACTIVE"
+    assert "certificatePem" not in description["certificateDescription"]
+    assert plane.call("DescribeThing", {"thingName": "t1"})["version"] == 1
