@@ -111,37 +111,57 @@ def certificate_id(params: Params, member: str = "certificateId") -> str:
     return value.removeprefix("0x").lower()
 
 
-def page(
+@dataclass(frozen=True)
+class Paging:
+    """How a listing pages: the members of its page size, of the token in, and
+    of the token out."""
+
+    size: str
+    token: str
+    next_token: str
+
+
+MARKER = Paging("pageSize", "marker", "nextMarker")
+TOKEN = Paging("maxResults", "nextToken", "nextToken")
+
+
+def by_name(name: str) -> tuple[str]:
+    return (name,)
+
+
+def listing(
     params: Params,
+    member: str,
     items: Iterable[T],
     key: Callable[[T], tuple[Any, ...]],
+    render: Callable[[T], Any],
     *,
-    size: str,
-    token: str,
+    paging: Paging,
     ascending: bool = True,
-) -> tuple[list[T], str | None]:
-    """One page of ``items`` in ``key`` order, from where the ``token`` member's
-    value says, of the ``size`` member's length; and the token for the next page
-    (None on the last). A token holds the last key returned, so that what is
-    deleted between pages (a teardown deletes as it goes) skips nothing."""
-    count = params.get(size, DEFAULT_PAGE)
+) -> Result:
+    """One page of ``items`` in ``key`` order, rendered under ``member``, from
+    where the request's token says, and the token of the next page unless it is
+    the last. A token holds the last key returned, so that what is deleted
+    between pages (a teardown deletes as it goes) skips nothing."""
+    count = params.get(paging.size, DEFAULT_PAGE)
     if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= MAX_PAGE:
-        raise invalid(f"{size} must be from 1 to {MAX_PAGE}")
+        raise invalid(f"{paging.size} must be from 1 to {MAX_PAGE}")
     ordered = sorted(items, key=key, reverse=not ascending)
-    given = params.get(token)
+    given = params.get(paging.token)
     if given:
-        after = _decode(token, given)
+        after = _decode(paging.token, given)
         try:
             if ascending:
                 ordered = [i for i in ordered if list(key(i)) > after]
             else:
                 ordered = [i for i in ordered if list(key(i)) < after]
         except TypeError:  # a token of another listing
-            raise invalid(f"{token}: not a token this API gave") from None
+            raise invalid(f"{paging.token}: not a token this API gave") from None
     chosen = ordered[:count]
-    if len(ordered) <= count:
-        return chosen, None
-    return chosen, base64.b64encode(json.dumps(key(chosen[-1])).encode()).decode()
+    result: Result = {member: [render(i) for i in chosen]}
+    if len(ordered) > count:
+        result[paging.next_token] = base64.b64encode(json.dumps(key(chosen[-1])).encode()).decode()
+    return result
 
 
 def _decode(member: str, value: Any) -> list[Any]:

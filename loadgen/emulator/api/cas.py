@@ -183,28 +183,20 @@ def list_ca_certificates(account: Account, params: Params) -> Result:
     template = base.optional_string(params, "templateName")
     if template is not None:
         cas = [ca for ca in cas if (ca.config or {}).get("templateName") == template]
-    chosen, marker = base.page(
+    return base.listing(
         params,
+        "certificates",
         cas,
         lambda ca: (ca.created, ca.id),
-        size="pageSize",
-        token="marker",
+        lambda ca: {
+            "certificateArn": account.arn("cacert", ca.id),
+            "certificateId": ca.id,
+            "status": _ca_status(ca),
+            "creationDate": ca.created,
+        },
+        paging=base.MARKER,
         ascending=base.flag(params, "ascendingOrder"),
     )
-    result: Result = {
-        "certificates": [
-            {
-                "certificateArn": account.arn("cacert", ca.id),
-                "certificateId": ca.id,
-                "status": _ca_status(ca),
-                "creationDate": ca.created,
-            }
-            for ca in chosen
-        ]
-    }
-    if marker is not None:
-        result["nextMarker"] = marker
-    return result
 
 
 def delete_ca_certificate(account: Account, params: Params) -> Result:

@@ -96,22 +96,17 @@ def list_thing_types(account: Account, params: Params) -> Result:
     wanted = base.optional_string(params, "thingTypeName")
     if wanted is not None:
         names = [n for n in names if n == wanted]
-    chosen, token = base.page(params, names, lambda n: (n,), size="maxResults", token="nextToken")
-    listed = []
-    for name in chosen:
+
+    def render(name: str) -> Result:
         info = registry.thing_type_info(name)
-        listed.append(
-            {
-                "thingTypeName": name,
-                "thingTypeArn": account.arn("thingtype", name),
-                "thingTypeProperties": _type_properties(info),
-                "thingTypeMetadata": _type_metadata(info),
-            }
-        )
-    result: Result = {"thingTypes": listed}
-    if token is not None:
-        result["nextToken"] = token
-    return result
+        return {
+            "thingTypeName": name,
+            "thingTypeArn": account.arn("thingtype", name),
+            "thingTypeProperties": _type_properties(info),
+            "thingTypeMetadata": _type_metadata(info),
+        }
+
+    return base.listing(params, "thingTypes", names, base.by_name, render, paging=base.TOKEN)
 
 
 # -- thing groups ---------------------------------------------------------------
@@ -226,13 +221,14 @@ def list_thing_groups(account: Account, params: Params) -> Result:
     prefix = base.optional_string(params, "namePrefixFilter")
     if prefix is not None:
         names = [n for n in names if n.startswith(prefix)]
-    chosen, token = base.page(params, names, lambda n: (n,), size="maxResults", token="nextToken")
-    result: Result = {
-        "thingGroups": [{"groupName": n, "groupArn": account.arn("thinggroup", n)} for n in chosen]
-    }
-    if token is not None:
-        result["nextToken"] = token
-    return result
+    return base.listing(
+        params,
+        "thingGroups",
+        names,
+        base.by_name,
+        lambda n: {"groupName": n, "groupArn": account.arn("thinggroup", n)},
+        paging=base.TOKEN,
+    )
 
 
 OPERATIONS = {
