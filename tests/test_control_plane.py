@@ -808,3 +808,17 @@ def test_a_state_file_of_an_earlier_version_opens_and_its_certificates_describe(
     assert description["certificateDescription"]["status"] == "ACTIVE"
     assert "certificatePem" not in description["certificateDescription"]
     assert plane.call("DescribeThing", {"thingName": "t1"})["version"] == 1
+
+
+def test_every_change_of_a_ca_moves_the_registrys_ca_version(plane, device_ca, tmp_path):
+    """What the TLS side watches to rebuild what it trusts, and only then."""
+    versions = [plane.registry.ca_version]
+    ca_id = _register(plane, device_ca, tmp_path)
+    versions.append(plane.registry.ca_version)
+    plane.call("DescribeCACertificate", {"certificateId": ca_id})
+    versions.append(plane.registry.ca_version)
+    plane.call("UpdateCACertificate", {"certificateId": ca_id, "newStatus": "INACTIVE"})
+    versions.append(plane.registry.ca_version)
+    plane.call("DeleteCACertificate", {"certificateId": ca_id})
+    versions.append(plane.registry.ca_version)
+    assert versions[0] < versions[1] == versions[2] < versions[3] < versions[4]
