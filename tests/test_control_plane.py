@@ -822,3 +822,9 @@ def test_every_change_of_a_ca_moves_the_registrys_ca_version(plane, device_ca, t
     plane.call("DeleteCACertificate", {"certificateId": ca_id})
     versions.append(plane.registry.ca_version)
     assert versions[0] < versions[1] == versions[2] < versions[3] < versions[4]
+
+
+def test_a_member_given_as_none_is_a_member_not_given(plane):
+    plane.call("CreatePolicy", {"policyName": "p", "policyDocument": POLICY})
+    listed = plane.call("ListPolicies", {"pageSize": None, "marker": None, "ascendingOrder": None})
+    assert [p["policyName"] for p in listed["policies"]] == ["p"]

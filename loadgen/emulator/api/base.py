@@ -92,7 +92,9 @@ def optional_string(params: Params, name: str) -> str | None:
 
 
 def flag(params: Params, name: str, default: bool = False) -> bool:
-    value = params.get(name, default)
+    value = params.get(name)
+    if value is None:
+        return default
     if not isinstance(value, bool):
         raise invalid(f"{name} must be a boolean")
     return value
@@ -144,7 +146,9 @@ def listing(
     where the request's token says, and the token of the next page unless it is
     the last. A token holds the last key returned, so that what is deleted
     between pages (a teardown deletes as it goes) skips nothing."""
-    count = params.get(paging.size, DEFAULT_PAGE)
+    count = params.get(paging.size)
+    if count is None:
+        count = DEFAULT_PAGE
     if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= MAX_PAGE:
         raise invalid(f"{paging.size} must be from 1 to {MAX_PAGE}")
     given = params.get(paging.token)
