@@ -72,9 +72,55 @@ def _provision(plane: ControlPlane, certs: list[x509.Certificate]) -> list[str]:
     return [certificate_id(c) for c in certs]
 
 
+class _CheckedControlPlane(ControlPlane):
+    """Every answer checked against the operation's output shape in botocore's
+    model: only its members, of its types."""
+
+    def call(self, operation, params):
+        result = super().call(operation, params)
+        shape = _MODEL.operation_model(operation).output_shape
+        _check_shape(result, shape, operation)
+        return result
+
+
+def _iot_model():
+    import botocore.session
+
+    return botocore.session.get_session().get_service_model("iot")
+
+
+_MODEL = _iot_model()
+_TYPES = {
+    "string": str,
+    "boolean": bool,
+    "integer": int,
+    "long": int,
+    "timestamp": float,
+    "map": dict,
+    "list": list,
+    "structure": dict,
+}
+
+
+def _check_shape(value, shape, where):
+    if shape is None:
+        assert value == {}, where
+        return
+    assert isinstance(value, _TYPES[shape.type_name]), f"{where}: {value!r} is no {shape.type_name}"
+    if shape.type_name == "structure":
+        for name, member in value.items():
+            assert name in shape.members, f"{where}: {name} is not a member of {shape.name}"
+            _check_shape(member, shape.members[name], f"{where}.{name}")
+    elif shape.type_name == "list":
+        for item in value:
+            _check_shape(item, shape.member, f"{where}[]")
+    elif shape.type_name == "string" and shape.enum:
+        assert value in shape.enum, f"{where}: {value!r} not one of {shape.enum}"
+
+
 @pytest.fixture
 def plane() -> ControlPlane:
-    return ControlPlane(Registry(), mqtt_address="127.0.0.1:18883")
+    return _CheckedControlPlane(Registry(), mqtt_address="127.0.0.1:18883")
 
 
 # -- CAs ---------------------------------------------------------------------
@@ -343,12 +389,12 @@ def test_a_deleted_certificate_is_gone(plane):
 
 def test_a_ca_registered_through_the_api_survives_a_restart_with_state(device_ca, fleet, tmp_path):
     db = tmp_path / "state.sqlite"
-    plane = ControlPlane(Registry(store=RegistryStore(db)))
+    plane = _CheckedControlPlane(Registry(store=RegistryStore(db)))
     ca_id = _register(plane, device_ca, tmp_path)
     plane.call(
         "UpdateCACertificate", {"certificateId": ca_id, "newAutoRegistrationStatus": "DISABLE"}
     )
-    restarted = ControlPlane(Registry(store=RegistryStore(db)))
+    restarted = _CheckedControlPlane(Registry(store=RegistryStore(db)))
     description = restarted.call("DescribeCACertificate", {"certificateId": ca_id})
     assert description["certificateDescription"]["autoRegistrationStatus"] == "DISABLE"
     assert description["registrationConfig"]["templateBody"] == REGISTRATION_CONFIG["templateBody"]
@@ -357,12 +403,12 @@ def test_a_ca_registered_through_the_api_survives_a_restart_with_state(device_ca
 
 def test_certificate_changes_survive_a_restart_with_state(device_ca, fleet, tmp_path):
     db = tmp_path / "state.sqlite"
-    plane = ControlPlane(Registry(store=RegistryStore(db)))
+    plane = _CheckedControlPlane(Registry(store=RegistryStore(db)))
     _register(plane, device_ca, tmp_path)
     kept, deleted = _provision(plane, fleet[:2])
     plane.call("UpdateCertificate", {"certificateId": kept, "newStatus": "INACTIVE"})
     _force_delete(plane, deleted)
-    restarted = ControlPlane(Registry(store=RegistryStore(db)))
+    restarted = _CheckedControlPlane(Registry(store=RegistryStore(db)))
     description = restarted.call("DescribeCertificate", {"certificateId": kept})
     assert description["certificateDescription"]["status"] == "INACTIVE"
     assert "certificatePem" in description["certificateDescription"]
@@ -566,7 +612,7 @@ def test_a_ca_registered_through_the_api_needs_the_thing_types_its_template_name
     template = json.loads(REGISTRATION_CONFIG["templateBody"])
     template["Resources"]["thing"]["Properties"]["ThingTypeName"] = "lamp"
     config = {**REGISTRATION_CONFIG, "templateBody": json.dumps(template)}
-    plane = ControlPlane(Registry(strict_resources=True))
+    plane = _CheckedControlPlane(Registry(strict_resources=True))
     _register(plane, device_ca, tmp_path, registrationConfig=config)
     emulator = Emulator(plane.registry, "unused.pem", "unused.key")
     assert "lamp does not exist" in emulator.admit(fleet[0])
@@ -673,7 +719,7 @@ def test_attach_policy_to_a_certificate_that_does_not_exist_is_not_found(plane):
 
 def test_things_groups_and_policy_versions_survive_a_restart_with_state(tmp_path):
     db = tmp_path / "state.sqlite"
-    plane = ControlPlane(Registry(store=RegistryStore(db)))
+    plane = _CheckedControlPlane(Registry(store=RegistryStore(db)))
     plane.call(
         "CreateThingType",
         {"thingTypeName": "lamp", "thingTypeProperties": {"thingTypeDescription": "d"}},
@@ -688,7 +734,7 @@ def test_things_groups_and_policy_versions_survive_a_restart_with_state(tmp_path
     )
     plane.call("CreateThing", {"thingName": "gone"})
     plane.call("DeleteThing", {"thingName": "gone"})
-    restarted = ControlPlane(Registry(store=RegistryStore(db)))
+    restarted = _CheckedControlPlane(Registry(store=RegistryStore(db)))
     described = restarted.call("DescribeThingType", {"thingTypeName": "lamp"})
     assert described["thingTypeMetadata"]["deprecated"] is True
     assert described["thingTypeProperties"]["thingTypeDescription"] == "d"
@@ -702,7 +748,7 @@ def test_things_groups_and_policy_versions_survive_a_restart_with_state(tmp_path
 
 def test_attachments_made_and_removed_through_the_api_survive_a_restart(device_ca, fleet, tmp_path):
     db = tmp_path / "state.sqlite"
-    plane = ControlPlane(Registry(store=RegistryStore(db)))
+    plane = _CheckedControlPlane(Registry(store=RegistryStore(db)))
     _register(plane, device_ca, tmp_path)
     (cert_id,) = _provision(plane, fleet[:1])
     target = _arn("cert", cert_id)
@@ -710,7 +756,7 @@ def test_attachments_made_and_removed_through_the_api_survive_a_restart(device_c
     plane.call("CreatePolicy", {"policyName": "p", "policyDocument": POLICY})
     plane.call("AttachPolicy", {"policyName": "p", "target": target})
     plane.call("DetachThingPrincipal", {"thingName": thing, "principal": target})
-    restarted = ControlPlane(Registry(store=RegistryStore(db)))
+    restarted = _CheckedControlPlane(Registry(store=RegistryStore(db)))
     assert restarted.call("ListThingPrincipals", {"thingName": thing})["principals"] == []
     assert restarted.call("ListTargetsForPolicy", {"policyName": "p"})["targets"] == [target]
 
@@ -803,7 +849,7 @@ def test_a_state_file_of_an_earlier_version_opens_and_its_certificates_describe(
     )
     old.commit()
     old.close()
-    plane = ControlPlane(Registry(store=RegistryStore(db)))
+    plane = _CheckedControlPlane(Registry(store=RegistryStore(db)))
     description = plane.call("DescribeCertificate", {"certificateId": "d" * 64})
     assert description["certificateDescription"]["status"] == "ACTIVE"
     assert "certificatePem" not in description["certificateDescription"]
