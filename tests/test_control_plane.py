@@ -874,3 +874,26 @@ def test_a_member_given_as_none_is_a_member_not_given(plane):
     plane.call("CreatePolicy", {"policyName": "p", "policyDocument": POLICY})
     listed = plane.call("ListPolicies", {"pageSize": None, "marker": None, "ascendingOrder": None})
     assert [p["policyName"] for p in listed["policies"]] == ["p"]
+
+
+@pytest.mark.parametrize(
+    ("operation", "params"),
+    [
+        ("CreateThing", {"thingName": "t", "attributePayload": {"attributes": {"a": 1}}}),
+        ("CreateThing", {"thingName": 5}),
+        (
+            "CreateThingType",
+            {"thingTypeName": "t", "thingTypeProperties": {"searchableAttributes": True}},
+        ),
+        (
+            "CreateThingGroup",
+            {"thingGroupName": "g", "thingGroupProperties": {"attributePayload": 1.5}},
+        ),
+        ("RegisterCACertificate", {"caCertificate": "x", "registrationConfig": "x"}),
+        ("ListThings", {"maxResults": "10"}),
+        ("DeleteCertificate", {"certificateId": "a" * 64, "forceDelete": "yes"}),
+    ],
+)
+def test_a_member_of_the_wrong_type_is_an_invalid_request_not_a_failure(plane, operation, params):
+    error = _error(plane, operation, **params)
+    assert error.status < 500 and error.code != "InternalFailureException"

@@ -91,6 +91,34 @@ def optional_string(params: Params, name: str) -> str | None:
     return value
 
 
+def structure(params: Params, name: str) -> Params:
+    """A structure member; {} when not given."""
+    value = params.get(name)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise invalid(f"{name} must be a structure")
+    return value
+
+
+def strings(params: Params, name: str) -> list[str]:
+    value = params.get(name)
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise invalid(f"{name} must be a list of strings")
+    return value
+
+
+def string_map(params: Params, name: str) -> dict[str, str]:
+    value = params.get(name)
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise invalid(f"{name} must be a map of strings")
+    return {str(k): v for k, v in value.items()}
+
+
 def flag(params: Params, name: str, default: bool = False) -> bool:
     value = params.get(name)
     if value is None:

@@ -84,11 +84,9 @@ def _check_verification(account: Account, ca: x509.Certificate, params: Params) 
 
 
 def _registration_config(params: Params) -> dict[str, Any] | None:
-    config = params.get("registrationConfig")
-    if config is None:
+    if params.get("registrationConfig") is None:
         return None
-    if not isinstance(config, dict):
-        raise invalid("registrationConfig must be a structure")
+    config = base.structure(params, "registrationConfig")
     return {k: v for k, v in config.items() if v is not None}
 
 

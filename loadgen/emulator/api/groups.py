@@ -38,13 +38,11 @@ def _existing_type(account: Account, params: Params) -> tuple[str, ThingTypeInfo
 def create_thing_type(account: Account, params: Params) -> Result:
     registry = account.registry
     name = base.name(params, "thingTypeName")
-    given = params.get("thingTypeProperties") or {}
-    if not isinstance(given, dict):
-        raise invalid("thingTypeProperties must be a structure")
+    given = base.structure(params, "thingTypeProperties")
     info = ThingTypeInfo(
         time.time(),
-        description=given.get("thingTypeDescription"),
-        searchable=[str(a) for a in given.get("searchableAttributes") or []],
+        description=base.optional_string(given, "thingTypeDescription"),
+        searchable=base.strings(given, "searchableAttributes"),
     )
     arn = account.arn("thingtype", name)
     if name in registry.thing_types:
@@ -125,15 +123,12 @@ def create_thing_group(account: Account, params: Params) -> Result:
     parent = base.optional_string(params, "parentGroupName")
     if parent is not None and parent not in registry.thing_groups:
         raise invalid(f"parent group {parent} does not exist")
-    given = params.get("thingGroupProperties") or {}
-    if not isinstance(given, dict):
-        raise invalid("thingGroupProperties must be a structure")
-    payload = given.get("attributePayload") or {}
+    given = base.structure(params, "thingGroupProperties")
     info = ThingGroupInfo(
         time.time(),
         parent=parent,
-        description=given.get("thingGroupDescription"),
-        attributes={str(k): str(v) for k, v in (payload.get("attributes") or {}).items()},
+        description=base.optional_string(given, "thingGroupDescription"),
+        attributes=base.string_map(base.structure(given, "attributePayload"), "attributes"),
     )
     arn = account.arn("thinggroup", name)
     if name in registry.thing_groups:

@@ -24,14 +24,8 @@ def _thing(account: Account, params: Params) -> Thing:
     return thing
 
 
-def _attributes(params: Params) -> tuple[dict[str, str], bool]:
-    payload = params.get("attributePayload") or {}
-    if not isinstance(payload, dict):
-        raise invalid("attributePayload must be a structure")
-    attributes = payload.get("attributes") or {}
-    if not isinstance(attributes, dict):
-        raise invalid("attributePayload.attributes must be a map")
-    return {str(k): str(v) for k, v in attributes.items()}, bool(payload.get("merge"))
+def _attributes(params: Params) -> dict[str, str]:
+    return base.string_map(base.structure(params, "attributePayload"), "attributes")
 
 
 def create_thing(account: Account, params: Params) -> Result:
@@ -40,7 +34,7 @@ def create_thing(account: Account, params: Params) -> Result:
     type_name = base.optional_string(params, "thingTypeName")
     if params.get("billingGroupName") is not None:
         raise invalid("billingGroupName: the emulator has no billing groups")
-    attributes, _ = _attributes(params)
+    attributes = _attributes(params)
     if type_name is not None:
         if type_name not in registry.thing_types:
             raise not_found(f"thing type {type_name} does not exist")
