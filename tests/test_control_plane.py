@@ -897,3 +897,20 @@ def test_a_member_given_as_none_is_a_member_not_given(plane):
 def test_a_member_of_the_wrong_type_is_an_invalid_request_not_a_failure(plane, operation, params):
     error = _error(plane, operation, **params)
     assert error.status < 500 and error.code != "InternalFailureException"
+
+
+def test_a_new_default_policy_version_is_what_the_next_connection_is_granted(
+    plane, device_ca, fleet, tmp_path
+):
+    _register(plane, device_ca, tmp_path)
+    (cert_id,) = _provision(plane, fleet[:1])
+    record = plane.registry.certificates[cert_id]
+    (name,) = record.policies
+    emulator = Emulator(plane.registry, "unused.pem", "unused.key")
+    before = emulator.policies_of(record)
+    deny = json.dumps({"Statement": [{"Effect": "Deny", "Action": "iot:*", "Resource": "*"}]})
+    plane.call(
+        "CreatePolicyVersion", {"policyName": name, "policyDocument": deny, "setAsDefault": True}
+    )
+    (after,) = emulator.policies_of(record)
+    assert before != [after] and [s.allow for s in after] == [False]
