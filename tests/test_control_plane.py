@@ -914,3 +914,13 @@ def test_a_new_default_policy_version_is_what_the_next_connection_is_granted(
     )
     (after,) = emulator.policies_of(record)
     assert before != [after] and [s.allow for s in after] == [False]
+
+
+def test_a_ca_in_sni_only_mode_is_refused_as_the_emulator_has_one_account(plane, device_ca):
+    error = _error(
+        plane,
+        "RegisterCACertificate",
+        caCertificate=device_ca.cert_pem.decode(),
+        certificateMode="SNI_ONLY",
+    )
+    assert error.code == "InvalidRequestException" and plane.registry.cas == {}

@@ -95,10 +95,11 @@ def register_ca_certificate(account: Account, params: Params) -> Result:
     cert = _load_pem(params, "caCertificate")
     _check_is_ca(cert)
     mode = params.get("certificateMode") or "DEFAULT"
-    if mode not in ("DEFAULT", "SNI_ONLY"):
-        raise invalid(f"certificateMode {mode!r}: DEFAULT or SNI_ONLY")
-    if mode == "DEFAULT":
-        _check_verification(account, cert, params)
+    if mode != "DEFAULT":
+        # SNI_ONLY (multi-account registration) has no verification certificate
+        # and other trust rules; the emulator has one account.
+        raise invalid(f"certificateMode {mode!r}: the emulator registers CAs in DEFAULT mode")
+    _check_verification(account, cert, params)
     ca_id = certificate_id(cert)
     arn = account.arn("cacert", ca_id)
     if ca_id in registry.cas:
