@@ -4,12 +4,14 @@ MQTT side provisions into: AWS's rules, errors, paging, and the SQLite state."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from loadgen.certs.ca import init_ca, verification_cert
+from loadgen.aws.teardown import Summary
+from loadgen.certs.ca import CA, init_ca, verification_cert
 from loadgen.certs.mint import MintRequest, mint
 from loadgen.certs.profile import Profile
 from loadgen.certs.store import FleetStore
@@ -769,13 +771,13 @@ class _Client:
     failing as botocore fails (the HTTP between them is the API server's, tested
     with boto3 itself in test_emulator_api.py)."""
 
-    def __init__(self, plane: ControlPlane) -> None:
-        import botocore.session
+    def __init__(self, plane: ControlPlane, *, deletes_before_kill: int | None = None) -> None:
         from botocore import xform_name
 
-        model = botocore.session.get_session().get_service_model("iot")
         self._plane = plane
-        self._names = {xform_name(op): op for op in model.operation_names}
+        self._names = {xform_name(op): op for op in _MODEL.operation_names}
+        # After so many DeleteCertificate calls, the process is killed.
+        self._deletes_left = deletes_before_kill
 
     def __getattr__(self, method: str):
         from botocore.exceptions import ClientError
@@ -783,6 +785,10 @@ class _Client:
         operation = self._names[method]
 
         def call(**params):
+            if self._deletes_left is not None and operation == "DeleteCertificate":
+                if self._deletes_left == 0:
+                    raise _Killed
+                self._deletes_left -= 1
             try:
                 return self._plane.call(operation, params)
             except ApiError as exc:
@@ -792,46 +798,79 @@ class _Client:
         return call
 
 
-def test_teardown_removes_what_jitp_made_for_a_ca_registered_through_the_api_and_nothing_else(
-    plane, fleet, other_ca, tmp_path
-):
-    from loadgen.aws.ratelimit import AWS_RATES, RateLimits
-    from loadgen.aws.teardown import Teardown
+class _Killed(BaseException):
+    """The teardown's process ends here (as by SIGKILL: nothing after runs)."""
 
+
+@dataclass
+class _Leftovers:
+    """What JITP left for CA A's devices, beside CA B's devices, a loose thing
+    and a policy shared by devices of both."""
+
+    ca: CA
+    devices: list[x509.Certificate]
+    a_ids: list[str]
+    b_ids: list[str]
+    b_things: set[str]
+    policies: set[str]
+
+
+def _devices(ca: CA, path, count: int, seed: int) -> list[x509.Certificate]:
+    mint(MintRequest(path, ca.directory, count, None, seed=seed))
+    store = FleetStore(path)
+    return [x509.load_pem_x509_certificate((path / d.cert).read_bytes()) for d in store.devices()]
+
+
+@pytest.fixture
+def leftovers(plane, other_ca, tmp_path) -> _Leftovers:
     ca = init_ca(tmp_path / "ca-a")
-    mint(MintRequest(tmp_path / "fleet-a", ca.directory, 4, None, seed=2))
-    store = FleetStore(tmp_path / "fleet-a")
-    devices = [
-        x509.load_pem_x509_certificate((store.path / d.cert).read_bytes()) for d in store.devices()
-    ]
+    devices = _devices(ca, tmp_path / "fleet-a", 4, seed=2)
     _register(plane, ca, tmp_path)
     _register(plane, other_ca, tmp_path)
-    mint(MintRequest(tmp_path / "fleet-b", other_ca.directory, 2, None, seed=3))
-    b_store = FleetStore(tmp_path / "fleet-b")
-    b_devices = [
-        x509.load_pem_x509_certificate((b_store.path / d.cert).read_bytes())
-        for d in b_store.devices()
-    ]
     a_ids = _provision(plane, devices)
-    b_ids = _provision(plane, b_devices)
+    b_ids = _provision(plane, _devices(other_ca, tmp_path / "fleet-b", 2, seed=3))
     plane.call("CreateThing", {"thingName": "loose"})
     plane.call("CreatePolicy", {"policyName": "shared", "policyDocument": POLICY})
     for cert_id in (a_ids[0], b_ids[0]):
         plane.call("AttachPolicy", {"policyName": "shared", "target": _arn("cert", cert_id)})
-    jitp_policies = set(plane.registry.policies) - {"shared"}
     b_things = {t for i in b_ids for t in plane.registry.certificates[i].things}
+    return _Leftovers(ca, devices, a_ids, b_ids, b_things, set(plane.registry.policies))
 
-    teardown = Teardown(_Client(plane), ca.directory, RateLimits(rates={k: 1e6 for k in AWS_RATES}))
-    summary = teardown.run(teardown.find())
 
-    assert summary.complete and summary.certificates.deleted == len(a_ids)
-    assert set(plane.registry.certificates) == set(b_ids)
-    assert set(plane.registry.things) == b_things | {"loose"}
+def _teardown(client: _Client, ca: CA) -> Summary:
+    from loadgen.aws.ratelimit import AWS_RATES, RateLimits
+    from loadgen.aws.teardown import Teardown
+
+    limits = RateLimits(rates={k: 1e6 for k in AWS_RATES})
+    teardown = Teardown(client, ca.directory, limits, sleep=lambda _: None)
+    return teardown.run(teardown.find())
+
+
+def _only_b_is_left(plane: ControlPlane, left: _Leftovers, other_ca: CA) -> None:
+    assert set(plane.registry.certificates) == set(left.b_ids)
+    assert set(plane.registry.things) == left.b_things | {"loose"}
     # JITP's policy and the shared one are still attached to B's devices.
-    assert set(plane.registry.policies) == jitp_policies | {"shared"}
+    assert set(plane.registry.policies) == left.policies
     assert set(plane.registry.cas) == {other_ca.fingerprint}
+
+
+def test_teardown_removes_what_jitp_made_for_a_ca_registered_through_the_api_and_nothing_else(
+    plane, leftovers, other_ca
+):
+    summary = _teardown(_Client(plane), leftovers.ca)
+    assert summary.complete and summary.certificates.deleted == len(leftovers.a_ids)
+    _only_b_is_left(plane, leftovers, other_ca)
     emulator = Emulator(plane.registry, "unused.pem", "unused.key")
-    assert emulator.admit(devices[0]) == "unknown CA"
+    assert emulator.admit(leftovers.devices[0]) == "unknown CA"
+
+
+def test_a_teardown_killed_halfway_and_run_again_finishes_the_job(plane, leftovers, other_ca):
+    with pytest.raises(_Killed):
+        _teardown(_Client(plane, deletes_before_kill=2), leftovers.ca)
+    assert len(plane.registry.certificates) == len(leftovers.b_ids) + len(leftovers.a_ids) - 2
+    again = _teardown(_Client(plane), leftovers.ca)
+    assert again.complete
+    _only_b_is_left(plane, leftovers, other_ca)
 
 
 def test_a_state_file_of_an_earlier_version_opens_and_its_certificates_describe(tmp_path):
