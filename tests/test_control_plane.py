@@ -4,12 +4,14 @@ MQTT side provisions into: AWS's rules, errors, paging, and the SQLite state."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from loadgen.certs.ca import init_ca, verification_cert
+from loadgen.aws.teardown import Summary
+from loadgen.certs.ca import CA, init_ca, verification_cert
 from loadgen.certs.mint import MintRequest, mint
 from loadgen.certs.profile import Profile
 from loadgen.certs.store import FleetStore
@@ -72,9 +74,55 @@ def _provision(plane: ControlPlane, certs: list[x509.Certificate]) -> list[str]:
     return [certificate_id(c) for c in certs]
 
 
+class _CheckedControlPlane(ControlPlane):
+    """Every answer checked against the operation's output shape in botocore's
+    model: only its members, of its types."""
+
+    def call(self, operation, params):
+        result = super().call(operation, params)
+        shape = _MODEL.operation_model(operation).output_shape
+        _check_shape(result, shape, operation)
+        return result
+
+
+def _iot_model():
+    import botocore.session
+
+    return botocore.session.get_session().get_service_model("iot")
+
+
+_MODEL = _iot_model()
+_TYPES = {
+    "string": str,
+    "boolean": bool,
+    "integer": int,
+    "long": int,
+    "timestamp": float,
+    "map": dict,
+    "list": list,
+    "structure": dict,
+}
+
+
+def _check_shape(value, shape, where):
+    if shape is None:
+        assert value == {}, where
+        return
+    assert isinstance(value, _TYPES[shape.type_name]), f"{where}: {value!r} is no {shape.type_name}"
+    if shape.type_name == "structure":
+        for name, member in value.items():
+            assert name in shape.members, f"{where}: {name} is not a member of {shape.name}"
+            _check_shape(member, shape.members[name], f"{where}.{name}")
+    elif shape.type_name == "list":
+        for item in value:
+            _check_shape(item, shape.member, f"{where}[]")
+    elif shape.type_name == "string" and shape.enum:
+        assert value in shape.enum, f"{where}: {value!r} not one of {shape.enum}"
+
+
 @pytest.fixture
 def plane() -> ControlPlane:
-    return ControlPlane(Registry(), mqtt_address="127.0.0.1:18883")
+    return _CheckedControlPlane(Registry(), mqtt_address="127.0.0.1:18883")
 
 
 # -- CAs ---------------------------------------------------------------------
@@ -343,12 +391,12 @@ def test_a_deleted_certificate_is_gone(plane):
 
 def test_a_ca_registered_through_the_api_survives_a_restart_with_state(device_ca, fleet, tmp_path):
     db = tmp_path / "state.sqlite"
-    plane = ControlPlane(Registry(store=RegistryStore(db)))
+    plane = _CheckedControlPlane(Registry(store=RegistryStore(db)))
     ca_id = _register(plane, device_ca, tmp_path)
     plane.call(
         "UpdateCACertificate", {"certificateId": ca_id, "newAutoRegistrationStatus": "DISABLE"}
     )
-    restarted = ControlPlane(Registry(store=RegistryStore(db)))
+    restarted = _CheckedControlPlane(Registry(store=RegistryStore(db)))
     description = restarted.call("DescribeCACertificate", {"certificateId": ca_id})
     assert description["certificateDescription"]["autoRegistrationStatus"] == "DISABLE"
     assert description["registrationConfig"]["templateBody"] == REGISTRATION_CONFIG["templateBody"]
@@ -357,12 +405,12 @@ def test_a_ca_registered_through_the_api_survives_a_restart_with_state(device_ca
 
 def test_certificate_changes_survive_a_restart_with_state(device_ca, fleet, tmp_path):
     db = tmp_path / "state.sqlite"
-    plane = ControlPlane(Registry(store=RegistryStore(db)))
+    plane = _CheckedControlPlane(Registry(store=RegistryStore(db)))
     _register(plane, device_ca, tmp_path)
     kept, deleted = _provision(plane, fleet[:2])
     plane.call("UpdateCertificate", {"certificateId": kept, "newStatus": "INACTIVE"})
     _force_delete(plane, deleted)
-    restarted = ControlPlane(Registry(store=RegistryStore(db)))
+    restarted = _CheckedControlPlane(Registry(store=RegistryStore(db)))
     description = restarted.call("DescribeCertificate", {"certificateId": kept})
     assert description["certificateDescription"]["status"] == "INACTIVE"
     assert "certificatePem" in description["certificateDescription"]
@@ -566,7 +614,7 @@ def test_a_ca_registered_through_the_api_needs_the_thing_types_its_template_name
     template = json.loads(REGISTRATION_CONFIG["templateBody"])
     template["Resources"]["thing"]["Properties"]["ThingTypeName"] = "lamp"
     config = {**REGISTRATION_CONFIG, "templateBody": json.dumps(template)}
-    plane = ControlPlane(Registry(strict_resources=True))
+    plane = _CheckedControlPlane(Registry(strict_resources=True))
     _register(plane, device_ca, tmp_path, registrationConfig=config)
     emulator = Emulator(plane.registry, "unused.pem", "unused.key")
     assert "lamp does not exist" in emulator.admit(fleet[0])
@@ -673,7 +721,7 @@ def test_attach_policy_to_a_certificate_that_does_not_exist_is_not_found(plane):
 
 def test_things_groups_and_policy_versions_survive_a_restart_with_state(tmp_path):
     db = tmp_path / "state.sqlite"
-    plane = ControlPlane(Registry(store=RegistryStore(db)))
+    plane = _CheckedControlPlane(Registry(store=RegistryStore(db)))
     plane.call(
         "CreateThingType",
         {"thingTypeName": "lamp", "thingTypeProperties": {"thingTypeDescription": "d"}},
@@ -688,7 +736,7 @@ def test_things_groups_and_policy_versions_survive_a_restart_with_state(tmp_path
     )
     plane.call("CreateThing", {"thingName": "gone"})
     plane.call("DeleteThing", {"thingName": "gone"})
-    restarted = ControlPlane(Registry(store=RegistryStore(db)))
+    restarted = _CheckedControlPlane(Registry(store=RegistryStore(db)))
     described = restarted.call("DescribeThingType", {"thingTypeName": "lamp"})
     assert described["thingTypeMetadata"]["deprecated"] is True
     assert described["thingTypeProperties"]["thingTypeDescription"] == "d"
@@ -702,7 +750,7 @@ def test_things_groups_and_policy_versions_survive_a_restart_with_state(tmp_path
 
 def test_attachments_made_and_removed_through_the_api_survive_a_restart(device_ca, fleet, tmp_path):
     db = tmp_path / "state.sqlite"
-    plane = ControlPlane(Registry(store=RegistryStore(db)))
+    plane = _CheckedControlPlane(Registry(store=RegistryStore(db)))
     _register(plane, device_ca, tmp_path)
     (cert_id,) = _provision(plane, fleet[:1])
     target = _arn("cert", cert_id)
@@ -710,6 +758,208 @@ def test_attachments_made_and_removed_through_the_api_survive_a_restart(device_c
     plane.call("CreatePolicy", {"policyName": "p", "policyDocument": POLICY})
     plane.call("AttachPolicy", {"policyName": "p", "target": target})
     plane.call("DetachThingPrincipal", {"thingName": thing, "principal": target})
-    restarted = ControlPlane(Registry(store=RegistryStore(db)))
+    restarted = _CheckedControlPlane(Registry(store=RegistryStore(db)))
     assert restarted.call("ListThingPrincipals", {"thingName": thing})["principals"] == []
     assert restarted.call("ListTargetsForPolicy", {"policyName": "p"})["targets"] == [target]
+
+
+# -- teardown on these rules ---------------------------------------------------------
+
+
+class _Client:
+    """boto3's iot client methods by their names, straight onto ControlPlane.call,
+    failing as botocore fails (the HTTP between them is the API server's, tested
+    with boto3 itself in test_emulator_api.py)."""
+
+    def __init__(self, plane: ControlPlane, *, deletes_before_kill: int | None = None) -> None:
+        from botocore import xform_name
+
+        self._plane = plane
+        self._names = {xform_name(op): op for op in _MODEL.operation_names}
+        # After so many DeleteCertificate calls, the process is killed.
+        self._deletes_left = deletes_before_kill
+
+    def __getattr__(self, method: str):
+        from botocore.exceptions import ClientError
+
+        operation = self._names[method]
+
+        def call(**params):
+            if self._deletes_left is not None and operation == "DeleteCertificate":
+                if self._deletes_left == 0:
+                    raise _Killed
+                self._deletes_left -= 1
+            try:
+                return self._plane.call(operation, params)
+            except ApiError as exc:
+                error = {"Error": {"Code": exc.code, "Message": exc.message}}
+                raise ClientError(error, operation) from None
+
+        return call
+
+
+class _Killed(BaseException):
+    """The teardown's process ends here (as by SIGKILL: nothing after runs)."""
+
+
+@dataclass
+class _Leftovers:
+    """What JITP left for CA A's devices, beside CA B's devices, a loose thing
+    and a policy shared by devices of both."""
+
+    ca: CA
+    devices: list[x509.Certificate]
+    a_ids: list[str]
+    b_ids: list[str]
+    b_things: set[str]
+    policies: set[str]
+
+
+def _devices(ca: CA, path, count: int, seed: int) -> list[x509.Certificate]:
+    mint(MintRequest(path, ca.directory, count, None, seed=seed))
+    store = FleetStore(path)
+    return [x509.load_pem_x509_certificate((path / d.cert).read_bytes()) for d in store.devices()]
+
+
+@pytest.fixture
+def leftovers(plane, other_ca, tmp_path) -> _Leftovers:
+    ca = init_ca(tmp_path / "ca-a")
+    devices = _devices(ca, tmp_path / "fleet-a", 4, seed=2)
+    _register(plane, ca, tmp_path)
+    _register(plane, other_ca, tmp_path)
+    a_ids = _provision(plane, devices)
+    b_ids = _provision(plane, _devices(other_ca, tmp_path / "fleet-b", 2, seed=3))
+    plane.call("CreateThing", {"thingName": "loose"})
+    plane.call("CreatePolicy", {"policyName": "shared", "policyDocument": POLICY})
+    for cert_id in (a_ids[0], b_ids[0]):
+        plane.call("AttachPolicy", {"policyName": "shared", "target": _arn("cert", cert_id)})
+    b_things = {t for i in b_ids for t in plane.registry.certificates[i].things}
+    return _Leftovers(ca, devices, a_ids, b_ids, b_things, set(plane.registry.policies))
+
+
+def _teardown(client: _Client, ca: CA) -> Summary:
+    from loadgen.aws.ratelimit import AWS_RATES, RateLimits
+    from loadgen.aws.teardown import Teardown
+
+    limits = RateLimits(rates={k: 1e6 for k in AWS_RATES})
+    teardown = Teardown(client, ca.directory, limits, sleep=lambda _: None)
+    return teardown.run(teardown.find())
+
+
+def _only_b_is_left(plane: ControlPlane, left: _Leftovers, other_ca: CA) -> None:
+    assert set(plane.registry.certificates) == set(left.b_ids)
+    assert set(plane.registry.things) == left.b_things | {"loose"}
+    # JITP's policy and the shared one are still attached to B's devices.
+    assert set(plane.registry.policies) == left.policies
+    assert set(plane.registry.cas) == {other_ca.fingerprint}
+
+
+def test_teardown_removes_what_jitp_made_for_a_ca_registered_through_the_api_and_nothing_else(
+    plane, leftovers, other_ca
+):
+    summary = _teardown(_Client(plane), leftovers.ca)
+    assert summary.complete and summary.certificates.deleted == len(leftovers.a_ids)
+    _only_b_is_left(plane, leftovers, other_ca)
+    emulator = Emulator(plane.registry, "unused.pem", "unused.key")
+    assert emulator.admit(leftovers.devices[0]) == "unknown CA"
+
+
+def test_a_teardown_killed_halfway_and_run_again_finishes_the_job(plane, leftovers, other_ca):
+    with pytest.raises(_Killed):
+        _teardown(_Client(plane, deletes_before_kill=2), leftovers.ca)
+    assert len(plane.registry.certificates) == len(leftovers.b_ids) + len(leftovers.a_ids) - 2
+    again = _teardown(_Client(plane), leftovers.ca)
+    assert again.complete
+    _only_b_is_left(plane, leftovers, other_ca)
+
+
+def test_a_state_file_of_an_earlier_version_opens_and_its_certificates_describe(tmp_path):
+    import sqlite3
+
+    db = tmp_path / "old.sqlite"
+    old = sqlite3.connect(db)
+    old.executescript(
+        """
+        CREATE TABLE certificates (id TEXT PRIMARY KEY, ca_id TEXT, status TEXT);
+        CREATE TABLE things (name TEXT PRIMARY KEY, type_name TEXT, attributes TEXT, groups_ TEXT);
+        INSERT INTO certificates VALUES ('{cert}', '{ca}', 'ACTIVE');
+        INSERT INTO things VALUES ('t1', NULL, '{{}}', '[]');
+        """.format(cert="d" * 64, ca="e" * 64)
+    )
+    old.commit()
+    old.close()
+    plane = _CheckedControlPlane(Registry(store=RegistryStore(db)))
+    description = plane.call("DescribeCertificate", {"certificateId": "d" * 64})
+    assert description["certificateDescription"]["status"] == "ACTIVE"
+    assert "certificatePem" not in description["certificateDescription"]
+    assert plane.call("DescribeThing", {"thingName": "t1"})["version"] == 1
+
+
+def test_every_change_of_a_ca_moves_the_registrys_ca_version(plane, device_ca, tmp_path):
+    """What the TLS side watches to rebuild what it trusts, and only then."""
+    versions = [plane.registry.ca_version]
+    ca_id = _register(plane, device_ca, tmp_path)
+    versions.append(plane.registry.ca_version)
+    plane.call("DescribeCACertificate", {"certificateId": ca_id})
+    versions.append(plane.registry.ca_version)
+    plane.call("UpdateCACertificate", {"certificateId": ca_id, "newStatus": "INACTIVE"})
+    versions.append(plane.registry.ca_version)
+    plane.call("DeleteCACertificate", {"certificateId": ca_id})
+    versions.append(plane.registry.ca_version)
+    assert versions[0] < versions[1] == versions[2] < versions[3] < versions[4]
+
+
+def test_a_member_given_as_none_is_a_member_not_given(plane):
+    plane.call("CreatePolicy", {"policyName": "p", "policyDocument": POLICY})
+    listed = plane.call("ListPolicies", {"pageSize": None, "marker": None, "ascendingOrder": None})
+    assert [p["policyName"] for p in listed["policies"]] == ["p"]
+
+
+@pytest.mark.parametrize(
+    ("operation", "params"),
+    [
+        ("CreateThing", {"thingName": "t", "attributePayload": {"attributes": {"a": 1}}}),
+        ("CreateThing", {"thingName": 5}),
+        (
+            "CreateThingType",
+            {"thingTypeName": "t", "thingTypeProperties": {"searchableAttributes": True}},
+        ),
+        (
+            "CreateThingGroup",
+            {"thingGroupName": "g", "thingGroupProperties": {"attributePayload": 1.5}},
+        ),
+        ("RegisterCACertificate", {"caCertificate": "x", "registrationConfig": "x"}),
+        ("ListThings", {"maxResults": "10"}),
+        ("DeleteCertificate", {"certificateId": "a" * 64, "forceDelete": "yes"}),
+    ],
+)
+def test_a_member_of_the_wrong_type_is_an_invalid_request_not_a_failure(plane, operation, params):
+    error = _error(plane, operation, **params)
+    assert error.status < 500 and error.code != "InternalFailureException"
+
+
+def test_a_new_default_policy_version_is_what_the_next_connection_is_granted(
+    plane, device_ca, fleet, tmp_path
+):
+    _register(plane, device_ca, tmp_path)
+    (cert_id,) = _provision(plane, fleet[:1])
+    record = plane.registry.certificates[cert_id]
+    (name,) = record.policies
+    emulator = Emulator(plane.registry, "unused.pem", "unused.key")
+    before = emulator.policies_of(record)
+    deny = json.dumps({"Statement": [{"Effect": "Deny", "Action": "iot:*", "Resource": "*"}]})
+    plane.call(
+        "CreatePolicyVersion", {"policyName": name, "policyDocument": deny, "setAsDefault": True}
+    )
+    (after,) = emulator.policies_of(record)
+    assert before != [after] and [s.allow for s in after] == [False]
+
+
+def test_a_ca_in_sni_only_mode_is_refused_as_the_emulator_has_one_account(plane, device_ca):
+    error = _error(
+        plane,
+        "RegisterCACertificate",
+        caCertificate=device_ca.cert_pem.decode(),
+        certificateMode="SNI_ONLY",
+    )
+    assert error.code == "InvalidRequestException" and plane.registry.cas == {}

@@ -143,6 +143,9 @@ class Registry:
         self.store = store
         self.started = time.time()
         self.cas: dict[str, CaRecord] = {}
+        # One more at every change of a CA made through these methods: what the
+        # TLS side trusts is rebuilt only when it moved.
+        self.ca_version = 0
         self.certificates: dict[str, CertRecord] = {}
         self.things: dict[str, Thing] = {}
         self.policies: dict[str, str] = {}  # name -> default version's document
@@ -208,6 +211,7 @@ class Registry:
             modified=now,
         )
         self.cas[record.id] = record
+        self.ca_version += 1
         if self.store is not None:
             self.store.save_ca(record)
         return record
@@ -223,12 +227,15 @@ class Registry:
         ca.role_arn = config.get("roleArn") if config is not None else None
 
     def save_ca(self, ca: CaRecord) -> None:
+        """Keep the changes made to ``ca``."""
         ca.modified = time.time()
+        self.ca_version += 1
         if self.store is not None:
             self.store.save_ca(ca)
 
     def delete_ca(self, ca_id: str) -> None:
         del self.cas[ca_id]
+        self.ca_version += 1
         if self.store is not None:
             self.store.delete_ca(ca_id)
 

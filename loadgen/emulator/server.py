@@ -78,6 +78,7 @@ class Emulator:
         self.server_cert = server_cert
         self.server_key = server_key
         self.stats = EmulatorStats()
+        # By document, not name: the control plane may change what a name holds.
         self._parsed: dict[str, list[policy.Statement]] = {}
         self._contexts: dict[tuple[str, ...], ssl.SSLContext] = {}
         # Sessions with subscriptions, for routing PUBLISHes between devices.
@@ -86,12 +87,13 @@ class Emulator:
     def policies_of(self, record: CertRecord) -> list[list[policy.Statement]]:
         out = []
         for name in sorted(record.policies):
-            if name not in self._parsed:
+            document = self.registry.policies[name]
+            if document not in self._parsed:
                 try:
-                    self._parsed[name] = policy.parse(self.registry.policies[name])
+                    self._parsed[document] = policy.parse(document)
                 except policy.PolicyError:
-                    self._parsed[name] = []  # a policy that does not parse grants nothing
-            out.append(self._parsed[name])
+                    self._parsed[document] = []  # a policy that does not parse grants nothing
+            out.append(self._parsed[document])
         return out
 
     def ssl_context(self) -> ssl.SSLContext:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import heapq
 import json
 import re
 from collections.abc import Callable, Iterable
@@ -90,8 +91,38 @@ def optional_string(params: Params, name: str) -> str | None:
     return value
 
 
+def structure(params: Params, name: str) -> Params:
+    """A structure member; {} when not given."""
+    value = params.get(name)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise invalid(f"{name} must be a structure")
+    return value
+
+
+def strings(params: Params, name: str) -> list[str]:
+    value = params.get(name)
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise invalid(f"{name} must be a list of strings")
+    return value
+
+
+def string_map(params: Params, name: str) -> dict[str, str]:
+    value = params.get(name)
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise invalid(f"{name} must be a map of strings")
+    return {str(k): v for k, v in value.items()}
+
+
 def flag(params: Params, name: str, default: bool = False) -> bool:
-    value = params.get(name, default)
+    value = params.get(name)
+    if value is None:
+        return default
     if not isinstance(value, bool):
         raise invalid(f"{name} must be a boolean")
     return value
@@ -111,44 +142,73 @@ def certificate_id(params: Params, member: str = "certificateId") -> str:
     return value.removeprefix("0x").lower()
 
 
-def page(
+@dataclass(frozen=True)
+class Paging:
+    """How a listing pages: the members of its page size, of the token in, and
+    of the token out."""
+
+    size: str
+    token: str
+    next_token: str
+
+
+MARKER = Paging("pageSize", "marker", "nextMarker")
+TOKEN = Paging("maxResults", "nextToken", "nextToken")
+
+
+def by_name(name: str) -> tuple[str]:
+    return (name,)
+
+
+def listing(
     params: Params,
+    member: str,
     items: Iterable[T],
     key: Callable[[T], tuple[Any, ...]],
+    render: Callable[[T], Any],
     *,
-    size: str,
-    token: str,
+    paging: Paging,
     ascending: bool = True,
-) -> tuple[list[T], str | None]:
-    """One page of ``items`` in ``key`` order, from where the ``token`` member's
-    value says, of the ``size`` member's length; and the token for the next page
-    (None on the last). A token holds the last key returned, so that what is
-    deleted between pages (a teardown deletes as it goes) skips nothing."""
-    count = params.get(size, DEFAULT_PAGE)
+) -> Result:
+    """One page of ``items`` in ``key`` order, rendered under ``member``, from
+    where the request's token says, and the token of the next page unless it is
+    the last. A token holds the last key returned, so that what is deleted
+    between pages (a teardown deletes as it goes) skips nothing."""
+    count = params.get(paging.size)
+    if count is None:
+        count = DEFAULT_PAGE
     if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= MAX_PAGE:
-        raise invalid(f"{size} must be from 1 to {MAX_PAGE}")
-    ordered = sorted(items, key=key, reverse=not ascending)
-    given = params.get(token)
+        raise invalid(f"{paging.size} must be from 1 to {MAX_PAGE}")
+    given = params.get(paging.token)
     if given:
-        after = _decode(token, given)
-        try:
-            if ascending:
-                ordered = [i for i in ordered if list(key(i)) > after]
-            else:
-                ordered = [i for i in ordered if list(key(i)) < after]
-        except TypeError:  # a token of another listing
-            raise invalid(f"{token}: not a token this API gave") from None
-    chosen = ordered[:count]
-    if len(ordered) <= count:
-        return chosen, None
-    return chosen, base64.b64encode(json.dumps(key(chosen[-1])).encode()).decode()
+        after = _decode(paging.token, given)
+        if ascending:
+            items = [i for i in items if _beyond(key(i), after, paging)]
+        else:
+            items = [i for i in items if _beyond(after, key(i), paging)]
+    # One more than the page tells whether there is a next one; cheaper than
+    # sorting a whole listing of tens of thousands of certificates per page.
+    pick = heapq.nsmallest if ascending else heapq.nlargest
+    chosen = pick(count + 1, items, key=key)
+    result: Result = {member: [render(i) for i in chosen[:count]]}
+    if len(chosen) > count:
+        last = json.dumps(key(chosen[count - 1])).encode()
+        result[paging.next_token] = base64.b64encode(last).decode()
+    return result
 
 
-def _decode(member: str, value: Any) -> list[Any]:
+def _beyond(key: tuple[Any, ...], after: tuple[Any, ...], paging: Paging) -> bool:
+    try:
+        return key > after
+    except TypeError:  # a token of another listing
+        raise invalid(f"{paging.token}: not a token this API gave") from None
+
+
+def _decode(member: str, value: Any) -> tuple[Any, ...]:
     try:
         decoded = json.loads(base64.b64decode(str(value), validate=True))
     except (ValueError, binascii.Error):
         decoded = None
     if not isinstance(decoded, list):
         raise invalid(f"{member}: not a token this API gave")
-    return decoded
+    return tuple(decoded)

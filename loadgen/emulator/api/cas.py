@@ -84,11 +84,9 @@ def _check_verification(account: Account, ca: x509.Certificate, params: Params) 
 
 
 def _registration_config(params: Params) -> dict[str, Any] | None:
-    config = params.get("registrationConfig")
-    if config is None:
+    if params.get("registrationConfig") is None:
         return None
-    if not isinstance(config, dict):
-        raise invalid("registrationConfig must be a structure")
+    config = base.structure(params, "registrationConfig")
     return {k: v for k, v in config.items() if v is not None}
 
 
@@ -97,10 +95,11 @@ def register_ca_certificate(account: Account, params: Params) -> Result:
     cert = _load_pem(params, "caCertificate")
     _check_is_ca(cert)
     mode = params.get("certificateMode") or "DEFAULT"
-    if mode not in ("DEFAULT", "SNI_ONLY"):
-        raise invalid(f"certificateMode {mode!r}: DEFAULT or SNI_ONLY")
-    if mode == "DEFAULT":
-        _check_verification(account, cert, params)
+    if mode != "DEFAULT":
+        # SNI_ONLY (multi-account registration) has no verification certificate
+        # and other trust rules; the emulator has one account.
+        raise invalid(f"certificateMode {mode!r}: the emulator registers CAs in DEFAULT mode")
+    _check_verification(account, cert, params)
     ca_id = certificate_id(cert)
     arn = account.arn("cacert", ca_id)
     if ca_id in registry.cas:
@@ -183,28 +182,20 @@ def list_ca_certificates(account: Account, params: Params) -> Result:
     template = base.optional_string(params, "templateName")
     if template is not None:
         cas = [ca for ca in cas if (ca.config or {}).get("templateName") == template]
-    chosen, marker = base.page(
+    return base.listing(
         params,
+        "certificates",
         cas,
         lambda ca: (ca.created, ca.id),
-        size="pageSize",
-        token="marker",
+        lambda ca: {
+            "certificateArn": account.arn("cacert", ca.id),
+            "certificateId": ca.id,
+            "status": _ca_status(ca),
+            "creationDate": ca.created,
+        },
+        paging=base.MARKER,
         ascending=base.flag(params, "ascendingOrder"),
     )
-    result: Result = {
-        "certificates": [
-            {
-                "certificateArn": account.arn("cacert", ca.id),
-                "certificateId": ca.id,
-                "status": _ca_status(ca),
-                "creationDate": ca.created,
-            }
-            for ca in chosen
-        ]
-    }
-    if marker is not None:
-        result["nextMarker"] = marker
-    return result
 
 
 def delete_ca_certificate(account: Account, params: Params) -> Result:

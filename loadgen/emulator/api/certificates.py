@@ -28,18 +28,15 @@ def _summary(account: Account, record: CertRecord) -> Result:
 
 
 def _listing(account: Account, params: Params, records: list[CertRecord]) -> Result:
-    chosen, marker = base.page(
+    return base.listing(
         params,
+        "certificates",
         records,
         lambda r: (r.created, r.id),
-        size="pageSize",
-        token="marker",
+        lambda r: _summary(account, r),
+        paging=base.MARKER,
         ascending=base.flag(params, "ascendingOrder"),
     )
-    result: Result = {"certificates": [_summary(account, r) for r in chosen]}
-    if marker is not None:
-        result["nextMarker"] = marker
-    return result
 
 
 def list_certificates(account: Account, params: Params) -> Result:

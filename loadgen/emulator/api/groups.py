@@ -38,13 +38,11 @@ def _existing_type(account: Account, params: Params) -> tuple[str, ThingTypeInfo
 def create_thing_type(account: Account, params: Params) -> Result:
     registry = account.registry
     name = base.name(params, "thingTypeName")
-    given = params.get("thingTypeProperties") or {}
-    if not isinstance(given, dict):
-        raise invalid("thingTypeProperties must be a structure")
+    given = base.structure(params, "thingTypeProperties")
     info = ThingTypeInfo(
         time.time(),
-        description=given.get("thingTypeDescription"),
-        searchable=[str(a) for a in given.get("searchableAttributes") or []],
+        description=base.optional_string(given, "thingTypeDescription"),
+        searchable=base.strings(given, "searchableAttributes"),
     )
     arn = account.arn("thingtype", name)
     if name in registry.thing_types:
@@ -96,22 +94,17 @@ def list_thing_types(account: Account, params: Params) -> Result:
     wanted = base.optional_string(params, "thingTypeName")
     if wanted is not None:
         names = [n for n in names if n == wanted]
-    chosen, token = base.page(params, names, lambda n: (n,), size="maxResults", token="nextToken")
-    listed = []
-    for name in chosen:
+
+    def render(name: str) -> Result:
         info = registry.thing_type_info(name)
-        listed.append(
-            {
-                "thingTypeName": name,
-                "thingTypeArn": account.arn("thingtype", name),
-                "thingTypeProperties": _type_properties(info),
-                "thingTypeMetadata": _type_metadata(info),
-            }
-        )
-    result: Result = {"thingTypes": listed}
-    if token is not None:
-        result["nextToken"] = token
-    return result
+        return {
+            "thingTypeName": name,
+            "thingTypeArn": account.arn("thingtype", name),
+            "thingTypeProperties": _type_properties(info),
+            "thingTypeMetadata": _type_metadata(info),
+        }
+
+    return base.listing(params, "thingTypes", names, base.by_name, render, paging=base.TOKEN)
 
 
 # -- thing groups ---------------------------------------------------------------
@@ -130,15 +123,12 @@ def create_thing_group(account: Account, params: Params) -> Result:
     parent = base.optional_string(params, "parentGroupName")
     if parent is not None and parent not in registry.thing_groups:
         raise invalid(f"parent group {parent} does not exist")
-    given = params.get("thingGroupProperties") or {}
-    if not isinstance(given, dict):
-        raise invalid("thingGroupProperties must be a structure")
-    payload = given.get("attributePayload") or {}
+    given = base.structure(params, "thingGroupProperties")
     info = ThingGroupInfo(
         time.time(),
         parent=parent,
-        description=given.get("thingGroupDescription"),
-        attributes={str(k): str(v) for k, v in (payload.get("attributes") or {}).items()},
+        description=base.optional_string(given, "thingGroupDescription"),
+        attributes=base.string_map(base.structure(given, "attributePayload"), "attributes"),
     )
     arn = account.arn("thinggroup", name)
     if name in registry.thing_groups:
@@ -226,13 +216,14 @@ def list_thing_groups(account: Account, params: Params) -> Result:
     prefix = base.optional_string(params, "namePrefixFilter")
     if prefix is not None:
         names = [n for n in names if n.startswith(prefix)]
-    chosen, token = base.page(params, names, lambda n: (n,), size="maxResults", token="nextToken")
-    result: Result = {
-        "thingGroups": [{"groupName": n, "groupArn": account.arn("thinggroup", n)} for n in chosen]
-    }
-    if token is not None:
-        result["nextToken"] = token
-    return result
+    return base.listing(
+        params,
+        "thingGroups",
+        names,
+        base.by_name,
+        lambda n: {"groupName": n, "groupArn": account.arn("thinggroup", n)},
+        paging=base.TOKEN,
+    )
 
 
 OPERATIONS = {

@@ -63,20 +63,19 @@ def get_policy(account: Account, params: Params) -> Result:
 
 
 def list_policies(account: Account, params: Params) -> Result:
-    chosen, marker = base.page(
+    return base.listing(
         params,
+        "policies",
         account.registry.policies,
-        lambda n: (n,),
-        size="pageSize",
-        token="marker",
+        base.by_name,
+        lambda n: _policy(account, n),
+        paging=base.MARKER,
         ascending=base.flag(params, "ascendingOrder", True),
     )
-    result: Result = {
-        "policies": [{"policyName": n, "policyArn": account.arn("policy", n)} for n in chosen]
-    }
-    if marker is not None:
-        result["nextMarker"] = marker
-    return result
+
+
+def _policy(account: Account, name: str) -> Result:
+    return {"policyName": name, "policyArn": account.arn("policy", name)}
 
 
 def delete_policy(account: Account, params: Params) -> Result:
@@ -183,30 +182,26 @@ def detach_policy(account: Account, params: Params) -> Result:
 
 def list_attached_policies(account: Account, params: Params) -> Result:
     record = account.certificate_of(base.string(params, "target"))
-    chosen, marker = base.page(
-        params, record.policies, lambda n: (n,), size="pageSize", token="marker"
+    return base.listing(
+        params,
+        "policies",
+        record.policies,
+        base.by_name,
+        lambda n: _policy(account, n),
+        paging=base.MARKER,
     )
-    result: Result = {
-        "policies": [{"policyName": n, "policyArn": account.arn("policy", n)} for n in chosen]
-    }
-    if marker is not None:
-        result["nextMarker"] = marker
-    return result
 
 
 def list_targets_for_policy(account: Account, params: Params) -> Result:
     name = _name(account, params)
-    chosen, marker = base.page(
+    return base.listing(
         params,
+        "targets",
         account.registry.policy_targets.get(name, set()),
-        lambda cert_id: (cert_id,),
-        size="pageSize",
-        token="marker",
+        base.by_name,
+        lambda cert_id: account.arn("cert", cert_id),
+        paging=base.MARKER,
     )
-    result: Result = {"targets": [account.arn("cert", cert_id) for cert_id in chosen]}
-    if marker is not None:
-        result["nextMarker"] = marker
-    return result
 
 
 OPERATIONS = {

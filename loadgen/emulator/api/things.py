@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 
 from loadgen.emulator.api import base
 from loadgen.emulator.api.base import Account, Params, Result, invalid, not_found
@@ -23,14 +24,8 @@ def _thing(account: Account, params: Params) -> Thing:
     return thing
 
 
-def _attributes(params: Params) -> tuple[dict[str, str], bool]:
-    payload = params.get("attributePayload") or {}
-    if not isinstance(payload, dict):
-        raise invalid("attributePayload must be a structure")
-    attributes = payload.get("attributes") or {}
-    if not isinstance(attributes, dict):
-        raise invalid("attributePayload.attributes must be a map")
-    return {str(k): str(v) for k, v in attributes.items()}, bool(payload.get("merge"))
+def _attributes(params: Params) -> dict[str, str]:
+    return base.string_map(base.structure(params, "attributePayload"), "attributes")
 
 
 def create_thing(account: Account, params: Params) -> Result:
@@ -39,7 +34,7 @@ def create_thing(account: Account, params: Params) -> Result:
     type_name = base.optional_string(params, "thingTypeName")
     if params.get("billingGroupName") is not None:
         raise invalid("billingGroupName: the emulator has no billing groups")
-    attributes, _ = _attributes(params)
+    attributes = _attributes(params)
     if type_name is not None:
         if type_name not in registry.thing_types:
             raise not_found(f"thing type {type_name} does not exist")
@@ -96,11 +91,13 @@ def list_things(account: Account, params: Params) -> Result:
             ]
     elif value is not None:
         things = [t for t in things if value in t.attributes.values()]
-    chosen, token = base.page(
-        params, things, lambda t: (t.name,), size="maxResults", token="nextToken"
+    return base.listing(
+        params, "things", things, lambda t: (t.name,), _thing_summary(account), paging=base.TOKEN
     )
-    listed = []
-    for thing in chosen:
+
+
+def _thing_summary(account: Account) -> Callable[[Thing], Result]:
+    def render(thing: Thing) -> Result:
         item: Result = {
             "thingName": thing.name,
             "thingArn": account.arn("thing", thing.name),
@@ -109,11 +106,9 @@ def list_things(account: Account, params: Params) -> Result:
         }
         if thing.type_name is not None:
             item["thingTypeName"] = thing.type_name
-        listed.append(item)
-    result: Result = {"things": listed}
-    if token is not None:
-        result["nextToken"] = token
-    return result
+        return item
+
+    return render
 
 
 def delete_thing(account: Account, params: Params) -> Result:
@@ -140,25 +135,22 @@ def delete_thing(account: Account, params: Params) -> Result:
 
 def list_principal_things(account: Account, params: Params) -> Result:
     record = account.certificate_of(base.string(params, "principal"))
-    chosen, token = base.page(
-        params, record.things, lambda name: (name,), size="maxResults", token="nextToken"
+    return base.listing(
+        params, "things", record.things, base.by_name, lambda n: n, paging=base.TOKEN
     )
-    result: Result = {"things": chosen}
-    if token is not None:
-        result["nextToken"] = token
-    return result
 
 
 def list_thing_principals(account: Account, params: Params) -> Result:
     thing = _thing(account, params)
     ids = account.registry.thing_principals.get(thing.name, set())
-    chosen, token = base.page(
-        params, ids, lambda cert_id: (cert_id,), size="maxResults", token="nextToken"
+    return base.listing(
+        params,
+        "principals",
+        ids,
+        base.by_name,
+        lambda cert_id: account.arn("cert", cert_id),
+        paging=base.TOKEN,
     )
-    result: Result = {"principals": [account.arn("cert", cert_id) for cert_id in chosen]}
-    if token is not None:
-        result["nextToken"] = token
-    return result
 
 
 def attach_thing_principal(account: Account, params: Params) -> Result:
