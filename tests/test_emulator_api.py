@@ -13,6 +13,7 @@ import ssl
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -367,3 +368,31 @@ def test_aws_teardown_through_the_api_at_aws_rates_leaves_the_devices_refused(fl
         assert connect(emulator, store, next(store.devices())) == "tls refused"
     finally:
         emulator.stop()
+
+
+def test_the_api_calls_are_counted_in_the_emulator_metrics(fleet, tmp_path):
+    ca, _ = fleet
+    metrics_port = free_port()
+    emulator = start_embedded(
+        ca.directory,
+        None,
+        tmp_path / "emulator",
+        metrics_port=metrics_port,
+        api_port=free_port(),
+        api_rates={"DescribeEndpoint": "1/s"},
+    )
+    try:
+        iot = client("iot", emulator.api_url)
+        iot.list_ca_certificates()
+        with pytest.raises(iot.exceptions.ThrottlingException):
+            for _ in range(20):  # a burst of 1, then 1 a second
+                iot.describe_endpoint(endpointType="iot:Data-ATS")
+        with pytest.raises(iot.exceptions.ResourceNotFoundException):
+            iot.describe_thing(thingName="nothing-here")
+        text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10)
+        text = text.read().decode()
+    finally:
+        emulator.stop()
+    assert 'loadgen_emulator_api_calls_total{operation="ListCACertificates"} 1.0' in text
+    assert 'loadgen_emulator_api_throttles_total{operation="DescribeEndpoint"} 1.0' in text
+    assert 'loadgen_emulator_api_errors_total{code="ResourceNotFoundException"} 1.0' in text

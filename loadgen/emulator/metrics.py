@@ -74,6 +74,22 @@ class EmulatorCollector(Collector):
         ):
             sizes.add_metric([kind], n)
         yield sizes
+        api = self.emulator.api_stats
+        if api is not None:  # the control plane's, with --api-port
+            for name, help_text, label, counts in (
+                ("api_calls", "Control-plane calls answered, by operation", "operation", api.calls),
+                ("api_errors", "Control-plane calls refused, by error code", "code", api.errors),
+                (
+                    "api_throttles",
+                    "Control-plane calls throttled (ThrottlingException), by operation",
+                    "operation",
+                    api.throttled,
+                ),
+            ):
+                family = CounterMetricFamily(f"{PREFIX}_{name}", help_text, labels=[label])
+                for key, n in sorted(dict(counts).items()):  # a copy: the loop writes it
+                    family.add_metric([key], n)
+                yield family
 
 
 def serve(emulator: Emulator, host: str, port: int) -> None:

@@ -148,7 +148,7 @@ async def serve_forever(
 
         # DescribeEndpoint answers with where devices connect: the port bound.
         control = api_control_plane(emulator.registry, f"{bound[0]}:{bound[1]}", api.rates)
-        api_stats = control.stats
+        api_stats = emulator.api_stats = control.stats
         try:
             api_server = await HttpServer(control).start(host, api.port)
         except OSError as exc:

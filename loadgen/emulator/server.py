@@ -19,7 +19,7 @@ import ssl
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -37,6 +37,9 @@ from loadgen.emulator.registry import (
     jitp_parameters,
 )
 from loadgen.mqtt import topics
+
+if TYPE_CHECKING:
+    from loadgen.emulator.api.app import ApiStats
 
 # Why the emulator ends a session itself (EmulatorStats.closes).
 CLOSE_REASONS = (
@@ -81,6 +84,8 @@ class Emulator:
         # By document, not name: the control plane may change what a name holds.
         self._parsed: dict[str, list[policy.Statement]] = {}
         self._contexts: dict[tuple[str, ...], ssl.SSLContext] = {}
+        # The control plane's counts, when it is served (--api-port).
+        self.api_stats: ApiStats | None = None
         # Sessions with subscriptions, for routing PUBLISHes between devices.
         self.subscribers: set[_Session] = set()
 
