@@ -4,6 +4,7 @@ loop of its own, in front of any handler; and clients for it."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -74,3 +75,18 @@ def client(service: str, url: str, *, retries: int = 1, **config: Any) -> Any:
         aws_secret_access_key="emulator-secret",
         config=Config(retries={"mode": "standard", "total_max_attempts": retries}, **config),
     )
+
+
+def raw_http(port: int, data: bytes, *, timeout: float = 10.0) -> bytes:
+    """What the server answers ``data`` with, until it closes or goes quiet."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(data)
+        chunks = []
+        try:
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+        except TimeoutError:
+            pass
+        except ConnectionResetError:  # closed at once, unread: as good as closed
+            pass
+        return b"".join(chunks)

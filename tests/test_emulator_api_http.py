@@ -19,7 +19,7 @@ from loadgen.emulator.api.errors import ApiError
 from loadgen.emulator.api.http import HttpLimits
 from loadgen.emulator.api.throttle import ApiThrottle, parse_api_rates
 from loadgen.errors import UserError
-from tests.api_server import client, running_api
+from tests.api_server import client, raw_http, running_api
 
 CERT_ID = "c0" * 32
 CERT_ARN = f"arn:aws:iot:us-east-1:123456789012:cert/{CERT_ID}"
@@ -39,21 +39,6 @@ class Recorder:
         if isinstance(answer, ApiError):
             raise answer
         return dict(answer)
-
-
-def _raw(port: int, data: bytes, *, timeout: float = 10.0) -> bytes:
-    """What the server answers ``data`` with, until it closes or goes quiet."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        sock.sendall(data)
-        chunks = []
-        try:
-            while chunk := sock.recv(65536):
-                chunks.append(chunk)
-        except TimeoutError:
-            pass
-        except ConnectionResetError:  # closed at once, unread: as good as closed
-            pass
-        return b"".join(chunks)
 
 
 def test_query_string_uri_and_header_members_reach_the_handler_typed():
@@ -180,7 +165,7 @@ def test_a_bug_in_the_handler_is_a_500_internal_failure_and_the_server_goes_on()
 
 def test_an_unknown_route_is_a_404_unknown_operation():
     with running_api(Recorder()) as api:
-        answer = _raw(
+        answer = raw_http(
             api.port, b"GET /no/such/thing HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
         )
     assert answer.startswith(b"HTTP/1.1 404 ")
@@ -196,7 +181,7 @@ def test_a_body_that_is_not_json_is_a_400_serialization_exception():
     )
     recorder = Recorder()
     with running_api(recorder) as api:
-        answer = _raw(api.port, request)
+        answer = raw_http(api.port, request)
     assert answer.startswith(b"HTTP/1.1 400 ")
     assert b"x-amzn-ErrorType: SerializationException" in answer
     assert recorder.calls == []
@@ -210,14 +195,14 @@ def test_a_missing_required_member_is_a_400_invalid_request():
         b"Content-Length: 2\r\n\r\n{}"
     )
     with running_api(Recorder()) as api:
-        answer = _raw(api.port, request)
+        answer = raw_http(api.port, request)
     assert answer.startswith(b"HTTP/1.1 400 ")
     assert b"InvalidRequestException" in answer and b"caCertificate" in answer
 
 
 def test_a_query_value_of_the_wrong_type_is_a_400_invalid_request():
     with running_api(Recorder()) as api:
-        answer = _raw(
+        answer = raw_http(
             api.port,
             b"GET /certificates?pageSize=many HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
         )
@@ -337,14 +322,14 @@ def test_pipelined_requests_are_answered_in_order_on_one_connection():
     recorder = Recorder(GetRegistrationCode={"registrationCode": "abc"})
     with running_api(recorder) as api:
         last = one.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n")
-        answer = _raw(api.port, one * 2 + last)
+        answer = raw_http(api.port, one * 2 + last)
     assert answer.count(b"HTTP/1.1 200 ") == 3
     assert len(recorder.calls) == 3
 
 
 def test_garbage_is_a_400_and_the_server_goes_on():
     with running_api(Recorder()) as api:
-        answer = _raw(api.port, b"\x16\x03\x01 not http at all\r\n\r\n")
+        answer = raw_http(api.port, b"\x16\x03\x01 not http at all\r\n\r\n")
         assert answer.startswith(b"HTTP/1.1 400 ")
         assert client("iot", api.url).list_things() is not None
 
@@ -353,7 +338,7 @@ def test_a_body_over_the_limit_is_a_413_without_reading_it():
     limits = HttpLimits(max_body=1000)
     request = b"POST /things/t HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n"
     with running_api(Recorder(), limits=limits) as api:
-        answer = _raw(api.port, request + b"x" * 5000)
+        answer = raw_http(api.port, request + b"x" * 5000)
     assert answer.startswith(b"HTTP/1.1 413 ")
 
 
@@ -362,8 +347,8 @@ def test_headers_over_the_limit_are_refused():
     many = b"".join(b"X-H%d: v\r\n" % i for i in range(50))
     huge = b"X-Huge: " + b"v" * 10000 + b"\r\n"
     with running_api(Recorder(), limits=limits) as api:
-        too_many = _raw(api.port, b"GET /things HTTP/1.1\r\nHost: x\r\n" + many + b"\r\n")
-        too_big = _raw(api.port, b"GET /things HTTP/1.1\r\nHost: x\r\n" + huge + b"\r\n")
+        too_many = raw_http(api.port, b"GET /things HTTP/1.1\r\nHost: x\r\n" + many + b"\r\n")
+        too_big = raw_http(api.port, b"GET /things HTTP/1.1\r\nHost: x\r\n" + huge + b"\r\n")
     assert too_many.startswith(b"HTTP/1.1 431 ")
     assert too_big.startswith(b"HTTP/1.1 431 ")
 
@@ -406,7 +391,7 @@ def test_connections_past_the_limit_are_closed_and_the_first_ones_served():
             while api.on_loop(lambda: len(api.http.connections)) < 5:
                 assert time.monotonic() < deadline
                 time.sleep(0.05)
-            assert _raw(api.port, b"GET /things HTTP/1.1\r\nHost: x\r\n\r\n") == b""
+            assert raw_http(api.port, b"GET /things HTTP/1.1\r\nHost: x\r\n\r\n") == b""
             held[0].sendall(b"GET /things HTTP/1.1\r\nHost: x\r\n\r\n")
             assert held[0].recv(100).startswith(b"HTTP/1.1 200 ")
         finally:
@@ -449,6 +434,7 @@ def test_curl_gets_its_100_continue_before_sending_a_large_body():
 def test_a_head_request_gets_the_status_and_no_body():
     # (No IoT operation is a HEAD: it is the 404 a GET of nothing would be.)
     with running_api(Recorder()) as api:
-        answer = _raw(api.port, b"HEAD /things HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        request = b"HEAD /things HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        answer = raw_http(api.port, request)
     assert answer.startswith(b"HTTP/1.1 404 ")
     assert answer.endswith(b"\r\n\r\n")
