@@ -438,3 +438,12 @@ def test_a_head_request_gets_the_status_and_no_body():
         answer = raw_http(api.port, request)
     assert answer.startswith(b"HTTP/1.1 404 ")
     assert answer.endswith(b"\r\n\r\n")
+
+
+def test_a_service_the_emulator_does_not_serve_is_an_error_its_client_reads():
+    with running_api(Recorder()) as api:
+        quotas = client("service-quotas", api.url)
+        with pytest.raises(botocore.exceptions.ClientError) as caught:
+            quotas.list_service_quotas(ServiceCode="iotcore")
+    assert caught.value.response["Error"]["Code"] == "UnknownOperationException"
+    assert "servicequotas" in caught.value.response["Error"]["Message"]

@@ -4,6 +4,7 @@ in that service's protocol. Signatures are not checked: any credentials do."""
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 import traceback
@@ -59,10 +60,7 @@ class ControlPlaneApi:
         if service in ("iam", "sts"):
             return self._query(self.iam if service == "iam" else self.sts, request, request_id)
         if service != "iot":
-            return self._rest_error(
-                ApiError("UnknownOperationException", f"service {service} is not emulated", 404),
-                request_id,
-            )
+            return self._unknown_service(service, request_id)
         try:
             operation, params = self.iot.parse(
                 request.method, request.target, request.headers, request.body
@@ -88,6 +86,19 @@ class ControlPlaneApi:
         status, headers, body = self.iot.render_error(error)
         headers |= {"content-type": "application/json", "x-amzn-RequestId": request_id}
         return Response(status, headers, body)
+
+    def _unknown_service(self, service: str, request_id: str) -> Response:
+        # Its protocol is unknown here: the code is where every JSON protocol
+        # of botocore's looks (awsJson reads __type), the status says the rest.
+        code = "UnknownOperationException"
+        self.stats.errors[code] += 1
+        body = {"__type": code, "message": f"the emulator serves no {service} API"}
+        headers = {
+            "content-type": "application/json",
+            "x-amzn-ErrorType": code,
+            "x-amzn-RequestId": request_id,
+        }
+        return Response(404, headers, json.dumps(body).encode())
 
     def _query(self, service: QueryService, request: Request, request_id: str) -> Response:
         headers = {"content-type": "text/xml", "x-amzn-RequestId": request_id}
