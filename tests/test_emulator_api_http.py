@@ -6,14 +6,18 @@ In front of a handler of the test's own, so that only the wire is tested."""
 from __future__ import annotations
 
 import json
+import re
 import socket
 import subprocess
 import time
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote, urlencode
 
 import botocore.exceptions
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from loadgen.emulator.api.errors import ApiError
 from loadgen.emulator.api.http import HttpLimits
@@ -447,3 +451,66 @@ def test_a_service_the_emulator_does_not_serve_is_an_error_its_client_reads():
             quotas.list_service_quotas(ServiceCode="iotcore")
     assert caught.value.response["Error"]["Code"] == "UnknownOperationException"
     assert "servicequotas" in caught.value.response["Error"]["Message"]
+
+
+# Whatever a request holds, parsing it is an input or an AWS error, never a crash
+
+
+@pytest.fixture(scope="module")
+def iot_service() -> Any:
+    import botocore.session
+
+    from loadgen.emulator.api.rest import RestJsonService
+
+    return RestJsonService(botocore.session.get_session().get_service_model("iot"))
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_any_request_to_any_operation_parses_or_is_an_aws_error(iot_service, data):
+    service = iot_service
+    name = data.draw(st.sampled_from(sorted(service.model.operation_names)))
+    op = service.model.operation_model(name)
+    shape = op.input_shape
+    members = dict(shape.members) if shape is not None else {}
+    path = op.http["requestUri"]
+    for label in re.findall(r"{([^}]+)}", path):
+        value = data.draw(st.text(min_size=1, max_size=8))
+        path = path.replace("{" + label + "}", quote(value, safe=""))
+    query = {
+        m.serialization.get("name", n): data.draw(st.text(max_size=8))
+        for n, m in members.items()
+        if m.serialization.get("location") == "querystring" and data.draw(st.booleans())
+    }
+    headers = {
+        m.serialization["name"].lower(): data.draw(st.text(max_size=8).map(lambda t: t.strip()))
+        for n, m in members.items()
+        if m.serialization.get("location") == "header" and data.draw(st.booleans())
+    }
+    body_members = [n for n, m in members.items() if "location" not in m.serialization]
+    body = {n: data.draw(_json) for n in body_members if data.draw(st.booleans())}
+    raw = data.draw(st.sampled_from([json.dumps(body).encode(), b"", b"{", b"[1]"]))
+    target = path + ("?" + urlencode(query) if query else "")
+    try:
+        parsed, params = service.parse(op.http["method"], target, headers, raw)
+    except ApiError as error:
+        assert error.code in (
+            "InvalidRequestException",
+            "SerializationException",
+            "UnknownOperationException",
+        )
+        return
+    assert (
+        parsed == name
+        or service.route(op.http["method"], target.partition("?")[0])[0].name == parsed
+    )
+    assert set(params) <= set(members)

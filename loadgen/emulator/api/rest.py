@@ -282,7 +282,10 @@ def _out(value: Any, shape: Shape) -> Any:
         if isinstance(value, datetime):
             return value.timestamp()
         if isinstance(value, str):
-            return _timestamp(value, shape.name)
+            try:
+                return _timestamp(value, shape.name)
+            except ApiError:  # not the client's fault: sent as it is
+                return value
         return value
     if kind == "blob":
         raw = value.encode() if isinstance(value, str) else bytes(value)
