@@ -64,13 +64,15 @@ def running_api(
         loop.close()
 
 
-def client(service: str, url: str, *, retries: int = 1, **config: Any) -> Any:
+def client(
+    service: str, url: str, *, retries: int = 1, region: str = "us-east-1", **config: Any
+) -> Any:
     """A boto3 client of ``service`` for the emulator, with made-up credentials;
     ``retries`` attempts in all (1: none)."""
     return boto3.client(
         service,
         endpoint_url=url,
-        region_name="us-east-1",
+        region_name=region,
         aws_access_key_id="AKIDEMULATOR",
         aws_secret_access_key="emulator-secret",
         config=Config(retries={"mode": "standard", "total_max_attempts": retries}, **config),

@@ -30,7 +30,7 @@ from loadgen.emulator.registry import certificate_id
 from loadgen.emulator.serve import start_embedded
 from tests.api_server import client, raw_http
 from tests.brokers import free_port
-from tests.conftest import assert_user_error, run_loadgen
+from tests.conftest import Result, assert_user_error, run_loadgen
 
 AWS = Path(sys.executable).parent / "aws"
 
@@ -340,6 +340,18 @@ def test_a_bad_api_option_is_a_one_line_error(tmp_path, args, fragment):
     assert not (tmp_path / "server-ca").exists()
 
 
+def loadgen_env(tmp_path: Path) -> dict[str, str]:
+    """This process's environment with made-up credentials and none of the
+    user's AWS configuration, for `loadgen aws` against the emulator."""
+    return {
+        **os.environ,
+        "AWS_ACCESS_KEY_ID": "AKIDEMULATOR",
+        "AWS_SECRET_ACCESS_KEY": "emulator-secret",
+        "AWS_CONFIG_FILE": str(tmp_path / "no-config"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no-credentials"),
+    }
+
+
 def test_aws_teardown_through_the_api_at_aws_rates_leaves_the_devices_refused(fleet, tmp_path):
     ca, store = fleet
     emulator = serve(tmp_path / "emulator")  # AWS's default rates: teardown paces itself
@@ -348,13 +360,6 @@ def test_aws_teardown_through_the_api_at_aws_rates_leaves_the_devices_refused(fl
         register(iot, ca, tmp_path)
         for device in store.devices():
             assert connect(emulator, store, device) == "closed"  # JITP
-        env = {
-            **os.environ,
-            "AWS_ACCESS_KEY_ID": "AKIDEMULATOR",
-            "AWS_SECRET_ACCESS_KEY": "emulator-secret",
-            "AWS_CONFIG_FILE": str(tmp_path / "no-config"),
-            "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no-credentials"),
-        }
         teardown = subprocess.run(
             [
                 *(sys.executable, "-m", "loadgen", "aws", "teardown", "--ca", str(ca.directory)),
@@ -362,7 +367,7 @@ def test_aws_teardown_through_the_api_at_aws_rates_leaves_the_devices_refused(fl
             ],
             capture_output=True,
             text=True,
-            env=env,
+            env=loadgen_env(tmp_path),
             timeout=300,
         )
         assert teardown.returncode == 0, teardown.stdout + teardown.stderr
@@ -401,3 +406,29 @@ def test_the_api_calls_are_counted_in_the_emulator_metrics(fleet, tmp_path):
     assert 'loadgen_emulator_api_calls_total{operation="ListCACertificates"} 1.0' in text
     assert 'loadgen_emulator_api_throttles_total{operation="DescribeEndpoint"} 1.0' in text
     assert 'loadgen_emulator_api_errors_total{code="ResourceNotFoundException"} 1.0' in text
+
+
+def test_another_region_is_an_account_region_of_its_own(served, fleet, tmp_path):
+    ca, _ = fleet
+    ca_id = register(client("iot", served.api_url), ca, tmp_path)
+    elsewhere = client("iot", served.api_url, region="eu-west-1")
+    assert elsewhere.list_ca_certificates()["certificates"] == []
+    with pytest.raises(elsewhere.exceptions.ResourceNotFoundException):
+        elsewhere.describe_ca_certificate(certificateId=ca_id)
+
+
+def test_teardown_in_the_wrong_region_is_a_one_line_error(served, fleet, tmp_path):
+    ca, _ = fleet
+    register(client("iot", served.api_url), ca, tmp_path)
+    proc = subprocess.run(
+        [
+            *(sys.executable, "-m", "loadgen", "aws", "teardown", "--ca", str(ca.directory)),
+            *("--endpoint-url", served.api_url, "--region", "eu-west-1", "--yes"),
+        ],
+        capture_output=True,
+        text=True,
+        env=loadgen_env(tmp_path),
+        timeout=120,
+    )
+    assert_user_error(Result(proc.returncode, proc.stdout, proc.stderr), "is not registered")
+    assert len(client("iot", served.api_url).list_ca_certificates()["certificates"]) == 1

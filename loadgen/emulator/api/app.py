@@ -28,7 +28,11 @@ from loadgen.emulator.api.throttle import ApiThrottle
 Call = Callable[[str, dict[str, Any]], dict[str, Any]]
 
 _SCOPE = re.compile(r"Credential=[^/,\s]+/\d{8}/([^/,\s]+)/([^/,\s]+)/aws4_request")
+_REGION = re.compile(r"[a-z]{2}(?:-[a-z]+)+-\d{1,2}")
 ACCOUNT_ID = "123456789012"
+REGION = "us-east-1"
+# Other regions a client may sign for, each an empty account-region of its own.
+_MAX_OTHER_REGIONS = 32
 
 
 @dataclass
@@ -44,10 +48,22 @@ def _models() -> botocore.session.Session:
 
 class ControlPlaneApi:
     def __init__(
-        self, call: Call, throttle: ApiThrottle | None = None, account_id: str = ACCOUNT_ID
+        self,
+        call: Call,
+        throttle: ApiThrottle | None = None,
+        account_id: str = ACCOUNT_ID,
+        *,
+        region: str = REGION,
+        other_region: Callable[[str], Call] | None = None,
     ) -> None:
+        """``call`` answers for ``region``; a request signed for another region
+        goes to ``other_region(that region)``'s (made once per region), as on
+        AWS where each region's registry is its own; without it, to ``call``."""
         session = _models()
         self.call = call
+        self.region = region
+        self._other_region = other_region
+        self._regions: dict[str, Call] = {}
         self.throttle = throttle or ApiThrottle()
         self.stats = ApiStats()
         self.iot = RestJsonService(session.get_service_model("iot"))
@@ -56,8 +72,8 @@ class ControlPlaneApi:
 
     def __call__(self, request: Request) -> Response:
         request_id = str(uuid.uuid4())
-        service = _service(request)
-        if service in ("iam", "sts"):
+        region, service = _scope(request)
+        if service in ("iam", "sts"):  # global services: one for every region
             return self._query(self.iam if service == "iam" else self.sts, request, request_id)
         if service != "iot":
             return self._unknown_service(service, request_id)
@@ -66,7 +82,7 @@ class ControlPlaneApi:
                 request.method, request.target, request.headers, request.body
             )
             self._admit(operation)
-            result = self.call(operation, params)
+            result = self._for_region(region)(operation, params)
             status, headers, body = self.iot.render(operation, result or {})
         except ApiError as error:
             return self._rest_error(error, request_id)
@@ -75,6 +91,16 @@ class ControlPlaneApi:
         self.stats.calls[operation] += 1
         headers |= {"content-type": "application/json", "x-amzn-RequestId": request_id}
         return Response(status, headers, body)
+
+    def _for_region(self, region: str | None) -> Call:
+        if region is None or region == self.region or self._other_region is None:
+            return self.call
+        call = self._regions.get(region)
+        if call is None:
+            if not _REGION.fullmatch(region) or len(self._regions) >= _MAX_OTHER_REGIONS:
+                raise ApiError("InvalidRequestException", f"no region {region[:40]!r} here")
+            call = self._regions[region] = self._other_region(region)
+        return call
 
     def _admit(self, operation: str) -> None:
         if not self.throttle.allow(operation):
@@ -129,15 +155,15 @@ def operation_names() -> list[str]:
     return [*session.get_service_model("iot").operation_names, *iam, *sts]
 
 
-def _service(request: Request) -> str:
-    """The signing scope's service; unsigned, a form with Action=... is IAM's
-    (STS's for GetCallerIdentity), anything else IoT's."""
+def _scope(request: Request) -> tuple[str | None, str]:
+    """The signing scope's region and service; unsigned (no region), a form
+    with Action=... is IAM's (STS's for GetCallerIdentity), anything else IoT's."""
     match = _SCOPE.search(request.headers.get("authorization", ""))
     if match:
-        return match[2]
+        return match[1], match[2]
     if request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
-        return "sts" if b"Action=GetCallerIdentity" in request.body else "iam"
-    return "iot"
+        return None, "sts" if b"Action=GetCallerIdentity" in request.body else "iam"
+    return None, "iot"
 
 
 def _internal(exc: Exception) -> ApiError:
