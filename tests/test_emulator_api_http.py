@@ -514,3 +514,26 @@ def test_any_request_to_any_operation_parses_or_is_an_aws_error(iot_service, dat
         or service.route(op.http["method"], target.partition("?")[0])[0].name == parsed
     )
     assert set(params) <= set(members)
+
+
+def test_a_chunked_body_is_read_whole():
+    body = json.dumps({"policyDocument": "{}"}).encode()
+    chunked = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+    request = (
+        b"POST /policies/p HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n" + chunked
+    )
+    recorder = Recorder(CreatePolicy={"policyName": "p"})
+    with running_api(recorder) as api:
+        answer = raw_http(api.port, request)
+    assert answer.startswith(b"HTTP/1.1 200 ")
+    assert recorder.calls == [("CreatePolicy", {"policyName": "p", "policyDocument": "{}"})]
+
+
+def test_a_chunked_body_over_the_limit_is_a_413():
+    limits = HttpLimits(max_body=1000)
+    chunk = b"%x\r\n%s\r\n" % (600, b"x" * 600)
+    request = b"POST /policies/p HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    with running_api(Recorder(), limits=limits) as api:
+        answer = raw_http(api.port, request + chunk * 3)
+    assert answer.startswith(b"HTTP/1.1 413 ")
