@@ -142,10 +142,6 @@ class ControlPlaneApi:
         self.stats.calls[action] += 1
         return Response(200, headers, body)
 
-    def operations(self) -> list[str]:
-        """Every operation name ``--api-rate`` may name."""
-        return [*self.iot.model.operation_names, *self.iam.operations, *self.sts.operations]
-
 
 def operation_names() -> list[str]:
     """What ``--api-rate`` may name, without building a whole API."""

@@ -158,7 +158,7 @@ class _HttpConnection(asyncio.Protocol):
                 self.request = event
                 self.body.clear()
                 if self.conn.they_are_waiting_for_100_continue:
-                    # (curl asks before a body over 1 KiB; botocore does not.)
+                    # (A client may ask before a large body; botocore does not.)
                     self.transport.write(
                         self.conn.send(h11.InformationalResponse(status_code=100, headers=[]))
                         or b""

@@ -29,10 +29,6 @@ class QueryService:
             for shape in model.error_shapes
         }
 
-    @property
-    def operations(self) -> list[str]:
-        return sorted(self.handlers)
-
     def parse(self, target: str, body: bytes) -> tuple[str, dict[str, str]]:
         """The action and its parameters, from the form body (or the query string)."""
         form = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
