@@ -19,38 +19,16 @@ from loadgen.certs.ca import CA, init_ca
 from loadgen.certs.mint import MintRequest, mint
 from loadgen.certs.store import FleetStore
 from tests.conftest import assert_user_error
+from tests.moto_aws import REGION, client, no_credentials_env
 
-REGION = "us-east-1"
 _TEARDOWN = (sys.executable, "-m", "loadgen", "aws", "teardown", "--ca")
 POLICY = json.dumps(
     {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "iot:Connect"}]}
 )
 
 
-@pytest.fixture(scope="module")
-def moto_url():
-    """moto's server on loopback, computing certificate ids from the DER as AWS does."""
-    from moto.core.config import default_user_config
-    from moto.server import ThreadedMotoServer
-
-    default_user_config["iot"] = {"use_valid_cert": True}
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
 def _iot(url):
-    import boto3
-
-    return boto3.client(
-        "iot",
-        endpoint_url=url,
-        region_name=REGION,
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
+    return client(url)
 
 
 @dataclass
@@ -227,11 +205,7 @@ def test_a_ca_that_is_not_registered_is_one_line_and_exit_2(moto_url, account, t
 
 
 def test_no_credentials_is_one_line_and_exit_2(tmp_path):
-    env = {key: value for key, value in os.environ.items() if not key.startswith("AWS_")} | {
-        "AWS_EC2_METADATA_DISABLED": "true",
-        "AWS_CONFIG_FILE": str(tmp_path / "none"),
-        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
-    }
+    env = no_credentials_env(tmp_path)
     ca = init_ca(tmp_path / "ca")
     proc = subprocess.run(
         [*_TEARDOWN, str(ca.directory), "--region", REGION, "--dry-run"],

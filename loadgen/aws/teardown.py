@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -29,6 +28,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from loadgen.aws.account import error_code
+from loadgen.aws.calls import Api
 from loadgen.aws.ratelimit import RateLimits
 from loadgen.certs.ca import CERT_FILE
 from loadgen.errors import CAError, UserError
@@ -115,7 +115,7 @@ class Teardown:
         sleep: Callable[[float], None] = time.sleep,
         on_progress: Callable[[int, int], None] | None = None,
     ) -> None:
-        self.iot = iot
+        self.api = Api(iot, limits)
         self.ca_dir = ca_dir
         self.limits = limits
         self.sleep = sleep
@@ -130,7 +130,7 @@ class Teardown:
         (plus what an interrupted teardown had journaled). Changes nothing."""
         self._check_registered()
         certificates = list(
-            self._pages(
+            self.api.pages(
                 "ListCertificatesByCA",
                 "certificates",
                 "marker",
@@ -152,7 +152,7 @@ class Teardown:
 
     def _check_registered(self) -> None:
         try:
-            self._call("DescribeCACertificate", certificateId=self.ca_id)
+            self.api.call("DescribeCACertificate", certificateId=self.ca_id)
             return
         except Exception as exc:
             if error_code(exc) != _GONE:
@@ -167,7 +167,7 @@ class Teardown:
         """The account's CA ids by listing, for an account where describing by the
         computed id failed; an API without the listing gives none."""
         try:
-            for ca in self._pages("ListCACertificates", "certificates", "marker", "nextMarker"):
+            for ca in self.api.pages("ListCACertificates", "certificates", "marker", "nextMarker"):
                 yield str(ca["certificateId"])
         except Exception as exc:
             if error_code(exc) is None:
@@ -179,12 +179,12 @@ class Teardown:
         arn = cert["certificateArn"]
         policies = {
             p["policyName"]
-            for p in self._pages(
+            for p in self.api.pages(
                 "ListAttachedPolicies", "policies", "marker", "nextMarker", target=arn
             )
         }
         things = set(
-            self._pages("ListPrincipalThings", "things", "nextToken", "nextToken", principal=arn)
+            self.api.pages("ListPrincipalThings", "things", "nextToken", "nextToken", principal=arn)
         )
         return things, policies
 
@@ -226,7 +226,7 @@ class Teardown:
             for thing in sorted(things):
                 self._gone_is_fine("DetachThingPrincipal", thingName=thing, principal=arn)
             if cert.get("status") in ("ACTIVE", "PENDING_ACTIVATION", None):
-                self._call("UpdateCertificate", certificateId=cert_id, newStatus="INACTIVE")
+                self.api.call("UpdateCertificate", certificateId=cert_id, newStatus="INACTIVE")
             self._retrying("DeleteCertificate", certificateId=cert_id)
         except Exception as exc:
             return _refused(exc)
@@ -235,7 +235,7 @@ class Teardown:
     def _remove_thing(self, name: str, ours: set[str]) -> tuple[str, str]:
         try:
             principals = set(
-                self._pages(
+                self.api.pages(
                     "ListThingPrincipals", "principals", "nextToken", "nextToken", thingName=name
                 )
             )
@@ -249,13 +249,13 @@ class Teardown:
     def _remove_policy(self, name: str) -> tuple[str, str]:
         try:
             targets = list(
-                self._pages(
+                self.api.pages(
                     "ListTargetsForPolicy", "targets", "marker", "nextMarker", policyName=name
                 )
             )
             if targets:
                 return ("kept", "still attached to another target")
-            versions = self._call("ListPolicyVersions", policyName=name)["policyVersions"]
+            versions = self.api.call("ListPolicyVersions", policyName=name)["policyVersions"]
             for version in versions:
                 if not version.get("isDefaultVersion"):
                     self._gone_is_fine(
@@ -268,7 +268,7 @@ class Teardown:
 
     def _remove_ca(self) -> tuple[str, str]:
         try:
-            self._call("UpdateCACertificate", certificateId=self.ca_id, newStatus="INACTIVE")
+            self.api.call("UpdateCACertificate", certificateId=self.ca_id, newStatus="INACTIVE")
             self._retrying("DeleteCACertificate", certificateId=self.ca_id)
         except Exception as exc:
             return _refused(exc)
@@ -276,15 +276,9 @@ class Teardown:
 
     # -- calls ------------------------------------------------------------
 
-    def _call(self, api: str, **kwargs: Any) -> dict[str, Any]:
-        self.limits.acquire(api)
-        method = getattr(self.iot, _snake(api))
-        result: dict[str, Any] = method(**kwargs)
-        return result
-
     def _gone_is_fine(self, api: str, **kwargs: Any) -> None:
         try:
-            self._call(api, **kwargs)
+            self.api.call(api, **kwargs)
         except Exception as exc:
             if error_code(exc) != _GONE:
                 raise
@@ -294,7 +288,7 @@ class Teardown:
         was just removed; one already gone raises ``_Gone``."""
         for delay in (*_RETRY_DELAYS, None):
             try:
-                self._call(api, **kwargs)
+                self.api.call(api, **kwargs)
                 return
             except Exception as exc:
                 code = error_code(exc)
@@ -303,17 +297,6 @@ class Teardown:
                 if code not in _CONFLICTS or delay is None:
                     raise
             self.sleep(delay)
-
-    def _pages(
-        self, api: str, items: str, token_in: str, token_out: str, **kwargs: Any
-    ) -> Iterator[Any]:
-        token: str | None = None
-        while True:
-            page = self._call(api, **kwargs, **({token_in: token} if token else {}))
-            yield from page.get(items, [])
-            token = page.get(token_out)
-            if not token:
-                return
 
     # -- the journal --------------------------------------------------------
 
@@ -363,8 +346,3 @@ def _count(tally: Tally, outcome: tuple[str, str]) -> None:
         tally.kept[why] += 1
     else:
         tally.refused[why] += 1
-
-
-def _snake(api: str) -> str:
-    """``ListCertificatesByCA`` -> ``list_certificates_by_ca``, as boto3 names it."""
-    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", api).lower()

@@ -11,8 +11,14 @@ import click
 
 from loadgen.aws.account import Account
 from loadgen.aws.ratelimit import RateLimits
+from loadgen.aws.record import record_path
+from loadgen.aws.setup import Setup, SetupRequest, prepare
+from loadgen.aws.snippet import scenario_text
 from loadgen.aws.teardown import Teardown
+from loadgen.certs.store import FleetStore
+from loadgen.cli.common import warn
 from loadgen.errors import LoadgenError, UserError
+from loadgen.files import write_output
 
 
 @click.group()
@@ -26,12 +32,123 @@ def _account_options(command: Callable[..., Any]) -> Callable[..., Any]:
             click.option("--profile", help="A profile of ~/.aws/config (as the aws CLI)."),
             click.option("--region", help="Default: the profile's or AWS_REGION."),
             click.option(
-                "--endpoint-url", help="Another endpoint than AWS's (a moto server, say)."
+                "--endpoint-url",
+                help="Another control plane than AWS's: the emulator's (--api-port) or moto's.",
             ),
         )
     ):
         command = option(command)
     return command
+
+
+@aws.command("setup")
+@click.option("--ca", "ca_dir", required=True, type=click.Path(path_type=Path), help="CA folder.")
+@click.option(
+    "--registration-config",
+    type=click.Path(path_type=Path),
+    help="templateBody + roleArn JSON, as register-ca-certificate takes it.",
+)
+@click.option(
+    "--template",
+    type=click.Path(path_type=Path),
+    help="A readable template (.yaml/.json) instead of --registration-config.",
+)
+@click.option("--role-arn", help="The provisioning role (default: the config's roleArn).")
+@click.option(
+    "--create-role",
+    is_flag=True,
+    help="Create the role (--role-arn's name, or loadgen-jitp-CAID) with AWSIoTThingsRegistration.",
+)
+@click.option(
+    "--allow-lint-errors",
+    is_flag=True,
+    help="Register a template `template check` finds errors in.",
+)
+@click.option(
+    "--fleet",
+    type=click.Path(path_type=Path),
+    help="The fleet's folder: the thing groups its devices compute are created too.",
+)
+@click.option(
+    "--server-ca",
+    type=click.Path(path_type=Path),
+    help="The scenario trusts this CA file (default: Amazon Root CA 1 from the system store).",
+)
+@click.option("--write-scenario", type=click.Path(path_type=Path), help="Write the scenario here.")
+@_account_options
+def aws_setup(
+    ca_dir: Path,
+    registration_config: Path | None,
+    template: Path | None,
+    role_arn: str | None,
+    create_role: bool,
+    allow_lint_errors: bool,
+    fleet: Path | None,
+    server_ca: Path | None,
+    write_scenario: Path | None,
+    profile: str | None,
+    region: str | None,
+    endpoint_url: str | None,
+) -> None:
+    """Register the CA for JITP (or update it), create what its template needs,
+    and print a scenario for the account's endpoint."""
+    import botocore.exceptions
+
+    if (registration_config is None) == (template is None):
+        raise UserError("give one of --registration-config FILE and --template FILE")
+    config = registration_config or template
+    assert config is not None
+    if server_ca is not None and not server_ca.is_file():
+        raise UserError(f"--server-ca {server_ca}: no such file")
+    request = SetupRequest(
+        ca_dir,
+        config,
+        readable=template is not None,
+        role_arn=role_arn,
+        create_role=create_role,
+        allow_lint_errors=allow_lint_errors,
+        fleet=fleet,
+    )
+    prepared = prepare(request)
+    account = Account(profile, region, endpoint_url)
+    try:
+        result = Setup(account, RateLimits()).run(prepared)
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+        raise LoadgenError(f"the account refused setup: {exc}") from None
+    # (After the account's checks: a refusal stays one line.)
+    for finding in prepared.findings:
+        warn(f"{config}: {finding}")
+    for where in prepared.names.unlisted:
+        warn(
+            f"{config}: {where} is computed per device: give --fleet FLEET_DIR to create "
+            "what it names, or create it yourself (RegisterThing needs it to exist)"
+        )
+    record = result.record
+    ca_line = "registered" if result.registered else "was registered: updated"
+    click.echo(
+        f"CA {record.ca_id[:16]}… {ca_line} (ACTIVE, auto-registration on) in account "
+        f"{record.account}, region {record.region}"
+    )
+    created = record.created
+    for kind, names, existing in (
+        ("thing type", created.thing_types, result.found.thing_types),
+        ("thing group", created.thing_groups, result.found.thing_groups),
+    ):
+        for name in names:
+            click.echo(f"  {kind} {name}: created by setup")
+        for name in existing:
+            click.echo(f"  {kind} {name}: already there, left as it is")
+    click.echo(f"  role {record.role_arn}" + (" (created by setup)" if created.role else ""))
+    click.echo(f"  endpoint {record.endpoint}")
+    click.echo(f"  recorded in {record_path(ca_dir)}")
+    count = sum(1 for _ in FleetStore(fleet).devices()) if fleet is not None else None
+    text = scenario_text(record, ca_dir, server_ca=server_ca, fleet=fleet, count=count)
+    if write_scenario is not None:
+        write_output(write_scenario, text.encode())
+        click.echo(f"scenario written to {write_scenario}")
+    else:
+        click.echo("")
+        click.echo(text, nl=False)
 
 
 @aws.command("teardown")
