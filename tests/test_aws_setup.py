@@ -278,3 +278,34 @@ def test_a_ca_folder_set_up_in_another_account_is_refused(moto, ca):
     record_file.write_text(json.dumps(record))
     result = _setup(moto, ca.directory, "--template", LIGHTBULB, "--role-arn", ROLE)
     assert_user_error(result, RECORD_FILE, "account 210987654321", "teardown")
+
+
+def test_teardown_deletes_what_setup_created_and_the_record(moto, ca, tmp_path):
+    result = _setup(moto, ca.directory, "--template", LIGHTBULB, "--create-role")
+    assert result.code == 0, result.err
+    record = load_record(ca.directory)
+    assert record is not None and record.created.role is not None
+    torn = loadgen_aws("teardown", "--ca", ca.directory, "--yes")  # the record says where
+    assert torn.code == 0, torn.out + torn.err
+    assert "created by setup: 3 deleted" in torn.out
+    iot, iam = client(moto), client(moto, "iam")
+    assert iot.list_thing_types()["thingTypes"] == []
+    assert iot.list_thing_groups()["thingGroups"] == []
+    assert record.created.role not in {r["RoleName"] for r in iam.list_roles()["Roles"]}
+    assert not (ca.directory / RECORD_FILE).exists()
+
+
+def test_teardown_keep_ca_keeps_what_setup_created_for_it(moto, ca):
+    _role(moto)
+    assert _setup(moto, ca.directory, "--template", LIGHTBULB, "--role-arn", ROLE).code == 0
+    torn = loadgen_aws("teardown", "--ca", ca.directory, "--yes", "--keep-ca")
+    assert torn.code == 0, torn.out + torn.err
+    assert client(moto).describe_thing_type(thingTypeName="lightBulb-versionA")
+    assert (ca.directory / RECORD_FILE).exists()
+
+
+def test_teardown_refuses_a_region_other_than_setups(moto, ca):
+    _role(moto)
+    assert _setup(moto, ca.directory, "--template", LIGHTBULB, "--role-arn", ROLE).code == 0
+    torn = loadgen_aws("teardown", "--ca", ca.directory, "--yes", "--region", "eu-west-1")
+    assert_user_error(torn, RECORD_FILE, "region us-east-1, not eu-west-1")

@@ -25,15 +25,14 @@ class Created:
     role: str | None = None  # an IAM role's name
     ca: bool = False  # the CA was registered by setup, not only updated
 
-    def merge(self, earlier: Created) -> Created:
-        """A second setup finds what the first created as already there: it is
-        still setup's."""
-        return Created(
-            sorted({*earlier.thing_types, *self.thing_types}),
-            sorted({*earlier.thing_groups, *self.thing_groups}),
-            self.role or earlier.role,
-            self.ca or earlier.ca,
-        )
+    def names(self) -> list[str]:
+        """What teardown deletes besides JITP's (the CA itself is another step)."""
+        role = [f"role {self.role}"] if self.role is not None else []
+        return [
+            *(f"thing type {t}" for t in self.thing_types),
+            *(f"thing group {g}" for g in self.thing_groups),
+            *role,
+        ]
 
 
 @dataclass

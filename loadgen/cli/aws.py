@@ -8,15 +8,23 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from loadgen.aws.account import Account
 from loadgen.aws.ratelimit import RateLimits
-from loadgen.aws.record import record_path
+from loadgen.aws.record import SetupRecord, load_record, record_path
 from loadgen.aws.setup import Setup, SetupRequest, prepare
 from loadgen.aws.snippet import scenario_text
 from loadgen.aws.teardown import Teardown
 from loadgen.certs.store import FleetStore
-from loadgen.cli.common import warn
+from loadgen.cli.common import stderr_console, warn
 from loadgen.errors import LoadgenError, UserError
 from loadgen.files import write_output
 
@@ -173,10 +181,14 @@ def aws_teardown(
     endpoint_url: str | None,
 ) -> None:
     """Remove what JITP created for the CA's devices (certificates, their things
-    and policies), then the CA; exit 0 only when all of it is gone."""
+    and policies), then what `aws setup` created, then the CA; exit 0 only when
+    all of it is gone."""
     import botocore.exceptions
 
-    teardown = Teardown(Account(profile, region, endpoint_url).iot(), ca_dir, RateLimits(rate))
+    record = load_record(ca_dir)
+    account = _recorded_account(ca_dir, record, profile, region, endpoint_url)
+    created = record.created if record is not None else None
+    teardown = Teardown(account.iot(), ca_dir, RateLimits(rate), iam=account.iam(), created=created)
     try:
         found = teardown.find()
     except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
@@ -185,6 +197,9 @@ def aws_teardown(
         f"CA {found.ca_id[:16]}…: {len(found.certificates)} certificates, "
         f"{len(found.things)} things and {len(found.policies)} policies attached to them"
     )
+    if found.created.names():
+        kept = " (kept with --keep-ca)" if keep_ca else ""
+        click.echo(f"created by setup{kept}: {', '.join(found.created.names())}")
     if dry_run:
         click.echo("dry run: nothing was changed")
         return
@@ -192,8 +207,55 @@ def aws_teardown(
         if not sys.stdin.isatty():
             raise UserError("teardown deletes from the account: confirm with --yes")
         click.confirm("delete them (shared things and policies are kept)?", abort=True)
-    summary = teardown.run(found, keep_ca=keep_ca)
+    console = stderr_console()
+    with Progress(
+        TextColumn("tearing down"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+        disable=not console.is_terminal,
+    ) as bar:
+        task = bar.add_task("teardown", total=found.steps)
+        teardown.on_progress = lambda done, total: bar.update(task, completed=done, total=total)
+        summary = teardown.run(found, keep_ca=keep_ca)
     for line in summary.lines():
         click.echo(line)
     if not summary.complete:
         sys.exit(1)
+
+
+def _recorded_account(
+    ca_dir: Path,
+    record: SetupRecord | None,
+    profile: str | None,
+    region: str | None,
+    endpoint_url: str | None,
+) -> Account:
+    """The account as given, else as setup recorded it; refused when it is not the
+    one setup changed (what setup created there is not to be looked for here)."""
+    if record is None:
+        return Account(profile, region, endpoint_url)
+    account = Account(
+        profile or record.profile, region or record.region, endpoint_url or record.endpoint_url
+    )
+    if account.region_name != record.region:
+        raise UserError(
+            f"{record_path(ca_dir)}: the CA was set up in region {record.region}, not "
+            f"{account.region_name} (leave out --region)"
+        )
+    import botocore.exceptions
+
+    try:
+        identity = account.sts().get_caller_identity()
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+        raise LoadgenError(f"the account could not be read: {exc}") from None
+    if str(identity["Account"]) != record.account:
+        raise UserError(
+            f"{record_path(ca_dir)}: the CA was set up in account {record.account}; these "
+            f"credentials are account {identity['Account']}"
+        )
+    return account
