@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -10,7 +11,15 @@ from pathlib import Path
 
 import pytest
 
+from loadgen.certs.ca import CA
+from loadgen.certs.mint import MintRequest, mint
+from loadgen.certs.store import FleetStore
+
 REGION = "us-east-1"
+POLICY = json.dumps(
+    {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "iot:Connect"}]}
+)
+
 CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "testing",
     "AWS_SECRET_ACCESS_KEY": "testing",
@@ -77,3 +86,25 @@ def no_credentials_env(tmp_path: Path) -> dict[str, str]:
         "AWS_CONFIG_FILE": str(tmp_path / "none"),
         "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
     }
+
+
+def provision(iot, ca: CA, fleet: Path, count: int, prefix: str, shared: str) -> list[str]:
+    """What JITP does for each device: register the certificate, create its
+    thing and its own policy, attach them, and attach the shared policy."""
+    mint(MintRequest(fleet, ca.directory, count, None, seed=1))
+    ca_pem = (ca.directory / "ca.pem").read_text()
+    things = []
+    for device in FleetStore(fleet).devices():
+        chain = (fleet / device.cert).read_text()
+        pem = chain.split("-----END CERTIFICATE-----")[0] + "-----END CERTIFICATE-----\n"
+        cert = iot.register_certificate(
+            certificatePem=pem, caCertificatePem=ca_pem, setAsActive=True
+        )
+        thing = f"{prefix}-{device.index}"
+        iot.create_thing(thingName=thing)
+        iot.attach_thing_principal(thingName=thing, principal=cert["certificateArn"])
+        iot.create_policy(policyName=f"{thing}-policy", policyDocument=POLICY)
+        iot.attach_policy(policyName=f"{thing}-policy", target=cert["certificateArn"])
+        iot.attach_policy(policyName=shared, target=cert["certificateArn"])
+        things.append(thing)
+    return things

@@ -9,22 +9,17 @@ import os
 import subprocess
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
 from loadgen.aws.ratelimit import RateLimits
 from loadgen.aws.teardown import Teardown, ca_certificate_id
 from loadgen.certs.ca import CA, init_ca
-from loadgen.certs.mint import MintRequest, mint
-from loadgen.certs.store import FleetStore
 from tests.conftest import assert_user_error
-from tests.moto_aws import REGION, client, no_credentials_env
+from tests.moto_aws import POLICY, REGION, client, no_credentials_env
+from tests.moto_aws import provision as _provision
 
 _TEARDOWN = (sys.executable, "-m", "loadgen", "aws", "teardown", "--ca")
-POLICY = json.dumps(
-    {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "iot:Connect"}]}
-)
 
 
 def _iot(url):
@@ -40,28 +35,6 @@ class Account:
     b: CA
     a_things: list[str]
     b_things: list[str]
-
-
-def _provision(iot, ca: CA, fleet: Path, count: int, prefix: str, shared: str) -> list[str]:
-    """What JITP does for each device: register the certificate, create its
-    thing and its own policy, attach them, and attach the shared policy."""
-    mint(MintRequest(fleet, ca.directory, count, None, seed=1))
-    ca_pem = (ca.directory / "ca.pem").read_text()
-    things = []
-    for device in FleetStore(fleet).devices():
-        chain = (fleet / device.cert).read_text()
-        pem = chain.split("-----END CERTIFICATE-----")[0] + "-----END CERTIFICATE-----\n"
-        cert = iot.register_certificate(
-            certificatePem=pem, caCertificatePem=ca_pem, setAsActive=True
-        )
-        thing = f"{prefix}-{device.index}"
-        iot.create_thing(thingName=thing)
-        iot.attach_thing_principal(thingName=thing, principal=cert["certificateArn"])
-        iot.create_policy(policyName=f"{thing}-policy", policyDocument=POLICY)
-        iot.attach_policy(policyName=f"{thing}-policy", target=cert["certificateArn"])
-        iot.attach_policy(policyName=shared, target=cert["certificateArn"])
-        things.append(thing)
-    return things
 
 
 @pytest.fixture

@@ -17,7 +17,9 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from loadgen.aws import status as status_mod
 from loadgen.aws.account import Account
+from loadgen.aws.calls import Api
 from loadgen.aws.ratelimit import RateLimits
 from loadgen.aws.record import SetupRecord, load_record, record_path
 from loadgen.aws.setup import Setup, SetupRequest, prepare
@@ -157,6 +159,47 @@ def aws_setup(
     else:
         click.echo("")
         click.echo(text, nl=False)
+
+
+@aws.command("status")
+@click.option("--ca", "ca_dir", required=True, type=click.Path(path_type=Path), help="CA folder.")
+@click.option(
+    "--sample",
+    type=click.IntRange(min=0),
+    default=100,
+    show_default=True,
+    help="Certificates looked at for attachments (0: all; two calls each, at 10/s).",
+)
+@_account_options
+def aws_status(
+    ca_dir: Path,
+    sample: int,
+    profile: str | None,
+    region: str | None,
+    endpoint_url: str | None,
+) -> None:
+    """The CA in the account: its status and template, the certificates it signed
+    by status, what they are attached to, the quotas that bound a storm."""
+    import botocore.exceptions
+
+    record = load_record(ca_dir)
+    account = _recorded_account(ca_dir, record, profile, region, endpoint_url)
+    try:
+        found = status_mod.status(
+            Api(account.iot(), RateLimits()),
+            ca_dir,
+            sample=sample,
+            quotas=account.client("service-quotas"),
+        )
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+        raise LoadgenError(f"the account could not be read: {exc}") from None
+    if record is not None:
+        click.echo(f"set up by loadgen in account {record.account}, region {record.region}")
+        click.echo(f"  endpoint {record.endpoint}")
+        for name in record.created.names():
+            click.echo(f"  {name} (created by setup)")
+    for line in found.lines():
+        click.echo(line)
 
 
 @aws.command("teardown")
