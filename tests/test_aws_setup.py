@@ -309,3 +309,24 @@ def test_teardown_refuses_a_region_other_than_setups(moto, ca):
     assert _setup(moto, ca.directory, "--template", LIGHTBULB, "--role-arn", ROLE).code == 0
     torn = loadgen_aws("teardown", "--ca", ca.directory, "--yes", "--region", "eu-west-1")
     assert_user_error(torn, RECORD_FILE, "region us-east-1, not eu-west-1")
+
+
+def test_a_scenario_file_that_cannot_be_written_is_refused_before_anything(moto, ca, tmp_path):
+    _role(moto)
+    out = tmp_path / "missing" / "aws.yaml"
+    result = _setup(
+        moto, ca.directory, "--template", LIGHTBULB, "--role-arn", ROLE, "--write-scenario", out
+    )
+    assert_user_error(result, "--write-scenario", "does not exist")
+    _nothing_done(moto, ca.directory)
+
+
+def test_a_thing_type_other_things_still_have_is_kept_and_usable(moto, ca):
+    _role(moto)
+    assert _setup(moto, ca.directory, "--template", LIGHTBULB, "--role-arn", ROLE).code == 0
+    iot = client(moto)
+    iot.create_thing(thingName="someone-elses", thingTypeName="lightBulb-versionA")
+    torn = loadgen_aws("teardown", "--ca", ca.directory, "--yes")
+    assert "1 kept (thing type of other things)" in torn.out, torn.out + torn.err
+    described = iot.describe_thing_type(thingTypeName="lightBulb-versionA")
+    assert not described["thingTypeMetadata"].get("deprecated")

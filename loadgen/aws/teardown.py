@@ -278,6 +278,8 @@ class Teardown:
         try:
             users = self.api.call("ListThings", thingTypeName=name, maxResults=1)["things"]
             if users:
+                # Deprecated at the start: let the others' devices have it again.
+                self._gone_is_fine("DeprecateThingType", thingTypeName=name, undoDeprecate=True)
                 return ("kept", "thing type of other things")
             self._gone_is_fine("DeprecateThingType", thingTypeName=name)
             # Refused until five minutes after the deprecation (started at the

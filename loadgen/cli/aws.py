@@ -28,7 +28,7 @@ from loadgen.aws.teardown import Teardown
 from loadgen.certs.store import FleetStore
 from loadgen.cli.common import stderr_console, warn
 from loadgen.errors import LoadgenError, UserError
-from loadgen.files import write_output
+from loadgen.files import check_writable, write_output
 
 
 @click.group()
@@ -120,6 +120,11 @@ def aws_setup(
         fleet=fleet,
     )
     prepared = prepare(request)
+    # Before the account changes: what setup did must be recordable, and its
+    # scenario writable.
+    check_writable(record_path(ca_dir), "--ca")
+    if write_scenario is not None:
+        check_writable(write_scenario, "--write-scenario")
     account = Account(profile, region, endpoint_url)
     try:
         result = Setup(account, RateLimits()).run(prepared)
