@@ -32,22 +32,26 @@ class Account:
     def sts(self) -> Any:
         return self.client("sts")
 
-    def client(self, service: str) -> Any:
-        """A boto3 client of ``service`` (one session for all of them)."""
+    def client(self, service: str, *, attempts: int | None = None) -> Any:
+        """A boto3 client of ``service`` (one session for all of them); ``attempts``
+        fewer than the default for calls that are worth less than a wait."""
         import botocore.config
 
-        return self._session().client(
-            service, endpoint_url=self.endpoint_url, config=botocore.config.Config(retries=_RETRY)
+        retries = _RETRY if attempts is None else {**_RETRY, "max_attempts": attempts}
+        return self._session.client(
+            service, endpoint_url=self.endpoint_url, config=botocore.config.Config(retries=retries)
         )
 
     @property
     def region_name(self) -> str:
-        region = self._session().region_name
+        region = self._session.region_name
         assert isinstance(region, str)  # _session refuses a session without one
         return region
 
-    @functools.cache  # noqa: B019 (frozen, few instances: one session per account)
+    @functools.cached_property
     def _session(self) -> Any:
+        """One boto3 session for every client (cached on the instance: a frozen
+        dataclass's __dict__ still takes it)."""
         import boto3
         import botocore.exceptions
 

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+from loadgen.aws.account import error_code
 from loadgen.aws.ratelimit import RateLimits
+from loadgen.errors import UserError
 
 
 class Api:
@@ -35,6 +38,38 @@ class Api:
             token = page.get(token_out)
             if not token:
                 return
+
+
+def is_registered(api: Api, ca_id: str, *, listing: bool = True) -> bool:
+    """Whether the account has the CA of id ``ca_id`` (the hex SHA-256 of its DER,
+    as AWS computes certificate ids), with ``listing`` falling back to listing its
+    CAs."""
+    try:
+        api.call("DescribeCACertificate", certificateId=ca_id)
+        return True
+    except Exception as exc:
+        if error_code(exc) != "ResourceNotFoundException":
+            raise
+    if not listing:
+        return False
+    try:
+        listed = {
+            str(ca["certificateId"])
+            for ca in api.pages("ListCACertificates", "certificates", "marker", "nextMarker")
+        }
+    except Exception as exc:
+        if error_code(exc) is None:
+            raise  # not the account's answer: the network, say
+        # The account answered, and not with a list (moto has none): the describe
+        # by id has already said what can be said.
+        return False
+    return ca_id in listed
+
+
+def not_registered(ca_dir: Path, ca_id: str) -> UserError:
+    return UserError(
+        f"{ca_dir}: its CA (id {ca_id[:16]}…) is not registered in this account and region"
+    )
 
 
 def snake(api: str) -> str:

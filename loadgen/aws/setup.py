@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from loadgen.aws.account import Account, error_code
-from loadgen.aws.calls import Api
+from loadgen.aws.calls import Api, is_registered
 from loadgen.aws.ratelimit import RateLimits
 from loadgen.aws.record import Created, SetupRecord, load_record, record_path, save_record
 from loadgen.certs.ca import CA, load_ca, verification_cert
@@ -358,7 +358,9 @@ class Setup:
 
     def _register_ca(self, ca: CA, config: dict[str, str], *, new_role: bool) -> bool:
         """Register the CA, or update it when registered; True when registered now."""
-        if self._ca_registered(ca.fingerprint):
+        # No listing: a CA registered under another id than its DER's hash would
+        # be refused as already there by RegisterCACertificate below, and updated.
+        if is_registered(self.api, ca.fingerprint, listing=False):
             self._update_ca(ca.fingerprint, config)
             return False
         code = str(self.api.call("GetRegistrationCode")["registrationCode"])
@@ -388,15 +390,6 @@ class Setup:
                     raise
             self.sleep(delay)
         raise AssertionError("unreachable")
-
-    def _ca_registered(self, ca_id: str) -> bool:
-        try:
-            self.api.call("DescribeCACertificate", certificateId=ca_id)
-        except Exception as exc:
-            if error_code(exc) == _GONE:
-                return False
-            raise
-        return True
 
     def _update_ca(self, ca_id: str, config: dict[str, str]) -> None:
         self.api.call(

@@ -13,9 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from loadgen.aws.account import error_code
-from loadgen.aws.calls import Api
+from loadgen.aws.calls import Api, is_registered, not_registered
 from loadgen.aws.teardown import ca_certificate_id
-from loadgen.errors import UserError
 
 _THREADS = 4
 _PAGE = 250
@@ -68,14 +67,9 @@ def status(api: Api, ca_dir: Path, *, sample: int, quotas: Any) -> Status:
     """``sample`` certificates (0: every one) are looked at for attachments, at
     two calls each: at AWS's 10 a second, all of 20,000 would take half an hour."""
     ca_id = ca_certificate_id(ca_dir)
-    try:
-        described = api.call("DescribeCACertificate", certificateId=ca_id)
-    except Exception as exc:
-        if error_code(exc) == "ResourceNotFoundException":
-            raise UserError(
-                f"{ca_dir}: its CA (id {ca_id[:16]}…) is not registered in this account and region"
-            ) from None
-        raise
+    if not is_registered(api, ca_id):
+        raise not_registered(ca_dir, ca_id)
+    described = api.call("DescribeCACertificate", certificateId=ca_id)
     description = described["certificateDescription"]
     config = described.get("registrationConfig") or {}
     certificates = list(

@@ -29,11 +29,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from loadgen.aws.account import error_code
-from loadgen.aws.calls import Api
+from loadgen.aws.calls import Api, is_registered, not_registered
 from loadgen.aws.ratelimit import RateLimits
 from loadgen.aws.record import Created, record_path
 from loadgen.certs.ca import CERT_FILE
-from loadgen.errors import CAError, UserError
+from loadgen.errors import CAError
 
 _GONE = "ResourceNotFoundException"
 # Detaching is eventually consistent on AWS (seconds for a thing's principal,
@@ -174,33 +174,11 @@ class Teardown:
     def _check_registered(self) -> bool:
         """Whether the CA is registered; a CA not registered is a mistake unless
         setup's record says what is left to delete."""
-        try:
-            self.api.call("DescribeCACertificate", certificateId=self.ca_id)
-            return True
-        except Exception as exc:
-            if error_code(exc) != _GONE:
-                raise
-        if self.ca_id in set(self._listed_ca_ids()):
+        if is_registered(self.api, self.ca_id):
             return True
         if self.created.names():
             return False  # the CA is gone, not what setup created for it: finish those
-        raise UserError(
-            f"{self.ca_dir}: its CA (id {self.ca_id[:16]}…) is not registered in this "
-            "account and region"
-        )
-        return True
-
-    def _listed_ca_ids(self) -> Iterator[str]:
-        """The account's CA ids by listing, for an account where describing by the
-        computed id failed; an API without the listing gives none."""
-        try:
-            for ca in self.api.pages("ListCACertificates", "certificates", "marker", "nextMarker"):
-                yield str(ca["certificateId"])
-        except Exception as exc:
-            if error_code(exc) is None:
-                raise  # not the account's answer: the network, say
-            # The account answered, and not with a list (moto has none): the
-            # describe by id has already said what can be said.
+        raise not_registered(self.ca_dir, self.ca_id)
 
     def _attachments(self, cert: dict[str, Any]) -> tuple[set[str], set[str]]:
         arn = cert["certificateArn"]
@@ -297,8 +275,7 @@ class Teardown:
             return _refused(exc)
 
     def _remove_role(self, name: str) -> None:
-        if self.iam is None:
-            raise UserError("no IAM client to delete the role setup created")  # a caller's bug
+        assert self.iam is not None, "a Teardown of a record with a role needs iam"
         try:
             attached = self.iam.list_attached_role_policies(RoleName=name)["AttachedPolicies"]
             for policy in attached:

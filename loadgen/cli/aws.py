@@ -194,7 +194,8 @@ def aws_status(
             Api(account.iot(), RateLimits()),
             ca_dir,
             sample=sample,
-            quotas=account.client("service-quotas"),
+            # Quotas are worth a look, not a wait on retries where there are none.
+            quotas=account.client("service-quotas", attempts=2),
         )
     except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
         raise LoadgenError(f"the account could not be read: {exc}") from None
