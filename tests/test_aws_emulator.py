@@ -44,10 +44,22 @@ class Emulator:
 @pytest.fixture
 def emulator(tmp_path):
     """`loadgen emulator serve` with no CA, its control plane at AWS's rates."""
+    yield from _serve(tmp_path)
+
+
+@pytest.fixture
+def slow_emulator(tmp_path):
+    """The same, deleting certificates at 3 a second: slower than teardown's own
+    limit of AWS's 10, so it is throttled for real."""
+    yield from _serve(tmp_path, "--api-rate", "DeleteCertificate=3/s")
+
+
+def _serve(tmp_path, *args):
     proc = subprocess.Popen(
         [
             sys.executable, "-m", "loadgen", "emulator", "serve", "--port", "0",
             "--api-port", "0", "--state-dir", str(tmp_path / "emu"), "--strict-resources",
+            *args,
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -150,3 +162,12 @@ def test_a_teardown_killed_halfway_finishes_when_run_again(emulator, tmp_path):
     assert iot.list_things()["things"] == []
     assert iot.list_policies()["policies"] == []
     assert not list(ca.directory.glob("aws-*.json*"))
+
+
+def test_a_throttled_teardown_slows_down_and_finishes(slow_emulator, tmp_path):
+    ca, scenario = _set_up(slow_emulator, tmp_path, 15)
+    assert _outcomes(scenario, tmp_path, "storm") == {"connected": 15}
+    teardown = loadgen_aws("teardown", "--ca", ca.directory, "--yes")
+    assert teardown.code == 0, teardown.out + teardown.err
+    assert "certificates: 15 deleted, 0 already gone" in teardown.out
+    assert "refused" not in teardown.out
