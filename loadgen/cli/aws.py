@@ -67,7 +67,8 @@ def _account_options(command: Callable[..., Any]) -> Callable[..., Any]:
 @click.option(
     "--create-role",
     is_flag=True,
-    help="Create the role (--role-arn's name, or loadgen-jitp-CAID) with AWSIoTThingsRegistration.",
+    help="Create the role (named as --role-arn or the config's roleArn, else "
+    "loadgen-jitp-CAID) with AWSIoTThingsRegistration.",
 )
 @click.option(
     "--allow-lint-errors",
