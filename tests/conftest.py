@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from loadgen.certs.ca import CA, init_ca
+from tests.moto_aws import moto, moto_url  # noqa: F401 (fixtures of the aws tests)
 
 ROOT = Path(__file__).resolve().parent.parent
 LIGHTBULB_PROFILE = ROOT / "scenarios" / "profiles" / "lightbulb.yaml"

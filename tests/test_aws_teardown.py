@@ -9,48 +9,21 @@ import os
 import subprocess
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
 from loadgen.aws.ratelimit import RateLimits
 from loadgen.aws.teardown import Teardown, ca_certificate_id
 from loadgen.certs.ca import CA, init_ca
-from loadgen.certs.mint import MintRequest, mint
-from loadgen.certs.store import FleetStore
 from tests.conftest import assert_user_error
+from tests.moto_aws import POLICY, REGION, client, no_credentials_env
+from tests.moto_aws import provision as _provision
 
-REGION = "us-east-1"
 _TEARDOWN = (sys.executable, "-m", "loadgen", "aws", "teardown", "--ca")
-POLICY = json.dumps(
-    {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "iot:Connect"}]}
-)
-
-
-@pytest.fixture(scope="module")
-def moto_url():
-    """moto's server on loopback, computing certificate ids from the DER as AWS does."""
-    from moto.core.config import default_user_config
-    from moto.server import ThreadedMotoServer
-
-    default_user_config["iot"] = {"use_valid_cert": True}
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
 
 
 def _iot(url):
-    import boto3
-
-    return boto3.client(
-        "iot",
-        endpoint_url=url,
-        region_name=REGION,
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
+    return client(url)
 
 
 @dataclass
@@ -62,28 +35,6 @@ class Account:
     b: CA
     a_things: list[str]
     b_things: list[str]
-
-
-def _provision(iot, ca: CA, fleet: Path, count: int, prefix: str, shared: str) -> list[str]:
-    """What JITP does for each device: register the certificate, create its
-    thing and its own policy, attach them, and attach the shared policy."""
-    mint(MintRequest(fleet, ca.directory, count, None, seed=1))
-    ca_pem = (ca.directory / "ca.pem").read_text()
-    things = []
-    for device in FleetStore(fleet).devices():
-        chain = (fleet / device.cert).read_text()
-        pem = chain.split("-----END CERTIFICATE-----")[0] + "-----END CERTIFICATE-----\n"
-        cert = iot.register_certificate(
-            certificatePem=pem, caCertificatePem=ca_pem, setAsActive=True
-        )
-        thing = f"{prefix}-{device.index}"
-        iot.create_thing(thingName=thing)
-        iot.attach_thing_principal(thingName=thing, principal=cert["certificateArn"])
-        iot.create_policy(policyName=f"{thing}-policy", policyDocument=POLICY)
-        iot.attach_policy(policyName=f"{thing}-policy", target=cert["certificateArn"])
-        iot.attach_policy(policyName=shared, target=cert["certificateArn"])
-        things.append(thing)
-    return things
 
 
 @pytest.fixture
@@ -227,11 +178,7 @@ def test_a_ca_that_is_not_registered_is_one_line_and_exit_2(moto_url, account, t
 
 
 def test_no_credentials_is_one_line_and_exit_2(tmp_path):
-    env = {key: value for key, value in os.environ.items() if not key.startswith("AWS_")} | {
-        "AWS_EC2_METADATA_DISABLED": "true",
-        "AWS_CONFIG_FILE": str(tmp_path / "none"),
-        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
-    }
+    env = no_credentials_env(tmp_path)
     ca = init_ca(tmp_path / "ca")
     proc = subprocess.run(
         [*_TEARDOWN, str(ca.directory), "--region", REGION, "--dry-run"],

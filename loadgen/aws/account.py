@@ -4,6 +4,7 @@ them, and botocore's adaptive retries, so throttling slows calls down."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,8 +24,35 @@ class Account:
     def iot(self) -> Any:
         """A boto3 ``iot`` client, or a one-line ``UserError`` when the account
         cannot be reached as given (no credentials, no region, unknown profile)."""
-        import boto3
+        return self.client("iot")
+
+    def iam(self) -> Any:
+        return self.client("iam")
+
+    def sts(self) -> Any:
+        return self.client("sts")
+
+    def client(self, service: str, *, attempts: int | None = None) -> Any:
+        """A boto3 client of ``service`` (one session for all of them); ``attempts``
+        fewer than the default for calls that are worth less than a wait."""
         import botocore.config
+
+        retries = _RETRY if attempts is None else {**_RETRY, "max_attempts": attempts}
+        return self._session.client(
+            service, endpoint_url=self.endpoint_url, config=botocore.config.Config(retries=retries)
+        )
+
+    @property
+    def region_name(self) -> str:
+        region = self._session.region_name
+        assert isinstance(region, str)  # _session refuses a session without one
+        return region
+
+    @functools.cached_property
+    def _session(self) -> Any:
+        """One boto3 session for every client (cached on the instance: a frozen
+        dataclass's __dict__ still takes it)."""
+        import boto3
         import botocore.exceptions
 
         try:
@@ -33,15 +61,25 @@ class Account:
                 raise UserError(
                     "no AWS credentials found (environment, --profile, ~/.aws, or an instance role)"
                 )
-            return session.client(
-                "iot",
-                endpoint_url=self.endpoint_url,
-                config=botocore.config.Config(retries=_RETRY),
-            )
         except botocore.exceptions.ProfileNotFound as exc:
             raise UserError(f"--profile: {exc}") from None
-        except botocore.exceptions.NoRegionError:
-            raise UserError("no AWS region: give --region or set AWS_REGION") from None
+        if session.region_name is None:
+            raise UserError("no AWS region: give --region or set AWS_REGION")
+        if self.endpoint_url is None:
+            _check_region(session, session.region_name)
+        return session
+
+
+def _check_region(session: Any, region: str) -> None:
+    """A region AWS IoT is not in would fail later as a network error naming a
+    host: refuse it first (another endpoint, given by --endpoint-url, may have any)."""
+    known = {
+        r
+        for partition in session.get_available_partitions()
+        for r in session.get_available_regions("iot", partition_name=partition)
+    }
+    if known and region not in known:
+        raise UserError(f"--region {region}: AWS IoT is not in such a region")
 
 
 def error_code(exc: BaseException) -> str | None:

@@ -13,10 +13,10 @@ of certificates it had already deleted, and finishes the job.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
-import re
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -29,9 +29,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from loadgen.aws.account import error_code
+from loadgen.aws.calls import Api, is_registered, not_registered
 from loadgen.aws.ratelimit import RateLimits
+from loadgen.aws.record import Created, record_path
 from loadgen.certs.ca import CERT_FILE
-from loadgen.errors import CAError, UserError
+from loadgen.errors import CAError
 
 _GONE = "ResourceNotFoundException"
 # Detaching is eventually consistent on AWS (seconds for a thing's principal,
@@ -40,6 +42,8 @@ _CONFLICTS = {"DeleteConflictException", "InvalidRequestException"}
 _RETRY_DELAYS = (0.5, 1, 2, 4, 8, 15, 30)
 _THREADS = 4  # enough to fill the control plane's rates, which are the limit
 _PAGE = 250
+# AWS deletes a deprecated thing type only five minutes after its deprecation.
+_THING_TYPE_WAIT = 6 * 60
 
 
 def ca_certificate_id(ca_dir: Path) -> str:
@@ -80,6 +84,14 @@ class Found:
     # Per certificate id, the things and policies it was attached to: listed once,
     # here (at 10 calls a second per API, listing again would double the time).
     attached: dict[str, tuple[set[str], set[str]]] = field(default_factory=dict)
+    # What `loadgen aws setup` created, from its record in the CA folder.
+    created: Created = field(default_factory=Created)
+    ca_registered: bool = True  # False: a teardown that deleted it was cut short
+
+    @property
+    def steps(self) -> int:
+        """What the progress counts: each certificate, thing, policy."""
+        return len(self.certificates) + len(self.things) + len(self.policies)
 
 
 @dataclass
@@ -89,20 +101,23 @@ class Summary:
     things: Tally = field(default_factory=Tally)
     policies: Tally = field(default_factory=Tally)
     ca: Tally = field(default_factory=Tally)
+    setup: Tally = field(default_factory=Tally)  # what `aws setup` created
 
     @property
     def complete(self) -> bool:
         """Everything teardown owns is gone (kept shared resources do not count)."""
-        tallies = (self.certificates, self.things, self.policies, self.ca)
+        tallies = (self.certificates, self.things, self.policies, self.ca, self.setup)
         return not any(t.refused for t in tallies)
 
     def lines(self) -> list[str]:
-        return [
+        lines = [
             self.certificates.line("certificates"),
             self.things.line("things"),
             self.policies.line("policies"),
-            self.ca.line("CA"),
         ]
+        if self.found.created.names():
+            lines.append(self.setup.line("created by setup"))
+        return [*lines, self.ca.line("CA")]
 
 
 class Teardown:
@@ -114,8 +129,12 @@ class Teardown:
         *,
         sleep: Callable[[float], None] = time.sleep,
         on_progress: Callable[[int, int], None] | None = None,
+        iam: Any = None,
+        created: Created | None = None,
     ) -> None:
-        self.iot = iot
+        self.api = Api(iot, limits)
+        self.iam = iam  # for the role setup created
+        self.created = created or Created()
         self.ca_dir = ca_dir
         self.limits = limits
         self.sleep = sleep
@@ -128,9 +147,11 @@ class Teardown:
     def find(self) -> Found:
         """The CA's certificates in the account and what they are attached to
         (plus what an interrupted teardown had journaled). Changes nothing."""
-        self._check_registered()
+        registered = self._check_registered()
+        if not registered:
+            return Found(self.ca_id, [], set(), set(), {}, self.created, ca_registered=False)
         certificates = list(
-            self._pages(
+            self.api.pages(
                 "ListCertificatesByCA",
                 "certificates",
                 "marker",
@@ -148,51 +169,42 @@ class Teardown:
                 attached[cert["certificateId"]] = (cert_things, cert_policies)
                 things |= cert_things
                 policies |= cert_policies
-        return Found(self.ca_id, certificates, things, policies, attached)
+        return Found(self.ca_id, certificates, things, policies, attached, self.created)
 
-    def _check_registered(self) -> None:
-        try:
-            self._call("DescribeCACertificate", certificateId=self.ca_id)
-            return
-        except Exception as exc:
-            if error_code(exc) != _GONE:
-                raise
-        if self.ca_id not in set(self._listed_ca_ids()):
-            raise UserError(
-                f"{self.ca_dir}: its CA (id {self.ca_id[:16]}…) is not registered in this "
-                "account and region"
-            )
-
-    def _listed_ca_ids(self) -> Iterator[str]:
-        """The account's CA ids by listing, for an account where describing by the
-        computed id failed; an API without the listing gives none."""
-        try:
-            for ca in self._pages("ListCACertificates", "certificates", "marker", "nextMarker"):
-                yield str(ca["certificateId"])
-        except Exception as exc:
-            if error_code(exc) is None:
-                raise  # not the account's answer: the network, say
-            # The account answered, and not with a list (moto has none): the
-            # describe by id has already said what can be said.
+    def _check_registered(self) -> bool:
+        """Whether the CA is registered; a CA not registered is a mistake unless
+        setup's record says what is left to delete."""
+        if is_registered(self.api, self.ca_id):
+            return True
+        if self.created.names():
+            return False  # the CA is gone, not what setup created for it: finish those
+        raise not_registered(self.ca_dir, self.ca_id)
 
     def _attachments(self, cert: dict[str, Any]) -> tuple[set[str], set[str]]:
         arn = cert["certificateArn"]
         policies = {
             p["policyName"]
-            for p in self._pages(
+            for p in self.api.pages(
                 "ListAttachedPolicies", "policies", "marker", "nextMarker", target=arn
             )
         }
         things = set(
-            self._pages("ListPrincipalThings", "things", "nextToken", "nextToken", principal=arn)
+            self.api.pages("ListPrincipalThings", "things", "nextToken", "nextToken", principal=arn)
         )
         return things, policies
 
     # -- removing ---------------------------------------------------------
 
     def run(self, found: Found, *, keep_ca: bool = False) -> Summary:
+        """Delete what was found; with ``keep_ca``, the CA stays registered with
+        what setup created for it (its role, thing type, groups): ready for the
+        next storm."""
         summary = Summary(found)
         self._journal(found.things, found.policies)
+        if not keep_ca and found.created.thing_types:
+            # AWS deletes a thing type five minutes after its deprecation: start now.
+            for name in found.created.thing_types:
+                self._gone_is_fine("DeprecateThingType", thingTypeName=name)
         done = 0
         with ThreadPoolExecutor(_THREADS) as pool:
             removals = (
@@ -201,20 +213,86 @@ class Teardown:
             )
             for outcome in pool.map(lambda r: self._remove_certificate(*r), removals):
                 _count(summary.certificates, outcome)
-                done += 1
-                if self.on_progress is not None:
-                    self.on_progress(done, len(found.certificates))
+                done = self._progress(done, found)
         arns = {c["certificateArn"] for c in found.certificates}
         with ThreadPoolExecutor(_THREADS) as pool:
             for outcome in pool.map(lambda t: self._remove_thing(t, arns), sorted(found.things)):
                 _count(summary.things, outcome)
+                done = self._progress(done, found)
             for outcome in pool.map(self._remove_policy, sorted(found.policies)):
                 _count(summary.policies, outcome)
+                done = self._progress(done, found)
         if not keep_ca:
-            _count(summary.ca, self._remove_ca())
+            for outcome in self._remove_created(found.created):
+                _count(summary.setup, outcome)
+            if found.ca_registered:
+                _count(summary.ca, self._remove_ca())
+            else:
+                summary.ca.already_gone += 1
         if summary.complete:
             self.journal.unlink(missing_ok=True)
+            if not keep_ca:
+                record_path(self.ca_dir).unlink(missing_ok=True)
         return summary
+
+    def _progress(self, done: int, found: Found) -> int:
+        if self.on_progress is not None:
+            self.on_progress(done + 1, found.steps)
+        return done + 1
+
+    # -- what setup created -------------------------------------------------
+
+    def _remove_created(self, created: Created) -> Iterator[tuple[str, str]]:
+        for group in created.thing_groups:
+            yield self._removed(
+                functools.partial(self._retrying, "DeleteThingGroup", thingGroupName=group)
+            )
+        for thing_type in created.thing_types:
+            yield self._remove_thing_type(thing_type)
+        if created.role is not None:
+            yield self._removed(lambda: self._remove_role(str(created.role)))
+
+    def _remove_thing_type(self, name: str) -> tuple[str, str]:
+        try:
+            users = self.api.call("ListThings", thingTypeName=name, maxResults=1)["things"]
+            if users:
+                # Deprecated at the start: let the others' devices have it again.
+                self._gone_is_fine("DeprecateThingType", thingTypeName=name, undoDeprecate=True)
+                return ("kept", "thing type of other things")
+            self._gone_is_fine("DeprecateThingType", thingTypeName=name)
+            # Refused until five minutes after the deprecation (started at the
+            # beginning of the run, so usually past by now).
+            deadline = time.monotonic() + _THING_TYPE_WAIT
+            while True:
+                try:
+                    self._retrying("DeleteThingType", thingTypeName=name)
+                    return ("deleted", "")
+                except Exception as exc:
+                    if error_code(exc) != "InvalidRequestException" or time.monotonic() > deadline:
+                        raise
+                self.sleep(15)
+        except Exception as exc:
+            return _refused(exc)
+
+    def _remove_role(self, name: str) -> None:
+        assert self.iam is not None, "a Teardown of a record with a role needs iam"
+        try:
+            attached = self.iam.list_attached_role_policies(RoleName=name)["AttachedPolicies"]
+            for policy in attached:
+                self.iam.detach_role_policy(RoleName=name, PolicyArn=policy["PolicyArn"])
+            self.iam.delete_role(RoleName=name)
+        except Exception as exc:
+            if error_code(exc) == "NoSuchEntity":
+                raise _Gone from None
+            raise
+
+    @staticmethod
+    def _removed(remove: Callable[[], None]) -> tuple[str, str]:
+        try:
+            remove()
+        except Exception as exc:
+            return _refused(exc)
+        return ("deleted", "")
 
     def _remove_certificate(
         self, cert: dict[str, Any], things: set[str], policies: set[str]
@@ -226,7 +304,7 @@ class Teardown:
             for thing in sorted(things):
                 self._gone_is_fine("DetachThingPrincipal", thingName=thing, principal=arn)
             if cert.get("status") in ("ACTIVE", "PENDING_ACTIVATION", None):
-                self._call("UpdateCertificate", certificateId=cert_id, newStatus="INACTIVE")
+                self.api.call("UpdateCertificate", certificateId=cert_id, newStatus="INACTIVE")
             self._retrying("DeleteCertificate", certificateId=cert_id)
         except Exception as exc:
             return _refused(exc)
@@ -235,7 +313,7 @@ class Teardown:
     def _remove_thing(self, name: str, ours: set[str]) -> tuple[str, str]:
         try:
             principals = set(
-                self._pages(
+                self.api.pages(
                     "ListThingPrincipals", "principals", "nextToken", "nextToken", thingName=name
                 )
             )
@@ -249,13 +327,13 @@ class Teardown:
     def _remove_policy(self, name: str) -> tuple[str, str]:
         try:
             targets = list(
-                self._pages(
+                self.api.pages(
                     "ListTargetsForPolicy", "targets", "marker", "nextMarker", policyName=name
                 )
             )
             if targets:
                 return ("kept", "still attached to another target")
-            versions = self._call("ListPolicyVersions", policyName=name)["policyVersions"]
+            versions = self.api.call("ListPolicyVersions", policyName=name)["policyVersions"]
             for version in versions:
                 if not version.get("isDefaultVersion"):
                     self._gone_is_fine(
@@ -268,7 +346,7 @@ class Teardown:
 
     def _remove_ca(self) -> tuple[str, str]:
         try:
-            self._call("UpdateCACertificate", certificateId=self.ca_id, newStatus="INACTIVE")
+            self.api.call("UpdateCACertificate", certificateId=self.ca_id, newStatus="INACTIVE")
             self._retrying("DeleteCACertificate", certificateId=self.ca_id)
         except Exception as exc:
             return _refused(exc)
@@ -276,15 +354,9 @@ class Teardown:
 
     # -- calls ------------------------------------------------------------
 
-    def _call(self, api: str, **kwargs: Any) -> dict[str, Any]:
-        self.limits.acquire(api)
-        method = getattr(self.iot, _snake(api))
-        result: dict[str, Any] = method(**kwargs)
-        return result
-
     def _gone_is_fine(self, api: str, **kwargs: Any) -> None:
         try:
-            self._call(api, **kwargs)
+            self.api.call(api, **kwargs)
         except Exception as exc:
             if error_code(exc) != _GONE:
                 raise
@@ -294,7 +366,7 @@ class Teardown:
         was just removed; one already gone raises ``_Gone``."""
         for delay in (*_RETRY_DELAYS, None):
             try:
-                self._call(api, **kwargs)
+                self.api.call(api, **kwargs)
                 return
             except Exception as exc:
                 code = error_code(exc)
@@ -303,17 +375,6 @@ class Teardown:
                 if code not in _CONFLICTS or delay is None:
                     raise
             self.sleep(delay)
-
-    def _pages(
-        self, api: str, items: str, token_in: str, token_out: str, **kwargs: Any
-    ) -> Iterator[Any]:
-        token: str | None = None
-        while True:
-            page = self._call(api, **kwargs, **({token_in: token} if token else {}))
-            yield from page.get(items, [])
-            token = page.get(token_out)
-            if not token:
-                return
 
     # -- the journal --------------------------------------------------------
 
@@ -363,8 +424,3 @@ def _count(tally: Tally, outcome: tuple[str, str]) -> None:
         tally.kept[why] += 1
     else:
         tally.refused[why] += 1
-
-
-def _snake(api: str) -> str:
-    """``ListCertificatesByCA`` -> ``list_certificates_by_ca``, as boto3 names it."""
-    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", api).lower()

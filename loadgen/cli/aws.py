@@ -8,11 +8,27 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
+from loadgen.aws import status as status_mod
 from loadgen.aws.account import Account
+from loadgen.aws.calls import Api
 from loadgen.aws.ratelimit import RateLimits
+from loadgen.aws.record import SetupRecord, load_record, record_path
+from loadgen.aws.setup import Setup, SetupRequest, prepare
+from loadgen.aws.snippet import scenario_text
 from loadgen.aws.teardown import Teardown
+from loadgen.certs.store import FleetStore
+from loadgen.cli.common import stderr_console, warn
 from loadgen.errors import LoadgenError, UserError
+from loadgen.files import check_writable, write_output
 
 
 @click.group()
@@ -26,12 +42,171 @@ def _account_options(command: Callable[..., Any]) -> Callable[..., Any]:
             click.option("--profile", help="A profile of ~/.aws/config (as the aws CLI)."),
             click.option("--region", help="Default: the profile's or AWS_REGION."),
             click.option(
-                "--endpoint-url", help="Another endpoint than AWS's (a moto server, say)."
+                "--endpoint-url",
+                help="Another control plane than AWS's: the emulator's (--api-port) or moto's.",
             ),
         )
     ):
         command = option(command)
     return command
+
+
+@aws.command("setup")
+@click.option("--ca", "ca_dir", required=True, type=click.Path(path_type=Path), help="CA folder.")
+@click.option(
+    "--registration-config",
+    type=click.Path(path_type=Path),
+    help="templateBody + roleArn JSON, as register-ca-certificate takes it.",
+)
+@click.option(
+    "--template",
+    type=click.Path(path_type=Path),
+    help="A readable template (.yaml/.json) instead of --registration-config.",
+)
+@click.option("--role-arn", help="The provisioning role (default: the config's roleArn).")
+@click.option(
+    "--create-role",
+    is_flag=True,
+    help="Create the role (named as --role-arn or the config's roleArn, else "
+    "loadgen-jitp-CAID) with AWSIoTThingsRegistration.",
+)
+@click.option(
+    "--allow-lint-errors",
+    is_flag=True,
+    help="Register a template `template check` finds errors in.",
+)
+@click.option(
+    "--fleet",
+    type=click.Path(path_type=Path),
+    help="The fleet's folder: the thing groups its devices compute are created too.",
+)
+@click.option(
+    "--server-ca",
+    type=click.Path(path_type=Path),
+    help="The scenario trusts this CA file (default: Amazon Root CA 1 from the system store).",
+)
+@click.option("--write-scenario", type=click.Path(path_type=Path), help="Write the scenario here.")
+@_account_options
+def aws_setup(
+    ca_dir: Path,
+    registration_config: Path | None,
+    template: Path | None,
+    role_arn: str | None,
+    create_role: bool,
+    allow_lint_errors: bool,
+    fleet: Path | None,
+    server_ca: Path | None,
+    write_scenario: Path | None,
+    profile: str | None,
+    region: str | None,
+    endpoint_url: str | None,
+) -> None:
+    """Register the CA for JITP (or update it), create what its template needs,
+    and print a scenario for the account's endpoint."""
+    import botocore.exceptions
+
+    if (registration_config is None) == (template is None):
+        raise UserError("give one of --registration-config FILE and --template FILE")
+    config = registration_config or template
+    assert config is not None
+    if server_ca is not None and not server_ca.is_file():
+        raise UserError(f"--server-ca {server_ca}: no such file")
+    request = SetupRequest(
+        ca_dir,
+        config,
+        readable=template is not None,
+        role_arn=role_arn,
+        create_role=create_role,
+        allow_lint_errors=allow_lint_errors,
+        fleet=fleet,
+    )
+    prepared = prepare(request)
+    # Before the account changes: what setup did must be recordable, and its
+    # scenario writable.
+    check_writable(record_path(ca_dir), "--ca")
+    if write_scenario is not None:
+        check_writable(write_scenario, "--write-scenario")
+    account = Account(profile, region, endpoint_url)
+    try:
+        result = Setup(account, RateLimits()).run(prepared)
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+        raise LoadgenError(f"the account refused setup: {exc}") from None
+    # (After the account's checks: a refusal stays one line.)
+    for finding in prepared.findings:
+        warn(f"{config}: {finding}")
+    for where in prepared.names.unlisted:
+        warn(
+            f"{config}: {where} is computed per device: give --fleet FLEET_DIR to create "
+            "what it names, or create it yourself (RegisterThing needs it to exist)"
+        )
+    record = result.record
+    ca_line = "registered" if result.registered else "was registered: updated"
+    click.echo(
+        f"CA {record.ca_id[:16]}… {ca_line} (ACTIVE, auto-registration on) in account "
+        f"{record.account}, region {record.region}"
+    )
+    created = record.created
+    for kind, names, existing in (
+        ("thing type", created.thing_types, result.found.thing_types),
+        ("thing group", created.thing_groups, result.found.thing_groups),
+    ):
+        for name in names:
+            click.echo(f"  {kind} {name}: created by setup")
+        for name in existing:
+            click.echo(f"  {kind} {name}: already there, left as it is")
+    click.echo(f"  role {record.role_arn}" + (" (created by setup)" if created.role else ""))
+    click.echo(f"  endpoint {record.endpoint}")
+    click.echo(f"  recorded in {record_path(ca_dir)}")
+    count = sum(1 for _ in FleetStore(fleet).devices()) if fleet is not None else None
+    text = scenario_text(record, ca_dir, server_ca=server_ca, fleet=fleet, count=count)
+    if write_scenario is not None:
+        write_output(write_scenario, text.encode())
+        click.echo(f"scenario written to {write_scenario}")
+    else:
+        click.echo("")
+        click.echo(text, nl=False)
+
+
+@aws.command("status")
+@click.option("--ca", "ca_dir", required=True, type=click.Path(path_type=Path), help="CA folder.")
+@click.option(
+    "--sample",
+    type=click.IntRange(min=0),
+    default=100,
+    show_default=True,
+    help="Certificates looked at for attachments (0: all; two calls each, at 10/s).",
+)
+@_account_options
+def aws_status(
+    ca_dir: Path,
+    sample: int,
+    profile: str | None,
+    region: str | None,
+    endpoint_url: str | None,
+) -> None:
+    """The CA in the account: its status and template, the certificates it signed
+    by status, what they are attached to, the quotas that bound a storm."""
+    import botocore.exceptions
+
+    record = load_record(ca_dir)
+    account = _recorded_account(ca_dir, record, profile, region, endpoint_url)
+    try:
+        found = status_mod.status(
+            Api(account.iot(), RateLimits()),
+            ca_dir,
+            sample=sample,
+            # Quotas are worth a look, not a wait on retries where there are none.
+            quotas=account.client("service-quotas", attempts=2),
+        )
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+        raise LoadgenError(f"the account could not be read: {exc}") from None
+    if record is not None:
+        click.echo(f"set up by loadgen in account {record.account}, region {record.region}")
+        click.echo(f"  endpoint {record.endpoint}")
+        for name in record.created.names():
+            click.echo(f"  {name} (created by setup)")
+    for line in found.lines():
+        click.echo(line)
 
 
 @aws.command("teardown")
@@ -56,10 +231,14 @@ def aws_teardown(
     endpoint_url: str | None,
 ) -> None:
     """Remove what JITP created for the CA's devices (certificates, their things
-    and policies), then the CA; exit 0 only when all of it is gone."""
+    and policies), then what `aws setup` created, then the CA; exit 0 only when
+    all of it is gone."""
     import botocore.exceptions
 
-    teardown = Teardown(Account(profile, region, endpoint_url).iot(), ca_dir, RateLimits(rate))
+    record = load_record(ca_dir)
+    account = _recorded_account(ca_dir, record, profile, region, endpoint_url)
+    created = record.created if record is not None else None
+    teardown = Teardown(account.iot(), ca_dir, RateLimits(rate), iam=account.iam(), created=created)
     try:
         found = teardown.find()
     except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
@@ -68,6 +247,9 @@ def aws_teardown(
         f"CA {found.ca_id[:16]}…: {len(found.certificates)} certificates, "
         f"{len(found.things)} things and {len(found.policies)} policies attached to them"
     )
+    if found.created.names():
+        kept = " (kept with --keep-ca)" if keep_ca else ""
+        click.echo(f"created by setup{kept}: {', '.join(found.created.names())}")
     if dry_run:
         click.echo("dry run: nothing was changed")
         return
@@ -75,8 +257,55 @@ def aws_teardown(
         if not sys.stdin.isatty():
             raise UserError("teardown deletes from the account: confirm with --yes")
         click.confirm("delete them (shared things and policies are kept)?", abort=True)
-    summary = teardown.run(found, keep_ca=keep_ca)
+    console = stderr_console()
+    with Progress(
+        TextColumn("tearing down"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+        disable=not console.is_terminal,
+    ) as bar:
+        task = bar.add_task("teardown", total=found.steps)
+        teardown.on_progress = lambda done, total: bar.update(task, completed=done, total=total)
+        summary = teardown.run(found, keep_ca=keep_ca)
     for line in summary.lines():
         click.echo(line)
     if not summary.complete:
         sys.exit(1)
+
+
+def _recorded_account(
+    ca_dir: Path,
+    record: SetupRecord | None,
+    profile: str | None,
+    region: str | None,
+    endpoint_url: str | None,
+) -> Account:
+    """The account as given, else as setup recorded it; refused when it is not the
+    one setup changed (what setup created there is not to be looked for here)."""
+    if record is None:
+        return Account(profile, region, endpoint_url)
+    account = Account(
+        profile or record.profile, region or record.region, endpoint_url or record.endpoint_url
+    )
+    if account.region_name != record.region:
+        raise UserError(
+            f"{record_path(ca_dir)}: the CA was set up in region {record.region}, not "
+            f"{account.region_name} (leave out --region)"
+        )
+    import botocore.exceptions
+
+    try:
+        identity = account.sts().get_caller_identity()
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+        raise LoadgenError(f"the account could not be read: {exc}") from None
+    if str(identity["Account"]) != record.account:
+        raise UserError(
+            f"{record_path(ca_dir)}: the CA was set up in account {record.account}; these "
+            f"credentials are account {identity['Account']}"
+        )
+    return account

@@ -1,0 +1,86 @@
+"""What `loadgen aws setup` did in an account, kept in the CA folder
+(``CA_DIR/aws-setup.json``) so that status and teardown need nothing else: which
+account and region, and what setup created there (and so may delete)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from loadgen.errors import ConfigError
+from loadgen.files import write_atomic
+
+RECORD_FILE = "aws-setup.json"
+FORMAT = 1
+
+
+@dataclass
+class Created:
+    """What setup created (not what it found already there): teardown's to delete."""
+
+    thing_types: list[str] = field(default_factory=list)
+    thing_groups: list[str] = field(default_factory=list)
+    role: str | None = None  # an IAM role's name
+    ca: bool = False  # the CA was registered by setup, not only updated
+
+    def names(self) -> list[str]:
+        """What teardown deletes besides JITP's (the CA itself is another step)."""
+        role = [f"role {self.role}"] if self.role is not None else []
+        return [
+            *(f"thing type {t}" for t in self.thing_types),
+            *(f"thing group {g}" for g in self.thing_groups),
+            *role,
+        ]
+
+
+@dataclass
+class SetupRecord:
+    ca_id: str
+    account: str
+    region: str
+    endpoint: str  # the ATS data endpoint devices connect to
+    role_arn: str
+    endpoint_url: str | None = None  # the control plane's, when not AWS's own
+    profile: str | None = None
+    created: Created = field(default_factory=Created)
+    format: int = FORMAT
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), indent=2, sort_keys=True).encode() + b"\n"
+
+
+def record_path(ca_dir: Path) -> Path:
+    return ca_dir / RECORD_FILE
+
+
+def load_record(ca_dir: Path) -> SetupRecord | None:
+    """The record of setup in ``ca_dir``; None when setup never ran there (a CA
+    registered by hand)."""
+    path = record_path(ca_dir)
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: not a record of `loadgen aws setup`: {exc}") from None
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        raise ConfigError(f"{path}: unknown record format {_get(raw, 'format')!r}")
+    try:
+        created = Created(**raw.pop("created", {}))
+        known = {f.name for f in fields(SetupRecord)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise TypeError(f"unknown field {unknown[0]!r}")
+        return SetupRecord(**raw, created=created)
+    except TypeError as exc:
+        raise ConfigError(f"{path}: malformed record: {exc}") from None
+
+
+def save_record(ca_dir: Path, record: SetupRecord) -> None:
+    write_atomic(record_path(ca_dir), record.to_json())
+
+
+def _get(raw: Any, key: str) -> Any:
+    return raw.get(key) if isinstance(raw, dict) else None

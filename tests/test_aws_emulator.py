@@ -1,0 +1,173 @@
+"""The whole path against the emulator's control plane, throttled at AWS's
+default rates: `aws setup` registers a CA the emulator was not started with, a
+storm provisions through JITP, `aws status` counts it, `aws teardown` removes it
+(and, killed halfway, finishes when run again), and the devices are refused."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from loadgen.certs.ca import init_ca
+from tests.conftest import run_loadgen
+from tests.moto_aws import CREDENTIALS, loadgen_aws
+
+ROOT = Path(__file__).resolve().parent.parent
+LIGHTBULB = ROOT / "scenarios" / "templates" / "lightbulb.yaml"
+PROFILE = ROOT / "scenarios" / "profiles" / "lightbulb-healthy.yaml"
+_API = re.compile(r"control plane on (http://\S+:\d+)")
+_READY = re.compile(r"ready on (\S+):(\d+) \(server CA: (.+)\)")
+
+
+def _has_api() -> bool:
+    help_ = run_loadgen("emulator", "serve", "--help")
+    return "--api-port" in help_.out
+
+
+pytestmark = pytest.mark.skipif(not _has_api(), reason="the emulator serves no control plane")
+
+
+@dataclass
+class Emulator:
+    url: str
+    server_ca: Path
+
+
+@pytest.fixture
+def emulator(tmp_path):
+    """`loadgen emulator serve` with no CA, its control plane at AWS's rates."""
+    yield from _serve(tmp_path)
+
+
+@pytest.fixture
+def slow_emulator(tmp_path):
+    """The same, deleting certificates at 3 a second: slower than teardown's own
+    limit of AWS's 10, so it is throttled for real."""
+    yield from _serve(tmp_path, "--api-rate", "DeleteCertificate=3/s")
+
+
+def _serve(tmp_path, *args):
+    proc = subprocess.Popen(
+        [
+            sys.executable, "-m", "loadgen", "emulator", "serve", "--port", "0",
+            "--api-port", "0", "--state-dir", str(tmp_path / "emu"), "--strict-resources",
+            *args,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )  # fmt: skip
+    try:
+        url = server_ca = None
+        deadline = time.monotonic() + 60
+        assert proc.stdout is not None
+        while (url is None or server_ca is None) and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            if (api := _API.search(line)) is not None:
+                url = api.group(1)
+            if (ready := _READY.search(line)) is not None:
+                server_ca = Path(ready.group(3))
+        assert url is not None and server_ca is not None, "the emulator did not say it was ready"
+        yield Emulator(url, server_ca)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def _iot(url):
+    import boto3
+
+    return boto3.client(
+        "iot", endpoint_url=url, region_name="us-east-1",
+        aws_access_key_id="x", aws_secret_access_key="y",
+    )  # fmt: skip
+
+
+def _set_up(emulator, tmp_path, count):
+    ca = init_ca(tmp_path / "ca")
+    fleet = tmp_path / "fleet"
+    minted = run_loadgen(
+        "certs", "mint", "--ca", ca.directory, "--out", fleet, "--count", count,
+        "--profile", PROFILE,
+    )  # fmt: skip
+    assert minted.code == 0, minted.err
+    scenario = tmp_path / "aws.yaml"
+    setup = loadgen_aws(
+        "setup", "--ca", ca.directory, "--template", LIGHTBULB, "--create-role",
+        "--fleet", fleet, "--server-ca", emulator.server_ca, "--write-scenario", scenario,
+        "--endpoint-url", emulator.url, "--region", "us-east-1",
+    )  # fmt: skip
+    assert setup.code == 0, setup.out + setup.err
+    return ca, scenario
+
+
+def _outcomes(scenario: Path, tmp_path: Path, name: str) -> dict[str, int]:
+    report = tmp_path / f"{name}.json"
+    run_loadgen("run", scenario, "--report", report)
+    data = yaml.safe_load(report.read_text())
+    return {k: v for k, v in data["outcomes"].items() if v}
+
+
+def test_setup_a_storm_status_and_teardown_against_the_emulator(emulator, tmp_path):
+    ca, scenario = _set_up(emulator, tmp_path, 12)
+    assert _outcomes(scenario, tmp_path, "storm") == {"connected": 12}
+    status = loadgen_aws("status", "--ca", ca.directory)
+    assert status.code == 0, status.err
+    assert "certificates signed by the CA: 12 (12 ACTIVE)" in status.out
+    assert "of all: 12 attached to a thing (12 things)" in status.out
+    teardown = loadgen_aws("teardown", "--ca", ca.directory, "--yes")
+    assert teardown.code == 0, teardown.out + teardown.err
+    assert "certificates: 12 deleted" in teardown.out
+    assert _iot(emulator.url).list_thing_groups()["thingGroups"] == []
+    # The CA is gone from the account: its devices are refused, as on AWS.
+    after = _outcomes(scenario, tmp_path, "after")
+    assert set(after) == {"tls_rejected"}, after
+
+
+def test_a_teardown_killed_halfway_finishes_when_run_again(emulator, tmp_path):
+    """At AWS's 10 DeleteCertificate a second, 40 devices take seconds: the
+    first teardown is killed once some certificates are gone."""
+    ca, scenario = _set_up(emulator, tmp_path, 40)
+    assert _outcomes(scenario, tmp_path, "storm") == {"connected": 40}
+    iot = _iot(emulator.url)
+    first = subprocess.Popen(
+        [sys.executable, "-m", "loadgen", "aws", "teardown", "--ca", str(ca.directory), "--yes"],
+        env={**os.environ, **CREDENTIALS},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and first.poll() is None:
+            left = iot.list_certificates_by_ca(caCertificateId=ca.fingerprint)["certificates"]
+            if len(left) < 40:
+                break
+            time.sleep(0.1)
+        first.kill()
+    finally:
+        first.wait(timeout=30)
+    second = loadgen_aws("teardown", "--ca", ca.directory, "--yes")
+    assert second.code == 0, second.out + second.err
+    assert iot.list_things()["things"] == []
+    assert iot.list_policies()["policies"] == []
+    assert not list(ca.directory.glob("aws-*.json*"))
+
+
+def test_a_throttled_teardown_slows_down_and_finishes(slow_emulator, tmp_path):
+    ca, scenario = _set_up(slow_emulator, tmp_path, 15)
+    assert _outcomes(scenario, tmp_path, "storm") == {"connected": 15}
+    teardown = loadgen_aws("teardown", "--ca", ca.directory, "--yes")
+    assert teardown.code == 0, teardown.out + teardown.err
+    assert "certificates: 15 deleted, 0 already gone" in teardown.out
+    assert "refused" not in teardown.out

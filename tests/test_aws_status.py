@@ -1,0 +1,98 @@
+"""`loadgen aws status` against moto: the CA, its template, the certificates it
+signed by status and what they are attached to, as the account has them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from loadgen.aws.status import storm_quotas, template_summary
+from loadgen.certs.ca import init_ca
+from tests.conftest import assert_user_error
+from tests.moto_aws import POLICY, REGION, client, loadgen_aws, provision
+
+ROOT = Path(__file__).resolve().parent.parent
+LIGHTBULB = ROOT / "scenarios" / "templates" / "lightbulb.yaml"
+
+
+def _set_up_and_provision(url, tmp_path, count):
+    """setup with its own role, then what JITP would do for ``count`` devices."""
+    ca = init_ca(tmp_path / "ca")
+    setup = loadgen_aws(
+        "setup", "--ca", ca.directory, "--template", LIGHTBULB, "--create-role",
+        "--endpoint-url", url, "--region", REGION,
+    )  # fmt: skip
+    assert setup.code == 0, setup.err
+    iot = client(url)
+    iot.create_policy(policyName="shared", policyDocument=POLICY)
+    provision(iot, ca, tmp_path / "fleet", count, "dev", "shared")
+    return ca
+
+
+def test_status_counts_the_cas_certificates_and_their_attachments(moto, tmp_path):
+    ca = _set_up_and_provision(moto, tmp_path, 4)
+    cert = client(moto).list_certificates_by_ca(caCertificateId=ca.fingerprint)["certificates"][0]
+    client(moto).update_certificate(certificateId=cert["certificateId"], newStatus="INACTIVE")
+    result = loadgen_aws("status", "--ca", ca.directory)  # the record says where
+    assert result.code == 0, result.err
+    assert f"CA {ca.fingerprint[:16]}…: ACTIVE" in result.out
+    assert "certificates signed by the CA: 4 (3 ACTIVE, 1 INACTIVE)" in result.out
+    assert "of all: 4 attached to a thing (4 things), 4 with policies (5 distinct)" in result.out
+    assert (
+        "template: thing (AWS::IoT::Thing; type lightBulb-versionA; "
+        "groups v1-lightbulbs, 1 computed)" in result.out
+    )
+    assert "thing type lightBulb-versionA (created by setup)" in result.out
+
+
+def test_status_samples_certificates_when_asked(moto, tmp_path):
+    ca = _set_up_and_provision(moto, tmp_path, 5)
+    result = loadgen_aws("status", "--ca", ca.directory, "--sample", "2")
+    assert result.code == 0, result.err
+    assert "of a sample of 2: 2 attached to a thing" in result.out
+
+
+def test_status_says_when_the_account_does_not_tell_its_quotas(moto, tmp_path):
+    ca = _set_up_and_provision(moto, tmp_path, 1)
+    result = loadgen_aws("status", "--ca", ca.directory)
+    assert result.code == 0, result.err
+    quotas = result.out.split("quotas:\n", 1)[1]
+    assert quotas.strip(), result.out
+
+
+def test_status_of_a_ca_not_registered_is_one_line(moto, tmp_path):
+    stranger = init_ca(tmp_path / "stranger")
+    result = loadgen_aws(
+        "status", "--ca", stranger.directory, "--endpoint-url", moto, "--region", REGION
+    )
+    assert_user_error(result, "is not registered in this account and region")
+
+
+def test_the_quotas_that_bound_a_storm_are_picked_from_service_quotas():
+    class Quotas:
+        def get_paginator(self, method):
+            class Pages:
+                def paginate(self, ServiceCode):
+                    assert ServiceCode == "iotcore"
+                    return [
+                        {
+                            "Quotas": [
+                                {
+                                    "QuotaName": "Connect requests per second per account",
+                                    "Value": 500.0,
+                                },
+                                {"QuotaName": "Rules per account", "Value": 1000.0},
+                            ]
+                        }
+                    ]
+
+            return Pages()
+
+    assert storm_quotas(Quotas()) == ["Connect requests per second per account: 500"]
+
+
+def test_a_template_summary_names_its_resources_and_parameters():
+    body = '{"Parameters": {"AWS::IoT::Certificate::CommonName": {"Type": "String"}}, "Resources": {"policy": {"Type": "AWS::IoT::Policy", "Properties": {"PolicyName": "p"}}}}'  # noqa: E501
+    assert template_summary(body) == [
+        "template: policy (AWS::IoT::Policy; policy p (in the account))",
+        "template parameters: CommonName",
+    ]
