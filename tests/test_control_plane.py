@@ -771,13 +771,21 @@ class _Client:
     failing as botocore fails (the HTTP between them is the API server's, tested
     with boto3 itself in test_emulator_api.py)."""
 
-    def __init__(self, plane: ControlPlane, *, deletes_before_kill: int | None = None) -> None:
+    def __init__(
+        self,
+        plane: ControlPlane,
+        *,
+        deletes_before_kill: int | None = None,
+        denied: str | None = None,
+    ) -> None:
         from botocore import xform_name
 
         self._plane = plane
         self._names = {xform_name(op): op for op in _MODEL.operation_names}
         # After so many DeleteCertificate calls, the process is killed.
         self._deletes_left = deletes_before_kill
+        # A certificate whose deletion the account's IAM policy denies.
+        self._denied = denied
 
     def __getattr__(self, method: str):
         from botocore.exceptions import ClientError
@@ -789,6 +797,9 @@ class _Client:
                 if self._deletes_left == 0:
                     raise _Killed
                 self._deletes_left -= 1
+            if operation == "DeleteCertificate" and params["certificateId"] == self._denied:
+                error = {"Error": {"Code": "AccessDeniedException", "Message": "denied"}}
+                raise ClientError(error, operation)
             try:
                 return self._plane.call(operation, params)
             except ApiError as exc:
@@ -837,13 +848,13 @@ def leftovers(plane, other_ca, tmp_path) -> _Leftovers:
     return _Leftovers(ca, devices, a_ids, b_ids, b_things, set(plane.registry.policies))
 
 
-def _teardown(client: _Client, ca: CA) -> Summary:
+def _teardown(client: _Client, ca: CA, *, listed_first: bool = True) -> Summary:
     from loadgen.aws.ratelimit import AWS_RATES, RateLimits
     from loadgen.aws.teardown import Teardown
 
     limits = RateLimits(rates={k: 1e6 for k in AWS_RATES})
     teardown = Teardown(client, ca.directory, limits, sleep=lambda _: None)
-    return teardown.run(teardown.find())
+    return teardown.run(teardown.find(attachments=listed_first))
 
 
 def _only_b_is_left(plane: ControlPlane, left: _Leftovers, other_ca: CA) -> None:
@@ -854,10 +865,11 @@ def _only_b_is_left(plane: ControlPlane, left: _Leftovers, other_ca: CA) -> None
     assert set(plane.registry.cas) == {other_ca.fingerprint}
 
 
+@pytest.mark.parametrize("listed_first", [True, False], ids=["listed-first", "listed-as-it-goes"])
 def test_teardown_removes_what_jitp_made_for_a_ca_registered_through_the_api_and_nothing_else(
-    plane, leftovers, other_ca
+    plane, leftovers, other_ca, listed_first
 ):
-    summary = _teardown(_Client(plane), leftovers.ca)
+    summary = _teardown(_Client(plane), leftovers.ca, listed_first=listed_first)
     assert summary.complete and summary.certificates.deleted == len(leftovers.a_ids)
     _only_b_is_left(plane, leftovers, other_ca)
     emulator = Emulator(plane.registry, "unused.pem", "unused.key")
@@ -866,8 +878,22 @@ def test_teardown_removes_what_jitp_made_for_a_ca_registered_through_the_api_and
 
 def test_a_teardown_killed_halfway_and_run_again_finishes_the_job(plane, leftovers, other_ca):
     with pytest.raises(_Killed):
-        _teardown(_Client(plane, deletes_before_kill=2), leftovers.ca)
+        _teardown(_Client(plane, deletes_before_kill=2), leftovers.ca, listed_first=False)
     assert len(plane.registry.certificates) == len(leftovers.b_ids) + len(leftovers.a_ids) - 2
+    again = _teardown(_Client(plane), leftovers.ca)
+    assert again.complete
+    _only_b_is_left(plane, leftovers, other_ca)
+
+
+def test_a_certificate_the_account_refuses_to_delete_keeps_the_ca_for_the_next_run(
+    plane, leftovers, other_ca
+):
+    summary = _teardown(_Client(plane, denied=leftovers.a_ids[0]), leftovers.ca)
+    assert not summary.complete
+    assert summary.certificates.refused == {"AccessDeniedException": 1}
+    # The CA stays registered: a later run still finds the refused certificate.
+    assert leftovers.ca.fingerprint in plane.registry.cas
+    assert leftovers.a_ids[0] in plane.registry.certificates
     again = _teardown(_Client(plane), leftovers.ca)
     assert again.complete
     _only_b_is_left(plane, leftovers, other_ca)

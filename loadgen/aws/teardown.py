@@ -1,9 +1,15 @@
 """Removing what JITP created for one CA's devices, and nothing else.
 
-For every certificate the CA signed in the account: detach its policies, detach
-it from its things, set it INACTIVE, delete it. Then delete the things left with
-no principal and the policies left with no target (a policy or thing still
-attached to anything else stays), then the CA itself unless asked to keep it.
+For every certificate the CA signed in the account: list what it is attached
+to, detach its policies, detach it from its things, set it INACTIVE, delete it,
+and delete those of its things left with no principal. Then delete the policies
+left with no target (a policy or thing still attached to anything else stays),
+then the CA itself unless asked to keep it.
+
+All of a certificate's calls are made in one pass, many certificates at once:
+each API is then called about once per device and all of them run at their own
+rate together, so the run takes as long as the slowest API needs for the
+devices (at AWS's 10 calls a second, 10 devices a second), not a phase per API.
 
 Every step is idempotent (what is already gone counts as such), and what a
 certificate was attached to is journaled in the CA folder before it is
@@ -40,7 +46,9 @@ _GONE = "ResourceNotFoundException"
 # up to minutes for a policy): a delete refused as still attached is tried again.
 _CONFLICTS = {"DeleteConflictException", "InvalidRequestException"}
 _RETRY_DELAYS = (0.5, 1, 2, 4, 8, 15, 30)
-_THREADS = 4  # enough to fill the control plane's rates, which are the limit
+# Enough certificates in flight that every API's rate is used at once (about
+# eight calls per device, each a round trip): the rates remain the limit.
+_THREADS = 16
 _PAGE = 250
 # AWS deletes a deprecated thing type only five minutes after its deprecation.
 _THING_TYPE_WAIT = 6 * 60
@@ -87,11 +95,15 @@ class Found:
     # What `loadgen aws setup` created, from its record in the CA folder.
     created: Created = field(default_factory=Created)
     ca_registered: bool = True  # False: a teardown that deleted it was cut short
+    # Whether ``attached`` lists every certificate's attachments (a dry run's
+    # counts); else ``things`` and ``policies`` hold only what was journaled.
+    listed: bool = True
 
     @property
     def steps(self) -> int:
-        """What the progress counts: each certificate, thing, policy."""
-        return len(self.certificates) + len(self.things) + len(self.policies)
+        """What the progress counts first: each certificate (with its things),
+        each policy known; the run adds what it finds on the way."""
+        return len(self.certificates) + len(self.policies)
 
 
 @dataclass
@@ -144,9 +156,11 @@ class Teardown:
 
     # -- finding ----------------------------------------------------------
 
-    def find(self) -> Found:
-        """The CA's certificates in the account and what they are attached to
-        (plus what an interrupted teardown had journaled). Changes nothing."""
+    def find(self, *, attachments: bool = True) -> Found:
+        """The CA's certificates in the account and, with ``attachments``, what
+        they are attached to (plus what an interrupted teardown had journaled).
+        Changes nothing. Without ``attachments`` (one listing call per 250
+        certificates), ``run`` lists each certificate's as it removes it."""
         registered = self._check_registered()
         if not registered:
             return Found(self.ca_id, [], set(), set(), {}, self.created, ca_registered=False)
@@ -162,14 +176,17 @@ class Teardown:
         )
         things, policies = self._journaled()
         attached = {}
-        with ThreadPoolExecutor(_THREADS) as pool:
-            for cert, (cert_things, cert_policies) in zip(
-                certificates, pool.map(self._attachments, certificates), strict=True
-            ):
-                attached[cert["certificateId"]] = (cert_things, cert_policies)
-                things |= cert_things
-                policies |= cert_policies
-        return Found(self.ca_id, certificates, things, policies, attached, self.created)
+        if attachments:
+            with ThreadPoolExecutor(_THREADS) as pool:
+                for cert, (cert_things, cert_policies) in zip(
+                    certificates, pool.map(self._attachments, certificates), strict=True
+                ):
+                    attached[cert["certificateId"]] = (cert_things, cert_policies)
+                    things |= cert_things
+                    policies |= cert_policies
+        return Found(
+            self.ca_id, certificates, things, policies, attached, self.created, listed=attachments
+        )
 
     def _check_registered(self) -> bool:
         """Whether the CA is registered; a CA not registered is a mistake unless
@@ -198,31 +215,54 @@ class Teardown:
     def run(self, found: Found, *, keep_ca: bool = False) -> Summary:
         """Delete what was found; with ``keep_ca``, the CA stays registered with
         what setup created for it (its role, thing type, groups): ready for the
-        next storm."""
+        next storm. The CA and setup's resources also stay when anything of its
+        devices was refused: a later run must still find them through the CA."""
         summary = Summary(found)
-        self._journal(found.things, found.policies)
+        if found.things or found.policies:
+            self._journal(found.things, found.policies)
         if not keep_ca and found.created.thing_types:
             # AWS deletes a thing type five minutes after its deprecation: start now.
             for name in found.created.thing_types:
                 self._gone_is_fine("DeprecateThingType", thingTypeName=name)
-        done = 0
+        progress = _Progress(self.on_progress, len(found.certificates) + len(found.policies))
+        ours = {c["certificateArn"] for c in found.certificates}
+        things: dict[str, tuple[str, str]] = {}  # a thing's outcome, once it has one
+        policies = set(found.policies)
         with ThreadPoolExecutor(_THREADS) as pool:
-            removals = (
-                (cert, *found.attached.get(cert["certificateId"], (set(), set())))
-                for cert in found.certificates
-            )
-            for outcome in pool.map(lambda r: self._remove_certificate(*r), removals):
+            for outcome, cert_things, cert_policies in pool.map(
+                lambda cert: self._tear_certificate(cert, found, ours), found.certificates
+            ):
                 _count(summary.certificates, outcome)
-                done = self._progress(done, found)
-        arns = {c["certificateArn"] for c in found.certificates}
-        with ThreadPoolExecutor(_THREADS) as pool:
-            for outcome in pool.map(lambda t: self._remove_thing(t, arns), sorted(found.things)):
-                _count(summary.things, outcome)
-                done = self._progress(done, found)
-            for outcome in pool.map(self._remove_policy, sorted(found.policies)):
+                for name, thing_outcome in cert_things.items():
+                    # A thing shared by two of our certificates is decided by the
+                    # last one removed; one decided twice keeps its first verdict
+                    # unless the later one deleted it.
+                    if name not in things or thing_outcome[0] == "deleted":
+                        things[name] = thing_outcome
+                progress.add(len(cert_policies - policies))
+                policies |= cert_policies
+                progress.step()
+            # Things still waiting for another of our certificates when theirs was
+            # removed, and those only the journal knows of: decided now.
+            pending = sorted(
+                {n for n, o in things.items() if o[0] == "pending"} | (found.things - set(things))
+            )
+            progress.add(len(pending))
+            for name, outcome in zip(
+                pending, pool.map(lambda t: self._remove_thing(t, ours), pending), strict=True
+            ):
+                things[name] = outcome
+                progress.step()
+            for outcome in pool.map(self._remove_policy, sorted(policies)):
                 _count(summary.policies, outcome)
-                done = self._progress(done, found)
-        if not keep_ca:
+                progress.step()
+        for outcome in things.values():
+            _count(summary.things, outcome)
+        devices_left = not summary.complete
+        if keep_ca or devices_left:
+            if devices_left and not keep_ca:
+                summary.ca.kept["certificates or what they used were refused; run again"] += 1
+        else:
             for outcome in self._remove_created(found.created):
                 _count(summary.setup, outcome)
             if found.ca_registered:
@@ -235,10 +275,27 @@ class Teardown:
                 record_path(self.ca_dir).unlink(missing_ok=True)
         return summary
 
-    def _progress(self, done: int, found: Found) -> int:
-        if self.on_progress is not None:
-            self.on_progress(done + 1, found.steps)
-        return done + 1
+    def _tear_certificate(
+        self, cert: dict[str, Any], found: Found, ours: set[str]
+    ) -> tuple[tuple[str, str], dict[str, tuple[str, str]], set[str]]:
+        """One certificate removed, then each of its things that has no principal
+        left ("pending": another of our certificates still holds it). Returns the
+        certificate's outcome, its things' and the policies it had."""
+        listed = found.attached.get(cert["certificateId"])
+        if listed is None:
+            try:
+                listed = self._attachments(cert)
+            except Exception as exc:
+                return _refused(exc), {}, set()
+            # Before anything is detached: a rerun after a kill finds them here.
+            self._journal(*listed)
+        cert_things, cert_policies = listed
+        outcome = self._remove_certificate(cert, cert_things, cert_policies)
+        things: dict[str, tuple[str, str]] = {}
+        if outcome[0] in ("deleted", "already_gone"):
+            for name in sorted(cert_things):
+                things[name] = self._remove_thing(name, ours, removed=cert["certificateArn"])
+        return outcome, things, cert_policies
 
     # -- what setup created -------------------------------------------------
 
@@ -310,7 +367,13 @@ class Teardown:
             return _refused(exc)
         return ("deleted", "")
 
-    def _remove_thing(self, name: str, ours: set[str]) -> tuple[str, str]:
+    def _remove_thing(
+        self, name: str, ours: set[str], *, removed: str | None = None
+    ) -> tuple[str, str]:
+        """A thing deleted unless another principal has it. Given the certificate
+        just ``removed`` from it (which a listing may still show for a few
+        seconds: detaching is eventually consistent), "pending" while another of
+        our certificates, removed later, still has it."""
         try:
             principals = set(
                 self.api.pages(
@@ -319,6 +382,8 @@ class Teardown:
             )
             if principals - ours:
                 return ("kept", "attached to another principal")
+            if removed is not None and principals - {removed}:
+                return ("pending", "")
             self._retrying("DeleteThing", thingName=name)
         except Exception as exc:
             return _refused(exc)
@@ -412,6 +477,23 @@ def _refused(exc: BaseException) -> tuple[str, str]:
     if isinstance(exc, _Gone) or code == _GONE:
         return ("already_gone", "")
     return ("refused", code or type(exc).__name__)
+
+
+class _Progress:
+    """Steps done of a total that grows as the run finds more to do."""
+
+    def __init__(self, report: Callable[[int, int], None] | None, total: int) -> None:
+        self.report = report
+        self.total = total
+        self.done = 0
+
+    def add(self, steps: int) -> None:
+        self.total += steps
+
+    def step(self) -> None:
+        self.done += 1
+        if self.report is not None:
+            self.report(self.done, self.total)
 
 
 def _count(tally: Tally, outcome: tuple[str, str]) -> None:

@@ -240,13 +240,21 @@ def aws_teardown(
     created = record.created if record is not None else None
     teardown = Teardown(account.iot(), ca_dir, RateLimits(rate), iam=account.iam(), created=created)
     try:
-        found = teardown.find()
+        # Only a dry run lists every certificate's attachments up front (a call
+        # per certificate per API); a teardown lists them as it removes each.
+        found = teardown.find(attachments=dry_run)
     except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
         raise LoadgenError(f"the account could not be read: {exc}") from None
-    click.echo(
-        f"CA {found.ca_id[:16]}…: {len(found.certificates)} certificates, "
-        f"{len(found.things)} things and {len(found.policies)} policies attached to them"
-    )
+    if found.listed:
+        click.echo(
+            f"CA {found.ca_id[:16]}…: {len(found.certificates)} certificates, "
+            f"{len(found.things)} things and {len(found.policies)} policies attached to them"
+        )
+    else:
+        click.echo(
+            f"CA {found.ca_id[:16]}…: {len(found.certificates)} certificates (the things "
+            "and policies attached to them are listed as each is removed; --dry-run lists them)"
+        )
     if found.created.names():
         kept = " (kept with --keep-ca)" if keep_ca else ""
         click.echo(f"created by setup{kept}: {', '.join(found.created.names())}")
