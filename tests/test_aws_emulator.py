@@ -5,6 +5,7 @@ storm provisions through JITP, `aws status` counts it, `aws teardown` removes it
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -17,6 +18,8 @@ import pytest
 import yaml
 
 from loadgen.certs.ca import init_ca
+from loadgen.emulator.defaults import REGISTRATION_CONFIG
+from tests.aws_cli import aws_cli
 from tests.conftest import run_loadgen
 from tests.moto_aws import CREDENTIALS, loadgen_aws
 
@@ -25,14 +28,6 @@ LIGHTBULB = ROOT / "scenarios" / "templates" / "lightbulb.yaml"
 PROFILE = ROOT / "scenarios" / "profiles" / "lightbulb-healthy.yaml"
 _API = re.compile(r"control plane on (http://\S+:\d+)")
 _READY = re.compile(r"ready on (\S+):(\d+) \(server CA: (.+)\)")
-
-
-def _has_api() -> bool:
-    help_ = run_loadgen("emulator", "serve", "--help")
-    return "--api-port" in help_.out
-
-
-pytestmark = pytest.mark.skipif(not _has_api(), reason="the emulator serves no control plane")
 
 
 @dataclass
@@ -171,3 +166,62 @@ def test_a_throttled_teardown_slows_down_and_finishes(slow_emulator, tmp_path):
     assert teardown.code == 0, teardown.out + teardown.err
     assert "certificates: 15 deleted, 0 already gone" in teardown.out
     assert "refused" not in teardown.out
+
+
+def test_a_ca_registered_by_hand_with_the_aws_cli_is_torn_down_just_the_same(emulator, tmp_path):
+    """As docs/scenarios.md told users before `aws setup`: the aws CLI registers
+    the CA and finds the endpoint; teardown has no record of setup to go by."""
+    ca = init_ca(tmp_path / "ca")
+
+    def aws(*args: str) -> dict:
+        proc = aws_cli(emulator.url, tmp_path, "iot", *args)
+        assert proc.returncode == 0, proc.stderr
+        return json.loads(proc.stdout) if proc.stdout.strip() else {}
+
+    code = aws("get-registration-code")["registrationCode"]
+    verification = tmp_path / "verification.pem"
+    made = run_loadgen(
+        "ca", "verification-cert", "--ca", ca.directory, "--registration-code", code,
+        "--out", verification,
+    )  # fmt: skip
+    assert made.code == 0, made.err
+    config = tmp_path / "registration-config.json"
+    config.write_text(json.dumps(REGISTRATION_CONFIG))
+    ca_id = aws(
+        "register-ca-certificate", "--ca-certificate", f"file://{ca.directory / 'ca.pem'}",
+        "--verification-cert", f"file://{verification}", "--set-as-active",
+        "--allow-auto-registration", "--registration-config", f"file://{config}",
+    )["certificateId"]  # fmt: skip
+    endpoint = aws("describe-endpoint", "--endpoint-type", "iot:Data-ATS")["endpointAddress"]
+    fleet = tmp_path / "fleet"
+    minted = run_loadgen("certs", "mint", "--ca", ca.directory, "--out", fleet, "--count", 6)
+    assert minted.code == 0, minted.err
+    scenario = tmp_path / "by-hand.yaml"
+    scenario.write_text(
+        yaml.safe_dump(
+            {
+                "name": "by-hand",
+                "endpoint": endpoint,
+                "tls": {"ca_file": str(emulator.server_ca), "server_name": "localhost"},
+                "fleet": {"ca": str(ca.directory), "store": str(fleet), "count": 6},
+                "jitp": {"expect_first_connect_rejected": True},
+                "retry": {"initial": "0.2s", "max": "1s", "max_attempts": 6},
+                "load": {"executor": "constant-arrival-rate", "rate": "20/s"},
+            }
+        )
+    )
+    assert _outcomes(scenario, tmp_path, "storm") == {"connected": 6}
+    assert len(aws("list-certificates-by-ca", "--ca-certificate-id", ca_id)["certificates"]) == 6
+    assert len(aws("list-things")["things"]) == 6
+    assert not (ca.directory / "aws-setup.json").exists()
+    teardown = loadgen_aws(
+        "teardown", "--ca", ca.directory, "--yes", "--endpoint-url", emulator.url,
+        "--region", "us-east-1",
+    )  # fmt: skip
+    assert teardown.code == 0, teardown.out + teardown.err
+    assert "certificates: 6 deleted" in teardown.out and "things: 6 deleted" in teardown.out
+    assert aws("list-ca-certificates")["certificates"] == []
+    assert aws("list-certificates")["certificates"] == []
+    assert aws("list-things")["things"] == []
+    assert aws("list-policies")["policies"] == []
+    assert set(_outcomes(scenario, tmp_path, "after")) == {"tls_rejected"}

@@ -29,10 +29,9 @@ from loadgen.emulator.defaults import REGISTRATION_CONFIG
 from loadgen.emulator.registry import certificate_id
 from loadgen.emulator.serve import start_embedded
 from tests.api_server import client, raw_http
+from tests.aws_cli import aws_cli
 from tests.brokers import free_port
 from tests.conftest import Result, assert_user_error, run_loadgen
-
-AWS = Path(sys.executable).parent / "aws"
 
 
 @dataclass
@@ -235,25 +234,6 @@ def test_the_api_throttles_at_aws_default_rates(tmp_path):
     assert answers.count(b"HTTP/1.1 200 ") >= 1
     assert answers.count(b"x-amzn-ErrorType: ThrottlingException") >= 1
     assert answers.count(b"HTTP/1.1 ") == 30
-
-
-def aws_cli(url: str, home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """The aws CLI (its own botocore, not ours) against the emulator, with
-    made-up credentials and no configuration of the user's."""
-    env = {
-        "PATH": os.environ.get("PATH", ""),
-        "HOME": str(home),
-        "AWS_ACCESS_KEY_ID": "AKIDEMULATOR",
-        "AWS_SECRET_ACCESS_KEY": "emulator-secret",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
-    return subprocess.run(
-        [str(AWS), "--endpoint-url", url, "--output", "json", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
 
 
 def test_the_aws_cli_registers_lists_and_deletes_a_ca(served, fleet, tmp_path):
