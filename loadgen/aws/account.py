@@ -37,7 +37,12 @@ class Account:
         fewer than the default for calls that are worth less than a wait."""
         import botocore.config
 
-        retries = _RETRY if attempts is None else {**_RETRY, "max_attempts": attempts}
+        # total_max_attempts counts the first attempt too (max_attempts does not);
+        # standard mode: adaptive's client-side rate limiting is for throttles,
+        # which a call worth less than a wait should not sit out.
+        retries = (
+            _RETRY if attempts is None else {"mode": "standard", "total_max_attempts": attempts}
+        )
         return self._session.client(
             service, endpoint_url=self.endpoint_url, config=botocore.config.Config(retries=retries)
         )
