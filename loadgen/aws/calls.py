@@ -16,24 +16,27 @@ class Api:
     """A boto3 client called by AWS's operation names (``ListCertificatesByCA``),
     each call waiting for its API's token first."""
 
-    def __init__(self, client: Any, limits: RateLimits) -> None:
+    def __init__(self, client: Any, limits: RateLimits, *, probe: Any = None) -> None:
         self.client = client
         self.limits = limits
+        # For second opinions worth less than a wait on retries (a client of few
+        # attempts): moto answers ListCACertificates with a 500, retried for 30 s.
+        self.probe = probe if probe is not None else client
 
-    def call(self, api: str, **kwargs: Any) -> dict[str, Any]:
+    def call(self, api: str, *, via: Any = None, **kwargs: Any) -> dict[str, Any]:
         self.limits.acquire(api)
-        method = getattr(self.client, snake(api))
+        method = getattr(via if via is not None else self.client, snake(api))
         result: dict[str, Any] = method(**kwargs)
         return result
 
     def pages(
-        self, api: str, items: str, token_in: str, token_out: str, **kwargs: Any
+        self, api: str, items: str, token_in: str, token_out: str, *, via: Any = None, **kwargs: Any
     ) -> Iterator[Any]:
         """Every item of every page (the token's names differ by API: ``marker`` in,
         ``nextMarker`` out for some; ``nextToken`` both ways for others)."""
         token: str | None = None
         while True:
-            page = self.call(api, **kwargs, **({token_in: token} if token else {}))
+            page = self.call(api, via=via, **kwargs, **({token_in: token} if token else {}))
             yield from page.get(items, [])
             token = page.get(token_out)
             if not token:
@@ -55,7 +58,9 @@ def is_registered(api: Api, ca_id: str, *, listing: bool = True) -> bool:
     try:
         listed = {
             str(ca["certificateId"])
-            for ca in api.pages("ListCACertificates", "certificates", "marker", "nextMarker")
+            for ca in api.pages(
+                "ListCACertificates", "certificates", "marker", "nextMarker", via=api.probe
+            )
         }
     except Exception as exc:
         if error_code(exc) is None:

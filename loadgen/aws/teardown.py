@@ -143,8 +143,9 @@ class Teardown:
         on_progress: Callable[[int, int], None] | None = None,
         iam: Any = None,
         created: Created | None = None,
+        probe: Any = None,
     ) -> None:
-        self.api = Api(iot, limits)
+        self.api = Api(iot, limits, probe=probe)
         self.iam = iam  # for the role setup created
         self.created = created or Created()
         self.ca_dir = ca_dir

@@ -192,7 +192,7 @@ def aws_status(
     account = _recorded_account(ca_dir, record, profile, region, endpoint_url)
     try:
         found = status_mod.status(
-            Api(account.iot(), RateLimits()),
+            Api(account.iot(), RateLimits(), probe=account.client("iot", attempts=3)),
             ca_dir,
             sample=sample,
             # Quotas are worth a look, not a wait on retries where there are none.
@@ -238,7 +238,14 @@ def aws_teardown(
     record = load_record(ca_dir)
     account = _recorded_account(ca_dir, record, profile, region, endpoint_url)
     created = record.created if record is not None else None
-    teardown = Teardown(account.iot(), ca_dir, RateLimits(rate), iam=account.iam(), created=created)
+    teardown = Teardown(
+        account.iot(),
+        ca_dir,
+        RateLimits(rate),
+        iam=account.iam(),
+        created=created,
+        probe=account.client("iot", attempts=3),
+    )
     try:
         # Only a dry run lists every certificate's attachments up front (a call
         # per certificate per API); a teardown lists them as it removes each.
