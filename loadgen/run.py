@@ -38,7 +38,7 @@ class RunOptions:
     endpoint: str | None = None
     count: int | None = None
     rate: str | None = None
-    workers: int = 1
+    workers: int | None = None  # None: planned_workers
 
 
 # Where a plan for the embedded endpoint is checked before the emulator exists.
@@ -151,7 +151,7 @@ def make_plan(scenario: Scenario, options: RunOptions) -> RunPlan:
         raise ConfigError("endpoint: embedded needs the emulator started (see run.endpoint)")
     if options.count is not None and options.count <= 0:
         raise UserError(f"--count must be positive, got {options.count}")
-    if options.workers <= 0:
+    if options.workers is not None and options.workers <= 0:
         raise UserError(f"--workers must be positive, got {options.workers}")
     try:
         rate = parse_rate(options.rate) if options.rate is not None else None
@@ -162,7 +162,9 @@ def make_plan(scenario: Scenario, options: RunOptions) -> RunPlan:
         endpoint=endpoint_of(scenario, options.endpoint),
         count=options.count,
         rate=rate,
-        workers=options.workers,
+        workers=options.workers
+        if options.workers is not None
+        else planned_workers(scenario.load.max_in_flight),
     )
     check_template(plan.client_id, "mqtt.client_id")
     for i, step in enumerate(plan.steps):
@@ -181,7 +183,7 @@ _FLEET_FIELDS = InputNames(ca="fleet.ca", profile="fleet.profile", seed="fleet.s
 
 
 def ensure_fleet(
-    scenario: Scenario, count: int, workers: int, on_progress: Any = None
+    scenario: Scenario, count: int, workers: int | None, on_progress: Any = None
 ) -> MintResult | None:
     """Check the scenario's fleet (its CA, and the profile and seed it was minted
     with against the scenario's), then mint it when it is missing or holds fewer
@@ -194,9 +196,10 @@ def ensure_fleet(
     return mint(request, on_progress)
 
 
-def fleet_request(scenario: Scenario, count: int, workers: int) -> MintRequest:
+def fleet_request(scenario: Scenario, count: int, workers: int | None) -> MintRequest:
     """The mint a scenario's fleet stands for: checked on every run, so that a
-    fleet minted from another profile, seed or CA is never run as this one."""
+    fleet minted from another profile, seed or CA is never run as this one.
+    Minting is CPU-bound: without ``workers``, a process per core."""
     fleet = scenario.fleet
     profile = None
     if fleet.profile is not None:
@@ -206,8 +209,27 @@ def fleet_request(scenario: Scenario, count: int, workers: int) -> MintRequest:
             raise ConfigError(f"fleet.profile: {exc}") from None
     names = replace(_FLEET_FIELDS, profile=f"fleet.profile {fleet.profile}")
     return MintRequest(
-        fleet.store, fleet.ca, count, profile, fleet.seed, workers, init_ca=True, names=names
+        fleet.store,
+        fleet.ca,
+        count,
+        profile,
+        fleet.seed,
+        workers if workers is not None else default_workers(),
+        init_ca=True,
+        names=names,
     )
+
+
+def planned_workers(max_in_flight: int) -> int:
+    """The machine's cores, or more when one worker's share of ``max_in_flight``
+    would not fit in the open files a process may hold (its hard limit): the run
+    scales by processes, never by one process's limit."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    cores = default_workers()
+    if hard == resource.RLIM_INFINITY:
+        return cores
+    per_worker = max(1, hard - _FD_MARGIN)
+    return max(cores, -(-max_in_flight // per_worker))
 
 
 def raise_fd_limit(plan: RunPlan) -> None:
@@ -220,7 +242,8 @@ def raise_fd_limit(plan: RunPlan) -> None:
     too_many = UserError(
         f"load.max_in_flight {plan.max_in_flight} needs {needed} open files per worker, "
         f"but the limit is {soft} and cannot be raised that far (hard limit {hard}): "
-        "raise it (ulimit -Hn) or lower max_in_flight"
+        "raise it (ulimit -Hn), give more --workers (without --workers the run plans "
+        "enough), or lower max_in_flight"
     )
     if hard != resource.RLIM_INFINITY and hard < needed:
         raise too_many

@@ -287,3 +287,47 @@ def test_a_concurrency_the_fd_limit_cannot_hold_is_refused_before_the_run(
     )
     result = run_loadgen("run", path, "--count", "5", "--workers", "1")
     assert_user_error(result, "max_in_flight", "ulimit")
+
+
+def _run_with_open_files(limit: int, *args):
+    """`loadgen run ARGS` in a process that may hold ``limit`` open files."""
+    import resource
+    import subprocess
+    import sys
+
+    def lower() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
+    return subprocess.run(
+        [sys.executable, "-m", "loadgen", "run", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=lower,
+    )
+
+
+def test_without_workers_it_plans_enough_workers_to_fit_the_open_files_limit(
+    tmp_path, mosquitto, device_ca
+):
+    """max_in_flight 300 and 160 open files per process (64 kept for the
+    process itself): a worker holds at most 96 connections, so 4 workers."""
+    load = {"executor": "constant-arrival-rate", "rate": "400/s", "max_in_flight": 300}
+    path = _scenario(tmp_path, mosquitto, device_ca, load=load)
+    report = tmp_path / "report.json"
+    proc = _run_with_open_files(160, path, "--count", 200, "--report", report)
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(report.read_text())
+    assert data["load"]["workers"] == 4
+    assert data["accounting"]["started"] == 200 and data["accounting"]["unexpected"] == 0
+
+
+def test_too_few_workers_for_the_open_files_limit_is_one_line_and_exit_2(
+    tmp_path, mosquitto, device_ca
+):
+    load = {"executor": "constant-arrival-rate", "rate": "400/s", "max_in_flight": 300}
+    path = _scenario(tmp_path, mosquitto, device_ca, load=load)
+    proc = _run_with_open_files(160, path, "--workers", 1, "--report", tmp_path / "r.json")
+    assert proc.returncode == 2, proc.stderr
+    assert "needs 364 open files per worker" in proc.stderr and "--workers" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "r.json").exists()

@@ -115,7 +115,7 @@ def capacity_command(
     max_steps: int,
     first_device: int,
     endpoint: str | None,
-    workers: int,
+    workers: int | None,
     outputs: Outputs,
 ) -> None:
     """Raise the arrival rate step by step until an SLO breaks; report the

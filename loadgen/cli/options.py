@@ -17,13 +17,18 @@ from loadgen.listen import PORT, check_listen
 from loadgen.load.plan import RunPlan
 from loadgen.metrics import prometheus as prom
 from loadgen.report.build import write_outputs
-from loadgen.run import default_workers, report_path
+from loadgen.run import report_path
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 _TARGET = (
     click.option("--endpoint", help="HOST:PORT instead of the scenario's endpoint."),
-    click.option("--workers", type=int, default=default_workers, show_default="cores"),
+    click.option(
+        "--workers",
+        type=int,
+        help="Worker processes (default: the cores, or more when load.max_in_flight "
+        "needs more open files than one process may hold).",
+    ),
 )
 _OUTPUTS = (
     click.option("--report", "report_file", type=click.Path(path_type=Path), help="JSON report."),

@@ -65,7 +65,7 @@ def run_command(
     endpoint: str | None,
     count: int | None,
     rate: str | None,
-    workers: int,
+    workers: int | None,
     outputs: Outputs,
     junit_path: Path | None,
     summary_path: Path | None,
@@ -133,7 +133,7 @@ def run_command(
 
 
 def _mint_with_progress(
-    console: Console, scenario: Scenario, count: int, workers: int
+    console: Console, scenario: Scenario, count: int, workers: int | None
 ) -> MintResult | None:
     with MintBar(console, TextColumn("minting fleet"), BarColumn(), MofNCompleteColumn()) as bar:
         return ensure_fleet(scenario, count, workers, bar.update)
