@@ -3,6 +3,7 @@ emulator's control plane that nobody here wrote."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -28,3 +29,10 @@ def aws_cli(url: str, home: Path, *args: str) -> subprocess.CompletedProcess[str
         env=env,
         timeout=120,
     )
+
+
+def aws_iot(url: str, home: Path, *args: str) -> dict:
+    """`aws iot ARGS` that must succeed; its JSON answer ({} when it prints none)."""
+    proc = aws_cli(url, home, "iot", *args)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout) if proc.stdout.strip() else {}

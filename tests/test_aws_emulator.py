@@ -19,7 +19,7 @@ import yaml
 
 from loadgen.certs.ca import init_ca
 from loadgen.emulator.defaults import REGISTRATION_CONFIG
-from tests.aws_cli import aws_cli
+from tests.aws_cli import aws_iot
 from tests.conftest import run_loadgen
 from tests.moto_aws import CREDENTIALS, loadgen_aws
 
@@ -174,9 +174,7 @@ def test_a_ca_registered_by_hand_with_the_aws_cli_is_torn_down_just_the_same(emu
     ca = init_ca(tmp_path / "ca")
 
     def aws(*args: str) -> dict:
-        proc = aws_cli(emulator.url, tmp_path, "iot", *args)
-        assert proc.returncode == 0, proc.stderr
-        return json.loads(proc.stdout) if proc.stdout.strip() else {}
+        return aws_iot(emulator.url, tmp_path, *args)
 
     code = aws("get-registration-code")["registrationCode"]
     verification = tmp_path / "verification.pem"

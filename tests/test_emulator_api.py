@@ -29,7 +29,7 @@ from loadgen.emulator.defaults import REGISTRATION_CONFIG
 from loadgen.emulator.registry import certificate_id
 from loadgen.emulator.serve import start_embedded
 from tests.api_server import client, raw_http
-from tests.aws_cli import aws_cli
+from tests.aws_cli import aws_cli, aws_iot
 from tests.brokers import free_port
 from tests.conftest import Result, assert_user_error, run_loadgen
 
@@ -240,9 +240,7 @@ def test_the_aws_cli_registers_lists_and_deletes_a_ca(served, fleet, tmp_path):
     ca, _ = fleet
 
     def aws(*args: str) -> dict:
-        proc = aws_cli(served.api_url, tmp_path, "iot", *args)
-        assert proc.returncode == 0, proc.stderr
-        return json.loads(proc.stdout) if proc.stdout.strip() else {}
+        return aws_iot(served.api_url, tmp_path, *args)
 
     code = aws("get-registration-code")["registrationCode"]
     verification = tmp_path / "verification.pem"
