@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from loadgen import fds
 from loadgen.certs.mint import InputNames, MintRequest, MintResult, mint
 from loadgen.certs.mint import check as check_fleet
 from loadgen.certs.profile import load_profile
@@ -27,10 +28,6 @@ from loadgen.metrics.stats import RunStats
 from loadgen.report.build import build
 from loadgen.scenario.schema import EMBEDDED, Scenario
 from loadgen.scenario.units import parse_rate
-
-# Descriptors a worker needs besides one per device in flight (pipes, files, the
-# fleet's chain and key files while a context is built).
-_FD_MARGIN = 64
 
 
 @dataclass(frozen=True)
@@ -224,18 +221,13 @@ def planned_workers(max_in_flight: int) -> int:
     """The machine's cores, or more when one worker's share of ``max_in_flight``
     would not fit in the open files a process may hold (its hard limit): the run
     scales by processes, never by one process's limit."""
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    cores = default_workers()
-    if hard == resource.RLIM_INFINITY:
-        return cores
-    per_worker = max(1, hard - _FD_MARGIN)
-    return max(cores, -(-max_in_flight // per_worker))
+    return fds.processes_for(max_in_flight, default_workers())
 
 
 def raise_fd_limit(plan: RunPlan) -> None:
     """Each device in flight holds a socket: raise the soft limit as far as the
     hard one allows, and refuse a run that cannot fit."""
-    needed = -(-plan.max_in_flight // plan.workers) + _FD_MARGIN
+    needed = fds.needed(plan.max_in_flight, plan.workers)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft >= needed:
         return
