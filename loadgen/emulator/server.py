@@ -58,6 +58,25 @@ class EmulatorStats:
     # Messages not delivered to a subscriber, by why.
     dropped: Counter[str] = field(default_factory=Counter)
 
+    def summary(self) -> dict[str, dict[str, int]]:
+        """As the STATS line names them."""
+        return {key: dict(getattr(self, name)) for key, name in _SUMMARY.items()}
+
+    def add(self, summary: dict[str, dict[str, int]]) -> None:
+        """Add another process's `summary`."""
+        for key, name in _SUMMARY.items():
+            getattr(self, name).update(summary.get(key, {}))
+
+
+_SUMMARY = {
+    "provision": "provision",
+    "provision_failures": "provision_reasons",
+    "connects": "connects",
+    "throttles": "throttles",
+    "closes": "closes",
+    "dropped": "dropped",
+}
+
 
 class Emulator:
     """The TLS + MQTT side: sessions, and routing between them. What a session
