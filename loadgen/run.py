@@ -110,6 +110,7 @@ def endpoint(scenario: Scenario, options: RunOptions) -> Iterator[EndpointSessio
         limits=spec.limits.to_limits(),
         api_port=spec.api_port,
         api_rates=spec.api_rates,
+        processes=spec.processes,
     )
     tls = scenario.tls.model_copy(
         update={"ca_file": emulator.server_ca, "server_name": "localhost"}

@@ -372,6 +372,7 @@ def start_embedded(
     limits: Limits | None = None,
     api_port: int | None = None,
     api_rates: dict[str, str] | None = None,
+    processes: int | None = None,
 ) -> EmbeddedEmulator:
     """`loadgen emulator serve` in a subprocess on a free loopback port, trusting
     the CA in ``fleet_ca``; returns once it is ready. It stops when this process
@@ -410,6 +411,8 @@ def start_embedded(
         args += ["--api-port", str(api_port)]
     for name, rate in (api_rates or {}).items():
         args += ["--api-rate", f"{name}={rate}"]
+    if processes is not None:
+        args += ["--processes", str(processes)]
     state.mkdir(parents=True, exist_ok=True)
     log = state / "emulator.log"
     # Its stderr goes to a file: a pipe nobody reads would fill and stall it.
