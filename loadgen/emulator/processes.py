@@ -52,6 +52,7 @@ class _Serving:
     peer: Peer
     subscribers: bool = False
     cpu_s: float = 0.0  # as of its last answer
+    connects: int = 0  # connections it handled, as of its last answer
 
 
 @dataclass(frozen=True)
@@ -224,8 +225,14 @@ class ServingProcesses:
             if isinstance(answer, dict):
                 stats.add(answer["stats"])
                 serving.cpu_s = answer["cpu_s"]
+                serving.connects = answer["connects"]
         processes = [
-            {"index": s.index, "pid": s.process.pid, "cpu_s": round(s.cpu_s, 3)}
+            {
+                "index": s.index,
+                "pid": s.process.pid,
+                "cpu_s": round(s.cpu_s, 3),
+                "connects": s.connects,
+            }
             for s in self.serving
         ]
         return Totals(stats, processes, time.process_time())

@@ -249,14 +249,19 @@ async def _serve_api(
     return api_server
 
 
-def _own_process() -> dict[str, Any]:
-    return {"index": 0, "pid": os.getpid(), "cpu_s": round(time.process_time(), 3)}
+def _own_process(emulator: Emulator) -> dict[str, Any]:
+    return {
+        "index": 0,
+        "pid": os.getpid(),
+        "cpu_s": round(time.process_time(), 3),
+        "connects": sum(emulator.stats.connects.values()),
+    }
 
 
 async def _totals(emulator: Emulator, serving: ServingProcesses | None) -> Totals:
     if serving is not None:
         return await serving.totals()
-    return Totals(emulator.stats, [_own_process()], time.process_time())
+    return Totals(emulator.stats, [_own_process(emulator)], time.process_time())
 
 
 def _stop_at_eof(loop: asyncio.AbstractEventLoop, fd: int, stop: asyncio.Event) -> None:

@@ -69,6 +69,8 @@ def stats_answer(emulator: Emulator) -> dict[str, Any]:
         "stats": emulator.stats.summary(),
         "cpu_s": time.process_time(),
         "pid": os.getpid(),
+        # Connections it handled (accepted or refused): how the port spread them.
+        "connects": sum(emulator.stats.connects.values()),
     }
 
 
