@@ -26,6 +26,7 @@ from loadgen.transport.errors import TransportError
 from loadgen.transport.timing import AttemptTimes
 from loadgen.transport.tls import ClientTls
 from tests.brokers import free_port
+from tests.conftest import assert_user_error, run_loadgen
 from tests.processes import assert_all_gone, descendants
 
 DEVICES = 60
@@ -232,3 +233,11 @@ def test_a_ca_registered_through_the_api_is_trusted_by_every_process_once_answer
         assert all(p["connects"] > 0 for p in stats["processes"])
     finally:
         served.stop()
+
+
+def test_processes_out_of_range_is_a_one_line_error(tmp_path, device_ca):
+    ca = str(device_ca.directory / "ca.pem")
+    result = run_loadgen(
+        "emulator", "serve", "--ca", ca, "--state-dir", tmp_path, "--processes", "0"
+    )
+    assert_user_error(result, "--processes")
