@@ -225,6 +225,11 @@ class Emulator:
         return self.local.record_for(cert)
 
 
+# Packets kept while the account is asked before the client is no longer read
+# (pausing costs a connect more than the wait: only a flood is paused).
+_BACKLOG = 16
+
+
 class _Session(asyncio.Protocol):
     def __init__(self, emulator: Emulator) -> None:
         self.emulator = emulator
@@ -257,12 +262,13 @@ class _Session(asyncio.Protocol):
         self.der = transport.get_extra_info("ssl_object").getpeercert(binary_form=True)
         self.asking = True
         self.emulator.account.admit(self.der, self._admitted)
-        self._wait_for_account()
 
-    def _wait_for_account(self) -> None:
-        """Not answered yet (a remote account): read nothing more until it is.
-        An account in this process has answered before this is called."""
-        if self.asking and self.transport is not None and not self.transport.is_closing():
+    def _keep_for_later(self, packet: mqtt.Packet) -> None:
+        """A packet that came while the account was asked (a remote account;
+        one in this process answers at once): kept, in order, until it
+        answers; a client that sends on and on meanwhile is not read from."""
+        self.backlog.append(packet)
+        if len(self.backlog) >= _BACKLOG and not self.paused and self.transport is not None:
             self.paused = True
             self.transport.pause_reading()
 
@@ -286,11 +292,11 @@ class _Session(asyncio.Protocol):
             self.transport.close()
             return
         self.admission = admitted
-        self._after_answer()
         # Above it, pause_writing(): QoS 0 messages to it are dropped and the
         # slow-consumer deadline starts. Below a quarter of it, resume_writing().
         self.transport.set_write_buffer_limits(high=self.limits.write_buffer)
         self.timer = self.loop.call_later(self.limits.connect_timeout, self._connect_deadline)
+        self._after_answer()
 
     def _allowed(self, action: str, resource: str) -> bool:
         return policy.allowed(self.policies, action, resource, self.variables)
@@ -299,7 +305,6 @@ class _Session(asyncio.Protocol):
         self.connect_packet = packet
         self.asking = True
         self.emulator.account.allow_connect(packet.client_id, self._connect_allowed)
-        self._wait_for_account()
 
     def _connect_allowed(self, exceeded: str | None) -> None:
         packet = self.connect_packet
@@ -367,7 +372,7 @@ class _Session(asyncio.Protocol):
             self.heard = self.loop.time()
         for packet in packets:
             if self.asking or self.backlog:
-                self.backlog.append(packet)
+                self._keep_for_later(packet)
             else:
                 self._answer(packet)
 
