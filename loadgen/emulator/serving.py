@@ -39,6 +39,17 @@ class RemoteAccount:
     def __init__(self) -> None:
         self.peer: Peer | None = None
         self.cas: tuple[str, ...] = ()
+        # Each answer brings its own copy of the policy documents: one copy per
+        # distinct set is kept, not one per held session.
+        self._documents: dict[tuple[str, ...], tuple[str, ...]] = {}
+
+    def _shared(self, documents: tuple[str, ...]) -> tuple[str, ...]:
+        known = self._documents.get(documents)
+        if known is None:
+            if len(self._documents) >= 10_000:  # a set per device, in a strange account
+                self._documents.clear()
+            known = self._documents[documents] = documents
+        return known
 
     def admit(self, der: bytes, answer: Callable[[Admitted], None]) -> None:
         def got(result: Any) -> None:
@@ -47,7 +58,7 @@ class RemoteAccount:
             elif isinstance(result, str):
                 answer(result)
             else:
-                answer(Admission(result[0], result[1], result[2]))
+                answer(Admission(result[0], result[1], self._shared(result[2])))
 
         assert self.peer is not None
         self.peer.call("admit", (der,), got)
