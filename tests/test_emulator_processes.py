@@ -332,3 +332,34 @@ def test_a_publish_reaches_the_subscribers_on_every_process(tmp_path, device_ca,
     # 21 sessions over two processes: both held some (else this proved nothing;
     # all on one is a chance of one in a million).
     assert all(p["connects"] > before[p["pid"]] for p in after)
+
+
+def test_an_embedded_run_plans_enough_emulator_processes_for_the_open_files_limit(
+    tmp_path, device_ca, fleet
+):
+    """max_in_flight 300 and 160 open files per process (64 kept for the
+    process itself): a serving process holds at most 96 connections, so 4."""
+    import json
+
+    import yaml
+
+    from tests.test_run import _run_with_open_files
+
+    scenario = {
+        "name": "embedded-processes",
+        "endpoint": "embedded",
+        "mqtt": {"client_id": "{common_name}"},
+        "fleet": {"ca": str(device_ca.directory), "store": str(fleet.path), "count": DEVICES},
+        "jitp": {"expect_first_connect_rejected": True},
+        "retry": {"initial": "20ms", "max": "100ms", "max_attempts": 4},
+        "load": {"executor": "constant-arrival-rate", "rate": "200/s", "max_in_flight": 300},
+        "emulator": {"quotas": QUOTAS_OFF},
+    }
+    path = tmp_path / "scenario.yaml"
+    path.write_text(yaml.safe_dump(scenario))
+    report = tmp_path / "report.json"
+    proc = _run_with_open_files(160, path, "--report", report)
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(report.read_text())
+    assert data["jitp"]["emulator_processes"] == 4
+    assert data["outcomes"]["connected"] == DEVICES

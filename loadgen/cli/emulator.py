@@ -12,7 +12,7 @@ from loadgen import lifeline as lifeline_mod
 from loadgen.emulator import limits as emu_limits
 from loadgen.emulator import serve as emu_serve
 from loadgen.emulator.defaults import REGISTRATION_CONFIG
-from loadgen.emulator.processes import default_processes
+from loadgen.emulator.processes import default_processes, raise_open_files
 from loadgen.emulator.quota import Quotas
 from loadgen.emulator.server import Emulator
 from loadgen.errors import UserError
@@ -233,6 +233,7 @@ def emulator_serve(
         max_packet_size, connect_timeout, write_buffer, slow_consumer_timeout, min_keepalive
     )
     emulator_ = Emulator(registry, str(server_cert), str(server_key), limits, bounds)
+    raise_open_files()
     uvloop.run(
         emu_serve.serve_forever(
             emulator_,
