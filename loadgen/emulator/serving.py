@@ -32,6 +32,7 @@ from loadgen.emulator.server import Emulator
 
 # What a session is told when the account process is gone mid-question.
 ACCOUNT_GONE = "account process gone"
+ACCOUNT_FAILED = "account process failed"
 
 
 class RemoteAccount:
@@ -54,8 +55,10 @@ class RemoteAccount:
 
     def admit(self, der: bytes, answer: Callable[[Admitted], None]) -> None:
         def got(result: Any) -> None:
-            if isinstance(result, PeerLost) or result is None:
+            if isinstance(result, PeerLost):
                 answer(ACCOUNT_GONE)
+            elif result is None:  # admission failed there (a bug: its log says)
+                answer(ACCOUNT_FAILED)
             elif isinstance(result, str):
                 answer(result)
             else:
