@@ -107,6 +107,11 @@ def endpoint(scenario: Scenario, options: RunOptions) -> Iterator[EndpointSessio
         limits=spec.limits.to_limits(),
         api_port=spec.api_port,
         api_rates=spec.api_rates,
+        # Unset: the cores, or more, so that each serving process's share of
+        # the connections in flight fits its open-files limit (as for workers).
+        processes=spec.processes
+        if spec.processes is not None
+        else planned_workers(scenario.load.max_in_flight),
     )
     tls = scenario.tls.model_copy(
         update={"ca_file": emulator.server_ca, "server_name": "localhost"}
@@ -131,6 +136,7 @@ def jitp_section(report: dict[str, Any], emulator_stats: dict[str, Any] | None) 
         "provisioning": None,
         "provisioning_failures": None,
         "emulator_closes": None,
+        "emulator_processes": None,
     }
     if emulator_stats is not None:
         section["provisioning"] = {
@@ -140,6 +146,7 @@ def jitp_section(report: dict[str, Any], emulator_stats: dict[str, Any] | None) 
         section["provisioning_failures"] = emulator_stats.get("provision_failures", {})
         # Devices the emulator cut off for breaking a limit (docs/emulator.md, Limits).
         section["emulator_closes"] = emulator_stats.get("closes", {})
+        section["emulator_processes"] = len(emulator_stats.get("processes", [])) or None
     return section
 
 

@@ -15,7 +15,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from loadgen.capacity.search import Search, Step, verdict
+from loadgen.capacity.search import EmulatorCpu, Search, Step, verdict
 from loadgen.metrics.stats import RunStats
 from loadgen.report import gates
 from tests.brokers import free_port, scrape_once_written
@@ -249,6 +249,42 @@ def test_devices_waiting_for_a_slot_are_the_generators_limit_even_if_latency_bro
 
 def test_an_slo_broken_with_no_throttling_is_named_latency_or_failures():
     assert _step(results=["p99(provision) < 10ms"]).limit == "latency"
+
+
+def _emulator_stats(serving_cpu_s: list[float], account_cpu_s: float) -> dict:
+    """What the embedded emulator's STATS line says of its processes' CPU."""
+    processes = [{"index": i, "pid": 100 + i, "cpu_s": s} for i, s in enumerate(serving_cpu_s)]
+    return {"processes": processes, "account_cpu_s": account_cpu_s}
+
+
+def test_emulator_cpu_over_a_step_is_its_serving_processes_mean_and_its_account():
+    before = _emulator_stats([1.0, 2.0], 0.5)
+    after = _emulator_stats([10.0, 11.5], 1.5)
+    cpu = EmulatorCpu.between(before, after, 10.0)
+    assert cpu == EmulatorCpu(serving=0.925, account=0.1, processes=2)
+
+
+def test_a_broken_step_whose_emulator_processes_were_saturated_names_the_emulator():
+    step = _step(results=["p99(provision) < 10ms"])
+    step.emulator_cpu = EmulatorCpu(serving=0.97, account=0.2, processes=2)
+    assert step.limit == "emulator"
+    assert "2 serving processes were 97% busy" in (step.emulator_limit or "")
+    search = Search((gates.parse("p99(provision) < 10ms"),), 10.0, 10.0, 1.0)
+    found = verdict(search, [step])
+    assert found.limit == "emulator" and "the emulator itself the limit" in found.why
+    assert step.row()["emulator_cpu"]["serving"] == 0.97
+
+
+def test_a_saturated_account_process_is_the_emulators_limit_too():
+    step = _step(results=["p99(provision) < 10ms"])
+    step.emulator_cpu = EmulatorCpu(serving=0.5, account=0.95, processes=4)
+    assert step.limit == "emulator" and "account process was 95% busy" in str(step.emulator_limit)
+
+
+def test_a_busy_emulator_under_a_step_that_holds_its_slos_passes():
+    step = _step()
+    step.emulator_cpu = EmulatorCpu(serving=0.99, account=0.2, processes=2)
+    assert step.passed and step.limit is None
 
 
 def test_a_search_where_nothing_breaks_stops_at_its_max_rate():

@@ -179,6 +179,11 @@ EMBEDDED_MISTAKES = {
         ":7: emulator.metrics_port:",
         "65535",
     ),
+    "no emulator processes": (
+        "emulator: {processes: 0}\n",
+        ":7: emulator.processes:",
+        "greater than or equal to 1",
+    ),
     "an emulator API port out of range": (
         "emulator: {api_port: 0}\n",
         ":7: emulator.api_port:",

@@ -184,12 +184,14 @@ def test_sigterm_during_linger_ends_it_and_stops_the_embedded_emulator(tmp_path,
 
 
 def _listening_port(log: Path, pid: int) -> int:
-    """The TCP port the emulator process listens on, from /proc."""
+    """The TCP port the emulator listens on, from /proc: its own process's, or
+    with several processes (emulator.processes), its serving processes'."""
     inodes = set()
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        target = str(fd.readlink()) if fd.is_symlink() else ""
-        if target.startswith("socket:["):
-            inodes.add(target[8:-1])
+    for process in (pid, *descendants(pid)):
+        for fd in Path(f"/proc/{process}/fd").iterdir():
+            target = str(fd.readlink()) if fd.is_symlink() else ""
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
     for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
         fields = line.split()
         if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN

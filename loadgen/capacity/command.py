@@ -12,7 +12,7 @@ from typing import Any
 import click
 from rich.console import Console
 
-from loadgen.capacity.search import Search, Step, section, throttles, verdict
+from loadgen.capacity.search import EmulatorCpu, Search, Step, section, throttles, verdict
 from loadgen.cli.options import Outputs, output_options, target_options
 from loadgen.errors import UserError
 from loadgen.load.plan import RunPlan
@@ -222,6 +222,7 @@ def _run_step(
         gates_mod.evaluate(list(search.slos), report),
         throttles(stats, before, after),
         interrupted=timing.partial,
+        emulator_cpu=EmulatorCpu.between(before, after, timing.ended_at - timing.started_at),
     )
     return step, timing
 

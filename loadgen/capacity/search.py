@@ -24,7 +24,7 @@ CPU_BUSY = 0.90
 # ...or when devices started this late against the schedule (and no failure
 # SLO broke: lateness alone does not make devices fail).
 LAG_LIMIT_MS = 250.0
-LIMITS = ("throttling", "latency", "failures", "generator")
+LIMITS = ("throttling", "latency", "failures", "generator", "emulator")
 _OUTCOME_GATE = re.compile(r"\b(ratio|count)\(")
 
 
@@ -49,6 +49,31 @@ class Search:
         return max(1, round(rate * self.step_duration))
 
 
+@dataclass(frozen=True)
+class EmulatorCpu:
+    """The embedded emulator's CPU during a step, over its wall time."""
+
+    serving: float  # its serving processes' mean (1.0: every one busy)
+    account: float  # its account process's
+    processes: int  # serving processes
+
+    @classmethod
+    def between(
+        cls, before: dict[str, Any] | None, after: dict[str, Any] | None, wall_s: float
+    ) -> EmulatorCpu | None:
+        """From the emulator's stats before and after the step (None when they
+        do not say: an emulator of a version without them, or no step time)."""
+        if before is None or after is None or wall_s <= 0:
+            return None
+        start = {p["pid"]: p["cpu_s"] for p in before.get("processes", [])}
+        end = {p["pid"]: p["cpu_s"] for p in after.get("processes", [])}
+        if not end or "account_cpu_s" not in after:
+            return None
+        busy = [(cpu - start.get(pid, 0.0)) / wall_s for pid, cpu in end.items()]
+        account = (after["account_cpu_s"] - before.get("account_cpu_s", 0.0)) / wall_s
+        return cls(sum(busy) / len(busy), account, len(busy))
+
+
 @dataclass
 class Step:
     number: int
@@ -66,6 +91,8 @@ class Step:
     # Cut short (Ctrl-C, SIGTERM): not every device ran, so the step proves
     # nothing either way; it never passes, and the verdict leaves it out.
     interrupted: bool = False
+    # With the embedded emulator: how busy its processes were during the step.
+    emulator_cpu: EmulatorCpu | None = None
 
     @property
     def broken(self) -> list[str]:
@@ -103,6 +130,21 @@ class Step:
         return None
 
     @property
+    def emulator_limit(self) -> str | None:
+        """Why a broken step measured the embedded emulator's own processes
+        (saturated) rather than what the endpoint does at this rate."""
+        cpu = self.emulator_cpu
+        if cpu is None:
+            return None
+        if cpu.serving >= CPU_BUSY:
+            processes = counted(cpu.processes, "serving process", "serving processes")
+            were = "was" if cpu.processes == 1 else "were"
+            return f"the embedded emulator's {processes} {were} {cpu.serving:.0%} busy"
+        if cpu.account >= CPU_BUSY:
+            return f"the embedded emulator's account process was {cpu.account:.0%} busy"
+        return None
+
+    @property
     def passed(self) -> bool:
         return not self.interrupted and not self.broken and self.generator_limit is None
 
@@ -117,6 +159,8 @@ class Step:
             return None
         if sum(self.throttles.values()):
             return "throttling"
+        if self.emulator_limit is not None:
+            return "emulator"
         failures = [g for g in self.broken if _OUTCOME_GATE.search(g)]
         return "failures" if failures else "latency"
 
@@ -139,6 +183,13 @@ class Step:
             "throttled": sum(self.throttles.values()),
             "throttles": dict(self.throttles),
             "generator_cpu": round(self.cpu_busy, 3),
+            "emulator_cpu": None
+            if self.emulator_cpu is None
+            else {
+                "serving": round(self.emulator_cpu.serving, 3),
+                "account": round(self.emulator_cpu.account, 3),
+                "processes": self.emulator_cpu.processes,
+            },
             "slot_waits": self.stats.slot_waits,
             "slos": [
                 {"slo": r.gate, "passed": r.passed, "measured": r.measured} for r in self.results
@@ -186,6 +237,13 @@ def verdict(search: Search, steps: list[Step], interrupted: bool = False) -> Ver
             f"{stopped.generator_limit} (run more workers or machines, or raise the limit)"
         )
         return Verdict(highest, None, limit, why)
+    if limit == "emulator":
+        why = (
+            f"first broken at {stopped.rate:g}/s with the emulator itself the limit: "
+            f"{stopped.emulator_limit} (give it more processes or cores: emulator.processes); "
+            + "; ".join(r.describe() for r in stopped.results if not r.passed)
+        )
+        return Verdict(highest, stopped.rate, limit, why)
     throttled = ", ".join(f"{k} {n}" for k, n in sorted(stopped.throttles.items()))
     detail = f" (throttled: {throttled})" if limit == "throttling" else ""
     why = f"first broken at {stopped.rate:g}/s by {limit}{detail}: " + "; ".join(

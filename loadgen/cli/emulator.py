@@ -10,9 +10,9 @@ import uvloop
 
 from loadgen import lifeline as lifeline_mod
 from loadgen.emulator import limits as emu_limits
-from loadgen.emulator import metrics as emu_metrics
 from loadgen.emulator import serve as emu_serve
 from loadgen.emulator.defaults import REGISTRATION_CONFIG
+from loadgen.emulator.processes import default_processes, raise_open_files
 from loadgen.emulator.quota import Quotas
 from loadgen.emulator.server import Emulator
 from loadgen.errors import UserError
@@ -146,6 +146,13 @@ def emulator() -> None:
     "silent for 1.5 keepalives is closed.",
 )
 @click.option(
+    "--processes",
+    type=click.IntRange(min=1, max=256),
+    default=None,
+    help="Serving processes sharing --port (SO_REUSEPORT), one account for all "
+    "(registry, quotas, control plane, metrics). Default: the machine's cores.",
+)
+@click.option(
     "--lifeline",
     type=int,
     hidden=True,
@@ -172,6 +179,7 @@ def emulator_serve(
     write_buffer: int,
     slow_consumer_timeout: float,
     min_keepalive: int,
+    processes: int | None,
     lifeline: int | None,
 ) -> None:
     """Serve mutual-TLS MQTT with AWS IoT's JITP flow; prints one line when ready."""
@@ -225,8 +233,7 @@ def emulator_serve(
         max_packet_size, connect_timeout, write_buffer, slow_consumer_timeout, min_keepalive
     )
     emulator_ = Emulator(registry, str(server_cert), str(server_key), limits, bounds)
-    if metrics_port is not None:
-        emu_metrics.serve(emulator_, host, metrics_port)
+    raise_open_files()
     uvloop.run(
         emu_serve.serve_forever(
             emulator_,
@@ -235,5 +242,7 @@ def emulator_serve(
             server_ca,
             stdin_lifeline=lifeline is not None,
             api=None if api_port is None else emu_serve.ApiSetup(api_port, rates),
+            processes=processes or default_processes(),
+            metrics_port=metrics_port,
         )
     )

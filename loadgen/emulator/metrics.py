@@ -5,25 +5,31 @@ messages dropped for slow consumers, registry sizes."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from loadgen.emulator.server import CLOSE_REASONS, Emulator
+from loadgen.emulator.server import CLOSE_REASONS, Emulator, EmulatorStats
 
 PREFIX = "loadgen_emulator"
 
 
 class EmulatorCollector(Collector):
-    """Reads the emulator's counters at scrape time (no second set of counts)."""
+    """Reads the emulator's counters at scrape time (no second set of counts).
+    ``totals``: the whole emulator's, asked of its serving processes at each
+    scrape, when it has them; else this process's own."""
 
-    def __init__(self, emulator: Emulator) -> None:
+    def __init__(
+        self, emulator: Emulator, totals: Callable[[], EmulatorStats] | None = None
+    ) -> None:
         self.emulator = emulator
+        self.totals = totals
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
-        stats, registry = self.emulator.stats, self.emulator.registry
+        stats = self.totals() if self.totals is not None else self.emulator.stats
+        registry = self.emulator.registry
         provision = CounterMetricFamily(
             f"{PREFIX}_provision_thing",
             "JITP provisionings by result (AWS: ProvisionThing.Success/ClientError/ServerError)",
@@ -92,8 +98,13 @@ class EmulatorCollector(Collector):
                 yield family
 
 
-def serve(emulator: Emulator, host: str, port: int) -> None:
+def serve(
+    emulator: Emulator,
+    host: str,
+    port: int,
+    totals: Callable[[], EmulatorStats] | None = None,
+) -> None:
     """Serve /metrics from a background thread (prometheus-client's server)."""
     registry = CollectorRegistry()
-    registry.register(EmulatorCollector(emulator))
+    registry.register(EmulatorCollector(emulator, totals))
     start_http_server(port, addr=host, registry=registry)

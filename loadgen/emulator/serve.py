@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,10 +21,12 @@ from cryptography import x509
 
 from loadgen import lifeline
 from loadgen.certs.ca import CERT_FILE, init_ca, load_ca, server_cert
+from loadgen.emulator import metrics as emu_metrics
 from loadgen.emulator.errors import ProvisioningError
 from loadgen.emulator.limits import Limits
+from loadgen.emulator.processes import ServingProcesses, Totals
 from loadgen.emulator.registry import Registry
-from loadgen.emulator.server import Emulator
+from loadgen.emulator.server import Emulator, EmulatorStats
 from loadgen.emulator.state import RegistryStore
 from loadgen.emulator.structure import config_problems
 from loadgen.errors import ConfigError, LoadgenError, UserError
@@ -123,9 +126,14 @@ async def serve_forever(
     *,
     stdin_lifeline: bool = False,
     api: ApiSetup | None = None,
+    processes: int = 1,
+    metrics_port: int | None = None,
 ) -> None:
     """Serve until a stop signal, or (``stdin_lifeline``, for a parent that
-    started it) until stdin reaches end-of-file: the parent is gone."""
+    started it) until stdin reaches end-of-file: the parent is gone. With
+    ``processes`` > 1, this is the account process and the sessions are its
+    serving processes' (loadgen.emulator.processes); with 1, they are served
+    here."""
     # Handlers first: whoever reads the ready line may stop it at once.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -133,43 +141,127 @@ async def serve_forever(
         loop.add_signal_handler(sig, stop.set)
     if stdin_lifeline:
         _stop_at_eof(loop, sys.stdin.fileno(), stop)
-    # SIGUSR1: the counts so far, for a parent that measures in steps (capacity).
-    try:
-        server = await emulator.serve(host, port)
-    except OSError as exc:  # taken since the check before the start
-        raise UserError(f"--port {port}: cannot listen on {host} ({exc.strerror})") from None
-    bound = server.sockets[0].getsockname()
-    api_stats: ApiStats | None = None
-    api_server: asyncio.Server | None = None
-    if api is not None:
-        # Here, not at the top: botocore's models load only for a served API.
-        from loadgen.emulator.api.http import HttpServer
-        from loadgen.emulator.api.serve import api_control_plane
-
-        # DescribeEndpoint answers with where devices connect: the port bound.
-        control = api_control_plane(emulator.registry, f"{bound[0]}:{bound[1]}", api.rates)
-        api_stats = emulator.api_stats = control.stats
+    serving: ServingProcesses | None = None
+    server: asyncio.Server | None = None
+    if processes > 1:
+        assert emulator.local is not None
+        serving = ServingProcesses(
+            emulator.local, emulator.server_cert, emulator.server_key, emulator.limits
+        )
+        bound = await serving.start(host, port, processes)
+    else:
         try:
-            api_server = await HttpServer(control).start(host, api.port)
-        except OSError as exc:
-            server.close()
-            raise UserError(
-                f"--api-port {api.port}: cannot listen on {host} ({exc.strerror})"
-            ) from None
-        api_bound = api_server.sockets[0].getsockname()
-        print(f"{API_READY} http://{api_bound[0]}:{api_bound[1]}", flush=True)
-    loop.add_signal_handler(signal.SIGUSR1, lambda: _print_stats(emulator, api_stats))
-    print(f"{READY} {bound[0]}:{bound[1]} (server CA: {server_ca})", flush=True)
-    async with server:
-        await stop.wait()
-    if api_server is not None:
-        api_server.close()
-    # For whoever started it (a run with endpoint: embedded): what happened here.
+            server = await emulator.serve(host, port)
+        except OSError as exc:  # taken since the check before the start
+            raise UserError(f"--port {port}: cannot listen on {host} ({exc.strerror})") from None
+        bound = server.sockets[0].getsockname()
+    api_server: asyncio.Server | None = None
+    final: Totals | None = None
     try:
-        _print_stats(emulator, api_stats)
+        if api is not None:
+            api_server = await _serve_api(emulator, host, bound, api, serving)
+        if metrics_port is not None:
+            emu_metrics.serve(emulator, host, metrics_port, _scrape_totals(loop, serving))
+
+        async def print_now() -> None:
+            _print_stats(await _totals(emulator, serving), emulator.api_stats)
+
+        # The loop keeps only a weak reference to a task.
+        printing: set[asyncio.Task[None]] = set()
+
+        def on_usr1() -> None:
+            task = loop.create_task(print_now())
+            printing.add(task)
+            task.add_done_callback(printing.discard)
+
+        # SIGUSR1: the counts so far, for a parent that measures in steps (capacity).
+        loop.add_signal_handler(signal.SIGUSR1, on_usr1)
+        print(f"{READY} {bound[0]}:{bound[1]} (server CA: {server_ca})", flush=True)
+        waits = [loop.create_task(stop.wait())]
+        if serving is not None:
+            waits.append(loop.create_task(serving.died.wait()))
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        for task in waits:
+            task.cancel()
+    finally:
+        if api_server is not None:
+            api_server.close()
+        if server is not None:
+            server.close()
+        if serving is not None:
+            final = await serving.stop()
+    # For whoever started it (a run with endpoint: embedded): what happened here.
+    if serving is None:
+        final = await _totals(emulator, None)
+    try:
+        if final is not None:
+            _print_stats(final, emulator.api_stats)
     except BrokenPipeError:
         # Nobody reads any more; the exit's own flush must not fail again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    if serving is not None and serving.died.is_set():
+        raise LoadgenError(
+            f"the emulator stopped: its {serving.death}; the counts of that "
+            "process's sessions are not in the stats"
+        )
+
+
+def _scrape_totals(
+    loop: asyncio.AbstractEventLoop, serving: ServingProcesses | None
+) -> Callable[[], EmulatorStats] | None:
+    """For /metrics (a thread of its own): the whole emulator's counts, asked
+    of the serving processes at each scrape."""
+    if serving is None:
+        return None
+    account = serving
+
+    def totals() -> EmulatorStats:
+        ask = asyncio.run_coroutine_threadsafe(account.totals(), loop)
+        return ask.result(timeout=30).stats
+
+    return totals
+
+
+async def _serve_api(
+    emulator: Emulator,
+    host: str,
+    bound: tuple[str, int],
+    api: ApiSetup,
+    serving: ServingProcesses | None,
+) -> asyncio.Server:
+    # Here, not at the top: botocore's models load only for a served API.
+    from loadgen.emulator.api.http import HttpServer
+    from loadgen.emulator.api.serve import api_control_plane
+
+    # DescribeEndpoint answers with where devices connect: the port bound.
+    control = api_control_plane(emulator.registry, f"{bound[0]}:{bound[1]}", api.rates)
+    emulator.api_stats = control.stats
+    # With serving processes, a call that changed the CAs is answered once every
+    # one of them trusts what the registry now does.
+    settle = serving.settle if serving is not None else None
+    try:
+        api_server = await HttpServer(control, settle=settle).start(host, api.port)
+    except OSError as exc:
+        problem = f"cannot listen on {host} ({exc.strerror})"
+        raise UserError(f"--api-port {api.port}: {problem}") from None
+    api_bound = api_server.sockets[0].getsockname()
+    print(f"{API_READY} http://{api_bound[0]}:{api_bound[1]}", flush=True)
+    return api_server
+
+
+def _own_process(emulator: Emulator) -> dict[str, Any]:
+    return {
+        "index": 0,
+        "pid": os.getpid(),
+        "cpu_s": round(time.process_time(), 3),
+        "connects": sum(emulator.stats.connects.values()),
+    }
+
+
+async def _totals(emulator: Emulator, serving: ServingProcesses | None) -> Totals:
+    if serving is not None:
+        return await serving.totals()
+    return Totals(emulator.stats, [_own_process(emulator)], time.process_time())
 
 
 def _stop_at_eof(loop: asyncio.AbstractEventLoop, fd: int, stop: asyncio.Event) -> None:
@@ -194,22 +286,17 @@ def _stop_at_eof(loop: asyncio.AbstractEventLoop, fd: int, stop: asyncio.Event) 
     loop.add_reader(fd, on_readable)
 
 
-def _print_stats(emulator: Emulator, api: ApiStats | None = None) -> None:
-    stats = emulator.stats
-    summary: dict[str, Any] = {
-        "provision": dict(stats.provision),
-        "provision_failures": dict(stats.provision_reasons),
-        "connects": dict(stats.connects),
-        "throttles": dict(stats.throttles),
-        "closes": dict(stats.closes),
-        "dropped": dict(stats.dropped),
-    }
+def _print_stats(totals: Totals, api: ApiStats | None = None) -> None:
+    summary: dict[str, Any] = dict(totals.stats.summary())
     if api is not None:
         summary["api"] = {
             "calls": dict(api.calls),
             "errors": dict(api.errors),
             "throttled": dict(api.throttled),
         }
+    # CPU seconds so far: the serving processes' (the sessions), and the account's.
+    summary["processes"] = totals.processes
+    summary["account_cpu_s"] = round(totals.account_cpu_s, 3)
     print(STATS + json.dumps(summary), flush=True)
 
 
@@ -290,6 +377,7 @@ def start_embedded(
     limits: Limits | None = None,
     api_port: int | None = None,
     api_rates: dict[str, str] | None = None,
+    processes: int | None = None,
 ) -> EmbeddedEmulator:
     """`loadgen emulator serve` in a subprocess on a free loopback port, trusting
     the CA in ``fleet_ca``; returns once it is ready. It stops when this process
@@ -328,6 +416,8 @@ def start_embedded(
         args += ["--api-port", str(api_port)]
     for name, rate in (api_rates or {}).items():
         args += ["--api-rate", f"{name}={rate}"]
+    if processes is not None:
+        args += ["--processes", str(processes)]
     state.mkdir(parents=True, exist_ok=True)
     log = state / "emulator.log"
     # Its stderr goes to a file: a pipe nobody reads would fill and stall it.

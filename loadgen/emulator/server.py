@@ -15,6 +15,7 @@ What a device meets, as on AWS IoT:
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 from collections import Counter
 from collections.abc import Callable
@@ -22,20 +23,13 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, cast
 
 from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
 
 from loadgen import mqtt
 from loadgen.emulator import policy
-from loadgen.emulator.errors import ProvisioningError
+from loadgen.emulator.account import Account, Admission, Admitted, LocalAccount
 from loadgen.emulator.limits import CLOSE_LINGER, Limits
 from loadgen.emulator.quota import Limiter, Quotas
-from loadgen.emulator.registry import (
-    CertRecord,
-    CertStatus,
-    Registry,
-    certificate_id,
-    jitp_parameters,
-)
+from loadgen.emulator.registry import CertRecord, Registry, jitp_parameters
 from loadgen.mqtt import topics
 
 if TYPE_CHECKING:
@@ -64,68 +58,116 @@ class EmulatorStats:
     # Messages not delivered to a subscriber, by why.
     dropped: Counter[str] = field(default_factory=Counter)
 
+    def summary(self) -> dict[str, dict[str, int]]:
+        """As the STATS line names them."""
+        return {key: dict(getattr(self, name)) for key, name in _SUMMARY.items()}
+
+    def add(self, summary: dict[str, dict[str, int]]) -> None:
+        """Add another process's `summary`."""
+        for key, name in _SUMMARY.items():
+            getattr(self, name).update(summary.get(key, {}))
+
+
+_SUMMARY = {
+    "provision": "provision",
+    "provision_failures": "provision_reasons",
+    "connects": "connects",
+    "throttles": "throttles",
+    "closes": "closes",
+    "dropped": "dropped",
+}
+
 
 class Emulator:
+    """The TLS + MQTT side: sessions, and routing between them. What a session
+    asks of the account goes to ``account``: by default one in this process, on
+    ``registry``; a serving process of ``--processes N`` gives a remote one."""
+
     def __init__(
         self,
-        registry: Registry,
+        registry: Registry | None,
         server_cert: str,
         server_key: str,
         quotas: Quotas | None = None,
         limits: Limits | None = None,
+        *,
+        account: Account | None = None,
     ) -> None:
-        self.registry = registry
-        self.limiter = Limiter(quotas or Quotas())
         self.limits = limits or Limits()
         self.connack_properties = mqtt.Properties(maximum_packet_size=self.limits.max_packet_size)
         self.server_cert = server_cert
         self.server_key = server_key
         self.stats = EmulatorStats()
+        self.local: LocalAccount | None = None
+        if account is None:
+            assert registry is not None, "an emulator needs a registry or an account"
+            self.local = LocalAccount(registry, Limiter(quotas or Quotas()), self.stats)
+            account = self.local
+        self.account = account
         # By document, not name: the control plane may change what a name holds.
         self._parsed: dict[str, list[policy.Statement]] = {}
+        self._policy_sets: dict[tuple[str, ...], list[list[policy.Statement]]] = {}
         self._contexts: dict[tuple[str, ...], ssl.SSLContext] = {}
         # The control plane's counts, when it is served (--api-port).
         self.api_stats: ApiStats | None = None
         # Sessions with subscriptions, for routing PUBLISHes between devices.
         self.subscribers: set[_Session] = set()
+        # With serving processes: a PUBLISH goes to the others' subscribers too
+        # (forward), and the account hears when this one has subscribers or not.
+        self.forward: Callable[[mqtt.Publish], None] | None = None
+        self.on_subscribers: Callable[[bool], None] | None = None
+
+    @property
+    def registry(self) -> Registry:
+        """The registry, for an emulator whose account is in this process."""
+        assert self.local is not None, "the registry is the account process's"
+        return self.local.registry
+
+    @property
+    def limiter(self) -> Limiter:
+        assert self.local is not None, "the quotas are the account process's"
+        return self.local.limiter
 
     def policies_of(self, record: CertRecord) -> list[list[policy.Statement]]:
+        assert self.local is not None
+        return self.parsed_policies(self.local.admission_of(record).policies)
+
+    def parsed_policies(self, documents: tuple[str, ...]) -> list[list[policy.Statement]]:
+        known = self._policy_sets.get(documents)
+        if known is not None:
+            return known
         out = []
-        for name in sorted(record.policies):
-            document = self.registry.policies[name]
+        for document in documents:
             if document not in self._parsed:
                 try:
                     self._parsed[document] = policy.parse(document)
                 except policy.PolicyError:
                     self._parsed[document] = []  # a policy that does not parse grants nothing
             out.append(self._parsed[document])
+        if len(self._policy_sets) > 10_000:  # documents per device, in a strange account
+            self._policy_sets.clear()
+        self._policy_sets[documents] = out
         return out
 
     def ssl_context(self) -> ssl.SSLContext:
         """The listening context. The CAs registered through the control plane
         (or set INACTIVE, or deleted) count from the next handshake: each one is
-        handed a context that trusts exactly the registry's active CAs then."""
-        context = self._trusting(self._active_cas())
+        handed a context that trusts exactly the account's active CAs then."""
+        context = self._trusting(self.account.trusted())
         context.sni_callback = self._at_handshake
         return context
 
-    def _active_cas(self) -> tuple[str, ...]:
-        return tuple(sorted(ca.id for ca in self.registry.cas.values() if ca.active))
-
     def _trusting(self, cas: tuple[str, ...]) -> ssl.SSLContext:
-        """A context trusting ``cas``; the latest one is kept, for the next
-        handshakes: the set changes seldom, handshakes come by the thousand."""
+        """A context trusting ``cas`` (PEMs); the latest one is kept, for the
+        next handshakes: the set changes seldom, handshakes come by the thousand."""
         cached = self._contexts.get(cas)
         if cached is not None:
             return cached
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(self.server_cert, self.server_key)
         context.verify_mode = ssl.CERT_REQUIRED
-        trusted = [
-            self.registry.cas[ca_id].cert.public_bytes(Encoding.PEM).decode() for ca_id in cas
-        ]
-        if trusted:
-            context.load_verify_locations(cadata="".join(trusted))
+        if cas:
+            context.load_verify_locations(cadata="".join(cas))
         self._contexts = {cas: context}
         return context
 
@@ -135,13 +177,31 @@ class Emulator:
         # OpenSSL calls this at every ClientHello, with or without SNI, before
         # the client's certificate is asked for: the chain is verified against
         # the context set here.
-        context = self._trusting(self._active_cas())
+        context = self._trusting(self.account.trusted())
         if context is not ssl_object.context:
             ssl_object.context = context
 
     def route(self, packet: mqtt.Publish) -> None:
+        self.route_here(packet)
+        if self.forward is not None:
+            self.forward(packet)
+
+    def route_here(self, packet: mqtt.Publish) -> None:
+        """To this process's subscribers."""
         for session in list(self.subscribers):
             session.deliver(packet)
+
+    def subscribe(self, session: _Session) -> None:
+        if session not in self.subscribers:
+            self.subscribers.add(session)
+            if len(self.subscribers) == 1 and self.on_subscribers is not None:
+                self.on_subscribers(True)
+
+    def unsubscribe(self, session: _Session) -> None:
+        if session in self.subscribers:
+            self.subscribers.discard(session)
+            if not self.subscribers and self.on_subscribers is not None:
+                self.on_subscribers(False)
 
     async def serve(self, host: str, port: int) -> asyncio.Server:
         loop = asyncio.get_running_loop()
@@ -149,33 +209,25 @@ class Emulator:
             lambda: _Session(self), host, port, ssl=self.ssl_context(), backlog=4096
         )
 
+    async def serve_on(self, sockets: list[socket.socket]) -> list[asyncio.Server]:
+        """Serve on listening sockets made elsewhere (the account process's)."""
+        loop = asyncio.get_running_loop()
+        context = self.ssl_context()
+        return [
+            await loop.create_server(lambda: _Session(self), sock=sock, ssl=context, backlog=4096)
+            for sock in sockets
+        ]
+
     def admit(self, cert: x509.Certificate) -> CertRecord | str:
         """The certificate's record when its MQTT session may go on, else why the
-        connection is closed."""
-        registry = self.registry
-        record = registry.certificates.get(certificate_id(cert))
-        if record is not None:
-            if record.status is CertStatus.ACTIVE:
-                return record
-            return f"certificate {record.status.value}"
-        ca = registry.issuer_of(cert)
-        if ca is None or not ca.active:
-            return "unknown CA"
-        if not ca.auto_registration:
-            return "unknown certificate (auto-registration off)"
-        if not self.limiter.allow_provision():
-            # A throttled provisioning registers nothing: the retry provisions.
-            self.stats.throttles["provision"] += 1
-            self.stats.provision["Throttled"] += 1
-            return "provisioning throttled"
-        try:
-            registry.provision(cert, ca)
-        except ProvisioningError as exc:
-            self.stats.provision[exc.metric] += 1
-            self.stats.provision_reasons[str(exc)] += 1
-            return f"provisioning failed: {exc}"
-        self.stats.provision["Success"] += 1
-        return "provisioned (JITP closes the first connection)"
+        connection is closed (the account in this process decides)."""
+        assert self.local is not None
+        return self.local.record_for(cert)
+
+
+# Packets kept while the account is asked before the client is no longer read
+# (pausing costs a connect more than the wait: only a flood is paused).
+_BACKLOG = 16
 
 
 class _Session(asyncio.Protocol):
@@ -192,8 +244,14 @@ class _Session(asyncio.Protocol):
         self.heard = 0.0  # loop time of the last whole packet from the client
         self.idle_limit = 0.0
         self.client_max = mqtt.MAX_PACKET_SIZE  # what the client accepts (MQTT 5 CONNECT)
-        self.cert: x509.Certificate | None = None
-        self.record: CertRecord | None = None
+        self.der = b""  # the client's certificate
+        self.admission: Admission | None = None
+        # Waiting for the account's answer (admission, then the CONNECT's quota):
+        # reading stops meanwhile, and what was read waits in the backlog.
+        self.asking = False
+        self.paused = False
+        self.backlog: list[mqtt.Packet] = []
+        self.connect_packet: mqtt.Connect | None = None
         self.variables: dict[str, str] = {}
         self.policies: list[list[policy.Statement]] = []
         self.filters: list[str] = []
@@ -201,39 +259,73 @@ class _Session(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's TLS transport is no asyncio.Transport subclass, but is one.
         self.transport = cast(asyncio.Transport, transport)
-        der = transport.get_extra_info("ssl_object").getpeercert(binary_form=True)
-        self.cert = x509.load_der_x509_certificate(der)
-        admitted = self.emulator.admit(self.cert)
+        self.der = transport.get_extra_info("ssl_object").getpeercert(binary_form=True)
+        self.asking = True
+        self.emulator.account.admit(self.der, self._admitted)
+
+    def _keep_for_later(self, packet: mqtt.Packet) -> None:
+        """A packet that came while the account was asked (a remote account;
+        one in this process answers at once): kept, in order, until it
+        answers; a client that sends on and on meanwhile is not read from."""
+        self.backlog.append(packet)
+        if len(self.backlog) >= _BACKLOG and not self.paused and self.transport is not None:
+            self.paused = True
+            self.transport.pause_reading()
+
+    def _answered(self) -> bool:
+        """The account answered: go on reading; False if the connection is gone."""
+        self.asking = False
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return False
+        if self.paused:
+            self.paused = False
+            transport.resume_reading()
+        return True
+
+    def _admitted(self, admitted: Admitted) -> None:
+        if not self._answered():
+            return
+        assert self.transport is not None
         if isinstance(admitted, str):
             self.emulator.stats.connects[admitted.split(":")[0]] += 1
             self.transport.close()
             return
-        self.record = admitted
+        self.admission = admitted
         # Above it, pause_writing(): QoS 0 messages to it are dropped and the
         # slow-consumer deadline starts. Below a quarter of it, resume_writing().
         self.transport.set_write_buffer_limits(high=self.limits.write_buffer)
         self.timer = self.loop.call_later(self.limits.connect_timeout, self._connect_deadline)
+        self._after_answer()
 
     def _allowed(self, action: str, resource: str) -> bool:
         return policy.allowed(self.policies, action, resource, self.variables)
 
     def _on_connect(self, packet: mqtt.Connect) -> None:
-        assert self.transport is not None and self.record is not None and self.cert is not None
-        record, registry = self.record, self.emulator.registry
+        self.connect_packet = packet
+        self.asking = True
+        self.emulator.account.allow_connect(packet.client_id, self._connect_allowed)
+
+    def _connect_allowed(self, exceeded: str | None) -> None:
+        packet = self.connect_packet
+        if not self._answered() or packet is None:
+            return
+        self.connect_packet = None
+        assert self.transport is not None and self.admission is not None
+        admission = self.admission
         client_id = packet.client_id
         # AWS knows the thing when the client id is the name of a thing the
         # certificate is attached to.
-        thing = registry.things.get(client_id) if client_id in record.things else None
+        attached = client_id in admission.things
         self.variables = policy.connection_variables(
             client_id,
-            record.id,
-            jitp_parameters(self.cert),
-            thing.name if thing else None,
-            thing.type_name if thing else None,
+            admission.cert_id,
+            jitp_parameters(x509.load_der_x509_certificate(self.der)),
+            client_id if attached else None,
+            admission.things[client_id] if attached else None,
         )
-        self.policies = self.emulator.policies_of(record)
+        self.policies = self.emulator.parsed_policies(admission.policies)
         v5 = packet.protocol_version == mqtt.MQTT_5
-        exceeded = self.emulator.limiter.allow_connect(client_id)
         if exceeded is not None:
             self.emulator.stats.throttles[exceeded] += 1
             self.emulator.stats.connects["throttled"] += 1
@@ -259,6 +351,12 @@ class _Session(asyncio.Protocol):
         if packet.properties.maximum_packet_size is not None:
             self.client_max = packet.properties.maximum_packet_size
         self._restart_timer(self.idle_limit, self._check_idle)
+        self._after_answer()
+
+    def _after_answer(self) -> None:
+        """What arrived while the account was asked, in order."""
+        while self.backlog and not self.asking:
+            self._answer(self.backlog.pop(0))
 
     def data_received(self, data: bytes) -> None:
         assert self.transport is not None
@@ -273,7 +371,10 @@ class _Session(asyncio.Protocol):
         if packets:  # a whole packet, as MQTT counts: a trickle of bytes keeps nothing alive
             self.heard = self.loop.time()
         for packet in packets:
-            self._answer(packet)
+            if self.asking or self.backlog:
+                self._keep_for_later(packet)
+            else:
+                self._answer(packet)
 
     # Limits
 
@@ -353,7 +454,7 @@ class _Session(asyncio.Protocol):
                 else:
                     codes.append(refused)
             if self.filters:
-                self.emulator.subscribers.add(self)
+                self.emulator.subscribe(self)
             send(self.conn.send(mqtt.SubAck(packet.packet_id, tuple(codes))))
         elif isinstance(packet, mqtt.Unsubscribe):
             send(self.conn.send(mqtt.UnsubAck(packet.packet_id, (0,) * len(packet.topic_filters))))
@@ -381,7 +482,7 @@ class _Session(asyncio.Protocol):
         self.transport.write(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.emulator.subscribers.discard(self)
+        self.emulator.unsubscribe(self)
         for handle in (self.timer, self.slow):
             if handle is not None:
                 handle.cancel()

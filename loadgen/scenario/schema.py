@@ -308,6 +308,13 @@ class EmulatorSpec(_Strict):
         default_factory=dict,
         description='Throttling per operation (or all): {DeleteCertificate: 10/s, all: "off"}',
     )
+    processes: int | None = Field(
+        default=None,
+        ge=1,
+        le=256,
+        description="Serving processes sharing the port, one account for all "
+        "(default: the machine's cores)",
+    )
 
     @model_validator(mode="after")
     def _api(self) -> EmulatorSpec:

@@ -15,7 +15,7 @@ import email.utils
 import json
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -49,6 +49,11 @@ class Response:
 
 
 Handler = Callable[[Request], Response]
+# After a request is handled: None, or what to wait for before answering it
+# (the emulator's serving processes trusting a CA the call registered).
+Settle = Callable[[], Awaitable[None] | None]
+# How long an answer may wait for its settling.
+SETTLE_TIMEOUT = 15.0
 
 
 def error_response(status: int, code: str, message: str) -> Response:
@@ -60,8 +65,11 @@ def error_response(status: int, code: str, message: str) -> Response:
 class HttpServer:
     """The connections of one listening socket, and what they share."""
 
-    def __init__(self, handler: Handler, limits: HttpLimits | None = None) -> None:
+    def __init__(
+        self, handler: Handler, limits: HttpLimits | None = None, *, settle: Settle | None = None
+    ) -> None:
         self.handler = handler
+        self.settle = settle
         self.limits = limits or HttpLimits()
         self.connections: set[_HttpConnection] = set()
         self.refused = 0  # connections closed at once: over max_connections
@@ -84,6 +92,8 @@ class _HttpConnection(asyncio.Protocol):
         self.request: h11.Request | None = None
         self.body = bytearray()
         self.in_request = False  # a request's first byte has come, its last not yet
+        # An answer waiting for its settling: nothing more is read or parsed.
+        self.settling: asyncio.Task[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -133,7 +143,9 @@ class _HttpConnection(asyncio.Protocol):
         return None
 
     def _process(self) -> None:
-        while self.transport is not None and not self.transport.is_closing():
+        while (
+            self.transport is not None and not self.transport.is_closing() and self.settling is None
+        ):
             try:
                 event = self.conn.next_event()
             except h11.RemoteProtocolError as exc:
@@ -196,6 +208,27 @@ class _HttpConnection(asyncio.Protocol):
             response = error_response(500, "InternalFailureException", "the emulator failed")
         if request.method == "HEAD":
             response = Response(response.status, response.headers)
+        pending = self.server.settle() if self.server.settle is not None else None
+        if pending is None:
+            self._finish(response)
+            return
+        self.transport.pause_reading()
+        self.settling = self.loop.create_task(self._settle(pending, response))
+
+    async def _settle(self, pending: Awaitable[None], response: Response) -> None:
+        try:
+            await asyncio.wait_for(pending, SETTLE_TIMEOUT)
+        except Exception as exc:  # answered anyway: what the call did is done
+            print(f"loadgen emulator: not settled: {exc!r}", file=sys.stderr, flush=True)
+        self.settling = None
+        if self.transport is None or self.transport.is_closing():
+            return
+        self.transport.resume_reading()
+        self._finish(response)
+        self._process()  # a request pipelined behind it
+
+    def _finish(self, response: Response) -> None:
+        assert self.transport is not None
         self._send(response)
         if self.conn.our_state is h11.MUST_CLOSE:
             self.transport.close()

@@ -1,0 +1,287 @@
+"""The account process's side of ``--processes N``: N listening sockets on one
+port (SO_REUSEPORT: the kernel spreads the connections), N serving processes
+(`serving`), and the answers to what their sessions ask, from the one registry
+and the one limiter here (quotas are the account's, not each process's).
+
+Serving processes are spawned, not forked: they start without the registry (a
+fleet of 100,000 certificates is the account's memory, not N copies of it made
+private page by page), without SQLite's handle, and without the threads the
+account process may have (/metrics).
+
+A serving process that dies stops the emulator: all the others, a line naming
+it and how it ended, a non-zero exit. Restarting it would keep a run going with
+the counts of its sessions lost; a run's numbers are worth more than its length.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import os
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from loadgen.emulator.account import LocalAccount
+from loadgen.emulator.limits import Limits
+from loadgen.emulator.peer import Peer, PeerLost
+from loadgen.emulator.server import EmulatorStats
+from loadgen.errors import UserError
+
+# How long serving processes may take to start (spawned: an interpreter and its
+# imports each, on a loaded machine), to acknowledge a trust set, to stop.
+START_TIMEOUT = 60.0
+TRUST_TIMEOUT = 10.0
+STOP_TIMEOUT = 10.0
+
+
+def default_processes() -> int:
+    return os.cpu_count() or 1
+
+
+def raise_open_files() -> None:
+    """A process that serves sessions holds a socket each: as many open files
+    as the hard limit allows (a fleet beyond it needs more processes)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+@dataclass
+class _Serving:
+    index: int
+    process: subprocess.Popen[bytes]
+    peer: Peer
+    subscribers: bool = False
+    cpu_s: float = 0.0  # as of its last answer
+    connects: int = 0  # connections it handled, as of its last answer
+
+
+@dataclass(frozen=True)
+class Totals:
+    """The whole emulator's counts, and each process's CPU time."""
+
+    stats: EmulatorStats
+    processes: list[dict[str, Any]]  # serving processes: index, pid, cpu_s
+    account_cpu_s: float
+
+
+def listening_sockets(host: str, port: int, copies: int) -> list[list[socket.socket]]:
+    """``copies`` sets of listening sockets on every address of ``host``, all on
+    one port (port 0: the first bind picks it)."""
+    try:
+        infos = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE | socket.AI_NUMERICSERV
+        )
+    except (OSError, UnicodeError) as exc:
+        raise UserError(f"--host {host}: not an address of this machine ({exc})") from None
+    addresses = list(dict.fromkeys((info[0], info[4][0]) for info in infos))
+    sets: list[list[socket.socket]] = []
+    chosen = port
+    try:
+        for _ in range(copies):
+            sockets: list[socket.socket] = []
+            sets.append(sockets)
+            for family, address in addresses:
+                sock = socket.socket(family, socket.SOCK_STREAM)
+                sockets.append(sock)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.bind((address, chosen))
+                chosen = sock.getsockname()[1]
+                sock.listen(4096)
+    except OSError as exc:
+        for sockets in sets:
+            for sock in sockets:
+                sock.close()
+        raise UserError(f"--port {port}: cannot listen on {host} ({exc.strerror})") from None
+    return sets
+
+
+class ServingProcesses:
+    def __init__(
+        self, account: LocalAccount, server_cert: str, server_key: str, limits: Limits
+    ) -> None:
+        self.account = account
+        self.server_cert = server_cert
+        self.server_key = server_key
+        self.limits = limits
+        self.serving: list[_Serving] = []
+        self.stopping = False
+        # Set when a serving process ended on its own: why, in one line.
+        self.died = asyncio.Event()
+        self.death = ""
+        self._trust_version = -1
+        self._dying: asyncio.Future[None] | None = None
+
+    async def start(self, host: str, port: int, count: int) -> tuple[str, int]:
+        """Listen, start ``count`` serving processes, and return the address
+        once each serves with the account's trust set."""
+        sets = listening_sockets(host, port, count)
+        bound = sets[0][0].getsockname()
+        try:
+            for index, sockets in enumerate(sets):
+                self.serving.append(await self._spawn(index, sockets))
+        finally:
+            # Theirs now: a copy kept here would queue connections nobody
+            # accepts once its process is gone (half-serving).
+            for sockets in sets:
+                for sock in sockets:
+                    sock.close()
+        settled = self.settle()
+        if settled is not None:
+            try:
+                await asyncio.wait_for(settled, START_TIMEOUT)
+            except (TimeoutError, PeerLost):
+                await self.stop()
+                raise UserError("the emulator's serving processes did not start") from None
+        return bound[0], bound[1]
+
+    async def _spawn(self, index: int, sockets: list[socket.socket]) -> _Serving:
+        ours, theirs = socket.socketpair()
+        fds = [theirs.fileno(), *(s.fileno() for s in sockets)]
+        limits = json.dumps(dataclasses.asdict(self.limits))
+        args = [
+            *(sys.executable, "-m", "loadgen.emulator.serving"),
+            *("--index", str(index), "--parent", str(os.getpid())),
+            *("--account-fd", str(theirs.fileno())),
+            *(a for s in sockets for a in ("--listen-fd", str(s.fileno()))),
+            *("--server-cert", self.server_cert, "--server-key", self.server_key),
+            *("--limits", limits),
+        ]
+        # Its stdout is not ours: the ready and stats lines are the account's.
+        process = subprocess.Popen(
+            args, pass_fds=fds, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL
+        )
+        theirs.close()
+        handlers = self._handlers(index)
+        peer = await Peer.on_socket(ours, handlers, lambda exc: self._lost(index))
+        return _Serving(index, process, peer)
+
+    def _handlers(self, index: int) -> dict[str, Any]:
+        account = self.account
+
+        def admit(der: bytes) -> Any:
+            answer = account.admission(der)
+            return answer if isinstance(answer, str) else answer.to_wire()
+
+        def publish(topic: str, payload: bytes) -> None:
+            for other in self.serving:
+                if other.index != index and other.subscribers:
+                    other.peer.notify("route", (topic, payload))
+
+        def subscribers(any_: bool) -> None:
+            self.serving[index].subscribers = any_
+
+        return {
+            "admit": admit,
+            "allow_connect": account.limiter.allow_connect,
+            "publish": publish,
+            "subscribers": subscribers,
+        }
+
+    def _lost(self, index: int) -> None:
+        if self.stopping or self.died.is_set() or self._dying:
+            return
+        self._dying = asyncio.ensure_future(self._died(index))
+
+    async def _died(self, index: int) -> None:
+        serving = self.serving[index] if index < len(self.serving) else None
+        status = None
+        if serving is not None:
+            status = await _exit_status(serving.process, 2.0)
+            if status is None:
+                serving.process.kill()
+        pid = serving.process.pid if serving is not None else "?"
+        self.death = f"serving process {index} (pid {pid}) {_how(status)}"
+        self.died.set()
+
+    def settle(self) -> Coroutine[Any, Any, None] | None:
+        """When the registry's CAs moved: every serving process told the new
+        trust set (await it); None when nothing moved."""
+        version = self.account.registry.ca_version
+        if version == self._trust_version:
+            return None
+        self._trust_version = version
+        cas = self.account.trusted()
+        return self._broadcast(cas)
+
+    async def _broadcast(self, cas: tuple[str, ...]) -> None:
+        live = [s for s in self.serving if not s.peer.lost]
+        await asyncio.wait_for(
+            asyncio.gather(*(s.peer.ask("trust", cas) for s in live)), TRUST_TIMEOUT
+        )
+
+    async def totals(self, method: str = "stats") -> Totals:
+        """The account's counts plus every serving process's, asked now."""
+        live = [s for s in self.serving if not s.peer.lost]
+        answers = await asyncio.wait_for(
+            asyncio.gather(*(s.peer.ask(method) for s in live), return_exceptions=True),
+            STOP_TIMEOUT,
+        )
+        stats = EmulatorStats()
+        stats.add(self.account.stats.summary())
+        for serving, answer in zip(live, answers, strict=True):
+            if isinstance(answer, dict):
+                stats.add(answer["stats"])
+                serving.cpu_s = answer["cpu_s"]
+                serving.connects = answer["connects"]
+        processes = [
+            {
+                "index": s.index,
+                "pid": s.process.pid,
+                "cpu_s": round(s.cpu_s, 3),
+                "connects": s.connects,
+            }
+            for s in self.serving
+        ]
+        return Totals(stats, processes, time.process_time())
+
+    async def stop(self) -> Totals | None:
+        """Stop every serving process; the counts they had (None if none answered)."""
+        self.stopping = True
+        try:
+            totals: Totals | None = await self.totals("stop")
+        except (TimeoutError, PeerLost):
+            totals = None
+        for serving in self.serving:
+            serving.peer.close()
+        deadline = time.monotonic() + STOP_TIMEOUT
+        for serving in self.serving:
+            left = max(0.1, deadline - time.monotonic())
+            if await _exit_status(serving.process, left) is None:
+                serving.process.kill()
+                serving.process.wait()
+        return totals
+
+
+async def _exit_status(process: subprocess.Popen[bytes], within: float) -> int | None:
+    """Its exit status once it has ended, None if it is still running after
+    ``within`` seconds (the loop goes on meanwhile: closing its socketpair is
+    what ends it)."""
+    deadline = time.monotonic() + within
+    while (status := process.poll()) is None and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    return status
+
+
+def _how(status: int | None) -> str:
+    if status is None:
+        return "stopped answering"
+    if status < 0:
+        try:
+            return f"was killed by {signal.Signals(-status).name}"
+        except ValueError:
+            return f"was killed by signal {-status}"
+    return f"exited with status {status}"

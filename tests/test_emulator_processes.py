@@ -1,0 +1,365 @@
+"""The emulator on several processes (`--processes N`): one account (registry,
+quotas, metrics) behind serving processes that share the port. Real processes
+on loopback; each test forces what it checks with many devices, and counts."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sqlite3
+import time
+import urllib.request
+from collections import Counter
+
+import pytest
+import uvloop
+from prometheus_client.parser import text_string_to_metric_families
+
+from loadgen import mqtt
+from loadgen.certs.mint import MintRequest, mint
+from loadgen.certs.profile import Profile
+from loadgen.certs.store import FleetStore
+from loadgen.emulator.serve import EmbeddedEmulator, start_embedded
+from loadgen.transport.client import Target, connect
+from loadgen.transport.errors import TransportError
+from loadgen.transport.timing import AttemptTimes
+from loadgen.transport.tls import ClientTls
+from tests.brokers import free_port
+from tests.conftest import assert_user_error, run_loadgen
+from tests.processes import assert_all_gone, descendants
+
+DEVICES = 60
+QUOTAS_OFF = {"connect": "off", "connect-per-client": "off", "provision": "off"}
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory, device_ca) -> FleetStore:
+    path = tmp_path_factory.mktemp("processes") / "fleet"
+    profile = Profile.model_validate({"subject": {"common_name": "dev-{index:03d}"}})
+    mint(MintRequest(path, device_ca.directory, DEVICES, profile, seed=15))
+    return FleetStore(path)
+
+
+def connect_all(emulator: EmbeddedEmulator, fleet: FleetStore) -> Counter[str]:
+    """Every device connects once (CONNECT, CONNACK, DISCONNECT), 20 at a time:
+    how many got a CONNACK and how many were closed."""
+    return uvloop.run(_connect_all(emulator, fleet))
+
+
+async def _connect_all(emulator: EmbeddedEmulator, fleet: FleetStore) -> Counter[str]:
+    tls = ClientTls(ca_file=emulator.server_ca)
+    slots = asyncio.Semaphore(20)
+    seen: Counter[str] = Counter()
+
+    async def one(device) -> None:
+        session = tls.session(fleet.path / device.cert, fleet.path / device.key, "localhost")
+        async with slots:
+            try:
+                async with asyncio.timeout(30):
+                    client = await connect(
+                        Target(emulator.host, emulator.port),
+                        session,
+                        mqtt.Connect(device.client_id),
+                        AttemptTimes(time.monotonic()),
+                    )
+            except (TransportError, TimeoutError):
+                seen["closed"] += 1
+                return
+            seen["connack"] += 1
+            client.disconnect()
+
+    await asyncio.gather(*(one(d) for d in fleet.devices()))
+    return seen
+
+
+def _stats(emulator: EmbeddedEmulator) -> dict:
+    stats = emulator.stats(timeout=30)
+    assert stats is not None, "the emulator printed no stats"
+    return stats
+
+
+def test_every_device_is_provisioned_once_while_its_connects_land_on_both_processes(
+    tmp_path, device_ca, fleet
+):
+    state = tmp_path / "state.db"
+    emulator = start_embedded(
+        device_ca.directory, None, tmp_path, quotas=QUOTAS_OFF, state_db=state, processes=2
+    )
+    try:
+        assert connect_all(emulator, fleet) == Counter(closed=DEVICES)  # JITP's triggers
+        assert connect_all(emulator, fleet) == Counter(connack=DEVICES)
+        stats = _stats(emulator)
+    finally:
+        final = emulator.stop()
+    assert stats["provision"] == {"Success": DEVICES}
+    assert stats["connects"]["accepted"] == DEVICES
+    # 240 connections through one port: the kernel spread them over both.
+    processes = stats["processes"]
+    assert len(processes) == 2 and all(p["connects"] > 0 for p in processes)
+    assert sum(p["connects"] for p in processes) == 2 * DEVICES
+    assert final is not None and final["provision"] == {"Success": DEVICES}
+    with sqlite3.connect(state) as db:
+        assert db.execute("SELECT count(*), count(DISTINCT id) FROM certificates").fetchone() == (
+            DEVICES,
+            DEVICES,
+        )
+
+
+def test_the_provisioning_quota_is_the_accounts_not_each_processes(tmp_path, device_ca, fleet):
+    # 1/s (a bucket of 1) over both processes: in the time the 60 triggers take,
+    # one bucket grants at most 1 + that many seconds; one per process would
+    # grant about twice as many.
+    quotas = {**QUOTAS_OFF, "provision": "1/s"}
+    emulator = start_embedded(device_ca.directory, None, tmp_path, quotas=quotas, processes=2)
+    try:
+        began = time.monotonic()
+        assert connect_all(emulator, fleet) == Counter(closed=DEVICES)
+        took = time.monotonic() - began
+        stats = _stats(emulator)
+    finally:
+        emulator.stop()
+    provisioned = stats["provision"].get("Success", 0)
+    assert provisioned >= 1
+    assert provisioned <= 1 + took * 1.0 + 1  # one token of slack for the clock's rounding
+    assert provisioned + stats["provision"]["Throttled"] == DEVICES
+    assert all(p["connects"] > 0 for p in stats["processes"])
+
+
+def test_metrics_count_the_whole_emulator_as_its_stats_do(tmp_path, device_ca, fleet):
+    port = free_port()
+    emulator = start_embedded(
+        device_ca.directory, None, tmp_path, quotas=QUOTAS_OFF, metrics_port=port, processes=2
+    )
+    try:
+        connect_all(emulator, fleet)
+        connect_all(emulator, fleet)
+        stats = _stats(emulator)
+        # Served before the ready line: no waiting for it.
+        body = (
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30).read().decode()
+        )
+    finally:
+        emulator.stop()
+    samples = {
+        (s.name, tuple(sorted(s.labels.values()))): s.value
+        for family in text_string_to_metric_families(body)
+        for s in family.samples
+    }
+    assert samples[("loadgen_emulator_provision_thing_total", ("Success",))] == DEVICES
+    for result, n in stats["connects"].items():
+        assert samples[("loadgen_emulator_connects_total", (result,))] == n
+    assert samples[("loadgen_emulator_registry_size", ("certificate",))] == DEVICES
+
+
+def _serving_pids(emulator: EmbeddedEmulator) -> list[int]:
+    return [p["pid"] for p in _stats(emulator)["processes"]]
+
+
+def test_a_killed_serving_process_stops_the_emulator_and_says_which(tmp_path, device_ca):
+    emulator = start_embedded(device_ca.directory, None, tmp_path, processes=2)
+    try:
+        everything = descendants(emulator.process.pid)
+        victim, survivor = _serving_pids(emulator)
+        assert {victim, survivor} <= set(everything)
+        os.kill(victim, signal.SIGKILL)
+        code = emulator.process.wait(timeout=30)
+    finally:
+        emulator.stop()
+    assert code == 1
+    log = (tmp_path / "emulator.log").read_text()
+    assert f"serving process 0 (pid {victim}) was killed by SIGKILL" in log
+    assert_all_gone(everything)  # never half-serving: the other one went too
+
+
+def test_no_serving_process_outlives_a_killed_account_process(tmp_path, device_ca):
+    emulator = start_embedded(device_ca.directory, None, tmp_path, processes=2)
+    try:
+        serving = {pid: start for pid, start in descendants(emulator.process.pid).items()}
+        assert len(_serving_pids(emulator)) == 2
+        emulator.process.kill()
+        emulator.process.wait(timeout=30)
+    finally:
+        emulator.stop()
+    assert_all_gone(serving)
+
+
+def test_a_registry_kept_with_state_survives_a_restart_with_two_processes(
+    tmp_path, device_ca, fleet
+):
+    state = tmp_path / "state.db"
+
+    def start() -> EmbeddedEmulator:
+        return start_embedded(
+            device_ca.directory, None, tmp_path, quotas=QUOTAS_OFF, state_db=state, processes=2
+        )
+
+    first = start()
+    try:
+        assert connect_all(first, fleet) == Counter(closed=DEVICES)
+    finally:
+        first.stop()
+    again = start()
+    try:
+        assert connect_all(again, fleet) == Counter(connack=DEVICES)  # no JITP this time
+        stats = _stats(again)
+    finally:
+        again.stop()
+    assert stats["provision"] == {}
+    assert stats["connects"] == {"accepted": DEVICES}
+
+
+def test_a_ca_registered_through_the_api_is_trusted_by_every_process_once_answered(
+    tmp_path, device_ca, fleet
+):
+    from tests.api_server import client
+    from tests.test_emulator_api import register, serve
+
+    served = serve(
+        tmp_path / "emulator",
+        *("--api-rate", "all=off", "--quota", "provision=off", "--processes", "2"),
+    )
+    try:
+        iot = client("iot", served.api_url)
+        register(iot, device_ca, tmp_path)
+        as_embedded = EmbeddedEmulator(
+            served.process, "127.0.0.1", served.mqtt_port, served.server_ca
+        )
+        # Every device's trigger handshake passed (on whichever process): the
+        # CA was trusted everywhere when RegisterCACertificate returned.
+        assert connect_all(as_embedded, fleet) == Counter(closed=DEVICES)
+        stats = _stats(as_embedded)
+        assert stats["provision"] == {"Success": DEVICES}
+        assert all(p["connects"] > 0 for p in stats["processes"])
+    finally:
+        served.stop()
+
+
+def test_processes_out_of_range_is_a_one_line_error(tmp_path, device_ca):
+    ca = str(device_ca.directory / "ca.pem")
+    result = run_loadgen(
+        "emulator", "serve", "--ca", ca, "--state-dir", tmp_path, "--processes", "0"
+    )
+    assert_user_error(result, "--processes")
+
+
+def _open_to_all_config(path):
+    """The built-in template with a policy that lets every device publish to and
+    receive from every topic: devices talk to each other."""
+    import copy
+    import json
+
+    from loadgen.emulator.defaults import TEMPLATE
+
+    template = copy.deepcopy(TEMPLATE)
+    document = {
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": "iot:*", "Resource": "*"}],
+    }
+    template["Resources"]["policy"]["Properties"]["PolicyDocument"] = json.dumps(document)
+    path.write_text(
+        json.dumps(
+            {
+                "templateBody": json.dumps(template),
+                "roleArn": "arn:aws:iam::123456789012:role/JITPRole",
+            }
+        )
+    )
+    return path
+
+
+async def _mqtt_session(emulator, fleet, device, packets):
+    import ssl
+
+    context = ssl.create_default_context(cafile=str(emulator.server_ca))
+    context.load_cert_chain(fleet.path / device.cert, fleet.path / device.key)
+    reader, writer = await asyncio.open_connection(
+        emulator.host, emulator.port, ssl=context, server_hostname="localhost"
+    )
+    writer.write(b"".join(mqtt.encode(p, mqtt.MQTT_5) for p in packets))
+    return reader, writer
+
+
+async def _until(reader, decoder, kind):
+    while True:
+        data = await reader.read(65536)
+        assert data, f"closed before a {kind.__name__}"
+        for packet in decoder.feed(data):
+            if isinstance(packet, kind):
+                return packet
+
+
+async def _publish_to_subscribers(emulator, fleet, subscribers, publisher):
+    sessions = []
+    for device in subscribers:
+        subscribe = mqtt.Subscribe(1, (mqtt.Subscription("all/#"),))
+        reader, writer = await _mqtt_session(
+            emulator, fleet, device, [mqtt.Connect(device.client_id), subscribe]
+        )
+        decoder = mqtt.Decoder(mqtt.MQTT_5)
+        await _until(reader, decoder, mqtt.SubAck)
+        sessions.append((reader, writer, decoder))
+    _, writer = await _mqtt_session(
+        emulator,
+        fleet,
+        publisher,
+        [mqtt.Connect(publisher.client_id), mqtt.Publish("all/news", b"hello")],
+    )
+    got = [await _until(reader, decoder, mqtt.Publish) for reader, _, decoder in sessions]
+    for _, other, _ in sessions:
+        other.close()
+    writer.close()
+    return got
+
+
+def test_a_publish_reaches_the_subscribers_on_every_process(tmp_path, device_ca, fleet):
+    config = _open_to_all_config(tmp_path / "open.json")
+    emulator = start_embedded(device_ca.directory, config, tmp_path, quotas=QUOTAS_OFF, processes=2)
+    devices = list(fleet.devices())[:21]
+    try:
+        assert connect_all(emulator, fleet) == Counter(closed=DEVICES)  # provisioned
+        before = {p["pid"]: p["connects"] for p in _stats(emulator)["processes"]}
+
+        async def run():
+            async with asyncio.timeout(60):
+                return await _publish_to_subscribers(emulator, fleet, devices[:20], devices[20])
+
+        got = uvloop.run(run())
+        after = _stats(emulator)["processes"]
+    finally:
+        emulator.stop()
+    assert [(p.topic, p.payload) for p in got] == [("all/news", b"hello")] * 20
+    # 21 sessions over two processes: both held some (else this proved nothing;
+    # all on one is a chance of one in a million).
+    assert all(p["connects"] > before[p["pid"]] for p in after)
+
+
+def test_an_embedded_run_plans_enough_emulator_processes_for_the_open_files_limit(
+    tmp_path, device_ca, fleet
+):
+    """max_in_flight 300 and 160 open files per process (64 kept for the
+    process itself): a serving process holds at most 96 connections, so 4."""
+    import json
+
+    import yaml
+
+    from tests.test_run import _run_with_open_files
+
+    scenario = {
+        "name": "embedded-processes",
+        "endpoint": "embedded",
+        "mqtt": {"client_id": "{common_name}"},
+        "fleet": {"ca": str(device_ca.directory), "store": str(fleet.path), "count": DEVICES},
+        "jitp": {"expect_first_connect_rejected": True},
+        "retry": {"initial": "20ms", "max": "100ms", "max_attempts": 4},
+        "load": {"executor": "constant-arrival-rate", "rate": "200/s", "max_in_flight": 300},
+        "emulator": {"quotas": QUOTAS_OFF},
+    }
+    path = tmp_path / "scenario.yaml"
+    path.write_text(yaml.safe_dump(scenario))
+    report = tmp_path / "report.json"
+    proc = _run_with_open_files(160, path, "--report", report)
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(report.read_text())
+    assert data["jitp"]["emulator_processes"] == 4
+    assert data["outcomes"]["connected"] == DEVICES
