@@ -4,6 +4,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -43,12 +44,23 @@ def assert_user_error(result: Result, *fragments: str) -> None:
         assert fragment in lines[0], (fragment, lines[0])
 
 
+# What the safety net below killed, said in the terminal summary (a fixture's
+# own output at the end of the session is captured with the last test's).
+_LEFT_BEHIND = pytest.StashKey[list[str]]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.stash[_LEFT_BEHIND] = []
+
+
 @pytest.fixture(scope="session", autouse=True)
-def no_process_left_behind():
+def no_process_left_behind(pytestconfig: pytest.Config):
     """A safety net, not a fix: a process a test left running (even an orphan,
     which comes back to the suite as its subreaper) is killed when the session
     ends, and named, so a leak shows. Torn down last: the session's own servers
-    (mosquitto) are stopped by then."""
+    (mosquitto) are stopped by then. Under xdist each worker is its own session
+    and its own subreaper: it kills its own descendants only, never what
+    another worker's tests are running."""
     from tests.processes import become_subreaper, kill_descendants
 
     become_subreaper()
@@ -56,7 +68,23 @@ def no_process_left_behind():
     left = kill_descendants()
     if left:
         lines = "".join(f"\n  {pid}: {cmd[:200]}" for pid, cmd in left.items())
-        sys.stderr.write(f"\ntests left {len(left)} processes running (killed):{lines}\n")
+        message = f"tests left {len(left)} processes running (killed):{lines}"
+        pytestconfig.stash[_LEFT_BEHIND].append(message)
+        workeroutput = getattr(pytestconfig, "workeroutput", None)
+        if workeroutput is not None:  # an xdist worker: its controller says it
+            workeroutput["left_behind"] = message
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """On the controller of an xdist run: what a worker's safety net killed."""
+    if message := getattr(node, "workeroutput", {}).get("left_behind"):
+        node.config.stash[_LEFT_BEHIND].append(f"{node.gateway.id}: {message}")
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    for message in terminalreporter.config.stash.get(_LEFT_BEHIND, []):
+        terminalreporter.write_line(message, yellow=True, bold=True)
 
 
 @pytest.fixture(scope="session")
