@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import socket
 import subprocess
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +20,16 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def refusing_port() -> Iterator[int]:
+    """A loopback port where every connect is refused while the block runs:
+    bound but not listening, so nothing else (another test's server, another
+    xdist worker's, a connection's source port) can take it meanwhile."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        yield int(s.getsockname()[1])
 
 
 def wait_for_port(port: int, timeout: float = 10.0, process: subprocess.Popen | None = None):
@@ -68,6 +80,9 @@ class Mosquitto:
         stop_process(self.process)
 
 
+_PORT_ATTEMPTS = 5
+
+
 def start_mosquitto(root: Path, device_ca_pem: Path, *, password_file: Path | None = None):
     """mosquitto with a mutual-TLS listener (``require_certificate true``, the
     device CA as ``cafile``) and a plain listener, both on loopback."""
@@ -77,39 +92,52 @@ def start_mosquitto(root: Path, device_ca_pem: Path, *, password_file: Path | No
     cert, key = server_cert(server_ca, ["localhost", "127.0.0.1"])
     write(root / "server.pem", cert)
     write(root / "server.key", key, private=True)
-    tls_port, plain_port = free_port(), free_port()
     auth = (
         f"allow_anonymous false\npassword_file {password_file}\n"
         if password_file
         else "allow_anonymous true\n"
     )
     config = root / "mosquitto.conf"
-    config.write_text(
-        "user root\n"
-        "per_listener_settings true\n"
-        "persistence false\n"
-        "set_tcp_nodelay true\n"
-        f"log_dest file {root / 'mosquitto.log'}\n"
-        "log_type error\nlog_type warning\nlog_type notice\n"
-        "max_keepalive 65535\n"
-        f"listener {tls_port} 127.0.0.1\n"
-        f"cafile {device_ca_pem}\n"
-        f"certfile {root / 'server.pem'}\n"
-        f"keyfile {root / 'server.key'}\n"
-        "require_certificate true\n"
-        "use_identity_as_username true\n"
-        "allow_anonymous true\n"
-        f"listener {plain_port} 127.0.0.1\n" + auth
-    )
-    process = subprocess.Popen(
-        [binary, "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    try:
-        wait_for_port(tls_port, process=process)
-        wait_for_port(plain_port, process=process)
-    except Exception:
-        process.kill()
-        raise
+    log = root / "mosquitto.log"
+    # A port found free can be taken before mosquitto binds it (by another
+    # xdist worker's server): mosquitto then says so in its log and exits, and
+    # it is started again on other ports.
+    for attempt in range(1, _PORT_ATTEMPTS + 1):
+        tls_port, plain_port = free_port(), free_port()
+        config.write_text(
+            "user root\n"
+            "per_listener_settings true\n"
+            "persistence false\n"
+            "set_tcp_nodelay true\n"
+            f"log_dest file {log}\n"
+            "log_type error\nlog_type warning\nlog_type notice\n"
+            "max_keepalive 65535\n"
+            f"listener {tls_port} 127.0.0.1\n"
+            f"cafile {device_ca_pem}\n"
+            f"certfile {root / 'server.pem'}\n"
+            f"keyfile {root / 'server.key'}\n"
+            "require_certificate true\n"
+            "use_identity_as_username true\n"
+            "allow_anonymous true\n"
+            f"listener {plain_port} 127.0.0.1\n" + auth
+        )
+        log.write_bytes(b"")
+        process = subprocess.Popen(
+            [binary, "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        try:
+            wait_for_port(tls_port, process=process)
+            wait_for_port(plain_port, process=process)
+        except RuntimeError:
+            process.wait()
+            if "Address already in use" not in log.read_text() or attempt == _PORT_ATTEMPTS:
+                raise
+            continue
+        except Exception:
+            process.kill()
+            process.wait()
+            raise
+        break
     return Mosquitto(tls_port, plain_port, server_ca, root / "mosquitto.log", process)
 
 

@@ -4,14 +4,25 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from loadgen.certs.ca import CA, init_ca
 from tests.moto_aws import moto, moto_url  # noqa: F401 (fixtures of the aws tests)
 
 ROOT = Path(__file__).resolve().parent.parent
 LIGHTBULB_PROFILE = ROOT / "scenarios" / "profiles" / "lightbulb.yaml"
+
+# Hypothesis's deadline (200 ms an example) and its "generation is slow" health
+# check are timing assertions: on a loaded machine (the suite's own workers run
+# beside each other) an example took 410 ms once and 27 ms when replayed. What a
+# property test asserts is its property; how fast is for the benchmarks.
+settings.register_profile(
+    "loaded-machine", deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile("loaded-machine")
 
 
 @dataclass
@@ -43,12 +54,45 @@ def assert_user_error(result: Result, *fragments: str) -> None:
         assert fragment in lines[0], (fragment, lines[0])
 
 
+# What the safety net below killed, said in the terminal summary (a fixture's
+# own output at the end of the session is captured with the last test's).
+_LEFT_BEHIND = pytest.StashKey[list[str]]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.stash[_LEFT_BEHIND] = []
+
+
+# The files that take longest, slowest first (measured under xdist on 2 cores):
+# an xdist worker takes a whole file at a time (--dist loadfile, scripts/test) in
+# the order collected, so these start first instead of one of them finishing
+# last on its own. Only the order of files changes, and only under xdist.
+_SLOWEST_FILES = (
+    "test_aws_setup.py",
+    "test_input_validation.py",
+    "test_aws_emulator.py",
+    "test_mint.py",
+    "test_emulator_api.py",
+    "test_aws_status.py",
+    "test_report_input.py",
+    "test_run.py",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if hasattr(config, "workerinput"):  # an xdist worker: they all sort alike
+        rank = {name: i for i, name in enumerate(_SLOWEST_FILES)}
+        items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable
+
+
 @pytest.fixture(scope="session", autouse=True)
-def no_process_left_behind():
+def no_process_left_behind(pytestconfig: pytest.Config):
     """A safety net, not a fix: a process a test left running (even an orphan,
     which comes back to the suite as its subreaper) is killed when the session
     ends, and named, so a leak shows. Torn down last: the session's own servers
-    (mosquitto) are stopped by then."""
+    (mosquitto) are stopped by then. Under xdist each worker is its own session
+    and its own subreaper: it kills its own descendants only, never what
+    another worker's tests are running."""
     from tests.processes import become_subreaper, kill_descendants
 
     become_subreaper()
@@ -56,7 +100,23 @@ def no_process_left_behind():
     left = kill_descendants()
     if left:
         lines = "".join(f"\n  {pid}: {cmd[:200]}" for pid, cmd in left.items())
-        sys.stderr.write(f"\ntests left {len(left)} processes running (killed):{lines}\n")
+        message = f"tests left {len(left)} processes running (killed):{lines}"
+        pytestconfig.stash[_LEFT_BEHIND].append(message)
+        workeroutput = getattr(pytestconfig, "workeroutput", None)
+        if workeroutput is not None:  # an xdist worker: its controller says it
+            workeroutput["left_behind"] = message
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """On the controller of an xdist run: what a worker's safety net killed."""
+    if message := getattr(node, "workeroutput", {}).get("left_behind"):
+        node.config.stash[_LEFT_BEHIND].append(f"{node.gateway.id}: {message}")
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    for message in terminalreporter.config.stash.get(_LEFT_BEHIND, []):
+        terminalreporter.write_line(message, yellow=True, bold=True)
 
 
 @pytest.fixture(scope="session")

@@ -16,16 +16,22 @@ GONE_WITHIN = 10.0
 _PR_SET_CHILD_SUBREAPER = 36  # <linux/prctl.h>
 
 
-def _stat(pid: int) -> tuple[str, int, int] | None:
-    """(state, parent pid, start time) of a live process, None once it is gone."""
+def _raw_stat(pid: int) -> tuple[str, int, int] | None:
+    """(state, parent pid, start time) of a process, None once it is reaped."""
     try:
         text = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     fields = text[text.rindex(")") + 2 :].split()  # the name may hold spaces
-    if fields[0] in ("Z", "X"):  # exited, waiting to be reaped: gone
-        return None
     return fields[0], int(fields[1]), int(fields[19])
+
+
+def _stat(pid: int) -> tuple[str, int, int] | None:
+    """(state, parent pid, start time) of a live process, None once it is gone."""
+    stat = _raw_stat(pid)
+    if stat is None or stat[0] in ("Z", "X"):  # exited, waiting to be reaped: gone
+        return None
+    return stat
 
 
 def descendants(root: int) -> dict[int, int]:
@@ -34,15 +40,21 @@ def descendants(root: int) -> dict[int, int]:
     children: dict[int, list[int]] = {}
     starts: dict[int, int] = {}
     for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and (stat := _stat(int(entry.name))) is not None:
+        if entry.name.isdigit() and (stat := _raw_stat(int(entry.name))) is not None:
             children.setdefault(stat[1], []).append(int(entry.name))
-            starts[int(entry.name)] = stat[2]
+            if stat[0] not in ("Z", "X"):
+                starts[int(entry.name)] = stat[2]
+    # Walked through the exited too: a child read before its parent exited
+    # still names that parent (now a zombie), not yet the subreaper it went to.
     found: dict[int, int] = {}
+    seen = {root}
     todo = list(children.get(root, []))
     while todo:
         pid = todo.pop()
-        if pid in starts and pid not in found:
-            found[pid] = starts[pid]
+        if pid not in seen:
+            seen.add(pid)
+            if pid in starts:
+                found[pid] = starts[pid]
             todo.extend(children.get(pid, []))
     return found
 
@@ -81,15 +93,26 @@ def become_subreaper() -> bool:
     return bool(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
 
 
-def kill_descendants() -> dict[int, str]:
+def kill_descendants(rounds: int = 50) -> dict[int, str]:
     """SIGKILL every live descendant of this process but its own
-    `multiprocessing` resource tracker (which ends with it); what they were."""
-    left = {
-        pid: command
-        for pid in descendants(os.getpid())
-        if not ((command := cmdline(pid)) and "resource_tracker" in command and _is_child(pid))
-    }
-    for pid in left:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    return left
+    `multiprocessing` resource tracker (which ends with it); what they were.
+    Until two looks at /proc in a row, a moment apart, find none: a process
+    forking as /proc is read can have its child missed (one seen exiting had
+    a background child that /proc listed only a moment later)."""
+    killed: dict[int, str] = {}
+    quiet = 0
+    for _ in range(rounds):
+        left = {
+            pid: command
+            for pid in descendants(os.getpid())
+            if not ((command := cmdline(pid)) and "resource_tracker" in command and _is_child(pid))
+        }
+        quiet = 0 if left else quiet + 1
+        if quiet == 2:
+            break
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        killed |= left
+        time.sleep(0.05)
+    return killed

@@ -21,7 +21,7 @@ from loadgen.device.lifecycle import (
 from loadgen.device.outcome import Outcome
 from loadgen.device.retry import Jitter, RetryPolicy
 from loadgen.transport.client import Target
-from tests.brokers import free_port
+from tests.brokers import refusing_port
 from tests.conftest import device_tls
 from tests.echo_broker import EchoBroker
 
@@ -123,7 +123,8 @@ async def test_a_throttled_device_that_gets_through_on_retry_is_connected():
 
 
 async def test_a_closed_port_ends_refused():
-    result = await _run(Target("127.0.0.1", free_port()), DeviceConfig(retry=FAST_RETRY))
+    with refusing_port() as port:
+        result = await _run(Target("127.0.0.1", port), DeviceConfig(retry=FAST_RETRY))
     assert result.outcome is Outcome.REFUSED and result.phase == "tcp"
 
 

@@ -81,17 +81,18 @@ def test_a_fleet_of_faulty_devices_failing_as_predicted_measured_something():
 
 
 def test_a_run_against_a_dead_endpoint_fails_its_gates(tmp_path):
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    path = _scenario(tmp_path, sock)
-    sock.close()  # nobody listens there now: every connect is refused
-    scenario = yaml.safe_load(path.read_text())
-    scenario["retry"] = {"max_attempts": 1}
-    path.write_text(yaml.safe_dump(scenario))
-    result = run_loadgen(
-        "run", path, "--workers", "1", "--report", tmp_path / "r.json",
-        "--gate", "count(throttled) == 0",
-    )  # fmt: skip
+    # Bound, never listening, and kept for the run: every connect is refused,
+    # and no other test's server can take the port meanwhile.
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        path = _scenario(tmp_path, sock)
+        scenario = yaml.safe_load(path.read_text())
+        scenario["retry"] = {"max_attempts": 1}
+        path.write_text(yaml.safe_dump(scenario))
+        result = run_loadgen(
+            "run", path, "--workers", "1", "--report", tmp_path / "r.json",
+            "--gate", "count(throttled) == 0",
+        )  # fmt: skip
     assert result.code == 1, result.out + result.err
     assert "FAIL: count(throttled) == 0" in result.out
     assert "no device connected (of 5)" in result.out

@@ -312,7 +312,9 @@ def test_a_fleet_of_one_is_one_device_when_minted_and_inspected(tmp_path: Path, 
     minted = run_loadgen("certs", "mint", "--ca", ca.directory, "--count", "1", "--out", fleet)
     assert minted.code == 0, minted.err
     assert "minted 1, 1 device" in minted.out and "devices" not in minted.out
-    inspected = run_loadgen("certs", "inspect", fleet, "--verify")
+    # By a relative path: the line names the fleet, and a long temporary path
+    # (an xdist worker's is longer) would wrap it at the console's width.
+    inspected = run_loadgen("certs", "inspect", "fleet", "--verify", cwd=tmp_path)
     assert ": 1 device\n" in inspected.out and "verified 1 certificate file " in inspected.out
 
 

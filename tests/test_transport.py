@@ -279,11 +279,10 @@ async def test_the_connection_comes_from_the_chosen_source_address():
 
 
 async def test_a_closed_port_is_refused():
-    from tests.brokers import free_port
+    from tests.brokers import refusing_port
 
-    target = Target("127.0.0.1", free_port())
-    with pytest.raises(Refused):
-        await connect(target, None, mqtt.Connect("x"), AttemptTimes(0.0))
+    with refusing_port() as port, pytest.raises(Refused):
+        await connect(Target("127.0.0.1", port), None, mqtt.Connect("x"), AttemptTimes(0.0))
 
 
 async def _one_shot_server(handler):
