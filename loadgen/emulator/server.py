@@ -121,6 +121,12 @@ class Emulator:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(self.server_cert, self.server_key)
         context.verify_mode = ssl.CERT_REQUIRED
+        # Devices never resume a TLS session (each connect is a full handshake,
+        # as a fleet's first contact is): tickets would cost two encodings of the
+        # session, the peer's certificate decoded again each (OpenSSL 3.0), and
+        # the client's memory to keep them. SSL_MODE_RELEASE_BUFFERS, the other
+        # memory lever, Python's ssl already sets on every context.
+        context.num_tickets = 0
         trusted = [
             self.registry.cas[ca_id].cert.public_bytes(Encoding.PEM).decode() for ca_id in cas
         ]
