@@ -19,7 +19,7 @@ import ssl
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, Literal, cast, overload
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -49,6 +49,23 @@ CLOSE_REASONS = (
     "slow consumer",
     "protocol error",
 )
+
+
+class _ServerSslObject(ssl.SSLObject):
+    """The sessions' TLS objects. uvloop asks each for the client's certificate
+    as a dict at the end of its handshake (the transport's ``peercert``): OpenSSL
+    reads it into Python strings, kept with the connection (about 2.8 KiB each,
+    and time at every handshake) for nobody here, who read its DER. The dict
+    form is None here (as for a peer without a certificate); the DER is as it is."""
+
+    @overload
+    def getpeercert(self, binary_form: Literal[False] = False) -> None: ...
+    @overload
+    def getpeercert(self, binary_form: Literal[True]) -> bytes | None: ...
+    @overload
+    def getpeercert(self, binary_form: bool) -> Any: ...
+    def getpeercert(self, binary_form: bool = False) -> Any:
+        return super().getpeercert(True) if binary_form else None
 
 
 @dataclass
@@ -127,6 +144,7 @@ class Emulator:
         # the client's memory to keep them. SSL_MODE_RELEASE_BUFFERS, the other
         # memory lever, Python's ssl already sets on every context.
         context.num_tickets = 0
+        context.sslobject_class = _ServerSslObject
         trusted = [
             self.registry.cas[ca_id].cert.public_bytes(Encoding.PEM).decode() for ca_id in cas
         ]
