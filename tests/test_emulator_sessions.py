@@ -4,8 +4,20 @@ TLS it is given, and what a reconnect needs of the registry."""
 from __future__ import annotations
 
 import asyncio
+import datetime
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.name import _ASN1Type
+from cryptography.x509.oid import NameOID
 
 from loadgen import mqtt
+from loadgen.certs.mint import MintRequest, mint
+from loadgen.certs.profile import Profile
+from loadgen.certs.store import FleetStore
+from loadgen.emulator.registry import jitp_parameters
 from tests.test_emulator_robustness import _client_context, _open, _serve
 
 
@@ -37,3 +49,54 @@ async def test_a_device_is_sent_no_session_ticket_it_would_never_resume(
         assert not ssl_object.session.has_ticket
         writer.close()
     server.close()
+
+
+def test_the_jitp_parameters_read_from_the_der_are_those_of_the_parsed_certificate(
+    tmp_path, device_ca
+):
+    profile = Profile.model_validate(
+        {
+            "subject": {
+                "country": "DE",
+                "state": "Baden-Württemberg",
+                "organization": "Zürcher Lampen AG",
+                "organizational_unit": "bulbs",
+                "common_name": "bulb-{index:03d}",
+                "serial_number": "{hex:6}",
+                "dn_qualifier": "q{index}",
+            }
+        }
+    )
+    mint(MintRequest(tmp_path / "fleet", device_ca.directory, 5, profile, seed=3))
+    fleet = FleetStore(tmp_path / "fleet")
+    for device in fleet.devices():
+        cert = x509.load_pem_x509_certificate((fleet.path / device.cert).read_bytes())
+        parameters = jitp_parameters(cert.public_bytes(Encoding.DER))
+        assert parameters == jitp_parameters(cert)
+        assert len(parameters) == 8  # the seven fields and the id
+        assert parameters["AWS::IoT::Certificate::StateName"] == "Baden-Württemberg"
+
+
+def test_a_subject_in_a_string_type_devices_seldom_use_is_read_all_the_same(device_ca):
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name(
+        [
+            x509.NameAttribute(NameOID.COMMON_NAME, "bulb-bmp", _ASN1Type.BMPString),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Lampen", _ASN1Type.T61String),
+        ]
+    )
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(device_ca.cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    parameters = jitp_parameters(cert.public_bytes(Encoding.DER))
+    assert parameters == jitp_parameters(cert)
+    assert parameters["AWS::IoT::Certificate::CommonName"] == "bulb-bmp"
+    assert parameters["AWS::IoT::Certificate::Organization"] == "Lampen"

@@ -216,7 +216,7 @@ class _Session(asyncio.Protocol):
         self.heard = 0.0  # loop time of the last whole packet from the client
         self.idle_limit = 0.0
         self.client_max = mqtt.MAX_PACKET_SIZE  # what the client accepts (MQTT 5 CONNECT)
-        self.cert: x509.Certificate | None = None
+        self.der = b""  # the client's certificate
         self.record: CertRecord | None = None
         self.variables: dict[str, str] = {}
         self.policies: list[list[policy.Statement]] = []
@@ -225,9 +225,8 @@ class _Session(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's TLS transport is no asyncio.Transport subclass, but is one.
         self.transport = cast(asyncio.Transport, transport)
-        der = transport.get_extra_info("ssl_object").getpeercert(binary_form=True)
-        self.cert = x509.load_der_x509_certificate(der)
-        admitted = self.emulator.admit(self.cert)
+        self.der = transport.get_extra_info("ssl_object").getpeercert(binary_form=True)
+        admitted = self.emulator.admit(x509.load_der_x509_certificate(self.der))
         if isinstance(admitted, str):
             self.emulator.stats.connects[admitted.split(":")[0]] += 1
             self.transport.close()
@@ -242,7 +241,7 @@ class _Session(asyncio.Protocol):
         return policy.allowed(self.policies, action, resource, self.variables)
 
     def _on_connect(self, packet: mqtt.Connect) -> None:
-        assert self.transport is not None and self.record is not None and self.cert is not None
+        assert self.transport is not None and self.record is not None
         record, registry = self.record, self.emulator.registry
         client_id = packet.client_id
         # AWS knows the thing when the client id is the name of a thing the
@@ -251,7 +250,7 @@ class _Session(asyncio.Protocol):
         self.variables = policy.connection_variables(
             client_id,
             record.id,
-            jitp_parameters(self.cert),
+            jitp_parameters(self.der),
             thing.name if thing else None,
             thing.type_name if thing else None,
         )
