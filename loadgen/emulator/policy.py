@@ -85,6 +85,20 @@ def connection_variables(
     return variables
 
 
+def only(variables: dict[str, str], policies: list[list[Statement]]) -> dict[str, str]:
+    """Those of ``variables`` that ``policies`` refer to: the same answers from
+    ``allowed`` for these policies, in what a connection keeps."""
+    used = {
+        name
+        for statements in policies
+        for s in statements
+        for pattern in s.actions + s.resources
+        if "${" in pattern
+        for name in _VARIABLE.findall(pattern)
+    }
+    return {name: value for name, value in variables.items() if name in used}
+
+
 def arn(kind: str, name: str) -> str:
     """client/ID, topic/NAME or topicfilter/FILTER in the emulated account."""
     return f"arn:aws:iot:{REGION}:{ACCOUNT}:{kind}/{name}"

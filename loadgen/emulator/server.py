@@ -247,7 +247,7 @@ class _Session(asyncio.Protocol):
         # AWS knows the thing when the client id is the name of a thing the
         # certificate is attached to.
         thing = registry.things.get(client_id) if client_id in record.things else None
-        self.variables = policy.connection_variables(
+        variables = policy.connection_variables(
             client_id,
             record.id,
             jitp_parameters(self.der),
@@ -255,6 +255,11 @@ class _Session(asyncio.Protocol):
             thing.type_name if thing else None,
         )
         self.policies = self.emulator.policies_of(record)
+        # Kept for the session's later checks: only what its policies refer to
+        # (most are a thing name), and not the certificate (about 1.6 KiB less
+        # per held connection).
+        self.variables = policy.only(variables, self.policies)
+        self.der = b""
         v5 = packet.protocol_version == mqtt.MQTT_5
         exceeded = self.emulator.limiter.allow_connect(client_id)
         if exceeded is not None:
