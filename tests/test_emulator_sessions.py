@@ -4,7 +4,9 @@ TLS it is given, and what a reconnect needs of the registry."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
+import ssl
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
@@ -100,3 +102,25 @@ def test_a_subject_in_a_string_type_devices_seldom_use_is_read_all_the_same(devi
     assert parameters == jitp_parameters(cert)
     assert parameters["AWS::IoT::Certificate::CommonName"] == "bulb-bmp"
     assert parameters["AWS::IoT::Certificate::Organization"] == "Lampen"
+
+
+async def test_a_disconnect_ends_the_connection_from_the_emulator_side(
+    tmp_path, device_ca, small_fleet
+):
+    emulator, server, port, server_ca = await _serve(tmp_path, device_ca)
+    device = next(d for d in small_fleet.devices() if d.fault is None)
+    async with asyncio.timeout(30):
+        _, writer = await _open(port, _client_context(small_fleet, device, server_ca))
+        writer.close()  # JITP's connection
+        for _ in range(2):  # and it is served again after it
+            reader, writer = await _open(port, _client_context(small_fleet, device, server_ca))
+            writer.write(mqtt.encode(mqtt.Connect(device.client_id), mqtt.MQTT_5))
+            assert isinstance(await _connack(reader), mqtt.ConnAck)
+            writer.write(mqtt.encode(mqtt.Disconnect(), mqtt.MQTT_5))
+            # The emulator closes it (this end never does): no TLS close_notify
+            # first, so the end reads as an EOF or as an SSL error, never as data.
+            with contextlib.suppress(ConnectionError, ssl.SSLError):
+                assert await reader.read(1024) == b""
+            writer.transport.abort()
+    assert emulator.stats.connects["accepted"] == 2
+    server.close()
