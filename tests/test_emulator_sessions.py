@@ -16,10 +16,12 @@ from cryptography.x509.name import _ASN1Type
 from cryptography.x509.oid import NameOID
 
 from loadgen import mqtt
+from loadgen.certs.ca import init_ca
 from loadgen.certs.mint import MintRequest, mint
 from loadgen.certs.profile import Profile
 from loadgen.certs.store import FleetStore
-from loadgen.emulator.registry import jitp_parameters
+from loadgen.emulator.defaults import REGISTRATION_CONFIG
+from loadgen.emulator.registry import Registry, jitp_parameters
 from tests.test_emulator_robustness import _client_context, _open, _serve
 
 
@@ -124,3 +126,24 @@ async def test_a_disconnect_ends_the_connection_from_the_emulator_side(
             writer.transport.abort()
     assert emulator.stats.connects["accepted"] == 2
     server.close()
+
+
+def test_the_issuer_of_a_handshake_verified_certificate_is_found_by_name_or_by_signature(
+    tmp_path,
+):
+    # The handshake verified the signature: a CA alone with that name is the one;
+    # of two CAs of one name, the signature still tells which.
+    first = init_ca(tmp_path / "first", subject="CN=twin fleet CA")
+    second = init_ca(tmp_path / "second", subject="CN=twin fleet CA")
+    mint(MintRequest(tmp_path / "fleet", second.directory, 1, seed=5))
+    fleet = FleetStore(tmp_path / "fleet")
+    device = next(iter(fleet.devices()))
+    cert = x509.load_pem_x509_certificate((fleet.path / device.cert).read_bytes())
+    alone = Registry()
+    only = alone.register_ca(second.cert, REGISTRATION_CONFIG)
+    assert alone.issuer_of(cert, verified=True) is only
+    twins = Registry()
+    twins.register_ca(first.cert, REGISTRATION_CONFIG)
+    signer = twins.register_ca(second.cert, REGISTRATION_CONFIG)
+    assert twins.issuer_of(cert, verified=True) is signer
+    assert twins.issuer_of(cert) is signer

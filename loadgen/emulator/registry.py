@@ -407,14 +407,21 @@ class Registry:
         if self.store is not None:
             self.store.delete_thing_group(name)
 
-    def issuer_of(self, cert: x509.Certificate) -> CaRecord | None:
-        for ca in self.cas.values():
-            if ca.cert.subject == cert.issuer:
-                try:
-                    cert.verify_directly_issued_by(ca.cert)
-                except (ValueError, TypeError, InvalidSignature):
-                    continue
-                return ca
+    def issuer_of(self, cert: x509.Certificate, *, verified: bool = False) -> CaRecord | None:
+        """The registered CA that signed ``cert``, if any. ``verified``: a TLS
+        handshake has verified its signature against the CAs trusted then (the
+        active ones); when a single registered CA has its issuer's name, that is
+        the one, and the signature is not checked again (about 160 us, a tenth of
+        the CPU of the connection that triggers JITP)."""
+        named = [ca for ca in self.cas.values() if ca.cert.subject == cert.issuer]
+        if verified and len(named) == 1:
+            return named[0]
+        for ca in named:
+            try:
+                cert.verify_directly_issued_by(ca.cert)
+            except (ValueError, TypeError, InvalidSignature):
+                continue
+            return ca
         return None
 
     def provision(self, cert: x509.Certificate, ca: CaRecord) -> CertRecord:

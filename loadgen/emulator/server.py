@@ -176,13 +176,18 @@ class Emulator:
     def admit(self, cert: x509.Certificate) -> CertRecord | str:
         """The certificate's record when its MQTT session may go on, else why the
         connection is closed."""
+        return self.admit_handshake(cert, verified=False)
+
+    def admit_handshake(self, cert: x509.Certificate, *, verified: bool = True) -> CertRecord | str:
+        """``admit``, for the certificate of a session, whose TLS handshake
+        verified its chain against the active CAs (``Registry.issuer_of``)."""
         registry = self.registry
         record = registry.certificates.get(certificate_id(cert))
         if record is not None:
             if record.status is CertStatus.ACTIVE:
                 return record
             return f"certificate {record.status.value}"
-        ca = registry.issuer_of(cert)
+        ca = registry.issuer_of(cert, verified=verified)
         if ca is None or not ca.active:
             return "unknown CA"
         if not ca.auto_registration:
@@ -226,7 +231,7 @@ class _Session(asyncio.Protocol):
         # uvloop's TLS transport is no asyncio.Transport subclass, but is one.
         self.transport = cast(asyncio.Transport, transport)
         self.der = transport.get_extra_info("ssl_object").getpeercert(binary_form=True)
-        admitted = self.emulator.admit(x509.load_der_x509_certificate(self.der))
+        admitted = self.emulator.admit_handshake(x509.load_der_x509_certificate(self.der))
         if isinstance(admitted, str):
             self.emulator.stats.connects[admitted.split(":")[0]] += 1
             self.transport.close()
