@@ -21,7 +21,8 @@ from loadgen.certs.mint import MintRequest, mint
 from loadgen.certs.profile import Profile
 from loadgen.certs.store import FleetStore
 from loadgen.emulator.defaults import REGISTRATION_CONFIG
-from loadgen.emulator.registry import Registry, jitp_parameters
+from loadgen.emulator.registry import CertRecord, CertStatus, Registry, jitp_parameters
+from loadgen.emulator.server import Emulator
 from tests.test_emulator_robustness import _client_context, _open, _serve
 
 
@@ -147,3 +148,22 @@ def test_the_issuer_of_a_handshake_verified_certificate_is_found_by_name_or_by_s
     signer = twins.register_ca(second.cert, REGISTRATION_CONFIG)
     assert twins.issuer_of(cert, verified=True) is signer
     assert twins.issuer_of(cert) is signer
+
+
+def test_a_session_is_admitted_from_its_certificate_s_der_as_from_the_certificate(
+    device_ca, small_fleet
+):
+    registry = Registry()
+    registry.register_ca(device_ca.cert, REGISTRATION_CONFIG)
+    emulator = Emulator(registry, "unused.pem", "unused.key")
+    device, other = [d for d in small_fleet.devices() if d.fault is None][:2]
+    cert = x509.load_pem_x509_certificate((small_fleet.path / device.cert).read_bytes())
+    der = cert.public_bytes(Encoding.DER)
+    assert "provisioned" in emulator.admit_handshake(der)  # JITP, from the DER
+    record = emulator.admit_handshake(der)
+    assert isinstance(record, CertRecord) and record is emulator.admit(cert)
+    registry.set_certificate_status(record, CertStatus.REVOKED)
+    assert emulator.admit_handshake(der) == emulator.admit(cert) == "certificate REVOKED"
+    other_cert = x509.load_pem_x509_certificate((small_fleet.path / other.cert).read_bytes())
+    assert "provisioned" in emulator.admit(other_cert)
+    assert emulator.stats.provision["Success"] == 2

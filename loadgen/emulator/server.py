@@ -15,6 +15,7 @@ What a device meets, as on AWS IoT:
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import ssl
 from collections import Counter
 from collections.abc import Callable
@@ -176,17 +177,24 @@ class Emulator:
     def admit(self, cert: x509.Certificate) -> CertRecord | str:
         """The certificate's record when its MQTT session may go on, else why the
         connection is closed."""
-        return self.admit_handshake(cert, verified=False)
-
-    def admit_handshake(self, cert: x509.Certificate, *, verified: bool = True) -> CertRecord | str:
-        """``admit``, for the certificate of a session, whose TLS handshake
-        verified its chain against the active CAs (``Registry.issuer_of``)."""
-        registry = self.registry
-        record = registry.certificates.get(certificate_id(cert))
+        record = self.registry.certificates.get(certificate_id(cert))
         if record is not None:
-            if record.status is CertStatus.ACTIVE:
-                return record
-            return f"certificate {record.status.value}"
+            return _known(record)
+        return self._unknown(cert, verified=False)
+
+    def admit_handshake(self, der: bytes) -> CertRecord | str:
+        """``admit``, for the certificate (DER) of a session, whose TLS handshake
+        verified its chain against the active CAs. A known certificate needs only
+        its id: the DER is parsed only for one the registry does not know yet."""
+        record = self.registry.certificates.get(hashlib.sha256(der).hexdigest())
+        if record is not None:
+            return _known(record)
+        return self._unknown(x509.load_der_x509_certificate(der), verified=True)
+
+    def _unknown(self, cert: x509.Certificate, *, verified: bool) -> str:
+        """A certificate the registry does not know: JITP, or why not
+        (``verified``: see ``Registry.issuer_of``)."""
+        registry = self.registry
         ca = registry.issuer_of(cert, verified=verified)
         if ca is None or not ca.active:
             return "unknown CA"
@@ -205,6 +213,12 @@ class Emulator:
             return f"provisioning failed: {exc}"
         self.stats.provision["Success"] += 1
         return "provisioned (JITP closes the first connection)"
+
+
+def _known(record: CertRecord) -> CertRecord | str:
+    if record.status is CertStatus.ACTIVE:
+        return record
+    return f"certificate {record.status.value}"
 
 
 class _Session(asyncio.Protocol):
@@ -231,7 +245,7 @@ class _Session(asyncio.Protocol):
         # uvloop's TLS transport is no asyncio.Transport subclass, but is one.
         self.transport = cast(asyncio.Transport, transport)
         self.der = transport.get_extra_info("ssl_object").getpeercert(binary_form=True)
-        admitted = self.emulator.admit_handshake(x509.load_der_x509_certificate(self.der))
+        admitted = self.emulator.admit_handshake(self.der)
         if isinstance(admitted, str):
             self.emulator.stats.connects[admitted.split(":")[0]] += 1
             self.transport.close()
