@@ -20,6 +20,7 @@ import os
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import uvloop
@@ -28,12 +29,12 @@ from loadgen import mqtt
 from loadgen.certs.ca import init_ca
 from loadgen.certs.mint import MintRequest, mint
 from loadgen.certs.store import Device, FleetStore
-from loadgen.emulator.serve import start_embedded
+from loadgen.emulator.serve import EmbeddedEmulator, start_embedded
 from loadgen.transport.client import MqttClient, Target, connect
 from loadgen.transport.errors import TransportError
 from loadgen.transport.timing import AttemptTimes
 from loadgen.transport.tls import ClientTls
-from tests.brokers import start_mosquitto
+from tests.brokers import Mosquitto, start_mosquitto
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -115,8 +116,11 @@ async def _hold_all(
             client.disconnect()
 
 
-def _hold(args: argparse.Namespace) -> None:
-    rows: dict[str, list[tuple[int, int, int]]] = {"emulator": [], "mosquitto": []}
+def _rounds(
+    args: argparse.Namespace,
+) -> Iterator[tuple[FleetStore, list[Device], EmbeddedEmulator, Mosquitto]]:
+    """Per repeat: a new fleet, an emulator (quotas off) and mosquitto trusting its
+    CA, stopped after the round."""
     with tempfile.TemporaryDirectory(prefix="loadgen-bench-", dir="/dev/shm") as tmp:
         root = Path(tmp)
         ca = init_ca(root / "ca")
@@ -124,30 +128,36 @@ def _hold(args: argparse.Namespace) -> None:
             fleet_path = root / f"fleet-{repeat}"
             mint(MintRequest(fleet_path, ca.directory, args.devices, workers=2, seed=repeat))
             fleet = FleetStore(fleet_path)
-            devices = list(fleet.devices())
+            state = root / f"emulator-{repeat}"
             off = {"connect": "off", "connect-per-client": "off", "provision": "off"}
-            emulator = start_embedded(ca.directory, None, root / f"emulator-{repeat}", quotas=off)
+            emulator = start_embedded(ca.directory, None, state, quotas=off)
             broker = start_mosquitto(root / f"broker-{repeat}", ca.directory / "ca.pem")
             try:
-                pid = emulator.process.pid
-                uvloop.run(_connect_all(emulator.port, emulator.server_ca, fleet, devices))
-                rows["emulator"].append(
-                    uvloop.run(_hold_all(pid, emulator.port, emulator.server_ca, fleet, devices))
-                )
-                rows["mosquitto"].append(
-                    uvloop.run(
-                        _hold_all(
-                            broker.process.pid,
-                            broker.tls_port,
-                            broker.server_ca.directory / "ca.pem",
-                            fleet,
-                            devices,
-                        )
-                    )
-                )
+                yield fleet, list(fleet.devices()), emulator, broker
             finally:
                 emulator.stop()
                 broker.stop()
+
+
+def _hold(args: argparse.Namespace) -> None:
+    rows: dict[str, list[tuple[int, int, int]]] = {"emulator": [], "mosquitto": []}
+    for fleet, devices, emulator, broker in _rounds(args):
+        pid = emulator.process.pid
+        uvloop.run(_connect_all(emulator.port, emulator.server_ca, fleet, devices))
+        rows["emulator"].append(
+            uvloop.run(_hold_all(pid, emulator.port, emulator.server_ca, fleet, devices))
+        )
+        rows["mosquitto"].append(
+            uvloop.run(
+                _hold_all(
+                    broker.process.pid,
+                    broker.tls_port,
+                    broker.server_ca.directory / "ca.pem",
+                    fleet,
+                    devices,
+                )
+            )
+        )
     print(
         f"{args.devices} devices held, {args.repeats} runs, EC P-256, TLS 1.3, loopback; "
         "server RSS per held device (total, and growth from before they connected)"
@@ -189,40 +199,25 @@ def main() -> None:
         _hold(args)
         return
     rows: dict[str, list[float]] = {"jitp": [], "reconnect": [], "mosquitto": []}
-    with tempfile.TemporaryDirectory(prefix="loadgen-bench-", dir="/dev/shm") as tmp:
-        root = Path(tmp)
-        ca = init_ca(root / "ca")
-        for repeat in range(args.repeats):
-            fleet_path = root / f"fleet-{repeat}"
-            mint(MintRequest(fleet_path, ca.directory, args.devices, workers=2, seed=repeat))
-            fleet = FleetStore(fleet_path)
-            devices = list(fleet.devices())
-            state = root / f"emulator-{repeat}"
-            off = {"connect": "off", "connect-per-client": "off", "provision": "off"}
-            emulator = start_embedded(ca.directory, None, state, quotas=off)
-            port, server_ca = emulator.port, emulator.server_ca
-            broker = start_mosquitto(root / f"broker-{repeat}", ca.directory / "ca.pem")
-            try:
-                # The JITP connect: the trigger (provisioning, closed), then the reconnect.
-                pid = emulator.process.pid
-                trigger, _ = _measure(pid, port, server_ca, fleet, devices)
-                first, connected = _measure(pid, port, server_ca, fleet, devices)
-                assert connected == len(devices), connected
-                again, connected = _measure(pid, port, server_ca, fleet, devices)
-                rows["jitp"].append(trigger + first)
-                rows["reconnect"].append(again)
-                mosq, connected = _measure(
-                    broker.process.pid,
-                    broker.tls_port,
-                    broker.server_ca.directory / "ca.pem",
-                    fleet,
-                    devices,
-                )
-                assert connected == len(devices), connected
-                rows["mosquitto"].append(mosq)
-            finally:
-                emulator.stop()
-                broker.stop()
+    for fleet, devices, emulator, broker in _rounds(args):
+        port, server_ca = emulator.port, emulator.server_ca
+        # The JITP connect: the trigger (provisioning, closed), then the reconnect.
+        pid = emulator.process.pid
+        trigger, _ = _measure(pid, port, server_ca, fleet, devices)
+        first, connected = _measure(pid, port, server_ca, fleet, devices)
+        assert connected == len(devices), connected
+        again, connected = _measure(pid, port, server_ca, fleet, devices)
+        rows["jitp"].append(trigger + first)
+        rows["reconnect"].append(again)
+        mosq, connected = _measure(
+            broker.process.pid,
+            broker.tls_port,
+            broker.server_ca.directory / "ca.pem",
+            fleet,
+            devices,
+        )
+        assert connected == len(devices), connected
+        rows["mosquitto"].append(mosq)
     m = {k: statistics.median(v) for k, v in rows.items()}
     print(
         f"{args.devices} devices, {args.repeats} runs, EC P-256, TLS 1.3, loopback; "

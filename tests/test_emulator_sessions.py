@@ -26,6 +26,18 @@ from loadgen.emulator.server import Emulator
 from tests.test_emulator_robustness import _client_context, _open, _serve
 
 
+async def _provisioned(tmp_path, device_ca, fleet):
+    """An emulator in this process, and a device of ``fleet`` it has provisioned
+    (the connection that triggered JITP, closed): (emulator, server, port, that
+    device's TLS context, the device)."""
+    emulator, server, port, server_ca = await _serve(tmp_path, device_ca)
+    device = next(d for d in fleet.devices() if d.fault is None)
+    context = _client_context(fleet, device, server_ca)
+    _, writer = await _open(port, context)
+    writer.close()
+    return emulator, server, port, context, device
+
+
 async def _connack(reader: asyncio.StreamReader) -> mqtt.Packet:
     decoder, packets = mqtt.Decoder(mqtt.MQTT_5), []
     while not packets:
@@ -38,12 +50,9 @@ async def _connack(reader: asyncio.StreamReader) -> mqtt.Packet:
 async def test_a_device_is_sent_no_session_ticket_it_would_never_resume(
     tmp_path, device_ca, small_fleet
 ):
-    _, server, port, server_ca = await _serve(tmp_path, device_ca)
-    device = next(d for d in small_fleet.devices() if d.fault is None)
     async with asyncio.timeout(30):
-        _, writer = await _open(port, _client_context(small_fleet, device, server_ca))
-        writer.close()  # JITP's connection, closed by the emulator
-        reader, writer = await _open(port, _client_context(small_fleet, device, server_ca))
+        _, server, port, context, device = await _provisioned(tmp_path, device_ca, small_fleet)
+        reader, writer = await _open(port, context)
         writer.write(mqtt.encode(mqtt.Connect(device.client_id), mqtt.MQTT_5))
         connack = await _connack(reader)
         # TLS 1.3 tickets follow the server's Finished, before anything else it
@@ -110,13 +119,12 @@ def test_a_subject_in_a_string_type_devices_seldom_use_is_read_all_the_same(devi
 async def test_a_disconnect_ends_the_connection_from_the_emulator_side(
     tmp_path, device_ca, small_fleet
 ):
-    emulator, server, port, server_ca = await _serve(tmp_path, device_ca)
-    device = next(d for d in small_fleet.devices() if d.fault is None)
     async with asyncio.timeout(30):
-        _, writer = await _open(port, _client_context(small_fleet, device, server_ca))
-        writer.close()  # JITP's connection
+        emulator, server, port, context, device = await _provisioned(
+            tmp_path, device_ca, small_fleet
+        )
         for _ in range(2):  # and it is served again after it
-            reader, writer = await _open(port, _client_context(small_fleet, device, server_ca))
+            reader, writer = await _open(port, context)
             writer.write(mqtt.encode(mqtt.Connect(device.client_id), mqtt.MQTT_5))
             assert isinstance(await _connack(reader), mqtt.ConnAck)
             writer.write(mqtt.encode(mqtt.Disconnect(), mqtt.MQTT_5))
