@@ -4,8 +4,15 @@ connect, measured in the same run.
 
     .venv/bin/python -m bench.emulator [--devices 1000] [--repeats 3] [--processes N]
 
-With ``--processes N`` the emulator's CPU is all of its processes': the
-account process and its N serving processes (N=1: one process serves all).
+With ``--processes N`` the emulator's CPU (and memory) is all of its processes':
+the account process and its N serving processes (N=1: one process serves all).
+
+With ``--hold``: the memory per held device instead, the emulator's and
+mosquitto's in the same run (each server's RSS with all the devices connected
+and held, divided by the devices held; and its growth from before they
+connected, divided by the same).
+
+    .venv/bin/python -m bench.emulator --hold [--devices 3000] [--repeats 2]
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import os
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import uvloop
@@ -24,12 +32,12 @@ from loadgen import mqtt
 from loadgen.certs.ca import init_ca
 from loadgen.certs.mint import MintRequest, mint
 from loadgen.certs.store import Device, FleetStore
-from loadgen.emulator.serve import start_embedded
-from loadgen.transport.client import Target, connect
+from loadgen.emulator.serve import EmbeddedEmulator, start_embedded
+from loadgen.transport.client import MqttClient, Target, connect
 from loadgen.transport.errors import TransportError
 from loadgen.transport.timing import AttemptTimes
 from loadgen.transport.tls import ClientTls
-from tests.brokers import start_mosquitto
+from tests.brokers import Mosquitto, start_mosquitto
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -77,6 +85,121 @@ def _children(pid: int) -> list[int]:
     return [int(p) for p in path.read_text().split()] if path.exists() else []
 
 
+def rss_kib(pids: list[int]) -> int:
+    """Resident memory of processes, in KiB, from /proc."""
+    total = 0
+    for pid in pids:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1])
+                break
+        else:
+            raise RuntimeError(f"no VmRSS for process {pid}")
+    return total
+
+
+async def _hold_all(
+    pids: list[int], port: int, server_ca: Path, fleet: FleetStore, devices: list[Device]
+) -> tuple[int, int, int]:
+    """Connect every device and keep them all connected; (the server's RSS before,
+    its RSS with them held, how many are held), in KiB."""
+    tls = ClientTls(ca_file=server_ca)
+    slots = asyncio.Semaphore(50)
+    held: list[MqttClient] = []
+    before = rss_kib(pids)
+
+    async def one(device: Device) -> None:
+        session = tls.session(fleet.path / device.cert, fleet.path / device.key, "localhost")
+        async with slots:
+            try:
+                async with asyncio.timeout(10):
+                    # A keepalive longer than the hold: no PINGREQ meanwhile.
+                    connect_packet = mqtt.Connect(device.client_id, keepalive=600)
+                    client = await connect(
+                        Target("127.0.0.1", port),
+                        session,
+                        connect_packet,
+                        AttemptTimes(time.monotonic()),
+                    )
+            except (TransportError, TimeoutError):
+                return
+            held.append(client)
+
+    try:
+        await asyncio.gather(*(one(d) for d in devices))
+        await asyncio.sleep(1.0)  # the server done with the last handshakes
+        return before, rss_kib(pids), len(held)
+    finally:
+        for client in held:
+            client.disconnect()
+
+
+def _rounds(
+    args: argparse.Namespace,
+) -> Iterator[tuple[FleetStore, list[Device], EmbeddedEmulator, Mosquitto]]:
+    """Per repeat: a new fleet, an emulator (quotas off) and mosquitto trusting its
+    CA, stopped after the round."""
+    with tempfile.TemporaryDirectory(prefix="loadgen-bench-", dir="/dev/shm") as tmp:
+        root = Path(tmp)
+        ca = init_ca(root / "ca")
+        for repeat in range(args.repeats):
+            fleet_path = root / f"fleet-{repeat}"
+            mint(MintRequest(fleet_path, ca.directory, args.devices, workers=2, seed=repeat))
+            fleet = FleetStore(fleet_path)
+            state = root / f"emulator-{repeat}"
+            off = {"connect": "off", "connect-per-client": "off", "provision": "off"}
+            emulator = start_embedded(
+                ca.directory, None, state, quotas=off, processes=args.processes
+            )
+            broker = start_mosquitto(root / f"broker-{repeat}", ca.directory / "ca.pem")
+            try:
+                yield fleet, list(fleet.devices()), emulator, broker
+            finally:
+                emulator.stop()
+                broker.stop()
+
+
+def _hold(args: argparse.Namespace) -> None:
+    rows: dict[str, list[tuple[int, int, int]]] = {"emulator": [], "mosquitto": []}
+    for fleet, devices, emulator, broker in _rounds(args):
+        pids = [emulator.process.pid, *_children(emulator.process.pid)]
+        uvloop.run(_connect_all(emulator.port, emulator.server_ca, fleet, devices))
+        rows["emulator"].append(
+            uvloop.run(_hold_all(pids, emulator.port, emulator.server_ca, fleet, devices))
+        )
+        rows["mosquitto"].append(
+            uvloop.run(
+                _hold_all(
+                    [broker.process.pid],
+                    broker.tls_port,
+                    broker.server_ca.directory / "ca.pem",
+                    fleet,
+                    devices,
+                )
+            )
+        )
+    print(
+        f"{args.devices} devices held, {args.repeats} runs, EC P-256, TLS 1.3, loopback; "
+        "server RSS per held device (total, and growth from before they connected)"
+    )
+    print()
+    print("| server | held | KiB per held device (median) | growth per held device | runs |")
+    print("| --- | ---: | ---: | ---: | --- |")
+    for key in ("mosquitto", "emulator"):
+        total = [after / n for _, after, n in rows[key]]
+        growth = [(after - before) / n for before, after, n in rows[key]]
+        runs = ", ".join(f"{t:.1f} / {g:.1f}" for t, g in zip(total, growth, strict=True))
+        print(
+            f"| {key} | {min(n for _, _, n in rows[key])} | {statistics.median(total):.1f} "
+            f"| {statistics.median(growth):.1f} | {runs} |"
+        )
+    ratio = statistics.median(
+        (e[1] / e[2]) / (m[1] / m[2])
+        for e, m in zip(rows["emulator"], rows["mosquitto"], strict=True)
+    )
+    print(f"\nemulator / mosquitto, KiB per held device, same runs (median): {ratio:.2f}x")
+
+
 def _measure(pids: list[int], port: int, server_ca: Path, fleet: FleetStore, devices: list[Device]):
     before = tree_cpu_seconds(pids)
     connected = uvloop.run(_connect_all(port, server_ca, fleet, devices))
@@ -88,45 +211,34 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--devices", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--hold", action="store_true", help="memory per held device instead of CPU per connect"
+    )
     parser.add_argument("--processes", type=int, default=1, help="the emulator's --processes")
     args = parser.parse_args()
+    if args.hold:
+        _hold(args)
+        return
     rows: dict[str, list[float]] = {"jitp": [], "reconnect": [], "mosquitto": []}
-    with tempfile.TemporaryDirectory(prefix="loadgen-bench-", dir="/dev/shm") as tmp:
-        root = Path(tmp)
-        ca = init_ca(root / "ca")
-        for repeat in range(args.repeats):
-            fleet_path = root / f"fleet-{repeat}"
-            mint(MintRequest(fleet_path, ca.directory, args.devices, workers=2, seed=repeat))
-            fleet = FleetStore(fleet_path)
-            devices = list(fleet.devices())
-            state = root / f"emulator-{repeat}"
-            off = {"connect": "off", "connect-per-client": "off", "provision": "off"}
-            emulator = start_embedded(
-                ca.directory, None, state, quotas=off, processes=args.processes
-            )
-            port, server_ca = emulator.port, emulator.server_ca
-            broker = start_mosquitto(root / f"broker-{repeat}", ca.directory / "ca.pem")
-            try:
-                # The JITP connect: the trigger (provisioning, closed), then the reconnect.
-                pids = [emulator.process.pid, *_children(emulator.process.pid)]
-                trigger, _ = _measure(pids, port, server_ca, fleet, devices)
-                first, connected = _measure(pids, port, server_ca, fleet, devices)
-                assert connected == len(devices), connected
-                again, connected = _measure(pids, port, server_ca, fleet, devices)
-                rows["jitp"].append(trigger + first)
-                rows["reconnect"].append(again)
-                mosq, connected = _measure(
-                    [broker.process.pid],
-                    broker.tls_port,
-                    broker.server_ca.directory / "ca.pem",
-                    fleet,
-                    devices,
-                )
-                assert connected == len(devices), connected
-                rows["mosquitto"].append(mosq)
-            finally:
-                emulator.stop()
-                broker.stop()
+    for fleet, devices, emulator, broker in _rounds(args):
+        port, server_ca = emulator.port, emulator.server_ca
+        # The JITP connect: the trigger (provisioning, closed), then the reconnect.
+        pids = [emulator.process.pid, *_children(emulator.process.pid)]
+        trigger, _ = _measure(pids, port, server_ca, fleet, devices)
+        first, connected = _measure(pids, port, server_ca, fleet, devices)
+        assert connected == len(devices), connected
+        again, connected = _measure(pids, port, server_ca, fleet, devices)
+        rows["jitp"].append(trigger + first)
+        rows["reconnect"].append(again)
+        mosq, connected = _measure(
+            [broker.process.pid],
+            broker.tls_port,
+            broker.server_ca.directory / "ca.pem",
+            fleet,
+            devices,
+        )
+        assert connected == len(devices), connected
+        rows["mosquitto"].append(mosq)
     m = {k: statistics.median(v) for k, v in rows.items()}
     print(
         f"{args.devices} devices, {args.repeats} runs, EC P-256, TLS 1.3, loopback; "

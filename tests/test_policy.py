@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import fnmatch
 import json
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from loadgen.emulator import policy
 
@@ -60,3 +63,41 @@ def test_topics_are_matched_case_sensitively():
 def test_a_document_without_statements_is_refused():
     with pytest.raises(policy.PolicyError):
         policy.parse('{"Version": "2012-10-17"}')
+
+
+_GLOB_CHARS = st.sampled_from("ab/*?[]")
+
+
+@given(st.text(_GLOB_CHARS, max_size=8), st.text(_GLOB_CHARS, max_size=8))
+def test_wildcards_match_as_fnmatch_with_brackets_plain(value, pattern):
+    assert policy.glob(value, pattern) == fnmatch.fnmatchcase(value, pattern.replace("[", "[[]"))
+
+
+def test_a_wildcard_takes_any_characters_slashes_too_and_a_question_mark_one():
+    assert policy.glob("topic/dt/bulb-1/status", "topic/*/bulb-1/*")
+    assert policy.glob("topic/dt/bulb-1/", "topic/*/bulb-1/*")
+    assert not policy.glob("topic/dt/bulb-12/status", "topic/*/bulb-1/*x")
+    assert policy.glob("bulb-1", "bulb-?")
+    assert not policy.glob("bulb-10", "bulb-?")
+    assert policy.glob("a[1]", "a[1]")
+
+
+def test_a_connection_keeps_only_the_variables_its_policies_use_and_gets_the_same_answers():
+    policies = _policy(
+        _allow("iot:Connect", "arn:aws:iot:*:*:client/${iot:ClientId}"),
+        _allow("iot:Publish", "arn:aws:iot:*:*:topic/${iot:Certificate.Subject.Country}/*"),
+        _allow("iot:Subscribe", "arn:aws:iot:*:*:topicfilter/${iot:Connection.Thing.ThingName}"),
+    )
+    parameters = {"AWS::IoT::Certificate::Country": "DE", "AWS::IoT::Certificate::Id": "ab" * 32}
+    variables = policy.connection_variables("bulb-1", "ab" * 32, parameters, None)
+    kept = policy.only(variables, policies)
+    assert kept == {"iot:ClientId": "bulb-1", "iot:Certificate.Subject.Country": "DE"}
+    for action, resource in [
+        ("iot:Connect", CLIENT),
+        ("iot:Connect", policy.arn("client", "bulb-2")),
+        ("iot:Publish", policy.arn("topic", "DE/bulb-1")),
+        ("iot:Publish", policy.arn("topic", "FR/bulb-1")),
+        ("iot:Subscribe", policy.arn("topicfilter", "bulb-1")),  # no thing: never
+    ]:
+        expected = policy.allowed(policies, action, resource, variables)
+        assert policy.allowed(policies, action, resource, kept) == expected, (action, resource)

@@ -90,7 +90,8 @@ class LocalAccount:
         cert_id = hashlib.sha256(der).hexdigest()
         record = self.registry.certificates.get(cert_id)
         if record is None:
-            return self._unknown(x509.load_der_x509_certificate(der))
+            # Its chain was verified by the handshake (see Registry.issuer_of).
+            return self._unknown(x509.load_der_x509_certificate(der), verified=True)
         if record.status is not CertStatus.ACTIVE:
             return f"certificate {record.status.value}"
         return self.admission_of(record)
@@ -117,10 +118,11 @@ class LocalAccount:
             return record
         return f"certificate {record.status.value}"
 
-    def _unknown(self, cert: x509.Certificate) -> str:
-        """A certificate the registry does not know: JITP, or why not."""
+    def _unknown(self, cert: x509.Certificate, *, verified: bool = False) -> str:
+        """A certificate the registry does not know: JITP, or why not
+        (``verified``: see ``Registry.issuer_of``)."""
         registry = self.registry
-        ca = registry.issuer_of(cert)
+        ca = registry.issuer_of(cert, verified=verified)
         if ca is None or not ca.active:
             return "unknown CA"
         if not ca.auto_registration:

@@ -8,7 +8,6 @@ connection does not match (as on AWS, where it cannot grant anything).
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import re
 from dataclasses import dataclass
@@ -86,6 +85,20 @@ def connection_variables(
     return variables
 
 
+def only(variables: dict[str, str], policies: list[list[Statement]]) -> dict[str, str]:
+    """Those of ``variables`` that ``policies`` refer to: the same answers from
+    ``allowed`` for these policies, in what a connection keeps."""
+    used = {
+        name
+        for statements in policies
+        for s in statements
+        for pattern in s.actions + s.resources
+        if "${" in pattern
+        for name in _VARIABLE.findall(pattern)
+    }
+    return {name: value for name, value in variables.items() if name in used}
+
+
 def arn(kind: str, name: str) -> str:
     """client/ID, topic/NAME or topicfilter/FILTER in the emulated account."""
     return f"arn:aws:iot:{REGION}:{ACCOUNT}:{kind}/{name}"
@@ -106,6 +119,44 @@ def _expand(pattern: str, variables: dict[str, str]) -> str | None:
     return None if missing else expanded
 
 
+def _same(value: str, at: int, part: str) -> bool:
+    """``part`` (``?`` any one character) matches ``value`` from ``at``."""
+    return all(p == "?" or p == v for p, v in zip(part, value[at : at + len(part)], strict=True))
+
+
+def _find(value: str, part: str, start: int, end: int) -> int:
+    """Where ``part`` first matches within ``value[start:end]``, or -1."""
+    if "?" not in part:
+        return value.find(part, start, end)
+    for at in range(start, end - len(part) + 1):
+        if _same(value, at, part):
+            return at
+    return -1
+
+
+def glob(value: str, pattern: str) -> bool:
+    """AWS's wildcards: ``*`` any characters (``/`` too), ``?`` any one; all else
+    plain, brackets included. Without a regular expression: a pattern holding a
+    policy variable is a new pattern for every device, and compiling one per
+    connect (``fnmatch``) cost more than the rest of the CONNECT."""
+    parts = pattern.split("*")
+    if len(parts) == 1:
+        return len(value) == len(pattern) and _same(value, 0, pattern)
+    first, last = parts[0], parts[-1]
+    end = len(value) - len(last)
+    if end < len(first) or not _same(value, 0, first) or not _same(value, end, last):
+        return False
+    # Each part between stars at its leftmost place leaves the most room for the
+    # next: if that fails, every other placement does.
+    at = len(first)
+    for part in parts[1:-1]:
+        found = _find(value, part, at, end)
+        if found < 0:
+            return False
+        at = found + len(part)
+    return True
+
+
 def _matches(
     patterns: tuple[str, ...], value: str, *, fold: bool, variables: dict[str, str]
 ) -> bool:
@@ -113,12 +164,10 @@ def _matches(
         expanded = _expand(pattern, variables) if "${" in pattern else pattern
         if expanded is None:
             continue
-        # AWS wildcards are * and ?; a bracket is a plain character there.
-        expanded = expanded.replace("[", "[[]")
         if fold:
-            if fnmatch.fnmatch(value.lower(), expanded.lower()):
+            if glob(value.lower(), expanded.lower()):
                 return True
-        elif fnmatch.fnmatchcase(value, expanded):
+        elif glob(value, expanded):
             return True
     return False
 

@@ -20,7 +20,7 @@ import ssl
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, Literal, cast, overload
 
 from cryptography import x509
 
@@ -43,6 +43,23 @@ CLOSE_REASONS = (
     "slow consumer",
     "protocol error",
 )
+
+
+class _ServerSslObject(ssl.SSLObject):
+    """The sessions' TLS objects. uvloop asks each for the client's certificate
+    as a dict at the end of its handshake (the transport's ``peercert``): OpenSSL
+    reads it into Python strings, kept with the connection (about 2.8 KiB each,
+    and time at every handshake) for nobody here, who read its DER. The dict
+    form is None here (as for a peer without a certificate); the DER is as it is."""
+
+    @overload
+    def getpeercert(self, binary_form: Literal[False] = False) -> None: ...
+    @overload
+    def getpeercert(self, binary_form: Literal[True]) -> bytes | None: ...
+    @overload
+    def getpeercert(self, binary_form: bool) -> Any: ...
+    def getpeercert(self, binary_form: bool = False) -> Any:
+        return super().getpeercert(True) if binary_form else None
 
 
 @dataclass
@@ -166,6 +183,13 @@ class Emulator:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(self.server_cert, self.server_key)
         context.verify_mode = ssl.CERT_REQUIRED
+        # Devices never resume a TLS session (each connect is a full handshake,
+        # as a fleet's first contact is): tickets would cost two encodings of the
+        # session, the peer's certificate decoded again each (OpenSSL 3.0), and
+        # the client's memory to keep them. SSL_MODE_RELEASE_BUFFERS, the other
+        # memory lever, Python's ssl already sets on every context.
+        context.num_tickets = 0
+        context.sslobject_class = _ServerSslObject
         if cas:
             context.load_verify_locations(cadata="".join(cas))
         self._contexts = {cas: context}
@@ -317,14 +341,19 @@ class _Session(asyncio.Protocol):
         # AWS knows the thing when the client id is the name of a thing the
         # certificate is attached to.
         attached = client_id in admission.things
-        self.variables = policy.connection_variables(
+        variables = policy.connection_variables(
             client_id,
             admission.cert_id,
-            jitp_parameters(x509.load_der_x509_certificate(self.der)),
+            jitp_parameters(self.der),
             client_id if attached else None,
             admission.things[client_id] if attached else None,
         )
         self.policies = self.emulator.parsed_policies(admission.policies)
+        # Kept for the session's later checks: only what its policies refer to
+        # (most are a thing name), and not the certificate (about 1.6 KiB less
+        # per held connection).
+        self.variables = policy.only(variables, self.policies)
+        self.der = b""
         v5 = packet.protocol_version == mqtt.MQTT_5
         if exceeded is not None:
             self.emulator.stats.throttles[exceeded] += 1
@@ -461,7 +490,9 @@ class _Session(asyncio.Protocol):
         elif isinstance(packet, mqtt.PingReq):
             send(self.conn.send(mqtt.PingResp()))
         elif isinstance(packet, mqtt.Disconnect):
-            self.transport.close()
+            # The client is done: no TLS shutdown (close_notify, waiting for the
+            # peer's), which cost about a tenth of a connect's CPU.
+            self.transport.abort()
 
     def deliver(self, packet: mqtt.Publish) -> None:
         """A PUBLISH from another device, if a filter matches and the policy

@@ -210,6 +210,8 @@ class Decoder:
     before it is buffered.
     """
 
+    __slots__ = ("_buffer", "max_packet_size", "version")
+
     def __init__(self, version: int | None = None, max_packet_size: int = MAX_PACKET_SIZE):
         if version is not None and version not in _VERSIONS:
             raise ValueError(f"unsupported MQTT version {version}")
