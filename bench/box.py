@@ -8,8 +8,8 @@ It runs the real `loadgen run` (and `loadgen capacity` for the knee) on a fleet
 in /dev/shm, and watches the process tree from outside: the generator (the run
 and its workers) and the emulator (its account and serving processes). Devices
 held are the emulator's ESTABLISHED TCP sockets, read from /proc; memory is the
-processes' RSS summed (shared pages counted in each process, so an upper bound),
-sampled while every device is held.
+processes' RSS summed (shared pages counted in each process, so an upper bound;
+PSS beside it), sampled while every device is held.
 """
 
 from __future__ import annotations
@@ -47,6 +47,17 @@ class Proc:
     cmdline: str
     rss: int  # bytes
     cpu: float  # seconds, user + system
+
+    def pss(self) -> int:
+        """Its proportional share of memory (pages shared with other processes,
+        the interpreter's and the libraries', split among them), in bytes."""
+        try:
+            for line in Path(f"/proc/{self.pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        return 0
 
 
 def processes() -> dict[int, Proc]:
@@ -124,6 +135,8 @@ class Sample:
     held: int
     generator_rss: int
     emulator_rss: int
+    generator_pss: int
+    emulator_pss: int
     generator_processes: int
     emulator_processes: int
 
@@ -160,6 +173,8 @@ class Watch:
                 established(socket_inodes([p.pid for p in emulator])),
                 sum(p.rss for p in generator),
                 sum(p.rss for p in emulator),
+                sum(p.pss() for p in generator),
+                sum(p.pss() for p in emulator),
                 len(generator),
                 len(emulator),
             )
@@ -260,7 +275,10 @@ def held_run(args: argparse.Namespace, tmp: Path) -> dict[str, object]:
     thread = threading.Thread(target=watch.run, daemon=True)
     thread.start()
     try:
-        run.wait(timeout=ramp + args.plateau + 600)
+        # Each device holds for the ramp and the plateau from its own start.
+        run.wait(timeout=2 * ramp + args.plateau + 600)
+    except subprocess.TimeoutExpired:
+        pass
     finally:
         watch.stop.set()
         thread.join()
@@ -290,6 +308,8 @@ def held_run(args: argparse.Namespace, tmp: Path) -> dict[str, object]:
         "emulator_processes": max((s.emulator_processes for s in plateau), default=0),
         "generator_kib_per_held": per_held([s.generator_rss for s in plateau]),
         "emulator_kib_per_held": per_held([s.emulator_rss for s in plateau]),
+        "generator_pss_kib_per_held": per_held([s.generator_pss for s in plateau]),
+        "emulator_pss_kib_per_held": per_held([s.emulator_pss for s in plateau]),
         "target_per_s": data["rate"]["target_per_s"],
         "achieved_per_s": data["rate"]["achieved_per_s"],
         # The report's own count (every worker's CPU, whole life); the emulator's
@@ -368,6 +388,9 @@ def main() -> None:
     parser.add_argument("--knee-step", type=float, default=50.0)
     parser.add_argument("--knee-steps", type=int, default=8)
     parser.add_argument("--json", type=Path, help="Also write the results here.")
+    parser.add_argument(
+        "--dir", type=Path, help="Work (and leave its logs) here, not in a temporary folder."
+    )
     args = parser.parse_args()
     if args.devices is None:
         args.devices = largest_fleet()
@@ -378,7 +401,8 @@ def main() -> None:
         flush=True,
     )
     with tempfile.TemporaryDirectory(prefix="loadgen-box-", dir="/dev/shm") as name:
-        tmp = Path(name)
+        tmp = args.dir or Path(name)
+        tmp.mkdir(parents=True, exist_ok=True)
         results: dict[str, object] = {"held": held_run(args, tmp)}
         held = results["held"]
         assert isinstance(held, dict)
@@ -386,10 +410,12 @@ def main() -> None:
             f"devices held together: {held['held']:,} of {held['devices']:,} "
             f"({held['connected']:,} connected; outcomes {held['outcomes']})\n"
             f"generator: {held['generator_processes']} processes, "
-            f"{_kib(held['generator_kib_per_held'])} per held device, "
+            f"{_kib(held['generator_kib_per_held'])} per held device "
+            f"(PSS {_kib(held['generator_pss_kib_per_held'])}), "
             f"{held['generator_cpu_ms_per_device']} ms CPU per device (whole life)\n"
             f"emulator: {held['emulator_processes']} processes, "
-            f"{_kib(held['emulator_kib_per_held'])} per held device, "
+            f"{_kib(held['emulator_kib_per_held'])} per held device "
+            f"(PSS {_kib(held['emulator_pss_kib_per_held'])}), "
             f"{held['emulator_cpu_ms_per_device']} ms CPU per device (JITP + hold)\n"
             f"arrivals: {held['achieved_per_s']}/s achieved of {held['target_per_s']}/s; "
             f"provision p50 {held['provision_p50_ms']} ms, p99 {held['provision_p99_ms']} ms; "
