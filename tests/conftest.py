@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +55,39 @@ def assert_user_error(result: Result, *fragments: str) -> None:
     assert len(lines) == 1, result.err
     for fragment in fragments:
         assert fragment in lines[0], (fragment, lines[0])
+
+
+@contextlib.contextmanager
+def _flock(path: Path, mode: int) -> Iterator[None]:
+    with path.open("a") as file:
+        fcntl.flock(file, mode)  # waits for the other workers' holds: a real condition
+        try:
+            yield
+        finally:
+            fcntl.flock(file, fcntl.LOCK_UN)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> object:
+    """Under xdist, a test marked ``alone`` (its outcome depends on the machine's
+    CPU being there when asked, as a capacity search's verdict on whether the
+    generator kept its schedule) runs, setup and fixtures included, while no
+    other test of this run does: the others hold a shared lock for each test,
+    it an exclusive one. The gate, held by an ``alone`` test while it waits and
+    runs, keeps the others from starving it of the exclusive lock."""
+    workerinput = getattr(item.config, "workerinput", None)
+    if workerinput is None:  # one process: it is alone already
+        return (yield)
+    # The run's temporary folder: its workers', no other run's.
+    shared = item.config._tmp_path_factory.getbasetemp().parent
+    gate, running = shared / "alone.gate", shared / "alone.running"
+    if item.get_closest_marker("alone"):
+        with _flock(gate, fcntl.LOCK_EX), _flock(running, fcntl.LOCK_EX):
+            return (yield)
+    with contextlib.ExitStack() as held:
+        with _flock(gate, fcntl.LOCK_EX):
+            held.enter_context(_flock(running, fcntl.LOCK_SH))
+        return (yield)
 
 
 # What the safety net below killed, said in the terminal summary (a fixture's
