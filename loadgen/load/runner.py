@@ -163,8 +163,10 @@ class Worker:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[tuple[DeviceSpec, float] | None] = asyncio.Queue(maxsize=self.window)
         items = my_devices(self.plan, self.worker)
+        ahead = time.process_time()
         for device, offset in itertools.islice(items, self.window):
             queue.put_nowait(self.prepare(device, offset))
+        self.stats.ahead_cpu_us = round((time.process_time() - ahead) * 1_000_000)
         t0 = start_at()
         cpu0 = time.process_time()
         producer = loop.create_task(self._produce(items, queue))

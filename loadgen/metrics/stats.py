@@ -46,6 +46,9 @@ class RunStats:
     # that waited for a free in-flight slot (max_in_flight reached).
     cpu_us: int = 0
     slot_waits: int = 0
+    # CPU time of the workers before the schedule's start: preparing their first
+    # window of devices (``cpu_us`` counts from the start on).
+    ahead_cpu_us: int = 0
     # Microseconds (integers, so merging in any order gives the same sums).
     breakdown: dict[str, int] = field(default_factory=lambda: dict.fromkeys(BREAKDOWN, 0))
     # Per failed outcome, the devices that failed the way their injected fault
@@ -146,6 +149,7 @@ class RunStats:
                 mine.setdefault(second, LogBuckets()).merge(buckets)
         self.provisioned += other.provisioned
         self.cpu_us += other.cpu_us
+        self.ahead_cpu_us += other.ahead_cpu_us
         self.slot_waits += other.slot_waits
         for part, total in other.breakdown.items():
             self.breakdown[part] += total
@@ -184,6 +188,7 @@ class RunStats:
             else {},
             "provisioned": self.provisioned,
             "cpu_us": self.cpu_us,
+            "ahead_cpu_us": self.ahead_cpu_us,
             "slot_waits": self.slot_waits,
             "breakdown": dict(self.breakdown),
             "expected": dict(self.expected),
@@ -212,6 +217,7 @@ class RunStats:
             },
             provisioned=data["provisioned"],
             cpu_us=data["cpu_us"],
+            ahead_cpu_us=data["ahead_cpu_us"],
             slot_waits=data["slot_waits"],
             breakdown=dict(data["breakdown"]),
             expected=Counter(data["expected"]),
