@@ -96,6 +96,8 @@ class Worker:
         self.slots = asyncio.Semaphore(limit)
         self.window = max(_MIN_WINDOW, limit * _WINDOW_PER_IN_FLIGHT)
         self.sources = itertools.cycle(plan.source_addresses or (None,))
+        # Device files by name as text: a Path per file cost more than reading it.
+        self.fleet = str(plan.fleet)
         # Resolved with the grace period (seconds) when the run is to stop early.
         self.stop: asyncio.Future[float] = asyncio.get_running_loop().create_future()
         self.tasks: set[asyncio.Task[None]] = set()  # devices in flight
@@ -114,19 +116,26 @@ class Worker:
         # (and a thread pool's queue) to every device's connect. A name that does
         # not resolve stays a name, and each device reports the DNS failure.
         self.addresses = itertools.cycle(resolve(plan.host, plan.port))
+        self.targets: dict[tuple[str, str | None], Target] = {}
 
     def prepare(self, device: FleetDevice, offset: float) -> tuple[DeviceSpec, float]:
         """The device ready to go, and its offset in the schedule (its ``scheduled``
         time is set when the schedule's start is known)."""
         plan = self.plan
-        target = Target(next(self.addresses), plan.port, plan.tls.server_name, next(self.sources))
+        where = (next(self.addresses), next(self.sources))
+        target = self.targets.get(where)
+        if target is None:
+            # One per address and source, shared by the devices: making one parses
+            # its address (ipaddress), about 15 µs.
+            target = Target(where[0], plan.port, plan.tls.server_name, where[1])
+            self.targets[where] = target
         try:
             if plan.chaos is not None:
                 plan.chaos.strike("preparing", device.index)
             tls = DeviceTls(
                 self.tls,
-                plan.fleet / device.cert,
-                plan.fleet / device.key,
+                f"{self.fleet}/{device.cert}",
+                f"{self.fleet}/{device.key}",
                 plan.tls.server_name,
                 # aiomqtt takes a context of the device's own, made when it connects.
                 ahead=plan.driver != "aiomqtt",
