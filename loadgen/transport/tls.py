@@ -58,7 +58,7 @@ class TlsSession:
     outgoing: ssl.MemoryBIO
 
     @classmethod
-    def of(cls, context: ssl.SSLContext, server_name: str | None) -> TlsSession:
+    def of(cls, context: ssl.SSLContext, server_name: str | bytes | None) -> TlsSession:
         incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
         return cls(
             context.wrap_bio(incoming, outgoing, server_hostname=server_name), incoming, outgoing
@@ -78,21 +78,32 @@ class ClientTls:
             None, None, ca_file=ca_file, alpn=alpn, verify_server=verify_server
         )
         self.chains = SharedChains(self.context)
+        # Server names IDNA-encoded once: ``wrap_bio`` encodes a str every time.
+        self._names: dict[str, bytes] = {}
 
     def session(
         self, cert_chain: str | Path, key: str | Path, server_name: str | None
     ) -> TlsSession:
+        name = self._name(server_name)
         # The event loop is one thread: nothing runs between loading the chain and
         # making the SSLObject that copies it.
         if self.chains.active:
             chain_pem = files.read(cert_chain)
             if self.chains.load(chain_pem, files.read(key)):
-                return TlsSession.of(self.context, server_name)
+                return TlsSession.of(self.context, name)
         else:
             chain_pem = b""
         self.context.load_cert_chain(cert_chain, key)
         self.chains.share(chain_pem)
-        return TlsSession.of(self.context, server_name)
+        return TlsSession.of(self.context, name)
+
+    def _name(self, server_name: str | None) -> bytes | None:
+        if server_name is None:
+            return None
+        name = self._names.get(server_name)
+        if name is None:
+            name = self._names[server_name] = server_name.encode("idna")
+        return name
 
     def own_context(self, cert_chain: str | Path, key: str | Path) -> ssl.SSLContext:
         """A context of the device's own, with this worker's settings (for drivers
