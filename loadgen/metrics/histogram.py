@@ -16,12 +16,29 @@ PERCENTILES = {"p50": 50.0, "p90": 90.0, "p99": 99.0, "p99_9": 99.9}
 class LatencyHistogram:
     """Seconds in, milliseconds out; microsecond resolution inside."""
 
+    __slots__ = ("_h", "_half", "_half_magnitude", "_mask", "_unit")
+
     def __init__(self) -> None:
-        self._h = HdrHistogram(_LOWEST_US, _HIGHEST_US, _DIGITS)
+        h = self._h = HdrHistogram(_LOWEST_US, _HIGHEST_US, _DIGITS)
+        self._unit = h.unit_magnitude
+        self._half_magnitude = h.sub_bucket_half_count_magnitude
+        self._half = h.sub_bucket_half_count
+        self._mask = h.sub_bucket_mask
 
     def record(self, seconds: float) -> None:
-        micros = int(seconds * 1_000_000)
-        self._h.record_value(min(max(micros, _LOWEST_US), _HIGHEST_US))
+        """hdrh's ``record_value``, with its counts index computed inline: its
+        own way (five method calls and a leading-zero count through ``bin``)
+        cost about 170 bytecodes a value, five values per device."""
+        value = min(max(int(seconds * 1_000_000), _LOWEST_US), _HIGHEST_US)
+        h = self._h
+        bucket = (value | self._mask).bit_length() - self._unit - self._half_magnitude - 1
+        sub_bucket = value >> (bucket + self._unit)
+        h.counts[((bucket + 1) << self._half_magnitude) + sub_bucket - self._half] += 1
+        h.total_count += 1
+        if value < h.min_value:
+            h.min_value = value
+        if value > h.max_value:
+            h.max_value = value
 
     @property
     def count(self) -> int:
