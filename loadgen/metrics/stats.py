@@ -92,10 +92,11 @@ class RunStats:
         if result.provision is not None:
             self._record("provision", second, result.provision)
             self._break_down(result, result.provision)
+        record = self._record
         for phase, seconds in result.phases:
-            self._record(phase, second, seconds)
+            record(phase, second, seconds)
         for seconds in result.publish_acks:
-            self._record("publish_ack", second, seconds)
+            record("publish_ack", second, seconds)
 
     def lose(self, devices: int, reason: str, phase: str) -> None:
         """Devices that ended with no result of their own (their worker died):
@@ -122,12 +123,25 @@ class RunStats:
 
     def _break_down(self, result: DeviceResult, provision: float) -> None:
         self.provisioned += 1
-        spent = {"schedule_lag": result.lag}
-        for phase, seconds in result.phases:
-            spent[phase] = spent.get(phase, 0.0) + seconds
-        spent["back_off"] = max(0.0, provision - sum(spent.values()))
-        for part, seconds in spent.items():
-            self.breakdown[part] += round(seconds * 1_000_000)
+        breakdown = self.breakdown
+        lag = result.lag
+        phases = result.phases
+        if result.attempts <= 1:
+            # One attempt (the usual case): each phase once, rounded as the sum
+            # below would round it, without a dict of sums.
+            covered = lag
+            for phase, seconds in phases:
+                covered += seconds
+                breakdown[phase] += round(seconds * 1_000_000)
+        else:
+            spent: dict[str, float] = {}
+            for phase, seconds in phases:
+                spent[phase] = spent.get(phase, 0.0) + seconds
+            covered = sum(spent.values(), lag)
+            for part, seconds in spent.items():
+                breakdown[part] += round(seconds * 1_000_000)
+        breakdown["schedule_lag"] += round(lag * 1_000_000)
+        breakdown["back_off"] += round(max(0.0, provision - covered) * 1_000_000)
 
     def merge(self, other: RunStats) -> None:
         self.devices += other.devices
