@@ -77,6 +77,9 @@ def share(total: int, workers: int, worker: int) -> int:
 
 
 class Worker:
+    # Resolved when the last device in flight ends, while run() waits for that.
+    drained: asyncio.Future[None] | None = None
+
     def __init__(
         self,
         plan: RunPlan,
@@ -195,7 +198,11 @@ class Worker:
                     if pending:
                         await asyncio.wait(pending)
                     break
-                waiters: set[asyncio.Future[Any]] = {*tasks, self.stop}
+                # One future for the last one's end: waiting on every task in
+                # flight again each time one ended cost work per device in flight
+                # for every device that ended (a run holding many, quadratic).
+                self.drained = loop.create_future()
+                waiters: set[asyncio.Future[Any]] = {self.drained, self.stop}
                 await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
             if producer.done() and not producer.cancelled():
                 producer.result()  # the fleet could not be read on: the worker fails
@@ -230,7 +237,13 @@ class Worker:
             self.stats.started(started)
             task = loop.create_task(self._one(spec, t0, started), name=f"device-{spec.index}")
             tasks.add(task)
-            task.add_done_callback(tasks.discard)
+            task.add_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        tasks = self.tasks
+        tasks.discard(task)
+        if not tasks and self.drained is not None and not self.drained.done():
+            self.drained.set_result(None)
 
     def request_stop(self, grace: float) -> None:
         """Stop starting devices; give those in flight ``grace`` seconds."""
