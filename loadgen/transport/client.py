@@ -79,6 +79,7 @@ def describe_error(exc: BaseException | None) -> str:
 
 
 _READ_SIZE = 65536
+_DISCONNECT = mqtt.Disconnect()  # packets are immutable: one serves every device
 # OpenSSL's reasons for a first answer that is no TLS record: an HTTP, MQTT or
 # other plain-text server on the port.
 _NOT_TLS = frozenset(
@@ -549,7 +550,7 @@ class MqttClient:
             return
         if p.error is None and p.conn.state is mqtt.State.CONNECTED:
             with contextlib.suppress(mqtt.ProtocolError, TransportError, OSError):
-                p.write(mqtt.Disconnect())
+                p.write(_DISCONNECT)
         p.close()
 
     def abort(self) -> None:
