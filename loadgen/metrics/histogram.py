@@ -13,27 +13,40 @@ _DIGITS = 3
 PERCENTILES = {"p50": 50.0, "p90": 90.0, "p99": 99.0, "p99_9": 99.9}
 
 
+def _layout() -> tuple[int, int, int, int]:
+    """(sub-bucket mask, bucket shift, half-count magnitude, half count) of the
+    histograms made here, as hdrh lays them out. A lowest value of 1 µs makes
+    hdrh's unit magnitude 0, which the index computed in ``record`` assumes."""
+    h = HdrHistogram(_LOWEST_US, _HIGHEST_US, _DIGITS)
+    assert h.unit_magnitude == 0
+    magnitude = h.sub_bucket_half_count_magnitude
+    return h.sub_bucket_mask, magnitude + 1, magnitude, h.sub_bucket_half_count
+
+
+_SUB_BUCKET_MASK, _BUCKET_SHIFT, _HALF_MAGNITUDE, _HALF_COUNT = _layout()
+
+
 class LatencyHistogram:
     """Seconds in, milliseconds out; microsecond resolution inside."""
 
-    __slots__ = ("_h", "_half", "_half_magnitude", "_mask", "_unit")
+    __slots__ = ("_h",)
 
     def __init__(self) -> None:
-        h = self._h = HdrHistogram(_LOWEST_US, _HIGHEST_US, _DIGITS)
-        self._unit = h.unit_magnitude
-        self._half_magnitude = h.sub_bucket_half_count_magnitude
-        self._half = h.sub_bucket_half_count
-        self._mask = h.sub_bucket_mask
+        self._h = HdrHistogram(_LOWEST_US, _HIGHEST_US, _DIGITS)
 
     def record(self, seconds: float) -> None:
-        """hdrh's ``record_value``, with its counts index computed inline: its
-        own way (five method calls and a leading-zero count through ``bin``)
-        cost about 170 bytecodes a value, five values per device."""
-        value = min(max(int(seconds * 1_000_000), _LOWEST_US), _HIGHEST_US)
+        """hdrh's ``record_value``, with its counts index computed inline from
+        this histogram's fixed layout: its own way (five method calls and a
+        leading-zero count through ``bin``) cost about 170 bytecodes a value,
+        and devices record five each."""
+        value = int(seconds * 1_000_000)
+        if value < _LOWEST_US:
+            value = _LOWEST_US
+        elif value > _HIGHEST_US:
+            value = _HIGHEST_US
         h = self._h
-        bucket = (value | self._mask).bit_length() - self._unit - self._half_magnitude - 1
-        sub_bucket = value >> (bucket + self._unit)
-        h.counts[((bucket + 1) << self._half_magnitude) + sub_bucket - self._half] += 1
+        bucket = (value | _SUB_BUCKET_MASK).bit_length() - _BUCKET_SHIFT
+        h.counts[((bucket + 1) << _HALF_MAGNITUDE) + (value >> bucket) - _HALF_COUNT] += 1
         h.total_count += 1
         if value < h.min_value:
             h.min_value = value
