@@ -16,6 +16,7 @@ import contextlib
 import gc
 import json
 import multiprocessing
+import os
 import re
 import resource
 import ssl
@@ -251,12 +252,15 @@ def loadgen_run(
     workers: int,
     after_connect: list[dict[str, Any]] | None = None,
     name: str = "run",
+    tree: Path | None = None,
 ) -> dict[str, Any]:
     """The report of one `loadgen run` of the bed's whole fleet against its
     mosquitto, at ``rate`` devices per second on ``workers`` workers: each device
     is prepared, connects (TCP, TLS, CONNECT, CONNACK), does ``after_connect``,
     disconnects and is recorded, as in any run. The report's
-    ``generator.whole_cpu_ms_per_device`` is that whole life's CPU."""
+    ``generator.whole_cpu_ms_per_device`` is that whole life's CPU. With
+    ``tree``, the `loadgen` of that checkout runs (a worktree of the code before
+    a change, say), started from it so that nothing else is imported."""
     scenario = {
         "name": f"bench-{name}",
         "endpoint": f"127.0.0.1:{bed.broker.tls_port}",
@@ -286,6 +290,8 @@ def loadgen_run(
         ],
         check=True,
         capture_output=True,
+        cwd=tree,
+        env=None if tree is None else {**os.environ, "PYTHONPATH": str(tree)},
     )
     result: dict[str, Any] = json.loads(report.read_text())
     return result
