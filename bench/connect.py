@@ -261,20 +261,7 @@ def loadgen_run(
     ``generator.whole_cpu_ms_per_device`` is that whole life's CPU. With
     ``tree``, the `loadgen` of that checkout runs (a worktree of the code before
     a change, say), started from it so that nothing else is imported."""
-    scenario = {
-        "name": f"bench-{name}",
-        "endpoint": f"127.0.0.1:{bed.broker.tls_port}",
-        "tls": {"ca_file": str(bed.server_ca), "server_name": "localhost"},
-        "fleet": {"ca": str(bed.ca), "store": str(bed.fleet.path), "count": len(bed.devices)},
-        "load": {
-            "executor": "constant-arrival-rate",
-            "rate": f"{rate}/s",
-            "max_in_flight": 1000,
-        },
-        "after_connect": after_connect or [],
-    }
-    path = bed.root / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(scenario))
+    path = scenario_file(bed, rate=rate, after_connect=after_connect, name=name)
     report = bed.root / f"{name}.json"
     subprocess.run(
         [
@@ -295,6 +282,27 @@ def loadgen_run(
     )
     result: dict[str, Any] = json.loads(report.read_text())
     return result
+
+
+def scenario_file(
+    bed: Bed, *, rate: float, after_connect: list[dict[str, Any]] | None = None, name: str = "run"
+) -> Path:
+    """A scenario of the bed's whole fleet against its mosquitto at ``rate``."""
+    scenario = {
+        "name": f"bench-{name}",
+        "endpoint": f"127.0.0.1:{bed.broker.tls_port}",
+        "tls": {"ca_file": str(bed.server_ca), "server_name": "localhost"},
+        "fleet": {"ca": str(bed.ca), "store": str(bed.fleet.path), "count": len(bed.devices)},
+        "load": {
+            "executor": "constant-arrival-rate",
+            "rate": f"{rate}/s",
+            "max_in_flight": 1000,
+        },
+        "after_connect": after_connect or [],
+    }
+    path = bed.root / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(scenario))
+    return path
 
 
 def main() -> None:
