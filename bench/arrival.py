@@ -110,7 +110,10 @@ def _print_tree(
     kept the schedule."""
     who = f"`{tree}`: " if tree is not None else ""
     achieved = [r["rate"]["achieved_per_s"] / r["rate"]["target_per_s"] for r in rows]
-    kept = [i for i, a in enumerate(achieved) if a >= _KEPT] or list(range(len(rows)))
+    kept = [i for i, a in enumerate(achieved) if a >= _KEPT]
+    held = f"{len(kept)} of {len(rows)} kept the schedule"
+    if not kept:
+        held, kept = "none kept the schedule: medians over all", list(range(len(rows)))
 
     def median(values: list[float]) -> float:
         return statistics.median(values[i] for i in kept)
@@ -123,7 +126,7 @@ def _print_tree(
     cpu_ratio = [c / h for c, h in zip(cpu, s_times, strict=True)]
     acts = "connecting and disconnecting" if args.no_publish else "connecting, publishing"
     _row(
-        f"{who}achieved / target arrival rate ({len(kept)} of {len(rows)} kept the schedule)",
+        f"{who}achieved / target arrival rate ({held})",
         f"**{statistics.median(achieved):.2%}**",
         achieved,
         "{:.2%}",
