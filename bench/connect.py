@@ -1,6 +1,7 @@
 """The connect path against mosquitto: client CPU per mutual-TLS connect and
-CONNACK next to `openssl s_time -new`, the connect rate through a 50 ms round
-trip next to none (native transport and aiomqtt), and memory per idle device.
+CONNACK next to `openssl s_time -new`, a device's whole life in `loadgen run`
+next to it, the connect rate through a 50 ms round trip next to none (native
+transport and aiomqtt), and memory per idle device.
 
     .venv/bin/python -m bench.connect [--devices 1500] [--repeats 3]
 
@@ -13,7 +14,9 @@ import argparse
 import asyncio
 import contextlib
 import gc
+import json
 import multiprocessing
+import os
 import re
 import resource
 import ssl
@@ -25,9 +28,11 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiomqtt
 import uvloop
+import yaml
 
 from loadgen import mqtt
 from loadgen.certs.ca import init_ca
@@ -214,6 +219,8 @@ class Bed:
     devices: list[Device]
     broker: Mosquitto
     server_ca: Path  # what the devices trust for mosquitto's certificate
+    ca: Path  # the fleet's CA folder
+    root: Path  # the benchmark's scratch folder (tmpfs)
 
 
 @contextlib.contextmanager
@@ -226,9 +233,76 @@ def mosquitto_bed(count: int) -> Iterator[Bed]:
         fleet = FleetStore(root / "fleet")
         broker = start_mosquitto(root / "broker", ca.directory / "ca.pem")
         try:
-            yield Bed(fleet, list(fleet.devices()), broker, broker.server_ca.directory / "ca.pem")
+            yield Bed(
+                fleet,
+                list(fleet.devices()),
+                broker,
+                broker.server_ca.directory / "ca.pem",
+                ca.directory,
+                root,
+            )
         finally:
             broker.stop()
+
+
+def loadgen_run(
+    bed: Bed,
+    *,
+    rate: float,
+    workers: int,
+    after_connect: list[dict[str, Any]] | None = None,
+    name: str = "run",
+    tree: Path | None = None,
+) -> dict[str, Any]:
+    """The report of one `loadgen run` of the bed's whole fleet against its
+    mosquitto, at ``rate`` devices per second on ``workers`` workers: each device
+    is prepared, connects (TCP, TLS, CONNECT, CONNACK), does ``after_connect``,
+    disconnects and is recorded, as in any run. The report's
+    ``generator.whole_cpu_ms_per_device`` is that whole life's CPU. With
+    ``tree``, the `loadgen` of that checkout runs (a worktree of the code before
+    a change, say), started from it so that nothing else is imported."""
+    path = scenario_file(bed, rate=rate, after_connect=after_connect, name=name)
+    report = bed.root / f"{name}.json"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "loadgen",
+            "run",
+            str(path),
+            "--workers",
+            str(workers),
+            "--report",
+            str(report),
+        ],
+        check=True,
+        capture_output=True,
+        cwd=tree,
+        env=None if tree is None else {**os.environ, "PYTHONPATH": str(tree)},
+    )
+    result: dict[str, Any] = json.loads(report.read_text())
+    return result
+
+
+def scenario_file(
+    bed: Bed, *, rate: float, after_connect: list[dict[str, Any]] | None = None, name: str = "run"
+) -> Path:
+    """A scenario of the bed's whole fleet against its mosquitto at ``rate``."""
+    scenario = {
+        "name": f"bench-{name}",
+        "endpoint": f"127.0.0.1:{bed.broker.tls_port}",
+        "tls": {"ca_file": str(bed.server_ca), "server_name": "localhost"},
+        "fleet": {"ca": str(bed.ca), "store": str(bed.fleet.path), "count": len(bed.devices)},
+        "load": {
+            "executor": "constant-arrival-rate",
+            "rate": f"{rate}/s",
+            "max_in_flight": 1000,
+        },
+        "after_connect": after_connect or [],
+    }
+    path = bed.root / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(scenario))
+    return path
 
 
 def main() -> None:
@@ -244,14 +318,16 @@ def main() -> None:
     )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--s-time-seconds", type=int, default=5)
+    parser.add_argument(
+        "--run-rate", type=float, default=250.0, help="devices/s of the whole-life `loadgen run`"
+    )
+    parser.add_argument("--run-workers", type=int, default=2)
     args = parser.parse_args()
     with mosquitto_bed(args.devices) as bed:
         plain_proxy, plain_port = _proxy(bed.broker.tls_port, 0.0)
         slow_proxy, slow_port = _proxy(bed.broker.tls_port, RTT_DELAY)
         try:
-            results = _run_all(
-                args, bed.broker, bed.fleet, bed.devices, bed.server_ca, plain_port, slow_port
-            )
+            results = _run_all(args, bed, plain_port, slow_port)
         finally:
             for process in (plain_proxy, slow_proxy):
                 process.terminate()
@@ -259,7 +335,8 @@ def main() -> None:
     _print(results, args)
 
 
-def _run_all(args, broker, fleet, devices, server_ca, plain_port, slow_port) -> dict[str, object]:
+def _run_all(args, bed: Bed, plain_port: int, slow_port: int) -> dict[str, object]:
+    broker, fleet, devices, server_ca = bed.broker, bed.fleet, bed.devices, bed.server_ca
     runs: dict[str, list[float]] = {}
 
     def add(name: str, value: float) -> None:
@@ -281,12 +358,19 @@ def _run_all(args, broker, fleet, devices, server_ca, plain_port, slow_port) -> 
         sessions = _sessions(fleet, devices, server_ca)
         _, cpu = uvloop.run(_native(broker.tls_port, devices, sessions, first))
         add("native_disconnect_cpu", cpu)
+        # A device's whole life in `loadgen run`: prepared, connected, disconnected
+        # and recorded by the workers, inside the same s_time bracket.
+        generator = loadgen_run(bed, rate=args.run_rate, workers=args.run_workers)["generator"]
+        add("run_whole_cpu", generator["whole_cpu_ms_per_device"] / 1e3)
+        add("run_cpu", generator["cpu_ms_per_device"] / 1e3)
         after = s_time(broker, fleet, devices[0], args.s_time_seconds)
         add("s_time_cpu", (before + after) / 2)
         add("s_time_drift", after / before)
         for c in args.cpu_concurrency:
             add(f"cpu_ratio_{c}", runs[f"native_cpu_{c}"][-1] / runs["s_time_cpu"][-1])
         add("disconnect_cpu_ratio", cpu / runs["s_time_cpu"][-1])
+        add("whole_cpu_ratio", runs["run_whole_cpu"][-1] / runs["s_time_cpu"][-1])
+        add("run_cpu_ratio", runs["run_cpu"][-1] / runs["s_time_cpu"][-1])
         add("s_time_www_cpu", s_time(broker, fleet, devices[0], args.s_time_seconds, www=True))
         add("www_cpu_ratio", runs[f"native_cpu_{first}"][-1] / runs["s_time_www_cpu"][-1])
         # The two proxies take turns going first: the machine drifts within a run.
@@ -355,6 +439,20 @@ def _print(results: dict[str, object], args: argparse.Namespace) -> None:
             f"{m['native_disconnect_cpu'] * 1e3:.3f} ms",
             each("native_disconnect_cpu", 1e3, ms),
             f"{m['disconnect_cpu_ratio']:.2f}x s_time",
+        ),
+        (
+            f"`loadgen run` ({args.devices} devices at {args.run_rate:g}/s, {args.run_workers} "
+            "workers): whole-life generator CPU per device (prepare, TCP, TLS, CONNECT, "
+            "CONNACK, DISCONNECT, record; `generator.whole_cpu_ms_per_device`)",
+            f"{m['run_whole_cpu'] * 1e3:.3f} ms",
+            each("run_whole_cpu", 1e3, ms),
+            f"**{m['whole_cpu_ratio']:.2f}x** s_time",
+        ),
+        (
+            "`loadgen run`: the same from the schedule's start on (`generator.cpu_ms_per_device`)",
+            f"{m['run_cpu'] * 1e3:.3f} ms",
+            each("run_cpu", 1e3, ms),
+            f"{m['run_cpu_ratio']:.2f}x s_time",
         ),
         (
             "`openssl s_time -new -www /`: the same, reading the session tickets and an answer",

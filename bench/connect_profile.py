@@ -4,10 +4,17 @@ time around each step of ``loadgen.transport.client`` and each call into Python'
 
     .venv/bin/python -m bench.connect_profile [--devices 1500] [--repeats 3]
     .venv/bin/python -m bench.connect_profile --bytecodes [--devices 300]
+    .venv/bin/python -m bench.connect_profile --whole-life [--devices 300]
 
 ``--bytecodes`` counts instead the Python bytecodes and calls each connect runs,
 for the transport and for `bench.connect_floor`'s bare machine: a figure this
 machine's noise cannot move, to check a change to the connect path by.
+``--whole-life`` counts them over a device's whole life in a run: one
+`loadgen run` worker (``loadgen.load.runner.Worker``) in this process prepares,
+connects, disconnects and records every device of the fleet, at ``--rate``
+devices a second (40: the tracer slows the interpreter about tenfold; a device
+that timed out and retried runs its connect twice, so a run should show as many
+attempts as devices), progress messages included.
 
 In place matters: between handshakes OpenSSL pushes the interpreter's code and
 data out of the CPU's caches, so a step costs several times what a loop of it
@@ -30,9 +37,13 @@ from typing import Any
 
 import uvloop
 
-from bench.connect import _native, _sessions, mosquitto_bed
+from bench.connect import _native, _sessions, mosquitto_bed, scenario_file
 from bench.connect_floor import _bare_tasks, _connect_bytes
 from loadgen import mqtt
+from loadgen.load.plan import build_plan, endpoint_of
+from loadgen.load.runner import Worker
+from loadgen.metrics.stats import RunStats
+from loadgen.scenario.schema import load_scenario
 from loadgen.transport import client
 from loadgen.transport.tls import TlsSession
 
@@ -70,9 +81,16 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=1500)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--bytecodes", action="store_true", help="count bytecodes instead")
+    parser.add_argument(
+        "--whole-life", action="store_true", help="count bytecodes over a run's whole device life"
+    )
+    parser.add_argument("--rate", type=float, default=40.0, help="devices/s for --whole-life")
     args = parser.parse_args()
     if args.bytecodes:
         _count_bytecodes(args.devices)
+        return
+    if args.whole_life:
+        _count_whole_life(args.devices, args.rate)
         return
     spent: collections.Counter[str] = collections.Counter()
     for owner, name, label in _STEPS:
@@ -94,10 +112,9 @@ def main() -> None:
         print(f"| {label} | " + " | ".join(f"{steps[label]:.1f}" for _, steps in runs) + " |")
 
 
-def _count_bytecodes(count: int) -> None:
-    ops: collections.Counter[str] = collections.Counter()
-    calls: collections.Counter[str] = collections.Counter()
-
+def _tracer(
+    ops: collections.Counter[str], calls: collections.Counter[str]
+) -> Callable[[FrameType, str, object], Any]:
     def trace(frame: FrameType, event: str, _arg: object) -> Any:
         where = f"{Path(frame.f_code.co_filename).name}:{frame.f_code.co_name}"
         if event == "call":
@@ -106,6 +123,44 @@ def _count_bytecodes(count: int) -> None:
         elif event == "opcode":
             ops[where] += 1
         return trace
+
+    return trace
+
+
+def _count_whole_life(count: int, rate: float) -> None:
+    ops: collections.Counter[str] = collections.Counter()
+    calls: collections.Counter[str] = collections.Counter()
+    with mosquitto_bed(count) as bed:
+        scenario = load_scenario(scenario_file(bed, rate=rate))
+        plan = build_plan(scenario, endpoint=endpoint_of(scenario, None))
+
+        async def one_worker() -> RunStats:
+            worker = Worker(plan, 0, lambda message: None)
+            return await worker.run(time.monotonic)
+
+        sys.settrace(_tracer(ops, calls))
+        try:
+            stats = uvloop.run(one_worker())
+        finally:
+            sys.settrace(None)
+    connected = stats.outcomes["connected"]
+    print(
+        f"{count} devices ({connected} connected, {stats.attempts} attempts), one worker: "
+        f"{sum(ops.values()) / count:,.0f} bytecodes and {sum(calls.values()) / count:.0f} "
+        "Python calls per device, whole life"
+    )
+    by_file: collections.Counter[str] = collections.Counter()
+    for where, n in ops.items():
+        by_file[where.partition(":")[0]] += n
+    print("  by file: " + ", ".join(f"{f} {n / count:.0f}" for f, n in by_file.most_common(12)))
+    for where, n in ops.most_common(30):
+        print(f"    {n / count:7.1f}  {calls[where] / count:5.2f} calls  {where}")
+
+
+def _count_bytecodes(count: int) -> None:
+    ops: collections.Counter[str] = collections.Counter()
+    calls: collections.Counter[str] = collections.Counter()
+    trace = _tracer(ops, calls)
 
     with mosquitto_bed(count) as bed:
         port = bed.broker.tls_port

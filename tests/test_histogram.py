@@ -41,3 +41,22 @@ def test_the_sum_is_the_mean_times_the_count(values):
     histogram = _filled(values)
     expected = histogram._h.get_mean_value() * histogram.count / 1_000_000
     assert abs(histogram.sum_seconds - expected) <= 1e-9 * max(1.0, expected)
+
+
+@settings(deadline=None, max_examples=60)
+@given(st.lists(st.floats(min_value=-1.0, max_value=5000.0), max_size=300))
+def test_recording_is_what_hdrh_records(values):
+    """The counts index computed inline is hdrh's own: the same counts, the same
+    total, min and max as ``record_value`` gives the same values, clamped to the
+    histogram's range (below 1 µs, above an hour)."""
+    ours, reference = LatencyHistogram(), LatencyHistogram()
+    for v in [*values, 0.0, 1e-6, 3600.0, 1e9]:
+        ours.record(v)
+        reference._h.record_value(min(max(int(v * 1_000_000), 1), 3_600_000_000))
+    assert list(ours._h.counts) == list(reference._h.counts)
+    assert (ours._h.total_count, ours._h.min_value, ours._h.max_value) == (
+        reference._h.total_count,
+        reference._h.min_value,
+        reference._h.max_value,
+    )
+    assert ours.encode() == reference.encode()

@@ -74,8 +74,14 @@ def test_merged_generator_cpu_adds_up_and_is_shared_by_all_devices():
     results = _results(300, 5)
     shards = [_report(results, lambda i: i < 100), _report(results, lambda i: i >= 100)]
     shards[0]["generator"]["cpu_s"], shards[1]["generator"]["cpu_s"] = 0.25, 0.35
+    shards[0]["generator"]["ahead_cpu_s"], shards[1]["generator"]["ahead_cpu_s"] = 0.1, 0.2
     merged = merge(shards)
-    assert merged["generator"] == {"cpu_s": 0.6, "cpu_ms_per_device": 2.0}
+    assert merged["generator"] == {
+        "cpu_s": 0.6,
+        "cpu_ms_per_device": 2.0,
+        "ahead_cpu_s": 0.3,
+        "whole_cpu_ms_per_device": 3.0,
+    }
 
 
 def test_merged_latency_over_time_equals_one_run_over_the_union():

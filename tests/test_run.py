@@ -106,6 +106,15 @@ def test_the_report_says_what_the_generator_spent_per_device(thousand):
     )
 
 
+def test_the_reports_whole_life_cpu_adds_the_devices_prepared_before_the_start(thousand):
+    report, _, _ = thousand
+    generator = report["generator"]
+    # Each worker prepared its first window (at least 64 devices) before the start.
+    assert generator["ahead_cpu_s"] > 0
+    whole = (generator["cpu_s"] + generator["ahead_cpu_s"]) * 1000 / 1000
+    assert generator["whole_cpu_ms_per_device"] == pytest.approx(whole, abs=0.002)
+
+
 def test_the_summary_table_shows_outcomes_and_phases(thousand):
     _, _, result = thousand
     assert "connected" in result.out and "tls_rejected" in result.out

@@ -98,3 +98,21 @@ def test_a_device_that_recovered_from_a_failure_adds_no_failure_reason():
     stats = RunStats()
     stats.add(result, 0.0, 1.0)
     assert stats.reasons == {}
+
+
+def test_a_provisioned_devices_breakdown_adds_its_phases_over_attempts_and_the_rest_is_back_off():
+    one = DeviceResult(0, outcome=Outcome.CONNECTED, attempts=1, lag=0.001, provision=0.05)
+    one.phases = [("tcp_connect", 0.002), ("tls_handshake", 0.02), ("connack", 0.003)]
+    two = DeviceResult(1, outcome=Outcome.CONNECTED, attempts=2, lag=0.001, provision=2.0)
+    two.phases = [("tcp_connect", 0.002), ("tls_handshake", 0.02), *one.phases]
+    stats = RunStats()
+    for result in (one, two):
+        stats.add(result, 0.0, 1.0)
+    assert stats.breakdown == {
+        "schedule_lag": 2_000,
+        "tcp_connect": 6_000,
+        "tls_handshake": 60_000,
+        "connack": 6_000,
+        # 50 - 26 ms for the first; 2 s - 48 ms for the second (its JITP wait).
+        "back_off": 24_000 + 1_952_000,
+    }

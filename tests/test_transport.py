@@ -338,6 +338,24 @@ async def test_a_silent_server_leaves_the_timeout_to_the_caller():
     server.close()
 
 
+async def test_a_silent_server_times_out_at_the_connects_own_timeout_and_the_socket_closes():
+    closed = asyncio.Event()
+
+    async def silent(reader, writer):
+        await reader.read()  # until the client closes its end
+        closed.set()
+
+    server = await _one_shot_server(silent)
+    target = Target("127.0.0.1", server.sockets[0].getsockname()[1])
+    times = AttemptTimes(0.0)
+    with pytest.raises(TimeoutError):
+        await connect(target, None, mqtt.Connect("x"), times, timeout=0.3)
+    assert times.connect_sent is not None and times.connack is None
+    async with asyncio.timeout(10):
+        await closed.wait()
+    server.close()
+
+
 async def test_a_connect_packet_the_codec_refuses_fails_before_any_connection():
     accepted = []
 

@@ -224,9 +224,10 @@ class Device(DeviceDriver):
             client = None
             trigger = True
             try:
-                async with asyncio.timeout(config.connect_timeout):
-                    session = spec.tls.session() if spec.tls is not None else None
-                    client = await self._open(spec.target, session, packet, times)
+                session = spec.tls.session() if spec.tls is not None else None
+                client = await self._open(
+                    spec.target, session, packet, times, timeout=config.connect_timeout
+                )
             except TimeoutError:
                 outcome, reason, where = Outcome.TIMEOUT, "no answer in time", _reached(times)
             except TransportError as exc:

@@ -66,10 +66,11 @@ class ChaosDevice(Device):
         times: AttemptTimes,
         *,
         clock: Clock = time.monotonic,
+        timeout: float | None = None,
     ) -> MqttClient:
         index = self.spec.index
         self.chaos.strike("tcp", index)
-        client = await connect(target, tls, connect_packet, times, clock=clock)
+        client = await connect(target, tls, connect_packet, times, clock=clock, timeout=timeout)
         try:
             self.chaos.strike("connack", index)
         except InjectedFault:

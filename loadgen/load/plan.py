@@ -3,7 +3,6 @@ picklable records."""
 
 from __future__ import annotations
 
-import string
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -128,7 +127,6 @@ def endpoint_of(scenario: Scenario, override: str | None) -> tuple[str, int]:
         raise ConfigError(f"{'--endpoint' if override else 'endpoint'}: {exc}") from None
 
 
-_FORMATTER = string.Formatter()
 _NO_SUBJECT = {f.name: "" for f in FIELDS}
 
 
@@ -152,7 +150,9 @@ def render(template: str, device: FleetDevice, client_id: str | None = None) -> 
         "certificate_id": device.certificate_id,
         "client_id": client_id if client_id is not None else device.client_id,
     }
-    return _FORMATTER.vformat(template, (), fields)
+    # str.format_map, not string.Formatter: the same format, in C (about 15 µs of
+    # Python per device, for the client id and each topic, otherwise).
+    return template.format_map(fields)
 
 
 def device_client_id(template: str, device: FleetDevice) -> str:

@@ -77,6 +77,9 @@ def share(total: int, workers: int, worker: int) -> int:
 
 
 class Worker:
+    # Resolved when the last device in flight ends, while run() waits for that.
+    drained: asyncio.Future[None] | None = None
+
     def __init__(
         self,
         plan: RunPlan,
@@ -96,6 +99,8 @@ class Worker:
         self.slots = asyncio.Semaphore(limit)
         self.window = max(_MIN_WINDOW, limit * _WINDOW_PER_IN_FLIGHT)
         self.sources = itertools.cycle(plan.source_addresses or (None,))
+        # Device files by name as text: a Path per file cost more than reading it.
+        self.fleet = str(plan.fleet)
         # Resolved with the grace period (seconds) when the run is to stop early.
         self.stop: asyncio.Future[float] = asyncio.get_running_loop().create_future()
         self.tasks: set[asyncio.Task[None]] = set()  # devices in flight
@@ -114,19 +119,26 @@ class Worker:
         # (and a thread pool's queue) to every device's connect. A name that does
         # not resolve stays a name, and each device reports the DNS failure.
         self.addresses = itertools.cycle(resolve(plan.host, plan.port))
+        self.targets: dict[tuple[str, str | None], Target] = {}
 
     def prepare(self, device: FleetDevice, offset: float) -> tuple[DeviceSpec, float]:
         """The device ready to go, and its offset in the schedule (its ``scheduled``
         time is set when the schedule's start is known)."""
         plan = self.plan
-        target = Target(next(self.addresses), plan.port, plan.tls.server_name, next(self.sources))
+        where = (next(self.addresses), next(self.sources))
+        target = self.targets.get(where)
+        if target is None:
+            # One per address and source, shared by the devices: making one parses
+            # its address (ipaddress), about 15 µs.
+            target = Target(where[0], plan.port, plan.tls.server_name, where[1])
+            self.targets[where] = target
         try:
             if plan.chaos is not None:
                 plan.chaos.strike("preparing", device.index)
             tls = DeviceTls(
                 self.tls,
-                plan.fleet / device.cert,
-                plan.fleet / device.key,
+                f"{self.fleet}/{device.cert}",
+                f"{self.fleet}/{device.key}",
                 plan.tls.server_name,
                 # aiomqtt takes a context of the device's own, made when it connects.
                 ahead=plan.driver != "aiomqtt",
@@ -163,8 +175,10 @@ class Worker:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[tuple[DeviceSpec, float] | None] = asyncio.Queue(maxsize=self.window)
         items = my_devices(self.plan, self.worker)
+        ahead = time.process_time()
         for device, offset in itertools.islice(items, self.window):
             queue.put_nowait(self.prepare(device, offset))
+        self.stats.ahead_cpu_us = round((time.process_time() - ahead) * 1_000_000)
         t0 = start_at()
         cpu0 = time.process_time()
         producer = loop.create_task(self._produce(items, queue))
@@ -184,7 +198,11 @@ class Worker:
                     if pending:
                         await asyncio.wait(pending)
                     break
-                waiters: set[asyncio.Future[Any]] = {*tasks, self.stop}
+                # One future for the last one's end: waiting on every task in
+                # flight again each time one ended cost work per device in flight
+                # for every device that ended (a run holding many, quadratic).
+                self.drained = loop.create_future()
+                waiters: set[asyncio.Future[Any]] = {self.drained, self.stop}
                 await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
             if producer.done() and not producer.cancelled():
                 producer.result()  # the fleet could not be read on: the worker fails
@@ -219,7 +237,13 @@ class Worker:
             self.stats.started(started)
             task = loop.create_task(self._one(spec, t0, started), name=f"device-{spec.index}")
             tasks.add(task)
-            task.add_done_callback(tasks.discard)
+            task.add_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        tasks = self.tasks
+        tasks.discard(task)
+        if not tasks and self.drained is not None and not self.drained.done():
+            self.drained.set_result(None)
 
     def request_stop(self, grace: float) -> None:
         """Stop starting devices; give those in flight ``grace`` seconds."""

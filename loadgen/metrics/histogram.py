@@ -13,15 +13,45 @@ _DIGITS = 3
 PERCENTILES = {"p50": 50.0, "p90": 90.0, "p99": 99.0, "p99_9": 99.9}
 
 
+def _layout() -> tuple[int, int, int, int]:
+    """(sub-bucket mask, bucket shift, half-count magnitude, half count) of the
+    histograms made here, as hdrh lays them out. A lowest value of 1 µs makes
+    hdrh's unit magnitude 0, which the index computed in ``record`` assumes."""
+    h = HdrHistogram(_LOWEST_US, _HIGHEST_US, _DIGITS)
+    assert h.unit_magnitude == 0
+    magnitude = h.sub_bucket_half_count_magnitude
+    return h.sub_bucket_mask, magnitude + 1, magnitude, h.sub_bucket_half_count
+
+
+_SUB_BUCKET_MASK, _BUCKET_SHIFT, _HALF_MAGNITUDE, _HALF_COUNT = _layout()
+
+
 class LatencyHistogram:
     """Seconds in, milliseconds out; microsecond resolution inside."""
+
+    __slots__ = ("_h",)
 
     def __init__(self) -> None:
         self._h = HdrHistogram(_LOWEST_US, _HIGHEST_US, _DIGITS)
 
     def record(self, seconds: float) -> None:
-        micros = int(seconds * 1_000_000)
-        self._h.record_value(min(max(micros, _LOWEST_US), _HIGHEST_US))
+        """hdrh's ``record_value``, with its counts index computed inline from
+        this histogram's fixed layout: its own way (five method calls and a
+        leading-zero count through ``bin``) cost about 170 bytecodes a value,
+        and devices record five each."""
+        value = int(seconds * 1_000_000)
+        if value < _LOWEST_US:
+            value = _LOWEST_US
+        elif value > _HIGHEST_US:
+            value = _HIGHEST_US
+        h = self._h
+        bucket = (value | _SUB_BUCKET_MASK).bit_length() - _BUCKET_SHIFT
+        h.counts[((bucket + 1) << _HALF_MAGNITUDE) + (value >> bucket) - _HALF_COUNT] += 1
+        h.total_count += 1
+        if value < h.min_value:
+            h.min_value = value
+        if value > h.max_value:
+            h.max_value = value
 
     @property
     def count(self) -> int:

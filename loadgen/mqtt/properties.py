@@ -54,7 +54,9 @@ class Properties:
     shared_subscription_available: int | None = None
 
     def __bool__(self) -> bool:
-        return self != EMPTY
+        # The empty block most packets carry is EMPTY itself: comparing it field
+        # by field took about 120 bytecodes a CONNECT.
+        return self is not EMPTY and self != EMPTY
 
 
 EMPTY = Properties()

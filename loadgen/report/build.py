@@ -77,7 +77,9 @@ def build(plan: RunPlan, stats: RunStats, timing: RunTiming) -> dict[str, Any]:
         },
         "histograms": {phase: stats.phases[phase].encode() for phase in PHASES}
         | {"schedule_lag": stats.lag.encode()},
-        "generator": generator_cpu(stats.cpu_us / 1_000_000, stats.devices),
+        "generator": generator_cpu(
+            stats.cpu_us / 1_000_000, stats.devices, stats.ahead_cpu_us / 1_000_000
+        ),
         "load": {
             "executor": type(plan.executor).__name__,
             "count": plan.count,
@@ -111,12 +113,17 @@ def accounting(planned: int, stats: RunStats, lost: dict[int, str]) -> dict[str,
     }
 
 
-def generator_cpu(cpu_s: float, devices: int) -> dict[str, float | None]:
+def generator_cpu(cpu_s: float, devices: int, ahead_s: float = 0.0) -> dict[str, float | None]:
     """What the workers spent, all of it: preparing devices on the way, connecting,
-    acting, recording. Per device, it says how many devices a core can drive."""
+    acting, recording. Per device, it says how many devices a core can drive.
+    ``ahead_s``, the first window's preparation before the schedule's start, is
+    part of a device's whole life but not of the run's pace."""
+    whole = cpu_s + ahead_s
     return {
         "cpu_s": round(cpu_s, 3),
         "cpu_ms_per_device": round(cpu_s * 1000 / devices, 3) if devices else None,
+        "ahead_cpu_s": round(ahead_s, 3),
+        "whole_cpu_ms_per_device": round(whole * 1000 / devices, 3) if devices else None,
     }
 
 

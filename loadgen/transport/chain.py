@@ -24,7 +24,6 @@ import binascii
 import ctypes
 import ssl
 import sys
-from pathlib import Path
 
 from loadgen import openssl
 from loadgen.certs import native
@@ -119,10 +118,10 @@ class SharedChains:
     def active(self) -> bool:
         return self._lib is not None and self._ctx is not None
 
-    def load(self, chain_pem: bytes, key: Path) -> bool:
+    def load(self, chain_pem: bytes, key_pem: bytes) -> bool:
         """Load a device's certificate and key into the context the short way, from
-        its chain file's bytes: its own certificate only, the CA from the shared
-        copy, and the key built from its parts (``EcKeyReader``) rather than
+        its chain file's and key file's bytes: its own certificate only, the CA
+        from the shared copy, and the key built from its parts (``EcKeyReader``) rather than
         through OpenSSL 3.0's key decoders. About 250 µs against 700 µs for
         ``load_cert_chain``. False when this cannot be done: a chain not seen yet,
         a key in another encoding; then ``load_cert_chain`` and ``share``."""
@@ -133,7 +132,7 @@ class SharedChains:
         if shared is None:
             return False
         certificate = _pem_body(chain_pem, b"CERTIFICATE")  # the first: the device's
-        pkey = keys.pkey(_pem_body(key.read_bytes(), b"PRIVATE KEY"))
+        pkey = keys.pkey(_pem_body(key_pem, b"PRIVATE KEY"))
         if pkey is None:
             return False
         try:

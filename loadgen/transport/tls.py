@@ -16,6 +16,7 @@ import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
+from loadgen import files
 from loadgen.transport.chain import SharedChains
 
 # AWS IoT on port 443 picks MQTT by this ALPN protocol name.
@@ -23,8 +24,8 @@ ALPN_AWS_MQTT = "x-amzn-mqtt-ca"
 
 
 def device_context(
-    cert_chain: Path | None,
-    key: Path | None,
+    cert_chain: str | Path | None,
+    key: str | Path | None,
     *,
     ca_file: Path | None,
     alpn: list[str] | None = None,
@@ -57,7 +58,7 @@ class TlsSession:
     outgoing: ssl.MemoryBIO
 
     @classmethod
-    def of(cls, context: ssl.SSLContext, server_name: str | None) -> TlsSession:
+    def of(cls, context: ssl.SSLContext, server_name: str | bytes | None) -> TlsSession:
         incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
         return cls(
             context.wrap_bio(incoming, outgoing, server_hostname=server_name), incoming, outgoing
@@ -77,17 +78,34 @@ class ClientTls:
             None, None, ca_file=ca_file, alpn=alpn, verify_server=verify_server
         )
         self.chains = SharedChains(self.context)
+        # Server names IDNA-encoded once: ``wrap_bio`` encodes a str every time.
+        self._names: dict[str, bytes] = {}
 
-    def session(self, cert_chain: Path, key: Path, server_name: str | None) -> TlsSession:
+    def session(
+        self, cert_chain: str | Path, key: str | Path, server_name: str | None
+    ) -> TlsSession:
+        name = self._name(server_name)
         # The event loop is one thread: nothing runs between loading the chain and
         # making the SSLObject that copies it.
-        chain_pem = cert_chain.read_bytes() if self.chains.active else b""
-        if not self.chains.load(chain_pem, key):
-            self.context.load_cert_chain(str(cert_chain), str(key))
-            self.chains.share(chain_pem)
-        return TlsSession.of(self.context, server_name)
+        if self.chains.active:
+            chain_pem = files.read(cert_chain)
+            if self.chains.load(chain_pem, files.read(key)):
+                return TlsSession.of(self.context, name)
+        else:
+            chain_pem = b""
+        self.context.load_cert_chain(cert_chain, key)
+        self.chains.share(chain_pem)
+        return TlsSession.of(self.context, name)
 
-    def own_context(self, cert_chain: Path, key: Path) -> ssl.SSLContext:
+    def _name(self, server_name: str | None) -> bytes | None:
+        if server_name is None:
+            return None
+        name = self._names.get(server_name)
+        if name is None:
+            name = self._names[server_name] = server_name.encode("idna")
+        return name
+
+    def own_context(self, cert_chain: str | Path, key: str | Path) -> ssl.SSLContext:
         """A context of the device's own, with this worker's settings (for drivers
         that take a context, such as aiomqtt)."""
         return device_context(
@@ -102,8 +120,8 @@ class DeviceTls:
     def __init__(
         self,
         shared: ClientTls,
-        cert_chain: Path,
-        key: Path,
+        cert_chain: str | Path,
+        key: str | Path,
         server_name: str | None,
         *,
         ahead: bool = True,
