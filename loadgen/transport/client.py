@@ -224,6 +224,8 @@ class _Channel:
             self.close()
             return
         self.times.tls_done = self.clock()
+        if tls.idle is not None:
+            tls.idle.handshake_done(tls.sslobj)
         # The client's Finished stays in the outgoing BIO: the CONNECT's record
         # joins it there and both go out in one segment, one system call fewer
         # (TLS 1.3 lets application data follow the Finished at once).
@@ -278,6 +280,8 @@ class _Channel:
             except ssl.SSLWantReadError:
                 if tls.outgoing.pending:
                     self._send_tls_output()  # e.g. a key update's answer
+                if tls.idle is not None:
+                    tls.idle.release(sslobj)  # e.g. after the session tickets
                 return
             except ssl.SSLError as exc:
                 self._lost(exc)
@@ -292,6 +296,8 @@ class _Channel:
             if not incoming.pending and not sslobj.pending() and not incoming.eof:
                 if tls.outgoing.pending:
                     self._send_tls_output()
+                if tls.idle is not None:
+                    tls.idle.release(sslobj)
                 return
 
     def _received(self, data: bytes) -> None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from loadgen.transport.chain import SharedChains
+from loadgen.transport.idle import IdleTls
 
 # AWS IoT on port 443 picks MQTT by this ALPN protocol name.
 ALPN_AWS_MQTT = "x-amzn-mqtt-ca"
@@ -55,12 +56,18 @@ class TlsSession:
     sslobj: ssl.SSLObject
     incoming: ssl.MemoryBIO
     outgoing: ssl.MemoryBIO
+    idle: IdleTls | None = None  # frees what the connection no longer needs
 
     @classmethod
-    def of(cls, context: ssl.SSLContext, server_name: str | None) -> TlsSession:
+    def of(
+        cls, context: ssl.SSLContext, server_name: str | None, idle: IdleTls | None = None
+    ) -> TlsSession:
         incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
         return cls(
-            context.wrap_bio(incoming, outgoing, server_hostname=server_name), incoming, outgoing
+            context.wrap_bio(incoming, outgoing, server_hostname=server_name),
+            incoming,
+            outgoing,
+            idle,
         )
 
 
@@ -77,6 +84,7 @@ class ClientTls:
             None, None, ca_file=ca_file, alpn=alpn, verify_server=verify_server
         )
         self.chains = SharedChains(self.context)
+        self.idle = IdleTls.reach(self.context)
 
     def session(self, cert_chain: Path, key: Path, server_name: str | None) -> TlsSession:
         # The event loop is one thread: nothing runs between loading the chain and
@@ -85,7 +93,7 @@ class ClientTls:
         if not self.chains.load(chain_pem, key):
             self.context.load_cert_chain(str(cert_chain), str(key))
             self.chains.share(chain_pem)
-        return TlsSession.of(self.context, server_name)
+        return TlsSession.of(self.context, server_name, self.idle)
 
     def own_context(self, cert_chain: Path, key: Path) -> ssl.SSLContext:
         """A context of the device's own, with this worker's settings (for drivers
