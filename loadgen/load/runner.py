@@ -34,6 +34,11 @@ from loadgen.transport.tls import ClientTls, DeviceTls
 # keep up with a burst, bounded so a million-device fleet never sits in memory.
 _WINDOW_PER_IN_FLIGHT = 2
 _MIN_WINDOW = 64
+# ... and never more than this, whatever max_in_flight allows: a run holding
+# every device (max_in_flight = its fleet) prepared them all before its start, at
+# about 17 KiB each. 1,024 cover a second of any schedule a worker keeps (about
+# 1,000 connects a second on a core), and the producer prepares one as one starts.
+_MAX_WINDOW = 1024
 PROGRESS_INTERVAL = 0.5
 
 
@@ -94,7 +99,7 @@ class Worker:
         self.rng = random.Random(worker)
         limit = share(plan.max_in_flight, plan.workers, worker)
         self.slots = asyncio.Semaphore(limit)
-        self.window = max(_MIN_WINDOW, limit * _WINDOW_PER_IN_FLIGHT)
+        self.window = min(_MAX_WINDOW, max(_MIN_WINDOW, limit * _WINDOW_PER_IN_FLIGHT))
         self.sources = itertools.cycle(plan.source_addresses or (None,))
         # Resolved with the grace period (seconds) when the run is to stop early.
         self.stop: asyncio.Future[float] = asyncio.get_running_loop().create_future()
