@@ -5,14 +5,21 @@ connected for as long as they hold."""
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 
 import pytest
 
+from loadgen import mqtt
+from loadgen.device.lifecycle import Device, DeviceConfig, DeviceSpec, HoldStep
+from loadgen.device.outcome import Outcome
 from loadgen.load.plan import build_plan
 from loadgen.load.runner import Worker
 from loadgen.run import ensure_fleet
 from loadgen.scenario.schema import load_scenario
+from loadgen.transport.client import Target
+from loadgen.transport.keepalive import Holds
+from loadgen.transport.tls import ClientTls, DeviceTls
 from tests.brokers import free_port
 from tests.test_run import _scenario
 
@@ -68,3 +75,95 @@ def test_a_worker_prepares_a_bounded_window_ahead_not_its_whole_fleet(window_pla
     # The queue's window, the one the dispatcher holds until its time, the one
     # being prepared.
     assert worker.most_ahead <= worker.window + 2
+
+
+async def _hold(fleet, mosquitto, devices, *, promise, pings, seconds, holds=None):
+    """``devices`` of ``fleet`` connected to mosquitto, each CONNECT promising a
+    keepalive of ``promise`` seconds, then held ``seconds`` with a PINGREQ every
+    ``pings`` (0: none); their results."""
+    shared = ClientTls(ca_file=mosquitto.server_ca.directory / "ca.pem")
+    target = Target("127.0.0.1", mosquitto.tls_port, server_name="localhost")
+    config = DeviceConfig(keepalive=promise, step_timeout=5.0)
+    step = HoldStep(seconds, keepalive=pings)
+
+    async def one(device):
+        tls = DeviceTls(shared, fleet.path / device.cert, fleet.path / device.key, "localhost")
+        spec = DeviceSpec(
+            device.index, device.client_id, target, tls, mqtt.MQTT_5, time.monotonic(), (step,)
+        )
+        return await Device(spec, config, time.monotonic, random.Random(0), holds).run()
+
+    async with asyncio.timeout(seconds + 30):
+        return await asyncio.gather(*(one(d) for d in devices))
+
+
+def _healthy(fleet, n):
+    return [d for d in fleet.devices() if d.fault is None][:n]
+
+
+async def test_pingreqs_keep_a_held_device_connected_past_the_servers_keepalive(
+    small_fleet, mosquitto
+):
+    # mosquitto closes a client silent for 1.5 times the keepalive its CONNECT
+    # promised: held 5 s on a promise of 2 s, only the PINGREQs keep it.
+    [result] = await _hold(
+        small_fleet, mosquitto, _healthy(small_fleet, 1), promise=2, pings=2, seconds=5
+    )
+    assert result.outcome is Outcome.CONNECTED, result.reason
+
+
+async def test_a_held_device_that_never_pings_is_closed_as_its_keepalive_promised(
+    small_fleet, mosquitto
+):
+    # The same hold without PINGREQs: what the test above relies on is real.
+    [result] = await _hold(
+        small_fleet, mosquitto, _healthy(small_fleet, 1), promise=2, pings=0, seconds=10
+    )
+    assert result.outcome is Outcome.CLOSED
+    assert result.phase == "hold"
+
+
+async def test_devices_held_together_on_one_wheel_all_stay_connected_to_the_end(
+    small_fleet, mosquitto
+):
+    holds = Holds(asyncio.get_running_loop())
+    devices = _healthy(small_fleet, 20)
+    results = await _hold(
+        small_fleet, mosquitto, devices, promise=2, pings=2, seconds=5, holds=holds
+    )
+    assert [r.outcome for r in results] == [Outcome.CONNECTED] * len(devices)
+    assert len(holds) == 0  # every hold ended and left the wheel
+
+
+class _DeafToPings(asyncio.Protocol):
+    """Accepts every CONNECT, never answers a PINGREQ."""
+
+    def __init__(self) -> None:
+        self.conn = mqtt.Connection(mqtt.Role.SERVER)
+        self.pingreqs = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        for packet in self.conn.receive(data):
+            if isinstance(packet, mqtt.Connect):
+                self.transport.write(self.conn.send(mqtt.ConnAck(0)))
+            elif isinstance(packet, mqtt.PingReq):
+                self.pingreqs += 1
+
+
+async def test_a_pingreq_left_unanswered_ends_the_hold_as_timeout():
+    server_end = _DeafToPings()
+    server = await asyncio.get_running_loop().create_server(lambda: server_end, "127.0.0.1", 0)
+    target = Target("127.0.0.1", server.sockets[0].getsockname()[1])
+    step = HoldStep(60.0, keepalive=0.2)
+    spec = DeviceSpec(0, "dev", target, None, mqtt.MQTT_5, time.monotonic(), (step,))
+    config = DeviceConfig(step_timeout=0.5)
+    async with asyncio.timeout(20):  # far less than the hold's 60 s
+        result = await Device(spec, config, time.monotonic, random.Random(0)).run()
+    server.close()
+    assert result.outcome is Outcome.TIMEOUT
+    assert result.phase == "hold" and result.reason == "no answer in time"
+    assert server_end.pingreqs == 1  # one unanswered PINGREQ, never a second on top

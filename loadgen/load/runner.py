@@ -28,6 +28,7 @@ from loadgen.load.plan import RunPlan, device_client_id, device_steps
 from loadgen.load.schedule import offsets
 from loadgen.metrics.stats import RunStats
 from loadgen.transport.client import Target, describe_error
+from loadgen.transport.keepalive import Holds
 from loadgen.transport.tls import ClientTls, DeviceTls
 
 # Devices prepared ahead of their start, per device allowed in flight: enough to
@@ -106,6 +107,7 @@ class Worker:
         self.tasks: set[asyncio.Task[None]] = set()  # devices in flight
         self.dispatcher: asyncio.Task[None] | None = None  # starts the devices
         self.drivers: set[DeviceDriver] = set()
+        self.holds = Holds(asyncio.get_running_loop())  # every held device's keepalive
         native = Device if plan.chaos is None else device_class(plan.chaos)
         self.driver: type[Device | AiomqttDevice] = (
             AiomqttDevice if plan.driver == "aiomqtt" else native
@@ -258,7 +260,7 @@ class Worker:
         """One device's life, ending in exactly one result whatever happens in it."""
         if self.plan.chaos is not None:
             self.plan.chaos.strike("worker", spec.index)
-        driver = self.driver(spec, self.plan.device, self.clock, self.rng)
+        driver = self.driver(spec, self.plan.device, self.clock, self.rng, self.holds)
         self.drivers.add(driver)
         try:
             if spec.failure is not None:

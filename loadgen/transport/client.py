@@ -44,6 +44,7 @@ from loadgen.transport.errors import (
     TransportError,
     Unreachable,
 )
+from loadgen.transport.keepalive import Holds
 from loadgen.transport.timing import AttemptTimes
 from loadgen.transport.tls import TlsSession
 
@@ -112,7 +113,9 @@ class _Channel:
         "fd",
         "loop",
         "phase",
+        "pingresps",
         "publishes_received",
+        "sent_at",
         "sock",
         "times",
         "tls",
@@ -134,10 +137,12 @@ class _Channel:
         self.conn = mqtt.Connection(mqtt.Role.CLIENT)
         self.times = times
         self.clock = clock
-        self.waiters: dict[object, asyncio.Future[mqtt.Packet]] = {}
+        self.waiters: dict[object, asyncio.Future[Any]] = {}
         self.error: TransportError | None = None
         self.phase = "tcp"
         self.publishes_received = 0
+        self.pingresps = 0
+        self.sent_at = loop.time()  # the last MQTT packet's: keepalive counts from it
         self.bytes_received = 0
         self.closed = False
         self._out = bytearray()
@@ -321,6 +326,7 @@ class _Channel:
         elif isinstance(packet, (mqtt.SubAck, mqtt.UnsubAck)):
             key = (type(packet).__name__, packet.packet_id)
         elif isinstance(packet, mqtt.PingResp):
+            self.pingresps += 1
             key = "pingresp"
         elif isinstance(packet, mqtt.Publish):
             self.publishes_received += 1
@@ -388,6 +394,7 @@ class _Channel:
         self._send(self.conn.send(packet))
 
     def _send(self, data: bytes) -> None:
+        self.sent_at = self.loop.time()
         tls = self.tls
         if tls is not None:
             tls.sslobj.write(data)
@@ -526,22 +533,29 @@ class MqttClient:
         p.write(mqtt.PingReq())
         await waiter
 
-    async def hold(self, seconds: float, keepalive: float) -> None:
-        """Stay connected for ``seconds``, sending PINGREQ every ``keepalive``."""
+    async def hold(
+        self,
+        seconds: float,
+        keepalive: float,
+        holds: Holds | None = None,
+        answer_within: float = 10.0,
+    ) -> None:
+        """Stay connected for ``seconds``, sending PINGREQ whenever nothing was
+        sent for ``keepalive`` (0: never). ``holds`` is the event loop's shared
+        wheel (a worker's; without one, a wheel of this hold's own). Raises
+        ``NoPingResp`` (a ``TimeoutError``) when a PINGREQ goes unanswered for
+        ``answer_within``, and the ``TransportError`` of a connection lost."""
         p = self._p
         p.phase = "hold"
-        loop = asyncio.get_running_loop()
-        end = loop.time() + seconds
-        while True:
-            self._check()
-            left = end - loop.time()
-            if left <= 0:
-                return
-            if keepalive <= 0 or left < keepalive:
-                await asyncio.sleep(left)
-                continue
-            await asyncio.sleep(keepalive)
-            await self.ping()
+        self._check()
+        if seconds <= 0:
+            return
+        done = p.expect("hold")
+        (holds or Holds(p.loop)).add(p, done, seconds, keepalive, answer_within)
+        try:
+            await done
+        finally:
+            p.waiters.pop("hold", None)
 
     def _check(self) -> None:
         if self._p.error is not None:

@@ -1,0 +1,153 @@
+"""Held connections of one event loop, kept alive on one timer.
+
+A device holding its connection needs a PINGREQ when it has sent nothing for its
+keepalive, an answer to each within a bound, and its hold's end. A task sleeping
+per device cost a future, a timer handle and a task step for every PINGREQ, and
+an ``asyncio.timeout`` (another timer) around each hold. Here every held
+connection is an entry in a bucket of a timer wheel (``_RESOLUTION`` wide); one
+loop timer is armed, for the earliest bucket, and visits each of its entries:
+end the hold, send the PINGREQ that is due, or check the answer came.
+
+PINGREQs go out at most a bucket early, never late (MQTT counts a keepalive from
+the client's last packet, whatever it was); a hold ends at most a bucket late,
+never early.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import math
+from typing import TYPE_CHECKING, Any
+
+from loadgen import mqtt
+from loadgen.transport.errors import TransportError
+
+if TYPE_CHECKING:
+    from loadgen.transport.client import _Channel
+
+_RESOLUTION = 0.05  # seconds a bucket spans
+# Timers fire a little early (uvloop rounds to milliseconds): a bucket counts as
+# due from half a bucket before its time, and so does what is due in it.
+_EARLY = _RESOLUTION / 2
+
+
+class NoPingResp(TimeoutError):
+    """The server did not answer a PINGREQ within the hold's bound."""
+
+
+class _Hold:
+    __slots__ = ("answer_within", "channel", "done", "end", "keepalive", "ping_sent", "pongs")
+
+    def __init__(
+        self,
+        channel: _Channel,
+        done: asyncio.Future[Any],
+        end: float,
+        keepalive: float,
+        answer_within: float,
+    ) -> None:
+        self.channel = channel
+        self.done = done
+        self.end = end
+        self.keepalive = keepalive
+        self.answer_within = answer_within
+        self.ping_sent: float | None = None  # a PINGREQ awaits its PINGRESP
+        self.pongs = 0  # the channel's PINGRESPs when it went out
+
+
+class Holds:
+    """One event loop's held connections: their PINGREQs and ends on one timer."""
+
+    __slots__ = ("_armed", "_buckets", "_loop", "_ticks", "_timer")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._buckets: dict[int, list[_Hold]] = {}
+        self._ticks: list[int] = []  # the buckets' ticks, a heap
+        self._armed: int | None = None  # the tick the timer is set for
+        self._timer: asyncio.TimerHandle | None = None
+
+    def __len__(self) -> int:
+        return sum(len(bucket) for bucket in self._buckets.values())
+
+    def add(
+        self,
+        channel: _Channel,
+        done: asyncio.Future[Any],
+        seconds: float,
+        keepalive: float,
+        answer_within: float,
+    ) -> None:
+        """Hold ``channel`` for ``seconds``, then resolve ``done``; PINGREQ every
+        ``keepalive`` (0: never) the connection is otherwise silent; ``done`` gets
+        ``NoPingResp`` when one is not answered within ``answer_within``."""
+        now = self._loop.time()
+        entry = _Hold(channel, done, now + seconds, keepalive, answer_within)
+        self._visit(entry, now)
+
+    def _schedule(self, entry: _Hold, at: float, early: bool) -> None:
+        scaled = at / _RESOLUTION
+        tick = math.floor(scaled) if early else math.ceil(scaled)
+        # Always a later bucket than the one being visited: each visit moves on.
+        tick = max(tick, math.floor((self._loop.time() + _EARLY) / _RESOLUTION) + 1)
+        bucket = self._buckets.get(tick)
+        if bucket is not None:
+            bucket.append(entry)
+            return
+        self._buckets[tick] = [entry]
+        heapq.heappush(self._ticks, tick)
+        if self._armed is None or tick < self._armed:
+            self._arm(tick)
+
+    def _arm(self, tick: int) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._armed = tick
+        self._timer = self._loop.call_at(tick * _RESOLUTION, self._fire)
+
+    def _fire(self) -> None:
+        self._armed = self._timer = None
+        now = self._loop.time()
+        due = math.floor((now + _EARLY) / _RESOLUTION)
+        ticks, buckets = self._ticks, self._buckets
+        while ticks and ticks[0] <= due:
+            for entry in buckets.pop(heapq.heappop(ticks)):
+                self._visit(entry, now)
+        if ticks and self._armed is None:
+            self._arm(ticks[0])
+
+    def _visit(self, entry: _Hold, now: float) -> None:
+        done = entry.done
+        if done.done():
+            return  # the connection failed, or the hold was cancelled
+        if now >= entry.end - _EARLY:
+            done.set_result(None)
+            return
+        channel = entry.channel
+        if entry.ping_sent is not None and channel.pingresps != entry.pongs:
+            entry.ping_sent = None  # answered
+        if entry.ping_sent is not None:
+            if now >= entry.ping_sent + entry.answer_within - _EARLY:
+                done.set_exception(NoPingResp("no PINGRESP in time"))
+                return
+        elif entry.keepalive > 0 and now >= channel.sent_at + entry.keepalive - _RESOLUTION:
+            try:
+                channel.write(mqtt.PingReq())
+            except TransportError as exc:
+                if not done.done():
+                    done.set_exception(exc)
+                return
+            if done.done():
+                return  # the write found the connection gone
+            entry.ping_sent, entry.pongs = now, channel.pingresps
+        at, early = entry.end, False
+        if entry.keepalive > 0:
+            ping = channel.sent_at + entry.keepalive
+            if ping < at:
+                at, early = ping, True
+        if entry.ping_sent is not None:
+            deadline = entry.ping_sent + entry.answer_within
+            if deadline < at:
+                at, early = deadline, False
+        self._schedule(entry, at, early)
