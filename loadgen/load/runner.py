@@ -24,6 +24,7 @@ from loadgen.device.aiomqtt_driver import AiomqttDevice
 from loadgen.device.lifecycle import Device, DeviceDriver, DeviceSpec
 from loadgen.device.outcome import Outcome
 from loadgen.load.chaos import device_class
+from loadgen.load.heap import Heap
 from loadgen.load.plan import RunPlan, device_client_id, device_steps
 from loadgen.load.schedule import offsets
 from loadgen.metrics.stats import RunStats
@@ -41,6 +42,8 @@ _MIN_WINDOW = 64
 # 1,000 connects a second on a core), and the producer prepares one as one starts.
 _MAX_WINDOW = 1024
 PROGRESS_INTERVAL = 0.5
+# Every this many progress reports, the heap is trimmed if devices started since.
+_TRIM_EVERY = 10  # 5 s
 
 
 @dataclass
@@ -285,9 +288,17 @@ class Worker:
         self.stats.add(result, started, self.clock() - t0)
 
     async def _report(self) -> None:
-        while True:
+        heap, trimmed = Heap(), (0, 0)
+        for report in itertools.count(1):
             await asyncio.sleep(PROGRESS_INTERVAL)
-            self.send(("progress", self.progress()))
+            progress = self.progress()
+            self.send(("progress", progress))
+            # What the connects of the last seconds freed goes back to the system
+            # (held devices keep a fraction of what connecting them took).
+            churned = (progress.started, progress.connected)
+            if report % _TRIM_EVERY == 0 and churned != trimmed:
+                trimmed = churned
+                heap.trim()
 
     def progress(self) -> Progress:
         # Connected: past an accepted CONNACK, not yet finished.
