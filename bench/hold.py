@@ -192,7 +192,10 @@ def _one(scenario: Path, port: int, broker_pid: int, args: argparse.Namespace) -
             if run.poll() is not None:
                 raise SystemExit(f"loadgen run ended before the plateau: {log.read_text()}")
             if time.monotonic() > deadline:
-                raise SystemExit(f"{seen.held} of {args.devices} devices held at the deadline")
+                tail = log.read_text()[-2000:]
+                raise SystemExit(
+                    f"{seen.held} of {args.devices} devices held at the deadline:\n{tail}"
+                )
             time.sleep(1)
             seen = usage(run.pid, port)
         ramp = time.monotonic() - started
