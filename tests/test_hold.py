@@ -128,11 +128,67 @@ async def test_devices_held_together_on_one_wheel_all_stay_connected_to_the_end(
 ):
     holds = Holds(asyncio.get_running_loop())
     devices = _healthy(small_fleet, 20)
-    results = await _hold(
-        small_fleet, mosquitto, devices, promise=2, pings=2, seconds=5, holds=holds
-    )
+    held = _hold(small_fleet, mosquitto, devices, promise=2, pings=2, seconds=5, holds=holds)
+    holding = asyncio.ensure_future(held)
+    async with asyncio.timeout(30):
+        while len(holds) < len(devices):  # all on this one wheel at once
+            assert not holding.done(), [r.reason for r in holding.result()]
+            await asyncio.sleep(0.05)
+    results = await holding
     assert [r.outcome for r in results] == [Outcome.CONNECTED] * len(devices)
     assert len(holds) == 0  # every hold ended and left the wheel
+
+
+class _Enforcing(asyncio.Protocol):
+    """Answers PINGREQs, and closes a client silent for twice the keepalive its
+    CONNECT promised (MQTT allows 1.5: twice leaves a loaded machine room)."""
+
+    def __init__(self) -> None:
+        self.conn = mqtt.Connection(mqtt.Role.SERVER)
+        self.keepalive = 0
+        self.silence: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        for packet in self.conn.receive(data):
+            if isinstance(packet, mqtt.Connect):
+                self.keepalive = packet.keepalive
+                self.transport.write(self.conn.send(mqtt.ConnAck(0)))
+            elif isinstance(packet, mqtt.PingReq):
+                self.transport.write(self.conn.send(mqtt.PingResp()))
+        if self.silence is not None:
+            self.silence.cancel()
+        loop = asyncio.get_running_loop()
+        self.silence = loop.call_later(2 * self.keepalive, self.transport.close)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.silence is not None:
+            self.silence.cancel()
+
+
+async def test_a_device_joining_the_wheel_pings_on_its_own_time_whatever_others_do():
+    # The first device's PINGREQ (at 4 s) schedules its next one at 8 s; the
+    # second device, joined at 2.5 s, is due at 4.5 s: its bucket must still be
+    # visited on time, or it stays silent past what the server allows (4 s).
+    server = await asyncio.get_running_loop().create_server(_Enforcing, "127.0.0.1", 0)
+    target = Target("127.0.0.1", server.sockets[0].getsockname()[1])
+    holds = Holds(asyncio.get_running_loop())
+
+    async def device(client_id, promise, seconds, after):
+        await asyncio.sleep(after)
+        step = HoldStep(seconds, keepalive=promise)
+        spec = DeviceSpec(0, client_id, target, None, mqtt.MQTT_5, time.monotonic(), (step,))
+        config = DeviceConfig(keepalive=promise)
+        return await Device(spec, config, time.monotonic, random.Random(0), holds).run()
+
+    async with asyncio.timeout(60):
+        first, second = await asyncio.gather(device("a", 4, 10, 0), device("b", 2, 7, 2.5))
+    server.close()
+    assert first.outcome is Outcome.CONNECTED, first.reason
+    assert second.outcome is Outcome.CONNECTED, second.reason
 
 
 class _DeafToPings(asyncio.Protocol):

@@ -551,7 +551,8 @@ class MqttClient:
         if seconds <= 0:
             return
         done = p.expect("hold")
-        (holds or Holds(p.loop)).add(p, done, seconds, keepalive, answer_within)
+        wheel = holds if holds is not None else Holds(p.loop)
+        wheel.add(p, done, seconds, keepalive, answer_within)
         try:
             await done
         finally:

@@ -107,15 +107,19 @@ class Holds:
         self._timer = self._loop.call_at(tick * _RESOLUTION, self._fire)
 
     def _fire(self) -> None:
-        self._armed = self._timer = None
+        self._timer = None
+        # Armed "for now" while visiting: the buckets the visits add must not arm
+        # the timer past a bucket that was already waiting.
         now = self._loop.time()
         due = math.floor((now + _EARLY) / _RESOLUTION)
+        self._armed = due
         ticks, buckets = self._ticks, self._buckets
         while ticks and ticks[0] <= due:
             for entry in buckets.pop(heapq.heappop(ticks)):
                 self._visit(entry, now)
-        if ticks and self._armed is None:
-            self._arm(ticks[0])
+        self._armed = None
+        if ticks:
+            self._arm(ticks[0])  # the earliest bucket, whoever added it
 
     def _visit(self, entry: _Hold, now: float) -> None:
         done = entry.done
