@@ -146,7 +146,7 @@ class HoldRun:
     devices: int
     held: int  # by the generator at the plateau's end
     broker_held: int
-    workers: int
+    workers: int  # processes under `loadgen run`: its workers and the resource tracker
     generator_kib: float  # the workers' RSS per held device
     generator_tree_kib: float  # with `loadgen run`'s parent process
     broker_kib: float  # mosquitto's RSS per held device
@@ -265,7 +265,8 @@ def main() -> None:
     print(
         f"{args.devices} devices held against mosquitto on loopback (TLS 1.3, EC P-256, "
         f"MQTT 5), arrivals at {args.rate:g}/s, PINGREQ every {args.keepalive:g} s, "
-        f"{args.plateau:g} s plateau; {len(runs)} runs, {runs[0].workers} workers"
+        f"{args.plateau:g} s plateau; {len(runs)} runs; {runs[0].workers} processes under "
+        "`loadgen run` (its workers, multiprocessing's resource tracker)"
     )
     print()
     print("| measurement | median | runs |")

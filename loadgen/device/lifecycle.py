@@ -273,7 +273,8 @@ class Device(DeviceDriver):
             else:
                 self.step = "hold"
                 # Bounded without a timer of its own: the wheel ends the hold, and
-                # fails it when a PINGREQ goes unanswered for the step timeout.
+                # fails it when a PINGREQ is still unanswered a step timeout after
+                # it went out, at the end (at most seconds + timeout, as before).
                 await client.hold(step.seconds, step.keepalive, self.holds, timeout)
 
 

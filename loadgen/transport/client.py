@@ -543,8 +543,9 @@ class MqttClient:
         """Stay connected for ``seconds``, sending PINGREQ whenever nothing was
         sent for ``keepalive`` (0: never). ``holds`` is the event loop's shared
         wheel (a worker's; without one, a wheel of this hold's own). Raises
-        ``NoPingResp`` (a ``TimeoutError``) when a PINGREQ goes unanswered for
-        ``answer_within``, and the ``TransportError`` of a connection lost."""
+        ``NoPingResp`` (a ``TimeoutError``) when at the end a PINGREQ has waited
+        ``answer_within`` for its answer, and the ``TransportError`` of a
+        connection lost."""
         p = self._p
         p.phase = "hold"
         self._check()

@@ -8,6 +8,11 @@ connection is an entry in a bucket of a timer wheel (``_RESOLUTION`` wide); one
 loop timer is armed, for the earliest bucket, and visits each of its entries:
 end the hold, send the PINGREQ that is due, or check the answer came.
 
+A PINGREQ is not sent while the last one awaits its PINGRESP, and a slow answer
+does not end the hold early (a loaded server answers late: mosquitto took more
+than 10 s during a connect storm): the hold ends as timed out when, at its end,
+a PINGREQ has waited longer than its bound for an answer.
+
 PINGREQs go out at most a bucket early, never late (MQTT counts a keepalive from
 the client's last packet, whatever it was); a hold ends at most a bucket late,
 never early.
@@ -33,7 +38,7 @@ _EARLY = _RESOLUTION / 2
 
 
 class NoPingResp(TimeoutError):
-    """The server did not answer a PINGREQ within the hold's bound."""
+    """A PINGREQ was still unanswered at the hold's end, past its bound."""
 
 
 class _Hold:
@@ -80,8 +85,9 @@ class Holds:
         answer_within: float,
     ) -> None:
         """Hold ``channel`` for ``seconds``, then resolve ``done``; PINGREQ every
-        ``keepalive`` (0: never) the connection is otherwise silent; ``done`` gets
-        ``NoPingResp`` when one is not answered within ``answer_within``."""
+        ``keepalive`` (0: never) the connection is otherwise silent. At the end,
+        a PINGREQ still unanswered is given until ``answer_within`` after it
+        went out, then ``done`` gets ``NoPingResp``."""
         now = self._loop.time()
         entry = _Hold(channel, done, now + seconds, keepalive, answer_within)
         self._visit(entry, now)
@@ -125,17 +131,23 @@ class Holds:
         done = entry.done
         if done.done():
             return  # the connection failed, or the hold was cancelled
-        if now >= entry.end - _EARLY:
-            done.set_result(None)
-            return
         channel = entry.channel
         if entry.ping_sent is not None and channel.pingresps != entry.pongs:
             entry.ping_sent = None  # answered
-        if entry.ping_sent is not None:
-            if now >= entry.ping_sent + entry.answer_within - _EARLY:
+        waiting = entry.ping_sent
+        if now >= entry.end - _EARLY:
+            if waiting is None:
+                done.set_result(None)
+            elif now >= waiting + entry.answer_within - _EARLY:
                 done.set_exception(NoPingResp("no PINGRESP in time"))
-                return
-        elif entry.keepalive > 0 and now >= channel.sent_at + entry.keepalive - _RESOLUTION:
+            else:
+                self._schedule(entry, waiting + entry.answer_within, early=False)
+            return
+        if (
+            waiting is None
+            and entry.keepalive > 0
+            and now >= channel.sent_at + entry.keepalive - _RESOLUTION
+        ):
             try:
                 channel.write(mqtt.PingReq())
             except TransportError as exc:
@@ -147,11 +159,11 @@ class Holds:
             entry.ping_sent, entry.pongs = now, channel.pingresps
         at, early = entry.end, False
         if entry.keepalive > 0:
-            ping = channel.sent_at + entry.keepalive
-            if ping < at:
-                at, early = ping, True
-        if entry.ping_sent is not None:
-            deadline = entry.ping_sent + entry.answer_within
-            if deadline < at:
-                at, early = deadline, False
+            if entry.ping_sent is None:
+                at, early = min(at, channel.sent_at + entry.keepalive), True
+            else:
+                # A slow answer does not end the hold (a loaded server answers
+                # late, and a hold is judged at its end): look again within a
+                # quarter keepalive, to send the next PINGREQ once it came.
+                at = min(at, now + entry.keepalive / 4)
         self._schedule(entry, at, early)
