@@ -46,6 +46,30 @@ async def test_phases_are_timed_in_order_over_mutual_tls(small_fleet, mosquitto)
     assert set(times.durations()) == {"tcp_connect", "tls_handshake", "connack"}
 
 
+async def test_a_connection_works_on_once_its_idle_tls_buffers_and_certificate_are_freed(
+    small_fleet, mosquitto
+):
+    # Each read that empties the connection frees its record buffers, and the
+    # handshake's end drops the device's certificate and key (transport/idle.py).
+    # mosquitto's session tickets come before the CONNACK: after a ping's answer
+    # they are surely read, and what follows must miss nothing that was freed.
+    device, tls = device_tls(small_fleet, mosquitto)
+    assert tls.shared.idle is not None  # OpenSSL reached, as on CPython here
+    target = Target("127.0.0.1", mosquitto.tls_port, server_name="localhost")
+    times = AttemptTimes(time.monotonic())
+    async with asyncio.timeout(20):
+        client = await connect(target, tls.session(), mqtt.Connect(device.client_id), times)
+        await client.ping()
+        await client.publish(f"dt/{device.client_id}", b"x" * 40_000, qos=1)
+        await client.ping()
+        await client.publish(f"dt/{device.client_id}", b"after", qos=1)
+        client.disconnect()
+        # The device's next attempt presents its certificate again.
+        again = await connect(target, tls.session(), mqtt.Connect(device.client_id), times)
+        again.disconnect()
+    assert len(times.pubacks) == 2
+
+
 async def test_a_publish_larger_than_the_socket_takes_at_once_arrives_whole(small_fleet, mosquitto):
     # 8 MiB: more than a loopback socket's send buffer, so the rest waits for the
     # socket to turn writable. mosquitto's PUBACK says the packet arrived intact:

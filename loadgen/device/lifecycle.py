@@ -20,6 +20,7 @@ from loadgen.device.outcome import PROVISIONING_TRIGGERS, Outcome, classify
 from loadgen.device.retry import RetryPolicy
 from loadgen.transport.client import MqttClient, Target, connect, describe_error
 from loadgen.transport.errors import TransportError
+from loadgen.transport.keepalive import Holds
 from loadgen.transport.timing import AttemptTimes
 from loadgen.transport.tls import DeviceTls
 
@@ -138,7 +139,12 @@ class DeviceDriver:
     the clock, the back-off's random numbers, and the result it fills in."""
 
     def __init__(
-        self, spec: DeviceSpec, config: DeviceConfig, clock: Clock, rng: random.Random
+        self,
+        spec: DeviceSpec,
+        config: DeviceConfig,
+        clock: Clock,
+        rng: random.Random,
+        holds: Holds | None = None,
     ) -> None:
         self.spec = spec
         self.config = config
@@ -146,6 +152,7 @@ class DeviceDriver:
         self.rng = rng
         self.result = DeviceResult(spec.index, fault=spec.fault)
         self.step: str | None = None  # the step under way once connected
+        self.holds = holds  # the worker's held connections, kept alive on one timer
 
     def where(self) -> str:
         """The phase of the device's life it is in now, for a failure nothing
@@ -266,8 +273,10 @@ class Device(DeviceDriver):
                     await client.subscribe(step.topic_filter, step.qos)
             else:
                 self.step = "hold"
-                async with asyncio.timeout(step.seconds + timeout):
-                    await client.hold(step.seconds, step.keepalive)
+                # Bounded without a timer of its own: the wheel ends the hold, and
+                # fails it when a PINGREQ is still unanswered a step timeout after
+                # it went out, at the end (at most seconds + timeout, as before).
+                await client.hold(step.seconds, step.keepalive, self.holds, timeout)
 
 
 def _reached(times: AttemptTimes) -> str:

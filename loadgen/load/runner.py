@@ -24,17 +24,26 @@ from loadgen.device.aiomqtt_driver import AiomqttDevice
 from loadgen.device.lifecycle import Device, DeviceDriver, DeviceSpec
 from loadgen.device.outcome import Outcome
 from loadgen.load.chaos import device_class
+from loadgen.load.heap import Heap
 from loadgen.load.plan import RunPlan, device_client_id, device_steps
 from loadgen.load.schedule import offsets
 from loadgen.metrics.stats import RunStats
 from loadgen.transport.client import Target, describe_error
+from loadgen.transport.keepalive import Holds
 from loadgen.transport.tls import ClientTls, DeviceTls
 
 # Devices prepared ahead of their start, per device allowed in flight: enough to
 # keep up with a burst, bounded so a million-device fleet never sits in memory.
 _WINDOW_PER_IN_FLIGHT = 2
 _MIN_WINDOW = 64
+# ... and never more than this, whatever max_in_flight allows: a run holding
+# every device (max_in_flight = its fleet) prepared them all before its start, at
+# about 17 KiB each. 1,024 cover a second of any schedule a worker keeps (about
+# 1,000 connects a second on a core), and the producer prepares one as one starts.
+_MAX_WINDOW = 1024
 PROGRESS_INTERVAL = 0.5
+# Every this many progress reports, the heap is trimmed if devices started since.
+_TRIM_EVERY = 10  # 5 s
 
 
 @dataclass
@@ -97,7 +106,7 @@ class Worker:
         self.rng = random.Random(worker)
         limit = share(plan.max_in_flight, plan.workers, worker)
         self.slots = asyncio.Semaphore(limit)
-        self.window = max(_MIN_WINDOW, limit * _WINDOW_PER_IN_FLIGHT)
+        self.window = min(_MAX_WINDOW, max(_MIN_WINDOW, limit * _WINDOW_PER_IN_FLIGHT))
         self.sources = itertools.cycle(plan.source_addresses or (None,))
         # Device files by name as text: a Path per file cost more than reading it.
         self.fleet = str(plan.fleet)
@@ -106,6 +115,7 @@ class Worker:
         self.tasks: set[asyncio.Task[None]] = set()  # devices in flight
         self.dispatcher: asyncio.Task[None] | None = None  # starts the devices
         self.drivers: set[DeviceDriver] = set()
+        self.holds = Holds(asyncio.get_running_loop())  # every held device's keepalive
         native = Device if plan.chaos is None else device_class(plan.chaos)
         self.driver: type[Device | AiomqttDevice] = (
             AiomqttDevice if plan.driver == "aiomqtt" else native
@@ -277,7 +287,7 @@ class Worker:
         """One device's life, ending in exactly one result whatever happens in it."""
         if self.plan.chaos is not None:
             self.plan.chaos.strike("worker", spec.index)
-        driver = self.driver(spec, self.plan.device, self.clock, self.rng)
+        driver = self.driver(spec, self.plan.device, self.clock, self.rng, self.holds)
         self.drivers.add(driver)
         try:
             if spec.failure is not None:
@@ -302,9 +312,17 @@ class Worker:
         self.stats.add(result, started, self.clock() - t0)
 
     async def _report(self) -> None:
-        while True:
+        heap, trimmed = Heap(), (0, 0)
+        for report in itertools.count(1):
             await asyncio.sleep(PROGRESS_INTERVAL)
-            self.send(("progress", self.progress()))
+            progress = self.progress()
+            self.send(("progress", progress))
+            # What the connects of the last seconds freed goes back to the system
+            # (held devices keep a fraction of what connecting them took).
+            churned = (progress.started, progress.connected)
+            if report % _TRIM_EVERY == 0 and churned != trimmed:
+                trimmed = churned
+                heap.trim()
 
     def progress(self) -> Progress:
         # Connected: past an accepted CONNACK, not yet finished.

@@ -83,7 +83,7 @@ class _OpenSsl:
         self.clear_errors.argtypes = []
 
 
-def _openssl() -> _OpenSsl | None:
+def openssl_calls() -> _OpenSsl | None:
     # The layout read below (PyObject_HEAD, then SSL_CTX *) is CPython's, in
     # release builds; elsewhere, do without.
     if sys.implementation.name != "cpython" or hasattr(sys, "gettotalrefcount"):
@@ -95,7 +95,7 @@ def _openssl() -> _OpenSsl | None:
         return None
 
 
-def _ctx_pointer(lib: _OpenSsl, context: ssl.SSLContext) -> int | None:
+def ctx_pointer(lib: _OpenSsl, context: ssl.SSLContext) -> int | None:
     pointer = ctypes.c_void_p.from_address(id(context) + 2 * ctypes.sizeof(ctypes.c_void_p))
     address = pointer.value
     # The context must answer with its own options: then this is its SSL_CTX.
@@ -108,8 +108,8 @@ class SharedChains:
     """Swaps each loaded chain for a shared parsed copy, in one context."""
 
     def __init__(self, context: ssl.SSLContext) -> None:
-        self._lib = _openssl()
-        self._ctx = _ctx_pointer(self._lib, context) if self._lib is not None else None
+        self._lib = openssl_calls()
+        self._ctx = ctx_pointer(self._lib, context) if self._lib is not None else None
         self._chains: dict[bytes, tuple[int, ...]] = {}
         self._keys = native.ec_key_reader() if self._ctx is not None else None
         self.fast_loads = 0  # devices loaded by ``load``

@@ -44,6 +44,7 @@ from loadgen.transport.errors import (
     TransportError,
     Unreachable,
 )
+from loadgen.transport.keepalive import Holds
 from loadgen.transport.timing import AttemptTimes
 from loadgen.transport.tls import TlsSession
 
@@ -113,7 +114,9 @@ class _Channel:
         "fd",
         "loop",
         "phase",
+        "pingresps",
         "publishes_received",
+        "sent_at",
         "sock",
         "times",
         "tls",
@@ -135,10 +138,12 @@ class _Channel:
         self.conn = mqtt.Connection(mqtt.Role.CLIENT)
         self.times = times
         self.clock = clock
-        self.waiters: dict[object, asyncio.Future[mqtt.Packet]] = {}
+        self.waiters: dict[object, asyncio.Future[Any]] = {}
         self.error: TransportError | None = None
         self.phase = "tcp"
         self.publishes_received = 0
+        self.pingresps = 0
+        self.sent_at = loop.time()  # the last MQTT packet's: keepalive counts from it
         self.bytes_received = 0
         self.closed = False
         self._out = bytearray()
@@ -225,6 +230,8 @@ class _Channel:
             self.close()
             return
         self.times.tls_done = self.clock()
+        if tls.idle is not None:
+            tls.idle.handshake_done(tls.sslobj)
         # The client's Finished stays in the outgoing BIO: the CONNECT's record
         # joins it there and both go out in one segment, one system call fewer
         # (TLS 1.3 lets application data follow the Finished at once).
@@ -279,6 +286,8 @@ class _Channel:
             except ssl.SSLWantReadError:
                 if tls.outgoing.pending:
                     self._send_tls_output()  # e.g. a key update's answer
+                if tls.idle is not None:
+                    tls.idle.release(sslobj)  # e.g. after the session tickets
                 return
             except ssl.SSLError as exc:
                 self._lost(exc)
@@ -293,6 +302,8 @@ class _Channel:
             if not incoming.pending and not sslobj.pending() and not incoming.eof:
                 if tls.outgoing.pending:
                     self._send_tls_output()
+                if tls.idle is not None:
+                    tls.idle.release(sslobj)
                 return
 
     def _received(self, data: bytes) -> None:
@@ -316,6 +327,7 @@ class _Channel:
         elif isinstance(packet, (mqtt.SubAck, mqtt.UnsubAck)):
             key = (type(packet).__name__, packet.packet_id)
         elif isinstance(packet, mqtt.PingResp):
+            self.pingresps += 1
             key = "pingresp"
         elif isinstance(packet, mqtt.Publish):
             self.publishes_received += 1
@@ -383,6 +395,7 @@ class _Channel:
         self._send(self.conn.send(packet))
 
     def _send(self, data: bytes) -> None:
+        self.sent_at = self.loop.time()
         tls = self.tls
         if tls is not None:
             tls.sslobj.write(data)
@@ -521,22 +534,31 @@ class MqttClient:
         p.write(mqtt.PingReq())
         await waiter
 
-    async def hold(self, seconds: float, keepalive: float) -> None:
-        """Stay connected for ``seconds``, sending PINGREQ every ``keepalive``."""
+    async def hold(
+        self,
+        seconds: float,
+        keepalive: float,
+        holds: Holds | None = None,
+        answer_within: float = 10.0,
+    ) -> None:
+        """Stay connected for ``seconds``, sending PINGREQ whenever nothing was
+        sent for ``keepalive`` (0: never). ``holds`` is the event loop's shared
+        wheel (a worker's; without one, a wheel of this hold's own). Raises
+        ``NoPingResp`` (a ``TimeoutError``) when at the end a PINGREQ has waited
+        ``answer_within`` for its answer, and the ``TransportError`` of a
+        connection lost."""
         p = self._p
         p.phase = "hold"
-        loop = asyncio.get_running_loop()
-        end = loop.time() + seconds
-        while True:
-            self._check()
-            left = end - loop.time()
-            if left <= 0:
-                return
-            if keepalive <= 0 or left < keepalive:
-                await asyncio.sleep(left)
-                continue
-            await asyncio.sleep(keepalive)
-            await self.ping()
+        self._check()
+        if seconds <= 0:
+            return
+        done = p.expect("hold")
+        wheel = holds if holds is not None else Holds(p.loop)
+        wheel.add(p, done, seconds, keepalive, answer_within)
+        try:
+            await done
+        finally:
+            p.waiters.pop("hold", None)
 
     def _check(self) -> None:
         if self._p.error is not None:

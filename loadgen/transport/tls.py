@@ -18,6 +18,7 @@ from pathlib import Path
 
 from loadgen import files
 from loadgen.transport.chain import SharedChains
+from loadgen.transport.idle import IdleTls
 
 # AWS IoT on port 443 picks MQTT by this ALPN protocol name.
 ALPN_AWS_MQTT = "x-amzn-mqtt-ca"
@@ -56,12 +57,21 @@ class TlsSession:
     sslobj: ssl.SSLObject
     incoming: ssl.MemoryBIO
     outgoing: ssl.MemoryBIO
+    idle: IdleTls | None = None  # frees what the connection no longer needs
 
     @classmethod
-    def of(cls, context: ssl.SSLContext, server_name: str | bytes | None) -> TlsSession:
+    def of(
+        cls,
+        context: ssl.SSLContext,
+        server_name: str | bytes | None,
+        idle: IdleTls | None = None,
+    ) -> TlsSession:
         incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
         return cls(
-            context.wrap_bio(incoming, outgoing, server_hostname=server_name), incoming, outgoing
+            context.wrap_bio(incoming, outgoing, server_hostname=server_name),
+            incoming,
+            outgoing,
+            idle,
         )
 
 
@@ -80,6 +90,7 @@ class ClientTls:
         self.chains = SharedChains(self.context)
         # Server names IDNA-encoded once: ``wrap_bio`` encodes a str every time.
         self._names: dict[str, bytes] = {}
+        self.idle = IdleTls.reach(self.context)
 
     def session(
         self, cert_chain: str | Path, key: str | Path, server_name: str | None
@@ -90,12 +101,12 @@ class ClientTls:
         if self.chains.active:
             chain_pem = files.read(cert_chain)
             if self.chains.load(chain_pem, files.read(key)):
-                return TlsSession.of(self.context, name)
+                return TlsSession.of(self.context, name, self.idle)
         else:
             chain_pem = b""
         self.context.load_cert_chain(cert_chain, key)
         self.chains.share(chain_pem)
-        return TlsSession.of(self.context, name)
+        return TlsSession.of(self.context, name, self.idle)
 
     def _name(self, server_name: str | None) -> bytes | None:
         if server_name is None:

@@ -1,0 +1,99 @@
+"""What an established client connection no longer needs, given back at once.
+
+Two things outlived their use in every held connection (heaptrack of 2,000
+devices held against mosquitto, docs/benchmarks.md):
+
+- A 16 KiB record write buffer. Python's contexts set ``SSL_MODE_RELEASE_BUFFERS``,
+  so OpenSSL frees its buffers when idle, but only at the end of a write or of an
+  application-data read. The TLS 1.3 session tickets a server sends after the
+  handshake run the handshake state machine again, which sets up a write buffer
+  that nothing frees until the device's next write: its first PINGREQ, a
+  keepalive later. ``release`` calls ``SSL_free_buffers`` once everything
+  received has been read (it frees nothing that still holds data).
+- The device's own certificate and key, parsed (about 5 KiB), which only the
+  handshake needs: ``handshake_done`` drops them from the connection
+  (``SSL_certs_clear``). Nothing asks for them later: Python's client contexts
+  offer post-handshake authentication only when told to, and ``ClientTls``
+  does not.
+
+The tickets themselves cost little: a client context keeps no session cache
+(Python sets ``SSL_SESS_CACHE_SERVER`` only), so a connection keeps its latest
+session and the ticket in it, a few hundred bytes; a TLS 1.3 client cannot
+refuse them (``OP_NO_TICKET`` does not stop a server sending them).
+
+Reached through ctypes on the ``SSL *`` inside Python's ``SSLObject``, checked
+once against the context it came from; where that cannot be done safely nothing
+is freed early and nothing else changes.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ssl
+
+from loadgen import openssl
+from loadgen.transport.chain import ctx_pointer, openssl_calls
+
+# CPython's PySSLSocket: PyObject_HEAD (two pointers), the socket weakref, then SSL *.
+_SSL_OFFSET = 3 * ctypes.sizeof(ctypes.c_void_p)
+
+
+class _Calls:
+    def __init__(self, lib: ctypes.CDLL) -> None:
+        self.free_buffers = lib.SSL_free_buffers
+        self.free_buffers.restype = ctypes.c_int
+        self.free_buffers.argtypes = [ctypes.c_void_p]
+        self.certs_clear = lib.SSL_certs_clear
+        self.certs_clear.restype = None
+        self.certs_clear.argtypes = [ctypes.c_void_p]
+        self.get_ctx = lib.SSL_get_SSL_CTX
+        self.get_ctx.restype = ctypes.c_void_p
+        self.get_ctx.argtypes = [ctypes.c_void_p]
+
+
+def _ssl_pointer(sslobj: ssl.SSLObject) -> int | None:
+    inner = sslobj._sslobj  # type: ignore[attr-defined]
+    return ctypes.c_void_p.from_address(id(inner) + _SSL_OFFSET).value
+
+
+class IdleTls:
+    """Frees what the connections of one context no longer need."""
+
+    __slots__ = ("_calls",)
+
+    def __init__(self, calls: _Calls) -> None:
+        self._calls = calls
+
+    @classmethod
+    def reach(cls, context: ssl.SSLContext) -> IdleTls | None:
+        """For the SSLObjects ``context`` makes; None where OpenSSL's SSL cannot
+        be reached safely."""
+        layout = openssl_calls()
+        lib = openssl.load()
+        if layout is None or lib is None:
+            return None
+        try:
+            calls = _Calls(lib)
+        except AttributeError:
+            return None
+        ctx = ctx_pointer(layout, context)
+        if ctx is None:
+            return None
+        probe = context.wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO(), server_hostname="localhost")
+        pointer = _ssl_pointer(probe)
+        # The SSL must answer with the context it was made from: then the layout holds.
+        if not pointer or calls.get_ctx(pointer) != ctx:
+            return None
+        return cls(calls)
+
+    def handshake_done(self, sslobj: ssl.SSLObject) -> None:
+        """Drop the certificate and key the handshake presented."""
+        pointer = _ssl_pointer(sslobj)
+        if pointer:
+            self._calls.certs_clear(pointer)
+
+    def release(self, sslobj: ssl.SSLObject) -> None:
+        """Free the record buffers; call when all that was received has been read."""
+        pointer = _ssl_pointer(sslobj)
+        if pointer:
+            self._calls.free_buffers(pointer)

@@ -1,0 +1,225 @@
+"""Devices held at scale: prepared a bounded window ahead of their start (never
+the whole fleet at once), kept alive by PINGREQs a server enforces, and
+connected for as long as they hold."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+
+import pytest
+
+from loadgen import mqtt
+from loadgen.device.lifecycle import Device, DeviceConfig, DeviceSpec, HoldStep
+from loadgen.device.outcome import Outcome
+from loadgen.load.plan import build_plan
+from loadgen.load.runner import Worker
+from loadgen.run import ensure_fleet
+from loadgen.scenario.schema import load_scenario
+from loadgen.transport.client import Target
+from loadgen.transport.keepalive import Holds
+from loadgen.transport.tls import ClientTls, DeviceTls
+from tests.brokers import free_port
+from tests.test_run import _scenario
+
+# More than a worker's window: a run that prepared its whole fleet ahead shows.
+WINDOW_FLEET = 1500
+
+
+class CountingWorker(Worker):
+    """A worker that counts the devices it prepared and has not started yet."""
+
+    prepared = 0
+    most_ahead = 0
+    ahead_at_start = -1
+
+    def prepare(self, device, offset):  # type: ignore[no-untyped-def]
+        self.prepared += 1
+        self.most_ahead = max(self.most_ahead, self.prepared - self.started)
+        return super().prepare(device, offset)
+
+    def start_at(self) -> float:
+        self.ahead_at_start = self.prepared
+        return time.monotonic()
+
+
+@pytest.fixture(scope="module")
+def window_plan(tmp_path_factory, mosquitto, device_ca):
+    root = tmp_path_factory.mktemp("window")
+    path = _scenario(
+        root,
+        mosquitto,
+        device_ca,
+        fleet={"ca": str(device_ca.directory), "store": "fleet", "count": WINDOW_FLEET},
+        # Every device allowed in flight at once, as when all are to be held.
+        load={"executor": "constant-arrival-rate", "rate": "5000/s", "max_in_flight": 20_000},
+        retry={"max_attempts": 1},
+    )
+    scenario = load_scenario(path)
+    ensure_fleet(scenario, WINDOW_FLEET, 2)
+    # Nothing listens there: each device is refused at once, no broker needed.
+    return build_plan(scenario, endpoint=("127.0.0.1", free_port()), workers=1)
+
+
+def test_a_worker_prepares_a_bounded_window_ahead_not_its_whole_fleet(window_plan):
+    async def run() -> CountingWorker:
+        worker = CountingWorker(window_plan, 0, lambda _message: None)
+        async with asyncio.timeout(120):
+            await worker.run(worker.start_at)
+        return worker
+
+    worker = asyncio.run(run())
+    assert worker.stats.devices == WINDOW_FLEET  # every device ran
+    assert worker.ahead_at_start == worker.window < WINDOW_FLEET
+    # The queue's window, the one the dispatcher holds until its time, the one
+    # being prepared.
+    assert worker.most_ahead <= worker.window + 2
+
+
+async def _hold(fleet, mosquitto, devices, *, promise, pings, seconds, holds=None):
+    """``devices`` of ``fleet`` connected to mosquitto, each CONNECT promising a
+    keepalive of ``promise`` seconds, then held ``seconds`` with a PINGREQ every
+    ``pings`` (0: none); their results."""
+    shared = ClientTls(ca_file=mosquitto.server_ca.directory / "ca.pem")
+    target = Target("127.0.0.1", mosquitto.tls_port, server_name="localhost")
+    config = DeviceConfig(keepalive=promise, step_timeout=5.0)
+    step = HoldStep(seconds, keepalive=pings)
+
+    async def one(device):
+        tls = DeviceTls(shared, fleet.path / device.cert, fleet.path / device.key, "localhost")
+        spec = DeviceSpec(
+            device.index, device.client_id, target, tls, mqtt.MQTT_5, time.monotonic(), (step,)
+        )
+        return await Device(spec, config, time.monotonic, random.Random(0), holds).run()
+
+    async with asyncio.timeout(seconds + 30):
+        return await asyncio.gather(*(one(d) for d in devices))
+
+
+def _healthy(fleet, n):
+    return [d for d in fleet.devices() if d.fault is None][:n]
+
+
+async def test_pingreqs_keep_a_held_device_connected_past_the_servers_keepalive(
+    small_fleet, mosquitto
+):
+    # mosquitto closes a client silent for 1.5 times the keepalive its CONNECT
+    # promised: held 5 s on a promise of 2 s, only the PINGREQs keep it.
+    [result] = await _hold(
+        small_fleet, mosquitto, _healthy(small_fleet, 1), promise=2, pings=2, seconds=5
+    )
+    assert result.outcome is Outcome.CONNECTED, result.reason
+
+
+async def test_a_held_device_that_never_pings_is_closed_as_its_keepalive_promised(
+    small_fleet, mosquitto
+):
+    # The same hold without PINGREQs: what the test above relies on is real.
+    [result] = await _hold(
+        small_fleet, mosquitto, _healthy(small_fleet, 1), promise=2, pings=0, seconds=10
+    )
+    assert result.outcome is Outcome.CLOSED
+    assert result.phase == "hold"
+
+
+async def test_devices_held_together_on_one_wheel_all_stay_connected_to_the_end(
+    small_fleet, mosquitto
+):
+    holds = Holds(asyncio.get_running_loop())
+    devices = _healthy(small_fleet, 20)
+    held = _hold(small_fleet, mosquitto, devices, promise=2, pings=2, seconds=5, holds=holds)
+    holding = asyncio.ensure_future(held)
+    async with asyncio.timeout(30):
+        while len(holds) < len(devices):  # all on this one wheel at once
+            assert not holding.done(), [r.reason for r in holding.result()]
+            await asyncio.sleep(0.05)
+    results = await holding
+    assert [r.outcome for r in results] == [Outcome.CONNECTED] * len(devices)
+    assert len(holds) == 0  # every hold ended and left the wheel
+
+
+class _Enforcing(asyncio.Protocol):
+    """Answers PINGREQs, and closes a client silent for twice the keepalive its
+    CONNECT promised (MQTT allows 1.5: twice leaves a loaded machine room)."""
+
+    def __init__(self) -> None:
+        self.conn = mqtt.Connection(mqtt.Role.SERVER)
+        self.keepalive = 0
+        self.silence: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        for packet in self.conn.receive(data):
+            if isinstance(packet, mqtt.Connect):
+                self.keepalive = packet.keepalive
+                self.transport.write(self.conn.send(mqtt.ConnAck(0)))
+            elif isinstance(packet, mqtt.PingReq):
+                self.transport.write(self.conn.send(mqtt.PingResp()))
+        if self.silence is not None:
+            self.silence.cancel()
+        loop = asyncio.get_running_loop()
+        self.silence = loop.call_later(2 * self.keepalive, self.transport.close)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.silence is not None:
+            self.silence.cancel()
+
+
+async def test_a_device_joining_the_wheel_pings_on_its_own_time_whatever_others_do():
+    # The first device's PINGREQ (at 4 s) schedules its next one at 8 s; the
+    # second device, joined at 2.5 s, is due at 4.5 s: its bucket must still be
+    # visited on time, or it stays silent past what the server allows (4 s).
+    server = await asyncio.get_running_loop().create_server(_Enforcing, "127.0.0.1", 0)
+    target = Target("127.0.0.1", server.sockets[0].getsockname()[1])
+    holds = Holds(asyncio.get_running_loop())
+
+    async def device(client_id, promise, seconds, after):
+        await asyncio.sleep(after)
+        step = HoldStep(seconds, keepalive=promise)
+        spec = DeviceSpec(0, client_id, target, None, mqtt.MQTT_5, time.monotonic(), (step,))
+        config = DeviceConfig(keepalive=promise)
+        return await Device(spec, config, time.monotonic, random.Random(0), holds).run()
+
+    async with asyncio.timeout(60):
+        first, second = await asyncio.gather(device("a", 4, 10, 0), device("b", 2, 7, 2.5))
+    server.close()
+    assert first.outcome is Outcome.CONNECTED, first.reason
+    assert second.outcome is Outcome.CONNECTED, second.reason
+
+
+class _DeafToPings(asyncio.Protocol):
+    """Accepts every CONNECT, never answers a PINGREQ."""
+
+    def __init__(self) -> None:
+        self.conn = mqtt.Connection(mqtt.Role.SERVER)
+        self.pingreqs = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        for packet in self.conn.receive(data):
+            if isinstance(packet, mqtt.Connect):
+                self.transport.write(self.conn.send(mqtt.ConnAck(0)))
+            elif isinstance(packet, mqtt.PingReq):
+                self.pingreqs += 1
+
+
+async def test_a_pingreq_still_unanswered_at_the_end_of_the_hold_ends_it_as_timeout():
+    server_end = _DeafToPings()
+    server = await asyncio.get_running_loop().create_server(lambda: server_end, "127.0.0.1", 0)
+    target = Target("127.0.0.1", server.sockets[0].getsockname()[1])
+    step = HoldStep(2.0, keepalive=0.2)
+    spec = DeviceSpec(0, "dev", target, None, mqtt.MQTT_5, time.monotonic(), (step,))
+    config = DeviceConfig(step_timeout=0.5)
+    async with asyncio.timeout(20):
+        result = await Device(spec, config, time.monotonic, random.Random(0)).run()
+    server.close()
+    assert result.outcome is Outcome.TIMEOUT
+    assert result.phase == "hold" and result.reason == "no answer in time"
+    assert server_end.pingreqs == 1  # one unanswered PINGREQ, never a second on top
