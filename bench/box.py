@@ -27,14 +27,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench import hold
+
 ROOT = Path(__file__).resolve().parent.parent
 PROFILE = ROOT / "scenarios" / "profiles" / "lightbulb-healthy.yaml"
 TEMPLATE = ROOT / "scenarios" / "templates" / "lightbulb.yaml"
 # One destination port from one source address gives about 28,000 ephemeral
 # ports (BRIEF); stay well under it per source address.
 _PER_SOURCE = 20_000
-_TICKS = os.sysconf("SC_CLK_TCK")
-_PAGE = os.sysconf("SC_PAGE_SIZE")
 # What a device costs the box besides the two sides' processes (its files in
 # /dev/shm, the kernel's socket buffers): a rough bound for choosing N.
 _BYTES_PER_DEVICE = 2 * 48 * 1024 + 16 * 1024
@@ -43,7 +43,6 @@ _BYTES_PER_DEVICE = 2 * 48 * 1024 + 16 * 1024
 @dataclass(frozen=True)
 class Proc:
     pid: int
-    ppid: int
     cmdline: str
     rss: int  # bytes
     cpu: float  # seconds, user + system
@@ -60,57 +59,17 @@ class Proc:
         return 0
 
 
-def processes() -> dict[int, Proc]:
-    """Every process this user can read, from /proc."""
-    found: dict[int, Proc] = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
+def procs(root: int) -> list[Proc]:
+    """``root`` and its living descendants (bench.hold's tree), each read once."""
+    found = []
+    for pid in hold.tree(root):
         try:
-            stat = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()
-            cmdline = Path(entry.path, "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
         except OSError:
             continue  # gone meanwhile
-        found[int(entry.name)] = Proc(
-            int(entry.name),
-            int(stat[1]),
-            cmdline,
-            int(stat[21]) * _PAGE,
-            (int(stat[11]) + int(stat[12])) / _TICKS,
-        )
+        rss, cpu = hold.rss_and_cpu(pid)
+        found.append(Proc(pid, cmdline, rss, cpu))
     return found
-
-
-def tree(root: int, table: dict[int, Proc]) -> list[Proc]:
-    """``root`` and its descendants."""
-    children: dict[int, list[int]] = {}
-    for proc in table.values():
-        children.setdefault(proc.ppid, []).append(proc.pid)
-    out, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        if pid in table:
-            out.append(table[pid])
-        todo.extend(children.get(pid, []))
-    return out
-
-
-def socket_inodes(pids: list[int]) -> set[int]:
-    inodes = set()
-    for pid in pids:
-        try:
-            fds = os.scandir(f"/proc/{pid}/fd")
-        except OSError:
-            continue
-        with fds:
-            for fd in fds:
-                try:
-                    link = os.readlink(fd.path)
-                except OSError:
-                    continue
-                if link.startswith("socket:["):
-                    inodes.add(int(link[8:-1]))
-    return inodes
 
 
 def established(inodes: set[int]) -> int:
@@ -155,10 +114,9 @@ class Watch:
     stop: threading.Event = field(default_factory=threading.Event)
 
     def sides(self) -> tuple[list[Proc], list[Proc]]:
-        table = processes()
-        everything = tree(self.root, table)
+        everything = procs(self.root)
         emulator_roots = [p.pid for p in everything if "emulator serve" in p.cmdline]
-        emulator = [p for root in emulator_roots for p in tree(root, table)]
+        emulator = [p for root in emulator_roots for p in procs(root)]
         ids = {p.pid for p in emulator}
         return [p for p in everything if p.pid not in ids], emulator
 
@@ -170,7 +128,7 @@ class Watch:
         self.samples.append(
             Sample(
                 time.monotonic(),
-                established(socket_inodes([p.pid for p in emulator])),
+                established(set().union(*(hold.socket_inodes(p.pid) for p in emulator))),
                 sum(p.rss for p in generator),
                 sum(p.rss for p in emulator),
                 sum(p.pss() for p in generator),

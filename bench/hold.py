@@ -81,7 +81,7 @@ def tree(root: int) -> list[int]:
     return found
 
 
-def _rss_and_cpu(pid: int) -> tuple[int, float]:
+def rss_and_cpu(pid: int) -> tuple[int, float]:
     try:
         with open(f"/proc/{pid}/statm") as f:
             resident = int(f.read().split()[1]) * _PAGE
@@ -92,7 +92,7 @@ def _rss_and_cpu(pid: int) -> tuple[int, float]:
     return resident, (int(fields[11]) + int(fields[12])) / _TICKS
 
 
-def _socket_inodes(pid: int) -> set[int]:
+def socket_inodes(pid: int) -> set[int]:
     inodes = set()
     with contextlib.suppress(OSError):
         for fd in os.listdir(f"/proc/{pid}/fd"):
@@ -131,12 +131,12 @@ def usage(root: int, port: int) -> Usage:
     root_rss = 0
     sockets: set[int] = set()
     for pid in pids:
-        resident, seconds = _rss_and_cpu(pid)
+        resident, seconds = rss_and_cpu(pid)
         rss += resident
         cpu += seconds
         if pid == root:
             root_rss = resident
-        sockets |= _socket_inodes(pid)
+        sockets |= socket_inodes(pid)
     held = len(sockets & _established(port))
     return Usage(len(pids), int(rss), held, cpu, root_rss)
 

@@ -9,7 +9,6 @@ import json
 import multiprocessing
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -179,8 +178,21 @@ def test_sigterm_during_linger_ends_it_and_stops_the_embedded_emulator(tmp_path,
     assert "linger" in err and "Traceback" not in err
     assert json.loads(report.read_text())["partial"] is False
     assert_all_gone(children)
-    with socket.socket() as s:  # its port is free for the next run
-        s.bind(("127.0.0.1", port))
+    # Its port is free for the next run: nothing listens on it. (Binding it here
+    # would race other tests of a parallel run for a free port, and trip over
+    # the closed sessions' TIME_WAIT, which a server's SO_REUSEADDR ignores.)
+    assert port not in _listening_ports()
+
+
+def _listening_ports() -> set[int]:
+    """Every TCP port something listens on, from /proc."""
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A":  # LISTEN
+                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
 
 
 def _listening_port(log: Path, pid: int) -> int:
