@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import multiprocessing
 import multiprocessing.connection
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -34,6 +35,15 @@ class RunTiming:
     # Workers that ended without their results, and why: their devices count as
     # error, and the run has failed whatever the gates say.
     lost: dict[int, str] = field(default_factory=dict)
+
+
+def listen_to(conn: multiprocessing.connection.Connection, callback: Any) -> None:
+    """Call ``callback`` on the running loop whenever ``conn`` has a message.
+    The pipe stays blocking: uvloop's reader makes its descriptor non-blocking,
+    and a message larger than the pipe's buffer (a big run's results) sent
+    while the parent was busy then failed with EAGAIN, read as the parent lost."""
+    asyncio.get_running_loop().add_reader(conn.fileno(), callback)
+    os.set_blocking(conn.fileno(), True)
 
 
 def _worker_main(plan: RunPlan, worker: int, conn: multiprocessing.connection.Connection) -> None:
@@ -81,7 +91,7 @@ def _worker_main(plan: RunPlan, worker: int, conn: multiprocessing.connection.Co
 
         def listen() -> None:
             # After the start, the parent only ever sends "stop".
-            asyncio.get_running_loop().add_reader(conn.fileno(), on_message)
+            listen_to(conn, on_message)
             for grace in early_stop:
                 runner.request_stop(grace)
 
