@@ -72,22 +72,6 @@ def procs(root: int) -> list[Proc]:
     return found
 
 
-def established(inodes: set[int]) -> int:
-    """How many of these sockets are ESTABLISHED TCP connections."""
-    count = 0
-    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            with open(name) as table:
-                next(table)
-                for line in table:
-                    fields = line.split()
-                    if fields[3] == "01" and int(fields[9]) in inodes:
-                        count += 1
-        except OSError:
-            continue
-    return count
-
-
 @dataclass
 class Sample:
     at: float
@@ -128,7 +112,9 @@ class Watch:
         self.samples.append(
             Sample(
                 time.monotonic(),
-                established(set().union(*(hold.socket_inodes(p.pid) for p in emulator))),
+                len(
+                    set().union(*(hold.socket_inodes(p.pid) for p in emulator)) & hold.established()
+                ),
                 sum(p.rss for p in generator),
                 sum(p.rss for p in emulator),
                 sum(p.pss() for p in generator),

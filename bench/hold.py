@@ -105,10 +105,11 @@ def socket_inodes(pid: int) -> set[int]:
     return inodes
 
 
-def _established(port: int) -> set[int]:
-    """Inodes of the ESTABLISHED TCP sockets with ``port`` at either end."""
+def established(port: int | None = None) -> set[int]:
+    """Inodes of the ESTABLISHED TCP sockets with ``port`` at either end (any
+    port: every ESTABLISHED socket)."""
     inodes = set()
-    hex_port = f"{port:04X}"
+    suffix = None if port is None else f":{port:04X}"
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         with contextlib.suppress(OSError), open(table) as f:
             next(f)
@@ -116,7 +117,7 @@ def _established(port: int) -> set[int]:
                 cols = line.split()
                 local, remote, state = cols[1], cols[2], cols[3]
                 if state == _ESTABLISHED and (
-                    local.endswith(":" + hex_port) or remote.endswith(":" + hex_port)
+                    suffix is None or local.endswith(suffix) or remote.endswith(suffix)
                 ):
                     inodes.add(int(cols[9]))
     return inodes
@@ -137,7 +138,7 @@ def usage(root: int, port: int) -> Usage:
         if pid == root:
             root_rss = resident
         sockets |= socket_inodes(pid)
-    held = len(sockets & _established(port))
+    held = len(sockets & established(port))
     return Usage(len(pids), int(rss), held, cpu, root_rss)
 
 
