@@ -5,6 +5,7 @@ serving processes are planned by the same sum."""
 
 from __future__ import annotations
 
+import contextlib
 import resource
 
 # Descriptors a process needs besides one per connection (pipes, files, the
@@ -24,3 +25,12 @@ def processes_for(connections: int, at_least: int) -> int:
     if hard == resource.RLIM_INFINITY:
         return at_least
     return max(at_least, -(-connections // max(1, hard - MARGIN)))
+
+
+def raise_to_hard_limit() -> None:
+    """A process that serves sessions holds a socket each: as many open files
+    as the hard limit allows (a fleet beyond it needs more processes)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

@@ -12,10 +12,11 @@ from loadgen import lifeline as lifeline_mod
 from loadgen.emulator import limits as emu_limits
 from loadgen.emulator import serve as emu_serve
 from loadgen.emulator.defaults import REGISTRATION_CONFIG
-from loadgen.emulator.processes import default_processes, raise_open_files
+from loadgen.emulator.processes import default_processes
 from loadgen.emulator.quota import Quotas
 from loadgen.emulator.server import Emulator
 from loadgen.errors import UserError
+from loadgen.fds import raise_to_hard_limit
 from loadgen.listen import PORT, PORT_OR_ANY, check_listen, check_server_identity
 
 
@@ -233,7 +234,7 @@ def emulator_serve(
         max_packet_size, connect_timeout, write_buffer, slow_consumer_timeout, min_keepalive
     )
     emulator_ = Emulator(registry, str(server_cert), str(server_key), limits, bounds)
-    raise_open_files()
+    raise_to_hard_limit()
     uvloop.run(
         emu_serve.serve_forever(
             emulator_,

@@ -16,11 +16,9 @@ the counts of its sessions lost; a run's numbers are worth more than its length.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import json
 import os
-import resource
 import signal
 import socket
 import subprocess
@@ -45,15 +43,6 @@ STOP_TIMEOUT = 10.0
 
 def default_processes() -> int:
     return os.cpu_count() or 1
-
-
-def raise_open_files() -> None:
-    """A process that serves sessions holds a socket each: as many open files
-    as the hard limit allows (a fleet beyond it needs more processes)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != hard:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 @dataclass

@@ -27,8 +27,8 @@ from loadgen import lifeline, mqtt
 from loadgen.emulator.account import Admission, Admitted
 from loadgen.emulator.limits import Limits
 from loadgen.emulator.peer import Handler, Peer, PeerLost
-from loadgen.emulator.processes import raise_open_files
 from loadgen.emulator.server import Emulator
+from loadgen.fds import raise_to_hard_limit
 
 # What a session is told when the account process is gone mid-question.
 ACCOUNT_GONE = "account process gone"
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> None:
     # SIGKILL: nothing here is worth keeping once the account is gone.
     lifeline.die_with_parent(args.parent, signal.SIGKILL)
     lifeline.ignore_stop_signals()
-    raise_open_files()
+    raise_to_hard_limit()
     limits = Limits(**json.loads(args.limits))
     code = uvloop.run(
         serve(
