@@ -30,6 +30,7 @@ from loadgen.emulator.account import Account, Admission, Admitted, LocalAccount
 from loadgen.emulator.limits import CLOSE_LINGER, Limits
 from loadgen.emulator.quota import Limiter, Quotas
 from loadgen.emulator.registry import CertRecord, Registry, jitp_parameters
+from loadgen.heap import Heap
 from loadgen.mqtt import topics
 
 if TYPE_CHECKING:
@@ -85,6 +86,11 @@ class EmulatorStats:
             getattr(self, name).update(summary.get(key, {}))
 
 
+# uvloop's per-connection TLS read buffer is 256 KiB: above this, its own mapping.
+_OWN_MAPPING = 128 * 1024
+# Seconds between heap trims while connections come and go.
+_TRIM_INTERVAL = 5.0
+
 _SUMMARY = {
     "provision": "provision",
     "provision_failures": "provision_reasons",
@@ -133,6 +139,9 @@ class Emulator:
         # (forward), and the account hears when this one has subscribers or not.
         self.forward: Callable[[mqtt.Publish], None] | None = None
         self.on_subscribers: Callable[[bool], None] | None = None
+        # Connections accepted (handshakes that failed too): what churns the heap.
+        self.accepted = 0
+        self._tidying: asyncio.Task[None] | None = None
 
     @property
     def registry(self) -> Registry:
@@ -229,18 +238,44 @@ class Emulator:
 
     async def serve(self, host: str, port: int) -> asyncio.Server:
         loop = asyncio.get_running_loop()
-        return await loop.create_server(
-            lambda: _Session(self), host, port, ssl=self.ssl_context(), backlog=4096
+        server = await loop.create_server(
+            self._accepted, host, port, ssl=self.ssl_context(), backlog=4096
         )
+        self._tidy_heap()
+        return server
 
     async def serve_on(self, sockets: list[socket.socket]) -> list[asyncio.Server]:
         """Serve on listening sockets made elsewhere (the account process's)."""
         loop = asyncio.get_running_loop()
         context = self.ssl_context()
-        return [
-            await loop.create_server(lambda: _Session(self), sock=sock, ssl=context, backlog=4096)
+        servers = [
+            await loop.create_server(self._accepted, sock=sock, ssl=context, backlog=4096)
             for sock in sockets
         ]
+        self._tidy_heap()
+        return servers
+
+    def _accepted(self) -> _Session:
+        self.accepted += 1
+        return _Session(self)
+
+    def _tidy_heap(self) -> None:
+        """While connections come and go, give what they freed back to the
+        system (loadgen/heap.py); a quiet emulator costs nothing."""
+        if self._tidying is not None:
+            return
+        heap = Heap()
+        heap.mmap_above(_OWN_MAPPING)
+
+        async def tidy() -> None:
+            trimmed = self.accepted
+            while True:
+                await asyncio.sleep(_TRIM_INTERVAL)
+                if self.accepted != trimmed:
+                    trimmed = self.accepted
+                    heap.trim()
+
+        self._tidying = asyncio.get_running_loop().create_task(tidy())
 
     def admit(self, cert: x509.Certificate) -> CertRecord | str:
         """The certificate's record when its MQTT session may go on, else why the

@@ -23,8 +23,8 @@ from loadgen.certs.store import FleetStore
 from loadgen.device.aiomqtt_driver import AiomqttDevice
 from loadgen.device.lifecycle import Device, DeviceDriver, DeviceSpec
 from loadgen.device.outcome import Outcome
+from loadgen.heap import Heap
 from loadgen.load.chaos import device_class
-from loadgen.load.heap import Heap
 from loadgen.load.plan import RunPlan, device_client_id, device_steps
 from loadgen.load.schedule import offsets
 from loadgen.metrics.stats import RunStats
