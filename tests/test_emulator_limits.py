@@ -10,10 +10,13 @@ import contextlib
 import json
 import socket
 import ssl
+import threading
+import time
 from pathlib import Path
 
 import aiomqtt
 import pytest
+import uvloop
 import yaml
 
 from loadgen import mqtt
@@ -387,3 +390,60 @@ def test_the_closes_and_drops_are_prometheus_metrics_with_every_reason_from_the_
     assert 'loadgen_emulator_closes_total{reason="slow consumer"} 2.0' in text
     assert 'loadgen_emulator_closes_total{reason="keepalive timeout"} 0.0' in text
     assert 'loadgen_emulator_dropped_messages_total{reason="slow consumer"} 7.0' in text
+
+
+def test_a_pingreq_sent_in_time_while_the_emulator_was_busy_keeps_the_device(
+    tmp_path, device_ca, small_fleet, devices
+):
+    """uvloop runs due timers before it reads the sockets again: a PINGREQ that
+    arrived while the emulator's loop was busy handling other sockets past the
+    device's deadline is read before the emulator judges it silent."""
+    cert, key, server_ca = server_identity(tmp_path)
+    registry = Registry()
+    registry.register_ca(device_ca.cert, REGISTRATION_CONFIG)
+    emulator = Emulator(registry, str(cert), str(key), Quotas(None, None, None), LIMITS)
+    context = _context(small_fleet, devices[0], server_ca)
+    connect = mqtt.encode(mqtt.Connect(devices[0].client_id, keepalive=1), mqtt.MQTT_5)
+    busy_in, busy_out = socket.socketpair()
+    busy, pinged = threading.Event(), threading.Event()
+    heard: list[mqtt.Packet] = []
+
+    def device(port: int) -> None:
+        for attempt in range(2):  # JITP's first connection is closed at once
+            with context.wrap_socket(
+                socket.create_connection(("127.0.0.1", port), timeout=30),
+                server_hostname="localhost",
+            ) as tls:
+                tls.sendall(connect)
+                decoder = mqtt.Decoder(mqtt.MQTT_5)
+                if attempt == 0:
+                    with contextlib.suppress(OSError):
+                        while tls.recv(1024):
+                            pass
+                    continue
+                (connack,) = decoder.feed(tls.recv(1024))
+                assert isinstance(connack, mqtt.ConnAck) and connack.reason_code == 0
+                busy_out.send(b"x")  # the emulator's loop gets busy elsewhere
+                assert busy.wait(30)
+                tls.sendall(mqtt.encode(mqtt.PingReq(), mqtt.MQTT_5))
+                pinged.set()
+                while not heard and (data := tls.recv(1024)):
+                    heard.extend(decoder.feed(data))
+
+    def busy_elsewhere() -> None:
+        # Runs as a socket's callback, inside uvloop's poll for I/O, and keeps
+        # the loop there past the device's deadline (1.5 keepalives).
+        busy_in.recv(1)
+        busy.set()
+        assert pinged.wait(30)
+        time.sleep(2.0)
+
+    async def main() -> None:
+        server = await emulator.serve("127.0.0.1", 0)
+        asyncio.get_running_loop().add_reader(busy_in.fileno(), busy_elsewhere)
+        async with server, asyncio.timeout(60):
+            await asyncio.to_thread(device, server.sockets[0].getsockname()[1])
+
+    uvloop.run(main())
+    assert heard == [mqtt.PingResp()]
+    assert emulator.stats.closes["keepalive timeout"] == 0

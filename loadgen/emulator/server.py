@@ -88,6 +88,8 @@ class EmulatorStats:
 
 # uvloop's per-connection TLS read buffer is 256 KiB: above this, its own mapping.
 _OWN_MAPPING = 128 * 1024
+# A timer armed from a timer callback runs after the next poll for I/O.
+_LAST_LOOK = 0.005
 # Seconds between heap trims while connections come and go.
 _TRIM_INTERVAL = 5.0
 
@@ -451,12 +453,18 @@ class _Session(asyncio.Protocol):
         if self.conn.version is None:  # no whole CONNECT yet
             self._close("connect timeout")
 
-    def _check_idle(self) -> None:
+    def _check_idle(self, last_look: bool = False) -> None:
         silent = self.loop.time() - self.heard
         if silent < self.idle_limit or self.slow is not None:
             # Heard from in time; or not read from (the slow-consumer deadline
             # decides that one), so its silence proves nothing.
             self._restart_timer(max(self.idle_limit - silent, 0.1), self._check_idle)
+            return
+        if not last_look:
+            # uvloop runs due timers before it reads the sockets: after a busy
+            # spell, a PINGREQ that came in time may still sit unread. Look once
+            # more after the loop has read what is waiting.
+            self._restart_timer(_LAST_LOOK, lambda: self._check_idle(last_look=True))
             return
         self._close("keepalive timeout", 0x8D)  # MQTT 5: Keep Alive timeout
 
