@@ -16,11 +16,10 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from loadgen.certs.store import Device as FleetDevice
 from loadgen.certs.store import FleetStore
-from loadgen.device.aiomqtt_driver import AiomqttDevice
 from loadgen.device.lifecycle import Device, DeviceDriver, DeviceSpec
 from loadgen.device.outcome import Outcome
 from loadgen.heap import Heap
@@ -31,6 +30,9 @@ from loadgen.metrics.stats import RunStats
 from loadgen.transport.client import Target, describe_error
 from loadgen.transport.keepalive import Holds
 from loadgen.transport.tls import ClientTls, DeviceTls
+
+if TYPE_CHECKING:
+    from loadgen.device.aiomqtt_driver import AiomqttDevice
 
 # Devices prepared ahead of their start, per device allowed in flight: enough to
 # keep up with a burst, bounded so a million-device fleet never sits in memory.
@@ -116,10 +118,14 @@ class Worker:
         self.dispatcher: asyncio.Task[None] | None = None  # starts the devices
         self.drivers: set[DeviceDriver] = set()
         self.holds = Holds(asyncio.get_running_loop())  # every held device's keepalive
-        native = Device if plan.chaos is None else device_class(plan.chaos)
         self.driver: type[Device | AiomqttDevice] = (
-            AiomqttDevice if plan.driver == "aiomqtt" else native
+            Device if plan.chaos is None else device_class(plan.chaos)
         )
+        if plan.driver == "aiomqtt":
+            # Only then: aiomqtt and paho are 13 MB of every worker's memory.
+            from loadgen.device.aiomqtt_driver import AiomqttDevice
+
+            self.driver = AiomqttDevice
         self.tls = ClientTls(
             ca_file=plan.tls.ca_file,
             alpn=list(plan.tls.alpn) if plan.tls.alpn else None,
