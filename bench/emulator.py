@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
 import tempfile
 import time
@@ -28,6 +27,7 @@ from pathlib import Path
 
 import uvloop
 
+from bench import hold
 from loadgen import mqtt
 from loadgen.certs.ca import init_ca
 from loadgen.certs.mint import MintRequest, mint
@@ -39,13 +39,15 @@ from loadgen.transport.timing import AttemptTimes
 from loadgen.transport.tls import ClientTls
 from tests.brokers import Mosquitto, start_mosquitto
 
-_TICKS = os.sysconf("SC_CLK_TCK")
+
+def tree_cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU of processes, from /proc."""
+    return sum(hold.rss_and_cpu(pid)[1] for pid in pids)
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process, from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICKS
+def rss_kib(pids: list[int]) -> int:
+    """Resident memory of processes, in KiB, from /proc."""
+    return sum(hold.rss_and_cpu(pid)[0] for pid in pids) // 1024
 
 
 async def _connect_all(port: int, server_ca: Path, fleet: FleetStore, devices: list[Device]) -> int:
@@ -73,29 +75,6 @@ async def _connect_all(port: int, server_ca: Path, fleet: FleetStore, devices: l
 
     await asyncio.gather(*(one(d) for d in devices))
     return connected
-
-
-def tree_cpu_seconds(pids: list[int]) -> float:
-    return sum(cpu_seconds(pid) for pid in pids)
-
-
-def _children(pid: int) -> list[int]:
-    """A process's children, from /proc (the emulator's serving processes)."""
-    path = Path(f"/proc/{pid}/task/{pid}/children")
-    return [int(p) for p in path.read_text().split()] if path.exists() else []
-
-
-def rss_kib(pids: list[int]) -> int:
-    """Resident memory of processes, in KiB, from /proc."""
-    total = 0
-    for pid in pids:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                total += int(line.split()[1])
-                break
-        else:
-            raise RuntimeError(f"no VmRSS for process {pid}")
-    return total
 
 
 async def _hold_all(
@@ -162,7 +141,7 @@ def _rounds(
 def _hold(args: argparse.Namespace) -> None:
     rows: dict[str, list[tuple[int, int, int]]] = {"emulator": [], "mosquitto": []}
     for fleet, devices, emulator, broker in _rounds(args):
-        pids = [emulator.process.pid, *_children(emulator.process.pid)]
+        pids = hold.tree(emulator.process.pid)
         uvloop.run(_connect_all(emulator.port, emulator.server_ca, fleet, devices))
         rows["emulator"].append(
             uvloop.run(_hold_all(pids, emulator.port, emulator.server_ca, fleet, devices))
@@ -223,7 +202,7 @@ def main() -> None:
     for fleet, devices, emulator, broker in _rounds(args):
         port, server_ca = emulator.port, emulator.server_ca
         # The JITP connect: the trigger (provisioning, closed), then the reconnect.
-        pids = [emulator.process.pid, *_children(emulator.process.pid)]
+        pids = hold.tree(emulator.process.pid)
         trigger, _ = _measure(pids, port, server_ca, fleet, devices)
         first, connected = _measure(pids, port, server_ca, fleet, devices)
         assert connected == len(devices), connected
