@@ -21,7 +21,7 @@ from loadgen.transport.errors import (
     TlsRejected,
 )
 from loadgen.transport.timing import AttemptTimes
-from loadgen.transport.tls import ALPN_AWS_MQTT, ClientTls, device_context
+from loadgen.transport.tls import ALPN_AWS_MQTT, ClientTls, DeviceTls, device_context
 from tests.conftest import device_tls
 from tests.echo_broker import EchoBroker
 
@@ -68,6 +68,29 @@ async def test_a_connection_works_on_once_its_idle_tls_buffers_and_certificate_a
         again = await connect(target, tls.session(), mqtt.Connect(device.client_id), times)
         again.disconnect()
     assert len(times.pubacks) == 2
+
+
+async def test_a_device_expecting_jitp_has_its_retry_session_made_with_the_first(
+    tmp_path, small_fleet, mosquitto
+):
+    # One load of its chain and key for both attempts: with its files gone after
+    # preparing, both still connect presenting its certificate; a third needs them.
+    device = next(d for d in small_fleet.devices() if d.fault is None)
+    cert, key = tmp_path / "device.pem", tmp_path / "device.key"
+    cert.write_bytes((small_fleet.path / device.cert).read_bytes())
+    write(key, (small_fleet.path / device.key).read_bytes(), private=True)
+    shared = ClientTls(ca_file=mosquitto.server_ca.directory / "ca.pem")
+    tls = DeviceTls(shared, cert, key, "localhost", retry_ahead=True)
+    cert.unlink()
+    key.unlink()
+    target = Target("127.0.0.1", mosquitto.tls_port, server_name="localhost")
+    async with asyncio.timeout(20):
+        for _attempt in range(2):
+            packet = mqtt.Connect(device.client_id)
+            client = await connect(target, tls.session(), packet, AttemptTimes(0.0))
+            client.disconnect()
+    with pytest.raises(FileNotFoundError):
+        tls.session()
 
 
 async def test_a_publish_larger_than_the_socket_takes_at_once_arrives_whole(small_fleet, mosquitto):

@@ -242,6 +242,8 @@ class Device(DeviceDriver):
                 trigger = exc.may_be_jitp_trigger
             self._record_phases(times)
             if client is not None:
+                if spec.tls is not None:
+                    spec.tls.drop_spares()  # connected: no retry to make ready for
                 result.provision = (times.connack or self.clock()) - spec.scheduled
                 self.phase = Phase.CONNECTED
                 return client

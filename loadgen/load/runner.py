@@ -158,6 +158,7 @@ class Worker:
                 plan.tls.server_name,
                 # aiomqtt takes a context of the device's own, made when it connects.
                 ahead=plan.driver != "aiomqtt",
+                retry_ahead=plan.device.expect_first_connect_rejected,
             )
             client_id = device_client_id(plan.client_id, device)
             steps = device_steps(plan.steps, device, client_id)

@@ -95,18 +95,25 @@ class ClientTls:
     def session(
         self, cert_chain: str | Path, key: str | Path, server_name: str | None
     ) -> TlsSession:
+        return self.sessions(cert_chain, key, server_name, 1)[0]
+
+    def sessions(
+        self, cert_chain: str | Path, key: str | Path, server_name: str | None, count: int
+    ) -> list[TlsSession]:
+        """``count`` sessions of one device from one load of its chain and key
+        (an SSLObject copies them when it is made: the load is most of the cost)."""
         name = self._name(server_name)
         # The event loop is one thread: nothing runs between loading the chain and
-        # making the SSLObject that copies it.
+        # making the SSLObjects that copy it.
         if self.chains.active:
             chain_pem = files.read(cert_chain)
             if self.chains.load(chain_pem, files.read(key)):
-                return TlsSession.of(self.context, name, self.idle)
+                return [TlsSession.of(self.context, name, self.idle) for _ in range(count)]
         else:
             chain_pem = b""
         self.context.load_cert_chain(cert_chain, key)
         self.chains.share(chain_pem)
-        return TlsSession.of(self.context, name, self.idle)
+        return [TlsSession.of(self.context, name, self.idle) for _ in range(count)]
 
     def _name(self, server_name: str | None) -> bytes | None:
         if server_name is None:
@@ -126,7 +133,12 @@ class ClientTls:
 
 class DeviceTls:
     """A device's TLS: its first session made ahead of its start, a fresh one for
-    each later attempt (a retry after JITP's rejection, say)."""
+    each later attempt (a retry after JITP's rejection, say). A device that
+    expects JITP to reject its first connection gets its second session made
+    with the first, from the same load of its chain and key (about 0.25 ms saved
+    per device, for about 17 KiB while it waits)."""
+
+    __slots__ = ("_ready", "cert_chain", "key", "server_name", "shared")
 
     def __init__(
         self,
@@ -136,16 +148,24 @@ class DeviceTls:
         server_name: str | None,
         *,
         ahead: bool = True,
+        retry_ahead: bool = False,
     ) -> None:
         self.shared = shared
         self.cert_chain = cert_chain
         self.key = key
         self.server_name = server_name
-        self._first = shared.session(cert_chain, key, server_name) if ahead else None
+        count = (2 if retry_ahead else 1) if ahead else 0
+        # Made ahead, in the order they are taken.
+        self._ready = shared.sessions(cert_chain, key, server_name, count) if count else []
 
     def session(self) -> TlsSession:
-        first, self._first = self._first, None
-        return first or self.shared.session(self.cert_chain, self.key, self.server_name)
+        if self._ready:
+            return self._ready.pop(0)
+        return self.shared.session(self.cert_chain, self.key, self.server_name)
+
+    def drop_spares(self) -> None:
+        """The sessions made ahead are not needed (the device connected)."""
+        self._ready.clear()
 
     def context(self) -> ssl.SSLContext:
         return self.shared.own_context(self.cert_chain, self.key)
