@@ -152,6 +152,31 @@ def test_metrics_count_the_whole_emulator_as_its_stats_do(tmp_path, device_ca, f
     assert samples[("loadgen_emulator_registry_size", ("certificate",))] == DEVICES
 
 
+def test_metrics_give_each_process_its_cpu_time(tmp_path, device_ca, fleet):
+    port = free_port()
+    emulator = start_embedded(
+        device_ca.directory, None, tmp_path, quotas=QUOTAS_OFF, metrics_port=port, processes=2
+    )
+    try:
+        connect_all(emulator, fleet)
+        body = (
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30).read().decode()
+        )
+        after = _stats(emulator)
+    finally:
+        emulator.stop()
+    cpu = {
+        s.labels["process"]: s.value
+        for family in text_string_to_metric_families(body)
+        for s in family.samples
+        if s.name == "loadgen_emulator_cpu_seconds_total"
+    }
+    assert set(cpu) == {"0", "1", "account"}
+    # Both served devices' handshakes; each no more than the STATS line read later.
+    for process in after["processes"]:
+        assert 0 < cpu[str(process["index"])] <= process["cpu_s"] + 0.001  # rounded to ms
+
+
 def _serving_pids(emulator: EmbeddedEmulator) -> list[int]:
     return [p["pid"] for p in _stats(emulator)["processes"]]
 

@@ -1,17 +1,22 @@
 """The emulator's Prometheus metrics: provisioning outcomes as AWS names them
 (ProvisionThing.Success, .ClientError, .ServerError), connects accepted and
 refused by reason, throttles by quota, sessions closed for a broken limit,
-messages dropped for slow consumers, registry sizes."""
+messages dropped for slow consumers, registry sizes, each process's CPU time."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from loadgen.emulator.server import CLOSE_REASONS, Emulator, EmulatorStats
+from loadgen.emulator.server import CLOSE_REASONS, Emulator
+
+if TYPE_CHECKING:
+    from loadgen.emulator.processes import Totals
 
 PREFIX = "loadgen_emulator"
 
@@ -21,14 +26,27 @@ class EmulatorCollector(Collector):
     ``totals``: the whole emulator's, asked of its serving processes at each
     scrape, when it has them; else this process's own."""
 
-    def __init__(
-        self, emulator: Emulator, totals: Callable[[], EmulatorStats] | None = None
-    ) -> None:
+    def __init__(self, emulator: Emulator, totals: Callable[[], Totals] | None = None) -> None:
         self.emulator = emulator
         self.totals = totals
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
-        stats = self.totals() if self.totals is not None else self.emulator.stats
+        totals = self.totals() if self.totals is not None else None
+        stats = totals.stats if totals is not None else self.emulator.stats
+        # Which process is busy: the capacity verdict's question, on a dashboard.
+        cpu = CounterMetricFamily(
+            f"{PREFIX}_cpu_seconds",
+            "CPU time (user + system) of each emulator process: its serving processes "
+            'by index and the account process ("account"); one process serving: "0"',
+            labels=["process"],
+        )
+        if totals is None:
+            cpu.add_metric(["0"], time.process_time())
+        else:
+            for process in totals.processes:
+                cpu.add_metric([str(process["index"])], process["cpu_s"])
+            cpu.add_metric(["account"], totals.account_cpu_s)
+        yield cpu
         registry = self.emulator.registry
         provision = CounterMetricFamily(
             f"{PREFIX}_provision_thing",
@@ -102,7 +120,7 @@ def serve(
     emulator: Emulator,
     host: str,
     port: int,
-    totals: Callable[[], EmulatorStats] | None = None,
+    totals: Callable[[], Totals] | None = None,
 ) -> None:
     """Serve /metrics from a background thread (prometheus-client's server)."""
     registry = CollectorRegistry()

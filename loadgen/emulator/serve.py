@@ -26,7 +26,7 @@ from loadgen.emulator.errors import ProvisioningError
 from loadgen.emulator.limits import Limits
 from loadgen.emulator.processes import ServingProcesses, Totals
 from loadgen.emulator.registry import Registry
-from loadgen.emulator.server import Emulator, EmulatorStats
+from loadgen.emulator.server import Emulator
 from loadgen.emulator.state import RegistryStore
 from loadgen.emulator.structure import config_problems
 from loadgen.errors import ConfigError, LoadgenError, UserError
@@ -208,16 +208,16 @@ async def serve_forever(
 
 def _scrape_totals(
     loop: asyncio.AbstractEventLoop, serving: ServingProcesses | None
-) -> Callable[[], EmulatorStats] | None:
-    """For /metrics (a thread of its own): the whole emulator's counts, asked
-    of the serving processes at each scrape."""
+) -> Callable[[], Totals] | None:
+    """For /metrics (a thread of its own): the whole emulator's counts and its
+    processes' CPU, asked of the serving processes at each scrape."""
     if serving is None:
         return None
     account = serving
 
-    def totals() -> EmulatorStats:
+    def totals() -> Totals:
         ask = asyncio.run_coroutine_threadsafe(account.totals(), loop)
-        return ask.result(timeout=30).stats
+        return ask.result(timeout=30)
 
     return totals
 
