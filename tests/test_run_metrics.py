@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -202,16 +203,20 @@ def test_shards_pushing_under_one_job_keep_a_group_each(
 
 
 def test_metrics_listen_on_the_address_metrics_host_names(tmp_path, mosquitto, device_ca):
-    # In a pod Prometheus scrapes from elsewhere: 127.0.0.2 stands for the pod's
-    # address (any loopback address but 127.0.0.1, where the default listens).
+    # In a pod Prometheus scrapes from elsewhere: 127.0.0.41 stands for the pod's
+    # address (a loopback address other than 127.0.0.1, where the default
+    # listens, and than those other tests take as source addresses).
+    host = "127.0.0.41"
     path = _scenario(tmp_path, mosquitto, device_ca)
-    port = free_port()
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        port = probe.getsockname()[1]
     report_path = tmp_path / "r.json"
     proc = subprocess.Popen(
         [
             *(sys.executable, "-m", "loadgen", "run", str(path), "--count", "20"),
             *("--report", str(report_path), "--linger", "20"),
-            *("--metrics-port", str(port), "--metrics-host", "127.0.0.2"),
+            *("--metrics-port", str(port), "--metrics-host", host),
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -223,7 +228,7 @@ def test_metrics_listen_on_the_address_metrics_host_names(tmp_path, mosquitto, d
             assert proc.poll() is None, proc.communicate()
             assert time.monotonic() < deadline, "no report in 120 s"
             time.sleep(0.1)
-        body = urllib.request.urlopen(f"http://127.0.0.2:{port}/metrics", timeout=5).read()
+        body = urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=5).read()
     finally:
         stop_process(proc)
     finished = [s.value for s in _samples(body, "loadgen_devices_finished_total")]
