@@ -136,6 +136,11 @@ def _option(args: list[str], name: str) -> str:
     return args[args.index(name) + 1]
 
 
+def test_a_missing_tool_fails_these_tests_instead_of_skipping_them():
+    with pytest.raises(pytest.fail.Exception, match="not installed: scripts/test installs it"):
+        _tool("kubectl-that-is-not-there")
+
+
 @pytest.mark.parametrize("name", KUSTOMIZATIONS)
 def test_every_kustomization_builds_the_shards_the_merge_and_their_config(built, name):
     kinds = sorted((o["kind"], o["metadata"]["name"].rsplit("-", 1)[0]) for o in built[name])
