@@ -263,6 +263,13 @@ def test_the_scenario_in_the_configmap_passes_loadgens_validation(built, name, t
     assert "configMap" in volumes[mounts["/scenario"]]
 
 
+def test_the_pods_profile_is_the_shipped_healthy_lightbulbs():
+    # A copy (a ConfigMap holds only files of its kustomization): kept the same.
+    shipped = ROOT / "scenarios" / "profiles" / "lightbulb-healthy.yaml"
+    copy = DEPLOY / "base" / "profile.yaml"
+    assert yaml.safe_load(copy.read_text()) == yaml.safe_load(shipped.read_text())
+
+
 @pytest.mark.parametrize("name", KUSTOMIZATIONS)
 def test_shard_pods_run_one_worker_per_core_of_their_cpu_limit(built, name):
     # Python counts the node's cores, not the pod's: --workers must say.
