@@ -43,14 +43,15 @@ PORT = PortType()
 PORT_OR_ANY = PortType(allow_zero=True)
 
 
-def check_listen(host: str, port: int, option: str) -> None:
-    """Bind (and release) every address ``host`` names, as the server will."""
+def check_listen(host: str, port: int, option: str, host_option: str = "--host") -> None:
+    """Bind (and release) every address ``host`` (given as ``host_option``) names,
+    as the server will."""
     try:
         infos = socket.getaddrinfo(
             host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE | socket.AI_NUMERICSERV
         )
     except (OSError, UnicodeError) as exc:
-        raise UserError(f"--host {host}: not an address of this machine ({exc})") from None
+        raise UserError(f"{host_option} {host}: not an address of this machine ({exc})") from None
     for family, kind, proto, _, sockaddr in infos:
         with socket.socket(family, kind, proto) as probe:
             # As asyncio's and prometheus-client's servers do: a port left in
@@ -59,14 +60,14 @@ def check_listen(host: str, port: int, option: str) -> None:
             try:
                 probe.bind(sockaddr)
             except OSError as exc:
-                raise UserError(_bind_problem(host, port, option, exc)) from None
+                raise UserError(_bind_problem(host, port, option, host_option, exc)) from None
 
 
-def _bind_problem(host: str, port: int, option: str, exc: OSError) -> str:
+def _bind_problem(host: str, port: int, option: str, host_option: str, exc: OSError) -> str:
     if exc.errno == errno.EADDRINUSE:
         return f"{option} {port}: already in use on {host} (another server listens there)"
     if exc.errno == errno.EADDRNOTAVAIL:
-        return f"--host {host}: not a local address of this machine"
+        return f"{host_option} {host}: not a local address of this machine"
     return f"{option} {port}: cannot listen on {host} ({exc.strerror})"
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -199,3 +200,55 @@ def test_shards_pushing_under_one_job_keep_a_group_each(
         if s.labels.get("job") == "fleet"
     }
     assert finished == {"a": 20, "b": 30}
+
+
+def test_metrics_listen_on_the_address_metrics_host_names(tmp_path, mosquitto, device_ca):
+    # In a pod Prometheus scrapes from elsewhere: 127.0.0.41 stands for the pod's
+    # address (a loopback address other than 127.0.0.1, where the default
+    # listens, and than those other tests take as source addresses).
+    host = "127.0.0.41"
+    path = _scenario(tmp_path, mosquitto, device_ca)
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        port = probe.getsockname()[1]
+    report_path = tmp_path / "r.json"
+    proc = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "loadgen", "run", str(path), "--count", "20"),
+            *("--report", str(report_path), "--linger", "20"),
+            *("--metrics-port", str(port), "--metrics-host", host),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not report_path.exists():
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "no report in 120 s"
+            time.sleep(0.1)
+        body = urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=5).read()
+    finally:
+        stop_process(proc)
+    finished = [s.value for s in _samples(body, "loadgen_devices_finished_total")]
+    assert finished == [json.loads(report_path.read_text())["devices"]] == [20]
+
+
+def test_a_metrics_host_that_is_not_this_machines_is_one_line_naming_it(
+    tmp_path, mosquitto, device_ca
+):
+    path = _scenario(tmp_path, mosquitto, device_ca)
+    result = subprocess.run(
+        [
+            *(sys.executable, "-m", "loadgen", "run", str(path), "--count", "20"),
+            *("--metrics-port", str(free_port()), "--metrics-host", "192.0.2.1"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert "--metrics-host 192.0.2.1" in result.stderr
+    assert not (tmp_path / "fleet").exists()

@@ -35,7 +35,13 @@ _OUTPUTS = (
     click.option(
         "--html", "html_file", type=click.Path(path_type=Path), help="Self-contained HTML report."
     ),
-    click.option("--metrics-port", type=PORT, help="Serve Prometheus metrics on 127.0.0.1:PORT."),
+    click.option("--metrics-port", type=PORT, help="Serve Prometheus metrics on PORT."),
+    click.option(
+        "--metrics-host",
+        default="127.0.0.1",
+        show_default=True,
+        help="The address --metrics-port listens on (0.0.0.0 in a pod Prometheus scrapes).",
+    ),
     click.option(
         "--linger", type=float, default=0.0, help="Seconds to keep serving metrics after."
     ),
@@ -74,18 +80,21 @@ class Outputs:
     pushgateway: str | None
     job: str
     shard: str | None
+    metrics_host: str = "127.0.0.1"
 
     def check(self) -> None:
         """Refuse, before anything runs, files that could not be written."""
         report_path(self.report)
         report_path(self.html, "--html")
         if self.metrics_port is not None:
-            check_listen("127.0.0.1", self.metrics_port, "--metrics-port")
+            check_listen(self.metrics_host, self.metrics_port, "--metrics-port", "--metrics-host")
 
     def exporter(self, plan: RunPlan) -> prom.Exporter | None:
         if self.metrics_port is None and self.pushgateway is None:
             return None
-        return prom.Exporter(plan, self.metrics_port, self.pushgateway, self.job, self.shard)
+        return prom.Exporter(
+            plan, self.metrics_port, self.pushgateway, self.job, self.shard, self.metrics_host
+        )
 
     def write(self, report: dict[str, Any]) -> None:
         for line in write_outputs(report, self.report, self.html):
@@ -103,8 +112,8 @@ class Outputs:
 
 
 def output_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """--report, --html, --metrics-port, --linger, --pushgateway, --job and
-    --shard, handed to the command as one ``outputs: Outputs``."""
+    """--report, --html, --metrics-port, --metrics-host, --linger, --pushgateway,
+    --job and --shard, handed to the command as one ``outputs: Outputs``."""
 
     @functools.wraps(command)
     def with_outputs(
@@ -112,13 +121,16 @@ def output_options(command: Callable[..., Any]) -> Callable[..., Any]:
         report_file: Path | None,
         html_file: Path | None,
         metrics_port: int | None,
+        metrics_host: str,
         linger: float,
         pushgateway: str | None,
         job: str,
         shard: str | None,
         **kwargs: Any,
     ) -> Any:
-        outputs = Outputs(report_file, html_file, metrics_port, linger, pushgateway, job, shard)
+        outputs = Outputs(
+            report_file, html_file, metrics_port, linger, pushgateway, job, shard, metrics_host
+        )
         return command(*args, outputs=outputs, **kwargs)
 
     return _apply(_OUTPUTS, with_outputs)

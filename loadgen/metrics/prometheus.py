@@ -220,13 +220,14 @@ class Exporter:
         pushgateway: str | None,
         job: str,
         shard: str | None = None,
+        host: str = "127.0.0.1",
     ) -> None:
         self.live = LiveRun(plan)
         self.live.shard = shard
         self.pusher = Pusher(self.live, pushgateway, job) if pushgateway is not None else None
         if port is not None:
             try:
-                serve(self.live, port)
+                serve(self.live, port, host)
             except OSError as exc:
                 raise UserError(f"--metrics-port {port}: {exc.strerror}") from None
 
