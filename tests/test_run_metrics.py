@@ -199,3 +199,23 @@ def test_shards_pushing_under_one_job_keep_a_group_each(
         if s.labels.get("job") == "fleet"
     }
     assert finished == {"a": 20, "b": 30}
+
+
+def test_sliced_shards_label_their_metrics_and_push_a_group_each_by_index(
+    tmp_path, mosquitto, device_ca, pushgateway
+):
+    # Each shard in a folder of its own, as pods: its own store of its slice.
+    for shard in ("0/2", "1/2"):
+        path = _scenario(tmp_path / shard.replace("/", "-of-"), mosquitto, device_ca)
+        _run_to_pushgateway(
+            path,
+            *("--count", "40", "--workers", "1", "--shard", shard),
+            *("--pushgateway", f"http://127.0.0.1:{pushgateway}", "--job", "sliced"),
+        )
+    body = urllib.request.urlopen(f"http://127.0.0.1:{pushgateway}/metrics", timeout=5).read()
+    finished = {
+        s.labels["shard"]: s.value
+        for s in _samples(body, "loadgen_devices_finished_total")
+        if s.labels.get("job") == "sliced"
+    }
+    assert finished == {"0": 20, "1": 20}
