@@ -192,13 +192,17 @@ def test_shards_pushing_under_one_job_keep_a_group_each(
             *("--pushgateway", f"http://127.0.0.1:{pushgateway}"),
             *("--job", "fleet", "--shard", shard),
         )
+    assert _finished_by_shard(pushgateway, "fleet") == {"a": 20, "b": 30}
+
+
+def _finished_by_shard(pushgateway: int, job: str) -> dict[str, float]:
+    """The devices each shard's group on the Pushgateway says finished."""
     body = urllib.request.urlopen(f"http://127.0.0.1:{pushgateway}/metrics", timeout=5).read()
-    finished = {
+    return {
         s.labels["shard"]: s.value
         for s in _samples(body, "loadgen_devices_finished_total")
-        if s.labels.get("job") == "fleet"
+        if s.labels.get("job") == job
     }
-    assert finished == {"a": 20, "b": 30}
 
 
 def test_sliced_shards_label_their_metrics_and_push_a_group_each_by_index(
@@ -212,10 +216,4 @@ def test_sliced_shards_label_their_metrics_and_push_a_group_each_by_index(
             *("--count", "40", "--workers", "1", "--shard", shard),
             *("--pushgateway", f"http://127.0.0.1:{pushgateway}", "--job", "sliced"),
         )
-    body = urllib.request.urlopen(f"http://127.0.0.1:{pushgateway}/metrics", timeout=5).read()
-    finished = {
-        s.labels["shard"]: s.value
-        for s in _samples(body, "loadgen_devices_finished_total")
-        if s.labels.get("job") == "sliced"
-    }
-    assert finished == {"0": 20, "1": 20}
+    assert _finished_by_shard(pushgateway, "sliced") == {"0": 20, "1": 20}
