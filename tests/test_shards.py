@@ -400,3 +400,21 @@ def test_a_merge_of_merged_shards_still_sees_each_shard_once(mosquitto_rehearsal
     again = _copy(reports[1], tmp_path / "again.json")
     result = run_loadgen("report", "merge", first, again, "-o", tmp_path / "m.json")
     assert_user_error(result, f"{again}: shard 1/3 is already in {first}")
+
+
+def test_certs_mint_a_shard_then_inspect_it_and_never_mix_in_another(tmp_path, device_ca):
+    fleet = tmp_path / "fleet"
+    mint_args = ("certs", "mint", "--ca", device_ca.directory, "--out", fleet, "--workers", "1")
+    result = run_loadgen(*mint_args, "--count", "10", "--shard", "1/3")
+    assert result.code == 0, result.err
+    assert result.out.startswith(f"{fleet} (shard 1/3): minted 3, 3 devices")
+    assert [d["index"] for d in _manifest(fleet)] == [1, 4, 7]
+    grown = run_loadgen(*mint_args, "--count", "16", "--shard", "1/3")
+    assert grown.code == 0, grown.err
+    assert [d["index"] for d in _manifest(fleet)] == [1, 4, 7, 10, 13]
+    shown = run_loadgen("certs", "inspect", fleet)
+    assert "shard    1/3" in shown.out
+    other = run_loadgen(*mint_args, "--count", "16", "--shard", "2/3")
+    assert_user_error(other, f"{fleet}: holds shard 1/3 of a fleet, not --shard 2/3")
+    whole = run_loadgen(*mint_args, "--count", "16")
+    assert_user_error(whole, f"{fleet}: holds shard 1/3 of a fleet, not the whole fleet")

@@ -167,6 +167,10 @@ def print_summary(summary: FleetSummary) -> None:
     console = Console(highlight=False)
     meta = summary.meta
     console.print(f"[bold]{summary.path}[/]: {counted(summary.devices, 'device')}")
+    if meta.shard is not None:
+        index, count = meta.shard["index"], meta.shard["count"]
+        mine = f"devices {index}, {index + count}, … of a fleet"
+        console.print(f"  shard    {index}/{count} ({mine})")
     console.print(f"  CA       {meta.ca_subject} (sha256 {meta.ca_fingerprint[:16]}…)")
     console.print(
         f"  seed     {meta.seed}" + (f", key pool {meta.key_pool}" if meta.key_pool else "")
