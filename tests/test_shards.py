@@ -26,6 +26,7 @@ from loadgen.load.plan import RunPlan, build_plan
 from loadgen.load.runner import my_devices
 from loadgen.load.schedule import ConstantArrival, RampingArrival, Stage, offsets, scaled
 from loadgen.load.shard import Shard, parse_shard
+from loadgen.load.start import parse_start
 from loadgen.scenario.schema import Scenario
 from tests.conftest import assert_user_error, run_loadgen
 
@@ -282,6 +283,23 @@ def test_a_shards_workers_run_its_devices_from_its_own_store_or_a_whole_one(
     plan = _plan(tmp_path, fleet, shard, workers=2)
     ran = sorted(d.index for w in range(2) for d, _ in my_devices(plan, w))
     assert ran == list(range(1, 40, 3))
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["1796148000", "1796148000.0", "2026-12-01T18:00:00Z", "2026-12-01T19:00:00+01:00"],
+)
+def test_start_at_takes_epoch_seconds_or_iso_8601_with_a_zone(text):
+    start = parse_start(text, "5s", now=1796148000.0 - 60)
+    assert start is not None
+    assert (start.at, start.tolerance) == (1796148000.0, 5.0)
+
+
+def test_a_start_within_the_tolerance_is_late_by_how_much_it_missed():
+    start = parse_start("1000", "30s", now=1010.0)
+    assert start is not None
+    assert start.late_by(1012.5) == 12.5
+    assert start.late_by(990.0) == 0.0
 
 
 def test_shard_names_without_a_slash_are_labels_only():
