@@ -180,13 +180,8 @@ def make_plan(scenario: Scenario, options: RunOptions) -> RunPlan:
         else planned_workers(_shard_share(scenario.load.max_in_flight, options.shard)),
         shard=options.shard,
     )
-    if plan.count == 0:
-        assert options.shard is not None
-        total = fleet_count(scenario, options)
-        raise UserError(
-            f"--shard {options.shard}: a fleet of {total} leaves this shard no device "
-            f"(shards {total} and up of {options.shard.count} are empty)"
-        )
+    if options.shard is not None:
+        options.shard.check_size(fleet_count(scenario, options))
     check_template(plan.client_id, "mqtt.client_id")
     for i, step in enumerate(plan.steps):
         if isinstance(step, PublishStep):

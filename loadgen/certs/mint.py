@@ -179,12 +179,8 @@ def _plan_ahead(plan: MintPlan, request: MintRequest) -> None:
     """Plan the first devices and the last: enough to catch a template that
     overflows a field or a value a field cannot hold before anything is written
     (only ``{index}`` grows with the index, and it is longest at the end)."""
-    if request.devices == 0:
-        assert request.shard is not None
-        raise UserError(
-            f"--shard {request.shard}: a fleet of {request.count} leaves this shard no "
-            f"device (shards {request.count} and up of {request.shard.count} are empty)"
-        )
+    if request.shard is not None:
+        request.shard.check_size(request.count)
     planner = DevicePlanner(plan.profile, _seed(plan, request))
     first, step = _stride(request)
     local = request.devices

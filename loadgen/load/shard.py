@@ -41,6 +41,14 @@ class Shard:
         1/N of the rate, so the shards' schedules interleave into the fleet's."""
         return self.index / self.count
 
+    def check_size(self, fleet: int) -> None:
+        """Refuse a shard that a fleet this small leaves no device."""
+        if self.size(fleet) == 0:
+            raise UserError(
+                f"--shard {self}: a fleet of {fleet} leaves this shard no device "
+                f"(shards {fleet} and up of {self.count} are empty)"
+            )
+
     def share(self, total: int) -> int:
         """This shard's part of a bound the whole run shares (max_in_flight)."""
         return max(1, math.ceil(total / self.count))
