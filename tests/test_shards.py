@@ -253,7 +253,9 @@ def test_the_shards_schedules_interleave_into_the_whole_fleets(executor):
         assert mine == pytest.approx([whole[i] for i in shard.indices(200)], abs=1e-6)
 
 
-def _plan(tmp_path: Path, fleet: Path, shard: Shard, workers: int) -> RunPlan:
+def _plan(
+    tmp_path: Path, fleet: Path, shard: Shard, workers: int, rate: float | None = None
+) -> RunPlan:
     scenario = Scenario.model_validate(
         {
             "name": "plan",
@@ -262,7 +264,9 @@ def _plan(tmp_path: Path, fleet: Path, shard: Shard, workers: int) -> RunPlan:
             "load": {"executor": "constant-arrival-rate", "rate": "40/s", "max_in_flight": 9},
         }
     )
-    return build_plan(scenario, endpoint=("127.0.0.1", 8883), workers=workers, shard=shard)
+    return build_plan(
+        scenario, endpoint=("127.0.0.1", 8883), rate=rate, workers=workers, shard=shard
+    )
 
 
 def test_a_shard_plan_is_its_share_of_the_count_rate_and_in_flight(tmp_path):
@@ -271,6 +275,11 @@ def test_a_shard_plan_is_its_share_of_the_count_rate_and_in_flight(tmp_path):
     assert isinstance(plan.executor, ConstantArrival)
     assert plan.executor.rate == pytest.approx(40 / 3)
     assert plan.max_in_flight == 3
+
+
+def test_a_shard_runs_a_third_of_a_rate_given_with_rate_too(tmp_path):
+    plan = _plan(tmp_path, tmp_path / "fleet", Shard(0, 3), workers=1, rate=30.0)
+    assert plan.executor == ConstantArrival(10.0)
 
 
 @pytest.mark.parametrize("store", ["shard", "whole"])
