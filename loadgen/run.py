@@ -23,6 +23,8 @@ from loadgen.errors import ConfigError, UserError
 from loadgen.files import check_writable, write
 from loadgen.listen import check_listen
 from loadgen.load.plan import RunPlan, build_plan, check_template, endpoint_of
+from loadgen.load.shard import Shard
+from loadgen.load.start import StartAt
 from loadgen.load.workers import RunTiming, run_workers
 from loadgen.metrics.stats import RunStats
 from loadgen.report.build import build
@@ -36,6 +38,8 @@ class RunOptions:
     count: int | None = None
     rate: str | None = None
     workers: int | None = None  # None: planned_workers
+    shard: Shard | None = None  # --shard I/N: this generator's part of the fleet
+    start: StartAt | None = None  # --start-at: when the schedule starts
 
 
 # Where a plan for the embedded endpoint is checked before the emulator exists.
@@ -61,8 +65,13 @@ def check_plan(scenario: Scenario, options: RunOptions) -> RunPlan:
         elif spec.registration_config is not None:
             load_registration_config(spec.registration_config)
     plan = make_plan(scenario, options)
-    check_fleet(fleet_request(scenario, plan.count, plan.workers))
+    check_fleet(fleet_request(scenario, fleet_count(scenario, options), plan.workers, plan.shard))
     return plan
+
+
+def fleet_count(scenario: Scenario, options: RunOptions) -> int:
+    """The whole fleet's devices (a shard runs its part of them)."""
+    return options.count if options.count is not None else scenario.fleet.count
 
 
 @dataclass
@@ -168,8 +177,11 @@ def make_plan(scenario: Scenario, options: RunOptions) -> RunPlan:
         rate=rate,
         workers=options.workers
         if options.workers is not None
-        else planned_workers(scenario.load.max_in_flight),
+        else planned_workers(_shard_share(scenario.load.max_in_flight, options.shard)),
+        shard=options.shard,
     )
+    if options.shard is not None:
+        options.shard.check_size(fleet_count(scenario, options))
     check_template(plan.client_id, "mqtt.client_id")
     for i, step in enumerate(plan.steps):
         if isinstance(step, PublishStep):
@@ -186,25 +198,44 @@ def make_plan(scenario: Scenario, options: RunOptions) -> RunPlan:
 _FLEET_FIELDS = InputNames(ca="fleet.ca", profile="fleet.profile", seed="fleet.seed")
 
 
+def _shard_share(max_in_flight: int, shard: Shard | None) -> int:
+    return shard.share(max_in_flight) if shard is not None else max_in_flight
+
+
 def ensure_fleet(
-    scenario: Scenario, count: int, workers: int | None, on_progress: Any = None
+    scenario: Scenario,
+    count: int,
+    workers: int | None,
+    on_progress: Any = None,
+    shard: Shard | None = None,
 ) -> MintResult | None:
     """Check the scenario's fleet (its CA, and the profile and seed it was minted
     with against the scenario's), then mint it when it is missing or holds fewer
-    than ``count`` devices (creating the fleet CA first if needed)."""
-    request = fleet_request(scenario, count, workers)
+    than ``count`` devices (creating the fleet CA first if needed). With
+    ``shard``, only that shard's devices of the ``count``, with the fleet CA
+    that must be there already."""
+    request = fleet_request(scenario, count, workers, shard)
     check_fleet(request)
     store = FleetStore(scenario.fleet.store)
-    if store.exists() and store.recover() >= count:
+    if store.exists() and store.recover() >= request.devices:
         return None
     return mint(request, on_progress)
 
 
-def fleet_request(scenario: Scenario, count: int, workers: int | None) -> MintRequest:
+def fleet_request(
+    scenario: Scenario, count: int, workers: int | None, shard: Shard | None = None
+) -> MintRequest:
     """The mint a scenario's fleet stands for: checked on every run, so that a
     fleet minted from another profile, seed or CA is never run as this one.
-    Minting is CPU-bound: without ``workers``, a process per core."""
+    Minting is CPU-bound: without ``workers``, a process per core.
+
+    A shard (``--shard I/N``) mints its own devices into a store of its own, with
+    the fleet's CA: never a CA of its own, which the endpoint would not know. A
+    whole fleet's store already there (a shared volume) is run as it is."""
     fleet = scenario.fleet
+    store = FleetStore(fleet.store)
+    if shard is not None and store.exists() and store.read_meta().shard is None:
+        shard = None
     profile = None
     if fleet.profile is not None:
         try:
@@ -219,8 +250,9 @@ def fleet_request(scenario: Scenario, count: int, workers: int | None) -> MintRe
         profile,
         fleet.seed,
         workers if workers is not None else default_workers(),
-        init_ca=True,
+        init_ca=shard is None,
         names=names,
+        shard=shard,
     )
 
 
@@ -252,9 +284,15 @@ def raise_fd_limit(plan: RunPlan) -> None:
         raise too_many from None
 
 
-def execute(plan: RunPlan, on_progress: Any = None) -> tuple[RunStats, RunTiming, dict[str, Any]]:
-    stats, timing = run_workers(plan, on_progress)
-    return stats, timing, build(plan, stats, timing)
+def execute(
+    plan: RunPlan, on_progress: Any = None, start: StartAt | None = None
+) -> tuple[RunStats, RunTiming, dict[str, Any]]:
+    stats, timing = run_workers(plan, on_progress, start=start)
+    report = build(plan, stats, timing)
+    report["shard"] = plan.shard.to_json() if plan.shard is not None else None
+    if start is not None:
+        report["start"] = {"at": start.at, "late_s": round(timing.late_s, 3)}
+    return stats, timing, report
 
 
 def default_workers() -> int:

@@ -193,13 +193,31 @@ def test_shards_pushing_under_one_job_keep_a_group_each(
             *("--pushgateway", f"http://127.0.0.1:{pushgateway}"),
             *("--job", "fleet", "--shard", shard),
         )
+    assert _finished_by_shard(pushgateway, "fleet") == {"a": 20, "b": 30}
+
+
+def _finished_by_shard(pushgateway: int, job: str) -> dict[str, float]:
+    """The devices each shard's group on the Pushgateway says finished."""
     body = urllib.request.urlopen(f"http://127.0.0.1:{pushgateway}/metrics", timeout=5).read()
-    finished = {
+    return {
         s.labels["shard"]: s.value
         for s in _samples(body, "loadgen_devices_finished_total")
-        if s.labels.get("job") == "fleet"
+        if s.labels.get("job") == job
     }
-    assert finished == {"a": 20, "b": 30}
+
+
+def test_sliced_shards_label_their_metrics_and_push_a_group_each_by_index(
+    tmp_path, mosquitto, device_ca, pushgateway
+):
+    # Each shard in a folder of its own, as pods: its own store of its slice.
+    for shard in ("0/2", "1/2"):
+        path = _scenario(tmp_path / shard.replace("/", "-of-"), mosquitto, device_ca)
+        _run_to_pushgateway(
+            path,
+            *("--count", "40", "--workers", "1", "--shard", shard),
+            *("--pushgateway", f"http://127.0.0.1:{pushgateway}", "--job", "sliced"),
+        )
+    assert _finished_by_shard(pushgateway, "sliced") == {"0": 20, "1": 20}
 
 
 def test_metrics_listen_on_the_address_metrics_host_names(tmp_path, mosquitto, device_ca):

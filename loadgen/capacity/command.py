@@ -130,6 +130,7 @@ def capacity_command(
         raise UserError(f"--first-device must be zero or more, got {first_device}")
     options = RunOptions(endpoint, None, None, workers)
     check_plan(scenario, options)
+    outputs.label_only("loadgen capacity")
     outputs.check()
     say(
         Console(highlight=False),

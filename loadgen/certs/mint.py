@@ -32,6 +32,7 @@ from loadgen.certs.store import (
 )
 from loadgen.errors import CAError, FleetError, UserError
 from loadgen.files import write
+from loadgen.load.shard import Shard
 
 # Plans checked before anything is written: enough to catch a template that
 # overflows a field or a value a field cannot hold.
@@ -64,6 +65,14 @@ class MintRequest:
     key_pool: int | None = None
     init_ca: bool = False  # create the CA when the folder holds none
     names: InputNames = InputNames()
+    # Only this shard's devices of the ``count`` (``--shard I/N``): the fleet
+    # folder is then that shard's store, and its counts are the shard's.
+    shard: Shard | None = None
+
+    @property
+    def devices(self) -> int:
+        """The devices the fleet folder is to hold."""
+        return self.shard.size(self.count) if self.shard is not None else self.count
 
 
 @dataclass(frozen=True)
@@ -106,6 +115,7 @@ def check(request: MintRequest) -> MintPlan:
                 f"{meta.ca_subject} (sha256 {meta.ca_fingerprint[:16]}…): point it at that CA"
             )
         _check_matches(request, meta, ca)
+        _check_shard(request, meta)
         try:
             profile = Profile.model_validate(meta.profile)
         except ValidationError as exc:
@@ -155,13 +165,32 @@ def _check_matches(request: MintRequest, meta: FleetMeta, ca: CA) -> None:
         raise FleetError(f"{fleet}: minted with key pool {meta.key_pool}, not {request.key_pool}")
 
 
+def _check_shard(request: MintRequest, meta: FleetMeta) -> None:
+    """A shard's store holds that shard's devices only: it grows as that shard."""
+    held = Shard(**meta.shard) if meta.shard is not None else None
+    if held == request.shard:
+        return
+    what = f"shard {held} of a fleet" if held is not None else "a whole fleet"
+    asked = f"--shard {request.shard}" if request.shard is not None else "the whole fleet"
+    raise FleetError(f"{request.fleet}: holds {what}, not {asked}: mint into another folder")
+
+
 def _plan_ahead(plan: MintPlan, request: MintRequest) -> None:
     """Plan the first devices and the last: enough to catch a template that
     overflows a field or a value a field cannot hold before anything is written
     (only ``{index}`` grows with the index, and it is longest at the end)."""
+    if request.shard is not None:
+        request.shard.check_size(request.count)
     planner = DevicePlanner(plan.profile, _seed(plan, request))
-    for index in (*range(min(request.count, _PRECHECK)), request.count - 1):
-        planner.plan(index)
+    first, step = _stride(request)
+    local = request.devices
+    for position in (*range(min(local, _PRECHECK)), local - 1):
+        planner.plan(first + position * step)
+
+
+def _stride(request: MintRequest) -> tuple[int, int]:
+    shard = request.shard
+    return (shard.index, shard.count) if shard is not None else (0, 1)
 
 
 def _seed(plan: MintPlan, request: MintRequest) -> int:
@@ -246,13 +275,15 @@ def _mint(
             ca_fingerprint=ca.fingerprint,
             ca_subject=ca.cert.subject.rfc4514_string(),
             key_pool=request.key_pool,
+            shard=request.shard.to_json() if request.shard is not None else None,
         )
         plan.store.create(meta)
     lock = plan.store.lock()
     undo.armed = True  # not before: a fleet another mint holds is not this one's to remove
     try:
         existing = plan.store.recover()
-        if existing >= request.count:
+        wanted = request.devices
+        if existing >= wanted:
             return MintResult(request.fleet, existing, 0, existing)
         _prepare_shared(request.fleet, plan.profile, meta, request.workers)
         spec = MintSpec(
@@ -262,14 +293,16 @@ def _mint(
             seed=meta.seed,
             now=dt.datetime.now(dt.UTC).replace(microsecond=0),
             key_pool=meta.key_pool,
+            first=meta.stride[0],
+            step=meta.stride[1],
         )
         done = existing
         if on_progress:
-            on_progress(done, request.count)
-        for n in _run(spec, plan.store, existing, request.count, request.workers):
+            on_progress(done, wanted)
+        for n in _run(spec, plan.store, existing, wanted, request.workers):
             done += n
             if on_progress:
-                on_progress(done, request.count)
+                on_progress(done, wanted)
         return MintResult(request.fleet, existing, done - existing, done)
     finally:
         os.close(lock)

@@ -41,6 +41,9 @@ class MintSpec:
     seed: int
     now: dt.datetime
     key_pool: int | None
+    # The manifest's line j is device first + j * step (a shard's store: I, N).
+    first: int = 0
+    step: int = 1
 
 
 def validity_windows(
@@ -99,7 +102,8 @@ class Minter:
                 ]
 
     def mint(self, start: int, stop: int) -> bytes:
-        """Mint devices ``start`` to ``stop - 1`` and return their manifest lines.
+        """Mint the manifest's lines ``start`` to ``stop - 1`` (devices ``start``
+        to ``stop - 1`` of a whole fleet) and return them.
 
         The loop is written for speed (locals bound once, no per-device objects
         beyond the plan): it is most of the cost of a fleet that is not crypto."""
@@ -112,8 +116,11 @@ class Minter:
         encode_subject = self.subjects.encode
         validity, window_text = self.validity, self.window_text
         pem, sha256, new_key = der.pem, hashlib.sha256, self.keys.new
-        for n, index in enumerate(range(start, stop)):
-            if n == 0 or index % SHARD_SIZE == 0:
+        first, step = self.spec.first, self.spec.step
+        folder = -1
+        for n, index in enumerate(range(first + start * step, first + stop * step, step)):
+            if index // SHARD_SIZE != folder:
+                folder = index // SHARD_SIZE
                 os.makedirs(f"{fleet}/{shard_of(index)}", exist_ok=True)
             plan = plan_of(index)
             fault = plan.fault

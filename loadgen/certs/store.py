@@ -58,9 +58,22 @@ class FleetMeta:
     ca_subject: str
     key_pool: int | None
     format: int = FORMAT
+    # A shard's store (``--shard I/N``): only the devices whose index ≡ I (mod N),
+    # as {"index": I, "count": N}; the manifest's line j is then device I + jN.
+    shard: dict[str, int] | None = None
+
+    @property
+    def stride(self) -> tuple[int, int]:
+        """(first index, step) of the manifest's devices."""
+        if self.shard is None:
+            return 0, 1
+        return self.shard["index"], self.shard["count"]
 
     def to_json(self) -> bytes:
-        return json.dumps(asdict(self), indent=2, sort_keys=True).encode() + b"\n"
+        fields = asdict(self)
+        if self.shard is None:
+            del fields["shard"]  # a whole fleet's metadata, as before shards
+        return json.dumps(fields, indent=2, sort_keys=True).encode() + b"\n"
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,10 +155,11 @@ class FleetStore:
             os.close(fd)
         count = data.count(b"\n", 0, end)
         if count:
+            first_index, step = self.read_meta().stride if self.exists() else (0, 1)
             first = self._parse(data[: data.index(b"\n") + 1], 1)
             last_start = data.rfind(b"\n", 0, end - 1) + 1
             last = self._parse(data[last_start:end], count)
-            if first.index != 0 or last.index != count - 1:
+            if first.index != first_index or last.index != first_index + (count - 1) * step:
                 raise FleetError(
                     f"{path}: devices out of order (line 1 is index {first.index}, "
                     f"line {count} is index {last.index}); the manifest was edited or damaged"

@@ -26,6 +26,8 @@ from loadgen.certs.mint import InputNames, MintRequest, mint
 from loadgen.certs.mint import check as check_mint
 from loadgen.certs.profile import load_profile
 from loadgen.cli.common import stderr_console
+from loadgen.errors import UserError
+from loadgen.load.shard import SHARD, ShardName
 from loadgen.words import counted
 
 
@@ -51,6 +53,13 @@ def certs() -> None:
     help="Reuse N keys per key type across devices instead of one key each (RSA speed-up).",
 )
 @click.option("--init-ca", is_flag=True, help="Create the CA first when it does not exist.")
+@click.option(
+    "--shard",
+    type=SHARD,
+    metavar="I/N",
+    help="Only shard I of N's devices of the --count (index % N == I, with the ids and "
+    "subjects of the whole fleet), as `loadgen run --shard I/N` runs them.",
+)
 def certs_mint(
     ca_dir: Path,
     count: int,
@@ -60,8 +69,16 @@ def certs_mint(
     workers: int,
     key_pool: int | None,
     init_ca: bool,
+    shard: ShardName | None,
 ) -> None:
     """Mint a fleet of device certificates, or grow or complete an existing one."""
+    if shard is not None and shard.slice is None:
+        raise UserError(f"--shard {shard.label}: certs mint takes I/N (shard I of N), e.g. 0/4")
+    if shard is not None and init_ca:
+        # Each shard's own CA would be one the endpoint does not know.
+        raise UserError(
+            "--init-ca with --shard: shards mint with the fleet's one CA; create it once"
+        )
     loaded = load_profile(profile) if profile is not None else None
     request = MintRequest(
         fleet=out,
@@ -73,6 +90,7 @@ def certs_mint(
         key_pool=key_pool,
         init_ca=init_ca,
         names=InputNames(profile=f"--profile {profile}"),
+        shard=shard.slice if shard is not None else None,
     )
     check_mint(request)  # before the progress bar: a refusal is one line
     with MintBar(
@@ -86,12 +104,14 @@ def certs_mint(
         TimeRemainingColumn(),
     ) as bar:
         result = mint(request, bar.update)
+    where = f"{out} (shard {shard.slice})" if shard is not None else str(out)
     if result.minted == 0:
-        click.echo(f"{out}: already holds {counted(result.total, 'device')}; nothing to mint")
+        click.echo(f"{where}: already holds {counted(result.total, 'device')}; nothing to mint")
     else:
         rate = f" ({result.minted / bar.elapsed:,.0f} certs/s)" if bar.elapsed > 0 else ""
         kept = f", kept {result.existing}" if result.existing else ""
-        click.echo(f"{out}: minted {result.minted}{kept}, {counted(result.total, 'device')}{rate}")
+        total = counted(result.total, "device")
+        click.echo(f"{where}: minted {result.minted}{kept}, {total}{rate}")
 
 
 @certs.command("inspect")
@@ -147,6 +167,10 @@ def print_summary(summary: FleetSummary) -> None:
     console = Console(highlight=False)
     meta = summary.meta
     console.print(f"[bold]{summary.path}[/]: {counted(summary.devices, 'device')}")
+    if meta.shard is not None:
+        index, count = meta.shard["index"], meta.shard["count"]
+        mine = f"devices {index}, {index + count}, … of a fleet"
+        console.print(f"  shard    {index}/{count} ({mine})")
     console.print(f"  CA       {meta.ca_subject} (sha256 {meta.ca_fingerprint[:16]}…)")
     console.print(
         f"  seed     {meta.seed}" + (f", key pool {meta.key_pool}" if meta.key_pool else "")

@@ -12,9 +12,11 @@ from typing import Any, TypeVar
 
 import click
 
+from loadgen.errors import UserError
 from loadgen.lifeline import StopSignals
 from loadgen.listen import PORT, check_listen
 from loadgen.load.plan import RunPlan
+from loadgen.load.shard import SHARD, Shard, ShardName
 from loadgen.metrics import prometheus as prom
 from loadgen.report.build import write_outputs
 from loadgen.run import report_path
@@ -51,8 +53,11 @@ _OUTPUTS = (
     click.option("--job", default="loadgen", show_default=True, help="The Pushgateway job name."),
     click.option(
         "--shard",
-        help="A name for this generator among several running side by side: "
-        "a label on its metrics, and its own Pushgateway group.",
+        type=SHARD,
+        help="Which shard this generator is among several running side by side: "
+        "I/N (shard I of N, 0 <= I < N) runs only its part of the fleet at 1/N of "
+        "the rates; any other NAME is a shard split by hand. Either way a label "
+        'on its metrics (shard="I" or the NAME) and its own Pushgateway group.',
     ),
 )
 
@@ -79,8 +84,21 @@ class Outputs:
     linger: float
     pushgateway: str | None
     job: str
-    shard: str | None
+    shard: ShardName | None
     metrics_host: str = "127.0.0.1"
+
+    @property
+    def slice(self) -> Shard | None:
+        """The fleet's part this generator runs (``--shard I/N``), if any."""
+        return self.shard.slice if self.shard is not None else None
+
+    def label_only(self, command: str) -> None:
+        """For a command that runs no fleet slice: ``--shard I/N`` is refused."""
+        if self.slice is not None:
+            raise UserError(
+                f"--shard {self.slice}: {command} does not split a fleet into shards; "
+                "give --shard a NAME (a label and a Pushgateway group)"
+            )
 
     def check(self) -> None:
         """Refuse, before anything runs, files that could not be written."""
@@ -92,8 +110,9 @@ class Outputs:
     def exporter(self, plan: RunPlan) -> prom.Exporter | None:
         if self.metrics_port is None and self.pushgateway is None:
             return None
+        label = self.shard.label if self.shard is not None else None
         return prom.Exporter(
-            plan, self.metrics_port, self.pushgateway, self.job, self.shard, self.metrics_host
+            plan, self.metrics_port, self.pushgateway, self.job, label, self.metrics_host
         )
 
     def write(self, report: dict[str, Any]) -> None:
@@ -125,7 +144,7 @@ def output_options(command: Callable[..., Any]) -> Callable[..., Any]:
         linger: float,
         pushgateway: str | None,
         job: str,
-        shard: str | None,
+        shard: ShardName | None,
         **kwargs: Any,
     ) -> Any:
         outputs = Outputs(

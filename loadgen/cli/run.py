@@ -19,6 +19,8 @@ from loadgen.cli.certs import MintBar
 from loadgen.cli.common import stderr_console, warn
 from loadgen.cli.options import Outputs, output_options, target_options
 from loadgen.load.runner import merge_progress
+from loadgen.load.shard import Shard
+from loadgen.load.start import DEFAULT_TOLERANCE, parse_start
 from loadgen.report import ci as ci_files
 from loadgen.report import gates as gates_mod
 from loadgen.report.show import LiveRun, print_report
@@ -27,6 +29,7 @@ from loadgen.run import (
     check_plan,
     ensure_fleet,
     execute,
+    fleet_count,
     jitp_section,
     make_plan,
     report_path,
@@ -58,6 +61,19 @@ from loadgen.words import counted
     multiple=True,
     help='A pass/fail condition, e.g. "p99(provision) < 2s"; repeatable.',
 )
+@click.option(
+    "--start-at",
+    "start_at",
+    metavar="TIME",
+    help="Start the schedule at this wall-clock time (epoch seconds, or ISO 8601 with a "
+    "zone, e.g. 2026-12-01T18:00:00Z), once prepared: shards started together.",
+)
+@click.option(
+    "--start-tolerance",
+    default=DEFAULT_TOLERANCE,
+    show_default=True,
+    help="How late past --start-at a run that was ready late may still start; later fails.",
+)
 @target_options
 @output_options
 def run_command(
@@ -70,21 +86,26 @@ def run_command(
     junit_path: Path | None,
     summary_path: Path | None,
     gate_texts: tuple[str, ...],
+    start_at: str | None,
+    start_tolerance: str,
 ) -> None:
     """Run a scenario: mint its fleet if needed, then connect every device.
     Exit 1 when a gate fails."""
+    start = parse_start(start_at, start_tolerance)
     scenario = load_scenario(scenario_path, warn=warn)
     gates = [
         *(gates_mod.parse(t, f"{scenario_path}: gates[{i}]") for i, t in enumerate(scenario.gates)),
         *(gates_mod.parse(t, "--gate") for t in gate_texts),
     ]
-    options = RunOptions(endpoint, count, rate, workers)
+    options = RunOptions(endpoint, count, rate, workers, outputs.slice, start)
     checked = check_plan(scenario, options)
     outputs.check()
     report_path(junit_path, "--junit")
     report_path(summary_path, "--summary-md")
     console = stderr_console()
-    minted = _mint_with_progress(console, scenario, checked.count, workers)
+    minted = _mint_with_progress(
+        console, scenario, fleet_count(scenario, options), workers, checked.shard
+    )
     if minted is not None:
         click.echo(
             f"fleet {checked.fleet}: minted {minted.minted}, {counted(minted.total, 'device')}",
@@ -93,6 +114,9 @@ def run_command(
     with run_endpoint(scenario, options) as session:
         plan = make_plan(session.scenario, session.options)
         exporter = outputs.exporter(plan)
+        if start is not None:
+            shard = f"shard {plan.shard}" if plan.shard is not None else "the run"
+            click.echo(f"{shard}: its schedule starts at --start-at {start.text}", err=True)
         with LiveRun(console, plan) as live:
 
             def on_progress(parts: list[Any], elapsed: float) -> None:
@@ -100,7 +124,11 @@ def run_command(
                 if exporter is not None:
                     exporter.progress(merge_progress(parts), elapsed)
 
-            stats, timing, report = execute(plan, on_progress)
+            stats, timing, report = execute(plan, on_progress, start)
+        if timing.late_s > 0:
+            click.echo(
+                f"loadgen: started {timing.late_s:.2f} s after --start-at (ready late)", err=True
+            )
         if exporter is not None and (error := exporter.finish(stats)):
             click.echo(f"loadgen: {error}", err=True)
         report["jitp"] = jitp_section(report, session.final_emulator_stats())
@@ -133,7 +161,7 @@ def run_command(
 
 
 def _mint_with_progress(
-    console: Console, scenario: Scenario, count: int, workers: int | None
+    console: Console, scenario: Scenario, count: int, workers: int | None, shard: Shard | None
 ) -> MintResult | None:
     with MintBar(console, TextColumn("minting fleet"), BarColumn(), MofNCompleteColumn()) as bar:
-        return ensure_fleet(scenario, count, workers, bar.update)
+        return ensure_fleet(scenario, count, workers, bar.update, shard)

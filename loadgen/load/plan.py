@@ -12,7 +12,15 @@ from loadgen.device.lifecycle import DeviceConfig, HoldStep, PublishStep, Step, 
 from loadgen.device.retry import RetryPolicy
 from loadgen.errors import ConfigError
 from loadgen.load.chaos import Chaos
-from loadgen.load.schedule import Burst, ConstantArrival, Executor, RampingArrival, Stage
+from loadgen.load.schedule import (
+    Burst,
+    ConstantArrival,
+    Executor,
+    RampingArrival,
+    Stage,
+    scaled,
+)
+from loadgen.load.shard import Shard
 from loadgen.scenario.schema import Hold, Publish, Scenario, parse_endpoint, template_text
 
 
@@ -46,6 +54,13 @@ class RunPlan:
     first_device: int = 0
     extra: dict[str, str] = field(default_factory=dict)
     chaos: Chaos | None = None  # faults injected on purpose, by tests
+    # This generator's part of a fleet run by several (``--shard I/N``): ``count``,
+    # ``executor`` and ``max_in_flight`` are then the shard's, 1/N of the fleet's.
+    shard: Shard | None = None
+
+    @property
+    def phase(self) -> float:
+        return self.shard.phase if self.shard is not None else 0.0
 
     @property
     def endpoint(self) -> str:
@@ -73,7 +88,10 @@ def build_plan(
     count: int | None = None,
     rate: float | None = None,
     workers: int = 1,
+    shard: Shard | None = None,
 ) -> RunPlan:
+    """The run of ``count`` devices (default: the fleet's); with ``shard``, that
+    shard's part of them, at 1/N of every rate and of max_in_flight."""
     host, port = endpoint
     steps: list[Step] = []
     for item in scenario.after_connect:
@@ -94,7 +112,9 @@ def build_plan(
         step_timeout=scenario.timeouts.step,
         keepalive=scenario.mqtt.keepalive,
     )
-    tls = scenario.tls
+    tls, load = scenario.tls, scenario.load
+    total = count if count is not None else scenario.fleet.count
+    executor = executor_of(scenario, rate)
     return RunPlan(
         scenario=scenario.name,
         host=host,
@@ -108,14 +128,15 @@ def build_plan(
         version=scenario.mqtt.protocol_version,
         client_id=scenario.mqtt.client_id,
         fleet=scenario.fleet.store,
-        count=count if count is not None else scenario.fleet.count,
-        executor=executor_of(scenario, rate),
-        max_in_flight=scenario.load.max_in_flight,
+        count=shard.size(total) if shard is not None else total,
+        executor=executor if shard is None else scaled(executor, 1 / shard.count),
+        max_in_flight=load.max_in_flight if shard is None else shard.share(load.max_in_flight),
         device=device,
         steps=tuple(steps),
         source_addresses=tuple(scenario.load.source_addresses or ()),
         workers=workers,
         driver=scenario.mqtt.driver,
+        shard=shard,
     )
 
 

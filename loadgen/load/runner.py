@@ -60,8 +60,13 @@ class Progress:
 
 def my_devices(plan: RunPlan, worker: int) -> Iterator[tuple[FleetDevice, float]]:
     """This worker's devices with their schedule offsets, in schedule order."""
-    schedule = offsets(plan.executor, plan.count)
-    mine = FleetStore(plan.fleet).devices(every=plan.workers, start=worker, skip=plan.first_device)
+    schedule = offsets(plan.executor, plan.count, plan.phase)
+    store = FleetStore(plan.fleet)
+    every, start = plan.workers, worker
+    if plan.shard is not None and store.read_meta().shard is None:
+        # A shard run over a whole fleet's store: its devices are every N-th line.
+        every, start = plan.workers * plan.shard.count, plan.shard.index + plan.shard.count * worker
+    mine = store.devices(every=every, start=start, skip=plan.first_device)
     for index, offset in enumerate(schedule):
         if index % plan.workers != worker:
             continue

@@ -37,18 +37,32 @@ class Burst:
 Executor = ConstantArrival | RampingArrival | Burst
 
 
-def offsets(executor: Executor, count: int) -> Iterator[float]:
-    """Seconds from the schedule's start at which devices 0 .. count-1 arrive."""
+def offsets(executor: Executor, count: int, phase: float = 0.0) -> Iterator[float]:
+    """Seconds from the schedule's start at which devices 0 .. count-1 arrive.
+    With ``phase`` (0 <= phase < 1), device i arrives as if it were i + phase:
+    a shard's part of a fleet's schedule (see loadgen.load.shard)."""
     if isinstance(executor, Burst):
         yield from (0.0 for _ in range(count))
     elif isinstance(executor, ConstantArrival):
-        yield from (i / executor.rate for i in range(count))
+        yield from ((i + phase) / executor.rate for i in range(count))
     else:
-        yield from _ramping(executor, count)
+        yield from _ramping(executor, count, phase)
 
 
-def _ramping(executor: RampingArrival, count: int) -> Iterator[float]:
-    """Device i arrives when the integral of the rate reaches i."""
+def scaled(executor: Executor, factor: float) -> Executor:
+    """The schedule with every rate multiplied by ``factor`` (a shard's 1/N)."""
+    if isinstance(executor, Burst):
+        return executor
+    if isinstance(executor, ConstantArrival):
+        return ConstantArrival(executor.rate * factor)
+    return RampingArrival(
+        tuple(Stage(s.rate * factor, s.duration) for s in executor.stages),
+        executor.start_rate * factor,
+    )
+
+
+def _ramping(executor: RampingArrival, count: int, phase: float = 0.0) -> Iterator[float]:
+    """Device i arrives when the integral of the rate reaches i + phase."""
     produced = 0
     start, rate0, arrived = 0.0, executor.start_rate, 0.0
     last_rate = executor.start_rate
@@ -56,8 +70,8 @@ def _ramping(executor: RampingArrival, count: int) -> Iterator[float]:
         rate1, span = stage.rate, stage.duration
         slope = (rate1 - rate0) / span if span > 0 else 0.0
         area = (rate0 + rate1) / 2 * span
-        while produced < count and produced <= arrived + area - 1e-9:
-            need = produced - arrived
+        while produced < count and produced + phase <= arrived + area - 1e-9:
+            need = produced + phase - arrived
             yield start + _time_for(need, rate0, slope, span)
             produced += 1
         start += span
@@ -68,7 +82,7 @@ def _ramping(executor: RampingArrival, count: int) -> Iterator[float]:
         if last_rate <= 0:
             raise ValueError("the stages end at rate 0 with devices left to start")
         for i in range(count - produced):
-            yield start + (produced + i - arrived) / last_rate
+            yield start + (produced + i + phase - arrived) / last_rate
 
 
 def _time_for(need: float, rate0: float, slope: float, span: float) -> float:

@@ -17,6 +17,7 @@ from typing import Any
 from loadgen import lifeline
 from loadgen.load.plan import RunPlan
 from loadgen.load.runner import Progress, Worker
+from loadgen.load.start import StartAt
 from loadgen.metrics.stats import RunStats
 
 # A worker must have its first window prepared within this: building an SSL
@@ -35,6 +36,8 @@ class RunTiming:
     # Workers that ended without their results, and why: their devices count as
     # error, and the run has failed whatever the gates say.
     lost: dict[int, str] = field(default_factory=dict)
+    # With --start-at: how much later than asked the schedule started (ready late).
+    late_s: float = 0.0
 
 
 def listen_to(conn: multiprocessing.connection.Connection, callback: Any) -> None:
@@ -148,8 +151,11 @@ def run_workers(
     plan: RunPlan,
     on_progress: Callable[[list[Progress], float], None] | None = None,
     grace: float = 10.0,
+    start: StartAt | None = None,
 ) -> tuple[RunStats, RunTiming]:
-    """Run ``plan`` in ``plan.workers`` processes; return the merged stats."""
+    """Run ``plan`` in ``plan.workers`` processes; return the merged stats. With
+    ``start``, the schedule starts at that wall-clock time (at once when the
+    workers are ready late, and not at all when later than its tolerance)."""
     context = multiprocessing.get_context("spawn")
     pipes: list[multiprocessing.connection.Connection] = []
     processes: list[Any] = []
@@ -168,7 +174,7 @@ def run_workers(
             pipes.append(parent_end)
             processes.append(process)
         with stop:
-            tally = _supervise(plan, pipes, processes, on_progress)
+            tally = _supervise(plan, pipes, processes, on_progress, start)
         finished = True
         return tally.stats(plan, stopped=stop.requested), tally.timing(stop.requested)
     finally:
@@ -199,6 +205,7 @@ class _Tally:
     results: dict[int, RunStats] = field(default_factory=dict)
     progress: dict[int, Progress] = field(default_factory=dict)
     lost: dict[int, str] = field(default_factory=dict)  # worker -> why
+    late_s: float = 0.0
 
     def finished(self, worker: int) -> bool:
         return worker in self.results or worker in self.lost
@@ -228,7 +235,9 @@ class _Tally:
 
     def timing(self, stopped: bool) -> RunTiming:
         ended = self.ended_at or time.time()
-        return RunTiming(self.started_at, ended, partial=stopped, lost=dict(self.lost))
+        return RunTiming(
+            self.started_at, ended, partial=stopped, lost=dict(self.lost), late_s=self.late_s
+        )
 
 
 def _supervise(
@@ -236,6 +245,7 @@ def _supervise(
     pipes: list[multiprocessing.connection.Connection],
     processes: list[Any],
     on_progress: Callable[[list[Progress], float], None] | None,
+    start: StartAt | None = None,
 ) -> _Tally:
     tally = _Tally()
     ready: set[int] = set()
@@ -254,6 +264,10 @@ def _supervise(
             else:
                 _ended(tally, worker, kind, payload)
     tally.started_at = time.time() + _START_MARGIN
+    if start is not None:
+        start.check(tally.started_at)  # too late: the workers are ended, nothing ran
+        tally.late_s = start.late_by(tally.started_at)
+        tally.started_at = max(tally.started_at, start.at)
     for worker in ready:
         with contextlib.suppress(OSError):
             pipes[worker].send(("start", tally.started_at))

@@ -148,8 +148,9 @@ class RunCollector(Collector):
         )
         elapsed = time.time() - live.started_at if live.started_at is not None else 0.0
         # After the last planned arrival nothing more is planned (devices may
-        # still be holding or draining): the target drops to 0.
-        arriving = elapsed <= live.arrivals_end + 1.0
+        # still be holding or draining): the target drops to 0. Before the start
+        # (waiting for --start-at) nothing is planned yet either.
+        arriving = 0.0 <= elapsed <= live.arrivals_end + 1.0
         target = None if live.finished or not arriving else target_rate(live.plan.executor, elapsed)
         yield gauge("arrival_rate_target", "Planned device arrivals per second", target or 0.0)
         second = int(elapsed) - 1  # the last whole second

@@ -130,7 +130,7 @@ def generator_cpu(cpu_s: float, devices: int, ahead_s: float = 0.0) -> dict[str,
 def target_series(plan: RunPlan) -> list[int]:
     """Planned arrivals in each second of the schedule."""
     counts: dict[int, int] = {}
-    for offset in offsets(plan.executor, plan.count):
+    for offset in offsets(plan.executor, plan.count, plan.phase):
         second = int(offset)
         counts[second] = counts.get(second, 0) + 1
     return _series(counts)

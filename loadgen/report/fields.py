@@ -154,6 +154,12 @@ MERGE = Needs(
     (
         ("run_id?", STR),
         ("run_ids?.[]", STR),
+        ("shard?.index", NUM),
+        ("shard?.count", NUM),
+        ("shards?.count", NUM),
+        ("shards?.indices.[]", NUM),
+        ("start?.at", NUM),
+        ("start?.late_s", NUM),
         ("scenario", STR),
         ("endpoint", STR),
         ("started_at", TIME),

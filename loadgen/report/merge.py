@@ -74,7 +74,61 @@ def merge_files(paths: list[Path]) -> dict[str, Any]:
                 )
         for run_id in run_ids(report):
             seen[run_id] = path
+    check_shards([(str(path), report) for path, report in zip(paths, reports, strict=True)])
     return merge(reports)
+
+
+def shards_of(report: dict[str, Any]) -> list[tuple[int, int]]:
+    """The (index, count) of each ``--shard I/N`` shard a report holds: a run's
+    ``shard``, a merge's ``shards``; none for a run that was not one."""
+    if report.get("shard"):
+        return [(int(report["shard"]["index"]), int(report["shard"]["count"]))]
+    if report.get("shards"):
+        count = int(report["shards"]["count"])
+        return [(int(index), count) for index in report["shards"]["indices"]]
+    return []
+
+
+def check_shards(sources: list[tuple[str, dict[str, Any]]]) -> None:
+    """Shards of one run merge once each, and all of one N: two reports of the
+    same shard, or shards of different splits, are one line naming the report."""
+    seen: dict[int, str] = {}
+    split: tuple[int, str] | None = None
+    for name, report in sources:
+        for index, count in shards_of(report):
+            if not 0 <= index < count:
+                raise UserError(f"{name}: field shard is {index}/{count}: not a shard of {count}")
+            if split is None:
+                split = (count, name)
+            elif count != split[0]:
+                raise UserError(
+                    f"{name}: shard {index}/{count}, but {split[1]} is a shard of {split[0]}: "
+                    "the shards of one run are split by the same N"
+                )
+            if index in seen:
+                raise UserError(
+                    f"{name}: shard {index}/{count} is already in {seen[index]}: "
+                    "each shard is merged once"
+                )
+            seen[index] = name
+
+
+def _merged_shards(reports: list[dict[str, Any]]) -> dict[str, Any] | None:
+    held = [shard for report in reports for shard in shards_of(report)]
+    if not held:
+        return None
+    return {"count": held[0][1], "indices": sorted(index for index, _ in held)}
+
+
+def _merged_start(reports: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The agreed start, and the latest shard's lateness past it."""
+    starts = [r.get("start") for r in reports]
+    if not all(starts):
+        return None
+    return {
+        "at": min(s["at"] for s in starts if s),
+        "late_s": max(s["late_s"] for s in starts if s),
+    }
 
 
 def _counts(reports: list[dict[str, Any]], *keys: str) -> dict[str, int]:
@@ -179,7 +233,11 @@ def merge(reports: list[dict[str, Any]]) -> dict[str, Any]:
             "mqtt_version": " + ".join(dict.fromkeys(r["load"]["mqtt_version"] for r in reports)),
         },
         "environment": {**reports[0]["environment"], "merged_from": len(reports)},
+        "shard": None,
+        "shards": _merged_shards(reports),
     }
+    if (start := _merged_start(reports)) is not None:
+        merged_report["start"] = start
     return merged_report
 
 
