@@ -7,17 +7,17 @@ import functools
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
+from loadgen.cli.common import warn
 from loadgen.lifeline import StopSignals
 from loadgen.listen import PORT, check_listen
 from loadgen.load.plan import RunPlan
 from loadgen.metrics import prometheus as prom
 from loadgen.report.build import write_outputs
-from loadgen.run import report_path
+from loadgen.report.store import DESTINATION, Destination
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -31,9 +31,14 @@ _TARGET = (
     ),
 )
 _OUTPUTS = (
-    click.option("--report", "report_file", type=click.Path(path_type=Path), help="JSON report."),
     click.option(
-        "--html", "html_file", type=click.Path(path_type=Path), help="Self-contained HTML report."
+        "--report", "report_file", type=DESTINATION, help="JSON report: a file or s3://BUCKET/KEY."
+    ),
+    click.option(
+        "--html",
+        "html_file",
+        type=DESTINATION,
+        help="Self-contained HTML report: a file or s3://BUCKET/KEY.",
     ),
     click.option("--metrics-port", type=PORT, help="Serve Prometheus metrics on 127.0.0.1:PORT."),
     click.option(
@@ -67,8 +72,8 @@ class Outputs:
     """Where a run's (or a capacity search's) results go: report files, and
     Prometheus while it goes."""
 
-    report: Path | None
-    html: Path | None
+    report: Destination | None
+    html: Destination | None
     metrics_port: int | None
     linger: float
     pushgateway: str | None
@@ -77,8 +82,9 @@ class Outputs:
 
     def check(self) -> None:
         """Refuse, before anything runs, files that could not be written."""
-        report_path(self.report)
-        report_path(self.html, "--html")
+        for destination in (self.report, self.html):
+            if destination is not None:
+                destination.check(warn)
         if self.metrics_port is not None:
             check_listen("127.0.0.1", self.metrics_port, "--metrics-port")
 
@@ -109,8 +115,8 @@ def output_options(command: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(command)
     def with_outputs(
         *args: Any,
-        report_file: Path | None,
-        html_file: Path | None,
+        report_file: Destination | None,
+        html_file: Destination | None,
         metrics_port: int | None,
         linger: float,
         pushgateway: str | None,
