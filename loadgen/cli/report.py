@@ -81,7 +81,7 @@ def report_html(path: Path, out: Destination) -> None:
     "--scenario",
     "scenario_path",
     type=click.Path(path_type=Path),
-    help="Apply this scenario's gates: to the merge.",
+    help="Apply the gates: of this scenario (as the shards ran it) too.",
 )
 @click.option(
     "--junit", "junit_path", type=click.Path(path_type=Path), help="JUnit XML, a case per gate."

@@ -102,8 +102,9 @@ class S3:
         """Refuse a bucket that does not exist or cannot be reached, and
         credentials S3 refuses. A bucket whose listing is denied may still take
         the write (a role allowed only PutObject): ``warn`` is told, no more."""
+        client = self._client
         try:
-            self._client.head_bucket(Bucket=url.bucket)
+            client.head_bucket(Bucket=url.bucket)
         except Exception as exc:
             code = error_code(exc)
             if code in ("403", "AccessDenied") and warn is not None:
@@ -115,21 +116,17 @@ class S3:
             raise self._error(exc, url, UserError) from None
 
     def put(self, url: S3Url, data: bytes, content_type: str) -> None:
+        client = self._client
         try:
-            self._client.put_object(
-                Bucket=url.bucket, Key=url.key, Body=data, ContentType=content_type
-            )
-        except UserError:
-            raise
+            client.put_object(Bucket=url.bucket, Key=url.key, Body=data, ContentType=content_type)
         except Exception as exc:
             raise self._error(exc, url, OutputError, "cannot write: ") from None
 
     def get(self, url: S3Url) -> bytes:
+        client = self._client
         try:
-            body = self._client.get_object(Bucket=url.bucket, Key=url.key)["Body"]
+            body = client.get_object(Bucket=url.bucket, Key=url.key)["Body"]
             data: bytes = body.read()
-        except UserError:
-            raise
         except Exception as exc:
             if error_code(exc) in ("NoSuchKey", "404"):
                 raise UserError(f"{url}: no such report (a prefix ends with /)") from None
@@ -139,10 +136,9 @@ class S3:
     def etag(self, url: S3Url) -> str | None:
         """The object's ETag (it changes when the object is written again), or
         None when there is no such object."""
+        client = self._client
         try:
-            head = self._client.head_object(Bucket=url.bucket, Key=url.key)
-        except UserError:
-            raise
+            head = client.head_object(Bucket=url.bucket, Key=url.key)
         except Exception as exc:
             if error_code(exc) in ("NoSuchKey", "404"):
                 return None
@@ -152,15 +148,13 @@ class S3:
     def listing(self, prefix: S3Url) -> Iterator[tuple[S3Url, str]]:
         """Every object under ``prefix``, with its ETag (it changes when the
         object is written again)."""
+        pages = self._client.get_paginator("list_objects_v2").paginate(
+            Bucket=prefix.bucket, Prefix=prefix.key
+        )
         try:
-            pages = self._client.get_paginator("list_objects_v2").paginate(
-                Bucket=prefix.bucket, Prefix=prefix.key
-            )
             for page in pages:
                 for item in page.get("Contents", []):
                     yield S3Url(prefix.bucket, item["Key"]), str(item.get("ETag", ""))
-        except UserError:
-            raise
         except Exception as exc:
             raise self._error(exc, prefix, UserError, "cannot list: ") from None
 

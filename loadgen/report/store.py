@@ -72,6 +72,9 @@ class DestinationType(click.ParamType[Destination, Any]):
 
     name = "path|s3://bucket/key"
 
+    def get_metavar(self, param: click.Parameter, ctx: click.Context) -> str:
+        return "FILE|s3://BUCKET/KEY"
+
     def convert(
         self, value: Any, param: click.Parameter | None, ctx: click.Context | None
     ) -> Destination:

@@ -1,0 +1,248 @@
+"""Reports in S3, as pods write and a merge Job reads them: `loadgen run --report
+s3://...`, `loadgen report merge s3://BUCKET/PREFIX/ --expect N --wait ...`, and
+the one-line errors for a bad URL, a missing bucket or no credentials, all before
+any load. S3 is moto's server on loopback, reached by boto3 in every process
+through AWS_ENDPOINT_URL_S3, as MinIO or a real bucket would be."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Result, assert_user_error
+from tests.moto_aws import CREDENTIALS, client, no_credentials_env
+from tests.test_merge_sources import FAILS, PASSES, shard_reports
+from tests.test_run import _scenario
+
+BUCKET = "loadgen-results"
+
+
+def s3_env(moto_url: str, tmp_path: Path) -> dict[str, str]:
+    """moto's credentials and endpoint, and nothing of this machine's ~/.aws."""
+    return no_credentials_env(tmp_path) | CREDENTIALS | {"AWS_ENDPOINT_URL_S3": moto_url}
+
+
+def loadgen(env: dict[str, str], *args: str | Path) -> Result:
+    proc = subprocess.run(
+        [sys.executable, "-m", "loadgen", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        stdin=subprocess.DEVNULL,
+    )
+    return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+@pytest.fixture
+def bucket(moto):
+    s3 = client(moto, "s3")
+    s3.create_bucket(Bucket=BUCKET)
+    return s3
+
+
+def upload(s3, key: str, report: dict) -> None:
+    s3.put_object(Bucket=BUCKET, Key=key, Body=json.dumps(report).encode())
+
+
+def downloaded(s3, key: str) -> dict:
+    return json.loads(s3.get_object(Bucket=BUCKET, Key=key)["Body"].read())
+
+
+# --- loadgen run ----------------------------------------------------------------
+
+
+def test_a_runs_report_and_html_go_to_s3(tmp_path, mosquitto, device_ca, moto, bucket):
+    scenario = _scenario(tmp_path, mosquitto, device_ca)
+    result = loadgen(
+        s3_env(moto, tmp_path), "run", scenario, "--count", "30", "--workers", "1",
+        "--report", f"s3://{BUCKET}/run-1/shard-0.json",
+        "--html", f"s3://{BUCKET}/run-1/shard-0.html",
+    )  # fmt: skip
+    assert result.code == 0, result.err
+    assert f"report written to s3://{BUCKET}/run-1/shard-0.json" in result.out
+    report = downloaded(bucket, "run-1/shard-0.json")
+    assert report["devices"] == 30
+    assert report["format"] == "loadgen-report/1"
+    page = bucket.get_object(Bucket=BUCKET, Key="run-1/shard-0.html")
+    assert page["ContentType"].startswith("text/html")
+    assert page["Body"].read().lstrip().lower().startswith(b"<!doctype html")
+
+
+def test_a_missing_bucket_is_one_line_naming_report_before_any_load(
+    tmp_path, mosquitto, device_ca, moto
+):
+    scenario = _scenario(tmp_path, mosquitto, device_ca)
+    url = "s3://no-such-bucket/r.json"
+    result = loadgen(s3_env(moto, tmp_path), "run", scenario, "--report", url)
+    assert_user_error(result, f"--report {url}: no such bucket no-such-bucket")
+    assert not (tmp_path / "fleet").exists()  # nothing minted, nothing ran
+
+
+def test_no_credentials_is_one_line_naming_the_option(tmp_path, mosquitto, device_ca, moto):
+    scenario = _scenario(tmp_path, mosquitto, device_ca)
+    env = no_credentials_env(tmp_path) | {"AWS_ENDPOINT_URL_S3": moto}
+    result = loadgen(env, "run", scenario, "--html", f"s3://{BUCKET}/r.html")
+    assert_user_error(result, "--html: no AWS credentials found")
+    assert result.err.startswith("loadgen: error: --html: no AWS credentials found (")
+    assert not (tmp_path / "fleet").exists()
+
+
+def test_an_s3_nobody_answers_is_one_line(tmp_path, mosquitto, device_ca):
+    scenario = _scenario(tmp_path, mosquitto, device_ca)
+    env = no_credentials_env(tmp_path) | CREDENTIALS | {"AWS_ENDPOINT_URL_S3": "http://127.0.0.1:9"}
+    result = loadgen(env, "run", scenario, "--report", f"s3://{BUCKET}/r.json")
+    assert_user_error(result, f"--report s3://{BUCKET}/r.json: cannot reach S3")
+    assert not (tmp_path / "fleet").exists()
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("s3://", "no bucket (s3://BUCKET/KEY)"),
+        ("s3:///r.json", "no bucket (s3://BUCKET/KEY)"),
+        ("s3://Results_2026/r.json", "'Results_2026' is not an S3 bucket name"),
+        (f"s3://{BUCKET}/runs/", "give the object's key too (s3://BUCKET/KEY)"),
+        (f"s3://{BUCKET}", "give the object's key too (s3://BUCKET/KEY)"),
+        ("gs://bucket/r.json", "a local path or an s3://BUCKET/KEY URL"),
+    ],
+)
+def test_a_bad_url_is_one_line_naming_the_option(tmp_path, mosquitto, device_ca, url, message):
+    scenario = _scenario(tmp_path, mosquitto, device_ca)
+    env = no_credentials_env(tmp_path)  # refused before S3 is asked anything
+    assert_user_error(loadgen(env, "run", scenario, "--report", url), f"--report {url}: {message}")
+    out = tmp_path / "m.json"
+    assert_user_error(
+        loadgen(env, "report", "merge", tmp_path, "-o", out, "--html", url), f"--html {url}"
+    )
+    assert not (tmp_path / "fleet").exists()
+
+
+def test_capacity_refuses_a_missing_bucket_before_any_load(tmp_path, mosquitto, device_ca, moto):
+    scenario = _scenario(tmp_path, mosquitto, device_ca)
+    url = "s3://no-such-bucket/capacity.json"
+    result = loadgen(
+        s3_env(moto, tmp_path), "capacity", scenario, "--slo", "p99(provision) < 2s",
+        "--report", url,
+    )  # fmt: skip
+    assert_user_error(result, f"--report {url}: no such bucket no-such-bucket")
+    assert not (tmp_path / "fleet").exists()
+
+
+# --- loadgen report merge -----------------------------------------------------------
+
+
+def test_merge_reads_every_shard_under_a_prefix_and_writes_to_s3(tmp_path, moto, bucket):
+    for report in shard_reports(3):
+        upload(bucket, f"run-7/shard-{report['shard']['index']}.json", report)
+    upload(bucket, "run-7/notes/readme.txt", {"not": "a report"})
+    upload(bucket, "run-8/shard-0.json", shard_reports(1)[0])  # another run's prefix
+    args = (
+        "report", "merge", f"s3://{BUCKET}/run-7/", "--expect", "3",
+        "-o", f"s3://{BUCKET}/run-7/merged.json", "--html", f"s3://{BUCKET}/run-7/merged.html",
+        "--gate", PASSES,
+    )  # fmt: skip
+    for _ in range(2):  # the second merge lists the first one's output too, and skips it
+        result = loadgen(s3_env(moto, tmp_path), *args)
+        assert result.code == 0, result.err
+        assert f"3 reports merged into s3://{BUCKET}/run-7/merged.json: 120 devices" in result.out
+    merged = downloaded(bucket, "run-7/merged.json")
+    assert merged["devices"] == 120
+    assert [g["passed"] for g in merged["gates"]] == [True]
+
+
+def test_merge_from_s3_keys_and_a_local_file_together(tmp_path, moto, bucket):
+    first, second, third = shard_reports(3)
+    upload(bucket, "a/0.json", first)
+    upload(bucket, "b/1.json", second)
+    local = tmp_path / "2.json"
+    local.write_text(json.dumps(third))
+    out = tmp_path / "merged.json"
+    result = loadgen(
+        s3_env(moto, tmp_path), "report", "merge", f"s3://{BUCKET}/a/0.json",
+        f"s3://{BUCKET}/b/1.json", local, "--expect", "3", "-o", out,
+    )  # fmt: skip
+    assert result.code == 0, result.err
+    assert json.loads(out.read_text())["devices"] == 120
+
+
+def test_a_missing_shard_under_a_prefix_is_exit_1_naming_it(tmp_path, moto, bucket):
+    reports = shard_reports(3)
+    for report in (reports[0], reports[2]):
+        upload(bucket, f"run/shard-{report['shard']['index']}.json", report)
+    result = loadgen(
+        s3_env(moto, tmp_path), "report", "merge", f"s3://{BUCKET}/run/", "--expect", "3",
+        "-o", f"s3://{BUCKET}/run/merged.json",
+    )  # fmt: skip
+    assert result.code == 1, (result.out, result.err)
+    assert "--expect 3: missing shard 1 (2 of 3 shards found" in result.err
+    assert "Contents" not in bucket.list_objects_v2(Bucket=BUCKET, Prefix="run/merged")
+
+
+def test_wait_sees_a_shard_report_uploaded_after_the_merge_started(tmp_path, moto, bucket):
+    first, second = shard_reports(2)
+    upload(bucket, "run/shard-0.json", first)
+    merge_job = subprocess.Popen(
+        [sys.executable, "-m", "loadgen", "report", "merge", f"s3://{BUCKET}/run/",
+         "--expect", "2", "--wait", "2m", "-o", f"s3://{BUCKET}/merged.json", "--gate", FAILS],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=s3_env(moto, tmp_path),
+    )  # fmt: skip
+    try:
+        assert merge_job.stderr is not None
+        waiting = merge_job.stderr.readline()  # the merge is waiting: a real condition
+        assert "1 of 2 shards found" in waiting, waiting
+        upload(bucket, "run/shard-1.json", second)  # the last pod, done late
+        out, err = merge_job.communicate(timeout=120)
+    finally:
+        merge_job.kill()
+        merge_job.wait()
+    assert merge_job.returncode == 1, err  # the gate fails: the pipeline's one exit code
+    assert f"FAIL: {FAILS}" in out
+    assert downloaded(bucket, "merged.json")["devices"] == 120
+
+
+def test_merge_names_a_key_that_is_not_there(tmp_path, moto, bucket):
+    url = f"s3://{BUCKET}/run/shard-0.json"
+    result = loadgen(s3_env(moto, tmp_path), "report", "merge", url, "-o", tmp_path / "m.json")
+    assert_user_error(result, f"{url}: no such report (a prefix ends with /)")
+
+
+def test_merge_names_a_bucket_that_is_not_there(tmp_path, moto):
+    result = loadgen(
+        s3_env(moto, tmp_path), "report", "merge", "s3://no-such-bucket/run/",
+        "-o", tmp_path / "m.json",
+    )  # fmt: skip
+    assert_user_error(result, "s3://no-such-bucket/run/: cannot list: no such bucket")
+
+
+def test_a_report_in_s3_that_is_not_one_is_named_by_its_url(tmp_path, moto, bucket):
+    bucket.put_object(Bucket=BUCKET, Key="run/shard-0.json", Body=b"<html>")
+    result = loadgen(
+        s3_env(moto, tmp_path), "report", "merge", f"s3://{BUCKET}/run/", "-o", tmp_path / "m"
+    )
+    assert_user_error(result, f"s3://{BUCKET}/run/shard-0.json: not a JSON report")
+
+
+def test_report_html_writes_to_s3(tmp_path, moto, bucket):
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(shard_reports(1)[0]))
+    url = f"s3://{BUCKET}/pages/r.html"
+    result = loadgen(s3_env(moto, tmp_path), "report", "html", path, "-o", url)
+    assert result.code == 0, result.err
+    assert f"HTML report written to {url}" in result.out
+    body = bucket.get_object(Bucket=BUCKET, Key="pages/r.html")["Body"].read()
+    assert b"<html" in body.lower()
+
+
+def test_the_region_need_not_be_set(tmp_path, moto, bucket):
+    """A pod often has credentials and no region: S3 answers anyway."""
+    env = s3_env(moto, tmp_path)
+    assert not {k for k in env if k in ("AWS_REGION", "AWS_DEFAULT_REGION")}
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(shard_reports(1)[0]))
+    result = loadgen(env, "report", "merge", path, "-o", f"s3://{BUCKET}/m.json")
+    assert result.code == 0, result.err
