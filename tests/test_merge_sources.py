@@ -93,12 +93,24 @@ def test_a_shard_in_two_reports_is_exit_1_naming_both(tmp_path):
     assert f"--expect 2: shard 1 is in 2 reports: {retry}, {first[1]}" in result.err
 
 
+def test_expect_counts_the_shards_a_merged_input_holds(tmp_path):
+    reports = shard_reports(3)
+    partial = {**merge(reports[:2]), "shards": {"count": 3, "indices": [0, 1]}}
+    (tmp_path / "first-two.json").write_text(json.dumps(partial))
+    write_reports(tmp_path, reports[2:])
+    out = tmp_path / "out" / "merged.json"
+    out.parent.mkdir()
+    result = run_loadgen("report", "merge", tmp_path, "--expect", "3", "-o", out)
+    assert result.code == 0, result.err
+    assert json.loads(out.read_text())["histograms"] == merge(reports)["histograms"]
+
+
 @pytest.mark.parametrize(
     ("shard", "message"),
     [
         (None, "not a shard's report (no shard field: a run with --shard I/2 writes one)"),
         ({"index": 0, "count": 3}, "shard 0/3, but --expect 2"),
-        ({"index": 2, "count": 2}, "field shard.index 2 is not from 0 to 1"),
+        ({"index": 2, "count": 2}, "field shard is 2/2: not a shard of 2"),
         ({"index": "0", "count": 2}, 'field shard is not {"index": I, "count": N}'),
     ],
 )

@@ -140,25 +140,32 @@ class Shards:
         return {i: names for i, names in sorted(self.found.items()) if len(names) > 1}
 
 
-def shard_of(report: dict[str, Any], name: str, expect: int) -> int:
-    """The report's shard index, checked against ``--expect``: a report that is
-    no shard of ``expect`` is a one-line ``UserError`` naming it."""
-    shard = report.get("shard")
-    if shard is None:
+def held(report: dict[str, Any], name: str, expect: int) -> list[int]:
+    """The shard indices a report holds (a run's ``shard``, a merge's
+    ``shards``), checked against ``--expect``: a report that is no shard of
+    ``expect`` is a one-line ``UserError`` naming it."""
+    shard, merged = report.get("shard"), report.get("shards")
+    if shard is not None:
+        values = [shard.get("count"), shard.get("index")] if isinstance(shard, dict) else []
+        if len(values) != 2 or not all(map(_is_int, values)):
+            raise UserError(f'{name}: field shard is not {{"index": I, "count": N}}')
+    elif merged is not None:
+        indices = merged.get("indices") if isinstance(merged, dict) else None
+        values = [merged.get("count"), *indices] if isinstance(indices, list) else []
+        if not values or not all(map(_is_int, values)):
+            raise UserError(f'{name}: field shards is not {{"count": N, "indices": [...]}}')
+    else:
         raise UserError(
             f"{name}: not a shard's report (no shard field: a run with --shard I/{expect} "
             f"writes one), but --expect {expect}"
         )
-    index = shard.get("index") if isinstance(shard, dict) else None
-    count = shard.get("count") if isinstance(shard, dict) else None
-    if not (_is_int(index) and _is_int(count)):
-        raise UserError(f'{name}: field shard is not {{"index": I, "count": N}}')
-    assert isinstance(index, int) and isinstance(count, int)
-    if count != expect:
-        raise UserError(f"{name}: shard {index}/{count}, but --expect {expect}")
-    if not 0 <= index < count:
-        raise UserError(f"{name}: field shard.index {index} is not from 0 to {count - 1}")
-    return index
+    count, *indices = (int(v) for v in values if v is not None)  # all ints by now
+    for index in indices:
+        if count != expect:
+            raise UserError(f"{name}: shard {index}/{count}, but --expect {expect}")
+        if not 0 <= index < count:
+            raise UserError(f"{name}: field shard is {index}/{count}: not a shard of {count}")
+    return indices
 
 
 def _is_int(value: Any) -> bool:
@@ -168,7 +175,8 @@ def _is_int(value: Any) -> bool:
 def shards(named: Named, expect: int) -> Shards:
     found: dict[int, list[str]] = {}
     for name, report in named:
-        found.setdefault(shard_of(report, name, expect), []).append(name)
+        for index in held(report, name, expect):
+            found.setdefault(index, []).append(name)
     return Shards(expect, found)
 
 
