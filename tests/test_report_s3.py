@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Result, assert_user_error
+from tests.conftest import assert_user_error, run_loadgen
 from tests.moto_aws import CREDENTIALS, client, no_credentials_env
 from tests.test_merge_sources import FAILS, PASSES, shard_reports
 from tests.test_run import _scenario
@@ -26,16 +26,9 @@ def s3_env(moto_url: str, tmp_path: Path) -> dict[str, str]:
     return no_credentials_env(tmp_path) | CREDENTIALS | {"AWS_ENDPOINT_URL_S3": moto_url}
 
 
-def loadgen(env: dict[str, str], *args: str | Path) -> Result:
-    proc = subprocess.run(
-        [sys.executable, "-m", "loadgen", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-        stdin=subprocess.DEVNULL,
-    )
-    return Result(proc.returncode, proc.stdout, proc.stderr)
+@pytest.fixture
+def aws_env(moto, tmp_path) -> dict[str, str]:
+    return s3_env(moto, tmp_path)
 
 
 @pytest.fixture
@@ -56,13 +49,21 @@ def downloaded(s3, key: str) -> dict:
 # --- loadgen run ----------------------------------------------------------------
 
 
-def test_a_runs_report_and_html_go_to_s3(tmp_path, mosquitto, device_ca, moto, bucket):
+def test_a_runs_report_and_html_go_to_s3(tmp_path, mosquitto, device_ca, bucket, aws_env):
     scenario = _scenario(tmp_path, mosquitto, device_ca)
-    result = loadgen(
-        s3_env(moto, tmp_path), "run", scenario, "--count", "30", "--workers", "1",
-        "--report", f"s3://{BUCKET}/run-1/shard-0.json",
-        "--html", f"s3://{BUCKET}/run-1/shard-0.html",
-    )  # fmt: skip
+    result = run_loadgen(
+        "run",
+        scenario,
+        "--count",
+        "30",
+        "--workers",
+        "1",
+        "--report",
+        f"s3://{BUCKET}/run-1/shard-0.json",
+        "--html",
+        f"s3://{BUCKET}/run-1/shard-0.html",
+        env=aws_env,
+    )
     assert result.code == 0, result.err
     assert f"report written to s3://{BUCKET}/run-1/shard-0.json" in result.out
     report = downloaded(bucket, "run-1/shard-0.json")
@@ -74,11 +75,11 @@ def test_a_runs_report_and_html_go_to_s3(tmp_path, mosquitto, device_ca, moto, b
 
 
 def test_a_missing_bucket_is_one_line_naming_report_before_any_load(
-    tmp_path, mosquitto, device_ca, moto
+    tmp_path, mosquitto, device_ca, aws_env
 ):
     scenario = _scenario(tmp_path, mosquitto, device_ca)
     url = "s3://no-such-bucket/r.json"
-    result = loadgen(s3_env(moto, tmp_path), "run", scenario, "--report", url)
+    result = run_loadgen("run", scenario, "--report", url, env=aws_env)
     assert_user_error(result, f"--report {url}: no such bucket no-such-bucket")
     assert not (tmp_path / "fleet").exists()  # nothing minted, nothing ran
 
@@ -86,7 +87,7 @@ def test_a_missing_bucket_is_one_line_naming_report_before_any_load(
 def test_no_credentials_is_one_line_naming_the_option(tmp_path, mosquitto, device_ca, moto):
     scenario = _scenario(tmp_path, mosquitto, device_ca)
     env = no_credentials_env(tmp_path) | {"AWS_ENDPOINT_URL_S3": moto}
-    result = loadgen(env, "run", scenario, "--html", f"s3://{BUCKET}/r.html")
+    result = run_loadgen("run", scenario, "--html", f"s3://{BUCKET}/r.html", env=env)
     assert_user_error(result, "--html: no AWS credentials found")
     assert result.err.startswith("loadgen: error: --html: no AWS credentials found (")
     assert not (tmp_path / "fleet").exists()
@@ -95,7 +96,7 @@ def test_no_credentials_is_one_line_naming_the_option(tmp_path, mosquitto, devic
 def test_an_s3_nobody_answers_is_one_line(tmp_path, mosquitto, device_ca):
     scenario = _scenario(tmp_path, mosquitto, device_ca)
     env = no_credentials_env(tmp_path) | CREDENTIALS | {"AWS_ENDPOINT_URL_S3": "http://127.0.0.1:9"}
-    result = loadgen(env, "run", scenario, "--report", f"s3://{BUCKET}/r.json")
+    result = run_loadgen("run", scenario, "--report", f"s3://{BUCKET}/r.json", env=env)
     assert_user_error(result, f"--report s3://{BUCKET}/r.json: cannot reach S3")
     assert not (tmp_path / "fleet").exists()
 
@@ -109,26 +110,29 @@ def test_an_s3_nobody_answers_is_one_line(tmp_path, mosquitto, device_ca):
         (f"s3://{BUCKET}/runs/", "give the object's key too (s3://BUCKET/KEY)"),
         (f"s3://{BUCKET}", "give the object's key too (s3://BUCKET/KEY)"),
         ("gs://bucket/r.json", "a local path or an s3://BUCKET/KEY URL"),
+        (f"s3://{BUCKET}/{'k' * 1025}", "a key longer than S3's 1,024 bytes"),
     ],
 )
 def test_a_bad_url_is_one_line_naming_the_option(tmp_path, mosquitto, device_ca, url, message):
     scenario = _scenario(tmp_path, mosquitto, device_ca)
     env = no_credentials_env(tmp_path)  # refused before S3 is asked anything
-    assert_user_error(loadgen(env, "run", scenario, "--report", url), f"--report {url}: {message}")
+    assert_user_error(
+        run_loadgen("run", scenario, "--report", url, env=env), f"--report {url[:60]}", message
+    )
     out = tmp_path / "m.json"
     assert_user_error(
-        loadgen(env, "report", "merge", tmp_path, "-o", out, "--html", url), f"--html {url}"
+        run_loadgen("report", "merge", tmp_path, "-o", out, "--html", url, env=env),
+        f"--html {url[:60]}",
     )
     assert not (tmp_path / "fleet").exists()
 
 
-def test_capacity_refuses_a_missing_bucket_before_any_load(tmp_path, mosquitto, device_ca, moto):
+def test_capacity_refuses_a_missing_bucket_before_any_load(tmp_path, mosquitto, device_ca, aws_env):
     scenario = _scenario(tmp_path, mosquitto, device_ca)
     url = "s3://no-such-bucket/capacity.json"
-    result = loadgen(
-        s3_env(moto, tmp_path), "capacity", scenario, "--slo", "p99(provision) < 2s",
-        "--report", url,
-    )  # fmt: skip
+    result = run_loadgen(
+        "capacity", scenario, "--slo", "p99(provision) < 2s", "--report", url, env=aws_env
+    )
     assert_user_error(result, f"--report {url}: no such bucket no-such-bucket")
     assert not (tmp_path / "fleet").exists()
 
@@ -136,7 +140,7 @@ def test_capacity_refuses_a_missing_bucket_before_any_load(tmp_path, mosquitto, 
 # --- loadgen report merge -----------------------------------------------------------
 
 
-def test_merge_reads_every_shard_under_a_prefix_and_writes_to_s3(tmp_path, moto, bucket):
+def test_merge_reads_every_shard_under_a_prefix_and_writes_to_s3(tmp_path, bucket, aws_env):
     for report in shard_reports(3):
         upload(bucket, f"run-7/shard-{report['shard']['index']}.json", report)
     upload(bucket, "run-7/notes/readme.txt", {"not": "a report"})
@@ -147,7 +151,7 @@ def test_merge_reads_every_shard_under_a_prefix_and_writes_to_s3(tmp_path, moto,
         "--gate", PASSES,
     )  # fmt: skip
     for _ in range(2):  # the second merge lists the first one's output too, and skips it
-        result = loadgen(s3_env(moto, tmp_path), *args)
+        result = run_loadgen(*args, env=aws_env)
         assert result.code == 0, result.err
         assert f"3 reports merged into s3://{BUCKET}/run-7/merged.json: 120 devices" in result.out
     merged = downloaded(bucket, "run-7/merged.json")
@@ -155,41 +159,55 @@ def test_merge_reads_every_shard_under_a_prefix_and_writes_to_s3(tmp_path, moto,
     assert [g["passed"] for g in merged["gates"]] == [True]
 
 
-def test_merge_from_s3_keys_and_a_local_file_together(tmp_path, moto, bucket):
+def test_merge_from_s3_keys_and_a_local_file_together(tmp_path, bucket, aws_env):
     first, second, third = shard_reports(3)
     upload(bucket, "a/0.json", first)
     upload(bucket, "b/1.json", second)
     local = tmp_path / "2.json"
     local.write_text(json.dumps(third))
     out = tmp_path / "merged.json"
-    result = loadgen(
-        s3_env(moto, tmp_path), "report", "merge", f"s3://{BUCKET}/a/0.json",
-        f"s3://{BUCKET}/b/1.json", local, "--expect", "3", "-o", out,
-    )  # fmt: skip
+    result = run_loadgen(
+        "report",
+        "merge",
+        f"s3://{BUCKET}/a/0.json",
+        f"s3://{BUCKET}/b/1.json",
+        local,
+        "--expect",
+        "3",
+        "-o",
+        out,
+        env=aws_env,
+    )
     assert result.code == 0, result.err
     assert json.loads(out.read_text())["devices"] == 120
 
 
-def test_a_missing_shard_under_a_prefix_is_exit_1_naming_it(tmp_path, moto, bucket):
+def test_a_missing_shard_under_a_prefix_is_exit_1_naming_it(tmp_path, bucket, aws_env):
     reports = shard_reports(3)
     for report in (reports[0], reports[2]):
         upload(bucket, f"run/shard-{report['shard']['index']}.json", report)
-    result = loadgen(
-        s3_env(moto, tmp_path), "report", "merge", f"s3://{BUCKET}/run/", "--expect", "3",
-        "-o", f"s3://{BUCKET}/run/merged.json",
-    )  # fmt: skip
+    result = run_loadgen(
+        "report",
+        "merge",
+        f"s3://{BUCKET}/run/",
+        "--expect",
+        "3",
+        "-o",
+        f"s3://{BUCKET}/run/merged.json",
+        env=aws_env,
+    )
     assert result.code == 1, (result.out, result.err)
     assert "--expect 3: missing shard 1 (2 of 3 shards found" in result.err
     assert "Contents" not in bucket.list_objects_v2(Bucket=BUCKET, Prefix="run/merged")
 
 
-def test_wait_sees_a_shard_report_uploaded_after_the_merge_started(tmp_path, moto, bucket):
+def test_wait_sees_a_shard_report_uploaded_after_the_merge_started(tmp_path, bucket, aws_env):
     first, second = shard_reports(2)
     upload(bucket, "run/shard-0.json", first)
     merge_job = subprocess.Popen(
         [sys.executable, "-m", "loadgen", "report", "merge", f"s3://{BUCKET}/run/",
          "--expect", "2", "--wait", "2m", "-o", f"s3://{BUCKET}/merged.json", "--gate", FAILS],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=s3_env(moto, tmp_path),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=aws_env,
     )  # fmt: skip
     try:
         assert merge_job.stderr is not None
@@ -205,44 +223,42 @@ def test_wait_sees_a_shard_report_uploaded_after_the_merge_started(tmp_path, mot
     assert downloaded(bucket, "merged.json")["devices"] == 120
 
 
-def test_merge_names_a_key_that_is_not_there(tmp_path, moto, bucket):
+def test_merge_names_a_key_that_is_not_there(tmp_path, bucket, aws_env):
     url = f"s3://{BUCKET}/run/shard-0.json"
-    result = loadgen(s3_env(moto, tmp_path), "report", "merge", url, "-o", tmp_path / "m.json")
+    result = run_loadgen("report", "merge", url, "-o", tmp_path / "m.json", env=aws_env)
     assert_user_error(result, f"{url}: no such report (a prefix ends with /)")
 
 
-def test_merge_names_a_bucket_that_is_not_there(tmp_path, moto):
-    result = loadgen(
-        s3_env(moto, tmp_path), "report", "merge", "s3://no-such-bucket/run/",
-        "-o", tmp_path / "m.json",
-    )  # fmt: skip
+def test_merge_names_a_bucket_that_is_not_there(tmp_path, aws_env):
+    result = run_loadgen(
+        "report", "merge", "s3://no-such-bucket/run/", "-o", tmp_path / "m.json", env=aws_env
+    )
     assert_user_error(result, "s3://no-such-bucket/run/: cannot list: no such bucket")
 
 
-def test_a_report_in_s3_that_is_not_one_is_named_by_its_url(tmp_path, moto, bucket):
+def test_a_report_in_s3_that_is_not_one_is_named_by_its_url(tmp_path, bucket, aws_env):
     bucket.put_object(Bucket=BUCKET, Key="run/shard-0.json", Body=b"<html>")
-    result = loadgen(
-        s3_env(moto, tmp_path), "report", "merge", f"s3://{BUCKET}/run/", "-o", tmp_path / "m"
+    result = run_loadgen(
+        "report", "merge", f"s3://{BUCKET}/run/", "-o", tmp_path / "m", env=aws_env
     )
     assert_user_error(result, f"s3://{BUCKET}/run/shard-0.json: not a JSON report")
 
 
-def test_report_html_writes_to_s3(tmp_path, moto, bucket):
+def test_report_html_writes_to_s3(tmp_path, bucket, aws_env):
     path = tmp_path / "r.json"
     path.write_text(json.dumps(shard_reports(1)[0]))
     url = f"s3://{BUCKET}/pages/r.html"
-    result = loadgen(s3_env(moto, tmp_path), "report", "html", path, "-o", url)
+    result = run_loadgen("report", "html", path, "-o", url, env=aws_env)
     assert result.code == 0, result.err
     assert f"HTML report written to {url}" in result.out
     body = bucket.get_object(Bucket=BUCKET, Key="pages/r.html")["Body"].read()
     assert b"<html" in body.lower()
 
 
-def test_the_region_need_not_be_set(tmp_path, moto, bucket):
+def test_the_region_need_not_be_set(tmp_path, bucket, aws_env):
     """A pod often has credentials and no region: S3 answers anyway."""
-    env = s3_env(moto, tmp_path)
-    assert not {k for k in env if k in ("AWS_REGION", "AWS_DEFAULT_REGION")}
+    assert not {k for k in aws_env if k in ("AWS_REGION", "AWS_DEFAULT_REGION")}
     path = tmp_path / "r.json"
     path.write_text(json.dumps(shard_reports(1)[0]))
-    result = loadgen(env, "report", "merge", path, "-o", f"s3://{BUCKET}/m.json")
+    result = run_loadgen("report", "merge", path, "-o", f"s3://{BUCKET}/m.json", env=aws_env)
     assert result.code == 0, result.err

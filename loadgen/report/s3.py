@@ -20,6 +20,7 @@ SCHEME = "s3://"
 # S3's rules for a bucket name (3 to 63 lowercase letters, digits, dots and
 # hyphens, a letter or digit at each end): anything else never reaches S3.
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_KEY_BYTES = 1024
 # A check before a run is worth less than a long wait: few attempts, short
 # timeouts. Writing a run's results is worth more: botocore's standard retries.
 _CHECK = {"retries": {"mode": "standard", "total_max_attempts": 2}, "connect_timeout": 5}
@@ -60,6 +61,8 @@ def parse(text: str, option: str) -> S3Url:
             f"{option} {text}: {bucket!r} is not an S3 bucket name "
             "(3 to 63 lowercase letters, digits, dots and hyphens)"
         )
+    if len(key.encode()) > _KEY_BYTES:
+        raise UserError(f"{option} {text[:60]}…: a key longer than S3's {_KEY_BYTES:,} bytes")
     return S3Url(bucket, key)
 
 
