@@ -216,7 +216,8 @@ def gather(
                 raise UserError(f"no reports in {where}")
             return named
         found = shards(named, expect)
-        for index, names in found.twice.items():
+        if found.twice:
+            index, names = next(iter(found.twice.items()))
             raise IncompleteError(
                 f"--expect {expect}: shard {index} is in {len(names)} reports: {', '.join(names)}"
             )
