@@ -262,3 +262,14 @@ def test_the_region_need_not_be_set(tmp_path, bucket, aws_env):
     path.write_text(json.dumps(shard_reports(1)[0]))
     result = run_loadgen("report", "merge", path, "-o", f"s3://{BUCKET}/m.json", env=aws_env)
     assert result.code == 0, result.err
+
+
+def test_a_merge_job_with_a_missing_output_bucket_fails_at_once_not_after_its_wait(
+    tmp_path, bucket, aws_env
+):
+    url = "s3://no-such-bucket/merged.json"
+    result = run_loadgen(
+        "report", "merge", f"s3://{BUCKET}/run/", "--expect", "3", "--wait", "1h", "-o", url,
+        env=aws_env,
+    )  # fmt: skip
+    assert_user_error(result, f"--out {url}: no such bucket no-such-bucket")
