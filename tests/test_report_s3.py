@@ -273,3 +273,68 @@ def test_a_merge_job_with_a_missing_output_bucket_fails_at_once_not_after_its_wa
         env=aws_env,
     )  # fmt: skip
     assert_user_error(result, f"--out {url}: no such bucket no-such-bucket")
+
+
+@pytest.fixture
+def write_only(moto, bucket, tmp_path, monkeypatch):
+    """The environment of a pod whose role may put objects in the bucket and do
+    nothing else (not even list it), with moto enforcing IAM from now on."""
+    from moto import settings
+
+    iam = client(moto, "iam")
+    iam.create_user(UserName="pod")
+    iam.put_user_policy(
+        UserName="pod",
+        PolicyName="put-reports",
+        PolicyDocument=json.dumps(
+            {
+                "Version": "2012-10-17",
+                "Statement": [
+                    {
+                        "Effect": "Allow",
+                        "Action": "s3:PutObject",
+                        "Resource": f"arn:aws:s3:::{BUCKET}/reports/*",
+                    }
+                ],
+            }
+        ),
+    )
+    key = iam.create_access_key(UserName="pod")["AccessKey"]
+    monkeypatch.setattr(settings, "INITIAL_NO_AUTH_ACTION_COUNT", 0)
+    env = s3_env(moto, tmp_path)
+    env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"] = (
+        key["AccessKeyId"],
+        key["SecretAccessKey"],
+    )
+    yield env
+    monkeypatch.undo()  # the test's own client reads what was written, unchecked
+
+
+def _one_report(tmp_path: Path) -> Path:
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(shard_reports(1)[0]))
+    return path
+
+
+def test_a_role_that_may_write_but_not_list_is_warned_and_the_report_written(
+    tmp_path, bucket, write_only, monkeypatch
+):
+    url = f"s3://{BUCKET}/reports/m.json"
+    result = run_loadgen("report", "merge", _one_report(tmp_path), "-o", url, env=write_only)
+    assert result.code == 0, result.err
+    assert result.err.splitlines() == [
+        f"loadgen: warning: --out {url}: cannot check bucket {BUCKET} (access denied); "
+        "the write at the end may fail"
+    ]
+    assert f"1 report merged into {url}" in result.out
+    monkeypatch.undo()  # IAM unchecked again, for this test's own client
+    assert downloaded(bucket, "reports/m.json")["devices"] == 120
+
+
+def test_a_write_refused_at_the_end_is_one_line_and_exit_1(tmp_path, bucket, write_only):
+    url = f"s3://{BUCKET}/elsewhere/m.json"  # outside what the role may write
+    result = run_loadgen("report", "merge", _one_report(tmp_path), "-o", url, env=write_only)
+    assert result.code == 1, (result.out, result.err)
+    assert result.err.splitlines()[-1] == (
+        f"loadgen: failed: --out {url}: cannot write: access denied to bucket {BUCKET}"
+    )
