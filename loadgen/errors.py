@@ -29,3 +29,9 @@ class FleetError(UserError):
 class OutputError(LoadgenError):
     """A result file (report, HTML, JUnit, summary) could not be written at the
     end of a run: the disk filled, say. Exit code 1, one line."""
+
+
+class IncompleteError(LoadgenError):
+    """The results a command gathers are not all there: a shard's report missing
+    (after ``--wait``) or there twice. Exit code 1, one line: the shards ran, and
+    what they left is wrong, as a failed gate is."""

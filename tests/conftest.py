@@ -35,13 +35,17 @@ class Result:
     err: str
 
 
-def run_loadgen(*args: str | Path, cwd: Path | None = None) -> Result:
-    """Run the real command line, as a user would, in a fresh process."""
+def run_loadgen(
+    *args: str | Path, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> Result:
+    """Run the real command line, as a user would, in a fresh process (in
+    ``env`` instead of this one's environment when given)."""
     proc = subprocess.run(
         [sys.executable, "-m", "loadgen", *map(str, args)],
         capture_output=True,
         text=True,
         cwd=cwd,
+        env=env,
         timeout=300,
     )
     return Result(proc.returncode, proc.stdout, proc.stderr)

@@ -213,3 +213,101 @@ def finite_values(result: list[Any]) -> list[float]:
     """The numbers of a query_range result that are neither NaN nor infinite."""
     values = (float(v) for series in result for _, v in series["values"])
     return [v for v in values if math.isfinite(v)]
+
+
+# --- what an expression keeps of its series' labels ----------------------------
+
+AGGREGATIONS = frozenset(
+    {"sum", "min", "max", "avg", "group", "stddev", "stdvar", "count", "count_values"}
+    | {"bottomk", "topk", "quantile", "limitk", "limit_ratio"}
+)
+# Words of PromQL that are not metric names.
+_KEYWORDS = frozenset(
+    {"by", "without", "on", "ignoring", "group_left", "group_right", "offset", "bool"}
+    | {"and", "or", "unless", "inf", "nan"}
+)
+_TOKEN = re.compile(
+    r'"(?:\\.|[^"\\])*"'  # a string
+    r"|\{[^}]*\}|\[[^\]]*\]"  # label matchers, a range
+    r"|\d+(?:\.\d+)?(?:ms|[smhdwy])?"  # a number or a duration
+    r"|[A-Za-z_:][A-Za-z0-9_:]*"  # a name
+    r"|\S"
+)
+
+
+@dataclass(frozen=True)
+class Selector:
+    """A series an expression reads, and the ``by`` labels of every aggregation
+    around it, innermost first (None for an aggregation ``without`` labels,
+    which keeps any label it does not name)."""
+
+    metric: str
+    groupings: tuple[frozenset[str] | None, ...]
+
+    def keeps(self) -> frozenset[str] | None:
+        """The labels of the series that can reach the result: those of the
+        outermost-reaching ``by``; None when nothing bounds them."""
+        kept: frozenset[str] | None = None
+        for grouping in self.groupings:
+            if grouping is not None:
+                kept = grouping if kept is None else kept & grouping
+        return kept
+
+
+def selectors(expr: str) -> list[Selector]:
+    """Every series selector of a PromQL expression (its variables already
+    replaced) with the aggregations around it."""
+    tokens = _TOKEN.findall(expr)
+    found: list[Selector] = []
+    _walk(tokens, 0, (), found)
+    return found
+
+
+def _labels(tokens: list[str], i: int) -> tuple[frozenset[str], int]:
+    """The label list opening at tokens[i] == "(", and the index past it."""
+    assert tokens[i] == "(", tokens[i:]
+    end = tokens.index(")", i)
+    return frozenset(t for t in tokens[i + 1 : end] if t != ","), end + 1
+
+
+def _grouping(tokens: list[str], i: int) -> tuple[frozenset[str] | None, int] | None:
+    if i < len(tokens) and tokens[i] in ("by", "without"):
+        labels, after = _labels(tokens, i + 1)
+        return (labels if tokens[i] == "by" else None), after
+    return None
+
+
+def _walk(
+    tokens: list[str], i: int, around: tuple[frozenset[str] | None, ...], found: list[Selector]
+) -> int:
+    """Reads tokens from ``i`` to the ``)`` that closes the current group (or
+    the end); returns the index past it."""
+    while i < len(tokens):
+        token = tokens[i]
+        if token == ")":
+            return i + 1
+        if token in AGGREGATIONS:
+            # sum by (x) (body), or sum (body) by (x); a bare sum keeps no label.
+            grouping: frozenset[str] | None = frozenset()
+            i += 1
+            if (before := _grouping(tokens, i)) is not None:
+                grouping, i = before
+            inner: list[Selector] = []
+            i = _walk(tokens, i + 1, (), inner)  # tokens[i] is the body's "("
+            if (after := _grouping(tokens, i)) is not None:
+                grouping, i = after
+            found += [Selector(s.metric, (*s.groupings, grouping, *around)) for s in inner]
+        elif token in ("on", "ignoring", "group_left", "group_right") and tokens[i + 1 : i + 2] == [
+            "("
+        ]:
+            i = _labels(tokens, i + 1)[1]
+        elif token == "(" or (
+            re.fullmatch(r"[A-Za-z_]\w*", token) and tokens[i + 1 : i + 2] == ["("]
+        ):  # a group, or a function's arguments
+            i = _walk(tokens, i + (1 if token == "(" else 2), around, found)
+        elif re.fullmatch(r"[A-Za-z_:][A-Za-z0-9_:]*", token) and token not in _KEYWORDS:
+            found.append(Selector(token, around))
+            i += 1
+        else:
+            i += 1
+    return i

@@ -23,9 +23,12 @@ from tests.prometheus import (
     PUSHGATEWAY_JOB,
     RULE_FILES,
     RULE_TESTS,
+    all_queries,
+    interpolate,
     load_dashboard,
     panels,
     queries,
+    selectors,
 )
 
 # A dashboard's uid is its address (/d/<uid>) and what links and provisioning
@@ -39,6 +42,13 @@ GRID_COLUMNS = 24
 # Grafana's own variables, defined by no dashboard.
 BUILTIN = re.compile(r"__\w+")
 RECORDED_NAME = re.compile(r"^[a-z][a-z0-9_]*:[a-z][a-z0-9_]*:[a-z][a-z0-9_]*$")
+# The labels of loadgen's and the emulator's own metrics but `shard`: what a panel
+# may split a run by. Every other label tells pods apart (`shard`, and what a
+# scrape adds: instance, job, pod, namespace), so a sharded run's panels and
+# recorded series add them up.
+WHOLE_RUN_LABELS = frozenset(
+    {"scenario", "phase", "outcome", "le", "result", "quota", "kind", "reason", "operation", "code"}
+)
 
 
 def promtool(*args: str | Path) -> subprocess.CompletedProcess[str]:
@@ -259,3 +269,53 @@ def test_the_capacity_dashboard_marks_the_steps_of_a_search_with_annotations() -
     annotations = [q for q in queries(path) if q.where.startswith("annotation")]
     assert [q.capacity_only for q in annotations] == [True]
     assert "loadgen_capacity_step" in annotations[0].expr
+
+
+# --- Shards: N pods of one run show as one ---------------------------------------
+
+
+def _per_pod(expr: str) -> list[str]:
+    """The raw series of ``expr`` whose pods' values are not added up: read
+    without an aggregation, or aggregated keeping a label beyond WHOLE_RUN_LABELS
+    (recorded series are the rules' to add up, checked below)."""
+    return [
+        f"{s.metric} keeps {sorted(kept) if (kept := s.keeps()) is not None else 'every label'}"
+        for s in selectors(expr)
+        if ":" not in s.metric and (s.keeps() is None or not s.keeps() <= WHOLE_RUN_LABELS)
+    ]
+
+
+def test_the_check_below_tells_a_sum_over_pods_from_a_series_per_pod() -> None:
+    assert _per_pod("sum by (scenario) (rate(loadgen_devices_started_total[1m]))") == []
+    assert _per_pod("max(loadgen_capacity_step) by (scenario)") == []
+    assert _per_pod("sum by (scenario, shard) (loadgen_devices_in_flight)") == [
+        "loadgen_devices_in_flight keeps ['scenario', 'shard']"
+    ]
+    assert _per_pod("sum without (outcome) (rate(loadgen_device_outcomes_total[1m]))") == [
+        "loadgen_device_outcomes_total keeps every label"
+    ]
+    assert _per_pod("histogram_quantile(0.9, loadgen_schedule_lag_seconds_bucket)") == [
+        "loadgen_schedule_lag_seconds_bucket keeps every label"
+    ]
+
+
+def test_every_dashboard_query_adds_up_the_shards_of_a_run() -> None:
+    per_pod = {
+        str(query): found
+        for query in all_queries()
+        if (
+            found := _per_pod(
+                interpolate(query.expr, scenario="s", scrape_interval=15, step=15, range_s=3600)
+            )
+        )
+    }
+    assert per_pod == {}
+
+
+def test_every_rule_adds_up_the_shards_of_a_run() -> None:
+    per_pod = {
+        rule.get("record") or rule["alert"]: found
+        for rule in rules()
+        if (found := _per_pod(rule["expr"]))
+    }
+    assert per_pod == {}

@@ -7,11 +7,11 @@ import functools
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
+from loadgen.cli.common import warn
 from loadgen.errors import UserError
 from loadgen.lifeline import StopSignals
 from loadgen.listen import PORT, check_listen
@@ -19,7 +19,7 @@ from loadgen.load.plan import RunPlan
 from loadgen.load.shard import SHARD, Shard, ShardName
 from loadgen.metrics import prometheus as prom
 from loadgen.report.build import write_outputs
-from loadgen.run import report_path
+from loadgen.report.store import DESTINATION, Destination
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -33,9 +33,14 @@ _TARGET = (
     ),
 )
 _OUTPUTS = (
-    click.option("--report", "report_file", type=click.Path(path_type=Path), help="JSON report."),
     click.option(
-        "--html", "html_file", type=click.Path(path_type=Path), help="Self-contained HTML report."
+        "--report", "report_file", type=DESTINATION, help="JSON report: a file or s3://BUCKET/KEY."
+    ),
+    click.option(
+        "--html",
+        "html_file",
+        type=DESTINATION,
+        help="Self-contained HTML report: a file or s3://BUCKET/KEY.",
     ),
     click.option("--metrics-port", type=PORT, help="Serve Prometheus metrics on PORT."),
     click.option(
@@ -78,8 +83,8 @@ class Outputs:
     """Where a run's (or a capacity search's) results go: report files, and
     Prometheus while it goes."""
 
-    report: Path | None
-    html: Path | None
+    report: Destination | None
+    html: Destination | None
     metrics_port: int | None
     linger: float
     pushgateway: str | None
@@ -102,8 +107,9 @@ class Outputs:
 
     def check(self) -> None:
         """Refuse, before anything runs, files that could not be written."""
-        report_path(self.report)
-        report_path(self.html, "--html")
+        for destination in (self.report, self.html):
+            if destination is not None:
+                destination.check(warn)
         if self.metrics_port is not None:
             check_listen(self.metrics_host, self.metrics_port, "--metrics-port", "--metrics-host")
 
@@ -137,8 +143,8 @@ def output_options(command: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(command)
     def with_outputs(
         *args: Any,
-        report_file: Path | None,
-        html_file: Path | None,
+        report_file: Destination | None,
+        html_file: Destination | None,
         metrics_port: int | None,
         metrics_host: str,
         linger: float,

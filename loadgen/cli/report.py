@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
 import click
 from rich.console import Console
 
+from loadgen.cli.common import warn
+from loadgen.errors import UserError
+from loadgen.report import ci as ci_files
 from loadgen.report import compare as report_compare_mod
 from loadgen.report import fields as report_fields
 from loadgen.report import gates as gates_mod
 from loadgen.report import merge as report_merge
-from loadgen.report.build import write_outputs, write_report
+from loadgen.report import sources as sources_mod
+from loadgen.report.build import write_outputs
 from loadgen.report.show import print_report
-from loadgen.run import (
-    report_path,
-)
+from loadgen.report.sources import SOURCE
+from loadgen.report.store import DESTINATION, Destination, Location
+from loadgen.run import report_path
+from loadgen.scenario.schema import load_scenario
+from loadgen.scenario.units import parse_duration
 from loadgen.words import counted
 
 
@@ -34,26 +41,121 @@ def report_show(path: Path) -> None:
 
 @report.command("html")
 @click.argument("path", metavar="REPORT", type=click.Path(path_type=Path))
-@click.option("-o", "--out", "out", required=True, type=click.Path(path_type=Path))
-def report_html(path: Path, out: Path) -> None:
+@click.option(
+    "-o", "--out", "out", required=True, type=DESTINATION, help="A file or s3://BUCKET/KEY."
+)
+def report_html(path: Path, out: Destination) -> None:
     """Write a report (of a run, a merge or a capacity search) as HTML."""
+    out.check(warn)
     loaded = report_merge.load_report(path, report_fields.HTML)
-    for line in write_outputs(loaded, None, report_path(out, "--out")):
+    for line in write_outputs(loaded, None, out):
         click.echo(line)
 
 
 @report.command("merge")
-@click.argument(
-    "paths", metavar="REPORT...", nargs=-1, required=True, type=click.Path(path_type=Path)
+@click.argument("sources", metavar="REPORT...", nargs=-1, required=True, type=SOURCE)
+@click.option(
+    "-o", "--out", "out", required=True, type=DESTINATION, help="A file or s3://BUCKET/KEY."
 )
-@click.option("-o", "--out", "out", required=True, type=click.Path(path_type=Path))
-def report_merge_command(paths: tuple[Path, ...], out: Path) -> None:
-    """Merge reports of shards that ran side by side (exact percentiles)."""
-    report_path(out, "--out")  # its folder exists, before any work
-    merged = report_merge.merge_files(list(paths))
-    write_report(out, merged)
+@click.option(
+    "--html", "html", type=DESTINATION, help="The merge as HTML: a file or s3://BUCKET/KEY."
+)
+@click.option(
+    "--expect",
+    type=int,
+    help="Exactly N shards' reports (--shard I/N, I from 0 to N-1, each once); exit 1 otherwise.",
+)
+@click.option(
+    "--wait",
+    "wait_text",
+    help="With --expect: look again until every shard's report is there, for up to this "
+    "long (e.g. 10m).",
+)
+@click.option(
+    "--gate",
+    "gate_texts",
+    multiple=True,
+    help='A pass/fail condition on the merge, e.g. "p99(provision) < 2s"; repeatable.',
+)
+@click.option(
+    "--scenario",
+    "scenario_path",
+    type=click.Path(path_type=Path),
+    help="Apply the gates: of this scenario (as the shards ran it) too.",
+)
+@click.option(
+    "--junit", "junit_path", type=click.Path(path_type=Path), help="JUnit XML, a case per gate."
+)
+@click.option(
+    "--summary-md",
+    "summary_path",
+    type=click.Path(path_type=Path),
+    help="A markdown summary for a CI job's summary page.",
+)
+def report_merge_command(
+    sources: tuple[Location, ...],
+    out: Destination,
+    html: Destination | None,
+    expect: int | None,
+    wait_text: str | None,
+    gate_texts: tuple[str, ...],
+    scenario_path: Path | None,
+    junit_path: Path | None,
+    summary_path: Path | None,
+) -> None:
+    """Merge reports of shards that ran side by side (exact percentiles). A REPORT
+    is a file, a folder or s3://BUCKET/PREFIX/ (every *.json under it), or
+    s3://BUCKET/KEY. Exit 1 when a gate fails or an expected shard is missing."""
+    gates = merge_gates(scenario_path, gate_texts)
+    wait_s = wait_seconds(wait_text, expect)
+    for destination in (out, html):
+        if destination is not None:
+            destination.check(warn)
+    report_path(junit_path, "--junit")
+    report_path(summary_path, "--summary-md")
+    outputs = [d for d in (out, html) if d is not None]
+    reader = sources_mod.Reader(
+        list(sources), skip=lambda location: any(d.names(location) for d in outputs)
+    )
+    named = sources_mod.gather(reader, expect, wait_s, lambda line: click.echo(line, err=True))
+    merged = report_merge.merge_named(named)
+    results = gates_mod.evaluate(gates, merged)
+    if gates:
+        merged["gates"] = [dataclasses.asdict(r) for r in results]
+    write_outputs(merged, out, html)
     devices = counted(merged["devices"], "device")
-    click.echo(f"{counted(len(paths), 'report')} merged into {out}: {devices}")
+    click.echo(f"{counted(len(named), 'report')} merged into {out}: {devices}")
+    if html is not None:
+        click.echo(f"HTML report written to {html}")
+    for result in results:
+        click.echo(result.describe())
+    ci_files.write_ci_files(merged, results, junit_path, summary_path)
+    if any(not r.passed for r in results):
+        sys.exit(1)
+
+
+def merge_gates(scenario_path: Path | None, gate_texts: tuple[str, ...]) -> list[gates_mod.Gate]:
+    """The scenario's gates, then --gate's, read as `loadgen run` reads them."""
+    scenario_gates: list[str] = []
+    if scenario_path is not None:
+        scenario_gates = load_scenario(scenario_path, warn=warn).gates
+    return [
+        *(gates_mod.parse(t, f"{scenario_path}: gates[{i}]") for i, t in enumerate(scenario_gates)),
+        *(gates_mod.parse(t, "--gate") for t in gate_texts),
+    ]
+
+
+def wait_seconds(text: str | None, expect: int | None) -> float:
+    if expect is not None and expect <= 0:
+        raise UserError(f"--expect must be positive, got {expect}")
+    if text is None:
+        return 0.0
+    if expect is None:
+        raise UserError("--wait needs --expect N: the shards to wait for")
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise UserError(f"--wait: {exc}") from None
 
 
 @report.command("compare")

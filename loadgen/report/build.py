@@ -18,7 +18,8 @@ from loadgen.load.schedule import span as schedule_span
 from loadgen.load.workers import RunTiming
 from loadgen.metrics.intervals import LogBuckets
 from loadgen.metrics.stats import BREAKDOWN, PHASES, RunStats
-from loadgen.report.html import write_html
+from loadgen.report.html import render as render_html
+from loadgen.report.store import HTML, JSON, Destination
 
 FORMAT = "loadgen-report/1"
 
@@ -169,20 +170,24 @@ def _series(counts: Any) -> list[int]:
     return out
 
 
+def report_json(report: dict[str, Any]) -> bytes:
+    return json.dumps(report, indent=2).encode() + b"\n"
+
+
 def write_report(path: Path, report: dict[str, Any]) -> None:
-    write_output(path, json.dumps(report, indent=2).encode() + b"\n")
+    write_output(path, report_json(report))
 
 
 def write_outputs(
-    report: dict[str, Any], json_path: Path | None, html_path: Path | None
+    report: dict[str, Any], json_to: Destination | None, html_to: Destination | None
 ) -> list[str]:
-    """The report as JSON and as HTML, where asked, each written atomically;
-    returns what was written, for the user."""
+    """The report as JSON and as HTML, where asked (a local file written
+    atomically, or an S3 object); returns what was written, for the user."""
     written = []
-    if json_path is not None:
-        write_report(json_path, report)
-        written.append(f"report written to {json_path}")
-    if html_path is not None:
-        write_html(html_path, report)
-        written.append(f"HTML report written to {html_path}")
+    if json_to is not None:
+        json_to.write(report_json(report), JSON)
+        written.append(f"report written to {json_to}")
+    if html_to is not None:
+        html_to.write(render_html(report).encode(), HTML)
+        written.append(f"HTML report written to {html_to}")
     return written

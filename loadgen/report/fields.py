@@ -56,12 +56,14 @@ class Needs:
     fields: tuple[tuple[str, Kind], ...]
 
 
-def check(report: dict[str, Any], path: Path, needs: Needs) -> None:
+def check(report: dict[str, Any], path: Path | str, needs: Needs) -> None:
     for field, kind in needs.fields:
         _walk(report, field.split("."), "", kind, path, needs.command)
 
 
-def _walk(node: Any, parts: list[str], where: str, kind: Kind, path: Path, command: str) -> None:
+def _walk(
+    node: Any, parts: list[str], where: str, kind: Kind, path: Path | str, command: str
+) -> None:
     if not parts:
         if not kind.holds(node):
             raise UserError(f"{path}: field {where} is {_shape(node)}, not {kind.value}")

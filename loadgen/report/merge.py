@@ -24,23 +24,31 @@ def load_report(path: Path, needs: Needs | None = None) -> dict[str, Any]:
     """A report file, with the fields ``needs`` names checked: anything else is a
     one-line ``UserError`` naming the file (and the field)."""
     try:
-        report = json.loads(path.read_bytes())
+        data = path.read_bytes()
     except FileNotFoundError:
         raise UserError(f"{path}: no such report") from None
     except IsADirectoryError:
         raise UserError(f"{path}: a folder, not a report") from None
     except OSError as exc:
         raise UserError(f"{path}: cannot read: {exc.strerror}") from None
+    return parse_report(data, str(path), needs)
+
+
+def parse_report(data: bytes, name: str, needs: Needs | None = None) -> dict[str, Any]:
+    """A report's bytes (from a file or an S3 object called ``name``), checked as
+    ``load_report`` checks a file."""
+    try:
+        report = json.loads(data)
     except ValueError as exc:
-        raise UserError(f"{path}: not a JSON report: {exc}") from None
+        raise UserError(f"{name}: not a JSON report: {exc}") from None
     if not isinstance(report, dict):
-        raise UserError(f"{path}: not a {FORMAT} report (JSON, but not an object)")
+        raise UserError(f"{name}: not a {FORMAT} report (JSON, but not an object)")
     if "format" not in report:
-        raise UserError(f"{path}: not a {FORMAT} report (JSON without a format field)")
+        raise UserError(f"{name}: not a {FORMAT} report (JSON without a format field)")
     if report["format"] != FORMAT:
-        raise UserError(f"{path}: not a {FORMAT} report (format {report['format']!r})")
+        raise UserError(f"{name}: not a {FORMAT} report (format {report['format']!r})")
     if needs is not None:
-        fields.check(report, path, needs)
+        fields.check(report, name, needs)
     return report
 
 
@@ -59,23 +67,27 @@ def run_ids(report: dict[str, Any]) -> list[str]:
 
 
 def merge_files(paths: list[Path]) -> dict[str, Any]:
-    """``report merge``: the files read and checked, and no run merged twice (the
-    same file, a copy, or a merge that holds it already)."""
-    reports = [load_report(path, fields.MERGE) for path in paths]
-    seen: dict[str, Path] = {}
-    for path, report in zip(paths, reports, strict=True):
+    """``report merge``: the files read and checked, and merged."""
+    return merge_named([(str(path), load_report(path, fields.MERGE)) for path in paths])
+
+
+def merge_named(named: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
+    """Reports, each with the name it was read from, merged once each: no run
+    twice (the same file, a copy, or a merge that holds it already)."""
+    seen: dict[str, str] = {}
+    for name, report in named:
         for run_id in run_ids(report):
             if run_id in seen:
                 first = seen[run_id]
-                if first == path:
-                    raise UserError(f"{path}: given twice: a run is merged only once")
+                if first == name:
+                    raise UserError(f"{name}: given twice: a run is merged only once")
                 raise UserError(
-                    f"{path}: run {run_id} is already in {first}: a run is merged only once"
+                    f"{name}: run {run_id} is already in {first}: a run is merged only once"
                 )
         for run_id in run_ids(report):
-            seen[run_id] = path
-    check_shards([(str(path), report) for path, report in zip(paths, reports, strict=True)])
-    return merge(reports)
+            seen[run_id] = name
+    check_shards(named)
+    return merge([report for _, report in named])
 
 
 def shards_of(report: dict[str, Any]) -> list[tuple[int, int]]:

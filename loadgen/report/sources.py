@@ -1,0 +1,238 @@
+"""The reports ``report merge`` reads: files, folders (every ``*.json`` under
+them), S3 objects and prefixes (every ``*.json`` under them); ``--expect N``
+shards in them, each once; and ``--wait``, so that a merge Job started beside
+its shards can wait until the last one has written its report."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import click
+
+from loadgen.errors import IncompleteError, UserError
+from loadgen.report import fields, s3
+from loadgen.report.merge import load_report, parse_report
+from loadgen.report.s3 import S3, S3Url
+from loadgen.report.store import OTHER_SCHEME, Location
+
+Named = list[tuple[str, dict[str, Any]]]
+# How often sources are looked at again while waiting: a LIST request or a
+# folder walk each, cheap beside the minutes a merge Job waits.
+POLL_S = 2.0
+_ARGUMENT = "REPORT"
+
+
+def source(text: str) -> Location:
+    if s3.is_url(text):
+        return s3.parse(text, _ARGUMENT)
+    if OTHER_SCHEME.match(text):
+        raise UserError(f"{_ARGUMENT} {text}: a file, a folder or an s3://BUCKET/KEY URL")
+    return Path(text)
+
+
+class SourceType(click.ParamType[Location, Any]):
+    """A report, a folder of reports, ``s3://BUCKET/KEY`` or ``s3://BUCKET/PREFIX/``."""
+
+    name = "report|folder|s3://bucket/key|s3://bucket/prefix/"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> Location:
+        return value if isinstance(value, Path | S3Url) else source(str(value))
+
+
+SOURCE = SourceType()
+
+
+@dataclass
+class Reader:
+    """Reads the sources' reports, again on each ``read`` what changed since
+    (a file's mtime and size, an object's ETag): waiting re-reads nothing."""
+
+    sources: list[Location]
+    # Not read from a folder or prefix: the merge's own outputs.
+    skip: Callable[[Location], bool] = lambda _: False
+    _cache: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
+    _s3: S3 = field(default_factory=lambda: S3(_ARGUMENT))
+
+    def read(self, *, missing_ok: bool = False) -> Named:
+        """Every report, named as it was found; a file or object given by name
+        that is not there yet is an error, or with ``missing_ok`` left out."""
+        named = []
+        for location, version in self._found(missing_ok):
+            name = str(location)
+            cached = self._cache.get(name)
+            if cached is None or cached[0] != version:
+                cached = (version, self._load(location))
+                self._cache[name] = cached
+            named.append((name, cached[1]))
+        return named
+
+    def _found(self, missing_ok: bool) -> list[tuple[Location, str]]:
+        found: list[tuple[Location, str]] = []
+        for location in self.sources:
+            if isinstance(location, S3Url):
+                found += self._objects(location, missing_ok)
+            elif location.is_dir():
+                found += [(p, _version(p)) for p in _reports_under(location) if not self.skip(p)]
+            elif location.exists() or not missing_ok:
+                found.append((location, _version(location)))
+        return found
+
+    def _objects(self, url: S3Url, missing_ok: bool) -> list[tuple[Location, str]]:
+        if url.is_prefix:
+            return [
+                (item, etag)
+                for item, etag in self._s3.listing(url)
+                if _is_report_name(item.key.removeprefix(url.key)) and not self.skip(item)
+            ]
+        etag = self._s3.etag(url)
+        if etag is None and not missing_ok:
+            raise UserError(f"{url}: no such report (a prefix ends with /)")
+        return [] if etag is None else [(url, etag)]
+
+    def _load(self, location: Location) -> dict[str, Any]:
+        if isinstance(location, S3Url):
+            return parse_report(self._s3.get(location), str(location), fields.MERGE)
+        return load_report(location, fields.MERGE)
+
+
+def _reports_under(folder: Path) -> list[Path]:
+    return sorted(
+        path
+        for path in folder.rglob("*.json")
+        if path.is_file() and _is_report_name(str(path.relative_to(folder)))
+    )
+
+
+def _is_report_name(relative: str) -> bool:
+    """A ``*.json`` name, none of whose parts is hidden (a temporary file, a
+    tool's own folder)."""
+    parts = relative.split("/")
+    return relative.endswith(".json") and not any(part.startswith(".") for part in parts)
+
+
+def _version(path: Path) -> str:
+    try:
+        stat = path.stat()
+    except OSError:
+        return ""  # load_report says what is wrong with it
+    return f"{stat.st_mtime_ns}:{stat.st_size}"
+
+
+@dataclass(frozen=True)
+class Shards:
+    """Which of the ``expect`` shards the reports hold, and where."""
+
+    expect: int
+    found: dict[int, list[str]]
+
+    @property
+    def missing(self) -> list[int]:
+        return [i for i in range(self.expect) if i not in self.found]
+
+    @property
+    def twice(self) -> dict[int, list[str]]:
+        return {i: names for i, names in sorted(self.found.items()) if len(names) > 1}
+
+
+def held(report: dict[str, Any], name: str, expect: int) -> list[int]:
+    """The shard indices a report holds (a run's ``shard``, a merge's
+    ``shards``), checked against ``--expect``: a report that is no shard of
+    ``expect`` is a one-line ``UserError`` naming it."""
+    shard, merged = report.get("shard"), report.get("shards")
+    if shard is not None:
+        values = [shard.get("count"), shard.get("index")] if isinstance(shard, dict) else []
+        if len(values) != 2 or not all(map(_is_int, values)):
+            raise UserError(f'{name}: field shard is not {{"index": I, "count": N}}')
+    elif merged is not None:
+        indices = merged.get("indices") if isinstance(merged, dict) else None
+        values = [merged.get("count"), *indices] if isinstance(indices, list) else []
+        if not values or not all(map(_is_int, values)):
+            raise UserError(f'{name}: field shards is not {{"count": N, "indices": [...]}}')
+    else:
+        raise UserError(
+            f"{name}: not a shard's report (no shard field: a run with --shard I/{expect} "
+            f"writes one), but --expect {expect}"
+        )
+    count, *indices = (int(v) for v in values if v is not None)  # all ints by now
+    for index in indices:
+        if count != expect:
+            raise UserError(f"{name}: shard {index}/{count}, but --expect {expect}")
+        if not 0 <= index < count:
+            raise UserError(f"{name}: field shard is {index}/{count}: not a shard of {count}")
+    return indices
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def shards(named: Named, expect: int) -> Shards:
+    found: dict[int, list[str]] = {}
+    for name, report in named:
+        for index in held(report, name, expect):
+            found.setdefault(index, []).append(name)
+    return Shards(expect, found)
+
+
+def ranges(numbers: list[int]) -> str:
+    """``[0, 1, 2, 5, 7, 8]`` -> ``0-2, 5, 7-8``: a thousand missing shards fit a line."""
+    parts: list[str] = []
+    start = prev = None
+    for n in [*numbers, None]:
+        if prev is not None and n == prev + 1:
+            prev = n
+            continue
+        if start is not None:
+            parts.append(str(start) if start == prev else f"{start}-{prev}")
+        start = prev = n
+    return ", ".join(parts)
+
+
+def gather(
+    reader: Reader,
+    expect: int | None,
+    wait_s: float,
+    say: Callable[[str], None],
+    *,
+    poll_s: float = POLL_S,
+) -> Named:
+    """The sources' reports; with ``expect``, once shards 0 to expect-1 are each
+    there once, looking again every ``poll_s`` for up to ``wait_s`` seconds.
+    Missing shards at the end, or a shard in two reports, is an
+    ``IncompleteError`` naming them."""
+    where = ", ".join(map(str, reader.sources))
+    deadline = time.monotonic() + wait_s
+    told: frozenset[int] | None = None
+    while True:
+        named = reader.read(missing_ok=wait_s > 0)
+        if expect is None:
+            if not named:
+                raise UserError(f"no reports in {where}")
+            return named
+        found = shards(named, expect)
+        if found.twice:
+            index, names = next(iter(found.twice.items()))
+            raise IncompleteError(
+                f"--expect {expect}: shard {index} is in {len(names)} reports: {', '.join(names)}"
+            )
+        if not found.missing:
+            return named
+        left = deadline - time.monotonic()
+        summary = f"{len(found.found)} of {expect} shards found in {where}"
+        if left <= 0:
+            waited = f" after waiting {wait_s:g} s" if wait_s > 0 else ""
+            hint = "" if wait_s > 0 else "; --wait DURATION waits for them"
+            raise IncompleteError(
+                f"--expect {expect}: missing shard {ranges(found.missing)}{waited} "
+                f"({summary}{hint})"
+            )
+        if told != frozenset(found.found):
+            told = frozenset(found.found)
+            say(f"{summary}; waiting up to {left:.0f} s for shard {ranges(found.missing)}")
+        time.sleep(min(poll_s, left))

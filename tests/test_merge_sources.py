@@ -1,0 +1,235 @@
+"""`loadgen report merge` as a merge Job runs it: reports from folders, exactly the
+``--expect``ed shards (each once), ``--wait`` for the late ones, and the gates
+applied to the merge (``--gate``, ``--scenario``) for one exit code."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from loadgen.files import write_atomic
+from loadgen.report.merge import merge
+from loadgen.report.sources import ranges
+from tests.conftest import assert_user_error, run_loadgen
+from tests.test_report_merge import _report
+from tests.test_stats import _results
+
+# Of the fabricated devices below: about a third throttled, provisioning up to 3 s.
+PASSES = "ratio(failed) < 50%"
+FAILS = "p99(provision) < 1s"
+
+
+def shard_reports(count: int, devices: int = 120) -> list[dict]:
+    """The reports of ``count`` shards of one fleet, each with its ``shard``
+    field, as ``loadgen run --shard I/N`` writes it."""
+    results = _results(devices, 11)
+    return [
+        {**_report(results, lambda i, s=s: i % count == s), "shard": {"index": s, "count": count}}
+        for s in range(count)
+    ]
+
+
+def write_reports(folder: Path, reports: list[dict], names: str = "shard-{}.json") -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for report in reports:
+        path = folder / names.format(report["shard"]["index"])
+        write_atomic(path, json.dumps(report).encode())  # as loadgen writes reports
+        paths.append(path)
+    return paths
+
+
+def test_a_folder_merges_every_report_under_it_and_no_other_file(tmp_path):
+    reports = shard_reports(3)
+    write_reports(tmp_path / "results", reports[:2])
+    write_reports(tmp_path / "results" / "late", reports[2:])
+    (tmp_path / "results" / "notes.txt").write_text("not a report")
+    (tmp_path / "results" / ".shard-9.json.1234.tmp").write_text("{")  # a write under way
+    (tmp_path / "results" / ".cache").mkdir()
+    (tmp_path / "results" / ".cache" / "x.json").write_text("[]")
+    out = tmp_path / "merged.json"
+    result = run_loadgen("report", "merge", tmp_path / "results", "-o", out)
+    assert result.code == 0, result.err
+    assert f"3 reports merged into {out}: 120 devices" in result.out
+    merged = json.loads(out.read_text())
+    assert merged["histograms"] == merge(reports)["histograms"]
+
+
+def test_expect_merges_once_every_shard_is_there_once(tmp_path):
+    reports = shard_reports(3)
+    write_reports(tmp_path / "results", reports)
+    out = tmp_path / "merged.json"
+    result = run_loadgen("report", "merge", tmp_path / "results", "--expect", "3", "-o", out)
+    assert result.code == 0, result.err
+    assert json.loads(out.read_text())["devices"] == 120
+
+
+def test_a_missing_shard_is_exit_1_naming_it_and_nothing_is_written(tmp_path):
+    reports = shard_reports(5)
+    write_reports(tmp_path / "results", [reports[0], reports[2], reports[4]])
+    out = tmp_path / "merged.json"
+    result = run_loadgen("report", "merge", tmp_path / "results", "--expect", "5", "-o", out)
+    assert result.code == 1, (result.out, result.err)
+    assert result.err.strip().splitlines() == [
+        f"loadgen: failed: --expect 5: missing shard 1, 3 (3 of 5 shards found in "
+        f"{tmp_path / 'results'}; --wait DURATION waits for them)"
+    ]
+    assert not out.exists()
+
+
+def test_a_shard_in_two_reports_is_exit_1_naming_both(tmp_path):
+    reports = shard_reports(2)
+    again = {**shard_reports(2)[1], "run_id": "f" * 32}  # a second run of shard 1
+    first = write_reports(tmp_path / "results", reports)
+    (tmp_path / "results" / "shard-1-retry.json").write_text(json.dumps(again))
+    result = run_loadgen("report", "merge", tmp_path / "results", "--expect", "2", "-o", "m.json")
+    assert result.code == 1, (result.out, result.err)
+    retry = tmp_path / "results" / "shard-1-retry.json"
+    assert f"--expect 2: shard 1 is in 2 reports: {retry}, {first[1]}" in result.err
+
+
+def test_expect_counts_the_shards_a_merged_input_holds(tmp_path):
+    reports = shard_reports(3)
+    partial = {**merge(reports[:2]), "shards": {"count": 3, "indices": [0, 1]}}
+    (tmp_path / "first-two.json").write_text(json.dumps(partial))
+    write_reports(tmp_path, reports[2:])
+    out = tmp_path / "out" / "merged.json"
+    out.parent.mkdir()
+    result = run_loadgen("report", "merge", tmp_path, "--expect", "3", "-o", out)
+    assert result.code == 0, result.err
+    assert json.loads(out.read_text())["histograms"] == merge(reports)["histograms"]
+
+
+@pytest.mark.parametrize(
+    ("shard", "message"),
+    [
+        (None, "not a shard's report (no shard field: a run with --shard I/2 writes one)"),
+        ({"index": 0, "count": 3}, "shard 0/3, but --expect 2"),
+        ({"index": 2, "count": 2}, "field shard is 2/2: not a shard of 2"),
+        ({"index": "0", "count": 2}, 'field shard is not {"index": I, "count": N}'),
+    ],
+)
+def test_a_report_that_is_no_shard_of_the_expected_count_is_one_line(tmp_path, shard, message):
+    report = {**shard_reports(1)[0], "shard": shard}
+    path = tmp_path / "odd.json"
+    path.write_text(json.dumps(report))
+    out = tmp_path / "merged.json"
+    result = run_loadgen("report", "merge", path, "--expect", "2", "-o", out)
+    assert_user_error(result, f"{path}: {message}")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--wait", "1m"), "--wait needs --expect N"),
+        (("--expect", "0"), "--expect must be positive, got 0"),
+        (("--expect", "2", "--wait", "soon"), "--wait: 'soon' is not a duration"),
+        (("--gate", "p99(provision) < 2"), "--gate: 'p99(provision) < 2'"),
+        (("--scenario", "missing.yaml"), "missing.yaml"),
+        (("--html", "https://example.com/r.html"), "--html https://example.com/r.html"),
+    ],
+)
+def test_merge_options_are_checked_before_any_report_is_read(tmp_path, args, message):
+    out = tmp_path / "merged.json"
+    result = run_loadgen("report", "merge", tmp_path / "nothing-here", "-o", out, *args)
+    assert_user_error(result, message)
+    assert not out.exists()
+
+
+def test_gates_on_the_merge_print_as_run_prints_them_and_a_failed_one_exits_1(tmp_path):
+    paths = write_reports(tmp_path / "results", shard_reports(2))
+    out = tmp_path / "merged.json"
+    result = run_loadgen(
+        "report", "merge", *paths, "-o", out, "--gate", PASSES, "--gate", FAILS,
+        "--junit", tmp_path / "gates.xml",
+    )  # fmt: skip
+    assert result.code == 1, (result.out, result.err)
+    lines = result.out.splitlines()
+    assert [line.split("  ")[0] for line in lines[1:]] == [f"pass: {PASSES}", f"FAIL: {FAILS}"]
+    merged = json.loads(out.read_text())  # written before the verdict
+    assert [(g["gate"], g["passed"]) for g in merged["gates"]] == [(PASSES, True), (FAILS, False)]
+    assert 'failures="1"' in (tmp_path / "gates.xml").read_text()
+
+
+def test_passing_gates_exit_0(tmp_path):
+    paths = write_reports(tmp_path / "results", shard_reports(2))
+    result = run_loadgen("report", "merge", *paths, "-o", tmp_path / "m.json", "--gate", PASSES)
+    assert result.code == 0, (result.out, result.err)
+
+
+def scenario_with_gates(folder: Path, gates: list[str]) -> Path:
+    """A scenario as the shards ran it (the merge reads only its gates)."""
+    path = folder / "scenario.yaml"
+    scenario = {
+        "name": "sharded",
+        "endpoint": "embedded",
+        "fleet": {"ca": "ca", "store": "fleet", "count": 120},
+        "load": {"executor": "constant-arrival-rate", "rate": "50/s"},
+        "gates": gates,
+    }
+    path.write_text(yaml.safe_dump(scenario))
+    return path
+
+
+def test_the_scenarios_gates_apply_to_the_merge(tmp_path):
+    paths = write_reports(tmp_path / "results", shard_reports(2))
+    scenario = scenario_with_gates(tmp_path, [PASSES, FAILS])
+    result = run_loadgen(
+        "report", "merge", *paths, "-o", tmp_path / "m.json", "--scenario", scenario
+    )
+    assert result.code == 1, (result.out, result.err)
+    assert f"pass: {PASSES}" in result.out and f"FAIL: {FAILS}" in result.out
+
+
+def test_a_gate_error_in_the_scenario_names_its_file_and_gate(tmp_path):
+    scenario = scenario_with_gates(tmp_path, ["p99(provision) < 2"])
+    result = run_loadgen(
+        "report", "merge", tmp_path, "-o", tmp_path / "m.json", "--scenario", scenario
+    )
+    assert_user_error(result, f"{scenario}: gates[0]:")
+
+
+def test_the_merge_does_not_read_its_own_output_back_from_the_folder(tmp_path):
+    write_reports(tmp_path / "results", shard_reports(2))
+    out, html = tmp_path / "results" / "merged.json", tmp_path / "results" / "merged.json.html"
+    args = ("report", "merge", tmp_path / "results", "--expect", "2", "-o", out, "--html", html)
+    for _ in range(2):  # the second merge finds the first one's output in the folder
+        result = run_loadgen(*args)
+        assert result.code == 0, result.err
+    assert json.loads(out.read_text())["devices"] == 120
+    assert html.read_text().lstrip().lower().startswith("<!doctype html")
+
+
+def test_wait_sees_a_shard_report_written_after_the_merge_started(tmp_path):
+    folder = tmp_path / "results"
+    first, second = shard_reports(2)
+    write_reports(folder, [first])
+    out = tmp_path / "merged.json"
+    merge_job = subprocess.Popen(
+        [sys.executable, "-m", "loadgen", "report", "merge", folder, "--expect", "2",
+         "--wait", "2m", "-o", out],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert merge_job.stderr is not None
+        waiting = merge_job.stderr.readline()  # the merge is waiting: a real condition
+        assert "1 of 2 shards found" in waiting and "for shard 1" in waiting, waiting
+        write_reports(folder, [second])
+        out_text, err_text = merge_job.communicate(timeout=120)
+    finally:
+        merge_job.kill()
+        merge_job.wait()
+    assert merge_job.returncode == 0, err_text
+    assert "2 reports merged" in out_text
+    assert json.loads(out.read_text())["devices"] == 120
+
+
+def test_missing_shards_are_said_as_ranges():
+    assert ranges([0, 1, 2, 5, 7, 8, 10]) == "0-2, 5, 7-8, 10"
+    assert ranges([3]) == "3"
