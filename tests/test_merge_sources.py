@@ -111,7 +111,7 @@ def test_expect_counts_the_shards_a_merged_input_holds(tmp_path):
         (None, "not a shard's report (no shard field: a run with --shard I/2 writes one)"),
         ({"index": 0, "count": 3}, "shard 0/3, but --expect 2"),
         ({"index": 2, "count": 2}, "field shard is 2/2: not a shard of 2"),
-        ({"index": "0", "count": 2}, 'field shard is not {"index": I, "count": N}'),
+        ({"index": "0", "count": 2}, "field shard.index is a string, not a number"),
     ],
 )
 def test_a_report_that_is_no_shard_of_the_expected_count_is_one_line(tmp_path, shard, message):

@@ -15,7 +15,7 @@ import click
 
 from loadgen.errors import IncompleteError, UserError
 from loadgen.report import fields, s3
-from loadgen.report.merge import load_report, parse_report
+from loadgen.report.merge import load_report, parse_report, shards_of
 from loadgen.report.s3 import S3, S3Url
 from loadgen.report.store import OTHER_SCHEME, Location
 
@@ -142,34 +142,21 @@ class Shards:
 
 def held(report: dict[str, Any], name: str, expect: int) -> list[int]:
     """The shard indices a report holds (a run's ``shard``, a merge's
-    ``shards``), checked against ``--expect``: a report that is no shard of
-    ``expect`` is a one-line ``UserError`` naming it."""
-    shard, merged = report.get("shard"), report.get("shards")
-    if shard is not None:
-        values = [shard.get("count"), shard.get("index")] if isinstance(shard, dict) else []
-        if len(values) != 2 or not all(map(_is_int, values)):
-            raise UserError(f'{name}: field shard is not {{"index": I, "count": N}}')
-    elif merged is not None:
-        indices = merged.get("indices") if isinstance(merged, dict) else None
-        values = [merged.get("count"), *indices] if isinstance(indices, list) else []
-        if not values or not all(map(_is_int, values)):
-            raise UserError(f'{name}: field shards is not {{"count": N, "indices": [...]}}')
-    else:
+    ``shards``; their form was checked when the report was read), checked
+    against ``--expect``: a report that is no shard of ``expect`` is a one-line
+    ``UserError`` naming it."""
+    found = shards_of(report)
+    if not found:
         raise UserError(
             f"{name}: not a shard's report (no shard field: a run with --shard I/{expect} "
             f"writes one), but --expect {expect}"
         )
-    count, *indices = (int(v) for v in values if v is not None)  # all ints by now
-    for index in indices:
+    for index, count in found:
         if count != expect:
             raise UserError(f"{name}: shard {index}/{count}, but --expect {expect}")
         if not 0 <= index < count:
             raise UserError(f"{name}: field shard is {index}/{count}: not a shard of {count}")
-    return indices
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    return [index for index, _ in found]
 
 
 def shards(named: Named, expect: int) -> Shards:
