@@ -46,7 +46,7 @@ def wait_for_port(port: int, timeout: float = 10.0, process: subprocess.Popen | 
 
 
 def scrape_once_written(
-    process: subprocess.Popen, report: Path, port: int, timeout: float
+    process: subprocess.Popen, report: Path, port: int, timeout: float, host: str = "127.0.0.1"
 ) -> bytes:
     """/metrics of a lingering ``loadgen`` once its report is written (it must
     not exit first, nor take longer than ``timeout``)."""
@@ -55,7 +55,7 @@ def scrape_once_written(
         assert process.poll() is None, process.communicate()
         assert time.monotonic() < deadline, f"{report} not written in {timeout:.0f} s"
         time.sleep(0.1)
-    return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+    return urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=5).read()
 
 
 def stop_process(process: subprocess.Popen) -> None:

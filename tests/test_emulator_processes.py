@@ -126,26 +126,29 @@ def test_the_provisioning_quota_is_the_accounts_not_each_processes(tmp_path, dev
     assert all(p["connects"] > 0 for p in stats["processes"])
 
 
-def test_metrics_count_the_whole_emulator_as_its_stats_do(tmp_path, device_ca, fleet):
+def _metrics_after(tmp_path, device_ca, fleet, rounds: int) -> tuple[list, dict]:
+    """An emulator of 2 serving processes, after ``rounds`` of every device
+    connecting: its /metrics samples, then its stats line."""
     port = free_port()
     emulator = start_embedded(
         device_ca.directory, None, tmp_path, quotas=QUOTAS_OFF, metrics_port=port, processes=2
     )
     try:
-        connect_all(emulator, fleet)
-        connect_all(emulator, fleet)
-        stats = _stats(emulator)
+        for _ in range(rounds):
+            connect_all(emulator, fleet)
         # Served before the ready line: no waiting for it.
         body = (
             urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30).read().decode()
         )
+        stats = _stats(emulator)
     finally:
         emulator.stop()
-    samples = {
-        (s.name, tuple(sorted(s.labels.values()))): s.value
-        for family in text_string_to_metric_families(body)
-        for s in family.samples
-    }
+    return [s for family in text_string_to_metric_families(body) for s in family.samples], stats
+
+
+def test_metrics_count_the_whole_emulator_as_its_stats_do(tmp_path, device_ca, fleet):
+    found, stats = _metrics_after(tmp_path, device_ca, fleet, rounds=2)
+    samples = {(s.name, tuple(sorted(s.labels.values()))): s.value for s in found}
     assert samples[("loadgen_emulator_provision_thing_total", ("Success",))] == DEVICES
     for result, n in stats["connects"].items():
         assert samples[("loadgen_emulator_connects_total", (result,))] == n
@@ -153,24 +156,9 @@ def test_metrics_count_the_whole_emulator_as_its_stats_do(tmp_path, device_ca, f
 
 
 def test_metrics_give_each_process_its_cpu_time(tmp_path, device_ca, fleet):
-    port = free_port()
-    emulator = start_embedded(
-        device_ca.directory, None, tmp_path, quotas=QUOTAS_OFF, metrics_port=port, processes=2
-    )
-    try:
-        connect_all(emulator, fleet)
-        body = (
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30).read().decode()
-        )
-        after = _stats(emulator)
-    finally:
-        emulator.stop()
-    cpu = {
-        s.labels["process"]: s.value
-        for family in text_string_to_metric_families(body)
-        for s in family.samples
-        if s.name == "loadgen_emulator_cpu_seconds_total"
-    }
+    found, after = _metrics_after(tmp_path, device_ca, fleet, rounds=1)
+    name = "loadgen_emulator_cpu_seconds_total"
+    cpu = {s.labels["process"]: s.value for s in found if s.name == name}
     assert set(cpu) == {"0", "1", "account"}
     # Both served devices' handshakes; each no more than the STATS line read later.
     for process in after["processes"]:

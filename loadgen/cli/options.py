@@ -7,6 +7,7 @@ import functools
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -67,10 +68,34 @@ _OUTPUTS = (
 )
 
 
+_GATES = (
+    click.option(
+        "--gate",
+        "gate_texts",
+        multiple=True,
+        help='A pass/fail condition, e.g. "p99(provision) < 2s"; repeatable.',
+    ),
+    click.option(
+        "--junit", "junit_path", type=click.Path(path_type=Path), help="JUnit XML, a case per gate."
+    ),
+    click.option(
+        "--summary-md",
+        "summary_path",
+        type=click.Path(path_type=Path),
+        help="A markdown summary for a CI job's summary page.",
+    ),
+)
+
+
 def _apply(options: tuple[Callable[[F], F], ...], command: F) -> F:
     for option in reversed(options):
         command = option(command)
     return command
+
+
+def gate_options(command: F) -> F:
+    """--gate, --junit and --summary-md: the gates on a run, or on a merge."""
+    return _apply(_GATES, command)
 
 
 def target_options(command: F) -> F:

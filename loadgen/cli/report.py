@@ -10,6 +10,7 @@ import click
 from rich.console import Console
 
 from loadgen.cli.common import warn
+from loadgen.cli.options import gate_options
 from loadgen.errors import UserError
 from loadgen.report import ci as ci_files
 from loadgen.report import compare as report_compare_mod
@@ -72,26 +73,12 @@ def report_html(path: Path, out: Destination) -> None:
     "long (e.g. 10m).",
 )
 @click.option(
-    "--gate",
-    "gate_texts",
-    multiple=True,
-    help='A pass/fail condition on the merge, e.g. "p99(provision) < 2s"; repeatable.',
-)
-@click.option(
     "--scenario",
     "scenario_path",
     type=click.Path(path_type=Path),
     help="Apply the gates: of this scenario (as the shards ran it) too.",
 )
-@click.option(
-    "--junit", "junit_path", type=click.Path(path_type=Path), help="JUnit XML, a case per gate."
-)
-@click.option(
-    "--summary-md",
-    "summary_path",
-    type=click.Path(path_type=Path),
-    help="A markdown summary for a CI job's summary page.",
-)
+@gate_options
 def report_merge_command(
     sources: tuple[Location, ...],
     out: Destination,

@@ -17,7 +17,7 @@ from rich.progress import (
 from loadgen.certs.mint import MintResult
 from loadgen.cli.certs import MintBar
 from loadgen.cli.common import stderr_console, warn
-from loadgen.cli.options import Outputs, output_options, target_options
+from loadgen.cli.options import Outputs, gate_options, output_options, target_options
 from loadgen.load.runner import merge_progress
 from loadgen.load.shard import Shard
 from loadgen.load.start import DEFAULT_TOLERANCE, parse_start
@@ -43,24 +43,7 @@ from loadgen.words import counted
 @click.argument("scenario_path", metavar="SCENARIO", type=click.Path(path_type=Path))
 @click.option("--count", type=int, help="Devices to run (default: the scenario's fleet.count).")
 @click.option("--rate", help="A constant arrival rate instead of the scenario's, e.g. 200/s.")
-@click.option(
-    "--junit",
-    "junit_path",
-    type=click.Path(path_type=Path),
-    help="JUnit XML, one test case per gate.",
-)
-@click.option(
-    "--summary-md",
-    "summary_path",
-    type=click.Path(path_type=Path),
-    help="A markdown summary for a CI job's summary page.",
-)
-@click.option(
-    "--gate",
-    "gate_texts",
-    multiple=True,
-    help='A pass/fail condition, e.g. "p99(provision) < 2s"; repeatable.',
-)
+@gate_options
 @click.option(
     "--start-at",
     "start_at",
