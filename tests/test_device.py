@@ -11,6 +11,7 @@ import pytest
 
 from loadgen import mqtt
 from loadgen.device.lifecycle import (
+    Census,
     Device,
     DeviceConfig,
     DeviceSpec,
@@ -53,6 +54,35 @@ async def test_a_device_connects_acts_and_ends_connected(small_fleet, mosquitto)
     assert result.attempts == 1 and result.publishes == 3 and len(result.publish_acks) == 3
     assert {name for name, _ in result.phases} == {"tcp_connect", "tls_handshake", "connack"}
     assert result.provision is not None and result.provision > 0
+
+
+async def test_a_census_counts_a_device_from_its_connack_until_it_finishes(small_fleet, mosquitto):
+    device, tls = device_tls(small_fleet, mosquitto)
+    target = Target("127.0.0.1", mosquitto.tls_port, server_name="localhost")
+    steps = (HoldStep(0.5, keepalive=0),)
+    spec = DeviceSpec(0, device.client_id, target, tls, mqtt.MQTT_5, time.monotonic(), steps)
+    census = Census()
+    driver = Device(spec, DeviceConfig(), time.monotonic, random.Random(0), census=census)
+    async with asyncio.timeout(30):
+        life = asyncio.create_task(driver.run())
+        while census.connected == 0:  # holding, once its CONNACK came
+            await asyncio.sleep(0.01)
+        result = await life
+    assert result.outcome is Outcome.CONNECTED and census.connected == 1
+    driver.finished()
+    assert census.connected == 0
+
+
+async def test_a_device_that_never_connected_leaves_the_census_alone():
+    census = Census()
+    with refusing_port() as port:
+        spec = DeviceSpec(0, "dev", Target("127.0.0.1", port), None, mqtt.MQTT_5, 0.0, ())
+        config = DeviceConfig(retry=FAST_RETRY)
+        driver = Device(spec, config, time.monotonic, random.Random(0), census=census)
+        async with asyncio.timeout(30):
+            assert (await driver.run()).outcome is Outcome.REFUSED
+    driver.finished()
+    assert census.connected == 0
 
 
 async def test_an_unknown_ca_device_ends_tls_rejected_after_its_attempts(small_fleet, mosquitto):

@@ -4,6 +4,7 @@ the endpoint, and the JSON report."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import yaml
@@ -136,6 +137,20 @@ def test_three_one_one_works_too(tmp_path, mosquitto, device_ca):
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["load"]["mqtt_version"] == "3.1.1"
     assert report["outcomes"]["connected"] + report["outcomes"]["tls_rejected"] == 50
+
+
+def test_progress_counts_devices_connected_and_not_yet_finished(tmp_path, mosquitto, device_ca):
+    # 40 devices hold 8 s each: progress (twice a second) sees every device that
+    # connected holding together at some point, and never more.
+    hold = [{"hold": {"duration": "8s", "keepalive": "0s"}}]
+    path = _scenario(tmp_path, mosquitto, device_ca, after_connect=hold)
+    report_path = tmp_path / "r.json"
+    result = run_loadgen("run", path, "--count", "40", "--workers", "2", "--report", report_path)
+    assert result.code == 0, result.err
+    connected = json.loads(report_path.read_text())["outcomes"]["connected"]
+    counts = [int(n) for n in re.findall(r"  connected (\d+)  ", result.out + result.err)]
+    assert connected > 0
+    assert max(counts) == connected
 
 
 def test_a_scenario_error_names_file_line_and_field(tmp_path, mosquitto, device_ca):

@@ -75,7 +75,7 @@ class AiomqttDevice(DeviceDriver):
                 error = _translate(exc, self.spec.version, "connack")
                 outcome, reason = classify(error), error.reason
             else:
-                result.provision = self.clock() - self.spec.scheduled
+                self.connected(self.clock() - self.spec.scheduled)
                 await self._act(client)
                 return result
             delay = retry.failed(outcome, reason, "connack")

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from loadgen.certs.store import Device as FleetDevice
 from loadgen.certs.store import FleetStore
-from loadgen.device.lifecycle import Device, DeviceDriver, DeviceSpec
+from loadgen.device.lifecycle import Census, Device, DeviceDriver, DeviceSpec
 from loadgen.device.outcome import Outcome
 from loadgen.heap import Heap
 from loadgen.load.chaos import device_class
@@ -123,6 +123,7 @@ class Worker:
         self.dispatcher: asyncio.Task[None] | None = None  # starts the devices
         self.drivers: set[DeviceDriver] = set()
         self.holds = Holds(asyncio.get_running_loop())  # every held device's keepalive
+        self.census = Census()
         self.driver: type[Device | AiomqttDevice] = (
             Device if plan.chaos is None else device_class(plan.chaos)
         )
@@ -299,7 +300,7 @@ class Worker:
         """One device's life, ending in exactly one result whatever happens in it."""
         if self.plan.chaos is not None:
             self.plan.chaos.strike("worker", spec.index)
-        driver = self.driver(spec, self.plan.device, self.clock, self.rng, self.holds)
+        driver = self.driver(spec, self.plan.device, self.clock, self.rng, self.holds, self.census)
         self.drivers.add(driver)
         try:
             if spec.failure is not None:
@@ -318,6 +319,7 @@ class Worker:
         except Exception as exc:
             result = driver.fail_unexpectedly(exc)
         finally:
+            driver.finished()
             self.drivers.discard(driver)
             self.in_flight -= 1
             self.slots.release()
@@ -337,10 +339,11 @@ class Worker:
                 heap.trim()
 
     def progress(self) -> Progress:
-        # Connected: past an accepted CONNACK, not yet finished.
-        connected = sum(1 for d in self.drivers if d.result.provision is not None)
         return Progress(
-            self.started, self.in_flight, connected, self.stats.to_wire(per_second=False)
+            self.started,
+            self.in_flight,
+            self.census.connected,
+            self.stats.to_wire(per_second=False),
         )
 
 
