@@ -4,7 +4,10 @@ source address, and each way a connection can fail."""
 from __future__ import annotations
 
 import asyncio
+import shutil
 import ssl
+import subprocess
+import sys
 import time
 
 import pytest
@@ -22,7 +25,7 @@ from loadgen.transport.errors import (
 )
 from loadgen.transport.timing import AttemptTimes
 from loadgen.transport.tls import ALPN_AWS_MQTT, ClientTls, DeviceTls, device_context
-from tests.conftest import device_tls
+from tests.conftest import ROOT, device_tls
 from tests.echo_broker import EchoBroker
 
 
@@ -323,6 +326,61 @@ async def test_the_connection_comes_from_the_chosen_source_address():
         client.disconnect()
     server.close()
     assert peers == ["127.0.0.7"]
+
+
+_SOURCE_PORTS = """
+import asyncio, socket
+from loadgen import mqtt
+from loadgen.transport.client import Target, connect
+from loadgen.transport.timing import AttemptTimes
+from tests.echo_broker import EchoBroker
+
+async def main():
+    loop = asyncio.get_running_loop()
+    servers = [await loop.create_server(EchoBroker().protocol, "127.0.0.1", p)
+               for p in (12345, 12346)]
+    async def device(port, name):
+        target = Target("127.0.0.1", port, source_address="127.0.0.5")
+        attempt = connect(target, None, mqtt.Connect(name), AttemptTimes(0.0))
+        return await asyncio.wait_for(attempt, 10)
+    # Every ephemeral port of the source address, each held to the first server.
+    held = [await device(12345, f"d{i}") for i in range(4)]
+    try:
+        socket.socket().bind(("127.0.0.5", 0))
+        print("bound")
+    except OSError:
+        print("no port left to bind")
+    again = await device(12346, "other")  # the same ports serve another destination
+    print("connected", len(held) + 1)
+    for client in (*held, again):
+        client.disconnect()
+    for server in servers:
+        server.close()
+
+asyncio.run(main())
+"""
+
+
+def test_a_source_address_takes_its_port_at_connect_for_that_destination():
+    # In a network namespace of the test's own, whose loopback has four ephemeral
+    # ports: four devices hold all of them from 127.0.0.5, so bind() has none to
+    # give; a fifth device to another destination still connects (Linux picks a
+    # bound socket's port at connect(): IP_BIND_ADDRESS_NO_PORT).
+    if shutil.which("unshare") is None or shutil.which("ip") is None:
+        pytest.fail("needs unshare and ip (util-linux, iproute2) for a network namespace")
+    script = (
+        "ip link set lo up && sysctl -qw net.ipv4.ip_local_port_range='40000 40003' && "
+        f'exec {sys.executable} -c "$0"'
+    )
+    proc = subprocess.run(
+        ["unshare", "-n", "sh", "-c", script, _SOURCE_PORTS],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split("\n")[:2] == ["no port left to bind", "connected 5"]
 
 
 async def test_a_closed_port_is_refused():
