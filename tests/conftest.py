@@ -51,6 +51,28 @@ def run_loadgen(
     return Result(proc.returncode, proc.stdout, proc.stderr)
 
 
+def python_in_netns(ports: str, code: str) -> subprocess.CompletedProcess[str]:
+    """``code`` run by this Python in a network namespace of the test's own: its
+    loopback up, its ephemeral port range ``ports`` (e.g. "40000 40003"), the
+    repository's root as the working folder. Fails the test where unshare or
+    ip is missing (util-linux, iproute2)."""
+    import shutil
+
+    if shutil.which("unshare") is None or shutil.which("ip") is None:
+        pytest.fail("needs unshare and ip (util-linux, iproute2) for a network namespace")
+    script = (
+        f"ip link set lo up && sysctl -qw net.ipv4.ip_local_port_range='{ports}' && "
+        f'exec {sys.executable} -c "$0"'
+    )
+    return subprocess.run(
+        ["unshare", "-n", "sh", "-c", script, code],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+
+
 def assert_user_error(result: Result, *fragments: str) -> None:
     """Exit 2, one line on stderr naming what is wrong, no traceback."""
     assert result.code == 2, (result.code, result.out, result.err)

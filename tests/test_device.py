@@ -301,28 +301,13 @@ asyncio.run(main())
 
 def test_ephemeral_ports_running_out_end_the_devices_left_over_as_error_in_tcp():
     import json
-    import shutil
-    import subprocess
-    import sys
 
-    from tests.conftest import ROOT
+    from tests.conftest import python_in_netns
 
-    if shutil.which("unshare") is None or shutil.which("ip") is None:
-        pytest.skip("needs unshare and ip (util-linux, iproute2) for a network namespace")
     # A network namespace of the test's own, whose loopback has two ephemeral
     # ports: four devices holding connections to one address need four. Every
     # device that got no port must end alone, as error in tcp.
-    script = (
-        "ip link set lo up && sysctl -qw net.ipv4.ip_local_port_range='40000 40001' && "
-        f'exec {sys.executable} -c "$0"'
-    )
-    proc = subprocess.run(
-        ["unshare", "-n", "sh", "-c", script, _EXHAUSTION],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=60,
-    )
+    proc = python_in_netns("40000 40001", _EXHAUSTION)
     assert proc.returncode == 0, proc.stderr
     results = json.loads(proc.stdout)
     # (The kernel may hand out one port of the two.)

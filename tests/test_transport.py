@@ -4,10 +4,7 @@ source address, and each way a connection can fail."""
 from __future__ import annotations
 
 import asyncio
-import shutil
 import ssl
-import subprocess
-import sys
 import time
 
 import pytest
@@ -25,7 +22,7 @@ from loadgen.transport.errors import (
 )
 from loadgen.transport.timing import AttemptTimes
 from loadgen.transport.tls import ALPN_AWS_MQTT, ClientTls, DeviceTls, device_context
-from tests.conftest import ROOT, device_tls
+from tests.conftest import device_tls, python_in_netns
 from tests.echo_broker import EchoBroker
 
 
@@ -366,19 +363,7 @@ def test_a_source_address_takes_its_port_at_connect_for_that_destination():
     # ports: four devices hold all of them from 127.0.0.5, so bind() has none to
     # give; a fifth device to another destination still connects (Linux picks a
     # bound socket's port at connect(): IP_BIND_ADDRESS_NO_PORT).
-    if shutil.which("unshare") is None or shutil.which("ip") is None:
-        pytest.fail("needs unshare and ip (util-linux, iproute2) for a network namespace")
-    script = (
-        "ip link set lo up && sysctl -qw net.ipv4.ip_local_port_range='40000 40003' && "
-        f'exec {sys.executable} -c "$0"'
-    )
-    proc = subprocess.run(
-        ["unshare", "-n", "sh", "-c", script, _SOURCE_PORTS],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=60,
-    )
+    proc = python_in_netns("40000 40003", _SOURCE_PORTS)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split("\n")[:2] == ["no port left to bind", "connected 5"]
 
