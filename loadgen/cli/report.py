@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from pathlib import Path
 
@@ -108,7 +107,7 @@ def report_merge_command(
     merged = report_merge.merge_named(named)
     results = gates_mod.evaluate(gates, merged)
     if gates:
-        merged["gates"] = [dataclasses.asdict(r) for r in results]
+        merged["gates"] = gates_mod.as_json(results)
     write_outputs(merged, out, html)
     devices = counted(merged["devices"], "device")
     click.echo(f"{counted(len(named), 'report')} merged into {out}: {devices}")
@@ -126,10 +125,7 @@ def merge_gates(scenario_path: Path | None, gate_texts: tuple[str, ...]) -> list
     scenario_gates: list[str] = []
     if scenario_path is not None:
         scenario_gates = load_scenario(scenario_path, warn=warn).gates
-    return [
-        *(gates_mod.parse(t, f"{scenario_path}: gates[{i}]") for i, t in enumerate(scenario_gates)),
-        *(gates_mod.parse(t, "--gate") for t in gate_texts),
-    ]
+    return gates_mod.from_texts(scenario_gates, scenario_path, gate_texts)
 
 
 def wait_seconds(text: str | None, expect: int | None) -> float:

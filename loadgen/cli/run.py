@@ -76,10 +76,7 @@ def run_command(
     Exit 1 when a gate fails."""
     start = parse_start(start_at, start_tolerance)
     scenario = load_scenario(scenario_path, warn=warn)
-    gates = [
-        *(gates_mod.parse(t, f"{scenario_path}: gates[{i}]") for i, t in enumerate(scenario.gates)),
-        *(gates_mod.parse(t, "--gate") for t in gate_texts),
-    ]
+    gates = gates_mod.from_texts(scenario.gates, scenario_path, gate_texts)
     options = RunOptions(endpoint, count, rate, workers, outputs.slice, start)
     checked = check_plan(scenario, options)
     outputs.check()
@@ -116,16 +113,7 @@ def run_command(
             click.echo(f"loadgen: {error}", err=True)
         report["jitp"] = jitp_section(report, session.final_emulator_stats())
         results = gates_mod.evaluate(gates, report)
-        report["gates"] = [
-            {
-                "gate": r.gate,
-                "passed": r.passed,
-                "measured": r.measured,
-                "threshold": r.threshold,
-                "note": r.note,
-            }
-            for r in results
-        ]
+        report["gates"] = gates_mod.as_json(results)
         print_report(Console(highlight=False), report)
         for result in results:
             click.echo(result.describe())

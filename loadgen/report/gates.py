@@ -13,9 +13,10 @@ nothing (no device connected) passes no gate. See docs/gates.md.
 
 from __future__ import annotations
 
+import dataclasses
 import operator
 import re
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -249,3 +250,19 @@ def _reader(side: _Side, other: _Side, gate: str, where: str) -> Callable[[Repor
 
 def evaluate(gates: list[Gate], report: Report) -> list[GateResult]:
     return [gate.evaluate(report) for gate in gates]
+
+
+def from_texts(
+    scenario_gates: list[str], scenario_path: object, gate_texts: Iterable[str]
+) -> list[Gate]:
+    """A scenario's ``gates:`` (named by its file and index in errors), then
+    ``--gate``'s: what `loadgen run` and `report merge` judge."""
+    return [
+        *(parse(t, f"{scenario_path}: gates[{i}]") for i, t in enumerate(scenario_gates)),
+        *(parse(t, "--gate") for t in gate_texts),
+    ]
+
+
+def as_json(results: list[GateResult]) -> list[dict[str, Any]]:
+    """The results as a report's ``gates`` holds them."""
+    return [dataclasses.asdict(result) for result in results]
