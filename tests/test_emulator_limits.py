@@ -447,3 +447,28 @@ def test_a_pingreq_sent_in_time_while_the_emulator_was_busy_keeps_the_device(
     uvloop.run(main())
     assert heard == [mqtt.PingResp()]
     assert emulator.stats.closes["keepalive timeout"] == 0
+
+
+@pytest.mark.parametrize("version", [mqtt.MQTT_5, mqtt.MQTT_3_1_1])
+async def test_a_packet_larger_than_one_read_arrives_whole_and_is_delivered(
+    emulator, small_fleet, devices, version
+):
+    """A session's decrypted bytes are read into a buffer its process shares
+    (64 KiB): a PUBLISH near the 128 KiB maximum comes in several reads and is
+    still decoded as one, and delivered to its subscriber whole."""
+    device = devices[0]
+    payload = bytes(range(256)) * 480  # 120 KiB
+    async with asyncio.timeout(60):
+        await _provision(emulator, small_fleet, [device])
+        reader, writer, decoder = await _connect(emulator, small_fleet, device, version)
+        topic = f"dt/{device.client_id}/large"
+        writer.write(mqtt.encode(mqtt.Subscribe(1, (mqtt.Subscription(topic),)), version))
+        writer.write(mqtt.encode(mqtt.Publish(topic, payload), version))
+        received: list[mqtt.Packet] = []
+        while not any(isinstance(packet, mqtt.Publish) for packet in received):
+            data = await reader.read(65536)
+            assert data, f"closed after {received}"
+            received += decoder.feed(data)
+        writer.close()
+    (delivered,) = [packet for packet in received if isinstance(packet, mqtt.Publish)]
+    assert (delivered.topic, delivered.payload) == (topic, payload)

@@ -88,6 +88,12 @@ class EmulatorStats:
 
 # uvloop's per-connection TLS read buffer is 256 KiB: above this, its own mapping.
 _OWN_MAPPING = 128 * 1024
+# What a session's decrypted bytes are read into, shared by the sessions of a
+# process (each read is decoded before the next): a buffered protocol, so that
+# uvloop does not read each record into a fresh 256 KiB bytes object, which with
+# the mapping above was an mmap, an mremap and a munmap per read. More than
+# this waiting is read in another turn of the loop.
+_READ_SIZE = 64 * 1024
 # A timer armed from a timer callback runs after the next poll for I/O.
 _LAST_LOOK = 0.005
 # Seconds between heap trims while connections come and go.
@@ -144,6 +150,7 @@ class Emulator:
         # Connections accepted (handshakes that failed too): what churns the heap.
         self.accepted = 0
         self._tidying: asyncio.Task[None] | None = None
+        self.read_buffer = memoryview(bytearray(_READ_SIZE))
 
     @property
     def registry(self) -> Registry:
@@ -291,7 +298,7 @@ class Emulator:
 _BACKLOG = 16
 
 
-class _Session(asyncio.Protocol):
+class _Session(asyncio.BufferedProtocol):
     def __init__(self, emulator: Emulator) -> None:
         self.emulator = emulator
         self.limits = emulator.limits
@@ -424,7 +431,13 @@ class _Session(asyncio.Protocol):
         while self.backlog and not self.asking:
             self._answer(self.backlog.pop(0))
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.emulator.read_buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._received(bytes(self.emulator.read_buffer[:nbytes]))
+
+    def _received(self, data: bytes) -> None:
         assert self.transport is not None
         try:
             packets = self.conn.receive(data)
