@@ -214,11 +214,12 @@ def _describe(exc: ValidationError, path: Path, doc: _Document | None) -> str:
     found = [_locate(err, doc) for err in exc.errors(include_url=False)]
     # A union reports one error per member; the member that got furthest into the
     # user's document is the one the user meant, and a key the user wrote beats a
-    # key the user left out. Errors at a prefix of another's path are the same
+    # key the user left out, and at the same depth, what a member says of the
+    # key beats another member not knowing it. Errors at a prefix of another's path are the same
     # problem seen from further out.
     locs = {f.loc for f in found}
     real = [f for f in found if not any(o != f.loc and o[: len(f.loc)] == f.loc for o in locs)]
-    best = min(real, key=lambda f: (not f.in_document, -len(f.loc), f.line or 0))
+    best = min(real, key=lambda f: (not f.in_document, -len(f.loc), f.unknown, f.line or 0))
     where = f"{path}:{best.line}" if best.line is not None else f"{path}"
     # Other problems elsewhere, not other members of the same union.
     others = {f.loc for f in real if f.loc[: len(best.loc) - 1] != best.loc[:-1]}
@@ -232,6 +233,7 @@ class _Found:
     line: int | None
     message: str
     in_document: bool
+    unknown: bool = False  # the field is not one this model (or union member) has
 
 
 def _locate(err: Any, doc: _Document | None) -> _Found:
@@ -259,4 +261,4 @@ def _locate(err: Any, doc: _Document | None) -> _Found:
         msg = "a boolean: true or false (YAML 1.2 reads yes, no, on and off as text)"
     msg = msg.removeprefix("Value error, ").removeprefix("Assertion failed, ")
     line = doc.line_of(loc) if doc is not None else None
-    return _Found(loc, line, msg, in_document)
+    return _Found(loc, line, msg, in_document, err["type"] == "extra_forbidden")

@@ -5,6 +5,7 @@ connected for as long as they hold."""
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import time
 
@@ -21,6 +22,7 @@ from loadgen.transport.client import Target
 from loadgen.transport.keepalive import Holds
 from loadgen.transport.tls import ClientTls, DeviceTls
 from tests.brokers import free_port
+from tests.conftest import run_loadgen
 from tests.test_run import _scenario
 
 # More than a worker's window: a run that prepared its whole fleet ahead shows.
@@ -233,3 +235,31 @@ async def test_a_pingreq_still_unanswered_at_the_end_of_the_hold_ends_it_as_time
     assert result.outcome is Outcome.TIMEOUT
     assert result.phase == "hold" and result.reason == "no answer in time"
     assert server_end.pingreqs == 1  # one unanswered PINGREQ, never a second on top
+
+
+def test_a_hold_until_lasts_what_is_left_of_it_after_the_loads_start():
+    until = HoldStep(0.0, keepalive=10, until=60)
+    assert until.length(origin=100.0, now=130.0) == 30.0
+    assert until.length(origin=100.0, now=175.0) == 0.0  # connected after it: no hold
+    assert HoldStep(45.0).length(origin=100.0, now=130.0) == 45.0  # a duration: its own
+
+
+def test_devices_holding_until_a_time_after_the_start_are_held_to_it(
+    tmp_path, mosquitto, device_ca
+):
+    # 20 devices start over 1 s and hold until 3 s after the load's start: the
+    # run cannot end before then, and every one of them connected.
+    path = _scenario(
+        tmp_path,
+        mosquitto,
+        device_ca,
+        after_connect=[{"hold": {"until": "3s", "keepalive": "1s"}}],
+        load={"executor": "constant-arrival-rate", "rate": "20/s", "max_in_flight": 50},
+    )
+    (tmp_path / "profile.yaml").write_text("subject:\n  common_name: 'until-{index:03d}'\n")
+    report = tmp_path / "report.json"
+    result = run_loadgen("run", path, "--count", "20", "--report", report)
+    assert result.code == 0, result.err
+    data = json.loads(report.read_text())
+    assert data["outcomes"]["connected"] == data["devices"] == 20
+    assert data["duration_s"] >= 3.0

@@ -76,6 +76,18 @@ SCENARIO_MISTAKES = {
         ":9: after_connect[0].hold.keepalive:",
         "the server would close the connection",
     ),
+    "a hold with both a duration and an until": (
+        LOAD,
+        "after_connect:\n  - hold: {duration: 5m, until: 10m}\n",
+        ":8: after_connect[0].hold.until:",
+        "duration or until, not both",
+    ),
+    "a hold with neither a duration nor an until": (
+        LOAD,
+        "after_connect:\n  - hold:\n      keepalive: 10s\n",
+        ":8: after_connect[0].hold:",
+        "a hold needs duration",
+    ),
     "a # inside a subscribe filter level": (
         LOAD,
         "after_connect:\n  - subscribe: {topic: 'cmd/a#'}\n",

@@ -104,7 +104,7 @@ class AiomqttDevice(DeviceDriver):
                         await client.subscribe(step.topic_filter, qos=step.qos)
                 elif isinstance(step, HoldStep):
                     phase = self.step = "hold"
-                    await asyncio.sleep(step.seconds)
+                    await asyncio.sleep(step.length(self.spec.origin, self.clock()))
             result.outcome, result.reason, result.phase = Outcome.CONNECTED, None, None
         except TimeoutError:
             result.outcome, result.reason, result.phase = (

@@ -52,6 +52,14 @@ class SubscribeStep:
 class HoldStep:
     seconds: float
     keepalive: float = 60.0
+    # Instead of ``seconds``: until this long after the schedule's start.
+    until: float | None = None
+
+    def length(self, origin: float, now: float) -> float:
+        """How long to hold from ``now``, the schedule having started at ``origin``."""
+        if self.until is None:
+            return self.seconds
+        return max(0.0, origin + self.until - now)
 
 
 Step = PublishStep | SubscribeStep | HoldStep
@@ -79,6 +87,7 @@ class DeviceSpec:
     tls: DeviceTls | None
     version: int
     scheduled: float  # monotonic time of its scheduled start
+    origin: float = 0.0  # monotonic time of the schedule's start
     steps: tuple[Step, ...] = ()
     fault: str | None = None  # what its profile injected on purpose (manifest)
     # Why it could not be made ready (a corrupt key, say): it then ends as
@@ -302,7 +311,8 @@ class Device(DeviceDriver):
                 # Bounded without a timer of its own: the wheel ends the hold, and
                 # fails it when a PINGREQ is still unanswered a step timeout after
                 # it went out, at the end (at most seconds + timeout, as before).
-                await client.hold(step.seconds, step.keepalive, self.holds, timeout)
+                seconds = step.length(self.spec.origin, self.clock())
+                await client.hold(seconds, step.keepalive, self.holds, timeout)
 
 
 def _reached(times: AttemptTimes) -> str:

@@ -99,7 +99,8 @@ def build_plan(
             p = item.publish
             steps.append(PublishStep(p.topic, p.qos, p.count, p.payload_bytes))
         elif isinstance(item, Hold):
-            steps.append(HoldStep(item.hold.duration, item.hold.keepalive))
+            hold = item.hold
+            steps.append(HoldStep(hold.duration or 0.0, hold.keepalive, hold.until))
         else:
             steps.append(SubscribeStep(item.subscribe.topic, item.subscribe.qos))
     retry = scenario.retry

@@ -248,6 +248,7 @@ class Worker:
         while not self.stop.done() and (item := await queue.get()) is not None:
             spec, offset = item
             spec.scheduled = t0 + offset
+            spec.origin = t0
             delay = spec.scheduled - self.clock()
             if delay > 0.0005:
                 await asyncio.sleep(delay)

@@ -224,8 +224,25 @@ class SubscribeSpec(_Strict):
 
 
 class HoldSpec(_Strict):
-    duration: Duration
+    """Hold for ``duration`` from the device's connect, or ``until`` that long
+    after the load's start (the same moment for every device, and for every
+    shard started together): a fleet held together ends its hold together."""
+
+    duration: Duration | None = None
+    until: Duration | None = None
     keepalive: Duration = 60.0
+
+    @model_validator(mode="after")
+    def _one_end(self) -> HoldSpec:
+        if (self.duration is None) == (self.until is None):
+            both = self.duration is not None
+            raise field_error(
+                ("until",) if both else (),
+                "a hold takes duration or until, not both"
+                if both
+                else "a hold needs duration (from the connect) or until (from the load's start)",
+            )
+        return self
 
 
 class Publish(_Strict):
