@@ -140,7 +140,7 @@ def sources(devices: int) -> list[str]:
     return [f"127.0.0.{2 + i}" for i in range(math.ceil(devices / _PER_SOURCE))]
 
 
-def scenario(tmp: Path, devices: int, rate: float, hold_s: float, processes_: int | None) -> Path:
+def scenario(tmp: Path, devices: int, rate: float, until_s: float, processes_: int | None) -> Path:
     emulator: dict[str, object] = {
         "template": str(TEMPLATE),
         # The box's own limits are what is measured, not an account's quotas.
@@ -172,8 +172,9 @@ def scenario(tmp: Path, devices: int, rate: float, hold_s: float, processes_: in
             "max_in_flight": devices,
             "source_addresses": sources(devices),
         },
-        "after_connect": [{"hold": {"duration": f"{hold_s:.0f}s", "keepalive": "60s"}}],
-        "timeouts": {"connect": "30s", "step": f"{hold_s + 60:.0f}s"},
+        # Every device holds until the same moment: the ramp's end and the plateau.
+        "after_connect": [{"hold": {"until": f"{until_s:.0f}s", "keepalive": "60s"}}],
+        "timeouts": {"connect": "30s", "step": "60s"},
         "emulator": emulator,
     }
     path = tmp / "box.yaml"
@@ -219,8 +220,8 @@ def held_run(args: argparse.Namespace, tmp: Path) -> dict[str, object]:
     thread = threading.Thread(target=watch.run, daemon=True)
     thread.start()
     try:
-        # Each device holds for the ramp and the plateau from its own start.
-        run.wait(timeout=2 * ramp + args.plateau + 600)
+        # Every device lets go at the plateau's end; then the report.
+        run.wait(timeout=ramp + args.plateau + 600)
     except subprocess.TimeoutExpired:
         pass
     finally:
