@@ -14,7 +14,10 @@ buffer of which a few KiB are ever written. glibc raises its mmap threshold past
 the first such block freed, so later ones come from the heap, where a buffer
 placed over pages an earlier connection touched keeps them all resident.
 ``mmap_above`` pins the threshold: each buffer is its own mapping, resident only
-where written, and unmapped when its connection closes.
+where written, and unmapped when its connection closes. (uvloop would also read
+each TLS record into a fresh 256 KiB bytes object, a mapping of its own under the
+pinned threshold; the emulator's sessions are buffered protocols, so it reads
+into one buffer instead: ``loadgen/emulator/server.py``.)
 """
 
 from __future__ import annotations
