@@ -307,3 +307,26 @@ def test_a_malformed_step_is_a_one_line_error(tmp_path):
         "capacity", _scenario(tmp_path), "--slo", "p99(provision) < 2s", "--step", "fast"
     )
     assert_user_error(result, "--step 'fast'")
+
+
+def test_a_step_where_generator_and_emulator_share_every_core_names_the_machine():
+    # At 300/s on a 2-core box: the workers 44% busy each, the serving
+    # processes 49%, the account 10%: neither side saturated, every core busy.
+    step = _step(cpu=0.88, lag_ms=831.0, rate=300.0)  # the two workers' CPU over 1
+    step.workers, step.cores = 2, 2
+    step.emulator_cpu = EmulatorCpu(serving=0.49, account=0.1, processes=2)
+    assert step.generator_limit is not None and step.emulator_limit is None
+    assert step.limit == "machine"
+    assert "together kept this machine's 2 cores 98% busy" in str(step.machine_limit)
+    assert step.row()["machine_cpu"] == 0.98
+    search = Search((gates.parse("p99(provision) < 2s"),), 100.0, 50.0, 20.0)
+    found = verdict(search, [step])
+    assert found.limit == "machine" and found.first_broken is None
+    assert "this machine, not the endpoint, was the limit" in found.why
+
+
+def test_a_generator_behind_on_a_machine_with_cores_to_spare_is_the_generators_limit():
+    step = _step(cpu=0.88, lag_ms=831.0)
+    step.workers, step.cores = 2, 8
+    step.emulator_cpu = EmulatorCpu(serving=0.49, account=0.1, processes=2)
+    assert step.limit == "generator" and step.machine_limit is None

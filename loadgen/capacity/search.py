@@ -9,6 +9,7 @@ it is the caller's (see loadgen.capacity.command).
 
 from __future__ import annotations
 
+import os
 import re
 from collections import Counter
 from collections.abc import Iterator
@@ -24,7 +25,7 @@ CPU_BUSY = 0.90
 # ...or when devices started this late against the schedule (and no failure
 # SLO broke: lateness alone does not make devices fail).
 LAG_LIMIT_MS = 250.0
-LIMITS = ("throttling", "latency", "failures", "generator", "emulator")
+LIMITS = ("throttling", "latency", "failures", "generator", "emulator", "machine")
 _OUTCOME_GATE = re.compile(r"\b(ratio|count)\(")
 
 
@@ -93,6 +94,8 @@ class Step:
     interrupted: bool = False
     # With the embedded emulator: how busy its processes were during the step.
     emulator_cpu: EmulatorCpu | None = None
+    # The cores the generator and an embedded emulator share.
+    cores: int = field(default_factory=lambda: len(os.sched_getaffinity(0)))
 
     @property
     def broken(self) -> list[str]:
@@ -145,6 +148,29 @@ class Step:
         return None
 
     @property
+    def machine_busy(self) -> float | None:
+        """With the embedded emulator: the share of the machine's cores the
+        generator's workers and the emulator's processes kept busy together."""
+        cpu = self.emulator_cpu
+        if cpu is None or self.cores <= 0:
+            return None
+        used = self.cpu_busy * self.workers + cpu.serving * cpu.processes + cpu.account
+        return used / self.cores
+
+    @property
+    def machine_limit(self) -> str | None:
+        """Why a step that fell short measured the machine the generator and the
+        embedded emulator share: neither side alone busy, together every core
+        (the generator then falls behind for want of a core, not of work)."""
+        busy = self.machine_busy
+        if busy is None or busy < CPU_BUSY:
+            return None
+        return (
+            f"the load generator and the embedded emulator together kept this "
+            f"machine's {counted(self.cores, 'core')} {busy:.0%} busy"
+        )
+
+    @property
     def passed(self) -> bool:
         return not self.interrupted and not self.broken and self.generator_limit is None
 
@@ -153,6 +179,9 @@ class Step:
         """What stopped the search at this step (None: it passed)."""
         if self.interrupted:
             return "interrupted"
+        fell_short = self.generator_limit is not None or bool(self.broken)
+        if fell_short and self.emulator_limit is None and self.machine_limit is not None:
+            return "machine"
         if self.generator_limit is not None:
             return "generator"
         if not self.broken:
@@ -190,6 +219,7 @@ class Step:
                 "account": round(self.emulator_cpu.account, 3),
                 "processes": self.emulator_cpu.processes,
             },
+            "machine_cpu": None if self.machine_busy is None else round(self.machine_busy, 3),
             "slot_waits": self.stats.slot_waits,
             "slos": [
                 {"slo": r.gate, "passed": r.passed, "measured": r.measured} for r in self.results
@@ -236,6 +266,15 @@ def verdict(search: Search, steps: list[Step], interrupted: bool = False) -> Ver
             f"at {stopped.rate:g}/s the generator, not the endpoint, was the limit: "
             f"{stopped.generator_limit} (run more workers or machines, or raise the limit)"
         )
+        return Verdict(highest, None, limit, why)
+    if limit == "machine":
+        why = (
+            f"at {stopped.rate:g}/s this machine, not the endpoint, was the limit: "
+            f"{stopped.machine_limit} (run the emulator or the generator on other "
+            "cores or machines)"
+        )
+        if stopped.broken:
+            why += "; " + "; ".join(r.describe() for r in stopped.results if not r.passed)
         return Verdict(highest, None, limit, why)
     if limit == "emulator":
         why = (
