@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.brokers import free_port
 from tests.conftest import assert_user_error, run_loadgen
 from tests.moto_aws import CREDENTIALS, client, no_credentials_env
 from tests.test_merge_sources import FAILS, PASSES, shard_reports
@@ -221,6 +222,51 @@ def test_wait_sees_a_shard_report_uploaded_after_the_merge_started(tmp_path, buc
     assert merge_job.returncode == 1, err  # the gate fails: the pipeline's one exit code
     assert f"FAIL: {FAILS}" in out
     assert downloaded(bucket, "merged.json")["devices"] == 120
+
+
+def test_wait_rides_out_an_s3_that_answers_only_later(tmp_path):
+    """The merge Job may start before its store answers (or the store may
+    blip): while it waits, S3 not answering is tried again, not the end."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    merged = tmp_path / "merged.json"
+    merge_job = subprocess.Popen(
+        [sys.executable, "-m", "loadgen", "report", "merge", f"s3://{BUCKET}/run/",
+         "--expect", "2", "--wait", "3m", "-o", str(merged), "--gate", FAILS],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=s3_env(url, tmp_path),
+    )  # fmt: skip
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    try:
+        assert merge_job.stderr is not None
+        told = merge_job.stderr.readline()  # it tried, and waits: a real condition
+        assert "cannot reach S3" in told and "trying again" in told, told
+        server.start()
+        s3 = client(url, "s3")
+        s3.create_bucket(Bucket=BUCKET)
+        for index, report in enumerate(shard_reports(2)):
+            upload(s3, f"run/shard-{index}.json", report)
+        out, err = merge_job.communicate(timeout=180)
+    finally:
+        merge_job.kill()
+        merge_job.wait()
+        server.stop()
+    assert merge_job.returncode == 1, err  # the gate's verdict, not S3's
+    assert f"FAIL: {FAILS}" in out
+    assert json.loads(merged.read_text())["devices"] == 120
+
+
+def test_an_s3_that_never_answers_ends_the_wait_at_its_deadline(tmp_path):
+    env = s3_env(f"http://127.0.0.1:{free_port()}", tmp_path)
+    result = run_loadgen(
+        "report", "merge", f"s3://{BUCKET}/run/", "--expect", "2", "--wait", "1s",
+        "-o", tmp_path / "merged.json", env=env,
+    )  # fmt: skip
+    assert result.code == 2, result.err
+    assert "cannot reach S3" in result.err.strip().splitlines()[-1]
+    assert "Traceback" not in result.err
+    assert not (tmp_path / "merged.json").exists()
 
 
 def test_merge_names_a_key_that_is_not_there(tmp_path, bucket, aws_env):

@@ -74,6 +74,28 @@ def parse_object(text: str, option: str) -> S3Url:
     return url
 
 
+class S3Unavailable(UserError):
+    """S3 did not answer, or answered that it cannot now (a 5xx, throttling):
+    what may pass, unlike a missing bucket or refused credentials."""
+
+
+# Codes S3 (and MinIO) answer when it is the service, not the request.
+_TRANSIENT_CODES = frozenset(
+    {"500", "502", "503", "504", "InternalError", "ServiceUnavailable", "SlowDown",
+     "RequestTimeout", "Throttling", "ThrottlingException"}
+)  # fmt: skip
+
+
+def transient(exc: BaseException) -> bool:
+    import botocore.exceptions as errors
+
+    if isinstance(exc, errors.EndpointConnectionError | errors.ConnectTimeoutError):
+        return True
+    if isinstance(exc, errors.ReadTimeoutError | errors.ConnectionClosedError):
+        return True
+    return error_code(exc) in _TRANSIENT_CODES
+
+
 class S3:
     """One boto3 client (made when first needed) for the URLs of one option, whose
     name its errors carry."""
@@ -164,6 +186,8 @@ class S3:
     def _error(
         self, exc: BaseException, url: S3Url, kind: type[LoadgenError], doing: str = ""
     ) -> LoadgenError:
+        if kind is UserError and transient(exc):
+            kind = S3Unavailable
         return kind(f"{self.option} {url}: {doing}{describe(exc, url)}")
 
 

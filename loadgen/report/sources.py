@@ -16,7 +16,7 @@ import click
 from loadgen.errors import IncompleteError, UserError
 from loadgen.report import fields, s3
 from loadgen.report.merge import load_report, parse_report, shards_of
-from loadgen.report.s3 import S3, S3Url
+from loadgen.report.s3 import S3, S3Unavailable, S3Url
 from loadgen.report.store import OTHER_SCHEME, Location
 
 Named = list[tuple[str, dict[str, Any]]]
@@ -196,8 +196,20 @@ def gather(
     where = ", ".join(map(str, reader.sources))
     deadline = time.monotonic() + wait_s
     told: frozenset[int] | None = None
+    unavailable = ""  # what was said of S3 not answering, said once
     while True:
-        named = reader.read(missing_ok=wait_s > 0)
+        try:
+            named = reader.read(missing_ok=wait_s > 0)
+        except S3Unavailable as exc:
+            # A pod's store not up yet, or a blip: waiting is for that too.
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise
+            if str(exc) != unavailable:
+                unavailable = str(exc)
+                say(f"{exc}; trying again for up to {left:.0f} s")
+            time.sleep(min(poll_s, left))
+            continue
         if expect is None:
             if not named:
                 raise UserError(f"no reports in {where}")
