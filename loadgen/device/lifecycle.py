@@ -87,12 +87,12 @@ class DeviceSpec:
     tls: DeviceTls | None
     version: int
     scheduled: float  # monotonic time of its scheduled start
-    origin: float = 0.0  # monotonic time of the schedule's start
     steps: tuple[Step, ...] = ()
     fault: str | None = None  # what its profile injected on purpose (manifest)
     # Why it could not be made ready (a corrupt key, say): it then ends as
     # ``error`` in phase ``preparing`` when its time comes, without connecting.
     failure: str | None = None
+    origin: float = 0.0  # monotonic time of the schedule's start (hold.until)
 
 
 @dataclass(slots=True)
