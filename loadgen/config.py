@@ -214,9 +214,9 @@ def _describe(exc: ValidationError, path: Path, doc: _Document | None) -> str:
     found = [_locate(err, doc) for err in exc.errors(include_url=False)]
     # A union reports one error per member; the member that got furthest into the
     # user's document is the one the user meant, and a key the user wrote beats a
-    # key the user left out, and at the same depth, what a member says of the
-    # key beats another member not knowing it. Errors at a prefix of another's path are the same
-    # problem seen from further out.
+    # key the user left out. At the same depth, what a member says of a key beats
+    # another member not knowing it. Errors at a prefix of another's path are the
+    # same problem seen from further out.
     locs = {f.loc for f in found}
     real = [f for f in found if not any(o != f.loc and o[: len(f.loc)] == f.loc for o in locs)]
     best = min(real, key=lambda f: (not f.in_document, -len(f.loc), f.unknown, f.line or 0))
