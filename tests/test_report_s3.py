@@ -224,9 +224,11 @@ def test_wait_sees_a_shard_report_uploaded_after_the_merge_started(tmp_path, buc
     assert downloaded(bucket, "merged.json")["devices"] == 120
 
 
-def test_wait_rides_out_an_s3_that_answers_only_later(tmp_path):
+def test_wait_rides_out_an_s3_that_answers_only_later(tmp_path, moto):
     """The merge Job may start before its store answers (or the store may
-    blip): while it waits, S3 not answering is tried again, not the end."""
+    blip): while it waits, S3 not answering is tried again, not the end. (A
+    second moto server, started late on a port chosen first, shares the
+    process's moto state: the ``moto`` fixture empties it afterwards.)"""
     from moto.server import ThreadedMotoServer
 
     port = free_port()
