@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import resource
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,6 +15,7 @@ from loadgen.certs.mint import InputNames, MintRequest, MintResult, mint
 from loadgen.certs.mint import check as check_fleet
 from loadgen.certs.profile import load_profile
 from loadgen.certs.store import FleetStore
+from loadgen.cores import cores
 from loadgen.device.lifecycle import PublishStep, SubscribeStep
 from loadgen.emulator.render import render_registration
 from loadgen.emulator.serve import EmbeddedEmulator, load_registration_config, start_embedded
@@ -296,7 +296,7 @@ def execute(
 
 
 def default_workers() -> int:
-    return os.cpu_count() or 1
+    return cores()
 
 
 def report_path(value: Path | None, option: str = "--report") -> Path | None:

@@ -9,13 +9,13 @@ it is the caller's (see loadgen.capacity.command).
 
 from __future__ import annotations
 
-import os
 import re
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from loadgen.cores import cores
 from loadgen.metrics.stats import RunStats
 from loadgen.report.gates import Gate, GateResult
 from loadgen.words import counted
@@ -95,7 +95,7 @@ class Step:
     # With the embedded emulator: how busy its processes were during the step.
     emulator_cpu: EmulatorCpu | None = None
     # The cores the generator and an embedded emulator share.
-    cores: int = field(default_factory=lambda: len(os.sched_getaffinity(0)))
+    cores: int = field(default_factory=cores)
 
     @property
     def broken(self) -> list[str]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from loadgen.certs.mint import InputNames, MintRequest, mint
 from loadgen.certs.mint import check as check_mint
 from loadgen.certs.profile import load_profile
 from loadgen.cli.common import stderr_console
+from loadgen.cores import cores
 from loadgen.errors import UserError
 from loadgen.load.shard import SHARD, ShardName
 from loadgen.words import counted
@@ -46,7 +46,7 @@ def certs() -> None:
     help="Subject profile YAML (default: the fleet's own, or the built-in default).",
 )
 @click.option("--seed", type=int, help="Subject seed (default: the fleet's own, or 0).")
-@click.option("--workers", type=int, default=os.cpu_count() or 1, show_default="cores")
+@click.option("--workers", type=int, default=cores(), show_default="cores")
 @click.option(
     "--key-pool",
     type=int,

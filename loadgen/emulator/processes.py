@@ -28,6 +28,7 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 
+from loadgen.cores import cores
 from loadgen.emulator.account import LocalAccount
 from loadgen.emulator.limits import Limits
 from loadgen.emulator.peer import Peer, PeerLost
@@ -42,7 +43,7 @@ STOP_TIMEOUT = 10.0
 
 
 def default_processes() -> int:
-    return os.cpu_count() or 1
+    return cores()
 
 
 @dataclass

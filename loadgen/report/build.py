@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import platform
 import uuid
 from pathlib import Path
 from typing import Any
 
 from loadgen import __version__
+from loadgen.cores import cores
 from loadgen.files import write_output
 from loadgen.load.plan import RunPlan
 from loadgen.load.schedule import offsets
@@ -91,7 +91,7 @@ def build(plan: RunPlan, stats: RunStats, timing: RunTiming) -> dict[str, Any]:
         "environment": {
             "loadgen": __version__,
             "python": platform.python_version(),
-            "cores": os.cpu_count(),
+            "cores": cores(),
             "machine": platform.machine(),
         },
     }
