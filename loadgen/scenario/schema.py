@@ -234,13 +234,11 @@ class HoldSpec(_Strict):
 
     @model_validator(mode="after")
     def _one_end(self) -> HoldSpec:
-        if (self.duration is None) == (self.until is None):
-            both = self.duration is not None
+        if self.duration is not None and self.until is not None:
+            raise field_error(("until",), "a hold takes duration or until, not both")
+        if self.duration is None and self.until is None:
             raise field_error(
-                ("until",) if both else (),
-                "a hold takes duration or until, not both"
-                if both
-                else "a hold needs duration (from the connect) or until (from the load's start)",
+                (), "a hold needs duration (from the connect) or until (from the load's start)"
             )
         return self
 
