@@ -46,7 +46,7 @@ def certs() -> None:
     help="Subject profile YAML (default: the fleet's own, or the built-in default).",
 )
 @click.option("--seed", type=int, help="Subject seed (default: the fleet's own, or 0).")
-@click.option("--workers", type=int, default=cores(), show_default="cores")
+@click.option("--workers", type=int, default=cores, show_default="cores")
 @click.option(
     "--key-pool",
     type=int,
