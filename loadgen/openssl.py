@@ -8,6 +8,7 @@ mapped, and no second copy of OpenSSL can disagree with the first.
 from __future__ import annotations
 
 import ctypes
+from typing import Any
 
 
 def load() -> ctypes.CDLL | None:
@@ -18,3 +19,10 @@ def load() -> ctypes.CDLL | None:
         return ctypes.CDLL(_ssl.__file__)
     except (ImportError, OSError):
         return None
+
+
+def bind(function: Any, restype: object, argtypes: list[object]) -> Any:
+    """``function`` with its C signature set: ctypes guesses int otherwise."""
+    function.restype = restype
+    function.argtypes = argtypes
+    return function

@@ -27,7 +27,6 @@ import hashlib
 import sys
 import weakref
 from dataclasses import dataclass
-from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
@@ -46,6 +45,7 @@ _UNSIGNED_INTEGER, _UTF8_STRING, _OCTET_STRING = 2, 4, 5
 _KEYPAIR = 0x87
 _HASHES = {"sha256": hashlib.sha256, "sha384": hashlib.sha384}
 _PROBE = b"loadgen native signer self-check"
+_bind = openssl.bind
 
 
 class NativeError(Exception):
@@ -92,12 +92,6 @@ class _Lib:
             i,
             [i, ctypes.c_char_p, i, ctypes.c_char_p, ctypes.POINTER(ctypes.c_uint), p],
         )
-
-
-def _bind(function: Any, restype: object, argtypes: list[object]) -> Any:
-    function.restype = restype
-    function.argtypes = argtypes
-    return function
 
 
 def _lib() -> _Lib | None:

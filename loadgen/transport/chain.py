@@ -9,9 +9,10 @@ does not expose it). The SSLObject made next takes references to that copy; the
 certificates on the wire are the same.
 
 Once a chain is known, later devices of that chain skip ``load_cert_chain``
-altogether (``SharedChains.load``): OpenSSL parses only their own certificate, and
-their key is built from its parts instead of going through OpenSSL 3.0's key
-decoders, which made preparing a device cost 700 µs, now about 250 µs.
+altogether (``SharedChains.load``): OpenSSL parses only their own certificate,
+its public key by OpenSSL's old decoder (``certparse``), and their key is built
+from its parts, both instead of going through OpenSSL 3.0's key decoders, which
+made preparing a device cost 700 µs, then about 250 µs, now about 100 µs.
 
 Where OpenSSL cannot be reached safely (not CPython, a debug build, symbols
 missing, a context that does not answer as expected) nothing is shared, every
@@ -24,9 +25,11 @@ import binascii
 import ctypes
 import ssl
 import sys
+from dataclasses import dataclass
 
 from loadgen import openssl
 from loadgen.certs import native
+from loadgen.transport.certparse import CertificateParser
 
 # ssl.h: SSL_CTX_set0_chain, SSL_CTX_add1_chain_cert, SSL_CTX_get0_chain_certs.
 _CTRL_CHAIN = 88
@@ -72,12 +75,15 @@ class _OpenSsl:
         self.up_ref = lib.X509_up_ref
         self.up_ref.restype = ctypes.c_int
         self.up_ref.argtypes = [ctypes.c_void_p]
-        self.use_certificate = lib.SSL_CTX_use_certificate_ASN1
-        self.use_certificate.restype = ctypes.c_int
-        self.use_certificate.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_char_p]
-        self.use_private_key = lib.SSL_CTX_use_PrivateKey
-        self.use_private_key.restype = ctypes.c_int
-        self.use_private_key.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+        p = ctypes.c_void_p
+        # certificate, private key, chain, override: both checked against each
+        # other, nothing compared with the last device's (SSL_CTX_use_certificate
+        # checks the new certificate against the old key, a mismatch each time).
+        self.use_cert_and_key = openssl.bind(
+            lib.SSL_CTX_use_cert_and_key, ctypes.c_int, [p, p, p, p, ctypes.c_int]
+        )
+        self.sk_new = openssl.bind(lib.OPENSSL_sk_new_null, p, [])
+        self.sk_push = openssl.bind(lib.OPENSSL_sk_push, ctypes.c_int, [p, p])
         self.clear_errors = lib.ERR_clear_error
         self.clear_errors.restype = None
         self.clear_errors.argtypes = []
@@ -104,14 +110,25 @@ def ctx_pointer(lib: _OpenSsl, context: ssl.SSLContext) -> int | None:
     return address
 
 
+@dataclass(frozen=True, slots=True)
+class _Chain:
+    """A CA chain parsed once and referenced for good, and the same certificates
+    as an OpenSSL stack, for ``SSL_CTX_use_cert_and_key`` (which takes its own
+    references)."""
+
+    certificates: tuple[int, ...]
+    stack: int
+
+
 class SharedChains:
     """Swaps each loaded chain for a shared parsed copy, in one context."""
 
     def __init__(self, context: ssl.SSLContext) -> None:
         self._lib = openssl_calls()
         self._ctx = ctx_pointer(self._lib, context) if self._lib is not None else None
-        self._chains: dict[bytes, tuple[int, ...]] = {}
+        self._chains: dict[bytes, _Chain] = {}
         self._keys = native.ec_key_reader() if self._ctx is not None else None
+        self._certificates = CertificateParser.reach() if self._ctx is not None else None
         self.fast_loads = 0  # devices loaded by ``load``
 
     @property
@@ -120,31 +137,35 @@ class SharedChains:
 
     def load(self, chain_pem: bytes, key_pem: bytes) -> bool:
         """Load a device's certificate and key into the context the short way, from
-        its chain file's and key file's bytes: its own certificate only, the CA
-        from the shared copy, and the key built from its parts (``EcKeyReader``) rather than
-        through OpenSSL 3.0's key decoders. About 250 µs against 700 µs for
-        ``load_cert_chain``. False when this cannot be done: a chain not seen yet,
-        a key in another encoding; then ``load_cert_chain`` and ``share``."""
-        lib, ctx, keys = self._lib, self._ctx, self._keys
-        if lib is None or ctx is None or keys is None:
+        its chain file's and key file's bytes: its own certificate only
+        (``CertificateParser``), the CA from the shared copy, and the key built
+        from its parts (``EcKeyReader``), both rather than through OpenSSL 3.0's
+        key decoders. About 100 µs against 700 µs for ``load_cert_chain``. False
+        when this cannot be done: a chain not seen yet, a key in another encoding,
+        a key that is not the certificate's; then ``load_cert_chain`` (which says
+        what is wrong) and ``share``."""
+        lib, ctx, keys, certificates = self._lib, self._ctx, self._keys, self._certificates
+        if lib is None or ctx is None or keys is None or certificates is None:
             return False
         shared = self._chains.get(_chain_key(chain_pem))
         if shared is None:
             return False
-        certificate = _pem_body(chain_pem, b"CERTIFICATE")  # the first: the device's
         pkey = keys.pkey(_pem_body(key_pem, b"PRIVATE KEY"))
         if pkey is None:
             return False
         try:
-            if (
-                lib.use_certificate(ctx, len(certificate), certificate) != 1
-                or lib.use_private_key(ctx, pkey) != 1
-            ):
-                lib.clear_errors()  # what OpenSSL queued must not surface in ssl later
+            # The first certificate of the chain file: the device's.
+            x509 = certificates.parse(_pem_body(chain_pem, b"CERTIFICATE"))
+            if x509 is None:
                 return False
+            try:
+                if lib.use_cert_and_key(ctx, x509, pkey, shared.stack, 1) != 1:
+                    lib.clear_errors()  # what OpenSSL queued must not surface in ssl later
+                    return False
+            finally:
+                certificates.free(x509)  # the context holds its own reference
         finally:
             keys.free(pkey)
-        self._set_chain(lib, ctx, shared)
         self.fast_loads += 1
         return True
 
@@ -161,24 +182,25 @@ class SharedChains:
             if len(self._chains) < _MAX_CHAINS and (kept := self._keep(lib, ctx)):
                 self._chains[key] = kept
             return
-        self._set_chain(lib, ctx, shared)
-
-    @staticmethod
-    def _set_chain(lib: _OpenSsl, ctx: int, shared: tuple[int, ...]) -> None:
         lib.ctrl(ctx, _CTRL_CHAIN, 0, None)
-        for x509 in shared:
+        for x509 in shared.certificates:
             lib.ctrl(ctx, _CTRL_CHAIN_CERT, 1, x509)
 
     @staticmethod
-    def _keep(lib: _OpenSsl, ctx: int) -> tuple[int, ...]:
+    def _keep(lib: _OpenSsl, ctx: int) -> _Chain | None:
         """The chain just loaded, referenced for good: the shared copy."""
         stack = ctypes.c_void_p()
         lib.ctrl(ctx, _CTRL_GET_CHAIN_CERTS, 0, ctypes.addressof(stack))
-        if not stack.value:
-            return ()
+        if not stack.value or not lib.sk_num(stack.value):
+            return None
         kept = []
         for i in range(lib.sk_num(stack.value)):
             x509 = lib.sk_value(stack.value, i)
             lib.up_ref(x509)
             kept.append(x509)
-        return tuple(kept)
+        ours = lib.sk_new()
+        if not ours:
+            return None  # out of memory: the chain is not shared
+        for x509 in kept:
+            lib.sk_push(ours, x509)
+        return _Chain(tuple(kept), ours)
