@@ -255,6 +255,40 @@ async def test_devices_sharing_one_parsed_ca_still_present_the_whole_chain(
     assert _client_certificates(bytes(recorder.from_client)) == 2  # device certificate, its CA
 
 
+async def test_devices_of_every_key_type_connect_through_one_shared_context(
+    tmp_path, device_ca, mosquitto
+):
+    from loadgen.certs.mint import MintRequest, mint
+    from loadgen.certs.profile import Profile
+    from loadgen.certs.store import FleetStore
+
+    profile = Profile.model_validate(
+        {
+            "subject": {"common_name": "mix-{index:03d}"},
+            "key_type": {"ec-p256": 1, "ec-p384": 1, "rsa-2048": 1},
+        }
+    )
+    mint(MintRequest(tmp_path / "mix", device_ca.directory, 12, profile, seed=3))
+    fleet = FleetStore(tmp_path / "mix")
+    devices = list(fleet.devices())
+    assert {d.key_type for d in devices} == {"ec-p256", "ec-p384", "rsa-2048"}
+    shared = ClientTls(ca_file=mosquitto.server_ca.directory / "ca.pem")
+    sessions = [
+        shared.session(fleet.path / d.cert, fleet.path / d.key, "localhost") for d in devices
+    ]
+    # Every EC device after the fleet's first (which shares the CA) took the short
+    # way, its certificate parsed by the old decoder; the RSA ones the long way.
+    ec = [d.key_type != "rsa-2048" for d in devices]
+    assert shared.chains.fast_loads == sum(ec[1:])
+    target = Target("127.0.0.1", mosquitto.tls_port, server_name="localhost")
+    async with asyncio.timeout(20):
+        for device, session in zip(devices, sessions, strict=True):
+            client = await connect(
+                target, session, mqtt.Connect(device.client_id), AttemptTimes(0.0)
+            )
+            client.disconnect()
+
+
 def _healthy(fleet, n):
     return [d for d in fleet.devices() if d.fault is None and d.key_type == "ec-p256"][:n]
 
