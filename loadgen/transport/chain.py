@@ -12,7 +12,7 @@ Once a chain is known, later devices of that chain skip ``load_cert_chain``
 altogether (``SharedChains.load``): OpenSSL parses only their own certificate,
 its public key by OpenSSL's old decoder (``certparse``), and their key is built
 from its parts, both instead of going through OpenSSL 3.0's key decoders, which
-made preparing a device cost 700 µs, then about 250 µs, now about 100 µs.
+made preparing a device cost 700 µs, then about 250 µs, now about 170 µs.
 
 Where OpenSSL cannot be reached safely (not CPython, a debug build, symbols
 missing, a context that does not answer as expected) nothing is shared, every
@@ -140,7 +140,7 @@ class SharedChains:
         its chain file's and key file's bytes: its own certificate only
         (``CertificateParser``), the CA from the shared copy, and the key built
         from its parts (``EcKeyReader``), both rather than through OpenSSL 3.0's
-        key decoders. About 100 µs against 700 µs for ``load_cert_chain``. False
+        key decoders. About 170 µs against 700 µs for ``load_cert_chain``. False
         when this cannot be done: a chain not seen yet, a key in another encoding,
         a key that is not the certificate's; then ``load_cert_chain`` (which says
         what is wrong) and ``share``."""
