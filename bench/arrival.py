@@ -27,6 +27,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from bench import trees as trees_option
 from bench.connect import loadgen_run, mosquitto_bed, s_time
 
 _KEPT = 0.99  # achieved / target arrival rate of a run that kept its schedule
@@ -42,24 +43,16 @@ def main() -> None:
     parser.add_argument(
         "--no-publish", action="store_true", help="connect and disconnect only (no QoS 1 publish)"
     )
-    parser.add_argument(
-        "--tree",
-        type=Path,
-        action="append",
-        help="a checkout whose loadgen to run (repeatable: each runs in turn in every repeat)",
-    )
+    trees_option.add_option(parser)
     args = parser.parse_args()
-    trees: list[Path | None] = [t.resolve() for t in args.tree] if args.tree else [None]
+    trees = trees_option.chosen(args)
     steps = [] if args.no_publish else [{"publish": {"topic": "dt/{client_id}", "qos": 1}}]
     reports: dict[int, list[dict[str, Any]]] = {i: [] for i in range(len(trees))}
     s_times = []
     with mosquitto_bed(args.devices) as bed:
         for repeat in range(args.repeats):
             before = s_time(bed.broker, bed.fleet, bed.devices[0], args.s_time_seconds)
-            # The trees take turns going first: the machine drifts within a repeat.
-            order = list(range(len(trees)))
-            order = order[repeat % len(order) :] + order[: repeat % len(order)]
-            for i in order:
+            for i in trees_option.turns(len(trees), repeat):
                 reports[i].append(
                     loadgen_run(
                         bed,

@@ -16,7 +16,6 @@ import contextlib
 import gc
 import json
 import multiprocessing
-import os
 import re
 import resource
 import ssl
@@ -34,6 +33,7 @@ import aiomqtt
 import uvloop
 import yaml
 
+from bench import trees
 from loadgen import mqtt
 from loadgen.certs.ca import init_ca
 from loadgen.certs.mint import MintRequest, mint
@@ -277,8 +277,7 @@ def loadgen_run(
         ],
         check=True,
         capture_output=True,
-        cwd=tree,
-        env=None if tree is None else {**os.environ, "PYTHONPATH": str(tree)},
+        **trees.started_in(tree),
     )
     result: dict[str, Any] = json.loads(report.read_text())
     return result

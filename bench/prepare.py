@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
 from pathlib import Path
 
+from bench import trees as trees_option
 from bench.connect import mosquitto_bed
 
 _BATCH = 100
@@ -52,8 +52,7 @@ def _prepare(tree: Path | None, fleet: Path, ca: Path, devices: int) -> list[flo
         [sys.executable, "-c", _CHILD, str(fleet), str(ca), str(devices), str(_BATCH)],
         capture_output=True,
         text=True,
-        cwd=tree,
-        env=None if tree is None else {**os.environ, "PYTHONPATH": str(tree)},
+        **trees_option.started_in(tree),
     )
     if out.returncode:
         raise SystemExit(f"preparing in {tree or '.'} failed:\n{out.stderr}")
@@ -65,22 +64,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--devices", type=int, default=2000)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument(
-        "--tree",
-        type=Path,
-        action="append",
-        help="a checkout whose loadgen to run (repeatable: each runs in turn in every repeat)",
-    )
+    trees_option.add_option(parser)
     args = parser.parse_args()
-    trees: list[Path | None] = [t.resolve() for t in args.tree] if args.tree else [None]
+    trees = trees_option.chosen(args)
     medians: dict[int, list[float]] = {i: [] for i in range(len(trees))}
     minima: dict[int, list[float]] = {i: [] for i in range(len(trees))}
     with mosquitto_bed(args.devices) as bed:
         ca = bed.broker.server_ca.directory / "ca.pem"
         for repeat in range(args.repeats):
-            order = list(range(len(trees)))
-            order = order[repeat % len(order) :] + order[: repeat % len(order)]
-            for i in order:
+            for i in trees_option.turns(len(trees), repeat):
                 batches = _prepare(trees[i], bed.fleet.path, ca, args.devices)
                 medians[i].append(statistics.median(batches))
                 minima[i].append(min(batches))
