@@ -135,23 +135,22 @@ class CertificateParser:
                 x509 = self._read(der)
             finally:
                 engine.unregister()
-            if x509 is not None and not self._pubkey(x509):
-                # Its key type is not one the old decoder knows: the providers'.
-                self.free(x509)
-                x509 = self._read(der)
-        else:
-            x509 = self._read(der)
-        if x509 is None or not self._pubkey(x509):
             if x509 is not None:
-                self.free(x509)
-            self._clear_errors()
-            return None
-        return x509
+                return x509
+            # A key the old decoder does not know, or no certificate: the providers'.
+        return self._read(der)
 
     def free(self, x509: int) -> None:
         self._free(x509)
 
     def _read(self, der: bytes) -> int | None:
+        """The certificate if it parsed with its public key decoded, else None and
+        nothing left queued (OpenSSL's errors would surface in ``ssl`` later)."""
         self._der.value = der
         x509: int | None = self._d2i(None, self._der_ref, len(der))
-        return x509
+        if x509 is not None and self._pubkey(x509):
+            return x509
+        if x509 is not None:
+            self._free(x509)
+        self._clear_errors()
+        return None
