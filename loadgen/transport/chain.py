@@ -60,33 +60,19 @@ def _pem_body(pem: bytes, label: bytes) -> bytes:
 
 class _OpenSsl:
     def __init__(self, lib: ctypes.CDLL) -> None:
-        self.ctrl = lib.SSL_CTX_ctrl
-        self.ctrl.restype = ctypes.c_long
-        self.ctrl.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_void_p]
-        self.options = lib.SSL_CTX_get_options
-        self.options.restype = ctypes.c_uint64
-        self.options.argtypes = [ctypes.c_void_p]
-        self.sk_num = lib.OPENSSL_sk_num
-        self.sk_num.restype = ctypes.c_int
-        self.sk_num.argtypes = [ctypes.c_void_p]
-        self.sk_value = lib.OPENSSL_sk_value
-        self.sk_value.restype = ctypes.c_void_p
-        self.sk_value.argtypes = [ctypes.c_void_p, ctypes.c_int]
-        self.up_ref = lib.X509_up_ref
-        self.up_ref.restype = ctypes.c_int
-        self.up_ref.argtypes = [ctypes.c_void_p]
-        p = ctypes.c_void_p
+        p, i = ctypes.c_void_p, ctypes.c_int
+        self.ctrl = openssl.bind(lib.SSL_CTX_ctrl, ctypes.c_long, [p, i, ctypes.c_long, p])
+        self.options = openssl.bind(lib.SSL_CTX_get_options, ctypes.c_uint64, [p])
+        self.sk_num = openssl.bind(lib.OPENSSL_sk_num, i, [p])
+        self.sk_value = openssl.bind(lib.OPENSSL_sk_value, p, [p, i])
+        self.up_ref = openssl.bind(lib.X509_up_ref, i, [p])
         # certificate, private key, chain, override: both checked against each
         # other, nothing compared with the last device's (SSL_CTX_use_certificate
         # checks the new certificate against the old key, a mismatch each time).
-        self.use_cert_and_key = openssl.bind(
-            lib.SSL_CTX_use_cert_and_key, ctypes.c_int, [p, p, p, p, ctypes.c_int]
-        )
+        self.use_cert_and_key = openssl.bind(lib.SSL_CTX_use_cert_and_key, i, [p, p, p, p, i])
         self.sk_new = openssl.bind(lib.OPENSSL_sk_new_null, p, [])
-        self.sk_push = openssl.bind(lib.OPENSSL_sk_push, ctypes.c_int, [p, p])
-        self.clear_errors = lib.ERR_clear_error
-        self.clear_errors.restype = None
-        self.clear_errors.argtypes = []
+        self.sk_push = openssl.bind(lib.OPENSSL_sk_push, i, [p, p])
+        self.clear_errors = openssl.bind(lib.ERR_clear_error, None, [])
 
 
 def openssl_calls() -> _OpenSsl | None:
