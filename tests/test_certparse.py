@@ -1,11 +1,14 @@
-"""Device certificates parsed by OpenSSL's old EC decoder are the same
-certificates, with the same public keys, as the providers' parse makes, and
-nothing of the ENGINE that selects that decoder outlives a parse."""
+"""While a worker holds its claim on EC keys for OpenSSL 3.0's legacy EC code,
+certificates parse to the same bytes and public keys as without it, and the
+claim ends with its holder or the process, never later."""
 
 from __future__ import annotations
 
 import ctypes
 import datetime
+import subprocess
+import sys
+import textwrap
 
 import pytest
 from cryptography import x509
@@ -14,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 from loadgen import openssl
-from loadgen.transport.certparse import CertificateParser
+from loadgen.transport.certparse import CertificateParser, LegacyEc
 
 KEYS = {
     "ec-p256": lambda: ec.generate_private_key(ec.SECP256R1()),
@@ -43,17 +46,19 @@ class _Calls:
     def __init__(self) -> None:
         lib = openssl.load()
         assert lib is not None
-        p = ctypes.c_void_p
+        p, out = ctypes.c_void_p, ctypes.POINTER(ctypes.c_char_p)
         self.pubkey = openssl.bind(lib.X509_get0_pubkey, p, [p])
-        self.eq = openssl.bind(lib.EVP_PKEY_eq, ctypes.c_int, [p, p])
-        self.i2d = openssl.bind(lib.i2d_X509, ctypes.c_int, [p, ctypes.POINTER(ctypes.c_char_p)])
+        self.i2d_x509 = openssl.bind(lib.i2d_X509, ctypes.c_int, [p, out])
+        self.i2d_pubkey = openssl.bind(lib.i2d_PUBKEY, ctypes.c_int, [p, out])
         self.peek_error = openssl.bind(lib.ERR_peek_error, ctypes.c_ulong, [])
+        self.version = openssl.bind(lib.OpenSSL_version_num, ctypes.c_ulong, [])()
 
-    def encoding(self, certificate: int) -> bytes:
-        size = self.i2d(certificate, None)
+    @staticmethod
+    def encoding(i2d, pointer: int) -> bytes:
+        size = i2d(pointer, None)
         buffer = ctypes.create_string_buffer(size)
         out = ctypes.c_char_p(ctypes.addressof(buffer))
-        self.i2d(certificate, ctypes.byref(out))
+        i2d(pointer, ctypes.byref(out))
         return buffer.raw
 
 
@@ -62,53 +67,92 @@ def calls() -> _Calls:
     return _Calls()
 
 
-def _parser(legacy: bool) -> CertificateParser:
-    lib = openssl.load()
-    assert lib is not None
-    return CertificateParser(lib, legacy=legacy)
+@pytest.fixture
+def claim():
+    held = LegacyEc.claim(legacy=True)
+    assert held is not None
+    yield held
+    held.release()
 
 
-def test_the_old_decoder_is_taken_on_openssl_3_0_only():
-    parser = CertificateParser.reach()
-    assert parser is not None
-    lib = openssl.load()
-    assert lib is not None
-    version = openssl.bind(lib.OpenSSL_version_num, ctypes.c_ulong, [])()
-    if version < 0x30100000:  # this machine kind: Debian 12's OpenSSL 3.0
-        assert parser.engine is not None
-    else:  # 3.1 and later cache their decoder contexts
-        assert parser.engine is None
+def test_the_claim_is_made_on_openssl_3_0_only(calls):
+    held = LegacyEc.claim()
+    try:
+        if calls.version < 0x30100000:  # this machine kind: Debian 12's OpenSSL 3.0
+            assert held is not None and held.held
+        else:  # 3.1 and later cache their decoder contexts
+            assert held is None
+    finally:
+        if held is not None:
+            held.release()
 
 
 @pytest.mark.parametrize("kind", KEYS)
-def test_a_certificate_parsed_the_old_way_is_the_providers_certificate(kind, calls):
-    der = _certificate(KEYS[kind]())
-    old, providers = _parser(True), _parser(False)
-    ours, theirs = old.parse(der), providers.parse(der)
-    assert ours and theirs
-    try:
-        assert calls.eq(calls.pubkey(ours), calls.pubkey(theirs)) == 1
-        assert calls.encoding(ours) == der  # the bytes sent are the bytes read
-    finally:
-        old.free(ours)
-        providers.free(theirs)
-
-
-def test_no_engine_claims_ec_keys_after_a_parse():
-    parser = _parser(True)
-    assert parser.engine is not None
-    certificate = parser.parse(_certificate(KEYS["ec-p256"]()))
+def test_while_claimed_a_certificate_parses_to_its_own_bytes_and_public_key(kind, calls, claim):
+    key = KEYS[kind]()
+    der = _certificate(key)
+    parser = CertificateParser.reach()
+    assert parser is not None
+    certificate = parser.parse(der)
     assert certificate
-    parser.free(certificate)
-    # Registered past the parse, it would take the process's EC operations
-    # (the handshake's) off the providers.
-    assert not parser.engine.claims_ec()
+    try:
+        assert calls.encoding(calls.i2d_x509, certificate) == der  # the bytes sent
+        assert calls.encoding(calls.i2d_pubkey, calls.pubkey(certificate)) == (
+            key.public_key().public_bytes(
+                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+        )
+    finally:
+        parser.free(certificate)
 
 
-@pytest.mark.parametrize("legacy", [True, False], ids=["old-decoder", "providers"])
-def test_bytes_that_are_no_certificate_parse_to_none_and_leave_no_error_behind(legacy, calls):
-    parser = _parser(legacy)
+def test_bytes_that_are_no_certificate_parse_to_none_and_leave_no_error_behind(calls, claim):
+    parser = CertificateParser.reach()
+    assert parser is not None
     der = _certificate(KEYS["ec-p256"]())
     assert parser.parse(der[: len(der) // 2]) is None
     assert parser.parse(b"not a certificate") is None
     assert calls.peek_error() == 0  # nothing for Python's ssl to report later
+
+
+def _in_a_fresh_process(code: str) -> subprocess.CompletedProcess[str]:
+    # A process of its own: the claim is the whole process's, and other tests
+    # in this one may hold theirs.
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_a_released_claim_leaves_no_engine_claiming_ec_keys():
+    done = _in_a_fresh_process(
+        """
+        from loadgen.transport.certparse import LegacyEc, ec_claimed
+        print(ec_claimed(), end=" ")
+        held = LegacyEc.claim(legacy=True)
+        print(ec_claimed(), end=" ")
+        held.release()
+        print(held.held, ec_claimed())
+        """
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "True", "False", "False"]
+
+
+def test_a_process_that_exits_holding_the_claim_exits_cleanly():
+    # OpenSSL's cleanup at exit would call the ENGINE's Python callback after
+    # the interpreter is gone (a segfault) if the claim outlived Python.
+    done = _in_a_fresh_process(
+        """
+        from loadgen.transport.certparse import LegacyEc
+        from loadgen.transport.tls import ClientTls
+        held = LegacyEc.claim(legacy=True)
+        tls = ClientTls(ca_file=None, verify_server=False)
+        print(held.held, tls.legacy_ec is not None)
+        """
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[0] == "True"

@@ -4,6 +4,8 @@ libcrypto cannot be reached."""
 
 from __future__ import annotations
 
+import ctypes
+
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -76,6 +78,36 @@ def test_the_key_reader_builds_keys_from_pkcs8_in_openssls_layout(curve, _hash):
     pkey = reader.pkey(pkcs8)
     assert pkey is not None
     reader.free(pkey)
+
+
+@pytest.mark.parametrize(("curve", "_hash"), CURVES, ids=lambda c: getattr(c, "name", ""))
+def test_the_legacy_key_reader_builds_legacy_keys_with_the_files_scalar_and_point(curve, _hash):
+    reader = native.ec_key_reader(legacy=True)
+    assert reader is not None
+    lib = openssl.load()
+    assert lib is not None
+    p, out = ctypes.c_void_p, ctypes.POINTER(ctypes.c_char_p)
+    get0_ec_key = openssl.bind(lib.EVP_PKEY_get0_EC_KEY, p, [p])
+    priv2oct = openssl.bind(
+        lib.EC_KEY_priv2oct, ctypes.c_size_t, [p, ctypes.c_char_p, ctypes.c_size_t]
+    )
+    i2d_pubkey = openssl.bind(lib.i2d_PUBKEY, ctypes.c_int, [p, out])
+    key = ec.generate_private_key(curve)
+    pkcs8 = key.private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    pkey = reader.pkey(pkcs8)
+    assert pkey is not None
+    try:
+        size = native.KNOWN_LAYOUTS[curve.name].scalar_size
+        scalar = ctypes.create_string_buffer(size)
+        assert priv2oct(get0_ec_key(pkey), scalar, size) == size
+        assert scalar.raw == key.private_numbers().private_value.to_bytes(size, "big")
+        spki = ctypes.create_string_buffer(i2d_pubkey(pkey, None))
+        i2d_pubkey(pkey, ctypes.byref(ctypes.c_char_p(ctypes.addressof(spki))))
+        assert spki.raw == spki_der(key)
+    finally:
+        reader.free(pkey)
 
 
 def test_the_key_reader_leaves_other_encodings_to_openssl():

@@ -37,6 +37,7 @@ from loadgen.certs import der
 
 # obj_mac.h
 _NIDS = {"secp256r1": 415, "secp384r1": 715}
+_EVP_PKEY_EC = 408  # NID_X9_62_id_ecPublicKey
 _UNCOMPRESSED = 4  # point_conversion_form_t
 # OpenSSL's group names, for EVP_PKEY_fromdata.
 _GROUPS = {"secp256r1": b"prime256v1", "secp384r1": b"secp384r1"}
@@ -78,6 +79,10 @@ class _Lib:
         self.point2oct = _bind(lib.EC_POINT_point2oct, size, [p, p, i, ctypes.c_char_p, size, p])
         self.ecdsa_size = _bind(lib.ECDSA_size, i, [p])
         self.pkey_free = _bind(lib.EVP_PKEY_free, None, [p])
+        self.pkey_new = _bind(lib.EVP_PKEY_new, p, [])
+        self.pkey_assign = _bind(lib.EVP_PKEY_assign, i, [p, i, p])
+        self.new = _bind(lib.EC_KEY_new, p, [])
+        self.set_group = _bind(lib.EC_KEY_set_group, i, [p, p])
         self.pkey_ctx_new = _bind(
             lib.EVP_PKEY_CTX_new_from_name, p, [p, ctypes.c_char_p, ctypes.c_char_p]
         )
@@ -105,13 +110,14 @@ def _lib() -> _Lib | None:
 
 
 class _EcKey:
-    """An ``EC_KEY`` on one curve, freed with its owner."""
+    """An ``EC_KEY`` on one curve (by its name in ``cryptography``), freed with its
+    owner."""
 
-    def __init__(self, lib: _Lib, curve: ec.EllipticCurve) -> None:
-        nid = _NIDS.get(curve.name)
+    def __init__(self, lib: _Lib, curve: str) -> None:
+        nid = _NIDS.get(curve)
         pointer = lib.new_by_curve_name(nid) if nid is not None else None
         if not pointer:
-            raise NativeError(f"no EC_KEY for {curve.name}")
+            raise NativeError(f"no EC_KEY for {curve}")
         self.pointer: int = pointer
         weakref.finalize(self, lib.free, pointer)
 
@@ -191,25 +197,30 @@ class _KeyParams:
 
 class EcKeyReader:
     """OpenSSL keys (``EVP_PKEY``) from PKCS#8 EC keys in OpenSSL's own layout,
-    imported from their scalar and point with ``EVP_PKEY_fromdata``. OpenSSL 3.0
-    reads a key file through its decoder framework at about 400 µs a key; this
-    takes about 26 µs, and the key it makes is the provider's own, as small as a
-    decoded one (a legacy ``EC_KEY`` wrapped in an ``EVP_PKEY`` cost 2 KiB more per
-    device). Keys in any other encoding: None."""
+    built from their scalar and point. OpenSSL 3.0 reads a key file through its
+    decoder framework at about 400 µs a key. By default the key is the provider's
+    own, imported with ``EVP_PKEY_fromdata`` (about 26 µs; a legacy ``EC_KEY``
+    wrapped in an ``EVP_PKEY`` cost 2 KiB more per device). With ``legacy``, for a
+    process that holds a ``certparse.LegacyEc`` claim (where ``EVP_PKEY_fromdata``
+    refuses EC), it is a legacy ``EC_KEY`` (its group copied from one made once
+    per curve). Keys in any other encoding: None."""
 
-    def __init__(self, lib: _Lib) -> None:
+    def __init__(self, lib: _Lib, *, legacy: bool = False) -> None:
         self._lib = lib
         # Known layouts, not learned: learning takes cryptography's EC code, about
         # 2 MB per worker that nothing else there needs. A key that matches no
         # layout goes to OpenSSL's reader; one that matches is checked against its
         # certificate by SSL_CTX_use_PrivateKey.
         self._layouts = [
-            (layout, _KeyParams(_GROUPS[name], layout)) for name, layout in KNOWN_LAYOUTS.items()
+            (layout, _KeyParams(_GROUPS[name], layout), name)
+            for name, layout in KNOWN_LAYOUTS.items()
         ]
-        self._ctx = lib.pkey_ctx_new(None, b"EC", None)
-        if not self._ctx:
+        self._curves = {name: _EcKey(lib, name) for name in KNOWN_LAYOUTS} if legacy else None
+        self._ctx = lib.pkey_ctx_new(None, b"EC", None) if not legacy else None
+        if not legacy and not self._ctx:
             raise NativeError("no EVP_PKEY_CTX for EC")
-        weakref.finalize(self, lib.pkey_ctx_free, self._ctx)
+        if self._ctx:
+            weakref.finalize(self, lib.pkey_ctx_free, self._ctx)
         self._out = ctypes.c_void_p()
         self._out_ref = ctypes.byref(self._out)
 
@@ -218,9 +229,11 @@ class EcKeyReader:
 
     def pkey(self, pkcs8: bytes) -> int | None:
         """A new ``EVP_PKEY`` holding the key (the caller frees it), or None."""
-        for layout, params in self._layouts:
+        for layout, params, name in self._layouts:
             parts = layout.split(pkcs8)
             if parts is not None:
+                if self._curves is not None:
+                    return self._legacy(self._curves[name], *parts)
                 return self._import(params, *parts)
         return None
 
@@ -243,12 +256,35 @@ class EcKeyReader:
         pkey: int | None = self._out.value
         return pkey
 
+    def _legacy(self, curve: _EcKey, scalar: bytes, point: bytes) -> int | None:
+        lib = self._lib
+        key = lib.new()
+        if not key:
+            return None
+        # The scalar goes into a BIGNUM that EC_KEY_free clears.
+        if (
+            lib.set_group(key, lib.group(curve.pointer)) != 1
+            or lib.oct2priv(key, scalar, len(scalar)) != 1
+            or lib.oct2key(key, point, len(point), None) != 1
+        ):
+            lib.free(key)
+            lib.clear_errors()
+            return None
+        pkey: int | None = lib.pkey_new()
+        if not pkey or lib.pkey_assign(pkey, _EVP_PKEY_EC, key) != 1:
+            lib.free(key)
+            if pkey:
+                lib.pkey_free(pkey)
+            lib.clear_errors()
+            return None
+        return pkey
+
 
 class EcKeys:
     """Fresh keys on one curve, each as (PKCS#8 PEM, SubjectPublicKeyInfo DER)."""
 
     def __init__(self, lib: _Lib, curve: ec.EllipticCurve) -> None:
-        self._key = _EcKey(lib, curve)
+        self._key = _EcKey(lib, curve.name)
         self._generate = lib.generate
         self._priv2oct = lib.priv2oct
         self._point2oct = lib.point2oct
@@ -303,7 +339,7 @@ class EcSigner:
     def __init__(
         self, lib: _Lib, key: ec.EllipticCurvePrivateKey, algorithm: hashes.HashAlgorithm
     ) -> None:
-        self._key = _EcKey(lib, key.curve)
+        self._key = _EcKey(lib, key.curve.name)
         size = (key.curve.key_size + 7) // 8
         scalar = key.private_numbers().private_value.to_bytes(size, "big")
         point = key.public_key().public_bytes(
@@ -346,12 +382,12 @@ def ec_keys(curve: ec.EllipticCurve) -> EcKeys | None:
         return None
 
 
-def ec_key_reader() -> EcKeyReader | None:
+def ec_key_reader(*, legacy: bool = False) -> EcKeyReader | None:
     lib = _lib()
     if lib is None:
         return None
     try:
-        return EcKeyReader(lib)
+        return EcKeyReader(lib, legacy=legacy)
     except NativeError:
         return None
 

@@ -1,20 +1,28 @@
-"""Device certificates parsed without OpenSSL 3.0's decoder framework.
+"""OpenSSL 3.0's legacy EC code for a worker's TLS, and device certificates parsed
+by it.
 
 ``d2i_X509`` decodes a certificate's public key while it parses it. OpenSSL 3.0
 does that through its decoder framework, which builds a decoder context (every
 key manager and decoder of the providers, looked up by name) for each
-certificate: 180-330 µs a device on this machine kind, most of what preparing a
-device costs. 3.0 keeps its old decoder, about 30 µs, for the key types that an
-ENGINE claims (``x509_pubkey_decode`` asks ``ENGINE_get_pkey_meth_engine``). So
-``CertificateParser`` registers an ENGINE claiming EC keys, with OpenSSL's own
-EC method, for the length of each parse and no longer: registered, it would take
-every EC operation of the process (the handshake's included) off the providers.
+certificate: 180-330 µs on this machine kind. Every device pays it twice: for its
+own certificate when it is prepared, and in its handshake for the server's
+(which `openssl s_time` pays too). 3.0 keeps its old decoder, about 30 µs, for
+the key types that an ENGINE claims (``x509_pubkey_decode`` asks
+``ENGINE_get_pkey_meth_engine``).
 
-The key decoded this way is OpenSSL's own legacy EC key. The certificate's
-bytes are kept as they were read, and its signature and the key's match with
-the device's private key are checked as before (``SSL_CTX_use_cert_and_key``).
+``LegacyEc.claim`` registers an ENGINE that claims EC keys with OpenSSL's own
+built-in EC method. While it is held, EC public keys are decoded the old way and
+EC operations (ECDSA, ECDH) run through that method, the same arithmetic: keys
+stay OpenSSL's legacy ``EC_KEY`` throughout, so nothing is converted to a
+provider's key and back. Device keys must then be legacy keys too
+(``native.EcKeyReader(legacy=True)``): ``EVP_PKEY_fromdata`` refuses an EC
+context the ENGINE claims. The claim is the process's (OpenSSL's ENGINE table
+is), so it is taken where one worker's TLS is set up (``ClientTls``) and given
+back when that is dropped or the interpreter exits: OpenSSL's own cleanup at
+exit would otherwise call the ENGINE's Python callback after Python is gone.
+
 OpenSSL 3.1 and later cache decoder contexts: there, and wherever an ENGINE
-cannot be made, this is plain ``d2i_X509``.
+cannot be made, nothing is claimed and every key is the providers'.
 """
 
 from __future__ import annotations
@@ -48,8 +56,6 @@ class _Engine:
         set_meths = openssl.bind(lib.ENGINE_set_pkey_meths, i, [p, _PkeyMeths])
         self._register = openssl.bind(lib.ENGINE_register_pkey_meths, i, [p])
         self._unregister = openssl.bind(lib.ENGINE_unregister_pkey_meths, None, [p])
-        self._claims = openssl.bind(lib.ENGINE_get_pkey_meth_engine, p, [i])
-        self._finish = openssl.bind(lib.ENGINE_finish, i, [p])
         meth_find = openssl.bind(lib.EVP_PKEY_meth_find, p, [i])
         nids = (ctypes.c_int * 1)(_EVP_PKEY_EC)
 
@@ -75,8 +81,8 @@ class _Engine:
             raise OSError("ENGINE_new failed")
         weakref.finalize(self, free, self.pointer)
         if (
-            set_id(self.pointer, b"loadgen-ec-decode") != 1
-            or set_name(self.pointer, b"loadgen: EC keys of parsed certificates") != 1
+            set_id(self.pointer, b"loadgen-legacy-ec") != 1
+            or set_name(self.pointer, b"loadgen: OpenSSL's built-in EC method") != 1
             or set_meths(self.pointer, self._callback) != 1
         ):
             raise OSError("the ENGINE could not be set up")
@@ -87,18 +93,69 @@ class _Engine:
     def unregister(self) -> None:
         self._unregister(self.pointer)
 
-    def claims_ec(self) -> bool:
-        """Whether any ENGINE claims EC keys now (one reference taken and given back)."""
-        engine = self._claims(_EVP_PKEY_EC)
-        if engine:
-            self._finish(engine)
-        return bool(engine)
+
+def ec_claimed() -> bool:
+    """Whether any ENGINE claims EC keys in this process now (one reference taken
+    and given back)."""
+    lib = openssl.load()
+    if lib is None:
+        return False
+    p = ctypes.c_void_p
+    try:
+        claims = openssl.bind(lib.ENGINE_get_pkey_meth_engine, p, [ctypes.c_int])
+        finish = openssl.bind(lib.ENGINE_finish, ctypes.c_int, [p])
+    except AttributeError:
+        return False
+    engine = claims(_EVP_PKEY_EC)
+    if engine:
+        finish(engine)
+    return bool(engine)
+
+
+class LegacyEc:
+    """A claim on EC keys for OpenSSL's legacy EC code, held until released."""
+
+    def __init__(self, engine: _Engine) -> None:
+        # Kept until the finalizer ran: OpenSSL may call the engine's callback
+        # for as long as the engine is registered.
+        self._release = weakref.finalize(self, engine.unregister)
+
+    @classmethod
+    def claim(cls, *, legacy: bool | None = None) -> LegacyEc | None:
+        """The claim, made; None on OpenSSL 3.1 and later (or with ``legacy``
+        False), or where no ENGINE can be made or registered."""
+        lib = openssl.load()
+        if lib is None:
+            return None
+        try:
+            if legacy is None:
+                version = openssl.bind(lib.OpenSSL_version_num, ctypes.c_ulong, [])
+                legacy = version() < _OPENSSL_3_1
+            if not legacy:
+                return None
+            engine = _Engine(lib)
+        except (AttributeError, OSError):  # built without ENGINEs, say
+            openssl.bind(lib.ERR_clear_error, None, [])()
+            return None
+        if not engine.register():
+            openssl.bind(lib.ERR_clear_error, None, [])()
+            return None
+        return cls(engine)
+
+    @property
+    def held(self) -> bool:
+        return self._release.alive
+
+    def release(self) -> None:
+        self._release()
 
 
 class CertificateParser:
-    """DER certificates to ``X509`` pointers (the caller frees them)."""
+    """DER certificates to ``X509`` pointers (the caller frees them). Their public
+    keys are decoded by whatever OpenSSL takes now: its old EC decoder while a
+    ``LegacyEc`` claim is held."""
 
-    def __init__(self, lib: ctypes.CDLL, *, legacy: bool | None = None) -> None:
+    def __init__(self, lib: ctypes.CDLL) -> None:
         self._d2i = openssl.bind(
             lib.d2i_X509,
             ctypes.c_void_p,
@@ -109,15 +166,6 @@ class CertificateParser:
         self._clear_errors = openssl.bind(lib.ERR_clear_error, None, [])
         self._der = ctypes.c_char_p()
         self._der_ref = ctypes.byref(self._der)
-        if legacy is None:
-            version = openssl.bind(lib.OpenSSL_version_num, ctypes.c_ulong, [])
-            legacy = version() < _OPENSSL_3_1
-        self.engine: _Engine | None = None
-        if legacy:
-            try:
-                self.engine = _Engine(lib)
-            except (AttributeError, OSError):  # built without ENGINEs, say
-                self._clear_errors()
 
     @classmethod
     def reach(cls) -> CertificateParser | None:
@@ -128,22 +176,6 @@ class CertificateParser:
             return None
 
     def parse(self, der: bytes) -> int | None:
-        """The certificate, its public key decoded; None when OpenSSL refuses it."""
-        engine = self.engine
-        if engine is not None and engine.register():
-            try:
-                x509 = self._read(der)
-            finally:
-                engine.unregister()
-            if x509 is not None:
-                return x509
-            # A key the old decoder does not know, or no certificate: the providers'.
-        return self._read(der)
-
-    def free(self, x509: int) -> None:
-        self._free(x509)
-
-    def _read(self, der: bytes) -> int | None:
         """The certificate if it parsed with its public key decoded, else None and
         nothing left queued (OpenSSL's errors would surface in ``ssl`` later)."""
         self._der.value = der
@@ -154,3 +186,6 @@ class CertificateParser:
             self._free(x509)
         self._clear_errors()
         return None
+
+    def free(self, x509: int) -> None:
+        self._free(x509)

@@ -109,11 +109,13 @@ class _Chain:
 class SharedChains:
     """Swaps each loaded chain for a shared parsed copy, in one context."""
 
-    def __init__(self, context: ssl.SSLContext) -> None:
+    def __init__(self, context: ssl.SSLContext, *, legacy_ec: bool = False) -> None:
+        """``legacy_ec``: the process holds a ``certparse.LegacyEc`` claim, so EC
+        device keys are built as legacy keys."""
         self._lib = openssl_calls()
         self._ctx = ctx_pointer(self._lib, context) if self._lib is not None else None
         self._chains: dict[bytes, _Chain] = {}
-        self._keys = native.ec_key_reader() if self._ctx is not None else None
+        self._keys = native.ec_key_reader(legacy=legacy_ec) if self._ctx is not None else None
         self._certificates = CertificateParser.reach() if self._ctx is not None else None
         self.fast_loads = 0  # devices loaded by ``load``
 

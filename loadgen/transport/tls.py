@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from loadgen import files
+from loadgen.transport.certparse import LegacyEc
 from loadgen.transport.chain import SharedChains
 from loadgen.transport.idle import IdleTls
 
@@ -85,10 +86,14 @@ class ClientTls:
         self.ca_file = ca_file
         self.alpn = alpn
         self.verify_server = verify_server
+        # Held as long as this worker's TLS: on OpenSSL 3.0, the server's
+        # certificate in every handshake and each device's own are decoded by the
+        # old EC decoder, and keys stay legacy keys (certparse).
+        self.legacy_ec = LegacyEc.claim()
         self.context = device_context(
             None, None, ca_file=ca_file, alpn=alpn, verify_server=verify_server
         )
-        self.chains = SharedChains(self.context)
+        self.chains = SharedChains(self.context, legacy_ec=self.legacy_ec is not None)
         # Server names IDNA-encoded once: ``wrap_bio`` encodes a str every time.
         self._names: dict[str, bytes] = {}
         self.idle = IdleTls.reach(self.context)
