@@ -201,7 +201,7 @@ class EcKeyReader:
     decoder framework at about 400 µs a key. By default the key is the provider's
     own, imported with ``EVP_PKEY_fromdata`` (about 26 µs; a legacy ``EC_KEY``
     wrapped in an ``EVP_PKEY`` cost 2 KiB more per device). With ``legacy``, for a
-    process that holds a ``certparse.LegacyEc`` claim (where ``EVP_PKEY_fromdata``
+    process that holds a ``legacy_ec.LegacyEc`` claim (where ``EVP_PKEY_fromdata``
     refuses EC), it is a legacy ``EC_KEY`` (its group copied from one made once
     per curve). Keys in any other encoding: None."""
 

@@ -31,6 +31,7 @@ from loadgen.emulator.limits import CLOSE_LINGER, Limits
 from loadgen.emulator.quota import Limiter, Quotas
 from loadgen.emulator.registry import CertRecord, Registry, jitp_parameters
 from loadgen.heap import Heap
+from loadgen.legacy_ec import LegacyEc
 from loadgen.mqtt import topics
 
 if TYPE_CHECKING:
@@ -124,6 +125,10 @@ class Emulator:
         *,
         account: Account | None = None,
     ) -> None:
+        # Held as long as this emulator: on OpenSSL 3.0 each client's certificate
+        # is decoded by the old EC decoder in its handshake (loadgen.legacy_ec),
+        # about a fifth of the server's CPU per connect (docs/benchmarks.md).
+        self.legacy_ec = LegacyEc.claim()
         self.limits = limits or Limits()
         self.connack_properties = mqtt.Properties(maximum_packet_size=self.limits.max_packet_size)
         self.server_cert = server_cert

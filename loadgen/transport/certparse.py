@@ -1,159 +1,21 @@
-"""OpenSSL 3.0's legacy EC code for a worker's TLS, and device certificates parsed
-by it.
+"""Device certificates parsed into OpenSSL ``X509``s for their TLS sessions.
 
-``d2i_X509`` decodes a certificate's public key while it parses it. OpenSSL 3.0
-does that through its decoder framework, which builds a decoder context (every
-key manager and decoder of the providers, looked up by name) for each
-certificate: 180-330 µs on this machine kind. Every device pays it twice: for its
-own certificate when it is prepared, and in its handshake for the server's
-(which `openssl s_time` pays too). 3.0 keeps its old decoder, about 30 µs, for
-the key types that an ENGINE claims (``x509_pubkey_decode`` asks
-``ENGINE_get_pkey_meth_engine``).
-
-``LegacyEc.claim`` registers an ENGINE that claims EC keys with OpenSSL's own
-built-in EC method. While it is held, EC public keys are decoded the old way and
-EC operations (ECDSA, ECDH) run through that method, the same arithmetic: keys
-stay OpenSSL's legacy ``EC_KEY`` throughout, so nothing is converted to a
-provider's key and back. Device keys must then be legacy keys too
-(``native.EcKeyReader(legacy=True)``): ``EVP_PKEY_fromdata`` refuses an EC
-context the ENGINE claims. The claim is the process's (OpenSSL's ENGINE table
-is), so it is taken where one worker's TLS is set up (``ClientTls``) and given
-back when that is dropped or the interpreter exits: OpenSSL's own cleanup at
-exit would otherwise call the ENGINE's Python callback after Python is gone.
-
-OpenSSL 3.1 and later cache decoder contexts: there, and wherever an ENGINE
-cannot be made, nothing is claimed and every key is the providers'.
+Under a worker's ``loadgen.legacy_ec`` claim (OpenSSL 3.0), their EC public
+keys are decoded by OpenSSL's old decoder, about 30 µs, instead of 3.0's
+decoder framework (180-330 µs a certificate on this machine kind).
 """
 
 from __future__ import annotations
 
 import ctypes
-import weakref
 
 from loadgen import openssl
-
-_EVP_PKEY_EC = 408  # obj_mac.h: NID_X9_62_id_ecPublicKey
-_OPENSSL_3_1 = 0x30100000
-
-_PkeyMeths = ctypes.CFUNCTYPE(
-    ctypes.c_int,
-    ctypes.c_void_p,
-    ctypes.POINTER(ctypes.c_void_p),
-    ctypes.POINTER(ctypes.POINTER(ctypes.c_int)),
-    ctypes.c_int,
-)
-
-
-class _Engine:
-    """An ENGINE that claims EC keys with OpenSSL's built-in EC method."""
-
-    def __init__(self, lib: ctypes.CDLL) -> None:
-        p, i = ctypes.c_void_p, ctypes.c_int
-        new = openssl.bind(lib.ENGINE_new, p, [])
-        free = openssl.bind(lib.ENGINE_free, i, [p])
-        set_id = openssl.bind(lib.ENGINE_set_id, i, [p, ctypes.c_char_p])
-        set_name = openssl.bind(lib.ENGINE_set_name, i, [p, ctypes.c_char_p])
-        set_meths = openssl.bind(lib.ENGINE_set_pkey_meths, i, [p, _PkeyMeths])
-        self._register = openssl.bind(lib.ENGINE_register_pkey_meths, i, [p])
-        self._unregister = openssl.bind(lib.ENGINE_unregister_pkey_meths, None, [p])
-        meth_find = openssl.bind(lib.EVP_PKEY_meth_find, p, [i])
-        nids = (ctypes.c_int * 1)(_EVP_PKEY_EC)
-
-        def meths(
-            _engine: int | None,
-            pmeth: ctypes._Pointer[ctypes.c_void_p],
-            nid_list: ctypes._Pointer[ctypes._Pointer[ctypes.c_int]],
-            nid: int,
-        ) -> int:
-            if not pmeth:  # asked which key types it claims
-                nid_list[0] = ctypes.cast(nids, ctypes.POINTER(ctypes.c_int))
-                return 1
-            if nid != _EVP_PKEY_EC:
-                return 0
-            pmeth[0] = meth_find(nid)
-            return 1
-
-        # Kept with the engine: OpenSSL holds the callback's address.
-        self._callback = _PkeyMeths(meths)
-        self._nids = nids
-        self.pointer: int = new()
-        if not self.pointer:
-            raise OSError("ENGINE_new failed")
-        weakref.finalize(self, free, self.pointer)
-        if (
-            set_id(self.pointer, b"loadgen-legacy-ec") != 1
-            or set_name(self.pointer, b"loadgen: OpenSSL's built-in EC method") != 1
-            or set_meths(self.pointer, self._callback) != 1
-        ):
-            raise OSError("the ENGINE could not be set up")
-
-    def register(self) -> bool:
-        return bool(self._register(self.pointer) == 1)
-
-    def unregister(self) -> None:
-        self._unregister(self.pointer)
-
-
-def ec_claimed() -> bool:
-    """Whether any ENGINE claims EC keys in this process now (one reference taken
-    and given back)."""
-    lib = openssl.load()
-    if lib is None:
-        return False
-    p = ctypes.c_void_p
-    try:
-        claims = openssl.bind(lib.ENGINE_get_pkey_meth_engine, p, [ctypes.c_int])
-        finish = openssl.bind(lib.ENGINE_finish, ctypes.c_int, [p])
-    except AttributeError:
-        return False
-    engine = claims(_EVP_PKEY_EC)
-    if engine:
-        finish(engine)
-    return bool(engine)
-
-
-class LegacyEc:
-    """A claim on EC keys for OpenSSL's legacy EC code, held until released."""
-
-    def __init__(self, engine: _Engine) -> None:
-        # Kept until the finalizer ran: OpenSSL may call the engine's callback
-        # for as long as the engine is registered.
-        self._release = weakref.finalize(self, engine.unregister)
-
-    @classmethod
-    def claim(cls, *, legacy: bool | None = None) -> LegacyEc | None:
-        """The claim, made; None on OpenSSL 3.1 and later (or with ``legacy``
-        False), or where no ENGINE can be made or registered."""
-        lib = openssl.load()
-        if lib is None:
-            return None
-        try:
-            if legacy is None:
-                version = openssl.bind(lib.OpenSSL_version_num, ctypes.c_ulong, [])
-                legacy = version() < _OPENSSL_3_1
-            if not legacy:
-                return None
-            engine = _Engine(lib)
-        except (AttributeError, OSError):  # built without ENGINEs, say
-            openssl.bind(lib.ERR_clear_error, None, [])()
-            return None
-        if not engine.register():
-            openssl.bind(lib.ERR_clear_error, None, [])()
-            return None
-        return cls(engine)
-
-    @property
-    def held(self) -> bool:
-        return self._release.alive
-
-    def release(self) -> None:
-        self._release()
 
 
 class CertificateParser:
     """DER certificates to ``X509`` pointers (the caller frees them). Their public
     keys are decoded by whatever OpenSSL takes now: its old EC decoder while a
-    ``LegacyEc`` claim is held."""
+    ``loadgen.legacy_ec.LegacyEc`` claim is held."""
 
     def __init__(self, lib: ctypes.CDLL) -> None:
         self._d2i = openssl.bind(

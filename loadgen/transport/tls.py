@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from loadgen import files
-from loadgen.transport.certparse import LegacyEc
+from loadgen.legacy_ec import LegacyEc
 from loadgen.transport.chain import SharedChains
 from loadgen.transport.idle import IdleTls
 
@@ -88,7 +88,7 @@ class ClientTls:
         self.verify_server = verify_server
         # Held as long as this worker's TLS: on OpenSSL 3.0, the server's
         # certificate in every handshake and each device's own are decoded by the
-        # old EC decoder, and keys stay legacy keys (certparse).
+        # old EC decoder, and keys stay legacy keys (loadgen.legacy_ec).
         self.legacy_ec = LegacyEc.claim()
         self.context = device_context(
             None, None, ca_file=ca_file, alpn=alpn, verify_server=verify_server

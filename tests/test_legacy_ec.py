@@ -17,7 +17,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 from loadgen import openssl
-from loadgen.transport.certparse import CertificateParser, LegacyEc
+from loadgen.legacy_ec import LegacyEc
+from loadgen.transport.certparse import CertificateParser
 
 KEYS = {
     "ec-p256": lambda: ec.generate_private_key(ec.SECP256R1()),
@@ -130,7 +131,7 @@ def _in_a_fresh_process(code: str) -> subprocess.CompletedProcess[str]:
 def test_a_released_claim_leaves_no_engine_claiming_ec_keys():
     done = _in_a_fresh_process(
         """
-        from loadgen.transport.certparse import LegacyEc, ec_claimed
+        from loadgen.legacy_ec import LegacyEc, ec_claimed
         print(ec_claimed(), end=" ")
         held = LegacyEc.claim(legacy=True)
         print(ec_claimed(), end=" ")
@@ -142,17 +143,33 @@ def test_a_released_claim_leaves_no_engine_claiming_ec_keys():
     assert done.stdout.split() == ["False", "True", "False", "False"]
 
 
-def test_a_process_that_exits_holding_the_claim_exits_cleanly():
+def test_a_process_that_exits_holding_its_claims_exits_cleanly():
     # OpenSSL's cleanup at exit would call the ENGINE's Python callback after
-    # the interpreter is gone (a segfault) if the claim outlived Python.
+    # the interpreter is gone (a segfault) if a claim outlived Python. A worker's
+    # TLS and an emulator each hold one.
     done = _in_a_fresh_process(
         """
-        from loadgen.transport.certparse import LegacyEc
+        from loadgen.emulator.registry import Registry
+        from loadgen.emulator.server import Emulator
+        from loadgen.legacy_ec import LegacyEc
         from loadgen.transport.tls import ClientTls
         held = LegacyEc.claim(legacy=True)
         tls = ClientTls(ca_file=None, verify_server=False)
-        print(held.held, tls.legacy_ec is not None)
+        emulator = Emulator(Registry(), "unused.pem", "unused.key")
+        print(held.held)
         """
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split()[0] == "True"
+    assert done.stdout.split() == ["True"]
+
+
+def test_an_emulator_and_a_workers_tls_hold_the_claim_on_openssl_3_0(calls):
+    from loadgen.emulator.registry import Registry
+    from loadgen.emulator.server import Emulator
+    from loadgen.transport.tls import ClientTls
+
+    tls = ClientTls(ca_file=None, verify_server=False)
+    emulator = Emulator(Registry(), "unused.pem", "unused.key")
+    legacy = calls.version < 0x30100000
+    assert (tls.legacy_ec is not None) == legacy
+    assert (emulator.legacy_ec is not None) == legacy
