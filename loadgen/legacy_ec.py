@@ -51,7 +51,6 @@ class _Engine:
     def __init__(self, lib: ctypes.CDLL) -> None:
         p, i = ctypes.c_void_p, ctypes.c_int
         new = openssl.bind(lib.ENGINE_new, p, [])
-        free = openssl.bind(lib.ENGINE_free, i, [p])
         set_id = openssl.bind(lib.ENGINE_set_id, i, [p, ctypes.c_char_p])
         set_name = openssl.bind(lib.ENGINE_set_name, i, [p, ctypes.c_char_p])
         set_meths = openssl.bind(lib.ENGINE_set_pkey_meths, i, [p, _PkeyMeths])
@@ -77,10 +76,13 @@ class _Engine:
         # Kept with the engine: OpenSSL holds the callback's address.
         self._callback = _PkeyMeths(meths)
         self._nids = nids
+        # Never freed, on purpose (about 290 bytes a claim, one claim a
+        # process's TLS): freeing an ENGINE calls its callback, and a context
+        # that still holds the engine could do that after this object, or
+        # Python, is gone.
         self.pointer: int = new()
         if not self.pointer:
             raise OSError("ENGINE_new failed")
-        weakref.finalize(self, free, self.pointer)
         if (
             set_id(self.pointer, b"loadgen-legacy-ec") != 1
             or set_name(self.pointer, b"loadgen: OpenSSL's built-in EC method") != 1
