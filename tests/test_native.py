@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from loadgen import openssl
 from loadgen.certs import native
 from loadgen.certs.keys import KeyMaker, KeyType, Signer, spki_der
+from loadgen.legacy_ec import LegacyEc
 
 CURVES = [(ec.SECP256R1(), hashes.SHA256()), (ec.SECP384R1(), hashes.SHA384())]
 
@@ -108,6 +109,27 @@ def test_the_legacy_key_reader_builds_legacy_keys_with_the_files_scalar_and_poin
         assert spki.raw == spki_der(key)
     finally:
         reader.free(pkey)
+
+
+@pytest.mark.parametrize("made", ["before", "during"], ids=["reader-first", "claim-first"])
+def test_the_key_reader_builds_keys_while_another_holder_claims_ec_keys(made):
+    # In a test's process, say, an emulator's claim held while another test
+    # reads keys the providers' way.
+    key = ec.generate_private_key(ec.SECP256R1())
+    pkcs8 = key.private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    reader = native.ec_key_reader() if made == "before" else None
+    held = LegacyEc.claim(legacy=True)
+    assert held is not None
+    try:
+        reader = reader or native.ec_key_reader()
+        assert reader is not None
+        pkey = reader.pkey(pkcs8)
+        assert pkey is not None
+        reader.free(pkey)
+    finally:
+        held.release()
 
 
 def test_the_key_reader_leaves_other_encodings_to_openssl():

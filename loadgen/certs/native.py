@@ -202,8 +202,9 @@ class EcKeyReader:
     own, imported with ``EVP_PKEY_fromdata`` (about 26 µs; a legacy ``EC_KEY``
     wrapped in an ``EVP_PKEY`` cost 2 KiB more per device). With ``legacy``, for a
     process that holds a ``legacy_ec.LegacyEc`` claim (where ``EVP_PKEY_fromdata``
-    refuses EC), it is a legacy ``EC_KEY`` (its group copied from one made once
-    per curve). Keys in any other encoding: None."""
+    refuses EC), and whenever that import fails, it is a legacy ``EC_KEY`` (its
+    group copied from one made once per curve). Keys in any other encoding:
+    None."""
 
     def __init__(self, lib: _Lib, *, legacy: bool = False) -> None:
         self._lib = lib
@@ -215,12 +216,16 @@ class EcKeyReader:
             (layout, _KeyParams(_GROUPS[name], layout), name)
             for name, layout in KNOWN_LAYOUTS.items()
         ]
-        self._curves = {name: _EcKey(lib, name) for name in KNOWN_LAYOUTS} if legacy else None
-        self._ctx = lib.pkey_ctx_new(None, b"EC", None) if not legacy else None
-        if not legacy and not self._ctx:
-            raise NativeError("no EVP_PKEY_CTX for EC")
+        self._legacy_keys = legacy
+        self._curves = {name: _EcKey(lib, name) for name in KNOWN_LAYOUTS}
+        # Made while nothing claims EC keys, a providers' context; under another
+        # holder's claim (in a test's process, say), none: keys are then built
+        # as legacy ones, which work either way.
+        self._ctx = None if legacy else lib.pkey_ctx_new(None, b"EC", None)
         if self._ctx:
             weakref.finalize(self, lib.pkey_ctx_free, self._ctx)
+        else:
+            lib.clear_errors()
         self._out = ctypes.c_void_p()
         self._out_ref = ctypes.byref(self._out)
 
@@ -232,12 +237,17 @@ class EcKeyReader:
         for layout, params, name in self._layouts:
             parts = layout.split(pkcs8)
             if parts is not None:
-                if self._curves is not None:
-                    return self._legacy(self._curves[name], *parts)
-                return self._import(params, *parts)
+                if not self._legacy_keys:
+                    pkey = self._import(params, *parts)
+                    if pkey is not None:
+                        return pkey
+                # EVP_PKEY_fromdata refuses EC while some holder claims it.
+                return self._legacy(self._curves[name], *parts)
         return None
 
     def _import(self, params: _KeyParams, scalar: bytes, point: bytes) -> int | None:
+        if not self._ctx:
+            return None
         # OSSL_PARAM integers are in the machine's byte order.
         params.scalar.raw = scalar[::-1] if sys.byteorder == "little" else scalar
         params.point.raw = point
