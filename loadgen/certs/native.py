@@ -216,11 +216,9 @@ class EcKeyReader:
             (layout, _KeyParams(_GROUPS[name], layout), name)
             for name, layout in KNOWN_LAYOUTS.items()
         ]
-        self._legacy_keys = legacy
         self._curves = {name: _EcKey(lib, name) for name in KNOWN_LAYOUTS}
-        # Made while nothing claims EC keys, a providers' context; under another
-        # holder's claim (in a test's process, say), none: keys are then built
-        # as legacy ones, which work either way.
+        # Without a context (legacy, or none to be had), every key is built as a
+        # legacy one, which works either way.
         self._ctx = None if legacy else lib.pkey_ctx_new(None, b"EC", None)
         if self._ctx:
             weakref.finalize(self, lib.pkey_ctx_free, self._ctx)
@@ -237,12 +235,10 @@ class EcKeyReader:
         for layout, params, name in self._layouts:
             parts = layout.split(pkcs8)
             if parts is not None:
-                if not self._legacy_keys:
-                    pkey = self._import(params, *parts)
-                    if pkey is not None:
-                        return pkey
-                # EVP_PKEY_fromdata refuses EC while some holder claims it.
-                return self._legacy(self._curves[name], *parts)
+                # EVP_PKEY_fromdata refuses EC while some holder claims it (in a
+                # test's process, say, another test's emulator).
+                pkey = self._import(params, *parts)
+                return pkey if pkey is not None else self._legacy(self._curves[name], *parts)
         return None
 
     def _import(self, params: _KeyParams, scalar: bytes, point: bytes) -> int | None:
