@@ -33,7 +33,6 @@ import weakref
 
 from loadgen import openssl
 
-_EVP_PKEY_EC = 408  # obj_mac.h: NID_X9_62_id_ecPublicKey
 _OPENSSL_3_1 = 0x30100000
 
 _PkeyMeths = ctypes.CFUNCTYPE(
@@ -57,7 +56,7 @@ class _Engine:
         self._register = openssl.bind(lib.ENGINE_register_pkey_meths, i, [p])
         self._unregister = openssl.bind(lib.ENGINE_unregister_pkey_meths, None, [p])
         meth_find = openssl.bind(lib.EVP_PKEY_meth_find, p, [i])
-        nids = (ctypes.c_int * 1)(_EVP_PKEY_EC)
+        nids = (ctypes.c_int * 1)(openssl.EVP_PKEY_EC)
 
         def meths(
             _engine: int | None,
@@ -68,14 +67,14 @@ class _Engine:
             if not pmeth:  # asked which key types it claims
                 nid_list[0] = ctypes.cast(nids, ctypes.POINTER(ctypes.c_int))
                 return 1
-            if nid != _EVP_PKEY_EC:
+            if nid != openssl.EVP_PKEY_EC:
                 return 0
             pmeth[0] = meth_find(nid)
             return 1
 
-        # Kept with the engine: OpenSSL holds the callback's address.
+        # Kept with the engine: OpenSSL holds the callback's address (and the
+        # callback the nids it hands out).
         self._callback = _PkeyMeths(meths)
-        self._nids = nids
         # Never freed, on purpose (about 290 bytes a claim, one claim a
         # process's TLS): freeing an ENGINE calls its callback, and a context
         # that still holds the engine could do that after this object, or
@@ -109,7 +108,7 @@ def ec_claimed() -> bool:
         finish = openssl.bind(lib.ENGINE_finish, ctypes.c_int, [p])
     except AttributeError:
         return False
-    engine = claims(_EVP_PKEY_EC)
+    engine = claims(openssl.EVP_PKEY_EC)
     if engine:
         finish(engine)
     return bool(engine)
@@ -137,13 +136,12 @@ class LegacyEc:
             if not legacy:
                 return None
             engine = _Engine(lib)
+            if engine.register():
+                return cls(engine)
         except (AttributeError, OSError):  # built without ENGINEs, say
-            openssl.bind(lib.ERR_clear_error, None, [])()
-            return None
-        if not engine.register():
-            openssl.bind(lib.ERR_clear_error, None, [])()
-            return None
-        return cls(engine)
+            pass
+        openssl.bind(lib.ERR_clear_error, None, [])()  # nothing to surface in ssl later
+        return None
 
     @property
     def held(self) -> bool:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import ctypes
 from typing import Any
 
+EVP_PKEY_EC = 408  # obj_mac.h: NID_X9_62_id_ecPublicKey, OpenSSL's EC key type
+
 
 def load() -> ctypes.CDLL | None:
     """libssl (and, through it, libcrypto), or None where it cannot be reached."""

@@ -37,7 +37,6 @@ from loadgen.certs import der
 
 # obj_mac.h
 _NIDS = {"secp256r1": 415, "secp384r1": 715}
-_EVP_PKEY_EC = 408  # NID_X9_62_id_ecPublicKey
 _UNCOMPRESSED = 4  # point_conversion_form_t
 # OpenSSL's group names, for EVP_PKEY_fromdata.
 _GROUPS = {"secp256r1": b"prime256v1", "secp384r1": b"secp384r1"}
@@ -277,7 +276,7 @@ class EcKeyReader:
             lib.clear_errors()
             return None
         pkey: int | None = lib.pkey_new()
-        if not pkey or lib.pkey_assign(pkey, _EVP_PKEY_EC, key) != 1:
+        if not pkey or lib.pkey_assign(pkey, openssl.EVP_PKEY_EC, key) != 1:
             lib.free(key)
             if pkey:
                 lib.pkey_free(pkey)
