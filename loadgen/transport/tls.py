@@ -8,8 +8,7 @@ costs 30 KiB. But an ``SSLObject`` copies the context's certificate and key when
 it is made, so ``ClientTls`` keeps one context per worker, loads each device's
 chain into it and makes that device's ``SSLObject`` at once: half the CPU of a
 context of its own. The CA certificate every device sends is parsed once and
-shared (``chain.py``): 20 KiB per prepared device, all in (the 2 KiB of its
-certificate's key, decoded the old way, a connection would take anyway)."""
+shared (``chain.py``): 18 KiB per prepared device, all in."""
 
 from __future__ import annotations
 
