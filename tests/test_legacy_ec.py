@@ -19,6 +19,7 @@ from cryptography.x509.oid import NameOID
 from loadgen import openssl
 from loadgen.legacy_ec import LegacyEc
 from loadgen.transport.certparse import CertificateParser
+from tests.libcrypto import encoded
 
 KEYS = {
     "ec-p256": lambda: ec.generate_private_key(ec.SECP256R1()),
@@ -53,14 +54,6 @@ class _Calls:
         self.i2d_pubkey = openssl.bind(lib.i2d_PUBKEY, ctypes.c_int, [p, out])
         self.peek_error = openssl.bind(lib.ERR_peek_error, ctypes.c_ulong, [])
         self.version = openssl.bind(lib.OpenSSL_version_num, ctypes.c_ulong, [])()
-
-    @staticmethod
-    def encoding(i2d, pointer: int) -> bytes:
-        size = i2d(pointer, None)
-        buffer = ctypes.create_string_buffer(size)
-        out = ctypes.c_char_p(ctypes.addressof(buffer))
-        i2d(pointer, ctypes.byref(out))
-        return buffer.raw
 
 
 @pytest.fixture(scope="module")
@@ -97,8 +90,8 @@ def test_while_claimed_a_certificate_parses_to_its_own_bytes_and_public_key(kind
     certificate = parser.parse(der)
     assert certificate
     try:
-        assert calls.encoding(calls.i2d_x509, certificate) == der  # the bytes sent
-        assert calls.encoding(calls.i2d_pubkey, calls.pubkey(certificate)) == (
+        assert encoded(calls.i2d_x509, certificate) == der  # the bytes sent
+        assert encoded(calls.i2d_pubkey, calls.pubkey(certificate)) == (
             key.public_key().public_bytes(
                 serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
             )

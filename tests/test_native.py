@@ -14,6 +14,7 @@ from loadgen import openssl
 from loadgen.certs import native
 from loadgen.certs.keys import KeyMaker, KeyType, Signer, spki_der
 from loadgen.legacy_ec import LegacyEc
+from tests.libcrypto import encoded
 
 CURVES = [(ec.SECP256R1(), hashes.SHA256()), (ec.SECP384R1(), hashes.SHA384())]
 
@@ -104,9 +105,7 @@ def test_the_legacy_key_reader_builds_legacy_keys_with_the_files_scalar_and_poin
         scalar = ctypes.create_string_buffer(size)
         assert priv2oct(get0_ec_key(pkey), scalar, size) == size
         assert scalar.raw == key.private_numbers().private_value.to_bytes(size, "big")
-        spki = ctypes.create_string_buffer(i2d_pubkey(pkey, None))
-        i2d_pubkey(pkey, ctypes.byref(ctypes.c_char_p(ctypes.addressof(spki))))
-        assert spki.raw == spki_der(key)
+        assert encoded(i2d_pubkey, pkey) == spki_der(key)
     finally:
         reader.free(pkey)
 
