@@ -30,15 +30,23 @@ WINDOW_FLEET = 1500
 
 
 class CountingWorker(Worker):
-    """A worker that counts the devices it prepared and has not started yet."""
+    """A worker that counts the devices it prepared and has not started yet, and
+    the most it prepared one after another with no device started between."""
 
     prepared = 0
     most_ahead = 0
     ahead_at_start = -1
+    in_a_row = 0
+    most_in_a_row = 0
+    _started_then = -1
 
     def prepare(self, device, offset):  # type: ignore[no-untyped-def]
         self.prepared += 1
         self.most_ahead = max(self.most_ahead, self.prepared - self.started)
+        if self.ahead_at_start >= 0:  # past the first window, prepared before the start
+            self.in_a_row = self.in_a_row + 1 if self.started == self._started_then else 1
+            self._started_then = self.started
+            self.most_in_a_row = max(self.most_in_a_row, self.in_a_row)
         return super().prepare(device, offset)
 
     def start_at(self) -> float:
@@ -77,6 +85,47 @@ def test_a_worker_prepares_a_bounded_window_ahead_not_its_whole_fleet(window_pla
     # The queue's window, the one the dispatcher holds until its time, the one
     # being prepared.
     assert worker.most_ahead <= worker.window + 2
+
+
+def test_a_worker_prepares_devices_in_batches_once_its_window_has_room(window_plan):
+    async def run() -> CountingWorker:
+        worker = CountingWorker(window_plan, 0, lambda _message: None)
+        async with asyncio.timeout(120):
+            await worker.run(worker.start_at)
+        return worker
+
+    worker = asyncio.run(run())
+    # Not one device prepared per device started: a batch, one after another.
+    assert 1 < worker.most_in_a_row <= worker.window - worker.low_water
+
+
+def test_every_progress_report_counts_each_device_that_ended_before_it(
+    tmp_path, mosquitto, device_ca
+):
+    path = _scenario(
+        tmp_path,
+        mosquitto,
+        device_ca,
+        fleet={"ca": str(device_ca.directory), "store": "fleet", "count": 60},
+        load={"executor": "constant-arrival-rate", "rate": "40/s", "max_in_flight": 10},
+        retry={"max_attempts": 1},
+    )
+    scenario = load_scenario(path)
+    ensure_fleet(scenario, 60, 1)
+    plan = build_plan(scenario, endpoint=("127.0.0.1", free_port()), workers=1)
+    sent = []
+
+    async def run() -> None:
+        worker = Worker(plan, 0, sent.append)
+        async with asyncio.timeout(60):
+            await worker.run(time.monotonic)
+
+    asyncio.run(run())
+    reports = [progress for kind, progress in sent if kind == "progress"]
+    assert len([p for p in reports if p.stats["devices"]]) >= 2  # reports while it ran
+    for progress in reports:
+        # Results are recorded together, at each report: none is left out of it.
+        assert progress.stats["devices"] == progress.started - progress.in_flight
 
 
 async def _hold(fleet, mosquitto, devices, *, promise, pings, seconds, holds=None):

@@ -112,7 +112,7 @@ def _worker_main(plan: RunPlan, worker: int, conn: multiprocessing.connection.Co
     except BaseException as exc:
         # What it measured before it failed still counts; the parent accounts
         # for the devices it could not run.
-        measured = runners[0].stats.to_wire() if runners else None
+        measured = runners[0].measured().to_wire() if runners else None
         with contextlib.suppress(OSError):
             conn.send(("failed", (f"{type(exc).__name__}: {exc}", measured)))
         return
