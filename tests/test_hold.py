@@ -128,6 +128,41 @@ def test_every_progress_report_counts_each_device_that_ended_before_it(
         assert progress.stats["devices"] == progress.started - progress.in_flight
 
 
+def test_a_worker_never_has_more_devices_in_flight_than_its_share(
+    tmp_path, mosquitto, device_ca
+):
+    path = _scenario(
+        tmp_path,
+        mosquitto,
+        device_ca,
+        fleet={"ca": str(device_ca.directory), "store": "fleet", "count": 12},
+        # Due all at once, each held a while: most wait for a slot.
+        load={"executor": "constant-arrival-rate", "rate": "1000/s", "max_in_flight": 3},
+        after_connect=[{"hold": {"duration": "200ms", "keepalive": 0}}],
+    )
+    scenario = load_scenario(path)
+    ensure_fleet(scenario, 12, 1)
+    plan = build_plan(scenario, endpoint=("127.0.0.1", mosquitto.tls_port), workers=1)
+
+    class Watched(Worker):
+        most = 0
+
+        async def _one(self, spec, t0, started):  # type: ignore[no-untyped-def]
+            self.most = max(self.most, self.in_flight)
+            await super()._one(spec, t0, started)
+
+    async def run() -> Watched:
+        worker = Watched(plan, 0, lambda _message: None)
+        async with asyncio.timeout(60):
+            await worker.run(time.monotonic)
+        return worker
+
+    worker = asyncio.run(run())
+    assert worker.most == 3
+    assert worker.stats.outcomes["connected"] == worker.stats.devices == 12
+    assert worker.stats.slot_waits > 0
+
+
 async def _hold(fleet, mosquitto, devices, *, promise, pings, seconds, holds=None):
     """``devices`` of ``fleet`` connected to mosquitto, each CONNECT promising a
     keepalive of ``promise`` seconds, then held ``seconds`` with a PINGREQ every

@@ -4,13 +4,14 @@ source address, and each way a connection can fail."""
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import ssl
 import time
 
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from loadgen import mqtt
+from loadgen import mqtt, openssl
 from loadgen.certs.ca import server_cert
 from loadgen.files import write
 from loadgen.transport.client import Target, connect
@@ -68,6 +69,27 @@ async def test_a_connection_works_on_once_its_idle_tls_buffers_and_certificate_a
         again = await connect(target, tls.session(), mqtt.Connect(device.client_id), times)
         again.disconnect()
     assert len(times.pubacks) == 2
+
+
+async def test_what_a_connection_frees_when_idle_is_its_own_tls_state(small_fleet, mosquitto):
+    # The SSL a session's pointer names is read once, when the session is made:
+    # its certificate is there until the handshake is done, then dropped.
+    lib = openssl.load()
+    assert lib is not None
+    certificate_of = openssl.bind(lib.SSL_get_certificate, ctypes.c_void_p, [ctypes.c_void_p])
+    device, tls = device_tls(small_fleet, mosquitto)
+    session, other = tls.shared.sessions(tls.cert_chain, tls.key, "localhost", 2)
+    assert session.pointer and session.pointer != other.pointer
+    assert certificate_of(session.pointer)
+    target = Target("127.0.0.1", mosquitto.tls_port, server_name="localhost")
+    async with asyncio.timeout(20):
+        client = await connect(
+            target, session, mqtt.Connect(device.client_id), AttemptTimes(time.monotonic())
+        )
+        await client.ping()
+        client.disconnect()
+    assert not certificate_of(session.pointer)
+    assert certificate_of(other.pointer)  # the other attempt's untouched
 
 
 async def test_a_device_expecting_jitp_has_its_retry_session_made_with_the_first(

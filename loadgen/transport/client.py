@@ -239,7 +239,7 @@ class _Channel:
             return
         self.times.tls_done = self.clock()
         if tls.idle is not None:
-            tls.idle.handshake_done(tls.sslobj)
+            tls.idle.handshake_done(tls.pointer)
         # The client's Finished stays in the outgoing BIO: the CONNECT's record
         # joins it there and both go out in one segment, one system call fewer
         # (TLS 1.3 lets application data follow the Finished at once).
@@ -295,7 +295,7 @@ class _Channel:
                 if tls.outgoing.pending:
                     self._send_tls_output()  # e.g. a key update's answer
                 if tls.idle is not None:
-                    tls.idle.release(sslobj)  # e.g. after the session tickets
+                    tls.idle.release(tls.pointer)  # e.g. after the session tickets
                 return
             except ssl.SSLError as exc:
                 self._lost(exc)
@@ -311,7 +311,7 @@ class _Channel:
                 if tls.outgoing.pending:
                     self._send_tls_output()
                 if tls.idle is not None:
-                    tls.idle.release(sslobj)
+                    tls.idle.release(tls.pointer)
                 return
 
     def _received(self, data: bytes) -> None:

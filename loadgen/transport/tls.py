@@ -59,6 +59,7 @@ class TlsSession:
     incoming: ssl.MemoryBIO
     outgoing: ssl.MemoryBIO
     idle: IdleTls | None = None  # frees what the connection no longer needs
+    pointer: int = 0  # sslobj's SSL *, for ``idle`` (0: none)
 
     @classmethod
     def of(
@@ -68,12 +69,8 @@ class TlsSession:
         idle: IdleTls | None = None,
     ) -> TlsSession:
         incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-        return cls(
-            context.wrap_bio(incoming, outgoing, server_hostname=server_name),
-            incoming,
-            outgoing,
-            idle,
-        )
+        sslobj = context.wrap_bio(incoming, outgoing, server_hostname=server_name)
+        return cls(sslobj, incoming, outgoing, idle, idle.pointer(sslobj) if idle else 0)
 
 
 class ClientTls:
