@@ -128,9 +128,7 @@ def test_every_progress_report_counts_each_device_that_ended_before_it(
         assert progress.stats["devices"] == progress.started - progress.in_flight
 
 
-def test_a_worker_never_has_more_devices_in_flight_than_its_share(
-    tmp_path, mosquitto, device_ca
-):
+def test_a_worker_never_has_more_devices_in_flight_than_its_share(tmp_path, mosquitto, device_ca):
     path = _scenario(
         tmp_path,
         mosquitto,
