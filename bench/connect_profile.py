@@ -5,6 +5,7 @@ time around each step of ``loadgen.transport.client`` and each call into Python'
     .venv/bin/python -m bench.connect_profile [--devices 1500] [--repeats 3]
     .venv/bin/python -m bench.connect_profile --bytecodes [--devices 300]
     .venv/bin/python -m bench.connect_profile --whole-life [--devices 300]
+    .venv/bin/python -m bench.connect_profile --in-run [--devices 3000] [--rate 125] [--repeats 3]
 
 ``--bytecodes`` counts instead the Python bytecodes and calls each connect runs,
 for the transport and for `bench.connect_floor`'s bare machine: a figure this
@@ -14,7 +15,11 @@ machine's noise cannot move, to check a change to the connect path by.
 connects, disconnects and records every device of the fleet, at ``--rate``
 devices a second (40: the tracer slows the interpreter about tenfold; a device
 that timed out and retried runs its connect twice, so a run should show as many
-attempts as devices), progress messages included.
+attempts as devices), progress messages included. ``--in-run`` times instead
+the steps of that whole life (thread CPU around each, as above) in the same
+one-worker run, at a rate a worker of a two-worker run keeps (125: 250/s in all):
+preparing, starting a connect, the event loop's readable callbacks, DISCONNECT
+and close, recording, and the rest (the event loop, the tasks, the schedule).
 
 In place matters: between handshakes OpenSSL pushes the interpreter's code and
 data out of the CPU's caches, so a step costs several times what a loop of it
@@ -76,6 +81,17 @@ def _timed(
     return step
 
 
+# A run's whole life, step by step (--in-run): where each is entered.
+_RUN_STEPS: list[tuple[Any, str, str]] = [
+    (Worker, "prepare", "preparing a device (files, certificate, key, SSLObject)"),
+    (client._Channel, "start", "start: encode CONNECT, register, TCP, ClientHello"),
+    (client._Channel, "_readable", "readable callbacks (handshake, tickets, CONNACK)"),
+    (client.MqttClient, "disconnect", "DISCONNECT and close"),
+    (RunStats, "started", "recording a start"),
+    (RunStats, "add", "recording a result"),
+]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--devices", type=int, default=1500)
@@ -84,13 +100,21 @@ def main() -> None:
     parser.add_argument(
         "--whole-life", action="store_true", help="count bytecodes over a run's whole device life"
     )
-    parser.add_argument("--rate", type=float, default=40.0, help="devices/s for --whole-life")
+    parser.add_argument(
+        "--in-run", action="store_true", help="time the steps of a run's whole life instead"
+    )
+    parser.add_argument(
+        "--rate", type=float, default=None, help="devices/s (--whole-life: 40, --in-run: 125)"
+    )
     args = parser.parse_args()
+    if args.in_run:
+        _time_whole_life(args.devices, args.rate or 125.0, args.repeats)
+        return
     if args.bytecodes:
         _count_bytecodes(args.devices)
         return
     if args.whole_life:
-        _count_whole_life(args.devices, args.rate)
+        _count_whole_life(args.devices, args.rate or 40.0)
         return
     spent: collections.Counter[str] = collections.Counter()
     for owner, name, label in _STEPS:
@@ -125,6 +149,47 @@ def _tracer(
         return trace
 
     return trace
+
+
+def _time_whole_life(count: int, rate: float, repeats: int) -> None:
+    spent: collections.Counter[str] = collections.Counter()
+    for owner, name, label in _RUN_STEPS:
+        setattr(owner, name, _timed(spent, label, getattr(owner, name)))
+    runs: list[tuple[float, dict[str, float]]] = []
+    with mosquitto_bed(count) as bed:
+        scenario = load_scenario(scenario_file(bed, rate=rate))
+        plan = build_plan(scenario, endpoint=endpoint_of(scenario, None))
+
+        async def one_worker() -> float:
+            worker = Worker(plan, 0, lambda message: None)
+
+            def start_at() -> float:
+                # From the schedule's start on, as the report's cpu_s: the first
+                # window is prepared before it, and not counted.
+                spent.clear()
+                return time.monotonic()
+
+            stats = await worker.run(start_at)
+            assert stats.outcomes["connected"] == count, stats.outcomes
+            return stats.cpu_us / 1e6
+
+        for _ in range(repeats):
+            cpu = uvloop.run(one_worker())
+            steps = {label: spent[label] / count / 1e3 for _, _, label in _RUN_STEPS}
+            runs.append((cpu / count * 1e6, steps))
+    print(
+        f"{count} devices at {rate:g}/s, one worker in this process, mosquitto on loopback; "
+        "CPU µs per device from the schedule's start (the first window, prepared before "
+        "it, left out)"
+    )
+    print()
+    print("| step | " + " | ".join(f"run {i + 1}" for i in range(len(runs))) + " |")
+    print("| --- |" + " ---: |" * len(runs))
+    print("| whole life (process CPU) | " + " | ".join(f"{c:.0f}" for c, _ in runs) + " |")
+    for _, _, label in _RUN_STEPS:
+        print(f"| {label} | " + " | ".join(f"{steps[label]:.1f}" for _, steps in runs) + " |")
+    rest = [c - sum(steps.values()) for c, steps in runs]
+    print("| the rest: event loop, tasks, schedule | " + " | ".join(f"{r:.0f}" for r in rest), "|")
 
 
 def _count_whole_life(count: int, rate: float) -> None:
