@@ -305,6 +305,18 @@ def knee(args: argparse.Namespace, tmp: Path) -> dict[str, object]:
         raise SystemExit(f"bench.box: the capacity search wrote no report:\n{tail}")
     capacity = json.loads(report.read_text())["capacity"]
     return {
+        "steps": [
+            {
+                "rate_per_s": step["rate_per_s"],
+                "achieved_per_s": step["achieved_per_s"],
+                "provision_p99_ms": step["latency_ms"]["provision"]["p99"],
+                "schedule_lag_p99_ms": step["schedule_lag_p99_ms"],
+                "generator_cpu": step["generator_cpu"],
+                "emulator_cpu": step["emulator_cpu"],
+                "machine_cpu": step["machine_cpu"],
+            }
+            for step in capacity["steps"]
+        ],
         "highest_sustainable_per_s": capacity["highest_sustainable_per_s"],
         "first_broken_per_s": capacity["first_broken_per_s"],
         "limit": capacity["limit"],
@@ -369,6 +381,17 @@ def main() -> None:
         )
         if args.knee:
             found = results["knee"] = knee(args, tmp)
+            steps = found["steps"]
+            assert isinstance(steps, list)
+            for step in steps:
+                print(
+                    f"  step {step['rate_per_s']:g}/s: achieved {step['achieved_per_s']}/s, "
+                    f"p99(provision) {step['provision_p99_ms']} ms, schedule lag p99 "
+                    f"{step['schedule_lag_p99_ms']} ms; busy: generator "
+                    f"{step['generator_cpu']}, emulator {step['emulator_cpu']}, "
+                    f"machine {step['machine_cpu']}",
+                    flush=True,
+                )
             print(f"JITP knee on this box: {found['verdict']}", flush=True)
     if args.json is not None:
         args.json.write_text(json.dumps(results, indent=2) + "\n")

@@ -41,7 +41,7 @@ _MIN_WINDOW = 64
 # ... and never more than this, whatever max_in_flight allows: a run holding
 # every device (max_in_flight = its fleet) prepared them all before its start, at
 # about 17 KiB each. 1,024 cover a second of any schedule a worker keeps (about
-# 1,000 connects a second on a core), and the producer prepares one as one starts.
+# 1,000 connects a second on a core), and the producer refills it as devices start.
 _MAX_WINDOW = 1024
 # Devices are prepared in batches of up to this many (a quarter of the window at
 # most), once the window has room for one: one after another, with only the
