@@ -128,12 +128,19 @@ def main() -> None:
             n = len(bed.devices)
             runs.append((cpu, {label: spent[label] / n / 1e3 for _, _, label in _STEPS}))
     print(f"{args.devices} devices, 16 in flight, mosquitto on loopback; µs per connect")
+    _print_steps("whole connect (process CPU)", [(c * 1e6, steps) for c, steps in runs], _STEPS)
+
+
+def _print_steps(
+    whole: str, runs: list[tuple[float, dict[str, float]]], steps: list[tuple[Any, str, str]]
+) -> None:
+    """A table of µs: the whole (process CPU) and each step's, a column a run."""
     print()
     print("| step | " + " | ".join(f"run {i + 1}" for i in range(len(runs))) + " |")
     print("| --- |" + " ---: |" * len(runs))
-    print("| whole connect (process CPU) | " + " | ".join(f"{c * 1e6:.0f}" for c, _ in runs) + " |")
-    for _, _, label in _STEPS:
-        print(f"| {label} | " + " | ".join(f"{steps[label]:.1f}" for _, steps in runs) + " |")
+    print(f"| {whole} | " + " | ".join(f"{c:.0f}" for c, _ in runs) + " |")
+    for _, _, label in steps:
+        print(f"| {label} | " + " | ".join(f"{each[label]:.1f}" for _, each in runs) + " |")
 
 
 def _tracer(
@@ -182,12 +189,7 @@ def _time_whole_life(count: int, rate: float, repeats: int) -> None:
         "CPU µs per device from the schedule's start (the first window, prepared before "
         "it, left out)"
     )
-    print()
-    print("| step | " + " | ".join(f"run {i + 1}" for i in range(len(runs))) + " |")
-    print("| --- |" + " ---: |" * len(runs))
-    print("| whole life (process CPU) | " + " | ".join(f"{c:.0f}" for c, _ in runs) + " |")
-    for _, _, label in _RUN_STEPS:
-        print(f"| {label} | " + " | ".join(f"{steps[label]:.1f}" for _, steps in runs) + " |")
+    _print_steps("whole life (process CPU)", runs, _RUN_STEPS)
     rest = [c - sum(steps.values()) for c, steps in runs]
     print("| the rest: event loop, tasks, schedule | " + " | ".join(f"{r:.0f}" for r in rest), "|")
 

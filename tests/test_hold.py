@@ -56,30 +56,47 @@ class CountingWorker(Worker):
 
 @pytest.fixture(scope="module")
 def window_plan(tmp_path_factory, mosquitto, device_ca):
-    root = tmp_path_factory.mktemp("window")
+    return _one_worker_plan(
+        tmp_path_factory.mktemp("window"),
+        mosquitto,
+        device_ca,
+        WINDOW_FLEET,
+        # Every device allowed in flight at once, as when all are to be held.
+        load={"executor": "constant-arrival-rate", "rate": "5000/s", "max_in_flight": 20_000},
+    )
+
+
+def _one_worker_plan(root, mosquitto, device_ca, count, *, load, port=None, **settings):
+    """A one-worker plan of ``count`` devices connecting to ``port``; without one,
+    where nothing listens: each device is refused at once, no broker needed."""
     path = _scenario(
         root,
         mosquitto,
         device_ca,
-        fleet={"ca": str(device_ca.directory), "store": "fleet", "count": WINDOW_FLEET},
-        # Every device allowed in flight at once, as when all are to be held.
-        load={"executor": "constant-arrival-rate", "rate": "5000/s", "max_in_flight": 20_000},
-        retry={"max_attempts": 1},
+        fleet={"ca": str(device_ca.directory), "store": "fleet", "count": count},
+        load=load,
+        **({"retry": {"max_attempts": 1}} | settings),
     )
     scenario = load_scenario(path)
-    ensure_fleet(scenario, WINDOW_FLEET, 2)
-    # Nothing listens there: each device is refused at once, no broker needed.
-    return build_plan(scenario, endpoint=("127.0.0.1", free_port()), workers=1)
+    ensure_fleet(scenario, count, 2)
+    return build_plan(scenario, endpoint=("127.0.0.1", port or free_port()), workers=1)
 
 
-def test_a_worker_prepares_a_bounded_window_ahead_not_its_whole_fleet(window_plan):
+@pytest.fixture(scope="module")
+def window_run(window_plan) -> CountingWorker:
+    """A worker that ran the whole window fleet, and what it counted."""
+
     async def run() -> CountingWorker:
         worker = CountingWorker(window_plan, 0, lambda _message: None)
         async with asyncio.timeout(120):
             await worker.run(worker.start_at)
         return worker
 
-    worker = asyncio.run(run())
+    return asyncio.run(run())
+
+
+def test_a_worker_prepares_a_bounded_window_ahead_not_its_whole_fleet(window_run):
+    worker = window_run
     assert worker.stats.devices == WINDOW_FLEET  # every device ran
     assert worker.ahead_at_start == worker.window < WINDOW_FLEET
     # The queue's window, the one the dispatcher holds until its time, the one
@@ -87,14 +104,8 @@ def test_a_worker_prepares_a_bounded_window_ahead_not_its_whole_fleet(window_pla
     assert worker.most_ahead <= worker.window + 2
 
 
-def test_a_worker_prepares_devices_in_batches_once_its_window_has_room(window_plan):
-    async def run() -> CountingWorker:
-        worker = CountingWorker(window_plan, 0, lambda _message: None)
-        async with asyncio.timeout(120):
-            await worker.run(worker.start_at)
-        return worker
-
-    worker = asyncio.run(run())
+def test_a_worker_prepares_devices_in_batches_once_its_window_has_room(window_run):
+    worker = window_run
     # Not one device prepared per device started: a batch, one after another.
     assert 1 < worker.most_in_a_row <= worker.window - worker.low_water
 
@@ -102,17 +113,13 @@ def test_a_worker_prepares_devices_in_batches_once_its_window_has_room(window_pl
 def test_every_progress_report_counts_each_device_that_ended_before_it(
     tmp_path, mosquitto, device_ca
 ):
-    path = _scenario(
+    plan = _one_worker_plan(
         tmp_path,
         mosquitto,
         device_ca,
-        fleet={"ca": str(device_ca.directory), "store": "fleet", "count": 60},
+        60,
         load={"executor": "constant-arrival-rate", "rate": "40/s", "max_in_flight": 10},
-        retry={"max_attempts": 1},
     )
-    scenario = load_scenario(path)
-    ensure_fleet(scenario, 60, 1)
-    plan = build_plan(scenario, endpoint=("127.0.0.1", free_port()), workers=1)
     sent = []
 
     async def run() -> None:
@@ -129,18 +136,17 @@ def test_every_progress_report_counts_each_device_that_ended_before_it(
 
 
 def test_a_worker_never_has_more_devices_in_flight_than_its_share(tmp_path, mosquitto, device_ca):
-    path = _scenario(
+    plan = _one_worker_plan(
         tmp_path,
         mosquitto,
         device_ca,
-        fleet={"ca": str(device_ca.directory), "store": "fleet", "count": 12},
+        12,
         # Due all at once, each held a while: most wait for a slot.
         load={"executor": "constant-arrival-rate", "rate": "1000/s", "max_in_flight": 3},
+        port=mosquitto.tls_port,
+        retry={"initial": "10ms", "max": "50ms", "max_attempts": 2},
         after_connect=[{"hold": {"duration": "200ms", "keepalive": 0}}],
     )
-    scenario = load_scenario(path)
-    ensure_fleet(scenario, 12, 1)
-    plan = build_plan(scenario, endpoint=("127.0.0.1", mosquitto.tls_port), workers=1)
 
     class Watched(Worker):
         most = 0
