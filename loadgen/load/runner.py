@@ -257,14 +257,27 @@ class Worker:
     def measured(self) -> RunStats:
         """Everything this worker measured so far, the devices that ended since
         the last call recorded now."""
-        starts, self.starts = self.starts, []
+        self._record(None)
+        return self.stats
+
+    async def _record_ended(self) -> None:
+        """Record the devices that ended, a batch at a time, the event loop polled
+        between two batches: a worker ending a thousand devices a second has 500
+        to record at each report, which in one go would hold up the devices in
+        flight (and those due) for several milliseconds."""
+        while self.starts or self.ended:
+            self._record(_BATCH)
+            await asyncio.sleep(0)
+
+    def _record(self, most: int | None) -> None:
+        """Record the first ``most`` starts and results waiting (None: all)."""
+        starts, ended = self.starts[:most], self.ended[:most]
+        del self.starts[:most], self.ended[:most]
         for started in starts:
             self.stats.started(started)
-        ended, self.ended = self.ended, []
         add = self.stats.add
         for result, started, finished in ended:
             add(result, started, finished)
-        return self.stats
 
     async def _dispatch(
         self, queue: asyncio.Queue[tuple[DeviceSpec, float] | None], t0: float
@@ -379,7 +392,8 @@ class Worker:
         heap, trimmed = Heap(), (0, 0)
         for report in itertools.count(1):
             await asyncio.sleep(PROGRESS_INTERVAL)
-            progress = self.progress()
+            await self._record_ended()
+            progress = self.progress()  # and what ended meanwhile
             self.send(("progress", progress))
             # What the connects of the last seconds freed goes back to the system
             # (held devices keep a fraction of what connecting them took).
