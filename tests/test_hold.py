@@ -82,17 +82,21 @@ def _one_worker_plan(root, mosquitto, device_ca, count, *, load, port=None, **se
     return build_plan(scenario, endpoint=("127.0.0.1", port or free_port()), workers=1)
 
 
-@pytest.fixture(scope="module")
-def window_run(window_plan) -> CountingWorker:
-    """A worker that ran the whole window fleet, and what it counted."""
+def _counted_run(plan) -> CountingWorker:
+    """A worker that ran ``plan``'s whole fleet, and what it counted."""
 
     async def run() -> CountingWorker:
-        worker = CountingWorker(window_plan, 0, lambda _message: None)
+        worker = CountingWorker(plan, 0, lambda _message: None)
         async with asyncio.timeout(120):
             await worker.run(worker.start_at)
         return worker
 
     return asyncio.run(run())
+
+
+@pytest.fixture(scope="module")
+def window_run(window_plan) -> CountingWorker:
+    return _counted_run(window_plan)
 
 
 def test_a_worker_prepares_a_bounded_window_ahead_not_its_whole_fleet(window_run):
@@ -104,9 +108,19 @@ def test_a_worker_prepares_a_bounded_window_ahead_not_its_whole_fleet(window_run
     assert worker.most_ahead <= worker.window + 2
 
 
-def test_a_worker_prepares_devices_in_batches_once_its_window_has_room(window_run):
-    worker = window_run
-    # Not one device prepared per device started: a batch, one after another.
+def test_a_worker_prepares_devices_in_batches_between_starts(tmp_path, mosquitto, device_ca):
+    plan = _one_worker_plan(
+        tmp_path,
+        mosquitto,
+        device_ca,
+        200,
+        # A device every 5 ms: time between two starts for several preparations.
+        load={"executor": "constant-arrival-rate", "rate": "200/s", "max_in_flight": 8},
+    )
+    worker = _counted_run(plan)
+    assert worker.stats.devices == 200
+    # Not one device prepared per device started: a batch, one after another,
+    # never more than the window has room for.
     assert 1 < worker.most_in_a_row <= worker.window - worker.low_water
 
 
