@@ -44,11 +44,12 @@ _MIN_WINDOW = 64
 # about 17 KiB each. 1,024 cover a second of any schedule a worker keeps (about
 # 1,000 connects a second on a core), and the producer refills it as devices start.
 _MAX_WINDOW = 1024
-# Devices are prepared in batches of up to this many (a quarter of the window at
-# most), once the window has room for one: one after another, with only the
-# event loop's poll between them, a device's preparation costs about half what
-# it costs between two handshakes, whose crypto evicts its code and data from
-# the caches (120-150 µs against 280-300 µs in place, docs/benchmarks.md).
+# Devices are prepared in batches: once the window has room for this many (a
+# quarter of the window at most), the producer fills it, one device after
+# another, with only the event loop's poll between them. A preparation then
+# costs about half what it costs between two handshakes, whose crypto evicts its
+# code and data from the caches (120-150 µs against 280-300 µs in place,
+# docs/benchmarks.md).
 _BATCH = 16
 # A preparation is put off while a device is due within this many seconds (about
 # a preparation's CPU between two handshakes, with room): the device starts
