@@ -82,16 +82,22 @@ def _one_worker_plan(root, mosquitto, device_ca, count, *, load, port=None, **se
     return build_plan(scenario, endpoint=("127.0.0.1", port or free_port()), workers=1)
 
 
-def _counted_run(plan) -> CountingWorker:
-    """A worker that ran ``plan``'s whole fleet, and what it counted."""
+def _ran(make, start_at=None):
+    """The worker ``make()`` makes (on the event loop: a worker needs one), once
+    it has run its whole fleet, started at once or by ``start_at(worker)``."""
 
-    async def run() -> CountingWorker:
-        worker = CountingWorker(plan, 0, lambda _message: None)
+    async def run():
+        worker = make()
         async with asyncio.timeout(120):
-            await worker.run(worker.start_at)
+            await worker.run(time.monotonic if start_at is None else start_at(worker))
         return worker
 
     return asyncio.run(run())
+
+
+def _counted_run(plan) -> CountingWorker:
+    """A worker that ran ``plan``'s whole fleet, and what it counted."""
+    return _ran(lambda: CountingWorker(plan, 0, lambda _message: None), lambda w: w.start_at)
 
 
 @pytest.fixture(scope="module")
@@ -137,13 +143,7 @@ def test_every_progress_report_counts_each_device_that_ended_before_it(
         load={"executor": "constant-arrival-rate", "rate": "40/s", "max_in_flight": 10},
     )
     sent = []
-
-    async def run() -> None:
-        worker = Worker(plan, 0, sent.append)
-        async with asyncio.timeout(60):
-            await worker.run(time.monotonic)
-
-    asyncio.run(run())
+    _ran(lambda: Worker(plan, 0, sent.append))
     reports = [progress for kind, progress in sent if kind == "progress"]
     assert len([p for p in reports if p.stats["devices"]]) >= 2  # reports while it ran
     for progress in reports:
@@ -171,13 +171,7 @@ def test_a_worker_never_has_more_devices_in_flight_than_its_share(tmp_path, mosq
             self.most = max(self.most, self.in_flight)
             await super()._one(spec, t0, started)
 
-    async def run() -> Watched:
-        worker = Watched(plan, 0, lambda _message: None)
-        async with asyncio.timeout(60):
-            await worker.run(time.monotonic)
-        return worker
-
-    worker = asyncio.run(run())
+    worker = _ran(lambda: Watched(plan, 0, lambda _message: None))
     assert worker.most == 3
     assert worker.stats.outcomes["connected"] == worker.stats.devices == 12
     assert worker.stats.slot_waits > 0
