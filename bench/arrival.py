@@ -14,6 +14,17 @@ more than once), each repeat runs the `loadgen` of each checkout in turn inside
 the same bracket (before and after a change, alternating), and prints each one's
 figures and their ratio per repeat.
 
+With ``--c-device``, each repeat also runs the same whole life in C
+(`bench/c_device.c`, built with gcc against the system's OpenSSL: Debian's
+libssl-dev), at the same rate on as many processes as workers, twice: every
+device with one certificate loaded once, as `s_time` does (no preparation: a
+floor below any fleet of distinct devices), and each with its own certificate
+and key read by OpenSSL's PEM readers (a naive client's preparation). Both pay
+what `s_time`'s back-to-back handshakes never do: the wake-ups of devices on a
+schedule (the start, the server's flight, the session tickets, the CONNACK)
+and the caches gone cold between them. The generator's ratio to the floor is
+printed beside its ratio to `s_time`.
+
 A run that fell behind its schedule (achieved below 99% of the target: the
 machine was too busy for the rate) measured a generator short of CPU, whose
 devices waited and retried: the medians are over the runs that kept the
@@ -28,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import trees as trees_option
+from bench.c_device import c_device
 from bench.connect import loadgen_run, mosquitto_bed, s_time
 
 _KEPT = 0.99  # achieved / target arrival rate of a run that kept its schedule
@@ -43,15 +55,29 @@ def main() -> None:
     parser.add_argument(
         "--no-publish", action="store_true", help="connect and disconnect only (no QoS 1 publish)"
     )
+    parser.add_argument(
+        "--c-device",
+        action="store_true",
+        help="also run the whole life in C at the same rate (bench/c_device.c), each repeat",
+    )
     trees_option.add_option(parser)
     args = parser.parse_args()
+    if args.c_device and not args.no_publish:
+        parser.error("--c-device: the C device connects and disconnects only; add --no-publish")
     trees = trees_option.chosen(args)
     steps = [] if args.no_publish else [{"publish": {"topic": "dt/{client_id}", "qos": 1}}]
     reports: dict[int, list[dict[str, Any]]] = {i: [] for i in range(len(trees))}
-    s_times = []
+    s_times: list[float] = []
+    floors: list[float] = []
+    owns: list[float] = []
     with mosquitto_bed(args.devices) as bed:
         for repeat in range(args.repeats):
             before = s_time(bed.broker, bed.fleet, bed.devices[0], args.s_time_seconds)
+            if args.c_device:
+                floors.append(
+                    c_device(bed, rate=args.rate, processes=args.workers, own=False) * 1e3
+                )
+                owns.append(c_device(bed, rate=args.rate, processes=args.workers, own=True) * 1e3)
             for i in trees_option.turns(len(trees), repeat):
                 reports[i].append(
                     loadgen_run(
@@ -79,8 +105,25 @@ def main() -> None:
         s_times,
         "{:.3f}",
     )
+    for what, values in (("one certificate for all", floors), ("each its own", owns)):
+        if not values:
+            continue
+        ratios = [f / s for f, s in zip(values, s_times, strict=True)]
+        _row(
+            f"the whole life in C (`bench/c_device.c`, {what}) at {args.rate:g}/s on "
+            f"{args.workers} processes: CPU per device",
+            f"{statistics.median(values):.3f} ms",
+            values,
+            "{:.3f}",
+        )
+        _row(
+            f"the whole life in C ({what}) / `s_time`, same repeat",
+            f"{statistics.median(ratios):.2f}x",
+            ratios,
+            "{:.2f}",
+        )
     results = [
-        _print_tree(reports[i], s_times, tree if len(trees) > 1 else None, args)
+        _print_tree(reports[i], s_times, floors, tree if len(trees) > 1 else None, args)
         for i, tree in enumerate(trees)
     ]
     if len(trees) > 1:
@@ -97,7 +140,11 @@ def main() -> None:
 
 
 def _print_tree(
-    rows: list[dict[str, Any]], s_times: list[float], tree: Path | None, args: argparse.Namespace
+    rows: list[dict[str, Any]],
+    s_times: list[float],
+    floors: list[float],
+    tree: Path | None,
+    args: argparse.Namespace,
 ) -> tuple[list[float], set[int]]:
     """This tree's rows; its whole-life CPU per device per run, and the runs that
     kept the schedule."""
@@ -144,6 +191,14 @@ def _print_tree(
         whole_ratio,
         "{:.2f}",
     )
+    if floors:
+        floor_ratio = [w / f for w, f in zip(whole, floors, strict=True)]
+        _row(
+            f"{who}whole life / the whole life in C (one certificate for all), same repeat",
+            f"**{median(floor_ratio):.2f}x**",
+            floor_ratio,
+            "{:.2f}",
+        )
     _row(
         f"{who}from the schedule's start / `s_time`, same repeat",
         f"{median(cpu_ratio):.2f}x",
