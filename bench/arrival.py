@@ -162,6 +162,8 @@ def _print_tree(
     connected = [float(r["outcomes"]["connected"]) for r in rows]
     cpu = [r["generator"]["cpu_ms_per_device"] for r in rows]
     whole = [r["generator"]["whole_cpu_ms_per_device"] for r in rows]
+    # Reports before the coordinator's CPU was counted have none.
+    coordinator = [r["generator"].get("coordinator_cpu_s", 0.0) * 1e3 / r["devices"] for r in rows]
     whole_ratio = [w / h for w, h in zip(whole, s_times, strict=True)]
     cpu_ratio = [c / h for c, h in zip(cpu, s_times, strict=True)]
     acts = "connecting and disconnecting" if args.no_publish else "connecting, publishing"
@@ -204,6 +206,12 @@ def _print_tree(
         f"{median(cpu_ratio):.2f}x",
         cpu_ratio,
         "{:.2f}",
+    )
+    _row(
+        f"{who}the coordinating process's CPU per device while the workers ran (not above)",
+        f"{median(coordinator):.3f} ms",
+        coordinator,
+        "{:.3f}",
     )
     _row(f"{who}devices connected", f"{median(connected):.0f}", connected, "{:.0f}")
     return whole, set(kept)

@@ -75,12 +75,16 @@ def test_merged_generator_cpu_adds_up_and_is_shared_by_all_devices():
     shards = [_report(results, lambda i: i < 100), _report(results, lambda i: i >= 100)]
     shards[0]["generator"]["cpu_s"], shards[1]["generator"]["cpu_s"] = 0.25, 0.35
     shards[0]["generator"]["ahead_cpu_s"], shards[1]["generator"]["ahead_cpu_s"] = 0.1, 0.2
+    shards[0]["generator"]["coordinator_cpu_s"] = 0.03
+    shards[1]["generator"]["coordinator_cpu_s"] = 0.06
     merged = merge(shards)
     assert merged["generator"] == {
         "cpu_s": 0.6,
         "cpu_ms_per_device": 2.0,
         "ahead_cpu_s": 0.3,
         "whole_cpu_ms_per_device": 3.0,
+        "coordinator_cpu_s": 0.09,
+        "all_cpu_ms_per_device": 3.3,
     }
 
 

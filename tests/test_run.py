@@ -116,6 +116,17 @@ def test_the_reports_whole_life_cpu_adds_the_devices_prepared_before_the_start(t
     assert generator["whole_cpu_ms_per_device"] == pytest.approx(whole, abs=0.002)
 
 
+def test_the_report_counts_the_coordinators_cpu_beside_the_workers(thousand):
+    report, _, result = thousand
+    generator = report["generator"]
+    # It took the workers' progress every half second while they ran; one process
+    # can spend no more than the run's wall time.
+    assert 0 < generator["coordinator_cpu_s"] < report["duration_s"]
+    everything = generator["cpu_s"] + generator["ahead_cpu_s"] + generator["coordinator_cpu_s"]
+    assert generator["all_cpu_ms_per_device"] == pytest.approx(everything, abs=0.002)
+    assert f"{generator['coordinator_cpu_s']:,.2f} s coordinating them" in result.out
+
+
 def test_the_summary_table_shows_outcomes_and_phases(thousand):
     _, _, result = thousand
     assert "connected" in result.out and "tls_rejected" in result.out

@@ -38,6 +38,9 @@ class RunTiming:
     lost: dict[int, str] = field(default_factory=dict)
     # With --start-at: how much later than asked the schedule started (ready late).
     late_s: float = 0.0
+    # This process's CPU while the workers ran: receiving and merging their
+    # progress, the live view and metrics. The generator's too, not a worker's.
+    coordinator_cpu_s: float = 0.0
 
 
 def listen_to(conn: multiprocessing.connection.Connection, callback: Any) -> None:
@@ -206,6 +209,7 @@ class _Tally:
     progress: dict[int, Progress] = field(default_factory=dict)
     lost: dict[int, str] = field(default_factory=dict)  # worker -> why
     late_s: float = 0.0
+    coordinator_cpu_s: float = 0.0
 
     def finished(self, worker: int) -> bool:
         return worker in self.results or worker in self.lost
@@ -236,7 +240,12 @@ class _Tally:
     def timing(self, stopped: bool) -> RunTiming:
         ended = self.ended_at or time.time()
         return RunTiming(
-            self.started_at, ended, partial=stopped, lost=dict(self.lost), late_s=self.late_s
+            self.started_at,
+            ended,
+            partial=stopped,
+            lost=dict(self.lost),
+            late_s=self.late_s,
+            coordinator_cpu_s=self.coordinator_cpu_s,
         )
 
 
@@ -271,6 +280,7 @@ def _supervise(
     for worker in ready:
         with contextlib.suppress(OSError):
             pipes[worker].send(("start", tally.started_at))
+    cpu = time.process_time()
     while not all(tally.finished(w) for w in range(len(pipes))):
         waiting = {w: p for w, p in enumerate(pipes) if not tally.finished(w)}
         for worker, (kind, payload) in _receive(waiting, processes, 0.5):
@@ -281,6 +291,7 @@ def _supervise(
         if on_progress is not None and tally.progress:
             on_progress(list(tally.progress.values()), time.time() - tally.started_at)
     tally.ended_at = time.time()
+    tally.coordinator_cpu_s = time.process_time() - cpu
     return tally
 
 

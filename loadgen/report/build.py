@@ -79,7 +79,10 @@ def build(plan: RunPlan, stats: RunStats, timing: RunTiming) -> dict[str, Any]:
         "histograms": {phase: stats.phases[phase].encode() for phase in PHASES}
         | {"schedule_lag": stats.lag.encode()},
         "generator": generator_cpu(
-            stats.cpu_us / 1_000_000, stats.devices, stats.ahead_cpu_us / 1_000_000
+            stats.cpu_us / 1_000_000,
+            stats.devices,
+            stats.ahead_cpu_us / 1_000_000,
+            timing.coordinator_cpu_s,
         ),
         "load": {
             "executor": type(plan.executor).__name__,
@@ -114,17 +117,27 @@ def accounting(planned: int, stats: RunStats, lost: dict[int, str]) -> dict[str,
     }
 
 
-def generator_cpu(cpu_s: float, devices: int, ahead_s: float = 0.0) -> dict[str, float | None]:
+def generator_cpu(
+    cpu_s: float, devices: int, ahead_s: float = 0.0, coordinator_s: float = 0.0
+) -> dict[str, float | None]:
     """What the workers spent, all of it: preparing devices on the way, connecting,
     acting, recording. Per device, it says how many devices a core can drive.
     ``ahead_s``, the first window's preparation before the schedule's start, is
-    part of a device's whole life but not of the run's pace."""
+    part of a device's whole life but not of the run's pace. ``coordinator_s``,
+    the process that started the workers, while they ran: what sizing a box must
+    add to the workers' (its start-up and the report are not counted)."""
     whole = cpu_s + ahead_s
+
+    def per_device(seconds: float) -> float | None:
+        return round(seconds * 1000 / devices, 3) if devices else None
+
     return {
         "cpu_s": round(cpu_s, 3),
-        "cpu_ms_per_device": round(cpu_s * 1000 / devices, 3) if devices else None,
+        "cpu_ms_per_device": per_device(cpu_s),
         "ahead_cpu_s": round(ahead_s, 3),
-        "whole_cpu_ms_per_device": round(whole * 1000 / devices, 3) if devices else None,
+        "whole_cpu_ms_per_device": per_device(whole),
+        "coordinator_cpu_s": round(coordinator_s, 3),
+        "all_cpu_ms_per_device": per_device(whole + coordinator_s),
     }
 
 

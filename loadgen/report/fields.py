@@ -187,6 +187,8 @@ MERGE = Needs(
         ("series.outcomes_per_s.*", LIST),
         ("series.latency_buckets?.*.[]", OBJ),
         ("generator?.cpu_s", NUM),
+        ("generator?.ahead_cpu_s?", NUM),
+        ("generator?.coordinator_cpu_s?", NUM),
         ("load.executor", STR),
         ("load.count", NUM),
         ("load.max_in_flight", NUM),

@@ -236,6 +236,7 @@ def merge(reports: list[dict[str, Any]]) -> dict[str, Any]:
             sum((r.get("generator") or {}).get("cpu_s", 0.0) for r in reports),
             sum(r["devices"] for r in reports),
             sum((r.get("generator") or {}).get("ahead_cpu_s", 0.0) for r in reports),
+            sum((r.get("generator") or {}).get("coordinator_cpu_s", 0.0) for r in reports),
         ),
         "load": {
             "executor": " + ".join(dict.fromkeys(r["load"]["executor"] for r in reports)),

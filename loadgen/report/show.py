@@ -211,9 +211,20 @@ def print_report(console: Console, report: dict[str, Any]) -> None:
         f"achieved {_ms(rate['achieved_per_s'])}/s;",
         f"schedule lag p99 {_ms(report['schedule_lag_ms']['p99'])} ms",
     )
-    per_device = (report.get("generator") or {}).get("cpu_ms_per_device")
+    generator = report.get("generator") or {}
+    per_device = generator.get("cpu_ms_per_device")
     if per_device is not None:
-        say(console, "generator:", f"{per_device:,.2f} ms of CPU per device")
+        coordinator = generator.get("coordinator_cpu_s")
+        say(
+            console,
+            "generator:",
+            f"{per_device:,.2f} ms of CPU per device",
+            *(
+                [f"in its workers, and {coordinator:,.2f} s coordinating them"]
+                if coordinator is not None
+                else []
+            ),
+        )
     accounting = report.get("accounting")
     if accounting is not None:
         say(console, *accounting_phrases(accounting))
