@@ -45,9 +45,9 @@ import uvloop
 from bench.connect import _native, _sessions, mosquitto_bed, scenario_file
 from bench.connect_floor import _bare_tasks, _connect_bytes
 from loadgen import mqtt
-from loadgen.load.plan import build_plan, endpoint_of
 from loadgen.load.runner import Worker
 from loadgen.metrics.stats import RunStats
+from loadgen.scenario.planning import build_plan, endpoint_of
 from loadgen.scenario.schema import load_scenario
 from loadgen.transport import client
 from loadgen.transport.tls import TlsSession

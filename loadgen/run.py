@@ -22,12 +22,13 @@ from loadgen.emulator.serve import EmbeddedEmulator, load_registration_config, s
 from loadgen.errors import ConfigError, UserError
 from loadgen.files import check_writable, write
 from loadgen.listen import check_listen
-from loadgen.load.plan import RunPlan, build_plan, check_template, endpoint_of
+from loadgen.load.plan import RunPlan
 from loadgen.load.shard import Shard
 from loadgen.load.start import StartAt
 from loadgen.load.workers import RunTiming, run_workers
 from loadgen.metrics.stats import RunStats
 from loadgen.report.build import build
+from loadgen.scenario.planning import build_plan, check_template, endpoint_of
 from loadgen.scenario.schema import EMBEDDED, Scenario
 from loadgen.scenario.units import parse_rate
 

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -14,6 +17,21 @@ from pathlib import Path
 # room for a loaded machine.
 GONE_WITHIN = 10.0
 _PR_SET_CHILD_SUBREAPER = 36  # <linux/prctl.h>
+
+
+# What the processes that carry the load need none of: the scenario's schema
+# (pydantic, about 23 MB in each), the CLI's (click, rich), YAML.
+NOT_UNDER_LOAD = ("pydantic", "loadgen.scenario.schema", "click", "rich", "yaml")
+
+
+def heavy_modules_after(script: str) -> list[str]:
+    """Which of ``NOT_UNDER_LOAD`` a fresh interpreter has loaded after ``script``:
+    the imports (and unpickling) a worker or a serving process starts with."""
+    loaded = f"sorted(m for m in {NOT_UNDER_LOAD!r} if m in sys.modules)"
+    check = f"{script}\nimport json, sys\nprint(json.dumps({loaded}))"
+    out = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, check=True)
+    names: list[str] = json.loads(out.stdout)
+    return names
 
 
 def _raw_stat(pid: int) -> tuple[str, int, int] | None:

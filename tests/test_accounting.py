@@ -17,10 +17,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from loadgen.load.chaos import POINTS, WORKER_EXIT, Chaos
-from loadgen.load.plan import build_plan
 from loadgen.load.workers import run_workers
 from loadgen.report.build import build
 from loadgen.run import ensure_fleet
+from loadgen.scenario.planning import build_plan
 from loadgen.scenario.schema import load_scenario
 from tests.brokers import Listener
 from tests.test_run import _scenario

@@ -27,7 +27,7 @@ from loadgen.transport.timing import AttemptTimes
 from loadgen.transport.tls import ClientTls
 from tests.brokers import free_port
 from tests.conftest import assert_user_error, run_loadgen
-from tests.processes import assert_all_gone, descendants
+from tests.processes import assert_all_gone, descendants, heavy_modules_after
 
 DEVICES = 60
 QUOTAS_OFF = {"connect": "off", "connect-per-client": "off", "provision": "off"}
@@ -376,3 +376,7 @@ def test_an_embedded_run_plans_enough_emulator_processes_for_the_open_files_limi
     data = json.loads(report.read_text())
     assert data["jitp"]["emulator_processes"] == 4
     assert data["outcomes"]["connected"] == DEVICES
+
+
+def test_a_serving_process_loads_neither_the_scenarios_schema_nor_the_cli():
+    assert heavy_modules_after("import loadgen.emulator.serving") == []

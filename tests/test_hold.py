@@ -14,9 +14,9 @@ import pytest
 from loadgen import mqtt
 from loadgen.device.lifecycle import Device, DeviceConfig, DeviceSpec, HoldStep
 from loadgen.device.outcome import Outcome
-from loadgen.load.plan import build_plan
 from loadgen.load.runner import Worker
 from loadgen.run import ensure_fleet
+from loadgen.scenario.planning import build_plan
 from loadgen.scenario.schema import load_scenario
 from loadgen.transport.client import Target
 from loadgen.transport.keepalive import Holds

@@ -22,11 +22,12 @@ import yaml
 from loadgen.certs.ca import CA
 from loadgen.certs.mint import MintRequest, mint
 from loadgen.certs.profile import Profile
-from loadgen.load.plan import RunPlan, build_plan
+from loadgen.load.plan import RunPlan
 from loadgen.load.runner import my_devices
 from loadgen.load.schedule import ConstantArrival, RampingArrival, Stage, offsets, scaled
 from loadgen.load.shard import Shard, parse_shard
 from loadgen.load.start import parse_start
+from loadgen.scenario.planning import build_plan
 from loadgen.scenario.schema import Scenario
 from tests.conftest import assert_user_error, run_loadgen
 

@@ -29,14 +29,13 @@ from pydantic import (
 
 from loadgen.certs.der import LATEST
 from loadgen.certs.keys import KeyType
-from loadgen.certs.subject import BY_NAME, FIELDS, SubjectValueError
+from loadgen.certs.subject import BY_NAME, FIELDS, MISSING_PREFIX, SubjectValueError
 from loadgen.config import load_model
 from loadgen.errors import ConfigError
 
 FAULTS_FIXED = ("expired", "not_yet_valid", "unknown_ca")
 # A ``not_yet_valid`` device becomes valid this long after minting.
 NOT_YET_VALID_IN = dt.timedelta(days=30)
-MISSING_PREFIX = "missing_"
 # Low-discrepancy sequence step: the golden ratio's fractional part. Faults are
 # assigned by where index * step falls in [0, 1), so any run of N devices carries
 # each fault within about log(N)/N of its fraction instead of a binomial spread.

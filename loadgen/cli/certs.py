@@ -25,9 +25,10 @@ from loadgen.certs.mint import InputNames, MintRequest, mint
 from loadgen.certs.mint import check as check_mint
 from loadgen.certs.profile import load_profile
 from loadgen.cli.common import stderr_console
+from loadgen.cli.options import SHARD
 from loadgen.cores import cores
 from loadgen.errors import UserError
-from loadgen.load.shard import SHARD, ShardName
+from loadgen.load.shard import ShardName
 from loadgen.words import counted
 
 

@@ -17,12 +17,27 @@ from loadgen.errors import UserError
 from loadgen.lifeline import StopSignals
 from loadgen.listen import PORT, check_listen
 from loadgen.load.plan import RunPlan
-from loadgen.load.shard import SHARD, Shard, ShardName
+from loadgen.load.shard import Shard, ShardName, parse_shard
 from loadgen.metrics import prometheus as prom
 from loadgen.report.build import write_outputs
 from loadgen.report.store import DESTINATION, Destination
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+class ShardType(click.ParamType[ShardName, Any]):
+    name = "I/N|NAME"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> ShardName:
+        if isinstance(value, ShardName):
+            return value
+        option = param.opts[0] if param is not None and param.opts else "--shard"
+        return parse_shard(str(value), option)
+
+
+SHARD = ShardType()
 
 _TARGET = (
     click.option("--endpoint", help="HOST:PORT instead of the scenario's endpoint."),

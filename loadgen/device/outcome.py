@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from loadgen.certs.profile import MISSING_PREFIX
+from loadgen.certs.subject import MISSING_PREFIX
 from loadgen.mqtt import MQTT_5
 from loadgen.transport.errors import (
     AckRefused,

@@ -1,5 +1,9 @@
 """A run's plan: the scenario resolved into what worker processes need, in plain
-picklable records."""
+picklable records (made by ``loadgen.scenario.planning``).
+
+Workers unpickle the plan, so importing this module imports what they run on:
+it must not reach the scenario's schema (pydantic, about 23 MB in each worker
+process, for nothing: a worker never reads a scenario)."""
 
 from __future__ import annotations
 
@@ -8,20 +12,10 @@ from pathlib import Path
 
 from loadgen.certs.store import Device as FleetDevice
 from loadgen.certs.subject import FIELDS
-from loadgen.device.lifecycle import DeviceConfig, HoldStep, PublishStep, Step, SubscribeStep
-from loadgen.device.retry import RetryPolicy
-from loadgen.errors import ConfigError
+from loadgen.device.lifecycle import DeviceConfig, PublishStep, Step, SubscribeStep
 from loadgen.load.chaos import Chaos
-from loadgen.load.schedule import (
-    Burst,
-    ConstantArrival,
-    Executor,
-    RampingArrival,
-    Stage,
-    scaled,
-)
+from loadgen.load.schedule import Executor
 from loadgen.load.shard import Shard
-from loadgen.scenario.schema import Hold, Publish, Scenario, parse_endpoint, template_text
 
 
 @dataclass(frozen=True)
@@ -67,99 +61,7 @@ class RunPlan:
         return f"{self.host}:{self.port}"
 
 
-def executor_of(scenario: Scenario, rate: float | None = None) -> Executor:
-    load = scenario.load
-    if load.executor == "burst":
-        return Burst()
-    if load.executor == "constant-arrival-rate" or rate is not None:
-        chosen = rate if rate is not None else load.rate
-        assert chosen is not None
-        return ConstantArrival(chosen)
-    assert load.stages
-    return RampingArrival(
-        tuple(Stage(s.rate, s.duration) for s in load.stages), load.start_rate or 0.0
-    )
-
-
-def build_plan(
-    scenario: Scenario,
-    *,
-    endpoint: tuple[str, int],
-    count: int | None = None,
-    rate: float | None = None,
-    workers: int = 1,
-    shard: Shard | None = None,
-) -> RunPlan:
-    """The run of ``count`` devices (default: the fleet's); with ``shard``, that
-    shard's part of them, at 1/N of every rate and of max_in_flight."""
-    host, port = endpoint
-    steps: list[Step] = []
-    for item in scenario.after_connect:
-        if isinstance(item, Publish):
-            p = item.publish
-            steps.append(PublishStep(p.topic, p.qos, p.count, p.payload_bytes))
-        elif isinstance(item, Hold):
-            hold = item.hold
-            steps.append(HoldStep(hold.duration or 0.0, hold.keepalive, hold.until))
-        else:
-            steps.append(SubscribeStep(item.subscribe.topic, item.subscribe.qos))
-    retry = scenario.retry
-    device = DeviceConfig(
-        retry=RetryPolicy(
-            retry.initial, retry.max, retry.multiplier, retry.jitter, retry.max_attempts
-        ),
-        expect_first_connect_rejected=scenario.jitp.expect_first_connect_rejected,
-        connect_timeout=scenario.timeouts.connect,
-        step_timeout=scenario.timeouts.step,
-        keepalive=scenario.mqtt.keepalive,
-    )
-    tls, load = scenario.tls, scenario.load
-    total = count if count is not None else scenario.fleet.count
-    executor = executor_of(scenario, rate)
-    return RunPlan(
-        scenario=scenario.name,
-        host=host,
-        port=port,
-        tls=TlsPlan(
-            tls.ca_file,
-            tls.server_name if tls.server_name is not None else host,
-            tuple(tls.alpn) if tls.alpn else None,
-            tls.verify_server,
-        ),
-        version=scenario.mqtt.protocol_version,
-        client_id=scenario.mqtt.client_id,
-        fleet=scenario.fleet.store,
-        count=shard.size(total) if shard is not None else total,
-        executor=executor if shard is None else scaled(executor, 1 / shard.count),
-        max_in_flight=load.max_in_flight if shard is None else shard.share(load.max_in_flight),
-        device=device,
-        steps=tuple(steps),
-        source_addresses=tuple(scenario.load.source_addresses or ()),
-        workers=workers,
-        driver=scenario.mqtt.driver,
-        shard=shard,
-    )
-
-
-def endpoint_of(scenario: Scenario, override: str | None) -> tuple[str, int]:
-    value = override or scenario.endpoint
-    try:
-        return parse_endpoint(value)
-    except ValueError as exc:
-        raise ConfigError(f"{'--endpoint' if override else 'endpoint'}: {exc}") from None
-
-
 _NO_SUBJECT = {f.name: "" for f in FIELDS}
-
-
-def check_template(template: str, where: str) -> None:
-    """Refuse, before the run, a template naming something no device has (a
-    scenario's were checked as it loaded, with their lines; this guards plans
-    made from elsewhere)."""
-    try:
-        template_text(template)
-    except ValueError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
 
 
 def render(template: str, device: FleetDevice, client_id: str | None = None) -> str:

@@ -13,9 +13,6 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Any
-
-import click
 
 from loadgen.errors import UserError
 
@@ -84,18 +81,3 @@ def parse_shard(value: str, option: str = "--shard") -> ShardName:
     if not 0 <= index < count:
         raise UserError(f"{option} {value}: I must be from 0 to {count - 1} (shard I of N)")
     return ShardName(str(index), Shard(index, count))
-
-
-class ShardType(click.ParamType[ShardName, Any]):
-    name = "I/N|NAME"
-
-    def convert(
-        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
-    ) -> ShardName:
-        if isinstance(value, ShardName):
-            return value
-        option = param.opts[0] if param is not None and param.opts else "--shard"
-        return parse_shard(str(value), option)
-
-
-SHARD = ShardType()

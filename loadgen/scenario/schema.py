@@ -12,8 +12,10 @@ from typing import Annotated, Literal
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
+    PlainSerializer,
     StrictBool,
     field_validator,
     model_validator,
@@ -24,7 +26,21 @@ from loadgen.config import Loc, field_error, read_model
 from loadgen.device.retry import Jitter
 from loadgen.emulator import limits
 from loadgen.mqtt.wire import MAX_VARINT
-from loadgen.scenario.units import Duration, PositiveDuration, Rate, RateOrZero
+from loadgen.scenario.units import parse_duration, parse_rate, parse_rate_or_zero, positive
+
+# Durations and rates as people write them ("5s", "200/s"), in fields.
+Duration = Annotated[
+    float, BeforeValidator(parse_duration), PlainSerializer(lambda s: f"{s:g}s", return_type=str)
+]
+Rate = Annotated[
+    float, BeforeValidator(parse_rate), PlainSerializer(lambda r: f"{r:g}/s", return_type=str)
+]
+PositiveDuration = Annotated[Duration, AfterValidator(positive)]
+RateOrZero = Annotated[
+    float,
+    BeforeValidator(parse_rate_or_zero),
+    PlainSerializer(lambda r: f"{r:g}/s", return_type=str),
+]
 
 EMBEDDED = "embedded"
 # AWS IoT refuses a publish payload above 128 KiB (its message broker limits).

@@ -1,13 +1,12 @@
 """Durations ("100ms", "5s", "2m", "1h") and rates ("200/s", "3000/m") as
-people write them in scenarios."""
+people write them in scenarios, parsed. Plain functions: the workers and the
+emulator's serving processes use them without the scenario's schema (pydantic),
+which holds the scenario's field types made of them."""
 
 from __future__ import annotations
 
 import math
 import re
-from typing import Annotated
-
-from pydantic import AfterValidator, BeforeValidator, PlainSerializer
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
@@ -60,17 +59,3 @@ def parse_rate_or_zero(value: object) -> float:
     if value == "0" or (match is not None and float(match.group(1)) == 0):
         return 0.0
     return parse_rate(value)
-
-
-Duration = Annotated[
-    float, BeforeValidator(parse_duration), PlainSerializer(lambda s: f"{s:g}s", return_type=str)
-]
-Rate = Annotated[
-    float, BeforeValidator(parse_rate), PlainSerializer(lambda r: f"{r:g}/s", return_type=str)
-]
-PositiveDuration = Annotated[Duration, AfterValidator(positive)]
-RateOrZero = Annotated[
-    float,
-    BeforeValidator(parse_rate_or_zero),
-    PlainSerializer(lambda r: f"{r:g}/s", return_type=str),
-]
