@@ -24,10 +24,10 @@ _PR_SET_CHILD_SUBREAPER = 36  # <linux/prctl.h>
 NOT_UNDER_LOAD = ("pydantic", "loadgen.scenario.schema", "click", "rich", "yaml")
 
 
-def heavy_modules_after(script: str) -> list[str]:
-    """Which of ``NOT_UNDER_LOAD`` a fresh interpreter has loaded after ``script``:
-    the imports (and unpickling) a worker or a serving process starts with."""
-    loaded = f"sorted(m for m in {NOT_UNDER_LOAD!r} if m in sys.modules)"
+def heavy_modules_after(script: str, names: tuple[str, ...] = NOT_UNDER_LOAD) -> list[str]:
+    """Which of ``names`` a fresh interpreter has loaded after ``script``: the
+    imports (and unpickling) a worker or a serving process starts with."""
+    loaded = f"sorted(m for m in {names!r} if m in sys.modules)"
     check = f"{script}\nimport json, sys\nprint(json.dumps({loaded}))"
     out = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, check=True)
     names: list[str] = json.loads(out.stdout)

@@ -380,3 +380,17 @@ def test_an_embedded_run_plans_enough_emulator_processes_for_the_open_files_limi
 
 def test_a_serving_process_loads_neither_the_scenarios_schema_nor_the_cli():
     assert heavy_modules_after("import loadgen.emulator.serving") == []
+
+
+def test_the_account_process_loads_the_emulators_command_and_no_other():
+    # `loadgen emulator serve` is the account process: it lives as long as the
+    # devices the emulator holds, and its memory counts against each of them.
+    serve = (
+        "import contextlib, io, sys\n"
+        "from loadgen.cli.app import cli\n"
+        "sys.argv = ['loadgen', 'emulator', 'serve', '--help']\n"
+        "with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+        "    cli.main()"
+    )
+    others = ("loadgen.run", "loadgen.capacity.command", "loadgen.cli.aws", "loadgen.cli.report")
+    assert heavy_modules_after(serve, others) == []
