@@ -45,7 +45,10 @@ static int connect_packet(unsigned char *out, const char *client_id) {
     size_t rest = 10 + 1 + 2 + id; /* variable header, properties length, payload */
     unsigned char *p = out;
     *p++ = 0x10;
-    *p++ = (unsigned char)rest; /* client ids here are short: one length byte */
+    do { /* the remaining length, a variable byte integer */
+        *p++ = (unsigned char)((rest & 0x7f) | (rest > 0x7f ? 0x80 : 0));
+        rest >>= 7;
+    } while (rest);
     const unsigned char head[] = {0, 4, 'M', 'Q', 'T', 'T', 5, 0x02, 0, 60, 0};
     memcpy(p, head, sizeof head);
     p += sizeof head;
@@ -76,7 +79,7 @@ static int one(SSL_CTX *ctx, const struct sockaddr_in *to, const char *cert, con
     if (SSL_connect(ssl) != 1)
         goto done;
     if (mqtt) {
-        unsigned char packet[300], in[64];
+        unsigned char packet[300], in[64]; /* client ids are at most 255 bytes */
         int n = connect_packet(packet, client_id);
         if (SSL_write(ssl, packet, n) != n)
             goto done;
