@@ -3,6 +3,7 @@ emulator on all cores, every one held at once; what each side costs per held
 device, in memory and CPU, and (``--knee``) the JITP rate this box sustains.
 
     .venv/bin/python -m bench.box [--devices 100000] [--rate 250/s] [--plateau 60] [--knee]
+    .venv/bin/python -m bench.box --knee-only [--knee-start 100] [--knee-step 50] [--knee-steps 8]
 
 It runs the real `loadgen run` (and `loadgen capacity` for the knee) on a fleet
 in /dev/shm, and watches the process tree from outside: the generator (the run
@@ -328,6 +329,25 @@ def _kib(value: object) -> str:
     return f"{value:.1f} KiB" if isinstance(value, float) else "n/a"
 
 
+def _print_held(held: dict[str, object]) -> None:
+    print(
+        f"devices held together: {held['held']:,} of {held['devices']:,} "
+        f"({held['connected']:,} connected; outcomes {held['outcomes']})\n"
+        f"generator: {held['generator_processes']} processes, "
+        f"{_kib(held['generator_kib_per_held'])} per held device "
+        f"(PSS {_kib(held['generator_pss_kib_per_held'])}), "
+        f"{held['generator_cpu_ms_per_device']} ms CPU per device (whole life)\n"
+        f"emulator: {held['emulator_processes']} processes, "
+        f"{_kib(held['emulator_kib_per_held'])} per held device "
+        f"(PSS {_kib(held['emulator_pss_kib_per_held'])}), "
+        f"{held['emulator_cpu_ms_per_device']} ms CPU per device (JITP + hold)\n"
+        f"arrivals: {held['achieved_per_s']}/s achieved of {held['target_per_s']}/s; "
+        f"provision p50 {held['provision_p50_ms']} ms, p99 {held['provision_p99_ms']} ms; "
+        f"{held['wall_s']} s",
+        flush=True,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
@@ -341,6 +361,12 @@ def main() -> None:
         "--emulator-processes", type=int, default=None, help="Default: the emulator's own."
     )
     parser.add_argument("--knee", action="store_true", help="Also search for the JITP knee.")
+    parser.add_argument(
+        "--knee-only",
+        action="store_true",
+        help="Search for the JITP knee without the held run first (--devices, --rate and "
+        "--plateau then do nothing).",
+    )
     parser.add_argument("--knee-start", type=float, default=100.0)
     parser.add_argument("--knee-step", type=float, default=50.0)
     parser.add_argument("--knee-steps", type=int, default=8)
@@ -349,36 +375,26 @@ def main() -> None:
         "--dir", type=Path, help="Work (and leave its logs) here, not in a temporary folder."
     )
     args = parser.parse_args()
-    if args.devices is None:
+    args.knee = args.knee or args.knee_only
+    if args.devices is None and not args.knee_only:
         args.devices = largest_fleet()
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     print(
-        f"bench.box: {args.devices:,} devices at {args.rate:g}/s, held {args.plateau:g} s "
-        f"together; {os.cpu_count()} cores, open files per process {hard:,}",
+        "bench.box: the JITP knee only"
+        if args.knee_only
+        else f"bench.box: {args.devices:,} devices at {args.rate:g}/s, held {args.plateau:g} s "
+        "together",
+        f"; {os.cpu_count()} cores, open files per process {hard:,}",
+        sep="",
         flush=True,
     )
     with tempfile.TemporaryDirectory(prefix="loadgen-box-", dir="/dev/shm") as name:
         tmp = args.dir or Path(name)
         tmp.mkdir(parents=True, exist_ok=True)
-        results: dict[str, object] = {"held": held_run(args, tmp)}
-        held = results["held"]
-        assert isinstance(held, dict)
-        print(
-            f"devices held together: {held['held']:,} of {held['devices']:,} "
-            f"({held['connected']:,} connected; outcomes {held['outcomes']})\n"
-            f"generator: {held['generator_processes']} processes, "
-            f"{_kib(held['generator_kib_per_held'])} per held device "
-            f"(PSS {_kib(held['generator_pss_kib_per_held'])}), "
-            f"{held['generator_cpu_ms_per_device']} ms CPU per device (whole life)\n"
-            f"emulator: {held['emulator_processes']} processes, "
-            f"{_kib(held['emulator_kib_per_held'])} per held device "
-            f"(PSS {_kib(held['emulator_pss_kib_per_held'])}), "
-            f"{held['emulator_cpu_ms_per_device']} ms CPU per device (JITP + hold)\n"
-            f"arrivals: {held['achieved_per_s']}/s achieved of {held['target_per_s']}/s; "
-            f"provision p50 {held['provision_p50_ms']} ms, p99 {held['provision_p99_ms']} ms; "
-            f"{held['wall_s']} s",
-            flush=True,
-        )
+        results: dict[str, object] = {}
+        if not args.knee_only:
+            results["held"] = held = held_run(args, tmp)
+            _print_held(held)
         if args.knee:
             found = results["knee"] = knee(args, tmp)
             steps = found["steps"]
