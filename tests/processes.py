@@ -30,8 +30,8 @@ def heavy_modules_after(script: str, names: tuple[str, ...] = NOT_UNDER_LOAD) ->
     loaded = f"sorted(m for m in {names!r} if m in sys.modules)"
     check = f"{script}\nimport json, sys\nprint(json.dumps({loaded}))"
     out = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, check=True)
-    names: list[str] = json.loads(out.stdout)
-    return names
+    found: list[str] = json.loads(out.stdout)
+    return found
 
 
 def _raw_stat(pid: int) -> tuple[str, int, int] | None:
