@@ -25,6 +25,12 @@ schedule (the start, the server's flight, the session tickets, the CONNACK)
 and the caches gone cold between them. The generator's ratio to the floor is
 printed beside its ratio to `s_time`.
 
+With ``--emqtt-bench ESCRIPT``, each repeat also runs emqtt-bench's `conn` (a
+peer: EMQX's Erlang load generator; `bench/build_emqtt_bench.sh` builds it) at
+the same rate against the same mosquitto, as shipped and with the Erlang
+schedulers' spinning off (`bench/emqtt_bench.py` says what it does and does
+not do next to a device of `loadgen run`).
+
 A run that fell behind its schedule (achieved below 99% of the target: the
 machine was too busy for the rate) measured a generator short of CPU, whose
 devices waited and retried: the medians are over the runs that kept the
@@ -41,6 +47,7 @@ from typing import Any
 from bench import trees as trees_option
 from bench.c_device import c_device
 from bench.connect import loadgen_run, mosquitto_bed, s_time
+from bench.emqtt_bench import emqtt_bench
 
 _KEPT = 0.99  # achieved / target arrival rate of a run that kept its schedule
 
@@ -60,16 +67,28 @@ def main() -> None:
         action="store_true",
         help="also run the whole life in C at the same rate (bench/c_device.c), each repeat",
     )
+    parser.add_argument(
+        "--emqtt-bench",
+        type=Path,
+        metavar="ESCRIPT",
+        help="also run emqtt-bench's `conn` at the same rate, each repeat, twice: as shipped "
+        "and with the Erlang schedulers' spinning off (bench/build_emqtt_bench.sh builds it)",
+    )
     trees_option.add_option(parser)
     args = parser.parse_args()
     if args.c_device and not args.no_publish:
         parser.error("--c-device: the C device connects and disconnects only; add --no-publish")
+    if args.emqtt_bench and not args.no_publish:
+        parser.error("--emqtt-bench: its `conn` only connects; add --no-publish")
+    if args.emqtt_bench and not args.emqtt_bench.is_file():
+        parser.error(f"--emqtt-bench: {args.emqtt_bench}: no such file")
     trees = trees_option.chosen(args)
     steps = [] if args.no_publish else [{"publish": {"topic": "dt/{client_id}", "qos": 1}}]
     reports: dict[int, list[dict[str, Any]]] = {i: [] for i in range(len(trees))}
     s_times: list[float] = []
     floors: list[float] = []
     owns: list[float] = []
+    peers: dict[bool, list[float]] = {True: [], False: []}  # emqtt-bench's, by spinning
     with mosquitto_bed(args.devices) as bed:
         for repeat in range(args.repeats):
             before = s_time(bed.broker, bed.fleet, bed.devices[0], args.s_time_seconds)
@@ -78,6 +97,11 @@ def main() -> None:
                     c_device(bed, rate=args.rate, processes=args.workers, own=False) * 1e3
                 )
                 owns.append(c_device(bed, rate=args.rate, processes=args.workers, own=True) * 1e3)
+            if args.emqtt_bench:
+                for spin, values in peers.items():
+                    values.append(
+                        emqtt_bench(bed, binary=args.emqtt_bench, rate=args.rate, spin=spin) * 1e3
+                    )
             for i in trees_option.turns(len(trees), repeat):
                 reports[i].append(
                     loadgen_run(
@@ -122,8 +146,26 @@ def main() -> None:
             ratios,
             "{:.2f}",
         )
+    for spin, values in peers.items():
+        if not values:
+            continue
+        how = "as shipped" if spin else "schedulers not spinning, `+sbwt none`"
+        ratios = [f / s for f, s in zip(values, s_times, strict=True)]
+        _row(
+            f"emqtt-bench `conn` ({how}; one certificate for all, the server not verified) "
+            f"at {round(args.rate)}/s: CPU per device connected after its first second",
+            f"{statistics.median(values):.3f} ms",
+            values,
+            "{:.3f}",
+        )
+        _row(
+            f"emqtt-bench ({how}) / `s_time`, same repeat",
+            f"{statistics.median(ratios):.2f}x",
+            ratios,
+            "{:.2f}",
+        )
     results = [
-        _print_tree(reports[i], s_times, floors, tree if len(trees) > 1 else None, args)
+        _print_tree(reports[i], s_times, floors, peers, tree if len(trees) > 1 else None, args)
         for i, tree in enumerate(trees)
     ]
     if len(trees) > 1:
@@ -143,6 +185,7 @@ def _print_tree(
     rows: list[dict[str, Any]],
     s_times: list[float],
     floors: list[float],
+    peers: dict[bool, list[float]],
     tree: Path | None,
     args: argparse.Namespace,
 ) -> tuple[list[float], set[int]]:
@@ -201,6 +244,16 @@ def _print_tree(
             floor_ratio,
             "{:.2f}",
         )
+    for spin, values in peers.items():
+        if values:
+            peer_ratio = [w / p for w, p in zip(whole, values, strict=True)]
+            how = "as shipped" if spin else "not spinning"
+            _row(
+                f"{who}whole life / emqtt-bench's ({how}), same repeat",
+                f"**{median(peer_ratio):.2f}x**",
+                peer_ratio,
+                "{:.2f}",
+            )
     _row(
         f"{who}from the schedule's start / `s_time`, same repeat",
         f"{median(cpu_ratio):.2f}x",
