@@ -28,7 +28,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING
 
 if TYPE_CHECKING:
     from bench.connect import Bed
@@ -37,42 +37,69 @@ _PROGRESS = re.compile(rb"(connect_succ|connect_fail) total=(\d+)")
 _NO_SPIN = "+sbwt none +sbwtdcpu none +sbwtdio none"
 
 
-def emqtt_bench(bed: Bed, *, binary: Path, rate: float, spin: bool = True) -> float:
-    """CPU seconds per device of `emqtt_bench conn` connecting all the bed's
-    devices at ``rate`` a second (rounded to a whole number: it takes no
-    fraction), until all are connected."""
-    device = bed.devices[0]
-    count = len(bed.devices)
+def start(
+    binary: Path,
+    *,
+    port: int,
+    cert: Path,
+    key: Path,
+    count: int,
+    rate: float,
+    keepalive: float = 300,
+    spin: bool = True,
+    stdout: int | IO[bytes] = subprocess.PIPE,
+) -> subprocess.Popen[bytes]:
+    """`emqtt_bench conn`: ``count`` clients to 127.0.0.1:``port`` over TLS with
+    one certificate, ``rate`` a second (rounded: it takes no fraction), each
+    holding its connection with a PINGREQ every ``keepalive`` seconds (whole
+    seconds). Its own session: ``os.killpg(run.pid, ...)`` stops its VM and
+    whatever the VM started."""
     env = dict(os.environ)
     if not spin:
         env["ERL_FLAGS"] = f"{env.get('ERL_FLAGS', '')} {_NO_SPIN}".strip()
-    run = subprocess.Popen(
+    return subprocess.Popen(
         [
             str(binary),
             "conn",
             "-h",
             "127.0.0.1",
             "-p",
-            str(bed.broker.tls_port),
+            str(port),
             "-S",
             "--certfile",
-            str(bed.fleet.path / device.cert),
+            str(cert),
             "--keyfile",
-            str(bed.fleet.path / device.key),
+            str(key),
             "-c",
             str(count),
             "-R",
             str(round(rate)),
             "-k",
-            "300",
+            str(max(1, round(keepalive))),
             "--prefix",
             "eb",
             "-s",
         ],
-        stdout=subprocess.PIPE,
+        stdout=stdout,
         stderr=subprocess.STDOUT,
         env=env,
-        start_new_session=True,  # its VM's helpers go with it on the group's kill
+        start_new_session=True,
+    )
+
+
+def emqtt_bench(bed: Bed, *, binary: Path, rate: float, spin: bool = True) -> float:
+    """CPU seconds per device of `emqtt_bench conn` connecting all the bed's
+    devices at ``rate`` a second, while they connect."""
+    device = bed.devices[0]
+    count = len(bed.devices)
+    run = start(
+        binary,
+        port=bed.broker.tls_port,
+        cert=bed.fleet.path / device.cert,
+        key=bed.fleet.path / device.key,
+        count=count,
+        rate=rate,
+        spin=spin,
     )
     assert run.stdout is not None
     succeeded = failed = 0

@@ -12,6 +12,11 @@ RSS per held device (all the generator's worker processes, prepared-but-unstarte
 devices included; mosquitto's process) and CPU per second of holding per 1,000
 devices (keepalive PINGREQs every ``--keepalive`` seconds). Figures are medians.
 
+With ``--emqtt-bench ESCRIPT`` (`bench/build_emqtt_bench.sh` builds it), each
+repeat also holds the same number of clients with emqtt-bench's `conn` (one
+certificate for all, the same rate and keepalive), and prints its RSS per held
+device and CPU of holding beside the generator's.
+
 ``usage(pid, port)`` is the measuring helper other benchmarks reuse: the RSS of
 a process tree and the connections it holds to or from a port.
 """
@@ -33,8 +38,10 @@ from pathlib import Path
 
 import yaml
 
+from bench import emqtt_bench
 from loadgen.certs.ca import init_ca
 from loadgen.certs.mint import MintRequest, mint
+from loadgen.certs.store import FleetStore
 from tests.brokers import start_mosquitto
 
 _TICKS = os.sysconf("SC_CLK_TCK")
@@ -228,6 +235,53 @@ def _one(scenario: Path, port: int, broker_pid: int, args: argparse.Namespace) -
     )
 
 
+@dataclass
+class PeerRun:
+    held: int
+    kib: float  # the peer's RSS per held device
+    cpu: float  # CPU seconds per second of holding per 1,000 devices
+
+
+def _peer(binary: Path, fleet: Path, port: int, args: argparse.Namespace) -> PeerRun:
+    """emqtt-bench holding as many clients as the generator does, measured the
+    same way: from the plateau (all held), over ``--plateau`` seconds."""
+    device = next(FleetStore(fleet).devices())
+    log = fleet.parent / "emqtt-bench.log"
+    with log.open("wb") as out:
+        run = emqtt_bench.start(
+            binary,
+            port=port,
+            cert=fleet / device.cert,
+            key=fleet / device.key,
+            count=args.devices,
+            rate=args.rate,
+            keepalive=args.keepalive,
+            stdout=out,
+        )
+    try:
+        deadline = time.monotonic() + args.devices / args.rate * 3 + 120
+        seen = usage(run.pid, port)
+        while seen.held < args.devices:
+            if run.poll() is not None or time.monotonic() > deadline:
+                tail = log.read_text(errors="replace")[-2000:]
+                raise SystemExit(f"emqtt-bench held {seen.held} of {args.devices}:\n{tail}")
+            time.sleep(1)
+            seen = usage(run.pid, port)
+        t0 = time.monotonic()
+        time.sleep(args.plateau)
+        last = usage(run.pid, port)
+        seconds = time.monotonic() - t0
+    finally:
+        os.killpg(run.pid, signal.SIGKILL)
+        run.wait()
+    held = min(seen.held, last.held)
+    return PeerRun(
+        held=last.held,
+        kib=last.rss / (1024 * last.held),
+        cpu=(last.cpu - seen.cpu) / seconds / (held / 1000),
+    )
+
+
 def _row(name: str, values: list[float], form: str) -> str:
     each = ", ".join(form.format(v) for v in values)
     return f"| {name} | **{form.format(statistics.median(values))}** | {each} |"
@@ -241,7 +295,15 @@ def main() -> None:
     parser.add_argument("--keepalive", type=float, default=10.0, help="seconds between PINGREQs")
     parser.add_argument("--workers", type=int, default=0, help="default: loadgen run plans them")
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument(
+        "--emqtt-bench",
+        type=Path,
+        metavar="ESCRIPT",
+        help="also hold as many clients with emqtt-bench's `conn` (bench/build_emqtt_bench.sh)",
+    )
     args = parser.parse_args()
+    if args.emqtt_bench and not args.emqtt_bench.is_file():
+        parser.error(f"--emqtt-bench: {args.emqtt_bench}: no such file")
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if args.devices + _BROKER_FD_MARGIN > hard:
         raise SystemExit(
@@ -250,6 +312,7 @@ def main() -> None:
         )
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # mosquitto inherits it
     runs: list[HoldRun] = []
+    peers: list[PeerRun] = []
     with tempfile.TemporaryDirectory(prefix="loadgen-hold-", dir="/dev/shm") as tmp:
         root = Path(tmp)
         ca = init_ca(root / "ca")
@@ -261,6 +324,9 @@ def main() -> None:
             for _ in range(args.repeats):
                 runs.append(_one(scenario, broker.tls_port, broker.process.pid, args))
                 time.sleep(2)  # mosquitto sees the last disconnects
+                if args.emqtt_bench:
+                    peers.append(_peer(args.emqtt_bench, root / "fleet", broker.tls_port, args))
+                    time.sleep(2)
         finally:
             broker.stop()
     print(
@@ -290,6 +356,16 @@ def main() -> None:
         ),
         ("seconds to the plateau", [r.ramp for r in runs], "{:.0f}"),
     ]
+    if peers:
+        rows += [
+            ("emqtt-bench's clients held", [float(p.held) for p in peers], "{:,.0f}"),
+            ("emqtt-bench KiB per held device (its VM's RSS)", [p.kib for p in peers], "{:.1f}"),
+            (
+                "emqtt-bench CPU ms per second of holding per 1,000 devices",
+                [p.cpu * 1000 for p in peers],
+                "{:.2f}",
+            ),
+        ]
     for name, values, form in rows:
         print(_row(name, values, form))
 
