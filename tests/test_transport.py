@@ -92,6 +92,52 @@ async def test_what_a_connection_frees_when_idle_is_its_own_tls_state(small_flee
     assert certificate_of(other.pointer)  # the other attempt's untouched
 
 
+class _BufMem(ctypes.Structure):
+    _fields_ = (  # openssl/buffer.h
+        ("length", ctypes.c_size_t),
+        ("data", ctypes.c_void_p),
+        ("max", ctypes.c_size_t),
+        ("flags", ctypes.c_ulong),
+    )
+
+
+def _bio_capacities(pointer: int) -> list[int]:
+    """What the read and write memory BIOs of the SSL at ``pointer`` have room
+    for (BIO_get_mem_ptr's buffer)."""
+    lib = openssl.load()
+    assert lib is not None
+    args = [ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_void_p]
+    bio_ctrl = openssl.bind(lib.BIO_ctrl, ctypes.c_long, args)
+    capacities = []
+    for get in (lib.SSL_get_rbio, lib.SSL_get_wbio):
+        bio = openssl.bind(get, ctypes.c_void_p, [ctypes.c_void_p])(pointer)
+        buffer = ctypes.c_void_p()
+        bio_ctrl(bio, 115, 0, ctypes.byref(buffer))  # BIO_C_GET_BUF_MEM_PTR
+        capacities.append(_BufMem.from_address(buffer.value).max)
+    return capacities
+
+
+async def test_a_held_connection_gives_back_its_handshake_sized_bio_buffers_and_works_on(
+    small_fleet, mosquitto
+):
+    # The handshake's flights (the certificates) grow both memory BIOs past a
+    # kilobyte; a hold swaps in empty buffers, which its PINGREQs grow to a few
+    # dozen bytes, and the connection answers and publishes as before.
+    device, tls = device_tls(small_fleet, mosquitto)
+    session = tls.session()
+    target = Target("127.0.0.1", mosquitto.tls_port, server_name="localhost")
+    times = AttemptTimes(time.monotonic())
+    async with asyncio.timeout(20):
+        client = await connect(target, session, mqtt.Connect(device.client_id, keepalive=1), times)
+        assert min(_bio_capacities(session.pointer)) > 1000
+        await client.hold(1.5, keepalive=0.5)
+        assert max(_bio_capacities(session.pointer)) < 256
+        await client.publish(f"dt/{device.client_id}", b"after the hold", qos=1)
+        client.disconnect()
+    assert client._p.pingresps >= 1
+    assert len(times.pubacks) == 1
+
+
 async def test_a_device_expecting_jitp_has_its_retry_session_made_with_the_first(
     tmp_path, small_fleet, mosquitto
 ):

@@ -560,6 +560,9 @@ class MqttClient:
         self._check()
         if seconds <= 0:
             return
+        tls = p.tls
+        if tls is not None and tls.idle is not None:
+            tls.idle.settle(tls.pointer)  # held: the handshake's buffers go
         done = p.expect("hold")
         wheel = holds if holds is not None else Holds(p.loop)
         wheel.add(p, done, seconds, keepalive, answer_within)

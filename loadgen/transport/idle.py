@@ -15,6 +15,11 @@ devices held against mosquitto, docs/benchmarks.md):
   (``SSL_certs_clear``). Nothing asks for them later: Python's client contexts
   offer post-handshake authentication only when told to, and ``ClientTls``
   does not.
+- The memory BIOs' buffers (about 3.2 KiB of heap), each grown to the largest
+  flight that passed through it (the server's certificate one way, the
+  device's the other) and never shrunk: OpenSSL keeps a memory BIO's capacity.
+  ``settle`` gives each an empty buffer when a connection goes idle for long
+  (a hold); a PINGREQ and its answer then grow them to a few dozen bytes.
 
 The tickets themselves cost little: a client context keeps no session cache
 (Python sets ``SSL_SESS_CACHE_SERVER`` only), so a connection keeps its latest
@@ -49,6 +54,21 @@ class _Calls:
         self.get_ctx = lib.SSL_get_SSL_CTX
         self.get_ctx.restype = ctypes.c_void_p
         self.get_ctx.argtypes = [ctypes.c_void_p]
+        self.get_rbio = openssl.bind(lib.SSL_get_rbio, ctypes.c_void_p, [ctypes.c_void_p])
+        self.get_wbio = openssl.bind(lib.SSL_get_wbio, ctypes.c_void_p, [ctypes.c_void_p])
+        self.bio_ctrl = openssl.bind(
+            lib.BIO_ctrl,
+            ctypes.c_long,
+            [ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_void_p],
+        )
+        self.buf_mem_new = openssl.bind(lib.BUF_MEM_new, ctypes.c_void_p, [])
+
+
+# BIO_ctrl's commands (openssl/bio.h): what BIO_ctrl_pending and BIO_set_mem_buf
+# expand to; a buffer set with BIO_CLOSE is the BIO's to free.
+_BIO_CTRL_PENDING = 10
+_BIO_C_SET_BUF_MEM = 114
+_BIO_CLOSE = 1
 
 
 def _ssl_pointer(sslobj: ssl.SSLObject) -> int | None:
@@ -96,6 +116,19 @@ class IdleTls:
         """Drop the certificate and key the handshake of ``pointer`` presented."""
         if pointer:
             self._calls.certs_clear(pointer)
+
+    def settle(self, pointer: int) -> None:
+        """Give ``pointer``'s memory BIOs empty buffers in place of those their
+        largest flights grew (the old ones freed); a BIO still holding bytes
+        keeps its own. Call when the connection goes idle for long."""
+        if not pointer:
+            return
+        calls = self._calls
+        for bio in (calls.get_rbio(pointer), calls.get_wbio(pointer)):
+            if bio and calls.bio_ctrl(bio, _BIO_CTRL_PENDING, 0, None) == 0:
+                fresh = calls.buf_mem_new()
+                if fresh:
+                    calls.bio_ctrl(bio, _BIO_C_SET_BUF_MEM, _BIO_CLOSE, fresh)
 
     def release(self, pointer: int) -> None:
         """Free the record buffers of ``pointer``; call when all that was received
