@@ -22,9 +22,12 @@ from loadgen.certs.profile import Profile
 from loadgen.certs.store import FleetStore
 from loadgen.emulator.account import Admission
 from loadgen.emulator.defaults import REGISTRATION_CONFIG
+from loadgen.emulator.quota import Quotas
 from loadgen.emulator.registry import CertRecord, CertStatus, Registry, jitp_parameters
+from loadgen.emulator.serve import server_identity
 from loadgen.emulator.server import Emulator
 from tests.test_emulator_robustness import _client_context, _open, _serve
+from tests.tls_buffers import bio_capacities
 
 
 async def _provisioned(tmp_path, device_ca, fleet):
@@ -62,6 +65,43 @@ async def test_a_device_is_sent_no_session_ticket_it_would_never_resume(
         assert isinstance(connack, mqtt.ConnAck) and connack.reason_code == 0
         assert ssl_object.version() == "TLSv1.3"
         assert not ssl_object.session.has_ticket
+        writer.close()
+    server.close()
+
+
+async def test_an_accepted_session_gives_back_its_handshake_sized_bio_buffers_and_works_on(
+    tmp_path, device_ca, small_fleet
+):
+    # The handshake's flights (the certificates) grow both memory BIOs of the
+    # session past a kilobyte; once its CONNACK is out they are swapped for
+    # empty ones, and the session answers on.
+    cert, key, server_ca = server_identity(tmp_path)
+    registry = Registry()
+    registry.register_ca(device_ca.cert, REGISTRATION_CONFIG)
+    emulator = Emulator(registry, str(cert), str(key), Quotas(None, None, None))
+    sessions = []
+    accept = emulator._accepted
+
+    def accepted():  # type: ignore[no-untyped-def]
+        sessions.append(accept())
+        return sessions[-1]
+
+    emulator._accepted = accepted  # type: ignore[method-assign]
+    server = await emulator.serve("127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    device = next(d for d in small_fleet.devices() if d.fault is None)
+    context = _client_context(small_fleet, device, server_ca)
+    async with asyncio.timeout(30):
+        _, writer = await _open(port, context)  # the JITP trigger, closed
+        writer.close()
+        reader, writer = await _open(port, context)
+        writer.write(mqtt.encode(mqtt.Connect(device.client_id), mqtt.MQTT_5))
+        assert (await _connack(reader)).reason_code == 0
+        session = sessions[-1]
+        assert emulator.idle is not None and session.tls_pointer
+        assert max(bio_capacities(session.tls_pointer)) < 256
+        writer.write(mqtt.encode(mqtt.PingReq(), mqtt.MQTT_5))
+        assert isinstance(await _connack(reader), mqtt.PingResp)
         writer.close()
     server.close()
 

@@ -25,6 +25,7 @@ from loadgen.transport.timing import AttemptTimes
 from loadgen.transport.tls import ALPN_AWS_MQTT, ClientTls, DeviceTls, device_context
 from tests.conftest import device_tls, python_in_netns
 from tests.echo_broker import EchoBroker
+from tests.tls_buffers import bio_capacities
 
 
 def _device(fleet, fault=None):
@@ -92,31 +93,6 @@ async def test_what_a_connection_frees_when_idle_is_its_own_tls_state(small_flee
     assert certificate_of(other.pointer)  # the other attempt's untouched
 
 
-class _BufMem(ctypes.Structure):
-    _fields_ = (  # openssl/buffer.h
-        ("length", ctypes.c_size_t),
-        ("data", ctypes.c_void_p),
-        ("max", ctypes.c_size_t),
-        ("flags", ctypes.c_ulong),
-    )
-
-
-def _bio_capacities(pointer: int) -> list[int]:
-    """What the read and write memory BIOs of the SSL at ``pointer`` have room
-    for (BIO_get_mem_ptr's buffer)."""
-    lib = openssl.load()
-    assert lib is not None
-    args = [ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_void_p]
-    bio_ctrl = openssl.bind(lib.BIO_ctrl, ctypes.c_long, args)
-    capacities = []
-    for get in (lib.SSL_get_rbio, lib.SSL_get_wbio):
-        bio = openssl.bind(get, ctypes.c_void_p, [ctypes.c_void_p])(pointer)
-        buffer = ctypes.c_void_p()
-        bio_ctrl(bio, 115, 0, ctypes.byref(buffer))  # BIO_C_GET_BUF_MEM_PTR
-        capacities.append(_BufMem.from_address(buffer.value).max)
-    return capacities
-
-
 async def test_a_held_connection_gives_back_its_handshake_sized_bio_buffers_and_works_on(
     small_fleet, mosquitto
 ):
@@ -129,9 +105,9 @@ async def test_a_held_connection_gives_back_its_handshake_sized_bio_buffers_and_
     times = AttemptTimes(time.monotonic())
     async with asyncio.timeout(20):
         client = await connect(target, session, mqtt.Connect(device.client_id, keepalive=1), times)
-        assert min(_bio_capacities(session.pointer)) > 1000
+        assert min(bio_capacities(session.pointer)) > 1000
         await client.hold(1.5, keepalive=0.5)
-        assert max(_bio_capacities(session.pointer)) < 256
+        assert max(bio_capacities(session.pointer)) < 256
         await client.publish(f"dt/{device.client_id}", b"after the hold", qos=1)
         client.disconnect()
     assert client._p.pingresps >= 1
@@ -433,6 +409,7 @@ from loadgen import mqtt
 from loadgen.transport.client import Target, connect
 from loadgen.transport.timing import AttemptTimes
 from tests.echo_broker import EchoBroker
+from tests.tls_buffers import bio_capacities
 
 async def main():
     loop = asyncio.get_running_loop()

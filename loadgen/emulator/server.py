@@ -33,6 +33,7 @@ from loadgen.emulator.registry import CertRecord, Registry, jitp_parameters
 from loadgen.heap import Heap
 from loadgen.legacy_ec import LegacyEc
 from loadgen.mqtt import topics
+from loadgen.transport.idle import IdleTls
 
 if TYPE_CHECKING:
     from loadgen.emulator.api.app import ApiStats
@@ -156,6 +157,9 @@ class Emulator:
         self.accepted = 0
         self._tidying: asyncio.Task[None] | None = None
         self.read_buffer = memoryview(bytearray(_READ_SIZE))
+        # Gives a held session's TLS buffers back (None: OpenSSL not reached);
+        # set with the first context.
+        self.idle: IdleTls | None = None
 
     @property
     def registry(self) -> Registry:
@@ -215,6 +219,8 @@ class Emulator:
         context.sslobject_class = _ServerSslObject
         if cas:
             context.load_verify_locations(cadata="".join(cas))
+        if not self._contexts:
+            self.idle = IdleTls.reach(context)
         self._contexts = {cas: context}
         return context
 
@@ -318,6 +324,7 @@ class _Session(asyncio.BufferedProtocol):
         self.idle_limit = 0.0
         self.client_max = mqtt.MAX_PACKET_SIZE  # what the client accepts (MQTT 5 CONNECT)
         self.der = b""  # the client's certificate
+        self.tls_pointer = 0  # its SSLObject's SSL *, for the emulator's ``idle``
         self.admission: Admission | None = None
         # Waiting for the account's answer (admission, then the CONNECT's quota):
         # reading stops meanwhile, and what was read waits in the backlog.
@@ -332,7 +339,10 @@ class _Session(asyncio.BufferedProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's TLS transport is no asyncio.Transport subclass, but is one.
         self.transport = cast(asyncio.Transport, transport)
-        self.der = transport.get_extra_info("ssl_object").getpeercert(binary_form=True)
+        ssl_object = transport.get_extra_info("ssl_object")
+        self.der = ssl_object.getpeercert(binary_form=True)
+        if self.emulator.idle is not None:
+            self.tls_pointer = self.emulator.idle.pointer(ssl_object)
         self.asking = True
         self.emulator.account.admit(self.der, self._admitted)
 
@@ -424,6 +434,11 @@ class _Session(asyncio.BufferedProtocol):
             if keepalive != packet.keepalive:
                 properties = replace(properties, server_keep_alive=keepalive)
         self.transport.write(self.conn.send(mqtt.ConnAck(properties=properties)))
+        if self.emulator.idle is not None:
+            # The handshake's flights grew both memory BIOs (about 3 KiB) for
+            # a session that now mostly sits idle; the CONNACK is out of them
+            # already (uvloop writes through at once).
+            self.emulator.idle.settle(self.tls_pointer)
         self.connected = True
         self.idle_limit = self.limits.keepalive_timeout(packet.keepalive)
         if packet.properties.maximum_packet_size is not None:

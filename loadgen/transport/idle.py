@@ -86,8 +86,9 @@ class IdleTls:
 
     @classmethod
     def reach(cls, context: ssl.SSLContext) -> IdleTls | None:
-        """For the SSLObjects ``context`` makes; None where OpenSSL's SSL cannot
-        be reached safely."""
+        """For the SSLObjects ``context`` makes (a client's or a server's; the
+        emulator's sessions ``settle`` too); None where OpenSSL's SSL cannot be
+        reached safely."""
         layout = openssl_calls()
         lib = openssl.load()
         if layout is None or lib is None:
@@ -99,7 +100,10 @@ class IdleTls:
         ctx = ctx_pointer(layout, context)
         if ctx is None:
             return None
-        probe = context.wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO(), server_hostname="localhost")
+        if context.protocol is ssl.PROTOCOL_TLS_SERVER:
+            probe = context.wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO(), server_side=True)
+        else:
+            probe = context.wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO(), server_hostname="localhost")
         pointer = _ssl_pointer(probe)
         # The SSL must answer with the context it was made from: then the layout holds.
         if not pointer or calls.get_ctx(pointer) != ctx:
