@@ -88,6 +88,18 @@ def test_merged_generator_cpu_adds_up_and_is_shared_by_all_devices():
     }
 
 
+def test_a_merge_with_a_report_from_before_the_coordinators_cpu_leaves_it_unknown():
+    results = _results(200, 6)
+    old, new = _report(results, lambda i: i < 100), _report(results, lambda i: i >= 100)
+    del old["generator"]["coordinator_cpu_s"]
+    merged = merge([old, new])["generator"]
+    assert merged["coordinator_cpu_s"] is None
+    assert merged["all_cpu_ms_per_device"] is None
+    assert merged["whole_cpu_ms_per_device"] is not None  # the workers' is still known
+    # and a merge of that merge stays unknown, not counted as nothing
+    assert merge([merge([old, new]), new])["generator"]["coordinator_cpu_s"] is None
+
+
 def test_merged_latency_over_time_equals_one_run_over_the_union():
     results = _results(2000, 9)
     union = _report(results, lambda i: True)

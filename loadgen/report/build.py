@@ -118,14 +118,15 @@ def accounting(planned: int, stats: RunStats, lost: dict[int, str]) -> dict[str,
 
 
 def generator_cpu(
-    cpu_s: float, devices: int, ahead_s: float = 0.0, coordinator_s: float = 0.0
+    cpu_s: float, devices: int, ahead_s: float = 0.0, coordinator_s: float | None = 0.0
 ) -> dict[str, float | None]:
     """What the workers spent, all of it: preparing devices on the way, connecting,
     acting, recording. Per device, it says how many devices a core can drive.
     ``ahead_s``, the first window's preparation before the schedule's start, is
     part of a device's whole life but not of the run's pace. ``coordinator_s``,
     the process that started the workers, while they ran: what sizing a box must
-    add to the workers' (its start-up and the report are not counted)."""
+    add to the workers' (its start-up and the report are not counted); None
+    where it is not known (a merge with a report older than the figure)."""
     whole = cpu_s + ahead_s
 
     def per_device(seconds: float) -> float | None:
@@ -136,8 +137,10 @@ def generator_cpu(
         "cpu_ms_per_device": per_device(cpu_s),
         "ahead_cpu_s": round(ahead_s, 3),
         "whole_cpu_ms_per_device": per_device(whole),
-        "coordinator_cpu_s": round(coordinator_s, 3),
-        "all_cpu_ms_per_device": per_device(whole + coordinator_s),
+        "coordinator_cpu_s": None if coordinator_s is None else round(coordinator_s, 3),
+        "all_cpu_ms_per_device": (
+            None if coordinator_s is None else per_device(whole + coordinator_s)
+        ),
     }
 
 

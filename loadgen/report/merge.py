@@ -236,7 +236,7 @@ def merge(reports: list[dict[str, Any]]) -> dict[str, Any]:
             sum((r.get("generator") or {}).get("cpu_s", 0.0) for r in reports),
             sum(r["devices"] for r in reports),
             sum((r.get("generator") or {}).get("ahead_cpu_s", 0.0) for r in reports),
-            sum((r.get("generator") or {}).get("coordinator_cpu_s", 0.0) for r in reports),
+            _coordinators_cpu(reports),
         ),
         "load": {
             "executor": " + ".join(dict.fromkeys(r["load"]["executor"] for r in reports)),
@@ -252,6 +252,19 @@ def merge(reports: list[dict[str, Any]]) -> dict[str, Any]:
     if (start := _merged_start(reports)) is not None:
         merged_report["start"] = start
     return merged_report
+
+
+def _coordinators_cpu(reports: list[dict[str, Any]]) -> float | None:
+    """The coordinating processes' CPU added up; unknown (None) when a report
+    does not say it (from before the field, or itself a merge with such a part):
+    counted as nothing, it would understate what a device costs."""
+    total = 0.0
+    for report in reports:
+        seconds = (report.get("generator") or {}).get("coordinator_cpu_s")
+        if seconds is None:
+            return None
+        total += seconds
+    return total
 
 
 def _merge_accounting(reports: list[dict[str, Any]]) -> dict[str, Any]:
