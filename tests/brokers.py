@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -14,6 +17,7 @@ from pathlib import Path
 
 from loadgen.certs.ca import CA, init_ca, server_cert
 from loadgen.files import write
+from loadgen.lifeline import die_with_parent
 
 
 def free_port() -> int:
@@ -123,7 +127,12 @@ def start_mosquitto(root: Path, device_ca_pem: Path, *, password_file: Path | No
         )
         log.write_bytes(b"")
         process = subprocess.Popen(
-            [binary, "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            [binary, "-c", str(config)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            # Whoever started it (a test session, a benchmark, a script) may
+            # die without stopping it: the kernel then ends it too.
+            preexec_fn=functools.partial(die_with_parent, os.getpid(), signal.SIGTERM),
         )
         try:
             wait_for_port(tls_port, process=process)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import re
 import signal
 import subprocess
@@ -19,7 +20,7 @@ import pytest
 import yaml
 
 from tests.brokers import free_port
-from tests.processes import GONE_WITHIN, assert_all_gone, cmdline, descendants
+from tests.processes import GONE_WITHIN, assert_all_gone, cmdline, descendants, still_running
 from tests.test_run import _scenario
 
 # How long a run may take to be under way (mint, start workers, first devices).
@@ -296,6 +297,36 @@ def test_a_child_whose_parent_died_before_it_asked_to_die_with_it_dies_at_once()
         timeout=30,
     )
     assert child.returncode == -signal.SIGTERM
+
+
+def test_a_mosquitto_started_for_a_test_ends_with_whoever_started_it(tmp_path, device_ca):
+    # A benchmark or script killed before its broker.stop() left mosquitto behind.
+    ca_pem = str(device_ca.directory / "ca.pem")
+    starter = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import time; from pathlib import Path; from tests.brokers import start_mosquitto; "
+            f"b = start_mosquitto(Path({str(tmp_path)!r}), Path({ca_pem!r})); "
+            "print(b.process.pid, flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert starter.stdout is not None
+    try:
+        broker = int(starter.stdout.readline())
+        started = descendants(starter.pid)
+        assert broker in started
+    finally:
+        starter.kill()
+        starter.wait()
+        starter.stdout.close()
+    try:
+        assert_all_gone({broker: started[broker]})
+    finally:
+        if still_running({broker: started[broker]}):
+            os.kill(broker, signal.SIGKILL)
 
 
 def test_the_embedded_emulator_stops_with_one_line_when_its_stdin_closes(tmp_path, device_ca):
