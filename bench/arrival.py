@@ -130,42 +130,31 @@ def main() -> None:
         "{:.3f}",
     )
     for what, values in (("one certificate for all", floors), ("each its own", owns)):
-        if not values:
-            continue
-        ratios = [f / s for f, s in zip(values, s_times, strict=True)]
-        _row(
+        _beside(
             f"the whole life in C (`bench/c_device.c`, {what}) at {args.rate:g}/s on "
-            f"{args.workers} processes: CPU per device",
-            f"{statistics.median(values):.3f} ms",
+            f"{args.workers} processes",
+            f"the whole life in C ({what})",
             values,
-            "{:.3f}",
-        )
-        _row(
-            f"the whole life in C ({what}) / `s_time`, same repeat",
-            f"{statistics.median(ratios):.2f}x",
-            ratios,
-            "{:.2f}",
+            s_times,
         )
     for spin, values in peers.items():
-        if not values:
-            continue
         how = "as shipped" if spin else "schedulers not spinning, `+sbwt none`"
-        ratios = [f / s for f, s in zip(values, s_times, strict=True)]
-        _row(
+        _beside(
             f"emqtt-bench `conn` ({how}; one certificate for all, the server not verified) "
-            f"at {round(args.rate)}/s: CPU per device connected after its first second",
-            f"{statistics.median(values):.3f} ms",
+            f"at {round(args.rate)}/s",
+            f"emqtt-bench ({how})",
             values,
-            "{:.3f}",
+            s_times,
+            per_device="CPU per device connected after its first second",
         )
-        _row(
-            f"emqtt-bench ({how}) / `s_time`, same repeat",
-            f"{statistics.median(ratios):.2f}x",
-            ratios,
-            "{:.2f}",
-        )
+    # What each tree's whole life is also set against, repeat by repeat.
+    references = [
+        ("the whole life in C (one certificate for all)", floors),
+        ("emqtt-bench's (as shipped)", peers[True]),
+        ("emqtt-bench's (not spinning)", peers[False]),
+    ]
     results = [
-        _print_tree(reports[i], s_times, floors, peers, tree if len(trees) > 1 else None, args)
+        _print_tree(reports[i], s_times, references, tree if len(trees) > 1 else None, args)
         for i, tree in enumerate(trees)
     ]
     if len(trees) > 1:
@@ -184,8 +173,7 @@ def main() -> None:
 def _print_tree(
     rows: list[dict[str, Any]],
     s_times: list[float],
-    floors: list[float],
-    peers: dict[bool, list[float]],
+    references: list[tuple[str, list[float]]],
     tree: Path | None,
     args: argparse.Namespace,
 ) -> tuple[list[float], set[int]]:
@@ -236,22 +224,13 @@ def _print_tree(
         whole_ratio,
         "{:.2f}",
     )
-    if floors:
-        floor_ratio = [w / f for w, f in zip(whole, floors, strict=True)]
-        _row(
-            f"{who}whole life / the whole life in C (one certificate for all), same repeat",
-            f"**{median(floor_ratio):.2f}x**",
-            floor_ratio,
-            "{:.2f}",
-        )
-    for spin, values in peers.items():
+    for name, values in references:
         if values:
-            peer_ratio = [w / p for w, p in zip(whole, values, strict=True)]
-            how = "as shipped" if spin else "not spinning"
+            ratio = [w / v for w, v in zip(whole, values, strict=True)]
             _row(
-                f"{who}whole life / emqtt-bench's ({how}), same repeat",
-                f"**{median(peer_ratio):.2f}x**",
-                peer_ratio,
+                f"{who}whole life / {name}, same repeat",
+                f"**{median(ratio):.2f}x**",
+                ratio,
                 "{:.2f}",
             )
     _row(
@@ -268,6 +247,27 @@ def _print_tree(
     )
     _row(f"{who}devices connected", f"{median(connected):.0f}", connected, "{:.0f}")
     return whole, set(kept)
+
+
+def _beside(
+    what: str,
+    short: str,
+    values: list[float],
+    s_times: list[float],
+    per_device: str = "CPU per device",
+) -> None:
+    """Rows for a client run in each repeat beside the generator's: its CPU per
+    device, and that over the repeat's `s_time` (nothing when it did not run)."""
+    if not values:
+        return
+    ratios = [v / s for v, s in zip(values, s_times, strict=True)]
+    _row(f"{what}: {per_device}", f"{statistics.median(values):.3f} ms", values, "{:.3f}")
+    _row(
+        f"{short} / `s_time`, same repeat",
+        f"{statistics.median(ratios):.2f}x",
+        ratios,
+        "{:.2f}",
+    )
 
 
 def _row(what: str, median: str, values: list[float], form: str) -> None:

@@ -30,6 +30,8 @@ import time
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
+from bench import hold  # its module, not its names: bench.hold imports this one
+
 if TYPE_CHECKING:
     from bench.connect import Bed
 
@@ -113,12 +115,12 @@ def emqtt_bench(bed: Bed, *, binary: Path, rate: float, spin: bool = True) -> fl
                 if name == b"connect_succ":
                     succeeded = int(total)
                     if first is None:
-                        first = (succeeded, _cpu(run.pid))
+                        first = (succeeded, hold.rss_and_cpu(run.pid)[1])
                 else:
                     failed = int(total)
             if succeeded + failed >= count or time.monotonic() > deadline:
                 break
-        last = _cpu(run.pid)
+        last = hold.rss_and_cpu(run.pid)[1]
     finally:
         os.killpg(run.pid, signal.SIGKILL)
         run.wait()
@@ -129,10 +131,3 @@ def emqtt_bench(bed: Bed, *, binary: Path, rate: float, spin: bool = True) -> fl
             f"or all in its first second (too few devices for the rate):\n{tail}"
         )
     return (last - first[1]) / (count - first[0])
-
-
-def _cpu(pid: int) -> float:
-    """The process's CPU seconds so far (user and system, all its threads)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -185,6 +185,26 @@ def _scenario(root: Path, ca: Path, port: int, server_ca: Path, args: argparse.N
     return path
 
 
+def _all_held(
+    run: subprocess.Popen[bytes], port: int, args: argparse.Namespace, log: Path, who: str
+) -> Usage:
+    """``run``'s tree once it holds every device (looked at each second): the
+    plateau's first look. Ends the benchmark with the tail of ``who``'s log when
+    ``run`` ends first, or the ramp takes three times its schedule and two
+    minutes more."""
+    deadline = time.monotonic() + args.devices / args.rate * 3 + 120
+    seen = usage(run.pid, port)
+    while seen.held < args.devices:
+        ended = run.poll() is not None
+        if ended or time.monotonic() > deadline:
+            tail = log.read_text(errors="replace")[-2000:]
+            when = "when it ended" if ended else "at the deadline"
+            raise SystemExit(f"{who}: {seen.held} of {args.devices} held {when}:\n{tail}")
+        time.sleep(1)
+        seen = usage(run.pid, port)
+    return seen
+
+
 def _one(scenario: Path, port: int, broker_pid: int, args: argparse.Namespace) -> HoldRun:
     command = [sys.executable, "-m", "loadgen", "run", str(scenario)]
     if args.workers:
@@ -194,20 +214,9 @@ def _one(scenario: Path, port: int, broker_pid: int, args: argparse.Namespace) -
         run = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
     try:
         started = time.monotonic()
-        deadline = started + args.devices / args.rate * 3 + 120
-        seen = usage(run.pid, port)
-        while seen.held < args.devices:
-            if run.poll() is not None:
-                raise SystemExit(f"loadgen run ended before the plateau: {log.read_text()}")
-            if time.monotonic() > deadline:
-                tail = log.read_text()[-2000:]
-                raise SystemExit(
-                    f"{seen.held} of {args.devices} devices held at the deadline:\n{tail}"
-                )
-            time.sleep(1)
-            seen = usage(run.pid, port)
+        first = _all_held(run, port, args, log, "loadgen run")
         ramp = time.monotonic() - started
-        first, broker_first = seen, usage(broker_pid, port)
+        broker_first = usage(broker_pid, port)
         t0 = time.monotonic()
         time.sleep(args.plateau)
         last, broker_last = usage(run.pid, port), usage(broker_pid, port)
@@ -259,14 +268,7 @@ def _peer(binary: Path, fleet: Path, port: int, args: argparse.Namespace) -> Pee
             stdout=out,
         )
     try:
-        deadline = time.monotonic() + args.devices / args.rate * 3 + 120
-        seen = usage(run.pid, port)
-        while seen.held < args.devices:
-            if run.poll() is not None or time.monotonic() > deadline:
-                tail = log.read_text(errors="replace")[-2000:]
-                raise SystemExit(f"emqtt-bench held {seen.held} of {args.devices}:\n{tail}")
-            time.sleep(1)
-            seen = usage(run.pid, port)
+        seen = _all_held(run, port, args, log, "emqtt-bench")
         t0 = time.monotonic()
         time.sleep(args.plateau)
         last = usage(run.pid, port)
