@@ -29,18 +29,13 @@ from loadgen.mqtt.wire import MAX_VARINT
 from loadgen.scenario.units import parse_duration, parse_rate, parse_rate_or_zero, positive
 
 # Durations and rates as people write them ("5s", "200/s"), in fields.
+_PER_SECOND = PlainSerializer(lambda r: f"{r:g}/s", return_type=str)
 Duration = Annotated[
     float, BeforeValidator(parse_duration), PlainSerializer(lambda s: f"{s:g}s", return_type=str)
 ]
-Rate = Annotated[
-    float, BeforeValidator(parse_rate), PlainSerializer(lambda r: f"{r:g}/s", return_type=str)
-]
+Rate = Annotated[float, BeforeValidator(parse_rate), _PER_SECOND]
 PositiveDuration = Annotated[Duration, AfterValidator(positive)]
-RateOrZero = Annotated[
-    float,
-    BeforeValidator(parse_rate_or_zero),
-    PlainSerializer(lambda r: f"{r:g}/s", return_type=str),
-]
+RateOrZero = Annotated[float, BeforeValidator(parse_rate_or_zero), _PER_SECOND]
 
 EMBEDDED = "embedded"
 # AWS IoT refuses a publish payload above 128 KiB (its message broker limits).
