@@ -14,11 +14,17 @@ from loadgen.emulator.serve import server_identity
 from loadgen.emulator.server import Emulator
 
 
-async def _serve(tmp_path, device_ca):
+def _emulator(tmp_path, device_ca):
+    """An emulator in this process trusting ``device_ca``, quotas off, not yet
+    serving; and the CA its server certificate is signed by."""
     cert, key, server_ca = server_identity(tmp_path)
     registry = Registry()
     registry.register_ca(device_ca.cert, REGISTRATION_CONFIG)
-    emulator = Emulator(registry, str(cert), str(key), Quotas(None, None, None))
+    return Emulator(registry, str(cert), str(key), Quotas(None, None, None)), server_ca
+
+
+async def _serve(tmp_path, device_ca):
+    emulator, server_ca = _emulator(tmp_path, device_ca)
     server = await emulator.serve("127.0.0.1", 0)
     return emulator, server, server.sockets[0].getsockname()[1], server_ca
 

@@ -22,11 +22,9 @@ from loadgen.certs.profile import Profile
 from loadgen.certs.store import FleetStore
 from loadgen.emulator.account import Admission
 from loadgen.emulator.defaults import REGISTRATION_CONFIG
-from loadgen.emulator.quota import Quotas
 from loadgen.emulator.registry import CertRecord, CertStatus, Registry, jitp_parameters
-from loadgen.emulator.serve import server_identity
 from loadgen.emulator.server import Emulator
-from tests.test_emulator_robustness import _client_context, _open, _serve
+from tests.test_emulator_robustness import _client_context, _emulator, _open, _serve
 from tests.tls_buffers import bio_capacities
 
 
@@ -75,10 +73,7 @@ async def test_an_accepted_session_gives_back_its_handshake_sized_bio_buffers_an
     # The handshake's flights (the certificates) grow both memory BIOs of the
     # session past a kilobyte; once its CONNACK is out they are swapped for
     # empty ones, and the session answers on.
-    cert, key, server_ca = server_identity(tmp_path)
-    registry = Registry()
-    registry.register_ca(device_ca.cert, REGISTRATION_CONFIG)
-    emulator = Emulator(registry, str(cert), str(key), Quotas(None, None, None))
+    emulator, server_ca = _emulator(tmp_path, device_ca)
     sessions = []
     accept = emulator._accepted
 
