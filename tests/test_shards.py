@@ -7,7 +7,9 @@ part, and writes its report. Merged, the shards are the whole fleet."""
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -363,23 +365,51 @@ def test_a_shard_never_makes_a_ca_of_its_own(pod):
 
 
 def test_a_shard_ready_later_than_the_tolerance_fails_without_a_report(pod):
-    # Ready takes minting 30 devices and a worker's start: more than the second
-    # this allows (the check before minting passes: it is not late yet).
-    start_at = time.time() + 1.0
-    result = run_loadgen(
-        "run",
-        "scenario.yaml",
-        *("--shard", "0/3"),
-        *("--start-at", f"{start_at}", "--start-tolerance", "0s"),
-        *("--report", "report.json"),
-        cwd=pod,
-    )
-    assert result.code == 2, result.err
-    assert "Traceback" not in result.err
-    last = result.err.strip().splitlines()[-1]
+    # The CA key is a FIFO the test holds until --start-at has passed: the check
+    # before minting (which comes before the key is read) passes, and the shard
+    # is certainly ready late, however fast this machine mints.
+    key = pod / "ca" / "ca.key"
+    held = pod / "ca.key.held"
+    key.rename(held)
+    os.mkfifo(key)
+    start_at = time.time() + 10.0
+    with subprocess.Popen(
+        [
+            sys.executable, "-m", "loadgen", "run", "scenario.yaml",
+            *("--shard", "0/3"),
+            *("--start-at", f"{start_at}", "--start-tolerance", "0s"),
+            *("--report", "report.json"),
+        ],
+        cwd=pod, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    ) as run:  # fmt: skip
+        fifo = _open_when_read(key, run, deadline=start_at)
+        time.sleep(max(0.0, start_at - time.time()) + 0.1)
+        # Later readers (the minting processes) find the regular file.
+        held.replace(key)
+        with os.fdopen(fifo, "wb") as writer:
+            writer.write(key.read_bytes())
+        err = run.communicate(timeout=300)[1]
+    assert run.returncode == 2, err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
     assert last.startswith(f"loadgen: error: --start-at {start_at}: ready "), last
     assert "late, more than --start-tolerance 0 s" in last
     assert not (pod / "report.json").exists()
+
+
+def _open_when_read(fifo: Path, run: subprocess.Popen[str], deadline: float) -> int:
+    """The FIFO's write end, once ``run`` has opened it to read; fails the test
+    when ``run`` ends first or is not there by ``deadline``."""
+    while time.time() < deadline and run.poll() is None:
+        try:
+            return os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as exc:
+            if exc.errno != errno.ENXIO:  # ENXIO: nobody reads it yet
+                raise
+        time.sleep(0.01)
+    run.kill()
+    _, err = run.communicate()
+    pytest.fail(f"the run did not read the CA key before --start-at: {err}")
 
 
 def test_certs_mint_takes_a_slice_not_a_name(tmp_path, device_ca):
