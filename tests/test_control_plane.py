@@ -18,7 +18,8 @@ from loadgen.certs.store import FleetStore
 from loadgen.emulator.api.control import ControlPlane
 from loadgen.emulator.api.errors import ApiError
 from loadgen.emulator.defaults import REGISTRATION_CONFIG
-from loadgen.emulator.registry import Registry, certificate_id
+from loadgen.emulator.parameters import certificate_id
+from loadgen.emulator.registry import Registry
 from loadgen.emulator.server import Emulator
 from loadgen.emulator.state import RegistryStore
 

@@ -12,7 +12,8 @@ from cryptography import x509
 
 from loadgen.certs.store import FleetStore
 from loadgen.emulator.errors import ClientError
-from loadgen.emulator.registry import CertStatus, Registry, certificate_id
+from loadgen.emulator.parameters import certificate_id
+from loadgen.emulator.registry import CertStatus, Registry
 from loadgen.emulator.serve import load_registration_config
 from tests.conftest import LIGHTBULB_PROFILE, run_loadgen
 

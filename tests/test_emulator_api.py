@@ -26,7 +26,7 @@ from loadgen.certs.mint import MintRequest, mint
 from loadgen.certs.profile import Profile
 from loadgen.certs.store import Device, FleetStore
 from loadgen.emulator.defaults import REGISTRATION_CONFIG
-from loadgen.emulator.registry import certificate_id
+from loadgen.emulator.parameters import certificate_id
 from loadgen.emulator.serve import start_embedded
 from tests.api_server import client, raw_http
 from tests.aws_cli import aws_cli, aws_iot

@@ -11,6 +11,7 @@ import sqlite3
 import time
 import urllib.request
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import uvloop
@@ -380,6 +381,25 @@ def test_an_embedded_run_plans_enough_emulator_processes_for_the_open_files_limi
 
 def test_a_serving_process_loads_neither_the_scenarios_schema_nor_the_cli():
     assert heavy_modules_after("import loadgen.emulator.serving") == []
+
+
+def test_serving_processes_provision_and_admit_devices_without_loading_cryptography(
+    tmp_path, device_ca, fleet
+):
+    # cryptography is about 16 MB of each process that loads it: the account
+    # process parses certificates; a serving process reads the DER in place.
+    emulator = start_embedded(device_ca.directory, None, tmp_path, quotas=QUOTAS_OFF, processes=2)
+    try:
+        assert connect_all(emulator, fleet) == Counter(closed=DEVICES)
+        assert connect_all(emulator, fleet) == Counter(connack=DEVICES)
+        serving = _serving_pids(emulator)
+        maps = {pid: Path(f"/proc/{pid}/maps").read_text() for pid in serving}
+        account = Path(f"/proc/{emulator.process.pid}/maps").read_text()
+    finally:
+        emulator.stop()
+    assert len(maps) == 2
+    assert "/cryptography/" in account  # what the check below looks for is there
+    assert [pid for pid, text in maps.items() if "/cryptography/" in text] == []
 
 
 def test_the_account_process_loads_the_emulators_command_and_no_other():

@@ -22,7 +22,8 @@ from loadgen.certs.profile import Profile
 from loadgen.certs.store import FleetStore
 from loadgen.emulator.account import Admission
 from loadgen.emulator.defaults import REGISTRATION_CONFIG
-from loadgen.emulator.registry import CertRecord, CertStatus, Registry, jitp_parameters
+from loadgen.emulator.parameters import jitp_parameters
+from loadgen.emulator.registry import CertRecord, CertStatus, Registry
 from loadgen.emulator.server import Emulator
 from tests.test_emulator_robustness import _client_context, _emulator, _open, _serve
 from tests.tls_buffers import bio_capacities

@@ -27,7 +27,7 @@ from loadgen.certs.store import FleetStore
 from loadgen.emulator import check as emu_check
 from loadgen.emulator import template as tpl
 from loadgen.emulator.errors import ClientError
-from loadgen.emulator.registry import subject_parameters
+from loadgen.emulator.parameters import subject_parameters
 from loadgen.emulator.render import registration_config
 from loadgen.emulator.serve import read_registration_config
 from loadgen.emulator.structure import config_problems

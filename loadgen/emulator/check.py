@@ -14,7 +14,7 @@ from loadgen.certs.subject import FIELDS
 from loadgen.emulator import policy
 from loadgen.emulator import template as tpl
 from loadgen.emulator.errors import ClientError
-from loadgen.emulator.registry import subject_parameters
+from loadgen.emulator.parameters import subject_parameters
 from loadgen.emulator.render import read_template, registration_config
 from loadgen.emulator.serve import read_registration_config
 from loadgen.emulator.structure import (

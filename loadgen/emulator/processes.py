@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from loadgen.cores import cores
-from loadgen.emulator.account import LocalAccount
 from loadgen.emulator.limits import Limits
+from loadgen.emulator.local import LocalAccount
 from loadgen.emulator.peer import Peer, PeerLost
 from loadgen.emulator.server import EmulatorStats
 from loadgen.errors import UserError

@@ -22,21 +22,23 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal, cast, overload
 
-from cryptography import x509
-
 from loadgen import mqtt
 from loadgen.emulator import policy
-from loadgen.emulator.account import Account, Admission, Admitted, LocalAccount
+from loadgen.emulator.account import Account, Admission, Admitted
 from loadgen.emulator.limits import CLOSE_LINGER, Limits
+from loadgen.emulator.parameters import jitp_parameters
 from loadgen.emulator.quota import Limiter, Quotas
-from loadgen.emulator.registry import CertRecord, Registry, jitp_parameters
 from loadgen.heap import Heap
 from loadgen.legacy_ec import LegacyEc
 from loadgen.mqtt import topics
 from loadgen.transport.idle import IdleTls
 
 if TYPE_CHECKING:
+    from cryptography import x509
+
     from loadgen.emulator.api.app import ApiStats
+    from loadgen.emulator.local import LocalAccount
+    from loadgen.emulator.registry import CertRecord, Registry
 
 # Why the emulator ends a session itself (EmulatorStats.closes).
 CLOSE_REASONS = (
@@ -138,6 +140,10 @@ class Emulator:
         self.local: LocalAccount | None = None
         if account is None:
             assert registry is not None, "an emulator needs a registry or an account"
+            # Here, not at the top: a serving process (with an account of the
+            # account process's) does without the registry and cryptography.
+            from loadgen.emulator.local import LocalAccount
+
             self.local = LocalAccount(registry, Limiter(quotas or Quotas()), self.stats)
             account = self.local
         self.account = account

@@ -16,7 +16,8 @@ from loadgen.emulator.api import base
 from loadgen.emulator.api.base import Account, Params, Result, invalid, not_found
 from loadgen.emulator.api.errors import ApiError
 from loadgen.emulator.errors import TemplateError
-from loadgen.emulator.registry import CaRecord, certificate_id
+from loadgen.emulator.parameters import certificate_id
+from loadgen.emulator.registry import CaRecord
 
 
 def registration_code(account: Account) -> str:
