@@ -20,8 +20,9 @@ _PR_SET_CHILD_SUBREAPER = 36  # <linux/prctl.h>
 
 
 # What the processes that carry the load need none of: the scenario's schema
-# (pydantic, about 23 MB in each), the CLI's (click, rich), YAML.
-NOT_UNDER_LOAD = ("pydantic", "loadgen.scenario.schema", "click", "rich", "yaml")
+# (pydantic, about 23 MB in each), the CLI's (click, rich), YAML, and
+# cryptography (16 MB: they take keys and certificates through OpenSSL).
+NOT_UNDER_LOAD = ("pydantic", "loadgen.scenario.schema", "click", "rich", "yaml", "cryptography")
 
 
 def heavy_modules_after(script: str, names: tuple[str, ...] = NOT_UNDER_LOAD) -> list[str]:

@@ -27,13 +27,14 @@ import hashlib
 import sys
 import weakref
 from dataclasses import dataclass
-
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from typing import TYPE_CHECKING
 
 from loadgen import openssl
 from loadgen.certs import der
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
 
 # obj_mac.h
 _NIDS = {"secp256r1": 415, "secp384r1": 715}
@@ -302,6 +303,11 @@ class EcKeys:
         if layout is None:
             raise NativeError(f"no PKCS#8 layout for {curve.name}")
         self._layout = layout
+        # Imported here, for minting: a worker reads keys (EcKeyReader) and
+        # never needs cryptography, 16 MB of each worker's memory.
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+
         # The first key, encoded here, must be byte for byte what cryptography
         # makes of the same scalar: the point libcrypto computed and the layout.
         priv, pub = self._raw()
@@ -344,6 +350,10 @@ class EcSigner:
     def __init__(
         self, lib: _Lib, key: ec.EllipticCurvePrivateKey, algorithm: hashes.HashAlgorithm
     ) -> None:
+        from cryptography.exceptions import InvalidSignature
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+
         self._key = _EcKey(lib, key.curve.name)
         size = (key.curve.key_size + 7) // 8
         scalar = key.private_numbers().private_value.to_bytes(size, "big")
