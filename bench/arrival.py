@@ -46,8 +46,9 @@ from typing import Any
 
 from bench import trees as trees_option
 from bench.c_device import c_device
-from bench.connect import loadgen_run, mosquitto_bed, s_time
+from bench.connect import loadgen_run, mosquitto_bed, planned_workers, s_time
 from bench.emqtt_bench import emqtt_bench
+from loadgen.words import counted
 
 _KEPT = 0.99  # achieved / target arrival rate of a run that kept its schedule
 
@@ -56,7 +57,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--devices", type=int, default=3000)
     parser.add_argument("--rate", type=float, default=250.0)
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--workers", type=int, help="default: as many as `loadgen run` plans for the rate"
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--s-time-seconds", type=int, default=3)
     parser.add_argument(
@@ -90,13 +93,12 @@ def main() -> None:
     owns: list[float] = []
     peers: dict[bool, list[float]] = {True: [], False: []}  # emqtt-bench's, by spinning
     with mosquitto_bed(args.devices) as bed:
+        workers = args.workers or planned_workers(bed, rate=args.rate, after_connect=steps)
         for repeat in range(args.repeats):
             before = s_time(bed.broker, bed.fleet, bed.devices[0], args.s_time_seconds)
             if args.c_device:
-                floors.append(
-                    c_device(bed, rate=args.rate, processes=args.workers, own=False) * 1e3
-                )
-                owns.append(c_device(bed, rate=args.rate, processes=args.workers, own=True) * 1e3)
+                floors.append(c_device(bed, rate=args.rate, processes=workers, own=False) * 1e3)
+                owns.append(c_device(bed, rate=args.rate, processes=workers, own=True) * 1e3)
             if args.emqtt_bench:
                 for spin, values in peers.items():
                     values.append(
@@ -107,7 +109,7 @@ def main() -> None:
                     loadgen_run(
                         bed,
                         rate=args.rate,
-                        workers=args.workers,
+                        workers=workers,
                         after_connect=steps,
                         name=f"r{repeat}-{i}",
                         tree=trees[i],
@@ -116,7 +118,9 @@ def main() -> None:
             after = s_time(bed.broker, bed.fleet, bed.devices[0], args.s_time_seconds)
             s_times.append((before + after) / 2 * 1e3)
     print(
-        f"{args.devices} devices at {args.rate:g}/s, {args.workers} workers, "
+        f"{args.devices} devices at {args.rate:g}/s, {counted(workers, 'worker')}"
+        + ("" if args.workers else " (as `loadgen run` plans them)")
+        + ", "
         f"{args.repeats} runs, mosquitto on loopback"
         + (", connect and disconnect only" if args.no_publish else ", a QoS 1 publish each")
     )
@@ -132,7 +136,7 @@ def main() -> None:
     for what, values in (("one certificate for all", floors), ("each its own", owns)):
         _beside(
             f"the whole life in C (`bench/c_device.c`, {what}) at {args.rate:g}/s on "
-            f"{args.workers} processes",
+            f"{workers} processes",
             f"the whole life in C ({what})",
             values,
             s_times,

@@ -38,6 +38,9 @@ from loadgen import mqtt
 from loadgen.certs.ca import init_ca
 from loadgen.certs.mint import MintRequest, mint
 from loadgen.certs.store import Device, FleetStore
+from loadgen.run import workers_for
+from loadgen.scenario.planning import build_plan
+from loadgen.scenario.schema import load_scenario
 from loadgen.transport.client import Target, connect
 from loadgen.transport.timing import AttemptTimes
 from loadgen.transport.tls import ClientTls, TlsSession, device_context
@@ -249,13 +252,14 @@ def loadgen_run(
     bed: Bed,
     *,
     rate: float,
-    workers: int,
+    workers: int | None,
     after_connect: list[dict[str, Any]] | None = None,
     name: str = "run",
     tree: Path | None = None,
 ) -> dict[str, Any]:
     """The report of one `loadgen run` of the bed's whole fleet against its
-    mosquitto, at ``rate`` devices per second on ``workers`` workers: each device
+    mosquitto, at ``rate`` devices per second on ``workers`` workers (None: as
+    many as `loadgen run` plans; its report's ``load.workers`` says): each device
     is prepared, connects (TCP, TLS, CONNECT, CONNACK), does ``after_connect``,
     disconnects and is recorded, as in any run. The report's
     ``generator.whole_cpu_ms_per_device`` is that whole life's CPU. With
@@ -270,8 +274,7 @@ def loadgen_run(
             "loadgen",
             "run",
             str(path),
-            "--workers",
-            str(workers),
+            *(["--workers", str(workers)] if workers is not None else []),
             "--report",
             str(report),
         ],
@@ -281,6 +284,14 @@ def loadgen_run(
     )
     result: dict[str, Any] = json.loads(report.read_text())
     return result
+
+
+def planned_workers(bed: Bed, *, rate: float, after_connect: list[dict[str, Any]]) -> int:
+    """The workers `loadgen run` plans for the bed's fleet at ``rate`` without
+    ``--workers``."""
+    path = scenario_file(bed, rate=rate, after_connect=after_connect, name="planned")
+    plan = build_plan(load_scenario(path), endpoint=("127.0.0.1", bed.broker.tls_port))
+    return workers_for(plan)
 
 
 def scenario_file(

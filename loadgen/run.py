@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import resource
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,6 +24,7 @@ from loadgen.errors import ConfigError, UserError
 from loadgen.files import check_writable, write
 from loadgen.listen import check_listen
 from loadgen.load.plan import RunPlan
+from loadgen.load.schedule import peak_rate
 from loadgen.load.shard import Shard
 from loadgen.load.start import StartAt
 from loadgen.load.workers import RunTiming, run_workers
@@ -176,11 +178,11 @@ def make_plan(scenario: Scenario, options: RunOptions) -> RunPlan:
         endpoint=endpoint_of(scenario, options.endpoint),
         count=options.count,
         rate=rate,
-        workers=options.workers
-        if options.workers is not None
-        else planned_workers(_shard_share(scenario.load.max_in_flight, options.shard)),
+        workers=options.workers or 1,
         shard=options.shard,
     )
+    if options.workers is None:
+        plan = replace(plan, workers=workers_for(plan))
     if options.shard is not None:
         options.shard.check_size(fleet_count(scenario, options))
     check_template(plan.client_id, "mqtt.client_id")
@@ -197,10 +199,6 @@ def make_plan(scenario: Scenario, options: RunOptions) -> RunPlan:
 
 # The scenario fields a fleet is checked against, for its errors.
 _FLEET_FIELDS = InputNames(ca="fleet.ca", profile="fleet.profile", seed="fleet.seed")
-
-
-def _shard_share(max_in_flight: int, shard: Shard | None) -> int:
-    return shard.share(max_in_flight) if shard is not None else max_in_flight
 
 
 def ensure_fleet(
@@ -262,6 +260,36 @@ def planned_workers(max_in_flight: int) -> int:
     would not fit in the open files a process may hold (its hard limit): the run
     scales by processes, never by one process's limit."""
     return fds.processes_for(max_in_flight, default_workers())
+
+
+# Connects a second one worker is planned for: about half of one of this
+# machine kind's cores (a device's whole life is 1.4-1.8 ms of CPU), leaving
+# room for bursts and retries. One worker can keep 450/s on schedule (lag p99
+# 4.5 ms), and the fewer devices share each wake-up of a worker's event loop,
+# the more CPU each costs: two workers at 250/s cost 1.15x one (docs/benchmarks.md).
+CONNECTS_PER_WORKER = 300.0
+# A PUBLISH or SUBSCRIBE with its answer costs about a tenth of a connect.
+_MESSAGES_PER_CONNECT = 10.0
+
+
+def workers_for(plan: RunPlan) -> int:
+    """Workers for a plan without ``--workers``: one per ``CONNECTS_PER_WORKER``
+    of its peak arrival rate, counting the work of each device (two connects
+    with JITP, its messages), at most the cores (all of them for a burst), and
+    more when a worker's share of ``max_in_flight`` would not fit in the open
+    files a process may hold."""
+    rate = peak_rate(plan.executor)
+    by_rate = default_workers()
+    if rate is not None:
+        connects = 2.0 if plan.device.expect_first_connect_rejected else 1.0
+        messages = sum(
+            step.count if isinstance(step, PublishStep) else 1
+            for step in plan.steps
+            if isinstance(step, PublishStep | SubscribeStep)
+        )
+        work = rate * (connects + messages / _MESSAGES_PER_CONNECT)
+        by_rate = min(by_rate, max(1, math.ceil(work / CONNECTS_PER_WORKER)))
+    return fds.processes_for(plan.max_in_flight, by_rate)
 
 
 def raise_fd_limit(plan: RunPlan) -> None:

@@ -8,6 +8,7 @@ import pickle
 from loadgen.certs.store import Device
 from loadgen.load.plan import device_client_id, render
 from loadgen.load.shard import Shard
+from loadgen.run import workers_for
 from loadgen.scenario.planning import build_plan
 from loadgen.scenario.schema import Scenario
 from tests.processes import heavy_modules_after
@@ -64,3 +65,57 @@ def test_a_worker_takes_its_plan_without_loading_the_scenarios_schema(tmp_path):
         "assert type(plan).__name__ == 'RunPlan', plan"
     )
     assert heavy_modules_after(worker) == []
+
+
+def _planned(tmp_path, monkeypatch, load, *, jitp=False, after_connect=(), max_in_flight=100):
+    """Workers ``loadgen run`` plans without --workers on a machine of 8 cores
+    (open files permitting: tests/test_run.py plans by those)."""
+    monkeypatch.setattr("loadgen.run.default_workers", lambda: 8)
+    scenario = Scenario.model_validate(
+        {
+            "name": "workers",
+            "endpoint": "127.0.0.1:8883",
+            "fleet": {"ca": str(tmp_path / "ca"), "store": str(tmp_path / "fleet"), "count": 40},
+            "jitp": {"expect_first_connect_rejected": jitp},
+            "load": {**load, "max_in_flight": max_in_flight},
+            "after_connect": list(after_connect),
+        }
+    )
+    return workers_for(build_plan(scenario, endpoint=("127.0.0.1", 8883)))
+
+
+def _constant(rate):
+    return {"executor": "constant-arrival-rate", "rate": rate}
+
+
+def test_a_run_plans_a_worker_per_300_connects_a_second(tmp_path, monkeypatch):
+    assert _planned(tmp_path, monkeypatch, _constant("250/s")) == 1
+    assert _planned(tmp_path, monkeypatch, _constant("300/s")) == 1
+    assert _planned(tmp_path, monkeypatch, _constant("301/s")) == 2
+    assert _planned(tmp_path, monkeypatch, _constant("1000/s")) == 4
+
+
+def test_a_jitp_device_counts_as_two_connects_when_workers_are_planned(tmp_path, monkeypatch):
+    assert _planned(tmp_path, monkeypatch, _constant("250/s"), jitp=True) == 2
+
+
+def test_a_devices_messages_count_a_tenth_of_a_connect_each(tmp_path, monkeypatch):
+    publish = {"publish": {"topic": "dt/{client_id}", "qos": 1, "count": 15}}
+    subscribe = {"subscribe": {"topic": "cmd/{client_id}"}}
+    # 120/s x (1 connect + 16 messages / 10) = 312 connects a second: 2 workers.
+    assert _planned(tmp_path, monkeypatch, _constant("120/s"), after_connect=[publish]) == 1
+    both = [publish, subscribe]
+    assert _planned(tmp_path, monkeypatch, _constant("120/s"), after_connect=both) == 2
+
+
+def test_a_ramp_plans_workers_for_its_peak_rate(tmp_path, monkeypatch):
+    ramp = {
+        "executor": "ramping-arrival-rate",
+        "stages": [{"rate": "900/s", "duration": "10s"}, {"rate": "100/s", "duration": "10s"}],
+    }
+    assert _planned(tmp_path, monkeypatch, ramp) == 3
+
+
+def test_a_burst_or_a_rate_past_the_cores_plans_every_core(tmp_path, monkeypatch):
+    assert _planned(tmp_path, monkeypatch, {"executor": "burst"}) == 8
+    assert _planned(tmp_path, monkeypatch, _constant("5000/s")) == 8

@@ -342,6 +342,19 @@ def _run_with_open_files(limit: int, *args):
     )
 
 
+def test_without_workers_a_run_below_300_connects_a_second_plans_one_worker(
+    tmp_path, mosquitto, device_ca
+):
+    load = {"executor": "constant-arrival-rate", "rate": "40/s", "max_in_flight": 50}
+    path = _scenario(tmp_path, mosquitto, device_ca, load=load)
+    report = tmp_path / "report.json"
+    result = run_loadgen("run", path, "--count", 40, "--report", report)
+    assert result.code == 0, result.err
+    data = json.loads(report.read_text())
+    assert data["load"]["workers"] == 1
+    assert data["accounting"]["started"] == 40 and data["accounting"]["unexpected"] == 0
+
+
 def test_without_workers_it_plans_enough_workers_to_fit_the_open_files_limit(
     tmp_path, mosquitto, device_ca
 ):

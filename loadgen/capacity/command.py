@@ -32,6 +32,7 @@ from loadgen.run import (
     execute,
     jitp_section,
     make_plan,
+    workers_for,
 )
 from loadgen.run import endpoint as run_endpoint
 from loadgen.scenario.schema import load_scenario
@@ -157,6 +158,8 @@ def capacity_command(
                 plan = replace(
                     base, count=count, executor=ConstantArrival(rate), first_device=offset
                 )
+                if workers is None:  # each step's rate plans its own
+                    plan = replace(plan, workers=workers_for(plan))
                 result, timing = _run_step(session, plan, rate, search, number, began, exporter)
                 steps.append(result)
                 total.merge(result.stats)

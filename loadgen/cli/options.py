@@ -44,8 +44,9 @@ _TARGET = (
     click.option(
         "--workers",
         type=int,
-        help="Worker processes (default: the cores, or more when load.max_in_flight "
-        "needs more open files than one process may hold).",
+        help="Worker processes (default: one per 300 connects a second of the peak "
+        "arrival rate, a JITP device counting two, at most the cores; or more when "
+        "load.max_in_flight needs more open files than one process may hold).",
     ),
 )
 _OUTPUTS = (

@@ -113,6 +113,15 @@ def target_rate(executor: Executor, at: float) -> float | None:
     return rate0 if rate0 > 0 else None
 
 
+def peak_rate(executor: Executor) -> float | None:
+    """The highest arrival rate the schedule asks for; None for a burst."""
+    if isinstance(executor, Burst):
+        return None
+    if isinstance(executor, ConstantArrival):
+        return executor.rate
+    return max(executor.start_rate, *(stage.rate for stage in executor.stages))
+
+
 def span(executor: Executor, count: int) -> float:
     """Seconds from the first planned arrival to the last."""
     if isinstance(executor, Burst) or count < 2:
