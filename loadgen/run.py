@@ -17,7 +17,7 @@ from loadgen.certs.mint import check as check_fleet
 from loadgen.certs.profile import load_profile
 from loadgen.certs.store import FleetStore
 from loadgen.cores import cores
-from loadgen.device.lifecycle import PublishStep, SubscribeStep
+from loadgen.device.lifecycle import PublishStep, Step, SubscribeStep
 from loadgen.emulator.render import render_registration
 from loadgen.emulator.serve import EmbeddedEmulator, load_registration_config, start_embedded
 from loadgen.errors import ConfigError, UserError
@@ -268,28 +268,40 @@ def planned_workers(max_in_flight: int) -> int:
 # 4.5 ms), and the fewer devices share each wake-up of a worker's event loop,
 # the more CPU each costs: two workers at 250/s cost 1.15x one (docs/benchmarks.md).
 CONNECTS_PER_WORKER = 300.0
-# A PUBLISH or SUBSCRIBE with its answer costs about a tenth of a connect.
+# A PUBLISH, SUBSCRIBE or a held device's PINGREQ with its answer costs about a
+# tenth of a connect, or less.
 _MESSAGES_PER_CONNECT = 10.0
 
 
 def workers_for(plan: RunPlan) -> int:
-    """Workers for a plan without ``--workers``: one per ``CONNECTS_PER_WORKER``
-    of its peak arrival rate, counting the work of each device (two connects
-    with JITP, its messages), at most the cores (all of them for a burst), and
-    more when a worker's share of ``max_in_flight`` would not fit in the open
-    files a process may hold."""
+    """Workers for a plan without ``--workers``: as many as its rate needs
+    (``workers_by_rate``), and more when a worker's share of ``max_in_flight``
+    would not fit in the open files a process may hold."""
+    return fds.processes_for(plan.max_in_flight, workers_by_rate(plan))
+
+
+def workers_by_rate(plan: RunPlan) -> int:
+    """One worker per ``CONNECTS_PER_WORKER`` of the plan's peak arrival rate,
+    counting the work of each device (two connects with JITP, its messages and
+    a hold's PINGREQs), at most the cores (all of them for a burst)."""
     rate = peak_rate(plan.executor)
-    by_rate = default_workers()
-    if rate is not None:
-        connects = 2.0 if plan.device.expect_first_connect_rejected else 1.0
-        messages = sum(
-            step.count if isinstance(step, PublishStep) else 1
-            for step in plan.steps
-            if isinstance(step, PublishStep | SubscribeStep)
-        )
-        work = rate * (connects + messages / _MESSAGES_PER_CONNECT)
-        by_rate = min(by_rate, max(1, math.ceil(work / CONNECTS_PER_WORKER)))
-    return fds.processes_for(plan.max_in_flight, by_rate)
+    if rate is None:
+        return default_workers()
+    connects = 2.0 if plan.device.expect_first_connect_rejected else 1.0
+    messages = sum(_messages(step) for step in plan.steps)
+    work = rate * (connects + messages / _MESSAGES_PER_CONNECT)
+    return min(default_workers(), max(1, math.ceil(work / CONNECTS_PER_WORKER)))
+
+
+def _messages(step: Step) -> float:
+    """The MQTT exchanges a step costs a device, a hold's PINGREQs included (one
+    held ``until`` a time counted as if it held that long)."""
+    if isinstance(step, PublishStep):
+        return step.count
+    if isinstance(step, SubscribeStep):
+        return 1
+    held = step.until if step.until is not None else step.seconds
+    return held / step.keepalive if step.keepalive > 0 else 0.0
 
 
 def raise_fd_limit(plan: RunPlan) -> None:

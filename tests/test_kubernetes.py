@@ -24,6 +24,9 @@ import yaml
 from loadgen.certs.ca import init_ca
 from loadgen.certs.profile import load_profile
 from loadgen.cli.app import cli
+from loadgen.load.shard import Shard
+from loadgen.run import workers_by_rate
+from loadgen.scenario.planning import build_plan
 from loadgen.scenario.schema import load_scenario
 from loadgen.scenario.units import parse_duration
 
@@ -190,7 +193,7 @@ def test_n_is_the_same_in_completions_parallelism_shard_and_expect(built, name):
     assert shards["spec"]["completionMode"] == "Indexed"
     assert shards["spec"]["completions"] == shards["spec"]["parallelism"] == n
     for index in (0, n - 1):
-        args = _expanded(objects, _container(shards), JOB_COMPLETION_INDEX=str(index), WORKERS="2")
+        args = _expanded(objects, _container(shards), JOB_COMPLETION_INDEX=str(index))
         assert _option(args, "--shard") == f"{index}/{n}"
     assert _option(_expanded(objects, _container(merge)), "--expect") == str(n)
 
@@ -218,7 +221,7 @@ def test_every_variable_in_a_command_is_defined(built, name):
 def test_the_shard_command_is_one_loadgen_run_accepts(built, name):
     objects = built[name]
     container = _container(_one(objects, "Job", "loadgen-shards"))
-    args = _expanded(objects, container, JOB_COMPLETION_INDEX="0", WORKERS="2")
+    args = _expanded(objects, container, JOB_COMPLETION_INDEX="0")
     command, params = _parse(args)
     assert command.name == "run"
     assert params["scenario_path"] == Path("/scenario/scenario.yaml")
@@ -271,15 +274,34 @@ def test_the_pods_profile_is_the_shipped_healthy_lightbulbs():
 
 
 @pytest.mark.parametrize("name", KUSTOMIZATIONS)
-def test_shard_pods_run_one_worker_per_core_of_their_cpu_limit(built, name):
-    # Python counts the node's cores, not the pod's: --workers must say.
+def test_shard_pods_plan_their_workers_within_a_cpu_limit(built, name):
+    # No --workers: the run plans them from its rate, at most the cores of the
+    # pod's CPU limit (loadgen.cores reads the cgroup; tests/test_cores.py).
     container = _container(_one(built[name], "Job", "loadgen-shards"))
-    workers = {e["name"]: e for e in container["env"]}["WORKERS"]["valueFrom"]["resourceFieldRef"]
-    assert workers == {"containerName": "loadgen", "resource": "limits.cpu", "divisor": "1"}
-    assert _option(container["args"], "--workers") == "$(WORKERS)"
+    assert "--workers" not in container["args"]
     resources = container["resources"]
     for kind in ("requests", "limits"):
         assert {"cpu", "memory"} <= set(resources[kind])
+
+
+@pytest.mark.parametrize("name", KUSTOMIZATIONS)
+def test_a_shard_plans_as_many_workers_as_its_cpu_limit_has_cores(
+    built, name, tmp_path, monkeypatch
+):
+    # The pods are sized for their shard (docs/distributed.md): what the run
+    # plans from its rate, JITP and holds fills the CPU limit, no more (open
+    # files add none under a container runtime's hard limit of 1,048,576).
+    objects = built[name]
+    for key, text in _one(objects, "ConfigMap", "loadgen-scenario")["data"].items():
+        (tmp_path / key).write_text(text)
+    shards = _one(objects, "Job", "loadgen-shards")
+    limit = int(_container(shards)["resources"]["limits"]["cpu"])
+    monkeypatch.setattr("loadgen.run.default_workers", lambda: 64)  # a large node
+    n = shards["spec"]["completions"]
+    plan = build_plan(
+        load_scenario(tmp_path / "scenario.yaml"), endpoint=("127.0.0.1", 8883), shard=Shard(0, n)
+    )
+    assert workers_by_rate(plan) == limit
 
 
 @pytest.mark.parametrize("name", KUSTOMIZATIONS)

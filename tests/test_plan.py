@@ -108,6 +108,17 @@ def test_a_devices_messages_count_a_tenth_of_a_connect_each(tmp_path, monkeypatc
     assert _planned(tmp_path, monkeypatch, _constant("120/s"), after_connect=both) == 2
 
 
+def test_a_held_devices_pingreqs_count_as_its_messages(tmp_path, monkeypatch):
+    # 125/s x (2 connects + (1 publish + 600 s / 60 s pings) / 10) = 387.5: 2.
+    publish = {"publish": {"topic": "dt/{client_id}", "qos": 1}}
+    hold = {"hold": {"duration": "10m", "keepalive": "60s"}}
+    planned = _planned(
+        tmp_path, monkeypatch, _constant("125/s"), jitp=True, after_connect=[publish, hold]
+    )
+    assert planned == 2
+    assert _planned(tmp_path, monkeypatch, _constant("125/s"), jitp=True) == 1
+
+
 def test_a_ramp_plans_workers_for_its_peak_rate(tmp_path, monkeypatch):
     ramp = {
         "executor": "ramping-arrival-rate",
