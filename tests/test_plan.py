@@ -67,7 +67,9 @@ def test_a_worker_takes_its_plan_without_loading_the_scenarios_schema(tmp_path):
     assert heavy_modules_after(worker) == []
 
 
-def _planned(tmp_path, monkeypatch, load, *, jitp=False, after_connect=(), max_in_flight=100):
+def _planned(
+    tmp_path, monkeypatch, load, *, jitp=False, after_connect=(), max_in_flight=100, driver="native"
+):
     """Workers ``loadgen run`` plans without --workers on a machine of 8 cores
     (open files permitting: tests/test_run.py plans by those)."""
     monkeypatch.setattr("loadgen.run.default_workers", lambda: 8)
@@ -77,6 +79,7 @@ def _planned(tmp_path, monkeypatch, load, *, jitp=False, after_connect=(), max_i
             "endpoint": "127.0.0.1:8883",
             "fleet": {"ca": str(tmp_path / "ca"), "store": str(tmp_path / "fleet"), "count": 40},
             "jitp": {"expect_first_connect_rejected": jitp},
+            "mqtt": {"driver": driver},
             "load": {**load, "max_in_flight": max_in_flight},
             "after_connect": list(after_connect),
         }
@@ -130,3 +133,7 @@ def test_a_ramp_plans_workers_for_its_peak_rate(tmp_path, monkeypatch):
 def test_a_burst_or_a_rate_past_the_cores_plans_every_core(tmp_path, monkeypatch):
     assert _planned(tmp_path, monkeypatch, {"executor": "burst"}) == 8
     assert _planned(tmp_path, monkeypatch, _constant("5000/s")) == 8
+
+
+def test_the_aiomqtt_driver_plans_every_core_whatever_the_rate(tmp_path, monkeypatch):
+    assert _planned(tmp_path, monkeypatch, _constant("10/s"), driver="aiomqtt") == 8
