@@ -136,6 +136,13 @@ def test_the_report_holds_the_steps_one_after_another(search):
     assert sum(report["series"]["started_per_s"]) == report["devices"]
 
 
+def test_each_step_says_how_many_workers_ran_it(search):
+    # Without --workers each step's rate plans its own (tests/test_plan.py).
+    assert [step["workers"] for step in search.report["capacity"]["steps"]] == [1] * len(
+        search.report["capacity"]["steps"]
+    )
+
+
 def test_report_show_prints_the_steps_and_the_verdict(search):
     shown = run_loadgen("report", "show", search.html.parent / "report.json")
     assert shown.code == 0, shown.err

@@ -211,6 +211,7 @@ class Step:
             "failed_ratio": round(failed / devices, 6) if devices else None,
             "throttled": sum(self.throttles.values()),
             "throttles": dict(self.throttles),
+            "workers": self.workers,
             "generator_cpu": round(self.cpu_busy, 3),
             "emulator_cpu": None
             if self.emulator_cpu is None
