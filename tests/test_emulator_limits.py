@@ -236,9 +236,10 @@ async def test_a_client_that_stops_pinging_is_closed_after_one_and_a_half_keepal
     device = devices[0]
     async with asyncio.timeout(60):
         await _provision(emulator, small_fleet, [device])
-        reader, writer, decoder = await _connect(emulator, small_fleet, device, keepalive=1)
-        # Pinging every half keepalive for three keepalives, it is kept.
-        for _ in range(6):
+        reader, writer, decoder = await _connect(emulator, small_fleet, device, keepalive=2)
+        # Pinging every quarter keepalive for two keepalives, past the 1.5 it is
+        # allowed, it is kept (a loaded machine may hold this loop up for 2.5 s).
+        for _ in range(8):
             writer.write(mqtt.encode(mqtt.PingReq(), mqtt.MQTT_5))
             assert decoder.feed(await reader.read(1024)) == [mqtt.PingResp()]
             await asyncio.sleep(0.5)
