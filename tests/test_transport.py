@@ -104,7 +104,7 @@ async def test_a_held_connection_gives_back_its_handshake_sized_bio_buffers_and_
     target = Target("127.0.0.1", mosquitto.tls_port, server_name="localhost")
     times = AttemptTimes(time.monotonic())
     async with asyncio.timeout(20):
-        client = await connect(target, session, mqtt.Connect(device.client_id, keepalive=1), times)
+        client = await connect(target, session, mqtt.Connect(device.client_id, keepalive=5), times)
         assert min(bio_capacities(session.pointer)) > 1000
         await client.hold(1.5, keepalive=0.5)
         assert max(bio_capacities(session.pointer)) < 256
