@@ -16,6 +16,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from loadgen.capacity.search import EmulatorCpu, Search, Step, verdict
+from loadgen.cores import cores
 from loadgen.metrics.stats import RunStats
 from loadgen.report import gates
 from tests.brokers import free_port, scrape_once_written
@@ -172,6 +173,23 @@ def test_a_search_that_never_breaks_stops_at_max_rate_against_any_endpoint(
     assert [s["rate_per_s"] for s in capacity["steps"]] == [50.0, 100.0]
     assert capacity["highest_sustainable_per_s"] == 100.0 and capacity["limit"] is None
     assert "no SLO broke up to 100/s" in " ".join(result.out.split())
+
+
+def test_without_workers_each_step_plans_its_own_from_its_rate(tmp_path, mosquitto, device_ca):
+    from tests.test_run import _scenario as mosquitto_scenario
+
+    # A connect and a publish a device: 110 connects a second at 100/s (one
+    # worker), 330 at 300/s (two, where the machine has two cores).
+    path = mosquitto_scenario(tmp_path, mosquitto, device_ca)
+    result = run_loadgen(
+        *("capacity", path, "--slo", "p99(provision) < 10s", "--start", "100/s"),
+        *("--step", "200/s", "--step-duration", "1s", "--max-rate", "300/s"),
+        *("--report", tmp_path / "r.json"),
+    )
+    assert result.code == 0, result.err
+    steps = json.loads((tmp_path / "r.json").read_text())["capacity"]["steps"]
+    planned = [(s["rate_per_s"], s["workers"]) for s in steps]
+    assert planned == [(100.0, 1), (300.0, min(2, cores()))]
 
 
 def test_a_search_held_back_by_max_in_flight_says_the_generator_was_the_limit(tmp_path):
