@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from loadgen.errors import UserError
 from loadgen.files import write_atomic
-from loadgen.report.merge import merge
-from loadgen.report.sources import ranges
+from loadgen.report.merge import merge, merge_named
+from loadgen.report.sources import Reader, ranges
 from tests.conftest import assert_user_error, run_loadgen
 from tests.test_report_merge import _report
 from tests.test_stats import _results
@@ -58,6 +59,29 @@ def test_a_folder_merges_every_report_under_it_and_no_other_file(tmp_path):
     assert f"3 reports merged into {out}: 120 devices" in result.out
     merged = json.loads(out.read_text())
     assert merged["histograms"] == merge(reports)["histograms"]
+
+
+def test_reports_wait_for_the_merge_without_their_series_and_fold_in_whole(tmp_path):
+    # The series are most of a long run's report: kept for every shard while
+    # the merge waits, hundreds of them would not fit a merge Job's memory.
+    reports = shard_reports(3)
+    paths = write_reports(tmp_path / "results", reports)
+    reader = Reader([tmp_path / "results"])
+    named = reader.read()
+    assert [name for name, _ in named] == [str(p) for p in paths]
+    assert not any("series" in report for _, report in named)
+    assert reader.series(str(paths[1])) == reports[1]["series"]
+    assert merge_named(named, reader.series) == merge(reports)
+
+
+def test_a_report_replaced_by_another_runs_while_merging_is_one_line(tmp_path):
+    first, other = shard_reports(2), shard_reports(2, devices=60)
+    write_reports(tmp_path / "results", first)
+    reader = Reader([tmp_path / "results"])
+    named = reader.read()
+    write_reports(tmp_path / "results", other)
+    with pytest.raises(UserError, match=r"shard-0\.json: changed while it was being merged"):
+        merge_named(named, reader.series)
 
 
 def test_expect_merges_once_every_shard_is_there_once(tmp_path):

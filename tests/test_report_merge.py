@@ -3,6 +3,7 @@ over all their devices would have reported."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from pathlib import Path
 
@@ -55,6 +56,22 @@ def test_merging_shards_equals_one_run_over_the_union():
         assert merged[key] == union[key], key
     assert merged["histograms"] == union["histograms"]
     assert merged["series"]["started_per_s"] == union["series"]["started_per_s"]
+
+
+def test_series_of_reports_started_apart_add_up_shifted_to_the_latest_start():
+    results = _results(100, 3)
+    early, late = _report(results, lambda i: i < 50), _report(results, lambda i: i >= 50)
+    for field in ("started_at", "ended_at"):  # 2.5 s later: shifted by 2 seconds
+        moved = dt.datetime.fromisoformat(late[field]) + dt.timedelta(seconds=2.5)
+        late[field] = moved.isoformat(timespec="milliseconds")
+    early["series"]["outcomes_per_s"] = {"connected": [1, 1, 1, 1, 1]}
+    late["series"]["outcomes_per_s"] = {"throttled": [2]}
+    early["series"]["started_per_s"], late["series"]["started_per_s"] = [3, 3], [4]
+    series = merge([late, early])["series"]
+    assert series["outcomes_per_s"] == {"connected": [1, 1, 1, 1, 1], "throttled": [0, 0, 2]}
+    assert series["started_per_s"] == [3, 3, 4]
+    late["series"]["started_per_s"] = []  # no start at all: it still runs to its own
+    assert merge([early, late])["series"]["started_per_s"] == [3, 3]
 
 
 def test_a_merge_with_a_report_from_before_accounting_leaves_unexpected_unknown():

@@ -104,7 +104,7 @@ def report_merge_command(
         list(sources), skip=lambda location: any(d.names(location) for d in outputs)
     )
     named = sources_mod.gather(reader, expect, wait_s, lambda line: click.echo(line, err=True))
-    merged = report_merge.merge_named(named)
+    merged = report_merge.merge_named(named, reader.series)
     results = gates_mod.evaluate(gates, merged)
     if gates:
         merged["gates"] = gates_mod.as_json(results)

@@ -8,6 +8,7 @@ import datetime as dt
 import hashlib
 import json
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -66,14 +67,15 @@ def run_ids(report: dict[str, Any]) -> list[str]:
     return ["sha256:" + hashlib.sha256(measured.encode()).hexdigest()[:32]]
 
 
-def merge_files(paths: list[Path]) -> dict[str, Any]:
-    """``report merge``: the files read and checked, and merged."""
-    return merge_named([(str(path), load_report(path, fields.MERGE)) for path in paths])
-
-
-def merge_named(named: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
+def merge_named(
+    named: list[tuple[str, dict[str, Any]]],
+    series_of: Callable[[str], dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     """Reports, each with the name it was read from, merged once each: no run
-    twice (the same file, a copy, or a merge that holds it already)."""
+    twice (the same file, a copy, or a merge that holds it already). With
+    ``series_of``, the reports come without their ``series`` (most of a long
+    run's report), and it gives each one's by name when the merge folds it in:
+    then only one report's series is in memory at a time."""
     seen: dict[str, str] = {}
     for name, report in named:
         for run_id in run_ids(report):
@@ -87,7 +89,10 @@ def merge_named(named: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
         for run_id in run_ids(report):
             seen[run_id] = name
     check_shards(named)
-    return merge([report for _, report in named])
+    reports = [report for _, report in named]
+    if series_of is None:
+        return merge(reports)
+    return merge_folded(reports, lambda i: series_of(named[i][0]))
 
 
 def shards_of(report: dict[str, Any]) -> list[tuple[int, int]]:
@@ -153,28 +158,76 @@ def _counts(reports: list[dict[str, Any]], *keys: str) -> dict[str, int]:
     return dict(total)
 
 
-def _shifted_sum(series: list[tuple[int, list[int]]]) -> list[int]:
-    """Per-second series added up after shifting each by its start second."""
-    length = max((shift + len(values) for shift, values in series), default=0)
-    out = [0] * length
-    for shift, values in series:
-        for i, v in enumerate(values):
-            out[shift + i] += v
-    return out
+class _SeriesFold:
+    """The reports' per-second series added up, each shifted by its start
+    second, one report's at a time."""
+
+    def __init__(self) -> None:
+        self.target: list[int] = []
+        self.started: list[int] = []
+        self.outcomes: dict[str, list[int]] = {}
+        self.buckets: dict[str, dict[int, LogBuckets]] = {}
+        # Every series runs at least to the latest start: a report without an
+        # outcome still lengthens that outcome's series to its own start.
+        self.length = 0
+
+    def add(self, shift: int, series: dict[str, Any]) -> None:
+        self.length = max(self.length, shift)
+        _add_shifted(self.target, shift, series.get("target_per_s", []))
+        _add_shifted(self.started, shift, series["started_per_s"])
+        for name, values in series["outcomes_per_s"].items():
+            _add_shifted(self.outcomes.setdefault(name, []), shift, values)
+        for phase, seconds in series.get("latency_buckets", {}).items():
+            mine = self.buckets.setdefault(phase, {})
+            for i, data in enumerate(seconds):
+                if data:
+                    mine.setdefault(shift + i, LogBuckets()).merge(LogBuckets.from_wire(data))
+
+    def json(self) -> dict[str, Any]:
+        return {
+            "interval_s": 1,
+            "target_per_s": self._padded(self.target),
+            "started_per_s": self._padded(self.started),
+            "outcomes_per_s": {
+                name: self._padded(values) for name, values in sorted(self.outcomes.items())
+            },
+            **latency_series(self.buckets),
+        }
+
+    def _padded(self, values: list[int]) -> list[int]:
+        return values + [0] * (self.length - len(values))
+
+
+def _add_shifted(total: list[int], shift: int, values: list[int]) -> None:
+    if len(total) < shift + len(values):
+        total.extend([0] * (shift + len(values) - len(total)))
+    for i, v in enumerate(values):
+        total[shift + i] += v
 
 
 def merge(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """Reports merged, all of them in memory."""
+    return merge_folded(reports, lambda i: reports[i]["series"])
+
+
+def merge_folded(
+    reports: list[dict[str, Any]], series_of: Callable[[int], dict[str, Any]]
+) -> dict[str, Any]:
+    """Reports merged, the ``series`` of report ``i`` being ``series_of(i)``:
+    asked for once each, in order, and added up at once."""
     starts = [dt.datetime.fromisoformat(r["started_at"]) for r in reports]
     ends = [dt.datetime.fromisoformat(r["ended_at"]) for r in reports]
     t0 = min(starts)
     shifts = [int((s - t0).total_seconds()) for s in starts]
+    series = _SeriesFold()
+    for i, shift in enumerate(shifts):
+        series.add(shift, series_of(i))
     histograms = {}
     for name in (*PHASES, "schedule_lag"):
         merged = LatencyHistogram()
         for report in reports:
             merged.merge(LatencyHistogram.decode(report["histograms"][name]))
         histograms[name] = merged
-    outcome_names = sorted({k for r in reports for k in r["series"]["outcomes_per_s"]})
     targets = [r["rate"]["target_per_s"] for r in reports]
     achieved = [r["rate"]["achieved_per_s"] for r in reports]
     merged_report: dict[str, Any] = {
@@ -209,28 +262,7 @@ def merge(reports: list[dict[str, Any]]) -> dict[str, Any]:
             for outcome in sorted({k for r in reports for k in r["reasons"]})
         },
         "provision_breakdown_ms": _merge_breakdown(reports),
-        "series": {
-            "interval_s": 1,
-            "target_per_s": _shifted_sum(
-                [
-                    (s, r["series"].get("target_per_s", []))
-                    for s, r in zip(shifts, reports, strict=True)
-                ]
-            ),
-            "started_per_s": _shifted_sum(
-                [(s, r["series"]["started_per_s"]) for s, r in zip(shifts, reports, strict=True)]
-            ),
-            "outcomes_per_s": {
-                name: _shifted_sum(
-                    [
-                        (s, r["series"]["outcomes_per_s"].get(name, []))
-                        for s, r in zip(shifts, reports, strict=True)
-                    ]
-                )
-                for name in outcome_names
-            },
-            **latency_series(_merge_latency_buckets(reports, shifts)),
-        },
+        "series": series.json(),
         "histograms": {name: h.encode() for name, h in histograms.items()},
         "generator": generator_cpu(
             sum((r.get("generator") or {}).get("cpu_s", 0.0) for r in reports),
@@ -291,19 +323,6 @@ def _merge_accounting(reports: list[dict[str, Any]]) -> dict[str, Any]:
             for worker, why in (part.get("workers_lost") or {}).items()
         },
     }
-
-
-def _merge_latency_buckets(
-    reports: list[dict[str, Any]], shifts: list[int]
-) -> dict[str, dict[int, LogBuckets]]:
-    merged: dict[str, dict[int, LogBuckets]] = {}
-    for shift, report in zip(shifts, reports, strict=True):
-        for phase, seconds in report["series"].get("latency_buckets", {}).items():
-            mine = merged.setdefault(phase, {})
-            for i, data in enumerate(seconds):
-                if data:
-                    mine.setdefault(shift + i, LogBuckets()).merge(LogBuckets.from_wire(data))
-    return merged
 
 
 def _merge_breakdown(reports: list[dict[str, Any]]) -> dict[str, Any] | None:

@@ -15,7 +15,7 @@ import click
 
 from loadgen.errors import IncompleteError, UserError
 from loadgen.report import fields, s3
-from loadgen.report.merge import load_report, parse_report, shards_of
+from loadgen.report.merge import load_report, parse_report, run_ids, shards_of
 from loadgen.report.s3 import S3, S3Unavailable, S3Url
 from loadgen.report.store import OTHER_SCHEME, Location
 
@@ -51,26 +51,45 @@ SOURCE = SourceType()
 @dataclass
 class Reader:
     """Reads the sources' reports, again on each ``read`` what changed since
-    (a file's mtime and size, an object's ETag): waiting re-reads nothing."""
+    (a file's mtime and size, an object's ETag): waiting re-reads nothing.
+
+    A report is kept without its ``series`` (a long run's per-second series are
+    most of it: about 0.4 MB a minute once parsed), and ``series`` reads it
+    again when the merge folds it in: a merge of hundreds of shards holds one
+    report's series at a time, not all of them."""
 
     sources: list[Location]
     # Not read from a folder or prefix: the merge's own outputs.
     skip: Callable[[Location], bool] = lambda _: False
     _cache: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
+    _where: dict[str, Location] = field(default_factory=dict)
     _s3: S3 = field(default_factory=lambda: S3(_ARGUMENT))
 
     def read(self, *, missing_ok: bool = False) -> Named:
-        """Every report, named as it was found; a file or object given by name
-        that is not there yet is an error, or with ``missing_ok`` left out."""
+        """Every report (without its series), named as it was found; a file or
+        object given by name that is not there yet is an error, or with
+        ``missing_ok`` left out."""
         named = []
         for location, version in self._found(missing_ok):
             name = str(location)
             cached = self._cache.get(name)
             if cached is None or cached[0] != version:
-                cached = (version, self._load(location))
+                report = self._load(location)
+                del report["series"]
+                cached = (version, report)
                 self._cache[name] = cached
+                self._where[name] = location
             named.append((name, cached[1]))
         return named
+
+    def series(self, name: str) -> dict[str, Any]:
+        """The ``series`` of the report ``read`` named ``name``, read again."""
+        kept = self._cache[name][1]
+        report = self._load(self._where[name])
+        if run_ids(report) != run_ids(kept):
+            raise UserError(f"{name}: changed while it was being merged (another run's report)")
+        series: dict[str, Any] = report["series"]
+        return series
 
     def _found(self, missing_ok: bool) -> list[tuple[Location, str]]:
         found: list[tuple[Location, str]] = []
