@@ -8,7 +8,6 @@ import resource
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 from loadgen import fds
@@ -21,7 +20,7 @@ from loadgen.device.lifecycle import PublishStep, Step, SubscribeStep
 from loadgen.emulator.render import render_registration
 from loadgen.emulator.serve import EmbeddedEmulator, load_registration_config, start_embedded
 from loadgen.errors import ConfigError, UserError
-from loadgen.files import check_writable, write
+from loadgen.files import write
 from loadgen.listen import check_listen
 from loadgen.load.plan import RunPlan
 from loadgen.load.schedule import peak_rate
@@ -339,11 +338,3 @@ def execute(
 
 def default_workers() -> int:
     return cores()
-
-
-def report_path(value: Path | None, option: str = "--report") -> Path | None:
-    """``value``, once it is sure a file can be written there (before the run, so a
-    run's results are never lost to a typo)."""
-    if value is not None:
-        check_writable(value, option)
-    return value

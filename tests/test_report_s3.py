@@ -10,6 +10,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from xml.etree import ElementTree
 
 import pytest
 
@@ -158,6 +159,25 @@ def test_merge_reads_every_shard_under_a_prefix_and_writes_to_s3(tmp_path, bucke
     merged = downloaded(bucket, "run-7/merged.json")
     assert merged["devices"] == 120
     assert [g["passed"] for g in merged["gates"]] == [True]
+
+
+def test_a_merges_junit_and_summary_go_to_s3_as_a_merge_job_writes_them(tmp_path, bucket, aws_env):
+    for report in shard_reports(2):
+        upload(bucket, f"run-9/shard-{report['shard']['index']}.json", report)
+    result = run_loadgen(
+        *("report", "merge", f"s3://{BUCKET}/run-9/", "--expect", "2"),
+        *("-o", f"s3://{BUCKET}/run-9/merged.json", "--gate", PASSES, "--gate", FAILS),
+        *("--junit", f"s3://{BUCKET}/run-9/gates.xml"),
+        *("--summary-md", f"s3://{BUCKET}/run-9/summary.md"),
+        env=aws_env,
+    )
+    assert result.code == 1, result.err  # a gate failed: the files say which
+    junit = bucket.get_object(Bucket=BUCKET, Key="run-9/gates.xml")
+    assert junit["ContentType"] == "application/xml"
+    suite = ElementTree.fromstring(junit["Body"].read())
+    assert (suite.get("tests"), suite.get("failures")) == ("2", "1")
+    summary = bucket.get_object(Bucket=BUCKET, Key="run-9/summary.md")["Body"].read().decode()
+    assert FAILS in summary and PASSES in summary
 
 
 def test_merge_from_s3_keys_and_a_local_file_together(tmp_path, bucket, aws_env):

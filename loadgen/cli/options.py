@@ -7,7 +7,6 @@ import functools
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -92,13 +91,16 @@ _GATES = (
         help='A pass/fail condition, e.g. "p99(provision) < 2s"; repeatable.',
     ),
     click.option(
-        "--junit", "junit_path", type=click.Path(path_type=Path), help="JUnit XML, a case per gate."
+        "--junit",
+        "junit_path",
+        type=DESTINATION,
+        help="JUnit XML, a case per gate: a file or s3://BUCKET/KEY.",
     ),
     click.option(
         "--summary-md",
         "summary_path",
-        type=click.Path(path_type=Path),
-        help="A markdown summary for a CI job's summary page.",
+        type=DESTINATION,
+        help="A markdown summary for a CI job's summary page: a file or s3://BUCKET/KEY.",
     ),
 )
 

@@ -21,7 +21,6 @@ from loadgen.report.build import write_outputs
 from loadgen.report.show import print_report
 from loadgen.report.sources import SOURCE
 from loadgen.report.store import DESTINATION, Destination, Location
-from loadgen.run import report_path
 from loadgen.scenario.schema import load_scenario
 from loadgen.scenario.units import parse_duration
 from loadgen.words import counted
@@ -86,8 +85,8 @@ def report_merge_command(
     wait_text: str | None,
     gate_texts: tuple[str, ...],
     scenario_path: Path | None,
-    junit_path: Path | None,
-    summary_path: Path | None,
+    junit_path: Destination | None,
+    summary_path: Destination | None,
 ) -> None:
     """Merge reports of shards that ran side by side (exact percentiles). A REPORT
     is a file, a folder or s3://BUCKET/PREFIX/ (every *.json under it), or
@@ -97,8 +96,9 @@ def report_merge_command(
     for destination in (out, html):
         if destination is not None:
             destination.check(warn)
-    report_path(junit_path, "--junit")
-    report_path(summary_path, "--summary-md")
+    for ci_file in (junit_path, summary_path):
+        if ci_file is not None:
+            ci_file.check(warn)
     outputs = [d for d in (out, html) if d is not None]
     reader = sources_mod.Reader(
         list(sources), skip=lambda location: any(d.names(location) for d in outputs)

@@ -24,6 +24,7 @@ from loadgen.load.start import DEFAULT_TOLERANCE, parse_start
 from loadgen.report import ci as ci_files
 from loadgen.report import gates as gates_mod
 from loadgen.report.show import LiveRun, print_report
+from loadgen.report.store import Destination
 from loadgen.run import (
     RunOptions,
     check_plan,
@@ -32,7 +33,6 @@ from loadgen.run import (
     fleet_count,
     jitp_section,
     make_plan,
-    report_path,
 )
 from loadgen.run import endpoint as run_endpoint
 from loadgen.scenario.schema import Scenario, load_scenario
@@ -66,8 +66,8 @@ def run_command(
     rate: str | None,
     workers: int | None,
     outputs: Outputs,
-    junit_path: Path | None,
-    summary_path: Path | None,
+    junit_path: Destination | None,
+    summary_path: Destination | None,
     gate_texts: tuple[str, ...],
     start_at: str | None,
     start_tolerance: str,
@@ -80,8 +80,9 @@ def run_command(
     options = RunOptions(endpoint, count, rate, workers, outputs.slice, start)
     checked = check_plan(scenario, options)
     outputs.check()
-    report_path(junit_path, "--junit")
-    report_path(summary_path, "--summary-md")
+    for ci_file in (junit_path, summary_path):
+        if ci_file is not None:
+            ci_file.check(warn)
     console = stderr_console()
     minted = _mint_with_progress(
         console, scenario, fleet_count(scenario, options), workers, checked.shard

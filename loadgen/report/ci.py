@@ -3,14 +3,13 @@ summary for a job's summary page."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree as ET
 
-from loadgen.files import write_output
 from loadgen.metrics.stats import PHASES
 from loadgen.report.gates import GateResult
 from loadgen.report.show import accounting_phrases, expected_cell
+from loadgen.report.store import MARKDOWN, XML, Destination
 from loadgen.words import counted
 
 
@@ -70,10 +69,10 @@ def summary_markdown(report: dict[str, Any], results: list[GateResult]) -> str:
 def write_ci_files(
     report: dict[str, Any],
     results: list[GateResult],
-    junit_path: Path | None,
-    summary_path: Path | None,
+    junit_path: Destination | None,
+    summary_path: Destination | None,
 ) -> None:
     if junit_path is not None:
-        write_output(junit_path, junit(report, results))
+        junit_path.write(junit(report, results), XML)
     if summary_path is not None:
-        write_output(summary_path, summary_markdown(report, results).encode())
+        summary_path.write(summary_markdown(report, results).encode(), MARKDOWN)

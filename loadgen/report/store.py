@@ -21,6 +21,8 @@ from loadgen.report.s3 import S3, S3Url
 Location = Path | S3Url
 JSON = "application/json"
 HTML = "text/html; charset=utf-8"
+XML = "application/xml"
+MARKDOWN = "text/markdown; charset=utf-8"
 # Another scheme (https://, gs://) would otherwise become a local path of that name.
 OTHER_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
