@@ -246,6 +246,9 @@ def test_the_merge_command_is_one_loadgen_report_merge_accepts(built, name):
     assert args[2] == f"{run_folder}/shards/", "it merges the folder the shards write to"
     assert _option(args, "-o").startswith(f"{run_folder}/")
     assert _option(args, "--scenario") == "/scenario/scenario.yaml"
+    # The pod keeps no files: the pipeline's JUnit and summary go beside the merge.
+    for option in ("--junit", "--summary-md"):
+        assert _option(args, option).startswith(f"{run_folder}/"), option
 
 
 @pytest.mark.parametrize("name", KUSTOMIZATIONS)
