@@ -58,7 +58,9 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=3000)
     parser.add_argument("--rate", type=float, default=250.0)
     parser.add_argument(
-        "--workers", type=int, help="default: as many as `loadgen run` plans for the rate"
+        "--workers",
+        type=lambda text: text if text == "auto" else int(text),
+        help="N or auto, as `loadgen run --workers` takes it (default: its default, the cores)",
     )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--s-time-seconds", type=int, default=3)
@@ -93,12 +95,12 @@ def main() -> None:
     owns: list[float] = []
     peers: dict[bool, list[float]] = {True: [], False: []}  # emqtt-bench's, by spinning
     with mosquitto_bed(args.devices) as bed:
-        workers = args.workers or planned_workers(bed, rate=args.rate, after_connect=steps)
+        processes = planned_workers(bed, rate=args.rate, after_connect=steps, workers=args.workers)
         for repeat in range(args.repeats):
             before = s_time(bed.broker, bed.fleet, bed.devices[0], args.s_time_seconds)
             if args.c_device:
-                floors.append(c_device(bed, rate=args.rate, processes=workers, own=False) * 1e3)
-                owns.append(c_device(bed, rate=args.rate, processes=workers, own=True) * 1e3)
+                floors.append(c_device(bed, rate=args.rate, processes=processes, own=False) * 1e3)
+                owns.append(c_device(bed, rate=args.rate, processes=processes, own=True) * 1e3)
             if args.emqtt_bench:
                 for spin, values in peers.items():
                     values.append(
@@ -109,7 +111,7 @@ def main() -> None:
                     loadgen_run(
                         bed,
                         rate=args.rate,
-                        workers=workers,
+                        workers=args.workers,
                         after_connect=steps,
                         name=f"r{repeat}-{i}",
                         tree=trees[i],
@@ -118,8 +120,8 @@ def main() -> None:
             after = s_time(bed.broker, bed.fleet, bed.devices[0], args.s_time_seconds)
             s_times.append((before + after) / 2 * 1e3)
     print(
-        f"{args.devices} devices at {args.rate:g}/s, {counted(workers, 'worker')}"
-        + ("" if args.workers else " (as `loadgen run` plans them)")
+        f"{args.devices} devices at {args.rate:g}/s, {counted(processes, 'worker')}"
+        + {None: " (`loadgen run`'s default)", "auto": " (--workers auto)"}.get(args.workers, "")
         + ", "
         f"{args.repeats} runs, mosquitto on loopback"
         + (", connect and disconnect only" if args.no_publish else ", a QoS 1 publish each")
@@ -136,7 +138,7 @@ def main() -> None:
     for what, values in (("one certificate for all", floors), ("each its own", owns)):
         _beside(
             f"the whole life in C (`bench/c_device.c`, {what}) at {args.rate:g}/s on "
-            f"{workers} processes",
+            f"{processes} processes",
             f"the whole life in C ({what})",
             values,
             s_times,

@@ -38,6 +38,8 @@ from loadgen import mqtt
 from loadgen.certs.ca import init_ca
 from loadgen.certs.mint import MintRequest, mint
 from loadgen.certs.store import Device, FleetStore
+from loadgen.load.plan import AUTO
+from loadgen.run import planned_workers as run_planned_workers
 from loadgen.run import workers_for
 from loadgen.scenario.planning import build_plan
 from loadgen.scenario.schema import load_scenario
@@ -252,14 +254,15 @@ def loadgen_run(
     bed: Bed,
     *,
     rate: float,
-    workers: int | None,
+    workers: int | str | None,
     after_connect: list[dict[str, Any]] | None = None,
     name: str = "run",
     tree: Path | None = None,
 ) -> dict[str, Any]:
     """The report of one `loadgen run` of the bed's whole fleet against its
-    mosquitto, at ``rate`` devices per second on ``workers`` workers (None: as
-    many as `loadgen run` plans; its report's ``load.workers`` says): each device
+    mosquitto, at ``rate`` devices per second on ``workers`` workers (``auto``,
+    or None for `loadgen run`'s default; its report's ``load.workers`` says how
+    many ran): each device
     is prepared, connects (TCP, TLS, CONNECT, CONNACK), does ``after_connect``,
     disconnects and is recorded, as in any run. The report's
     ``generator.whole_cpu_ms_per_device`` is that whole life's CPU. With
@@ -286,12 +289,16 @@ def loadgen_run(
     return result
 
 
-def planned_workers(bed: Bed, *, rate: float, after_connect: list[dict[str, Any]]) -> int:
-    """The workers `loadgen run` plans for the bed's fleet at ``rate`` without
-    ``--workers``."""
+def planned_workers(
+    bed: Bed, *, rate: float, after_connect: list[dict[str, Any]], workers: int | str | None
+) -> int:
+    """How many workers `loadgen run --workers WORKERS` runs for the bed's fleet
+    at ``rate``: ``auto`` as the rate needs, None as many as the cores."""
+    if isinstance(workers, int):
+        return workers
     path = scenario_file(bed, rate=rate, after_connect=after_connect, name="planned")
     plan = build_plan(load_scenario(path), endpoint=("127.0.0.1", bed.broker.tls_port))
-    return workers_for(plan)
+    return workers_for(plan) if workers == AUTO else run_planned_workers(plan.max_in_flight)
 
 
 def scenario_file(

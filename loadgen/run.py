@@ -22,7 +22,7 @@ from loadgen.emulator.serve import EmbeddedEmulator, load_registration_config, s
 from loadgen.errors import ConfigError, UserError
 from loadgen.files import write
 from loadgen.listen import check_listen
-from loadgen.load.plan import RunPlan
+from loadgen.load.plan import AUTO, RunPlan, Workers
 from loadgen.load.schedule import peak_rate
 from loadgen.load.shard import Shard
 from loadgen.load.start import StartAt
@@ -39,7 +39,7 @@ class RunOptions:
     endpoint: str | None = None
     count: int | None = None
     rate: str | None = None
-    workers: int | None = None  # None: planned_workers
+    workers: Workers = None
     shard: Shard | None = None  # --shard I/N: this generator's part of the fleet
     start: StartAt | None = None  # --start-at: when the schedule starts
 
@@ -166,7 +166,7 @@ def make_plan(scenario: Scenario, options: RunOptions) -> RunPlan:
         raise ConfigError("endpoint: embedded needs the emulator started (see run.endpoint)")
     if options.count is not None and options.count <= 0:
         raise UserError(f"--count must be positive, got {options.count}")
-    if options.workers is not None and options.workers <= 0:
+    if isinstance(options.workers, int) and options.workers <= 0:
         raise UserError(f"--workers must be positive, got {options.workers}")
     try:
         rate = parse_rate(options.rate) if options.rate is not None else None
@@ -177,11 +177,13 @@ def make_plan(scenario: Scenario, options: RunOptions) -> RunPlan:
         endpoint=endpoint_of(scenario, options.endpoint),
         count=options.count,
         rate=rate,
-        workers=options.workers or 1,
+        workers=options.workers if isinstance(options.workers, int) else 1,
         shard=options.shard,
     )
-    if options.workers is None:
+    if options.workers == AUTO:
         plan = replace(plan, workers=workers_for(plan))
+    elif options.workers is None:
+        plan = replace(plan, workers=planned_workers(plan.max_in_flight))
     if options.shard is not None:
         options.shard.check_size(fleet_count(scenario, options))
     check_template(plan.client_id, "mqtt.client_id")
@@ -273,7 +275,7 @@ _MESSAGES_PER_CONNECT = 10.0
 
 
 def workers_for(plan: RunPlan) -> int:
-    """Workers for a plan without ``--workers``: as many as its rate needs
+    """Workers for ``--workers auto``: as many as the plan's rate needs
     (``workers_by_rate``), and more when a worker's share of ``max_in_flight``
     would not fit in the open files a process may hold."""
     return fds.processes_for(plan.max_in_flight, workers_by_rate(plan))
@@ -338,3 +340,8 @@ def execute(
 
 def default_workers() -> int:
     return cores()
+
+
+def mint_workers(workers: Workers) -> int | None:
+    """The minting processes ``--workers`` asks for (None: a process per core)."""
+    return workers if isinstance(workers, int) else None

@@ -138,7 +138,7 @@ def test_the_report_holds_the_steps_one_after_another(search):
 
 
 def test_each_step_says_how_many_workers_ran_it(search):
-    # Without --workers each step's rate plans its own (tests/test_plan.py).
+    # With --workers auto each step's rate plans its own (below).
     assert [step["workers"] for step in search.report["capacity"]["steps"]] == [1] * len(
         search.report["capacity"]["steps"]
     )
@@ -175,7 +175,7 @@ def test_a_search_that_never_breaks_stops_at_max_rate_against_any_endpoint(
     assert "no SLO broke up to 100/s" in " ".join(result.out.split())
 
 
-def test_without_workers_each_step_plans_its_own_from_its_rate(tmp_path, mosquitto, device_ca):
+def test_with_workers_auto_each_step_plans_its_own_from_its_rate(tmp_path, mosquitto, device_ca):
     from tests.test_run import _scenario as mosquitto_scenario
 
     # A connect and a publish a device: 110 connects a second at 100/s (one
@@ -184,7 +184,7 @@ def test_without_workers_each_step_plans_its_own_from_its_rate(tmp_path, mosquit
     result = run_loadgen(
         *("capacity", path, "--slo", "p99(provision) < 10s", "--start", "100/s"),
         *("--step", "200/s", "--step-duration", "1s", "--max-rate", "300/s"),
-        *("--report", tmp_path / "r.json"),
+        *("--workers", "auto", "--report", tmp_path / "r.json"),
     )
     assert result.code == 0, result.err
     steps = json.loads((tmp_path / "r.json").read_text())["capacity"]["steps"]

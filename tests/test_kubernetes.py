@@ -278,8 +278,8 @@ def test_the_pods_profile_is_the_shipped_healthy_lightbulbs():
 
 @pytest.mark.parametrize("name", KUSTOMIZATIONS)
 def test_shard_pods_plan_their_workers_within_a_cpu_limit(built, name):
-    # No --workers: the run plans them from its rate, at most the cores of the
-    # pod's CPU limit (loadgen.cores reads the cgroup; tests/test_cores.py).
+    # No --workers: a worker per core of the pod's CPU limit (loadgen.cores
+    # reads the cgroup; tests/test_cores.py).
     container = _container(_one(built[name], "Job", "loadgen-shards"))
     assert "--workers" not in container["args"]
     resources = container["resources"]
@@ -291,9 +291,9 @@ def test_shard_pods_plan_their_workers_within_a_cpu_limit(built, name):
 def test_a_shard_plans_as_many_workers_as_its_cpu_limit_has_cores(
     built, name, tmp_path, monkeypatch
 ):
-    # The pods are sized for their shard (docs/distributed.md): what the run
-    # plans from its rate, JITP and holds fills the CPU limit, no more (open
-    # files add none under a container runtime's hard limit of 1,048,576).
+    # The pods are sized for their shard (docs/distributed.md): what
+    # --workers auto plans from its rate, JITP and holds fills the CPU limit, no
+    # more (open files add none under a runtime's hard limit of 1,048,576).
     objects = built[name]
     for key, text in _one(objects, "ConfigMap", "loadgen-scenario")["data"].items():
         (tmp_path / key).write_text(text)

@@ -9,6 +9,7 @@ import re
 import pytest
 import yaml
 
+from loadgen.cores import cores
 from tests.conftest import assert_user_error, run_loadgen
 
 
@@ -342,17 +343,29 @@ def _run_with_open_files(limit: int, *args):
     )
 
 
-def test_without_workers_a_run_below_300_connects_a_second_plans_one_worker(
-    tmp_path, mosquitto, device_ca
-):
+def _workers_of_a_run_at_40_per_s(tmp_path, mosquitto, device_ca, *args) -> int:
     load = {"executor": "constant-arrival-rate", "rate": "40/s", "max_in_flight": 50}
     path = _scenario(tmp_path, mosquitto, device_ca, load=load)
     report = tmp_path / "report.json"
-    result = run_loadgen("run", path, "--count", 40, "--report", report)
+    result = run_loadgen("run", path, "--count", 40, "--report", report, *args)
     assert result.code == 0, result.err
     data = json.loads(report.read_text())
-    assert data["load"]["workers"] == 1
     assert data["accounting"]["started"] == 40 and data["accounting"]["unexpected"] == 0
+    workers: int = data["load"]["workers"]
+    return workers
+
+
+def test_without_workers_a_run_has_a_worker_per_core(tmp_path, mosquitto, device_ca):
+    assert _workers_of_a_run_at_40_per_s(tmp_path, mosquitto, device_ca) == cores()
+
+
+def test_workers_auto_plans_one_worker_below_300_connects_a_second(tmp_path, mosquitto, device_ca):
+    assert _workers_of_a_run_at_40_per_s(tmp_path, mosquitto, device_ca, "--workers", "auto") == 1
+
+
+def test_workers_neither_a_number_nor_auto_is_one_line_and_exit_2(tmp_path, mosquitto, device_ca):
+    path = _scenario(tmp_path, mosquitto, device_ca)
+    assert_user_error(run_loadgen("run", path, "--workers", "many"), "neither a number nor auto")
 
 
 def test_without_workers_it_plans_enough_workers_to_fit_the_open_files_limit(

@@ -15,7 +15,7 @@ from rich.console import Console
 from loadgen.capacity.search import EmulatorCpu, Search, Step, section, throttles, verdict
 from loadgen.cli.options import Outputs, output_options, target_options
 from loadgen.errors import UserError
-from loadgen.load.plan import RunPlan
+from loadgen.load.plan import AUTO, RunPlan, Workers
 from loadgen.load.runner import merge_progress
 from loadgen.load.schedule import ConstantArrival
 from loadgen.load.workers import RunTiming
@@ -32,6 +32,7 @@ from loadgen.run import (
     execute,
     jitp_section,
     make_plan,
+    mint_workers,
     workers_for,
 )
 from loadgen.run import endpoint as run_endpoint
@@ -116,7 +117,7 @@ def capacity_command(
     max_steps: int,
     first_device: int,
     endpoint: str | None,
-    workers: int | None,
+    workers: Workers,
     outputs: Outputs,
 ) -> None:
     """Raise the arrival rate step by step until an SLO breaks; report the
@@ -142,7 +143,7 @@ def capacity_command(
         indent=0,
     )
     # The first step's devices (and the fleet CA, which the emulator trusts).
-    ensure_fleet(scenario, first_device + search.devices(search.start), workers)
+    ensure_fleet(scenario, first_device + search.devices(search.start), mint_workers(workers))
     steps: list[Step] = []
     interrupted = False
     with run_endpoint(scenario, options) as session:
@@ -154,11 +155,11 @@ def capacity_command(
         try:
             for number, rate in enumerate(search.rates(), 1):
                 count = search.devices(rate)
-                ensure_fleet(scenario, offset + count, workers)
+                ensure_fleet(scenario, offset + count, mint_workers(workers))
                 plan = replace(
                     base, count=count, executor=ConstantArrival(rate), first_device=offset
                 )
-                if workers is None:  # each step's rate plans its own
+                if workers == AUTO:  # each step's rate plans its own
                     plan = replace(plan, workers=workers_for(plan))
                 result, timing = _run_step(session, plan, rate, search, number, began, exporter)
                 steps.append(result)

@@ -15,7 +15,7 @@ from loadgen.cli.common import warn
 from loadgen.errors import UserError
 from loadgen.lifeline import StopSignals
 from loadgen.listen import PORT, check_listen
-from loadgen.load.plan import RunPlan
+from loadgen.load.plan import AUTO, RunPlan, Workers
 from loadgen.load.shard import Shard, ShardName, parse_shard
 from loadgen.metrics import prometheus as prom
 from loadgen.report.build import write_outputs
@@ -38,14 +38,37 @@ class ShardType(click.ParamType[ShardName, Any]):
 
 SHARD = ShardType()
 
+
+class WorkersType(click.ParamType[Workers, Any]):
+    """``--workers``: a number of worker processes, or ``auto``."""
+
+    name = "N|auto"
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context) -> str:
+        return "N|auto"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> Workers:
+        if value is None or isinstance(value, int) or value == AUTO:
+            return value  # type: ignore[no-any-return]
+        try:
+            return int(value)
+        except ValueError:
+            self.fail(f"{value!r} is neither a number nor auto", param, ctx)
+
+
+WORKERS = WorkersType()
+
 _TARGET = (
     click.option("--endpoint", help="HOST:PORT instead of the scenario's endpoint."),
     click.option(
         "--workers",
-        type=int,
-        help="Worker processes (default: one per 300 connects a second of the peak "
-        "arrival rate, a JITP device counting two, at most the cores; or more when "
-        "load.max_in_flight needs more open files than one process may hold).",
+        type=WORKERS,
+        help="Worker processes: N, or auto (one per 300 connects a second of the peak "
+        "arrival rate, a JITP device counting two, at most the cores). Default: the "
+        "cores; either way more when load.max_in_flight needs more open files than "
+        "one process may hold.",
     ),
 )
 _OUTPUTS = (

@@ -18,6 +18,7 @@ from loadgen.certs.mint import MintResult
 from loadgen.cli.certs import MintBar
 from loadgen.cli.common import stderr_console, warn
 from loadgen.cli.options import Outputs, gate_options, output_options, target_options
+from loadgen.load.plan import Workers
 from loadgen.load.runner import merge_progress
 from loadgen.load.shard import Shard
 from loadgen.load.start import DEFAULT_TOLERANCE, parse_start
@@ -33,6 +34,7 @@ from loadgen.run import (
     fleet_count,
     jitp_section,
     make_plan,
+    mint_workers,
 )
 from loadgen.run import endpoint as run_endpoint
 from loadgen.scenario.schema import Scenario, load_scenario
@@ -64,7 +66,7 @@ def run_command(
     endpoint: str | None,
     count: int | None,
     rate: str | None,
-    workers: int | None,
+    workers: Workers,
     outputs: Outputs,
     junit_path: Destination | None,
     summary_path: Destination | None,
@@ -85,7 +87,7 @@ def run_command(
             ci_file.check(warn)
     console = stderr_console()
     minted = _mint_with_progress(
-        console, scenario, fleet_count(scenario, options), workers, checked.shard
+        console, scenario, fleet_count(scenario, options), mint_workers(workers), checked.shard
     )
     if minted is not None:
         click.echo(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from loadgen.certs.store import Device as FleetDevice
 from loadgen.certs.subject import FIELDS
@@ -16,6 +17,12 @@ from loadgen.device.lifecycle import DeviceConfig, PublishStep, Step, SubscribeS
 from loadgen.load.chaos import Chaos
 from loadgen.load.schedule import Executor
 from loadgen.load.shard import Shard
+
+# ``--workers auto``: as many workers as the rate needs (``loadgen.run.workers_for``).
+AUTO: Literal["auto"] = "auto"
+# What --workers asks for: a number; AUTO; or None: the cores, or more for open
+# files (``loadgen.run.planned_workers``).
+Workers = int | Literal["auto"] | None
 
 
 @dataclass(frozen=True)
