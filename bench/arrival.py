@@ -46,7 +46,7 @@ from typing import Any
 
 from bench import trees as trees_option
 from bench.c_device import c_device
-from bench.connect import loadgen_run, mosquitto_bed, planned_workers, s_time
+from bench.connect import loadgen_run, mosquitto_bed, s_time, worker_count
 from bench.emqtt_bench import emqtt_bench
 from loadgen.words import counted
 
@@ -95,7 +95,7 @@ def main() -> None:
     owns: list[float] = []
     peers: dict[bool, list[float]] = {True: [], False: []}  # emqtt-bench's, by spinning
     with mosquitto_bed(args.devices) as bed:
-        processes = planned_workers(bed, rate=args.rate, after_connect=steps, workers=args.workers)
+        processes = worker_count(bed, rate=args.rate, after_connect=steps, workers=args.workers)
         for repeat in range(args.repeats):
             before = s_time(bed.broker, bed.fleet, bed.devices[0], args.s_time_seconds)
             if args.c_device:

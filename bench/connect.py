@@ -39,8 +39,7 @@ from loadgen.certs.ca import init_ca
 from loadgen.certs.mint import MintRequest, mint
 from loadgen.certs.store import Device, FleetStore
 from loadgen.load.plan import AUTO
-from loadgen.run import planned_workers as run_planned_workers
-from loadgen.run import workers_for
+from loadgen.run import planned_workers, workers_for
 from loadgen.scenario.planning import build_plan
 from loadgen.scenario.schema import load_scenario
 from loadgen.transport.client import Target, connect
@@ -289,7 +288,7 @@ def loadgen_run(
     return result
 
 
-def planned_workers(
+def worker_count(
     bed: Bed, *, rate: float, after_connect: list[dict[str, Any]], workers: int | str | None
 ) -> int:
     """How many workers `loadgen run --workers WORKERS` runs for the bed's fleet
@@ -298,7 +297,7 @@ def planned_workers(
         return workers
     path = scenario_file(bed, rate=rate, after_connect=after_connect, name="planned")
     plan = build_plan(load_scenario(path), endpoint=("127.0.0.1", bed.broker.tls_port))
-    return workers_for(plan) if workers == AUTO else run_planned_workers(plan.max_in_flight)
+    return workers_for(plan) if workers == AUTO else planned_workers(plan.max_in_flight)
 
 
 def scenario_file(

@@ -93,12 +93,9 @@ def report_merge_command(
     s3://BUCKET/KEY. Exit 1 when a gate fails or an expected shard is missing."""
     gates = merge_gates(scenario_path, gate_texts)
     wait_s = wait_seconds(wait_text, expect)
-    for destination in (out, html):
+    for destination in (out, html, junit_path, summary_path):
         if destination is not None:
             destination.check(warn)
-    for ci_file in (junit_path, summary_path):
-        if ci_file is not None:
-            ci_file.check(warn)
     outputs = [d for d in (out, html) if d is not None]
     reader = sources_mod.Reader(
         list(sources), skip=lambda location: any(d.names(location) for d in outputs)
