@@ -22,13 +22,21 @@ The claim is the process's (OpenSSL's ENGINE table is), so it is taken where a
 process's TLS is set up (a worker's ``ClientTls``, the emulator's ``Emulator``)
 and given back when that is dropped or the interpreter exits: OpenSSL's own
 cleanup at exit would otherwise call the ENGINE's Python callback after Python
-is gone. OpenSSL 3.1 and later cache decoder contexts: there, and wherever an
-ENGINE cannot be made, nothing is claimed and every key is the providers'.
+is gone. A process has one ENGINE, made at its first claim and registered while
+any claim is held; its callback lives as long as the process. (An ENGINE per
+claim, each callback freed with its claim, could have OpenSSL run a freed
+callback: a claim held by garbage stays registered, and the oldest registered
+engine is the one OpenSSL picks, until the collector finalizes it, which can
+happen inside that very callback, since it allocates, or on another thread.)
+
+OpenSSL 3.1 and later cache decoder contexts: there, and wherever an ENGINE
+cannot be made, nothing is claimed and every key is the providers'.
 """
 
 from __future__ import annotations
 
 import ctypes
+import functools
 import weakref
 
 from loadgen import openssl
@@ -75,10 +83,9 @@ class _Engine:
         # Kept with the engine: OpenSSL holds the callback's address (and the
         # callback the nids it hands out).
         self._callback = _PkeyMeths(meths)
-        # Never freed, on purpose (about 290 bytes a claim, one claim a
-        # process's TLS): freeing an ENGINE calls its callback, and a context
-        # that still holds the engine could do that after this object, or
-        # Python, is gone.
+        # Never freed, on purpose (about 290 bytes, once a process): freeing an
+        # ENGINE calls its callback, and a context that still holds the engine
+        # could do that after Python is gone.
         self.pointer: int = new()
         if not self.pointer:
             raise OSError("ENGINE_new failed")
@@ -88,12 +95,34 @@ class _Engine:
             or set_meths(self.pointer, self._callback) != 1
         ):
             raise OSError("the ENGINE could not be set up")
+        self.claims = 0  # held now; registered while there is one
 
-    def register(self) -> bool:
-        return bool(self._register(self.pointer) == 1)
+    def take(self) -> bool:
+        """One more claim; the first registers the engine (False if it cannot)."""
+        if self.claims == 0 and self._register(self.pointer) != 1:
+            return False
+        self.claims += 1
+        return True
 
-    def unregister(self) -> None:
-        self._unregister(self.pointer)
+    def give_back(self) -> None:
+        """One claim fewer; the last unregisters the engine."""
+        self.claims -= 1
+        if self.claims == 0:
+            self._unregister(self.pointer)
+
+
+@functools.cache
+def _process_engine() -> _Engine | None:
+    # Cached for the process's life, on purpose: OpenSSL holds the engine's
+    # callback address as long as the engine lives, and it lives for good.
+    lib = openssl.load()
+    if lib is None:
+        return None
+    try:
+        return _Engine(lib)
+    except (AttributeError, OSError):  # built without ENGINEs, say
+        openssl.bind(lib.ERR_clear_error, None, [])()  # nothing to surface in ssl later
+        return None
 
 
 def ec_claimed() -> bool:
@@ -118,9 +147,8 @@ class LegacyEc:
     """A claim on EC keys for OpenSSL's legacy EC code, held until released."""
 
     def __init__(self, engine: _Engine) -> None:
-        # Kept until the finalizer ran: OpenSSL may call the engine's callback
-        # for as long as the engine is registered.
-        self._release = weakref.finalize(self, engine.unregister)
+        # At the latest when the interpreter exits (finalize's atexit).
+        self._release = weakref.finalize(self, engine.give_back)
 
     @classmethod
     def claim(cls, *, legacy: bool | None = None) -> LegacyEc | None:
@@ -129,17 +157,17 @@ class LegacyEc:
         lib = openssl.load()
         if lib is None:
             return None
-        try:
-            if legacy is None:
+        if legacy is None:
+            try:
                 version = openssl.bind(lib.OpenSSL_version_num, ctypes.c_ulong, [])
-                legacy = version() < _OPENSSL_3_1
-            if not legacy:
+            except AttributeError:
                 return None
-            engine = _Engine(lib)
-            if engine.register():
-                return cls(engine)
-        except (AttributeError, OSError):  # built without ENGINEs, say
-            pass
+            legacy = version() < _OPENSSL_3_1
+        if not legacy:
+            return None
+        engine = _process_engine()
+        if engine is not None and engine.take():
+            return cls(engine)
         openssl.bind(lib.ERR_clear_error, None, [])()  # nothing to surface in ssl later
         return None
 

@@ -136,6 +136,23 @@ def test_a_released_claim_leaves_no_engine_claiming_ec_keys():
     assert done.stdout.split() == ["False", "True", "False", "False"]
 
 
+def test_claims_share_the_process_engine_which_is_registered_until_the_last_is_released():
+    done = _in_a_fresh_process(
+        """
+        from loadgen.legacy_ec import LegacyEc, ec_claimed
+        first, second = LegacyEc.claim(legacy=True), LegacyEc.claim(legacy=True)
+        first.release()
+        print(ec_claimed(), end=" ")
+        second.release()
+        print(ec_claimed(), end=" ")
+        again = LegacyEc.claim(legacy=True)
+        print(ec_claimed())
+        """
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True", "False", "True"]
+
+
 def test_a_process_that_exits_holding_its_claims_exits_cleanly():
     # OpenSSL's cleanup at exit would call the ENGINE's Python callback after
     # the interpreter is gone (a segfault) if a claim outlived Python. A worker's
