@@ -271,7 +271,7 @@ def loadgen_run(
     report = bed.root / f"{name}.json"
     subprocess.run(
         [
-            sys.executable,
+            trees.python(tree),
             "-m",
             "loadgen",
             "run",

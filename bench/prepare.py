@@ -17,7 +17,6 @@ import argparse
 import json
 import statistics
 import subprocess
-import sys
 from pathlib import Path
 
 from bench import trees as trees_option
@@ -49,7 +48,7 @@ print(json.dumps(batches))
 
 def _prepare(tree: Path | None, fleet: Path, ca: Path, devices: int) -> list[float]:
     out = subprocess.run(
-        [sys.executable, "-c", _CHILD, str(fleet), str(ca), str(devices), str(_BATCH)],
+        [trees_option.python(tree), "-c", _CHILD, str(fleet), str(ca), str(devices), str(_BATCH)],
         capture_output=True,
         text=True,
         **trees_option.started_in(tree),

@@ -2,12 +2,14 @@
 once): each repeat runs each checkout's ``loadgen`` in turn, the order rotating
 from repeat to repeat (the machine drifts within a repeat), each started from
 its own folder, so that ``python -m`` imports that checkout's ``loadgen`` and
-nothing else."""
+nothing else, with the checkout's own ``.venv`` interpreter where it has one (the
+same code under two Pythons: a worktree whose ``.venv`` another Python made)."""
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -37,3 +39,10 @@ def started_in(tree: Path | None) -> dict[str, Any]:
     if tree is None:
         return {}
     return {"cwd": tree, "env": {**os.environ, "PYTHONPATH": str(tree)}}
+
+
+def python(tree: Path | None) -> str:
+    """The interpreter that runs ``tree``'s ``loadgen``: its own ``.venv``'s, or this one."""
+    if tree is not None and (own := tree / ".venv" / "bin" / "python").exists():
+        return str(own)
+    return sys.executable
