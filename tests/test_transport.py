@@ -493,6 +493,33 @@ async def test_a_server_that_closes_mid_handshake_is_reported(small_fleet, devic
     server.close()
 
 
+async def test_a_server_that_drops_the_connection_after_the_handshake_rejected_the_certificate(
+    tmp_path, small_fleet, session_ca
+):
+    # As a TLS 1.3 server that rejects the client's certificate often ends it,
+    # once the client's handshake is done: no alert, no close_notify. Python
+    # 3.11.0-3.11.2 read that as a clean close unless the context says otherwise.
+    cert, key = server_cert(session_ca, ["localhost"])
+    write(tmp_path / "s.pem", cert)
+    write(tmp_path / "s.key", key, private=True)
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(tmp_path / "s.pem", tmp_path / "s.key")
+    server_ctx.num_tickets = 0
+
+    async def drop(reader, writer):
+        await reader.readexactly(2)  # the CONNECT's first bytes: nothing left unread
+        writer.transport.abort()  # TCP's end only, without TLS's close_notify
+
+    server = await asyncio.start_server(drop, "127.0.0.1", 0, ssl=server_ctx)
+    _, context = _device(small_fleet)
+    target = Target("127.0.0.1", server.sockets[0].getsockname()[1], server_name="localhost")
+    with pytest.raises(TlsRejected) as info:
+        async with asyncio.timeout(10):
+            await connect(target, context, mqtt.Connect("x"), AttemptTimes(0.0))
+    assert info.value.phase == "connack"
+    server.close()
+
+
 async def test_a_silent_server_leaves_the_timeout_to_the_caller():
     async def silent(reader, writer):
         await asyncio.sleep(5)

@@ -32,6 +32,7 @@ from loadgen.heap import Heap
 from loadgen.legacy_ec import LegacyEc
 from loadgen.mqtt import topics
 from loadgen.transport.idle import IdleTls
+from loadgen.transport.tls import strict_eof
 
 if TYPE_CHECKING:
     from cryptography import x509
@@ -214,6 +215,7 @@ class Emulator:
         if cached is not None:
             return cached
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        strict_eof(context)  # the same on every Python: a dropped device reads as dropped
         context.load_cert_chain(self.server_cert, self.server_key)
         context.verify_mode = ssl.CERT_REQUIRED
         # Devices never resume a TLS session (each connect is a full handshake,

@@ -25,6 +25,16 @@ from loadgen.transport.idle import IdleTls
 ALPN_AWS_MQTT = "x-amzn-mqtt-ca"
 
 
+def strict_eof(context: ssl.SSLContext) -> None:
+    """A connection dropped without TLS's close_notify reads as dropped
+    (``SSLEOFError``), not as a clean close: a TLS 1.3 server that rejects the
+    client's certificate often drops it so, and the report tells the two apart
+    (``tls_rejected``, ``closed``). Python 3.10.0-3.10.10 and 3.11.0-3.11.2
+    (Debian 12's ``python3``) set ``OP_IGNORE_UNEXPECTED_EOF`` on every context;
+    later releases do not."""
+    context.options &= ~ssl.OP_IGNORE_UNEXPECTED_EOF
+
+
 def device_context(
     cert_chain: str | Path | None,
     key: str | Path | None,
@@ -36,6 +46,7 @@ def device_context(
     """A client context presenting ``cert_chain`` (device certificate then CA)."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    strict_eof(context)
     if verify_server:
         if ca_file is not None:
             context.load_verify_locations(cafile=str(ca_file))
