@@ -493,30 +493,54 @@ async def test_a_server_that_closes_mid_handshake_is_reported(small_fleet, devic
     server.close()
 
 
-async def test_a_server_that_drops_the_connection_after_the_handshake_rejected_the_certificate(
-    tmp_path, small_fleet, session_ca
-):
-    # As a TLS 1.3 server that rejects the client's certificate often ends it,
-    # once the client's handshake is done: no alert, no close_notify. Python
-    # 3.11.0-3.11.2 read that as a clean close unless the context says otherwise.
+async def _dropping_server(tmp_path, session_ca, handler):
+    """A TLS 1.3 server whose ``handler`` ends each connection with TCP alone
+    (``transport.abort()``): no alert, no close_notify."""
     cert, key = server_cert(session_ca, ["localhost"])
     write(tmp_path / "s.pem", cert)
     write(tmp_path / "s.key", key, private=True)
     server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server_ctx.load_cert_chain(tmp_path / "s.pem", tmp_path / "s.key")
     server_ctx.num_tickets = 0
+    server = await asyncio.start_server(handler, "127.0.0.1", 0, ssl=server_ctx)
+    return server, Target("127.0.0.1", server.sockets[0].getsockname()[1], server_name="localhost")
 
+
+async def test_a_server_that_drops_the_connection_after_the_handshake_rejected_the_certificate(
+    tmp_path, small_fleet, session_ca
+):
+    # As a TLS 1.3 server that rejects the client's certificate often ends it,
+    # once the client's handshake is done. Python 3.11.0-3.11.2 read that as a
+    # clean close unless the context says otherwise, and name it differently.
     async def drop(reader, writer):
         await reader.readexactly(2)  # the CONNECT's first bytes: nothing left unread
-        writer.transport.abort()  # TCP's end only, without TLS's close_notify
+        writer.transport.abort()
 
-    server = await asyncio.start_server(drop, "127.0.0.1", 0, ssl=server_ctx)
+    server, target = await _dropping_server(tmp_path, session_ca, drop)
     _, context = _device(small_fleet)
-    target = Target("127.0.0.1", server.sockets[0].getsockname()[1], server_name="localhost")
-    with pytest.raises(TlsRejected) as info:
+    with pytest.raises(TlsRejected, match="right after the handshake") as info:
         async with asyncio.timeout(10):
             await connect(target, context, mqtt.Connect("x"), AttemptTimes(0.0))
     assert info.value.phase == "connack"
+    server.close()
+
+
+async def test_a_connection_dropped_without_close_notify_after_the_connack_is_closed(
+    tmp_path, small_fleet, session_ca
+):
+    async def answer_then_drop(reader, writer):
+        header = await reader.readexactly(2)  # a short CONNECT's fixed header
+        await reader.readexactly(header[1])  # and the rest of it
+        writer.write(b"\x20\x03\x00\x00\x00")  # CONNACK: accepted, MQTT 5
+        await reader.readexactly(2)  # the PINGREQ
+        writer.transport.abort()
+
+    server, target = await _dropping_server(tmp_path, session_ca, answer_then_drop)
+    _, context = _device(small_fleet)
+    async with asyncio.timeout(10):
+        client = await connect(target, context, mqtt.Connect("x"), AttemptTimes(0.0))
+        with pytest.raises(Closed):
+            await client.ping()
     server.close()
 
 

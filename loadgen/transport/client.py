@@ -87,6 +87,15 @@ def describe_error(exc: BaseException | None) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
+def _dropped(exc: BaseException | None) -> bool:
+    """Whether TLS says the peer ended the connection without close_notify.
+    Python 3.11.0-3.11.2 raise a plain ``SSLError`` for it, later releases
+    ``SSLEOFError``."""
+    return isinstance(exc, ssl.SSLEOFError) or (
+        isinstance(exc, ssl.SSLError) and exc.reason == "UNEXPECTED_EOF_WHILE_READING"
+    )
+
+
 _READ_SIZE = 65536
 _DISCONNECT = mqtt.Disconnect()  # packets are immutable: one serves every device
 # OpenSSL's reasons for a first answer that is no TLS record: an HTTP, MQTT or
@@ -362,10 +371,10 @@ class _Channel:
             )
         elif self.phase == "tls" and exc is None:
             error = Closed("closed by the server during the TLS handshake", "tls")
-        elif isinstance(exc, ssl.SSLError) and not isinstance(exc, ssl.SSLEOFError):
+        elif isinstance(exc, ssl.SSLError) and not _dropped(exc):
             error = TlsRejected(describe_error(exc), self.phase)
         elif (
-            isinstance(exc, ConnectionResetError | ssl.SSLEOFError)
+            (isinstance(exc, ConnectionResetError) or _dropped(exc))
             and self.tls is not None
             and self.phase == "connack"
             and not self.bytes_received
