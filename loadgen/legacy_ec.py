@@ -120,8 +120,7 @@ def _process_engine() -> _Engine | None:
         return None
     try:
         return _Engine(lib)
-    except (AttributeError, OSError):  # built without ENGINEs, say
-        openssl.bind(lib.ERR_clear_error, None, [])()  # nothing to surface in ssl later
+    except (AttributeError, OSError):  # built without ENGINEs, say (claim clears the errors)
         return None
 
 

@@ -39,6 +39,13 @@ class ShardType(click.ParamType[ShardName, Any]):
 SHARD = ShardType()
 
 
+def check_destinations(*destinations: Destination | None) -> None:
+    """Refuse, before anything runs, the given outputs that could not be written."""
+    for destination in destinations:
+        if destination is not None:
+            destination.check(warn)
+
+
 class WorkersType(click.ParamType[Workers, Any]):
     """``--workers``: a number of worker processes, or ``auto``."""
 
@@ -173,9 +180,7 @@ class Outputs:
 
     def check(self) -> None:
         """Refuse, before anything runs, files that could not be written."""
-        for destination in (self.report, self.html):
-            if destination is not None:
-                destination.check(warn)
+        check_destinations(self.report, self.html)
         if self.metrics_port is not None:
             check_listen(self.metrics_host, self.metrics_port, "--metrics-port", "--metrics-host")
 

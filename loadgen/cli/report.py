@@ -9,7 +9,7 @@ import click
 from rich.console import Console
 
 from loadgen.cli.common import warn
-from loadgen.cli.options import gate_options
+from loadgen.cli.options import check_destinations, gate_options
 from loadgen.errors import UserError
 from loadgen.report import ci as ci_files
 from loadgen.report import compare as report_compare_mod
@@ -93,9 +93,7 @@ def report_merge_command(
     s3://BUCKET/KEY. Exit 1 when a gate fails or an expected shard is missing."""
     gates = merge_gates(scenario_path, gate_texts)
     wait_s = wait_seconds(wait_text, expect)
-    for destination in (out, html, junit_path, summary_path):
-        if destination is not None:
-            destination.check(warn)
+    check_destinations(out, html, junit_path, summary_path)
     outputs = [d for d in (out, html) if d is not None]
     reader = sources_mod.Reader(
         list(sources), skip=lambda location: any(d.names(location) for d in outputs)

@@ -17,7 +17,13 @@ from rich.progress import (
 from loadgen.certs.mint import MintResult
 from loadgen.cli.certs import MintBar
 from loadgen.cli.common import stderr_console, warn
-from loadgen.cli.options import Outputs, gate_options, output_options, target_options
+from loadgen.cli.options import (
+    Outputs,
+    check_destinations,
+    gate_options,
+    output_options,
+    target_options,
+)
 from loadgen.load.plan import Workers
 from loadgen.load.runner import merge_progress
 from loadgen.load.shard import Shard
@@ -82,9 +88,7 @@ def run_command(
     options = RunOptions(endpoint, count, rate, workers, outputs.slice, start)
     checked = check_plan(scenario, options)
     outputs.check()
-    for ci_file in (junit_path, summary_path):
-        if ci_file is not None:
-            ci_file.check(warn)
+    check_destinations(junit_path, summary_path)
     console = stderr_console()
     minted = _mint_with_progress(
         console, scenario, fleet_count(scenario, options), mint_workers(workers), checked.shard
