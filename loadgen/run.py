@@ -92,6 +92,12 @@ class EndpointSession:
             return self.emulator_stats
         return self.emulator.stats()
 
+    def emulator_stopped(self) -> str | None:
+        """Why the embedded emulator ended before the run stopped it (its
+        devices could not connect from then on, and its counts may be short);
+        None while it serves, and for any other endpoint."""
+        return self.emulator.stopped_early() if self.emulator is not None else None
+
 
 @contextmanager
 def endpoint(scenario: Scenario, options: RunOptions) -> Iterator[EndpointSession]:
@@ -138,9 +144,14 @@ def endpoint(scenario: Scenario, options: RunOptions) -> Iterator[EndpointSessio
         session.emulator_stats = emulator.stop()
 
 
-def jitp_section(report: dict[str, Any], emulator_stats: dict[str, Any] | None) -> dict[str, Any]:
+def jitp_section(
+    report: dict[str, Any],
+    emulator_stats: dict[str, Any] | None,
+    emulator_stopped: str | None = None,
+) -> dict[str, Any]:
     """The report's ``jitp`` section: what devices saw, and (for the embedded
-    emulator) what provisioning did and why it failed."""
+    emulator) what provisioning did and why it failed, and why the emulator
+    stopped if it stopped during the run."""
     section: dict[str, Any] = {
         "first_connect_rejected": report["attempts"]["provisioning_triggered"],
         "attempts_per_device": report["attempts"]["per_device"],
@@ -148,6 +159,7 @@ def jitp_section(report: dict[str, Any], emulator_stats: dict[str, Any] | None) 
         "provisioning_failures": None,
         "emulator_closes": None,
         "emulator_processes": None,
+        "emulator_stopped": emulator_stopped,
     }
     if emulator_stats is not None:
         section["provisioning"] = {

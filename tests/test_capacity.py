@@ -250,6 +250,15 @@ def test_the_verdict_ignores_a_step_cut_short():
     assert "interrupted" in found.why
 
 
+def test_a_search_ended_by_the_embedded_emulator_stopping_says_so_and_leaves_that_step_out():
+    search = Search((gates.parse("p99(provision) < 2s"),), 10.0, 10.0, 1.0)
+    ended = "the embedded emulator stopped during the step at 20/s: it was killed by SIGKILL"
+    steps = [_step(rate=10.0), _step(rate=20.0, interrupted=True)]
+    found = verdict(search, steps, ended=ended)
+    assert found.highest_sustainable == 10.0 and found.first_broken is None
+    assert found.why == f"{ended}; the search ended there, before any step broke"
+
+
 def test_a_step_that_lost_a_worker_measured_the_generator_not_the_endpoint():
     step = _step(workers_lost={"1": "died (exit code -9)"})
     assert not step.passed and step.limit == "generator"

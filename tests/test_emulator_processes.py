@@ -28,7 +28,7 @@ from loadgen.transport.timing import AttemptTimes
 from loadgen.transport.tls import ClientTls
 from tests.brokers import free_port
 from tests.conftest import assert_user_error, run_loadgen
-from tests.processes import assert_all_gone, descendants, heavy_modules_after
+from tests.processes import assert_all_gone, cmdline, descendants, heavy_modules_after
 
 DEVICES = 60
 QUOTAS_OFF = {"connect": "off", "connect-per-client": "off", "provision": "off"}
@@ -176,14 +176,93 @@ def test_a_killed_serving_process_stops_the_emulator_and_says_which(tmp_path, de
         everything = descendants(emulator.process.pid)
         victim, survivor = _serving_pids(emulator)
         assert {victim, survivor} <= set(everything)
+        assert emulator.stopped_early() is None
         os.kill(victim, signal.SIGKILL)
         code = emulator.process.wait(timeout=30)
+        why = emulator.stopped_early()
     finally:
         emulator.stop()
     assert code == 1
     log = (tmp_path / "emulator.log").read_text()
     assert f"serving process 0 (pid {victim}) was killed by SIGKILL" in log
+    # What a run against it says (jitp.emulator_stopped): the same line.
+    assert why is not None and why.startswith(f"its serving process 0 (pid {victim}) was killed")
     assert_all_gone(everything)  # never half-serving: the other one went too
+
+
+def test_an_emulator_killed_outright_says_how_not_an_earlier_emulators_last_words(
+    tmp_path, device_ca
+):
+    (tmp_path / "emulator.log").write_text(
+        "loadgen: failed: the emulator stopped: an earlier emulator's failure\n"
+    )
+    emulator = start_embedded(device_ca.directory, None, tmp_path, processes=2)
+    try:
+        emulator.process.kill()
+        emulator.process.wait(timeout=30)
+        why = emulator.stopped_early()
+    finally:
+        emulator.stop()
+    assert why == "it was killed by SIGKILL"
+
+
+def test_a_run_whose_embedded_emulator_stops_says_so_and_still_accounts_for_every_device(
+    tmp_path, device_ca, fleet
+):
+    import json
+    import subprocess
+    import sys
+
+    import yaml
+
+    scenario = {
+        "name": "emulator-stops",
+        "endpoint": "embedded",
+        "mqtt": {"client_id": "{common_name}"},
+        "fleet": {"ca": str(device_ca.directory), "store": str(fleet.path), "count": DEVICES},
+        "jitp": {"expect_first_connect_rejected": True},
+        "retry": {"initial": "20ms", "max": "50ms", "max_attempts": 2},
+        # 6 s of schedule: a serving process is killed as soon as the run starts.
+        "load": {"executor": "constant-arrival-rate", "rate": "10/s", "max_in_flight": 20},
+        "emulator": {"quotas": QUOTAS_OFF, "processes": 2},
+    }
+    path = tmp_path / "scenario.yaml"
+    path.write_text(yaml.safe_dump(scenario))
+    report_path = tmp_path / "r.json"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "loadgen", "run", str(path), "--report", str(report_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    seen: dict[int, int] = {}
+    try:
+        # The run's worker starts once the emulator is serving: then kill.
+        deadline = time.monotonic() + 120
+        serving: list[int] = []
+        worker = False
+        while not worker and proc.poll() is None and time.monotonic() < deadline:
+            seen |= descendants(proc.pid)
+            serving = [pid for pid in seen if "loadgen.emulator.serving" in cmdline(pid)]
+            worker = any("spawn_main" in cmdline(pid) for pid in seen)
+            time.sleep(0.05)
+        assert worker and len(serving) == 2, "the run never served and started its worker"
+        os.kill(min(serving), signal.SIGKILL)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 1, err
+    assert "Traceback" not in err
+    assert "loadgen: the embedded emulator stopped during the run: its serving process" in err
+    report = json.loads(report_path.read_text())
+    assert "was killed by SIGKILL" in report["jitp"]["emulator_stopped"]
+    accounting = report["accounting"]
+    assert accounting["planned"] == accounting["started"] == DEVICES
+    assert sum(report["outcomes"].values()) == DEVICES
+    assert report["outcomes"]["refused"] > 0  # those after it stopped
+    assert_all_gone(seen)
 
 
 def test_no_serving_process_outlives_a_killed_account_process(tmp_path, device_ca):

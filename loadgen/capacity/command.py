@@ -23,7 +23,7 @@ from loadgen.metrics import prometheus as prom
 from loadgen.metrics.stats import RunStats
 from loadgen.report import gates as gates_mod
 from loadgen.report.merge import merge
-from loadgen.report.show import LiveRun, listed, print_capacity, say
+from loadgen.report.show import LiveRun, emulator_stopped_line, listed, print_capacity, say
 from loadgen.run import (
     EndpointSession,
     RunOptions,
@@ -152,6 +152,7 @@ def capacity_command(
         began = time.time()
         offset = first_device
         total = RunStats()
+        ended: str | None = None  # the embedded emulator stopped during a step
         try:
             for number, rate in enumerate(search.rates(), 1):
                 count = search.devices(rate)
@@ -162,12 +163,20 @@ def capacity_command(
                 if workers == AUTO:  # each step's rate plans its own
                     plan = replace(plan, workers=workers_for(plan))
                 result, timing = _run_step(session, plan, rate, search, number, began, exporter)
+                stopped = session.emulator_stopped()
+                if stopped is not None:
+                    # Its devices were refused from some moment on: the step
+                    # measured nothing whole, as one cut short.
+                    result.interrupted = True
+                    ended = emulator_stopped_line(stopped, f"the step at {rate:g}/s")
                 steps.append(result)
                 total.merge(result.stats)
                 if exporter is not None:
                     exporter.step_done(result.stats)
                 say(Console(highlight=False), *_step_phrases(result), indent=0)
                 offset += count
+                if ended is not None:
+                    break
                 if timing.partial:
                     interrupted = True
                     break
@@ -177,12 +186,14 @@ def capacity_command(
             interrupted = True
         if exporter is not None and (error := exporter.finish(total)):
             click.echo(f"loadgen: {error}", err=True)
-        found = verdict(search, steps, interrupted)
+        found = verdict(search, steps, interrupted, ended)
         if not steps:
             click.echo(found.text())
         else:
             report = capacity_report(steps, base.max_in_flight, interrupted)
-            report["jitp"] = jitp_section(report, session.final_emulator_stats())
+            report["jitp"] = jitp_section(
+                report, session.final_emulator_stats(), session.emulator_stopped()
+            )
             report["capacity"] = section(search, steps, found, interrupted)
             print_capacity(Console(highlight=False), report["capacity"])
             outputs.write(report)
@@ -190,6 +201,9 @@ def capacity_command(
     if interrupted:
         click.echo("loadgen: interrupted; the report holds the steps that ran", err=True)
         sys.exit(130)
+    if ended is not None:
+        click.echo(f"loadgen: {ended}", err=True)
+        sys.exit(1)
 
 
 def _run_step(

@@ -248,13 +248,19 @@ class Verdict:
         return f"highest sustainable rate: {highest}; {self.why}"
 
 
-def verdict(search: Search, steps: list[Step], interrupted: bool = False) -> Verdict:
+def verdict(
+    search: Search, steps: list[Step], interrupted: bool = False, ended: str | None = None
+) -> Verdict:
+    """The search's finding. ``ended``: what cut the search short that is neither
+    the user nor the endpoint under test (the embedded emulator stopping)."""
     steps = [s for s in steps if not s.interrupted]  # they measured nothing whole
     passed = [s for s in steps if s.passed]
     highest = passed[-1].rate if passed else None
     stopped = next((s for s in steps if not s.passed), None)
     if stopped is None:
-        if interrupted:
+        if ended is not None:
+            why = f"{ended}; the search ended there, before any step broke"
+        elif interrupted:
             why = "interrupted before any step broke"
         elif not steps:
             why = "no step ran"

@@ -30,7 +30,7 @@ from loadgen.load.shard import Shard
 from loadgen.load.start import DEFAULT_TOLERANCE, parse_start
 from loadgen.report import ci as ci_files
 from loadgen.report import gates as gates_mod
-from loadgen.report.show import LiveRun, print_report
+from loadgen.report.show import LiveRun, emulator_stopped_line, print_report
 from loadgen.report.store import Destination
 from loadgen.run import (
     RunOptions,
@@ -118,7 +118,8 @@ def run_command(
             )
         if exporter is not None and (error := exporter.finish(stats)):
             click.echo(f"loadgen: {error}", err=True)
-        report["jitp"] = jitp_section(report, session.final_emulator_stats())
+        stopped = session.emulator_stopped()
+        report["jitp"] = jitp_section(report, session.final_emulator_stats(), stopped)
         results = gates_mod.evaluate(gates, report)
         report["gates"] = gates_mod.as_json(results)
         print_report(Console(highlight=False), report)
@@ -132,7 +133,9 @@ def run_command(
         sys.exit(130)
     for worker, why in sorted(timing.lost.items()):
         click.echo(f"loadgen: worker {worker} {why}; its unfinished devices are errors", err=True)
-    if timing.lost:
+    if stopped is not None:
+        click.echo(f"loadgen: {emulator_stopped_line(stopped)}", err=True)
+    if timing.lost or stopped is not None:
         sys.exit(1)
     if any(not r.passed for r in results):
         sys.exit(1)

@@ -194,7 +194,7 @@ class ServingProcesses:
             if status is None:
                 serving.process.kill()
         pid = serving.process.pid if serving is not None else "?"
-        self.death = f"serving process {index} (pid {pid}) {_how(status)}"
+        self.death = f"serving process {index} (pid {pid}) {how_ended(status)}"
         self.died.set()
 
     def settle(self) -> Coroutine[Any, Any, None] | None:
@@ -266,7 +266,9 @@ async def _exit_status(process: subprocess.Popen[bytes], within: float) -> int |
     return status
 
 
-def _how(status: int | None) -> str:
+def how_ended(status: int | None) -> str:
+    """How a process ended, from its exit status, as a phrase ("was killed by
+    SIGKILL"); None: it has not ended, yet it no longer answers."""
     if status is None:
         return "stopped answering"
     if status < 0:

@@ -24,7 +24,7 @@ from loadgen.certs.ca import CERT_FILE, init_ca, load_ca, server_cert
 from loadgen.emulator import metrics as emu_metrics
 from loadgen.emulator.errors import ProvisioningError
 from loadgen.emulator.limits import Limits
-from loadgen.emulator.processes import ServingProcesses, Totals
+from loadgen.emulator.processes import ServingProcesses, Totals, how_ended
 from loadgen.emulator.registry import Registry
 from loadgen.emulator.server import Emulator
 from loadgen.emulator.state import RegistryStore
@@ -309,6 +309,30 @@ class EmbeddedEmulator:
     port: int
     server_ca: Path
     api_url: str | None = None  # the control plane's, when it has one
+    log: Path | None = None  # its stderr
+    log_start: int = 0  # where this emulator's lines begin in ``log``
+
+    def stopped_early(self) -> str | None:
+        """Why it ended, if it ended before ``stop``: the last line it wrote of
+        its failure (a serving process that died stops it, saying which), or
+        how it ended; None while it serves."""
+        status = self.process.poll()
+        if status is None:
+            return None
+        last = ""
+        if self.log is not None:
+            try:
+                with self.log.open("rb") as log:
+                    log.seek(self.log_start)
+                    lines = log.read().decode(errors="replace").splitlines()
+            except OSError:
+                lines = []
+            last = next((line.strip() for line in reversed(lines) if line.strip()), "")
+        if last.startswith("loadgen: failed: "):
+            return last.removeprefix("loadgen: failed: ").removeprefix("the emulator stopped: ")[
+                :300
+            ]
+        return f"it {how_ended(status)}"
 
     def stats(self, timeout: float = 10.0) -> dict[str, Any] | None:
         """Its counts so far (None if it does not answer in time)."""
@@ -420,6 +444,7 @@ def start_embedded(
         args += ["--processes", str(processes)]
     state.mkdir(parents=True, exist_ok=True)
     log = state / "emulator.log"
+    log_start = log.stat().st_size if log.exists() else 0
     # Its stderr goes to a file: a pipe nobody reads would fill and stall it.
     # Its stdin is a pipe never written: it reaches end-of-file when this process
     # is gone. A session of its own: Ctrl-C in a terminal is for this process,
@@ -453,7 +478,9 @@ def start_embedded(
             continue
         match = _READY_LINE.search(line)
         if match:
-            return EmbeddedEmulator(process, match[1], int(match[2]), Path(match[3]), api_url)
+            return EmbeddedEmulator(
+                process, match[1], int(match[2]), Path(match[3]), api_url, log, log_start
+            )
     process.kill()
     process.wait()
     tail = log.read_text(errors="replace").strip().splitlines()[-1:] or [line.strip()]

@@ -135,6 +135,7 @@ SHOW = Needs(
         ("jitp?.first_connect_rejected", NUM),
         ("jitp?.provisioning?.*", NUM),
         ("jitp?.provisioning_failures?.*", NUM),
+        ("jitp?.emulator_stopped?", STR),
         ("capacity?.verdict", STR),
         *(
             (f"capacity?.steps.[].{field}", kind)

@@ -20,6 +20,7 @@ from typing import Any
 
 from loadgen.files import write_output
 from loadgen.report import svg
+from loadgen.report.show import emulator_stopped_line
 
 OUTCOME_COLORS: Mapping[str, str] = MappingProxyType(
     {
@@ -238,6 +239,11 @@ def _header(report: dict[str, Any]) -> str:
         if report.get("partial")
         else ""
     )
+    stopped = (report.get("jitp") or {}).get("emulator_stopped")
+    if stopped:
+        line = emulator_stopped_line(stopped)
+        banner += f'<div class="banner" role="alert">{_e(line[0].upper() + line[1:])}.</div>'
+
     load = report.get("load") or {}
     rate = report.get("rate") or {}
     facts = [
@@ -650,6 +656,7 @@ def _jitp(report: dict[str, Any]) -> str:
         parts.append(
             _caption("The endpoint's provisionings are only counted with endpoint: embedded.")
         )
+
     return _section("JITP", '<div class="panel">' + "".join(parts) + "</div>", grid=False)
 
 

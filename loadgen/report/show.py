@@ -270,11 +270,22 @@ def print_report(console: Console, report: dict[str, Any]) -> None:
         # Reports from before the emulator had limits have no emulator_closes.
         for reason, n in sorted((jitp.get("emulator_closes") or {}).items()):
             say(console, f"the emulator closed {counted(n, 'session')}:", reason)
+    if jitp and jitp.get("emulator_stopped"):
+        say(console, emulator_stopped_line(jitp["emulator_stopped"]))
     for outcome, reasons in report["reasons"].items():
         for reason, n in list(reasons.items())[:3]:
             say(console, f"{outcome}: {counted(n, 'device')}:", reason)
     if report.get("capacity"):
         print_capacity(console, report["capacity"])
+
+
+def emulator_stopped_line(why: str, during: str = "the run") -> str:
+    """What a run against the embedded emulator says when the emulator ended
+    before the run did (``jitp.emulator_stopped``)."""
+    return (
+        f"the embedded emulator stopped during {during}: {why}. Devices that connected "
+        "after that were refused, and its counts may be short"
+    )
 
 
 def expected_cell(expected: dict[str, int], outcome: str) -> str:
