@@ -230,7 +230,10 @@ def test_a_run_whose_embedded_emulator_stops_says_so_and_still_accounts_for_ever
     path.write_text(yaml.safe_dump(scenario))
     report_path = tmp_path / "r.json"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "loadgen", "run", str(path), "--report", str(report_path)],
+        [
+            *(sys.executable, "-m", "loadgen", "run", str(path)),
+            *("--report", str(report_path), "--html", str(tmp_path / "r.html")),
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -262,6 +265,8 @@ def test_a_run_whose_embedded_emulator_stops_says_so_and_still_accounts_for_ever
     assert accounting["planned"] == accounting["started"] == DEVICES
     assert sum(report["outcomes"].values()) == DEVICES
     assert report["outcomes"]["refused"] > 0  # those after it stopped
+    html = (tmp_path / "r.html").read_text()
+    assert 'role="alert">The embedded emulator stopped during the run: its serving' in html
     assert_all_gone(seen)
 
 
