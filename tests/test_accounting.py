@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from collections import Counter
 from dataclasses import replace
 
@@ -172,6 +173,49 @@ def test_a_killed_worker_has_its_devices_counted_as_errors_and_the_run_fails(
     assert list(accounting["workers_lost"].values()) == ["died (exit code -9)"]
     [lost] = [r for r in report["reasons"]["error"] if "died" in r]
     assert report["reasons"]["error"][lost] == report["outcomes"]["error"] > 0
+
+
+def test_a_worker_that_stops_answering_is_killed_and_its_devices_still_count_once(
+    tmp_path, mosquitto, device_ca, listener
+):
+    _, scenario = _clean_scenario(
+        tmp_path,
+        mosquitto,
+        device_ca,
+        load={"executor": "constant-arrival-rate", "rate": "4/s", "max_in_flight": 50},
+    )
+    plan = build_plan(scenario, endpoint=("127.0.0.1", mosquitto.tls_port), workers=WORKERS)
+    stopped: list[int] = []
+    ended = threading.Event()
+    waited_for_ever = threading.Event()
+
+    def stop_a_worker() -> None:
+        listener.wait_for(4, timeout=120)  # both workers are running devices
+        victim = min(_workers(os.getpid()))
+        os.kill(victim, signal.SIGSTOP)  # hung: alive, and silent
+        stopped.append(victim)
+        if not ended.wait(60):  # the run would wait for it for ever: end the test
+            waited_for_ever.set()
+            os.kill(victim, signal.SIGKILL)
+
+    stopper = threading.Thread(target=stop_a_worker, daemon=True)
+    stopper.start()
+    try:
+        stats, timing = run_workers(plan, silent_timeout=3.0)
+    finally:
+        ended.set()
+        stopper.join(timeout=130)
+    assert stopped, "no worker was stopped"
+    assert not waited_for_ever.is_set(), "the run waited for its silent worker"
+    report = build(plan, stats, timing)
+    accounting = report["accounting"]
+    assert accounting["started"] == DEVICES and accounting["not_started"] == 0
+    assert sum(report["outcomes"].values()) == DEVICES
+    why = "stopped answering: nothing from it for 3 s (killed)"
+    assert list(accounting["workers_lost"].values()) == [why]
+    [lost] = [r for r in report["reasons"]["error"] if why in r]
+    assert report["reasons"]["error"][lost] == report["outcomes"]["error"] > 0
+    assert not os.path.exists(f"/proc/{stopped[0]}")  # killed, and reaped
 
 
 def test_a_manifest_that_breaks_mid_run_fails_its_worker_and_still_counts_every_device(

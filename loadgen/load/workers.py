@@ -26,6 +26,11 @@ _READY_TIMEOUT = 300.0
 # Workers start together a moment after the last is ready, on the wall clock
 # (each process turns it into its own monotonic time).
 _START_MARGIN = 0.25
+# A running worker says how it is doing every PROGRESS_INTERVAL (0.5 s). One
+# that says nothing for this long is hung (stopped, or stuck in native code):
+# it is killed, and its devices are accounted for as a lost worker's. Without
+# it, the run would wait for it for ever.
+SILENT_TIMEOUT = 60.0
 
 
 @dataclass
@@ -155,10 +160,13 @@ def run_workers(
     on_progress: Callable[[list[Progress], float], None] | None = None,
     grace: float = 10.0,
     start: StartAt | None = None,
+    silent_timeout: float = SILENT_TIMEOUT,
 ) -> tuple[RunStats, RunTiming]:
     """Run ``plan`` in ``plan.workers`` processes; return the merged stats. With
     ``start``, the schedule starts at that wall-clock time (at once when the
-    workers are ready late, and not at all when later than its tolerance)."""
+    workers are ready late, and not at all when later than its tolerance). A
+    worker silent for ``silent_timeout`` seconds once started is killed and
+    counted lost."""
     context = multiprocessing.get_context("spawn")
     pipes: list[multiprocessing.connection.Connection] = []
     processes: list[Any] = []
@@ -177,7 +185,7 @@ def run_workers(
             pipes.append(parent_end)
             processes.append(process)
         with stop:
-            tally = _supervise(plan, pipes, processes, on_progress, start)
+            tally = _supervise(plan, pipes, processes, on_progress, start, silent_timeout)
         finished = True
         return tally.stats(plan, stopped=stop.requested), tally.timing(stop.requested)
     finally:
@@ -255,6 +263,7 @@ def _supervise(
     processes: list[Any],
     on_progress: Callable[[list[Progress], float], None] | None,
     start: StartAt | None = None,
+    silent_timeout: float = SILENT_TIMEOUT,
 ) -> _Tally:
     tally = _Tally()
     ready: set[int] = set()
@@ -281,13 +290,21 @@ def _supervise(
         with contextlib.suppress(OSError):
             pipes[worker].send(("start", tally.started_at))
     cpu = time.process_time()
+    heard = dict.fromkeys(range(len(pipes)), time.monotonic())
     while not all(tally.finished(w) for w in range(len(pipes))):
         waiting = {w: p for w, p in enumerate(pipes) if not tally.finished(w)}
         for worker, (kind, payload) in _receive(waiting, processes, 0.5):
+            heard[worker] = time.monotonic()
             if kind == "progress":
                 tally.progress[worker] = payload
             else:
                 _ended(tally, worker, kind, payload)
+        for worker in waiting:
+            if not tally.finished(worker) and time.monotonic() - heard[worker] > silent_timeout:
+                processes[worker].kill()
+                tally.lose(
+                    worker, f"stopped answering: nothing from it for {silent_timeout:g} s (killed)"
+                )
         if on_progress is not None and tally.progress:
             on_progress(list(tally.progress.values()), time.time() - tally.started_at)
     tally.ended_at = time.time()
