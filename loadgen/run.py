@@ -92,11 +92,17 @@ class EndpointSession:
             return self.emulator_stats
         return self.emulator.stats()
 
-    def emulator_stopped(self) -> str | None:
+    def emulator_stopped(self, answered: bool = True) -> str | None:
         """Why the embedded emulator ended before the run stopped it (its
-        devices could not connect from then on, and its counts may be short);
+        devices could not connect from then on, and its counts may be short),
+        or stopped answering (``answered``: it gave its counts when asked);
         None while it serves, and for any other endpoint."""
-        return self.emulator.stopped_early() if self.emulator is not None else None
+        if self.emulator is None:
+            return None
+        why = self.emulator.stopped_early()
+        if why is None and not answered:
+            why = "it stopped answering: it gave no counts when asked"
+        return why
 
 
 @contextmanager

@@ -206,6 +206,23 @@ def test_an_emulator_killed_outright_says_how_not_an_earlier_emulators_last_word
     assert why == "it was killed by SIGKILL"
 
 
+def test_an_emulator_that_hangs_is_said_to_have_stopped_answering(tmp_path, device_ca):
+    from loadgen.run import EndpointSession
+
+    emulator = start_embedded(device_ca.directory, None, tmp_path, processes=2)
+    session = EndpointSession(None, None, emulator)  # type: ignore[arg-type]
+    try:
+        assert session.emulator_stopped(answered=True) is None
+        os.kill(emulator.process.pid, signal.SIGSTOP)
+        answer = emulator.stats(timeout=2)
+        why = session.emulator_stopped(answered=answer is not None)
+    finally:
+        os.kill(emulator.process.pid, signal.SIGCONT)
+        emulator.stop()
+    assert answer is None
+    assert why == "it stopped answering: it gave no counts when asked"
+
+
 def test_a_run_whose_embedded_emulator_stops_says_so_and_still_accounts_for_every_device(
     tmp_path, device_ca, fleet
 ):

@@ -191,9 +191,11 @@ def capacity_command(
             click.echo(found.text())
         else:
             report = capacity_report(steps, base.max_in_flight, interrupted)
-            report["jitp"] = jitp_section(
-                report, session.final_emulator_stats(), session.emulator_stopped()
-            )
+            emulator_stats = session.final_emulator_stats()
+            stopped = session.emulator_stopped(answered=emulator_stats is not None)
+            report["jitp"] = jitp_section(report, emulator_stats, stopped)
+            if ended is None and stopped is not None:  # found only now: it hung
+                ended = emulator_stopped_line(stopped, "the search")
             report["capacity"] = section(search, steps, found, interrupted)
             print_capacity(Console(highlight=False), report["capacity"])
             outputs.write(report)

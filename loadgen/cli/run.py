@@ -118,8 +118,9 @@ def run_command(
             )
         if exporter is not None and (error := exporter.finish(stats)):
             click.echo(f"loadgen: {error}", err=True)
-        stopped = session.emulator_stopped()
-        report["jitp"] = jitp_section(report, session.final_emulator_stats(), stopped)
+        emulator_stats = session.final_emulator_stats()
+        stopped = session.emulator_stopped(answered=emulator_stats is not None)
+        report["jitp"] = jitp_section(report, emulator_stats, stopped)
         results = gates_mod.evaluate(gates, report)
         report["gates"] = gates_mod.as_json(results)
         print_report(Console(highlight=False), report)

@@ -284,7 +284,7 @@ def emulator_stopped_line(why: str, during: str = "the run") -> str:
     before the run did (``jitp.emulator_stopped``)."""
     return (
         f"the embedded emulator stopped during {during}: {why}. Devices that connected "
-        "after that were refused, and its counts may be short"
+        "after that failed, and its counts may be short"
     )
 
 
