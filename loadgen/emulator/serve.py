@@ -329,9 +329,8 @@ class EmbeddedEmulator:
                 lines = []
             last = next((line.strip() for line in reversed(lines) if line.strip()), "")
         if last.startswith("loadgen: failed: "):
-            return last.removeprefix("loadgen: failed: ").removeprefix("the emulator stopped: ")[
-                :300
-            ]
+            why = last.removeprefix("loadgen: failed: ").removeprefix("the emulator stopped: ")
+            return why[:300]
         return f"it {how_ended(status)}"
 
     def stats(self, timeout: float = 10.0) -> dict[str, Any] | None:
