@@ -85,12 +85,14 @@ class EndpointSession:
     emulator: EmbeddedEmulator | None = None
     emulator_stats: dict[str, Any] | None = None
 
-    def final_emulator_stats(self) -> dict[str, Any] | None:
+    def final_emulator(self) -> tuple[dict[str, Any] | None, str | None]:
         """The embedded emulator's counts once the devices are done (it keeps
-        serving, e.g. its metrics while --linger waits for a last scrape)."""
+        serving, e.g. its metrics while --linger waits for a last scrape), and
+        why it stopped if it stopped or stopped answering (``emulator_stopped``)."""
         if self.emulator is None:
-            return self.emulator_stats
-        return self.emulator.stats()
+            return self.emulator_stats, None
+        stats = self.emulator.stats()
+        return stats, self.emulator_stopped(answered=stats is not None)
 
     def emulator_stopped(self, answered: bool = True) -> str | None:
         """Why the embedded emulator ended before the run stopped it (its

@@ -191,8 +191,7 @@ def capacity_command(
             click.echo(found.text())
         else:
             report = capacity_report(steps, base.max_in_flight, interrupted)
-            emulator_stats = session.final_emulator_stats()
-            stopped = session.emulator_stopped(answered=emulator_stats is not None)
+            emulator_stats, stopped = session.final_emulator()
             report["jitp"] = jitp_section(report, emulator_stats, stopped)
             if ended is None and stopped is not None:  # found only now: it hung
                 ended = emulator_stopped_line(stopped, "the search")

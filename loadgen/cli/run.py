@@ -118,8 +118,7 @@ def run_command(
             )
         if exporter is not None and (error := exporter.finish(stats)):
             click.echo(f"loadgen: {error}", err=True)
-        emulator_stats = session.final_emulator_stats()
-        stopped = session.emulator_stopped(answered=emulator_stats is not None)
+        emulator_stats, stopped = session.final_emulator()
         report["jitp"] = jitp_section(report, emulator_stats, stopped)
         results = gates_mod.evaluate(gates, report)
         report["gates"] = gates_mod.as_json(results)
