@@ -29,6 +29,8 @@ from tests.test_run import _scenario
 DEVICES = 24
 WORKERS = 2
 _LOADGEN_RUN = (sys.executable, "-m", "loadgen", "run")
+# Slow enough that a worker can be killed or stopped with devices still to go.
+_SLOW = {"executor": "constant-arrival-rate", "rate": "4/s", "max_in_flight": 50}
 
 
 def _clean_scenario(root, mosquitto, device_ca, count=DEVICES, **overrides):
@@ -150,7 +152,7 @@ def test_a_killed_worker_has_its_devices_counted_as_errors_and_the_run_fails(
         tmp_path,
         mosquitto,
         device_ca,
-        load={"executor": "constant-arrival-rate", "rate": "4/s", "max_in_flight": 50},
+        load=_SLOW,
     )
     report_path = tmp_path / "r.json"
     proc = subprocess.Popen(
@@ -182,7 +184,7 @@ def test_a_worker_that_stops_answering_is_killed_and_its_devices_still_count_onc
         tmp_path,
         mosquitto,
         device_ca,
-        load={"executor": "constant-arrival-rate", "rate": "4/s", "max_in_flight": 50},
+        load=_SLOW,
     )
     plan = build_plan(scenario, endpoint=("127.0.0.1", mosquitto.tls_port), workers=WORKERS)
     stopped: list[int] = []

@@ -74,6 +74,37 @@ async def _connect_all(emulator: EmbeddedEmulator, fleet: FleetStore) -> Counter
     return seen
 
 
+def _embedded_scenario(
+    tmp_path: Path,
+    device_ca,
+    fleet: FleetStore,
+    *,
+    retry: dict,
+    load: dict,
+    processes: int | None = None,
+) -> Path:
+    """A JITP scenario of the module's fleet against the embedded emulator,
+    quotas off (``processes``: unset, the emulator's own choice)."""
+    import yaml
+
+    emulator: dict = {"quotas": QUOTAS_OFF}
+    if processes is not None:
+        emulator["processes"] = processes
+    scenario = {
+        "name": "embedded-processes",
+        "endpoint": "embedded",
+        "mqtt": {"client_id": "{common_name}"},
+        "fleet": {"ca": str(device_ca.directory), "store": str(fleet.path), "count": DEVICES},
+        "jitp": {"expect_first_connect_rejected": True},
+        "retry": retry,
+        "load": load,
+        "emulator": emulator,
+    }
+    path = tmp_path / "scenario.yaml"
+    path.write_text(yaml.safe_dump(scenario))
+    return path
+
+
 def _stats(emulator: EmbeddedEmulator) -> dict:
     stats = emulator.stats(timeout=30)
     assert stats is not None, "the emulator printed no stats"
@@ -230,21 +261,15 @@ def test_a_run_whose_embedded_emulator_stops_says_so_and_still_accounts_for_ever
     import subprocess
     import sys
 
-    import yaml
-
-    scenario = {
-        "name": "emulator-stops",
-        "endpoint": "embedded",
-        "mqtt": {"client_id": "{common_name}"},
-        "fleet": {"ca": str(device_ca.directory), "store": str(fleet.path), "count": DEVICES},
-        "jitp": {"expect_first_connect_rejected": True},
-        "retry": {"initial": "20ms", "max": "50ms", "max_attempts": 2},
+    path = _embedded_scenario(
+        tmp_path,
+        device_ca,
+        fleet,
+        retry={"initial": "20ms", "max": "50ms", "max_attempts": 2},
         # 6 s of schedule: a serving process is killed as soon as the run starts.
-        "load": {"executor": "constant-arrival-rate", "rate": "10/s", "max_in_flight": 20},
-        "emulator": {"quotas": QUOTAS_OFF, "processes": 2},
-    }
-    path = tmp_path / "scenario.yaml"
-    path.write_text(yaml.safe_dump(scenario))
+        load={"executor": "constant-arrival-rate", "rate": "10/s", "max_in_flight": 20},
+        processes=2,
+    )
     report_path = tmp_path / "r.json"
     proc = subprocess.Popen(
         [
@@ -456,22 +481,15 @@ def test_an_embedded_run_plans_enough_emulator_processes_for_the_open_files_limi
     process itself): a serving process holds at most 96 connections, so 4."""
     import json
 
-    import yaml
-
     from tests.test_run import _run_with_open_files
 
-    scenario = {
-        "name": "embedded-processes",
-        "endpoint": "embedded",
-        "mqtt": {"client_id": "{common_name}"},
-        "fleet": {"ca": str(device_ca.directory), "store": str(fleet.path), "count": DEVICES},
-        "jitp": {"expect_first_connect_rejected": True},
-        "retry": {"initial": "20ms", "max": "100ms", "max_attempts": 4},
-        "load": {"executor": "constant-arrival-rate", "rate": "200/s", "max_in_flight": 300},
-        "emulator": {"quotas": QUOTAS_OFF},
-    }
-    path = tmp_path / "scenario.yaml"
-    path.write_text(yaml.safe_dump(scenario))
+    path = _embedded_scenario(
+        tmp_path,
+        device_ca,
+        fleet,
+        retry={"initial": "20ms", "max": "100ms", "max_attempts": 4},
+        load={"executor": "constant-arrival-rate", "rate": "200/s", "max_in_flight": 300},
+    )
     report = tmp_path / "report.json"
     proc = _run_with_open_files(160, path, "--report", report)
     assert proc.returncode == 0, proc.stderr
