@@ -12,7 +12,7 @@ from loadgen.load.plan import RunPlan, TlsPlan
 from loadgen.load.schedule import ConstantArrival
 from loadgen.load.workers import RunTiming
 from loadgen.metrics.stats import RunStats
-from loadgen.report.build import build
+from loadgen.report.build import build, jitp_section
 from loadgen.report.merge import merge
 from tests.conftest import run_loadgen
 from tests.test_stats import _results
@@ -170,3 +170,63 @@ def test_a_file_that_is_not_a_report_is_a_one_line_error(tmp_path):
 
     (tmp_path / "x.json").write_text("{}")
     assert_user_error(run_loadgen("report", "show", tmp_path / "x.json"), "not a loadgen-report/1")
+
+
+def _with_jitp(report: dict, provisioned: int, stopped: str | None = None) -> dict:
+    emulator = {
+        "provision": {"Success": provisioned, "Throttled": 1},
+        "provision_failures": {"template: no such parameter": 2},
+        "closes": {"connect timeout": 1},
+        "processes": [1, 2],
+    }
+    report["jitp"] = jitp_section(report, emulator, stopped)
+    return report
+
+
+def test_the_jitp_sections_of_shards_against_their_own_emulators_add_up():
+    results = _results(200, 5)
+    even = _with_jitp(_report(results, lambda i: i % 2 == 0), 40)
+    odd = _with_jitp(_report(results, lambda i: i % 2), 30)
+    jitp = merge([even, odd])["jitp"]
+    assert jitp["first_connect_rejected"] == (
+        even["jitp"]["first_connect_rejected"] + odd["jitp"]["first_connect_rejected"]
+    )
+    assert jitp["provisioning"] == {
+        "Success": 70,
+        "ClientError": 0,
+        "ServerError": 0,
+        "Throttled": 2,
+    }
+    assert jitp["provisioning_failures"] == {"template: no such parameter": 4}
+    assert jitp["emulator_closes"] == {"connect timeout": 2}
+    assert jitp["emulator_processes"] == 4
+    assert jitp["emulator_stopped"] is None
+
+
+def test_a_merge_says_which_report_s_emulator_stopped_during_its_run():
+    results = _results(100, 3)
+    first = _with_jitp(_report(results, lambda i: i < 50), 10)
+    second = _with_jitp(_report(results, lambda i: i >= 50), 10, "it was killed by SIGKILL")
+    merged = merge([first, second])
+    assert merged["jitp"]["emulator_stopped"] == "report 2 of 2: it was killed by SIGKILL"
+
+
+def test_report_show_of_a_merge_says_that_an_emulator_stopped(tmp_path):
+    results = _results(100, 3)
+    paths = [tmp_path / "a.json", tmp_path / "b.json"]
+    paths[0].write_text(json.dumps(_with_jitp(_report(results, lambda i: i < 50), 10)))
+    stopped = _with_jitp(_report(results, lambda i: i >= 50), 10, "it was killed by SIGKILL")
+    paths[1].write_text(json.dumps(stopped))
+    assert run_loadgen("report", "merge", *paths, "-o", tmp_path / "all.json").code == 0
+    shown = run_loadgen("report", "show", tmp_path / "all.json")
+    assert shown.code == 0, shown.err
+    assert "emulator stopped during the run: report 2 of 2: it was killed by" in " ".join(
+        shown.out.split()
+    )
+
+
+def test_a_merge_of_reports_without_jitp_sections_has_none():
+    results = _results(100, 3)
+    assert "jitp" not in merge(
+        [_report(results, lambda i: i < 50), _report(results, lambda i: i >= 50)]
+    )

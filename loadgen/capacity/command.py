@@ -22,6 +22,7 @@ from loadgen.load.workers import RunTiming
 from loadgen.metrics import prometheus as prom
 from loadgen.metrics.stats import RunStats
 from loadgen.report import gates as gates_mod
+from loadgen.report.build import jitp_section
 from loadgen.report.merge import merge
 from loadgen.report.show import LiveRun, emulator_stopped_line, listed, print_capacity, say
 from loadgen.run import (
@@ -30,7 +31,6 @@ from loadgen.run import (
     check_plan,
     ensure_fleet,
     execute,
-    jitp_section,
     make_plan,
     mint_workers,
     workers_for,

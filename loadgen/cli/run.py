@@ -30,6 +30,7 @@ from loadgen.load.shard import Shard
 from loadgen.load.start import DEFAULT_TOLERANCE, parse_start
 from loadgen.report import ci as ci_files
 from loadgen.report import gates as gates_mod
+from loadgen.report.build import jitp_section
 from loadgen.report.show import LiveRun, emulator_stopped_line, print_report
 from loadgen.report.store import Destination
 from loadgen.run import (
@@ -38,7 +39,6 @@ from loadgen.run import (
     ensure_fleet,
     execute,
     fleet_count,
-    jitp_section,
     make_plan,
     mint_workers,
 )

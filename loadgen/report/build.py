@@ -207,3 +207,32 @@ def write_outputs(
         html_to.write(render_html(report).encode(), HTML)
         written.append(f"HTML report written to {html_to}")
     return written
+
+
+def jitp_section(
+    report: dict[str, Any],
+    emulator_stats: dict[str, Any] | None,
+    emulator_stopped: str | None = None,
+) -> dict[str, Any]:
+    """The report's ``jitp`` section: what devices saw, and (for the embedded
+    emulator) what provisioning did and why it failed, and why the emulator
+    stopped if it stopped during the run."""
+    section: dict[str, Any] = {
+        "first_connect_rejected": report["attempts"]["provisioning_triggered"],
+        "attempts_per_device": report["attempts"]["per_device"],
+        "provisioning": None,
+        "provisioning_failures": None,
+        "emulator_closes": None,
+        "emulator_processes": None,
+        "emulator_stopped": emulator_stopped,
+    }
+    if emulator_stats is not None:
+        section["provisioning"] = {
+            result: emulator_stats.get("provision", {}).get(result, 0)
+            for result in ("Success", "ClientError", "ServerError", "Throttled")
+        }
+        section["provisioning_failures"] = emulator_stats.get("provision_failures", {})
+        # Devices the emulator cut off for breaking a limit (docs/emulator.md, Limits).
+        section["emulator_closes"] = emulator_stats.get("closes", {})
+        section["emulator_processes"] = len(emulator_stats.get("processes", [])) or None
+    return section

@@ -17,7 +17,13 @@ from loadgen.metrics.histogram import LatencyHistogram
 from loadgen.metrics.intervals import LogBuckets
 from loadgen.metrics.stats import BREAKDOWN, PHASES
 from loadgen.report import fields
-from loadgen.report.build import FORMAT, breakdown_ms, generator_cpu, latency_series
+from loadgen.report.build import (
+    FORMAT,
+    breakdown_ms,
+    generator_cpu,
+    jitp_section,
+    latency_series,
+)
 from loadgen.report.fields import Needs
 
 
@@ -283,7 +289,40 @@ def merge_folded(
     }
     if (start := _merged_start(reports)) is not None:
         merged_report["start"] = start
+    if (jitp := _merge_jitp(reports, merged_report)) is not None:
+        merged_report["jitp"] = jitp
     return merged_report
+
+
+def _merge_jitp(reports: list[dict[str, Any]], merged: dict[str, Any]) -> dict[str, Any] | None:
+    """The ``jitp`` sections added up, when any report has one. What devices saw
+    comes from the merged attempts, as for one run. Each embedded emulator (a
+    shard's, a capacity step's) counted its own provisionings: they add up, over
+    the reports that have them (null when none does)."""
+    parts = [r["jitp"] for r in reports if r.get("jitp")]
+    if not parts:
+        return None
+    stopped = [
+        (i, r["jitp"]["emulator_stopped"])
+        for i, r in enumerate(reports)
+        if (r.get("jitp") or {}).get("emulator_stopped")
+    ]
+    if len(reports) > 1:
+        why = "; ".join(f"report {i + 1} of {len(reports)}: {line}" for i, line in stopped)
+    else:
+        why = "; ".join(line for _, line in stopped)
+    section = jitp_section(merged, None, why or None)
+    for key in ("provisioning", "provisioning_failures", "emulator_closes"):
+        known = [part[key] for part in parts if part.get(key) is not None]
+        if known:
+            total: Counter[str] = Counter()
+            for counts in known:
+                total.update(counts)
+            # The results in the order one run gives them; reasons most common first.
+            section[key] = dict(total) if key == "provisioning" else dict(total.most_common())
+    processes = [part.get("emulator_processes") or 0 for part in parts]
+    section["emulator_processes"] = sum(processes) or None
+    return section
 
 
 def _coordinators_cpu(reports: list[dict[str, Any]]) -> float | None:
