@@ -26,6 +26,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from types import FrameType
 from typing import Any, NoReturn
 
@@ -83,9 +84,25 @@ def exit_when_multiprocessing_parent_exits(who: str) -> None:
 def ignore_stop_signals() -> None:
     """In a child whose parent handles `STOP_SIGNALS` for it: a signal sent to
     the whole process group (Ctrl-C, a terminal's hangup, a service manager
-    stopping everything) must not end it before it has reported."""
+    stopping everything) must not end it before it has reported. One that came
+    while it started, held back by `stop_signals_blocked`, is discarded."""
     for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+
+@contextlib.contextmanager
+def stop_signals_blocked() -> Iterator[None]:
+    """`STOP_SIGNALS` held back in this thread, and in the children it starts
+    meanwhile (a child inherits the mask): a child then cannot be interrupted in
+    its interpreter's start-up or imports, before `ignore_stop_signals`, which
+    left it dead with a traceback. Held back, not lost: this process gets them
+    on the way out."""
+    saved = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, saved)
 
 
 def stop_signals_as_interrupt() -> None:

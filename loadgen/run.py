@@ -26,7 +26,7 @@ from loadgen.load.plan import AUTO, RunPlan, Workers
 from loadgen.load.schedule import peak_rate
 from loadgen.load.shard import Shard
 from loadgen.load.start import StartAt
-from loadgen.load.workers import RunTiming, run_workers
+from loadgen.load.workers import RunSignals, RunTiming, run_workers
 from loadgen.metrics.stats import RunStats
 from loadgen.report.build import build
 from loadgen.scenario.planning import build_plan, check_template, endpoint_of
@@ -319,9 +319,12 @@ def raise_fd_limit(plan: RunPlan) -> None:
 
 
 def execute(
-    plan: RunPlan, on_progress: Any = None, start: StartAt | None = None
+    plan: RunPlan,
+    on_progress: Any = None,
+    start: StartAt | None = None,
+    signals: RunSignals | None = None,
 ) -> tuple[RunStats, RunTiming, dict[str, Any]]:
-    stats, timing = run_workers(plan, on_progress, start=start)
+    stats, timing = run_workers(plan, on_progress, start=start, signals=signals)
     report = build(plan, stats, timing)
     report["shard"] = plan.shard.to_json() if plan.shard is not None else None
     if start is not None:

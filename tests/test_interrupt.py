@@ -4,6 +4,7 @@ flight finish, and still writes the report, marked partial."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import time
 import pytest
 
 from tests.brokers import Listener
+from tests.processes import cmdline, descendants
 from tests.test_run import _scenario
 
 
@@ -105,3 +107,116 @@ def test_a_second_sigint_stops_at_once_and_held_devices_count_as_connected(
     assert 0 < held == report["outcomes"]["connected"] == report["devices"]
     assert report["accounting"]["not_started"] == 400 - report["devices"]
     assert (tmp_path / "r.html").exists()
+
+
+def _workers_of(proc: subprocess.Popen) -> set[int]:
+    return {pid for pid in descendants(proc.pid) if "spawn_main" in cmdline(pid)}
+
+
+def _run(path, report_path, *extra, **popen):
+    return subprocess.Popen(
+        [
+            *(sys.executable, "-m", "loadgen", "run", str(path), "--count", "40"),
+            *("--workers", "2", "--report", str(report_path), *extra),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **popen,
+    )
+
+
+def _poll(condition, proc, timeout=120.0):
+    """Wait for ``condition()`` while ``proc`` runs; whether it came true."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if condition():
+            return True
+        time.sleep(0.005)
+    return False
+
+
+def test_a_stop_signal_after_the_workers_ended_still_writes_the_whole_report(
+    tmp_path, mosquitto, device_ca
+):
+    path = _scenario(
+        tmp_path,
+        mosquitto,
+        device_ca,
+        load={"executor": "constant-arrival-rate", "rate": "40/s", "max_in_flight": 50},
+    )
+    report_path = tmp_path / "r.json"
+    proc = _run(path, report_path, "--html", str(tmp_path / "r.html"))
+    seen: set[int] = set()
+
+    def workers_came_and_went() -> bool:
+        now = _workers_of(proc)
+        seen.update(now)
+        return len(seen) == 2 and not now
+
+    assert _poll(workers_came_and_went, proc), proc.communicate()
+    proc.send_signal(signal.SIGTERM)  # the results are in: being gathered and written
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+    report = json.loads(report_path.read_text())
+    assert report["partial"] is False
+    assert report["accounting"]["planned"] == report["accounting"]["started"] == 40
+    assert sum(report["outcomes"].values()) == 40
+    assert (tmp_path / "r.html").exists()
+
+
+def test_ctrl_c_while_the_workers_start_stops_them_without_losing_one(
+    tmp_path, mosquitto, device_ca
+):
+    path = _scenario(
+        tmp_path,
+        mosquitto,
+        device_ca,
+        load={"executor": "constant-arrival-rate", "rate": "40/s", "max_in_flight": 50},
+    )
+    report_path = tmp_path / "r.json"
+    # Ctrl-C reaches the terminal's whole process group, the workers with it.
+    proc = _run(path, report_path, start_new_session=True)
+    assert _poll(lambda: bool(_workers_of(proc)), proc), proc.communicate()
+    os.killpg(proc.pid, signal.SIGINT)  # a worker is still starting its interpreter
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "Fatal Python error" not in err
+    report = json.loads(report_path.read_text())
+    assert report["accounting"]["workers_lost"] == {}
+    assert report["accounting"]["planned"] == 40
+    assert report["accounting"]["started"] + report["accounting"]["not_started"] == 40
+    assert report["duration_s"] >= 0
+
+
+def test_a_stop_signal_after_a_capacity_step_keeps_that_step_in_the_report(
+    tmp_path, mosquitto, device_ca
+):
+    path = _scenario(tmp_path, mosquitto, device_ca)
+    proc = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "loadgen", "capacity", str(path), "--slo"),
+            *("p99(provision) < 10s", "--start", "50/s", "--step", "50/s"),
+            *("--step-duration", "1s", "--max-rate", "150/s", "--workers", "1"),
+            *("--report", str(tmp_path / "r.json")),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    seen: set[int] = set()
+
+    def first_step_ended() -> bool:
+        now = _workers_of(proc)
+        seen.update(now)
+        return bool(seen) and not now
+
+    assert _poll(first_step_ended, proc), proc.communicate()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    capacity = json.loads((tmp_path / "r.json").read_text())["capacity"]
+    assert capacity["steps"][0]["rate_per_s"] == 50.0 and capacity["steps"][0]["passed"]
+    assert capacity["highest_sustainable_per_s"] == 50.0

@@ -18,7 +18,7 @@ from loadgen.errors import UserError
 from loadgen.load.plan import AUTO, RunPlan, Workers
 from loadgen.load.runner import merge_progress
 from loadgen.load.schedule import ConstantArrival
-from loadgen.load.workers import RunTiming
+from loadgen.load.workers import RunSignals, RunTiming
 from loadgen.metrics import prometheus as prom
 from loadgen.metrics.stats import RunStats
 from loadgen.report import gates as gates_mod
@@ -146,7 +146,7 @@ def capacity_command(
     ensure_fleet(scenario, first_device + search.devices(search.start), mint_workers(workers))
     steps: list[Step] = []
     interrupted = False
-    with run_endpoint(scenario, options) as session:
+    with run_endpoint(scenario, options) as session, RunSignals() as signals:
         base = make_plan(session.scenario, session.options)
         exporter = outputs.exporter(base)
         began = time.time()
@@ -156,13 +156,16 @@ def capacity_command(
         try:
             for number, rate in enumerate(search.rates(), 1):
                 count = search.devices(rate)
-                ensure_fleet(scenario, offset + count, mint_workers(workers))
+                with signals.abortable():  # a stop now loses nothing measured
+                    ensure_fleet(scenario, offset + count, mint_workers(workers))
                 plan = replace(
                     base, count=count, executor=ConstantArrival(rate), first_device=offset
                 )
                 if workers == AUTO:  # each step's rate plans its own
                     plan = replace(plan, workers=workers_for(plan))
-                result, timing = _run_step(session, plan, rate, search, number, began, exporter)
+                result, timing = _run_step(
+                    session, plan, rate, search, number, began, exporter, signals
+                )
                 stopped = session.emulator_stopped()
                 if stopped is not None:
                     # Its devices were refused from some moment on: the step
@@ -177,7 +180,8 @@ def capacity_command(
                 offset += count
                 if ended is not None:
                     break
-                if timing.partial:
+                # Stopped during the step, or between its end and here.
+                if timing.partial or signals.received is not None:
                     interrupted = True
                     break
                 if not result.passed:
@@ -198,7 +202,8 @@ def capacity_command(
             report["capacity"] = section(search, steps, found, interrupted)
             print_capacity(Console(highlight=False), report["capacity"])
             outputs.write(report)
-        outputs.linger_for_last_scrape()
+        if signals.received is None:
+            outputs.linger_for_last_scrape()
     if interrupted:
         click.echo("loadgen: interrupted; the report holds the steps that ran", err=True)
         sys.exit(130)
@@ -215,6 +220,7 @@ def _run_step(
     number: int,
     began: float,
     exporter: prom.Exporter | None,
+    signals: RunSignals,
 ) -> tuple[Step, RunTiming]:
     """One step: its run, judged against the SLOs, with the throttling the
     embedded emulator enforced meanwhile."""
@@ -229,7 +235,7 @@ def _run_step(
             if exporter is not None:
                 exporter.progress(merge_progress(parts), elapsed)
 
-        stats, timing, report = execute(plan, on_progress)
+        stats, timing, report = execute(plan, on_progress, signals=signals)
     after = emulator.stats() if emulator is not None else None
     step = Step(
         number,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from loadgen.load.plan import Workers
 from loadgen.load.runner import merge_progress
 from loadgen.load.shard import Shard
 from loadgen.load.start import DEFAULT_TOLERANCE, parse_start
+from loadgen.load.workers import RunSignals
 from loadgen.report import ci as ci_files
 from loadgen.report import gates as gates_mod
 from loadgen.report.build import jitp_section
@@ -104,37 +106,47 @@ def run_command(
         if start is not None:
             shard = f"shard {plan.shard}" if plan.shard is not None else "the run"
             click.echo(f"{shard}: its schedule starts at --start-at {start.text}", err=True)
-        with LiveRun(console, plan) as live:
+        # From here on a stop signal stops the workers, or is noted: what they
+        # measured is written whatever comes.
+        with RunSignals() as signals:
+            with LiveRun(console, plan) as live:
 
-            def on_progress(parts: list[Any], elapsed: float) -> None:
-                live.update(parts, elapsed)
-                if exporter is not None:
-                    exporter.progress(merge_progress(parts), elapsed)
+                def on_progress(parts: list[Any], elapsed: float) -> None:
+                    live.update(parts, elapsed)
+                    if exporter is not None:
+                        exporter.progress(merge_progress(parts), elapsed)
 
-            stats, timing, report = execute(plan, on_progress, start)
-        if timing.late_s > 0:
-            click.echo(
-                f"loadgen: started {timing.late_s:.2f} s after --start-at (ready late)", err=True
-            )
-        if exporter is not None and (error := exporter.finish(stats)):
-            click.echo(f"loadgen: {error}", err=True)
-        emulator_stats, stopped = session.final_emulator()
-        report["jitp"] = jitp_section(report, emulator_stats, stopped)
-        results = gates_mod.evaluate(gates, report)
-        report["gates"] = gates_mod.as_json(results)
-        print_report(Console(highlight=False), report)
-        for result in results:
-            click.echo(result.describe())
-        outputs.write(report)
-        ci_files.write_ci_files(report, results, junit_path, summary_path)
-        outputs.linger_for_last_scrape()
-    if timing.partial:
-        click.echo("loadgen: interrupted; the report holds what ran (partial)", err=True)
-        sys.exit(130)
+                stats, timing, report = execute(plan, on_progress, start, signals)
+            if timing.late_s > 0:
+                click.echo(
+                    f"loadgen: started {timing.late_s:.2f} s after --start-at (ready late)",
+                    err=True,
+                )
+            if exporter is not None and (error := exporter.finish(stats)):
+                click.echo(f"loadgen: {error}", err=True)
+            emulator_stats, stopped = session.final_emulator()
+            report["jitp"] = jitp_section(report, emulator_stats, stopped)
+            results = gates_mod.evaluate(gates, report)
+            report["gates"] = gates_mod.as_json(results)
+            print_report(Console(highlight=False), report)
+            for result in results:
+                click.echo(result.describe())
+            outputs.write(report)
+            ci_files.write_ci_files(report, results, junit_path, summary_path)
+            if signals.received is None:
+                outputs.linger_for_last_scrape()
+            elif not timing.partial:
+                name = signal.Signals(signals.received).name
+                click.echo(
+                    f"loadgen: {name} came once the run had ended; its report is whole", err=True
+                )
     for worker, why in sorted(timing.lost.items()):
         click.echo(f"loadgen: worker {worker} {why}; its unfinished devices are errors", err=True)
     if stopped is not None:
         click.echo(f"loadgen: {emulator_stopped_line(stopped)}", err=True)
+    if timing.partial:
+        click.echo("loadgen: interrupted; the report holds what ran (partial)", err=True)
+        sys.exit(130)
     if timing.lost or stopped is not None:
         sys.exit(1)
     if any(not r.passed for r in results):

@@ -10,8 +10,9 @@ import multiprocessing.connection
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from multiprocessing import resource_tracker
 from typing import Any
 
 from loadgen import lifeline
@@ -127,25 +128,62 @@ def _worker_main(plan: RunPlan, worker: int, conn: multiprocessing.connection.Co
     send(("done", stats.to_wire()))
 
 
-class _StopOnSignal:
-    """SIGINT, SIGTERM or SIGHUP: tell workers to stop starting devices and give those in
-    flight ``grace`` seconds; a second one: no grace. Workers then send what they
-    measured, as at a normal end."""
+class RunSignals:
+    """Ctrl-C, SIGTERM and SIGHUP for a command whose workers measure, from just
+    before its first run to the last byte of its report.
 
-    def __init__(self, pipes: list[multiprocessing.connection.Connection], grace: float) -> None:
-        self.pipes = pipes
+    - While a run's workers are attached (``run_workers``), a signal tells them
+      to stop starting devices and give those in flight ``grace`` seconds; a
+      second one: no grace. Workers then send what they measured, as at a normal
+      end.
+    - Otherwise it is noted (``received``), and the command acts on it at its
+      next step: one that landed between the workers' last word and the report's
+      last byte used to raise KeyboardInterrupt there, and lost a finished run's
+      report. One noted before a run's workers are attached stops them at once.
+    - Inside ``abortable()``, around work that measures nothing (minting the
+      next step's devices), a signal raises KeyboardInterrupt as without this."""
+
+    def __init__(self, grace: float = 10.0) -> None:
         self.grace = grace
-        self.requested = False
+        self.received: int | None = None
+        self.stopped = False  # the last run attached was told to stop
+        self._pipes: list[multiprocessing.connection.Connection] | None = None
+        self._abortable = False
         self._saved: dict[int, Any] = {}
 
     def _handle(self, signum: int, frame: Any) -> None:
-        grace = 0.0 if self.requested else self.grace
-        self.requested = True
-        for pipe in self.pipes:
+        self.received = signum
+        if self._pipes is not None:
+            self._stop(0.0 if self.stopped else self.grace)
+        elif self._abortable:
+            raise KeyboardInterrupt
+
+    def _stop(self, grace: float) -> None:
+        self.stopped = True
+        for pipe in self._pipes or ():
             with contextlib.suppress(BrokenPipeError, OSError):
                 pipe.send(("stop", grace))
 
-    def __enter__(self) -> _StopOnSignal:
+    def attach(self, pipes: list[multiprocessing.connection.Connection]) -> None:
+        """The workers of a run that starts now, each at the end of a pipe."""
+        self._pipes, self.stopped = pipes, False
+        if self.received is not None:
+            self._stop(self.grace)
+
+    def detach(self) -> None:
+        self._pipes = None
+
+    @contextlib.contextmanager
+    def abortable(self) -> Iterator[None]:
+        if self.received is not None:
+            raise KeyboardInterrupt
+        self._abortable = True
+        try:
+            yield
+        finally:
+            self._abortable = False
+
+    def __enter__(self) -> RunSignals:
         for sig in lifeline.STOP_SIGNALS:
             self._saved[sig] = signal.signal(sig, self._handle)
         return self
@@ -158,37 +196,48 @@ class _StopOnSignal:
 def run_workers(
     plan: RunPlan,
     on_progress: Callable[[list[Progress], float], None] | None = None,
-    grace: float = 10.0,
     start: StartAt | None = None,
     silent_timeout: float = SILENT_TIMEOUT,
+    signals: RunSignals | None = None,
 ) -> tuple[RunStats, RunTiming]:
     """Run ``plan`` in ``plan.workers`` processes; return the merged stats. With
     ``start``, the schedule starts at that wall-clock time (at once when the
     workers are ready late, and not at all when later than its tolerance). A
     worker silent for ``silent_timeout`` seconds once started is killed and
-    counted lost."""
+    counted lost. Stop signals are ``signals``' (the caller's, when its results
+    are to be written whatever comes), or this run's own."""
+    if signals is None:
+        with RunSignals() as own:
+            return run_workers(plan, on_progress, start, silent_timeout, own)
     context = multiprocessing.get_context("spawn")
     pipes: list[multiprocessing.connection.Connection] = []
     processes: list[Any] = []
-    stop = _StopOnSignal(pipes, grace)
     finished = False
     try:
         # Started from this thread, which joins them below: PDEATHSIG, tied to
-        # the starting thread, cannot fire early.
-        for worker in range(plan.workers):
-            parent_end, child_end = context.Pipe()
-            process = context.Process(
-                target=_worker_main, args=(plan, worker, child_end), name=f"loadgen-worker-{worker}"
-            )
-            process.start()
-            child_end.close()
-            pipes.append(parent_end)
-            processes.append(process)
-        with stop:
-            tally = _supervise(plan, pipes, processes, on_progress, start, silent_timeout)
+        # the starting thread, cannot fire early. A stop signal meanwhile waits
+        # until every worker can be told. (multiprocessing unblocks SIGINT and
+        # SIGTERM after it starts its resource tracker: started first, then.)
+        resource_tracker.ensure_running()
+        with lifeline.stop_signals_blocked():
+            for worker in range(plan.workers):
+                parent_end, child_end = context.Pipe()
+                process = context.Process(
+                    target=_worker_main,
+                    args=(plan, worker, child_end),
+                    name=f"loadgen-worker-{worker}",
+                )
+                process.start()
+                child_end.close()
+                pipes.append(parent_end)
+                processes.append(process)
+            signals.attach(pipes)
+        tally = _supervise(plan, pipes, processes, on_progress, start, silent_timeout)
+        signals.detach()
         finished = True
-        return tally.stats(plan, stopped=stop.requested), tally.timing(stop.requested)
+        return tally.stats(plan, stopped=signals.stopped), tally.timing(signals.stopped)
     finally:
+        signals.detach()
         _end_workers(processes, pipes, finished)
 
 
@@ -246,7 +295,8 @@ class _Tally:
         return stats
 
     def timing(self, stopped: bool) -> RunTiming:
-        ended = self.ended_at or time.time()
+        # Stopped before its schedule started: it lasted nothing, not less.
+        ended = max(self.ended_at or time.time(), self.started_at)
         return RunTiming(
             self.started_at,
             ended,
