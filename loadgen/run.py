@@ -208,7 +208,7 @@ def ensure_fleet(
     request = fleet_request(scenario, count, workers, shard)
     check_fleet(request)
     store = FleetStore(scenario.fleet.store)
-    if store.exists() and store.recover() >= request.devices:
+    if store.exists() and store.recover_locked() >= request.devices:
         return None
     return mint(request, on_progress)
 

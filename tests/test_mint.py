@@ -337,6 +337,27 @@ def test_a_second_mint_on_the_same_fleet_at_once_is_refused(tmp_path, session_ca
         assert_user_error(run_loadgen(*args, "20"), "another mint")
 
 
+def test_a_run_leaves_a_fleet_alone_while_a_mint_is_writing_it(tmp_path, mosquitto, device_ca):
+    from tests.test_run import _scenario
+
+    path = _scenario(tmp_path, mosquitto, device_ca)
+    assert run_loadgen("run", path, "--count", "5").code in (0, 1)  # minted, then run
+    fleet = tmp_path / "fleet"
+    # What a mint writes as it goes: a chunk's part, and a last line half written.
+    (fleet / ".parts").mkdir()
+    (fleet / ".parts" / "0000000005.jsonl").write_text("{}\n")
+    with open(fleet / "manifest.jsonl", "a") as manifest:
+        manifest.write('{"index": 5, "cert"')
+    before = (fleet / "manifest.jsonl").read_bytes()
+    import fcntl
+
+    with open(fleet / ".lock", "w") as holder:
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        assert_user_error(run_loadgen("run", path, "--count", "5"), "another mint is writing")
+    assert (fleet / ".parts" / "0000000005.jsonl").exists()
+    assert (fleet / "manifest.jsonl").read_bytes() == before
+
+
 # Key pools
 
 

@@ -127,17 +127,33 @@ class FleetStore:
 
     def lock(self) -> int:
         """An exclusive lock for the life of the returned fd: two mints never share a fleet."""
-        fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise FleetError(f"{self.path}: cannot lock the fleet: {exc.strerror}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise FleetError(f"{self.path}: another mint is writing this fleet") from None
+            raise FleetError(
+                f"{self.path}: another mint is writing this fleet (`certs mint`, or a run "
+                "minting its devices): run again once it is done"
+            ) from None
         return fd
+
+    def recover_locked(self) -> int:
+        """`recover` under the fleet's lock: what it repairs may be what a mint
+        is writing (its parts, its last line), so never while one is."""
+        fd = self.lock()
+        try:
+            return self.recover()
+        finally:
+            os.close(fd)
 
     def recover(self) -> int:
         """Count the devices recorded, cutting off a partial last line that a killed
-        mint left. Raises when the manifest is damaged beyond that."""
+        mint left. Raises when the manifest is damaged beyond that. Call it with
+        the fleet locked (`lock`, `recover_locked`)."""
         # Parts a killed mint never appended: their devices are minted again.
         shutil.rmtree(self.path / PARTS_DIR, ignore_errors=True)
         path = self.manifest_path
