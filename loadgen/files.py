@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from loadgen.errors import OutputError, UserError
@@ -72,11 +73,42 @@ def write_atomic(path: Path, data: bytes, *, private: bool = False) -> None:
 
 def write_output(path: Path, data: bytes) -> None:
     """A result file for the user (report, HTML, JUnit, summary), written
-    atomically; a write that fails (a full disk, say) is one line naming it."""
+    atomically; a write that fails (a full disk, say) is one line naming it.
+    Through a symbolic link, the file it names is written and the link stays; a
+    device or a pipe (``/dev/stdout``, ``/dev/null``) is written into, never
+    replaced by a file."""
+    target = _followed(path)
     try:
-        write_atomic(path, data)
+        if target.exists() and not target.is_file():
+            fd = os.open(target, os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                write_all(fd, data)
+            finally:
+                os.close(fd)
+        else:
+            write_atomic(target, data)
     except OSError as exc:
         raise OutputError(f"{path}: cannot write: {exc.strerror or exc}") from None
+
+
+def _followed(path: Path) -> Path:
+    """The file ``path`` names: through a symbolic link, where it points (the
+    link itself is left as it is); otherwise ``path``, as the user spelled it."""
+    return Path(os.path.realpath(path)) if path.is_symlink() else path
+
+
+def each_output(writes: Iterable[Callable[[], object]]) -> None:
+    """Call each of ``writes`` (result files) whatever became of those before: a
+    full disk for the report must not cost the HTML written elsewhere. Their
+    failures are then one ``OutputError`` naming each."""
+    failed = []
+    for write in writes:
+        try:
+            write()
+        except OutputError as exc:
+            failed.append(str(exc))
+    if failed:
+        raise OutputError("; ".join(failed))
 
 
 def check_writable(path: Path, option: str) -> None:
@@ -84,15 +116,21 @@ def check_writable(path: Path, option: str) -> None:
     a folder, a missing folder, a file where a folder should be, a folder this
     process may not write in. The folder is tried with a file of this process's
     own, removed at once: permission bits do not tell everything (root, read-only
-    mounts)."""
-    if path.is_dir():
+    mounts). A link is judged by the file it names; a device or a pipe by
+    whether it may be written."""
+    target = _followed(path)
+    if target.is_dir():
         raise UserError(f"{option} {path}: is a folder; give a file name")
-    folder = path.parent
+    if target.exists() and not target.is_file():
+        if not os.access(target, os.W_OK):
+            raise UserError(f"{option} {path}: cannot write to it")
+        return
+    folder = target.parent
     if not folder.exists():
         raise UserError(f"{option} {path}: folder {folder} does not exist")
     if not folder.is_dir():
         raise UserError(f"{option} {path}: {folder} is not a folder")
-    probe = folder / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.probe"
+    probe = folder / f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.probe"
     try:
         os.close(os.open(probe, _CREATE_NEW, 0o600))
     except OSError as exc:

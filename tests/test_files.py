@@ -6,12 +6,15 @@ from __future__ import annotations
 import multiprocessing
 import os
 import stat
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from loadgen.files import write_atomic
+from loadgen.errors import OutputError
+from loadgen.files import check_writable, write_atomic, write_output
+from loadgen.report.build import write_outputs
+from loadgen.report.store import destination
 
 WRITES_PER_PROCESS = 100
 
@@ -45,3 +48,46 @@ def test_a_private_file_is_written_0600(tmp_path):
     target = tmp_path / "ca.key"
     write_atomic(target, b"secret", private=True)
     assert stat.S_IMODE(target.stat().st_mode) == 0o600
+
+
+# Result files: where the user points them
+
+
+def test_a_result_file_through_a_link_writes_what_it_names_and_keeps_the_link(tmp_path):
+    (tmp_path / "reports").mkdir()
+    link = tmp_path / "latest.json"
+    link.symlink_to(tmp_path / "reports" / "r.json")
+    check_writable(link, "--report")
+    write_output(link, b"{}")
+    assert link.is_symlink()
+    assert (tmp_path / "reports" / "r.json").read_bytes() == b"{}"
+
+
+def test_a_result_file_into_a_pipe_is_written_into_it_not_replaced(tmp_path):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    with ThreadPoolExecutor(1) as pool:
+        reading = pool.submit(fifo.read_bytes)
+        check_writable(fifo, "--report")
+        write_output(fifo, b"report")
+        assert reading.result(timeout=30) == b"report"
+    assert stat.S_ISFIFO(fifo.lstat().st_mode)
+
+
+@pytest.mark.skipif(not Path("/dev/full").is_char_device(), reason="no /dev/full here")
+def test_a_report_that_cannot_be_written_does_not_cost_the_html(tmp_path):
+    from tests.test_report_merge import _report
+    from tests.test_stats import _results
+
+    full = tmp_path / "full.json"
+    full.symlink_to("/dev/full")  # a disk with no room left
+    said: list[str] = []
+    with pytest.raises(OutputError, match=r"full\.json: cannot write: No space left"):
+        write_outputs(
+            _report(_results(20, 1), lambda i: True),
+            destination(str(full), "--report"),
+            destination(str(tmp_path / "r.html"), "--html"),
+            said.append,
+        )
+    assert (tmp_path / "r.html").read_text().startswith("<!DOCTYPE html>")
+    assert said == [f"HTML report written to {tmp_path / 'r.html'}"]

@@ -193,8 +193,7 @@ class Outputs:
         )
 
     def write(self, report: dict[str, Any]) -> None:
-        for line in write_outputs(report, self.report, self.html):
-            click.echo(line)
+        write_outputs(report, self.report, self.html, click.echo)
 
     def linger_for_last_scrape(self) -> None:
         # The last scrape sees the final values (the embedded emulator's too: it

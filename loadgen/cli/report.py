@@ -11,6 +11,7 @@ from rich.console import Console
 from loadgen.cli.common import warn
 from loadgen.cli.options import check_destinations, gate_options
 from loadgen.errors import UserError
+from loadgen.files import each_output
 from loadgen.report import ci as ci_files
 from loadgen.report import compare as report_compare_mod
 from loadgen.report import fields as report_fields
@@ -47,8 +48,7 @@ def report_html(path: Path, out: Destination) -> None:
     """Write a report (of a run, a merge or a capacity search) as HTML."""
     out.check(warn)
     loaded = report_merge.load_report(path, report_fields.HTML)
-    for line in write_outputs(loaded, None, out):
-        click.echo(line)
+    write_outputs(loaded, None, out, click.echo)
 
 
 @report.command("merge")
@@ -103,14 +103,19 @@ def report_merge_command(
     results = gates_mod.evaluate(gates, merged)
     if gates:
         merged["gates"] = gates_mod.as_json(results)
-    write_outputs(merged, out, html)
     devices = counted(merged["devices"], "device")
-    click.echo(f"{counted(len(named), 'report')} merged into {out}: {devices}")
-    if html is not None:
-        click.echo(f"HTML report written to {html}")
-    for result in results:
-        click.echo(result.describe())
-    ci_files.write_ci_files(merged, results, junit_path, summary_path)
+
+    def say(line: str) -> None:
+        if line.startswith("report written"):  # the merge's own words for it
+            line = f"{counted(len(named), 'report')} merged into {out}: {devices}"
+        click.echo(line)
+
+    def gates_and_ci_files() -> None:
+        for result in results:
+            click.echo(result.describe())
+        ci_files.write_ci_files(merged, results, junit_path, summary_path)
+
+    each_output([lambda: write_outputs(merged, out, html, say), gates_and_ci_files])
     if any(not r.passed for r in results):
         sys.exit(1)
 

@@ -25,6 +25,7 @@ from loadgen.cli.options import (
     output_options,
     target_options,
 )
+from loadgen.files import each_output
 from loadgen.load.plan import Workers
 from loadgen.load.runner import merge_progress
 from loadgen.load.shard import Shard
@@ -131,8 +132,12 @@ def run_command(
             print_report(Console(highlight=False), report)
             for result in results:
                 click.echo(result.describe())
-            outputs.write(report)
-            ci_files.write_ci_files(report, results, junit_path, summary_path)
+            each_output(
+                [
+                    lambda: outputs.write(report),
+                    lambda: ci_files.write_ci_files(report, results, junit_path, summary_path),
+                ]
+            )
             if signals.received is None:
                 outputs.linger_for_last_scrape()
             elif not timing.partial:

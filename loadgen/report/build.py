@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import platform
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from loadgen import __version__
 from loadgen.cores import cores
-from loadgen.files import write_output
+from loadgen.files import each_output, write_output
 from loadgen.load.plan import RunPlan
 from loadgen.load.schedule import offsets
 from loadgen.load.schedule import span as schedule_span
@@ -195,18 +197,28 @@ def write_report(path: Path, report: dict[str, Any]) -> None:
 
 
 def write_outputs(
-    report: dict[str, Any], json_to: Destination | None, html_to: Destination | None
-) -> list[str]:
+    report: dict[str, Any],
+    json_to: Destination | None,
+    html_to: Destination | None,
+    say: Callable[[str], object],
+) -> None:
     """The report as JSON and as HTML, where asked (a local file written
-    atomically, or an S3 object); returns what was written, for the user."""
-    written = []
-    if json_to is not None:
-        json_to.write(report_json(report), JSON)
-        written.append(f"report written to {json_to}")
-    if html_to is not None:
-        html_to.write(render_html(report).encode(), HTML)
-        written.append(f"HTML report written to {html_to}")
-    return written
+    atomically, or an S3 object), each tried whatever became of the other;
+    ``say`` tells the user each one written."""
+
+    def as_json(to: Destination) -> None:
+        to.write(report_json(report), JSON)
+        say(f"report written to {to}")
+
+    def as_html(to: Destination) -> None:
+        to.write(render_html(report).encode(), HTML)
+        say(f"HTML report written to {to}")
+
+    each_output(
+        functools.partial(write, to)
+        for write, to in ((as_json, json_to), (as_html, html_to))
+        if to is not None
+    )
 
 
 def jitp_section(

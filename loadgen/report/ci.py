@@ -3,9 +3,11 @@ summary for a job's summary page."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 from xml.etree import ElementTree as ET
 
+from loadgen.files import each_output
 from loadgen.metrics.stats import PHASES
 from loadgen.report.gates import GateResult
 from loadgen.report.show import accounting_phrases, expected_cell
@@ -72,7 +74,11 @@ def write_ci_files(
     junit_path: Destination | None,
     summary_path: Destination | None,
 ) -> None:
+    writes: list[Callable[[], None]] = []
     if junit_path is not None:
-        junit_path.write(junit(report, results), XML)
+        writes.append(lambda: junit_path.write(junit(report, results), XML))
     if summary_path is not None:
-        summary_path.write(summary_markdown(report, results).encode(), MARKDOWN)
+        writes.append(
+            lambda: summary_path.write(summary_markdown(report, results).encode(), MARKDOWN)
+        )
+    each_output(writes)
