@@ -302,12 +302,12 @@ async def test_a_subscriber_that_does_not_read_is_disconnected_with_memory_bound
     assert after["VmHWM"] - before["VmRSS"] < RSS_BOUND_KB, (before, after, sent)
 
 
-@pytest.mark.parametrize(("asked", "held_to"), [(10, 30), (0, 1200), (60, None)])
+@pytest.mark.parametrize(("asked", "held_to"), [(10, 30), (0, 1200), (60, None), (65535, 1200)])
 async def test_an_mqtt_5_connack_tells_the_client_the_limits_it_is_held_to(
     tmp_path, device_ca, small_fleet, devices, asked, held_to
 ):
     """Maximum Packet Size always; Server Keep Alive when AWS's rule changed the
-    client's keepalive (under 30 s: 30 s; 0: 1200 s)."""
+    client's keepalive (under 30 s: 30 s; 0 and over 1200 s: 1200 s)."""
     cert, key, server_ca = server_identity(tmp_path)
     registry = Registry()
     registry.register_ca(device_ca.cert, REGISTRATION_CONFIG)
@@ -473,3 +473,65 @@ async def test_a_packet_larger_than_one_read_arrives_whole_and_is_delivered(
         writer.close()
     (delivered,) = [packet for packet in received if isinstance(packet, mqtt.Publish)]
     assert (delivered.topic, delivered.payload) == (topic, payload)
+
+
+async def _until_packet(reader, decoder, kind, timeout=10.0):
+    async with asyncio.timeout(timeout):
+        while True:
+            data = await reader.read(65536)
+            assert data, f"closed before a {kind.__name__}"
+            for packet in decoder.feed(data):
+                if isinstance(packet, kind):
+                    return packet
+
+
+async def _subscribed(emulator, fleet, device, filters):
+    reader, writer, decoder = await _connect(emulator, fleet, device)
+    subscriptions = tuple(mqtt.Subscription(f) for f in filters)
+    writer.write(mqtt.encode(mqtt.Subscribe(1, subscriptions), mqtt.MQTT_5))
+    suback = await _until_packet(reader, decoder, mqtt.SubAck)
+    return reader, writer, decoder, suback
+
+
+async def test_an_unsubscribed_filter_gets_nothing_more(emulator, small_fleet, devices):
+    await _provision(emulator, small_fleet, devices[:2])
+    topic = f"dt/{devices[0].client_id}/news"
+    reader, writer, decoder, _ = await _subscribed(emulator, small_fleet, devices[0], [topic])
+    writer.write(mqtt.encode(mqtt.Unsubscribe(2, (topic, "never/subscribed")), mqtt.MQTT_5))
+    unsuback = await _until_packet(reader, decoder, mqtt.UnsubAck)
+    assert unsuback.reason_codes == (0x00, 0x11)  # Success; No subscription existed
+    _, other, _ = await _connect(emulator, small_fleet, devices[1])
+    other.write(mqtt.encode(mqtt.Publish(topic, b"after"), mqtt.MQTT_5))
+    # A PINGREQ after it: its answer comes after anything the publish would bring.
+    await asyncio.sleep(0.5)
+    writer.write(mqtt.encode(mqtt.PingReq(), mqtt.MQTT_5))
+    async with asyncio.timeout(10):
+        while True:
+            packets = decoder.feed(await reader.read(65536))
+            assert not any(isinstance(p, mqtt.Publish) for p in packets), packets
+            if any(isinstance(p, mqtt.PingResp) for p in packets):
+                break
+    writer.close()
+    other.close()
+
+
+async def test_a_filter_that_is_no_filter_is_refused_in_the_suback(emulator, small_fleet, devices):
+    await _provision(emulator, small_fleet, devices[:1])
+    filters = ["a/#/b", "a/b+", "", "a/+/c/#"]
+    _, writer, _, suback = await _subscribed(emulator, small_fleet, devices[0], filters)
+    assert suback.reason_codes == (0x8F, 0x8F, 0x8F, 0x00)  # Topic Filter invalid
+    writer.close()
+
+
+async def test_a_session_holds_at_most_max_subscriptions_filters(emulator, small_fleet, devices):
+    await _provision(emulator, small_fleet, devices[:1])
+    held = LIMITS.max_subscriptions
+    filters = [f"t/{i}" for i in range(held + 2)]
+    _, writer, _, suback = await _subscribed(
+        emulator,
+        small_fleet,
+        devices[0],
+        ["t/0", *filters],  # t/0 twice: held once
+    )
+    assert suback.reason_codes == (0,) * (held + 1) + (0x97, 0x97)  # Quota exceeded
+    writer.close()

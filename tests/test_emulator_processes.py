@@ -5,9 +5,11 @@ on loopback; each test forces what it checks with many devices, and counts."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sqlite3
+import ssl
 import time
 import urllib.request
 from collections import Counter
@@ -533,3 +535,66 @@ def test_the_account_process_loads_the_emulators_command_and_no_other():
     )
     others = ("loadgen.run", "loadgen.capacity.command", "loadgen.cli.aws", "loadgen.cli.report")
     assert heavy_modules_after(serve, others) == []
+
+
+async def _connect_and_leave_in_one_segment(emulator, fleet, devices):
+    """Each device's CONNECT and DISCONNECT in one write: the DISCONNECT is read
+    while the account is still asked about the CONNECT."""
+    for device in devices:
+        reader, writer = await _mqtt_session(
+            emulator, fleet, device, [mqtt.Connect(device.client_id), mqtt.Disconnect()]
+        )
+        with contextlib.suppress(ConnectionError, ssl.SSLError):
+            while await reader.read(65536):
+                pass
+        writer.close()
+
+
+def test_a_client_that_connects_and_leaves_in_one_segment_leaves_every_process_serving(
+    tmp_path, device_ca, fleet
+):
+    emulator = start_embedded(device_ca.directory, None, tmp_path, quotas=QUOTAS_OFF, processes=2)
+    try:
+        assert connect_all(emulator, fleet) == Counter(closed=DEVICES)  # provisioned
+        devices = list(fleet.devices())[:20]  # over both processes
+        uvloop.run(
+            asyncio.wait_for(_connect_and_leave_in_one_segment(emulator, fleet, devices), 60)
+        )
+        assert connect_all(emulator, fleet) == Counter(connack=DEVICES)
+        assert emulator.stopped_early() is None
+    finally:
+        emulator.stop()
+
+
+def test_a_qos_1_publish_and_a_disconnect_in_one_segment_still_reach_the_subscriber(
+    tmp_path, device_ca, fleet
+):
+    config = _open_to_all_config(tmp_path / "open.json")
+    emulator = start_embedded(device_ca.directory, config, tmp_path, quotas=QUOTAS_OFF, processes=1)
+    subscriber, publisher = list(fleet.devices())[:2]
+
+    async def run():
+        subscribe = mqtt.Subscribe(1, (mqtt.Subscription("all/#"),))
+        reader, writer = await _mqtt_session(
+            emulator, fleet, subscriber, [mqtt.Connect(subscriber.client_id), subscribe]
+        )
+        decoder = mqtt.Decoder(mqtt.MQTT_5)
+        await _until(reader, decoder, mqtt.SubAck)
+        publish = mqtt.Publish("all/last", b"and goodbye", qos=1, packet_id=1)
+        _, other = await _mqtt_session(
+            emulator,
+            fleet,
+            publisher,
+            [mqtt.Connect(publisher.client_id), publish, mqtt.Disconnect()],
+        )
+        got = await _until(reader, decoder, mqtt.Publish)
+        writer.close()
+        other.close()
+        return got
+
+    try:
+        assert connect_all(emulator, fleet) == Counter(closed=DEVICES)  # provisioned
+        got = uvloop.run(asyncio.wait_for(run(), 60))
+    finally:
+        emulator.stop()
+    assert got.payload == b"and goodbye"

@@ -24,6 +24,13 @@ SLOW_CONSUMER_TIMEOUT = 10.0
 KEEPALIVE_FACTOR = 1.5
 MIN_KEEPALIVE = 30
 KEEPALIVE_WHEN_OFF = 1200
+# AWS IoT holds a longer keepalive to 1200 s too: a client asking for 65535
+# (18 h) would otherwise be held silent for a day and more.
+MAX_KEEPALIVE = 1200
+# AWS IoT's subscriptions per connection (a quota AWS can raise): without a
+# bound, one session's filters grew the serving process without end and made
+# every PUBLISH slower to route.
+MAX_SUBSCRIPTIONS = 50
 # How long a connection closed after a DISCONNECT may take to flush it and end
 # TLS before it is cut: a peer that neither reads nor closes would otherwise
 # hold it for the TLS shutdown timeout (30 s).
@@ -40,10 +47,13 @@ class Limits:
     write_buffer: int = WRITE_BUFFER  # bytes queued to a client before it is a slow consumer
     slow_consumer_timeout: float = SLOW_CONSUMER_TIMEOUT  # seconds over write_buffer
     min_keepalive: int = MIN_KEEPALIVE  # seconds: a shorter keepalive is raised to it
+    max_subscriptions: int = MAX_SUBSCRIPTIONS  # topic filters one session holds
 
     def keepalive(self, requested: int) -> int:
-        """The keepalive the emulator holds a client to that asked for ``requested``."""
-        return max(requested or KEEPALIVE_WHEN_OFF, self.min_keepalive)
+        """The keepalive the emulator holds a client to that asked for ``requested``:
+        within ``min_keepalive`` and 1200 s (or ``min_keepalive``, if longer)."""
+        longest = max(MAX_KEEPALIVE, self.min_keepalive)
+        return min(max(requested or KEEPALIVE_WHEN_OFF, self.min_keepalive), longest)
 
     def keepalive_timeout(self, requested: int) -> float:
         """Seconds of silence after which a client that asked for ``requested`` is closed."""

@@ -70,7 +70,7 @@ class Peer(asyncio.Protocol):
             if ident < 0:
                 answer = self._pending.pop(-ident, None)
                 if answer is not None:
-                    answer(message[1])
+                    self._deliver(answer, message[1])
                 continue
             result = self._handle(message[1], message[2])
             if inspect.isawaitable(result):
@@ -80,6 +80,15 @@ class Peer(asyncio.Protocol):
                 task.add_done_callback(self._tasks.discard)
             elif ident > 0:
                 self._send((-ident, result))
+
+    def _deliver(self, answer: Answer, result: Any) -> None:
+        # A bug in one answer's callback (one client's session) fails that
+        # callback alone: raised out of here, it would end the link between the
+        # processes, and the serving process with it.
+        try:
+            answer(result)
+        except Exception as exc:
+            traceback.print_exception(exc, file=sys.stderr)
 
     def _handle(self, method: str, args: tuple[Any, ...]) -> Any:
         try:

@@ -426,12 +426,12 @@ class _Session(asyncio.BufferedProtocol):
             self.emulator.stats.throttles[exceeded] += 1
             self.emulator.stats.connects["throttled"] += 1
             if v5:  # MQTT 3.1.1 has no code for it: AWS closes the connection.
-                self.transport.write(self.conn.send(mqtt.ConnAck(0x9F)))
+                self._send(mqtt.ConnAck(0x9F))
             self.transport.close()
             return
         if not self._allowed("iot:Connect", policy.arn("client", client_id)):
             self.emulator.stats.connects["not authorized"] += 1
-            self.transport.write(self.conn.send(mqtt.ConnAck(0x87 if v5 else 5)))
+            self._send(mqtt.ConnAck(0x87 if v5 else 5))
             self.transport.close()
             return
         self.emulator.stats.connects["accepted"] += 1
@@ -441,7 +441,7 @@ class _Session(asyncio.BufferedProtocol):
             properties = self.emulator.connack_properties
             if keepalive != packet.keepalive:
                 properties = replace(properties, server_keep_alive=keepalive)
-        self.transport.write(self.conn.send(mqtt.ConnAck(properties=properties)))
+        self._send(mqtt.ConnAck(properties=properties))
         if self.emulator.idle is not None:
             # The handshake's flights grew both memory BIOs (about 3 KiB) for
             # a session that now mostly sits idle; the CONNACK is out of them
@@ -453,6 +453,21 @@ class _Session(asyncio.BufferedProtocol):
             self.client_max = packet.properties.maximum_packet_size
         self._restart_timer(self.idle_limit, self._check_idle)
         self._after_answer()
+
+    def _encode(self, packet: mqtt.Packet) -> bytes | None:
+        """``packet`` as the client's bytes; None once the client has sent its
+        DISCONNECT. Read, it may still wait behind the account's answer (a
+        CONNECT and a DISCONNECT in one segment): nothing more goes to a client
+        that is done, and sending raised, which once ended the serving process."""
+        if self.conn.state is mqtt.State.CLOSED:
+            return None
+        return self.conn.send(packet)
+
+    def _send(self, packet: mqtt.Packet) -> None:
+        data = self._encode(packet)
+        if data is not None:
+            assert self.transport is not None
+            self.transport.write(data)
 
     def _after_answer(self) -> None:
         """What arrived while the account was asked, in order."""
@@ -545,7 +560,6 @@ class _Session(asyncio.BufferedProtocol):
 
     def _answer(self, packet: mqtt.Packet) -> None:
         assert self.transport is not None
-        send = self.transport.write
         if isinstance(packet, mqtt.Connect):
             self._on_connect(packet)
         elif isinstance(packet, mqtt.Publish):
@@ -555,24 +569,40 @@ class _Session(asyncio.BufferedProtocol):
                 self.transport.close()
                 return
             if packet.qos == 1 and packet.packet_id is not None:
-                send(self.conn.send(mqtt.PubAck(packet.packet_id)))
+                self._send(mqtt.PubAck(packet.packet_id))
             self.emulator.route(packet)
         elif isinstance(packet, mqtt.Subscribe):
-            refused = 0x87 if self.conn.version == mqtt.MQTT_5 else 0x80
+            v5 = self.conn.version == mqtt.MQTT_5
             codes = []
             for s in packet.subscriptions:
-                if self._allowed("iot:Subscribe", policy.arn("topicfilter", s.topic_filter)):
+                if not topics.valid_filter(s.topic_filter):
+                    codes.append(0x8F if v5 else 0x80)  # Topic Filter invalid
+                elif not self._allowed("iot:Subscribe", policy.arn("topicfilter", s.topic_filter)):
+                    codes.append(0x87 if v5 else 0x80)  # Not authorized
+                elif s.topic_filter in self.filters:  # the same filter again replaces it
+                    codes.append(min(s.qos, 1))
+                elif len(self.filters) >= self.limits.max_subscriptions:
+                    codes.append(0x97 if v5 else 0x80)  # Quota exceeded
+                else:
                     self.filters.append(s.topic_filter)
                     codes.append(min(s.qos, 1))
-                else:
-                    codes.append(refused)
             if self.filters:
                 self.emulator.subscribe(self)
-            send(self.conn.send(mqtt.SubAck(packet.packet_id, tuple(codes))))
+            self._send(mqtt.SubAck(packet.packet_id, tuple(codes)))
         elif isinstance(packet, mqtt.Unsubscribe):
-            send(self.conn.send(mqtt.UnsubAck(packet.packet_id, (0,) * len(packet.topic_filters))))
+            codes = []
+            for topic_filter in packet.topic_filters:
+                if topic_filter in self.filters:
+                    self.filters.remove(topic_filter)
+                    codes.append(0x00)
+                else:
+                    codes.append(0x11)  # MQTT 5: No subscription existed
+            if not self.filters:
+                self.emulator.unsubscribe(self)
+            # MQTT 3.1.1's UNSUBACK has no codes: the codec leaves them out.
+            self._send(mqtt.UnsubAck(packet.packet_id, tuple(codes)))
         elif isinstance(packet, mqtt.PingReq):
-            send(self.conn.send(mqtt.PingResp()))
+            self._send(mqtt.PingResp())
         elif isinstance(packet, mqtt.Disconnect):
             # The client is done: no TLS shutdown (close_notify, waiting for the
             # peer's), which cost about a tenth of a connect's CPU.
@@ -590,7 +620,9 @@ class _Session(asyncio.BufferedProtocol):
         if self.slow is not None:  # over its write buffer: QoS 0 may be dropped
             self.emulator.stats.dropped["slow consumer"] += 1
             return
-        data = self.conn.send(mqtt.Publish(packet.topic, packet.payload))
+        data = self._encode(mqtt.Publish(packet.topic, packet.payload))
+        if data is None:
+            return
         if len(data) > self.client_max:  # MQTT 5: discarded, as if it had been sent
             self.emulator.stats.dropped["over the client's maximum packet size"] += 1
             return
