@@ -9,11 +9,12 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from loadgen.emulator.server import CLOSE_REASONS, Emulator
+from loadgen.metrics.http import serve_metrics
 
 if TYPE_CHECKING:
     from loadgen.emulator.processes import Totals
@@ -122,7 +123,7 @@ def serve(
     port: int,
     totals: Callable[[], Totals] | None = None,
 ) -> None:
-    """Serve /metrics from a background thread (prometheus-client's server)."""
+    """Serve /metrics from a background thread."""
     registry = CollectorRegistry()
     registry.register(EmulatorCollector(emulator, totals))
-    start_http_server(port, addr=host, registry=registry)
+    serve_metrics(registry, host, port)

@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, push_to_gateway, start_http_server
+from prometheus_client import CollectorRegistry, push_to_gateway
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -26,6 +26,7 @@ from loadgen.load.plan import RunPlan
 from loadgen.load.runner import RunSnapshot
 from loadgen.load.schedule import span, target_rate
 from loadgen.metrics.histogram import LatencyHistogram
+from loadgen.metrics.http import serve_metrics
 from loadgen.metrics.stats import PHASES, RunStats
 
 PREFIX = "loadgen"
@@ -174,7 +175,7 @@ def registry_for(live: LiveRun) -> CollectorRegistry:
 
 
 def serve(live: LiveRun, port: int, host: str = "127.0.0.1") -> threading.Thread:
-    _, thread = start_http_server(port, addr=host, registry=registry_for(live))
+    _, thread = serve_metrics(registry_for(live), host, port)
     return thread
 
 

@@ -1,0 +1,90 @@
+"""/metrics over HTTP from a thread of its own, bounded.
+
+prometheus-client's own server keeps a thread and a socket for each connection
+for as long as the client holds it open: 2,000 idle connections to an
+emulator's metrics port took 2,000 threads, and near its open-files limit the
+process's control plane and /metrics stopped answering. Here a connection that
+sends nothing for ``TIMEOUT`` seconds is closed, and past ``MAX_CONNECTIONS`` at
+once a new one is closed at once: a scraper needs one.
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+import threading
+from socketserver import ThreadingMixIn
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
+
+from prometheus_client import CollectorRegistry, make_wsgi_app
+
+MAX_CONNECTIONS = 64
+TIMEOUT = 10.0
+
+
+class _Handler(WSGIRequestHandler):
+    server: MetricsServer
+
+    def setup(self) -> None:
+        super().setup()
+        # A read or write stuck this long ends the connection.
+        self.connection.settimeout(self.server.timeout_s)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # a line per scrape is noise
+
+
+class MetricsServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+    request_queue_size = 128  # the listen backlog: socketserver's 5 made connects wait
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        family: socket.AddressFamily,
+        max_connections: int = MAX_CONNECTIONS,
+        timeout: float = TIMEOUT,
+    ) -> None:
+        self._slots = threading.BoundedSemaphore(max_connections)
+        self.timeout_s = timeout
+        self.address_family = family  # read as the socket is made, below
+        super().__init__(address, _Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that went silent or away is no error of the server's.
+        if not isinstance(sys.exc_info()[1], OSError):
+            super().handle_error(request, client_address)
+
+
+def serve_metrics(
+    registry: CollectorRegistry,
+    host: str,
+    port: int,
+    *,
+    max_connections: int = MAX_CONNECTIONS,
+    timeout: float = TIMEOUT,
+) -> tuple[MetricsServer, threading.Thread]:
+    """Serve ``registry`` on ``host:port`` from a daemon thread."""
+    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    httpd = MetricsServer((host, port), family, max_connections, timeout)
+    httpd.set_app(make_wsgi_app(registry))
+    thread = threading.Thread(target=httpd.serve_forever, name="metrics", daemon=True)
+    thread.start()
+    return httpd, thread
