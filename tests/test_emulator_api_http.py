@@ -176,8 +176,8 @@ def test_an_unknown_route_is_a_404_unknown_operation():
     assert b"x-amzn-ErrorType: UnknownOperationException" in answer
 
 
-def test_a_body_that_is_not_json_is_a_400_serialization_exception():
-    body = b"{not json"
+@pytest.mark.parametrize("body", [b"{not json", b"[" * 100_000], ids=["broken", "too deep"])
+def test_a_body_that_is_not_json_is_a_400_serialization_exception(body):
     request = (
         b"POST /cacertificate HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
         b"Content-Type: application/json\r\n"

@@ -326,6 +326,7 @@ async def test_an_mqtt_5_connack_tells_the_client_the_limits_it_is_held_to(
             writer.close()
     (connack,) = mqtt.Decoder(mqtt.MQTT_5).feed(data)
     assert connack.properties.maximum_packet_size == Limits().max_packet_size
+    assert connack.properties.maximum_qos == 1  # AWS IoT: QoS 0 and 1
     assert connack.properties.server_keep_alive == held_to
 
 
@@ -534,4 +535,15 @@ async def test_a_session_holds_at_most_max_subscriptions_filters(emulator, small
         ["t/0", *filters],  # t/0 twice: held once
     )
     assert suback.reason_codes == (0,) * (held + 1) + (0x97, 0x97)  # Quota exceeded
+    writer.close()
+
+
+async def test_a_qos_2_publish_is_disconnected_as_qos_not_supported(emulator, small_fleet, devices):
+    await _provision(emulator, small_fleet, devices[:1])
+    reader, writer, decoder = await _connect(emulator, small_fleet, devices[0])
+    publish = mqtt.Publish(f"dt/{devices[0].client_id}/x", b"twice", qos=2, packet_id=1)
+    writer.write(mqtt.encode(publish, mqtt.MQTT_5))
+    async with asyncio.timeout(10):
+        (disconnect,) = decoder.feed(await _until_closed(reader))
+    assert isinstance(disconnect, mqtt.Disconnect) and disconnect.reason_code == 0x9B
     writer.close()

@@ -34,7 +34,7 @@ class Statement:
 def parse(document: str) -> list[Statement]:
     try:
         data = json.loads(document)
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, RecursionError) as exc:
         raise PolicyError(f"policy document is not JSON: {exc}") from None
     raw = data.get("Statement") if isinstance(data, dict) else None
     if isinstance(raw, dict):

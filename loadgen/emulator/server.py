@@ -134,7 +134,10 @@ class Emulator:
         # about a fifth of the server's CPU per connect (docs/benchmarks.md).
         self.legacy_ec = LegacyEc.claim()
         self.limits = limits or Limits()
-        self.connack_properties = mqtt.Properties(maximum_packet_size=self.limits.max_packet_size)
+        # AWS IoT takes QoS 0 and 1 only: MQTT 5 clients are told so.
+        self.connack_properties = mqtt.Properties(
+            maximum_packet_size=self.limits.max_packet_size, maximum_qos=1
+        )
         self.server_cert = server_cert
         self.server_key = server_key
         self.stats = EmulatorStats()
@@ -563,6 +566,9 @@ class _Session(asyncio.BufferedProtocol):
         if isinstance(packet, mqtt.Connect):
             self._on_connect(packet)
         elif isinstance(packet, mqtt.Publish):
+            if packet.qos > 1:  # past the Maximum QoS its CONNACK gave
+                self._close("protocol error", 0x9B)  # MQTT 5: QoS not supported
+                return
             if not self._allowed("iot:Publish", policy.arn("topic", packet.topic)):
                 # As AWS does: a publish the policy denies ends the connection.
                 self.emulator.stats.connects["publish denied"] += 1

@@ -56,7 +56,7 @@ def parse(template_body: str | dict[str, Any]) -> dict[str, Any]:
             # strict=False: the reference document's readable example has raw
             # line breaks inside strings, and AWS accepts it.
             template = json.loads(template_body, strict=False)
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, RecursionError) as exc:
             raise TemplateError(f"templateBody is not JSON: {exc}") from None
     problems = template_problems(template)
     if problems:

@@ -207,7 +207,7 @@ def _beyond(key: tuple[Any, ...], after: tuple[Any, ...], paging: Paging) -> boo
 def _decode(member: str, value: Any) -> tuple[Any, ...]:
     try:
         decoded = json.loads(base64.b64decode(str(value), validate=True))
-    except (ValueError, binascii.Error):
+    except (ValueError, binascii.Error, RecursionError):
         decoded = None
     if not isinstance(decoded, list):
         raise invalid(f"{member}: not a token this API gave")

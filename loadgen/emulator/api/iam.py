@@ -74,7 +74,7 @@ class Iam:
             raise ApiError("ValidationError", f"RoleName {name!r} is not a valid role name")
         try:
             json.loads(document)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise ApiError(
                 "MalformedPolicyDocument", "AssumeRolePolicyDocument is not JSON", 400
             ) from None

@@ -182,7 +182,7 @@ class RestJsonService:
 def _json_body(body: bytes) -> dict[str, Any]:
     try:
         document = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # nested past the stack
         raise ApiError("SerializationException", f"the request body is not JSON: {exc}") from None
     if not isinstance(document, dict):
         raise ApiError("SerializationException", "the request body is not a JSON object")
