@@ -547,3 +547,21 @@ async def test_a_qos_2_publish_is_disconnected_as_qos_not_supported(emulator, sm
         (disconnect,) = decoder.feed(await _until_closed(reader))
     assert isinstance(disconnect, mqtt.Disconnect) and disconnect.reason_code == 0x9B
     writer.close()
+
+
+async def test_a_newer_connection_of_a_client_id_takes_over_the_older_session(
+    emulator, small_fleet, devices
+):
+    await _provision(emulator, small_fleet, devices[:1])
+    old_reader, old_writer, old_decoder = await _connect(emulator, small_fleet, devices[0])
+    reader, writer, decoder = await _connect(emulator, small_fleet, devices[0])
+    async with asyncio.timeout(10):
+        (disconnect,) = old_decoder.feed(await _until_closed(old_reader))
+    assert isinstance(disconnect, mqtt.Disconnect) and disconnect.reason_code == 0x8E
+    writer.write(mqtt.encode(mqtt.PingReq(), mqtt.MQTT_5))  # the newer one is served
+    assert isinstance(await _until_packet(reader, decoder, mqtt.PingResp), mqtt.PingResp)
+    async with asyncio.timeout(10):
+        stats = await _closes(emulator, "session taken over")
+    assert stats["closes"]["session taken over"] == 1
+    old_writer.close()
+    writer.close()

@@ -598,3 +598,50 @@ def test_a_qos_1_publish_and_a_disconnect_in_one_segment_still_reach_the_subscri
     finally:
         emulator.stop()
     assert got.payload == b"and goodbye"
+
+
+async def _connect_again_and_again(emulator, fleet, device, times):
+    """``times`` connections of one device, each held: what each one heard last."""
+    held = []
+    for _ in range(times):
+        reader, writer = await _mqtt_session(
+            emulator, fleet, device, [mqtt.Connect(device.client_id)]
+        )
+        decoder = mqtt.Decoder(mqtt.MQTT_5)
+        await _until(reader, decoder, mqtt.ConnAck)
+        held.append((reader, writer, decoder))
+    ends = []
+    for reader, writer, decoder in held[:-1]:
+        data = b""
+        with contextlib.suppress(ConnectionError, ssl.SSLError):
+            while chunk := await reader.read(65536):
+                data += chunk
+        ends.append(decoder.feed(data))
+        writer.close()
+    reader, writer, decoder = held[-1]
+    writer.write(mqtt.encode(mqtt.PingReq(), mqtt.MQTT_5))
+    last = await _until(reader, decoder, mqtt.PingResp)
+    writer.close()
+    return ends, last
+
+
+def test_a_newer_connection_takes_over_a_client_ids_session_on_any_process(
+    tmp_path, device_ca, fleet
+):
+    emulator = start_embedded(device_ca.directory, None, tmp_path, quotas=QUOTAS_OFF, processes=2)
+    device = next(iter(fleet.devices()))
+    try:
+        assert connect_all(emulator, fleet) == Counter(closed=DEVICES)  # provisioned
+        before = {p["pid"]: p["connects"] for p in _stats(emulator)["processes"]}
+        ends, last = uvloop.run(
+            asyncio.wait_for(_connect_again_and_again(emulator, fleet, device, 20), 60)
+        )
+        stats = _stats(emulator)
+    finally:
+        emulator.stop()
+    # Each older session heard that it was taken over; the newest is served.
+    assert all([(type(p), p.reason_code) for p in end] == [(mqtt.Disconnect, 0x8E)] for end in ends)
+    assert isinstance(last, mqtt.PingResp)
+    assert stats["closes"]["session taken over"] == 19
+    # 20 connections through one port landed on both processes: some take-overs crossed.
+    assert all(p["connects"] > before[p["pid"]] for p in stats["processes"])

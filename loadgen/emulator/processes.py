@@ -108,6 +108,9 @@ class ServingProcesses:
         self.server_key = server_key
         self.limits = limits
         self.serving: list[_Serving] = []
+        # Which serving process each client id last connected through (until
+        # its session there ends): where a newer connection's take-over goes.
+        self.holders: dict[str, int] = {}
         self.stopping = False
         # Set when a serving process ended on its own: why, in one line.
         self.died = asyncio.Event()
@@ -174,11 +177,29 @@ class ServingProcesses:
         def subscribers(any_: bool) -> None:
             self.serving[index].subscribers = any_
 
+        holders = self.holders
+
+        def allow_connect(client_id: str) -> str | None:
+            exceeded = account.limiter.allow_connect(client_id)
+            if exceeded is None:
+                # A newer connection of a client id takes over its session,
+                # wherever that is: the process holding it is told.
+                previous = holders.get(client_id)
+                holders[client_id] = index
+                if previous is not None and previous != index:
+                    self.serving[previous].peer.notify("take_over", (client_id,))
+            return exceeded
+
+        def left(client_id: str) -> None:
+            if holders.get(client_id) == index:
+                del holders[client_id]
+
         return {
             "admit": admit,
-            "allow_connect": account.limiter.allow_connect,
+            "allow_connect": allow_connect,
             "publish": publish,
             "subscribers": subscribers,
+            "left": left,
         }
 
     def _lost(self, index: int) -> None:

@@ -48,6 +48,7 @@ CLOSE_REASONS = (
     "keepalive timeout",
     "slow consumer",
     "protocol error",
+    "session taken over",
 )
 
 
@@ -163,6 +164,12 @@ class Emulator:
         # (forward), and the account hears when this one has subscribers or not.
         self.forward: Callable[[mqtt.Publish], None] | None = None
         self.on_subscribers: Callable[[bool], None] | None = None
+        # The session of each client id connected here: a newer connection of the
+        # same client id takes it over, as AWS IoT and MQTT do. With serving
+        # processes the account hears when one ends here (on_left), and tells
+        # this process when another connected one of these (take_over).
+        self.sessions: dict[str, _Session] = {}
+        self.on_left: Callable[[str], None] | None = None
         # Connections accepted (handshakes that failed too): what churns the heap.
         self.accepted = 0
         self._tidying: asyncio.Task[None] | None = None
@@ -255,6 +262,26 @@ class Emulator:
         for session in list(self.subscribers):
             session.deliver(packet)
 
+    def connected(self, session: _Session, client_id: str) -> None:
+        """``session`` got its CONNACK: an older session of its client id here
+        is taken over."""
+        older = self.sessions.get(client_id)
+        self.sessions[client_id] = session
+        if older is not None and older is not session:
+            older.taken_over()
+
+    def take_over(self, client_id: str) -> None:
+        """Another serving process connected ``client_id``: its session here ends."""
+        session = self.sessions.pop(client_id, None)
+        if session is not None:
+            session.taken_over()
+
+    def ended(self, session: _Session, client_id: str) -> None:
+        if self.sessions.get(client_id) is session:
+            del self.sessions[client_id]
+            if self.on_left is not None:
+                self.on_left(client_id)
+
     def subscribe(self, session: _Session) -> None:
         if session not in self.subscribers:
             self.subscribers.add(session)
@@ -346,6 +373,7 @@ class _Session(asyncio.BufferedProtocol):
         self.variables: dict[str, str] = {}
         self.policies: list[list[policy.Statement]] = []
         self.filters: list[str] = []
+        self.client_id = ""  # once connected
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's TLS transport is no asyncio.Transport subclass, but is one.
@@ -451,6 +479,8 @@ class _Session(asyncio.BufferedProtocol):
             # already (uvloop writes through at once).
             self.emulator.idle.settle(self.tls_pointer)
         self.connected = True
+        self.client_id = client_id
+        self.emulator.connected(self, client_id)
         self.idle_limit = self.limits.keepalive_timeout(packet.keepalive)
         if packet.properties.maximum_packet_size is not None:
             self.client_max = packet.properties.maximum_packet_size
@@ -546,6 +576,9 @@ class _Session(asyncio.BufferedProtocol):
     def _slow_consumer(self) -> None:
         self._close("slow consumer")
 
+    def taken_over(self) -> None:
+        self._close("session taken over", 0x8E)  # MQTT 5: Session taken over
+
     def _close(self, reason: str, disconnect: int | None = None) -> None:
         """End the session for ``reason``: an MQTT 5 session hears it in a
         DISCONNECT with reason code ``disconnect``, then the connection has
@@ -636,6 +669,8 @@ class _Session(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.emulator.unsubscribe(self)
+        if self.client_id:
+            self.emulator.ended(self, self.client_id)
         for handle in (self.timer, self.slow):
             if handle is not None:
                 handle.cancel()

@@ -126,11 +126,13 @@ async def serve(
         "stats": lambda: stats_answer(emulator),
         "stop": stop,
         "route": route,
+        "take_over": emulator.take_over,
     }
     peer = await Peer.on_socket(socket.socket(fileno=account_fd), handlers, lost)
     account.peer = peer
     emulator.forward = lambda packet: peer.notify("publish", (packet.topic, packet.payload))
     emulator.on_subscribers = lambda any_: peer.notify("subscribers", (any_,))
+    emulator.on_left = lambda client_id: peer.notify("left", (client_id,))
     await done.wait()
     return 0
 
