@@ -39,6 +39,9 @@ class LocalAccount:
     def allow_connect(self, client_id: str, answer: Callable[[str | None], None]) -> None:
         answer(self.limiter.allow_connect(client_id))
 
+    def left(self, client_id: str) -> None:
+        pass  # every session is this process's: Emulator.sessions is the whole story
+
     def trusted(self) -> tuple[str, ...]:
         registry = self.registry
         if registry.ca_version != self._trust_version:

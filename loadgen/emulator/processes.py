@@ -110,7 +110,8 @@ class ServingProcesses:
         self.serving: list[_Serving] = []
         # Which serving process each client id last connected through (until
         # its session there ends): where a newer connection's take-over goes.
-        self.holders: dict[str, int] = {}
+        self.holders: dict[str, tuple[int, int]] = {}  # client id -> (process, turn)
+        self._turn = 0
         self.stopping = False
         # Set when a serving process ended on its own: why, in one line.
         self.died = asyncio.Event()
@@ -179,27 +180,29 @@ class ServingProcesses:
 
         holders = self.holders
 
-        def allow_connect(client_id: str) -> str | None:
+        def allow_connect(client_id: str, ended: list[tuple[str, int]]) -> str | int:
+            """The quota exceeded, or this connect's turn (allowed)."""
+            for gone, turn in ended:
+                # Only if no connect of it came since (here or elsewhere).
+                if holders.get(gone) == (index, turn):
+                    del holders[gone]
             exceeded = account.limiter.allow_connect(client_id)
-            if exceeded is None:
-                # A newer connection of a client id takes over its session,
-                # wherever that is: the process holding it is told.
-                previous = holders.get(client_id)
-                holders[client_id] = index
-                if previous is not None and previous != index:
-                    self.serving[previous].peer.notify("take_over", (client_id,))
-            return exceeded
-
-        def left(client_id: str) -> None:
-            if holders.get(client_id) == index:
-                del holders[client_id]
+            if exceeded is not None:
+                return exceeded
+            # A newer connection of a client id takes over its session,
+            # wherever that is: the process holding it is told.
+            self._turn += 1
+            previous = holders.get(client_id)
+            holders[client_id] = (index, self._turn)
+            if previous is not None and previous[0] != index:
+                self.serving[previous[0]].peer.notify("take_over", (client_id,))
+            return self._turn
 
         return {
             "admit": admit,
             "allow_connect": allow_connect,
             "publish": publish,
             "subscribers": subscribers,
-            "left": left,
         }
 
     def _lost(self, index: int) -> None:

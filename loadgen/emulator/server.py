@@ -166,10 +166,10 @@ class Emulator:
         self.on_subscribers: Callable[[bool], None] | None = None
         # The session of each client id connected here: a newer connection of the
         # same client id takes it over, as AWS IoT and MQTT do. With serving
-        # processes the account hears when one ends here (on_left), and tells
-        # this process when another connected one of these (take_over).
+        # processes the account hears when one ends here (``account.left``),
+        # and tells this process when another connected one of these
+        # (take_over).
         self.sessions: dict[str, _Session] = {}
-        self.on_left: Callable[[str], None] | None = None
         # Connections accepted (handshakes that failed too): what churns the heap.
         self.accepted = 0
         self._tidying: asyncio.Task[None] | None = None
@@ -274,13 +274,13 @@ class Emulator:
         """Another serving process connected ``client_id``: its session here ends."""
         session = self.sessions.pop(client_id, None)
         if session is not None:
+            self.account.left(client_id)  # forgets it here; the account knows better
             session.taken_over()
 
     def ended(self, session: _Session, client_id: str) -> None:
         if self.sessions.get(client_id) is session:
             del self.sessions[client_id]
-            if self.on_left is not None:
-                self.on_left(client_id)
+            self.account.left(client_id)
 
     def subscribe(self, session: _Session) -> None:
         if session not in self.subscribers:

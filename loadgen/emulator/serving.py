@@ -44,6 +44,10 @@ class RemoteAccount:
         # Each answer brings its own copy of the policy documents: one copy per
         # distinct set is kept, not one per held session.
         self._documents: dict[tuple[str, ...], tuple[str, ...]] = {}
+        # Client ids connected here, each with the turn the account gave its
+        # connect; and those whose session ended since the last connect asked.
+        self.turns: dict[str, int] = {}
+        self.ended: list[tuple[str, int]] = []
 
     def _shared(self, documents: tuple[str, ...]) -> tuple[str, ...]:
         known = self._documents.get(documents)
@@ -69,11 +73,23 @@ class RemoteAccount:
 
     def allow_connect(self, client_id: str, answer: Callable[[str | None], None]) -> None:
         def got(result: Any) -> None:
-            # The account gone: no quota can be checked; refuse as throttled.
-            answer("connect" if isinstance(result, PeerLost) else result)
+            if isinstance(result, int):  # allowed: its turn in the account's holders
+                self.turns[client_id] = result
+                answer(None)
+            else:
+                # The account gone: no quota can be checked; refuse as throttled.
+                answer("connect" if isinstance(result, PeerLost) else result)
 
         assert self.peer is not None
-        self.peer.call("allow_connect", (client_id,), got)
+        # Sessions that ended here ride along: no message, and no wake-up of the
+        # account, of their own (one each cost about 8% of a reconnect's CPU).
+        ended, self.ended = self.ended, []
+        self.peer.call("allow_connect", (client_id, ended), got)
+
+    def left(self, client_id: str) -> None:
+        turn = self.turns.pop(client_id, None)
+        if turn is not None:
+            self.ended.append((client_id, turn))
 
     def trusted(self) -> tuple[str, ...]:
         return self.cas
@@ -132,7 +148,6 @@ async def serve(
     account.peer = peer
     emulator.forward = lambda packet: peer.notify("publish", (packet.topic, packet.payload))
     emulator.on_subscribers = lambda any_: peer.notify("subscribers", (any_,))
-    emulator.on_left = lambda client_id: peer.notify("left", (client_id,))
     await done.wait()
     return 0
 
