@@ -69,10 +69,11 @@ def test_ca_init_with_force_replaces_the_ca(tmp_path):
     assert (tmp_path / "ca" / "ca.pem").read_bytes() != before
 
 
-def test_a_malformed_subject_is_a_one_line_error(tmp_path):
+@pytest.mark.parametrize("subject", ["no equals sign", "XX=foo"])
+def test_a_malformed_subject_is_a_one_line_error_that_says_why(tmp_path, subject):
     assert_user_error(
-        run_loadgen("ca", "init", "--out", tmp_path / "ca", "--subject", "no equals sign"),
-        "--subject",
+        run_loadgen("ca", "init", "--out", tmp_path / "ca", "--subject", subject),
+        f"--subject {subject!r}: not an RFC 4514 name",
     )
     assert not (tmp_path / "ca").exists()
 

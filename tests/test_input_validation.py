@@ -429,10 +429,18 @@ def test_report_merge_refuses_an_output_in_a_missing_folder_before_reading(tmp_p
     assert_user_error(result, "--out", "does not exist")
 
 
-def test_an_endpoint_option_port_out_of_range_is_refused(tmp_path, listener):
+@pytest.mark.parametrize("endpoint", ["127.0.0.1:99999", "127.0.0.1:1:2", "[::1:8883", "a b:8883"])
+def test_an_endpoint_option_that_is_not_host_and_port_is_refused(tmp_path, listener, endpoint):
     path = _write_scenario(tmp_path, listener.getsockname()[1])
-    result = run_loadgen("run", path, "--endpoint", "127.0.0.1:99999", cwd=tmp_path)
-    _assert_refused_untouched(result, tmp_path, listener, "--endpoint: '127.0.0.1:99999'")
+    result = run_loadgen("run", path, "--endpoint", endpoint, cwd=tmp_path)
+    _assert_refused_untouched(result, tmp_path, listener, f"--endpoint: '{endpoint}'", "host:port")
+
+
+def test_an_ipv6_endpoint_in_brackets_is_its_address_and_port():
+    from loadgen.scenario.schema import parse_endpoint
+
+    assert parse_endpoint("[::1]:8883") == ("::1", 8883)
+    assert parse_endpoint("iot.example.com:8883") == ("iot.example.com", 8883)
 
 
 def test_a_scenario_endpoint_port_out_of_range_names_its_line(tmp_path, listener):
@@ -447,7 +455,37 @@ def test_a_scenario_endpoint_port_out_of_range_names_its_line(tmp_path, listener
         (("emulator", "serve", "--max-packet-size", "10"), ("'--max-packet-size'", "x>=64")),
         (("run", "--bogus", "x"), ("No such option '--bogus'", "loadgen run --help")),
         (("certs", "mint", "--count", "many"), ("'--count'", "not a valid integer")),
+        (("emulator", "serve", "--connect-timeout", "nan"), ("'--connect-timeout'", "finite")),
+        (("emulator", "serve", "--slow-consumer-timeout", "inf"), ("'inf' is not a finite",)),
     ],
 )
 def test_an_option_the_command_line_refuses_is_one_line_naming_it(args, fragments):
     assert_user_error(run_loadgen(*args), *fragments)
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (("--linger", "nan"), ("'--linger'", "finite")),
+        (("--linger", "-5"), ("'--linger'", "x>=0")),
+        (("--pushgateway", "notaurl"), ("--pushgateway notaurl: no port",)),
+        (("--pushgateway", "ftp://gw:9091"), ("--pushgateway ftp://gw:9091: not host:port",)),
+        (("--report", "same.json", "--html", "same.json"), ("--html same.json: the same file as",)),
+        (
+            ("--report", "r.json", "--junit", "r.json"),
+            ("--junit r.json: the same file as --report",),
+        ),
+    ],
+    ids=[
+        "linger nan",
+        "linger negative",
+        "pushgateway no port",
+        "pushgateway ftp",
+        "html",
+        "junit",
+    ],
+)
+def test_a_run_option_mistake_is_refused_before_any_load(tmp_path, listener, args, fragments):
+    path = _write_scenario(tmp_path, listener.getsockname()[1])
+    result = run_loadgen("run", path, *args, cwd=tmp_path)
+    _assert_refused_untouched(result, tmp_path, listener, *fragments)

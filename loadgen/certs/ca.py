@@ -58,7 +58,9 @@ def parse_subject(text: str) -> x509.Name:
     try:
         subject = x509.Name.from_rfc4514_string(text)
     except ValueError as exc:
-        raise UserError(f"--subject {text!r}: {exc}") from None
+        # cryptography says nothing for most malformed names ('garbage', 'XX=foo').
+        why = str(exc) or f"not an RFC 4514 name of known attributes, e.g. {DEFAULT_SUBJECT!r}"
+        raise UserError(f"--subject {text!r}: {why}") from None
     if not subject.get_attributes_for_oid(NameOID.COMMON_NAME):
         raise UserError(f"--subject {text!r}: a CA subject needs a CN")
     return subject

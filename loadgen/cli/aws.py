@@ -26,7 +26,7 @@ from loadgen.aws.setup import Setup, SetupRequest, prepare
 from loadgen.aws.snippet import scenario_text
 from loadgen.aws.teardown import Teardown
 from loadgen.certs.store import FleetStore
-from loadgen.cli.common import stderr_console, warn
+from loadgen.cli.common import POSITIVE, stderr_console, warn
 from loadgen.errors import LoadgenError, UserError
 from loadgen.files import check_writable, write_output
 
@@ -216,7 +216,7 @@ def aws_status(
 @click.option("--keep-ca", is_flag=True, help="Leave the CA registered.")
 @click.option(
     "--rate",
-    type=click.FloatRange(min=0, min_open=True),
+    type=POSITIVE,
     help="At most this many calls per second to each API (default: AWS's quotas).",
 )
 @_account_options

@@ -2,12 +2,29 @@
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import click
 from rich.console import Console
 
 from loadgen.certs.keys import KeyType
 
 KEY_TYPES = click.Choice([k.value for k in KeyType])
+
+
+class FiniteRange(click.FloatRange):
+    """A number of seconds or a rate: click's FloatRange lets nan and inf by."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+
+POSITIVE = FiniteRange(min=0, min_open=True)  # above zero
+NOT_NEGATIVE = FiniteRange(min=0)
 
 
 def stderr_console() -> Console:

@@ -9,6 +9,7 @@ import click
 import uvloop
 
 from loadgen import lifeline as lifeline_mod
+from loadgen.cli.common import POSITIVE
 from loadgen.emulator import limits as emu_limits
 from loadgen.emulator import serve as emu_serve
 from loadgen.emulator.defaults import REGISTRATION_CONFIG
@@ -119,7 +120,7 @@ def emulator() -> None:
 )
 @click.option(
     "--connect-timeout",
-    type=click.FloatRange(min=0, min_open=True),
+    type=POSITIVE,
     default=emu_limits.CONNECT_TIMEOUT,
     show_default=True,
     help="Seconds from the TLS handshake to a whole CONNECT.",
@@ -133,7 +134,7 @@ def emulator() -> None:
 )
 @click.option(
     "--slow-consumer-timeout",
-    type=click.FloatRange(min=0, min_open=True),
+    type=POSITIVE,
     default=emu_limits.SLOW_CONSUMER_TIMEOUT,
     show_default=True,
     help="Seconds a client may stay above --write-buffer before it is disconnected.",

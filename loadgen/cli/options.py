@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import functools
 import signal
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import click
 
-from loadgen.cli.common import warn
+from loadgen.cli.common import NOT_NEGATIVE, warn
 from loadgen.errors import UserError
 from loadgen.lifeline import StopSignals
 from loadgen.listen import PORT, check_listen
@@ -40,10 +41,33 @@ SHARD = ShardType()
 
 
 def check_destinations(*destinations: Destination | None) -> None:
-    """Refuse, before anything runs, the given outputs that could not be written."""
-    for destination in destinations:
-        if destination is not None:
-            destination.check(warn)
+    """Refuse, before anything runs, the given outputs that could not be
+    written, and two of them that are one file (the second would overwrite the
+    first)."""
+    given = [d for d in destinations if d is not None]
+    for i, destination in enumerate(given):
+        for earlier in given[:i]:
+            if destination.names(earlier.location):
+                raise UserError(
+                    f"{destination.option} {destination}: the same file as {earlier.option}"
+                )
+        destination.check(warn)
+
+
+def check_pushgateway(url: str) -> None:
+    """A Pushgateway's address as prometheus-client takes it: ``host:port`` or
+    an http(s) URL. Anything else is refused before the run, not found wanting
+    at its first push."""
+    full = url if "://" in url else f"http://{url}"
+    try:
+        parts = urllib.parse.urlsplit(full)
+        port = parts.port
+    except ValueError:
+        parts, port = None, None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UserError(f"--pushgateway {url}: not host:port or an http(s) URL")
+    if port is None and "://" not in url:
+        raise UserError(f"--pushgateway {url}: no port (host:port, or an http(s) URL)")
 
 
 class WorkersType(click.ParamType[Workers, Any]):
@@ -96,7 +120,10 @@ _OUTPUTS = (
         help="The address --metrics-port listens on (0.0.0.0 in a pod Prometheus scrapes).",
     ),
     click.option(
-        "--linger", type=float, default=0.0, help="Seconds to keep serving metrics after."
+        "--linger",
+        type=NOT_NEGATIVE,
+        default=0.0,
+        help="Seconds to keep serving metrics after.",
     ),
     click.option(
         "--pushgateway", help="Push metrics to this Pushgateway URL (periodically, at the end)."
@@ -178,9 +205,10 @@ class Outputs:
                 "give --shard a NAME (a label and a Pushgateway group)"
             )
 
-    def check(self) -> None:
-        """Refuse, before anything runs, files that could not be written."""
-        check_destinations(self.report, self.html)
+    def check(self, *others: Destination | None) -> None:
+        """Refuse, before anything runs, files that could not be written (these
+        and ``others``, the command's other outputs)."""
+        check_destinations(self.report, self.html, *others)
         if self.metrics_port is not None:
             check_listen(self.metrics_host, self.metrics_port, "--metrics-port", "--metrics-host")
 
@@ -223,6 +251,8 @@ def output_options(command: Callable[..., Any]) -> Callable[..., Any]:
         shard: ShardName | None,
         **kwargs: Any,
     ) -> Any:
+        if pushgateway is not None:
+            check_pushgateway(pushgateway)
         outputs = Outputs(
             report_file, html_file, metrics_port, linger, pushgateway, job, shard, metrics_host
         )

@@ -20,7 +20,6 @@ from loadgen.cli.certs import MintBar
 from loadgen.cli.common import stderr_console, warn
 from loadgen.cli.options import (
     Outputs,
-    check_destinations,
     gate_options,
     output_options,
     target_options,
@@ -90,8 +89,7 @@ def run_command(
     gates = gates_mod.from_texts(scenario.gates, scenario_path, gate_texts)
     options = RunOptions(endpoint, count, rate, workers, outputs.slice, start)
     checked = check_plan(scenario, options)
-    outputs.check()
-    check_destinations(junit_path, summary_path)
+    outputs.check(junit_path, summary_path)
     console = stderr_console()
     minted = _mint_with_progress(
         console, scenario, fleet_count(scenario, options), mint_workers(workers), checked.shard

@@ -3,6 +3,8 @@ editors; docs/scenarios.md describes every field."""
 
 from __future__ import annotations
 
+import ipaddress
+import re
 import socket
 import string
 from collections.abc import Callable
@@ -433,11 +435,24 @@ class Scenario(_Strict):
         return self.model_copy(update={"fleet": fleet, "tls": tls, "emulator": emulator})
 
 
+_HOST_NAME = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_])?")
+
+
 def parse_endpoint(value: str) -> tuple[str, int]:
+    """``host:port``: a host name, an IPv4 address, or an IPv6 one in brackets."""
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"{value!r} is not host:port")
-    return host.strip("[]"), int(port)
+    if host.startswith("["):
+        try:
+            if not host.endswith("]"):
+                raise ValueError
+            return str(ipaddress.IPv6Address(host[1:-1])), int(port)
+        except ValueError:
+            raise ValueError(f"{value!r} is not host:port ({host} is no IPv6 address)") from None
+    if not _HOST_NAME.fullmatch(host):
+        raise ValueError(f"{value!r} is not host:port ({host!r} is no host name or address)")
+    return host, int(port)
 
 
 def max_payload(spec: PublishSpec, version: int) -> int:
