@@ -4,6 +4,7 @@ must never see half a file; and reading a device's files as lean."""
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 from collections.abc import Callable, Iterable
@@ -80,7 +81,14 @@ def write_output(path: Path, data: bytes) -> None:
     target = _followed(path)
     try:
         if target.exists() and not target.is_file():
-            fd = os.open(target, os.O_WRONLY | os.O_CLOEXEC)
+            # Not blocking: a pipe nobody reads would hold the command for ever.
+            try:
+                fd = os.open(target, os.O_WRONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+            except OSError as exc:
+                if exc.errno == errno.ENXIO:
+                    raise OutputError(f"{path}: cannot write: a pipe nobody reads") from None
+                raise
+            os.set_blocking(fd, True)
             try:
                 write_all(fd, data)
             finally:

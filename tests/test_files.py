@@ -91,3 +91,10 @@ def test_a_report_that_cannot_be_written_does_not_cost_the_html(tmp_path):
         )
     assert (tmp_path / "r.html").read_text().startswith("<!DOCTYPE html>")
     assert said == [f"HTML report written to {tmp_path / 'r.html'}"]
+
+
+def test_a_result_file_into_a_pipe_nobody_reads_fails_at_once(tmp_path):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    with pytest.raises(OutputError, match="a pipe nobody reads"):
+        write_output(fifo, b"report")

@@ -216,6 +216,21 @@ EMBEDDED_MISTAKES = {
         ":8: emulator.api_rates:",
         "set emulator.api_port too",
     ),
+    "a negative quota": (
+        "emulator:\n  quotas: {provision: -5/s}\n",
+        ":8: emulator.quotas.provision:",
+        "'-5/s' is not a rate",
+    ),
+    "a zero quota": (
+        "emulator:\n  quotas: {connect: 0/s}\n",
+        ":8: emulator.quotas.connect:",
+        "above zero",
+    ),
+    "a template and a registration config": (
+        "emulator:\n  template: t.yaml\n  registration_config: c.json\n",
+        ":8: emulator.template:",
+        "not both",
+    ),
 }
 
 

@@ -520,3 +520,20 @@ def test_ctrl_c_stops_the_mint_quietly_and_keeps_what_was_finished(tmp_path, ses
     kept = manifest.read_bytes().count(b"\n")
     assert 0 < kept < 40000
     _assert_complete(out, kept, session_ca)
+
+
+@pytest.mark.parametrize("meta", ["[]", "7", '"fleet"'])
+def test_fleet_metadata_that_is_no_json_object_is_a_one_line_error(tmp_path, session_ca, meta):
+    out = tmp_path / "fleet"
+    assert (
+        run_loadgen(
+            "certs", "mint", "--ca", session_ca.directory, "--out", out, "--count", "2"
+        ).code
+        == 0
+    )
+    (out / "fleet.json").write_text(meta)
+    for args in (
+        ("certs", "inspect", out),
+        ("certs", "mint", "--ca", session_ca.directory, "--out", out, "--count", "3"),
+    ):
+        assert_user_error(run_loadgen(*args), f"{out / 'fleet.json'}: malformed fleet metadata")

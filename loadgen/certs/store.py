@@ -111,7 +111,9 @@ class FleetStore:
             raise FleetError(f"{self.path}: not a fleet (no {META_FILE})") from None
         except (OSError, ValueError) as exc:
             raise FleetError(f"{meta_path}: unreadable fleet metadata: {exc}") from None
-        if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        if not isinstance(raw, dict):
+            raise FleetError(f"{meta_path}: malformed fleet metadata: not a JSON object")
+        if raw.get("format") != FORMAT:
             raise FleetError(f"{meta_path}: unknown fleet format {raw.get('format')!r}")
         try:
             return FleetMeta(**raw)

@@ -346,6 +346,19 @@ class EmulatorSpec(_Strict):
 
     @model_validator(mode="after")
     def _api(self) -> EmulatorSpec:
+        if self.template is not None and self.registration_config is not None:
+            raise field_error(
+                ("template",), "give template or registration_config, not both: one is the other"
+            )
+        if self.quotas:
+            from loadgen.emulator.quota import Quotas
+            from loadgen.errors import UserError
+
+            for quota, rate in self.quotas.items():
+                try:
+                    Quotas.parse((f"{quota}={rate}",))
+                except UserError as exc:
+                    raise field_error(("quotas", quota), str(exc).split(": ", 1)[1]) from None
         if self.api_rates and self.api_port is None:
             raise field_error(("api_rates",), "throttles the API: set emulator.api_port too")
         if self.api_rates:
