@@ -471,6 +471,14 @@ def test_a_scenario_endpoint_port_out_of_range_names_its_line(tmp_path, listener
         (("run", "--bogus", "x"), ("No such option '--bogus'", "loadgen run --help")),
         (("certs", "mint", "--count", "many"), ("'--count'", "not a valid integer")),
         (("emulator", "serve", "--connect-timeout", "nan"), ("'--connect-timeout'", "finite")),
+        (
+            ("certs", "mint", "--ca", "ca", "--out", "f", "--count", "99999999999999999999"),
+            ("--count must be from 1 to 100,000,000",),
+        ),
+        (
+            ("certs", "mint", "--ca", "ca", "--out", "f", "--count", "2", "--workers", "100000"),
+            ("--workers must be from 1 to 1,024",),
+        ),
         (("emulator", "serve", "--slow-consumer-timeout", "inf"), ("'inf' is not a finite",)),
     ],
 )
@@ -482,6 +490,8 @@ def test_an_option_the_command_line_refuses_is_one_line_naming_it(args, fragment
     ("args", "fragments"),
     [
         (("--linger", "nan"), ("'--linger'", "finite")),
+        (("--count", "99999999999999999999"), ("--count must be from 1 to 100,000,000",)),
+        (("--workers", "100000"), ("--workers must be from 1 to 1,024",)),
         (("--linger", "-5"), ("'--linger'", "x>=0")),
         (("--pushgateway", "notaurl"), ("--pushgateway notaurl: no port",)),
         (("--pushgateway", "ftp://gw:9091"), ("--pushgateway ftp://gw:9091: not host:port",)),
@@ -493,6 +503,8 @@ def test_an_option_the_command_line_refuses_is_one_line_naming_it(args, fragment
     ],
     ids=[
         "linger nan",
+        "count huge",
+        "workers huge",
         "linger negative",
         "pushgateway no port",
         "pushgateway ftp",
@@ -504,3 +516,12 @@ def test_a_run_option_mistake_is_refused_before_any_load(tmp_path, listener, arg
     path = _write_scenario(tmp_path, listener.getsockname()[1])
     result = run_loadgen("run", path, *args, cwd=tmp_path)
     _assert_refused_untouched(result, tmp_path, listener, *fragments)
+
+
+def test_a_fleet_count_past_any_machines_names_its_line(tmp_path, listener):
+    path = _write_scenario(tmp_path, listener.getsockname()[1])
+    path.write_text(path.read_text().replace("count: 5}", "count: 99999999999999999999999}"))
+    result = run_loadgen("run", path, cwd=tmp_path)
+    _assert_refused_untouched(
+        result, tmp_path, listener, f"{path}:3: fleet.count:", "less than or equal to 100000000"
+    )

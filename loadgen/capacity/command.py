@@ -13,6 +13,7 @@ import click
 from rich.console import Console
 
 from loadgen.capacity.search import EmulatorCpu, Search, Step, section, throttles, verdict
+from loadgen.certs.profile import MAX_DEVICES
 from loadgen.cli.options import Outputs, output_options, target_options
 from loadgen.errors import UserError
 from loadgen.load.plan import AUTO, RunPlan, Workers
@@ -128,8 +129,8 @@ def capacity_command(
     search = _search(
         scenario.gates, scenario_path, slo_texts, start, step, step_duration, max_rate, max_steps
     )
-    if first_device < 0:
-        raise UserError(f"--first-device must be zero or more, got {first_device}")
+    if not 0 <= first_device < MAX_DEVICES:
+        raise UserError(f"--first-device must be from 0 to {MAX_DEVICES - 1:,}, got {first_device}")
     options = RunOptions(endpoint, None, None, workers)
     check_plan(scenario, options)
     outputs.label_only("loadgen capacity")

@@ -21,7 +21,14 @@ from loadgen.certs.ca import CERT_FILE as CA_CERT_FILE
 from loadgen.certs.ca import KEY_FILE as CA_KEY_FILE
 from loadgen.certs.keys import KeyType, generate_key, key_pem
 from loadgen.certs.minter import Minter, MintSpec, pool_key_path
-from loadgen.certs.profile import DEFAULT_PROFILE, DevicePlanner, Profile, difference
+from loadgen.certs.profile import (
+    DEFAULT_PROFILE,
+    MAX_DEVICES,
+    MAX_WORKERS,
+    DevicePlanner,
+    Profile,
+    difference,
+)
 from loadgen.certs.store import (
     KEYS_DIR,
     META_FILE,
@@ -98,10 +105,10 @@ def check(request: MintRequest) -> MintPlan:
     """Everything a mint can refuse, checked before any file is written: the
     options, the CA, an existing fleet against what was asked, and the profile
     planned for the devices it will mint."""
-    if request.count <= 0:
-        raise UserError(f"--count must be positive, got {request.count}")
-    if request.workers <= 0:
-        raise UserError(f"--workers must be positive, got {request.workers}")
+    if not 0 < request.count <= MAX_DEVICES:
+        raise UserError(f"--count must be from 1 to {MAX_DEVICES:,}, got {request.count}")
+    if not 0 < request.workers <= MAX_WORKERS:
+        raise UserError(f"--workers must be from 1 to {MAX_WORKERS:,}, got {request.workers}")
     if request.key_pool is not None and request.key_pool <= 0:
         raise UserError(f"--key-pool must be positive, got {request.key_pool}")
     names = request.names

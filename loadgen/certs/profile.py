@@ -33,6 +33,13 @@ from loadgen.certs.subject import BY_NAME, FIELDS, MISSING_PREFIX, SubjectValueE
 from loadgen.config import load_model
 from loadgen.errors import ConfigError
 
+# A sanity bound on a fleet: far past any run here (a device's store is about
+# 9 KiB: 900 GB), and short of what a device index can be (eight bytes of each
+# device's key seed). A count past it is a typo, refused before anything.
+MAX_DEVICES = 100_000_000
+# Worker processes for one run or mint: past this they only cost starting.
+MAX_WORKERS = 1024
+
 FAULTS_FIXED = ("expired", "not_yet_valid", "unknown_ca")
 # A ``not_yet_valid`` device becomes valid this long after minting.
 NOT_YET_VALID_IN = dt.timedelta(days=30)

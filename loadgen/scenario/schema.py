@@ -23,6 +23,7 @@ from pydantic import (
     model_validator,
 )
 
+from loadgen.certs.profile import MAX_DEVICES
 from loadgen.certs.subject import FIELDS
 from loadgen.config import Loc, field_error, read_model
 from loadgen.device.retry import Jitter
@@ -83,7 +84,7 @@ class Mqtt(_Strict):
 class Fleet(_Strict):
     ca: Path = Field(description="A `loadgen ca init` folder; created if missing")
     store: Path
-    count: int = Field(gt=0)
+    count: int = Field(gt=0, le=MAX_DEVICES)
     profile: Path | None = None
     seed: int | None = None
 
