@@ -85,6 +85,44 @@ def test_a_field_of_the_wrong_shape_is_named_with_what_it_should_be(tmp_path):
     )
 
 
+@pytest.mark.parametrize("command", ["show", "html", "merge"])
+@pytest.mark.parametrize(
+    ("field", "value", "shape"),
+    [
+        ("accounting.planned", None, "null, not a number"),
+        ("accounting.notes", "zz", "a string, not an object"),
+        ("outcomes.throttled", None, "null, not a number"),
+        ("outcomes.connected", float("nan"), "nan, not a number"),
+        ("jitp.provisioning.Success", [1], "a list, not a number"),
+    ],
+)
+def test_a_field_of_the_wrong_shape_is_one_line_for_every_reader(
+    tmp_path, command, field, value, shape
+):
+    report = _shards(1)[0]
+    report["jitp"] = {"first_connect_rejected": 0, "provisioning": {"Success": 1}}
+    *parents, last = field.split(".")
+    node = report
+    for part in parents:
+        node = node[part]
+    node[last] = value
+    path = _write(tmp_path / "r.json", report)
+    out = tmp_path / "out"
+    result = run_loadgen(*_commands(path, out)[command])
+    assert_user_error(result, f"{path}: field {field} is {shape}")
+    assert not out.exists()
+
+
+def test_a_merge_of_a_histogram_that_is_none_names_it(tmp_path):
+    path = _write(tmp_path / "r.json", _shards(1)[0])
+    report = json.loads(path.read_text())
+    report["histograms"]["provision"] = "HISTFAAAgarbage"
+    _write(path, report)
+    result = run_loadgen("report", "merge", path, "-o", tmp_path / "all.json")
+    assert_user_error(result, f"{path}: field histograms.provision: not an HDR histogram")
+    assert not (tmp_path / "all.json").exists()
+
+
 def test_html_of_a_report_with_a_broken_section_writes_nothing(tmp_path):
     path = _write(tmp_path / "r.json", {**_shards(1)[0], "series": 3})
     out = tmp_path / "r.html"

@@ -125,7 +125,13 @@ class LatencyHistogram:
 
     @classmethod
     def decode(cls, encoded: str) -> LatencyHistogram:
+        """``encode``'s text back; a ``ValueError`` for text that is none of it."""
         histogram = cls()
         if encoded:
-            histogram._h.add(_acyclic(HdrHistogram.decode(encoded.encode("ascii"))))
+            try:
+                decoded = HdrHistogram.decode(encoded.encode("ascii"))
+            except Exception as exc:  # hdrh raises a type of its own for each way to fail
+                why = str(exc) or type(exc).__name__
+                raise ValueError(f"not an HDR histogram ({why})") from None
+            histogram._h.add(_acyclic(decoded))
         return histogram

@@ -11,6 +11,7 @@ the report has a ``jitp`` section.
 from __future__ import annotations
 
 import datetime as dt
+import math
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -38,7 +39,12 @@ class Kind(Enum):
         if self is Kind.NUMBER_OR_NULL and value is None:
             return True
         if self in (Kind.NUMBER, Kind.NUMBER_OR_NULL):
-            return isinstance(value, int | float) and not isinstance(value, bool)
+            # JSON's NaN and Infinity (Python reads them) are no counts or times.
+            return (
+                isinstance(value, int | float)
+                and not isinstance(value, bool)
+                and math.isfinite(value)
+            )
         if not isinstance(value, str):
             return False
         try:
@@ -95,6 +101,8 @@ def _shape(value: Any) -> str:
         return "null"
     if isinstance(value, bool):
         return "a boolean"
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # JSON's NaN or Infinity
     for kind in (Kind.OBJECT, Kind.LIST, Kind.STRING, Kind.NUMBER):
         if kind.holds(value):
             return str(kind.value)
@@ -118,6 +126,18 @@ _COUNTS = (
     ("outcomes.*", NUM),
 )
 
+# Where the planned devices went, which show and html print.
+_ACCOUNTING = (
+    ("accounting?", OBJ),
+    ("accounting?.planned", NUM),
+    ("accounting?.started", NUM),
+    ("accounting?.not_started?", NUM),
+    ("accounting?.unexpected?", NUM),
+    ("accounting?.expected?.*", NUM),
+    ("accounting?.notes?.*", NUM),
+    ("accounting?.workers_lost?.*", STR),
+)
+
 SHOW = Needs(
     "show",
     (
@@ -132,6 +152,11 @@ SHOW = Needs(
         *((f"latency_ms.{p}.{k}", NUM_OR_NULL) for p in PHASES for k in _SUMMARY),
         ("reasons.*.*", NUM),
         ("generator?", OBJ),
+        ("generator?.cpu_ms_per_device?", NUM),
+        ("generator?.coordinator_cpu_s?", NUM),
+        *_ACCOUNTING,
+        ("jitp?", OBJ),
+        ("jitp?.emulator_closes?.*", NUM),
         ("jitp?.first_connect_rejected", NUM),
         ("jitp?.provisioning?.*", NUM),
         ("jitp?.provisioning_failures?.*", NUM),
@@ -174,6 +199,12 @@ MERGE = Needs(
         ("accounting?.unexpected?", NUM),
         ("accounting?.notes?.*", NUM),
         ("accounting?.workers_lost?.*", STR),
+        ("jitp?", OBJ),
+        ("jitp?.provisioning?.*", NUM),
+        ("jitp?.provisioning_failures?.*", NUM),
+        ("jitp?.emulator_closes?.*", NUM),
+        ("jitp?.emulator_processes?", NUM),
+        ("jitp?.emulator_stopped?", STR),
         ("attempts.total", NUM),
         ("attempts.per_device.*", NUM),
         ("attempts.provisioning_triggered", NUM),
@@ -208,23 +239,48 @@ COMPARE = Needs(
 )
 
 # The HTML page reads every field it can and draws what it finds; the sections
-# must have their shape.
+# must have their shape, and the numbers it draws must be numbers.
 HTML = Needs(
     "html",
-    tuple(
-        (f"{section}?", kind)
-        for section, kind in (
-            ("outcomes", OBJ),
-            ("attempts", OBJ),
-            ("latency_ms", OBJ),
-            ("rate", OBJ),
-            ("reasons", OBJ),
-            ("series", OBJ),
-            ("load", OBJ),
-            ("environment", OBJ),
-            ("jitp", OBJ),
-            ("capacity", OBJ),
-            ("gates", LIST),
-        )
+    (
+        *(
+            (f"{section}?", kind)
+            for section, kind in (
+                ("outcomes", OBJ),
+                ("attempts", OBJ),
+                ("latency_ms", OBJ),
+                ("rate", OBJ),
+                ("reasons", OBJ),
+                ("series", OBJ),
+                ("load", OBJ),
+                ("environment", OBJ),
+                ("jitp", OBJ),
+                ("capacity", OBJ),
+                ("gates", LIST),
+            )
+        ),
+        ("devices?", NUM),
+        ("duration_s?", NUM),
+        ("outcomes?.*", NUM),
+        ("attempts?.total?", NUM),
+        ("attempts?.per_device?.*", NUM),
+        ("latency_ms?.*", OBJ),
+        ("latency_ms?.*.*", NUM_OR_NULL),
+        ("schedule_lag_ms?.*", NUM_OR_NULL),
+        ("rate?.target_per_s?", NUM_OR_NULL),
+        ("rate?.achieved_per_s?", NUM_OR_NULL),
+        ("reasons?.*", OBJ),
+        ("reasons?.*.*", NUM),
+        ("provision_breakdown_ms?.*", NUM),
+        ("series?.started_per_s?.[]", NUM),
+        ("series?.target_per_s?.[]", NUM),
+        ("series?.outcomes_per_s?.*", LIST),
+        ("series?.outcomes_per_s?.*.[]", NUM),
+        *_ACCOUNTING,
+        ("jitp?.first_connect_rejected?", NUM),
+        ("jitp?.provisioning?.*", NUM),
+        ("jitp?.provisioning_failures?.*", NUM),
+        ("jitp?.emulator_closes?.*", NUM),
+        ("jitp?.emulator_stopped?", STR),
     ),
 )

@@ -95,6 +95,12 @@ def merge_named(
         for run_id in run_ids(report):
             seen[run_id] = name
     check_shards(named)
+    for name, report in named:
+        for histogram in (*PHASES, "schedule_lag"):
+            try:
+                LatencyHistogram.decode(report["histograms"][histogram])
+            except ValueError as exc:
+                raise UserError(f"{name}: field histograms.{histogram}: {exc}") from None
     reports = [report for _, report in named]
     if series_of is None:
         return merge(reports)

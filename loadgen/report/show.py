@@ -254,10 +254,11 @@ def print_report(console: Console, report: dict[str, Any]) -> None:
     jitp = report.get("jitp")
     if jitp and jitp["first_connect_rejected"]:
         trigger = f"JITP: {counted(jitp['first_connect_rejected'], 'first connect')} rejected"
-        if jitp["provisioning"] is None:
+        provisioning = jitp.get("provisioning")
+        if provisioning is None:
             say(console, trigger, "(the trigger)")
         else:
-            done = [f"{k} {v}" for k, v in jitp["provisioning"].items() if v]
+            done = [f"{k} {v}" for k, v in provisioning.items() if v]
             say(
                 console,
                 trigger,
@@ -265,7 +266,7 @@ def print_report(console: Console, report: dict[str, Any]) -> None:
                 "emulator provisioning:",
                 *(listed(done) or ["none"]),
             )
-        for reason, n in list((jitp["provisioning_failures"] or {}).items())[:3]:
+        for reason, n in list((jitp.get("provisioning_failures") or {}).items())[:3]:
             say(console, f"{counted(n, 'provisioning')} failed:", reason)
         # Reports from before the emulator had limits have no emulator_closes.
         for reason, n in sorted((jitp.get("emulator_closes") or {}).items()):
