@@ -67,13 +67,26 @@ for _name, _pattern, _first in _CORE:
     )
 
 
+# Values in one file, aliases expanded: scenarios and profiles hold hundreds.
+MAX_VALUES = 100_000
+
+
 class _Document:
     """Plain Python data plus the line (1-based) of every path in it."""
 
     def __init__(self) -> None:
         self.lines: dict[Loc, int] = {}
+        self.values = 0
 
     def build(self, node: yaml.Node, loc: Loc) -> Any:
+        # An alias is its anchor's value again: nested, they multiply (a
+        # "billion laughs" file of a few lines took 1.3 GB and then some).
+        self.values += 1
+        if self.values > MAX_VALUES:
+            raise ConfigError(
+                f"{node.start_mark.line + 1}: more than {MAX_VALUES:,} values once its "
+                "aliases are expanded; a file this tool reads holds far fewer"
+            )
         self.lines[loc] = node.start_mark.line + 1
         if isinstance(node, yaml.MappingNode):
             out: dict[Any, Any] = {}

@@ -3,6 +3,7 @@ duplicate keys refused, and errors that name the file, the line and the field.""
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any
 
@@ -53,3 +54,26 @@ def test_a_tag_outside_the_core_schema_is_refused_with_its_line(tmp_path):
     path.write_text("\nvalue: !!timestamp 2026-12-01\n")
     with pytest.raises(ConfigError, match=r"f\.yaml:2: the tag .*timestamp is not supported"):
         load_model(path, _Any, what="file")
+
+
+def test_aliases_that_multiply_past_any_real_file_are_refused(tmp_path):
+    levels = "abcdefg"
+    lines = ['a: &a ["x","x","x","x","x","x","x","x","x"]']
+    for before, name in itertools.pairwise(levels):
+        lines.append(f"{name}: &{name} [{', '.join([f'*{before}'] * 9)}]")
+    path = tmp_path / "f.yaml"
+    path.write_text("\n".join(lines) + "\nvalue: *g\n")  # 9**7 values
+    with pytest.raises(ConfigError, match=r"more than 100,000 values once its aliases"):
+        load_model(path, _Any, what="file")
+
+
+class _Base(BaseModel):
+    base: Any
+    value: Any
+
+
+def test_an_alias_used_as_it_is_meant_is_read(tmp_path):
+    path = tmp_path / "f.yaml"
+    path.write_text("base: &step {topic: t, qos: 1}\nvalue: [*step, *step]\n")
+    data = load_model(path, _Base, what="file")
+    assert data.value == [{"topic": "t", "qos": 1}] * 2
