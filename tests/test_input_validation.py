@@ -100,6 +100,12 @@ SCENARIO_MISTAKES = {
         ":7: mqtt.client_id:",
         "unknown placeholder {colour}",
     ),
+    "a client id formatted a terabyte wide": (
+        LOAD,
+        "mqtt: {client_id: '{index:0999999999999d}'}\n",
+        ":7: mqtt.client_id:",
+        "999999999999 is wider than 256 characters",
+    ),
     "a wildcard beside a placeholder in a subscribe filter": (
         LOAD,
         "after_connect:\n  - subscribe: {topic: 'cmd/{client_id}+'}\n",

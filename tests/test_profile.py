@@ -143,6 +143,10 @@ def test_without_a_profile_the_default_gives_unique_names():
             ":4: subject.country: duplicate key (first given on line 2)",
         ),
         ("validity_days: 365\nvalidity_days: 30\n", ":2: validity_days: duplicate key"),
+        (
+            "subject:\n  common_name: '{index:0999999999999d}'\n",
+            ":2: subject.common_name: {index:0999999999999d}: 999999999999 is wider than 256",
+        ),
     ],
 )
 def test_a_bad_profile_names_file_line_and_field(tmp_path, text, expected):

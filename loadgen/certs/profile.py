@@ -11,6 +11,7 @@ import bisect
 import datetime as dt
 import hashlib
 import itertools
+import re
 import string
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -124,7 +125,23 @@ def _width(spec: str, field: str) -> int:
     return int(spec)
 
 
+# The widest a placeholder may be formatted: a subject field, a client id (AWS
+# allows 128 bytes) or a topic (256) is never wider; {index:0999999999999d}
+# would have asked for a terabyte.
+MAX_FORMAT_WIDTH = 256
+
+
+def check_format_spec(field: str, spec: str) -> None:
+    """ValueError for a format spec asking for more than ``MAX_FORMAT_WIDTH``."""
+    for number in re.findall(r"\d+", spec):
+        if int(number) > MAX_FORMAT_WIDTH:
+            raise ValueError(
+                f"{{{field}:{spec}}}: {int(number)} is wider than {MAX_FORMAT_WIDTH} characters"
+            )
+
+
 def _placeholder(field: str, spec: str, references: tuple[str, ...]) -> _Part:
+    check_format_spec(field, spec)
     if field == "index":
         try:
             format(0, spec)

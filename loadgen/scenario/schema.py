@@ -23,7 +23,7 @@ from pydantic import (
     model_validator,
 )
 
-from loadgen.certs.profile import MAX_DEVICES
+from loadgen.certs.profile import MAX_DEVICES, check_format_spec
 from loadgen.certs.subject import FIELDS
 from loadgen.config import Loc, field_error, read_model
 from loadgen.device.retry import Jitter
@@ -184,10 +184,12 @@ def template_text(template: str, placeholder: str = "") -> str:
         parsed = list(_FORMATTER.parse(template))
     except ValueError as exc:
         raise ValueError(f"bad template {template!r}: {exc}") from None
-    for _, name, _, _ in parsed:
+    for _, name, spec, _ in parsed:
         if name is not None and name not in TEMPLATE_FIELDS:
             known = ", ".join(TEMPLATE_FIELDS)
             raise ValueError(f"unknown placeholder {{{name}}} (known: {known})")
+        if name is not None and spec:
+            check_format_spec(name, spec)
     return "".join(text + ("" if name is None else placeholder) for text, name, _, _ in parsed)
 
 
