@@ -13,7 +13,7 @@ from typing import Any
 from loadgen import fds
 from loadgen.certs.mint import InputNames, MintRequest, MintResult, mint
 from loadgen.certs.mint import check as check_fleet
-from loadgen.certs.profile import MAX_DEVICES, MAX_WORKERS, load_profile
+from loadgen.certs.profile import MAX_DEVICES, MAX_WORKERS, check_count, load_profile
 from loadgen.certs.store import FleetStore
 from loadgen.cores import cores
 from loadgen.device.lifecycle import PublishStep, Step, SubscribeStep
@@ -155,10 +155,10 @@ def endpoint(scenario: Scenario, options: RunOptions) -> Iterator[EndpointSessio
 def make_plan(scenario: Scenario, options: RunOptions) -> RunPlan:
     if is_embedded(scenario, options):
         raise ConfigError("endpoint: embedded needs the emulator started (see run.endpoint)")
-    if options.count is not None and not 0 < options.count <= MAX_DEVICES:
-        raise UserError(f"--count must be from 1 to {MAX_DEVICES:,}, got {options.count}")
-    if isinstance(options.workers, int) and not 0 < options.workers <= MAX_WORKERS:
-        raise UserError(f"--workers must be from 1 to {MAX_WORKERS:,}, got {options.workers}")
+    if options.count is not None:
+        check_count("--count", options.count, MAX_DEVICES)
+    if isinstance(options.workers, int):
+        check_count("--workers", options.workers, MAX_WORKERS)
     try:
         rate = parse_rate(options.rate) if options.rate is not None else None
     except ValueError as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import os
@@ -15,7 +16,9 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from loadgen.certs.ca import CA, init_ca
 from loadgen.certs.subject import BY_OID
@@ -537,3 +540,48 @@ def test_fleet_metadata_that_is_no_json_object_is_a_one_line_error(tmp_path, ses
         ("certs", "mint", "--ca", session_ca.directory, "--out", out, "--count", "3"),
     ):
         assert_user_error(run_loadgen(*args), f"{out / 'fleet.json'}: malformed fleet metadata")
+
+
+def _self_signed(folder: Path, *, ca: bool, days: tuple[int, int]) -> Path:
+    """A CA folder whose certificate is CA:``ca``, valid from ``days[0]`` to
+    ``days[1]`` days from now."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "odd CA")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now + dt.timedelta(days=days[0]))
+        .not_valid_after(now + dt.timedelta(days=days[1]))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    folder.mkdir()
+    (folder / "ca.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (folder / "ca.key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("ca", "days", "problem"),
+    [
+        (False, (-1, 30), "not a CA certificate (basicConstraints CA:FALSE)"),
+        (True, (-60, -30), "expired on"),
+        (True, (30, 60), "not valid before"),
+    ],
+    ids=["not a CA", "expired", "not yet valid"],
+)
+def test_a_ca_that_no_endpoint_would_trust_mints_nothing(tmp_path, ca, days, problem):
+    folder = _self_signed(tmp_path / "ca", ca=ca, days=days)
+    result = run_loadgen("certs", "mint", "--ca", folder, "--out", tmp_path / "f", "--count", "2")
+    assert_user_error(result, f"--ca: {folder / 'ca.pem'}: {problem}")
+    assert not (tmp_path / "f").exists()

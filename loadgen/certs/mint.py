@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography import x509
 from pydantic import ValidationError
 
 from loadgen import lifeline
@@ -27,6 +28,7 @@ from loadgen.certs.profile import (
     MAX_WORKERS,
     DevicePlanner,
     Profile,
+    check_count,
     difference,
 )
 from loadgen.certs.store import (
@@ -105,10 +107,8 @@ def check(request: MintRequest) -> MintPlan:
     """Everything a mint can refuse, checked before any file is written: the
     options, the CA, an existing fleet against what was asked, and the profile
     planned for the devices it will mint."""
-    if not 0 < request.count <= MAX_DEVICES:
-        raise UserError(f"--count must be from 1 to {MAX_DEVICES:,}, got {request.count}")
-    if not 0 < request.workers <= MAX_WORKERS:
-        raise UserError(f"--workers must be from 1 to {MAX_WORKERS:,}, got {request.workers}")
+    check_count("--count", request.count, MAX_DEVICES)
+    check_count("--workers", request.workers, MAX_WORKERS)
     if request.key_pool is not None and request.key_pool <= 0:
         raise UserError(f"--key-pool must be positive, got {request.key_pool}")
     names = request.names
@@ -147,9 +147,28 @@ def _existing_ca(request: MintRequest) -> CA | None:
             raise CAError(f"{request.names.ca}: {ca_dir} exists and is not a folder")
         return None
     try:
-        return load_ca(ca_dir)
+        ca = load_ca(ca_dir)
     except CAError as exc:
         raise CAError(f"{request.names.ca}: {exc}") from None
+    if (problem := _cannot_sign(ca.cert)) is not None:
+        raise CAError(f"{request.names.ca}: {ca_dir / CA_CERT_FILE}: {problem}")
+    return ca
+
+
+def _cannot_sign(cert: x509.Certificate) -> str | None:
+    """Why devices signed by ``cert`` would be refused by any endpoint, if so."""
+    try:
+        constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        constraints = None
+    if constraints is not None and not constraints.ca:
+        return "not a CA certificate (basicConstraints CA:FALSE): no endpoint trusts what it signs"
+    now = dt.datetime.now(dt.UTC)
+    if now > cert.not_valid_after_utc:
+        return f"expired on {cert.not_valid_after_utc:%Y-%m-%d}: no endpoint trusts what it signs"
+    if now < cert.not_valid_before_utc:
+        return f"not valid before {cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC"
+    return None
 
 
 def _check_matches(request: MintRequest, meta: FleetMeta, ca: CA) -> None:

@@ -32,7 +32,7 @@ from loadgen.certs.der import LATEST
 from loadgen.certs.keys import KeyType
 from loadgen.certs.subject import BY_NAME, FIELDS, MISSING_PREFIX, SubjectValueError
 from loadgen.config import load_model
-from loadgen.errors import ConfigError
+from loadgen.errors import ConfigError, UserError
 
 # A sanity bound on a fleet: far past any run here (a device's store is about
 # 9 KiB: 900 GB), and short of what a device index can be (eight bytes of each
@@ -40,6 +40,14 @@ from loadgen.errors import ConfigError
 MAX_DEVICES = 100_000_000
 # Worker processes for one run or mint: past this they only cost starting.
 MAX_WORKERS = 1024
+
+
+def check_count(option: str, value: int, most: int) -> None:
+    """A count of devices or processes an option gives: from 1 to ``most``."""
+    if value <= 0:
+        raise UserError(f"{option} must be positive, got {value}")
+    if value > most:
+        raise UserError(f"{option} {value}: at most {most:,}")
 
 FAULTS_FIXED = ("expired", "not_yet_valid", "unknown_ca")
 # A ``not_yet_valid`` device becomes valid this long after minting.
