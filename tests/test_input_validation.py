@@ -124,6 +124,18 @@ SCENARIO_MISTAKES = {
         ":7: timeouts.step:",
         "zero or more",
     ),
+    "an infinite retry multiplier": (
+        LOAD,
+        "retry: {multiplier: .inf}\n",
+        ":7: retry.multiplier:",
+        "finite number",
+    ),
+    "true for a number": (
+        LOAD + "  max_in_flight: true\n",
+        "",
+        ":7: load.max_in_flight:",
+        "valid integer",
+    ),
     "retry.max below retry.initial": (
         LOAD,
         "retry:\n  initial: 2s\n  max: 1s\n",

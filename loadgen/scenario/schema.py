@@ -17,8 +17,10 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    FiniteFloat,
     PlainSerializer,
     StrictBool,
+    StrictInt,
     field_validator,
     model_validator,
 )
@@ -69,7 +71,7 @@ class Mqtt(_Strict):
         description="Template over the manifest: {client_id}, {index}, {certificate_id} and "
         "subject fields such as {common_name}",
     )
-    keepalive: int = Field(default=60, ge=0, le=65535)
+    keepalive: StrictInt = Field(default=60, ge=0, le=65535)
     driver: Literal["native", "aiomqtt"] = Field(
         default="native",
         description="native: our timed transport; aiomqtt: paho through aiomqtt (a cross-check; "
@@ -84,9 +86,9 @@ class Mqtt(_Strict):
 class Fleet(_Strict):
     ca: Path = Field(description="A `loadgen ca init` folder; created if missing")
     store: Path
-    count: int = Field(gt=0, le=MAX_DEVICES)
+    count: StrictInt = Field(gt=0, le=MAX_DEVICES)
     profile: Path | None = None
-    seed: int | None = None
+    seed: StrictInt | None = None
 
 
 class Jitp(_Strict):
@@ -98,9 +100,11 @@ class Jitp(_Strict):
 class Retry(_Strict):
     initial: Duration = 0.1
     max: Duration = 5.0
-    multiplier: float = Field(default=2.0, ge=1.0)
+    multiplier: FiniteFloat = Field(default=2.0, ge=1.0)
     jitter: Jitter = Jitter.FULL
-    max_attempts: int = Field(default=6, ge=1, description="Attempts in all, the first included")
+    max_attempts: StrictInt = Field(
+        default=6, ge=1, description="Attempts in all, the first included"
+    )
 
     @model_validator(mode="after")
     def _max_not_below_initial(self) -> Retry:
@@ -151,7 +155,7 @@ class Load(_Strict):
         default=None, description="Where a ramp starts (default 0/s)"
     )
     stages: list[StageSpec] | None = None
-    max_in_flight: int = Field(default=1000, gt=0)
+    max_in_flight: StrictInt = Field(default=1000, gt=0)
     source_addresses: list[Annotated[str, AfterValidator(_local_address)]] | None = Field(
         default=None, description="Local addresses to connect from (e.g. 127.0.0.2 ...)"
     )
@@ -230,8 +234,8 @@ def _topic_filter(topic: str) -> str:
 class PublishSpec(_Strict):
     topic: Annotated[str, AfterValidator(_topic_name)]
     qos: Literal[0, 1] = 0
-    count: int = Field(default=1, ge=0)
-    payload_bytes: int = Field(default=0, ge=0)
+    count: StrictInt = Field(default=1, ge=0)
+    payload_bytes: StrictInt = Field(default=0, ge=0)
 
 
 class SubscribeSpec(_Strict):
@@ -279,13 +283,13 @@ class Timeouts(_Strict):
 class EmulatorLimits(_Strict):
     """What one client may cost the embedded emulator (docs/emulator.md, Limits)."""
 
-    max_packet_size: int = Field(
+    max_packet_size: StrictInt = Field(
         default=limits.MAX_PACKET_SIZE, ge=64, description="Bytes, a whole MQTT packet"
     )
     connect_timeout: Duration = Field(
         default=limits.CONNECT_TIMEOUT, gt=0, description="From the TLS handshake to CONNECT"
     )
-    write_buffer: int = Field(
+    write_buffer: StrictInt = Field(
         default=limits.WRITE_BUFFER, ge=1024, description="Bytes queued to a subscriber"
     )
     slow_consumer_timeout: Duration = Field(
@@ -293,7 +297,7 @@ class EmulatorLimits(_Strict):
         gt=0,
         description="How long a subscriber may stay over write_buffer",
     )
-    min_keepalive: int = Field(
+    min_keepalive: StrictInt = Field(
         default=limits.MIN_KEEPALIVE,
         ge=0,
         le=65535,
@@ -325,11 +329,11 @@ class EmulatorSpec(_Strict):
     quotas: dict[Literal["connect", "connect-per-client", "provision"], str] = Field(
         default_factory=dict, description='e.g. {provision: 50/s, connect: "off"}'
     )
-    metrics_port: int | None = Field(
+    metrics_port: StrictInt | None = Field(
         default=None, ge=1, le=65535, description="Serve its Prometheus metrics"
     )
     limits: EmulatorLimits = Field(default_factory=EmulatorLimits)
-    api_port: int | None = Field(
+    api_port: StrictInt | None = Field(
         default=None,
         ge=1,
         le=65535,
@@ -339,7 +343,7 @@ class EmulatorSpec(_Strict):
         default_factory=dict,
         description='Throttling per operation (or all): {DeleteCertificate: 10/s, all: "off"}',
     )
-    processes: int | None = Field(
+    processes: StrictInt | None = Field(
         default=None,
         ge=1,
         le=256,
