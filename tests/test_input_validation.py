@@ -508,7 +508,10 @@ def test_an_option_the_command_line_refuses_is_one_line_naming_it(args, fragment
     ("args", "fragments"),
     [
         (("--linger", "nan"), ("'--linger'", "finite")),
-        (("--count", "99999999999999999999"), ("--count 99999999999999999999: at most 100,000,000",)),
+        (
+            ("--count", "99999999999999999999"),
+            ("--count 99999999999999999999: at most 100,000,000",),
+        ),
         (("--workers", "100000"), ("--workers 100000: at most 1,024",)),
         (("--linger", "-5"), ("'--linger'", "x>=0")),
         (("--pushgateway", "notaurl"), ("--pushgateway notaurl: no port",)),

@@ -49,6 +49,7 @@ def check_count(option: str, value: int, most: int) -> None:
     if value > most:
         raise UserError(f"{option} {value}: at most {most:,}")
 
+
 FAULTS_FIXED = ("expired", "not_yet_valid", "unknown_ca")
 # A ``not_yet_valid`` device becomes valid this long after minting.
 NOT_YET_VALID_IN = dt.timedelta(days=30)
