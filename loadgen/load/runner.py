@@ -205,7 +205,9 @@ class Worker:
                 version=plan.version,
                 scheduled=0.0,
                 fault=device.fault,
-                failure=describe_error(exc),
+                # The same words for every such device, so that they count as one
+                # reason; `certs inspect --verify` names the files.
+                failure=f"its certificate or key file: {describe_error(exc)}",
             )
             return failed, offset
         spec = DeviceSpec(
