@@ -29,6 +29,7 @@ from loadgen.emulator.server import Emulator
 from loadgen.mqtt import wire
 from tests.conftest import assert_user_error, run_loadgen
 from tests.test_emulator_clients import _context
+from tests.test_emulator_processes import _until
 
 # Generous: the emulator's own growth for a few connections is a few MB; what the
 # limits prevent is tens to hundreds of MB.
@@ -478,12 +479,7 @@ async def test_a_packet_larger_than_one_read_arrives_whole_and_is_delivered(
 
 async def _until_packet(reader, decoder, kind, timeout=10.0):
     async with asyncio.timeout(timeout):
-        while True:
-            data = await reader.read(65536)
-            assert data, f"closed before a {kind.__name__}"
-            for packet in decoder.feed(data):
-                if isinstance(packet, kind):
-                    return packet
+        return await _until(reader, decoder, kind)
 
 
 async def _subscribed(emulator, fleet, device, filters):

@@ -109,6 +109,15 @@ def test_a_second_sigint_stops_at_once_and_held_devices_count_as_connected(
     assert (tmp_path / "r.html").exists()
 
 
+def _forty_a_second(tmp_path, mosquitto, device_ca):
+    return _scenario(
+        tmp_path,
+        mosquitto,
+        device_ca,
+        load={"executor": "constant-arrival-rate", "rate": "40/s", "max_in_flight": 50},
+    )
+
+
 def _workers_of(proc: subprocess.Popen) -> set[int]:
     return {pid for pid in descendants(proc.pid) if "spawn_main" in cmdline(pid)}
 
@@ -139,12 +148,7 @@ def _poll(condition, proc, timeout=120.0):
 def test_a_stop_signal_after_the_workers_ended_still_writes_the_whole_report(
     tmp_path, mosquitto, device_ca
 ):
-    path = _scenario(
-        tmp_path,
-        mosquitto,
-        device_ca,
-        load={"executor": "constant-arrival-rate", "rate": "40/s", "max_in_flight": 50},
-    )
+    path = _forty_a_second(tmp_path, mosquitto, device_ca)
     report_path = tmp_path / "r.json"
     proc = _run(path, report_path, "--html", str(tmp_path / "r.html"))
     seen: set[int] = set()
@@ -169,12 +173,7 @@ def test_a_stop_signal_after_the_workers_ended_still_writes_the_whole_report(
 def test_ctrl_c_while_the_workers_start_stops_them_without_losing_one(
     tmp_path, mosquitto, device_ca
 ):
-    path = _scenario(
-        tmp_path,
-        mosquitto,
-        device_ca,
-        load={"executor": "constant-arrival-rate", "rate": "40/s", "max_in_flight": 50},
-    )
+    path = _forty_a_second(tmp_path, mosquitto, device_ca)
     report_path = tmp_path / "r.json"
     # Ctrl-C reaches the terminal's whole process group, the workers with it.
     proc = _run(path, report_path, start_new_session=True)

@@ -25,6 +25,15 @@ def _write(path: Path, report: object) -> Path:
     return path
 
 
+def _parent(report: dict, field: str) -> tuple[dict, str]:
+    """The object holding a dotted ``field``, and its last name."""
+    *parents, last = field.split(".")
+    node = report
+    for part in parents:
+        node = node[part]
+    return node, last
+
+
 def _commands(report: Path, out: Path) -> dict[str, tuple]:
     return {
         "show": ("report", "show", report),
@@ -65,10 +74,7 @@ def test_a_file_that_is_not_a_report_is_one_line_naming_it(tmp_path, command, co
 )
 def test_a_report_missing_a_field_the_command_needs_names_it(tmp_path, command, field):
     report = _shards(1)[0]
-    *parents, last = field.split(".")
-    node = report
-    for part in parents:
-        node = node[part]
+    node, last = _parent(report, field)
     del node[last]
     path = _write(tmp_path / "r.json", report)
     out = tmp_path / "out"
@@ -101,10 +107,7 @@ def test_a_field_of_the_wrong_shape_is_one_line_for_every_reader(
 ):
     report = _shards(1)[0]
     report["jitp"] = {"first_connect_rejected": 0, "provisioning": {"Success": 1}}
-    *parents, last = field.split(".")
-    node = report
-    for part in parents:
-        node = node[part]
+    node, last = _parent(report, field)
     node[last] = value
     path = _write(tmp_path / "r.json", report)
     out = tmp_path / "out"
