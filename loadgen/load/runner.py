@@ -205,9 +205,7 @@ class Worker:
                 version=plan.version,
                 scheduled=0.0,
                 fault=device.fault,
-                # The same words for every such device, so that they count as one
-                # reason; `certs inspect --verify` names the files.
-                failure=f"its certificate or key file: {describe_error(exc)}",
+                failure=describe_error(exc),
             )
             return failed, offset
         spec = DeviceSpec(
