@@ -124,6 +124,12 @@ SCENARIO_MISTAKES = {
         ":7: timeouts.step:",
         "zero or more",
     ),
+    "a latency gate without a unit": (
+        LOAD,
+        "gates:\n  - 'p99(provision) < 2s'\n  - 'p99(provision) < 2'\n",
+        ":9: gates[1]:",
+        "'2' is not a latency",
+    ),
     "an infinite retry multiplier": (
         LOAD,
         "retry: {multiplier: .inf}\n",

@@ -216,7 +216,7 @@ def test_a_gate_error_in_the_scenario_names_its_file_and_gate(tmp_path):
     result = run_loadgen(
         "report", "merge", tmp_path, "-o", tmp_path / "m.json", "--scenario", scenario
     )
-    assert_user_error(result, f"{scenario}: gates[0]:")
+    assert_user_error(result, f"{scenario}:", ": gates[0]:")
 
 
 def test_the_merge_does_not_read_its_own_output_back_from_the_folder(tmp_path):

@@ -30,7 +30,9 @@ from loadgen.certs.subject import FIELDS
 from loadgen.config import Loc, field_error, read_model
 from loadgen.device.retry import Jitter
 from loadgen.emulator import limits
+from loadgen.errors import ConfigError
 from loadgen.mqtt.wire import MAX_VARINT
+from loadgen.report.gates import parse as parse_gate
 from loadgen.scenario.units import parse_duration, parse_rate, parse_rate_or_zero, positive
 
 # Durations and rates as people write them ("5s", "200/s"), in fields.
@@ -408,6 +410,11 @@ class Scenario(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> Scenario:
+        for i, text in enumerate(self.gates):
+            try:
+                parse_gate(text, "gate")
+            except ConfigError as exc:
+                raise field_error(("gates", i), str(exc).removeprefix("gate: ")) from None
         if self.endpoint == EMBEDDED and "tls" in self.model_fields_set:
             # The embedded emulator's own server CA and name are what the run trusts.
             raise field_error(("tls",), "endpoint: embedded sets TLS itself: remove the tls block")
