@@ -561,3 +561,18 @@ async def test_a_newer_connection_of_a_client_id_takes_over_the_older_session(
     assert stats["closes"]["session taken over"] == 1
     old_writer.close()
     writer.close()
+
+
+async def test_an_mqtt_3_1_connect_hears_unacceptable_protocol_level(
+    emulator, small_fleet, devices
+):
+    await _provision(emulator, small_fleet, devices[:1])
+    reader, writer = await _open(emulator, small_fleet, devices[0])
+    # MQTT 3.1's CONNECT: protocol name MQIsdp, level 3, clean session, keepalive 60.
+    client_id = devices[0].client_id.encode()
+    body = b"\x00\x06MQIsdp\x03\x02\x00\x3c" + len(client_id).to_bytes(2, "big") + client_id
+    writer.write(bytes([0x10, len(body)]) + body)
+    async with asyncio.timeout(10):
+        answer = await _until_closed(reader)
+    assert answer == b"\x20\x02\x00\x01"  # CONNACK: unacceptable protocol level
+    writer.close()

@@ -41,6 +41,9 @@ if TYPE_CHECKING:
     from loadgen.emulator.local import LocalAccount
     from loadgen.emulator.registry import CertRecord, Registry
 
+# CONNACK, 3.1.1's form: no session present, return code 0x01.
+_UNACCEPTABLE_PROTOCOL = b"\x20\x02\x00\x01"
+
 # Why the emulator ends a session itself (EmulatorStats.closes).
 CLOSE_REASONS = (
     "packet too large",
@@ -520,6 +523,11 @@ class _Session(asyncio.BufferedProtocol):
         except mqtt.PacketTooLarge as exc:
             self._close("packet too large", exc.reason_code)
             return
+        except mqtt.UnsupportedProtocolVersion:
+            # MQTT 3.1.1, 3.1.2.2: CONNACK 0x01 (unacceptable protocol level), in
+            # the one CONNACK form every version reads, then the connection ends.
+            self._close("protocol error", farewell=_UNACCEPTABLE_PROTOCOL)
+            return
         except mqtt.ProtocolError as exc:
             self._close("protocol error", exc.reason_code)
             return
@@ -579,16 +587,19 @@ class _Session(asyncio.BufferedProtocol):
     def taken_over(self) -> None:
         self._close("session taken over", 0x8E)  # MQTT 5: Session taken over
 
-    def _close(self, reason: str, disconnect: int | None = None) -> None:
+    def _close(self, reason: str, disconnect: int | None = None, farewell: bytes = b"") -> None:
         """End the session for ``reason``: an MQTT 5 session hears it in a
-        DISCONNECT with reason code ``disconnect``, then the connection has
-        CLOSE_LINGER to end; anything else is cut at once."""
+        DISCONNECT with reason code ``disconnect`` (any client: ``farewell``'s
+        bytes), then the connection has CLOSE_LINGER to end; anything else is
+        cut at once."""
         transport = self.transport
         if transport is None or transport.is_closing():
             return
         self.emulator.stats.closes[reason] += 1
         if disconnect is not None and self.connected and self.conn.version == mqtt.MQTT_5:
-            transport.write(mqtt.encode(mqtt.Disconnect(disconnect), mqtt.MQTT_5))
+            farewell = mqtt.encode(mqtt.Disconnect(disconnect), mqtt.MQTT_5)
+        if farewell:
+            transport.write(farewell)
             transport.close()
             self._restart_timer(CLOSE_LINGER, transport.abort)
         else:
