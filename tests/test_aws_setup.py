@@ -330,3 +330,24 @@ def test_a_thing_type_other_things_still_have_is_kept_and_usable(moto, ca):
     assert "1 kept (thing type of other things)" in torn.out, torn.out + torn.err
     described = iot.describe_thing_type(thingTypeName="lightBulb-versionA")
     assert not described["thingTypeMetadata"].get("deprecated")
+
+
+def test_an_endpoint_url_that_is_no_url_is_one_line(ca):
+    result = _setup("notaurl", ca.directory, "--template", LIGHTBULB, "--create-role")
+    assert_user_error(result, "--endpoint-url notaurl: not an http(s) URL")
+
+
+def test_a_server_ca_that_is_no_certificate_is_refused(moto, ca):
+    args = ("--template", LIGHTBULB, "--create-role", "--server-ca", ca.directory / "ca.key")
+    assert_user_error(_setup(moto, ca.directory, *args), "--server-ca", "not a PEM certificate")
+    _nothing_done(moto, ca.directory)
+
+
+def test_an_endpoint_nobody_answers_is_said_to_be_unreachable(ca, tmp_path):
+    from tests.brokers import free_port
+
+    url = f"http://127.0.0.1:{free_port()}"
+    result = _setup(url, ca.directory, "--template", LIGHTBULB, "--create-role")
+    assert result.code == 1, result.err
+    assert "the account's API could not be reached" in result.err
+    assert "Traceback" not in result.err

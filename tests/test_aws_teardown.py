@@ -220,3 +220,11 @@ def test_the_journal_survives_a_line_cut_short(tmp_path):
         f.write('{"things": ["t2"')  # killed mid-write
     assert teardown._journaled() == ({"t1"}, {"p1"})
     assert json.loads(teardown.journal.read_text().splitlines()[0])["things"] == ["t1"]
+
+
+def test_a_rate_too_slow_to_finish_is_refused_before_any_call(tmp_path):
+    ca = init_ca(tmp_path / "ca")
+    result = _as_result(
+        _teardown("http://127.0.0.1:9", ca.directory, "--dry-run", "--rate", "1e-9")
+    )
+    assert_user_error(result, "'--rate'", "x>=0.1")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from loadgen.aws.setup import Setup, SetupRequest, prepare
 from loadgen.aws.snippet import scenario_text
 from loadgen.aws.teardown import Teardown
 from loadgen.certs.store import FleetStore
-from loadgen.cli.common import POSITIVE, stderr_console, warn
+from loadgen.cli.common import FiniteRange, stderr_console, warn
 from loadgen.errors import LoadgenError, UserError
 from loadgen.files import check_writable, write_output
 
@@ -36,6 +37,18 @@ def aws() -> None:
     """The AWS account's side: what JITP created for a CA's devices."""
 
 
+def _endpoint_url(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """An http(s) URL with a host, as botocore takes it; refused in one line here,
+    not as botocore's traceback at the first call."""
+    if value is not None:
+        parts = urllib.parse.urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise UserError(
+                f"--endpoint-url {value}: not an http(s) URL, e.g. http://127.0.0.1:8443"
+            )
+    return value
+
+
 def _account_options(command: Callable[..., Any]) -> Callable[..., Any]:
     for option in reversed(
         (
@@ -43,12 +56,29 @@ def _account_options(command: Callable[..., Any]) -> Callable[..., Any]:
             click.option("--region", help="Default: the profile's or AWS_REGION."),
             click.option(
                 "--endpoint-url",
+                callback=_endpoint_url,
                 help="Another control plane than AWS's: the emulator's (--api-port) or moto's.",
             ),
         )
     ):
         command = option(command)
     return command
+
+
+def _check_certificate(path: Path, option: str) -> None:
+    """A PEM file holding a certificate (a CA's, which devices will trust)."""
+    from cryptography import x509
+
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise UserError(f"{option} {path}: no such file") from None
+    except OSError as exc:
+        raise UserError(f"{option} {path}: cannot read: {exc.strerror}") from None
+    try:
+        x509.load_pem_x509_certificates(data)
+    except ValueError:
+        raise UserError(f"{option} {path}: not a PEM certificate") from None
 
 
 @aws.command("setup")
@@ -109,8 +139,8 @@ def aws_setup(
         raise UserError("give one of --registration-config FILE and --template FILE")
     config = registration_config or template
     assert config is not None
-    if server_ca is not None and not server_ca.is_file():
-        raise UserError(f"--server-ca {server_ca}: no such file")
+    if server_ca is not None:
+        _check_certificate(server_ca, "--server-ca")
     request = SetupRequest(
         ca_dir,
         config,
@@ -129,6 +159,8 @@ def aws_setup(
     account = Account(profile, region, endpoint_url)
     try:
         result = Setup(account, RateLimits()).run(prepared)
+    except botocore.exceptions.EndpointConnectionError as exc:
+        raise LoadgenError(f"the account's API could not be reached: {exc}") from None
     except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
         raise LoadgenError(f"the account refused setup: {exc}") from None
     # (After the account's checks: a refusal stays one line.)
@@ -216,7 +248,7 @@ def aws_status(
 @click.option("--keep-ca", is_flag=True, help="Leave the CA registered.")
 @click.option(
     "--rate",
-    type=POSITIVE,
+    type=FiniteRange(min=0.1),  # slower, a teardown of a fleet would take days in silence
     help="At most this many calls per second to each API (default: AWS's quotas).",
 )
 @_account_options
