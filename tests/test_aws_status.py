@@ -3,6 +3,7 @@ signed by status and what they are attached to, as the account has them."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from loadgen.aws.status import storm_quotas, template_summary
@@ -96,3 +97,20 @@ def test_a_template_summary_names_its_resources_and_parameters():
         "template: policy (AWS::IoT::Policy; policy p (in the account))",
         "template parameters: CommonName",
     ]
+
+
+def test_a_setup_record_of_the_wrong_shape_is_one_line_naming_the_field(tmp_path):
+    ca = init_ca(tmp_path / "ca")
+    record = ca.directory / "aws-setup.json"
+    base = {"format": 1, "ca_id": "c", "account": "123456789012", "region": REGION}
+    for fields_, wrong in (
+        (
+            {**base, "endpoint": "x", "role_arn": "r", "created": {"thing_groups": [5]}},
+            "created.thing_groups is not a list of names",
+        ),
+        ({"format": 1}, "ca_id is missing"),
+        ({**base, "endpoint": 7, "role_arn": "r"}, "endpoint is not text"),
+    ):
+        record.write_text(json.dumps(fields_))
+        result = loadgen_aws("status", "--ca", ca.directory, "--endpoint-url", "http://127.0.0.1:9")
+        assert_user_error(result, f"{record}: malformed record: field {wrong}")

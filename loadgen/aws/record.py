@@ -67,6 +67,8 @@ def load_record(ca_dir: Path) -> SetupRecord | None:
         raise ConfigError(f"{path}: not a record of `loadgen aws setup`: {exc}") from None
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         raise ConfigError(f"{path}: unknown record format {_get(raw, 'format')!r}")
+    if (wrong := _wrong_field(raw)) is not None:
+        raise ConfigError(f"{path}: malformed record: field {wrong}")
     try:
         created = Created(**raw.pop("created", {}))
         known = {f.name for f in fields(SetupRecord)}
@@ -76,6 +78,28 @@ def load_record(ca_dir: Path) -> SetupRecord | None:
         return SetupRecord(**raw, created=created)
     except TypeError as exc:
         raise ConfigError(f"{path}: malformed record: {exc}") from None
+
+
+def _wrong_field(raw: dict[str, Any]) -> str | None:
+    """The first field of a record of the wrong type, and what it should be."""
+    for name in ("ca_id", "account", "region", "endpoint", "role_arn"):
+        if not isinstance(raw.get(name), str):
+            return f"{name} is {'missing' if name not in raw else 'not text'}"
+    for name in ("endpoint_url", "profile"):
+        if raw.get(name) is not None and not isinstance(raw[name], str):
+            return f"{name} is not text or null"
+    created = raw.get("created", {})
+    if not isinstance(created, dict):
+        return "created is not an object"
+    for name in ("thing_types", "thing_groups"):
+        names = created.get(name, [])
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            return f"created.{name} is not a list of names"
+    if created.get("role") is not None and not isinstance(created["role"], str):
+        return "created.role is not text or null"
+    if not isinstance(created.get("ca", False), bool):
+        return "created.ca is not true or false"
+    return None
 
 
 def save_record(ca_dir: Path, record: SetupRecord) -> None:
