@@ -141,7 +141,7 @@ def run_command(
             elif not timing.partial:
                 name = signal.Signals(signals.received).name
                 click.echo(
-                    f"loadgen: {name} came once the run had ended; its report is whole", err=True
+                    f"loadgen: {name} came after the run ended; its report is whole", err=True
                 )
     for worker, why in sorted(timing.lost.items()):
         click.echo(f"loadgen: worker {worker} {why}; its unfinished devices are errors", err=True)
