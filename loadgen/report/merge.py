@@ -95,16 +95,11 @@ def merge_named(
         for run_id in run_ids(report):
             seen[run_id] = name
     check_shards(named)
-    for name, report in named:
-        for histogram in (*PHASES, "schedule_lag"):
-            try:
-                LatencyHistogram.decode(report["histograms"][histogram])
-            except ValueError as exc:
-                raise UserError(f"{name}: field histograms.{histogram}: {exc}") from None
     reports = [report for _, report in named]
+    names = [name for name, _ in named]
     if series_of is None:
-        return merge(reports)
-    return merge_folded(reports, lambda i: series_of(named[i][0]))
+        return merge(reports, names)
+    return merge_folded(reports, lambda i: series_of(names[i]), names)
 
 
 def shards_of(report: dict[str, Any]) -> list[tuple[int, int]]:
@@ -217,16 +212,30 @@ def _add_shifted(total: list[int], shift: int, values: list[int]) -> None:
         total[shift + i] += v
 
 
-def merge(reports: list[dict[str, Any]]) -> dict[str, Any]:
+def merge(reports: list[dict[str, Any]], names: list[str] | None = None) -> dict[str, Any]:
     """Reports merged, all of them in memory."""
-    return merge_folded(reports, lambda i: reports[i]["series"])
+    return merge_folded(reports, lambda i: reports[i]["series"], names)
 
 
 def merge_folded(
-    reports: list[dict[str, Any]], series_of: Callable[[int], dict[str, Any]]
+    reports: list[dict[str, Any]],
+    series_of: Callable[[int], dict[str, Any]],
+    names: list[str] | None = None,
 ) -> dict[str, Any]:
     """Reports merged, the ``series`` of report ``i`` being ``series_of(i)``:
-    asked for once each, in order, and added up at once."""
+    asked for once each, in order, and added up at once. ``names``: what each
+    report was read from, for the error a histogram that is none is."""
+    # Before the series: those may be read from elsewhere, one report at a time.
+    histograms = {}
+    for name in (*PHASES, "schedule_lag"):
+        merged = LatencyHistogram()
+        for i, report in enumerate(reports):
+            try:
+                merged.merge(LatencyHistogram.decode(report["histograms"][name]))
+            except ValueError as exc:
+                where = names[i] if names is not None else f"report {i + 1}"
+                raise UserError(f"{where}: field histograms.{name}: {exc}") from None
+        histograms[name] = merged
     starts = [dt.datetime.fromisoformat(r["started_at"]) for r in reports]
     ends = [dt.datetime.fromisoformat(r["ended_at"]) for r in reports]
     t0 = min(starts)
@@ -234,12 +243,6 @@ def merge_folded(
     series = _SeriesFold()
     for i, shift in enumerate(shifts):
         series.add(shift, series_of(i))
-    histograms = {}
-    for name in (*PHASES, "schedule_lag"):
-        merged = LatencyHistogram()
-        for report in reports:
-            merged.merge(LatencyHistogram.decode(report["histograms"][name]))
-        histograms[name] = merged
     targets = [r["rate"]["target_per_s"] for r in reports]
     achieved = [r["rate"]["achieved_per_s"] for r in reports]
     merged_report: dict[str, Any] = {
