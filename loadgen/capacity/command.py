@@ -19,7 +19,7 @@ from loadgen.errors import UserError
 from loadgen.load.plan import AUTO, RunPlan, Workers
 from loadgen.load.runner import merge_progress
 from loadgen.load.schedule import ConstantArrival
-from loadgen.load.workers import RunSignals, RunTiming
+from loadgen.load.workers import RunSignals
 from loadgen.metrics import prometheus as prom
 from loadgen.metrics.stats import RunStats
 from loadgen.report import gates as gates_mod
@@ -164,9 +164,7 @@ def capacity_command(
                 )
                 if workers == AUTO:  # each step's rate plans its own
                     plan = replace(plan, workers=workers_for(plan))
-                result, timing = _run_step(
-                    session, plan, rate, search, number, began, exporter, signals
-                )
+                result = _run_step(session, plan, rate, search, number, began, exporter, signals)
                 stopped = session.emulator_stopped()
                 if stopped is not None:
                     # Its devices were refused from some moment on: the step
@@ -181,8 +179,8 @@ def capacity_command(
                 offset += count
                 if ended is not None:
                     break
-                # Stopped during the step, or between its end and here.
-                if timing.partial or signals.received is not None:
+                # Stopped during the step (a partial run), or between its end and here.
+                if signals.received is not None:
                     interrupted = True
                     break
                 if not result.passed:
@@ -222,7 +220,7 @@ def _run_step(
     began: float,
     exporter: prom.Exporter | None,
     signals: RunSignals,
-) -> tuple[Step, RunTiming]:
+) -> Step:
     """One step: its run, judged against the SLOs, with the throttling the
     embedded emulator enforced meanwhile."""
     emulator = session.emulator
@@ -238,7 +236,7 @@ def _run_step(
 
         stats, timing, report = execute(plan, on_progress, signals=signals)
     after = emulator.stats() if emulator is not None else None
-    step = Step(
+    return Step(
         number,
         rate,
         timing.started_at - began,
@@ -251,7 +249,6 @@ def _run_step(
         interrupted=timing.partial,
         emulator_cpu=EmulatorCpu.between(before, after, timing.ended_at - timing.started_at),
     )
-    return step, timing
 
 
 def capacity_report(steps: list[Step], max_in_flight: int, partial: bool) -> dict[str, Any]:
