@@ -138,6 +138,15 @@ _ACCOUNTING = (
     ("accounting?.workers_lost?.*", STR),
 )
 
+# The emulator's side of the ``jitp`` section, which show, html and merge read.
+_JITP = (
+    ("jitp?", OBJ),
+    ("jitp?.provisioning?.*", NUM),
+    ("jitp?.provisioning_failures?.*", NUM),
+    ("jitp?.emulator_closes?.*", NUM),
+    ("jitp?.emulator_stopped?", STR),
+)
+
 SHOW = Needs(
     "show",
     (
@@ -155,12 +164,8 @@ SHOW = Needs(
         ("generator?.cpu_ms_per_device?", NUM),
         ("generator?.coordinator_cpu_s?", NUM),
         *_ACCOUNTING,
-        ("jitp?", OBJ),
-        ("jitp?.emulator_closes?.*", NUM),
+        *_JITP,
         ("jitp?.first_connect_rejected", NUM),
-        ("jitp?.provisioning?.*", NUM),
-        ("jitp?.provisioning_failures?.*", NUM),
-        ("jitp?.emulator_stopped?", STR),
         ("capacity?.verdict", STR),
         *(
             (f"capacity?.steps.[].{field}", kind)
@@ -199,12 +204,8 @@ MERGE = Needs(
         ("accounting?.unexpected?", NUM),
         ("accounting?.notes?.*", NUM),
         ("accounting?.workers_lost?.*", STR),
-        ("jitp?", OBJ),
-        ("jitp?.provisioning?.*", NUM),
-        ("jitp?.provisioning_failures?.*", NUM),
-        ("jitp?.emulator_closes?.*", NUM),
+        *_JITP,
         ("jitp?.emulator_processes?", NUM),
-        ("jitp?.emulator_stopped?", STR),
         ("attempts.total", NUM),
         ("attempts.per_device.*", NUM),
         ("attempts.provisioning_triggered", NUM),
@@ -277,10 +278,7 @@ HTML = Needs(
         ("series?.outcomes_per_s?.*", LIST),
         ("series?.outcomes_per_s?.*.[]", NUM),
         *_ACCOUNTING,
+        *_JITP,
         ("jitp?.first_connect_rejected?", NUM),
-        ("jitp?.provisioning?.*", NUM),
-        ("jitp?.provisioning_failures?.*", NUM),
-        ("jitp?.emulator_closes?.*", NUM),
-        ("jitp?.emulator_stopped?", STR),
     ),
 )
