@@ -233,6 +233,8 @@ def run_workers(
                 processes.append(process)
             signals.attach(pipes)
         tally = _supervise(plan, pipes, processes, on_progress, start, silent_timeout)
+        # Every worker has had its last word: a signal from here on is only
+        # noted, and does not make this whole run a stopped one.
         signals.detach()
         finished = True
         return tally.stats(plan, stopped=signals.stopped), tally.timing(signals.stopped)
