@@ -20,6 +20,7 @@ from tests.moto_aws import POLICY, REGION, client, no_credentials_env
 from tests.moto_aws import provision as _provision
 
 _TEARDOWN = (sys.executable, "-m", "loadgen", "aws", "teardown", "--ca")
+_ROLE = "arn:aws:iam::123456789012:role/JITPRole"
 
 
 def _iot(url):
@@ -124,6 +125,41 @@ def test_teardown_removes_what_jitp_made_for_the_ca_and_nothing_else(moto_url, a
     assert "policies: 6 deleted, 0 already gone, 1 kept (still attached to another target)" in (
         proc.stdout
     )
+
+
+def test_a_policy_the_template_names_is_the_accounts_own_and_is_kept(moto_url, tmp_path):
+    """JITP attaches a policy named by the template (PolicyName alone) but never
+    creates one: it was the account's before the storm and stays after it."""
+    iot = _iot(moto_url)
+    ca = init_ca(tmp_path / "ca")
+    template = {
+        "Resources": {
+            "thing": {"Type": "AWS::IoT::Thing", "Properties": {"ThingName": "x"}},
+            "policy": {"Type": "AWS::IoT::Policy", "Properties": {"PolicyName": "fleet-policy"}},
+        }
+    }
+    iot.register_ca_certificate(
+        caCertificate=(ca.directory / "ca.pem").read_text(),
+        setAsActive=True,
+        allowAutoRegistration=True,
+        registrationConfig={"templateBody": json.dumps(template), "roleArn": _ROLE},
+    )
+    iot.create_policy(policyName="fleet-policy", policyDocument=POLICY)
+    try:
+        things = _provision(iot, ca, tmp_path / "fleet", 3, "c", "fleet-policy")
+        dry = _teardown(moto_url, ca.directory, "--dry-run")
+        proc = _teardown(moto_url, ca.directory, "--yes")
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        _, policies, certificates = _names(iot)
+        assert policies == {"fleet-policy"} and certificates == 0
+        assert not iot.list_targets_for_policy(policyName="fleet-policy")["targets"]
+        assert "the policies the CA's template names (fleet-policy)" in dry.stdout
+        assert (
+            f"policies: {len(things)} deleted, 0 already gone, "
+            "1 kept (named by the CA's template: the account's own)"
+        ) in proc.stdout
+    finally:
+        _forget_everything(iot)
 
 
 def test_a_dry_run_counts_and_changes_nothing(moto_url, account):

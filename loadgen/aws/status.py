@@ -4,7 +4,6 @@ and the quotas that bound a storm, where the account tells them."""
 
 from __future__ import annotations
 
-import json
 import random
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -15,6 +14,7 @@ from typing import Any
 from loadgen.aws.account import error_code
 from loadgen.aws.calls import Api, is_registered, not_registered
 from loadgen.aws.teardown import ca_certificate_id
+from loadgen.aws.template import read_template
 
 _THREADS = 4
 _PAGE = 250
@@ -129,12 +129,10 @@ def template_summary(body: Any) -> list[str]:
     """The registered template in a few lines: its resources and parameters."""
     if not isinstance(body, str):
         return ["template: none (auto-registration without JITP provisions nothing)"]
-    try:
-        template = json.loads(body, strict=False)
-        resources = template["Resources"]
-        assert isinstance(resources, dict)
-    except (ValueError, KeyError, TypeError, AssertionError):
+    template = read_template(body)
+    if template is None:
         return ["template: not a template AWS would run"]
+    resources = template["Resources"]
     lines = []
     for logical_id, spec in resources.items():
         kind = spec.get("Type", "?") if isinstance(spec, dict) else "?"

@@ -3,8 +3,9 @@
 For every certificate the CA signed in the account: list what it is attached
 to, detach its policies, detach it from its things, set it INACTIVE, delete it,
 and delete those of its things left with no principal. Then delete the policies
-left with no target (a policy or thing still attached to anything else stays),
-then the CA itself unless asked to keep it.
+left with no target (a policy or thing still attached to anything else stays,
+and so does a policy the CA's template names: JITP attached it, the account
+had it), then the CA itself unless asked to keep it.
 
 All of a certificate's calls are made in one pass, many certificates at once:
 each API is then called about once per device and all of them run at their own
@@ -38,6 +39,7 @@ from loadgen.aws.account import error_code
 from loadgen.aws.calls import Api, is_registered, not_registered
 from loadgen.aws.ratelimit import RateLimits
 from loadgen.aws.record import Created, record_path
+from loadgen.aws.template import account_policies
 from loadgen.certs.ca import CERT_FILE
 from loadgen.errors import CAError
 
@@ -98,6 +100,8 @@ class Found:
     # Whether ``attached`` lists every certificate's attachments (a dry run's
     # counts); else ``things`` and ``policies`` hold only what was journaled.
     listed: bool = True
+    # Policies the CA's template attaches by name: the account's, never deleted.
+    account_policies: set[str] = field(default_factory=set)
 
     @property
     def steps(self) -> int:
@@ -175,6 +179,9 @@ class Teardown:
                 pageSize=_PAGE,
             )
         )
+        config = self.api.call("DescribeCACertificate", certificateId=self.ca_id).get(
+            "registrationConfig"
+        )
         things, policies = self._journaled()
         attached = {}
         if attachments:
@@ -186,7 +193,14 @@ class Teardown:
                     things |= cert_things
                     policies |= cert_policies
         return Found(
-            self.ca_id, certificates, things, policies, attached, self.created, listed=attachments
+            self.ca_id,
+            certificates,
+            things,
+            policies,
+            attached,
+            self.created,
+            listed=attachments,
+            account_policies=account_policies(config),
         )
 
     def _check_registered(self) -> bool:
@@ -254,8 +268,11 @@ class Teardown:
             ):
                 things[name] = outcome
                 progress.step()
-            for outcome in pool.map(self._remove_policy, sorted(policies)):
+            for outcome in pool.map(self._remove_policy, sorted(policies - found.account_policies)):
                 _count(summary.policies, outcome)
+                progress.step()
+            for _ in policies & found.account_policies:
+                _count(summary.policies, ("kept", "named by the CA's template: the account's own"))
                 progress.step()
         for outcome in things.values():
             _count(summary.things, outcome)

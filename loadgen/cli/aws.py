@@ -297,6 +297,11 @@ def aws_teardown(
     if found.created.names():
         kept = " (kept with --keep-ca)" if keep_ca else ""
         click.echo(f"created by setup{kept}: {', '.join(found.created.names())}")
+    if found.account_policies:
+        click.echo(
+            "kept, detached only: the policies the CA's template names "
+            f"({', '.join(sorted(found.account_policies))})"
+        )
     if dry_run:
         click.echo("dry run: nothing was changed")
         return
