@@ -299,9 +299,44 @@ async def test_devices_sharing_one_parsed_ca_still_present_the_whole_chain(
     assert _client_certificates(bytes(recorder.from_client)) == 2  # device certificate, its CA
 
 
-async def test_devices_of_every_key_type_connect_through_one_shared_context(
-    tmp_path, device_ca, mosquitto
+async def _identities(tmp_path, device_ca, server_ca):
+    """A TLS server (any version) that asks for a client certificate signed by
+    ``device_ca`` and records the common name each connection presented, then
+    answers MQTT. Returns its target, the names, and the server to close."""
+    cert, key = server_cert(server_ca, ["localhost"])
+    write(tmp_path / "id.pem", cert)
+    write(tmp_path / "id.key", key, private=True)
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(tmp_path / "id.pem", tmp_path / "id.key")
+    server_ctx.verify_mode = ssl.CERT_REQUIRED
+    server_ctx.load_verify_locations(device_ca.directory / "ca.pem")
+    names: list[str] = []
+    broker = EchoBroker()
+
+    class Recording(asyncio.Protocol):
+        def __init__(self):
+            self.inner = broker.protocol()
+
+        def connection_made(self, transport):
+            subject = transport.get_extra_info("peercert")["subject"]
+            names.append(dict(rdn[0] for rdn in subject)["commonName"])
+            self.inner.connection_made(transport)
+
+        def data_received(self, data):
+            self.inner.data_received(data)
+
+    server = await asyncio.get_running_loop().create_server(
+        Recording, "127.0.0.1", 0, ssl=server_ctx
+    )
+    port = server.sockets[0].getsockname()[1]
+    return Target("127.0.0.1", port, server_name="localhost"), names, server
+
+
+async def test_devices_of_every_key_type_present_their_own_certificate_from_one_worker(
+    tmp_path, device_ca, session_ca
 ):
+    """OpenSSL keeps a certificate per key algorithm in a context: an RSA device
+    loaded after an EC one must not present the EC device's."""
     from loadgen.certs.mint import MintRequest, mint
     from loadgen.certs.profile import Profile
     from loadgen.certs.store import FleetStore
@@ -316,21 +351,45 @@ async def test_devices_of_every_key_type_connect_through_one_shared_context(
     fleet = FleetStore(tmp_path / "mix")
     devices = list(fleet.devices())
     assert {d.key_type for d in devices} == {"ec-p256", "ec-p384", "rsa-2048"}
-    shared = ClientTls(ca_file=mosquitto.server_ca.directory / "ca.pem")
+    shared = ClientTls(ca_file=session_ca.directory / "ca.pem")
     sessions = [
         shared.session(fleet.path / d.cert, fleet.path / d.key, "localhost") for d in devices
     ]
-    # Every EC device after the fleet's first (which shares the CA) took the short
-    # way, its certificate parsed by the old decoder; the RSA ones the long way.
-    ec = [d.key_type != "rsa-2048" for d in devices]
-    assert shared.chains.fast_loads == sum(ec[1:])
-    target = Target("127.0.0.1", mosquitto.tls_port, server_name="localhost")
-    async with asyncio.timeout(20):
-        for device, session in zip(devices, sessions, strict=True):
-            client = await connect(
-                target, session, mqtt.Connect(device.client_id), AttemptTimes(0.0)
-            )
-            client.disconnect()
+    target, presented, server = await _identities(tmp_path, device_ca, session_ca)
+    try:
+        async with asyncio.timeout(20):
+            for device, session in zip(devices, sessions, strict=True):
+                client = await connect(
+                    target, session, mqtt.Connect(device.client_id), AttemptTimes(0.0)
+                )
+                client.disconnect()
+    finally:
+        server.close()
+    assert presented == [f"mix-{d.index:03d}" for d in devices]
+
+
+def test_devices_of_one_key_algorithm_share_a_context_and_its_parsed_ca(tmp_path, device_ca):
+    """P-256 and P-384 keys fill the same slot: EC devices after the fleet's first
+    (which shares the CA) take the short way; RSA ones the long way."""
+    from loadgen.certs.mint import MintRequest, mint
+    from loadgen.certs.profile import Profile
+    from loadgen.certs.store import FleetStore
+
+    profile = Profile.model_validate(
+        {
+            "subject": {"common_name": "mix-{index:03d}"},
+            "key_type": {"ec-p256": 1, "ec-p384": 1, "rsa-2048": 1},
+        }
+    )
+    mint(MintRequest(tmp_path / "mix", device_ca.directory, 12, profile, seed=3))
+    fleet = FleetStore(tmp_path / "mix")
+    devices = list(fleet.devices())
+    shared = ClientTls(ca_file=None, verify_server=False)
+    for d in devices:
+        shared.session(fleet.path / d.cert, fleet.path / d.key, "localhost")
+    ec = sum(d.key_type != "rsa-2048" for d in devices)
+    assert 0 < ec < len(devices)
+    assert shared.fast_loads == ec - 1
 
 
 def _healthy(fleet, n):

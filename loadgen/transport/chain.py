@@ -47,7 +47,7 @@ def _chain_key(chain_pem: bytes) -> bytes:
     return chain_pem.partition(_END)[2].strip()
 
 
-def _pem_body(pem: bytes, label: bytes) -> bytes:
+def pem_body(pem: bytes, label: bytes) -> bytes:
     """The DER inside a PEM block (empty when there is no such block)."""
     _, begin, rest = pem.partition(b"-----BEGIN " + label + b"-----")
     body, end, _ = rest.partition(b"-----END " + label + b"-----")
@@ -139,12 +139,12 @@ class SharedChains:
         shared = self._chains.get(_chain_key(chain_pem))
         if shared is None:
             return False
-        pkey = keys.pkey(_pem_body(key_pem, b"PRIVATE KEY"))
+        pkey = keys.pkey(pem_body(key_pem, b"PRIVATE KEY"))
         if pkey is None:
             return False
         try:
             # The first certificate of the chain file: the device's.
-            x509 = certificates.parse(_pem_body(chain_pem, b"CERTIFICATE"))
+            x509 = certificates.parse(pem_body(chain_pem, b"CERTIFICATE"))
             if x509 is None:
                 return False
             try:

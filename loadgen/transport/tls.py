@@ -8,17 +8,24 @@ costs 30 KiB. But an ``SSLObject`` copies the context's certificate and key when
 it is made, so ``ClientTls`` keeps one context per worker, loads each device's
 chain into it and makes that device's ``SSLObject`` at once: half the CPU of a
 context of its own. The CA certificate every device sends is parsed once and
-shared (``chain.py``): 18 KiB per prepared device, all in."""
+shared (``chain.py``): 18 KiB per prepared device, all in.
+
+OpenSSL keeps a context's certificate and key in one slot per key algorithm,
+and a client offers the one the server's signature algorithms prefer: loading
+an RSA device after an EC one left the EC device's certificate in its slot, and
+the RSA device presented it. So the worker keeps a context per key algorithm
+(``key_algorithm``), each holding only devices of that algorithm."""
 
 from __future__ import annotations
 
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from loadgen import files
+from loadgen.certs.der import read_tlv
 from loadgen.legacy_ec import LegacyEc
-from loadgen.transport.chain import SharedChains
+from loadgen.transport.chain import SharedChains, pem_body
 from loadgen.transport.idle import IdleTls
 
 # AWS IoT on port 443 picks MQTT by this ALPN protocol name.
@@ -84,8 +91,39 @@ class TlsSession:
         return cls(sslobj, incoming, outgoing, idle, idle.pointer(sslobj) if idle else 0)
 
 
+def key_algorithm(key_pem: bytes) -> bytes:
+    """Which certificate slot of a context a private key fills: its algorithm's
+    OID for PKCS#8 (every EC curve shares one), else its PEM label (``EC PRIVATE
+    KEY``, ``RSA PRIVATE KEY``). Two labels of one algorithm only cost a
+    context more; two algorithms never share one."""
+    der = pem_body(key_pem, b"PRIVATE KEY")
+    try:
+        # PrivateKeyInfo: SEQUENCE { version, AlgorithmIdentifier { OID, ... }, ... }
+        _, start, _ = read_tlv(der)
+        _, _, version_end = read_tlv(der, start)
+        _, algorithm_start, _ = read_tlv(der, version_end)
+        tag, oid_start, oid_end = read_tlv(der, algorithm_start)
+        if tag == 0x06:
+            return der[oid_start:oid_end]
+    except IndexError:
+        pass
+    return key_pem.partition(b"-----BEGIN ")[2].partition(b"-----")[0]
+
+
+@dataclass(slots=True)
+class _Slot:
+    """A context for the devices of one key algorithm, with its shared chains."""
+
+    context: ssl.SSLContext
+    chains: SharedChains = field(init=False)
+    legacy_ec: bool = False
+
+    def __post_init__(self) -> None:
+        self.chains = SharedChains(self.context, legacy_ec=self.legacy_ec)
+
+
 class ClientTls:
-    """One worker's TLS: a single context, a session per device attempt."""
+    """One worker's TLS: a context per key algorithm, a session per device attempt."""
 
     def __init__(
         self, *, ca_file: Path | None, alpn: list[str] | None = None, verify_server: bool = True
@@ -97,10 +135,10 @@ class ClientTls:
         # certificate in every handshake and each device's own are decoded by the
         # old EC decoder, and keys stay legacy keys (loadgen.legacy_ec).
         self.legacy_ec = LegacyEc.claim()
-        self.context = device_context(
-            None, None, ca_file=ca_file, alpn=alpn, verify_server=verify_server
-        )
-        self.chains = SharedChains(self.context, legacy_ec=self.legacy_ec is not None)
+        self._slots: dict[bytes, _Slot] = {}
+        # The fleet's first algorithm's: the one every device of a usual fleet uses.
+        self._first = self._new_slot()
+        self.context, self.chains = self._first.context, self._first.chains
         # Server names IDNA-encoded once: ``wrap_bio`` encodes a str every time.
         self._names: dict[str, bytes] = {}
         self.idle = IdleTls.reach(self.context)
@@ -116,17 +154,39 @@ class ClientTls:
         """``count`` sessions of one device from one load of its chain and key
         (an SSLObject copies them when it is made: the load is most of the cost)."""
         name = self._name(server_name)
+        key_pem = files.read(key)
+        slot = self._slot(key_algorithm(key_pem))
+        context, chains = slot.context, slot.chains
         # The event loop is one thread: nothing runs between loading the chain and
         # making the SSLObjects that copy it.
-        if self.chains.active:
+        if chains.active:
             chain_pem = files.read(cert_chain)
-            if self.chains.load(chain_pem, files.read(key)):
-                return [TlsSession.of(self.context, name, self.idle) for _ in range(count)]
+            if chains.load(chain_pem, key_pem):
+                return [TlsSession.of(context, name, self.idle) for _ in range(count)]
         else:
             chain_pem = b""
-        self.context.load_cert_chain(cert_chain, key)
-        self.chains.share(chain_pem)
-        return [TlsSession.of(self.context, name, self.idle) for _ in range(count)]
+        context.load_cert_chain(cert_chain, key)
+        chains.share(chain_pem)
+        return [TlsSession.of(context, name, self.idle) for _ in range(count)]
+
+    @property
+    def fast_loads(self) -> int:
+        """Devices loaded the short way (``SharedChains.load``), in every context."""
+        return sum(slot.chains.fast_loads for slot in self._slots.values())
+
+    def _slot(self, algorithm: bytes) -> _Slot:
+        slot = self._slots.get(algorithm)
+        if slot is None:
+            if not self._slots:
+                return self._slots.setdefault(algorithm, self._first)
+            slot = self._slots[algorithm] = self._new_slot()
+        return slot
+
+    def _new_slot(self) -> _Slot:
+        context = device_context(
+            None, None, ca_file=self.ca_file, alpn=self.alpn, verify_server=self.verify_server
+        )
+        return _Slot(context, legacy_ec=self.legacy_ec is not None)
 
     def _name(self, server_name: str | None) -> bytes | None:
         if server_name is None:
