@@ -260,6 +260,7 @@ async def test_an_http_server_is_tls_rejected_as_not_tls_and_never_the_jitp_trig
     assert result.outcome is Outcome.TLS_REJECTED and result.phase == "tls"
     assert "the server does not speak TLS here" in result.reason
     assert not result.provisioning_triggered
+    assert not result.judged  # no endpoint's verdict: no fault predicts it
 
 
 async def test_a_plain_port_that_closes_at_once_is_closed_before_tls_and_never_the_trigger(
@@ -272,6 +273,7 @@ async def test_a_plain_port_that_closes_at_once_is_closed_before_tls_and_never_t
     assert result.outcome is Outcome.CLOSED and result.phase == "tls"
     assert "before the server sent any TLS" in result.reason
     assert not result.provisioning_triggered
+    assert not result.judged
 
 
 _EXHAUSTION = """
@@ -315,3 +317,15 @@ def test_ephemeral_ports_running_out_end_the_devices_left_over_as_error_in_tcp()
     for outcome, phase, reason in results:
         if outcome == "error":
             assert phase == "tcp" and "Cannot assign requested address" in reason
+
+
+def test_a_fault_predicts_a_failure_only_when_the_endpoint_judged_the_device():
+    from loadgen.device.outcome import expectation
+
+    assert expectation("expired", Outcome.TLS_REJECTED, "tls") is True
+    # An HTTP port answering the ClientHello is tls_rejected too, but judged nothing.
+    assert expectation("expired", Outcome.TLS_REJECTED, "tls", judged=False) is False
+    # JITP refuses a device missing a field after the handshake, never during it.
+    assert expectation("missing_country", Outcome.CLOSED, "connack") is True
+    assert expectation("missing_country", Outcome.CLOSED, "tls") is False
+    assert expectation(None, Outcome.CLOSED, "connack") is False

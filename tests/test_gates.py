@@ -96,6 +96,33 @@ def test_a_failing_gate_fails_the_run_with_exit_1(tmp_path, mosquitto, device_ca
     assert [g["passed"] for g in report["gates"]] == [False, True]
 
 
+def test_gates_fail_against_a_dead_endpoint_even_when_faulty_devices_fail_as_predicted(
+    tmp_path, mosquitto, device_ca
+):
+    """mosquitto's plain port closes every TLS connection before a byte of TLS:
+    the devices missing a subject field end `closed`, as their fault predicts of
+    JITP, but no endpoint judged them, so nothing was measured."""
+    from tests.conftest import run_loadgen
+    from tests.test_run import _scenario
+
+    path = _scenario(tmp_path, mosquitto, device_ca, endpoint=f"127.0.0.1:{mosquitto.plain_port}")
+    (tmp_path / "profile.yaml").write_text(
+        "subject:\n  common_name: 'bulb-{index:05d}'\n  country: DE\n"
+        "faults:\n  missing_country: 0.5\n"
+    )
+    report_path = tmp_path / "r.json"
+    result = run_loadgen(
+        "run", path, "--count", "20", "--workers", "1", "--report", report_path,
+        "--gate", "count(throttled) == 0",
+    )  # fmt: skip
+    assert result.code == 1, result.out + result.err
+    assert "nothing was measured: no device connected (of 20)" in result.out
+    report = json.loads(report_path.read_text())
+    assert report["outcomes"]["closed"] == 20
+    assert report["accounting"]["unexpected"] == 20
+    assert not any(report["accounting"]["expected"].values())
+
+
 def test_a_malformed_gate_stops_the_run_before_it_starts(tmp_path, mosquitto, device_ca):
     from tests.conftest import assert_user_error, run_loadgen
     from tests.test_run import _scenario

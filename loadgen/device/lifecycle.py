@@ -111,6 +111,9 @@ class DeviceResult:
     publishes: int = 0
     fault: str | None = None
     note: str | None = None  # about a connect cut short, e.g. interrupted in hold
+    # Whether the deciding failure was an answer of an endpoint that speaks TLS
+    # (not a port that never did): only such a failure can be a fault's verdict.
+    judged: bool = True
 
 
 Clock = Callable[[], float]
@@ -138,6 +141,7 @@ class RetryState:
         else:
             self.failures += 1
             result.outcome, result.reason, result.phase = outcome, reason, phase
+            result.judged = may_be_trigger
             if result.attempts >= self.config.retry.max_attempts:
                 return None
         return self.config.retry.delay(max(self.failures, 1), self.rng)

@@ -77,13 +77,22 @@ def predicted(fault: str | None) -> frozenset[Outcome]:
     return _FAULT_OUTCOMES.get(fault, frozenset())
 
 
-def expectation(fault: str | None, outcome: Outcome) -> bool | None:
+def expectation(
+    fault: str | None, outcome: Outcome, phase: str | None = None, judged: bool = True
+) -> bool | None:
     """Whether ``outcome`` is what the fleet predicted for this device: True for a
     failure its fault predicts, False for a surprise (a failure nothing predicted,
     or a connect its certificate should have been refused), None for an ordinary
-    connect."""
+    connect.
+
+    A failure is predicted only when it is the endpoint's verdict on the device:
+    not when ``judged`` is false (the server did not speak TLS, or closed before
+    it did: a dead endpoint fails every device alike), and, for a missing subject
+    field, only once TLS was done (JITP refuses after the handshake)."""
     if outcome is Outcome.CONNECTED:
         if fault is None or fault.startswith(MISSING_PREFIX):
             return None
+        return False
+    if not judged or (fault is not None and fault.startswith(MISSING_PREFIX) and phase == "tls"):
         return False
     return outcome in predicted(fault)

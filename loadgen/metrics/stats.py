@@ -74,7 +74,7 @@ class RunStats:
         self.provisioning_triggered += result.provisioning_triggered
         outcome = result.outcome.value
         self.outcomes[outcome] += 1
-        predicted = expectation(result.fault, result.outcome)
+        predicted = expectation(result.fault, result.outcome, result.phase, result.judged)
         if predicted:
             self.expected[outcome] += 1
         elif predicted is not None:
