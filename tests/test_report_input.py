@@ -140,6 +140,60 @@ def test_a_merge_time_that_is_not_iso_8601_is_named(tmp_path):
     assert_user_error(result, f"{path}: field started_at is a string, not an ISO 8601 time")
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        (
+            "started_at",
+            "2027-01-15T08:00:00",
+            "field started_at is a string, not an ISO 8601 time with a zone",
+        ),
+        (
+            "attempts.per_device",
+            {"1": 90, "n/a": 10},
+            "field attempts.per_device has the key 'n/a', not a whole number",
+        ),
+        (
+            "series.started_per_s",
+            [3, "3"],
+            "field series.started_per_s[1] is a string, not a number",
+        ),
+        (
+            "series.target_per_s",
+            [None],
+            "field series.target_per_s[0] is null, not a number",
+        ),
+        (
+            "series.outcomes_per_s.connected",
+            [1, [2]],
+            "field series.outcomes_per_s.connected[1] is a list, not a number",
+        ),
+        (
+            "series.latency_buckets.provision",
+            [{"k": 1}],
+            "field series.latency_buckets.provision[0] has the key 'k', not a whole number",
+        ),
+    ],
+)
+def test_a_field_the_merge_computes_with_in_another_shape_is_one_line(
+    tmp_path, field, value, message
+):
+    first, second = _shards(2)
+    node, last = _parent(second, field)
+    node[last] = value
+    paths = [_write(tmp_path / "a.json", first), _write(tmp_path / "b.json", second)]
+    out = tmp_path / "all.json"
+    assert_user_error(run_loadgen("report", "merge", *paths, "-o", out), f"{paths[1]}: {message}")
+    assert not out.exists()
+
+
+def test_a_report_whose_planned_series_is_null_merges_as_one_without_a_plan():
+    first, second = _shards(2)
+    second["series"]["target_per_s"] = None
+    merged = merge([first, second])
+    assert merged["series"]["target_per_s"] == first["series"]["target_per_s"]
+
+
 # Run ids: one per run, and a merge adds each run once
 
 

@@ -2,16 +2,18 @@
 read: a file that lacks a field a command needs, or holds it in another shape, is
 one line naming the file and the field, before anything is printed or written.
 
-A field is a dotted path. ``*`` stands for every key of an object, ``[]`` for
-every item of a list, and a part ending in ``?`` may be absent or null (the rest
-of the path is then not looked for): ``jitp?.provisioning`` is needed only when
-the report has a ``jitp`` section.
+A field is a dotted path. ``*`` stands for every key of an object, ``#`` for
+every key of an object that counts by a whole number (``attempts.per_device``:
+``{"1": 90, "2": 10}``), ``[]`` for every item of a list, and a part ending in
+``?`` may be absent or null (the rest of the path is then not looked for):
+``jitp?.provisioning`` is needed only when the report has a ``jitp`` section.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import math
+import re
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -27,7 +29,7 @@ class Kind(Enum):
     STRING = "a string"
     NUMBER = "a number"
     NUMBER_OR_NULL = "a number or null"
-    TIME = "an ISO 8601 time"
+    TIME = "an ISO 8601 time with a zone"
 
     def holds(self, value: Any) -> bool:
         if self is Kind.OBJECT:
@@ -48,10 +50,12 @@ class Kind(Enum):
         if not isinstance(value, str):
             return False
         try:
-            dt.datetime.fromisoformat(value)
+            when = dt.datetime.fromisoformat(value)
         except ValueError:
             return False
-        return True
+        # Reports are written in UTC; a time without a zone cannot be put
+        # beside theirs (a merge orders its reports' times).
+        return when.tzinfo is not None
 
 
 @dataclass(frozen=True)
@@ -60,6 +64,11 @@ class Needs:
 
     command: str
     fields: tuple[tuple[str, Kind], ...]
+
+
+# A key ``int()`` reads, as the merge sorts and adds counts by them; nothing
+# looser (" 3", "3_0", another script's digits) that a report never holds.
+_WHOLE_NUMBER = re.compile(r"-?[0-9]+")
 
 
 def check(report: dict[str, Any], path: Path | str, needs: Needs) -> None:
@@ -75,13 +84,15 @@ def _walk(
             raise UserError(f"{path}: field {where} is {_shape(node)}, not {kind.value}")
         return
     part, rest = parts[0], parts[1:]
-    if part in ("*", "[]"):
-        expected = Kind.OBJECT if part == "*" else Kind.LIST
+    if part in ("*", "#", "[]"):
+        expected = Kind.LIST if part == "[]" else Kind.OBJECT
         if not expected.holds(node):
             raise UserError(f"{path}: field {where} is {_shape(node)}, not {expected.value}")
-        items = node.items() if isinstance(node, dict) else enumerate(node)
+        items = enumerate(node) if isinstance(node, list) else node.items()
         for key, value in items:
-            inner = f"{where}.{key}" if part == "*" else f"{where}[{key}]"
+            if part == "#" and not _WHOLE_NUMBER.fullmatch(str(key)):
+                raise UserError(f"{path}: field {where} has the key {key!r}, not a whole number")
+            inner = f"{where}[{key}]" if part == "[]" else f"{where}.{key}"
             _walk(value, rest, inner, kind, path, command)
         return
     optional = part.endswith("?")
@@ -207,7 +218,7 @@ MERGE = Needs(
         *_JITP,
         ("jitp?.emulator_processes?", NUM),
         ("attempts.total", NUM),
-        ("attempts.per_device.*", NUM),
+        ("attempts.per_device.#", NUM),
         ("attempts.provisioning_triggered", NUM),
         ("rate.target_per_s", NUM_OR_NULL),
         ("rate.achieved_per_s", NUM_OR_NULL),
@@ -215,10 +226,10 @@ MERGE = Needs(
         ("provision_breakdown_ms?.devices", NUM),
         *((f"provision_breakdown_ms?.{part}", NUM) for part in BREAKDOWN),
         *((f"histograms.{name}", STR) for name in (*PHASES, "schedule_lag")),
-        ("series.started_per_s", LIST),
-        ("series.target_per_s?", LIST),
-        ("series.outcomes_per_s.*", LIST),
-        ("series.latency_buckets?.*.[]", OBJ),
+        ("series.started_per_s.[]", NUM),
+        ("series.target_per_s?.[]", NUM),
+        ("series.outcomes_per_s.*.[]", NUM),
+        ("series.latency_buckets?.*.[].#", NUM),
         ("generator?.cpu_s", NUM),
         ("generator?.ahead_cpu_s?", NUM),
         ("generator?.coordinator_cpu_s?", NUM),

@@ -180,11 +180,12 @@ class _SeriesFold:
 
     def add(self, shift: int, series: dict[str, Any]) -> None:
         self.length = max(self.length, shift)
-        _add_shifted(self.target, shift, series.get("target_per_s", []))
+        # Null, as absent: no plan to add (fields.MERGE lets either through).
+        _add_shifted(self.target, shift, series.get("target_per_s") or [])
         _add_shifted(self.started, shift, series["started_per_s"])
         for name, values in series["outcomes_per_s"].items():
             _add_shifted(self.outcomes.setdefault(name, []), shift, values)
-        for phase, seconds in series.get("latency_buckets", {}).items():
+        for phase, seconds in (series.get("latency_buckets") or {}).items():
             mine = self.buckets.setdefault(phase, {})
             for i, data in enumerate(seconds):
                 if data:
