@@ -61,6 +61,37 @@ def test_a_folder_merges_every_report_under_it_and_no_other_file(tmp_path):
     assert merged["histograms"] == merge(reports)["histograms"]
 
 
+def started_at(reports: list[dict], at: float) -> list[dict]:
+    """The reports as ``loadgen run --start-at AT`` writes them."""
+    return [{**report, "start": {"at": at, "late_s": 0.0}} for report in reports]
+
+
+TODAY, YESTERDAY = 1_800_000_000.0, 1_800_000_000.0 - 86_400
+
+
+def test_a_shard_report_left_from_another_run_is_one_line_naming_it(tmp_path):
+    folder = tmp_path / "results"
+    today, yesterday = started_at(shard_reports(3), TODAY), started_at(shard_reports(3), YESTERDAY)
+    paths = write_reports(folder, [today[0], yesterday[1], today[2]])
+    out = tmp_path / "merged.json"
+    result = run_loadgen("report", "merge", folder, "--expect", "3", "-o", out)
+    assert_user_error(
+        result,
+        f"{paths[1]}: started at --start-at 1799913600.000 (2027-01-14 08:00:00 UTC), "
+        f"but {paths[0]} started at --start-at 1800000000.000 (2027-01-15 08:00:00 UTC): "
+        "the shards of one run share one --start-at",
+    )
+    assert not out.exists()
+
+
+def test_a_report_without_a_start_among_shards_started_together_is_one_line(tmp_path):
+    reports = started_at(shard_reports(3), TODAY)
+    del reports[0]["start"]
+    paths = write_reports(tmp_path / "results", reports)
+    result = run_loadgen("report", "merge", *paths, "-o", tmp_path / "merged.json")
+    assert_user_error(result, f"{paths[0]}: no start (a run without --start-at), but {paths[1]}")
+
+
 def test_reports_wait_for_the_merge_without_their_series_and_fold_in_whole(tmp_path):
     # The series are most of a long run's report: kept for every shard while
     # the merge waits, hundreds of them would not fit a merge Job's memory.

@@ -95,6 +95,7 @@ def merge_named(
         for run_id in run_ids(report):
             seen[run_id] = name
     check_shards(named)
+    check_start(named)
     reports = [report for _, report in named]
     names = [name for name, _ in named]
     if series_of is None:
@@ -137,6 +138,39 @@ def check_shards(sources: list[tuple[str, dict[str, Any]]]) -> None:
             seen[index] = name
 
 
+def _start_at(report: dict[str, Any]) -> float | None:
+    start = report.get("start")
+    return float(start["at"]) if start else None
+
+
+def check_start(sources: list[tuple[str, dict[str, Any]]]) -> None:
+    """The shards of one run were started by one ``--start-at``: a report that
+    started at another (one left over from an earlier run in the folder merged)
+    is one line naming it, as is a report without ``start`` (a run without
+    ``--start-at``) among reports with one. Reports that all lack it (none was
+    started at an agreed time) merge as before."""
+    starts = [_start_at(report) for _, report in sources]
+    if not starts:
+        return
+    # The start most reports share is the run's (the first's, on a tie): the
+    # report named is then the odd one out, wherever it sorts.
+    common = Counter(starts).most_common(1)[0][0]
+    holder = next(name for (name, _), at in zip(sources, starts, strict=True) if at == common)
+    for (name, _), at in zip(sources, starts, strict=True):
+        if at == common:
+            continue
+        mine = "no start (a run without --start-at)" if at is None else f"started at {_when(at)}"
+        theirs = "has none" if common is None else f"started at {_when(common)}"
+        raise UserError(
+            f"{name}: {mine}, but {holder} {theirs}: the shards of one run share one "
+            "--start-at (is it a report of another run?)"
+        )
+
+
+def _when(at: float) -> str:
+    return f"--start-at {at:.3f} ({dt.datetime.fromtimestamp(at, dt.UTC):%Y-%m-%d %H:%M:%S} UTC)"
+
+
 def _merged_shards(reports: list[dict[str, Any]]) -> dict[str, Any] | None:
     held = [shard for report in reports for shard in shards_of(report)]
     if not held:
@@ -145,7 +179,8 @@ def _merged_shards(reports: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 
 def _merged_start(reports: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The agreed start, and the latest shard's lateness past it."""
+    """The agreed start (one: ``check_start``), and the latest shard's lateness
+    past it."""
     starts = [r.get("start") for r in reports]
     if not all(starts):
         return None
