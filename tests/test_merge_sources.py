@@ -92,6 +92,25 @@ def test_a_report_without_a_start_among_shards_started_together_is_one_line(tmp_
     assert_user_error(result, f"{paths[0]}: no start (a run without --start-at), but {paths[1]}")
 
 
+def test_a_lost_worker_is_keyed_by_its_shard_whatever_place_the_report_has():
+    reports = shard_reports(3)
+    reports[2]["accounting"]["workers_lost"] = {"1": "died (exit code -9)"}
+    merged = merge([reports[2], reports[0], reports[1]])
+    assert merged["accounting"]["workers_lost"] == {"2.1": "died (exit code -9)"}
+
+
+def test_a_merge_of_merges_keeps_the_shard_worker_keys_it_holds():
+    reports = shard_reports(3)
+    reports[1]["accounting"]["workers_lost"] = {"0": "died (exit code -9)"}
+    merged = merge([merge(reports[:2]), reports[2]])
+    assert merged["accounting"]["workers_lost"] == {"1.0": "died (exit code -9)"}
+
+
+def test_a_merge_of_merges_says_it_was_merged_from_every_run_it_holds():
+    reports = shard_reports(3)
+    assert merge([merge(reports[:2]), reports[2]])["environment"]["merged_from"] == 3
+
+
 def test_reports_wait_for_the_merge_without_their_series_and_fold_in_whole(tmp_path):
     # The series are most of a long run's report: kept for every shard while
     # the merge waits, hundreds of them would not fit a merge Job's memory.

@@ -230,3 +230,11 @@ def test_a_merge_of_reports_without_jitp_sections_has_none():
     assert "jitp" not in merge(
         [_report(results, lambda i: i < 50), _report(results, lambda i: i >= 50)]
     )
+
+
+def test_a_lost_worker_of_a_report_that_is_no_shard_is_keyed_by_its_place_from_1():
+    results = _results(100, 3)
+    first, second = _report(results, lambda i: i < 50), _report(results, lambda i: i >= 50)
+    second["accounting"]["workers_lost"] = {"1": "died (exit code -9)"}
+    lost = merge([first, second])["accounting"]["workers_lost"]
+    assert lost == {"report 2.1": "died (exit code -9)"}

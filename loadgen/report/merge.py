@@ -328,7 +328,12 @@ def merge_folded(
             "workers": sum(r["load"]["workers"] for r in reports),
             "mqtt_version": " + ".join(dict.fromkeys(r["load"]["mqtt_version"] for r in reports)),
         },
-        "environment": {**reports[0]["environment"], "merged_from": len(reports)},
+        # The runs merged, as run_ids counts them: a merge of merges counts the
+        # runs inside, not the files given.
+        "environment": {
+            **reports[0]["environment"],
+            "merged_from": sum(len(run_ids(r)) for r in reports),
+        },
         "shard": None,
         "shards": _merged_shards(reports),
     }
@@ -402,11 +407,23 @@ def _merge_accounting(reports: list[dict[str, Any]]) -> dict[str, Any]:
         "unexpected": None if None in unexpected else sum(u or 0 for u in unexpected),
         "notes": _counts(parts, "notes"),
         "workers_lost": {
-            f"{shard}.{worker}": why
-            for shard, part in enumerate(parts)
-            for worker, why in (part.get("workers_lost") or {}).items()
+            key: why
+            for i, report in enumerate(reports)
+            for key, why in _workers_lost(report, i, parts[i]).items()
         },
     }
+
+
+def _workers_lost(report: dict[str, Any], place: int, accounting: dict[str, Any]) -> dict[str, str]:
+    """A report's lost workers keyed ``SHARD.WORKER``: by the shard's index, so
+    a key says which shard whatever order the reports came in; a merge's keys
+    have their shard already. A report that is no shard is numbered by its place
+    among the merge's inputs (from 1, as ``emulator_stopped`` numbers them)."""
+    lost: dict[str, str] = accounting.get("workers_lost") or {}
+    if "run_ids" in report:
+        return dict(lost)
+    shard = report["shard"]["index"] if report.get("shard") else f"report {place + 1}"
+    return {f"{shard}.{worker}": why for worker, why in lost.items()}
 
 
 def _merge_breakdown(reports: list[dict[str, Any]]) -> dict[str, Any] | None:
