@@ -111,6 +111,20 @@ def test_a_merge_of_merges_says_it_was_merged_from_every_run_it_holds():
     assert merge([merge(reports[:2]), reports[2]])["environment"]["merged_from"] == 3
 
 
+def test_a_shard_of_one_device_counts_at_the_rate_of_the_shards_that_have_one():
+    reports = shard_reports(3, devices=4)  # shard 0: devices 0 and 3; shards 1 and 2: one each
+    assert reports[1]["rate"] == {"target_per_s": None, "achieved_per_s": None}
+    rate = merge(reports)["rate"]
+    assert rate["target_per_s"] == pytest.approx(3 * reports[0]["rate"]["target_per_s"])
+    assert rate["achieved_per_s"] == pytest.approx(3 * reports[0]["rate"]["achieved_per_s"])
+
+
+def test_a_merge_holding_shards_with_a_rate_gives_one_to_a_shard_without():
+    reports = shard_reports(3, devices=4)
+    rate = merge([merge(reports[:2]), reports[2]])["rate"]
+    assert rate["target_per_s"] == pytest.approx(3 * reports[0]["rate"]["target_per_s"])
+
+
 def test_reports_wait_for_the_merge_without_their_series_and_fold_in_whole(tmp_path):
     # The series are most of a long run's report: kept for every shard while
     # the merge waits, hundreds of them would not fit a merge Job's memory.

@@ -279,8 +279,6 @@ def merge_folded(
     series = _SeriesFold()
     for i, shift in enumerate(shifts):
         series.add(shift, series_of(i))
-    targets = [r["rate"]["target_per_s"] for r in reports]
-    achieved = [r["rate"]["achieved_per_s"] for r in reports]
     merged_report: dict[str, Any] = {
         "format": FORMAT,
         "run_ids": [run_id for r in reports for run_id in run_ids(r)],
@@ -302,10 +300,9 @@ def merge_folded(
             "provisioning_triggered": sum(r["attempts"]["provisioning_triggered"] for r in reports),
         },
         "latency_ms": {phase: histograms[phase].summary_ms() for phase in PHASES},
-        # Shards run side by side: their rates add up.
         "rate": {
-            "target_per_s": round(sum(targets), 3) if None not in targets else None,
-            "achieved_per_s": round(sum(achieved), 3) if None not in achieved else None,
+            "target_per_s": _merged_rate(reports, "target_per_s"),
+            "achieved_per_s": _merged_rate(reports, "achieved_per_s"),
         },
         "schedule_lag_ms": histograms["schedule_lag"].summary_ms(),
         "reasons": {
@@ -342,6 +339,33 @@ def merge_folded(
     if (jitp := _merge_jitp(reports, merged_report)) is not None:
         merged_report["jitp"] = jitp
     return merged_report
+
+
+def _merged_rate(reports: list[dict[str, Any]], key: str) -> float | None:
+    """Shards run side by side: their rates add up. A shard with no rate of its
+    own (fewer than two devices: one arrival spans no time) still ran its part
+    of the schedule, and every shard of ``--shard I/N`` runs at 1/N of the
+    fleet's rates: it counts at the mean rate of the shards that have one (a
+    merge holding k of them as k). Unknown (None) when no shard has a rate (a
+    burst has no target), or a report that is no shard has none."""
+    total, shards_total, known_shards, unknown_shards = 0.0, 0.0, 0, 0
+    for report in reports:
+        rate = report["rate"][key]
+        held = len(shards_of(report))
+        if rate is not None:
+            total += rate
+            if held:
+                shards_total += rate
+                known_shards += held
+        elif held:
+            unknown_shards += held
+        else:
+            return None
+    if unknown_shards:
+        if not known_shards:
+            return None
+        total += unknown_shards * shards_total / known_shards
+    return round(total, 3)
 
 
 def _merge_jitp(reports: list[dict[str, Any]], merged: dict[str, Any]) -> dict[str, Any] | None:
