@@ -294,6 +294,24 @@ def test_the_merge_does_not_read_its_own_output_back_from_the_folder(tmp_path):
     assert html.read_text().lstrip().lower().startswith("<!doctype html")
 
 
+def test_an_output_that_is_a_report_given_to_merge_is_refused_before_anything_is_read(tmp_path):
+    paths = write_reports(tmp_path / "a", shard_reports(3))
+    before = paths[0].read_bytes()
+    result = run_loadgen("report", "merge", *paths, "-o", paths[0])
+    assert_user_error(result, f"--out {paths[0]}: the same file as REPORT {paths[0]}")
+    assert paths[0].read_bytes() == before
+
+
+def test_an_output_that_is_a_shard_report_in_the_folder_merged_is_refused_not_left_out(tmp_path):
+    paths = write_reports(tmp_path / "a", shard_reports(3))
+    before = paths[2].read_bytes()
+    result = run_loadgen("report", "merge", tmp_path / "a", "-o", paths[2])
+    assert_user_error(
+        result, f"--out {paths[2]}: the same file as {paths[2]}, a run's report the merge reads"
+    )
+    assert paths[2].read_bytes() == before
+
+
 def test_wait_sees_a_shard_report_written_after_the_merge_started(tmp_path):
     folder = tmp_path / "results"
     first, second = shard_reports(2)

@@ -94,10 +94,9 @@ def report_merge_command(
     gates = merge_gates(scenario_path, gate_texts)
     wait_s = wait_seconds(wait_text, expect)
     check_destinations(out, html, junit_path, summary_path)
-    outputs = [d for d in (out, html) if d is not None]
-    reader = sources_mod.Reader(
-        list(sources), skip=lambda location: any(d.names(location) for d in outputs)
-    )
+    outputs = [d for d in (out, html, junit_path, summary_path) if d is not None]
+    sources_mod.check_outputs(list(sources), outputs)
+    reader = sources_mod.Reader(list(sources), outputs)
     named = sources_mod.gather(reader, expect, wait_s, lambda line: click.echo(line, err=True))
     merged = report_merge.merge_named(named, reader.series)
     results = gates_mod.evaluate(gates, merged)

@@ -17,7 +17,7 @@ from loadgen.errors import IncompleteError, UserError
 from loadgen.report import fields, s3
 from loadgen.report.merge import load_report, parse_report, run_ids, shards_of
 from loadgen.report.s3 import S3, S3Unavailable, S3Url
-from loadgen.report.store import OTHER_SCHEME, Location
+from loadgen.report.store import OTHER_SCHEME, Destination, Location
 
 Named = list[tuple[str, dict[str, Any]]]
 # How often sources are looked at again while waiting: a LIST request or a
@@ -48,6 +48,19 @@ class SourceType(click.ParamType[Location, Any]):
 SOURCE = SourceType()
 
 
+def check_outputs(sources: list[Location], outputs: list[Destination]) -> None:
+    """Refuse, before anything is read, an output that is a report given to
+    merge: writing it would replace a run's report with the merge."""
+    for output in outputs:
+        for location in sources:
+            # A folder or prefix: what the merge finds there is checked as read.
+            listed = location.is_prefix if isinstance(location, S3Url) else location.is_dir()
+            if not listed and output.names(location):
+                raise UserError(
+                    f"{output.option} {output}: the same file as {_ARGUMENT} {location}"
+                )
+
+
 @dataclass
 class Reader:
     """Reads the sources' reports, again on each ``read`` what changed since
@@ -59,8 +72,10 @@ class Reader:
     report's series at a time, not all of them."""
 
     sources: list[Location]
-    # Not read from a folder or prefix: the merge's own outputs.
-    skip: Callable[[Location], bool] = lambda _: False
+    # The merge's outputs: one found in a folder or prefix is the merge's own
+    # earlier output (merging into the folder again), or a run's report that
+    # the merge would overwrite.
+    outputs: list[Destination] = field(default_factory=list)
     _cache: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
     _where: dict[str, Location] = field(default_factory=dict)
     _s3: S3 = field(default_factory=lambda: S3(_ARGUMENT))
@@ -79,8 +94,22 @@ class Reader:
                 cached = (version, report)
                 self._cache[name] = cached
                 self._where[name] = location
-            named.append((name, cached[1]))
+            if not self._earlier_output(location, cached[1]):
+                named.append((name, cached[1]))
         return named
+
+    def _earlier_output(self, location: Location, report: dict[str, Any]) -> bool:
+        """Whether a report found where the merge writes is a merge (its own
+        earlier output, which this one replaces, left out); a run's report
+        there is refused: the merge would overwrite what it merges."""
+        output = next((d for d in self.outputs if d.names(location)), None)
+        if output is None:
+            return False
+        if "run_ids" in report:
+            return True
+        raise UserError(
+            f"{output.option} {output}: the same file as {location}, a run's report the merge reads"
+        )
 
     def series(self, name: str) -> dict[str, Any]:
         """The ``series`` of the report ``read`` named ``name``, read again."""
@@ -97,7 +126,7 @@ class Reader:
             if isinstance(location, S3Url):
                 found += self._objects(location, missing_ok)
             elif location.is_dir():
-                found += [(p, _version(p)) for p in _reports_under(location) if not self.skip(p)]
+                found += [(p, _version(p)) for p in _reports_under(location)]
             elif location.exists() or not missing_ok:
                 found.append((location, _version(location)))
         return found
@@ -107,7 +136,7 @@ class Reader:
             return [
                 (item, etag)
                 for item, etag in self._s3.listing(url)
-                if _is_report_name(item.key.removeprefix(url.key)) and not self.skip(item)
+                if _is_report_name(item.key.removeprefix(url.key))
             ]
         etag = self._s3.etag(url)
         if etag is None and not missing_ok:
