@@ -364,3 +364,13 @@ def test_a_generator_behind_on_a_machine_with_cores_to_spare_is_the_generators_l
     step.workers, step.cores = 2, 8
     step.emulator_cpu = EmulatorCpu(serving=0.49, account=0.1, processes=2)
     assert step.limit == "generator" and step.machine_limit is None
+
+
+def test_a_max_rate_below_the_start_is_refused_before_anything_is_written(tmp_path):
+    result = run_loadgen(
+        *("capacity", _scenario(tmp_path), "--slo", "p99(provision) < 2s"),
+        *("--start", "10/s", "--max-rate", "5/s", "--report", tmp_path / "r.json"),
+    )
+    assert_user_error(result, "--max-rate 5/s is below --start 10/s")
+    assert result.out == ""
+    assert not any((tmp_path / name).exists() for name in ("ca", "fleet", "r.json"))

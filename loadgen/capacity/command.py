@@ -74,14 +74,12 @@ def _search(
         raise UserError(f"--step-duration {step_duration!r}: must be above zero")
     if max_steps <= 0:
         raise UserError(f"--max-steps must be positive, got {max_steps}")
-    return Search(
-        tuple(slos),
-        _rate("--start", start),
-        _rate("--step", step),
-        duration,
-        _rate("--max-rate", max_rate) if max_rate is not None else None,
-        max_steps,
-    )
+    first = _rate("--start", start)
+    highest = _rate("--max-rate", max_rate) if max_rate is not None else None
+    # No step would run: the search would mint a fleet, then say nothing.
+    if highest is not None and highest + 1e-9 < first:  # as Search.rates compares
+        raise UserError(f"--max-rate {max_rate} is below --start {start}: no step would run")
+    return Search(tuple(slos), first, _rate("--step", step), duration, highest, max_steps)
 
 
 @click.command("capacity")
