@@ -374,3 +374,19 @@ def test_a_max_rate_below_the_start_is_refused_before_anything_is_written(tmp_pa
     assert_user_error(result, "--max-rate 5/s is below --start 10/s")
     assert result.out == ""
     assert not any((tmp_path / name).exists() for name in ("ca", "fleet", "r.json"))
+
+
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        (("--start", "100000000000/s", "--step-duration", "1s"), "--start 100000000000/s"),
+        (("--step-duration", "99999999999999999999h"), "--step-duration 99999999999999999999h"),
+        (("--first-device", "99999999", "--step-duration", "1s"), "--first-device 99999999"),
+    ],
+)
+def test_a_step_past_the_fleets_end_names_the_capacity_option_before_printing(
+    tmp_path, options, named
+):
+    result = run_loadgen("capacity", _scenario(tmp_path), "--slo", "p99(provision) < 2s", *options)
+    assert_user_error(result, named)
+    assert "--count" not in result.err and result.out == ""

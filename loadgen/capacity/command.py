@@ -129,6 +129,20 @@ def capacity_command(
     )
     if not 0 <= first_device < MAX_DEVICES:
         raise UserError(f"--first-device must be from 0 to {MAX_DEVICES - 1:,}, got {first_device}")
+    # The fleet ends at MAX_DEVICES. Minting past it fails naming `run`'s
+    # --count, after the search's header: say it first, in this command's options.
+    per_step = search.start * search.step_duration
+    if per_step > MAX_DEVICES:
+        raise UserError(
+            f"--start {start} for --step-duration {step_duration}: more than "
+            f"{MAX_DEVICES:,} devices a step (the most a fleet holds)"
+        )
+    if first_device + search.devices(search.start) > MAX_DEVICES:
+        raise UserError(
+            f"--first-device {first_device}: the first step's "
+            f"{counted(search.devices(search.start), 'device')} would pass the fleet's "
+            f"last index ({MAX_DEVICES - 1:,})"
+        )
     options = RunOptions(endpoint, None, None, workers)
     check_plan(scenario, options)
     outputs.label_only("loadgen capacity")
