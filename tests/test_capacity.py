@@ -390,3 +390,21 @@ def test_a_step_past_the_fleets_end_names_the_capacity_option_before_printing(
     result = run_loadgen("capacity", _scenario(tmp_path), "--slo", "p99(provision) < 2s", *options)
     assert_user_error(result, named)
     assert "--count" not in result.err and result.out == ""
+
+
+def test_busy_workers_on_a_busy_machine_name_the_generator_not_the_machine():
+    # Two workers 97% busy beside an emulator 30% busy, on 2 cores: the
+    # generator alone was saturated.
+    step = _step(cpu=1.94, rate=300.0)  # the two workers' CPU over 1
+    step.workers, step.cores = 2, 2
+    step.emulator_cpu = EmulatorCpu(serving=0.3, account=0.05, processes=1)
+    assert step.machine_limit is not None
+    assert step.limit == "generator" and "97% busy" in str(step.generator_limit)
+
+
+def test_a_step_that_lost_a_worker_on_a_busy_machine_names_the_generator():
+    step = _step(cpu=0.8, workers_lost={"1": "died (exit code -9)"})
+    step.workers, step.cores = 2, 2
+    step.emulator_cpu = EmulatorCpu(serving=0.7, account=0.1, processes=2)
+    assert step.machine_limit is not None
+    assert step.limit == "generator"

@@ -108,8 +108,9 @@ class Step:
         return self.stats.cpu_us / 1_000_000 / wall if wall > 0 else 0.0
 
     @property
-    def generator_limit(self) -> str | None:
-        """Why this step measured the generator rather than the endpoint."""
+    def generator_saturated(self) -> str | None:
+        """Why the generator alone could not run this step: a worker lost, or
+        its workers busy. Whatever else was busy, the step measured the generator."""
         lost = self.report.get("accounting", {}).get("workers_lost")
         if lost:
             return "a worker of the load generator was lost: " + "; ".join(
@@ -117,6 +118,13 @@ class Step:
             )
         if self.cpu_busy >= CPU_BUSY:
             return f"the load generator's workers were {self.cpu_busy:.0%} busy"
+        return None
+
+    @property
+    def generator_limit(self) -> str | None:
+        """Why this step measured the generator rather than the endpoint."""
+        if (saturated := self.generator_saturated) is not None:
+            return saturated
         # Latency counts from the scheduled start, so starting late (for want of
         # a slot, or of the loop's time) breaks latency SLOs of our own making;
         # it cannot make devices fail, so a broken failure SLO is the endpoint's.
@@ -179,6 +187,11 @@ class Step:
         """What stopped the search at this step (None: it passed)."""
         if self.interrupted:
             return "interrupted"
+        # A side saturated alone is named before the machine they share: the
+        # machine is the limit only when neither the generator (a worker lost,
+        # or its workers busy) nor the emulator was.
+        if self.generator_saturated is not None:
+            return "generator"
         fell_short = self.generator_limit is not None or bool(self.broken)
         if fell_short and self.emulator_limit is None and self.machine_limit is not None:
             return "machine"
