@@ -220,12 +220,14 @@ def _step(
     rate: float = 10.0,
     interrupted: bool = False,
     workers_lost=None,
+    outcomes=None,
+    target_rate: float = 10.0,
 ) -> Step:
     stats = RunStats(cpu_us=round(cpu * 10 * 1_000_000), slot_waits=slot_waits)
     report = {
         "devices": 100,
-        "outcomes": {"connected": 100},
-        "rate": {"achieved_per_s": 10.0},
+        "outcomes": outcomes or {"connected": 100},
+        "rate": {"achieved_per_s": 10.0, "target_per_s": target_rate},
         "latency_ms": {"provision": {"p50": 10.0, "p99": 20.0}},
         "schedule_lag_ms": {"p99": lag_ms},
         "load": {"max_in_flight": 50},
@@ -408,3 +410,16 @@ def test_a_step_that_lost_a_worker_on_a_busy_machine_names_the_generator():
     step.emulator_cpu = EmulatorCpu(serving=0.7, account=0.1, processes=2)
     assert step.machine_limit is not None
     assert step.limit == "generator"
+
+
+def test_a_step_where_no_device_connected_is_named_failures_even_with_a_latency_slo_only():
+    # A closed port: every device refused, so the latency SLO measured nothing.
+    step = _step(results=["p99(provision) < 2s"], outcomes={"connected": 0, "refused": 100})
+    assert step.limit == "failures"
+    search = Search((gates.parse("p99(provision) < 2s"),), 10.0, 10.0, 1.0)
+    assert "by failures (failed: refused 100)" in verdict(search, [step]).why
+
+
+def test_a_broken_arrival_rate_slo_is_named_rate_not_latency():
+    step = _step(results=["achieved_rate >= 1.5 * target_rate"])
+    assert step.broken and step.limit == "rate"

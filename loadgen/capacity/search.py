@@ -17,7 +17,7 @@ from typing import Any
 
 from loadgen.cores import cores
 from loadgen.metrics.stats import RunStats
-from loadgen.report.gates import Gate, GateResult
+from loadgen.report.gates import FUNCTIONS, TERMS, Gate, GateResult, Kind, nothing_measured
 from loadgen.words import counted
 
 # The generator is the bottleneck when its workers were this busy...
@@ -25,8 +25,25 @@ CPU_BUSY = 0.90
 # ...or when devices started this late against the schedule (and no failure
 # SLO broke: lateness alone does not make devices fail).
 LAG_LIMIT_MS = 250.0
-LIMITS = ("throttling", "latency", "failures", "generator", "emulator", "machine")
-_OUTCOME_GATE = re.compile(r"\b(ratio|count)\(")
+LIMITS = ("throttling", "failures", "latency", "rate", "generator", "emulator", "machine")
+# A metric in a gate's text: a function (``p99(``, ``ratio(``) or a term.
+_METRIC = re.compile(r"\b([a-z][a-z0-9_.]*)\s*(\()?")
+
+
+def kinds(gate: str) -> set[Kind]:
+    """What the metrics of a gate (its text, as the report keeps it) measure."""
+    found: set[Kind] = set()
+    for name, call in _METRIC.findall(gate):
+        if call and name in FUNCTIONS:
+            found.add(FUNCTIONS[name].kind)
+        elif not call and name in TERMS:
+            found.add(TERMS[name].kind)
+    return found
+
+
+def _is_outcome(gate: str) -> bool:
+    """A failure SLO: a ratio or a count of outcomes."""
+    return bool(kinds(gate) & {Kind.RATIO, Kind.COUNT})
 
 
 @dataclass(frozen=True)
@@ -128,7 +145,7 @@ class Step:
         # Latency counts from the scheduled start, so starting late (for want of
         # a slot, or of the loop's time) breaks latency SLOs of our own making;
         # it cannot make devices fail, so a broken failure SLO is the endpoint's.
-        if any(_OUTCOME_GATE.search(g) for g in self.broken):
+        if any(_is_outcome(g) for g in self.broken) or self.nothing_connected:
             return None
         if self.stats.slot_waits:
             return (
@@ -139,6 +156,12 @@ class Step:
         if lag_p99 >= LAG_LIMIT_MS:
             return f"the load generator fell behind its schedule (lag p99 {lag_p99:,.0f} ms)"
         return None
+
+    @property
+    def nothing_connected(self) -> str | None:
+        """Why the step measured nothing (no device connected): every SLO then
+        broke on the devices' failures, whatever it measures."""
+        return nothing_measured(self.report)
 
     @property
     def emulator_limit(self) -> str | None:
@@ -203,8 +226,13 @@ class Step:
             return "throttling"
         if self.emulator_limit is not None:
             return "emulator"
-        failures = [g for g in self.broken if _OUTCOME_GATE.search(g)]
-        return "failures" if failures else "latency"
+        if self.nothing_connected or any(_is_outcome(g) for g in self.broken):
+            return "failures"
+        if any(Kind.LATENCY in kinds(g) for g in self.broken):
+            return "latency"
+        # Only an arrival-rate SLO (achieved_rate) broke: devices started late
+        # while the generator kept up.
+        return "rate"
 
     def row(self) -> dict[str, Any]:
         report = self.report
@@ -303,8 +331,14 @@ def verdict(
             + "; ".join(r.describe() for r in stopped.results if not r.passed)
         )
         return Verdict(highest, stopped.rate, limit, why)
-    throttled = ", ".join(f"{k} {n}" for k, n in sorted(stopped.throttles.items()))
-    detail = f" (throttled: {throttled})" if limit == "throttling" else ""
+    detail = ""
+    if limit == "throttling":
+        throttled = ", ".join(f"{k} {n}" for k, n in sorted(stopped.throttles.items()))
+        detail = f" (throttled: {throttled})"
+    elif limit == "failures":
+        outcomes = stopped.report["outcomes"].items()
+        failed = ", ".join(f"{o} {n}" for o, n in outcomes if o != "connected" and n)
+        detail = f" (failed: {failed})" if failed else ""
     why = f"first broken at {stopped.rate:g}/s by {limit}{detail}: " + "; ".join(
         r.describe() for r in stopped.results if not r.passed
     )
