@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import socket
 import subprocess
 import sys
 from collections import Counter
@@ -222,8 +223,16 @@ def _step(
     workers_lost=None,
     outcomes=None,
     target_rate: float = 10.0,
+    endpoint_wait: float = 0.1,
 ) -> Step:
-    stats = RunStats(cpu_us=round(cpu * 10 * 1_000_000), slot_waits=slot_waits)
+    # endpoint_wait: the share of the devices' time in flight spent waiting on
+    # the endpoint (1,000 s in flight in all).
+    stats = RunStats(
+        cpu_us=round(cpu * 10 * 1_000_000),
+        slot_waits=slot_waits,
+        in_flight_us=1_000_000_000,
+        endpoint_wait_us=round(endpoint_wait * 1_000_000_000),
+    )
     report = {
         "devices": 100,
         "outcomes": outcomes or {"connected": 100},
@@ -423,3 +432,43 @@ def test_a_step_where_no_device_connected_is_named_failures_even_with_a_latency_
 def test_a_broken_arrival_rate_slo_is_named_rate_not_latency():
     step = _step(results=["achieved_rate >= 1.5 * target_rate"])
     assert step.broken and step.limit == "rate"
+
+
+def test_slots_held_by_devices_waiting_on_the_endpoint_are_the_endpoints_limit():
+    # Idle workers; the devices in flight spent 95% of their time in connects
+    # the endpoint answered slowly, so the late starts were the endpoint's.
+    step = _step(
+        cpu=0.02,
+        slot_waits=15,
+        lag_ms=1900.0,
+        endpoint_wait=0.95,
+        results=["p99(provision) < 10ms"],
+    )
+    assert step.generator_limit is None and step.limit == "latency"
+    assert "spent 95% of their time waiting on the endpoint" in str(step.endpoint_held)
+    assert step.row()["endpoint_wait_share"] == 0.95
+
+
+def test_an_endpoint_that_stalls_every_connect_is_named_not_the_generator(tmp_path):
+    # Accepts TCP (the kernel's backlog) and never answers the TLS handshake.
+    with socket.socket() as stalling:
+        stalling.bind(("127.0.0.1", 0))
+        stalling.listen(100)
+        path = _scenario(tmp_path)
+        scenario = yaml.safe_load(path.read_text())
+        scenario["endpoint"] = f"127.0.0.1:{stalling.getsockname()[1]}"
+        scenario["load"]["max_in_flight"] = 5
+        scenario["retry"]["max_attempts"] = 1
+        scenario["timeouts"] = {"connect": "1s"}
+        del scenario["emulator"]
+        path.write_text(yaml.safe_dump(scenario))
+        result = run_loadgen(
+            *("capacity", path, "--slo", "p99(provision) < 2s", "--start", "10/s"),
+            *("--step-duration", "1s", "--workers", "1", "--report", tmp_path / "r.json"),
+        )
+    assert result.code == 0, result.err
+    capacity = json.loads((tmp_path / "r.json").read_text())["capacity"]
+    assert capacity["limit"] == "failures" and capacity["first_broken_per_s"] == 10.0
+    said = " ".join(result.out.split())  # the verdict is said at the console's width
+    assert "the generator, not the endpoint" not in said
+    assert "of their time waiting on the endpoint" in said

@@ -178,6 +178,25 @@ async def test_a_silent_server_ends_timeout_in_the_connack_phase():
     assert result.outcome is Outcome.TIMEOUT and result.phase == "connack"
 
 
+async def test_a_device_the_endpoint_never_answers_spends_its_life_waiting_on_the_endpoint():
+    # What the capacity search reads to tell slots a stalled endpoint held from
+    # slots the generator could not free: both timed-out attempts and the
+    # back-off between them count, measured on the device's own clock.
+    async def silent(reader, writer):
+        await asyncio.sleep(5)
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    target = Target("127.0.0.1", server.sockets[0].getsockname()[1])
+    config = DeviceConfig(retry=RetryPolicy(initial=0.05, max_attempts=2), connect_timeout=0.2)
+    began = time.monotonic()
+    result = await _run(target, config)
+    life = time.monotonic() - began
+    server.close()
+    assert result.outcome is Outcome.TIMEOUT and result.attempts == 2
+    assert result.endpoint_wait > 0.75 * life  # a share of its life, not a duration
+
+
 async def test_garbage_instead_of_a_connack_ends_error_with_the_reason():
     async def garbage(reader, writer):
         await reader.read(100)

@@ -116,3 +116,10 @@ def test_a_provisioned_devices_breakdown_adds_its_phases_over_attempts_and_the_r
         # 50 - 26 ms for the first; 2 s - 48 ms for the second (its JITP wait).
         "back_off": 24_000 + 1_952_000,
     }
+
+
+def test_run_stats_add_up_time_in_flight_and_time_waiting_on_the_endpoint():
+    stats = RunStats()
+    stats.add(DeviceResult(1, endpoint_wait=2.0), started_offset=1.0, finished_offset=3.5)
+    assert (stats.endpoint_wait_us, stats.in_flight_us) == (2_000_000, 2_500_000)
+    assert RunStats.from_wire(stats.to_wire()).endpoint_wait_us == 2_000_000

@@ -25,6 +25,10 @@ CPU_BUSY = 0.90
 # ...or when devices started this late against the schedule (and no failure
 # SLO broke: lateness alone does not make devices fail).
 LAG_LIMIT_MS = 250.0
+# Devices that waited for a slot, or started late, are the endpoint's doing when
+# the workers had time to spare and the devices in flight spent at least this
+# share of their time waiting on the endpoint: a slow endpoint fills the slots.
+ENDPOINT_HELD = 0.5
 LIMITS = ("throttling", "failures", "latency", "rate", "generator", "emulator", "machine")
 # A metric in a gate's text: a function (``p99(``, ``ratio(``) or a term.
 _METRIC = re.compile(r"\b([a-z][a-z0-9_.]*)\s*(\()?")
@@ -148,6 +152,11 @@ class Step:
         if any(_is_outcome(g) for g in self.broken) or self.nothing_connected:
             return None
         if self.stats.slot_waits:
+            # Workers with time to spare, and the slots full of devices waiting
+            # on the endpoint (connects unanswered, slow handshakes): the
+            # endpoint kept them, and the lateness the wait for a slot made.
+            if self.endpoint_held is not None:
+                return None
             return (
                 f"{counted(self.stats.slot_waits, 'device')} waited for a free slot: "
                 f"load.max_in_flight ({self.report['load']['max_in_flight']}) was reached"
@@ -156,6 +165,27 @@ class Step:
         if lag_p99 >= LAG_LIMIT_MS:
             return f"the load generator fell behind its schedule (lag p99 {lag_p99:,.0f} ms)"
         return None
+
+    @property
+    def endpoint_wait_share(self) -> float | None:
+        """The share of the devices' time in flight they spent waiting on the
+        endpoint (connect attempts, back-offs after its refusals); None when
+        no device ended."""
+        stats = self.stats
+        return stats.endpoint_wait_us / stats.in_flight_us if stats.in_flight_us > 0 else None
+
+    @property
+    def endpoint_held(self) -> str | None:
+        """Why devices that waited for a slot (or started late) waited for the
+        endpoint, not for the generator: its workers had time to spare while the
+        devices holding the slots waited on the endpoint."""
+        share = self.endpoint_wait_share
+        if share is None or share < ENDPOINT_HELD or self.cpu_busy >= CPU_BUSY:
+            return None
+        return (
+            f"the devices in flight spent {share:.0%} of their time waiting on the "
+            f"endpoint, with the load generator's workers {self.cpu_busy:.0%} busy"
+        )
 
     @property
     def nothing_connected(self) -> str | None:
@@ -263,6 +293,9 @@ class Step:
             },
             "machine_cpu": None if self.machine_busy is None else round(self.machine_busy, 3),
             "slot_waits": self.stats.slot_waits,
+            "endpoint_wait_share": None
+            if self.endpoint_wait_share is None
+            else round(self.endpoint_wait_share, 3),
             "slos": [
                 {"slo": r.gate, "passed": r.passed, "measured": r.measured} for r in self.results
             ],
@@ -342,6 +375,8 @@ def verdict(
     why = f"first broken at {stopped.rate:g}/s by {limit}{detail}: " + "; ".join(
         r.describe() for r in stopped.results if not r.passed
     )
+    if stopped.stats.slot_waits and (held := stopped.endpoint_held) is not None:
+        why += f"; {counted(stopped.stats.slot_waits, 'device')} waited for a free slot: {held}"
     return Verdict(highest, stopped.rate, limit, why)
 
 

@@ -66,6 +66,7 @@ class AiomqttDevice(DeviceDriver):
         while True:
             result.attempts += 1
             client = self._client()
+            began = self.clock()
             try:
                 async with asyncio.timeout(config.connect_timeout):
                     await client.__aenter__()
@@ -75,12 +76,17 @@ class AiomqttDevice(DeviceDriver):
                 error = _translate(exc, self.spec.version, "connack")
                 outcome, reason = classify(error), error.reason
             else:
+                result.endpoint_wait += self.clock() - began
                 self.connected(self.clock() - self.spec.scheduled)
                 await self._act(client)
                 return result
+            result.endpoint_wait += self.clock() - began
+            refused = retry.failures
             delay = retry.failed(outcome, reason, "connack")
             if delay is None:
                 return result
+            if retry.failures > refused:  # a failure, not JITP's trigger
+                result.endpoint_wait += delay
             await asyncio.sleep(delay)
 
     async def _act(self, client: aiomqtt.Client) -> None:

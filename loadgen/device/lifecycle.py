@@ -108,6 +108,11 @@ class DeviceResult:
     # Per attempt, each phase reached: (phase name, seconds).
     phases: list[tuple[str, float]] = field(default_factory=list)
     publish_acks: list[float] = field(default_factory=list)  # QoS 1 round trips
+    # Seconds it waited on the endpoint: its connect attempts, answered or not
+    # (a timed-out one too), and its back-offs after the endpoint refused one.
+    # The back-off after JITP's trigger is not counted: every JITP device takes
+    # it, at the pace its retry policy sets.
+    endpoint_wait: float = 0.0
     publishes: int = 0
     fault: str | None = None
     note: str | None = None  # about a connect cut short, e.g. interrupted in hold
@@ -278,15 +283,19 @@ class Device(DeviceDriver):
                 outcome, reason, where = classify(exc), exc.reason, exc.phase
                 trigger = exc.may_be_jitp_trigger
             self._record_phases(times)
+            result.endpoint_wait += self.clock() - times.started
             if client is not None:
                 if spec.tls is not None:
                     spec.tls.drop_spares()  # connected: no retry to make ready for
                 self.connected((times.connack or self.clock()) - spec.scheduled)
                 self.phase = Phase.CONNECTED
                 return client
+            refused = retry.failures
             delay = retry.failed(outcome, reason, where, trigger)
             if delay is None:
                 return None
+            if retry.failures > refused:  # a failure, not JITP's trigger
+                result.endpoint_wait += delay
             self.phase = Phase.BACKING_OFF
             await asyncio.sleep(delay)
 

@@ -46,6 +46,10 @@ class RunStats:
     # that waited for a free in-flight slot (max_in_flight reached).
     cpu_us: int = 0
     slot_waits: int = 0
+    # What kept the in-flight slots: the devices' time from their start to
+    # their end, and the part of it they waited on the endpoint (microseconds).
+    in_flight_us: int = 0
+    endpoint_wait_us: int = 0
     # CPU time of the workers before the schedule's start: preparing their first
     # window of devices (``cpu_us`` counts from the start on).
     ahead_cpu_us: int = 0
@@ -88,6 +92,8 @@ class RunStats:
             key = f"{result.phase}: {result.reason}" if result.phase else result.reason
             self._reason(outcome, key, 1)
         self.lag.record(result.lag)
+        self.in_flight_us += round((finished_offset - started_offset) * 1_000_000)
+        self.endpoint_wait_us += round(result.endpoint_wait * 1_000_000)
         second = int(started_offset)
         if result.provision is not None:
             self._record("provision", second, result.provision)
@@ -165,6 +171,8 @@ class RunStats:
         self.cpu_us += other.cpu_us
         self.ahead_cpu_us += other.ahead_cpu_us
         self.slot_waits += other.slot_waits
+        self.in_flight_us += other.in_flight_us
+        self.endpoint_wait_us += other.endpoint_wait_us
         for part, total in other.breakdown.items():
             self.breakdown[part] += total
         self.expected.update(other.expected)
@@ -204,6 +212,8 @@ class RunStats:
             "cpu_us": self.cpu_us,
             "ahead_cpu_us": self.ahead_cpu_us,
             "slot_waits": self.slot_waits,
+            "in_flight_us": self.in_flight_us,
+            "endpoint_wait_us": self.endpoint_wait_us,
             "breakdown": dict(self.breakdown),
             "expected": dict(self.expected),
             "unexpected": self.unexpected,
@@ -233,6 +243,8 @@ class RunStats:
             cpu_us=data["cpu_us"],
             ahead_cpu_us=data["ahead_cpu_us"],
             slot_waits=data["slot_waits"],
+            in_flight_us=data["in_flight_us"],
+            endpoint_wait_us=data["endpoint_wait_us"],
             breakdown=dict(data["breakdown"]),
             expected=Counter(data["expected"]),
             unexpected=data["unexpected"],
