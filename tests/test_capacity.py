@@ -472,3 +472,22 @@ def test_an_endpoint_that_stalls_every_connect_is_named_not_the_generator(tmp_pa
     said = " ".join(result.out.split())  # the verdict is said at the console's width
     assert "the generator, not the endpoint" not in said
     assert "of their time waiting on the endpoint" in said
+
+
+def test_a_search_where_no_step_ran_does_not_say_the_first_step_broke():
+    search = Search((gates.parse("p99(provision) < 2s"),), 10.0, 10.0, 1.0)
+    assert verdict(search, []).text() == "highest sustainable rate: none; no step ran"
+
+
+def test_a_first_step_cut_short_says_the_search_was_interrupted_before_any_step_finished():
+    search = Search((gates.parse("p99(provision) < 2s"),), 10.0, 10.0, 1.0)
+    found = verdict(search, [_step(interrupted=True)], interrupted=True)
+    assert found.text() == ("highest sustainable rate: none; interrupted before any step finished")
+
+
+def test_a_first_step_that_measured_the_generator_does_not_say_it_broke():
+    search = Search((gates.parse("p99(provision) < 2s"),), 10.0, 10.0, 1.0)
+    text = verdict(search, [_step(cpu=0.95)]).text()
+    assert text.startswith(
+        "highest sustainable rate: none; at 10/s the generator, not the endpoint, was the limit"
+    )

@@ -314,11 +314,12 @@ class Verdict:
     why: str
 
     def text(self) -> str:
-        highest = (
-            f"{self.highest_sustainable:g}/s"
-            if self.highest_sustainable is not None
-            else "none (the first step broke)"
-        )
+        if self.highest_sustainable is not None:
+            highest = f"{self.highest_sustainable:g}/s"
+        elif self.first_broken is not None:  # no step passed: the first one broke
+            highest = "none (the first step broke)"
+        else:  # none ran whole, or the first measured the generator: ``why`` says
+            highest = "none"
         return f"highest sustainable rate: {highest}; {self.why}"
 
 
@@ -332,10 +333,12 @@ def verdict(
     highest = passed[-1].rate if passed else None
     stopped = next((s for s in steps if not s.passed), None)
     if stopped is None:
+        # Before any step broke; or before any ran whole, which says less.
+        before = "before any step broke" if steps else "before any step finished"
         if ended is not None:
-            why = f"{ended}; the search ended there, before any step broke"
+            why = f"{ended}; the search ended there, {before}"
         elif interrupted:
-            why = "interrupted before any step broke"
+            why = f"interrupted {before}"
         elif not steps:
             why = "no step ran"
         else:
