@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -157,6 +158,54 @@ def test_a_teardown_killed_halfway_finishes_when_run_again(emulator, tmp_path):
     assert iot.list_things()["things"] == []
     assert iot.list_policies()["policies"] == []
     assert not list(ca.directory.glob("aws-*.json*"))
+
+
+def test_ctrl_c_stops_a_teardown_at_once_and_counts_what_it_did(emulator, tmp_path):
+    """At one call a second per API, 40 devices take minutes and every thread
+    waits its turn: Ctrl-C cancels the waits instead of finishing the queues,
+    the summary is what the account shows, and a second run finishes."""
+    ca, scenario = _set_up(emulator, tmp_path, 40)
+    assert _outcomes(scenario, tmp_path, "storm") == {"connected": 40}
+    iot = _iot(emulator.url)
+
+    def left() -> int:
+        pages = iot.get_paginator("list_certificates_by_ca").paginate(
+            caCertificateId=ca.fingerprint
+        )
+        return sum(len(page["certificates"]) for page in pages)
+
+    first = subprocess.Popen(
+        [
+            sys.executable, "-m", "loadgen", "aws", "teardown", "--ca", str(ca.directory),
+            "--yes", "--rate", "1",
+        ],
+        env={**os.environ, **CREDENTIALS},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,  # its own process group, as a terminal's job
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and first.poll() is None and left() == 40:
+            time.sleep(0.1)
+        os.killpg(first.pid, signal.SIGINT)
+        # Before, the queues were finished first: about 16 calls at 1 a second.
+        out, err = first.communicate(timeout=10)
+    finally:
+        first.kill()
+        first.wait(timeout=30)
+    assert first.returncode == 130, out + err
+    remaining = left()
+    assert 0 < remaining < 40
+    assert f"certificates: {40 - remaining} deleted, 0 already gone" in out
+    assert f"interrupted with {remaining} of 40 certificates left; run it again" in err
+    assert "Traceback" not in err
+    second = loadgen_aws("teardown", "--ca", ca.directory, "--yes")
+    assert second.code == 0, second.out + second.err
+    assert f"certificates: {remaining} deleted" in second.out
+    assert iot.list_things()["things"] == [] and iot.list_policies()["policies"] == []
 
 
 def test_a_throttled_teardown_slows_down_and_finishes(slow_emulator, tmp_path):

@@ -8,11 +8,12 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 
 import pytest
 
-from loadgen.aws.ratelimit import RateLimits
+from loadgen.aws.ratelimit import Cancelled, RateLimits
 from loadgen.aws.teardown import Teardown, ca_certificate_id
 from loadgen.certs.ca import CA, init_ca
 from tests.conftest import assert_user_error
@@ -246,6 +247,26 @@ def test_the_rate_limit_spaces_calls_of_one_api_at_its_rate():
     # A burst of one second's worth, then one call every 1/5 s.
     assert now[0] == pytest.approx(2.0)
     assert limits.rate("DescribeThing") == 5
+
+
+def test_a_cancel_ends_the_waits_for_a_turn_at_once():
+    limits = RateLimits(cap=0.001)  # the first turn in about 1,000 s
+    outcome = []
+
+    def waiter():
+        try:
+            limits.acquire("DeleteCertificate")
+            outcome.append("acquired")
+        except Cancelled:
+            outcome.append("cancelled")
+
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    limits.cancel()
+    thread.join(timeout=30)
+    assert outcome == ["cancelled"]
+    with pytest.raises(Cancelled):
+        limits.wait(1000)
 
 
 def test_the_journal_survives_a_line_cut_short(tmp_path):

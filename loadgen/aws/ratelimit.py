@@ -53,6 +53,12 @@ DEFAULT_RATE = 10.0
 HEADROOM = 0.95
 
 
+class Cancelled(BaseException):
+    """The calls were cancelled (the command is being interrupted). Not an
+    ``Exception``: the handlers that turn a failed call into an outcome must let
+    it through, so that a cut-short step is not counted as refused."""
+
+
 class RateLimits:
     """A token bucket per API (burst of one second's worth), shared by threads.
     ``cap`` (calls per second) lowers every API's rate to at most it."""
@@ -62,14 +68,25 @@ class RateLimits:
         cap: float | None = None,
         rates: dict[str, float] | None = None,
         clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], None] | None = None,
     ) -> None:
         self._rates = dict(AWS_RATES if rates is None else rates)
         self._cap = cap
         self._clock = clock
-        self._sleep = sleep
+        self._cancelled = threading.Event()
+        self._sleep = sleep if sleep is not None else self._cancelled.wait
         self._lock = threading.Lock()
         self._buckets: dict[str, tuple[float, float]] = {}  # api -> (tokens, at)
+
+    def cancel(self) -> None:
+        """Every call waiting for its token, and every later one, raises
+        `Cancelled`: threads that wait their turn stop at once."""
+        self._cancelled.set()
+
+    def wait(self, seconds: float) -> None:
+        """A pause between tries that a `cancel` cuts short (`Cancelled`)."""
+        if self._cancelled.wait(seconds):
+            raise Cancelled
 
     def rate(self, api: str) -> float:
         rate = self._rates.get(api, DEFAULT_RATE) * HEADROOM
@@ -79,6 +96,8 @@ class RateLimits:
         """Wait for a token of ``api``'s bucket."""
         rate = self.rate(api)
         while True:
+            if self._cancelled.is_set():
+                raise Cancelled
             with self._lock:
                 now = self._clock()
                 tokens, at = self._buckets.get(api, (rate, now))

@@ -20,10 +20,12 @@ of certificates it had already deleted, and finishes the job.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
 import os
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -118,12 +120,13 @@ class Summary:
     policies: Tally = field(default_factory=Tally)
     ca: Tally = field(default_factory=Tally)
     setup: Tally = field(default_factory=Tally)  # what `aws setup` created
+    interrupted: bool = False  # cut short: what is counted was done, the rest not
 
     @property
     def complete(self) -> bool:
         """Everything teardown owns is gone (kept shared resources do not count)."""
         tallies = (self.certificates, self.things, self.policies, self.ca, self.setup)
-        return not any(t.refused for t in tallies)
+        return not self.interrupted and not any(t.refused for t in tallies)
 
     def lines(self) -> list[str]:
         lines = [
@@ -143,7 +146,7 @@ class Teardown:
         ca_dir: Path,
         limits: RateLimits,
         *,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], None] | None = None,
         on_progress: Callable[[int, int], None] | None = None,
         iam: Any = None,
         created: Created | None = None,
@@ -154,7 +157,7 @@ class Teardown:
         self.created = created or Created()
         self.ca_dir = ca_dir
         self.limits = limits
-        self.sleep = sleep
+        self.sleep = sleep if sleep is not None else limits.wait
         self.on_progress = on_progress
         self.ca_id = ca_certificate_id(ca_dir)
         self.journal = ca_dir / f"aws-teardown-{self.ca_id[:16]}.jsonl"
@@ -231,51 +234,87 @@ class Teardown:
         """Delete what was found; with ``keep_ca``, the CA stays registered with
         what setup created for it (its role, thing type, groups): ready for the
         next storm. The CA and setup's resources also stay when anything of its
-        devices was refused: a later run must still find them through the CA."""
+        devices was refused: a later run must still find them through the CA.
+
+        Interrupted (Ctrl-C or a stop signal), the calls waiting their turn are
+        cancelled, the summary counts what was done, and ``interrupted`` says
+        so: the journal lets a later run finish."""
         summary = Summary(found)
         if found.things or found.policies:
             self._journal(found.things, found.policies)
+        try:
+            self._run(found, summary, keep_ca=keep_ca)
+        except KeyboardInterrupt:
+            summary.interrupted = True
+            return summary
+        if summary.complete:
+            self.journal.unlink(missing_ok=True)
+            if not keep_ca:
+                record_path(self.ca_dir).unlink(missing_ok=True)
+        return summary
+
+    def _run(self, found: Found, summary: Summary, *, keep_ca: bool) -> None:
         if not keep_ca and found.created.thing_types:
             # AWS deletes a thing type five minutes after its deprecation: start now.
             for name in found.created.thing_types:
                 self._gone_is_fine("DeprecateThingType", thingTypeName=name)
         progress = _Progress(self.on_progress, len(found.certificates) + len(found.policies))
         ours = {c["certificateArn"] for c in found.certificates}
+        # Outcomes are counted by the threads as each step ends (under the lock),
+        # so that an interrupted run's summary has every step that was done.
+        lock = threading.Lock()
         things: dict[str, tuple[str, str]] = {}  # a thing's outcome, once it has one
         policies = set(found.policies)
-        with ThreadPoolExecutor(_THREADS) as pool:
-            for outcome, cert_things, cert_policies in pool.map(
-                lambda cert: self._tear_certificate(cert, found, ours), found.certificates
-            ):
+
+        def certificate(cert: dict[str, Any]) -> None:
+            outcome, cert_things, cert_policies = self._tear_certificate(cert, found)
+            with lock:
                 _count(summary.certificates, outcome)
-                for name, thing_outcome in cert_things.items():
-                    # A thing shared by two of our certificates is decided by the
-                    # last one removed; one decided twice keeps its first verdict
-                    # unless the later one deleted it.
-                    if name not in things or thing_outcome[0] == "deleted":
-                        things[name] = thing_outcome
                 progress.add(len(cert_policies - policies))
-                policies |= cert_policies
+                policies.update(cert_policies)
+            if outcome[0] in ("deleted", "already_gone"):
+                # Each of its things that has no principal left ("pending":
+                # another of our certificates still holds it).
+                for name in sorted(cert_things):
+                    thing_outcome = self._remove_thing(name, ours, removed=cert["certificateArn"])
+                    with lock:
+                        # A thing shared by two of our certificates is decided by
+                        # the last one removed; one decided twice keeps its first
+                        # verdict unless the later one deleted it.
+                        if name not in things or thing_outcome[0] == "deleted":
+                            _decide(summary.things, things, name, thing_outcome)
+            with lock:
                 progress.step()
+
+        def thing(name: str) -> None:
+            outcome = self._remove_thing(name, ours)
+            with lock:
+                _decide(summary.things, things, name, outcome)
+                progress.step()
+
+        def policy(name: str) -> None:
+            outcome = (
+                ("kept", "named by the CA's template: the account's own")
+                if name in found.account_policies
+                else self._remove_policy(name)
+            )
+            with lock:
+                _count(summary.policies, outcome)
+                progress.step()
+
+        with self._pool() as pool:
+            for _ in pool.map(certificate, found.certificates):
+                pass
             # Things still waiting for another of our certificates when theirs was
             # removed, and those only the journal knows of: decided now.
             pending = sorted(
                 {n for n, o in things.items() if o[0] == "pending"} | (found.things - set(things))
             )
             progress.add(len(pending))
-            for name, outcome in zip(
-                pending, pool.map(lambda t: self._remove_thing(t, ours), pending), strict=True
-            ):
-                things[name] = outcome
-                progress.step()
-            for outcome in pool.map(self._remove_policy, sorted(policies - found.account_policies)):
-                _count(summary.policies, outcome)
-                progress.step()
-            for _ in policies & found.account_policies:
-                _count(summary.policies, ("kept", "named by the CA's template: the account's own"))
-                progress.step()
-        for outcome in things.values():
-            _count(summary.things, outcome)
+            for _ in pool.map(thing, pending):
+                pass
+            for _ in pool.map(policy, sorted(policies)):
+                pass
         devices_left = not summary.complete
         if keep_ca or devices_left:
             if devices_left and not keep_ca:
@@ -287,33 +326,36 @@ class Teardown:
                 _count(summary.ca, self._remove_ca())
             else:
                 summary.ca.already_gone += 1
-        if summary.complete:
-            self.journal.unlink(missing_ok=True)
-            if not keep_ca:
-                record_path(self.ca_dir).unlink(missing_ok=True)
-        return summary
+
+    @contextlib.contextmanager
+    def _pool(self) -> Iterator[ThreadPoolExecutor]:
+        """Threads for many certificates at once. Interrupted, the calls they wait
+        for are cancelled and the steps not started are dropped, so that the
+        command stops within one call's time instead of finishing every queue."""
+        pool = ThreadPoolExecutor(_THREADS)
+        try:
+            yield pool
+        except BaseException:
+            self.limits.cancel()
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
 
     def _tear_certificate(
-        self, cert: dict[str, Any], found: Found, ours: set[str]
-    ) -> tuple[tuple[str, str], dict[str, tuple[str, str]], set[str]]:
-        """One certificate removed, then each of its things that has no principal
-        left ("pending": another of our certificates still holds it). Returns the
-        certificate's outcome, its things' and the policies it had."""
+        self, cert: dict[str, Any], found: Found
+    ) -> tuple[tuple[str, str], set[str], set[str]]:
+        """One certificate removed: its outcome, and the things and policies it
+        had (its things are decided by the caller, once this is counted)."""
         listed = found.attached.get(cert["certificateId"])
         if listed is None:
             try:
                 listed = self._attachments(cert)
             except Exception as exc:
-                return _refused(exc), {}, set()
+                return _refused(exc), set(), set()
             # Before anything is detached: a rerun after a kill finds them here.
             self._journal(*listed)
         cert_things, cert_policies = listed
-        outcome = self._remove_certificate(cert, cert_things, cert_policies)
-        things: dict[str, tuple[str, str]] = {}
-        if outcome[0] in ("deleted", "already_gone"):
-            for name in sorted(cert_things):
-                things[name] = self._remove_thing(name, ours, removed=cert["certificateArn"])
-        return outcome, things, cert_policies
+        return self._remove_certificate(cert, cert_things, cert_policies), *listed
 
     # -- what setup created -------------------------------------------------
 
@@ -512,6 +554,32 @@ class _Progress:
         self.done += 1
         if self.report is not None:
             self.report(self.done, self.total)
+
+
+def _decide(
+    tally: Tally, things: dict[str, tuple[str, str]], name: str, outcome: tuple[str, str]
+) -> None:
+    """A thing's outcome, counted once it is final: a later verdict on the same
+    thing replaces the count of the earlier one."""
+    before = things.get(name)
+    if before is not None and before[0] != "pending":
+        _uncount(tally, before)
+    things[name] = outcome
+    if outcome[0] != "pending":
+        _count(tally, outcome)
+
+
+def _uncount(tally: Tally, outcome: tuple[str, str]) -> None:
+    kind, why = outcome
+    if kind == "deleted":
+        tally.deleted -= 1
+    elif kind == "already_gone":
+        tally.already_gone -= 1
+    else:
+        counter = tally.kept if kind == "kept" else tally.refused
+        counter[why] -= 1
+        if counter[why] == 0:
+            del counter[why]
 
 
 def _count(tally: Tally, outcome: tuple[str, str]) -> None:

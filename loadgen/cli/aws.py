@@ -326,6 +326,15 @@ def aws_teardown(
         summary = teardown.run(found, keep_ca=keep_ca)
     for line in summary.lines():
         click.echo(line)
+    if summary.interrupted:
+        left = len(found.certificates) - summary.certificates.deleted
+        left -= summary.certificates.already_gone
+        click.echo(
+            f"loadgen: interrupted with {left} of {len(found.certificates)} certificates "
+            "left; run it again to finish (the CA folder's journal has what they used)",
+            err=True,
+        )
+        sys.exit(130)
     if not summary.complete:
         sys.exit(1)
 
