@@ -522,6 +522,10 @@ def test_an_option_the_command_line_refuses_is_one_line_naming_it(args, fragment
         (("--linger", "-5"), ("'--linger'", "x>=0")),
         (("--pushgateway", "notaurl"), ("--pushgateway notaurl: no port",)),
         (("--pushgateway", "ftp://gw:9091"), ("--pushgateway ftp://gw:9091: not host:port",)),
+        (
+            ("--pushgateway", "http://127.0.0.1:9091/a b"),
+            ("--pushgateway 'http://127.0.0.1:9091/a b': a space",),
+        ),
         (("--report", "same.json", "--html", "same.json"), ("--html same.json: the same file as",)),
         (
             ("--report", "r.json", "--junit", "r.json"),
@@ -535,6 +539,7 @@ def test_an_option_the_command_line_refuses_is_one_line_naming_it(args, fragment
         "linger negative",
         "pushgateway no port",
         "pushgateway ftp",
+        "pushgateway space",
         "html",
         "junit",
     ],

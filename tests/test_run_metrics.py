@@ -16,6 +16,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.brokers import free_port, scrape_once_written, stop_process, wait_for_port
+from tests.fake_gateways import NotHttp
 from tests.test_run import _scenario
 
 
@@ -98,7 +99,7 @@ def _samples(body: bytes, name: str) -> list:
     return [s for f in families for s in f.samples if s.name == name]
 
 
-def _run_to_pushgateway(path, *args: str) -> None:
+def _run_to_pushgateway(path, *args: str) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
         [sys.executable, "-m", "loadgen", "run", str(path), *args],
         capture_output=True,
@@ -106,6 +107,7 @@ def _run_to_pushgateway(path, *args: str) -> None:
         timeout=120,
     )
     assert result.returncode == 0, result.stderr
+    return result
 
 
 @pytest.fixture
@@ -142,6 +144,24 @@ def test_a_short_run_pushes_its_final_metrics_to_a_pushgateway(
         if s.labels.get("job") == "ci-run"
     ]
     assert [s.value for s in finished] == [report["devices"]] == [60]
+
+
+def test_a_pushgateway_answering_in_another_protocol_fails_its_pushes_not_the_run(
+    tmp_path, mosquitto, device_ca
+):
+    path = _scenario(tmp_path, mosquitto, device_ca)
+    with NotHttp() as gateway:
+        result = _run_to_pushgateway(
+            path,
+            *("--count", "20", "--workers", "1", "--report", str(tmp_path / "r.json")),
+            *("--pushgateway", gateway.url),
+        )
+    assert gateway.requests >= 1
+    assert json.loads((tmp_path / "r.json").read_text())["devices"] == 20
+    failed = [line for line in result.stderr.splitlines() if "loadgen: pushgateway" in line]
+    assert failed == [
+        f"loadgen: pushgateway {gateway.url}: answered, but not in HTTP: 'SSH-2.0-x\\r\\n'"
+    ]
 
 
 def test_devices_holding_their_connection_show_as_connected(tmp_path, mosquitto, device_ca):

@@ -58,6 +58,13 @@ def check_pushgateway(url: str) -> None:
     """A Pushgateway's address as prometheus-client takes it: ``host:port`` or
     an http(s) URL. Anything else is refused before the run, not found wanting
     at its first push."""
+    # What http.client refuses to send (InvalidURL at the first push): a space,
+    # a control character; and what it cannot encode.
+    if not url.isascii() or any(c <= " " or c == "\x7f" for c in url):
+        raise UserError(
+            f"--pushgateway {url!r}: a space, control or non-ASCII character "
+            "(percent-encode it in a path)"
+        )
     full = url if "://" in url else f"http://{url}"
     try:
         parts = urllib.parse.urlsplit(full)

@@ -9,6 +9,7 @@ phase, never a device).
 
 from __future__ import annotations
 
+import http.client
 import threading
 import time
 from collections.abc import Iterator
@@ -207,8 +208,22 @@ class Pusher:
                 timeout=5,
             )
             self.error = None
-        except OSError as exc:
-            self.error = f"pushgateway {self.url}: {exc}"
+        # A gateway that cannot be reached or refuses (OSError: urllib's errors
+        # are), one that answers other than HTTP (HTTPException), a URL that
+        # http.client cannot send (InvalidURL, UnicodeEncodeError): each is a
+        # failed push, never the run's end.
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            self.error = f"pushgateway {self.url}: {_failure(exc)}"
+
+
+def _failure(exc: Exception) -> str:
+    """Why a push failed, on one line (a non-HTTP answer's first line may hold
+    anything, CR LF included)."""
+    # RemoteDisconnected is one too, but an OSError saying what happened.
+    if isinstance(exc, http.client.BadStatusLine) and not isinstance(exc, OSError):
+        line = str(exc.args[0]) if exc.args else ""
+        return f"answered, but not in HTTP: {line[:60]!r}"
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 class Exporter:
