@@ -42,6 +42,9 @@ class _Gateway:
 
     def __exit__(self, *exc: object) -> None:
         self.closed.set()
+        # Wakes the thread from accept(), which close() alone does not on Linux.
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)
         self.listener.close()
         self.thread.join(timeout=60)
 
@@ -102,8 +105,8 @@ class Holding(_Gateway):
         if _hung_up(conn):
             self.abandoned += 1
             return
+        self.answered += 1  # counted first: the pusher may go on once it is sent
         conn.sendall(b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-        self.answered += 1
 
     def wait_for_requests(self, n: int, timeout: float = 30.0) -> bool:
         with self.received:

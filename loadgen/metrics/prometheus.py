@@ -10,6 +10,7 @@ phase, never a device).
 from __future__ import annotations
 
 import http.client
+import math
 import threading
 import time
 from collections.abc import Iterator
@@ -183,29 +184,59 @@ def serve(live: LiveRun, port: int, host: str = "127.0.0.1") -> threading.Thread
 class Pusher:
     """Pushes the run's metrics to a Pushgateway every ``interval`` seconds and at
     the end, for runs too short for Prometheus to scrape. A push that fails is
-    reported once and retried at the next interval: the run goes on."""
+    retried at the next interval: the run goes on.
 
-    def __init__(self, live: LiveRun, url: str, job: str, interval: float = 5.0) -> None:
+    Pushes are made from a thread of their own, one at a time: the caller is the
+    loop that coordinates the workers, and a gateway slow to answer (each push
+    may take ``timeout`` seconds per read) held it up, and with it the run's
+    progress and timing. Each push reads the run as it is when it is made, so
+    the newest values win; the final push waits for the one in flight."""
+
+    def __init__(
+        self, live: LiveRun, url: str, job: str, interval: float = 5.0, timeout: float = 5.0
+    ) -> None:
         self.registry = registry_for(live)
-        self.url, self.job, self.interval = url, job, interval
+        self.url, self.job, self.interval, self.timeout = url, job, interval, timeout
         # Shards pushing under one job keep a group each instead of replacing
         # each other's.
         self.grouping = {"shard": live.shard} if live.shard is not None else None
-        self.last = 0.0
+        # When the last push ended (monotonic): the interval counts from there,
+        # so a gateway that takes the whole timeout is not pushed to back to back.
+        self.last = -math.inf
         self.error: str | None = None
+        self.pushing: threading.Thread | None = None
 
-    def push(self, *, force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and now - self.last < self.interval:
+    def push_due(self) -> None:
+        """Start a push if one is due and none is in flight; never waits."""
+        if self.pushing is not None and self.pushing.is_alive():
             return
-        self.last = now
+        if time.monotonic() - self.last < self.interval:
+            return
+        self.pushing = threading.Thread(target=self._push, name="pushgateway", daemon=True)
+        self.pushing.start()
+
+    def push_final(self) -> str | None:
+        """The last push, once the one in flight has ended, waited for; why it
+        failed, if it did. Each is bounded by the timeout of its reads, and past
+        a generous wait the final values are given up rather than the run held."""
+        if self.pushing is not None:
+            self.pushing.join(timeout=self.timeout * 4)
+            if self.pushing.is_alive():
+                return (
+                    f"pushgateway {self.url}: a push still unanswered after "
+                    f"{self.timeout * 4:g} s; the final values were not pushed"
+                )
+        self._push()
+        return self.error
+
+    def _push(self) -> None:
         try:
             push_to_gateway(
                 self.url,
                 job=self.job,
                 registry=self.registry,
                 grouping_key=self.grouping,
-                timeout=5,
+                timeout=self.timeout,
             )
             self.error = None
         # A gateway that cannot be reached or refuses (OSError: urllib's errors
@@ -214,6 +245,8 @@ class Pusher:
         # failed push, never the run's end.
         except (OSError, http.client.HTTPException, ValueError) as exc:
             self.error = f"pushgateway {self.url}: {_failure(exc)}"
+        finally:
+            self.last = time.monotonic()
 
 
 def _failure(exc: Exception) -> str:
@@ -252,7 +285,7 @@ class Exporter:
         self.live.started_at = time.time() - elapsed
         self.live.snapshot = snapshot
         if self.pusher is not None:
-            self.pusher.push()
+            self.pusher.push_due()
 
     def step_begins(self, plan: RunPlan, number: int, rate: float) -> None:
         """A capacity search's next step: its plan, number and rate."""
@@ -274,5 +307,4 @@ class Exporter:
         self.live.finished = True
         if self.pusher is None:
             return None
-        self.pusher.push(force=True)
-        return self.pusher.error
+        return self.pusher.push_final()
