@@ -10,6 +10,8 @@ import socket
 import threading
 from typing import Self
 
+_ACCEPTED = b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+
 
 class _Gateway:
     """A listening socket served one connection at a time by a daemon thread."""
@@ -76,12 +78,20 @@ def _read_request(conn: socket.socket) -> bytes:
 
 class NotHttp(_Gateway):
     """Answers every push with an SSH banner and closes the connection (once the
-    push is read: closed before, its pusher could meet a broken pipe instead)."""
+    push is read: closed before, its pusher could meet a broken pipe instead);
+    after ``recover()``, as a Pushgateway does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.http = False
 
     def answer(self, conn: socket.socket) -> None:
         _read_request(conn)
         self.requests += 1
-        conn.sendall(b"SSH-2.0-x\r\n")
+        conn.sendall(_ACCEPTED if self.http else b"SSH-2.0-x\r\n")
+
+    def recover(self) -> None:
+        self.http = True
 
 
 class Holding(_Gateway):
@@ -106,7 +116,7 @@ class Holding(_Gateway):
             self.abandoned += 1
             return
         self.answered += 1  # counted first: the pusher may go on once it is sent
-        conn.sendall(b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        conn.sendall(_ACCEPTED)
 
     def wait_for_requests(self, n: int, timeout: float = 30.0) -> bool:
         with self.received:

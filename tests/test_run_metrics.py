@@ -158,10 +158,12 @@ def test_a_pushgateway_answering_in_another_protocol_fails_its_pushes_not_the_ru
         )
     assert gateway.requests >= 1
     assert json.loads((tmp_path / "r.json").read_text())["devices"] == 20
-    failed = [line for line in result.stderr.splitlines() if "loadgen: pushgateway" in line]
-    assert failed == [
-        f"loadgen: pushgateway {gateway.url}: answered, but not in HTTP: 'SSH-2.0-x\\r\\n'"
-    ]
+    said = [line for line in result.stderr.splitlines() if "loadgen: pushgateway" in line]
+    why = f"loadgen: pushgateway {gateway.url}: answered, but not in HTTP: 'SSH-2.0-x\\r\\n'"
+    # Once when the pushes began failing (if the run went on past the first),
+    # and for the final push.
+    assert said[:-1] in ([], [f"{why}; retrying every 5 s, the run goes on"])
+    assert said[-1] == f"{why}; the final values were not pushed"
 
 
 def test_devices_holding_their_connection_show_as_connected(tmp_path, mosquitto, device_ca):

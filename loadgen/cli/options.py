@@ -224,7 +224,13 @@ class Outputs:
             return None
         label = self.shard.label if self.shard is not None else None
         return prom.Exporter(
-            plan, self.metrics_port, self.pushgateway, self.job, label, self.metrics_host
+            plan,
+            self.metrics_port,
+            self.pushgateway,
+            self.job,
+            label,
+            self.metrics_host,
+            say=lambda line: click.echo(f"loadgen: {line}", err=True),
         )
 
     def write(self, report: dict[str, Any]) -> None:

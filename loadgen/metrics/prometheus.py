@@ -13,7 +13,7 @@ import http.client
 import math
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, push_to_gateway
 from prometheus_client.core import (
@@ -184,7 +184,9 @@ def serve(live: LiveRun, port: int, host: str = "127.0.0.1") -> threading.Thread
 class Pusher:
     """Pushes the run's metrics to a Pushgateway every ``interval`` seconds and at
     the end, for runs too short for Prometheus to scrape. A push that fails is
-    retried at the next interval: the run goes on.
+    retried at the next interval: the run goes on. That pushes began failing, and
+    that they succeed again, are noted once each (``take_notices``), not at every
+    push: a gateway down for the whole run is one line, not one every 5 s.
 
     Pushes are made from a thread of their own, one at a time: the caller is the
     loop that coordinates the workers, and a gateway slow to answer (each push
@@ -205,6 +207,9 @@ class Pusher:
         self.last = -math.inf
         self.error: str | None = None
         self.pushing: threading.Thread | None = None
+        # Written by the pushing thread, read by the caller's: under the lock.
+        self.lock = threading.Lock()
+        self.notices: list[str] = []
 
     def push_due(self) -> None:
         """Start a push if one is due and none is in flight; never waits."""
@@ -219,17 +224,29 @@ class Pusher:
         """The last push, once the one in flight has ended, waited for; why it
         failed, if it did. Each is bounded by the timeout of its reads, and past
         a generous wait the final values are given up rather than the run held."""
-        if self.pushing is not None:
-            self.pushing.join(timeout=self.timeout * 4)
-            if self.pushing.is_alive():
-                return (
-                    f"pushgateway {self.url}: a push still unanswered after "
-                    f"{self.timeout * 4:g} s; the final values were not pushed"
-                )
-        self._push()
-        return self.error
+        if not self.wait(self.timeout * 4):
+            return (
+                f"pushgateway {self.url}: a push still unanswered after "
+                f"{self.timeout * 4:g} s; the final values were not pushed"
+            )
+        self._push(final=True)
+        return f"{self.error}; the final values were not pushed" if self.error else None
 
-    def _push(self) -> None:
+    def wait(self, timeout: float) -> bool:
+        """Until no push is in flight (False: one still is after ``timeout`` s)."""
+        if self.pushing is not None:
+            self.pushing.join(timeout)
+            return not self.pushing.is_alive()
+        return True
+
+    def take_notices(self) -> list[str]:
+        """What changed since the last call: pushes began failing, or succeed again."""
+        with self.lock:
+            notices, self.notices = self.notices, []
+        return notices
+
+    def _push(self, *, final: bool = False) -> None:
+        error: str | None = None
         try:
             push_to_gateway(
                 self.url,
@@ -238,15 +255,19 @@ class Pusher:
                 grouping_key=self.grouping,
                 timeout=self.timeout,
             )
-            self.error = None
         # A gateway that cannot be reached or refuses (OSError: urllib's errors
         # are), one that answers other than HTTP (HTTPException), a URL that
         # http.client cannot send (InvalidURL, UnicodeEncodeError): each is a
         # failed push, never the run's end.
         except (OSError, http.client.HTTPException, ValueError) as exc:
-            self.error = f"pushgateway {self.url}: {_failure(exc)}"
-        finally:
-            self.last = time.monotonic()
+            error = f"pushgateway {self.url}: {_failure(exc)}"
+        with self.lock:
+            if error is not None and self.error is None and not final:
+                self.notices.append(f"{error}; retrying every {self.interval:g} s, the run goes on")
+            elif error is None and self.error is not None:
+                self.notices.append(f"pushgateway {self.url}: pushes succeed again")
+            self.error = error
+        self.last = time.monotonic()
 
 
 def _failure(exc: Exception) -> str:
@@ -271,9 +292,12 @@ class Exporter:
         job: str,
         shard: str | None = None,
         host: str = "127.0.0.1",
+        *,
+        say: Callable[[str], None],
     ) -> None:
         self.live = LiveRun(plan)
         self.live.shard = shard
+        self.say = say  # a line for the user: a push's failure, its recovery
         self.pusher = Pusher(self.live, pushgateway, job) if pushgateway is not None else None
         if port is not None:
             try:
@@ -285,6 +309,10 @@ class Exporter:
         self.live.started_at = time.time() - elapsed
         self.live.snapshot = snapshot
         if self.pusher is not None:
+            # Said here, from the caller's thread, not the pushing one: the
+            # caller also draws the live view on the same terminal.
+            for notice in self.pusher.take_notices():
+                self.say(notice)
             self.pusher.push_due()
 
     def step_begins(self, plan: RunPlan, number: int, rate: float) -> None:
@@ -300,11 +328,15 @@ class Exporter:
         self.live.before = before
         self.live.snapshot = RunSnapshot(0, 0, 0, RunStats())
 
-    def finish(self, stats: RunStats) -> str | None:
-        """The final values (served and pushed); a push's error, if any."""
+    def finish(self, stats: RunStats) -> None:
+        """The final values, served and pushed (why the push failed, said)."""
         self.live.before = None
         self.live.snapshot = RunSnapshot(stats.devices, 0, 0, stats)
         self.live.finished = True
         if self.pusher is None:
-            return None
-        return self.pusher.push_final()
+            return
+        error = self.pusher.push_final()
+        for notice in self.pusher.take_notices():
+            self.say(notice)
+        if error is not None:
+            self.say(error)
