@@ -16,7 +16,7 @@ def _snapshot(started: int) -> RunSnapshot:
     stats = RunStats()
     for i in range(started):
         stats.started(i * 0.01)
-    return RunSnapshot(started, started, 0, stats)
+    return RunSnapshot(started, started, 0, stats, at=1.0)
 
 
 def test_progress_goes_on_while_the_gateway_holds_a_push():

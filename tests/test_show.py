@@ -37,7 +37,7 @@ def _progress(started: int, in_flight: int, connected: int, finished: int = 0) -
     for i, result in enumerate(_results(finished, 5)):
         stats.started(i * 0.01)
         stats.add(result, i * 0.01, i * 0.01 + 0.5)
-    return Progress(started, in_flight, connected, stats.to_wire(per_second=False))
+    return Progress(started, in_flight, connected, stats.to_wire(per_second=False), at=0.0)
 
 
 def _report(devices: int, scale: float = 1.0) -> dict[str, Any]:

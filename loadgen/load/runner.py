@@ -70,6 +70,9 @@ class Progress:
     in_flight: int
     connected: int
     stats: dict[str, Any]  # RunStats.to_wire(): exact, so snapshots merge exactly
+    # When it was measured, in seconds since the schedule's start: every start
+    # before then is in ``stats``.
+    at: float
 
 
 def my_devices(plan: RunPlan, worker: int) -> Iterator[tuple[FleetDevice, float]]:
@@ -234,7 +237,7 @@ class Worker:
         cpu0 = time.process_time()
         self.room.set()  # the fleet may be all in the window already: its end is due
         producer = loop.create_task(self._produce(items, queue))
-        reporter = loop.create_task(self._report())
+        reporter = loop.create_task(self._report(t0))
         self.dispatcher = loop.create_task(self._dispatch(queue, t0))
         tasks = self.tasks
         try:
@@ -412,12 +415,12 @@ class Worker:
                 freed.set_result(None)
         self.ended.append((result, started, self.clock() - t0))
 
-    async def _report(self) -> None:
+    async def _report(self, t0: float) -> None:
         heap, trimmed = Heap(), (0, 0)
         for report in itertools.count(1):
             await asyncio.sleep(PROGRESS_INTERVAL)
             await self._record_ended()
-            progress = self.progress()  # and what ended meanwhile
+            progress = self.progress(self.clock() - t0)  # and what ended meanwhile
             self.send(("progress", progress))
             # What the connects of the last seconds freed goes back to the system
             # (held devices keep a fraction of what connecting them took).
@@ -426,12 +429,14 @@ class Worker:
                 trimmed = churned
                 heap.trim()
 
-    def progress(self) -> Progress:
+    def progress(self, at: float) -> Progress:
+        """What was measured until ``at`` (seconds since the schedule's start: now)."""
         return Progress(
             self.started,
             self.in_flight,
             self.census.connected,
             self.measured().to_wire(per_second=False),
+            at,
         )
 
 
@@ -443,6 +448,9 @@ class RunSnapshot:
     in_flight: int
     connected: int
     stats: RunStats
+    # When the oldest of the workers' measurements was taken (seconds since the
+    # schedule's start): every second before it is whole in ``stats``.
+    at: float
 
 
 def merge_progress(parts: list[Progress]) -> RunSnapshot:
@@ -454,4 +462,5 @@ def merge_progress(parts: list[Progress]) -> RunSnapshot:
         sum(p.in_flight for p in parts),
         sum(p.connected for p in parts),
         stats,
+        min(p.at for p in parts),
     )

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import multiprocessing
 import multiprocessing.connection
 import os
 import signal
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from multiprocessing import resource_tracker
 from typing import Any
 
@@ -358,7 +359,13 @@ def _supervise(
                     worker, f"stopped answering: nothing from it for {silent_timeout:g} s (killed)"
                 )
         if on_progress is not None and tally.progress:
-            on_progress(list(tally.progress.values()), time.time() - tally.started_at)
+            # A worker that ended starts no more devices: every second of its
+            # is whole, and its last measurement's time holds back no one's.
+            parts = [
+                replace(p, at=math.inf) if tally.finished(w) else p
+                for w, p in tally.progress.items()
+            ]
+            on_progress(parts, time.time() - tally.started_at)
     tally.ended_at = time.time()
     tally.coordinator_cpu_s = time.process_time() - cpu
     return tally

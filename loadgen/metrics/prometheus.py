@@ -156,7 +156,10 @@ class RunCollector(Collector):
         arriving = 0.0 <= elapsed <= live.arrivals_end + 1.0
         target = None if live.finished or not arriving else target_rate(live.plan.executor, elapsed)
         yield gauge("arrival_rate_target", "Planned device arrivals per second", target or 0.0)
-        second = int(elapsed) - 1  # the last whole second
+        # The last second whole in the snapshot, from the snapshot's own time:
+        # workers measure twice a second, so the second before the scrape's own
+        # may not all be in the snapshot yet, and would read low.
+        second = int(min(snap.at, elapsed)) - 1
         current = snap.stats.started_per_second
         achieved = 0 if live.finished or second < 0 else current.get(second, 0)
         yield gauge("arrival_rate_achieved", "Device arrivals in the last whole second", achieved)
@@ -326,12 +329,12 @@ class Exporter:
         before = self.live.before or RunStats()
         before.merge(stats)
         self.live.before = before
-        self.live.snapshot = RunSnapshot(0, 0, 0, RunStats())
+        self.live.snapshot = RunSnapshot(0, 0, 0, RunStats(), at=0.0)
 
     def finish(self, stats: RunStats) -> None:
         """The final values, served and pushed (why the push failed, said)."""
         self.live.before = None
-        self.live.snapshot = RunSnapshot(stats.devices, 0, 0, stats)
+        self.live.snapshot = RunSnapshot(stats.devices, 0, 0, stats, at=math.inf)
         self.live.finished = True
         if self.pusher is None:
             return
