@@ -1,13 +1,16 @@
 """/metrics served from a thread of its own stays bounded whatever clients do:
-idle connections are closed, and only so many are served at once."""
+idle connections are closed, and only so many are served at once. It answers
+at /metrics alone, to GET and HEAD."""
 
 from __future__ import annotations
 
+import http.client
 import socket
 import threading
 import time
 import urllib.request
 
+import pytest
 from prometheus_client import CollectorRegistry, Counter
 
 from loadgen.metrics.http import serve_metrics
@@ -67,3 +70,34 @@ def test_a_connection_that_sends_nothing_is_closed_after_the_timeout():
         assert idle.recv(1) == b""  # closed by the server, nothing sent
     assert "scraped_things_total 3.0" in _scrape(port)
     server.shutdown()
+
+
+def _ask(port: int, method: str, path: str) -> tuple[int, dict[str, str], bytes]:
+    """The status, headers (names lowercased) and body of one request."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request(method, path)
+        answer = conn.getresponse()
+        headers = {name.lower(): value for name, value in answer.getheaders()}
+        return answer.status, headers, answer.read()
+    finally:
+        conn.close()
+
+
+def test_head_answers_with_the_headers_of_a_get_and_no_body():
+    server, port = _served()
+    status, headers, body = _ask(port, "HEAD", "/metrics")
+    _, got, got_body = _ask(port, "GET", "/metrics")
+    server.shutdown()
+    assert (status, body) == (200, b"")
+    assert headers["content-type"] == got["content-type"]
+    assert int(headers["content-length"]) == len(got_body)
+
+
+@pytest.mark.parametrize("path", ["/", "/nope", "/metrics/extra"])
+def test_a_path_other_than_metrics_is_not_found(path):
+    server, port = _served()
+    status, _, body = _ask(port, "GET", path)
+    server.shutdown()
+    assert status == 404
+    assert b"/metrics" in body

@@ -6,6 +6,10 @@ emulator's metrics port took 2,000 threads, and near its open-files limit the
 process's control plane and /metrics stopped answering. Here a connection that
 sends nothing for ``TIMEOUT`` seconds is closed, and past ``MAX_CONNECTIONS`` at
 once a new one is closed at once: a scraper needs one.
+
+The metrics are at ``/metrics`` alone (every other path is 404, as a mistyped
+scrape path should be told), for GET and HEAD (RFC 9110: HEAD is a GET without
+its body; prometheus-client's app answers it 405).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import socket
 import sys
 import threading
+from collections.abc import Callable, Iterable
 from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
@@ -21,6 +26,12 @@ from prometheus_client import CollectorRegistry, make_wsgi_app
 
 MAX_CONNECTIONS = 64
 TIMEOUT = 10.0
+PATH = "/metrics"
+ALLOW = "GET, HEAD, OPTIONS"
+
+# WSGI's shapes (PEP 3333), as far as this module uses them.
+StartResponse = Callable[[str, list[tuple[str, str]]], Any]
+App = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 
 
 class _Handler(WSGIRequestHandler):
@@ -73,6 +84,36 @@ class MetricsServer(ThreadingMixIn, WSGIServer):
             super().handle_error(request, client_address)
 
 
+def metrics_only(app: App) -> App:
+    """``app`` (prometheus-client's, which answers any path, and HEAD with 405)
+    at ``PATH``, for GET and HEAD; 404 elsewhere, 405 for other methods."""
+
+    def routed(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        method = environ["REQUEST_METHOD"]
+        if method == "GET" and environ.get("PATH_INFO") == PATH:
+            return app(environ, start_response)
+        if environ.get("PATH_INFO") != PATH:
+            status, headers = "404 Not Found", [("Content-Type", "text/plain; charset=utf-8")]
+            body = f"# HTTP 404: the metrics are at {PATH}\n".encode()
+        elif method == "HEAD":
+            answer: list[tuple[str, list[tuple[str, str]]]] = []
+            get = {**environ, "REQUEST_METHOD": "GET"}
+            body = b"".join(app(get, lambda s, h: answer.append((s, h))))
+            status, headers = answer[0]
+        elif method == "OPTIONS":
+            status, headers, body = "200 OK", [("Allow", ALLOW)], b""
+        else:
+            status, headers = "405 Method Not Allowed", [("Allow", ALLOW)]
+            body = f"# HTTP 405: {method}; use {ALLOW}\n".encode()
+        if not any(name.lower() == "content-length" for name, _ in headers):
+            headers = [*headers, ("Content-Length", str(len(body)))]
+        start_response(status, headers)
+        # HEAD: the headers a GET would have, its length among them, no body.
+        return [] if method == "HEAD" else [body]
+
+    return routed
+
+
 def serve_metrics(
     registry: CollectorRegistry,
     host: str,
@@ -84,7 +125,7 @@ def serve_metrics(
     """Serve ``registry`` on ``host:port`` from a daemon thread."""
     family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
     httpd = MetricsServer((host, port), family, max_connections, timeout)
-    httpd.set_app(make_wsgi_app(registry))
+    httpd.set_app(metrics_only(make_wsgi_app(registry)))
     thread = threading.Thread(target=httpd.serve_forever, name="metrics", daemon=True)
     thread.start()
     return httpd, thread
