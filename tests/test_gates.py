@@ -37,6 +37,9 @@ REPORT = {
         ("count(unexpected) == 0", False, 4.0),
         ("ratio(unexpected) < 0.5%", True, 0.004),
         ("count(expected) == 6", True, 6.0),
+        # The number may come first: the metric is still what was measured.
+        ("2s > p99(provision)", True, 1800.0),
+        ("1ms > p99(provision)", False, 1800.0),
     ],
 )
 def test_gates_measure_the_report(text, passed, measured):
@@ -68,6 +71,25 @@ def test_nothing_measured_fails_the_gate():
     report = {**REPORT, "latency_ms": {**REPORT["latency_ms"], "provision": {"p99": None}}}
     result = gates.parse("p99(provision) < 2s").evaluate(report)
     assert not result.passed and result.note == "nothing was measured"
+
+
+def test_a_gate_with_the_number_first_keeps_the_number_as_its_threshold():
+    result = gates.parse("1ms > p99(provision)").evaluate(REPORT)
+    assert (result.measured, result.threshold) == (1800.0, 1.0)
+    assert "(measured 1800)" in result.describe()
+
+
+def test_devices_that_connected_and_failed_later_measured_something():
+    """A broker killed while every device held: all end closed, none connected,
+    but each connect was measured."""
+    report = {
+        **REPORT,
+        "outcomes": {"connected": 0, "closed": 1000},
+        "latency_ms": {"provision": {"count": 1000, "p99": 1800.0}},
+        "accounting": {"planned": 1000, "started": 1000, "expected": {}, "unexpected": 1000},
+    }
+    assert gates.nothing_measured(report) is None
+    assert gates.parse("p99(provision) < 2s").evaluate(report).passed
 
 
 def test_a_failing_gate_fails_the_run_with_exit_1(tmp_path, mosquitto, device_ca):

@@ -131,7 +131,11 @@ def nothing_measured(report: Report) -> str | None:
     if not devices:
         return "no device ran"
     connected = (report.get("outcomes") or {}).get("connected")
-    if not connected and not _expected(report):
+    # Devices that connected and failed later (their broker died while they
+    # held) measured their connect.
+    provision = (report.get("latency_ms") or {}).get("provision")
+    provisioned = provision.get("count") if isinstance(provision, dict) else None
+    if not connected and not provisioned and not _expected(report):
         return f"no device connected (of {devices})"
     return None
 
@@ -153,14 +157,17 @@ class Gate:
     left: Callable[[Report], float | None]
     op: str
     right: Callable[[Report], float | None]
+    # The number is on the left (``1s > p99(provision)``): the right is measured.
+    number_first: bool = False
 
     def evaluate(self, report: Report) -> GateResult:
         left, right = self.left(report), self.right(report)
+        measured, threshold = (right, left) if self.number_first else (left, right)
         if (why := nothing_measured(report)) is not None:
-            return GateResult(self.text, False, left, right, f"nothing was measured: {why}")
+            return GateResult(self.text, False, measured, threshold, f"nothing was measured: {why}")
         if left is None or right is None:
-            return GateResult(self.text, False, left, right, "nothing was measured")
-        return GateResult(self.text, _OPS[self.op](left, right), left, right, None)
+            return GateResult(self.text, False, measured, threshold, "nothing was measured")
+        return GateResult(self.text, _OPS[self.op](left, right), measured, threshold, None)
 
 
 @dataclass(frozen=True)
@@ -237,7 +244,13 @@ def parse(text: str, where: str = "gate") -> Gate:
         raise ConfigError(f"{where}: {gate!r} compares two numbers: one side must be a metric")
     if left.kind is not None and right.kind is not None and left.kind is not right.kind:
         raise ConfigError(f"{where}: {gate!r} compares {left.kind.value} with {right.kind.value}")
-    return Gate(gate, _reader(left, right, gate, where), op, _reader(right, left, gate, where))
+    return Gate(
+        gate,
+        _reader(left, right, gate, where),
+        op,
+        _reader(right, left, gate, where),
+        number_first=left.kind is None,
+    )
 
 
 def _reader(side: _Side, other: _Side, gate: str, where: str) -> Callable[[Report], float | None]:
