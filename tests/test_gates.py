@@ -193,6 +193,17 @@ def test_junit_and_markdown_summary_for_ci(tmp_path, mosquitto, device_ca):
             assert devices == expected
 
 
+def test_junit_of_a_report_named_with_control_characters_still_parses():
+    from xml.etree import ElementTree as ET
+
+    from loadgen.report.ci import junit
+
+    report = {"scenario": "hold\x01", "duration_s": 1.0, "started_at": "2026-12-07T00:00:00+00:00"}
+    results = [gates.parse("count(failed) == 0").evaluate(REPORT)]
+    suite = ET.fromstring(junit(report, results))
+    assert suite.get("name") == "loadgen hold\ufffd"
+
+
 def test_report_compare_fails_on_a_regression_beyond_the_limit(tmp_path):
     from tests.conftest import run_loadgen
     from tests.test_report_merge import _report

@@ -204,6 +204,14 @@ def test_a_scenario_mistake_is_refused_before_any_load(tmp_path, listener, load,
     _assert_refused_untouched(result, tmp_path, listener, f"{path}{where}", *rest)
 
 
+def test_a_scenario_name_with_a_control_character_is_refused_with_its_line(tmp_path, listener):
+    """The name goes into JUnit's XML, which cannot hold one."""
+    path = _write_scenario(tmp_path, listener.getsockname()[1])
+    path.write_text(path.read_text().replace("name: validation", 'name: "valid\\u0001ation"'))
+    result = run_loadgen("run", path, "--report", tmp_path / "report.json", cwd=tmp_path)
+    _assert_refused_untouched(result, tmp_path, listener, f"{path}:1: name:", "printable")
+
+
 EMBEDDED_MISTAKES = {
     "a tls block with endpoint: embedded": (
         "tls: {verify_server: false}\n",

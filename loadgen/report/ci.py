@@ -3,6 +3,7 @@ summary for a job's summary page."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 from xml.etree import ElementTree as ET
@@ -14,21 +15,30 @@ from loadgen.report.show import accounting_phrases, expected_cell
 from loadgen.report.store import MARKDOWN, XML, Destination
 from loadgen.words import counted
 
+# What XML 1.0 cannot hold at all, even escaped: C0 controls but tab and newlines.
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+
+
+def _xml(text: str) -> str:
+    """``text`` with what XML cannot hold replaced (a report from elsewhere, say,
+    named before names were checked): a JUnit file that does not parse is lost."""
+    return _NOT_XML.sub("\ufffd", text)
+
 
 def junit(report: dict[str, Any], results: list[GateResult]) -> bytes:
     suite = ET.Element(
         "testsuite",
-        name=f"loadgen {report['scenario']}",
+        name=_xml(f"loadgen {report['scenario']}"),
         tests=str(len(results)),
         failures=str(sum(not r.passed for r in results)),
         time=f"{report['duration_s']:.3f}",
         timestamp=report["started_at"],
     )
     for result in results:
-        case = ET.SubElement(suite, "testcase", classname="loadgen.gates", name=result.gate)
+        case = ET.SubElement(suite, "testcase", classname="loadgen.gates", name=_xml(result.gate))
         if not result.passed:
-            failure = ET.SubElement(case, "failure", message=result.describe())
-            failure.text = result.describe()
+            failure = ET.SubElement(case, "failure", message=_xml(result.describe()))
+            failure.text = _xml(result.describe())
     data: bytes = ET.tostring(suite, encoding="utf-8", xml_declaration=True)
     return data
 

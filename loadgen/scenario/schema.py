@@ -401,6 +401,15 @@ class Scenario(_Strict):
         default_factory=list, description='e.g. "p99(provision) < 2s", "ratio(failed) < 0.5%"'
     )
 
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        # It names the run in reports, metrics' labels and JUnit's XML, which
+        # cannot hold control characters.
+        if not v.strip() or not v.isprintable():
+            raise ValueError("must be printable text, not empty")
+        return v
+
     @field_validator("endpoint")
     @classmethod
     def _endpoint(cls, v: str) -> str:
