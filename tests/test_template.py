@@ -84,6 +84,19 @@ def test_sub_reads_parameters_and_its_own_variables():
     assert props == {"ThingName": "lightbulb-000001.DE", "ThingTypeName": "bulb-v2"}
 
 
+def test_sub_writes_an_escaped_name_as_the_text_it_escapes():
+    """As CloudFormation does: ``${!iot:ClientId}`` keeps a policy variable."""
+    props = _run(
+        {
+            "ThingName": {"Ref": P + "CommonName"},
+            "AttributePayload": {
+                "topic": {"Fn::Sub": "dt/${AWS::IoT::Certificate::Country}/${!iot:ClientId}"}
+            },
+        }
+    )
+    assert props["AttributePayload"] == {"topic": "dt/DE/${iot:ClientId}"}
+
+
 def test_find_in_map_and_if_with_conditions():
     props = _run(
         {

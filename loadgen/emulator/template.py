@@ -8,6 +8,7 @@ resources to create, or raises ``ClientError`` without touching anything.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -185,10 +186,22 @@ def _split(ev: _Evaluator, arg: Any) -> list[str]:
     return str(ev.value(text)).split(str(delimiter))
 
 
+# A variable, or an escape: ``${!Name}`` is written ``${Name}`` (as CloudFormation
+# does), the way a policy document keeps its policy variables (``${!iot:ClientId}``).
+_SUB_OR_ESCAPE = re.compile(r"\$\{(?:!([^}]*)|([^}!][^}]*))\}")
+
+
 def _sub(ev: _Evaluator, arg: Any) -> str:
     text, variables = (arg[0], arg[1]) if isinstance(arg, list) else (arg, {})
     local = {k: ev.value(v) for k, v in variables.items()}
-    return SUB_VARIABLE.sub(lambda m: str(local[m[1]] if m[1] in local else ev.ref(m[1])), text)
+
+    def one(m: re.Match[str]) -> str:
+        escaped, name = m[1], m[2]
+        if escaped is not None:
+            return "${" + escaped + "}"
+        return str(local[name] if name in local else ev.ref(name))
+
+    return _SUB_OR_ESCAPE.sub(one, text)
 
 
 def _find_in_map(ev: _Evaluator, arg: Any) -> Any:
