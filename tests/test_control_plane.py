@@ -508,6 +508,9 @@ def test_create_thing_again_with_the_same_properties_is_the_same_thing(plane):
     )
     assert error.code == "ResourceAlreadyExistsException"
     assert _error(plane, "CreateThing", thingName="bad name").code == "InvalidRequestException"
+    spaced = {"attributes": {"a": "has space"}}
+    error = _error(plane, "CreateThing", thingName="t2", attributePayload=spaced)
+    assert error.code == "InvalidRequestException"
 
 
 def test_a_thing_of_a_type_that_does_not_exist_is_not_created(plane):

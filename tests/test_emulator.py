@@ -4,6 +4,7 @@ endpoint."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -70,6 +71,56 @@ def test_strict_resources_fail_on_a_thing_group_that_does_not_exist(lightbulbs, 
     with pytest.raises(ClientError, match="does not exist"):
         registry.provision(cert, registry.issuer_of(cert))  # the country's group
     assert registry.certificates == {}
+
+
+@pytest.mark.parametrize(
+    ("properties", "refused"),
+    [
+        (
+            {"ThingName": {"Fn::Join": [" ", ["Acme", {"Ref": "AWS::IoT::Certificate::Id"}]]}},
+            "ThingName 'Acme ",
+        ),
+        ({"ThingName": "t1", "ThingGroups": ["group one"]}, "ThingGroupName 'group one'"),
+        ({"ThingName": "t1", "AttributePayload": {"org unit": "x"}}, "attribute name 'org unit'"),
+        ({"ThingName": "t1", "AttributePayload": {"v": "has space"}}, "value 'has space'"),
+    ],
+)
+def test_a_template_rendering_a_name_aws_refuses_fails_provisioning(
+    lightbulbs, device_ca, tmp_path, properties, refused
+):
+    template = {
+        "Parameters": {"AWS::IoT::Certificate::Id": {"Type": "String"}},
+        "Resources": {"thing": {"Type": "AWS::IoT::Thing", "Properties": properties}},
+    }
+    config = tmp_path / "config.json"
+    config.write_text(
+        json.dumps(
+            {"templateBody": json.dumps(template), "roleArn": "arn:aws:iam::123456789012:role/r"}
+        )
+    )
+    registry = Registry()
+    registry.register_ca(device_ca.cert, load_registration_config(config))
+    cert = _cert(lightbulbs)
+    with pytest.raises(ClientError, match=f"{re.escape(refused)}.*not .* AWS IoT accepts"):
+        registry.provision(cert, registry.issuer_of(cert))
+    assert registry.certificates == {} and registry.things == {}
+
+
+def test_an_inline_policy_named_as_aws_refuses_fails_provisioning(lightbulbs, device_ca, tmp_path):
+    policy = {"PolicyName": "bad policy name!", "PolicyDocument": '{"Statement": []}'}
+    template = {"Resources": {"policy": {"Type": "AWS::IoT::Policy", "Properties": policy}}}
+    config = tmp_path / "config.json"
+    config.write_text(
+        json.dumps(
+            {"templateBody": json.dumps(template), "roleArn": "arn:aws:iam::123456789012:role/r"}
+        )
+    )
+    registry = Registry()
+    registry.register_ca(device_ca.cert, load_registration_config(config))
+    cert = _cert(lightbulbs)
+    with pytest.raises(ClientError, match="PolicyName 'bad policy name!'"):
+        registry.provision(cert, registry.issuer_of(cert))
+    assert registry.policies == {}
 
 
 def test_a_certificate_from_another_ca_has_no_issuer(lightbulbs, device_ca):

@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from loadgen.emulator import template as tpl
 from loadgen.emulator.errors import ClientError, TemplateError
+from loadgen.emulator.names import refused
 from loadgen.emulator.parameters import certificate_id, jitp_parameters
 from loadgen.emulator.state import RegistryStore
 from loadgen.emulator.structure import config_problems
@@ -408,6 +409,8 @@ class Registry:
                 props.get("PolicyName")
                 or "jitp-" + hashlib.sha256(document.encode()).hexdigest()[:16]
             )
+            if (why := refused([("PolicyName", name)])) is not None:
+                raise ClientError(f"{where}: {why}")
 
         def attach(record: CertRecord) -> None:
             self.policies.setdefault(name, document)
@@ -423,6 +426,11 @@ class Registry:
         type_name = props.get("ThingTypeName")
         groups = {str(g) for g in props.get("ThingGroups") or []}
         attributes = {str(k): str(v) for k, v in (props.get("AttributePayload") or {}).items()}
+        named = [("ThingName", name), *(("ThingGroupName", g) for g in sorted(groups))]
+        if type_name is not None:
+            named.append(("ThingTypeName", str(type_name)))
+        if (why := refused(named, attributes)) is not None:
+            raise ClientError(f"{where}: {why}")
         missing_type = type_name is not None and type_name not in self.thing_types
         missing_groups = groups - self.thing_groups
         if self.strict_resources and (missing_type or missing_groups):

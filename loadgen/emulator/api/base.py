@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from loadgen.emulator.api.errors import ApiError
+from loadgen.emulator.names import NAME
 from loadgen.emulator.registry import CertRecord, Registry
 
 Params = dict[str, Any]
@@ -23,8 +24,6 @@ T = TypeVar("T")
 MAX_PAGE = 250
 # AWS documents no default page size; this one makes paging show at small scale.
 DEFAULT_PAGE = 25
-NAME = re.compile(r"[a-zA-Z0-9:_-]{1,128}")  # ThingName, ThingTypeName, ThingGroupName
-POLICY_NAME = re.compile(r"[\w+=,.@-]{1,128}")
 CERTIFICATE_ID = re.compile(r"(0x)?[a-fA-F0-9]{64}")
 
 

@@ -9,6 +9,7 @@ from loadgen.emulator.api import base
 from loadgen.emulator.api.base import Account, Params, Result, not_found
 from loadgen.emulator.api.cas import generation_id
 from loadgen.emulator.api.errors import ApiError
+from loadgen.emulator.names import POLICY_NAME
 from loadgen.emulator.registry import PolicyInfo, PolicyVersion
 
 # AWS's limits: versions per policy, policies per target.
@@ -34,7 +35,7 @@ def _document(params: Params) -> str:
 
 def create_policy(account: Account, params: Params) -> Result:
     registry = account.registry
-    name = base.name(params, "policyName", base.POLICY_NAME)
+    name = base.name(params, "policyName", POLICY_NAME)
     document = _document(params)
     if name in registry.policies:
         raise base.already_exists(f"policy {name} exists")

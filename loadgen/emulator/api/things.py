@@ -8,6 +8,7 @@ from collections.abc import Callable
 from loadgen.emulator.api import base
 from loadgen.emulator.api.base import Account, Params, Result, invalid, not_found
 from loadgen.emulator.api.errors import ApiError
+from loadgen.emulator.names import refused
 from loadgen.emulator.registry import Thing
 
 
@@ -25,7 +26,10 @@ def _thing(account: Account, params: Params) -> Thing:
 
 
 def _attributes(params: Params) -> dict[str, str]:
-    return base.string_map(base.structure(params, "attributePayload"), "attributes")
+    attributes = base.string_map(base.structure(params, "attributePayload"), "attributes")
+    if (why := refused((), attributes)) is not None:
+        raise invalid(why)
+    return attributes
 
 
 def create_thing(account: Account, params: Params) -> Result:
