@@ -147,6 +147,12 @@ def test_without_a_profile_the_default_gives_unique_names():
             "subject:\n  common_name: '{index:0999999999999d}'\n",
             ":2: subject.common_name: {index:0999999999999d}: 999999999999 is wider than 256",
         ),
+        ("subject: {}\n", ":1: subject: names no field"),
+        ("subject:\n  common_name: null\n", ":1: subject: names no field"),
+        (
+            "subject:\n  common_name: 'a{index:c}'\n",
+            ":2: subject.common_name: {index:c}: an index is written as a number",
+        ),
     ],
 )
 def test_a_bad_profile_names_file_line_and_field(tmp_path, text, expected):

@@ -26,6 +26,7 @@ from pydantic import (
     PositiveInt,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 from loadgen.certs.der import LATEST
@@ -156,6 +157,9 @@ def _placeholder(field: str, spec: str, references: tuple[str, ...]) -> _Part:
             format(0, spec)
         except ValueError:
             raise ValueError(f"bad format {{index:{spec}}}") from None
+        if spec.endswith("c"):
+            # A character per index: control characters, and past 1,114,111 none.
+            raise ValueError(f"{{index:{spec}}}: an index is written as a number (d, x, X, o, b)")
         return lambda i, _r, _f: format(i, spec)
     if spec and field == "uuid":
         raise ValueError("{uuid} takes no format")
@@ -238,6 +242,14 @@ class SubjectSpec(_Strict):
             except SubjectValueError as exc:
                 raise ValueError(str(exc)) from None
         return spec
+
+    @model_validator(mode="after")
+    def _names_a_field(self) -> SubjectSpec:
+        # RFC 5280 allows an empty subject only beside a subjectAltName, which
+        # device certificates here do not carry; JITP's parameters read fields.
+        if not self.set_fields():
+            raise ValueError("names no field: a device certificate needs one (common_name, say)")
+        return self
 
     def set_fields(self) -> dict[str, FieldSpec]:
         return {f.name: spec for f in FIELDS if (spec := getattr(self, f.name)) is not None}
