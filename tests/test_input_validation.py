@@ -454,6 +454,21 @@ def test_emulator_serve_refuses_a_server_key_of_another_certificate(tmp_path, de
     assert not (tmp_path / "state").exists()
 
 
+def test_emulator_serve_refuses_a_ca_that_is_not_a_ca(tmp_path, device_ca):
+    """A device certificate given for --ca, as RegisterCACertificate refuses it."""
+    result = run_loadgen(
+        "ca", "server-cert", "--ca", device_ca.directory, "--name", "localhost",
+        "--out", tmp_path / "leaf",
+    )  # fmt: skip
+    assert result.code == 0, result.err
+    result = run_loadgen(
+        "emulator", "serve", "--ca", tmp_path / "leaf.pem", "--state-dir", tmp_path / "state",
+        "--port", "0",
+    )  # fmt: skip
+    assert_user_error(result, f"{tmp_path / 'leaf.pem'}: not a CA certificate")
+    assert not (tmp_path / "state").exists()
+
+
 def test_placeholders_and_wildcards_make_a_valid_subscribe_filter(tmp_path):
     path = _write_scenario(
         tmp_path, 1883, "after_connect:\n  - subscribe: {topic: 'cmd/{client_id}/+/#'}\n"

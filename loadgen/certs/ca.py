@@ -66,6 +66,16 @@ def parse_subject(text: str) -> x509.Name:
     return subject
 
 
+def marked_ca(cert: x509.Certificate) -> bool | None:
+    """Whether ``cert``'s basicConstraints say CA:TRUE; None without the extension
+    (an X.509 v1 CA, say, which some endpoints still trust and AWS IoT does not
+    register)."""
+    try:
+        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+    except x509.ExtensionNotFound:
+        return None
+
+
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC).replace(microsecond=0)
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from cryptography import x509
 
 from loadgen import lifeline
-from loadgen.certs.ca import CERT_FILE, init_ca, load_ca, server_cert
+from loadgen.certs.ca import CERT_FILE, init_ca, load_ca, marked_ca, server_cert
 from loadgen.emulator import metrics as emu_metrics
 from loadgen.emulator.errors import ProvisioningError
 from loadgen.emulator.limits import Limits
@@ -98,6 +98,9 @@ def build_registry(
             cert = x509.load_pem_x509_certificate(item.ca_pem.read_bytes())
         except (OSError, ValueError) as exc:
             raise ConfigError(f"{item.ca_pem}: not a PEM CA certificate ({exc})") from None
+        if not marked_ca(cert):
+            # As RegisterCACertificate refuses it: a device certificate, say.
+            raise ConfigError(f"{item.ca_pem}: not a CA certificate (basicConstraints CA:TRUE)")
         try:
             registry.register_ca(
                 cert,

@@ -12,6 +12,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
+from loadgen.certs.ca import marked_ca
 from loadgen.emulator.api import base
 from loadgen.emulator.api.base import Account, Params, Result, invalid, not_found
 from loadgen.emulator.api.errors import ApiError
@@ -56,11 +57,7 @@ def _load_pem(params: Params, member: str) -> x509.Certificate:
 
 
 def _check_is_ca(cert: x509.Certificate) -> None:
-    try:
-        constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
-    except x509.ExtensionNotFound:
-        constraints = None
-    if constraints is None or not constraints.ca:
+    if not marked_ca(cert):
         raise _certificate_error("caCertificate is not a CA certificate (basicConstraints CA:TRUE)")
 
 
