@@ -342,6 +342,33 @@ def test_a_hold_until_lasts_what_is_left_of_it_after_the_loads_start():
     assert HoldStep(45.0).length(origin=100.0, now=130.0) == 45.0  # a duration: its own
 
 
+def test_a_shard_ready_late_lets_go_at_the_time_the_on_time_shards_do(
+    tmp_path, mosquitto, device_ca
+):
+    """``until`` counts from --start-at, not from a late shard's own start: 25 s
+    late, a hold until 20 s after --start-at is over before anyone connects
+    (it held 20 s more before: the run lasted past 20 s)."""
+    path = _scenario(
+        tmp_path,
+        mosquitto,
+        device_ca,
+        after_connect=[{"hold": {"until": "20s", "keepalive": "0s"}}],
+        load={"executor": "constant-arrival-rate", "rate": "20/s", "max_in_flight": 50},
+    )
+    (tmp_path / "profile.yaml").write_text("subject:\n  common_name: 'late-{index:03d}'\n")
+    report = tmp_path / "report.json"
+    start_at = f"{time.time() - 25:.1f}"
+    result = run_loadgen(
+        "run", path, "--count", "5", "--report", report, "--start-at", start_at,
+        "--start-tolerance", "60s",
+    )  # fmt: skip
+    assert result.code == 0, result.err
+    data = json.loads(report.read_text())
+    assert data["outcomes"]["connected"] == 5
+    assert data["start"]["late_s"] >= 25
+    assert data["duration_s"] < 20
+
+
 def test_devices_holding_until_a_time_after_the_start_are_held_to_it(
     tmp_path, mosquitto, device_ca
 ):

@@ -125,6 +125,10 @@ class Worker:
         self.send = send
         self.clock = clock
         self.stats = RunStats()
+        # Monotonic time ``hold: {until}`` counts from, when not the schedule's
+        # start: a shard ready late starts its schedule late, yet lets go with
+        # the shards that started at --start-at.
+        self.hold_origin: float | None = None
         self.in_flight = 0
         self.started = 0
         self.rng = random.Random(worker)
@@ -306,12 +310,13 @@ class Worker:
         loop = asyncio.get_running_loop()
         tasks = self.tasks
         room, low_water = self.room, self.low_water
+        origin = t0 if self.hold_origin is None else self.hold_origin
         while not self.stop.done() and (item := await queue.get()) is not None:
             if queue.qsize() <= low_water:
                 room.set()
             spec, offset = item
             spec.scheduled = t0 + offset
-            spec.origin = t0
+            spec.origin = origin
             delay = spec.scheduled - self.clock()
             if delay > 0.0005:
                 self.due = spec.scheduled

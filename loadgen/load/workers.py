@@ -88,7 +88,11 @@ def _worker_main(plan: RunPlan, worker: int, conn: multiprocessing.connection.Co
         while True:
             kind, value = recv()
             if kind == "start":
-                return float(time.monotonic() + (value - time.time()))
+                started_at, agreed_at = value
+                now_monotonic, now = time.monotonic(), time.time()
+                if agreed_at is not None:
+                    runners[0].hold_origin = now_monotonic + (agreed_at - now)
+                return float(now_monotonic + (started_at - now))
             early_stop.append(float(value))  # a stop before the start: applied at once
 
     runners: list[Worker] = []
@@ -341,7 +345,7 @@ def _supervise(
         tally.started_at = max(tally.started_at, start.at)
     for worker in ready:
         with contextlib.suppress(OSError):
-            pipes[worker].send(("start", tally.started_at))
+            pipes[worker].send(("start", (tally.started_at, start.at if start else None)))
     cpu = time.process_time()
     heard = dict.fromkeys(range(len(pipes)), time.monotonic())
     while not all(tally.finished(w) for w in range(len(pipes))):
