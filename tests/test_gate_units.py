@@ -28,6 +28,7 @@ from tests.test_stats import _results
         ("p99(provision) < 5%", "a latency needs a unit"),
         ("ratio(failed) < 5", "a ratio is a percentage (5%) or a fraction from 0 to 1"),
         ("ratio(failed) < 2s", "'2s' is not a ratio"),
+        ("ratio(failed) < 150%", "'150%' is not a ratio: a ratio is at most 100%"),
         ("count(throttled) < 1%", "'1%' is not a count: a count is a plain number"),
         ("achieved_rate > 2ms", "a rate is a plain number or per second (/s)"),
         ("p99(provision) < ratio(failed)", "compares a latency with a ratio"),

@@ -223,10 +223,12 @@ def _threshold(number: _Side, kind: Kind, gate: str, where: str) -> float:
             return n
         raise ConfigError(f"{bad}: a latency needs a unit, {n:g}s or {n * 1000:g}ms")
     if kind is Kind.RATIO:
-        if unit == "%":
+        if unit == "%" and n <= 100:
             return n / 100
         if unit is None and n <= 1:
             return n
+        if unit == "%":
+            raise ConfigError(f"{bad}: a ratio is at most 100%")
         raise ConfigError(f"{bad}: a ratio is a percentage ({n:g}%) or a fraction from 0 to 1")
     if unit is None or (kind is Kind.RATE and unit == "/s"):
         return n
