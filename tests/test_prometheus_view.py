@@ -40,3 +40,23 @@ def test_the_achieved_rate_is_the_last_second_the_snapshot_holds_whole():
 def test_a_merged_snapshot_is_as_old_as_its_oldest_workers_measurement():
     parts = [Progress(10, 0, 0, RunStats().to_wire(per_second=False), at=at) for at in (4.9, 4.7)]
     assert merge_progress(parts).at == 4.7
+
+
+def test_a_step_ending_leaves_what_a_scrape_already_holds_untouched():
+    """A scrape runs in another thread: the finished steps and the snapshot are
+    replaced together, never changed in place, so counters never go back."""
+    from loadgen.metrics.prometheus import Exporter
+
+    def step(devices: int) -> RunStats:
+        stats = _started({0: devices})
+        stats.devices = devices  # all of them finished
+        return stats
+
+    exporter = Exporter(_plan(500), None, None, "job", say=lambda _line: None)
+    exporter.step_done(step(10))
+    held_before, _, held_total = exporter.live.view()
+    assert held_before is not None and held_total is not None
+    exporter.progress(RunSnapshot(7, 0, 0, step(7), at=1.0), 1.0)
+    exporter.step_done(step(7))
+    assert held_before.devices == held_total.devices == 10  # as the scrape read them
+    assert _value(exporter.live, "loadgen_devices_started_total") == 17

@@ -45,26 +45,46 @@ class LiveRun:
         # When the last arrival is planned (seconds in): computed once, a
         # ramping schedule of a million devices takes a while to walk.
         self.arrivals_end = span(plan.executor, plan.count)
-        self.snapshot: RunSnapshot | None = None
+        # The finished steps of a capacity search (counters go on from them, so
+        # they never reset between steps) and the current snapshot, as one pair
+        # replaced at once: a scrape (another thread) reading one of them as it
+        # changed and the other as it was saw a counter go back, or count twice.
+        self._view: tuple[RunStats | None, RunSnapshot | None] = (None, None)
         self.started_at: float | None = None  # wall clock
         self.finished = False
-        # A capacity search: the finished steps (counters go on from them, so
-        # they never reset between steps), and the current (step, rate).
-        self.before: RunStats | None = None
+        # A capacity search's current (step, rate).
         self.step: tuple[int, float] | None = None
         # Which of several generators running side by side (a label, when set).
         self.shard: str | None = None
 
-    def totals(self) -> RunStats | None:
-        """Everything measured so far: finished steps and the current snapshot."""
-        if self.snapshot is None:
-            return self.before
-        if self.before is None:
-            return self.snapshot.stats
+    @property
+    def before(self) -> RunStats | None:
+        return self._view[0]
+
+    @property
+    def snapshot(self) -> RunSnapshot | None:
+        return self._view[1]
+
+    @snapshot.setter
+    def snapshot(self, snapshot: RunSnapshot | None) -> None:
+        self._view = (self._view[0], snapshot)
+
+    def show(self, before: RunStats | None, snapshot: RunSnapshot | None) -> None:
+        """Both at once (never changed in place: readers hold the old ones)."""
+        self._view = (before, snapshot)
+
+    def view(self) -> tuple[RunStats | None, RunSnapshot | None, RunStats | None]:
+        """The finished steps, the current snapshot and everything measured so
+        far, all of one moment."""
+        before, snapshot = self._view
+        if snapshot is None:
+            return before, snapshot, before
+        if before is None:
+            return before, snapshot, snapshot.stats
         total = RunStats()
-        total.merge(self.before)
-        total.merge(self.snapshot.stats)
-        return total
+        total.merge(before)
+        total.merge(snapshot.stats)
+        return before, snapshot, total
 
 
 def _histogram(name: str, doc: str, labels: list[str]) -> HistogramMetricFamily:
@@ -83,7 +103,8 @@ class RunCollector(Collector):
         self.live = live
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
-        live, snap, stats = self.live, self.live.snapshot, self.live.totals()
+        live = self.live
+        before_steps, snap, stats = live.view()
         if snap is None or stats is None:
             return
         names, values = ["scenario"], [live.plan.scenario]
@@ -100,7 +121,7 @@ class RunCollector(Collector):
             family.add_metric(values, value)
             return family
 
-        before = live.before.devices if live.before is not None else 0
+        before = before_steps.devices if before_steps is not None else 0
         yield counter("devices_started", "Devices started", before + snap.started)
         yield counter("devices_finished", "Devices that ended in an outcome", stats.devices)
         yield counter("connect_attempts", "Connection attempts, retries included", stats.attempts)
@@ -326,15 +347,15 @@ class Exporter:
 
     def step_done(self, stats: RunStats) -> None:
         """A step's final measurements join the finished steps' (counters go on)."""
-        before = self.live.before or RunStats()
+        before = RunStats()
+        if self.live.before is not None:
+            before.merge(self.live.before)
         before.merge(stats)
-        self.live.before = before
-        self.live.snapshot = RunSnapshot(0, 0, 0, RunStats(), at=0.0)
+        self.live.show(before, RunSnapshot(0, 0, 0, RunStats(), at=0.0))
 
     def finish(self, stats: RunStats) -> None:
         """The final values, served and pushed (why the push failed, said)."""
-        self.live.before = None
-        self.live.snapshot = RunSnapshot(stats.devices, 0, 0, stats, at=math.inf)
+        self.live.show(None, RunSnapshot(stats.devices, 0, 0, stats, at=math.inf))
         self.live.finished = True
         if self.pusher is None:
             return
