@@ -176,6 +176,25 @@ def test_a_search_that_never_breaks_stops_at_max_rate_against_any_endpoint(
     assert "no SLO broke up to 100/s" in " ".join(result.out.split())
 
 
+def test_a_later_step_past_the_fleets_end_ends_the_search_with_the_steps_that_ran(
+    tmp_path, mosquitto, device_ca
+):
+    """The first step is checked before anything runs; the second, of about
+    100,000,000 devices, would pass the fleet's last index."""
+    from tests.test_run import _scenario as mosquitto_scenario
+
+    path = mosquitto_scenario(tmp_path, mosquitto, device_ca)
+    result = run_loadgen(
+        *("capacity", path, "--slo", "p99(provision) < 10s", "--start", "5/s"),
+        *("--step", "99999999/s", "--step-duration", "1s"),
+        *("--workers", "1", "--report", tmp_path / "r.json"),
+    )
+    assert result.code == 0, result.err
+    assert "no step at 100,000,004/s" in result.err and "the search ends here" in result.err
+    capacity = json.loads((tmp_path / "r.json").read_text())["capacity"]
+    assert [s["rate_per_s"] for s in capacity["steps"]] == [5.0]
+
+
 def test_with_workers_auto_each_step_plans_its_own_from_its_rate(tmp_path, mosquitto, device_ca):
     from tests.test_run import _scenario as mosquitto_scenario
 

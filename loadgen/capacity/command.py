@@ -169,6 +169,15 @@ def capacity_command(
         try:
             for number, rate in enumerate(search.rates(), 1):
                 count = search.devices(rate)
+                if offset + count > MAX_DEVICES:
+                    # Checked for the first step before anything ran; a later one
+                    # ends the search with what it found, as --max-rate would.
+                    click.echo(
+                        f"loadgen: no step at {rate:,.10g}/s: its {count:,} devices would pass "
+                        f"the fleet's last index ({MAX_DEVICES - 1:,}); the search ends here",
+                        err=True,
+                    )
+                    break
                 with signals.abortable():  # a stop now loses nothing measured
                     ensure_fleet(scenario, offset + count, mint_workers(workers))
                 plan = replace(
