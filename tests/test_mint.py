@@ -444,6 +444,17 @@ def test_an_unknown_profile_field_names_file_line_and_field(tmp_path, session_ca
     assert_user_error(result, f"{profile}:2: subjet: unknown field")
 
 
+def test_a_template_that_overflows_its_field_names_the_profile_and_the_device(tmp_path, session_ca):
+    profile = tmp_path / "p.yaml"
+    profile.write_text("subject:\n  common_name: '{uuid}{uuid}'\n")
+    result = run_loadgen(
+        "certs", "mint", "--ca", session_ca.directory, "--count", "10",
+        "--out", tmp_path / "fleet", "--profile", profile,
+    )  # fmt: skip
+    assert_user_error(result, f"--profile {profile}: device 0: subject.common_name:")
+    assert not (tmp_path / "fleet").exists()
+
+
 def test_an_unwritable_output_folder_is_a_one_line_error(tmp_path, session_ca):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")

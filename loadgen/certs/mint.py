@@ -39,7 +39,7 @@ from loadgen.certs.store import (
     FleetMeta,
     FleetStore,
 )
-from loadgen.errors import CAError, FleetError, UserError
+from loadgen.errors import CAError, ConfigError, FleetError, UserError
 from loadgen.files import write
 from loadgen.load.shard import Shard
 
@@ -206,8 +206,13 @@ def _plan_ahead(plan: MintPlan, request: MintRequest) -> None:
     planner = DevicePlanner(plan.profile, _seed(plan, request))
     first, step = _stride(request)
     local = request.devices
-    for position in (*range(min(local, _PRECHECK)), local - 1):
-        planner.plan(first + position * step)
+    try:
+        for position in (*range(min(local, _PRECHECK)), local - 1):
+            planner.plan(first + position * step)
+    except ConfigError as exc:
+        # The profile given, or the one the fleet was minted with.
+        source = request.names.profile if request.profile is not None else "the fleet's profile"
+        raise ConfigError(f"{source}: {exc}") from None
 
 
 def _stride(request: MintRequest) -> tuple[int, int]:
