@@ -27,6 +27,7 @@ from loadgen.emulator.registry import Registry
 from loadgen.emulator.serve import EmbeddedEmulator, server_identity, start_embedded
 from loadgen.emulator.server import Emulator
 from loadgen.mqtt import wire
+from loadgen.mqtt.properties import Properties
 from tests.conftest import assert_user_error, run_loadgen
 from tests.test_emulator_clients import _context
 from tests.test_emulator_processes import _until
@@ -542,6 +543,29 @@ async def test_a_qos_2_publish_is_disconnected_as_qos_not_supported(emulator, sm
     async with asyncio.timeout(10):
         (disconnect,) = decoder.feed(await _until_closed(reader))
     assert isinstance(disconnect, mqtt.Disconnect) and disconnect.reason_code == 0x9B
+    writer.close()
+
+
+@pytest.mark.parametrize(
+    ("packet", "code"),
+    [
+        (mqtt.PubRel(1), 0x82),  # QoS 2's flow, never offered: Protocol Error
+        (mqtt.PubRec(1), 0x82),
+        (mqtt.Auth(0x18), 0x82),  # re-authenticate, without an Authentication Method
+        (mqtt.Publish("", b"x", properties=Properties(topic_alias=1)), 0x94),
+        (mqtt.Publish("dt/x", b"x", properties=Properties(topic_alias=0)), 0x94),
+    ],
+    ids=["pubrel", "pubrec", "auth", "alias", "alias-0"],
+)
+async def test_a_packet_the_session_never_allowed_is_disconnected_with_its_reason(
+    emulator, small_fleet, devices, packet, code
+):
+    await _provision(emulator, small_fleet, devices[:1])
+    reader, writer, decoder = await _connect(emulator, small_fleet, devices[0])
+    writer.write(mqtt.encode(packet, mqtt.MQTT_5))
+    async with asyncio.timeout(10):
+        (disconnect,) = decoder.feed(await _until_closed(reader))
+    assert isinstance(disconnect, mqtt.Disconnect) and disconnect.reason_code == code
     writer.close()
 
 

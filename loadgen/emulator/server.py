@@ -613,6 +613,10 @@ class _Session(asyncio.BufferedProtocol):
             if packet.qos > 1:  # past the Maximum QoS its CONNACK gave
                 self._close("protocol error", 0x9B)  # MQTT 5: QoS not supported
                 return
+            if packet.properties.topic_alias is not None:
+                # Its CONNACK gave no Topic Alias Maximum: none may be used.
+                self._close("protocol error", 0x94)  # Topic Alias invalid
+                return
             if not self._allowed("iot:Publish", policy.arn("topic", packet.topic)):
                 # As AWS does: a publish the policy denies ends the connection.
                 self.emulator.stats.connects["publish denied"] += 1
@@ -653,6 +657,10 @@ class _Session(asyncio.BufferedProtocol):
             self._send(mqtt.UnsubAck(packet.packet_id, tuple(codes)))
         elif isinstance(packet, mqtt.PingReq):
             self._send(mqtt.PingResp())
+        elif isinstance(packet, (mqtt.PubRec, mqtt.PubRel, mqtt.PubComp, mqtt.Auth)):
+            # QoS 2's flow and enhanced authentication, neither offered (Maximum
+            # QoS 1, no Authentication Method): the client broke the protocol.
+            self._close("protocol error", 0x82)
         elif isinstance(packet, mqtt.Disconnect):
             # The client is done: no TLS shutdown (close_notify, waiting for the
             # peer's), which cost about a tenth of a connect's CPU.
