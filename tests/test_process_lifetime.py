@@ -269,7 +269,7 @@ def test_a_worker_whose_parent_pipe_closes_stops_with_one_line(
     try:
         assert parent_end.poll(UNDER_WAY_WITHIN), "the worker never got ready"
         assert parent_end.recv()[0] == "ready"
-        parent_end.send(("start", time.time()))
+        parent_end.send(("start", (time.time(), None)))  # no --start-at
         while parent_end.poll(UNDER_WAY_WITHIN) and parent_end.recv()[0] != "progress":
             pass  # under way once it reports progress
         parent_end.close()
