@@ -24,6 +24,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic.json_schema import WithJsonSchema
 
 from loadgen.certs.profile import MAX_DEVICES, check_format_spec
 from loadgen.certs.subject import FIELDS
@@ -33,16 +34,49 @@ from loadgen.emulator import limits
 from loadgen.errors import ConfigError
 from loadgen.mqtt.wire import MAX_VARINT
 from loadgen.report.gates import parse as parse_gate
-from loadgen.scenario.units import parse_duration, parse_rate, parse_rate_or_zero, positive
+from loadgen.scenario.units import (
+    DURATION_PATTERN,
+    RATE_PATTERN,
+    parse_duration,
+    parse_rate,
+    parse_rate_or_zero,
+    positive,
+)
 
-# Durations and rates as people write them ("5s", "200/s"), in fields.
+# Durations and rates as people write them ("5s", "200/s"), in fields. Their JSON
+# Schema (`loadgen scenario schema`, for editors) says what the loader takes: a
+# number or such a text, not the float it makes of them.
 _PER_SECOND = PlainSerializer(lambda r: f"{r:g}/s", return_type=str)
+
+
+def _number_or_text(pattern: str, minimum: dict[str, float], like: str) -> WithJsonSchema:
+    return WithJsonSchema(
+        {
+            "anyOf": [{"type": "number", **minimum}, {"type": "string", "pattern": pattern}],
+            "description": like,
+        }
+    )
+
+
 Duration = Annotated[
-    float, BeforeValidator(parse_duration), PlainSerializer(lambda s: f"{s:g}s", return_type=str)
+    float,
+    BeforeValidator(parse_duration),
+    PlainSerializer(lambda s: f"{s:g}s", return_type=str),
+    _number_or_text(DURATION_PATTERN, {"minimum": 0}, "a duration like 100ms, 5s, 2m or 1h"),
 ]
-Rate = Annotated[float, BeforeValidator(parse_rate), _PER_SECOND]
+Rate = Annotated[
+    float,
+    BeforeValidator(parse_rate),
+    _PER_SECOND,
+    _number_or_text(RATE_PATTERN, {"exclusiveMinimum": 0}, "a rate like 200/s or 3000/m"),
+]
 PositiveDuration = Annotated[Duration, AfterValidator(positive)]
-RateOrZero = Annotated[float, BeforeValidator(parse_rate_or_zero), _PER_SECOND]
+RateOrZero = Annotated[
+    float,
+    BeforeValidator(parse_rate_or_zero),
+    _PER_SECOND,
+    _number_or_text(RATE_PATTERN, {"minimum": 0}, "a rate like 200/s, or 0"),
+]
 
 EMBEDDED = "embedded"
 # AWS IoT refuses a publish payload above 128 KiB (its message broker limits).

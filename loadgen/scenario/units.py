@@ -8,9 +8,12 @@ from __future__ import annotations
 import math
 import re
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+# The patterns also go into the scenario's JSON Schema (ECMA-262 regexes alike).
+DURATION_PATTERN = r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$"
+RATE_PATTERN = r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|m|h)\s*$"
+_DURATION = re.compile(DURATION_PATTERN)
 _SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
-_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|m|h)\s*$")
+_RATE = re.compile(RATE_PATTERN)
 _PER = {"s": 1.0, "m": 60.0, "h": 3600.0}
 
 
