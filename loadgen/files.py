@@ -101,8 +101,13 @@ def write_output(path: Path, data: bytes) -> None:
 
 def _followed(path: Path) -> Path:
     """The file ``path`` names: through a symbolic link, where it points (the
-    link itself is left as it is); otherwise ``path``, as the user spelled it."""
-    return Path(os.path.realpath(path)) if path.is_symlink() else path
+    link itself is left as it is); otherwise ``path``, as the user spelled it.
+    A link that opens what no path names (``/dev/stdout`` on a pipe: its
+    ``/proc/self/fd/1`` points at ``pipe:[N]``) is kept as it is."""
+    if not path.is_symlink():
+        return path
+    target = Path(os.path.realpath(path))
+    return path if not target.exists() and path.exists() else target
 
 
 def each_output(writes: Iterable[Callable[[], object]]) -> None:

@@ -134,6 +134,22 @@ def test_html_of_a_report_with_a_broken_section_writes_nothing(tmp_path):
     assert not out.exists()
 
 
+def test_html_written_over_its_own_report_is_refused_and_the_report_kept(tmp_path):
+    path = _write(tmp_path / "r.json", _shards(1)[0])
+    before = path.read_bytes()
+    result = run_loadgen("report", "html", path, "-o", path)
+    assert_user_error(result, f"--out {path}: the same file as REPORT")
+    assert path.read_bytes() == before
+
+
+def test_html_to_dev_stdout_on_a_pipe_is_written_into_the_pipe(tmp_path):
+    """The command's standard output is a pipe here, as in `... | gzip`."""
+    path = _write(tmp_path / "r.json", _shards(1)[0])
+    result = run_loadgen("report", "html", path, "-o", "/dev/stdout")
+    assert result.code == 0, result.err
+    assert result.out.startswith("<!DOCTYPE html>")
+
+
 def test_a_merge_time_that_is_not_iso_8601_is_named(tmp_path):
     path = _write(tmp_path / "r.json", {**_shards(1)[0], "started_at": "yesterday"})
     result = run_loadgen("report", "merge", path, "-o", tmp_path / "all.json")
