@@ -150,6 +150,55 @@ def test_html_to_dev_stdout_on_a_pipe_is_written_into_the_pipe(tmp_path):
     assert result.out.startswith("<!DOCTYPE html>")
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        (
+            "attempts.per_device",
+            {"1": 90, "n/a": 10},
+            "field attempts.per_device has the key 'n/a', not a whole number",
+        ),
+        ("gates", ["x"], "field gates[0] is a string, not an object"),
+        (
+            "gates",
+            [{"gate": "count(failed) == 0", "passed": False, "measured": "x", "threshold": 0}],
+            "field gates[0].measured is a string, not a number or null",
+        ),
+        ("series.interval_s", "1s", "field series.interval_s is a string, not a number or null"),
+        (
+            "series.latency_ms.provision",
+            "x",
+            "field series.latency_ms.provision is a string, not a list",
+        ),
+        (
+            "series.latency_ms.provision",
+            ["x"],
+            "field series.latency_ms.provision[0] is a string, not an object",
+        ),
+        (
+            "series.latency_ms.provision",
+            [{"count": 3, "p50": 1.0, "p99": "x"}],
+            "field series.latency_ms.provision[0].p99 is a string, not a number or null",
+        ),
+        ("capacity", {"steps": "x"}, "field capacity.steps is a string, not a list"),
+        ("capacity", {"steps": ["x"]}, "field capacity.steps[0] is a string, not an object"),
+        (
+            "capacity",
+            {"steps": [{"step": 1, "rate_per_s": "x", "passed": True}]},
+            "field capacity.steps[0].rate_per_s is a string, not a number or null",
+        ),
+    ],
+)
+def test_a_field_html_draws_in_another_shape_is_one_line(tmp_path, field, value, message):
+    report = _shards(1)[0]
+    node, last = _parent(report, field)
+    node[last] = value
+    path = _write(tmp_path / "r.json", report)
+    out = tmp_path / "r.html"
+    assert_user_error(run_loadgen("report", "html", path, "-o", out), f"{path}: {message}")
+    assert not out.exists()
+
+
 def test_a_merge_time_that_is_not_iso_8601_is_named(tmp_path):
     path = _write(tmp_path / "r.json", {**_shards(1)[0], "started_at": "yesterday"})
     result = run_loadgen("report", "merge", path, "-o", tmp_path / "all.json")
