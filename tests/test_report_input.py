@@ -199,6 +199,16 @@ def test_a_field_html_draws_in_another_shape_is_one_line(tmp_path, field, value,
     assert not out.exists()
 
 
+def test_html_refuses_a_time_without_a_zone_rather_than_guess_one(tmp_path):
+    path = _write(tmp_path / "r.json", {**_shards(1)[0], "started_at": "2026-01-01T00:00:00"})
+    out = tmp_path / "r.html"
+    assert_user_error(
+        run_loadgen("report", "html", path, "-o", out),
+        f"{path}: field started_at is a string, not an ISO 8601 time with a zone",
+    )
+    assert not out.exists()
+
+
 def test_a_merge_time_that_is_not_iso_8601_is_named(tmp_path):
     path = _write(tmp_path / "r.json", {**_shards(1)[0], "started_at": "yesterday"})
     result = run_loadgen("report", "merge", path, "-o", tmp_path / "all.json")

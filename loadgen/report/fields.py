@@ -271,6 +271,9 @@ HTML = Needs(
                 ("gates", LIST),
             )
         ),
+        # Shown in UTC: a time without a zone would be taken as this machine's.
+        ("started_at?", TIME),
+        ("ended_at?", TIME),
         ("devices?", NUM),
         ("duration_s?", NUM),
         ("load?.count?", NUM_OR_NULL),
