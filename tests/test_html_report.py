@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from loadgen.report import svg
-from loadgen.report.html import render, write_html
+from loadgen.report.html import INTERRUPTED, render, write_html
 from tests.chromium import CHROMIUM, Browser, Visit, read_png
 from tests.conftest import LIGHTBULB_PROFILE, run_loadgen
 
@@ -214,6 +214,24 @@ def test_a_report_with_a_capacity_section_renders_the_capacity_plot(
     assert "capacity-steps" in _assert_rendered(visit)
     (capacity,) = [p for p in visit.value["plots"] if p["name"] == "capacity-steps"]
     assert len(capacity["svgs"]) == 2  # p99 provision, and the failed share
+
+
+def test_a_capacity_step_cut_short_by_a_stop_is_shown_as_interrupted_not_broken() -> None:
+    capacity = copy.deepcopy(CAPACITY)
+    capacity["steps"][-1].update(passed=False, interrupted=True, broken=[], limit="interrupted")
+    capacity.update(first_broken_per_s=None, limit=None, verdict="sustains 40/s")
+    page = render({"scenario": "capacity", "capacity": capacity})
+    assert "broken (interrupted)" not in page
+    assert '<span class="interrupted">interrupted</span> (cut short by a stop)' in page
+    # Its point in each of the two charts is grey, with a tooltip that says why;
+    # no point is red, as no step broke an SLO.
+    points = re.findall(r'<circle class="mark"[^>]* r="4" fill="([^"]+)"[^>]*><title>([^<]*)', page)
+    interrupted = [note for fill, note in points if fill == INTERRUPTED]
+    assert len(interrupted) == 2
+    assert all("interrupted (cut short by a stop; proves nothing" in note for note in interrupted)
+    assert not [note for fill, note in points if fill == "#c92a2a"]
+    assert "step interrupted" in page
+    assert "Grey points are steps a stop cut short: they prove nothing either way." in page
 
 
 def test_a_plot_with_nothing_measured_says_so_instead_of_drawing_an_empty_chart(

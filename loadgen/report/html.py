@@ -137,6 +137,7 @@ td.num, th.num { text-align: right; }
 td.reason { overflow-wrap: anywhere; max-width: 760px; }
 .pass { color: #2b8a3e; font-weight: 600; }
 .fail { color: #c92a2a; font-weight: 600; }
+.interrupted { color: var(--muted); font-weight: 600; }
 .dot { display: inline-block; width: 10px; height: 10px; border-radius: 2px; margin-right: 6px; }
 footer { margin-top: 40px; font-size: 12px; }
 """
@@ -721,9 +722,24 @@ def _share(pct: float | None) -> str:
     return DASH if pct is None else f"{pct:.2f}%"
 
 
-def _step_verdict(step: dict[str, Any]) -> str:
+# A step a stop cut short measured too little to pass or break an SLO: it
+# proves nothing either way (the search's verdict leaves it out), so it is
+# drawn apart from both.
+INTERRUPTED = "#868e96"
+
+
+def _step_state(step: dict[str, Any]) -> str:
     if step.get("passed"):
+        return "passed"
+    return "interrupted" if step.get("interrupted") else "broken"
+
+
+def _step_verdict(step: dict[str, Any]) -> str:
+    state = _step_state(step)
+    if state == "passed":
         return '<span class="pass">pass</span>'
+    if state == "interrupted":
+        return '<span class="interrupted">interrupted</span> (cut short by a stop)'
     limit = f" ({_e(step['limit'])})" if step.get("limit") else ""
     broken = ", ".join(f"<code>{_e(b)}</code>" for b in step.get("broken") or [])
     return f'<span class="fail">broken{limit}</span> {broken}'
@@ -795,6 +811,8 @@ def _capacity_plot(capacity: dict[str, Any], steps: Sequence[dict[str, Any]]) ->
         "Each step's p99 provision latency and failed share; "
         "green points met every SLO, red broke one."
     )
+    if any(_step_state(s) == "interrupted" for s in steps):
+        caption += " Grey points are steps a stop cut short: they prove nothing either way."
     return _figure(name, title, f'<div class="pair">{"".join(charts)}</div>', caption)
 
 
@@ -805,18 +823,53 @@ def _step_lines(
     steps: Sequence[dict[str, Any]],
     notes: Sequence[str],
 ) -> list[svg.Line]:
-    passed = [y if s.get("passed") else None for y, s in zip(ys, steps, strict=True)]
-    broken = [None if s.get("passed") else y for y, s in zip(ys, steps, strict=True)]
-    return [
+    states = [_step_state(s) for s in steps]
+
+    def points(state: str) -> list[float | None]:
+        return [y if s == state else None for y, s in zip(ys, states, strict=True)]
+
+    lines = [
         svg.Line(name, color, ys),
-        svg.Line("step passed", "#2f9e44", passed, markers=True, connect=False, marker_notes=notes),
-        svg.Line("step broken", "#c92a2a", broken, markers=True, connect=False, marker_notes=notes),
+        svg.Line(
+            "step passed",
+            "#2f9e44",
+            points("passed"),
+            markers=True,
+            connect=False,
+            marker_notes=notes,
+        ),
+        svg.Line(
+            "step broken",
+            "#c92a2a",
+            points("broken"),
+            markers=True,
+            connect=False,
+            marker_notes=notes,
+        ),
     ]
+    if "interrupted" in states:
+        lines.append(
+            svg.Line(
+                "step interrupted",
+                INTERRUPTED,
+                points("interrupted"),
+                markers=True,
+                connect=False,
+                marker_notes=notes,
+            )
+        )
+    return lines
 
 
 def _step_note(step: dict[str, Any]) -> str:
+    state = _step_state(step)
     broken = ", ".join(step.get("broken") or [])
-    verdict = "passed" if step.get("passed") else f"broken ({step.get('limit') or '?'}): {broken}"
+    if state == "passed":
+        verdict = "passed"
+    elif state == "interrupted":
+        verdict = "interrupted (cut short by a stop; proves nothing either way)"
+    else:
+        verdict = f"broken ({step.get('limit') or '?'})" + (f": {broken}" if broken else "")
     return (
         f"step {step.get('step')}: {_rate(step.get('rate_per_s'))}, p99 provision "
         f"{_ms(_step_latency(step, 'p99'))} ms, "
