@@ -24,6 +24,7 @@ PAGE = """(() => {
   const box = (el) => { const r = el.getBoundingClientRect(); return [r.width, r.height]; };
   return {
     title: document.title,
+    scroll_width: document.documentElement.scrollWidth,
     heading: document.querySelector("h1").textContent,
     banner: document.querySelector(".banner")?.textContent ?? null,
     scripts: document.scripts.length,
@@ -232,6 +233,22 @@ def test_a_capacity_step_cut_short_by_a_stop_is_shown_as_interrupted_not_broken(
     assert not [note for fill, note in points if fill == "#c92a2a"]
     assert "step interrupted" in page
     assert "Grey points are steps a stop cut short: they prove nothing either way." in page
+
+
+def test_long_text_from_the_report_wraps_instead_of_widening_the_page(
+    browser: Browser, tmp_path: Path
+) -> None:
+    reason = "tls: SSLError: " + "x" * 5000  # one word, as a certificate dump can be
+    report = {
+        "scenario": "long reasons",
+        "reasons": {"error": {reason: 3}},
+        "jitp": {"first_connect_rejected": 0, "provisioning_failures": {reason: 2}},
+        "gates": [{"gate": "count(error) == 0", "passed": False, "measured": 3, "threshold": 0}],
+    }
+    visit = _open(browser, tmp_path, report)
+    width = visit.value["scroll_width"]
+    assert visit.problems == []
+    assert width <= 1280, f"the page is {width} px wide in a 1280 px window"
 
 
 def test_a_plot_with_nothing_measured_says_so_instead_of_drawing_an_empty_chart(

@@ -105,7 +105,7 @@ main { max-width: 1180px; margin: 0 auto; padding: 24px 20px 48px; }
 h1 { font-size: 24px; margin: 0 0 2px; overflow-wrap: anywhere; }
 h2 { font-size: 18px; margin: 32px 0 12px; padding-bottom: 4px;
   border-bottom: 1px solid var(--line); }
-h3 { font-size: 15px; margin: 0 0 2px; }
+h3 { font-size: 15px; margin: 0 0 2px; overflow-wrap: anywhere; }
 .sub, .caption, footer { color: var(--muted); }
 .caption { margin: 0 0 8px; font-size: 13px; }
 .banner { margin: 14px 0; padding: 10px 14px; border-radius: 6px; font-weight: 600;
@@ -134,12 +134,12 @@ th, td { padding: 4px 10px; border-bottom: 1px solid var(--line); text-align: le
   vertical-align: top; }
 th { font-weight: 600; color: var(--muted); font-size: 12px; }
 td.num, th.num { text-align: right; }
-td.reason { overflow-wrap: anywhere; max-width: 760px; }
+td.text { overflow-wrap: anywhere; max-width: 760px; }
 .pass { color: #2b8a3e; font-weight: 600; }
 .fail { color: #c92a2a; font-weight: 600; }
 .interrupted { color: var(--muted); font-weight: 600; }
 .dot { display: inline-block; width: 10px; height: 10px; border-radius: 2px; margin-right: 6px; }
-footer { margin-top: 40px; font-size: 12px; }
+footer { margin-top: 40px; font-size: 12px; overflow-wrap: anywhere; }
 """
 
 
@@ -180,10 +180,19 @@ def _caption(text: str) -> str:
     return f'<p class="caption">{escape(text)}</p>' if text else ""
 
 
-def _table(head: Sequence[str], rows: Sequence[Sequence[str]], numeric: Sequence[bool]) -> str:
-    """Cells arrive already escaped (some carry markup)."""
+def _table(
+    head: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    numeric: Sequence[bool],
+    text: Sequence[int] = (),
+) -> str:
+    """Cells arrive already escaped (some carry markup). Columns ``text`` hold
+    free text from the report (failure reasons, gates), which wraps anywhere: a
+    reason with no space in it would otherwise widen the page past the screen."""
 
     def cls(i: int) -> str:
+        if i in text:
+            return ' class="text"'
         return ' class="num"' if i < len(numeric) and numeric[i] else ""
 
     ths = "".join(f"<th{cls(i)}>{escape(h)}</th>" for i, h in enumerate(head))
@@ -315,7 +324,9 @@ def _gates(report: dict[str, Any]) -> str:
         ]
         for g in gates
     ]
-    table = _table(["gate", "measured", "threshold", "verdict"], rows, [False, True, True])
+    table = _table(
+        ["gate", "measured", "threshold", "verdict"], rows, [False, True, True], text=(0, 3)
+    )
     return _section("Gates", verdict + table, grid=False)
 
 
@@ -647,12 +658,12 @@ def _jitp(report: dict[str, Any]) -> str:
     if provisioning:
         rows = [[_e(k), _num(v)] for k, v in provisioning.items()]
         parts.append("<h3>Provisionings by result (emulator)</h3>")
-        parts.append(_table(["result", "count"], rows, [False, True]))
+        parts.append(_table(["result", "count"], rows, [False, True], text=(0,)))
     failures = jitp.get("provisioning_failures")
     if failures:
         rows = [[_e(k), _num(v)] for k, v in failures.items()]
         parts.append("<h3>Failed provisionings by reason</h3>")
-        parts.append(_table(["reason", "count"], rows, [False, True]))
+        parts.append(_table(["reason", "count"], rows, [False, True], text=(0,)))
     if provisioning is None:
         parts.append(
             _caption("The endpoint's provisionings are only counted with endpoint: embedded.")
@@ -667,11 +678,11 @@ def _reasons(report: dict[str, Any]) -> str:
     for i, (outcome, counts) in enumerate(reasons.items()):
         if not counts:
             continue
-        rows = [[f'<span class="reason">{_e(r)}</span>', _num(n)] for r, n in counts.items()]
+        rows = [[_e(r), _num(n)] for r, n in counts.items()]
         color = _color(outcome, OUTCOME_COLORS, i)
         blocks.append(
             f"<h3>{_dot(color)}{_e(outcome)}</h3>"
-            + _table(["reason", "devices"], rows, [False, True])
+            + _table(["reason", "devices"], rows, [False, True], text=(0,))
         )
     if not blocks:
         return ""
