@@ -251,6 +251,25 @@ def test_long_text_from_the_report_wraps_instead_of_widening_the_page(
     assert width <= 1280, f"the page is {width} px wide in a 1280 px window"
 
 
+def test_counts_of_a_million_and_more_are_written_out_with_thousands_separators() -> None:
+    page = render(
+        {
+            "scenario": "a big fleet",
+            "devices": 1_234_567,
+            "load": {"count": 2_000_000},
+            "outcomes": {"connected": 1_234_000, "timeout": 567},
+            "attempts": {"total": 2_469_134, "per_device": {"2": 1_234_567}},
+            "rate": {"target_per_s": 1500.0, "achieved_per_s": 1234.5678},
+            "jitp": {"first_connect_rejected": 1_234_567, "provisioning": {"Success": 1_234_000}},
+        }
+    )
+    assert "1,234,567 of 2,000,000 planned" in page
+    assert "2,469,134 in all" in page
+    assert '<td class="num">1,234,000</td>' in page  # Success, in the JITP table
+    assert "1,234.568/s" in page  # not a count: to the thousandth
+    assert not re.search(r"\de[+-]\d", page)
+
+
 def test_a_plot_with_nothing_measured_says_so_instead_of_drawing_an_empty_chart(
     run_report: dict[str, Any],
 ) -> None:

@@ -13,6 +13,7 @@ import datetime as dt
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from html import escape
 from pathlib import Path
 from types import MappingProxyType
@@ -212,7 +213,16 @@ def _ms(value: float | None) -> str:
 
 
 def _num(value: float | None) -> str:
-    return DASH if value is None else f"{value:,g}"
+    """A count exactly, with thousands separators (a million devices is not
+    1e+06); another number to the thousandth reports are written to, or, below
+    1, to four significant digits; never in scientific notation."""
+    if value is None:
+        return DASH
+    if float(value).is_integer():
+        return f"{int(value):,}"
+    if abs(value) >= 1:
+        return f"{value:,.3f}".rstrip("0").rstrip(".")
+    return format(Decimal(f"{value:.4g}"), "f")
 
 
 def _pct(part: float, whole: float) -> str:
@@ -377,11 +387,11 @@ class Timeline:
         k = self.per_column if k is None else k
         start = column * k * self.interval_s
         end = min((column + 1) * k, self.intervals) * self.interval_s
-        return f"{start:g}{DASH}{end:g} s"
+        return f"{_num(start)}{DASH}{_num(end)} s"
 
     def binned_note(self) -> str:
         k = self.per_column
-        return f" Each column is {k * self.interval_s:g} s (mean per second)." if k > 1 else ""
+        return f" Each column is {_num(k * self.interval_s)} s (mean per second)." if k > 1 else ""
 
 
 def _arrival_plot(report: dict[str, Any], timeline: Timeline) -> str:
@@ -473,7 +483,7 @@ def _outcomes_total(report: dict[str, Any]) -> str:
     if not bars:
         return _nothing(name, title, "No device ran.")
     none = [o for o, n in outcomes.items() if not n]
-    caption = f"Each device's final outcome, {total:,} devices." + (
+    caption = f"Each device's final outcome, {_num(total)} devices." + (
         f" None were {', '.join(none)}." if none else ""
     )
     return _figure(name, title, svg.hbars(bars=bars, x_label="devices"), caption)
@@ -538,7 +548,7 @@ def _latency_plot(phase: str, seconds: Sequence[dict[str, Any]], timeline: Timel
     caption += "started in each second."
     if k > 1:
         caption += (
-            f" Each point is the highest per-second value in its {k * timeline.interval_s:g} s."
+            f" Each point is the highest per-second value in its {_num(k * timeline.interval_s)} s."
         )
     if log:
         caption += " Log scale: the values span over two decades."
@@ -561,7 +571,7 @@ def _latency_note(span: str, point: dict[str, Any]) -> str:
     values = ", ".join(
         f"{k} {_ms(point.get(k))} ms" for k in PERCENTILE_COLORS if point.get(k) is not None
     )
-    return f"{span}: {point['count']:,} measured; {values}"
+    return f"{span}: {_num(point['count'])} measured; {values}"
 
 
 # -- phase breakdown, attempts -------------------------------------------------
@@ -585,7 +595,7 @@ def _breakdown(report: dict[str, Any]) -> str:
     rows.append(["<b>provision (sum)</b>", f"<b>{_ms(total)}</b>", "100%"])
     table = _table(["part", "mean (ms)", "share"], rows, [False, True, True])
     caption = (
-        f"Where the mean provision time goes, over {breakdown.get('devices', 0):,} provisioned "
+        f"Where the mean provision time goes, over {_num(breakdown.get('devices', 0))} provisioned "
         f"devices: the parts add up to the mean provision time, {_ms(total)} ms."
     )
     return _figure(name, title, chart + table, caption)
@@ -638,7 +648,8 @@ def _attempts_plot(report: dict[str, Any]) -> str:
     caption = f"How many connection attempts each device made; {_num(total_attempts)} in all."
     if triggered:
         caption += (
-            f" {triggered:,} devices' first rejection was JITP's trigger, so 2 is the norm there."
+            f" {_num(triggered)} devices' first rejection was JITP's trigger, "
+            "so 2 is the norm there."
         )
     return _figure(name, title, chart, caption)
 
@@ -716,7 +727,7 @@ def _capacity(report: dict[str, Any]) -> str:
 
 
 def _rate(value: float | None) -> str:
-    return DASH if value is None else f"{value:,g}/s"
+    return DASH if value is None else f"{_num(value)}/s"
 
 
 def _step_latency(step: dict[str, Any], key: str) -> float | None:
@@ -792,7 +803,7 @@ def _capacity_plot(capacity: dict[str, Any], steps: Sequence[dict[str, Any]]) ->
     xs = [float(s.get("rate_per_s") or 0) for s in steps]
     notes = [_step_note(s) for s in steps]
     marks = [
-        svg.Mark(float(capacity[key]), f"{label} {capacity[key]:g}/s", color)
+        svg.Mark(float(capacity[key]), f"{label} {_rate(capacity[key])}", color)
         for key, label, color in (
             ("highest_sustainable_per_s", "highest sustainable", "#2f9e44"),
             ("first_broken_per_s", "first broken", "#c92a2a"),
