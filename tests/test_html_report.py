@@ -176,6 +176,55 @@ def test_a_partial_report_shows_the_stopped_early_banner(run_report: dict[str, A
     assert "PARTIAL" not in render({**run_report, "partial": False})
 
 
+def _stopped(planned: int, started: int, **accounting: Any) -> dict[str, Any]:
+    """A run a stop ended: ``planned`` devices, ``started`` of them started."""
+    return {
+        "scenario": "stopped",
+        "partial": True,
+        "devices": started,
+        "accounting": {
+            "planned": planned,
+            "started": started,
+            "not_started": planned - started,
+            "unexpected": 0,
+            **accounting,
+        },
+    }
+
+
+def test_a_run_stopped_in_its_hold_says_every_device_started_and_how_many_were_cut_short() -> None:
+    page = render(_stopped(150, 150, notes={"interrupted during hold": 146}))
+    assert "not every planned device ran" not in page
+    assert "All 150 planned devices started; 146 were cut short in their hold" in page
+
+
+def test_a_run_stopped_before_every_device_started_says_how_many_never_did() -> None:
+    page = render(_stopped(150, 100))
+    assert "50 of 150 planned devices never started." in page
+
+
+def test_the_accounting_is_on_the_page_with_its_notes_and_lost_workers() -> None:
+    report = _stopped(
+        150,
+        120,
+        expected={"tls_rejected": 2, "closed": 0},
+        unexpected=3,
+        notes={"interrupted during hold": 146},
+        workers_lost={"2": "died (exit code 9)"},
+    )
+    section = render(report).split("<h2>Accounting</h2>")[1].split("</section>")[0]
+    facts = dict(re.findall(r"<dt>([^<]*)</dt><dd>(.*?)</dd>", section))
+    assert facts == {
+        "planned": "150",
+        "started": "120",
+        "not started": "30 (kept by a stop)",
+        "expected failures": "tls_rejected 2 (as their injected faults predict)",
+        "unexpected outcomes": '<span class="fail">3</span>',
+        "note": "146 devices interrupted during hold",
+        "worker lost": '<span class="fail">worker 2 died (exit code 9)</span>',
+    }
+
+
 def test_text_from_the_report_is_escaped(
     browser: Browser, run_report: dict[str, Any], tmp_path: Path
 ) -> None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from loadgen import mqtt
-from loadgen.device.outcome import PROVISIONING_TRIGGERS, Outcome, classify
+from loadgen.device.outcome import HOLD_INTERRUPTED, PROVISIONING_TRIGGERS, Outcome, classify
 from loadgen.device.retry import RetryPolicy
 from loadgen.transport.client import MqttClient, Target, connect, describe_error
 from loadgen.transport.errors import TransportError
@@ -215,7 +215,7 @@ class DeviceDriver:
         the hold, and counts as connected."""
         result = self.result
         if result.provision is not None and self.step == "hold":
-            result.outcome, result.note = Outcome.CONNECTED, "interrupted during hold"
+            result.outcome, result.note = Outcome.CONNECTED, HOLD_INTERRUPTED
             result.reason = result.phase = None
         else:
             self._fail(Outcome.ERROR, "interrupted before it finished", self.where())

@@ -27,6 +27,9 @@ class Outcome(StrEnum):
 
 
 OUTCOMES = tuple(Outcome)
+# The note (report accounting.notes) of a device that connected, did every step
+# before its hold, and was holding when a stop past the grace period cut it short.
+HOLD_INTERRUPTED = "interrupted during hold"
 _THROTTLED_V5 = {0x97, 0x9F, 0x89}
 _NOT_AUTHORIZED_V5 = {0x86, 0x87}
 _THROTTLED_V3 = {3}

@@ -19,6 +19,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from loadgen.device.outcome import HOLD_INTERRUPTED
 from loadgen.files import write_output
 from loadgen.report import svg
 from loadgen.report.show import emulator_stopped_line
@@ -73,6 +74,7 @@ def render(report: dict[str, Any]) -> str:
     sections = [
         _header(report),
         _gates(report),
+        _accounting(report),
         _capacity(report),
         _section(
             "Arrivals and outcomes",
@@ -254,8 +256,7 @@ def _color(name: str, palette: Mapping[str, str], index: int) -> str:
 
 def _header(report: dict[str, Any]) -> str:
     banner = (
-        '<div class="banner" role="alert">PARTIAL — stopped early: devices in flight got a '
-        "grace period and everything measured is here, but not every planned device ran.</div>"
+        f'<div class="banner" role="alert">{_e(_partial(report))}</div>'
         if report.get("partial")
         else ""
     )
@@ -287,6 +288,38 @@ def _header(report: dict[str, Any]) -> str:
         f'<p class="sub">loadgen run report · {_e(report.get("format", ""))}</p>'
         f'{banner}<dl class="facts">{dl}</dl>{cards}</header>'
     )
+
+
+def _partial(report: dict[str, Any]) -> str:
+    """What a stop did to the run: kept devices from starting, cut short the
+    ones holding their connection, or both (a stop during the hold starts
+    every device)."""
+    said = "PARTIAL — stopped early: devices in flight got a grace period and everything "
+    said += "measured is here."
+    accounting = report.get("accounting")
+    if accounting is None:
+        return (
+            said + " This report predates accounting, so how many planned devices ran is unknown."
+        )
+    planned, started = accounting["planned"], accounting["started"]
+    not_started = accounting.get("not_started") or max(planned - started, 0)
+    if not_started:
+        what = [f"{_num(not_started)} of {_num(planned)} planned devices never started"]
+    else:
+        what = [
+            f"all {_num(planned)} planned devices started"
+            if planned != 1
+            else "the planned device started"
+        ]
+    held = (accounting.get("notes") or {}).get(HOLD_INTERRUPTED)
+    if held:
+        were = "was cut short in its" if held == 1 else "were cut short in their"
+        what.append(f"{_num(held)} {were} hold (connected, and counted so)")
+    return f"{said} {_sentence('; '.join(what))}."
+
+
+def _devices(n: float) -> str:
+    return f"{_num(n)} device" + ("" if n == 1 else "s")
 
 
 def _cards(report: dict[str, Any], rate: dict[str, Any]) -> str:
@@ -338,6 +371,35 @@ def _gates(report: dict[str, Any]) -> str:
         ["gate", "measured", "threshold", "verdict"], rows, [False, True, True], text=(0, 3)
     )
     return _section("Gates", verdict + table, grid=False)
+
+
+def _accounting(report: dict[str, Any]) -> str:
+    """Where every planned device went (report-format.md, Accounting)."""
+    accounting = report.get("accounting")
+    if not accounting:
+        return ""
+    facts = [("planned", _num(accounting["planned"])), ("started", _num(accounting["started"]))]
+    if accounting.get("not_started"):
+        facts.append(("not started", f"{_num(accounting['not_started'])} (kept by a stop)"))
+    expected = {o: n for o, n in (accounting.get("expected") or {}).items() if n}
+    if expected:
+        listed = ", ".join(f"{_e(o)} {_num(n)}" for o, n in expected.items())
+        facts.append(("expected failures", f"{listed} (as their injected faults predict)"))
+    unexpected = accounting.get("unexpected")
+    if unexpected is not None:
+        facts.append(
+            ("unexpected outcomes", f'<span class="fail">{_num(unexpected)}</span>')
+            if unexpected
+            else ("unexpected outcomes", "0")
+        )
+    for note, n in (accounting.get("notes") or {}).items():
+        facts.append(("note", f"{_devices(n)} {_e(note)}"))
+    for worker, why in (accounting.get("workers_lost") or {}).items():
+        facts.append(("worker lost", f'<span class="fail">worker {_e(worker)} {_e(why)}</span>'))
+    dl = "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in facts)
+    return _section(
+        "Accounting", f'<div class="panel"><dl class="facts">{dl}</dl></div>', grid=False
+    )
 
 
 def _footer(report: dict[str, Any]) -> str:
