@@ -1,8 +1,23 @@
-"""Counts as people read them."""
+"""Counts and numbers as people read them."""
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 
 def counted(n: int, noun: str, plural: str | None = None) -> str:
-    """``1 device``, ``0 devices``, ``2 devices``: the noun agrees with the count."""
-    return f"{n} {noun if n == 1 else plural or noun + 's'}"
+    """``1 device``, ``0 devices``, ``2,000 devices``: the noun agrees with the count."""
+    return f"{n:,} {noun if n == 1 else plural or noun + 's'}"
+
+
+def number(value: float, *, grouped: bool = True) -> str:
+    """A count exactly (a million devices is not 1e+06), with thousands
+    separators when ``grouped``; another number to the thousandth reports are
+    written to, or, below 1, to four significant digits; never in scientific
+    notation."""
+    comma = "," if grouped else ""
+    if float(value).is_integer():
+        return f"{int(value):{comma}}"
+    if abs(value) >= 1:
+        return f"{value:{comma}.3f}".rstrip("0").rstrip(".")
+    return format(Decimal(f"{value:.4g}"), "f")

@@ -61,7 +61,13 @@ def _dead(report: dict) -> dict:
     """What a run against an endpoint nobody answers reports: every device timed out."""
     dead = copy.deepcopy(report)
     dead["outcomes"] = {name: 0 for name in dead["outcomes"]} | {"timeout": dead["devices"]}
-    dead["accounting"] = {"expected": {}, "unexpected": dead["devices"]}
+    devices = dead["devices"]
+    dead["accounting"] = {
+        "planned": devices,
+        "started": devices,
+        "expected": {},
+        "unexpected": devices,
+    }
     for phase in dead["latency_ms"]:
         dead["latency_ms"][phase] = {k: None for k in dead["latency_ms"][phase]} | {"count": 0}
     return dead

@@ -203,8 +203,8 @@ def test_inspect_summarizes_the_fleet(fleet):
     result = run_loadgen("certs", "inspect", fleet.path, "--verify")
     assert result.code == 0, result.err
     counts = Counter(d["fault"] for d in fleet.devices)
-    assert f"{FLEET_SIZE} devices" in result.out
-    assert f"verified {FLEET_SIZE}" in result.out
+    assert f"{FLEET_SIZE:,} devices" in result.out
+    assert f"verified {FLEET_SIZE:,}" in result.out
     for fault in ("expired", "unknown_ca"):
         assert any(
             line.split()[:2] == [fault, str(counts[fault])] for line in result.out.splitlines()

@@ -139,9 +139,9 @@ def test_the_summary_fits_80_columns_breaking_only_between_phrases() -> None:
     print_report(console, report)
     _assert_fits(
         _lines(console),
-        "20000 devices in 212.3 s,",
+        "20,000 devices in 212.3 s,",
         "schedule lag p99",
-        "JITP: 19999 first connects rejected",
+        "JITP: 19,999 first connects rejected",
         "emulator provisioning:",
         "phase (ms)",
         "tls_handshake",
@@ -359,3 +359,38 @@ def test_without_a_terminal_minting_prints_a_plain_progress_line_every_five_seco
         "5.5 s minting: 27,500/60,000 5,000 certs/s",
         "11.0 s minting: 55,000/60,000 5,000 certs/s",
     ]
+
+
+def test_report_words_that_look_like_markup_are_shown_as_written() -> None:
+    """An outcome or a limit named "[/]" (a hand-edited report, say) is text,
+    not rich markup that fails to parse."""
+    report = _report(30)
+    report["outcomes"] = {"[/]": 1, "[bold]connected[/]": 29}
+    console = Console(width=WIDTH, record=True, file=io.StringIO())
+    print_report(console, report)
+    text = console.export_text()
+    assert "[/]" in text and "[bold]connected[/]" in text
+
+
+def test_counts_of_a_million_and_more_are_written_out_in_full() -> None:
+    from loadgen.report.ci import summary_markdown
+    from loadgen.report.gates import parse
+
+    report = _report(30)
+    report["outcomes"] = {"connected": 1_234_567}
+    result = parse("count(connected) >= 1234001").evaluate(report)
+    assert "(measured 1234567)" in result.describe()
+    summary = summary_markdown(report, [result])
+    assert "| connected | 1,234,567 |" in summary and "e+06" not in summary
+
+
+def test_the_markdown_summary_of_a_run_without_a_target_rate_says_none_of_python() -> None:
+    from loadgen.report.ci import summary_markdown
+
+    burst = _report(30)
+    burst["rate"] = {"target_per_s": None, "achieved_per_s": 1500.5}
+    assert "arrival rate 1,500.5/s." in summary_markdown(burst, [])
+    nothing = _report(30)
+    nothing["rate"] = {"target_per_s": None, "achieved_per_s": None}
+    summary = summary_markdown(nothing, [])
+    assert "no arrival rate." in summary and "None" not in summary

@@ -13,7 +13,7 @@ from loadgen.metrics.stats import PHASES
 from loadgen.report.gates import GateResult
 from loadgen.report.show import accounting_phrases, expected_cell
 from loadgen.report.store import MARKDOWN, XML, Destination
-from loadgen.words import counted
+from loadgen.words import counted, number
 
 # What XML 1.0 cannot hold at all, even escaped: C0 controls but tab and newlines.
 _NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
@@ -50,14 +50,13 @@ def summary_markdown(report: dict[str, Any], results: list[GateResult]) -> str:
         f"## loadgen: {report['scenario']} — {verdict}",
         "",
         f"{counted(report['devices'], 'device')} against `{report['endpoint']}` in "
-        f"{report['duration_s']:.1f} s; arrival rate {report['rate']['achieved_per_s']}/s "
-        f"(target {report['rate']['target_per_s']}/s).",
+        f"{report['duration_s']:.1f} s; {_rates(report['rate'])}.",
         "",
     ]
     if results:
         lines += ["| gate | measured | verdict |", "| --- | ---: | --- |"]
         for r in results:
-            measured = "-" if r.measured is None else f"{r.measured:g}"
+            measured = "-" if r.measured is None else number(r.measured)
             verdict = "pass" if r.passed else "**FAIL**"
             note = f" ({r.note})" if r.note else ""
             lines.append(f"| `{r.gate}` | {measured} | {verdict}{note} |")
@@ -68,7 +67,9 @@ def summary_markdown(report: dict[str, Any], results: list[GateResult]) -> str:
     expected = (accounting or {}).get("expected") or {}
     lines += ["| outcome | devices | expected |", "| --- | ---: | ---: |"]
     lines += [
-        f"| {k} | {v} | {expected_cell(expected, k)} |" for k, v in report["outcomes"].items() if v
+        f"| {k} | {number(v)} | {expected_cell(expected, k)} |"
+        for k, v in report["outcomes"].items()
+        if v
     ]
     lines += ["", "| phase (ms) | p50 | p90 | p99 | max |", "| --- | ---: | ---: | ---: | ---: |"]
     for phase in PHASES:
@@ -92,3 +93,11 @@ def write_ci_files(
             lambda: summary_path.write(summary_markdown(report, results).encode(), MARKDOWN)
         )
     each_output(writes)
+
+
+def _rates(rate: dict[str, Any]) -> str:
+    """The arrival rate, and its target where the run had one (a burst has
+    none; a run where no device started, no rate at all)."""
+    achieved, target = rate.get("achieved_per_s"), rate.get("target_per_s")
+    said = "no arrival rate" if achieved is None else f"arrival rate {number(achieved)}/s"
+    return said if target is None else f"{said} (target {number(target)}/s)"

@@ -24,6 +24,7 @@ from typing import Any
 from loadgen.device.outcome import OUTCOMES
 from loadgen.errors import ConfigError
 from loadgen.metrics.stats import PHASES
+from loadgen.words import number
 
 Report = dict[str, Any]
 
@@ -180,7 +181,7 @@ class GateResult:
 
     def describe(self) -> str:
         verdict = "pass" if self.passed else "FAIL"
-        measured = "nothing" if self.measured is None else f"{self.measured:g}"
+        measured = "nothing" if self.measured is None else number(self.measured, grouped=False)
         extra = f" ({self.note})" if self.note else ""
         return f"{verdict}: {self.gate}  (measured {measured}){extra}"
 

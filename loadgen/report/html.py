@@ -13,7 +13,6 @@ import datetime as dt
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from decimal import Decimal
 from html import escape
 from pathlib import Path
 from types import MappingProxyType
@@ -23,6 +22,7 @@ from loadgen.device.outcome import HOLD_INTERRUPTED
 from loadgen.files import write_output
 from loadgen.report import svg
 from loadgen.report.show import emulator_stopped_line
+from loadgen.words import number
 
 OUTCOME_COLORS: Mapping[str, str] = MappingProxyType(
     {
@@ -215,16 +215,7 @@ def _ms(value: float | None) -> str:
 
 
 def _num(value: float | None) -> str:
-    """A count exactly, with thousands separators (a million devices is not
-    1e+06); another number to the thousandth reports are written to, or, below
-    1, to four significant digits; never in scientific notation."""
-    if value is None:
-        return DASH
-    if float(value).is_integer():
-        return f"{int(value):,}"
-    if abs(value) >= 1:
-        return f"{value:,.3f}".rstrip("0").rstrip(".")
-    return format(Decimal(f"{value:.4g}"), "f")
+    return DASH if value is None else number(value)
 
 
 def _pct(part: float, whole: float) -> str:

@@ -22,7 +22,7 @@ from loadgen.load.plan import RunPlan
 from loadgen.load.runner import Progress, RunSnapshot, merge_progress
 from loadgen.load.schedule import target_rate
 from loadgen.metrics.stats import PHASES
-from loadgen.words import counted
+from loadgen.words import counted, number
 
 _RATE_WINDOW = 2.0
 # A rate measured over less than this is mostly the noise of when progress
@@ -236,7 +236,10 @@ def print_report(console: Console, report: dict[str, Any]) -> None:
         outcomes.add_column("expected", justify="right")
     for name, n in report["outcomes"].items():
         if n:
-            outcomes.add_row(name, str(n), *([expected_cell(expected, name)] if expected else []))
+            # Text, not markup: a report's words are shown as written ("[/]" too).
+            outcomes.add_row(
+                Text(name), number(n), *([expected_cell(expected, name)] if expected else [])
+            )
     console.print(outcomes)
     latency = Table(box=None, pad_edge=False)
     for column in ("phase (ms)", "count", "p50", "p90", "p99", "p99.9", "max"):
@@ -247,7 +250,7 @@ def print_report(console: Console, report: dict[str, Any]) -> None:
         s = report["latency_ms"][phase]
         latency.add_row(
             phase,
-            str(s["count"]),
+            "-" if s["count"] is None else number(s["count"]),
             *(_ms(s[k]) for k in ("p50", "p90", "p99", "p99_9", "max")),
         )
     console.print(latency)
@@ -326,13 +329,13 @@ def print_capacity(console: Console, capacity: dict[str, Any]) -> None:
         failed = row["failed_ratio"]
         table.add_row(
             str(row["step"]),
-            f"{row['rate_per_s']:g}",
+            "-" if row["rate_per_s"] is None else number(row["rate_per_s"]),
             _ms(row["achieved_per_s"]),
             _ms(provision["p50"]),
             _ms(provision["p99"]),
             "-" if failed is None else f"{failed:.2%}",
-            str(row["throttled"]),
-            "ok" if row["passed"] else str(row["limit"]),
+            "-" if row["throttled"] is None else number(row["throttled"]),
+            "ok" if row["passed"] else Text(str(row["limit"])),
         )
     console.print(table)
     say(console, *clauses(capacity["verdict"]), indent=0)
