@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import math
 import resource
+import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from loadgen import fds
@@ -32,6 +34,7 @@ from loadgen.report.build import build
 from loadgen.scenario.planning import build_plan, check_template, endpoint_of
 from loadgen.scenario.schema import EMBEDDED, Scenario
 from loadgen.scenario.units import parse_rate
+from loadgen.transport.client import describe_error
 
 
 @dataclass(frozen=True)
@@ -183,10 +186,23 @@ def make_plan(scenario: Scenario, options: RunOptions) -> RunPlan:
             check_template(step.topic, f"after_connect[{i}].publish.topic")
         elif isinstance(step, SubscribeStep):
             check_template(step.topic_filter, f"after_connect[{i}].subscribe.topic")
-    if plan.tls.ca_file is not None and not plan.tls.ca_file.is_file():
-        raise ConfigError(f"tls.ca_file: {plan.tls.ca_file} not found")
+    if plan.tls.ca_file is not None:
+        check_trust(plan.tls.ca_file)
     raise_fd_limit(plan)
     return plan
+
+
+def check_trust(ca_file: Path) -> None:
+    """``tls.ca_file`` holds a certificate to trust: else every worker's context
+    fails to load it, after the fleet was minted."""
+    if not ca_file.is_file():
+        raise ConfigError(f"tls.ca_file: {ca_file} not found")
+    try:
+        ssl.create_default_context(cafile=str(ca_file))
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        raise ConfigError(
+            f"tls.ca_file: {ca_file}: no PEM certificate to trust in it ({describe_error(exc)})"
+        ) from None
 
 
 # The scenario fields a fleet is checked against, for its errors.

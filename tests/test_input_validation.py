@@ -212,6 +212,15 @@ def test_a_scenario_name_with_a_control_character_is_refused_with_its_line(tmp_p
     _assert_refused_untouched(result, tmp_path, listener, f"{path}:1: name:", "printable")
 
 
+def test_a_tls_ca_file_holding_no_certificate_is_refused_before_any_load(tmp_path, listener):
+    """Every worker would fail to load it, after the fleet was minted."""
+    path = _write_scenario(tmp_path, listener.getsockname()[1], "tls: {ca_file: scenario.yaml}\n")
+    result = run_loadgen("run", path, "--report", tmp_path / "report.json", cwd=tmp_path)
+    _assert_refused_untouched(
+        result, tmp_path, listener, "tls.ca_file:", "no PEM certificate to trust in it"
+    )
+
+
 EMBEDDED_MISTAKES = {
     "a tls block with endpoint: embedded": (
         "tls: {verify_server: false}\n",
