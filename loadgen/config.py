@@ -235,7 +235,11 @@ def _describe(exc: ValidationError, path: Path, doc: _Document | None) -> str:
     best = min(real, key=lambda f: (not f.in_document, -len(f.loc), f.unknown, f.line or 0))
     where = f"{path}:{best.line}" if best.line is not None else f"{path}"
     # Other problems elsewhere, not other members of the same union.
-    others = {f.loc for f in real if f.loc[: len(best.loc) - 1] != best.loc[:-1]}
+    others = {
+        f.loc
+        for f in real
+        if f.loc[: len(best.loc) - 1] != best.loc[:-1] and (f.fork is None or f.fork != best.fork)
+    }
     more = f" (and {len(others)} more)" if others else ""
     return f"{where}: {_field_name(best.loc)}: {best.message}{more}"
 
@@ -247,6 +251,9 @@ class _Found:
     message: str
     in_document: bool
     unknown: bool = False  # the field is not one this model (or union member) has
+    # Where pydantic's location first named a union member: errors of other
+    # members at the same place are the same problem, seen by another member.
+    fork: tuple[str | int, ...] | None = None
 
 
 def _locate(err: Any, doc: _Document | None) -> _Found:
@@ -259,12 +266,15 @@ def _locate(err: Any, doc: _Document | None) -> _Found:
         raw = (*raw, *err["ctx"]["at"])
     loc: Loc = ()
     in_document = True
+    fork = None
     for i, part in enumerate(raw):
         if doc is None or (*loc, part) in doc.lines:
             loc = (*loc, part)
         elif i == len(raw) - 1 and err["type"] == "missing":
             loc = (*loc, part)
             in_document = False
+        elif fork is None:
+            fork = raw[:i]
     msg: str = err["msg"]
     if err["type"] == "extra_forbidden":
         msg = "unknown field"
@@ -274,4 +284,4 @@ def _locate(err: Any, doc: _Document | None) -> _Found:
         msg = "a boolean: true or false (YAML 1.2 reads yes, no, on and off as text)"
     msg = msg.removeprefix("Value error, ").removeprefix("Assertion failed, ")
     line = doc.line_of(loc) if doc is not None else None
-    return _Found(loc, line, msg, in_document, err["type"] == "extra_forbidden")
+    return _Found(loc, line, msg, in_document, err["type"] == "extra_forbidden", fork)

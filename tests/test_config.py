@@ -77,3 +77,30 @@ def test_an_alias_used_as_it_is_meant_is_read(tmp_path):
     path.write_text("base: &step {topic: t, qos: 1}\nvalue: [*step, *step]\n")
     data = load_model(path, _Base, what="file")
     assert data.value == [{"topic": "t", "qos": 1}] * 2
+
+
+def _scenario_error(tmp_path, text: str) -> str:
+    from loadgen.scenario.schema import load_scenario
+
+    path = tmp_path / "s.yaml"
+    path.write_text(
+        "name: m\nendpoint: embedded\nfleet: {ca: ca, store: st, count: 3}\n"
+        "load: {executor: burst}\n" + text
+    )
+    with pytest.raises(ConfigError) as info:
+        load_scenario(path)
+    return str(info.value)
+
+
+def test_one_mistake_in_a_step_is_one_problem_not_one_per_kind_of_step(tmp_path):
+    """A step is a publish, a subscribe or a hold: the other kinds not fitting
+    it are not more problems."""
+    message = _scenario_error(tmp_path, 'after_connect:\n  - publish: {topic: ""}\n')
+    assert message.endswith("after_connect[0].publish.topic: a topic cannot be empty")
+
+
+def test_mistakes_in_two_places_say_there_is_one_more(tmp_path):
+    message = _scenario_error(
+        tmp_path, 'after_connect:\n  - publish: {topic: ""}\nretry: {initial: soon}\n'
+    )
+    assert message.endswith("(and 1 more)")
