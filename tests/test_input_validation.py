@@ -262,6 +262,11 @@ EMBEDDED_MISTAKES = {
         ":8: emulator.quotas.provision:",
         "'-5/s' is not a rate",
     ),
+    "a quota that is not a rate": (
+        "emulator:\n  quotas: {provision: fast}\n",
+        ":8: emulator.quotas.provision:",
+        "'fast' is not a rate",
+    ),
     "a zero quota": (
         "emulator:\n  quotas: {connect: 0/s}\n",
         ":8: emulator.quotas.connect:",

@@ -64,11 +64,19 @@ class Quotas:
                 rate = None
             else:
                 try:
-                    rate = parse_rate(value if "/" in value else f"{value}/s")
+                    # A bare number is per second (the error then quotes what was given).
+                    rate = parse_rate(_number(value) if "/" not in value else value)
                 except ValueError as exc:
                     raise UserError(f"--quota {item!r}: {exc}") from None
             setattr(quotas, name.replace("-", "_"), rate)
         return quotas
+
+
+def _number(value: str) -> float | str:
+    try:
+        return float(value)
+    except ValueError:
+        return value
 
 
 class Limiter:
