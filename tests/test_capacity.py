@@ -510,3 +510,10 @@ def test_a_first_step_that_measured_the_generator_does_not_say_it_broke():
     assert text.startswith(
         "highest sustainable rate: none; at 10/s the generator, not the endpoint, was the limit"
     )
+
+
+def test_capacity_help_says_its_shard_is_a_name_not_a_slice_of_the_fleet():
+    result = run_loadgen("capacity", "--help")
+    text = " ".join(result.out.split())
+    assert "It runs the whole fleet: I/N is refused." in text
+    assert "runs only its part of the fleet" not in text

@@ -3,6 +3,7 @@ write what they found, like `loadgen run` writes a run."""
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
 from dataclasses import replace
@@ -105,7 +106,7 @@ def _search(
     "(e.g. already provisioned by an earlier search against the same endpoint).",
 )
 @target_options
-@output_options
+@functools.partial(output_options, slices=False)
 def capacity_command(
     scenario_path: Path,
     slo_texts: tuple[str, ...],

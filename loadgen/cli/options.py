@@ -136,14 +136,22 @@ _OUTPUTS = (
         "--pushgateway", help="Push metrics to this Pushgateway URL (periodically, at the end)."
     ),
     click.option("--job", default="loadgen", show_default=True, help="The Pushgateway job name."),
-    click.option(
-        "--shard",
-        type=SHARD,
-        help="Which shard this generator is among several running side by side: "
-        "I/N (shard I of N, 0 <= I < N) runs only its part of the fleet at 1/N of "
-        "the rates; any other NAME is a shard split by hand. Either way a label "
-        'on its metrics (shard="I" or the NAME) and its own Pushgateway group.',
-    ),
+)
+_SHARD_SLICE = click.option(
+    "--shard",
+    type=SHARD,
+    help="Which shard this generator is among several running side by side: "
+    "I/N (shard I of N, 0 <= I < N) runs only its part of the fleet at 1/N of "
+    "the rates; any other NAME is a shard split by hand. Either way a label "
+    'on its metrics (shard="I" or the NAME) and its own Pushgateway group.',
+)
+# A command that runs the whole fleet (a capacity search) takes a NAME alone.
+_SHARD_NAME = click.option(
+    "--shard",
+    type=SHARD,
+    help="A NAME for this generator among several running side by side: a label on "
+    'its metrics (shard="NAME") and its own Pushgateway group. It runs the whole '
+    "fleet: I/N is refused.",
 )
 
 
@@ -247,9 +255,10 @@ class Outputs:
                     click.echo(f"loadgen: {name}: --linger ended early", err=True)
 
 
-def output_options(command: Callable[..., Any]) -> Callable[..., Any]:
+def output_options(command: Callable[..., Any], *, slices: bool = True) -> Callable[..., Any]:
     """--report, --html, --metrics-port, --metrics-host, --linger, --pushgateway,
-    --job and --shard, handed to the command as one ``outputs: Outputs``."""
+    --job and --shard, handed to the command as one ``outputs: Outputs``. Without
+    ``slices`` the command runs the whole fleet, and --shard says so."""
 
     @functools.wraps(command)
     def with_outputs(
@@ -271,4 +280,4 @@ def output_options(command: Callable[..., Any]) -> Callable[..., Any]:
         )
         return command(*args, outputs=outputs, **kwargs)
 
-    return _apply(_OUTPUTS, with_outputs)
+    return _apply((*_OUTPUTS, _SHARD_SLICE if slices else _SHARD_NAME), with_outputs)
