@@ -395,6 +395,13 @@ def test_a_key_pool_shares_keys_across_devices(tmp_path, session_ca):
     assert openssl.verify_ok(session_ca.directory / "ca.pem", certs) == set(certs)
 
 
+def test_a_key_pool_asked_of_a_fleet_minted_without_one_says_what_it_has(tmp_path, session_ca):
+    base = ("certs", "mint", "--ca", session_ca.directory, "--out", tmp_path / "fleet")
+    assert run_loadgen(*base, "--count", "5").code == 0
+    result = run_loadgen(*base, "--count", "10", "--key-pool", "2")
+    assert_user_error(result, "minted with a key of its own per device, not key pool 2")
+
+
 # Bad input: one line, exit 2, nothing written
 
 

@@ -184,7 +184,10 @@ def _check_matches(request: MintRequest, meta: FleetMeta, ca: CA) -> None:
     if request.seed is not None and request.seed != meta.seed:
         raise FleetError(f"{fleet}: minted with seed {meta.seed}, not {names.seed} {request.seed}")
     if request.key_pool is not None and request.key_pool != meta.key_pool:
-        raise FleetError(f"{fleet}: minted with key pool {meta.key_pool}, not {request.key_pool}")
+        held = (
+            "a key of its own per device" if meta.key_pool is None else f"key pool {meta.key_pool}"
+        )
+        raise FleetError(f"{fleet}: minted with {held}, not key pool {request.key_pool}")
 
 
 def _check_shard(request: MintRequest, meta: FleetMeta) -> None:
