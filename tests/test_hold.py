@@ -151,6 +151,31 @@ def test_every_progress_report_counts_each_device_that_ended_before_it(
         assert progress.stats["devices"] == progress.started - progress.in_flight
 
 
+def test_devices_holding_show_their_connect_latency_before_they_end(tmp_path, mosquitto, device_ca):
+    """A soak's devices hold for long: their provisioning latency is in the
+    progress (the live view, /metrics) from their connect, not from their end."""
+    from loadgen.metrics.stats import RunStats
+
+    plan = _one_worker_plan(
+        tmp_path,
+        mosquitto,
+        device_ca,
+        5,
+        load={"executor": "constant-arrival-rate", "rate": "50/s", "max_in_flight": 10},
+        port=mosquitto.tls_port,
+        after_connect=[{"hold": {"duration": "3s", "keepalive": 0}}],
+    )
+    sent = []
+    worker = _ran(lambda: Worker(plan, 0, sent.append))
+    holding = [
+        p for kind, p in sent if kind == "progress" and p.connected == 5 and not p.stats["devices"]
+    ]
+    assert holding, "no report came while all five held"
+    assert RunStats.from_wire(holding[-1].stats).phases["provision"].count == 5
+    # Counted once, not again as they ended.
+    assert worker.stats.phases["provision"].count == 5
+
+
 def test_a_worker_never_has_more_devices_in_flight_than_its_share(tmp_path, mosquitto, device_ca):
     plan = _one_worker_plan(
         tmp_path,

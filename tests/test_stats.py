@@ -123,3 +123,15 @@ def test_run_stats_add_up_time_in_flight_and_time_waiting_on_the_endpoint():
     stats.add(DeviceResult(1, endpoint_wait=2.0), started_offset=1.0, finished_offset=3.5)
     assert (stats.endpoint_wait_us, stats.in_flight_us) == (2_000_000, 2_500_000)
     assert RunStats.from_wire(stats.to_wire()).endpoint_wait_us == 2_000_000
+
+
+def test_a_device_counted_as_it_connected_is_not_counted_again_as_it_ends():
+    """A held device's connect is recorded when it connects (the live view shows
+    it meanwhile); its end adds the rest."""
+    [result] = [r for r in _results(10, 5) if r.provision is not None][:1]
+    stats = RunStats()
+    stats.arrived(result)
+    assert stats.phases["provision"].count == 1 and stats.devices == 0
+    stats.add(result, 0.0, 30.0)
+    assert stats.phases["provision"].count == stats.phases["connack"].count == 1
+    assert stats.phases["publish_ack"].count == 1 and stats.devices == 1

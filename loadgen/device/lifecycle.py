@@ -119,6 +119,10 @@ class DeviceResult:
     # Whether the deciding failure was an answer of an endpoint that speaks TLS
     # (not a port that never did): only such a failure can be a fault's verdict.
     judged: bool = True
+    started_offset: float = 0.0  # seconds after the schedule's start it began
+    # Its connect's latencies are recorded (as it connected, not when it ends:
+    # a device holding for an hour shows them meanwhile).
+    connect_recorded: bool = False
 
 
 Clock = Callable[[], float]
@@ -157,10 +161,13 @@ class Census:
     as they go (progress asks twice a second; counting the devices in flight
     each time cost a worker holding 5,000 about 1% of a core)."""
 
-    __slots__ = ("connected",)
+    __slots__ = ("arrived", "connected")
 
     def __init__(self) -> None:
         self.connected = 0
+        # Results of the devices that connected since the worker last recorded
+        # (their connect's latencies count from then, not from their end).
+        self.arrived: list[DeviceResult] = []
 
 
 class DeviceDriver:
@@ -190,6 +197,7 @@ class DeviceDriver:
         self.result.provision = provision
         if self.census is not None:
             self.census.connected += 1
+            self.census.arrived.append(self.result)
 
     def finished(self) -> None:
         """Its life is over (whatever the outcome): no longer counted connected."""

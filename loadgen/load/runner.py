@@ -285,20 +285,25 @@ class Worker:
         to record at each report, which in one go would hold up the devices in
         flight (and those due) for several milliseconds. Only what waits now:
         devices ending faster than this records must not hold up the report."""
-        waiting = max(len(self.starts), len(self.ended))
+        waiting = max(len(self.starts), len(self.census.arrived), len(self.ended))
         for _ in range(0, waiting, _BATCH):
             self._record(_BATCH)
             await asyncio.sleep(0)
 
     def _record(self, most: int | None) -> None:
         """Record the first ``most`` starts and results waiting (None: all)."""
-        starts, ended = self.starts[:most], self.ended[:most]
-        del self.starts[:most], self.ended[:most]
+        arrivals = self.census.arrived
+        starts, arrived, ended = self.starts[:most], arrivals[:most], self.ended[:most]
+        del self.starts[:most], arrivals[:most], self.ended[:most]
         for started in starts:
             self.stats.started(started)
+        for result in arrived:
+            self.stats.arrived(result)
         add = self.stats.add
         for result, started, finished in ended:
             add(result, started, finished)
+            # Recorded whole: its arrival, if still waiting in a later batch, is not.
+            result.connect_recorded = True
 
     async def _dispatch(
         self, queue: asyncio.Queue[tuple[DeviceSpec, float] | None], t0: float
@@ -394,6 +399,7 @@ class Worker:
         if self.plan.chaos is not None:
             self.plan.chaos.strike("worker", spec.index)
         driver = self.driver(spec, self.plan.device, self.clock, self.rng, self.holds, self.census)
+        driver.result.started_offset = started
         self.drivers.add(driver)
         try:
             if spec.failure is not None:

@@ -95,14 +95,27 @@ class RunStats:
         self.in_flight_us += round((finished_offset - started_offset) * 1_000_000)
         self.endpoint_wait_us += round(result.endpoint_wait * 1_000_000)
         second = int(started_offset)
+        if not result.connect_recorded:
+            self._connect(result, second)
+        record = self._record
+        for seconds in result.publish_acks:
+            record("publish_ack", second, seconds)
+
+    def arrived(self, result: DeviceResult) -> None:
+        """A device past its accepted CONNACK, still in its life: its connect's
+        latencies count now, and are marked counted (``add`` then leaves them).
+        One that already ended (``connect_recorded`` set by its recorder) is left."""
+        if not result.connect_recorded:
+            self._connect(result, int(result.started_offset))
+            result.connect_recorded = True
+
+    def _connect(self, result: DeviceResult, second: int) -> None:
         if result.provision is not None:
             self._record("provision", second, result.provision)
             self._break_down(result, result.provision)
         record = self._record
         for phase, seconds in result.phases:
             record(phase, second, seconds)
-        for seconds in result.publish_acks:
-            record("publish_ack", second, seconds)
 
     def lose(self, devices: int, reason: str, phase: str) -> None:
         """Devices that ended with no result of their own (their worker died):
