@@ -91,6 +91,13 @@ class TlsSession:
         return cls(sslobj, incoming, outgoing, idle, idle.pointer(sslobj) if idle else 0)
 
 
+# A PEM's label and 36 base64 characters (27 bytes of DER): past the algorithm's
+# OID in every PKCS#8 key (it ends by byte 20), so keys of one head are of one
+# algorithm. Heads kept: a fleet has a kind or two of key.
+_KEY_HEAD = len(b"-----BEGIN PRIVATE KEY-----\n") + 36
+_MAX_KINDS = 64
+
+
 def key_algorithm(key_pem: bytes) -> bytes:
     """Which certificate slot of a context a private key fills: its algorithm's
     OID for PKCS#8 (every EC curve shares one), else its PEM label (``EC PRIVATE
@@ -136,6 +143,7 @@ class ClientTls:
         # old EC decoder, and keys stay legacy keys (loadgen.legacy_ec).
         self.legacy_ec = LegacyEc.claim()
         self._slots: dict[bytes, _Slot] = {}
+        self._algorithms: dict[bytes, bytes] = {}  # a PEM's head -> its algorithm
         # The fleet's first algorithm's: the one every device of a usual fleet uses.
         self._first = self._new_slot()
         self.context, self.chains = self._first.context, self._first.chains
@@ -155,7 +163,7 @@ class ClientTls:
         (an SSLObject copies them when it is made: the load is most of the cost)."""
         name = self._name(server_name)
         key_pem = files.read(key)
-        slot = self._slot(key_algorithm(key_pem))
+        slot = self._slot(self._algorithm(key_pem))
         context, chains = slot.context, slot.chains
         # The event loop is one thread: nothing runs between loading the chain and
         # making the SSLObjects that copy it.
@@ -173,6 +181,18 @@ class ClientTls:
     def fast_loads(self) -> int:
         """Devices loaded the short way (``SharedChains.load``), in every context."""
         return sum(slot.chains.fast_loads for slot in self._slots.values())
+
+    def _algorithm(self, key_pem: bytes) -> bytes:
+        """``key_algorithm``, read once per kind of key: a PEM's first bytes (its
+        label and its DER past the algorithm's OID) are alike for every key of a
+        kind, and reading the DER cost about 5 µs a device."""
+        head = key_pem[:_KEY_HEAD]
+        algorithm = self._algorithms.get(head)
+        if algorithm is None:
+            algorithm = key_algorithm(key_pem)
+            if len(self._algorithms) < _MAX_KINDS:
+                self._algorithms[head] = algorithm
+        return algorithm
 
     def _slot(self, algorithm: bytes) -> _Slot:
         slot = self._slots.get(algorithm)
