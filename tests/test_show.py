@@ -394,3 +394,14 @@ def test_the_markdown_summary_of_a_run_without_a_target_rate_says_none_of_python
     nothing["rate"] = {"target_per_s": None, "achieved_per_s": None}
     summary = summary_markdown(nothing, [])
     assert "no arrival rate." in summary and "None" not in summary
+
+
+def test_a_report_stopped_early_says_so_in_show_and_in_the_summary() -> None:
+    from loadgen.report.ci import summary_markdown
+
+    report = {**_report(30), "partial": True}
+    console = Console(width=WIDTH, record=True, file=io.StringIO())
+    print_report(console, report)
+    assert "(partial: stopped early" in " ".join(console.export_text().split())
+    heading = summary_markdown(report, []).splitlines()[0]
+    assert heading.endswith("no gates (partial: stopped early, see accounting)")

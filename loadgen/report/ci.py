@@ -11,7 +11,7 @@ from xml.etree import ElementTree as ET
 from loadgen.files import each_output
 from loadgen.metrics.stats import PHASES
 from loadgen.report.gates import GateResult
-from loadgen.report.show import accounting_phrases, expected_cell
+from loadgen.report.show import PARTIAL, accounting_phrases, expected_cell
 from loadgen.report.store import MARKDOWN, XML, Destination
 from loadgen.words import counted, number
 
@@ -46,6 +46,8 @@ def junit(report: dict[str, Any], results: list[GateResult]) -> bytes:
 def summary_markdown(report: dict[str, Any], results: list[GateResult]) -> str:
     failed = [r for r in results if not r.passed]
     verdict = "❌ gates failed" if failed else ("✅ gates passed" if results else "no gates")
+    if report.get("partial"):
+        verdict += f" {PARTIAL}"
     lines = [
         f"## loadgen: {report['scenario']} — {verdict}",
         "",

@@ -192,6 +192,10 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:,.1f}"
 
 
+# What a report stopped early says of itself, wherever it is shown.
+PARTIAL = "(partial: stopped early, see accounting)"
+
+
 def print_report(console: Console, report: dict[str, Any]) -> None:
     """The summary of a run: statements (``say``) and tables, each fitted to the
     console's width."""
@@ -200,6 +204,7 @@ def print_report(console: Console, report: dict[str, Any]) -> None:
         f"{report['scenario']} against {report['endpoint']}:",
         f"{counted(report['devices'], 'device')} in {report['duration_s']:.1f} s,",
         counted(report["attempts"]["total"], "attempt"),
+        *([PARTIAL] if report.get("partial") else []),
         indent=0,
         bold=report["scenario"],
     )
