@@ -73,6 +73,16 @@ def test_strict_resources_fail_on_a_thing_group_that_does_not_exist(lightbulbs, 
     assert registry.certificates == {}
 
 
+def _registry_of(template: dict, device_ca, tmp_path) -> Registry:
+    """A registry with the device CA registered with ``template``."""
+    config = tmp_path / "config.json"
+    role = "arn:aws:iam::123456789012:role/r"
+    config.write_text(json.dumps({"templateBody": json.dumps(template), "roleArn": role}))
+    registry = Registry()
+    registry.register_ca(device_ca.cert, load_registration_config(config))
+    return registry
+
+
 @pytest.mark.parametrize(
     ("properties", "refused"),
     [
@@ -92,14 +102,7 @@ def test_a_template_rendering_a_name_aws_refuses_fails_provisioning(
         "Parameters": {"AWS::IoT::Certificate::Id": {"Type": "String"}},
         "Resources": {"thing": {"Type": "AWS::IoT::Thing", "Properties": properties}},
     }
-    config = tmp_path / "config.json"
-    config.write_text(
-        json.dumps(
-            {"templateBody": json.dumps(template), "roleArn": "arn:aws:iam::123456789012:role/r"}
-        )
-    )
-    registry = Registry()
-    registry.register_ca(device_ca.cert, load_registration_config(config))
+    registry = _registry_of(template, device_ca, tmp_path)
     cert = _cert(lightbulbs)
     with pytest.raises(ClientError, match=f"{re.escape(refused)}.*not .* AWS IoT accepts"):
         registry.provision(cert, registry.issuer_of(cert))
@@ -109,14 +112,7 @@ def test_a_template_rendering_a_name_aws_refuses_fails_provisioning(
 def test_an_inline_policy_named_as_aws_refuses_fails_provisioning(lightbulbs, device_ca, tmp_path):
     policy = {"PolicyName": "bad policy name!", "PolicyDocument": '{"Statement": []}'}
     template = {"Resources": {"policy": {"Type": "AWS::IoT::Policy", "Properties": policy}}}
-    config = tmp_path / "config.json"
-    config.write_text(
-        json.dumps(
-            {"templateBody": json.dumps(template), "roleArn": "arn:aws:iam::123456789012:role/r"}
-        )
-    )
-    registry = Registry()
-    registry.register_ca(device_ca.cert, load_registration_config(config))
+    registry = _registry_of(template, device_ca, tmp_path)
     cert = _cert(lightbulbs)
     with pytest.raises(ClientError, match="PolicyName 'bad policy name!'"):
         registry.provision(cert, registry.issuer_of(cert))

@@ -299,6 +299,23 @@ async def test_devices_sharing_one_parsed_ca_still_present_the_whole_chain(
     assert _client_certificates(bytes(recorder.from_client)) == 2  # device certificate, its CA
 
 
+def _mixed_fleet(tmp_path, device_ca):
+    """Twelve devices of three key types (P-256, P-384, RSA-2048), mixed."""
+    from loadgen.certs.mint import MintRequest, mint
+    from loadgen.certs.profile import Profile
+    from loadgen.certs.store import FleetStore
+
+    profile = Profile.model_validate(
+        {
+            "subject": {"common_name": "mix-{index:03d}"},
+            "key_type": {"ec-p256": 1, "ec-p384": 1, "rsa-2048": 1},
+        }
+    )
+    mint(MintRequest(tmp_path / "mix", device_ca.directory, 12, profile, seed=3))
+    fleet = FleetStore(tmp_path / "mix")
+    return fleet, list(fleet.devices())
+
+
 async def _identities(tmp_path, device_ca, server_ca):
     """A TLS server (any version) that asks for a client certificate signed by
     ``device_ca`` and records the common name each connection presented, then
@@ -337,19 +354,7 @@ async def test_devices_of_every_key_type_present_their_own_certificate_from_one_
 ):
     """OpenSSL keeps a certificate per key algorithm in a context: an RSA device
     loaded after an EC one must not present the EC device's."""
-    from loadgen.certs.mint import MintRequest, mint
-    from loadgen.certs.profile import Profile
-    from loadgen.certs.store import FleetStore
-
-    profile = Profile.model_validate(
-        {
-            "subject": {"common_name": "mix-{index:03d}"},
-            "key_type": {"ec-p256": 1, "ec-p384": 1, "rsa-2048": 1},
-        }
-    )
-    mint(MintRequest(tmp_path / "mix", device_ca.directory, 12, profile, seed=3))
-    fleet = FleetStore(tmp_path / "mix")
-    devices = list(fleet.devices())
+    fleet, devices = _mixed_fleet(tmp_path, device_ca)
     assert {d.key_type for d in devices} == {"ec-p256", "ec-p384", "rsa-2048"}
     shared = ClientTls(ca_file=session_ca.directory / "ca.pem")
     sessions = [
@@ -371,19 +376,7 @@ async def test_devices_of_every_key_type_present_their_own_certificate_from_one_
 def test_devices_of_one_key_algorithm_share_a_context_and_its_parsed_ca(tmp_path, device_ca):
     """P-256 and P-384 keys fill the same slot: EC devices after the fleet's first
     (which shares the CA) take the short way; RSA ones the long way."""
-    from loadgen.certs.mint import MintRequest, mint
-    from loadgen.certs.profile import Profile
-    from loadgen.certs.store import FleetStore
-
-    profile = Profile.model_validate(
-        {
-            "subject": {"common_name": "mix-{index:03d}"},
-            "key_type": {"ec-p256": 1, "ec-p384": 1, "rsa-2048": 1},
-        }
-    )
-    mint(MintRequest(tmp_path / "mix", device_ca.directory, 12, profile, seed=3))
-    fleet = FleetStore(tmp_path / "mix")
-    devices = list(fleet.devices())
+    fleet, devices = _mixed_fleet(tmp_path, device_ca)
     shared = ClientTls(ca_file=None, verify_server=False)
     for d in devices:
         shared.session(fleet.path / d.cert, fleet.path / d.key, "localhost")
