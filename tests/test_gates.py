@@ -247,3 +247,11 @@ def test_the_shipped_ci_gate_scenario_runs_and_evaluates_its_gates(tmp_path):
     assert "pass: ratio(failed) < 0.5%" in result.out
     assert "pass: count(throttled) == 0" in result.out
     assert (result.code == 0) == ("FAIL: " not in result.out)
+
+
+def test_a_rate_gate_without_a_target_names_what_was_not_measured():
+    """A burst has no target rate: the gate fails on it, not on what it measured."""
+    report = {**REPORT, "rate": {"target_per_s": None, "achieved_per_s": 99.5}}
+    result = gates.parse("achieved_rate >= 0.99 * target_rate").evaluate(report)
+    assert not result.passed and result.measured == 99.5
+    assert result.note == "nothing was measured for 0.99 * target_rate"

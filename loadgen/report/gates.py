@@ -160,12 +160,18 @@ class Gate:
     right: Callable[[Report], float | None]
     # The number is on the left (``1s > p99(provision)``): the right is measured.
     number_first: bool = False
+    # The side compared with what was measured, as written (``0.99 * target_rate``).
+    threshold_text: str = ""
 
     def evaluate(self, report: Report) -> GateResult:
         left, right = self.left(report), self.right(report)
         measured, threshold = (right, left) if self.number_first else (left, right)
         if (why := nothing_measured(report)) is not None:
             return GateResult(self.text, False, measured, threshold, f"nothing was measured: {why}")
+        if measured is not None and threshold is None:
+            # A metric on both sides, the second unmeasured (a burst has no target).
+            note = f"nothing was measured for {self.threshold_text}"
+            return GateResult(self.text, False, measured, threshold, note)
         if left is None or right is None:
             return GateResult(self.text, False, measured, threshold, "nothing was measured")
         return GateResult(self.text, _OPS[self.op](left, right), measured, threshold, None)
@@ -253,6 +259,7 @@ def parse(text: str, where: str = "gate") -> Gate:
         op,
         _reader(right, left, gate, where),
         number_first=left.kind is None,
+        threshold_text=(left if left.kind is None else right).text,
     )
 
 
