@@ -189,6 +189,27 @@ def test_ctrl_c_while_the_workers_start_stops_them_without_losing_one(
     assert report["duration_s"] >= 0
 
 
+def test_a_run_stopped_before_its_start_at_began_and_ended_when_it_was_stopped(
+    tmp_path, mosquitto, device_ca
+):
+    """Not at the --start-at still two minutes ahead: its report says no time
+    that had not come."""
+    import datetime as dt
+
+    path = _forty_a_second(tmp_path, mosquitto, device_ca)
+    report_path = tmp_path / "r.json"
+    proc = _run(path, report_path, "--start-at", f"{time.time() + 120:.0f}", start_new_session=True)
+    assert _poll(lambda: len(_workers_of(proc)) == 2, proc), proc.communicate()
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    stopped_by = time.time()
+    assert proc.returncode == 130, err
+    report = json.loads(report_path.read_text())
+    assert report["accounting"]["started"] == 0 and report["duration_s"] == 0
+    for moment in ("started_at", "ended_at"):
+        assert dt.datetime.fromisoformat(report[moment]).timestamp() <= stopped_by
+
+
 def test_a_stop_signal_after_a_capacity_step_keeps_that_step_in_the_report(
     tmp_path, mosquitto, device_ca
 ):

@@ -302,10 +302,13 @@ class _Tally:
         return stats
 
     def timing(self, stopped: bool) -> RunTiming:
-        # Stopped before its schedule started: it lasted nothing, not less.
-        ended = max(self.ended_at or time.time(), self.started_at)
+        # Stopped before its schedule started (a --start-at still ahead): it
+        # lasted nothing, and it began and ended when it was stopped, not at a
+        # start that never came.
+        ended = self.ended_at or time.time()
+        started = min(self.started_at, ended)
         return RunTiming(
-            self.started_at,
+            started,
             ended,
             partial=stopped,
             lost=dict(self.lost),
