@@ -158,6 +158,7 @@ def test_a_baseline_that_measured_nothing_is_refused(tmp_path, baseline):
     ("limit", "message"),
     [
         ("-5%", "cannot be negative"),
+        ("-0%", "cannot be negative"),
         ("10", "a percentage like 10%"),
         ("ten%", "a percentage like 10%"),
     ],
@@ -166,6 +167,16 @@ def test_max_regression_is_a_percentage_that_is_not_negative(tmp_path, baseline,
     base, current = _files(tmp_path, baseline, baseline)
     result = run_loadgen("report", "compare", base, current, f"--max-regression={limit}")
     assert_user_error(result, f"--max-regression {limit!r}", message)
+
+
+def test_compare_shows_a_sub_millisecond_change_in_its_numbers(tmp_path, baseline):
+    current = copy.deepcopy(baseline)
+    before = baseline["latency_ms"]["tcp_connect"]["p50"]
+    current["latency_ms"]["tcp_connect"]["p50"] = before * 1.135
+    base, cur = _files(tmp_path, baseline, current)
+    result = run_loadgen("report", "compare", base, cur)
+    line = next(x for x in result.out.splitlines() if "p50(tcp_connect)" in x)
+    assert f"{before:.3g} ms -> {before * 1.135:.3g} ms (+13.5%" in line
 
 
 def test_an_unchanged_run_passes_compare(tmp_path, baseline):

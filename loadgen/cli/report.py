@@ -163,11 +163,17 @@ def report_compare(baseline_path: Path, current_path: Path, max_regression: str)
         click.echo(f"FAIL: {current_path} measured nothing: {why}")
     for row in rows:
         verdict = "FAIL" if row.regressed else "pass"
-        after = "nothing measured" if row.current is None else f"{row.current:,.1f} ms"
+        after = "nothing measured" if row.current is None else f"{_ms(row.current)} ms"
         change = "" if row.change is None else f"{row.change:+.1%}, "
         click.echo(
-            f"{verdict}: {row.percentile}({row.phase}) {row.baseline:,.1f} ms -> "
+            f"{verdict}: {row.percentile}({row.phase}) {_ms(row.baseline)} ms -> "
             f"{after} ({change}limit +{limit * 100:g}%)"
         )
     if why is not None or any(row.regressed for row in rows):
         sys.exit(1)
+
+
+def _ms(value: float) -> str:
+    """Milliseconds to the tenth, or to three significant digits below 1 ms: a
+    change of a sub-millisecond phase must show in the numbers it is judged by."""
+    return f"{value:,.1f}" if value >= 1 else f"{value:.3g}"
