@@ -267,6 +267,11 @@ EMBEDDED_MISTAKES = {
         ":8: emulator.quotas.provision:",
         "'fast' is not a rate",
     ),
+    "an infinite quota": (
+        "emulator:\n  quotas: {provision: inf}\n",
+        ":8: emulator.quotas.provision:",
+        "'inf' is not a rate",
+    ),
     "a zero quota": (
         "emulator:\n  quotas: {connect: 0/s}\n",
         ":8: emulator.quotas.connect:",

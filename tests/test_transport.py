@@ -373,6 +373,35 @@ async def test_devices_of_every_key_type_present_their_own_certificate_from_one_
     assert presented == [f"mix-{d.index:03d}" for d in devices]
 
 
+async def test_keys_with_the_same_text_before_their_pem_still_go_to_their_own_context(
+    tmp_path, device_ca, session_ca
+):
+    """OpenSSL reads past text before ``-----BEGIN``: an RSA key after an EC key
+    with the same first line must not be taken for one of the EC key's kind."""
+    fleet, devices = _mixed_fleet(tmp_path, device_ca)
+    ec = next(d for d in devices if d.key_type == "ec-p256")
+    rsa = next(d for d in devices if d.key_type == "rsa-2048")
+    comment = b"# device key exported from our PKI, keep secret, do not commit\n"
+    for device in (ec, rsa):
+        key = fleet.path / device.key
+        write(key, comment + key.read_bytes(), private=True)
+    shared = ClientTls(ca_file=session_ca.directory / "ca.pem")
+    sessions = [
+        shared.session(fleet.path / d.cert, fleet.path / d.key, "localhost") for d in (ec, rsa)
+    ]
+    target, presented, server = await _identities(tmp_path, device_ca, session_ca)
+    try:
+        async with asyncio.timeout(20):
+            for device, session in zip((ec, rsa), sessions, strict=True):
+                client = await connect(
+                    target, session, mqtt.Connect(device.client_id), AttemptTimes(0.0)
+                )
+                client.disconnect()
+    finally:
+        server.close()
+    assert presented == [f"mix-{d.index:03d}" for d in (ec, rsa)]
+
+
 def test_devices_of_one_key_algorithm_share_a_context_and_its_parsed_ca(tmp_path, device_ca):
     """P-256 and P-384 keys fill the same slot: EC devices after the fleet's first
     (which shares the CA) take the short way; RSA ones the long way."""

@@ -3,6 +3,7 @@ with ``--quota NAME=RATE``."""
 
 from __future__ import annotations
 
+import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -73,10 +74,12 @@ class Quotas:
 
 
 def _number(value: str) -> float | str:
-    try:
-        return float(value)
-    except ValueError:
-        return value
+    """A plain decimal as its number; anything else (``fast``, ``inf``) as
+    written, for the rate's own error to quote."""
+    return float(value) if _DECIMAL.fullmatch(value.strip()) else value
+
+
+_DECIMAL = re.compile(r"\d+(?:\.\d+)?")
 
 
 class Limiter:

@@ -94,7 +94,8 @@ class TlsSession:
 # A PEM's label and 36 base64 characters (27 bytes of DER): past the algorithm's
 # OID in every PKCS#8 key (it ends by byte 20), so keys of one head are of one
 # algorithm. Heads kept: a fleet has a kind or two of key.
-_KEY_HEAD = len(b"-----BEGIN PRIVATE KEY-----\n") + 36
+_PKCS8 = b"-----BEGIN PRIVATE KEY-----\n"
+_KEY_HEAD = len(_PKCS8) + 36
 _MAX_KINDS = 64
 
 
@@ -186,6 +187,8 @@ class ClientTls:
         """``key_algorithm``, read once per kind of key: a PEM's first bytes (its
         label and its DER past the algorithm's OID) are alike for every key of a
         kind, and reading the DER cost about 5 µs a device."""
+        if not key_pem.startswith(_PKCS8):
+            return key_algorithm(key_pem)  # another label: read from it alone, cheaply
         head = key_pem[:_KEY_HEAD]
         algorithm = self._algorithms.get(head)
         if algorithm is None:
