@@ -231,15 +231,20 @@ def _describe(exc: ValidationError, path: Path, doc: _Document | None) -> str:
     # another member not knowing it. Errors at a prefix of another's path are the
     # same problem seen from further out.
     locs = {f.loc for f in found}
-    real = [f for f in found if not any(o != f.loc and o[: len(f.loc)] == f.loc for o in locs)]
-    best = min(real, key=lambda f: (not f.in_document, -len(f.loc), f.unknown, f.line or 0))
+    real = sorted(
+        (f for f in found if not any(o != f.loc and o[: len(f.loc)] == f.loc for o in locs)),
+        key=lambda f: (not f.in_document, -len(f.loc), f.unknown, f.line or 0),
+    )
+    # At each union, the member the user meant is the one whose error ranks
+    # first; what the other members say there is only that they do not fit.
+    meant: dict[tuple[str | int, ...], str | int | None] = {}
+    for f in real:
+        if f.fork is not None:
+            meant.setdefault(f.fork, f.member)
+    problems = [f for f in real if f.fork is None or meant[f.fork] == f.member]
+    best = problems[0]
     where = f"{path}:{best.line}" if best.line is not None else f"{path}"
-    # Other problems elsewhere, not other members of the same union.
-    others = {
-        f.loc
-        for f in real
-        if f.loc[: len(best.loc) - 1] != best.loc[:-1] and (f.fork is None or f.fork != best.fork)
-    }
+    others = {f.loc for f in problems[1:] if f.loc != best.loc}
     more = f" (and {len(others)} more)" if others else ""
     return f"{where}: {_field_name(best.loc)}: {best.message}{more}"
 
@@ -251,9 +256,10 @@ class _Found:
     message: str
     in_document: bool
     unknown: bool = False  # the field is not one this model (or union member) has
-    # Where pydantic's location first named a union member: errors of other
-    # members at the same place are the same problem, seen by another member.
+    # Where pydantic's location first named a union member, and which: errors of
+    # other members at the same place are the same problem, seen by another.
     fork: tuple[str | int, ...] | None = None
+    member: str | int | None = None
 
 
 def _locate(err: Any, doc: _Document | None) -> _Found:
@@ -266,7 +272,8 @@ def _locate(err: Any, doc: _Document | None) -> _Found:
         raw = (*raw, *err["ctx"]["at"])
     loc: Loc = ()
     in_document = True
-    fork = None
+    fork: tuple[str | int, ...] | None = None
+    member: str | int | None = None
     for i, part in enumerate(raw):
         if doc is None or (*loc, part) in doc.lines:
             loc = (*loc, part)
@@ -274,7 +281,7 @@ def _locate(err: Any, doc: _Document | None) -> _Found:
             loc = (*loc, part)
             in_document = False
         elif fork is None:
-            fork = raw[:i]
+            fork, member = raw[:i], part
     msg: str = err["msg"]
     if err["type"] == "extra_forbidden":
         msg = "unknown field"
@@ -284,4 +291,4 @@ def _locate(err: Any, doc: _Document | None) -> _Found:
         msg = "a boolean: true or false (YAML 1.2 reads yes, no, on and off as text)"
     msg = msg.removeprefix("Value error, ").removeprefix("Assertion failed, ")
     line = doc.line_of(loc) if doc is not None else None
-    return _Found(loc, line, msg, in_document, err["type"] == "extra_forbidden", fork)
+    return _Found(loc, line, msg, in_document, err["type"] == "extra_forbidden", fork, member)

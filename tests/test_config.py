@@ -104,3 +104,18 @@ def test_mistakes_in_two_places_say_there_is_one_more(tmp_path):
         tmp_path, 'after_connect:\n  - publish: {topic: ""}\nretry: {initial: soon}\n'
     )
     assert message.endswith("(and 1 more)")
+
+
+def test_mistakes_in_two_steps_are_two_problems_whatever_kinds_of_step_there_are(tmp_path):
+    message = _scenario_error(
+        tmp_path,
+        'after_connect:\n  - publish: {topic: "a", qos: 7}\n  - publish: {topic: "b", qos: 9}\n',
+    )
+    assert message.endswith("after_connect[0].publish.qos: Input should be 0 or 1 (and 1 more)")
+
+
+def test_two_mistakes_in_one_step_are_two_problems(tmp_path):
+    message = _scenario_error(
+        tmp_path, 'after_connect:\n  - publish: {topic: "a", qos: 7, count: -3}\n'
+    )
+    assert message.endswith("(and 1 more)")
