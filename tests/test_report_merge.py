@@ -238,3 +238,16 @@ def test_a_lost_worker_of_a_report_that_is_no_shard_is_keyed_by_its_place_from_1
     second["accounting"]["workers_lost"] = {"1": "died (exit code -9)"}
     lost = merge([first, second])["accounting"]["workers_lost"]
     assert lost == {"report 2.1": "died (exit code -9)"}
+
+
+def test_a_merge_of_merges_keeps_every_lost_worker_of_reports_that_are_no_shards():
+    """Two merges each hold a 'report 1.0': nested under their place, neither
+    is lost."""
+    results = _results(200, 3)
+    parts = [_report(results, lambda i, k=k: i % 4 == k) for k in range(4)]
+    for part in parts:
+        part["accounting"]["workers_lost"] = {"0": "died (exit code 9)"}
+    whole = merge([merge(parts[:2]), merge(parts[2:])])
+    assert sorted(whole["accounting"]["workers_lost"]) == [
+        "report 1.1.0", "report 1.2.0", "report 2.1.0", "report 2.2.0"
+    ]  # fmt: skip

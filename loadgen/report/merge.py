@@ -442,10 +442,18 @@ def _workers_lost(report: dict[str, Any], place: int, accounting: dict[str, Any]
     """A report's lost workers keyed ``SHARD.WORKER``: by the shard's index, so
     a key says which shard whatever order the reports came in; a merge's keys
     have their shard already. A report that is no shard is numbered by its place
-    among the merge's inputs (from 1, as ``emulator_stopped`` numbers them)."""
+    among the merge's inputs (from 1, as ``emulator_stopped`` numbers them); in a
+    merge of merges, such keys are nested under their merge's place (``report
+    2.1.0``: input 2's report 1, worker 0), or two merges' ``report 1.0`` would be
+    one."""
     lost: dict[str, str] = accounting.get("workers_lost") or {}
     if "run_ids" in report:
-        return dict(lost)
+        return {
+            f"report {place + 1}.{key.removeprefix('report ')}"
+            if key.startswith("report ")
+            else key: why
+            for key, why in lost.items()
+        }
     shard = report["shard"]["index"] if report.get("shard") else f"report {place + 1}"
     return {f"{shard}.{worker}": why for worker, why in lost.items()}
 
