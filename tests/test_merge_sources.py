@@ -339,3 +339,17 @@ def test_wait_sees_a_shard_report_written_after_the_merge_started(tmp_path):
 def test_missing_shards_are_said_as_ranges():
     assert ranges([0, 1, 2, 5, 7, 8, 10]) == "0-2, 5, 7-8, 10"
     assert ranges([3]) == "3"
+
+
+def test_a_shard_without_a_rate_counts_the_same_however_the_merges_are_grouped():
+    """Shards of 10/s, no rate (one device) and 12/s: 33/s merged at once, and
+    merged in two steps, whichever shards the first step held."""
+    from loadgen.report.merge import merge
+
+    reports = shard_reports(3, devices=36)
+    for report, achieved in zip(reports, (10.0, None, 12.0), strict=True):
+        report["rate"]["achieved_per_s"] = achieved
+    at_once = merge(reports)["rate"]["achieved_per_s"]
+    first_two = merge([merge(reports[:2]), reports[2]])["rate"]["achieved_per_s"]
+    last_two = merge([reports[0], merge(reports[1:])])["rate"]["achieved_per_s"]
+    assert at_once == first_two == last_two == 33.0

@@ -222,6 +222,8 @@ MERGE = Needs(
         ("attempts.provisioning_triggered", NUM),
         ("rate.target_per_s", NUM_OR_NULL),
         ("rate.achieved_per_s", NUM_OR_NULL),
+        ("rate.from_shards?.*.sum", NUM),
+        ("rate.from_shards?.*.shards", NUM),
         ("reasons.*.*", NUM),
         ("provision_breakdown_ms?.devices", NUM),
         *((f"provision_breakdown_ms?.{part}", NUM) for part in BREAKDOWN),

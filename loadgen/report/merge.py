@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import math
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -303,6 +304,11 @@ def merge_folded(
         "rate": {
             "target_per_s": _merged_rate(reports, "target_per_s"),
             "achieved_per_s": _merged_rate(reports, "achieved_per_s"),
+            "from_shards": {
+                key: basis
+                for key in ("target_per_s", "achieved_per_s")
+                if (basis := _from_shards(reports, key)) is not None
+            },
         },
         "schedule_lag_ms": histograms["schedule_lag"].summary_ms(),
         "reasons": {
@@ -345,27 +351,52 @@ def _merged_rate(reports: list[dict[str, Any]], key: str) -> float | None:
     """Shards run side by side: their rates add up. A shard with no rate of its
     own (fewer than two devices: one arrival spans no time) still ran its part
     of the schedule, and every shard of ``--shard I/N`` runs at 1/N of the
-    fleet's rates: it counts at the mean rate of the shards that have one (a
-    merge holding k of them as k). Unknown (None) when no shard has a rate (a
+    fleet's rates: it counts at the mean rate of the shards that have one. A
+    merge holding shards counts by its ``rate.from_shards`` (what its own shards
+    measured, before any such estimate), so merges of merges come to the same
+    rate however they were grouped. Unknown (None) when no shard has a rate (a
     burst has no target), or a report that is no shard has none."""
-    total, shards_total, known_shards, unknown_shards = 0.0, 0.0, 0, 0
+    others, measured, known, unknown = _rate_parts(reports, key)
+    if math.isnan(others):
+        return None
+    if unknown:
+        if not known:
+            return None
+        measured += unknown * measured / known
+    return round(others + measured, 3)
+
+
+def _from_shards(reports: list[dict[str, Any]], key: str) -> dict[str, float] | None:
+    """What the shards among ``reports`` measured of a rate: the sum of their own
+    rates and how many had one (None when they hold no shard), for a later merge."""
+    _, measured, known, unknown = _rate_parts(reports, key)
+    return {"sum": round(measured, 6), "shards": known} if known + unknown else None
+
+
+def _rate_parts(reports: list[dict[str, Any]], key: str) -> tuple[float, float, int, int]:
+    """(the rates of reports that are no shards, the sum of the shards' own
+    rates, how many shards had one, how many had none); ``others`` is NaN when a
+    report that is no shard has none."""
+    others, measured, known, unknown = 0.0, 0.0, 0, 0
     for report in reports:
         rate = report["rate"][key]
         held = len(shards_of(report))
-        if rate is not None:
-            total += rate
+        basis = (report["rate"].get("from_shards") or {}).get(key)
+        if held and basis is not None:
+            measured += basis["sum"]
+            known += int(basis["shards"])
+            unknown += held - int(basis["shards"])
+        elif rate is not None:
             if held:
-                shards_total += rate
-                known_shards += held
+                measured += rate
+                known += held
+            else:
+                others += rate
         elif held:
-            unknown_shards += held
+            unknown += held
         else:
-            return None
-    if unknown_shards:
-        if not known_shards:
-            return None
-        total += unknown_shards * shards_total / known_shards
-    return round(total, 3)
+            others = math.nan
+    return others, measured, known, unknown
 
 
 def _merge_jitp(reports: list[dict[str, Any]], merged: dict[str, Any]) -> dict[str, Any] | None:
