@@ -20,15 +20,17 @@ def _snapshot(started: int) -> RunSnapshot:
 
 
 def test_progress_goes_on_while_the_gateway_holds_a_push():
+    said: list[str] = []
     with Holding() as gateway:
-        exporter = Exporter(_plan(10), None, gateway.url, "job", say=print)
+        exporter = Exporter(_plan(10), None, gateway.url, "job", say=said.append)
         exporter.progress(_snapshot(5), 1.0)
         assert gateway.wait_for_requests(1)
         # Only now does the gateway answer: had progress waited for it, its
         # push would have timed out and hung up by then.
         gateway.release()
-        assert exporter.finish(RunStats()) is None
+        exporter.finish(RunStats())
         assert (gateway.answered, gateway.abandoned) == (2, 0)
+    assert said == []  # every push answered: nothing to report
     assert not [t for t in threading.enumerate() if t.name == "pushgateway"]
 
 
@@ -76,3 +78,12 @@ def test_pushes_that_succeed_again_are_noted_once_when_they_do():
         _push(pusher, 2)
     assert len(failing) == 1
     assert pusher.take_notices() == [f"pushgateway {gateway.url}: pushes succeed again"]
+
+
+def test_a_final_push_that_fails_is_said_and_the_run_goes_on():
+    said: list[str] = []
+    with NotHttp() as gateway:
+        exporter = Exporter(_plan(10), None, gateway.url, "job", say=said.append)
+        exporter.finish(RunStats())
+    assert said and all(line.startswith(f"pushgateway {gateway.url}") for line in said)
+    assert any("not in HTTP" in line for line in said)
