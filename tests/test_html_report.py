@@ -171,6 +171,15 @@ def test_the_page_is_self_contained(run_report: dict[str, Any]) -> None:
     assert set(re.findall(r"https?://[^\"' ]*", page)) == {"http://www.w3.org/2000/svg"}
 
 
+@pytest.mark.parametrize("interval", [0, -1, 1e308])
+def test_a_series_interval_no_plot_could_draw_is_read_as_a_second(
+    run_report: dict[str, Any], interval: float
+) -> None:
+    report = copy.deepcopy(run_report)
+    report["series"]["interval_s"] = interval
+    assert render(report) == render(run_report)
+
+
 def test_a_partial_report_shows_the_stopped_early_banner(run_report: dict[str, Any]) -> None:
     assert "PARTIAL — stopped early" in render({**run_report, "partial": True})
     assert "PARTIAL" not in render({**run_report, "partial": False})

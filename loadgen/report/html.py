@@ -402,6 +402,16 @@ def _footer(report: dict[str, Any]) -> str:
 # -- time series ---------------------------------------------------------------
 
 
+def interval_of(series: dict[str, Any]) -> float:
+    """The series' seconds an entry (1 in every report written; a report edited
+    to 0, a negative or a huge number, which no plot could draw, is read as 1)."""
+    interval = float(series.get("interval_s") or 1)
+    return interval if 0 < interval <= _LONGEST_INTERVAL else 1.0
+
+
+_LONGEST_INTERVAL = 86_400.0
+
+
 @dataclass(frozen=True)
 class Timeline:
     """The run's time axis: ``intervals`` of ``interval_s`` seconds, and how many
@@ -416,7 +426,7 @@ class Timeline:
         lengths = [len(series.get("started_per_s") or []), len(series.get("target_per_s") or [])]
         lengths += [len(v) for v in (series.get("outcomes_per_s") or {}).values()]
         lengths += [len(v) for v in (series.get("latency_ms") or {}).values()]
-        return cls(float(series.get("interval_s") or 1), max(lengths, default=0))
+        return cls(interval_of(series), max(lengths, default=0))
 
     @property
     def per_column(self) -> int:
@@ -490,8 +500,7 @@ def _target_counts(report: dict[str, Any], length: int) -> list[float] | None:
     mean = (report.get("rate") or {}).get("target_per_s")
     if mean is None:
         return None
-    interval = float(series.get("interval_s") or 1)
-    return [mean * interval] * length
+    return [mean * interval_of(series)] * length
 
 
 def _outcomes_over_time(report: dict[str, Any], timeline: Timeline) -> str:
