@@ -40,6 +40,8 @@ REPORT = {
         # The number may come first: the metric is still what was measured.
         ("2s > p99(provision)", True, 1800.0),
         ("1ms > p99(provision)", False, 1800.0),
+        # A metric scaled is the threshold, on whichever side it stands.
+        ("0.99 * target_rate <= achieved_rate", True, 99.5),
     ],
 )
 def test_gates_measure_the_report(text, passed, measured):

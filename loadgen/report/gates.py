@@ -150,6 +150,7 @@ class _Side:
     read: Callable[[Report], float | None] | None = None
     number: float = 0.0
     unit: str | None = None
+    scaled: bool = False  # a factor times a metric (``0.99 * target_rate``)
 
 
 @dataclass(frozen=True)
@@ -158,7 +159,8 @@ class Gate:
     left: Callable[[Report], float | None]
     op: str
     right: Callable[[Report], float | None]
-    # The number is on the left (``1s > p99(provision)``): the right is measured.
+    # What is measured is on the right: the left is a number (``1s >
+    # p99(provision)``), or a metric scaled (``0.99 * target_rate <= achieved_rate``).
     number_first: bool = False
     # The side compared with what was measured, as written (``0.99 * target_rate``).
     threshold_text: str = ""
@@ -199,7 +201,9 @@ def _side(text: str, where: str) -> _Side:
         if inner.read is None:
             return _Side(text, number=factor * inner.number, unit=inner.unit)
         read = inner.read
-        return _Side(text, inner.kind, lambda r: None if (v := read(r)) is None else factor * v)
+        return _Side(
+            text, inner.kind, lambda r: None if (v := read(r)) is None else factor * v, scaled=True
+        )
     if match := _NUMBER.match(text):
         return _Side(text, number=float(match[1]), unit=match[2])
     if text in TERMS:
@@ -258,8 +262,11 @@ def parse(text: str, where: str = "gate") -> Gate:
         _reader(left, right, gate, where),
         op,
         _reader(right, left, gate, where),
-        number_first=left.kind is None,
-        threshold_text=(left if left.kind is None else right).text,
+        number_first=(
+            measured_right := left.kind is None
+            or (right.kind is not None and left.scaled and not right.scaled)
+        ),
+        threshold_text=(left if measured_right else right).text,
     )
 
 
