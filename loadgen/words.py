@@ -5,9 +5,10 @@ from __future__ import annotations
 from decimal import Decimal
 
 
-def counted(n: int, noun: str, plural: str | None = None) -> str:
-    """``1 device``, ``0 devices``, ``2,000 devices``: the noun agrees with the count."""
-    return f"{n:,} {noun if n == 1 else plural or noun + 's'}"
+def counted(n: float, noun: str, plural: str | None = None) -> str:
+    """``1 device``, ``0 devices``, ``2,000 devices``: the noun agrees with the
+    count (a count read from JSON as ``60.0`` is still 60)."""
+    return f"{number(n)} {noun if n == 1 else plural or noun + 's'}"
 
 
 def number(value: float, *, grouped: bool = True) -> str:

@@ -405,3 +405,9 @@ def test_a_report_stopped_early_says_so_in_show_and_in_the_summary() -> None:
     assert "(partial: stopped early" in " ".join(console.export_text().split())
     heading = summary_markdown(report, []).splitlines()[0]
     assert heading.endswith("no gates (partial: stopped early, see accounting)")
+
+
+def test_a_count_read_from_json_as_a_float_is_still_a_whole_count() -> None:
+    from loadgen.words import counted
+
+    assert counted(60.0, "device") == "60 devices" and counted(1.0, "device") == "1 device"
