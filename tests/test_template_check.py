@@ -77,6 +77,20 @@ def test_a_publish_topic_the_policy_denies_is_an_error(tmp_path):
     assert "publishes to 'telemetry/lightbulb-000000', which the policy denies" in result.out
 
 
+def test_a_subscribe_filter_the_policy_denies_is_an_error():
+    """The lightbulb policy allows no iot:Subscribe: the SUBACK would refuse it."""
+    scenario = yaml.safe_load(QUICKSTART.read_text())
+    scenario["after_connect"] = [{"subscribe": {"topic": "cmd/{client_id}/#"}}]
+    path = QUICKSTART.parent / "check-subscribe-scenario.yaml"
+    try:
+        path.write_text(yaml.safe_dump(scenario))
+        result = run_loadgen("template", "check", LIGHTBULB, "--scenario", path)
+    finally:
+        path.unlink()
+    assert result.code == 1
+    assert "subscribes to 'cmd/lightbulb-000000/#', which the policy denies" in result.out
+
+
 def test_a_template_body_over_10240_characters_is_an_error(tmp_path):
     template = yaml.safe_load(LIGHTBULB.read_text())
     template["Resources"]["thing"]["Properties"]["AttributePayload"]["padding"] = "x" * 11_000

@@ -24,7 +24,7 @@ from loadgen.emulator.structure import (
     template_problems,
 )
 from loadgen.load.plan import device_client_id, render
-from loadgen.scenario.schema import Publish, Scenario
+from loadgen.scenario.schema import Publish, Scenario, Subscribe
 
 _SAMPLES = 50
 _BY_PARAMETER = {tpl.PARAMETER_PREFIX + f.jitp_parameter: f.name for f in FIELDS}
@@ -175,6 +175,22 @@ def _policies(
                     )
                 )
                 return findings
+        for topic_filter in device["filters"]:
+            resource = policy.arn("topicfilter", topic_filter)
+            if not policy.allowed(policies, "iot:Subscribe", resource, variables):
+                findings.append(
+                    Finding(
+                        True,
+                        where,
+                        (
+                            f"the scenario subscribes to {topic_filter!r}, which the policy "
+                            "denies: the SUBACK refuses it (0x87) and the device ends "
+                            "not_authorized; allow iot:Subscribe on topicfilter/"
+                            f"{topic_filter}"
+                        ),
+                    )
+                )
+                return findings
     return findings
 
 
@@ -204,10 +220,12 @@ def _sample_devices(
         things = [r.properties.get("ThingName") for r in resources if r.type == "AWS::IoT::Thing"]
         thing = client_id if client_id in things else None
         variables = policy.connection_variables(client_id, "0" * 64, parameters, thing)
-        topics = []
+        topics, filters = [], []
         if scenario is not None:
             for step in scenario.after_connect:
                 if isinstance(step, Publish):
                     topics.append(render(step.publish.topic, manifest, client_id))
-        out.append(({"client_id": client_id, "topics": topics}, variables))
+                elif isinstance(step, Subscribe):
+                    filters.append(render(step.subscribe.topic, manifest, client_id))
+        out.append(({"client_id": client_id, "topics": topics, "filters": filters}, variables))
     return out
