@@ -91,7 +91,10 @@ def test_running_setup_twice_updates_the_ca_and_keeps_what_the_first_created(mot
     second = _setup(moto, ca.directory, "--template", LIGHTBULB, "--role-arn", ROLE)
     assert second.code == 0, second.err
     assert "was registered: updated" in second.out
-    assert "thing type lightBulb-versionA: created by setup" in second.out
+    assert "thing type lightBulb-versionA: created by setup (an earlier run), still there" in (
+        second.out
+    )
+    assert "already there" not in second.out  # not also said of what setup made
     described = client(moto).describe_ca_certificate(certificateId=ca.fingerprint)
     assert described["certificateDescription"]["status"] == "ACTIVE"
     record = load_record(ca.directory)

@@ -183,9 +183,12 @@ def aws_setup(
         ("thing group", created.thing_groups, result.found.thing_groups),
     ):
         for name in names:
-            click.echo(f"  {kind} {name}: created by setup")
+            # Setup run again finds what it created the first time.
+            again = " (an earlier run), still there" if name in existing else ""
+            click.echo(f"  {kind} {name}: created by setup{again}")
         for name in existing:
-            click.echo(f"  {kind} {name}: already there, left as it is")
+            if name not in names:
+                click.echo(f"  {kind} {name}: already there, left as it is")
     click.echo(f"  role {record.role_arn}" + (" (created by setup)" if created.role else ""))
     click.echo(f"  endpoint {record.endpoint}")
     click.echo(f"  recorded in {record_path(ca_dir)}")
