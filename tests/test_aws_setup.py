@@ -354,3 +354,15 @@ def test_an_endpoint_nobody_answers_is_said_to_be_unreachable(ca, tmp_path):
     assert result.code == 1, result.err
     assert "the account's API could not be reached" in result.err
     assert "Traceback" not in result.err
+
+
+def test_a_group_setup_created_and_someone_deleted_is_counted_already_gone(moto, ca):
+    """AWS answers DeleteThingGroup alike whether the group was there or not."""
+    result = _setup(moto, ca.directory, "--template", LIGHTBULB, "--create-role")
+    assert result.code == 0, result.err
+    record = load_record(ca.directory)
+    assert record is not None and record.created.thing_groups == ["v1-lightbulbs"]
+    client(moto).delete_thing_group(thingGroupName="v1-lightbulbs")
+    torn = loadgen_aws("teardown", "--ca", ca.directory, "--yes")
+    assert torn.code == 0, torn.out + torn.err
+    assert "created by setup: 2 deleted, 1 already gone" in torn.out

@@ -361,13 +361,22 @@ class Teardown:
 
     def _remove_created(self, created: Created) -> Iterator[tuple[str, str]]:
         for group in created.thing_groups:
-            yield self._removed(
-                functools.partial(self._retrying, "DeleteThingGroup", thingGroupName=group)
-            )
+            yield self._removed(functools.partial(self._remove_thing_group, group))
         for thing_type in created.thing_types:
             yield self._remove_thing_type(thing_type)
         if created.role is not None:
             yield self._removed(lambda: self._remove_role(str(created.role)))
+
+    def _remove_thing_group(self, name: str) -> None:
+        # DeleteThingGroup succeeds for a group that is not there: ask first, or
+        # one deleted by hand would be counted as deleted here.
+        try:
+            self.api.call("DescribeThingGroup", thingGroupName=name)
+        except Exception as exc:
+            if error_code(exc) == _GONE:
+                raise _Gone from None
+            raise
+        self._retrying("DeleteThingGroup", thingGroupName=name)
 
     def _remove_thing_type(self, name: str) -> tuple[str, str]:
         try:
