@@ -81,12 +81,9 @@ class AiomqttDevice(DeviceDriver):
                 await self._act(client)
                 return result
             result.endpoint_wait += self.clock() - began
-            refused = retry.failures
             delay = retry.failed(outcome, reason, "connack")
             if delay is None:
                 return result
-            if retry.failures > refused:  # a failure, not JITP's trigger
-                result.endpoint_wait += delay
             await asyncio.sleep(delay)
 
     async def _act(self, client: aiomqtt.Client) -> None:

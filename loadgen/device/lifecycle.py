@@ -142,18 +142,22 @@ class RetryState:
     def failed(
         self, outcome: Outcome, reason: str, phase: str | None, may_be_trigger: bool = True
     ) -> float | None:
-        """Seconds to back off before the next attempt; None when none is left."""
+        """Seconds to back off before the next attempt; None when none is left.
+        The back-off after a failure is time waiting on the endpoint (the one
+        after JITP's trigger every JITP device takes, at its retry policy's pace)."""
         result = self.result
         if self.expecting_trigger and may_be_trigger and outcome in PROVISIONING_TRIGGERS:
             self.expecting_trigger = False
             result.provisioning_triggered = True
-        else:
-            self.failures += 1
-            result.outcome, result.reason, result.phase = outcome, reason, phase
-            result.judged = may_be_trigger
-            if result.attempts >= self.config.retry.max_attempts:
-                return None
-        return self.config.retry.delay(max(self.failures, 1), self.rng)
+            return self.config.retry.delay(max(self.failures, 1), self.rng)
+        self.failures += 1
+        result.outcome, result.reason, result.phase = outcome, reason, phase
+        result.judged = may_be_trigger
+        if result.attempts >= self.config.retry.max_attempts:
+            return None
+        delay = self.config.retry.delay(self.failures, self.rng)
+        result.endpoint_wait += delay
+        return delay
 
 
 class Census:
@@ -298,12 +302,9 @@ class Device(DeviceDriver):
                 self.connected((times.connack or self.clock()) - spec.scheduled)
                 self.phase = Phase.CONNECTED
                 return client
-            refused = retry.failures
             delay = retry.failed(outcome, reason, where, trigger)
             if delay is None:
                 return None
-            if retry.failures > refused:  # a failure, not JITP's trigger
-                result.endpoint_wait += delay
             self.phase = Phase.BACKING_OFF
             await asyncio.sleep(delay)
 

@@ -19,7 +19,7 @@ the RSA device presented it. So the worker keeps a context per key algorithm
 from __future__ import annotations
 
 import ssl
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from loadgen import files
@@ -118,16 +118,12 @@ def key_algorithm(key_pem: bytes) -> bytes:
     return key_pem.partition(b"-----BEGIN ")[2].partition(b"-----")[0]
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class _Slot:
     """A context for the devices of one key algorithm, with its shared chains."""
 
     context: ssl.SSLContext
-    chains: SharedChains = field(init=False)
-    legacy_ec: bool = False
-
-    def __post_init__(self) -> None:
-        self.chains = SharedChains(self.context, legacy_ec=self.legacy_ec)
+    chains: SharedChains
 
 
 class ClientTls:
@@ -209,7 +205,7 @@ class ClientTls:
         context = device_context(
             None, None, ca_file=self.ca_file, alpn=self.alpn, verify_server=self.verify_server
         )
-        return _Slot(context, legacy_ec=self.legacy_ec is not None)
+        return _Slot(context, SharedChains(context, legacy_ec=self.legacy_ec is not None))
 
     def _name(self, server_name: str | None) -> bytes | None:
         if server_name is None:
