@@ -7,7 +7,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import math
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -301,15 +300,7 @@ def merge_folded(
             "provisioning_triggered": sum(r["attempts"]["provisioning_triggered"] for r in reports),
         },
         "latency_ms": {phase: histograms[phase].summary_ms() for phase in PHASES},
-        "rate": {
-            "target_per_s": _merged_rate(reports, "target_per_s"),
-            "achieved_per_s": _merged_rate(reports, "achieved_per_s"),
-            "from_shards": {
-                key: basis
-                for key in ("target_per_s", "achieved_per_s")
-                if (basis := _from_shards(reports, key)) is not None
-            },
-        },
+        "rate": _merged_rates(reports),
         "schedule_lag_ms": histograms["schedule_lag"].summary_ms(),
         "reasons": {
             outcome: _merge_reasons(reports, outcome)
@@ -347,37 +338,36 @@ def merge_folded(
     return merged_report
 
 
-def _merged_rate(reports: list[dict[str, Any]], key: str) -> float | None:
+def _merged_rates(reports: list[dict[str, Any]]) -> dict[str, Any]:
     """Shards run side by side: their rates add up. A shard with no rate of its
     own (fewer than two devices: one arrival spans no time) still ran its part
     of the schedule, and every shard of ``--shard I/N`` runs at 1/N of the
     fleet's rates: it counts at the mean rate of the shards that have one. A
-    merge holding shards counts by its ``rate.from_shards`` (what its own shards
-    measured, before any such estimate), so merges of merges come to the same
-    rate however they were grouped. Unknown (None) when no shard has a rate (a
-    burst has no target), or a report that is no shard has none."""
-    others, measured, known, unknown = _rate_parts(reports, key)
-    if math.isnan(others):
-        return None
-    if unknown:
-        if not known:
-            return None
-        measured += unknown * measured / known
-    return round(others + measured, 3)
+    rate is unknown (None) when no shard has one (a burst has no target), or a
+    report that is no shard has none.
+
+    ``from_shards`` keeps, per rate, what the shards measured before any such
+    estimate (the sum of their own rates, how many had one): a merge of merges
+    counts from it, and comes to the same rate however the merges were grouped."""
+    rates: dict[str, Any] = {}
+    from_shards: dict[str, dict[str, float]] = {}
+    for key in ("target_per_s", "achieved_per_s"):
+        others, measured, known, unknown = _rate_parts(reports, key)
+        if known + unknown:
+            from_shards[key] = {"sum": round(measured, 6), "shards": known}
+        if others is None or (unknown and not known):
+            rates[key] = None
+        else:
+            estimated = measured + unknown * measured / known if unknown else measured
+            rates[key] = round(others + estimated, 3)
+    return {**rates, "from_shards": from_shards}
 
 
-def _from_shards(reports: list[dict[str, Any]], key: str) -> dict[str, float] | None:
-    """What the shards among ``reports`` measured of a rate: the sum of their own
-    rates and how many had one (None when they hold no shard), for a later merge."""
-    _, measured, known, unknown = _rate_parts(reports, key)
-    return {"sum": round(measured, 6), "shards": known} if known + unknown else None
-
-
-def _rate_parts(reports: list[dict[str, Any]], key: str) -> tuple[float, float, int, int]:
-    """(the rates of reports that are no shards, the sum of the shards' own
-    rates, how many shards had one, how many had none); ``others`` is NaN when a
-    report that is no shard has none."""
-    others, measured, known, unknown = 0.0, 0.0, 0, 0
+def _rate_parts(reports: list[dict[str, Any]], key: str) -> tuple[float | None, float, int, int]:
+    """(the rates of reports that are no shards, None when one has none; the sum
+    of the shards' own rates; how many shards had one; how many had none)."""
+    others: float | None = 0.0
+    measured, known, unknown = 0.0, 0, 0
     for report in reports:
         rate = report["rate"][key]
         held = len(shards_of(report))
@@ -390,12 +380,12 @@ def _rate_parts(reports: list[dict[str, Any]], key: str) -> tuple[float, float, 
             if held:
                 measured += rate
                 known += held
-            else:
+            elif others is not None:
                 others += rate
         elif held:
             unknown += held
         else:
-            others = math.nan
+            others = None
     return others, measured, known, unknown
 
 
