@@ -137,7 +137,7 @@ _COUNTS = (
     ("outcomes.*", NUM),
 )
 
-# Where the planned devices went, which show and html print.
+# Where the planned devices went, which show and html print and merge adds up.
 _ACCOUNTING = (
     ("accounting?", OBJ),
     ("accounting?.planned", NUM),
@@ -209,12 +209,7 @@ MERGE = Needs(
         ("started_at", TIME),
         ("ended_at", TIME),
         *_COUNTS,
-        ("accounting?.planned", NUM),
-        ("accounting?.started", NUM),
-        ("accounting?.expected?.*", NUM),
-        ("accounting?.unexpected?", NUM),
-        ("accounting?.notes?.*", NUM),
-        ("accounting?.workers_lost?.*", STR),
+        *_ACCOUNTING,
         *_JITP,
         ("jitp?.emulator_processes?", NUM),
         ("attempts.total", NUM),

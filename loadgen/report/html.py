@@ -22,7 +22,7 @@ from loadgen.device.outcome import HOLD_INTERRUPTED
 from loadgen.files import write_output
 from loadgen.report import svg
 from loadgen.report.show import emulator_stopped_line
-from loadgen.words import number
+from loadgen.words import counted, number
 
 OUTCOME_COLORS: Mapping[str, str] = MappingProxyType(
     {
@@ -309,10 +309,6 @@ def _partial(report: dict[str, Any]) -> str:
     return f"{said} {_sentence('; '.join(what))}."
 
 
-def _devices(n: float) -> str:
-    return f"{_num(n)} device" + ("" if n == 1 else "s")
-
-
 def _cards(report: dict[str, Any], rate: dict[str, Any]) -> str:
     outcomes = report.get("outcomes") or {}
     devices = report.get("devices") or 0
@@ -384,7 +380,7 @@ def _accounting(report: dict[str, Any]) -> str:
             else ("unexpected outcomes", "0")
         )
     for note, n in (accounting.get("notes") or {}).items():
-        facts.append(("note", f"{_devices(n)} {_e(note)}"))
+        facts.append(("note", f"{counted(n, 'device')} {_e(note)}"))
     for worker, why in (accounting.get("workers_lost") or {}).items():
         facts.append(("worker lost", f'<span class="fail">worker {_e(worker)} {_e(why)}</span>'))
     dl = "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in facts)
@@ -908,35 +904,21 @@ def _step_lines(
     notes: Sequence[str],
 ) -> list[svg.Line]:
     states = [_step_state(s) for s in steps]
-
-    def points(state: str) -> list[float | None]:
-        return [y if s == state else None for y, s in zip(ys, states, strict=True)]
-
-    lines = [
-        svg.Line(name, color, ys),
-        svg.Line(
-            "step passed",
-            "#2f9e44",
-            points("passed"),
-            markers=True,
-            connect=False,
-            marker_notes=notes,
-        ),
-        svg.Line(
-            "step broken",
-            "#c92a2a",
-            points("broken"),
-            markers=True,
-            connect=False,
-            marker_notes=notes,
-        ),
-    ]
-    if "interrupted" in states:
+    lines = [svg.Line(name, color, ys)]
+    # Passed and broken always in the legend; interrupted only when one was.
+    for state, point_color in (
+        ("passed", "#2f9e44"),
+        ("broken", "#c92a2a"),
+        ("interrupted", INTERRUPTED),
+    ):
+        if state == "interrupted" and state not in states:
+            continue
+        points = [y if s == state else None for y, s in zip(ys, states, strict=True)]
         lines.append(
             svg.Line(
-                "step interrupted",
-                INTERRUPTED,
-                points("interrupted"),
+                f"step {state}",
+                point_color,
+                points,
                 markers=True,
                 connect=False,
                 marker_notes=notes,
