@@ -46,8 +46,7 @@ def report_show(path: Path) -> None:
 )
 def report_html(path: Path, out: Destination) -> None:
     """Write a report (of a run, a merge or a capacity search) as HTML."""
-    if out.names(path):
-        raise UserError(f"{out.option} {out}: the same file as REPORT {path}")
+    sources_mod.check_outputs([path], [out])
     out.check(warn)
     loaded = report_merge.load_report(path, report_fields.HTML)
     write_outputs(loaded, None, out, click.echo)

@@ -35,7 +35,7 @@ def parse_limit(text: str, option: str = "--max-regression") -> float:
     if not match:
         raise UserError(f"{option} {text!r}: a percentage like 10%")
     limit = float(match[1]) / 100
-    if limit < 0 or not math.isfinite(limit) or math.copysign(1.0, limit) < 0:  # -0% too
+    if math.copysign(1.0, limit) < 0 or not math.isfinite(limit):  # -0% too
         raise UserError(
             f"{option} {text!r}: how much slower a run may get cannot be negative "
             "(0% fails any slowdown)"

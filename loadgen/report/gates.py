@@ -161,13 +161,13 @@ class Gate:
     right: Callable[[Report], float | None]
     # What is measured is on the right: the left is a number (``1s >
     # p99(provision)``), or a metric scaled (``0.99 * target_rate <= achieved_rate``).
-    number_first: bool = False
+    measured_right: bool = False
     # The side compared with what was measured, as written (``0.99 * target_rate``).
     threshold_text: str = ""
 
     def evaluate(self, report: Report) -> GateResult:
         left, right = self.left(report), self.right(report)
-        measured, threshold = (right, left) if self.number_first else (left, right)
+        measured, threshold = (right, left) if self.measured_right else (left, right)
         if (why := nothing_measured(report)) is not None:
             return GateResult(self.text, False, measured, threshold, f"nothing was measured: {why}")
         if measured is not None and threshold is None:
@@ -262,7 +262,7 @@ def parse(text: str, where: str = "gate") -> Gate:
         _reader(left, right, gate, where),
         op,
         _reader(right, left, gate, where),
-        number_first=(
+        measured_right=(
             measured_right := left.kind is None
             or (right.kind is not None and left.scaled and not right.scaled)
         ),

@@ -50,7 +50,7 @@ SOURCE = SourceType()
 
 def check_outputs(sources: list[Location], outputs: list[Destination]) -> None:
     """Refuse, before anything is read, an output that is a report given to
-    merge: writing it would replace a run's report with the merge."""
+    read (to merge, or to draw): writing it would replace that report."""
     for output in outputs:
         for location in sources:
             # A folder or prefix: what the merge finds there is checked as read.
