@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import resource
-import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -35,6 +34,7 @@ from loadgen.scenario.planning import build_plan, check_template, endpoint_of
 from loadgen.scenario.schema import EMBEDDED, Scenario
 from loadgen.scenario.units import parse_rate
 from loadgen.transport.client import describe_error
+from loadgen.transport.tls import trust_problem
 
 
 @dataclass(frozen=True)
@@ -197,12 +197,10 @@ def check_trust(ca_file: Path) -> None:
     fails to load it, after the fleet was minted."""
     if not ca_file.is_file():
         raise ConfigError(f"tls.ca_file: {ca_file} not found")
-    try:
-        ssl.create_default_context(cafile=str(ca_file))
-    except (ssl.SSLError, OSError, ValueError) as exc:
+    if (problem := trust_problem(ca_file)) is not None:
         raise ConfigError(
-            f"tls.ca_file: {ca_file}: no PEM certificate to trust in it ({describe_error(exc)})"
-        ) from None
+            f"tls.ca_file: {ca_file}: no PEM certificate to trust in it ({describe_error(problem)})"
+        )
 
 
 # The scenario fields a fleet is checked against, for its errors.

@@ -30,6 +30,7 @@ from loadgen.certs.store import FleetStore
 from loadgen.cli.common import FiniteRange, stderr_console, warn
 from loadgen.errors import LoadgenError, UserError
 from loadgen.files import check_writable, write_output
+from loadgen.transport.tls import trust_problem
 
 
 @click.group()
@@ -66,19 +67,12 @@ def _account_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _check_certificate(path: Path, option: str) -> None:
-    """A PEM file holding a certificate (a CA's, which devices will trust)."""
-    from cryptography import x509
-
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise UserError(f"{option} {path}: no such file") from None
-    except OSError as exc:
-        raise UserError(f"{option} {path}: cannot read: {exc.strerror}") from None
-    try:
-        x509.load_pem_x509_certificates(data)
-    except ValueError:
-        raise UserError(f"{option} {path}: not a PEM certificate") from None
+    """A PEM file holding a certificate: the CA the scenario written will trust
+    (its ``tls.ca_file``), checked as the run checks that."""
+    if not path.is_file():
+        raise UserError(f"{option} {path}: no such file")
+    if trust_problem(path) is not None:
+        raise UserError(f"{option} {path}: not a PEM certificate")
 
 
 @aws.command("setup")

@@ -69,6 +69,17 @@ def device_context(
     return context
 
 
+def trust_problem(ca_file: Path) -> Exception | None:
+    """Why devices could not trust the certificates in ``ca_file`` (it holds no
+    PEM certificate, or cannot be read), as their contexts load it; None when
+    they can."""
+    try:
+        ssl.create_default_context(cafile=str(ca_file))
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        return exc
+    return None
+
+
 @dataclass(slots=True)
 class TlsSession:
     """One connection attempt's TLS state, not yet connected."""
