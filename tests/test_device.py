@@ -165,13 +165,19 @@ async def test_a_name_that_does_not_resolve_ends_error_with_the_reason():
     assert result.reason.startswith("DNS")
 
 
-async def test_a_silent_server_ends_timeout_in_the_connack_phase():
+async def _silent_server():
+    """A server that takes connections and never says a word (for 5 s)."""
+
     async def silent(reader, writer):
         await asyncio.sleep(5)
         writer.close()
 
     server = await asyncio.start_server(silent, "127.0.0.1", 0)
-    target = Target("127.0.0.1", server.sockets[0].getsockname()[1])
+    return server, Target("127.0.0.1", server.sockets[0].getsockname()[1])
+
+
+async def test_a_silent_server_ends_timeout_in_the_connack_phase():
+    server, target = await _silent_server()
     config = DeviceConfig(retry=RetryPolicy(initial=0.01, max_attempts=1), connect_timeout=0.2)
     result = await _run(target, config)
     server.close()
@@ -182,12 +188,7 @@ async def test_a_device_the_endpoint_never_answers_spends_its_life_waiting_on_th
     # What the capacity search reads to tell slots a stalled endpoint held from
     # slots the generator could not free: both timed-out attempts and the
     # back-off between them count, measured on the device's own clock.
-    async def silent(reader, writer):
-        await asyncio.sleep(5)
-        writer.close()
-
-    server = await asyncio.start_server(silent, "127.0.0.1", 0)
-    target = Target("127.0.0.1", server.sockets[0].getsockname()[1])
+    server, target = await _silent_server()
     config = DeviceConfig(retry=RetryPolicy(initial=0.05, max_attempts=2), connect_timeout=0.2)
     began = time.monotonic()
     result = await _run(target, config)

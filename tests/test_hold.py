@@ -367,20 +367,27 @@ def test_a_hold_until_lasts_what_is_left_of_it_after_the_loads_start():
     assert HoldStep(45.0).length(origin=100.0, now=130.0) == 45.0  # a duration: its own
 
 
+def _held_until(tmp_path, mosquitto, device_ca, hold: dict, name: str):
+    """A scenario of devices arriving at 20/s against mosquitto that ``hold``,
+    named ``name-000`` on (a test's own client ids on the shared broker)."""
+    path = _scenario(
+        tmp_path,
+        mosquitto,
+        device_ca,
+        after_connect=[{"hold": hold}],
+        load={"executor": "constant-arrival-rate", "rate": "20/s", "max_in_flight": 50},
+    )
+    (tmp_path / "profile.yaml").write_text(f"subject:\n  common_name: '{name}-{{index:03d}}'\n")
+    return path
+
+
 def test_a_shard_ready_late_lets_go_at_the_time_the_on_time_shards_do(
     tmp_path, mosquitto, device_ca
 ):
     """``until`` counts from --start-at, not from a late shard's own start: 25 s
     late, a hold until 20 s after --start-at is over before anyone connects
     (it held 20 s more before: the run lasted past 20 s)."""
-    path = _scenario(
-        tmp_path,
-        mosquitto,
-        device_ca,
-        after_connect=[{"hold": {"until": "20s", "keepalive": "0s"}}],
-        load={"executor": "constant-arrival-rate", "rate": "20/s", "max_in_flight": 50},
-    )
-    (tmp_path / "profile.yaml").write_text("subject:\n  common_name: 'late-{index:03d}'\n")
+    path = _held_until(tmp_path, mosquitto, device_ca, {"until": "20s", "keepalive": "0s"}, "late")
     report = tmp_path / "report.json"
     start_at = f"{time.time() - 25:.1f}"
     result = run_loadgen(
@@ -399,14 +406,7 @@ def test_devices_holding_until_a_time_after_the_start_are_held_to_it(
 ):
     # 20 devices start over 1 s and hold until 3 s after the load's start: the
     # run cannot end before then, and every one of them connected.
-    path = _scenario(
-        tmp_path,
-        mosquitto,
-        device_ca,
-        after_connect=[{"hold": {"until": "3s", "keepalive": "1s"}}],
-        load={"executor": "constant-arrival-rate", "rate": "20/s", "max_in_flight": 50},
-    )
-    (tmp_path / "profile.yaml").write_text("subject:\n  common_name: 'until-{index:03d}'\n")
+    path = _held_until(tmp_path, mosquitto, device_ca, {"until": "3s", "keepalive": "1s"}, "until")
     report = tmp_path / "report.json"
     result = run_loadgen("run", path, "--count", "20", "--report", report)
     assert result.code == 0, result.err

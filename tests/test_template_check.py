@@ -64,29 +64,31 @@ def test_a_parameter_the_profile_never_sets_is_an_error(tmp_path):
     assert "OrganizationalUnit: the fleet's profile sets no organizational_unit" in result.out
 
 
-def test_a_publish_topic_the_policy_denies_is_an_error(tmp_path):
+def _check_quickstart_doing(step: dict, name: str):
+    """`template check` of the lightbulb template with the quickstart scenario
+    whose devices, once connected, do ``step`` (written beside it, where its
+    relative paths hold)."""
     scenario = yaml.safe_load(QUICKSTART.read_text())
-    scenario["after_connect"] = [{"publish": {"topic": "telemetry/{client_id}"}}]
-    path = QUICKSTART.parent / "check-test-scenario.yaml"
+    scenario["after_connect"] = [step]
+    path = QUICKSTART.parent / name
     try:
         path.write_text(yaml.safe_dump(scenario))
-        result = run_loadgen("template", "check", LIGHTBULB, "--scenario", path)
+        return run_loadgen("template", "check", LIGHTBULB, "--scenario", path)
     finally:
         path.unlink()
+
+
+def test_a_publish_topic_the_policy_denies_is_an_error(tmp_path):
+    step = {"publish": {"topic": "telemetry/{client_id}"}}
+    result = _check_quickstart_doing(step, "check-test-scenario.yaml")
     assert result.code == 1
     assert "publishes to 'telemetry/lightbulb-000000', which the policy denies" in result.out
 
 
 def test_a_subscribe_filter_the_policy_denies_is_an_error():
     """The lightbulb policy allows no iot:Subscribe: the SUBACK would refuse it."""
-    scenario = yaml.safe_load(QUICKSTART.read_text())
-    scenario["after_connect"] = [{"subscribe": {"topic": "cmd/{client_id}/#"}}]
-    path = QUICKSTART.parent / "check-subscribe-scenario.yaml"
-    try:
-        path.write_text(yaml.safe_dump(scenario))
-        result = run_loadgen("template", "check", LIGHTBULB, "--scenario", path)
-    finally:
-        path.unlink()
+    step = {"subscribe": {"topic": "cmd/{client_id}/#"}}
+    result = _check_quickstart_doing(step, "check-subscribe-scenario.yaml")
     assert result.code == 1
     assert "subscribes to 'cmd/lightbulb-000000/#', which the policy denies" in result.out
 
