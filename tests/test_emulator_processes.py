@@ -351,6 +351,21 @@ def test_a_registry_kept_with_state_survives_a_restart_with_two_processes(
     assert stats["connects"] == {"accepted": DEVICES}
 
 
+@pytest.mark.parametrize("processes", [1, 2])
+def test_a_stopped_emulator_leaves_its_state_in_one_file(tmp_path, device_ca, fleet, processes):
+    state = tmp_path / "state.db"
+    emulator = start_embedded(
+        device_ca.directory, None, tmp_path, quotas=QUOTAS_OFF, state_db=state, processes=processes
+    )
+    try:
+        assert connect_all(emulator, fleet) == Counter(closed=DEVICES)
+    finally:
+        emulator.stop()
+    assert sorted(p.name for p in tmp_path.glob("state.db*")) == ["state.db"]
+    with sqlite3.connect(state) as db:
+        assert db.execute("SELECT COUNT(*) FROM things").fetchone() == (DEVICES,)
+
+
 def test_a_ca_registered_through_the_api_is_trusted_by_every_process_once_answered(
     tmp_path, device_ca, fleet
 ):

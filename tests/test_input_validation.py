@@ -488,6 +488,16 @@ def test_emulator_serve_refuses_a_ca_that_is_not_a_ca(tmp_path, device_ca):
     assert not (tmp_path / "state").exists()
 
 
+def test_emulator_serve_with_a_bad_ca_leaves_no_state_file(tmp_path):
+    (tmp_path / "ca.pem").write_text("not a certificate\n")
+    result = run_loadgen(
+        "emulator", "serve", "--ca", tmp_path / "ca.pem", "--state", tmp_path / "r.db",
+        "--state-dir", tmp_path / "state", "--port", "0",
+    )  # fmt: skip
+    assert_user_error(result, f"{tmp_path / 'ca.pem'}: not a PEM CA certificate")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ca.pem"]
+
+
 def test_placeholders_and_wildcards_make_a_valid_subscribe_filter(tmp_path):
     path = _write_scenario(
         tmp_path, 1883, "after_connect:\n  - subscribe: {topic: 'cmd/{client_id}/+/#'}\n"

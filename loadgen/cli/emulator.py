@@ -236,15 +236,18 @@ def emulator_serve(
     )
     emulator_ = Emulator(registry, str(server_cert), str(server_key), limits, bounds)
     raise_to_hard_limit()
-    uvloop.run(
-        emu_serve.serve_forever(
-            emulator_,
-            host,
-            port,
-            server_ca,
-            stdin_lifeline=lifeline is not None,
-            api=None if api_port is None else emu_serve.ApiSetup(api_port, rates),
-            processes=processes or default_processes(),
-            metrics_port=metrics_port,
+    try:
+        uvloop.run(
+            emu_serve.serve_forever(
+                emulator_,
+                host,
+                port,
+                server_ca,
+                stdin_lifeline=lifeline is not None,
+                api=None if api_port is None else emu_serve.ApiSetup(api_port, rates),
+                processes=processes or default_processes(),
+                metrics_port=metrics_port,
+            )
         )
-    )
+    finally:
+        registry.close()

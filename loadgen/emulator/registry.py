@@ -142,6 +142,10 @@ class Registry:
         for record in self.certificates.values():
             self._index(record)
 
+    def close(self) -> None:
+        if self.store is not None:
+            self.store.close()
+
     def _index(self, record: CertRecord) -> None:
         for name in record.things:
             self.thing_principals.setdefault(name, set()).add(record.id)

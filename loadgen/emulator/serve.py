@@ -91,8 +91,7 @@ def server_identity(state: Path) -> tuple[Path, Path, Path]:
 def build_registry(
     cas: list[CaRegistration], *, strict_resources: bool, state: Path | None = None
 ) -> Registry:
-    store = RegistryStore(state) if state is not None else None
-    registry = Registry(strict_resources=strict_resources, store=store)
+    certs = []
     for item in cas:
         try:
             cert = x509.load_pem_x509_certificate(item.ca_pem.read_bytes())
@@ -101,6 +100,11 @@ def build_registry(
         if not marked_ca(cert):
             # As RegisterCACertificate refuses it: a device certificate, say.
             raise ConfigError(f"{item.ca_pem}: not a CA certificate (basicConstraints CA:TRUE)")
+        certs.append(cert)
+    # The state file only once the CAs are known good: a mistake writes nothing.
+    store = RegistryStore(state) if state is not None else None
+    registry = Registry(strict_resources=strict_resources, store=store)
+    for item, cert in zip(cas, certs, strict=True):
         try:
             registry.register_ca(
                 cert,

@@ -73,6 +73,11 @@ class RegistryStore:
         except sqlite3.Error as exc:
             raise ConfigError(f"{path}: cannot open the emulator state: {exc}") from None
 
+    def close(self) -> None:
+        """Closing the last connection checkpoints the WAL into the database and
+        removes its ``-wal`` and ``-shm`` files: a stopped emulator leaves one file."""
+        self.db.close()
+
     def load_into(self, registry: Registry) -> None:
         from loadgen.emulator import registry as reg
 
