@@ -212,6 +212,12 @@ def test_a_run_stopped_before_every_device_started_says_how_many_never_did() -> 
     assert "50 of 150 planned devices never started." in page
 
 
+def test_a_stopped_run_that_planned_no_device_says_so() -> None:
+    page = render(_stopped(0, 0))
+    assert "No device was planned." in page
+    assert "All 0" not in page
+
+
 def test_the_accounting_is_on_the_page_with_its_notes_and_lost_workers() -> None:
     report = _stopped(
         150,

@@ -296,6 +296,8 @@ def _partial(report: dict[str, Any]) -> str:
     not_started = accounting.get("not_started") or max(planned - started, 0)
     if not_started:
         what = [f"{_num(not_started)} of {_num(planned)} planned devices never started"]
+    elif not planned:
+        what = ["no device was planned"]
     else:
         what = [
             f"all {_num(planned)} planned devices started"
