@@ -123,6 +123,28 @@ async def test_a_device_always_closed_ends_closed_when_its_attempts_run_out():
     assert broker.connects == {"dev": 3}
 
 
+async def test_the_trigger_on_the_last_attempt_allowed_ends_the_device_without_another():
+    broker, server, target = await _broker(lambda _c, _n: "close")
+    config = DeviceConfig(
+        retry=RetryPolicy(initial=0.01, max_attempts=1), expect_first_connect_rejected=True
+    )
+    result = await _run(target, config)
+    server.close()
+    assert result.outcome is Outcome.CLOSED and result.provisioning_triggered
+    assert result.attempts == 1 and broker.connects == {"dev": 1}
+
+
+async def test_a_trigger_after_a_throttled_attempt_counts_against_max_attempts():
+    broker, server, target = await _broker(lambda _c, seen: 0x97 if seen == 0 else "close")
+    config = DeviceConfig(
+        retry=RetryPolicy(initial=0.01, max_attempts=2), expect_first_connect_rejected=True
+    )
+    result = await _run(target, config)
+    server.close()
+    assert result.outcome is Outcome.CLOSED and result.provisioning_triggered
+    assert result.attempts == 2 and broker.connects == {"dev": 2}
+
+
 @pytest.mark.parametrize(
     ("version", "code", "outcome"),
     [

@@ -369,6 +369,18 @@ def test_a_payload_above_aws_iots_limit_is_a_warning_and_the_run_goes_on(
     assert json.loads((tmp_path / "r.json").read_text())["outcomes"]["connected"] == 3
 
 
+def test_one_attempt_with_jitp_is_a_warning_naming_the_field(tmp_path):
+    path = _write_scenario(
+        tmp_path, 1883, "jitp: {expect_first_connect_rejected: true}\nretry: {max_attempts: 1}\n"
+    )
+    said: list[str] = []
+    load_scenario(path, warn=said.append)
+    assert said == [
+        f"{path}:8: retry.max_attempts: 1 attempt leaves none after JITP's trigger: every "
+        "device ends with its first connect refused"
+    ]
+
+
 OUTPUT_MISTAKES = {
     "a report in a folder that does not exist": (
         "--report",

@@ -146,14 +146,17 @@ class RetryState:
         The back-off after a failure is time waiting on the endpoint (the one
         after JITP's trigger every JITP device takes, at its retry policy's pace)."""
         result = self.result
+        last = result.attempts >= self.config.retry.max_attempts
         if self.expecting_trigger and may_be_trigger and outcome in PROVISIONING_TRIGGERS:
             self.expecting_trigger = False
             result.provisioning_triggered = True
-            return self.config.retry.delay(max(self.failures, 1), self.rng)
+            if not last:
+                return self.config.retry.delay(max(self.failures, 1), self.rng)
+            # The trigger took the last attempt allowed: the device ends refused.
         self.failures += 1
         result.outcome, result.reason, result.phase = outcome, reason, phase
         result.judged = may_be_trigger
-        if result.attempts >= self.config.retry.max_attempts:
+        if last:
             return None
         delay = self.config.retry.delay(self.failures, self.rng)
         result.endpoint_wait += delay

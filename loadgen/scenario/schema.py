@@ -547,6 +547,14 @@ def warnings(scenario: Scenario) -> list[tuple[Loc, str]]:
                     "payload limit (AWS IoT would refuse it)",
                 )
             )
+    if scenario.jitp.expect_first_connect_rejected and scenario.retry.max_attempts < 2:
+        found.append(
+            (
+                ("retry", "max_attempts"),
+                "1 attempt leaves none after JITP's trigger: every device ends with its "
+                "first connect refused",
+            )
+        )
     return found
 
 
