@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import socket
 import ssl
+import struct
 import time
 
 import pytest
+import uvloop
 from cryptography.hazmat.primitives import serialization
 
 from loadgen import mqtt, openssl
@@ -623,6 +626,61 @@ async def test_a_connection_dropped_without_close_notify_after_the_connack_is_cl
         with pytest.raises(Closed):
             await client.ping()
     server.close()
+
+
+_SERVER_PUBLISH = b"\x30\x05\x00\x01t\x00x"  # QoS 0 to "t", no properties, payload "x"
+
+
+async def _reset_after_data(act) -> type[BaseException] | None:
+    """What ``act(client)`` raises against a server that, once the client acts,
+    sends a PUBLISH and resets at once (SO_LINGER 0): the data and the reset
+    leave before the client's loop runs again, so they arrive together."""
+    loop = asyncio.get_running_loop()
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.setblocking(False)
+
+    async def serve() -> None:
+        sock, _ = await loop.sock_accept(listener)
+        with sock:
+            await loop.sock_recv(sock, 1024)  # the CONNECT
+            sock.send(b"\x20\x03\x00\x00\x00")  # CONNACK: accepted, MQTT 5
+            await loop.sock_recv(sock, 1024)  # the client's next packet
+            sock.send(_SERVER_PUBLISH)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+    server = loop.create_task(serve())
+    target = Target("127.0.0.1", listener.getsockname()[1])
+    try:
+        async with asyncio.timeout(10):
+            client = await connect(target, None, mqtt.Connect("x"), AttemptTimes(0.0))
+            try:
+                await act(client)
+            except (Closed, TimeoutError) as exc:
+                return type(exc)
+            return None
+    finally:
+        server.cancel()
+        listener.close()
+
+
+@pytest.mark.parametrize("run", [asyncio.run, uvloop.run], ids=["asyncio", "uvloop"])
+def test_a_reset_that_comes_with_data_ends_a_hold_at_once(run):
+    async def ping_then_hold(client) -> None:
+        client._p.write(mqtt.PingReq())  # what the server answers with data and a reset
+        await client.hold(3.0, keepalive=0)  # nothing sent: only reading can tell
+
+    began = time.monotonic()
+    assert run(_reset_after_data(ping_then_hold)) is Closed
+    assert time.monotonic() - began < 2.5
+
+
+@pytest.mark.parametrize("run", [asyncio.run, uvloop.run], ids=["asyncio", "uvloop"])
+def test_a_reset_that_comes_with_data_fails_a_publish_waiting_for_its_puback(run):
+    async def publish(client) -> None:
+        async with asyncio.timeout(3):
+            await client.publish("dt/x", b"x", qos=1)
+
+    assert run(_reset_after_data(publish)) is Closed
 
 
 async def test_a_silent_server_leaves_the_timeout_to_the_caller():

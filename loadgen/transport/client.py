@@ -271,27 +271,37 @@ class _Channel:
         except OSError as exc:
             self._lost(exc)
             return
-        if self.phase == "tls":
-            assert self.tls is not None
-            if not data:
-                self._lost(None)
+        try:
+            if self.phase == "tls":
+                assert self.tls is not None
+                if not data:
+                    self._lost(None)
+                    return
+                self._heard = True
+                self.tls.incoming.write(data)
+                self._handshake()
                 return
-            self._heard = True
-            self.tls.incoming.write(data)
-            self._handshake()
-            return
-        if self.tls is None:
-            if not data:
-                self._lost(None)
+            if self.tls is None:
+                if not data:
+                    self._lost(None)
+                else:
+                    self.bytes_received += len(data)
+                    self._received(data)
+                return
+            if data:
+                self.tls.incoming.write(data)
             else:
-                self.bytes_received += len(data)
-                self._received(data)
-            return
-        if data:
-            self.tls.incoming.write(data)
-        else:
-            self.tls.incoming.write_eof()
-        self._read_tls()
+                self.tls.incoming.write_eof()
+            self._read_tls()
+        finally:
+            if data and not self.closed:
+                # uvloop calls a reader once for a socket whose reset came with
+                # data, then drops it (libuv stops polling at EPOLLERR): the
+                # reset, pending behind the data just read, would never be read.
+                # SO_ERROR tells it (about 0.3 µs; a recv to EAGAIN costs more).
+                code = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if code:
+                    self._lost(OSError(code, os.strerror(code)))
 
     def _read_tls(self) -> None:
         tls = self.tls
