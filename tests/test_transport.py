@@ -4,10 +4,12 @@ source address, and each way a connection can fail."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import socket
 import ssl
 import struct
+import threading
 import time
 
 import pytest
@@ -23,6 +25,7 @@ from loadgen.transport.errors import (
     PeerProtocolError,
     Refused,
     TlsRejected,
+    TransportError,
 )
 from loadgen.transport.timing import AttemptTimes
 from loadgen.transport.tls import ALPN_AWS_MQTT, ClientTls, DeviceTls, device_context
@@ -681,6 +684,41 @@ def test_a_reset_that_comes_with_data_fails_a_publish_waiting_for_its_puback(run
             await client.publish("dt/x", b"x", qos=1)
 
     assert run(_reset_after_data(publish)) is Closed
+
+
+def test_a_server_that_accepts_and_resets_at_once_turns_the_connection_away(small_fleet):
+    """A connection limit's way: TCP comes up, the reset follows at once, from
+    another process's timing (a thread here). Whether the client saw TCP up
+    before the reset or not, it is a connection closed before any TLS, never a
+    TCP failure of the client's own."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def reset_each() -> None:
+        with contextlib.suppress(OSError):  # the listener closed: done
+            while True:
+                sock, _ = listener.accept()
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                sock.close()
+
+    threading.Thread(target=reset_each, daemon=True).start()
+    _, context = _device(small_fleet)
+    target = Target("127.0.0.1", listener.getsockname()[1], server_name="localhost")
+
+    async def each() -> list[tuple[str, str]]:
+        seen = []
+        for _ in range(30):
+            times = AttemptTimes(0.0)
+            with pytest.raises(TransportError) as info:
+                await connect(target, context, mqtt.Connect("x"), times, timeout=5)
+            seen.append((type(info.value).__name__, info.value.phase))
+            assert times.tcp_connected is not None
+        return seen
+
+    try:
+        seen = uvloop.run(each())
+    finally:
+        listener.close()
+    assert set(seen) == {("ClosedBeforeTls", "tls")}
 
 
 async def test_a_silent_server_leaves_the_timeout_to_the_caller():

@@ -213,6 +213,13 @@ class _Channel:
 
     def _tcp_failed(self, code: int) -> None:
         exc = OSError(code, os.strerror(code))  # the OSError subclass for the code
+        if isinstance(exc, ConnectionResetError):
+            # TCP came up and the server reset it before we looked (a connection
+            # limit, say): a connection turned away, as one reset a moment later.
+            self.times.tcp_connected = self.clock()
+            self.phase = "tls" if self.tls is not None else "connack"
+            self._lost(exc)
+            return
         if isinstance(exc, ConnectionRefusedError):
             self._fail(Refused(describe_error(exc), "tcp"))
         else:
