@@ -220,6 +220,42 @@ async def test_a_device_the_endpoint_never_answers_spends_its_life_waiting_on_th
     assert result.endpoint_wait > 0.75 * life  # a share of its life, not a duration
 
 
+async def _answering(answer: bytes):
+    """A server that answers each CONNECT with ``answer``, in one write, then waits."""
+
+    async def handle(reader, writer):
+        await reader.read(100)
+        writer.write(answer)
+        await writer.drain()
+        await asyncio.sleep(1)
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, Target("127.0.0.1", server.sockets[0].getsockname()[1])
+
+
+_ACCEPTED = b"\x20\x03\x00\x00\x00"  # CONNACK: accepted, MQTT 5
+
+
+async def test_an_accepted_connack_stands_when_garbage_follows_it_in_the_same_read():
+    server, target = await _answering(_ACCEPTED + b"\xff\x00")
+    steps = (PublishStep("dt/x", qos=1, count=1, payload_bytes=8),)
+    result = await _run(target, DeviceConfig(retry=FAST_RETRY), steps=steps)
+    server.close()
+    assert result.outcome is Outcome.ERROR and result.phase == "acting"
+    assert result.attempts == 1 and result.provision is not None
+    assert "connack" in {name for name, _ in result.phases}
+
+
+async def test_a_disconnect_right_after_the_connack_fails_the_device_acting():
+    server, target = await _answering(_ACCEPTED + b"\xe0\x02\x97\x00")  # DISCONNECT 0x97
+    steps = (PublishStep("dt/x", qos=1, count=1, payload_bytes=8),)
+    result = await _run(target, DeviceConfig(retry=FAST_RETRY), steps=steps)
+    server.close()
+    assert result.outcome is Outcome.CLOSED and result.phase == "acting"
+    assert "quota_exceeded" in result.reason
+
+
 async def test_garbage_instead_of_a_connack_ends_error_with_the_reason():
     async def garbage(reader, writer):
         await reader.read(100)

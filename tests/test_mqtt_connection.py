@@ -100,3 +100,21 @@ def test_a_packet_over_the_servers_maximum_after_connect_keeps_the_sessions_vers
         server.receive(client.send(mqtt.Publish("t", b"x" * 100)))
     # The version says how to answer: MQTT 5 DISCONNECT 0x95 Packet too large.
     assert server.state is State.CLOSED and server.version == mqtt.MQTT_5
+
+
+def test_packets_whole_before_malformed_bytes_in_the_same_read_come_with_the_error():
+    client, server = _pair()
+    accepted = server.send(mqtt.ConnAck())
+    with pytest.raises(mqtt.ProtocolError) as info:
+        client.receive(accepted + b"\xff\x00")  # a reserved packet type
+    assert info.value.received == (mqtt.ConnAck(),)
+    assert client.state is State.CLOSED
+
+
+def test_packets_before_one_the_state_refuses_come_with_the_error():
+    client, server = _pair()
+    # A second CONNACK breaks the protocol; the first, in the same read, stands.
+    twice = server.send(mqtt.ConnAck()) + mqtt.encode(mqtt.ConnAck(), mqtt.MQTT_5)
+    with pytest.raises(mqtt.ProtocolError) as info:
+        client.receive(twice)
+    assert info.value.received == (mqtt.ConnAck(),)

@@ -243,13 +243,17 @@ class Decoder:
         chunk: bytes | bytearray = buffer or data
         packets: list[Packet] = []
         pos, size = 0, len(chunk)
-        while pos < size:
-            frame = self._frame(chunk, pos)
-            if frame is None:
-                break
-            first, start, end = frame
-            packets.append(self._decode(first, chunk[start:end]))
-            pos = end
+        try:
+            while pos < size:
+                frame = self._frame(chunk, pos)
+                if frame is None:
+                    break
+                first, start, end = frame
+                packets.append(self._decode(first, chunk[start:end]))
+                pos = end
+        except ProtocolError as exc:
+            exc.received = tuple(packets)
+            raise
         if buffer:
             del buffer[:pos]
         elif pos < len(data):

@@ -115,13 +115,20 @@ class Connection:
             if data:
                 raise ProtocolError("data after the connection closed")
             return []
+        fault: ProtocolError | None = None
         try:
             packets = self._decoder.feed(data)
-            for packet in packets:
+        except ProtocolError as exc:
+            packets, fault = list(exc.received), exc
+        for i, packet in enumerate(packets):
+            try:
                 self._check_received(packet)
-        except ProtocolError:
+            except ProtocolError as exc:
+                fault, exc.received = exc, tuple(packets[:i])
+                break
+        if fault is not None:
             self.state = State.CLOSED
-            raise
+            raise fault
         return packets
 
     def _check_received(self, packet: Packet) -> None:

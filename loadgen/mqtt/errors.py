@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from loadgen.errors import LoadgenError
 
 
@@ -10,6 +12,10 @@ class ProtocolError(LoadgenError):
     should carry when answering it."""
 
     reason_code = 0x82  # Protocol Error
+    # The packets that came whole and valid before the fault, in the same read,
+    # in order: a receiver acts on them as if they had come alone (a CONNACK
+    # followed by garbage was still an accepted connect).
+    received: tuple[Any, ...] = ()
 
 
 class MalformedPacket(ProtocolError):

@@ -344,6 +344,8 @@ class _Channel:
         try:
             packets = self.conn.receive(data)
         except mqtt.ProtocolError as exc:
+            for packet in exc.received:  # what came whole before the fault stands
+                self._dispatch(packet)
             self._fail(PeerProtocolError(f"MQTT: {exc}", self.phase))
             self.close()
             return
@@ -355,6 +357,10 @@ class _Channel:
         if isinstance(packet, mqtt.ConnAck):
             self.times.connack = self.clock()
             key = "connack"
+            if packet.reason_code == 0:
+                # Accepted: what fails from here on fails the device's acting,
+                # until its first step names its phase.
+                self.phase = "acting"
         elif isinstance(packet, mqtt.PubAck):
             self.times.pubacks.append(self.clock())
             key = ("puback", packet.packet_id)
