@@ -3,6 +3,7 @@ flight finish, and still writes the report, marked partial."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -13,7 +14,7 @@ import time
 import pytest
 
 from tests.brokers import Listener
-from tests.processes import cmdline, descendants
+from tests.processes import assert_all_gone, cmdline, descendants
 from tests.test_run import _scenario
 
 
@@ -240,3 +241,83 @@ def test_a_stop_signal_after_a_capacity_step_keeps_that_step_in_the_report(
     capacity = json.loads((tmp_path / "r.json").read_text())["capacity"]
     assert capacity["steps"][0]["rate_per_s"] == 50.0 and capacity["steps"][0]["passed"]
     assert capacity["highest_sustainable_per_s"] == 50.0
+
+
+def test_a_run_whose_output_pipe_closed_still_writes_its_reports_and_ends_as_it_ran(
+    tmp_path, mosquitto, device_ca
+):
+    """`loadgen run ... | head -1`: stdout's reader is gone before the run ends."""
+    report_path, html = tmp_path / "r.json", tmp_path / "r.html"
+    proc = subprocess.Popen(
+        [
+            *(
+                sys.executable,
+                "-m",
+                "loadgen",
+                "run",
+                str(_forty_a_second(tmp_path, mosquitto, device_ca)),
+            ),
+            *("--count", "40", "--workers", "2", "--report", str(report_path), "--html", str(html)),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    proc.stdout.close()  # nobody reads what it prints
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err.decode()
+    assert b"Traceback" not in err
+    report = json.loads(report_path.read_text())
+    assert report["partial"] is False and report["devices"] == 40
+    assert html.stat().st_size > 0
+
+
+def test_a_run_whose_terminal_closed_stops_and_writes_what_it_measured(
+    tmp_path, mosquitto, device_ca, listener
+):
+    """The terminal window closes: the kernel hangs its terminal up (SIGHUP to
+    the run), and every later write to it fails (EIO)."""
+    import fcntl
+    import pty
+    import termios
+    import threading
+
+    master, slave = pty.openpty()
+
+    def own_terminal() -> None:
+        os.setsid()
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    report_path, html = tmp_path / "r.json", tmp_path / "r.html"
+    path = _forty_a_second(tmp_path, mosquitto, device_ca)
+    proc = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "loadgen", "run", str(path), "--count", "400"),
+            *("--workers", "2", "--report", str(report_path), "--html", str(html)),
+        ],
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        preexec_fn=own_terminal,
+    )
+    os.close(slave)
+
+    def drain() -> None:  # what the terminal shows, read so that writes never block
+        with contextlib.suppress(OSError):
+            while os.read(master, 65536):
+                pass
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    try:
+        listener.wait_for(20, timeout=120, process=proc)
+        processes = descendants(proc.pid)  # its workers, the moment it runs
+    finally:
+        os.close(master)  # the window closes
+    assert proc.wait(timeout=60) == 130
+    assert processes
+    assert_all_gone(processes)
+    report = json.loads(report_path.read_text())
+    assert report["partial"] is True and 0 < report["devices"] < 400
+    assert sum(report["outcomes"].values()) == report["devices"]
+    assert "stopped early" in html.read_text().lower()

@@ -10,6 +10,7 @@ import click
 
 from loadgen import __version__
 from loadgen import lifeline as lifeline_mod
+from loadgen.cli import streams
 from loadgen.errors import LoadgenError, UserError
 
 # Each command group's module, imported when that command runs (or --help lists
@@ -52,6 +53,7 @@ def main() -> None:
     # A closed terminal or a `kill` stops a command the way Ctrl-C does: a run
     # still writes what it measured, no child is left behind.
     lifeline_mod.stop_signals_as_interrupt()
+    streams.forgive_lost_outputs()
     try:
         cli.main(standalone_mode=False)
     except UserError as exc:
