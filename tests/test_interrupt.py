@@ -321,3 +321,52 @@ def test_a_run_whose_terminal_closed_stops_and_writes_what_it_measured(
     assert report["partial"] is True and 0 < report["devices"] < 400
     assert sum(report["outcomes"].values()) == report["devices"]
     assert "stopped early" in html.read_text().lower()
+
+
+def test_ctrl_c_while_the_embedded_emulator_stops_after_the_report_leaves_the_run_whole(
+    tmp_path, device_ca
+):
+    import yaml
+
+    path = tmp_path / "embedded.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": "embedded",
+                "endpoint": "embedded",
+                "mqtt": {"client_id": "{common_name}"},
+                "fleet": {"ca": str(device_ca.directory), "store": "fleet", "count": 40},
+                "jitp": {"expect_first_connect_rejected": True},
+                "load": {"executor": "burst", "max_in_flight": 40},
+                "emulator": {"quotas": {"provision": "off"}, "processes": 3},
+            }
+        )
+    )
+    report_path = tmp_path / "r.json"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "loadgen",
+            "run",
+            str(path),
+            "--workers",
+            "1",
+            "--report",
+            str(report_path),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if "written" in line:  # the report is on disk; the emulator stops next
+            os.killpg(proc.pid, signal.SIGINT)
+            break
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "SIGINT came after the run ended; its report is whole" in err
+    report = json.loads(report_path.read_text())
+    assert report["partial"] is False and report["devices"] == 40

@@ -3,7 +3,9 @@ write what they found, like `loadgen run` writes a run."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import signal
 import sys
 import time
 from dataclasses import replace
@@ -160,9 +162,13 @@ def capacity_command(
     ensure_fleet(scenario, first_device + search.devices(search.start), mint_workers(workers))
     steps: list[Step] = []
     interrupted = False
-    with run_endpoint(scenario, options) as session, RunSignals() as signals:
-        base = make_plan(session.scenario, session.options)
-        exporter = outputs.exporter(base)
+    # As `loadgen run`'s: a signal while the embedded emulator stops after the
+    # report is noted, not an interruption of a search that ended.
+    with RunSignals() as signals, contextlib.ExitStack() as endpoint_stack:
+        with signals.abortable():
+            session = endpoint_stack.enter_context(run_endpoint(scenario, options))
+            base = make_plan(session.scenario, session.options)
+            exporter = outputs.exporter(base)
         began = time.time()
         offset = first_device
         total = RunStats()
@@ -225,6 +231,9 @@ def capacity_command(
             outputs.write(report)
         if signals.received is None:
             outputs.linger_for_last_scrape()
+    if signals.received is not None and not interrupted:
+        name = signal.Signals(signals.received).name
+        click.echo(f"loadgen: {name} came after the search ended; its report is whole", err=True)
     if interrupted:
         click.echo("loadgen: interrupted; the report holds the steps that ran", err=True)
         sys.exit(130)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
 from pathlib import Path
@@ -99,50 +100,51 @@ def run_command(
             f"fleet {checked.fleet}: minted {minted.minted}, {counted(minted.total, 'device')}",
             err=True,
         )
-    with run_endpoint(scenario, options) as session:
-        plan = make_plan(session.scenario, session.options)
-        exporter = outputs.exporter(plan)
+    # A stop signal stops the workers once they run, or is noted: what they
+    # measured is written whatever comes, and one that comes while the embedded
+    # emulator stops after the report is no interruption. Until the workers
+    # start (the emulator starting, the plan) it stops the command at once.
+    with RunSignals() as signals, contextlib.ExitStack() as endpoint_stack:
+        with signals.abortable():
+            session = endpoint_stack.enter_context(run_endpoint(scenario, options))
+            plan = make_plan(session.scenario, session.options)
+            exporter = outputs.exporter(plan)
         if start is not None:
             shard = f"shard {plan.shard}" if plan.shard is not None else "the run"
             click.echo(f"{shard}: its schedule starts at --start-at {start.text}", err=True)
-        # From here on a stop signal stops the workers, or is noted: what they
-        # measured is written whatever comes.
-        with RunSignals() as signals:
-            with LiveRun(console, plan) as live:
+        with LiveRun(console, plan) as live:
 
-                def on_progress(parts: list[Any], elapsed: float) -> None:
-                    live.update(parts, elapsed)
-                    if exporter is not None:
-                        exporter.progress(merge_progress(parts), elapsed)
+            def on_progress(parts: list[Any], elapsed: float) -> None:
+                live.update(parts, elapsed)
+                if exporter is not None:
+                    exporter.progress(merge_progress(parts), elapsed)
 
-                stats, timing, report = execute(plan, on_progress, start, signals)
-            if timing.late_s > 0:
-                click.echo(
-                    f"loadgen: started {timing.late_s:.2f} s after --start-at (ready late)",
-                    err=True,
-                )
-            if exporter is not None:
-                exporter.finish(stats)
-            emulator_stats, stopped = session.final_emulator()
-            report["jitp"] = jitp_section(report, emulator_stats, stopped)
-            results = gates_mod.evaluate(gates, report)
-            report["gates"] = gates_mod.as_json(results)
-            print_report(Console(highlight=False), report)
-            for result in results:
-                click.echo(result.describe())
-            each_output(
-                [
-                    lambda: outputs.write(report),
-                    lambda: ci_files.write_ci_files(report, results, junit_path, summary_path),
-                ]
+            stats, timing, report = execute(plan, on_progress, start, signals)
+        if timing.late_s > 0:
+            click.echo(
+                f"loadgen: started {timing.late_s:.2f} s after --start-at (ready late)",
+                err=True,
             )
-            if signals.received is None:
-                outputs.linger_for_last_scrape()
-            elif not timing.partial:
-                name = signal.Signals(signals.received).name
-                click.echo(
-                    f"loadgen: {name} came after the run ended; its report is whole", err=True
-                )
+        if exporter is not None:
+            exporter.finish(stats)
+        emulator_stats, stopped = session.final_emulator()
+        report["jitp"] = jitp_section(report, emulator_stats, stopped)
+        results = gates_mod.evaluate(gates, report)
+        report["gates"] = gates_mod.as_json(results)
+        print_report(Console(highlight=False), report)
+        for result in results:
+            click.echo(result.describe())
+        each_output(
+            [
+                lambda: outputs.write(report),
+                lambda: ci_files.write_ci_files(report, results, junit_path, summary_path),
+            ]
+        )
+        if signals.received is None:
+            outputs.linger_for_last_scrape()
+    if signals.received is not None and not timing.partial:
+        name = signal.Signals(signals.received).name
+        click.echo(f"loadgen: {name} came after the run ended; its report is whole", err=True)
     for worker, why in sorted(timing.lost.items()):
         click.echo(f"loadgen: worker {worker} {why}; its unfinished devices are errors", err=True)
     if stopped is not None:
