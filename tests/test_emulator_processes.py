@@ -392,6 +392,34 @@ def test_a_ca_registered_through_the_api_is_trusted_by_every_process_once_answer
         served.stop()
 
 
+def test_ctrl_c_while_the_serving_processes_start_stops_the_emulator_cleanly(tmp_path, device_ca):
+    """Ctrl-C reaches the whole process group, serving processes still in their
+    interpreter's start-up included: they must not die of it with a traceback."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "loadgen", "emulator", "serve", "--port", "0"),
+            *("--ca", str(device_ca.directory / "ca.pem"), "--state-dir", str(tmp_path)),
+            *("--processes", "3"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 60
+    while not (started := descendants(proc.pid)) and time.monotonic() < deadline:
+        time.sleep(0.002)
+    assert started, "no serving process started"
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err and "error" not in err
+    assert_all_gone(started)
+
+
 def test_processes_out_of_range_is_a_one_line_error(tmp_path, device_ca):
     ca = str(device_ca.directory / "ca.pem")
     result = run_loadgen(

@@ -28,6 +28,7 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 
+from loadgen import lifeline
 from loadgen.cores import cores
 from loadgen.emulator.limits import Limits
 from loadgen.emulator.local import LocalAccount
@@ -155,9 +156,13 @@ class ServingProcesses:
             *("--limits", limits),
         ]
         # Its stdout is not ours: the ready and stats lines are the account's.
-        process = subprocess.Popen(
-            args, pass_fds=fds, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL
-        )
+        # Ctrl-C reaches the whole group: held back until it ignores them, as a
+        # run's workers are (an interpreter interrupted in its start-up died with
+        # a traceback, and the emulator with it).
+        with lifeline.stop_signals_blocked():
+            process = subprocess.Popen(
+                args, pass_fds=fds, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL
+            )
         theirs.close()
         handlers = self._handlers(index)
         peer = await Peer.on_socket(ours, handlers, lambda exc: self._lost(index))
