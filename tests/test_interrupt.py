@@ -370,3 +370,69 @@ def test_ctrl_c_while_the_embedded_emulator_stops_after_the_report_leaves_the_ru
     assert "SIGINT came after the run ended; its report is whole" in err
     report = json.loads(report_path.read_text())
     assert report["partial"] is False and report["devices"] == 40
+
+
+def test_sigterm_to_every_process_of_a_run_stops_it_as_ctrl_c_does(tmp_path, device_ca):
+    """A service manager's stop (systemd's default: SIGTERM to every process of
+    the unit, the embedded emulator and its serving processes too): devices
+    holding count as connected, and the emulator serves until the run stops it."""
+    import urllib.request
+
+    import yaml
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from tests.brokers import free_port
+
+    metrics = free_port()
+    path = tmp_path / "held.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": "held",
+                "endpoint": "embedded",
+                "mqtt": {"client_id": "{common_name}"},
+                "fleet": {"ca": str(device_ca.directory), "store": "fleet", "count": 30},
+                "jitp": {"expect_first_connect_rejected": True},
+                "load": {"executor": "burst", "max_in_flight": 30},
+                "after_connect": [{"hold": {"duration": "60s"}}],
+                "emulator": {"quotas": {"provision": "off"}, "processes": 2},
+            }
+        )
+    )
+    report_path = tmp_path / "r.json"
+    proc = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "loadgen", "run", str(path), "--workers", "1"),
+            *("--report", str(report_path), "--metrics-port", str(metrics)),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+    def connected() -> float:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=5) as got:
+                body = got.read().decode()
+        except OSError:
+            return 0.0
+        for family in text_string_to_metric_families(body):
+            if family.name == "loadgen_devices_connected":
+                return family.samples[0].value
+        return 0.0
+
+    assert _poll(lambda: connected() == 30, proc), proc.communicate()
+    everyone = descendants(proc.pid)
+    for pid in [proc.pid, *everyone]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    time.sleep(0.5)  # what the emulator would do with it, it has done by now
+    proc.send_signal(signal.SIGTERM)  # a second: no grace for the devices holding
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    report = json.loads(report_path.read_text())
+    assert report["outcomes"]["connected"] == 30
+    assert report["accounting"]["notes"] == {"interrupted during hold": 30}
+    assert report["jitp"]["emulator_stopped"] is None
+    assert_all_gone(everyone)

@@ -186,8 +186,12 @@ def emulator_serve(
 ) -> None:
     """Serve mutual-TLS MQTT with AWS IoT's JITP flow; prints one line when ready."""
     if lifeline is not None:
-        # SIGTERM: the emulator stops the way its parent would have stopped it.
-        lifeline_mod.die_with_parent(lifeline, signal.SIGTERM)
+        # A stop signal to every process of a run (a service manager's stop)
+        # is the run's to act on: it stops this emulator once its devices'
+        # grace is over and its counts are in, through stdin. A dead parent
+        # closes stdin; the kernel's signal is for a parent that dies early.
+        lifeline_mod.ignore_stop_signals()
+        lifeline_mod.die_with_parent(lifeline, signal.SIGKILL)
     limits = Quotas.parse(quotas)
     if not (cas or inactive_cas or manual_cas or api_port is not None):
         # With the API, a CA can be registered through it.

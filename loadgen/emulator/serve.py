@@ -4,6 +4,7 @@ endpoint is ``embedded``."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -137,17 +138,19 @@ async def serve_forever(
     metrics_port: int | None = None,
 ) -> None:
     """Serve until a stop signal, or (``stdin_lifeline``, for a parent that
-    started it) until stdin reaches end-of-file: the parent is gone. With
-    ``processes`` > 1, this is the account process and the sessions are its
-    serving processes' (loadgen.emulator.processes); with 1, they are served
-    here."""
+    started it) until the parent says ``stop`` on stdin or stdin reaches
+    end-of-file (the parent is gone); a stop signal is then the parent's to act
+    on. With ``processes`` > 1, this is the account process and the sessions
+    are its serving processes' (loadgen.emulator.processes); with 1, they are
+    served here."""
     # Handlers first: whoever reads the ready line may stop it at once.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in lifeline.STOP_SIGNALS:
-        loop.add_signal_handler(sig, stop.set)
     if stdin_lifeline:
         _stop_at_eof(loop, sys.stdin.fileno(), stop)
+    else:
+        for sig in lifeline.STOP_SIGNALS:
+            loop.add_signal_handler(sig, stop.set)
     serving: ServingProcesses | None = None
     server: asyncio.Server | None = None
     if processes > 1:
@@ -202,7 +205,7 @@ async def serve_forever(
         final = await _totals(emulator, None)
     try:
         if final is not None:
-            _print_stats(final, emulator.api_stats)
+            _print_stats(final, emulator.api_stats, final=True)
     except BrokenPipeError:
         # Nobody reads any more; the exit's own flush must not fail again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -279,6 +282,8 @@ def _stop_at_eof(loop: asyncio.AbstractEventLoop, fd: int, stop: asyncio.Event) 
             return
         except OSError:
             data = b""
+        if STOP_WORD in data:
+            stop.set()  # the parent stops it
         if not data:
             loop.remove_reader(fd)
             if not stop.is_set():  # a parent stopping it closes stdin too
@@ -293,8 +298,12 @@ def _stop_at_eof(loop: asyncio.AbstractEventLoop, fd: int, stop: asyncio.Event) 
     loop.add_reader(fd, on_readable)
 
 
-def _print_stats(totals: Totals, api: ApiStats | None = None) -> None:
+def _print_stats(totals: Totals, api: ApiStats | None = None, *, final: bool = False) -> None:
+    """The stats line; ``final``: the one printed on the way out, marked so
+    that a parent asking for counts then knows the emulator is ending."""
     summary: dict[str, Any] = dict(totals.stats.summary())
+    if final:
+        summary["final"] = True
     if api is not None:
         summary["api"] = {
             "calls": dict(api.calls),
@@ -353,15 +362,21 @@ class EmbeddedEmulator:
             if not line:
                 return None
             if line.startswith(STATS):
-                return _parse_stats(line)
+                stats = _parse_stats(line)
+                if stats is not None and stats.get("final"):
+                    # Not the answer asked for: the line it prints as it ends.
+                    # Its end, then, so that ``stopped_early`` sees how it ended.
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        self.process.wait(timeout=timeout)
+                return stats
         return None
 
     def stop(self) -> dict[str, Any] | None:
-        """Stop it; return the counts it printed on the way out (None if none)."""
-        self.process.terminate()
+        """Stop it; return the counts it printed on the way out (None if none).
+        Told on its stdin: it ignores stop signals, which are its parent's."""
         try:
-            out, _ = self.process.communicate(timeout=10)
-        except subprocess.TimeoutExpired:
+            out, _ = self.process.communicate(STOP_WORD.decode(), timeout=10)
+        except (subprocess.TimeoutExpired, OSError, ValueError):
             self.process.kill()
             out, _ = self.process.communicate()
         last = None
@@ -369,6 +384,10 @@ class EmbeddedEmulator:
             if line.startswith(STATS):
                 last = _parse_stats(line)
         return last
+
+
+# What a parent writes on an embedded emulator's stdin to stop it.
+STOP_WORD = b"stop\n"
 
 
 def limit_options(limits: Limits) -> list[str]:
