@@ -208,6 +208,43 @@ def test_ctrl_c_stops_a_teardown_at_once_and_counts_what_it_did(emulator, tmp_pa
     assert iot.list_things()["things"] == [] and iot.list_policies()["policies"] == []
 
 
+def test_ctrl_c_stops_a_teardown_dry_run_listing_at_once(emulator, tmp_path):
+    """Listing each certificate's attachments waits its turn at the API's rate:
+    Ctrl-C cancels the waits instead of listing what is left (`aws status`
+    lists through the same pool)."""
+    command = ("teardown", "--dry-run", "--rate", "1")
+    ca, scenario = _set_up(emulator, tmp_path, 40)
+    assert _outcomes(scenario, tmp_path, "storm") == {"connected": 40}
+    listing = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "loadgen",
+            "aws",
+            command[0],
+            "--ca",
+            str(ca.directory),
+            *command[1:],
+        ],
+        env={**os.environ, **CREDENTIALS},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        time.sleep(2)  # into its listing (wherever it is, the stop must be prompt)
+        os.killpg(listing.pid, signal.SIGINT)
+        # Before, the listing's queue was finished first: tens of seconds.
+        out, err = listing.communicate(timeout=10)
+    finally:
+        listing.kill()
+        listing.wait(timeout=30)
+    assert listing.returncode == 130, out + err
+    assert "Traceback" not in err
+
+
 def test_a_throttled_teardown_slows_down_and_finishes(slow_emulator, tmp_path):
     ca, scenario = _set_up(slow_emulator, tmp_path, 15)
     assert _outcomes(scenario, tmp_path, "storm") == {"connected": 15}

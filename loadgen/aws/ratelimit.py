@@ -3,9 +3,11 @@ that a teardown of 20,000 certificates is slowed by us, not refused by AWS."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 # AWS's published defaults (per account, adjustable) for the calls `loadgen aws`
 # makes, which the emulator's control plane also enforces; any other call gets
@@ -109,3 +111,19 @@ class RateLimits:
                 self._buckets[api] = (tokens, now)
                 wait = (1 - tokens) / rate
             self._sleep(wait)
+
+
+@contextlib.contextmanager
+def cancelling_pool(limits: RateLimits, threads: int) -> Iterator[ThreadPoolExecutor]:
+    """Threads for many calls at once. Interrupted (Ctrl-C in the thread that
+    waits on them), the calls that wait their turn are cancelled and those not
+    started are dropped: the command stops within one call's time instead of
+    finishing every queue."""
+    pool = ThreadPoolExecutor(threads)
+    try:
+        yield pool
+    except BaseException:
+        limits.cancel()
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from loadgen.aws.account import error_code
 from loadgen.aws.calls import Api, is_registered, not_registered
+from loadgen.aws.ratelimit import cancelling_pool
 from loadgen.aws.teardown import ca_certificate_id
 from loadgen.aws.template import read_template
 
@@ -116,7 +116,7 @@ def _attachments(api: Api, certificates: list[dict[str, Any]]) -> Attachments:
         ]
         return things, policies
 
-    with ThreadPoolExecutor(_THREADS) as pool:
+    with cancelling_pool(api.limits, _THREADS) as pool:
         for things, policies in pool.map(one, certificates):
             out.with_things += bool(things)
             out.with_policies += bool(policies)

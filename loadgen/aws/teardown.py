@@ -20,7 +20,6 @@ of certificates it had already deleted, and finishes the job.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import json
@@ -29,7 +28,6 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +37,7 @@ from cryptography.hazmat.primitives import serialization
 
 from loadgen.aws.account import error_code
 from loadgen.aws.calls import Api, is_registered, not_registered
-from loadgen.aws.ratelimit import RateLimits
+from loadgen.aws.ratelimit import RateLimits, cancelling_pool
 from loadgen.aws.record import Created, record_path
 from loadgen.aws.template import account_policies
 from loadgen.certs.ca import CERT_FILE
@@ -188,7 +186,7 @@ class Teardown:
         things, policies = self._journaled()
         attached = {}
         if attachments:
-            with ThreadPoolExecutor(_THREADS) as pool:
+            with cancelling_pool(self.limits, _THREADS) as pool:
                 for cert, (cert_things, cert_policies) in zip(
                     certificates, pool.map(self._attachments, certificates), strict=True
                 ):
@@ -302,7 +300,7 @@ class Teardown:
                 _count(summary.policies, outcome)
                 progress.step()
 
-        with self._pool() as pool:
+        with cancelling_pool(self.limits, _THREADS) as pool:
             for _ in pool.map(certificate, found.certificates):
                 pass
             # Things still waiting for another of our certificates when theirs was
@@ -326,20 +324,6 @@ class Teardown:
                 _count(summary.ca, self._remove_ca())
             else:
                 summary.ca.already_gone += 1
-
-    @contextlib.contextmanager
-    def _pool(self) -> Iterator[ThreadPoolExecutor]:
-        """Threads for many certificates at once. Interrupted, the calls they wait
-        for are cancelled and the steps not started are dropped, so that the
-        command stops within one call's time instead of finishing every queue."""
-        pool = ThreadPoolExecutor(_THREADS)
-        try:
-            yield pool
-        except BaseException:
-            self.limits.cancel()
-            pool.shutdown(wait=True, cancel_futures=True)
-            raise
-        pool.shutdown(wait=True)
 
     def _tear_certificate(
         self, cert: dict[str, Any], found: Found
