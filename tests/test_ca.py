@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import stat
+from pathlib import Path
 
 import pytest
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from loadgen.certs.ca import load_ca
+from loadgen.certs.ca import CA, load_ca, server_cert
 from tests import openssl
 from tests.conftest import assert_user_error, run_loadgen
 
@@ -112,3 +114,40 @@ def test_a_missing_ca_names_the_command_that_makes_one(tmp_path):
         "certs", "mint", "--ca", tmp_path / "nowhere", "--count", "5", "--out", tmp_path / "fleet"
     )
     assert_user_error(result, "loadgen ca init")
+
+
+def _server_cert_as_ca(folder: Path, ca: CA) -> Path:
+    """A CA folder holding a server certificate (CA:FALSE missing: no
+    basicConstraints at all) and its own key where the CA's should be."""
+    cert, key = server_cert(ca, ["localhost"])
+    folder.mkdir()
+    (folder / "ca.pem").write_bytes(cert)
+    (folder / "ca.key").write_bytes(key)
+    return folder
+
+
+NOT_A_CA_COMMANDS = {
+    "certs mint": ("certs", "mint", "--count", "2", "--out", "out"),
+    "ca server-cert": ("ca", "server-cert", "--name", "localhost", "--out", "out"),
+    "ca verification-cert": ("ca", "verification-cert", "--registration-code", "a", "--out", "o"),
+}
+
+
+@pytest.mark.parametrize("args", list(NOT_A_CA_COMMANDS.values()), ids=list(NOT_A_CA_COMMANDS))
+def test_a_ca_folder_whose_certificate_is_not_a_cas_is_refused_before_writing(tmp_path, ca, args):
+    folder = _server_cert_as_ca(tmp_path / "not-a-ca", ca)
+    *command, option, value = args
+    result = run_loadgen(*command, "--ca", folder, option, value, cwd=tmp_path)
+    assert_user_error(result, f"{folder / 'ca.pem'}: not a CA certificate (no basicConstraints")
+    assert sorted(os.listdir(tmp_path)) == ["ca", "not-a-ca"]
+
+
+def test_a_run_whose_fleet_ca_is_not_a_ca_is_refused_before_the_fleet_or_emulator(tmp_path, ca):
+    folder = _server_cert_as_ca(tmp_path / "not-a-ca", ca)
+    (tmp_path / "s.yaml").write_text(
+        "name: t\nendpoint: embedded\nfleet: {ca: not-a-ca, store: fleet, count: 2}\n"
+        "load: {executor: constant-arrival-rate, rate: 10/s}\n"
+    )
+    result = run_loadgen("run", tmp_path / "s.yaml", "--workers", "1", cwd=tmp_path)
+    assert_user_error(result, "fleet.ca", f"{folder / 'ca.pem'}: not a CA certificate")
+    assert sorted(os.listdir(tmp_path)) == ["ca", "not-a-ca", "s.yaml"]

@@ -76,6 +76,17 @@ def marked_ca(cert: x509.Certificate) -> bool | None:
         return None
 
 
+def _not_a_ca(cert: x509.Certificate) -> str | None:
+    """Why ``cert`` cannot be a fleet's CA, if so: AWS IoT registers, and the
+    emulator trusts, only a certificate marked CA:TRUE."""
+    marked = marked_ca(cert)
+    if marked is None:
+        return "not a CA certificate (no basicConstraints CA:TRUE): it cannot sign certificates"
+    if not marked:
+        return "not a CA certificate (basicConstraints CA:FALSE): it cannot sign certificates"
+    return None
+
+
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC).replace(microsecond=0)
 
@@ -162,6 +173,11 @@ def load_ca(directory: Path) -> CA:
         cert = x509.load_pem_x509_certificate(cert_bytes)
     except ValueError:
         raise CAError(f"{cert_path}: not a PEM certificate") from None
+    # Here, not in each command: a server or device certificate in its place
+    # would sign a fleet (or a server certificate) that no endpoint trusts, and
+    # a run would find out only once the fleet is minted.
+    if (problem := _not_a_ca(cert)) is not None:
+        raise CAError(f"{cert_path}: {problem}")
     try:
         key = serialization.load_pem_private_key(key_bytes, password=None)
     except (ValueError, TypeError):

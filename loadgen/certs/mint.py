@@ -17,7 +17,7 @@ from cryptography import x509
 from pydantic import ValidationError
 
 from loadgen import lifeline
-from loadgen.certs.ca import CA, init_ca, load_ca, marked_ca
+from loadgen.certs.ca import CA, init_ca, load_ca
 from loadgen.certs.ca import CERT_FILE as CA_CERT_FILE
 from loadgen.certs.ca import KEY_FILE as CA_KEY_FILE
 from loadgen.certs.keys import KeyType, generate_key, key_pem
@@ -157,8 +157,7 @@ def _existing_ca(request: MintRequest) -> CA | None:
 
 def _cannot_sign(cert: x509.Certificate) -> str | None:
     """Why devices signed by ``cert`` would be refused by any endpoint, if so."""
-    if marked_ca(cert) is False:
-        return "not a CA certificate (basicConstraints CA:FALSE): no endpoint trusts what it signs"
+    # (A certificate that is not a CA's is refused by load_ca.)
     now = dt.datetime.now(dt.UTC)
     if now > cert.not_valid_after_utc:
         return f"expired on {cert.not_valid_after_utc:%Y-%m-%d}: no endpoint trusts what it signs"
