@@ -151,3 +151,39 @@ def test_a_run_whose_fleet_ca_is_not_a_ca_is_refused_before_the_fleet_or_emulato
     result = run_loadgen("run", tmp_path / "s.yaml", "--workers", "1", cwd=tmp_path)
     assert_user_error(result, "fleet.ca", f"{folder / 'ca.pem'}: not a CA certificate")
     assert sorted(os.listdir(tmp_path)) == ["ca", "not-a-ca", "s.yaml"]
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_server_cert_refuses_an_out_that_names_the_cas_own_files(tmp_path, ca):
+    before = _files(ca.directory)
+    out = ca.directory / "ca"
+    result = run_loadgen("ca", "server-cert", "--ca", ca.directory, "--name", "a", "--out", out)
+    assert_user_error(result, f"--out {out}: would overwrite ca.pem of the CA in {ca.directory}")
+    assert _files(ca.directory) == before
+
+
+@pytest.mark.parametrize("name", ["ca.pem", "ca.key", "aws-setup.json"])
+def test_verification_cert_refuses_an_out_that_is_one_of_the_cas_files(tmp_path, ca, name):
+    (ca.directory / "aws-setup.json").write_text("{}\n")
+    (tmp_path / "elsewhere").mkdir()
+    before = _files(ca.directory)
+    out = tmp_path / "elsewhere" / ".." / "ca" / name  # however it is spelled
+    result = run_loadgen(
+        "ca", "verification-cert", "--ca", ca.directory, "--registration-code", "a", "--out", out
+    )
+    assert_user_error(result, f"--out {out}: would overwrite {name} of the CA")
+    assert _files(ca.directory) == before
+
+
+def test_verification_cert_refuses_a_link_to_the_cas_certificate(tmp_path, ca):
+    before = _files(ca.directory)
+    (tmp_path / "link.pem").symlink_to(ca.directory / "ca.pem")
+    result = run_loadgen(
+        "ca", "verification-cert", "--ca", ca.directory, "--registration-code", "a",
+        "--out", tmp_path / "link.pem",
+    )  # fmt: skip
+    assert_user_error(result, "would overwrite ca.pem of the CA")
+    assert _files(ca.directory) == before

@@ -21,6 +21,10 @@ from loadgen.files import write, write_atomic
 CERT_FILE = "ca.pem"
 KEY_FILE = "ca.key"
 DEFAULT_SUBJECT = "CN=jitp-loadgen fleet CA,O=jitp-loadgen"
+# A CA folder's own files: the CA, and what `loadgen aws` keeps beside it (the
+# record of setup, loadgen/aws/record.py; an interrupted teardown's journal,
+# loadgen/aws/teardown.py). Each is lost for good when an output replaces it.
+CA_FILES = (CERT_FILE, KEY_FILE, "aws-setup.json", "aws-teardown-*.jsonl")
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,29 @@ def marked_ca(cert: x509.Certificate) -> bool | None:
         return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
     except x509.ExtensionNotFound:
         return None
+
+
+def refuse_ca_file(path: Path, directory: Path, option: str, given: Path | None = None) -> None:
+    """Refuse (one line naming ``option`` and the path ``given`` to it, by
+    default ``path``) an output ``path`` that is one of the CA's files in
+    ``directory``, however spelled: another relative path, ``..``, a link, a
+    hard link."""
+    target = path.resolve()
+    folder = directory.resolve()
+    for pattern in CA_FILES:
+        for own in [folder / pattern] if "*" not in pattern else folder.glob(pattern):
+            if target == own or _same_file(path, own):
+                raise UserError(
+                    f"{option} {given or path}: would overwrite {own.name} of the CA in "
+                    f"{directory}: give another file"
+                )
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.samefile(b)
+    except OSError:  # either is not there (yet)
+        return False
 
 
 def _not_a_ca(cert: x509.Certificate) -> str | None:

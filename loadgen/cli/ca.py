@@ -42,6 +42,7 @@ def ca_init(out: Path, key_type: str, subject: str, days: int, force: bool) -> N
 def ca_verification_cert(ca_dir: Path, registration_code: str, out: Path) -> None:
     """The verification certificate `aws iot register-ca-certificate` asks for."""
     authority = ca_mod.load_ca(ca_dir)
+    ca_mod.refuse_ca_file(out, ca_dir, "--out")
     ca_mod.verification_cert(authority, registration_code, out)
     click.echo(f"verification certificate written to {out}")
     click.echo(
@@ -59,8 +60,10 @@ def ca_verification_cert(ca_dir: Path, registration_code: str, out: Path) -> Non
 def ca_server_cert(ca_dir: Path, names: tuple[str, ...], out: Path) -> None:
     """A TLS server certificate signed by the CA (for a broker or the emulator)."""
     authority = ca_mod.load_ca(ca_dir)
-    cert, key = ca_mod.server_cert(authority, list(names))
     cert_path, key_path = out.with_name(out.name + ".pem"), out.with_name(out.name + ".key")
+    for path in (cert_path, key_path):
+        ca_mod.refuse_ca_file(path, ca_dir, "--out", out)
+    cert, key = ca_mod.server_cert(authority, list(names))
     try:
         write(cert_path, cert)
         write(key_path, key, private=True)
