@@ -324,6 +324,30 @@ def test_a_scenario_file_that_cannot_be_written_is_refused_before_anything(moto,
     _nothing_done(moto, ca.directory)
 
 
+@pytest.mark.parametrize("name", ["ca.pem", "ca.key", RECORD_FILE])
+def test_a_scenario_file_that_is_one_of_the_cas_is_refused_before_anything(moto, ca, name):
+    _role(moto)
+    before = (ca.directory / "ca.pem").read_bytes()
+    out = ca.directory / name
+    result = _setup(
+        moto, ca.directory, "--template", LIGHTBULB, "--role-arn", ROLE, "--write-scenario", out
+    )
+    assert_user_error(result, f"--write-scenario {out}: would overwrite {name} of the CA")
+    _nothing_done(moto, ca.directory)
+    assert (ca.directory / "ca.pem").read_bytes() == before
+
+
+def test_a_scenario_file_that_is_the_template_is_refused_before_anything(moto, ca, tmp_path):
+    _role(moto)
+    template = tmp_path / "lightbulb.yaml"
+    template.write_bytes(LIGHTBULB.read_bytes())
+    args = ("--template", template, "--role-arn", ROLE, "--write-scenario", template)
+    result = _setup(moto, ca.directory, *args)
+    assert_user_error(result, f"--write-scenario {template}: the same file as --template")
+    _nothing_done(moto, ca.directory)
+    assert template.read_bytes() == LIGHTBULB.read_bytes()
+
+
 def test_a_thing_type_other_things_still_have_is_kept_and_usable(moto, ca):
     _role(moto)
     assert _setup(moto, ca.directory, "--template", LIGHTBULB, "--role-arn", ROLE).code == 0

@@ -26,6 +26,7 @@ from loadgen.aws.record import SetupRecord, load_record, record_path
 from loadgen.aws.setup import Setup, SetupRequest, prepare
 from loadgen.aws.snippet import scenario_text
 from loadgen.aws.teardown import Teardown
+from loadgen.certs.ca import refuse_ca_file
 from loadgen.certs.store import FleetStore
 from loadgen.cli.common import FiniteRange, stderr_console, warn
 from loadgen.errors import LoadgenError, UserError
@@ -73,6 +74,20 @@ def _check_certificate(path: Path, option: str) -> None:
         raise UserError(f"{option} {path}: no such file")
     if trust_problem(path) is not None:
         raise UserError(f"{option} {path}: not a PEM certificate")
+
+
+def _config_option(template: Path | None) -> str:
+    return "--registration-config" if template is None else "--template"
+
+
+def _check_not_read(scenario: Path, ca_dir: Path, inputs: dict[str, Path | None]) -> None:
+    """Refuse a --write-scenario that is a file setup reads or keeps: written
+    after the CA is registered, it would replace the CA that teardown needs to
+    find it again (or the record of setup), or an input of the next setup."""
+    refuse_ca_file(scenario, ca_dir, "--write-scenario")
+    for option, path in inputs.items():
+        if path is not None and scenario.resolve() == path.resolve():
+            raise UserError(f"--write-scenario {scenario}: the same file as {option}")
 
 
 @aws.command("setup")
@@ -150,6 +165,9 @@ def aws_setup(
     check_writable(record_path(ca_dir), "--ca")
     if write_scenario is not None:
         check_writable(write_scenario, "--write-scenario")
+        _check_not_read(
+            write_scenario, ca_dir, {_config_option(template): config, "--server-ca": server_ca}
+        )
     account = Account(profile, region, endpoint_url)
     try:
         result = Setup(account, RateLimits()).run(prepared)
