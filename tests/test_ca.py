@@ -187,3 +187,27 @@ def test_verification_cert_refuses_a_link_to_the_cas_certificate(tmp_path, ca):
     )  # fmt: skip
     assert_user_error(result, "would overwrite ca.pem of the CA")
     assert _files(ca.directory) == before
+
+
+@pytest.mark.parametrize(
+    ("name", "problem"),
+    [
+        ("", "empty"),
+        ("ü.example", "not ASCII: give its A-label form, xn--tda.example"),
+        ("a b", "a space or control character"),
+    ],
+    ids=["empty", "not ASCII", "a space"],
+)
+def test_server_cert_refuses_a_name_no_certificate_can_hold(tmp_path, ca, name, problem):
+    out = tmp_path / "server"
+    result = run_loadgen("ca", "server-cert", "--ca", ca.directory, "--name", name, "--out", out)
+    assert_user_error(result, f"--name {name!r}: {problem}")
+    assert sorted(os.listdir(tmp_path)) == ["ca"]
+
+
+def test_a_server_name_longer_than_a_cn_holds_is_in_the_subject_alt_name(ca):
+    long = "a" * 60 + ".example.com"
+    cert = x509.load_pem_x509_certificate(server_cert(ca, [long])[0])
+    alt = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert alt.get_values_for_type(x509.DNSName) == [long]
+    assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME) == []

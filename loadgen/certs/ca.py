@@ -221,17 +221,16 @@ def load_ca(directory: Path) -> CA:
 def server_cert(ca: CA, names: list[str], *, days: int = 825) -> tuple[bytes, bytes]:
     """(certificate PEM, key PEM) for a TLS server known by ``names`` (DNS names
     or IP addresses), signed by ``ca``: what the emulator and test brokers serve."""
+    alt_names = [_alt_name(name) for name in names]
+    # A CN holds at most 64 characters (RFC 5280's ub-common-name); clients
+    # match the subjectAltName, which holds a longer DNS name.
+    common = names[0] if len(names[0]) <= 64 else None
+    subject = [x509.NameAttribute(NameOID.COMMON_NAME, common)] if common is not None else []
     key = generate_key(KeyType.EC_P256)
-    alt_names: list[x509.GeneralName] = []
-    for name in names:
-        try:
-            alt_names.append(x509.IPAddress(ipaddress.ip_address(name)))
-        except ValueError:
-            alt_names.append(x509.DNSName(name))
     now = _now()
     cert = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
+        .subject_name(x509.Name(subject))
         .issuer_name(ca.cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
@@ -244,6 +243,35 @@ def server_cert(ca: CA, names: list[str], *, days: int = 825) -> tuple[bytes, by
         .sign(ca.key, ca.signer().hash)
     )
     return cert.public_bytes(serialization.Encoding.PEM), key_pem(key)
+
+
+def _alt_name(name: str) -> x509.GeneralName:
+    """``name`` (a ``--name``) as a subjectAltName: an IP address, else a DNS name."""
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        pass
+    if (problem := _dns_name_problem(name)) is not None:
+        raise UserError(f"--name {name!r}: {problem}")
+    return x509.DNSName(name)
+
+
+def _dns_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a certificate's DNS name, if so. A TLS client
+    matches the ASCII form of an internationalised name (its A-labels), so
+    that is the form asked for, not guessed."""
+    if not name.strip():
+        return "empty: give a DNS name or an IP address"
+    if not name.isascii():
+        try:
+            return f"not ASCII: give its A-label form, {name.encode('idna').decode()}"
+        except UnicodeError:
+            return "not ASCII: give its A-label form (xn--...)"
+    if any(c <= " " or c == "\x7f" for c in name):
+        return "a space or control character: not a DNS name"
+    if len(name) > 253:
+        return f"{len(name)} characters: a DNS name has at most 253"
+    return None
 
 
 def verification_cert(ca: CA, registration_code: str, out: Path) -> x509.Certificate:
