@@ -510,6 +510,27 @@ def test_emulator_serve_with_a_bad_ca_leaves_no_state_file(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ca.pem"]
 
 
+EMPTY_PATHS = {
+    "ca init --out": ("ca", "init", "--out", ""),
+    "ca server-cert --out": ("ca", "server-cert", "--ca", "ca", "--name", "a", "--out", ""),
+    "certs mint --out": ("certs", "mint", "--ca", "ca", "--count", "1", "--out", ""),
+    "emulator serve --state-dir": (
+        "emulator", "serve", "--ca", "ca/ca.pem", "--port", "0", "--state-dir", "",
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("args", list(EMPTY_PATHS.values()), ids=list(EMPTY_PATHS))
+def test_an_empty_path_is_refused_not_taken_for_the_current_folder(tmp_path, args):
+    """An unset variable's ``--out "$DIR"``: the CA, fleet or state would land in
+    the current folder."""
+    (tmp_path / "work").mkdir()
+    assert run_loadgen("ca", "init", "--out", tmp_path / "work" / "ca").code == 0
+    result = run_loadgen(*args, cwd=tmp_path / "work")
+    assert_user_error(result, f"'{args[-2]}': an empty path")
+    assert os.listdir(tmp_path / "work") == ["ca"]
+
+
 def test_placeholders_and_wildcards_make_a_valid_subscribe_filter(tmp_path):
     path = _write_scenario(
         tmp_path, 1883, "after_connect:\n  - subscribe: {topic: 'cmd/{client_id}/+/#'}\n"

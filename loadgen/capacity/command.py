@@ -17,6 +17,7 @@ from rich.console import Console
 
 from loadgen.capacity.search import EmulatorCpu, Search, Step, section, throttles, verdict
 from loadgen.certs.profile import MAX_DEVICES
+from loadgen.cli.common import PATH
 from loadgen.cli.options import Outputs, output_options, target_options
 from loadgen.errors import UserError
 from loadgen.load.plan import AUTO, RunPlan, Workers
@@ -86,7 +87,7 @@ def _search(
 
 
 @click.command("capacity")
-@click.argument("scenario_path", metavar="SCENARIO", type=click.Path(path_type=Path))
+@click.argument("scenario_path", metavar="SCENARIO", type=PATH)
 @click.option(
     "--slo",
     "slo_texts",

@@ -28,7 +28,7 @@ from loadgen.aws.snippet import scenario_text
 from loadgen.aws.teardown import Teardown
 from loadgen.certs.ca import refuse_ca_file
 from loadgen.certs.store import FleetStore
-from loadgen.cli.common import FiniteRange, stderr_console, warn
+from loadgen.cli.common import PATH, FiniteRange, stderr_console, warn
 from loadgen.errors import LoadgenError, UserError
 from loadgen.files import check_writable, write_output
 from loadgen.transport.tls import trust_problem
@@ -91,15 +91,15 @@ def _check_not_read(scenario: Path, ca_dir: Path, inputs: dict[str, Path | None]
 
 
 @aws.command("setup")
-@click.option("--ca", "ca_dir", required=True, type=click.Path(path_type=Path), help="CA folder.")
+@click.option("--ca", "ca_dir", required=True, type=PATH, help="CA folder.")
 @click.option(
     "--registration-config",
-    type=click.Path(path_type=Path),
+    type=PATH,
     help="templateBody + roleArn JSON, as register-ca-certificate takes it.",
 )
 @click.option(
     "--template",
-    type=click.Path(path_type=Path),
+    type=PATH,
     help="A readable template (.yaml/.json) instead of --registration-config.",
 )
 @click.option("--role-arn", help="The provisioning role (default: the config's roleArn).")
@@ -116,15 +116,15 @@ def _check_not_read(scenario: Path, ca_dir: Path, inputs: dict[str, Path | None]
 )
 @click.option(
     "--fleet",
-    type=click.Path(path_type=Path),
+    type=PATH,
     help="The fleet's folder: the thing groups its devices compute are created too.",
 )
 @click.option(
     "--server-ca",
-    type=click.Path(path_type=Path),
+    type=PATH,
     help="The scenario trusts this CA file (default: Amazon Root CA 1 from the system store).",
 )
-@click.option("--write-scenario", type=click.Path(path_type=Path), help="Write the scenario here.")
+@click.option("--write-scenario", type=PATH, help="Write the scenario here.")
 @_account_options
 def aws_setup(
     ca_dir: Path,
@@ -215,7 +215,7 @@ def aws_setup(
 
 
 @aws.command("status")
-@click.option("--ca", "ca_dir", required=True, type=click.Path(path_type=Path), help="CA folder.")
+@click.option("--ca", "ca_dir", required=True, type=PATH, help="CA folder.")
 @click.option(
     "--sample",
     type=click.IntRange(min=0),
@@ -257,7 +257,7 @@ def aws_status(
 
 
 @aws.command("teardown")
-@click.option("--ca", "ca_dir", required=True, type=click.Path(path_type=Path), help="CA folder.")
+@click.option("--ca", "ca_dir", required=True, type=PATH, help="CA folder.")
 @click.option("--dry-run", is_flag=True, help="Say what would be deleted; change nothing.")
 @click.option("--yes", is_flag=True, help="Do not ask before deleting.")
 @click.option("--keep-ca", is_flag=True, help="Leave the CA registered.")

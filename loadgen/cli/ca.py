@@ -8,7 +8,7 @@ import click
 
 from loadgen.certs import ca as ca_mod
 from loadgen.certs.keys import KeyType
-from loadgen.cli.common import KEY_TYPES
+from loadgen.cli.common import KEY_TYPES, PATH
 from loadgen.errors import UserError
 from loadgen.files import write
 
@@ -19,7 +19,7 @@ def ca() -> None:
 
 
 @ca.command("init")
-@click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="CA folder.")
+@click.option("--out", "out", required=True, type=PATH, help="CA folder.")
 @click.option("--key-type", type=KEY_TYPES, default=KeyType.EC_P256.value, show_default=True)
 @click.option("--subject", default=ca_mod.DEFAULT_SUBJECT, show_default=True, help="RFC 4514.")
 @click.option("--days", type=int, default=3650, show_default=True, help="Validity in days.")
@@ -36,9 +36,9 @@ def ca_init(out: Path, key_type: str, subject: str, days: int, force: bool) -> N
 
 
 @ca.command("verification-cert")
-@click.option("--ca", "ca_dir", required=True, type=click.Path(path_type=Path), help="CA folder.")
+@click.option("--ca", "ca_dir", required=True, type=PATH, help="CA folder.")
 @click.option("--registration-code", required=True, help="From `aws iot get-registration-code`.")
-@click.option("--out", "out", required=True, type=click.Path(path_type=Path))
+@click.option("--out", "out", required=True, type=PATH)
 def ca_verification_cert(ca_dir: Path, registration_code: str, out: Path) -> None:
     """The verification certificate `aws iot register-ca-certificate` asks for."""
     authority = ca_mod.load_ca(ca_dir)
@@ -54,9 +54,9 @@ def ca_verification_cert(ca_dir: Path, registration_code: str, out: Path) -> Non
 
 
 @ca.command("server-cert")
-@click.option("--ca", "ca_dir", required=True, type=click.Path(path_type=Path), help="CA folder.")
+@click.option("--ca", "ca_dir", required=True, type=PATH, help="CA folder.")
 @click.option("--name", "names", required=True, multiple=True, help="DNS name or IP; repeatable.")
-@click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="OUT.pem/.key")
+@click.option("--out", "out", required=True, type=PATH, help="OUT.pem/.key")
 def ca_server_cert(ca_dir: Path, names: tuple[str, ...], out: Path) -> None:
     """A TLS server certificate signed by the CA (for a broker or the emulator)."""
     authority = ca_mod.load_ca(ca_dir)

@@ -24,7 +24,7 @@ from loadgen.certs.inspect import FleetSummary, summarize
 from loadgen.certs.mint import InputNames, MintRequest, mint
 from loadgen.certs.mint import check as check_mint
 from loadgen.certs.profile import load_profile
-from loadgen.cli.common import stderr_console
+from loadgen.cli.common import PATH, stderr_console
 from loadgen.cli.options import SHARD
 from loadgen.cores import cores
 from loadgen.errors import UserError
@@ -38,12 +38,12 @@ def certs() -> None:
 
 
 @certs.command("mint")
-@click.option("--ca", "ca_dir", required=True, type=click.Path(path_type=Path), help="CA folder.")
+@click.option("--ca", "ca_dir", required=True, type=PATH, help="CA folder.")
 @click.option("--count", required=True, type=int, help="Devices the fleet should hold.")
-@click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Fleet folder.")
+@click.option("--out", "out", required=True, type=PATH, help="Fleet folder.")
 @click.option(
     "--profile",
-    type=click.Path(path_type=Path),
+    type=PATH,
     help="Subject profile YAML (default: the fleet's own, or the built-in default).",
 )
 @click.option("--seed", type=int, help="Subject seed (default: the fleet's own, or 0).")
@@ -116,7 +116,7 @@ def certs_mint(
 
 
 @certs.command("inspect")
-@click.argument("fleet", type=click.Path(path_type=Path))
+@click.argument("fleet", type=PATH)
 @click.option("--verify", is_flag=True, help="Check every certificate file against the manifest.")
 def certs_inspect(fleet: Path, verify: bool) -> None:
     """Summarize a fleet: key types, faults, subject variety, validity window."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import click
@@ -23,6 +24,19 @@ class FiniteRange(click.FloatRange):
         return number
 
 
+class PathType(click.Path):
+    """A file or folder a command reads or writes. An empty one (an unset
+    variable's ``--out "$DIR"``, say) is refused: as ``Path("")`` it would be
+    the current folder, and a CA, a fleet or an emulator's state would be
+    written into it."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if value == "":
+            self.fail("an empty path (it would be the current folder)", param, ctx)
+        return super().convert(value, param, ctx)
+
+
+PATH = PathType(path_type=Path)
 POSITIVE = FiniteRange(min=0, min_open=True)  # above zero
 NOT_NEGATIVE = FiniteRange(min=0)
 

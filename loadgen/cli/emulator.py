@@ -9,7 +9,7 @@ import click
 import uvloop
 
 from loadgen import lifeline as lifeline_mod
-from loadgen.cli.common import POSITIVE
+from loadgen.cli.common import PATH, POSITIVE
 from loadgen.emulator import limits as emu_limits
 from loadgen.emulator import serve as emu_serve
 from loadgen.emulator.defaults import REGISTRATION_CONFIG
@@ -37,28 +37,26 @@ def emulator() -> None:
 @emulator.command("serve")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=PORT_OR_ANY, default=8883, show_default=True, help="0: any free port.")
-@click.option(
-    "--server-cert", type=click.Path(path_type=Path), help="Default: made under --state-dir."
-)
-@click.option("--server-key", type=click.Path(path_type=Path))
+@click.option("--server-cert", type=PATH, help="Default: made under --state-dir.")
+@click.option("--server-key", type=PATH)
 @click.option(
     "--ca",
     "cas",
     multiple=True,
-    type=click.Path(path_type=Path),
+    type=PATH,
     help="A CA certificate to register (with auto-registration); repeatable.",
 )
 @click.option(
     "--registration-config",
     "configs",
     multiple=True,
-    type=click.Path(path_type=Path),
+    type=PATH,
     help="templateBody and roleArn JSON for the --ca at the same position "
     "(default: a built-in template).",
 )
 @click.option(
     "--state-dir",
-    type=click.Path(path_type=Path),
+    type=PATH,
     default=Path(".loadgen/emulator"),
     show_default=True,
     help="Where the emulator's own server CA and certificate live.",
@@ -95,20 +93,20 @@ def emulator() -> None:
     "--ca-inactive",
     "inactive_cas",
     multiple=True,
-    type=click.Path(path_type=Path),
+    type=PATH,
     help="A CA registered INACTIVE: its devices fail the TLS handshake.",
 )
 @click.option(
     "--ca-no-auto-registration",
     "manual_cas",
     multiple=True,
-    type=click.Path(path_type=Path),
+    type=PATH,
     help="A CA registered ACTIVE without auto-registration: unknown devices are closed.",
 )
 @click.option(
     "--state",
     "state_db",
-    type=click.Path(path_type=Path),
+    type=PATH,
     help="Keep the registry in this SQLite file: a restart keeps what was provisioned.",
 )
 @click.option(

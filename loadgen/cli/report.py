@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from loadgen.cli.common import warn
+from loadgen.cli.common import PATH, warn
 from loadgen.cli.options import check_destinations, gate_options
 from loadgen.errors import UserError
 from loadgen.files import each_output
@@ -33,14 +33,14 @@ def report() -> None:
 
 
 @report.command("show")
-@click.argument("path", metavar="REPORT", type=click.Path(path_type=Path))
+@click.argument("path", metavar="REPORT", type=PATH)
 def report_show(path: Path) -> None:
     """Print a report as tables."""
     print_report(Console(highlight=False), report_merge.load_report(path, report_fields.SHOW))
 
 
 @report.command("html")
-@click.argument("path", metavar="REPORT", type=click.Path(path_type=Path))
+@click.argument("path", metavar="REPORT", type=PATH)
 @click.option(
     "-o", "--out", "out", required=True, type=DESTINATION, help="A file or s3://BUCKET/KEY."
 )
@@ -74,7 +74,7 @@ def report_html(path: Path, out: Destination) -> None:
 @click.option(
     "--scenario",
     "scenario_path",
-    type=click.Path(path_type=Path),
+    type=PATH,
     help="Apply the gates: of this scenario (as the shards ran it) too.",
 )
 @gate_options
@@ -142,8 +142,8 @@ def wait_seconds(text: str | None, expect: int | None) -> float:
 
 
 @report.command("compare")
-@click.argument("baseline_path", metavar="BASELINE", type=click.Path(path_type=Path))
-@click.argument("current_path", metavar="CURRENT", type=click.Path(path_type=Path))
+@click.argument("baseline_path", metavar="BASELINE", type=PATH)
+@click.argument("current_path", metavar="CURRENT", type=PATH)
 @click.option(
     "--max-regression",
     default="10%",

@@ -18,7 +18,7 @@ from rich.progress import (
 
 from loadgen.certs.mint import MintResult
 from loadgen.cli.certs import MintBar
-from loadgen.cli.common import stderr_console, warn
+from loadgen.cli.common import PATH, stderr_console, warn
 from loadgen.cli.options import (
     Outputs,
     gate_options,
@@ -51,7 +51,7 @@ from loadgen.words import counted
 
 
 @click.command("run")
-@click.argument("scenario_path", metavar="SCENARIO", type=click.Path(path_type=Path))
+@click.argument("scenario_path", metavar="SCENARIO", type=PATH)
 @click.option("--count", type=int, help="Devices to run (default: the scenario's fleet.count).")
 @click.option("--rate", help="A constant arrival rate instead of the scenario's, e.g. 200/s.")
 @gate_options

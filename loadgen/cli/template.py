@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from loadgen.cli.common import PATH
 from loadgen.emulator import check as emu_check
 from loadgen.emulator import render as emu_render
 from loadgen.scenario.schema import load_scenario
@@ -20,7 +21,7 @@ def template() -> None:
 
 
 @template.command("render")
-@click.argument("path", metavar="TEMPLATE", type=click.Path(path_type=Path))
+@click.argument("path", metavar="TEMPLATE", type=PATH)
 @click.option("--role-arn", required=True, help="A role with AWSIoTThingsRegistration.")
 def template_render(path: Path, role_arn: str) -> None:
     """A readable template (.yaml or .json) in, the --registration-config JSON out."""
@@ -29,11 +30,11 @@ def template_render(path: Path, role_arn: str) -> None:
 
 
 @template.command("check")
-@click.argument("path", metavar="CONFIG", type=click.Path(path_type=Path))
+@click.argument("path", metavar="CONFIG", type=PATH)
 @click.option(
     "--scenario",
     "scenario_path",
-    type=click.Path(path_type=Path),
+    type=PATH,
     help="Check against this scenario's fleet profile, client ids and topics.",
 )
 def template_check(path: Path, scenario_path: Path | None) -> None:
