@@ -106,6 +106,36 @@ SCENARIO_MISTAKES = {
         ":7: mqtt.client_id:",
         "999999999999 is wider than 256 characters",
     ),
+    "U+0000 in the client id (MQTT strings cannot carry it)": (
+        LOAD,
+        'mqtt: {client_id: "a\\u0000{index}"}\n',
+        ":7: mqtt.client_id:",
+        "cannot hold the character U+0000",
+    ),
+    "U+0000 as the fill of a client id placeholder": (
+        LOAD,
+        'mqtt: {client_id: "{index:\\u0000>8}"}\n',
+        ":7: mqtt.client_id:",
+        "cannot hold the character U+0000",
+    ),
+    "a lone surrogate in the client id (UTF-8 cannot encode it)": (
+        LOAD,
+        'mqtt: {client_id: "\\ud800{index}"}\n',
+        ":7: mqtt.client_id:",
+        "cannot hold the character U+D800",
+    ),
+    "a lone surrogate in a subscribe filter": (
+        LOAD,
+        'after_connect:\n  - subscribe: {topic: "cmd/\\udfff"}\n',
+        ":8: after_connect[0].subscribe.topic:",
+        "cannot hold the character U+DFFF",
+    ),
+    "a lone surrogate in a publish topic": (
+        LOAD,
+        'after_connect:\n  - publish: {topic: "dt/\\ud800"}\n',
+        ":8: after_connect[0].publish.topic:",
+        "cannot hold the character U+D800",
+    ),
     "a wildcard beside a placeholder in a subscribe filter": (
         LOAD,
         "after_connect:\n  - subscribe: {topic: 'cmd/{client_id}+'}\n",

@@ -3,9 +3,24 @@ UTF-8 strings and binary data, and a bounds-checked reader over a packet body.""
 
 from __future__ import annotations
 
+import re
+
 from loadgen.mqtt.errors import MalformedPacket
 
 MAX_VARINT = 268_435_455
+
+# What an MQTT UTF-8 string must not hold (MQTT 5 1.5.4, 3.1.1 1.5.3): U+0000, and
+# the UTF-16 surrogates, which UTF-8 cannot encode at all. A Python str can hold a
+# lone one: a YAML or JSON "\ud800" escape makes it.
+_NOT_CARRIED = re.compile("[\x00\ud800-\udfff]")
+
+
+def uncarried(text: str) -> str | None:
+    """The first character of ``text`` that no MQTT UTF-8 string can carry, as
+    ``U+XXXX``; None when every one can. For input checked once, before a run:
+    sending such a text fails (a surrogate) or is a malformed packet (U+0000)."""
+    found = _NOT_CARRIED.search(text)
+    return None if found is None else f"U+{ord(found.group()):04X}"
 
 
 def varint(value: int) -> bytes:
