@@ -150,6 +150,18 @@ def test_without_a_profile_the_default_gives_unique_names():
         ("subject: {}\n", ":1: subject: names no field"),
         ("subject:\n  common_name: null\n", ":1: subject: names no field"),
         (
+            'subject:\n  common_name: "dev\\u0000{index}"\n',
+            ":2: subject.common_name: 'dev\\x00{index}': common_name cannot hold",
+        ),
+        (
+            'subject:\n  organization: {choice: ["a\\ud800"]}\n',
+            ":2: subject.organization: 'a\\ud800': organization cannot hold the character U+D800",
+        ),
+        (
+            'subject: {common_name: "dev{index}"}\nclient_id: "c\\u0000{index}"\n',
+            ":2: client_id: 'c\\x00{index}': client_id cannot hold the character U+0000",
+        ),
+        (
             "subject:\n  common_name: 'a{index:c}'\n",
             ":2: subject.common_name: {index:c}: an index is written as a number",
         ),

@@ -34,6 +34,7 @@ from loadgen.certs.keys import KeyType
 from loadgen.certs.subject import BY_NAME, FIELDS, MISSING_PREFIX, SubjectValueError
 from loadgen.config import load_model
 from loadgen.errors import ConfigError, UserError
+from loadgen.mqtt.wire import uncarried
 
 # A sanity bound on a fleet: far past any run here (a device's store is about
 # 9 KiB: 900 GB), and short of what a device index can be (eight bytes of each
@@ -190,6 +191,20 @@ def _varies(spec: FieldSpec) -> bool:
     return isinstance(spec, str) and _constant(spec) is None
 
 
+def _check_carried(text: str, name: str) -> None:
+    """ValueError for a character no MQTT string can carry (U+0000, a lone
+    surrogate) in a subject value or its template: a subject field is a client id
+    (common_name by default) and a topic's placeholder, and a surrogate cannot be
+    encoded in a certificate either. Placeholders only add digits and letters, so
+    the template's own text is all there is to check, once, at load."""
+    bad = uncarried(text)
+    if bad is not None:
+        raise ValueError(
+            f"{text!r}: {name} cannot hold the character {bad} "
+            "(certificates and MQTT client ids cannot carry it)"
+        )
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -234,9 +249,11 @@ class SubjectSpec(_Strict):
             _compile_template(spec, references=())
             constant = _constant(spec)
             values = [] if constant is None else [constant]
+            _check_carried(spec, name)
         else:
             values = spec.cycle if isinstance(spec, Cycle) else list(spec.choice) if spec else []
         for value in values:
+            _check_carried(value, name)
             try:
                 BY_NAME[name].check(value)
             except SubjectValueError as exc:
@@ -310,6 +327,8 @@ class Profile(_Strict):
         subject = info.data.get("subject")
         if v is not None and subject is not None:
             _compile_template(v, references=tuple(subject.set_fields()))
+        if v is not None:
+            _check_carried(v, "client_id")
         return v
 
     @field_validator("faults")
