@@ -162,6 +162,10 @@ def test_without_a_profile_the_default_gives_unique_names():
             ":2: client_id: 'c\\x00{index}': client_id cannot hold the character U+0000",
         ),
         (
+            'subject: {common_name: "dev{index}"}\nclient_id: ""\n',
+            ":2: client_id: an empty client id",
+        ),
+        (
             "subject:\n  common_name: 'a{index:c}'\n",
             ":2: subject.common_name: {index:c}: an index is written as a number",
         ),

@@ -329,6 +329,14 @@ class Profile(_Strict):
             _compile_template(v, references=tuple(subject.set_fields()))
         if v is not None:
             _check_carried(v, "client_id")
+        if v == "":
+            # MQTT 5 lets a client leave its id to the server (3.1.3.1), but a fleet's
+            # devices are told apart, and a JITP device authorized, by their own ids:
+            # AWS IoT's policies allow client/${iot:Connection.Thing.ThingName}.
+            raise ValueError(
+                "an empty client id: every device would connect without one; "
+                "leave client_id out for the default, {common_name}"
+            )
         return v
 
     @field_validator("faults")
