@@ -362,6 +362,39 @@ def test_fn_and_with_one_condition_is_refused():
     ]
 
 
+def test_conditions_that_name_each_other_in_a_circle_are_refused():
+    """CloudFormation refuses them; the emulator recursed until RecursionError at
+    every provisioning."""
+    problems = _problems(
+        {"ThingName": {"Fn::If": ["A", "a", "b"]}},
+        Conditions={"A": {"Condition": "B"}, "B": {"Condition": "A"}},
+    )
+    assert problems == [
+        "Conditions.A: refers to itself (A -> B -> A): CloudFormation refuses circular "
+        "conditions, and no value could be found"
+    ]
+
+
+def test_a_condition_naming_itself_inside_a_function_is_refused():
+    problems = _problems(
+        {"ThingName": "x"},
+        Conditions={
+            "Yes": {"Fn::Equals": ["a", "a"]},
+            "Loop": {"Fn::And": [{"Condition": "Yes"}, {"Fn::Not": [{"Condition": "Loop"}]}]},
+        },
+    )
+    assert problems == [
+        "Conditions.Loop: refers to itself (Loop -> Loop): CloudFormation refuses circular "
+        "conditions, and no value could be found"
+    ]
+
+
+def test_conditions_naming_a_shared_condition_are_no_circle():
+    both = {"Fn::And": [{"Condition": "Yes"}, {"Condition": "Yes"}]}
+    conditions = {"Yes": {"Fn::Equals": ["a", "a"]}, "Both": both, "Either": {"Condition": "Both"}}
+    assert _problems({"ThingName": "x"}, Conditions=conditions) == []
+
+
 def test_a_condition_key_in_a_property_is_a_plain_attribute():
     properties = {"ThingName": "x", "AttributePayload": {"Condition": "refurbished"}}
     assert _problems(properties) == []

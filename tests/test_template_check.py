@@ -264,3 +264,33 @@ def test_a_run_refuses_an_emulator_role_arn_that_is_not_an_iam_roles_arn(tmp_pat
     result = run_loadgen("run", tmp_path / "s.yaml")
     assert_user_error(result, "emulator.role_arn: 'JITPRole' is not an IAM role's ARN")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.yaml"]
+
+
+CIRCULAR = {
+    "Parameters": {"AWS::IoT::Certificate::CommonName": {"Type": "String"}},
+    "Conditions": {"A": {"Condition": "B"}, "B": {"Condition": "A"}},
+    "Resources": {
+        "thing": {
+            "Type": "AWS::IoT::Thing",
+            "Condition": "A",
+            "Properties": {"ThingName": {"Ref": "AWS::IoT::Certificate::CommonName"}},
+        }
+    },
+}
+
+
+def test_check_reports_circular_conditions_as_an_error(tmp_path):
+    result = run_loadgen("template", "check", _config(tmp_path, CIRCULAR))
+    assert result.code == 1, (result.out, result.err)
+    assert _check_line(result).startswith("Conditions.A: refers to itself (A -> B -> A)")
+
+
+def test_a_run_refuses_circular_conditions_before_the_emulator_starts(tmp_path):
+    config = _config(tmp_path, CIRCULAR)
+    scenario = yaml.safe_load(QUICKSTART.read_text())
+    scenario["fleet"] = {"ca": "ca", "store": "fleet", "count": 5}
+    scenario["emulator"] = {"registration_config": str(config)}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(scenario))
+    result = run_loadgen("run", tmp_path / "s.yaml", "--report", tmp_path / "r.json")
+    assert_user_error(result, f"{config}: Conditions.A: refers to itself (A -> B -> A)")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "s.yaml"]

@@ -164,6 +164,62 @@ def _is_function(node: Any) -> str | None:
     return None
 
 
+def _condition_references(node: Any) -> list[str]:
+    """The conditions a condition's body names: by {"Condition": name}, and by an
+    Fn::If's first argument. Walked without recursion: a body nested thousands
+    deep is JSON that loads."""
+    found: list[str] = []
+    pending = [node]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, list):
+            pending.extend(reversed(item))
+            continue
+        if not isinstance(item, dict):
+            continue
+        name = _is_function(item)
+        named = item[name] if name == "Condition" else None
+        if name == "Fn::If" and isinstance(item[name], list) and item[name]:
+            named = item[name][0]
+        if isinstance(named, str):
+            found.append(named)
+        pending.extend(reversed(list(item.values())))
+    return found
+
+
+def _circles(conditions: dict[str, Any]) -> list[list[str]]:
+    """Each circle of conditions naming each other (A names B, B names A), as the
+    names along it from the first found; once each, by a depth-first walk. The
+    evaluator would recurse around one until Python's stack ran out, at every
+    provisioning."""
+    names = {name: _condition_references(body) for name, body in conditions.items()}
+    done: set[str] = set()
+    circles: list[list[str]] = []
+    for start in names:
+        if start in done:
+            continue
+        path: list[str] = [start]
+        on_path = {start}
+        branches = [iter(names[start])]
+        while branches:
+            following = next(branches[-1], None)
+            if following is None:
+                finished = path.pop()
+                on_path.discard(finished)
+                done.add(finished)
+                branches.pop()
+                continue
+            if following in on_path:
+                circle = path[path.index(following) :]
+                if not any(set(circle) == set(seen) for seen in circles):  # named twice
+                    circles.append(circle)
+            elif following in names and following not in done:
+                path.append(following)
+                on_path.add(following)
+                branches.append(iter(names[following]))
+    return circles
+
+
 class _Checker:
     def __init__(self, template: dict[str, Any]) -> None:
         self.template = template
@@ -184,8 +240,15 @@ class _Checker:
         self.check_parameters()
         self.check_mappings()
         self.check_resources()
-        for name, condition in self.section("Conditions").items():
+        conditions = self.section("Conditions")
+        for name, condition in conditions.items():
             self.condition(condition, f"Conditions.{name}")
+        for cycle in _circles(conditions):
+            self.add(
+                f"Conditions.{cycle[0]}",
+                f"refers to itself ({' -> '.join([*cycle, cycle[0]])}): "
+                "CloudFormation refuses circular conditions, and no value could be found",
+            )
         return self.problems
 
     def section(self, name: str) -> dict[str, Any]:
