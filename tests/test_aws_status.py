@@ -9,7 +9,15 @@ from pathlib import Path
 from loadgen.aws.status import storm_quotas, template_summary
 from loadgen.certs.ca import init_ca
 from tests.conftest import assert_user_error
-from tests.moto_aws import POLICY, REGION, client, loadgen_aws, provision
+from tests.moto_aws import (
+    CREDENTIALS,
+    POLICY,
+    REGION,
+    client,
+    loadgen_aws,
+    no_credentials_env,
+    provision,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 LIGHTBULB = ROOT / "scenarios" / "templates" / "lightbulb.yaml"
@@ -114,3 +122,25 @@ def test_a_setup_record_of_the_wrong_shape_is_one_line_naming_the_field(tmp_path
         record.write_text(json.dumps(fields_))
         result = loadgen_aws("status", "--ca", ca.directory, "--endpoint-url", "http://127.0.0.1:9")
         assert_user_error(result, f"{record}: malformed record: field {wrong}")
+
+
+def _status(tmp_path, *args, env=None):
+    """`aws status` of a fresh CA; nothing answers at 127.0.0.1:9 (none is asked)."""
+    ca = init_ca(tmp_path / "ca")
+    return loadgen_aws("status", "--ca", ca.directory, "--region", REGION, *args, env=env)
+
+
+def test_an_endpoint_url_with_an_unclosed_ipv6_bracket_is_one_line(tmp_path):
+    result = _status(tmp_path, "--endpoint-url", "http://[::1")
+    assert_user_error(result, "--endpoint-url http://[::1: not a URL (Invalid IPv6 URL)")
+
+
+def test_an_endpoint_url_with_a_port_out_of_range_is_one_line(tmp_path):
+    result = _status(tmp_path, "--endpoint-url", "http://127.0.0.1:99999")
+    assert_user_error(result, "--endpoint-url http://127.0.0.1:99999: not a URL (Port out of range")
+
+
+def test_an_aws_endpoint_url_variable_that_is_no_url_is_one_line_naming_it(tmp_path):
+    env = no_credentials_env(tmp_path) | CREDENTIALS | {"AWS_ENDPOINT_URL": "notaurl"}
+    result = _status(tmp_path, env=env)
+    assert_user_error(result, "AWS_ENDPOINT_URL notaurl: not an http(s) URL")

@@ -103,6 +103,16 @@ def test_an_s3_nobody_answers_is_one_line(tmp_path, mosquitto, device_ca):
     assert not (tmp_path / "fleet").exists()
 
 
+def test_an_s3_endpoint_variable_that_is_no_url_is_one_line_naming_it(
+    tmp_path, mosquitto, device_ca
+):
+    scenario = _scenario(tmp_path, mosquitto, device_ca)
+    env = no_credentials_env(tmp_path) | CREDENTIALS | {"AWS_ENDPOINT_URL_S3": "notaurl"}
+    result = run_loadgen("run", scenario, "--report", f"s3://{BUCKET}/r.json", env=env)
+    assert_user_error(result, "--report: AWS_ENDPOINT_URL_S3 notaurl: not an http(s) URL")
+    assert not (tmp_path / "fleet").exists()
+
+
 @pytest.mark.parametrize(
     ("url", "message"),
     [

@@ -5,6 +5,8 @@ them, and botocore's adaptive retries, so throttling slows calls down."""
 from __future__ import annotations
 
 import functools
+import os
+import urllib.parse
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +45,7 @@ class Account:
         retries = (
             _RETRY if attempts is None else {"mode": "standard", "total_max_attempts": attempts}
         )
+        check_endpoint(service, self.endpoint_url, "--endpoint-url")
         return self._session.client(
             service, endpoint_url=self.endpoint_url, config=botocore.config.Config(retries=retries)
         )
@@ -73,6 +76,34 @@ class Account:
         if self.endpoint_url is None:
             _check_region(session, session.region_name)
         return session
+
+
+def endpoint_problem(url: str) -> str | None:
+    """Why ``url`` is no endpoint botocore can call; None when it is one. botocore
+    takes a port past 65535 and fails at the first call, and raises a bare
+    ValueError for an unclosed IPv6 bracket: both are asked of urlsplit here."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 (raises ValueError for a port out of range)
+    except ValueError as exc:
+        return f"not a URL ({exc})"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "not an http(s) URL with a host, e.g. http://127.0.0.1:8443"
+    return None
+
+
+def check_endpoint(service: str, given: str | None, option: str, where: str = "") -> None:
+    """The endpoint botocore will call for ``service`` (``given``, else
+    AWS_ENDPOINT_URL_<SERVICE>, else AWS_ENDPOINT_URL), refused in one line naming
+    the option or variable it came from."""
+    variables = (f"AWS_ENDPOINT_URL_{service.upper()}", "AWS_ENDPOINT_URL")
+    sources = [(option, given), *((name, os.environ.get(name)) for name in variables)]
+    for source, url in sources:
+        if url:
+            problem = endpoint_problem(url)
+            if problem is not None:
+                raise UserError(f"{where}{source} {url}: {problem}")
+            return
 
 
 def _check_region(session: Any, region: str) -> None:

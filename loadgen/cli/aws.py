@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from rich.progress import (
 )
 
 from loadgen.aws import status as status_mod
-from loadgen.aws.account import Account
+from loadgen.aws.account import Account, endpoint_problem
 from loadgen.aws.calls import Api
 from loadgen.aws.ratelimit import RateLimits
 from loadgen.aws.record import SetupRecord, load_record, record_path
@@ -42,12 +41,8 @@ def aws() -> None:
 def _endpoint_url(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     """An http(s) URL with a host, as botocore takes it; refused in one line here,
     not as botocore's traceback at the first call."""
-    if value is not None:
-        parts = urllib.parse.urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise UserError(
-                f"--endpoint-url {value}: not an http(s) URL, e.g. http://127.0.0.1:8443"
-            )
+    if value is not None and (problem := endpoint_problem(value)) is not None:
+        raise UserError(f"--endpoint-url {value}: {problem}")
     return value
 
 

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from loadgen.aws.account import error_code
+from loadgen.aws.account import check_endpoint, error_code
 from loadgen.errors import LoadgenError, OutputError, UserError
 
 SCHEME = "s3://"
@@ -110,6 +110,7 @@ class S3:
         import botocore.config
 
         session = boto3.Session()
+        check_endpoint("s3", None, "", where=f"{self.option}: ")
         if session.get_credentials() is None:
             raise UserError(
                 f"{self.option}: no AWS credentials found (environment, ~/.aws, "
