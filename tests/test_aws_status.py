@@ -144,3 +144,11 @@ def test_an_aws_endpoint_url_variable_that_is_no_url_is_one_line_naming_it(tmp_p
     env = no_credentials_env(tmp_path) | CREDENTIALS | {"AWS_ENDPOINT_URL": "notaurl"}
     result = _status(tmp_path, env=env)
     assert_user_error(result, "AWS_ENDPOINT_URL notaurl: not an http(s) URL")
+
+
+def test_status_with_an_aws_config_file_botocore_cannot_parse_is_bad_input(tmp_path):
+    config = tmp_path / "config"
+    config.write_bytes(b"\xff\xfe garbage [")
+    env = no_credentials_env(tmp_path) | CREDENTIALS | {"AWS_CONFIG_FILE": str(config)}
+    result = _status(tmp_path, env=env)
+    assert_user_error(result, f"Unable to parse config file: {config}")

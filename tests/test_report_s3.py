@@ -103,6 +103,28 @@ def test_an_s3_nobody_answers_is_one_line(tmp_path, mosquitto, device_ca):
     assert not (tmp_path / "fleet").exists()
 
 
+def test_an_unknown_aws_profile_is_one_line_naming_the_option_and_variable(
+    tmp_path, mosquitto, device_ca
+):
+    scenario = _scenario(tmp_path, mosquitto, device_ca)
+    env = no_credentials_env(tmp_path) | {"AWS_PROFILE": "nope"}
+    result = run_loadgen("run", scenario, "--report", f"s3://{BUCKET}/r.json", env=env)
+    assert_user_error(result, "--report: AWS_PROFILE: The config profile (nope) could not be found")
+    assert not (tmp_path / "fleet").exists()
+
+
+def test_an_aws_config_file_botocore_cannot_parse_is_one_line_naming_the_option(
+    tmp_path, mosquitto, device_ca
+):
+    scenario = _scenario(tmp_path, mosquitto, device_ca)
+    config = tmp_path / "config"
+    config.write_bytes(b"\xff\xfe garbage [")
+    env = no_credentials_env(tmp_path) | {"AWS_CONFIG_FILE": str(config)}
+    result = run_loadgen("run", scenario, "--report", f"s3://{BUCKET}/r.json", env=env)
+    assert_user_error(result, f"--report: Unable to parse config file: {config}")
+    assert not (tmp_path / "fleet").exists()
+
+
 def test_an_s3_endpoint_variable_that_is_no_url_is_one_line_naming_it(
     tmp_path, mosquitto, device_ca
 ):

@@ -60,22 +60,34 @@ class Account:
     def _session(self) -> Any:
         """One boto3 session for every client (cached on the instance: a frozen
         dataclass's __dict__ still takes it)."""
-        import boto3
-        import botocore.exceptions
-
-        try:
-            session = boto3.Session(profile_name=self.profile, region_name=self.region)
-            if session.get_credentials() is None:
-                raise UserError(
-                    "no AWS credentials found (environment, --profile, ~/.aws, or an instance role)"
-                )
-        except botocore.exceptions.ProfileNotFound as exc:
-            raise UserError(f"--profile: {exc}") from None
+        session = open_session(self.profile, self.region)
+        if session.get_credentials() is None:
+            raise UserError(
+                "no AWS credentials found (environment, --profile, ~/.aws, or an instance role)"
+            )
         if session.region_name is None:
             raise UserError("no AWS region: give --region or set AWS_REGION")
         if self.endpoint_url is None:
             _check_region(session, session.region_name)
         return session
+
+
+def open_session(profile: str | None = None, region: str | None = None, where: str = "") -> Any:
+    """A boto3 session, its credentials looked for; a profile that does not exist
+    or a config file botocore cannot parse is a one-line ``UserError`` (``where``
+    before it), not botocore's traceback."""
+    import boto3
+    import botocore.exceptions as errors
+
+    try:
+        session = boto3.Session(profile_name=profile, region_name=region)
+        session.get_credentials()  # reads the config and credentials files (and caches)
+    except errors.ProfileNotFound as exc:
+        named = "--profile" if profile is not None else "AWS_PROFILE"
+        raise UserError(f"{where}{named}: {exc}") from None
+    except errors.ConfigParseError as exc:
+        raise UserError(f"{where}{exc}") from None
+    return session
 
 
 def endpoint_problem(url: str) -> str | None:

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from loadgen.aws.account import check_endpoint, error_code
+from loadgen.aws.account import check_endpoint, error_code, open_session
 from loadgen.errors import LoadgenError, OutputError, UserError
 
 SCHEME = "s3://"
@@ -106,10 +106,9 @@ class S3:
 
     @functools.cached_property
     def _client(self) -> Any:
-        import boto3
         import botocore.config
 
-        session = boto3.Session()
+        session = open_session(where=f"{self.option}: ")
         check_endpoint("s3", None, "", where=f"{self.option}: ")
         if session.get_credentials() is None:
             raise UserError(
