@@ -22,7 +22,8 @@ import yaml
 from pydantic import BaseModel, ValidationError
 from pydantic_core import PydanticCustomError
 
-from loadgen.errors import ConfigError
+from loadgen.errors import ConfigError, UserError
+from loadgen.files import CONFIG_LIMIT, read_limited
 
 Loc = tuple[str | int, ...]
 M = TypeVar("M", bound=BaseModel)
@@ -195,11 +196,14 @@ def read_yaml(path: Path, *, what: str) -> tuple[Any, _Document]:
     """A YAML file's plain data, read the strict way every file here is read
     (YAML 1.2 core schema, no duplicate keys), and the line of each path in it."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_limited(path, CONFIG_LIMIT, what).decode("utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{path}: {what} file not found") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read {what}: {exc}") from None
+    except UserError as exc:
+        # Too large: a configuration's problem, which "fleet.profile: " prefixes.
+        raise ConfigError(str(exc)) from None
     node = _compose(text, path)
     if node is None:
         raise ConfigError(f"{path}: the {what} is empty")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import os
 import secrets
+import stat
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -15,6 +16,16 @@ from loadgen.errors import OutputError, UserError
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
 _CREATE_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
 _READ_SIZE = 65536
+MiB = 1024 * 1024
+# The most read of a file a user gives (docs/scenarios.md#how-files-are-read):
+# scenarios, profiles, templates and registration configs are a few KiB (AWS
+# takes a template of 10,240 characters); a report grows about 1.5 MB an hour
+# of run, and a merge of hundreds of shards' reports is read one at a time.
+# Past these, a file is a mistake (/dev/zero, a log), not a file to read whole.
+CONFIG_LIMIT = 4 * MiB
+REPORT_LIMIT = 512 * MiB
+# One read of a file that never ends (a pipe) at a time, not the whole limit.
+_CHUNK = 4 * MiB
 
 
 def write(
@@ -53,6 +64,36 @@ def read(path: str | Path) -> bytes:
         return b"".join(chunks)
     finally:
         os.close(fd)
+
+
+def read_limited(path: str | Path, limit: int, what: str) -> bytes:
+    """A user's file (a scenario, a report, ...) whole, refused with a one-line
+    ``UserError`` naming it and ``limit`` when it holds more than ``limit`` bytes
+    or is a device (``/dev/zero`` never ends; a terminal waits for ever). A pipe
+    is read up to the limit. Other failures are the ``OSError`` of the call,
+    for the caller to word as it words a missing file."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        mode = os.fstat(fd)
+        if stat.S_ISCHR(mode.st_mode) or stat.S_ISBLK(mode.st_mode):
+            raise UserError(f"{path}: a device, not a {what} file")
+        # A regular file's size is known: one too large is refused unread.
+        if mode.st_size <= limit:
+            data = bytearray()
+            while chunk := os.read(fd, min(_CHUNK, limit + 1 - len(data))):
+                data += chunk
+                if len(data) > limit:
+                    break
+            else:
+                return bytes(data)
+    finally:
+        os.close(fd)
+    raise too_large(path, limit, what)
+
+
+def too_large(name: object, limit: int, what: str) -> UserError:
+    """What is said of a file or object past ``read_limited``'s ``limit``."""
+    return UserError(f"{name}: larger than {limit // MiB} MiB, the most a {what} may be")
 
 
 def write_atomic(path: Path, data: bytes, *, private: bool = False) -> None:

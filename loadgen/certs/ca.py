@@ -16,7 +16,7 @@ from cryptography.x509.oid import NameOID
 from loadgen.certs import der
 from loadgen.certs.keys import KeyType, PrivateKey, Signer, generate_key, key_pem, spki_der
 from loadgen.errors import CAError, UserError
-from loadgen.files import write, write_atomic
+from loadgen.files import CONFIG_LIMIT, read_limited, write, write_atomic
 
 CERT_FILE = "ca.pem"
 KEY_FILE = "ca.key"
@@ -188,8 +188,8 @@ def load_ca(directory: Path) -> CA:
     """Load and check a CA directory: both files readable, the key matching the cert."""
     cert_path, key_path = directory / CERT_FILE, directory / KEY_FILE
     try:
-        cert_bytes = cert_path.read_bytes()
-        key_bytes = key_path.read_bytes()
+        cert_bytes = read_limited(cert_path, CONFIG_LIMIT, "CA certificate")
+        key_bytes = read_limited(key_path, CONFIG_LIMIT, "CA key")
     except FileNotFoundError as exc:
         raise CAError(
             f"{exc.filename}: no CA here (create one with `loadgen ca init --out {directory}`)"

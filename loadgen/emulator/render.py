@@ -10,6 +10,7 @@ from typing import Any
 from loadgen.config import read_yaml
 from loadgen.emulator.structure import config_problems, template_problems
 from loadgen.errors import ConfigError
+from loadgen.files import CONFIG_LIMIT, read_limited
 
 
 def read_template(path: Path) -> Any:
@@ -20,7 +21,7 @@ def read_template(path: Path) -> Any:
         data, _ = read_yaml(path, what="template")
     else:
         try:
-            text = path.read_text()
+            text = read_limited(path, CONFIG_LIMIT, "template").decode()
         except OSError as exc:
             raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
         try:

@@ -31,7 +31,7 @@ from loadgen.emulator.server import Emulator
 from loadgen.emulator.state import RegistryStore
 from loadgen.emulator.structure import config_problems
 from loadgen.errors import ConfigError, LoadgenError, UserError
-from loadgen.files import write
+from loadgen.files import CONFIG_LIMIT, read_limited, write
 
 if TYPE_CHECKING:
     from loadgen.emulator.api.app import ApiStats
@@ -58,7 +58,8 @@ def read_registration_config(path: Path) -> Any:
     try:
         # strict=False: the reference document's readable example has raw line
         # breaks inside its strings.
-        return json.loads(path.read_text(), strict=False)
+        text = read_limited(path, CONFIG_LIMIT, "registration config").decode()
+        return json.loads(text, strict=False)
     except FileNotFoundError:
         raise ConfigError(f"{path}: registration config not found") from None
     except (OSError, ValueError) as exc:
@@ -95,7 +96,8 @@ def build_registry(
     certs = []
     for item in cas:
         try:
-            cert = x509.load_pem_x509_certificate(item.ca_pem.read_bytes())
+            pem = read_limited(item.ca_pem, CONFIG_LIMIT, "CA certificate")
+            cert = x509.load_pem_x509_certificate(pem)
         except (OSError, ValueError) as exc:
             raise ConfigError(f"{item.ca_pem}: not a PEM CA certificate ({exc})") from None
         if not marked_ca(cert):

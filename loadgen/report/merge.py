@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from loadgen.errors import UserError
+from loadgen.files import REPORT_LIMIT, read_limited
 from loadgen.metrics.histogram import LatencyHistogram
 from loadgen.metrics.intervals import LogBuckets
 from loadgen.metrics.stats import BREAKDOWN, PHASES
@@ -31,7 +32,7 @@ def load_report(path: Path, needs: Needs | None = None) -> dict[str, Any]:
     """A report file, with the fields ``needs`` names checked: anything else is a
     one-line ``UserError`` naming the file (and the field)."""
     try:
-        data = path.read_bytes()
+        data = read_limited(path, REPORT_LIMIT, "report")
     except FileNotFoundError:
         raise UserError(f"{path}: no such report") from None
     except IsADirectoryError:

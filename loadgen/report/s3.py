@@ -15,6 +15,7 @@ from typing import Any
 
 from loadgen.aws.account import check_endpoint, error_code, open_session
 from loadgen.errors import LoadgenError, OutputError, UserError
+from loadgen.files import REPORT_LIMIT, too_large
 
 SCHEME = "s3://"
 # S3's rules for a bucket name (3 to 63 lowercase letters, digits, dots and
@@ -151,11 +152,14 @@ class S3:
         client = self._client
         try:
             body = client.get_object(Bucket=url.bucket, Key=url.key)["Body"]
-            data: bytes = body.read()
+            # As a report file is read: no more than the limit, whatever the object holds.
+            data: bytes = body.read(REPORT_LIMIT + 1)
         except Exception as exc:
             if error_code(exc) in ("NoSuchKey", "404"):
                 raise UserError(f"{url}: no such report (a prefix ends with /)") from None
             raise self._error(exc, url, UserError, "cannot read: ") from None
+        if len(data) > REPORT_LIMIT:
+            raise too_large(url, REPORT_LIMIT, "report")
         return data
 
     def etag(self, url: S3Url) -> str | None:
