@@ -24,6 +24,7 @@ from pydantic_core import PydanticCustomError
 
 from loadgen.errors import ConfigError, UserError
 from loadgen.files import CONFIG_LIMIT, read_limited
+from loadgen.nesting import MAX_DEPTH
 
 Loc = tuple[str | int, ...]
 M = TypeVar("M", bound=BaseModel)
@@ -55,9 +56,36 @@ _CORE = (
 
 
 class _Yaml12Loader(yaml.SafeLoader):
-    """Composes nodes tagged by the YAML 1.2 core schema."""
+    """Composes nodes tagged by the YAML 1.2 core schema, no deeper than
+    ``MAX_DEPTH``: PyYAML composes by recursion, and a few thousand ``[`` in a
+    file ended in a RecursionError traceback."""
 
     yaml_implicit_resolvers: dict[Any, Any] = {}  # noqa: RUF012 (PyYAML reads it per class)
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+        self._open: set[str] = set()  # the anchors of the nodes being composed
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        event = self.peek_event()  # type: ignore[no-untyped-call]
+        line = event.start_mark.line + 1
+        anchor: str | None = getattr(event, "anchor", None)
+        if isinstance(event, yaml.AliasEvent):
+            if anchor in self._open:
+                # PyYAML makes a node that holds itself: reading it never ends.
+                raise ConfigError(f"{line}: the alias *{anchor} is inside the value it names")
+            return super().compose_node(parent, index)
+        if self._depth >= MAX_DEPTH:
+            raise ConfigError(f"{line}: nested deeper than {MAX_DEPTH} levels")
+        self._depth += 1
+        if anchor is not None:
+            self._open.add(anchor)
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+            self._open.discard(anchor or "")
 
 
 for _name, _pattern, _first in _CORE:
@@ -87,6 +115,13 @@ class _Document:
             raise ConfigError(
                 f"{node.start_mark.line + 1}: more than {MAX_VALUES:,} values once its "
                 "aliases are expanded; a file this tool reads holds far fewer"
+            )
+        if len(loc) > MAX_DEPTH:
+            # An alias of a deep value, inside another deep value: each file's
+            # nesting was within the limit, the expanded one is not.
+            raise ConfigError(
+                f"{node.start_mark.line + 1}: nested deeper than {MAX_DEPTH} levels "
+                "once its aliases are expanded"
             )
         self.lines[loc] = node.start_mark.line + 1
         if isinstance(node, yaml.MappingNode):
@@ -148,6 +183,8 @@ def _construct(node: yaml.ScalarNode) -> Any:
 def _compose(text: str, path: Path) -> yaml.Node | None:
     try:
         return yaml.compose(text, Loader=_Yaml12Loader)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}:{exc}") from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = f":{mark.line + 1}" if mark is not None else ""

@@ -119,3 +119,25 @@ def test_two_mistakes_in_one_step_are_two_problems(tmp_path):
         tmp_path, 'after_connect:\n  - publish: {topic: "a", qos: 7, count: -3}\n'
     )
     assert message.endswith("(and 1 more)")
+
+
+def test_an_alias_inside_the_value_it_names_is_refused_with_its_line(tmp_path):
+    path = tmp_path / "f.yaml"
+    path.write_text("base: 1\nvalue: &x [1, *x]\n")
+    with pytest.raises(ConfigError, match=r"f\.yaml:2: the alias \*x is inside the value it names"):
+        load_model(path, _Any, what="file")
+
+
+def test_a_file_nested_deeper_than_any_real_one_is_refused_with_its_line(tmp_path):
+    path = tmp_path / "f.yaml"
+    path.write_text("base: 1\nvalue: " + "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(ConfigError, match=r"f\.yaml:2: nested deeper than 100 levels$"):
+        load_model(path, _Any, what="file")
+
+
+def test_aliases_that_nest_past_the_limit_once_expanded_are_refused(tmp_path):
+    path = tmp_path / "f.yaml"
+    deep = "[" * 60 + "]" * 60
+    path.write_text(f"base: &deep {deep}\nvalue: {'[' * 60}*deep{']' * 60}\n")
+    with pytest.raises(ConfigError, match=r"nested deeper than 100 levels once its aliases"):
+        load_model(path, _Any, what="file")

@@ -61,6 +61,16 @@ def test_a_file_that_is_not_a_report_is_one_line_naming_it(tmp_path, command, co
     assert not out.exists()
 
 
+@pytest.mark.parametrize("command", ["show", "html", "merge", "compare"])
+def test_a_file_nested_past_what_python_parses_is_one_line_naming_it(tmp_path, command):
+    path = tmp_path / "r.json"
+    path.write_text("[" * 100_000 + "]" * 100_000)
+    out = tmp_path / "out"
+    result = run_loadgen(*_commands(path, out)[command])
+    assert_user_error(result, f"{path}: not a JSON report: nested too deep to read")
+    assert not out.exists()
+
+
 @pytest.mark.parametrize(
     ("command", "field"),
     [

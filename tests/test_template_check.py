@@ -294,3 +294,28 @@ def test_a_run_refuses_circular_conditions_before_the_emulator_starts(tmp_path):
     result = run_loadgen("run", tmp_path / "s.yaml", "--report", tmp_path / "r.json")
     assert_user_error(result, f"{config}: Conditions.A: refers to itself (A -> B -> A)")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "s.yaml"]
+
+
+def test_check_of_json_nested_past_what_python_parses_is_a_one_line_error(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text("[" * 100_000 + "]" * 100_000)
+    assert_user_error(run_loadgen("template", "check", path), "config.json", "nested too deep")
+
+
+def test_a_template_nested_deeper_than_any_real_one_is_an_error(tmp_path):
+    value: object = "v"
+    for _ in range(600):
+        value = {"a": value}
+    template = {"Resources": {"thing": {"Type": "AWS::IoT::Thing", "Properties": value}}}
+    result = run_loadgen("template", "check", _config(tmp_path, template))
+    assert result.code == 1, result.err
+    assert "error: template: nested deeper than 100 levels" in result.out
+
+
+def test_the_emulator_refuses_a_registration_config_nested_too_deep_in_one_line(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"templateBody": "[" * 5000 + "]" * 5000, "roleArn": ROLE}))
+    result = run_loadgen(
+        "emulator", "serve", "--port", "0", "--ca", DATA / "x", "--registration-config", path
+    )
+    assert_user_error(result, f"{path}: templateBody: not JSON: nested too deep")

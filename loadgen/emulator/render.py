@@ -11,6 +11,7 @@ from loadgen.config import read_yaml
 from loadgen.emulator.structure import config_problems, template_problems
 from loadgen.errors import ConfigError
 from loadgen.files import CONFIG_LIMIT, read_limited
+from loadgen.nesting import parse_json
 
 
 def read_template(path: Path) -> Any:
@@ -25,8 +26,8 @@ def read_template(path: Path) -> Any:
         except OSError as exc:
             raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
         try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
+            data = parse_json(text)
+        except ValueError as exc:
             raise ConfigError(f"{path}: not a template: {str(exc).splitlines()[0]}") from None
     if isinstance(data, dict) and "templateBody" in data:
         raise ConfigError(f"{path}: already a registration config (it has templateBody)")

@@ -32,6 +32,7 @@ from loadgen.emulator.state import RegistryStore
 from loadgen.emulator.structure import config_problems
 from loadgen.errors import ConfigError, LoadgenError, UserError
 from loadgen.files import CONFIG_LIMIT, read_limited, write
+from loadgen.nesting import parse_json
 
 if TYPE_CHECKING:
     from loadgen.emulator.api.app import ApiStats
@@ -59,7 +60,7 @@ def read_registration_config(path: Path) -> Any:
         # strict=False: the reference document's readable example has raw line
         # breaks inside its strings.
         text = read_limited(path, CONFIG_LIMIT, "registration config").decode()
-        return json.loads(text, strict=False)
+        return parse_json(text, strict=False)
     except FileNotFoundError:
         raise ConfigError(f"{path}: registration config not found") from None
     except (OSError, ValueError) as exc:

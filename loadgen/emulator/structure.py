@@ -11,10 +11,11 @@ a list it computed), as on AWS.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from typing import Any
+
+from loadgen.nesting import MAX_DEPTH, parse_json, too_deep
 
 PARAMETER_PREFIX = "AWS::IoT::Certificate::"
 PARAMETERS = tuple(
@@ -101,8 +102,8 @@ def config_problems(config: Any) -> tuple[Any, list[Problem]]:
         try:
             # strict=False: the reference document's readable example has raw
             # line breaks inside strings, and AWS accepts it.
-            template = json.loads(body, strict=False)
-        except json.JSONDecodeError as exc:
+            template = parse_json(body, strict=False)
+        except ValueError as exc:
             problems.append(Problem("templateBody", f"not JSON: {exc}"))
         else:
             problems += template_problems(template)
@@ -137,6 +138,10 @@ def template_problems(template: Any) -> list[Problem]:
     """Everything AWS would refuse in a provisioning template."""
     if not isinstance(template, dict):
         return [Problem("template", f"must be a JSON object, not {_kind(template)}")]
+    if too_deep(template):
+        # The checker walks values by recursion: a template of hundreds of
+        # levels ended in a RecursionError traceback.
+        return [Problem("template", f"nested deeper than {MAX_DEPTH} levels")]
     return _Checker(template).run()
 
 

@@ -7,7 +7,6 @@ resources to create, or raises ``ClientError`` without touching anything.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +22,7 @@ from loadgen.emulator.structure import (
     SUB_VARIABLE,
     template_problems,
 )
+from loadgen.nesting import parse_json
 
 __all__ = [
     "OVERRIDES",
@@ -56,8 +56,8 @@ def parse(template_body: str | dict[str, Any]) -> dict[str, Any]:
         try:
             # strict=False: the reference document's readable example has raw
             # line breaks inside strings, and AWS accepts it.
-            template = json.loads(template_body, strict=False)
-        except (json.JSONDecodeError, RecursionError) as exc:
+            template = parse_json(template_body, strict=False)
+        except ValueError as exc:
             raise TemplateError(f"templateBody is not JSON: {exc}") from None
     problems = template_problems(template)
     if problems:

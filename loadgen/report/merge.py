@@ -17,6 +17,7 @@ from loadgen.files import REPORT_LIMIT, read_limited
 from loadgen.metrics.histogram import LatencyHistogram
 from loadgen.metrics.intervals import LogBuckets
 from loadgen.metrics.stats import BREAKDOWN, PHASES
+from loadgen.nesting import parse_json
 from loadgen.report import fields
 from loadgen.report.build import (
     FORMAT,
@@ -46,7 +47,7 @@ def parse_report(data: bytes, name: str, needs: Needs | None = None) -> dict[str
     """A report's bytes (from a file or an S3 object called ``name``), checked as
     ``load_report`` checks a file."""
     try:
-        report = json.loads(data)
+        report = parse_json(data)
     except ValueError as exc:
         raise UserError(f"{name}: not a JSON report: {exc}") from None
     if not isinstance(report, dict):
