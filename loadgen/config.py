@@ -190,6 +190,14 @@ def _compose(text: str, path: Path) -> yaml.Node | None:
         line = f":{mark.line + 1}" if mark is not None else ""
         problem = exc.problem or exc.context or "invalid YAML"
         raise ConfigError(f"{path}{line}: YAML syntax error: {problem}") from None
+    except yaml.reader.ReaderError as exc:
+        # PyYAML says where by position, on a second line: here, by line.
+        row = text.count("\n", 0, exc.position) + 1
+        character = f"#x{exc.character:04x}" if isinstance(exc.character, int) else "character"
+        raise ConfigError(
+            f"{path}:{row}: YAML syntax error: {character} is a control character, "
+            "not allowed in YAML"
+        ) from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: YAML syntax error: {exc}") from None
 

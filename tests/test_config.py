@@ -141,3 +141,13 @@ def test_aliases_that_nest_past_the_limit_once_expanded_are_refused(tmp_path):
     path.write_text(f"base: &deep {deep}\nvalue: {'[' * 60}*deep{']' * 60}\n")
     with pytest.raises(ConfigError, match=r"nested deeper than 100 levels once its aliases"):
         load_model(path, _Any, what="file")
+
+
+def test_a_control_character_is_one_line_naming_its_line(tmp_path):
+    path = tmp_path / "f.yaml"
+    path.write_text("base: 1\nvalue: 2\n# a comment \x01\n")
+    with pytest.raises(ConfigError) as info:
+        load_model(path, _Any, what="file")
+    assert str(info.value) == (
+        f"{path}:3: YAML syntax error: #x0001 is a control character, not allowed in YAML"
+    )
