@@ -22,8 +22,8 @@ import yaml
 from pydantic import BaseModel, ValidationError
 from pydantic_core import PydanticCustomError
 
-from loadgen.errors import ConfigError, UserError
-from loadgen.files import CONFIG_LIMIT, read_limited
+from loadgen.errors import ConfigError
+from loadgen.files import read_text
 from loadgen.nesting import MAX_DEPTH
 
 Loc = tuple[str | int, ...]
@@ -240,15 +240,7 @@ def read_model(path: Path, model: type[M], *, what: str) -> Loaded[M]:
 def read_yaml(path: Path, *, what: str) -> tuple[Any, _Document]:
     """A YAML file's plain data, read the strict way every file here is read
     (YAML 1.2 core schema, no duplicate keys), and the line of each path in it."""
-    try:
-        text = read_limited(path, CONFIG_LIMIT, what).decode("utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: {what} file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read {what}: {exc}") from None
-    except UserError as exc:
-        # Too large: a configuration's problem, which "fleet.profile: " prefixes.
-        raise ConfigError(str(exc)) from None
+    text = read_text(path, what=what)
     node = _compose(text, path)
     if node is None:
         raise ConfigError(f"{path}: the {what} is empty")

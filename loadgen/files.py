@@ -11,7 +11,7 @@ import stat
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from loadgen.errors import OutputError, UserError
+from loadgen.errors import ConfigError, OutputError, UserError
 
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
 _CREATE_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
@@ -94,6 +94,29 @@ def read_limited(path: str | Path, limit: int, what: str) -> bytes:
 def too_large(name: object, limit: int, what: str) -> UserError:
     """What is said of a file or object past ``read_limited``'s ``limit``."""
     return UserError(f"{name}: larger than {limit // MiB} MiB, the most a {what} may be")
+
+
+def read_text(path: Path, *, what: str) -> str:
+    """A configuration file's UTF-8 text (a scenario, a profile, a template, a
+    registration config), up to ``CONFIG_LIMIT``; anything else is a one-line
+    ``ConfigError`` naming the file."""
+    try:
+        data = read_limited(path, CONFIG_LIMIT, what)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: {what} file not found") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read {what}: {exc.strerror or exc}") from None
+    except UserError as exc:
+        # Too large: a configuration's problem, which "fleet.profile: " prefixes.
+        raise ConfigError(str(exc)) from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(
+            f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x}): "
+            f"a {what} is written in UTF-8"
+        ) from None
 
 
 def write_atomic(path: Path, data: bytes, *, private: bool = False) -> None:

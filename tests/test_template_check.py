@@ -319,3 +319,26 @@ def test_the_emulator_refuses_a_registration_config_nested_too_deep_in_one_line(
         "emulator", "serve", "--port", "0", "--ca", DATA / "x", "--registration-config", path
     )
     assert_user_error(result, f"{path}: templateBody: not JSON: nested too deep")
+
+
+def test_render_of_a_json_template_that_is_not_utf_8_is_a_one_line_error(tmp_path):
+    path = tmp_path / "t.json"
+    path.write_bytes(b'{"Resources": {}}\n\xff\xfe\x00garbage')
+    result = run_loadgen("template", "render", path, "--role-arn", ROLE)
+    assert_user_error(
+        result, f"{path}:2: not UTF-8 text (byte 0xff): a template is written in UTF-8"
+    )
+
+
+def test_a_run_whose_emulator_template_is_not_utf_8_is_refused_in_one_line(tmp_path):
+    template = tmp_path / "t.json"
+    template.write_bytes(b"\xff\xfe\x00garbage")
+    scenario = tmp_path / "s.yaml"
+    scenario.write_text(
+        "name: t\nendpoint: embedded\nemulator: {template: t.json}\n"
+        "fleet: {ca: ca, store: fleet, count: 2}\n"
+        "load: {executor: constant-arrival-rate, rate: 100/s}\n"
+    )
+    result = run_loadgen("run", scenario)
+    assert_user_error(result, "t.json:1: not UTF-8 text (byte 0xff)")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.yaml", "t.json"]

@@ -10,7 +10,7 @@ from typing import Any
 from loadgen.config import read_yaml
 from loadgen.emulator.structure import config_problems, template_problems
 from loadgen.errors import ConfigError
-from loadgen.files import CONFIG_LIMIT, read_limited
+from loadgen.files import read_text
 from loadgen.nesting import parse_json
 
 
@@ -21,10 +21,7 @@ def read_template(path: Path) -> Any:
         # and a key given twice is an error, not the last one silently winning.
         data, _ = read_yaml(path, what="template")
     else:
-        try:
-            text = read_limited(path, CONFIG_LIMIT, "template").decode()
-        except OSError as exc:
-            raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+        text = read_text(path, what="template")
         try:
             data = parse_json(text)
         except ValueError as exc:

@@ -31,7 +31,7 @@ from loadgen.emulator.server import Emulator
 from loadgen.emulator.state import RegistryStore
 from loadgen.emulator.structure import config_problems
 from loadgen.errors import ConfigError, LoadgenError, UserError
-from loadgen.files import CONFIG_LIMIT, read_limited, write
+from loadgen.files import CONFIG_LIMIT, read_limited, read_text, write
 from loadgen.nesting import parse_json
 
 if TYPE_CHECKING:
@@ -56,14 +56,12 @@ class CaRegistration:
 
 def read_registration_config(path: Path) -> Any:
     """A registration config file's JSON, not yet checked."""
+    text = read_text(path, what="registration config")
     try:
         # strict=False: the reference document's readable example has raw line
         # breaks inside its strings.
-        text = read_limited(path, CONFIG_LIMIT, "registration config").decode()
         return parse_json(text, strict=False)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: registration config not found") from None
-    except (OSError, ValueError) as exc:
+    except ValueError as exc:
         raise ConfigError(f"{path}: not a JSON registration config: {exc}") from None
 
 
