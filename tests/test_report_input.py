@@ -71,6 +71,36 @@ def test_a_file_nested_past_what_python_parses_is_one_line_naming_it(tmp_path, c
     assert not out.exists()
 
 
+@pytest.mark.parametrize("command", ["show", "html", "merge", "compare"])
+def test_a_number_too_large_for_any_count_is_one_line_naming_its_field(tmp_path, command):
+    report = _shards(1)[0]
+    report["devices"] = 10**400  # no float holds it
+    path = _write(tmp_path / "r.json", report)
+    result = run_loadgen(*_commands(path, tmp_path / "out")[command])
+    assert_user_error(result, f"{path}: field devices is beyond ±1e+18: no count or time is")
+
+
+@pytest.mark.parametrize("command", ["html", "merge"])
+def test_a_count_by_attempts_with_a_key_too_long_for_a_number_is_one_line(tmp_path, command):
+    report = _shards(1)[0]
+    report["attempts"]["per_device"] = {"9" * 5000: 2}
+    path = _write(tmp_path / "r.json", report)
+    result = run_loadgen(*_commands(path, tmp_path / "out")[command])
+    assert_user_error(result, f"{path}: field attempts.per_device has the key of 5,000 characters")
+
+
+def test_a_latency_bucket_past_any_latency_is_one_line_naming_it(tmp_path):
+    report = _shards(1)[0]
+    report["series"]["latency_buckets"] = {"provision": [{"100000": 1}]}
+    path = _write(tmp_path / "r.json", report)
+    result = run_loadgen("report", "merge", path, "-o", tmp_path / "out")
+    assert_user_error(
+        result,
+        f"{path}: field series.latency_buckets.provision[0] has the key 100000, "
+        "not a latency bucket (-10,000 to 10,000)",
+    )
+
+
 @pytest.mark.parametrize(
     ("command", "field"),
     [

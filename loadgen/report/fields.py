@@ -4,9 +4,10 @@ one line naming the file and the field, before anything is printed or written.
 
 A field is a dotted path. ``*`` stands for every key of an object, ``#`` for
 every key of an object that counts by a whole number (``attempts.per_device``:
-``{"1": 90, "2": 10}``), ``[]`` for every item of a list, and a part ending in
-``?`` may be absent or null (the rest of the path is then not looked for):
-``jitp?.provisioning`` is needed only when the report has a ``jitp`` section.
+``{"1": 90, "2": 10}``), ``#bucket`` for every key of one that counts by
+latency bucket (its index, within ``MAX_BUCKET``), ``[]`` for every item of a
+list, and a part ending in ``?`` may be absent or null (the rest of the path is
+then not looked for): ``jitp?.provisioning`` is needed only when the report has a ``jitp`` section.
 """
 
 from __future__ import annotations
@@ -41,12 +42,9 @@ class Kind(Enum):
         if self is Kind.NUMBER_OR_NULL and value is None:
             return True
         if self in (Kind.NUMBER, Kind.NUMBER_OR_NULL):
-            # JSON's NaN and Infinity (Python reads them) are no counts or times.
-            return (
-                isinstance(value, int | float)
-                and not isinstance(value, bool)
-                and math.isfinite(value)
-            )
+            # JSON's NaN and Infinity (Python reads them) are no counts or times,
+            # nor is a number past any count or time (10**400 is no float).
+            return _is_number(value) and abs(value) <= MAX_NUMBER
         if not isinstance(value, str):
             return False
         try:
@@ -58,6 +56,17 @@ class Kind(Enum):
         return when.tzinfo is not None
 
 
+# Past any count, time or rate a report holds (epoch milliseconds are 2e12).
+MAX_NUMBER = 10**18
+# Latency buckets grow by 1% (loadgen/metrics/intervals.py): bucket 2,600 is
+# over a day, and 1.01**100000 is no float.
+MAX_BUCKET = 10_000
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 @dataclass(frozen=True)
 class Needs:
     """The fields one command reads."""
@@ -67,8 +76,9 @@ class Needs:
 
 
 # A key ``int()`` reads, as the merge sorts and adds counts by them; nothing
-# looser (" 3", "3_0", another script's digits) that a report never holds.
-_WHOLE_NUMBER = re.compile(r"-?[0-9]+")
+# looser (" 3", "3_0", another script's digits) that a report never holds, and
+# no more digits than MAX_NUMBER has (int() refuses 4,301).
+_WHOLE_NUMBER = re.compile(r"-?[0-9]{1,18}")
 
 
 def check(report: dict[str, Any], path: Path | str, needs: Needs) -> None:
@@ -80,18 +90,26 @@ def _walk(
     node: Any, parts: list[str], where: str, kind: Kind, path: Path | str, command: str
 ) -> None:
     if not parts:
+        if (
+            _is_number(node)
+            and abs(node) > MAX_NUMBER
+            and kind in (Kind.NUMBER, Kind.NUMBER_OR_NULL)
+        ):
+            raise UserError(
+                f"{path}: field {where} is beyond ±{MAX_NUMBER:.0e}: no count or time is"
+            )
         if not kind.holds(node):
             raise UserError(f"{path}: field {where} is {_shape(node)}, not {kind.value}")
         return
     part, rest = parts[0], parts[1:]
-    if part in ("*", "#", "[]"):
+    if part in ("*", "#", "#bucket", "[]"):
         expected = Kind.LIST if part == "[]" else Kind.OBJECT
         if not expected.holds(node):
             raise UserError(f"{path}: field {where} is {_shape(node)}, not {expected.value}")
         items = enumerate(node) if isinstance(node, list) else node.items()
         for key, value in items:
-            if part == "#" and not _WHOLE_NUMBER.fullmatch(str(key)):
-                raise UserError(f"{path}: field {where} has the key {key!r}, not a whole number")
+            if part.startswith("#"):
+                _check_key(str(key), part, where, path)
             inner = f"{where}[{key}]" if part == "[]" else f"{where}.{key}"
             _walk(value, rest, inner, kind, path, command)
         return
@@ -105,6 +123,20 @@ def _walk(
             return
         raise UserError(f"{path}: field {name} is missing (report {command} needs it)")
     _walk(node[key], rest, name, kind, path, command)
+
+
+def _check_key(key: str, part: str, where: str, path: Path | str) -> None:
+    """A key of ``#`` (a whole number) or ``#bucket`` (a latency bucket's index)."""
+    if not _WHOLE_NUMBER.fullmatch(key):
+        shown = repr(key) if len(key) <= 40 else f"of {len(key):,} characters"
+        raise UserError(
+            f"{path}: field {where} has the key {shown}, not a whole number (up to 18 digits)"
+        )
+    if part == "#bucket" and abs(int(key)) > MAX_BUCKET:
+        raise UserError(
+            f"{path}: field {where} has the key {key}, not a latency bucket "
+            f"(-{MAX_BUCKET:,} to {MAX_BUCKET:,})"
+        )
 
 
 def _shape(value: Any) -> str:
@@ -226,7 +258,7 @@ MERGE = Needs(
         ("series.started_per_s.[]", NUM),
         ("series.target_per_s?.[]", NUM),
         ("series.outcomes_per_s.*.[]", NUM),
-        ("series.latency_buckets?.*.[].#", NUM),
+        ("series.latency_buckets?.*.[].#bucket", NUM),
         ("generator?.cpu_s", NUM),
         ("generator?.ahead_cpu_s?", NUM),
         ("generator?.coordinator_cpu_s?", NUM),
