@@ -101,6 +101,15 @@ def test_a_latency_bucket_past_any_latency_is_one_line_naming_it(tmp_path):
     )
 
 
+@pytest.mark.parametrize("command", ["show", "html"])
+def test_partial_given_as_text_is_one_line_not_read_as_true(tmp_path, command):
+    report = _shards(1)[0]
+    report["partial"] = "no"
+    path = _write(tmp_path / "r.json", report)
+    result = run_loadgen(*_commands(path, tmp_path / "out")[command])
+    assert_user_error(result, f"{path}: field partial is a string, not true or false")
+
+
 @pytest.mark.parametrize(
     ("command", "field"),
     [

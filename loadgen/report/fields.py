@@ -31,8 +31,12 @@ class Kind(Enum):
     NUMBER = "a number"
     NUMBER_OR_NULL = "a number or null"
     TIME = "an ISO 8601 time with a zone"
+    BOOLEAN = "true or false"
 
     def holds(self, value: Any) -> bool:
+        if self is Kind.BOOLEAN:
+            # "no" is text, and text is true: a partial run would read as whole.
+            return isinstance(value, bool)
         if self is Kind.OBJECT:
             return isinstance(value, dict)
         if self is Kind.LIST:
@@ -196,6 +200,7 @@ SHOW = Needs(
         ("scenario", STR),
         ("endpoint", STR),
         ("duration_s", NUM),
+        ("partial?", Kind.BOOLEAN),
         *_COUNTS,
         ("attempts.total", NUM),
         ("rate.target_per_s", NUM_OR_NULL),
@@ -303,6 +308,7 @@ HTML = Needs(
         # Shown in UTC: a time without a zone would be taken as this machine's.
         ("started_at?", TIME),
         ("ended_at?", TIME),
+        ("partial?", Kind.BOOLEAN),
         ("devices?", NUM),
         ("duration_s?", NUM),
         ("load?.count?", NUM_OR_NULL),
