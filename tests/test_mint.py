@@ -560,6 +560,44 @@ def test_fleet_metadata_that_is_no_json_object_is_a_one_line_error(tmp_path, ses
         assert_user_error(run_loadgen(*args), f"{out / 'fleet.json'}: malformed fleet metadata")
 
 
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("ca_fingerprint", 5),
+        ("shard", "x"),
+        ("shard", {"index": 3, "count": 2}),
+        ("key_pool", "a"),
+        ("key_pool", 0),
+        ("seed", True),
+    ],
+)
+def test_a_fleet_json_value_of_the_wrong_type_is_a_one_line_error_naming_it(
+    tmp_path, session_ca, field, value
+):
+    out = tmp_path / "fleet"
+    mint = ("certs", "mint", "--ca", session_ca.directory, "--out", out, "--count")
+    assert run_loadgen(*mint, "2", "--workers", "1").code == 0
+    meta = json.loads((out / "fleet.json").read_text())
+    (out / "fleet.json").write_text(json.dumps({**meta, field: value}))
+    for args in (("certs", "inspect", out), (*mint, "3", "--workers", "1")):
+        assert_user_error(
+            run_loadgen(*args), f"{out / 'fleet.json'}: malformed fleet metadata: {field}: "
+        )
+
+
+def test_a_bad_value_in_the_fleets_own_profile_names_its_nested_field(tmp_path, session_ca):
+    out = tmp_path / "fleet"
+    mint = ("certs", "mint", "--ca", session_ca.directory, "--out", out, "--count")
+    assert run_loadgen(*mint, "2", "--workers", "1").code == 0
+    meta = json.loads((out / "fleet.json").read_text())
+    meta["profile"]["subject"]["country"] = 5
+    (out / "fleet.json").write_text(json.dumps(meta))
+    assert_user_error(
+        run_loadgen(*mint, "3", "--workers", "1"),
+        f"{out / 'fleet.json'}: profile.subject.country: Input should be a valid string",
+    )
+
+
 def _self_signed(folder: Path, *, ca: bool, days: tuple[int, int]) -> Path:
     """A CA folder whose certificate is CA:``ca``, valid from ``days[0]`` to
     ``days[1]`` days from now."""

@@ -12,6 +12,7 @@ import signal
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from pydantic import ValidationError
@@ -126,8 +127,9 @@ def check(request: MintRequest) -> MintPlan:
         try:
             profile = Profile.model_validate(meta.profile)
         except ValidationError as exc:
-            problem = exc.errors()[0]["msg"]
-            raise FleetError(f"{store.path / META_FILE}: profile: {problem}") from None
+            problem = exc.errors(include_url=False)[0]
+            where = _field_in(meta.profile, problem["loc"])
+            raise FleetError(f"{store.path / META_FILE}: {where}: {problem['msg']}") from None
         plan = MintPlan(store, profile, ca, meta)
     else:
         if request.fleet.exists() and not request.fleet.is_dir():
@@ -137,6 +139,18 @@ def check(request: MintRequest) -> MintPlan:
         plan = MintPlan(store, request.profile or DEFAULT_PROFILE, ca, None)
     _plan_ahead(plan, request)
     return plan
+
+
+def _field_in(profile: dict[str, Any], loc: tuple[str | int, ...]) -> str:
+    """``profile.faults.expired``: the path of pydantic's error location in the
+    fleet's profile, without the union members' names it inserts (``str``)."""
+    where, node = "profile", profile
+    for part in loc:
+        if isinstance(node, dict) and part in node:
+            where, node = f"{where}.{part}", node[part]
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            where, node = f"{where}[{part}]", node[part]
+    return where
 
 
 def _existing_ca(request: MintRequest) -> CA | None:

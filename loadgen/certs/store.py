@@ -76,6 +76,37 @@ class FleetMeta:
         return json.dumps(fields, indent=2, sort_keys=True).encode() + b"\n"
 
 
+def _is_int(value: object) -> bool:
+    # JSON's true and false are ints to Python: never a count or a seed.
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _meta_problem(meta: FleetMeta) -> str | None:
+    """What in a hand-edited fleet.json its readers would trip over (a string
+    for the shard, a key pool that is no count), as "field: what is wrong"."""
+    if not _is_int(meta.seed):
+        return f"seed: {meta.seed!r} is not an integer"
+    if not isinstance(meta.profile, dict):
+        return f"profile: {meta.profile!r} is not an object"
+    for name in ("ca_fingerprint", "ca_subject"):
+        if not isinstance(value := getattr(meta, name), str):
+            return f"{name}: {value!r} is not a string"
+    if meta.key_pool is not None and not (_is_int(meta.key_pool) and meta.key_pool > 0):
+        return f"key_pool: {meta.key_pool!r} is not a positive integer"
+    if meta.shard is not None:
+        return _shard_problem(meta.shard)
+    return None
+
+
+def _shard_problem(shard: object) -> str | None:
+    if not isinstance(shard, dict) or set(shard) != {"index", "count"}:
+        return f"shard: {shard!r} is not an object of index and count"
+    index, count = shard["index"], shard["count"]
+    if not (_is_int(index) and _is_int(count) and 0 <= index < count):
+        return f"shard: {shard!r} is not shard index I of count N, 0 <= I < N"
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class Device:
     """One manifest line."""
@@ -116,9 +147,12 @@ class FleetStore:
         if raw.get("format") != FORMAT:
             raise FleetError(f"{meta_path}: unknown fleet format {raw.get('format')!r}")
         try:
-            return FleetMeta(**raw)
+            meta = FleetMeta(**raw)
         except TypeError as exc:
             raise FleetError(f"{meta_path}: malformed fleet metadata: {exc}") from None
+        if (problem := _meta_problem(meta)) is not None:
+            raise FleetError(f"{meta_path}: malformed fleet metadata: {problem}")
+        return meta
 
     def create(self, meta: FleetMeta) -> None:
         try:
