@@ -598,6 +598,30 @@ def test_a_bad_value_in_the_fleets_own_profile_names_its_nested_field(tmp_path, 
     )
 
 
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        ({"cert": None}, "cert: null is not a string"),
+        ({"cert": 5}, "cert: 5 is not a string"),
+        ({"subject": []}, "subject: [] is not an object"),
+        ({"subject": {"common_name": 5}}, "subject.common_name: 5 is not a string"),
+        ({"colour": "red"}, "unknown field 'colour'"),
+    ],
+)
+def test_a_manifest_value_of_the_wrong_type_is_named_by_certs_inspect(
+    tmp_path, session_ca, change, problem
+):
+    out = tmp_path / "fleet"
+    mint = ("certs", "mint", "--ca", session_ca.directory, "--out", out, "--count", "3")
+    assert run_loadgen(*mint, "--workers", "1").code == 0
+    manifest = out / "manifest.jsonl"
+    lines = manifest.read_text().splitlines()
+    lines[1] = json.dumps({**json.loads(lines[1]), **change})
+    manifest.write_text("\n".join(lines) + "\n")
+    result = run_loadgen("certs", "inspect", out, "--verify")
+    assert_user_error(result, f"{manifest}:2: malformed manifest line: {problem}")
+
+
 def _self_signed(folder: Path, *, ca: bool, days: tuple[int, int]) -> Path:
     """A CA folder whose certificate is CA:``ca``, valid from ``days[0]`` to
     ``days[1]`` days from now."""

@@ -188,7 +188,7 @@ def _computed(
     template: dict[str, Any], fleet: FleetStore
 ) -> Iterator[tuple[str | None, list[str]]]:
     """Each device's thing type and groups, as RegisterThing would compute them."""
-    for device in fleet.devices():
+    for device in fleet.devices(checked=True):
         parameters = subject_parameters(device.subject, device.certificate_id)
         try:
             resources = tpl.evaluate(template, parameters)

@@ -54,7 +54,7 @@ def summarize(path: Path, *, verify: bool = False) -> FleetSummary:
     valid_now = 0
     verified = 0
     count = 0
-    for device in store.devices():
+    for device in store.devices(checked=True):
         count += 1
         key_types[device.key_type] += 1
         faults[device.fault or "none"] += 1

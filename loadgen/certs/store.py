@@ -21,7 +21,7 @@ import json
 import os
 import shutil
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -70,10 +70,16 @@ class FleetMeta:
         return self.shard["index"], self.shard["count"]
 
     def to_json(self) -> bytes:
-        fields = asdict(self)
+        data = asdict(self)
         if self.shard is None:
-            del fields["shard"]  # a whole fleet's metadata, as before shards
-        return json.dumps(fields, indent=2, sort_keys=True).encode() + b"\n"
+            del data["shard"]  # a whole fleet's metadata, as before shards
+        return json.dumps(data, indent=2, sort_keys=True).encode() + b"\n"
+
+
+def _shown(value: object) -> str:
+    # As the file spells it (null, not None), and short: the value may be a whole profile.
+    text = json.dumps(value)
+    return text if len(text) <= 60 else f"{text[:57]}..."
 
 
 def _is_int(value: object) -> bool:
@@ -85,14 +91,14 @@ def _meta_problem(meta: FleetMeta) -> str | None:
     """What in a hand-edited fleet.json its readers would trip over (a string
     for the shard, a key pool that is no count), as "field: what is wrong"."""
     if not _is_int(meta.seed):
-        return f"seed: {meta.seed!r} is not an integer"
+        return f"seed: {_shown(meta.seed)} is not an integer"
     if not isinstance(meta.profile, dict):
-        return f"profile: {meta.profile!r} is not an object"
+        return f"profile: {_shown(meta.profile)} is not an object"
     for name in ("ca_fingerprint", "ca_subject"):
         if not isinstance(value := getattr(meta, name), str):
-            return f"{name}: {value!r} is not a string"
+            return f"{name}: {_shown(value)} is not a string"
     if meta.key_pool is not None and not (_is_int(meta.key_pool) and meta.key_pool > 0):
-        return f"key_pool: {meta.key_pool!r} is not a positive integer"
+        return f"key_pool: {_shown(meta.key_pool)} is not a positive integer"
     if meta.shard is not None:
         return _shard_problem(meta.shard)
     return None
@@ -100,11 +106,49 @@ def _meta_problem(meta: FleetMeta) -> str | None:
 
 def _shard_problem(shard: object) -> str | None:
     if not isinstance(shard, dict) or set(shard) != {"index", "count"}:
-        return f"shard: {shard!r} is not an object of index and count"
+        return f"shard: {_shown(shard)} is not an object of index and count"
     index, count = shard["index"], shard["count"]
     if not (_is_int(index) and _is_int(count) and 0 <= index < count):
-        return f"shard: {shard!r} is not shard index I of count N, 0 <= I < N"
+        return f"shard: {_shown(shard)} is not shard index I of count N, 0 <= I < N"
     return None
+
+
+def _device_problem(device: Device) -> str | None:
+    """What in a hand-edited manifest line its readers would trip over (a null
+    cert, a list for the subject), as "field: what is wrong"."""
+    if not _is_int(device.index) or device.index < 0:
+        return f"index: {_shown(device.index)} is not a device index"
+    for name in (
+        "client_id",
+        "certificate_id",
+        "key_type",
+        "cert",
+        "key",
+        "not_before",
+        "not_after",
+    ):
+        if not isinstance(value := getattr(device, name), str):
+            return f"{name}: {_shown(value)} is not a string"
+    if device.fault is not None and not isinstance(device.fault, str):
+        return f"fault: {_shown(device.fault)} is not a string or null"
+    if not isinstance(device.subject, dict):
+        return f"subject: {_shown(device.subject)} is not an object"
+    for name, value in device.subject.items():
+        if not isinstance(value, str):
+            return f"subject.{name}: {_shown(value)} is not a string"
+    return None
+
+
+def _fields_problem(line: bytes) -> str:
+    """Why a line that is JSON is no device: said by field, not as Python's
+    TypeError from ``Device(**raw)``."""
+    raw = json.loads(line)
+    if not isinstance(raw, dict):
+        return "not a JSON object"
+    known = {field.name for field in fields(Device)}
+    if unknown := sorted(raw.keys() - known):
+        return f"unknown field {unknown[0]!r}"
+    return f"missing field {sorted(known - raw.keys())[0]!r}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,15 +262,24 @@ class FleetStore:
                 )
         return count
 
+    def _checked(self, line: bytes, number: int) -> Device:
+        """``_parse``, and every field of the type its readers take it for: for
+        whole-manifest checks, not on a worker's way to each device's connect."""
+        device = self._parse(line, number)
+        if (problem := _device_problem(device)) is not None:
+            raise FleetError(f"{self.manifest_path}:{number}: malformed manifest line: {problem}")
+        return device
+
     def _parse(self, line: bytes, number: int) -> Device:
         try:
             # Decoded as text first: json.loads of bytes detects their encoding
             # (about 90 bytecodes a line, every device a run prepares).
             return Device(**_DECODER.decode(line.decode()))
-        except (ValueError, TypeError) as exc:
-            raise FleetError(
-                f"{self.manifest_path}:{number}: malformed manifest line: {exc}"
-            ) from None
+        except ValueError as exc:
+            problem = str(exc)
+        except TypeError:
+            problem = _fields_problem(line)
+        raise FleetError(f"{self.manifest_path}:{number}: malformed manifest line: {problem}")
 
     def part_path(self, start: int) -> Path:
         """Where a worker leaves the lines of the chunk starting at ``start``: handing
@@ -250,17 +303,21 @@ class FleetStore:
         finally:
             os.close(fd)
 
-    def devices(self, *, every: int = 1, start: int = 0, skip: int = 0) -> Iterator[Device]:
+    def devices(
+        self, *, every: int = 1, start: int = 0, skip: int = 0, checked: bool = False
+    ) -> Iterator[Device]:
         """The recorded devices, in index order, from the ``skip``-th on; with
         ``every``/``start``, only the ``start``-th, ``start + every``-th, ... of
         those (the others are not parsed: a worker's share of a million-device
-        fleet costs its share of the parsing)."""
+        fleet costs its share of the parsing). ``checked``: each line's fields
+        typed too (``certs inspect``; a run's lines were checked before it)."""
+        parse = self._checked if checked else self._parse
         try:
             with self.manifest_path.open("rb") as f:
                 for index, line in enumerate(f):
                     if index < skip:
                         continue
                     if (index - skip) % every == start and line.endswith(b"\n"):
-                        yield self._parse(line, index + 1)
+                        yield parse(line, index + 1)
         except FileNotFoundError:
             return
