@@ -130,6 +130,30 @@ def test_a_missing_ca_is_not_recreated_for_a_fleet_that_exists(tmp_path, listene
     assert _nobody_connected(listener)
 
 
+@pytest.mark.parametrize(
+    ("damage", "problem"),
+    [
+        (lambda device: {**device, "colour": "red"}, "unknown field 'colour'"),
+        (lambda device: [device], "not a JSON object"),
+        (lambda device: {**device, "index": 7}, "device 7 where device 2 belongs"),
+    ],
+    ids=["unknown field", "a list", "out of order"],
+)
+def test_a_damaged_middle_line_of_the_manifest_stops_the_run_before_any_load(
+    tmp_path, listener, damage, problem
+):
+    path = _scenario(tmp_path, listener)
+    _mint(tmp_path, "--count", "5")
+    manifest = tmp_path / "fleet" / "manifest.jsonl"
+    lines = manifest.read_text().splitlines()
+    lines[2] = json.dumps(damage(json.loads(lines[2])))
+    manifest.write_text("\n".join(lines) + "\n")
+    result = run_loadgen("run", path, "--report", tmp_path / "r.json")
+    assert_user_error(result, f"{manifest}:3: ", problem)
+    assert _nobody_connected(listener)
+    assert not (tmp_path / "r.json").exists()
+
+
 # certs mint and ca init: refused before anything is written
 
 

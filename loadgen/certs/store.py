@@ -249,18 +249,26 @@ class FleetStore:
                 os.ftruncate(fd, end)
         finally:
             os.close(fd)
-        count = data.count(b"\n", 0, end)
-        if count:
-            first_index, step = self.read_meta().stride if self.exists() else (0, 1)
-            first = self._parse(data[: data.index(b"\n") + 1], 1)
-            last_start = data.rfind(b"\n", 0, end - 1) + 1
-            last = self._parse(data[last_start:end], count)
-            if first.index != first_index or last.index != first_index + (count - 1) * step:
+        first, step = self.read_meta().stride if end and self.exists() else (0, 1)
+        return self._check_lines(data, end, first, step)
+
+    def _check_lines(self, data: bytes, end: int, first: int, step: int) -> int:
+        """Every line parsed, its fields typed and its device where its line puts
+        it; the count of lines. A damaged line found here stops a run before any
+        load; found by a worker, it ended every device of the run an error. About
+        6 µs a line (6 s for a million devices, against 45 s to mint them): see
+        docs/fleet-store.md."""
+        start, number, checked = 0, 1, self._checked
+        while start < end:
+            stop = data.index(b"\n", start) + 1
+            index = checked(data[start:stop], number).index
+            if index != first + (number - 1) * step:
                 raise FleetError(
-                    f"{path}: devices out of order (line 1 is index {first.index}, "
-                    f"line {count} is index {last.index}); the manifest was edited or damaged"
+                    f"{self.manifest_path}:{number}: device {index} where device "
+                    f"{first + (number - 1) * step} belongs; the manifest was edited or damaged"
                 )
-        return count
+            start, number = stop, number + 1
+        return number - 1
 
     def _checked(self, line: bytes, number: int) -> Device:
         """``_parse``, and every field of the type its readers take it for: for
