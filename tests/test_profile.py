@@ -181,6 +181,30 @@ def test_a_bad_profile_names_file_line_and_field(tmp_path, text, expected):
     assert "\n" not in message
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "subject: {common_name: {choice: {a: .inf, b: 1}}}\n",
+            ":1: subject.common_name.choice.a: Input should be a finite number",
+        ),
+        (
+            "subject: {common_name: x}\nkey_type: {ec-p256: .inf, rsa-2048: 1}\n",
+            ":2: key_type.ec-p256: Input should be a finite number",
+        ),
+        (
+            "subject: {common_name: {choice: {a: 1.7e308, b: 1.7e308}}}\n",
+            ":1: subject.common_name.choice.a: Input should be less than or equal to 1000000000000",
+        ),
+    ],
+    ids=["infinite choice", "infinite key type", "weights adding to infinity"],
+)
+def test_a_weight_drawing_could_not_use_is_refused_naming_it(tmp_path, text, expected):
+    path = _write(tmp_path, text)
+    with pytest.raises(ConfigError, match=re.escape(f"{path}{expected}")):
+        load_profile(path)
+
+
 def test_a_template_that_overflows_its_field_names_the_device(tmp_path):
     path = _write(tmp_path, "subject:\n  common_name: '{uuid}{uuid}'\n")
     planner = DevicePlanner(load_profile(path), seed=0)

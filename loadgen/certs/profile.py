@@ -205,6 +205,13 @@ def _check_carried(text: str, name: str) -> None:
         )
 
 
+# A weight's bound: weights are relative, so any mix is written well within it,
+# and a handful of weights at it still add up to a finite total (two at 1.7e308
+# added to infinity, and drawing from it chose past the last value).
+MAX_WEIGHT = 1e12
+Weight = Annotated[float, Field(gt=0, le=MAX_WEIGHT, allow_inf_nan=False)]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -212,7 +219,7 @@ class _Strict(BaseModel):
 class Choice(_Strict):
     """One of several values: a list (uniform) or a mapping of value to weight."""
 
-    choice: list[str] | dict[str, Annotated[float, Field(gt=0)]]
+    choice: list[str] | dict[str, Weight]
 
     @field_validator("choice")
     @classmethod
@@ -294,7 +301,7 @@ DEFAULT_SUBJECT = SubjectSpec(
 
 
 class Profile(_Strict):
-    key_type: KeyType | dict[KeyType, Annotated[float, Field(gt=0)]] = KeyType.EC_P256
+    key_type: KeyType | dict[KeyType, Weight] = KeyType.EC_P256
     validity_days: PositiveInt = 365
     subject: SubjectSpec = DEFAULT_SUBJECT
     client_id: str | None = Field(
