@@ -364,6 +364,16 @@ def test_a_run_leaves_a_fleet_alone_while_a_mint_is_writing_it(tmp_path, mosquit
 # Key pools
 
 
+def test_a_key_pool_larger_than_the_fleet_is_refused_and_nothing_is_written(tmp_path, session_ca):
+    out = tmp_path / "fleet"
+    result = run_loadgen(
+        "certs", "mint", "--ca", session_ca.directory, "--out", out, "--count", "2",
+        "--key-pool", "3", "--workers", "1",
+    )  # fmt: skip
+    assert_user_error(result, "--key-pool 3 is more keys than --count 2 devices")
+    assert not out.exists()
+
+
 def test_a_key_pool_shares_keys_across_devices(tmp_path, session_ca):
     out = tmp_path / "fleet"
     profile = tmp_path / "rsa.yaml"

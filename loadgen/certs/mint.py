@@ -112,6 +112,12 @@ def check(request: MintRequest) -> MintPlan:
     check_count("--workers", request.workers, MAX_WORKERS)
     if request.key_pool is not None and request.key_pool <= 0:
         raise UserError(f"--key-pool must be positive, got {request.key_pool}")
+    if request.key_pool is not None and request.key_pool > request.count:
+        # Every pool key is made before the first device: a pool past the fleet
+        # is keys no device uses, and a typo's 1e11 of them ran out of memory.
+        raise UserError(
+            f"--key-pool {request.key_pool} is more keys than --count {request.count} devices"
+        )
     names = request.names
     ca = _existing_ca(request)
     store = FleetStore(request.fleet)
