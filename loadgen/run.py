@@ -24,7 +24,7 @@ from loadgen.errors import ConfigError, UserError
 from loadgen.files import write
 from loadgen.listen import check_listen
 from loadgen.load.plan import AUTO, RunPlan, Workers
-from loadgen.load.schedule import peak_rate
+from loadgen.load.schedule import MAX_SPAN, ConstantArrival, peak_rate, too_long
 from loadgen.load.shard import Shard
 from loadgen.load.start import StartAt
 from loadgen.load.workers import RunSignals, RunTiming, run_workers
@@ -35,6 +35,7 @@ from loadgen.scenario.schema import EMBEDDED, Scenario
 from loadgen.scenario.units import parse_rate
 from loadgen.transport.client import describe_error
 from loadgen.transport.tls import trust_problem
+from loadgen.words import counted
 
 
 @dataclass(frozen=True)
@@ -180,6 +181,7 @@ def make_plan(scenario: Scenario, options: RunOptions) -> RunPlan:
         plan = replace(plan, workers=planned_workers(plan.max_in_flight))
     if options.shard is not None:
         options.shard.check_size(fleet_count(scenario, options))
+    _check_span(plan, options)
     check_template(plan.client_id, "mqtt.client_id")
     for i, step in enumerate(plan.steps):
         if isinstance(step, PublishStep):
@@ -190,6 +192,21 @@ def make_plan(scenario: Scenario, options: RunOptions) -> RunPlan:
         check_trust(plan.tls.ca_file)
     raise_fd_limit(plan)
     return plan
+
+
+def _check_span(plan: RunPlan, options: RunOptions) -> None:
+    """Refuse a schedule that would take more than ``MAX_SPAN`` to start its
+    devices, naming the rate that spreads them."""
+    if not too_long(plan.executor, plan.count, plan.phase):
+        return
+    if options.rate is not None:
+        field = f"--rate {options.rate}"
+    else:
+        field = "load.rate" if isinstance(plan.executor, ConstantArrival) else "load.stages"
+    raise UserError(
+        f"{field}: starting {counted(plan.count, 'device')} would take more than "
+        f"{MAX_SPAN / 86400:.0f} days, the longest a schedule may span (a rate's unit?)"
+    )
 
 
 def check_trust(ca_file: Path) -> None:

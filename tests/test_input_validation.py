@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from loadgen.errors import UserError
 from loadgen.load.schedule import offsets
 from loadgen.run import RunOptions, check_plan
 from loadgen.scenario.schema import load_scenario
@@ -672,3 +673,28 @@ def test_a_fleet_count_past_any_machines_names_its_line(tmp_path, listener):
     _assert_refused_untouched(
         result, tmp_path, listener, f"{path}:3: fleet.count:", "less than or equal to 100000000"
     )
+
+
+@pytest.mark.parametrize(
+    ("load", "rate", "field"),
+    [
+        ("load: {executor: constant-arrival-rate, rate: 0.0000000001/s}\n", None, "load.rate"),
+        (
+            "load:\n  executor: ramping-arrival-rate\n"
+            "  stages: [{rate: 0.0000000001/s, duration: 24000h}]\n",
+            None,
+            "load.stages",
+        ),
+        (LOAD, "0.000001/s", "--rate 0.000001/s"),
+    ],
+    ids=["constant rate", "ramping stages", "rate option"],
+)
+def test_a_schedule_spanning_more_than_30_days_is_refused_naming_its_rate(
+    tmp_path, listener, load, rate, field
+):
+    # In process: a run the check misses would wait for its second device.
+    path = _write_scenario(tmp_path, listener.getsockname()[1], load=load)
+    with pytest.raises(UserError) as refused:
+        check_plan(load_scenario(path), RunOptions(rate=rate, workers=1))
+    assert str(refused.value).startswith(f"{field}: starting 5 devices would take more than 30")
+    assert sorted(os.listdir(tmp_path)) == ["scenario.yaml"]

@@ -17,6 +17,9 @@ from loadgen.load.schedule import (
     offsets,
     target_rate,
 )
+from loadgen.report.build import target_series
+from loadgen.scenario.planning import build_plan
+from loadgen.scenario.schema import Scenario
 
 
 def test_constant_arrival_spaces_devices_evenly():
@@ -64,3 +67,18 @@ def test_in_flight_slots_are_shared_out_whole(total, workers):
     parts = [share(total, workers, w) for w in range(workers)]
     assert all(p >= 1 for p in parts)
     assert sum(parts) == max(total, workers)
+
+
+def test_a_stopped_runs_target_series_ends_where_it_stopped(tmp_path):
+    # A second device a million seconds out: the series of the whole schedule
+    # would be a million entries, of a run stopped 10 s in.
+    scenario = Scenario.model_validate(
+        {
+            "name": "slow",
+            "endpoint": "127.0.0.1:8883",
+            "fleet": {"ca": str(tmp_path / "ca"), "store": str(tmp_path / "fleet"), "count": 2},
+            "load": {"executor": "constant-arrival-rate", "rate": "0.000001/s"},
+        }
+    )
+    plan = build_plan(scenario, endpoint=("127.0.0.1", 8883))
+    assert target_series(plan, until=10.0) == [1]

@@ -122,6 +122,40 @@ def peak_rate(executor: Executor) -> float | None:
     return max(executor.start_rate, *(stage.rate for stage in executor.stages))
 
 
+# The longest a schedule may take to start its devices: a soak test runs for
+# days, and a rate that spreads a fleet over more than this is a typo (1e-10/s
+# put a second device 317 years out, and a per-second series of it ran out of
+# memory).
+MAX_SPAN = 30 * 86400.0
+
+
+def arrived_by(executor: Executor, at: float) -> float:
+    """How many devices the schedule has started ``at`` seconds in (its rate's
+    integral): a check of a schedule's span in as many steps as it has stages,
+    whatever its devices."""
+    if isinstance(executor, Burst):
+        return math.inf
+    if isinstance(executor, ConstantArrival):
+        return executor.rate * at
+    start, rate0, arrived, last_rate = 0.0, executor.start_rate, 0.0, executor.start_rate
+    for stage in executor.stages:
+        if at <= start + stage.duration:
+            within = at - start
+            slope = (stage.rate - rate0) / stage.duration if stage.duration > 0 else 0.0
+            return arrived + rate0 * within + slope * within * within / 2
+        arrived += (rate0 + stage.rate) / 2 * stage.duration
+        start += stage.duration
+        rate0 = stage.rate
+        last_rate = stage.rate if stage.rate > 0 else last_rate
+    # As ``_ramping``: the devices left start at the last rate above 0.
+    return arrived + last_rate * (at - start)
+
+
+def too_long(executor: Executor, count: int, phase: float = 0.0) -> bool:
+    """Whether the last of ``count`` devices would start after ``MAX_SPAN``."""
+    return count > 1 and arrived_by(executor, MAX_SPAN) < count - 1 + phase
+
+
 def span(executor: Executor, count: int) -> float:
     """Seconds from the first planned arrival to the last."""
     if isinstance(executor, Burst) or count < 2:

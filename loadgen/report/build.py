@@ -73,7 +73,7 @@ def build(plan: RunPlan, stats: RunStats, timing: RunTiming) -> dict[str, Any]:
         "provision_breakdown_ms": breakdown_ms(stats.provisioned, stats.breakdown),
         "series": {
             "interval_s": 1,
-            "target_per_s": target_series(plan),
+            "target_per_s": target_series(plan, _ran_s(timing)),
             "started_per_s": _series(stats.started_per_second),
             "outcomes_per_s": {k: _series(v) for k, v in sorted(stats.outcomes_per_second.items())},
             **latency_series(stats.phases_per_second),
@@ -146,10 +146,19 @@ def generator_cpu(
     }
 
 
-def target_series(plan: RunPlan) -> list[int]:
-    """Planned arrivals in each second of the schedule."""
+def _ran_s(timing: RunTiming) -> float | None:
+    """How far a stopped run got into its schedule; None for a whole run."""
+    return timing.ended_at - timing.started_at if timing.partial else None
+
+
+def target_series(plan: RunPlan, until: float | None = None) -> list[int]:
+    """Planned arrivals in each second of the schedule, up to ``until`` seconds
+    in when given: a stopped run's series ends where it stopped, not where a
+    schedule it never finished would have (a dense list of every second)."""
     counts: dict[int, int] = {}
     for offset in offsets(plan.executor, plan.count, plan.phase):
+        if until is not None and offset > until:
+            break  # offsets only grow
         second = int(offset)
         counts[second] = counts.get(second, 0) + 1
     return _series(counts)
