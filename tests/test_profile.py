@@ -135,6 +135,7 @@ def test_without_a_profile_the_default_gives_unique_names():
         ),
         ("faults:\n  expired: 0.7\n  unknown_ca: 0.6\n", ":1: faults: fault fractions sum to 1.3"),
         ("faults:\n  lightning: 0.1\n", ":2: faults.lightning: unknown fault 'lightning'"),
+        ("faults:\n  expired: .nan\n", ":2: faults.expired: Input should be a finite number"),
         ("subject:\n  common_name: x\nfaults:\n  missing_state: 0.1\n", ":3: faults:"),
         ("subject:\n  common_name: [unclosed\n", ": YAML syntax error"),
         ("- just\n- a list\n", ":1: the profile must be a mapping"),

@@ -308,7 +308,10 @@ class Profile(_Strict):
         default=None,
         description="MQTT client id template; default {common_name}, else device-{index:07d}",
     )
-    faults: dict[FaultName, Annotated[float, Field(ge=0, le=1)]] = Field(default_factory=dict)
+    # NaN compares false with both bounds: refused as what it is, not as "above 1".
+    faults: dict[FaultName, Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]] = Field(
+        default_factory=dict
+    )
 
     @field_validator("validity_days")
     @classmethod
