@@ -666,6 +666,17 @@ def test_a_run_option_mistake_is_refused_before_any_load(tmp_path, listener, arg
     _assert_refused_untouched(result, tmp_path, listener, *fragments)
 
 
+def test_a_start_at_past_any_horizon_says_so_without_a_count_of_hours(tmp_path, listener):
+    path = _write_scenario(tmp_path, listener.getsockname()[1])
+    result = run_loadgen("run", path, "--start-at", "1e30")
+    _assert_refused_untouched(
+        result,
+        tmp_path,
+        listener,
+        "--start-at 1e30: more than 24 h from now: likely a mistake",
+    )
+
+
 def test_a_fleet_count_past_any_machines_names_its_line(tmp_path, listener):
     path = _write_scenario(tmp_path, listener.getsockname()[1])
     path.write_text(path.read_text().replace("count: 5}", "count: 99999999999999999999999}"))

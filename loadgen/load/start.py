@@ -80,8 +80,15 @@ def parse_start(text: str | None, tolerance_text: str, now: float | None = None)
     now = time.time() if now is None else now
     if start.at - now > MAX_AHEAD:
         raise UserError(
-            f"--start-at {text}: {(start.at - now) / 3600:.1f} h from now, more than "
-            f"{MAX_AHEAD / 3600:.0f} h: likely a mistake (milliseconds for seconds, a wrong day)"
+            f"--start-at {text}: {_ahead(start.at - now)}more than {MAX_AHEAD / 3600:.0f} h "
+            "from now: likely a mistake (milliseconds for seconds, a wrong day)"
         )
     start.check(now)
     return start
+
+
+def _ahead(seconds: float) -> str:
+    """ "25.0 h, ": how far, while hours say something (1e30 epoch seconds gave a
+    27-digit count of hours)."""
+    hours = seconds / 3600
+    return f"{hours:.1f} h, " if hours < 1000 else ""
