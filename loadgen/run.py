@@ -75,6 +75,32 @@ def check_plan(scenario: Scenario, options: RunOptions) -> RunPlan:
     return plan
 
 
+def emulator_state(scenario: Scenario) -> Path:
+    """The embedded emulator's folder: beside the fleet's store."""
+    return scenario.fleet.store.parent / "emulator"
+
+
+def kept_files(scenario: Scenario, path: Path) -> list[tuple[Path, str]]:
+    """What a run of the scenario in ``path`` reads, or keeps for the next one,
+    each with what it is: its outputs must not be written over them. A folder
+    stands for the files it holds now and those the run writes there."""
+    tls = scenario.tls
+    emulator = scenario.emulator
+    named = [
+        (path, "the scenario"),
+        (scenario.fleet.profile, "fleet.profile"),
+        (tls.ca_file, "tls.ca_file"),
+        (emulator.template, "emulator.template"),
+        (emulator.registration_config, "emulator.registration_config"),
+    ]
+    return [
+        *((p, what) for p, what in named if p is not None),
+        (scenario.fleet.store, "fleet.store"),
+        (scenario.fleet.ca, "fleet.ca"),
+        (emulator_state(scenario), "the embedded emulator's state"),
+    ]
+
+
 def fleet_count(scenario: Scenario, options: RunOptions) -> int:
     """The whole fleet's devices (a shard runs its part of them)."""
     return options.count if options.count is not None else scenario.fleet.count
@@ -119,7 +145,7 @@ def endpoint(scenario: Scenario, options: RunOptions) -> Iterator[EndpointSessio
         yield EndpointSession(scenario, options)
         return
     spec = scenario.emulator
-    state = scenario.fleet.store.parent / "emulator"
+    state = emulator_state(scenario)
     config = spec.registration_config
     if spec.template is not None:
         config = state / "registration-config.json"

@@ -439,6 +439,30 @@ def test_an_output_path_that_cannot_be_written_is_refused_before_the_run(
     _assert_refused_untouched(result, tmp_path, listener, option, expected)
 
 
+@pytest.mark.parametrize(
+    ("option", "value", "what"),
+    [
+        ("--report", "scenario.yaml", "the scenario"),
+        ("--html", "fleet/manifest.jsonl", "inside fleet.store"),
+        ("--junit", "ca/ca.key", "inside fleet.ca"),
+    ],
+)
+def test_an_output_on_what_the_run_reads_or_keeps_is_refused_and_nothing_changes(
+    tmp_path, listener, option, value, what
+):
+    path = _write_scenario(tmp_path, listener.getsockname()[1])
+    minted = run_loadgen(
+        "certs", "mint", "--ca", tmp_path / "ca", "--init-ca", "--out", tmp_path / "fleet",
+        "--count", "5",
+    )  # fmt: skip
+    assert minted.code == 0, minted.err
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    result = run_loadgen("run", path, option, value, cwd=tmp_path)
+    assert_user_error(result, f"{option} {value}: that is {what}")
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+    assert not _connected(listener)
+
+
 PORT_MISTAKES = {
     "run --metrics-port above 65535": (("run", "x.yaml", "--metrics-port", "99999"), "99999"),
     "run --metrics-port 0": (("run", "x.yaml", "--metrics-port", "0"), "from 1 to 65535"),

@@ -36,6 +36,7 @@ from loadgen.run import (
     check_plan,
     ensure_fleet,
     execute,
+    kept_files,
     make_plan,
     mint_workers,
     workers_for,
@@ -150,7 +151,7 @@ def capacity_command(
     options = RunOptions(endpoint, None, None, workers)
     check_plan(scenario, options)
     outputs.label_only("loadgen capacity")
-    outputs.check()
+    outputs.check(kept=kept_files(scenario, scenario_path))
     say(
         Console(highlight=False),
         f"capacity search: from {search.start:g}/s by {search.step:g}/s,",

@@ -8,6 +8,7 @@ import signal
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -52,6 +53,29 @@ def check_destinations(*destinations: Destination | None) -> None:
                     f"{destination.option} {destination}: the same file as {earlier.option}"
                 )
         destination.check(warn)
+
+
+def check_not_kept(destinations: list[Destination | None], kept: list[tuple[Path, str]]) -> None:
+    """Refuse an output that would land on what the command reads or keeps
+    (``kept``: paths and what each is; a folder holds its files). A folder
+    that also holds the scenario itself (a fleet kept in the scenario's own
+    folder) guards only the files already in it."""
+    home = kept[0][0].resolve().parent if kept else None
+    for destination in destinations:
+        if destination is None or not isinstance(destination.location, Path):
+            continue
+        target = destination.location.resolve()
+        for place, what in kept:
+            folder = place.resolve()
+            inside = folder in target.parents and (
+                target.exists() or home is None or not home.is_relative_to(folder)
+            )
+            if target == folder or inside:
+                where = f"inside {what}" if inside else what
+                raise UserError(
+                    f"{destination.option} {destination}: that is {where} ({place}), "
+                    "which the command reads or keeps: give another file"
+                )
 
 
 def check_pushgateway(url: str) -> None:
@@ -220,10 +244,14 @@ class Outputs:
                 "give --shard a NAME (a label and a Pushgateway group)"
             )
 
-    def check(self, *others: Destination | None) -> None:
+    def check(
+        self, *others: Destination | None, kept: list[tuple[Path, str]] | None = None
+    ) -> None:
         """Refuse, before anything runs, files that could not be written (these
-        and ``others``, the command's other outputs)."""
+        and ``others``, the command's other outputs), and any of them that
+        would land on what the command reads or keeps (``kept``)."""
         check_destinations(self.report, self.html, *others)
+        check_not_kept([self.report, self.html, *others], kept or [])
         if self.metrics_port is not None:
             check_listen(self.metrics_host, self.metrics_port, "--metrics-port", "--metrics-host")
 

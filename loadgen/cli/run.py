@@ -42,6 +42,7 @@ from loadgen.run import (
     ensure_fleet,
     execute,
     fleet_count,
+    kept_files,
     make_plan,
     mint_workers,
 )
@@ -90,7 +91,7 @@ def run_command(
     gates = gates_mod.from_texts(scenario.gates, scenario_path, gate_texts)
     options = RunOptions(endpoint, count, rate, workers, outputs.slice, start)
     checked = check_plan(scenario, options)
-    outputs.check(junit_path, summary_path)
+    outputs.check(junit_path, summary_path, kept=kept_files(scenario, scenario_path))
     console = stderr_console()
     minted = _mint_with_progress(
         console, scenario, fleet_count(scenario, options), mint_workers(workers), checked.shard
