@@ -608,7 +608,7 @@ def test_report_merge_refuses_an_output_in_a_missing_folder_before_reading(tmp_p
     assert_user_error(result, "--out", "does not exist")
 
 
-@pytest.mark.parametrize("endpoint", ["127.0.0.1:99999", "127.0.0.1:1:2", "[::1:8883", "a b:8883"])
+@pytest.mark.parametrize("endpoint", ["127.0.0.1:99999", "127.0.0.1:1:2", "[::1:8883", "a b:8883", ""])
 def test_an_endpoint_option_that_is_not_host_and_port_is_refused(tmp_path, listener, endpoint):
     path = _write_scenario(tmp_path, listener.getsockname()[1])
     result = run_loadgen("run", path, "--endpoint", endpoint, cwd=tmp_path)

@@ -94,11 +94,15 @@ def build_plan(
 
 
 def endpoint_of(scenario: Scenario, override: str | None) -> tuple[str, int]:
-    value = override or scenario.endpoint
+    # An empty --endpoint (an unset variable's "$ENDPOINT") is a mistake, not
+    # the scenario's endpoint.
+    value = override if override is not None else scenario.endpoint
     try:
         return parse_endpoint(value)
     except ValueError as exc:
-        raise ConfigError(f"{'--endpoint' if override else 'endpoint'}: {exc}") from None
+        raise ConfigError(
+            f"{'--endpoint' if override is not None else 'endpoint'}: {exc}"
+        ) from None
 
 
 def check_template(template: str, where: str) -> None:
