@@ -555,6 +555,16 @@ def test_emulator_serve_refuses_a_ca_that_is_not_a_ca(tmp_path, device_ca):
     assert not (tmp_path / "state").exists()
 
 
+def test_emulator_serve_refuses_one_ca_given_active_and_inactive(tmp_path, device_ca):
+    (tmp_path / "copy.pem").write_bytes((device_ca.directory / "ca.pem").read_bytes())
+    result = run_loadgen(
+        "emulator", "serve", "--ca", device_ca.directory / "ca.pem",
+        "--ca-inactive", tmp_path / "copy.pem", "--state-dir", tmp_path / "state", "--port", "0",
+    )  # fmt: skip
+    assert_user_error(result, f"{tmp_path / 'copy.pem'}: a CA given twice")
+    assert not (tmp_path / "state").exists()
+
+
 def test_emulator_serve_with_a_bad_ca_leaves_no_state_file(tmp_path):
     (tmp_path / "ca.pem").write_text("not a certificate\n")
     result = run_loadgen(
@@ -608,7 +618,9 @@ def test_report_merge_refuses_an_output_in_a_missing_folder_before_reading(tmp_p
     assert_user_error(result, "--out", "does not exist")
 
 
-@pytest.mark.parametrize("endpoint", ["127.0.0.1:99999", "127.0.0.1:1:2", "[::1:8883", "a b:8883", ""])
+@pytest.mark.parametrize(
+    "endpoint", ["127.0.0.1:99999", "127.0.0.1:1:2", "[::1:8883", "a b:8883", ""]
+)
 def test_an_endpoint_option_that_is_not_host_and_port_is_refused(tmp_path, listener, endpoint):
     path = _write_scenario(tmp_path, listener.getsockname()[1])
     result = run_loadgen("run", path, "--endpoint", endpoint, cwd=tmp_path)

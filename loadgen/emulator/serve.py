@@ -25,6 +25,7 @@ from loadgen.certs.ca import CERT_FILE, init_ca, load_ca, marked_ca, server_cert
 from loadgen.emulator import metrics as emu_metrics
 from loadgen.emulator.errors import ProvisioningError
 from loadgen.emulator.limits import Limits
+from loadgen.emulator.parameters import certificate_id
 from loadgen.emulator.processes import ServingProcesses, Totals, how_ended
 from loadgen.emulator.registry import Registry
 from loadgen.emulator.server import Emulator
@@ -103,6 +104,14 @@ def build_registry(
             # As RegisterCACertificate refuses it: a device certificate, say.
             raise ConfigError(f"{item.ca_pem}: not a CA certificate (basicConstraints CA:TRUE)")
         certs.append(cert)
+    first: dict[str, Path] = {}
+    for item, cert in zip(cas, certs, strict=True):
+        # One CA is registered once: given twice (active and inactive, say), the
+        # second registration would silently replace the first.
+        earlier = first.setdefault(certificate_id(cert), item.ca_pem)
+        if earlier is not item.ca_pem:
+            same = "" if earlier == item.ca_pem else f" (the CA of {earlier})"
+            raise ConfigError(f"{item.ca_pem}: a CA given twice{same}: register it once")
     # The state file only once the CAs are known good: a mistake writes nothing.
     store = RegistryStore(state) if state is not None else None
     registry = Registry(strict_resources=strict_resources, store=store)
