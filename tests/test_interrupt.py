@@ -10,6 +10,8 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -323,25 +325,30 @@ def test_a_run_whose_terminal_closed_stops_and_writes_what_it_measured(
     assert "stopped early" in html.read_text().lower()
 
 
-def test_ctrl_c_while_the_embedded_emulator_stops_after_the_report_leaves_the_run_whole(
-    tmp_path, device_ca
-):
+def _embedded(tmp_path, device_ca, count: int, *, processes: int, **extra: Any) -> Path:
+    """A scenario of ``count`` JITP devices, all at once, against the embedded
+    emulator on ``processes`` serving processes."""
     import yaml
 
     path = tmp_path / "embedded.yaml"
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "name": "embedded",
-                "endpoint": "embedded",
-                "mqtt": {"client_id": "{common_name}"},
-                "fleet": {"ca": str(device_ca.directory), "store": "fleet", "count": 40},
-                "jitp": {"expect_first_connect_rejected": True},
-                "load": {"executor": "burst", "max_in_flight": 40},
-                "emulator": {"quotas": {"provision": "off"}, "processes": 3},
-            }
-        )
-    )
+    scenario = {
+        "name": "embedded",
+        "endpoint": "embedded",
+        "mqtt": {"client_id": "{common_name}"},
+        "fleet": {"ca": str(device_ca.directory), "store": "fleet", "count": count},
+        "jitp": {"expect_first_connect_rejected": True},
+        "load": {"executor": "burst", "max_in_flight": count},
+        "emulator": {"quotas": {"provision": "off"}, "processes": processes},
+        **extra,
+    }
+    path.write_text(yaml.safe_dump(scenario))
+    return path
+
+
+def test_ctrl_c_while_the_embedded_emulator_stops_after_the_report_leaves_the_run_whole(
+    tmp_path, device_ca
+):
+    path = _embedded(tmp_path, device_ca, 40, processes=3)
     report_path = tmp_path / "r.json"
     proc = subprocess.Popen(
         [
@@ -378,26 +385,13 @@ def test_sigterm_to_every_process_of_a_run_stops_it_as_ctrl_c_does(tmp_path, dev
     holding count as connected, and the emulator serves until the run stops it."""
     import urllib.request
 
-    import yaml
     from prometheus_client.parser import text_string_to_metric_families
 
     from tests.brokers import free_port
 
     metrics = free_port()
-    path = tmp_path / "held.yaml"
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "name": "held",
-                "endpoint": "embedded",
-                "mqtt": {"client_id": "{common_name}"},
-                "fleet": {"ca": str(device_ca.directory), "store": "fleet", "count": 30},
-                "jitp": {"expect_first_connect_rejected": True},
-                "load": {"executor": "burst", "max_in_flight": 30},
-                "after_connect": [{"hold": {"duration": "60s"}}],
-                "emulator": {"quotas": {"provision": "off"}, "processes": 2},
-            }
-        )
+    path = _embedded(
+        tmp_path, device_ca, 30, processes=2, after_connect=[{"hold": {"duration": "60s"}}]
     )
     report_path = tmp_path / "r.json"
     proc = subprocess.Popen(
