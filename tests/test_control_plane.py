@@ -350,6 +350,18 @@ def test_a_revoked_certificate_cannot_be_activated_again(plane, device_ca, fleet
     assert error.code == "CertificateStateException"
 
 
+def test_a_certificate_cannot_be_set_pending_activation(plane, device_ca, fleet, tmp_path):
+    """AWS keeps PENDING_ACTIVATION for itself: UpdateCertificate throws."""
+    _register(plane, device_ca, tmp_path)
+    (cert_id,) = _provision(plane, fleet[:1])
+    error = _error(
+        plane, "UpdateCertificate", certificateId=cert_id, newStatus="PENDING_ACTIVATION"
+    )
+    assert error.code == "InvalidRequestException"
+    described = plane.call("DescribeCertificate", {"certificateId": cert_id})
+    assert described["certificateDescription"]["status"] == "ACTIVE"
+
+
 def test_an_active_certificate_cannot_be_deleted(plane, device_ca, fleet, tmp_path):
     _register(plane, device_ca, tmp_path)
     (cert_id,) = _provision(plane, fleet[:1])

@@ -12,9 +12,10 @@ from loadgen.emulator.api.base import Account, Params, Result, invalid, not_foun
 from loadgen.emulator.api.cas import generation_id, validity
 from loadgen.emulator.registry import CertRecord, CertStatus
 
-# What UpdateCertificate may set here; PENDING_TRANSFER and REGISTER_INACTIVE
-# belong to certificate transfer and RegisterCertificate, which the emulator lacks.
-_SETTABLE = {s.value: s for s in CertStatus}
+# What UpdateCertificate may set. AWS throws on PENDING_TRANSFER and
+# PENDING_ACTIVATION ("used internally by IoT"; its API reference), and
+# REGISTER_INACTIVE belongs to RegisterCertificate, which the emulator lacks.
+_SETTABLE = {s.value: s for s in CertStatus if s is not CertStatus.PENDING_ACTIVATION}
 
 
 def _summary(account: Account, record: CertRecord) -> Result:
