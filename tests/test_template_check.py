@@ -45,6 +45,19 @@ def test_a_parameter_jitp_does_not_provide_is_an_error(tmp_path):
     assert "Parameters.AWS::IoT::Certificate::Email" in result.out
 
 
+def test_a_policy_condition_is_a_warning_that_the_emulator_does_not_evaluate_it(tmp_path):
+    template = yaml.safe_load(LIGHTBULB.read_text())
+    policy_id = next(k for k, v in template["Resources"].items() if v["Type"] == "AWS::IoT::Policy")
+    document = json.loads(template["Resources"][policy_id]["Properties"]["PolicyDocument"])
+    document["Statement"][0]["Condition"] = {"Bool": {"iot:Connection.Thing.IsAttached": "true"}}
+    template["Resources"][policy_id]["Properties"]["PolicyDocument"] = json.dumps(document)
+    result = run_loadgen("template", "check", _config(tmp_path, template))
+    assert (
+        f"warning: Resources.{policy_id}.PolicyDocument.Statement[0].Condition: the emulator "
+        "does not evaluate policy conditions" in result.out
+    )
+
+
 def test_a_parameter_the_profile_never_sets_is_an_error(tmp_path):
     template = yaml.safe_load(LIGHTBULB.read_text())
     unit = "AWS::IoT::Certificate::OrganizationalUnit"

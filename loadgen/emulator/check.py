@@ -142,6 +142,18 @@ def _policies(
             statements[logical_id] = policy.parse(document)
         except policy.PolicyError as exc:
             findings.append(Finding(True, f"Resources.{logical_id}", f"{exc}"))
+            continue
+        findings += [
+            Finding(
+                False,
+                f"Resources.{logical_id}.PolicyDocument.Statement[{i}].Condition",
+                "the emulator does not evaluate policy conditions: it applies this "
+                f"{'Allow' if statement.allow else 'Deny'} as if its condition held, where "
+                "AWS applies it only when it does",
+            )
+            for i, statement in enumerate(statements[logical_id])
+            if statement.conditional
+        ]
     if not statements:
         return findings
     policies = list(statements.values())

@@ -29,6 +29,9 @@ class Statement:
     allow: bool
     actions: tuple[str, ...]
     resources: tuple[str, ...]
+    # A Condition block, which the emulator does not evaluate: the statement
+    # applies as if it held (`template check` warns of it).
+    conditional: bool = False
 
 
 def parse(document: str) -> list[Statement]:
@@ -50,7 +53,10 @@ def parse(document: str) -> list[Statement]:
             raise PolicyError(f"statement Effect {effect!r}")
         statements.append(
             Statement(
-                effect == "Allow", _strings(item.get("Action")), _strings(item.get("Resource"))
+                effect == "Allow",
+                _strings(item.get("Action")),
+                _strings(item.get("Resource")),
+                conditional="Condition" in item,
             )
         )
     return statements
