@@ -10,6 +10,7 @@ import time
 import pytest
 
 from loadgen import mqtt
+from loadgen.device.aiomqtt_driver import AiomqttDevice
 from loadgen.device.lifecycle import (
     Census,
     Device,
@@ -33,6 +34,13 @@ async def _run(target, config, *, tls=None, version=mqtt.MQTT_5, steps=(), clien
     spec = DeviceSpec(0, client_id, target, tls, version, time.monotonic(), steps)
     async with asyncio.timeout(30):
         return await Device(spec, config, time.monotonic, random.Random(0)).run()
+
+
+async def _run_aiomqtt(target, config, *, tls=None, version=mqtt.MQTT_5, steps=(), client_id="dev"):
+    """The same device life through the aiomqtt driver."""
+    spec = DeviceSpec(0, client_id, target, tls, version, time.monotonic(), steps)
+    async with asyncio.timeout(30):
+        return await AiomqttDevice(spec, config, time.monotonic, random.Random(0)).run()
 
 
 async def _broker(decide=lambda _c, _n: None):
@@ -407,3 +415,29 @@ def test_a_fault_predicts_a_failure_only_when_the_endpoint_judged_the_device():
     assert expectation("missing_country", Outcome.CLOSED, "connack") is True
     assert expectation("missing_country", Outcome.CLOSED, "tls") is False
     assert expectation(None, Outcome.CLOSED, "connack") is False
+
+
+# The aiomqtt driver: what it reports must be what the native driver reports.
+
+
+@pytest.mark.parametrize(
+    ("code", "outcome"),
+    [(3, Outcome.THROTTLED), (4, Outcome.NOT_AUTHORIZED), (5, Outcome.NOT_AUTHORIZED)],
+)
+async def test_aiomqtt_maps_a_3_1_1_connack_code_as_the_native_driver_does(code, outcome):
+    # paho 2.x hands a 3.1.1 return code over as the MQTT 5 reason code of its
+    # meaning (3 as 0x88): the 3.1.1 table must see the code the server sent.
+    _, server, target = await _broker(lambda _c, _n: code)
+    result = await _run_aiomqtt(target, DeviceConfig(retry=FAST_RETRY), version=mqtt.MQTT_3_1_1)
+    server.close()
+    assert result.outcome is outcome, result.reason
+    assert result.phase == "connack" and f"(0x{code:02x})" in result.reason
+
+
+async def test_aiomqtt_takes_a_refused_3_1_1_connack_for_the_jitp_trigger():
+    _, server, target = await _broker(lambda _c, seen: 5 if seen == 0 else None)
+    config = DeviceConfig(retry=FAST_RETRY, expect_first_connect_rejected=True)
+    result = await _run_aiomqtt(target, config, version=mqtt.MQTT_3_1_1)
+    server.close()
+    assert result.outcome is Outcome.CONNECTED and result.attempts == 2
+    assert result.provisioning_triggered

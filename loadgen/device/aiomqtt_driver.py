@@ -26,7 +26,13 @@ from loadgen.device.lifecycle import (
     SubscribeStep,
 )
 from loadgen.device.outcome import Outcome, classify
+from loadgen.mqtt.reason import reason_name
 from loadgen.transport.errors import AckRefused, Closed, Refused, TlsRejected, TransportError
+
+# paho 2.x hands a 3.1.1 CONNACK's return code over as the MQTT 5 reason code of
+# its meaning (3, server unavailable, as 0x88): the return code the server sent.
+# One paho does not know reaches us as 0x80, unspecified error.
+_V311_RETURN_CODES = {0x84: 1, 0x85: 2, 0x88: 3, 0x86: 4, 0x87: 5}
 
 
 def _translate(exc: BaseException, version: int, phase: str) -> TransportError:
@@ -34,7 +40,9 @@ def _translate(exc: BaseException, version: int, phase: str) -> TransportError:
     if isinstance(exc, aiomqtt.MqttCodeError) and exc.rc is not None:
         code = int(exc.rc.value) if hasattr(exc.rc, "value") else int(exc.rc)
         if phase == "connack" and code:
-            return AckRefused(f"CONNACK 0x{code:02x} ({exc})", phase, code, version)
+            if version != mqtt.MQTT_5:
+                code = _V311_RETURN_CODES.get(code, code)
+            return AckRefused(f"CONNACK {reason_name(code, version)}", phase, code, version)
     text = str(exc)
     upper = text.upper()
     if isinstance(exc, ssl.SSLError) or "SSL" in upper or "CERTIFICATE" in upper or "TLS" in upper:
