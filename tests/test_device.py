@@ -441,3 +441,31 @@ async def test_aiomqtt_takes_a_refused_3_1_1_connack_for_the_jitp_trigger():
     server.close()
     assert result.outcome is Outcome.CONNECTED and result.attempts == 2
     assert result.provisioning_triggered
+
+
+async def test_aiomqtt_names_the_server_by_its_server_name_not_the_address_it_connects_to(
+    small_fleet, mosquitto, tmp_path
+):
+    # The runner resolves the endpoint: the device connects to an address, and
+    # names the server (SNI, the certificate's check) by tls.server_name.
+    import ssl
+
+    from loadgen.certs.ca import server_cert
+
+    cert, key = server_cert(mosquitto.server_ca, ["localhost"])  # no IP address in it
+    (tmp_path / "server.pem").write_bytes(cert)
+    (tmp_path / "server.key").write_bytes(key)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tmp_path / "server.pem", tmp_path / "server.key")
+    named = []
+    context.sni_callback = lambda _sock, name, _ctx: named.append(name)
+    broker = EchoBroker()
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(broker.protocol, "127.0.0.1", 0, ssl=context)
+    target = Target("127.0.0.1", server.sockets[0].getsockname()[1], server_name="localhost")
+    device, tls = device_tls(small_fleet, mosquitto)
+    config = DeviceConfig(retry=RetryPolicy(initial=0.01, max_attempts=1))
+    result = await _run_aiomqtt(target, config, tls=tls, client_id=device.client_id)
+    server.close()
+    assert result.outcome is Outcome.CONNECTED, result.reason
+    assert named == ["localhost"]

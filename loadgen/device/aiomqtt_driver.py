@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import ssl
+from typing import Any
 
 import aiomqtt
 
@@ -52,6 +54,20 @@ def _translate(exc: BaseException, version: int, phase: str) -> TransportError:
     return Closed(text or type(exc).__name__, phase)
 
 
+def _naming(context: ssl.SSLContext, server_name: str | None) -> ssl.SSLContext:
+    """``context``, naming the server ``server_name`` (SNI and the certificate's
+    check) in each socket it wraps, as the native transport does. paho names it
+    by the host it connects to: an address, once the runner resolved the endpoint."""
+    wrap = context.wrap_socket
+
+    def wrap_socket(sock: socket.socket, *args: Any, **kwargs: Any) -> ssl.SSLSocket:
+        kwargs["server_hostname"] = server_name
+        return wrap(sock, *args, **kwargs)
+
+    context.wrap_socket = wrap_socket  # type: ignore[method-assign]
+    return context
+
+
 class AiomqttDevice(DeviceDriver):
     def _client(self) -> aiomqtt.Client:
         spec = self.spec
@@ -61,7 +77,9 @@ class AiomqttDevice(DeviceDriver):
             spec.target.port,
             identifier=spec.client_id,
             protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
-            tls_context=spec.tls.context() if spec.tls is not None else None,
+            tls_context=(
+                _naming(spec.tls.context(), spec.tls.server_name) if spec.tls is not None else None
+            ),
             keepalive=self.config.keepalive,
             timeout=self.config.connect_timeout,
             bind_address=spec.target.source_address or "",
