@@ -4,6 +4,7 @@ device ends in, against mosquitto and against brokers that misbehave on purpose.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 
@@ -469,3 +470,26 @@ async def test_aiomqtt_names_the_server_by_its_server_name_not_the_address_it_co
     server.close()
     assert result.outcome is Outcome.CONNECTED, result.reason
     assert named == ["localhost"]
+
+
+async def test_aiomqtt_closes_a_connect_attempt_that_timed_out():
+    ended = []  # per connection: the client closed it
+
+    async def silent(reader, writer):
+        await reader.read(1024)  # the CONNECT, never answered
+        with contextlib.suppress(ConnectionError):
+            ended.append(await reader.read(1024) == b"")
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    target = Target("127.0.0.1", server.sockets[0].getsockname()[1])
+    config = DeviceConfig(retry=RetryPolicy(initial=0.01, max_attempts=2), connect_timeout=0.3)
+    result = await _run_aiomqtt(target, config)
+    assert result.outcome is Outcome.TIMEOUT and result.attempts == 2
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(1.5):  # paho's own timers tick once a second
+            while len(ended) < 2:
+                await asyncio.sleep(0.01)
+    server.close()
+    assert ended == [True, True]
+    assert not [t for t in asyncio.all_tasks() if "_misc_loop" in repr(t.get_coro())]

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import socket
 import ssl
+import threading
 from typing import Any
 
 import aiomqtt
@@ -68,11 +69,54 @@ def _naming(context: ssl.SSLContext, server_name: str | None) -> ssl.SSLContext:
     return context
 
 
+class _Client(aiomqtt.Client):
+    """aiomqtt's client, whose connect can be given up (timed out, say) without
+    leaving its connection open. paho's blocking connect (TCP, TLS, CONNECT)
+    runs in the thread pool, where cancelling does not reach it: a connect given
+    up while there is closed once it returns (one still queued never starts)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._gate = threading.Lock()
+        self._abandoned = False
+        self._in_pool = False  # paho's connect runs in the thread pool
+
+    def _client_connect(self) -> None:  # in the thread pool
+        with self._gate:
+            if self._abandoned:
+                return
+            self._in_pool = True
+        try:
+            super()._client_connect()
+        finally:
+            # After the socket's own callbacks (add_reader, the misc task): FIFO.
+            self._loop.call_soon_threadsafe(self._returned)
+
+    def _returned(self) -> None:
+        self._in_pool = False
+        if self._abandoned:
+            self._close()
+
+    def abandon(self) -> None:
+        """Give up this connect: close its connection, now or once paho's connect
+        in the thread pool returns."""
+        with self._gate:
+            self._abandoned = True
+            running = self._in_pool
+        if not running:
+            self._close()
+
+    def _close(self) -> None:
+        # Stops watching the socket (aiomqtt's callbacks), ends the misc task,
+        # closes the socket; nothing when there is none.
+        self._client._sock_close()
+
+
 class AiomqttDevice(DeviceDriver):
-    def _client(self) -> aiomqtt.Client:
+    def _client(self) -> _Client:
         spec = self.spec
         v5 = spec.version == mqtt.MQTT_5
-        return aiomqtt.Client(
+        return _Client(
             spec.target.host,
             spec.target.port,
             identifier=spec.client_id,
@@ -101,11 +145,15 @@ class AiomqttDevice(DeviceDriver):
             except (aiomqtt.MqttError, OSError) as exc:
                 error = _translate(exc, self.spec.version, "connack")
                 outcome, reason = classify(error), error.reason
+            except BaseException:
+                client.abandon()
+                raise
             else:
                 result.endpoint_wait += self.clock() - began
                 self.connected(self.clock() - self.spec.scheduled)
                 await self._act(client)
                 return result
+            client.abandon()
             result.endpoint_wait += self.clock() - began
             delay = retry.failed(outcome, reason, "connack")
             if delay is None:
