@@ -21,6 +21,8 @@ class EchoBroker:
     matching subscriptions."""
 
     decide: Decide = lambda _connect, _seen: None
+    puback_code: int = 0  # each PUBACK's reason code (MQTT 5)
+    suback_code: int | None = None  # each SUBACK's code; None grants the QoS asked (at most 1)
     connects: dict[str, int] = field(default_factory=dict)
     received: list[mqtt.Packet] = field(default_factory=list)
     subscribers: list[tuple[str, mqtt.Connection, asyncio.Transport]] = field(default_factory=list)
@@ -66,11 +68,12 @@ class _ServerProtocol(asyncio.Protocol):
         elif isinstance(packet, mqtt.Subscribe):
             for s in packet.subscriptions:
                 self.broker.subscribers.append((s.topic_filter, self.conn, self.transport))
-            codes = tuple(min(s.qos, 1) for s in packet.subscriptions)
+            code = self.broker.suback_code
+            codes = tuple(min(s.qos, 1) if code is None else code for s in packet.subscriptions)
             send(self.conn.send(mqtt.SubAck(packet.packet_id, codes)))
         elif isinstance(packet, mqtt.Publish):
             if packet.qos == 1 and packet.packet_id is not None:
-                send(self.conn.send(mqtt.PubAck(packet.packet_id)))
+                send(self.conn.send(mqtt.PubAck(packet.packet_id, self.broker.puback_code)))
             for topic_filter, conn, transport in self.broker.subscribers:
                 if topics.matches(topic_filter, packet.topic) and not transport.is_closing():
                     transport.write(conn.send(mqtt.Publish(packet.topic, packet.payload)))

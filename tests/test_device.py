@@ -44,8 +44,8 @@ async def _run_aiomqtt(target, config, *, tls=None, version=mqtt.MQTT_5, steps=(
         return await AiomqttDevice(spec, config, time.monotonic, random.Random(0)).run()
 
 
-async def _broker(decide=lambda _c, _n: None):
-    broker = EchoBroker(decide=decide)
+async def _broker(decide=lambda _c, _n: None, **acks):
+    broker = EchoBroker(decide=decide, **acks)
     server = await asyncio.get_running_loop().create_server(broker.protocol, "127.0.0.1", 0)
     return broker, server, Target("127.0.0.1", server.sockets[0].getsockname()[1])
 
@@ -493,3 +493,34 @@ async def test_aiomqtt_closes_a_connect_attempt_that_timed_out():
     server.close()
     assert ended == [True, True]
     assert not [t for t in asyncio.all_tasks() if "_misc_loop" in repr(t.get_coro())]
+
+
+@pytest.mark.parametrize(
+    ("code", "outcome"), [(0x87, Outcome.NOT_AUTHORIZED), (0x97, Outcome.THROTTLED)]
+)
+async def test_aiomqtt_fails_a_device_on_a_puback_failure_code(code, outcome):
+    _, server, target = await _broker(puback_code=code)
+    steps = (PublishStep("dt/dev", qos=1, count=2, payload_bytes=8),)
+    result = await _run_aiomqtt(target, DeviceConfig(retry=FAST_RETRY), steps=steps)
+    server.close()
+    assert result.outcome is outcome and result.phase == "publish"
+    assert f"(0x{code:02x})" in result.reason
+    assert result.publishes == 0 and not result.publish_acks
+
+
+@pytest.mark.parametrize(
+    ("version", "code", "outcome"),
+    [
+        (mqtt.MQTT_5, 0x87, Outcome.NOT_AUTHORIZED),
+        (mqtt.MQTT_5, 0x80, Outcome.ERROR),
+        (mqtt.MQTT_3_1_1, 0x80, Outcome.ERROR),
+    ],
+)
+async def test_aiomqtt_fails_a_device_on_a_suback_failure_code(version, code, outcome):
+    _, server, target = await _broker(suback_code=code)
+    steps = (SubscribeStep("cmd/dev", qos=1),)
+    config = DeviceConfig(retry=FAST_RETRY)
+    result = await _run_aiomqtt(target, config, version=version, steps=steps)
+    server.close()
+    assert result.outcome is outcome and result.phase == "subscribe"
+    assert f"SUBACK 0x{code:02x} for cmd/dev" == result.reason

@@ -18,6 +18,9 @@ import threading
 from typing import Any
 
 import aiomqtt
+import paho.mqtt.client as paho
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from loadgen import mqtt
 from loadgen.device.lifecycle import (
@@ -38,10 +41,14 @@ from loadgen.transport.errors import AckRefused, Closed, Refused, TlsRejected, T
 _V311_RETURN_CODES = {0x84: 1, 0x85: 2, 0x88: 3, 0x86: 4, 0x87: 5}
 
 
+def _code(reason: ReasonCode | int) -> int:
+    return int(reason.value) if isinstance(reason, ReasonCode) else int(reason)
+
+
 def _translate(exc: BaseException, version: int, phase: str) -> TransportError:
     """aiomqtt flattens errors to text and codes; recover the cause from them."""
     if isinstance(exc, aiomqtt.MqttCodeError) and exc.rc is not None:
-        code = int(exc.rc.value) if hasattr(exc.rc, "value") else int(exc.rc)
+        code = _code(exc.rc)
         if phase == "connack" and code:
             if version != mqtt.MQTT_5:
                 code = _V311_RETURN_CODES.get(code, code)
@@ -80,6 +87,20 @@ class _Client(aiomqtt.Client):
         self._gate = threading.Lock()
         self._abandoned = False
         self._in_pool = False  # paho's connect runs in the thread pool
+        # The reason code of the last PUBACK (aiomqtt drops it): a device
+        # publishes one message at a time.
+        self.puback_code = 0
+
+    def _on_publish(
+        self,
+        client: paho.Client,
+        userdata: Any,
+        mid: int,
+        reason_code: ReasonCode,
+        properties: Properties,
+    ) -> None:
+        self.puback_code = _code(reason_code)
+        super()._on_publish(client, userdata, mid, reason_code, properties)
 
     def _client_connect(self) -> None:  # in the thread pool
         with self._gate:
@@ -160,8 +181,8 @@ class AiomqttDevice(DeviceDriver):
                 return result
             await asyncio.sleep(delay)
 
-    async def _act(self, client: aiomqtt.Client) -> None:
-        result, timeout = self.result, self.config.step_timeout
+    async def _act(self, client: _Client) -> None:
+        result, timeout, version = self.result, self.config.step_timeout, self.spec.version
         phase = "publish"
         try:
             for step in self.spec.steps:
@@ -170,15 +191,26 @@ class AiomqttDevice(DeviceDriver):
                     payload = bytes(step.payload_bytes)
                     for _ in range(step.count):
                         sent = self.clock()
+                        client.puback_code = 0
                         async with asyncio.timeout(timeout):
                             await client.publish(step.topic, payload, qos=step.qos)
+                        code = client.puback_code
+                        if code >= 0x80:
+                            name = reason_name(code, version)
+                            raise AckRefused(f"PUBACK {name}", "publish", code, version)
                         result.publishes += 1
                         if step.qos == 1:
                             result.publish_acks.append(self.clock() - sent)
                 elif isinstance(step, SubscribeStep):
                     phase = self.step = "subscribe"
                     async with asyncio.timeout(timeout):
-                        await client.subscribe(step.topic_filter, qos=step.qos)
+                        codes = await client.subscribe(step.topic_filter, qos=step.qos)
+                    # As the native driver: 0x80 in both versions, classified as MQTT 5's.
+                    code = _code(codes[0]) if codes else 0x80
+                    if code >= 0x80:
+                        raise AckRefused(
+                            f"SUBACK 0x{code:02x} for {step.topic_filter}", "subscribe", code, 5
+                        )
                 elif isinstance(step, HoldStep):
                     phase = self.step = "hold"
                     await asyncio.sleep(step.length(self.spec.origin, self.clock()))
@@ -189,8 +221,10 @@ class AiomqttDevice(DeviceDriver):
                 "no answer in time",
                 phase,
             )
+        except TransportError as exc:
+            result.outcome, result.reason, result.phase = classify(exc), exc.reason, exc.phase
         except aiomqtt.MqttError as exc:
-            error = _translate(exc, self.spec.version, phase)
+            error = _translate(exc, version, phase)
             result.outcome, result.reason, result.phase = classify(error), error.reason, phase
         finally:
             with contextlib.suppress(aiomqtt.MqttError):
