@@ -21,7 +21,7 @@ class EchoBroker:
     matching subscriptions."""
 
     decide: Decide = lambda _connect, _seen: None
-    puback_code: int = 0  # each PUBACK's reason code (MQTT 5)
+    puback_code: int | None = 0  # each PUBACK's reason code (MQTT 5); None: no PUBACK
     suback_code: int | None = None  # each SUBACK's code; None grants the QoS asked (at most 1)
     connects: dict[str, int] = field(default_factory=dict)
     received: list[mqtt.Packet] = field(default_factory=list)
@@ -72,8 +72,9 @@ class _ServerProtocol(asyncio.Protocol):
             codes = tuple(min(s.qos, 1) if code is None else code for s in packet.subscriptions)
             send(self.conn.send(mqtt.SubAck(packet.packet_id, codes)))
         elif isinstance(packet, mqtt.Publish):
-            if packet.qos == 1 and packet.packet_id is not None:
-                send(self.conn.send(mqtt.PubAck(packet.packet_id, self.broker.puback_code)))
+            code = self.broker.puback_code
+            if packet.qos == 1 and packet.packet_id is not None and code is not None:
+                send(self.conn.send(mqtt.PubAck(packet.packet_id, code)))
             for topic_filter, conn, transport in self.broker.subscribers:
                 if topics.matches(topic_filter, packet.topic) and not transport.is_closing():
                     transport.write(conn.send(mqtt.Publish(packet.topic, packet.payload)))

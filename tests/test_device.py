@@ -524,3 +524,14 @@ async def test_aiomqtt_fails_a_device_on_a_suback_failure_code(version, code, ou
     server.close()
     assert result.outcome is outcome and result.phase == "subscribe"
     assert f"SUBACK 0x{code:02x} for cmd/dev" == result.reason
+
+
+async def test_aiomqtt_bounds_a_step_by_the_step_timeout_not_the_connect_timeout():
+    _, server, target = await _broker(puback_code=None)  # never a PUBACK
+    config = DeviceConfig(retry=FAST_RETRY, connect_timeout=0.2, step_timeout=0.6)
+    steps = (PublishStep("dt/dev", qos=1, payload_bytes=8),)
+    began = time.monotonic()
+    result = await _run_aiomqtt(target, config, steps=steps)
+    server.close()
+    assert result.outcome is Outcome.TIMEOUT, result.reason
+    assert result.phase == "publish" and time.monotonic() - began >= 0.6

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import socket
 import ssl
 import threading
@@ -39,6 +40,11 @@ from loadgen.transport.errors import AckRefused, Closed, Refused, TlsRejected, T
 # its meaning (3, server unavailable, as 0x88): the return code the server sent.
 # One paho does not know reaches us as 0x80, unspecified error.
 _V311_RETURN_CODES = {0x84: 1, 0x85: 2, 0x88: 3, 0x86: 4, 0x87: 5}
+
+
+# aiomqtt's own bound on a publish or subscribe: none, the step's timeout bounds
+# them (aiomqtt's default is the client's, which is the connect timeout here).
+_OURS = math.inf
 
 
 def _code(reason: ReasonCode | int) -> int:
@@ -193,7 +199,7 @@ class AiomqttDevice(DeviceDriver):
                         sent = self.clock()
                         client.puback_code = 0
                         async with asyncio.timeout(timeout):
-                            await client.publish(step.topic, payload, qos=step.qos)
+                            await client.publish(step.topic, payload, qos=step.qos, timeout=_OURS)
                         code = client.puback_code
                         if code >= 0x80:
                             name = reason_name(code, version)
@@ -204,7 +210,9 @@ class AiomqttDevice(DeviceDriver):
                 elif isinstance(step, SubscribeStep):
                     phase = self.step = "subscribe"
                     async with asyncio.timeout(timeout):
-                        codes = await client.subscribe(step.topic_filter, qos=step.qos)
+                        codes = await client.subscribe(
+                            step.topic_filter, qos=step.qos, timeout=_OURS
+                        )
                     # As the native driver: 0x80 in both versions, classified as MQTT 5's.
                     code = _code(codes[0]) if codes else 0x80
                     if code >= 0x80:
