@@ -535,3 +535,53 @@ async def test_aiomqtt_bounds_a_step_by_the_step_timeout_not_the_connect_timeout
     server.close()
     assert result.outcome is Outcome.TIMEOUT, result.reason
     assert result.phase == "publish" and time.monotonic() - began >= 0.6
+
+
+async def test_aiomqtt_fails_a_hold_whose_connection_the_server_closes():
+    async def closing(reader, writer):
+        await reader.read(1024)
+        writer.write(_ACCEPTED)
+        await asyncio.sleep(0.2)
+        writer.close()
+
+    server = await asyncio.start_server(closing, "127.0.0.1", 0)
+    target = Target("127.0.0.1", server.sockets[0].getsockname()[1])
+    began = time.monotonic()
+    result = await _run_aiomqtt(target, DeviceConfig(retry=FAST_RETRY), steps=(HoldStep(3.0),))
+    server.close()
+    assert result.outcome is Outcome.CLOSED and result.phase == "hold", result.reason
+    assert time.monotonic() - began < 2
+
+
+async def test_aiomqtt_pings_every_hold_keepalive():
+    broker, server, target = await _broker()
+    steps = (HoldStep(0.5, keepalive=0.1),)
+    result = await _run_aiomqtt(target, DeviceConfig(retry=FAST_RETRY), steps=steps)
+    server.close()
+    assert result.outcome is Outcome.CONNECTED, result.reason
+    assert sum(isinstance(p, mqtt.PingReq) for p in broker.received) >= 3
+
+
+async def test_aiomqtt_ends_a_hold_timeout_when_its_ping_went_unanswered():
+    server, target = await _answering(_ACCEPTED)  # then silent: no PINGRESP
+    config = DeviceConfig(retry=FAST_RETRY, step_timeout=0.1)
+    result = await _run_aiomqtt(target, config, steps=(HoldStep(0.4, keepalive=0.1),))
+    server.close()
+    assert result.outcome is Outcome.TIMEOUT and result.phase == "hold", result.reason
+
+
+async def test_aiomqtt_does_not_end_a_hold_early_for_a_slow_pingresp():
+    # Past paho's misc loop's tick (1 s), which ends a connection whose PINGREQ
+    # waited its keepalive: a slow answer is judged at the hold's end.
+    async def slow(reader, writer):
+        await reader.read(1024)
+        writer.write(_ACCEPTED)  # then silent: no PINGRESP in the hold
+        await asyncio.sleep(3)
+        writer.close()
+
+    server = await asyncio.start_server(slow, "127.0.0.1", 0)
+    target = Target("127.0.0.1", server.sockets[0].getsockname()[1])
+    config = DeviceConfig(retry=FAST_RETRY, step_timeout=5)
+    result = await _run_aiomqtt(target, config, steps=(HoldStep(1.5, keepalive=0.2),))
+    server.close()
+    assert result.outcome is Outcome.CONNECTED, result.reason

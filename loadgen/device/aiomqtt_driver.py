@@ -16,6 +16,7 @@ import math
 import socket
 import ssl
 import threading
+import time
 from typing import Any
 
 import aiomqtt
@@ -133,6 +134,37 @@ class _Client(aiomqtt.Client):
         if not running:
             self._close()
 
+    async def hold(self, seconds: float, keepalive: float, answer_within: float) -> None:
+        """Stay connected for ``seconds`` as the native driver does: a PINGREQ
+        whenever nothing was sent for ``keepalive`` (0: never), not while the last
+        one awaits its PINGRESP. Raises ``MqttError`` when the connection is lost,
+        ``TimeoutError`` when at the end a PINGREQ has waited longer than
+        ``answer_within``. paho's own keepalive (the CONNECT's, which closes the
+        connection on a late answer) is off meanwhile."""
+        paho, lost = self._client, self._disconnected
+        loop = asyncio.get_running_loop()
+        end = loop.time() + seconds
+        # Never reached: paho's misc loop also ends a connection whose PINGREQ
+        # waited a keepalive (0 would end it at its next tick).
+        connect_keepalive, paho._keepalive = paho._keepalive, 2**31
+        try:
+            while (left := end - loop.time()) > 0:
+                wait = left
+                if keepalive > 0:
+                    due = paho._last_msg_out + keepalive - time.monotonic()  # paho's clock
+                    wait = min(left, keepalive if paho._ping_t else max(0.0, due))
+                await asyncio.wait((lost,), timeout=wait)
+                if lost.done():
+                    exc = lost.exception()
+                    raise aiomqtt.MqttError(str(exc) if exc else "closed by the server") from exc
+                idle = time.monotonic() - paho._last_msg_out
+                if keepalive > 0 and not paho._ping_t and idle >= keepalive:
+                    paho._send_pingreq()
+            if paho._ping_t and time.monotonic() - paho._ping_t > answer_within:
+                raise TimeoutError
+        finally:
+            paho._keepalive = connect_keepalive
+
     def _close(self) -> None:
         # Stops watching the socket (aiomqtt's callbacks), ends the misc task,
         # closes the socket; nothing when there is none.
@@ -221,7 +253,8 @@ class AiomqttDevice(DeviceDriver):
                         )
                 elif isinstance(step, HoldStep):
                     phase = self.step = "hold"
-                    await asyncio.sleep(step.length(self.spec.origin, self.clock()))
+                    seconds = step.length(self.spec.origin, self.clock())
+                    await client.hold(seconds, step.keepalive, timeout)
             result.outcome, result.reason, result.phase = Outcome.CONNECTED, None, None
         except TimeoutError:
             result.outcome, result.reason, result.phase = (
