@@ -472,6 +472,26 @@ async def test_aiomqtt_names_the_server_by_its_server_name_not_the_address_it_co
     assert named == ["localhost"]
 
 
+async def test_aiomqtt_takes_a_port_that_closes_before_any_tls_as_the_native_driver_does(
+    small_fleet, mosquitto
+):
+    device, tls = device_tls(small_fleet, mosquitto)
+    target = Target("127.0.0.1", mosquitto.plain_port, server_name="localhost")
+    result = await _run_aiomqtt(target, _jitp_config(), tls=tls, client_id=device.client_id)
+    assert result.outcome is Outcome.CLOSED and result.phase == "tls"
+    assert "before the server sent any TLS" in result.reason
+    assert not result.provisioning_triggered and not result.judged
+
+
+async def test_aiomqtt_takes_a_name_dns_does_not_know_for_an_error_in_tcp():
+    target = Target("no-such-host.invalid", 8883)
+    result = await _run_aiomqtt(
+        target, DeviceConfig(retry=RetryPolicy(initial=0.01, max_attempts=1))
+    )
+    assert result.outcome is Outcome.ERROR and result.phase == "tcp"
+    assert result.reason.startswith("DNS: ")
+
+
 async def test_aiomqtt_closes_a_connect_attempt_that_timed_out():
     ended = []  # per connection: the client closed it
 

@@ -35,7 +35,17 @@ from loadgen.device.lifecycle import (
 )
 from loadgen.device.outcome import Outcome, classify
 from loadgen.mqtt.reason import reason_name
-from loadgen.transport.errors import AckRefused, Closed, Refused, TlsRejected, TransportError
+from loadgen.transport.client import NOT_TLS, describe_error
+from loadgen.transport.errors import (
+    AckRefused,
+    Closed,
+    ClosedBeforeTls,
+    NotTls,
+    Refused,
+    TlsRejected,
+    TransportError,
+    Unreachable,
+)
 
 # paho 2.x hands a 3.1.1 CONNACK's return code over as the MQTT 5 reason code of
 # its meaning (3, server unavailable, as 0x88): the return code the server sent.
@@ -50,6 +60,31 @@ _OURS = math.inf
 
 def _code(reason: ReasonCode | int) -> int:
     return int(reason.value) if isinstance(reason, ReasonCode) else int(reason)
+
+
+def _connect_error(exc: BaseException) -> TransportError | None:
+    """What paho's connect (TCP, then the TLS handshake) raised, as the native
+    transport names it; None for what it does not tell apart."""
+    if isinstance(exc, socket.gaierror):
+        return Unreachable(f"DNS: {exc.strerror or exc}", "tcp")
+    if isinstance(exc, ConnectionRefusedError):
+        return Refused(describe_error(exc), "tcp")
+    if isinstance(exc, ssl.SSLError) and exc.reason in NOT_TLS:
+        return NotTls(f"{describe_error(exc)} (the server does not speak TLS here)", "tls")
+    if isinstance(exc, (ConnectionResetError, BrokenPipeError, ssl.SSLEOFError)):
+        # Within paho's connect: before the handshake was done. A TLS server that
+        # rejects a certificate says so with an alert (TLS 1.2) or after the
+        # client's handshake (TLS 1.3), so this is a connection turned away.
+        return ClosedBeforeTls(
+            f"{describe_error(exc)} before the server sent any TLS (it does not speak TLS "
+            "on this port, or turned the connection away at once)",
+            "tls",
+        )
+    if isinstance(exc, ssl.SSLError):
+        return TlsRejected(f"TLS: {describe_error(exc)}", "tls")
+    if isinstance(exc, OSError) and not isinstance(exc, TimeoutError):
+        return Unreachable(describe_error(exc), "tcp")
+    return None
 
 
 def _translate(exc: BaseException, version: int, phase: str) -> TransportError:
@@ -97,6 +132,8 @@ class _Client(aiomqtt.Client):
         # The reason code of the last PUBACK (aiomqtt drops it): a device
         # publishes one message at a time.
         self.puback_code = 0
+        # What paho's connect raised, before aiomqtt flattened it to text.
+        self.connect_error: BaseException | None = None
 
     def _on_publish(
         self,
@@ -116,6 +153,9 @@ class _Client(aiomqtt.Client):
             self._in_pool = True
         try:
             super()._client_connect()
+        except BaseException as exc:
+            self.connect_error = exc
+            raise
         finally:
             # After the socket's own callbacks (add_reader, the misc task): FIFO.
             self._loop.call_soon_threadsafe(self._returned)
@@ -175,7 +215,7 @@ class AiomqttDevice(DeviceDriver):
     def _client(self) -> _Client:
         spec = self.spec
         v5 = spec.version == mqtt.MQTT_5
-        return _Client(
+        client = _Client(
             spec.target.host,
             spec.target.port,
             identifier=spec.client_id,
@@ -187,6 +227,10 @@ class AiomqttDevice(DeviceDriver):
             timeout=self.config.connect_timeout,
             bind_address=spec.target.source_address or "",
         )
+        # paho bounds its TCP and TLS at 5 s of its own: a slow handshake failed
+        # as a socket timeout inside the TLS code. The attempt's bound is ours.
+        client._client.connect_timeout = self.config.connect_timeout
+        return client
 
     async def run(self) -> DeviceResult:
         result, config = self.result, self.config
@@ -196,14 +240,21 @@ class AiomqttDevice(DeviceDriver):
             result.attempts += 1
             client = self._client()
             began = self.clock()
+            where, trigger = "connack", True
             try:
                 async with asyncio.timeout(config.connect_timeout):
                     await client.__aenter__()
             except TimeoutError:
                 outcome, reason = Outcome.TIMEOUT, "no answer in time"
             except (aiomqtt.MqttError, OSError) as exc:
-                error = _translate(exc, self.spec.version, "connack")
-                outcome, reason = classify(error), error.reason
+                cause = client.connect_error
+                error = (_connect_error(cause) if cause is not None else None) or _translate(
+                    exc, self.spec.version, "connack"
+                )
+                outcome, reason, where = classify(error), error.reason, error.phase
+                trigger = error.may_be_jitp_trigger
+                if isinstance(cause, TimeoutError):
+                    outcome, reason = Outcome.TIMEOUT, "no answer in time"
             except BaseException:
                 client.abandon()
                 raise
@@ -214,7 +265,7 @@ class AiomqttDevice(DeviceDriver):
                 return result
             client.abandon()
             result.endpoint_wait += self.clock() - began
-            delay = retry.failed(outcome, reason, "connack")
+            delay = retry.failed(outcome, reason, where, trigger)
             if delay is None:
                 return result
             await asyncio.sleep(delay)

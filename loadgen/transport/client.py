@@ -100,7 +100,7 @@ _READ_SIZE = 65536
 _DISCONNECT = mqtt.Disconnect()  # packets are immutable: one serves every device
 # OpenSSL's reasons for a first answer that is no TLS record: an HTTP, MQTT or
 # other plain-text server on the port.
-_NOT_TLS = frozenset(
+NOT_TLS = frozenset(
     {
         "WRONG_VERSION_NUMBER",
         "RECORD_LAYER_FAILURE",
@@ -243,7 +243,7 @@ class _Channel:
             self._send_tls_output()
             return
         except ssl.SSLError as exc:
-            if exc.reason in _NOT_TLS:
+            if exc.reason in NOT_TLS:
                 error: TransportError = NotTls(
                     f"{describe_error(exc)} (the server does not speak TLS here)", "tls"
                 )
