@@ -492,6 +492,19 @@ async def test_aiomqtt_takes_a_name_dns_does_not_know_for_an_error_in_tcp():
     assert result.reason.startswith("DNS: ")
 
 
+async def test_aiomqtt_takes_a_connect_closed_before_its_connack_for_the_jitp_trigger():
+    """JITP's first connect is closed before its CONNACK: aiomqtt ignored that,
+    and the attempt waited out timeouts.connect (here longer than the test's
+    bound of 30 s) instead of backing off and reconnecting."""
+    broker, server, target = await _broker(lambda _c, seen: "close" if seen == 0 else None)
+    config = DeviceConfig(retry=FAST_RETRY, expect_first_connect_rejected=True, connect_timeout=60)
+    result = await _run_aiomqtt(target, config)
+    server.close()
+    assert result.outcome is Outcome.CONNECTED and result.attempts == 2
+    assert result.provisioning_triggered
+    assert broker.connects == {"dev": 2}
+
+
 async def test_aiomqtt_closes_a_connect_attempt_that_timed_out():
     ended = []  # per connection: the client closed it
 

@@ -146,6 +146,22 @@ class _Client(aiomqtt.Client):
         self.puback_code = _code(reason_code)
         super()._on_publish(client, userdata, mid, reason_code, properties)
 
+    def _on_disconnect(
+        self,
+        client: paho.Client,
+        userdata: Any,
+        flags: paho.DisconnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None = None,
+    ) -> None:
+        if not self._connected.done():
+            # Closed before its CONNACK (JITP's first connect, a certificate
+            # refused after a TLS 1.3 handshake): aiomqtt ignores it, and the
+            # connect waited out its timeout.
+            self._connected.set_exception(aiomqtt.MqttError("closed by the server"))
+            return
+        super()._on_disconnect(client, userdata, flags, reason_code, properties)
+
     def _client_connect(self) -> None:  # in the thread pool
         with self._gate:
             if self._abandoned:
