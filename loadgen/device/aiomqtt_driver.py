@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 import socket
 import ssl
@@ -56,6 +57,19 @@ _V311_RETURN_CODES = {0x84: 1, 0x85: 2, 0x88: 3, 0x86: 4, 0x87: 5}
 # aiomqtt's own bound on a publish or subscribe: none, the step's timeout bounds
 # them (aiomqtt's default is the client's, which is the connect timeout here).
 _OURS = math.inf
+
+
+def _quiet() -> logging.Logger:
+    """paho's and aiomqtt's log: what it says of a device's failure, the device's
+    result says (paho's errors reached stderr through logging's last resort,
+    "failed to receive on socket" for every connection a server closed)."""
+    logger = logging.getLogger("loadgen.device.aiomqtt")
+    logger.addHandler(logging.NullHandler())
+    logger.propagate = False
+    return logger
+
+
+_QUIET = _quiet()
 
 
 def _code(reason: ReasonCode | int) -> int:
@@ -242,6 +256,7 @@ class AiomqttDevice(DeviceDriver):
             keepalive=self.config.keepalive,
             timeout=self.config.connect_timeout,
             bind_address=spec.target.source_address or "",
+            logger=_QUIET,
         )
         # paho bounds its TCP and TLS at 5 s of its own: a slow handshake failed
         # as a socket timeout inside the TLS code. The attempt's bound is ours.
