@@ -34,7 +34,7 @@ from loadgen.certs.keys import KeyType
 from loadgen.certs.subject import BY_NAME, FIELDS, MISSING_PREFIX, SubjectValueError
 from loadgen.config import load_model
 from loadgen.errors import ConfigError, UserError
-from loadgen.mqtt.wire import uncarried
+from loadgen.mqtt.wire import check_carried
 
 # A sanity bound on a fleet: far past any run here (a device's store is about
 # 9 KiB: 900 GB), and short of what a device index can be (eight bytes of each
@@ -192,17 +192,12 @@ def _varies(spec: FieldSpec) -> bool:
 
 
 def _check_carried(text: str, name: str) -> None:
-    """ValueError for a character no MQTT string can carry (U+0000, a lone
-    surrogate) in a subject value or its template: a subject field is a client id
-    (common_name by default) and a topic's placeholder, and a surrogate cannot be
-    encoded in a certificate either. Placeholders only add digits and letters, so
-    the template's own text is all there is to check, once, at load."""
-    bad = uncarried(text)
-    if bad is not None:
-        raise ValueError(
-            f"{text!r}: {name} cannot hold the character {bad} "
-            "(certificates and MQTT client ids cannot carry it)"
-        )
+    """A subject value or its template holds no character MQTT cannot carry: a
+    subject field is a client id (common_name by default) and a topic's
+    placeholder, and a surrogate cannot be encoded in a certificate either.
+    Placeholders only add digits and letters, so the template's own text is
+    all there is to check, once, at load."""
+    check_carried(text, name, "certificates and MQTT client ids cannot carry it")
 
 
 # A weight's bound: weights are relative, so any mix is written well within it,

@@ -23,6 +23,14 @@ def uncarried(text: str) -> str | None:
     return None if found is None else f"U+{ord(found.group()):04X}"
 
 
+def check_carried(text: str, what: str, why: str = "MQTT 5 1.5.4") -> None:
+    """ValueError (for a validator: one line naming ``what`` and ``why``) when
+    ``text`` holds a character no MQTT string can carry."""
+    bad = uncarried(text)
+    if bad is not None:
+        raise ValueError(f"{text!r}: {what} cannot hold the character {bad} ({why})")
+
+
 def varint(value: int) -> bytes:
     if not 0 <= value <= MAX_VARINT:
         raise ValueError(f"variable byte integer out of range: {value}")

@@ -32,7 +32,7 @@ from loadgen.config import Loc, field_error, read_model
 from loadgen.device.retry import Jitter
 from loadgen.emulator import limits
 from loadgen.errors import ConfigError
-from loadgen.mqtt.wire import MAX_VARINT, uncarried
+from loadgen.mqtt.wire import MAX_VARINT, check_carried
 from loadgen.report.gates import parse as parse_gate
 from loadgen.scenario.units import (
     DURATION_PATTERN,
@@ -233,18 +233,11 @@ def template_text(template: str, placeholder: str = "") -> str:
     return "".join(text + ("" if name is None else placeholder) for text, name, _, _ in parsed)
 
 
-def _carried(template: str, what: str) -> None:
-    """ValueError for a character MQTT cannot carry anywhere in ``template`` (its
-    text or a placeholder's fill): every device would send it, and fail at once
-    with a misleading reason. Checked here, once, not per device as it connects."""
-    bad = uncarried(template)
-    if bad is not None:
-        raise ValueError(f"{template!r}: {what} cannot hold the character {bad} (MQTT 5 1.5.4)")
-
-
 def _client_id(template: str) -> str:
     template_text(template)
-    _carried(template, "a client id")
+    # Checked here, once, not per device: every device would send it, and fail
+    # at once with a misleading reason.
+    check_carried(template, "a client id")
     return template
 
 
@@ -256,7 +249,7 @@ def _topic_name(topic: str) -> str:
         raise ValueError("a topic cannot be empty")
     if "+" in text or "#" in text:
         raise ValueError(f"{topic!r}: a publish topic cannot hold the wildcards + or #")
-    _carried(topic, "a topic")
+    check_carried(topic, "a topic")
     return topic
 
 
@@ -271,7 +264,7 @@ def _topic_filter(topic: str) -> str:
             raise ValueError(f"{topic!r}: # must be a whole level, and the last")
         if "+" in level and level != "+":
             raise ValueError(f"{topic!r}: + must be a whole level")
-    _carried(topic, "a topic")
+    check_carried(topic, "a topic")
     return topic
 
 
