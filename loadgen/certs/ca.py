@@ -103,7 +103,7 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def _not_a_ca(cert: x509.Certificate) -> str | None:
+def not_a_ca(cert: x509.Certificate) -> str | None:
     """Why ``cert`` cannot be a fleet's CA, if so: AWS IoT registers, and the
     emulator trusts, only a certificate marked CA:TRUE."""
     marked = marked_ca(cert)
@@ -203,7 +203,7 @@ def load_ca(directory: Path) -> CA:
     # Here, not in each command: a server or device certificate in its place
     # would sign a fleet (or a server certificate) that no endpoint trusts, and
     # a run would find out only once the fleet is minted.
-    if (problem := _not_a_ca(cert)) is not None:
+    if (problem := not_a_ca(cert)) is not None:
         raise CAError(f"{cert_path}: {problem}")
     try:
         key = serialization.load_pem_private_key(key_bytes, password=None)

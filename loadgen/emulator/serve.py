@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from cryptography import x509
 
 from loadgen import lifeline
-from loadgen.certs.ca import CERT_FILE, init_ca, load_ca, marked_ca, server_cert
+from loadgen.certs.ca import CERT_FILE, init_ca, load_ca, not_a_ca, server_cert
 from loadgen.emulator import metrics as emu_metrics
 from loadgen.emulator.errors import ProvisioningError
 from loadgen.emulator.limits import Limits
@@ -100,9 +100,9 @@ def build_registry(
             cert = x509.load_pem_x509_certificate(pem)
         except (OSError, ValueError) as exc:
             raise ConfigError(f"{item.ca_pem}: not a PEM CA certificate ({exc})") from None
-        if not marked_ca(cert):
+        if (problem := not_a_ca(cert)) is not None:
             # As RegisterCACertificate refuses it: a device certificate, say.
-            raise ConfigError(f"{item.ca_pem}: not a CA certificate (basicConstraints CA:TRUE)")
+            raise ConfigError(f"{item.ca_pem}: {problem}")
         certs.append(cert)
     first: dict[str, Path] = {}
     for item, cert in zip(cas, certs, strict=True):
