@@ -6,7 +6,7 @@ import json
 import math
 import resource
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -180,6 +180,21 @@ def endpoint(scenario: Scenario, options: RunOptions) -> Iterator[EndpointSessio
         yield session
     finally:
         session.emulator_stats = emulator.stop()
+
+
+@contextmanager
+def signalled_endpoint(
+    scenario: Scenario, options: RunOptions
+) -> Iterator[tuple[RunSignals, EndpointSession]]:
+    """The endpoint's session, under the stop signals of a command whose workers
+    measure (``RunSignals``): a signal while the endpoint starts stops the
+    command at once; once it serves, the workers; and one while the embedded
+    emulator stops after the report is noted, not an interruption of a command
+    that ended (its exit status stands)."""
+    with RunSignals() as signals, ExitStack() as stack:
+        with signals.abortable():
+            session = stack.enter_context(endpoint(scenario, options))
+        yield signals, session
 
 
 def make_plan(scenario: Scenario, options: RunOptions) -> RunPlan:

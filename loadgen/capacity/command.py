@@ -3,7 +3,6 @@ write what they found, like `loadgen run` writes a run."""
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import signal
 import sys
@@ -39,9 +38,9 @@ from loadgen.run import (
     kept_files,
     make_plan,
     mint_workers,
+    signalled_endpoint,
     workers_for,
 )
-from loadgen.run import endpoint as run_endpoint
 from loadgen.scenario.schema import load_scenario
 from loadgen.scenario.units import parse_duration, parse_rate
 from loadgen.words import counted
@@ -164,11 +163,8 @@ def capacity_command(
     ensure_fleet(scenario, first_device + search.devices(search.start), mint_workers(workers))
     steps: list[Step] = []
     interrupted = False
-    # As `loadgen run`'s: a signal while the embedded emulator stops after the
-    # report is noted, not an interruption of a search that ended.
-    with RunSignals() as signals, contextlib.ExitStack() as endpoint_stack:
+    with signalled_endpoint(scenario, options) as (signals, session):
         with signals.abortable():
-            session = endpoint_stack.enter_context(run_endpoint(scenario, options))
             base = make_plan(session.scenario, session.options)
             exporter = outputs.exporter(base)
         began = time.time()

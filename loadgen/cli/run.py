@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import signal
 import sys
 from pathlib import Path
@@ -30,7 +29,6 @@ from loadgen.load.plan import Workers
 from loadgen.load.runner import merge_progress
 from loadgen.load.shard import Shard
 from loadgen.load.start import DEFAULT_TOLERANCE, parse_start
-from loadgen.load.workers import RunSignals
 from loadgen.report import ci as ci_files
 from loadgen.report import gates as gates_mod
 from loadgen.report.build import jitp_section
@@ -45,8 +43,8 @@ from loadgen.run import (
     kept_files,
     make_plan,
     mint_workers,
+    signalled_endpoint,
 )
-from loadgen.run import endpoint as run_endpoint
 from loadgen.scenario.schema import Scenario, load_scenario
 from loadgen.words import counted
 
@@ -101,13 +99,11 @@ def run_command(
             f"fleet {checked.fleet}: minted {minted.minted}, {counted(minted.total, 'device')}",
             err=True,
         )
-    # A stop signal stops the workers once they run, or is noted: what they
-    # measured is written whatever comes, and one that comes while the embedded
-    # emulator stops after the report is no interruption. Until the workers
-    # start (the emulator starting, the plan) it stops the command at once.
-    with RunSignals() as signals, contextlib.ExitStack() as endpoint_stack:
+    # Until the workers start (the emulator starting, the plan) a stop signal
+    # stops the command at once; then it stops the workers, or is noted: what
+    # they measured is written whatever comes.
+    with signalled_endpoint(scenario, options) as (signals, session):
         with signals.abortable():
-            session = endpoint_stack.enter_context(run_endpoint(scenario, options))
             plan = make_plan(session.scenario, session.options)
             exporter = outputs.exporter(plan)
         if start is not None:
