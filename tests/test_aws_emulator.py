@@ -160,6 +160,20 @@ def test_a_teardown_killed_halfway_finishes_when_run_again(emulator, tmp_path):
     assert not list(ca.directory.glob("aws-*.json*"))
 
 
+def _teardown_in_a_terminal(ca, *args: str) -> subprocess.Popen[str]:
+    """`loadgen aws teardown --ca CA ARGS` in a process group of its own, as a
+    terminal's job: what Ctrl-C reaches."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "loadgen", "aws", "teardown", "--ca", str(ca.directory), *args],
+        env={**os.environ, **CREDENTIALS},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
+
+
 def test_ctrl_c_stops_a_teardown_at_once_and_counts_what_it_did(emulator, tmp_path):
     """At one call a second per API, 40 devices take minutes and every thread
     waits its turn: Ctrl-C cancels the waits instead of finishing the queues,
@@ -174,18 +188,7 @@ def test_ctrl_c_stops_a_teardown_at_once_and_counts_what_it_did(emulator, tmp_pa
         )
         return sum(len(page["certificates"]) for page in pages)
 
-    first = subprocess.Popen(
-        [
-            sys.executable, "-m", "loadgen", "aws", "teardown", "--ca", str(ca.directory),
-            "--yes", "--rate", "1",
-        ],
-        env={**os.environ, **CREDENTIALS},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-        text=True,
-        start_new_session=True,  # its own process group, as a terminal's job
-    )  # fmt: skip
+    first = _teardown_in_a_terminal(ca, "--yes", "--rate", "1")
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and first.poll() is None and left() == 40:
@@ -212,27 +215,9 @@ def test_ctrl_c_stops_a_teardown_dry_run_listing_at_once(emulator, tmp_path):
     """Listing each certificate's attachments waits its turn at the API's rate:
     Ctrl-C cancels the waits instead of listing what is left (`aws status`
     lists through the same pool)."""
-    command = ("teardown", "--dry-run", "--rate", "1")
     ca, scenario = _set_up(emulator, tmp_path, 40)
     assert _outcomes(scenario, tmp_path, "storm") == {"connected": 40}
-    listing = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "loadgen",
-            "aws",
-            command[0],
-            "--ca",
-            str(ca.directory),
-            *command[1:],
-        ],
-        env={**os.environ, **CREDENTIALS},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-        text=True,
-        start_new_session=True,
-    )
+    listing = _teardown_in_a_terminal(ca, "--dry-run", "--rate", "1")
     try:
         time.sleep(2)  # into its listing (wherever it is, the stop must be prompt)
         os.killpg(listing.pid, signal.SIGINT)

@@ -350,13 +350,15 @@ async def test_an_http_server_is_tls_rejected_as_not_tls_and_never_the_jitp_trig
     assert not result.judged  # no endpoint's verdict: no fault predicts it
 
 
+@pytest.mark.parametrize("driver", ["native", "aiomqtt"])
 async def test_a_plain_port_that_closes_at_once_is_closed_before_tls_and_never_the_trigger(
-    small_fleet, mosquitto
+    small_fleet, mosquitto, driver
 ):
     device, tls = device_tls(small_fleet, mosquitto)
     # mosquitto's plain MQTT listener takes the ClientHello for a bad packet.
     target = Target("127.0.0.1", mosquitto.plain_port, server_name="localhost")
-    result = await _run(target, _jitp_config(), tls=tls, client_id=device.client_id)
+    run = _run if driver == "native" else _run_aiomqtt
+    result = await run(target, _jitp_config(), tls=tls, client_id=device.client_id)
     assert result.outcome is Outcome.CLOSED and result.phase == "tls"
     assert "before the server sent any TLS" in result.reason
     assert not result.provisioning_triggered
@@ -470,17 +472,6 @@ async def test_aiomqtt_names_the_server_by_its_server_name_not_the_address_it_co
     server.close()
     assert result.outcome is Outcome.CONNECTED, result.reason
     assert named == ["localhost"]
-
-
-async def test_aiomqtt_takes_a_port_that_closes_before_any_tls_as_the_native_driver_does(
-    small_fleet, mosquitto
-):
-    device, tls = device_tls(small_fleet, mosquitto)
-    target = Target("127.0.0.1", mosquitto.plain_port, server_name="localhost")
-    result = await _run_aiomqtt(target, _jitp_config(), tls=tls, client_id=device.client_id)
-    assert result.outcome is Outcome.CLOSED and result.phase == "tls"
-    assert "before the server sent any TLS" in result.reason
-    assert not result.provisioning_triggered and not result.judged
 
 
 async def test_aiomqtt_takes_a_name_dns_does_not_know_for_an_error_in_tcp():

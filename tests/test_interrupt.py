@@ -125,16 +125,20 @@ def _workers_of(proc: subprocess.Popen) -> set[int]:
     return {pid for pid in descendants(proc.pid) if "spawn_main" in cmdline(pid)}
 
 
-def _run(path, report_path, *extra, **popen):
+def _loadgen(*args: object, **popen: Any) -> subprocess.Popen[str]:
+    """`loadgen ARGS`, its output read as text."""
     return subprocess.Popen(
-        [
-            *(sys.executable, "-m", "loadgen", "run", str(path), "--count", "40"),
-            *("--workers", "2", "--report", str(report_path), *extra),
-        ],
+        [sys.executable, "-m", "loadgen", *map(str, args)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         **popen,
+    )
+
+
+def _run(path, report_path, *extra, **popen):
+    return _loadgen(
+        "run", path, "--count", "40", "--workers", "2", "--report", report_path, *extra, **popen
     )
 
 
@@ -350,23 +354,7 @@ def test_ctrl_c_while_the_embedded_emulator_stops_after_the_report_leaves_the_ru
 ):
     path = _embedded(tmp_path, device_ca, 40, processes=3)
     report_path = tmp_path / "r.json"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "loadgen",
-            "run",
-            str(path),
-            "--workers",
-            "1",
-            "--report",
-            str(report_path),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    proc = _loadgen("run", path, "--workers", "1", "--report", report_path, start_new_session=True)
     assert proc.stdout is not None
     for line in proc.stdout:
         if "written" in line:  # the report is on disk; the emulator stops next
@@ -394,14 +382,8 @@ def test_sigterm_to_every_process_of_a_run_stops_it_as_ctrl_c_does(tmp_path, dev
         tmp_path, device_ca, 30, processes=2, after_connect=[{"hold": {"duration": "60s"}}]
     )
     report_path = tmp_path / "r.json"
-    proc = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "loadgen", "run", str(path), "--workers", "1"),
-            *("--report", str(report_path), "--metrics-port", str(metrics)),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    proc = _loadgen(
+        *("run", path, "--workers", "1", "--report", report_path, "--metrics-port", metrics),
         start_new_session=True,
     )
 
