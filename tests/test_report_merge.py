@@ -141,6 +141,21 @@ def test_merged_provision_breakdown_is_weighted_by_devices():
         assert abs(merged["provision_breakdown_ms"][part] - mean) <= 0.002, part
 
 
+def test_a_merged_breakdown_keeps_unknown_the_parts_a_shard_did_not_time():
+    results = _results(200, 11)
+    for r in results[100:]:
+        r.phases = []  # an aiomqtt shard: only provision timed
+    timed = _report(results, lambda i: i < 100)
+    untimed = _report(results, lambda i: i >= 100)
+    assert untimed["provision_breakdown_ms"]["tcp_connect"] is None
+    merged = merge([timed, untimed])["provision_breakdown_ms"]
+    assert merged["devices"] == (
+        timed["provision_breakdown_ms"]["devices"] + untimed["provision_breakdown_ms"]["devices"]
+    )
+    assert merged["schedule_lag"] is not None
+    assert merged["tcp_connect"] is None and merged["back_off"] is None
+
+
 def test_report_merge_and_show_on_the_command_line(tmp_path):
     results = _results(400, 8)
     paths = []

@@ -219,6 +219,31 @@ def test_the_aiomqtt_driver_reaches_the_same_outcomes_as_the_native_one(
     assert outcomes["native"]["connected"] == 150
 
 
+def test_an_aiomqtt_run_leaves_the_parts_it_did_not_time_out_of_its_breakdown(
+    tmp_path, mosquitto, device_ca
+):
+    # paho times the connect as a whole: its TCP, TLS and CONNACK are unknown,
+    # and so is the back-off, the rest. Zeros there would read as measured.
+    path = _scenario(tmp_path, mosquitto, device_ca, mqtt={"version": 5, "driver": "aiomqtt"})
+    result = run_loadgen(
+        "run", path, "--count", "5", "--workers", "1", "--report", tmp_path / "r.json"
+    )
+    assert result.code == 0, result.err
+    report = json.loads((tmp_path / "r.json").read_text())
+    breakdown = report["provision_breakdown_ms"]
+    assert breakdown["devices"] == report["outcomes"]["connected"] == 5
+    assert breakdown["schedule_lag"] >= 0
+    assert [k for k, v in breakdown.items() if v is None] == [
+        "tcp_connect",
+        "tls_handshake",
+        "connack",
+        "back_off",
+    ]
+    html = run_loadgen("report", "html", tmp_path / "r.json", "-o", tmp_path / "r.html")
+    assert html.code == 0, html.err
+    assert "timed only the whole provisioning" in (tmp_path / "r.html").read_text()
+
+
 def test_aiomqtt_cannot_tell_a_certificate_rejected_after_the_handshake_from_a_close(
     tmp_path, mosquitto, device_ca
 ):

@@ -42,6 +42,9 @@ class RunStats:
     # Per phase, per second of the run in which devices started: their latency.
     phases_per_second: dict[str, dict[int, LogBuckets]] = field(default_factory=dict)
     provisioned: int = 0
+    # Provisioned devices whose driver timed only the whole (aiomqtt): their
+    # connect phases and back-off cannot be told apart.
+    untimed: int = 0
     # How hard the generator itself worked: CPU time of the workers, and devices
     # that waited for a free in-flight slot (max_in_flight reached).
     cpu_us: int = 0
@@ -145,6 +148,10 @@ class RunStats:
         breakdown = self.breakdown
         lag = result.lag
         phases = result.phases
+        if not phases:
+            self.untimed += 1
+            breakdown["schedule_lag"] += round(lag * 1_000_000)
+            return
         if result.attempts <= 1:
             # One attempt (the usual case): each phase once, rounded as the sum
             # below would round it, without a dict of sums.
@@ -181,6 +188,7 @@ class RunStats:
             for second, buckets in seconds.items():
                 mine.setdefault(second, LogBuckets()).merge(buckets)
         self.provisioned += other.provisioned
+        self.untimed += other.untimed
         self.cpu_us += other.cpu_us
         self.ahead_cpu_us += other.ahead_cpu_us
         self.slot_waits += other.slot_waits
@@ -222,6 +230,7 @@ class RunStats:
             if per_second
             else {},
             "provisioned": self.provisioned,
+            "untimed": self.untimed,
             "cpu_us": self.cpu_us,
             "ahead_cpu_us": self.ahead_cpu_us,
             "slot_waits": self.slot_waits,
@@ -253,6 +262,7 @@ class RunStats:
                 for phase, seconds in data["phases_per_second"].items()
             },
             provisioned=data["provisioned"],
+            untimed=data["untimed"],
             cpu_us=data["cpu_us"],
             ahead_cpu_us=data["ahead_cpu_us"],
             slot_waits=data["slot_waits"],

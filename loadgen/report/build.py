@@ -70,7 +70,7 @@ def build(plan: RunPlan, stats: RunStats, timing: RunTiming) -> dict[str, Any]:
         "rate": rates(plan, stats),
         "schedule_lag_ms": stats.lag.summary_ms(),
         "reasons": {k: dict(v.most_common()) for k, v in sorted(stats.reasons.items())},
-        "provision_breakdown_ms": breakdown_ms(stats.provisioned, stats.breakdown),
+        "provision_breakdown_ms": breakdown_ms(stats.provisioned, stats.breakdown, stats.untimed),
         "series": {
             "interval_s": 1,
             "target_per_s": target_series(plan, _ran_s(timing)),
@@ -178,12 +178,19 @@ def latency_series(per_second: dict[str, dict[int, LogBuckets]]) -> dict[str, An
     return {"latency_ms": latency, "latency_buckets": buckets}
 
 
-def breakdown_ms(devices: int, micros: dict[str, int]) -> dict[str, Any] | None:
+def breakdown_ms(devices: int, micros: dict[str, int], untimed: int = 0) -> dict[str, Any] | None:
     """Mean milliseconds per part of a provisioned device's time (None when no
-    device provisioned); the parts add up to the mean ``provision``."""
+    device provisioned); the parts add up to the mean ``provision``. When some
+    devices' driver timed only the whole (``untimed`` of them), only the
+    schedule lag is known: the other parts are None, not a misleading 0."""
     if not devices:
         return None
-    means = {part: round(micros.get(part, 0) / devices / 1000, 3) for part in BREAKDOWN}
+    means: dict[str, float | None] = {
+        part: round(micros.get(part, 0) / devices / 1000, 3)
+        if part == "schedule_lag" or not untimed
+        else None
+        for part in BREAKDOWN
+    }
     return {"devices": devices, **means}
 
 

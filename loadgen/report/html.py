@@ -645,6 +645,14 @@ def _breakdown(report: dict[str, Any]) -> str:
     if not breakdown:
         return _nothing(name, title, "No device provisioned.")
     parts = [(k, float(v)) for k, v in breakdown.items() if k != "devices" and v is not None]
+    untimed = [k for k, v in breakdown.items() if k != "devices" and v is None]
+    if untimed:
+        return _nothing(
+            name,
+            title,
+            f"The driver timed only the whole provisioning, not its parts ({', '.join(untimed)}); "
+            "the provision latency is in the latency table.",
+        )
     total = sum(v for _, v in parts)
     bars = [
         svg.Bar(k, v, _color(k, PART_COLORS, i), f"ms ({_pct(v, total)})")

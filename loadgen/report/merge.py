@@ -483,16 +483,18 @@ def _workers_lost(report: dict[str, Any], place: int, accounting: dict[str, Any]
 
 def _merge_breakdown(reports: list[dict[str, Any]]) -> dict[str, Any] | None:
     """Means weighted by each report's provisioned devices."""
-    devices = 0
+    devices = untimed = 0
     totals = dict.fromkeys(BREAKDOWN, 0)
     for report in reports:
         part = report.get("provision_breakdown_ms")
         if not part:
             continue
         devices += part["devices"]
+        if any(part[name] is None for name in BREAKDOWN):
+            untimed += part["devices"]
         for name in BREAKDOWN:
-            totals[name] += round(part[name] * part["devices"] * 1000)
-    return breakdown_ms(devices, totals)
+            totals[name] += round((part[name] or 0) * part["devices"] * 1000)
+    return breakdown_ms(devices, totals, untimed)
 
 
 def _merge_reasons(reports: list[dict[str, Any]], outcome: str) -> dict[str, int]:
