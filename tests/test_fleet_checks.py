@@ -4,6 +4,7 @@ it writes anything: one line naming what differs, exit 2, no connection made."""
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import socket
 from collections.abc import Iterator
@@ -152,6 +153,59 @@ def test_a_damaged_middle_line_of_the_manifest_stops_the_run_before_any_load(
     assert_user_error(result, f"{manifest}:3: ", problem)
     assert _nobody_connected(listener)
     assert not (tmp_path / "r.json").exists()
+
+
+def _damage_line(manifest: Path, number: int) -> None:
+    """Line ``number`` given an unknown field, the file's size unchanged."""
+    lines = manifest.read_bytes().splitlines(keepends=True)
+    lines[number - 1] = lines[number - 1].replace(b'"client_id"', b'"Klient_id"')
+    manifest.write_bytes(b"".join(lines))
+
+
+def test_a_line_damaged_after_the_manifest_was_checked_is_found_by_the_next_run(
+    tmp_path, listener
+):
+    # Lines already checked are not parsed again when they are the same bytes:
+    # a change that keeps the file's size is still a change.
+    path = _scenario(tmp_path, listener)
+    _mint(tmp_path, "--count", "5")
+    _mint(tmp_path, "--count", "5")  # nothing to mint: the manifest is checked
+    manifest = tmp_path / "fleet" / "manifest.jsonl"
+    _damage_line(manifest, 3)
+    result = run_loadgen("run", path, "--report", tmp_path / "r.json")
+    assert_user_error(result, f"{manifest}:3: ", "unknown field 'Klient_id'")
+    assert _nobody_connected(listener)
+
+
+def test_lines_appended_after_the_manifest_was_checked_are_checked_too(tmp_path, listener):
+    path = _scenario(tmp_path, listener, count=8)
+    _mint(tmp_path, "--count", "5")
+    _mint(tmp_path, "--count", "8")  # checks the 5, then appends 3
+    manifest = tmp_path / "fleet" / "manifest.jsonl"
+    _damage_line(manifest, 7)
+    result = run_loadgen("run", path, "--report", tmp_path / "r.json")
+    assert_user_error(result, f"{manifest}:7: ", "unknown field 'Klient_id'")
+    assert _nobody_connected(listener)
+
+
+@pytest.mark.parametrize(
+    "change", [{"rules": 0}, {"step": 2}], ids=["checked under older rules", "another stride"]
+)
+def test_a_check_record_made_under_other_terms_means_the_whole_manifest_is_checked(
+    tmp_path, listener, change
+):
+    path = _scenario(tmp_path, listener)
+    _mint(tmp_path, "--count", "5")
+    _mint(tmp_path, "--count", "5")
+    fleet = tmp_path / "fleet"
+    manifest = fleet / "manifest.jsonl"
+    _damage_line(manifest, 2)
+    # The record vouches for the damaged bytes, but not under today's terms.
+    record = json.loads((fleet / ".checked").read_text())
+    record["sha256"] = hashlib.sha256(manifest.read_bytes()).hexdigest()
+    (fleet / ".checked").write_text(json.dumps({**record, **change}))
+    result = run_loadgen("run", path, "--report", tmp_path / "r.json")
+    assert_user_error(result, f"{manifest}:2: ", "unknown field 'Klient_id'")
 
 
 # certs mint and ca init: refused before anything is written

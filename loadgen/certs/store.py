@@ -7,6 +7,8 @@
     FLEET/unknown-ca/       the CA that signs ``unknown_ca`` devices
     FLEET/.parts/           while minting with workers: a finished chunk's lines, until
                             appended to the manifest
+    FLEET/.checked          how much of the manifest was checked line by line, and its
+                            SHA-256: later runs check only what was appended since
 
 A device exists once its manifest line does: files are written first and the
 line appended after, a whole chunk at a time, so a killed mint leaves at worst a
@@ -16,7 +18,9 @@ recorded (overwritten on the next run). See docs/fleet-store.md.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -25,7 +29,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from loadgen.errors import FleetError
+from loadgen import files
+from loadgen.errors import FleetError, UserError
 from loadgen.files import write_atomic
 
 FORMAT = 1
@@ -36,8 +41,25 @@ KEYS_DIR = "keys"
 UNKNOWN_CA_DIR = "unknown-ca"
 LOCK_FILE = ".lock"
 PARTS_DIR = ".parts"
+CHECKED_FILE = ".checked"
+# What `_checked` requires of a line; raise it when that changes, and lines
+# checked under the old rules are checked again.
+CHECK_RULES = 1
 SHARD_SIZE = 1000
 _DECODER = json.JSONDecoder()
+
+
+@dataclass(frozen=True)
+class _Checked:
+    """The manifest's first ``size`` bytes, ``lines`` lines, were checked line
+    by line (under ``rules``, as the lines of a fleet of this stride)."""
+
+    rules: int
+    size: int
+    sha256: str
+    lines: int
+    first: int
+    step: int
 
 
 def shard_of(index: int) -> str:
@@ -250,15 +272,53 @@ class FleetStore:
         finally:
             os.close(fd)
         first, step = self.read_meta().stride if end and self.exists() else (0, 1)
-        return self._check_lines(data, end, first, step)
+        return self._check_new_lines(data, end, first, step)
 
-    def _check_lines(self, data: bytes, end: int, first: int, step: int) -> int:
-        """Every line parsed, its fields typed and its device where its line puts
-        it; the count of lines. A damaged line found here stops a run before any
-        load; found by a worker, it ended every device of the run an error. About
-        6 µs a line (6 s for a million devices, against 45 s to mint them): see
-        docs/fleet-store.md."""
-        start, number, checked = 0, 1, self._checked
+    def _check_new_lines(self, data: bytes, end: int, first: int, step: int) -> int:
+        """`_check_lines` from where the last check ended, when the lines before
+        are byte for byte the ones it checked (their SHA-256: 0.7 s a million
+        lines, against 6-12 s to check them again); the count of lines."""
+        view = memoryview(data)[:end]
+        known = self._read_checked(first, step)
+        digest = hashlib.sha256()
+        start = lines = 0
+        if known is not None and known.size <= end:
+            digest.update(view[: known.size])
+            if digest.hexdigest() == known.sha256:
+                start, lines = known.size, known.lines
+            else:
+                digest = hashlib.sha256()
+        lines = self._check_lines(data, end, first, step, start, lines + 1)
+        digest.update(view[start:])
+        self._write_checked(_Checked(CHECK_RULES, end, digest.hexdigest(), lines, first, step))
+        return lines
+
+    def _read_checked(self, first: int, step: int) -> _Checked | None:
+        """The last check's record, when it was made under these rules for this
+        stride; None when there is none or it cannot be read (all is checked)."""
+        try:
+            data = json.loads(files.read_limited(self.path / CHECKED_FILE, 4096, "check record"))
+            known = _Checked(**data)
+        except (OSError, ValueError, TypeError, UserError):
+            return None
+        fresh = (known.rules, known.first, known.step) == (CHECK_RULES, first, step)
+        sound = all(_is_int(n) and n >= 0 for n in (known.size, known.lines))
+        return known if fresh and sound and isinstance(known.sha256, str) else None
+
+    def _write_checked(self, checked: _Checked) -> None:
+        # A fleet on a read-only volume is checked whole each time instead.
+        with contextlib.suppress(OSError):
+            write_atomic(self.path / CHECKED_FILE, json.dumps(asdict(checked)).encode())
+
+    def _check_lines(
+        self, data: bytes, end: int, first: int, step: int, start: int = 0, number: int = 1
+    ) -> int:
+        """Every line from ``start`` (line ``number``) parsed, its fields typed
+        and its device where its line puts it; the count of lines up to ``end``.
+        A damaged line found here stops a run before any load; found by a worker,
+        it ended every device of the run an error. About 6 µs a line (6 s for a
+        million devices, against 45 s to mint them): see docs/fleet-store.md."""
+        checked = self._checked
         while start < end:
             stop = data.index(b"\n", start) + 1
             index = checked(data[start:stop], number).index
