@@ -162,9 +162,7 @@ def _damage_line(manifest: Path, number: int) -> None:
     manifest.write_bytes(b"".join(lines))
 
 
-def test_a_line_damaged_after_the_manifest_was_checked_is_found_by_the_next_run(
-    tmp_path, listener
-):
+def test_a_line_damaged_after_the_manifest_was_checked_is_found_by_the_next_run(tmp_path, listener):
     # Lines already checked are not parsed again when they are the same bytes:
     # a change that keeps the file's size is still a change.
     path = _scenario(tmp_path, listener)
