@@ -204,6 +204,8 @@ def make_plan(scenario: Scenario, options: RunOptions) -> RunPlan:
         check_count("--count", options.count, MAX_DEVICES)
     if isinstance(options.workers, int):
         check_count("--workers", options.workers, MAX_WORKERS)
+    if options.shard is not None:
+        options.shard.check_size(fleet_count(scenario, options))
     try:
         rate = parse_rate(options.rate) if options.rate is not None else None
     except ValueError as exc:
@@ -220,8 +222,9 @@ def make_plan(scenario: Scenario, options: RunOptions) -> RunPlan:
         plan = replace(plan, workers=workers_for(plan))
     elif options.workers is None:
         plan = replace(plan, workers=planned_workers(plan.max_in_flight))
-    if options.shard is not None:
-        options.shard.check_size(fleet_count(scenario, options))
+    # Each worker holds one device in flight at least: more workers than
+    # max_in_flight would run more devices at a time than the bound allows.
+    plan = replace(plan, workers=min(plan.workers, plan.max_in_flight))
     _check_span(plan, options)
     check_template(plan.client_id, "mqtt.client_id")
     for i, step in enumerate(plan.steps):
@@ -341,7 +344,7 @@ def workers_for(plan: RunPlan) -> int:
     """Workers for ``--workers auto``: as many as the plan's rate needs
     (``workers_by_rate``), and more when a worker's share of ``max_in_flight``
     would not fit in the open files a process may hold."""
-    return fds.processes_for(plan.max_in_flight, workers_by_rate(plan))
+    return min(plan.max_in_flight, fds.processes_for(plan.max_in_flight, workers_by_rate(plan)))
 
 
 def workers_by_rate(plan: RunPlan) -> int:

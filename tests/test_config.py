@@ -151,3 +151,19 @@ def test_a_control_character_is_one_line_naming_its_line(tmp_path):
     assert str(info.value) == (
         f"{path}:3: YAML syntax error: #x0001 is a control character, not allowed in YAML"
     )
+
+
+@pytest.mark.parametrize("name", ["''", ".example.com", "a..example.com", "a" * 64])
+def test_a_server_name_tls_cannot_send_is_refused_with_its_line(tmp_path, name):
+    # Accepted, it failed every device while preparing its connection.
+    from loadgen.scenario.schema import load_scenario
+
+    path = tmp_path / "s.yaml"
+    path.write_text(
+        "name: m\nendpoint: 127.0.0.1:8883\nfleet: {ca: ca, store: st, count: 3}\n"
+        f"load: {{executor: burst}}\ntls:\n  server_name: {name}\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        load_scenario(path)
+    assert f"{path}:6: tls.server_name: " in str(info.value)
+    assert "no host name TLS can send" in str(info.value)

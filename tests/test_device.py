@@ -306,6 +306,20 @@ def test_no_jitter_is_the_capped_exponential_itself():
     assert policy.delay(4, rng) == 1.0
 
 
+async def test_the_same_worker_of_two_shards_draws_different_back_off_jitter():
+    # Seeded by its index alone, worker 0 of every shard (and of every run)
+    # drew the same delays in the same order: the shards retried together.
+    from loadgen.load.runner import Worker
+    from tests.test_report_merge import _plan
+
+    policy = RetryPolicy(initial=2.0, max=2.0, multiplier=2, jitter=Jitter.FULL)
+    plan = _plan(10)
+    first, second = Worker(plan, 0, print), Worker(plan, 0, print)
+    assert [policy.delay(1, first.rng) for _ in range(5)] != [
+        policy.delay(1, second.rng) for _ in range(5)
+    ]
+
+
 async def test_a_source_address_that_is_not_local_ends_the_device_as_error_in_tcp():
     _, server, target = await _broker()
     # 192.0.2.1 (TEST-NET-1) is no address of this machine: bind() refuses it.

@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import pickle
 
+import pytest
+
 from loadgen.certs.store import Device
+from loadgen.errors import UserError
 from loadgen.load.plan import device_client_id, render
+from loadgen.load.schedule import ConstantArrival
 from loadgen.load.shard import Shard
-from loadgen.run import workers_for
+from loadgen.run import RunOptions, make_plan, workers_for
 from loadgen.scenario.planning import build_plan
 from loadgen.scenario.schema import Scenario
 from tests.processes import heavy_modules_after
@@ -137,3 +141,42 @@ def test_a_burst_or_a_rate_past_the_cores_plans_every_core(tmp_path, monkeypatch
 
 def test_the_aiomqtt_driver_plans_every_core_whatever_the_rate(tmp_path, monkeypatch):
     assert _planned(tmp_path, monkeypatch, _constant("10/s"), driver="aiomqtt") == 8
+
+
+def _scenario(tmp_path, load, **fields):
+    return Scenario.model_validate(
+        {
+            "name": "plan",
+            "endpoint": "127.0.0.1:8883",
+            "fleet": {"ca": str(tmp_path / "ca"), "store": str(tmp_path / "fleet"), "count": 40},
+            "load": load,
+            **fields,
+        }
+    )
+
+
+@pytest.mark.parametrize("workers", [None, "auto", 4])
+def test_a_run_never_starts_more_workers_than_devices_it_may_have_in_flight(
+    tmp_path, monkeypatch, workers
+):
+    # Each worker holds one device in flight at least: 4 workers under a bound
+    # of 1 connected 4 at a time.
+    monkeypatch.setattr("loadgen.run.default_workers", lambda: 8)
+    scenario = _scenario(tmp_path, {"executor": "burst", "max_in_flight": 2})
+    assert make_plan(scenario, RunOptions(workers=workers)).workers == 2
+
+
+def test_the_shards_parts_of_max_in_flight_add_up_to_it():
+    parts = [Shard(i, 4).share(10, "load.max_in_flight") for i in range(4)]
+    assert parts == [3, 3, 2, 2]
+
+
+def test_a_max_in_flight_smaller_than_the_shards_is_refused():
+    with pytest.raises(UserError, match=r"load.max_in_flight: 3 shared by 4 shards .* --shard 3/4"):
+        Shard(3, 4).share(3, "load.max_in_flight")
+
+
+def test_rate_replaces_a_bursts_arrivals_with_that_constant_rate(tmp_path):
+    scenario = _scenario(tmp_path, {"executor": "burst"})
+    plan = make_plan(scenario, RunOptions(rate="5/s", workers=1))
+    assert plan.executor == ConstantArrival(5.0)

@@ -130,7 +130,7 @@ _TARGET = (
         help="Worker processes: N, or auto (one per 300 connects a second of the peak "
         "arrival rate, a JITP device counting two, at most the cores). Default: the "
         "cores; either way more when load.max_in_flight needs more open files than "
-        "one process may hold.",
+        "one process may hold, and never more than load.max_in_flight.",
     ),
 )
 _OUTPUTS = (

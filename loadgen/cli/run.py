@@ -52,7 +52,11 @@ from loadgen.words import counted
 @click.command("run")
 @click.argument("scenario_path", metavar="SCENARIO", type=PATH)
 @click.option("--count", type=int, help="Devices to run (default: the scenario's fleet.count).")
-@click.option("--rate", help="A constant arrival rate instead of the scenario's, e.g. 200/s.")
+@click.option(
+    "--rate",
+    help="A constant arrival rate instead of the scenario's executor (a ramp's or a "
+    "burst's too), e.g. 200/s.",
+)
 @gate_options
 @click.option(
     "--start-at",

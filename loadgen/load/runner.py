@@ -131,7 +131,10 @@ class Worker:
         self.hold_origin: float | None = None
         self.in_flight = 0
         self.started = 0
-        self.rng = random.Random(worker)
+        # Back-off jitter exists to spread retries: seeded by the worker's
+        # index alone, the same worker of every shard (and of every run) drew
+        # the same delays in the same order, and the shards retried together.
+        self.rng = random.Random()
         limit = self.limit = share(plan.max_in_flight, plan.workers, worker)
         # Resolved when a device ends while the dispatcher waits for a free
         # in-flight slot (an asyncio.Semaphore cost about 60 bytecodes a device).

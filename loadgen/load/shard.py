@@ -10,7 +10,6 @@ devices keep the indices, client ids and subjects they have in the whole fleet.
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 
@@ -46,9 +45,17 @@ class Shard:
                 f"(shards {fleet} and up of {self.count} are empty)"
             )
 
-    def share(self, total: int) -> int:
-        """This shard's part of a bound the whole run shares (max_in_flight)."""
-        return max(1, math.ceil(total / self.count))
+    def share(self, total: int, field: str) -> int:
+        """This shard's part of a bound the whole run shares (``field``, the
+        scenario's max_in_flight): the shards' parts add up to ``total``, never
+        more, so each shard needs one at least."""
+        part = total // self.count + (1 if self.index < total % self.count else 0)
+        if part == 0:
+            raise UserError(
+                f"{field}: {total} shared by {self.count} shards leaves --shard {self} "
+                f"none; give at least {self.count}"
+            )
+        return part
 
     def to_json(self) -> dict[str, int]:
         return {"index": self.index, "count": self.count}

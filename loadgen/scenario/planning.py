@@ -20,13 +20,16 @@ from loadgen.scenario.schema import Hold, Publish, Scenario, parse_endpoint, tem
 
 
 def executor_of(scenario: Scenario, rate: float | None = None) -> Executor:
+    """The scenario's arrivals; with ``rate`` (``--rate``), a constant rate
+    instead, whatever the scenario's executor: a burst's too."""
     load = scenario.load
+    if rate is not None:
+        return ConstantArrival(rate)
     if load.executor == "burst":
         return Burst()
-    if load.executor == "constant-arrival-rate" or rate is not None:
-        chosen = rate if rate is not None else load.rate
-        assert chosen is not None
-        return ConstantArrival(chosen)
+    if load.executor == "constant-arrival-rate":
+        assert load.rate is not None
+        return ConstantArrival(load.rate)
     assert load.stages
     return RampingArrival(
         tuple(Stage(s.rate, s.duration) for s in load.stages), load.start_rate or 0.0
@@ -83,7 +86,9 @@ def build_plan(
         fleet=scenario.fleet.store,
         count=shard.size(total) if shard is not None else total,
         executor=executor if shard is None else scaled(executor, 1 / shard.count),
-        max_in_flight=load.max_in_flight if shard is None else shard.share(load.max_in_flight),
+        max_in_flight=load.max_in_flight
+        if shard is None
+        else shard.share(load.max_in_flight, "load.max_in_flight"),
         device=device,
         steps=tuple(steps),
         source_addresses=tuple(scenario.load.source_addresses or ()),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
+import ssl
 import string
 from collections.abc import Callable
 from pathlib import Path
@@ -83,6 +84,23 @@ EMBEDDED = "embedded"
 AWS_IOT_MAX_PAYLOAD = limits.AWS_MAX_PAYLOAD
 
 
+def _server_name(name: str | None) -> str | None:
+    """A name Python's TLS takes for SNI and the certificate's check, tried as
+    each device's connection will be (an empty name, a leading dot, an empty or
+    64-letter label, a NUL are refused there): every device failed otherwise."""
+    if name is None:
+        return None
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).wrap_bio(
+            ssl.MemoryBIO(), ssl.MemoryBIO(), server_hostname=name
+        )
+    except (ValueError, TypeError):
+        raise ValueError(
+            f"{name!r} is no host name TLS can send and check the server's certificate against"
+        ) from None
+    return name
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -91,7 +109,7 @@ class Tls(_Strict):
     ca_file: Path | None = Field(
         default=None, description="Trust for the server certificate (default: system CAs)"
     )
-    server_name: str | None = Field(
+    server_name: Annotated[str | None, AfterValidator(_server_name)] = Field(
         default=None, description="SNI and hostname check (default: the endpoint's host)"
     )
     alpn: list[str] | None = Field(
