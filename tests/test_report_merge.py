@@ -7,6 +7,8 @@ import datetime as dt
 import json
 from pathlib import Path
 
+import pytest
+
 from loadgen.device.lifecycle import DeviceConfig
 from loadgen.load.plan import RunPlan, TlsPlan
 from loadgen.load.schedule import ConstantArrival
@@ -35,7 +37,7 @@ def _plan(count: int) -> RunPlan:
     )
 
 
-def _report(results, keep) -> dict:
+def _report(results, keep, started_at: float = 1_800_000_000.0) -> dict:
     stats = RunStats()
     for i, r in enumerate(results):
         if keep(i):
@@ -44,7 +46,7 @@ def _report(results, keep) -> dict:
     return build(
         _plan(sum(1 for i in range(len(results)) if keep(i))),
         stats,
-        RunTiming(1_800_000_000.0, 1_800_000_030.0),
+        RunTiming(started_at, started_at + 30.0),
     )
 
 
@@ -154,6 +156,20 @@ def test_a_merged_breakdown_keeps_unknown_the_parts_a_shard_did_not_time():
     )
     assert merged["schedule_lag"] is not None
     assert merged["tcp_connect"] is None and merged["back_off"] is None
+
+
+def test_a_shard_that_started_late_lowers_the_merged_achieved_rate():
+    # Each shard kept its own pace, so their own rates add up to the fleet's;
+    # but the fleet's arrivals took 4 s longer than planned.
+    results = _results(200, 5)
+    on_time = _report(results, lambda i: i % 2 == 0)
+    late = _report(results, lambda i: i % 2 == 1, started_at=1_800_000_004.0)
+    own = on_time["rate"]["achieved_per_s"] + late["rate"]["achieved_per_s"]
+    merged = merge([on_time, late])["rate"]
+    assert merged["arrivals"]["count"] == 200
+    span = (1_800_000_004.0 + 1.99) - 1_800_000_000.0
+    assert merged["achieved_per_s"] == pytest.approx(199 / span, rel=1e-3)
+    assert merged["achieved_per_s"] < own / 2
 
 
 def test_report_merge_and_show_on_the_command_line(tmp_path):

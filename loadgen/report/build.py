@@ -30,20 +30,33 @@ def _iso(wall: float) -> str:
     return dt.datetime.fromtimestamp(wall, dt.UTC).isoformat(timespec="milliseconds")
 
 
-def rates(plan: RunPlan, stats: RunStats) -> dict[str, float | None]:
-    """Arrivals per second, planned and achieved, over the arrivals' span."""
+def rates(plan: RunPlan, stats: RunStats, started_at: float) -> dict[str, Any]:
+    """Arrivals per second, planned and achieved, over the arrivals' span; and
+    the arrivals themselves (``arrivals``: how many, the first's and the last's
+    wall-clock time), from which a merge measures the shards' rate together."""
     span = schedule_span(plan.executor, plan.count)
     target = (plan.count - 1) / span if span > 0 else None
-    achieved = None
+    started = sum(stats.started_per_second.values())
+    first = last = None
     if stats.first_start is not None and stats.last_start is not None:
-        actual = stats.last_start - stats.first_start
-        started = sum(stats.started_per_second.values())
-        if actual > 0 and started > 1:
-            achieved = (started - 1) / actual
+        first, last = started_at + stats.first_start, started_at + stats.last_start
     return {
         "target_per_s": round(target, 3) if target is not None else None,
-        "achieved_per_s": round(achieved, 3) if achieved is not None else None,
+        "achieved_per_s": achieved_rate(started, first, last),
+        "arrivals": {
+            "count": started,
+            "first_at": round(first, 6) if first is not None else None,
+            "last_at": round(last, 6) if last is not None else None,
+        },
     }
+
+
+def achieved_rate(started: int, first: float | None, last: float | None) -> float | None:
+    """``started`` arrivals from ``first`` to ``last`` a second (None: fewer
+    than two, or no time between them)."""
+    if first is None or last is None or started < 2 or last <= first:
+        return None
+    return round((started - 1) / (last - first), 3)
 
 
 def build(plan: RunPlan, stats: RunStats, timing: RunTiming) -> dict[str, Any]:
@@ -67,7 +80,7 @@ def build(plan: RunPlan, stats: RunStats, timing: RunTiming) -> dict[str, Any]:
             "provisioning_triggered": stats.provisioning_triggered,
         },
         "latency_ms": {phase: stats.phases[phase].summary_ms() for phase in PHASES},
-        "rate": rates(plan, stats),
+        "rate": rates(plan, stats, timing.started_at),
         "schedule_lag_ms": stats.lag.summary_ms(),
         "reasons": {k: dict(v.most_common()) for k, v in sorted(stats.reasons.items())},
         "provision_breakdown_ms": breakdown_ms(stats.provisioned, stats.breakdown, stats.untimed),

@@ -21,6 +21,7 @@ from loadgen.nesting import parse_json
 from loadgen.report import fields
 from loadgen.report.build import (
     FORMAT,
+    achieved_rate,
     breakdown_ms,
     generator_cpu,
     jitp_section,
@@ -362,7 +363,29 @@ def _merged_rates(reports: list[dict[str, Any]]) -> dict[str, Any]:
         else:
             estimated = measured + unknown * measured / known if unknown else measured
             rates[key] = round(others + estimated, 3)
+    arrivals = _merged_arrivals(reports)
+    if arrivals is not None:
+        # Measured over the reports' arrivals together: a shard that started
+        # late stretched the fleet's span, which its own rate cannot show.
+        rates["achieved_per_s"] = achieved_rate(
+            arrivals["count"], arrivals["first_at"], arrivals["last_at"]
+        )
+        rates["arrivals"] = arrivals
     return {**rates, "from_shards": from_shards}
+
+
+def _merged_arrivals(reports: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Every report's arrivals together (None when a report predates them)."""
+    parts = [report["rate"].get("arrivals") for report in reports]
+    if not all(parts):
+        return None
+    firsts = [p["first_at"] for p in parts if p and p["first_at"] is not None]
+    lasts = [p["last_at"] for p in parts if p and p["last_at"] is not None]
+    return {
+        "count": sum(p["count"] for p in parts if p),
+        "first_at": min(firsts) if firsts else None,
+        "last_at": max(lasts) if lasts else None,
+    }
 
 
 def _rate_parts(reports: list[dict[str, Any]], key: str) -> tuple[float | None, float, int, int]:
