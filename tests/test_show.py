@@ -23,7 +23,7 @@ from loadgen.load.runner import Progress, merge_progress
 from loadgen.load.workers import RunTiming
 from loadgen.metrics.stats import RunStats
 from loadgen.report.build import build
-from loadgen.report.show import LiveRun, fit, print_capacity, print_report, say
+from loadgen.report.show import LiveRun, arrival_rate, fit, print_capacity, print_report, say
 from tests.conftest import run_loadgen
 from tests.test_html_report import CAPACITY
 from tests.test_report_merge import _plan
@@ -32,12 +32,26 @@ from tests.test_stats import _results
 WIDTH = 80
 
 
-def _progress(started: int, in_flight: int, connected: int, finished: int = 0) -> Progress:
+def _progress(
+    started: int,
+    in_flight: int,
+    connected: int,
+    finished: int = 0,
+    *,
+    per_second: float | None = None,
+    at: float = 0.0,
+) -> Progress:
+    """A worker's progress; with ``per_second``, its ``started`` devices
+    started at that rate from the schedule's start, measured ``at``."""
     stats = RunStats()
     for i, result in enumerate(_results(finished, 5)):
         stats.started(i * 0.01)
         stats.add(result, i * 0.01, i * 0.01 + 0.5)
-    return Progress(started, in_flight, connected, stats.to_wire(per_second=False), at=0.0)
+    if per_second is not None:
+        stats.started_per_second.clear()
+        for i in range(started):
+            stats.started(i / per_second)
+    return Progress(started, in_flight, connected, stats.to_wire(per_second=False), at=at)
 
 
 def _report(devices: int, scale: float = 1.0) -> dict[str, Any]:
@@ -74,7 +88,7 @@ def test_without_a_terminal_a_run_prints_a_plain_progress_line_every_five_second
     with live:
         for tick in range(25):  # 12 s of progress, every half second
             elapsed = tick * 0.5
-            live.update([_progress(int(elapsed * 10), 5, 2)], elapsed)
+            live.update([_progress(int(elapsed * 10), 5, 2, per_second=10, at=elapsed)], elapsed)
     lines = out.getvalue().splitlines()
     assert [line.split(" s ")[0].strip() for line in lines] == ["5.0", "10.0"]
     assert "started 50/200" in lines[0] and "in flight 5" in lines[0]
@@ -94,16 +108,26 @@ def test_on_a_dumb_terminal_the_run_prints_plain_progress_lines_too() -> None:
 
 def test_the_first_frame_shows_no_rate_until_a_second_has_been_measured() -> None:
     live = LiveRun(_terminal(), _plan(200))
-    first = [_progress(7, 7, 0)]
-    frame = " ".join(live.frame(merge_progress(first), 0.3, live._rate(0.3, 7)))
+    first = merge_progress([_progress(7, 7, 0, per_second=100, at=0.3)])
+    frame = " ".join(live.frame(first, 0.3, arrival_rate(first, 0.3)))
     assert "rate" not in frame and "target 100/s" in frame
-    later = live._rate(1.3, 107)
-    assert later == pytest.approx(100.0)
+    later = merge_progress([_progress(107, 7, 0, per_second=100, at=1.3)])
+    assert arrival_rate(later, 1.3) == pytest.approx(100.0)
+
+
+def test_the_live_rate_counts_only_seconds_every_worker_has_measured() -> None:
+    # Two workers at 50/s each: one has just reported (3.9 s), the other's last
+    # report is 0.45 s old. Devices started since the older report are left
+    # out on both sides, not counted for one worker alone (which read 117/s).
+    fresh = _progress(195, 0, 0, per_second=50, at=3.9)
+    stale = _progress(172, 0, 0, per_second=50, at=3.45)
+    assert arrival_rate(merge_progress([fresh, stale]), 3.9) == pytest.approx(100.0)
 
 
 def test_before_the_schedule_starts_the_view_shows_zero_seconds_and_no_target() -> None:
     live = LiveRun(_terminal(), _plan(200))
-    frame = live.frame(merge_progress([_progress(0, 0, 0)]), -0.2, live._rate(-0.2, 0))
+    total = merge_progress([_progress(0, 0, 0)])
+    frame = live.frame(total, -0.2, arrival_rate(total, -0.2))
     assert frame[0].split()[:2] == ["0.0", "s"]
     assert "target" not in " ".join(frame) and "rate" not in " ".join(frame)
 
@@ -112,9 +136,8 @@ def test_the_live_view_fits_80_columns_breaking_only_between_phrases() -> None:
     console = _terminal()
     plan = _plan(1_000_000)
     live = LiveRun(console, plan)
-    live._rate(1000.0, 0)
     total = merge_progress([_progress(987_654, 25_600, 12_345, finished=3000)])
-    frame = live.frame(total, 2345.6, live._rate(1002.0, 987_654))
+    frame = live.frame(total, 2345.6, 493_827.0)
     _assert_fits(
         frame,
         "2345.6 s",
@@ -289,10 +312,7 @@ def test_empty_phrases_add_no_blank_lines() -> None:
 
 def test_once_every_device_has_started_no_arrival_rate_is_shown() -> None:
     live = LiveRun(_terminal(), _plan(200))
-    live._rate(10.0, 200)
-    frame = " ".join(
-        live.frame(merge_progress([_progress(200, 50, 20)]), 12.0, live._rate(12.0, 200))
-    )
+    frame = " ".join(live.frame(merge_progress([_progress(200, 50, 20)]), 12.0, 20.0))
     assert "started 200/200" in frame and "rate" not in frame and "target" not in frame
 
 
