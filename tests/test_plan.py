@@ -180,3 +180,16 @@ def test_rate_replaces_a_bursts_arrivals_with_that_constant_rate(tmp_path):
     scenario = _scenario(tmp_path, {"executor": "burst"})
     plan = make_plan(scenario, RunOptions(rate="5/s", workers=1))
     assert plan.executor == ConstantArrival(5.0)
+
+
+def test_a_hold_without_keepalive_pings_as_often_as_the_connect_promised(tmp_path):
+    # Its own default of 60 s refused a scenario with mqtt.keepalive 30, naming
+    # a field the scenario never wrote.
+    scenario = _scenario(
+        tmp_path,
+        {"executor": "burst"},
+        mqtt={"keepalive": 30},
+        after_connect=[{"hold": {"duration": "10m"}}],
+    )
+    (hold,) = build_plan(scenario, endpoint=("127.0.0.1", 8883)).steps
+    assert hold.keepalive == 30.0

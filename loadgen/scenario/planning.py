@@ -55,7 +55,8 @@ def build_plan(
             steps.append(PublishStep(p.topic, p.qos, p.count, p.payload_bytes))
         elif isinstance(item, Hold):
             hold = item.hold
-            steps.append(HoldStep(hold.duration or 0.0, hold.keepalive, hold.until))
+            pings = hold.keepalive if hold.keepalive is not None else scenario.mqtt.keepalive
+            steps.append(HoldStep(hold.duration or 0.0, float(pings), hold.until))
         else:
             steps.append(SubscribeStep(item.subscribe.topic, item.subscribe.qos))
     retry = scenario.retry

@@ -305,7 +305,11 @@ class HoldSpec(_Strict):
 
     duration: Duration | None = None
     until: Duration | None = None
-    keepalive: Duration = 60.0
+    # None: mqtt.keepalive, what the CONNECT promised (a default of its own
+    # refused a scenario whose mqtt.keepalive was lower, naming a field never written).
+    keepalive: Duration | None = Field(
+        default=None, description="Seconds of silence before a PINGREQ (default: mqtt.keepalive)"
+    )
 
     @model_validator(mode="after")
     def _one_end(self) -> HoldSpec:
@@ -482,12 +486,13 @@ class Scenario(_Strict):
             raise field_error(("tls",), "endpoint: embedded sets TLS itself: remove the tls block")
         for i, item in enumerate(self.after_connect):
             promised = self.mqtt.keepalive
-            if isinstance(item, Hold) and promised and item.hold.keepalive > promised:
+            pings = item.hold.keepalive if isinstance(item, Hold) else None
+            if pings is not None and promised and pings > promised:
                 # A server closes a client silent for 1.5 keepalives (MQTT 3.1.2.10,
                 # AWS IoT too): every device would end closed mid-hold.
                 raise field_error(
                     ("after_connect", i, "hold", "keepalive"),
-                    f"pings every {item.hold.keepalive:g} s, but the CONNECT promises one "
+                    f"pings every {pings:g} s, but the CONNECT promises one "
                     f"every {promised} s (mqtt.keepalive): the server would close the "
                     "connection; ping at most every mqtt.keepalive seconds",
                 )
