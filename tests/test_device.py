@@ -600,6 +600,18 @@ async def test_aiomqtt_pings_every_hold_keepalive():
     assert sum(isinstance(p, mqtt.PingReq) for p in broker.received) >= 3
 
 
+async def test_aiomqtt_pings_only_after_a_keepalive_of_silence_as_the_native_driver():
+    # Pings due 0.5 s and 1.0 s in; at the hold's end (1.2 s) the last went out
+    # 0.2 s before. paho's PINGREQ was not counted as sent: the end found 1.2 s
+    # of silence and sent one more, just before the DISCONNECT.
+    broker, server, target = await _broker()
+    steps = (HoldStep(1.2, keepalive=0.5),)
+    result = await _run_aiomqtt(target, DeviceConfig(retry=FAST_RETRY), steps=steps)
+    server.close()
+    assert result.outcome is Outcome.CONNECTED, result.reason
+    assert 1 <= sum(isinstance(p, mqtt.PingReq) for p in broker.received) <= 2
+
+
 async def test_aiomqtt_ends_a_hold_timeout_when_its_ping_went_unanswered():
     server, target = await _answering(_ACCEPTED)  # then silent: no PINGRESP
     config = DeviceConfig(retry=FAST_RETRY, step_timeout=0.1)

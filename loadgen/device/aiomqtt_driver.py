@@ -230,6 +230,11 @@ class _Client(aiomqtt.Client):
                 idle = time.monotonic() - paho._last_msg_out
                 if keepalive > 0 and not paho._ping_t and idle >= keepalive:
                     paho._send_pingreq()
+                    # As paho's own keepalive does: its PINGREQ is not counted as
+                    # sent, and the hold's end found 3.5 s of silence (a PINGREQ
+                    # more than the native driver sends, just before DISCONNECT).
+                    with paho._msgtime_mutex:
+                        paho._last_msg_out = time.monotonic()
             if paho._ping_t and time.monotonic() - paho._ping_t > answer_within:
                 raise TimeoutError
         finally:
