@@ -22,11 +22,10 @@ import yaml
 from pydantic import BaseModel, ValidationError
 from pydantic_core import PydanticCustomError
 
-from loadgen.errors import ConfigError
+from loadgen.errors import ConfigError, FieldError, Loc, field_name
 from loadgen.files import read_text
 from loadgen.nesting import MAX_DEPTH
 
-Loc = tuple[str | int, ...]
 M = TypeVar("M", bound=BaseModel)
 
 _AT_FIELD = "at_field"
@@ -131,7 +130,7 @@ class _Document:
                 if key in out:
                     first = self.lines[(*loc, key)]
                     raise ConfigError(
-                        f"{key_node.start_mark.line + 1}: {_field_name((*loc, key))}: "
+                        f"{key_node.start_mark.line + 1}: {field_name((*loc, key))}: "
                         f"duplicate key (first given on line {first})"
                     )
                 out[key] = self.build(value_node, (*loc, key))
@@ -202,12 +201,6 @@ def _compose(text: str, path: Path) -> yaml.Node | None:
         raise ConfigError(f"{path}: YAML syntax error: {exc}") from None
 
 
-def _field_name(loc: Loc) -> str:
-    """``after_connect[0].publish.topic``: as the docs and the other messages spell it."""
-    name = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc)
-    return name.removeprefix(".") or "(document)"
-
-
 @dataclass(frozen=True)
 class Loaded(Generic[M]):
     """A validated file, and where each of its fields was written."""
@@ -220,7 +213,10 @@ class Loaded(Generic[M]):
         """``FILE:LINE: field`` for a message about the field at ``loc``."""
         line = self.doc.line_of(loc)
         at = f"{self.path}:{line}" if line is not None else f"{self.path}"
-        return f"{at}: {_field_name(loc)}"
+        return f"{at}: {field_name(loc)}"
+
+    def located(self, error: FieldError) -> ConfigError:
+        return ConfigError(f"{self.where(error.loc)}: {error.message}")
 
 
 def load_model(path: Path, model: type[M], *, what: str) -> M:
@@ -287,7 +283,7 @@ def _describe(exc: ValidationError, path: Path, doc: _Document | None) -> str:
     where = f"{path}:{best.line}" if best.line is not None else f"{path}"
     others = {f.loc for f in problems[1:] if f.loc != best.loc}
     more = f" (and {len(others)} more)" if others else ""
-    return f"{where}: {_field_name(best.loc)}: {best.message}{more}"
+    return f"{where}: {field_name(best.loc)}: {best.message}{more}"
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,28 @@ class ConfigError(UserError):
     """A configuration file (profile, scenario) is malformed or invalid."""
 
 
+# Where a field is in a file's data: keys and list indices, outermost first.
+Loc = tuple[str | int, ...]
+
+
+def field_name(loc: Loc) -> str:
+    """``after_connect[0].publish.topic``: as the docs and the other messages spell it."""
+    name = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc)
+    return name.removeprefix(".") or "(document)"
+
+
+class FieldError(ConfigError):
+    """A field's value refused after its file loaded, by a check that needs more
+    than the file (the machine's limits, the fleet, the other options): the
+    command that read the file puts its name and the field's line in front
+    (``loadgen.config.Loaded.located``)."""
+
+    def __init__(self, loc: Loc, message: str) -> None:
+        super().__init__(f"{field_name(loc)}: {message}")
+        self.loc = loc
+        self.message = message
+
+
 class CAError(UserError):
     """A CA directory is missing, unreadable or inconsistent."""
 

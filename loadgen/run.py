@@ -20,7 +20,7 @@ from loadgen.cores import cores
 from loadgen.device.lifecycle import PublishStep, Step, SubscribeStep
 from loadgen.emulator.render import render_registration
 from loadgen.emulator.serve import EmbeddedEmulator, load_registration_config, start_embedded
-from loadgen.errors import ConfigError, UserError
+from loadgen.errors import ConfigError, FieldError, UserError
 from loadgen.files import write
 from loadgen.listen import check_listen
 from loadgen.load.plan import AUTO, RunPlan, Workers
@@ -57,7 +57,15 @@ def is_embedded(scenario: Scenario, options: RunOptions) -> bool:
 
 
 def check_plan(scenario: Scenario, options: RunOptions) -> RunPlan:
-    """Everything about the run that can be wrong, checked before minting."""
+    """Everything about the run that can be wrong, checked before minting; a
+    field's error names the scenario's file and the field's line."""
+    try:
+        return _check_plan(scenario, options)
+    except FieldError as exc:
+        raise scenario.located(exc) from None
+
+
+def _check_plan(scenario: Scenario, options: RunOptions) -> RunPlan:
     if is_embedded(scenario, options):
         if scenario.emulator.metrics_port is not None:
             check_listen("127.0.0.1", scenario.emulator.metrics_port, "emulator.metrics_port")
@@ -243,24 +251,25 @@ def _check_span(plan: RunPlan, options: RunOptions) -> None:
     devices, naming the rate that spreads them."""
     if not too_long(plan.executor, plan.count, plan.phase):
         return
-    if options.rate is not None:
-        field = f"--rate {options.rate}"
-    else:
-        field = "load.rate" if isinstance(plan.executor, ConstantArrival) else "load.stages"
-    raise UserError(
-        f"{field}: starting {counted(plan.count, 'device')} would take more than "
+    problem = (
+        f"starting {counted(plan.count, 'device')} would take more than "
         f"{MAX_SPAN / 86400:.0f} days, the longest a schedule may span (a rate's unit?)"
     )
+    if options.rate is not None:
+        raise UserError(f"--rate {options.rate}: {problem}")
+    field = "rate" if isinstance(plan.executor, ConstantArrival) else "stages"
+    raise FieldError(("load", field), problem)
 
 
 def check_trust(ca_file: Path) -> None:
     """``tls.ca_file`` holds a certificate to trust: else every worker's context
     fails to load it, after the fleet was minted."""
     if not ca_file.is_file():
-        raise ConfigError(f"tls.ca_file: {ca_file} not found")
+        raise FieldError(("tls", "ca_file"), f"{ca_file} not found")
     if (problem := trust_problem(ca_file)) is not None:
-        raise ConfigError(
-            f"tls.ca_file: {ca_file}: no PEM certificate to trust in it ({describe_error(problem)})"
+        raise FieldError(
+            ("tls", "ca_file"),
+            f"{ca_file}: no PEM certificate to trust in it ({describe_error(problem)})",
         )
 
 
@@ -379,11 +388,12 @@ def raise_fd_limit(plan: RunPlan) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft >= needed:
         return
-    too_many = UserError(
-        f"load.max_in_flight {plan.max_in_flight} needs {needed} open files per worker, "
+    too_many = FieldError(
+        ("load", "max_in_flight"),
+        f"{plan.max_in_flight} needs {needed} open files per worker, "
         f"but the limit is {soft} and cannot be raised that far (hard limit {hard}): "
         "raise it (ulimit -Hn), give more --workers (without --workers the run plans "
-        "enough), or lower max_in_flight"
+        "enough), or lower max_in_flight",
     )
     if hard != resource.RLIM_INFINITY and hard < needed:
         raise too_many

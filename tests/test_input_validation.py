@@ -247,8 +247,9 @@ def test_a_tls_ca_file_holding_no_certificate_is_refused_before_any_load(tmp_pat
     """Every worker would fail to load it, after the fleet was minted."""
     path = _write_scenario(tmp_path, listener.getsockname()[1], "tls: {ca_file: scenario.yaml}\n")
     result = run_loadgen("run", path, "--report", tmp_path / "report.json", cwd=tmp_path)
+    line = path.read_text().splitlines().index("tls: {ca_file: scenario.yaml}") + 1
     _assert_refused_untouched(
-        result, tmp_path, listener, "tls.ca_file:", "no PEM certificate to trust in it"
+        result, tmp_path, listener, f"{path}:{line}: tls.ca_file:", "no PEM certificate"
     )
 
 
@@ -743,5 +744,8 @@ def test_a_schedule_spanning_more_than_30_days_is_refused_naming_its_rate(
     path = _write_scenario(tmp_path, listener.getsockname()[1], load=load)
     with pytest.raises(UserError) as refused:
         check_plan(load_scenario(path), RunOptions(rate=rate, workers=1))
-    assert str(refused.value).startswith(f"{field}: starting 5 devices would take more than 30")
+    message = str(refused.value)
+    assert f"{field}: starting 5 devices would take more than 30" in message
+    # A scenario's field is named with its file and line; an option as given.
+    assert message.startswith(f"{path}:" if rate is None else field)
     assert sorted(os.listdir(tmp_path)) == ["scenario.yaml"]

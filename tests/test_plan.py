@@ -167,13 +167,13 @@ def test_a_run_never_starts_more_workers_than_devices_it_may_have_in_flight(
 
 
 def test_the_shards_parts_of_max_in_flight_add_up_to_it():
-    parts = [Shard(i, 4).share(10, "load.max_in_flight") for i in range(4)]
+    parts = [Shard(i, 4).share(10, ("load", "max_in_flight")) for i in range(4)]
     assert parts == [3, 3, 2, 2]
 
 
 def test_a_max_in_flight_smaller_than_the_shards_is_refused():
     with pytest.raises(UserError, match=r"load.max_in_flight: 3 shared by 4 shards .* --shard 3/4"):
-        Shard(3, 4).share(3, "load.max_in_flight")
+        Shard(3, 4).share(3, ("load", "max_in_flight"))
 
 
 def test_rate_replaces_a_bursts_arrivals_with_that_constant_rate(tmp_path):

@@ -419,3 +419,5 @@ def test_too_few_workers_for_the_open_files_limit_is_one_line_and_exit_2(
     assert proc.returncode == 2, proc.stderr
     assert "needs 364 open files per worker" in proc.stderr and "--workers" in proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "r.json").exists()
+    line = next(i for i, t in enumerate(path.read_text().splitlines(), 1) if "max_in_flight" in t)
+    assert f"{path}:{line}: load.max_in_flight: 300 needs" in proc.stderr

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from loadgen.errors import UserError
+from loadgen.errors import FieldError, Loc, UserError
 
 _SLICE = re.compile(r"^\s*(-?\d+)\s*/\s*(-?\d+)\s*$")
 
@@ -45,15 +45,16 @@ class Shard:
                 f"(shards {fleet} and up of {self.count} are empty)"
             )
 
-    def share(self, total: int, field: str) -> int:
-        """This shard's part of a bound the whole run shares (``field``, the
-        scenario's max_in_flight): the shards' parts add up to ``total``, never
+    def share(self, total: int, field: Loc) -> int:
+        """This shard's part of a bound the whole run shares (the scenario's
+        ``field``, max_in_flight): the shards' parts add up to ``total``, never
         more, so each shard needs one at least."""
         part = total // self.count + (1 if self.index < total % self.count else 0)
         if part == 0:
-            raise UserError(
-                f"{field}: {total} shared by {self.count} shards leaves --shard {self} "
-                f"none; give at least {self.count}"
+            raise FieldError(
+                field,
+                f"{total} shared by {self.count} shards leaves --shard {self} "
+                f"none; give at least {self.count}",
             )
         return part
 

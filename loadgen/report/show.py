@@ -155,7 +155,6 @@ class LiveRun:
         return rate_phrases(rate, target_rate(self.plan.executor, elapsed))
 
 
-
 def arrival_rate(total: RunSnapshot, elapsed: float) -> float | None:
     """Devices started a second over the last ``_RATE_WINDOW`` whole seconds of
     the schedule that every worker has measured (``total.at``); None before the

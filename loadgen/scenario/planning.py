@@ -89,7 +89,7 @@ def build_plan(
         executor=executor if shard is None else scaled(executor, 1 / shard.count),
         max_in_flight=load.max_in_flight
         if shard is None
-        else shard.share(load.max_in_flight, "load.max_in_flight"),
+        else shard.share(load.max_in_flight, ("load", "max_in_flight")),
         device=device,
         steps=tuple(steps),
         source_addresses=tuple(scenario.load.source_addresses or ()),

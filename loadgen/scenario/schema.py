@@ -20,6 +20,7 @@ from pydantic import (
     Field,
     FiniteFloat,
     PlainSerializer,
+    PrivateAttr,
     StrictBool,
     StrictInt,
     field_validator,
@@ -29,10 +30,10 @@ from pydantic.json_schema import WithJsonSchema
 
 from loadgen.certs.profile import MAX_DEVICES, check_format_spec
 from loadgen.certs.subject import FIELDS
-from loadgen.config import Loc, field_error, read_model
+from loadgen.config import field_error, read_model
 from loadgen.device.retry import Jitter
 from loadgen.emulator import limits
-from loadgen.errors import ConfigError
+from loadgen.errors import ConfigError, FieldError, Loc
 from loadgen.mqtt.wire import MAX_VARINT, check_carried
 from loadgen.report.gates import parse as parse_gate
 from loadgen.scenario.units import (
@@ -457,6 +458,14 @@ class Scenario(_Strict):
     gates: list[str] = Field(
         default_factory=list, description='e.g. "p99(provision) < 2s", "ratio(failed) < 0.5%"'
     )
+    # Read from a file (`load_scenario`): what puts its name and a field's line
+    # in front of a check's error about the field.
+    _located: Callable[[FieldError], ConfigError] | None = PrivateAttr(default=None)
+
+    def located(self, error: FieldError) -> ConfigError:
+        """``error`` naming the scenario's file and the field's line, when the
+        scenario was read from a file."""
+        return self._located(error) if self._located is not None else error
 
     @field_validator("name")
     @classmethod
@@ -589,4 +598,5 @@ def load_scenario(path: Path, warn: Callable[[str], None] | None = None) -> Scen
     if warn is not None:
         for loc, message in warnings(loaded.model):
             warn(f"{loaded.where(loc)}: {message}")
+    loaded.model._located = loaded.located
     return loaded.model.resolve_paths(path.resolve().parent)
