@@ -30,7 +30,13 @@ from loadgen.transport.timing import AttemptTimes
 from loadgen.transport.tls import ClientTls
 from tests.brokers import free_port
 from tests.conftest import assert_user_error, run_loadgen
-from tests.processes import assert_all_gone, cmdline, descendants, heavy_modules_after
+from tests.processes import (
+    assert_all_gone,
+    cmdline,
+    descendants,
+    heavy_modules_after,
+    still_running,
+)
 
 DEVICES = 60
 QUOTAS_OFF = {"connect": "off", "connect-per-client": "off", "provision": "off"}
@@ -418,6 +424,44 @@ def test_ctrl_c_while_the_serving_processes_start_stops_the_emulator_cleanly(tmp
     assert proc.returncode == 0, err
     assert "Traceback" not in err and "error" not in err
     assert_all_gone(started)
+
+
+def test_sigusr1_to_the_emulators_process_group_prints_the_counts_and_stops_nothing(
+    tmp_path, device_ca
+):
+    """`kill -USR1 %1` in a shell signals the whole group: the serving processes
+    died of it (its default action), and the emulator with them."""
+    import subprocess
+    import sys
+
+    from loadgen.emulator.serve import READY, STATS
+
+    proc = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "loadgen", "emulator", "serve", "--port", "0"),
+            *("--ca", str(device_ca.directory / "ca.pem"), "--state-dir", str(tmp_path)),
+            *("--processes", "2"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert proc.stdout is not None
+        while READY not in (line := proc.stdout.readline()):
+            assert line, proc.stderr.read() if proc.stderr else ""
+        serving = descendants(proc.pid)
+        os.killpg(proc.pid, signal.SIGUSR1)
+        while not (line := proc.stdout.readline()).startswith(STATS):
+            assert line, "the emulator ended instead of printing its counts"
+        assert proc.poll() is None
+        assert len(serving) == 2 and still_running(serving).keys() == serving.keys()
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
 
 
 def test_processes_out_of_range_is_a_one_line_error(tmp_path, device_ca):

@@ -183,6 +183,10 @@ def emulator_serve(
     lifeline: int | None,
 ) -> None:
     """Serve mutual-TLS MQTT with AWS IoT's JITP flow; prints one line when ready."""
+    # SIGUSR1 asks for the counts once the emulator serves. Its default action
+    # ends a process: ignored until then, and for good in the serving processes,
+    # which inherit the disposition (`kill -USR1 %1` signals the whole group).
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     if lifeline is not None:
         # A stop signal to every process of a run (a service manager's stop)
         # is the run's to act on: it stops this emulator once its devices'

@@ -165,6 +165,9 @@ def main(argv: list[str] | None = None) -> None:
     # SIGKILL: nothing here is worth keeping once the account is gone.
     lifeline.die_with_parent(args.parent, signal.SIGKILL)
     lifeline.ignore_stop_signals()
+    # The account answers SIGUSR1 with the counts, asking this process for its
+    # own over the socket: sent to the process group, it ended this one.
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     raise_to_hard_limit()
     limits = Limits(**json.loads(args.limits))
     code = uvloop.run(
