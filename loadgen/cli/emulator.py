@@ -111,7 +111,7 @@ def emulator() -> None:
 )
 @click.option(
     "--max-packet-size",
-    type=click.IntRange(min=64),
+    type=click.IntRange(min=64, max=emu_limits.LARGEST_PACKET_SIZE),
     default=emu_limits.MAX_PACKET_SIZE,
     show_default=True,
     help="Bytes; a larger packet closes its connection (MQTT 5: DISCONNECT 0x95).",

@@ -13,6 +13,10 @@ from dataclasses import dataclass
 # fixed header, a topic (AWS allows 256 bytes) and MQTT 5 properties.
 AWS_MAX_PAYLOAD = 128 * 1024
 MAX_PACKET_SIZE = AWS_MAX_PAYLOAD + 2048
+# The most max_packet_size may be: with several serving processes each PUBLISH
+# goes to the account whole, in one frame of at most rpc.MAX_FRAME (64 MiB),
+# and one larger stopped the emulator. Half of it leaves room for the rest.
+LARGEST_PACKET_SIZE = 32 * 1024 * 1024
 CONNECT_TIMEOUT = 5.0
 # uvloop's own high-water mark for TLS writes: what an ordinary subscriber
 # already met before there was a limit.

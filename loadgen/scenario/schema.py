@@ -344,7 +344,10 @@ class EmulatorLimits(_Strict):
     """What one client may cost the embedded emulator (docs/emulator.md, Limits)."""
 
     max_packet_size: StrictInt = Field(
-        default=limits.MAX_PACKET_SIZE, ge=64, description="Bytes, a whole MQTT packet"
+        default=limits.MAX_PACKET_SIZE,
+        ge=64,
+        le=limits.LARGEST_PACKET_SIZE,
+        description="Bytes, a whole MQTT packet",
     )
     connect_timeout: Duration = Field(
         default=limits.CONNECT_TIMEOUT, gt=0, description="From the TLS handshake to CONNECT"
