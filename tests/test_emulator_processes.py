@@ -24,6 +24,7 @@ from loadgen.certs.mint import MintRequest, mint
 from loadgen.certs.profile import Profile
 from loadgen.certs.store import FleetStore
 from loadgen.emulator.serve import EmbeddedEmulator, start_embedded
+from loadgen.errors import UserError
 from loadgen.transport.client import Target, connect
 from loadgen.transport.errors import TransportError
 from loadgen.transport.timing import AttemptTimes
@@ -462,6 +463,25 @@ def test_sigusr1_to_the_emulators_process_group_prints_the_counts_and_stops_noth
         _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert "Traceback" not in err
+
+
+def test_serving_processes_refuse_a_port_another_process_joined_with_so_reuseport():
+    # Two emulators started together both found the port free, then both bound
+    # it (SO_REUSEPORT lets a process of the same user join): the kernel shared
+    # the devices out between two registries. The other one, here a socket bound
+    # the same way, is found once this one's sockets listen.
+    import socket
+
+    from loadgen.emulator.processes import listening_sockets
+
+    with socket.socket() as other:
+        other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        with pytest.raises(UserError, match=f"--port {port}: another process listens on"):
+            listening_sockets("127.0.0.1", port, 2)
 
 
 def test_processes_out_of_range_is_a_one_line_error(tmp_path, device_ca):

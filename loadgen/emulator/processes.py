@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import ipaddress
 import json
 import os
 import signal
@@ -26,6 +27,7 @@ import sys
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from loadgen import lifeline
@@ -97,7 +99,54 @@ def listening_sockets(host: str, port: int, copies: int) -> list[list[socket.soc
             for sock in sockets:
                 sock.close()
         raise UserError(f"--port {port}: cannot listen on {host} ({exc.strerror})") from None
+    if (other := _others_listening([sock for sockets in sets for sock in sockets])) is not None:
+        for sockets in sets:
+            for sock in sockets:
+                sock.close()
+        raise UserError(f"--port {chosen}: another process listens on {other} too")
     return sets
+
+
+def _others_listening(ours: list[socket.socket]) -> str | None:
+    """An address and port of ``ours`` that a socket of another process listens
+    on as well, or None. SO_REUSEPORT lets any process of the same user join a
+    port: two emulators started together both passed the check before binding,
+    and the kernel shared the devices out between their two registries. Told by
+    the sockets' inodes in /proc/net/tcp and tcp6 (this network namespace's)."""
+    mine = {os.fstat(sock.fileno()).st_ino for sock in ours}
+    bound = {_key(sock.getsockname()[0], sock.getsockname()[1]) for sock in ours}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            local, state, inode = fields[1], fields[3], int(fields[9])
+            if state != _LISTEN or inode in mine:
+                continue
+            address, port = _proc_address(local)
+            if _key(address, port) in bound:
+                return f"{address}:{port}"
+    return None
+
+
+_LISTEN = "0A"  # TCP_LISTEN, as /proc/net/tcp writes the state
+
+
+def _key(address: str, port: int) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]:
+    return ipaddress.ip_address(address.split("%")[0]), port
+
+
+def _proc_address(text: str) -> tuple[str, int]:
+    """``0100007F:22B8`` as ("127.0.0.1", 8888): the address in 32-bit words of
+    the host's byte order, the port in hex."""
+    address, port = text.split(":")
+    raw = bytes.fromhex(address)
+    if sys.byteorder == "little":
+        raw = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+    words = raw
+    return str(ipaddress.ip_address(words)), int(port, 16)
 
 
 class ServingProcesses:
