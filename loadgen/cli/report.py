@@ -103,19 +103,18 @@ def report_merge_command(
     results = gates_mod.evaluate(gates, merged)
     if gates:
         merged["gates"] = gates_mod.as_json(results)
-    devices = counted(merged["devices"], "device")
-
-    def say(line: str) -> None:
-        if line.startswith("report written"):  # the merge's own words for it
-            line = f"{counted(len(named), 'report')} merged into {out}: {devices}"
-        click.echo(line)
+    merged_line = (
+        f"{counted(len(named), 'report')} merged into {out}: {counted(merged['devices'], 'device')}"
+    )
 
     def gates_and_ci_files() -> None:
         for result in results:
             click.echo(result.describe())
         ci_files.write_ci_files(merged, results, junit_path, summary_path)
 
-    each_output([lambda: write_outputs(merged, out, html, say), gates_and_ci_files])
+    each_output(
+        [lambda: write_outputs(merged, out, html, click.echo, merged_line), gates_and_ci_files]
+    )
     if any(not r.passed for r in results):
         sys.exit(1)
 

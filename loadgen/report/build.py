@@ -230,14 +230,16 @@ def write_outputs(
     json_to: Destination | None,
     html_to: Destination | None,
     say: Callable[[str], object],
+    json_line: str | None = None,
 ) -> None:
     """The report as JSON and as HTML, where asked (a local file written
     atomically, or an S3 object), each tried whatever became of the other;
-    ``say`` tells the user each one written."""
+    ``say`` tells the user each one written (the JSON in ``json_line`` when
+    given, instead of the usual words)."""
 
     def as_json(to: Destination) -> None:
         to.write(report_json(report), JSON)
-        say(f"report written to {to}")
+        say(json_line if json_line is not None else f"report written to {to}")
 
     def as_html(to: Destination) -> None:
         to.write(render_html(report).encode(), HTML)
