@@ -20,3 +20,8 @@ class ClientError(ProvisioningError):
 
 class TemplateError(ClientError):
     """The template itself is malformed."""
+
+
+class StateUnwritten(ProvisioningError):
+    """The state file could not keep the provisioning (the disk full, say): on
+    AWS, an internal error (ProvisionThing.ServerError)."""

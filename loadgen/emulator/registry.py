@@ -3,6 +3,7 @@ to what. In memory; provisioning either applies whole or changes nothing."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
 from dataclasses import dataclass, field
@@ -14,10 +15,10 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from loadgen.emulator import template as tpl
-from loadgen.emulator.errors import ClientError, TemplateError
+from loadgen.emulator.errors import ClientError, StateUnwritten, TemplateError
 from loadgen.emulator.names import refused
 from loadgen.emulator.parameters import certificate_id, jitp_parameters
-from loadgen.emulator.state import RegistryStore
+from loadgen.emulator.state import RegistryStore, StateWriteError
 from loadgen.emulator.structure import config_problems
 
 
@@ -192,14 +193,15 @@ class Registry:
             created=previous.created if previous is not None else now,
             modified=now,
         )
-        self.cas[record.id] = record
-        self.ca_version += 1
         if self.store is not None:
             self.store.save_ca(record)
+        self.cas[record.id] = record
+        self.ca_version += 1
         return record
 
     def set_registration_config(self, ca: CaRecord, config: dict[str, Any] | None) -> None:
-        """Replace a CA's registration config (None: remove it)."""
+        """Replace a CA's registration config (None: remove it) in ``ca``, a copy
+        of the registered one that `save_ca` keeps."""
         template = None
         if config is not None:
             template, problems = config_problems(config)
@@ -208,75 +210,80 @@ class Registry:
         ca.template, ca.config = template, config
         ca.role_arn = config.get("roleArn") if config is not None else None
 
+    # Every change below is written to the store first and made in memory only
+    # once written: a store that cannot be written (StateWriteError) leaves the
+    # registry as the state file has it. What a change replaces (a CA, a thing, a
+    # policy's versions) is given as a changed copy, never the registered object.
+
     def save_ca(self, ca: CaRecord) -> None:
-        """Keep the changes made to ``ca``."""
+        """Keep ``ca``: a changed copy of a registered CA, which it replaces."""
         ca.modified = time.time()
-        self.ca_version += 1
         if self.store is not None:
             self.store.save_ca(ca)
+        self.cas[ca.id] = ca
+        self.ca_version += 1
 
     def delete_ca(self, ca_id: str) -> None:
-        del self.cas[ca_id]
-        self.ca_version += 1
         if self.store is not None:
             self.store.delete_ca(ca_id)
-
-    # Certificates, things and policies as the control plane changes them (each
-    # change also in the store).
+        del self.cas[ca_id]
+        self.ca_version += 1
 
     def set_certificate_status(self, record: CertRecord, status: CertStatus) -> None:
-        record.status = status
-        record.modified = time.time()
+        now = time.time()
         if self.store is not None:
-            self.store.save_certificate(record)
+            self.store.save_certificate(record.id, status, now)
+        record.status = status
+        record.modified = now
 
     def delete_certificate(self, cert_id: str) -> None:
+        if self.store is not None:
+            self.store.delete_certificate(cert_id)
         record = self.certificates.pop(cert_id)
         for name in record.things:
             self.thing_principals.get(name, set()).discard(cert_id)
         for name in record.policies:
             self.policy_targets.get(name, set()).discard(cert_id)
-        if self.store is not None:
-            self.store.delete_certificate(cert_id)
 
     def attach_thing(self, record: CertRecord, name: str) -> None:
-        record.things.add(name)
-        self.thing_principals.setdefault(name, set()).add(record.id)
         if self.store is not None:
             self.store.attach_thing(record.id, name)
+        record.things.add(name)
+        self.thing_principals.setdefault(name, set()).add(record.id)
 
     def detach_thing(self, record: CertRecord, name: str) -> None:
-        record.things.discard(name)
-        self.thing_principals.get(name, set()).discard(record.id)
         if self.store is not None:
             self.store.detach_thing(record.id, name)
+        record.things.discard(name)
+        self.thing_principals.get(name, set()).discard(record.id)
 
     def attach_policy(self, record: CertRecord, name: str) -> None:
-        record.policies.add(name)
-        self.policy_targets.setdefault(name, set()).add(record.id)
         if self.store is not None:
             self.store.attach_policy(record.id, name)
+        record.policies.add(name)
+        self.policy_targets.setdefault(name, set()).add(record.id)
 
     def detach_policy(self, record: CertRecord, name: str) -> None:
-        record.policies.discard(name)
-        self.policy_targets.get(name, set()).discard(record.id)
         if self.store is not None:
             self.store.detach_policy(record.id, name)
+        record.policies.discard(name)
+        self.policy_targets.get(name, set()).discard(record.id)
 
     def save_thing(self, thing: Thing) -> None:
-        self.things[thing.name] = thing
         if self.store is not None:
             self.store.save_thing(thing)
+        self.things[thing.name] = thing
 
     def delete_thing(self, name: str) -> None:
+        if self.store is not None:
+            self.store.delete_thing(name)
         del self.things[name]
         for cert_id in self.thing_principals.pop(name, set()):
             self.certificates[cert_id].things.discard(name)
-        if self.store is not None:
-            self.store.delete_thing(name)
 
     def policy_info(self, name: str) -> PolicyInfo:
-        """The versions of policy ``name`` (which exists)."""
+        """The versions of policy ``name`` (which exists): the registered ones,
+        not to be changed (`save_policy` takes a changed copy)."""
         info = self.policy_infos.get(name)
         if info is None:
             # Made by provisioning (or by a version that kept no versions): one.
@@ -288,52 +295,54 @@ class Registry:
     def save_policy(self, name: str, info: PolicyInfo) -> None:
         """Create or change a policy; its default version is what devices get."""
         info.modified = time.time()
-        self.policy_infos[name] = info
-        self.policies[name] = info.versions[info.default].document
         if self.store is not None:
             self.store.save_policy(name, info)
+        self.policy_infos[name] = info
+        self.policies[name] = info.versions[info.default].document
 
     def delete_policy(self, name: str) -> None:
+        if self.store is not None:
+            self.store.delete_policy(name)
         del self.policies[name]
         self.policy_infos.pop(name, None)
         self.policy_targets.pop(name, None)
-        if self.store is not None:
-            self.store.delete_policy(name)
 
     def thing_type_info(self, name: str) -> ThingTypeInfo:
         return self.thing_type_infos.setdefault(name, ThingTypeInfo(self.started))
 
     def add_thing_type(self, name: str, info: ThingTypeInfo) -> None:
-        self.thing_types.add(name)
-        self.thing_type_infos[name] = info
         if self.store is not None:
             self.store.save_thing_type(name, info)
+        self.thing_types.add(name)
+        self.thing_type_infos[name] = info
 
     def delete_thing_type(self, name: str) -> None:
-        self.thing_types.discard(name)
-        self.thing_type_infos.pop(name, None)
         if self.store is not None:
             self.store.delete_thing_type(name)
+        self.thing_types.discard(name)
+        self.thing_type_infos.pop(name, None)
 
     def thing_group_info(self, name: str) -> ThingGroupInfo:
         return self.thing_group_infos.setdefault(name, ThingGroupInfo(self.started))
 
     def add_thing_group(self, name: str, info: ThingGroupInfo) -> None:
-        self.thing_groups.add(name)
-        self.thing_group_infos[name] = info
         if self.store is not None:
             self.store.save_thing_group(name, info)
+        self.thing_groups.add(name)
+        self.thing_group_infos[name] = info
 
     def delete_thing_group(self, name: str) -> None:
+        members = [
+            dataclasses.replace(thing, groups=thing.groups - {name})
+            for thing in self.things.values()
+            if name in thing.groups
+        ]
+        if self.store is not None:
+            self.store.delete_thing_group(name, members)
         self.thing_groups.discard(name)
         self.thing_group_infos.pop(name, None)
-        for thing in self.things.values():
-            if name in thing.groups:
-                thing.groups.discard(name)
-                if self.store is not None:
-                    self.store.save_thing(thing)
-        if self.store is not None:
-            self.store.delete_thing_group(name)
+        for thing in members:
+            self.things[thing.name] = thing
 
     def issuer_of(self, cert: x509.Certificate, *, verified: bool = False) -> CaRecord | None:
         """The registered CA that signed ``cert``, if any. ``verified``: a TLS
@@ -354,27 +363,64 @@ class Registry:
 
     def provision(self, cert: x509.Certificate, ca: CaRecord) -> CertRecord:
         """JITP for ``cert``: register it, run the CA's template, activate it.
-        Raises ``ProvisioningError`` having changed nothing."""
+        Raises ``ProvisioningError`` having changed nothing (``StateUnwritten``:
+        the state file could not keep it)."""
         if ca.template is None:
             raise ClientError(f"CA {ca.id[:12]} has no provisioning template")
         der = cert.public_bytes(Encoding.DER)
         cert_id = hashlib.sha256(der).hexdigest()
         resources = tpl.evaluate(ca.template, jitp_parameters(der))
-        changes = self._plan(resources, cert_id)
+        plan = self._plan(resources, cert_id)
         now = time.time()
-        record = CertRecord(cert_id, ca.id, CertStatus.PENDING_ACTIVATION, der=der, created=now)
-        record.modified = now
-        for change in changes:
-            change(record)
-        self.certificates[cert_id] = record
+        record = CertRecord(
+            cert_id,
+            ca.id,
+            plan.status,
+            set(plan.things),
+            set(plan.policies),
+            der=der,
+            created=now,
+            modified=now,
+        )
+        things = self._things_after(plan)
+        policies = {name: self.policies.get(name, doc) for name, doc in plan.policies.items()}
+        types = {c.type_name for c in plan.things.values() if c.type_name is not None}
+        groups = {g for c in plan.things.values() for g in c.groups}
         if self.store is not None:
-            self.store.save_provisioning(self, record)
+            try:
+                self.store.save_provisioning(record, things.values(), policies, types, groups)
+            except StateWriteError as exc:
+                raise StateUnwritten("the emulator could not write its state file") from exc
+        self.thing_types |= types
+        self.thing_groups |= groups
+        for name, document in policies.items():
+            self.policies.setdefault(name, document)
+        self.things.update(things)
+        self.certificates[cert_id] = record
+        self._index(record)
         return record
 
-    def _plan(self, resources: list[tpl.Resource], cert_id: str) -> list[Any]:
+    def _things_after(self, plan: _Plan) -> dict[str, Thing]:
+        """The template's things as provisioning leaves them: new ones, and
+        copies of existing ones with the template's overrides applied."""
+        after: dict[str, Thing] = {}
+        for change in plan.changes:
+            current = after.get(change.name) or self.things.get(change.name)
+            if current is None:
+                after[change.name] = Thing(
+                    change.name, change.type_name, dict(change.attributes), set(change.groups)
+                )
+                continue
+            thing = dataclasses.replace(
+                current, attributes=dict(current.attributes), groups=set(current.groups)
+            )
+            _override(thing, change.overrides, change.type_name, change.attributes, change.groups)
+            after[change.name] = thing
+        return after
+
+    def _plan(self, resources: list[tpl.Resource], cert_id: str) -> _Plan:
         """Every change provisioning will make, checked before any is made."""
-        changes: list[Any] = []
-        status = CertStatus.ACTIVE
+        plan = _Plan()
         for resource in resources:
             props, where = resource.properties, f"resource {resource.logical_id}"
             if resource.type == "AWS::IoT::Certificate":
@@ -382,48 +428,42 @@ class Registry:
                 if given is not None and given != cert_id:
                     raise ClientError(f"{where}: CertificateId is not the certificate's id")
                 try:
-                    status = CertStatus(props.get("Status", "ACTIVE"))
+                    plan.status = CertStatus(props.get("Status", "ACTIVE"))
                 except ValueError:
                     raise ClientError(f"{where}: Status {props.get('Status')!r}") from None
             elif resource.type == "AWS::IoT::Policy":
-                changes.append(self._plan_policy(props, where))
+                name, document = self._plan_policy(props, where)
+                plan.policies.setdefault(name, document)
             else:
-                changes.append(self._plan_thing(props, resource.overrides, where))
+                change = self._plan_thing(props, resource.overrides, where)
+                plan.changes.append(change)
+                plan.things.setdefault(change.name, change)
+        return plan
 
-        def activate(record: CertRecord) -> None:
-            record.status = status
-
-        changes.append(activate)
-        return changes
-
-    def _plan_policy(self, props: dict[str, Any], where: str) -> Any:
+    def _plan_policy(self, props: dict[str, Any], where: str) -> tuple[str, str]:
+        """The policy to attach: its name and its document (used only if no
+        policy of that name exists when provisioning is made)."""
         if "PolicyName" in props and "PolicyDocument" not in props:
             name = str(props["PolicyName"])
             if name not in self.policies:
                 raise ClientError(f"{where}: policy {name} does not exist")
-            document = self.policies[name]
-        else:
-            given = props.get("PolicyDocument")
-            if not isinstance(given, str):
-                raise ClientError(f"{where}: PolicyDocument must be a JSON string")
-            document = given
-            # Inline policies get a name from their content, so devices that
-            # share a document share the policy.
-            name = str(
-                props.get("PolicyName")
-                or "jitp-" + hashlib.sha256(document.encode()).hexdigest()[:16]
-            )
-            if (why := refused([("PolicyName", name)])) is not None:
-                raise ClientError(f"{where}: {why}")
+            return name, self.policies[name]
+        given = props.get("PolicyDocument")
+        if not isinstance(given, str):
+            raise ClientError(f"{where}: PolicyDocument must be a JSON string")
+        document = given
+        # Inline policies get a name from their content, so devices that
+        # share a document share the policy.
+        name = str(
+            props.get("PolicyName") or "jitp-" + hashlib.sha256(document.encode()).hexdigest()[:16]
+        )
+        if (why := refused([("PolicyName", name)])) is not None:
+            raise ClientError(f"{where}: {why}")
+        return name, document
 
-        def attach(record: CertRecord) -> None:
-            self.policies.setdefault(name, document)
-            record.policies.add(name)
-            self.policy_targets.setdefault(name, set()).add(record.id)
-
-        return attach
-
-    def _plan_thing(self, props: dict[str, Any], overrides: dict[str, str], where: str) -> Any:
+    def _plan_thing(
+        self, props: dict[str, Any], overrides: dict[str, str], where: str
+    ) -> _ThingChange:
         name = props.get("ThingName")
         if not isinstance(name, str) or not name:
             raise ClientError(f"{where}: ThingName is required")
@@ -445,20 +485,28 @@ class Registry:
             for key in ("AttributePayload", "ThingTypeName", "ThingGroups"):
                 if overrides.get(key) == "FAIL":
                     raise ClientError(f"{where}: thing {name} exists and {key} is FAIL")
+        return _ThingChange(name, type_name, attributes, groups, overrides)
 
-        def apply(record: CertRecord) -> None:
-            if type_name is not None:
-                self.thing_types.add(type_name)
-            self.thing_groups |= groups
-            thing = self.things.get(name)
-            if thing is None:
-                self.things[name] = Thing(name, type_name, attributes, groups)
-            else:
-                _override(thing, overrides, type_name, attributes, groups)
-            record.things.add(name)
-            self.thing_principals.setdefault(name, set()).add(record.id)
 
-        return apply
+@dataclass
+class _ThingChange:
+    """One AWS::IoT::Thing resource of a template, evaluated and checked."""
+
+    name: str
+    type_name: str | None
+    attributes: dict[str, str]
+    groups: set[str]
+    overrides: dict[str, str]
+
+
+@dataclass
+class _Plan:
+    """What one provisioning makes, checked, before anything is made."""
+
+    status: CertStatus = CertStatus.ACTIVE
+    policies: dict[str, str] = field(default_factory=dict)  # name -> document
+    changes: list[_ThingChange] = field(default_factory=list)  # in the template's order
+    things: dict[str, _ThingChange] = field(default_factory=dict)  # by name, the first
 
 
 def _override(

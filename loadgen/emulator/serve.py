@@ -29,7 +29,7 @@ from loadgen.emulator.parameters import certificate_id
 from loadgen.emulator.processes import ServingProcesses, Totals, how_ended
 from loadgen.emulator.registry import Registry
 from loadgen.emulator.server import Emulator
-from loadgen.emulator.state import RegistryStore
+from loadgen.emulator.state import RegistryStore, StateWriteError
 from loadgen.emulator.structure import config_problems
 from loadgen.errors import ConfigError, LoadgenError, UserError
 from loadgen.files import CONFIG_LIMIT, read_limited, read_text, write
@@ -125,6 +125,8 @@ def build_registry(
             )
         except ProvisioningError as exc:
             raise ConfigError(f"{item.ca_pem}: registration config: {exc}") from None
+        except StateWriteError as exc:
+            raise ConfigError(str(exc)) from None
     return registry
 
 

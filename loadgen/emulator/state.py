@@ -8,7 +8,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import sqlite3
-from collections.abc import Iterator
+import sys
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,12 +17,13 @@ from typing import TYPE_CHECKING, Any
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from loadgen.errors import ConfigError
+from loadgen.errors import ConfigError, LoadgenError
 
 if TYPE_CHECKING:
     from loadgen.emulator.registry import (
         CaRecord,
         CertRecord,
+        CertStatus,
         PolicyInfo,
         Registry,
         Thing,
@@ -57,8 +59,22 @@ _ADDED = (
 _POLICY, _THING_TYPE, _THING_GROUP = "policy", "thing_type", "thing_group"
 
 
+class StateWriteError(LoadgenError):
+    """The state file could not be written (the disk full, an I/O error): the
+    change is in neither the file nor the registry."""
+
+
 class RegistryStore:
+    """Every write is one transaction that either commits or raises
+    `StateWriteError`; the registry writes here before it changes its memory, so
+    the two never disagree."""
+
     def __init__(self, path: Path) -> None:
+        self.path = path
+        # While writes fail: how many were refused (the operator is told once
+        # when they start failing, once when they work again).
+        self.refused = 0
+        self.failing = False
         try:
             self.db = sqlite3.connect(path, isolation_level=None)
             self.db.execute("PRAGMA journal_mode=WAL")
@@ -139,38 +155,71 @@ class RegistryStore:
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         db = self.db
-        db.execute("BEGIN")
         try:
-            yield db
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
+            db.execute("BEGIN")
+            try:
+                yield db
+                db.execute("COMMIT")
+            finally:
+                # SQLite has rolled back by itself after some errors (SQLITE_FULL,
+                # SQLITE_IOERR): a ROLLBACK then fails ("no transaction is
+                # active") and hides the error that matters.
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+        except sqlite3.Error as exc:
+            self._refused(exc)
+            raise StateWriteError(f"{self.path}: cannot write the emulator state: {exc}") from exc
+        if self.failing:
+            self.failing = False
+            print(
+                f"loadgen emulator: the state file {self.path} is written again "
+                f"({self.refused} change(s) refused meanwhile)",
+                file=sys.stderr,
+                flush=True,
+            )
+            self.refused = 0
 
-    # One control-plane change each.
+    def _refused(self, exc: sqlite3.Error) -> None:
+        # One line per outage, not one per device: a full disk under a connect
+        # storm would otherwise bury everything else on stderr.
+        self.refused += 1
+        if not self.failing:
+            self.failing = True
+            print(
+                f"loadgen emulator: cannot write the state file {self.path} ({exc}): "
+                "provisioning and control-plane changes fail, and change nothing, "
+                "until it can be written",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    # One control-plane change each, in a transaction of its own.
 
     def save_ca(self, ca: CaRecord) -> None:
-        self.db.execute(
-            "INSERT OR REPLACE INTO cas VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (
-                ca.id,
-                ca.cert.public_bytes(Encoding.PEM).decode(),
-                int(ca.active),
-                int(ca.auto_registration),
-                json.dumps(ca.config) if ca.config is not None else None,
-                ca.created,
-                ca.modified,
-            ),
-        )
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO cas VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    ca.id,
+                    ca.cert.public_bytes(Encoding.PEM).decode(),
+                    int(ca.active),
+                    int(ca.auto_registration),
+                    json.dumps(ca.config) if ca.config is not None else None,
+                    ca.created,
+                    ca.modified,
+                ),
+            )
 
     def delete_ca(self, ca_id: str) -> None:
-        self.db.execute("DELETE FROM cas WHERE id = ?", (ca_id,))
+        with self._transaction() as db:
+            db.execute("DELETE FROM cas WHERE id = ?", (ca_id,))
 
-    def save_certificate(self, record: CertRecord) -> None:
-        self.db.execute(
-            "UPDATE certificates SET status = ?, modified = ? WHERE id = ?",
-            (record.status.value, record.modified, record.id),
-        )
+    def save_certificate(self, cert_id: str, status: CertStatus, modified: float) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE certificates SET status = ?, modified = ? WHERE id = ?",
+                (status.value, modified, cert_id),
+            )
 
     def delete_certificate(self, cert_id: str) -> None:
         with self._transaction() as db:
@@ -179,34 +228,30 @@ class RegistryStore:
             db.execute("DELETE FROM certificate_policies WHERE certificate = ?", (cert_id,))
 
     def attach_thing(self, cert_id: str, name: str) -> None:
-        self.db.execute("INSERT OR IGNORE INTO certificate_things VALUES (?, ?)", (cert_id, name))
+        with self._transaction() as db:
+            db.execute("INSERT OR IGNORE INTO certificate_things VALUES (?, ?)", (cert_id, name))
 
     def detach_thing(self, cert_id: str, name: str) -> None:
-        self.db.execute(
-            "DELETE FROM certificate_things WHERE certificate = ? AND thing = ?", (cert_id, name)
-        )
+        with self._transaction() as db:
+            db.execute(
+                "DELETE FROM certificate_things WHERE certificate = ? AND thing = ?",
+                (cert_id, name),
+            )
 
     def attach_policy(self, cert_id: str, name: str) -> None:
-        self.db.execute("INSERT OR IGNORE INTO certificate_policies VALUES (?, ?)", (cert_id, name))
+        with self._transaction() as db:
+            db.execute("INSERT OR IGNORE INTO certificate_policies VALUES (?, ?)", (cert_id, name))
 
     def detach_policy(self, cert_id: str, name: str) -> None:
-        self.db.execute(
-            "DELETE FROM certificate_policies WHERE certificate = ? AND policy = ?",
-            (cert_id, name),
-        )
+        with self._transaction() as db:
+            db.execute(
+                "DELETE FROM certificate_policies WHERE certificate = ? AND policy = ?",
+                (cert_id, name),
+            )
 
     def save_thing(self, thing: Thing) -> None:
-        self.db.execute(
-            "INSERT OR REPLACE INTO things (name, type_name, attributes, groups_, version) "
-            "VALUES (?, ?, ?, ?, ?)",
-            (
-                thing.name,
-                thing.type_name,
-                json.dumps(thing.attributes),
-                json.dumps(sorted(thing.groups)),
-                thing.version,
-            ),
-        )
+        with self._transaction() as db:
+            _save_thing(db, thing)
 
     def delete_thing(self, name: str) -> None:
         with self._transaction() as db:
@@ -240,10 +285,13 @@ class RegistryStore:
             db.execute("INSERT OR IGNORE INTO thing_groups VALUES (?)", (name,))
             self._save_details(db, _THING_GROUP, name, info)
 
-    def delete_thing_group(self, name: str) -> None:
+    def delete_thing_group(self, name: str, members: Iterable[Thing]) -> None:
+        """The group gone, and ``members`` (its things, out of it now) saved."""
         with self._transaction() as db:
             db.execute("DELETE FROM thing_groups WHERE name = ?", (name,))
             db.execute("DELETE FROM details WHERE kind = ? AND name = ?", (_THING_GROUP, name))
+            for thing in members:
+                _save_thing(db, thing)
 
     @staticmethod
     def _save_details(db: sqlite3.Connection, kind: str, name: str, info: Any) -> None:
@@ -252,11 +300,18 @@ class RegistryStore:
             (kind, name, json.dumps(dataclasses.asdict(info))),
         )
 
-    def save_provisioning(self, registry: Registry, record: CertRecord) -> None:
-        """Everything one provisioning touched, in one transaction."""
-        db = self.db
-        db.execute("BEGIN")
-        try:
+    def save_provisioning(
+        self,
+        record: CertRecord,
+        things: Iterable[Thing],
+        policies: Mapping[str, str],
+        thing_types: Iterable[str],
+        thing_groups: Iterable[str],
+    ) -> None:
+        """Everything one provisioning makes, in one transaction: the certificate
+        (with its attachments), its things as they will be, its policies' documents
+        (name -> document), and the thing types and groups it names."""
+        with self._transaction() as db:
             db.execute(
                 "INSERT OR REPLACE INTO certificates (id, ca_id, status, der, created, modified) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
@@ -269,37 +324,34 @@ class RegistryStore:
                     record.modified,
                 ),
             )
-            for name in record.things:
-                thing = registry.things[name]
-                db.execute(
-                    "INSERT OR REPLACE INTO things (name, type_name, attributes, groups_, version) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    (
-                        name,
-                        thing.type_name,
-                        json.dumps(thing.attributes),
-                        json.dumps(sorted(thing.groups)),
-                        thing.version,
-                    ),
-                )
-                db.execute(
-                    "INSERT OR IGNORE INTO certificate_things VALUES (?, ?)", (record.id, name)
-                )
-            for name in record.policies:
-                db.execute(
-                    "INSERT OR IGNORE INTO policies VALUES (?, ?)", (name, registry.policies[name])
-                )
-                db.execute(
-                    "INSERT OR IGNORE INTO certificate_policies VALUES (?, ?)", (record.id, name)
-                )
+            for thing in things:
+                _save_thing(db, thing)
             db.executemany(
-                "INSERT OR IGNORE INTO thing_types VALUES (?)", [(t,) for t in registry.thing_types]
+                "INSERT OR IGNORE INTO certificate_things VALUES (?, ?)",
+                [(record.id, name) for name in record.things],
+            )
+            db.executemany("INSERT OR IGNORE INTO policies VALUES (?, ?)", policies.items())
+            db.executemany(
+                "INSERT OR IGNORE INTO certificate_policies VALUES (?, ?)",
+                [(record.id, name) for name in record.policies],
             )
             db.executemany(
-                "INSERT OR IGNORE INTO thing_groups VALUES (?)",
-                [(g,) for g in registry.thing_groups],
+                "INSERT OR IGNORE INTO thing_types VALUES (?)", [(t,) for t in thing_types]
             )
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
+            db.executemany(
+                "INSERT OR IGNORE INTO thing_groups VALUES (?)", [(g,) for g in thing_groups]
+            )
+
+
+def _save_thing(db: sqlite3.Connection, thing: Thing) -> None:
+    db.execute(
+        "INSERT OR REPLACE INTO things (name, type_name, attributes, groups_, version) "
+        "VALUES (?, ?, ?, ?, ?)",
+        (
+            thing.name,
+            thing.type_name,
+            json.dumps(thing.attributes),
+            json.dumps(sorted(thing.groups)),
+            thing.version,
+        ),
+    )
