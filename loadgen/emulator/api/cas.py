@@ -3,6 +3,7 @@ verification certificate), updating, describing, listing and deleting it."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import uuid
 from typing import Any
@@ -124,7 +125,7 @@ def _ca(account: Account, params: Params) -> CaRecord:
 
 
 def update_ca_certificate(account: Account, params: Params) -> Result:
-    ca = _ca(account, params)
+    ca = dataclasses.replace(_ca(account, params))  # the registered one changes once saved
     status = params.get("newStatus")
     auto = params.get("newAutoRegistrationStatus")
     if status not in (None, "ACTIVE", "INACTIVE"):

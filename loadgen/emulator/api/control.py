@@ -11,6 +11,7 @@ from loadgen.emulator.api import cas, certificates, groups, policies, things
 from loadgen.emulator.api.base import Account, Params, Result, invalid
 from loadgen.emulator.api.errors import ApiError
 from loadgen.emulator.registry import Registry
+from loadgen.emulator.state import StateWriteError
 
 Operation = Callable[[Account, Params], Result]
 
@@ -63,4 +64,13 @@ class ControlPlane:
             raise ApiError(
                 "UnknownOperationException", f"the emulator has no operation {operation}", 404
             )
-        return handler(self.account, params)
+        try:
+            return handler(self.account, params)
+        except StateWriteError:
+            # AWS's answer to a failure of its own; the store has said why on
+            # stderr, once for as long as it cannot write.
+            raise ApiError(
+                "InternalFailureException",
+                "the emulator could not write its state file: nothing was changed",
+                500,
+            ) from None

@@ -3,6 +3,7 @@ to exist (with --strict-resources), and what `loadgen aws setup` creates."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 from loadgen.emulator.api import base
@@ -69,9 +70,10 @@ def describe_thing_type(account: Account, params: Params) -> Result:
 def deprecate_thing_type(account: Account, params: Params) -> Result:
     name, info = _existing_type(account, params)
     undo = base.flag(params, "undoDeprecate")
-    info.deprecated = not undo
-    info.deprecation_date = None if undo else time.time()
-    account.registry.add_thing_type(name, info)
+    changed = dataclasses.replace(
+        info, deprecated=not undo, deprecation_date=None if undo else time.time()
+    )
+    account.registry.add_thing_type(name, changed)
     return {}
 
 

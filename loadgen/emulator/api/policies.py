@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import time
 
 from loadgen.emulator import policy
@@ -111,7 +112,7 @@ def create_policy_version(account: Account, params: Params) -> Result:
     registry = account.registry
     name = _name(account, params)
     document = _document(params)
-    info = registry.policy_info(name)
+    info = copy.deepcopy(registry.policy_info(name))  # the registered one changes once saved
     if len(info.versions) >= MAX_VERSIONS:
         raise ApiError(
             "VersionsLimitExceededException",
@@ -134,8 +135,9 @@ def create_policy_version(account: Account, params: Params) -> Result:
 
 
 def _version(account: Account, params: Params) -> tuple[str, PolicyInfo, str]:
+    """The policy, a copy of its versions to change and save, and the version."""
     name = _name(account, params)
-    info = account.registry.policy_info(name)
+    info = copy.deepcopy(account.registry.policy_info(name))
     version = base.string(params, "policyVersionId")
     if version not in info.versions:
         raise not_found(f"policy {name} has no version {version}")
