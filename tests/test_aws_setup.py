@@ -232,6 +232,17 @@ def test_a_role_that_does_not_exist_is_refused(moto, ca):
     _nothing_done(moto, ca.directory)
 
 
+@pytest.mark.parametrize("create", [False, True], ids=["existing role", "--create-role"])
+def test_a_role_of_another_account_is_refused(moto, ca, create):
+    # IAM passes AWS IoT only a role of the caller's account: the name alone was
+    # taken, and this account's role of that name (or a new one) used instead.
+    other = "arn:aws:iam::999999999999:role/JITPRole"
+    extra = ["--create-role"] if create else []
+    result = _setup(moto, ca.directory, "--template", LIGHTBULB, "--role-arn", other, *extra)
+    assert_user_error(result, "--role-arn: a role of account 999999999999", "123456789012")
+    _nothing_done(moto, ca.directory)
+
+
 def test_no_role_at_all_is_refused(moto, ca):
     result = _setup(moto, ca.directory, "--template", LIGHTBULB)
     assert_user_error(result, "--role-arn ARN or --create-role")

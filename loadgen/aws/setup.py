@@ -289,6 +289,15 @@ class Setup:
         A role given and not to be created must exist."""
         request = prepared.request
         arn = request.role_arn or prepared.config_role
+        where = "--role-arn" if request.role_arn is not None else f"{request.config}: roleArn"
+        owner = arn.split(":")[4] if arn is not None and arn.count(":") >= 5 else None
+        if owner and owner != account_id:
+            # IAM passes only a role of the caller's own account to AWS IoT; the
+            # role's name alone was taken for this account's role of that name.
+            raise UserError(
+                f"{where}: a role of account {owner}, but these credentials are account "
+                f"{account_id}'s: JITP's provisioning role must be in the CA's account"
+            )
         if request.create_role:
             name = (
                 arn.rsplit("/", 1)[-1]
@@ -300,7 +309,6 @@ class Setup:
         assert arn is not None  # prepare() refused a config without one
         name = arn.rsplit("/", 1)[-1]
         role = self._get_role(name)
-        where = "--role-arn" if request.role_arn is not None else f"{request.config}: roleArn"
         if role is None:
             raise UserError(
                 f"{where}: no role {name!r} in account {account_id} (or give --create-role)"
