@@ -25,12 +25,24 @@ class PeerLost(ConnectionError):
     """The other end is gone before it answered."""
 
 
+class PeerStalled(PeerLost):
+    """This end gave up on the other, alive but not reading or not answering:
+    its link is cut as if it were gone (the message says why)."""
+
+
 class Peer(asyncio.Protocol):
     def __init__(
-        self, handlers: dict[str, Handler], on_lost: Callable[[Exception | None], None]
+        self,
+        handlers: dict[str, Handler],
+        on_lost: Callable[[Exception | None], None],
+        max_buffer: int | None = None,
     ) -> None:
         self.handlers = handlers
         self.on_lost = on_lost
+        # Bytes written and not yet taken by the other end past which it is
+        # taken for stalled (None: no bound).
+        self.max_buffer = max_buffer
+        self.failure: PeerStalled | None = None
         self.transport: asyncio.Transport | None = None
         self._decoder = rpc.Decoder()
         self._next_id = 1
@@ -41,10 +53,16 @@ class Peer(asyncio.Protocol):
 
     @classmethod
     async def on_socket(
-        cls, sock: Any, handlers: dict[str, Handler], on_lost: Callable[[Exception | None], None]
+        cls,
+        sock: Any,
+        handlers: dict[str, Handler],
+        on_lost: Callable[[Exception | None], None],
+        max_buffer: int | None = None,
     ) -> Peer:
         loop = asyncio.get_running_loop()
-        _, peer = await loop.create_unix_connection(lambda: cls(handlers, on_lost), sock=sock)
+        _, peer = await loop.create_unix_connection(
+            lambda: cls(handlers, on_lost, max_buffer), sock=sock
+        )
         return peer
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -54,8 +72,18 @@ class Peer(asyncio.Protocol):
         self.lost = True
         pending, self._pending = self._pending, {}
         for answer in pending.values():
-            answer(PeerLost("the other process is gone"))
-        self.on_lost(exc)
+            answer(self.failure or PeerLost("the other process is gone"))
+        self.on_lost(self.failure or exc)
+
+    def fail(self, failure: PeerStalled) -> None:
+        """Give up on the other end: the link is cut, and ``on_lost`` hears
+        ``failure`` as the reason."""
+        if self.lost or self.failure is not None:
+            return
+        self.failure = failure
+        self._out.clear()
+        if self.transport is not None:
+            self.transport.abort()  # connection_lost follows
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -141,8 +169,15 @@ class Peer(asyncio.Protocol):
 
     def _flush(self) -> None:
         out, self._out = self._out, []
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(b"".join(out))
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        transport.write(b"".join(out))
+        # What the other end does not read stays here, in memory, without end:
+        # past the bound it is stalled (stopped, hung, or too slow to keep up).
+        queued = transport.get_write_buffer_size()
+        if self.max_buffer is not None and queued > self.max_buffer:
+            self.fail(PeerStalled(f"left {queued:,} bytes unread (the bound: {self.max_buffer:,})"))
 
     def close(self) -> None:
         if self.transport is not None:
