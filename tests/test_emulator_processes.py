@@ -23,6 +23,7 @@ from loadgen import mqtt
 from loadgen.certs.mint import MintRequest, mint
 from loadgen.certs.profile import Profile
 from loadgen.certs.store import FleetStore
+from loadgen.emulator.limits import Limits
 from loadgen.emulator.serve import EmbeddedEmulator, start_embedded
 from loadgen.errors import UserError
 from loadgen.transport.client import Target, connect
@@ -752,3 +753,82 @@ def test_a_newer_connection_takes_over_a_client_ids_session_on_any_process(
     assert stats["closes"]["session taken over"] == 19
     # 20 connections through one port landed on both processes: some take-overs crossed.
     assert all(p["connects"] > before[p["pid"]] for p in stats["processes"])
+
+
+def _sigstopped(pid: int) -> contextlib.AbstractContextManager[None]:
+    """``pid`` stopped (SIGSTOP) for the block; continued after, if still there,
+    so that nothing is left stopped for whoever kills it."""
+
+    @contextlib.contextmanager
+    def stopped():
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
+    return stopped()
+
+
+def test_a_stopped_serving_process_stops_the_emulator_and_says_which(tmp_path, device_ca):
+    limits = Limits(heartbeat_timeout=1.0)
+    emulator = start_embedded(device_ca.directory, None, tmp_path, limits=limits, processes=2)
+    try:
+        everything = descendants(emulator.process.pid)
+        hung, _ = _serving_pids(emulator)
+        with _sigstopped(hung):
+            # Far past the heartbeat's bound: without it, it would half-serve for ever.
+            code = emulator.process.wait(timeout=30)
+        why = emulator.stopped_early()
+    finally:
+        emulator.stop()
+    assert code == 1
+    said = f"serving process 0 (pid {hung}) stopped answering: it answered no heartbeat for 1 s"
+    assert said in (tmp_path / "emulator.log").read_text()
+    assert why is not None and why.startswith(f"its {said}")
+    assert_all_gone(everything)  # the hung one killed, the other stopped
+
+
+def _scrape(port: int) -> dict[tuple[str, tuple[str, ...]], float]:
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30).read().decode()
+    return {
+        (s.name, tuple(sorted(s.labels.values()))): s.value
+        for family in text_string_to_metric_families(body)
+        for s in family.samples
+    }
+
+
+def test_the_counts_of_a_silent_serving_process_are_named_missing_and_the_rest_given(
+    tmp_path, device_ca, fleet
+):
+    import concurrent.futures
+
+    port = free_port()
+    emulator = start_embedded(
+        device_ca.directory,
+        None,
+        tmp_path,
+        quotas=QUOTAS_OFF,
+        metrics_port=port,
+        # Longer than the test: the process stays silent, not dead, while asked.
+        limits=Limits(heartbeat_timeout=120.0),
+        processes=2,
+    )
+    try:
+        assert connect_all(emulator, fleet) == Counter(closed=DEVICES)  # the account provisions
+        silent, talking = _serving_pids(emulator)
+        with _sigstopped(silent), concurrent.futures.ThreadPoolExecutor(1) as pool:
+            scrape = pool.submit(_scrape, port)
+            stats = _stats(emulator)
+            samples = scrape.result()
+    finally:
+        emulator.stop()
+    assert stats["missing"] == [{"index": 0, "pid": silent, "why": "no answer in 5 s"}]
+    assert stats["provision"] == {"Success": DEVICES}  # the account's own
+    # The connections counted are the talking process's alone: 60 were spread over both.
+    answered = next(p["connects"] for p in stats["processes"] if p["pid"] == talking)
+    assert sum(stats["connects"].values()) == answered < DEVICES
+    assert samples[("loadgen_emulator_provision_thing_total", ("Success",))] == DEVICES
+    assert samples[("loadgen_emulator_serving_process_up", ("0",))] == 0
+    assert samples[("loadgen_emulator_serving_process_up", ("1",))] == 1

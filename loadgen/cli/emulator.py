@@ -146,6 +146,14 @@ def emulator() -> None:
     "silent for 1.5 keepalives is closed.",
 )
 @click.option(
+    "--heartbeat-timeout",
+    type=POSITIVE,
+    default=emu_limits.HEARTBEAT_TIMEOUT,
+    show_default=True,
+    help="With --processes: seconds a serving process may leave the account's "
+    "heartbeat unanswered; then it is killed and the emulator stops, as for a dead one.",
+)
+@click.option(
     "--processes",
     type=click.IntRange(min=1, max=256),
     default=None,
@@ -179,6 +187,7 @@ def emulator_serve(
     write_buffer: int,
     slow_consumer_timeout: float,
     min_keepalive: int,
+    heartbeat_timeout: float,
     processes: int | None,
     lifeline: int | None,
 ) -> None:
@@ -238,7 +247,12 @@ def emulator_serve(
     else:
         server_ca = server_cert
     bounds = emu_limits.Limits(
-        max_packet_size, connect_timeout, write_buffer, slow_consumer_timeout, min_keepalive
+        max_packet_size,
+        connect_timeout,
+        write_buffer,
+        slow_consumer_timeout,
+        min_keepalive,
+        heartbeat_timeout=heartbeat_timeout,
     )
     emulator_ = Emulator(registry, str(server_cert), str(server_key), limits, bounds)
     raise_to_hard_limit()

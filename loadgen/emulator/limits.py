@@ -39,6 +39,11 @@ MAX_SUBSCRIPTIONS = 50
 # TLS before it is cut: a peer that neither reads nor closes would otherwise
 # hold it for the TLS shutdown timeout (30 s).
 CLOSE_LINGER = 1.0
+# With --processes N: how long a serving process may go without answering the
+# account's heartbeat before it is taken for hung and stops the emulator, as a
+# dead one does. Its event loop answers at once, between any two sessions'
+# events: seconds of silence are a process stopped or wedged, not a busy one.
+HEARTBEAT_TIMEOUT = 5.0
 
 
 @dataclass(frozen=True)
@@ -52,6 +57,7 @@ class Limits:
     slow_consumer_timeout: float = SLOW_CONSUMER_TIMEOUT  # seconds over write_buffer
     min_keepalive: int = MIN_KEEPALIVE  # seconds: a shorter keepalive is raised to it
     max_subscriptions: int = MAX_SUBSCRIPTIONS  # topic filters one session holds
+    heartbeat_timeout: float = HEARTBEAT_TIMEOUT  # seconds a serving process may not answer
 
     def keepalive(self, requested: int) -> int:
         """The keepalive the emulator holds a client to that asked for ``requested``:

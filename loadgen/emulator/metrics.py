@@ -1,7 +1,8 @@
 """The emulator's Prometheus metrics: provisioning outcomes as AWS names them
 (ProvisionThing.Success, .ClientError, .ServerError), connects accepted and
 refused by reason, throttles by quota, sessions closed for a broken limit,
-messages dropped for slow consumers, registry sizes, each process's CPU time."""
+messages dropped for slow consumers, registry sizes, each process's CPU time,
+and which serving processes' counts a scrape is missing."""
 
 from __future__ import annotations
 
@@ -48,6 +49,18 @@ class EmulatorCollector(Collector):
                 cpu.add_metric([str(process["index"])], process["cpu_s"])
             cpu.add_metric(["account"], totals.account_cpu_s)
         yield cpu
+        if totals is not None:
+            # The counts below are short by those of a process at 0 (hung, stopped, dead).
+            up = GaugeMetricFamily(
+                f"{PREFIX}_serving_process_up",
+                "1 when the serving process gave its counts for this scrape, 0 when not "
+                "(its counts are missing from the totals)",
+                labels=["process"],
+            )
+            silent = {entry["index"] for entry in totals.missing}
+            for process in totals.processes:
+                up.add_metric([str(process["index"])], 0 if process["index"] in silent else 1)
+            yield up
         registry = self.emulator.registry
         provision = CounterMetricFamily(
             f"{PREFIX}_provision_thing",

@@ -11,6 +11,10 @@ account process may have (/metrics).
 A serving process that dies stops the emulator: all the others, a line naming
 it and how it ended, a non-zero exit. Restarting it would keep a run going with
 the counts of its sessions lost; a run's numbers are worth more than its length.
+One that stops answering (stopped, hung, wedged) is killed and counts as dead:
+the kernel goes on queueing its share of the port's connections on its sockets,
+so the emulator would otherwise half-serve for as long as it lasts. Silence is
+a heartbeat left unanswered.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from loadgen import lifeline
 from loadgen.cores import cores
 from loadgen.emulator.limits import Limits
 from loadgen.emulator.local import LocalAccount
-from loadgen.emulator.peer import Peer, PeerLost
+from loadgen.emulator.peer import Peer, PeerLost, PeerStalled
 from loadgen.emulator.server import EmulatorStats
 from loadgen.errors import UserError
 
@@ -43,6 +47,13 @@ from loadgen.errors import UserError
 START_TIMEOUT = 60.0
 TRUST_TIMEOUT = 10.0
 STOP_TIMEOUT = 10.0
+# How long each serving process has to give its counts (the stats line, a
+# /metrics scrape): one silent process costs only its own counts. Under the 10 s
+# a run waits for the stats line; never longer than the heartbeat's bound.
+COUNTS_TIMEOUT = 5.0
+# How often the account pings each serving process (more often under a shorter
+# heartbeat timeout): found silent within the timeout plus this.
+HEARTBEAT_INTERVAL = 1.0
 
 
 def default_processes() -> int:
@@ -57,6 +68,7 @@ class _Serving:
     subscribers: bool = False
     cpu_s: float = 0.0  # as of its last answer
     connects: int = 0  # connections it handled, as of its last answer
+    ended: str | None = None  # how, once it is gone ("was killed by SIGKILL")
 
 
 @dataclass(frozen=True)
@@ -66,6 +78,8 @@ class Totals:
     stats: EmulatorStats
     processes: list[dict[str, Any]]  # serving processes: index, pid, cpu_s
     account_cpu_s: float
+    # Serving processes whose counts are not in ``stats``: index, pid, why.
+    missing: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
 
 def listening_sockets(host: str, port: int, copies: int) -> list[list[socket.socket]]:
@@ -168,6 +182,7 @@ class ServingProcesses:
         self.death = ""
         self._trust_version = -1
         self._dying: asyncio.Future[None] | None = None
+        self._heartbeats: list[asyncio.Task[None]] = []
 
     async def start(self, host: str, port: int, count: int) -> tuple[str, int]:
         """Listen, start ``count`` serving processes, and return the address
@@ -190,6 +205,7 @@ class ServingProcesses:
             except (TimeoutError, PeerLost):
                 await self.stop()
                 raise UserError("the emulator's serving processes did not start") from None
+        self._heartbeats = [asyncio.create_task(self._heartbeat(s)) for s in self.serving]
         return bound[0], bound[1]
 
     async def _spawn(self, index: int, sockets: list[socket.socket]) -> _Serving:
@@ -214,7 +230,7 @@ class ServingProcesses:
             )
         theirs.close()
         handlers = self._handlers(index)
-        peer = await Peer.on_socket(ours, handlers, lambda exc: self._lost(index))
+        peer = await Peer.on_socket(ours, handlers, lambda exc: self._lost(index, exc))
         return _Serving(index, process, peer)
 
     def _handlers(self, index: int) -> dict[str, Any]:
@@ -259,20 +275,60 @@ class ServingProcesses:
             "subscribers": subscribers,
         }
 
-    def _lost(self, index: int) -> None:
-        if self.stopping or self.died.is_set() or self._dying:
-            return
-        self._dying = asyncio.ensure_future(self._died(index))
+    async def _heartbeat(self, serving: _Serving) -> None:
+        """Ping ``serving`` until it is gone; cut it off (a death) once a ping
+        goes unanswered for the heartbeat timeout."""
+        timeout = self.limits.heartbeat_timeout
+        interval = min(HEARTBEAT_INTERVAL, timeout / 4)
+        loop = asyncio.get_running_loop()
+        peer = serving.peer
+        while not peer.lost and not self.stopping:
+            answered: asyncio.Future[None] = loop.create_future()
 
-    async def _died(self, index: int) -> None:
+            def pong(result: Any, answered: asyncio.Future[None] = answered) -> None:
+                if not answered.done():
+                    answered.set_result(None)
+
+            peer.call("ping", (), pong)
+            await asyncio.wait([answered], timeout=timeout)
+            if not answered.done():
+                # The account's own lag is not the process's silence: an answer
+                # already waiting on the socket is read before judging.
+                for _ in range(2):
+                    await asyncio.sleep(0)
+            if not answered.done():
+                if not self.stopping:
+                    peer.fail(PeerStalled(f"answered no heartbeat for {timeout:g} s"))
+                return
+            await asyncio.sleep(interval)
+
+    def _lost(self, index: int, exc: Exception | None = None) -> None:
+        if self.stopping or self.died.is_set() or self._dying:
+            if isinstance(exc, PeerStalled):  # not ours to wait for: it ends now
+                self.serving[index].process.kill()
+            return
+        self._dying = asyncio.ensure_future(self._died(index, exc))
+
+    async def _died(self, index: int, exc: Exception | None) -> None:
         serving = self.serving[index] if index < len(self.serving) else None
         status = None
-        if serving is not None:
-            status = await _exit_status(serving.process, 2.0)
-            if status is None:
+        if isinstance(exc, PeerStalled):
+            # Alive and silent: it would hold its share of the port's
+            # connections unanswered. SIGKILL ends a stopped process too.
+            ended = f"stopped answering: it {exc}; the emulator killed it"
+            if serving is not None:
                 serving.process.kill()
+                await _exit_status(serving.process, STOP_TIMEOUT)
+        else:
+            if serving is not None:
+                status = await _exit_status(serving.process, 2.0)
+                if status is None:
+                    serving.process.kill()
+            ended = how_ended(status)
+        if serving is not None:
+            serving.ended = ended
         pid = serving.process.pid if serving is not None else "?"
-        self.death = f"serving process {index} (pid {pid}) {how_ended(status)}"
+        self.death = f"serving process {index} (pid {pid}) {ended}"
         self.died.set()
 
     def settle(self) -> Coroutine[Any, Any, None] | None:
@@ -291,20 +347,35 @@ class ServingProcesses:
             asyncio.gather(*(s.peer.ask("trust", cas) for s in live)), TRUST_TIMEOUT
         )
 
+    async def _counts(self, serving: _Serving, method: str) -> dict[str, Any] | str:
+        """What ``serving`` answers to ``method`` (its counts), or why it gave none."""
+        if serving.peer.lost:
+            return serving.ended or "gone"
+        within = min(COUNTS_TIMEOUT, self.limits.heartbeat_timeout)
+        try:
+            answer = await asyncio.wait_for(serving.peer.ask(method), within)
+        except TimeoutError:
+            return f"no answer in {within:g} s"
+        except PeerLost as exc:
+            return serving.ended or str(exc)
+        if not isinstance(answer, dict):  # its handler failed (a bug: its log says)
+            return "its answer failed"
+        return answer
+
     async def totals(self, method: str = "stats") -> Totals:
-        """The account's counts plus every serving process's, asked now."""
-        live = [s for s in self.serving if not s.peer.lost]
-        answers = await asyncio.wait_for(
-            asyncio.gather(*(s.peer.ask(method) for s in live), return_exceptions=True),
-            STOP_TIMEOUT,
-        )
+        """The account's counts plus those of every serving process that gives
+        them now; each has its own bound, and those that do not are named."""
+        answers = await asyncio.gather(*(self._counts(s, method) for s in self.serving))
         stats = EmulatorStats()
         stats.add(self.account.stats.summary())
-        for serving, answer in zip(live, answers, strict=True):
-            if isinstance(answer, dict):
-                stats.add(answer["stats"])
-                serving.cpu_s = answer["cpu_s"]
-                serving.connects = answer["connects"]
+        missing: list[dict[str, Any]] = []
+        for serving, answer in zip(self.serving, answers, strict=True):
+            if isinstance(answer, str):
+                missing.append({"index": serving.index, "pid": serving.process.pid, "why": answer})
+                continue
+            stats.add(answer["stats"])
+            serving.cpu_s = answer["cpu_s"]
+            serving.connects = answer["connects"]
         processes = [
             {
                 "index": s.index,
@@ -314,17 +385,20 @@ class ServingProcesses:
             }
             for s in self.serving
         ]
-        return Totals(stats, processes, time.process_time())
+        return Totals(stats, processes, time.process_time(), missing)
 
-    async def stop(self) -> Totals | None:
-        """Stop every serving process; the counts they had (None if none answered)."""
+    async def stop(self) -> Totals:
+        """Stop every serving process; the counts they had (those that gave none named)."""
         self.stopping = True
-        try:
-            totals: Totals | None = await self.totals("stop")
-        except (TimeoutError, PeerLost):
-            totals = None
+        for heartbeat in self._heartbeats:
+            heartbeat.cancel()
+        totals = await self.totals("stop")
+        silent = {entry["index"] for entry in totals.missing}
         for serving in self.serving:
             serving.peer.close()
+            if serving.index in silent:
+                # It did not answer "stop": it will not notice its socketpair close.
+                serving.process.kill()
         deadline = time.monotonic() + STOP_TIMEOUT
         for serving in self.serving:
             left = max(0.1, deadline - time.monotonic())

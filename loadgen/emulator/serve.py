@@ -186,7 +186,10 @@ async def serve_forever(
             emu_metrics.serve(emulator, host, metrics_port, _scrape_totals(loop, serving))
 
         async def print_now() -> None:
-            _print_stats(await _totals(emulator, serving), emulator.api_stats)
+            totals = await _totals(emulator, serving)
+            # Nobody reads the line any more: the final one finds out too, and says so.
+            with contextlib.suppress(BrokenPipeError):
+                _print_stats(totals, emulator.api_stats)
 
         # The loop keeps only a weak reference to a task.
         printing: set[asyncio.Task[None]] = set()
@@ -325,6 +328,8 @@ def _print_stats(totals: Totals, api: ApiStats | None = None, *, final: bool = F
     # CPU seconds so far: the serving processes' (the sessions), and the account's.
     summary["processes"] = totals.processes
     summary["account_cpu_s"] = round(totals.account_cpu_s, 3)
+    # Serving processes that gave no counts (index, pid, why): the others' are here.
+    summary["missing"] = totals.missing
     print(STATS + json.dumps(summary), flush=True)
 
 
@@ -415,6 +420,8 @@ def limit_options(limits: Limits) -> list[str]:
         str(limits.slow_consumer_timeout),
         "--min-keepalive",
         str(limits.min_keepalive),
+        "--heartbeat-timeout",
+        str(limits.heartbeat_timeout),
     ]
 
 
