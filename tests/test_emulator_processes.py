@@ -832,3 +832,76 @@ def test_the_counts_of_a_silent_serving_process_are_named_missing_and_the_rest_g
     assert samples[("loadgen_emulator_provision_thing_total", ("Success",))] == DEVICES
     assert samples[("loadgen_emulator_serving_process_up", ("0",))] == 0
     assert samples[("loadgen_emulator_serving_process_up", ("1",))] == 1
+
+
+async def _publisher_beside(emulator, fleet, device, within: float):
+    """A session of ``device`` that got its CONNACK: one on a serving process
+    that answers (a connection the kernel queued on a stopped one never
+    completes its handshake; another is tried)."""
+    for _ in range(20):
+        try:
+            async with asyncio.timeout(within):
+                reader, writer = await _mqtt_session(
+                    emulator, fleet, device, [mqtt.Connect(device.client_id)]
+                )
+                await _until(reader, mqtt.Decoder(mqtt.MQTT_5), mqtt.ConnAck)
+                return writer
+        except TimeoutError:
+            continue
+    raise AssertionError("no connection reached the serving process that answers")
+
+
+async def _publish_until_the_emulator_stops(emulator, writer, most: int) -> int:
+    """Publishes of AWS IoT's largest payload until the connection ends with the
+    emulator, or ``most`` bytes: the bytes published."""
+    publish = mqtt.encode(mqtt.Publish("all/big", b"x" * (128 * 1024)), mqtt.MQTT_5)
+    sent = 0
+    with contextlib.suppress(ConnectionError, ssl.SSLError):
+        while sent < most and emulator.process.poll() is None:
+            writer.write(publish)
+            await writer.drain()
+            sent += len(publish)
+    return sent
+
+
+def test_the_account_gives_up_on_a_serving_process_that_leaves_its_messages_unread(
+    tmp_path, device_ca, fleet
+):
+    from loadgen.emulator.processes import PEER_WRITE_BUFFER
+
+    config = _open_to_all_config(tmp_path / "open.json")
+    # The heartbeat would find it first: here, only what it leaves unread can.
+    limits = Limits(heartbeat_timeout=120.0)
+    emulator = start_embedded(
+        device_ca.directory, config, tmp_path, quotas=QUOTAS_OFF, limits=limits, processes=2
+    )
+    devices = list(fleet.devices())[:21]
+
+    async def run(stalled: int) -> int:
+        sessions = []
+        for device in devices[:20]:  # over both processes
+            subscribe = mqtt.Subscribe(1, (mqtt.Subscription("all/#"),))
+            reader, writer = await _mqtt_session(
+                emulator, fleet, device, [mqtt.Connect(device.client_id), subscribe]
+            )
+            await _until(reader, mqtt.Decoder(mqtt.MQTT_5), mqtt.SubAck)
+            sessions.append(writer)
+        with _sigstopped(stalled):
+            writer = await _publisher_beside(emulator, fleet, devices[20], within=2.0)
+            sent = await _publish_until_the_emulator_stops(emulator, writer, 3 * PEER_WRITE_BUFFER)
+            code = await asyncio.to_thread(emulator.process.wait, 30)
+        for other in [*sessions, writer]:
+            other.close()
+        assert code == 1, f"still serving after {sent:,} bytes routed to a stopped process"
+        return sent
+
+    try:
+        assert connect_all(emulator, fleet) == Counter(closed=DEVICES)  # provisioned
+        stalled = _serving_pids(emulator)[1]
+        uvloop.run(asyncio.wait_for(run(stalled), 120))
+        why = emulator.stopped_early()
+    finally:
+        emulator.stop()
+    bound = f"(the bound: {PEER_WRITE_BUFFER:,})"
+    assert why is not None and why.startswith(f"its serving process 1 (pid {stalled}) stopped")
+    assert "bytes unread " + bound in why

@@ -14,7 +14,8 @@ the counts of its sessions lost; a run's numbers are worth more than its length.
 One that stops answering (stopped, hung, wedged) is killed and counts as dead:
 the kernel goes on queueing its share of the port's connections on its sockets,
 so the emulator would otherwise half-serve for as long as it lasts. Silence is
-a heartbeat left unanswered.
+a heartbeat left unanswered, or more than `PEER_WRITE_BUFFER` of what the
+account sent it left unread.
 """
 
 from __future__ import annotations
@@ -54,6 +55,11 @@ COUNTS_TIMEOUT = 5.0
 # How often the account pings each serving process (more often under a shorter
 # heartbeat timeout): found silent within the timeout plus this.
 HEARTBEAT_INTERVAL = 1.0
+# What the account may hold for one serving process that it has not read
+# (PUBLISHes routed to its subscribers, mostly): past it, that process is
+# stalled. 512 times AWS IoT's largest message: far more than a process that
+# reads at all falls behind, and a bound on the account's memory (N times it).
+PEER_WRITE_BUFFER = 64 * 1024 * 1024
 
 
 def default_processes() -> int:
@@ -230,7 +236,9 @@ class ServingProcesses:
             )
         theirs.close()
         handlers = self._handlers(index)
-        peer = await Peer.on_socket(ours, handlers, lambda exc: self._lost(index, exc))
+        peer = await Peer.on_socket(
+            ours, handlers, lambda exc: self._lost(index, exc), PEER_WRITE_BUFFER
+        )
         return _Serving(index, process, peer)
 
     def _handlers(self, index: int) -> dict[str, Any]:
