@@ -43,7 +43,9 @@ CLOSE_LINGER = 1.0
 # account's heartbeat before it is taken for hung and stops the emulator, as a
 # dead one does. Its event loop answers at once, between any two sessions'
 # events: seconds of silence are a process stopped or wedged, not a busy one.
-HEARTBEAT_TIMEOUT = 5.0
+# Wide all the same: a false alarm would end a whole soak; a late one costs a
+# few seconds of half-serving.
+HEARTBEAT_TIMEOUT = 15.0
 
 
 @dataclass(frozen=True)
