@@ -23,6 +23,7 @@ class EchoBroker:
     decide: Decide = lambda _connect, _seen: None
     puback_code: int | None = 0  # each PUBACK's reason code (MQTT 5); None: no PUBACK
     suback_code: int | None = None  # each SUBACK's code; None grants the QoS asked (at most 1)
+    server_keep_alive: int | None = None  # in each MQTT 5 CONNACK, when given
     connects: dict[str, int] = field(default_factory=dict)
     received: list[mqtt.Packet] = field(default_factory=list)
     subscribers: list[tuple[str, mqtt.Connection, asyncio.Transport]] = field(default_factory=list)
@@ -64,7 +65,13 @@ class _ServerProtocol(asyncio.Protocol):
             if answer == "close":
                 self.transport.close()
             else:
-                send(self.conn.send(mqtt.ConnAck(int(answer or 0))))
+                keep = self.broker.server_keep_alive
+                properties = (
+                    mqtt.Properties(server_keep_alive=keep)
+                    if keep is not None and packet.protocol_version == mqtt.MQTT_5
+                    else mqtt.Properties()
+                )
+                send(self.conn.send(mqtt.ConnAck(int(answer or 0), properties=properties)))
         elif isinstance(packet, mqtt.Subscribe):
             for s in packet.subscriptions:
                 self.broker.subscribers.append((s.topic_filter, self.conn, self.transport))

@@ -612,6 +612,21 @@ async def test_aiomqtt_pings_only_after_a_keepalive_of_silence_as_the_native_dri
     assert 1 <= sum(isinstance(p, mqtt.PingReq) for p in broker.received) <= 2
 
 
+@pytest.mark.parametrize("driver", ["native", "aiomqtt"])
+@pytest.mark.parametrize("pings", [0.0, 60.0], ids=["never", "every 60 s"])
+async def test_a_held_device_pings_as_often_as_the_servers_keep_alive_asks(driver, pings):
+    # [MQTT-3.2.2-21]: the CONNACK's Server Keep Alive replaces the client's.
+    # AWS IoT answers 1200 s to a CONNECT asking 0 or more; a device pinging on
+    # its own plan was closed after 1.5 times that.
+    broker, server, target = await _broker(server_keep_alive=1)
+    run = _run if driver == "native" else _run_aiomqtt
+    steps = (HoldStep(2.5, keepalive=pings),)
+    result = await run(target, DeviceConfig(retry=FAST_RETRY), steps=steps)
+    server.close()
+    assert result.outcome is Outcome.CONNECTED, result.reason
+    assert sum(isinstance(p, mqtt.PingReq) for p in broker.received) >= 1
+
+
 async def test_aiomqtt_ends_a_hold_timeout_when_its_ping_went_unanswered():
     server, target = await _answering(_ACCEPTED)  # then silent: no PINGRESP
     config = DeviceConfig(retry=FAST_RETRY, step_timeout=0.1)

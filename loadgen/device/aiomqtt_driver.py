@@ -148,6 +148,19 @@ class _Client(aiomqtt.Client):
         self.puback_code = 0
         # What paho's connect raised, before aiomqtt flattened it to text.
         self.connect_error: BaseException | None = None
+        # An MQTT 5 CONNACK's Server Keep Alive (0: none).
+        self.server_keepalive = 0
+
+    def _on_connect(
+        self,
+        client: paho.Client,
+        userdata: Any,
+        flags: paho.ConnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None = None,
+    ) -> None:
+        self.server_keepalive = int(getattr(properties, "ServerKeepAlive", 0) or 0)
+        super()._on_connect(client, userdata, flags, reason_code, properties)
 
     def _on_publish(
         self,
@@ -217,6 +230,10 @@ class _Client(aiomqtt.Client):
         # Never reached: paho's misc loop also ends a connection whose PINGREQ
         # waited a keepalive (0 would end it at its next tick).
         connect_keepalive, paho._keepalive = paho._keepalive, 2**31
+        # [MQTT-3.2.2-21]: an MQTT 5 CONNACK's Server Keep Alive replaces the
+        # client's own: pinged no less often, as the native driver does.
+        if self.server_keepalive and not 0 < keepalive <= self.server_keepalive:
+            keepalive = float(self.server_keepalive)
         try:
             while (left := end - loop.time()) > 0:
                 wait = left

@@ -134,6 +134,7 @@ class _Channel:
         "pingresps",
         "publishes_received",
         "sent_at",
+        "server_keepalive",
         "sock",
         "times",
         "tls",
@@ -161,6 +162,9 @@ class _Channel:
         self.publishes_received = 0
         self.pingresps = 0
         self.sent_at = loop.time()  # the last MQTT packet's: keepalive counts from it
+        # An MQTT 5 CONNACK's Server Keep Alive (0: none): the keepalive the
+        # server holds this client to, whatever its CONNECT asked.
+        self.server_keepalive = 0
         self.bytes_received = 0
         self.closed = False
         self._out = bytearray()
@@ -582,7 +586,8 @@ class MqttClient:
         answer_within: float = 10.0,
     ) -> None:
         """Stay connected for ``seconds``, sending PINGREQ whenever nothing was
-        sent for ``keepalive`` (0: never). ``holds`` is the event loop's shared
+        sent for ``keepalive`` (0: never), or for the server's keepalive when its
+        CONNACK gave a shorter one. ``holds`` is the event loop's shared
         wheel (a worker's; without one, a wheel of this hold's own). Raises
         ``NoPingResp`` (a ``TimeoutError``) when at the end a PINGREQ has waited
         ``answer_within`` for its answer, and the ``TransportError`` of a
@@ -592,6 +597,11 @@ class MqttClient:
         self._check()
         if seconds <= 0:
             return
+        if (server := p.server_keepalive) and not 0 < keepalive <= server:
+            # [MQTT-3.2.2-21]: the client uses the server's keepalive instead of
+            # its own. AWS IoT answers 1200 s to a CONNECT asking 0 or more: a
+            # device pinging on its own plan was closed after 1800 s of silence.
+            keepalive = float(server)
         tls = p.tls
         if tls is not None and tls.idle is not None:
             tls.idle.settle(tls.pointer)  # held: the handshake's buffers go
@@ -690,6 +700,7 @@ async def connect(
         if timer is not None:
             timer.cancel()
     assert isinstance(ack, mqtt.ConnAck)
+    channel.server_keepalive = ack.properties.server_keep_alive or 0
     client = MqttClient(channel)
     if ack.reason_code:
         version = connect_packet.protocol_version
