@@ -221,6 +221,28 @@ def small_fleet(tmp_path_factory: pytest.TempPathFactory, device_ca: CA):
     return FleetStore(path)
 
 
+def minted_certificates(path: Path, ca: CA, count: int, common_name: str | None, seed: int):
+    """``count`` devices of ``ca`` minted into ``path`` (``common_name``: a
+    template such as ``dev-{index:03d}``; None: the default profile), as
+    certificates."""
+    from cryptography import x509
+
+    from loadgen.certs.mint import MintRequest, mint
+    from loadgen.certs.profile import Profile
+    from loadgen.certs.store import FleetStore
+
+    profile = (
+        Profile.model_validate({"subject": {"common_name": common_name}})
+        if common_name is not None
+        else None
+    )
+    mint(MintRequest(path, ca.directory, count, profile, seed=seed))
+    return [
+        x509.load_pem_x509_certificate((path / d.cert).read_bytes())
+        for d in FleetStore(path).devices()
+    ]
+
+
 def device_tls(fleet, mosquitto, fault=None, server_name="localhost"):
     """A device of ``fleet`` with ``fault``, and its TLS (trusting mosquitto)."""
     from loadgen.transport.tls import ClientTls, DeviceTls

@@ -12,9 +12,6 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from loadgen.aws.teardown import Summary
 from loadgen.certs.ca import CA, init_ca, verification_cert
-from loadgen.certs.mint import MintRequest, mint
-from loadgen.certs.profile import Profile
-from loadgen.certs.store import FleetStore
 from loadgen.emulator.api.control import ControlPlane
 from loadgen.emulator.api.errors import ApiError
 from loadgen.emulator.defaults import REGISTRATION_CONFIG
@@ -22,6 +19,7 @@ from loadgen.emulator.parameters import certificate_id
 from loadgen.emulator.registry import Registry
 from loadgen.emulator.server import Emulator
 from loadgen.emulator.state import RegistryStore
+from tests.conftest import minted_certificates
 
 ROLE = REGISTRATION_CONFIG["roleArn"]
 
@@ -30,10 +28,7 @@ ROLE = REGISTRATION_CONFIG["roleArn"]
 def fleet(tmp_path_factory, device_ca) -> list[x509.Certificate]:
     """Twelve devices of the device CA (CN dev-000 ...)."""
     path = tmp_path_factory.mktemp("control") / "fleet"
-    profile = Profile.model_validate({"subject": {"common_name": "dev-{index:03d}"}})
-    mint(MintRequest(path, device_ca.directory, 12, profile, seed=7))
-    store = FleetStore(path)
-    return [x509.load_pem_x509_certificate((path / d.cert).read_bytes()) for d in store.devices()]
+    return minted_certificates(path, device_ca, 12, "dev-{index:03d}", seed=7)
 
 
 @pytest.fixture(scope="module")
@@ -843,9 +838,7 @@ class _Leftovers:
 
 
 def _devices(ca: CA, path, count: int, seed: int) -> list[x509.Certificate]:
-    mint(MintRequest(path, ca.directory, count, None, seed=seed))
-    store = FleetStore(path)
-    return [x509.load_pem_x509_certificate((path / d.cert).read_bytes()) for d in store.devices()]
+    return minted_certificates(path, ca, count, None, seed=seed)
 
 
 @pytest.fixture

@@ -28,6 +28,7 @@ from loadgen.emulator.registry import Registry
 from loadgen.emulator.serve import EmbeddedEmulator, start_embedded
 from loadgen.emulator.server import Emulator
 from loadgen.emulator.state import RegistryStore
+from tests.conftest import minted_certificates
 from tests.test_control_plane import POLICY, _arn, _CheckedControlPlane, _register
 from tests.test_emulator_processes import QUOTAS_OFF, connect_all
 
@@ -81,10 +82,7 @@ def disk(tmp_path: Path) -> Iterator[Disk]:
 def certs(tmp_path_factory, device_ca) -> list[x509.Certificate]:
     """Six devices of the device CA (CN disk-0 ...)."""
     path = tmp_path_factory.mktemp("full-disk") / "fleet"
-    profile = Profile.model_validate({"subject": {"common_name": "disk-{index}"}})
-    mint(MintRequest(path, device_ca.directory, 6, profile, seed=21))
-    store = FleetStore(path)
-    return [x509.load_pem_x509_certificate((path / d.cert).read_bytes()) for d in store.devices()]
+    return minted_certificates(path, device_ca, 6, "disk-{index}", seed=21)
 
 
 def _plane(db: Path) -> ControlPlane:
