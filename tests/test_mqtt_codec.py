@@ -176,3 +176,21 @@ def test_known_bytes_of_a_3_1_1_connect():
     # From the MQTT 3.1.1 specification's CONNECT layout: clean session, keepalive 10.
     packet = mqtt.Connect("c", protocol_version=mqtt.MQTT_3_1_1, keepalive=10)
     assert mqtt.encode(packet, mqtt.MQTT_3_1_1) == bytes.fromhex("100d00044d5154540402000a000163")
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"\xc0\x80\x00", b"\x30\x82\x00" + bytes(2)],
+    ids=["remaining length 0 in two bytes", "remaining length 2 in two bytes"],
+)
+def test_a_remaining_length_longer_than_it_needs_to_be_is_malformed(data):
+    with pytest.raises(mqtt.MalformedPacket, match="minimal"):
+        mqtt.Decoder(mqtt.MQTT_5).feed(data)
+
+
+def test_a_property_identifier_longer_than_it_needs_to_be_is_malformed():
+    # Payload Format Indicator (0x01) written as 0x81 0x00.
+    body = wire.string("t") + b"\x03\x81\x00\x01"
+    with pytest.raises(mqtt.MalformedPacket, match="minimal"):
+        mqtt.Decoder(mqtt.MQTT_5).feed(bytes((0x30, len(body))) + body)
+

@@ -276,6 +276,8 @@ class Decoder:
                 digit = buffer[pos + 1 + i]
                 length |= (digit & 0x7F) << (7 * i)
                 if not digit & 0x80:
+                    if not digit:  # a shorter encoding existed [MQTT-1.5.5-1]
+                        raise MalformedPacket("remaining length not minimally encoded")
                     start = pos + 2 + i
                     break
             else:

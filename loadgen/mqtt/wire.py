@@ -106,6 +106,10 @@ class Reader:
             digit = self.byte()
             value |= (digit & 0x7F) << shift
             if not digit & 0x80:
+                if not digit and shift:
+                    # A last byte of 0 adds nothing: the value had a shorter
+                    # encoding, and only the shortest is allowed [MQTT-1.5.5-1].
+                    raise MalformedPacket(f"{self.packet}: variable byte integer not minimal")
                 return value
         raise MalformedPacket(f"{self.packet}: variable byte integer longer than 4 bytes")
 
