@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from hypothesis import strategies as st
 
 from loadgen import mqtt
@@ -26,15 +28,31 @@ _VALUES = {
 }
 
 
+# Properties whose kind allows more than MQTT 5 does (a Protocol Error otherwise).
+_ONLY = {
+    "receive_maximum": st.integers(1, 0xFFFF),
+    "maximum_packet_size": st.integers(1, 0xFFFFFFFF),
+    "request_problem_information": st.integers(0, 1),
+    "request_response_information": st.integers(0, 1),
+    "maximum_qos": st.integers(0, 1),
+    "retain_available": st.integers(0, 1),
+    "wildcard_subscription_available": st.integers(0, 1),
+    "subscription_identifier_available": st.integers(0, 1),
+    "shared_subscription_available": st.integers(0, 1),
+}
+
+
 def properties(packet: str, version: int) -> st.SearchStrategy[mqtt.Properties]:
     if version != mqtt.MQTT_5:
         return st.just(mqtt.EMPTY)
     fields = {}
     for name, kind in props.allowed(packet):
         if name in ("user_property", "subscription_identifier"):
-            fields[name] = st.lists(_VALUES[kind], max_size=3).map(tuple)
+            # A SUBSCRIBE carries one Subscription Identifier at most.
+            most = 1 if (name, packet) == ("subscription_identifier", "SUBSCRIBE") else 3
+            fields[name] = st.lists(_VALUES[kind], max_size=most).map(tuple)
         else:
-            fields[name] = st.none() | _VALUES[kind]
+            fields[name] = st.none() | _ONLY.get(name, _VALUES[kind])
     return st.fixed_dictionaries({}, optional=fields).map(lambda kw: mqtt.Properties(**kw))
 
 
@@ -104,7 +122,7 @@ def subscriptions(version: int) -> st.SearchStrategy[mqtt.Subscription]:
         no_local=st.booleans(),
         retain_as_published=st.booleans(),
         retain_handling=st.integers(0, 2),
-    )
+    ).filter(lambda s: not (s.no_local and s.topic_filter.startswith("$share/")))
 
 
 def packets(version: int) -> st.SearchStrategy[mqtt.Packet]:
@@ -117,7 +135,7 @@ def packets(version: int) -> st.SearchStrategy[mqtt.Packet]:
             reason_code=_v5_or(version, reason_codes, st.integers(0, 5)),
             session_present=st.booleans(),
             properties=properties("CONNACK", version),
-        ),
+        ).map(lambda a: a if not a.reason_code else replace(a, session_present=False)),
         publishes(version),
         _acks(mqtt.PubAck, "PUBACK", version),
         _acks(mqtt.PubRec, "PUBREC", version),

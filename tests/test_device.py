@@ -281,6 +281,19 @@ async def test_garbage_instead_of_a_connack_ends_error_with_the_reason():
     assert "MQTT" in result.reason and "CONNACK" in result.reason
 
 
+@pytest.mark.parametrize(
+    "connack",
+    [b"\x20\x05\x00\x00\x02\x24\x02", b"\x20\x03\x01\x87\x00"],
+    ids=["Maximum QoS 2", "session present with a refusal"],
+)
+async def test_a_connack_mqtt_5_rules_out_ends_error_as_a_protocol_error(connack):
+    server, target = await _answering(connack)
+    result = await _run(target, DeviceConfig(retry=RetryPolicy(max_attempts=1)))
+    server.close()
+    assert result.outcome is Outcome.ERROR and result.phase == "connack"
+    assert "MQTT" in result.reason and "CONNACK" in result.reason
+
+
 async def test_latency_counts_from_the_scheduled_start():
     _, server, target = await _broker()
     spec = DeviceSpec(0, "late", target, None, mqtt.MQTT_5, time.monotonic() - 1.0)

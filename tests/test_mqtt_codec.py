@@ -194,3 +194,72 @@ def test_a_property_identifier_longer_than_it_needs_to_be_is_malformed():
     with pytest.raises(mqtt.MalformedPacket, match="minimal"):
         mqtt.Decoder(mqtt.MQTT_5).feed(bytes((0x30, len(body))) + body)
 
+
+def _raw_connect(properties: bytes, flags: int = 0x02, payload: bytes = b"") -> bytes:
+    body = (
+        wire.string("MQTT") + bytes((5, flags)) + b"\x00\x3c" + properties + wire.string("c")
+    ) + payload
+    return bytes((0x10, len(body))) + body
+
+
+@pytest.mark.parametrize(
+    "properties",
+    [b"\x03\x21\x00\x00", b"\x05\x27\x00\x00\x00\x00", b"\x02\x17\x02", b"\x02\x19\x02"],
+    ids=[
+        "Receive Maximum 0",
+        "Maximum Packet Size 0",
+        "Request Problem Information 2",
+        "Request Response Information 2",
+    ],
+)
+def test_a_connect_property_value_mqtt_5_rules_out_is_a_protocol_error(properties):
+    with pytest.raises(mqtt.ProtocolError, match="property"):
+        mqtt.Decoder().feed(_raw_connect(properties))
+
+
+def test_a_will_with_an_empty_topic_is_a_protocol_error():
+    will = b"\x00" + wire.string("") + wire.binary(b"gone")  # no will properties
+    with pytest.raises(mqtt.ProtocolError, match="empty will topic"):
+        mqtt.Decoder().feed(_raw_connect(b"\x00", flags=0x06, payload=will))
+
+
+def _raw_subscribe(properties: bytes, topic_filter: str = "a/b", options: int = 0) -> bytes:
+    body = b"\x00\x01" + properties + wire.string(topic_filter) + bytes((options,))
+    return bytes((0x82, len(body))) + body
+
+
+def test_a_subscription_identifier_of_0_is_a_protocol_error():
+    with pytest.raises(mqtt.ProtocolError, match="Subscription Identifier 0"):
+        mqtt.Decoder(mqtt.MQTT_5).feed(_raw_subscribe(b"\x02\x0b\x00"))
+
+
+def test_a_subscribe_with_two_subscription_identifiers_is_a_protocol_error():
+    with pytest.raises(mqtt.ProtocolError, match="given twice"):
+        mqtt.Decoder(mqtt.MQTT_5).feed(_raw_subscribe(b"\x04\x0b\x01\x0b\x02"))
+
+
+def test_no_local_on_a_shared_subscription_is_a_protocol_error():
+    with pytest.raises(mqtt.ProtocolError, match="No Local"):
+        mqtt.Decoder(mqtt.MQTT_5).feed(_raw_subscribe(b"\x00", "$share/g/a/b", options=0x04))
+
+
+@pytest.mark.parametrize(
+    ("version", "data"),
+    [
+        (mqtt.MQTT_5, b"\x20\x05\x00\x00\x02\x24\x02"),
+        (mqtt.MQTT_5, b"\x20\x06\x00\x00\x03\x21\x00\x00"),
+        (mqtt.MQTT_5, b"\x20\x08\x00\x00\x05\x27\x00\x00\x00\x00"),
+        (mqtt.MQTT_5, b"\x20\x03\x01\x87\x00"),
+        (mqtt.MQTT_3_1_1, b"\x20\x02\x01\x05"),
+    ],
+    ids=[
+        "Maximum QoS 2",
+        "Receive Maximum 0",
+        "Maximum Packet Size 0",
+        "session present with 0x87",
+        "3.1.1 session present with 0x05",
+    ],
+)
+def test_a_connack_a_client_must_not_take_is_a_protocol_error(version, data):
+    with pytest.raises(mqtt.ProtocolError, match="CONNACK"):
+        mqtt.Decoder(version).feed(data)

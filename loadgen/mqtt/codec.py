@@ -360,6 +360,8 @@ def _read_connect(r: wire.Reader, _flags: int = 0, _version: int = 0) -> Connect
     if will_flag:
         will_props = props.decode(r, "W") if version == MQTT_5 else EMPTY
         topic = r.string()
+        if not topic:  # a will has no Topic Alias to stand for it [MQTT-4.7.3-1]
+            raise ProtocolError("CONNECT: empty will topic")
         _check_topic(topic, "CONNECT will")
         will = Will(topic, r.binary(), will_qos, bool(will_retain), will_props)
     username = r.string() if flags & 0x80 else None
@@ -392,6 +394,9 @@ def _read_connack(r: wire.Reader, _flags: int, version: int) -> ConnAck:
     ack_flags, code = r.take(2)
     if ack_flags & 0xFE:
         raise MalformedPacket("CONNACK: reserved flags set")
+    if ack_flags and code:
+        # A refused connection has no session [MQTT-3.2.2-6] (3.1.1: [MQTT-3.2.2-4]).
+        raise ProtocolError(f"CONNACK: session present with reason code 0x{code:02x}")
     properties = props.decode(r, "CONNACK") if version == MQTT_5 else EMPTY
     return ConnAck(code, bool(ack_flags & 1), properties)
 
@@ -437,6 +442,10 @@ def _read_subscribe(r: wire.Reader, _flags: int, version: int) -> Subscribe:
         qos, retain_handling = options & 0x03, (options >> 4) & 0x03
         if options & reserved or qos == 3 or retain_handling == 3:
             raise MalformedPacket(f"SUBSCRIBE: bad options 0x{options:02x}")
+        if options & 0x04 and version == MQTT_5 and topic_filter.startswith("$share/"):
+            # A shared subscription's messages go to any of its group: not
+            # sending one back to its publisher cannot be kept [MQTT-3.8.3-4].
+            raise ProtocolError(f"SUBSCRIBE: No Local on shared subscription {topic_filter!r}")
         subscriptions.append(
             Subscription(
                 topic_filter, qos, bool(options & 0x04), bool(options & 0x08), retain_handling

@@ -98,6 +98,24 @@ _TABLE: tuple[tuple[int, str, Kind, str], ...] = (
 )
 _BY_ID = {ident: (name, kind, set(where.split())) for ident, name, kind, where in _TABLE}
 _REPEATABLE = {"subscription_identifier", "user_property"}
+# Where a repeatable property may come more than once: a PUBLISH carries one
+# Subscription Identifier per matching subscription, a SUBSCRIBE only one
+# (MQTT 5 3.8.2.1.2: "a Protocol Error to include the Subscription Identifier
+# more than once").
+_ONCE_IN = {"subscription_identifier": "SUBSCRIBE"}
+# Values MQTT 5 calls a Protocol Error where the kind alone would allow them
+# (sections 3.1.2.11, 3.2.2.3, 3.8.2.1): (field, the values allowed).
+_RANGES: tuple[tuple[str, range], ...] = (
+    ("receive_maximum", range(1, 0x10000)),
+    ("maximum_packet_size", range(1, 0x100000000)),
+    ("request_problem_information", range(2)),
+    ("request_response_information", range(2)),
+    ("maximum_qos", range(2)),
+    ("retain_available", range(2)),
+    ("wildcard_subscription_available", range(2)),
+    ("subscription_identifier_available", range(2)),
+    ("shared_subscription_available", range(2)),
+)
 _ORDER = [(ident, name, kind) for ident, name, kind, _ in _TABLE]
 assert {f.name for f in fields(Properties)} == {name for _, name, _, _ in _TABLE}
 
@@ -174,13 +192,23 @@ def _decode_block(block: bytes, packet: str) -> Properties:
         if packet not in where and "*" not in where:
             raise ProtocolError(f"{packet}: property {name} is not allowed here")
         value = _decode_value(reader, kind)
+        if name in values and (name not in _REPEATABLE or _ONCE_IN.get(name) == packet):
+            raise ProtocolError(f"{packet}: property {name} given twice")
         if name in _REPEATABLE:
             values[name] = (*values.get(name, ()), value)
-        elif name in values:
-            raise ProtocolError(f"{packet}: property {name} given twice")
         else:
             values[name] = value
-    return Properties(**values) if values else EMPTY
+    if not values:
+        return EMPTY
+    # Decoded once per distinct block (the cache above): checking costs nothing
+    # for the blocks a fleet repeats.
+    for name, allowed_values in _RANGES:
+        value = values.get(name)
+        if value is not None and value not in allowed_values:
+            raise ProtocolError(f"{packet}: property {name} of {value}")
+    if 0 in values.get("subscription_identifier", ()):
+        raise ProtocolError(f"{packet}: Subscription Identifier 0")  # 1 and up, 3.8.2.1.2
+    return Properties(**values)
 
 
 def _decode_value(reader: wire.Reader, kind: Kind) -> Any:
