@@ -12,6 +12,7 @@ import socket
 import ssl
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import aiomqtt
@@ -329,6 +330,7 @@ async def test_an_mqtt_5_connack_tells_the_client_the_limits_it_is_held_to(
     (connack,) = mqtt.Decoder(mqtt.MQTT_5).feed(data)
     assert connack.properties.maximum_packet_size == Limits().max_packet_size
     assert connack.properties.maximum_qos == 1  # AWS IoT: QoS 0 and 1
+    assert connack.properties.subscription_identifier_available == 0  # nor does AWS IoT
     assert connack.properties.server_keep_alive == held_to
 
 
@@ -599,4 +601,161 @@ async def test_an_mqtt_3_1_connect_hears_unacceptable_protocol_level(
     async with asyncio.timeout(10):
         answer = await _until_closed(reader)
     assert answer == b"\x20\x02\x00\x01"  # CONNACK: unacceptable protocol level
+    writer.close()
+
+
+async def _answered(emulator, fleet, device, connect: mqtt.Connect):
+    """A connection as ``device`` that sent ``connect``; what came back first."""
+    reader, writer = await _open(emulator, fleet, device)
+    writer.write(mqtt.encode(connect, connect.protocol_version))
+    decoder = mqtt.Decoder(connect.protocol_version)
+    packets: list[mqtt.Packet] = []
+    async with asyncio.timeout(10):
+        while not packets:
+            data = await reader.read(1024)
+            assert data, "closed before CONNACK"
+            packets += decoder.feed(data)
+    return reader, writer, decoder, packets
+
+
+async def _still_served(reader, writer, decoder, version=mqtt.MQTT_5) -> list[mqtt.Packet]:
+    """What arrives up to the PINGRESP to a PINGREQ sent now (failing if the
+    connection closes first)."""
+    writer.write(mqtt.encode(mqtt.PingReq(), version))
+    packets: list[mqtt.Packet] = []
+    async with asyncio.timeout(10):
+        while not any(isinstance(p, mqtt.PingResp) for p in packets):
+            data = await reader.read(65536)
+            assert data, f"closed after {packets}"
+            packets += decoder.feed(data)
+    return packets
+
+
+async def test_mqtt_5_clients_with_an_empty_client_id_are_each_assigned_one_of_their_own(
+    emulator, small_fleet, devices
+):
+    await _provision(emulator, small_fleet, devices[:2])
+    sessions = [await _answered(emulator, small_fleet, d, mqtt.Connect("")) for d in devices[:2]]
+    assigned = [s[3][0].properties.assigned_client_identifier for s in sessions]
+    assert all(s[3][0].reason_code == 0 for s in sessions)
+    assert all(assigned) and assigned[0] != assigned[1]  # [MQTT-3.2.2-16]
+    for reader, writer, decoder, _ in sessions:  # neither took the other over
+        assert [type(p) for p in await _still_served(reader, writer, decoder)] == [mqtt.PingResp]
+        writer.close()
+
+
+async def test_mqtt_3_1_1_clients_with_an_empty_client_id_do_not_take_each_other_over(
+    emulator, small_fleet, devices
+):
+    await _provision(emulator, small_fleet, devices[:2])
+    connect = mqtt.Connect("", protocol_version=mqtt.MQTT_3_1_1)
+    sessions = [await _answered(emulator, small_fleet, d, connect) for d in devices[:2]]
+    assert [s[3] for s in sessions] == [[mqtt.ConnAck()]] * 2
+    for reader, writer, decoder, _ in sessions:
+        assert await _still_served(reader, writer, decoder, mqtt.MQTT_3_1_1) == [mqtt.PingResp()]
+        writer.close()
+
+
+async def test_an_mqtt_3_1_1_empty_client_id_asking_to_keep_its_session_is_rejected(
+    emulator, small_fleet, devices
+):
+    await _provision(emulator, small_fleet, devices[:1])
+    reader, writer = await _open(emulator, small_fleet, devices[0])
+    connect = mqtt.Connect("", protocol_version=mqtt.MQTT_3_1_1, clean_start=False)
+    writer.write(mqtt.encode(connect, mqtt.MQTT_3_1_1))
+    async with asyncio.timeout(10):
+        answer = await _until_closed(reader)
+    assert answer == b"\x20\x02\x00\x02"  # CONNACK: identifier rejected [MQTT-3.1.3-8]
+    writer.close()
+
+
+@pytest.mark.parametrize(
+    ("connect", "code"),
+    [
+        (mqtt.Connect("", properties=Properties(authentication_method="SCRAM-SHA-1")), 0x8C),
+        (mqtt.Connect("", will=mqtt.Will("dt/gone", b"x", qos=2)), 0x9B),
+    ],
+    ids=["authentication method", "will QoS 2"],
+)
+async def test_a_connect_asking_for_what_the_emulator_does_not_offer_is_refused_with_why(
+    emulator, small_fleet, devices, connect, code
+):
+    await _provision(emulator, small_fleet, devices[:1])
+    connect = replace(connect, client_id=devices[0].client_id)
+    reader, writer = await _open(emulator, small_fleet, devices[0])
+    writer.write(mqtt.encode(connect, mqtt.MQTT_5))
+    async with asyncio.timeout(10):
+        answer = mqtt.Decoder(mqtt.MQTT_5).feed(await _until_closed(reader))
+    assert answer == [mqtt.ConnAck(code)]
+    writer.close()
+
+
+async def test_a_no_local_subscriber_gets_others_messages_and_not_its_own(
+    emulator, small_fleet, devices
+):
+    await _provision(emulator, small_fleet, devices[:2])
+    topic = f"dt/{devices[0].client_id}/echo"
+    reader, writer, decoder = await _connect(emulator, small_fleet, devices[0])
+    subscribe = mqtt.Subscribe(1, (mqtt.Subscription(topic, no_local=True),))
+    writer.write(mqtt.encode(subscribe, mqtt.MQTT_5))
+    await _until_packet(reader, decoder, mqtt.SubAck)
+    writer.write(mqtt.encode(mqtt.Publish(topic, b"own"), mqtt.MQTT_5))
+    _, other, _ = await _connect(emulator, small_fleet, devices[1])
+    other.write(mqtt.encode(mqtt.Publish(topic, b"other's"), mqtt.MQTT_5))
+    delivered = await _until_packet(reader, decoder, mqtt.Publish)
+    assert delivered.payload == b"other's"  # [MQTT-3.8.3-3]
+    writer.close()
+    other.close()
+
+
+async def test_a_subscription_identifier_is_disconnected_as_not_supported(
+    emulator, small_fleet, devices
+):
+    await _provision(emulator, small_fleet, devices[:1])
+    reader, writer, decoder, (connack,) = await _answered(
+        emulator, small_fleet, devices[0], mqtt.Connect(devices[0].client_id)
+    )
+    assert connack.properties.subscription_identifier_available == 0  # as AWS IoT's says
+    subscribe = mqtt.Subscribe(
+        1, (mqtt.Subscription("dt/x"),), Properties(subscription_identifier=(7,))
+    )
+    writer.write(mqtt.encode(subscribe, mqtt.MQTT_5))
+    async with asyncio.timeout(10):
+        answer = decoder.feed(await _until_closed(reader))
+    assert answer == [mqtt.Disconnect(0xA1)]  # Subscription Identifiers not supported
+    writer.close()
+
+
+async def test_a_suback_over_the_clients_maximum_packet_size_is_not_sent(
+    emulator, small_fleet, devices
+):
+    await _provision(emulator, small_fleet, devices[:1])
+    connect = mqtt.Connect(devices[0].client_id, properties=Properties(maximum_packet_size=16))
+    reader, writer, decoder, _ = await _answered(emulator, small_fleet, devices[0], connect)
+    filters = tuple(mqtt.Subscription(f"t/{i}") for i in range(30))  # a 35-byte SUBACK
+    writer.write(mqtt.encode(mqtt.Subscribe(1, filters), mqtt.MQTT_5))
+    assert await _still_served(reader, writer, decoder) == [mqtt.PingResp()]  # [MQTT-3.1.2-25]
+    writer.close()
+
+
+async def test_a_connack_over_the_clients_maximum_packet_size_goes_without_its_properties(
+    emulator, small_fleet, devices
+):
+    await _provision(emulator, small_fleet, devices[:1])
+    connect = mqtt.Connect(devices[0].client_id, properties=Properties(maximum_packet_size=8))
+    _, writer, _, packets = await _answered(emulator, small_fleet, devices[0], connect)
+    assert packets == [mqtt.ConnAck()]  # 5 bytes, within the 8 [MQTT-3.1.2-24]
+    writer.close()
+
+
+async def test_a_disconnect_keeping_a_session_its_connect_did_not_is_a_protocol_error(
+    emulator, small_fleet, devices
+):
+    await _provision(emulator, small_fleet, devices[:1])
+    reader, writer, decoder = await _connect(emulator, small_fleet, devices[0])
+    disconnect = mqtt.Disconnect(properties=Properties(session_expiry_interval=60))
+    writer.write(mqtt.encode(disconnect, mqtt.MQTT_5))
+    async with asyncio.timeout(10):
+        answer = decoder.feed(await _until_closed(reader))
+    assert answer == [mqtt.Disconnect(0x82)]  # [MQTT-3.14.2-2]
     writer.close()

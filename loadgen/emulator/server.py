@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
+import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -138,9 +139,12 @@ class Emulator:
         # about a fifth of the server's CPU per connect (docs/benchmarks.md).
         self.legacy_ec = LegacyEc.claim()
         self.limits = limits or Limits()
-        # AWS IoT takes QoS 0 and 1 only: MQTT 5 clients are told so.
+        # AWS IoT takes QoS 0 and 1 only, and has no Subscription Identifiers:
+        # MQTT 5 clients are told so.
         self.connack_properties = mqtt.Properties(
-            maximum_packet_size=self.limits.max_packet_size, maximum_qos=1
+            maximum_packet_size=self.limits.max_packet_size,
+            maximum_qos=1,
+            subscription_identifier_available=0,
         )
         self.server_cert = server_cert
         self.server_key = server_key
@@ -255,15 +259,17 @@ class Emulator:
         if context is not ssl_object.context:
             ssl_object.context = context
 
-    def route(self, packet: mqtt.Publish) -> None:
-        self.route_here(packet)
+    def route(self, packet: mqtt.Publish, source: _Session | None = None) -> None:
+        """``packet`` from ``source`` to every subscriber. The other processes
+        never hold its source (one connection per client id)."""
+        self.route_here(packet, source)
         if self.forward is not None:
             self.forward(packet)
 
-    def route_here(self, packet: mqtt.Publish) -> None:
+    def route_here(self, packet: mqtt.Publish, source: _Session | None = None) -> None:
         """To this process's subscribers."""
         for session in list(self.subscribers):
-            session.deliver(packet)
+            session.deliver(packet, source)
 
     def connected(self, session: _Session, client_id: str) -> None:
         """``session`` got its CONNACK: an older session of its client id here
@@ -348,9 +354,42 @@ class Emulator:
 # Packets kept while the account is asked before the client is no longer read
 # (pausing costs a connect more than the wait: only a flood is paused).
 _BACKLOG = 16
+_NO_FILTERS: frozenset[str] = frozenset()
+
+
+def _refusal(connect: mqtt.Connect) -> tuple[str, int] | None:
+    """Why ``connect`` is refused whatever the account says (as the connects
+    count names it), and the CONNACK code that says so; None if it is not."""
+    if connect.protocol_version == mqtt.MQTT_5:
+        if connect.properties.authentication_method is not None:
+            # Certificates are AWS IoT's authentication here; a method the
+            # server does not know ends the connection [MQTT-4.12.0-1].
+            return "bad authentication method", 0x8C
+        if connect.will is not None and connect.will.qos > 1:
+            # Past the Maximum QoS 1 the CONNACK would give [MQTT-3.2.2-12].
+            return "QoS not supported", 0x9B
+    elif not connect.client_id and not connect.clean_start:
+        # A session kept by no client id could never be resumed [MQTT-3.1.3-8].
+        return "identifier rejected", 0x02
+    return None
+
+
+def assign_client_id() -> str:
+    """A client id for a client that sent an empty one: unique across the
+    emulator's processes, and past restarts, without asking anyone."""
+    return f"emulator-{uuid.uuid4().hex}"
 
 
 class _Session(asyncio.BufferedProtocol):
+    # What few sessions have, as class defaults: an instance sets its own only
+    # when it has one (no memory, no work, for the rest).
+    # Filters subscribed with No Local: the session's own messages skip them.
+    no_local: frozenset[str] = _NO_FILTERS
+    # The Session Expiry Interval of its MQTT 5 CONNECT.
+    session_expiry = 0
+    # The client id is one the emulator assigned (its CONNECT's was empty).
+    assigned = False
+
     def __init__(self, emulator: Emulator) -> None:
         self.emulator = emulator
         self.limits = emulator.limits
@@ -427,6 +466,22 @@ class _Session(asyncio.BufferedProtocol):
         return policy.allowed(self.policies, action, resource, self.variables)
 
     def _on_connect(self, packet: mqtt.Connect) -> None:
+        assert self.transport is not None
+        refusal = _refusal(packet)
+        if refusal is not None:
+            why, code = refusal
+            self.emulator.stats.connects[why] += 1
+            self._send_connack(mqtt.ConnAck(code), packet)
+            self.transport.close()
+            return
+        if not packet.client_id:
+            # MQTT lets a server take an empty client id if it assigns a unique
+            # one and goes on as if the client had sent it [MQTT-3.1.3-6]; AWS
+            # IoT assigns one. The connect quota and iot:Connect see that one.
+            packet = replace(packet, client_id=assign_client_id())
+            self.assigned = True
+        if packet.properties.session_expiry_interval:
+            self.session_expiry = packet.properties.session_expiry_interval
         self.connect_packet = packet
         self.asking = True
         self.emulator.account.allow_connect(packet.client_id, self._connect_allowed)
@@ -460,12 +515,12 @@ class _Session(asyncio.BufferedProtocol):
             self.emulator.stats.throttles[exceeded] += 1
             self.emulator.stats.connects["throttled"] += 1
             if v5:  # MQTT 3.1.1 has no code for it: AWS closes the connection.
-                self._send(mqtt.ConnAck(0x9F))
+                self._send_connack(mqtt.ConnAck(0x9F), packet)
             self.transport.close()
             return
         if not self._allowed("iot:Connect", policy.arn("client", client_id)):
             self.emulator.stats.connects["not authorized"] += 1
-            self._send(mqtt.ConnAck(0x87 if v5 else 5))
+            self._send_connack(mqtt.ConnAck(0x87 if v5 else 5), packet)
             self.transport.close()
             return
         self.emulator.stats.connects["accepted"] += 1
@@ -475,7 +530,9 @@ class _Session(asyncio.BufferedProtocol):
             properties = self.emulator.connack_properties
             if keepalive != packet.keepalive:
                 properties = replace(properties, server_keep_alive=keepalive)
-        self._send(mqtt.ConnAck(properties=properties))
+            if self.assigned:  # [MQTT-3.2.2-16]
+                properties = replace(properties, assigned_client_identifier=client_id)
+        self._send_connack(mqtt.ConnAck(properties=properties), packet)
         if self.emulator.idle is not None:
             # The handshake's flights grew both memory BIOs (about 3 KiB) for
             # a session that now mostly sits idle; the CONNACK is out of them
@@ -504,6 +561,42 @@ class _Session(asyncio.BufferedProtocol):
         if data is not None:
             assert self.transport is not None
             self.transport.write(data)
+
+    def _send_connack(self, ack: mqtt.ConnAck, connect: mqtt.Connect) -> None:
+        """``ack`` within the Maximum Packet Size ``connect`` declared, which
+        the server must not exceed [MQTT-3.1.2-24]: past it, without the
+        properties a client may do without (all but the Assigned Client
+        Identifier); past it still, not sent at all [MQTT-3.1.2-25]."""
+        data = self._encode(ack)
+        maximum = connect.properties.maximum_packet_size
+        if data is None or maximum is None or len(data) <= maximum:
+            if data is not None:
+                assert self.transport is not None
+                self.transport.write(data)
+            return
+        assigned = ack.properties.assigned_client_identifier
+        bare = replace(ack, properties=mqtt.Properties(assigned_client_identifier=assigned))
+        data = mqtt.encode(bare, mqtt.MQTT_5)
+        if len(data) > maximum:
+            self.emulator.stats.dropped["CONNACK over the client's maximum packet size"] += 1
+            return
+        assert self.transport is not None
+        self.transport.write(data)
+
+    def _send_within_maximum(self, packet: mqtt.SubAck | mqtt.UnsubAck) -> None:
+        """An acknowledgement that grows with what the client asked: one past
+        the Maximum Packet Size its CONNECT declared is not sent, as if it had
+        been [MQTT-3.1.2-25] (it carries no Reason String or User Property to
+        leave out first)."""
+        data = self._encode(packet)
+        if data is None:
+            return
+        if len(data) > self.client_max:
+            name = type(packet).__name__.upper()
+            self.emulator.stats.dropped[f"{name} over the client's maximum packet size"] += 1
+            return
+        assert self.transport is not None
+        self.transport.write(data)
 
     def _after_answer(self) -> None:
         """What arrived while the account was asked, in order."""
@@ -624,8 +717,14 @@ class _Session(asyncio.BufferedProtocol):
                 return
             if packet.qos == 1 and packet.packet_id is not None:
                 self._send(mqtt.PubAck(packet.packet_id))
-            self.emulator.route(packet)
+            self.emulator.route(packet, self)
         elif isinstance(packet, mqtt.Subscribe):
+            if packet.properties.subscription_identifier:
+                # Its CONNACK said Subscription Identifier Available 0, as AWS
+                # IoT's does: using one anyway is a Protocol Error (MQTT 5
+                # 3.2.2.3.12), answered with this DISCONNECT.
+                self._close("protocol error", 0xA1)  # Subscription Identifiers not supported
+                return
             v5 = self.conn.version == mqtt.MQTT_5
             codes = []
             for s in packet.subscriptions:
@@ -634,27 +733,31 @@ class _Session(asyncio.BufferedProtocol):
                 elif not self._allowed("iot:Subscribe", policy.arn("topicfilter", s.topic_filter)):
                     codes.append(0x87 if v5 else 0x80)  # Not authorized
                 elif s.topic_filter in self.filters:  # the same filter again replaces it
+                    self._no_local(s)
                     codes.append(min(s.qos, 1))
                 elif len(self.filters) >= self.limits.max_subscriptions:
                     codes.append(0x97 if v5 else 0x80)  # Quota exceeded
                 else:
                     self.filters.append(s.topic_filter)
+                    self._no_local(s)
                     codes.append(min(s.qos, 1))
             if self.filters:
                 self.emulator.subscribe(self)
-            self._send(mqtt.SubAck(packet.packet_id, tuple(codes)))
+            self._send_within_maximum(mqtt.SubAck(packet.packet_id, tuple(codes)))
         elif isinstance(packet, mqtt.Unsubscribe):
             codes = []
             for topic_filter in packet.topic_filters:
                 if topic_filter in self.filters:
                     self.filters.remove(topic_filter)
+                    if topic_filter in self.no_local:
+                        self.no_local = self.no_local - {topic_filter}
                     codes.append(0x00)
                 else:
                     codes.append(0x11)  # MQTT 5: No subscription existed
             if not self.filters:
                 self.emulator.unsubscribe(self)
             # MQTT 3.1.1's UNSUBACK has no codes: the codec leaves them out.
-            self._send(mqtt.UnsubAck(packet.packet_id, tuple(codes)))
+            self._send_within_maximum(mqtt.UnsubAck(packet.packet_id, tuple(codes)))
         elif isinstance(packet, mqtt.PingReq):
             self._send(mqtt.PingResp())
         elif isinstance(packet, (mqtt.PubRec, mqtt.PubRel, mqtt.PubComp, mqtt.Auth)):
@@ -662,16 +765,33 @@ class _Session(asyncio.BufferedProtocol):
             # QoS 1, no Authentication Method): the client broke the protocol.
             self._close("protocol error", 0x82)
         elif isinstance(packet, mqtt.Disconnect):
+            if packet.properties.session_expiry_interval and not self.session_expiry:
+                # A session its CONNECT let end with the connection cannot be
+                # kept by its DISCONNECT [MQTT-3.14.2-2]: no valid DISCONNECT.
+                self._close("protocol error", 0x82)
+                return
             # The client is done: no TLS shutdown (close_notify, waiting for the
             # peer's), which cost about a tenth of a connect's CPU.
             self.transport.abort()
 
-    def deliver(self, packet: mqtt.Publish) -> None:
-        """A PUBLISH from another device, if a filter matches and the policy
-        allows iot:Receive; delivered at QoS 0."""
+    def _no_local(self, subscription: mqtt.Subscription) -> None:
+        """Keep whether ``subscription``'s filter takes the session's own messages."""
+        topic_filter = subscription.topic_filter
+        if subscription.no_local:
+            self.no_local = self.no_local | {topic_filter}
+        elif topic_filter in self.no_local:
+            self.no_local = self.no_local - {topic_filter}
+
+    def deliver(self, packet: mqtt.Publish, source: _Session | None = None) -> None:
+        """A PUBLISH from a device (``source``, when it is connected here), if a
+        filter matches and the policy allows iot:Receive; delivered at QoS 0."""
         if self.transport is None or self.transport.is_closing():
             return
-        if not any(topics.matches(f, packet.topic) for f in self.filters):
+        filters = self.filters
+        if source is self and self.no_local:
+            # Not back to the client that published it [MQTT-3.8.3-3].
+            filters = [f for f in filters if f not in self.no_local]
+        if not any(topics.matches(f, packet.topic) for f in filters):
             return
         if not self._allowed("iot:Receive", policy.arn("topic", packet.topic)):
             return
