@@ -864,20 +864,26 @@ async def _publish_until_the_emulator_stops(emulator, writer, most: int) -> int:
     return sent
 
 
-def test_the_account_gives_up_on_a_serving_process_that_leaves_its_messages_unread(
+def test_publishes_routed_to_a_serving_process_that_does_not_read_are_dropped_and_counted(
     tmp_path, device_ca, fleet
 ):
+    """The account held every PUBLISH for a process that stopped reading (its
+    memory grew by what the publishers sent); then it gave up on the process at
+    64 MiB, which also ended a live one behind on a fan-out of large payloads.
+    Past ROUTE_BACKLOG, the routes to it are dropped as a slow subscriber's
+    QoS 0 messages are, and the emulator serves on."""
     from loadgen.emulator.processes import PEER_WRITE_BUFFER
 
     config = _open_to_all_config(tmp_path / "open.json")
-    # The heartbeat would find it first: here, only what it leaves unread can.
+    # The heartbeat would find it first: here, only what it leaves unread counts.
     limits = Limits(heartbeat_timeout=120.0)
     emulator = start_embedded(
         device_ca.directory, config, tmp_path, quotas=QUOTAS_OFF, limits=limits, processes=2
     )
     devices = list(fleet.devices())[:21]
+    reason = "routed to a serving process behind on reading"
 
-    async def run(stalled: int) -> int:
+    async def run(stalled: int) -> dict:
         sessions = []
         for device in devices[:20]:  # over both processes
             subscribe = mqtt.Subscribe(1, (mqtt.Subscription("all/#"),))
@@ -888,20 +894,24 @@ def test_the_account_gives_up_on_a_serving_process_that_leaves_its_messages_unre
             sessions.append(writer)
         with _sigstopped(stalled):
             writer = await _publisher_beside(emulator, fleet, devices[20], within=2.0)
-            sent = await _publish_until_the_emulator_stops(emulator, writer, 3 * PEER_WRITE_BUFFER)
-            code = await asyncio.to_thread(emulator.process.wait, 30)
+            sent = await _publish_until_the_emulator_stops(emulator, writer, 2 * PEER_WRITE_BUFFER)
+            assert emulator.process.poll() is None, f"stopped after {sent:,} bytes routed"
+            deadline = time.monotonic() + 60
+            while True:  # the last publishes may still be on their way to the account
+                stats = await asyncio.to_thread(emulator.stats, 20)
+                assert stats is not None
+                if stats["dropped"].get(reason) or time.monotonic() > deadline:
+                    break
         for other in [*sessions, writer]:
             other.close()
-        assert code == 1, f"still serving after {sent:,} bytes routed to a stopped process"
-        return sent
+        return stats
 
     try:
         assert connect_all(emulator, fleet) == Counter(closed=DEVICES)  # provisioned
         stalled = _serving_pids(emulator)[1]
-        uvloop.run(asyncio.wait_for(run(stalled), 120))
-        why = emulator.stopped_early()
+        stats = uvloop.run(asyncio.wait_for(run(stalled), 180))
+        still_serving = emulator.process.poll() is None
     finally:
         emulator.stop()
-    bound = f"(the bound: {PEER_WRITE_BUFFER:,})"
-    assert why is not None and why.startswith(f"its serving process 1 (pid {stalled}) stopped")
-    assert "bytes unread " + bound in why
+    assert stats["dropped"].get(reason, 0) > 0
+    assert still_serving

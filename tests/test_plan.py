@@ -193,3 +193,16 @@ def test_a_hold_without_keepalive_pings_as_often_as_the_connect_promised(tmp_pat
     )
     (hold,) = build_plan(scenario, endpoint=("127.0.0.1", 8883)).steps
     assert hold.keepalive == 30.0
+
+
+def test_a_hold_without_keepalive_under_a_connect_without_one_pings_every_minute(tmp_path):
+    # "0: never" for the hold would leave an MQTT 3.1.1 device silent, which AWS
+    # IoT (holding a keepalive of 0 to 1200 s) closes after 30 minutes.
+    scenario = _scenario(
+        tmp_path,
+        {"executor": "burst"},
+        mqtt={"version": "3.1.1", "keepalive": 0},
+        after_connect=[{"hold": {"duration": "1h"}}],
+    )
+    (hold,) = build_plan(scenario, endpoint=("127.0.0.1", 8883)).steps
+    assert hold.keepalive == 60.0

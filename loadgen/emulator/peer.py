@@ -48,6 +48,7 @@ class Peer(asyncio.Protocol):
         self._next_id = 1
         self._pending: dict[int, Answer] = {}
         self._out: list[bytes] = []
+        self._out_bytes = 0  # what _out holds
         self.lost = False
         self._tasks: set[asyncio.Future[None]] = set()
 
@@ -162,13 +163,22 @@ class Peer(asyncio.Protocol):
         self.call(method, args, answer)
         return await future
 
+    def backlog(self) -> int:
+        """Bytes sent to the other end that it has not taken yet."""
+        transport = self.transport
+        queued = transport.get_write_buffer_size() if transport is not None else 0
+        return queued + self._out_bytes
+
     def _send(self, message: tuple[Any, ...]) -> None:
         if not self._out:
             asyncio.get_running_loop().call_soon(self._flush)
-        self._out.append(rpc.encode(message))
+        frame = rpc.encode(message)
+        self._out.append(frame)
+        self._out_bytes += len(frame)
 
     def _flush(self) -> None:
         out, self._out = self._out, []
+        self._out_bytes = 0
         transport = self.transport
         if transport is None or transport.is_closing():
             return

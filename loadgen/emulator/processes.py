@@ -60,6 +60,12 @@ HEARTBEAT_INTERVAL = 1.0
 # stalled. 512 times AWS IoT's largest message: far more than a process that
 # reads at all falls behind, and a bound on the account's memory (N times it).
 PEER_WRITE_BUFFER = 64 * 1024 * 1024
+# A serving process this far behind on reading gets no more PUBLISHes routed
+# to it: they are dropped and counted, as a slow subscriber's QoS 0 messages
+# are. A process that reads, however slowly (a fan-out of large payloads), is
+# then never near PEER_WRITE_BUFFER (this plus one packet of at most 32 MiB),
+# nor is a heartbeat ping queued behind more than this.
+ROUTE_BACKLOG = 8 * 1024 * 1024
 
 
 def default_processes() -> int:
@@ -251,6 +257,9 @@ class ServingProcesses:
         def publish(topic: str, payload: bytes) -> None:
             for other in self.serving:
                 if other.index != index and other.subscribers:
+                    if other.peer.backlog() > ROUTE_BACKLOG:
+                        account.stats.dropped["routed to a serving process behind on reading"] += 1
+                        continue
                     other.peer.notify("route", (topic, payload))
 
         def subscribers(any_: bool) -> None:

@@ -27,6 +27,7 @@ from loadgen.heap import Heap
 from loadgen.load.chaos import device_class
 from loadgen.load.plan import RunPlan, device_client_id, device_steps
 from loadgen.load.schedule import offsets
+from loadgen.load.shard import part_of
 from loadgen.metrics.stats import RunStats
 from loadgen.transport.client import Target, describe_error
 from loadgen.transport.keepalive import Holds
@@ -104,11 +105,6 @@ def resolve(host: str, port: int) -> list[str]:
     return addresses or [host]
 
 
-def share(total: int, workers: int, worker: int) -> int:
-    """This worker's part of ``total`` (in-flight slots), at least one."""
-    return max(1, total // workers + (1 if worker < total % workers else 0))
-
-
 class Worker:
     # Resolved when the last device in flight ends, while run() waits for that.
     drained: asyncio.Future[None] | None = None
@@ -135,7 +131,8 @@ class Worker:
         # index alone, the same worker of every shard (and of every run) drew
         # the same delays in the same order, and the shards retried together.
         self.rng = random.Random()
-        limit = self.limit = share(plan.max_in_flight, plan.workers, worker)
+        # Never 0: a run plans no more workers than max_in_flight.
+        limit = self.limit = part_of(plan.max_in_flight, plan.workers, worker)
         # Resolved when a device ends while the dispatcher waits for a free
         # in-flight slot (an asyncio.Semaphore cost about 60 bytecodes a device).
         self.slot_freed: asyncio.Future[None] | None = None

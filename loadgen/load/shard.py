@@ -18,6 +18,12 @@ from loadgen.errors import FieldError, Loc, UserError
 _SLICE = re.compile(r"^\s*(-?\d+)\s*/\s*(-?\d+)\s*$")
 
 
+def part_of(total: int, parts: int, index: int) -> int:
+    """Part ``index`` of ``total`` shared out as evenly as whole numbers go: the
+    parts add up to ``total`` (the first ``total % parts`` take one more)."""
+    return total // parts + (1 if index < total % parts else 0)
+
+
 @dataclass(frozen=True)
 class Shard:
     index: int
@@ -49,7 +55,7 @@ class Shard:
         """This shard's part of a bound the whole run shares (the scenario's
         ``field``, max_in_flight): the shards' parts add up to ``total``, never
         more, so each shard needs one at least."""
-        part = total // self.count + (1 if self.index < total % self.count else 0)
+        part = part_of(total, self.count, self.index)
         if part == 0:
             raise FieldError(
                 field,

@@ -55,7 +55,9 @@ def build_plan(
             steps.append(PublishStep(p.topic, p.qos, p.count, p.payload_bytes))
         elif isinstance(item, Hold):
             hold = item.hold
-            pings = hold.keepalive if hold.keepalive is not None else scenario.mqtt.keepalive
+            pings = (
+                hold.keepalive if hold.keepalive is not None else _pings(scenario.mqtt.keepalive)
+            )
             steps.append(HoldStep(hold.duration or 0.0, float(pings), hold.until))
         else:
             steps.append(SubscribeStep(item.subscribe.topic, item.subscribe.qos))
@@ -97,6 +99,17 @@ def build_plan(
         driver=scenario.mqtt.driver,
         shard=shard,
     )
+
+
+# A hold's PINGREQs when neither it nor the CONNECT sets a keepalive: AWS IoT
+# holds a CONNECT's 0 to 1200 s all the same (an MQTT 3.1.1 CONNACK cannot say
+# so), and closes a client silent 1.5 times that.
+_PINGS_WITHOUT_KEEPALIVE = 60.0
+
+
+def _pings(keepalive: int) -> float:
+    """A hold's default keepalive: the CONNECT's, or a minute when it has none."""
+    return float(keepalive) if keepalive else _PINGS_WITHOUT_KEEPALIVE
 
 
 def endpoint_of(scenario: Scenario, override: str | None) -> tuple[str, int]:
