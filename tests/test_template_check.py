@@ -45,16 +45,68 @@ def test_a_parameter_jitp_does_not_provide_is_an_error(tmp_path):
     assert "Parameters.AWS::IoT::Certificate::Email" in result.out
 
 
-def test_a_policy_condition_is_a_warning_that_the_emulator_does_not_evaluate_it(tmp_path):
+def _config_with_condition(tmp_path, condition):
+    """The quickstart template, its policy's first statement under ``condition``."""
     template = yaml.safe_load(LIGHTBULB.read_text())
     policy_id = next(k for k, v in template["Resources"].items() if v["Type"] == "AWS::IoT::Policy")
     document = json.loads(template["Resources"][policy_id]["Properties"]["PolicyDocument"])
-    document["Statement"][0]["Condition"] = {"Bool": {"iot:Connection.Thing.IsAttached": "true"}}
+    document["Statement"][0]["Condition"] = condition
     template["Resources"][policy_id]["Properties"]["PolicyDocument"] = json.dumps(document)
-    result = run_loadgen("template", "check", _config(tmp_path, template))
+    return _config(tmp_path, template), f"Resources.{policy_id}.PolicyDocument.Statement[0]"
+
+
+def test_a_policy_condition_the_emulator_evaluates_as_aws_does_is_not_flagged(tmp_path):
+    config, _ = _config_with_condition(
+        tmp_path, {"Bool": {"iot:Connection.Thing.IsAttached": "true"}}
+    )
+    result = run_loadgen("template", "check", config)
+    assert result.code == 0, result.out
+    assert "Condition" not in result.out
+
+
+def test_a_policy_condition_that_never_holds_for_the_fleet_is_the_missing_connect(tmp_path):
+    config, _ = _config_with_condition(
+        tmp_path, {"StringEquals": {"iot:Connection.Thing.ThingTypeName": "lightBulb-versionB"}}
+    )
+    result = run_loadgen("template", "check", config)
+    assert result.code == 1
+    assert "no statement allows iot:Connect" in result.out
+
+
+def test_a_policy_condition_on_the_template_s_thing_type_holds(tmp_path):
+    config, _ = _config_with_condition(
+        tmp_path, {"StringEquals": {"iot:Connection.Thing.ThingTypeName": "lightBulb-versionA"}}
+    )
+    result = run_loadgen("template", "check", config)
+    assert result.code == 0, result.out
+    assert "Condition" not in result.out
+
+
+def test_a_policy_condition_on_a_key_the_emulator_cannot_know_is_a_warning(tmp_path):
+    config, statement = _config_with_condition(
+        tmp_path, {"StringEquals": {"iot:Certificate.Issuer.CommonName": "Fleet CA"}}
+    )
+    result = run_loadgen("template", "check", config)
     assert (
-        f"warning: Resources.{policy_id}.PolicyDocument.Statement[0].Condition: the emulator "
-        "does not evaluate policy conditions" in result.out
+        f"warning: {statement}.Condition: the emulator has no value for "
+        "iot:Certificate.Issuer.CommonName" in result.out
+    )
+
+
+def test_a_policy_condition_on_the_source_address_is_a_warning(tmp_path):
+    config, statement = _config_with_condition(
+        tmp_path, {"IpAddress": {"aws:SourceIp": "203.0.113.0/24"}}
+    )
+    result = run_loadgen("template", "check", config)
+    assert f"warning: {statement}.Condition: aws:SourceIp is the device's address" in result.out
+
+
+def test_a_policy_condition_operator_iam_does_not_define_is_a_warning(tmp_path):
+    config, statement = _config_with_condition(tmp_path, {"StringEqual": {"iot:ClientId": "x"}})
+    result = run_loadgen("template", "check", config)
+    assert (
+        f"warning: {statement}.Condition: StringEqual is not a condition operator IAM defines"
+        in result.out
     )
 
 

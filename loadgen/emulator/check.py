@@ -11,7 +11,7 @@ from typing import Any
 
 from loadgen.certs.profile import DEFAULT_PROFILE, DevicePlanner, Profile, load_profile
 from loadgen.certs.subject import FIELDS
-from loadgen.emulator import policy
+from loadgen.emulator import conditions, policy
 from loadgen.emulator import template as tpl
 from loadgen.emulator.errors import ClientError
 from loadgen.emulator.parameters import subject_parameters
@@ -143,17 +143,10 @@ def _policies(
         except policy.PolicyError as exc:
             findings.append(Finding(True, f"Resources.{logical_id}", f"{exc}"))
             continue
-        findings += [
-            Finding(
-                False,
-                f"Resources.{logical_id}.PolicyDocument.Statement[{i}].Condition",
-                "the emulator does not evaluate policy conditions: it applies this "
-                f"{'Allow' if statement.allow else 'Deny'} as if its condition held, where "
-                "AWS applies it only when it does",
-            )
-            for i, statement in enumerate(statements[logical_id])
-            if statement.conditional
-        ]
+        for i, statement in enumerate(statements[logical_id]):
+            if statement.condition is not None:
+                at = f"Resources.{logical_id}.PolicyDocument.Statement[{i}].Condition"
+                findings += [Finding(False, at, m) for m in _unknowable(statement)]
     if not statements:
         return findings
     policies = list(statements.values())
@@ -206,6 +199,30 @@ def _policies(
     return findings
 
 
+def _unknowable(statement: policy.Statement) -> list[str]:
+    """What the emulator cannot decide in a statement's condition as AWS will."""
+    assert statement.condition is not None
+    effect = "Allow" if statement.allow else "Deny"
+    out = [
+        f"{name} is not a condition operator IAM defines: the emulator never applies this "
+        f"{effect} (AWS may refuse the policy)"
+        for name in statement.condition.unknown_operators
+    ]
+    for key in sorted(statement.condition.keys):
+        if key == conditions.SOURCE_IP:
+            out.append(
+                f"{key} is the device's address as the emulator sees it (127.0.0.1 for a "
+                "local run), not the public address AWS sees: this condition may decide "
+                "otherwise on AWS"
+            )
+        elif not conditions.known(key):
+            out.append(
+                f"the emulator has no value for {key}: it evaluates this {effect}'s condition "
+                "as if the key were absent, where AWS may have a value"
+            )
+    return out
+
+
 def _sample_devices(
     template: dict[str, Any], scenario: Scenario | None, profile: Profile | None, seed: int
 ) -> list[tuple[dict[str, Any], dict[str, str]]]:
@@ -229,9 +246,16 @@ def _sample_devices(
             resources = tpl.evaluate(template, parameters)
         except ClientError:
             continue  # reported by the parameter checks
-        things = [r.properties.get("ThingName") for r in resources if r.type == "AWS::IoT::Thing"]
+        things = {
+            r.properties.get("ThingName"): r.properties
+            for r in resources
+            if r.type == "AWS::IoT::Thing"
+        }
         thing = client_id if client_id in things else None
-        variables = policy.connection_variables(client_id, "0" * 64, parameters, thing)
+        thing_type = things[client_id].get("ThingTypeName") if thing is not None else None
+        variables = policy.connection_variables(
+            client_id, "0" * 64, parameters, thing, str(thing_type) if thing_type else None
+        )
         topics, filters = [], []
         if scenario is not None:
             for step in scenario.after_connect:

@@ -1,9 +1,11 @@
 """AWS IoT policy evaluation: Allow and Deny statements over actions and resource
-ARNs, with wildcards and policy variables.
+ARNs, with wildcards and policy variables, and their Condition blocks
+(``conditions``).
 
 An explicit Deny wins, then any Allow; otherwise the request is denied. A
 statement whose resource uses a policy variable that has no value for the
-connection does not match (as on AWS, where it cannot grant anything).
+connection does not match (as on AWS, where it cannot grant anything); nor does
+one whose condition does not hold.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from loadgen.emulator.conditions import SOURCE_IP, Condition, ConditionError, compile_condition
 from loadgen.emulator.template import PARAMETER_PREFIX
 from loadgen.emulator.wildcards import VARIABLE, expand, glob
 
@@ -28,9 +31,13 @@ class Statement:
     allow: bool
     actions: tuple[str, ...]
     resources: tuple[str, ...]
-    # A Condition block, which the emulator does not evaluate: the statement
-    # applies as if it held (`template check` warns of it).
-    conditional: bool = False
+    # Compiled with the document (the emulator parses each document once), and
+    # tested only once action and resource match: a statement without one costs
+    # nothing more.
+    condition: Condition | None = None
+    # The policy variables and condition keys it looks at: what a connection
+    # keeps of its request context.
+    uses: frozenset[str] = frozenset()
 
 
 def parse(document: str) -> list[Statement]:
@@ -50,13 +57,18 @@ def parse(document: str) -> list[Statement]:
         effect = item.get("Effect")
         if effect not in ("Allow", "Deny"):
             raise PolicyError(f"statement Effect {effect!r}")
+        actions, resources = _strings(item.get("Action")), _strings(item.get("Resource"))
+        condition = None
+        if "Condition" in item:
+            try:
+                condition = compile_condition(item["Condition"])
+            except ConditionError as exc:
+                raise PolicyError(str(exc)) from None
+        uses = {name for pattern in actions + resources for name in VARIABLE.findall(pattern)}
+        if condition is not None:
+            uses |= condition.keys | condition.variables
         statements.append(
-            Statement(
-                effect == "Allow",
-                _strings(item.get("Action")),
-                _strings(item.get("Resource")),
-                conditional="Condition" in item,
-            )
+            Statement(effect == "Allow", actions, resources, condition, frozenset(uses))
         )
     return statements
 
@@ -75,10 +87,14 @@ def connection_variables(
     parameters: dict[str, str],
     thing_name: str | None,
     thing_type: str | None = None,
+    source_ip: str | None = None,
 ) -> dict[str, str]:
-    """The policy variables of a connection: its client id, its certificate (the
-    JITP parameters, by AWS's variable names) and its thing, when known."""
+    """The policy variables of a connection, which are its condition keys too:
+    its client id, its certificate (the JITP parameters, by AWS's variable
+    names), its thing when known, and its peer's address."""
     variables = {"iot:ClientId": client_id, "iot:Certificate.Id": certificate_id}
+    if source_ip is not None:
+        variables[SOURCE_IP] = source_ip
     for name, value in parameters.items():
         short = name.removeprefix(PARAMETER_PREFIX)
         variables[f"iot:Certificate.Subject.{'State' if short == 'StateName' else short}"] = value
@@ -93,15 +109,13 @@ def connection_variables(
 def only(variables: dict[str, str], policies: list[list[Statement]]) -> dict[str, str]:
     """Those of ``variables`` that ``policies`` refer to: the same answers from
     ``allowed`` for these policies, in what a connection keeps."""
-    used = {
-        name
-        for statements in policies
-        for s in statements
-        for pattern in s.actions + s.resources
-        if "${" in pattern
-        for name in VARIABLE.findall(pattern)
-    }
+    used = uses(policies)
     return {name: value for name, value in variables.items() if name in used}
+
+
+def uses(policies: list[list[Statement]]) -> frozenset[str]:
+    """The policy variables and condition keys ``policies`` look at."""
+    return frozenset().union(*(s.uses for statements in policies for s in statements))
 
 
 def arn(kind: str, name: str) -> str:
@@ -133,6 +147,8 @@ def allowed(
             if not _matches(s.actions, action, fold=True, variables=variables):
                 continue
             if not _matches(s.resources, resource, fold=False, variables=variables):
+                continue
+            if s.condition is not None and not s.condition.holds(variables):
                 continue
             if not s.allow:
                 return False

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast, overload
 from loadgen import mqtt
 from loadgen.emulator import policy
 from loadgen.emulator.account import Account, Admission, Admitted
+from loadgen.emulator.conditions import SOURCE_IP
 from loadgen.emulator.limits import CLOSE_LINGER, Limits
 from loadgen.emulator.parameters import jitp_parameters
 from loadgen.emulator.quota import Limiter, Quotas
@@ -497,18 +498,23 @@ class _Session(asyncio.BufferedProtocol):
         # AWS knows the thing when the client id is the name of a thing the
         # certificate is attached to.
         attached = client_id in admission.things
+        self.policies = self.emulator.parsed_policies(admission.policies)
+        used = policy.uses(self.policies)
+        source_ip = None
+        if SOURCE_IP in used:  # asked of the transport only for a policy that uses it
+            source_ip = self.transport.get_extra_info("peername")[0]
         variables = policy.connection_variables(
             client_id,
             admission.cert_id,
             jitp_parameters(self.der),
             client_id if attached else None,
             admission.things[client_id] if attached else None,
+            source_ip,
         )
-        self.policies = self.emulator.parsed_policies(admission.policies)
         # Kept for the session's later checks: only what its policies refer to
         # (most are a thing name), and not the certificate (about 1.6 KiB less
         # per held connection).
-        self.variables = policy.only(variables, self.policies)
+        self.variables = {name: v for name, v in variables.items() if name in used}
         self.der = b""
         v5 = packet.protocol_version == mqtt.MQTT_5
         if exceeded is not None:
