@@ -13,7 +13,7 @@ to a callback either way, so that `_Session` is one code path.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 
@@ -24,9 +24,14 @@ class Admission:
     cert_id: str
     things: dict[str, str | None]  # the things it is attached to: name -> type name
     policies: tuple[str, ...]  # its policies' documents, by policy name
+    # Those things' attributes, only when a policy looks at them (by
+    # iot:Connection.Thing.Attributes[NAME]): otherwise held for nothing.
+    attributes: dict[str, dict[str, str]] = field(default_factory=dict)
 
-    def to_wire(self) -> tuple[str, dict[str, str | None], tuple[str, ...]]:
-        return (self.cert_id, self.things, self.policies)
+    def to_wire(
+        self,
+    ) -> tuple[str, dict[str, str | None], tuple[str, ...], dict[str, dict[str, str]]]:
+        return (self.cert_id, self.things, self.policies, self.attributes)
 
 
 # Why a connection is closed after the handshake; or the session may go on.

@@ -252,9 +252,16 @@ def _sample_devices(
             if r.type == "AWS::IoT::Thing"
         }
         thing = client_id if client_id in things else None
-        thing_type = things[client_id].get("ThingTypeName") if thing is not None else None
+        properties = things[client_id] if thing is not None else {}
+        thing_type = properties.get("ThingTypeName")
+        attributes = properties.get("AttributePayload") or {}
         variables = policy.connection_variables(
-            client_id, "0" * 64, parameters, thing, str(thing_type) if thing_type else None
+            client_id,
+            "0" * 64,
+            parameters,
+            thing,
+            str(thing_type) if thing_type else None,
+            thing_attributes={str(k): str(v) for k, v in attributes.items()},
         )
         topics, filters = [], []
         if scenario is not None:

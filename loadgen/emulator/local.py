@@ -75,7 +75,16 @@ class LocalAccount:
         documents = tuple(
             registry.policies[name] for name in sorted(record.policies) if name in registry.policies
         )
-        return Admission(record.id, things, documents)
+        attributes = {}
+        # Policy text, not parsed: condition keys are case-insensitive, and a
+        # document mentioning attributes anywhere just costs a copy of them.
+        if any("attributes[" in document.lower() for document in documents):
+            attributes = {
+                name: dict(thing.attributes)
+                for name in things
+                if (thing := registry.things.get(name)) is not None and thing.attributes
+            }
+        return Admission(record.id, things, documents, attributes)
 
     def record_for(self, cert: x509.Certificate) -> CertRecord | str:
         """The certificate's record when its MQTT session may go on, else why the

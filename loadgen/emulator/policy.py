@@ -14,7 +14,13 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from loadgen.emulator.conditions import SOURCE_IP, Condition, ConditionError, compile_condition
+from loadgen.emulator.conditions import (
+    ATTRIBUTES,
+    SOURCE_IP,
+    Condition,
+    ConditionError,
+    compile_condition,
+)
 from loadgen.emulator.template import PARAMETER_PREFIX
 from loadgen.emulator.wildcards import VARIABLE, expand, glob
 
@@ -88,6 +94,7 @@ def connection_variables(
     thing_name: str | None,
     thing_type: str | None = None,
     source_ip: str | None = None,
+    thing_attributes: dict[str, str] | None = None,
 ) -> dict[str, str]:
     """The policy variables of a connection, which are its condition keys too:
     its client id, its certificate (the JITP parameters, by AWS's variable
@@ -103,6 +110,8 @@ def connection_variables(
         variables["iot:Connection.Thing.ThingName"] = thing_name
         if thing_type:
             variables["iot:Connection.Thing.ThingTypeName"] = thing_type
+        for name, value in (thing_attributes or {}).items():
+            variables[f"{ATTRIBUTES}{name}]"] = value
     return variables
 
 

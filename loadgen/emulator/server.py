@@ -510,6 +510,7 @@ class _Session(asyncio.BufferedProtocol):
             client_id if attached else None,
             admission.things[client_id] if attached else None,
             source_ip,
+            admission.attributes.get(client_id) if attached else None,
         )
         # Kept for the session's later checks: only what its policies refer to
         # (most are a thing name), and not the certificate (about 1.6 KiB less

@@ -66,7 +66,7 @@ class RemoteAccount:
             elif isinstance(result, str):
                 answer(result)
             else:
-                answer(Admission(result[0], result[1], self._shared(result[2])))
+                answer(Admission(result[0], result[1], self._shared(result[2]), result[3]))
 
         assert self.peer is not None
         self.peer.call("admit", (der,), got)
