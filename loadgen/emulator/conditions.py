@@ -44,9 +44,22 @@ KNOWN_KEYS = frozenset(
         "iot:Connection.Thing.ThingTypeName",
         "iot:Connection.Thing.IsAttached",
         SOURCE_IP,
+        # The subject fields JITP reads, which are those the emulator reads.
+        *(
+            f"iot:Certificate.Subject.{name}"
+            for name in (
+                "CommonName",
+                "SerialNumber",
+                "Country",
+                "Organization",
+                "OrganizationalUnit",
+                "State",
+                "DistinguishedNameQualifier",
+            )
+        ),
     }
 )
-_KNOWN_PREFIXES = ("iot:Certificate.Subject.", ATTRIBUTES)
+_KNOWN_PREFIXES = (ATTRIBUTES,)
 
 
 class ConditionError(ValueError):
