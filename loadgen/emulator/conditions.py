@@ -216,15 +216,20 @@ class _KeyTest:
             if self.when_missing is not None:
                 return self.when_missing
             return self.if_exists or self.operator.negated
-        values = self.values
+        operator = self.operator
+        compare = operator.compare
+        # Loops, not any() over a generator: this runs at every CONNECT and
+        # PUBLISH a conditioned statement matches, mostly over one value.
         if self.expand:
-            values = tuple(
-                self.operator.prepare(expanded)
-                for pattern in values
-                if (expanded := expand(pattern, context)) is not None
-            )
-        compare = self.operator.compare
-        return any(compare(value, v) for v in values) != self.operator.negated
+            for pattern in self.values:
+                expanded = expand(pattern, context)
+                if expanded is not None and compare(value, operator.prepare(expanded)):
+                    return not operator.negated
+        else:
+            for pattern in self.values:
+                if compare(value, pattern):
+                    return not operator.negated
+        return operator.negated
 
 
 @dataclass(frozen=True, slots=True)

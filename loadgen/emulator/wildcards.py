@@ -11,6 +11,10 @@ VARIABLE = re.compile(r"\$\{([^}]+)\}")
 def expand(pattern: str, variables: dict[str, str]) -> str | None:
     """``pattern`` with its policy variables substituted; None when one of them
     has no value for the connection (then it cannot match anything)."""
+    if pattern.startswith("${") and pattern.endswith("}") and "}" not in pattern[2:-1]:
+        # One variable and nothing else (a condition's usual value): what the
+        # regex would find, without it.
+        return variables.get(pattern[2:-1]) if len(pattern) > 3 else pattern
     missing = False
 
     def sub(match: re.Match[str]) -> str:
