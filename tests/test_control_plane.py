@@ -712,6 +712,30 @@ def test_a_malformed_policy_document_is_refused(plane):
     assert plane.registry.policies == {}
 
 
+def test_a_policy_document_over_2048_characters_without_whitespace_is_refused(plane):
+    resources = [f"arn:aws:iot:*:*:topic/t{i:04d}" for i in range(80)]
+    large = json.dumps({"Statement": [{"Effect": "Allow", "Action": "*", "Resource": resources}]})
+    error = _error(plane, "CreatePolicy", policyName="p", policyDocument=large)
+    assert error.code == "MalformedPolicyException" and "over AWS's 2,048" in str(error)
+    padded = json.dumps(json.loads(POLICY), indent=200)  # whitespace does not count
+    plane.call("CreatePolicy", {"policyName": "p", "policyDocument": padded})
+
+
+def test_a_thing_has_at_most_three_attributes_without_a_type_and_fifty_with_one(plane):
+    four = {"attributes": {f"a{i}": "v" for i in range(4)}}
+    error = _error(plane, "CreateThing", thingName="t1", attributePayload=four)
+    assert error.code == "InvalidRequestException"
+    plane.call("CreateThingType", {"thingTypeName": "lamp"})
+    plane.call(
+        "CreateThing", {"thingName": "t1", "thingTypeName": "lamp", "attributePayload": four}
+    )
+    many = {"attributes": {f"a{i}": "v" for i in range(51)}}
+    error = _error(
+        plane, "CreateThing", thingName="t2", thingTypeName="lamp", attributePayload=many
+    )
+    assert error.code == "InvalidRequestException"
+
+
 def test_list_policies_pages_with_next_marker(plane):
     for i in range(5):
         plane.call("CreatePolicy", {"policyName": f"p{i}", "policyDocument": POLICY})

@@ -5,17 +5,15 @@ from __future__ import annotations
 import copy
 import time
 
-from loadgen.emulator import policy
 from loadgen.emulator.api import base
 from loadgen.emulator.api.base import Account, Params, Result, not_found
 from loadgen.emulator.api.cas import generation_id
 from loadgen.emulator.api.errors import ApiError
-from loadgen.emulator.names import POLICY_NAME
+from loadgen.emulator.names import POLICY_NAME, document_refused, too_many_policies
 from loadgen.emulator.registry import PolicyInfo, PolicyVersion
 
-# AWS's limits: versions per policy, policies per target.
+# AWS's limit: versions per policy.
 MAX_VERSIONS = 5
-MAX_POLICIES_PER_TARGET = 10
 
 
 def _name(account: Account, params: Params) -> str:
@@ -27,10 +25,8 @@ def _name(account: Account, params: Params) -> str:
 
 def _document(params: Params) -> str:
     document = base.string(params, "policyDocument")
-    try:
-        policy.parse(document)
-    except policy.PolicyError as exc:
-        raise ApiError("MalformedPolicyException", f"policyDocument: {exc}") from None
+    if (why := document_refused(document)) is not None:
+        raise ApiError("MalformedPolicyException", f"policyDocument: {why}")
     return document
 
 
@@ -165,12 +161,8 @@ def delete_policy_version(account: Account, params: Params) -> Result:
 def attach_policy(account: Account, params: Params) -> Result:
     name = _name(account, params)
     record = account.certificate_of(base.string(params, "target"))
-    if name not in record.policies and len(record.policies) >= MAX_POLICIES_PER_TARGET:
-        raise ApiError(
-            "LimitExceededException",
-            f"certificate {record.id} has {MAX_POLICIES_PER_TARGET} policies, AWS's limit",
-            410,
-        )
+    if name not in record.policies and (why := too_many_policies(len(record.policies) + 1)):
+        raise ApiError("LimitExceededException", f"certificate {record.id}: {why}", 410)
     account.registry.attach_policy(record, name)
     return {}
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from loadgen.emulator.api import base
 from loadgen.emulator.api.base import Account, Params, Result, invalid, not_found
 from loadgen.emulator.api.errors import ApiError
-from loadgen.emulator.names import refused
+from loadgen.emulator.names import refused, too_many_attributes
 from loadgen.emulator.registry import Thing
 
 
@@ -44,6 +44,8 @@ def create_thing(account: Account, params: Params) -> Result:
             raise not_found(f"thing type {type_name} does not exist")
         if registry.thing_type_info(type_name).deprecated:
             raise invalid(f"thing type {type_name} is deprecated: no new things of it")
+    if (why := too_many_attributes(len(attributes), type_name is not None)) is not None:
+        raise invalid(why)
     arn = account.arn("thing", name)
     existing = registry.things.get(name)
     if existing is not None:
