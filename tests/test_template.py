@@ -453,3 +453,13 @@ def test_a_template_body_over_aws_limit_is_refused_when_loaded(tmp_path):
     over = r"config.json: templateBody: \d\d,\d{3} characters, over AWS.s 10,240"
     with pytest.raises(ConfigError, match=over):
         load_registration_config(path)
+
+
+def test_fn_select_with_a_computed_negative_index_fails_provisioning():
+    select = {"Fn::Select": [{"Fn::FindInMap": ["m", "k", "i"]}, ["a", "b"]]}
+    template = {
+        "Mappings": {"m": {"k": {"i": -1}}},
+        "Resources": {"t": {"Type": "AWS::IoT::Thing", "Properties": {"ThingName": select}}},
+    }
+    with pytest.raises(ClientError, match="index -1 is out of bounds"):
+        tpl.evaluate(tpl.parse(template), LIGHTBULB)

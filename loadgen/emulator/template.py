@@ -178,7 +178,12 @@ def _join(ev: _Evaluator, arg: Any) -> str:
 
 def _select(ev: _Evaluator, arg: Any) -> Any:
     index, items = arg
-    return ev.value(items)[int(ev.value(index))]
+    values, i = ev.value(items), int(ev.value(index))
+    # [PT]: an index "out of bounds of the array" is "a provisioning error";
+    # Python would count a negative one from the end.
+    if not 0 <= i < len(values):
+        raise ClientError(f"Fn::Select: index {i} is out of bounds of a list of {len(values)}")
+    return values[i]
 
 
 def _split(ev: _Evaluator, arg: Any) -> list[str]:
