@@ -14,7 +14,7 @@ from cryptography import x509
 from loadgen.certs.store import FleetStore
 from loadgen.emulator.errors import ClientError
 from loadgen.emulator.parameters import certificate_id
-from loadgen.emulator.registry import CertStatus, Registry
+from loadgen.emulator.registry import CertStatus, Registry, Thing
 from loadgen.emulator.serve import load_registration_config
 from tests.conftest import LIGHTBULB_PROFILE, run_loadgen
 
@@ -109,14 +109,86 @@ def test_a_template_rendering_a_name_aws_refuses_fails_provisioning(
     assert registry.certificates == {} and registry.things == {}
 
 
-def test_an_inline_policy_named_as_aws_refuses_fails_provisioning(lightbulbs, device_ca, tmp_path):
-    policy = {"PolicyName": "bad policy name!", "PolicyDocument": '{"Statement": []}'}
+def test_a_policy_named_as_aws_refuses_fails_provisioning(lightbulbs, device_ca, tmp_path):
+    policy = {"PolicyName": "bad policy name!"}
     template = {"Resources": {"policy": {"Type": "AWS::IoT::Policy", "Properties": policy}}}
     registry = _registry_of(template, device_ca, tmp_path)
     cert = _cert(lightbulbs)
     with pytest.raises(ClientError, match="PolicyName 'bad policy name!'"):
         registry.provision(cert, registry.issuer_of(cert))
     assert registry.policies == {}
+
+
+def _refused_at_provisioning(template: dict, lightbulbs, device_ca, tmp_path, match: str):
+    """Provisioning ``template`` fails with ``match`` and leaves nothing behind."""
+    registry = _registry_of(template, device_ca, tmp_path)
+    before = dict(registry.things)
+    cert = _cert(lightbulbs)
+    with pytest.raises(ClientError, match=match):
+        registry.provision(cert, registry.issuer_of(cert))
+    assert registry.certificates == {} and registry.policies == {}
+    assert registry.things == before
+
+
+def test_a_certificate_status_in_any_case_provisions_as_aws_fleet_example_writes_active(
+    lightbulbs, device_ca, tmp_path
+):
+    certificate = {"Type": "AWS::IoT::Certificate", "Properties": {"Status": "Inactive"}}
+    registry = _registry_of({"Resources": {"certificate": certificate}}, device_ca, tmp_path)
+    cert = _cert(lightbulbs)
+    assert registry.provision(cert, registry.issuer_of(cert)).status is CertStatus.INACTIVE
+
+
+def test_a_computed_certificate_status_other_than_active_or_inactive_fails_provisioning(
+    lightbulbs, device_ca, tmp_path
+):
+    status = {"Fn::Join": ["", ["REV", "OKED"]]}
+    certificate = {"Type": "AWS::IoT::Certificate", "Properties": {"Status": status}}
+    template = {"Resources": {"certificate": certificate}}
+    _refused_at_provisioning(template, lightbulbs, device_ca, tmp_path, "'REVOKED' is not ACTIVE")
+
+
+def test_a_computed_policy_document_createpolicy_would_refuse_fails_provisioning(
+    lightbulbs, device_ca, tmp_path
+):
+    document = {"Fn::Join": ["", ['{"Version": ', '"2012-10-17"}']]}
+    policy = {"Type": "AWS::IoT::Policy", "Properties": {"PolicyDocument": document}}
+    template = {"Resources": {"policy": policy}}
+    _refused_at_provisioning(template, lightbulbs, device_ca, tmp_path, "has no Statement")
+
+
+def test_a_policy_given_both_a_name_and_a_document_once_evaluated_fails_provisioning(
+    lightbulbs, device_ca, tmp_path
+):
+    name = {"Fn::If": ["always", "mine", {"Ref": "AWS::NoValue"}]}
+    document = json.dumps({"Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]})
+    template = {
+        "Conditions": {"always": {"Fn::Equals": ["a", "a"]}},
+        "Resources": {
+            "policy": {
+                "Type": "AWS::IoT::Policy",
+                "Properties": {"PolicyName": name, "PolicyDocument": document},
+            }
+        },
+    }
+    _refused_at_provisioning(template, lightbulbs, device_ca, tmp_path, "not both")
+
+
+def test_merging_attributes_past_aws_limit_into_an_existing_thing_fails_provisioning(
+    lightbulbs, device_ca, tmp_path
+):
+    thing = {
+        "Type": "AWS::IoT::Thing",
+        "Properties": {"ThingName": "t1", "AttributePayload": {"a": "1"}},
+        "OverrideSettings": {"AttributePayload": "MERGE"},
+    }
+    registry = _registry_of({"Resources": {"thing": thing}}, device_ca, tmp_path)
+    registry.save_thing(Thing("t1", None, {"b": "2", "c": "3", "d": "4"}))
+    cert = _cert(lightbulbs)
+    with pytest.raises(ClientError, match="thing t1: 4 attributes"):
+        registry.provision(cert, registry.issuer_of(cert))
+    assert registry.things["t1"].attributes == {"b": "2", "c": "3", "d": "4"}
+    assert registry.certificates == {}
 
 
 def test_a_certificate_from_another_ca_has_no_issuer(lightbulbs, device_ca):

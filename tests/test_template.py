@@ -20,6 +20,7 @@ ROLE = "arn:aws:iam::123456789012:role/JITPRole"
 DATA = Path(__file__).parent / "data"
 SHIPPED = sorted((Path(__file__).parent.parent / "scenarios" / "templates").glob("*.yaml"))
 P = tpl.PARAMETER_PREFIX
+_ALLOW_ALL = json.dumps({"Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]})
 LIGHTBULB = {
     P + "CommonName": "lightbulb-000001",
     P + "SerialNumber": "0a1b2c",
@@ -229,7 +230,7 @@ def test_a_ref_to_a_policy_without_a_name_is_refused():
         {"ThingName": {"Ref": "policy"}},
         Resources={
             "thing": {"Type": "AWS::IoT::Thing", "Properties": {"ThingName": {"Ref": "policy"}}},
-            "policy": {"Type": "AWS::IoT::Policy", "Properties": {"PolicyDocument": "{}"}},
+            "policy": {"Type": "AWS::IoT::Policy", "Properties": {"PolicyDocument": _ALLOW_ALL}},
         },
     )
     assert problem == f"{THING}.ThingName: Ref policy: that resource has no PolicyName to refer to"
@@ -453,6 +454,109 @@ def test_a_template_body_over_aws_limit_is_refused_when_loaded(tmp_path):
     over = r"config.json: templateBody: \d\d,\d{3} characters, over AWS.s 10,240"
     with pytest.raises(ConfigError, match=over):
         load_registration_config(path)
+
+
+def _thing(**extra):
+    return {"Type": "AWS::IoT::Thing", "Properties": {"ThingName": "t1"}, **extra}
+
+
+def _policy(properties, **extra):
+    return {"Type": "AWS::IoT::Policy", "Properties": properties, **extra}
+
+
+@pytest.mark.parametrize(
+    ("resources", "where", "message"),
+    [
+        pytest.param(
+            {"c": {"Type": "AWS::IoT::Certificate", "Properties": {"Status": "REVOKED"}}},
+            "Resources.c.Properties.Status",
+            "ACTIVE or INACTIVE",
+            id="status-revoked",
+        ),
+        pytest.param(
+            {"c": {"Type": "AWS::IoT::Certificate", "Properties": {"Status": "Enabled"}}},
+            "Resources.c.Properties.Status",
+            "ACTIVE or INACTIVE",
+            id="status-typo",
+        ),
+        pytest.param(
+            {"t": _thing(OverrideSettings={"ThingTypeName": "MERGE"})},
+            "Resources.t.OverrideSettings.ThingTypeName",
+            "MERGE is valid only for",
+            id="merge-thing-type",
+        ),
+        pytest.param(
+            {"t": _thing(OverrideSettings={"ThingName": "REPLACE"})},
+            "Resources.t.OverrideSettings.ThingName",
+            "can override only",
+            id="override-unknown-property",
+        ),
+        pytest.param(
+            {"p": _policy({"PolicyDocument": _ALLOW_ALL}, OverrideSettings={"x": "REPLACE"})},
+            "Resources.p.OverrideSettings",
+            "no OverrideSettings on a policy",
+            id="override-policy",
+        ),
+        pytest.param(
+            {"p": _policy({"PolicyName": "mine", "PolicyDocument": _ALLOW_ALL})},
+            "Resources.p.Properties",
+            "not both",
+            id="policy-name-and-document",
+        ),
+        pytest.param(
+            {"p": _policy({})},
+            "Resources.p.Properties",
+            "needs PolicyName",
+            id="policy-neither",
+        ),
+        pytest.param(
+            {"p": _policy({"PolicyDocument": '{"Statement": ['})},
+            "Resources.p.Properties.PolicyDocument",
+            "not JSON",
+            id="policy-not-json",
+        ),
+        pytest.param(
+            {"p": _policy({"PolicyDocument": json.dumps({"Statement": [{"Sid": "x" * 2100}]})})},
+            "Resources.p.Properties.PolicyDocument",
+            "over AWS's 2,048",
+            id="policy-over-2048",
+        ),
+        pytest.param(
+            {
+                "t": {
+                    "Type": "AWS::IoT::Thing",
+                    "Properties": {"AttributePayload": dict.fromkeys("abcd", "v")},
+                }
+            },
+            "Resources.t.Properties.AttributePayload",
+            "without a thing type 3",
+            id="four-attributes-untyped",
+        ),
+        pytest.param(
+            {
+                "t": {
+                    "Type": "AWS::IoT::Thing",
+                    "Properties": {"ThingGroups": [f"g{i}" for i in range(11)]},
+                }
+            },
+            "Resources.t.Properties.ThingGroups",
+            "at most 10",
+            id="eleven-groups",
+        ),
+        pytest.param(
+            {f"p{i}": _policy({"PolicyName": f"p{i}"}) for i in range(11)},
+            "Resources",
+            "11 policies",
+            id="eleven-policies",
+        ),
+    ],
+)
+def test_what_aws_does_not_allow_in_a_resource_is_refused_at_its_location(
+    resources, where, message
+):
+    problems = template_problems({"Resources": resources})
+    assert [p.where for p in problems] == [where]
+    assert message in problems[0].message
 
 
 def test_fn_select_with_a_computed_negative_index_fails_provisioning():

@@ -407,3 +407,24 @@ def test_a_run_whose_emulator_template_is_not_utf_8_is_refused_in_one_line(tmp_p
     result = run_loadgen("run", scenario)
     assert_user_error(result, "t.json:1: not UTF-8 text (byte 0xff)")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.yaml", "t.json"]
+
+
+def test_a_malformed_inline_policy_document_is_an_error_at_its_location(tmp_path):
+    template = yaml.safe_load(LIGHTBULB.read_text())
+    policy_id = next(k for k, v in template["Resources"].items() if v["Type"] == "AWS::IoT::Policy")
+    template["Resources"][policy_id]["Properties"]["PolicyDocument"] = '{"Statement": ['
+    result = run_loadgen("template", "check", _config(tmp_path, template))
+    assert result.code == 1
+    where = f"Resources.{policy_id}.Properties.PolicyDocument"
+    assert f"error: {where}: policy document is not JSON" in result.out
+
+
+def test_a_certificate_status_aws_does_not_take_is_an_error_at_its_location(tmp_path):
+    template = yaml.safe_load(LIGHTBULB.read_text())
+    cert_id = next(
+        k for k, v in template["Resources"].items() if v["Type"] == "AWS::IoT::Certificate"
+    )
+    template["Resources"][cert_id]["Properties"]["Status"] = "Enabled"
+    result = run_loadgen("template", "check", _config(tmp_path, template))
+    assert result.code == 1
+    assert f"error: Resources.{cert_id}.Properties.Status: 'Enabled'" in result.out

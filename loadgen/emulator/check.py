@@ -138,11 +138,8 @@ def _policies(
     for logical_id, document in inline.items():
         if not isinstance(document, str):
             continue  # a named policy (PolicyName) lives in the account, not here
-        try:
-            statements[logical_id] = policy.parse(document)
-        except policy.PolicyError as exc:
-            findings.append(Finding(True, f"Resources.{logical_id}", f"{exc}"))
-            continue
+        # It parses: the structural check refused the template otherwise.
+        statements[logical_id] = policy.parse(document)
         for i, statement in enumerate(statements[logical_id]):
             if statement.condition is not None:
                 at = f"Resources.{logical_id}.PolicyDocument.Statement[{i}].Condition"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -16,10 +17,16 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from loadgen.emulator import template as tpl
 from loadgen.emulator.errors import ClientError, StateUnwritten, TemplateError
-from loadgen.emulator.names import refused
+from loadgen.emulator.names import (
+    document_refused,
+    refused,
+    too_many_attributes,
+    too_many_groups,
+    too_many_policies,
+)
 from loadgen.emulator.parameters import certificate_id, jitp_parameters
 from loadgen.emulator.state import RegistryStore, StateWriteError
-from loadgen.emulator.structure import config_problems
+from loadgen.emulator.structure import certificate_status, config_problems
 
 
 class CertStatus(StrEnum):
@@ -383,6 +390,7 @@ class Registry:
             modified=now,
         )
         things = self._things_after(plan)
+        _check_limits(things.values(), plan)
         policies = {name: self.policies.get(name, doc) for name, doc in plan.policies.items()}
         types = {c.type_name for c in plan.things.values() if c.type_name is not None}
         groups = {g for c in plan.things.values() for g in c.groups}
@@ -427,10 +435,12 @@ class Registry:
                 given = props.get("CertificateId")
                 if given is not None and given != cert_id:
                     raise ClientError(f"{where}: CertificateId is not the certificate's id")
-                try:
-                    plan.status = CertStatus(props.get("Status", "ACTIVE"))
-                except ValueError:
-                    raise ClientError(f"{where}: Status {props.get('Status')!r}") from None
+                status = certificate_status(props.get("Status", "ACTIVE"))
+                if status is None:
+                    raise ClientError(
+                        f"{where}: Status {props.get('Status')!r} is not ACTIVE or INACTIVE"
+                    )
+                plan.status = CertStatus(status)
             elif resource.type == "AWS::IoT::Policy":
                 name, document = self._plan_policy(props, where)
                 plan.policies.setdefault(name, document)
@@ -443,23 +453,25 @@ class Registry:
     def _plan_policy(self, props: dict[str, Any], where: str) -> tuple[str, str]:
         """The policy to attach: its name and its document (used only if no
         policy of that name exists when provisioning is made)."""
-        if "PolicyName" in props and "PolicyDocument" not in props:
+        # [PT]: "PolicyName or PolicyDocument, but not both, must be specified."
+        if ("PolicyName" in props) == ("PolicyDocument" in props):
+            raise ClientError(f"{where}: needs PolicyName or PolicyDocument, not both or neither")
+        if "PolicyName" in props:
             name = str(props["PolicyName"])
+            if (why := refused([("PolicyName", name)])) is not None:
+                raise ClientError(f"{where}: {why}")
             if name not in self.policies:
                 raise ClientError(f"{where}: policy {name} does not exist")
             return name, self.policies[name]
-        given = props.get("PolicyDocument")
-        if not isinstance(given, str):
+        document = props["PolicyDocument"]
+        if not isinstance(document, str):
             raise ClientError(f"{where}: PolicyDocument must be a JSON string")
-        document = given
-        # Inline policies get a name from their content, so devices that
-        # share a document share the policy.
-        name = str(
-            props.get("PolicyName") or "jitp-" + hashlib.sha256(document.encode()).hexdigest()[:16]
-        )
-        if (why := refused([("PolicyName", name)])) is not None:
+        # What CreatePolicy would refuse, JITP's own policy is refused too.
+        if (why := document_refused(document)) is not None:
             raise ClientError(f"{where}: {why}")
-        return name, document
+        # [PT]: PolicyName "Defaults to a hash of the policy document", so
+        # devices that share a document share the policy.
+        return "jitp-" + hashlib.sha256(document.encode()).hexdigest()[:16], document
 
     def _plan_thing(
         self, props: dict[str, Any], overrides: dict[str, str], where: str
@@ -522,10 +534,23 @@ def _override(
         thing.attributes.update(attributes)
     elif mode == "REPLACE":
         thing.attributes = dict(attributes)
-    if overrides.get("ThingTypeName") in ("REPLACE", "MERGE") and type_name is not None:
+    if overrides.get("ThingTypeName") == "REPLACE" and type_name is not None:
         thing.type_name = type_name
     mode = overrides.get("ThingGroups", "DO_NOTHING")
     if mode == "MERGE":
         thing.groups |= groups
     elif mode == "REPLACE":
         thing.groups = set(groups)
+
+
+def _check_limits(things: Iterable[Thing], plan: _Plan) -> None:
+    """AWS's quotas on what provisioning leaves: a thing's attributes (by whether
+    it has a type) and groups, a certificate's policies."""
+    for thing in things:
+        why = too_many_attributes(len(thing.attributes), thing.type_name is not None)
+        if why is None:
+            why = too_many_groups(len(thing.groups))
+        if why is not None:
+            raise ClientError(f"thing {thing.name}: {why}")
+    if (why := too_many_policies(len(plan.policies))) is not None:
+        raise ClientError(f"the certificate: {why}")

@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from loadgen.emulator import names
 from loadgen.nesting import MAX_DEPTH, parse_json, too_deep
 
 PARAMETER_PREFIX = "AWS::IoT::Certificate::"
@@ -33,6 +34,21 @@ PARAMETERS = tuple(
 )
 RESOURCE_TYPES = ("AWS::IoT::Thing", "AWS::IoT::Certificate", "AWS::IoT::Policy")
 OVERRIDES = ("MERGE", "REPLACE", "DO_NOTHING", "FAIL")
+# [PT], Override settings: "When you declare a thing resource, you can specify
+# OverrideSettings for" its attributes, type and groups, "When you declare a
+# certificate resource ... for the Status property", and "OverrideSettings are
+# not available for policy resources". MERGE is "Valid only for the ThingGroups
+# and AttributePayload properties of a thing".
+OVERRIDABLE = {
+    "AWS::IoT::Thing": ("AttributePayload", "ThingTypeName", "ThingGroups"),
+    "AWS::IoT::Certificate": ("Status",),
+    "AWS::IoT::Policy": (),
+}
+MERGEABLE = ("AttributePayload", "ThingGroups")
+# [PT]: a certificate's "Status: Optional. String that can be ACTIVE or
+# INACTIVE. Defaults to ACTIVE." Its own fleet provisioning example writes
+# "Active", so the case is not what AWS goes by.
+CERTIFICATE_STATUSES = ("ACTIVE", "INACTIVE")
 NO_VALUE = "AWS::NoValue"
 # The property a Ref to a resource's logical id gives (a certificate's, when
 # its template gives no CertificateId, is the certificate's own id).
@@ -119,6 +135,14 @@ def config_problems(config: Any) -> tuple[Any, list[Problem]]:
             )
         )
     return template, problems
+
+
+def certificate_status(value: Any) -> str | None:
+    """The status a template's certificate Status gives (ACTIVE, INACTIVE), None
+    when AWS would refuse it."""
+    if isinstance(value, str) and value.upper() in CERTIFICATE_STATUSES:
+        return value.upper()
+    return None
 
 
 def body_problems(body: str) -> list[Problem]:
@@ -304,12 +328,7 @@ class _Checker:
                 continue
             overrides = resource.get("OverrideSettings")
             if isinstance(overrides, dict):
-                for key, value in overrides.items():
-                    if value not in OVERRIDES:
-                        self.add(
-                            f"{where}.OverrideSettings.{key}",
-                            f"{value!r} is not one of {', '.join(OVERRIDES)}",
-                        )
+                self.overrides(resource["Type"], overrides, f"{where}.OverrideSettings")
             elif overrides is not None:
                 self.add(f"{where}.OverrideSettings", "must be an object")
             condition = resource.get("Condition")
@@ -317,7 +336,7 @@ class _Checker:
                 self.condition_name(condition, f"{where}.Condition")
             properties = resource.get("Properties")
             if properties is None:
-                continue
+                properties = {}  # as the evaluator takes it
             if not isinstance(properties, dict):
                 self.add(f"{where}.Properties", f"must be an object, not {_kind(properties)}")
                 continue
@@ -329,6 +348,71 @@ class _Checker:
                     f"{where}.Properties.PolicyDocument",
                     "must be the policy as a JSON string, not a JSON object",
                 )
+            _PROPERTY_CHECKS[resource["Type"]](self, properties, f"{where}.Properties")
+        self.policy_count()
+
+    def overrides(self, kind: str, overrides: dict[str, Any], where: str) -> None:
+        allowed = OVERRIDABLE[kind]
+        if not allowed:
+            self.add(where, "AWS allows no OverrideSettings on a policy resource: remove it")
+            return
+        for key, value in overrides.items():
+            at = f"{where}.{key}"
+            if key not in allowed:
+                self.add(at, f"{kind} can override only {', '.join(allowed)}, not {key!r}")
+            elif value not in OVERRIDES:
+                self.add(at, f"{value!r} is not one of {', '.join(OVERRIDES)}")
+            elif value == "MERGE" and key not in MERGEABLE:
+                self.add(at, "MERGE is valid only for a thing's ThingGroups and AttributePayload")
+
+    def thing_properties(self, properties: dict[str, Any], where: str) -> None:
+        attributes = properties.get("AttributePayload")
+        if isinstance(attributes, dict) and _is_function(attributes) is None:
+            count = sum(not _may_vanish(v) for v in attributes.values())
+            typed = "ThingTypeName" in properties
+            if (why := names.too_many_attributes(count, typed)) is not None:
+                self.add(f"{where}.AttributePayload", why)
+        groups = properties.get("ThingGroups")
+        if isinstance(groups, list):
+            count = sum(not _may_vanish(g) for g in groups)
+            if (why := names.too_many_groups(count)) is not None:
+                self.add(f"{where}.ThingGroups", why)
+
+    def certificate_properties(self, properties: dict[str, Any], where: str) -> None:
+        status = properties.get("Status")
+        if status is None or _is_function(status) is not None:
+            return  # the default, ACTIVE, or known only at provisioning
+        if certificate_status(status) is None:
+            self.add(
+                f"{where}.Status",
+                f"{status!r} is not a status a template sets: ACTIVE or INACTIVE",
+            )
+
+    def policy_properties(self, properties: dict[str, Any], where: str) -> None:
+        named, document = properties.get("PolicyName"), properties.get("PolicyDocument")
+        if named is None and document is None:
+            self.add(where, "needs PolicyName (an existing policy) or PolicyDocument")
+        elif not (named is None or document is None or _may_vanish(named) or _may_vanish(document)):
+            self.add(
+                where,
+                "PolicyName or PolicyDocument, not both: name an existing policy, or "
+                "give a document (its policy is named for a hash of it)",
+            )
+        if isinstance(document, str) and (why := names.document_refused(document)) is not None:
+            self.add(f"{where}.PolicyDocument", why)
+
+    def policy_count(self) -> None:
+        """Every policy a certificate could get, when more than AWS attaches."""
+        policies = {
+            repr(spec["Properties"].get("PolicyName") or spec["Properties"].get("PolicyDocument"))
+            for spec in self.resources.values()
+            if isinstance(spec, dict)
+            and spec.get("Type") == "AWS::IoT::Policy"
+            and spec.get("Condition") is None
+            and isinstance(spec.get("Properties"), dict)
+        }
+        if (why := names.too_many_policies(len(policies))) is not None:
+            self.add("Resources", f"{why}: the template's policies without a Condition")
 
     # -- values -------------------------------------------------------------------
 
@@ -607,6 +691,12 @@ class _Checker:
             self.condition(item, f"{at}[{i}]")
 
 
+_PROPERTY_CHECKS = {
+    "AWS::IoT::Thing": _Checker.thing_properties,
+    "AWS::IoT::Certificate": _Checker.certificate_properties,
+    "AWS::IoT::Policy": _Checker.policy_properties,
+}
+
 _VALUE_CHECKS = {
     "Fn::Join": _Checker.fn_join,
     "Fn::Select": _Checker.fn_select,
@@ -615,6 +705,11 @@ _VALUE_CHECKS = {
     "Fn::FindInMap": _Checker.fn_findinmap,
     "Fn::If": _Checker.fn_if,
 }
+
+
+def _may_vanish(node: Any) -> bool:
+    """Whether a value may be Ref AWS::NoValue, which leaves its key or item out."""
+    return _is_function(node) == "Fn::If" or node == {"Ref": NO_VALUE}
 
 
 def _static_length(values: Any) -> int | None:
