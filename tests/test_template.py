@@ -559,6 +559,19 @@ def test_what_aws_does_not_allow_in_a_resource_is_refused_at_its_location(
     assert message in problems[0].message
 
 
+def test_a_things_override_keys_are_taken_as_the_provisioning_templates_page_writes_them():
+    # Its prose says ATTRIBUTE_PAYLOAD and so on, its examples AttributePayload.
+    overrides = {"ATTRIBUTE_PAYLOAD": "MERGE", "THING_GROUPS": "MERGE", "THING_TYPE_NAME": "FAIL"}
+    template = {"Resources": {"t": _thing(OverrideSettings=overrides)}}
+    assert template_problems(template) == []
+    (thing,) = tpl.evaluate(tpl.parse(template), LIGHTBULB)
+    assert thing.overrides == {
+        "AttributePayload": "MERGE",
+        "ThingGroups": "MERGE",
+        "ThingTypeName": "FAIL",
+    }
+
+
 def test_fn_select_with_a_computed_negative_index_fails_provisioning():
     select = {"Fn::Select": [{"Fn::FindInMap": ["m", "k", "i"]}, ["a", "b"]]}
     template = {

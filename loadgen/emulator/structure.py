@@ -45,6 +45,21 @@ OVERRIDABLE = {
     "AWS::IoT::Policy": (),
 }
 MERGEABLE = ("AttributePayload", "ThingGroups")
+# [PT]'s prose names a thing's overridable properties ATTRIBUTE_PAYLOAD,
+# THING_TYPE_NAME and THING_GROUPS, its examples AttributePayload and so on:
+# both are taken, as the same property.
+_OVERRIDE_ALIASES = {
+    "ATTRIBUTE_PAYLOAD": "AttributePayload",
+    "THING_TYPE_NAME": "ThingTypeName",
+    "THING_GROUPS": "ThingGroups",
+}
+
+
+def override_key(key: str) -> str:
+    """The property an OverrideSettings key stands for."""
+    return _OVERRIDE_ALIASES.get(key, key)
+
+
 # [PT]: a certificate's "Status: Optional. String that can be ACTIVE or
 # INACTIVE. Defaults to ACTIVE." Its own fleet provisioning example writes
 # "Active", so the case is not what AWS goes by.
@@ -356,8 +371,8 @@ class _Checker:
         if not allowed:
             self.add(where, "AWS allows no OverrideSettings on a policy resource: remove it")
             return
-        for key, value in overrides.items():
-            at = f"{where}.{key}"
+        for written, value in overrides.items():
+            at, key = f"{where}.{written}", override_key(written)
             if key not in allowed:
                 self.add(at, f"{kind} can override only {', '.join(allowed)}, not {key!r}")
             elif value not in OVERRIDES:

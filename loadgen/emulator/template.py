@@ -20,6 +20,7 @@ from loadgen.emulator.structure import (
     PARAMETERS,
     RESOURCE_TYPES,
     SUB_VARIABLE,
+    override_key,
     template_problems,
 )
 from loadgen.nesting import parse_json
@@ -267,7 +268,6 @@ def evaluate(template: dict[str, Any], parameters: dict[str, str]) -> list[Resou
         properties = ev.value(spec.get("Properties") or {})
         if not isinstance(properties, dict):
             raise TemplateError(f"resource {logical_id}: Properties must be an object")
-        resources.append(
-            Resource(logical_id, spec["Type"], properties, dict(spec.get("OverrideSettings") or {}))
-        )
+        overrides = {override_key(k): v for k, v in (spec.get("OverrideSettings") or {}).items()}
+        resources.append(Resource(logical_id, spec["Type"], properties, overrides))
     return resources
