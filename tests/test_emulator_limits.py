@@ -556,8 +556,10 @@ async def test_a_qos_2_publish_is_disconnected_as_qos_not_supported(emulator, sm
         (mqtt.Auth(0x18), 0x82),  # re-authenticate, without an Authentication Method
         (mqtt.Publish("", b"x", properties=Properties(topic_alias=1)), 0x94),
         (mqtt.Publish("dt/x", b"x", properties=Properties(topic_alias=0)), 0x94),
+        # A client's PUBLISH carries no Subscription Identifier [MQTT-3.3.4-6].
+        (mqtt.Publish("dt/x", b"x", properties=Properties(subscription_identifier=(1,))), 0x82),
     ],
-    ids=["pubrel", "pubrec", "auth", "alias", "alias-0"],
+    ids=["pubrel", "pubrec", "auth", "alias", "alias-0", "subscription-identifier"],
 )
 async def test_a_packet_the_session_never_allowed_is_disconnected_with_its_reason(
     emulator, small_fleet, devices, packet, code

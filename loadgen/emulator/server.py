@@ -713,9 +713,14 @@ class _Session(asyncio.BufferedProtocol):
             if packet.qos > 1:  # past the Maximum QoS its CONNACK gave
                 self._close("protocol error", 0x9B)  # MQTT 5: QoS not supported
                 return
-            if packet.properties.topic_alias is not None:
+            properties = packet.properties
+            if properties.topic_alias is not None:
                 # Its CONNACK gave no Topic Alias Maximum: none may be used.
                 self._close("protocol error", 0x94)  # Topic Alias invalid
+                return
+            if properties.subscription_identifier:
+                # Only a server's PUBLISH carries them [MQTT-3.3.4-6].
+                self._close("protocol error", 0x82)
                 return
             if not self._allowed("iot:Publish", policy.arn("topic", packet.topic)):
                 # As AWS does: a publish the policy denies ends the connection.
