@@ -370,6 +370,15 @@ def test_an_embedded_run_takes_the_scenarios_limits_and_reports_who_they_closed(
     assert f"the emulator closed {healthy} sessions: keepalive timeout" in result.out
 
 
+def test_a_scenarios_heartbeat_timeout_reaches_the_embedded_emulators_command():
+    from loadgen.emulator.serve import limit_options
+    from loadgen.scenario.schema import EmulatorLimits
+
+    limits = EmulatorLimits.model_validate({"heartbeat_timeout": "3s"}).to_limits()
+    options = limit_options(limits)
+    assert options[options.index("--heartbeat-timeout") + 1] == "3.0"
+
+
 def test_a_limit_out_of_range_in_the_scenario_is_a_user_error(tmp_path, device_ca, small_fleet):
     path = _embedded_scenario(
         tmp_path, small_fleet, device_ca, emulator={"limits": {"connect_timeout": "0s"}}

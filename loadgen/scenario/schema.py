@@ -366,6 +366,12 @@ class EmulatorLimits(_Strict):
         le=65535,
         description="Seconds; a shorter keepalive is raised to it, as AWS IoT does",
     )
+    heartbeat_timeout: Duration = Field(
+        default=limits.HEARTBEAT_TIMEOUT,
+        gt=0,
+        description="With processes: how long a serving process may leave the account's "
+        "heartbeat unanswered before it is taken for hung and the emulator stops",
+    )
 
     def to_limits(self) -> limits.Limits:
         return limits.Limits(
@@ -374,6 +380,7 @@ class EmulatorLimits(_Strict):
             self.write_buffer,
             self.slow_consumer_timeout,
             self.min_keepalive,
+            heartbeat_timeout=self.heartbeat_timeout,
         )
 
 
