@@ -234,6 +234,31 @@ def test_the_jitp_sections_of_shards_against_their_own_emulators_add_up():
     assert jitp["emulator_stopped"] is None
 
 
+def test_a_report_names_the_serving_processes_that_gave_no_counts_and_a_merge_lists_all():
+    # Their sessions' closes are missing from emulator_closes: said, not hidden.
+    results = _results(100, 3)
+    silent = {"index": 1, "pid": 4242, "why": "no answer in 5 s"}
+    first = _report(results, lambda i: i < 50)
+    first["jitp"] = jitp_section(first, {"processes": [1, 2], "missing": [silent]})
+    second = _with_jitp(_report(results, lambda i: i >= 50), 10)
+    assert first["jitp"]["emulator_missing"] == [silent]
+    assert second["jitp"]["emulator_missing"] == []
+    assert merge([first, second])["jitp"]["emulator_missing"] == [silent]
+
+
+def test_report_show_names_a_serving_process_that_gave_no_counts(tmp_path):
+    results = _results(100, 3)
+    report = _report(results, lambda i: True)
+    silent = {"index": 1, "pid": 4242, "why": "no answer in 5 s"}
+    report["jitp"] = jitp_section(report, {"processes": [1, 2], "missing": [silent]})
+    (tmp_path / "r.json").write_text(json.dumps(report))
+    shown = run_loadgen("report", "show", tmp_path / "r.json")
+    assert shown.code == 0, shown.err
+    assert "serving process 1 (pid 4242) gave no counts (no answer in 5 s)" in " ".join(
+        shown.out.split()
+    )
+
+
 def test_a_merge_says_which_report_s_emulator_stopped_during_its_run():
     results = _results(100, 3)
     first = _with_jitp(_report(results, lambda i: i < 50), 10)

@@ -267,6 +267,7 @@ def jitp_section(
         "provisioning_failures": None,
         "emulator_closes": None,
         "emulator_processes": None,
+        "emulator_missing": None,
         "emulator_stopped": emulator_stopped,
     }
     if emulator_stats is not None:
@@ -278,4 +279,7 @@ def jitp_section(
         # Devices the emulator cut off for breaking a limit (docs/emulator.md, Limits).
         section["emulator_closes"] = emulator_stats.get("closes", {})
         section["emulator_processes"] = len(emulator_stats.get("processes", [])) or None
+        # Serving processes that gave no counts when asked (silent: their
+        # sessions' counts are not in these); empty when every one answered.
+        section["emulator_missing"] = list(emulator_stats.get("missing", []))
     return section

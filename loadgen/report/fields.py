@@ -191,6 +191,10 @@ _JITP = (
     ("jitp?.provisioning?.*", NUM),
     ("jitp?.provisioning_failures?.*", NUM),
     ("jitp?.emulator_closes?.*", NUM),
+    ("jitp?.emulator_missing?", LIST),
+    ("jitp?.emulator_missing?.[].index", NUM),
+    ("jitp?.emulator_missing?.[].pid", NUM),
+    ("jitp?.emulator_missing?.[].why", STR),
     ("jitp?.emulator_stopped?", STR),
 )
 

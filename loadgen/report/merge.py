@@ -442,6 +442,11 @@ def _merge_jitp(reports: list[dict[str, Any]], merged: dict[str, Any]) -> dict[s
             section[key] = dict(total) if key == "provisioning" else dict(total.most_common())
     processes = [part.get("emulator_processes") or 0 for part in parts]
     section["emulator_processes"] = sum(processes) or None
+    missing = [
+        part["emulator_missing"] for part in parts if part.get("emulator_missing") is not None
+    ]
+    if missing:
+        section["emulator_missing"] = [process for part in missing for process in part]
     return section
 
 

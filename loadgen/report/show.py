@@ -279,6 +279,12 @@ def print_report(console: Console, report: dict[str, Any]) -> None:
         # Reports from before the emulator had limits have no emulator_closes.
         for reason, n in sorted((jitp.get("emulator_closes") or {}).items()):
             say(console, f"the emulator closed {counted(n, 'session')}:", reason)
+    for process in (jitp or {}).get("emulator_missing") or []:
+        say(
+            console,
+            f"the emulator's serving process {process['index']} (pid {process['pid']})",
+            f"gave no counts ({process['why']}): its sessions' are not in these",
+        )
     if jitp and jitp.get("emulator_stopped"):
         say(console, emulator_stopped_line(jitp["emulator_stopped"]))
     for outcome, reasons in report["reasons"].items():
