@@ -332,6 +332,20 @@ def test_emulator_cpu_over_a_step_is_its_serving_processes_mean_and_its_account(
     assert cpu == EmulatorCpu(serving=0.925, account=0.1, processes=2)
 
 
+def test_a_serving_process_that_gave_no_counts_is_left_out_of_the_emulators_cpu():
+    # Its last CPU time, shown again, would count it idle and lower the mean.
+    before = {"processes": [{"pid": 1, "cpu_s": 1.0}, {"pid": 2, "cpu_s": 1.0}]}
+    before["account_cpu_s"] = 0.5
+    after = {
+        "processes": [{"pid": 1, "cpu_s": 10.0}, {"pid": 2, "cpu_s": 1.0}],
+        "missing": [{"index": 1, "pid": 2, "why": "no answer in 5 s"}],
+        "account_cpu_s": 1.5,
+    }
+    assert EmulatorCpu.between(before, after, 10.0) == EmulatorCpu(
+        serving=0.9, account=0.1, processes=1
+    )
+
+
 def test_a_broken_step_whose_emulator_processes_were_saturated_names_the_emulator():
     step = _step(results=["p99(provision) < 10ms"])
     step.emulator_cpu = EmulatorCpu(serving=0.97, account=0.2, processes=2)

@@ -87,8 +87,11 @@ class EmulatorCpu:
         do not say: an emulator of a version without them, or no step time)."""
         if before is None or after is None or wall_s <= 0:
             return None
+        # A process that gave no counts (listed missing) shows its last CPU
+        # time: it would count as idle, and lower the mean of those that worked.
+        silent = {p["pid"] for stats in (before, after) for p in stats.get("missing", [])}
         start = {p["pid"]: p["cpu_s"] for p in before.get("processes", [])}
-        end = {p["pid"]: p["cpu_s"] for p in after.get("processes", [])}
+        end = {p["pid"]: p["cpu_s"] for p in after.get("processes", []) if p["pid"] not in silent}
         if not end or "account_cpu_s" not in after:
             return None
         busy = [(cpu - start.get(pid, 0.0)) / wall_s for pid, cpu in end.items()]
