@@ -124,6 +124,14 @@ def test_a_setup_record_of_the_wrong_shape_is_one_line_naming_the_field(tmp_path
         assert_user_error(result, f"{record}: malformed record: field {wrong}")
 
 
+def test_a_setup_record_no_reader_can_hold_is_one_line(tmp_path):
+    ca = init_ca(tmp_path / "ca")
+    record = ca.directory / "aws-setup.json"
+    record.write_text("[" * 100_000 + "]" * 100_000)
+    result = loadgen_aws("status", "--ca", ca.directory, "--endpoint-url", "http://127.0.0.1:9")
+    assert_user_error(result, f"{record}: not a record of `loadgen aws setup`", "nested too deep")
+
+
 def _status(tmp_path, *args, env=None):
     """`aws status` of a fresh CA; nothing answers at 127.0.0.1:9 (none is asked)."""
     ca = init_ca(tmp_path / "ca")

@@ -206,6 +206,23 @@ def test_a_check_record_made_under_other_terms_means_the_whole_manifest_is_check
     assert_user_error(result, f"{manifest}:2: ", "unknown field 'Klient_id'")
 
 
+@pytest.mark.parametrize("kind", ["nested", "endless"])
+def test_a_fleet_json_no_reader_can_hold_is_one_line_before_any_load(tmp_path, listener, kind):
+    # It was read whole and parsed recursively: /dev/zero filled the memory, a
+    # nest of lists was a RecursionError's traceback.
+    path = _scenario(tmp_path, listener)
+    _mint(tmp_path, "--count", "5")
+    meta = tmp_path / "fleet" / "fleet.json"
+    meta.unlink()
+    if kind == "nested":
+        meta.write_text("[" * 100_000 + "]" * 100_000)
+    else:
+        meta.symlink_to("/dev/zero")
+    result = run_loadgen("run", path, "--report", tmp_path / "r.json")
+    assert_user_error(result, str(meta))
+    assert _nobody_connected(listener)
+
+
 # certs mint and ca init: refused before anything is written
 
 

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from loadgen.errors import ConfigError
-from loadgen.files import write_atomic
+from loadgen.files import CONFIG_LIMIT, read_limited, write_atomic
+from loadgen.nesting import parse_json
 
 RECORD_FILE = "aws-setup.json"
 FORMAT = 1
@@ -60,7 +61,7 @@ def load_record(ca_dir: Path) -> SetupRecord | None:
     registered by hand)."""
     path = record_path(ca_dir)
     try:
-        raw = json.loads(path.read_text())
+        raw = parse_json(read_limited(path, CONFIG_LIMIT, "setup record"))
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as exc:

@@ -42,6 +42,8 @@ from loadgen.aws.record import Created, record_path
 from loadgen.aws.template import account_policies
 from loadgen.certs.ca import CERT_FILE
 from loadgen.errors import CAError
+from loadgen.files import REPORT_LIMIT, read_limited
+from loadgen.nesting import parse_json
 
 _GONE = "ResourceNotFoundException"
 # Detaching is eventually consistent on AWS (seconds for a thing's principal,
@@ -508,12 +510,13 @@ class Teardown:
         things: set[str] = set()
         policies: set[str] = set()
         try:
-            lines = self.journal.read_text().splitlines()
+            # A line or two per certificate: bounded as a report is.
+            lines = read_limited(self.journal, REPORT_LIMIT, "teardown journal").splitlines()
         except FileNotFoundError:
             return things, policies
         for line in lines:
             try:
-                entry = json.loads(line)
+                entry = parse_json(line)
             except ValueError:
                 continue  # a line cut short by a kill: the rerun finds the rest again
             things.update(entry.get("things", ()))

@@ -32,6 +32,7 @@ from typing import Any
 from loadgen import files
 from loadgen.errors import FleetError, UserError
 from loadgen.files import write_atomic
+from loadgen.nesting import parse_json
 
 FORMAT = 1
 META_FILE = "fleet.json"
@@ -203,7 +204,9 @@ class FleetStore:
     def read_meta(self) -> FleetMeta:
         meta_path = self.path / META_FILE
         try:
-            raw = json.loads(meta_path.read_bytes())
+            # Bounded and depth-safe as every file a user may hand over: a
+            # fleet.json replaced by /dev/zero or a nest of lists is one line.
+            raw = parse_json(files.read_limited(meta_path, files.CONFIG_LIMIT, "fleet metadata"))
         except FileNotFoundError:
             raise FleetError(f"{self.path}: not a fleet (no {META_FILE})") from None
         except (OSError, ValueError) as exc:
