@@ -121,16 +121,16 @@ def listening_sockets(host: str, port: int, copies: int) -> list[list[socket.soc
                 chosen = sock.getsockname()[1]
                 sock.listen(4096)
     except OSError as exc:
-        for sockets in sets:
-            for sock in sockets:
-                sock.close()
-        raise UserError(f"--port {port}: cannot listen on {host} ({exc.strerror})") from None
-    if (other := _others_listening([sock for sockets in sets for sock in sockets])) is not None:
-        for sockets in sets:
-            for sock in sockets:
-                sock.close()
-        raise UserError(f"--port {chosen}: another process listens on {other} too")
-    return sets
+        problem = UserError(f"--port {port}: cannot listen on {host} ({exc.strerror})")
+    else:
+        every = [sock for sockets in sets for sock in sockets]
+        if (other := _others_listening(every)) is None:
+            return sets
+        problem = UserError(f"--port {chosen}: another process listens on {other} too")
+    for sockets in sets:
+        for sock in sockets:
+            sock.close()
+    raise problem
 
 
 def _others_listening(ours: list[socket.socket]) -> str | None:
@@ -171,8 +171,7 @@ def _proc_address(text: str) -> tuple[str, int]:
     raw = bytes.fromhex(address)
     if sys.byteorder == "little":
         raw = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
-    words = raw
-    return str(ipaddress.ip_address(words)), int(port, 16)
+    return str(ipaddress.ip_address(raw)), int(port, 16)
 
 
 class ServingProcesses:
