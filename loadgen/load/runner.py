@@ -463,6 +463,18 @@ class RunSnapshot:
     # schedule's start): every second before it is whole in ``stats``.
     at: float
 
+    def arrival_rate(self, elapsed: float, seconds: int) -> float | None:
+        """Devices started a second over the last ``seconds`` whole seconds of
+        the schedule that every worker has measured (``at``, and ``elapsed`` of
+        the run); None before the first such second. A second not yet whole in
+        every worker's count would read low."""
+        end = math.floor(min(self.at, elapsed))
+        if end < 1:
+            return None
+        begin = max(0, end - seconds)
+        series = self.stats.started_per_second
+        return sum(series.get(second, 0) for second in range(begin, end)) / (end - begin)
+
 
 def merge_progress(parts: list[Progress]) -> RunSnapshot:
     stats = RunStats()

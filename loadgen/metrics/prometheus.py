@@ -180,10 +180,10 @@ class RunCollector(Collector):
         # The last second whole in the snapshot, from the snapshot's own time:
         # workers measure twice a second, so the second before the scrape's own
         # may not all be in the snapshot yet, and would read low.
-        second = int(min(snap.at, elapsed)) - 1
-        current = snap.stats.started_per_second
-        achieved = 0 if live.finished or second < 0 else current.get(second, 0)
-        yield gauge("arrival_rate_achieved", "Device arrivals in the last whole second", achieved)
+        achieved = None if live.finished else snap.arrival_rate(elapsed, 1)
+        yield gauge(
+            "arrival_rate_achieved", "Device arrivals in the last whole second", achieved or 0
+        )
         if live.step is not None:
             step, rate = live.step
             yield gauge("capacity_step", "The capacity search's current step (from 1)", step)

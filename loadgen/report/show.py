@@ -7,7 +7,6 @@ console's width (80 columns when output goes to a file or a pipe).
 
 from __future__ import annotations
 
-import math
 import re
 import textwrap
 from collections.abc import Sequence
@@ -156,17 +155,11 @@ class LiveRun:
 
 
 def arrival_rate(total: RunSnapshot, elapsed: float) -> float | None:
-    """Devices started a second over the last ``_RATE_WINDOW`` whole seconds of
-    the schedule that every worker has measured (``total.at``); None before the
-    first such second. Counting started devices between progress messages read
-    the rate 12-17% off: the workers' counts in one snapshot are of different
-    ages (each reports twice a second), and which one had just come in decided."""
-    end = math.floor(min(total.at, elapsed))
-    if end < 1:
-        return None
-    begin = max(0, end - _RATE_WINDOW)
-    series = total.stats.started_per_second
-    return sum(series.get(second, 0) for second in range(begin, end)) / (end - begin)
+    """The live view's arrival rate, over its last ``_RATE_WINDOW`` whole
+    seconds. Counting started devices between progress messages read the rate
+    12-17% off: the workers' counts in one snapshot are of different ages (each
+    reports twice a second), and which one had just come in decided."""
+    return total.arrival_rate(elapsed, _RATE_WINDOW)
 
 
 def _latency(total: RunSnapshot) -> list[str]:
