@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import socket
+import struct
 import time
 
 import pytest
@@ -602,6 +604,54 @@ async def test_aiomqtt_fails_a_hold_whose_connection_the_server_closes():
     server.close()
     assert result.outcome is Outcome.CLOSED and result.phase == "hold", result.reason
     assert time.monotonic() - began < 2
+
+
+async def _cutting_after_the_publish(cut):
+    """A server that accepts the CONNECT, reads the PUBLISH and ``cut``s its
+    writer (resets it, or sends a DISCONNECT) instead of a PUBACK."""
+
+    async def serve(reader, writer):
+        await reader.read(1024)  # the CONNECT
+        writer.write(_ACCEPTED)
+        await writer.drain()
+        await reader.read(1024)  # the PUBLISH
+        cut(writer)
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    return server, Target("127.0.0.1", server.sockets[0].getsockname()[1])
+
+
+def _reset(writer):
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
+
+
+def _disconnect_quota_exceeded(writer):
+    writer.write(b"\xe0\x02\x97\x00")
+    writer.close()
+
+
+@pytest.mark.parametrize("run", [_run, _run_aiomqtt], ids=["native", "aiomqtt"])
+async def test_a_connection_reset_while_a_puback_is_awaited_ends_the_device_closed(run):
+    server, target = await _cutting_after_the_publish(_reset)
+    config = DeviceConfig(retry=FAST_RETRY, step_timeout=20.0)
+    steps = (PublishStep("dt/x", qos=1, count=1, payload_bytes=8),)
+    result = await run(target, config, steps=steps)
+    server.close()
+    # Not a timeout: the step's 20 s bound was never reached (_run's is 30 s).
+    assert result.outcome is Outcome.CLOSED and result.phase == "publish", result.reason
+
+
+@pytest.mark.parametrize("run", [_run, _run_aiomqtt], ids=["native", "aiomqtt"])
+async def test_a_disconnect_instead_of_a_puback_names_the_servers_reason(run):
+    server, target = await _cutting_after_the_publish(_disconnect_quota_exceeded)
+    config = DeviceConfig(retry=FAST_RETRY, step_timeout=20.0)
+    steps = (PublishStep("dt/x", qos=1, count=1, payload_bytes=8),)
+    result = await run(target, config, steps=steps)
+    server.close()
+    assert result.outcome is Outcome.CLOSED and result.phase == "publish"
+    assert result.reason.startswith("server sent DISCONNECT quota_exceeded"), result.reason
 
 
 async def test_aiomqtt_pings_every_hold_keepalive():

@@ -18,7 +18,8 @@ import socket
 import ssl
 import threading
 import time
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 import aiomqtt
 import paho.mqtt.client as paho
@@ -53,6 +54,8 @@ from loadgen.transport.errors import (
 # One paho does not know reaches us as 0x80, unspecified error.
 _V311_RETURN_CODES = {0x84: 1, 0x85: 2, 0x88: 3, 0x86: 4, 0x87: 5}
 
+
+_T = TypeVar("_T")
 
 # aiomqtt's own bound on a publish or subscribe: none, the step's timeout bounds
 # them (aiomqtt's default is the client's, which is the connect timeout here).
@@ -130,6 +133,21 @@ def _naming(context: ssl.SSLContext, server_name: str | None) -> ssl.SSLContext:
 
     context.wrap_socket = wrap_socket  # type: ignore[method-assign]
     return context
+
+
+def _lost(disconnected: asyncio.Future[None]) -> aiomqtt.MqttError:
+    """The error of a connection lost, from aiomqtt's ``_disconnected`` (whose
+    exception is then retrieved: asyncio complained of it at exit)."""
+    exc = disconnected.exception()
+    # paho names a connection that dropped 0x80, unspecified error; any other
+    # code is the reason of the server's DISCONNECT, said as the native driver does.
+    code = _code(exc.rc) if isinstance(exc, aiomqtt.MqttCodeError) and exc.rc is not None else 0x80
+    text = "closed by the server"
+    if code != 0x80:
+        text = f"server sent DISCONNECT {reason_name(code, mqtt.MQTT_5)}"
+    error = aiomqtt.MqttError(text)
+    error.__cause__ = exc
+    return error
 
 
 class _Client(aiomqtt.Client):
@@ -242,8 +260,7 @@ class _Client(aiomqtt.Client):
                     wait = min(left, keepalive if paho._ping_t else max(0.0, due))
                 await asyncio.wait((lost,), timeout=wait)
                 if lost.done():
-                    exc = lost.exception()
-                    raise aiomqtt.MqttError(str(exc) if exc else "closed by the server") from exc
+                    raise _lost(lost)
                 idle = time.monotonic() - paho._last_msg_out
                 if keepalive > 0 and not paho._ping_t and idle >= keepalive:
                     paho._send_pingreq()
@@ -256,6 +273,22 @@ class _Client(aiomqtt.Client):
                 raise TimeoutError
         finally:
             paho._keepalive = connect_keepalive
+
+    async def unless_lost(self, operation: Awaitable[_T]) -> _T:
+        """``operation`` (a publish or subscribe), or ``MqttError`` as soon as the
+        connection is lost: aiomqtt leaves one waiting for its ack when the
+        connection drops under it, and the step's timeout ended a reset as a
+        ``timeout``."""
+        task = asyncio.ensure_future(operation)
+        lost = self._disconnected
+        try:
+            await asyncio.wait((task, lost), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not task.done():
+                task.cancel()
+        if task.done():  # (one cancelled just now is not done yet)
+            return task.result()
+        raise _lost(lost)
 
     def _close(self) -> None:
         # Stops watching the socket (aiomqtt's callbacks), ends the misc task,
@@ -335,7 +368,9 @@ class AiomqttDevice(DeviceDriver):
                         sent = self.clock()
                         client.puback_code = 0
                         async with asyncio.timeout(timeout):
-                            await client.publish(step.topic, payload, qos=step.qos, timeout=_OURS)
+                            await client.unless_lost(
+                                client.publish(step.topic, payload, qos=step.qos, timeout=_OURS)
+                            )
                         code = client.puback_code
                         if code >= 0x80:
                             name = reason_name(code, version)
@@ -346,8 +381,8 @@ class AiomqttDevice(DeviceDriver):
                 elif isinstance(step, SubscribeStep):
                     phase = self.step = "subscribe"
                     async with asyncio.timeout(timeout):
-                        codes = await client.subscribe(
-                            step.topic_filter, qos=step.qos, timeout=_OURS
+                        codes = await client.unless_lost(
+                            client.subscribe(step.topic_filter, qos=step.qos, timeout=_OURS)
                         )
                     # As the native driver: 0x80 in both versions, classified as MQTT 5's.
                     code = _code(codes[0]) if codes else 0x80
