@@ -244,12 +244,12 @@ def test_an_aiomqtt_run_leaves_the_parts_it_did_not_time_out_of_its_breakdown(
     assert "timed only the whole provisioning" in (tmp_path / "r.html").read_text()
 
 
-def test_aiomqtt_cannot_tell_a_certificate_rejected_after_the_handshake_from_a_close(
+def test_aiomqtt_reads_a_certificate_rejected_after_the_handshake_as_the_native_driver_does(
     tmp_path, mosquitto, device_ca
 ):
-    # With TLS 1.3, mosquitto drops a certificate it refuses once the client's
-    # handshake is done: paho sees a connection lost before the CONNACK, as
-    # JITP's close, where the native transport reads the drop for a rejection.
+    # With TLS 1.3, mosquitto refuses a certificate once the client's handshake
+    # is done: paho only logs the alert or the reset its read met, and the
+    # device must not end "closed" as if JITP had closed it.
     (tmp_path / "unknown.yaml").write_text("faults: {unknown_ca: 1.0}\n")
     path = _scenario(
         tmp_path,
@@ -268,7 +268,8 @@ def test_aiomqtt_cannot_tell_a_certificate_rejected_after_the_handshake_from_a_c
     result = run_loadgen("run", path, "--workers", "1", "--report", tmp_path / "r.json")
     assert result.code == 0, result.err
     report = json.loads((tmp_path / "r.json").read_text())
-    assert report["outcomes"]["closed"] == 2
+    assert report["outcomes"]["tls_rejected"] == 2, report["reasons"]
+    assert report["accounting"]["unexpected"] == 0  # the fault predicted it
     assert "failed to receive on socket" not in result.err  # paho's log: the report says it
 
 

@@ -37,7 +37,7 @@ from loadgen.device.lifecycle import (
 )
 from loadgen.device.outcome import Outcome, classify
 from loadgen.mqtt.reason import reason_name
-from loadgen.transport.client import NOT_TLS, describe_error
+from loadgen.transport.client import NOT_TLS, describe_error, lost_after_handshake
 from loadgen.transport.errors import (
     AckRefused,
     Closed,
@@ -168,6 +168,22 @@ class _Client(aiomqtt.Client):
         self.connect_error: BaseException | None = None
         # An MQTT 5 CONNACK's Server Keep Alive (0: none).
         self.server_keepalive = 0
+        # What ended a connection before its CONNACK, as the native driver judges
+        # it from the error paho's read met (paho only logs it).
+        self.lost_before_connack: TransportError | None = None
+        self._read_error: OSError | None = None
+        recv = self._client._sock_recv
+
+        def sock_recv(bufsize: int) -> bytes:
+            try:
+                return recv(bufsize)
+            except BlockingIOError:
+                raise
+            except OSError as exc:
+                self._read_error = exc
+                raise
+
+        self._client._sock_recv = sock_recv  # type: ignore[method-assign]
 
     def _on_connect(
         self,
@@ -203,7 +219,10 @@ class _Client(aiomqtt.Client):
             # Closed before its CONNACK (JITP's first connect, a certificate
             # refused after a TLS 1.3 handshake): aiomqtt ignores it, and the
             # connect waited out its timeout.
-            self._connected.set_exception(aiomqtt.MqttError("closed by the server"))
+            self.lost_before_connack = lost_after_handshake(
+                self._read_error, "connack", tls=self._client._ssl, heard=False
+            )
+            self._connected.set_exception(aiomqtt.MqttError(self.lost_before_connack.reason))
             return
         super()._on_disconnect(client, userdata, flags, reason_code, properties)
 
@@ -334,8 +353,10 @@ class AiomqttDevice(DeviceDriver):
                 outcome, reason = Outcome.TIMEOUT, "no answer in time"
             except (aiomqtt.MqttError, OSError) as exc:
                 cause = client.connect_error
-                error = (_connect_error(cause) if cause is not None else None) or _translate(
-                    exc, self.spec.version, "connack"
+                error = (
+                    (_connect_error(cause) if cause is not None else None)
+                    or client.lost_before_connack
+                    or _translate(exc, self.spec.version, "connack")
                 )
                 outcome, reason, where = classify(error), error.reason, error.phase
                 trigger = error.may_be_jitp_trigger

@@ -96,6 +96,35 @@ def _dropped(exc: BaseException | None) -> bool:
     )
 
 
+def lost_after_handshake(
+    exc: BaseException | None, phase: str, *, tls: bool, heard: bool
+) -> TransportError:
+    """What a connection lost in ``phase``, once the server has spoken TLS, says:
+    ``exc`` its error (None: closed cleanly), ``heard`` whether any MQTT came
+    first. The one judgement of both drivers."""
+    if isinstance(exc, ssl.SSLError) and not _dropped(exc):
+        return TlsRejected(describe_error(exc), phase)
+    if (
+        (isinstance(exc, ConnectionResetError) or _dropped(exc))
+        and tls
+        and phase == "connack"
+        and not heard
+    ):
+        # With TLS 1.3 the server judges the client certificate after the
+        # client's handshake is done. Its alert races our CONNECT, and the
+        # reset that CONNECT provokes often destroys the unread alert; some
+        # servers drop the connection without any alert or close_notify.
+        # (A server that merely closes, as JITP's first connect does, sends
+        # close_notify: that reads as a clean end, "closed".)
+        how = "reset" if isinstance(exc, ConnectionResetError) else "dropped without close_notify"
+        return TlsRejected(
+            f"TLS: {how} right after the handshake, before any MQTT answer "
+            "(the server rejected the client certificate)",
+            phase,
+        )
+    return Closed(describe_error(exc), phase)
+
+
 _READ_SIZE = 65536
 _DISCONNECT = mqtt.Disconnect()  # packets are immutable: one serves every device
 # OpenSSL's reasons for a first answer that is no TLS record: an HTTP, MQTT or
@@ -398,30 +427,10 @@ class _Channel:
             )
         elif self.phase == "tls" and exc is None:
             error = Closed("closed by the server during the TLS handshake", "tls")
-        elif isinstance(exc, ssl.SSLError) and not _dropped(exc):
-            error = TlsRejected(describe_error(exc), self.phase)
-        elif (
-            (isinstance(exc, ConnectionResetError) or _dropped(exc))
-            and self.tls is not None
-            and self.phase == "connack"
-            and not self.bytes_received
-        ):
-            # With TLS 1.3 the server judges the client certificate after the
-            # client's handshake is done. Its alert races our CONNECT, and the
-            # reset that CONNECT provokes often destroys the unread alert; some
-            # servers drop the connection without any alert or close_notify.
-            # (A server that merely closes, as JITP's first connect does, sends
-            # close_notify: that reads as a clean end, "closed".)
-            how = (
-                "reset" if isinstance(exc, ConnectionResetError) else "dropped without close_notify"
-            )
-            error = TlsRejected(
-                f"TLS: {how} right after the handshake, before any MQTT answer "
-                "(the server rejected the client certificate)",
-                self.phase,
-            )
         else:
-            error = Closed(describe_error(exc), self.phase)
+            error = lost_after_handshake(
+                exc, self.phase, tls=self.tls is not None, heard=bool(self.bytes_received)
+            )
         self._fail(error)
         self.close()
 
