@@ -117,8 +117,31 @@ def test_a_device_with_a_corrupt_key_fails_alone_in_preparing(
     assert report["outcomes"]["connected"] == DEVICES - 1
     assert report["outcomes"]["error"] == 1
     [reason] = report["reasons"]["error"]
-    assert reason.startswith("preparing: ")
+    assert reason.startswith("preparing: its certificate or key would not load: ")
+    assert report["reason_devices"] == {"error": {reason: [0]}}
     assert report["accounting"]["unexpected"] == 1
+
+
+def test_devices_whose_files_are_missing_share_one_reason_that_names_the_first_of_them(
+    tmp_path, mosquitto, device_ca, listener
+):
+    path, scenario = _clean_scenario(tmp_path, mosquitto, device_ca)
+    lines = scenario.fleet.store.joinpath("manifest.jsonl").read_text().splitlines()
+    for index in (11, 3, 17, 5):
+        (scenario.fleet.store / json.loads(lines[index])["cert"]).unlink()
+    report_path = tmp_path / "r.json"
+    result = subprocess.run(
+        [*_LOADGEN_RUN, str(path), "--workers", "2", "--report", str(report_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(report_path.read_text())
+    reason = "preparing: its certificate file is missing"
+    assert report["reasons"]["error"] == {reason: 4}
+    assert report["reason_devices"]["error"] == {reason: [3, 5, 11]}
+    assert f"{reason} (devices 3, 5, 11, ...)" in " ".join(result.stdout.split())
 
 
 @pytest.fixture

@@ -50,6 +50,24 @@ def test_merging_worker_stats_equals_one_run_over_all_devices():
     assert merged.to_wire() == whole.to_wire()
 
 
+def test_a_reason_names_its_lowest_devices_whatever_order_they_ended_and_merged_in():
+    def failed(index: int) -> DeviceResult:
+        result = DeviceResult(index, outcome=Outcome.ERROR, attempts=0)
+        result.reason, result.phase = "its key file is missing", "preparing"
+        return result
+
+    indices = [41, 7, 99, 3, 12, 8]
+    merged = RunStats()
+    for part in (indices[:2], indices[2:]):
+        stats = RunStats()
+        for index in reversed(part):
+            stats.add(failed(index), 0.0, 0.1)
+        merged.merge(RunStats.from_wire(stats.to_wire()))
+    key = "preparing: its key file is missing"
+    assert merged.reasons["error"][key] == 6
+    assert merged.reason_devices == {"error": {key: [3, 7, 8]}}
+
+
 def test_every_outcome_is_counted_zero_included():
     counts = _stats(_results(100, 2)).outcome_counts()
     assert list(counts) == [o.value for o in Outcome]

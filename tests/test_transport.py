@@ -22,6 +22,7 @@ from loadgen.files import write
 from loadgen.transport.client import Target, connect
 from loadgen.transport.errors import (
     Closed,
+    DeviceFilesError,
     PeerProtocolError,
     Refused,
     TlsRejected,
@@ -139,7 +140,7 @@ async def test_a_device_expecting_jitp_has_its_retry_session_made_with_the_first
             packet = mqtt.Connect(device.client_id)
             client = await connect(target, tls.session(), packet, AttemptTimes(0.0))
             client.disconnect()
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(DeviceFilesError, match=r"^its key file is missing$"):
         tls.session()
 
 
@@ -453,8 +454,9 @@ async def test_a_key_that_is_not_the_certificates_fails_as_load_cert_chain_fails
     first, second, third = _healthy(small_fleet, 3)
     shared = ClientTls(ca_file=mosquitto.server_ca.directory / "ca.pem")
     shared.session(small_fleet.path / first.cert, small_fleet.path / first.key, "localhost")
-    with pytest.raises(ssl.SSLError, match="KEY_VALUES_MISMATCH"):
+    with pytest.raises(DeviceFilesError, match=r"would not load: .*KEY_VALUES_MISMATCH") as failed:
         shared.session(small_fleet.path / second.cert, small_fleet.path / first.key, "localhost")
+    assert isinstance(failed.value.__cause__, ssl.SSLError)
     # Nothing of that failure lingers for the next device.
     session = shared.session(
         small_fleet.path / third.cert, small_fleet.path / third.key, "localhost"

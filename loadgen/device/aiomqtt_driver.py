@@ -342,8 +342,8 @@ class AiomqttDevice(DeviceDriver):
         result.lag = max(0.0, self.clock() - self.spec.scheduled)
         retry = RetryState(config, result, self.rng)
         while True:
+            client = self._client()  # its files loaded, or the device failed preparing
             result.attempts += 1
-            client = self._client()
             began = self.clock()
             where, trigger = "connack", True
             try:

@@ -19,7 +19,7 @@ from loadgen import mqtt
 from loadgen.device.outcome import HOLD_INTERRUPTED, PROVISIONING_TRIGGERS, Outcome, classify
 from loadgen.device.retry import RetryPolicy
 from loadgen.transport.client import MqttClient, Target, connect, describe_error
-from loadgen.transport.errors import TransportError
+from loadgen.transport.errors import DeviceFilesError, TransportError
 from loadgen.transport.keepalive import Holds
 from loadgen.transport.timing import AttemptTimes
 from loadgen.transport.tls import DeviceTls
@@ -221,7 +221,10 @@ class DeviceDriver:
     def fail_unexpectedly(self, exc: BaseException) -> DeviceResult:
         """End the device as ``error`` for an exception its life did not expect:
         whatever a device raises ends that device, never its worker."""
-        self._fail(Outcome.ERROR, describe_error(exc), self.where())
+        # A device's files that would not load when it needed them again (a
+        # reconnect's session, aiomqtt's context): its preparation failed.
+        where = "preparing" if isinstance(exc, DeviceFilesError) else self.where()
+        self._fail(Outcome.ERROR, describe_error(exc), where)
         return self.result
 
     def interrupted(self) -> DeviceResult:

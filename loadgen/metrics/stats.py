@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,10 +17,19 @@ PHASES = ("provision", "tcp_connect", "tls_handshake", "connack", "publish_ack")
 # Distinct failure reasons kept per outcome: enough to see what went wrong,
 # bounded so a run where every device fails differently stays small.
 _REASONS_KEPT = 20
+# Devices named per failure reason (the lowest indices): enough to find a
+# failure's device in the fleet, the same whatever order the workers ended in.
+DEVICES_KEPT = 3
 # Where a provisioned device's time went, from its scheduled start to its
 # accepted CONNACK: ``back_off`` is what the phases do not cover (waits between
 # attempts, JITP's provisioning among them).
 BREAKDOWN = ("schedule_lag", "tcp_connect", "tls_handshake", "connack", "back_off")
+
+
+def lowest(kept: Iterable[int], more: Iterable[int]) -> list[int]:
+    """The ``DEVICES_KEPT`` lowest distinct indices of both, ascending: the same
+    whichever order the devices ended or reports merged in."""
+    return sorted({*kept, *more})[:DEVICES_KEPT]
 
 
 @dataclass
@@ -29,6 +39,8 @@ class RunStats:
     provisioning_triggered: int = 0
     outcomes: Counter[str] = field(default_factory=Counter)
     reasons: dict[str, Counter[str]] = field(default_factory=dict)
+    # Per outcome and reason, the fleet indices of its first devices (DEVICES_KEPT).
+    reason_devices: dict[str, dict[str, list[int]]] = field(default_factory=dict)
     attempts_per_device: Counter[int] = field(default_factory=Counter)
     phases: dict[str, LatencyHistogram] = field(
         default_factory=lambda: {p: LatencyHistogram() for p in PHASES}
@@ -93,7 +105,7 @@ class RunStats:
         # from: reasons are kept for the failed outcomes only.
         if result.reason is not None and outcome != "connected":
             key = f"{result.phase}: {result.reason}" if result.phase else result.reason
-            self._reason(outcome, key, 1)
+            self._reason(outcome, key, 1, result.index)
         self.lag.record(result.lag)
         self.in_flight_us += round((finished_offset - started_offset) * 1_000_000)
         self.endpoint_wait_us += round(result.endpoint_wait * 1_000_000)
@@ -131,10 +143,14 @@ class RunStats:
         self.unexpected += devices
         self._reason(error, f"{phase}: {reason}", devices)
 
-    def _reason(self, outcome: str, key: str, devices: int) -> None:
+    def _reason(self, outcome: str, key: str, devices: int, index: int | None = None) -> None:
         reasons = self.reasons.setdefault(outcome, Counter())
         if key in reasons or len(reasons) < _REASONS_KEPT:
             reasons[key] += devices
+            if index is not None:
+                named = self.reason_devices.setdefault(outcome, {}).setdefault(key, [])
+                if len(named) < DEVICES_KEPT or index < named[-1]:
+                    named[:] = lowest(named, (index,))
 
     def _record(self, phase: str, second: int, seconds: float) -> None:
         self.phases[phase].record(seconds)
@@ -176,6 +192,10 @@ class RunStats:
         self.outcomes.update(other.outcomes)
         for outcome, reasons in other.reasons.items():
             self.reasons.setdefault(outcome, Counter()).update(reasons)
+        for outcome, named in other.reason_devices.items():
+            kept = self.reason_devices.setdefault(outcome, {})
+            for reason, indices in named.items():
+                kept[reason] = lowest(kept.get(reason, ()), indices)
         self.attempts_per_device.update(other.attempts_per_device)
         for phase, histogram in other.phases.items():
             self.phases[phase].merge(histogram)
@@ -216,6 +236,10 @@ class RunStats:
             "provisioning_triggered": self.provisioning_triggered,
             "outcomes": dict(self.outcomes),
             "reasons": {k: dict(v) for k, v in self.reasons.items()},
+            "reason_devices": {
+                k: {reason: list(v) for reason, v in named.items()}
+                for k, named in self.reason_devices.items()
+            },
             "attempts_per_device": dict(self.attempts_per_device),
             "phases": {k: v.encode() for k, v in self.phases.items()},
             "lag": self.lag.encode(),
@@ -250,6 +274,7 @@ class RunStats:
             provisioning_triggered=data["provisioning_triggered"],
             outcomes=Counter(data["outcomes"]),
             reasons={k: Counter(v) for k, v in data["reasons"].items()},
+            reason_devices=data["reason_devices"],
             attempts_per_device=Counter(data["attempts_per_device"]),
             phases={k: LatencyHistogram.decode(v) for k, v in data["phases"].items()},
             lag=LatencyHistogram.decode(data["lag"]),

@@ -83,6 +83,10 @@ def build(plan: RunPlan, stats: RunStats, timing: RunTiming) -> dict[str, Any]:
         "rate": rates(plan, stats, timing.started_at),
         "schedule_lag_ms": stats.lag.summary_ms(),
         "reasons": {k: dict(v.most_common()) for k, v in sorted(stats.reasons.items())},
+        "reason_devices": {
+            outcome: {reason: named[reason] for reason in stats.reasons[outcome] if reason in named}
+            for outcome, named in sorted(stats.reason_devices.items())
+        },
         "provision_breakdown_ms": breakdown_ms(stats.provisioned, stats.breakdown, stats.untimed),
         "series": {
             "interval_s": 1,

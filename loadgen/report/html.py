@@ -21,7 +21,7 @@ from typing import Any
 from loadgen.device.outcome import HOLD_INTERRUPTED
 from loadgen.files import write_output
 from loadgen.report import svg
-from loadgen.report.show import emulator_stopped_line
+from loadgen.report.show import devices_named, emulator_stopped_line
 from loadgen.words import counted, number
 
 OUTCOME_COLORS: Mapping[str, str] = MappingProxyType(
@@ -753,15 +753,19 @@ def _jitp(report: dict[str, Any]) -> str:
 
 def _reasons(report: dict[str, Any]) -> str:
     reasons = report.get("reasons") or {}
+    named = report.get("reason_devices") or {}
     blocks = []
     for i, (outcome, counts) in enumerate(reasons.items()):
         if not counts:
             continue
-        rows = [[_e(r), _num(n)] for r, n in counts.items()]
+        rows = []
+        for reason, n in counts.items():
+            indices = named.get(outcome, {}).get(reason)
+            rows.append([_e(reason), _num(n), _e(devices_named(indices, n)) if indices else DASH])
         color = _color(outcome, OUTCOME_COLORS, i)
         blocks.append(
             f"<h3>{_dot(color)}{_e(outcome)}</h3>"
-            + _table(["reason", "devices"], rows, [False, True], text=(0,))
+            + _table(["reason", "devices", "fleet index"], rows, [False, True], text=(0,))
         )
     if not blocks:
         return ""

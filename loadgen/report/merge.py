@@ -16,7 +16,7 @@ from loadgen.errors import UserError
 from loadgen.files import REPORT_LIMIT, read_limited
 from loadgen.metrics.histogram import LatencyHistogram
 from loadgen.metrics.intervals import LogBuckets
-from loadgen.metrics.stats import BREAKDOWN, PHASES
+from loadgen.metrics.stats import BREAKDOWN, PHASES, lowest
 from loadgen.nesting import parse_json
 from loadgen.report import fields
 from loadgen.report.build import (
@@ -309,6 +309,7 @@ def merge_folded(
             outcome: _merge_reasons(reports, outcome)
             for outcome in sorted({k for r in reports for k in r["reasons"]})
         },
+        "reason_devices": _merge_reason_devices(reports),
         "provision_breakdown_ms": _merge_breakdown(reports),
         "series": series.json(),
         "histograms": {name: h.encode() for name, h in histograms.items()},
@@ -530,3 +531,14 @@ def _merge_reasons(reports: list[dict[str, Any]], outcome: str) -> dict[str, int
     for report in reports:
         total.update(report["reasons"].get(outcome, {}))
     return dict(total.most_common())
+
+
+def _merge_reason_devices(reports: list[dict[str, Any]]) -> dict[str, dict[str, list[int]]]:
+    """Each reason's lowest device indices over every report (older reports name none)."""
+    merged: dict[str, dict[str, list[int]]] = {}
+    for report in reports:
+        for outcome, named in (report.get("reason_devices") or {}).items():
+            mine = merged.setdefault(outcome, {})
+            for reason, indices in named.items():
+                mine[reason] = lowest(mine.get(reason, ()), indices)
+    return {outcome: merged[outcome] for outcome in sorted(merged)}

@@ -280,11 +280,22 @@ def print_report(console: Console, report: dict[str, Any]) -> None:
         )
     if jitp and jitp.get("emulator_stopped"):
         say(console, emulator_stopped_line(jitp["emulator_stopped"]))
+    named = report.get("reason_devices") or {}
     for outcome, reasons in report["reasons"].items():
         for reason, n in list(reasons.items())[:3]:
-            say(console, f"{outcome}: {counted(n, 'device')}:", reason)
+            indices = named.get(outcome, {}).get(reason)
+            which = [f"({devices_named(indices, n)})"] if indices else []
+            say(console, f"{outcome}: {counted(n, 'device')}:", reason, *which)
     if report.get("capacity"):
         print_capacity(console, report["capacity"])
+
+
+def devices_named(indices: list[int], devices: int) -> str:
+    """Which devices a reason's were: their fleet indices (the first few)."""
+    listed = ", ".join(str(i) for i in indices)
+    if devices <= len(indices):
+        return f"device {listed}" if devices == 1 else f"devices {listed}"
+    return f"devices {listed}, ..."
 
 
 def emulator_stopped_line(why: str, during: str = "the run") -> str:

@@ -37,6 +37,7 @@ from loadgen.transport.errors import (
     AckRefused,
     Closed,
     ClosedBeforeTls,
+    DeviceFilesError,
     NotTls,
     PeerProtocolError,
     Refused,
@@ -84,6 +85,8 @@ def describe_error(exc: BaseException | None) -> str:
         return "closed by the server"
     if isinstance(exc, ssl.SSLError):
         return f"TLS: {exc.reason or exc}"
+    if isinstance(exc, DeviceFilesError):
+        return str(exc)
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 

@@ -65,3 +65,9 @@ class AckRefused(TransportError):
 
 class PeerProtocolError(TransportError):
     """The server sent bytes that break MQTT."""
+
+
+class DeviceFilesError(LoadgenError):
+    """A device's certificate or key would not read or load: the device fails
+    alone, in phase ``preparing``. The message says which file, not its path:
+    devices failing alike share one reason (the report names them by index)."""

@@ -18,6 +18,7 @@ the RSA device presented it. So the worker keeps a context per key algorithm
 
 from __future__ import annotations
 
+import re
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ from loadgen import files
 from loadgen.certs.der import read_tlv
 from loadgen.legacy_ec import LegacyEc
 from loadgen.transport.chain import SharedChains, pem_body
+from loadgen.transport.errors import DeviceFilesError
 from loadgen.transport.idle import IdleTls
 
 # AWS IoT on port 443 picks MQTT by this ALPN protocol name.
@@ -129,6 +131,35 @@ def key_algorithm(key_pem: bytes) -> bytes:
     return key_pem.partition(b"-----BEGIN ")[2].partition(b"-----")[0]
 
 
+def _read(path: str | Path, what: str) -> bytes:
+    try:
+        return files.read(path)
+    except OSError as exc:
+        raise DeviceFilesError(_unreadable(what, exc)) from exc
+
+
+def _load(context: ssl.SSLContext, cert_chain: str | Path, key: str | Path) -> None:
+    """``load_cert_chain``, its failure said as a device's files' (OpenSSL's
+    reason without its source line: one reason for every device alike)."""
+    try:
+        context.load_cert_chain(cert_chain, key)
+    except ssl.SSLError as exc:
+        reason = _SOURCE_LINE.sub("", str(exc))
+        raise DeviceFilesError(f"its certificate or key would not load: {reason}") from exc
+    except OSError as exc:
+        what = "key" if str(exc.filename) == str(key) else "certificate"
+        raise DeviceFilesError(_unreadable(what, exc)) from exc
+
+
+def _unreadable(what: str, exc: OSError) -> str:
+    if isinstance(exc, FileNotFoundError):
+        return f"its {what} file is missing"
+    return f"its {what} file would not read: {exc.strerror or type(exc).__name__}"
+
+
+_SOURCE_LINE = re.compile(r" \(_ssl\.c:\d+\)$")
+
+
 @dataclass(frozen=True, slots=True)
 class _Slot:
     """A context for the devices of one key algorithm, with its shared chains."""
@@ -170,18 +201,18 @@ class ClientTls:
         """``count`` sessions of one device from one load of its chain and key
         (an SSLObject copies them when it is made: the load is most of the cost)."""
         name = self._name(server_name)
-        key_pem = files.read(key)
+        key_pem = _read(key, "key")
         slot = self._slot(self._algorithm(key_pem))
         context, chains = slot.context, slot.chains
         # The event loop is one thread: nothing runs between loading the chain and
         # making the SSLObjects that copy it.
         if chains.active:
-            chain_pem = files.read(cert_chain)
+            chain_pem = _read(cert_chain, "certificate")
             if chains.load(chain_pem, key_pem):
                 return [TlsSession.of(context, name, self.idle) for _ in range(count)]
         else:
             chain_pem = b""
-        context.load_cert_chain(cert_chain, key)
+        _load(context, cert_chain, key)
         chains.share(chain_pem)
         return [TlsSession.of(context, name, self.idle) for _ in range(count)]
 
@@ -229,9 +260,11 @@ class ClientTls:
     def own_context(self, cert_chain: str | Path, key: str | Path) -> ssl.SSLContext:
         """A context of the device's own, with this worker's settings (for drivers
         that take a context, such as aiomqtt)."""
-        return device_context(
-            cert_chain, key, ca_file=self.ca_file, alpn=self.alpn, verify_server=self.verify_server
+        context = device_context(
+            None, None, ca_file=self.ca_file, alpn=self.alpn, verify_server=self.verify_server
         )
+        _load(context, cert_chain, key)
+        return context
 
 
 class DeviceTls:
