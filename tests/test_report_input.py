@@ -165,6 +165,34 @@ def test_a_field_of_the_wrong_shape_is_one_line_for_every_reader(
     assert not out.exists()
 
 
+@pytest.mark.parametrize("field", ["accounting", "accounting.expected"])
+def test_compare_of_a_report_whose_accounting_is_a_list_is_one_line(tmp_path, field):
+    # compare judges whether the current report measured anything from its
+    # accounting: a report that connected nothing reads it.
+    report = _shards(1)[0]
+    node, last = _parent(report, field)
+    node[last] = [1]
+    path = _write(tmp_path / "r.json", report)
+    result = run_loadgen(*_commands(path, tmp_path / "out")["compare"])
+    assert_user_error(result, f"{path}: field {field} is a list, not an object")
+
+
+def test_show_of_a_capacity_step_without_its_verdict_is_one_line(tmp_path):
+    report = _shards(1)[0]
+    step = {
+        "step": 1,
+        "rate_per_s": 10,
+        "achieved_per_s": 10,
+        "latency_ms": {"provision": {"p50": 1, "p99": 2}},
+        "failed_ratio": 0,
+        "throttled": 0,
+    }
+    report["capacity"] = {"verdict": "no SLO broke", "steps": [step]}
+    path = _write(tmp_path / "r.json", report)
+    result = run_loadgen(*_commands(path, tmp_path / "out")["show"])
+    assert_user_error(result, f"{path}: field capacity.steps[0].passed is missing")
+
+
 def test_a_merge_of_a_histogram_that_is_none_names_it(tmp_path):
     path = _write(tmp_path / "r.json", _shards(1)[0])
     report = json.loads(path.read_text())

@@ -230,6 +230,7 @@ SHOW = Needs(
                 ("latency_ms.provision.p99", NUM_OR_NULL),
                 ("failed_ratio", NUM_OR_NULL),
                 ("throttled", NUM),
+                ("passed", Kind.BOOLEAN),
             )
         ),
     ),
@@ -289,6 +290,10 @@ COMPARE = Needs(
     "compare",
     (
         *_COUNTS,
+        # What says whether a report measured anything at all (gates.nothing_measured).
+        ("devices?", NUM),
+        *_ACCOUNTING,
+        ("latency_ms.provision.count?", NUM),
         *((f"latency_ms.{p}.{k}", NUM_OR_NULL) for p in PHASES for k in ("p50", "p90", "p99")),
     ),
 )

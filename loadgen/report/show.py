@@ -350,7 +350,8 @@ def print_capacity(console: Console, capacity: dict[str, Any]) -> None:
             _ms(provision["p99"]),
             "-" if failed is None else f"{failed:.2%}",
             "-" if row["throttled"] is None else number(row["throttled"]),
-            "ok" if row["passed"] else Text(str(row["limit"])),
+            # A step judged before limits were named has none.
+            "ok" if row["passed"] else Text(str(row.get("limit") or "-")),
         )
     console.print(table)
     say(console, *clauses(capacity["verdict"]), indent=0)
