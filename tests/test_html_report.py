@@ -347,6 +347,27 @@ def test_a_plot_with_nothing_measured_says_so_instead_of_drawing_an_empty_chart(
     assert 'data-plot="phase-breakdown"' not in page and "No device provisioned." in page
 
 
+def test_devices_that_failed_before_any_attempt_have_their_bar_in_the_attempts_plot(
+    run_report: dict[str, Any],
+) -> None:
+    report = copy.deepcopy(run_report)
+    report["attempts"]["per_device"] = {"0": 5, "2": 5}  # 5 whose files would not load
+    page = render(report)
+    plot = page.split('data-plot="attempts-per-device"', 1)[1].split("</figure>", 1)[0]
+    assert "5 devices (50.0%)" in plot.replace("\n", " ")
+    assert plot.count("devices (50.0%)") == 2
+
+
+def test_an_attempts_plot_of_devices_that_all_failed_before_any_attempt_says_so(
+    run_report: dict[str, Any],
+) -> None:
+    report = copy.deepcopy(run_report)
+    report["attempts"]["per_device"] = {"0": 10}
+    page = render(report)
+    assert 'data-plot="attempts-per-device"' not in page
+    assert 'data-plot-empty="attempts-per-device"' in page and "No device made an attempt." in page
+
+
 def test_gate_verdicts_are_listed_with_what_was_measured(run_report: dict[str, Any]) -> None:
     gates = [
         {"gate": "p99(provision) < 2s", "passed": True, "measured": 812.5, "threshold": 2000.0},

@@ -694,11 +694,15 @@ def _attempts_plot(report: dict[str, Any]) -> str:
     per_device = {
         int(k): int(v) for k, v in ((report.get("attempts") or {}).get("per_device") or {}).items()
     }
-    if not any(per_device.values()):
+    if not any(devices for n, devices in per_device.items() if n > 0):
         return _nothing(name, title, "No device made an attempt.")
     total = sum(per_device.values())
-    # Every count up to the highest, zeros included, so gaps read as gaps.
-    counts = range(1, max(per_device) + 1) if max(per_device) <= 40 else sorted(per_device)
+    # Every count up to the highest, zeros included, so gaps read as gaps; from 0
+    # when devices failed before any attempt (their files would not load, say):
+    # every device is in the plot once.
+    first = 0 if per_device.get(0) else 1
+    highest = max(per_device)
+    counts = range(first, highest + 1) if highest <= 40 else sorted(per_device)
     bars = [
         svg.Bar(
             str(n), per_device.get(n, 0), ACHIEVED, f"devices ({_pct(per_device.get(n, 0), total)})"
