@@ -368,6 +368,18 @@ def test_an_attempts_plot_of_devices_that_all_failed_before_any_attempt_says_so(
     assert 'data-plot-empty="attempts-per-device"' in page and "No device made an attempt." in page
 
 
+def test_the_reasons_table_lists_the_most_common_and_counts_the_rest_together(
+    run_report: dict[str, Any],
+) -> None:
+    report = copy.deepcopy(run_report)
+    report["reasons"] = {"closed": {f"connack: reason {i}": 100 - i for i in range(25)}}
+    report["reason_devices"] = {"closed": {"connack: reason 0": [4, 9, 12]}}
+    page = render(report)
+    assert "connack: reason 19<" in page and "connack: reason 20<" not in page
+    assert "5 less common reasons</td><td class=\"num\">390<" in page  # 80 + 79 + ... + 76
+    assert "devices 4, 9, 12, ..." in page
+
+
 def test_gate_verdicts_are_listed_with_what_was_measured(run_report: dict[str, Any]) -> None:
     gates = [
         {"gate": "p99(provision) < 2s", "passed": True, "measured": 812.5, "threshold": 2000.0},

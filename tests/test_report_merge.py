@@ -13,7 +13,7 @@ from loadgen.device.lifecycle import DeviceConfig
 from loadgen.load.plan import RunPlan, TlsPlan
 from loadgen.load.schedule import ConstantArrival
 from loadgen.load.workers import RunTiming
-from loadgen.metrics.stats import RunStats
+from loadgen.metrics.stats import REASONS_KEPT, RunStats
 from loadgen.report.build import build, jitp_section
 from loadgen.report.merge import merge
 from tests.conftest import run_loadgen
@@ -58,6 +58,29 @@ def test_merging_shards_equals_one_run_over_the_union():
         assert merged[key] == union[key], key
     assert merged["histograms"] == union["histograms"]
     assert merged["series"]["started_per_s"] == union["series"]["started_per_s"]
+
+
+def test_merged_reasons_and_their_devices_are_those_of_one_run_over_every_device():
+    results = _results(3000, 11)
+    for i, result in enumerate(results):
+        if result.reason is not None:
+            result.reason = f"reason {i % 700}"
+    union = _report(results, lambda i: True)
+    merged = merge([_report(results, lambda i: i % 2 == 0), _report(results, lambda i: i % 2)])
+    assert merged["reasons"] == union["reasons"]
+    assert merged["reason_devices"] == union["reason_devices"]
+
+
+def test_merged_reasons_past_the_bound_still_add_up_to_their_outcome():
+    results = _results(6000, 12)
+    for i, result in enumerate(results):
+        if result.reason is not None:
+            result.reason = f"reason {i}"  # every device its own: 2,000 or so
+    merged = merge([_report(results, lambda i: i % 2 == 0), _report(results, lambda i: i % 2)])
+    reasons = merged["reasons"]["throttled"]
+    assert len(reasons) == REASONS_KEPT
+    assert sum(reasons.values()) == merged["outcomes"]["throttled"]
+    assert list(merged["reason_devices"]["throttled"]) == list(reasons)  # each names its devices
 
 
 def test_series_of_reports_started_apart_add_up_shifted_to_the_latest_start():

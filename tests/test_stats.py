@@ -6,7 +6,7 @@ import random
 
 from loadgen.device.lifecycle import DeviceResult
 from loadgen.device.outcome import Outcome
-from loadgen.metrics.stats import RunStats
+from loadgen.metrics.stats import OTHER_REASONS, REASONS_KEPT, RunStats, ranked
 
 
 def _results(n: int, seed: int) -> list[DeviceResult]:
@@ -66,6 +66,52 @@ def test_a_reason_names_its_lowest_devices_whatever_order_they_ended_and_merged_
     key = "preparing: its key file is missing"
     assert merged.reasons["error"][key] == 6
     assert merged.reason_devices == {"error": {key: [3, 7, 8]}}
+
+
+def _failed(index: int, reason: str) -> DeviceResult:
+    result = DeviceResult(index, outcome=Outcome.CLOSED, attempts=1)
+    result.reason, result.phase = reason, "connack"
+    return result
+
+
+def test_a_common_reason_that_comes_after_many_rare_ones_is_counted():
+    stats = RunStats()
+    for i in range(20):
+        stats.add(_failed(i, f"rare {i}"), 0.0, 0.1)
+    for i in range(20, 1020):
+        stats.add(_failed(i, "common"), 0.0, 0.1)
+    assert stats.reasons["closed"]["connack: common"] == 1000
+    assert next(iter(ranked(stats.reasons["closed"]))) == "connack: common"
+
+
+def test_reasons_past_the_bound_are_counted_together_and_add_up_to_the_outcome():
+    stats = RunStats()
+    for i in range(REASONS_KEPT + 5):
+        stats.add(_failed(i, f"reason {i}"), 0.0, 0.1)
+    reasons = stats.reasons["closed"]
+    assert len(reasons) == REASONS_KEPT
+    assert sum(reasons.values()) == stats.outcomes["closed"] == REASONS_KEPT + 5
+    assert reasons[OTHER_REASONS] == 6
+    assert stats.reason_devices["closed"][OTHER_REASONS] == [999, 1000, 1001]
+
+
+def test_workers_reasons_past_the_bound_fold_alike_in_any_merge_order():
+    parts = []
+    for worker in range(3):
+        part = RunStats()
+        for i in range(worker, 1800, 3):
+            part.add(_failed(i, f"reason {i % 1500}"), 0.0, 0.1)
+        parts.append(part.to_wire())
+    merged = []
+    for order in ([0, 1, 2], [2, 0, 1]):
+        whole = RunStats()
+        for worker in order:
+            whole.merge(RunStats.from_wire(parts[worker]))
+        merged.append(whole)
+    assert merged[0].to_wire() == merged[1].to_wire()
+    reasons = merged[0].reasons["closed"]
+    assert len(reasons) == REASONS_KEPT and sum(reasons.values()) == 1800
+    assert reasons["connack: reason 0"] == 2  # the reasons seen twice are kept
 
 
 def test_every_outcome_is_counted_zero_included():

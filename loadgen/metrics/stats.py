@@ -14,9 +14,12 @@ from loadgen.metrics.intervals import LogBuckets
 
 # Phases a device's time is split into, in the order they happen.
 PHASES = ("provision", "tcp_connect", "tls_handshake", "connack", "publish_ack")
-# Distinct failure reasons kept per outcome: enough to see what went wrong,
-# bounded so a run where every device fails differently stays small.
-_REASONS_KEPT = 20
+# Distinct failure reasons counted per outcome: far more than a run meets (a
+# reason names a cause, not a device), bounded so that a run where every device
+# fails differently stays small. Past it, reasons are counted together under
+# OTHER_REASONS: an outcome's reasons always add up to its devices.
+REASONS_KEPT = 1000
+OTHER_REASONS = "(other reasons)"
 # Devices named per failure reason (the lowest indices): enough to find a
 # failure's device in the fleet, the same whatever order the workers ended in.
 DEVICES_KEPT = 3
@@ -30,6 +33,31 @@ def lowest(kept: Iterable[int], more: Iterable[int]) -> list[int]:
     """The ``DEVICES_KEPT`` lowest distinct indices of both, ascending: the same
     whichever order the devices ended or reports merged in."""
     return sorted({*kept, *more})[:DEVICES_KEPT]
+
+
+def ranked(counts: Counter[str]) -> dict[str, int]:
+    """Reasons most common first, ties by name: one order for a run and any
+    merge of runs."""
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def fold_reasons(counts: Counter[str], named: dict[str, list[int]]) -> Counter[str]:
+    """``counts`` with at most ``REASONS_KEPT`` reasons: the least common (ties
+    by name, so that any merge order folds alike) counted under OTHER_REASONS,
+    their devices named with it (``named`` is changed in place)."""
+    if len(counts) <= REASONS_KEPT:
+        return counts
+    ranked = sorted(
+        (reason for reason in counts if reason != OTHER_REASONS),
+        key=lambda reason: (-counts[reason], reason),
+    )
+    kept = Counter({reason: counts[reason] for reason in ranked[: REASONS_KEPT - 1]})
+    kept[OTHER_REASONS] = sum(counts.values()) - sum(kept.values())
+    others = [named.pop(reason, []) for reason in ranked[REASONS_KEPT - 1 :]]
+    named[OTHER_REASONS] = lowest(
+        named.get(OTHER_REASONS, ()), (i for part in others for i in part)
+    )
+    return kept
 
 
 @dataclass
@@ -145,12 +173,13 @@ class RunStats:
 
     def _reason(self, outcome: str, key: str, devices: int, index: int | None = None) -> None:
         reasons = self.reasons.setdefault(outcome, Counter())
-        if key in reasons or len(reasons) < _REASONS_KEPT:
-            reasons[key] += devices
-            if index is not None:
-                named = self.reason_devices.setdefault(outcome, {}).setdefault(key, [])
-                if len(named) < DEVICES_KEPT or index < named[-1]:
-                    named[:] = lowest(named, (index,))
+        if key not in reasons and len(reasons) >= REASONS_KEPT - 1:
+            key = OTHER_REASONS
+        reasons[key] += devices
+        if index is not None:
+            named = self.reason_devices.setdefault(outcome, {}).setdefault(key, [])
+            if len(named) < DEVICES_KEPT or index < named[-1]:
+                named[:] = lowest(named, (index,))
 
     def _record(self, phase: str, second: int, seconds: float) -> None:
         self.phases[phase].record(seconds)
@@ -190,12 +219,16 @@ class RunStats:
         self.attempts += other.attempts
         self.provisioning_triggered += other.provisioning_triggered
         self.outcomes.update(other.outcomes)
-        for outcome, reasons in other.reasons.items():
-            self.reasons.setdefault(outcome, Counter()).update(reasons)
         for outcome, named in other.reason_devices.items():
             kept = self.reason_devices.setdefault(outcome, {})
             for reason, indices in named.items():
                 kept[reason] = lowest(kept.get(reason, ()), indices)
+        for outcome, reasons in other.reasons.items():
+            counted = self.reasons.setdefault(outcome, Counter())
+            counted.update(reasons)
+            if len(counted) > REASONS_KEPT:
+                named = self.reason_devices.setdefault(outcome, {})
+                self.reasons[outcome] = fold_reasons(counted, named)
         self.attempts_per_device.update(other.attempts_per_device)
         for phase, histogram in other.phases.items():
             self.phases[phase].merge(histogram)

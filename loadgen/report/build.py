@@ -19,7 +19,7 @@ from loadgen.load.schedule import offsets
 from loadgen.load.schedule import span as schedule_span
 from loadgen.load.workers import RunTiming
 from loadgen.metrics.intervals import LogBuckets
-from loadgen.metrics.stats import BREAKDOWN, PHASES, RunStats
+from loadgen.metrics.stats import BREAKDOWN, PHASES, RunStats, ranked
 from loadgen.report.html import render as render_html
 from loadgen.report.store import HTML, JSON, Destination
 
@@ -60,6 +60,7 @@ def achieved_rate(started: int, first: float | None, last: float | None) -> floa
 
 
 def build(plan: RunPlan, stats: RunStats, timing: RunTiming) -> dict[str, Any]:
+    reasons = {outcome: ranked(counts) for outcome, counts in sorted(stats.reasons.items())}
     return {
         "format": FORMAT,
         # Tells runs apart: a merge refuses a run it holds already.
@@ -82,9 +83,9 @@ def build(plan: RunPlan, stats: RunStats, timing: RunTiming) -> dict[str, Any]:
         "latency_ms": {phase: stats.phases[phase].summary_ms() for phase in PHASES},
         "rate": rates(plan, stats, timing.started_at),
         "schedule_lag_ms": stats.lag.summary_ms(),
-        "reasons": {k: dict(v.most_common()) for k, v in sorted(stats.reasons.items())},
+        "reasons": reasons,
         "reason_devices": {
-            outcome: {reason: named[reason] for reason in stats.reasons[outcome] if reason in named}
+            outcome: {reason: named[reason] for reason in reasons[outcome] if reason in named}
             for outcome, named in sorted(stats.reason_devices.items())
         },
         "provision_breakdown_ms": breakdown_ms(stats.provisioned, stats.breakdown, stats.untimed),

@@ -755,6 +755,10 @@ def _jitp(report: dict[str, Any]) -> str:
     return _section("JITP", '<div class="panel">' + "".join(parts) + "</div>", grid=False)
 
 
+# Reasons listed per outcome; the report may hold up to a thousand.
+_REASONS_SHOWN = 20
+
+
 def _reasons(report: dict[str, Any]) -> str:
     reasons = report.get("reasons") or {}
     named = report.get("reason_devices") or {}
@@ -763,9 +767,13 @@ def _reasons(report: dict[str, Any]) -> str:
         if not counts:
             continue
         rows = []
-        for reason, n in counts.items():
+        listed = list(counts.items())
+        for reason, n in listed[:_REASONS_SHOWN]:
             indices = named.get(outcome, {}).get(reason)
             rows.append([_e(reason), _num(n), _e(devices_named(indices, n)) if indices else DASH])
+        if rest := listed[_REASONS_SHOWN:]:
+            more = f"{_num(len(rest))} less common reasons"
+            rows.append([more, _num(sum(n for _, n in rest)), DASH])
         color = _color(outcome, OUTCOME_COLORS, i)
         blocks.append(
             f"<h3>{_dot(color)}{_e(outcome)}</h3>"

@@ -16,7 +16,7 @@ from loadgen.errors import UserError
 from loadgen.files import REPORT_LIMIT, read_limited
 from loadgen.metrics.histogram import LatencyHistogram
 from loadgen.metrics.intervals import LogBuckets
-from loadgen.metrics.stats import BREAKDOWN, PHASES, lowest
+from loadgen.metrics.stats import BREAKDOWN, PHASES, fold_reasons, lowest, ranked
 from loadgen.nesting import parse_json
 from loadgen.report import fields
 from loadgen.report.build import (
@@ -305,11 +305,7 @@ def merge_folded(
         "latency_ms": {phase: histograms[phase].summary_ms() for phase in PHASES},
         "rate": _merged_rates(reports),
         "schedule_lag_ms": histograms["schedule_lag"].summary_ms(),
-        "reasons": {
-            outcome: _merge_reasons(reports, outcome)
-            for outcome in sorted({k for r in reports for k in r["reasons"]})
-        },
-        "reason_devices": _merge_reason_devices(reports),
+        **_merge_reasons(reports),
         "provision_breakdown_ms": _merge_breakdown(reports),
         "series": series.json(),
         "histograms": {name: h.encode() for name, h in histograms.items()},
@@ -526,19 +522,27 @@ def _merge_breakdown(reports: list[dict[str, Any]]) -> dict[str, Any] | None:
     return breakdown_ms(devices, totals, untimed)
 
 
-def _merge_reasons(reports: list[dict[str, Any]], outcome: str) -> dict[str, int]:
-    total: Counter[str] = Counter()
+def _merge_reasons(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """``reasons`` and ``reason_devices`` over every report (older reports name
+    no devices): counts added, the least common folded as a run folds them."""
+    counts: dict[str, Counter[str]] = {}
+    named: dict[str, dict[str, list[int]]] = {}
     for report in reports:
-        total.update(report["reasons"].get(outcome, {}))
-    return dict(total.most_common())
-
-
-def _merge_reason_devices(reports: list[dict[str, Any]]) -> dict[str, dict[str, list[int]]]:
-    """Each reason's lowest device indices over every report (older reports name none)."""
-    merged: dict[str, dict[str, list[int]]] = {}
-    for report in reports:
-        for outcome, named in (report.get("reason_devices") or {}).items():
-            mine = merged.setdefault(outcome, {})
-            for reason, indices in named.items():
+        for outcome, reasons in report["reasons"].items():
+            counts.setdefault(outcome, Counter()).update(reasons)
+        for outcome, devices in (report.get("reason_devices") or {}).items():
+            mine = named.setdefault(outcome, {})
+            for reason, indices in devices.items():
                 mine[reason] = lowest(mine.get(reason, ()), indices)
-    return {outcome: merged[outcome] for outcome in sorted(merged)}
+    reasons = {
+        outcome: ranked(fold_reasons(counts[outcome], named.setdefault(outcome, {})))
+        for outcome in sorted(counts)
+    }
+    return {
+        "reasons": reasons,
+        "reason_devices": {
+            outcome: {reason: named[outcome][reason] for reason in kept if reason in named[outcome]}
+            for outcome, kept in reasons.items()
+            if named[outcome]
+        },
+    }
