@@ -78,7 +78,21 @@ def test_nothing_measured_fails_the_gate():
 def test_a_gate_with_the_number_first_keeps_the_number_as_its_threshold():
     result = gates.parse("1ms > p99(provision)").evaluate(REPORT)
     assert (result.measured, result.threshold) == (1800.0, 1.0)
-    assert "(measured 1800)" in result.describe()
+    assert "(measured 1800 ms)" in result.describe()
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        # A ratio of 0.004 beside a threshold of 0.1% read as less than it.
+        ("ratio(timeout) < 0.1%", "(measured 0.4%)"),
+        ("p99(provision) < 2s", "(measured 1800 ms)"),
+        ("achieved_rate >= 0.99 * target_rate", "(measured 99.5/s)"),
+        ("count(failed) == 0", "(measured 10)"),
+    ],
+)
+def test_what_a_gate_measured_is_written_in_its_metrics_unit(text, shown):
+    assert shown in gates.parse(text).evaluate(REPORT).describe()
 
 
 def test_devices_that_connected_and_failed_later_measured_something():

@@ -376,7 +376,7 @@ def test_the_reasons_table_lists_the_most_common_and_counts_the_rest_together(
     report["reason_devices"] = {"closed": {"connack: reason 0": [4, 9, 12]}}
     page = render(report)
     assert "connack: reason 19<" in page and "connack: reason 20<" not in page
-    assert "5 less common reasons</td><td class=\"num\">390<" in page  # 80 + 79 + ... + 76
+    assert '5 less common reasons</td><td class="num">390<' in page  # 80 + 79 + ... + 76
     assert "devices 4, 9, 12, ..." in page
 
 

@@ -10,7 +10,7 @@ from xml.etree import ElementTree as ET
 
 from loadgen.files import each_output
 from loadgen.metrics.stats import PHASES
-from loadgen.report.gates import GateResult
+from loadgen.report.gates import GateResult, in_unit
 from loadgen.report.show import PARTIAL, accounting_phrases, expected_cell
 from loadgen.report.store import MARKDOWN, XML, Destination
 from loadgen.words import counted, number
@@ -58,7 +58,7 @@ def summary_markdown(report: dict[str, Any], results: list[GateResult]) -> str:
     if results:
         lines += ["| gate | measured | verdict |", "| --- | ---: | --- |"]
         for r in results:
-            measured = "-" if r.measured is None else number(r.measured)
+            measured = "-" if r.measured is None else in_unit(r.measured, r.unit)
             verdict = "pass" if r.passed else "**FAIL**"
             note = f" ({r.note})" if r.note else ""
             lines.append(f"| `{r.gate}` | {measured} | {verdict}{note} |")

@@ -354,6 +354,7 @@ HTML = Needs(
         ("gates?.[]", OBJ),
         ("gates?.[].measured?", NUM_OR_NULL),
         ("gates?.[].threshold?", NUM_OR_NULL),
+        ("gates?.[].unit?", STR),
         ("capacity?.highest_sustainable_per_s?", NUM_OR_NULL),
         ("capacity?.first_broken_per_s?", NUM_OR_NULL),
         ("capacity?.slos?", LIST),

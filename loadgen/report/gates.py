@@ -164,19 +164,24 @@ class Gate:
     measured_right: bool = False
     # The side compared with what was measured, as written (``0.99 * target_rate``).
     threshold_text: str = ""
+    kind: Kind = Kind.COUNT  # what the metric measures
 
     def evaluate(self, report: Report) -> GateResult:
         left, right = self.left(report), self.right(report)
         measured, threshold = (right, left) if self.measured_right else (left, right)
+        unit = UNITS[self.kind]
+
+        def result(passed: bool, note: str | None) -> GateResult:
+            return GateResult(self.text, passed, measured, threshold, note, unit)
+
         if (why := nothing_measured(report)) is not None:
-            return GateResult(self.text, False, measured, threshold, f"nothing was measured: {why}")
+            return result(False, f"nothing was measured: {why}")
         if measured is not None and threshold is None:
             # A metric on both sides, the second unmeasured (a burst has no target).
-            note = f"nothing was measured for {self.threshold_text}"
-            return GateResult(self.text, False, measured, threshold, note)
+            return result(False, f"nothing was measured for {self.threshold_text}")
         if left is None or right is None:
-            return GateResult(self.text, False, measured, threshold, "nothing was measured")
-        return GateResult(self.text, _OPS[self.op](left, right), measured, threshold, None)
+            return result(False, "nothing was measured")
+        return result(_OPS[self.op](left, right), None)
 
 
 @dataclass(frozen=True)
@@ -186,12 +191,30 @@ class GateResult:
     measured: float | None
     threshold: float | None
     note: str | None
+    # How ``measured`` and ``threshold`` are written: UNITS' values (a report from
+    # before units has none: plain numbers).
+    unit: str = ""
 
     def describe(self) -> str:
         verdict = "pass" if self.passed else "FAIL"
-        measured = "nothing" if self.measured is None else number(self.measured, grouped=False)
+        measured = "nothing" if self.measured is None else in_unit(self.measured, self.unit, False)
         extra = f" ({self.note})" if self.note else ""
         return f"{verdict}: {self.gate}  (measured {measured}){extra}"
+
+
+# The unit a metric's values are in, as a report's gates name it: a latency in
+# milliseconds, a ratio a fraction, a rate per second, a count none.
+UNITS = {Kind.LATENCY: "ms", Kind.RATIO: "fraction", Kind.RATE: "/s", Kind.COUNT: ""}
+
+
+def in_unit(value: float, unit: str, grouped: bool = True) -> str:
+    """A gate's number as its gate writes it: a fraction as a percentage (a
+    ratio's threshold is mostly written ``1%``), a latency in ms, a rate per second."""
+    if unit == "fraction":
+        return f"{number(value * 100, grouped=grouped)}%"
+    if unit == "ms":
+        return f"{number(value, grouped=grouped)} ms"
+    return number(value, grouped=grouped) + unit
 
 
 def _side(text: str, where: str) -> _Side:
@@ -267,6 +290,7 @@ def parse(text: str, where: str = "gate") -> Gate:
             or (right.kind is not None and left.scaled and not right.scaled)
         ),
         threshold_text=(left if measured_right else right).text,
+        kind=left.kind or right.kind or Kind.COUNT,
     )
 
 

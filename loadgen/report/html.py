@@ -21,6 +21,7 @@ from typing import Any
 from loadgen.device.outcome import HOLD_INTERRUPTED
 from loadgen.files import write_output
 from loadgen.report import svg
+from loadgen.report.gates import UNITS, in_unit
 from loadgen.report.show import devices_named, emulator_stopped_line
 from loadgen.words import counted, number
 
@@ -344,11 +345,18 @@ def _gates(report: dict[str, Any]) -> str:
         if failed
         else f'<p class="pass">all {len(gates)} gates passed</p>'
     )
+
+    def shown(g: dict[str, Any], key: str) -> str:
+        value, unit = g.get(key), str(g.get("unit"))
+        if value is None:
+            return DASH
+        return _e(in_unit(value, unit)) if unit in UNITS.values() else _num(value)
+
     rows = [
         [
             f"<code>{_e(g.get('gate'))}</code>",
-            _num(g.get("measured")),
-            _num(g.get("threshold")),
+            shown(g, "measured"),
+            shown(g, "threshold"),
             '<span class="pass">pass</span>'
             if g.get("passed")
             else '<span class="fail">FAIL</span>'
