@@ -307,6 +307,52 @@ def test_a_shard_plans_as_many_workers_as_its_cpu_limit_has_cores(
     assert workers_by_rate(plan) == limit
 
 
+def _failure_action(job: dict[str, Any], exit_code: int | None, disrupted: bool) -> str:
+    """What the Job controller does with a failed pod of ``job``, as Kubernetes
+    documents podFailurePolicy: the first rule that matches decides; an exit
+    code rule matches the named container's exit code (None: it has none, the
+    pod was lost before it ran); a condition rule matches the pod's conditions.
+    No rule matching: "Count" (toward backoffLimitPerIndex)."""
+    for rule in job["spec"]["podFailurePolicy"]["rules"]:
+        codes = rule.get("onExitCodes")
+        if codes is not None:
+            assert codes["containerName"] == _container(job)["name"]
+            if exit_code is not None and (exit_code in codes["values"]) == (
+                codes["operator"] == "In"
+            ):
+                return str(rule["action"])
+        for condition in rule.get("onPodConditions", []):
+            if disrupted and condition == {"type": "DisruptionTarget", "status": "True"}:
+                return str(rule["action"])
+    return "Count"
+
+
+@pytest.mark.parametrize("name", KUSTOMIZATIONS)
+@pytest.mark.parametrize("exit_code", [1, 2, 130])
+@pytest.mark.parametrize("disrupted", [False, True])
+def test_a_shard_that_exited_with_a_loadgen_exit_code_is_never_run_again(
+    built, name, exit_code, disrupted
+):
+    # An evicted pod that ran handled the SIGTERM, wrote its report and exited
+    # 130: run again, it would start its slice late and write over that report.
+    shards = _one(built[name], "Job", "loadgen-shards")
+    assert _failure_action(shards, exit_code, disrupted) == "FailIndex"
+
+
+@pytest.mark.parametrize("name", KUSTOMIZATIONS)
+def test_a_shard_evicted_before_loadgen_answered_is_replaced_uncounted(built, name):
+    shards = _one(built[name], "Job", "loadgen-shards")
+    assert _failure_action(shards, None, disrupted=True) == "Ignore"
+    assert _failure_action(shards, 137, disrupted=True) == "Ignore"  # killed past the grace
+
+
+@pytest.mark.parametrize("name", KUSTOMIZATIONS)
+def test_a_shard_that_failed_otherwise_gets_one_more_try(built, name):
+    shards = _one(built[name], "Job", "loadgen-shards")
+    assert _failure_action(shards, 137, disrupted=False) == "Count"  # killed for its memory
+    assert shards["spec"]["backoffLimitPerIndex"] == 1
+
+
 @pytest.mark.parametrize("name", KUSTOMIZATIONS)
 def test_pods_run_as_the_images_non_root_user_on_a_read_only_root(built, name):
     uid = _dockerfile_user()
