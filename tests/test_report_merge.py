@@ -157,6 +157,36 @@ def test_shards_side_by_side_add_up_their_planned_arrivals():
     assert [s["series"]["target_per_s"] for s in shards] == [[100, 100], [100, 100]]
 
 
+AGREED = 1_800_000_000.0  # a --start-at
+
+
+def _stopped_while_waiting(planned: int) -> dict:
+    """A shard's report, as a shard stopped 4 s before --start-at writes it."""
+    stopped = AGREED - 4.0
+    report = build(_plan(planned), RunStats(), RunTiming(stopped, stopped, partial=True))
+    return {**report, "start": {"at": AGREED, "late_s": 0.0}}
+
+
+def test_a_run_stopped_before_its_start_plans_no_arrival_in_its_series():
+    assert _stopped_while_waiting(50)["series"]["target_per_s"] == []
+
+
+def test_a_merge_of_shards_started_together_begins_at_their_agreed_start():
+    results = _results(100, 3)
+    ran = {**_report(results, lambda i: i % 2, AGREED), "start": {"at": AGREED, "late_s": 0.0}}
+    merged = merge([_stopped_while_waiting(50), ran])
+    assert (merged["started_at"], merged["duration_s"]) == (ran["started_at"], ran["duration_s"])
+    for name in ("target_per_s", "started_per_s", "outcomes_per_s"):
+        assert merged["series"][name] == ran["series"][name], name
+
+
+def test_a_merge_of_shards_all_stopped_while_waiting_lasted_nothing_from_the_start():
+    merged = merge([_stopped_while_waiting(50), _stopped_while_waiting(50)])
+    assert merged["started_at"] == merged["ended_at"] == "2027-01-15T08:00:00.000+00:00"
+    assert merged["duration_s"] == 0
+    assert merged["series"]["started_per_s"] == merged["series"]["target_per_s"] == []
+
+
 def test_merged_provision_breakdown_is_weighted_by_devices():
     results = _results(2000, 10)
     union = _report(results, lambda i: True)

@@ -170,12 +170,13 @@ def _ran_s(timing: RunTiming) -> float | None:
 
 
 def target_series(plan: RunPlan, until: float | None = None) -> list[int]:
-    """Planned arrivals in each second of the schedule, up to ``until`` seconds
-    in when given: a stopped run's series ends where it stopped, not where a
-    schedule it never finished would have (a dense list of every second)."""
+    """Planned arrivals in each second of the schedule, before ``until``
+    seconds in when given: a stopped run's series ends where it stopped, not
+    where a schedule it never finished would have (a dense list of every
+    second), and one stopped before its start planned nothing it ran."""
     counts: dict[int, int] = {}
     for offset in offsets(plan.executor, plan.count, plan.phase):
-        if until is not None and offset > until:
+        if until is not None and offset >= until:
             break  # offsets only grow
         second = int(offset)
         counts[second] = counts.get(second, 0) + 1

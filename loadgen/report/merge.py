@@ -277,19 +277,23 @@ def merge_folded(
         histograms[name] = merged
     starts = [dt.datetime.fromisoformat(r["started_at"]) for r in reports]
     ends = [dt.datetime.fromisoformat(r["ended_at"]) for r in reports]
-    t0 = min(starts)
-    shifts = [int((s - t0).total_seconds()) for s in starts]
+    start = _merged_start(reports)
+    # Shards started together begin at the agreed start: one stopped while it
+    # waited for it began and ended when it was stopped, earlier.
+    t0 = dt.datetime.fromtimestamp(start["at"], dt.UTC) if start is not None else min(starts)
+    ended = max(*ends, t0)
     series = _SeriesFold()
-    for i, shift in enumerate(shifts):
-        series.add(shift, series_of(i))
+    for i, report in enumerate(reports):
+        if report["devices"]:  # one that started nothing has nothing in time to add
+            series.add(max(0, int((starts[i] - t0).total_seconds())), series_of(i))
     merged_report: dict[str, Any] = {
         "format": FORMAT,
         "run_ids": [run_id for r in reports for run_id in run_ids(r)],
         "scenario": " + ".join(dict.fromkeys(r["scenario"] for r in reports)),
         "endpoint": " + ".join(dict.fromkeys(r["endpoint"] for r in reports)),
         "started_at": t0.isoformat(timespec="milliseconds"),
-        "ended_at": max(ends).isoformat(timespec="milliseconds"),
-        "duration_s": round((max(ends) - t0).total_seconds(), 3),
+        "ended_at": ended.isoformat(timespec="milliseconds"),
+        "duration_s": round((ended - t0).total_seconds(), 3),
         "devices": sum(r["devices"] for r in reports),
         "accounting": _merge_accounting(reports),
         "outcomes": _counts(reports, "outcomes"),
@@ -331,7 +335,7 @@ def merge_folded(
         "shard": None,
         "shards": _merged_shards(reports),
     }
-    if (start := _merged_start(reports)) is not None:
+    if start is not None:
         merged_report["start"] = start
     if (jitp := _merge_jitp(reports, merged_report)) is not None:
         merged_report["jitp"] = jitp
