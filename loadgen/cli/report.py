@@ -19,6 +19,7 @@ from loadgen.report import gates as gates_mod
 from loadgen.report import merge as report_merge
 from loadgen.report import sources as sources_mod
 from loadgen.report.build import write_outputs
+from loadgen.report.shortfalls import shortfalls
 from loadgen.report.show import print_report
 from loadgen.report.sources import SOURCE
 from loadgen.report.store import DESTINATION, Destination, Location
@@ -91,7 +92,8 @@ def report_merge_command(
 ) -> None:
     """Merge reports of shards that ran side by side (exact percentiles). A REPORT
     is a file, a folder or s3://BUCKET/PREFIX/ (every *.json under it), or
-    s3://BUCKET/KEY. Exit 1 when a gate fails or an expected shard is missing."""
+    s3://BUCKET/KEY. Exit 1 when a gate fails, an expected shard is missing, or a
+    shard was stopped before its end."""
     gates = merge_gates(scenario_path, gate_texts)
     wait_s = wait_seconds(wait_text, expect)
     check_destinations(out, html, junit_path, summary_path)
@@ -115,7 +117,10 @@ def report_merge_command(
     each_output(
         [lambda: write_outputs(merged, out, html, click.echo, merged_line), gates_and_ci_files]
     )
-    if any(not r.passed for r in results):
+    fell_short = shortfalls(named)
+    for line in fell_short:
+        click.echo(f"loadgen: {line}", err=True)
+    if fell_short or any(not r.passed for r in results):
         sys.exit(1)
 
 

@@ -241,6 +241,7 @@ MERGE = Needs(
     (
         ("run_id?", STR),
         ("run_ids?.[]", STR),
+        ("partial?", Kind.BOOLEAN),
         ("shard?.index", NUM),
         ("shard?.count", NUM),
         ("shards?.count", NUM),

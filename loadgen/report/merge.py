@@ -294,6 +294,8 @@ def merge_folded(
         "started_at": t0.isoformat(timespec="milliseconds"),
         "ended_at": ended.isoformat(timespec="milliseconds"),
         "duration_s": round((ended - t0).total_seconds(), 3),
+        # One shard stopped early and the fleet's run is: not every device ran.
+        "partial": any(r.get("partial") for r in reports),
         "devices": sum(r["devices"] for r in reports),
         "accounting": _merge_accounting(reports),
         "outcomes": _counts(reports, "outcomes"),

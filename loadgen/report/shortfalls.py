@@ -1,0 +1,31 @@
+"""What keeps a merge from judging the whole run, whatever its gates say: a
+shard stopped before its end. ``loadgen run`` exits non-zero for it in the
+shard's own pod, where a pipeline that waits for the merge never looks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from loadgen.report.merge import shards_of
+
+
+def shortfalls(named: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    """One line for each kind of shortfall among the reports merged (each with
+    the name it was read from); none when they ran whole."""
+    lines: list[str] = []
+    stopped = [_who(name, report) for name, report in named if report.get("partial")]
+    if stopped:
+        lines.append(
+            f"partial: {', '.join(stopped)} stopped before the end of the run; the merge "
+            "holds what ran"
+        )
+    return lines
+
+
+def _who(name: str, report: dict[str, Any]) -> str:
+    """A report as a line names it: by its shard, when it is one, and its name."""
+    held = shards_of(report)
+    if len(held) == 1:
+        index, count = held[0]
+        return f"shard {index}/{count} ({name})"
+    return name

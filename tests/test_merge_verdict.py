@@ -1,0 +1,53 @@
+"""`loadgen report merge` judges the whole run, not only its gates: a shard that
+was stopped before its end makes the merge fail (exit 1) with one line naming
+it, as `loadgen run` fails for it in the shard's own pod, and the merged report,
+its HTML and its summary say so."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from loadgen.report.merge import merge
+from loadgen.report.shortfalls import shortfalls
+from tests.conftest import run_loadgen
+from tests.test_merge_sources import PASSES, shard_reports, write_reports
+
+
+def _merge_files(folder: Path, *args: str | Path) -> tuple[int, str, dict, Path]:
+    """Merge every report in ``folder`` with a passing gate: its exit code,
+    stderr, merged report and the folder its outputs went to."""
+    outputs = folder.parent / "merged"
+    outputs.mkdir(exist_ok=True)
+    result = run_loadgen(
+        "report", "merge", folder, "-o", outputs / "merged.json", "--gate", PASSES,
+        "--html", outputs / "merged.html", "--summary-md", outputs / "summary.md", *args,
+    )  # fmt: skip
+    merged = json.loads((outputs / "merged.json").read_text())
+    return result.code, result.err, merged, outputs
+
+
+def test_a_merge_of_a_partial_shard_is_partial():
+    reports = shard_reports(3)
+    reports[1]["partial"] = True
+    assert merge(reports)["partial"] is True
+    assert merge(shard_reports(3))["partial"] is False
+
+
+def test_a_merge_of_a_partial_shard_exits_1_naming_it_whatever_the_gates_say(tmp_path):
+    reports = shard_reports(3)
+    reports[1]["partial"] = True
+    paths = write_reports(tmp_path / "results", reports)
+    code, err, merged, outputs = _merge_files(tmp_path / "results", "--expect", "3")
+    assert code == 1, err
+    assert [g["passed"] for g in merged["gates"]] == [True]
+    assert err.splitlines() == [
+        f"loadgen: partial: shard 1/3 ({paths[1]}) stopped before the end of the run; "
+        "the merge holds what ran"
+    ]
+    assert "partial: stopped early" in (outputs / "summary.md").read_text()
+    assert "PARTIAL" in (outputs / "merged.html").read_text()
+
+
+def test_a_merge_of_whole_shards_has_no_shortfall():
+    assert shortfalls([(f"shard-{i}.json", r) for i, r in enumerate(shard_reports(3))]) == []
