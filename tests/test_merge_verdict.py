@@ -51,3 +51,32 @@ def test_a_merge_of_a_partial_shard_exits_1_naming_it_whatever_the_gates_say(tmp
 
 def test_a_merge_of_whole_shards_has_no_shortfall():
     assert shortfalls([(f"shard-{i}.json", r) for i, r in enumerate(shard_reports(3))]) == []
+
+
+def test_a_shard_that_lost_a_worker_is_a_shortfall_naming_the_shard_and_why():
+    reports = shard_reports(3)
+    reports[2]["accounting"]["workers_lost"] = {"1": "died (exit code -9)"}
+    named = [(f"shard-{i}.json", r) for i, r in enumerate(reports)]
+    assert shortfalls(named) == [
+        "shard 2/3 (shard-2.json): worker 1 died (exit code -9); its unfinished devices are errors"
+    ]
+
+
+def test_a_shard_whose_embedded_emulator_stopped_is_a_shortfall_naming_the_shard_and_why():
+    reports = shard_reports(2)
+    reports[0]["jitp"] = {"emulator_stopped": "serving process 1 was killed (SIGKILL)"}
+    (line,) = shortfalls([(f"shard-{i}.json", r) for i, r in enumerate(reports)])
+    assert line.startswith(
+        "shard 0/2 (shard-0.json): the embedded emulator stopped during the run: "
+        "serving process 1 was killed (SIGKILL)."
+    )
+
+
+def test_a_merge_of_a_shard_that_lost_a_worker_exits_1_whatever_the_gates_say(tmp_path):
+    reports = shard_reports(2)
+    reports[1]["accounting"]["workers_lost"] = {"0": "died (exit code -9)"}
+    paths = write_reports(tmp_path / "results", reports)
+    code, err, merged, _ = _merge_files(tmp_path / "results")
+    assert code == 1, err
+    assert [g["passed"] for g in merged["gates"]] == [True]
+    assert f"loadgen: shard 1/2 ({paths[1]}): worker 0 died (exit code -9)" in err

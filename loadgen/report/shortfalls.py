@@ -1,12 +1,14 @@
 """What keeps a merge from judging the whole run, whatever its gates say: a
-shard stopped before its end. ``loadgen run`` exits non-zero for it in the
-shard's own pod, where a pipeline that waits for the merge never looks."""
+shard stopped before its end, one that lost a worker, one whose embedded
+emulator stopped. ``loadgen run`` exits non-zero for each in the shard's own
+pod, where a pipeline that waits for the merge never looks."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from loadgen.report.merge import shards_of
+from loadgen.report.show import emulator_stopped_line
 
 
 def shortfalls(named: list[tuple[str, dict[str, Any]]]) -> list[str]:
@@ -19,6 +21,13 @@ def shortfalls(named: list[tuple[str, dict[str, Any]]]) -> list[str]:
             f"partial: {', '.join(stopped)} stopped before the end of the run; the merge "
             "holds what ran"
         )
+    for name, report in named:
+        for worker, why in ((report.get("accounting") or {}).get("workers_lost") or {}).items():
+            lines.append(
+                f"{_who(name, report)}: worker {worker} {why}; its unfinished devices are errors"
+            )
+        if stopped_why := (report.get("jitp") or {}).get("emulator_stopped"):
+            lines.append(f"{_who(name, report)}: {emulator_stopped_line(stopped_why)}")
     return lines
 
 
