@@ -411,7 +411,11 @@ def execute(
 ) -> tuple[RunStats, RunTiming, dict[str, Any]]:
     stats, timing = run_workers(plan, on_progress, start=start, signals=signals)
     report = build(plan, stats, timing)
-    report["shard"] = plan.shard.to_json() if plan.shard is not None else None
+    report["shard"] = None
+    if plan.shard is not None:
+        report["shard"] = plan.shard.to_json()
+        if plan.whole is not None:
+            report["shard"]["of"] = plan.whole.to_json()
     if start is not None:
         report["start"] = {"at": start.at, "late_s": round(timing.late_s, 3)}
     return stats, timing, report

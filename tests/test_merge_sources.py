@@ -92,6 +92,41 @@ def test_a_report_without_a_start_among_shards_started_together_is_one_line(tmp_
     assert_user_error(result, f"{paths[0]}: no start (a run without --start-at), but {paths[1]}")
 
 
+def of_run(reports: list[dict], scenario: str = "shards", fleet: int = 120) -> list[dict]:
+    """The reports as shards of one run write them: each says which (``shard.of``)."""
+    of = {"scenario": scenario, "fleet": fleet, "digest": f"sha256:{scenario}{fleet}"}
+    return [{**r, "shard": {**r["shard"], "of": of}} for r in reports]
+
+
+def test_a_shard_of_another_run_is_one_line_naming_it_and_nothing_is_written(tmp_path):
+    other = of_run(shard_reports(3), "other-scenario", 90)
+    reports = [*of_run(shard_reports(3))[:2], other[2]]
+    paths = write_reports(tmp_path / "results", reports)
+    out = tmp_path / "merged.json"
+    result = run_loadgen("report", "merge", tmp_path / "results", "--expect", "3", "-o", out)
+    assert_user_error(
+        result,
+        f"{paths[2]}: a shard of 'other-scenario' (a fleet of 90, settings "
+        f"sha256:other-scenario90), but {paths[0]} is a shard of 'shards' (a fleet of 120",
+        "the shards of one run share its scenario, fleet and settings",
+    )
+    assert not out.exists()
+
+
+def test_a_shard_report_older_than_its_run_field_merges_with_those_that_have_it():
+    reports = of_run(shard_reports(3))
+    del reports[1]["shard"]["of"]
+    merged = merge_named([(f"shard-{i}.json", r) for i, r in enumerate(reports)])
+    assert merged["shards"]["of"] == reports[0]["shard"]["of"]
+    assert merged["devices"] == 120
+
+
+def test_a_merge_of_merges_keeps_checking_the_run_its_shards_are_parts_of():
+    mine, theirs = of_run(shard_reports(2)), of_run(shard_reports(2), fleet=121)
+    with pytest.raises(UserError, match=r"b\.json: a shard of 'shards' \(a fleet of 121"):
+        merge_named([("a.json", merge(mine[:1])), ("b.json", theirs[1])])
+
+
 def test_a_lost_worker_is_keyed_by_its_shard_whatever_place_the_report_has():
     reports = shard_reports(3)
     reports[2]["accounting"]["workers_lost"] = {"1": "died (exit code -9)"}

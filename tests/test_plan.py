@@ -176,6 +176,33 @@ def test_a_max_in_flight_smaller_than_the_shards_is_refused():
         Shard(3, 4).share(3, ("load", "max_in_flight"))
 
 
+def test_the_shards_of_one_run_are_parts_of_one_whole_run_whatever_their_endpoint(tmp_path):
+    scenario = _scenario(tmp_path, {"executor": "constant-arrival-rate", "rate": "9/s"})
+    wholes = {
+        build_plan(scenario, endpoint=("127.0.0.1", 8883 + i), shard=Shard(i, 3)).whole
+        for i in range(3)
+    }
+    (whole,) = wholes
+    assert whole is not None and (whole.scenario, whole.fleet) == ("plan", 40)
+
+
+@pytest.mark.parametrize(
+    ("load", "count"),
+    [
+        ({"executor": "constant-arrival-rate", "rate": "18/s"}, None),  # another rate
+        ({"executor": "constant-arrival-rate", "rate": "9/s", "max_in_flight": 9}, None),
+        ({"executor": "constant-arrival-rate", "rate": "9/s"}, 90),  # another fleet
+    ],
+)
+def test_a_shard_of_another_rate_bound_or_fleet_is_part_of_another_run(tmp_path, load, count):
+    one = _scenario(tmp_path, {"executor": "constant-arrival-rate", "rate": "9/s"})
+    other = _scenario(tmp_path, load)
+    endpoint = ("127.0.0.1", 8883)
+    mine = build_plan(one, endpoint=endpoint, shard=Shard(0, 3)).whole
+    theirs = build_plan(other, endpoint=endpoint, count=count, shard=Shard(1, 3)).whole
+    assert mine != theirs
+
+
 def test_rate_replaces_a_bursts_arrivals_with_that_constant_rate(tmp_path):
     scenario = _scenario(tmp_path, {"executor": "burst"})
     plan = make_plan(scenario, RunOptions(rate="5/s", workers=1))

@@ -16,7 +16,7 @@ from loadgen.certs.subject import FIELDS
 from loadgen.device.lifecycle import DeviceConfig, PublishStep, Step, SubscribeStep
 from loadgen.load.chaos import Chaos
 from loadgen.load.schedule import Executor
-from loadgen.load.shard import Shard
+from loadgen.load.shard import Shard, WholeRun
 
 # ``--workers auto``: as many workers as the rate needs (``loadgen.run.workers_for``).
 AUTO: Literal["auto"] = "auto"
@@ -58,6 +58,7 @@ class RunPlan:
     # This generator's part of a fleet run by several (``--shard I/N``): ``count``,
     # ``executor`` and ``max_in_flight`` are then the shard's, 1/N of the fleet's.
     shard: Shard | None = None
+    whole: WholeRun | None = None  # with ``shard``: the run it is a part of
 
     @property
     def phase(self) -> float:

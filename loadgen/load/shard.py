@@ -72,6 +72,22 @@ class Shard:
 
 
 @dataclass(frozen=True)
+class WholeRun:
+    """The run a shard is a part of, as its report records it (``shard.of``):
+    the scenario's name, the whole fleet's devices, and a digest of the settings
+    that make the whole run's schedule and each device's work. Reports of shards
+    that differ in it are parts of different runs: merged, they would be a
+    partition of no fleet."""
+
+    scenario: str
+    fleet: int
+    digest: str
+
+    def to_json(self) -> dict[str, str | int]:
+        return {"scenario": self.scenario, "fleet": self.fleet, "digest": self.digest}
+
+
+@dataclass(frozen=True)
 class ShardName:
     """What ``--shard`` says: a label on metrics and the Pushgateway group, and
     for ``I/N`` the slice of the fleet this generator runs (a name without a

@@ -117,12 +117,31 @@ def shards_of(report: dict[str, Any]) -> list[tuple[int, int]]:
     return []
 
 
+def whole_run_of(report: dict[str, Any]) -> dict[str, Any] | None:
+    """The run a shard's report, or a merge of shards, is a part of (``of``);
+    None for a report from before it, and for one that is no shard."""
+    held = report.get("shard") or report.get("shards") or {}
+    of: dict[str, Any] | None = held.get("of")
+    return of
+
+
 def check_shards(sources: list[tuple[str, dict[str, Any]]]) -> None:
-    """Shards of one run merge once each, and all of one N: two reports of the
-    same shard, or shards of different splits, are one line naming the report."""
+    """Shards of one run merge once each, and all of one N and one run (their
+    ``of``, where they have it): two reports of the same shard, shards of
+    different splits, or of different runs, are one line naming the report."""
     seen: dict[int, str] = {}
     split: tuple[int, str] | None = None
+    whole: tuple[dict[str, Any], str] | None = None
     for name, report in sources:
+        if (of := whole_run_of(report)) is not None:
+            if whole is None:
+                whole = (of, name)
+            elif of != whole[0]:
+                raise UserError(
+                    f"{name}: a shard of {_run(of)}, but {whole[1]} is a shard of "
+                    f"{_run(whole[0])}: the shards of one run share its scenario, fleet "
+                    "and settings (is it a report of another run?)"
+                )
         for index, count in shards_of(report):
             if not 0 <= index < count:
                 raise UserError(f"{name}: field shard is {index}/{count}: not a shard of {count}")
@@ -139,6 +158,10 @@ def check_shards(sources: list[tuple[str, dict[str, Any]]]) -> None:
                     "each shard is merged once"
                 )
             seen[index] = name
+
+
+def _run(of: dict[str, Any]) -> str:
+    return f"{of['scenario']!r} (a fleet of {of['fleet']}, settings {of['digest']})"
 
 
 def _start_at(report: dict[str, Any]) -> float | None:
@@ -178,7 +201,12 @@ def _merged_shards(reports: list[dict[str, Any]]) -> dict[str, Any] | None:
     held = [shard for report in reports for shard in shards_of(report)]
     if not held:
         return None
-    return {"count": held[0][1], "indices": sorted(index for index, _ in held)}
+    merged: dict[str, Any] = {"count": held[0][1], "indices": sorted(index for index, _ in held)}
+    # One run's (check_shards), where a report says it: older reports do not.
+    wholes = [of for report in reports if (of := whole_run_of(report)) is not None]
+    if wholes:
+        merged["of"] = wholes[0]
+    return merged
 
 
 def _merged_start(reports: list[dict[str, Any]]) -> dict[str, Any] | None:

@@ -3,6 +3,11 @@ worker processes receive, with every template and endpoint checked first."""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
+from typing import Any
+
 from loadgen.device.lifecycle import DeviceConfig, HoldStep, PublishStep, Step, SubscribeStep
 from loadgen.device.retry import RetryPolicy
 from loadgen.errors import ConfigError
@@ -15,7 +20,7 @@ from loadgen.load.schedule import (
     Stage,
     scaled,
 )
-from loadgen.load.shard import Shard
+from loadgen.load.shard import Shard, WholeRun
 from loadgen.scenario.schema import Hold, Publish, Scenario, parse_endpoint, template_text
 
 
@@ -74,6 +79,19 @@ def build_plan(
     tls, load = scenario.tls, scenario.load
     total = count if count is not None else scenario.fleet.count
     executor = executor_of(scenario, rate)
+    whole = None
+    if shard is not None:
+        whole = whole_run(
+            scenario.name,
+            total,
+            {
+                "executor": executor,
+                "max_in_flight": load.max_in_flight,
+                "mqtt": [scenario.mqtt.protocol_version, scenario.mqtt.client_id],
+                "device": device,
+                "steps": steps,
+            },
+        )
     return RunPlan(
         scenario=scenario.name,
         host=host,
@@ -98,7 +116,26 @@ def build_plan(
         workers=workers,
         driver=scenario.mqtt.driver,
         shard=shard,
+        whole=whole,
     )
+
+
+def whole_run(scenario: str, fleet: int, settings: dict[str, Any]) -> WholeRun:
+    """The run that shards of ``fleet`` devices of ``scenario`` are parts of.
+    ``settings`` are the whole run's (its executor unscaled, its max_in_flight),
+    records by their type and fields. The endpoint is not one of them: the
+    shards of one run may each connect to their own (an embedded emulator's
+    port, an address per zone)."""
+
+    def plain(value: Any) -> Any:
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            return [type(value).__name__, dataclasses.asdict(value)]
+        if isinstance(value, list | tuple):
+            return [plain(item) for item in value]
+        return value
+
+    text = json.dumps({k: plain(v) for k, v in settings.items()}, sort_keys=True)
+    return WholeRun(scenario, fleet, "sha256:" + hashlib.sha256(text.encode()).hexdigest()[:16])
 
 
 # A hold's PINGREQs when neither it nor the CONNECT sets a keepalive: AWS IoT
