@@ -22,3 +22,17 @@ def number(value: float, *, grouped: bool = True) -> str:
     if abs(value) >= 1:
         return f"{value:{comma}.3f}".rstrip("0").rstrip(".")
     return format(Decimal(f"{value:.4g}"), "f")
+
+
+def ranges(numbers: list[int]) -> str:
+    """``[0, 1, 2, 5, 7, 8]`` -> ``0-2, 5, 7-8``: a thousand missing shards fit a line."""
+    parts: list[str] = []
+    start = prev = None
+    for n in [*numbers, None]:
+        if prev is not None and n == prev + 1:
+            prev = n
+            continue
+        if start is not None:
+            parts.append(str(start) if start == prev else f"{start}-{prev}")
+        start = prev = n
+    return ", ".join(parts)

@@ -15,7 +15,8 @@ import yaml
 from loadgen.errors import UserError
 from loadgen.files import write_atomic
 from loadgen.report.merge import merge, merge_named
-from loadgen.report.sources import Reader, ranges
+from loadgen.report.sources import Reader
+from loadgen.words import ranges
 from tests.conftest import assert_user_error, run_loadgen
 from tests.test_report_merge import _report
 from tests.test_stats import _results

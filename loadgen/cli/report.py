@@ -92,8 +92,8 @@ def report_merge_command(
 ) -> None:
     """Merge reports of shards that ran side by side (exact percentiles). A REPORT
     is a file, a folder or s3://BUCKET/PREFIX/ (every *.json under it), or
-    s3://BUCKET/KEY. Exit 1 when a gate fails, an expected shard is missing, or a
-    shard was stopped before its end."""
+    s3://BUCKET/KEY. Exit 1 when a gate fails, a shard is missing, or a shard fell
+    short (stopped before its end, a worker lost, its emulator stopped)."""
     gates = merge_gates(scenario_path, gate_texts)
     wait_s = wait_seconds(wait_text, expect)
     check_destinations(out, html, junit_path, summary_path)
@@ -117,7 +117,7 @@ def report_merge_command(
     each_output(
         [lambda: write_outputs(merged, out, html, click.echo, merged_line), gates_and_ci_files]
     )
-    fell_short = shortfalls(named)
+    fell_short = shortfalls(named, merged)
     for line in fell_short:
         click.echo(f"loadgen: {line}", err=True)
     if fell_short or any(not r.passed for r in results):

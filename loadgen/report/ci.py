@@ -11,7 +11,7 @@ from xml.etree import ElementTree as ET
 from loadgen.files import each_output
 from loadgen.metrics.stats import PHASES
 from loadgen.report.gates import GateResult, in_unit
-from loadgen.report.show import PARTIAL, accounting_phrases, expected_cell
+from loadgen.report.show import PARTIAL, accounting_phrases, expected_cell, missing_shards_line
 from loadgen.report.store import MARKDOWN, XML, Destination
 from loadgen.words import counted, number
 
@@ -48,9 +48,10 @@ def summary_markdown(report: dict[str, Any], results: list[GateResult]) -> str:
     verdict = "❌ gates failed" if failed else ("✅ gates passed" if results else "no gates")
     if report.get("partial"):
         verdict += f" {PARTIAL}"
-    lines = [
-        f"## loadgen: {report['scenario']} — {verdict}",
-        "",
+    lines = [f"## loadgen: {report['scenario']} — {verdict}", ""]
+    if (missing := missing_shards_line(report)) is not None:
+        lines += [f"**{missing[:1].upper()}{missing[1:]}.**", ""]
+    lines += [
         f"{counted(report['devices'], 'device')} against `{report['endpoint']}` in "
         f"{report['duration_s']:.1f} s; {_rates(report['rate'])}.",
         "",

@@ -198,6 +198,13 @@ _JITP = (
     ("jitp?.emulator_stopped?", STR),
 )
 
+# The shards a merge of part of a sharded run lacks, which show and html say.
+_SHARDS_MISSING = (
+    ("shards?.count", NUM),
+    ("shards?.missing?.[]", NUM),
+    ("shards?.missing_devices?", NUM),
+)
+
 SHOW = Needs(
     "show",
     (
@@ -218,6 +225,7 @@ SHOW = Needs(
         ("generator?.coordinator_cpu_s?", NUM),
         *_ACCOUNTING,
         *_JITP,
+        *_SHARDS_MISSING,
         ("jitp?.first_connect_rejected", NUM),
         ("capacity?.verdict", STR),
         *(
@@ -247,7 +255,7 @@ MERGE = Needs(
         ("shard?.of?.scenario", STR),
         ("shard?.of?.fleet", NUM),
         ("shard?.of?.digest", STR),
-        ("shards?.count", NUM),
+        *_SHARDS_MISSING,
         ("shards?.indices.[]", NUM),
         ("shards?.of?.scenario", STR),
         ("shards?.of?.fleet", NUM),
@@ -357,6 +365,7 @@ HTML = Needs(
         ("series?.latency_ms?.*.[].*", NUM_OR_NULL),
         *_ACCOUNTING,
         *_JITP,
+        *_SHARDS_MISSING,
         ("jitp?.first_connect_rejected?", NUM),
         ("gates?.[]", OBJ),
         ("gates?.[].measured?", NUM_OR_NULL),

@@ -22,7 +22,7 @@ from loadgen.device.outcome import HOLD_INTERRUPTED
 from loadgen.files import write_output
 from loadgen.report import svg
 from loadgen.report.gates import UNITS, in_unit
-from loadgen.report.show import devices_named, emulator_stopped_line
+from loadgen.report.show import devices_named, emulator_stopped_line, missing_shards_line
 from loadgen.words import counted, number
 
 OUTCOME_COLORS: Mapping[str, str] = MappingProxyType(
@@ -252,6 +252,8 @@ def _header(report: dict[str, Any]) -> str:
         if report.get("partial")
         else ""
     )
+    if (missing := missing_shards_line(report)) is not None:
+        banner += f'<div class="banner" role="alert">{_e(_sentence(missing))}.</div>'
     stopped = (report.get("jitp") or {}).get("emulator_stopped")
     if stopped:
         line = emulator_stopped_line(stopped)

@@ -14,6 +14,7 @@ from typing import Any
 
 from loadgen.errors import UserError
 from loadgen.files import REPORT_LIMIT, read_limited
+from loadgen.load.shard import Shard
 from loadgen.metrics.histogram import LatencyHistogram
 from loadgen.metrics.intervals import LogBuckets
 from loadgen.metrics.stats import BREAKDOWN, PHASES, fold_reasons, lowest, ranked
@@ -201,11 +202,18 @@ def _merged_shards(reports: list[dict[str, Any]]) -> dict[str, Any] | None:
     held = [shard for report in reports for shard in shards_of(report)]
     if not held:
         return None
-    merged: dict[str, Any] = {"count": held[0][1], "indices": sorted(index for index, _ in held)}
+    count = held[0][1]
+    indices = sorted(index for index, _ in held)
+    missing = sorted(set(range(count)) - set(indices))
+    merged: dict[str, Any] = {"count": count, "indices": indices, "missing": missing}
     # One run's (check_shards), where a report says it: older reports do not.
     wholes = [of for report in reports if (of := whole_run_of(report)) is not None]
     if wholes:
         merged["of"] = wholes[0]
+    fleet = wholes[0]["fleet"] if wholes else None
+    merged["missing_devices"] = (
+        None if fleet is None else sum(Shard(i, count).size(fleet) for i in missing)
+    )
     return merged
 
 

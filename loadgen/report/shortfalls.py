@@ -1,20 +1,24 @@
 """What keeps a merge from judging the whole run, whatever its gates say: a
-shard stopped before its end, one that lost a worker, one whose embedded
-emulator stopped. ``loadgen run`` exits non-zero for each in the shard's own
-pod, where a pipeline that waits for the merge never looks."""
+shard missing (a merge without --expect), a shard stopped before its end, one
+that lost a worker, one whose embedded emulator stopped. ``loadgen run`` exits
+non-zero for each but the first in the shard's own pod, where a pipeline that
+waits for the merge never looks."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from loadgen.report.merge import shards_of
-from loadgen.report.show import emulator_stopped_line
+from loadgen.report.show import emulator_stopped_line, missing_shards_line
 
 
-def shortfalls(named: list[tuple[str, dict[str, Any]]]) -> list[str]:
-    """One line for each kind of shortfall among the reports merged (each with
-    the name it was read from); none when they ran whole."""
+def shortfalls(named: list[tuple[str, dict[str, Any]]], merged: dict[str, Any]) -> list[str]:
+    """One line for each kind of shortfall of the reports merged (each with the
+    name it was read from) into ``merged``; none when they are the whole run
+    and ran whole."""
     lines: list[str] = []
+    if (missing := missing_shards_line(merged)) is not None:
+        lines.append(missing)
     stopped = [_who(name, report) for name, report in named if report.get("partial")]
     if stopped:
         lines.append(

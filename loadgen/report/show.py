@@ -22,7 +22,7 @@ from loadgen.load.plan import RunPlan
 from loadgen.load.runner import Progress, RunSnapshot, merge_progress
 from loadgen.load.schedule import target_rate
 from loadgen.metrics.stats import PHASES
-from loadgen.words import counted, number
+from loadgen.words import counted, number, ranges
 
 # The live arrival rate: over this many whole seconds, the last ones every
 # worker has measured.
@@ -201,6 +201,8 @@ def print_report(console: Console, report: dict[str, Any]) -> None:
         indent=0,
         bold=report["scenario"],
     )
+    if (missing := missing_shards_line(report)) is not None:
+        say(console, missing)
     rate = report["rate"]
     say(
         console,
@@ -296,6 +298,23 @@ def devices_named(indices: list[int], devices: int) -> str:
     if devices <= len(indices):
         return f"device {listed}" if devices == 1 else f"devices {listed}"
     return f"devices {listed}, ..."
+
+
+def missing_shards_line(report: dict[str, Any]) -> str | None:
+    """What a merge of part of a sharded run says of itself: the shards it
+    lacks (and their devices, when the shards said how many the fleet had).
+    None for any other report."""
+    shards = report.get("shards") or {}
+    missing = shards.get("missing") or []
+    if not missing:
+        return None
+    devices = shards.get("missing_devices")
+    held = f" ({counted(devices, 'device')})" if devices is not None else ""
+    which = f"shard {ranges(missing)}" if len(missing) == 1 else f"shards {ranges(missing)}"
+    return (
+        f"{which} of {shards['count']} missing{held}: the merge, and a verdict on it, "
+        "covers part of the fleet"
+    )
 
 
 def emulator_stopped_line(why: str, during: str = "the run") -> str:

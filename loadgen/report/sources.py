@@ -18,6 +18,7 @@ from loadgen.report import fields, s3
 from loadgen.report.merge import load_report, parse_report, run_ids, shards_of
 from loadgen.report.s3 import S3, S3Unavailable, S3Url
 from loadgen.report.store import OTHER_SCHEME, Destination, Location
+from loadgen.words import ranges
 
 Named = list[tuple[str, dict[str, Any]]]
 # How often sources are looked at again while waiting: a LIST request or a
@@ -213,20 +214,6 @@ def shards(named: Named, expect: int) -> Shards:
         for index in held(report, name, expect):
             found.setdefault(index, []).append(name)
     return Shards(expect, found)
-
-
-def ranges(numbers: list[int]) -> str:
-    """``[0, 1, 2, 5, 7, 8]`` -> ``0-2, 5, 7-8``: a thousand missing shards fit a line."""
-    parts: list[str] = []
-    start = prev = None
-    for n in [*numbers, None]:
-        if prev is not None and n == prev + 1:
-            prev = n
-            continue
-        if start is not None:
-            parts.append(str(start) if start == prev else f"{start}-{prev}")
-        start = prev = n
-    return ", ".join(parts)
 
 
 def gather(
