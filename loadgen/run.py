@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import resource
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
@@ -410,6 +411,13 @@ def execute(
     signals: RunSignals | None = None,
 ) -> tuple[RunStats, RunTiming, dict[str, Any]]:
     stats, timing = run_workers(plan, on_progress, start=start, signals=signals)
+    return stats, timing, run_report(plan, stats, timing, start)
+
+
+def run_report(
+    plan: RunPlan, stats: RunStats, timing: RunTiming, start: StartAt | None
+) -> dict[str, Any]:
+    """The report of ``plan``'s run, with the shard it ran and its agreed start."""
     report = build(plan, stats, timing)
     report["shard"] = None
     if plan.shard is not None:
@@ -418,7 +426,20 @@ def execute(
             report["shard"]["of"] = plan.whole.to_json()
     if start is not None:
         report["start"] = {"at": start.at, "late_s": round(timing.late_s, 3)}
-    return stats, timing, report
+    return report
+
+
+def unstarted_report(
+    plan: RunPlan, scenario: Scenario, options: RunOptions, start: StartAt | None
+) -> dict[str, Any]:
+    """The report of a run stopped before its workers started (while its fleet
+    was minted, its emulator started): it lasted nothing, and every device it
+    planned did not start, as in a run stopped before its --start-at."""
+    now = time.time()
+    report = run_report(plan, RunStats(), RunTiming(now, now, partial=True), start)
+    if is_embedded(scenario, options):
+        report["endpoint"] = EMBEDDED  # the emulator's address was never known
+    return report
 
 
 def default_workers() -> int:

@@ -412,3 +412,40 @@ def test_sigterm_to_every_process_of_a_run_stops_it_as_ctrl_c_does(tmp_path, dev
     assert report["accounting"]["notes"] == {"interrupted during hold": 30}
     assert report["jitp"]["emulator_stopped"] is None
     assert_all_gone(everyone)
+
+
+def test_a_shard_stopped_while_it_mints_writes_every_output_with_no_device_started(
+    tmp_path, mosquitto, device_ca
+):
+    # RSA keys: minting 3,000 takes minutes, so the stop comes while it mints.
+    path = _scenario(
+        tmp_path,
+        mosquitto,
+        device_ca,
+        fleet={
+            "ca": str(device_ca.directory),
+            "store": "fleet",
+            "count": 3000,
+            "profile": "rsa.yaml",
+        },
+    )
+    (tmp_path / "rsa.yaml").write_text("key_type: rsa-2048\nsubject:\n  common_name: 'b-{index}'\n")
+    outputs = {name: tmp_path / name for name in ("r.json", "r.html", "r.xml", "r.md")}
+    proc = _loadgen(
+        "run", path, "--shard", "1/3", "--start-at", f"{time.time() + 600:.0f}",
+        "--workers", "1", "--report", outputs["r.json"], "--html", outputs["r.html"],
+        "--junit", outputs["r.xml"], "--summary-md", outputs["r.md"],
+        "--gate", "ratio(failed) < 1%",
+    )  # fmt: skip
+    assert _poll(lambda: (tmp_path / "fleet").exists(), proc), proc.communicate()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert all(output.exists() for output in outputs.values())
+    report = json.loads(outputs["r.json"].read_text())
+    assert report["partial"] is True
+    assert report["accounting"]["planned"] == report["accounting"]["not_started"] == 1000
+    assert report["accounting"]["started"] == 0 and report["duration_s"] == 0
+    assert (report["shard"]["index"], report["shard"]["count"]) == (1, 3)
+    assert report["series"]["target_per_s"] == []

@@ -5,7 +5,7 @@ from __future__ import annotations
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 from rich.console import Console
@@ -29,6 +29,7 @@ from loadgen.load.plan import Workers
 from loadgen.load.runner import merge_progress
 from loadgen.load.shard import Shard
 from loadgen.load.start import DEFAULT_TOLERANCE, parse_start
+from loadgen.load.workers import RunSignals
 from loadgen.report import ci as ci_files
 from loadgen.report import gates as gates_mod
 from loadgen.report.build import jitp_section
@@ -44,6 +45,7 @@ from loadgen.run import (
     make_plan,
     mint_workers,
     signalled_endpoint,
+    unstarted_report,
 )
 from loadgen.scenario.schema import Scenario, load_scenario
 from loadgen.words import counted
@@ -95,54 +97,58 @@ def run_command(
     checked = check_plan(scenario, options)
     outputs.check(junit_path, summary_path, kept=kept_files(scenario, scenario_path))
     console = stderr_console()
-    minted = _mint_with_progress(
-        console, scenario, fleet_count(scenario, options), mint_workers(workers), checked.shard
-    )
-    if minted is not None:
-        click.echo(
-            f"fleet {checked.fleet}: minted {minted.minted}, {counted(minted.total, 'device')}",
-            err=True,
+    # Until the workers start (the fleet minted, the emulator starting, the
+    # plan) a stop signal stops the command at once, with the report of a run
+    # that started nothing; then it stops the workers, or is noted: what they
+    # measured is written whatever comes.
+    preparing = True
+    try:
+        minted = _mint_with_progress(
+            console, scenario, fleet_count(scenario, options), mint_workers(workers), checked.shard
         )
-    # Until the workers start (the emulator starting, the plan) a stop signal
-    # stops the command at once; then it stops the workers, or is noted: what
-    # they measured is written whatever comes.
-    with signalled_endpoint(scenario, options) as (signals, session):
-        with signals.abortable():
-            plan = make_plan(session.scenario, session.options)
-            exporter = outputs.exporter(plan)
-        if start is not None:
-            shard = f"shard {plan.shard}" if plan.shard is not None else "the run"
-            click.echo(f"{shard}: its schedule starts at --start-at {start.text}", err=True)
-        with LiveRun(console, plan) as live:
-
-            def on_progress(parts: list[Any], elapsed: float) -> None:
-                live.update(parts, elapsed)
-                if exporter is not None:
-                    exporter.progress(merge_progress(parts), elapsed)
-
-            stats, timing, report = execute(plan, on_progress, start, signals)
-        if timing.late_s > 0:
+        if minted is not None:
             click.echo(
-                f"loadgen: started {timing.late_s:.2f} s after --start-at (ready late)",
+                f"fleet {checked.fleet}: minted {minted.minted}, {counted(minted.total, 'device')}",
                 err=True,
             )
-        if exporter is not None:
-            exporter.finish(stats)
-        emulator_stats, stopped = session.final_emulator()
-        report["jitp"] = jitp_section(report, emulator_stats, stopped)
-        results = gates_mod.evaluate(gates, report)
-        report["gates"] = gates_mod.as_json(results)
-        print_report(Console(highlight=False), report)
-        for result in results:
-            click.echo(result.describe())
-        each_output(
-            [
-                lambda: outputs.write(report),
-                lambda: ci_files.write_ci_files(report, results, junit_path, summary_path),
-            ]
+        with signalled_endpoint(scenario, options) as (signals, session):
+            with signals.abortable():
+                plan = make_plan(session.scenario, session.options)
+                exporter = outputs.exporter(plan)
+            preparing = False
+            if start is not None:
+                shard = f"shard {plan.shard}" if plan.shard is not None else "the run"
+                click.echo(f"{shard}: its schedule starts at --start-at {start.text}", err=True)
+            with LiveRun(console, plan) as live:
+
+                def on_progress(parts: list[Any], elapsed: float) -> None:
+                    live.update(parts, elapsed)
+                    if exporter is not None:
+                        exporter.progress(merge_progress(parts), elapsed)
+
+                stats, timing, report = execute(plan, on_progress, start, signals)
+            if timing.late_s > 0:
+                click.echo(
+                    f"loadgen: started {timing.late_s:.2f} s after --start-at (ready late)",
+                    err=True,
+                )
+            if exporter is not None:
+                exporter.finish(stats)
+            emulator_stats, stopped = session.final_emulator()
+            report["jitp"] = jitp_section(report, emulator_stats, stopped)
+            results = _judge_and_write(report, gates, outputs, junit_path, summary_path)
+            if signals.received is None:
+                outputs.linger_for_last_scrape()
+    except KeyboardInterrupt:
+        if not preparing:
+            raise
+        _stopped_before_start(
+            unstarted_report(checked, scenario, options, start),
+            gates,
+            outputs,
+            junit_path,
+            summary_path,
         )
-        if signals.received is None:
-            outputs.linger_for_last_scrape()
     if signals.received is not None and not timing.partial:
         name = signal.Signals(signals.received).name
         click.echo(f"loadgen: {name} came after the run ended; its report is whole", err=True)
@@ -157,6 +163,48 @@ def run_command(
         sys.exit(1)
     if any(not r.passed for r in results):
         sys.exit(1)
+
+
+def _judge_and_write(
+    report: dict[str, Any],
+    gates: list[gates_mod.Gate],
+    outputs: Outputs,
+    junit_path: Destination | None,
+    summary_path: Destination | None,
+) -> list[gates_mod.GateResult]:
+    """The gates applied to the report, which is printed and written with every
+    other output asked for; the gates' results."""
+    results = gates_mod.evaluate(gates, report)
+    report["gates"] = gates_mod.as_json(results)
+    print_report(Console(highlight=False), report)
+    for result in results:
+        click.echo(result.describe())
+    each_output(
+        [
+            lambda: outputs.write(report),
+            lambda: ci_files.write_ci_files(report, results, junit_path, summary_path),
+        ]
+    )
+    return results
+
+
+def _stopped_before_start(
+    report: dict[str, Any],
+    gates: list[gates_mod.Gate],
+    outputs: Outputs,
+    junit_path: Destination | None,
+    summary_path: Destination | None,
+) -> NoReturn:
+    """The outputs of a run stopped before it started a device, then exit 130
+    as for any stopped run. A second signal meanwhile is noted: it must not cut
+    the outputs short."""
+    with RunSignals():
+        report["jitp"] = jitp_section(report, None)
+        _judge_and_write(report, gates, outputs, junit_path, summary_path)
+    click.echo(
+        "loadgen: interrupted before any device started; the report says so (partial)", err=True
+    )
+    sys.exit(130)
 
 
 def _mint_with_progress(
