@@ -462,7 +462,8 @@ def test_a_merge_refuses_shards_of_different_splits(mosquitto_rehearsal, tmp_pat
 def test_a_merge_of_merged_shards_still_sees_each_shard_once(mosquitto_rehearsal, tmp_path):
     _, _, _, reports = mosquitto_rehearsal
     first = tmp_path / "first.json"
-    assert run_loadgen("report", "merge", *reports[:2], "-o", first).code == 0
+    part = run_loadgen("report", "merge", *reports[:2], "-o", first)
+    assert part.code == 1 and "shard 2 of 3 missing" in part.err  # written, and said
     again = _copy(reports[1], tmp_path / "again.json")
     result = run_loadgen("report", "merge", first, again, "-o", tmp_path / "m.json")
     assert_user_error(result, f"{again}: shard 1/3 is already in {first}")
