@@ -264,6 +264,22 @@ def test_an_emulator_that_hangs_is_said_to_have_stopped_answering(tmp_path, devi
     assert why == "it stopped answering: it gave no counts when asked"
 
 
+def test_counts_asked_for_after_a_hang_are_the_current_ones_not_the_late_answer(
+    tmp_path, device_ca, fleet
+):
+    emulator = start_embedded(device_ca.directory, None, tmp_path, quotas=QUOTAS_OFF, processes=1)
+    try:
+        os.kill(emulator.process.pid, signal.SIGSTOP)
+        unanswered = emulator.stats(timeout=1)
+        os.kill(emulator.process.pid, signal.SIGCONT)  # it answers that request now, late
+        assert connect_all(emulator, fleet) == Counter(closed=DEVICES)  # JITP's triggers
+        stats = _stats(emulator)
+    finally:
+        emulator.stop()
+    assert unanswered is None
+    assert stats["provision"] == {"Success": DEVICES}
+
+
 def test_a_run_whose_embedded_emulator_stops_says_so_and_still_accounts_for_every_device(
     tmp_path, device_ca, fleet
 ):

@@ -185,17 +185,17 @@ async def serve_forever(
         if metrics_port is not None:
             emu_metrics.serve(emulator, host, metrics_port, _scrape_totals(loop, serving))
 
-        async def print_now() -> None:
+        async def print_now(asked: float) -> None:
             totals = await _totals(emulator, serving)
             # Nobody reads the line any more: the final one finds out too, and says so.
             with contextlib.suppress(BrokenPipeError):
-                _print_stats(totals, emulator.api_stats)
+                _print_stats(totals, emulator.api_stats, asked=asked)
 
         # The loop keeps only a weak reference to a task.
         printing: set[asyncio.Task[None]] = set()
 
         def on_usr1() -> None:
-            task = loop.create_task(print_now())
+            task = loop.create_task(print_now(time.monotonic()))
             printing.add(task)
             task.add_done_callback(printing.discard)
 
@@ -313,12 +313,23 @@ def _stop_at_eof(loop: asyncio.AbstractEventLoop, fd: int, stop: asyncio.Event) 
     loop.add_reader(fd, on_readable)
 
 
-def _print_stats(totals: Totals, api: ApiStats | None = None, *, final: bool = False) -> None:
+def _print_stats(
+    totals: Totals,
+    api: ApiStats | None = None,
+    *,
+    final: bool = False,
+    asked: float | None = None,
+) -> None:
     """The stats line; ``final``: the one printed on the way out, marked so
-    that a parent asking for counts then knows the emulator is ending."""
+    that a parent asking for counts then knows the emulator is ending;
+    ``asked``: when SIGUSR1 asked for it (the system's monotonic clock)."""
     summary: dict[str, Any] = dict(totals.stats.summary())
     if final:
         summary["final"] = True
+    if asked is not None:
+        # A parent that gave up waiting for an answer tells that late answer
+        # from the one to its next request: it was asked before that request.
+        summary["asked_monotonic_s"] = round(asked, 6)
     if api is not None:
         summary["api"] = {
             "calls": dict(api.calls),
@@ -333,6 +344,32 @@ def _print_stats(totals: Totals, api: ApiStats | None = None, *, final: bool = F
     print(STATS + json.dumps(summary), flush=True)
 
 
+class OutputLines:
+    """A child's stdout read line by line with a deadline: select() on the pipe
+    itself, and lines already read kept here (a buffered reader would hide
+    them from select())."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.pending = b""
+
+    def next(self, deadline: float) -> str | None:
+        """The next whole line; "" at end of file; None if none came in time."""
+        while b"\n" not in self.pending:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self.fd], [], [], left)[0]:
+                return None
+            try:
+                chunk = os.read(self.fd, 65536)
+            except OSError:
+                chunk = b""
+            if not chunk:
+                return ""
+            self.pending += chunk
+        line, _, self.pending = self.pending.partition(b"\n")
+        return line.decode(errors="replace") + "\n"
+
+
 @dataclass
 class EmbeddedEmulator:
     """An emulator subprocess for one run."""
@@ -344,6 +381,7 @@ class EmbeddedEmulator:
     api_url: str | None = None  # the control plane's, when it has one
     log: Path | None = None  # its stderr
     log_start: int = 0  # where this emulator's lines begin in ``log``
+    output: OutputLines | None = None  # its stdout, once read from
 
     def stopped_early(self) -> str | None:
         """Why it ended, if it ended before ``stop``: the last line it wrote of
@@ -366,25 +404,31 @@ class EmbeddedEmulator:
             return why[:300]
         return f"it {how_ended(status)}"
 
+    def _output(self) -> OutputLines:
+        if self.output is None:
+            assert self.process.stdout is not None
+            self.output = OutputLines(self.process.stdout.fileno())
+        return self.output
+
     def stats(self, timeout: float = 10.0) -> dict[str, Any] | None:
-        """Its counts so far (None if it does not answer in time)."""
-        assert self.process.stdout is not None
+        """Its counts now (None if it does not answer in time). An answer to
+        an earlier request that timed out is passed over when it comes late."""
+        output = self._output()
+        asked = time.monotonic()
         self.process.send_signal(signal.SIGUSR1)
-        deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
-            ready, _, _ = select.select([self.process.stdout], [], [], left)
-            if not ready:
-                return None
-            line = self.process.stdout.readline()
+        deadline = asked + timeout
+        while (line := output.next(deadline)) is not None:
             if not line:
                 return None
-            if line.startswith(STATS):
-                stats = _parse_stats(line)
-                if stats is not None and stats.get("final"):
-                    # Not the answer asked for: the line it prints as it ends.
-                    # Its end, then, so that ``stopped_early`` sees how it ended.
-                    with contextlib.suppress(subprocess.TimeoutExpired):
-                        self.process.wait(timeout=timeout)
+            if not line.startswith(STATS) or (stats := _parse_stats(line)) is None:
+                continue
+            if stats.get("final"):
+                # Not the answer asked for: the line it prints as it ends.
+                # Its end, then, so that ``stopped_early`` sees how it ended.
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.process.wait(timeout=timeout)
+                return stats
+            if stats.get("asked_monotonic_s", asked) >= asked:
                 return stats
         return None
 
@@ -396,8 +440,10 @@ class EmbeddedEmulator:
         except (subprocess.TimeoutExpired, OSError, ValueError):
             self.process.kill()
             out, _ = self.process.communicate()
+        # communicate() reads the pipe itself: lines ``stats`` read ahead come first.
+        unread = self.output.pending.decode(errors="replace") if self.output else ""
         last = None
-        for line in (out or "").splitlines():
+        for line in (unread + (out or "")).splitlines():
             if line.startswith(STATS):
                 last = _parse_stats(line)
         return last
@@ -503,19 +549,12 @@ def start_embedded(
             start_new_session=True,
         )
     assert process.stdout is not None
+    output = OutputLines(process.stdout.fileno())
     deadline = time.monotonic() + 60
-    line = ""
+    last = ""
     api_url = None
-    while (left := deadline - time.monotonic()) > 0:
-        # The ready line follows the API's at once, and may be read into the
-        # pipe's buffer with it, where select() does not see it.
-        if api_url is None:
-            ready, _, _ = select.select([process.stdout], [], [], left)
-            if not ready:
-                break
-        line = process.stdout.readline()
-        if not line:
-            break
+    while line := output.next(deadline):
+        last = line
         api_match = _API_LINE.search(line)
         if api_match:
             api_url = api_match[1]
@@ -523,9 +562,9 @@ def start_embedded(
         match = _READY_LINE.search(line)
         if match:
             return EmbeddedEmulator(
-                process, match[1], int(match[2]), Path(match[3]), api_url, log, log_start
+                process, match[1], int(match[2]), Path(match[3]), api_url, log, log_start, output
             )
     process.kill()
     process.wait()
-    tail = log.read_text(errors="replace").strip().splitlines()[-1:] or [line.strip()]
+    tail = log.read_text(errors="replace").strip().splitlines()[-1:] or [last.strip()]
     raise LoadgenError(f"the embedded emulator did not start ({log}): {tail[0][:300]}")
