@@ -374,3 +374,42 @@ def test_sighup_mid_step_ends_a_capacity_search_with_its_partial_report(tmp_path
     assert written["capacity"]["highest_sustainable_per_s"] is None
     assert written["capacity"]["first_broken_per_s"] is None
     assert_all_gone(children)
+
+
+def test_an_embedded_emulator_that_hangs_mid_step_ends_a_capacity_search_as_one_that_died(
+    tmp_path, reaped
+):
+    path = _embedded_scenario(tmp_path)
+    scenario = yaml.safe_load(path.read_text())
+    scenario["emulator"]["processes"] = 1
+    scenario["timeouts"] = {"connect": "1s"}
+    scenario["retry"]["max_attempts"] = 2
+    path.write_text(yaml.safe_dump(scenario))
+    report = tmp_path / "r.json"
+    port = free_port()
+    process = _loadgen(
+        reaped,
+        *("capacity", path, "--slo", "ratio(failed) < 50%"),
+        *("--start", "5/s", "--step", "5/s", "--step-duration", "6s", "--workers", "1"),
+        *("--report", report, "--metrics-port", str(port)),
+    )
+    wait_for(lambda: devices_finished(port) >= 1, "under way", process)
+    children = descendants(process.pid)
+    [emulator] = emulators_of(children)
+    os.kill(emulator, signal.SIGSTOP)  # hung, not gone: it never answers again
+    try:
+        _, err = process.communicate(timeout=120)
+    finally:
+        if still_running({emulator: children[emulator]}):
+            os.kill(emulator, signal.SIGCONT)
+    assert process.returncode == 1, err
+    assert "Traceback" not in err
+    assert "the embedded emulator stopped during the step at 5/s: it stopped answering" in err
+    capacity = json.loads(report.read_text())["capacity"]
+    [step] = capacity["steps"]
+    # Its devices met a hung endpoint: the step measured the emulator's hang,
+    # not a rate that broke.
+    assert step["interrupted"] is True and step["limit"] == "interrupted"
+    assert capacity["first_broken_per_s"] is None and capacity["limit"] is None
+    assert "it stopped answering" in capacity["verdict"]
+    assert "the search ended there, before any step finished" in capacity["verdict"]

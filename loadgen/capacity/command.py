@@ -190,8 +190,12 @@ def capacity_command(
                 )
                 if workers == AUTO:  # each step's rate plans its own
                     plan = replace(plan, workers=workers_for(plan))
-                result = _run_step(session, plan, rate, search, number, began, exporter, signals)
-                stopped = session.emulator_stopped()
+                result, answered = _run_step(
+                    session, plan, rate, search, number, began, exporter, signals
+                )
+                # One that hangs is stopped as much as one that died: its devices
+                # went unanswered, and its counts of the step are lost.
+                stopped = session.emulator_stopped(answered)
                 if stopped is not None:
                     # Its devices were refused from some moment on: the step
                     # measured nothing whole, as one cut short.
@@ -215,15 +219,16 @@ def capacity_command(
             interrupted = True
         if exporter is not None:
             exporter.finish(total)
+        if steps:
+            emulator_stats, stopped = session.final_emulator()
+            if ended is None and stopped is not None:  # after the last step's counts
+                ended = emulator_stopped_line(stopped, "the search")
         found = verdict(search, steps, interrupted, ended)
         if not steps:
             click.echo(found.text())
         else:
             report = capacity_report(steps, base.max_in_flight, interrupted)
-            emulator_stats, stopped = session.final_emulator()
             report["jitp"] = jitp_section(report, emulator_stats, stopped)
-            if ended is None and stopped is not None:  # found only now: it hung
-                ended = emulator_stopped_line(stopped, "the search")
             report["capacity"] = section(search, steps, found, interrupted)
             print_capacity(Console(highlight=False), report["capacity"])
             outputs.write(report)
@@ -249,9 +254,11 @@ def _run_step(
     began: float,
     exporter: prom.Exporter | None,
     signals: RunSignals,
-) -> Step:
+) -> tuple[Step, bool]:
     """One step: its run, judged against the SLOs, with the throttling the
-    embedded emulator enforced meanwhile."""
+    embedded emulator enforced meanwhile; and whether the embedded emulator
+    gave its counts when asked, before and after it (True for any other
+    endpoint)."""
     emulator = session.emulator
     before = emulator.stats() if emulator is not None else None
     if exporter is not None:
@@ -265,7 +272,8 @@ def _run_step(
 
         stats, timing, report = execute(plan, on_progress, signals=signals)
     after = emulator.stats() if emulator is not None else None
-    return Step(
+    answered = emulator is None or (before is not None and after is not None)
+    step = Step(
         number,
         rate,
         timing.started_at - began,
@@ -278,6 +286,7 @@ def _run_step(
         interrupted=timing.partial,
         emulator_cpu=EmulatorCpu.between(before, after, timing.ended_at - timing.started_at),
     )
+    return step, answered
 
 
 def capacity_report(steps: list[Step], max_in_flight: int, partial: bool) -> dict[str, Any]:
