@@ -332,6 +332,18 @@ def test_emulator_cpu_over_a_step_is_its_serving_processes_mean_and_its_account(
     assert cpu == EmulatorCpu(serving=0.925, account=0.1, processes=2)
 
 
+def test_an_emulator_of_one_process_counts_its_cpu_once_on_the_machine():
+    # emulator.processes 1: the one process serves and keeps the account, and
+    # its stats line gives its CPU time as both, naming it the account process.
+    before = _emulator_stats([1.0], 1.0) | {"account_pid": 100}
+    after = _emulator_stats([4.0], 4.0) | {"account_pid": 100}
+    step = _step(cpu=0.35, results=["p99(provision) < 10ms"])
+    step.cores = 1
+    step.emulator_cpu = EmulatorCpu.between(before, after, 10.0)
+    assert step.row()["machine_cpu"] == 0.65  # the workers' 0.35 and the emulator's 0.3
+    assert step.limit == "latency"
+
+
 def test_a_serving_process_that_gave_no_counts_is_left_out_of_the_emulators_cpu():
     # Its last CPU time, shown again, would count it idle and lower the mean.
     before = {"processes": [{"pid": 1, "cpu_s": 1.0}, {"pid": 2, "cpu_s": 1.0}]}

@@ -264,6 +264,16 @@ def test_an_emulator_that_hangs_is_said_to_have_stopped_answering(tmp_path, devi
     assert why == "it stopped answering: it gave no counts when asked"
 
 
+def test_the_stats_line_of_one_process_names_it_the_account_process_too(tmp_path, device_ca):
+    emulator = start_embedded(device_ca.directory, None, tmp_path, processes=1)
+    try:
+        stats = _stats(emulator)
+    finally:
+        emulator.stop()
+    [process] = stats["processes"]
+    assert stats["account_pid"] == process["pid"] == emulator.process.pid
+
+
 def test_counts_asked_for_after_a_hang_are_the_current_ones_not_the_late_answer(
     tmp_path, device_ca, fleet
 ):

@@ -78,6 +78,14 @@ class EmulatorCpu:
     serving: float  # its serving processes' mean (1.0: every one busy)
     account: float  # its account process's
     processes: int  # serving processes
+    # The account process is the one serving process (emulator.processes 1):
+    # ``account`` is then ``serving``, one process's CPU, not a second one's.
+    account_serves: bool = False
+
+    @property
+    def cores_busy(self) -> float:
+        """How many cores its processes kept busy together, each counted once."""
+        return self.serving * self.processes + (0.0 if self.account_serves else self.account)
 
     @classmethod
     def between(
@@ -96,7 +104,7 @@ class EmulatorCpu:
             return None
         busy = [(cpu - start.get(pid, 0.0)) / wall_s for pid, cpu in end.items()]
         account = (after["account_cpu_s"] - before.get("account_cpu_s", 0.0)) / wall_s
-        return cls(sum(busy) / len(busy), account, len(busy))
+        return cls(sum(busy) / len(busy), account, len(busy), after.get("account_pid") in end)
 
 
 @dataclass
@@ -218,8 +226,7 @@ class Step:
         cpu = self.emulator_cpu
         if cpu is None or self.cores <= 0:
             return None
-        used = self.cpu_busy * self.workers + cpu.serving * cpu.processes + cpu.account
-        return used / self.cores
+        return (self.cpu_busy * self.workers + cpu.cores_busy) / self.cores
 
     @property
     def machine_limit(self) -> str | None:

@@ -339,6 +339,9 @@ def _print_stats(
     # CPU seconds so far: the serving processes' (the sessions), and the account's.
     summary["processes"] = totals.processes
     summary["account_cpu_s"] = round(totals.account_cpu_s, 3)
+    # With one process it serves too: its pid among ``processes`` says so, and
+    # that its CPU is counted there already.
+    summary["account_pid"] = os.getpid()
     # Serving processes that gave no counts (index, pid, why): the others' are here.
     summary["missing"] = totals.missing
     print(STATS + json.dumps(summary), flush=True)
