@@ -289,10 +289,10 @@ def test_a_search_ended_by_the_embedded_emulator_stopping_says_so_and_leaves_tha
     assert found.why == f"{ended}; the search ended there, before any step broke"
 
 
-def test_a_step_that_lost_a_worker_measured_the_generator_not_the_endpoint():
-    step = _step(workers_lost={"1": "died (exit code -9)"})
-    assert not step.passed and step.limit == "generator"
-    assert "worker 1 died" in (step.generator_limit or "")
+def test_a_step_that_lost_a_worker_names_each_lost_worker_and_why():
+    step = _step(workers_lost={"1": "died (exit code -9)", "2": "failed: MemoryError"})
+    assert step.workers_lost == "worker 1 died (exit code -9); worker 2 failed: MemoryError"
+    assert _step().workers_lost is None
 
 
 def test_a_step_whose_workers_were_busy_measured_the_generator_not_the_endpoint():
@@ -456,14 +456,6 @@ def test_busy_workers_on_a_busy_machine_name_the_generator_not_the_machine():
     step.emulator_cpu = EmulatorCpu(serving=0.3, account=0.05, processes=1)
     assert step.machine_limit is not None
     assert step.limit == "generator" and "97% busy" in str(step.generator_limit)
-
-
-def test_a_step_that_lost_a_worker_on_a_busy_machine_names_the_generator():
-    step = _step(cpu=0.8, workers_lost={"1": "died (exit code -9)"})
-    step.workers, step.cores = 2, 2
-    step.emulator_cpu = EmulatorCpu(serving=0.7, account=0.1, processes=2)
-    assert step.machine_limit is not None
-    assert step.limit == "generator"
 
 
 def test_a_step_where_no_device_connected_is_named_failures_even_with_a_latency_slo_only():

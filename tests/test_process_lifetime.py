@@ -413,3 +413,29 @@ def test_an_embedded_emulator_that_hangs_mid_step_ends_a_capacity_search_as_one_
     assert capacity["first_broken_per_s"] is None and capacity["limit"] is None
     assert "it stopped answering" in capacity["verdict"]
     assert "the search ended there, before any step finished" in capacity["verdict"]
+
+
+def test_a_worker_lost_mid_step_ends_a_capacity_search_as_a_crash_not_a_finding(tmp_path, reaped):
+    report = tmp_path / "r.json"
+    port = free_port()
+    process = _loadgen(
+        reaped,
+        *("capacity", _embedded_scenario(tmp_path), "--slo", "ratio(failed) < 50%"),
+        *("--start", "5/s", "--step", "5/s", "--step-duration", "30s", "--workers", "1"),
+        *("--report", report, "--metrics-port", str(port)),
+    )
+    wait_for(lambda: devices_finished(port) >= 1, "under way", process)
+    [worker] = workers_of(descendants(process.pid))
+    os.kill(worker, signal.SIGKILL)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 1, err
+    assert "Traceback" not in err
+    lost = "the load generator lost a worker during the step at 5/s: worker 0 died (exit code -9)"
+    assert f"loadgen: {lost}" in err
+    capacity = json.loads(report.read_text())["capacity"]
+    [step] = capacity["steps"]
+    assert step["interrupted"] is True and step["limit"] == "interrupted"
+    assert capacity["limit"] is None and capacity["first_broken_per_s"] is None
+    assert capacity["verdict"] == (
+        f"highest sustainable rate: none; {lost}; the search ended there, before any step finished"
+    )

@@ -170,7 +170,8 @@ def capacity_command(
         began = time.time()
         offset = first_device
         total = RunStats()
-        ended: str | None = None  # the embedded emulator stopped during a step
+        # The embedded emulator stopped, or a worker was lost, during a step.
+        ended: str | None = None
         try:
             for number, rate in enumerate(search.rates(), 1):
                 count = search.devices(rate)
@@ -201,6 +202,12 @@ def capacity_command(
                     # measured nothing whole, as one cut short.
                     result.interrupted = True
                     ended = emulator_stopped_line(stopped, f"the step at {rate:g}/s")
+                elif (lost := result.workers_lost) is not None:
+                    # A crash: its devices' ends are errors of our own, no finding.
+                    result.interrupted = True
+                    ended = (
+                        f"the load generator lost a worker during the step at {rate:g}/s: {lost}"
+                    )
                 steps.append(result)
                 total.merge(result.stats)
                 if exporter is not None:

@@ -140,14 +140,18 @@ class Step:
         return self.stats.cpu_us / 1_000_000 / wall if wall > 0 else 0.0
 
     @property
-    def generator_saturated(self) -> str | None:
-        """Why the generator alone could not run this step: a worker lost, or
-        its workers busy. Whatever else was busy, the step measured the generator."""
+    def workers_lost(self) -> str | None:
+        """The generator's workers that ended without their results (a crash:
+        the step measured neither the endpoint nor the generator's capacity)."""
         lost = self.report.get("accounting", {}).get("workers_lost")
-        if lost:
-            return "a worker of the load generator was lost: " + "; ".join(
-                f"worker {worker} {why}" for worker, why in lost.items()
-            )
+        if not lost:
+            return None
+        return "; ".join(f"worker {worker} {why}" for worker, why in lost.items())
+
+    @property
+    def generator_saturated(self) -> str | None:
+        """Why the generator alone could not run this step: its workers busy.
+        Whatever else was busy, the step measured the generator."""
         if self.cpu_busy >= CPU_BUSY:
             return f"the load generator's workers were {self.cpu_busy:.0%} busy"
         return None
@@ -251,8 +255,8 @@ class Step:
         if self.interrupted:
             return "interrupted"
         # A side saturated alone is named before the machine they share: the
-        # machine is the limit only when neither the generator (a worker lost,
-        # or its workers busy) nor the emulator was.
+        # machine is the limit only when neither the generator (its workers
+        # busy) nor the emulator was.
         if self.generator_saturated is not None:
             return "generator"
         fell_short = self.generator_limit is not None or bool(self.broken)
@@ -337,7 +341,7 @@ def verdict(
     search: Search, steps: list[Step], interrupted: bool = False, ended: str | None = None
 ) -> Verdict:
     """The search's finding. ``ended``: what cut the search short that is neither
-    the user nor the endpoint under test (the embedded emulator stopping)."""
+    the user nor the endpoint under test (the embedded emulator stopping, a worker lost)."""
     steps = [s for s in steps if not s.interrupted]  # they measured nothing whole
     passed = [s for s in steps if s.passed]
     highest = passed[-1].rate if passed else None
