@@ -422,6 +422,32 @@ def test_a_generator_behind_on_a_machine_with_cores_to_spare_is_the_generators_l
     assert step.limit == "generator" and step.machine_limit is None
 
 
+def test_the_scenarios_own_schedule_does_not_bound_a_search_that_replaces_it(tmp_path):
+    # 1,000 devices at 1/h would take 41 days to start: the steps run their own.
+    path = _scenario(tmp_path)
+    scenario = yaml.safe_load(path.read_text())
+    scenario["load"]["rate"] = "1/h"
+    scenario["fleet"]["count"] = 1000
+    path.write_text(yaml.safe_dump(scenario))
+    result = run_loadgen(
+        *("capacity", path, "--slo", "ratio(failed) < 50%", "--start", "5/s"),
+        *("--step-duration", "1s", "--max-steps", "1", "--workers", "1"),
+        *("--report", tmp_path / "r.json"),
+    )
+    assert result.code == 0, result.err
+    [step] = json.loads((tmp_path / "r.json").read_text())["capacity"]["steps"]
+    assert step["devices"] == 5
+
+
+def test_a_step_longer_than_a_schedule_may_span_is_refused_naming_its_option(tmp_path):
+    result = run_loadgen(
+        *("capacity", _scenario(tmp_path), "--slo", "p99(provision) < 2s"),
+        *("--step-duration", "745h", "--report", tmp_path / "r.json"),
+    )
+    assert_user_error(result, "--step-duration '745h': more than 30 days")
+    assert not (tmp_path / "r.json").exists()
+
+
 def test_a_max_rate_below_the_start_is_refused_before_anything_is_written(tmp_path):
     result = run_loadgen(
         *("capacity", _scenario(tmp_path), "--slo", "p99(provision) < 2s"),
@@ -436,7 +462,8 @@ def test_a_max_rate_below_the_start_is_refused_before_anything_is_written(tmp_pa
     ("options", "named"),
     [
         (("--start", "100000000000/s", "--step-duration", "1s"), "--start 100000000000/s"),
-        (("--step-duration", "99999999999999999999h"), "--step-duration 99999999999999999999h"),
+        # Refused first as longer than a schedule may span.
+        (("--step-duration", "99999999999999999999h"), "--step-duration '99999999999999999999h'"),
         (("--first-device", "99999999", "--step-duration", "1s"), "--first-device 99999999"),
     ],
 )

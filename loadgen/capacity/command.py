@@ -21,7 +21,7 @@ from loadgen.cli.options import Outputs, output_options, target_options
 from loadgen.errors import UserError
 from loadgen.load.plan import AUTO, RunPlan, Workers
 from loadgen.load.runner import merge_progress
-from loadgen.load.schedule import ConstantArrival
+from loadgen.load.schedule import MAX_SPAN, ConstantArrival
 from loadgen.load.workers import RunSignals
 from loadgen.metrics import prometheus as prom
 from loadgen.metrics.stats import RunStats
@@ -76,6 +76,11 @@ def _search(
         raise UserError(f"--step-duration {step_duration!r}: {exc}") from None
     if duration <= 0:
         raise UserError(f"--step-duration {step_duration!r}: must be above zero")
+    if duration > MAX_SPAN:
+        raise UserError(
+            f"--step-duration {step_duration!r}: more than {MAX_SPAN / 86400:.0f} days, "
+            "the longest a schedule may span"
+        )
     if max_steps <= 0:
         raise UserError(f"--max-steps must be positive, got {max_steps}")
     first = _rate("--start", start)
@@ -147,7 +152,9 @@ def capacity_command(
             f"{counted(search.devices(search.start), 'device')} would pass the fleet's "
             f"last index ({MAX_DEVICES - 1:,})"
         )
-    options = RunOptions(endpoint, None, None, workers)
+    # The steps replace the scenario's schedule and grow its fleet: the plan
+    # checked is the first step's (each later one differs only in its rate).
+    options = RunOptions(endpoint, search.devices(search.start), start, workers)
     check_plan(scenario, options)
     outputs.label_only("loadgen capacity")
     outputs.check(kept=kept_files(scenario, scenario_path))
