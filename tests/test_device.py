@@ -185,6 +185,23 @@ async def test_a_throttled_device_that_gets_through_on_retry_is_connected():
     assert result.outcome is Outcome.CONNECTED and result.attempts == 3
 
 
+@pytest.mark.parametrize("run", [_run, _run_aiomqtt])
+async def test_a_device_counts_each_throttled_answer_even_once_it_got_through(run):
+    _, server, target = await _broker(lambda _c, seen: 0x9F if seen < 2 else None)
+    result = await run(target, DeviceConfig(retry=FAST_RETRY))
+    server.close()
+    assert result.outcome is Outcome.CONNECTED and result.throttled == 2
+
+
+@pytest.mark.parametrize("run", [_run, _run_aiomqtt])
+async def test_a_throttled_puback_is_counted_as_a_throttled_answer(run):
+    _, server, target = await _broker(puback_code=0x97)
+    steps = (PublishStep("dt/dev", qos=1, count=1, payload_bytes=8),)
+    result = await run(target, DeviceConfig(retry=FAST_RETRY), steps=steps)
+    server.close()
+    assert result.outcome is Outcome.THROTTLED and result.throttled == 1
+
+
 async def test_a_closed_port_ends_refused():
     with refusing_port() as port:
         result = await _run(Target("127.0.0.1", port), DeviceConfig(retry=FAST_RETRY))

@@ -142,6 +142,23 @@ def test_a_merge_with_a_report_from_before_the_coordinators_cpu_leaves_it_unknow
     assert merge([merge([old, new]), new])["generator"]["coordinator_cpu_s"] is None
 
 
+def test_throttled_answers_merge_to_the_union_and_are_kept_with_every_device_count():
+    results = _results(300, 8)
+    union = _report(results, lambda i: True)
+    merged = merge([_report(results, lambda i: i < 100), _report(results, lambda i: i >= 100)])
+    assert merged["attempts"]["throttled"] == union["attempts"]["throttled"]
+    assert union["attempts"]["throttled"] == sum(r.throttled for r in results) > 0
+
+
+def test_a_merge_with_a_report_from_before_throttled_answers_leaves_them_unknown():
+    results = _results(200, 9)
+    old, new = _report(results, lambda i: i < 100), _report(results, lambda i: i >= 100)
+    del old["attempts"]["throttled"]
+    assert merge([old, new])["attempts"]["throttled"] is None
+    # and a merge of that merge stays unknown, not counted as nothing
+    assert merge([merge([old, new]), new])["attempts"]["throttled"] is None
+
+
 def test_merged_latency_over_time_equals_one_run_over_the_union():
     results = _results(2000, 9)
     union = _report(results, lambda i: True)

@@ -78,6 +78,7 @@ def test_metrics_after_a_two_worker_run_equal_the_report(tmp_path, mosquitto, de
 
     assert value("loadgen_devices_finished_total") == report["devices"] == 300
     assert value("loadgen_connect_attempts_total") == report["attempts"]["total"]
+    assert value("loadgen_throttled_answers_total") == report["attempts"]["throttled"]
     for outcome, n in report["outcomes"].items():
         assert value("loadgen_device_outcomes_total", outcome=outcome) == n
         if outcome != "connected":

@@ -15,6 +15,7 @@ def _results(n: int, seed: int) -> list[DeviceResult]:
     for i in range(n):
         outcome = rng.choice([Outcome.CONNECTED, Outcome.CONNECTED, Outcome.THROTTLED])
         result = DeviceResult(i, outcome=outcome, attempts=rng.randint(1, 4))
+        result.throttled = rng.randint(0, result.attempts)  # throttled and retried, too
         result.lag = rng.random() / 100
         result.phases = [("tcp_connect", rng.random() / 1000), ("tls_handshake", rng.random())]
         if outcome is Outcome.CONNECTED:

@@ -35,7 +35,7 @@ from loadgen.device.lifecycle import (
     RetryState,
     SubscribeStep,
 )
-from loadgen.device.outcome import Outcome, classify
+from loadgen.device.outcome import Outcome
 from loadgen.mqtt.reason import reason_name
 from loadgen.transport.client import NOT_TLS, describe_error, lost_after_handshake
 from loadgen.transport.errors import (
@@ -358,7 +358,7 @@ class AiomqttDevice(DeviceDriver):
                     or client.lost_before_connack
                     or _translate(exc, self.spec.version, "connack")
                 )
-                outcome, reason, where = classify(error), error.reason, error.phase
+                outcome, reason, where = self.classify(error), error.reason, error.phase
                 trigger = error.may_be_jitp_trigger
                 if isinstance(cause, TimeoutError):
                     outcome, reason = Outcome.TIMEOUT, "no answer in time"
@@ -423,10 +423,10 @@ class AiomqttDevice(DeviceDriver):
                 phase,
             )
         except TransportError as exc:
-            result.outcome, result.reason, result.phase = classify(exc), exc.reason, exc.phase
+            result.outcome, result.reason, result.phase = self.classify(exc), exc.reason, exc.phase
         except aiomqtt.MqttError as exc:
             error = _translate(exc, version, phase)
-            result.outcome, result.reason, result.phase = classify(error), error.reason, phase
+            result.outcome, result.reason, result.phase = self.classify(error), error.reason, phase
         finally:
             with contextlib.suppress(aiomqtt.MqttError):
                 await client.__aexit__(None, None, None)

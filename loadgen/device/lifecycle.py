@@ -114,6 +114,9 @@ class DeviceResult:
     # it, at the pace its retry policy sets.
     endpoint_wait: float = 0.0
     publishes: int = 0
+    # Its CONNECTs, PUBLISHes and SUBSCRIBEs the endpoint answered with a
+    # throttling code, whatever it ended in (one it retried past counts too).
+    throttled: int = 0
     fault: str | None = None
     note: str | None = None  # about a connect cut short, e.g. interrupted in hold
     # Whether the deciding failure was an answer of an endpoint that speaks TLS
@@ -211,6 +214,14 @@ class DeviceDriver:
         if self.census is not None and self.result.provision is not None:
             self.census.connected -= 1
 
+    def classify(self, error: TransportError) -> Outcome:
+        """What ``error`` makes of the device; an answer that throttled it is
+        counted, whatever the device does next."""
+        outcome = classify(error)
+        if outcome is Outcome.THROTTLED:
+            self.result.throttled += 1
+        return outcome
+
     def where(self) -> str:
         """The phase of the device's life it is in now, for a failure nothing
         more specific explains."""
@@ -263,7 +274,7 @@ class Device(DeviceDriver):
                     await self._act(client)
                     result.outcome = Outcome.CONNECTED
                 except TransportError as exc:
-                    self._fail(classify(exc), exc.reason, exc.phase)
+                    self._fail(self.classify(exc), exc.reason, exc.phase)
                 except TimeoutError:
                     self._fail(Outcome.TIMEOUT, "no answer in time", client.phase)
                 finally:
@@ -298,7 +309,7 @@ class Device(DeviceDriver):
             except TimeoutError:
                 outcome, reason, where = Outcome.TIMEOUT, "no answer in time", _reached(times)
             except TransportError as exc:
-                outcome, reason, where = classify(exc), exc.reason, exc.phase
+                outcome, reason, where = self.classify(exc), exc.reason, exc.phase
                 trigger = exc.may_be_jitp_trigger
             self._record_phases(times)
             result.endpoint_wait += self.clock() - times.started

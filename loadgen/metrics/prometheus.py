@@ -125,6 +125,11 @@ class RunCollector(Collector):
         yield counter("devices_started", "Devices started", before + snap.started)
         yield counter("devices_finished", "Devices that ended in an outcome", stats.devices)
         yield counter("connect_attempts", "Connection attempts, retries included", stats.attempts)
+        yield counter(
+            "throttled_answers",
+            "CONNECTs, PUBLISHes and SUBSCRIBEs answered with a throttling code",
+            stats.throttled,
+        )
         outcomes = CounterMetricFamily(
             f"{PREFIX}_device_outcomes", "Devices by outcome", labels=[*names, "outcome"]
         )

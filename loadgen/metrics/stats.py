@@ -65,6 +65,9 @@ class RunStats:
     devices: int = 0
     attempts: int = 0
     provisioning_triggered: int = 0
+    # CONNECTs, PUBLISHes and SUBSCRIBEs answered with a throttling code,
+    # whatever their devices ended in.
+    throttled: int = 0
     outcomes: Counter[str] = field(default_factory=Counter)
     reasons: dict[str, Counter[str]] = field(default_factory=dict)
     # Per outcome and reason, the fleet indices of its first devices (DEVICES_KEPT).
@@ -119,6 +122,7 @@ class RunStats:
         self.attempts += result.attempts
         self.attempts_per_device[result.attempts] += 1
         self.provisioning_triggered += result.provisioning_triggered
+        self.throttled += result.throttled
         outcome = result.outcome.value
         self.outcomes[outcome] += 1
         predicted = expectation(result.fault, result.outcome, result.phase, result.judged)
@@ -218,6 +222,7 @@ class RunStats:
         self.devices += other.devices
         self.attempts += other.attempts
         self.provisioning_triggered += other.provisioning_triggered
+        self.throttled += other.throttled
         self.outcomes.update(other.outcomes)
         for outcome, named in other.reason_devices.items():
             kept = self.reason_devices.setdefault(outcome, {})
@@ -267,6 +272,7 @@ class RunStats:
             "devices": self.devices,
             "attempts": self.attempts,
             "provisioning_triggered": self.provisioning_triggered,
+            "throttled": self.throttled,
             "outcomes": dict(self.outcomes),
             "reasons": {k: dict(v) for k, v in self.reasons.items()},
             "reason_devices": {
@@ -305,6 +311,7 @@ class RunStats:
             devices=data["devices"],
             attempts=data["attempts"],
             provisioning_triggered=data["provisioning_triggered"],
+            throttled=data["throttled"],
             outcomes=Counter(data["outcomes"]),
             reasons={k: Counter(v) for k, v in data["reasons"].items()},
             reason_devices=data["reason_devices"],

@@ -79,6 +79,7 @@ def build(plan: RunPlan, stats: RunStats, timing: RunTiming) -> dict[str, Any]:
             "total": stats.attempts,
             "per_device": {str(k): v for k, v in sorted(stats.attempts_per_device.items())},
             "provisioning_triggered": stats.provisioning_triggered,
+            "throttled": stats.throttled,
         },
         "latency_ms": {phase: stats.phases[phase].summary_ms() for phase in PHASES},
         "rate": rates(plan, stats, timing.started_at),

@@ -214,6 +214,7 @@ SHOW = Needs(
         ("partial?", Kind.BOOLEAN),
         *_COUNTS,
         ("attempts.total", NUM),
+        ("attempts.throttled?", NUM_OR_NULL),
         ("rate.target_per_s", NUM_OR_NULL),
         ("rate.achieved_per_s", NUM_OR_NULL),
         ("schedule_lag_ms.p99", NUM_OR_NULL),
@@ -273,6 +274,7 @@ MERGE = Needs(
         ("attempts.total", NUM),
         ("attempts.per_device.#", NUM),
         ("attempts.provisioning_triggered", NUM),
+        ("attempts.throttled?", NUM_OR_NULL),
         ("rate.target_per_s", NUM_OR_NULL),
         ("rate.achieved_per_s", NUM_OR_NULL),
         ("rate.arrivals?.count", NUM),
@@ -344,6 +346,7 @@ HTML = Needs(
         ("outcomes?.*", NUM),
         ("attempts?.total?", NUM),
         ("attempts?.provisioning_triggered?", NUM),
+        ("attempts?.throttled?", NUM_OR_NULL),
         # Drawn in the order of the attempt counts, which int() reads.
         ("attempts?.per_device?.#", NUM),
         ("latency_ms?.*", OBJ),

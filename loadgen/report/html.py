@@ -733,6 +733,9 @@ def _attempts_plot(report: dict[str, Any]) -> str:
             f" {_num(triggered)} devices' first rejection was JITP's trigger, "
             "so 2 is the norm there."
         )
+    throttled = (report.get("attempts") or {}).get("throttled")
+    if throttled:
+        caption += f" {_num(throttled)} CONNECTs, PUBLISHes or SUBSCRIBEs were answered throttled."
     return _figure(name, title, chart, caption)
 
 

@@ -8,7 +8,7 @@ import datetime as dt
 import hashlib
 import json
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -343,6 +343,9 @@ def merge_folded(
                 )
             ),
             "provisioning_triggered": sum(r["attempts"]["provisioning_triggered"] for r in reports),
+            # Null when a report lacks it (older than this field): a sum of
+            # some would read as the whole.
+            "throttled": _known_sum(r["attempts"].get("throttled") for r in reports),
         },
         "latency_ms": {phase: histograms[phase].summary_ms() for phase in PHASES},
         "rate": _merged_rates(reports),
@@ -493,13 +496,16 @@ def _coordinators_cpu(reports: list[dict[str, Any]]) -> float | None:
     """The coordinating processes' CPU added up; unknown (None) when a report
     does not say it (from before the field, or itself a merge with such a part):
     counted as nothing, it would understate what a device costs."""
-    total = 0.0
-    for report in reports:
-        seconds = (report.get("generator") or {}).get("coordinator_cpu_s")
-        if seconds is None:
-            return None
-        total += seconds
-    return total
+    return _known_sum((r.get("generator") or {}).get("coordinator_cpu_s") for r in reports)
+
+
+def _known_sum(values: Iterable[float | None]) -> float | None:
+    """The sum of the reports' values of a field; None when any of them is
+    unknown (a report older than the field, or a merge with such a part)."""
+    known: list[float | None] = list(values)
+    if any(v is None for v in known):
+        return None
+    return sum(v for v in known if v is not None)
 
 
 def _merge_accounting(reports: list[dict[str, Any]]) -> dict[str, Any]:

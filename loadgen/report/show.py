@@ -192,11 +192,13 @@ PARTIAL = "(partial: stopped early, see accounting)"
 def print_report(console: Console, report: dict[str, Any]) -> None:
     """The summary of a run: statements (``say``) and tables, each fitted to the
     console's width."""
+    throttled = report["attempts"].get("throttled")  # None before the field
     say(
         console,
         f"{report['scenario']} against {report['endpoint']}:",
         f"{counted(report['devices'], 'device')} in {report['duration_s']:.1f} s,",
         counted(report["attempts"]["total"], "attempt"),
+        *([f"({throttled:,} answered throttled)"] if throttled else []),
         *([PARTIAL] if report.get("partial") else []),
         indent=0,
         bold=report["scenario"],
