@@ -16,7 +16,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from loadgen.capacity.search import EmulatorCpu, Search, Step, verdict
+from loadgen.capacity.search import EmulatorCpu, Search, Step, throttles, verdict
 from loadgen.cores import cores
 from loadgen.metrics.stats import RunStats
 from loadgen.report import gates
@@ -264,6 +264,36 @@ def _step(
     checked = [gates.parse(g).evaluate(report) for g in results]
     return Step(
         1, rate, 0.0, 10.0, 1, report, stats, checked, Counter(dict(throttles)), interrupted
+    )
+
+
+def _quotas(**throttled: int) -> dict:
+    """The embedded emulator's stats line, as far as its quotas' throttles go."""
+    return {"throttles": {name.replace("_", "-"): n for name, n in throttled.items()}}
+
+
+def test_devices_throttled_then_connected_are_throttling_against_any_endpoint():
+    # No emulator's counts: only the devices' own, 36 CONNACKs 0x9F they retried past.
+    seen = throttles(RunStats(throttled=36), None, None, mqtt_5=True)
+    assert seen == Counter({"throttled answers": 36})
+    step = _step(results=["p99(provision) < 10ms"], throttles=seen)
+    assert step.limit == "throttling" and step.row()["throttled"] == 36
+
+
+def test_a_throttled_mqtt_5_connect_counts_once_not_again_as_the_emulators_quota():
+    # The emulator's connect quota answered each of them CONNACK 0x9F.
+    before, after = _quotas(connect=10), _quotas(connect=122)
+    seen = throttles(RunStats(throttled=112), before, after, mqtt_5=True)
+    assert seen == Counter({"throttled answers": 112})
+
+
+def test_throttles_the_devices_could_not_tell_are_the_emulators_to_count():
+    # A throttled provisioning closes the connection as JITP's trigger does; a
+    # throttled MQTT 3.1.1 connect closes it too: no code tells the device.
+    before = _quotas(provision=5, connect=0)
+    after = _quotas(provision=35, connect=12, connect_per_client=0)
+    assert throttles(RunStats(), before, after, mqtt_5=False) == Counter(
+        {"emulator provision quota": 30, "emulator connect quota": 12}
     )
 
 

@@ -296,7 +296,7 @@ def _run_step(
         report,
         stats,
         gates_mod.evaluate(list(search.slos), report),
-        throttles(stats, before, after),
+        throttles(stats, before, after, plan.version == 5),
         interrupted=timing.partial,
         emulator_cpu=EmulatorCpu.between(before, after, timing.ended_at - timing.started_at),
     )

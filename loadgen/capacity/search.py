@@ -117,9 +117,7 @@ class Step:
     report: dict[str, Any]  # the step's own run report
     stats: RunStats
     results: list[GateResult]
-    # Throttles during the step: device outcomes plus, with the embedded
-    # emulator, the quotas it enforced (JITP's throttled provisioning closes the
-    # connection, so devices alone cannot tell it from a refusal).
+    # Throttles during the step, each once (see ``throttles``).
     throttles: Counter[str] = field(default_factory=Counter)
     # Cut short (Ctrl-C, SIGTERM): not every device ran, so the step proves
     # nothing either way; it never passes, and the verdict leaves it out.
@@ -416,17 +414,31 @@ def section(
     }
 
 
+# The embedded emulator's quotas whose throttles a device is told of: a CONNACK
+# 0x9F with MQTT 5 (3.1.1 has no code for it: the connection just closes).
+_TOLD_WITH_MQTT_5 = frozenset({"connect", "connect-per-client"})
+
+
 def throttles(
-    stats: RunStats, emulator_before: dict[str, Any] | None, emulator_after: dict[str, Any] | None
+    stats: RunStats,
+    emulator_before: dict[str, Any] | None,
+    emulator_after: dict[str, Any] | None,
+    mqtt_5: bool,
 ) -> Counter[str]:
-    """Throttling seen in a step: devices refused as throttled, and the
-    emulator's enforced quotas (their growth during the step)."""
+    """Throttling in a step, each throttle once: the devices' CONNECTs,
+    PUBLISHes and SUBSCRIBEs answered with a throttling code (whatever the
+    devices ended in), and with the embedded emulator, the throttles of its
+    quotas its devices could not tell from other closes (their growth during
+    the step): a throttled provisioning closes the connection as JITP's
+    trigger does, and so does a throttled MQTT 3.1.1 connect."""
     seen: Counter[str] = Counter()
-    if stats.outcomes.get("throttled"):
-        seen["devices throttled"] = stats.outcomes["throttled"]
+    if stats.throttled:
+        seen["throttled answers"] = stats.throttled
     if emulator_after is not None:
         before = Counter((emulator_before or {}).get("throttles", {}))
         for quota, n in emulator_after.get("throttles", {}).items():
+            if mqtt_5 and quota in _TOLD_WITH_MQTT_5:
+                continue  # among the devices' answers already
             if n - before.get(quota, 0) > 0:
                 seen[f"emulator {quota} quota"] = n - before.get(quota, 0)
     return seen
