@@ -31,6 +31,7 @@ from loadgen.load.start import StartAt
 from loadgen.load.workers import RunSignals, RunTiming, run_workers
 from loadgen.metrics.stats import RunStats
 from loadgen.report.build import build
+from loadgen.report.gates import Gate
 from loadgen.scenario.planning import build_plan, check_template, endpoint_of
 from loadgen.scenario.schema import EMBEDDED, Scenario
 from loadgen.scenario.units import parse_rate
@@ -82,6 +83,19 @@ def _check_plan(scenario: Scenario, options: RunOptions) -> RunPlan:
     plan = make_plan(scenario, options)
     check_fleet(fleet_request(scenario, fleet_count(scenario, options), plan.workers, plan.shard))
     return plan
+
+
+def check_gates(scenario: Scenario, plan: RunPlan, gates: list[Gate]) -> None:
+    """Refuse a gate on what the plan never measures (a phase no device times,
+    a burst's target rate): it could only fail, once the load has run. Named
+    where it was written: the scenario's file and line, or its option."""
+    never = plan.never_measured()
+    for gate in gates:
+        if (why := gate.never_measured(never)) is None:
+            continue
+        if gate.index is not None:
+            raise scenario.located(FieldError(("gates", gate.index), f"{gate.text!r}: {why}"))
+        raise UserError(f"{gate.where}: {gate.text!r}: {why}")
 
 
 def emulator_state(scenario: Scenario) -> Path:

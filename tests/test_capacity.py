@@ -478,6 +478,19 @@ def test_a_step_longer_than_a_schedule_may_span_is_refused_naming_its_option(tmp
     assert not (tmp_path / "r.json").exists()
 
 
+def test_an_slo_on_a_phase_the_scenario_never_measures_is_refused_before_any_load(tmp_path):
+    path = _scenario(tmp_path)
+    scenario = yaml.safe_load(path.read_text())
+    del scenario["after_connect"]  # nothing published: no PUBACK to time
+    path.write_text(yaml.safe_dump(scenario))
+    result = run_loadgen(
+        *("capacity", path, "--slo", "p99(publish_ack) < 100ms", "--report", tmp_path / "r.json")
+    )
+    assert_user_error(result, "--slo: 'p99(publish_ack) < 100ms': publish_ack is never measured")
+    assert result.out == ""
+    assert not any((tmp_path / name).exists() for name in ("ca", "fleet", "r.json"))
+
+
 def test_a_max_rate_below_the_start_is_refused_before_anything_is_written(tmp_path):
     result = run_loadgen(
         *("capacity", _scenario(tmp_path), "--slo", "p99(provision) < 2s"),

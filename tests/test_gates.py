@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 
+from loadgen.device.lifecycle import DeviceConfig, PublishStep, SubscribeStep
 from loadgen.errors import ConfigError
+from loadgen.load.plan import RunPlan, TlsPlan
+from loadgen.load.schedule import Burst, ConstantArrival
 from loadgen.report import gates
 
 REPORT = {
@@ -170,6 +175,42 @@ def test_a_malformed_gate_stops_the_run_before_it_starts(tmp_path, mosquitto, de
     assert not (tmp_path / "fleet").exists()
 
 
+def test_a_gate_on_a_phase_the_scenario_never_times_stops_the_run_before_it_starts(
+    tmp_path, mosquitto, device_ca
+):
+    from tests.conftest import assert_user_error, run_loadgen
+    from tests.test_run import _scenario
+
+    qos0 = [{"publish": {"topic": "dt/{client_id}", "qos": 0}}]
+    path = _scenario(tmp_path, mosquitto, device_ca, after_connect=qos0)
+    result = run_loadgen("run", path, "--gate", "p99(publish_ack) < 100ms")
+    assert_user_error(
+        result,
+        "--gate: 'p99(publish_ack) < 100ms': publish_ack is never measured: "
+        "no after_connect step publishes at qos 1 (qos 0 has no PUBACK)",
+    )
+    assert not (tmp_path / "fleet").exists()
+
+
+def test_a_scenario_gate_never_measured_is_named_by_its_file_and_line(
+    tmp_path, mosquitto, device_ca
+):
+    from tests.conftest import assert_user_error, run_loadgen
+    from tests.test_run import _scenario
+
+    burst = {"executor": "burst", "max_in_flight": 300}
+    gate = "achieved_rate >= 0.99 * target_rate"
+    path = _scenario(
+        tmp_path, mosquitto, device_ca, load=burst, gates=["p99(provision) < 2s", gate]
+    )
+    line = next(i for i, t in enumerate(path.read_text().splitlines(), 1) if "target_rate" in t)
+    result = run_loadgen("run", path)
+    assert_user_error(
+        result, f"{path}:{line}: gates[1]: '{gate}': target_rate is never measured: a burst"
+    )
+    assert not (tmp_path / "fleet").exists()
+
+
 def test_junit_and_markdown_summary_for_ci(tmp_path, mosquitto, device_ca):
     from xml.etree import ElementTree as ET
 
@@ -263,6 +304,57 @@ def test_the_shipped_ci_gate_scenario_runs_and_evaluates_its_gates(tmp_path):
     assert "pass: ratio(failed) < 0.5%" in result.out
     assert "pass: count(throttled) == 0" in result.out
     assert (result.code == 0) == ("FAIL: " not in result.out)
+
+
+def _plan(**changes) -> RunPlan:
+    plan = RunPlan(
+        scenario="gates",
+        host="127.0.0.1",
+        port=8883,
+        tls=TlsPlan(None, "localhost", None, True),
+        version=5,
+        client_id="{client_id}",
+        fleet=Path("fleet"),
+        count=10,
+        executor=ConstantArrival(10.0),
+        max_in_flight=10,
+        device=DeviceConfig(),
+        steps=(),
+    )
+    return dataclasses.replace(plan, **changes)
+
+
+def _never(gate: str, plan: RunPlan) -> str | None:
+    return gates.parse(gate).never_measured(plan.never_measured())
+
+
+@pytest.mark.parametrize(
+    ("gate", "plan"),
+    [
+        # Without JITP, or only subscribing: every device that connects has a provision.
+        ("p99(provision) < 2s", _plan(steps=(SubscribeStep("cmd/{client_id}", qos=1),))),
+        ("p99(publish_ack) < 100ms", _plan(steps=(PublishStep("dt/x", qos=1),))),
+        ("p50(tls_handshake) < 100ms", _plan()),
+        ("count(throttled) == 0", _plan(driver="aiomqtt", executor=Burst())),
+        ("achieved_rate >= 0.99 * target_rate", _plan()),
+    ],
+)
+def test_a_gate_on_what_the_plan_measures_is_never_refused(gate, plan):
+    assert _never(gate, plan) is None
+
+
+@pytest.mark.parametrize(
+    ("gate", "plan", "why"),
+    [
+        ("p99(publish_ack) < 100ms", _plan(), "publish_ack is never measured: no after_connect"),
+        ("p99(publish_ack) < 1s", _plan(steps=(PublishStep("dt/x", qos=0),)), "qos 0 has no"),
+        ("p99(publish_ack) < 1s", _plan(steps=(PublishStep("dt/x", qos=1, count=0),)), "qos 1"),
+        ("max(connack) < 1s", _plan(driver="aiomqtt"), "mqtt.driver aiomqtt times only provision"),
+        ("0.9 * target_rate < achieved_rate", _plan(executor=Burst()), "a burst has no target"),
+    ],
+)
+def test_a_gate_on_what_the_plan_never_measures_says_why(gate, plan, why):
+    assert why in (_never(gate, plan) or "")
 
 
 def test_a_rate_gate_without_a_target_names_what_was_not_measured():

@@ -32,6 +32,7 @@ from loadgen.report.show import LiveRun, emulator_stopped_line, listed, print_ca
 from loadgen.run import (
     EndpointSession,
     RunOptions,
+    check_gates,
     check_plan,
     ensure_fleet,
     execute,
@@ -64,7 +65,7 @@ def _search(
     max_steps: int,
 ) -> Search:
     slos = [gates_mod.parse(t, "--slo") for t in slo_texts] or [
-        gates_mod.parse(t, f"{where}: gates[{i}]") for i, t in enumerate(scenario_gates)
+        gates_mod.parse(t, f"{where}: gates[{i}]", i) for i, t in enumerate(scenario_gates)
     ]
     if not slos:
         raise UserError(
@@ -155,7 +156,7 @@ def capacity_command(
     # The steps replace the scenario's schedule and grow its fleet: the plan
     # checked is the first step's (each later one differs only in its rate).
     options = RunOptions(endpoint, search.devices(search.start), start, workers)
-    check_plan(scenario, options)
+    check_gates(scenario, check_plan(scenario, options), list(search.slos))
     outputs.label_only("loadgen capacity")
     outputs.check(kept=kept_files(scenario, scenario_path))
     say(

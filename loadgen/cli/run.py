@@ -37,6 +37,7 @@ from loadgen.report.show import LiveRun, emulator_stopped_line, print_report
 from loadgen.report.store import Destination
 from loadgen.run import (
     RunOptions,
+    check_gates,
     check_plan,
     ensure_fleet,
     execute,
@@ -95,6 +96,7 @@ def run_command(
     gates = gates_mod.from_texts(scenario.gates, scenario_path, gate_texts)
     options = RunOptions(endpoint, count, rate, workers, outputs.slice, start)
     checked = check_plan(scenario, options)
+    check_gates(scenario, checked, gates)
     outputs.check(junit_path, summary_path, kept=kept_files(scenario, scenario_path))
     console = stderr_console()
     # Until the workers start (the fleet minted, the emulator starting, the

@@ -15,7 +15,7 @@ from loadgen.certs.store import Device as FleetDevice
 from loadgen.certs.subject import FIELDS
 from loadgen.device.lifecycle import DeviceConfig, PublishStep, Step, SubscribeStep
 from loadgen.load.chaos import Chaos
-from loadgen.load.schedule import Executor
+from loadgen.load.schedule import Burst, Executor
 from loadgen.load.shard import Shard, WholeRun
 
 # ``--workers auto``: as many workers as the rate needs (``loadgen.run.workers_for``).
@@ -67,6 +67,19 @@ class RunPlan:
     @property
     def endpoint(self) -> str:
         return f"{self.host}:{self.port}"
+
+    def never_measured(self) -> dict[str, str]:
+        """The phases and rates (as gates name them) no run of this plan ever
+        measures, each with why: a gate on one could only fail, after the load."""
+        never: dict[str, str] = {}
+        if not any(isinstance(s, PublishStep) and s.qos == 1 and s.count for s in self.steps):
+            never["publish_ack"] = "no after_connect step publishes at qos 1 (qos 0 has no PUBACK)"
+        if self.driver != "native":
+            why = f"mqtt.driver {self.driver} times only provision"
+            never |= dict.fromkeys(("tcp_connect", "tls_handshake", "connack"), why)
+        if isinstance(self.executor, Burst):
+            never["target_rate"] = "a burst has no target rate"
+        return never
 
 
 _NO_SUBJECT = {f.name: "" for f in FIELDS}

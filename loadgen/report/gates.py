@@ -151,6 +151,7 @@ class _Side:
     number: float = 0.0
     unit: str | None = None
     scaled: bool = False  # a factor times a metric (``0.99 * target_rate``)
+    reads: str | None = None  # the phase or rate it reads (``publish_ack``)
 
 
 @dataclass(frozen=True)
@@ -165,6 +166,16 @@ class Gate:
     # The side compared with what was measured, as written (``0.99 * target_rate``).
     threshold_text: str = ""
     kind: Kind = Kind.COUNT  # what the metric measures
+    # The phases and rates it reads (``publish_ack``, ``target_rate``).
+    reads: frozenset[str] = frozenset()
+    where: str = "gate"  # what wrote it, for errors: ``--gate``, a scenario's gates[i]
+    index: int | None = None  # its place in the scenario's gates (None: an option's)
+
+    def never_measured(self, never: dict[str, str]) -> str | None:
+        """Why it could only fail, given what a run never measures (its plan's
+        ``never_measured``): it reads one of those; None when it can pass."""
+        unmeasured = sorted(self.reads & never.keys())
+        return f"{unmeasured[0]} is never measured: {never[unmeasured[0]]}" if unmeasured else None
 
     def evaluate(self, report: Report) -> GateResult:
         left, right = self.left(report), self.right(report)
@@ -225,13 +236,17 @@ def _side(text: str, where: str) -> _Side:
             return _Side(text, number=factor * inner.number, unit=inner.unit)
         read = inner.read
         return _Side(
-            text, inner.kind, lambda r: None if (v := read(r)) is None else factor * v, scaled=True
+            text,
+            inner.kind,
+            lambda r: None if (v := read(r)) is None else factor * v,
+            scaled=True,
+            reads=inner.reads,
         )
     if match := _NUMBER.match(text):
         return _Side(text, number=float(match[1]), unit=match[2])
     if text in TERMS:
         term = TERMS[text]
-        return _Side(text, term.kind, term.read)
+        return _Side(text, term.kind, term.read, reads=text)
     if (match := _FUNC.match(text)) and match[1] in FUNCTIONS:
         function, arg = FUNCTIONS[match[1]], match[2]
         if arg not in function.args:
@@ -239,7 +254,9 @@ def _side(text: str, where: str) -> _Side:
                 f"{where}: unknown {function.what} {arg!r} in {text!r} ({', '.join(function.args)})"
             )
         read_arg = function.read
-        return _Side(text, function.kind, lambda r: read_arg(r, arg))
+        # What a latency reads is a phase; an outcome is counted by every run.
+        reads = arg if function.kind is Kind.LATENCY else None
+        return _Side(text, function.kind, lambda r: read_arg(r, arg), reads=reads)
     raise ConfigError(
         f"{where}: cannot read {text!r} (p99(provision), ratio(failed), count(throttled), "
         "achieved_rate, a number with ms, s or %)"
@@ -270,7 +287,7 @@ def _threshold(number: _Side, kind: Kind, gate: str, where: str) -> float:
     raise ConfigError(f"{bad}: {kind.value} is a plain number{per}")
 
 
-def parse(text: str, where: str = "gate") -> Gate:
+def parse(text: str, where: str = "gate", index: int | None = None) -> Gate:
     parts = _SPLIT.split(text.strip())
     if len(parts) != 3:
         raise ConfigError(f"{where}: {text!r} is not 'left OP right' (OP: < <= > >= == !=)")
@@ -291,6 +308,9 @@ def parse(text: str, where: str = "gate") -> Gate:
         ),
         threshold_text=(left if measured_right else right).text,
         kind=left.kind or right.kind or Kind.COUNT,
+        reads=frozenset(side.reads for side in (left, right) if side.reads is not None),
+        where=where,
+        index=index,
     )
 
 
@@ -312,7 +332,7 @@ def from_texts(
     """A scenario's ``gates:`` (named by its file and index in errors), then
     ``--gate``'s: what `loadgen run` and `report merge` judge."""
     return [
-        *(parse(t, f"{scenario_path}: gates[{i}]") for i, t in enumerate(scenario_gates)),
+        *(parse(t, f"{scenario_path}: gates[{i}]", i) for i, t in enumerate(scenario_gates)),
         *(parse(t, "--gate") for t in gate_texts),
     ]
 
