@@ -289,7 +289,9 @@ def check_trust(ca_file: Path) -> None:
 
 
 # The scenario fields a fleet is checked against, for its errors.
-_FLEET_FIELDS = InputNames(ca="fleet.ca", profile="fleet.profile", seed="fleet.seed")
+_FLEET_FIELDS = InputNames(
+    fleet="fleet.store", ca="fleet.ca", profile="fleet.profile", seed="fleet.seed"
+)
 
 
 def ensure_fleet(

@@ -374,6 +374,19 @@ def test_a_key_pool_larger_than_the_fleet_is_refused_and_nothing_is_written(tmp_
     assert not out.exists()
 
 
+@pytest.mark.parametrize("name", ["ca.pem", "aws-setup.json"])
+def test_an_out_that_is_one_of_the_cas_own_files_is_refused_and_nothing_is_written(tmp_path, name):
+    ca = init_ca(tmp_path / "ca")
+    (ca.directory / "aws-setup.json").write_text("{}\n")
+    before = {p.name: p.read_bytes() for p in ca.directory.iterdir()}
+    out = ca.directory / name
+    result = run_loadgen(
+        "certs", "mint", "--ca", ca.directory, "--out", out, "--count", "2", "--workers", "1"
+    )
+    assert_user_error(result, f"--out {out}: would overwrite {name} of the CA")
+    assert {p.name: p.read_bytes() for p in ca.directory.iterdir()} == before
+
+
 def test_a_key_pool_shares_keys_across_devices(tmp_path, session_ca):
     out = tmp_path / "fleet"
     profile = tmp_path / "rsa.yaml"

@@ -18,7 +18,7 @@ from cryptography import x509
 from pydantic import ValidationError
 
 from loadgen import lifeline
-from loadgen.certs.ca import CA, init_ca, load_ca
+from loadgen.certs.ca import CA, init_ca, load_ca, refuse_ca_file
 from loadgen.certs.ca import CERT_FILE as CA_CERT_FILE
 from loadgen.certs.ca import KEY_FILE as CA_KEY_FILE
 from loadgen.certs.keys import KeyType, generate_key, key_pem
@@ -56,9 +56,10 @@ _MIN_CHUNK = 50
 
 @dataclass(frozen=True)
 class InputNames:
-    """How the user named the CA, profile and seed a mint checks, for its errors:
-    the options of ``certs mint``, or the fields of a scenario."""
+    """How the user named the fleet, CA, profile and seed a mint checks, for its
+    errors: the options of ``certs mint``, or the fields of a scenario."""
 
+    fleet: str = "--out"
     ca: str = "--ca"
     profile: str = "--profile"
     seed: str = "--seed"
@@ -119,6 +120,7 @@ def check(request: MintRequest) -> MintPlan:
             f"--key-pool {request.key_pool} is more keys than --count {request.count} devices"
         )
     names = request.names
+    refuse_ca_file(request.fleet, request.ca_dir, names.fleet)
     ca = _existing_ca(request)
     store = FleetStore(request.fleet)
     if store.exists():
