@@ -21,7 +21,7 @@ from loadgen.cores import cores
 from loadgen.device.lifecycle import PublishStep, Step, SubscribeStep
 from loadgen.emulator.render import render_registration
 from loadgen.emulator.serve import EmbeddedEmulator, load_registration_config, start_embedded
-from loadgen.errors import ConfigError, FieldError, UserError
+from loadgen.errors import ConfigError, FieldError, UserError, field_name
 from loadgen.files import write
 from loadgen.listen import check_listen
 from loadgen.load.plan import AUTO, RunPlan, Workers
@@ -96,6 +96,28 @@ def check_gates(scenario: Scenario, plan: RunPlan, gates: list[Gate]) -> None:
         if gate.index is not None:
             raise scenario.located(FieldError(("gates", gate.index), f"{gate.text!r}: {why}"))
         raise UserError(f"{gate.where}: {gate.text!r}: {why}")
+
+
+def check_ports(scenario: Scenario, options: RunOptions, metrics_port: int | None) -> None:
+    """The ports the run will listen on (its own ``--metrics-port``, and the
+    embedded emulator's), each free alone, are not one port twice: else the
+    second server fails once the fleet is minted. A clash names both settings,
+    with the scenario's file and line."""
+    if not is_embedded(scenario, options):
+        return
+    spec = scenario.emulator
+    taken: dict[int, str] = {} if metrics_port is None else {metrics_port: "--metrics-port"}
+    fields = (
+        (("emulator", "metrics_port"), spec.metrics_port),
+        (("emulator", "api_port"), spec.api_port),
+    )
+    for loc, port in fields:
+        if port is None:
+            continue
+        if port in taken:
+            error = FieldError(loc, f"{port}, the same port as {taken[port]}: give another")
+            raise scenario.located(error)
+        taken[port] = field_name(loc)
 
 
 def emulator_state(scenario: Scenario) -> Path:

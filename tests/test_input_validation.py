@@ -15,6 +15,7 @@ from loadgen.errors import UserError
 from loadgen.load.schedule import offsets
 from loadgen.run import RunOptions, check_plan
 from loadgen.scenario.schema import load_scenario
+from tests.brokers import free_port
 from tests.conftest import assert_user_error, run_loadgen
 
 LOAD = "load:\n  executor: constant-arrival-rate\n  rate: 10/s\n"
@@ -348,6 +349,36 @@ def test_an_emulator_api_port_in_use_is_refused_before_the_emulator_starts(tmp_p
     result = run_loadgen("run", path, cwd=tmp_path)
     _assert_refused_untouched(
         result, tmp_path, listener, f"emulator.api_port {taken}: already in use"
+    )
+
+
+def test_an_emulator_api_port_that_is_its_metrics_port_is_refused_naming_both(tmp_path, listener):
+    port = free_port()
+    extra = f"emulator:\n  metrics_port: {port}\n  api_port: {port}\n"
+    path = _write_scenario(tmp_path, 0, extra, endpoint="embedded")
+    result = run_loadgen("run", path, cwd=tmp_path)
+    _assert_refused_untouched(
+        result,
+        tmp_path,
+        listener,
+        f"{path}:9: emulator.api_port: {port}, the same port as emulator.metrics_port",
+    )
+
+
+@pytest.mark.parametrize("field", ["metrics_port", "api_port"])
+@pytest.mark.parametrize("command", ["run", "capacity"])
+def test_a_metrics_port_option_that_is_an_emulator_port_is_refused_naming_both(
+    tmp_path, listener, command, field
+):
+    port = free_port()
+    path = _write_scenario(tmp_path, 0, f"emulator: {{{field}: {port}}}\n", endpoint="embedded")
+    slo = ("--slo", "p99(provision) < 2s") if command == "capacity" else ()
+    result = run_loadgen(command, path, *slo, "--metrics-port", port, cwd=tmp_path)
+    _assert_refused_untouched(
+        result,
+        tmp_path,
+        listener,
+        f"{path}:7: emulator.{field}: {port}, the same port as --metrics-port",
     )
 
 

@@ -34,6 +34,7 @@ from loadgen.run import (
     RunOptions,
     check_gates,
     check_plan,
+    check_ports,
     ensure_fleet,
     execute,
     kept_files,
@@ -157,6 +158,7 @@ def capacity_command(
     # checked is the first step's (each later one differs only in its rate).
     options = RunOptions(endpoint, search.devices(search.start), start, workers)
     check_gates(scenario, check_plan(scenario, options), list(search.slos))
+    check_ports(scenario, options, outputs.metrics_port)
     outputs.label_only("loadgen capacity")
     outputs.check(kept=kept_files(scenario, scenario_path))
     say(

@@ -39,6 +39,7 @@ from loadgen.run import (
     RunOptions,
     check_gates,
     check_plan,
+    check_ports,
     ensure_fleet,
     execute,
     fleet_count,
@@ -97,6 +98,7 @@ def run_command(
     options = RunOptions(endpoint, count, rate, workers, outputs.slice, start)
     checked = check_plan(scenario, options)
     check_gates(scenario, checked, gates)
+    check_ports(scenario, options, outputs.metrics_port)
     outputs.check(junit_path, summary_path, kept=kept_files(scenario, scenario_path))
     console = stderr_console()
     # Until the workers start (the fleet minted, the emulator starting, the
