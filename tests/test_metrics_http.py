@@ -1,5 +1,6 @@
 """/metrics served from a thread of its own stays bounded whatever clients do:
-idle connections are closed, and only so many are served at once. It answers
+idle connections are closed, and only so many are served at once, a new one
+taking the place of the one idle longest. It answers
 at /metrics alone, to GET and HEAD."""
 
 from __future__ import annotations
@@ -60,6 +61,34 @@ def test_idle_connections_take_no_more_threads_than_the_bound():
             sock.close()
     assert _wait_for(lambda: _serving_threads(before) == 0)
     assert "scraped_things_total 3.0" in _scrape(port)
+    server.shutdown()
+
+
+def _answer(sock: socket.socket) -> bytes:
+    """What the server says to one request on ``sock``, read to its close."""
+    sock.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+    chunks = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_a_scrape_past_the_bound_takes_the_place_of_the_connection_idle_longest():
+    server, port = _served(max_connections=4, timeout=30)
+    before = set(threading.enumerate())
+    idle = []
+    for held in range(1, 5):  # one at a time: the server takes them in this order
+        idle.append(socket.create_connection(("127.0.0.1", port)))
+        idle[-1].settimeout(30)
+        assert _wait_for(lambda held=held: _serving_threads(before) == held)
+    try:
+        assert "scraped_things_total 3.0" in _scrape(port)
+        assert idle[0].recv(1) == b""  # closed for the scrape, nothing sent
+        for sock in idle[1:]:  # the others are still served
+            assert b"scraped_things_total 3.0" in _answer(sock)
+    finally:
+        for sock in idle:
+            sock.close()
     server.shutdown()
 
 

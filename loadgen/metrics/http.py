@@ -5,7 +5,8 @@ for as long as the client holds it open: 2,000 idle connections to an
 emulator's metrics port took 2,000 threads, and near its open-files limit the
 process's control plane and /metrics stopped answering. Here a connection that
 sends nothing for ``TIMEOUT`` seconds is closed, and past ``MAX_CONNECTIONS`` at
-once a new one is closed at once: a scraper needs one.
+once a new one takes the place of the one that has waited longest without a
+whole request: a client holding connections open cannot lock a scraper out.
 
 The metrics are at ``/metrics`` alone (every other path is 404, as a mistyped
 scrape path should be told), for GET and HEAD (RFC 9110: HEAD is a GET without
@@ -14,6 +15,7 @@ its body; prometheus-client's app answers it 405).
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import sys
 import threading
@@ -42,6 +44,12 @@ class _Handler(WSGIRequestHandler):
         # A read or write stuck this long ends the connection.
         self.connection.settimeout(self.server.timeout_s)
 
+    def parse_request(self) -> bool:
+        whole = super().parse_request()
+        # Its request line and headers are in: it is served now, not waiting.
+        self.server.busy(self.request)
+        return whole
+
     def log_message(self, format: str, *args: Any) -> None:
         pass  # a line per scrape is noise
 
@@ -57,26 +65,61 @@ class MetricsServer(ThreadingMixIn, WSGIServer):
         max_connections: int = MAX_CONNECTIONS,
         timeout: float = TIMEOUT,
     ) -> None:
-        self._slots = threading.BoundedSemaphore(max_connections)
+        self._max = max_connections
+        self._slots = threading.Condition()
+        self._open = 0  # connections with a thread of their own
+        # Those still waiting for their whole request, the longest waiting first.
+        self._waiting: dict[socket.socket, None] = {}
         self.timeout_s = timeout
         self.address_family = family  # read as the socket is made, below
         super().__init__(address, _Handler)
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._slots.acquire(blocking=False):
+        if not self._take_slot(request):
             self.shutdown_request(request)
             return
         try:
             super().process_request(request, client_address)
         except BaseException:
-            self._slots.release()
+            self._release(request)
             raise
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self._slots.release()
+            self._release(request)
+
+    def busy(self, request: socket.socket) -> None:
+        with self._slots:
+            self._waiting.pop(request, None)
+
+    def _take_slot(self, request: socket.socket) -> bool:
+        """A slot for ``request``; when all are taken, the slot of the connection
+        that has waited longest for its request, closed. False when every slot
+        serves a request."""
+        with self._slots:
+            if self._open >= self._max:
+                if not self._waiting:
+                    return False
+                oldest = next(iter(self._waiting))
+                del self._waiting[oldest]
+                with contextlib.suppress(OSError):  # its thread closed it meanwhile
+                    # Its thread's read ends at once, and the thread with it.
+                    oldest.shutdown(socket.SHUT_RDWR)
+                # The slot is taken once that thread has ended: never more
+                # threads than the bound.
+                if not self._slots.wait_for(lambda: self._open < self._max, self.timeout_s):
+                    return False
+            self._open += 1
+            self._waiting[request] = None
+            return True
+
+    def _release(self, request: socket.socket) -> None:
+        with self._slots:
+            self._waiting.pop(request, None)
+            self._open -= 1
+            self._slots.notify_all()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # A client that went silent or away is no error of the server's.
