@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import math
 import resource
+import socket
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -25,6 +27,7 @@ from loadgen.errors import ConfigError, FieldError, UserError, field_name
 from loadgen.files import write
 from loadgen.listen import check_listen
 from loadgen.load.plan import AUTO, RunPlan, Workers
+from loadgen.load.runner import resolve
 from loadgen.load.schedule import MAX_SPAN, ConstantArrival, peak_rate, too_long
 from loadgen.load.shard import Shard
 from loadgen.load.start import StartAt
@@ -35,7 +38,7 @@ from loadgen.report.gates import Gate
 from loadgen.scenario.planning import build_plan, check_template, endpoint_of
 from loadgen.scenario.schema import EMBEDDED, Scenario
 from loadgen.scenario.units import parse_rate
-from loadgen.transport.client import describe_error
+from loadgen.transport.client import describe_error, family_of
 from loadgen.transport.tls import trust_problem
 from loadgen.words import counted
 
@@ -81,6 +84,7 @@ def _check_plan(scenario: Scenario, options: RunOptions) -> RunPlan:
         elif spec.registration_config is not None:
             load_registration_config(spec.registration_config)
     plan = make_plan(scenario, options)
+    check_sources(plan)
     check_fleet(fleet_request(scenario, fleet_count(scenario, options), plan.workers, plan.shard))
     return plan
 
@@ -96,6 +100,36 @@ def check_gates(scenario: Scenario, plan: RunPlan, gates: list[Gate]) -> None:
         if gate.index is not None:
             raise scenario.located(FieldError(("gates", gate.index), f"{gate.text!r}: {why}"))
         raise UserError(f"{gate.where}: {gate.text!r}: {why}")
+
+
+def check_sources(plan: RunPlan) -> None:
+    """Every ``load.source_addresses`` entry is of a family the endpoint has an
+    address of (a name resolved as the workers will resolve it; one that does
+    not resolve is not judged: each device reports it): else each device given
+    it fails to connect."""
+    addresses = resolve(plan.host, plan.port)
+    if addresses == [plan.host] and not _is_address(plan.host):
+        return
+    families = {family_of(address) for address in addresses}
+    for i, source in enumerate(plan.source_addresses):
+        if family_of(source) not in families:
+            raise FieldError(
+                ("load", "source_addresses", i),
+                f"{source} is an {_FAMILY[family_of(source)]} address, and endpoint "
+                f"{plan.host} has {' and '.join(sorted(_FAMILY[f] for f in families))} "
+                "addresses only: no connection from it can reach it",
+            )
+
+
+_FAMILY = {socket.AF_INET: "IPv4", socket.AF_INET6: "IPv6"}
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def check_ports(scenario: Scenario, options: RunOptions, metrics_port: int | None) -> None:

@@ -210,6 +210,12 @@ SCENARIO_MISTAKES = {
         ":7: load.source_addresses[1]:",
         "192.0.2.1 is not a local address of this machine",
     ),
+    "a source address of the other family than the endpoint's": (
+        LOAD + '  source_addresses: [127.0.0.2, "::1"]\n',
+        "",
+        ":7: load.source_addresses[1]:",
+        "::1 is an IPv6 address, and endpoint 127.0.0.1 has IPv4 addresses only",
+    ),
     "a key given twice": (
         LOAD,
         "timeouts: {connect: 5s}\ntimeouts: {connect: 6s}\n",
@@ -379,6 +385,30 @@ def test_a_metrics_port_option_that_is_an_emulator_port_is_refused_naming_both(
         tmp_path,
         listener,
         f"{path}:7: emulator.{field}: {port}, the same port as --metrics-port",
+    )
+
+
+def test_a_source_address_the_embedded_emulator_cannot_be_reached_from_is_refused(
+    tmp_path, listener
+):
+    load = LOAD + '  source_addresses: ["::1"]\n'
+    path = _write_scenario(tmp_path, 0, load=load, endpoint="embedded")
+    result = run_loadgen("run", path, cwd=tmp_path)
+    _assert_refused_untouched(
+        result, tmp_path, listener, f"{path}:7: load.source_addresses[0]: ::1 is an IPv6 address"
+    )
+
+
+def test_a_source_address_is_checked_against_the_endpoint_option(tmp_path, listener):
+    port = listener.getsockname()[1]
+    path = _write_scenario(tmp_path, port, load=LOAD + "  source_addresses: [127.0.0.2]\n")
+    result = run_loadgen("run", path, "--endpoint", f"[::1]:{port}", cwd=tmp_path)
+    _assert_refused_untouched(
+        result,
+        tmp_path,
+        listener,
+        f"{path}:7: load.source_addresses[0]: 127.0.0.2 is an IPv4 address, "
+        "and endpoint ::1 has IPv6 addresses only",
     )
 
 

@@ -10,6 +10,7 @@ import pytest
 from loadgen.certs.store import Device
 from loadgen.errors import UserError
 from loadgen.load.plan import device_client_id, render
+from loadgen.load.runner import Routes
 from loadgen.load.schedule import ConstantArrival
 from loadgen.load.shard import Shard
 from loadgen.run import RunOptions, make_plan, workers_for
@@ -233,3 +234,34 @@ def test_a_hold_without_keepalive_under_a_connect_without_one_pings_every_minute
     )
     (hold,) = build_plan(scenario, endpoint=("127.0.0.1", 8883)).steps
     assert hold.keepalive == 60.0
+
+
+def _routes(addresses: list[str], sources: tuple[str, ...], devices: int) -> list[tuple]:
+    routes = Routes(addresses, sources)
+    return [routes.next() for _ in range(devices)]
+
+
+def test_devices_take_the_endpoints_addresses_and_the_source_addresses_in_turn():
+    assert _routes(["10.0.0.1", "10.0.0.2"], ("127.0.0.2", "127.0.0.3", "127.0.0.4"), 3) == [
+        ("10.0.0.1", "127.0.0.2"),
+        ("10.0.0.2", "127.0.0.3"),
+        ("10.0.0.1", "127.0.0.4"),
+    ]
+
+
+def test_each_endpoint_address_is_reached_from_a_source_address_of_its_family():
+    routes = _routes(["::1", "127.0.0.1"], ("127.0.0.2", "::1", "127.0.0.3"), 4)
+    assert routes == [
+        ("::1", "::1"),
+        ("127.0.0.1", "127.0.0.2"),
+        ("::1", "::1"),
+        ("127.0.0.1", "127.0.0.3"),
+    ]
+
+
+def test_an_endpoint_address_of_a_family_no_source_has_is_left_out():
+    assert _routes(["::1", "127.0.0.1"], ("127.0.0.2",), 2) == [("127.0.0.1", "127.0.0.2")] * 2
+
+
+def test_without_source_addresses_devices_connect_from_any():
+    assert _routes(["::1", "127.0.0.1"], (), 2) == [("::1", None), ("127.0.0.1", None)]

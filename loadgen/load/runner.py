@@ -29,7 +29,7 @@ from loadgen.load.plan import RunPlan, device_client_id, device_steps
 from loadgen.load.schedule import offsets
 from loadgen.load.shard import part_of
 from loadgen.metrics.stats import RunStats
-from loadgen.transport.client import Target, describe_error
+from loadgen.transport.client import Target, describe_error, family_of
 from loadgen.transport.keepalive import Holds
 from loadgen.transport.tls import ClientTls, DeviceTls
 
@@ -105,6 +105,29 @@ def resolve(host: str, port: int) -> list[str]:
     return addresses or [host]
 
 
+class Routes:
+    """Where devices connect to and from: the endpoint's ``addresses`` in turn,
+    each with the next of the ``sources`` of its family (a socket of one family
+    cannot bind an address of the other). Addresses of a family no source has
+    are left out, unless no address has a source's family."""
+
+    def __init__(self, addresses: list[str], sources: tuple[str, ...]) -> None:
+        families = {family_of(source) for source in sources}
+        if sources:
+            addresses = [a for a in addresses if family_of(a) in families] or addresses
+        self._addresses = itertools.cycle([(a, family_of(a)) for a in addresses])
+        self._sources = {
+            family: itertools.cycle(
+                [s for s in sources if family_of(s) == family] or list(sources) or [None]
+            )
+            for family in (socket.AF_INET, socket.AF_INET6)
+        }
+
+    def next(self) -> tuple[str, str | None]:
+        address, family = next(self._addresses)
+        return address, next(self._sources[family])
+
+
 class Worker:
     # Resolved when the last device in flight ends, while run() waits for that.
     drained: asyncio.Future[None] | None = None
@@ -149,7 +172,6 @@ class Worker:
         # quarter of recording each as it ends, between handshakes.
         self.ended: list[tuple[DeviceResult, float, float]] = []
         self.starts: list[float] = []  # as ``ended``: when devices started, not yet in it
-        self.sources = itertools.cycle(plan.source_addresses or (None,))
         # Device files by name as text: a Path per file cost more than reading it.
         self.fleet = str(plan.fleet)
         # Resolved with the grace period (seconds) when the run is to stop early.
@@ -175,14 +197,14 @@ class Worker:
         # Resolved once, here: a resolver on the timed path would add its latency
         # (and a thread pool's queue) to every device's connect. A name that does
         # not resolve stays a name, and each device reports the DNS failure.
-        self.addresses = itertools.cycle(resolve(plan.host, plan.port))
+        self.routes = Routes(resolve(plan.host, plan.port), plan.source_addresses)
         self.targets: dict[tuple[str, str | None], Target] = {}
 
     def prepare(self, device: FleetDevice, offset: float) -> tuple[DeviceSpec, float]:
         """The device ready to go, and its offset in the schedule (its ``scheduled``
         time is set when the schedule's start is known)."""
         plan = self.plan
-        where = (next(self.addresses), next(self.sources))
+        where = self.routes.next()
         target = self.targets.get(where)
         if target is None:
             # One per address and source, shared by the devices: making one parses

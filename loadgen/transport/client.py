@@ -60,6 +60,12 @@ Clock = Callable[[], float]
 _NO_PORT_AT_BIND: int | None = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", None)
 
 
+def family_of(address: str) -> socket.AddressFamily:
+    """The family of a socket that connects to, or binds, ``address`` (an IPv6
+    address has a colon; a name is taken as IPv4, as binding it resolves it)."""
+    return socket.AF_INET6 if ":" in address else socket.AF_INET
+
+
 @dataclass(frozen=True)
 class Target:
     """Where to connect. ``host`` should already be an address: resolving names
@@ -686,8 +692,7 @@ async def connect(
     if address is None:
         async with asyncio.timeout_at(deadline):
             address = await _resolve(loop, target)
-    family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+    sock = socket.socket(family_of(address[0]), socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
     channel: _Channel | None = None
     timer = None
     try:
