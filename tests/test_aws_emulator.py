@@ -20,8 +20,9 @@ import yaml
 
 from loadgen.certs.ca import init_ca
 from loadgen.emulator.defaults import REGISTRATION_CONFIG
+from tests.api_server import client
 from tests.aws_cli import aws_iot
-from tests.conftest import run_loadgen
+from tests.conftest import assert_user_error, run_loadgen
 from tests.moto_aws import CREDENTIALS, loadgen_aws
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -128,6 +129,24 @@ def test_setup_a_storm_status_and_teardown_against_the_emulator(emulator, tmp_pa
     # The CA is gone from the account: its devices are refused, as on AWS.
     after = _outcomes(scenario, tmp_path, "after")
     assert set(after) == {"tls_rejected"}, after
+
+
+def test_setup_in_a_region_the_emulators_mqtt_side_does_not_serve_is_refused_creating_nothing(
+    emulator, tmp_path
+):
+    ca = init_ca(tmp_path / "ca")
+    scenario = tmp_path / "aws.yaml"
+    setup = loadgen_aws(
+        "setup", "--ca", ca.directory, "--template", LIGHTBULB, "--create-role",
+        "--server-ca", emulator.server_ca, "--write-scenario", scenario,
+        "--endpoint-url", emulator.url, "--region", "eu-west-1",
+    )  # fmt: skip
+    assert_user_error(setup, "--region eu-west-1:", "use region us-east-1")
+    assert sorted(p.name for p in ca.directory.iterdir()) == ["ca.key", "ca.pem"]
+    assert not scenario.exists()
+    iam = client("iam", emulator.url)
+    with pytest.raises(iam.exceptions.NoSuchEntityException):
+        iam.get_role(RoleName=f"loadgen-jitp-{ca.fingerprint[:12]}")
 
 
 def test_a_teardown_killed_halfway_finishes_when_run_again(emulator, tmp_path):

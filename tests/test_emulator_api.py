@@ -395,6 +395,13 @@ def test_another_region_is_an_account_region_of_its_own(served, fleet, tmp_path)
         elsewhere.describe_ca_certificate(certificateId=ca_id)
 
 
+def test_another_regions_describe_endpoint_says_the_mqtt_side_serves_one_region(served):
+    elsewhere = client("iot", served.api_url, region="eu-west-1")
+    with pytest.raises(elsewhere.exceptions.InvalidRequestException) as refused:
+        elsewhere.describe_endpoint(endpointType="iot:Data-ATS")
+    assert "use region us-east-1" in str(refused.value)
+
+
 def test_teardown_in_the_wrong_region_is_a_one_line_error(served, fleet, tmp_path):
     ca, _ = fleet
     register(client("iot", served.api_url), ca, tmp_path)

@@ -240,9 +240,7 @@ class Setup:
                 f"(loadgen aws teardown --ca {request.ca_dir}), or remove the record"
             )
         role_arn, role_name, role_exists = self._role(prepared, account_id)
-        endpoint = str(
-            self.api.call("DescribeEndpoint", endpointType="iot:Data-ATS")["endpointAddress"]
-        )
+        endpoint = self._endpoint()
         record = SetupRecord(
             ca_id=ca.fingerprint,
             account=account_id,
@@ -281,6 +279,19 @@ class Setup:
         record.created.ca = record.created.ca or registered
         save_record(request.ca_dir, record)
         return SetupResult(record, registered, found)
+
+    def _endpoint(self) -> str:
+        """Where the account's devices connect. Asked before anything is
+        created: the emulator's control plane refuses it for a region its MQTT
+        side does not serve (every device would be refused there)."""
+        try:
+            answer = self.api.call("DescribeEndpoint", endpointType="iot:Data-ATS")
+        except Exception as exc:
+            if error_code(exc) != "InvalidRequestException":
+                raise
+            message = getattr(exc, "response", {}).get("Error", {}).get("Message", exc)
+            raise UserError(f"--region {self.account.region_name}: {message}") from None
+        return str(answer["endpointAddress"])
 
     # -- the role ---------------------------------------------------------
 

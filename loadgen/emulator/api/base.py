@@ -54,7 +54,8 @@ class Account:
     registry: Registry
     region: str
     account_id: str
-    mqtt_address: str
+    # Where its devices connect; None: no MQTT side trusts this region's CAs.
+    mqtt_address: str | None
 
     def arn(self, kind: str, name: str) -> str:
         return f"arn:aws:iot:{self.region}:{self.account_id}:{kind}/{name}"

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from loadgen.emulator.api import cas, certificates, groups, policies, things
+from loadgen.emulator.api.app import REGION as MQTT_REGION
 from loadgen.emulator.api.base import Account, Params, Result, invalid
 from loadgen.emulator.api.errors import ApiError
 from loadgen.emulator.registry import Registry
@@ -29,6 +30,13 @@ def describe_endpoint(account: Account, params: Params) -> Result:
         raise invalid(
             f"endpointType {kind!r}: one of {', '.join(_DATA_ENDPOINTS + _OTHER_ENDPOINTS)}"
         )
+    if account.mqtt_address is None:
+        # An address here would send devices where their CA is unknown: every
+        # one of them refused, with nothing to say why.
+        raise invalid(
+            f"region {account.region}: the emulator's MQTT endpoint serves the devices of "
+            f"one region's registry, {MQTT_REGION}'s: use region {MQTT_REGION}"
+        )
     return {"endpointAddress": account.mqtt_address}
 
 
@@ -46,7 +54,7 @@ class ControlPlane:
         *,
         region: str = "us-east-1",
         account_id: str = "123456789012",
-        mqtt_address: str = "127.0.0.1:8883",
+        mqtt_address: str | None = "127.0.0.1:8883",
     ) -> None:
         self.registry = registry
         self.account = Account(registry, region, account_id, mqtt_address)

@@ -19,7 +19,7 @@ def api_control_plane(
     def other_region(region: str) -> Call:
         # Its own account-region: empty, in memory, and no MQTT side trusts it.
         return ControlPlane(
-            Registry(), region=region, account_id=ACCOUNT_ID, mqtt_address=mqtt_address
+            Registry(), region=region, account_id=ACCOUNT_ID, mqtt_address=None
         ).call
 
     return ControlPlaneApi(
