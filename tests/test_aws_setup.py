@@ -381,14 +381,22 @@ def test_a_server_ca_that_is_no_certificate_is_refused(moto, ca):
     _nothing_done(moto, ca.directory)
 
 
-def test_an_endpoint_nobody_answers_is_said_to_be_unreachable(ca, tmp_path):
+@pytest.mark.parametrize(
+    "command",
+    [("setup", "--template", LIGHTBULB, "--create-role"), ("status",), ("teardown", "--yes")],
+    ids=["setup", "status", "teardown"],
+)
+def test_an_endpoint_nobody_answers_is_said_to_be_unreachable(ca, tmp_path, command):
     from tests.brokers import free_port
 
     url = f"http://127.0.0.1:{free_port()}"
-    result = _setup(url, ca.directory, "--template", LIGHTBULB, "--create-role")
+    name, *args = command
+    result = loadgen_aws(
+        name, "--ca", ca.directory, "--endpoint-url", url, "--region", REGION, *args
+    )
     assert result.code == 1, result.err
-    assert "the account's API could not be reached" in result.err
-    assert "Traceback" not in result.err
+    assert result.err.startswith("loadgen: failed: the account's API could not be reached: ")
+    assert len(result.err.strip().splitlines()) == 1, result.err
 
 
 def test_a_group_setup_created_and_someone_deleted_is_counted_already_gone(moto, ca):

@@ -166,10 +166,8 @@ def aws_setup(
     account = Account(profile, region, endpoint_url)
     try:
         result = Setup(account, RateLimits()).run(prepared)
-    except botocore.exceptions.EndpointConnectionError as exc:
-        raise LoadgenError(f"the account's API could not be reached: {exc}") from None
     except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
-        raise LoadgenError(f"the account refused setup: {exc}") from None
+        raise _account_failure(exc, "the account refused setup") from None
     # (After the account's checks: a refusal stays one line.)
     for finding in prepared.findings:
         warn(f"{config}: {finding}")
@@ -241,7 +239,7 @@ def aws_status(
             quotas=account.client("service-quotas", attempts=2),
         )
     except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
-        raise LoadgenError(f"the account could not be read: {exc}") from None
+        raise _account_failure(exc, "the account could not be read") from None
     if record is not None:
         click.echo(f"set up by loadgen in account {record.account}, region {record.region}")
         click.echo(f"  endpoint {record.endpoint}")
@@ -293,7 +291,7 @@ def aws_teardown(
         # per certificate per API); a teardown lists them as it removes each.
         found = teardown.find(attachments=dry_run)
     except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
-        raise LoadgenError(f"the account could not be read: {exc}") from None
+        raise _account_failure(exc, "the account could not be read") from None
     if found.listed:
         click.echo(
             f"CA {found.ca_id[:16]}…: {len(found.certificates)} certificates, "
@@ -349,6 +347,16 @@ def aws_teardown(
         sys.exit(1)
 
 
+def _account_failure(exc: Exception, what: str) -> LoadgenError:
+    """``what`` the account's answer ``exc`` means; an endpoint that does not
+    answer is unreachable, the same line for every command, not an answer."""
+    import botocore.exceptions
+
+    if isinstance(exc, botocore.exceptions.EndpointConnectionError):
+        return LoadgenError(f"the account's API could not be reached: {exc}")
+    return LoadgenError(f"{what}: {exc}")
+
+
 def _recorded_account(
     ca_dir: Path,
     record: SetupRecord | None,
@@ -373,7 +381,7 @@ def _recorded_account(
     try:
         identity = account.sts().get_caller_identity()
     except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
-        raise LoadgenError(f"the account could not be read: {exc}") from None
+        raise _account_failure(exc, "the account could not be read") from None
     if str(identity["Account"]) != record.account:
         raise UserError(
             f"{record_path(ca_dir)}: the CA was set up in account {record.account}; these "
