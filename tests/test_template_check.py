@@ -7,6 +7,7 @@ import json
 import yaml
 
 from loadgen.emulator.defaults import REGISTRATION_CONFIG
+from loadgen.emulator.serve import load_registration_config
 from tests.conftest import ROOT, assert_user_error, run_loadgen
 
 ROLE = "arn:aws:iam::123456789012:role/JITPRole"
@@ -314,6 +315,19 @@ def test_render_refuses_a_template_with_a_structural_problem_naming_its_location
     result = run_loadgen("template", "render", template, "--role-arn", ROLE)
     assert_user_error(result, f"{template}: {BROKEN_JOIN}: Ref AWS::IoT::Certificate::StateName")
     assert result.out == ""
+
+
+def test_render_takes_a_registration_config_in_awss_readable_layout_as_check_does():
+    """Its strings hold raw line breaks; the template comes out escaped, with
+    the role given."""
+    readable = DATA / "reference-template-readable.json"
+    assert run_loadgen("template", "check", readable).code == 1  # read: a lint error
+    result = run_loadgen("template", "render", readable, "--role-arn", ROLE)
+    assert result.code == 0, result.err
+    config = json.loads(result.out)
+    assert config["roleArn"] == ROLE
+    as_read = load_registration_config(readable)["templateBody"]
+    assert json.loads(config["templateBody"]) == json.loads(as_read, strict=False)
 
 
 def test_render_refuses_a_role_arn_that_is_not_an_iam_roles_arn():

@@ -24,8 +24,10 @@ def template() -> None:
 @click.argument("path", metavar="TEMPLATE", type=PATH)
 @click.option("--role-arn", required=True, help="A role with AWSIoTThingsRegistration.")
 def template_render(path: Path, role_arn: str) -> None:
-    """A readable template (.yaml or .json) in, the --registration-config JSON out."""
-    config = emu_render.render_registration(path, role_arn, "--role-arn")
+    """A readable template (.yaml or .json) in, the --registration-config JSON out;
+    a registration config in (AWS's readable layout, say), its template with
+    --role-arn out, as AWS takes it."""
+    config = emu_render.render_registration(path, role_arn, "--role-arn", configs=True)
     click.echo(json.dumps(config, indent=2))
 
 

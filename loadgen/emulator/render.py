@@ -14,8 +14,10 @@ from loadgen.files import read_text
 from loadgen.nesting import parse_json
 
 
-def read_template(path: Path) -> Any:
-    """A readable template file's data, not yet checked."""
+def read_template(path: Path, *, configs: bool = False) -> Any:
+    """A readable template file's data, not yet checked; with ``configs``, the
+    template a registration config holds too (as `template check` reads it),
+    checked but for its ``roleArn``, which a render replaces."""
     if path.suffix in (".yaml", ".yml"):
         # Read as scenarios and profiles are: YAML 1.2 (a country NO stays "NO"),
         # and a key given twice is an error, not the last one silently winning.
@@ -23,18 +25,27 @@ def read_template(path: Path) -> Any:
     else:
         text = read_text(path, what="template")
         try:
-            data = parse_json(text)
+            # strict=False, as a registration config is read: AWS's readable
+            # layout has raw line breaks inside strings.
+            data = parse_json(text, strict=False)
         except ValueError as exc:
             raise ConfigError(f"{path}: not a template: {str(exc).splitlines()[0]}") from None
     if isinstance(data, dict) and "templateBody" in data:
-        raise ConfigError(f"{path}: already a registration config (it has templateBody)")
+        if not configs:
+            raise ConfigError(f"{path}: already a registration config (it has templateBody)")
+        template, problems = config_problems(data)
+        problems = [p for p in problems if p.where != "roleArn"]
+        if problems:
+            raise ConfigError(f"{path}: {problems[0]}")
+        return template
     return data
 
 
-def load_template(path: Path) -> dict[str, Any]:
-    """A readable template AWS would accept, or a ``ConfigError`` naming the file
-    and the location of its first problem."""
-    data = read_template(path)
+def load_template(path: Path, *, configs: bool = False) -> dict[str, Any]:
+    """A readable template AWS would accept (with ``configs``, also the one a
+    registration config holds), or a ``ConfigError`` naming the file and the
+    location of its first problem."""
+    data = read_template(path, configs=configs)
     problems = template_problems(data)
     if problems:
         raise ConfigError(f"{path}: {problems[0]}")
@@ -46,11 +57,14 @@ def registration_config(template: dict[str, Any], role_arn: str) -> dict[str, An
     return {"templateBody": json.dumps(template, indent=2), "roleArn": role_arn}
 
 
-def render_registration(path: Path, role_arn: str, role_option: str) -> dict[str, Any]:
-    """The registration config for the readable template at ``path``, checked as
-    the emulator checks a config; a bad role ARN is named by the option or field
-    ``role_option`` that gave it."""
-    config = registration_config(load_template(path), role_arn)
+def render_registration(
+    path: Path, role_arn: str, role_option: str, *, configs: bool = False
+) -> dict[str, Any]:
+    """The registration config for the readable template at ``path`` (with
+    ``configs``, also for a registration config's template, with ``role_arn``),
+    checked as the emulator checks a config; a bad role ARN is named by the
+    option or field ``role_option`` that gave it."""
+    config = registration_config(load_template(path, configs=configs), role_arn)
     _, problems = config_problems(config)
     if problems:
         first = problems[0]
