@@ -107,6 +107,8 @@ def check_sources(plan: RunPlan) -> None:
     address of (a name resolved as the workers will resolve it; one that does
     not resolve is not judged: each device reports it): else each device given
     it fails to connect."""
+    if not plan.source_addresses:
+        return
     addresses = resolve(plan.host, plan.port)
     if addresses == [plan.host] and not _is_address(plan.host):
         return
