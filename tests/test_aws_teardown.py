@@ -249,8 +249,23 @@ def test_the_rate_limit_spaces_calls_of_one_api_at_its_rate():
     assert limits.rate("DescribeThing") == 5
 
 
+def test_a_rate_under_one_call_a_second_still_gives_turns():
+    now = [0.0]
+
+    def sleep(seconds):
+        now[0] += seconds
+        assert now[0] < 60, "still no turn after a minute of 4 s turns"
+
+    limits = RateLimits(cap=0.25, clock=lambda: now[0], sleep=sleep)
+    for _ in range(3):
+        limits.acquire("DeleteCertificate")
+    # The first at once, then one every 4 s.
+    assert now[0] == pytest.approx(8.0)
+
+
 def test_a_cancel_ends_the_waits_for_a_turn_at_once():
-    limits = RateLimits(cap=0.001)  # the first turn in about 1,000 s
+    limits = RateLimits(cap=0.001)
+    limits.acquire("DeleteCertificate")  # the first turn at once, the next in 1,000 s
     outcome = []
 
     def waiter():

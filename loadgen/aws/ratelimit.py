@@ -62,8 +62,9 @@ class Cancelled(BaseException):
 
 
 class RateLimits:
-    """A token bucket per API (burst of one second's worth), shared by threads.
-    ``cap`` (calls per second) lowers every API's rate to at most it."""
+    """A token bucket per API (burst of one second's worth, and at least one
+    call: a bucket below one token would never fill to a call), shared by
+    threads. ``cap`` (calls per second) lowers every API's rate to at most it."""
 
     def __init__(
         self,
@@ -97,13 +98,14 @@ class RateLimits:
     def acquire(self, api: str) -> None:
         """Wait for a token of ``api``'s bucket."""
         rate = self.rate(api)
+        burst = max(1.0, rate)
         while True:
             if self._cancelled.is_set():
                 raise Cancelled
             with self._lock:
                 now = self._clock()
-                tokens, at = self._buckets.get(api, (rate, now))
-                tokens = min(rate, tokens + (now - at) * rate)
+                tokens, at = self._buckets.get(api, (burst, now))
+                tokens = min(burst, tokens + (now - at) * rate)
                 # (A hair under one is one: float sums of waits may fall short.)
                 if tokens >= 1 - 1e-9:
                     self._buckets[api] = (max(0.0, tokens - 1), now)
