@@ -359,6 +359,19 @@ def test_a_scenario_file_that_is_the_template_is_refused_before_anything(moto, c
     assert template.read_bytes() == LIGHTBULB.read_bytes()
 
 
+def test_a_scenario_file_in_the_fleet_is_refused_before_anything(moto, ca, tmp_path):
+    _role(moto)
+    fleet = tmp_path / "fleet"
+    mint(MintRequest(fleet, ca.directory, 2, None, seed=1))
+    meta = (fleet / "fleet.json").read_bytes()
+    out = fleet / "fleet.json"
+    args = ("--template", LIGHTBULB, "--role-arn", ROLE, "--fleet", fleet, "--write-scenario", out)
+    result = _setup(moto, ca.directory, *args)
+    assert_user_error(result, f"--write-scenario {out}: inside the fleet of --fleet {fleet}")
+    _nothing_done(moto, ca.directory)
+    assert (fleet / "fleet.json").read_bytes() == meta
+
+
 def test_a_thing_type_other_things_still_have_is_kept_and_usable(moto, ca):
     _role(moto)
     assert _setup(moto, ca.directory, "--template", LIGHTBULB, "--role-arn", ROLE).code == 0

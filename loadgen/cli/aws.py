@@ -75,14 +75,22 @@ def _config_option(template: Path | None) -> str:
     return "--registration-config" if template is None else "--template"
 
 
-def _check_not_read(scenario: Path, ca_dir: Path, inputs: dict[str, Path | None]) -> None:
+def _check_not_read(
+    scenario: Path, ca_dir: Path, inputs: dict[str, Path | None], fleet: Path | None
+) -> None:
     """Refuse a --write-scenario that is a file setup reads or keeps: written
     after the CA is registered, it would replace the CA that teardown needs to
-    find it again (or the record of setup), or an input of the next setup."""
+    find it again (or the record of setup), an input of the next setup, or one
+    of the fleet's files (its metadata, its manifest, a device's)."""
     refuse_ca_file(scenario, ca_dir, "--write-scenario")
     for option, path in inputs.items():
         if path is not None and scenario.resolve() == path.resolve():
             raise UserError(f"--write-scenario {scenario}: the same file as {option}")
+    if fleet is not None and scenario.resolve().is_relative_to(fleet.resolve()):
+        raise UserError(
+            f"--write-scenario {scenario}: inside the fleet of --fleet {fleet}, whose files "
+            "the run reads: give a file outside it"
+        )
 
 
 @aws.command("setup")
@@ -161,7 +169,10 @@ def aws_setup(
     if write_scenario is not None:
         check_writable(write_scenario, "--write-scenario")
         _check_not_read(
-            write_scenario, ca_dir, {_config_option(template): config, "--server-ca": server_ca}
+            write_scenario,
+            ca_dir,
+            {_config_option(template): config, "--server-ca": server_ca},
+            fleet,
         )
     account = Account(profile, region, endpoint_url)
     try:
