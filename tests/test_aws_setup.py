@@ -294,6 +294,21 @@ def test_a_ca_folder_set_up_in_another_account_is_refused(moto, ca):
     assert_user_error(result, RECORD_FILE, "account 210987654321", "teardown")
 
 
+def test_a_ca_folder_whose_record_is_of_another_ca_is_refused(moto, ca, tmp_path):
+    _role(moto)
+    assert _setup(moto, ca.directory, "--template", LIGHTBULB, "--role-arn", ROLE).code == 0
+    other = init_ca(tmp_path / "other")
+    for name in ("ca.pem", "ca.key"):
+        (ca.directory / name).write_bytes((other.directory / name).read_bytes())
+    before = (ca.directory / RECORD_FILE).read_bytes()
+    result = _setup(moto, ca.directory, "--template", LIGHTBULB, "--role-arn", ROLE)
+    assert_user_error(result, RECORD_FILE, "a record of another CA", "tear that one down")
+    assert (ca.directory / RECORD_FILE).read_bytes() == before
+    iot = client(moto)
+    with pytest.raises(iot.exceptions.ResourceNotFoundException):
+        iot.describe_ca_certificate(certificateId=other.fingerprint)
+
+
 def test_teardown_deletes_what_setup_created_and_the_record(moto, ca, tmp_path):
     result = _setup(moto, ca.directory, "--template", LIGHTBULB, "--create-role")
     assert result.code == 0, result.err

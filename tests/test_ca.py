@@ -71,6 +71,15 @@ def test_ca_init_with_force_replaces_the_ca(tmp_path):
     assert (tmp_path / "ca" / "ca.pem").read_bytes() != before
 
 
+def test_ca_init_with_force_refuses_a_ca_set_up_in_an_aws_account(tmp_path):
+    assert run_loadgen("ca", "init", "--out", tmp_path / "ca").code == 0
+    before = (tmp_path / "ca" / "ca.pem").read_bytes()
+    (tmp_path / "ca" / "aws-setup.json").write_text("{}")
+    result = run_loadgen("ca", "init", "--out", tmp_path / "ca", "--force")
+    assert_user_error(result, "aws-setup.json", "tear it down first")
+    assert (tmp_path / "ca" / "ca.pem").read_bytes() == before
+
+
 @pytest.mark.parametrize("subject", ["no equals sign", "XX=foo"])
 def test_a_malformed_subject_is_a_one_line_error_that_says_why(tmp_path, subject):
     assert_user_error(

@@ -9,11 +9,12 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from loadgen.certs.ca import SETUP_RECORD_FILE
 from loadgen.errors import ConfigError
 from loadgen.files import CONFIG_LIMIT, read_limited, write_atomic
 from loadgen.nesting import parse_json
 
-RECORD_FILE = "aws-setup.json"
+RECORD_FILE = SETUP_RECORD_FILE
 FORMAT = 1
 
 

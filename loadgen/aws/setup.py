@@ -233,6 +233,14 @@ class Setup:
         account_id = str(self.sts.get_caller_identity()["Account"])
         region = self.account.region_name
         earlier = load_record(request.ca_dir)
+        if earlier is not None and earlier.ca_id != ca.fingerprint:
+            # What it created belongs to a CA no longer in the folder: only a
+            # teardown of that CA (by its id, from the record) can still find it.
+            raise UserError(
+                f"{record_path(request.ca_dir)}: a record of another CA (id "
+                f"{earlier.ca_id[:16]}…), not of {request.ca_dir}'s: tear that one down "
+                "first, with its ca.pem back in the folder, or remove the record"
+            )
         if earlier is not None and (earlier.account, earlier.region) != (account_id, region):
             raise UserError(
                 f"{record_path(request.ca_dir)}: this CA was set up in account "

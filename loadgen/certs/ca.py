@@ -24,7 +24,9 @@ DEFAULT_SUBJECT = "CN=jitp-loadgen fleet CA,O=jitp-loadgen"
 # A CA folder's own files: the CA, and what `loadgen aws` keeps beside it (the
 # record of setup, loadgen/aws/record.py; an interrupted teardown's journal,
 # loadgen/aws/teardown.py). Each is lost for good when an output replaces it.
-CA_FILES = (CERT_FILE, KEY_FILE, "aws-setup.json", "aws-teardown-*.jsonl")
+# `loadgen aws setup`'s record of what it did in an account for the CA.
+SETUP_RECORD_FILE = "aws-setup.json"
+CA_FILES = (CERT_FILE, KEY_FILE, SETUP_RECORD_FILE, "aws-teardown-*.jsonl")
 
 
 @dataclass(frozen=True)
@@ -170,6 +172,13 @@ def init_ca(
     cert_path, key_path = directory / CERT_FILE, directory / KEY_FILE
     if not force and (cert_path.exists() or key_path.exists()):
         raise CAError(f"{directory}: a CA already exists there (use --force to replace it)")
+    if (directory / SETUP_RECORD_FILE).exists():
+        # Replaced, the CA registered in the account could no longer be found
+        # (teardown finds it by its certificate's hash), nor what setup made for it.
+        raise CAError(
+            f"{directory}: its CA is set up in an AWS account ({SETUP_RECORD_FILE}): tear it "
+            f"down first (loadgen aws teardown --ca {directory})"
+        )
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
