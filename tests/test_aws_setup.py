@@ -324,6 +324,37 @@ def test_teardown_deletes_what_setup_created_and_the_record(moto, ca, tmp_path):
     assert not (ca.directory / RECORD_FILE).exists()
 
 
+def test_every_role_setup_created_is_torn_down(moto, ca):
+    for name in ("first-role", "second-role"):
+        arn = f"arn:aws:iam::123456789012:role/{name}"
+        args = ("--template", LIGHTBULB, "--create-role", "--role-arn", arn)
+        result = _setup(moto, ca.directory, *args)
+        assert result.code == 0, result.err
+    record = load_record(ca.directory)
+    assert record is not None and record.created.roles == ["first-role", "second-role"]
+    torn = loadgen_aws("teardown", "--ca", ca.directory, "--yes")
+    assert torn.code == 0, torn.out + torn.err
+    roles = {r["RoleName"] for r in client(moto, "iam").list_roles()["Roles"]}
+    assert not roles & {"first-role", "second-role"}
+
+
+def test_a_record_from_before_setup_listed_its_roles_still_names_its_role(tmp_path):
+    ca = init_ca(tmp_path / "ca")
+    record = {
+        "format": 1,
+        "ca_id": ca.fingerprint,
+        "account": "123456789012",
+        "region": REGION,
+        "endpoint": "e",
+        "role_arn": "arn:aws:iam::123456789012:role/old",
+        "created": {"thing_types": [], "thing_groups": [], "role": "old", "ca": True},
+    }
+    (ca.directory / RECORD_FILE).write_text(json.dumps(record))
+    loaded = load_record(ca.directory)
+    assert loaded is not None and loaded.created.roles == ["old"]
+    assert loaded.created.names() == ["role old"]
+
+
 def test_teardown_keep_ca_keeps_what_setup_created_for_it(moto, ca):
     _role(moto)
     assert _setup(moto, ca.directory, "--template", LIGHTBULB, "--role-arn", ROLE).code == 0

@@ -24,16 +24,26 @@ class Created:
 
     thing_types: list[str] = field(default_factory=list)
     thing_groups: list[str] = field(default_factory=list)
-    role: str | None = None  # an IAM role's name
+    role: str | None = None  # the IAM role's name setup created last
     ca: bool = False  # the CA was registered by setup, not only updated
+    # Every role setup created (runs with different --create-role names each
+    # made one); records written before it only have ``role``.
+    roles: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.role is not None and self.role not in self.roles:
+            self.roles = sorted({*self.roles, self.role})
+
+    def add_role(self, name: str) -> None:
+        self.role = name
+        self.roles = sorted({*self.roles, name})
 
     def names(self) -> list[str]:
         """What teardown deletes besides JITP's (the CA itself is another step)."""
-        role = [f"role {self.role}"] if self.role is not None else []
         return [
             *(f"thing type {t}" for t in self.thing_types),
             *(f"thing group {g}" for g in self.thing_groups),
-            *role,
+            *(f"role {r}" for r in self.roles),
         ]
 
 
@@ -93,7 +103,7 @@ def _wrong_field(raw: dict[str, Any]) -> str | None:
     created = raw.get("created", {})
     if not isinstance(created, dict):
         return "created is not an object"
-    for name in ("thing_types", "thing_groups"):
+    for name in ("thing_types", "thing_groups", "roles"):
         names = created.get(name, [])
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             return f"created.{name} is not a list of names"

@@ -265,7 +265,7 @@ class Setup:
         if role_name is not None:
             if not role_exists:
                 self._create_role(role_name)
-                record.created.role = role_name
+                record.created.add_role(role_name)
                 save_record(request.ca_dir, record)
             self._attach_registration_policy(role_name)
         for name in sorted(prepared.names.thing_types):

@@ -350,8 +350,8 @@ class Teardown:
             yield self._removed(functools.partial(self._remove_thing_group, group))
         for thing_type in created.thing_types:
             yield self._remove_thing_type(thing_type)
-        if created.role is not None:
-            yield self._removed(lambda: self._remove_role(str(created.role)))
+        for role in created.roles:
+            yield self._removed(functools.partial(self._remove_role, role))
 
     def _remove_thing_group(self, name: str) -> None:
         # DeleteThingGroup succeeds for a group that is not there: ask first, or

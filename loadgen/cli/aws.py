@@ -205,7 +205,8 @@ def aws_setup(
         for name in existing:
             if name not in names:
                 click.echo(f"  {kind} {name}: already there, left as it is")
-    click.echo(f"  role {record.role_arn}" + (" (created by setup)" if created.role else ""))
+    role_created = record.role_arn.rsplit("/", 1)[-1] in created.roles
+    click.echo(f"  role {record.role_arn}" + (" (created by setup)" if role_created else ""))
     click.echo(f"  endpoint {record.endpoint}")
     click.echo(f"  recorded in {record_path(ca_dir)}")
     count = sum(1 for _ in FleetStore(fleet).devices()) if fleet is not None else None
