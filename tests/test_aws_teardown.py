@@ -133,18 +133,7 @@ def test_a_policy_the_template_names_is_the_accounts_own_and_is_kept(moto_url, t
     creates one: it was the account's before the storm and stays after it."""
     iot = _iot(moto_url)
     ca = init_ca(tmp_path / "ca")
-    template = {
-        "Resources": {
-            "thing": {"Type": "AWS::IoT::Thing", "Properties": {"ThingName": "x"}},
-            "policy": {"Type": "AWS::IoT::Policy", "Properties": {"PolicyName": "fleet-policy"}},
-        }
-    }
-    iot.register_ca_certificate(
-        caCertificate=(ca.directory / "ca.pem").read_text(),
-        setAsActive=True,
-        allowAutoRegistration=True,
-        registrationConfig={"templateBody": json.dumps(template), "roleArn": _ROLE},
-    )
+    _register(iot, ca, {"PolicyName": "fleet-policy"}, {"PolicyDocument": POLICY})
     iot.create_policy(policyName="fleet-policy", policyDocument=POLICY)
     try:
         things = _provision(iot, ca, tmp_path / "fleet", 3, "c", "fleet-policy")
@@ -225,6 +214,67 @@ def test_no_credentials_is_one_line_and_exit_2(tmp_path):
         env=env,
     )
     assert_user_error(_as_result(proc), "no AWS credentials found")
+
+
+def _register(iot, ca: CA, *policies: dict) -> None:
+    """CA registered with a template of a thing and these policies' properties."""
+    resources = {
+        f"policy{i}": {"Type": "AWS::IoT::Policy", "Properties": p} for i, p in enumerate(policies)
+    }
+    resources["thing"] = {"Type": "AWS::IoT::Thing", "Properties": {"ThingName": "x"}}
+    iot.register_ca_certificate(
+        caCertificate=(ca.directory / "ca.pem").read_text(),
+        setAsActive=True,
+        allowAutoRegistration=True,
+        registrationConfig={"templateBody": json.dumps({"Resources": resources}), "roleArn": _ROLE},
+    )
+
+
+_COUNTRY_POLICY = {"Fn::Join": ["", ["acct-", {"Ref": "AWS::IoT::Certificate::Country"}]]}
+# The account's own: not the document of the template's PolicyDocument.
+_ACCOUNT_POLICY = json.dumps(
+    {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "iot:*"}]}
+)
+
+
+def test_the_accounts_policies_a_template_names_by_a_computed_name_are_kept(moto_url, tmp_path):
+    iot = _iot(moto_url)
+    ca = init_ca(tmp_path / "ca")
+    _register(iot, ca, {"PolicyName": _COUNTRY_POLICY}, {"PolicyDocument": POLICY})
+    iot.create_policy(policyName="acct-US", policyDocument=_ACCOUNT_POLICY)
+    try:
+        # Each device's own policy has the template's document: JITP's.
+        _provision(iot, ca, tmp_path / "fleet", 3, "c", "acct-US")
+        proc = _teardown(moto_url, ca.directory, "--yes")
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        _, policies, _ = _names(iot)
+        assert policies == {"acct-US"}
+        assert (
+            "policies: 3 deleted, 0 already gone, "
+            "1 kept (named by the CA's template: the account's own)"
+        ) in proc.stdout
+    finally:
+        _forget_everything(iot)
+
+
+def test_a_template_without_a_policy_document_created_none_of_the_policies(moto_url, tmp_path):
+    iot = _iot(moto_url)
+    ca = init_ca(tmp_path / "ca")
+    _register(iot, ca, {"PolicyName": _COUNTRY_POLICY})
+    iot.create_policy(policyName="acct-US", policyDocument=_ACCOUNT_POLICY)
+    try:
+        things = _provision(iot, ca, tmp_path / "fleet", 3, "c", "acct-US")
+        proc = _teardown(moto_url, ca.directory, "--yes")
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        _, policies, certificates = _names(iot)
+        assert policies == {"acct-US", *(f"{t}-policy" for t in things)} and certificates == 0
+        assert not iot.list_targets_for_policy(policyName="acct-US")["targets"]
+        assert (
+            "policies: 0 deleted, 0 already gone, 4 kept (the CA's template creates no policy"
+            in (proc.stdout)
+        )
+    finally:
+        _forget_everything(iot)
 
 
 def _as_result(proc):

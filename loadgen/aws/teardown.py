@@ -39,7 +39,7 @@ from loadgen.aws.account import error_code
 from loadgen.aws.calls import Api, is_registered, not_registered
 from loadgen.aws.ratelimit import RateLimits, cancelling_pool
 from loadgen.aws.record import Created, record_path
-from loadgen.aws.template import account_policies
+from loadgen.aws.template import TemplatePolicies, template_policies
 from loadgen.certs.ca import CERT_FILE
 from loadgen.errors import CAError
 from loadgen.files import REPORT_LIMIT, read_limited
@@ -102,8 +102,9 @@ class Found:
     # Whether ``attached`` lists every certificate's attachments (a dry run's
     # counts); else ``things`` and ``policies`` hold only what was journaled.
     listed: bool = True
-    # Policies the CA's template attaches by name: the account's, never deleted.
-    account_policies: set[str] = field(default_factory=set)
+    # Whose the attached policies are, as the CA's template tells: JITP's are
+    # deleted, the account's own (which JITP only attaches) never.
+    template_policies: TemplatePolicies = field(default_factory=TemplatePolicies)
 
     @property
     def steps(self) -> int:
@@ -203,7 +204,7 @@ class Teardown:
             attached,
             self.created,
             listed=attachments,
-            account_policies=account_policies(config),
+            template_policies=template_policies(config),
         )
 
     def _check_registered(self) -> bool:
@@ -293,11 +294,7 @@ class Teardown:
                 progress.step()
 
         def policy(name: str) -> None:
-            outcome = (
-                ("kept", "named by the CA's template: the account's own")
-                if name in found.account_policies
-                else self._remove_policy(name)
-            )
+            outcome = self._remove_policy(name, found.template_policies)
             with lock:
                 _count(summary.policies, outcome)
                 progress.step()
@@ -444,8 +441,11 @@ class Teardown:
             return _refused(exc)
         return ("deleted", "")
 
-    def _remove_policy(self, name: str) -> tuple[str, str]:
+    def _remove_policy(self, name: str, template: TemplatePolicies) -> tuple[str, str]:
         try:
+            owner = template.owner(name, lambda: self._policy_document(name))
+            if owner is not None:
+                return ("kept", owner)
             targets = list(
                 self.api.pages(
                     "ListTargetsForPolicy", "targets", "marker", "nextMarker", policyName=name
@@ -463,6 +463,9 @@ class Teardown:
         except Exception as exc:
             return _refused(exc)
         return ("deleted", "")
+
+    def _policy_document(self, name: str) -> str:
+        return str(self.api.call("GetPolicy", policyName=name)["policyDocument"])
 
     def _remove_ca(self) -> tuple[str, str]:
         try:

@@ -317,10 +317,16 @@ def aws_teardown(
     if found.created.names():
         kept = " (kept with --keep-ca)" if keep_ca else ""
         click.echo(f"created by setup{kept}: {', '.join(found.created.names())}")
-    if found.account_policies:
+    policies = found.template_policies
+    if policies.named:
         click.echo(
             "kept, detached only: the policies the CA's template names "
-            f"({', '.join(sorted(found.account_policies))})"
+            f"({', '.join(sorted(policies.named))})"
+        )
+    if policies.known and (policies.computed_names or policies.documents == ()):
+        click.echo(
+            "kept, detached only: the account's policies the CA's template attaches "
+            "(JITP creates only those of its PolicyDocuments)"
         )
     if dry_run:
         click.echo("dry run: nothing was changed")
