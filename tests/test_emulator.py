@@ -14,7 +14,7 @@ from cryptography import x509
 from loadgen.certs.store import FleetStore
 from loadgen.emulator.errors import ClientError
 from loadgen.emulator.parameters import certificate_id
-from loadgen.emulator.registry import CertStatus, Registry, Thing
+from loadgen.emulator.registry import CertStatus, Registry, Thing, ThingTypeInfo
 from loadgen.emulator.serve import load_registration_config
 from tests.conftest import LIGHTBULB_PROFILE, run_loadgen
 
@@ -71,6 +71,15 @@ def test_strict_resources_fail_on_a_thing_group_that_does_not_exist(lightbulbs, 
     with pytest.raises(ClientError, match="does not exist"):
         registry.provision(cert, registry.issuer_of(cert))  # the country's group
     assert registry.certificates == {}
+
+
+def test_jitp_fails_a_thing_of_a_deprecated_type_as_create_thing_does(lightbulbs, device_ca):
+    registry = _registry(device_ca)
+    registry.add_thing_type("lightBulb-versionA", ThingTypeInfo(0.0, deprecated=True))
+    cert = _cert(lightbulbs)
+    with pytest.raises(ClientError, match="thing type lightBulb-versionA is deprecated"):
+        registry.provision(cert, registry.issuer_of(cert))
+    assert registry.certificates == {} and registry.things == {}
 
 
 def _registry_of(template: dict, device_ca, tmp_path) -> Registry:

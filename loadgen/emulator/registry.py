@@ -493,6 +493,11 @@ class Registry:
             what = type_name if missing_type else ", ".join(sorted(missing_groups))
             raise ClientError(f"{where}: {what} does not exist")
         existing = self.things.get(name)
+        info = self.thing_type_infos.get(str(type_name)) if type_name is not None else None
+        gets_type = existing is None or existing.type_name != type_name
+        if info is not None and info.deprecated and gets_type:
+            # As CreateThing refuses it: a deprecated type has no new things.
+            raise ClientError(f"{where}: thing type {type_name} is deprecated")
         if existing is not None:
             for key in ("AttributePayload", "ThingTypeName", "ThingGroups"):
                 if overrides.get(key) == "FAIL":
