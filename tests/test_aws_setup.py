@@ -429,6 +429,29 @@ def test_a_thing_type_other_things_still_have_is_kept_and_usable(moto, ca):
     assert not described["thingTypeMetadata"].get("deprecated")
 
 
+def test_setup_undoes_the_deprecation_of_a_thing_type_it_created(moto, ca):
+    _role(moto)
+    assert _setup(moto, ca.directory, "--template", LIGHTBULB, "--role-arn", ROLE).code == 0
+    iot = client(moto)
+    iot.deprecate_thing_type(thingTypeName="lightBulb-versionA")  # a teardown cut short
+    again = _setup(moto, ca.directory, "--template", LIGHTBULB, "--role-arn", ROLE)
+    assert again.code == 0, again.err
+    described = iot.describe_thing_type(thingTypeName="lightBulb-versionA")
+    assert not described["thingTypeMetadata"].get("deprecated")
+
+
+def test_setup_warns_of_a_deprecated_thing_type_it_did_not_create(moto, ca):
+    _role(moto)
+    iot = client(moto)
+    iot.create_thing_type(thingTypeName="lightBulb-versionA")
+    iot.deprecate_thing_type(thingTypeName="lightBulb-versionA")
+    result = _setup(moto, ca.directory, "--template", LIGHTBULB, "--role-arn", ROLE)
+    assert result.code == 0, result.err
+    assert "thing type lightBulb-versionA is deprecated: AWS creates no thing of it" in result.err
+    described = iot.describe_thing_type(thingTypeName="lightBulb-versionA")
+    assert described["thingTypeMetadata"]["deprecated"]
+
+
 def test_an_endpoint_url_that_is_no_url_is_one_line(ca):
     result = _setup("notaurl", ca.directory, "--template", LIGHTBULB, "--create-role")
     assert_user_error(result, "--endpoint-url notaurl: not an http(s) URL")

@@ -210,6 +210,9 @@ class SetupResult:
     record: SetupRecord
     registered: bool  # the CA was registered now (else updated)
     found: Created  # what existed already and was left as it was
+    # Thing types of the template found deprecated and not setup's to undo:
+    # JITP fails every device whose thing has one.
+    deprecated: list[str] = field(default_factory=list)
 
 
 class Setup:
@@ -268,14 +271,23 @@ class Setup:
                 record.created.add_role(role_name)
                 save_record(request.ca_dir, record)
             self._attach_registration_policy(role_name)
+        deprecated: list[str] = []
         for name in sorted(prepared.names.thing_types):
-            if self._ensure("ThingType", name):
+            described = self._ensure("ThingType", name)
+            if described is None:
                 record.created.thing_types = sorted({*record.created.thing_types, name})
                 save_record(request.ca_dir, record)
-            else:
-                found.thing_types.append(name)
+                continue
+            found.thing_types.append(name)
+            if described.get("thingTypeMetadata", {}).get("deprecated"):
+                if name in record.created.thing_types:
+                    # Ours, left deprecated by a teardown cut short: AWS creates
+                    # no thing of a deprecated type, so every JITP would fail.
+                    self.api.call("DeprecateThingType", thingTypeName=name, undoDeprecate=True)
+                else:
+                    deprecated.append(name)
         for name in sorted(prepared.names.thing_groups):
-            if self._ensure("ThingGroup", name):
+            if self._ensure("ThingGroup", name) is None:
                 record.created.thing_groups = sorted({*record.created.thing_groups, name})
                 save_record(request.ca_dir, record)
             else:
@@ -286,7 +298,7 @@ class Setup:
         )
         record.created.ca = record.created.ca or registered
         save_record(request.ca_dir, record)
-        return SetupResult(record, registered, found)
+        return SetupResult(record, registered, found, deprecated)
 
     def _endpoint(self) -> str:
         """Where the account's devices connect. Asked before anything is
@@ -363,13 +375,12 @@ class Setup:
 
     # -- what RegisterThing needs -----------------------------------------
 
-    def _ensure(self, kind: str, name: str) -> bool:
-        """Create the thing type or group ``name`` unless it exists; True when
-        created now."""
+    def _ensure(self, kind: str, name: str) -> dict[str, Any] | None:
+        """Create the thing type or group ``name`` unless it exists; None when
+        created now, else what describing it said."""
         key = "thingTypeName" if kind == "ThingType" else "thingGroupName"
         try:
-            self.api.call(f"Describe{kind}", **{key: name})
-            return False
+            return self.api.call(f"Describe{kind}", **{key: name})
         except Exception as exc:
             if error_code(exc) != _GONE:
                 raise
@@ -377,9 +388,9 @@ class Setup:
             self.api.call(f"Create{kind}", **{key: name})
         except Exception as exc:
             if error_code(exc) == "ResourceAlreadyExistsException":
-                return False  # created meanwhile by someone else: theirs
+                return {}  # created meanwhile by someone else: theirs
             raise
-        return True
+        return None
 
     # -- the CA -----------------------------------------------------------
 

@@ -182,6 +182,12 @@ def aws_setup(
     # (After the account's checks: a refusal stays one line.)
     for finding in prepared.findings:
         warn(f"{config}: {finding}")
+    for name in result.deprecated:
+        warn(
+            f"thing type {name} is deprecated: AWS creates no thing of it, so JITP will fail "
+            "every device whose thing has it (undo: aws iot deprecate-thing-type "
+            f"--thing-type-name {name} --undo-deprecate)"
+        )
     for where in prepared.names.unlisted:
         warn(
             f"{config}: {where} is computed per device: give --fleet FLEET_DIR to create "
