@@ -617,6 +617,30 @@ def test_thing_groups_nest_list_by_parent_and_delete_leaves_first(plane):
     assert names() == ["fleet", "us"]
 
 
+def test_the_things_in_a_thing_group_are_listed(plane, device_ca, fleet, tmp_path):
+    template = {
+        "Parameters": {"AWS::IoT::Certificate::CommonName": {"Type": "String"}},
+        "Resources": {
+            "thing": {
+                "Type": "AWS::IoT::Thing",
+                "Properties": {
+                    "ThingName": {"Ref": "AWS::IoT::Certificate::CommonName"},
+                    "ThingGroups": ["lamps"],
+                },
+            }
+        },
+    }
+    config = {"templateBody": json.dumps(template), "roleArn": ROLE}
+    _register(plane, device_ca, tmp_path, registrationConfig=config)
+    _provision(plane, fleet[:3])
+    listed = plane.call("ListThingsInThingGroup", {"thingGroupName": "lamps"})
+    assert sorted(listed["things"]) == ["dev-000", "dev-001", "dev-002"]
+    plane.call("CreateThingGroup", {"thingGroupName": "empty"})
+    assert plane.call("ListThingsInThingGroup", {"thingGroupName": "empty"})["things"] == []
+    missing = _error(plane, "ListThingsInThingGroup", thingGroupName="none")
+    assert missing.code == "ResourceNotFoundException"
+
+
 def test_a_ca_registered_through_the_api_needs_the_thing_types_its_template_names(
     device_ca, fleet, tmp_path
 ):

@@ -228,6 +228,22 @@ def list_thing_groups(account: Account, params: Params) -> Result:
     )
 
 
+def list_things_in_thing_group(account: Account, params: Params) -> Result:
+    registry = account.registry
+    name = base.string(params, "thingGroupName")
+    if name not in registry.thing_groups:
+        raise not_found(f"thing group {name} does not exist")
+    groups = {name}
+    if base.flag(params, "recursive"):
+        groups |= {
+            g
+            for g in registry.thing_groups
+            if name in {p["groupName"] for p in _lineage(account, g)}
+        }
+    things = [t.name for t in registry.things.values() if t.groups & groups]
+    return base.listing(params, "things", things, lambda n: (n,), str, paging=base.TOKEN)
+
+
 OPERATIONS = {
     "CreateThingType": create_thing_type,
     "DescribeThingType": describe_thing_type,
@@ -238,4 +254,5 @@ OPERATIONS = {
     "DescribeThingGroup": describe_thing_group,
     "DeleteThingGroup": delete_thing_group,
     "ListThingGroups": list_thing_groups,
+    "ListThingsInThingGroup": list_things_in_thing_group,
 }
