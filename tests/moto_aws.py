@@ -34,6 +34,7 @@ def moto_url():
     from moto.server import ThreadedMotoServer
 
     default_user_config["iot"] = {"use_valid_cert": True}
+    _add_list_ca_certificates()
     # AWSIoTThingsRegistration, which --create-role attaches, is one of them.
     default_user_config["iam"] = {"load_aws_managed_policies": True}
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
@@ -41,6 +42,31 @@ def moto_url():
     host, port = server.get_host_and_port()
     yield f"http://{host}:{port}"
     server.stop()
+
+
+def _add_list_ca_certificates() -> None:
+    """AWS's ListCACertificates (one page), which moto lacks: teardown asks it
+    which other CAs' templates use what setup created."""
+    from moto.core.responses import ActionResult
+    from moto.iot.responses import IoTResponse
+
+    def list_ca_certificates(self):
+        cas = self.iot_backend.ca_certificates.values()
+        return ActionResult(
+            {
+                "certificates": [
+                    {
+                        "certificateArn": ca.arn,
+                        "certificateId": ca.certificate_id,
+                        "status": ca.status,
+                        "creationDate": ca.creation_date,
+                    }
+                    for ca in cas
+                ]
+            }
+        )
+
+    IoTResponse.list_ca_certificates = list_ca_certificates
 
 
 @pytest.fixture

@@ -452,6 +452,47 @@ def test_setup_warns_of_a_deprecated_thing_type_it_did_not_create(moto, ca):
     assert described["thingTypeMetadata"]["deprecated"]
 
 
+def test_what_another_cas_template_uses_is_kept_by_teardown(moto, ca, tmp_path):
+    assert _setup(moto, ca.directory, "--template", LIGHTBULB, "--create-role").code == 0
+    record = load_record(ca.directory)
+    assert record is not None
+    other = init_ca(tmp_path / "other", subject="CN=other CA")
+    thing = {
+        "ThingName": "x",
+        "ThingTypeName": "lightBulb-versionA",
+        "ThingGroups": ["v1-lightbulbs"],
+    }
+    template = {"Resources": {"thing": {"Type": "AWS::IoT::Thing", "Properties": thing}}}
+    iot = client(moto)
+    iot.register_ca_certificate(
+        caCertificate=other.cert_pem.decode(),
+        setAsActive=True,
+        allowAutoRegistration=True,
+        registrationConfig={"templateBody": json.dumps(template), "roleArn": record.role_arn},
+    )
+    torn = loadgen_aws("teardown", "--ca", ca.directory, "--yes")
+    assert torn.code == 0, torn.out + torn.err
+    assert "1 kept (thing group another CA's template uses)" in torn.out
+    assert "1 kept (thing type another CA's template uses)" in torn.out
+    assert "1 kept (role another CA's template uses)" in torn.out
+    assert iot.describe_thing_group(thingGroupName="v1-lightbulbs")
+    described = iot.describe_thing_type(thingTypeName="lightBulb-versionA")
+    assert not described["thingTypeMetadata"].get("deprecated")
+    assert client(moto, "iam").get_role(RoleName=record.created.roles[0])
+
+
+def test_a_thing_group_setup_created_with_other_things_in_it_is_kept(moto, ca):
+    _role(moto)
+    assert _setup(moto, ca.directory, "--template", LIGHTBULB, "--role-arn", ROLE).code == 0
+    iot = client(moto)
+    iot.create_thing(thingName="someone-elses")
+    iot.add_thing_to_thing_group(thingGroupName="v1-lightbulbs", thingName="someone-elses")
+    torn = loadgen_aws("teardown", "--ca", ca.directory, "--yes")
+    assert torn.code == 0, torn.out + torn.err
+    assert "1 kept (thing group of other things)" in torn.out
+    assert iot.describe_thing_group(thingGroupName="v1-lightbulbs")
+
+
 def test_an_endpoint_url_that_is_no_url_is_one_line(ca):
     result = _setup("notaurl", ca.directory, "--template", LIGHTBULB, "--create-role")
     assert_user_error(result, "--endpoint-url notaurl: not an http(s) URL")

@@ -14,8 +14,11 @@ from dataclasses import dataclass
 import pytest
 
 from loadgen.aws.ratelimit import Cancelled, RateLimits
+from loadgen.aws.record import Created
 from loadgen.aws.teardown import Teardown, ca_certificate_id
 from loadgen.certs.ca import CA, init_ca
+from loadgen.certs.mint import MintRequest, mint
+from loadgen.certs.store import FleetStore
 from tests.conftest import assert_user_error
 from tests.moto_aws import POLICY, REGION, client, no_credentials_env
 from tests.moto_aws import provision as _provision
@@ -193,6 +196,124 @@ def test_a_teardown_cut_short_and_run_again_finishes_the_job(moto_url, account):
     assert things == {*account.b_things, "loose"}
     assert policies == {"shared", *(f"{t}-policy" for t in account.b_things)}
     assert not first.journal.exists()
+
+
+def _register_late(iot, ca: CA, fleet) -> str:
+    """A device of ``ca`` JITP registers after teardown listed the CA's."""
+    mint(MintRequest(fleet, ca.directory, 1, None, seed=99))
+    device = next(FleetStore(fleet).devices())
+    pem = (fleet / device.cert).read_text().split("-----END CERTIFICATE-----")[0]
+    return iot.register_certificate(
+        certificatePem=pem + "-----END CERTIFICATE-----\n",
+        caCertificatePem=ca.cert_pem.decode(),
+        setAsActive=True,
+    )["certificateId"]
+
+
+class _Recording:
+    """A client that notes the operations called, in order, with their arguments."""
+
+    def __init__(self, client):
+        self._client, self.calls = client, []
+
+    def __getattr__(self, name):
+        method = getattr(self._client, name)
+
+        def call(**kwargs):
+            self.calls.append((name, kwargs))
+            return method(**kwargs)
+
+        return call
+
+
+def test_teardown_first_turns_the_cas_auto_registration_off(moto_url, account):
+    recording = _Recording(_iot(moto_url))
+    teardown = Teardown(recording, account.a.directory, RateLimits())
+    found = teardown.find(attachments=False)
+    recording.calls.clear()
+    assert teardown.run(found).complete
+    name, kwargs = recording.calls[0]
+    assert name == "update_ca_certificate" and kwargs["newAutoRegistrationStatus"] == "DISABLE"
+
+
+def test_certificates_registered_after_the_listing_are_removed_too(moto_url, account, tmp_path):
+    iot = _iot(moto_url)
+    teardown = Teardown(iot, account.a.directory, RateLimits())
+    found = teardown.find(attachments=False)
+    late = _register_late(iot, account.a, tmp_path / "late")
+    summary = teardown.run(found)
+    assert summary.complete, summary.lines()
+    assert summary.certificates.deleted == len(account.a_things) + 1
+    assert late not in {c["certificateId"] for c in iot.list_certificates()["certificates"]}
+    assert not _ca_registered(iot, account.a)
+
+
+def test_a_ca_that_still_signs_a_certificate_at_the_end_is_kept_with_its_journal(
+    moto_url, account, tmp_path
+):
+    iot = _iot(moto_url)
+    teardown = Teardown(iot, account.a.directory, RateLimits())
+    found = teardown.find(attachments=False)
+    late = []
+
+    def register_at_the_last_step(done, total):
+        if done == total and not late:
+            late.append(_register_late(iot, account.a, tmp_path / "late"))
+
+    teardown.on_progress = register_at_the_last_step
+    summary = teardown.run(found)
+    assert late and summary.left == 1 and not summary.complete
+    assert "CA: 0 deleted, 0 already gone, 1 kept (1 certificates it signed registered " in (
+        "\n".join(summary.lines())
+    )
+    assert teardown.journal.exists()
+
+
+class _Refusing:
+    """A client that refuses one operation as the account would (AccessDenied)."""
+
+    def __init__(self, client, operation):
+        self._client, self._operation = client, operation
+
+    def __getattr__(self, name):
+        if name != self._operation:
+            return getattr(self._client, name)
+
+        def refuse(**_):
+            from botocore.exceptions import ClientError
+
+            error = {"Error": {"Code": "AccessDeniedException", "Message": "no"}}
+            raise ClientError(error, name)
+
+        return refuse
+
+
+def test_a_deprecation_refused_is_counted_as_refused(moto_url, account):
+    iot = _iot(moto_url)
+    iot.create_thing_type(thingTypeName="lamp")
+    created = Created(thing_types=["lamp"])
+    teardown = Teardown(
+        _Refusing(iot, "deprecate_thing_type"), account.a.directory, RateLimits(), created=created
+    )
+    summary = teardown.run(teardown.find(attachments=False))
+    assert summary.setup.refused == {"AccessDeniedException": 1}
+    assert not summary.complete
+    assert iot.describe_thing_type(thingTypeName="lamp")
+
+
+def test_a_ca_kept_for_a_second_run_leaves_no_thing_type_deprecated(moto_url, account):
+    iot = _iot(moto_url)
+    iot.create_thing_type(thingTypeName="lamp")
+    created = Created(thing_types=["lamp"])
+    teardown = Teardown(
+        _Refusing(iot, "delete_certificate"), account.a.directory, RateLimits(), created=created
+    )
+    summary = teardown.run(teardown.find(attachments=False))
+    assert summary.certificates.refused and not summary.complete
+    assert _ca_registered(iot, account.a)
+    described = iot.describe_thing_type(thingTypeName="lamp")
+    assert not described["thingTypeMetadata"].get("deprecated")
+    assert not summary.deprecated
 
 
 def test_a_ca_that_is_not_registered_is_one_line_and_exit_2(moto_url, account, tmp_path):

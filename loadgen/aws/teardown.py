@@ -4,8 +4,12 @@ For every certificate the CA signed in the account: list what it is attached
 to, detach its policies, detach it from its things, set it INACTIVE, delete it,
 and delete those of its things left with no principal. Then delete the policies
 left with no target (a policy or thing still attached to anything else stays,
-and so does a policy the CA's template names: JITP attached it, the account
-had it), then the CA itself unless asked to keep it.
+and so does a policy JITP only attached, the account's own: see
+``TemplatePolicies``), then the CA itself unless asked to keep it: its
+auto-registration turned off first, so that no device registers behind the
+removal's back, its certificates listed again at the end, and the CA deleted
+only when none is left. What setup created goes with it, except what anything
+else uses (another CA's template, other things).
 
 All of a certificate's calls are made in one pass, many certificates at once:
 each API is then called about once per device and all of them run at their own
@@ -39,6 +43,7 @@ from loadgen.aws.account import error_code
 from loadgen.aws.calls import Api, is_registered, not_registered
 from loadgen.aws.ratelimit import RateLimits, cancelling_pool
 from loadgen.aws.record import Created, record_path
+from loadgen.aws.shared import OthersUse, others_use
 from loadgen.aws.template import TemplatePolicies, template_policies
 from loadgen.certs.ca import CERT_FILE
 from loadgen.errors import CAError
@@ -122,12 +127,19 @@ class Summary:
     ca: Tally = field(default_factory=Tally)
     setup: Tally = field(default_factory=Tally)  # what `aws setup` created
     interrupted: bool = False  # cut short: what is counted was done, the rest not
+    # Certificates of the CA still in the account at the end (registered while
+    # the run removed the others): the CA and its record stay for a rerun.
+    left: int = 0
+    # Thing types this run deprecated and left so (cut short): AWS creates no
+    # thing of them until `loadgen aws setup` or a rerun deals with them.
+    deprecated: set[str] = field(default_factory=set)
+    registration_stopped: bool = False  # the CA's auto-registration turned off
 
     @property
     def complete(self) -> bool:
         """Everything teardown owns is gone (kept shared resources do not count)."""
         tallies = (self.certificates, self.things, self.policies, self.ca, self.setup)
-        return not self.interrupted and not any(t.refused for t in tallies)
+        return not self.interrupted and not self.left and not any(t.refused for t in tallies)
 
     def lines(self) -> list[str]:
         lines = [
@@ -137,7 +149,16 @@ class Summary:
         ]
         if self.found.created.names():
             lines.append(self.setup.line("created by setup"))
-        return [*lines, self.ca.line("CA")]
+        lines.append(self.ca.line("CA"))
+        if self.deprecated:
+            lines.append(
+                f"thing types left deprecated: {', '.join(sorted(self.deprecated))} (AWS "
+                "creates no thing of them: run teardown again, or `loadgen aws setup` to "
+                "use them again)"
+            )
+        if self.registration_stopped and not self.ca.deleted:
+            lines.append("the CA's auto-registration is off: `loadgen aws setup` turns it on")
+        return lines
 
 
 class Teardown:
@@ -255,10 +276,29 @@ class Teardown:
         return summary
 
     def _run(self, found: Found, summary: Summary, *, keep_ca: bool) -> None:
-        if not keep_ca and found.created.thing_types:
-            # AWS deletes a thing type five minutes after its deprecation: start now.
+        removing = not keep_ca
+        others: OthersUse | tuple[str, str] = OthersUse()
+        if removing and found.ca_registered:
+            # No device of the CA registers from here on (JITP needs
+            # auto-registration): none arrives behind the removal's back.
+            stopped = self._call_outcome(
+                "UpdateCACertificate", certificateId=self.ca_id, newAutoRegistrationStatus="DISABLE"
+            )
+            summary.registration_stopped = stopped[0] == "deleted"
+            if not summary.registration_stopped:
+                _count(summary.ca, stopped)
+        refused_types: dict[str, tuple[str, str]] = {}
+        if removing and found.created.names():
+            others = self._others_use()
             for name in found.created.thing_types:
-                self._gone_is_fine("DeprecateThingType", thingTypeName=name)
+                if isinstance(others, OthersUse) and others.reason("thing type", name) is None:
+                    # AWS deletes a thing type five minutes after its deprecation:
+                    # start now, once no other CA's devices need it.
+                    outcome = self._call_outcome("DeprecateThingType", thingTypeName=name)
+                    if outcome[0] == "deleted":
+                        summary.deprecated.add(name)
+                    elif outcome[0] == "refused":
+                        refused_types[name] = outcome
         progress = _Progress(self.on_progress, len(found.certificates) + len(found.policies))
         ours = {c["certificateArn"] for c in found.certificates}
         # Outcomes are counted by the threads as each step ends (under the lock),
@@ -302,6 +342,14 @@ class Teardown:
         with cancelling_pool(self.limits, _THREADS) as pool:
             for _ in pool.map(certificate, found.certificates):
                 pass
+            if summary.registration_stopped:
+                # Those JITP registered between the listing and the stop.
+                seen = {c["certificateId"] for c in found.certificates}
+                arrived = [c for c in self._listed(summary) if c["certificateId"] not in seen]
+                ours |= {c["certificateArn"] for c in arrived}
+                progress.add(len(arrived))
+                for _ in pool.map(certificate, arrived):
+                    pass
             # Things still waiting for another of our certificates when theirs was
             # removed, and those only the journal knows of: decided now.
             pending = sorted(
@@ -312,17 +360,62 @@ class Teardown:
                 pass
             for _ in pool.map(policy, sorted(policies)):
                 pass
-        devices_left = not summary.complete
-        if keep_ca or devices_left:
-            if devices_left and not keep_ca:
-                summary.ca.kept["certificates or what they used were refused; run again"] += 1
+        if removing and found.ca_registered and summary.complete:
+            # Nothing of the CA may remain when it goes: a certificate it signed
+            # would be out of any later teardown's reach.
+            summary.left = len(self._listed(summary))
+        created = found.created.names()
+        if keep_ca:
+            summary.ca.kept["--keep-ca"] += 1
+            summary.setup.kept["--keep-ca"] += len(created)
+        elif not summary.complete:
+            why = "the CA's devices are not all removed: run again"
+            if summary.left:
+                why = f"{summary.left} certificates it signed registered meanwhile: run again"
+            summary.ca.kept[why] += 1
+            summary.setup.kept[why] += len(created)
+            for name in sorted(summary.deprecated):
+                # The CA stays for a second run: its devices may need the type.
+                if (
+                    self._call_outcome(
+                        "DeprecateThingType", thingTypeName=name, undoDeprecate=True
+                    )[0]
+                    == "deleted"
+                ):
+                    summary.deprecated.discard(name)
         else:
-            for outcome in self._remove_created(found.created):
+            for outcome in self._remove_created(found.created, others, refused_types, summary):
                 _count(summary.setup, outcome)
             if found.ca_registered:
                 _count(summary.ca, self._remove_ca())
             else:
                 summary.ca.already_gone += 1
+
+    def _others_use(self) -> OthersUse | tuple[str, str]:
+        """What other CAs use, or the refusal to tell (then nothing setup created
+        may be taken for this CA's alone)."""
+        try:
+            return others_use(self.api, self.ca_id)
+        except Exception as exc:
+            kind, why = _refused(exc)
+            return (kind, f"{why} listing the other CAs")
+
+    def _listed(self, summary: Summary) -> list[dict[str, Any]]:
+        """The CA's certificates in the account now (a refusal is counted)."""
+        try:
+            return list(
+                self.api.pages(
+                    "ListCertificatesByCA",
+                    "certificates",
+                    "marker",
+                    "nextMarker",
+                    caCertificateId=self.ca_id,
+                    pageSize=_PAGE,
+                )
+            )
+        except Exception as exc:
+            _count(summary.certificates, _refused(exc))
+            return []
 
     def _tear_certificate(
         self, cert: dict[str, Any], found: Found
@@ -342,24 +435,49 @@ class Teardown:
 
     # -- what setup created -------------------------------------------------
 
-    def _remove_created(self, created: Created) -> Iterator[tuple[str, str]]:
-        for group in created.thing_groups:
-            yield self._removed(functools.partial(self._remove_thing_group, group))
-        for thing_type in created.thing_types:
-            yield self._remove_thing_type(thing_type)
-        for role in created.roles:
-            yield self._removed(functools.partial(self._remove_role, role))
+    def _remove_created(
+        self,
+        created: Created,
+        others: OthersUse | tuple[str, str],
+        refused_types: dict[str, tuple[str, str]],
+        summary: Summary,
+    ) -> Iterator[tuple[str, str]]:
+        """What setup created, except what anything else uses: another CA's
+        template (its devices get them), or things of other CAs' devices."""
+        for kind, names in (
+            ("thing group", created.thing_groups),
+            ("thing type", created.thing_types),
+            ("role", created.roles),
+        ):
+            for name in names:
+                if not isinstance(others, OthersUse):
+                    yield others
+                elif (why := others.reason(kind, name)) is not None:
+                    yield ("kept", why)
+                elif kind == "thing group":
+                    yield self._remove_thing_group(name)
+                elif kind == "role":
+                    yield self._removed(functools.partial(self._remove_role, name))
+                elif name in refused_types:
+                    yield refused_types[name]
+                else:
+                    outcome = self._remove_thing_type(name)
+                    if outcome[0] != "refused":
+                        summary.deprecated.discard(name)
+                    yield outcome
 
-    def _remove_thing_group(self, name: str) -> None:
-        # DeleteThingGroup succeeds for a group that is not there: ask first, or
-        # one deleted by hand would be counted as deleted here.
+    def _remove_thing_group(self, name: str) -> tuple[str, str]:
         try:
+            # DeleteThingGroup succeeds for a group that is not there: ask first,
+            # or one deleted by hand would be counted as deleted here.
             self.api.call("DescribeThingGroup", thingGroupName=name)
+            listed = self.api.call("ListThingsInThingGroup", thingGroupName=name, maxResults=1)
+            if listed.get("things"):
+                return ("kept", "thing group of other things")
+            self._retrying("DeleteThingGroup", thingGroupName=name)
         except Exception as exc:
-            if error_code(exc) == _GONE:
-                raise _Gone from None
-            raise
-        self._retrying("DeleteThingGroup", thingGroupName=name)
+            return _refused(exc)
+        return ("deleted", "")
 
     def _remove_thing_type(self, name: str) -> tuple[str, str]:
         try:
@@ -460,6 +578,14 @@ class Teardown:
                         "DeletePolicyVersion", policyName=name, policyVersionId=version["versionId"]
                     )
             self._retrying("DeletePolicy", policyName=name)
+        except Exception as exc:
+            return _refused(exc)
+        return ("deleted", "")
+
+    def _call_outcome(self, api: str, **kwargs: Any) -> tuple[str, str]:
+        """A call's outcome as counted: "deleted" for done."""
+        try:
+            self.api.call(api, **kwargs)
         except Exception as exc:
             return _refused(exc)
         return ("deleted", "")

@@ -355,7 +355,13 @@ def aws_teardown(
     ) as bar:
         task = bar.add_task("teardown", total=found.steps)
         teardown.on_progress = lambda done, total: bar.update(task, completed=done, total=total)
-        summary = teardown.run(found, keep_ca=keep_ca)
+        try:
+            summary = teardown.run(found, keep_ca=keep_ca)
+        except botocore.exceptions.EndpointConnectionError as exc:
+            # (Each step counts its own failure: this is only what none could.)
+            raise LoadgenError(f"the account's API could not be reached: {exc}") from None
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+            raise LoadgenError(f"the account refused teardown: {exc}") from None
     for line in summary.lines():
         click.echo(line)
     if summary.interrupted:
