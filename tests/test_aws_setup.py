@@ -493,6 +493,20 @@ def test_a_thing_group_setup_created_with_other_things_in_it_is_kept(moto, ca):
     assert iot.describe_thing_group(thingGroupName="v1-lightbulbs")
 
 
+def test_an_endpoint_given_by_aws_endpoint_url_is_recorded(moto, ca):
+    import os
+
+    from tests.moto_aws import CREDENTIALS
+
+    _role(moto)
+    env = {**os.environ, **CREDENTIALS, "AWS_ENDPOINT_URL": moto}
+    args = ("--ca", ca.directory, "--region", REGION, "--template", LIGHTBULB, "--role-arn", ROLE)
+    result = loadgen_aws("setup", *args, env=env)
+    assert result.code == 0, result.err
+    record = load_record(ca.directory)
+    assert record is not None and record.endpoint_url == moto
+
+
 def test_an_endpoint_url_that_is_no_url_is_one_line(ca):
     result = _setup("notaurl", ca.directory, "--template", LIGHTBULB, "--create-role")
     assert_user_error(result, "--endpoint-url notaurl: not an http(s) URL")

@@ -51,6 +51,14 @@ class Account:
         )
 
     @property
+    def recorded_endpoint_url(self) -> str | None:
+        """The control plane to record for later runs: ``--endpoint-url``, else
+        AWS_ENDPOINT_URL (every service's), so that a status or teardown
+        without them does not turn to AWS's own. (A service's own variable,
+        AWS_ENDPOINT_URL_IOT say, is not every client's: not recorded.)"""
+        return self.endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or None
+
+    @property
     def region_name(self) -> str:
         region = self._session.region_name
         assert isinstance(region, str)  # _session refuses a session without one

@@ -258,7 +258,7 @@ class Setup:
             region=region,
             endpoint=endpoint,
             role_arn=role_arn,
-            endpoint_url=self.account.endpoint_url,
+            endpoint_url=self.account.recorded_endpoint_url,
             profile=self.account.profile,
             created=earlier.created if earlier is not None else Created(),
         )
