@@ -15,7 +15,7 @@ from loadgen.certs.mint import MintRequest, mint
 from loadgen.certs.profile import load_profile
 from loadgen.scenario.schema import load_scenario
 from tests.conftest import assert_user_error
-from tests.moto_aws import REGION, client, loadgen_aws, no_credentials_env
+from tests.moto_aws import CREDENTIALS, REGION, client, loadgen_aws, no_credentials_env
 
 ROOT = Path(__file__).resolve().parent.parent
 LIGHTBULB = ROOT / "scenarios" / "templates" / "lightbulb.yaml"
@@ -496,8 +496,6 @@ def test_a_thing_group_setup_created_with_other_things_in_it_is_kept(moto, ca):
 def test_an_endpoint_given_by_aws_endpoint_url_is_recorded(moto, ca):
     import os
 
-    from tests.moto_aws import CREDENTIALS
-
     _role(moto)
     env = {**os.environ, **CREDENTIALS, "AWS_ENDPOINT_URL": moto}
     args = ("--ca", ca.directory, "--region", REGION, "--template", LIGHTBULB, "--role-arn", ROLE)
@@ -505,6 +503,39 @@ def test_an_endpoint_given_by_aws_endpoint_url_is_recorded(moto, ca):
     assert result.code == 0, result.err
     record = load_record(ca.directory)
     assert record is not None and record.endpoint_url == moto
+
+
+def test_a_setup_killed_right_after_a_creation_has_recorded_it(moto, ca, monkeypatch):
+    from loadgen.aws.account import Account
+    from loadgen.aws.calls import Api
+    from loadgen.aws.ratelimit import RateLimits
+    from loadgen.aws.setup import Setup, SetupRequest, prepare
+
+    class KilledAfterCreatingAGroup:
+        def __init__(self, iot):
+            self._iot = iot
+
+        def __getattr__(self, name):
+            method = getattr(self._iot, name)
+            if name != "create_thing_group":
+                return method
+
+            def create_then_die(**kwargs):
+                method(**kwargs)
+                raise KeyboardInterrupt
+
+            return create_then_die
+
+    for name, value in CREDENTIALS.items():
+        monkeypatch.setenv(name, value)
+    _role(moto)
+    setup = Setup(Account(None, REGION, moto), RateLimits())
+    setup.api = Api(KilledAfterCreatingAGroup(client(moto)), RateLimits())
+    prepared = prepare(SetupRequest(ca.directory, LIGHTBULB, readable=True, role_arn=ROLE))
+    with pytest.raises(KeyboardInterrupt):
+        setup.run(prepared)
+    record = load_record(ca.directory)
+    assert record is not None and record.created.thing_groups == ["v1-lightbulbs"]
 
 
 def test_an_endpoint_url_that_is_no_url_is_one_line(ca):

@@ -11,6 +11,7 @@ setup that fails halfway leaves teardown all it needs.
 
 from __future__ import annotations
 
+import functools
 import json
 import tempfile
 from collections.abc import Callable, Iterator
@@ -263,20 +264,28 @@ class Setup:
             created=earlier.created if earlier is not None else Created(),
         )
         found = Created()
-        # From here the account changes: the record is kept up to date at each
-        # creation, so a setup that fails halfway leaves teardown what it needs.
+        # From here the account changes: each creation is recorded before it is
+        # made, so a setup that fails or is killed halfway leaves teardown all
+        # it needs (a name recorded and never created is counted already gone).
         if role_name is not None:
             if not role_exists:
-                self._create_role(role_name)
-                record.created.add_role(role_name)
+                self._recorded(request.ca_dir, record, "roles", role_name)
+                try:
+                    self._create_role(role_name)
+                    record.created.add_role(role_name)
+                except Exception as exc:
+                    if error_code(exc) != "EntityAlreadyExists":
+                        raise
+                    # Created meanwhile by someone else: theirs.
+                    self._recorded(request.ca_dir, record, "roles", role_name, created=False)
                 save_record(request.ca_dir, record)
             self._attach_registration_policy(role_name)
         deprecated: list[str] = []
         for name in sorted(prepared.names.thing_types):
-            described = self._ensure("ThingType", name)
+            described = self._ensure(
+                "ThingType", name, self._intent(request.ca_dir, record, "thing_types", name)
+            )
             if described is None:
-                record.created.thing_types = sorted({*record.created.thing_types, name})
-                save_record(request.ca_dir, record)
                 continue
             found.thing_types.append(name)
             if described.get("thingTypeMetadata", {}).get("deprecated"):
@@ -287,10 +296,8 @@ class Setup:
                 else:
                     deprecated.append(name)
         for name in sorted(prepared.names.thing_groups):
-            if self._ensure("ThingGroup", name) is None:
-                record.created.thing_groups = sorted({*record.created.thing_groups, name})
-                save_record(request.ca_dir, record)
-            else:
+            intent = self._intent(request.ca_dir, record, "thing_groups", name)
+            if self._ensure("ThingGroup", name, intent) is not None:
                 found.thing_groups.append(name)
         config = {"templateBody": prepared.template_body, "roleArn": role_arn}
         registered = self._register_ca(
@@ -375,22 +382,41 @@ class Setup:
 
     # -- what RegisterThing needs -----------------------------------------
 
-    def _ensure(self, kind: str, name: str) -> dict[str, Any] | None:
+    def _ensure(
+        self, kind: str, name: str, intent: Callable[[bool], None]
+    ) -> dict[str, Any] | None:
         """Create the thing type or group ``name`` unless it exists; None when
-        created now, else what describing it said."""
+        created now, else what describing it said. ``intent(True)`` records the
+        creation before it is made, ``intent(False)`` takes it back."""
         key = "thingTypeName" if kind == "ThingType" else "thingGroupName"
         try:
             return self.api.call(f"Describe{kind}", **{key: name})
         except Exception as exc:
             if error_code(exc) != _GONE:
                 raise
+        intent(True)
         try:
             self.api.call(f"Create{kind}", **{key: name})
         except Exception as exc:
             if error_code(exc) == "ResourceAlreadyExistsException":
+                intent(False)
                 return {}  # created meanwhile by someone else: theirs
             raise
         return None
+
+    @staticmethod
+    def _intent(ca_dir: Path, record: SetupRecord, names: str, name: str) -> Callable[[bool], None]:
+        return functools.partial(Setup._recorded, ca_dir, record, names, name)
+
+    @staticmethod
+    def _recorded(
+        ca_dir: Path, record: SetupRecord, names: str, name: str, created: bool = True
+    ) -> None:
+        """``name`` added to (or, not created after all, taken from) the record's
+        list ``names`` of what setup created, and the record saved."""
+        listed = set(getattr(record.created, names)) - {name}
+        setattr(record.created, names, sorted(listed | ({name} if created else set())))
+        save_record(ca_dir, record)
 
     # -- the CA -----------------------------------------------------------
 
