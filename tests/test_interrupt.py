@@ -112,6 +112,34 @@ def test_a_second_sigint_stops_at_once_and_held_devices_count_as_connected(
     assert (tmp_path / "r.html").exists()
 
 
+def test_a_stopped_runs_planned_arrivals_end_at_the_stop_not_after_its_grace_period(
+    tmp_path, mosquitto, device_ca, listener
+):
+    # Held devices keep the run going for the grace period after the stop; no
+    # device was to start then, so the planned series ends at the stop.
+    path = _scenario(
+        tmp_path,
+        mosquitto,
+        device_ca,
+        load={"executor": "constant-arrival-rate", "rate": "40/s", "max_in_flight": 400},
+        after_connect=[
+            {"publish": {"topic": "dt/{client_id}/telemetry", "qos": 1, "payload_bytes": 8}},
+            {"hold": {"duration": "60s"}},
+        ],
+    )
+    report_path = tmp_path / "r.json"
+    proc = _loadgen("run", path, "--count", "800", "--workers", "2", "--report", report_path)
+    listener.wait_for(20, timeout=120, process=proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    report = json.loads(report_path.read_text())
+    started, planned = report["series"]["started_per_s"], report["series"]["target_per_s"]
+    # Ten seconds of grace would have planned 400 arrivals more than started.
+    assert sum(planned) - sum(started) < 120, (planned, started)
+    assert len(planned) <= len(started) + 1
+
+
 def _forty_a_second(tmp_path, mosquitto, device_ca):
     return _scenario(
         tmp_path,

@@ -40,6 +40,9 @@ class RunTiming:
     started_at: float  # wall clock, seconds since the epoch: the schedule's start
     ended_at: float
     partial: bool = False  # stopped early (Ctrl-C, SIGTERM): not every device ran
+    # When it was told to stop (wall clock): no device started after it, though
+    # those in flight had the grace period to end.
+    stopped_at: float | None = None
     # Workers that ended without their results, and why: their devices count as
     # error, and the run has failed whatever the gates say.
     lost: dict[int, str] = field(default_factory=dict)
@@ -152,6 +155,7 @@ class RunSignals:
         self.grace = grace
         self.received: int | None = None
         self.stopped = False  # the last run attached was told to stop
+        self.stopped_at: float | None = None  # when (wall clock), the first time
         self._pipes: list[multiprocessing.connection.Connection] | None = None
         self._abortable = False
         self._saved: dict[int, Any] = {}
@@ -164,6 +168,8 @@ class RunSignals:
             raise KeyboardInterrupt
 
     def _stop(self, grace: float) -> None:
+        if not self.stopped:
+            self.stopped_at = time.time()
         self.stopped = True
         for pipe in self._pipes or ():
             with contextlib.suppress(BrokenPipeError, OSError):
@@ -171,7 +177,7 @@ class RunSignals:
 
     def attach(self, pipes: list[multiprocessing.connection.Connection]) -> None:
         """The workers of a run that starts now, each at the end of a pipe."""
-        self._pipes, self.stopped = pipes, False
+        self._pipes, self.stopped, self.stopped_at = pipes, False, None
         if self.received is not None:
             self._stop(self.grace)
 
@@ -242,7 +248,8 @@ def run_workers(
         # noted, and does not make this whole run a stopped one.
         signals.detach()
         finished = True
-        return tally.stats(plan, stopped=signals.stopped), tally.timing(signals.stopped)
+        timing = tally.timing(signals.stopped, signals.stopped_at)
+        return tally.stats(plan, stopped=signals.stopped), timing
     finally:
         signals.detach()
         _end_workers(processes, pipes, finished)
@@ -301,7 +308,7 @@ class _Tally:
             stats.lose(started - mine.devices, f"worker {worker} {why}", "worker")
         return stats
 
-    def timing(self, stopped: bool) -> RunTiming:
+    def timing(self, stopped: bool, stopped_at: float | None = None) -> RunTiming:
         # Stopped before its schedule started (a --start-at still ahead): it
         # lasted nothing, and it began and ended when it was stopped, not at a
         # start that never came.
@@ -311,6 +318,7 @@ class _Tally:
             started,
             ended,
             partial=stopped,
+            stopped_at=stopped_at if stopped else None,
             lost=dict(self.lost),
             late_s=self.late_s,
             coordinator_cpu_s=self.coordinator_cpu_s,

@@ -166,8 +166,12 @@ def generator_cpu(
 
 
 def _ran_s(timing: RunTiming) -> float | None:
-    """How far a stopped run got into its schedule; None for a whole run."""
-    return timing.ended_at - timing.started_at if timing.partial else None
+    """How far a stopped run got into its schedule (to the stop: no device
+    started in the grace period after it); None for a whole run."""
+    if not timing.partial:
+        return None
+    stopped = timing.ended_at if timing.stopped_at is None else timing.stopped_at
+    return max(0.0, stopped - timing.started_at)
 
 
 def target_series(plan: RunPlan, until: float | None = None) -> list[int]:
