@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import hashlib
 import json
 import os
@@ -333,11 +334,49 @@ def test_a_second_mint_on_the_same_fleet_at_once_is_refused(tmp_path, session_ca
     out = tmp_path / "fleet"
     args = ("certs", "mint", "--ca", session_ca.directory, "--out", out, "--count")
     assert run_loadgen(*args, "10").code == 0
-    import fcntl
-
     with open(out / ".lock", "w") as holder:
         fcntl.flock(holder, fcntl.LOCK_EX)
         assert_user_error(run_loadgen(*args, "20"), "another mint")
+
+
+def test_a_mint_refused_by_another_on_a_new_fleet_writes_nothing(tmp_path):
+    out = tmp_path / "fleet"
+    out.mkdir()
+    # The other mint holds the lock of a fleet it has yet to create, as a mint does.
+    with open(out / ".lock", "w") as holder:
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        result = run_loadgen(
+            "certs", "mint", "--ca", tmp_path / "ca", "--init-ca", "--out", out, "--count", "10"
+        )
+    assert_user_error(result, "another mint")
+    assert sorted(p.name for p in out.iterdir()) == [".lock"]
+    assert not (tmp_path / "ca").exists()
+
+
+def test_a_fleet_another_mint_created_after_the_checks_is_checked_again_under_the_lock(
+    tmp_path, session_ca, monkeypatch
+):
+    from loadgen.certs import mint as mint_mod
+    from loadgen.certs.profile import load_profile
+    from loadgen.errors import FleetError
+
+    out = tmp_path / "fleet"
+    take_lock = mint_mod._lock
+
+    def another_mint_first(plan):
+        other = ("certs", "mint", "--ca", session_ca.directory, "--out", out, "--count", "10")
+        assert run_loadgen(*other).code == 0
+        return take_lock(plan)
+
+    monkeypatch.setattr(mint_mod, "_lock", another_mint_first)
+    request = mint_mod.MintRequest(
+        fleet=out, ca_dir=session_ca.directory, count=20, profile=load_profile(LIGHTBULB_PROFILE)
+    )
+    with pytest.raises(FleetError, match="minted with a different profile"):
+        mint_mod.mint(request)
+    meta = json.loads((out / "fleet.json").read_text())
+    assert meta["profile"]["subject"]["common_name"] == "device-{index:07d}"
+    assert (out / "manifest.jsonl").read_bytes().count(b"\n") == 10
 
 
 def test_a_run_leaves_a_fleet_alone_while_a_mint_is_writing_it(tmp_path, mosquitto, device_ca):

@@ -34,6 +34,7 @@ from loadgen.certs.profile import (
 )
 from loadgen.certs.store import (
     KEYS_DIR,
+    LOCK_FILE,
     META_FILE,
     SHARD_SIZE,
     UNKNOWN_CA_DIR,
@@ -142,7 +143,8 @@ def check(request: MintRequest) -> MintPlan:
     else:
         if request.fleet.exists() and not request.fleet.is_dir():
             raise FleetError(f"{request.fleet}: exists and is not a folder")
-        if request.fleet.is_dir() and any(request.fleet.iterdir()):
+        # The lock file alone is a mint's that stopped before creating the fleet.
+        if request.fleet.is_dir() and any(c.name != LOCK_FILE for c in request.fleet.iterdir()):
             raise FleetError(f"{request.fleet}: a non-empty folder that is not a fleet")
         plan = MintPlan(store, request.profile or DEFAULT_PROFILE, ca, None)
     _plan_ahead(plan, request)
@@ -304,18 +306,36 @@ def mint(request: MintRequest, on_progress: Callable[[int, int], None] | None = 
     total)`` is called as chunks land, ``done`` counting devices already there."""
     plan = check(request)
     undo = _Undo(request, plan)
+    lock = _lock(plan)
     try:
-        return _mint(request, plan, undo, on_progress)
+        if plan.meta is None:
+            # ``check`` found no fleet, without the lock: another mint may have
+            # made one here since, with its own profile, seed or CA.
+            undo.keep_what_exists()
+            plan = check(request)
+        return _mint(request, plan, on_progress)
     except Exception:
-        undo.if_nothing_recorded()
+        undo.if_nothing_recorded()  # under the lock: no other mint is filling the folder
         raise
+    finally:
+        os.close(lock)
+
+
+def _lock(plan: MintPlan) -> int:
+    """The fleet's lock, taken before anything else is written: its folder made
+    first for a new fleet (the lock file lives in it)."""
+    if plan.meta is None:
+        try:
+            plan.store.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise FleetError(
+                f"{plan.store.path}: cannot create the fleet: {exc.strerror}"
+            ) from None
+    return plan.store.lock()
 
 
 def _mint(
-    request: MintRequest,
-    plan: MintPlan,
-    undo: _Undo,
-    on_progress: Callable[[int, int], None] | None,
+    request: MintRequest, plan: MintPlan, on_progress: Callable[[int, int], None] | None
 ) -> MintResult:
     ca = plan.ca if plan.ca is not None else init_ca(request.ca_dir)
     meta = plan.meta
@@ -329,50 +349,53 @@ def _mint(
             shard=request.shard.to_json() if request.shard is not None else None,
         )
         plan.store.create(meta)
-    lock = plan.store.lock()
-    undo.armed = True  # not before: a fleet another mint holds is not this one's to remove
-    try:
-        existing = plan.store.recover()
-        wanted = request.devices
-        if existing >= wanted:
-            return MintResult(request.fleet, existing, 0, existing)
-        _prepare_shared(request.fleet, plan.profile, meta, request.workers)
-        spec = MintSpec(
-            fleet=request.fleet,
-            ca_dir=request.ca_dir,
-            profile=meta.profile,
-            seed=meta.seed,
-            now=dt.datetime.now(dt.UTC).replace(microsecond=0),
-            key_pool=meta.key_pool,
-            first=meta.stride[0],
-            step=meta.stride[1],
-        )
-        done = existing
+    existing = plan.store.recover()
+    wanted = request.devices
+    if existing >= wanted:
+        return MintResult(request.fleet, existing, 0, existing)
+    _prepare_shared(request.fleet, plan.profile, meta, request.workers)
+    spec = MintSpec(
+        fleet=request.fleet,
+        ca_dir=request.ca_dir,
+        profile=meta.profile,
+        seed=meta.seed,
+        now=dt.datetime.now(dt.UTC).replace(microsecond=0),
+        key_pool=meta.key_pool,
+        first=meta.stride[0],
+        step=meta.stride[1],
+    )
+    done = existing
+    if on_progress:
+        on_progress(done, wanted)
+    for n in _run(spec, plan.store, existing, wanted, request.workers):
+        done += n
         if on_progress:
             on_progress(done, wanted)
-        for n in _run(spec, plan.store, existing, wanted, request.workers):
-            done += n
-            if on_progress:
-                on_progress(done, wanted)
-        return MintResult(request.fleet, existing, done - existing, done)
-    finally:
-        os.close(lock)
+    return MintResult(request.fleet, existing, done - existing, done)
 
 
 class _Undo:
     """What a mint that fails before its first device leaves behind: a new fleet
     (and the CA made for it) is removed, so that the corrected command starts
-    afresh; ``check`` should have refused first, this is for what it cannot know."""
+    afresh; ``check`` should have refused first, this is for what it cannot know.
+    Called under the fleet's lock only: what is there then is this mint's."""
 
     def __init__(self, request: MintRequest, plan: MintPlan) -> None:
         self.fleet = request.fleet if plan.meta is None else None
         self.fleet_existed = request.fleet.exists()
         self.ca = request.ca_dir if plan.ca is None else None
         self.ca_existed = request.ca_dir.exists()
-        self.armed = False  # set once this mint holds the fleet's lock
+
+    def keep_what_exists(self) -> None:
+        """Under the lock, before this mint writes: a fleet or CA found there now
+        is another mint's, never this one's to remove."""
+        if self.fleet is not None and FleetStore(self.fleet).exists():
+            self.fleet = None
+        if self.ca is not None and any((self.ca / n).exists() for n in (CA_CERT_FILE, CA_KEY_FILE)):
+            self.ca = None
 
     def if_nothing_recorded(self) -> None:
-        if not self.armed or self.fleet is None:
+        if self.fleet is None:
             return
         if FleetStore(self.fleet).manifest_path.exists():
             return
