@@ -305,6 +305,74 @@ def test_a_killed_mint_is_completed_on_the_next_run(tmp_path, session_ca):
     assert not (out / ".parts").exists()
 
 
+def _children(pid: int) -> list[int]:
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def test_a_mint_worker_killed_mid_chunk_ends_the_mint_with_one_line_and_a_rerun_completes_it(
+    tmp_path, session_ca
+):
+    out = tmp_path / "fleet"
+    proc, manifest = _mint_until_the_first_chunk_lands(
+        session_ca.directory, out, 12000, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        victim = _children(proc.pid)[0]
+        os.kill(victim, signal.SIGKILL)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 1
+    assert "Traceback" not in err
+    [line] = err.strip().splitlines()
+    assert f"(pid {victim}) was killed by SIGKILL" in line
+    assert line.startswith(f"loadgen: failed: {out}: mint worker ")
+    assert line.endswith("the same mint run again completes the fleet")
+    kept = manifest.read_bytes().count(b"\n")
+    assert 0 < kept < 12000
+    _assert_complete(out, kept, session_ca)
+    args = ("certs", "mint", "--ca", session_ca.directory, "--out", out, "--count", "12000")
+    result = run_loadgen(*args)
+    assert result.code == 0, result.err
+    assert f"minted {12000 - kept}, kept {kept}" in result.out
+    _assert_complete(out, 12000, session_ca)
+
+
+def test_mint_workers_are_started_before_the_first_progress_is_shown(tmp_path, session_ca):
+    import multiprocessing
+
+    from loadgen.certs.mint import MintRequest, mint
+
+    workers_at_first_progress: list[int] = []
+
+    def on_progress(done: int, total: int) -> None:
+        if not workers_at_first_progress:
+            workers_at_first_progress.append(len(multiprocessing.active_children()))
+
+    request = MintRequest(
+        fleet=tmp_path / "fleet", ca_dir=session_ca.directory, count=200, workers=2
+    )
+    mint(request, on_progress)
+    assert workers_at_first_progress == [2]
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_damaged_pool_key_is_one_line_naming_it_before_any_device_is_minted(
+    tmp_path, session_ca, workers
+):
+    out = tmp_path / "fleet"
+    args = ("certs", "mint", "--ca", session_ca.directory, "--out", out)
+    assert run_loadgen(*args, "--count", "200", "--key-pool", "4").code == 0
+    damaged = out / "keys" / "ec-p256-0001.key"
+    damaged.write_bytes(b"")  # as a mint killed while it wrote the key left it
+    manifest = (out / "manifest.jsonl").read_bytes()
+    result = run_loadgen(*args, "--count", "400", "--workers", workers)
+    assert_user_error(result, f"{damaged}: a damaged pool key (empty)")
+    assert (out / "manifest.jsonl").read_bytes() == manifest
+
+
 def test_a_partial_last_manifest_line_is_cut_and_that_device_minted_again(tmp_path, session_ca):
     out = tmp_path / "fleet"
     args = ("certs", "mint", "--ca", session_ca.directory, "--out", out)

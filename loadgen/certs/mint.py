@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import multiprocessing
 import os
 import shutil
-import signal
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +15,6 @@ from typing import Any
 from cryptography import x509
 from pydantic import ValidationError
 
-from loadgen import lifeline
 from loadgen.certs.ca import CA, init_ca, load_ca, refuse_ca_file
 from loadgen.certs.ca import CERT_FILE as CA_CERT_FILE
 from loadgen.certs.ca import KEY_FILE as CA_KEY_FILE
@@ -41,9 +38,11 @@ from loadgen.certs.store import (
     FleetMeta,
     FleetStore,
 )
+from loadgen.certs.workers import Task, WorkerFailed, started
 from loadgen.errors import CAError, ConfigError, FleetError, UserError
-from loadgen.files import write
+from loadgen.files import write, write_atomic
 from loadgen.load.shard import Shard
+from loadgen.words import counted
 
 # Plans checked before anything is written: enough to catch a template that
 # overflows a field or a value a field cannot hold.
@@ -262,43 +261,23 @@ def _chunks(start: int, stop: int, workers: int) -> Iterator[tuple[int, int]]:
         start = end
 
 
-# Each worker process builds its Minter once (CA, templates, pool keys) in the pool
-# initializer; multiprocessing offers no other place to keep it between chunks.
-_worker: Minter | None = None
-
-
-def _init_worker(spec: MintSpec) -> None:
-    global _worker
-    _bind_to_parent()
-    _worker = Minter(spec)
-
-
-def _bind_to_parent() -> None:
-    """A pool worker ends with the parent, however it ends. Ctrl-C reaches the
-    whole process group; the parent alone handles it (it ends the pool), so
-    workers print no tracebacks of their own. The pool ends them with SIGTERM:
-    forked, they would otherwise keep the parent's handler turning it into
-    KeyboardInterrupt."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, signal.SIG_DFL)
-    lifeline.die_with_multiprocessing_parent(signal.SIGKILL)
-    # A chunk runs for a while without reading from the parent: watch it apart.
-    lifeline.exit_when_multiprocessing_parent_exits("loadgen mint worker")
-
-
-def _mint_chunk(bounds: tuple[int, int]) -> tuple[int, int]:
-    assert _worker is not None
+def _mint_chunk(minter: Minter, bounds: tuple[int, int]) -> tuple[int, int]:
+    """A worker's job: a chunk minted, its lines left in the fleet's parts."""
     start, stop = bounds
-    write(FleetStore(_worker.fleet).part_path(start), _worker.mint(start, stop))
+    write(FleetStore(minter.fleet).part_path(start), minter.mint(start, stop))
     return start, stop - start
 
 
-def _make_pool_key(args: tuple[Path, KeyType, int]) -> None:
-    fleet, key_type, slot = args
+def _nothing(_: None) -> None:
+    return None
+
+
+def _make_pool_key(_: None, job: tuple[Path, KeyType, int]) -> None:
+    fleet, key_type, slot = job
     path = fleet / pool_key_path(key_type, slot)
     if not path.exists():
-        write(path, key_pem(generate_key(key_type)), private=True)
+        # Atomic: a key is there whole or not at all, and one that is there is kept.
+        write_atomic(path, key_pem(generate_key(key_type)), private=True)
 
 
 def mint(request: MintRequest, on_progress: Callable[[int, int], None] | None = None) -> MintResult:
@@ -365,12 +344,19 @@ def _mint(
         step=meta.stride[1],
     )
     done = existing
-    if on_progress:
-        on_progress(done, wanted)
-    for n in _run(spec, plan.store, existing, wanted, request.workers):
-        done += n
-        if on_progress:
-            on_progress(done, wanted)
+    try:
+        with _minting(spec, plan.store, existing, wanted, request.workers) as chunks:
+            if on_progress:
+                on_progress(done, wanted)
+            for n in chunks:
+                done += n
+                if on_progress:
+                    on_progress(done, wanted)
+    except WorkerFailed as exc:
+        kept = f"the {counted(done, 'device')} recorded are kept, and " if done else ""
+        raise WorkerFailed(
+            f"{request.fleet}: {exc}; {kept}the same mint run again completes the fleet"
+        ) from None
     return MintResult(request.fleet, existing, done - existing, done)
 
 
@@ -433,31 +419,42 @@ def _prepare_shared(fleet: Path, profile: Profile, meta: FleetMeta, workers: int
             for slot in range(meta.key_pool)
         ]
         if workers > 1 and len(jobs) > 1:
-            context = multiprocessing.get_context("fork")
-            with context.Pool(min(workers, len(jobs)), _bind_to_parent) as pool:
-                pool.map(_make_pool_key, jobs)
+            with started(Task(_nothing, None, _make_pool_key), jobs, workers, "key worker") as made:
+                for _ in made:
+                    pass
         else:
             for job in jobs:
-                _make_pool_key(job)
+                _make_pool_key(None, job)
 
 
-def _run(spec: MintSpec, store: FleetStore, start: int, stop: int, workers: int) -> Iterator[int]:
-    """Mint ``start`` to ``stop - 1``, recording each chunk in the manifest in
-    order; yields the devices each chunk added."""
+@contextlib.contextmanager
+def _minting(
+    spec: MintSpec, store: FleetStore, start: int, stop: int, workers: int
+) -> Iterator[Iterator[int]]:
+    """Devices ``start`` to ``stop - 1`` minted and recorded in the manifest in
+    order, a chunk at a time: the iterator gives the devices each chunk added.
+    Workers start on entry, before the caller shows any progress: forked while
+    the progress display's thread holds a lock, one could deadlock."""
     chunks = list(_chunks(start, stop, workers))
+    # Here, whatever the workers: a damaged pool key or unknown CA is one line
+    # naming it before any worker starts, not a failure in each of them.
+    minter = Minter(spec)
     if workers == 1 or len(chunks) == 1:
-        minter = Minter(spec)
-        for lo, hi in chunks:
-            store.append(minter.mint(lo, hi))
-            yield hi - lo
+        yield (_append(store, minter, lo, hi) for lo, hi in chunks)
         return
     parts = store.part_path(start).parent
     parts.mkdir(exist_ok=True)
-    # fork: workers start in milliseconds and share the parent's imports; spawn
-    # would cost a second of start-up per worker, visible on small fleets.
-    context = multiprocessing.get_context("fork")
-    with context.Pool(min(workers, len(chunks)), _init_worker, (spec,)) as pool:
-        for lo, n in pool.imap(_mint_chunk, chunks):
-            store.append_part(lo)
-            yield n
+    task = Task(Minter, spec, _mint_chunk)
+    with started(task, chunks, workers, "mint worker") as minted:
+        yield (_append_part(store, lo, n) for lo, n in minted)
     parts.rmdir()
+
+
+def _append(store: FleetStore, minter: Minter, start: int, stop: int) -> int:
+    store.append(minter.mint(start, stop))
+    return stop - start
+
+
+def _append_part(store: FleetStore, start: int, n: int) -> int:
+    store.append_part(start)
+    return n

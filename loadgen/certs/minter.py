@@ -22,6 +22,7 @@ from loadgen.certs.ca import CA, load_ca
 from loadgen.certs.keys import KeyMaker, KeyType, PrivateKey, spki_der
 from loadgen.certs.profile import NOT_YET_VALID_IN, DevicePlanner, Profile
 from loadgen.certs.store import KEYS_DIR, SHARD_SIZE, UNKNOWN_CA_DIR, device_paths, shard_of
+from loadgen.errors import FleetError
 from loadgen.files import FolderWriter
 
 # Devices are valid from an hour before minting: clocks on test rigs drift.
@@ -168,9 +169,23 @@ class Minter:
 
 
 def _load_key(path: Path) -> PrivateKey:
-    # Our own pool keys: RSA's consistency check costs milliseconds per key per worker.
-    key = load_pem_private_key(
-        path.read_bytes(), password=None, unsafe_skip_rsa_key_validation=True
-    )
-    assert isinstance(key, PrivateKey)
+    """A pool key; one that will not load (left empty by a mint killed as it
+    wrote it, before keys were written atomically) is a one-line error."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise FleetError(f"{path}: cannot read the pool key: {exc.strerror}") from None
+    try:
+        # Our own pool keys: RSA's consistency check costs milliseconds per key per worker.
+        key = load_pem_private_key(data, password=None, unsafe_skip_rsa_key_validation=True)
+    except (ValueError, TypeError):
+        what = "empty" if not data.strip() else "not an unencrypted PEM private key"
+        raise FleetError(f"{path}: a damaged pool key ({what}): {_DAMAGED_POOL}") from None
+    if not isinstance(key, PrivateKey):
+        raise FleetError(f"{path}: a damaged pool key (a {type(key).__name__}): {_DAMAGED_POOL}")
     return key
+
+
+# Devices recorded already use the key: another in its place would not match
+# their certificates.
+_DAMAGED_POOL = "its devices cannot connect; mint the fleet again into a new folder"
