@@ -53,6 +53,12 @@ class OutputError(LoadgenError):
     end of a run: the disk filled, say. Exit code 1, one line."""
 
 
+class WriteError(LoadgenError):
+    """A file a command makes as it works (a fleet's devices, its manifest)
+    could not be written: a full disk, say. Exit code 1, one line; what was
+    finished before is kept."""
+
+
 class IncompleteError(LoadgenError):
     """The results a command gathers are not all there: a shard's report missing
     (after ``--wait``) or there twice. Exit code 1, one line: the shards ran, and

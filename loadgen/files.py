@@ -241,7 +241,7 @@ class FolderWriter:
                 pass  # left by a killed run: overwrite it the careful way
             else:
                 try:
-                    os.write(fd, data)
+                    write_all(fd, data)
                 finally:
                     os.close(fd)
                 return

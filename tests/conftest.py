@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -250,3 +252,46 @@ def device_tls(fleet, mosquitto, fault=None, server_name="localhost"):
     device = next(d for d in fleet.devices() if d.fault == fault)
     shared = ClientTls(ca_file=mosquitto.server_ca.directory / "ca.pem")
     return device, DeviceTls(shared, fleet.path / device.cert, fleet.path / device.key, server_name)
+
+
+class Disk:
+    """A disk that fills, for real: a small tmpfs of the test's own (the ``disk``
+    fixture). ``fill`` leaves no byte free, ``free`` gives the space back."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.filler = path / "filler"
+
+    def fill(self) -> None:
+        fd = os.open(self.filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        try:
+            chunk = b"\0" * 4096
+            while True:
+                try:
+                    if os.write(fd, chunk) < len(chunk):
+                        chunk = chunk[:1]  # the last page's bytes, one at a time
+                except OSError as exc:
+                    assert exc.errno == errno.ENOSPC
+                    return
+        finally:
+            os.close(fd)
+
+    def free(self) -> None:
+        self.filler.unlink()
+
+
+@pytest.fixture
+def disk(tmp_path: Path) -> Iterator[Disk]:
+    mount_point = tmp_path / "disk"
+    mount_point.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount_point)],
+        capture_output=True,
+        text=True,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"a tmpfs to fill needs mount (root): {mounted.stderr.strip()}")
+    try:
+        yield Disk(mount_point)
+    finally:
+        subprocess.run(["umount", "--lazy", str(mount_point)], check=True)

@@ -5,9 +5,6 @@ mounts, fills with a file of its own and frees."""
 
 from __future__ import annotations
 
-import errno
-import os
-import subprocess
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -33,49 +30,6 @@ from tests.test_control_plane import POLICY, _arn, _CheckedControlPlane, _regist
 from tests.test_emulator_processes import QUOTAS_OFF, connect_all
 
 CANNOT_WRITE = "cannot write the state file"
-
-
-class Disk:
-    """A tmpfs of the test's own: ``fill`` leaves no byte free, ``free`` gives
-    the space back."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.filler = path / "filler"
-
-    def fill(self) -> None:
-        fd = os.open(self.filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
-        try:
-            chunk = b"\0" * 4096
-            while True:
-                try:
-                    if os.write(fd, chunk) < len(chunk):
-                        chunk = chunk[:1]  # the last page's bytes, one at a time
-                except OSError as exc:
-                    assert exc.errno == errno.ENOSPC
-                    return
-        finally:
-            os.close(fd)
-
-    def free(self) -> None:
-        self.filler.unlink()
-
-
-@pytest.fixture
-def disk(tmp_path: Path) -> Iterator[Disk]:
-    mount_point = tmp_path / "disk"
-    mount_point.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount_point)],
-        capture_output=True,
-        text=True,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"a tmpfs to fill needs mount (root): {mounted.stderr.strip()}")
-    try:
-        yield Disk(mount_point)
-    finally:
-        subprocess.run(["umount", "--lazy", str(mount_point)], check=True)
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from loadgen.errors import OutputError
-from loadgen.files import check_writable, write_atomic, write_output
+from loadgen.files import FolderWriter, check_writable, write_atomic, write_output
 from loadgen.report.build import write_outputs
 from loadgen.report.store import destination
 
@@ -100,3 +100,11 @@ def test_a_result_file_into_a_pipe_nobody_reads_fails_at_once(tmp_path):
     os.mkfifo(fifo)
     with pytest.raises(OutputError, match="a pipe nobody reads"):
         write_output(fifo, b"report")
+
+
+def test_a_folder_writers_new_private_file_is_written_whole_or_fails(disk):
+    disk.fill()
+    # One page free: the write of a larger file is short, then the disk is full.
+    os.truncate(disk.filler, disk.filler.stat().st_size - 4096)
+    with FolderWriter(disk.path) as files, pytest.raises(OSError, match="No space left"):
+        files.write("device.key", b"k" * 16384, private=True)

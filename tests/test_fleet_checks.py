@@ -309,6 +309,7 @@ def test_ca_init_refuses_an_empty_subject(tmp_path, subject):
 def test_a_new_fleet_whose_mint_fails_before_its_first_device_is_removed(tmp_path, monkeypatch):
     from loadgen.certs.mint import MintRequest, mint
     from loadgen.certs.minter import Minter
+    from loadgen.errors import WriteError
 
     def disk_full(*_args: object) -> bytes:
         raise OSError(28, "No space left on device")
@@ -316,7 +317,7 @@ def test_a_new_fleet_whose_mint_fails_before_its_first_device_is_removed(tmp_pat
     request = MintRequest(tmp_path / "fleet", tmp_path / "ca", 5, init_ca=True)
     with monkeypatch.context() as patch:
         patch.setattr(Minter, "mint", disk_full)
-        with pytest.raises(OSError):
+        with pytest.raises(WriteError, match="No space left on device"):
             mint(request)
     assert list(tmp_path.iterdir()) == []
     assert mint(request).total == 5

@@ -373,6 +373,36 @@ def test_a_damaged_pool_key_is_one_line_naming_it_before_any_device_is_minted(
     assert (out / "manifest.jsonl").read_bytes() == manifest
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_full_disk_stops_the_mint_with_one_line_and_a_rerun_completes_it(
+    disk, session_ca, workers
+):
+    out = disk.path / "fleet"
+    args = ("certs", "mint", "--ca", session_ca.directory, "--out", out, "--workers", workers)
+    assert run_loadgen(*args, "--count", "50").code == 0
+    disk.fill()
+    result = run_loadgen(*args, "--count", "120")
+    assert result.code == 1, result.err
+    assert "Traceback" not in result.err
+    [line] = result.err.strip().splitlines()
+    assert line.startswith(f"loadgen: failed: {out}: cannot write ")
+    assert line.endswith(
+        ": No space left on device; the 50 devices recorded are kept, "
+        "and the same mint run again completes the fleet"
+    )
+    _assert_complete(out, 50, session_ca)
+    disk.free()  # room for 120 devices (a 2 MiB tmpfs holds about 250)
+    assert run_loadgen(*args, "--count", "120").code == 0
+    _assert_complete(out, 120, session_ca)
+
+
+def test_ca_init_on_a_full_disk_leaves_no_ca_folder(disk):
+    disk.fill()
+    result = run_loadgen("ca", "init", "--out", disk.path / "ca")
+    assert_user_error(result, "cannot write the CA: No space left on device")
+    assert not (disk.path / "ca").exists()
+
+
 def test_a_partial_last_manifest_line_is_cut_and_that_device_minted_again(tmp_path, session_ca):
     out = tmp_path / "fleet"
     args = ("certs", "mint", "--ca", session_ca.directory, "--out", out)

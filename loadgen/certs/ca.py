@@ -3,6 +3,7 @@ verification certificate AWS asks for to prove the CA's key is held."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import ipaddress
@@ -179,16 +180,25 @@ def init_ca(
             f"{directory}: its CA is set up in an AWS account ({SETUP_RECORD_FILE}): tear it "
             f"down first (loadgen aws teardown --ca {directory})"
         )
+    made = [p for p in (directory, *directory.parents) if not p.exists()]
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise CAError(f"{directory}: cannot create the CA directory: {exc.strerror}") from None
     key = generate_key(key_type)
     cert = _build_ca(key, name, days)
+    replaced = key_path.exists()
     try:
         write_atomic(key_path, key_pem(key), private=True)
         write_atomic(cert_path, cert.public_bytes(serialization.Encoding.PEM))
     except OSError as exc:
+        # A full disk: nothing of a CA that never was is left, the folders made
+        # for it included; a CA replaced (--force) has lost its key already.
+        if not replaced:
+            key_path.unlink(missing_ok=True)
+        for folder in made:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
         raise CAError(f"{directory}: cannot write the CA: {exc.strerror}") from None
     return CA(directory, cert, key)
 

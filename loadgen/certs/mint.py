@@ -39,7 +39,7 @@ from loadgen.certs.store import (
     FleetStore,
 )
 from loadgen.certs.workers import Task, WorkerFailed, started
-from loadgen.errors import CAError, ConfigError, FleetError, UserError
+from loadgen.errors import CAError, ConfigError, FleetError, LoadgenError, UserError, WriteError
 from loadgen.files import write, write_atomic
 from loadgen.load.shard import Shard
 from loadgen.words import counted
@@ -264,8 +264,25 @@ def _chunks(start: int, stop: int, workers: int) -> Iterator[tuple[int, int]]:
 def _mint_chunk(minter: Minter, bounds: tuple[int, int]) -> tuple[int, int]:
     """A worker's job: a chunk minted, its lines left in the fleet's parts."""
     start, stop = bounds
-    write(FleetStore(minter.fleet).part_path(start), minter.mint(start, stop))
+    try:
+        write(FleetStore(minter.fleet).part_path(start), minter.mint(start, stop))
+    except OSError as exc:
+        raise WriteError(_cannot_write(exc, "the devices' files")) from None
     return start, stop - start
+
+
+def _cannot_write(exc: OSError, what: str) -> str:
+    """A write to the fleet that failed (a full disk), as one line naming the
+    file when the call that failed named one (a device's relative to the fleet),
+    else ``what`` was written."""
+    return f"cannot write {exc.filename or what}: {exc.strerror or exc}"
+
+
+def _stopped(request: MintRequest, exc: LoadgenError, done: int) -> LoadgenError:
+    """``exc``, which stopped the mint, said with what it leaves: a worker's
+    death, a full disk."""
+    kept = f"the {counted(done, 'device')} recorded are kept, and " if done else ""
+    return type(exc)(f"{request.fleet}: {exc}; {kept}the same mint run again completes the fleet")
 
 
 def _nothing(_: None) -> None:
@@ -332,7 +349,6 @@ def _mint(
     wanted = request.devices
     if existing >= wanted:
         return MintResult(request.fleet, existing, 0, existing)
-    _prepare_shared(request.fleet, plan.profile, meta, request.workers)
     spec = MintSpec(
         fleet=request.fleet,
         ca_dir=request.ca_dir,
@@ -345,6 +361,7 @@ def _mint(
     )
     done = existing
     try:
+        _prepare_shared(request.fleet, plan.profile, meta, request.workers)
         with _minting(spec, plan.store, existing, wanted, request.workers) as chunks:
             if on_progress:
                 on_progress(done, wanted)
@@ -352,11 +369,10 @@ def _mint(
                 done += n
                 if on_progress:
                     on_progress(done, wanted)
-    except WorkerFailed as exc:
-        kept = f"the {counted(done, 'device')} recorded are kept, and " if done else ""
-        raise WorkerFailed(
-            f"{request.fleet}: {exc}; {kept}the same mint run again completes the fleet"
-        ) from None
+    except OSError as exc:  # the parent's own writes: pool keys, the manifest
+        raise _stopped(request, WriteError(_cannot_write(exc, "the fleet")), done) from None
+    except (WorkerFailed, WriteError) as exc:
+        raise _stopped(request, exc, done) from None
     return MintResult(request.fleet, existing, done - existing, done)
 
 
@@ -451,7 +467,11 @@ def _minting(
 
 
 def _append(store: FleetStore, minter: Minter, start: int, stop: int) -> int:
-    store.append(minter.mint(start, stop))
+    try:
+        lines = minter.mint(start, stop)
+    except OSError as exc:
+        raise WriteError(_cannot_write(exc, "the devices' files")) from None
+    store.append(lines)
     return stop - start
 
 

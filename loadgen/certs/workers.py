@@ -141,8 +141,12 @@ class _Team(Generic[Arg, State, Job, Result]):
             worker.pipe.send(None)
             worker.retired = True
             return
-        worker.pipe.send(jobs[job])
         worker.job = job
+        try:
+            worker.pipe.send(jobs[job])
+        except OSError:  # it died since its last answer (a set-up that failed, say)
+            self._answer(worker)  # what it said before, when it said anything
+            raise WorkerFailed(f"{self.who} {worker.number} {self._death(worker)}") from None
         busy[worker.pipe] = worker
 
     def _answer(self, worker: _Worker) -> Result:
