@@ -294,7 +294,10 @@ def _make_pool_key(_: None, job: tuple[Path, KeyType, int]) -> None:
     path = fleet / pool_key_path(key_type, slot)
     if not path.exists():
         # Atomic: a key is there whole or not at all, and one that is there is kept.
-        write_atomic(path, key_pem(generate_key(key_type)), private=True)
+        try:
+            write_atomic(path, key_pem(generate_key(key_type)), private=True)
+        except OSError as exc:
+            raise WriteError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def mint(request: MintRequest, on_progress: Callable[[int, int], None] | None = None) -> MintResult:
