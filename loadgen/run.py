@@ -17,7 +17,14 @@ from typing import Any
 from loadgen import fds
 from loadgen.certs.mint import InputNames, MintRequest, MintResult, mint
 from loadgen.certs.mint import check as check_fleet
-from loadgen.certs.profile import MAX_DEVICES, MAX_WORKERS, check_count, load_profile
+from loadgen.certs.profile import (
+    MAX_DEVICES,
+    MAX_WORKERS,
+    SHARED_CLIENT_ID,
+    check_count,
+    manifest_template_values,
+    read_profile,
+)
 from loadgen.certs.store import FleetStore
 from loadgen.cores import cores
 from loadgen.device.lifecycle import PublishStep, Step, SubscribeStep
@@ -85,7 +92,15 @@ def _check_plan(scenario: Scenario, options: RunOptions) -> RunPlan:
             load_registration_config(spec.registration_config)
     plan = make_plan(scenario, options)
     check_sources(plan)
-    check_fleet(fleet_request(scenario, fleet_count(scenario, options), plan.workers, plan.shard))
+    count = fleet_count(scenario, options)
+    fleet = check_fleet(fleet_request(scenario, count, plan.workers, plan.shard))
+    values = manifest_template_values(scenario.mqtt.client_id, fleet.profile)
+    if values is not None and values < count:
+        raise FieldError(
+            ("mqtt", "client_id"),
+            f"at most {values:,} distinct client ids from the fleet's profile, fewer than "
+            f"the run's {count:,} devices: {SHARED_CLIENT_ID}",
+        )
     return plan
 
 
@@ -386,10 +401,10 @@ def fleet_request(
     store = FleetStore(fleet.store)
     if shard is not None and store.exists() and store.read_meta().shard is None:
         shard = None
-    profile = None
+    loaded = None
     if fleet.profile is not None:
         try:
-            profile = load_profile(fleet.profile)
+            loaded = read_profile(fleet.profile)
         except ConfigError as exc:
             raise ConfigError(f"fleet.profile: {exc}") from None
     names = replace(_FLEET_FIELDS, profile=f"fleet.profile {fleet.profile}")
@@ -397,12 +412,13 @@ def fleet_request(
         fleet.store,
         fleet.ca,
         count,
-        profile,
+        loaded.model if loaded is not None else None,
         fleet.seed,
         workers if workers is not None else default_workers(),
         init_ca=shard is None,
         names=names,
         shard=shard,
+        locate=loaded.located if loaded is not None else None,
     )
 
 

@@ -102,6 +102,12 @@ SCENARIO_MISTAKES = {
         ":7: mqtt.client_id:",
         "unknown placeholder {colour}",
     ),
+    "a client id the same for every device": (
+        LOAD,
+        "mqtt: {client_id: dev}\n",
+        ":7: mqtt.client_id:",
+        "'dev' is the same client id for every device",
+    ),
     "a client id formatted a terabyte wide": (
         LOAD,
         "mqtt: {client_id: '{index:0999999999999d}'}\n",
@@ -671,6 +677,22 @@ def test_a_profile_mistake_leaves_no_fleet_and_no_ca_behind(tmp_path, listener):
     (tmp_path / "profile.yaml").write_text("subject:\n  country: SE\n  country: NO\n")
     result = run_loadgen("run", path, cwd=tmp_path)
     assert_user_error(result, f"{tmp_path / 'profile.yaml'}:3: subject.country: duplicate key")
+    assert sorted(os.listdir(tmp_path)) == ["profile.yaml", "scenario.yaml"]
+    assert not _connected(listener)
+
+
+def test_a_client_id_of_fewer_values_than_the_devices_is_refused_naming_the_scenario_field(
+    tmp_path, listener
+):
+    path = _write_scenario(tmp_path, listener.getsockname()[1], "mqtt: {client_id: '{country}'}\n")
+    path.write_text(path.read_text().replace("count: 5}", "count: 5, profile: profile.yaml}"))
+    (tmp_path / "profile.yaml").write_text(
+        "subject:\n  common_name: 'bulb-{index}'\n  country: {choice: [SE, NO]}\n"
+    )
+    result = run_loadgen("run", path, cwd=tmp_path)
+    assert_user_error(
+        result, f"{path}:7: mqtt.client_id: at most 2 distinct client ids", "the run's 5 devices"
+    )
     assert sorted(os.listdir(tmp_path)) == ["profile.yaml", "scenario.yaml"]
     assert not _connected(listener)
 

@@ -622,6 +622,43 @@ def test_a_template_that_overflows_its_field_names_the_profile_and_the_device(tm
     assert not (tmp_path / "fleet").exists()
 
 
+@pytest.mark.parametrize(
+    ("profile", "where", "problem"),
+    [
+        (
+            "subject: {common_name: 'bulb-{hex:1}'}\n",
+            ":1: subject.common_name:",
+            "at most 16 distinct values (the client id is the common name), "
+            "fewer than the fleet's 100 devices",
+        ),
+        (
+            "subject: {common_name: 'bulb-{index}', country: {choice: [SE, NO]}}\n"
+            "client_id: 'bulb-{country}'\n",
+            ":2: client_id:",
+            "at most 2 distinct values, fewer than the fleet's 100 devices",
+        ),
+        (
+            "subject: {common_name: 'bulb-{index:.0e}'}\n",
+            ":1: subject.common_name:",
+            "devices 10 and 11 would both connect as 'bulb-1e+01'",
+        ),
+    ],
+    ids=["a short random common name", "a client id of a choice", "an index written as a float"],
+)
+def test_client_ids_that_devices_would_share_are_refused_before_anything_is_written(
+    tmp_path, session_ca, profile, where, problem
+):
+    path = tmp_path / "profile.yaml"
+    path.write_text(profile)
+    out = tmp_path / "fleet"
+    result = run_loadgen(
+        "certs", "mint", "--ca", session_ca.directory, "--out", out, "--count", "100",
+        "--profile", path,
+    )  # fmt: skip
+    assert_user_error(result, f"{path}{where} {problem}", "disconnect each other")
+    assert not out.exists()
+
+
 def test_an_unwritable_output_folder_is_a_one_line_error(tmp_path, session_ca):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")

@@ -13,7 +13,13 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from loadgen.certs.keys import KeyType
-from loadgen.certs.profile import DEFAULT_PROFILE, DevicePlanner, load_profile
+from loadgen.certs.profile import (
+    DEFAULT_PROFILE,
+    DevicePlanner,
+    Profile,
+    client_id_values,
+    load_profile,
+)
 from loadgen.errors import ConfigError
 from tests.conftest import LIGHTBULB_PROFILE, run_loadgen
 
@@ -242,3 +248,29 @@ def test_a_profile_choosing_no_and_se_mints_norwegian_and_swedish_devices(tmp_pa
     norwegian = next(d for d in manifest if d["subject"]["country"] == "NO")
     cert = x509.load_pem_x509_certificate((fleet / norwegian["cert"]).read_bytes())
     assert cert.subject.get_attributes_for_oid(NameOID.COUNTRY_NAME)[0].value == "NO"
+
+
+COMMON_NAME, CLIENT_ID = ("subject", "common_name"), ("client_id",)
+CLIENT_ID_SPACES = {
+    "the default": ({}, COMMON_NAME, None),
+    "a constant": ({"subject": {"common_name": "d"}}, COMMON_NAME, 1),
+    "a cycle": ({"subject": {"common_name": {"cycle": ["a", "b", "a"]}}}, COMMON_NAME, 2),
+    "a constant and digits": (
+        {"subject": {"common_name": "d", "organization": "o"}, "client_id": "o-{digits:2}"},
+        CLIENT_ID,
+        100,
+    ),
+    "a precision": (
+        {"subject": {"common_name": "d-{hex:2}"}, "client_id": "{common_name:.3}"},
+        CLIENT_ID,
+        None,
+    ),
+    "no common name": ({"subject": {"organization": "o"}}, CLIENT_ID, None),
+}
+
+
+@pytest.mark.parametrize(
+    ("profile", "field", "values"), list(CLIENT_ID_SPACES.values()), ids=list(CLIENT_ID_SPACES)
+)
+def test_the_client_ids_a_profile_can_make_are_counted_from_its_templates(profile, field, values):
+    assert client_id_values(Profile.model_validate(profile)) == (field, values)

@@ -24,9 +24,11 @@ from loadgen.certs.profile import (
     DEFAULT_PROFILE,
     MAX_DEVICES,
     MAX_WORKERS,
+    SHARED_CLIENT_ID,
     DevicePlanner,
     Profile,
     check_count,
+    client_id_values,
     difference,
 )
 from loadgen.certs.store import (
@@ -39,7 +41,15 @@ from loadgen.certs.store import (
     FleetStore,
 )
 from loadgen.certs.workers import Task, WorkerFailed, started
-from loadgen.errors import CAError, ConfigError, FleetError, LoadgenError, UserError, WriteError
+from loadgen.errors import (
+    CAError,
+    ConfigError,
+    FieldError,
+    FleetError,
+    LoadgenError,
+    UserError,
+    WriteError,
+)
 from loadgen.files import write, write_atomic
 from loadgen.load.shard import Shard
 from loadgen.words import counted
@@ -79,6 +89,9 @@ class MintRequest:
     # Only this shard's devices of the ``count`` (``--shard I/N``): the fleet
     # folder is then that shard's store, and its counts are the shard's.
     shard: Shard | None = None
+    # Where the given profile's fields are written (file and line), for errors
+    # about them; None for a profile not read from a file.
+    locate: Callable[[FieldError], ConfigError] | None = None
 
     @property
     def devices(self) -> int:
@@ -231,13 +244,45 @@ def _plan_ahead(plan: MintPlan, request: MintRequest) -> None:
     planner = DevicePlanner(plan.profile, _seed(plan, request))
     first, step = _stride(request)
     local = request.devices
+    loc, values = client_id_values(plan.profile)
+    if values is not None and values < request.count:
+        via = " (the client id is the common name)" if loc != ("client_id",) else ""
+        raise _about_profile(
+            request,
+            FieldError(
+                loc,
+                f"at most {values:,} distinct values{via}, fewer than the fleet's "
+                f"{request.count:,} devices: {SHARED_CLIENT_ID}",
+            ),
+        )
+    seen: dict[str, int] = {}
     try:
         for position in (*range(min(local, _PRECHECK)), local - 1):
-            planner.plan(first + position * step)
+            device = planner.plan(first + position * step)
+            other = seen.setdefault(device.client_id, device.index)
+            if other != device.index:
+                raise FieldError(
+                    loc,
+                    f"devices {other} and {device.index} would both connect as "
+                    f"{device.client_id!r}: {SHARED_CLIENT_ID}",
+                )
+    except FieldError as exc:
+        raise _about_profile(request, exc) from None
     except ConfigError as exc:
-        # The profile given, or the one the fleet was minted with.
-        source = request.names.profile if request.profile is not None else "the fleet's profile"
-        raise ConfigError(f"{source}: {exc}") from None
+        raise ConfigError(f"{_profile_name(request)}: {exc}") from None
+
+
+def _profile_name(request: MintRequest) -> str:
+    """The profile given, or the one the fleet was minted with."""
+    return request.names.profile if request.profile is not None else "the fleet's profile"
+
+
+def _about_profile(request: MintRequest, error: FieldError) -> ConfigError:
+    """``error`` naming the profile's file and the field's line, when the
+    profile given was read from a file."""
+    if request.profile is not None and request.locate is not None:
+        return request.locate(error)
+    return ConfigError(f"{_profile_name(request)}: {error}")
 
 
 def _stride(request: MintRequest) -> tuple[int, int]:

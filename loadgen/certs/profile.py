@@ -32,8 +32,8 @@ from pydantic import (
 from loadgen.certs.der import LATEST
 from loadgen.certs.keys import KeyType
 from loadgen.certs.subject import BY_NAME, FIELDS, MISSING_PREFIX, SubjectValueError
-from loadgen.config import load_model
-from loadgen.errors import ConfigError, UserError
+from loadgen.config import Loaded, load_model, read_model
+from loadgen.errors import ConfigError, Loc, UserError
 from loadgen.mqtt.wire import check_carried
 
 # A sanity bound on a fleet: far past any run here (a device's store is about
@@ -410,6 +410,93 @@ def _shown(value: Any) -> str:
 
 def load_profile(path: Path) -> Profile:
     return load_model(path, Profile, what="profile")
+
+
+def read_profile(path: Path) -> Loaded[Profile]:
+    """``load_profile``, keeping each field's line for later messages about it."""
+    return read_model(path, Profile, what="profile")
+
+
+# Why a fleet's client ids must differ, said with each refusal of ones that may not.
+SHARED_CLIENT_ID = (
+    "devices that share a client id disconnect each other "
+    "(AWS IoT keeps one connection per client id)"
+)
+
+
+def template_values(template: str, values_of: Callable[[str, str], int | None]) -> int | None:
+    """At most how many texts ``template`` makes: the product of what each
+    placeholder can be (``values_of(name, spec)``, None when unbounded or not
+    known here); None when any is."""
+    total = 1
+    for _, name, spec, _ in string.Formatter().parse(template):
+        if name is None:
+            continue
+        values = values_of(name, spec or "")
+        if values is None:
+            return None
+        total *= values
+    return total
+
+
+def field_values(spec: FieldSpec) -> int | None:
+    """At most how many values a subject field takes; None when unbounded."""
+    if isinstance(spec, str):
+        return template_values(spec, _generated_values)
+    if isinstance(spec, Cycle):
+        return len(set(spec.cycle))
+    return len(set(spec.choice))
+
+
+def _generated_values(name: str, spec: str) -> int | None:
+    # {index} has a value per device. (A float's format, {index:.0e}, writes
+    # some alike: not counted here, the devices planned before minting show it.)
+    if name == "uuid":
+        return 2**122  # six of a version 4 UUID's 128 bits are fixed
+    if name == "hex":
+        return int(16 ** int(spec))
+    if name == "digits":
+        return int(10 ** int(spec))
+    return None
+
+
+def client_id_values(profile: Profile) -> tuple[Loc, int | None]:
+    """At most how many client ids the profile's devices can have (None when
+    unbounded or not known here), and the field that decides it: ``client_id``,
+    or the common name it defaults to."""
+    fields = profile.subject.set_fields()
+
+    def values_of(name: str, spec: str) -> int | None:
+        if name in fields:
+            return _referenced_values(fields[name], spec)
+        return _generated_values(name, spec)
+
+    if profile.client_id is None and profile.subject.common_name is not None:
+        return ("subject", "common_name"), field_values(profile.subject.common_name)
+    return ("client_id",), template_values(profile.client_id_template, values_of)
+
+
+def manifest_template_values(template: str, profile: Profile) -> int | None:
+    """At most how many texts a template over the devices' manifest lines (a
+    scenario's ``mqtt.client_id``) makes for a fleet of ``profile``; None when
+    unbounded or not known here."""
+    fields = profile.subject.set_fields()
+
+    def values_of(name: str, spec: str) -> int | None:
+        if name == "client_id":
+            return None if "." in spec else client_id_values(profile)[1]
+        if name in fields:
+            return _referenced_values(fields[name], spec)
+        # {index} and {certificate_id} differ by device; a field the profile
+        # leaves out renders empty, and an empty id falls back to the manifest's.
+        return None
+
+    return template_values(template, values_of)
+
+
+def _referenced_values(field: FieldSpec, spec: str) -> int | None:
+    # A precision (``{common_name:.4}``) cuts the value: not known here.
+    return None if "." in spec else field_values(field)
 
 
 @dataclass(frozen=True, slots=True)

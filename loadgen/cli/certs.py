@@ -23,7 +23,7 @@ from rich.table import Table
 from loadgen.certs.inspect import FleetSummary, summarize
 from loadgen.certs.mint import InputNames, MintRequest, mint
 from loadgen.certs.mint import check as check_mint
-from loadgen.certs.profile import load_profile
+from loadgen.certs.profile import read_profile
 from loadgen.cli.common import PATH, stderr_console
 from loadgen.cli.options import SHARD
 from loadgen.cores import cores
@@ -80,18 +80,19 @@ def certs_mint(
         raise UserError(
             "--init-ca with --shard: shards mint with the fleet's one CA; create it once"
         )
-    loaded = load_profile(profile) if profile is not None else None
+    loaded = read_profile(profile) if profile is not None else None
     request = MintRequest(
         fleet=out,
         ca_dir=ca_dir,
         count=count,
-        profile=loaded,
+        profile=loaded.model if loaded is not None else None,
         seed=seed,
         workers=workers,
         key_pool=key_pool,
         init_ca=init_ca,
         names=InputNames(profile=f"--profile {profile}"),
         shard=shard.slice if shard is not None else None,
+        locate=loaded.located if loaded is not None else None,
     )
     check_mint(request)  # before the progress bar: a refusal is one line
     with MintBar(

@@ -253,10 +253,17 @@ def template_text(template: str, placeholder: str = "") -> str:
 
 
 def _client_id(template: str) -> str:
-    template_text(template)
+    text = template_text(template)
     # Checked here, once, not per device: every device would send it, and fail
     # at once with a misleading reason.
     check_carried(template, "a client id")
+    if all(name is None for _, name, _, _ in _FORMATTER.parse(template)):
+        # AWS IoT keeps one connection per client id: every device would
+        # disconnect the one before, and the run would blame throttling.
+        raise ValueError(
+            f"{text!r} is the same client id for every device: devices that share one "
+            "disconnect each other; use a field of the device, {client_id} by default"
+        )
     return template
 
 
