@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import threading
 
 import pytest
 
@@ -28,6 +29,10 @@ def _fail_on_three(base: int, job: int) -> int:
     if job == 3:
         raise ZeroDivisionError("division by zero")
     return base + job
+
+
+def _start_method(_: int, __: int) -> str:
+    return multiprocessing.get_start_method(allow_none=True) or "fork"
 
 
 def _die_on_three(base: int, job: int) -> int:
@@ -63,3 +68,16 @@ def test_a_worker_that_dies_names_itself_and_how_and_the_others_are_stopped():
     with pytest.raises(WorkerFailed, match=r"^test worker \d \(pid \d+\) exited with code 7$"):
         _run(Task(_offset, 0, _die_on_three), 10)
     assert multiprocessing.active_children() == []
+
+
+def test_workers_are_spawned_not_forked_while_another_thread_runs():
+    # A fork would copy a lock that thread may hold into each worker.
+    release = threading.Event()
+    other = threading.Thread(target=release.wait)
+    other.start()
+    try:
+        with started(Task(_offset, 0, _start_method), [1, 2], 2, "test worker") as results:
+            assert list(results) == ["spawn", "spawn"]
+    finally:
+        release.set()
+        other.join()
