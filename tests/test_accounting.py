@@ -122,13 +122,17 @@ def test_a_device_with_a_corrupt_key_fails_alone_in_preparing(
     assert report["accounting"]["unexpected"] == 1
 
 
+@pytest.mark.parametrize(
+    ("gone", "driver"), [("cert", "native"), ("key", "native"), ("key", "aiomqtt")]
+)
 def test_devices_whose_files_are_missing_share_one_reason_that_names_the_first_of_them(
-    tmp_path, mosquitto, device_ca, listener
+    tmp_path, mosquitto, device_ca, listener, gone, driver
 ):
-    path, scenario = _clean_scenario(tmp_path, mosquitto, device_ca)
+    mqtt = {"version": 5, "client_id": "{common_name}", "driver": driver}
+    path, scenario = _clean_scenario(tmp_path, mosquitto, device_ca, mqtt=mqtt)
     lines = scenario.fleet.store.joinpath("manifest.jsonl").read_text().splitlines()
     for index in (11, 3, 17, 5):
-        (scenario.fleet.store / json.loads(lines[index])["cert"]).unlink()
+        (scenario.fleet.store / json.loads(lines[index])[gone]).unlink()
     report_path = tmp_path / "r.json"
     result = subprocess.run(
         [*_LOADGEN_RUN, str(path), "--workers", "2", "--report", str(report_path)],
@@ -138,9 +142,11 @@ def test_devices_whose_files_are_missing_share_one_reason_that_names_the_first_o
     )
     assert result.returncode == 0, result.stderr
     report = json.loads(report_path.read_text())
-    reason = "preparing: its certificate file is missing"
+    what = {"cert": "certificate", "key": "key"}[gone]
+    reason = f"preparing: its {what} file is missing"
     assert report["reasons"]["error"] == {reason: 4}
     assert report["reason_devices"]["error"] == {reason: [3, 5, 11]}
+    assert report["attempts"]["per_device"]["0"] == 4  # no attempt made
     assert f"{reason} (devices 3, 5, 11, ...)" in " ".join(result.stdout.split())
 
 

@@ -12,6 +12,7 @@ from loadgen.device.lifecycle import DeviceConfig, PublishStep, SubscribeStep
 from loadgen.errors import ConfigError
 from loadgen.load.plan import RunPlan, TlsPlan
 from loadgen.load.schedule import Burst, ConstantArrival
+from loadgen.load.shard import Shard
 from loadgen.report import gates
 
 REPORT = {
@@ -337,6 +338,8 @@ def _never(gate: str, plan: RunPlan) -> str | None:
         ("p50(tls_handshake) < 100ms", _plan()),
         ("count(throttled) == 0", _plan(driver="aiomqtt", executor=Burst())),
         ("achieved_rate >= 0.99 * target_rate", _plan()),
+        # One device of a shard: the merge of the shards measures the rate.
+        ("achieved_rate >= 0.99 * target_rate", _plan(count=1, shard=Shard(0, 2))),
     ],
 )
 def test_a_gate_on_what_the_plan_measures_is_never_refused(gate, plan):
@@ -351,6 +354,7 @@ def test_a_gate_on_what_the_plan_measures_is_never_refused(gate, plan):
         ("p99(publish_ack) < 1s", _plan(steps=(PublishStep("dt/x", qos=1, count=0),)), "qos 1"),
         ("max(connack) < 1s", _plan(driver="aiomqtt"), "mqtt.driver aiomqtt times only provision"),
         ("0.9 * target_rate < achieved_rate", _plan(executor=Burst()), "a burst has no target"),
+        ("achieved_rate > 0.9 * target_rate", _plan(count=1), "a rate needs two devices"),
     ],
 )
 def test_a_gate_on_what_the_plan_never_measures_says_why(gate, plan, why):

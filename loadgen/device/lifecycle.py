@@ -297,12 +297,14 @@ class Device(DeviceDriver):
         )
         while True:
             self.phase = Phase.CONNECTING
+            # Its files loaded, or the device failed preparing (DeviceFilesError)
+            # with no attempt made.
+            session = spec.tls.session() if spec.tls is not None else None
             result.attempts += 1
             times = self.times = AttemptTimes(self.clock())
             client = None
             trigger = True
             try:
-                session = spec.tls.session() if spec.tls is not None else None
                 client = await self._open(
                     spec.target, session, packet, times, timeout=config.connect_timeout
                 )

@@ -79,6 +79,9 @@ class RunPlan:
             never |= dict.fromkeys(("tcp_connect", "tls_handshake", "connack"), why)
         if isinstance(self.executor, Burst):
             never["target_rate"] = "a burst has no target rate"
+        elif self.count < 2 and self.shard is None:
+            # (A shard's one device is part of a merge, which measures the rate.)
+            never["target_rate"] = "one arrival spans no time: a rate needs two devices"
         return never
 
 

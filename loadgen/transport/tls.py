@@ -18,6 +18,7 @@ the RSA device presented it. So the worker keeps a context per key algorithm
 
 from __future__ import annotations
 
+import os
 import re
 import ssl
 from dataclasses import dataclass
@@ -147,7 +148,8 @@ def _load(context: ssl.SSLContext, cert_chain: str | Path, key: str | Path) -> N
         reason = _SOURCE_LINE.sub("", str(exc))
         raise DeviceFilesError(f"its certificate or key would not load: {reason}") from exc
     except OSError as exc:
-        what = "key" if str(exc.filename) == str(key) else "certificate"
+        # load_cert_chain names no file in its error: the key is read first.
+        what = "certificate" if os.access(key, os.R_OK) else "key"
         raise DeviceFilesError(_unreadable(what, exc)) from exc
 
 
