@@ -194,16 +194,7 @@ class Teardown:
         registered = self._check_registered()
         if not registered:
             return Found(self.ca_id, [], set(), set(), {}, self.created, ca_registered=False)
-        certificates = list(
-            self.api.pages(
-                "ListCertificatesByCA",
-                "certificates",
-                "marker",
-                "nextMarker",
-                caCertificateId=self.ca_id,
-                pageSize=_PAGE,
-            )
-        )
+        certificates = self._certificates()
         config = self.api.call("DescribeCACertificate", certificateId=self.ca_id).get(
             "registrationConfig"
         )
@@ -400,19 +391,23 @@ class Teardown:
             kind, why = _refused(exc)
             return (kind, f"{why} listing the other CAs")
 
+    def _certificates(self) -> list[dict[str, Any]]:
+        """The CA's certificates in the account now, every page."""
+        return list(
+            self.api.pages(
+                "ListCertificatesByCA",
+                "certificates",
+                "marker",
+                "nextMarker",
+                caCertificateId=self.ca_id,
+                pageSize=_PAGE,
+            )
+        )
+
     def _listed(self, summary: Summary) -> list[dict[str, Any]]:
         """The CA's certificates in the account now (a refusal is counted)."""
         try:
-            return list(
-                self.api.pages(
-                    "ListCertificatesByCA",
-                    "certificates",
-                    "marker",
-                    "nextMarker",
-                    caCertificateId=self.ca_id,
-                    pageSize=_PAGE,
-                )
-            )
+            return self._certificates()
         except Exception as exc:
             _count(summary.certificates, _refused(exc))
             return []
@@ -514,7 +509,7 @@ class Teardown:
             raise
 
     @staticmethod
-    def _removed(remove: Callable[[], None]) -> tuple[str, str]:
+    def _removed(remove: Callable[[], object]) -> tuple[str, str]:
         try:
             remove()
         except Exception as exc:
@@ -584,11 +579,7 @@ class Teardown:
 
     def _call_outcome(self, api: str, **kwargs: Any) -> tuple[str, str]:
         """A call's outcome as counted: "deleted" for done."""
-        try:
-            self.api.call(api, **kwargs)
-        except Exception as exc:
-            return _refused(exc)
-        return ("deleted", "")
+        return self._removed(functools.partial(self.api.call, api, **kwargs))
 
     def _policy_document(self, name: str) -> str:
         return str(self.api.call("GetPolicy", policyName=name)["policyDocument"])

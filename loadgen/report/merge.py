@@ -516,7 +516,6 @@ def _merge_accounting(reports: list[dict[str, Any]]) -> dict[str, Any]:
         or {"planned": r["load"]["count"], "started": r["devices"], "unexpected": None}
         for r in reports
     ]
-    unexpected = [p.get("unexpected") for p in parts]
     planned = sum(p["planned"] for p in parts)
     started = sum(p["started"] for p in parts)
     return {
@@ -524,7 +523,7 @@ def _merge_accounting(reports: list[dict[str, Any]]) -> dict[str, Any]:
         "started": started,
         "not_started": planned - started,
         "expected": _counts(parts, "expected"),
-        "unexpected": None if None in unexpected else sum(u or 0 for u in unexpected),
+        "unexpected": _known_sum(p.get("unexpected") for p in parts),
         "notes": _counts(parts, "notes"),
         "workers_lost": {
             key: why
