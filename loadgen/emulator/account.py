@@ -43,12 +43,14 @@ class Account(Protocol):
         """Answer whether the certificate (DER) may have an MQTT session."""
 
     def allow_connect(self, client_id: str, answer: Callable[[str | None], None]) -> None:
-        """Answer None when the CONNECT may proceed, else the quota it exceeds.
-        Past the quotas, the connection takes over the client id's session
-        wherever it is."""
+        """Answer None when the CONNECT may proceed, else the quota it exceeds."""
 
-    def left(self, client_id: str) -> None:
-        """The session of ``client_id`` in this process ended."""
+    def connected(self, client_id: str, turn: int) -> None:
+        """A session of ``client_id`` got its CONNACK here, this process's
+        ``turn``-th: its session in any other process is taken over."""
+
+    def left(self, client_id: str, turn: int) -> None:
+        """The session of ``client_id`` in this process (its ``turn``) ended."""
 
     def trusted(self) -> tuple[str, ...]:
         """PEMs of the CAs a handshake trusts now (called at every handshake:

@@ -39,8 +39,11 @@ class LocalAccount:
     def allow_connect(self, client_id: str, answer: Callable[[str | None], None]) -> None:
         answer(self.limiter.allow_connect(client_id))
 
-    def left(self, client_id: str) -> None:
+    def connected(self, client_id: str, turn: int) -> None:
         pass  # every session is this process's: Emulator.sessions is the whole story
+
+    def left(self, client_id: str, turn: int) -> None:
+        pass
 
     def trusted(self) -> tuple[str, ...]:
         registry = self.registry

@@ -183,10 +183,10 @@ class ServingProcesses:
         self.server_key = server_key
         self.limits = limits
         self.serving: list[_Serving] = []
-        # Which serving process each client id last connected through (until
-        # its session there ends): where a newer connection's take-over goes.
+        # Which serving process holds each client id's session (until it ends
+        # there), and its turn in that process: where a newer session's
+        # take-over goes.
         self.holders: dict[str, tuple[int, int]] = {}  # client id -> (process, turn)
-        self._turn = 0
         self.stopping = False
         # Set when a serving process ended on its own: why, in one line.
         self.died = asyncio.Event()
@@ -266,27 +266,34 @@ class ServingProcesses:
 
         holders = self.holders
 
-        def allow_connect(client_id: str, ended: list[tuple[str, int]]) -> str | int:
-            """The quota exceeded, or this connect's turn (allowed)."""
+        def forget(ended: list[tuple[str, int]]) -> None:
             for gone, turn in ended:
                 # Only if no connect of it came since (here or elsewhere).
                 if holders.get(gone) == (index, turn):
                     del holders[gone]
-            exceeded = account.limiter.allow_connect(client_id)
-            if exceeded is not None:
-                return exceeded
-            # A newer connection of a client id takes over its session,
-            # wherever that is: the process holding it is told.
-            self._turn += 1
+
+        def allow_connect(client_id: str, ended: list[tuple[str, int]]) -> str:
+            """The quota exceeded, or "" (allowed)."""
+            forget(ended)
+            return account.limiter.allow_connect(client_id) or ""
+
+        def connected(client_id: str, turn: int, ended: list[tuple[str, int]]) -> None:
+            """A CONNACK success in this process (its ``turn`` there): the
+            session of ``client_id`` another process holds is taken over. Only
+            then, as in one process: a CONNECT refused (not authorized), or
+            whose client left before its answer, takes nothing over."""
+            forget(ended)
             previous = holders.get(client_id)
-            holders[client_id] = (index, self._turn)
+            holders[client_id] = (index, turn)
             if previous is not None and previous[0] != index:
-                self.serving[previous[0]].peer.notify("take_over", (client_id,))
-            return self._turn
+                # Its turn: a newer session of that process, connected since,
+                # is not the one taken over.
+                self.serving[previous[0]].peer.notify("take_over", (client_id, previous[1]))
 
         return {
             "admit": admit,
             "allow_connect": allow_connect,
+            "connected": connected,
             "publish": publish,
             "subscribers": subscribers,
         }

@@ -173,11 +173,13 @@ class Emulator:
         self.forward: Callable[[mqtt.Publish], None] | None = None
         self.on_subscribers: Callable[[bool], None] | None = None
         # The session of each client id connected here: a newer connection of the
-        # same client id takes it over, as AWS IoT and MQTT do. With serving
-        # processes the account hears when one ends here (``account.left``),
+        # same client id takes it over once its CONNACK is sent, as AWS IoT
+        # and MQTT do. With serving processes the account hears when one
+        # connects here (``account.connected``) or ends (``account.left``),
         # and tells this process when another connected one of these
         # (take_over).
         self.sessions: dict[str, _Session] = {}
+        self._turn = 0  # of the last session connected here
         # Connections accepted (handshakes that failed too): what churns the heap.
         self.accepted = 0
         self._tidying: asyncio.Task[None] | None = None
@@ -274,23 +276,27 @@ class Emulator:
 
     def connected(self, session: _Session, client_id: str) -> None:
         """``session`` got its CONNACK: an older session of its client id here
-        is taken over."""
+        is taken over, and the account hears of it (for the other processes)."""
+        self._turn += 1
+        session.turn = self._turn
         older = self.sessions.get(client_id)
         self.sessions[client_id] = session
         if older is not None and older is not session:
             older.taken_over()
+        self.account.connected(client_id, session.turn)
 
-    def take_over(self, client_id: str) -> None:
-        """Another serving process connected ``client_id``: its session here ends."""
-        session = self.sessions.pop(client_id, None)
-        if session is not None:
-            self.account.left(client_id)  # forgets it here; the account knows better
+    def take_over(self, client_id: str, turn: int) -> None:
+        """Another serving process connected ``client_id``: its session here,
+        if it is still the ``turn``-th (not one connected here since), ends."""
+        session = self.sessions.get(client_id)
+        if session is not None and session.turn == turn:
+            del self.sessions[client_id]  # the account holds the newer one already
             session.taken_over()
 
     def ended(self, session: _Session, client_id: str) -> None:
         if self.sessions.get(client_id) is session:
             del self.sessions[client_id]
-            self.account.left(client_id)
+            self.account.left(client_id, session.turn)
 
     def subscribe(self, session: _Session) -> None:
         if session not in self.subscribers:
@@ -417,6 +423,7 @@ class _Session(asyncio.BufferedProtocol):
         self.policies: list[list[policy.Statement]] = []
         self.filters: list[str] = []
         self.client_id = ""  # once connected
+        self.turn = 0  # once connected: the how-manieth session of this process
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's TLS transport is no asyncio.Transport subclass, but is one.

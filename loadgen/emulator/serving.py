@@ -44,9 +44,7 @@ class RemoteAccount:
         # Each answer brings its own copy of the policy documents: one copy per
         # distinct set is kept, not one per held session.
         self._documents: dict[tuple[str, ...], tuple[str, ...]] = {}
-        # Client ids connected here, each with the turn the account gave its
-        # connect; and those whose session ended since the last connect asked.
-        self.turns: dict[str, int] = {}
+        # Sessions that ended here (client id, turn) since the account last heard.
         self.ended: list[tuple[str, int]] = []
 
     def _shared(self, documents: tuple[str, ...]) -> tuple[str, ...]:
@@ -73,23 +71,27 @@ class RemoteAccount:
 
     def allow_connect(self, client_id: str, answer: Callable[[str | None], None]) -> None:
         def got(result: Any) -> None:
-            if isinstance(result, int):  # allowed: its turn in the account's holders
-                self.turns[client_id] = result
-                answer(None)
-            else:
+            if isinstance(result, PeerLost):
                 # The account gone: no quota can be checked; refuse as throttled.
-                answer("connect" if isinstance(result, PeerLost) else result)
+                answer("connect")
+            else:
+                answer(result or None)  # "": allowed
 
         assert self.peer is not None
-        # Sessions that ended here ride along: no message, and no wake-up of the
-        # account, of their own (one each cost about 8% of a reconnect's CPU).
-        ended, self.ended = self.ended, []
-        self.peer.call("allow_connect", (client_id, ended), got)
+        self.peer.call("allow_connect", (client_id, self._take_ended()), got)
 
-    def left(self, client_id: str) -> None:
-        turn = self.turns.pop(client_id, None)
-        if turn is not None:
-            self.ended.append((client_id, turn))
+    def connected(self, client_id: str, turn: int) -> None:
+        assert self.peer is not None
+        self.peer.notify("connected", (client_id, turn, self._take_ended()))
+
+    def left(self, client_id: str, turn: int) -> None:
+        self.ended.append((client_id, turn))
+
+    def _take_ended(self) -> list[tuple[str, int]]:
+        """Sessions that ended here ride along: no message, and no wake-up of
+        the account, of their own (one each cost about 8% of a reconnect's CPU)."""
+        ended, self.ended = self.ended, []
+        return ended
 
     def trusted(self) -> tuple[str, ...]:
         return self.cas
