@@ -174,6 +174,55 @@ async def test_a_disconnect_ends_the_connection_from_the_emulator_side(
     server.close()
 
 
+async def _everything_until_closed(reader: asyncio.StreamReader) -> list[mqtt.Packet]:
+    data = b""
+    with contextlib.suppress(ConnectionError, ssl.SSLError):
+        while chunk := await reader.read(65536):
+            data += chunk
+    return mqtt.Decoder(mqtt.MQTT_5).feed(data)
+
+
+async def test_a_publish_the_policy_denies_is_counted_as_a_close_and_what_follows_it_unanswered(
+    tmp_path, device_ca, small_fleet
+):
+    async with asyncio.timeout(30):
+        emulator, server, port, context, device = await _provisioned(
+            tmp_path, device_ca, small_fleet
+        )
+        reader, writer = await _open(port, context)
+        denied = mqtt.Publish("not/its/topic", b"x")  # the default policy: dt/THING/...
+        packets = (mqtt.Connect(device.client_id), denied, mqtt.PingReq())
+        writer.write(b"".join(mqtt.encode(p, mqtt.MQTT_5) for p in packets))
+        answers = await _everything_until_closed(reader)
+        writer.transport.abort()
+    assert [type(a) for a in answers] == [mqtt.ConnAck]
+    # One connection, accepted; the emulator ended it, as it ends a protocol error.
+    assert emulator.stats.connects == {
+        "provisioned (JITP closes the first connection)": 1,
+        "accepted": 1,
+    }
+    assert emulator.stats.closes == {"publish denied": 1}
+    server.close()
+
+
+async def test_nothing_after_a_refused_connect_in_the_same_read_is_answered_or_counted(
+    tmp_path, device_ca, small_fleet
+):
+    async with asyncio.timeout(30):
+        emulator, server, port, context, _ = await _provisioned(tmp_path, device_ca, small_fleet)
+        reader, writer = await _open(port, context)
+        # Not its thing's name: the default policy does not allow iot:Connect.
+        packets = (mqtt.Connect("someone-else"), mqtt.Publish("x", b"x"), mqtt.PingReq())
+        writer.write(b"".join(mqtt.encode(p, mqtt.MQTT_5) for p in packets))
+        answers = await _everything_until_closed(reader)
+        writer.transport.abort()
+    assert answers == [mqtt.ConnAck(0x87)]
+    assert emulator.stats.connects["not authorized"] == 1
+    assert "publish denied" not in emulator.stats.connects
+    assert emulator.stats.closes == {}
+    server.close()
+
+
 def test_the_issuer_of_a_handshake_verified_certificate_is_found_by_name_or_by_signature(
     tmp_path,
 ):

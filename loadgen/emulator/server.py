@@ -54,6 +54,7 @@ CLOSE_REASONS = (
     "slow consumer",
     "protocol error",
     "session taken over",
+    "publish denied",
 )
 
 
@@ -447,12 +448,12 @@ class _Session(asyncio.BufferedProtocol):
     def _answered(self) -> bool:
         """The account answered: go on reading; False if the connection is gone."""
         self.asking = False
-        transport = self.transport
-        if transport is None or transport.is_closing():
+        if self._ending():
             return False
+        assert self.transport is not None
         if self.paused:
             self.paused = False
-            transport.resume_reading()
+            self.transport.resume_reading()
         return True
 
     def _admitted(self, admitted: Admitted) -> None:
@@ -613,9 +614,14 @@ class _Session(asyncio.BufferedProtocol):
         self.transport.write(data)
 
     def _after_answer(self) -> None:
-        """What arrived while the account was asked, in order."""
-        while self.backlog and not self.asking:
+        """What arrived while the account was asked, in order; nothing after
+        what ended the connection (a refused CONNECT, a close)."""
+        while self.backlog and not self.asking and not self._ending():
             self._answer(self.backlog.pop(0))
+
+    def _ending(self) -> bool:
+        transport = self.transport
+        return transport is None or transport.is_closing()
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self.emulator.read_buffer
@@ -641,6 +647,8 @@ class _Session(asyncio.BufferedProtocol):
         if packets:  # a whole packet, as MQTT counts: a trickle of bytes keeps nothing alive
             self.heard = self.loop.time()
         for packet in packets:
+            if self._ending():
+                return
             if self.asking or self.backlog:
                 self._keep_for_later(packet)
             else:
@@ -731,8 +739,7 @@ class _Session(asyncio.BufferedProtocol):
                 return
             if not self._allowed("iot:Publish", policy.arn("topic", packet.topic)):
                 # As AWS does: a publish the policy denies ends the connection.
-                self.emulator.stats.connects["publish denied"] += 1
-                self.transport.close()
+                self._close("publish denied")
                 return
             if packet.qos == 1 and packet.packet_id is not None:
                 self._send(mqtt.PubAck(packet.packet_id))
