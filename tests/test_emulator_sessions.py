@@ -265,3 +265,52 @@ def test_a_session_is_admitted_from_its_certificate_s_der_as_from_the_certificat
     other_cert = x509.load_pem_x509_certificate((small_fleet.path / other.cert).read_bytes())
     assert "provisioned" in emulator.admit(other_cert)
     assert emulator.stats.provision["Success"] == 2
+
+
+async def test_a_connect_with_a_malformed_packet_in_the_same_read_is_answered_then_disconnected(
+    tmp_path, device_ca, small_fleet
+):
+    async with asyncio.timeout(30):
+        emulator, server, port, context, device = await _provisioned(
+            tmp_path, device_ca, small_fleet
+        )
+        reader, writer = await _open(port, context)
+        connect = mqtt.encode(mqtt.Connect(device.client_id), mqtt.MQTT_5)
+        writer.write(connect + b"\xff\x00")  # a reserved packet type
+        answers = await _everything_until_closed(reader)
+        writer.transport.abort()
+    # As if the CONNECT had come alone, then the malformed packet.
+    assert answers == [mqtt.ConnAck(properties=emulator.connack_properties), mqtt.Disconnect(0x81)]
+    assert emulator.stats.connects["accepted"] == 1
+    assert emulator.stats.closes == {"protocol error": 1}
+    server.close()
+
+
+async def test_a_qos_1_publish_before_a_malformed_packet_is_acknowledged_and_routed(
+    tmp_path, device_ca, small_fleet
+):
+    async with asyncio.timeout(30):
+        _, server, port, context, device = await _provisioned(tmp_path, device_ca, small_fleet)
+        reader, writer = await _open(port, context)
+        subscribe = mqtt.Subscribe(1, (mqtt.Subscription(f"dt/{device.client_id}/#"),))
+        writer.write(
+            mqtt.encode(mqtt.Connect(device.client_id), mqtt.MQTT_5)
+            + mqtt.encode(subscribe, mqtt.MQTT_5)
+        )
+        decoder = mqtt.Decoder(mqtt.MQTT_5)
+        answers: list[mqtt.Packet] = []
+        while len(answers) < 2:
+            data = await reader.read(1024)
+            assert data, f"closed after {answers}"
+            answers += decoder.feed(data)
+        publish = mqtt.Publish(f"dt/{device.client_id}/x", b"before", qos=1, packet_id=7)
+        writer.write(mqtt.encode(publish, mqtt.MQTT_5) + b"\xff\x00")
+        answers = await _everything_until_closed(reader)
+        writer.transport.abort()
+    # Its own subscription takes it back (no No Local), at QoS 0.
+    assert answers == [
+        mqtt.PubAck(7),
+        mqtt.Publish(f"dt/{device.client_id}/x", b"before"),
+        mqtt.Disconnect(0x81),
+    ]
+    server.close()

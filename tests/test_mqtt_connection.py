@@ -43,13 +43,15 @@ def test_a_client_sends_connect_first():
         Connection(Role.CLIENT).send(mqtt.PingReq())
 
 
-def test_a_second_connect_is_a_protocol_error_and_closes_the_server_end():
+def test_a_second_connect_is_a_protocol_error_and_ends_what_the_server_end_receives():
     _client, server = _pair()
     server.send(mqtt.ConnAck())
     again = mqtt.encode(mqtt.Connect("dev"), mqtt.MQTT_5)
-    with pytest.raises(mqtt.ProtocolError, match="twice"):
+    with pytest.raises(mqtt.ProtocolError, match="twice") as info:
         server.receive(again)
-    assert server.state is State.CLOSED
+    assert server.fault is info.value
+    with pytest.raises(mqtt.ProtocolError, match="after the connection closed"):
+        server.receive(mqtt.encode(mqtt.PingReq(), mqtt.MQTT_5))
 
 
 def test_packet_ids_skip_unacknowledged_publishes_and_puback_frees_them():
@@ -89,7 +91,7 @@ def test_a_connect_over_the_servers_maximum_closes_it_before_a_session_exists():
         server.receive(connect[:3])
     assert raised.value.reason_code == mqtt.ReasonCode.PACKET_TOO_LARGE
     # No CONNECT was taken: there is no session to send a DISCONNECT to.
-    assert server.state is State.CLOSED and server.version is None
+    assert server.state is State.NEW and server.version is None
 
 
 def test_a_packet_over_the_servers_maximum_after_connect_keeps_the_sessions_version():
@@ -99,7 +101,8 @@ def test_a_packet_over_the_servers_maximum_after_connect_keeps_the_sessions_vers
     with pytest.raises(mqtt.PacketTooLarge):
         server.receive(client.send(mqtt.Publish("t", b"x" * 100)))
     # The version says how to answer: MQTT 5 DISCONNECT 0x95 Packet too large.
-    assert server.state is State.CLOSED and server.version == mqtt.MQTT_5
+    assert server.version == mqtt.MQTT_5
+    assert server.send(mqtt.Disconnect(0x95)) == mqtt.encode(mqtt.Disconnect(0x95), mqtt.MQTT_5)
 
 
 def test_packets_whole_before_malformed_bytes_in_the_same_read_come_with_the_error():
@@ -108,7 +111,18 @@ def test_packets_whole_before_malformed_bytes_in_the_same_read_come_with_the_err
     with pytest.raises(mqtt.ProtocolError) as info:
         client.receive(accepted + b"\xff\x00")  # a reserved packet type
     assert info.value.received == (mqtt.ConnAck(),)
-    assert client.state is State.CLOSED
+    assert client.state is State.CONNECTED and client.fault is info.value
+
+
+def test_packets_before_a_fault_can_still_be_answered_by_the_server():
+    client, server = Connection(Role.CLIENT), Connection(Role.SERVER)
+    connect = client.send(mqtt.Connect("dev"))
+    with pytest.raises(mqtt.MalformedPacket) as info:
+        server.receive(connect + b"\xff\x00")  # a reserved packet type
+    assert info.value.received == (mqtt.Connect("dev"),)
+    # The CONNECT is answered as if it had come alone; then the fault is told.
+    assert client.receive(server.send(mqtt.ConnAck())) == [mqtt.ConnAck()]
+    assert client.receive(server.send(mqtt.Disconnect(0x81))) == [mqtt.Disconnect(0x81)]
 
 
 def test_packets_before_one_the_state_refuses_come_with_the_error():

@@ -418,7 +418,7 @@ class _Session(asyncio.BufferedProtocol):
         # reading stops meanwhile, and what was read waits in the backlog.
         self.asking = False
         self.paused = False
-        self.backlog: list[mqtt.Packet] = []
+        self.backlog: list[mqtt.Packet | mqtt.ProtocolError] = []  # a fault last
         self.connect_packet: mqtt.Connect | None = None
         self.variables: dict[str, str] = {}
         self.policies: list[list[policy.Statement]] = []
@@ -436,7 +436,7 @@ class _Session(asyncio.BufferedProtocol):
         self.asking = True
         self.emulator.account.admit(self.der, self._admitted)
 
-    def _keep_for_later(self, packet: mqtt.Packet) -> None:
+    def _keep_for_later(self, packet: mqtt.Packet | mqtt.ProtocolError) -> None:
         """A packet that came while the account was asked (a remote account;
         one in this process answers at once): kept, in order, until it
         answers; a client that sends on and on meanwhile is not read from."""
@@ -631,21 +631,17 @@ class _Session(asyncio.BufferedProtocol):
 
     def _received(self, data: bytes) -> None:
         assert self.transport is not None
+        fault: mqtt.ProtocolError | None = None
         try:
-            packets = self.conn.receive(data)
-        except mqtt.PacketTooLarge as exc:
-            self._close("packet too large", exc.reason_code)
-            return
-        except mqtt.UnsupportedProtocolVersion:
-            # MQTT 3.1.1, 3.1.2.2: CONNACK 0x01 (unacceptable protocol level), in
-            # the one CONNACK form every version reads, then the connection ends.
-            self._close("protocol error", farewell=_UNACCEPTABLE_PROTOCOL)
-            return
+            packets: list[mqtt.Packet | mqtt.ProtocolError] = list(self.conn.receive(data))
         except mqtt.ProtocolError as exc:
-            self._close("protocol error", exc.reason_code)
-            return
+            # What came whole before the fault is answered as if it had come
+            # alone (a CONNACK, a PUBACK, a routed PUBLISH); then the fault.
+            packets, fault = list(exc.received), exc
         if packets:  # a whole packet, as MQTT counts: a trickle of bytes keeps nothing alive
             self.heard = self.loop.time()
+        if fault is not None:
+            packets.append(fault)
         for packet in packets:
             if self._ending():
                 return
@@ -653,6 +649,18 @@ class _Session(asyncio.BufferedProtocol):
                 self._keep_for_later(packet)
             else:
                 self._answer(packet)
+
+    def _broke(self, fault: mqtt.ProtocolError) -> None:
+        """The client broke the protocol: a session (CONNACK sent) hears why in
+        an MQTT 5 DISCONNECT; anything else is cut."""
+        if isinstance(fault, mqtt.PacketTooLarge):
+            self._close("packet too large", fault.reason_code)
+        elif isinstance(fault, mqtt.UnsupportedProtocolVersion):
+            # MQTT 3.1.1, 3.1.2.2: CONNACK 0x01 (unacceptable protocol level), in
+            # the one CONNACK form every version reads, then the connection ends.
+            self._close("protocol error", farewell=_UNACCEPTABLE_PROTOCOL)
+        else:
+            self._close("protocol error", fault.reason_code)
 
     # Limits
 
@@ -720,9 +728,11 @@ class _Session(asyncio.BufferedProtocol):
         else:
             transport.abort()
 
-    def _answer(self, packet: mqtt.Packet) -> None:
+    def _answer(self, packet: mqtt.Packet | mqtt.ProtocolError) -> None:
         assert self.transport is not None
-        if isinstance(packet, mqtt.Connect):
+        if isinstance(packet, mqtt.ProtocolError):
+            self._broke(packet)
+        elif isinstance(packet, mqtt.Connect):
             self._on_connect(packet)
         elif isinstance(packet, mqtt.Publish):
             if packet.qos > 1:  # past the Maximum QoS its CONNACK gave

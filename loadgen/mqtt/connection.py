@@ -35,7 +35,7 @@ class State(Enum):
     NEW = "new"  # nothing exchanged yet
     CONNECTING = "connecting"  # CONNECT sent (client) or received (server)
     CONNECTED = "connected"  # CONNACK with success
-    CLOSED = "closed"  # refused, DISCONNECT either way, or a protocol error
+    CLOSED = "closed"  # refused, or DISCONNECT either way
 
 
 _PACKET_IDS = 0xFFFF
@@ -45,7 +45,7 @@ _NONE_UNACKNOWLEDGED: frozenset[int] = frozenset()
 
 
 class Connection:
-    __slots__ = ("_decoder", "_next_id", "role", "state", "unacknowledged", "version")
+    __slots__ = ("_decoder", "_next_id", "fault", "role", "state", "unacknowledged", "version")
 
     def __init__(self, role: Role, max_packet_size: int = MAX_PACKET_SIZE) -> None:
         self.role = role
@@ -55,6 +55,10 @@ class Connection:
         self._next_id = 0
         # QoS 1 PUBLISHes this end sent and the peer has not acknowledged yet.
         self.unacknowledged: Set[int] = _NONE_UNACKNOWLEDGED
+        # What the peer broke: nothing more is received. The packets before it
+        # stand, and leave the state as they made it, so that this end may
+        # still answer them, then say why it ends (an MQTT 5 DISCONNECT).
+        self.fault: ProtocolError | None = None
 
     # Sending
 
@@ -111,7 +115,7 @@ class Connection:
     # Receiving
 
     def receive(self, data: bytes) -> list[Packet]:
-        if self.state is State.CLOSED:
+        if self.state is State.CLOSED or self.fault is not None:
             if data:
                 raise ProtocolError("data after the connection closed")
             return []
@@ -127,7 +131,7 @@ class Connection:
                 fault, exc.received = exc, tuple(packets[:i])
                 break
         if fault is not None:
-            self.state = State.CLOSED
+            self.fault = fault
             raise fault
         return packets
 
