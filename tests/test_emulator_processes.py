@@ -845,6 +845,64 @@ def _sigstopped(pid: int) -> contextlib.AbstractContextManager[None]:
     return stopped()
 
 
+def _sockets(pids: list[int]) -> set[str]:
+    """The sockets the processes ``pids`` hold open."""
+    held = set()
+    for pid in pids:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):  # closed meanwhile
+                if (target := os.readlink(fd)).startswith("socket:"):
+                    held.add(target)
+    return held
+
+
+async def _connect_and_leave_unanswered(emulator, fleet, devices, serving: list[int]) -> None:
+    """Each device connects (TLS, CONNECT) and closes, while the account
+    process is stopped: back once every serving process has closed them."""
+    before = _sockets(serving)
+    for device in devices:
+        _, writer = await _mqtt_session(emulator, fleet, device, [mqtt.Connect(device.client_id)])
+        writer.close()
+        await writer.wait_closed()
+    while _sockets(serving) - before:
+        await asyncio.sleep(0.05)
+
+
+def _stats_once(emulator: EmbeddedEmulator, provisioned: int) -> dict:
+    """The counts once the account has provisioned ``provisioned`` devices:
+    asked again after, so that its answers to the serving processes went out
+    before the question for their counts."""
+
+    async def wait() -> None:
+        while _stats(emulator)["provision"].get("Success", 0) < provisioned:
+            await asyncio.sleep(0.05)
+
+    uvloop.run(asyncio.wait_for(wait(), 30))
+    return _stats(emulator)
+
+
+def test_connects_whose_clients_left_before_the_account_answered_are_counted_once(
+    tmp_path, device_ca, fleet
+):
+    emulator = start_embedded(device_ca.directory, None, tmp_path, quotas=QUOTAS_OFF, processes=2)
+    devices = list(fleet.devices())[:6]
+    leave = _connect_and_leave_unanswered
+    try:
+        serving = _serving_pids(emulator)
+        for _ in range(2):  # first unknown to the account (JITP), then provisioned
+            with _sigstopped(emulator.process.pid):
+                uvloop.run(asyncio.wait_for(leave(emulator, fleet, devices, serving), 60))
+        stats = _stats_once(emulator, len(devices))
+    finally:
+        emulator.stop()
+    # As with one process: the account's answer when it refused (here, JITP's
+    # close), else the CONNECT it let through that no client was left to hear.
+    assert stats["connects"] == {
+        "provisioned (JITP closes the first connection)": 6,
+        "client gone before the answer": 6,
+    }
+
+
 def test_a_stopped_serving_process_stops_the_emulator_and_says_which(tmp_path, device_ca):
     limits = Limits(heartbeat_timeout=1.0)
     emulator = start_embedded(device_ca.directory, None, tmp_path, limits=limits, processes=2)

@@ -46,6 +46,9 @@ if TYPE_CHECKING:
 # CONNACK, 3.1.1's form: no session present, return code 0x01.
 _UNACCEPTABLE_PROTOCOL = b"\x20\x02\x00\x01"
 
+# A CONNECT whose client left while the account was asked (EmulatorStats.connects).
+CLIENT_GONE = "client gone before the answer"
+
 # Why the emulator ends a session itself (EmulatorStats.closes).
 CLOSE_REASONS = (
     "packet too large",
@@ -457,13 +460,21 @@ class _Session(asyncio.BufferedProtocol):
         return True
 
     def _admitted(self, admitted: Admitted) -> None:
-        if not self._answered():
+        # A client may leave while a remote account decides (one in this
+        # process answers at once): what it connected for is counted all the
+        # same, once, as with one process.
+        here = self._answered()
+        if isinstance(admitted, str):  # the account's answer, heard or not
+            self.emulator.stats.connects[admitted.split(":")[0]] += 1
+            if here:
+                assert self.transport is not None
+                self.transport.close()
+            return
+        if not here:
+            if self.backlog and isinstance(self.backlog[0], mqtt.Connect):
+                self.emulator.stats.connects[CLIENT_GONE] += 1
             return
         assert self.transport is not None
-        if isinstance(admitted, str):
-            self.emulator.stats.connects[admitted.split(":")[0]] += 1
-            self.transport.close()
-            return
         self.admission = admitted
         # Above it, pause_writing(): QoS 0 messages to it are dropped and the
         # slow-consumer deadline starts. Below a quarter of it, resume_writing().
@@ -497,9 +508,23 @@ class _Session(asyncio.BufferedProtocol):
 
     def _connect_allowed(self, exceeded: str | None) -> None:
         packet = self.connect_packet
-        if not self._answered() or packet is None:
+        here = self._answered()
+        if packet is None:
             return
         self.connect_packet = None
+        v5 = packet.protocol_version == mqtt.MQTT_5
+        if exceeded is not None:  # the account's answer, heard or not
+            self.emulator.stats.throttles[exceeded] += 1
+            self.emulator.stats.connects["throttled"] += 1
+            if here:
+                if v5:  # MQTT 3.1.1 has no code for it: AWS closes the connection.
+                    self._send_connack(mqtt.ConnAck(0x9F), packet)
+                assert self.transport is not None
+                self.transport.close()
+            return
+        if not here:
+            self.emulator.stats.connects[CLIENT_GONE] += 1
+            return
         assert self.transport is not None and self.admission is not None
         admission = self.admission
         client_id = packet.client_id
@@ -525,14 +550,6 @@ class _Session(asyncio.BufferedProtocol):
         # per held connection).
         self.variables = {name: v for name, v in variables.items() if name in used}
         self.der = b""
-        v5 = packet.protocol_version == mqtt.MQTT_5
-        if exceeded is not None:
-            self.emulator.stats.throttles[exceeded] += 1
-            self.emulator.stats.connects["throttled"] += 1
-            if v5:  # MQTT 3.1.1 has no code for it: AWS closes the connection.
-                self._send_connack(mqtt.ConnAck(0x9F), packet)
-            self.transport.close()
-            return
         if not self._allowed("iot:Connect", policy.arn("client", client_id)):
             self.emulator.stats.connects["not authorized"] += 1
             self._send_connack(mqtt.ConnAck(0x87 if v5 else 5), packet)
