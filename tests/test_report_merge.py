@@ -3,6 +3,7 @@ over all their devices would have reported."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 from loadgen.device.lifecycle import DeviceConfig
 from loadgen.load.plan import RunPlan, TlsPlan
 from loadgen.load.schedule import ConstantArrival
+from loadgen.load.shard import Shard
 from loadgen.load.workers import RunTiming
 from loadgen.metrics.stats import REASONS_KEPT, RunStats
 from loadgen.report.build import build, jitp_section
@@ -378,3 +380,44 @@ def test_a_merge_of_merges_keeps_every_lost_worker_of_reports_that_are_no_shards
     assert sorted(whole["accounting"]["workers_lost"]) == [
         "report 1.1.0", "report 1.2.0", "report 2.1.0", "report 2.2.0"
     ]  # fmt: skip
+
+
+def _named_shard(count: int, rate: float) -> dict:
+    """A shard split by hand (``--shard eu``): its own count at its own rate,
+    every device on schedule, started at the agreed start."""
+    stats = RunStats()
+    for i, r in enumerate(_results(count, 13)):
+        stats.started(i / rate)
+        stats.add(r, i / rate, i / rate + 0.3)
+    plan = dataclasses.replace(_plan(count), executor=ConstantArrival(rate))
+    report = build(plan, stats, RunTiming(AGREED, AGREED + count / rate + 1))
+    return {**report, "start": {"at": AGREED, "late_s": 0.0}}
+
+
+def test_unequal_shards_on_schedule_achieve_their_merged_target_rate():
+    # 400 and 200 devices at 20/s each: 40/s for 10 s, then 20/s for 10 s.
+    merged = merge([_named_shard(400, 20.0), _named_shard(200, 20.0)])["rate"]
+    assert merged["planned"] == {"count": 600, "first_s": 0.0, "last_s": 19.95}
+    assert merged["target_per_s"] == pytest.approx(599 / 19.95, abs=0.001)
+    assert merged["achieved_per_s"] == merged["target_per_s"]
+
+
+def test_shards_i_of_n_merge_to_the_fleet_s_target_rate_as_their_targets_added_up():
+    # Shards 0/2 and 1/2 of 400 devices at 200/s: each 200 at 100/s.
+    shards = [
+        build(
+            dataclasses.replace(_plan(200), shard=Shard(index, 2)),
+            RunStats(),
+            RunTiming(AGREED, AGREED + 3.0),
+        )
+        for index in range(2)
+    ]
+    added_up = sum(shard["rate"]["target_per_s"] for shard in shards)
+    assert merge(shards)["rate"]["target_per_s"] == added_up == 200.0
+
+
+def test_a_merge_of_reports_without_planned_arrivals_adds_their_targets_up():
+    older = [_named_shard(400, 20.0), _named_shard(200, 20.0)]
+    for report in older:
+        del report["rate"]["planned"]
+    assert merge(older)["rate"]["target_per_s"] == 40.0

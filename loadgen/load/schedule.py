@@ -156,6 +156,20 @@ def too_long(executor: Executor, count: int, phase: float = 0.0) -> bool:
     return count > 1 and arrived_by(executor, MAX_SPAN) < count - 1 + phase
 
 
+def bounds(executor: Executor, count: int, phase: float = 0.0) -> tuple[float, float] | None:
+    """Seconds from the schedule's start to the first planned arrival and to the
+    last (a shard's with its ``phase``); None for no device."""
+    if count < 1:
+        return None
+    if isinstance(executor, ConstantArrival):
+        return phase / executor.rate, (count - 1 + phase) / executor.rate
+    first = last = None
+    for last in offsets(executor, count, phase):
+        first = last if first is None else first
+    assert first is not None and last is not None  # count >= 1 offsets
+    return first, last
+
+
 def span(executor: Executor, count: int) -> float:
     """Seconds from the first planned arrival to the last."""
     if isinstance(executor, Burst) or count < 2:

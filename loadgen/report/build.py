@@ -15,7 +15,7 @@ from loadgen import __version__
 from loadgen.cores import cores
 from loadgen.files import each_output, write_output
 from loadgen.load.plan import RunPlan
-from loadgen.load.schedule import offsets
+from loadgen.load.schedule import bounds, offsets
 from loadgen.load.schedule import span as schedule_span
 from loadgen.load.workers import RunTiming
 from loadgen.metrics.intervals import LogBuckets
@@ -32,8 +32,10 @@ def _iso(wall: float) -> str:
 
 def rates(plan: RunPlan, stats: RunStats, started_at: float) -> dict[str, Any]:
     """Arrivals per second, planned and achieved, over the arrivals' span; and
-    the arrivals themselves (``arrivals``: how many, the first's and the last's
-    wall-clock time), from which a merge measures the shards' rate together."""
+    the arrivals themselves, actual (``arrivals``: how many, the first's and the
+    last's wall-clock time) and planned (``planned``: how many, the first's and
+    the last's offset from the schedule's planned start), from which a merge
+    measures the shards' rates together."""
     span = schedule_span(plan.executor, plan.count)
     target = (plan.count - 1) / span if span > 0 else None
     started = sum(stats.started_per_second.values())
@@ -48,6 +50,20 @@ def rates(plan: RunPlan, stats: RunStats, started_at: float) -> dict[str, Any]:
             "first_at": round(first, 6) if first is not None else None,
             "last_at": round(last, 6) if last is not None else None,
         },
+        "planned": planned_arrivals(plan),
+    }
+
+
+def planned_arrivals(plan: RunPlan) -> dict[str, Any]:
+    """The plan's arrivals: how many, and the first's and the last's offset (in
+    seconds) from the schedule's planned start, a shard's with its phase in the
+    fleet's schedule (null with no device)."""
+    planned = bounds(plan.executor, plan.count, plan.phase)
+    first, last = planned if planned is not None else (None, None)
+    return {
+        "count": plan.count,
+        "first_s": round(first, 6) if first is not None else None,
+        "last_s": round(last, 6) if last is not None else None,
     }
 
 

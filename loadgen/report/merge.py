@@ -348,7 +348,7 @@ def merge_folded(
             "throttled": _known_sum(r["attempts"].get("throttled") for r in reports),
         },
         "latency_ms": {phase: histograms[phase].summary_ms() for phase in PHASES},
-        "rate": _merged_rates(reports),
+        "rate": _merged_rates(reports, t0),
         "schedule_lag_ms": histograms["schedule_lag"].summary_ms(),
         **_merge_reasons(reports),
         "provision_breakdown_ms": _merge_breakdown(reports),
@@ -383,7 +383,7 @@ def merge_folded(
     return merged_report
 
 
-def _merged_rates(reports: list[dict[str, Any]]) -> dict[str, Any]:
+def _merged_rates(reports: list[dict[str, Any]], t0: dt.datetime) -> dict[str, Any]:
     """Shards run side by side: their rates add up. A shard with no rate of its
     own (fewer than two devices: one arrival spans no time) still ran its part
     of the schedule, and every shard of ``--shard I/N`` runs at 1/N of the
@@ -393,7 +393,13 @@ def _merged_rates(reports: list[dict[str, Any]]) -> dict[str, Any]:
 
     ``from_shards`` keeps, per rate, what the shards measured before any such
     estimate (the sum of their own rates, how many had one): a merge of merges
-    counts from it, and comes to the same rate however the merges were grouped."""
+    counts from it, and comes to the same rate however the merges were grouped.
+
+    Where every report has its planned arrivals (``rate.planned``), the target
+    is measured as the achieved rate is: all of them over the union of their
+    planned spans (shards of different sizes, each on its schedule, ask for
+    less than their peaks added up). ``t0`` is the merge's start, from which its
+    own planned offsets count."""
     rates: dict[str, Any] = {}
     from_shards: dict[str, dict[str, float]] = {}
     for key in ("target_per_s", "achieved_per_s"):
@@ -413,7 +419,37 @@ def _merged_rates(reports: list[dict[str, Any]]) -> dict[str, Any]:
             arrivals["count"], arrivals["first_at"], arrivals["last_at"]
         )
         rates["arrivals"] = arrivals
+    planned = _merged_planned(reports, t0)
+    if planned is not None:
+        if rates["target_per_s"] is not None:
+            rates["target_per_s"] = achieved_rate(
+                planned["count"], planned["first_s"], planned["last_s"]
+            )
+        rates["planned"] = planned
     return {**rates, "from_shards": from_shards}
+
+
+def _planned_start(report: dict[str, Any]) -> float:
+    """When a report's schedule was planned to start: its agreed ``--start-at``
+    (a shard that started late planned to start then), else its start."""
+    at = _start_at(report)
+    return at if at is not None else dt.datetime.fromisoformat(report["started_at"]).timestamp()
+
+
+def _merged_planned(reports: list[dict[str, Any]], t0: dt.datetime) -> dict[str, Any] | None:
+    """Every report's planned arrivals together, their offsets from ``t0``
+    (None when a report predates them)."""
+    parts = [(report["rate"].get("planned"), _planned_start(report)) for report in reports]
+    if not all(part for part, _ in parts):
+        return None
+    zero = t0.timestamp()
+    firsts = [at - zero + p["first_s"] for p, at in parts if p and p["first_s"] is not None]
+    lasts = [at - zero + p["last_s"] for p, at in parts if p and p["last_s"] is not None]
+    return {
+        "count": sum(p["count"] for p, _ in parts if p),
+        "first_s": round(min(firsts), 6) if firsts else None,
+        "last_s": round(max(lasts), 6) if lasts else None,
+    }
 
 
 def _merged_arrivals(reports: list[dict[str, Any]]) -> dict[str, Any] | None:
