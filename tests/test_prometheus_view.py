@@ -38,7 +38,7 @@ def test_the_achieved_rate_is_the_last_second_the_snapshot_holds_whole():
 
 
 def test_a_merged_snapshot_is_as_old_as_its_oldest_workers_measurement():
-    parts = [Progress(10, 0, 0, RunStats().to_wire(per_second=False), at=at) for at in (4.9, 4.7)]
+    parts = [Progress(10, 0, 0, RunStats().to_wire(since=0), at=at) for at in (4.9, 4.7)]
     assert merge_progress(parts).at == 4.7
 
 

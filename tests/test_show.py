@@ -51,7 +51,7 @@ def _progress(
         stats.started_per_second.clear()
         for i in range(started):
             stats.started(i / per_second)
-    return Progress(started, in_flight, connected, stats.to_wire(per_second=False), at=at)
+    return Progress(started, in_flight, connected, stats.to_wire(since=0), at=at)
 
 
 def _report(devices: int, scale: float = 1.0) -> dict[str, Any]:
@@ -88,7 +88,10 @@ def test_without_a_terminal_a_run_prints_a_plain_progress_line_every_five_second
     with live:
         for tick in range(25):  # 12 s of progress, every half second
             elapsed = tick * 0.5
-            live.update([_progress(int(elapsed * 10), 5, 2, per_second=10, at=elapsed)], elapsed)
+            live.update(
+                merge_progress([_progress(int(elapsed * 10), 5, 2, per_second=10, at=elapsed)]),
+                elapsed,
+            )
     lines = out.getvalue().splitlines()
     assert [line.split(" s ")[0].strip() for line in lines] == ["5.0", "10.0"]
     assert "started 50/200" in lines[0] and "in flight 5" in lines[0]
@@ -102,7 +105,7 @@ def test_on_a_dumb_terminal_the_run_prints_plain_progress_lines_too() -> None:
     console = Console(file=out, width=WIDTH, force_terminal=True, _environ={"TERM": "dumb"})
     with LiveRun(console, _plan(200)) as live:
         for tick in range(12):
-            live.update([_progress(tick * 5, 5, 2)], tick * 0.5)
+            live.update(merge_progress([_progress(tick * 5, 5, 2)]), tick * 0.5)
     assert "started 50/200" in out.getvalue()
 
 
@@ -300,7 +303,7 @@ def test_the_plain_progress_line_says_failed_for_devices_done_in_other_outcomes(
     finished = _progress(300, 0, 0, finished=300)
     outcomes = RunStats.from_wire(finished.stats).outcomes
     with live:
-        live.update([finished], 5.0)
+        live.update(merge_progress([finished]), 5.0)
     failed = sum(n for name, n in outcomes.items() if name != "connected")
     assert f"connected {outcomes['connected']}" in out.getvalue()
     assert f"failed {failed}" in out.getvalue()

@@ -283,9 +283,11 @@ def _run_step(
     with LiveRun(Console(stderr=True), plan) as live:
 
         def on_progress(parts: list[Any], elapsed: float) -> None:
-            live.update(parts, elapsed)
+            # One merge for both: it decodes every worker's histograms.
+            snapshot = merge_progress(parts)
+            live.update(snapshot, elapsed)
             if exporter is not None:
-                exporter.progress(merge_progress(parts), elapsed)
+                exporter.progress(snapshot, elapsed)
 
         stats, timing, report = execute(plan, on_progress, signals=signals)
     after = emulator.stats() if emulator is not None else None

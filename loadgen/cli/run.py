@@ -126,9 +126,11 @@ def run_command(
             with LiveRun(console, plan) as live:
 
                 def on_progress(parts: list[Any], elapsed: float) -> None:
-                    live.update(parts, elapsed)
+                    # One merge for both: it decodes every worker's histograms.
+                    snapshot = merge_progress(parts)
+                    live.update(snapshot, elapsed)
                     if exporter is not None:
-                        exporter.progress(merge_progress(parts), elapsed)
+                        exporter.progress(snapshot, elapsed)
 
                 stats, timing, report = execute(plan, on_progress, start, signals)
             if timing.late_s > 0:

@@ -63,6 +63,13 @@ PROGRESS_INTERVAL = 0.5
 _TRIM_EVERY = 10  # 5 s
 
 
+# The whole seconds before its time that a progress message carries of the
+# per-second series: those the live rates read (RunSnapshot.arrival_rate), with
+# room for workers whose latest messages are a few seconds apart. More would
+# grow the messages, and the coordinator's work on each, with the run's length.
+PROGRESS_SECONDS = 10
+
+
 @dataclass
 class Progress:
     """A worker's cumulative measurements, sent while it runs."""
@@ -70,7 +77,9 @@ class Progress:
     started: int
     in_flight: int
     connected: int
-    stats: dict[str, Any]  # RunStats.to_wire(): exact, so snapshots merge exactly
+    # RunStats.to_wire(): exact, so snapshots merge exactly; of the per-second
+    # series, the last PROGRESS_SECONDS before ``at`` only.
+    stats: dict[str, Any]
     # When it was measured, in seconds since the schedule's start: every start
     # before then is in ``stats``.
     at: float
@@ -468,7 +477,7 @@ class Worker:
             self.started,
             self.in_flight,
             self.census.connected,
-            self.measured().to_wire(per_second=False),
+            self.measured().to_wire(since=math.floor(at) - PROGRESS_SECONDS),
             at,
         )
 
@@ -489,7 +498,8 @@ class RunSnapshot:
         """Devices started a second over the last ``seconds`` whole seconds of
         the schedule that every worker has measured (``at``, and ``elapsed`` of
         the run); None before the first such second. A second not yet whole in
-        every worker's count would read low."""
+        every worker's count would read low. Progress messages carry only the
+        last PROGRESS_SECONDS of the series: ``seconds`` must be fewer."""
         end = math.floor(min(self.at, elapsed))
         if end < 1:
             return None

@@ -11,6 +11,7 @@ import multiprocessing.connection
 import os
 import signal
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from multiprocessing import resource_tracker
@@ -271,6 +272,25 @@ def _end_workers(
 
 
 @dataclass
+class _Series:
+    """A worker's arrivals and outcomes per second, from its progress messages:
+    each holds its recent seconds' counts so far, which replace the older."""
+
+    started: dict[int, int] = field(default_factory=dict)
+    outcomes: dict[str, dict[int, int]] = field(default_factory=dict)
+
+    def update(self, wire: dict[str, Any]) -> None:
+        self.started.update(wire["started_per_second"])
+        for outcome, seconds in wire["outcomes_per_second"].items():
+            self.outcomes.setdefault(outcome, {}).update(seconds)
+
+    def fill(self, stats: RunStats) -> None:
+        """``stats``' series made whole from what the messages told."""
+        stats.started_per_second = Counter(self.started)
+        stats.outcomes_per_second = {k: Counter(v) for k, v in self.outcomes.items()}
+
+
+@dataclass
 class _Tally:
     """What the workers sent: each one's results, or why it has none of its own."""
 
@@ -278,12 +298,20 @@ class _Tally:
     ended_at: float = 0.0
     results: dict[int, RunStats] = field(default_factory=dict)
     progress: dict[int, Progress] = field(default_factory=dict)
+    # Each worker's per-second series as its progress messages told them: a
+    # message carries only its recent seconds, and a worker lost without its
+    # results is reported from all of them.
+    series: dict[int, _Series] = field(default_factory=dict)
     lost: dict[int, str] = field(default_factory=dict)  # worker -> why
     late_s: float = 0.0
     coordinator_cpu_s: float = 0.0
 
     def finished(self, worker: int) -> bool:
         return worker in self.results or worker in self.lost
+
+    def heard(self, worker: int, progress: Progress) -> None:
+        self.progress[worker] = progress
+        self.series.setdefault(worker, _Series()).update(progress.stats)
 
     def lose(self, worker: int, why: str, measured: dict[str, Any] | None = None) -> None:
         """The worker ended without its results: keep what it last said it
@@ -292,7 +320,9 @@ class _Tally:
         if measured is not None:
             self.results[worker] = RunStats.from_wire(measured)
         elif worker in self.progress:
-            self.results[worker] = RunStats.from_wire(self.progress[worker].stats)
+            stats = RunStats.from_wire(self.progress[worker].stats)
+            self.series[worker].fill(stats)
+            self.results[worker] = stats
 
     def stats(self, plan: RunPlan, *, stopped: bool) -> RunStats:
         """All workers' results merged; a lost worker's devices that have no
@@ -364,7 +394,7 @@ def _supervise(
         for worker, (kind, payload) in _receive(waiting, processes, 0.5):
             heard[worker] = time.monotonic()
             if kind == "progress":
-                tally.progress[worker] = payload
+                tally.heard(worker, payload)
             else:
                 _ended(tally, worker, kind, payload)
         for worker in waiting:

@@ -264,10 +264,12 @@ class RunStats:
                 )
                 self.last_start = value if self.last_start is None else max(self.last_start, value)
 
-    def to_wire(self, *, per_second: bool = True) -> dict[str, Any]:
-        """Plain data, for a pipe between processes. Progress messages leave out
-        the per-second latency (only the final one needs it, and it grows with
-        the run)."""
+    def to_wire(self, *, since: int | None = None) -> dict[str, Any]:
+        """Plain data, for a pipe between processes. A progress message (``since``
+        a second) leaves out the per-second latency, and the arrivals and
+        outcomes of the seconds before ``since``: only the final message needs
+        them, and they grow with the run."""
+        per_second = since is None
         return {
             "devices": self.devices,
             "attempts": self.attempts,
@@ -282,8 +284,10 @@ class RunStats:
             "attempts_per_device": dict(self.attempts_per_device),
             "phases": {k: v.encode() for k, v in self.phases.items()},
             "lag": self.lag.encode(),
-            "started_per_second": dict(self.started_per_second),
-            "outcomes_per_second": {k: dict(v) for k, v in self.outcomes_per_second.items()},
+            "started_per_second": _since(self.started_per_second, since),
+            "outcomes_per_second": {
+                k: _since(v, since) for k, v in self.outcomes_per_second.items()
+            },
             "first_start": self.first_start,
             "last_start": self.last_start,
             "phases_per_second": {
@@ -342,3 +346,10 @@ class RunStats:
     def outcome_counts(self) -> dict[str, int]:
         """Every outcome name, zero included, in the documented order."""
         return {o.value: self.outcomes.get(o.value, 0) for o in OUTCOMES}
+
+
+def _since(series: Counter[int], since: int | None) -> dict[int, int]:
+    """A per-second series from second ``since`` on (all of it for None)."""
+    if since is None:
+        return dict(series)
+    return {second: n for second, n in series.items() if second >= since}

@@ -19,7 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 from loadgen.load.plan import RunPlan
-from loadgen.load.runner import Progress, RunSnapshot, merge_progress
+from loadgen.load.runner import RunSnapshot
 from loadgen.load.schedule import target_rate
 from loadgen.metrics.stats import PHASES
 from loadgen.words import counted, number, ranges
@@ -116,8 +116,7 @@ class LiveRun:
         if self.live is not None:
             self.live.__exit__(*exc)
 
-    def update(self, parts: list[Progress], elapsed: float) -> None:
-        total = merge_progress(parts)
+    def update(self, total: RunSnapshot, elapsed: float) -> None:
         rate = arrival_rate(total, elapsed)
         if self.live is not None:
             lines = self.frame(total, elapsed, rate)
