@@ -421,3 +421,31 @@ def test_a_merge_of_reports_without_planned_arrivals_adds_their_targets_up():
     for report in older:
         del report["rate"]["planned"]
     assert merge(older)["rate"]["target_per_s"] == 40.0
+
+
+def _sparse(started_at: float = AGREED) -> dict:
+    """A report of two devices, started 5 s apart: seconds 1-4 measured nothing."""
+    stats = RunStats()
+    for i, r in enumerate(_results(2, 4)):
+        stats.started(i * 5.0)
+        stats.add(r, i * 5.0, i * 5.0 + 0.3)
+    return build(_plan(2), stats, RunTiming(started_at, started_at + 6.0))
+
+
+def test_a_second_without_latency_is_null_in_the_latency_series():
+    provision = _sparse()["series"]["latency_ms"]["provision"]
+    assert provision[1:5] == [None] * 4
+    assert provision[0]["count"] == provision[5]["count"] == 1
+
+
+def test_a_merge_keeps_a_second_without_latency_null():
+    merged = merge([_sparse(), _sparse(AGREED + 1.0)])["series"]["latency_ms"]["provision"]
+    assert merged[2:5] == [None] * 3
+    assert [merged[s]["count"] for s in (0, 1, 5, 6)] == [1, 1, 1, 1]
+
+
+def test_report_html_draws_a_latency_series_with_null_seconds(tmp_path):
+    (tmp_path / "sparse.json").write_text(json.dumps(_sparse()))
+    result = run_loadgen("report", "html", tmp_path / "sparse.json", "-o", tmp_path / "s.html")
+    assert result.code == 0, result.err
+    assert 'data-plot="latency-provision"' in (tmp_path / "s.html").read_text()

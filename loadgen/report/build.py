@@ -206,14 +206,20 @@ def target_series(plan: RunPlan, until: float | None = None) -> list[int]:
 
 def latency_series(per_second: dict[str, dict[int, LogBuckets]]) -> dict[str, Any]:
     """Per phase and second (by when devices started): the percentiles, and the
-    buckets they come from, so merged reports recompute them exactly."""
-    latency: dict[str, list[dict[str, Any]]] = {}
+    buckets they come from, so merged reports recompute them exactly. A second
+    in which nothing was measured is null: a long sparse run (a soak) has
+    mostly such seconds, and a summary of nothing for each took its report's
+    most bytes."""
+    latency: dict[str, list[dict[str, Any] | None]] = {}
     buckets: dict[str, list[dict[str, int]]] = {}
     for phase in PHASES:
         seconds = per_second.get(phase, {})
         length = max(seconds, default=-1) + 1
         empty = LogBuckets()
-        latency[phase] = [seconds.get(s, empty).summary_ms() for s in range(length)]
+        latency[phase] = [
+            seconds[s].summary_ms() if s in seconds and seconds[s].counts else None
+            for s in range(length)
+        ]
         buckets[phase] = [seconds.get(s, empty).to_wire() for s in range(length)]
     return {"latency_ms": latency, "latency_buckets": buckets}
 

@@ -6,8 +6,9 @@ A field is a dotted path. ``*`` stands for every key of an object, ``#`` for
 every key of an object that counts by a whole number (``attempts.per_device``:
 ``{"1": 90, "2": 10}``), ``#bucket`` for every key of one that counts by
 latency bucket (its index, within ``MAX_BUCKET``), ``[]`` for every item of a
-list, and a part ending in ``?`` may be absent or null (the rest of the path is
-then not looked for): ``jitp?.provisioning`` is needed only when the report has a ``jitp`` section.
+list (``[]?``: every item that is not null), and a part ending in ``?`` may be
+absent or null (the rest of the path is then not looked for):
+``jitp?.provisioning`` is needed only when the report has a ``jitp`` section.
 """
 
 from __future__ import annotations
@@ -106,15 +107,17 @@ def _walk(
             raise UserError(f"{path}: field {where} is {_shape(node)}, not {kind.value}")
         return
     part, rest = parts[0], parts[1:]
-    if part in ("*", "#", "#bucket", "[]"):
-        expected = Kind.LIST if part == "[]" else Kind.OBJECT
+    if part in ("*", "#", "#bucket", "[]", "[]?"):
+        expected = Kind.LIST if part.startswith("[]") else Kind.OBJECT
         if not expected.holds(node):
             raise UserError(f"{path}: field {where} is {_shape(node)}, not {expected.value}")
         items = enumerate(node) if isinstance(node, list) else node.items()
         for key, value in items:
+            if value is None and part == "[]?":
+                continue  # an item that may be null: nothing in it to check
             if part.startswith("#"):
                 _check_key(str(key), part, where, path)
-            inner = f"{where}[{key}]" if part == "[]" else f"{where}.{key}"
+            inner = f"{where}[{key}]" if part.startswith("[]") else f"{where}.{key}"
             _walk(value, rest, inner, kind, path, command)
         return
     optional = part.endswith("?")
@@ -367,8 +370,8 @@ HTML = Needs(
         ("series?.outcomes_per_s?.*.[]", NUM),
         ("series?.interval_s?", NUM_OR_NULL),
         ("series?.latency_ms?.*", LIST),
-        ("series?.latency_ms?.*.[]", OBJ),
-        ("series?.latency_ms?.*.[].*", NUM_OR_NULL),
+        ("series?.latency_ms?.*.[]?", OBJ),
+        ("series?.latency_ms?.*.[]?.*", NUM_OR_NULL),
         *_ACCOUNTING,
         *_JITP,
         *_SHARDS_MISSING,
