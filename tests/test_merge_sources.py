@@ -394,3 +394,37 @@ def test_an_older_shard_without_a_rate_counts_the_same_however_the_merges_are_gr
     first_two = merge([merge(reports[:2]), reports[2]])["rate"]["achieved_per_s"]
     last_two = merge([reports[0], merge(reports[1:])])["rate"]["achieved_per_s"]
     assert at_once == first_two == last_two == 33.0
+
+
+def test_runs_that_never_overlapped_are_refused_naming_the_later_one(tmp_path):
+    results = _results(60, 5)
+    today = _report(results, lambda i: True, started_at=TODAY)
+    tomorrow = _report(results, lambda i: True, started_at=TODAY + 86_400)
+    paths = [tmp_path / "today.json", tmp_path / "tomorrow.json"]
+    for path, report in zip(paths, (today, tomorrow), strict=True):
+        path.write_text(json.dumps(report))
+    out = tmp_path / "merged.json"
+    result = run_loadgen("report", "merge", *paths, "-o", out)
+    assert_user_error(
+        result,
+        f"{paths[1]}: ran from 2027-01-16 08:00:00 UTC, after {paths[0]} had ended at "
+        "2027-01-15 08:00:30 UTC: a merge adds up runs that ran side by side",
+    )
+    assert not out.exists()
+
+
+def test_runs_that_overlap_one_another_in_a_chain_merge():
+    results = _results(60, 5)
+    chain = [_report(results, lambda i: True, started_at=TODAY + 20 * k) for k in range(3)]
+    named = [(f"run-{k}.json", report) for k, report in enumerate(chain)]
+    assert merge_named(named)["duration_s"] == 70.0
+
+
+def test_a_shard_stopped_while_it_waited_for_the_start_merges_with_those_that_ran():
+    ran = started_at(shard_reports(2), TODAY)
+    stopped = {
+        **ran[1],
+        "started_at": "2027-01-15T07:59:56.000+00:00",
+        "ended_at": "2027-01-15T07:59:56.000+00:00",
+    }
+    assert merge_named([("shard-0.json", ran[0]), ("shard-1.json", stopped)])["devices"] > 0

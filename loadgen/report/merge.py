@@ -100,6 +100,7 @@ def merge_named(
             seen[run_id] = name
     check_shards(named)
     check_start(named)
+    check_overlap(named)
     reports = [report for _, report in named]
     names = [name for name, _ in named]
     if series_of is None:
@@ -192,6 +193,42 @@ def check_start(sources: list[tuple[str, dict[str, Any]]]) -> None:
             f"{name}: {mine}, but {holder} {theirs}: the shards of one run share one "
             "--start-at (is it a report of another run?)"
         )
+
+
+def _ran(report: dict[str, Any]) -> tuple[float, float]:
+    """When a report's run began and ended (seconds since the epoch), reaching
+    to its agreed start: a shard stopped while it waited for ``--start-at``
+    began and ended before it, yet it is a part of the run that started then."""
+    began = dt.datetime.fromisoformat(report["started_at"]).timestamp()
+    ended = dt.datetime.fromisoformat(report["ended_at"]).timestamp()
+    agreed = _start_at(report)
+    if agreed is not None:
+        began, ended = min(began, agreed), max(ended, agreed)
+    return began, ended
+
+
+def check_overlap(sources: list[tuple[str, dict[str, Any]]]) -> None:
+    """A merge adds up runs that ran side by side: a report whose run began
+    after every earlier one had ended (a copy of a run shifted a day later, a
+    run of last week in the folder merged) is one line naming it and the run it
+    followed. Runs that ran one after another make one report as a capacity
+    search's steps do (``loadgen capacity``), not by a merge."""
+    timed = sorted(((*_ran(report), name) for name, report in sources), key=lambda t: t[0])
+    if not timed:
+        return
+    _, reach, last = timed[0]
+    for began, ended, name in timed[1:]:
+        if began > reach:
+            raise UserError(
+                f"{name}: ran from {_utc(began)}, after {last} had ended at {_utc(reach)}: "
+                "a merge adds up runs that ran side by side (is it a report of another run?)"
+            )
+        if ended > reach:
+            reach, last = ended, name
+
+
+def _utc(at: float) -> str:
+    return f"{dt.datetime.fromtimestamp(at, dt.UTC):%Y-%m-%d %H:%M:%S} UTC"
 
 
 def _when(at: float) -> str:
