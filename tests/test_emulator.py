@@ -449,3 +449,38 @@ def test_an_inactive_or_revoked_certificate_is_refused(lightbulbs, device_ca, st
     emulator.admit(cert)
     emulator.registry.certificates[certificate_id(cert)].status = status
     assert emulator.admit(cert) == f"certificate {status.value}"
+
+
+def test_devices_whose_thing_names_aws_refuses_alike_fail_under_one_reason(
+    lightbulbs, device_ca, tmp_path
+):
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from loadgen.emulator.server import Emulator
+
+    name = {"Fn::Join": [" ", ["bulb", {"Ref": "AWS::IoT::Certificate::Id"}]]}
+    template = {
+        "Parameters": {"AWS::IoT::Certificate::Id": {"Type": "String"}},
+        "Resources": {"thing": {"Type": "AWS::IoT::Thing", "Properties": {"ThingName": name}}},
+    }
+    emulator = Emulator(_registry_of(template, device_ca, tmp_path), "unused.pem", "unused.key")
+    assert emulator.local is not None
+    devices = [d for d in lightbulbs.devices() if d.fault is None][:5]
+    for device in devices:
+        der = x509.load_pem_x509_certificate((lightbulbs.path / device.cert).read_bytes())
+        assert "ThingName 'bulb " in emulator.local.admission(der.public_bytes(Encoding.DER))
+    assert emulator.stats.provision_reasons == {
+        "resource thing: ThingName is not a name AWS IoT accepts ([a-zA-Z0-9:_-]{1,128})": 5
+    }
+
+
+def test_the_emulator_keeps_as_many_failure_reasons_as_a_run_keeps():
+    from loadgen.emulator.server import EmulatorStats
+    from loadgen.metrics.stats import OTHER_REASONS, REASONS_KEPT
+
+    stats = EmulatorStats()
+    for i in range(REASONS_KEPT + 5):
+        stats.failed(f"reason {i}")
+    assert len(stats.provision_reasons) == REASONS_KEPT
+    assert sum(stats.provision_reasons.values()) == REASONS_KEPT + 5
+    assert stats.provision_reasons[OTHER_REASONS] == 6

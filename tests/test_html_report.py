@@ -380,6 +380,17 @@ def test_the_reasons_table_lists_the_most_common_and_counts_the_rest_together(
     assert "devices 4, 9, 12, ..." in page
 
 
+def test_the_failed_provisionings_table_lists_the_most_common_and_counts_the_rest_together(
+    run_report: dict[str, Any],
+) -> None:
+    report = copy.deepcopy(run_report)
+    failures = {f"resource thing: reason {i}": 100 - i for i in range(25)}
+    report["jitp"] = {"first_connect_rejected": 0, "provisioning_failures": failures}
+    page = render(report)
+    assert "resource thing: reason 19<" in page and "resource thing: reason 20<" not in page
+    assert '5 less common reasons</td><td class="num">390<' in page
+
+
 def test_gate_verdicts_are_listed_with_what_was_measured(run_report: dict[str, Any]) -> None:
     gates = [
         {"gate": "p99(provision) < 2s", "passed": True, "measured": 812.5, "threshold": 2000.0},

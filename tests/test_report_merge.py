@@ -449,3 +449,14 @@ def test_report_html_draws_a_latency_series_with_null_seconds(tmp_path):
     result = run_loadgen("report", "html", tmp_path / "sparse.json", "-o", tmp_path / "s.html")
     assert result.code == 0, result.err
     assert 'data-plot="latency-provision"' in (tmp_path / "s.html").read_text()
+
+
+def test_merged_provisioning_failures_are_bounded_as_one_emulator_s():
+    results = _results(4, 3)
+    shards = [_with_jitp(_report(results, lambda i, s=s: i % 2 == s), 0) for s in range(2)]
+    for s, shard in enumerate(shards):
+        shard["jitp"]["provisioning_failures"] = {
+            f"shard {s}: reason {i}": 1 for i in range(REASONS_KEPT)
+        }
+    failures = merge(shards)["jitp"]["provisioning_failures"]
+    assert len(failures) == REASONS_KEPT and sum(failures.values()) == 2 * REASONS_KEPT

@@ -6,9 +6,15 @@ from loadgen.errors import LoadgenError
 
 
 class ProvisioningError(LoadgenError):
-    """Provisioning failed; nothing it would have created exists."""
+    """Provisioning failed; nothing it would have created exists. ``reason`` is
+    why without the device's own values (its thing's name), so that devices
+    failing alike are counted under one reason; the message names them."""
 
     metric = "ServerError"
+
+    def __init__(self, message: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason if reason is not None else message
 
 
 class ClientError(ProvisioningError):

@@ -117,7 +117,7 @@ class LocalAccount:
             registry.provision(cert, ca)
         except ProvisioningError as exc:
             self.stats.provision[exc.metric] += 1
-            self.stats.provision_reasons[str(exc)] += 1
+            self.stats.failed(exc.reason)
             return f"provisioning failed: {exc}"
         self.stats.provision["Success"] += 1
         return "provisioned (JITP closes the first connection)"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 # ThingName, ThingTypeName, ThingGroupName.
 NAME = re.compile(r"[a-zA-Z0-9:_-]{1,128}")
@@ -26,23 +27,44 @@ MAX_POLICIES_PER_CERTIFICATE = 10
 MAX_POLICY_DOCUMENT = 2048
 
 
+@dataclass(frozen=True)
+class Refusal:
+    """Why AWS IoT refuses a name or an attribute: ``what`` (a ThingName, an
+    attribute's value), the ``value`` refused, and the ``rule`` it breaks."""
+
+    what: str
+    value: str
+    rule: str
+
+    def __str__(self) -> str:
+        return f"{self.what} {self.value!r} {self.rule}"
+
+    @property
+    def general(self) -> str:
+        """Without the value: devices whose names break a rule alike share it."""
+        return f"{self.what} {self.rule}"
+
+
 def refused(
     names: Iterable[tuple[str, str]], attributes: dict[str, str] | None = None
-) -> str | None:
+) -> Refusal | None:
     """Why AWS IoT would refuse one of ``names`` (each ``(what, name)``, ``what``
     a ThingName, ThingTypeName, ThingGroupName or PolicyName) or one of
     ``attributes``; None when it takes them all."""
     for what, name in names:
         pattern = POLICY_NAME if what == "PolicyName" else NAME
         if not pattern.fullmatch(name):
-            return f"{what} {name!r} is not a name AWS IoT accepts ({pattern.pattern})"
+            return Refusal(what, name, f"is not a name AWS IoT accepts ({pattern.pattern})")
     for key, value in (attributes or {}).items():
         if not ATTRIBUTE_NAME.fullmatch(key):
-            return f"attribute name {key!r} is not one AWS IoT accepts ({ATTRIBUTE_NAME.pattern})"
+            return Refusal(
+                "attribute name", key, f"is not one AWS IoT accepts ({ATTRIBUTE_NAME.pattern})"
+            )
         if not ATTRIBUTE_VALUE.fullmatch(value):
-            return (
-                f"attribute {key}: value {value!r} is not one AWS IoT accepts "
-                f"({ATTRIBUTE_VALUE.pattern})"
+            return Refusal(
+                f"attribute {key}: value",
+                value,
+                f"is not one AWS IoT accepts ({ATTRIBUTE_VALUE.pattern})",
             )
     return None
 

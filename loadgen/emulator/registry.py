@@ -459,7 +459,7 @@ class Registry:
         if "PolicyName" in props:
             name = str(props["PolicyName"])
             if (why := refused([("PolicyName", name)])) is not None:
-                raise ClientError(f"{where}: {why}")
+                raise ClientError(f"{where}: {why}", f"{where}: {why.general}")
             if name not in self.policies:
                 raise ClientError(f"{where}: policy {name} does not exist")
             return name, self.policies[name]
@@ -467,8 +467,8 @@ class Registry:
         if not isinstance(document, str):
             raise ClientError(f"{where}: PolicyDocument must be a JSON string")
         # What CreatePolicy would refuse, JITP's own policy is refused too.
-        if (why := document_refused(document)) is not None:
-            raise ClientError(f"{where}: {why}")
+        if (refusal := document_refused(document)) is not None:
+            raise ClientError(f"{where}: {refusal}")
         # [PT]: PolicyName "Defaults to a hash of the policy document", so
         # devices that share a document share the policy.
         return "jitp-" + hashlib.sha256(document.encode()).hexdigest()[:16], document
@@ -486,7 +486,7 @@ class Registry:
         if type_name is not None:
             named.append(("ThingTypeName", str(type_name)))
         if (why := refused(named, attributes)) is not None:
-            raise ClientError(f"{where}: {why}")
+            raise ClientError(f"{where}: {why}", f"{where}: {why.general}")
         missing_type = type_name is not None and type_name not in self.thing_types
         missing_groups = groups - self.thing_groups
         if self.strict_resources and (missing_type or missing_groups):
@@ -501,7 +501,10 @@ class Registry:
         if existing is not None:
             for key in ("AttributePayload", "ThingTypeName", "ThingGroups"):
                 if overrides.get(key) == "FAIL":
-                    raise ClientError(f"{where}: thing {name} exists and {key} is FAIL")
+                    raise ClientError(
+                        f"{where}: thing {name} exists and {key} is FAIL",
+                        f"{where}: the thing exists and {key} is FAIL",
+                    )
         return _ThingChange(name, type_name, attributes, groups, overrides)
 
 
@@ -556,6 +559,6 @@ def _check_limits(things: Iterable[Thing], plan: _Plan) -> None:
         if why is None:
             why = too_many_groups(len(thing.groups))
         if why is not None:
-            raise ClientError(f"thing {thing.name}: {why}")
+            raise ClientError(f"thing {thing.name}: {why}", f"a thing: {why}")
     if (why := too_many_policies(len(plan.policies))) is not None:
         raise ClientError(f"the certificate: {why}")

@@ -32,6 +32,7 @@ from loadgen.emulator.parameters import jitp_parameters
 from loadgen.emulator.quota import Limiter, Quotas
 from loadgen.heap import Heap
 from loadgen.legacy_ec import LegacyEc
+from loadgen.metrics.stats import fold_reasons
 from loadgen.mqtt import topics
 from loadgen.transport.idle import IdleTls
 from loadgen.transport.tls import strict_eof
@@ -91,6 +92,12 @@ class EmulatorStats:
     # Messages not delivered to a subscriber, by why.
     dropped: Counter[str] = field(default_factory=Counter)
 
+    def failed(self, reason: str) -> None:
+        """A provisioning failed: counted by its reason, bounded as a run's
+        failure reasons are."""
+        self.provision_reasons[reason] += 1
+        self.provision_reasons = fold_reasons(self.provision_reasons, {})
+
     def summary(self) -> dict[str, dict[str, int]]:
         """As the STATS line names them."""
         return {key: dict(getattr(self, name)) for key, name in _SUMMARY.items()}
@@ -99,6 +106,7 @@ class EmulatorStats:
         """Add another process's `summary`."""
         for key, name in _SUMMARY.items():
             getattr(self, name).update(summary.get(key, {}))
+        self.provision_reasons = fold_reasons(self.provision_reasons, {})
 
 
 # uvloop's per-connection TLS read buffer is 256 KiB: above this, its own mapping.

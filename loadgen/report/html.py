@@ -757,7 +757,10 @@ def _jitp(report: dict[str, Any]) -> str:
         parts.append(_table(["result", "count"], rows, [False, True], text=(0,)))
     failures = jitp.get("provisioning_failures")
     if failures:
-        rows = [[_e(k), _num(v)] for k, v in failures.items()]
+        listed = list(failures.items())
+        rows = [[_e(k), _num(v)] for k, v in listed[:_REASONS_SHOWN]]
+        if rest := listed[_REASONS_SHOWN:]:
+            rows.append([f"{_num(len(rest))} less common reasons", _num(sum(n for _, n in rest))])
         parts.append("<h3>Failed provisionings by reason</h3>")
         parts.append(_table(["reason", "count"], rows, [False, True], text=(0,)))
     if provisioning is None:

@@ -553,6 +553,9 @@ def _merge_jitp(reports: list[dict[str, Any]], merged: dict[str, Any]) -> dict[s
             total: Counter[str] = Counter()
             for counts in known:
                 total.update(counts)
+            if key == "provisioning_failures":
+                # Bounded as one emulator's are, whatever the merged reports held.
+                total = fold_reasons(total, {})
             # The results in the order one run gives them; reasons most common first.
             section[key] = dict(total) if key == "provisioning" else dict(total.most_common())
     processes = [part.get("emulator_processes") or 0 for part in parts]

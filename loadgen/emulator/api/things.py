@@ -28,7 +28,7 @@ def _thing(account: Account, params: Params) -> Thing:
 def _attributes(params: Params) -> dict[str, str]:
     attributes = base.string_map(base.structure(params, "attributePayload"), "attributes")
     if (why := refused((), attributes)) is not None:
-        raise invalid(why)
+        raise invalid(str(why))
     return attributes
 
 
