@@ -130,6 +130,37 @@ def test_a_parameter_the_profile_never_sets_is_an_error(tmp_path):
     assert "OrganizationalUnit: the fleet's profile sets no organizational_unit" in result.out
 
 
+def _check_with_subject(tmp_path, **subject):
+    """`template check` of the lightbulb template (ThingName: the CommonName;
+    its serialNumber attribute: the SerialNumber) with the quickstart scenario, its fleet's
+    profile's subject ``subject``."""
+    scenario = yaml.safe_load(QUICKSTART.read_text())
+    subject = {"common_name": "lightbulb-{index:06d}", "serial_number": "{uuid}", **subject}
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump({"subject": subject}))
+    scenario["fleet"]["profile"] = str(tmp_path / "p.yaml")
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(scenario))
+    return run_loadgen("template", "check", LIGHTBULB, "--scenario", tmp_path / "s.yaml")
+
+
+def test_a_thing_name_aws_refuses_for_every_device_is_an_error(tmp_path):
+    result = _check_with_subject(tmp_path, common_name="bulb {index:06d}", country="US")
+    assert result.code == 1, result.out
+    assert (
+        "error: Resources.thing.Properties: ThingName 'bulb 000000' is not a name AWS IoT "
+        "accepts ([a-zA-Z0-9:_-]{1,128}): every device will fail to provision"
+    ) in result.out
+
+
+def test_an_attribute_aws_refuses_for_some_devices_is_a_warning(tmp_path):
+    serials = {"choice": ["SN-1", "SN 2"]}  # the serialNumber attribute
+    result = _check_with_subject(tmp_path, serial_number=serials, country="US")
+    assert result.code == 0, result.out
+    assert (
+        "warning: Resources.thing.Properties: attribute serialNumber: value 'SN 2' is not"
+    ) in result.out
+    assert "devices sampled will fail to provision" in result.out
+
+
 def _check_quickstart_doing(step: dict, name: str):
     """`template check` of the lightbulb template with the quickstart scenario
     whose devices, once connected, do ``step`` (written beside it, where its

@@ -14,6 +14,7 @@ from loadgen.certs.subject import FIELDS
 from loadgen.emulator import conditions, policy
 from loadgen.emulator import template as tpl
 from loadgen.emulator.errors import ClientError
+from loadgen.emulator.names import Refusal, resource_refused
 from loadgen.emulator.parameters import subject_parameters
 from loadgen.emulator.render import read_template, registration_config
 from loadgen.emulator.serve import read_registration_config
@@ -77,6 +78,7 @@ def check(loaded: Loaded, scenario: Scenario | None) -> list[Finding]:
     template = loaded.template
     profile, seed = _fleet_profile(scenario)
     findings += _parameters(template, profile)
+    findings += _names(template, scenario, profile, seed)
     findings += _policies(template, scenario, profile, seed)
     return findings
 
@@ -123,6 +125,36 @@ def _parameters(template: dict[str, Any], profile: Profile | None) -> list[Findi
     return findings
 
 
+def _names(
+    template: dict[str, Any], scenario: Scenario | None, profile: Profile | None, seed: int
+) -> list[Finding]:
+    """Names and attributes the sampled devices' resources render that AWS IoT
+    refuses, as provisioning refuses them (names.resource_refused): an error
+    when every sampled device renders one, else a warning. The first refusal
+    of each resource, with its device's value."""
+    refusals: dict[str, list[Refusal]] = {}
+    samples = _sample_devices(template, scenario, profile, seed)
+    for _, _, resources in samples:
+        for resource in resources:
+            if (why := resource_refused(resource.type, resource.properties)) is not None:
+                refusals.setdefault(resource.logical_id, []).append(why)
+    findings = []
+    for logical_id, refused in refusals.items():
+        every = len(refused) == len(samples)
+        share = "every device" if every else f"{len(refused)} of {len(samples)} devices sampled"
+        findings.append(
+            Finding(
+                every,
+                f"Resources.{logical_id}.Properties",
+                (
+                    f"{refused[0]}: {share} will fail to provision (ClientError); "
+                    "render values AWS IoT accepts"
+                ),
+            )
+        )
+    return findings
+
+
 def _policies(
     template: dict[str, Any], scenario: Scenario | None, profile: Profile | None, seed: int
 ) -> list[Finding]:
@@ -148,7 +180,7 @@ def _policies(
         return findings
     policies = list(statements.values())
     where = f"Resources.{', '.join(statements)}"
-    for device, variables in _sample_devices(template, scenario, profile, seed):
+    for device, variables, _ in _sample_devices(template, scenario, profile, seed):
         client = device["client_id"]
         if not policy.allowed(policies, "iot:Connect", policy.arn("client", client), variables):
             findings.append(
@@ -222,9 +254,10 @@ def _unknowable(statement: policy.Statement) -> list[str]:
 
 def _sample_devices(
     template: dict[str, Any], scenario: Scenario | None, profile: Profile | None, seed: int
-) -> list[tuple[dict[str, Any], dict[str, str]]]:
-    """A few of the scenario's devices as the policy will see them; without a
-    scenario, one device named like the default profile's."""
+) -> list[tuple[dict[str, Any], dict[str, str], list[tpl.Resource]]]:
+    """A few of the scenario's devices as the policy will see them, and the
+    resources provisioning makes of their certificates; without a scenario, one
+    device named like the default profile's."""
     from loadgen.certs.store import Device
 
     planner = DevicePlanner(profile or DEFAULT_PROFILE, seed)
@@ -267,5 +300,6 @@ def _sample_devices(
                     topics.append(render(step.publish.topic, manifest, client_id))
                 elif isinstance(step, Subscribe):
                     filters.append(render(step.subscribe.topic, manifest, client_id))
-        out.append(({"client_id": client_id, "topics": topics, "filters": filters}, variables))
+        device = {"client_id": client_id, "topics": topics, "filters": filters}
+        out.append((device, variables, resources))
     return out

@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 # ThingName, ThingTypeName, ThingGroupName.
 NAME = re.compile(r"[a-zA-Z0-9:_-]{1,128}")
@@ -67,6 +68,24 @@ def refused(
                 f"is not one AWS IoT accepts ({ATTRIBUTE_VALUE.pattern})",
             )
     return None
+
+
+def resource_refused(kind: str, properties: dict[str, Any]) -> Refusal | None:
+    """Why AWS IoT would refuse the names of an evaluated template resource of
+    type ``kind`` (a thing's name, type, groups and attributes; a policy's
+    name), as provisioning refuses them; None when it takes them all."""
+    if kind == "AWS::IoT::Policy":
+        name = properties.get("PolicyName")
+        return refused([("PolicyName", str(name))]) if name is not None else None
+    if kind != "AWS::IoT::Thing":
+        return None
+    named = [("ThingName", str(properties.get("ThingName") or ""))]
+    groups = sorted({str(g) for g in properties.get("ThingGroups") or []})
+    named += [("ThingGroupName", g) for g in groups]
+    if (type_name := properties.get("ThingTypeName")) is not None:
+        named.append(("ThingTypeName", str(type_name)))
+    attributes = {str(k): str(v) for k, v in (properties.get("AttributePayload") or {}).items()}
+    return refused(named, attributes)
 
 
 def too_many_attributes(count: int, typed: bool) -> str | None:

@@ -20,6 +20,7 @@ from loadgen.emulator.errors import ClientError, StateUnwritten, TemplateError
 from loadgen.emulator.names import (
     document_refused,
     refused,
+    resource_refused,
     too_many_attributes,
     too_many_groups,
     too_many_policies,
@@ -482,10 +483,7 @@ class Registry:
         type_name = props.get("ThingTypeName")
         groups = {str(g) for g in props.get("ThingGroups") or []}
         attributes = {str(k): str(v) for k, v in (props.get("AttributePayload") or {}).items()}
-        named = [("ThingName", name), *(("ThingGroupName", g) for g in sorted(groups))]
-        if type_name is not None:
-            named.append(("ThingTypeName", str(type_name)))
-        if (why := refused(named, attributes)) is not None:
+        if (why := resource_refused("AWS::IoT::Thing", props)) is not None:
             raise ClientError(f"{where}: {why}", f"{where}: {why.general}")
         missing_type = type_name is not None and type_name not in self.thing_types
         missing_groups = groups - self.thing_groups
