@@ -98,13 +98,8 @@ def test_exceptions_anywhere_in_devices_lives_leave_every_device_counted_once(
         assert report["outcomes"]["connected"] == alive[None]
 
 
-def test_a_device_with_a_corrupt_key_fails_alone_in_preparing(
-    tmp_path, mosquitto, device_ca, listener
-):
-    path, scenario = _clean_scenario(tmp_path, mosquitto, device_ca)
-    first = next(iter(scenario.fleet.store.joinpath("manifest.jsonl").open()))
-    key = scenario.fleet.store / json.loads(first)["key"]
-    key.write_bytes(b"-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n")
+def _run_with_report(path, tmp_path):
+    """`loadgen run` of ``path`` on two workers: its output, and its report."""
     report_path = tmp_path / "r.json"
     result = subprocess.run(
         [*_LOADGEN_RUN, str(path), "--workers", "2", "--report", str(report_path)],
@@ -113,7 +108,17 @@ def test_a_device_with_a_corrupt_key_fails_alone_in_preparing(
         timeout=300,
     )
     assert result.returncode == 0, result.stderr
-    report = json.loads(report_path.read_text())
+    return result, json.loads(report_path.read_text())
+
+
+def test_a_device_with_a_corrupt_key_fails_alone_in_preparing(
+    tmp_path, mosquitto, device_ca, listener
+):
+    path, scenario = _clean_scenario(tmp_path, mosquitto, device_ca)
+    first = next(iter(scenario.fleet.store.joinpath("manifest.jsonl").open()))
+    key = scenario.fleet.store / json.loads(first)["key"]
+    key.write_bytes(b"-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n")
+    _, report = _run_with_report(path, tmp_path)
     assert report["outcomes"]["connected"] == DEVICES - 1
     assert report["outcomes"]["error"] == 1
     [reason] = report["reasons"]["error"]
@@ -133,15 +138,7 @@ def test_devices_whose_files_are_missing_share_one_reason_that_names_the_first_o
     lines = scenario.fleet.store.joinpath("manifest.jsonl").read_text().splitlines()
     for index in (11, 3, 17, 5):
         (scenario.fleet.store / json.loads(lines[index])[gone]).unlink()
-    report_path = tmp_path / "r.json"
-    result = subprocess.run(
-        [*_LOADGEN_RUN, str(path), "--workers", "2", "--report", str(report_path)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr
-    report = json.loads(report_path.read_text())
+    result, report = _run_with_report(path, tmp_path)
     what = {"cert": "certificate", "key": "key"}[gone]
     reason = f"preparing: its {what} file is missing"
     assert report["reasons"]["error"] == {reason: 4}

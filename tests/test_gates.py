@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from pathlib import Path
 
 import pytest
 
-from loadgen.device.lifecycle import DeviceConfig, PublishStep, SubscribeStep
+from loadgen.device.lifecycle import PublishStep, SubscribeStep
 from loadgen.errors import ConfigError
-from loadgen.load.plan import RunPlan, TlsPlan
+from loadgen.load.plan import RunPlan
 from loadgen.load.schedule import Burst, ConstantArrival
 from loadgen.load.shard import Shard
 from loadgen.report import gates
+from tests.test_report_merge import _plan as merge_plan
 
 REPORT = {
     "devices": 1000,
@@ -308,20 +308,8 @@ def test_the_shipped_ci_gate_scenario_runs_and_evaluates_its_gates(tmp_path):
 
 
 def _plan(**changes) -> RunPlan:
-    plan = RunPlan(
-        scenario="gates",
-        host="127.0.0.1",
-        port=8883,
-        tls=TlsPlan(None, "localhost", None, True),
-        version=5,
-        client_id="{client_id}",
-        fleet=Path("fleet"),
-        count=10,
-        executor=ConstantArrival(10.0),
-        max_in_flight=10,
-        device=DeviceConfig(),
-        steps=(),
-    )
+    plan = merge_plan(10)  # the same plan, of 10 devices at 10/s
+    plan = dataclasses.replace(plan, executor=ConstantArrival(10.0), max_in_flight=10)
     return dataclasses.replace(plan, **changes)
 
 
