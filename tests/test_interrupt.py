@@ -183,9 +183,15 @@ def _poll(condition, proc, timeout=120.0):
 def test_a_stop_signal_after_the_workers_ended_still_writes_the_whole_report(
     tmp_path, mosquitto, device_ca
 ):
+    from tests.brokers import free_port
+
     path = _forty_a_second(tmp_path, mosquitto, device_ca)
     report_path = tmp_path / "r.json"
-    proc = _run(path, report_path, "--html", str(tmp_path / "r.html"))
+    # Lingering keeps the run alive after its workers ended, so that the signal
+    # lands then on a loaded machine too (the gathering and writing alone last
+    # milliseconds, and a poll of /proc may take longer).
+    linger = ("--metrics-port", str(free_port()), "--linger", "60")
+    proc = _run(path, report_path, "--html", str(tmp_path / "r.html"), *linger)
     seen: set[int] = set()
 
     def workers_came_and_went() -> bool:
