@@ -35,6 +35,13 @@ def lowest(kept: Iterable[int], more: Iterable[int]) -> list[int]:
     return sorted({*kept, *more})[:DEVICES_KEPT]
 
 
+def name_devices(named: dict[str, list[int]], more: dict[str, list[int]]) -> None:
+    """``more``'s devices per reason added to ``named``'s, each reason's lowest
+    kept (``lowest``)."""
+    for reason, indices in more.items():
+        named[reason] = lowest(named.get(reason, ()), indices)
+
+
 def ranked(counts: Counter[str]) -> dict[str, int]:
     """Reasons most common first, ties by name: one order for a run and any
     merge of runs."""
@@ -47,13 +54,10 @@ def fold_reasons(counts: Counter[str], named: dict[str, list[int]]) -> Counter[s
     their devices named with it (``named`` is changed in place)."""
     if len(counts) <= REASONS_KEPT:
         return counts
-    ranked = sorted(
-        (reason for reason in counts if reason != OTHER_REASONS),
-        key=lambda reason: (-counts[reason], reason),
-    )
-    kept = Counter({reason: counts[reason] for reason in ranked[: REASONS_KEPT - 1]})
+    order = [reason for reason in ranked(counts) if reason != OTHER_REASONS]
+    kept = Counter({reason: counts[reason] for reason in order[: REASONS_KEPT - 1]})
     kept[OTHER_REASONS] = sum(counts.values()) - sum(kept.values())
-    others = [named.pop(reason, []) for reason in ranked[REASONS_KEPT - 1 :]]
+    others = [named.pop(reason, []) for reason in order[REASONS_KEPT - 1 :]]
     named[OTHER_REASONS] = lowest(
         named.get(OTHER_REASONS, ()), (i for part in others for i in part)
     )
@@ -225,9 +229,7 @@ class RunStats:
         self.throttled += other.throttled
         self.outcomes.update(other.outcomes)
         for outcome, named in other.reason_devices.items():
-            kept = self.reason_devices.setdefault(outcome, {})
-            for reason, indices in named.items():
-                kept[reason] = lowest(kept.get(reason, ()), indices)
+            name_devices(self.reason_devices.setdefault(outcome, {}), named)
         for outcome, reasons in other.reasons.items():
             counted = self.reasons.setdefault(outcome, Counter())
             counted.update(reasons)

@@ -17,7 +17,7 @@ from loadgen.files import REPORT_LIMIT, read_limited
 from loadgen.load.shard import Shard
 from loadgen.metrics.histogram import LatencyHistogram
 from loadgen.metrics.intervals import LogBuckets
-from loadgen.metrics.stats import BREAKDOWN, PHASES, fold_reasons, lowest, ranked
+from loadgen.metrics.stats import BREAKDOWN, PHASES, fold_reasons, name_devices, ranked
 from loadgen.nesting import parse_json
 from loadgen.report import fields
 from loadgen.report.build import (
@@ -654,9 +654,7 @@ def _merge_reasons(reports: list[dict[str, Any]]) -> dict[str, Any]:
         for outcome, reasons in report["reasons"].items():
             counts.setdefault(outcome, Counter()).update(reasons)
         for outcome, devices in (report.get("reason_devices") or {}).items():
-            mine = named.setdefault(outcome, {})
-            for reason, indices in devices.items():
-                mine[reason] = lowest(mine.get(reason, ()), indices)
+            name_devices(named.setdefault(outcome, {}), devices)
     reasons = {
         outcome: ranked(fold_reasons(counts[outcome], named.setdefault(outcome, {})))
         for outcome in sorted(counts)
