@@ -155,8 +155,8 @@ class RunSignals:
     def __init__(self, grace: float = 10.0) -> None:
         self.grace = grace
         self.received: int | None = None
-        self.stopped = False  # the last run attached was told to stop
-        self.stopped_at: float | None = None  # when (wall clock), the first time
+        # When the last run attached was told to stop (wall clock), the first time.
+        self.stopped_at: float | None = None
         self._pipes: list[multiprocessing.connection.Connection] | None = None
         self._abortable = False
         self._saved: dict[int, Any] = {}
@@ -168,17 +168,21 @@ class RunSignals:
         elif self._abortable:
             raise KeyboardInterrupt
 
+    @property
+    def stopped(self) -> bool:
+        """The last run attached was told to stop."""
+        return self.stopped_at is not None
+
     def _stop(self, grace: float) -> None:
-        if not self.stopped:
+        if self.stopped_at is None:
             self.stopped_at = time.time()
-        self.stopped = True
         for pipe in self._pipes or ():
             with contextlib.suppress(BrokenPipeError, OSError):
                 pipe.send(("stop", grace))
 
     def attach(self, pipes: list[multiprocessing.connection.Connection]) -> None:
         """The workers of a run that starts now, each at the end of a pipe."""
-        self._pipes, self.stopped, self.stopped_at = pipes, False, None
+        self._pipes, self.stopped_at = pipes, None
         if self.received is not None:
             self._stop(self.grace)
 
@@ -249,8 +253,7 @@ def run_workers(
         # noted, and does not make this whole run a stopped one.
         signals.detach()
         finished = True
-        timing = tally.timing(signals.stopped, signals.stopped_at)
-        return tally.stats(plan, stopped=signals.stopped), timing
+        return tally.stats(plan, stopped=signals.stopped), tally.timing(signals.stopped_at)
     finally:
         signals.detach()
         _end_workers(processes, pipes, finished)
@@ -338,7 +341,8 @@ class _Tally:
             stats.lose(started - mine.devices, f"worker {worker} {why}", "worker")
         return stats
 
-    def timing(self, stopped: bool, stopped_at: float | None = None) -> RunTiming:
+    def timing(self, stopped_at: float | None) -> RunTiming:
+        """The run's times; ``stopped_at`` when it was told to stop (None: it was not)."""
         # Stopped before its schedule started (a --start-at still ahead): it
         # lasted nothing, and it began and ended when it was stopped, not at a
         # start that never came.
@@ -347,8 +351,8 @@ class _Tally:
         return RunTiming(
             started,
             ended,
-            partial=stopped,
-            stopped_at=stopped_at if stopped else None,
+            partial=stopped_at is not None,
+            stopped_at=stopped_at,
             lost=dict(self.lost),
             late_s=self.late_s,
             coordinator_cpu_s=self.coordinator_cpu_s,
