@@ -20,7 +20,7 @@ from loadgen.cli.common import PATH
 from loadgen.cli.options import Outputs, output_options, target_options
 from loadgen.errors import UserError
 from loadgen.load.plan import AUTO, RunPlan, Workers
-from loadgen.load.runner import merge_progress
+from loadgen.load.runner import merged_for
 from loadgen.load.schedule import MAX_SPAN, ConstantArrival
 from loadgen.load.workers import RunSignals
 from loadgen.metrics import prometheus as prom
@@ -281,14 +281,8 @@ def _run_step(
     if exporter is not None:
         exporter.step_begins(plan, number, rate)
     with LiveRun(Console(stderr=True), plan) as live:
-
-        def on_progress(parts: list[Any], elapsed: float) -> None:
-            # One merge for both: it decodes every worker's histograms.
-            snapshot = merge_progress(parts)
-            live.update(snapshot, elapsed)
-            if exporter is not None:
-                exporter.progress(snapshot, elapsed)
-
+        exported = [exporter.progress] if exporter is not None else []
+        on_progress = merged_for(live.update, *exported)
         stats, timing, report = execute(plan, on_progress, signals=signals)
     after = emulator.stats() if emulator is not None else None
     answered = emulator is None or (before is not None and after is not None)

@@ -26,7 +26,7 @@ from loadgen.cli.options import (
 )
 from loadgen.files import each_output
 from loadgen.load.plan import Workers
-from loadgen.load.runner import merge_progress
+from loadgen.load.runner import merged_for
 from loadgen.load.shard import Shard
 from loadgen.load.start import DEFAULT_TOLERANCE, parse_start
 from loadgen.load.workers import RunSignals
@@ -124,14 +124,8 @@ def run_command(
                 shard = f"shard {plan.shard}" if plan.shard is not None else "the run"
                 click.echo(f"{shard}: its schedule starts at --start-at {start.text}", err=True)
             with LiveRun(console, plan) as live:
-
-                def on_progress(parts: list[Any], elapsed: float) -> None:
-                    # One merge for both: it decodes every worker's histograms.
-                    snapshot = merge_progress(parts)
-                    live.update(snapshot, elapsed)
-                    if exporter is not None:
-                        exporter.progress(snapshot, elapsed)
-
+                exported = [exporter.progress] if exporter is not None else []
+                on_progress = merged_for(live.update, *exported)
                 stats, timing, report = execute(plan, on_progress, start, signals)
             if timing.late_s > 0:
                 click.echo(

@@ -519,3 +519,18 @@ def merge_progress(parts: list[Progress]) -> RunSnapshot:
         stats,
         min(p.at for p in parts),
     )
+
+
+def merged_for(
+    *receivers: Callable[[RunSnapshot, float], None],
+) -> Callable[[list[Progress], float], None]:
+    """A run's progress callback: the workers' latest progress merged once (a
+    merge decodes every worker's histograms) and handed to each of ``receivers``
+    (the live view, the metrics exporter)."""
+
+    def on_progress(parts: list[Progress], elapsed: float) -> None:
+        snapshot = merge_progress(parts)
+        for receive in receivers:
+            receive(snapshot, elapsed)
+
+    return on_progress
